@@ -1,0 +1,1 @@
+"""brokerless: ZeroMQ endpoints driving the ``streams`` protocol core."""

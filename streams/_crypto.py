@@ -1,0 +1,115 @@
+"""Thin, internal crypto bindings: the only module that calls ``nacl.bindings`` and ``hashlib`` for protocol
+crypto.  The object API lives in :mod:`streams.identity`.
+
+Primitives (see SPEC.md, "Cryptographic primitives"):
+
+* hash: BLAKE2b-256 with a 16-byte personalisation string per purpose (domain separation);
+* signatures: Ed25519 over a 32-byte digest, so the signing cost stays flat as payloads grow;
+* AEAD: XChaCha20-Poly1305-IETF with a 24-byte random nonce;
+* sealing: libsodium sealed boxes (X25519 + XSalsa20-Poly1305) to a recipient's key-agreement key;
+* keyed MAC: BLAKE2b-128 keyed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import nacl.bindings as _b
+import nacl.exceptions
+
+from .errors import VerificationError
+
+HASH_SIZE = 32
+SIG_SIZE = 64
+KEY_SIZE = 32
+NONCE_SIZE = 24
+TAG_SIZE = 16
+
+# Domain-separation personalisations (BLAKE2b ``person``, 16 bytes max).  Never reuse one for two purposes.
+P_MSG = b"streams.v1.msg"  #: message hash (links, signatures)
+P_CHANNEL = b"streams.v1.chan"  #: channel id from author key and name
+P_HINT = b"streams.v1.hint"  #: recipient hint in a grant
+P_CHALLENGE = b"streams.v1.chal"  #: challenge MAC
+P_CHALKEY = b"streams.v1.chk"  #: derivation of the challenge MAC key from the author seed
+P_PROOF = b"streams.v1.proof"  #: proof-of-control signature input
+P_STORE = b"streams.v1.store"  #: store-key derivation
+
+
+def hash32(person: bytes, *parts: bytes) -> bytes:
+    """BLAKE2b-256 of the concatenation of ``parts`` under personalisation ``person``."""
+    h = hashlib.blake2b(digest_size=HASH_SIZE, person=person)
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def mac16(key: bytes, person: bytes, *parts: bytes) -> bytes:
+    """Keyed BLAKE2b-128."""
+    h = hashlib.blake2b(digest_size=16, key=key, person=person)
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def ct_equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison (THREATS 9)."""
+    return hmac.compare_digest(a, b)
+
+
+def sign(secret64: bytes, digest: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of ``digest`` with a libsodium 64-byte secret key."""
+    return bytes(_b.crypto_sign(digest, secret64)[:SIG_SIZE])
+
+
+def verify(public: bytes, digest: bytes, sig: bytes) -> None:
+    """Verify an Ed25519 signature; raise :class:`VerificationError` if it does not hold."""
+    if len(sig) != SIG_SIZE or len(public) != 32:
+        raise VerificationError("bad signature length")
+    try:
+        _b.crypto_sign_open(sig + digest, public)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError) as exc:
+        raise VerificationError("signature does not verify") from exc
+
+
+def aead_encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    return bytes(_b.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key))
+
+
+def aead_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+    try:
+        return bytes(_b.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key))
+    except (nacl.exceptions.CryptoError, ValueError) as exc:
+        raise VerificationError("ciphertext does not authenticate") from exc
+
+
+def seal(recipient_x25519: bytes, plaintext: bytes) -> bytes:
+    return bytes(_b.crypto_box_seal(plaintext, recipient_x25519))
+
+
+def unseal(x25519_public: bytes, x25519_secret: bytes, sealed: bytes) -> bytes:
+    try:
+        return bytes(_b.crypto_box_seal_open(sealed, x25519_public, x25519_secret))
+    except (nacl.exceptions.CryptoError, ValueError) as exc:
+        raise VerificationError("sealed box does not open") from exc
+
+
+def ed25519_keypair_from_seed(seed: bytes) -> tuple[bytes, bytes]:
+    """(public 32 B, libsodium secret 64 B) from a 32-byte seed."""
+    pk, sk = _b.crypto_sign_seed_keypair(seed)
+    return bytes(pk), bytes(sk)
+
+
+def ed25519_pk_to_x25519(public: bytes) -> bytes:
+    try:
+        return bytes(_b.crypto_sign_ed25519_pk_to_curve25519(public))
+    except (nacl.exceptions.CryptoError, ValueError) as exc:
+        raise VerificationError("not a valid Ed25519 public key") from exc
+
+
+def ed25519_sk_to_x25519(secret64: bytes) -> bytes:
+    return bytes(_b.crypto_sign_ed25519_sk_to_curve25519(secret64))
+
+
+def is_valid_ed25519_point(public: bytes) -> bool:
+    return len(public) == 32 and bool(_b.crypto_core_ed25519_is_valid_point(public))

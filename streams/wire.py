@@ -1,0 +1,555 @@
+"""The wire format: versioned, deterministic msgpack frames, and the one decoder.
+
+A frame is a msgpack array of five elements (SPEC.md, "Frames")::
+
+    [version: uint, kind: uint, head: bin, body: bin, sig: bin]
+
+``head`` is itself the canonical msgpack encoding of a fixed array of typed fields, one layout per kind
+(``HEADS`` below is the table).  ``body`` is kind-specific opaque bytes (ciphertext, sealed box, ...) and
+``sig`` is an Ed25519 signature (64 bytes) or empty.
+
+The message hash, used for hash links and as the signed digest, is::
+
+    H = BLAKE2b-256(person="streams.v1.msg", [version, kind] || head || body)
+
+Only the canonical encoding of a frame is accepted (the decoder re-encodes and compares), so a message has
+exactly one byte string and one hash: two different hashes at one (branch, publisher, seq) are a fork, never
+an encoding artefact.
+
+:func:`decode_frame` either returns a valid :class:`Frame` or raises :class:`~streams.errors.DecodeError`
+(a ``RemoteProtocolError`` and ``ValueError``) -- never anything else.  The size limit is checked before any
+parsing (THREATS 8).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+from . import _crypto
+from .errors import DecodeError, FrameTooLarge, UnsupportedVersion
+
+__all__ = [
+    "MAX_FRAME",
+    "VERSION",
+    "Announce",
+    "Challenge",
+    "Checkpoint",
+    "Fetch",
+    "Frame",
+    "Grant",
+    "GrantEntry",
+    "GrantSecret",
+    "HeadNotice",
+    "Hello",
+    "Kind",
+    "Packet",
+    "Permission",
+    "Refuse",
+    "Revoke",
+    "SigningMode",
+    "Subscribe",
+    "SubscribeSecret",
+    "Unsubscribe",
+    "decode_frame",
+    "decode_grant_entries",
+    "decode_grant_secret",
+    "decode_subscribe_secret",
+    "encode_frame",
+    "encode_grant_entries",
+    "encode_grant_secret",
+    "encode_subscribe_secret",
+    "message_hash",
+]
+
+VERSION: Final = 1
+#: Default hard limit on an encoded frame, bytes.  Payload limit is this minus the header overhead.
+MAX_FRAME: Final = 1 << 20
+_U64: Final = (1 << 64) - 1
+
+
+class Kind(enum.IntEnum):
+    """Message kinds (SPEC.md, "Message kinds")."""
+
+    ANNOUNCE = 1
+    HELLO = 2
+    CHALLENGE = 3
+    SUBSCRIBE = 4
+    GRANT = 5
+    REFUSE = 6
+    PACKET = 7
+    CHECKPOINT = 8
+    REVOKE = 9
+    UNSUBSCRIBE = 10
+    FETCH = 11
+    HEAD = 12
+
+
+class Permission(enum.IntEnum):
+    """A member's rights on a branch.  The author (publisher 0) always reads and writes."""
+
+    READ = 1  #: read the author's chain
+    WRITE = 2  #: publish into the branch (own chain); cannot read the author's chain
+    READ_WRITE = 3
+    AUDIT = 4  #: read and verify every chain; never publish
+
+    @property
+    def can_read(self) -> bool:
+        return self in (Permission.READ, Permission.READ_WRITE, Permission.AUDIT)
+
+    @property
+    def can_write(self) -> bool:
+        return self in (Permission.WRITE, Permission.READ_WRITE)
+
+
+class SigningMode(enum.IntEnum):
+    """How packets of a branch are authenticated."""
+
+    EACH = 1  #: every packet carries an Ed25519 signature (audit grade)
+    AMORTIZED = 2  #: packets are AEAD-authenticated; a signed checkpoint covers the chain every N msgs / T ms
+
+
+# --- field types -------------------------------------------------------------------------------------------
+
+
+class _T:
+    """A field type: ``check`` returns the value or raises DecodeError."""
+
+    __slots__ = ("kind", "max", "min")
+
+    def __init__(self, kind: str, min: int = 0, max: int = _U64) -> None:  # noqa: A002
+        self.kind, self.min, self.max = kind, min, max
+
+    def check(self, name: str, v: Any) -> Any:
+        if self.kind == "bytes":
+            if not isinstance(v, bytes) or not (self.min <= len(v) <= self.max):
+                raise DecodeError(f"field {name}: expected {self.min}..{self.max} bytes")
+        elif self.kind == "uint":
+            if type(v) is not int or not (self.min <= v <= self.max):
+                raise DecodeError(f"field {name}: expected integer {self.min}..{self.max}")
+        elif self.kind == "str":
+            if not isinstance(v, str) or not (self.min <= len(v.encode()) <= self.max):
+                raise DecodeError(f"field {name}: expected text of {self.min}..{self.max} bytes")
+        return v
+
+
+def _b(n: int) -> _T:
+    return _T("bytes", n, n)
+
+
+B16, B32, B24, B64 = _b(16), _b(32), _b(24), _b(64)
+U64 = _T("uint")
+U8 = _T("uint", 0, 255)
+NAME = _T("str", 1, 128)
+
+
+# --- heads -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Public announcement of a channel, signed by the author.  ``channel = H(chan, author_sign || name)``."""
+
+    KIND: ClassVar[Kind] = Kind.ANNOUNCE
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B32, B32, NAME)
+    channel: bytes
+    author_sign: bytes  #: Ed25519 public key of the author (its did:key)
+    author_kx: bytes  #: X25519 key-agreement key (subscriptions are sealed to it)
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Subscriber -> author: "send me the announcement and a fresh challenge".  Unsigned."""
+
+    KIND: ClassVar[Kind] = Kind.HELLO
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32,)
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Author -> requester: a fresh challenge, MACed by the author so it can be checked statelessly."""
+
+    KIND: ClassVar[Kind] = Kind.CHALLENGE
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U64, B16)
+    channel: bytes
+    nonce: bytes
+    expires_ms: int  #: absolute expiry, milliseconds since the Unix epoch
+    mac: bytes  #: BLAKE2b-128 keyed with the author's challenge key over (channel, nonce, expires)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscriber -> author.  The body is a sealed box (to ``author_kx``) of a :class:`SubscribeSecret`, so
+    observers do not learn who subscribes.  The outer frame is unsigned; the proof is inside."""
+
+    KIND: ClassVar[Kind] = Kind.SUBSCRIBE
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32,)
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A keyload: opens (epoch 0) or rekeys a branch.  Body: :func:`encode_grant_entries`; signed by author.
+
+    ``prev`` links to the previous grant of the branch, or to the announcement for epoch 0."""
+
+    KIND: ClassVar[Kind] = Kind.GRANT
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U64, B32, U8)
+    channel: bytes
+    branch: bytes
+    epoch: int
+    prev: bytes
+    mode: int  #: :class:`SigningMode`
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Author -> requester: subscription refused.  Signed by the author.  ``reason`` is a RejectReason code."""
+
+    KIND: ClassVar[Kind] = Kind.REFUSE
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8)
+    channel: bytes
+    nonce: bytes  #: the challenge nonce of the refused request
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """A payload message in a (branch, publisher) chain.  Body: AEAD ciphertext with AD = version, kind and
+    the encoded head.  ``sig`` is 64 bytes in signed-each mode, empty in amortized mode."""
+
+    KIND: ClassVar[Kind] = Kind.PACKET
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, U64, B32, U64, B24)
+    channel: bytes
+    branch: bytes
+    publisher: int  #: index in the branch's member list; 0 is the author
+    seq: int  #: 1, 2, 3, ... per (branch, publisher)
+    prev: bytes  #: hash of the publisher's previous message in the branch (the grant's for seq 1)
+    epoch: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed message in a chain, with empty body: covers every earlier message through the hash links."""
+
+    KIND: ClassVar[Kind] = Kind.CHECKPOINT
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, U64, B32, U64)
+    channel: bytes
+    branch: bytes
+    publisher: int
+    seq: int
+    prev: bytes
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """Author closes a branch.  ``last_seq``/``last_hash`` is the author chain's final head.  Signed."""
+
+    KIND: ClassVar[Kind] = Kind.REVOKE
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U64, B32, U64, B32)
+    channel: bytes
+    branch: bytes
+    epoch: int
+    prev: bytes  #: hash of the branch's current grant
+    last_seq: int
+    last_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """A member leaves a branch.  Signed by the member."""
+
+    KIND: ClassVar[Kind] = Kind.UNSUBSCRIBE
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, U64, B32)
+    channel: bytes
+    branch: bytes
+    publisher: int
+    epoch: int
+    prev: bytes  #: hash of the branch's current grant
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A member asks for retained messages ``from_seq..to_seq`` (inclusive) of a chain.  Signed by the member."""
+
+    KIND: ClassVar[Kind] = Kind.FETCH
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, U64, U64, U8)
+    channel: bytes
+    branch: bytes
+    publisher: int  #: whose chain
+    from_seq: int
+    to_seq: int
+    requester: int  #: member index of the signer
+
+
+@dataclass(frozen=True, slots=True)
+class HeadNotice:
+    """The current head of a chain, signed by its publisher: lets a receiver detect loss at the tail."""
+
+    KIND: ClassVar[Kind] = Kind.HEAD
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, U64, B32, U64)
+    channel: bytes
+    branch: bytes
+    publisher: int
+    seq: int
+    hash: bytes
+    epoch: int
+
+
+Head = (
+    Announce | Hello | Challenge | Subscribe | Grant | Refuse | Packet | Checkpoint | Revoke | Unsubscribe
+    | Fetch | HeadNotice
+)
+
+HEADS: Final[dict[Kind, type[Any]]] = {
+    cls.KIND: cls
+    for cls in (
+        Announce, Hello, Challenge, Subscribe, Grant, Refuse, Packet, Checkpoint, Revoke, Unsubscribe, Fetch,
+        HeadNotice,
+    )
+}
+
+#: Which kinds must carry a signature (64 bytes), may carry one, or must not.
+SIG_REQUIRED: Final = frozenset(
+    {Kind.ANNOUNCE, Kind.GRANT, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE, Kind.FETCH,
+     Kind.HEAD}
+)
+SIG_OPTIONAL: Final = frozenset({Kind.PACKET})
+#: Kinds whose body must be empty.
+EMPTY_BODY: Final = frozenset(
+    {Kind.ANNOUNCE, Kind.HELLO, Kind.CHALLENGE, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE,
+     Kind.FETCH, Kind.HEAD}
+)
+
+
+def _packb(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes, what: str, max_len: int) -> Any:
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_len,
+            max_str_len=max_len,
+            max_array_len=max_len,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"{what}: not valid msgpack") from exc
+    except Exception as exc:  # msgpack may raise others on hostile input; all of them mean "malformed"
+        raise DecodeError(f"{what}: not valid msgpack") from exc
+
+
+def encode_head(head: Head) -> bytes:
+    return _packb([getattr(head, f.name) for f in fields(head)])
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded (or freshly encoded) frame.  ``raw`` is its exact bytes; ``hash`` the message hash."""
+
+    kind: Kind
+    head: Any  #: one of the head dataclasses above, matching ``kind``
+    head_raw: bytes
+    body: bytes
+    sig: bytes
+    raw: bytes
+    hash: bytes
+
+    @property
+    def aad(self) -> bytes:
+        """Associated data for the packet AEAD: version, kind and the encoded head."""
+        return bytes((VERSION, self.kind)) + self.head_raw
+
+    def __repr__(self) -> str:
+        return f"Frame({self.kind.name}, {self.head!r}, body={len(self.body)}B, signed={bool(self.sig)})"
+
+
+def message_hash(kind: int, head_raw: bytes, body: bytes) -> bytes:
+    """``H(msg, [version, kind] || head || body)`` -- the link target and the signed digest."""
+    return _crypto.hash32(_crypto.P_MSG, bytes((VERSION, kind)), head_raw, body)
+
+
+def encode_frame(head: Head, body: bytes = b"", sign: Any = None) -> Frame:
+    """Encode a frame.  ``sign`` is a callable ``digest -> signature`` (e.g. ``Identity.sign``) or None."""
+    head_raw = encode_head(head)
+    h = message_hash(head.KIND, head_raw, body)
+    sig = sign(h) if sign is not None else b""
+    raw = _packb([VERSION, int(head.KIND), head_raw, body, sig])
+    return Frame(head.KIND, head, head_raw, body, sig, raw, h)
+
+
+def decode_frame(data: bytes, max_frame: int = MAX_FRAME) -> Frame:
+    """Decode one frame, or raise :class:`DecodeError` (or its subclasses).  Verifies structure only;
+    signatures, links and AEAD are the protocol core's job."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError("frame must be bytes")
+    if len(data) > max_frame:
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_frame}")
+    data = bytes(data)
+    outer = _unpack(data, "frame", max_frame)
+    if not isinstance(outer, list) or len(outer) != 5:
+        raise DecodeError("frame must be an array of 5")
+    version, kind, head_raw, body, sig = outer
+    if type(version) is not int:
+        raise DecodeError("version must be an integer")
+    if version != VERSION:
+        raise UnsupportedVersion(f"unsupported protocol version {version}")
+    if type(kind) is not int or kind not in HEADS:
+        raise DecodeError("unknown message kind")
+    if not isinstance(head_raw, bytes) or not isinstance(body, bytes) or not isinstance(sig, bytes):
+        raise DecodeError("head, body and sig must be binary")
+    k = Kind(kind)
+    if _packb([version, kind, head_raw, body, sig]) != data:
+        raise DecodeError("frame is not in canonical encoding")
+    if k in SIG_REQUIRED and len(sig) != 64:
+        raise DecodeError(f"{k.name} must be signed")
+    if k in SIG_OPTIONAL and len(sig) not in (0, 64):
+        raise DecodeError("signature must be 64 bytes or absent")
+    if k not in SIG_REQUIRED and k not in SIG_OPTIONAL and sig:
+        raise DecodeError(f"{k.name} must not carry a signature")
+    if k in EMPTY_BODY and body:
+        raise DecodeError(f"{k.name} must have an empty body")
+    cls = HEADS[k]
+    values = _unpack(head_raw, "head", 1024)
+    schema = cls.SCHEMA
+    if not isinstance(values, list) or len(values) != len(schema):
+        raise DecodeError(f"{k.name} head must be an array of {len(schema)}")
+    names = [f.name for f in fields(cls)]
+    checked = [t.check(n, v) for t, n, v in zip(schema, names, values, strict=True)]
+    if _packb(checked) != head_raw:
+        raise DecodeError("head is not in canonical encoding")
+    head = cls(*checked)
+    return Frame(k, head, head_raw, body, sig, data, message_hash(k, head_raw, body))
+
+
+# --- inner structures ----------------------------------------------------------------------------------------
+
+
+def _strict(data: bytes, what: str, schema: tuple[_T, ...], max_len: int = 4096) -> list[Any]:
+    values = _unpack(data, what, max_len)
+    if not isinstance(values, list) or len(values) != len(schema):
+        raise DecodeError(f"{what}: expected an array of {len(schema)}")
+    out = [t.check(f"{what}[{i}]", v) for i, (t, v) in enumerate(zip(schema, values, strict=True))]
+    if _packb(out) != data:
+        raise DecodeError(f"{what}: not in canonical encoding")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeSecret:
+    """Plaintext sealed inside a SUBSCRIBE body.
+
+    ``proof`` is the subscriber's Ed25519 signature over
+    ``H(proof, channel || author_sign || nonce || expires_ms || credential)``: proof of control of its DID,
+    bound to this channel, this author and this fresh challenge (THREATS 5)."""
+
+    sign_public: bytes
+    nonce: bytes
+    expires_ms: int
+    mac: bytes
+    credential: bytes  #: optional presentation (issue: credentials), empty if none
+    proof: bytes
+
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U64, B16, _T("bytes", 0, 65536), B64)
+
+
+def encode_subscribe_secret(s: SubscribeSecret) -> bytes:
+    return _packb([s.sign_public, s.nonce, s.expires_ms, s.mac, s.credential, s.proof])
+
+
+def decode_subscribe_secret(data: bytes) -> SubscribeSecret:
+    return SubscribeSecret(*_strict(data, "subscribe", SubscribeSecret.SCHEMA, 1 << 17))
+
+
+@dataclass(frozen=True, slots=True)
+class GrantEntry:
+    """One recipient of a grant: ``hint = H(hint, branch || epoch || recipient_kx)[:8]`` and a sealed box."""
+
+    hint: bytes
+    sealed: bytes
+
+
+def encode_grant_entries(entries: list[GrantEntry]) -> bytes:
+    return _packb([[e.hint, e.sealed] for e in entries])
+
+
+def decode_grant_entries(data: bytes, max_entries: int = 4096) -> list[GrantEntry]:
+    values = _unpack(data, "grant entries", 1 << 20)
+    if not isinstance(values, list) or not (1 <= len(values) <= max_entries):
+        raise DecodeError("grant entries: expected a non-empty array")
+    out: list[GrantEntry] = []
+    for v in values:
+        if (
+            not isinstance(v, list) or len(v) != 2 or not isinstance(v[0], bytes) or len(v[0]) != 8
+            or not isinstance(v[1], bytes) or not (48 <= len(v[1]) <= 8192)
+        ):
+            raise DecodeError("grant entry malformed")
+        out.append(GrantEntry(v[0], v[1]))
+    if encode_grant_entries(out) != data:
+        raise DecodeError("grant entries: not in canonical encoding")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GrantSecret:
+    """Plaintext sealed to one member inside a grant.
+
+    * ``index``: the recipient's member index (publisher number) in the branch;
+    * ``members``: ``[(index, sign_public, permission)]`` of every member, the author (index 0) included;
+    * ``keys``: ``[(publisher_index, key)]`` -- the AEAD key of each chain the recipient may read or write;
+    * ``heads``: ``[(publisher_index, seq, hash)]`` -- each chain's head when the grant was made, so that a
+      member joining (or re-keyed) later starts exactly there.
+    """
+
+    index: int
+    members: list[tuple[int, bytes, int]]
+    keys: list[tuple[int, bytes]]
+    heads: list[tuple[int, int, bytes]]
+
+    def __repr__(self) -> str:  # never show keys
+        return f"GrantSecret(index={self.index}, members={len(self.members)}, keys=<{len(self.keys)} hidden>)"
+
+
+def encode_grant_secret(s: GrantSecret) -> bytes:
+    return _packb(
+        [s.index, [list(m) for m in s.members], [list(k) for k in s.keys], [list(h) for h in s.heads]]
+    )
+
+
+def decode_grant_secret(data: bytes) -> GrantSecret:
+    values = _unpack(data, "grant secret", 1 << 16)
+    if not isinstance(values, list) or len(values) != 4:
+        raise DecodeError("grant secret: expected an array of 4")
+    index = U8.check("index", values[0])
+    lists = values[1:]
+    if not all(isinstance(x, list) and len(x) <= 256 for x in lists):
+        raise DecodeError("grant secret: malformed lists")
+    members = [tuple(_strict_tuple(m, (U8, B32, U8), "member")) for m in lists[0]]
+    keys = [tuple(_strict_tuple(k, (U8, B32), "key")) for k in lists[1]]
+    heads = [tuple(_strict_tuple(h, (U8, U64, B32), "head")) for h in lists[2]]
+    s = GrantSecret(index, members, keys, heads)  # type: ignore[arg-type]
+    if encode_grant_secret(s) != data:
+        raise DecodeError("grant secret: not in canonical encoding")
+    for _, _, perm in s.members:
+        if perm not in (1, 2, 3, 4):
+            raise DecodeError("grant secret: unknown permission")
+    return s
+
+
+def _strict_tuple(v: Any, schema: tuple[_T, ...], what: str) -> list[Any]:
+    if not isinstance(v, list) or len(v) != len(schema):
+        raise DecodeError(f"{what}: malformed")
+    return [t.check(what, x) for t, x in zip(schema, v, strict=True)]
