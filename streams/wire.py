@@ -120,7 +120,7 @@ class _T:
 
     __slots__ = ("kind", "max", "min")
 
-    def __init__(self, kind: str, min: int = 0, max: int = _U64) -> None:  # noqa: A002
+    def __init__(self, kind: str, min: int = 0, max: int = _U64) -> None:
         self.kind, self.min, self.max = kind, min, max
 
     def check(self, name: str, v: Any) -> Any:
@@ -130,9 +130,8 @@ class _T:
         elif self.kind == "uint":
             if type(v) is not int or not (self.min <= v <= self.max):
                 raise DecodeError(f"field {name}: expected integer {self.min}..{self.max}")
-        elif self.kind == "str":
-            if not isinstance(v, str) or not (self.min <= len(v.encode()) <= self.max):
-                raise DecodeError(f"field {name}: expected text of {self.min}..{self.max} bytes")
+        elif self.kind == "str" and (not isinstance(v, str) or not (self.min <= len(v.encode()) <= self.max)):
+            raise DecodeError(f"field {name}: expected text of {self.min}..{self.max} bytes")
         return v
 
 
@@ -540,7 +539,7 @@ def decode_grant_secret(data: bytes) -> GrantSecret:
     members = [tuple(_strict_tuple(m, (U8, B32, U8), "member")) for m in lists[0]]
     keys = [tuple(_strict_tuple(k, (U8, B32), "key")) for k in lists[1]]
     heads = [tuple(_strict_tuple(h, (U8, U64, B32), "head")) for h in lists[2]]
-    s = GrantSecret(index, members, keys, heads)  # type: ignore[arg-type]
+    s = GrantSecret(index, members, keys, heads)
     if encode_grant_secret(s) != data:
         raise DecodeError("grant secret: not in canonical encoding")
     for _, _, perm in s.members:

@@ -1,0 +1,77 @@
+"""Every state rule of the protocol core, in one place, readable as tables.
+
+Anything not in these maps is invalid: the core answers it with a ``Rejected(UNEXPECTED)`` event.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from .wire import Kind
+
+
+class Role(enum.Enum):
+    AUTHOR = "author"
+    SUBSCRIBER = "subscriber"
+
+
+class SubscriptionState(enum.Enum):
+    """A subscriber's subscription handshake (SPEC.md, "Subscriber state machine")."""
+
+    IDLE = "idle"  #: nothing asked yet
+    AWAIT_CHALLENGE = "await-challenge"  #: HELLO sent
+    AWAIT_GRANT = "await-grant"  #: SUBSCRIBE sent, sealed to the author
+    SUBSCRIBED = "subscribed"  #: at least one grant received
+    REFUSED = "refused"  #: the author refused; a new HELLO may be sent
+
+
+class BranchState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"  #: revoked or unsubscribed: nothing is accepted or published any more
+
+
+#: Which message kinds each role accepts from the network.  (role, kind) -> handler name.
+ACCEPTS: Final[dict[tuple[Role, Kind], str]] = {
+    (Role.AUTHOR, Kind.HELLO): "_on_hello",
+    (Role.AUTHOR, Kind.SUBSCRIBE): "_on_subscribe",
+    (Role.AUTHOR, Kind.PACKET): "_on_chain_frame",
+    (Role.AUTHOR, Kind.CHECKPOINT): "_on_chain_frame",
+    (Role.AUTHOR, Kind.UNSUBSCRIBE): "_on_unsubscribe",
+    (Role.AUTHOR, Kind.FETCH): "_on_fetch",
+    (Role.AUTHOR, Kind.HEAD): "_on_head",
+    (Role.SUBSCRIBER, Kind.ANNOUNCE): "_on_announce",
+    (Role.SUBSCRIBER, Kind.CHALLENGE): "_on_challenge",
+    (Role.SUBSCRIBER, Kind.GRANT): "_on_grant",
+    (Role.SUBSCRIBER, Kind.REFUSE): "_on_refuse",
+    (Role.SUBSCRIBER, Kind.PACKET): "_on_chain_frame",
+    (Role.SUBSCRIBER, Kind.CHECKPOINT): "_on_chain_frame",
+    (Role.SUBSCRIBER, Kind.REVOKE): "_on_revoke",
+    (Role.SUBSCRIBER, Kind.FETCH): "_on_fetch",
+    (Role.SUBSCRIBER, Kind.HEAD): "_on_head",
+}
+
+#: The subscriber's handshake: (state, input) -> next state.  Inputs are message kinds received, or the
+#: string "hello" for the local call that starts a subscription.
+SUBSCRIPTION: Final[dict[tuple[SubscriptionState, Kind | str], SubscriptionState]] = {
+    (SubscriptionState.IDLE, "hello"): SubscriptionState.AWAIT_CHALLENGE,
+    (SubscriptionState.REFUSED, "hello"): SubscriptionState.AWAIT_CHALLENGE,
+    (SubscriptionState.SUBSCRIBED, "hello"): SubscriptionState.AWAIT_CHALLENGE,
+    (SubscriptionState.AWAIT_CHALLENGE, "hello"): SubscriptionState.AWAIT_CHALLENGE,
+    (SubscriptionState.AWAIT_GRANT, "hello"): SubscriptionState.AWAIT_CHALLENGE,
+    (SubscriptionState.AWAIT_CHALLENGE, Kind.CHALLENGE): SubscriptionState.AWAIT_GRANT,
+    (SubscriptionState.AWAIT_GRANT, Kind.GRANT): SubscriptionState.SUBSCRIBED,
+    (SubscriptionState.AWAIT_GRANT, Kind.REFUSE): SubscriptionState.REFUSED,
+    # Grants for further branches (groups, re-keys) arrive at any time after the first.
+    (SubscriptionState.SUBSCRIBED, Kind.GRANT): SubscriptionState.SUBSCRIBED,
+    (SubscriptionState.IDLE, Kind.GRANT): SubscriptionState.SUBSCRIBED,
+    (SubscriptionState.AWAIT_CHALLENGE, Kind.GRANT): SubscriptionState.SUBSCRIBED,
+    (SubscriptionState.REFUSED, Kind.GRANT): SubscriptionState.SUBSCRIBED,
+}
+
+#: Branch life cycle: (state, event) -> next state.
+BRANCH: Final[dict[tuple[BranchState, str], BranchState]] = {
+    (BranchState.OPEN, "grant"): BranchState.OPEN,  # re-key: epoch + 1
+    (BranchState.OPEN, "revoke"): BranchState.CLOSED,
+    (BranchState.OPEN, "unsubscribe"): BranchState.CLOSED,
+}

@@ -1,0 +1,1039 @@
+"""The sans-I/O channel protocol core: bytes in, events and frames out.
+
+Two machines share one chain engine:
+
+* :class:`AuthorCore` -- owns the channel: announces it, verifies subscriptions, admits or refuses them through
+  a :class:`~streams.policy.Policy`, opens one branch per subscriber (and group branches), publishes, revokes.
+* :class:`SubscriberCore` -- fetches the announcement, proves control of its DID over a fresh challenge,
+  receives grants, reads and (if permitted) writes its branch.
+
+The core never touches sockets, the clock, the event loop or the disk.  Time comes in as ``now_ms`` arguments,
+randomness from an injected ``rng(n) -> bytes``.  After each call the driver collects
+
+* ``data_to_send()`` -- frames to transmit, with routing hints (:class:`Outgoing`);
+* ``take_changes()`` -- what must be made durable (:class:`Changes`) *before* any event is acted upon or any
+  publish is acknowledged (THREATS 4);
+
+and acts on the returned events.  Bad peer input never escapes as an exception: it becomes a
+:class:`~streams.events.Rejected` event (THREATS 8).  Caller misuse raises
+:class:`~streams.errors.LocalProtocolError`.
+
+In-memory state is O(branches): per branch a few keys and per chain a cursor; messages live in the store.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+
+from . import _crypto
+from ._state import ACCEPTS, BRANCH, SUBSCRIPTION, BranchState, Role, SubscriptionState
+from .errors import (
+    ClosedResourceError,
+    DecodeError,
+    LocalProtocolError,
+    RejectReason,
+    RemoteProtocolError,
+    VerificationError,
+)
+from .events import (
+    Announced,
+    BranchClosed,
+    Covered,
+    Event,
+    FetchRequested,
+    GapDetected,
+    Granted,
+    MessageReceived,
+    Refused,
+    Rejected,
+    SubscriberAdmitted,
+    SubscriberRefused,
+)
+from .identity import Identity, PublicIdentity, did_from_public_key
+from .policy import Policy, SubscriptionRequest
+from .wire import (
+    MAX_FRAME,
+    VERSION,
+    Announce,
+    Challenge,
+    Checkpoint,
+    Fetch,
+    Frame,
+    Grant,
+    GrantEntry,
+    GrantSecret,
+    HeadNotice,
+    Hello,
+    Kind,
+    Packet,
+    Permission,
+    Refuse,
+    Revoke,
+    SigningMode,
+    Subscribe,
+    SubscribeSecret,
+    Unsubscribe,
+    decode_frame,
+    decode_grant_entries,
+    decode_grant_secret,
+    decode_subscribe_secret,
+    encode_frame,
+    encode_grant_entries,
+    encode_grant_secret,
+    encode_head,
+    encode_subscribe_secret,
+    message_hash,
+)
+
+__all__ = [
+    "AuthorCore",
+    "BranchRecord",
+    "ChainRecord",
+    "Changes",
+    "CoreConfig",
+    "LogRecord",
+    "Outgoing",
+    "SubscriberCore",
+    "channel_id",
+]
+
+Rng = Callable[[int], bytes]
+_U64 = struct.Struct(">Q")
+_PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
+
+
+def channel_id(author_sign: bytes, name: str) -> bytes:
+    """``H(chan, author_sign || name)``: a channel is bound to its author's key (SPEC.md, "Channel id")."""
+    return _crypto.hash32(_crypto.P_CHANNEL, author_sign, name.encode())
+
+
+def _hint(branch: bytes, epoch: int, kx_public: bytes) -> bytes:
+    return _crypto.hash32(_crypto.P_HINT, branch, _U64.pack(epoch), kx_public)[:8]
+
+
+def _proof_digest(channel: bytes, author_sign: bytes, nonce: bytes, expires_ms: int, credential: bytes) -> bytes:
+    return _crypto.hash32(_crypto.P_PROOF, channel, author_sign, nonce, _U64.pack(expires_ms), credential)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Protocol limits and modes.  Units are in the field names."""
+
+    max_frame: int = MAX_FRAME
+    """Hard limit on an encoded frame, bytes; larger frames are refused before parsing (THREATS 8)."""
+    hold_limit: int = 256
+    """Early messages held per chain while a gap is filled; beyond it they are dropped (``HOLD_FULL``)."""
+    challenge_ttl_ms: int = 60_000
+    """Validity window of a subscription challenge (THREATS 5)."""
+    signing: SigningMode = SigningMode.EACH
+    """Signing mode for branches this party opens (author) -- every packet signed, or amortized."""
+    checkpoint_every: int = 32
+    """Amortized mode: a signed checkpoint after this many unsigned packets in a chain."""
+    checkpoint_interval_ms: int = 200
+    """Amortized mode: a signed checkpoint at most this long after the first uncovered packet."""
+    max_fetch: int = 1024
+    """Most messages served for one FETCH request (the requester asks again for more)."""
+    max_nonces: int = 100_000
+    """Most unexpired used challenge nonces remembered; beyond it new subscriptions are refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A frame to transmit.  ``peer`` set: a direct reply to that transport peer.  ``branch`` set: branch
+    traffic, for the members of that branch.  Neither: for everyone (the announcement)."""
+
+    data: bytes
+    peer: object | None = None
+    branch: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A message to retain in the log (serves fetch, catch-up and audit)."""
+
+    branch: bytes
+    publisher: int
+    seq: int
+    hash: bytes
+    frame: bytes
+
+
+@dataclass(slots=True)
+class ChainRecord:
+    """The cursor of one (branch, publisher) chain: the next sequence number and the head hash."""
+
+    branch: bytes
+    publisher: int
+    next_seq: int
+    head: bytes
+    covered: int = 0  #: highest seq covered by a signature
+
+
+@dataclass(slots=True)
+class BranchRecord:
+    """Durable description of a branch.  ``keys`` and ``blind`` are secrets: the store encrypts them."""
+
+    id: bytes
+    epoch: int
+    mode: int
+    grant_hash: bytes
+    grant_frame: bytes
+    me: int
+    members: list[tuple[int, bytes, int]]
+    keys: list[tuple[int, int, bytes]]  #: (epoch, publisher, key)
+    state: str = BranchState.OPEN.value
+    peer_did: str = ""  #: author side: the subscriber of a per-subscriber branch ("" for groups)
+
+    def __repr__(self) -> str:
+        return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
+
+
+@dataclass(slots=True)
+class Changes:
+    """What the last calls changed and the driver must persist before acting on events (one transaction)."""
+
+    branches: list[BranchRecord] = field(default_factory=list)
+    chains: list[ChainRecord] = field(default_factory=list)
+    log: list[LogRecord] = field(default_factory=list)
+    nonces: list[tuple[bytes, int]] = field(default_factory=list)
+    announce: bytes | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.branches or self.chains or self.log or self.nonces or self.announce)
+
+
+# --- in-memory state -------------------------------------------------------------------------------------------
+
+
+class _Chain:
+    __slots__ = ("covered", "first_uncovered_ms", "gap_to", "head", "held", "next_seq")
+
+    def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
+        self.next_seq = next_seq
+        self.head = head
+        self.covered = covered
+        self.held: dict[int, Frame] | None = None
+        self.gap_to = 0  # highest seq for which a gap was already reported / fetched
+        self.first_uncovered_ms: int | None = None
+
+
+class _Branch:
+    __slots__ = ("chains", "epoch", "grant_frame", "grant_hash", "id", "keys", "me", "members", "mode",
+                 "peer_did", "state")
+
+    def __init__(self, rec: BranchRecord) -> None:
+        self.id = rec.id
+        self.epoch = rec.epoch
+        self.mode = SigningMode(rec.mode)
+        self.grant_hash = rec.grant_hash
+        self.grant_frame = rec.grant_frame
+        self.me = rec.me
+        self.members: dict[int, tuple[bytes, Permission]] = {i: (pk, Permission(p)) for i, pk, p in rec.members}
+        self.keys: dict[tuple[int, int], bytes] = {(e, p): k for e, p, k in rec.keys}
+        self.state = BranchState(rec.state)
+        self.peer_did = rec.peer_did
+        self.chains: dict[int, _Chain] = {}
+
+    def record(self) -> BranchRecord:
+        return BranchRecord(
+            self.id, self.epoch, int(self.mode), self.grant_hash, self.grant_frame, self.me,
+            [(i, pk, int(p)) for i, (pk, p) in sorted(self.members.items())],
+            [(e, p, k) for (e, p), k in sorted(self.keys.items())],
+            self.state.value, self.peer_did,
+        )
+
+    def chain_record(self, publisher: int) -> ChainRecord:
+        c = self.chains[publisher]
+        return ChainRecord(self.id, publisher, c.next_seq, c.head, c.covered)
+
+    def transition(self, event: str) -> None:
+        nxt = BRANCH.get((self.state, event))
+        if nxt is None:
+            raise LocalProtocolError(f"branch {self.id.hex()} is {self.state.value}: cannot {event}")
+        self.state = nxt
+
+
+class _Reject(Exception):
+    """Internal: abort handling of one frame with a reason (turned into a Rejected event)."""
+
+    def __init__(self, reason: RejectReason, detail: str, branch: bytes | None = None,
+                 publisher: int | None = None, seq: int | None = None) -> None:
+        super().__init__(detail)
+        self.event = Rejected(reason, detail, branch, publisher, seq)
+
+
+# --- the shared engine ---------------------------------------------------------------------------------------
+
+
+class _CoreBase:
+    role: Role
+
+    def __init__(self, identity: Identity, config: CoreConfig | None, rng: Rng | None) -> None:
+        self._id = identity
+        self.config = config or CoreConfig()
+        self._rng: Rng = rng or os.urandom
+        self._out: list[Outgoing] = []
+        self._changes = Changes()
+        self._branches: dict[bytes, _Branch] = {}
+        self._channel = b""
+        self._author: PublicIdentity | None = None
+        self._announce_hash = b""
+
+    # -- driver interface ------------------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> Identity:
+        return self._id
+
+    @property
+    def channel(self) -> bytes:
+        return self._channel
+
+    def data_to_send(self) -> list[Outgoing]:
+        """Frames produced since the last call, in order."""
+        out, self._out = self._out, []
+        return out
+
+    def take_changes(self) -> Changes:
+        """What must be made durable (in one transaction) before events are acted on or a publish returns."""
+        ch, self._changes = self._changes, Changes()
+        return ch
+
+    def load(self, branches: list[BranchRecord], chains: list[ChainRecord]) -> None:
+        """Restore branch state from the store after a restart."""
+        for rec in branches:
+            self._branches[rec.id] = _Branch(rec)
+        for cr in chains:
+            b = self._branches.get(cr.branch)
+            if b is not None:
+                b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
+
+    def branch_ids(self) -> list[bytes]:
+        return list(self._branches)
+
+    def branch_info(self, branch: bytes) -> tuple[int, Permission, BranchState, tuple[str, ...]]:
+        """(epoch, my permission, state, member DIDs) of a branch."""
+        b = self._get_branch(branch)
+        dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(b.members.items()))
+        return b.epoch, b.members[b.me][1], b.state, dids
+
+    def chain_head(self, branch: bytes, publisher: int) -> tuple[int, bytes, int]:
+        """(next_seq, head hash, covered seq) of a chain."""
+        c = self._get_branch(branch).chains[publisher]
+        return c.next_seq, c.head, c.covered
+
+    def receive(self, data: bytes, now_ms: int, peer: object = None) -> list[Event]:
+        """Process one frame from the network.  Never raises for bad input: returns ``Rejected`` events."""
+        try:
+            frame = decode_frame(data, self.config.max_frame)
+        except RemoteProtocolError as exc:
+            return [Rejected(exc.reason, str(exc))]
+        handler = ACCEPTS.get((self.role, frame.kind))
+        if handler is None:
+            return [Rejected(RejectReason.UNEXPECTED, f"{self.role.value} does not accept {frame.kind.name}")]
+        if getattr(frame.head, "channel", None) != self._channel and frame.kind is not Kind.ANNOUNCE:
+            return [Rejected(RejectReason.FOREIGN_CHANNEL, "frame belongs to another channel")]
+        events: list[Event] = []
+        try:
+            getattr(self, handler)(frame, now_ms, peer, events)
+        except _Reject as r:
+            events.append(r.event)
+        return events
+
+    # -- publishing --------------------------------------------------------------------------------------------
+
+    def publish(self, branch: bytes, payload: bytes, now_ms: int) -> int:
+        """Encrypt, link, sign (or not, in amortized mode) and queue a packet; returns its sequence number.
+
+        Raises :class:`LocalProtocolError` if we may not write the branch or the payload is too large,
+        :class:`ClosedResourceError` if the branch is closed."""
+        b = self._get_branch(branch)
+        self._check_writable(b)
+        if len(payload) > self.config.max_frame - 512:
+            raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
+        me = b.me
+        c = b.chains[me]
+        key = b.keys[(b.epoch, me)]
+        nonce = self._rng(24)
+        seq = c.next_seq
+        head = Packet(self._channel, branch, me, seq, c.head, b.epoch, nonce)
+        head_raw = encode_head(head)
+        body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
+        signed = b.mode is SigningMode.EACH
+        frame = _finish(Kind.PACKET, head, head_raw, body, self._id.sign if signed else None)
+        c.next_seq = seq + 1
+        c.head = frame.hash
+        if signed:
+            c.covered = seq
+        elif c.first_uncovered_ms is None:
+            c.first_uncovered_ms = now_ms
+        self._record_sent(b, me, seq, frame)
+        if not signed and seq - c.covered >= self.config.checkpoint_every:
+            self._checkpoint(b, now_ms)
+        return seq
+
+    def next_timer(self) -> int | None:
+        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints), or None."""
+        due: int | None = None
+        for b in self._branches.values():
+            c = b.chains.get(b.me)
+            if c is not None and c.first_uncovered_ms is not None:
+                t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
+                due = t if due is None else min(due, t)
+        return due
+
+    def handle_timer(self, now_ms: int) -> None:
+        """Emit checkpoints whose interval has elapsed."""
+        for b in self._branches.values():
+            c = b.chains.get(b.me)
+            if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
+                    and now_ms >= c.first_uncovered_ms + self.config.checkpoint_interval_ms):
+                self._checkpoint(b, now_ms)
+
+    def flush_checkpoints(self, now_ms: int) -> None:
+        """Checkpoint every chain of ours that has uncovered packets (e.g. before a clean close)."""
+        for b in self._branches.values():
+            c = b.chains.get(b.me)
+            if c is not None and c.covered < c.next_seq - 1 and b.state is BranchState.OPEN:
+                self._checkpoint(b, now_ms)
+
+    def head_notices(self) -> None:
+        """Queue a signed HEAD notice for every open chain of ours, so receivers detect loss at the tail."""
+        for b in self._branches.values():
+            c = b.chains.get(b.me)
+            if c is None or b.state is not BranchState.OPEN or c.next_seq == 1:
+                continue
+            head = HeadNotice(self._channel, b.id, b.me, c.next_seq - 1, c.head, b.epoch)
+            self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+
+    def request_fetch(self, branch: bytes, publisher: int, from_seq: int, to_seq: int) -> None:
+        """Ask the publisher of a chain for retained messages (catch-up after a restart, gap fill)."""
+        b = self._get_branch(branch)
+        head = Fetch(self._channel, branch, publisher, from_seq, to_seq, b.me)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=branch))
+
+    def catch_up(self) -> None:
+        """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect)."""
+        for b in self._branches.values():
+            if b.state is not BranchState.OPEN:
+                continue
+            for p, c in b.chains.items():
+                if p != b.me:
+                    self.request_fetch(b.id, p, c.next_seq, c.next_seq + self.config.max_fetch - 1)
+
+    # -- internals: publishing ---------------------------------------------------------------------------------
+
+    def _check_writable(self, b: _Branch) -> None:
+        if b.state is BranchState.CLOSED:
+            raise ClosedResourceError(f"branch {b.id.hex()} is closed")
+        if b.me != 0 and not b.members[b.me][1].can_write:
+            raise LocalProtocolError(f"no write permission on branch {b.id.hex()}")
+
+    def _checkpoint(self, b: _Branch, now_ms: int) -> None:
+        c = b.chains[b.me]
+        seq = c.next_seq
+        head = Checkpoint(self._channel, b.id, b.me, seq, c.head, b.epoch)
+        frame = encode_frame(head, b"", self._id.sign)
+        c.next_seq = seq + 1
+        c.head = frame.hash
+        c.covered = seq
+        c.first_uncovered_ms = None
+        self._record_sent(b, b.me, seq, frame)
+
+    def _record_sent(self, b: _Branch, publisher: int, seq: int, frame: Frame) -> None:
+        self._changes.log.append(LogRecord(b.id, publisher, seq, frame.hash, frame.raw))
+        self._changes.chains.append(b.chain_record(publisher))
+        self._out.append(Outgoing(frame.raw, branch=b.id))
+
+    # -- internals: receiving chain frames -------------------------------------------------------------------
+
+    def _get_branch(self, branch: bytes) -> _Branch:
+        b = self._branches.get(branch)
+        if b is None:
+            raise LocalProtocolError(f"unknown branch {branch.hex()}")
+        return b
+
+    def _on_chain_frame(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        h: Packet | Checkpoint = frame.head
+        b = self._branches.get(h.branch)
+        if b is None:
+            raise _Reject(RejectReason.UNKNOWN_BRANCH, "not a member of this branch", h.branch)
+        if b.state is BranchState.CLOSED:
+            raise _Reject(RejectReason.CLOSED_BRANCH, "branch is closed", h.branch, h.publisher, h.seq)
+        member = b.members.get(h.publisher)
+        if member is None or h.publisher == b.me:
+            # Our own messages reflected back to us are a relay attempt, never input.
+            raise _Reject(RejectReason.NOT_MEMBER, "publisher is not a member", h.branch, h.publisher, h.seq)
+        if h.publisher != 0 and not member[1].can_write:
+            raise _Reject(RejectReason.NOT_PERMITTED, "publisher may not write", h.branch, h.publisher, h.seq)
+        c = b.chains.get(h.publisher)
+        if c is None:
+            raise _Reject(RejectReason.NOT_PERMITTED, "we may not read this chain", h.branch, h.publisher, h.seq)
+        if h.seq < c.next_seq:
+            # Cheap, before any crypto (THREATS 3, 8).
+            raise _Reject(RejectReason.REPLAY, "sequence number already accepted", h.branch, h.publisher, h.seq)
+        if (h.epoch, h.publisher) not in b.keys:
+            raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
+        if h.seq > c.next_seq:
+            self._hold(b, c, frame, events)
+            return
+        self._accept(b, c, frame, events)
+        # Drain held successors now in order.
+        while c.held and c.next_seq in c.held:
+            nxt = c.held.pop(c.next_seq)
+            try:
+                self._accept(b, c, nxt, events)
+            except _Reject as r:
+                events.append(r.event)
+        if c.held is not None and not c.held:
+            c.held = None
+
+    def _verify_chain_frame(self, b: _Branch, frame: Frame) -> bytes | None:
+        """AEAD then signature (cheapest first).  Returns the payload (None for checkpoints)."""
+        h = frame.head
+        pub = b.members[h.publisher][0]
+        payload: bytes | None = None
+        if frame.kind is Kind.PACKET:
+            try:
+                payload = _crypto.aead_decrypt(b.keys[(h.epoch, h.publisher)], h.nonce, frame.aad, frame.body)
+            except VerificationError as exc:
+                raise _Reject(RejectReason.BAD_AEAD, "ciphertext does not authenticate", h.branch,
+                              h.publisher, h.seq) from exc
+            if not frame.sig and b.mode is SigningMode.EACH:
+                raise _Reject(RejectReason.BAD_SIGNATURE, "unsigned packet on a signed-each branch", h.branch,
+                              h.publisher, h.seq)
+        if frame.sig:
+            try:
+                _crypto.verify(pub, frame.hash, frame.sig)
+            except VerificationError as exc:
+                raise _Reject(RejectReason.BAD_SIGNATURE, "signature does not verify", h.branch, h.publisher,
+                              h.seq) from exc
+        return payload
+
+    def _accept(self, b: _Branch, c: _Chain, frame: Frame, events: list[Event]) -> None:
+        h = frame.head
+        if not _crypto.ct_equal(h.prev, c.head):
+            raise _Reject(RejectReason.BAD_LINK, "hash link does not match the previous message", h.branch,
+                          h.publisher, h.seq)
+        if h.epoch != b.epoch and not self._old_epoch_ok(b, h.epoch):
+            raise _Reject(RejectReason.STALE_EPOCH, "key epoch is not current", h.branch, h.publisher, h.seq)
+        payload = self._verify_chain_frame(b, frame)
+        c.next_seq = h.seq + 1
+        c.head = frame.hash
+        signed = bool(frame.sig)
+        self._changes.log.append(LogRecord(b.id, h.publisher, h.seq, frame.hash, frame.raw))
+        newly_covered = signed and (h.seq - c.covered > 1 or frame.kind is Kind.CHECKPOINT)
+        if signed:
+            c.covered = h.seq
+        self._changes.chains.append(b.chain_record(h.publisher))
+        if payload is not None:
+            events.append(MessageReceived(b.id, h.publisher, did_from_public_key(b.members[h.publisher][0]),
+                                          h.seq, payload, signed, frame.hash))
+        if newly_covered:
+            events.append(Covered(b.id, h.publisher, h.seq))
+
+    def _old_epoch_ok(self, b: _Branch, epoch: int) -> bool:
+        # A message of an earlier epoch is accepted only while we hold its key (it was sent before the re-key
+        # reached the publisher's chain cut); the link check already pins it to the chain.
+        return epoch < b.epoch and any(e == epoch for e, _ in b.keys)
+
+    def _hold(self, b: _Branch, c: _Chain, frame: Frame, events: list[Event]) -> None:
+        h = frame.head
+        if c.held is None:
+            c.held = {}
+        if h.seq in c.held or len(c.held) >= self.config.hold_limit:
+            if h.seq not in c.held:
+                raise _Reject(RejectReason.HOLD_FULL, "hold buffer full", h.branch, h.publisher, h.seq)
+            raise _Reject(RejectReason.REPLAY, "already held", h.branch, h.publisher, h.seq)
+        # Authenticate before buffering, so forged frames cannot fill the buffer.
+        self._verify_chain_frame(b, frame)
+        c.held[h.seq] = frame
+        if h.seq > c.gap_to:
+            events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
+            lo = max(c.next_seq, c.gap_to + 1)
+            c.gap_to = h.seq
+            if b.me in b.members:
+                self.request_fetch(b.id, h.publisher, lo, h.seq - 1)
+
+    def _on_head(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        h: HeadNotice = frame.head
+        b = self._branches.get(h.branch)
+        if b is None or h.publisher not in b.members or h.publisher == b.me or h.publisher not in b.chains:
+            raise _Reject(RejectReason.UNKNOWN_BRANCH, "head of an unknown chain", h.branch, h.publisher)
+        try:
+            _crypto.verify(b.members[h.publisher][0], frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
+        c = b.chains[h.publisher]
+        if h.seq >= c.next_seq and h.seq > c.gap_to:
+            events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
+            lo = max(c.next_seq, c.gap_to + 1)
+            c.gap_to = h.seq
+            self.request_fetch(b.id, h.publisher, lo, h.seq)
+
+    def _on_fetch(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        h: Fetch = frame.head
+        b = self._branches.get(h.branch)
+        if b is None:
+            raise _Reject(RejectReason.UNKNOWN_BRANCH, "fetch for an unknown branch", h.branch)
+        member = b.members.get(h.requester)
+        if member is None or h.requester == b.me:
+            raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", h.branch, h.requester)
+        try:
+            _crypto.verify(member[0], frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
+        if h.publisher != b.me:
+            raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)
+        perm = member[1]
+        if h.requester != 0 and not perm.can_read:
+            raise _Reject(RejectReason.NOT_PERMITTED, "requester may not read this chain", h.branch, h.requester)
+        hi = min(h.to_seq, h.from_seq + self.config.max_fetch - 1, b.chains[b.me].next_seq - 1)
+        if h.from_seq >= 1 and hi >= h.from_seq:
+            events.append(FetchRequested(b.id, b.me, h.from_seq, hi, peer))
+
+    # -- internals: branches ---------------------------------------------------------------------------------
+
+    def _new_branch(self, rec: BranchRecord, heads: list[tuple[int, int, bytes]]) -> _Branch:
+        b = _Branch(rec)
+        start = {p: (s, hh) for p, s, hh in heads}
+        for p, (_, perm) in b.members.items():
+            readable = (b.me == 0) or (p == 0 and b.members[b.me][1].can_read) \
+                or b.members[b.me][1] is Permission.AUDIT
+            writes_here = p == b.me
+            if (readable or writes_here) and (p == 0 or perm.can_write):
+                seq, hh = start.get(p, (0, rec.grant_hash))
+                b.chains[p] = _Chain(seq + 1, hh, seq)
+        self._branches[b.id] = b
+        self._changes.branches.append(b.record())
+        self._changes.chains.extend(b.chain_record(p) for p in b.chains)
+        return b
+
+
+def _finish(kind: Kind, head: object, head_raw: bytes, body: bytes, sign: Callable[[bytes], bytes] | None) -> Frame:
+    h = message_hash(kind, head_raw, body)
+    sig = sign(h) if sign is not None else b""
+    raw = msgpack.packb([VERSION, int(kind), head_raw, body, sig], use_bin_type=True)
+    return Frame(kind, head, head_raw, body, sig, raw, h)
+
+
+# --- author --------------------------------------------------------------------------------------------------
+
+
+class AuthorCore(_CoreBase):
+    """The channel author's protocol machine.  See the module docstring for the driver contract."""
+
+    role = Role.AUTHOR
+
+    def __init__(self, identity: Identity, name: str, policy: Policy, config: CoreConfig | None = None,
+                 rng: Rng | None = None) -> None:
+        super().__init__(identity, config, rng)
+        self.name = name
+        self.policy = policy
+        self._channel = channel_id(identity.sign_public, name)
+        self._author = identity.public
+        ann = Announce(self._channel, identity.sign_public, identity.kx_public, name)
+        self._announce = encode_frame(ann, b"", identity.sign)
+        self._announce_hash = self._announce.hash
+        self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel)
+        self._used_nonces: dict[bytes, int] = {}
+        self._by_did: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"AuthorCore(channel={self._channel.hex()}, branches={len(self._branches)})"
+
+    @property
+    def announcement(self) -> bytes:
+        """The signed announcement frame (public)."""
+        return self._announce.raw
+
+    def announce(self) -> None:
+        """Queue the announcement for everyone."""
+        self._out.append(Outgoing(self._announce.raw))
+        self._changes.announce = self._announce.raw
+
+    def load_author(self, branches: list[BranchRecord], chains: list[ChainRecord],
+                    nonces: list[tuple[bytes, int]]) -> None:
+        """Restore after a restart: branches, cursors and the used challenge nonces."""
+        self.load(branches, chains)
+        self._used_nonces.update(nonces)
+        for b in self._branches.values():
+            if b.peer_did and b.state is BranchState.OPEN:
+                self._by_did[b.peer_did] = b.id
+
+    def branch_of(self, did: str) -> bytes | None:
+        """The open per-subscriber branch of ``did``, if any."""
+        return self._by_did.get(did)
+
+    # -- subscription handshake (THREATS 5) --------------------------------------------------------------------
+
+    def _challenge_mac(self, nonce: bytes, expires_ms: int) -> bytes:
+        return _crypto.mac16(self._chal_key, _crypto.P_CHALLENGE, self._channel, nonce, _U64.pack(expires_ms))
+
+    def _on_hello(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        # Stateless: the challenge is MACed, so a HELLO flood costs one MAC each and no memory.
+        nonce = self._rng(16)
+        expires = now_ms + self.config.challenge_ttl_ms
+        ch = Challenge(self._channel, nonce, expires, self._challenge_mac(nonce, expires))
+        self._out.append(Outgoing(self._announce.raw, peer=peer))
+        self._out.append(Outgoing(encode_frame(ch).raw, peer=peer))
+
+    def _refuse(self, peer: object, nonce: bytes, reason: RejectReason) -> None:
+        f = encode_frame(Refuse(self._channel, nonce, reason.value), b"", self._id.sign)
+        self._out.append(Outgoing(f.raw, peer=peer))
+
+    def _on_subscribe(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        try:
+            secret = decode_subscribe_secret(self._id.unseal(frame.body))
+        except (VerificationError, DecodeError) as exc:
+            events.append(SubscriberRefused("", "subscription does not open or decode"))
+            raise _Reject(RejectReason.MALFORMED, "subscription does not open or decode") from exc
+        # 1. The challenge is ours (MAC), fresh (window) and unused (THREATS 5: no replayed request).
+        mac_ok = _crypto.ct_equal(secret.mac, self._challenge_mac(secret.nonce, secret.expires_ms))
+        if not mac_ok or now_ms > secret.expires_ms or secret.nonce in self._used_nonces:
+            events.append(SubscriberRefused("", "challenge forged, expired or already used"))
+            self._refuse(peer, secret.nonce, RejectReason.BAD_CHALLENGE)
+            raise _Reject(RejectReason.BAD_CHALLENGE, "challenge forged, expired or already used")
+        # 2. Proof of control of the DID over this channel, this author and this challenge.
+        digest = _proof_digest(self._channel, self._id.sign_public, secret.nonce, secret.expires_ms,
+                               secret.credential)
+        try:
+            pub = PublicIdentity.from_sign_public(secret.sign_public)
+            pub.verify(digest, secret.proof)
+        except (VerificationError, DecodeError) as exc:
+            events.append(SubscriberRefused("", "proof of control does not verify"))
+            self._refuse(peer, secret.nonce, RejectReason.BAD_SIGNATURE)
+            raise _Reject(RejectReason.BAD_SIGNATURE, "proof of control does not verify") from exc
+        self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
+        did = pub.did
+        req = SubscriptionRequest(self._channel, did, pub.sign_public, secret.credential)
+        decision = self.policy.decide(req, now_ms)
+        if not decision.admit:
+            events.append(SubscriberRefused(did, decision.reason))
+            self._refuse(peer, secret.nonce, RejectReason.REFUSED)
+            return
+        existing = self._by_did.get(did)
+        if existing is not None:
+            # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.
+            b = self._branches[existing]
+            self._out.append(Outgoing(b.grant_frame, peer=peer, branch=b.id))
+            events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason))
+            return
+        branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer)
+        events.append(SubscriberAdmitted(did, branch, decision.permission, decision.reason))
+
+    def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
+        if len(self._used_nonces) >= self.config.max_nonces:
+            for n in [n for n, e in self._used_nonces.items() if e < now_ms]:
+                del self._used_nonces[n]
+        self._used_nonces[nonce] = expires_ms
+        self._changes.nonces.append((nonce, expires_ms))
+
+    # -- branches ------------------------------------------------------------------------------------------------
+
+    def open_branch(self, subscriber: PublicIdentity, permission: Permission = Permission.READ_WRITE,
+                    mode: SigningMode | None = None) -> bytes:
+        """Open a per-subscriber branch for a DID without a handshake (e.g. pre-provisioned)."""
+        if subscriber.did in self._by_did:
+            raise LocalProtocolError("that DID already has an open branch")
+        return self._open_branch([(subscriber, permission)], mode or self.config.signing, subscriber.did, None)
+
+    def open_group(self, members: list[PublicIdentity], permission: Permission = Permission.READ) -> bytes:
+        """Open a broadcast branch: only the author writes, members read (or audit).  Always signed-each: with a
+        shared key, an unsigned packet could be forged by any member."""
+        if permission.can_write:
+            raise LocalProtocolError("group branches are author-write only")
+        if not members:
+            raise LocalProtocolError("a group needs members")
+        return self._open_branch([(m, permission) for m in members], SigningMode.EACH, "", None)
+
+    def _open_branch(self, members: list[tuple[PublicIdentity, Permission]], mode: SigningMode, peer_did: str,
+                     peer: object) -> bytes:
+        branch = self._rng(16)
+        while branch in self._branches:
+            branch = self._rng(16)
+        member_list = [(0, self._id.sign_public, int(Permission.READ_WRITE))]
+        member_list += [(i + 1, pub.sign_public, int(perm)) for i, (pub, perm) in enumerate(members)]
+        keys = [(0, p, self._rng(32)) for p, _, perm in member_list if p == 0 or Permission(perm).can_write]
+        rec = BranchRecord(branch, 0, int(mode), b"", b"", 0, member_list, keys, BranchState.OPEN.value, peer_did)
+        frame = self._grant_frame(rec, [pub for pub, _ in members], self._announce_hash, [])
+        rec.grant_hash, rec.grant_frame = frame.hash, frame.raw
+        self._new_branch(rec, [])
+        if peer_did:
+            self._by_did[peer_did] = branch
+        self._out.append(Outgoing(frame.raw, peer=peer, branch=branch))
+        return branch
+
+    def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
+                     heads: list[tuple[int, int, bytes]]) -> Frame:
+        entries = []
+        by_pub = {pk: (i, Permission(p)) for i, pk, p in rec.members}
+        for pub in recipients:
+            idx, perm = by_pub[pub.sign_public]
+            mine = []
+            for e, p, k in rec.keys:
+                if e != rec.epoch:
+                    continue
+                if p == idx or (p == 0 and perm.can_read) or perm is Permission.AUDIT:
+                    mine.append((p, k))
+            secret = GrantSecret(idx, list(rec.members), mine, heads)
+            sealed = _crypto.seal(pub.kx_public, encode_grant_secret(secret))
+            entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
+        head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
+        return encode_frame(head, encode_grant_entries(entries), self._id.sign)
+
+    def remove_member(self, branch: bytes, did: str) -> None:
+        """Remove a member from a group branch and re-key it (epoch + 1): nothing published afterwards is
+        readable by the removed member (THREATS 6)."""
+        b = self._get_branch(branch)
+        if b.peer_did:
+            raise LocalProtocolError("per-subscriber branches are revoked, not re-keyed")
+        target = [i for i, (pk, _) in b.members.items() if i != 0 and did_from_public_key(pk) == did]
+        if not target:
+            raise LocalProtocolError("not a member of that branch")
+        b.transition("grant")
+        del b.members[target[0]]
+        b.chains.pop(target[0], None)
+        b.epoch += 1
+        b.keys[(b.epoch, 0)] = self._rng(32)
+        c = b.chains[0]
+        rec = b.record()
+        recipients = [PublicIdentity.from_sign_public(pk) for i, (pk, _) in sorted(b.members.items()) if i != 0]
+        if not recipients:
+            self.revoke(branch)
+            return
+        frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)])
+        b.grant_hash, b.grant_frame = frame.hash, frame.raw
+        self._changes.branches.append(b.record())
+        self._out.append(Outgoing(frame.raw, branch=b.id))
+
+    def revoke(self, branch: bytes) -> None:
+        """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""
+        b = self._get_branch(branch)
+        b.transition("revoke")
+        c = b.chains[0]
+        head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+        self._changes.branches.append(b.record())
+        if b.peer_did:
+            self._by_did.pop(b.peer_did, None)
+
+    def _on_unsubscribe(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        h: Unsubscribe = frame.head
+        b = self._branches.get(h.branch)
+        if b is None or b.state is BranchState.CLOSED:
+            raise _Reject(RejectReason.CLOSED_BRANCH, "unsubscribe for an unknown or closed branch", h.branch)
+        member = b.members.get(h.publisher)
+        if member is None or h.publisher == 0:
+            raise _Reject(RejectReason.NOT_MEMBER, "unsubscribe from a non-member", h.branch, h.publisher)
+        if h.epoch != b.epoch or not _crypto.ct_equal(h.prev, b.grant_hash):
+            raise _Reject(RejectReason.STALE_EPOCH, "unsubscribe for another epoch", h.branch, h.publisher)
+        try:
+            _crypto.verify(member[0], frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "unsubscribe signature", h.branch, h.publisher) from exc
+        if b.peer_did:
+            b.transition("unsubscribe")
+            self._by_did.pop(b.peer_did, None)
+            self._changes.branches.append(b.record())
+            events.append(BranchClosed(b.id, "unsubscribe", 0))
+        else:
+            self.remove_member(b.id, did_from_public_key(member[0]))
+            events.append(BranchClosed(b.id, "unsubscribe", 0))
+
+
+# --- subscriber ------------------------------------------------------------------------------------------------
+
+
+class SubscriberCore(_CoreBase):
+    """A subscriber's protocol machine.  It knows the author's DID and the channel id in advance (out of band,
+    e.g. from configuration) and trusts nothing else it receives."""
+
+    role = Role.SUBSCRIBER
+
+    def __init__(self, identity: Identity, author_did: str, channel: bytes, config: CoreConfig | None = None,
+                 rng: Rng | None = None) -> None:
+        super().__init__(identity, config, rng)
+        self._author = PublicIdentity.from_did(author_did)
+        self._channel = channel
+        self.state = SubscriptionState.IDLE
+        self._announced = False
+        self._pending_nonce = b""
+        self._credential = b""
+
+    def __repr__(self) -> str:
+        return f"SubscriberCore(channel={self._channel.hex()}, state={self.state.value})"
+
+    @property
+    def author(self) -> PublicIdentity:
+        assert self._author is not None
+        return self._author
+
+    def load_subscriber(self, announce: bytes | None, branches: list[BranchRecord],
+                        chains: list[ChainRecord]) -> None:
+        self.load(branches, chains)
+        if announce is not None:
+            f = decode_frame(announce, self.config.max_frame)
+            self._announce_hash = f.hash
+            self._announced = True
+        if any(b.state is BranchState.OPEN for b in self._branches.values()):
+            self.state = SubscriptionState.SUBSCRIBED
+
+    def _transition(self, inp: Kind | str) -> None:
+        nxt = SUBSCRIPTION.get((self.state, inp))
+        if nxt is None:
+            raise _Reject(RejectReason.UNEXPECTED, f"{inp} not expected in state {self.state.value}")
+        self.state = nxt
+
+    def hello(self, credential: bytes = b"") -> None:
+        """Start (or restart) the subscription handshake.  ``credential``: an optional presentation for the
+        author's policy (see :mod:`streams.credentials`).  Use :meth:`hello_with` for a presentation that must
+        embed the author's challenge."""
+        try:
+            self._transition("hello")
+        except _Reject as r:  # pragma: no cover - "hello" is valid in every state
+            raise LocalProtocolError(r.event.detail) from None
+        self._credential = credential
+        self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))
+
+    # A hook for presentations bound to the challenge: called with (nonce, channel) -> credential bytes.
+    credential_for_challenge: Callable[[bytes, bytes], bytes] | None = None
+
+    def _on_announce(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        a: Announce = frame.head
+        author = self.author
+        if not _crypto.ct_equal(a.author_sign, author.sign_public) or a.channel != self._channel:
+            raise _Reject(RejectReason.FOREIGN_CHANNEL, "announcement of another author or channel")
+        if a.channel != channel_id(a.author_sign, a.name) or a.author_kx != author.kx_public:
+            raise _Reject(RejectReason.MALFORMED, "announcement fields are inconsistent")
+        try:
+            author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "announcement signature") from exc
+        if not self._announced:
+            self._announced = True
+            self._announce_hash = frame.hash
+            self._changes.announce = frame.raw
+            events.append(Announced(self._channel, author.did))
+
+    def _on_challenge(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        if not self._announced:
+            raise _Reject(RejectReason.UNEXPECTED, "challenge before a verified announcement")
+        self._transition(Kind.CHALLENGE)
+        ch: Challenge = frame.head
+        cred = self._credential
+        if self.credential_for_challenge is not None:
+            cred = self.credential_for_challenge(ch.nonce, self._channel)
+        digest = _proof_digest(self._channel, self.author.sign_public, ch.nonce, ch.expires_ms, cred)
+        secret = SubscribeSecret(self._id.sign_public, ch.nonce, ch.expires_ms, ch.mac, cred, self._id.sign(digest))
+        body = _crypto.seal(self.author.kx_public, encode_subscribe_secret(secret))
+        self._pending_nonce = ch.nonce
+        self._out.append(Outgoing(encode_frame(Subscribe(self._channel), body).raw))
+
+    def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        r: Refuse = frame.head
+        try:
+            self.author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "refusal signature") from exc
+        if not self._pending_nonce or not _crypto.ct_equal(r.nonce, self._pending_nonce):
+            raise _Reject(RejectReason.UNEXPECTED, "refusal of a request we did not make")
+        self._transition(Kind.REFUSE)
+        self._pending_nonce = b""
+        try:
+            reason = RejectReason(r.reason)
+        except ValueError:
+            reason = RejectReason.REFUSED
+        events.append(Refused(reason))
+
+    def _on_grant(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        g: Grant = frame.head
+        hint = _hint(g.branch, g.epoch, self._id.kx_public)
+        try:
+            entries = decode_grant_entries(frame.body)
+        except DecodeError as exc:
+            raise _Reject(RejectReason.MALFORMED, "grant entries") from exc
+        mine = [e for e in entries if _crypto.ct_equal(e.hint, hint)]
+        if not mine:
+            return  # a grant for someone else (routing may broadcast): not an error, not our business
+        try:
+            self.author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+        existing = self._branches.get(g.branch)
+        if existing is not None:
+            if existing.state is BranchState.CLOSED:
+                raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
+            if _crypto.ct_equal(frame.hash, existing.grant_hash):
+                return  # the same grant again (re-subscription): already applied
+            if g.epoch != existing.epoch + 1 or not _crypto.ct_equal(g.prev, existing.grant_hash):
+                raise _Reject(RejectReason.STALE_EPOCH, "grant does not extend the branch's grant chain", g.branch)
+        elif g.epoch == 0 and not _crypto.ct_equal(g.prev, self._announce_hash):
+            raise _Reject(RejectReason.BAD_LINK, "first grant does not link to the announcement", g.branch)
+        secret: GrantSecret | None = None
+        for e in mine:
+            try:
+                secret = decode_grant_secret(self._id.unseal(e.sealed))
+                break
+            except (VerificationError, DecodeError):
+                continue
+        if secret is None:
+            raise _Reject(RejectReason.BAD_AEAD, "grant entry does not open", g.branch)
+        members = {i: (pk, p) for i, pk, p in secret.members}
+        if secret.index not in members or not _crypto.ct_equal(members[secret.index][0], self._id.sign_public) \
+                or 0 not in members or not _crypto.ct_equal(members[0][0], self.author.sign_public):
+            raise _Reject(RejectReason.MALFORMED, "grant membership inconsistent", g.branch)
+        try:
+            mode = SigningMode(g.mode)
+        except ValueError as exc:
+            raise _Reject(RejectReason.MALFORMED, "unknown signing mode", g.branch) from exc
+        if self.state is not SubscriptionState.SUBSCRIBED:
+            self._transition(Kind.GRANT)
+        self._pending_nonce = b""
+        keys = [(g.epoch, p, k) for p, k in secret.keys]
+        if existing is None:
+            rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,
+                               list(secret.members), keys)
+            self._new_branch(rec, secret.heads)
+        else:
+            existing.transition("grant")
+            existing.epoch = g.epoch
+            existing.grant_hash, existing.grant_frame = frame.hash, frame.raw
+            existing.members = {i: (pk, Permission(p)) for i, pk, p in secret.members}
+            existing.keys.update({(e, p): k for e, p, k in keys})
+            for p in [p for p in existing.chains if p not in existing.members]:
+                del existing.chains[p]
+            self._changes.branches.append(existing.record())
+        perm = Permission(members[secret.index][1])
+        dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(members.items()))
+        events.append(Granted(g.branch, g.epoch, perm, dids))
+
+    def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        r: Revoke = frame.head
+        b = self._branches.get(r.branch)
+        if b is None:
+            return  # someone else's branch
+        if b.state is BranchState.CLOSED:
+            raise _Reject(RejectReason.CLOSED_BRANCH, "branch already closed", r.branch)
+        if r.epoch != b.epoch or not _crypto.ct_equal(r.prev, b.grant_hash):
+            raise _Reject(RejectReason.STALE_EPOCH, "revoke for another epoch", r.branch)
+        try:
+            self.author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "revoke signature", r.branch) from exc
+        b.transition("revoke")
+        self._changes.branches.append(b.record())
+        events.append(BranchClosed(b.id, "revoke", r.last_seq))
+
+    def unsubscribe(self, branch: bytes) -> None:
+        """Leave a branch: tell the author (signed) and close it locally."""
+        b = self._get_branch(branch)
+        b.transition("unsubscribe")
+        head = Unsubscribe(self._channel, b.id, b.me, b.epoch, b.grant_hash)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+        self._changes.branches.append(b.record())

@@ -1,0 +1,150 @@
+"""Events: what the protocol core reports.  Frozen dataclasses, all in this one module.
+
+The core turns bytes into events (``receive``) and API calls into frames (``publish``...).  The asyncio layer
+(:mod:`streams.api`) persists what the core changed, then hands these events to the application.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import RejectReason
+from .wire import Permission
+
+__all__ = [
+    "Announced",
+    "BranchClosed",
+    "Covered",
+    "Event",
+    "FetchRequested",
+    "GapDetected",
+    "Granted",
+    "MessageReceived",
+    "Refused",
+    "Rejected",
+    "SubscriberAdmitted",
+    "SubscriberRefused",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A payload accepted in order: authentic, linked, not a replay, and on disk before it is handed out.
+
+    ``signed`` is True if this message carries its own signature, or a later checkpoint already covered it;
+    otherwise (amortized mode) it is AEAD-authenticated and a :class:`Covered` event follows once a signed
+    checkpoint covers it."""
+
+    branch: bytes
+    publisher: int
+    publisher_did: str
+    seq: int
+    payload: bytes
+    signed: bool
+    hash: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"MessageReceived(branch={self.branch.hex()}, publisher={self.publisher}, seq={self.seq}, "
+            f"{len(self.payload)}B, signed={self.signed})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Covered:
+    """Every message of (branch, publisher) up to and including ``through_seq`` is now covered by a signature."""
+
+    branch: bytes
+    publisher: int
+    through_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapDetected:
+    """Messages ``expected_seq..received_seq-1`` of a chain are missing.  Later messages are held; a fetch was
+    requested from the publisher's retained log."""
+
+    branch: bytes
+    publisher: int
+    expected_seq: int
+    received_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame was refused (forged, replayed, foreign, malformed, ...).  State is unchanged."""
+
+    reason: RejectReason
+    detail: str
+    branch: bytes | None = None
+    publisher: int | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """(Subscriber) the author's announcement verified: channel id and author DID match what we expected."""
+
+    channel: bytes
+    author_did: str
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """(Subscriber) a branch was opened or re-keyed for us."""
+
+    branch: bytes
+    epoch: int
+    permission: Permission
+    members: tuple[str, ...]  #: DIDs of the members, index order (the author first)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """(Subscriber) the author refused our subscription.  ``reason`` is the author's coarse reason code."""
+
+    reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberAdmitted:
+    """(Author) a DID was admitted by the policy and granted ``branch``."""
+
+    did: str
+    branch: bytes
+    permission: Permission
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberRefused:
+    """(Author) a subscription was refused; ``did`` is empty if the request never proved a DID."""
+
+    did: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BranchClosed:
+    """A branch was revoked by the author or left by a member; nothing more is accepted on it."""
+
+    branch: bytes
+    by: str  #: "revoke" or "unsubscribe"
+    last_seq: int  #: the author chain's final sequence number (revoke), or 0
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequested:
+    """A member asked for retained messages of one of our chains; the driver serves them from the log."""
+
+    branch: bytes
+    publisher: int
+    from_seq: int
+    to_seq: int
+    peer: object
+
+
+Event = (
+    MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
+    | SubscriberRefused | BranchClosed | FetchRequested
+)

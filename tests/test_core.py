@@ -1,0 +1,322 @@
+"""Two (or more) protocol cores wired together without sockets, and the attacks each THREATS property names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from streams.core import AuthorCore, SubscriberCore
+from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
+from streams.events import (
+    Announced,
+    BranchClosed,
+    Covered,
+    GapDetected,
+    Granted,
+    MessageReceived,
+    Refused,
+    Rejected,
+    SubscriberAdmitted,
+    SubscriberRefused,
+)
+from streams.policy import AllowList
+from streams.wire import Kind, Permission, SigningMode, decode_frame, encode_frame
+
+from .corenet import Net, ident, seeded_rng
+
+
+def _granted(events: list[object]) -> Granted:
+    gs = [e for e in events if isinstance(e, Granted)]
+    assert len(gs) == 1, events
+    return gs[0]
+
+
+def _msgs(events: list[object]) -> list[MessageReceived]:
+    return [e for e in events if isinstance(e, MessageReceived)]
+
+
+def _rejects(events: list[object]) -> list[Rejected]:
+    return [e for e in events if isinstance(e, Rejected)]
+
+
+@pytest.fixture
+def net() -> Net:
+    n = Net.make()
+    for s in ("s0", "s1"):
+        n.subscribe(s)
+    return n
+
+
+def branch_of(net: Net, name: str) -> bytes:
+    return _granted(net.events[name]).branch
+
+
+def test_handshake_admits_listed_dids_and_opens_one_branch_each(net: Net) -> None:
+    b0, b1 = branch_of(net, "s0"), branch_of(net, "s1")
+    assert b0 != b1
+    assert any(isinstance(e, Announced) for e in net.events["s0"])
+    admitted = [e for e in net.events["author"] if isinstance(e, SubscriberAdmitted)]
+    assert {a.did for a in admitted} == {ident(10).did, ident(11).did}
+    g = _granted(net.events["s0"])
+    assert g.permission is Permission.READ_WRITE
+    assert g.members == (ident(1).did, ident(10).did)
+
+
+def test_round_trip_both_directions(net: Net) -> None:
+    b0 = branch_of(net, "s0")
+    net.author.publish(b0, b"alert: card 4242 flagged", net.now)
+    net.pump_author()
+    [m] = _msgs(net.events["s0"])
+    assert (m.payload, m.seq, m.signed, m.publisher_did) == (b"alert: card 4242 flagged", 1, True, ident(1).did)
+    seq = net.subs["s0"].publish(b0, b"payment 17 EUR", net.now)
+    assert seq == 1
+    net.pump_sub("s0")
+    [m2] = _msgs(net.events["author"])
+    assert (m2.payload, m2.publisher, m2.publisher_did) == (b"payment 17 EUR", 1, ident(10).did)
+
+
+def test_segregation_other_provider_cannot_read_branch(net: Net) -> None:
+    """THREATS 1: every frame of s0's branch is broadcast to s1 too; s1 decrypts nothing of it."""
+    b0 = branch_of(net, "s0")
+    for i in range(5):
+        net.author.publish(b0, b"secret-%d" % i, net.now)
+    net.pump_author()
+    assert len(_msgs(net.events["s0"])) == 5
+    assert _msgs(net.events["s1"]) == []
+    # s1 also cannot use s0's frames on its own branch: relabelled branch id breaks AEAD/signature.
+    b1 = branch_of(net, "s1")
+    frames = [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.PACKET]
+    f = decode_frame(frames[0])
+    forged = encode_frame(dataclasses.replace(f.head, branch=b1), f.body, lambda _h: f.sig)
+    ev = net.subs["s1"].receive(forged.raw, net.now)
+    assert len(_rejects(ev)) == 1 and _msgs(ev) == []
+    assert not any(s in repr(net.events["s1"]).encode() for s in [b"secret"])
+
+
+@pytest.mark.parametrize("field", ["channel", "branch", "publisher", "seq", "prev", "epoch", "nonce"])
+def test_every_header_field_is_authenticated(net: Net, field: str) -> None:
+    """THREATS 2: changing any header field (re-encoded canonically) is rejected, never accepted."""
+    b0 = branch_of(net, "s0")
+    net.author.publish(b0, b"hello", net.now)
+    out = net.author.data_to_send()
+    net.author.take_changes()
+    f = decode_frame(out[0].data)
+    vals = {x.name: getattr(f.head, x.name) for x in dataclasses.fields(f.head)}
+    v = vals[field]
+    vals[field] = (bytes([v[0] ^ 1]) + v[1:]) if isinstance(v, bytes) else v + 1
+    raw = encode_frame(type(f.head)(**vals), f.body, lambda _h: f.sig).raw
+    assert raw != f.raw
+    ev = net.subs["s0"].receive(raw, net.now)
+    assert _msgs(ev) == []
+    assert len(_rejects(ev)) == 1
+    # and the genuine frame is still accepted afterwards: state was not changed by the attack
+    assert [m.payload for m in _msgs(net.subs["s0"].receive(f.raw, net.now))] == [b"hello"]
+
+
+def test_ciphertext_and_signature_bitflips_rejected(net: Net) -> None:
+    b0 = branch_of(net, "s0")
+    net.author.publish(b0, b"x" * 100, net.now)
+    [o] = net.author.data_to_send()
+    f = decode_frame(o.data)
+    for i in range(0, len(f.body), 7):
+        body = bytearray(f.body)
+        body[i] ^= 0x40
+        ev = net.subs["s0"].receive(encode_frame(f.head, bytes(body), lambda _h: f.sig).raw, net.now)
+        assert [r.reason for r in _rejects(ev)] in ([RejectReason.BAD_AEAD], [RejectReason.BAD_SIGNATURE])
+    sig = bytearray(f.sig)
+    sig[5] ^= 1
+    ev = net.subs["s0"].receive(encode_frame(f.head, f.body, lambda _h: bytes(sig)).raw, net.now)
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.BAD_SIGNATURE]
+    # stripping the signature on a signed-each branch is refused too
+    ev = net.subs["s0"].receive(encode_frame(f.head, f.body, None).raw, net.now)
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.BAD_SIGNATURE]
+
+
+def test_replay_within_branch_rejected(net: Net) -> None:
+    b0 = branch_of(net, "s0")
+    net.author.publish(b0, b"one", net.now)
+    [o] = net.author.data_to_send()
+    assert len(_msgs(net.subs["s0"].receive(o.data, net.now))) == 1
+    ev = net.subs["s0"].receive(o.data, net.now)
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.REPLAY]
+
+
+def test_replay_across_branches_and_channels_rejected(net: Net) -> None:
+    b0 = branch_of(net, "s0")
+    net.author.publish(b0, b"for s0", net.now)
+    [o] = net.author.data_to_send()
+    # to s1 (other branch): not a member
+    ev = net.subs["s1"].receive(o.data, net.now)
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.UNKNOWN_BRANCH]
+    # to a subscriber of another channel of the same author: foreign channel
+    other = AuthorCore(ident(1), "other-channel", AllowList.of([ident(10).did]), rng=seeded_rng(5))
+    sub_other = SubscriberCore(ident(10), ident(1).did, other.channel)
+    ev = sub_other.receive(o.data, net.now)
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.FOREIGN_CHANNEL]
+
+
+def test_relay_to_another_author_rejected(net: Net) -> None:
+    """A subscriber's packet relayed to a different author (same channel name) is foreign there."""
+    b0 = branch_of(net, "s0")
+    net.subs["s0"].publish(b0, b"payment", net.now)
+    [o] = net.subs["s0"].data_to_send()
+    evil = AuthorCore(ident(2), "fraud-monitor", AllowList.of([ident(10).did]), rng=seeded_rng(9))
+    ev = evil.receive(o.data, net.now, "s0")
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.FOREIGN_CHANNEL]
+    # and a packet reflected back to its own publisher is refused
+    ev = net.subs["s0"].receive(o.data, net.now)
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.NOT_MEMBER]
+
+
+def test_reorder_is_held_then_delivered_in_order_with_gap_reported(net: Net) -> None:
+    b0 = branch_of(net, "s0")
+    for i in range(1, 5):
+        net.author.publish(b0, b"m%d" % i, net.now)
+    outs = net.author.data_to_send()
+    s = net.subs["s0"]
+    ev = s.receive(outs[2].data, net.now) + s.receive(outs[1].data, net.now)
+    gaps = [e for e in ev if isinstance(e, GapDetected)]
+    assert gaps and gaps[0].expected_seq == 1 and gaps[0].received_seq == 3
+    assert _msgs(ev) == []  # held, not accepted
+    fetches = [decode_frame(o.data) for o in s.data_to_send()]
+    assert fetches and fetches[0].kind is Kind.FETCH and fetches[0].head.from_seq == 1
+    ev = s.receive(outs[0].data, net.now) + s.receive(outs[3].data, net.now)
+    assert [m.seq for m in _msgs(ev)] == [1, 2, 3, 4]
+
+
+def test_hold_buffer_is_bounded() -> None:
+    from streams.core import CoreConfig
+
+    n = Net.make(config=CoreConfig(hold_limit=3))
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    for i in range(8):
+        n.author.publish(b0, b"%d" % i, n.now)
+    outs = n.author.data_to_send()
+    s = n.subs["s0"]
+    s.config = CoreConfig(hold_limit=3)  # type: ignore[misc]
+    ev = []
+    for o in outs[1:]:
+        ev += s.receive(o.data, n.now)
+    assert sum(1 for r in _rejects(ev) if r.reason is RejectReason.HOLD_FULL) == 4
+
+
+def test_unlisted_did_refused(net: Net) -> None:
+    stranger = net.add_sub("x", ident(99))
+    ev = net.subscribe("x")
+    assert [e.reason for e in ev if isinstance(e, Refused)] == [RejectReason.REFUSED]
+    assert not [e for e in ev if isinstance(e, Granted)]
+    refused = [e for e in net.events["author"] if isinstance(e, SubscriberRefused)]
+    assert refused[-1].did == ident(99).did
+    assert stranger.branch_ids() == []
+
+
+def test_replayed_subscription_request_refused(net: Net) -> None:
+    """THREATS 5: a recorded SUBSCRIBE (fresh when recorded) replayed later, or to another author, is refused."""
+    subs = [d for who, d in net.wire if who == "s0" and decode_frame(d).kind is Kind.SUBSCRIBE]
+    assert subs
+    before = len(net.author.branch_ids())
+    ev = net.author.receive(subs[0], net.now, "attacker")
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.BAD_CHALLENGE]
+    assert len(net.author.branch_ids()) == before
+    # after expiry too
+    ev = net.author.receive(subs[0], net.now + 10**9, "attacker")
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.BAD_CHALLENGE]
+    # to another author: the sealed box does not even open there
+    other = AuthorCore(ident(3), "fraud-monitor", AllowList.of([ident(10).did]))
+    ev = other.receive(subs[0], net.now, "attacker")
+    assert _rejects(ev)
+    assert other.branch_ids() == []
+
+
+def test_expired_challenge_refused() -> None:
+    n = Net.make()
+    s = n.subs["s0"]
+    s.hello()
+    [hello] = s.data_to_send()
+    n.author.receive(hello.data, n.now, "s0")
+    outs = n.author.data_to_send()
+    for o in outs:
+        s.receive(o.data, n.now)
+    [sub] = s.data_to_send()
+    ev = n.author.receive(sub.data, n.now + 61_000, "s0")
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.BAD_CHALLENGE]
+
+
+def test_publish_after_revocation(net: Net) -> None:
+    b0 = branch_of(net, "s0")
+    net.author.publish(b0, b"before", net.now)
+    net.pump_author()
+    # s0 prepares a packet, then gets revoked; the packet must be refused by the author
+    net.subs["s0"].publish(b0, b"late", net.now)
+    late = net.subs["s0"].data_to_send()
+    net.subs["s0"].take_changes()
+    net.author.revoke(b0)
+    net.pump_author()
+    closed = [e for e in net.events["s0"] if isinstance(e, BranchClosed)]
+    assert closed and closed[0].by == "revoke" and closed[0].last_seq == 1
+    ev = net.author.receive(late[0].data, net.now, "s0")
+    assert [r.reason for r in _rejects(ev)] == [RejectReason.CLOSED_BRANCH]
+    with pytest.raises(ClosedResourceError):
+        net.author.publish(b0, b"after", net.now)
+    with pytest.raises(ClosedResourceError):
+        net.subs["s0"].publish(b0, b"after", net.now)
+
+
+def test_read_only_subscriber_cannot_publish_and_its_packets_are_refused() -> None:
+    n = Net.make(policy=AllowList.of([ident(10).did, ident(11).did], Permission.READ))
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    with pytest.raises(LocalProtocolError):
+        n.subs["s0"].publish(b0, b"x", n.now)
+
+
+def test_amortized_mode_covers_with_checkpoints() -> None:
+    from streams.core import CoreConfig
+
+    n = Net.make(config=CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_every=4))
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    for i in range(6):
+        n.author.publish(b0, b"p%d" % i, n.now)
+    n.pump_author()
+    ev = n.events["s0"]
+    msgs = _msgs(ev)
+    assert [m.signed for m in msgs] == [False] * 6
+    cov = [e for e in ev if isinstance(e, Covered)]
+    assert [c.through_seq for c in cov] == [5]  # 4 packets then the checkpoint at seq 5
+    assert n.author.next_timer() == n.now + 200
+    n.author.handle_timer(n.now + 200)
+    n.pump_author()
+    cov = [e for e in n.events["s0"] if isinstance(e, Covered)]
+    assert [c.through_seq for c in cov] == [5, 8]
+
+
+def test_group_branch_rekey_cuts_off_removed_member() -> None:
+    n = Net.make(n_subs=3)
+    for s in ("s0", "s1", "s2"):
+        n.subscribe(s)
+    members = [s.identity.public for s in n.subs.values()]
+    g = n.author.open_group(members)
+    n.pump_author()
+    n.author.publish(g, b"broadcast 1", n.now)
+    n.pump_author()
+    for s in ("s0", "s1", "s2"):
+        assert b"broadcast 1" in [m.payload for m in _msgs(n.events[s])]
+    n.author.remove_member(g, ident(12).did)
+    n.pump_author()
+    n.author.publish(g, b"broadcast 2", n.now)
+    n.pump_author()
+    assert b"broadcast 2" in [m.payload for m in _msgs(n.events["s0"])]
+    assert b"broadcast 2" not in [m.payload for m in _msgs(n.events["s2"])]
+    assert any(r.reason is RejectReason.STALE_EPOCH for r in _rejects(n.events["s2"]))
+
+
+def test_refusal_does_not_leak_policy_and_unlisted_gets_no_key_material(net: Net) -> None:
+    net.add_sub("x", ident(77))
+    net.subscribe("x")
+    refuses = [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.REFUSE]
+    f = decode_frame(refuses[-1])
+    assert f.head.reason == RejectReason.REFUSED.value
+    assert ident(10).did.encode() not in refuses[-1]
