@@ -211,7 +211,7 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("covered", "first_uncovered_ms", "gap_to", "head", "held", "next_seq")
+    __slots__ = ("covered", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -220,6 +220,7 @@ class _Chain:
         self.held: dict[int, Frame] | None = None
         self.gap_to = 0  # highest seq for which a gap was already reported / fetched
         self.first_uncovered_ms: int | None = None
+        self.notified = 0  # highest seq announced in a HEAD notice
 
 
 class _Branch:
@@ -403,11 +404,13 @@ class _CoreBase:
                 self._checkpoint(b, now_ms)
 
     def head_notices(self) -> None:
-        """Queue a signed HEAD notice for every open chain of ours, so receivers detect loss at the tail."""
+        """Queue a signed HEAD notice for every open chain of ours that moved since its last notice, so receivers
+        detect loss at the tail (the driver calls this when the channel goes quiet)."""
         for b in self._branches.values():
             c = b.chains.get(b.me)
-            if c is None or b.state is not BranchState.OPEN or c.next_seq == 1:
+            if c is None or b.state is not BranchState.OPEN or c.next_seq - 1 <= c.notified:
                 continue
+            c.notified = c.next_seq - 1
             head = HeadNotice(self._channel, b.id, b.me, c.next_seq - 1, c.head, b.epoch)
             self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
 
@@ -425,6 +428,29 @@ class _CoreBase:
             for p, c in b.chains.items():
                 if p != b.me:
                     self.request_fetch(b.id, p, c.next_seq, c.next_seq + self.config.max_fetch - 1)
+
+    def open_logged(self, raw: bytes) -> MessageReceived | None:
+        """Decrypt a message from our own log again (redelivery after a restart).  None if it is not a payload
+        we can read."""
+        try:
+            f = decode_frame(raw, self.config.max_frame)
+        except DecodeError:
+            return None
+        if f.kind is not Kind.PACKET:
+            return None
+        h: Packet = f.head
+        b = self._branches.get(h.branch)
+        key = None if b is None else b.keys.get((h.epoch, h.publisher))
+        if b is None or key is None or h.publisher not in b.members:
+            return None
+        try:
+            payload = _crypto.aead_decrypt(key, h.nonce, f.aad, f.body)
+        except VerificationError:
+            return None
+        c = b.chains.get(h.publisher)
+        signed = bool(f.sig) or (c is not None and h.seq <= c.covered)
+        return MessageReceived(b.id, h.publisher, did_from_public_key(b.members[h.publisher][0]), h.seq, payload,
+                               signed, f.hash)
 
     # -- internals: publishing ---------------------------------------------------------------------------------
 
