@@ -156,6 +156,17 @@ class CredentialError(VerificationError):
         super().__init__(message, _REJECT.get(failure, RejectReason.REFUSED))
         self.failure = failure
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take fewer constructor arguments; rebuild through the base so errors survive pickling
+        # (e.g. when a verifier runs in a worker process).
+        return (_restore_error, (type(self), str(self), self.failure))
+
+
+def _restore_error(cls: type[CredentialError], message: str, failure: CredentialFailure) -> CredentialError:
+    err = cls.__new__(cls)
+    CredentialError.__init__(err, message, failure)
+    return err
+
 
 class MalformedCredential(CredentialError, DecodeError):
     """The document is not a well-formed credential, presentation, proof or status list."""

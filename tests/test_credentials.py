@@ -11,6 +11,7 @@ import copy
 import gzip
 import hashlib
 import json
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -729,3 +730,14 @@ def test_mutated_presentation_bytes_never_verify(data: st.DataObject) -> None:
     # A byte change can leave the JSON meaning intact (e.g. whitespace is not JCS but parses the same, or an
     # escape is re-spelt); only then may it verify.
     assert json.loads(bytes(raw)) == json.loads(PRESENTED)
+
+
+def test_errors_survive_pickling() -> None:
+    for err in [
+        MalformedCredential("m"),
+        BadProof("b", CredentialFailure.WRONG_SIGNER),
+        CredentialExpired("e"),
+    ]:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert (str(back), back.failure, back.reason) == (str(err), err.failure, err.reason)
