@@ -34,6 +34,9 @@ class SubscriptionRequest:
     did: str  #: the requester's did:key, proven by its signature over a fresh challenge
     sign_public: bytes
     credential: bytes  #: a presentation the requester attached (empty if none); policies verify it
+    #: the author's subscription challenge nonce that the request answered (empty if unknown).  A credential
+    #: presentation must be bound to it (as ``challenge = nonce.hex()``) so it cannot be replayed (THREATS 5).
+    nonce: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
