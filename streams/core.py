@@ -737,7 +737,7 @@ class AuthorCore(_CoreBase):
             raise _Reject(RejectReason.BAD_SIGNATURE, "proof of control does not verify") from exc
         self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         did = pub.did
-        req = SubscriptionRequest(self._channel, did, pub.sign_public, secret.credential)
+        req = SubscriptionRequest(self._channel, did, pub.sign_public, secret.credential, secret.nonce)
         decision = self.policy.decide(req, now_ms)
         if not decision.admit:
             events.append(SubscriberRefused(did, decision.reason))
