@@ -1,8 +1,108 @@
-"""streams: secure publish/subscribe channels between security tools."""
+"""streams: secure publish/subscribe channels between security tools.
+
+An author announces a channel; subscribers prove control of their DID and are admitted by the author's policy;
+the author opens one encrypted, signed, sequence-numbered, hash-linked branch per subscriber (and group
+branches for broadcasts).  See README.md for a tour and SPEC.md for the wire protocol.
+
+The public API is what this module exports; everything else is internal.
+"""
 
 from __future__ import annotations
 
-from .errors import *  # noqa: F403
-from .identity import Identity, PublicIdentity
+from .api import Author, BranchInfo, MemoryHub, MemoryTransport, StoreOptions, Subscriber, Transport
+from .core import AuthorCore, CoreConfig, Outgoing, SubscriberCore, channel_id
+from .errors import (
+    AdmissionRefused,
+    BadPassphrase,
+    BrokenResourceError,
+    ClosedResourceError,
+    DecodeError,
+    FrameTooLarge,
+    KeystoreError,
+    LedgerError,
+    LocalProtocolError,
+    RejectReason,
+    RemoteProtocolError,
+    StorageError,
+    StreamsError,
+    StreamsTimeoutError,
+    UnsupportedVersion,
+    VerificationError,
+)
+from .events import (
+    Announced,
+    BranchClosed,
+    Covered,
+    Event,
+    FetchRequested,
+    GapDetected,
+    Granted,
+    MessageReceived,
+    Refused,
+    Rejected,
+    SubscriberAdmitted,
+    SubscriberRefused,
+)
+from .identity import DIDDocument, DIDResolver, Identity, KeyResolver, PublicIdentity
+from .policy import AllOf, AllowList, AnyOf, Decision, DenyList, Policy, SubscriptionRequest
+from .wire import Permission, SigningMode
 
-__all__ = ["Identity", "PublicIdentity"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdmissionRefused",
+    "AllOf",
+    "AllowList",
+    "Announced",
+    "AnyOf",
+    "Author",
+    "AuthorCore",
+    "BadPassphrase",
+    "BranchClosed",
+    "BranchInfo",
+    "BrokenResourceError",
+    "ClosedResourceError",
+    "CoreConfig",
+    "Covered",
+    "DIDDocument",
+    "DIDResolver",
+    "Decision",
+    "DecodeError",
+    "DenyList",
+    "Event",
+    "FetchRequested",
+    "FrameTooLarge",
+    "GapDetected",
+    "Granted",
+    "Identity",
+    "KeyResolver",
+    "KeystoreError",
+    "LedgerError",
+    "LocalProtocolError",
+    "MemoryHub",
+    "MemoryTransport",
+    "MessageReceived",
+    "Outgoing",
+    "Permission",
+    "Policy",
+    "PublicIdentity",
+    "Refused",
+    "RejectReason",
+    "Rejected",
+    "RemoteProtocolError",
+    "SigningMode",
+    "StorageError",
+    "StoreOptions",
+    "StreamsError",
+    "StreamsTimeoutError",
+    "Subscriber",
+    "SubscriberAdmitted",
+    "SubscriberCore",
+    "SubscriberRefused",
+    "SubscriptionRequest",
+    "Transport",
+    "UnsupportedVersion",
+    "VerificationError",
+    "__version__",
+    "channel_id",
+]
