@@ -558,3 +558,9 @@ def test_seal_and_open_refuse_bad_key_size(key: Any) -> None:
 def test_sealed_blob_does_not_contain_plaintext() -> None:
     plaintext = b"A" * 64
     assert plaintext[:16] not in seal_secret(KEY, plaintext, AAD)
+
+
+@pytest.mark.parametrize("passphrase", [None, 1234, ["pass"]])
+def test_load_refuses_non_text_passphrase(kat: Path, passphrase: Any) -> None:
+    with pytest.raises(LocalProtocolError):
+        load_identity(kat, passphrase)
