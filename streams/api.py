@@ -47,9 +47,8 @@ from .events import (
     Rejected,
 )
 from .identity import Identity, PublicIdentity
-from .keystore import MEMLIMIT, OPSLIMIT
 from .policy import Policy
-from .store import Store
+from .store import MEMLIMIT, OPSLIMIT, Store
 from .wire import Permission, SigningMode
 
 __all__ = [

@@ -4,7 +4,8 @@ The X25519 key is derived from the Ed25519 key exactly as the did:key method spe
 (https://w3c-ccg.github.io/did-method-key/, "Encryption Method Creation Algorithm"), so the DID alone tells a
 peer both keys.
 
-Secrets never appear in ``repr`` or ``str``; equality of identities is a constant-time compare of the public key.
+Secrets never appear in ``repr`` or ``str``; equality of identities is a constant-time compare of the public
+key.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def public_key_from_did(did: str) -> bytes:
     """The Ed25519 public key of a ``did:key`` DID.
 
     Raises :class:`~streams.errors.DecodeError` (a ``ValueError``) for anything that is not a valid Ed25519
-    did:key: wrong method, multibase other than base58btc, wrong multicodec, wrong length, or a point that is
-    not on the curve.
+    did:key: wrong method, multibase other than base58btc, wrong multicodec, wrong length, a point that is
+    not on the curve (or of small order), or any spelling other than the canonical one (e.g. trailing
+    whitespace), so that equal keys always have equal DID strings.
     """
     if not isinstance(did, str) or not did.startswith("did:key:"):
         raise DecodeError("not a did:key DID")
@@ -74,6 +76,11 @@ def public_key_from_did(did: str) -> bytes:
         raise DecodeError("did:key Ed25519 key must be 32 bytes")
     if not _crypto.is_valid_ed25519_point(key):
         raise DecodeError("did:key Ed25519 key is not a valid curve point")
+    # One key, one DID string: the base58 library strips trailing whitespace, so without this check
+    # "did:key:z6Mk...\n" would name the same key as "did:key:z6Mk..." and could slip past a policy that
+    # compares DID strings (THREATS 5).
+    if did_from_public_key(key) != did:
+        raise DecodeError("did:key is not in canonical form")
     return key
 
 

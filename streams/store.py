@@ -33,13 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import nacl.pwhash
 
 from .core import BranchRecord, ChainRecord, Changes
 from .errors import BadPassphrase, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity
-from .keystore import MEMLIMIT, OPSLIMIT, derive_key, open_secret, seal_secret
+from .keystore import derive_key, open_secret, seal_secret
 
-__all__ = ["Store"]
+__all__ = ["MEMLIMIT", "OPSLIMIT", "Store"]
+
+#: Argon2id cost for the store's passphrase key: libsodium's "interactive" (about 50 ms here), paid at each open.
+OPSLIMIT: int = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
+MEMLIMIT: int = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 
 SCHEMA_VERSION = 1
 

@@ -395,8 +395,10 @@ def decode_frame(data: bytes, max_frame: int = MAX_FRAME) -> Frame:
     signatures, links and AEAD are the protocol core's job."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError("frame must be bytes")
-    if len(data) > max_frame:
-        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the limit of {max_frame}")
+    # len() of a memoryview counts items, not bytes: use nbytes so the limit holds for any buffer format.
+    size = memoryview(data).nbytes
+    if size > max_frame:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame}")
     data = bytes(data)
     outer = _unpack(data, "frame", max_frame)
     if not isinstance(outer, list) or len(outer) != 5:
