@@ -20,9 +20,16 @@ import pytest
 
 from streams.anchor import ANCHOR_TAG, EpochCheckpoint, build_epoch
 from streams.anchor import ChainHead as Head
-from streams.errors import ClosedResourceError, DecodeError, LedgerError, LocalProtocolError
+from streams.errors import (
+    ClosedResourceError,
+    DecodeError,
+    LedgerError,
+    LocalProtocolError,
+    VerificationError,
+)
 from streams.identity import Identity
 from streams.ledger import Ledger, UnknownAnchor
+from streams.ledger.anchoring import confirm, publish, verify_anchored
 from streams.ledger.iota import IotaLedger, parse_tagged_block
 
 pytestmark = pytest.mark.skipif(
@@ -121,6 +128,27 @@ def test_an_epoch_checkpoint_round_trips_through_the_tangle(ledger: IotaLedger) 
     assert cp == epoch.checkpoint
     cp.verify(author.sign_public)
     assert _wait_confirmed(ledger, block_id).confirmed
+
+
+def test_no_receipt_before_the_milestone(node: StandIn, ledger: IotaLedger) -> None:
+    author = Identity.from_seed(bytes([3]) * 32)
+    heads = [Head(bytes([i]) * 16, 1, 7, bytes([i]) * 32, bytes([4]) * 32) for i in range(5)]
+    epoch = build_epoch(bytes([2]) * 32, heads, None, 1_700_000_000_000, author.sign)
+    h = heads[3]
+    proof = epoch.proofs[(h.branch, h.publisher)]
+    node.admin("/admin/milestones", {"paused": True})
+    try:
+        pending = publish(ledger, epoch)
+        assert confirm(ledger, pending) is None  # written, signed, valid -- and still not anchored
+        with pytest.raises(VerificationError):
+            verify_anchored(ledger, pending.anchor_id, h, proof, author.sign_public)
+    finally:
+        node.admin("/admin/milestones", {"paused": False})
+    _wait_confirmed(ledger, pending.anchor_id)
+    receipt = confirm(ledger, pending)
+    assert receipt is not None
+    assert receipt.ref is not None
+    assert verify_anchored(ledger, pending.anchor_id, h, proof, author.sign_public) == receipt
 
 
 def test_unknown_and_malformed_ids(ledger: IotaLedger) -> None:
