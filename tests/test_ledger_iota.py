@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -174,16 +175,53 @@ def test_outage_raises_ledger_error_then_recovers(node: StandIn, ledger: IotaLed
     assert ledger.read(block_id) == (b"t", b"after outage")
 
 
-def test_worker_death_is_a_ledger_error_and_the_worker_restarts(ledger: IotaLedger) -> None:
+def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: StandIn) -> None:
+    led = IotaLedger(node.url, timeout=20.0, api_timeout=30.0)
+    try:
+        led.status(led.append(b"t", b"warm"))
+        pid = led.worker_pid
+        assert pid is not None
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                led.status("0x" + "cd" * 32)
+            except BaseException as exc:
+                errors.append(exc)
+
+        node.admin("/admin/stall", {"on": True})  # hold the request so the worker is inside the SDK
+        try:
+            t = threading.Thread(target=call)
+            t.start()
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)  # we started this worker; kill exactly it
+            t.join(10)
+            assert time.monotonic() - t0 < 5  # noticed at once, not after the 20 s timeout
+        finally:
+            node.admin("/admin/stall", {"on": False})
+        assert len(errors) == 1
+        assert isinstance(errors[0], LedgerError)
+        assert isinstance(errors[0].__cause__, EOFError | OSError)
+        # the next call starts a fresh worker
+        block_id = led.append(b"t", b"after crash")
+        assert led.worker_pid not in (None, pid)
+        assert led.read(block_id) == (b"t", b"after crash")
+    finally:
+        led.close()
+
+
+def test_a_worker_killed_while_idle_is_replaced_on_next_use(ledger: IotaLedger) -> None:
     ledger.status(ledger.append(b"t", b"warm"))
     pid = ledger.worker_pid
     assert pid is not None
-    os.kill(pid, signal.SIGKILL)  # we started this worker; kill exactly it
-    time.sleep(0.2)
-    # the dead worker is noticed and replaced on the next call
-    block_id = ledger.append(b"t", b"after crash")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while ledger.worker_pid == pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    block_id = ledger.append(b"t", b"after idle crash")
     assert ledger.worker_pid not in (None, pid)
-    assert ledger.read(block_id) == (b"t", b"after crash")
+    assert ledger.read(block_id) == (b"t", b"after idle crash")
 
 
 def test_a_timeout_is_a_ledger_error_and_the_next_call_recovers(node: StandIn) -> None:
