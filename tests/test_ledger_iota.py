@@ -33,7 +33,7 @@ from streams.ledger import Ledger, UnknownAnchor
 from streams.ledger.anchoring import confirm, publish, verify_anchored
 from streams.ledger.iota import IotaLedger, parse_tagged_block
 
-pytestmark = pytest.mark.skipif(
+needs_sdk = pytest.mark.skipif(
     importlib.util.find_spec("iota_sdk") is None, reason="iota-sdk is not installed (the 'iota' extra)"
 )
 
@@ -86,6 +86,7 @@ def _wait_confirmed(led: IotaLedger, block_id: str, within: float = 10.0) -> Any
     raise AssertionError("not confirmed in time")
 
 
+@needs_sdk
 def test_append_is_unconfirmed_until_a_milestone_references_it(node: StandIn, ledger: IotaLedger) -> None:
     assert isinstance(ledger, Ledger)
     before_ms = (int(time.time()) - 1) * 1000
@@ -108,6 +109,7 @@ def test_append_is_unconfirmed_until_a_milestone_references_it(node: StandIn, le
     assert "iota_sdk" not in sys.modules
 
 
+@needs_sdk
 def test_block_id_is_the_blake2b_of_the_bytes_the_node_received(node: StandIn, ledger: IotaLedger) -> None:
     block_id = ledger.append(b"t", b"\x00\x01\x02")
     computed = node.admin(f"/admin/blocks/{block_id}/raw-hash")
@@ -118,6 +120,7 @@ def test_block_id_is_the_blake2b_of_the_bytes_the_node_received(node: StandIn, l
     assert all(t.startswith("application/vnd.iota.serializer-v1") for t in types)
 
 
+@needs_sdk
 def test_an_epoch_checkpoint_round_trips_through_the_tangle(ledger: IotaLedger) -> None:
     author = Identity.from_seed(bytes(32))
     heads = [Head(bytes([i]) * 16, 0, 3, bytes([i]) * 32, bytes([9]) * 32) for i in range(20)]
@@ -131,6 +134,7 @@ def test_an_epoch_checkpoint_round_trips_through_the_tangle(ledger: IotaLedger) 
     assert _wait_confirmed(ledger, block_id).confirmed
 
 
+@needs_sdk
 def test_no_receipt_before_the_milestone(node: StandIn, ledger: IotaLedger) -> None:
     author = Identity.from_seed(bytes([3]) * 32)
     heads = [Head(bytes([i]) * 16, 1, 7, bytes([i]) * 32, bytes([4]) * 32) for i in range(5)]
@@ -152,6 +156,7 @@ def test_no_receipt_before_the_milestone(node: StandIn, ledger: IotaLedger) -> N
     assert verify_anchored(ledger, pending.anchor_id, h, proof, author.sign_public) == receipt
 
 
+@needs_sdk
 def test_unknown_and_malformed_ids(ledger: IotaLedger) -> None:
     with pytest.raises(UnknownAnchor):
         ledger.status("0x" + "ab" * 32)
@@ -161,6 +166,7 @@ def test_unknown_and_malformed_ids(ledger: IotaLedger) -> None:
         ledger.append(b"x" * 65, b"")
 
 
+@needs_sdk
 def test_outage_raises_ledger_error_then_recovers(node: StandIn, ledger: IotaLedger) -> None:
     node.admin("/admin/outage", {"on": True})
     try:
@@ -175,6 +181,7 @@ def test_outage_raises_ledger_error_then_recovers(node: StandIn, ledger: IotaLed
     assert ledger.read(block_id) == (b"t", b"after outage")
 
 
+@needs_sdk
 def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: StandIn) -> None:
     led = IotaLedger(node.url, timeout=20.0, api_timeout=30.0)
     try:
@@ -211,6 +218,7 @@ def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: S
         led.close()
 
 
+@needs_sdk
 def test_a_worker_killed_while_idle_is_replaced_on_next_use(ledger: IotaLedger) -> None:
     ledger.status(ledger.append(b"t", b"warm"))
     pid = ledger.worker_pid
@@ -224,6 +232,7 @@ def test_a_worker_killed_while_idle_is_replaced_on_next_use(ledger: IotaLedger) 
     assert ledger.read(block_id) == (b"t", b"after idle crash")
 
 
+@needs_sdk
 def test_a_timeout_is_a_ledger_error_and_the_next_call_recovers(node: StandIn) -> None:
     led = IotaLedger(node.url, timeout=1.5, api_timeout=30.0)
     try:
@@ -258,3 +267,35 @@ def test_parse_tagged_block_refuses_non_tagged_data() -> None:
     for bad in (raw[:-1], raw + b"\x00", raw[:38] + b"\x06" + raw[39:], b""):
         with pytest.raises(DecodeError):
             parse_tagged_block(bad)
+
+
+_HIDE_SDK = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Hide(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "iota_sdk" or name.startswith("iota_sdk."):
+            raise ModuleNotFoundError(name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+from streams.ledger.iota import IotaLedger, IotaSdkMissing
+from streams.errors import LedgerError
+try:
+    IotaLedger("http://127.0.0.1:9")
+except IotaSdkMissing as exc:
+    assert isinstance(exc, LedgerError) and isinstance(exc, ImportError)
+    print("missing:", exc)
+"""
+
+
+def test_without_iota_sdk_the_error_says_which_extra_to_install() -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _HIDE_SDK], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("missing:")
+    assert "'iota' extra" in out.stdout

@@ -80,6 +80,14 @@ def parse_tagged_block(raw: bytes) -> tuple[bytes, bytes]:
     return bytes(tag), bytes(data)
 
 
+def _sdk_installed() -> bool:
+    """Whether ``iota_sdk`` can be found, without importing it here (its import stays in the worker)."""
+    try:
+        return importlib.util.find_spec("iota_sdk") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 # --- the worker (runs in its own process; the only place that imports iota_sdk) -----------------------------
 
 
@@ -152,7 +160,7 @@ class IotaLedger:
 
     def __init__(self, node_url: str, *, timeout: float = 15.0, api_timeout: float = 5.0,
                  start_timeout: float = 60.0) -> None:
-        if importlib.util.find_spec("iota_sdk") is None:  # looks for the package without importing it
+        if not _sdk_installed():
             raise IotaSdkMissing(
                 "IotaLedger needs iota-sdk: install the 'iota' extra (pip install 'streams[iota]')"
             )
