@@ -102,7 +102,7 @@ def main() -> None:
         to_author(o.data)
     kinds = {decode_frame(d).kind.name: (who, d) for who, d in wire}
     # The handshake frames, in order (sealed bodies: the recipient opens them).
-    for who, d in wire:
+    for _who, d in wire:
         f = decode_frame(d)
         extra: dict[str, Any] = {}
         if f.kind.name == "SUBSCRIBE":
