@@ -104,7 +104,7 @@ class FileStatusLists:
 
     def __init__(self, paths: tuple[Path, ...]) -> None:
         self._paths = paths
-        self._cache: dict[Path, tuple[tuple[int, int], dict[str, Any] | None]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -114,7 +114,8 @@ class FileStatusLists:
     def _load(self, path: Path) -> dict[str, Any] | None:
         try:
             st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size)
+            # The inode too: `credential revoke` renames a new file into place, maybe within one mtime tick.
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             cached = self._cache.get(path)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
