@@ -49,7 +49,7 @@ from typing import Any, Final
 from .credentials import CredentialPolicy
 from .errors import DecodeError, LocalProtocolError
 from .identity import public_key_from_did
-from .policy import AllowList, AnyOf, Decision, Policy, SubscriptionRequest
+from .policy import AllOf, AllowList, AnyOf, Decision, Policy, SubscriptionRequest
 from .wire import Permission
 
 __all__ = [
@@ -158,34 +158,6 @@ class CredentialRule:
     status_lists: tuple[Path, ...]  #: status-list files (absolute or relative to the working directory)
 
 
-def _intersect(a: Permission, b: Permission) -> Permission | None:
-    if Permission.AUDIT in (a, b):
-        return a if a == b else None
-    # READ=1, WRITE=2, READ_WRITE=3: the values are bit sets.
-    both = int(a) & int(b)
-    return Permission(both) if both else None
-
-
-@dataclass(frozen=True)
-class _Every:
-    """Every sub-policy must admit; the permission is what they all grant (``mode = "all"``)."""
-
-    policies: tuple[Policy, ...]
-
-    def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
-        granted: Permission | None = None
-        for p in self.policies:
-            d = p.decide(request, now_ms)
-            if not d.admit:
-                return d
-            granted = d.permission if granted is None else _intersect(granted, d.permission)
-            if granted is None:
-                return Decision.refuse("rules grant no permission in common")
-        if granted is None:
-            return Decision.refuse("no rule")
-        return Decision(True, "every rule admits", granted)
-
-
 @dataclass(frozen=True)
 class FilePolicy:
     """A policy loaded by :func:`load_policy`: a deny-list that always wins, then the rules (see module doc).
@@ -206,6 +178,12 @@ class FilePolicy:
         if request.did in self.deny:
             return Decision.refuse("DID on the deny-list")
         return self._rules.decide(request, now_ms)
+
+    def still_valid(self, evidence: bytes, now_ms: int) -> bool:
+        """Whether the evidence (a credential) that admitted a subscriber still holds (see
+        :meth:`streams.policy.Policy`); the author revokes subscribers for which it does not."""
+        check = getattr(self._rules, "still_valid", None)
+        return True if check is None else bool(check(evidence, now_ms))
 
     def describe(self) -> dict[str, Any]:
         """The parsed policy as plain data (what ``streams policy check`` prints)."""
@@ -381,5 +359,5 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
                 status_lists=FileStatusLists(rule.status_lists) if rule.status_lists else None,
             )
         )
-    combined: Policy = AnyOf(tuple(compiled)) if mode == "any" else _Every(tuple(compiled))
+    combined: Policy = AnyOf(tuple(compiled)) if mode == "any" else AllOf(tuple(compiled))
     return FilePolicy(name, mode, frozenset(deny), dict(allow), tuple(rules), combined)
