@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nacl.bindings
 import zmq
@@ -32,7 +33,7 @@ log = logging.getLogger("brokerless")
 
 def kx_keypair(identity: Identity) -> tuple[bytes, bytes]:
     """(X25519 public, X25519 secret) of an identity: the same pair its did:key names for key agreement."""
-    pk, sk = nacl.bindings.crypto_sign_seed_keypair(identity.export_seed())
+    _pk, sk = nacl.bindings.crypto_sign_seed_keypair(identity.export_seed())
     return identity.kx_public, nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(sk)
 
 
@@ -79,7 +80,7 @@ class _KnownKeys:
         return ok
 
 
-def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[bytes], cfg: CurveConfig,
+def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[Any], cfg: CurveConfig,
                  known: Callable[[bytes], bool] | None) -> zmq.auth.asyncio.AsyncioAuthenticator:
     """Make ``sock`` a CURVE server and start a ZAP handler admitting only keys for which ``known`` is true.
 
@@ -96,7 +97,7 @@ def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[bytes], cfg: CurveCo
     return auth
 
 
-def setup_client(sock: zmq.Socket[bytes], cfg: CurveConfig) -> None:
+def setup_client(sock: zmq.Socket[Any], cfg: CurveConfig) -> None:
     """Make ``sock`` a CURVE client of the server whose X25519 key is ``cfg.server_public``."""
     if cfg.server_public is None:
         raise LocalProtocolError("a CURVE client needs the server's public key")

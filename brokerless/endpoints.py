@@ -53,6 +53,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -168,7 +169,7 @@ class _Peer:
         return False
 
 
-def _socket_options(sock: zmq.Socket[bytes], cfg: EndpointConfig) -> None:
+def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
     sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
@@ -339,7 +340,7 @@ class AuthorEndpoint(_Base):
                 self._ready.set()
                 await asyncio.sleep(0)  # let the driver run between batches
             else:
-                await self._sock.poll(cfg.heartbeat_ms, zmq.POLLIN)
+                await self._sock.poll(cfg.heartbeat_ms, zmq.POLLIN)  # type: ignore[call-arg]
 
     def _on_message(self, parts: list[bytes]) -> None:
         cfg = self.config
@@ -644,7 +645,7 @@ class SubscriberEndpoint(_Base):
                 await asyncio.sleep(0)
             else:
                 try:
-                    await self._sock.poll(min(cfg.heartbeat_ms, 200), zmq.POLLIN)
+                    await self._sock.poll(min(cfg.heartbeat_ms, 200), zmq.POLLIN)  # type: ignore[call-arg]
                 except zmq.ZMQError:
                     await asyncio.sleep(0.01)
 
@@ -693,10 +694,10 @@ class SubscriberEndpoint(_Base):
             now = _now_ms()
             if len(self._inbox) >= cfg.inbox:
                 self._last_heard = now  # we are the slow side, not the author
-            if now - self._last_sent >= cfg.heartbeat_ms or now - self._last_heard >= cfg.heartbeat_ms:
-                if not self._queue:
-                    self._send(PING)
-                    self._last_sent = now
+            idle = now - self._last_sent >= cfg.heartbeat_ms or now - self._last_heard >= cfg.heartbeat_ms
+            if idle and not self._queue:
+                self._send(PING)
+                self._last_sent = now
             if now - self._last_heard > cfg.heartbeat_ms * cfg.liveness:
                 await self._reconnect()
 
