@@ -8,6 +8,7 @@ the new lifetime -- and after de-duplication the stream has no holes.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def _seqs(lines: list[str], publisher: int) -> list[int]:
 
 
 def _strictly_increasing(xs: list[int]) -> bool:
-    return all(a < b for a, b in zip(xs, xs[1:], strict=False))
+    return all(a < b for a, b in itertools.pairwise(xs))
 
 
 @pytest.mark.parametrize("kind", ["tcp", "ipc"])

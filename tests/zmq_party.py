@@ -26,13 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint  # noqa: E402
-from streams.api import Author, StoreOptions, Subscriber  # noqa: E402
-from streams.core import CoreConfig, channel_id  # noqa: E402
-from streams.events import Acknowledged, Rejected  # noqa: E402
-from streams.identity import Identity  # noqa: E402
-from streams.policy import AllowList  # noqa: E402
-from streams.wire import Hello, encode_frame  # noqa: E402
+import contextlib
+
+from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+from streams.api import Author, StoreOptions, Subscriber
+from streams.core import CoreConfig, channel_id
+from streams.events import Acknowledged, Rejected
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.wire import Hello, encode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -160,10 +162,8 @@ async def run_flood(args: argparse.Namespace) -> None:
             except zmq.Again:
                 break
         if rnd.random() < 0.02:
-            try:
+            with contextlib.suppress(zmq.Again):
                 sock.send(big, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
         await asyncio.sleep(0.001)
     out("SENT", sent)
     sock.close(linger=0)
