@@ -258,9 +258,13 @@ class AuthorEndpoint(_Base):
                 self._sock.bind(a)
                 last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
                 self.addresses.append(last.decode() if isinstance(last, bytes) else str(last))
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, LocalProtocolError) as exc:
+            if self._auth is not None:
+                self._auth.stop()  # type: ignore[attr-defined]
             self._sock.close(linger=0)
             self._term()
+            if isinstance(exc, LocalProtocolError):
+                raise
             raise LocalProtocolError(f"cannot bind {bind!r}: {exc.strerror}") from exc
         # A synchronous shadow of the same socket for non-blocking drains (PERF-FLOORS: drain loops).
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
@@ -530,7 +534,11 @@ class SubscriberEndpoint(_Base):
         self._last_sent = now
         self._backoff = self.config.reconnect_min_ms
         self._reader_task: asyncio.Task[None] | None = None
-        self._sock, self._sync = self._connect()
+        try:
+            self._sock, self._sync = self._connect()
+        except LocalProtocolError:
+            self._term()
+            raise
 
     def __repr__(self) -> str:
         return f"SubscriberEndpoint({self.address!r})"
@@ -544,8 +552,10 @@ class SubscriberEndpoint(_Base):
             if self.config.curve is not None:
                 setup_client(sock, self.config.curve)
             sock.connect(self.address)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, LocalProtocolError) as exc:
             sock.close(linger=0)
+            if isinstance(exc, LocalProtocolError):
+                raise
             raise LocalProtocolError(f"cannot connect to {self.address!r}: {exc.strerror}") from exc
         return sock, zmq.Socket.shadow(sock.underlying)
 

@@ -645,6 +645,10 @@ class _CoreBase:
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
         c = b.chains[h.publisher]
+        if h.seq < c.next_seq and c.acked >= h.seq:
+            # The publisher announces a head we already hold: our ACK may have been lost on the way (only the
+            # publisher's periodic or quiet-time notices reach here), so acknowledge our cursor again.
+            c.acked = h.seq - 1
         if h.seq >= c.next_seq and h.seq > c.gap_to:
             events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
             lo = max(c.next_seq, c.gap_to + 1)

@@ -133,9 +133,8 @@ async def run_subscriber(args: argparse.Namespace) -> None:
 async def run_flood(args: argparse.Namespace) -> None:
     """Hostile peer: garbage of every shape as fast as it can, for ``seconds``."""
     import zmq
-    import zmq.asyncio
 
-    ctx = zmq.asyncio.Context()
+    ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -164,7 +163,7 @@ async def run_flood(args: argparse.Namespace) -> None:
         if rnd.random() < 0.02:
             with contextlib.suppress(zmq.Again):
                 sock.send(big, zmq.NOBLOCK)
-        await asyncio.sleep(0.001)
+        time.sleep(0.001)
     out("SENT", sent)
     sock.close(linger=0)
     ctx.term()
