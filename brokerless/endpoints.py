@@ -260,7 +260,7 @@ class AuthorEndpoint(_Base):
                 self.addresses.append(last.decode() if isinstance(last, bytes) else str(last))
         except (zmq.ZMQError, LocalProtocolError) as exc:
             if self._auth is not None:
-                self._auth.stop()  # type: ignore[attr-defined]
+                self._auth.stop()
             self._sock.close(linger=0)
             self._term()
             if isinstance(exc, LocalProtocolError):
