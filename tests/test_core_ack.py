@@ -158,3 +158,24 @@ def test_lost_fetch_is_retried_after_the_retry_interval() -> None:
     assert [e.seq for e in ev if isinstance(e, MessageReceived)] == [1, 2, 3]
     s.handle_timer(n.now + 1000)
     assert [o for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH] == []
+
+
+def test_lost_ack_is_sent_again_when_the_publisher_announces_its_head(net: Net) -> None:
+    b0 = _branch(net, "s0")
+    net.author.publish(b0, b"m", net.now)
+    _deliver_without_pump(net, "s0")
+    [_lost] = _sub_acks(net, "s0")  # dropped by the network
+    net.author.head_notices(force=True)
+    [head] = [o.data for o in net.author.data_to_send()]
+    net.subs["s0"].receive(head, net.now)
+    [again] = _sub_acks(net, "s0")
+    assert _acks(net.author.receive(again, net.now, "s0")) == [Acknowledged(b0, 0, 1, ident(10).did)]
+
+
+def test_protocol_core_never_imports_zmq_or_brokerless() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, streams, streams.api, streams.core, streams.store; " \
+           "sys.exit(any(m == 'zmq' or m.startswith(('zmq.', 'brokerless')) for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -80,6 +80,7 @@ def test_kill9_author_midstream_then_restart(tmp_path: Path) -> None:
         # Nothing acknowledged or published before the crash was lost, and the restarted author continued the
         # chain (a reused seq would have been a fork, refused by the subscriber).
         assert set(acked_before) | set(pub_before) <= set(seqs)
+        a2.wait_for(lambda ls: bool(ints(ls, "PUB")), 30, "publishing after the restart")
         assert min(ints(a2.lines, "PUB")) > max(pub_before)
         assert "REJECT FORK" not in s.lines and "REJECT BAD_LINK" not in s.lines
 
