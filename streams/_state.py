@@ -40,6 +40,7 @@ ACCEPTS: Final[dict[tuple[Role, Kind], str]] = {
     (Role.AUTHOR, Kind.UNSUBSCRIBE): "_on_unsubscribe",
     (Role.AUTHOR, Kind.FETCH): "_on_fetch",
     (Role.AUTHOR, Kind.HEAD): "_on_head",
+    (Role.AUTHOR, Kind.ACK): "_on_ack",
     (Role.SUBSCRIBER, Kind.ANNOUNCE): "_on_announce",
     (Role.SUBSCRIBER, Kind.CHALLENGE): "_on_challenge",
     (Role.SUBSCRIBER, Kind.GRANT): "_on_grant",
@@ -49,6 +50,7 @@ ACCEPTS: Final[dict[tuple[Role, Kind], str]] = {
     (Role.SUBSCRIBER, Kind.REVOKE): "_on_revoke",
     (Role.SUBSCRIBER, Kind.FETCH): "_on_fetch",
     (Role.SUBSCRIBER, Kind.HEAD): "_on_head",
+    (Role.SUBSCRIBER, Kind.ACK): "_on_ack",
 }
 
 #: The subscriber's handshake: (state, input) -> next state.  Inputs are message kinds received, or the

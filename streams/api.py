@@ -38,6 +38,7 @@ from .errors import (
     StreamsTimeoutError,
 )
 from .events import (
+    Acknowledged,
     BranchClosed,
     Event,
     FetchRequested,
@@ -71,7 +72,12 @@ def wall_clock_ms() -> int:
 
 
 class Transport(Protocol):
-    """Moves frames.  Implementations: :class:`MemoryTransport` (tests), ``brokerless`` (ZeroMQ)."""
+    """Moves frames.  Implementations: :class:`MemoryTransport` (tests), ``brokerless`` (ZeroMQ).
+
+    A transport that can lose its connection and reconnect may also have an ``on_reconnect`` attribute: the
+    :class:`Subscriber` sets it to a coroutine function that the transport calls after each reconnect (and when
+    it notices that the other side restarted); it re-requests whatever was missed (catch-up).
+    """
 
     async def send(self, out: Outgoing) -> None:
         """Send one frame.  ``out.peer``: reply to that peer; ``out.branch``: branch traffic; else everyone."""
@@ -124,7 +130,11 @@ class _Party:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._broken: BaseException | None = None
+        self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
         self.heartbeat_ms = 500
+        #: Every this many heartbeats, HEAD notices are sent even for chains that did not move (a lost notice or
+        #: a lost catch-up request would otherwise leave a quiet chain's tail unnoticed: THREATS 4).
+        self.head_refresh_ticks = 20
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -156,6 +166,27 @@ class _Party:
         seq = self._core.publish(branch, payload, self._clock())
         await self._flush()
         return seq
+
+    async def wait_acknowledged(self, branch: bytes, seq: int, timeout: float | None = None) -> None:
+        """Wait until a member of ``branch`` acknowledged (signed ACK, sent after its commit) that our message
+        ``seq`` -- and every earlier one of our chain -- is on its disk.
+
+        ``publish`` stays non-blocking; call this when the sender must know the receiver holds the message.
+        Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
+        branch, :class:`ClosedResourceError` if the party closes meanwhile."""
+        self._check_usable()
+        if self._core.acknowledged(branch) >= seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (branch, seq, fut)
+        self._ack_waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise StreamsTimeoutError(f"seq {seq} not acknowledged within {timeout} s") from None
+        finally:
+            if entry in self._ack_waiters:
+                self._ack_waiters.remove(entry)
 
     def __aiter__(self) -> AsyncIterator[MessageReceived]:
         return self._iter_messages()
@@ -217,6 +248,9 @@ class _Party:
         self._closed = True
         for t in self._tasks:
             t.cancel()
+        for _b, _s, f in self._ack_waiters:
+            if not f.done():
+                f.set_exception(ClosedResourceError("closed"))
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
@@ -273,6 +307,8 @@ class _Party:
             events: list[Event] = []
             for data, peer in batch:
                 events.extend(self._core.receive(data, now, peer))
+            # ACKs are queued now but sent by _flush only after its commit succeeded (THREATS 4).
+            self._core.acknowledge()
             try:
                 await self._flush()
             except StorageError:
@@ -282,6 +318,7 @@ class _Party:
 
     async def _timer_loop(self) -> None:
         quiet_ticks = 0
+        refresh = 0
         while not self._closed:
             due = self._core.next_timer()
             now = self._clock()
@@ -293,7 +330,11 @@ class _Party:
             quiet_ticks += 1
             if quiet_ticks * max(wait_ms, 1) >= self.heartbeat_ms:
                 quiet_ticks = 0
-                self._core.head_notices()
+                refresh += 1
+                force = refresh >= self.head_refresh_ticks
+                if force:
+                    refresh = 0
+                self._core.head_notices(force)
             try:
                 await self._flush()
             except StorageError:
@@ -309,6 +350,8 @@ class _Party:
                 await self._transport.send(o)
         if isinstance(ev, Rejected):
             log.info("rejected frame: %s (%s)", ev.reason.name, ev.detail)
+        if isinstance(ev, Acknowledged):
+            self._resolve_acks(ev)
         self._on_event(ev)
         if len(self._events) == self._events.maxlen:
             self._dropped_events += 1
@@ -320,6 +363,11 @@ class _Party:
 
     def _on_tick(self, now_ms: int) -> None:
         pass
+
+    def _resolve_acks(self, ev: Acknowledged) -> None:
+        for b, s, f in self._ack_waiters:
+            if b == ev.branch and s <= ev.through_seq and not f.done():
+                f.set_result(None)
 
     def _serve_fetch(self, ev: FetchRequested) -> None:
         frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq)
@@ -385,6 +433,7 @@ class Author(_Party):
         core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
         self._redeliver()
         core.announce()
+        core.acknowledge()
         await self._flush()
         self._start()
         return self
@@ -463,6 +512,20 @@ class Subscriber(_Party):
         super().__init__(store, transport, clock, queue_size)
         self._core = core
         self._waiters: list[asyncio.Future[Event]] = []
+        if hasattr(transport, "on_reconnect"):
+            transport.on_reconnect = self._resync
+
+    async def _resync(self) -> None:
+        """After the transport reconnected (or the author restarted): fetch what we missed (Clone pattern: live
+        frames already flow and are held; the fetch fills up to them; duplicates are rejected as replays), and
+        re-announce our own chains' heads so the author detects what it missed of ours."""
+        if self._closed or self._broken is not None:
+            return
+        self._core.catch_up()
+        self._core.head_notices(force=True)
+        self._core.acknowledge()
+        with contextlib.suppress(StorageError):
+            await self._flush()
 
     def __repr__(self) -> str:
         return f"Subscriber(did={self.did!r}, channel={self.channel.hex()}, state={self._core.state.value})"
@@ -497,6 +560,7 @@ class Subscriber(_Party):
         self = cls(core, store, transport, clock, queue_size)
         self._redeliver()
         core.catch_up()
+        core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process
         await self._flush()
         self._start()
         return self

@@ -42,6 +42,7 @@ from .errors import (
     VerificationError,
 )
 from .events import (
+    Acknowledged,
     Announced,
     BranchClosed,
     Covered,
@@ -60,6 +61,7 @@ from .policy import Policy, SubscriptionRequest
 from .wire import (
     MAX_FRAME,
     VERSION,
+    Ack,
     Announce,
     Challenge,
     Checkpoint,
@@ -148,6 +150,9 @@ class CoreConfig:
     """Most messages served for one FETCH request (the requester asks again for more)."""
     max_nonces: int = 100_000
     """Most unexpired used challenge nonces remembered; beyond it new subscriptions are refused."""
+    fetch_retry_ms: int = 1000
+    """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
+    on an untrusted network: THREATS 4, no silent loss)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +225,8 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("covered", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified")
+    __slots__ = ("acked", "acked_by", "covered", "first_uncovered_ms", "gap_to", "head", "held", "next_seq",
+                 "notified", "progress_ms")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -230,6 +236,9 @@ class _Chain:
         self.gap_to = 0  # highest seq for which a gap was already reported / fetched
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
+        self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
+        self.acked = 0  # receiver side: highest seq we acknowledged (0 after a restart: acknowledge again)
+        self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
 
 
 class _Branch:
@@ -389,18 +398,30 @@ class _CoreBase:
         return seq
 
     def next_timer(self) -> int | None:
-        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints), or None."""
+        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),
+        or None."""
         due: int | None = None
         for b in self._branches.values():
             c = b.chains.get(b.me)
             if c is not None and c.first_uncovered_ms is not None:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
+            for p, rc in b.chains.items():
+                if p != b.me and rc.gap_to >= rc.next_seq:
+                    t = rc.progress_ms + self.config.fetch_retry_ms
+                    due = t if due is None else min(due, t)
         return due
 
     def handle_timer(self, now_ms: int) -> None:
-        """Emit checkpoints whose interval has elapsed."""
+        """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
+        ``fetch_retry_ms`` (the request or its replies were lost)."""
         for b in self._branches.values():
+            if b.state is BranchState.OPEN:
+                for p, rc in b.chains.items():
+                    if p != b.me and rc.gap_to >= rc.next_seq \
+                            and now_ms >= rc.progress_ms + self.config.fetch_retry_ms:
+                        rc.progress_ms = now_ms
+                        self.request_fetch(b.id, p, rc.next_seq, rc.gap_to)
             c = b.chains.get(b.me)
             if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
                     and now_ms >= c.first_uncovered_ms + self.config.checkpoint_interval_ms):
@@ -413,12 +434,15 @@ class _CoreBase:
             if c is not None and c.covered < c.next_seq - 1 and b.state is BranchState.OPEN:
                 self._checkpoint(b, now_ms)
 
-    def head_notices(self) -> None:
+    def head_notices(self, force: bool = False) -> None:
         """Queue a signed HEAD notice for every open chain of ours that moved since its last notice, so receivers
-        detect loss at the tail (the driver calls this when the channel goes quiet)."""
+        detect loss at the tail (the driver calls this when the channel goes quiet).  ``force``: also for chains
+        that did not move (a periodic refresh: an earlier notice, or a catch-up FETCH, may have been lost)."""
         for b in self._branches.values():
             c = b.chains.get(b.me)
-            if c is None or b.state is not BranchState.OPEN or c.next_seq - 1 <= c.notified:
+            if c is None or b.state is not BranchState.OPEN or c.next_seq <= 1:
+                continue
+            if not force and c.next_seq - 1 <= c.notified:
                 continue
             c.notified = c.next_seq - 1
             head = HeadNotice(self._channel, b.id, b.me, c.next_seq - 1, c.head, b.epoch)
@@ -429,6 +453,29 @@ class _CoreBase:
         b = self._get_branch(branch)
         head = Fetch(self._channel, branch, publisher, from_seq, to_seq, b.me)
         self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=branch))
+
+    def acknowledge(self) -> None:
+        """Queue one signed, cumulative ACK for every chain we read whose cursor moved since our last ACK.
+
+        Call it only together with committing :meth:`take_changes` -- the driver must make the changes durable
+        *before* it sends the ACKs (``streams.api`` does both in one ``_flush``: commit, then send), because an
+        ACK promises the publisher that the messages survive a crash of ours (THREATS 4).  One signature per
+        chain per batch, not per message."""
+        for b in self._branches.values():
+            if b.state is not BranchState.OPEN:
+                continue
+            for p, c in b.chains.items():
+                if p == b.me or c.next_seq - 1 <= c.acked:
+                    continue
+                c.acked = c.next_seq - 1
+                head = Ack(self._channel, b.id, p, c.acked, c.head, b.me)
+                self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+
+    def acknowledged(self, branch: bytes) -> int:
+        """The highest seq of our own chain in ``branch`` that some member acknowledged (0 if none)."""
+        b = self._get_branch(branch)
+        c = b.chains.get(b.me)
+        return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else 0
 
     def catch_up(self) -> None:
         """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect)."""
@@ -515,9 +562,10 @@ class _CoreBase:
         if (h.epoch, h.publisher) not in b.keys:
             raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
         if h.seq > c.next_seq:
-            self._hold(b, c, frame, events)
+            self._hold(b, c, frame, events, now_ms)
             return
         self._accept(b, c, frame, events)
+        c.progress_ms = now_ms
         # Drain held successors now in order.
         while c.held and c.next_seq in c.held:
             nxt = c.held.pop(c.next_seq)
@@ -577,7 +625,7 @@ class _CoreBase:
         # reached the publisher's chain cut); the link check already pins it to the chain.
         return epoch < b.epoch and any(e == epoch for e, _ in b.keys)
 
-    def _hold(self, b: _Branch, c: _Chain, frame: Frame, events: list[Event]) -> None:
+    def _hold(self, b: _Branch, c: _Chain, frame: Frame, events: list[Event], now_ms: int) -> None:
         h = frame.head
         if c.held is None:
             c.held = {}
@@ -592,6 +640,7 @@ class _CoreBase:
             events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
             lo = max(c.next_seq, c.gap_to + 1)
             c.gap_to = h.seq
+            c.progress_ms = now_ms
             if b.me in b.members:
                 self.request_fetch(b.id, h.publisher, lo, h.seq - 1)
 
@@ -605,11 +654,47 @@ class _CoreBase:
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
         c = b.chains[h.publisher]
+        if h.seq < c.next_seq and c.acked >= h.seq:
+            # The publisher announces a head we already hold: our ACK may have been lost on the way (only the
+            # publisher's periodic or quiet-time notices reach here), so acknowledge our cursor again.
+            c.acked = h.seq - 1
         if h.seq >= c.next_seq and h.seq > c.gap_to:
             events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
             lo = max(c.next_seq, c.gap_to + 1)
             c.gap_to = h.seq
+            c.progress_ms = now_ms
             self.request_fetch(b.id, h.publisher, lo, h.seq)
+
+    def _on_ack(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        h: Ack = frame.head
+        b = self._branches.get(h.branch)
+        if b is None:
+            raise _Reject(RejectReason.UNKNOWN_BRANCH, "ack for an unknown branch", h.branch)
+        if h.publisher != b.me:
+            raise _Reject(RejectReason.UNEXPECTED, "ack of a chain that is not ours", h.branch, h.publisher)
+        member = b.members.get(h.acker)
+        if member is None or h.acker == b.me:
+            raise _Reject(RejectReason.NOT_MEMBER, "ack from a non-member", h.branch, h.acker)
+        c = b.chains.get(b.me)
+        if c is None or (b.me == 0 and h.acker != 0 and not member[1].can_read):
+            raise _Reject(RejectReason.NOT_PERMITTED, "acker may not read this chain", h.branch, h.acker)
+        # The signature binds channel, branch, chain, seq and hash: an ACK relayed from another branch or
+        # channel, or altered, does not verify (THREATS 2, 3).
+        try:
+            _crypto.verify(member[0], frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "ack signature", h.branch, h.acker) from exc
+        if h.seq >= c.next_seq:
+            raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
+        if h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head):
+            # The acker holds a different message at our head: someone forked our chain.
+            raise _Reject(RejectReason.FORK, "ack of a message we never sent", h.branch, h.publisher, h.seq)
+        if c.acked_by is None:
+            c.acked_by = {}
+        if h.seq <= c.acked_by.get(h.acker, 0):
+            raise _Reject(RejectReason.REPLAY, "ack does not advance", h.branch, h.publisher, h.seq)
+        c.acked_by[h.acker] = h.seq
+        events.append(Acknowledged(b.id, b.me, h.seq, did_from_public_key(member[0])))
 
     def _on_fetch(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Fetch = frame.head
@@ -667,6 +752,7 @@ class _CoreBase:
             if p not in b.chains and self._should_track(b, p):
                 seq, hh = start.get(p, (0, genesis))
                 b.chains[p] = _Chain(seq + 1, hh, seq)
+                b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
 
 
 def _finish(kind: Kind, head: object, head_raw: bytes, body: bytes, sign: Callable[[bytes], bytes] | None) -> Frame:

@@ -12,6 +12,7 @@ from .errors import RejectReason
 from .wire import Permission
 
 __all__ = [
+    "Acknowledged",
     "Announced",
     "BranchClosed",
     "Covered",
@@ -144,7 +145,18 @@ class FetchRequested:
     peer: object
 
 
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """A member confirmed (signed ACK) that every message of our chain ``(branch, publisher)`` through
+    ``through_seq`` is on its disk.  Emitted only when that member's acknowledged position advances."""
+
+    branch: bytes
+    publisher: int  #: our own index in the branch
+    through_seq: int
+    by_did: str
+
+
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
-    | SubscriberRefused | BranchClosed | FetchRequested
+    | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged
 )

@@ -37,6 +37,7 @@ from .errors import DecodeError, FrameTooLarge, UnsupportedVersion
 __all__ = [
     "MAX_FRAME",
     "VERSION",
+    "Ack",
     "Announce",
     "Challenge",
     "Checkpoint",
@@ -88,6 +89,7 @@ class Kind(enum.IntEnum):
     UNSUBSCRIBE = 10
     FETCH = 11
     HEAD = 12
+    ACK = 13
 
 
 class Permission(enum.IntEnum):
@@ -304,16 +306,34 @@ class HeadNotice:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A durable acknowledgement: the receiver of a chain has every message of it through ``seq`` on disk.
+
+    Cumulative (one per batch, not per message), signed by the acknowledging member ``acker``; ``hash`` is the
+    hash of the message at ``seq`` so that the publisher can check the acknowledger holds *its* message
+    (THREATS 4: a sender learns what is durable at the receiver)."""
+
+    KIND: ClassVar[Kind] = Kind.ACK
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, U64, B32, U8)
+    channel: bytes
+    branch: bytes
+    publisher: int  #: whose chain is acknowledged
+    seq: int  #: every message through this seq is on the acknowledger's disk
+    hash: bytes  #: hash of the message at ``seq``
+    acker: int  #: member index of the signer
+
+
 Head = (
     Announce | Hello | Challenge | Subscribe | Grant | Refuse | Packet | Checkpoint | Revoke | Unsubscribe
-    | Fetch | HeadNotice
+    | Fetch | HeadNotice | Ack
 )
 
 HEADS: Final[dict[Kind, type[Any]]] = {
     cls.KIND: cls
     for cls in (
         Announce, Hello, Challenge, Subscribe, Grant, Refuse, Packet, Checkpoint, Revoke, Unsubscribe, Fetch,
-        HeadNotice,
+        HeadNotice, Ack,
     )
 }
 
@@ -338,13 +358,13 @@ _PREFIX: Final[dict[int, bytes]] = {int(k): bytes((VERSION, k)) for k in Kind}  
 #: Which kinds must carry a signature (64 bytes), may carry one, or must not.
 SIG_REQUIRED: Final = frozenset(
     {Kind.ANNOUNCE, Kind.GRANT, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE, Kind.FETCH,
-     Kind.HEAD}
+     Kind.HEAD, Kind.ACK}
 )
 SIG_OPTIONAL: Final = frozenset({Kind.PACKET})
 #: Kinds whose body must be empty.
 EMPTY_BODY: Final = frozenset(
     {Kind.ANNOUNCE, Kind.HELLO, Kind.CHALLENGE, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE,
-     Kind.FETCH, Kind.HEAD}
+     Kind.FETCH, Kind.HEAD, Kind.ACK}
 )
 
 

@@ -1,0 +1,106 @@
+"""Optional CurveZMQ per hop, keyed by the parties' DIDs -- defence in depth, never the only guard.
+
+CurveZMQ (RFC 26/CURVEZMQ) uses Curve25519 key pairs.  Every ``streams`` identity already has one: the X25519
+key-agreement key derived from its Ed25519 key (did:key, "Encryption Method Creation Algorithm"), so a DID
+alone tells a peer the CURVE key to expect -- no extra key distribution.  The author's endpoint runs a ZAP
+handler that admits a client only if its CURVE key is the X25519 key of a DID the channel knows (a callback the
+author driver supplies, e.g. its policy's allow list plus the members of open branches).
+
+Message security does not depend on any of this (THREATS: "Message security must hold with CURVE off"): it only
+hides traffic from passive observers on the hop and refuses strangers before they reach the protocol core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.bindings
+import zmq
+import zmq.asyncio
+import zmq.auth.asyncio
+from zmq.utils import z85
+
+from streams.errors import LocalProtocolError
+from streams.identity import Identity, PublicIdentity
+
+__all__ = ["CurveConfig", "kx_keypair", "setup_client", "setup_server"]
+
+log = logging.getLogger("brokerless")
+
+
+def kx_keypair(identity: Identity) -> tuple[bytes, bytes]:
+    """(X25519 public, X25519 secret) of an identity: the same pair its did:key names for key agreement."""
+    _pk, sk = nacl.bindings.crypto_sign_seed_keypair(identity.export_seed())
+    return identity.kx_public, nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(sk)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveConfig:
+    """CURVE keys of one endpoint.  ``server_public`` is the author's X25519 key (clients only).
+
+    Build it with :meth:`for_author` / :meth:`for_subscriber`.  The secret never appears in ``repr``."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"CurveConfig(public={self.public.hex()}, secret=<hidden>)"
+
+    @classmethod
+    def for_author(cls, identity: Identity) -> CurveConfig:
+        """Server-side keys: the author's own X25519 pair."""
+        pk, sk = kx_keypair(identity)
+        return cls(pk, sk)
+
+    @classmethod
+    def for_subscriber(cls, identity: Identity, author_did: str) -> CurveConfig:
+        """Client-side keys: our X25519 pair, and the author's X25519 key derived from its DID."""
+        pk, sk = kx_keypair(identity)
+        return cls(pk, sk, PublicIdentity.from_did(author_did).kx_public)
+
+
+class _KnownKeys:
+    """ZAP credentials provider: the decision is one call, ``known(x25519_public) -> bool``."""
+
+    def __init__(self, known: Callable[[bytes], bool]) -> None:
+        self._known = known
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            raw = z85.decode(key)
+            ok = len(raw) == 32 and bool(self._known(raw))
+        except Exception:  # a malformed key or a failing callback refuses, never crashes the handler
+            ok = False
+        if not ok:
+            log.info("CURVE client refused: unknown key")
+        return ok
+
+
+def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[Any], cfg: CurveConfig,
+                 known: Callable[[bytes], bool] | None) -> zmq.auth.asyncio.AsyncioAuthenticator:
+    """Make ``sock`` a CURVE server and start a ZAP handler admitting only keys for which ``known`` is true.
+
+    Raises :class:`LocalProtocolError` if ``known`` is missing (a CURVE server that admits anyone would only
+    look like a guard)."""
+    if known is None:
+        raise LocalProtocolError("a CURVE server needs a known_key callback")
+    auth = zmq.auth.asyncio.AsyncioAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve_callback("*", credentials_provider=_KnownKeys(known))
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, z85.encode(cfg.secret))
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, z85.encode(cfg.public))
+    return auth
+
+
+def setup_client(sock: zmq.Socket[Any], cfg: CurveConfig) -> None:
+    """Make ``sock`` a CURVE client of the server whose X25519 key is ``cfg.server_public``."""
+    if cfg.server_public is None:
+        raise LocalProtocolError("a CURVE client needs the server's public key")
+    sock.setsockopt(zmq.CURVE_SERVERKEY, z85.encode(cfg.server_public))
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, z85.encode(cfg.public))
+    sock.setsockopt(zmq.CURVE_SECRETKEY, z85.encode(cfg.secret))

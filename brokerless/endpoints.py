@@ -1,0 +1,736 @@
+"""ZeroMQ endpoints for the asyncio drivers of :mod:`streams.api`: brokerless, one hop, untrusted.
+
+* :class:`AuthorEndpoint` -- one ROUTER socket that binds (``tcp://``, ``ipc://``, several at once).
+* :class:`SubscriberEndpoint` -- one DEALER socket that connects to the author.
+
+Both implement :class:`streams.api.Transport`, so ``Author.create(..., transport=AuthorEndpoint("tcp://*:0"))``
+and ``Subscriber.create(..., transport=SubscriberEndpoint(addr))`` run the whole protocol over ZeroMQ.
+
+What this layer guarantees, and what it leaves to the protocol core
+--------------------------------------------------------------------
+Message security never depends on this layer (THREATS, "Network and relays are untrusted"): every byte may be
+recorded, replayed, reordered, dropped, altered or injected by a relay between the endpoints and the core still
+accepts each (branch, publisher, seq) at most once, in order, authentic.  The endpoints add:
+
+* **Routing.**  The author learns which routing ids belong to which branch from the traffic itself: the grant
+  (an ``Outgoing`` with both ``peer`` and ``branch``) and any inbound member frame that names a branch.  A forged
+  frame can only add a bogus receiver of ciphertext; mappings are bounded (``peers_per_branch``,
+  ``max_branches``; least recently seen evicted) and new ones cost the sender inbound budget.
+* **Nothing stalls** (THREATS 8).  Sends never block: a peer whose pipe is full (ZeroMQ high-water mark) gets
+  its frames queued up to ``send_queue`` frames, then dropped and counted.  The receiver's gap detection, HEAD
+  notices and FETCH retries (in the core) recover every dropped frame from the retained log, so a slow or dead
+  subscriber costs the author bounded memory and never delays the others.
+* **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
+  endpoint's random instance id -- neither can decode as a protocol frame).  A subscriber that hears nothing for
+  ``liveness`` heartbeats closes and recreates its DEALER with exponential backoff (Paranoid Pirate) and then
+  calls ``on_reconnect`` -- set by :class:`streams.api.Subscriber` to re-fetch everything after its cursors
+  (Clone pattern: live frames are held by the core while the fetch fills the hole; duplicates are rejected as
+  replays).  A PONG with a new instance id (the author restarted behind a transparent ZeroMQ reconnect) triggers
+  the same catch-up.
+* **Hostile input** (THREATS 8).  Frames over ``max_frame`` are refused by ZeroMQ itself (``MAXMSGSIZE``: the
+  connection is dropped).  Malformed frames are dropped by the strict decoder before reaching the core and
+  counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING) are rate-limited per peer (token bucket).
+  The author's inbound queue is bounded; per-peer state is a few counters and a bounded send queue, and the
+  number of peers is capped (least recently seen evicted).
+
+Delivery semantics seen by the application (with :mod:`streams.api`): the protocol accepts every
+(branch, publisher, seq) exactly once, in order, including across ``kill -9`` and restart of either side.  The
+application sees every accepted message at least once: a message is marked delivered when the application asks
+for the next one, so after a crash the messages accepted but not yet marked are handed out again.  After
+de-duplicating by (branch, publisher, seq), the application's stream has no duplicates and no holes.  A sender
+that must know a message is durable at the receiver awaits :meth:`streams.api.Author.wait_acknowledged`
+(the receiver's signed ACK is sent only after its commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from streams.core import Outgoing
+from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
+from streams.wire import MAX_FRAME, Kind, decode_frame
+
+from .curve import CurveConfig, setup_client, setup_server
+
+__all__ = [
+    "PING",
+    "PONG",
+    "AuthorEndpoint",
+    "EndpointConfig",
+    "EndpointStats",
+    "SubscriberEndpoint",
+]
+
+log = logging.getLogger("brokerless")
+
+#: Transport-level heartbeat.  A single 0x00 byte is the msgpack integer 0, never a 5-array: it cannot be a frame.
+PING = b"\x00"
+#: PONG prefix; followed by the author endpoint's 8-byte instance id (0x01 plus trailing bytes: not msgpack).
+PONG = b"\x01"
+_INSTANCE_LEN = 8
+
+#: Kinds that only members send (they are authenticated by the core); every other kind is unauthenticated and
+#: charged against the sender's inbound budget.
+_MEMBER_KINDS = frozenset({Kind.PACKET, Kind.CHECKPOINT, Kind.UNSUBSCRIBE, Kind.FETCH, Kind.HEAD, Kind.ACK})
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """Limits and timings of an endpoint.  Units are in the field names and docstrings."""
+
+    max_frame: int = MAX_FRAME
+    """Largest frame accepted, bytes.  Also ZeroMQ ``MAXMSGSIZE``: a peer sending more is disconnected."""
+    heartbeat_ms: int = 1000
+    """Heartbeat interval, milliseconds: a PING is sent when nothing was sent or heard for this long."""
+    liveness: int = 3
+    """Missed heartbeats before a peer counts as dead (author: forgotten; subscriber: reconnect)."""
+    reconnect_min_ms: int = 100
+    """First reconnect delay, milliseconds; doubled on each failed attempt up to ``reconnect_max_ms``."""
+    reconnect_max_ms: int = 5000
+    """Largest reconnect delay, milliseconds."""
+    send_queue: int = 1000
+    """Frames queued per peer when its ZeroMQ pipe is full; beyond it frames are dropped (and recovered by the
+    receiver's gap fill).  Bounds the author's memory per slow peer."""
+    inbound_budget: float = 50.0
+    """Unauthenticated frames (HELLO, SUBSCRIBE, PING) and new branch mappings accepted per peer, per second."""
+    inbound_burst: int = 100
+    """Token bucket size for ``inbound_budget``, frames."""
+    sndhwm: int = 1000
+    """ZeroMQ send high-water mark per peer pipe, messages."""
+    rcvhwm: int = 1000
+    """ZeroMQ receive high-water mark per peer pipe, messages."""
+    inbox: int = 10_000
+    """Frames received but not yet taken by the driver.  Author: beyond it frames are dropped (senders
+    recover); subscriber: beyond it the endpoint stops reading (back-pressure into ZeroMQ)."""
+    batch: int = 256
+    """Most frames returned by one ``recv()``."""
+    max_peers: int = 10_000
+    """Author: most peers tracked; the least recently seen is forgotten beyond it."""
+    peers_per_branch: int = 8
+    """Author: most routing ids mapped to one branch (the least recently seen is evicted)."""
+    max_branches: int = 100_000
+    """Author: most branches in the routing map (the least recently used is evicted)."""
+    curve: CurveConfig | None = None
+    """Optional CurveZMQ per hop (defence in depth only; see :mod:`brokerless.curve`)."""
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Counters of an endpoint (cumulative since it was opened)."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    malformed: int = 0  #: frames the strict decoder refused
+    over_budget: int = 0  #: unauthenticated frames dropped by the per-peer token bucket
+    inbox_dropped: int = 0  #: frames dropped because the driver did not keep up (author)
+    send_dropped: int = 0  #: frames dropped because a peer's send queue was full or the peer was gone
+    peers_expired: int = 0
+    peers_evicted: int = 0
+    reconnects: int = 0
+    max_queue_seen: int = 0  #: the largest per-peer send queue observed, frames
+    per_peer_malformed: dict[bytes, int] = field(default_factory=dict)
+
+
+class _Peer:
+    __slots__ = ("branches", "last_seen", "malformed", "queue", "rid", "stamp", "tokens")
+
+    def __init__(self, rid: bytes, now: int, burst: int) -> None:
+        self.rid = rid
+        self.last_seen = now
+        self.tokens = float(burst)
+        self.stamp = now
+        self.queue: deque[bytes] = deque()
+        self.branches: set[bytes] = set()
+        self.malformed = 0
+
+    def take(self, now: int, rate: float, burst: int) -> bool:
+        """Token bucket (THREATS 8): ``rate`` per second, at most ``burst`` saved."""
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate / 1000.0)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+    sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame)
+
+
+class _Base:
+    def __init__(self, config: EndpointConfig | None, context: zmq.asyncio.Context | None) -> None:
+        self.config = config or EndpointConfig()
+        self._own_ctx = context is None
+        self._ctx = context if context is not None else zmq.asyncio.Context()
+        self._inbox: deque[tuple[bytes, object]] = deque()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.stats = EndpointStats()
+
+    async def recv(self) -> list[tuple[bytes, object]]:
+        """Wait for at least one frame; return up to ``config.batch`` frames as (data, peer).
+
+        Raises :class:`ClosedResourceError` once the endpoint is closed."""
+        self._start()
+        while not self._inbox:
+            if self._closed:
+                raise ClosedResourceError("endpoint closed")
+            self._ready.clear()
+            await self._ready.wait()
+        n = min(len(self._inbox), self.config.batch)
+        batch = [self._inbox.popleft() for _ in range(n)]
+        self._on_taken()
+        return batch
+
+    def _on_taken(self) -> None:
+        pass
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError("endpoint closed")
+
+    async def _stop_tasks(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        self._ready.set()
+
+    def _term(self) -> None:
+        if self._own_ctx:
+            self._ctx.term()
+
+
+class AuthorEndpoint(_Base):
+    """The author's side: one ROUTER socket bound to every address in ``bind``.
+
+    ``bind`` accepts ``tcp://127.0.0.1:0`` (port chosen by the OS; see :attr:`addresses`) and ``ipc://path``.
+    ``context``: a ``zmq.asyncio.Context`` to share; by default the endpoint owns (and terminates) its own.
+
+    Raises :class:`LocalProtocolError` if an address cannot be bound (bad syntax, in use)."""
+
+    def __init__(self, bind: str | Sequence[str], config: EndpointConfig | None = None, *,
+                 context: zmq.asyncio.Context | None = None,
+                 known_key: Callable[[bytes], bool] | None = None) -> None:
+        super().__init__(config, context)
+        self.instance = os.urandom(_INSTANCE_LEN)
+        self._pong = PONG + self.instance
+        self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
+        self._routes: OrderedDict[bytes, OrderedDict[bytes, None]] = OrderedDict()
+        self._backlog: set[bytes] = set()
+        self._auth: object | None = None
+        self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
+        try:
+            _socket_options(self._sock, self.config)
+            # Unroutable sends raise instead of vanishing, and a full pipe raises EAGAIN instead of dropping
+            # silently: every drop is seen and counted.
+            self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if self.config.curve is not None:
+                self._auth = setup_server(self._ctx, self._sock, self.config.curve, known_key)
+            addrs = [bind] if isinstance(bind, str) else list(bind)
+            self.addresses: list[str] = []
+            for a in addrs:
+                self._sock.bind(a)
+                last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+                self.addresses.append(last.decode() if isinstance(last, bytes) else str(last))
+        except (zmq.ZMQError, LocalProtocolError) as exc:
+            if self._auth is not None:
+                self._auth.stop()
+            self._sock.close(linger=0)
+            self._term()
+            if isinstance(exc, LocalProtocolError):
+                raise
+            raise LocalProtocolError(f"cannot bind {bind!r}: {exc.strerror}") from exc
+        # A synchronous shadow of the same socket for non-blocking drains (PERF-FLOORS: drain loops).
+        self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
+
+    def __repr__(self) -> str:
+        return f"AuthorEndpoint({self.addresses}, peers={len(self._peers)})"
+
+    # -- Transport -----------------------------------------------------------------------------------------------
+
+    async def send(self, out: Outgoing) -> None:
+        """Route one frame: to ``out.peer``; else to the peers of ``out.branch``; else to every live peer.
+        Never blocks: frames for a peer whose pipe and queue are full are dropped and counted.
+
+        Raises :class:`ClosedResourceError` once closed."""
+        self._check_open()
+        self._start()
+        if out.peer is not None:
+            if not isinstance(out.peer, bytes):
+                raise LocalProtocolError("peer must be a routing id received from this endpoint")
+            if out.branch is not None:
+                self._learn(out.branch, out.peer)  # the grant: authoritative, from the core
+            self._send_to(out.peer, out.data)
+        elif out.branch is not None:
+            for rid in list(self._routes.get(out.branch, ())):
+                self._send_to(rid, out.data)
+        else:
+            for rid in list(self._peers):
+                self._send_to(rid, out.data)
+
+    async def close(self) -> None:
+        """Close the socket (linger 0) and, if owned, the context.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_tasks()
+        if self._auth is not None:
+            self._auth.stop()  # type: ignore[attr-defined]
+        self._sock.close(linger=0)
+        self._term()
+
+    # -- introspection -------------------------------------------------------------------------------------------
+
+    def queue_sizes(self) -> dict[bytes, int]:
+        """Frames waiting in each peer's send queue (bounded by ``config.send_queue``)."""
+        return {rid: len(p.queue) for rid, p in self._peers.items()}
+
+    def peers(self) -> list[bytes]:
+        """Routing ids of the live peers."""
+        return list(self._peers)
+
+    def routes(self, branch: bytes) -> list[bytes]:
+        """Routing ids currently mapped to ``branch``."""
+        return list(self._routes.get(branch, ()))
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self._tasks and not self._closed:
+            self._tasks.append(asyncio.create_task(self._reader(), name="brokerless-author-reader"))
+            self._tasks.append(asyncio.create_task(self._maintain(), name="brokerless-author-maintain"))
+
+    async def _reader(self) -> None:
+        cfg = self.config
+        while not self._closed:
+            got = 0
+            while got < cfg.batch:
+                try:
+                    parts = self._sync.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    log.error("author endpoint receive failed: %s", exc.strerror)
+                    raise BrokenResourceError("receive failed") from exc
+                got += 1
+                self._on_message(parts)
+            if got:
+                self._ready.set()
+                await asyncio.sleep(0)  # let the driver run between batches
+            else:
+                await self._sock.poll(cfg.heartbeat_ms, zmq.POLLIN)  # type: ignore[call-arg]
+
+    def _on_message(self, parts: list[bytes]) -> None:
+        cfg = self.config
+        self.stats.frames_in += 1
+        if len(parts) != 2:
+            # A DEALER sends exactly one part (the routing id is prepended by ZeroMQ).
+            self.stats.malformed += 1
+            return
+        rid, data = parts
+        now = _now_ms()
+        peer = self._touch(rid, now)
+        if data == PING:
+            if peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
+                self._send_to(rid, self._pong)
+            else:
+                self.stats.over_budget += 1
+            return
+        if data[:1] == PONG:
+            return
+        try:
+            frame = decode_frame(data, cfg.max_frame)
+        except DecodeError as exc:
+            self._malformed(peer, exc)
+            return
+        member = frame.kind in _MEMBER_KINDS
+        if not member and not peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
+            self.stats.over_budget += 1
+            if self.stats.over_budget % 1000 == 1:
+                log.warning("peer %s over its inbound budget: dropping (%d so far)", rid.hex(),
+                            self.stats.over_budget)
+            return
+        if member:
+            branch = getattr(frame.head, "branch", None)
+            if isinstance(branch, bytes):
+                routes = self._routes.get(branch)
+                if routes is not None and rid in routes:
+                    routes.move_to_end(rid)
+                    self._routes.move_to_end(branch)
+                elif peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
+                    # Unverified here: a forged frame maps a bogus peer, which then receives only ciphertext
+                    # (THREATS 1) and is bounded by peers_per_branch and the budget.
+                    self._learn(branch, rid)
+        if len(self._inbox) >= cfg.inbox:
+            self.stats.inbox_dropped += 1
+            return
+        self._inbox.append((data, rid))
+
+    def _malformed(self, peer: _Peer, exc: DecodeError) -> None:
+        self.stats.malformed += 1
+        peer.malformed += 1
+        self.stats.per_peer_malformed[peer.rid] = peer.malformed
+        if len(self.stats.per_peer_malformed) > self.config.max_peers:
+            self.stats.per_peer_malformed.pop(next(iter(self.stats.per_peer_malformed)))
+        if peer.malformed == 1 or peer.malformed % 1000 == 0:
+            log.warning("dropping malformed frame from peer %s (%d so far): %s", peer.rid.hex(), peer.malformed,
+                        exc)
+
+    def _touch(self, rid: bytes, now: int) -> _Peer:
+        peer = self._peers.get(rid)
+        if peer is None:
+            if len(self._peers) >= self.config.max_peers:
+                _, old = self._peers.popitem(last=False)
+                self._forget(old)
+                self.stats.peers_evicted += 1
+            peer = _Peer(rid, now, self.config.inbound_burst)
+            self._peers[rid] = peer
+        else:
+            self._peers.move_to_end(rid)
+        peer.last_seen = now
+        return peer
+
+    def _learn(self, branch: bytes, rid: bytes) -> None:
+        cfg = self.config
+        routes = self._routes.get(branch)
+        if routes is None:
+            if len(self._routes) >= cfg.max_branches:
+                self._routes.popitem(last=False)
+            routes = self._routes[branch] = OrderedDict()
+        else:
+            self._routes.move_to_end(branch)
+        routes[rid] = None
+        routes.move_to_end(rid)
+        while len(routes) > cfg.peers_per_branch:
+            routes.popitem(last=False)
+        peer = self._peers.get(rid)
+        if peer is not None and len(peer.branches) < cfg.max_branches:
+            peer.branches.add(branch)
+
+    def _forget(self, peer: _Peer) -> None:
+        for b in peer.branches:
+            routes = self._routes.get(b)
+            if routes is not None:
+                routes.pop(peer.rid, None)
+                if not routes:
+                    del self._routes[b]
+        self.stats.send_dropped += len(peer.queue)
+        peer.queue.clear()
+        self._backlog.discard(peer.rid)
+
+    def _send_to(self, rid: bytes, data: bytes) -> None:
+        peer = self._peers.get(rid)
+        if peer is not None and peer.queue:
+            self._enqueue(peer, data)
+            return
+        try:
+            self._sync.send_multipart([rid, data], zmq.NOBLOCK)
+            self.stats.frames_out += 1
+        except zmq.Again:
+            if peer is None:
+                self.stats.send_dropped += 1
+            else:
+                self._enqueue(peer, data)
+        except zmq.ZMQError as exc:
+            self.stats.send_dropped += 1
+            if exc.errno == errno.EHOSTUNREACH and peer is not None:
+                # The peer disconnected: forget it now rather than at its liveness expiry.
+                del self._peers[rid]
+                self._forget(peer)
+
+    def _enqueue(self, peer: _Peer, data: bytes) -> None:
+        if len(peer.queue) >= self.config.send_queue:
+            self.stats.send_dropped += 1  # recovered by the receiver's gap fill (core: GapDetected + FETCH)
+            return
+        peer.queue.append(data)
+        self._backlog.add(peer.rid)
+        if len(peer.queue) > self.stats.max_queue_seen:
+            self.stats.max_queue_seen = len(peer.queue)
+
+    def _flush_backlog(self) -> None:
+        for rid in list(self._backlog):
+            peer = self._peers.get(rid)
+            if peer is None:
+                self._backlog.discard(rid)
+                continue
+            while peer.queue:
+                try:
+                    self._sync.send_multipart([rid, peer.queue[0]], zmq.NOBLOCK)
+                    self.stats.frames_out += 1
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    self.stats.send_dropped += len(peer.queue)
+                    peer.queue.clear()
+                    break
+                peer.queue.popleft()
+            if not peer.queue:
+                self._backlog.discard(rid)
+
+    async def _maintain(self) -> None:
+        cfg = self.config
+        dead_after = cfg.heartbeat_ms * cfg.liveness
+        last_sweep = _now_ms()
+        while not self._closed:
+            await asyncio.sleep(0.01 if self._backlog else min(cfg.heartbeat_ms, 200) / 1000)
+            self._flush_backlog()
+            now = _now_ms()
+            if now - last_sweep >= cfg.heartbeat_ms:
+                last_sweep = now
+                # Peers are in least-recently-seen order: expire from the front (frees their queues and routes).
+                while self._peers:
+                    rid, peer = next(iter(self._peers.items()))
+                    if now - peer.last_seen <= dead_after:
+                        break
+                    del self._peers[rid]
+                    self._forget(peer)
+                    self.stats.peers_expired += 1
+
+
+class SubscriberEndpoint(_Base):
+    """A subscriber's side: one DEALER socket connected to ``connect`` (``tcp://host:port`` or ``ipc://path``).
+
+    ``on_reconnect``: an optional coroutine function called after every reconnect, and when the author endpoint
+    is seen to have restarted (:class:`streams.api.Subscriber` sets it to its catch-up).
+
+    Raises :class:`LocalProtocolError` if the address is invalid."""
+
+    def __init__(self, connect: str, config: EndpointConfig | None = None, *,
+                 context: zmq.asyncio.Context | None = None) -> None:
+        super().__init__(config, context)
+        self.address = connect
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self.author_instance: bytes | None = None
+        self._queue: deque[bytes] = deque()
+        self._space = asyncio.Event()
+        now = _now_ms()
+        self._last_heard = now
+        self._last_sent = now
+        self._backoff = self.config.reconnect_min_ms
+        self._reader_task: asyncio.Task[None] | None = None
+        try:
+            self._sock, self._sync = self._connect()
+        except LocalProtocolError:
+            self._term()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SubscriberEndpoint({self.address!r})"
+
+    def _connect(self) -> tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]:
+        sock: zmq.asyncio.Socket = self._ctx.socket(zmq.DEALER)
+        try:
+            _socket_options(sock, self.config)
+            sock.setsockopt(zmq.RECONNECT_IVL, self.config.reconnect_min_ms)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.config.reconnect_max_ms)
+            if self.config.curve is not None:
+                setup_client(sock, self.config.curve)
+            sock.connect(self.address)
+        except (zmq.ZMQError, LocalProtocolError) as exc:
+            sock.close(linger=0)
+            if isinstance(exc, LocalProtocolError):
+                raise
+            raise LocalProtocolError(f"cannot connect to {self.address!r}: {exc.strerror}") from exc
+        return sock, zmq.Socket.shadow(sock.underlying)
+
+    # -- Transport -----------------------------------------------------------------------------------------------
+
+    async def send(self, out: Outgoing) -> None:
+        """Send one frame to the author (routing hints do not apply on this side).  Never blocks: beyond the
+        ZeroMQ pipe and ``send_queue`` frames are dropped and counted (the author's gap fill recovers them).
+
+        Raises :class:`ClosedResourceError` once closed."""
+        self._check_open()
+        self._start()
+        self._send(out.data)
+
+    async def close(self) -> None:
+        """Close the socket (linger 0) and, if owned, the context.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_tasks()
+        self._sock.close(linger=0)
+        self._term()
+
+    def queue_size(self) -> int:
+        """Frames waiting in the send queue."""
+        return len(self._queue)
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self._queue:
+            self._enqueue(data)
+            return
+        try:
+            self._sync.send(data, zmq.NOBLOCK)
+            self.stats.frames_out += 1
+            self._last_sent = _now_ms()
+        except zmq.Again:
+            self._enqueue(data)
+        except zmq.ZMQError:
+            self.stats.send_dropped += 1
+
+    def _enqueue(self, data: bytes) -> None:
+        if len(self._queue) >= self.config.send_queue:
+            self.stats.send_dropped += 1
+            return
+        self._queue.append(data)
+        self.stats.max_queue_seen = max(self.stats.max_queue_seen, len(self._queue))
+
+    def _flush_queue(self) -> None:
+        while self._queue:
+            try:
+                self._sync.send(self._queue[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                self.stats.send_dropped += len(self._queue)
+                self._queue.clear()
+                return
+            self._queue.popleft()
+            self.stats.frames_out += 1
+            self._last_sent = _now_ms()
+
+    def _on_taken(self) -> None:
+        self._space.set()
+
+    def _start(self) -> None:
+        if not self._tasks and not self._closed:
+            self._reader_task = asyncio.create_task(self._reader(), name="brokerless-sub-reader")
+            self._tasks.append(self._reader_task)
+            self._tasks.append(asyncio.create_task(self._heartbeat(), name="brokerless-sub-heartbeat"))
+
+    async def _reader(self) -> None:
+        cfg = self.config
+        while not self._closed:
+            if len(self._inbox) >= cfg.inbox:
+                # The driver is behind: stop reading so ZeroMQ's high-water marks push back to the author,
+                # whose bounded queues then drop for us alone (THREATS 8: a slow subscriber stalls no one).
+                self._space.clear()
+                await self._space.wait()
+                continue
+            got = 0
+            sync = self._sync
+            while got < cfg.batch and len(self._inbox) < cfg.inbox:
+                try:
+                    data = sync.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    # The socket is being replaced by a reconnect; the heartbeat task restarts us.
+                    await asyncio.sleep(0.01)
+                    break
+                got += 1
+                self._on_frame(data)
+            if got:
+                self._ready.set()
+                await asyncio.sleep(0)
+            else:
+                try:
+                    await self._sock.poll(min(cfg.heartbeat_ms, 200), zmq.POLLIN)  # type: ignore[call-arg]
+                except zmq.ZMQError:
+                    await asyncio.sleep(0.01)
+
+    def _on_frame(self, data: bytes) -> None:
+        self.stats.frames_in += 1
+        self._last_heard = _now_ms()
+        self._backoff = self.config.reconnect_min_ms
+        if data == PING:
+            self._send(PONG)
+            return
+        if data[:1] == PONG:
+            inst = data[1:]
+            if len(inst) == _INSTANCE_LEN:
+                if self.author_instance is not None and inst != self.author_instance:
+                    # The author restarted behind a transparent ZeroMQ reconnect: its routing state is empty
+                    # and we may have missed messages.  Re-register and catch up.
+                    log.info("author endpoint restarted; catching up")
+                    self._fire_reconnect()
+                self.author_instance = inst
+            return
+        if len(data) > self.config.max_frame:  # pragma: no cover - MAXMSGSIZE refuses these first
+            self.stats.malformed += 1
+            return
+        self._inbox.append((data, None))
+
+    def _fire_reconnect(self) -> None:
+        cb = self.on_reconnect
+        if cb is not None:
+            task = asyncio.create_task(self._run_callback(cb), name="brokerless-resync")
+            self._tasks.append(task)
+
+    @staticmethod
+    async def _run_callback(cb: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await cb()
+        except Exception:  # the driver's own errors are its to report; never kill the heartbeat
+            log.exception("on_reconnect callback failed")
+
+    async def _heartbeat(self) -> None:
+        cfg = self.config
+        tick = min(cfg.heartbeat_ms, 100) / 1000
+        while not self._closed:
+            await asyncio.sleep(tick)
+            self._tasks = [t for t in self._tasks if not t.done() or t is self._reader_task]
+            self._flush_queue()
+            now = _now_ms()
+            if len(self._inbox) >= cfg.inbox:
+                self._last_heard = now  # we are the slow side, not the author
+            idle = now - self._last_sent >= cfg.heartbeat_ms or now - self._last_heard >= cfg.heartbeat_ms
+            if idle and not self._queue:
+                self._send(PING)
+                self._last_sent = now
+            if now - self._last_heard > cfg.heartbeat_ms * cfg.liveness:
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        """Paranoid Pirate: drop the socket, wait (exponential backoff), connect a fresh one, catch up."""
+        self.stats.reconnects += 1
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self.config.reconnect_max_ms)
+        log.info("author silent for %d heartbeats: reconnecting in %d ms", self.config.liveness, delay)
+        reader = self._reader_task
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self._tasks.remove(reader)
+        self._sock.close(linger=0)
+        self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
+        await asyncio.sleep(delay / 1000)
+        if self._closed:
+            return
+        self._sock, self._sync = self._connect()
+        self._last_heard = _now_ms()
+        self._reader_task = asyncio.create_task(self._reader(), name="brokerless-sub-reader")
+        self._tasks.append(self._reader_task)
+        self._send(PING)
+        self._fire_reconnect()
