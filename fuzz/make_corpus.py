@@ -2,12 +2,14 @@
 
     PYTHONPATH=. python fuzz/make_corpus.py
 
-Deterministic (the scenario is seeded), so re-running it changes nothing unless the protocol changed.
+Each run replaces the directories: sealed boxes (SUBSCRIBE and GRANT bodies) are freshly randomised, so the
+file names of those seeds change from run to run while what they exercise does not.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +23,8 @@ def write_corpus(root: Path = HERE / "corpus") -> dict[str, int]:
     counts = {}
     for name, target in TARGETS.items():
         d = root / name
-        d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
         seeds = target.seeds()
         for data in seeds:
             (d / hashlib.sha1(data).hexdigest()[:16]).write_bytes(data)  # noqa: S324 - a file name, not security

@@ -58,11 +58,12 @@ _STAT = re.compile(r"^stat::(\w+):\s+(\d+)")
 _PROGRESS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 
 
-def run_target(name: str, runs: int, seed_timeout: float = 3600) -> dict[str, Any]:
-    """Fuzz one target for ``runs`` inputs in a child process; return its figures."""
+def run_target(name: str, runs: int, workdir: Path = HERE, seed_timeout: float = 3600) -> dict[str, Any]:
+    """Fuzz one target for ``runs`` inputs in a child process; return its figures.  New corpus units and
+    crash artifacts go under ``workdir`` (``work/<target>``, ``artifacts/``)."""
     seeds = HERE / "corpus" / name
-    work = HERE / "work" / name
-    artifacts = HERE / "artifacts"
+    work = workdir / "work" / name
+    artifacts = workdir / "artifacts"
     for d in (seeds, work, artifacts):
         d.mkdir(parents=True, exist_ok=True)
     args = [
@@ -118,10 +119,9 @@ def _atheris_version() -> str:
         return "missing"
 
 
-def save(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge ``results`` into ``fuzz/results.json`` (one entry per target, the latest run) and recompute the
-    totals."""
-    doc: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def save(results: list[dict[str, Any]], path: Path = RESULTS) -> dict[str, Any]:
+    """Merge ``results`` into ``path`` (one entry per target, the latest run) and recompute the totals."""
+    doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     targets = {t["target"]: t for t in doc.get("targets", [])}
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     for r in results:
@@ -136,7 +136,7 @@ def save(results: list[dict[str, Any]]) -> dict[str, Any]:
         "crashes": sum(1 for t in ordered if t["crashed"]),
         "targets": ordered,
     }
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
 
@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true", help="every target, one after the other")
     which.add_argument("--list", action="store_true", help="list the targets")
     p.add_argument("--runs", type=int, default=100_000, help="inputs per target (default 100000)")
-    p.add_argument("--no-save", action="store_true", help="do not update fuzz/results.json")
+    p.add_argument("--no-save", action="store_true", help="do not update the results file")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results file (default fuzz/results.json)")
+    p.add_argument("--workdir", type=Path, default=HERE, help="where work/ and artifacts/ go (default fuzz/)")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from fuzz.targets import TARGETS
@@ -171,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'target':18} {'inputs':>10} {'s':>7} {'inputs/s':>9} {'cov':>6} {'ft':>6} {'corpus':>7}  result")
     results = []
     for name in names:
-        r = run_target(name, a.runs)
+        r = run_target(name, a.runs, a.workdir)
         results.append(r)
         print(f"{name:18} {r['inputs']:>10} {r['seconds']:>7} {r['inputs_per_s']:>9} {r['coverage_edges']:>6} "
               f"{r['features']:>6} {r['corpus_units']:>7}  {'CRASH' if r['crashed'] else 'ok'}", flush=True)
         if not a.no_save:
-            save([r])
+            save([r], a.results)
     total = sum(r["inputs"] for r in results)
     secs = sum(r["seconds"] for r in results)
     print(f"{'total':18} {total:>10} {round(secs, 1):>7} {round(total / secs) if secs else 0:>9}")

@@ -1,8 +1,8 @@
 """Protocol cores in an interesting state, and the frames that reach them, for the core fuzz harnesses.
 
 :func:`build` wires an author and three subscribers together with :class:`tests.corenet.Net` (no sockets,
-seeded randomness, so every run builds byte-identical frames) and drives them into a state with every
-feature in use:
+seeded randomness; only the sealed boxes inside SUBSCRIBE and GRANT bodies use fresh libsodium randomness, so
+those bytes differ from run to run) and drives them into a state with every feature in use:
 
 * the author's config signs *amortized*, so per-subscriber branches carry unsigned packets and checkpoints;
 * ``s0`` holds an amortized per-subscriber branch that was re-keyed once (epoch 1, messages in both epochs,
