@@ -428,13 +428,17 @@ class Author(_Party):
         if store.meta("role") != "author":
             store.close()
             raise LocalProtocolError(f"{path} is not an author's store")
-        core = AuthorCore(store.identity, store.meta("name"), policy, config)
-        self = cls(core, store, transport, clock, queue_size)
-        core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
-        self._redeliver()
-        core.announce()
-        core.acknowledge()
-        await self._flush()
+        try:
+            core = AuthorCore(store.identity, store.meta("name"), policy, config)
+            self = cls(core, store, transport, clock, queue_size)
+            core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
+            self._redeliver()
+            core.announce()
+            core.acknowledge()
+            await self._flush()
+        except BaseException:
+            store.close()  # a damaged store (StorageError) must not leave the connection open
+            raise
         self._start()
         return self
 
@@ -555,13 +559,17 @@ class Subscriber(_Party):
         if store.meta("role") != "subscriber":
             store.close()
             raise LocalProtocolError(f"{path} is not a subscriber's store")
-        core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
-        core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
-        self = cls(core, store, transport, clock, queue_size)
-        self._redeliver()
-        core.catch_up()
-        core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process
-        await self._flush()
+        try:
+            core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
+            core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
+            self = cls(core, store, transport, clock, queue_size)
+            self._redeliver()
+            core.catch_up()
+            core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process
+            await self._flush()
+        except BaseException:
+            store.close()
+            raise
         self._start()
         return self
 

@@ -713,7 +713,11 @@ class _CoreBase:
         perm = member[1]
         if h.requester != 0 and not perm.can_read:
             raise _Reject(RejectReason.NOT_PERMITTED, "requester may not read this chain", h.branch, h.requester)
-        hi = min(h.to_seq, h.from_seq + self.config.max_fetch - 1, b.chains[b.me].next_seq - 1)
+        mine = b.chains.get(b.me)
+        if mine is None:
+            # A read-only member has no chain of its own: nothing to serve (and never a KeyError on peer input).
+            raise _Reject(RejectReason.UNEXPECTED, "we have no chain in this branch", h.branch, h.publisher)
+        hi = min(h.to_seq, h.from_seq + self.config.max_fetch - 1, mine.next_seq - 1)
         if h.from_seq >= 1 and hi >= h.from_seq:
             events.append(FetchRequested(b.id, b.me, h.from_seq, hi, peer))
 
@@ -1163,6 +1167,9 @@ class SubscriberCore(_CoreBase):
         if secret.index not in members or not _crypto.ct_equal(members[secret.index][0], self._id.sign_public) \
                 or 0 not in members or not _crypto.ct_equal(members[0][0], self.author.sign_public):
             raise _Reject(RejectReason.MALFORMED, "grant membership inconsistent", g.branch)
+        if existing is not None and secret.index != existing.me:
+            # Our member index names our chain and cursors; a re-key never moves it (found by fuzz/insider.py).
+            raise _Reject(RejectReason.MALFORMED, "grant moves us to another member index", g.branch)
         try:
             mode = SigningMode(g.mode)
         except ValueError as exc:

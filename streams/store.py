@@ -137,9 +137,24 @@ class Store:
         if meta.get("schema") != SCHEMA_VERSION:
             conn.close()
             raise StorageError(f"{p}: unsupported store schema {meta.get('schema')!r}")
-        key = derive_key(passphrase, meta["salt"], meta["opslimit"], meta["memlimit"])
+        # A damaged or edited file must give StorageError, never a KeyError or a "bad argument" error: check the
+        # rows the key derivation needs before using them.
+        salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
+        if not (isinstance(salt, bytes) and type(ops) is int and type(mem) is int and isinstance(sealed, bytes)):
+            conn.close()
+            raise StorageError(f"{p}: store metadata is missing or damaged")
         try:
-            seed = open_secret(key, meta["seed"], b"streams.store.identity")
+            key = derive_key(passphrase, salt, ops, mem)
+        except LocalProtocolError as exc:
+            conn.close()
+            if not isinstance(passphrase, str | bytes):
+                raise  # the caller's argument, not the file
+            raise StorageError(f"{p}: store metadata is missing or damaged") from exc
+        except KeystoreError:
+            conn.close()
+            raise
+        try:
+            seed = open_secret(key, sealed, b"streams.store.identity")
         except KeystoreError as exc:
             conn.close()
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
@@ -148,9 +163,15 @@ class Store:
         return store
 
     def meta(self, key: str) -> Any:
-        """A metadata value: role, channel, author_did, name, did, announce."""
-        row = self._q("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-        return None if row is None else msgpack.unpackb(row[0], raw=False)
+        """A metadata value: role, channel, author_did, name, did, announce.  Raises :class:`StorageError` if
+        the stored value is damaged."""
+        rows = self._q("SELECT v FROM meta WHERE k = ?", (key,))
+        if not rows:
+            return None
+        try:
+            return msgpack.unpackb(rows[0][0], raw=False)
+        except (ValueError, TypeError) as exc:
+            raise StorageError(f"metadata {key!r} in {self.path} is damaged") from exc
 
     # -- writing -------------------------------------------------------------------------------------------------
 
@@ -205,12 +226,12 @@ class Store:
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""
-        row = self._q("SELECT hash, frame FROM log WHERE branch = ? AND publisher = ? AND seq = ?",
-                      (branch, publisher, seq)).fetchone()
-        return None if row is None else (row[0], row[1])
+        rows = self._q("SELECT hash, frame FROM log WHERE branch = ? AND publisher = ? AND seq = ?",
+                       (branch, publisher, seq))
+        return None if not rows else (rows[0][0], rows[0][1])
 
     def log_count(self) -> int:
-        return int(self._q("SELECT count(*) FROM log").fetchone()[0])
+        return int(self._q("SELECT count(*) FROM log")[0][0])
 
     def delivered(self) -> dict[tuple[bytes, int], int]:
         return {(b, p): s for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered")}
@@ -219,7 +240,7 @@ class Store:
         """Accepted but not yet handed to the application, in (branch, publisher, seq) order: redelivered after a
         restart (at-least-once to the application; exactly-once acceptance by the protocol)."""
         cursors = self.delivered()
-        rows = self._q("SELECT branch, publisher, seq, frame FROM log ORDER BY branch, publisher, seq").fetchall()
+        rows = self._q("SELECT branch, publisher, seq, frame FROM log ORDER BY branch, publisher, seq")
         for branch, publisher, seq, frame in rows:
             if me_by_branch.get(branch) == publisher:
                 continue
@@ -244,10 +265,12 @@ class Store:
 
             raise ClosedResourceError("store is closed")
 
-    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement and fetch every row inside the ``try``: SQLite reads (and finds a damaged page)
+        while stepping through the rows, not only in ``execute``."""
         self._check_open()
         try:
-            return self._conn.execute(sql, args)
+            return self._conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"query on {self.path} failed: {exc}") from exc
 

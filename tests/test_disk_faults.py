@@ -1,0 +1,277 @@
+"""Disk faults: a full disk, a read-only store, a truncated or corrupted file (THREATS 4: durable local state).
+
+Expected every time: the failing call raises :class:`StorageError` naming the file, nothing unacknowledged is
+reported as published or sent, the party closes itself, and once the fault is gone ``Author.open`` resumes
+with an intact chain -- every acknowledged seq present, no hole, nothing beyond, hash links intact.
+
+How the faults are made (we run as root, so ``chmod`` would not stop a write):
+
+* full disk, for real: a 160 KiB tmpfs mounted in a private mount namespace (``unshare --mount``), so the
+  mount vanishes with the child; the fault is removed by growing the tmpfs (``remount,size=16m``).  Skipped
+  where mounting is not permitted;
+* full disk, without privileges: ``RLIMIT_FSIZE`` in the child (``SIGXFSZ`` ignored), so SQLite's write of
+  the WAL fails with EFBIG;
+* read-only while open: ``chattr +i`` on the database and its WAL (ext4 refuses writes even through already
+  open descriptors); skipped where the file system or capabilities do not allow it;
+* read-only at open: a read-only bind mount over the store's directory, in a private mount namespace;
+* damaged file: truncations and overwritten pages, and a store whose metadata rows were removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.api import Author, MemoryHub
+from streams.errors import ClosedResourceError, StorageError
+from streams.policy import AllowList
+from streams.store import Store
+from streams.wire import decode_frame
+from tests.disk_party import AUTHOR, OPTS, PW, SUB
+
+HERE = Path(__file__).resolve().parent
+PARTY = [sys.executable, str(HERE / "disk_party.py")]
+ENV = dict(os.environ, PYTHONPATH=str(HERE.parent))
+
+
+def lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+def acks(records: list[dict[str, Any]]) -> list[int]:
+    return [r["ack"] for r in records if "ack" in r]
+
+
+def failure(records: list[dict[str, Any]]) -> dict[str, Any]:
+    [err] = [r for r in records if "error" in r]
+    return err
+
+
+def assert_intact(db: Path, acked: int) -> None:
+    """Exactly seqs 1..acked in the log, hash-linked, and the cursor right after them."""
+    store = Store.open(db, PW)
+    try:
+        [branch] = [b.id for b in store.load_branches()]
+        [chain] = [c for c in store.load_chains() if c.publisher == 0]
+        frames = [decode_frame(f) for f in store.log_range(branch, 0, 1, 10**9)]
+        assert [f.head.seq for f in frames] == list(range(1, acked + 1))
+        assert chain.next_seq == acked + 1
+        prev = frames[0].head.prev
+        for f in frames:
+            assert f.head.prev == prev
+            prev = f.hash
+        assert chain.head == prev
+    finally:
+        store.close()
+
+
+def assert_clean_failure(records: list[dict[str, Any]], db: Path) -> int:
+    """The run failed with a clear StorageError, closed itself and sent nothing it did not acknowledge."""
+    acked = acks(records)
+    assert acked == list(range(1, len(acked) + 1)) and acked, "acknowledged seqs are consecutive from 1"
+    err = failure(records)
+    assert err["error"] == "StorageError" and str(db) in err["message"], err
+    assert err["then"] == "ClosedResourceError" and err["closed"] is True
+    assert err["sent"] == acked, "a packet that was not acknowledged reached the network"
+    return len(acked)
+
+
+def resume(db: Path, more: int, acked: int) -> None:
+    out = subprocess.run([*PARTY, "resume", str(db), str(more)], capture_output=True, text=True, env=ENV,
+                         timeout=60, check=True).stdout
+    assert acks(lines(out)) == list(range(acked + 1, acked + more + 1))
+    assert_intact(db, acked + more)
+
+
+# --- a full disk ----------------------------------------------------------------------------------------------
+
+
+def test_full_disk_by_file_size_limit(tmp_path: Path) -> None:
+    db = tmp_path / "author.db"
+    out = subprocess.run([*PARTY, "fill", str(db), "--fsize", str(128 * 1024)], capture_output=True, text=True,
+                         env=ENV, timeout=60, check=True).stdout
+    acked = assert_clean_failure(lines(out), db)
+    assert_intact(db, acked)  # the limit was the child's: the fault is gone for us
+    resume(db, 5, acked)
+
+
+def _can_mount() -> bool:
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o",
+                            "size=64k", "tmpfs", "/mnt"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+needs_mount = pytest.mark.skipif(not _can_mount(), reason="no private mount namespace / tmpfs here")
+
+
+def in_namespace(script: str, timeout: float = 120) -> str:
+    """Run a shell script in a private mount namespace (its mounts vanish with it)."""
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-euc", script],
+                          capture_output=True, text=True, env=ENV, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@needs_mount
+def test_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
+    disk, at_fault, py = tmp_path / "disk", tmp_path / "at_fault", " ".join(PARTY)
+    disk.mkdir()
+    at_fault.mkdir()
+    db = disk / "author.db"
+    in_namespace(f"""
+        mount -t tmpfs -o size=160k tmpfs {disk}
+        {py} fill {db} > {tmp_path}/fill.jsonl
+        cp {disk}/author.db* {at_fault}/
+        mount -o remount,size=16m {disk}
+        {py} resume {db} 5 > {tmp_path}/resume.jsonl
+        cp {disk}/author.db* {tmp_path}/
+    """)
+    fill = lines((tmp_path / "fill.jsonl").read_text())
+    acked = assert_clean_failure(fill, db)
+    assert "disk is full" in failure(fill)["message"]  # ENOSPC, reported as such
+    assert_intact(at_fault / "author.db", acked)  # the files exactly as the full disk left them
+    assert acks(lines((tmp_path / "resume.jsonl").read_text())) == list(range(acked + 1, acked + 6))
+    assert_intact(tmp_path / "author.db", acked + 5)
+
+
+# --- a read-only store ----------------------------------------------------------------------------------------
+
+
+def _chattr_works(d: Path) -> bool:
+    f = d / "probe"
+    f.write_bytes(b"x")
+    ok = subprocess.run(["chattr", "+i", str(f)], capture_output=True, check=False).returncode == 0
+    if ok:
+        subprocess.run(["chattr", "-i", str(f)], check=True)
+    f.unlink()
+    return ok and shutil.which("chattr") is not None
+
+
+@contextlib.contextmanager
+def immutable(paths: list[Path]) -> Iterator[None]:
+    done: list[Path] = []
+    try:
+        for p in paths:
+            subprocess.run(["chattr", "+i", str(p)], check=True)
+            done.append(p)
+        yield
+    finally:
+        for p in done:
+            subprocess.run(["chattr", "-i", str(p)], check=True)
+
+
+async def test_store_made_read_only_while_publishing(tmp_path: Path) -> None:
+    if shutil.which("chattr") is None or not _chattr_works(tmp_path):
+        pytest.skip("chattr +i is not available on this file system")
+    db = tmp_path / "author.db"
+    hub = MemoryHub()
+    hub.subscriber_endpoint("sub")
+    author = await Author.create(db, AUTHOR, "disk", PW, hub.author_endpoint(), AllowList.of([SUB.did]),
+                                 store_options=OPTS)
+    branch = await author.open_branch(SUB.did)
+    for i in range(1, 6):
+        assert await author.publish(branch, b"before %d" % i) == i
+    # Not the -shm index: SQLite writes it through mmap, and an immutable mmap page faults with SIGBUS.
+    files = [p for p in (db, Path(f"{db}-wal")) if p.exists()]
+    with immutable(files):
+        sent_before = len(hub.tap)
+        with pytest.raises(StorageError, match=str(db)) as info:
+            await author.publish(branch, b"refused by the disk")
+        assert info.value.__cause__ is not None  # the sqlite error is chained, not leaked
+        with pytest.raises(ClosedResourceError):
+            await author.publish(branch, b"after")
+        assert len(hub.tap) == sent_before, "the unacknowledged packet was sent"
+        await author.close()
+    assert_intact(db, 5)
+    author = await Author.open(db, PW, MemoryHub().author_endpoint(), AllowList.of([SUB.did]),
+                               store_options=OPTS)
+    assert await author.publish(branch, b"after the fault") == 6
+    await author.close()
+    assert_intact(db, 6)
+
+
+@needs_mount
+def test_store_on_a_read_only_mount(tmp_path: Path) -> None:
+    d = tmp_path / "store"
+    d.mkdir()
+    db = d / "author.db"
+    out = subprocess.run([*PARTY, "fill", str(db), "--fsize", str(128 * 1024)], capture_output=True, text=True,
+                         env=ENV, timeout=60, check=True).stdout
+    acked = assert_clean_failure(lines(out), db)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    out = in_namespace(f"""
+        mount --bind {d} {d}
+        mount -o remount,ro,bind {d}
+        {" ".join(PARTY)} resume {db} 3
+    """)
+    err = failure(lines(out))
+    assert err["error"] == "StorageError" and str(db) in err["message"], err
+    assert acks(lines(out)) == [] and err["sent"] == []
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    resume(db, 3, acked)
+
+
+# --- damaged files --------------------------------------------------------------------------------------------
+
+
+async def _store_with_messages(tmp_path: Path, n: int = 40) -> Path:
+    db = tmp_path / "author.db"
+    author = await Author.create(db, AUTHOR, "disk", PW, MemoryHub().author_endpoint(), AllowList.of([SUB.did]),
+                                 store_options=OPTS)
+    branch = await author.open_branch(SUB.did)
+    for _ in range(n):
+        await author.publish(branch, os.urandom(300))
+    await author.close()
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+    return db
+
+
+async def _open_fails(db: Path) -> StorageError:
+    with pytest.raises(StorageError) as info:
+        await Author.open(db, PW, MemoryHub().author_endpoint(), AllowList.of([SUB.did]), store_options=OPTS)
+    assert str(db) in str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("keep", [0, 50, 100, 4096, 0.5, -4096])
+async def test_truncated_store(tmp_path: Path, keep: float) -> None:
+    db = await _store_with_messages(tmp_path)
+    size = db.stat().st_size
+    cut = int(size * keep) if isinstance(keep, float) else (size + keep if keep < 0 else keep)
+    with db.open("r+b") as f:
+        f.truncate(cut)
+    await _open_fails(db)
+
+
+@pytest.mark.parametrize("where", ["header", "page2", "middle", "last"])
+async def test_overwritten_pages(tmp_path: Path, where: str) -> None:
+    db = await _store_with_messages(tmp_path)
+    size = db.stat().st_size
+    offset = {"header": 0, "page2": 4096, "middle": (size // 2) // 4096 * 4096, "last": size - 4096}[where]
+    with db.open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes([0xA5]) * 4096)
+    await _open_fails(db)
+
+
+@pytest.mark.parametrize("key", ["schema", "salt", "seed", "opslimit"])
+async def test_store_missing_metadata(tmp_path: Path, key: str) -> None:
+    import sqlite3
+
+    db = await _store_with_messages(tmp_path, 3)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM meta WHERE k = ?", (key,))
+    conn.close()
+    await _open_fails(db)
