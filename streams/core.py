@@ -1149,7 +1149,14 @@ class SubscriberCore(_CoreBase):
             if existing.state is BranchState.CLOSED:
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
-                return  # the same grant again (re-subscription): already applied
+                # The same grant again: the author's answer to our re-subscription.  Already applied; it only
+                # completes the handshake we are waiting on.
+                if self.state is SubscriptionState.AWAIT_GRANT and not frame.head.epoch < existing.epoch:
+                    self._transition(Kind.GRANT)
+                    self._pending_nonce = b""
+                    _, perm, _, dids = self.branch_info(existing.id)
+                    events.append(Granted(existing.id, existing.epoch, perm, dids))
+                return
             if g.epoch != existing.epoch + 1 or not _crypto.ct_equal(g.prev, existing.grant_hash):
                 raise _Reject(RejectReason.STALE_EPOCH, "grant does not extend the branch's grant chain", g.branch)
         elif g.epoch == 0 and not _crypto.ct_equal(g.prev, self._announce_hash):

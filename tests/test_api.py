@@ -222,3 +222,15 @@ async def test_storage_failure_is_typed_and_nothing_acknowledged(tmp_path: Path)
                                store_options=FAST)
     assert await author.publish(b1, b"resumed") == 2
     await author.close()
+
+
+async def test_resubscribe_after_subscribed_completes(tmp_path: Path) -> None:
+    """A subscriber that subscribes again (e.g. it is unsure its grant arrived) gets its existing branch back."""
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    assert await s1.subscribe(timeout=5) == b1
+    assert len(author.branches()) == 1
+    await s1.close()
+    await author.close()
