@@ -132,9 +132,15 @@ def build() -> Scenario:
     traffic(3)
     a.publish(b1, b"for s1", net.now)
     net.pump_author()
-    # s0 restarts its handshake; the author answers with the existing grant, so s0 waits in AWAIT_GRANT with a
-    # pending challenge nonce.
-    net.subscribe("s0")
+    # s0 restarts its handshake and sends its SUBSCRIBE, which is not delivered yet: s0 waits in AWAIT_GRANT
+    # with a pending challenge nonce.
+    s0.hello()
+    [hello0] = s0.data_to_send()
+    a.receive(hello0.data, net.now, "s0")
+    for o in a.data_to_send():
+        s0.receive(o.data, net.now)
+    s0.data_to_send()  # the SUBSCRIBE, held back
+    s0.take_changes()
     wire = tuple(dict.fromkeys(f for _, f in net.wire))
 
     ab, ac = _records(a)

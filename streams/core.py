@@ -28,6 +28,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgpack
 
@@ -88,7 +89,6 @@ from .wire import (
     encode_frame,
     encode_grant_entries,
     encode_grant_secret,
-    encode_head,
     encode_subscribe_secret,
     message_hash,
 )
@@ -108,6 +108,10 @@ __all__ = [
 Rng = Callable[[int], bytes]
 _U64 = struct.Struct(">Q")
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
+
+
+def _packb(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def channel_id(author_sign: bytes, name: str) -> bytes:
@@ -155,18 +159,17 @@ class CoreConfig:
     on an untrusted network: THREATS 4, no silent loss)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """A frame to transmit.  ``peer`` set: a direct reply to that transport peer.  ``branch`` set: branch
-    traffic, for the members of that branch.  Neither: for everyone (the announcement)."""
+    traffic, for the members of that branch.  Neither: for everyone (the announcement).  (Named tuples rather
+    than dataclasses for the per-message records: they cost a fraction to build.)"""
 
     data: bytes
     peer: object | None = None
     branch: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
     """A message to retain in the log (serves fetch, catch-up and audit)."""
 
     branch: bytes
@@ -299,6 +302,7 @@ class _CoreBase:
         self._rng: Rng = rng or os.urandom
         self._out: list[Outgoing] = []
         self._changes = Changes()
+        self._dirty: set[tuple[bytes, int]] = set()  # chains whose cursor moved since take_changes
         self._branches: dict[bytes, _Branch] = {}
         self._channel = b""
         self._author: PublicIdentity | None = None
@@ -322,6 +326,13 @@ class _CoreBase:
     def take_changes(self) -> Changes:
         """What must be made durable (in one transaction) before events are acted on or a publish returns."""
         ch, self._changes = self._changes, Changes()
+        if self._dirty:
+            # Chain cursors are collected once per batch, not once per message.
+            for bid, p in self._dirty:
+                b = self._branches.get(bid)
+                if b is not None and p in b.chains:
+                    ch.chains.append(b.chain_record(p))
+            self._dirty = set()
         return ch
 
     def load(self, branches: list[BranchRecord], chains: list[ChainRecord]) -> None:
@@ -381,18 +392,22 @@ class _CoreBase:
         key = b.keys[(b.epoch, me)]
         nonce = self._rng(24)
         seq = c.next_seq
-        head = Packet(self._channel, branch, me, seq, c.head, b.epoch, nonce)
-        head_raw = encode_head(head)
+        # Hot path: the head is encoded directly (the same bytes as encode_head(Packet(...))) and no Frame or head
+        # object is built; the wire module's tests pin the equivalence.
+        head_raw = _packb([self._channel, branch, me, seq, c.head, b.epoch, nonce])
         body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
+        h = _crypto.hash32(_crypto.P_MSG, _PACKET_AAD_PREFIX, head_raw, body)
         signed = b.mode is SigningMode.EACH
-        frame = _finish(Kind.PACKET, head, head_raw, body, self._id.sign if signed else None)
+        raw = _packb([VERSION, 7, head_raw, body, self._id.sign(h) if signed else b""])
         c.next_seq = seq + 1
-        c.head = frame.hash
+        c.head = h
         if signed:
             c.covered = seq
         elif c.first_uncovered_ms is None:
             c.first_uncovered_ms = now_ms
-        self._record_sent(b, me, seq, frame)
+        self._changes.log.append(LogRecord(branch, me, seq, h, raw))
+        self._dirty.add((branch, me))
+        self._out.append(Outgoing(raw, None, branch))
         if not signed and seq - c.covered >= self.config.checkpoint_every:
             self._checkpoint(b, now_ms)
         return seq
@@ -529,7 +544,7 @@ class _CoreBase:
 
     def _record_sent(self, b: _Branch, publisher: int, seq: int, frame: Frame) -> None:
         self._changes.log.append(LogRecord(b.id, publisher, seq, frame.hash, frame.raw))
-        self._changes.chains.append(b.chain_record(publisher))
+        self._dirty.add((b.id, publisher))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
     # -- internals: receiving chain frames -------------------------------------------------------------------
@@ -613,7 +628,7 @@ class _CoreBase:
         newly_covered = signed and (h.seq - c.covered > 1 or frame.kind is Kind.CHECKPOINT)
         if signed:
             c.covered = h.seq
-        self._changes.chains.append(b.chain_record(h.publisher))
+        self._dirty.add((b.id, h.publisher))
         if payload is not None:
             events.append(MessageReceived(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload,
                                           signed, frame.hash))
