@@ -49,6 +49,8 @@ ACCEPTS: Final[dict[tuple[Role, Kind], str]] = {
     (Role.SUBSCRIBER, Kind.REVOKE): "_on_revoke",
     (Role.SUBSCRIBER, Kind.FETCH): "_on_fetch",
     (Role.SUBSCRIBER, Kind.HEAD): "_on_head",
+    # Anchor proofs flow from the author to members only (THREATS 7).
+    (Role.SUBSCRIBER, Kind.ANCHOR_PROOF): "_on_anchor_proof",
 }
 
 #: The subscriber's handshake: (state, input) -> next state.  Inputs are message kinds received, or the
