@@ -966,19 +966,20 @@ class AuthorCore(_CoreBase):
             out.append((ChainHead(branch, publisher, c.next_seq - 1, c.head, blind[1]), blind[0]))
         return out
 
-    def anchor_proof(self, head: ChainHead, key_epoch: int, checkpoint: EpochCheckpoint, anchor_id: str,
-                     proof: InclusionProof, *, restore: bool = False, peer: object = None) -> None:
+    def anchor_proof(self, branch: bytes, publisher: int, seq: int, head_hash: bytes, key_epoch: int,
+                     checkpoint: EpochCheckpoint, anchor_id: str, proof: InclusionProof, *, restore: bool = False,
+                     peer: object = None) -> None:
         """Queue a signed ANCHOR_PROOF of ``head`` for the members of its branch.  Call it only once the
         checkpoint is confirmed on the ledger (THREATS 7: nothing says "anchored" earlier).  ``restore``: sent
         right after a re-sent grant, the member starts its cursor there.  Closed or unknown branches are
         skipped."""
-        b = self._branches.get(head.branch)
+        b = self._branches.get(branch)
         if b is None or b.state is BranchState.CLOSED:
             return
-        h = AnchorProof(self._channel, head.branch, head.publisher, head.seq, head.hash, key_epoch,
-                        checkpoint.epoch, anchor_id, proof.index, proof.tree_size, int(restore))
+        h = AnchorProof(self._channel, branch, publisher, seq, head_hash, key_epoch, checkpoint.epoch, anchor_id,
+                        proof.index, proof.tree_size, int(restore))
         body = encode_anchor_body(checkpoint.encode(), proof.path)
-        self._out.append(Outgoing(encode_frame(h, body, self._id.sign).raw, peer=peer, branch=head.branch))
+        self._out.append(Outgoing(encode_frame(h, body, self._id.sign).raw, peer=peer, branch=branch))
 
     def _on_unsubscribe(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Unsubscribe = frame.head
