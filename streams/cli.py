@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--events", type=int, default=5, help="payment events per provider (default 5)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_demo)
+    from .audit import register_cli as _register_audit  # anchoring helper's hook
+
+    _register_audit(sub)
     return p
 
 

@@ -345,6 +345,10 @@ class Store:
                       (branch, publisher, seq)).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def iter_log(self) -> Iterator[tuple[bytes, int, int, bytes, bytes]]:
+        """Every retained row as stored, ``(branch, publisher, seq, hash, frame)``, in position order (audit)."""
+        yield from self._q("SELECT branch, publisher, seq, hash, frame FROM log ORDER BY branch, publisher, seq")
+
     def log_count(self) -> int:
         return int(self._q("SELECT count(*) FROM log").fetchone()[0])
 
