@@ -60,6 +60,8 @@ class AnchorConfig:
     """Ceiling of the retry delay."""
     confirm_poll_ms: int = 200
     """How often a written but unconfirmed checkpoint is polled (IOTA: until a milestone references it)."""
+    restart_after: int = 5
+    """Consecutive ledger errors after which a ledger with a ``restart()`` method (IotaLedger) is restarted."""
 
 
 class AnchorService:
@@ -151,6 +153,7 @@ class AnchorService:
         next_cut = self._clock() + cfg.epoch_interval_ms
         backoff = 0
         retry_at = 0
+        failures = 0
         while True:
             now = self._clock()
             due = now >= next_cut or self._kick or len(self._moved) >= cfg.max_heads_per_epoch
@@ -173,6 +176,15 @@ class AnchorService:
                     if self.last_error is None:
                         log.warning("ledger unavailable, %d epoch(s) queued: %s", len(self._pending), exc)
                     self.last_error = exc
+                    failures += 1
+                    restart = getattr(self.ledger, "restart", None)
+                    if callable(restart) and failures % cfg.restart_after == 0:
+                        # The iota-sdk client remembers "no healthy node" after an outage: a fresh worker
+                        # (a fresh client) checks the node again.
+                        with contextlib.suppress(StreamsError):
+                            await asyncio.to_thread(restart)
+                else:
+                    failures = 0
             now = self._clock()
             wake_at = next_cut if not self._pending else min(next_cut, max(retry_at, now))
             if self._pending and retry_at <= now:
