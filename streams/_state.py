@@ -51,6 +51,8 @@ ACCEPTS: Final[dict[tuple[Role, Kind], str]] = {
     (Role.SUBSCRIBER, Kind.FETCH): "_on_fetch",
     (Role.SUBSCRIBER, Kind.HEAD): "_on_head",
     (Role.SUBSCRIBER, Kind.ACK): "_on_ack",
+    # Anchor proofs flow from the author to members only (THREATS 7).
+    (Role.SUBSCRIBER, Kind.ANCHOR_PROOF): "_on_anchor_proof",
 }
 
 #: The subscriber's handshake: (state, input) -> next state.  Inputs are message kinds received, or the

@@ -47,6 +47,7 @@ __all__ = [
     "InclusionProof",
     "blinded_leaf",
     "build_epoch",
+    "chain_blind_key",
     "check_fork",
     "verify_inclusion",
 ]
@@ -59,6 +60,7 @@ GENESIS_PREV: Final = bytes(32)
 
 P_LEAF: Final = b"streams.v1.leaf"  #: blinded leaf
 P_EPOCH: Final = b"streams.v1.epoch"  #: checkpoint digest (signed, and the link target of the next one)
+P_BLIND: Final = b"streams.v1.blind"  #: blind key of a chain, derived from its AEAD key
 
 _U64: Final = (1 << 64) - 1
 _MAX_PROOF: Final = 64  # a tree of 2**64 leaves has paths of at most 64 nodes
@@ -77,6 +79,21 @@ def blinded_leaf(blind_key: bytes, branch: bytes, publisher: int, seq: int, head
     if not (0 <= publisher <= 255 and 0 <= seq <= _U64):
         raise LocalProtocolError("publisher is 0..255 and seq a 64-bit unsigned integer")
     return _crypto.hash32(P_LEAF, blind_key, branch, bytes((publisher,)), struct.pack(">Q", seq), head_hash)
+
+
+def chain_blind_key(chain_key: bytes, branch: bytes, publisher: int, key_epoch: int) -> bytes:
+    """The blind key of chain ``(branch, publisher)``::
+
+        BLAKE2b-256(person="streams.v1.blind", chain_key || branch || publisher (1 byte) || key_epoch (8 BE))
+
+    ``chain_key`` is the chain's AEAD key of epoch ``key_epoch`` -- by convention the *latest* key epoch
+    held for that publisher.  Exactly the chain's publisher and its readers (the author, READ members,
+    auditors) hold that key, so exactly they can recompute and check the leaf; a ledger observer, another
+    branch's member, or a member removed before the re-key cannot link a leaf to a branch (THREATS 1).  The
+    derivation is one-way, so the blind key reveals nothing about the AEAD key."""
+    if len(chain_key) != 32 or len(branch) != 16 or not 0 <= publisher <= 255 or not 0 <= key_epoch <= _U64:
+        raise LocalProtocolError("chain_key is 32 bytes, branch 16, publisher 0..255, key_epoch a u64")
+    return _crypto.hash32(P_BLIND, chain_key, branch, bytes((publisher,)), struct.pack(">Q", key_epoch))
 
 
 @dataclass(frozen=True, slots=True)

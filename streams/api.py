@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -29,30 +30,40 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, Self
 
-from .core import AuthorCore, CoreConfig, Outgoing, SubscriberCore, _CoreBase
+from .anchoring_service import AnchorConfig, AnchorService
+from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _CoreBase
 from .errors import (
     AdmissionRefused,
     ClosedResourceError,
+    DecodeError,
+    LedgerError,
     LocalProtocolError,
+    RejectReason,
     StorageError,
     StreamsTimeoutError,
+    VerificationError,
 )
 from .events import (
     Acknowledged,
     BranchClosed,
     Event,
     FetchRequested,
+    ForkDetected,
     Granted,
     MessageReceived,
     Refused,
     Rejected,
+    SubscriberAdmitted,
 )
 from .identity import Identity, PublicIdentity
+from .ledger.anchoring import verify_anchored
+from .ledger.base import Ledger
 from .policy import Policy
 from .store import MEMLIMIT, OPSLIMIT, Store
-from .wire import Permission, SigningMode
+from .wire import Permission, SigningMode, decode_frame
 
 __all__ = [
+    "AnchorConfig",
     "Author",
     "BranchInfo",
     "MemoryHub",
@@ -135,6 +146,16 @@ class _Party:
         #: Every this many heartbeats, HEAD notices are sent even for chains that did not move (a lost notice or
         #: a lost catch-up request would otherwise leave a quiet chain's tail unnoticed: THREATS 4).
         self.head_refresh_ticks = 20
+
+    def _install(self) -> None:
+        """Let the core match anchor proofs of older heads against the log (read-only, no I/O in the core)."""
+        store = self._store
+
+        def lookup(branch: bytes, publisher: int, seq: int) -> bytes | None:
+            entry = store.log_entry(branch, publisher, seq)
+            return None if entry is None else entry[0]
+
+        self._core.log_lookup = lookup
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -241,11 +262,19 @@ class _Party:
         self._events.clear()
         return out
 
+    def forks(self) -> list[ForkDetected]:
+        """Every fork this party has detected and kept as evidence (THREATS 7), oldest first."""
+        from .anchor import ForkEvidence
+
+        return [ForkDetected(b, p, s, ForkEvidence(fa, fb)) for b, p, s, fa, fb in self._store.forks()]
+
     async def close(self) -> None:
-        """Stop, persist the application cursor, close the transport and the store.  Idempotent."""
+        """Stop, persist the application cursor, close the transport and the store.  Idempotent.  A ledger
+        passed in is not closed: it belongs to the caller."""
         if self._closed:
             return
         self._closed = True
+        await self._stop_services()
         for t in self._tasks:
             t.cancel()
         for _b, _s, f in self._ack_waiters:
@@ -293,8 +322,15 @@ class _Party:
             log.error("store commit failed; closing: %s", exc)
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
             raise
+        self._committed(changes)
         for o in out:
             await self._transport.send(o)
+
+    def _committed(self, changes: Changes) -> None:
+        """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""
+
+    async def _stop_services(self) -> None:
+        """Hook: stop background services before the final flush."""
 
     def _start(self) -> None:
         self._tasks.append(asyncio.create_task(self._recv_loop(), name=f"streams-recv-{self.did[-8:]}"))
@@ -344,6 +380,14 @@ class _Party:
         if isinstance(ev, MessageReceived):
             await self._messages.put(ev)  # bounded: back-pressure on the receive loop
             return
+        if isinstance(ev, Rejected) and ev.frame is not None:
+            fork = self._check_fork(ev)
+            ev = dataclasses.replace(ev, frame=None)  # never keep frames in the bounded event queue
+            if fork is not None:
+                ev = dataclasses.replace(ev, reason=RejectReason.FORK, detail="a different signed message at an "
+                                         "accepted position")
+                self._queue_event(ev)
+                ev = fork
         if isinstance(ev, FetchRequested):
             self._serve_fetch(ev)
             for o in self._core.data_to_send():
@@ -353,10 +397,34 @@ class _Party:
         if isinstance(ev, Acknowledged):
             self._resolve_acks(ev)
         self._on_event(ev)
+        self._queue_event(ev)
+
+    def _queue_event(self, ev: Event) -> None:
         if len(self._events) == self._events.maxlen:
             self._dropped_events += 1
         self._events.append(ev)
         self._events_ready.set()
+
+    def _check_fork(self, ev: Rejected) -> ForkDetected | None:
+        """A REPLAY is either a duplicate (same hash as the logged message: the cheap path) or, if it differs
+        and is validly signed by the chain's publisher, a fork: kept as evidence and reported (THREATS 7)."""
+        assert ev.frame is not None and ev.branch is not None and ev.publisher is not None and ev.seq is not None
+        entry = self._store.log_entry(ev.branch, ev.publisher, ev.seq)
+        if entry is None:
+            return None
+        try:
+            new_hash = decode_frame(ev.frame, self._core.config.max_frame).hash
+        except DecodeError:
+            return None
+        if new_hash == entry[0]:
+            return None
+        evidence = self._core.fork_evidence(ev.frame, entry[1])
+        if evidence is None:
+            return None
+        if not self._store.fork_add(ev.branch, ev.publisher, ev.seq, evidence.frame_a, evidence.frame_b):
+            return None  # already reported for this position
+        log.warning("fork detected on branch %s publisher %d seq %d", ev.branch.hex(), ev.publisher, ev.seq)
+        return ForkDetected(ev.branch, ev.publisher, ev.seq, evidence)
 
     def _on_event(self, ev: Event) -> None:
         pass
@@ -397,6 +465,40 @@ class Author(_Party):
         self._core = core
         self.recheck_ms = 5_000
         self._last_recheck = 0
+        self._anchoring: AnchorService | None = None
+        self._install()
+
+    def _with_ledger(self, ledger: Ledger | None, config: AnchorConfig | None) -> None:
+        if ledger is not None:
+            self._anchoring = AnchorService(self._core, self._store, ledger, config or AnchorConfig(), self._clock,
+                                            self._send_queued)
+            self._anchoring.start()
+
+    async def _send_queued(self) -> None:
+        if not self._closed:
+            with contextlib.suppress(StorageError):
+                await self._flush()
+
+    def _committed(self, changes: Changes) -> None:
+        if self._anchoring is not None:
+            self._anchoring.note(changes)
+
+    async def _stop_services(self) -> None:
+        if self._anchoring is not None:
+            await self._anchoring.stop()
+
+    @property
+    def anchoring(self) -> AnchorService | None:
+        """The anchoring service (None without a ledger): ``pending`` epochs, ``ledger_writes``, ``kick()``."""
+        return self._anchoring
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, SubscriberAdmitted) and ev.resubscribed and self._anchoring is not None:
+            # State-loss recovery (THREATS 3): right after the re-sent grant, the latest anchored heads; and
+            # anchor the current heads soon, so the member's own chain cursor catches up with ours.
+            self._anchoring.send_restore(ev.branch)
+            self._anchoring.kick()
+            self._tasks.append(asyncio.create_task(self._send_queued()))
 
     def __repr__(self) -> str:
         return f"Author(did={self.did!r}, channel={self.channel.hex()}, branches={len(self._core.branch_ids())})"
@@ -405,8 +507,12 @@ class Author(_Party):
     async def create(cls, path: str | os.PathLike[str], identity: Identity, name: str, passphrase: str | bytes,
                      transport: Transport, policy: Policy, *, config: CoreConfig | None = None,
                      store_options: StoreOptions | None = None, clock: Clock | None = None,
-                     queue_size: int = 10_000) -> Author:
-        """Create a channel: a new store at ``path``, announce it, start serving."""
+                     queue_size: int = 10_000, ledger: Ledger | None = None,
+                     anchor_config: AnchorConfig | None = None) -> Author:
+        """Create a channel: a new store at ``path``, announce it, start serving.
+
+        With a ``ledger``, chain heads are anchored on it in batches (see :mod:`streams.anchoring_service`);
+        publishing never waits for the ledger.  The ledger stays the caller's to close."""
         so = store_options or StoreOptions()
         core = AuthorCore(identity, name, policy, config)
         store = Store.create(path, identity, passphrase, role="author", channel=core.channel,
@@ -415,14 +521,17 @@ class Author(_Party):
         self = cls(core, store, transport, clock, queue_size)
         core.announce()
         await self._flush()
+        self._with_ledger(ledger, anchor_config)
         self._start()
         return self
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, transport: Transport,
                    policy: Policy, *, config: CoreConfig | None = None, store_options: StoreOptions | None = None,
-                   clock: Clock | None = None, queue_size: int = 10_000) -> Author:
-        """Reopen a channel after a restart: cursors, branches and used challenges come back from disk."""
+                   clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None,
+                   anchor_config: AnchorConfig | None = None) -> Author:
+        """Reopen a channel after a restart: cursors, branches and used challenges come back from disk; with a
+        ``ledger``, epochs queued before the restart are written and confirmed first, in order."""
         so = store_options or StoreOptions()
         store = Store.open(path, passphrase, durable=so.durable)
         if store.meta("role") != "author":
@@ -436,6 +545,7 @@ class Author(_Party):
             core.announce()
             core.acknowledge()
             await self._flush()
+            self._with_ledger(ledger, anchor_config)
         except BaseException:
             store.close()  # a damaged store (StorageError) must not leave the connection open
             raise
@@ -518,6 +628,9 @@ class Subscriber(_Party):
         self._waiters: list[asyncio.Future[Event]] = []
         if hasattr(transport, "on_reconnect"):
             transport.on_reconnect = self._resync
+        self._ledger: Ledger | None = None
+        self._claims: asyncio.Queue[AnchorClaim] = asyncio.Queue()
+        self._install()
 
     async def _resync(self) -> None:
         """After the transport reconnected (or the author restarted): fetch what we missed (Clone pattern: live
@@ -531,6 +644,47 @@ class Subscriber(_Party):
         with contextlib.suppress(StorageError):
             await self._flush()
 
+    def _with_ledger(self, ledger: Ledger | None) -> None:
+        self._ledger = ledger
+        if ledger is not None:
+            # Every anchor proof is read back from the ledger before it is reported (THREATS 7).
+            self._core.defer_anchor_checks = True
+            self._tasks.append(asyncio.create_task(self._anchor_loop(), name=f"streams-anchor-{self.did[-8:]}"))
+
+    def _committed(self, changes: Changes) -> None:
+        if self._ledger is not None:
+            for claim in self._core.take_anchor_claims():
+                self._claims.put_nowait(claim)
+
+    async def _anchor_loop(self) -> None:
+        assert self._ledger is not None
+        ledger, author = self._ledger, self._core.author.sign_public
+        backoff = 0.1
+        while not self._closed:
+            claim = await self._claims.get()
+            while True:
+                try:
+                    await asyncio.to_thread(verify_anchored, ledger, claim.anchor_id, claim.head, claim.proof,
+                                            author, claim.checkpoint)
+                    events = self._core.apply_anchor(claim, True)
+                    break
+                except VerificationError as exc:
+                    h = claim.head
+                    events = [Rejected(RejectReason.NOT_ANCHORED, f"not on the ledger: {exc}", h.branch,
+                                       h.publisher, h.seq)]
+                    break
+                except (LedgerError, LocalProtocolError) as exc:  # outage, or an id this ledger does not know
+                    log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            backoff = 0.1
+            try:
+                await self._flush()
+            except StorageError:
+                return
+            for ev in events:
+                await self._dispatch(ev)
+
     def __repr__(self) -> str:
         return f"Subscriber(did={self.did!r}, channel={self.channel.hex()}, state={self._core.state.value})"
 
@@ -538,21 +692,24 @@ class Subscriber(_Party):
     async def create(cls, path: str | os.PathLike[str], identity: Identity, author_did: str, channel: bytes,
                      passphrase: str | bytes, transport: Transport, *, config: CoreConfig | None = None,
                      store_options: StoreOptions | None = None, clock: Clock | None = None,
-                     queue_size: int = 10_000) -> Subscriber:
+                     queue_size: int = 10_000, ledger: Ledger | None = None) -> Subscriber:
         """New subscriber state at ``path`` for the channel ``channel`` of ``author_did`` (both known out of
-        band).  Call :meth:`subscribe` next."""
+        band).  Call :meth:`subscribe` next.  With a ``ledger``, anchor proofs are checked against it before
+        ``Anchored(ledger_verified=True)`` is reported; without, they are reported with
+        ``ledger_verified=False``."""
         so = store_options or StoreOptions()
         core = SubscriberCore(identity, author_did, channel, config)
         store = Store.create(path, identity, passphrase, role="subscriber", channel=channel, author_did=author_did,
                              durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
         self = cls(core, store, transport, clock, queue_size)
+        self._with_ledger(ledger)
         self._start()
         return self
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, transport: Transport, *,
                    config: CoreConfig | None = None, store_options: StoreOptions | None = None,
-                   clock: Clock | None = None, queue_size: int = 10_000) -> Subscriber:
+                   clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None) -> Subscriber:
         """Reopen after a restart: branches and cursors come back; missed messages are fetched."""
         so = store_options or StoreOptions()
         store = Store.open(path, passphrase, durable=so.durable)
@@ -563,6 +720,7 @@ class Subscriber(_Party):
             core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
             core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
             self = cls(core, store, transport, clock, queue_size)
+            self._with_ledger(ledger)
             self._redeliver()
             core.catch_up()
             core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     _credential_cli.register(sub)
     _policy_cli.register(sub)
     # --- hooks of other modules (two lines each: import, register) go below this line ---
+    from .audit import register_cli as _register_audit
+
+    _register_audit(sub)
     return p
 
 

@@ -34,6 +34,15 @@ import msgpack
 
 from . import _crypto
 from ._state import ACCEPTS, BRANCH, SUBSCRIPTION, BranchState, Role, SubscriptionState
+from .anchor import (
+    ChainHead,
+    EpochCheckpoint,
+    ForkEvidence,
+    InclusionProof,
+    chain_blind_key,
+    check_fork,
+    verify_inclusion,
+)
 from .errors import (
     ClosedResourceError,
     DecodeError,
@@ -44,6 +53,7 @@ from .errors import (
 )
 from .events import (
     Acknowledged,
+    Anchored,
     Announced,
     BranchClosed,
     Covered,
@@ -63,6 +73,7 @@ from .wire import (
     MAX_FRAME,
     VERSION,
     Ack,
+    AnchorProof,
     Announce,
     Challenge,
     Checkpoint,
@@ -82,10 +93,12 @@ from .wire import (
     Subscribe,
     SubscribeSecret,
     Unsubscribe,
+    decode_anchor_body,
     decode_frame,
     decode_grant_entries,
     decode_grant_secret,
     decode_subscribe_secret,
+    encode_anchor_body,
     encode_frame,
     encode_grant_entries,
     encode_grant_secret,
@@ -94,6 +107,8 @@ from .wire import (
 )
 
 __all__ = [
+    "AnchorClaim",
+    "AnchorRecord",
     "AuthorCore",
     "BranchRecord",
     "ChainRecord",
@@ -210,6 +225,39 @@ class BranchRecord:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
 
 
+@dataclass(frozen=True, slots=True)
+class AnchorClaim:
+    """A verified (signature, blinded leaf, inclusion path) ANCHOR_PROOF not yet applied: with a ledger, the
+    driver first reads the checkpoint back from the ledger (:meth:`SubscriberCore.take_anchor_claims`)."""
+
+    head: ChainHead
+    key_epoch: int
+    proof: InclusionProof
+    checkpoint: EpochCheckpoint
+    anchor_id: str
+    restore: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorRecord:
+    """The latest anchored head of a chain as a member verified it: kept so that it can be shown to an auditor,
+    and (``restored``) so that the log of that chain legitimately starts after ``seq``."""
+
+    branch: bytes
+    publisher: int
+    seq: int
+    hash: bytes
+    key_epoch: int
+    epoch: int
+    anchor_id: str
+    checkpoint: bytes  #: encoded :class:`~streams.anchor.EpochCheckpoint`
+    index: int
+    tree_size: int
+    path: tuple[bytes, ...]
+    ledger_verified: bool
+    restored: bool
+
+
 @dataclass(slots=True)
 class Changes:
     """What the last calls changed and the driver must persist before acting on events (one transaction)."""
@@ -219,17 +267,18 @@ class Changes:
     log: list[LogRecord] = field(default_factory=list)
     nonces: list[tuple[bytes, int]] = field(default_factory=list)
     announce: bytes | None = None
+    anchored: list[AnchorRecord] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.branches or self.chains or self.log or self.nonces or self.announce)
+        return bool(self.branches or self.chains or self.log or self.nonces or self.announce or self.anchored)
 
 
 # --- in-memory state -------------------------------------------------------------------------------------------
 
 
 class _Chain:
-    __slots__ = ("acked", "acked_by", "covered", "first_uncovered_ms", "gap_to", "head", "held", "next_seq",
-                 "notified", "progress_ms")
+    __slots__ = ("acked", "acked_by", "anchor_wait", "anchored", "covered", "first_uncovered_ms", "gap_to", "head",
+                 "held", "next_seq", "notified", "progress_ms")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -242,6 +291,8 @@ class _Chain:
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
         self.acked = 0  # receiver side: highest seq we acknowledged (0 after a restart: acknowledge again)
         self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
+        self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
+        self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
 
 
 class _Branch:
@@ -285,9 +336,9 @@ class _Reject(Exception):
     """Internal: abort handling of one frame with a reason (turned into a Rejected event)."""
 
     def __init__(self, reason: RejectReason, detail: str, branch: bytes | None = None,
-                 publisher: int | None = None, seq: int | None = None) -> None:
+                 publisher: int | None = None, seq: int | None = None, frame: bytes | None = None) -> None:
         super().__init__(detail)
-        self.event = Rejected(reason, detail, branch, publisher, seq)
+        self.event = Rejected(reason, detail, branch, publisher, seq, frame)
 
 
 # --- the shared engine ---------------------------------------------------------------------------------------
@@ -307,6 +358,9 @@ class _CoreBase:
         self._channel = b""
         self._author: PublicIdentity | None = None
         self._announce_hash = b""
+        #: Injected by the driver: the hash logged at (branch, publisher, seq), or None.  Lets anchor proofs of
+        #: older heads be matched against what we accepted without the core touching the disk.
+        self.log_lookup: Callable[[bytes, int, int], bytes | None] | None = None
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -523,6 +577,39 @@ class _CoreBase:
         signed = bool(f.sig) or (c is not None and h.seq <= c.covered)
         return MessageReceived(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload, signed, f.hash)
 
+    def fork_evidence(self, new_frame: bytes, logged_frame: bytes) -> ForkEvidence | None:
+        """Fork check for a frame refused as a REPLAY: ``ForkEvidence(logged, new)`` if both frames are validly
+        signed by the chain's publisher and claim different messages at one position (THREATS 7), else None
+        (an identical duplicate, an unsigned or forged frame: nothing provable).  Never raises."""
+        try:
+            f = decode_frame(new_frame, self.config.max_frame)
+            b = self._branches.get(getattr(f.head, "branch", b""))
+            member = None if b is None else b.members.get(getattr(f.head, "publisher", -1))
+            if member is None:
+                return None
+            evidence = ForkEvidence(logged_frame, new_frame)
+            check_fork(evidence, member[0])
+        except (RemoteProtocolError, LocalProtocolError):
+            return None
+        return evidence
+
+    def _apply_anchor(self, claim: AnchorClaim, verified: bool, events: list[Event]) -> None:
+        raise LocalProtocolError("only members apply anchor proofs")  # overridden by SubscriberCore
+
+    def _blind(self, b: _Branch, publisher: int) -> tuple[int, bytes] | None:
+        """(key epoch, blind key) of a chain: from the latest key epoch we hold for its publisher."""
+        epochs = [e for e, p in b.keys if p == publisher]
+        if not epochs:
+            return None
+        e = max(epochs)
+        return e, chain_blind_key(b.keys[(e, publisher)], b.id, publisher, e)
+
+    def _logged_hash(self, branch: bytes, publisher: int, seq: int) -> bytes | None:
+        for r in reversed(self._changes.log):  # accepted in this batch, not committed yet
+            if r.branch == branch and r.publisher == publisher and r.seq == seq:
+                return r.hash
+        return None if self.log_lookup is None else self.log_lookup(branch, publisher, seq)
+
     # -- internals: publishing ---------------------------------------------------------------------------------
 
     def _check_writable(self, b: _Branch) -> None:
@@ -573,7 +660,9 @@ class _CoreBase:
             raise _Reject(RejectReason.NOT_PERMITTED, "we may not read this chain", h.branch, h.publisher, h.seq)
         if h.seq < c.next_seq:
             # Cheap, before any crypto (THREATS 3, 8).
-            raise _Reject(RejectReason.REPLAY, "sequence number already accepted", h.branch, h.publisher, h.seq)
+            # The frame rides along so the driver can tell a duplicate from a fork (THREATS 7) with its log.
+            raise _Reject(RejectReason.REPLAY, "sequence number already accepted", h.branch, h.publisher, h.seq,
+                          frame.raw)
         if (h.epoch, h.publisher) not in b.keys:
             raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
         if h.seq > c.next_seq:
@@ -581,7 +670,10 @@ class _CoreBase:
             return
         self._accept(b, c, frame, events)
         c.progress_ms = now_ms
-        # Drain held successors now in order.
+        self._drain(b, c, events)
+
+    def _drain(self, b: _Branch, c: _Chain, events: list[Event]) -> None:
+        """Accept held successors now in order, then apply an anchor proof that waited for them."""
         while c.held and c.next_seq in c.held:
             nxt = c.held.pop(c.next_seq)
             try:
@@ -590,6 +682,13 @@ class _CoreBase:
                 events.append(r.event)
         if c.held is not None and not c.held:
             c.held = None
+        if c.anchor_wait is not None and c.next_seq > c.anchor_wait[0].head.seq:
+            claim, verified = c.anchor_wait
+            c.anchor_wait = None
+            try:
+                self._apply_anchor(claim, verified, events)
+            except _Reject as r:
+                events.append(r.event)
 
     def _verify_chain_frame(self, b: _Branch, frame: Frame) -> bytes | None:
         """AEAD then signature (cheapest first).  Returns the payload (None for checkpoints)."""
@@ -881,7 +980,7 @@ class AuthorCore(_CoreBase):
             # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.
             b = self._branches[existing]
             self._out.append(Outgoing(b.grant_frame, peer=peer, branch=b.id))
-            events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason))
+            events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason, resubscribed=True))
             return
         branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,
                                    evidence=decision.evidence)
@@ -1017,6 +1116,38 @@ class AuthorCore(_CoreBase):
         if b.peer_did:
             self._by_did.pop(b.peer_did, None)
 
+    # -- anchoring (THREATS 7) -------------------------------------------------------------------------------------
+
+    def anchor_heads(self, chains: list[tuple[bytes, int]]) -> list[tuple[ChainHead, int]]:
+        """The current heads of ``chains`` as ``(ChainHead, key_epoch)``, ready for
+        :func:`streams.anchor.build_epoch`.  Chains without a message yet, or unknown, are left out."""
+        out: list[tuple[ChainHead, int]] = []
+        for branch, publisher in chains:
+            b = self._branches.get(branch)
+            c = None if b is None else b.chains.get(publisher)
+            if b is None or c is None or c.next_seq <= 1:
+                continue
+            blind = self._blind(b, publisher)
+            if blind is None:
+                continue
+            out.append((ChainHead(branch, publisher, c.next_seq - 1, c.head, blind[1]), blind[0]))
+        return out
+
+    def anchor_proof(self, branch: bytes, publisher: int, seq: int, head_hash: bytes, key_epoch: int,
+                     checkpoint: EpochCheckpoint, anchor_id: str, proof: InclusionProof, *, restore: bool = False,
+                     peer: object = None) -> None:
+        """Queue a signed ANCHOR_PROOF of ``head`` for the members of its branch.  Call it only once the
+        checkpoint is confirmed on the ledger (THREATS 7: nothing says "anchored" earlier).  ``restore``: sent
+        right after a re-sent grant, the member starts its cursor there.  Closed or unknown branches are
+        skipped."""
+        b = self._branches.get(branch)
+        if b is None or b.state is BranchState.CLOSED:
+            return
+        h = AnchorProof(self._channel, branch, publisher, seq, head_hash, key_epoch, checkpoint.epoch, anchor_id,
+                        proof.index, proof.tree_size, int(restore))
+        body = encode_anchor_body(checkpoint.encode(), proof.path)
+        self._out.append(Outgoing(encode_frame(h, body, self._id.sign).raw, peer=peer, branch=branch))
+
     def _on_unsubscribe(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Unsubscribe = frame.head
         b = self._branches.get(h.branch)
@@ -1059,6 +1190,7 @@ class SubscriberCore(_CoreBase):
         self._announced = False
         self._pending_nonce = b""
         self._credential = b""
+        self._claims = []
 
     def __repr__(self) -> str:
         return f"SubscriberCore(channel={self._channel.hex()}, state={self.state.value})"
@@ -1241,3 +1373,111 @@ class SubscriberCore(_CoreBase):
         head = Unsubscribe(self._channel, b.id, b.me, b.epoch, b.grant_hash)
         self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
         self._changes.branches.append(b.record())
+
+    # -- anchor proofs (THREATS 7; state-loss recovery, THREATS 3) ------------------------------------------------
+
+    #: Set by a driver that checks every anchor proof against the ledger itself: verified claims are then queued
+    #: (:meth:`take_anchor_claims`) instead of applied, and the driver calls :meth:`apply_anchor`.
+    defer_anchor_checks: bool = False
+    max_anchor_claims: int = 4096
+
+    def _on_anchor_proof(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        h: AnchorProof = frame.head
+        b = self._branches.get(h.branch)
+        if b is None or h.publisher not in b.chains:
+            return  # another member's branch or chain (branch traffic may be broadcast): not our business
+        if b.state is BranchState.CLOSED:
+            raise _Reject(RejectReason.CLOSED_BRANCH, "anchor proof for a closed branch", h.branch, h.publisher, h.seq)
+        try:
+            self.author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "anchor proof signature", h.branch, h.publisher, h.seq) from exc
+        key = b.keys.get((h.key_epoch, h.publisher))
+        if key is None:
+            raise _Reject(RejectReason.STALE_EPOCH, "no chain key for the proof's key epoch", h.branch, h.publisher,
+                          h.seq)
+        try:
+            raw_cp, path = decode_anchor_body(frame.body)
+            checkpoint = EpochCheckpoint.decode(raw_cp)
+        except DecodeError as exc:
+            raise _Reject(RejectReason.MALFORMED, "anchor proof body", h.branch, h.publisher, h.seq) from exc
+        if checkpoint.channel != self._channel:
+            raise _Reject(RejectReason.FOREIGN_CHANNEL, "checkpoint of another channel", h.branch, h.publisher, h.seq)
+        head = ChainHead(h.branch, h.publisher, h.seq, h.hash, chain_blind_key(key, h.branch, h.publisher,
+                                                                                h.key_epoch))
+        proof = InclusionProof(h.anchor_epoch, h.leaf_index, h.tree_size, tuple(path))
+        try:
+            verify_inclusion(head, proof, checkpoint, self.author.sign_public)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.NOT_ANCHORED, f"anchor proof: {exc}", h.branch, h.publisher, h.seq) from exc
+        claim = AnchorClaim(head, h.key_epoch, proof, checkpoint, h.anchor_id, bool(h.restore))
+        if self.defer_anchor_checks:
+            if len(self._claims) >= self.max_anchor_claims:
+                raise _Reject(RejectReason.HOLD_FULL, "too many anchor proofs awaiting the ledger", h.branch,
+                              h.publisher, h.seq)
+            self._claims.append(claim)
+            return
+        self._apply_anchor(claim, False, events)
+
+    _claims: list[AnchorClaim]
+
+    def take_anchor_claims(self) -> list[AnchorClaim]:
+        """Anchor proofs that passed every local check and wait for the driver's ledger check."""
+        out, self._claims = self._claims, []
+        return out
+
+    def apply_anchor(self, claim: AnchorClaim, ledger_verified: bool) -> list[Event]:
+        """Apply a claim (after the driver's ledger check): record the anchored head, restore a cursor, or
+        fetch the messages up to it.  Returns the events (``Anchored``, ``GapDetected`` or ``Rejected``)."""
+        events: list[Event] = []
+        try:
+            self._apply_anchor(claim, ledger_verified, events)
+        except _Reject as r:
+            events.append(r.event)
+        return events
+
+    def _apply_anchor(self, claim: AnchorClaim, verified: bool, events: list[Event]) -> None:
+        head = claim.head
+        b = self._branches.get(head.branch)
+        c = None if b is None else b.chains.get(head.publisher)
+        if b is None or c is None or b.state is BranchState.CLOSED:
+            return
+        where = (head.branch, head.publisher, head.seq)
+        if head.seq <= c.anchored:
+            raise _Reject(RejectReason.REPLAY, "already anchored at or beyond this sequence number", *where)
+        restored = False
+        if head.seq < c.next_seq:
+            known = c.head if head.seq == c.next_seq - 1 else self._logged_hash(*where)
+            if known is None:
+                raise _Reject(RejectReason.NOT_ANCHORED, "anchored head is not in our log", *where)
+            if not _crypto.ct_equal(known, head.hash):
+                # The author anchored another message than the one we accepted at this position.
+                raise _Reject(RejectReason.FORK, "the anchored head differs from the message we accepted", *where)
+        elif head.publisher == b.me or (claim.restore and c.next_seq == 1):
+            # We lost our state (THREATS 3): for our own chain the author holds messages we no longer remember
+            # (publishing from our old cursor would fork it), and a re-sent grant came with its anchored heads.
+            # Start there: everything at or below is a replay from now on.
+            c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
+            c.gap_to = max(c.gap_to, head.seq)
+            if c.held:
+                c.held = {s: f for s, f in c.held.items() if s > head.seq} or None
+            self._changes.chains.append(b.chain_record(head.publisher))
+            restored = True
+        else:
+            # Ahead of us: messages are missing (THREATS 4).  Fetch them; apply the proof once they are in.
+            c.anchor_wait = (claim, verified)
+            if head.seq > c.gap_to:
+                events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
+                lo = max(c.next_seq, c.gap_to + 1)
+                c.gap_to = head.seq
+                self.request_fetch(b.id, head.publisher, lo, head.seq)
+            return
+        c.anchored = head.seq
+        p = claim.proof
+        self._changes.anchored.append(AnchorRecord(
+            head.branch, head.publisher, head.seq, head.hash, claim.key_epoch, claim.checkpoint.epoch,
+            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored))
+        events.append(Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id,
+                               verified, restored))
+        if restored:
+            self._drain(b, c, events)

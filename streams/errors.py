@@ -64,6 +64,7 @@ class RejectReason(enum.Enum):
     CLOSED_BRANCH = 16  #: the branch was revoked or unsubscribed
     FORK = 17  #: a different message at an already accepted (branch, publisher, seq)
     UNEXPECTED = 18  #: a message kind that this role does not accept
+    NOT_ANCHORED = 19  #: an anchor proof that does not verify (inclusion, or the checkpoint on the ledger)
 
 
 class StreamsError(Exception):

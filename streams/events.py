@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .anchor import ForkEvidence
 from .errors import RejectReason
 from .wire import Permission
 
 __all__ = [
     "Acknowledged",
+    "Anchored",
     "Announced",
     "BranchClosed",
     "Covered",
     "Event",
     "FetchRequested",
+    "ForkDetected",
     "GapDetected",
     "Granted",
     "MessageReceived",
@@ -80,6 +83,45 @@ class Rejected:
     branch: bytes | None = None
     publisher: int | None = None
     seq: int | None = None
+    frame: bytes | None = None
+    """The refused frame's bytes, set only for REPLAY of a chain frame, so the driver can compare it with the
+    logged message at that position (fork detection).  The driver clears it before queueing the event."""
+
+    def __repr__(self) -> str:
+        branch = None if self.branch is None else self.branch.hex()
+        where = f"branch={branch}, publisher={self.publisher}, seq={self.seq}"
+        return f"Rejected({self.reason.name}, {self.detail!r}, {where})"
+
+
+@dataclass(frozen=True, slots=True)
+class Anchored:
+    """The head ``seq`` of chain (branch, publisher) is committed in the Merkle tree of anchor epoch ``epoch``,
+    whose signed checkpoint was written to the ledger under ``anchor_id`` (THREATS 7).
+
+    ``ledger_verified`` is True only if this party read the checkpoint back from the ledger itself, found it
+    confirmed and checked the inclusion proof against it; False means "the author says so, with a valid
+    signature and inclusion proof" (no ledger configured).  ``restored``: this head came with a re-sent grant
+    after we lost our state, and our cursor now starts there (older messages are rejected as replays)."""
+
+    branch: bytes
+    publisher: int
+    seq: int
+    epoch: int
+    anchor_id: str
+    ledger_verified: bool = False
+    restored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ForkDetected:
+    """Two different, validly signed messages at one (branch, publisher, seq): the publisher equivocated.
+    ``evidence`` holds both frames; anyone with the publisher's key can check it
+    (:func:`streams.anchor.check_fork`).  It is also kept in the store."""
+
+    branch: bytes
+    publisher: int
+    seq: int
+    evidence: ForkEvidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +157,7 @@ class SubscriberAdmitted:
     branch: bytes
     permission: Permission
     reason: str
+    resubscribed: bool = False  #: the DID already had this branch: its grant was re-sent (state-loss recovery)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,5 +201,5 @@ class Acknowledged:
 
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
-    | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged
+    | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected
 )

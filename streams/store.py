@@ -20,6 +20,17 @@ Schema (version 1)::
     log(branch, publisher, seq, hash, frame)                     -- retained messages
     nonces(nonce BLOB PRIMARY KEY, expires_ms INTEGER)          -- used challenge nonces (author)
     delivered(branch, publisher, seq)                            -- application cursor
+    anchors(epoch, checkpoint, heads, leaves, anchor_id, state)  -- author: one row per anchor epoch
+    anchor_heads(branch, publisher, seq, hash, ...)              -- latest confirmed anchored head per chain
+    forks(branch, publisher, seq, frame_a, frame_b)              -- fork evidence
+
+The three anchoring tables were added after version 1 without a version bump: they are only ever *added*
+(``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
+gains them, and no older reader reads them.
+
+An ``anchors`` row goes ``built`` (signed checkpoint, durable before the ledger is called) -> ``written``
+(ledger id known) -> ``confirmed`` (the ledger confirmed it and read it back).  Rows not ``confirmed`` are the
+durable queue that survives ledger outages and crashes (THREATS 7).
 """
 
 from __future__ import annotations
@@ -29,18 +40,19 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import nacl.pwhash
 
-from .core import BranchRecord, ChainRecord, Changes
+from .core import AnchorRecord, BranchRecord, ChainRecord, Changes
 from .errors import BadPassphrase, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity
 from .keystore import derive_key, open_secret, seal_secret
 
-__all__ = ["MEMLIMIT", "OPSLIMIT", "Store"]
+__all__ = ["MEMLIMIT", "OPSLIMIT", "AnchorRow", "Store"]
 
 #: Argon2id cost for the store's passphrase key: libsodium's "interactive" (about 50 ms here), paid at each open.
 OPSLIMIT: int = nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE
@@ -61,11 +73,51 @@ CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, expires_ms INTEGER NO
 CREATE TABLE IF NOT EXISTS delivered (
     branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (branch, publisher)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS anchors (
+    epoch INTEGER PRIMARY KEY, checkpoint BLOB NOT NULL, heads BLOB NOT NULL, leaves BLOB NOT NULL,
+    anchor_id TEXT, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS anchor_heads (
+    branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+    key_epoch INTEGER NOT NULL, epoch INTEGER NOT NULL, anchor_id TEXT NOT NULL, checkpoint BLOB NOT NULL,
+    idx INTEGER NOT NULL, tree_size INTEGER NOT NULL, path BLOB NOT NULL, ledger_verified INTEGER NOT NULL,
+    restored INTEGER NOT NULL, PRIMARY KEY (branch, publisher)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forks (
+    branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, frame_a BLOB NOT NULL,
+    frame_b BLOB NOT NULL, PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
 """
 
 
 def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorRow:
+    """One anchor epoch of the author (table ``anchors``).  ``heads[i]`` is the head whose blinded leaf is
+    ``leaves[i]`` (sorted leaf order, so ``i`` is its leaf index): ``(branch, publisher, seq, hash,
+    key_epoch)``."""
+
+    epoch: int
+    checkpoint: bytes  #: encoded, signed :class:`~streams.anchor.EpochCheckpoint`
+    heads: list[tuple[bytes, int, int, bytes, int]]
+    leaves: list[bytes]
+    anchor_id: str | None
+    state: str  #: "built", "written" or "confirmed"
+
+    def __repr__(self) -> str:
+        return f"AnchorRow(epoch={self.epoch}, heads={len(self.heads)}, anchor_id={self.anchor_id}, {self.state})"
+
+
+_AH_INSERT = ("INSERT OR REPLACE INTO anchor_heads (branch, publisher, seq, hash, key_epoch, epoch, anchor_id, "
+              "checkpoint, idx, tree_size, path, ledger_verified, restored) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_AH_SELECT = ("SELECT branch, publisher, seq, hash, key_epoch, epoch, anchor_id, checkpoint, idx, tree_size, path, "
+              "ledger_verified, restored FROM anchor_heads")
+
+
+def _ah_row(r: AnchorRecord) -> tuple[Any, ...]:
+    return (r.branch, r.publisher, r.seq, r.hash, r.key_epoch, r.epoch, r.anchor_id, r.checkpoint, r.index,
+            r.tree_size, b"".join(r.path), int(r.ledger_verified), int(r.restored))
 
 
 class Store:
@@ -201,6 +253,92 @@ class Store:
                 if delivered:
                     c.executemany("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?)",
                                   [(b, p, s) for (b, p), s in delivered.items()])
+                if changes.anchored:
+                    c.executemany(_AH_INSERT, [_ah_row(r) for r in changes.anchored])
+        except sqlite3.Error as exc:
+            raise StorageError(f"commit to {self.path} failed: {exc}") from exc
+
+    # -- anchoring (THREATS 7) -----------------------------------------------------------------------------------
+
+    def anchor_add(self, row: AnchorRow) -> None:
+        """Queue a built (signed) epoch durably, before the ledger is called."""
+        heads = _pack([list(h) for h in row.heads])
+        self._write("INSERT INTO anchors VALUES (?, ?, ?, ?, ?, ?)",
+                    (row.epoch, row.checkpoint, heads, b"".join(row.leaves), row.anchor_id, row.state))
+
+    def anchor_written(self, epoch: int, anchor_id: str) -> None:
+        """Record the ledger id of an epoch's write (not yet confirmed)."""
+        self._write("UPDATE anchors SET anchor_id = ?, state = 'written' WHERE epoch = ?", (anchor_id, epoch))
+
+    def anchor_confirmed(self, epoch: int, heads: list[AnchorRecord]) -> None:
+        """Mark an epoch confirmed and make its heads the latest anchored heads, in one transaction."""
+        self._check_open()
+        try:
+            with _tx(self._conn):
+                self._conn.execute("UPDATE anchors SET state = 'confirmed' WHERE epoch = ?", (epoch,))
+                self._conn.executemany(_AH_INSERT, [_ah_row(r) for r in heads])
+        except sqlite3.Error as exc:
+            raise StorageError(f"commit to {self.path} failed: {exc}") from exc
+
+    def anchors(self, pending_only: bool = False) -> list[AnchorRow]:
+        """Anchor epochs in order; ``pending_only``: those not confirmed yet (the durable queue)."""
+        sql = "SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
+        if pending_only:
+            sql += " WHERE state != 'confirmed'"
+        return [self._anchor_row(r) for r in self._q(sql + " ORDER BY epoch")]
+
+    def anchor(self, epoch: int) -> AnchorRow | None:
+        rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors WHERE epoch = ?",
+                       (epoch,))
+        row = rows[0] if rows else None
+        return None if row is None else self._anchor_row(row)
+
+    def anchor_last(self) -> AnchorRow | None:
+        """The latest anchor epoch, whatever its state: the ``prev`` of the next checkpoint."""
+        rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
+                       " ORDER BY epoch DESC LIMIT 1")
+        row = rows[0] if rows else None
+        return None if row is None else self._anchor_row(row)
+
+    def anchored_heads(self) -> list[AnchorRecord]:
+        """The latest confirmed anchored head of every chain."""
+        out = []
+        for r in self._q(_AH_SELECT):
+            path = bytes(r[10])
+            out.append(AnchorRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                                    tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]),
+                                    bool(r[12])))
+        return out
+
+    def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
+        """Keep fork evidence; False if this position already had some."""
+        self._check_open()
+        try:
+            with _tx(self._conn):
+                cur = self._conn.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
+                                         (branch, publisher, seq, frame_a, frame_b))
+                return cur.rowcount == 1
+        except sqlite3.Error as exc:
+            raise StorageError(f"commit to {self.path} failed: {exc}") from exc
+
+    def forks(self) -> list[tuple[bytes, int, int, bytes, bytes]]:
+        """Every fork evidence kept: (branch, publisher, seq, frame_a, frame_b)."""
+        return [tuple(r) for r in self._q("SELECT branch, publisher, seq, frame_a, frame_b FROM forks")]
+
+    def _anchor_row(self, r: tuple[Any, ...]) -> AnchorRow:
+        try:
+            heads = [tuple(h) for h in msgpack.unpackb(r[2], raw=False)]
+        except (ValueError, TypeError) as exc:
+            raise StorageError(f"anchor row {r[0]} in {self.path} is corrupted") from exc
+        leaves = bytes(r[3])
+        return AnchorRow(r[0], bytes(r[1]), heads,
+                         [leaves[i:i + 32] for i in range(0, len(leaves), 32)], r[4], r[5])
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        self._check_open()
+        try:
+            with _tx(self._conn):
+                self._conn.execute(sql, args)
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
 
@@ -229,6 +367,10 @@ class Store:
         rows = self._q("SELECT hash, frame FROM log WHERE branch = ? AND publisher = ? AND seq = ?",
                        (branch, publisher, seq))
         return None if not rows else (rows[0][0], rows[0][1])
+
+    def iter_log(self) -> Iterator[tuple[bytes, int, int, bytes, bytes]]:
+        """Every retained row as stored, ``(branch, publisher, seq, hash, frame)``, in position order (audit)."""
+        yield from self._q("SELECT branch, publisher, seq, hash, frame FROM log ORDER BY branch, publisher, seq")
 
     def log_count(self) -> int:
         return int(self._q("SELECT count(*) FROM log")[0][0])

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_FRAME",
     "VERSION",
     "Ack",
+    "AnchorProof",
     "Announce",
     "Challenge",
     "Checkpoint",
@@ -57,10 +58,12 @@ __all__ = [
     "Subscribe",
     "SubscribeSecret",
     "Unsubscribe",
+    "decode_anchor_body",
     "decode_frame",
     "decode_grant_entries",
     "decode_grant_secret",
     "decode_subscribe_secret",
+    "encode_anchor_body",
     "encode_frame",
     "encode_grant_entries",
     "encode_grant_secret",
@@ -90,6 +93,7 @@ class Kind(enum.IntEnum):
     FETCH = 11
     HEAD = 12
     ACK = 13
+    ANCHOR_PROOF = 14
 
 
 class Permission(enum.IntEnum):
@@ -324,16 +328,41 @@ class Ack:
     acker: int  #: member index of the signer
 
 
+@dataclass(frozen=True, slots=True)
+class AnchorProof:
+    """Author -> members: the head ``(seq, hash)`` of one chain is in the Merkle tree of anchor epoch
+    ``anchor_epoch``, written to the ledger under ``anchor_id`` (THREATS 7).  Signed by the author.
+
+    Body: :func:`encode_anchor_body` -- the encoded :class:`~streams.anchor.EpochCheckpoint` and the RFC 9162
+    inclusion path.  ``key_epoch`` names the chain key the leaf's blind key is derived from
+    (:func:`streams.anchor.chain_blind_key`).  ``restore`` is 1 when the author sends it right after re-sending
+    a grant to a re-subscribing member: such a member starts its cursor at this head (state-loss recovery)."""
+
+    KIND: ClassVar[Kind] = Kind.ANCHOR_PROOF
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, _T("uint", 1), B32, U64, U64, NAME, U64, _T("uint", 1), U8)
+    channel: bytes
+    branch: bytes
+    publisher: int
+    seq: int
+    hash: bytes
+    key_epoch: int
+    anchor_epoch: int
+    anchor_id: str
+    leaf_index: int
+    tree_size: int
+    restore: int
+
+
 Head = (
     Announce | Hello | Challenge | Subscribe | Grant | Refuse | Packet | Checkpoint | Revoke | Unsubscribe
-    | Fetch | HeadNotice | Ack
+    | Fetch | HeadNotice | Ack | AnchorProof
 )
 
 HEADS: Final[dict[Kind, type[Any]]] = {
     cls.KIND: cls
     for cls in (
         Announce, Hello, Challenge, Subscribe, Grant, Refuse, Packet, Checkpoint, Revoke, Unsubscribe, Fetch,
-        HeadNotice, Ack,
+        HeadNotice, Ack, AnchorProof,
     )
 }
 
@@ -358,7 +387,7 @@ _PREFIX: Final[dict[int, bytes]] = {int(k): bytes((VERSION, k)) for k in Kind}  
 #: Which kinds must carry a signature (64 bytes), may carry one, or must not.
 SIG_REQUIRED: Final = frozenset(
     {Kind.ANNOUNCE, Kind.GRANT, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE, Kind.FETCH,
-     Kind.HEAD, Kind.ACK}
+     Kind.HEAD, Kind.ACK, Kind.ANCHOR_PROOF}
 )
 SIG_OPTIONAL: Final = frozenset({Kind.PACKET})
 #: Kinds whose body must be empty.
@@ -610,3 +639,30 @@ def _strict_tuple(v: Any, schema: tuple[_T, ...], what: str) -> list[Any]:
     if not isinstance(v, list) or len(v) != len(schema):
         raise DecodeError(f"{what}: malformed")
     return [t.check(what, x) for t, x in zip(schema, v, strict=True)]
+
+
+#: Longest inclusion path accepted in an ANCHOR_PROOF: a tree of 2**64 leaves has paths of 64 nodes.
+MAX_ANCHOR_PATH: Final = 64
+
+
+def encode_anchor_body(checkpoint: bytes, path: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """Body of an ANCHOR_PROOF: ``[encoded checkpoint, [sibling hashes, leaf level first]]``."""
+    return _packb([checkpoint, list(path)])
+
+
+def decode_anchor_body(data: bytes) -> tuple[bytes, list[bytes]]:
+    """``(encoded checkpoint, path)`` of an ANCHOR_PROOF body.  Raises :class:`DecodeError` unless canonical
+    and well-formed (the checkpoint itself is parsed by :meth:`streams.anchor.EpochCheckpoint.decode`)."""
+    values = _unpack(data, "anchor proof", 4096)
+    if not isinstance(values, list) or len(values) != 2:
+        raise DecodeError("anchor proof: expected [checkpoint, path]")
+    checkpoint, path = values
+    if not isinstance(checkpoint, bytes) or not (1 <= len(checkpoint) <= 1024):
+        raise DecodeError("anchor proof: malformed checkpoint")
+    if not isinstance(path, list) or len(path) > MAX_ANCHOR_PATH:
+        raise DecodeError("anchor proof: malformed path")
+    for node in path:
+        B32.check("anchor proof path", node)
+    if encode_anchor_body(checkpoint, path) != data:
+        raise DecodeError("anchor proof: not in canonical encoding")
+    return checkpoint, path

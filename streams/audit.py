@@ -1,0 +1,361 @@
+"""Audit a stored channel log against its signatures, its hash links and the ledger (THREATS 2, 4, 7).
+
+:func:`audit_store` opens one party's store (author, member, or auditor -- a member with
+:class:`~streams.wire.Permission.AUDIT` holds every chain's key and can never publish) and re-verifies, for
+every chain the party may read:
+
+* the branch's grant is signed by the author (the start of every chain's hash links);
+* every retained message decodes, hashes to its stored hash, sits at the position it claims, links to its
+  predecessor (the first to the grant, or to the anchored head a restored member started from), is signed by
+  its publisher -- or, for amortized packets, authenticates under the branch key and is covered by a later
+  signed checkpoint;
+* nothing is missing (holes, a truncated tail), inserted (rows beyond the chain's head or for unknown chains)
+  or altered (any edit made directly in the SQLite file breaks a hash, a link or a signature);
+* every anchored head: its blinded leaf and inclusion in the signed checkpoint, the message at that position,
+  the checkpoint chain (author), and -- with a ledger -- that the ledger holds exactly that checkpoint,
+  confirmed.
+
+The result is an :class:`AuditReport`; ``streams audit`` (:func:`register_cli`) prints it and exits non-zero on
+any error.  Warnings (e.g. epochs still queued for the ledger) do not fail an audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import _crypto, merkle
+from .anchor import ChainHead, EpochCheckpoint, InclusionProof, chain_blind_key, verify_inclusion
+from .core import AnchorRecord, BranchRecord
+from .errors import (
+    BadPassphrase,
+    DecodeError,
+    LedgerError,
+    LocalProtocolError,
+    StorageError,
+    StreamsError,
+    VerificationError,
+)
+from .ledger.anchoring import PendingAnchor, confirm, verify_anchored
+from .ledger.base import Ledger
+from .store import Store
+from .wire import Kind, SigningMode, decode_frame
+
+__all__ = ["AuditReport", "Finding", "audit_store", "open_ledger", "register_cli"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem found.  ``severity`` is "error" (the audit fails) or "warning"."""
+
+    severity: str
+    reason: str
+    branch: str | None = None  #: hex branch id
+    publisher: int | None = None
+    seq: int | None = None
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """The outcome of :func:`audit_store`.  ``ok`` is True when there is no error finding."""
+
+    ok: bool
+    role: str
+    did: str
+    channel: str
+    ledger_checked: bool
+    branches: int = 0
+    chains: int = 0
+    messages: int = 0
+    signatures: int = 0
+    anchored_heads: int = 0
+    anchor_epochs: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A human-readable report."""
+        lines = [
+            f"audit of {self.role} store ({self.did}) on channel {self.channel[:16]}...: "
+            f"{'OK' if self.ok else 'FAILED'}",
+            f"  {self.branches} branches, {self.chains} chains, {self.messages} messages, "
+            f"{self.signatures} signatures, {self.anchored_heads} anchored heads, {self.anchor_epochs} anchor "
+            f"epochs ({'checked against the ledger' if self.ledger_checked else 'no ledger given: not checked on it'})",
+        ]
+        for f in self.findings:
+            where = "" if f.branch is None else f" [branch {f.branch[:12]} publisher {f.publisher} seq {f.seq}]"
+            lines.append(f"  {f.severity.upper()}: {f.reason}{where}")
+        return "\n".join(lines)
+
+
+class _Audit:
+    def __init__(self, store: Store, ledger: Ledger | None) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.report = AuditReport(True, str(store.meta("role")), store.identity.did,
+                                  bytes(store.meta("channel")).hex(), ledger is not None)
+        self.channel: bytes = store.meta("channel")
+
+    def err(self, reason: str, branch: bytes | None = None, publisher: int | None = None,
+            seq: int | None = None, severity: str = "error") -> None:
+        if severity == "error":
+            self.report.ok = False
+        self.report.findings.append(Finding(severity, reason, None if branch is None else branch.hex(), publisher,
+                                            seq))
+
+    def run(self) -> AuditReport:
+        try:
+            branches = {b.id: b for b in self.store.load_branches()}
+        except StorageError as exc:
+            self.err(f"branch records unreadable: {exc}")
+            return self.report
+        cursors = {(c.branch, c.publisher): c for c in self.store.load_chains()}
+        rows: dict[tuple[bytes, int], list[tuple[int, bytes, bytes]]] = {}
+        for rb, rp, rs, rh, rf in self.store.iter_log():
+            rows.setdefault((rb, rp), []).append((rs, bytes(rh), bytes(rf)))
+        anchored = {(r.branch, r.publisher): r for r in self.store.anchored_heads()}
+        self.report.branches = len(branches)
+        for key in rows.keys() - cursors.keys():
+            self.err(f"{len(rows[key])} log rows for a chain this party does not follow (inserted)", key[0], key[1])
+        for key, cursor in sorted(cursors.items()):
+            br = branches.get(key[0])
+            if br is None:
+                self.err("a chain cursor for an unknown branch", key[0], key[1])
+                continue
+            self.report.chains += 1
+            self._chain(br, key[1], cursor.next_seq, cursor.head, rows.get(key, []), anchored.get(key))
+        for rec in branches.values():
+            self._grant(rec)
+        if self.report.role == "author":
+            self._author_anchors(branches)
+        else:
+            self._member_anchors(branches, anchored)
+        for fb, fp, fs, _fa, _fb in self.store.forks():
+            self.err("fork evidence held: the publisher signed two different messages here", fb, fp, fs)
+        return self.report
+
+    # -- chains ------------------------------------------------------------------------------------------------
+
+    def _grant(self, b: BranchRecord) -> None:
+        try:
+            g = decode_frame(b.grant_frame)
+            author = dict((i, pk) for i, pk, _ in b.members)[0]
+            if g.kind is not Kind.GRANT or not _crypto.ct_equal(g.hash, b.grant_hash) or g.head.branch != b.id:
+                raise VerificationError("grant frame does not match the branch record")
+            _crypto.verify(author, g.hash, g.sig)
+        except (StreamsError, KeyError) as exc:
+            self.err(f"branch grant does not verify: {exc}", b.id)
+
+    def _chain(self, b: BranchRecord, publisher: int, next_seq: int, head: bytes,
+               rows: list[tuple[int, bytes, bytes]], restored: AnchorRecord | None) -> None:
+        members = {i: pk for i, pk, _ in b.members}
+        keys = {(e, p): k for e, p, k in b.keys}
+        pub = members.get(publisher)
+        if pub is None:
+            self.err("chain of a publisher who is not a member", b.id, publisher)
+            return
+        # Where the chain starts: the grant (seq 0), or the anchored head a restored member started from.
+        if restored is not None and restored.restored and (not rows or rows[0][0] == restored.seq + 1):
+            exp_seq, prev = restored.seq + 1, restored.hash
+        else:
+            exp_seq, prev = 1, b.grant_hash if b.epoch == 0 else b""
+        uncovered: list[int] = []
+        for seq, stored_hash, raw in rows:
+            self.report.messages += 1
+            try:
+                f = decode_frame(raw)
+            except DecodeError as exc:
+                self.err(f"row does not decode (altered): {exc}", b.id, publisher, seq)
+                prev, exp_seq = b"", seq + 1
+                continue
+            h = f.head
+            if f.kind not in (Kind.PACKET, Kind.CHECKPOINT) or h.channel != self.channel or h.branch != b.id \
+                    or h.publisher != publisher or h.seq != seq:
+                self.err("row holds a message of another position (moved or inserted)", b.id, publisher, seq)
+            if not _crypto.ct_equal(f.hash, stored_hash):
+                self.err("stored hash does not match the message (altered)", b.id, publisher, seq)
+            if seq > exp_seq:
+                self.err(f"messages {exp_seq}..{seq - 1} are missing (deleted)", b.id, publisher, exp_seq)
+            elif seq < exp_seq:
+                self.err("a row before the chain's start (inserted)", b.id, publisher, seq)
+            elif prev and not _crypto.ct_equal(h.prev, prev):
+                self.err("hash link to the previous message is broken (altered or inserted)", b.id, publisher, seq)
+            if f.kind is Kind.PACKET:
+                key = keys.get((h.epoch, publisher))
+                if key is not None:
+                    try:
+                        _crypto.aead_decrypt(key, h.nonce, f.aad, f.body)
+                    except VerificationError:
+                        self.err("ciphertext does not authenticate under the branch key (altered)", b.id, publisher,
+                                 seq)
+            if f.sig:
+                try:
+                    _crypto.verify(pub, f.hash, f.sig)
+                    self.report.signatures += 1
+                    uncovered.clear()
+                except VerificationError:
+                    self.err("signature does not verify (altered or forged)", b.id, publisher, seq)
+            elif b.mode != SigningMode.AMORTIZED:
+                self.err("unsigned packet on a signed-each branch (forged)", b.id, publisher, seq)
+            else:
+                uncovered.append(seq)
+            prev, exp_seq = f.hash, seq + 1
+        if uncovered:
+            self.err(f"{len(uncovered)} packet(s) at the tail not covered by a signed checkpoint yet", b.id,
+                     publisher, uncovered[0], severity="warning")
+        last = exp_seq - 1
+        if last < next_seq - 1:
+            self.err(f"messages {last + 1}..{next_seq - 1} are missing at the tail (deleted)", b.id, publisher,
+                     last + 1)
+        elif last > next_seq - 1:
+            self.err("rows beyond the chain's head (inserted)", b.id, publisher, next_seq)
+        elif rows and prev and not _crypto.ct_equal(prev, head):
+            self.err("the chain's head is not its last message (altered)", b.id, publisher, last)
+
+    # -- anchors -----------------------------------------------------------------------------------------------
+
+    def _blind(self, branches: dict[bytes, BranchRecord], branch: bytes, publisher: int,
+               key_epoch: int) -> bytes | None:
+        b = branches.get(branch)
+        key = None if b is None else {(e, p): k for e, p, k in b.keys}.get((key_epoch, publisher))
+        return None if key is None else chain_blind_key(key, branch, publisher, key_epoch)
+
+    def _logged(self, r: tuple[bytes, int, int, bytes]) -> None:
+        entry = self.store.log_entry(r[0], r[1], r[2])
+        if entry is None:
+            self.err("anchored head is not in the log (deleted)", r[0], r[1], r[2])
+        elif not _crypto.ct_equal(entry[0], r[3]):
+            self.err("the logged message differs from the anchored head (altered, or a fork)", r[0], r[1], r[2])
+
+    def _author_anchors(self, branches: dict[bytes, BranchRecord]) -> None:
+        author = self.store.identity.sign_public
+        prev: EpochCheckpoint | None = None
+        for row in self.store.anchors():
+            self.report.anchor_epochs += 1
+            try:
+                cp = EpochCheckpoint.decode(row.checkpoint)
+                cp.verify(author)
+                cp.verify_follows(prev)
+            except StreamsError as exc:
+                self.err(f"anchor epoch {row.epoch}: checkpoint does not verify or link: {exc}")
+                prev = None
+                continue
+            prev = cp
+            if row.state != "confirmed":
+                self.err(f"anchor epoch {row.epoch} is not confirmed on the ledger yet ({row.state})",
+                         severity="warning")
+                continue
+            if merkle.MerkleTree(row.leaves).root != cp.root or len(row.leaves) != cp.tree_size:
+                self.err(f"anchor epoch {row.epoch}: the stored leaves do not give the checkpoint's root")
+            for i, (b, p, s, h, ke) in enumerate(row.heads):
+                self.report.anchored_heads += 1
+                blind = self._blind(branches, b, p, ke)
+                if blind is None:
+                    self.err("no key to recompute an anchored leaf", b, p, s, severity="warning")
+                elif i >= len(row.leaves) or ChainHead(b, p, s, h, blind).leaf != row.leaves[i]:
+                    self.err(f"anchor epoch {row.epoch}: head does not match its blinded leaf (altered)", b, p, s)
+                self._logged((b, p, s, h))
+            if self.ledger is not None and row.anchor_id is not None:
+                try:
+                    if confirm(self.ledger, PendingAnchor(row.anchor_id, cp)) is None:
+                        self.err(f"anchor epoch {row.epoch} is not confirmed on the ledger")
+                except (VerificationError, DecodeError, LocalProtocolError) as exc:
+                    self.err(f"anchor epoch {row.epoch}: the ledger does not hold this checkpoint: {exc}")
+                except LedgerError as exc:
+                    self.err(f"anchor epoch {row.epoch}: ledger unreachable: {exc}")
+
+    def _member_anchors(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int],
+                                                                                   AnchorRecord]) -> None:
+        author = bytes(dict((i, pk) for b in branches.values() for i, pk, _ in b.members if i == 0).get(0, b""))
+        for r in anchored.values():
+            self.report.anchored_heads += 1
+            blind = self._blind(branches, r.branch, r.publisher, r.key_epoch)
+            where = (r.branch, r.publisher, r.seq)
+            if blind is None:
+                self.err("no key to recompute an anchored leaf", *where)
+                continue
+            head = ChainHead(r.branch, r.publisher, r.seq, r.hash, blind)
+            proof = InclusionProof(r.epoch, r.index, r.tree_size, r.path)
+            try:
+                cp = EpochCheckpoint.decode(r.checkpoint)
+                if self.ledger is not None:
+                    verify_anchored(self.ledger, r.anchor_id, head, proof, author, cp)
+                else:
+                    verify_inclusion(head, proof, cp, author)
+            except (VerificationError, DecodeError, LocalProtocolError) as exc:
+                self.err(f"anchored head does not verify: {exc}", *where)
+            except LedgerError as exc:
+                self.err(f"ledger unreachable: {exc}", *where)
+            if not r.restored:
+                self._logged((r.branch, r.publisher, r.seq, r.hash))
+
+
+def audit_store(path: str | os.PathLike[str], passphrase: str | bytes, ledger: Ledger | None) -> AuditReport:
+    """Audit the store at ``path`` (see the module docstring).  ``ledger``: check anchors on it (None: only the
+    signatures and inclusion proofs, reported as not ledger-checked).
+
+    Raises :class:`~streams.errors.BadPassphrase` for a wrong passphrase and
+    :class:`~streams.errors.StorageError` if the file is not a readable store; everything found *in* the store
+    is a :class:`Finding`."""
+    store = Store.open(path, passphrase, durable=False)
+    try:
+        return _Audit(store, ledger).run()
+    finally:
+        store.close()
+
+
+def open_ledger(spec: str) -> Ledger:
+    """``sqlite:PATH`` (an existing embedded ledger) or ``iota:URL`` (a Stardust node).  Raises
+    :class:`~streams.errors.LocalProtocolError` for another form or a missing file,
+    :class:`~streams.errors.LedgerError` if it cannot be opened."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite" and rest:
+        if not os.path.exists(rest):
+            raise LocalProtocolError(f"no embedded ledger at {rest}")
+        from .ledger.embedded import EmbeddedLedger
+
+        return EmbeddedLedger(rest)
+    if kind == "iota" and rest:
+        from .ledger.iota import IotaLedger
+
+        return IotaLedger(rest)
+    raise LocalProtocolError("--ledger takes sqlite:PATH or iota:URL")
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    passphrase = os.environ.get(args.passphrase_env)
+    if passphrase is None:
+        passphrase = getpass.getpass("store passphrase: ")
+    ledger: Ledger | None = None
+    try:
+        if args.ledger:
+            ledger = open_ledger(args.ledger)
+        report = audit_store(args.store, passphrase, ledger)
+    except (BadPassphrase, StorageError, LocalProtocolError, LedgerError) as exc:
+        print(f"streams audit: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if ledger is not None:
+            ledger.close()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``streams audit --store PATH [--ledger sqlite:PATH|iota:URL] [--json]`` to the CLI.  The passphrase is
+    read from the environment variable named by ``--passphrase-env`` (default ``STREAMS_PASSPHRASE``), else
+    prompted.  Exit status: 0 clean, 1 findings, 2 the audit could not run."""
+    a = subparsers.add_parser("audit", help="check a stored channel log against its signatures and the ledger")
+    a.add_argument("--store", required=True, help="the party's store file (author, member or auditor)")
+    a.add_argument("--ledger", help="sqlite:PATH (embedded ledger) or iota:URL (Stardust node)")
+    a.add_argument("--json", action="store_true", help="machine-readable report")
+    a.add_argument("--passphrase-env", default="STREAMS_PASSPHRASE", help="environment variable with the passphrase")
+    a.set_defaults(func=_cmd_audit)

@@ -1,0 +1,491 @@
+"""Anchoring wired into the protocol: proofs to members, ledger outages, crashes, forks, state loss, audit.
+
+Real SQLite stores and ledgers in a temporary directory, the in-memory transport, real PyNaCl; the crash test
+kills an author process with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from streams import _crypto
+from streams.anchor import ANCHOR_TAG, EpochCheckpoint, build_epoch, check_fork
+from streams.api import AnchorConfig, Author, MemoryHub, StoreOptions, Subscriber
+from streams.audit import audit_store
+from streams.cli import main as cli_main
+from streams.errors import LocalProtocolError, RejectReason
+from streams.events import Anchored, Event, ForkDetected, GapDetected, MessageReceived, Rejected
+from streams.identity import Identity
+from streams.ledger import EmbeddedLedger
+from streams.policy import AllowList
+from streams.store import Store
+from streams.wire import Kind, Packet, Permission, decode_frame, encode_frame, encode_head
+from tests.corenet import Net, ident
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+CFG = AnchorConfig(epoch_interval_ms=40, retry_min_ms=20, retry_max_ms=100, confirm_poll_ms=20)
+AUTHOR, P1, P2, AUD = ident(1), ident(2), ident(3), ident(5)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Collect:
+    """Everything a party reported, kept across polls."""
+
+    def __init__(self, party: Author | Subscriber) -> None:
+        self.party, self.events = party, []  # type: ignore[var-annotated]
+
+    def poll(self) -> list[Event]:
+        self.events.extend(self.party.pending_events())
+        return self.events
+
+    def of(self, cls: type) -> list:  # type: ignore[type-arg]
+        return [e for e in self.poll() if isinstance(e, cls)]
+
+
+async def make_author(tmp: Path, hub: MemoryHub, ledger: EmbeddedLedger | None,
+                      policy: AllowList | None = None) -> Author:
+    return await Author.create(tmp / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                               policy or AllowList.of([P1.did, P2.did]), store_options=FAST, ledger=ledger,
+                               anchor_config=CFG)
+
+
+async def make_sub(path: Path, hub: MemoryHub, who: Identity, name: str, author: Author,
+                   ledger: EmbeddedLedger | None = None) -> Subscriber:
+    return await Subscriber.create(path, who, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint(name),
+                                   store_options=FAST, ledger=ledger)
+
+
+def ledger_rows(path: Path) -> list[tuple[bytes, bytes]]:
+    db = sqlite3.connect(path)
+    try:
+        return [(bytes(t), bytes(d)) for t, d in db.execute("SELECT tag, data FROM entries ORDER BY position")]
+    finally:
+        db.close()
+
+
+# --- core level ----------------------------------------------------------------------------------------------
+
+
+def test_anchor_proofs_between_cores_verify_and_attacks_are_rejected() -> None:
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    b0, b1 = net.author.branch_of(ident(10).did), net.author.branch_of(ident(11).did)
+    assert b0 is not None and b1 is not None
+    for i in range(3):
+        net.author.publish(b0, b"alert %d" % i, net.now)
+    net.pump_author()
+    heads = net.author.anchor_heads([(b0, 0), (b1, 0), (b0, 1)])
+    assert [(h.branch, h.publisher, h.seq) for h, _ in heads] == [(b0, 0, 3)]  # only chains that have a message
+    head, key_epoch = heads[0]
+    epoch = build_epoch(net.author.channel, [head], None, net.now, AUTHOR.sign)
+    # The ledger payload names no branch and reveals no head (THREATS 1).
+    assert b0 not in epoch.payload and head.hash not in epoch.payload  # (a 1-leaf root is the blinded leaf)
+
+    def proof_frame(seq: int, h: bytes, index: int = 0) -> bytes:
+        p = epoch.proofs[(b0, 0)]
+        net.author.anchor_proof(b0, 0, seq, h, key_epoch, epoch.checkpoint, "7",
+                                type(p)(p.epoch, index, p.tree_size, p.path))
+        (out,) = net.author.data_to_send()
+        return out.data
+
+    good = proof_frame(3, head.hash)
+    assert net.to_sub("s1", good) == []  # someone else's branch: ignored, no state
+    assert net.to_sub("s0", good) == [Anchored(b0, 0, 3, 0, "7", False, False)]
+    (again,) = net.to_sub("s0", good)
+    assert isinstance(again, Rejected) and again.reason is RejectReason.REPLAY
+    # A head the tree does not contain, signed by the author all the same: not anchored.
+    (bad,) = net.to_sub("s0", proof_frame(3, bytes(32)))
+    assert isinstance(bad, Rejected) and bad.reason is RejectReason.NOT_ANCHORED
+    # A flipped bit anywhere breaks the signature.
+    raw = bytearray(good)
+    raw[-70] ^= 1
+    (forged,) = net.to_sub("s0", bytes(raw))
+    assert isinstance(forged, Rejected) and forged.reason in (RejectReason.BAD_SIGNATURE, RejectReason.MALFORMED)
+
+
+def test_an_anchored_head_ahead_of_the_member_is_a_gap_and_is_fetched() -> None:
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    net.author.publish(b0, b"one", net.now)
+    net.pump_author()
+    for i in range(3):  # lost on the way to s0
+        net.author.publish(b0, b"lost %d" % i, net.now)
+    net.author.take_changes()
+    net.author.data_to_send()
+    (head, ke), = net.author.anchor_heads([(b0, 0)])
+    epoch = build_epoch(net.author.channel, [head], None, net.now, AUTHOR.sign)
+    net.author.anchor_proof(b0, 0, head.seq, head.hash, ke, epoch.checkpoint, "1", epoch.proofs[(b0, 0)])
+    (out,) = net.author.data_to_send()
+    evs = net.to_sub("s0", out.data)
+    assert GapDetected(b0, 0, 2, 5) in evs
+    assert not [e for e in evs if isinstance(e, Anchored)]  # not before we hold the message it names
+    assert any(k for s, d in net.wire if s == "s0" and decode_frame(d).kind is Kind.FETCH for k in [1])
+
+
+# --- forks -----------------------------------------------------------------------------------------------------
+
+
+async def test_two_signed_messages_at_one_position_are_a_fork(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, None)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    for i in range(3):
+        await author.publish(b1, b"alert %d" % i)
+    for _ in range(3):
+        await s1.next_message(timeout=5)
+    sent = [d for src, dst, d in hub.tap if src == "author" and dst == "p1" and decode_frame(d).kind is Kind.PACKET]
+    col = Collect(s1)
+    # 1. An identical duplicate: the cheap REPLAY path, no fork.
+    hub.inject("p1", sent[1])
+    await wait_for(lambda: bool(col.of(Rejected)), what="replay rejection")
+    assert col.of(Rejected)[0].reason is RejectReason.REPLAY and col.of(Rejected)[0].frame is None
+    # 2. A different message at seq 2 that the author really signed (it equivocates): a fork.
+    first = decode_frame(sent[0])
+    key = author._core._branches[b1].keys[(0, 0)]
+    head = Packet(author.channel, b1, 0, 2, first.hash, 0, os.urandom(24))
+    head_raw = encode_head(head)
+    body = _crypto.aead_encrypt(key, head.nonce, bytes((1, Kind.PACKET)) + head_raw, b"another story")
+    other = encode_frame(head, body, AUTHOR.sign)
+    # 3. The same, but not signed by the author: nothing provable, stays a replay.
+    forged = encode_frame(head, body, P2.sign)
+    hub.inject("p1", forged.raw)
+    hub.inject("p1", other.raw)
+    await wait_for(lambda: bool(col.of(ForkDetected)), what="fork")
+    (fork,) = col.of(ForkDetected)
+    assert (fork.branch, fork.publisher, fork.seq) == (b1, 0, 2)
+    assert check_fork(fork.evidence, AUTHOR.sign_public) == (author.channel, b1, 0, 2)
+    assert {fork.evidence.frame_a, fork.evidence.frame_b} == {sent[1], other.raw}
+    assert [r.reason for r in col.of(Rejected)] == [RejectReason.REPLAY, RejectReason.REPLAY, RejectReason.FORK]
+    # Kept as evidence across restarts, reported once per position.
+    hub.inject("p1", other.raw)
+    await asyncio.sleep(0.1)
+    assert len(col.of(ForkDetected)) == 1
+    assert len(s1.forks()) == 1
+    # The accepted history is unchanged: the fork did not replace message 2.
+    assert s1.store.log_entry(b1, 0, 2) == (decode_frame(sent[1]).hash, sent[1])
+    await s1.close()
+    await author.close()
+
+
+# --- outages and crashes -----------------------------------------------------------------------------------------
+
+
+async def test_ledger_outage_queues_durably_and_resumes_without_losing_an_anchor(tmp_path: Path) -> None:
+    lpath = tmp_path / "ledger.db"
+    a_ledger = EmbeddedLedger(lpath, busy_timeout_ms=30)
+    s_ledger = EmbeddedLedger(lpath)
+    blocker = sqlite3.connect(lpath, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the ledger is unavailable for writing
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=s_ledger)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        t0 = time.monotonic()
+        for i in range(20):
+            await author.publish(b1, b"alert %d" % i)
+        await s1.publish(b1, b"report")
+        assert time.monotonic() - t0 < 2.0  # publishing never waits for the ledger
+        for _ in range(20):
+            await s1.next_message(timeout=5)
+        svc = author.anchoring
+        assert svc is not None
+        await wait_for(lambda: svc.pending >= 1 and svc.last_error is not None, what="queued epoch")
+        await asyncio.sleep(0.3)  # several retries while down
+        # Nothing says "anchored" before the ledger write is confirmed (THREATS 7).
+        assert not col.of(Anchored)
+        assert not any(decode_frame(d).kind is Kind.ANCHOR_PROOF for _s, _d, d in hub.tap)
+        assert author.store.anchored_heads() == []
+        queued = author.store.anchors(pending_only=True)
+        assert queued and all(r.state == "built" for r in queued)
+        assert len(queued) <= CFG.max_unwritten  # moved chains accumulate instead of one epoch per interval
+        blocker.execute("ROLLBACK")  # the ledger is back
+        await wait_for(lambda: {(e.publisher, e.seq) for e in col.of(Anchored)} >= {(0, 20), (1, 1)},
+                       what="anchored heads after recovery")
+        await wait_for(lambda: svc.pending == 0, what="queue drained")
+        assert all(e.ledger_verified for e in col.of(Anchored))
+        rows = author.store.anchors()
+        assert all(r.state == "confirmed" for r in rows)
+        on_ledger = ledger_rows(lpath)
+        assert len(on_ledger) == len(rows) == svc.ledger_writes  # one write per epoch
+        prev = None
+        for (tag, data), row in zip(on_ledger, rows, strict=True):
+            cp = EpochCheckpoint.decode(data)
+            assert tag == ANCHOR_TAG and data == row.checkpoint
+            cp.verify_follows(prev)  # checkpoints chain
+            prev = cp
+        assert a_ledger.verify().ok
+    finally:
+        blocker.close()
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+CRASHER = textwrap.dedent("""
+    import asyncio, sys
+    from streams.api import AnchorConfig, Author, MemoryHub, StoreOptions
+    from streams.identity import Identity
+    from streams.ledger import EmbeddedLedger
+    from streams.policy import AllowList
+
+    async def main() -> None:
+        me, p1 = Identity.from_seed(bytes([1]) * 32), Identity.from_seed(bytes([2]) * 32)
+        ledger = EmbeddedLedger(sys.argv[2], busy_timeout_ms=30)
+        cfg = AnchorConfig(epoch_interval_ms=30, retry_min_ms=20, retry_max_ms=50)
+        a = await Author.create(sys.argv[1], me, "fraud-monitor", "pw", MemoryHub().author_endpoint(),
+                                AllowList.of([p1.did]), store_options=StoreOptions(False, 1, 8192), ledger=ledger,
+                                anchor_config=cfg)
+        b = await a.open_branch(p1.did)
+        for i in range(7):
+            await a.publish(b, b"alert %d" % i)
+        while a.anchoring.pending < 1 or a.anchoring.last_error is None:
+            await asyncio.sleep(0.01)
+        print(b.hex(), flush=True)
+        await asyncio.sleep(120)
+
+    asyncio.run(main())
+""")
+
+
+async def test_kill_9_during_an_outage_loses_no_anchor(tmp_path: Path) -> None:
+    lpath, spath = tmp_path / "ledger.db", tmp_path / "author.db"
+    EmbeddedLedger(lpath).close()
+    blocker = sqlite3.connect(lpath, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    script = tmp_path / "crasher.py"
+    script.write_text(CRASHER)
+    proc = subprocess.Popen([sys.executable, str(script), str(spath), str(lpath)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        branch = bytes.fromhex(line.strip())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert ledger_rows(lpath) == []  # nothing reached the ledger before the crash
+    st = Store.open(spath, "pw", durable=False)
+    assert st.anchors(pending_only=True)  # ... but the epoch was queued on disk
+    st.close()
+    ledger = EmbeddedLedger(lpath)
+    author = await Author.open(spath, "pw", MemoryHub().author_endpoint(), AllowList.of([P1.did]),
+                               store_options=FAST, ledger=ledger, anchor_config=CFG)
+    try:
+        svc = author.anchoring
+        assert svc is not None
+        await wait_for(lambda: svc.pending == 0 and (h := svc.anchored_head(branch, 0)) is not None and h.seq == 7,
+                       what="resumed anchoring")
+        rows = author.store.anchors()
+        assert rows[0].epoch == 0 and all(r.state == "confirmed" for r in rows)
+        cps = [EpochCheckpoint.decode(d) for _t, d in ledger_rows(lpath)]
+        assert cps[0].encode() == rows[0].checkpoint  # the very epoch queued before the crash
+        for a, b in itertools.pairwise(cps):
+            b.verify_follows(a)  # chained across the restart
+    finally:
+        await author.close()
+        ledger.close()
+
+
+# --- state loss ---------------------------------------------------------------------------------------------------
+
+
+async def test_a_member_that_lost_its_state_restarts_at_the_anchored_head(tmp_path: Path) -> None:
+    lpath = tmp_path / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    b1 = await s1.subscribe(timeout=5)
+    for i in range(5):
+        await author.publish(b1, b"alert %d" % i)
+    await s1.publish(b1, b"report 1")
+    await s1.publish(b1, b"report 2")
+    for _ in range(5):
+        await s1.next_message(timeout=5)
+    col = Collect(s1)
+    await wait_for(lambda: {(e.publisher, e.seq) for e in col.of(Anchored)} >= {(0, 5), (1, 2)}, what="anchored")
+    old = [d for src, dst, d in hub.tap if src == "author" and dst == "p1" and decode_frame(d).kind is Kind.PACKET]
+    assert len(old) == 5
+    await s1.close()
+    os.remove(tmp_path / "p1.db")  # the member loses everything but its identity
+    fresh = await make_sub(tmp_path / "p1-new.db", hub, P1, "p1", author, ledger=ledger)
+    col = Collect(fresh)
+    try:
+        assert await fresh.subscribe(timeout=5) == b1
+        await wait_for(lambda: {(e.publisher, e.seq) for e in col.of(Anchored) if e.restored} == {(0, 5), (1, 2)},
+                       what="restored heads")
+        assert all(e.ledger_verified for e in col.of(Anchored))
+        for frame in old:  # an attacker replays the old messages to the amnesiac member
+            hub.inject("p1", frame)
+        await wait_for(lambda: len([e for e in col.of(Rejected) if e.reason is RejectReason.REPLAY]) >= 5,
+                       what="replays rejected")
+        with pytest.raises(Exception, match="no message"):
+            await fresh.next_message(timeout=0.2)
+        # New messages after the anchored head are accepted; its own chain continues without a fork.
+        await author.publish(b1, b"alert 6")
+        m = await fresh.next_message(timeout=5)
+        assert (m.seq, m.payload) == (6, b"alert 6")
+        assert await fresh.publish(b1, b"report 3") == 3
+        got = await author.next_message(timeout=5)
+        while got.payload != b"report 3":
+            got = await author.next_message(timeout=5)
+        assert got.seq == 3 and author.forks() == []
+        assert not [e for e in col.of(MessageReceived)]
+    finally:
+        await fresh.close()
+        await author.close()
+        ledger.close()
+
+
+# --- audit -----------------------------------------------------------------------------------------------------
+
+
+async def _channel_for_audit(tmp: Path) -> tuple[Path, bytes]:
+    lpath = tmp / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    pol = AllowList({P1.did: Permission.READ_WRITE, AUD.did: Permission.AUDIT})
+    author = await make_author(tmp, hub, ledger, pol)
+    s1 = await make_sub(tmp / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    aud = await make_sub(tmp / "aud.db", hub, AUD, "aud", author, ledger=ledger)
+    b1 = await s1.subscribe(timeout=5)
+    ba = await aud.subscribe(timeout=5)
+    for i in range(6):
+        await author.publish(b1, b"alert %d" % i)
+        await author.publish(ba, b"audit copy %d" % i)
+    await s1.publish(b1, b"report")
+    for _ in range(6):
+        await s1.next_message(timeout=5)
+        await aud.next_message(timeout=5)
+    with pytest.raises(LocalProtocolError):  # an auditor reads and verifies, never publishes
+        await aud.publish(ba, b"nope")
+    cs, ca = Collect(s1), Collect(aud)
+    await wait_for(lambda: any(e.seq == 6 for e in cs.of(Anchored)) and any(e.seq == 6 for e in ca.of(Anchored)),
+                   what="anchored")
+    await wait_for(lambda: author.anchoring is not None and author.anchoring.pending == 0, what="drained")
+    for x in (s1, aud, author):
+        await x.close()
+    ledger.close()
+    return lpath, b1
+
+
+async def test_audit_passes_on_clean_stores_and_finds_edits_deletions_insertions(tmp_path: Path) -> None:
+    lpath, b1 = await _channel_for_audit(tmp_path)
+    with EmbeddedLedger(lpath) as ledger:
+        for name in ("author", "p1", "aud"):
+            report = audit_store(tmp_path / f"{name}.db", PW, ledger)
+            assert report.ok, report.summary()
+            assert report.messages >= 6 and report.signatures >= 6 and report.anchored_heads >= 1
+        rep = audit_store(tmp_path / "aud.db", PW, ledger)
+        assert rep.role == "subscriber" and rep.chains == 1  # the auditor's branch: the author's chain
+
+        def tampered(sql: str, args: tuple[object, ...]) -> list[str]:
+            path = tmp_path / "t.db"
+            for suffix in ("", "-wal", "-shm"):
+                if (tmp_path / f"t.db{suffix}").exists():
+                    os.remove(tmp_path / f"t.db{suffix}")
+            src = sqlite3.connect(tmp_path / "p1.db")
+            dst = sqlite3.connect(path)
+            src.backup(dst)
+            src.close()
+            dst.execute(sql, args)
+            dst.commit()
+            dst.close()
+            r = audit_store(path, PW, ledger)
+            assert not r.ok
+            return [f.reason for f in r.findings if f.severity == "error"]
+
+        db = sqlite3.connect(tmp_path / "p1.db")
+        frame3 = bytes(db.execute("SELECT frame FROM log WHERE branch = ? AND publisher = 0 AND seq = 3",
+                                  (b1,)).fetchone()[0])
+        db.close()
+        edited = bytearray(frame3)
+        edited[-80] ^= 1  # a byte of the ciphertext
+        found = tampered("UPDATE log SET frame = ? WHERE branch = ? AND publisher = 0 AND seq = 3",
+                         (bytes(edited), b1))
+        assert any("altered" in r for r in found), found
+        found = tampered("DELETE FROM log WHERE branch = ? AND publisher = 0 AND seq = 4", (b1,))
+        assert any("missing" in r for r in found), found
+        found = tampered("DELETE FROM log WHERE branch = ? AND publisher = 0 AND seq = 6", (b1,))
+        assert any("missing" in r or "not in the log" in r for r in found), found
+        found = tampered("INSERT INTO log VALUES (?, 0, 7, ?, ?)", (b1, decode_frame(frame3).hash, frame3))
+        assert any("inserted" in r for r in found), found
+        found = tampered("UPDATE log SET hash = ? WHERE branch = ? AND publisher = 0 AND seq = 2", (bytes(32), b1))
+        assert any("altered" in r for r in found), found
+
+
+async def test_audit_cli_exit_status_and_ledger_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    lpath, _b1 = await _channel_for_audit(tmp_path)
+    monkeypatch.setenv("STREAMS_PASSPHRASE", PW)
+    assert cli_main(["audit", "--store", str(tmp_path / "author.db"), "--ledger", f"sqlite:{lpath}", "--json"]) == 0
+    assert '"ok": true' in capsys.readouterr().out
+    # Someone rewrites the ledger row of epoch 0 with another validly signed checkpoint: the audit fails.
+    db = sqlite3.connect(lpath)
+    data = bytes(db.execute("SELECT data FROM entries WHERE position = 1").fetchone()[0])
+    cp = EpochCheckpoint.decode(data)
+    other = EpochCheckpoint(cp.channel, cp.epoch, cp.tree_size, bytes(32), cp.prev, cp.timestamp_ms)
+    other = EpochCheckpoint(*[getattr(other, f) for f in ("channel", "epoch", "tree_size", "root", "prev",
+                                                          "timestamp_ms")], AUTHOR.sign(other.digest))
+    db.execute("DROP TRIGGER entries_no_update")
+    db.execute("UPDATE entries SET data = ? WHERE position = 1", (other.encode(),))
+    db.commit()
+    db.close()
+    assert cli_main(["audit", "--store", str(tmp_path / "author.db"), "--ledger", f"sqlite:{lpath}"]) == 1
+    assert "does not hold this checkpoint" in capsys.readouterr().out
+    monkeypatch.setenv("STREAMS_PASSPHRASE", "wrong")
+    assert cli_main(["audit", "--store", str(tmp_path / "author.db")]) == 2
+
+
+def test_anchor_rows_keep_heads_in_leaf_order(tmp_path: Path) -> None:
+    """The anchors table stores heads in sorted-leaf order, so a row alone rebuilds every proof."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    chains = []
+    for name in ("s0", "s1"):
+        b = net.author.branch_of(net.subs[name].identity.did)
+        assert b is not None
+        net.author.publish(b, b"x", net.now)
+        chains.append((b, 0))
+    net.pump_author()
+    from streams.anchoring_service import _build
+
+    row, tree = _build(net.author, net.author.anchor_heads(chains), None, net.now)
+    assert row.leaves == sorted(row.leaves) and tree.root == EpochCheckpoint.decode(row.checkpoint).root
+    assert msgpack.unpackb(row.checkpoint)[0] == 1
