@@ -326,6 +326,7 @@ class _Party:
             await asyncio.sleep(wait_ms / 1000)
             now = self._clock()
             self._core.handle_timer(now)
+            self._on_tick(now)
             quiet_ticks += 1
             if quiet_ticks * max(wait_ms, 1) >= self.heartbeat_ms:
                 quiet_ticks = 0
@@ -365,6 +366,9 @@ class _Party:
             if b == ev.branch and s <= ev.through_seq and not f.done():
                 f.set_result(None)
 
+    def _on_tick(self, now_ms: int) -> None:
+        pass
+
     def _serve_fetch(self, ev: FetchRequested) -> None:
         frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq)
         self._core._out.extend(Outgoing(f, peer=ev.peer) for f in frames)
@@ -391,6 +395,8 @@ class Author(_Party):
                  queue_size: int) -> None:
         super().__init__(store, transport, clock, queue_size)
         self._core = core
+        self.recheck_ms = 5_000
+        self._last_recheck = 0
 
     def __repr__(self) -> str:
         return f"Author(did={self.did!r}, channel={self.channel.hex()}, branches={len(self._core.branch_ids())})"
@@ -469,6 +475,26 @@ class Author(_Party):
         self._core.revoke(branch)
         await self._flush()
 
+    async def set_permission(self, branch: bytes, permission: Permission) -> None:
+        """Change a subscriber's permission on its branch; effective from the next message (re-key)."""
+        self._check_usable()
+        self._core.set_permission(branch, permission)
+        await self._flush()
+
+    async def recheck_admissions(self) -> list[bytes]:
+        """Re-check the evidence (credentials) that admitted each subscriber against the policy now, and revoke
+        the branches whose credential was revoked or expired.  Also runs every ``recheck_ms`` on the timer."""
+        self._check_usable()
+        revoked = self._core.recheck(self._clock())
+        await self._flush()
+        return revoked
+
+    def _on_tick(self, now_ms: int) -> None:
+        if now_ms - self._last_recheck >= self.recheck_ms:
+            self._last_recheck = now_ms
+            for b in self._core.recheck(now_ms):
+                log.info("branch %s revoked: its admission no longer holds", b.hex())
+
     async def remove_member(self, branch: bytes, did: str) -> None:
         """Remove a DID from a group branch and re-key it."""
         self._check_usable()
@@ -539,8 +565,13 @@ class Subscriber(_Party):
         self._start()
         return self
 
-    async def subscribe(self, credential: bytes = b"", timeout: float = 10.0, retry: float = 1.0) -> bytes:
+    async def subscribe(self, credential: bytes = b"", timeout: float = 10.0, retry: float = 1.0,
+                        presenter: Callable[[bytes, bytes], bytes] | None = None) -> bytes:
         """Run the handshake (announcement, challenge, sealed proof of control) and wait for the grant.
+
+        ``presenter(nonce, channel) -> bytes`` builds a credential presentation bound to the author's challenge
+        (see :func:`streams.credentials.present`, with ``challenge=nonce, domain=channel``); ``credential`` is
+        for static evidence.
 
         Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses,
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
@@ -550,6 +581,7 @@ class Subscriber(_Party):
         fut: asyncio.Future[Event] = loop.create_future()
         self._waiters.append(fut)
         deadline = loop.time() + timeout
+        self._core.credential_for_challenge = presenter
         try:
             while True:
                 self._core.hello(credential)

@@ -23,6 +23,7 @@ In-memory state is O(branches): per branch a few keys and per chain a cursor; me
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -114,6 +115,13 @@ def channel_id(author_sign: bytes, name: str) -> bytes:
     return _crypto.hash32(_crypto.P_CHANNEL, author_sign, name.encode())
 
 
+@functools.lru_cache(maxsize=4096)
+def _did(public: bytes) -> str:
+    """``did_from_public_key``, memoised: base58 costs about 6 us, and every received message names its
+    publisher's DID.  Bounded, so it adds nothing per branch."""
+    return did_from_public_key(public)
+
+
 def _hint(branch: bytes, epoch: int, kx_public: bytes) -> bytes:
     return _crypto.hash32(_crypto.P_HINT, branch, _U64.pack(epoch), kx_public)[:8]
 
@@ -193,6 +201,7 @@ class BranchRecord:
     keys: list[tuple[int, int, bytes]]  #: (epoch, publisher, key)
     state: str = BranchState.OPEN.value
     peer_did: str = ""  #: author side: the subscriber of a per-subscriber branch ("" for groups)
+    evidence: bytes = b""  #: author side: what admitted the subscriber (e.g. its credential), re-checked later
 
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
@@ -233,7 +242,7 @@ class _Chain:
 
 
 class _Branch:
-    __slots__ = ("chains", "epoch", "grant_frame", "grant_hash", "id", "keys", "me", "members", "mode",
+    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "id", "keys", "me", "members", "mode",
                  "peer_did", "state")
 
     def __init__(self, rec: BranchRecord) -> None:
@@ -247,6 +256,7 @@ class _Branch:
         self.keys: dict[tuple[int, int], bytes] = {(e, p): k for e, p, k in rec.keys}
         self.state = BranchState(rec.state)
         self.peer_did = rec.peer_did
+        self.evidence = rec.evidence
         self.chains: dict[int, _Chain] = {}
 
     def record(self) -> BranchRecord:
@@ -254,7 +264,7 @@ class _Branch:
             self.id, self.epoch, int(self.mode), self.grant_hash, self.grant_frame, self.me,
             [(i, pk, int(p)) for i, (pk, p) in sorted(self.members.items())],
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
-            self.state.value, self.peer_did,
+            self.state.value, self.peer_did, self.evidence,
         )
 
     def chain_record(self, publisher: int) -> ChainRecord:
@@ -496,8 +506,7 @@ class _CoreBase:
             return None
         c = b.chains.get(h.publisher)
         signed = bool(f.sig) or (c is not None and h.seq <= c.covered)
-        return MessageReceived(b.id, h.publisher, did_from_public_key(b.members[h.publisher][0]), h.seq, payload,
-                               signed, f.hash)
+        return MessageReceived(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload, signed, f.hash)
 
     # -- internals: publishing ---------------------------------------------------------------------------------
 
@@ -606,8 +615,8 @@ class _CoreBase:
             c.covered = h.seq
         self._changes.chains.append(b.chain_record(h.publisher))
         if payload is not None:
-            events.append(MessageReceived(b.id, h.publisher, did_from_public_key(b.members[h.publisher][0]),
-                                          h.seq, payload, signed, frame.hash))
+            events.append(MessageReceived(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload,
+                                          signed, frame.hash))
         if newly_covered:
             events.append(Covered(b.id, h.publisher, h.seq))
 
@@ -708,19 +717,38 @@ class _CoreBase:
 
     def _new_branch(self, rec: BranchRecord, heads: list[tuple[int, int, bytes]]) -> _Branch:
         b = _Branch(rec)
-        start = {p: (s, hh) for p, s, hh in heads}
-        for p, (_, perm) in b.members.items():
-            readable = (b.me == 0) or (p == 0 and b.members[b.me][1].can_read) \
-                or b.members[b.me][1] is Permission.AUDIT
-            writes_here = p == b.me
-            if (readable or writes_here) and (p == 0 or perm.can_write):
-                seq, hh = start.get(p, (0, rec.grant_hash))
-                b.chains[p] = _Chain(seq + 1, hh, seq)
-                b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
+        self._sync_chains(b, heads, rec.grant_hash)
         self._branches[b.id] = b
         self._changes.branches.append(b.record())
         self._changes.chains.extend(b.chain_record(p) for p in b.chains)
         return b
+
+    @staticmethod
+    def _should_track(b: _Branch, p: int) -> bool:
+        """Whether we keep a cursor for publisher ``p``'s chain: ours if we may write it, others' if we may
+        read them.  The author tracks every member's chain of a per-subscriber branch (so a later permission
+        change finds the cursor in place) and only its own chain in a group."""
+        if b.me == 0:
+            return p == 0 or bool(b.peer_did)
+        mine = b.members[b.me][1]
+        if p == b.me:
+            return mine.can_write
+        if p == 0:
+            return mine.can_read
+        return mine is Permission.AUDIT and b.members[p][1].can_write
+
+    def _sync_chains(self, b: _Branch, heads: list[tuple[int, int, bytes]], genesis: bytes) -> None:
+        """Create the cursors we should have (from the grant's heads, else at the genesis grant) and drop the
+        ones we may no longer use."""
+        start = {p: (s, hh) for p, s, hh in heads}
+        for p in list(b.chains):
+            if p not in b.members or not self._should_track(b, p):
+                del b.chains[p]
+        for p in b.members:
+            if p not in b.chains and self._should_track(b, p):
+                seq, hh = start.get(p, (0, genesis))
+                b.chains[p] = _Chain(seq + 1, hh, seq)
+                b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
 
 
 def _finish(kind: Kind, head: object, head_raw: bytes, body: bytes, sign: Callable[[bytes], bytes] | None) -> Frame:
@@ -832,7 +860,8 @@ class AuthorCore(_CoreBase):
             self._out.append(Outgoing(b.grant_frame, peer=peer, branch=b.id))
             events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason))
             return
-        branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer)
+        branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,
+                                   evidence=decision.evidence)
         events.append(SubscriberAdmitted(did, branch, decision.permission, decision.reason))
 
     def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
@@ -861,14 +890,15 @@ class AuthorCore(_CoreBase):
         return self._open_branch([(m, permission) for m in members], SigningMode.EACH, "", None)
 
     def _open_branch(self, members: list[tuple[PublicIdentity, Permission]], mode: SigningMode, peer_did: str,
-                     peer: object) -> bytes:
+                     peer: object, evidence: bytes = b"") -> bytes:
         branch = self._rng(16)
         while branch in self._branches:
             branch = self._rng(16)
         member_list = [(0, self._id.sign_public, int(Permission.READ_WRITE))]
         member_list += [(i + 1, pub.sign_public, int(perm)) for i, (pub, perm) in enumerate(members)]
         keys = [(0, p, self._rng(32)) for p, _, perm in member_list if p == 0 or Permission(perm).can_write]
-        rec = BranchRecord(branch, 0, int(mode), b"", b"", 0, member_list, keys, BranchState.OPEN.value, peer_did)
+        rec = BranchRecord(branch, 0, int(mode), b"", b"", 0, member_list, keys, BranchState.OPEN.value, peer_did,
+                           evidence)
         frame = self._grant_frame(rec, [pub for pub, _ in members], self._announce_hash, [])
         rec.grant_hash, rec.grant_frame = frame.hash, frame.raw
         self._new_branch(rec, [])
@@ -919,6 +949,39 @@ class AuthorCore(_CoreBase):
         b.grant_hash, b.grant_frame = frame.hash, frame.raw
         self._changes.branches.append(b.record())
         self._out.append(Outgoing(frame.raw, branch=b.id))
+
+    def set_permission(self, branch: bytes, permission: Permission) -> None:
+        """Change the subscriber's permission on a per-subscriber branch.  Re-keys the branch (epoch + 1): from
+        the next message on, a reader that lost read access cannot decrypt, and packets of a member that lost
+        write access are refused (THREATS 6)."""
+        b = self._get_branch(branch)
+        if not b.peer_did:
+            raise LocalProtocolError("group branches are re-keyed with remove_member, not re-permissioned")
+        b.transition("grant")
+        pk, _ = b.members[1]
+        b.members[1] = (pk, permission)
+        b.epoch += 1
+        b.keys[(b.epoch, 0)] = self._rng(32)
+        b.keys[(b.epoch, 1)] = self._rng(32)
+        heads = [(p, c.next_seq - 1, c.head) for p, c in sorted(b.chains.items())]
+        frame = self._grant_frame(b.record(), [PublicIdentity.from_sign_public(pk)], b.grant_hash, heads)
+        b.grant_hash, b.grant_frame = frame.hash, frame.raw
+        self._changes.branches.append(b.record())
+        self._out.append(Outgoing(frame.raw, branch=b.id))
+
+    def recheck(self, now_ms: int) -> list[bytes]:
+        """Re-evaluate the evidence (e.g. a credential) that admitted each open subscriber, with the policy's
+        ``still_valid(evidence, now_ms)`` if it has one; revoke the branches whose evidence no longer holds
+        (revoked or expired credential).  Returns the revoked branch ids."""
+        check = getattr(self.policy, "still_valid", None)
+        if check is None:
+            return []
+        revoked = []
+        for b in list(self._branches.values()):
+            if b.state is BranchState.OPEN and b.peer_did and b.evidence and not check(b.evidence, now_ms):
+                self.revoke(b.id)
+                revoked.append(b.id)
+        return revoked
 
     def revoke(self, branch: bytes) -> None:
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""
@@ -1114,9 +1177,9 @@ class SubscriberCore(_CoreBase):
             existing.grant_hash, existing.grant_frame = frame.hash, frame.raw
             existing.members = {i: (pk, Permission(p)) for i, pk, p in secret.members}
             existing.keys.update({(e, p): k for e, p, k in keys})
-            for p in [p for p in existing.chains if p not in existing.members]:
-                del existing.chains[p]
+            self._sync_chains(existing, secret.heads, existing.grant_hash)
             self._changes.branches.append(existing.record())
+            self._changes.chains.extend(existing.chain_record(p) for p in existing.chains)
         perm = Permission(members[secret.index][1])
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(members.items()))
         events.append(Granted(g.branch, g.epoch, perm, dids))

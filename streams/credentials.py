@@ -1027,6 +1027,18 @@ class CredentialPolicy:
                 why = "credential is about another DID"
             else:
                 return Decision(
-                    True, f"valid {self.credential_type} credential from a trusted issuer", self.permission
+                    True, f"valid {self.credential_type} credential from a trusted issuer", self.permission,
+                    canonicalize(cred.document),
                 )
         return Decision.refuse(why)
+
+    def still_valid(self, evidence: bytes, now_ms: int) -> bool:
+        """Whether the credential that admitted a subscriber (the decision's ``evidence``) still holds at
+        ``now_ms``: not revoked in its issuer's current status list, not expired.  The author calls this to cut
+        off subscriptions whose credential was revoked (issue: "revoking a credential revokes the subscriptions
+        it admitted")."""
+        try:
+            cred = verify_credential(_parse_json(evidence), now_ms, self.resolver, self.status_lists)
+        except CredentialError:
+            return False
+        return self.credential_type in cred.types and cred.issuer in self.trusted_issuers

@@ -46,6 +46,9 @@ class Decision:
     admit: bool
     reason: str
     permission: Permission = Permission.READ_WRITE
+    #: what admitted the requester, kept with its branch and re-checked later (``Policy.still_valid``), e.g.
+    #: the canonical JSON of the credential; empty if the decision needs no re-checking (an allow-list).
+    evidence: bytes = b""
 
     @classmethod
     def refuse(cls, reason: str) -> Decision:
@@ -53,7 +56,18 @@ class Decision:
 
 
 class Policy(Protocol):
+    """Decides subscriptions.  A policy whose decisions carry ``evidence`` may also define
+    ``still_valid(evidence: bytes, now_ms: int) -> bool``; the author re-checks admitted subscribers with it and
+    revokes those whose evidence no longer holds (a revoked or expired credential)."""
+
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision: ...
+
+
+def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, combine: str) -> bool:
+    verdicts = [f(evidence, now_ms) for f in (getattr(p, "still_valid", None) for p in policies) if f is not None]
+    if not verdicts:
+        return True
+    return any(verdicts) if combine == "any" else all(verdicts)
 
 
 @dataclass(frozen=True)
@@ -101,19 +115,29 @@ class AnyOf:
             reasons.append(d.reason)
         return Decision.refuse("; ".join(reasons) or "no policy")
 
+    def still_valid(self, evidence: bytes, now_ms: int) -> bool:
+        return _still_valid(self.policies, evidence, now_ms, "any")
+
 
 @dataclass(frozen=True)
 class AllOf:
     """Admit only if every sub-policy admits; the permission is the first one's (typically the narrowest
-    policy should come first)."""
+    policy should come first); the evidence is the first non-empty one."""
 
     policies: tuple[Policy, ...]
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
-        first: Decision | None = None
+        admitted: list[Decision] = []
         for p in self.policies:
             d = p.decide(request, now_ms)
             if not d.admit:
                 return d
-            first = first or d
-        return first or Decision.refuse("no policy")
+            admitted.append(d)
+        if not admitted:
+            return Decision.refuse("no policy")
+        evidence = next((d.evidence for d in admitted if d.evidence), b"")
+        first = admitted[0]
+        return Decision(True, first.reason, first.permission, evidence)
+
+    def still_valid(self, evidence: bytes, now_ms: int) -> bool:
+        return _still_valid(self.policies, evidence, now_ms, "all")

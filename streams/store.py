@@ -254,14 +254,14 @@ class Store:
     def _seal_branch(self, b: BranchRecord) -> bytes:
         keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
         return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did])
+                      b.state, b.peer_did, b.evidence])
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
             v = msgpack.unpackb(rec, raw=False)
             keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
-                                [tuple(k) for k in keys], v[8], v[9])
+                                [tuple(k) for k in keys], v[8], v[9], v[10])
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
 

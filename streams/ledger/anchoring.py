@@ -1,0 +1,89 @@
+"""From an epoch to a receipt: write the checkpoint, and say "anchored" only once the ledger confirms it.
+
+THREATS 7: "a receipt never says anchored before the ledger write is durable".  The only way to obtain an
+:class:`AnchorReceipt` is :func:`confirm` or :func:`verify_anchored`, and both return one only when the
+ledger reports the write *confirmed* and the bytes read back from the ledger are exactly the signed
+checkpoint.  Synchronous, like the ledgers; the asyncio layer runs these in a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import _crypto
+from ..anchor import ANCHOR_TAG, ChainHead, Epoch, EpochCheckpoint, InclusionProof, verify_inclusion
+from ..errors import VerificationError
+from .base import Ledger
+
+__all__ = ["AnchorReceipt", "PendingAnchor", "confirm", "publish", "verify_anchored"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAnchor:
+    """A checkpoint written to the ledger but not (known to be) confirmed.  Not a receipt."""
+
+    anchor_id: str
+    checkpoint: EpochCheckpoint
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorReceipt:
+    """Proof that an epoch checkpoint is durably on the ledger."""
+
+    anchor_id: str  #: ledger id of the write (IOTA block id, embedded position)
+    epoch: int
+    checkpoint_digest: bytes  #: :attr:`EpochCheckpoint.digest`
+    ref: int | None  #: milestone index or ledger position
+    timestamp_ms: int | None  #: ledger time of confirmation
+
+
+def publish(ledger: Ledger, epoch: Epoch) -> PendingAnchor:
+    """Write the epoch's checkpoint: one ledger write, whatever the number of heads.  Raises
+    :class:`~streams.errors.LedgerError` if the ledger fails (nothing is pending then)."""
+    return PendingAnchor(ledger.append(ANCHOR_TAG, epoch.payload), epoch.checkpoint)
+
+
+def _check_on_ledger(ledger: Ledger, anchor_id: str) -> tuple[EpochCheckpoint, AnchorReceipt | None]:
+    status = ledger.status(anchor_id)
+    tag, data = ledger.read(anchor_id)
+    if tag != ANCHOR_TAG:
+        raise VerificationError("the ledger entry is not a streams anchor")
+    checkpoint = EpochCheckpoint.decode(data)
+    if not status.confirmed:
+        return checkpoint, None
+    return checkpoint, AnchorReceipt(anchor_id, checkpoint.epoch, checkpoint.digest, status.ref,
+                                     status.timestamp_ms)
+
+
+def confirm(ledger: Ledger, pending: PendingAnchor) -> AnchorReceipt | None:
+    """The receipt once the ledger confirms the write, else ``None`` (poll again later).
+
+    Raises :class:`~streams.errors.VerificationError` if the ledger holds something other than our
+    checkpoint under that id, :class:`~streams.errors.LedgerError` on outage."""
+    checkpoint, receipt = _check_on_ledger(ledger, pending.anchor_id)
+    if checkpoint.encode() != pending.checkpoint.encode():
+        raise VerificationError("the ledger holds another checkpoint under this anchor id")
+    return receipt
+
+
+def verify_anchored(
+    ledger: Ledger,
+    anchor_id: str,
+    head: ChainHead,
+    proof: InclusionProof,
+    author_public: bytes,
+    expected: EpochCheckpoint | None = None,
+) -> AnchorReceipt:
+    """For a member or an auditor holding a head: read the checkpoint from the ledger, check the author's
+    signature and the inclusion of ``head``, and that the write is confirmed.  ``expected``, if given, must
+    be that same checkpoint (e.g. the one the author handed out with the proof).
+
+    Raises :class:`~streams.errors.VerificationError` if anything fails or the write is not confirmed yet
+    (it is then *not* anchored), :class:`~streams.errors.LedgerError` on outage."""
+    checkpoint, receipt = _check_on_ledger(ledger, anchor_id)
+    if expected is not None and not _crypto.ct_equal(expected.digest, checkpoint.digest):
+        raise VerificationError("the ledger holds another checkpoint than expected")
+    verify_inclusion(head, proof, checkpoint, author_public)
+    if receipt is None:
+        raise VerificationError("the checkpoint is on the ledger but not confirmed: not anchored yet")
+    return receipt

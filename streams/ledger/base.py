@@ -1,0 +1,60 @@
+"""The ledger interface: where epoch checkpoints are anchored (THREATS 7).
+
+A ledger is synchronous and blocking; the asyncio layer calls it from a worker thread.  Every
+implementation keeps one promise: :meth:`Ledger.status` says ``confirmed`` only once the write is durable
+on that ledger (committed with ``synchronous=FULL`` for the embedded one, referenced by a milestone for
+IOTA) -- so a receipt built on it never says "anchored" too early.
+
+Errors: outages and backend failures raise :class:`~streams.errors.LedgerError` (a ``BrokenResourceError``)
+with the cause chained; an anchor id the ledger does not know raises :class:`UnknownAnchor`; use after
+:meth:`Ledger.close` raises :class:`~streams.errors.ClosedResourceError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..errors import LocalProtocolError
+
+__all__ = ["AnchorStatus", "Ledger", "UnknownAnchor"]
+
+
+class UnknownAnchor(LocalProtocolError, KeyError):
+    """The ledger has no entry with this anchor id (a typo, another ledger, or a write that never landed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown anchor"
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorStatus:
+    """Where a write stands on the ledger."""
+
+    confirmed: bool  #: durable and final on the ledger; only then may anyone say "anchored"
+    timestamp_ms: int | None  #: ledger time of confirmation (milestone timestamp / commit time), ms
+    ref: int | None  #: milestone index (IOTA) or position in the chain (embedded); None until confirmed
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """An append-only ledger of tagged records."""
+
+    def append(self, tag: bytes, data: bytes) -> str:
+        """Write one record; return its anchor id.  The write may not be confirmed yet: poll
+        :meth:`status`.  Raises :class:`~streams.errors.LedgerError` if the ledger is unreachable."""
+        ...
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        """Confirmation state of a write.  Raises :class:`UnknownAnchor` or
+        :class:`~streams.errors.LedgerError`."""
+        ...
+
+    def read(self, anchor_id: str) -> tuple[bytes, bytes]:
+        """``(tag, data)`` of a record, as the ledger stores it.  Raises :class:`UnknownAnchor` or
+        :class:`~streams.errors.LedgerError`."""
+        ...
+
+    def close(self) -> None:
+        """Release resources.  Idempotent."""
+        ...

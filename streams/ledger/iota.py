@@ -1,0 +1,318 @@
+"""IOTA Stardust as a ledger, through iota-sdk, with every SDK call in a dedicated worker process.
+
+Each anchor is one feeless *tagged data* block (TIP-23 payload in a TIP-24 block); its anchor id is the block
+id, ``0x`` + hex of ``BLAKE2b-256(block bytes)``.  A write is *confirmed* only once the node reports the block
+``referencedByMilestoneIndex``; the confirmation time is that milestone's timestamp (seconds on Stardust,
+reported here in milliseconds).
+
+Why a worker process: every iota-sdk call holds the GIL until the Rust side returns (measured), so calling it
+in the process that runs the event loop would stall every other task for a whole HTTP round trip or an
+outage's timeout.  :class:`IotaLedger` lives in the caller's process and only moves small messages over a
+pipe; ``iota_sdk`` is imported in the worker alone, so the ``iota`` extra is optional.
+
+Trust: :meth:`IotaLedger.read` fetches the raw block bytes and checks that they hash to the anchor id before
+parsing them, so a lying node cannot substitute a payload.  Confirmation (``status``) is taken from the node
+as reported; a client that distrusts its node should ask several.
+
+Failures: a node outage, a timeout or the death of the worker raise :class:`~streams.errors.LedgerError`
+(chained from the cause).  After a timeout or a crash the worker is discarded and a fresh one is started by
+the next call (or by :meth:`IotaLedger.restart`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import multiprocessing
+import re
+import struct
+import threading
+import time
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+from ..errors import (
+    ClosedResourceError,
+    DecodeError,
+    LedgerError,
+    LocalProtocolError,
+    StreamsTimeoutError,
+    VerificationError,
+)
+from .base import AnchorStatus, UnknownAnchor
+
+__all__ = ["MAX_DATA", "MAX_TAG", "IotaLedger", "IotaSdkMissing", "parse_tagged_block"]
+
+#: TIP-23: a tag is at most 64 bytes.
+MAX_TAG: Final = 64
+#: TIP-24 caps a block at 32768 bytes; this leaves room for the header and 8 parents.
+MAX_DATA: Final = 32768 - 1 - 1 - 8 * 32 - 4 - 4 - 1 - MAX_TAG - 4 - 8
+_BLOCK_ID: Final = re.compile(r"0x[0-9a-f]{64}")
+_TAGGED_DATA: Final = 5  # TIP-23 payload type
+
+
+class IotaSdkMissing(LedgerError, ImportError):
+    """``iota-sdk`` is not installed: install the ``iota`` extra (``pip install 'streams[iota]'``)."""
+
+
+def parse_tagged_block(raw: bytes) -> tuple[bytes, bytes]:
+    """``(tag, data)`` of a serialized Stardust block (TIP-24) carrying a tagged data payload (TIP-23).
+
+    Raises :class:`~streams.errors.DecodeError` for anything else or for trailing bytes."""
+    try:
+        pos = 1  # protocol version
+        pos += 1 + 32 * raw[1]  # parents count and parents
+        (plen,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        (ptype,) = struct.unpack_from("<I", raw, pos)
+        tlen = raw[pos + 4]
+        tag = raw[pos + 5 : pos + 5 + tlen]
+        (dlen,) = struct.unpack_from("<I", raw, pos + 5 + tlen)
+        data = raw[pos + 9 + tlen : pos + 9 + tlen + dlen]
+    except (IndexError, struct.error) as exc:
+        raise DecodeError("not a Stardust block") from exc
+    if ptype != _TAGGED_DATA or len(tag) != tlen or len(data) != dlen or plen != 9 + tlen + dlen:
+        raise DecodeError("not a tagged data block")
+    if pos + plen + 8 != len(raw):  # 8: the nonce ends the block
+        raise DecodeError("block length does not match its payload")
+    return bytes(tag), bytes(data)
+
+
+def _sdk_installed() -> bool:
+    """Whether ``iota_sdk`` can be found, without importing it here (its import stays in the worker)."""
+    try:
+        return importlib.util.find_spec("iota_sdk") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# --- the worker (runs in its own process; the only place that imports iota_sdk) -----------------------------
+
+
+def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
+    """Serve ``(rid, op, args)`` requests with one iota-sdk client until the pipe closes."""
+    try:
+        from iota_sdk.client.client import Client  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        conn.send(("missing", repr(exc)))
+        return
+    try:
+        client = Client(nodes=[url], api_timeout=timedelta(seconds=api_timeout_s))
+    except Exception as exc:  # the SDK raises bare Exceptions from Rust; report and stop
+        conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        rid, op, args = msg
+        try:
+            result = _serve(client, op, args)
+        except Exception as exc:  # every SDK failure becomes a typed reply, never a dead worker
+            text = f"{type(exc).__name__}: {exc}"
+            kind = "unknown" if ("404" in text or "not found" in text.lower()) else "ledger"
+            conn.send((rid, kind, text))
+        else:
+            conn.send((rid, "ok", result))
+
+
+def _serve(client: Any, op: str, args: tuple[Any, ...]) -> Any:
+    if op == "append":
+        tag, data = args
+        block_id, _block = client.build_and_post_block(
+            secret_manager=None, tag="0x" + tag.hex(), data="0x" + data.hex()
+        )
+        return str(block_id)
+    if op == "status":
+        (block_id,) = args
+        meta = client.get_block_metadata(block_id)
+        index = meta.referencedByMilestoneIndex
+        if index is None:
+            return (False, None, None)
+        milestone = client.get_milestone_by_index(index)
+        return (True, int(milestone.timestamp) * 1000, int(index))  # Stardust timestamps are seconds
+    if op == "read":
+        (block_id,) = args
+        return bytes(client.get_block_raw(block_id))
+    if op == "ping":
+        return "pong"
+    raise ValueError(f"unknown op {op!r}")
+
+
+# --- the caller's side --------------------------------------------------------------------------------------
+
+
+class IotaLedger:
+    """A :class:`~streams.ledger.base.Ledger` on an IOTA Stardust node, via iota-sdk in a worker process.
+
+    ``node_url`` is the node's REST endpoint (``http://host:14265``).  ``timeout`` bounds each call in
+    seconds (the worker is replaced when it expires); ``api_timeout`` is the SDK's own HTTP timeout and
+    should be shorter; ``start_timeout`` bounds the worker's start-up (spawn plus SDK import).
+
+    Raises :class:`IotaSdkMissing` at construction if ``iota-sdk`` is not installed.
+    """
+
+    def __init__(self, node_url: str, *, timeout: float = 15.0, api_timeout: float = 5.0,
+                 start_timeout: float = 60.0) -> None:
+        if not _sdk_installed():
+            raise IotaSdkMissing(
+                "IotaLedger needs iota-sdk: install the 'iota' extra (pip install 'streams[iota]')"
+            )
+        self._url = node_url
+        self._timeout = timeout
+        self._api_timeout = api_timeout
+        self._start_timeout = start_timeout
+        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._rid = 0
+        self._closed = False
+
+    # worker lifecycle
+
+    @property
+    def worker_pid(self) -> int | None:
+        """Process id of the current worker, if one is running."""
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, self._url, self._api_timeout), name="streams-iota", daemon=True
+        )
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        try:
+            if not parent.poll(self._start_timeout):
+                raise LedgerError("the iota-sdk worker did not start in time") from StreamsTimeoutError(
+                    f"no answer in {self._start_timeout} s"
+                )
+            kind, detail = parent.recv()
+        except (EOFError, OSError) as exc:
+            self._stop()
+            raise LedgerError("the iota-sdk worker died while starting") from exc
+        except LedgerError:
+            self._stop()
+            raise
+        if kind == "missing":
+            self._stop()
+            raise IotaSdkMissing(f"iota-sdk cannot be imported in the worker: {detail}")
+        if kind != "ready":
+            self._stop()
+            raise LedgerError(f"the iota-sdk client could not be created: {detail}")
+
+    def _stop(self) -> None:
+        conn, proc = self._conn, self._proc
+        self._conn = self._proc = None
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):  # the worker may already be gone
+                conn.send(None)
+            conn.close()
+        if proc is not None:
+            proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()  # stuck inside an SDK call: it cannot be interrupted any other way
+                proc.join(5.0)
+
+    def restart(self) -> None:
+        """Replace the worker process now (otherwise a dead or timed-out worker is replaced on next use)."""
+        with self._lock:
+            if self._closed:
+                raise ClosedResourceError("the ledger is closed")
+            self._stop()
+            self._start()
+
+    def _call(self, op: str, *args: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise ClosedResourceError("the ledger is closed")
+            if self._proc is None or not self._proc.is_alive():
+                self._stop()
+                self._start()
+            conn = self._conn
+            assert conn is not None
+            self._rid += 1
+            rid = self._rid
+            deadline = time.monotonic() + self._timeout
+            try:
+                conn.send((rid, op, args))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not conn.poll(remaining):
+                        self._stop()  # its answer, if it ever comes, must not be read as the next one's
+                        raise LedgerError(f"iota {op} timed out") from StreamsTimeoutError(
+                            f"no answer in {self._timeout} s"
+                        )
+                    reply = conn.recv()
+                    if reply[0] == rid:
+                        break
+            except (EOFError, OSError, BrokenPipeError) as exc:
+                self._stop()
+                raise LedgerError(f"the iota-sdk worker died during {op}") from exc
+        _, kind, value = reply
+        if kind == "ok":
+            return value
+        if kind == "unknown":
+            raise UnknownAnchor(f"the node does not know this block: {value}")
+        raise LedgerError(f"iota {op} failed") from _NodeError(value)
+
+    # the Ledger interface
+
+    def append(self, tag: bytes, data: bytes) -> str:
+        """Post one tagged data block; return its block id (``0x`` + 64 hex digits).  Not yet confirmed:
+        poll :meth:`status`.  Raises :class:`~streams.errors.LocalProtocolError` if ``tag`` exceeds
+        :data:`MAX_TAG` or ``data`` :data:`MAX_DATA` bytes, and :class:`~streams.errors.LedgerError` on
+        failure."""
+        if not isinstance(tag, bytes) or not isinstance(data, bytes):
+            raise LocalProtocolError("tag and data must be bytes")
+        if len(tag) > MAX_TAG or len(data) > MAX_DATA:
+            raise LocalProtocolError(f"tag is at most {MAX_TAG} bytes and data at most {MAX_DATA}")
+        block_id = self._call("append", tag, data)
+        if not isinstance(block_id, str) or not _BLOCK_ID.fullmatch(block_id):
+            raise LedgerError("the node returned a malformed block id")
+        return block_id
+
+    def _check_id(self, anchor_id: str) -> str:
+        if not isinstance(anchor_id, str) or not _BLOCK_ID.fullmatch(anchor_id.lower()):
+            raise UnknownAnchor(f"not an IOTA block id: {anchor_id!r}")
+        return anchor_id.lower()
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        """Confirmed once a milestone references the block; ``ref`` is that milestone's index and
+        ``timestamp_ms`` its timestamp."""
+        confirmed, ts, ref = self._call("status", self._check_id(anchor_id))
+        return AnchorStatus(bool(confirmed), ts, ref)
+
+    def read(self, anchor_id: str) -> tuple[bytes, bytes]:
+        """``(tag, data)`` of the block, after checking that its bytes hash to ``anchor_id``.  Raises
+        :class:`~streams.errors.VerificationError` if they do not (the node lied), and
+        :class:`~streams.errors.DecodeError` if the block is not tagged data."""
+        block_id = self._check_id(anchor_id)
+        raw = self._call("read", block_id)
+        if "0x" + hashlib.blake2b(raw, digest_size=32).hexdigest() != block_id:
+            raise VerificationError("the node returned a block that does not hash to its id")
+        return parse_tagged_block(raw)
+
+    def close(self) -> None:
+        """Stop the worker.  Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._stop()
+
+    def __enter__(self) -> IotaLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _NodeError(Exception):
+    """The text of an iota-sdk error, carried across the process boundary as the cause of a LedgerError."""

@@ -1,0 +1,236 @@
+"""Admission by DID and credentials through the protocol cores, and permission enforcement for each role."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from streams.core import AuthorCore, SubscriberCore
+from streams.credentials import (
+    CredentialPolicy,
+    StatusList,
+    StatusListSource,
+    issue_credential,
+    issue_status_list_credential,
+    present,
+)
+from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
+from streams.events import BranchClosed, Granted, MessageReceived, Refused, Rejected, SubscriberRefused
+from streams.identity import Identity
+from streams.policy import AllOf, AllowList, DenyList
+from streams.wire import Permission, encode_frame
+
+from .corenet import Net, ident
+
+ISSUER = Identity.from_seed(b"\x55" * 32)
+ROGUE_ISSUER = Identity.from_seed(b"\x56" * 32)
+TYPE = "PaymentProviderCredential"
+LIST_URL = "https://issuer.example/status/7"
+T0 = datetime(2023, 11, 1, tzinfo=UTC)  # Net's clock is 2023-11-14
+
+
+def _cred(subject: Identity, *, issuer: Identity = ISSUER, types: list[str] | None = None, index: int = 3,
+          valid_until: datetime | None = None) -> dict[str, Any]:
+    return issue_credential(issuer, subject.did, types or [TYPE], {"name": "provider"}, valid_from=T0,
+                            valid_until=valid_until or T0 + timedelta(days=365), status=(LIST_URL, index),
+                            created=T0)
+
+
+def _presenter(holder: Identity, cred: dict[str, Any]):  # type: ignore[no-untyped-def]
+    def make(nonce: bytes, channel: bytes) -> bytes:
+        return present(holder, cred, challenge=nonce, domain=channel, created=T0 + timedelta(days=1))
+    return make
+
+
+@pytest.fixture
+def status() -> tuple[StatusList, StatusListSource]:
+    bits = StatusList()
+    src = StatusListSource()
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    return bits, src
+
+
+def _net(status: tuple[StatusList, StatusListSource], permission: Permission = Permission.READ_WRITE) -> Net:
+    policy = AllOf((DenyList(frozenset({ident(13).did})),
+                    CredentialPolicy(TYPE, frozenset({ISSUER.did}), permission, status_lists=status[1])))
+    return Net.make(policy=policy, n_subs=4)
+
+
+def _sub_with(net: Net, name: str, cred: dict[str, Any]) -> list[object]:
+    s = net.subs[name]
+    s.credential_for_challenge = _presenter(s.identity, cred)
+    return net.subscribe(name)
+
+
+def test_admitted_by_valid_credential(status: tuple[StatusList, StatusListSource]) -> None:
+    net = _net(status)
+    ev = _sub_with(net, "s0", _cred(ident(10)))
+    assert [type(e) for e in ev if isinstance(e, Granted | Refused)] == [Granted]
+
+
+@pytest.mark.parametrize("case", ["expired", "revoked", "wrong-type", "untrusted-issuer", "forged", "other-subject",
+                                  "none", "denied"])
+def test_refused_credentials(status: tuple[StatusList, StatusListSource], case: str) -> None:
+    net = _net(status)
+    who, holder = ("s3", ident(13)) if case == "denied" else ("s0", ident(10))
+    cred = _cred(holder)
+    if case == "expired":
+        cred = _cred(holder, valid_until=T0 + timedelta(days=2))
+    elif case == "revoked":
+        bits, src = status
+        bits.set(3)
+        src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    elif case == "wrong-type":
+        cred = _cred(holder, types=["SomethingElse"])
+    elif case == "untrusted-issuer":
+        cred = _cred(holder, issuer=ROGUE_ISSUER)
+    elif case == "forged":
+        cred["credentialSubject"]["name"] = "someone else"
+    elif case == "other-subject":
+        cred = _cred(ident(11))  # s1's credential presented by s0
+    if case == "none":
+        ev = net.subscribe(who)
+    else:
+        ev = _sub_with(net, who, cred)
+    assert [e.reason for e in ev if isinstance(e, Refused)] == [RejectReason.REFUSED]
+    assert not [e for e in ev if isinstance(e, Granted)]
+    assert net.author.branch_ids() == []
+    # the author's log knows why; the requester only learned "refused"
+    assert [e for e in net.events["author"] if isinstance(e, SubscriberRefused)][-1].reason
+
+
+def test_presentation_replayed_to_another_author_or_later_is_refused(
+        status: tuple[StatusList, StatusListSource]) -> None:
+    net = _net(status)
+    s = net.subs["s0"]
+    captured: list[bytes] = []
+    inner = _presenter(s.identity, _cred(ident(10)))
+
+    def capture(nonce: bytes, channel: bytes) -> bytes:
+        captured.append(inner(nonce, channel))
+        return captured[-1]
+
+    s.credential_for_challenge = capture
+    net.subscribe("s0")
+    assert len(captured) == 1
+    # The same presentation bytes offered to another author (other channel, other challenge): refused.
+    other = AuthorCore(ident(2), "other-monitor",
+                       CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1]))
+    sub2 = SubscriberCore(ident(10), ident(2).did, other.channel)
+    sub2.credential_for_challenge = lambda _n, _c: captured[0]
+    sub2.hello()
+    evs: list[object] = []
+    pending = [o.data for o in sub2.data_to_send()]
+    while pending:
+        d = pending.pop(0)
+        for o in (other.receive(d, net.now, "p")):
+            evs.append(o)
+        for o in other.data_to_send():
+            evs.extend(sub2.receive(o.data, net.now))
+            pending.extend(x.data for x in sub2.data_to_send())
+    assert [e.reason for e in evs if isinstance(e, Refused)] == [RejectReason.REFUSED]
+    assert other.branch_ids() == []
+    # Later, to the same author, with a fresh challenge: the old presentation does not match it.
+    s.credential_for_challenge = lambda _n, _c: captured[0]
+    net.author.revoke(net.author.branch_ids()[0])
+    net.pump_author()
+    before = len(net.author.branch_ids())
+    ev = net.subscribe("s0")
+    assert [e.reason for e in ev if isinstance(e, Refused)] == [RejectReason.REFUSED]
+    assert len(net.author.branch_ids()) == before
+
+
+def test_revoking_the_credential_cuts_off_its_subscriber(status: tuple[StatusList, StatusListSource]) -> None:
+    net = _net(status)
+    _sub_with(net, "s0", _cred(ident(10), index=3))
+    _sub_with(net, "s1", _cred(ident(11), index=4))
+    b0 = next(e for e in net.events["s0"] if isinstance(e, Granted)).branch
+    b1 = next(e for e in net.events["s1"] if isinstance(e, Granted)).branch
+    assert net.author.recheck(net.now) == []  # nothing revoked yet
+    bits, src = status
+    bits.set(3)  # the issuer revokes s0's credential and republishes its status list
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    assert net.author.recheck(net.now) == [b0]
+    net.pump_author()
+    assert any(isinstance(e, BranchClosed) for e in net.events["s0"])
+    with pytest.raises(ClosedResourceError):
+        net.author.publish(b0, b"no more", net.now)
+    net.author.publish(b1, b"s1 unaffected", net.now)
+    net.pump_author()
+    assert [m.payload for m in net.events["s1"] if isinstance(m, MessageReceived)] == [b"s1 unaffected"]
+
+
+# --- permissions, enforced on both sides -----------------------------------------------------------------------
+
+
+def _perm_net(perm: Permission) -> tuple[Net, bytes]:
+    net = Net.make(policy=AllowList.of([ident(10).did, ident(11).did], perm))
+    net.subscribe("s0")
+    return net, next(e for e in net.events["s0"] if isinstance(e, Granted)).branch
+
+
+def _forge_member_packet(net: Net, branch: bytes, payload: bytes) -> bytes:
+    """What a malicious member without write permission would send: a packet it builds and signs itself as
+    publisher 1 (it has no chain key, so it uses a key of its own)."""
+    from streams import _crypto
+    from streams.wire import Packet
+
+    s = net.subs["s0"]
+    head = Packet(net.author.channel, branch, 1, 1, b"\0" * 32, 0, b"\1" * 24)
+    f = encode_frame(head, _crypto.aead_encrypt(b"\2" * 32, b"\1" * 24, b"", payload), s.identity.sign)
+    return f.raw
+
+
+@pytest.mark.parametrize("perm", [Permission.READ, Permission.AUDIT])
+def test_readers_and_auditors_cannot_publish(perm: Permission) -> None:
+    net, b = _perm_net(perm)
+    with pytest.raises(LocalProtocolError):
+        net.subs["s0"].publish(b, b"x", net.now)
+    ev = net.author.receive(_forge_member_packet(net, b, b"x"), net.now, "s0")
+    assert [r.reason for r in ev if isinstance(r, Rejected)] == [RejectReason.NOT_PERMITTED]
+    # but they read the author's chain
+    net.author.publish(b, b"to reader", net.now)
+    net.pump_author()
+    assert [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)] == [b"to reader"]
+
+
+def test_writer_cannot_read_author_chain() -> None:
+    net, b = _perm_net(Permission.WRITE)
+    net.subs["s0"].publish(b, b"from writer", net.now)
+    net.pump_sub("s0")
+    assert [m.payload for m in net.events["author"] if isinstance(m, MessageReceived)] == [b"from writer"]
+    net.author.publish(b, b"secret reply", net.now)
+    out = net.author.data_to_send()
+    ev = net.subs["s0"].receive(out[0].data, net.now)
+    assert [m for m in ev if isinstance(m, MessageReceived)] == []
+    assert [r.reason for r in ev if isinstance(r, Rejected)] == [RejectReason.NOT_PERMITTED]
+    # and it holds no key for the author's chain: the grant gave it only its own
+    sub = net.subs["s0"]
+    assert {p for (_e, p) in sub._branches[b].keys} == {1}
+
+
+def test_permission_change_takes_effect_on_next_message() -> None:
+    net, b = _perm_net(Permission.READ_WRITE)
+    net.subs["s0"].publish(b, b"while writer", net.now)
+    net.pump_sub("s0")
+    net.author.set_permission(b, Permission.READ)
+    net.pump_author()
+    grants = [e for e in net.events["s0"] if isinstance(e, Granted)]
+    assert [(g.epoch, g.permission) for g in grants] == [(0, Permission.READ_WRITE), (1, Permission.READ)]
+    with pytest.raises(LocalProtocolError):
+        net.subs["s0"].publish(b, b"no longer allowed", net.now)
+    # a packet it had prepared under the old permission is refused now
+    ev = net.author.receive(_forge_member_packet(net, b, b"x"), net.now, "s0")
+    assert [r.reason for r in ev if isinstance(r, Rejected)] == [RejectReason.NOT_PERMITTED]
+    # reading continues across the re-key
+    net.author.publish(b, b"after change", net.now)
+    net.pump_author()
+    assert b"after change" in [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)]
+    # and back to read-write: its chain continues where it stopped
+    net.author.set_permission(b, Permission.READ_WRITE)
+    net.pump_author()
+    assert net.subs["s0"].publish(b, b"writer again", net.now) == 2
+    net.pump_sub("s0")
+    assert b"writer again" in [m.payload for m in net.events["author"] if isinstance(m, MessageReceived)]

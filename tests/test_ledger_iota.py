@@ -1,0 +1,301 @@
+"""IotaLedger end to end: the real iota-sdk client, in its worker process, against the stand-in Stardust node
+(tests/iota_node.py) running as its own process on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.anchor import ANCHOR_TAG, EpochCheckpoint, build_epoch
+from streams.anchor import ChainHead as Head
+from streams.errors import (
+    ClosedResourceError,
+    DecodeError,
+    LedgerError,
+    LocalProtocolError,
+    VerificationError,
+)
+from streams.identity import Identity
+from streams.ledger import Ledger, UnknownAnchor
+from streams.ledger.anchoring import confirm, publish, verify_anchored
+from streams.ledger.iota import IotaLedger, parse_tagged_block
+
+needs_sdk = pytest.mark.skipif(
+    importlib.util.find_spec("iota_sdk") is None, reason="iota-sdk is not installed (the 'iota' extra)"
+)
+
+NODE = Path(__file__).with_name("iota_node.py")
+
+
+class StandIn:
+    """The stand-in node process and its admin endpoints."""
+
+    def __init__(self, url: str, proc: subprocess.Popen[str]) -> None:
+        self.url, self.proc = url, proc
+
+    def admin(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(urllib.request.Request(self.url + path, data=data), timeout=5) as r:
+            return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[StandIn]:
+    proc = subprocess.Popen(
+        [sys.executable, str(NODE), "--port", "0", "--milestone-interval", "0.2"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "listening on 127.0.0.1:PORT": the OS picked a free port
+        assert line.startswith("listening on 127.0.0.1:"), line
+        yield StandIn("http://" + line.split()[-1], proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def ledger(node: StandIn) -> Iterator[IotaLedger]:
+    with IotaLedger(node.url, timeout=10.0, api_timeout=2.0) as led:
+        yield led
+
+
+def _wait_confirmed(led: IotaLedger, block_id: str, within: float = 10.0) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        st = led.status(block_id)
+        if st.confirmed:
+            return st
+        time.sleep(0.1)
+    raise AssertionError("not confirmed in time")
+
+
+@needs_sdk
+def test_append_is_unconfirmed_until_a_milestone_references_it(node: StandIn, ledger: IotaLedger) -> None:
+    assert isinstance(ledger, Ledger)
+    before_ms = (int(time.time()) - 1) * 1000
+    node.admin("/admin/milestones", {"paused": True})
+    try:
+        block_id = ledger.append(b"streams.test", b"hello tangle")
+        st = ledger.status(block_id)
+        assert (st.confirmed, st.timestamp_ms, st.ref) == (False, None, None)
+    finally:
+        node.admin("/admin/milestones", {"paused": False})
+    st = _wait_confirmed(ledger, block_id)
+    assert st.ref is not None
+    assert st.ref >= 2
+    assert st.timestamp_ms is not None
+    assert st.timestamp_ms >= before_ms
+    assert st.timestamp_ms % 1000 == 0  # a Stardust milestone timestamp is in seconds
+    assert ledger.read(block_id) == (b"streams.test", b"hello tangle")
+    # the SDK ran in another process, never in this one
+    assert ledger.worker_pid not in (None, os.getpid())
+    assert "iota_sdk" not in sys.modules
+
+
+@needs_sdk
+def test_block_id_is_the_blake2b_of_the_bytes_the_node_received(node: StandIn, ledger: IotaLedger) -> None:
+    block_id = ledger.append(b"t", b"\x00\x01\x02")
+    computed = node.admin(f"/admin/blocks/{block_id}/raw-hash")
+    assert computed["hash"] == block_id
+    # and the client posted the serialized block, not JSON
+    types = node.admin("/admin/stats")["postContentTypes"]
+    assert types
+    assert all(t.startswith("application/vnd.iota.serializer-v1") for t in types)
+
+
+@needs_sdk
+def test_an_epoch_checkpoint_round_trips_through_the_tangle(ledger: IotaLedger) -> None:
+    author = Identity.from_seed(bytes(32))
+    heads = [Head(bytes([i]) * 16, 0, 3, bytes([i]) * 32, bytes([9]) * 32) for i in range(20)]
+    epoch = build_epoch(bytes(32), heads, None, 1_700_000_000_000, author.sign)
+    block_id = ledger.append(ANCHOR_TAG, epoch.payload)
+    tag, data = ledger.read(block_id)
+    assert tag == ANCHOR_TAG
+    cp = EpochCheckpoint.decode(data)
+    assert cp == epoch.checkpoint
+    cp.verify(author.sign_public)
+    assert _wait_confirmed(ledger, block_id).confirmed
+
+
+@needs_sdk
+def test_no_receipt_before_the_milestone(node: StandIn, ledger: IotaLedger) -> None:
+    author = Identity.from_seed(bytes([3]) * 32)
+    heads = [Head(bytes([i]) * 16, 1, 7, bytes([i]) * 32, bytes([4]) * 32) for i in range(5)]
+    epoch = build_epoch(bytes([2]) * 32, heads, None, 1_700_000_000_000, author.sign)
+    h = heads[3]
+    proof = epoch.proofs[(h.branch, h.publisher)]
+    node.admin("/admin/milestones", {"paused": True})
+    try:
+        pending = publish(ledger, epoch)
+        assert confirm(ledger, pending) is None  # written, signed, valid -- and still not anchored
+        with pytest.raises(VerificationError):
+            verify_anchored(ledger, pending.anchor_id, h, proof, author.sign_public)
+    finally:
+        node.admin("/admin/milestones", {"paused": False})
+    _wait_confirmed(ledger, pending.anchor_id)
+    receipt = confirm(ledger, pending)
+    assert receipt is not None
+    assert receipt.ref is not None
+    assert verify_anchored(ledger, pending.anchor_id, h, proof, author.sign_public) == receipt
+
+
+@needs_sdk
+def test_unknown_and_malformed_ids(ledger: IotaLedger) -> None:
+    with pytest.raises(UnknownAnchor):
+        ledger.status("0x" + "ab" * 32)
+    with pytest.raises(UnknownAnchor):
+        ledger.read("not-an-id")
+    with pytest.raises(LocalProtocolError):
+        ledger.append(b"x" * 65, b"")
+
+
+@needs_sdk
+def test_outage_raises_ledger_error_then_recovers(node: StandIn, ledger: IotaLedger) -> None:
+    node.admin("/admin/outage", {"on": True})
+    try:
+        with pytest.raises(LedgerError) as info:
+            ledger.append(b"t", b"during outage")
+        assert info.value.__cause__ is not None
+        with pytest.raises(LedgerError):
+            ledger.status("0x" + "ab" * 32)
+    finally:
+        node.admin("/admin/outage", {"on": False})
+    block_id = ledger.append(b"t", b"after outage")
+    assert ledger.read(block_id) == (b"t", b"after outage")
+
+
+@needs_sdk
+def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: StandIn) -> None:
+    led = IotaLedger(node.url, timeout=20.0, api_timeout=30.0)
+    try:
+        led.status(led.append(b"t", b"warm"))
+        pid = led.worker_pid
+        assert pid is not None
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                led.status("0x" + "cd" * 32)
+            except BaseException as exc:
+                errors.append(exc)
+
+        node.admin("/admin/stall", {"on": True})  # hold the request so the worker is inside the SDK
+        try:
+            t = threading.Thread(target=call)
+            t.start()
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)  # we started this worker; kill exactly it
+            t.join(10)
+            assert time.monotonic() - t0 < 5  # noticed at once, not after the 20 s timeout
+        finally:
+            node.admin("/admin/stall", {"on": False})
+        assert len(errors) == 1
+        assert isinstance(errors[0], LedgerError)
+        assert isinstance(errors[0].__cause__, EOFError | OSError)
+        # the next call starts a fresh worker
+        block_id = led.append(b"t", b"after crash")
+        assert led.worker_pid not in (None, pid)
+        assert led.read(block_id) == (b"t", b"after crash")
+    finally:
+        led.close()
+
+
+@needs_sdk
+def test_a_worker_killed_while_idle_is_replaced_on_next_use(ledger: IotaLedger) -> None:
+    ledger.status(ledger.append(b"t", b"warm"))
+    pid = ledger.worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while ledger.worker_pid == pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    block_id = ledger.append(b"t", b"after idle crash")
+    assert ledger.worker_pid not in (None, pid)
+    assert ledger.read(block_id) == (b"t", b"after idle crash")
+
+
+@needs_sdk
+def test_a_timeout_is_a_ledger_error_and_the_next_call_recovers(node: StandIn) -> None:
+    led = IotaLedger(node.url, timeout=1.5, api_timeout=30.0)
+    try:
+        led.status(led.append(b"t", b"warm"))  # worker up and talking
+        stuck = led.worker_pid
+        node.admin("/admin/stall", {"on": True})  # the node now accepts requests and never answers
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(LedgerError) as info:
+                led.status("0x" + "ab" * 32)
+            assert time.monotonic() - t0 < 8
+            assert isinstance(info.value.__cause__, TimeoutError)
+            after = led.worker_pid
+            assert after is None  # the worker stuck inside the SDK was killed
+        finally:
+            node.admin("/admin/stall", {"on": False})
+        block_id = led.append(b"t", b"after the stall")  # a fresh worker
+        assert led.worker_pid not in (None, stuck)
+        assert led.read(block_id) == (b"t", b"after the stall")
+    finally:
+        led.close()
+    with pytest.raises(ClosedResourceError):
+        led.status("0x" + "ab" * 32)
+
+
+def test_parse_tagged_block_refuses_non_tagged_data() -> None:
+    tag, data = b"tag", b"data"
+    body = (5).to_bytes(4, "little") + bytes([len(tag)]) + tag + len(data).to_bytes(4, "little") + data
+    raw = bytes([2, 1]) + bytes(32) + len(body).to_bytes(4, "little") + body + bytes(8)
+    assert parse_tagged_block(raw) == (tag, data)
+    assert hashlib.blake2b(raw, digest_size=32).digest() != bytes(32)
+    for bad in (raw[:-1], raw + b"\x00", raw[:38] + b"\x06" + raw[39:], b""):
+        with pytest.raises(DecodeError):
+            parse_tagged_block(bad)
+
+
+_HIDE_SDK = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Hide(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "iota_sdk" or name.startswith("iota_sdk."):
+            raise ModuleNotFoundError(name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+from streams.ledger.iota import IotaLedger, IotaSdkMissing
+from streams.errors import LedgerError
+try:
+    IotaLedger("http://127.0.0.1:9")
+except IotaSdkMissing as exc:
+    assert isinstance(exc, LedgerError) and isinstance(exc, ImportError)
+    print("missing:", exc)
+"""
+
+
+def test_without_iota_sdk_the_error_says_which_extra_to_install() -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _HIDE_SDK], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("missing:")
+    assert "'iota' extra" in out.stdout

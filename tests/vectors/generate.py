@@ -1,0 +1,234 @@
+"""Regenerate ``tests/vectors/protocol.json`` -- run only when SPEC.md changes (with a protocol version bump).
+
+    python tests/vectors/generate.py
+
+Everything is derived from fixed seeds and a fixed pseudo-random source, so the output is reproducible except
+for sealed boxes (libsodium draws their ephemeral keys itself): for those the vectors give the plaintext, which
+the tests recover by opening the box with the recipient's key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from streams import _crypto  # noqa: E402
+from streams.anchor import ChainHead, blinded_leaf, build_epoch  # noqa: E402
+from streams.core import AuthorCore, CoreConfig, SubscriberCore, _hint, _proof_digest, channel_id  # noqa: E402
+from streams.identity import Identity, x25519_multibase  # noqa: E402
+from streams.policy import AllowList  # noqa: E402
+from streams.wire import (  # noqa: E402
+    Refuse,
+    SigningMode,
+    Unsubscribe,
+    decode_frame,
+    decode_grant_entries,
+    encode_frame,
+)
+
+NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+OUT = Path(__file__).resolve().parent / "protocol.json"
+
+
+class DetRng:
+    """Deterministic 'randomness' for vectors: BLAKE2b(label || counter)."""
+
+    def __init__(self, label: bytes) -> None:
+        self.label, self.n = label, 0
+
+    def __call__(self, size: int) -> bytes:
+        self.n += 1
+        out = b""
+        i = 0
+        while len(out) < size:
+            out += hashlib.blake2b(self.label + self.n.to_bytes(8, "big") + bytes([i]), digest_size=64).digest()
+            i += 1
+        return out[:size]
+
+
+def _val(v: Any) -> Any:
+    return v.hex() if isinstance(v, bytes) else v
+
+
+def frame_vector(name: str, raw: bytes, signer: str | None, **extra: Any) -> dict[str, Any]:
+    f = decode_frame(raw)
+    return {
+        "name": name,
+        "kind": f.kind.name,
+        "head": {fl.name: _val(getattr(f.head, fl.name)) for fl in dataclasses.fields(f.head)},
+        "body": f.body.hex(),
+        "sig": f.sig.hex(),
+        "signer": signer,
+        "hash": f.hash.hex(),
+        "raw": raw.hex(),
+        **extra,
+    }
+
+
+def ident_vector(i: Identity) -> dict[str, str]:
+    return {"seed": i.export_seed().hex(), "sign_public": i.sign_public.hex(), "kx_public": i.kx_public.hex(),
+            "did": i.did, "kx_multibase": x25519_multibase(i.kx_public)}
+
+
+def main() -> None:
+    author = Identity.from_seed(bytes(range(32)))
+    sub = Identity.from_seed(bytes(range(32, 64)))
+    name = "payment-fraud-monitor"
+    acore = AuthorCore(author, name, AllowList.of([sub.did]), CoreConfig(), rng=DetRng(b"author"))
+    score = SubscriberCore(sub, author.did, acore.channel, CoreConfig(), rng=DetRng(b"subscriber"))
+    frames: list[dict[str, Any]] = []
+    wire: list[tuple[str, bytes]] = []
+
+    def to_author(data: bytes) -> None:
+        wire.append(("subscriber", data))
+        acore.receive(data, NOW, "sub")
+        acore.take_changes()
+        for o in acore.data_to_send():
+            wire.append(("author", o.data))
+            score.receive(o.data, NOW)
+            score.take_changes()
+            for o2 in score.data_to_send():
+                to_author(o2.data)
+
+    score.hello()
+    for o in score.data_to_send():
+        to_author(o.data)
+    kinds = {decode_frame(d).kind.name: (who, d) for who, d in wire}
+    # The handshake frames, in order (sealed bodies: the recipient opens them).
+    for _who, d in wire:
+        f = decode_frame(d)
+        extra: dict[str, Any] = {}
+        if f.kind.name == "SUBSCRIBE":
+            extra["sealed_to"] = "author"
+            extra["plaintext"] = author.unseal(f.body).hex()
+        if f.kind.name == "GRANT":
+            [entry] = decode_grant_entries(f.body)
+            extra["sealed_to"] = "subscriber"
+            extra["entry_hint"] = entry.hint.hex()
+            extra["plaintext"] = sub.unseal(entry.sealed).hex()
+        signer = {"ANNOUNCE": "author", "GRANT": "author", "REFUSE": "author"}.get(f.kind.name)
+        frames.append(frame_vector(f.kind.name.lower(), d, signer, deterministic=f.kind.name not in
+                                   ("SUBSCRIBE", "GRANT"), **extra))
+    branch = acore.branch_ids()[0]
+    grant_hash = decode_frame(kinds["GRANT"][1]).hash
+    challenge = decode_frame(kinds["CHALLENGE"][1]).head
+    keys = {p: k for (e, p), k in acore._branches[branch].keys.items() if e == 0}
+
+    # Packets and chain frames (deterministic: nonces come from the DetRng).
+    seq_frames: list[tuple[str, bytes]] = []
+    for i, payload in enumerate([b"payment 1: 17.00 EUR", b"payment 2: 99.90 EUR", b"alert: card 4242 flagged"]):
+        acore.publish(branch, payload, NOW + i)
+        [o] = acore.data_to_send()
+        frames.append(frame_vector(f"packet_{i + 1}", o.data, "author", deterministic=True,
+                                   payload=payload.hex(), key=keys[0].hex()))
+        seq_frames.append((f"packet_{i + 1}", o.data))
+    acore.take_changes()
+    acore.head_notices()
+    [head_out] = acore.data_to_send()
+    frames.append(frame_vector("head", head_out.data, "author", deterministic=True))
+    score.publish(branch, b"provider reply", NOW)
+    [sp] = score.data_to_send()
+    frames.append(frame_vector("packet_sub_1", sp.data, "subscriber", deterministic=True,
+                               payload=b"provider reply".hex(), key=keys[1].hex()))
+    score.request_fetch(branch, 0, 1, 3)
+    [fe] = score.data_to_send()
+    frames.append(frame_vector("fetch", fe.data, "subscriber", deterministic=True))
+    score.take_changes()
+
+    # Amortized chain with a checkpoint (a second channel, same identities).
+    acore2 = AuthorCore(author, name + "-amortized", AllowList.of([sub.did]),
+                        CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_every=2), rng=DetRng(b"author2"))
+    b2 = acore2.open_branch(sub.public)
+    acore2.data_to_send()
+    acore2.publish(b2, b"unsigned 1", NOW)
+    acore2.publish(b2, b"unsigned 2", NOW)
+    outs = acore2.data_to_send()
+    keys2 = {p: k for (e, p), k in acore2._branches[b2].keys.items() if e == 0}
+    frames.append(frame_vector("packet_amortized_1", outs[0].data, None, deterministic=True,
+                               payload=b"unsigned 1".hex(), key=keys2[0].hex()))
+    frames.append(frame_vector("checkpoint", outs[2].data, "author", deterministic=True))
+
+    # Unsubscribe and revoke on the first channel (after the sequence frames were recorded).
+    acore.revoke(branch)
+    [rv] = acore.data_to_send()
+    frames.append(frame_vector("revoke", rv.data, "author", deterministic=True))
+    unsub = encode_frame(Unsubscribe(acore.channel, branch, 1, 0, grant_hash), b"", sub.sign)
+    frames.append(frame_vector("unsubscribe", unsub.raw, "subscriber", deterministic=True))
+    refuse = encode_frame(Refuse(acore.channel, challenge.nonce, 15), b"", author.sign)
+    frames.append(frame_vector("refuse", refuse.raw, "author", deterministic=True))
+
+    # A sequence with verdicts, replayed against a fresh subscriber that holds the grant.
+    p1, p2, p3 = (d for _, d in seq_frames)
+    tampered = bytearray(p3)
+    tampered[-70] ^= 0x01  # inside the ciphertext's tag (the signature is the last 64 bytes)
+    other_channel = AuthorCore(author, "another-channel", AllowList(), rng=DetRng(b"other"))
+    ob = other_channel.open_branch(sub.public)
+    other_channel.data_to_send()
+    other_channel.publish(ob, b"foreign", NOW)
+    [foreign] = other_channel.data_to_send()
+    steps = [
+        ("packet 2 before 1: held, gap reported", p2, "hold"),
+        ("packet 1: accepted, then held 2 follows", p1, "accept"),
+        ("packet 1 again: replay", p1, "REPLAY"),
+        ("packet 3 with a flipped ciphertext bit", bytes(tampered), "BAD_AEAD"),
+        ("packet 3: accepted", p3, "accept"),
+        ("packet of another channel: relay", foreign.data, "FOREIGN_CHANNEL"),
+        ("packet 1 of this chain re-sent after 3: replay", p1, "REPLAY"),
+    ]
+
+    # Merkle / anchoring vectors.
+    blind = bytes(range(100, 132))
+    heads = [ChainHead(bytes([i]) * 16, i % 2, 10 + i, hashlib.blake2b(bytes([i]), digest_size=32).digest(), blind)
+             for i in range(5)]
+    epoch = build_epoch(acore.channel, heads, None, NOW, author.sign)
+    anchoring = {
+        "blind_key": blind.hex(),
+        "heads": [{"branch": h.branch.hex(), "publisher": h.publisher, "seq": h.seq, "hash": h.hash.hex(),
+                   "leaf": h.leaf.hex()} for h in heads],
+        "timestamp_ms": NOW,
+        "root": epoch.checkpoint.root.hex(),
+        "checkpoint_digest": epoch.checkpoint.digest.hex(),
+        "checkpoint": epoch.payload.hex(),
+        "proofs": [{"branch": k[0].hex(), "publisher": k[1], "index": p.index, "tree_size": p.tree_size,
+                    "path": [x.hex() for x in p.path]} for k, p in sorted(epoch.proofs.items())],
+    }
+
+    doc = {
+        "comment": "streams/1 known-answer vectors; see SPEC.md section 16. Regenerate with generate.py.",
+        "protocol_version": 1,
+        "now_ms": NOW,
+        "identities": {"author": ident_vector(author), "subscriber": ident_vector(sub)},
+        "channel": {"name": name, "id": acore.channel.hex(), "author_sign": author.sign_public.hex()},
+        "derived": {
+            "channel_id": channel_id(author.sign_public, name).hex(),
+            "challenge_key": author.derive_key(_crypto.P_CHALKEY, acore.channel).hex(),
+            "challenge_nonce": challenge.nonce.hex(),
+            "challenge_expires_ms": challenge.expires_ms,
+            "challenge_mac": challenge.mac.hex(),
+            "proof_digest": _proof_digest(acore.channel, author.sign_public, challenge.nonce,
+                                          challenge.expires_ms, b"").hex(),
+            "grant_hint": _hint(branch, 0, sub.kx_public).hex(),
+            "branch": branch.hex(),
+            "grant_hash": grant_hash.hex(),
+            "blinded_leaf_example": blinded_leaf(blind, bytes(16), 0, 1, bytes(32)).hex(),
+        },
+        "frames": frames,
+        "sequence": {
+            "setup": ["announce", "grant"],
+            "steps": [{"what": w, "frame": d.hex(), "verdict": v} for w, d, v in steps],
+        },
+        "anchoring": anchoring,
+    }
+    OUT.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    print(f"wrote {OUT} ({len(frames)} frames)")
+
+
+if __name__ == "__main__":
+    main()
