@@ -1,41 +1,117 @@
-"""The ``streams`` command line."""
+"""The ``streams`` command line: builds the parser and dispatches to the command modules.
+
+Each command group lives in its own module under ``streams/_cli/`` with ``register(subparsers)``; modules
+elsewhere register through the hook list in :func:`build_parser`.
+
+Conventions, for every command:
+
+* ``--json``: one JSON document on stdout (also on failure: ``{"error": ..., "type": ...}``);
+  ``-v``/``-vv``: logging (stdlib ``logging``) to stderr.  Both work before or after the command name.
+* Exit status: 0 success; 1 a verification failed or a policy refused (the answer was "no");
+  2 a usage or local error (bad argument, unreadable file, wrong passphrase).
+* An expected error (:class:`~streams.errors.StreamsError`) prints one line on stderr, never a traceback.
+* No secret is ever printed or logged: passphrases come from the environment, a file or the terminal, never
+  from the command line (THREATS 9).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
+from ._cli import credential as _credential_cli
+from ._cli import identity as _identity_cli
+from ._cli import policy as _policy_cli
+from ._cli._common import CheckFailed, Result, add_command
+from .errors import RemoteProtocolError, StreamsError, VerificationError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+_log = logging.getLogger("streams.cli")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_inprocess_demo
 
-    return run_inprocess_demo(events_per_provider=args.events, as_json=args.json)
+    return run_inprocess_demo(events_per_provider=args.events, as_json=_want_json(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streams", description="Secure publish/subscribe channels between security tools.")
+    """The full ``streams`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="streams", description="Secure publish/subscribe channels between security tools.", allow_abbrev=False
+    )
     p.add_argument("--version", action="version", version=f"streams {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the fraud-monitor demo and check its security claims")
+    # Distinct dests: a sub-parser's own defaults would otherwise overwrite these (argparse copies the whole
+    # sub-namespace back), losing `streams --json identity show`.
+    p.add_argument("--json", dest="global_json", action="store_true", help="machine-readable output (JSON on stdout)")
+    p.add_argument("-v", "--verbose", dest="global_verbose", action="count", default=0,
+                   help="more logging on stderr (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = add_command(sub, "demo", _cmd_demo, help="run the fraud-monitor demo and check its security claims")
     d.add_argument("--events", type=int, default=5, help="payment events per provider (default 5)")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.set_defaults(func=_cmd_demo)
+
+    # --- command modules register themselves here: each is `register(subparsers)` ---
+    _identity_cli.register(sub)
+    _credential_cli.register(sub)
+    _policy_cli.register(sub)
+    # --- hooks of other modules (two lines each: import, register) go below this line ---
     return p
 
 
+def _want_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False) or getattr(args, "global_json", False))
+
+
+def _error_doc(exc: StreamsError) -> dict[str, Any]:
+    doc: dict[str, Any] = {"ok": False, "error": str(exc), "type": type(exc).__name__}
+    failure = getattr(exc, "failure", None)
+    if failure is not None:  # CredentialError (an enum) or CheckFailed (a str)
+        doc["failure"] = getattr(failure, "value", failure)
+    if isinstance(exc, RemoteProtocolError):
+        doc["reason"] = exc.reason.name
+    return doc
+
+
+def _exit_code(exc: StreamsError) -> int:
+    # A failed verification is an answer ("no"), not a misuse: scripts tell the two apart by status.
+    return 1 if isinstance(exc, VerificationError | CheckFailed) else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "global_verbose", 0) or 0)
+    level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    rc: int = args.func(args)
-    return rc
+    as_json = _want_json(args)
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    if handler is None:  # pragma: no cover -- every sub-command sets one
+        build_parser().print_help(sys.stderr)
+        return 2
+    try:
+        outcome = handler(args)
+    except StreamsError as exc:
+        # Expected failures: one line, no traceback.  Messages of StreamsError never hold key material
+        # (errors.py); the cause chain is logged at debug level for whoever asked with -vv.
+        _log.debug("command failed", exc_info=True)
+        print(f"streams: error: {exc}", file=sys.stderr)
+        if as_json:
+            print(json.dumps(_error_doc(exc)))
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print("streams: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(outcome, Result):
+        print(json.dumps(outcome.data) if as_json else outcome.text)
+        return outcome.code
+    return int(outcome)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ __all__ = [
     "DenyList",
     "Policy",
     "SubscriptionRequest",
+    "common_permission",
 ]
 
 
@@ -119,25 +120,37 @@ class AnyOf:
         return _still_valid(self.policies, evidence, now_ms, "any")
 
 
+def common_permission(a: Permission, b: Permission) -> Permission | None:
+    """The rights two permissions have in common, or None.  Audit shares nothing with the others."""
+    if Permission.AUDIT in (a, b):
+        return a if a == b else None
+    both = int(a) & int(b)  # READ=1, WRITE=2, READ_WRITE=3 are bit sets
+    return Permission(both) if both else None
+
+
 @dataclass(frozen=True)
 class AllOf:
-    """Admit only if every sub-policy admits; the permission is the first one's (typically the narrowest
-    policy should come first); the evidence is the first non-empty one."""
+    """Admit only if every sub-policy admits, with the permission they all grant (refuse if they share none);
+    the evidence is the first non-empty one."""
 
     policies: tuple[Policy, ...]
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
-        admitted: list[Decision] = []
+        granted: Permission | None = None
+        evidence = b""
+        reasons = []
         for p in self.policies:
             d = p.decide(request, now_ms)
             if not d.admit:
                 return d
-            admitted.append(d)
-        if not admitted:
+            granted = d.permission if granted is None else common_permission(granted, d.permission)
+            if granted is None:
+                return Decision.refuse("the policies grant no permission in common")
+            evidence = evidence or d.evidence
+            reasons.append(d.reason)
+        if granted is None:
             return Decision.refuse("no policy")
-        evidence = next((d.evidence for d in admitted if d.evidence), b"")
-        first = admitted[0]
-        return Decision(True, first.reason, first.permission, evidence)
+        return Decision(True, "; ".join(reasons), granted, evidence)
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         return _still_valid(self.policies, evidence, now_ms, "all")

@@ -1,0 +1,257 @@
+"""Shared plumbing of the ``streams`` command line: common options, results, passphrases, files, times.
+
+Internal to the CLI.  Sub-command modules use :func:`add_command` so that every command accepts ``--json``
+and ``-v``, return a :class:`Result` (or raise a :class:`~streams.errors.StreamsError`), and never print
+secrets: passphrases are read from the environment, a file or the terminal, never from the command line,
+where they would show in ``ps`` output and shell history (THREATS 9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import LocalProtocolError, VerificationError
+
+__all__ = [
+    "CheckFailed",
+    "Handler",
+    "Result",
+    "UsageError",
+    "add_command",
+    "add_passphrase_options",
+    "parse_time",
+    "read_json_file",
+    "read_passphrase",
+    "write_file_atomic",
+]
+
+#: Largest JSON document (credential, status list) the CLI reads; a status list of the BSL minimum size is
+#: about 200 bytes compressed, so this is generous and still bounds a hostile file (THREATS 8).
+MAX_JSON_FILE = 4 * 1024 * 1024
+
+
+class UsageError(LocalProtocolError, ValueError):
+    """A command-line argument or a local file is unusable (exit status 2)."""
+
+
+class CheckFailed(VerificationError):
+    """A check the user asked for failed (exit status 1).  ``failure`` is a short machine-readable reason."""
+
+    def __init__(self, message: str, failure: str) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+@dataclass
+class Result:
+    """What a command produced: ``data`` for ``--json`` (one JSON document) and ``text`` for people.
+
+    ``code`` is the exit status: 0 success, 1 a negative answer to a question the user asked (a refused
+    policy decision).  Errors are raised, not returned.
+    """
+
+    data: dict[str, Any]
+    text: str
+    code: int = 0
+
+
+#: A command: returns a Result, or (for commands that print themselves, like `demo`) an exit status.
+Handler = Callable[[argparse.Namespace], "Result | int"]
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("common options")
+    g.add_argument("--json", action="store_true", help="machine-readable output: one JSON document on stdout")
+    g.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-v info, -vv debug); never secrets"
+    )
+    return parent
+
+
+_COMMON_PARENT = _common_parent()
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    *,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """Add sub-command ``name`` with the common ``--json``/``-v`` options; ``handler`` runs it."""
+    p = subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        parents=[_COMMON_PARENT],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No prefix matching: `--pass=...` would otherwise be echoed back in an "ambiguous option" error.
+        allow_abbrev=False,
+    )
+    p.set_defaults(handler=handler)
+    return p
+
+
+def add_group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add a command group (``streams credential ...``) and return its own sub-parsers."""
+    p = subparsers.add_parser(name, help=help, description=help, allow_abbrev=False)
+    return p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+# --- passphrases ---
+
+
+class _RefusePassphraseArgument(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        # Do not echo the value back: it is the secret.
+        parser.error(
+            f"refusing {option_string}: a passphrase on the command line shows in ps and shell history; "
+            "use --passphrase-env VAR or --passphrase-file FILE"
+        )
+
+
+def add_passphrase_options(p: argparse.ArgumentParser, what: str) -> None:
+    """``--passphrase-env VAR`` / ``--passphrase-file FILE`` for the keystore named ``what``.
+
+    A ``--passphrase`` option exists only to refuse, with a pointer to the safe alternatives.
+    """
+    g = p.add_argument_group(f"passphrase of the {what} (default: prompt, if stdin is a terminal)")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--passphrase-env", metavar="VAR", help="read the passphrase from environment variable VAR")
+    m.add_argument(
+        "--passphrase-file", metavar="FILE", help="read the passphrase from FILE (one trailing newline is dropped)"
+    )
+    g.add_argument("--passphrase", nargs="?", action=_RefusePassphraseArgument, help=argparse.SUPPRESS)
+
+
+def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
+    """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
+
+    Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, or no source was
+    given and stdin is not a terminal.  The message never contains the passphrase.
+    """
+    if args.passphrase_env:
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise UsageError(f"environment variable {args.passphrase_env} is unset or empty")
+        return value
+    if args.passphrase_file:
+        try:
+            with open(args.passphrase_file, "rb") as f:
+                raw = f.read(64 * 1024 + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read passphrase file: {exc.strerror or type(exc).__name__}") from None
+        if len(raw) > 64 * 1024:
+            raise UsageError("passphrase file is too large")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("passphrase file is not UTF-8") from None
+        # Editors and `echo` add one newline; drop exactly one so the passphrase is what the user typed.
+        text = text.removesuffix("\n").removesuffix("\r")
+        if not text:
+            raise UsageError("passphrase file is empty")
+        return text
+    if not sys.stdin.isatty():
+        raise UsageError("no passphrase: use --passphrase-env VAR or --passphrase-file FILE (stdin is not a terminal)")
+    value = getpass.getpass("Passphrase: ")
+    if confirm and getpass.getpass("Passphrase again: ") != value:
+        raise UsageError("the passphrases differ")
+    if not value:
+        raise UsageError("empty passphrase")
+    return value
+
+
+# --- files and times ---
+
+
+def read_json_file(path: str, what: str) -> Any:
+    """Parse the JSON file ``path`` (at most 4 MiB); raise :class:`UsageError` naming ``what`` otherwise."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_JSON_FILE:
+        raise UsageError(f"{what} {path} is too large")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise UsageError(f"{what} {path} is not valid UTF-8 JSON") from None
+
+
+def dump_json(doc: Any) -> bytes:
+    """Pretty JSON as written to credential and status-list files (insertion order kept, one newline)."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_file_atomic(path: str, data: bytes, *, overwrite: bool) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), so a crash leaves the old or the
+    new file, never half of one -- a truncated status list would make every credential on it unverifiable.
+
+    Raises :class:`UsageError` if ``path`` exists and not ``overwrite``, or on any OS error.
+    """
+    target = Path(path)
+    if not overwrite and target.exists():
+        raise UsageError(f"{path} exists (use --force to replace it)")
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent.absolute())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)  # credentials and status lists are public documents
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def parse_time(value: str, what: str) -> datetime:
+    """An aware datetime from ISO 8601 text: ``2026-01-31`` (midnight UTC) or a date-time with a zone.
+
+    Raises :class:`UsageError` for anything else, including a date-time without a zone (ambiguous).
+    """
+    try:
+        if len(value) == 10:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{what}: not an ISO 8601 date or date-time: {value!r}") from None
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise UsageError(f"{what}: give a time zone, e.g. {value}Z")
+    return dt
+
+
+def now() -> datetime:
+    """The current time (UTC), whole seconds: credentials carry second precision."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def to_ms(dt: datetime) -> int:
+    """Milliseconds since the epoch."""
+    return int(dt.timestamp() * 1000)

@@ -1,0 +1,223 @@
+"""`streams credential ...` in subprocesses: issue, show, verify, status lists and revocation -- and attacks on
+the files (tampered claims, an un-revoked status list, a forged issuer, a rolled-back or foreign list)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streams import credentials as vc
+from tests.cliutil import Cli, make_keystore
+
+PASS = "issuer passphrase 91c2"
+LIST_URL = "https://issuer.example/status/1"
+
+
+@dataclass
+class World:
+    cli: Cli
+    dir: Path
+    issuer: str
+    other: str
+    holder: str
+
+    def status_list(self, name: str = "sl.json", keystore: str = "issuer.ks", url: str = LIST_URL) -> str:
+        self.cli("credential", "status-list", "create", "--issuer-keystore", keystore, "--passphrase-env", "PP",
+                 "--id", url, "--out", name).ok()
+        return name
+
+    def issue(
+        self, out: str, *extra: str, keystore: str = "issuer.ks", subject: str | None = None
+    ) -> dict[str, object]:
+        r = self.cli("credential", "issue", "--issuer-keystore", keystore, "--passphrase-env", "PP",
+                     "--subject", subject or self.holder, "--type", "PaymentProviderCredential", "--out", out,
+                     "--json", *extra).ok()
+        doc: dict[str, object] = r.json
+        return doc
+
+    def verify(self, *args: str) -> tuple[int, dict[str, object]]:
+        r = self.cli("credential", "verify", *args, "--json")
+        return r.returncode, r.json
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    d = tmp_path_factory.mktemp("parties")
+    cli = Cli(d, {"PP": PASS})
+    return d, {name: make_keystore(cli, f"{name}.ks") for name in ("issuer", "other", "holder")}
+
+
+@pytest.fixture
+def world(parties: tuple[Path, dict[str, str]], tmp_path: Path) -> World:
+    src, dids = parties
+    for name in dids:
+        shutil.copy(src / f"{name}.ks", tmp_path / f"{name}.ks")
+    return World(Cli(tmp_path, {"PP": PASS}), tmp_path, dids["issuer"], dids["other"], dids["holder"])
+
+
+def test_issue_show_verify(world: World) -> None:
+    sl = world.status_list()
+    issued = world.issue("c.json", "--claim", "name=Acme Payments", "--claim", "tier:=3", "--claim", "eu:=true",
+                         "--valid-until", "2099-01-01T00:00:00Z", "--id", "urn:uuid:1234",
+                         "--status-list", sl, "--status-index", "42")
+    assert issued["ok"] is True and issued["issuer"] == world.issuer and issued["subject"] == world.holder
+    assert issued["claims"] == {"name": "Acme Payments", "tier": 3, "eu": True}
+    doc = json.loads((world.dir / "c.json").read_text())
+    assert doc["credentialStatus"]["statusListIndex"] == "42"
+    assert doc["credentialStatus"]["statusListCredential"] == LIST_URL
+
+    shown = world.cli("credential", "show", "c.json", "--json").ok().json
+    assert shown["verified"] is False and shown["id"] == "urn:uuid:1234"
+    assert shown["status"] == {"list": LIST_URL, "index": "42", "purpose": "revocation"}
+    assert "not verified" in world.cli("credential", "show", "c.json").ok().stdout
+
+    code, out = world.verify("c.json", "--status-list", sl, "--trusted-issuer", world.issuer,
+                             "--type", "PaymentProviderCredential", "--subject", world.holder)
+    assert (code, out["ok"]) == (0, True)
+    # The verified credential really is acceptable to the library as well.
+    lists = vc.StatusListSource()
+    lists.publish(json.loads((world.dir / sl).read_text()))
+    cred = vc.verify_credential(doc, 4_000_000_000_000, status_lists=lists)
+    assert cred.claims["tier"] == 3
+
+
+def test_status_entry_without_its_list_fails_closed(world: World) -> None:
+    sl = world.status_list()
+    world.issue("c.json", "--status-list", sl, "--status-index", "1")
+    code, out = world.verify("c.json")
+    assert code == 1
+    assert (out["type"], out["failure"]) == ("StatusUnavailable", "status unavailable")
+
+
+def test_tampered_credential_is_refused(world: World) -> None:
+    world.issue("c.json", "--claim", "limit:=100")
+    doc = json.loads((world.dir / "c.json").read_text())
+    doc["credentialSubject"]["limit"] = 1_000_000
+    (world.dir / "c.json").write_text(json.dumps(doc))
+    code, out = world.verify("c.json")
+    assert code == 1 and out["type"] == "BadProof" and out["failure"] == "bad proof"
+    # Swapping the subject for another DID (relaying the credential to someone else) breaks it too.
+    world.issue("d.json")
+    doc = json.loads((world.dir / "d.json").read_text())
+    doc["credentialSubject"]["id"] = world.other
+    (world.dir / "d.json").write_text(json.dumps(doc))
+    assert world.verify("d.json")[0] == 1
+
+
+def test_untrusted_issuer_wrong_type_wrong_subject(world: World) -> None:
+    world.issue("c.json", keystore="other.ks")
+    code, out = world.verify("c.json", "--trusted-issuer", world.issuer)
+    assert code == 1 and (out["type"], out["failure"]) == ("CheckFailed", "untrusted issuer")
+    code, out = world.verify("c.json", "--type", "AuditorCredential")
+    assert code == 1 and out["failure"] == "wrong type"
+    code, out = world.verify("c.json", "--subject", world.issuer)
+    assert code == 1 and out["failure"] == "wrong subject"
+    assert world.verify("c.json", "--trusted-issuer", world.other)[0] == 0
+    # A credential claiming the trusted issuer but signed by another key is a forgery.
+    doc = json.loads((world.dir / "c.json").read_text())
+    doc["issuer"] = world.issuer
+    (world.dir / "c.json").write_text(json.dumps(doc))
+    code, out = world.verify("c.json", "--trusted-issuer", world.issuer)
+    assert code == 1 and out["type"] == "BadProof"
+
+
+def test_validity_period(world: World) -> None:
+    world.issue("c.json", "--valid-from", "2020-01-01", "--valid-until", "2021-01-01T00:00:00+00:00")
+    code, out = world.verify("c.json")
+    assert code == 1 and (out["type"], out["failure"]) == ("CredentialExpired", "expired")
+    assert world.verify("c.json", "--at", "2020-06-01T12:00:00Z")[0] == 0
+    code, out = world.verify("c.json", "--at", "2019-12-31T23:59:59Z")
+    assert code == 1 and out["failure"] == "not yet valid"
+
+
+def test_revoke_then_verify_fails_and_rollback_is_detected(world: World) -> None:
+    sl = world.status_list()
+    world.issue("c.json", "--status-list", sl, "--status-index", "9")
+    world.issue("keep.json", "--status-list", sl, "--status-index", "10")
+    before = (world.dir / sl).read_text()
+    assert world.verify("c.json", "--status-list", sl)[0] == 0
+
+    r = world.cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                  "--status-list", sl, "--index", "9", "--json").ok().json
+    assert r["set"] is True and r["was_set"] is False
+    after = json.loads((world.dir / sl).read_text())
+    assert r["digest"] == vc.status_list_digest(after).hex()
+
+    code, out = world.verify("c.json", "--status-list", sl)
+    assert code == 1 and (out["type"], out["failure"]) == ("CredentialRevoked", "revoked")
+    assert world.verify("keep.json", "--status-list", sl)[0] == 0  # the neighbour is untouched
+
+    # Attack: un-revoke by splicing the old (validly signed) bitstring into the new list: the proof breaks.
+    forged = dict(after)
+    forged["credentialSubject"] = json.loads(before)["credentialSubject"]
+    (world.dir / "forged.json").write_text(json.dumps(forged))
+    code, out = world.verify("c.json", "--status-list", "forged.json")
+    assert code == 1 and out["type"] == "StatusUnavailable"
+    # And revoke refuses to re-sign a list whose proof does not verify (it would launder the edit).
+    r2 = world.cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                   "--status-list", "forged.json", "--index", "11", "--json")
+    assert r2.returncode == 1 and r2.json["type"] == "BadProof"
+    # Revocation is final: --clear only lifts suspensions.
+    r3 = world.cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                   "--status-list", sl, "--index", "9", "--clear")
+    assert r3.returncode == 2 and world.verify("c.json", "--status-list", sl)[0] == 1
+
+
+def test_suspension_can_be_lifted(world: World) -> None:
+    world.cli("credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--id", LIST_URL, "--purpose", "suspension", "--out", "susp.json").ok()
+    world.issue("c.json", "--status-list", "susp.json", "--status-index", "3")
+    revoke = ["credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--status-list", "susp.json", "--index", "3"]
+    world.cli(*revoke).ok()
+    code, out = world.verify("c.json", "--status-list", "susp.json")
+    assert code == 1 and out["failure"] == "suspended"
+    world.cli(*revoke, "--clear").ok()
+    assert world.verify("c.json", "--status-list", "susp.json")[0] == 0
+
+
+def test_foreign_status_lists_are_refused(world: World) -> None:
+    world.status_list("other-sl.json", keystore="other.ks")
+    before = (world.dir / "other-sl.json").read_bytes()
+    # Issuing against another issuer's list would make the credential unverifiable.
+    r = world.cli("credential", "issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                  "--subject", world.holder, "--type", "T", "--status-list", "other-sl.json", "--status-index", "1",
+                  "--out", "c.json")
+    assert r.returncode == 2 and not (world.dir / "c.json").exists()
+    # Revoking in another issuer's list is refused and leaves it as it was.
+    r = world.cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                  "--status-list", "other-sl.json", "--index", "1")
+    assert r.returncode == 2 and (world.dir / "other-sl.json").read_bytes() == before
+    # A list with the right URL but published by someone else does not vouch for our issuer's credentials.
+    sl = world.status_list()
+    world.issue("c.json", "--status-list", sl, "--status-index", "1")
+    code, out = world.verify("c.json", "--status-list", "other-sl.json")
+    assert code == 1 and out["type"] == "StatusUnavailable"
+
+
+def test_bad_arguments_are_usage_errors(world: World) -> None:
+    base = ["credential", "issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--type", "T",
+            "--out", "c.json", "--json"]
+    for extra in (
+        ["--subject", world.holder + " "],  # non-canonical DID
+        ["--subject", "did:web:example.com"],
+        ["--subject", world.holder, "--claim", "novalue"],
+        ["--subject", world.holder, "--claim", "id=did:key:z6Mkforged"],  # the subject id is not a claim
+        ["--subject", world.holder, "--claim", "n:=not json"],
+        ["--subject", world.holder, "--valid-until", "2030-01-01T00:00:00"],  # no time zone
+        ["--subject", world.holder, "--valid-from", "2030-01-01", "--valid-until", "2029-01-01"],
+        ["--subject", world.holder, "--status-index", "3"],  # without --status-list
+    ):
+        r = world.cli(*base, *extra)
+        assert r.returncode == 2, extra
+        assert r.json["ok"] is False and r.json["type"] in ("UsageError", "LocalProtocolError"), (extra, r.json)
+    assert not (world.dir / "c.json").exists()
+    sl = world.status_list()
+    r = world.cli("credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                  "--id", LIST_URL, "--out", sl)
+    assert r.returncode == 2 and "--force" in r.stderr  # replacing a list would un-revoke everything
+    assert world.cli("credential", "verify", "missing.json").returncode == 2

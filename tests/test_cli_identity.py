@@ -1,0 +1,155 @@
+"""`streams identity ...` and the CLI conventions (--json, exit codes, no secrets printed), in subprocesses."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import base58
+import pytest
+
+from streams import keystore
+from streams.identity import PublicIdentity, public_key_from_did, x25519_multibase
+from tests.cliutil import Cli, make_keystore
+
+PASS = "correct horse battery staple 7f3a"
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path, {"PP": PASS})
+
+
+def secret_forms(seed: bytes) -> list[str]:
+    """Every way a seed would likely be printed."""
+    return [
+        seed.hex(),
+        seed.hex().upper(),
+        base64.b64encode(seed).decode(),
+        base64.urlsafe_b64encode(seed).decode().rstrip("="),
+        base58.b58encode(seed).decode(),
+        repr(seed)[2:-1],
+    ]
+
+
+def test_create_then_show_without_passphrase(cli: Cli, tmp_path: Path) -> None:
+    created = cli("identity", "create", "--keystore", "me.ks", "--passphrase-env", "PP", "--kdf-fast", "--json").ok()
+    doc = created.json
+    public_key_from_did(doc["did"])  # a canonical Ed25519 did:key
+    assert doc["x25519"] == x25519_multibase(PublicIdentity.from_did(doc["did"]).kx_public)
+    assert doc["x25519"].startswith("z6LS")
+    ks = tmp_path / "me.ks"
+    assert stat.S_IMODE(os.stat(ks).st_mode) == 0o600
+    # The file opens with the passphrase and holds that DID.
+    assert keystore.load_identity(ks, PASS).did == doc["did"]
+    with pytest.raises(keystore.BadPassphrase):
+        keystore.load_identity(ks, PASS + "x")
+    # `show` needs no passphrase (none in the environment here) and prints the same keys.
+    no_pass = Cli(tmp_path)
+    shown = no_pass("identity", "show", "--keystore", "me.ks", "--json").ok().json
+    assert shown["did"] == doc["did"] and shown["x25519"] == doc["x25519"]
+    # Text output and the global --json spelling.
+    assert doc["did"] in no_pass("identity", "show", "--keystore", "me.ks").ok().stdout
+    assert no_pass("--json", "identity", "show", "--keystore", "me.ks").ok().json["did"] == doc["did"]
+
+
+def test_default_kdf_cost_is_moderate(cli: Cli, tmp_path: Path) -> None:
+    import json
+
+    cli("identity", "create", "--keystore", "slow.ks", "--passphrase-env", "PP").ok()
+    kdf = json.loads((tmp_path / "slow.ks").read_text())["kdf"]
+    assert (kdf["opslimit"], kdf["memlimit"]) == (keystore.DEFAULT_OPSLIMIT, keystore.DEFAULT_MEMLIMIT)
+
+
+def test_passphrase_file_drops_one_newline(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(PASS + "\n")
+    did = cli("identity", "create", "--keystore", "f.ks", "--passphrase-file", "pw", "--kdf-fast", "--json").ok()
+    assert keystore.load_identity(tmp_path / "f.ks", PASS).did == did.json["did"]
+
+
+def test_passphrase_on_command_line_is_refused_and_not_echoed(cli: Cli, tmp_path: Path) -> None:
+    for args in (["--passphrase", "hunter2-secret"], ["--passphrase=hunter2-secret"]):
+        r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", *args)
+        assert r.returncode == 2
+        assert "passphrase-env" in r.stderr
+        assert "hunter2-secret" not in r.stdout + r.stderr
+    assert not (tmp_path / "x.ks").exists()
+
+
+def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None:
+    r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", stdin=subprocess.DEVNULL)
+    assert r.returncode == 2
+    assert r.json == {"ok": False, "error": r.json["error"], "type": "UsageError"}
+    assert "--passphrase-env" in r.json["error"]
+    assert len(r.stderr.strip().splitlines()) == 1  # one line, no traceback
+    r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", "UNSET_VAR_42")
+    assert r.returncode == 2 and "UNSET_VAR_42" in r.stderr
+    assert not (tmp_path / "x.ks").exists()
+
+
+def test_existing_keystore_is_not_replaced_without_force(cli: Cli, tmp_path: Path) -> None:
+    first = make_keystore(cli, "me.ks")
+    before = (tmp_path / "me.ks").read_bytes()
+    r = cli("identity", "create", "--keystore", "me.ks", "--passphrase-env", "PP", "--kdf-fast")
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert (tmp_path / "me.ks").read_bytes() == before
+    second = cli("identity", "create", "--keystore", "me.ks", "--passphrase-env", "PP", "--kdf-fast", "--force",
+                 "--json").ok().json["did"]
+    assert second != first and keystore.read_public(tmp_path / "me.ks") == second
+
+
+def test_tampered_or_missing_keystore_is_a_typed_error(cli: Cli, tmp_path: Path) -> None:
+    make_keystore(cli, "me.ks")
+    r = cli("identity", "show", "--keystore", "missing.ks", "--json")
+    assert r.returncode == 2 and r.json["type"] == "KeystoreError"
+    data = (tmp_path / "me.ks").read_bytes()
+    (tmp_path / "me.ks").write_bytes(data.replace(b'"version": 1', b'"version": 2'))
+    r = cli("identity", "show", "--keystore", "me.ks", "--json")
+    assert r.returncode == 2 and r.json["type"] == "KeystoreError"
+
+
+def test_no_passphrase_or_seed_is_ever_printed(tmp_path: Path) -> None:
+    cli = Cli(tmp_path, {"PP": PASS, "WRONG": "wrong-" + PASS})
+    for n, verbosity in enumerate(([], ["-v"], ["-vv"])):
+        ks = f"k{n}.ks"
+        cli("identity", "create", "--keystore", ks, "--passphrase-env", "PP", "--kdf-fast", *verbosity).ok()
+        cli("identity", "show", "--keystore", ks, "--json", *verbosity).ok()
+        sl = f"sl{n}.json"
+        cli("credential", "status-list", "create", "--issuer-keystore", ks, "--passphrase-env", "PP",
+            "--id", f"https://issuer.example/sl/{n}", "--out", sl, *verbosity).ok()
+        did = keystore.read_public(tmp_path / ks)
+        cli("credential", "issue", "--issuer-keystore", ks, "--passphrase-env", "PP", "--subject", did,
+            "--type", "T", "--status-list", sl, "--status-index", "1", "--out", f"c{n}.json",
+            *verbosity).ok()
+        cli("credential", "revoke", "--issuer-keystore", ks, "--passphrase-env", "PP", "--status-list", sl,
+            "--index", "1", *verbosity).ok()
+        bad = cli("credential", "revoke", "--issuer-keystore", ks, "--passphrase-env", "WRONG",
+                  "--status-list", sl, "--index", "2", "--json", *verbosity)
+        assert bad.returncode == 2 and bad.json["type"] == "BadPassphrase"
+    assert any("DEBUG" in r.stderr or "INFO" in r.stderr for r in cli.transcript)  # -vv did log something
+    out = cli.all_output()
+    assert PASS not in out
+    for i in range(3):
+        seed = keystore.load_identity(tmp_path / f"k{i}.ks", PASS).export_seed()
+        for form in secret_forms(seed):
+            assert form not in out
+
+
+COMMANDS = [
+    [], ["demo"], ["identity"], ["identity", "create"], ["identity", "show"], ["credential"],
+    ["credential", "issue"], ["credential", "show"], ["credential", "verify"], ["credential", "revoke"],
+    ["credential", "status-list"], ["credential", "status-list", "create"], ["policy"], ["policy", "check"],
+]
+
+
+def test_help_for_every_command(cli: Cli) -> None:
+    for cmd in COMMANDS:
+        r = cli(*cmd, "--help").ok()
+        assert r.stdout.startswith("usage: streams"), cmd
+        # Leaf commands all take --json; groups list their commands.
+        if cmd and cmd[-1] not in ("identity", "credential", "status-list", "policy"):
+            assert "--json" in r.stdout, cmd
+    assert "--kdf-fast" not in cli("identity", "create", "--help").stdout  # tests-only option stays hidden
