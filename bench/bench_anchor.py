@@ -177,9 +177,11 @@ def plot(res: dict[str, Any], path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="skip 100k heads, shorter throughput rounds")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for anchor.json and anchor.png")
     args = ap.parse_args()
+    out: Path = args.out
     sizes = [1, 100, 10_000] + ([] if args.quick else [100_000])
-    RESULTS.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         epochs = []
@@ -198,9 +200,9 @@ def main() -> int:
               f"{tp['on_msg_s']:.0f} msg/s, ratio {tp['ratio_on_off']:.3f} ({tp['epochs_cut']} epochs cut)")
     res = {"machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                        "cpus": os.cpu_count()}, "quick": args.quick, "epochs": epochs, "throughput": tp}
-    (RESULTS / "anchor.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, RESULTS / "anchor.png")
-    print(f"wrote {RESULTS / 'anchor.json'} and {RESULTS / 'anchor.png'}")
+    (out / "anchor.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot(res, out / "anchor.png")
+    print(f"wrote {out / 'anchor.json'} and {out / 'anchor.png'}")
     return 0
 
 

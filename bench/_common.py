@@ -1,0 +1,145 @@
+"""Helpers shared by the end-to-end and scaling benchmarks: worker processes driven over JSON lines, percentiles,
+machine description.  Internal to ``bench/``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from bench_core import machine_info  # noqa: E402
+
+__all__ = ["ROOT", "Worker", "WorkerError", "emit", "machine_info", "percentiles", "rss_bytes"]
+
+
+class WorkerError(RuntimeError):
+    """A worker process died, answered with an error, or did not answer in time."""
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """Worker side: one JSON line on stdout (the orchestrator's channel); logs go to stderr."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max/mean of ``samples`` (nearest-rank on the sorted list)."""
+    if not samples:
+        return {}
+    s = sorted(samples)
+    n = len(s)
+
+    def q(p: float) -> float:
+        return s[min(n - 1, max(0, math.ceil(p * n) - 1))]
+
+    return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "p99_9": q(0.999), "max": s[-1],
+            "mean": sum(s) / n, "count": float(n)}
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of a process (Linux /proc), bytes; 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Worker:
+    """A benchmark worker subprocess: commands go in as JSON lines on stdin, answers come back as JSON lines on
+    stdout (read by a thread, so waits can time out).  Killed (whole process group) by :meth:`kill`."""
+
+    def __init__(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=full_env, start_new_session=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+            del self._stderr[:-40]
+
+    def stderr_tail(self) -> str:
+        return "".join(self._stderr[-15:])
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(obj) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise WorkerError(f"{self.name}: cannot write: {exc}; stderr: {self.stderr_tail()}") from exc
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        """The next JSON answer.  Raises :class:`WorkerError` on timeout, death or ``{"error": ...}``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerError(f"{self.name}: no answer within {timeout:.0f} s; stderr: {self.stderr_tail()}")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                time.sleep(0.05)
+                raise WorkerError(f"{self.name}: exited ({self.proc.poll()}); stderr: {self.stderr_tail()}")
+            line = line.strip()
+            if not line.startswith("{"):
+                continue  # stray output (a library print): not ours
+            obj: dict[str, Any] = json.loads(line)
+            if "error" in obj:
+                raise WorkerError(f"{self.name}: {obj['error']}")
+            return obj
+
+    def call(self, obj: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.send(obj)
+        return self.read(timeout)
+
+    def kill(self) -> None:
+        """Ask politely, then kill the process group; never leaves the process behind."""
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "stop"})
+                self.proc.wait(timeout=3)
+            except (WorkerError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()

@@ -1,0 +1,70 @@
+"""Smoke test of the benchmark suite's one command (``bench/run.py --quick``): every module runs in its own
+processes and writes complete results and a summary.  No timing thresholds: targets are reported by the suite,
+never asserted by tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+E2E_ROW = ("msgs_per_s", "mb_per_s", "count", "delivered_fraction")
+LAT_ROW = ("rate", "p50_us", "p99_us", "p99_9_us", "samples")
+SCALE_ROW = ("branches", "publish_msgs_per_s", "tracemalloc_bytes_per_branch", "rss_bytes", "grant_us", "revoke_us")
+ALWAYS = ("zmq_raw", "zmq_curve", "min_each", "min_amortized", "ours_each", "ours_amortized")
+
+
+def test_run_quick_writes_every_result(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[suite 1/" in proc.stderr and "eta" in proc.stderr  # the progress display
+
+    e2e = json.loads((tmp_path / "e2e.json").read_text())
+    for key in ("benchmark", "quick", "machine", "method", "peers", "throughput", "latency", "rtt", "crypto_us",
+                "targets"):
+        assert key in e2e, key
+    assert e2e["quick"] is True
+    ran = {p for p, i in e2e["peers"].items() if i["available"]}
+    for p in ALWAYS:  # NATS may be skipped (no nats-server); these need only pyzmq and the project
+        assert p in ran, (p, e2e["peers"][p])
+    for p, i in e2e["peers"].items():
+        assert i["available"] or i["reason"], p  # a skipped peer says why
+    rows = {(r["peer"], r["size"]): r for r in e2e["throughput"]}
+    lat = {(r["peer"], r["size"]): r for r in e2e["latency"]}
+    for p in ran:
+        for size in (64, 1024, 16384):
+            for key in E2E_ROW:
+                assert rows[p, size][key] > 0, (p, size, key)
+            assert rows[p, size]["delivered_fraction"] <= 1.0
+            for key in LAT_ROW:
+                assert lat[p, size][key] > 0, (p, size, key)
+            assert lat[p, size]["p50_us"] <= lat[p, size]["p99_us"] <= lat[p, size]["p99_9_us"]
+    assert e2e["rtt"]["p50_us"] > 0
+    for t in e2e["targets"]:
+        assert t["ratio"] is None or t["ratio"] > 0
+        assert t["met"] in (True, False, None)
+    assert (tmp_path / "e2e.png").stat().st_size > 0
+
+    scale = json.loads((tmp_path / "scale.json").read_text())
+    assert scale["errors"] == []
+    assert [r["branches"] for r in scale["branches"]] == [1, 10, 100]
+    for r in scale["branches"]:
+        for key in SCALE_ROW:
+            assert r[key] > 0, key
+    assert [r["missed"] for r in scale["catchup"]] == [1000]
+    assert scale["catchup"][0]["seconds"] > 0
+    assert scale["anchoring"] and all(r["seconds"] > 0 for r in scale["anchoring"])
+    assert {t["target"].split()[0] for t in scale["targets"]} >= {"100", "<=", "grant", "revoke"}
+    assert (tmp_path / "scale.png").stat().st_size > 0
+
+    assert json.loads((tmp_path / "core.json").read_text())["throughput"]
+    md = (tmp_path / "SUMMARY.md").read_text()
+    for heading in ("# Benchmark summary", "## End to end", "## Scaling", "## Targets"):
+        assert heading in md, heading
+    assert "ours_amortized" in md and ("met" in md)
