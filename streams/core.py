@@ -277,15 +277,16 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("acked", "acked_by", "anchor_wait", "anchored", "covered", "first_uncovered_ms", "gap_to", "head",
-                 "held", "next_seq", "notified", "progress_ms")
+    __slots__ = ("acked", "acked_by", "anchor_wait", "anchored", "covered", "fetch_end", "first_uncovered_ms", "gap_to",
+                 "head", "held", "next_seq", "notified", "progress_ms")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
         self.head = head
         self.covered = covered
         self.held: dict[int, Frame] | None = None
-        self.gap_to = 0  # highest seq for which a gap was already reported / fetched
+        self.gap_to = 0  # highest seq known to exist (a gap was reported up to here)
+        self.fetch_end = 0  # last seq the FETCH in flight can bring (0 or < next_seq: none in flight)
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
@@ -476,7 +477,7 @@ class _CoreBase:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
             for p, rc in b.chains.items():
-                if p != b.me and rc.gap_to >= rc.next_seq:
+                if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq):
                     t = rc.progress_ms + self.config.fetch_retry_ms
                     due = t if due is None else min(due, t)
         return due
@@ -487,10 +488,13 @@ class _CoreBase:
         for b in self._branches.values():
             if b.state is BranchState.OPEN:
                 for p, rc in b.chains.items():
-                    if p != b.me and rc.gap_to >= rc.next_seq \
+                    if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
                             and now_ms >= rc.progress_ms + self.config.fetch_retry_ms:
+                        # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
-                        self.request_fetch(b.id, p, rc.next_seq, rc.gap_to)
+                        rc.fetch_end = rc.next_seq - 1
+                        if rc.gap_to >= rc.next_seq:
+                            self._fetch_window(b, p, rc, now_ms)
             c = b.chains.get(b.me)
             if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
                     and now_ms >= c.first_uncovered_ms + self.config.checkpoint_interval_ms):
@@ -523,6 +527,24 @@ class _CoreBase:
         head = Fetch(self._channel, branch, publisher, from_seq, to_seq, b.me)
         self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=branch))
 
+    def _want(self, b: _Branch, p: int, c: _Chain, upto: int, now_ms: int) -> None:
+        """Chain ``p`` is known to reach ``upto``: fetch what we miss, one window at a time (THREATS 4)."""
+        if upto > c.gap_to:
+            c.gap_to = upto
+        if c.gap_to >= c.next_seq and c.fetch_end < c.next_seq:
+            self._fetch_window(b, p, c, now_ms)
+
+    def _fetch_window(self, b: _Branch, p: int, c: _Chain, now_ms: int) -> None:
+        """Request the next window (at most ``max_fetch`` messages, held ones excluded) of a gap."""
+        lo = c.next_seq
+        hi = min(c.gap_to, lo + self.config.max_fetch - 1)
+        while c.held and hi in c.held and hi > lo:
+            hi -= 1
+        c.fetch_end = hi
+        c.progress_ms = now_ms
+        if b.me in b.members:
+            self.request_fetch(b.id, p, lo, hi)
+
     def acknowledge(self) -> None:
         """Queue one signed, cumulative ACK for every chain we read whose cursor moved since our last ACK.
 
@@ -553,7 +575,9 @@ class _CoreBase:
                 continue
             for p, c in b.chains.items():
                 if p != b.me:
-                    self.request_fetch(b.id, p, c.next_seq, c.next_seq + self.config.max_fetch - 1)
+                    # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
+                    c.fetch_end = c.next_seq + self.config.max_fetch - 1
+                    self.request_fetch(b.id, p, c.next_seq, c.fetch_end)
 
     def open_logged(self, raw: bytes) -> MessageReceived | None:
         """Decrypt a message from our own log again (redelivery after a restart).  None if it is not a payload
@@ -671,6 +695,9 @@ class _CoreBase:
         self._accept(b, c, frame, events)
         c.progress_ms = now_ms
         self._drain(b, c, events)
+        if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
+            # The window in flight is in: ask for the next one now rather than at the retry timer.
+            self._fetch_window(b, h.publisher, c, now_ms)
 
     def _drain(self, b: _Branch, c: _Chain, events: list[Event]) -> None:
         """Accept held successors now in order, then apply an anchor proof that waited for them."""
@@ -752,11 +779,7 @@ class _CoreBase:
         c.held[h.seq] = frame
         if h.seq > c.gap_to:
             events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
-            lo = max(c.next_seq, c.gap_to + 1)
-            c.gap_to = h.seq
-            c.progress_ms = now_ms
-            if b.me in b.members:
-                self.request_fetch(b.id, h.publisher, lo, h.seq - 1)
+            self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_head(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: HeadNotice = frame.head
@@ -772,12 +795,11 @@ class _CoreBase:
             # The publisher announces a head we already hold: our ACK may have been lost on the way (only the
             # publisher's periodic or quiet-time notices reach here), so acknowledge our cursor again.
             c.acked = h.seq - 1
+        if c.fetch_end > h.seq:
+            c.fetch_end = h.seq  # the window in flight cannot bring more than the publisher has
         if h.seq >= c.next_seq and h.seq > c.gap_to:
             events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
-            lo = max(c.next_seq, c.gap_to + 1)
-            c.gap_to = h.seq
-            c.progress_ms = now_ms
-            self.request_fetch(b.id, h.publisher, lo, h.seq)
+            self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_ack(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Ack = frame.head
@@ -832,6 +854,11 @@ class _CoreBase:
             # A read-only member has no chain of its own: nothing to serve (and never a KeyError on peer input).
             raise _Reject(RejectReason.UNEXPECTED, "we have no chain in this branch", h.branch, h.publisher)
         hi = min(h.to_seq, h.from_seq + self.config.max_fetch - 1, mine.next_seq - 1)
+        if mine.next_seq > 1:
+            # Our head first: the requester learns how far to fetch (and that a truncated window is not the end),
+            # so it asks for the next window as soon as this one is in, not at its retry timer.
+            notice = HeadNotice(self._channel, b.id, b.me, mine.next_seq - 1, mine.head, b.epoch)
+            self._out.append(Outgoing(encode_frame(notice, b"", self._id.sign).raw, peer=peer, branch=b.id))
         if h.from_seq >= 1 and hi >= h.from_seq:
             events.append(FetchRequested(b.id, b.me, h.from_seq, hi, peer))
 
@@ -1468,9 +1495,7 @@ class SubscriberCore(_CoreBase):
             c.anchor_wait = (claim, verified)
             if head.seq > c.gap_to:
                 events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
-                lo = max(c.next_seq, c.gap_to + 1)
-                c.gap_to = head.seq
-                self.request_fetch(b.id, head.publisher, lo, head.seq)
+                self._want(b, head.publisher, c, head.seq, c.progress_ms)
             return
         c.anchored = head.seq
         p = claim.proof

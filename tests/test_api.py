@@ -234,3 +234,27 @@ async def test_resubscribe_after_subscribed_completes(tmp_path: Path) -> None:
     assert len(author.branches()) == 1
     await s1.close()
     await author.close()
+
+
+async def test_catch_up_fetches_window_after_window_without_waiting_for_timers(tmp_path: Path) -> None:
+    """A subscriber that missed many windows' worth catches up at once: each FETCH reply carries the
+    publisher's head, and the next window is asked for as soon as one is in (not at the retry timer)."""
+    from streams.core import CoreConfig
+
+    cfg = CoreConfig(max_fetch=64, fetch_retry_ms=600_000)
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, config=cfg)
+    author.heartbeat_ms = 600_000  # no HEAD notices from the timer either
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    await s1.close()
+    for i in range(300):  # almost five windows, published while p1 is away
+        await author.publish(b1, b"%d" % i)
+    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                               config=cfg)
+    s1.heartbeat_ms = 600_000
+    got = [(await s1.next_message(timeout=5)).seq for _ in range(300)]
+    assert got == list(range(1, 301))
+    await s1.close()
+    await author.close()

@@ -153,7 +153,7 @@ def test_lost_fetch_is_retried_after_the_retry_interval() -> None:
     assert s.data_to_send() == []
     s.handle_timer(n.now + 100)
     [retry] = [decode_frame(o.data) for o in s.data_to_send()]
-    assert (retry.kind, retry.head.from_seq, retry.head.to_seq) == (Kind.FETCH, 1, 3)
+    assert (retry.kind, retry.head.from_seq, retry.head.to_seq) == (Kind.FETCH, 1, 2)  # 3 is held: not fetched again
     ev = s.receive(outs[0].data, n.now) + s.receive(outs[1].data, n.now)
     assert [e.seq for e in ev if isinstance(e, MessageReceived)] == [1, 2, 3]
     s.handle_timer(n.now + 1000)
