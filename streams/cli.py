@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _identity_cli.register(sub)
     _credential_cli.register(sub)
     _policy_cli.register(sub)
+    _channel_cli.register(sub)
     # --- hooks of other modules (two lines each: import, register) go below this line ---
     return p
 
