@@ -85,6 +85,7 @@ __all__ = [
     "open_subscriber",
     "parse_branch",
     "payload_doc",
+    "read_stdin_lines",
     "register",
     "status_doc",
     "writable_branch",
@@ -288,7 +289,7 @@ def _install_stop(stop: asyncio.Event) -> None:
 # --- serve ---------------------------------------------------------------------------------------------------
 
 
-def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
+def read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
     """Thread body: read stdin lines into ``queue`` (None at EOF).  A thread, because stdin may be a regular
     file, which the event loop cannot watch; a daemon, so it never holds up the exit.  It reads the file
     descriptor with ``os.read``, not ``sys.stdin``: a daemon thread blocked inside the buffered reader holds its
@@ -394,7 +395,7 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         if args.publish_stdin:
             loop = asyncio.get_running_loop()
             lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
-            threading.Thread(target=_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
+            threading.Thread(target=read_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
 
             async def publisher() -> None:
                 while (line := await lines.get()) is not None:
