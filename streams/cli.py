@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
@@ -36,9 +37,9 @@ _log = logging.getLogger("streams.cli")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_inprocess_demo
+    from .demo import run_demo
 
-    return run_inprocess_demo(events_per_provider=args.events, as_json=_want_json(args))
+    return run_demo(events_per_provider=args.events, as_json=_want_json(args), in_process=args.in_process)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,13 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more logging on stderr (-v info, -vv debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = add_command(sub, "demo", _cmd_demo, help="run the fraud-monitor demo and check its security claims")
+    d = add_command(sub, "demo", _cmd_demo, help="run the fraud-monitor demo and check its security claims",
+                    description=(
+                        "A fraud monitor (author) and three payment providers, each its own OS process, on\n"
+                        "loopback ZeroMQ, with an attacker relaying and recording every frame.  Checks, each\n"
+                        "PASS/FAIL: (a) every provider's events reach the monitor, signed by its DID; (b) a\n"
+                        "provider handed another's recorded packets rejects them all and reads none; (c) a\n"
+                        "payment event replayed from the attacker's own socket is rejected; (d) a DID the\n"
+                        "policy does not name is refused.  Exit status 1 if any check fails."))
     d.add_argument("--events", type=int, default=5, help="payment events per provider (default 5)")
+    d.add_argument("--in-process", action="store_true",
+                   help="run every party in this process over the in-memory transport (no ZeroMQ; the default "
+                        "when pyzmq is not installed)")
 
     # --- command modules register themselves here: each is `register(subparsers)` ---
     _identity_cli.register(sub)
     _credential_cli.register(sub)
     _policy_cli.register(sub)
+    _channel_cli.register(sub)
     # --- hooks of other modules (two lines each: import, register) go below this line ---
     from .audit import register_cli as _register_audit
 

@@ -1,4 +1,8 @@
-"""The in-process demo: one fraud monitor (author) and three payment providers (subscribers).
+"""The demos.  ``streams demo`` runs the multi-process one (:mod:`streams._demo_multi`); this module holds
+:func:`run_demo`, which picks it, and the in-process demo (``streams demo --in-process``, also used when ZeroMQ
+is not installed).
+
+The in-process demo: one fraud monitor (author) and three payment providers (subscribers).
 
 Runs over the in-memory transport with real SQLite stores in a temporary directory and *checks* the security
 claims it shows: segregation between providers, replay rejection, refusal of a DID the monitor did not admit.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +25,7 @@ from .identity import Identity
 from .policy import AllowList
 from .wire import Kind, decode_frame
 
-__all__ = ["run_inprocess_demo"]
+__all__ = ["run_demo", "run_inprocess_demo"]
 
 
 @dataclass
@@ -131,3 +136,17 @@ def run_inprocess_demo(events_per_provider: int = 5, as_json: bool = False) -> i
         print()
         print("all checks passed" if rep.ok else "SOME CHECKS FAILED")
     return 0 if rep.ok else 1
+
+
+def run_demo(events_per_provider: int = 5, as_json: bool = False, in_process: bool = False) -> int:
+    """``streams demo``: the multi-process demo over ZeroMQ (:mod:`streams._demo_multi`), or this in-process one
+    if asked or if ZeroMQ is not installed.  Returns the exit status (0 only if every check passed)."""
+    from ._cli._transport import zmq_available
+
+    if in_process or not zmq_available():
+        if not in_process:
+            print("streams demo: ZeroMQ (pyzmq) is not installed; running the in-process demo", file=sys.stderr)
+        return run_inprocess_demo(events_per_provider, as_json)
+    from ._demo_multi import run_process_demo
+
+    return run_process_demo(events_per_provider, as_json)

@@ -8,7 +8,7 @@ import sys
 
 
 def test_demo_runs_and_all_checks_pass() -> None:
-    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--json", "--events", "2"],
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--in-process", "--json", "--events", "2"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -1,0 +1,204 @@
+"""The demo's attacker on the wire: a transparent ZeroMQ relay that records, withholds and re-sends frames.
+
+``python -m brokerless._demo_relay --connect AUTHOR_ADDR`` binds a ROUTER on ``tcp://127.0.0.1:<random>``
+and prints ``{"event": "ready", "address": ...}``.  Each subscriber connecting to it gets its own DEALER to
+the author, so the author sees one peer per subscriber and nothing on the wire changes -- except that the
+relay keeps a copy of every frame in both directions.  This is the untrusted network of THREATS ("Network and
+relays are untrusted"): the demo uses it to show that what it records is useless to an attacker.
+
+Commands are JSON lines on stdin, each answered by one JSON line on stdout (frames in base64):
+
+* ``{"cmd": "frames", "dir": "up"|"down", "branch": hex, "kinds": ["PACKET", ...]}`` -- recorded frames of
+  that branch and kinds (``up``: subscriber to author).
+* ``{"cmd": "inject", "to_branch": hex, "frames": [...]}`` -- send frames *down* to every subscriber
+  connection seen sending on ``to_branch``, as if the author had sent them (relay into another branch).
+* ``{"cmd": "send_direct", "frames": [...]}`` -- send frames to the author from the relay's own DEALER socket
+  (a replay from a connection that never subscribed).
+* ``{"cmd": "hold", "dir": ..., "branch": hex, "count": n}`` -- withhold the next ``n`` packets of that
+  branch and direction (recorded, not forwarded); ``{"cmd": "held"}`` returns them.  The demo's tests use it
+  to obtain a valid frame the receiver never saw, to show that the replay check can fail.
+
+The relay exits at stdin EOF, so it never outlives the demo that started it.  Internal to the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections import deque
+from typing import Any
+
+import zmq
+
+from streams.errors import DecodeError
+from streams.wire import Kind, decode_frame
+
+#: Frames kept per direction; the demo needs a few hundred.  Bounded so a long run cannot exhaust memory.
+MAX_RECORDED = 20_000
+
+
+def _branch_of(data: bytes) -> tuple[Kind, bytes] | None:
+    """(kind, branch) of a protocol frame naming a branch; None for heartbeats and other kinds."""
+    try:
+        frame = decode_frame(data)
+    except DecodeError:
+        return None  # PING/PONG and anything else that is not a frame
+    branch = getattr(frame.head, "branch", None)
+    return (frame.kind, branch) if isinstance(branch, bytes) else None
+
+
+class Relay:
+    """The relay's state and loop.  Single-threaded: one ``zmq.Poller`` over every socket and stdin."""
+
+    def __init__(self, author_addr: str) -> None:
+        self.author_addr = author_addr
+        self.ctx = zmq.Context()
+        self.front = self._socket(zmq.ROUTER)
+        self.front.bind("tcp://127.0.0.1:0")
+        last = self.front.getsockopt(zmq.LAST_ENDPOINT)
+        self.address = last.decode() if isinstance(last, bytes) else str(last)
+        self.backs: dict[bytes, zmq.Socket[bytes]] = {}
+        self.rid_of: dict[zmq.Socket[bytes], bytes] = {}
+        self.branches_of: dict[bytes, set[bytes]] = {}
+        self.recorded: dict[str, deque[bytes]] = {"up": deque(maxlen=MAX_RECORDED),
+                                                   "down": deque(maxlen=MAX_RECORDED)}
+        self.holds: dict[tuple[str, bytes], int] = {}
+        self.held: list[bytes] = []
+        self.direct: zmq.Socket[bytes] | None = None
+        self.poller = zmq.Poller()
+        self.poller.register(self.front, zmq.POLLIN)
+
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+        s: zmq.Socket[bytes] = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, 2 << 20)
+        return s
+
+    def close(self) -> None:
+        for s in [self.front, *self.backs.values(), *([self.direct] if self.direct is not None else [])]:
+            s.close(linger=0)
+        self.ctx.term()
+
+    # -- forwarding ------------------------------------------------------------------------------------------
+
+    def _withhold(self, direction: str, data: bytes) -> bool:
+        kb = _branch_of(data)
+        if kb is None or kb[0] is not Kind.PACKET:
+            return False
+        key = (direction, kb[1])
+        if self.holds.get(key, 0) > 0:
+            self.holds[key] -= 1
+            self.held.append(data)
+            return True
+        return False
+
+    def up(self) -> None:
+        rid, data = self.front.recv_multipart()
+        back = self.backs.get(rid)
+        if back is None:
+            back = self._socket(zmq.DEALER)
+            back.connect(self.author_addr)
+            self.backs[rid] = back
+            self.rid_of[back] = rid
+            self.poller.register(back, zmq.POLLIN)
+        self.recorded["up"].append(data)
+        kb = _branch_of(data)
+        if kb is not None:
+            self.branches_of.setdefault(rid, set()).add(kb[1])
+        if not self._withhold("up", data):
+            back.send(data)
+
+    def down(self, back: zmq.Socket[bytes]) -> None:
+        data = back.recv()
+        self.recorded["down"].append(data)
+        if not self._withhold("down", data):
+            self.front.send_multipart([self.rid_of[back], data])
+
+    # -- commands --------------------------------------------------------------------------------------------
+
+    def command(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "frames":
+            branch = bytes.fromhex(req["branch"])
+            kinds = {Kind[k] for k in req.get("kinds", ["PACKET"])}
+            frames = []
+            for data in self.recorded[req["dir"]]:
+                kb = _branch_of(data)
+                if kb is not None and kb[1] == branch and kb[0] in kinds:
+                    frames.append(base64.b64encode(data).decode())
+            return {"reply": cmd, "frames": frames}
+        if cmd == "inject":
+            target = bytes.fromhex(req["to_branch"])
+            rids = [rid for rid, bs in self.branches_of.items() if target in bs]
+            raw = [base64.b64decode(f) for f in req["frames"]]
+            for rid in rids:
+                for data in raw:
+                    self.front.send_multipart([rid, data])
+            return {"reply": cmd, "sent": len(raw) * len(rids), "clients": len(rids)}
+        if cmd == "send_direct":
+            if self.direct is None:
+                self.direct = self._socket(zmq.DEALER)
+                self.direct.connect(self.author_addr)
+                self.poller.register(self.direct, zmq.POLLIN)
+            raw = [base64.b64decode(f) for f in req["frames"]]
+            for data in raw:
+                self.direct.send(data)
+            return {"reply": cmd, "sent": len(raw)}
+        if cmd == "hold":
+            self.holds[(req["dir"], bytes.fromhex(req["branch"]))] = int(req.get("count", 1))
+            return {"reply": cmd}
+        if cmd == "held":
+            held, self.held = self.held, []
+            return {"reply": cmd, "frames": [base64.b64encode(f).decode() for f in held]}
+        return {"reply": "error", "error": f"unknown command {cmd!r}"}
+
+    def run(self) -> None:
+        self.poller.register(0, zmq.POLLIN)
+        _emit({"event": "ready", "address": self.address})
+        buf = b""
+        while True:
+            for sock, _ in self.poller.poll(1000):
+                if sock == 0:
+                    chunk = os.read(0, 65536)
+                    if not chunk:
+                        return  # the demo went away: so do we
+                    buf += chunk
+                    while (nl := buf.find(b"\n")) >= 0:
+                        line, buf = buf[:nl], buf[nl + 1 :]
+                        try:
+                            reply = self.command(json.loads(line))
+                        except (ValueError, KeyError, TypeError) as exc:
+                            reply = {"reply": "error", "error": str(exc)}
+                        _emit(reply)
+                elif sock is self.front:
+                    self.up()
+                elif self.direct is not None and sock is self.direct:
+                    self.direct.recv()  # the author's answers to the attacker's own socket: ignored
+                else:
+                    self.down(sock)
+
+
+def _emit(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m brokerless._demo_relay --connect AUTHOR_ADDR``."""
+    p = argparse.ArgumentParser(prog="brokerless._demo_relay", description="recording relay (demo attacker)")
+    p.add_argument("--connect", required=True, help="the author's address")
+    args = p.parse_args(argv)
+    relay = Relay(args.connect)
+    try:
+        relay.run()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        relay.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

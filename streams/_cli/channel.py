@@ -1,0 +1,708 @@
+"""``streams serve|subscribe|publish|tail|status``: run a channel over ZeroMQ from the command line.
+
+* ``serve`` -- the author: opens its store (or creates it from a keystore identity the first time), binds,
+  admits subscribers by a TOML policy file and prints one line per event until SIGINT/SIGTERM, then closes
+  cleanly (cursors persisted).  ``--publish-stdin`` publishes JSON lines ``{"to": DID or branch hex,
+  "data": "..."}`` read from stdin -- how a monitor sends alerts.
+* ``subscribe`` -- a subscriber: creates its store from a keystore identity the first time, runs the
+  handshake and prints the granted branch; exit status 1 if the author refuses.
+* ``publish`` -- publishes one message as the subscriber and (by default) waits for the author's signed,
+  durable acknowledgement.
+* ``tail`` -- prints messages received (catch-up from the author's retained log happens on open).
+* ``status`` -- offline: role, DID, channel, branches, chain cursors and the retained log of a store.
+
+Streaming commands (``serve``, ``tail``) print one line per event; with ``--json`` one JSON object per line,
+``{"event": ..., ...}`` (JSON Lines), flushed at once so scripts can follow them.  Payloads are printed as
+``"data"`` (UTF-8 text) if they decode, else as ``"data_b64"``.
+
+One passphrase (``--passphrase-env``/``--passphrase-file``) opens both the keystore (first run) and the store,
+which is encrypted under it (THREATS 9).  Neither is ever printed.
+
+The logic of each command is in small functions (:func:`open_author`, :func:`open_subscriber`,
+:func:`message_doc`, :func:`event_doc`, ...) that the multi-process demo (:mod:`streams._demo_proc`) reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import credentials as vc
+from .. import keystore
+from ..api import Author, BranchInfo, Subscriber, Transport
+from ..errors import (
+    AdmissionRefused,
+    ClosedResourceError,
+    LocalProtocolError,
+    StreamsError,
+    StreamsTimeoutError,
+)
+from ..events import (
+    Acknowledged,
+    BranchClosed,
+    Event,
+    GapDetected,
+    Granted,
+    MessageReceived,
+    Refused,
+    Rejected,
+    SubscriberAdmitted,
+    SubscriberRefused,
+)
+from ..identity import Identity, did_from_public_key
+from ..policy_file import load_policy, permission_name
+from ..store import Store
+from ..wire import MAX_FRAME, Permission
+from ._common import (
+    CheckFailed,
+    Result,
+    UsageError,
+    add_command,
+    add_passphrase_options,
+    now,
+    read_json_file,
+    read_passphrase,
+)
+from ._transport import load_zmq
+
+__all__ = [
+    "LinePrinter",
+    "event_doc",
+    "message_doc",
+    "open_author",
+    "open_subscriber",
+    "parse_branch",
+    "payload_doc",
+    "read_stdin_lines",
+    "register",
+    "status_doc",
+    "writable_branch",
+]
+
+_log = logging.getLogger("streams.cli.channel")
+
+#: Longest stdin line ``serve --publish-stdin`` accepts; a payload never exceeds a frame (THREATS 8).
+MAX_STDIN_LINE = 2 * MAX_FRAME
+
+
+# --- output --------------------------------------------------------------------------------------------------
+
+
+class LinePrinter:
+    """Prints one line per document: JSON (``--json``) or ``event key=value ...`` for people; flushed at once.
+
+    A closed stdout (the reader went away) is not an error of the command: later lines are dropped."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._broken = False
+
+    def emit(self, doc: dict[str, Any]) -> None:
+        """Print ``doc`` (which has an ``"event"`` key) as one line."""
+        if self._broken:
+            return
+        line = json.dumps(doc, ensure_ascii=False) if self.as_json else _text_line(doc)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            self._broken = True
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _text_line(doc: dict[str, Any]) -> str:
+    parts = [str(doc.get("event", "?"))]
+    for k, v in doc.items():
+        if k == "event" or v is None:
+            continue
+        if k in ("data", "data_b64"):
+            continue  # the payload goes last, unquoted
+        parts.append(f"{k}={_short(v)}")
+    if "data" in doc:
+        parts.append(f": {doc['data']}")
+    elif "data_b64" in doc:
+        parts.append(f": (base64) {doc['data_b64']}")
+    return " ".join(parts)
+
+
+def payload_doc(payload: bytes) -> dict[str, str]:
+    """``{"data": text}`` if ``payload`` is valid UTF-8, else ``{"data_b64": base64}``."""
+    try:
+        return {"data": payload.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data_b64": base64.b64encode(payload).decode("ascii")}
+
+
+def message_doc(m: MessageReceived) -> dict[str, Any]:
+    """The printed form of an accepted message."""
+    return {"event": "message", "branch": m.branch.hex(), "publisher": m.publisher_did, "index": m.publisher,
+            "seq": m.seq, "signed": m.signed, **payload_doc(m.payload)}
+
+
+def event_doc(ev: Event) -> dict[str, Any] | None:
+    """The printed form of a non-message event, or None for events only the driver cares about."""
+    if isinstance(ev, SubscriberAdmitted):
+        return {"event": "admitted", "did": ev.did, "branch": ev.branch.hex(),
+                "permission": permission_name(ev.permission), "reason": ev.reason}
+    if isinstance(ev, SubscriberRefused):
+        return {"event": "refused", "did": ev.did, "reason": ev.reason}
+    if isinstance(ev, Rejected):
+        return {"event": "rejected", "reason": ev.reason.name, "detail": ev.detail,
+                "branch": ev.branch.hex() if ev.branch is not None else None, "index": ev.publisher, "seq": ev.seq}
+    if isinstance(ev, GapDetected):
+        return {"event": "gap", "branch": ev.branch.hex(), "index": ev.publisher, "expected_seq": ev.expected_seq,
+                "received_seq": ev.received_seq}
+    if isinstance(ev, BranchClosed):
+        return {"event": "closed", "branch": ev.branch.hex(), "by": ev.by}
+    if isinstance(ev, Acknowledged):
+        return {"event": "acknowledged", "branch": ev.branch.hex(), "through_seq": ev.through_seq, "by": ev.by_did}
+    if isinstance(ev, Granted):
+        return {"event": "granted", "branch": ev.branch.hex(), "epoch": ev.epoch,
+                "permission": permission_name(ev.permission), "members": list(ev.members)}
+    if isinstance(ev, Refused):
+        return {"event": "refused", "reason": ev.reason.name}
+    return None  # Covered, FetchRequested, Announced: bookkeeping
+
+
+def branch_doc(b: BranchInfo) -> dict[str, Any]:
+    """The printed form of a branch a party knows."""
+    return {"branch": b.id.hex(), "epoch": b.epoch, "permission": permission_name(b.permission),
+            "open": b.open, "members": list(b.members)}
+
+
+# --- arguments -----------------------------------------------------------------------------------------------
+
+
+def parse_branch(value: str, what: str = "--branch") -> bytes:
+    """A branch id from hex (16 bytes).  Raises :class:`UsageError`."""
+    try:
+        b = bytes.fromhex(value)
+    except ValueError:
+        raise UsageError(f"{what}: not hex: {value!r}") from None
+    if len(b) != 16:
+        raise UsageError(f"{what}: a branch id is 16 bytes (32 hex digits)")
+    return b
+
+
+def _parse_channel(value: str) -> bytes:
+    try:
+        c = bytes.fromhex(value)
+    except ValueError:
+        raise UsageError(f"--channel: not hex: {value!r}") from None
+    if len(c) != 32:
+        raise UsageError("--channel: a channel id is 32 bytes (64 hex digits)")
+    return c
+
+
+def _keystore_identity(path: str, passphrase: str, expected_did: str | None = None) -> Identity:
+    identity = keystore.load_identity(path, passphrase)
+    if expected_did is not None and identity.did != expected_did:
+        raise UsageError(f"{path} holds {identity.did}, not the store's {expected_did}")
+    return identity
+
+
+# --- opening parties -----------------------------------------------------------------------------------------
+
+
+async def open_author(store: str, passphrase: str, transport: Transport, policy_file: str, *,
+                      keystore_path: str | None = None, name: str | None = None) -> Author:
+    """Reopen the author's store at ``store``, or create it (first run) from the identity in ``keystore_path``
+    with channel name ``name``.
+
+    Raises :class:`UsageError` if the store does not exist and ``keystore_path``/``name`` are missing,
+    :class:`~streams.policy_file.PolicyFileError` for a bad policy, :class:`~streams.errors.BadPassphrase`,
+    :class:`~streams.errors.StorageError`.  ``transport`` is closed if opening fails."""
+    try:
+        policy = load_policy(policy_file)
+        if Path(store).exists():
+            if keystore_path is not None:
+                _log.info("store %s exists: --keystore and --name are ignored", store)
+            return await Author.open(store, passphrase, transport, policy)
+        if keystore_path is None or not name:
+            raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
+        identity = keystore.load_identity(keystore_path, passphrase)
+        return await Author.create(store, identity, name, passphrase, transport, policy)
+    except BaseException:
+        await transport.close()
+        raise
+
+
+async def open_subscriber(store: str, passphrase: str, transport: Transport, *, keystore_path: str | None = None,
+                          author_did: str | None = None, channel: str | None = None) -> Subscriber:
+    """Reopen the subscriber's store at ``store`` (catch-up runs at once), or create it (first run) from the
+    identity in ``keystore_path`` for the channel ``channel`` (hex) of ``author_did``.
+
+    Raises :class:`UsageError` if the store does not exist and an argument is missing, or a keystore holds
+    another DID than the store; :class:`~streams.errors.BadPassphrase`; :class:`~streams.errors.StorageError`.
+    ``transport`` is closed if opening fails."""
+    try:
+        if Path(store).exists():
+            sub = await Subscriber.open(store, passphrase, transport)
+            if keystore_path is not None and keystore.read_public(keystore_path) != sub.did:
+                await sub.close()
+                raise UsageError(f"{keystore_path} holds another identity than the store {store}")
+            return sub
+        if keystore_path is None or author_did is None or channel is None:
+            raise UsageError(f"no store at {store}: give --keystore, --author and --channel to create it")
+        chan = _parse_channel(channel)
+        identity = keystore.load_identity(keystore_path, passphrase)
+        return await Subscriber.create(store, identity, author_did, chan, passphrase, transport)
+    except BaseException:
+        await transport.close()
+        raise
+
+
+def writable_branch(sub: Subscriber, branch: str | None) -> bytes:
+    """The branch to publish on: ``branch`` (hex) if given, else the subscriber's only open writable branch.
+
+    Raises :class:`UsageError` if there is none, or several and ``branch`` was not given."""
+    if branch is not None:
+        return parse_branch(branch)
+    writable = [b.id for b in sub.branches() if b.open and b.permission.can_write]
+    if len(writable) != 1:
+        raise UsageError(f"{len(writable)} writable branches: run `streams subscribe` first, or give --branch")
+    return writable[0]
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+# --- serve ---------------------------------------------------------------------------------------------------
+
+
+def read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
+    """Thread body: read stdin lines into ``queue`` (None at EOF).  A thread, because stdin may be a regular
+    file, which the event loop cannot watch; a daemon, so it never holds up the exit.  It reads the file
+    descriptor with ``os.read``, not ``sys.stdin``: a daemon thread blocked inside the buffered reader holds its
+    lock, and the interpreter aborts at shutdown when it finds that lock taken."""
+
+    def put(item: bytes | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: we are exiting anyway
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    buf = b""
+    skipping = False  # inside an oversized line: drop bytes up to its newline (THREATS 8: bounded buffer)
+    while True:
+        try:
+            chunk = os.read(0, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+        while (nl := buf.find(b"\n")) >= 0:
+            line, buf = buf[: nl + 1], buf[nl + 1 :]
+            if skipping:
+                skipping = False
+                continue
+            put(line)
+        if len(buf) > MAX_STDIN_LINE:
+            if not skipping:
+                put(_TOO_LONG)
+            skipping, buf = True, b""
+    if buf and not skipping:
+        put(buf)
+    put(None)
+
+
+#: Marker put in the queue for a stdin line over MAX_STDIN_LINE (never valid JSON, so never a real line).
+_TOO_LONG = b"\x00too-long"
+
+
+async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
+    """Publish one ``{"to": ..., "data"|"data_b64": ...}`` line; bad lines are reported, never fatal."""
+    if not line.strip():
+        return
+    try:
+        if line == _TOO_LONG:
+            raise UsageError(f"stdin line longer than {MAX_STDIN_LINE} bytes")
+        try:
+            req = json.loads(line)
+        except ValueError:
+            raise UsageError("stdin line is not JSON") from None
+        if not isinstance(req, dict) or not isinstance(req.get("to"), str):
+            raise UsageError('stdin line must be {"to": DID or branch hex, "data": text}')
+        to: str = req["to"]
+        if to.startswith("did:"):
+            found = author.branch_of(to)
+            if found is None:
+                raise UsageError(f"no open branch for {to}")
+            branch = found
+        else:
+            branch = parse_branch(to, "to")
+        if isinstance(req.get("data"), str):
+            payload = req["data"].encode("utf-8")
+        elif isinstance(req.get("data_b64"), str):
+            try:
+                payload = base64.b64decode(req["data_b64"], validate=True)
+            except binascii.Error:
+                raise UsageError("data_b64 is not base64") from None
+        else:
+            raise UsageError('stdin line needs "data" (text) or "data_b64"')
+        seq = await author.publish(branch, payload)
+    except (LocalProtocolError, ClosedResourceError) as exc:
+        out.emit({"event": "error", "error": str(exc), "type": type(exc).__name__})
+        return
+    out.emit({"event": "published", "branch": branch.hex(), "seq": seq})
+
+
+async def _pump_messages(party: Author | Subscriber, out: LinePrinter,
+                         keep: Callable[[MessageReceived], bool] = lambda m: True) -> None:
+    async for m in party:
+        if keep(m):
+            out.emit(message_doc(m))
+
+
+async def _pump_events(party: Author | Subscriber, out: LinePrinter) -> None:
+    async for ev in party.events():
+        doc = event_doc(ev)
+        if doc is not None:
+            out.emit(doc)
+
+
+async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
+    """Serve a channel until SIGINT/SIGTERM (or stdin EOF with the demo's ``--exit-on-stdin-eof``)."""
+    zmq = load_zmq()
+    passphrase = read_passphrase(args)
+    transport = zmq.author(args.bind)
+    author = await open_author(args.store, passphrase, transport, args.policy, keystore_path=args.keystore,
+                               name=args.name)
+    stop = asyncio.Event()
+    _install_stop(stop)
+    tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
+    try:
+        out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
+                  "name": author.store.meta("name"), "addresses": transport.addresses})
+        if args.publish_stdin:
+            loop = asyncio.get_running_loop()
+            lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
+            threading.Thread(target=read_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
+
+            async def publisher() -> None:
+                while (line := await lines.get()) is not None:
+                    await _publish_line(author, line, out)
+                if args.exit_on_stdin_eof:
+                    stop.set()
+
+            tasks.append(asyncio.create_task(publisher()))
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, StreamsError):
+                await t
+        await author.close()  # persists cursors and the application's delivered marks
+    out.emit({"event": "stopped"})
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return asyncio.run(serve(args, LinePrinter(_json(args))))
+
+
+# --- subscribe -----------------------------------------------------------------------------------------------
+
+
+async def subscribe(args: argparse.Namespace) -> Result:
+    """Create or open the subscriber's store, run the handshake, describe the grant."""
+    zmq = load_zmq()
+    passphrase = read_passphrase(args)
+    presentation: dict[str, Any] | None = None
+    if args.credential:
+        doc = read_json_file(args.credential, "credential")
+        if not isinstance(doc, dict):
+            raise UsageError(f"{args.credential} is not a JSON object")
+        presentation = doc
+    sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect), keystore_path=args.keystore,
+                                author_did=args.author, channel=args.channel)
+    try:
+        presenter = None
+        if presentation is not None:
+            holder = (_keystore_identity(args.holder_keystore, passphrase, sub.did) if args.holder_keystore
+                      else sub.store.identity)
+            cred = presentation
+
+            def presenter(nonce: bytes, channel: bytes) -> bytes:
+                # Bound to this challenge and channel: useless for any other subscription (THREATS 3, 5).
+                return vc.present(holder, cred, challenge=nonce, domain=channel, created=now())
+
+        try:
+            branch = await sub.subscribe(timeout=args.timeout, presenter=presenter)
+        except AdmissionRefused as exc:
+            refused = CheckFailed(f"the author refused the subscription ({exc.reason.name})", "refused")
+            refused.reason = exc.reason
+            raise refused from None
+        info = next(b for b in sub.branches() if b.id == branch)
+        data = {"ok": True, "did": sub.did, "channel": sub.channel.hex(), **branch_doc(info)}
+    finally:
+        await sub.close()
+    return Result(data, f"subscribed: branch {branch.hex()} ({data['permission']}, epoch {info.epoch})\n"
+                        f"members: {', '.join(info.members)}")
+
+
+def _cmd_subscribe(args: argparse.Namespace) -> Result:
+    return asyncio.run(subscribe(args))
+
+
+# --- publish -------------------------------------------------------------------------------------------------
+
+
+def _read_payload(args: argparse.Namespace) -> bytes:
+    if args.data is not None:
+        return str(args.data).encode("utf-8")
+    if args.file == "-":
+        data = sys.stdin.buffer.read(MAX_FRAME + 1)
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read(MAX_FRAME + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read {args.file}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_FRAME:
+        raise UsageError(f"payload larger than {MAX_FRAME} bytes")
+    return data
+
+
+async def publish(args: argparse.Namespace) -> Result:
+    """Publish one message on the subscriber's branch; wait for the author's durable ACK unless told not to."""
+    zmq = load_zmq()
+    payload = _read_payload(args)
+    passphrase = read_passphrase(args)
+    if not Path(args.store).exists():
+        raise UsageError(f"no store at {args.store}: run `streams subscribe` first")
+    sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect))
+    try:
+        branch = writable_branch(sub, args.branch)
+        seq = await sub.publish(branch, payload)
+        acked: bool | None = None
+        if args.wait_ack > 0:
+            try:
+                await sub.wait_acknowledged(branch, seq, timeout=args.wait_ack)
+                acked = True
+            except StreamsTimeoutError:
+                acked = False
+    finally:
+        await sub.close()
+    data = {"ok": acked is not False, "branch": branch.hex(), "seq": seq, "acknowledged": acked}
+    if acked is None:
+        note = "not waiting for the author (it fetches the message at the next session)"
+    else:
+        note = "acknowledged by the author (on its disk)" if acked else f"NOT acknowledged within {args.wait_ack} s"
+    # Exit 1 when the user asked for an acknowledgement and did not get it: the answer was "no".
+    return Result(data, f"published seq {seq} on branch {branch.hex()}: {note}", 0 if acked is not False else 1)
+
+
+def _cmd_publish(args: argparse.Namespace) -> Result:
+    return asyncio.run(publish(args))
+
+
+# --- tail ----------------------------------------------------------------------------------------------------
+
+
+async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
+    """Print received messages: until ``--count`` messages, or ``--timeout`` seconds without one (or, with
+    ``--follow``, until SIGINT/SIGTERM)."""
+    zmq = load_zmq()
+    passphrase = read_passphrase(args)
+    if not Path(args.store).exists():
+        raise UsageError(f"no store at {args.store}: run `streams subscribe` first")
+    only = parse_branch(args.branch) if args.branch else None
+    sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect))
+    stop = asyncio.Event()
+    _install_stop(stop)
+    count = 0
+    events = asyncio.create_task(_pump_events(sub, out)) if args.events else None
+    try:
+        while not stop.is_set() and not (args.count and count >= args.count):
+            try:
+                m = await sub.next_message(timeout=0.25 if args.follow else args.timeout)
+            except StreamsTimeoutError:
+                if args.follow:
+                    continue
+                break
+            if only is not None and m.branch != only:
+                continue
+            out.emit(message_doc(m))
+            count += 1
+    finally:
+        if events is not None:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+        await sub.close()  # marks the last message delivered: the next tail starts after it
+    out.emit({"event": "done", "messages": count})
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    return asyncio.run(tail(args, LinePrinter(_json(args))))
+
+
+# --- status --------------------------------------------------------------------------------------------------
+
+
+def status_doc(store: Store) -> dict[str, Any]:
+    """Everything ``streams status`` shows about an open store (no network)."""
+    chains: dict[bytes, list[dict[str, Any]]] = {}
+    for cr in store.load_chains():
+        chains.setdefault(cr.branch, []).append({"index": cr.publisher, "next_seq": cr.next_seq,
+                                                 "covered": cr.covered})
+    branches = []
+    for rec in store.load_branches():
+        members = {i: (did_from_public_key(pk), Permission(p)) for i, pk, p in rec.members}
+        mine = members[rec.me][1] if rec.me in members else None
+        for doc in chains.get(rec.id, []):
+            member = members.get(doc["index"])
+            doc["publisher"] = member[0] if member is not None else None
+        branches.append({
+            "branch": rec.id.hex(), "epoch": rec.epoch, "open": rec.state == "open",
+            "permission": permission_name(mine) if mine is not None else None,
+            "members": [{"index": i, "did": d, "permission": permission_name(p)}
+                        for i, (d, p) in sorted(members.items())],
+            "chains": sorted(chains.get(rec.id, []), key=lambda x: x["index"]),
+        })
+    channel = store.meta("channel")
+    return {"ok": True, "store": str(store.path), "role": store.meta("role"), "did": store.identity.did,
+            "name": store.meta("name") or None, "author": store.meta("author_did"),
+            "channel": channel.hex() if isinstance(channel, bytes) else None,
+            "branches": branches, "retained_messages": store.log_count()}
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    lines = [f"{d['role']} {d['did']}", f"channel {d['channel']}" + (f" ({d['name']})" if d["name"] else "")]
+    if d["role"] == "subscriber":
+        lines.append(f"author  {d['author']}")
+    for b in d["branches"]:
+        lines.append(f"branch {b['branch']} epoch {b['epoch']} {'open' if b['open'] else 'closed'} "
+                     f"({b['permission']})")
+        for m in b["members"]:
+            lines.append(f"  member {m['index']} {m['did']} ({m['permission']})")
+        for c in b["chains"]:
+            lines.append(f"  chain of {c['index']}: next seq {c['next_seq']}, covered through {c['covered']}")
+    lines.append(f"retained log: {d['retained_messages']} messages")
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> Result:
+    store = Store.open(args.store, read_passphrase(args))
+    try:
+        d = status_doc(store)
+    finally:
+        store.close()
+    return Result(d, _status_text(d))
+
+
+# --- registration --------------------------------------------------------------------------------------------
+
+
+def _json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False) or getattr(args, "global_json", False))
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``streams serve|subscribe|publish|tail|status``."""
+    s = add_command(subparsers, "serve", _cmd_serve, help="serve a channel as its author (until SIGINT/SIGTERM)",
+                    description=(
+                        "Serve a channel as its author over ZeroMQ: admit subscribers by a policy file, receive\n"
+                        "their messages, print one line per event (JSON Lines with --json), until SIGINT or\n"
+                        "SIGTERM, then close cleanly.  The first run creates the store from --keystore/--name;\n"
+                        "later runs reopen it.  The first line is the 'ready' event with the channel id, the DID\n"
+                        "and the bound addresses.  With --publish-stdin, JSON lines {\"to\": DID or branch hex,\n"
+                        "\"data\": text} (or \"data_b64\") on stdin are published."))
+    s.add_argument("--store", required=True, metavar="PATH", help="the author's store (SQLite)")
+    s.add_argument("--bind", required=True, action="append", metavar="ADDR",
+                   help="address to bind, e.g. tcp://127.0.0.1:0 (random port) or ipc://PATH; repeatable")
+    s.add_argument("--policy", required=True, metavar="FILE", help="admission policy (TOML, see policy check)")
+    s.add_argument("--keystore", metavar="PATH", help="identity of the author (first run only)")
+    s.add_argument("--name", metavar="NAME", help="channel name (first run only)")
+    s.add_argument("--publish-stdin", action="store_true", help="publish JSON lines read from stdin")
+    # The demo's monitor stops when its orchestrator (holding the other end of stdin) goes away.
+    s.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
+    add_passphrase_options(s, "keystore and store")
+
+    c = add_command(subparsers, "subscribe", _cmd_subscribe, help="subscribe to a channel; print the granted branch",
+                    description=(
+                        "Subscribe to a channel: the first run creates the store from --keystore for the channel\n"
+                        "--channel of --author; every run performs the handshake (proof of control of the DID\n"
+                        "over the author's fresh challenge) and prints the granted branch.  Exit status 1 if\n"
+                        "the author refuses."))
+    c.add_argument("--store", required=True, metavar="PATH", help="the subscriber's store (SQLite)")
+    c.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
+    c.add_argument("--keystore", metavar="PATH", help="identity of the subscriber (first run only)")
+    c.add_argument("--author", metavar="DID", help="the author's DID (first run only)")
+    c.add_argument("--channel", metavar="HEX", help="the channel id (first run only)")
+    c.add_argument("--credential", metavar="FILE", help="a credential to present (bound to the challenge)")
+    c.add_argument("--holder-keystore", metavar="PATH",
+                   help="keystore that signs the presentation (default: the store's identity; must be the same DID)")
+    c.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help="give up after S seconds (15)")
+    add_passphrase_options(c, "keystore and store")
+
+    p = add_command(subparsers, "publish", _cmd_publish, help="publish one message as a subscriber",
+                    description=(
+                        "Publish one message on the subscriber's branch (its only writable branch unless\n"
+                        "--branch) and wait up to --wait-ack seconds for the author's signed acknowledgement\n"
+                        "that it is on the author's disk.  Exit status 1 if it did not come."))
+    p.add_argument("--store", required=True, metavar="PATH", help="the subscriber's store")
+    p.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
+    p.add_argument("--branch", metavar="HEX", help="branch to publish on")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="TEXT", help="the payload, as UTF-8 text")
+    src.add_argument("--file", metavar="FILE", help="read the payload from FILE ('-' for stdin)")
+    p.add_argument("--wait-ack", type=_positive, default=10.0, metavar="S",
+                   help="seconds to wait for the author's durable ACK (default 10; 0: do not wait)")
+    add_passphrase_options(p, "store")
+
+    t = add_command(subparsers, "tail", _cmd_tail, help="print messages received on a subscriber's branches",
+                    description=(
+                        "Print the messages received (those not yet shown by an earlier tail first: the store\n"
+                        "keeps the application's cursor; anything missed while offline is fetched from the\n"
+                        "author's retained log).  Stops after --count messages or --timeout seconds without\n"
+                        "one; --follow runs until SIGINT/SIGTERM.  With --branch, messages of other branches\n"
+                        "are skipped (and count as shown)."))
+    t.add_argument("--store", required=True, metavar="PATH", help="the subscriber's store")
+    t.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
+    t.add_argument("--branch", metavar="HEX", help="only this branch")
+    t.add_argument("--follow", action="store_true", help="keep running until interrupted")
+    t.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
+    t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
+                   help="stop after S seconds without a message (default 3; ignored with --follow)")
+    t.add_argument("--events", action="store_true", help="also print rejections, gaps, closures, ACKs")
+    add_passphrase_options(t, "store")
+
+    st = add_command(subparsers, "status", _cmd_status, help="show a store: role, DID, channel, branches, cursors",
+                     description=(
+                         "Show what a store holds, offline: role (author or subscriber), DID, channel, each\n"
+                         "branch (epoch, permission, open or closed, members), each chain's cursor (next\n"
+                         "sequence number, covered by a signature through) and the retained log size."))
+    st.add_argument("--store", required=True, metavar="PATH", help="an author's or a subscriber's store")
+    add_passphrase_options(st, "store")

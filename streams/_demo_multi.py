@@ -1,0 +1,509 @@
+"""The multi-process demo (``streams demo``): a fraud monitor and three payment providers, each its own OS process,
+on loopback ZeroMQ, with an attacker on the wire -- and checks of the security claims.
+
+Processes (all started with ``sys.executable``, state in a temporary directory):
+
+* the **monitor**: ``streams serve --json --publish-stdin`` (the real CLI), admitting the providers by a TOML
+  policy file;
+* the **attacker**: :mod:`brokerless._demo_relay`, a transparent ZeroMQ relay between the providers and the
+  monitor that records every frame (THREATS: the network is untrusted, every byte visible);
+* three **providers** (:mod:`streams._demo_proc`), connected through the relay;
+* an **unlisted subscriber**: ``streams subscribe`` with a DID the policy does not name.
+
+Checks (each PASS/FAIL with a short detail; :func:`run_process_demo` returns 1 if any fails):
+
+a. every provider's payment events reach the monitor, each signed by the provider's DID (THREATS 2);
+b. segregation (THREATS 1): the monitor alerts provider A, A reads it; every packet of A's branch the attacker
+   recorded (A's payment events and the alert) is then delivered into provider B's connection: B's core
+   rejects each one and reads none -- and B's own branch still works (an alert to B arrives);
+c. replay (THREATS 3): a payment event recorded on the wire is sent again to the monitor from the attacker's
+   own DEALER socket: the monitor rejects it as a replay and delivers nothing new;
+d. admission (THREATS 5): the unlisted DID is refused (``streams subscribe`` exits 1 with REFUSED, and the
+   monitor reports the refusal).
+
+The ``judge_*`` functions decide each check from what the processes printed; they are separate so tests can
+show that each check fails when its property does not hold.  Every child is stopped (and killed if it does
+not stop) whatever happens, including Ctrl-C and SIGTERM; the providers and the relay also exit on their own
+when the demo's end of their stdin closes.
+
+This module starts processes and reads pipes only; it imports neither zmq nor ``brokerless``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from . import keystore
+from .identity import Identity
+from .wire import decode_frame
+
+__all__ = [
+    "Check",
+    "DemoError",
+    "DemoRun",
+    "judge_delivery",
+    "judge_refusal",
+    "judge_replay",
+    "judge_segregation",
+    "run_process_demo",
+]
+
+PROVIDERS = ("acme-pay", "globex-pay", "initech-pay")
+CHANNEL_NAME = "payment-fraud-monitor"
+PASSPHRASE_VAR = "STREAMS_DEMO_PASSPHRASE"  # noqa: S105 -- the name of a variable, not a passphrase
+#: Longest wait for any one step; the whole demo takes a few seconds.
+STEP_TIMEOUT = 20.0
+
+Doc = dict[str, Any]
+
+
+class DemoError(Exception):
+    """A step of the demo did not happen in time, or a child process failed.  The message says which."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict of the demo."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+# --- judges: each decides one check from what the processes printed -------------------------------------------
+
+
+def judge_delivery(expected: dict[str, tuple[str, str]], per_provider: int, monitor_docs: list[Doc]) -> Check:
+    """(a) For each provider ``name -> (did, branch hex)``: the monitor printed exactly ``per_provider``
+    messages on its branch, seq 1..n, each signed and from that DID."""
+    bad: list[str] = []
+    counts = []
+    for name, (did, branch) in expected.items():
+        msgs = [d for d in monitor_docs if d.get("event") == "message" and d.get("branch") == branch]
+        counts.append(f"{name} {len(msgs)}/{per_provider}")
+        if [m.get("seq") for m in msgs] != list(range(1, per_provider + 1)):
+            bad.append(f"{name}: seqs {[m.get('seq') for m in msgs]}")
+        if any(m.get("publisher") != did or m.get("signed") is not True for m in msgs):
+            bad.append(f"{name}: a message not signed by its DID")
+    detail = ", ".join(counts) + ("; all signed by the provider's DID" if not bad else "; " + "; ".join(bad))
+    return Check("monitor received every provider's payment events, signed by its DID", not bad, detail)
+
+
+def judge_segregation(handed: int, foreign_branch: str, victim_docs: list[Doc], own_alert: bool, *,
+                      owner: str = "A", victim: str = "B") -> Check:
+    """(b) ``handed`` frames of ``foreign_branch`` reached the victim: each was rejected, none read, and the
+    victim's own branch still delivered an alert."""
+    rejected = [d for d in victim_docs if d.get("event") == "rejected" and d.get("branch") == foreign_branch]
+    read = [d for d in victim_docs if d.get("event") == "message" and d.get("branch") == foreign_branch]
+    reasons = sorted({str(d.get("reason")) for d in rejected})
+    ok = handed > 0 and len(rejected) == handed and not read and own_alert
+    detail = (f"{handed} recorded packets of {owner}'s branch delivered to {victim}: {len(rejected)} rejected "
+              f"({', '.join(reasons) or 'none'}), {len(read)} readable; {victim}'s own branch "
+              f"{'still works' if own_alert else 'BROKEN'}")
+    return Check(f"segregation: {victim} cannot read {owner}'s branch", ok, detail)
+
+
+def judge_replay(monitor_docs_after: list[Doc], branch: str, seq: int) -> Check:
+    """(c) After the attacker sent the recorded packet ``(branch, seq)`` again: the monitor rejected it as a
+    REPLAY and printed no new message.  Rejections of other frames (a member's duplicate ACK) do not count."""
+    ours = [d for d in monitor_docs_after
+            if d.get("event") == "rejected" and d.get("branch") == branch and d.get("seq") == seq]
+    delivered = [d for d in monitor_docs_after if d.get("event") == "message"]
+    ok = bool(ours) and all(d.get("reason") == "REPLAY" for d in ours) and not delivered
+    seen = ", ".join(str(d.get("reason")) for d in ours) or "not rejected"
+    detail = f"packet seq {seq} re-sent from the attacker's own socket: {seen}; {len(delivered)} message(s) delivered"
+    return Check("replayed payment event rejected, nothing delivered", ok, detail)
+
+
+def judge_refusal(returncode: int, output: Doc, monitor_docs: list[Doc], did: str) -> Check:
+    """(d) ``streams subscribe`` of an unlisted DID exited 1 with REFUSED, and the monitor refused that DID."""
+    seen = any(d.get("event") == "refused" and d.get("did") == did for d in monitor_docs)
+    ok = returncode == 1 and output.get("reason") == "REFUSED" and seen
+    detail = (f"streams subscribe exited {returncode} ({output.get('reason') or output.get('error', '?')}); "
+              f"monitor {'logged' if seen else 'did NOT log'} the refusal")
+    return Check("unlisted DID refused", ok, detail)
+
+
+def _message_pred(branch: str, *, seq: int | None = None, index: int | None = None) -> Callable[[Doc], bool]:
+    """A predicate: a printed message on ``branch`` (and with that seq / publisher index, if given)."""
+
+    def pred(d: Doc) -> bool:
+        return (d.get("event") == "message" and d.get("branch") == branch
+                and (seq is None or d.get("seq") == seq) and (index is None or d.get("index") == index))
+
+    return pred
+
+
+# --- child processes -----------------------------------------------------------------------------------------
+
+
+class Child:
+    """A child process speaking JSON lines: commands on its stdin, documents on its stdout (read by a thread).
+
+    stderr goes to a file in the demo's directory, shown when the child fails."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.err_path = workdir / f"{name}.stderr"
+        self._err: IO[bytes] = open(self.err_path, "wb")  # noqa: SIM115 -- closed in stop()
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                  env=env, cwd=workdir)
+        self.docs: list[Doc] = []
+        self._cond = threading.Condition()
+        self._t = threading.Thread(target=self._pump, daemon=True, name=f"demo-{name}")
+        self._t.start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for raw in self.p.stdout:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = {"event": "text", "line": raw.decode("utf-8", "replace").rstrip()}
+            if not isinstance(doc, dict):
+                doc = {"event": "text", "line": str(doc)}
+            with self._cond:
+                self.docs.append(doc)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        """The number of documents so far (to look only at what comes after)."""
+        with self._cond:
+            return len(self.docs)
+
+    def since(self, mark: int) -> list[Doc]:
+        with self._cond:
+            return list(self.docs[mark:])
+
+    def send(self, doc: Doc) -> None:
+        """Write one JSON command line.  Raises :class:`DemoError` if the child is gone."""
+        try:
+            assert self.p.stdin is not None
+            self.p.stdin.write(json.dumps(doc).encode() + b"\n")
+            self.p.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise DemoError(f"{self.name} is gone: {self.stderr_tail()}") from exc
+
+    def wait_for(self, pred: Callable[[Doc], bool], what: str, *, since: int = 0,
+                 timeout: float = STEP_TIMEOUT) -> Doc:
+        """The first document at index ``since`` or later for which ``pred`` holds.
+
+        Raises :class:`DemoError` after ``timeout`` seconds or if the child exits first."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for d in self.docs[since:]:
+                    if pred(d):
+                        return d
+                since = max(since, len(self.docs))
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise DemoError(f"timeout waiting for {self.name}: {what}")
+                if self.p.poll() is not None and not self._t.is_alive():
+                    raise DemoError(f"{self.name} exited ({self.p.returncode}) before {what}: "
+                                    f"{self.stderr_tail()}")
+                self._cond.wait(min(left, 0.1))
+
+    def request(self, doc: Doc) -> Doc:
+        """Send a command and return the reply (the relay's protocol: one ``{"reply": ...}`` line each)."""
+        m = self.mark()
+        self.send(doc)
+        return self.wait_for(lambda d: "reply" in d, f"reply to {doc.get('cmd')}", since=m)
+
+    def stderr_tail(self) -> str:
+        try:
+            return self.err_path.read_text(errors="replace")[-1500:].strip()
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Close stdin (the child then exits cleanly), wait ``grace`` seconds, then SIGTERM, then SIGKILL."""
+        with contextlib.suppress(OSError):
+            if self.p.stdin is not None:
+                self.p.stdin.close()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and self.p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.p.send_signal(sig)
+            try:
+                self.p.wait(grace if sig is None else 3.0)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+        self._err.close()
+
+
+# --- the demo ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Provider:
+    name: str
+    did: str
+    proc: Child
+    branch: str = ""
+
+
+@dataclass
+class DemoRun:
+    """One run of the demo in ``workdir``: start the processes (:meth:`start`), run the checks, :meth:`close`.
+
+    ``say`` receives the progress lines."""
+
+    workdir: Path
+    say: Callable[[str], None] = lambda s: None
+    events_per_provider: int = 5
+    children: list[Child] = field(default_factory=list)
+    providers: dict[str, Provider] = field(default_factory=dict)
+    monitor: Child | None = None
+    relay: Child | None = None
+    monitor_did: str = ""
+    channel: str = ""
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        self.passphrase = secrets.token_urlsafe(24)  # never printed: children get it in their environment
+        root = str(Path(__file__).resolve().parent.parent)
+        self.env = {**os.environ, PASSPHRASE_VAR: self.passphrase,
+                    "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+
+    # -- processes -----------------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, *argv: str) -> Child:
+        c = Child(name, [sys.executable, *argv], self.env, self.workdir)
+        self.children.append(c)
+        return c
+
+    def _identity(self, name: str) -> tuple[str, str]:
+        """A throwaway identity in a keystore of the temporary directory: (path, DID).  Minimal KDF cost: the
+        directory and the passphrase live only as long as the demo."""
+        path = str(self.workdir / f"{name}.ks")
+        ident = Identity.generate()
+        keystore.save_identity(path, ident, self.passphrase, opslimit=keystore.MIN_OPSLIMIT,
+                               memlimit=keystore.MIN_MEMLIMIT)
+        return path, ident.did
+
+    def start(self) -> None:
+        """Create identities and the policy, start the monitor, the relay and the providers; wait for every
+        provider's grant.  Raises :class:`DemoError`."""
+        mon_ks, _ = self._identity("monitor")
+        keys = {name: self._identity(name) for name in PROVIDERS}
+        policy = self.workdir / "policy.toml"
+        policy.write_text("[policy]\n" + "".join(
+            f'\n[[policy.allow]]  # {name}\ndid = "{did}"\npermission = "read-write"\n'
+            for name, (_, did) in keys.items()))
+        self.say("starting monitor (streams serve)…")
+        self.monitor = self._spawn(
+            "monitor", "-m", "streams.cli", "serve", "--json", "--store", "monitor.db",
+            "--bind", "tcp://127.0.0.1:0", "--policy", str(policy), "--keystore", mon_ks, "--name", CHANNEL_NAME,
+            "--passphrase-env", PASSPHRASE_VAR, "--publish-stdin", "--exit-on-stdin-eof")
+        ready = self.monitor.wait_for(lambda d: d.get("event") == "ready", "ready")
+        self.monitor_did, self.channel, self.address = ready["did"], ready["channel"], ready["addresses"][0]
+        self.say(f"monitor {self.monitor_did} serves channel {self.channel[:16]}… on {self.address}")
+        self.say("starting the attacker's recording relay between the providers and the monitor…")
+        self.relay = self._spawn("relay", "-m", "brokerless._demo_relay", "--connect", self.address)
+        relay_addr = self.relay.wait_for(lambda d: d.get("event") == "ready", "ready")["address"]
+        for name, (ks, did) in keys.items():
+            self.say(f"starting provider {name}…")
+            proc = self._spawn(name, "-m", "streams._demo_proc", "--store", f"{name}.db", "--keystore", ks,
+                               "--connect", relay_addr, "--author", self.monitor_did, "--channel", self.channel,
+                               "--passphrase-env", PASSPHRASE_VAR)
+            self.providers[name] = Provider(name, did, proc)
+        for p in self.providers.values():
+            doc = p.proc.wait_for(lambda d: d.get("event") in ("subscribed", "refused", "error"), "subscription")
+            if doc["event"] != "subscribed":
+                raise DemoError(f"{p.name} was not admitted: {doc}")
+            p.branch = doc["branch"]
+            self.say(f"provider {p.name} subscribed: branch {p.branch[:12]}…")
+
+    def close(self) -> None:
+        """Stop every child (clean close first, then signals); idempotent."""
+        for c in reversed(self.children):
+            c.stop()
+        self.children.clear()
+
+    def _alert(self, provider: Provider, text: str) -> bool:
+        """The monitor alerts ``provider``; True once the provider printed it (from the author, index 0)."""
+        assert self.monitor is not None
+        m = provider.proc.mark()
+        self.monitor.send({"to": provider.did, "data": json.dumps({"alert": text}, ensure_ascii=False)})
+        try:
+            provider.proc.wait_for(lambda d: d.get("event") == "message" and d.get("branch") == provider.branch
+                                   and d.get("index") == 0 and text in str(d.get("data")), "the alert", since=m)
+        except DemoError:
+            return False
+        return True
+
+    # -- checks --------------------------------------------------------------------------------------------
+
+    def check_delivery(self) -> Check:
+        """(a) Each provider publishes payment events; the monitor must print all of them."""
+        assert self.monitor is not None
+        n = self.events_per_provider
+        self.say(f"each provider publishes {n} payment events…")
+        for i in range(n):
+            for p in self.providers.values():
+                event = {"provider": p.name, "payment": i + 1, "amount_eur": 10 + 7 * i, "card": f"4242…{1000 + i}"}
+                p.proc.send({"cmd": "publish", "data": json.dumps(event, ensure_ascii=False)})
+        for p in self.providers.values():
+            last = _message_pred(p.branch, seq=n)
+            with contextlib.suppress(DemoError):  # the judge reports what is missing
+                self.monitor.wait_for(last, f"{p.name}'s event {n}")
+        return judge_delivery({p.name: (p.did, p.branch) for p in self.providers.values()}, n, self.monitor.docs)
+
+    def check_segregation(self, owner: str = "acme-pay", victim: str = "globex-pay") -> Check:
+        """(b) The attacker delivers every recorded packet of ``owner``'s branch into ``victim``'s connection."""
+        assert self.relay is not None
+        a, b = self.providers[owner], self.providers[victim]
+        self.say(f"monitor alerts {owner}; the attacker hands {owner}'s recorded packets to {victim}…")
+        alert_read = self._alert(a, "card 4242…1003 flagged")
+        frames = (self.relay.request({"cmd": "frames", "dir": "up", "branch": a.branch})["frames"]
+                  + self.relay.request({"cmd": "frames", "dir": "down", "branch": a.branch})["frames"])
+        m = b.proc.mark()
+        sent = self.relay.request({"cmd": "inject", "to_branch": b.branch, "frames": frames})["sent"]
+        with contextlib.suppress(DemoError):
+            target = len(frames)
+            b.proc.wait_for(lambda d: sum(1 for x in b.proc.since(m) if x.get("event") == "rejected"
+                                          and x.get("branch") == a.branch) >= target, "rejections", since=m,
+                            timeout=5.0)
+        own_alert = self._alert(b, f"{victim}: card 5555…0001 flagged")
+        check = judge_segregation(sent if sent == len(frames) else 0, a.branch, b.proc.since(m),
+                                  own_alert and alert_read, owner=owner, victim=victim)
+        if not alert_read:
+            return Check(check.name, False, f"{owner} did not receive its own alert; " + check.detail)
+        return check
+
+    def recorded_packet(self, provider: str) -> str:
+        """The first payment event of ``provider`` the attacker recorded on the wire (base64)."""
+        assert self.relay is not None
+        frames = self.relay.request({"cmd": "frames", "dir": "up", "branch": self.providers[provider].branch})
+        if not frames["frames"]:
+            raise DemoError(f"the relay recorded no packet of {provider}")
+        return str(frames["frames"][0])
+
+    def check_replay(self, frame_b64: str, *, settle: float = 0.5) -> Check:
+        """(c) The attacker sends ``frame_b64`` to the monitor from its own DEALER socket."""
+        assert self.monitor is not None and self.relay is not None
+        head = decode_frame(base64.b64decode(frame_b64)).head
+        branch, seq = getattr(head, "branch", b"").hex(), int(getattr(head, "seq", 0))
+        m = self.monitor.mark()
+        self.relay.request({"cmd": "send_direct", "frames": [frame_b64]})
+        with contextlib.suppress(DemoError):
+            self.monitor.wait_for(lambda d: d.get("event") == "message" or (
+                d.get("event") == "rejected" and d.get("branch") == branch and d.get("seq") == seq),
+                "the replay's fate", since=m, timeout=5.0)
+        time.sleep(settle)  # anything delivered late would show now
+        return judge_replay(self.monitor.since(m), branch, seq)
+
+    def check_refusal(self) -> Check:
+        """(d) An identity the policy does not name runs ``streams subscribe`` against the monitor."""
+        assert self.monitor is not None
+        ks, did = self._identity("mallory")
+        self.say("an unlisted DID (mallory) tries to subscribe…")
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "mallory.db", "--connect",
+                 self.address, "--keystore", ks, "--author", self.monitor_did, "--channel", self.channel,
+                 "--passphrase-env", PASSPHRASE_VAR, "--timeout", "15"],
+                cwd=self.workdir, env=self.env, capture_output=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return Check("unlisted DID refused", False, "streams subscribe did not finish in 30 s")
+        try:
+            out = json.loads(r.stdout)
+        except ValueError:
+            out = {"error": r.stderr.decode(errors="replace")[-300:]}
+        with contextlib.suppress(DemoError):
+            self.monitor.wait_for(lambda d: d.get("event") == "refused" and d.get("did") == did, "refusal",
+                                  timeout=3.0)
+        return judge_refusal(r.returncode, out if isinstance(out, dict) else {}, self.monitor.docs, did)
+
+    def run_checks(self) -> list[Check]:
+        """Every check, in order.  A step that fails to happen is a FAIL, not an exception."""
+        checks: list[Check] = []
+        steps: list[tuple[str, Callable[[], Check]]] = [
+            ("monitor received every provider's payment events, signed by its DID", self.check_delivery),
+            ("segregation: globex-pay cannot read acme-pay's branch", self.check_segregation),
+            ("replayed payment event rejected, nothing delivered",
+             lambda: self._replay_step("initech-pay")),
+            ("unlisted DID refused", self.check_refusal),
+        ]
+        for name, step in steps:
+            try:
+                checks.append(step())
+            except DemoError as exc:
+                checks.append(Check(name, False, str(exc)))
+        return checks
+
+    def _replay_step(self, provider: str) -> Check:
+        self.say(f"the attacker replays {provider}'s first payment event from its own socket…")
+        return self.check_replay(self.recorded_packet(provider))
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C: through ``finally`` blocks that stop every child."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old: Any = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_process_demo(events_per_provider: int = 5, as_json: bool = False) -> int:
+    """Run the multi-process demo, print the summary (one JSON document with ``as_json``; progress then goes to
+    stderr) and return the exit status: 0 if every check passed, 1 otherwise."""
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if as_json else sys.stdout, flush=True)
+
+    say("streams demo: a fraud monitor and three payment providers, each its own OS process, on loopback "
+        "ZeroMQ; an attacker relays and records every frame between them")
+    checks: list[Check] = []
+    with _terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="streams-demo-") as tmp:
+        run = DemoRun(Path(tmp), say, events_per_provider)
+        try:
+            run.start()
+            checks = run.run_checks()
+        except DemoError as exc:
+            checks.append(Check("demo setup", False, str(exc)))
+        finally:
+            run.close()
+    ok = bool(checks) and all(c.ok for c in checks)
+    seconds = round(time.monotonic() - started, 1)
+    if as_json:
+        print(json.dumps({"ok": ok, "mode": "processes", "seconds": seconds,
+                          "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}))
+    else:
+        print()
+        for c in checks:
+            print(f"  [{'PASS' if c.ok else 'FAIL'}] {c.name}" + (f"\n         {c.detail}" if c.detail else ""))
+        print()
+        print(f"all checks passed ({seconds} s)" if ok else f"SOME CHECKS FAILED ({seconds} s)")
+    return 0 if ok else 1

@@ -1,0 +1,216 @@
+"""`streams serve|subscribe|publish|tail|status` as a user runs them: real processes, real ZeroMQ over tcp
+loopback (random ports), real SQLite stores, --json outputs parsed."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cliutil import ROOT, Cli, make_keystore
+
+PASS = "channel test passphrase 91c2"
+
+
+class Serve:
+    """`streams serve --json --publish-stdin` in the background; its JSON lines collected by a thread."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+        self.p = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--json", "--publish-stdin", *args],
+                                  cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.docs: list[dict[str, Any]] = []
+        self._q: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self._q.put(json.loads(line))  # every line must be one JSON object
+
+    def wait(self, event: str, timeout: float = 20, **match: Any) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while True:
+            for d in self.docs:
+                if d["event"] == event and all(d.get(k) == v for k, v in match.items()):
+                    return d
+            try:
+                self.docs.append(self._q.get(timeout=max(0.0, min(0.2, end - time.monotonic()))))
+            except queue.Empty:
+                if time.monotonic() > end:
+                    raise AssertionError(f"no {event} {match}; got {self.docs}") from None
+
+    def send(self, line: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def stop(self) -> tuple[int, str]:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        rc = self.p.wait(20)
+        time.sleep(0.1)
+        while not self._q.empty():
+            self.docs.append(self._q.get_nowait())
+        assert self.p.stderr is not None
+        return rc, self.p.stderr.read()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+        for s in (self.p.stdin, self.p.stdout, self.p.stderr):
+            if s is not None:
+                s.close()
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path, {"PP": PASS})
+
+
+@pytest.fixture
+def serves() -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.kill()
+
+
+def _policy(path: Path, *dids: str) -> None:
+    path.write_text("[policy]\n" + "".join(f'[[policy.allow]]\ndid = "{d}"\n' for d in dids))
+
+
+def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    stranger = make_keystore(cli, "stranger.ks")
+    _policy(tmp_path / "policy.toml", sub_did)
+    serve = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+                  "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
+    serves.append(serve)
+    ready = serve.wait("ready")
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0")
+
+    sub = cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+              "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json
+    branch = sub["branch"]
+    assert sub["did"] == sub_did and sub["permission"] == "read-write" and sub["open"] is True
+    assert sub["members"] == [author, sub_did]
+    serve.wait("admitted", did=sub_did, branch=branch)
+
+    # publish: on the only writable branch by default, and the author's signed ACK comes back.
+    pub = cli("publish", "--json", "--store", "provider.db", "--connect", addr, "--data", "payment 1: 42 EUR",
+              "--passphrase-env", "PP").ok().json
+    assert pub == {"ok": True, "branch": branch, "seq": 1, "acknowledged": True}
+    (tmp_path / "blob").write_bytes(b"\xff\x00binary")
+    pub2 = cli("publish", "--json", "--store", "provider.db", "--connect", addr, "--file", "blob",
+               "--passphrase-env", "PP").ok().json
+    assert pub2["seq"] == 2 and pub2["acknowledged"] is True
+    got = serve.wait("message", seq=1, branch=branch)
+    assert got["publisher"] == sub_did and got["signed"] is True and got["data"] == "payment 1: 42 EUR"
+    assert serve.wait("message", seq=2, branch=branch)["data_b64"] == "/wBiaW5hcnk="
+
+    # --publish-stdin: bad lines are reported and do not stop the server; a good one is published.
+    serve.send("this is not json")
+    serve.send(json.dumps({"to": "did:key:z6MkNobodyHere", "data": "x"}))
+    serve.send(json.dumps({"to": sub_did, "data": "ALERT card 4242 flagged"}))
+    assert serve.wait("published", branch=branch)["seq"] == 1
+    assert sum(1 for d in serve.docs if d["event"] == "error") == 2
+
+    # tail: prints the alert (catch-up on open), then nothing more: the cursor was persisted.
+    out = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--count", "1", "--timeout", "10",
+              "--passphrase-env", "PP").ok()
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert lines[0]["event"] == "message" and lines[0]["data"] == "ALERT card 4242 flagged"
+    assert lines[0]["publisher"] == author and lines[0]["index"] == 0 and lines[0]["branch"] == branch
+    assert lines[-1] == {"event": "done", "messages": 1}
+    again = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--timeout", "1",
+                "--passphrase-env", "PP").ok()
+    assert [json.loads(x) for x in again.stdout.splitlines()] == [{"event": "done", "messages": 0}]
+
+    # An unlisted DID is refused: exit 1, the reason in the JSON error, and the author reports it.
+    refused = cli("subscribe", "--json", "--store", "stranger.db", "--connect", addr, "--keystore", "stranger.ks",
+                  "--author", author, "--channel", channel, "--passphrase-env", "PP")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.json["ok"] is False and refused.json["reason"] == "REFUSED"
+    serve.wait("refused", did=stranger)
+
+    # Clean stop on SIGTERM, then status of both stores (offline).
+    rc, err = serve.stop()
+    assert rc == 0, err
+    assert serve.docs[-1] == {"event": "stopped"}
+    st_a = cli("status", "--json", "--store", "monitor.db", "--passphrase-env", "PP").ok().json
+    assert (st_a["role"], st_a["did"], st_a["channel"], st_a["name"]) == ("author", author, channel, "fraud-monitor")
+    [b] = st_a["branches"]
+    assert b["branch"] == branch and b["open"] and [m["did"] for m in b["members"]] == [author, sub_did]
+    assert {c["index"]: c["next_seq"] for c in b["chains"]} == {0: 2, 1: 3}
+    assert st_a["retained_messages"] >= 3  # the provider's two events and the alert
+    st_s = cli("status", "--json", "--store", "provider.db", "--passphrase-env", "PP").ok().json
+    assert (st_s["role"], st_s["did"], st_s["author"]) == ("subscriber", sub_did, author)
+    assert st_s["branches"][0]["permission"] == "read-write"
+    assert {c["index"]: c["next_seq"] for c in st_s["branches"][0]["chains"]} == {0: 2, 1: 3}
+    text = cli("status", "--store", "provider.db", "--passphrase-env", "PP").ok().stdout
+    assert f"branch {branch}" in text and "retained log" in text
+
+    # Restart from the store alone (no keystore): same channel, same DID.
+    serve2 = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+                   "--passphrase-env", "PP")
+    serves.append(serve2)
+    r2 = serve2.wait("ready")
+    assert (r2["channel"], r2["did"]) == (channel, author)
+    assert serve2.stop()[0] == 0
+    assert PASS not in cli.all_output() + "".join(json.dumps(d) for d in serve.docs + serve2.docs)
+
+
+def test_usage_errors_exit_2(cli: Cli, tmp_path: Path) -> None:
+    make_keystore(cli, "m.ks")
+    _policy(tmp_path / "p.toml", make_keystore(cli, "s.ks"))
+    for args in (
+        ["status", "--store", "missing.db"],
+        ["publish", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--data", "x"],
+        ["tail", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1"],
+        # First run of serve without an identity to create the channel from.
+        ["serve", "--store", "new.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml"],
+        ["subscribe", "--store", "s.db", "--connect", "tcp://127.0.0.1:1", "--keystore", "s.ks"],
+        ["subscribe", "--store", "s.db", "--connect", "tcp://127.0.0.1:1", "--keystore", "s.ks", "--author",
+         "did:key:z6Mk", "--channel", "abcd"],
+        ["serve", "--store", "new.db", "--bind", "nonsense://x", "--policy", "p.toml", "--keystore", "m.ks",
+         "--name", "n"],
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["ok"] is False
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_every_channel_command_has_help() -> None:
+    for cmd in ("serve", "subscribe", "publish", "tail", "status"):
+        r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+        assert r.returncode == 0 and "--store" in r.stdout and "--json" in r.stdout, cmd
+
+
+def test_streams_cli_does_not_load_zmq_until_a_network_command_runs() -> None:
+    # The dependency rule: streams never imports brokerless/zmq; the CLI loads them by name only to run a
+    # network command (streams/_cli/_transport.py).
+    code = ("import sys, streams, streams.api, streams.cli; streams.cli.build_parser(); "
+            "from streams._cli import _transport; assert _transport.zmq_available(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('zmq', 'brokerless')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    assert r.stdout.strip() == "[]"

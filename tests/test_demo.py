@@ -1,0 +1,173 @@
+"""`streams demo`: the multi-process demo passes every check, its checks fail when their property does not hold,
+and it leaves no process behind (also when interrupted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams._demo_multi import (
+    DemoRun,
+    judge_delivery,
+    judge_refusal,
+    judge_replay,
+    judge_segregation,
+)
+from tests.cliutil import ROOT
+
+
+def _procs_under(path: Path) -> list[int]:
+    """PIDs of our processes whose working directory is inside ``path`` (the demo's children run there)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(path)):
+            found.append(int(entry.name))
+    return found
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    # TMPDIR: the demo's temporary directory (and so its children's cwd) is inside tmp, to find orphans.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
+
+
+def test_demo_json_every_check_passes_and_no_process_is_left(tmp_path: Path) -> None:
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--json", "--events", "3"],
+                       capture_output=True, text=True, timeout=120, env=_env(tmp_path), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)  # one JSON document; progress went to stderr
+    assert report["ok"] is True and report["mode"] == "processes"
+    names = [c["check"] for c in report["checks"]]
+    assert len(names) == 4
+    assert all(c["ok"] for c in report["checks"]), report
+    assert any(n.startswith("segregation") for n in names)
+    assert {"replayed payment event rejected, nothing delivered", "unlisted DID refused"} <= set(names)
+    assert "starting monitor" in r.stderr and "provider acme-pay subscribed" in r.stderr
+    assert time.monotonic() - started < 60
+    assert _procs_under(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []  # the temporary directory is gone
+
+
+def test_demo_interrupted_leaves_no_process(tmp_path: Path) -> None:
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--events", "3"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:  # wait until every child runs
+            if "provider initech-pay subscribed" in line:
+                break
+        children = _procs_under(tmp_path)
+        assert len(children) >= 5  # monitor, relay, three providers
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+        end = time.monotonic() + 10
+        while _procs_under(tmp_path) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert _procs_under(tmp_path) == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+        for s in (p.stdout, p.stderr):
+            if s is not None:
+                s.close()
+        for pid in _procs_under(tmp_path):  # never leak, even if the assertion above failed
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[DemoRun]:
+    run = DemoRun(tmp_path, events_per_provider=2)
+    try:
+        run.start()
+        assert run.check_delivery().ok
+        yield run
+    finally:
+        run.close()
+
+
+def test_checks_fail_when_the_property_does_not_hold(demo: DemoRun) -> None:
+    """Drive the real processes into situations where a claim is false, and see the check say FAIL."""
+    assert demo.relay is not None and demo.monitor is not None
+    initech, globex = demo.providers["initech-pay"], demo.providers["globex-pay"]
+
+    # Replay check fed a *fresh* frame: the attacker withholds initech's next payment event, so the monitor
+    # never saw it; sending it "again" is then a first delivery, and the check must report FAIL.
+    demo.relay.request({"cmd": "hold", "dir": "up", "branch": initech.branch, "count": 1})
+    m = initech.proc.mark()
+    initech.proc.send({"cmd": "publish", "data": "payment 3"})
+    fresh = initech.proc.wait_for(lambda d: d.get("event") == "published", "publish", since=m)
+    assert fresh["seq"] == 3
+    held = []
+    end = time.monotonic() + 10
+    while not held and time.monotonic() < end:
+        held = demo.relay.request({"cmd": "held"})["frames"]
+        time.sleep(0.05)
+    assert len(held) == 1
+    replay = demo.check_replay(held[0])
+    assert not replay.ok, replay
+    assert "not rejected" in replay.detail and "1 message(s) delivered" in replay.detail
+
+    # The real replay (a frame the monitor already accepted) passes, on the same processes.
+    assert demo.check_replay(demo.recorded_packet("initech-pay")).ok
+
+    # Segregation check fed frames the victim *can* read: an alert to globex, withheld on the way down and
+    # then "handed over" as if it belonged to another branch.  The check must report FAIL.
+    demo.relay.request({"cmd": "hold", "dir": "down", "branch": globex.branch, "count": 1})
+    demo.monitor.send({"to": globex.did, "data": "alert withheld by the attacker"})
+    held = []
+    end = time.monotonic() + 10
+    while not held and time.monotonic() < end:
+        held = demo.relay.request({"cmd": "held"})["frames"]
+        time.sleep(0.05)
+    assert len(held) == 1
+    m = globex.proc.mark()
+    sent = demo.relay.request({"cmd": "inject", "to_branch": globex.branch, "frames": held})["sent"]
+    globex.proc.wait_for(lambda d: d.get("event") == "message", "the withheld alert", since=m)
+    seg = judge_segregation(sent, globex.branch, globex.proc.since(m), True, owner="globex", victim="globex")
+    assert not seg.ok and "1 readable" in seg.detail
+
+    # The real segregation check passes on the same processes.
+    assert demo.check_segregation().ok
+
+
+def test_judges_on_hand_made_observations() -> None:
+    did, other = "did:key:z6MkA", "did:key:z6MkB"
+    ok_msgs = [{"event": "message", "branch": "aa", "seq": s, "publisher": did, "signed": True} for s in (1, 2)]
+    assert judge_delivery({"p": (did, "aa")}, 2, ok_msgs).ok
+    assert not judge_delivery({"p": (did, "aa")}, 3, ok_msgs).ok  # one missing
+    forged = [*ok_msgs[:1], {**ok_msgs[1], "publisher": other}]
+    assert not judge_delivery({"p": (did, "aa")}, 2, forged).ok
+    assert not judge_delivery({"p": (did, "aa")}, 2, [*ok_msgs[:1], {**ok_msgs[1], "signed": False}]).ok
+
+    rej = {"event": "rejected", "branch": "bb", "seq": 1, "reason": "REPLAY"}
+    assert judge_replay([rej], "bb", 1).ok
+    assert not judge_replay([], "bb", 1).ok
+    assert not judge_replay([{**rej, "reason": "BAD_SIGNATURE"}], "bb", 1).ok
+    assert not judge_replay([rej, {"event": "message", "branch": "bb", "seq": 2}], "bb", 1).ok
+    assert not judge_replay([{**rej, "seq": 2}], "bb", 1).ok  # another frame's rejection does not count
+
+    assert judge_segregation(2, "aa", [{"event": "rejected", "branch": "aa"}] * 2, True).ok
+    assert not judge_segregation(2, "aa", [{"event": "rejected", "branch": "aa"}] * 2, False).ok
+    assert not judge_segregation(2, "aa", [{"event": "rejected", "branch": "aa"}], True).ok
+    assert not judge_segregation(0, "aa", [], True).ok
+
+    refused = [{"event": "refused", "did": did}]
+    assert judge_refusal(1, {"reason": "REFUSED"}, refused, did).ok
+    assert not judge_refusal(0, {"reason": "REFUSED"}, refused, did).ok
+    assert not judge_refusal(1, {"reason": "REFUSED"}, [], did).ok
+    assert not judge_refusal(2, {"error": "timeout"}, refused, did).ok
