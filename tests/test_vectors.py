@@ -14,7 +14,7 @@ import pytest
 from streams import _crypto, merkle
 from streams.anchor import ChainHead, EpochCheckpoint, InclusionProof, blinded_leaf, verify_inclusion
 from streams.core import SubscriberCore, _hint, _proof_digest, channel_id
-from streams.events import GapDetected, MessageReceived, Rejected
+from streams.events import Anchored, GapDetected, MessageReceived, Rejected
 from streams.identity import Identity, PublicIdentity, x25519_multibase
 from streams.wire import (
     VERSION,
@@ -129,7 +129,10 @@ def test_sequence_verdicts() -> None:
     for step in seq["steps"]:
         ev = core.receive(bytes.fromhex(step["frame"]), V["now_ms"])
         rejected = [e.reason.name for e in ev if isinstance(e, Rejected)]
-        if step["verdict"] == "accept":
+        if step["verdict"] == "anchored":
+            assert not rejected, step["what"]
+            assert any(isinstance(e, Anchored) for e in ev), step["what"]
+        elif step["verdict"] == "accept":
             assert not rejected, step["what"]
             assert any(isinstance(e, MessageReceived) for e in ev), step["what"]
         elif step["verdict"] == "hold":
@@ -157,3 +160,7 @@ def test_anchoring_vectors() -> None:
         head = by_key[(bytes.fromhex(p["branch"]), p["publisher"])]
         proof = InclusionProof(cp.epoch, p["index"], p["tree_size"], tuple(bytes.fromhex(x) for x in p["path"]))
         verify_inclusion(head, proof, cp, IDS["author"].sign_public)
+
+
+def test_every_message_kind_has_a_vector() -> None:
+    assert {Kind[f["kind"]] for f in V["frames"]} == set(Kind)

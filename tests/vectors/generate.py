@@ -133,6 +133,23 @@ def main() -> None:
     acore.head_notices()
     [head_out] = acore.data_to_send()
     frames.append(frame_vector("head", head_out.data, "author", deterministic=True))
+    # The subscriber receives the author's packets and acknowledges them (ACK, signed by member 1).
+    for _n, d in seq_frames:
+        score.receive(d, NOW)
+    score.take_changes()
+    score.data_to_send()
+    score.acknowledge()
+    [ack] = score.data_to_send()
+    frames.append(frame_vector("ack", ack.data, "subscriber", deterministic=True))
+    # An anchor proof of the author chain's head (seq 3), as the anchoring service sends it once confirmed.
+    [(chain_head, key_epoch)] = acore.anchor_heads([(branch, 0)])
+    anchor_epoch = build_epoch(acore.channel, [chain_head], None, NOW, author.sign)
+    acore.anchor_proof(branch, 0, chain_head.seq, chain_head.hash, key_epoch, anchor_epoch.checkpoint, "0",
+                       anchor_epoch.proofs[(branch, 0)])
+    [ap] = acore.data_to_send()
+    frames.append(frame_vector("anchor_proof", ap.data, "author", deterministic=True))
+    ap_bad = bytearray(ap.data)
+    ap_bad[-80] ^= 0x01  # inside the body (the inclusion path / checkpoint), under the signature
     score.publish(branch, b"provider reply", NOW)
     [sp] = score.data_to_send()
     frames.append(frame_vector("packet_sub_1", sp.data, "subscriber", deterministic=True,
@@ -181,6 +198,9 @@ def main() -> None:
         ("packet 3: accepted", p3, "accept"),
         ("packet of another channel: relay", foreign.data, "FOREIGN_CHANNEL"),
         ("packet 1 of this chain re-sent after 3: replay", p1, "REPLAY"),
+        ("anchor proof with an altered body", bytes(ap_bad), "BAD_SIGNATURE"),
+        ("anchor proof of the head (seq 3): anchored", ap.data, "anchored"),
+        ("the same anchor proof again: replay", ap.data, "REPLAY"),
     ]
 
     # Merkle / anchoring vectors.
