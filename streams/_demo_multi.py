@@ -130,6 +130,18 @@ def judge_replay(monitor_docs_after: list[Doc], branch: str, seq: int) -> Check:
     return Check("replayed payment event rejected, nothing delivered", ok, detail)
 
 
+def judge_anchoring(providers: list[str], verified: dict[str, int], ledger_ok: bool, writes: int) -> Check:
+    """(e) anchoring: every provider verified a proof of its branch head against the ledger, which verifies."""
+    name = "branch heads anchored on the embedded ledger, proofs verified by every provider"
+    missing = [p for p in providers if p not in verified]
+    ok = not missing and ledger_ok and writes >= 1
+    detail = (f"{len(verified)}/{len(providers)} providers verified against the ledger; {writes} ledger writes "
+              f"(one per epoch); hash chain {'intact' if ledger_ok else 'BROKEN'}")
+    if missing:
+        detail += f"; no verified proof at {', '.join(missing)}"
+    return Check(name, ok, detail)
+
+
 def judge_refusal(returncode: int, output: Doc, monitor_docs: list[Doc], did: str) -> Check:
     """(d) ``streams subscribe`` of an unlisted DID exited 1 with REFUSED, and the monitor refused that DID."""
     seen = any(d.get("event") == "refused" and d.get("did") == did for d in monitor_docs)
@@ -282,6 +294,7 @@ class DemoRun:
 
     def __post_init__(self) -> None:
         self.passphrase = secrets.token_urlsafe(24)  # never printed: children get it in their environment
+        self.ledger_path = self.workdir / "ledger.db"  # the embedded ledger the monitor anchors on
         root = str(Path(__file__).resolve().parent.parent)
         self.env = {**os.environ, PASSPHRASE_VAR: self.passphrase,
                     "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
@@ -315,7 +328,8 @@ class DemoRun:
         self.monitor = self._spawn(
             "monitor", "-m", "streams.cli", "serve", "--json", "--store", "monitor.db",
             "--bind", "tcp://127.0.0.1:0", "--policy", str(policy), "--keystore", mon_ks, "--name", CHANNEL_NAME,
-            "--passphrase-env", PASSPHRASE_VAR, "--publish-stdin", "--exit-on-stdin-eof")
+            "--passphrase-env", PASSPHRASE_VAR, "--publish-stdin", "--exit-on-stdin-eof",
+            "--ledger", f"sqlite:{self.ledger_path}", "--anchor-interval-ms", "300")
         ready = self.monitor.wait_for(lambda d: d.get("event") == "ready", "ready")
         self.monitor_did, self.channel, self.address = ready["did"], ready["channel"], ready["addresses"][0]
         self.say(f"monitor {self.monitor_did} serves channel {self.channel[:16]}… on {self.address}")
@@ -326,7 +340,7 @@ class DemoRun:
             self.say(f"starting provider {name}…")
             proc = self._spawn(name, "-m", "streams._demo_proc", "--store", f"{name}.db", "--keystore", ks,
                                "--connect", relay_addr, "--author", self.monitor_did, "--channel", self.channel,
-                               "--passphrase-env", PASSPHRASE_VAR)
+                               "--passphrase-env", PASSPHRASE_VAR, "--ledger", f"sqlite:{self.ledger_path}")
             self.providers[name] = Provider(name, did, proc)
         for p in self.providers.values():
             doc = p.proc.wait_for(lambda d: d.get("event") in ("subscribed", "refused", "error"), "subscription")
@@ -445,6 +459,8 @@ class DemoRun:
             ("replayed payment event rejected, nothing delivered",
              lambda: self._replay_step("initech-pay")),
             ("unlisted DID refused", self.check_refusal),
+            ("branch heads anchored on the embedded ledger, proofs verified by every provider",
+             self.check_anchoring),
         ]
         for name, step in steps:
             try:
@@ -452,6 +468,27 @@ class DemoRun:
             except DemoError as exc:
                 checks.append(Check(name, False, str(exc)))
         return checks
+
+    def check_anchoring(self, timeout: float = 10.0) -> Check:
+        """Every provider received an anchor proof of its branch and verified it against the ledger itself;
+        the ledger's hash chain verifies end to end."""
+        self.say("waiting for the anchor proofs (checked by each provider against the ledger)…")
+        verified: dict[str, int] = {}
+        for p in self.providers.values():
+            def anchored(d: Doc, branch: str = p.branch) -> bool:
+                return d.get("event") == "anchored" and d.get("branch") == branch and d.get("ledger_verified") is True
+
+            try:
+                doc = p.proc.wait_for(anchored, "anchored", timeout=timeout)
+                verified[p.name] = int(doc["epoch"])
+            except DemoError:
+                pass
+        from .ledger.embedded import EmbeddedLedger
+
+        with EmbeddedLedger(self.ledger_path) as ledger:
+            report = ledger.verify()
+            writes = ledger.size()
+        return judge_anchoring(sorted(self.providers), verified, report.ok, writes)
 
     def _replay_step(self, provider: str) -> Check:
         self.say(f"the attacker replays {provider}'s first payment event from its own socket…")

@@ -31,6 +31,7 @@ from ._cli.channel import (
     read_stdin_lines,
 )
 from .api import Subscriber
+from .audit import open_ledger
 from .errors import AdmissionRefused, ClosedResourceError, LocalProtocolError, StreamsError
 
 
@@ -66,8 +67,10 @@ async def run(args: argparse.Namespace) -> int:
         out.emit({"event": "error", "error": f"{args.passphrase_env} is unset", "type": "UsageError"})
         return 2
     zmq = load_zmq()
+    # With the channel's ledger, every anchor proof is checked against the ledger itself (THREATS 7).
+    ledger = open_ledger(args.ledger) if args.ledger else None
     sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect), keystore_path=args.keystore,
-                                author_did=args.author, channel=args.channel)
+                                author_did=args.author, channel=args.channel, ledger=ledger)
     tasks: list[asyncio.Task[None]] = []
     try:
         try:
@@ -98,6 +101,8 @@ async def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError, StreamsError):
                 await t
         await sub.close()
+        if ledger is not None:
+            ledger.close()
     out.emit({"event": "stopped"})
     return 0
 
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel", required=True)
     p.add_argument("--passphrase-env", required=True)
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--ledger", default="", help="sqlite:PATH or iota:URL: verify anchor proofs on this ledger")
     args = p.parse_args(argv)
     try:
         return asyncio.run(run(args))

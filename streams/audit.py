@@ -312,13 +312,13 @@ def audit_store(path: str | os.PathLike[str], passphrase: str | bytes, ledger: L
         store.close()
 
 
-def open_ledger(spec: str) -> Ledger:
-    """``sqlite:PATH`` (an existing embedded ledger) or ``iota:URL`` (a Stardust node).  Raises
-    :class:`~streams.errors.LocalProtocolError` for another form or a missing file,
+def open_ledger(spec: str, *, create: bool = False) -> Ledger:
+    """``sqlite:PATH`` (an embedded ledger; it must exist unless ``create``) or ``iota:URL`` (a Stardust node).
+    Raises :class:`~streams.errors.LocalProtocolError` for another form or a missing file,
     :class:`~streams.errors.LedgerError` if it cannot be opened."""
     kind, _, rest = spec.partition(":")
     if kind == "sqlite" and rest:
-        if not os.path.exists(rest):
+        if not create and not os.path.exists(rest):
             raise LocalProtocolError(f"no embedded ledger at {rest}")
         from .ledger.embedded import EmbeddedLedger
 

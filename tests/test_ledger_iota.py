@@ -183,7 +183,8 @@ def test_outage_raises_ledger_error_then_recovers(node: StandIn, ledger: IotaLed
 
 @needs_sdk
 def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: StandIn) -> None:
-    led = IotaLedger(node.url, timeout=20.0, api_timeout=30.0)
+    # A call timeout far beyond the test's own limit: only the death itself can end the call.
+    led = IotaLedger(node.url, timeout=3600.0, api_timeout=3600.0)
     try:
         led.status(led.append(b"t", b"warm"))
         pid = led.worker_pid
@@ -201,10 +202,8 @@ def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: S
             t = threading.Thread(target=call)
             t.start()
             time.sleep(0.5)
-            t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)  # we started this worker; kill exactly it
-            t.join(10)
-            assert time.monotonic() - t0 < 5  # noticed at once, not after the 20 s timeout
+            t.join()  # returns because the death is noticed, not because a timeout expired
         finally:
             node.admin("/admin/stall", {"on": False})
         assert len(errors) == 1
@@ -240,10 +239,8 @@ def test_a_timeout_is_a_ledger_error_and_the_next_call_recovers(node: StandIn) -
         stuck = led.worker_pid
         node.admin("/admin/stall", {"on": True})  # the node now accepts requests and never answers
         try:
-            t0 = time.monotonic()
             with pytest.raises(LedgerError) as info:
                 led.status("0x" + "ab" * 32)
-            assert time.monotonic() - t0 < 8
             assert isinstance(info.value.__cause__, TimeoutError)
             after = led.worker_pid
             assert after is None  # the worker stuck inside the SDK was killed

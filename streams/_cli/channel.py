@@ -41,7 +41,9 @@ from typing import Any
 
 from .. import credentials as vc
 from .. import keystore
+from ..anchoring_service import AnchorConfig
 from ..api import Author, BranchInfo, Subscriber, Transport
+from ..audit import open_ledger
 from ..errors import (
     AdmissionRefused,
     ClosedResourceError,
@@ -51,8 +53,10 @@ from ..errors import (
 )
 from ..events import (
     Acknowledged,
+    Anchored,
     BranchClosed,
     Event,
+    ForkDetected,
     GapDetected,
     Granted,
     MessageReceived,
@@ -62,6 +66,7 @@ from ..events import (
     SubscriberRefused,
 )
 from ..identity import Identity, did_from_public_key
+from ..ledger.base import Ledger
 from ..policy_file import load_policy, permission_name
 from ..store import Store
 from ..wire import MAX_FRAME, Permission
@@ -177,6 +182,12 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "permission": permission_name(ev.permission), "members": list(ev.members)}
     if isinstance(ev, Refused):
         return {"event": "refused", "reason": ev.reason.name}
+    if isinstance(ev, Anchored):
+        return {"event": "anchored", "branch": ev.branch.hex(), "index": ev.publisher, "seq": ev.seq,
+                "epoch": ev.epoch, "anchor_id": ev.anchor_id, "ledger_verified": ev.ledger_verified,
+                "restored": ev.restored}
+    if isinstance(ev, ForkDetected):
+        return {"event": "fork", "branch": ev.branch.hex(), "index": ev.publisher, "seq": ev.seq}
     return None  # Covered, FetchRequested, Announced: bookkeeping
 
 
@@ -221,7 +232,8 @@ def _keystore_identity(path: str, passphrase: str, expected_did: str | None = No
 
 
 async def open_author(store: str, passphrase: str, transport: Transport, policy_file: str, *,
-                      keystore_path: str | None = None, name: str | None = None) -> Author:
+                      keystore_path: str | None = None, name: str | None = None, ledger: Ledger | None = None,
+                      anchor_interval_ms: int = 1000) -> Author:
     """Reopen the author's store at ``store``, or create it (first run) from the identity in ``keystore_path``
     with channel name ``name``.
 
@@ -233,18 +245,21 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
         if Path(store).exists():
             if keystore_path is not None:
                 _log.info("store %s exists: --keystore and --name are ignored", store)
-            return await Author.open(store, passphrase, transport, policy)
+            return await Author.open(store, passphrase, transport, policy, ledger=ledger,
+                                     anchor_config=AnchorConfig(epoch_interval_ms=anchor_interval_ms))
         if keystore_path is None or not name:
             raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
         identity = keystore.load_identity(keystore_path, passphrase)
-        return await Author.create(store, identity, name, passphrase, transport, policy)
+        return await Author.create(store, identity, name, passphrase, transport, policy, ledger=ledger,
+                                   anchor_config=AnchorConfig(epoch_interval_ms=anchor_interval_ms))
     except BaseException:
         await transport.close()
         raise
 
 
 async def open_subscriber(store: str, passphrase: str, transport: Transport, *, keystore_path: str | None = None,
-                          author_did: str | None = None, channel: str | None = None) -> Subscriber:
+                          author_did: str | None = None, channel: str | None = None,
+                          ledger: Ledger | None = None) -> Subscriber:
     """Reopen the subscriber's store at ``store`` (catch-up runs at once), or create it (first run) from the
     identity in ``keystore_path`` for the channel ``channel`` (hex) of ``author_did``.
 
@@ -253,7 +268,7 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
     ``transport`` is closed if opening fails."""
     try:
         if Path(store).exists():
-            sub = await Subscriber.open(store, passphrase, transport)
+            sub = await Subscriber.open(store, passphrase, transport, ledger=ledger)
             if keystore_path is not None and keystore.read_public(keystore_path) != sub.did:
                 await sub.close()
                 raise UsageError(f"{keystore_path} holds another identity than the store {store}")
@@ -262,7 +277,7 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
             raise UsageError(f"no store at {store}: give --keystore, --author and --channel to create it")
         chan = _parse_channel(channel)
         identity = keystore.load_identity(keystore_path, passphrase)
-        return await Subscriber.create(store, identity, author_did, chan, passphrase, transport)
+        return await Subscriber.create(store, identity, author_did, chan, passphrase, transport, ledger=ledger)
     except BaseException:
         await transport.close()
         raise
@@ -384,8 +399,9 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     zmq = load_zmq()
     passphrase = read_passphrase(args)
     transport = zmq.author(args.bind)
+    ledger = open_ledger(args.ledger, create=True) if args.ledger else None
     author = await open_author(args.store, passphrase, transport, args.policy, keystore_path=args.keystore,
-                               name=args.name)
+                               name=args.name, ledger=ledger, anchor_interval_ms=args.anchor_interval_ms)
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
@@ -412,6 +428,8 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
             with contextlib.suppress(asyncio.CancelledError, StreamsError):
                 await t
         await author.close()  # persists cursors and the application's delivered marks
+        if ledger is not None:
+            ledger.close()
     out.emit({"event": "stopped"})
     return 0
 
@@ -646,6 +664,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--keystore", metavar="PATH", help="identity of the author (first run only)")
     s.add_argument("--name", metavar="NAME", help="channel name (first run only)")
     s.add_argument("--publish-stdin", action="store_true", help="publish JSON lines read from stdin")
+    s.add_argument("--ledger", metavar="SPEC",
+                   help="anchor the chain heads: sqlite:PATH (embedded ledger, created if missing) or iota:URL")
+    s.add_argument("--anchor-interval-ms", type=int, default=1000, metavar="MS",
+                   help="anchoring epoch length with --ledger (1000)")
     # The demo's monitor stops when its orchestrator (holding the other end of stdin) goes away.
     s.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
     add_passphrase_options(s, "keystore and store")
