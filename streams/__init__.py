@@ -9,6 +9,7 @@ The public API is what this module exports; everything else is internal.
 
 from __future__ import annotations
 
+from .anchoring_service import AnchorConfig
 from .api import Author, BranchInfo, MemoryHub, MemoryTransport, StoreOptions, Subscriber, Transport
 from .core import AuthorCore, CoreConfig, Outgoing, SubscriberCore, channel_id
 from .errors import (
@@ -30,11 +31,14 @@ from .errors import (
     VerificationError,
 )
 from .events import (
+    Acknowledged,
+    Anchored,
     Announced,
     BranchClosed,
     Covered,
     Event,
     FetchRequested,
+    ForkDetected,
     GapDetected,
     Granted,
     MessageReceived,
@@ -44,15 +48,19 @@ from .events import (
     SubscriberRefused,
 )
 from .identity import DIDDocument, DIDResolver, Identity, KeyResolver, PublicIdentity
+from .ledger import EmbeddedLedger, Ledger
 from .policy import AllOf, AllowList, AnyOf, Decision, DenyList, Policy, SubscriptionRequest
 from .wire import Permission, SigningMode
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Acknowledged",
     "AdmissionRefused",
     "AllOf",
     "AllowList",
+    "AnchorConfig",
+    "Anchored",
     "Announced",
     "AnyOf",
     "Author",
@@ -69,14 +77,17 @@ __all__ = [
     "Decision",
     "DecodeError",
     "DenyList",
+    "EmbeddedLedger",
     "Event",
     "FetchRequested",
+    "ForkDetected",
     "FrameTooLarge",
     "GapDetected",
     "Granted",
     "Identity",
     "KeyResolver",
     "KeystoreError",
+    "Ledger",
     "LedgerError",
     "LocalProtocolError",
     "MemoryHub",
