@@ -16,6 +16,7 @@
     issuers = ["did:key:z6Mk..."]                # trusted issuers (at least one)
     permission = "write"                         # default read
     status_lists = ["status/providers.json"]     # status-list credential files, relative to this file
+    status_ledger = "sqlite:ledger.db"            # optional: only the latest version anchored there counts
 
 Semantics:
 
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .credentials import CredentialPolicy
+from .credentials import CredentialPolicy, StatusListLookup
 from .errors import DecodeError, LocalProtocolError
 from .identity import public_key_from_did
 from .policy import AllOf, AllowList, AnyOf, Decision, Policy, SubscriptionRequest
@@ -156,6 +157,8 @@ class CredentialRule:
     issuers: frozenset[str]  #: trusted issuer DIDs
     permission: Permission  #: granted on admission
     status_lists: tuple[Path, ...]  #: status-list files (absolute or relative to the working directory)
+    #: ``sqlite:PATH``: accept a status list only if it is the latest version its issuer anchored there
+    status_ledger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ class _Reader:
 _TOP: Final = frozenset({"policy"})
 _POLICY: Final = frozenset({"mode", "deny", "allow", "credential"})
 _ALLOW: Final = frozenset({"did", "permission"})
-_CRED: Final = frozenset({"type", "issuers", "permission", "status_lists"})
+_CRED: Final = frozenset({"type", "issuers", "permission", "status_lists", "status_ledger"})
 
 
 def _status_list_path(r: _Reader, base: Path, value: str, key: str) -> Path:
@@ -266,6 +269,18 @@ def _status_list_path(r: _Reader, base: Path, value: str, key: str) -> Path:
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
         raise r.fail(key, f"status list {value} is not a credential with an id")
     return path
+
+
+def _status_lookup(rule: CredentialRule) -> StatusListLookup | None:
+    if not rule.status_lists:
+        return None
+    files = FileStatusLists(rule.status_lists)
+    if rule.status_ledger is None:
+        return files
+    from .ledger.embedded import EmbeddedLedger
+    from .status_anchor import AnchoredStatusLists
+
+    return AnchoredStatusLists(EmbeddedLedger(rule.status_ledger[len("sqlite:"):]), files)
 
 
 def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
@@ -340,8 +355,18 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
             _status_list_path(r, base, v, f"{key}.status_lists[{j}]")
             for j, v in enumerate(r.strings(t.get("status_lists", []), f"{key}.status_lists"))
         )
+        status_ledger: str | None = None
+        if "status_ledger" in t:
+            spec = r.string(t["status_ledger"], f"{key}.status_ledger")
+            if not spec.startswith("sqlite:"):
+                raise r.fail(f"{key}.status_ledger", "must be sqlite:PATH (an embedded ledger)")
+            ledger_file = spec[len("sqlite:"):]
+            lpath = Path(ledger_file) if os.path.isabs(ledger_file) else base / ledger_file
+            if not lpath.is_file():
+                raise r.fail(f"{key}.status_ledger", f"no embedded ledger at {ledger_file}")
+            status_ledger = f"sqlite:{lpath}"
         rules.append(CredentialRule(ctype, issuers, r.permission(t.get("permission", "read"), f"{key}.permission"),
-                                    lists))
+                                    lists, status_ledger))
 
     if not allow and not rules:
         raise r.fail("policy", "admits nobody: add [[policy.allow]] or [[policy.credential]] entries")
@@ -356,7 +381,7 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
                 trusted_issuers=rule.issuers,
                 permission=rule.permission,
                 # Fail closed when no list is configured: a credential with a status entry is then refused.
-                status_lists=FileStatusLists(rule.status_lists) if rule.status_lists else None,
+                status_lists=_status_lookup(rule),
             )
         )
     combined: Policy = AnyOf(tuple(compiled)) if mode == "any" else AllOf(tuple(compiled))

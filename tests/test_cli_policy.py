@@ -224,3 +224,42 @@ status_lists = ["sl.json"]
     r = cli("policy", "check", "bad.toml", "--json")
     assert r.returncode == 2 and r.json["type"] == "PolicyFileError" and "policy.allow[0].did" in r.json["error"]
     assert PASS not in cli.all_output()
+
+
+def test_status_lists_anchored_on_the_ledger_cannot_be_rolled_back(tmp_path: Path) -> None:
+    """`status_ledger` in a policy: only the latest version the issuer anchored counts, so handing the verifier
+    the list from before a revocation (hiding it) is refused -- fail closed."""
+    cli = Cli(tmp_path, {"PP": PASS})
+    issuer, member = (make_keystore(cli, f"{n}.ks") for n in ("issuer", "member"))
+    created = cli("credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                  "--id", "https://issuer.example/sl/9", "--out", "sl.json", "--ledger", "sqlite:ledger.db",
+                  "--json").ok().json
+    assert created["anchor"] == "1"
+    cli("credential", "issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--subject", member,
+        "--type", "PaymentProviderCredential", "--status-list", "sl.json", "--status-index", "3",
+        "--out", "member.vc.json").ok()
+    write(tmp_path / "policy.toml", f"""
+[policy]
+[[policy.credential]]
+type = "PaymentProviderCredential"
+issuers = ["{issuer}"]
+status_lists = ["sl.json"]
+status_ledger = "sqlite:ledger.db"
+""")
+
+    def check() -> tuple[int, dict[str, object]]:
+        r = cli("policy", "check", "policy.toml", "--did", member, "--credential", "member.vc.json",
+                "--holder-keystore", "member.ks", "--passphrase-env", "PP", "--json")
+        decision: dict[str, object] = r.json["decision"]
+        return r.returncode, decision
+
+    assert check()[0] == 0
+    before = (tmp_path / "sl.json").read_bytes()
+    revoked = cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                  "--status-list", "sl.json", "--index", "3", "--ledger", "sqlite:ledger.db", "--json").ok().json
+    assert revoked["anchor"] == "2"
+    code, d = check()
+    assert code == 1 and "revoked" in str(d["reason"])
+    (tmp_path / "sl.json").write_bytes(before)  # the revocation is hidden: the old, validly signed list is back
+    code, d = check()
+    assert code == 1 and "status" in str(d["reason"])  # not the latest anchored version: refused

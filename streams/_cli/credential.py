@@ -206,8 +206,23 @@ def _status_list_create(args: argparse.Namespace) -> Result:
     write_file_atomic(args.out, dump_json(doc), overwrite=args.force)
     digest = vc.status_list_digest(doc).hex()
     data = {"ok": True, "file": args.out, "id": args.id, "issuer": issuer.did, "size": bits.size,
-            "purpose": args.purpose, "digest": digest}
+            "purpose": args.purpose, "digest": digest, "anchor": _anchor(args, issuer, doc)}
     return Result(data, f"wrote {args.out}\nid: {args.id}\nsize: {bits.size}\ndigest: {digest}")
+
+
+def _anchor(args: argparse.Namespace, issuer: Identity, doc: dict[str, Any]) -> str | None:
+    """With ``--ledger``: anchor this version of the list, signed by the issuer (a rollback is then refused by
+    verifiers that read the ledger, see streams.status_anchor).  Returns the anchor id."""
+    if not args.ledger:
+        return None
+    from ..audit import open_ledger
+    from ..status_anchor import publish_status_list
+
+    ledger = open_ledger(args.ledger, create=True)
+    try:
+        return publish_status_list(ledger, issuer, doc)
+    finally:
+        ledger.close()
 
 
 def _revoke(args: argparse.Namespace) -> Result:
@@ -239,7 +254,7 @@ def _revoke(args: argparse.Namespace) -> Result:
     digest = vc.status_list_digest(new).hex()
     _log.info("status list %s: index %d %s", lst["id"], args.index, "cleared" if args.clear else "set")
     data = {"ok": True, "file": args.status_list, "id": lst["id"], "index": args.index, "purpose": purpose,
-            "set": not args.clear, "was_set": was, "digest": digest}
+            "set": not args.clear, "was_set": was, "digest": digest, "anchor": _anchor(args, issuer, new)}
     verb = "cleared" if args.clear else ("revoked" if purpose == "revocation" else "suspended")
     return Result(data, f"{verb} index {args.index} in {args.status_list}\ndigest: {digest}")
 
@@ -286,6 +301,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     r.add_argument("--status-list", required=True, metavar="FILE", help="the status-list credential to update")
     r.add_argument("--index", required=True, type=int, metavar="N", help="the credential's status index")
     r.add_argument("--clear", action="store_true", help="lift a suspension instead (suspension lists only)")
+    r.add_argument("--ledger", metavar="SPEC", help="also anchor the new list version: sqlite:PATH")
     add_passphrase_options(r, "issuer keystore")
 
     sl = add_group(group, "status-list", help="manage Bitstring Status List credentials")
@@ -296,5 +312,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--purpose", choices=("revocation", "suspension"), default="revocation",
                    help="status purpose (default revocation)")
     c.add_argument("--size", type=int, default=vc.BSL_MIN_ENTRIES, help=argparse.SUPPRESS)
+    c.add_argument("--ledger", metavar="SPEC", help="also anchor the list on this ledger: sqlite:PATH")
     c.add_argument("--force", action="store_true", help="replace --out (un-revokes everything on the old list!)")
     add_passphrase_options(c, "issuer keystore")
