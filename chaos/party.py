@@ -250,7 +250,7 @@ def main() -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--log", required=True)
     p.add_argument("--life", type=int, default=0)
-    p.add_argument("--bind", default="")
+    p.add_argument("--bind", action="append", default=[])
     p.add_argument("--connect", default="")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--author-seed", type=int, default=1)
