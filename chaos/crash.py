@@ -67,6 +67,7 @@ class Child:
     p: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None
     lives: list[int] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)  #: e.g. ``ip netns exec NAME`` (chaos.netns)
 
     def start(self) -> None:
         self.life += 1
@@ -74,7 +75,7 @@ class Child:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent))
         err = open(self.work / f"{self.name}.stderr", "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.p = subprocess.Popen([sys.executable, str(PARTY), *self.args, "--db", str(self.db), "--log",
+            self.p = subprocess.Popen([*self.prefix, sys.executable, str(PARTY), *self.args, "--db", str(self.db), "--log",
                                        str(self.log), "--life", str(self.life)], stdout=subprocess.DEVNULL,
                                       stderr=err, env=env)
         finally:
@@ -137,7 +138,7 @@ class LogTail:
                 self.got[(w[2], int(w[3]))].add(int(w[4]))
 
 
-def _wait_line(tail: LogTail, word: str, child: Child, timeout: float) -> None:
+def wait_line(tail: LogTail, word: str, child: Child, timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         tail.poll()
@@ -297,11 +298,11 @@ def run(kills: int = 100, messages: int = 10_000, subscribers: int = 3, seed: in
     kill_log: list[tuple[float, str]] = []
     try:
         author.start()
-        _wait_line(tails["author"], "START", author, 60)
+        wait_line(tails["author"], "START", author, 60)
         for c in subs:
             c.start()
         for c in subs:
-            _wait_line(tails[c.name], "START", c, 60)
+            wait_line(tails[c.name], "START", c, 60)
         sub_branch = branches_of(work, subscribers)
         total = 2 * quota * subscribers
         thresholds = sorted(rng.uniform(0.02, 0.92) * total for _ in range(kills))
