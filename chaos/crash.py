@@ -75,9 +75,9 @@ class Child:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent))
         err = open(self.work / f"{self.name}.stderr", "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.p = subprocess.Popen([*self.prefix, sys.executable, str(PARTY), *self.args, "--db", str(self.db), "--log",
-                                       str(self.log), "--life", str(self.life)], stdout=subprocess.DEVNULL,
-                                      stderr=err, env=env)
+            argv = [*self.prefix, sys.executable, str(PARTY), *self.args, "--db", str(self.db), "--log",
+                    str(self.log), "--life", str(self.life)]
+            self.p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
         finally:
             err.close()
         self.restart_at = None

@@ -44,7 +44,7 @@ def _msg(msg_type: int, flags: int, seq: int, family: int, queue: int, attrs: by
 
 def _check_ack(sock: socket.socket) -> None:
     data = sock.recv(65536)
-    length, kind = struct.unpack_from("=IH", data)
+    _length, kind = struct.unpack_from("=IH", data)
     if kind == NLMSG_ERROR:
         (err,) = struct.unpack_from("=i", data, 16)
         if err != 0:

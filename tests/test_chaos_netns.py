@@ -21,7 +21,7 @@ def test_topology_isolates_and_cuts_links() -> None:
     with Topology(2, tag="t0") as topo:
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
         assert topo.author_ns in names and all(ns in names for ns in topo.sub_ns)
-        (ans, adev), (sns, sdev) = topo.veths(1)
+        (ans, adev), (sns, _sdev) = topo.veths(1)
         # The addresses exist only inside the namespaces; the host never sees the devices.
         host = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
         assert "10.200." not in host and adev not in host
