@@ -118,7 +118,7 @@ async def test_node_killed_between_write_and_milestone_loses_no_anchor(tmp_path:
                 node.start()  # the block is gone with the old process
                 svc = author.anchoring
                 assert svc is not None
-                await wait_for(lambda: any(e.seq == 3 and e.publisher == 0 for e in col.of(Anchored)), timeout=20,
+                await wait_for(lambda: any(e.seq == 3 and e.publisher == 0 for e in col.of(Anchored)), timeout=8,
                                what="the lost epoch anchored again")
                 assert svc.pending == 0
             finally:
