@@ -1,0 +1,267 @@
+"""Flood harness: many subscribers on one author, one slow subscriber and one hostile flooder (THREATS 8).
+
+    python chaos/flood.py [--subscribers 1000] [--hosts 2] [--phase 15] [--json] [--out FILE]
+
+One author process, ``--hosts`` processes each hosting hundreds of Subscriber+SubscriberEndpoint pairs in one event
+loop (each with its own SQLite store and handshake), and one more process hosting the slow subscriber.  The author
+publishes round-robin into every branch at the system's capacity (a per-branch window of unacknowledged messages).
+Three phases of equal length in the same run:
+
+1. **baseline** -- everyone reads, nobody floods;
+2. **attack**   -- the slow subscriber's process is stopped (SIGSTOP: it stops reading entirely) and a flooder
+   sends garbage, frame-looking garbage, HELLO and SUBSCRIBE requests and PINGs from one peer at ``--rate``;
+3. **baseline again** -- the attack is compared with the mean of both baselines (the 2-core machine is shared: this
+   cancels a steady drift of the background load).
+
+Figures: the good subscribers' throughput in each phase and its ratio (target >= 0.9), per-subscriber ratios, the
+author's RSS (bounded: no growth with the flood), the endpoint's queues (bounded by ``send_queue``), and how the
+flood was refused: ``over_budget`` (per-peer token bucket, before the core), ``malformed`` (strict decoder, before
+the core) against ``subscribe_refused`` (SUBSCRIBE requests that reached the core's unsealing): the flooder's
+SUBSCRIBE requests beyond the budget never cost an X25519 operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PARTY = HERE / "flood_party.py"
+
+
+class Proc:
+    """A child whose stdout lines are collected by a thread (killed in :meth:`kill`)."""
+
+    def __init__(self, *args: str, stderr: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+        with open(stderr, "ab") as err:
+            self.p = subprocess.Popen([sys.executable, str(PARTY), *args], stdout=subprocess.PIPE, stderr=err,
+                                      text=True, env=env)
+        self.lines: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self._q.put(line.rstrip("\n"))
+
+    def poll(self) -> list[str]:
+        while True:
+            try:
+                self.lines.append(self._q.get_nowait())
+            except queue.Empty:
+                return self.lines
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for x in self.poll():
+                if x.startswith(prefix):
+                    return x
+            if self.p.poll() is not None:
+                raise RuntimeError(f"child exited ({self.p.returncode}) before {prefix!r}")
+            time.sleep(0.05)
+        raise RuntimeError(f"no {prefix!r} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGCONT)
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(10)
+        self.poll()
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGCONT)
+            self.p.kill()
+            self.p.wait(10)
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+
+
+def _counts_at(host: Proc, t: float) -> tuple[float, list[int]]:
+    """The host's last ``C`` line at or before ``t``: (its time, per-subscriber counts)."""
+    best: tuple[float, list[int]] = (0.0, [])
+    for x in host.poll():
+        if x.startswith("C "):
+            _, ts, js = x.split(" ", 2)
+            if float(ts) <= t:
+                best = (float(ts), json.loads(js))
+    return best
+
+
+def _rates(hosts: list[Proc], t0: float, t1: float) -> list[float]:
+    out: list[float] = []
+    for h in hosts:
+        a_t, a = _counts_at(h, t0)
+        b_t, b = _counts_at(h, t1)
+        out += [(y - x) / (b_t - a_t) for x, y in zip(a, b, strict=True)]
+    return out
+
+
+def _author_stats(author: Proc, t0: float, t1: float) -> list[dict[str, Any]]:
+    return [s for s in (json.loads(x[2:]) for x in author.poll() if x.startswith("S ")) if t0 <= s["t"] <= t1]
+
+
+def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: float = 20_000, warmup_s: float = 3.0,
+        workdir: Path | None = None, ready_timeout: float = 900.0, progress: bool = False) -> dict[str, Any]:
+    """Run both phases and return the figures (see the module docstring)."""
+    tmp = tempfile.TemporaryDirectory(prefix="chaos-flood-") if workdir is None else None
+    work = Path(tmp.name) if tmp is not None else workdir
+    assert work is not None
+    work.mkdir(parents=True, exist_ok=True)
+    good = subscribers - 1
+    first = 1000
+    procs: list[Proc] = []
+    t_start = time.monotonic()
+    try:
+        author = Proc("author", "--db", str(work / "author.db"), "--subs", str(subscribers), "--first-seed",
+                      str(first), "--push-seed", str(first + subscribers - 1), stderr=work / "author.stderr")
+        procs.append(author)
+        addr = author.wait_for("READY", 60).split()[1]
+        per = -(-good // hosts)
+        host_procs = []
+        for h in range(hosts):
+            lo, n = first + h * per, min(per, good - h * per)
+            hp = Proc("host", "--connect", addr, "--dir", str(work / f"h{h}"), "--subs", str(n), "--first-seed",
+                      str(lo), stderr=work / f"h{h}.stderr")
+            procs.append(hp)
+            host_procs.append(hp)
+        slow = Proc("host", "--connect", addr, "--dir", str(work / "slow"), "--subs", "1", "--first-seed",
+                    str(first + good), "--queue", "10", stderr=work / "slow.stderr")
+        procs.append(slow)
+        for hp in [*host_procs, slow]:
+            hp.wait_for("READY", ready_timeout)
+        setup_s = time.monotonic() - t_start
+        if progress:
+            print(f"[{setup_s:.0f}s] {subscribers} subscribers admitted; baseline phase", file=sys.stderr)
+        time.sleep(warmup_s)
+        a0 = time.time()
+        time.sleep(phase_s)
+        a1 = time.time()
+        # Attack: the slow subscriber stops reading (its whole process stops), the flooder starts.
+        slow.p.send_signal(signal.SIGSTOP)
+        flooder = Proc("flooder", "--connect", addr, "--rate", str(rate), "--seconds", str(phase_s + 2),
+                       stderr=work / "flooder.stderr")
+        procs.append(flooder)
+        if progress:
+            print("attack phase", file=sys.stderr)
+        time.sleep(1.0)
+        b0 = time.time()
+        time.sleep(phase_s)
+        b1 = time.time()
+        sent = json.loads(flooder.wait_for("SENT", 60)[5:])
+        # Baseline again (the slow subscriber reads again): the machine is shared, so the attack phase is compared
+        # with the mean of the phases before and after it, which cancels a steady drift of the background load.
+        slow.p.send_signal(signal.SIGCONT)
+        if progress:
+            print("second baseline phase", file=sys.stderr)
+        time.sleep(1.0)
+        c0 = time.time()
+        time.sleep(phase_s)
+        c1 = time.time()
+        time.sleep(1.0)
+        for hp in procs:
+            hp.poll()
+        base1 = _rates(host_procs, a0, a1)
+        base2 = _rates(host_procs, c0, c1)
+        base = [(x + y) / 2 for x, y in zip(base1, base2, strict=True)]
+        att = _rates(host_procs, b0, b1)
+        st_a = _author_stats(author, a0, a1)
+        st_b = _author_stats(author, b0, b1 + 1.5)
+        st_before_attack = _author_stats(author, 0, a1)[-1]
+        st_end = st_b[-1]
+        ratios = sorted(b / a for a, b in zip(base, att, strict=True) if a > 0)
+        frames_total = sum(v for k, v in sent.items() if k not in ("hwm_full", "cpu_ms"))
+
+        def delta(k: str) -> int:
+            return int(st_end.get(k, 0)) - int(st_before_attack.get(k, 0))
+
+        fig: dict[str, Any] = {
+            "subscribers": subscribers,
+            "hosts": hosts,
+            "phase_s": phase_s,
+            "setup_s": round(setup_s, 1),
+            "baseline_msgs_per_s": round(sum(base), 1),
+            "baseline_before_msgs_per_s": round(sum(base1), 1),
+            "baseline_after_msgs_per_s": round(sum(base2), 1),
+            "attack_msgs_per_s": round(sum(att), 1),
+            "throughput_ratio": round(sum(att) / sum(base), 3) if sum(base) else 0.0,
+            "per_subscriber_ratio_min": round(ratios[0], 3) if ratios else 0.0,
+            "per_subscriber_ratio_p10": round(ratios[len(ratios) // 10], 3) if ratios else 0.0,
+            "per_subscriber_ratio_median": round(statistics.median(ratios), 3) if ratios else 0.0,
+            "good_subscribers_starved": sum(1 for r in att if r == 0),
+            "author_rss_mb_baseline_max": round(max(s["rss_kb"] for s in st_a) / 1024, 1),
+            "author_rss_mb_attack_max": round(max(s["rss_kb"] for s in st_b) / 1024, 1),
+            "author_queued_frames_max": max(s["queued_frames"] for s in st_b),
+            "author_max_queue_seen": st_end["max_queue_seen"],
+            "author_send_dropped_attack": delta("send_dropped"),
+            "author_peers_expired_attack": delta("peers_expired"),
+            "flood_frames_sent": frames_total,
+            "flood_sent_by_shape": sent,
+            "flood_refused_over_budget": delta("over_budget"),
+            "flood_refused_malformed": delta("malformed"),
+            "flood_subscribe_sent": int(sent.get("subscribe", 0)),
+            "flood_subscribe_reached_core": delta("subscribe_refused"),
+            "flood_hello_sent": int(sent.get("hello", 0)),
+            "author_published_total": st_end.get("published", 0),
+            # CPU seconds per second of the author in each phase (1.0 = one core busy)
+            "author_cpu_baseline": round((st_a[-1]["cpu_s"] - st_a[0]["cpu_s"]) / (st_a[-1]["t"] - st_a[0]["t"]), 2),
+            "author_cpu_attack": round((st_b[-1]["cpu_s"] - st_b[0]["cpu_s"]) / (st_b[-1]["t"] - st_b[0]["t"]), 2),
+            "flooder_cpu_s": round(sent.get("cpu_ms", 0) / 1000, 2),
+        }
+        fig["author_rss_growth_mb"] = round(fig["author_rss_mb_attack_max"] - fig["author_rss_mb_baseline_max"], 1)
+        fig["ok"] = bool(fig["throughput_ratio"] >= 0.9 and fig["author_rss_growth_mb"] < 64
+                         and fig["flood_subscribe_reached_core"] < fig["flood_subscribe_sent"] / 10
+                         and fig["good_subscribers_starved"] == 0)
+        fig["elapsed_s"] = round(time.monotonic() - t_start, 1)
+        return fig
+    finally:
+        for pr in procs:
+            pr.kill()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="1,000 subscribers, one slow and one flooding: do the others keep up?")
+    ap.add_argument("--subscribers", type=int, default=1000, help="all subscribers, the slow one included")
+    ap.add_argument("--hosts", type=int, default=2, help="processes hosting the good subscribers")
+    ap.add_argument("--phase", type=float, default=15.0, help="seconds of each phase")
+    ap.add_argument("--rate", type=float, default=20_000, help="flood frames per second")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--workdir", type=Path, help="keep stores and stderr here (default: a temp dir, removed)")
+    args = ap.parse_args(argv)
+    fig = run(args.subscribers, args.hosts, args.phase, args.rate, workdir=args.workdir, progress=not args.json)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(fig, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(fig, indent=2))
+    else:
+        for k, v in fig.items():
+            print(f"{k:32} {v}")
+    return 0 if fig["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
