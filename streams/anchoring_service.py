@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from . import merkle
 from .anchor import ANCHOR_TAG, ChainHead, EpochCheckpoint, InclusionProof, build_epoch
 from .core import AnchorRecord, AuthorCore, Changes
-from .errors import LedgerError, StreamsError, VerificationError
+from .errors import LedgerError, LocalProtocolError, StreamsError, VerificationError
 from .ledger.anchoring import PendingAnchor, confirm
-from .ledger.base import Ledger
+from .ledger.base import Ledger, UnknownAnchor
 from .store import AnchorRow, Store
 
 __all__ = ["AnchorConfig", "AnchorService"]
@@ -169,8 +169,9 @@ class AnchorService:
                     backoff = 0
                     self.last_error = None
                     retry_at = 0 if progressed else self._clock() + cfg.confirm_poll_ms
-                except LedgerError as exc:
-                    # Outage: keep the rows, retry later (THREATS 7: queued durably, resumed).
+                except (LedgerError, LocalProtocolError) as exc:
+                    # Outage, or a ledger answer we cannot use: keep the rows, retry later (THREATS 7: queued
+                    # durably, resumed) -- the anchoring task must never die on it.
                     backoff = min(max(backoff * 2, cfg.retry_min_ms), cfg.retry_max_ms)
                     retry_at = self._clock() + backoff
                     if self.last_error is None:
@@ -221,8 +222,9 @@ class AnchorService:
         assert row.anchor_id is not None
         try:
             receipt = await asyncio.to_thread(confirm, self.ledger, PendingAnchor(row.anchor_id, checkpoint))
-        except VerificationError as exc:
-            # The ledger holds something else under that id: the write did not land as ours.  Write again.
+        except (VerificationError, UnknownAnchor) as exc:
+            # The ledger holds something else under that id, or nothing (a node that lost an unconfirmed
+            # block): the write did not land as ours.  Write again.
             log.error("ledger entry %s is not our checkpoint (%s); writing epoch %d again", row.anchor_id, exc,
                       row.epoch)
             self._pending[0] = AnchorRow(row.epoch, row.checkpoint, row.heads, row.leaves, None, "built")

@@ -90,11 +90,6 @@ async def test_node_killed_and_restarted_anchoring_resumes_without_false_receipt
 
 
 @needs_sdk
-@pytest.mark.xfail(strict=True, reason="found by the chaos work: an epoch written to a node that then lost it "
-                   "(killed before a milestone, restarted empty): confirm() raises UnknownAnchor, a "
-                   "LocalProtocolError that AnchorService._run does not catch (it catches LedgerError), so the "
-                   "anchoring task dies silently and nothing is anchored again until the author restarts (no "
-                   "false receipt, but no progress); the row should go back to 'built' and be written again")
 async def test_node_killed_between_write_and_milestone_loses_no_anchor(tmp_path: Path) -> None:
     node = Node()
     node.start()
