@@ -467,6 +467,18 @@ class _CoreBase:
             self._checkpoint(b, now_ms)
         return seq
 
+    def publish_many(self, branch: bytes, payloads: list[bytes], now_ms: int) -> list[int]:
+        """:meth:`publish` each payload in order; all or nothing for the caller's errors (every payload size and
+        the branch are checked first).  Raises as :meth:`publish`."""
+        b = self._get_branch(branch)
+        self._check_writable(b)
+        limit = self.config.max_frame - 512
+        for payload in payloads:
+            if len(payload) > limit:
+                raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
+        publish = self.publish
+        return [publish(branch, p, now_ms) for p in payloads]
+
     def next_timer(self) -> int | None:
         """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),
         or None."""

@@ -130,6 +130,8 @@ class Store:
         self._key = key
         self.identity = identity
         self._closed = False
+        #: Transactions committed by :meth:`commit` since this store was opened (group commit is observable).
+        self.commits = 0
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -257,6 +259,7 @@ class Store:
                     c.executemany(_AH_INSERT, [_ah_row(r) for r in changes.anchored])
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
+        self.commits += 1
 
     # -- anchoring (THREATS 7) -----------------------------------------------------------------------------------
 
