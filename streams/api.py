@@ -331,11 +331,15 @@ class _Party:
         if w is not None and len(self._messages) < self._queue_size and not w.done():
             w.set_result(None)
 
-    def _wake_readers(self) -> None:
+    def _wake_readers(self) -> bool:
+        """Wake the tasks waiting in next_message(s); True if there were any."""
+        woke = False
         for w in self._msg_waiters:
             if not w.done():
                 w.set_result(None)
+                woke = True
         self._msg_waiters.clear()
+        return woke
 
     async def _put_message(self, msg: MessageReceived) -> None:
         """Queue a message for the application; waits while the queue is full (back-pressure)."""
@@ -537,8 +541,6 @@ class _Party:
             events: list[Event] = []
             for data, peer in batch:
                 events.extend(self._core.receive(data, now, peer))
-            # ACKs are queued now but sent by _flush only after its commit succeeded (THREATS 4).
-            self._core.acknowledge()
             try:
                 await self._flush()
             except StorageError:
@@ -550,7 +552,22 @@ class _Party:
                     put(ev)  # the common case: no await per message
                 else:
                     await self._dispatch(ev)
-            self._wake_readers()  # once per batch
+            if self._wake_readers():  # once per batch
+                await asyncio.sleep(0)  # the application takes the batch before we sign the ACKs
+            # ACKs only after the commit (THREATS 4): they promise the publisher the messages survive a crash of
+            # ours.  Every cursor move of the core is committed before its mover awaits anything (receive, then
+            # _flush, with no await between), so the cursors acknowledged here are on disk.
+            acks = self._core.take_acks()
+            if acks:
+                await self._send_now(acks)
+
+    async def _send_now(self, out: list[Outgoing]) -> None:
+        """Send frames that need no commit (ACKs of committed cursors, retained log frames)."""
+        if self._send_many is not None:
+            self._send_many(out)
+        else:
+            for o in out:
+                await self._transport.send(o)
 
     async def _timer_loop(self) -> None:
         quiet_ticks = 0
@@ -592,12 +609,7 @@ class _Party:
         if isinstance(ev, FetchRequested):
             # Retained frames only (already durable).  Not through the core's output list: frames of a publish
             # made meanwhile by another task wait there for their commit and must not leave before it.
-            frames = self._serve_fetch(ev)
-            if self._send_many is not None:
-                self._send_many(frames)
-            else:
-                for o in frames:
-                    await self._transport.send(o)
+            await self._send_now(self._serve_fetch(ev))
         if isinstance(ev, Rejected):
             log.info("rejected frame: %s (%s)", ev.reason.name, ev.detail)
         if isinstance(ev, Acknowledged):
