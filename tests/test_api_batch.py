@@ -20,6 +20,7 @@ from streams.core import CoreConfig
 from streams.errors import ClosedResourceError, LocalProtocolError, StorageError, StreamsTimeoutError
 from streams.identity import Identity
 from streams.policy import AllowList
+from streams.store import Store
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -243,3 +244,26 @@ async def test_slow_consumer_back_pressure_keeps_memory_bounded(tmp_path: Path) 
     finally:
         await sub.close()
         await author.close()
+
+
+def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -> None:
+    """Only a checkpoint writes the main database file; the writer's own automatic one would not run below
+    64 MiB, so growth of the file while the store is open is the background checkpointer's work."""
+    from streams.core import Changes, LogRecord
+
+    store = Store.create(tmp_path / "s.db", P1, PW, role="subscriber", channel=b"c" * 32, author_did=AUTHOR.did,
+                         durable=False, opslimit=1, memlimit=8192)
+    try:
+        before = (tmp_path / "s.db").stat().st_size
+        for i in range(20):
+            store.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, b"f" * 1024)
+                                      for k in range(50)]))
+        deadline = time.monotonic() + 10
+        while (tmp_path / "s.db").stat().st_size < before + 500_000:
+            assert time.monotonic() < deadline, "the WAL was never checkpointed"
+            time.sleep(0.02)
+        assert store.log_count() == 1000
+        assert store._ck_thread.is_alive()
+    finally:
+        store.close()
+    assert not store._ck_thread.is_alive()  # close() stops and joins it
