@@ -104,8 +104,10 @@ class Transport(Protocol):
 class BatchTransport(Transport, Protocol):
     """A :class:`Transport` that can also hand over a burst of frames without awaiting (optional).
 
-    The drivers use ``send_many`` when the transport has it: one call per commit instead of one ``await`` per
-    frame (PERF-FLOORS, "one await per message"), and publishes of one group commit leave in one burst."""
+    The drivers use ``send_many`` when the transport's class defines it: one call per commit instead of one
+    ``await`` per frame (PERF-FLOORS, "one await per message"), and publishes of one group commit leave in one
+    burst.  A transport that wraps another and intercepts ``send`` must define ``send_many`` itself (or nothing:
+    attributes forwarded through ``__getattr__`` are not used)."""
 
     def send_many(self, outs: Sequence[Outgoing]) -> None:
         """Send every frame of ``outs``, in order, without blocking (what does not fit is queued or dropped
@@ -161,8 +163,11 @@ class _Party:
         # Group commit: publishes wait on this future, resolved by the next commit that covers them (the first
         # publish of a loop iteration schedules it for the next iteration).
         self._group: list[asyncio.Future[None]] | None = None
-        send_many = getattr(transport, "send_many", None)
-        self._send_many: Callable[[Sequence[Outgoing]], None] | None = send_many if callable(send_many) else None
+        # Looked up on the class: a wrapper that intercepts send() and forwards other attributes to what it wraps
+        # (__getattr__) must not have its send() bypassed by the wrapped transport's send_many.
+        send_many = getattr(type(transport), "send_many", None)
+        self._send_many: Callable[[Sequence[Outgoing]], None] | None = (
+            getattr(transport, "send_many") if callable(send_many) else None)  # noqa: B009
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._broken: BaseException | None = None

@@ -267,3 +267,39 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
     finally:
         store.close()
     assert not store._ck_thread.is_alive()  # close() stops and joins it
+
+
+class _Recording:
+    """A plain Transport wrapper (no send_many of its own) that sees every frame sent through it and forwards
+    everything else to the wrapped transport -- as a chaos or tap wrapper would."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.sent: list[bytes] = []
+
+    async def send(self, out: object) -> None:
+        self.sent.append(out.data)  # type: ignore[attr-defined]
+        await self.inner.send(out)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_plain_transport_wrapper_is_not_bypassed_and_group_commit_still_works(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    wrapped = _Recording(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=5)
+    commits0 = author.store.commits
+    sent0 = len(wrapped.sent)
+    seqs = await asyncio.gather(*(author.publish(branch, bytes([i])) for i in range(20)))
+    many = await author.publish_many(branch, [b"m1", b"m2"])
+    assert sorted(seqs) == list(range(seqs[0], seqs[0] + 20)) and many == [seqs[0] + 20, seqs[0] + 21]
+    assert author.store.commits - commits0 <= 4
+    assert len(wrapped.sent) - sent0 >= 22  # every packet went through the wrapper's send()
+    assert len(await _take(sub, 22)) == 22
+    await sub.close()
+    await author.close()
