@@ -14,12 +14,14 @@ the whole run, so all peers are measured in the same run with the same payloads,
 * ``ours_each`` / ``ours_amortized`` -- :class:`streams.api.Author` over :class:`brokerless.AuthorEndpoint`
   publishing on a branch, :class:`streams.api.Subscriber` over :class:`brokerless.SubscriberEndpoint` receiving,
   both with durable SQLite stores in a temp dir (WAL, ``synchronous=NORMAL``: every commit survives ``kill -9``,
-  like JetStream's file store, which fsyncs on an interval); a message counts when the subscriber's application
-  loop (``async for msg in subscriber``) has it;
-* ``ours_amortized_fsync`` (full runs only) -- the same with ``synchronous=FULL`` (an fsync per commit);
-* ``ours_*_batched`` (full runs only, a what-if) -- the same processes, but the author calls the core's
-  ``publish`` 64 times per store commit through the driver's private ``_flush``: what a group-commit publish API
-  would give.  Not a public API today.
+  like JetStream's file store, which fsyncs on an interval), through the public streaming API: the producer
+  hands what it has (up to 64 messages, or whatever is due when paced) to ``Author.publish_many`` -- one
+  commit and one send burst per call, each call returns once its messages are durable -- and the consumer takes
+  ``Subscriber.next_messages()`` batches; a message counts when the application has it;
+* ``ours_each_per_msg`` / ``ours_amortized_per_msg`` -- the same with one ``await Author.publish`` per message
+  (so one commit per message for a sequential producer) and ``async for msg in subscriber``;
+* ``ours_amortized_fsync`` (full runs only) -- as ``ours_amortized`` with ``synchronous=FULL`` (an fsync per
+  commit: per ``publish_many`` call on the author, per received batch on the subscriber);
 
 Throughput: fixed count (calibrated per peer and size to about ``--seconds``), median of ``--reps`` runs, from
 the publisher's first send to the receiver's last delivery (``time.monotonic_ns``: CLOCK_MONOTONIC is system
@@ -57,10 +59,10 @@ from _common import ROOT, Worker, WorkerError, emit, machine_info, percentiles
 
 SIZES = (64, 1024, 16384)
 CHECKPOINT_EVERY = 32
-BATCH = 64  # publishes per commit in the ours_*_batched what-if
+BATCH = 64  # most messages per Author.publish_many call in the streaming rows
 HDR = struct.Struct("<IQI")  # run id, send time (monotonic ns), index
 PEERS = ("zmq_raw", "zmq_curve", "nats_core", "nats_js", "min_each", "min_amortized", "ours_each", "ours_amortized",
-         "ours_each_batched", "ours_amortized_batched", "ours_amortized_fsync")
+         "ours_each_per_msg", "ours_amortized_per_msg", "ours_amortized_fsync")
 QUICK_PEERS = PEERS[:8]
 DESCRIPTIONS = {
     "zmq_raw": "pyzmq asyncio ROUTER->DEALER, drain loop, no security (transport ceiling)",
@@ -70,12 +72,13 @@ DESCRIPTIONS = {
     "min_each": "minimal secure pipeline: ROUTER->DEALER + AEAD + BLAKE2b + Ed25519 sign/verify per message",
     "min_amortized": f"minimal secure pipeline, one Ed25519 signature per {CHECKPOINT_EVERY} messages",
     "ours_each": "streams Author/Subscriber over brokerless endpoints, SQLite WAL synchronous=NORMAL (survives "
-                 "kill -9), signed-each",
+                 f"kill -9), signed-each; streaming API: publish_many (<= {BATCH} per call) / next_messages",
     "ours_amortized": "streams Author/Subscriber over brokerless endpoints, SQLite WAL synchronous=NORMAL, "
-                      "amortized signing",
+                      f"amortized signing; streaming API: publish_many (<= {BATCH} per call) / next_messages",
+    "ours_each_per_msg": "as ours_each with one awaited Author.publish per message and async-for delivery",
+    "ours_amortized_per_msg": "as ours_amortized with one awaited Author.publish per message and async-for "
+                              "delivery",
     "ours_amortized_fsync": "as ours_amortized with synchronous=FULL: an fsync per commit (survives power loss)",
-    "ours_each_batched": f"what-if: as ours_each, {BATCH} core publishes per store commit (private driver API)",
-    "ours_amortized_batched": f"what-if: as ours_amortized, {BATCH} core publishes per store commit",
 }
 PW = "bench passphrase"
 NAME = "bench"
@@ -417,8 +420,8 @@ def _store_options(peer: str) -> Any:
 class OursPub(Pub):
     def __init__(self, peer: str) -> None:
         self.peer = peer
-        self.batched = peer.endswith("_batched")
-        self.pending = 0
+        self.streaming = not peer.endswith("_per_msg")
+        self.pending: list[bytes] = []
 
     async def setup(self, tmp: Path) -> str:
         from brokerless import AuthorEndpoint
@@ -445,20 +448,18 @@ class OursPub(Pub):
                 self.branch = b
 
     async def send(self, data: bytes) -> None:
-        if not self.batched:
+        if not self.streaming:
             await self.author.publish(self.branch, data)
             return
-        # What-if: group commit.  The core publishes; the driver commits and sends once per BATCH messages.
-        a = self.author
-        a._core.publish(self.branch, data, a._clock())
-        self.pending += 1
-        if self.pending >= BATCH:
+        # A streaming producer hands over what it has: up to BATCH messages, or what is due (flush) when paced.
+        self.pending.append(data)
+        if len(self.pending) >= BATCH:
             await self.flush()
 
     async def flush(self) -> None:
         if self.pending:
-            self.pending = 0
-            await self.author._flush()
+            batch, self.pending = self.pending, []
+            await self.author.publish_many(self.branch, batch)
 
     async def close(self) -> None:
         await self.author.close()
@@ -484,8 +485,14 @@ class OursRecv(Recv):
 
     async def _loop(self) -> None:
         on_msg = self.on_msg
-        async for m in self.sub:  # the application loop: a message counts when it is handed out here
-            on_msg(m.payload)
+        if self.peer.endswith("_per_msg"):
+            async for m in self.sub:  # the application loop: a message counts when it is handed out here
+                on_msg(m.payload)
+            return
+        take = self.sub.next_messages
+        while True:  # the streaming consumer: every message waiting, one call per batch
+            for m in await take(1024):
+                on_msg(m.payload)
 
     async def close(self) -> None:
         self.task.cancel()
@@ -1014,8 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
                "latency": "paced at ~50% of the peer's median peak, send time stamped in the payload, measured at "
                           "the receiver's application; asyncio's 1 ms timer makes pacing bursty",
                "ours": "SQLite WAL stores on both sides, synchronous=NORMAL (crash/kill -9 safe; *_fsync rows: FULL); "
-                       "public API: one store commit per Author.publish; the subscriber commits once per received "
-                       "batch",
+                       f"public API: ours_* rows stream (Author.publish_many of <= {BATCH} messages or what is due, "
+                       "one commit each; Subscriber.next_messages), *_per_msg rows await Author.publish per "
+                       "message (one commit each) and iterate the subscriber; the subscriber commits once per "
+                       "received batch",
                "checkpoint_every": CHECKPOINT_EVERY,
            }, **res}
     (args.out / "e2e.json").write_text(json.dumps(out, indent=1) + "\n")

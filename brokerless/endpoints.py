@@ -53,7 +53,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -205,6 +205,55 @@ class _Base:
     def _on_taken(self) -> None:
         pass
 
+    # -- readability of the ZeroMQ socket -------------------------------------------------------------------------
+    #
+    # The readers drain the socket through a synchronous shadow (PERF-FLOORS: drain loops), and the drivers send
+    # through it too.  ZeroMQ's notification descriptor (ZMQ_FD) only says "something changed": any operation on
+    # the socket -- a send included -- may consume that notification while frames wait, so a reader parked in
+    # zmq.asyncio's poll() would sleep until its timeout (measured: p50 latency of tens of milliseconds).  The
+    # rule of ZMQ_FD is to re-check ZMQ_EVENTS after every operation; the readers wait on their own future,
+    # woken by the descriptor and by that re-check after each send.
+
+    _sync: zmq.Socket[bytes]
+    _wake_fut: asyncio.Future[None] | None = None
+
+    def _check_readable(self) -> None:
+        """Wake the parked reader if frames are waiting (also processes ZeroMQ's pending commands, so the
+        descriptor stops signalling)."""
+        try:
+            readable = bool(cast(int, self._sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return  # closed or being replaced by a reconnect
+        f = self._wake_fut
+        if readable and f is not None and not f.done():
+            f.set_result(None)
+
+    async def _wait_readable(self, timeout_ms: int) -> None:
+        """Until the socket has a frame to read, or ``timeout_ms`` passed."""
+        loop = asyncio.get_running_loop()
+        fut = self._wake_fut = loop.create_future()
+        self._check_readable()
+        if fut.done():
+            self._wake_fut = None
+            return
+        timer = loop.call_later(timeout_ms / 1000, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._wake_fut = None
+
+    def _watch(self) -> int:
+        """Call _check_readable whenever ZMQ_FD signals; returns the descriptor (for _unwatch)."""
+        fd = int(self._sync.getsockopt(zmq.FD))
+        asyncio.get_running_loop().add_reader(fd, self._check_readable)
+        return fd
+
+    @staticmethod
+    def _unwatch(fd: int) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(fd)
+
     def _start(self) -> None:
         raise NotImplementedError
 
@@ -224,6 +273,11 @@ class _Base:
     def _term(self) -> None:
         if self._own_ctx:
             self._ctx.term()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class AuthorEndpoint(_Base):
@@ -281,6 +335,20 @@ class AuthorEndpoint(_Base):
         Raises :class:`ClosedResourceError` once closed."""
         self._check_open()
         self._start()
+        self._route(out)
+        self._check_readable()
+
+    def send_many(self, outs: Sequence[Outgoing]) -> None:
+        """Route every frame of ``outs``, in order, as :meth:`send` does, without an ``await`` per frame (one
+        call per driver commit).  Never blocks.  Raises :class:`ClosedResourceError` once closed."""
+        self._check_open()
+        self._start()
+        route = self._route
+        for out in outs:
+            route(out)
+        self._check_readable()
+
+    def _route(self, out: Outgoing) -> None:
         if out.peer is not None:
             if not isinstance(out.peer, bytes):
                 raise LocalProtocolError("peer must be a routing id received from this endpoint")
@@ -328,23 +396,27 @@ class AuthorEndpoint(_Base):
 
     async def _reader(self) -> None:
         cfg = self.config
-        while not self._closed:
-            got = 0
-            while got < cfg.batch:
-                try:
-                    parts = self._sync.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError as exc:
-                    log.error("author endpoint receive failed: %s", exc.strerror)
-                    raise BrokenResourceError("receive failed") from exc
-                got += 1
-                self._on_message(parts)
-            if got:
-                self._ready.set()
-                await asyncio.sleep(0)  # let the driver run between batches
-            else:
-                await self._sock.poll(cfg.heartbeat_ms, zmq.POLLIN)  # type: ignore[call-arg]
+        fd = self._watch()
+        try:
+            while not self._closed:
+                got = 0
+                while got < cfg.batch:
+                    try:
+                        parts = self._sync.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError as exc:
+                        log.error("author endpoint receive failed: %s", exc.strerror)
+                        raise BrokenResourceError("receive failed") from exc
+                    got += 1
+                    self._on_message(parts)
+                if got:
+                    self._ready.set()
+                    await asyncio.sleep(0)  # let the driver run between batches
+                else:
+                    await self._wait_readable(cfg.heartbeat_ms)
+        finally:
+            self._unwatch(fd)
 
     def _on_message(self, parts: list[bytes]) -> None:
         cfg = self.config
@@ -500,6 +572,7 @@ class AuthorEndpoint(_Base):
         while not self._closed:
             await asyncio.sleep(0.01 if self._backlog else min(cfg.heartbeat_ms, 200) / 1000)
             self._flush_backlog()
+            self._check_readable()
             now = _now_ms()
             if now - last_sweep >= cfg.heartbeat_ms:
                 last_sweep = now
@@ -569,6 +642,16 @@ class SubscriberEndpoint(_Base):
         self._check_open()
         self._start()
         self._send(out.data)
+        self._check_readable()
+
+    def send_many(self, outs: Sequence[Outgoing]) -> None:
+        """Send every frame of ``outs`` to the author, in order, without an ``await`` per frame.  Never blocks.
+        Raises :class:`ClosedResourceError` once closed."""
+        self._check_open()
+        self._start()
+        for out in outs:
+            self._send(out.data)
+        self._check_readable()
 
     async def close(self) -> None:
         """Close the socket (linger 0) and, if owned, the context.  Idempotent."""
@@ -629,6 +712,13 @@ class SubscriberEndpoint(_Base):
             self._tasks.append(asyncio.create_task(self._heartbeat(), name="brokerless-sub-heartbeat"))
 
     async def _reader(self) -> None:
+        fd = self._watch()
+        try:
+            await self._read_loop()
+        finally:
+            self._unwatch(fd)
+
+    async def _read_loop(self) -> None:
         cfg = self.config
         while not self._closed:
             if len(self._inbox) >= cfg.inbox:
@@ -654,10 +744,7 @@ class SubscriberEndpoint(_Base):
                 self._ready.set()
                 await asyncio.sleep(0)
             else:
-                try:
-                    await self._sock.poll(min(cfg.heartbeat_ms, 200), zmq.POLLIN)  # type: ignore[call-arg]
-                except zmq.ZMQError:
-                    await asyncio.sleep(0.01)
+                await self._wait_readable(min(cfg.heartbeat_ms, 200))
 
     def _on_frame(self, data: bytes) -> None:
         self.stats.frames_in += 1
@@ -708,6 +795,7 @@ class SubscriberEndpoint(_Base):
             if idle and not self._queue:
                 self._send(PING)
                 self._last_sent = now
+            self._check_readable()
             if now - self._last_heard > cfg.heartbeat_ms * cfg.liveness:
                 await self._reconnect()
 

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
 
@@ -65,6 +65,7 @@ from .wire import Permission, SigningMode, decode_frame
 __all__ = [
     "AnchorConfig",
     "Author",
+    "BatchTransport",
     "BranchInfo",
     "MemoryHub",
     "MemoryTransport",
@@ -100,6 +101,19 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+class BatchTransport(Transport, Protocol):
+    """A :class:`Transport` that can also hand over a burst of frames without awaiting (optional).
+
+    The drivers use ``send_many`` when the transport's class defines it: one call per commit instead of one
+    ``await`` per frame (PERF-FLOORS, "one await per message"), and publishes of one group commit leave in one
+    burst.  A transport that wraps another and intercepts ``send`` must define ``send_many`` itself (or nothing:
+    attributes forwarded through ``__getattr__`` are not used)."""
+
+    def send_many(self, outs: Sequence[Outgoing]) -> None:
+        """Send every frame of ``outs``, in order, without blocking (what does not fit is queued or dropped
+        and counted: the protocol's gap fill recovers it).  Raises :class:`ClosedResourceError` once closed."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
     """How the store is kept."""
@@ -132,12 +146,28 @@ class _Party:
         self._store = store
         self._transport = transport
         self._clock = clock or wall_clock_ms
-        self._messages: asyncio.Queue[MessageReceived] = asyncio.Queue(queue_size)
+        # Payload messages for the application: a bounded deque rather than an asyncio.Queue, so the receive
+        # loop appends a whole batch without one await per message and wakes the reader once per batch; when it
+        # is full the receive loop waits (back-pressure into the transport, whose own buffers are bounded:
+        # THREATS 8).
+        self._messages: deque[MessageReceived] = deque()
+        self._queue_size = max(1, queue_size)
+        self._msg_waiters: list[asyncio.Future[None]] = []
+        self._space_waiter: asyncio.Future[None] | None = None
         self._events: deque[Event] = deque(maxlen=10_000)
         self._events_ready = asyncio.Event()
         self._dropped_events = 0
         self._delivered: dict[tuple[bytes, int], int] = {}
-        self._last_given: MessageReceived | None = None
+        #: Messages handed out by the last next_message(s) call: marked delivered at the next call.
+        self._last_given: list[MessageReceived] = []
+        # Group commit: publishes wait on this future, resolved by the next commit that covers them (the first
+        # publish of a loop iteration schedules it for the next iteration).
+        self._group: list[asyncio.Future[None]] | None = None
+        # Looked up on the class: a wrapper that intercepts send() and forwards other attributes to what it wraps
+        # (__getattr__) must not have its send() bypassed by the wrapped transport's send_many.
+        send_many = getattr(type(transport), "send_many", None)
+        self._send_many: Callable[[Sequence[Outgoing]], None] | None = (
+            getattr(transport, "send_many") if callable(send_many) else None)  # noqa: B009
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._broken: BaseException | None = None
@@ -181,12 +211,28 @@ class _Party:
     async def publish(self, branch: bytes, payload: bytes) -> int:
         """Publish ``payload`` on ``branch``; returns its sequence number once it is on disk and sent.
 
+        Publishes made by several tasks in the same event-loop iteration share one store transaction (group
+        commit) and leave in one burst; each call still returns only after the commit that holds its message.
+
         Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch),
         :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged)."""
         self._check_usable()
         seq = self._core.publish(branch, payload, self._clock())
-        await self._flush()
+        await self._durable()
         return seq
+
+    async def publish_many(self, branch: bytes, payloads: Iterable[bytes]) -> list[int]:
+        """Publish several payloads on ``branch``, in order, with one store transaction and one send burst;
+        returns their sequence numbers once all of them are on disk and sent.  For streaming producers: the
+        per-message cost of a commit is paid once per call.
+
+        All or nothing for the caller's errors: every payload is checked before any is published.  Raises as
+        :meth:`publish`."""
+        self._check_usable()
+        seqs = self._core.publish_many(branch, list(payloads), self._clock())
+        if seqs:
+            await self._durable()
+        return seqs
 
     async def wait_acknowledged(self, branch: bytes, seq: int, timeout: float | None = None) -> None:
         """Wait until a member of ``branch`` acknowledged (signed ACK, sent after its commit) that our message
@@ -220,31 +266,96 @@ class _Party:
                 return
 
     async def next_message(self, timeout: float | None = None) -> MessageReceived:
-        """The next payload message.  Marks the previous one delivered.  Raises :class:`StreamsTimeoutError`
+        """The next payload message.  Marks the previous one(s) delivered.  Raises :class:`StreamsTimeoutError`
         after ``timeout`` seconds, :class:`ClosedResourceError` once closed and drained."""
-        if self._last_given is not None:
-            m = self._last_given
-            self._delivered[(m.branch, m.publisher)] = m.seq
-            self._last_given = None
-        while True:
-            if not self._messages.empty():
-                msg = self._messages.get_nowait()
-                self._last_given = msg
-                return msg
+        self._mark_given()
+        if not self._messages:
+            await self._wait_messages(timeout)
+        msg = self._messages.popleft()
+        self._last_given.append(msg)
+        self._taken()
+        return msg
+
+    async def next_messages(self, max_n: int = 256, timeout: float | None = None) -> list[MessageReceived]:
+        """Up to ``max_n`` payload messages, in order: every one waiting now, or the first to arrive.  Marks the
+        messages of the previous call delivered (as :meth:`next_message` does).  For streaming consumers: one
+        call per batch instead of one per message.
+
+        Raises :class:`LocalProtocolError` if ``max_n < 1``, :class:`StreamsTimeoutError` after ``timeout``
+        seconds without a message, :class:`ClosedResourceError` once closed and drained."""
+        if max_n < 1:
+            raise LocalProtocolError("max_n must be at least 1")
+        self._mark_given()
+        if not self._messages:
+            await self._wait_messages(timeout)
+        q = self._messages
+        if len(q) <= max_n:
+            out = list(q)
+            q.clear()
+        else:
+            out = [q.popleft() for _ in range(max_n)]
+        self._last_given = out
+        self._taken()
+        return out
+
+    def _mark_given(self) -> None:
+        """What the application took last time is delivered: it came back for more."""
+        if self._last_given:
+            d = self._delivered
+            for m in self._last_given:
+                d[(m.branch, m.publisher)] = m.seq
+            self._last_given = []
+
+    async def _wait_messages(self, timeout: float | None) -> None:
+        """Until a message is waiting.  Raises StreamsTimeoutError, or ClosedResourceError once closed."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._messages:
             if self._closed:
                 raise ClosedResourceError("closed")
-            get = asyncio.ensure_future(self._messages.get())
+            fut: asyncio.Future[None] = loop.create_future()
+            self._msg_waiters.append(fut)
             try:
-                done, _ = await asyncio.wait({get}, timeout=timeout)
-            except asyncio.CancelledError:
-                get.cancel()
-                raise
-            if not done:
-                get.cancel()
-                raise StreamsTimeoutError("no message within the timeout")
-            msg = get.result()
-            self._last_given = msg
-            return msg
+                if deadline is None:
+                    await fut
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise StreamsTimeoutError("no message within the timeout")
+                    try:
+                        await asyncio.wait_for(fut, remaining)
+                    except TimeoutError:
+                        raise StreamsTimeoutError("no message within the timeout") from None
+            finally:
+                if fut in self._msg_waiters:
+                    self._msg_waiters.remove(fut)
+
+    def _taken(self) -> None:
+        """The application took messages: let a receive loop waiting for room go on."""
+        w = self._space_waiter
+        if w is not None and len(self._messages) < self._queue_size and not w.done():
+            w.set_result(None)
+
+    def _wake_readers(self) -> bool:
+        """Wake the tasks waiting in next_message(s); True if there were any."""
+        woke = False
+        for w in self._msg_waiters:
+            if not w.done():
+                w.set_result(None)
+                woke = True
+        self._msg_waiters.clear()
+        return woke
+
+    async def _put_message(self, msg: MessageReceived) -> None:
+        """Queue a message for the application; waits while the queue is full (back-pressure)."""
+        while len(self._messages) >= self._queue_size and not self._closed:
+            self._wake_readers()
+            fut = self._space_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self._space_waiter = None
+        self._messages.append(msg)
 
     async def events(self) -> AsyncIterator[Event]:
         """Every non-message event (gaps, rejections, admissions, grants, closures), in order."""
@@ -284,14 +395,17 @@ class _Party:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self._broken is None:
-            with contextlib.suppress(StorageError):
+            with contextlib.suppress(StorageError, ClosedResourceError):
                 self._core.flush_checkpoints(self._clock())
                 await self._flush()
-                if self._last_given is not None:
-                    m = self._last_given
-                    self._delivered[(m.branch, m.publisher)] = m.seq
+                self._mark_given()
                 self._store.commit(self._core.take_changes(), self._delivered)
+        group, self._group = self._group, None
+        _settle(group, ClosedResourceError("closed before the commit"))
         self._events_ready.set()
+        self._wake_readers()
+        if self._space_waiter is not None and not self._space_waiter.done():
+            self._space_waiter.set_result(None)
         await self._transport.close()
         self._store.close()
 
@@ -309,22 +423,111 @@ class _Party:
         if self._closed:
             raise ClosedResourceError("closed")
 
-    async def _flush(self) -> None:
-        """Commit the core's changes, then send its frames.  Called with no await between core calls and here."""
+    async def _durable(self) -> None:
+        """Return once the next commit (and send) that covers everything the core holds now has happened.
+
+        Group commit: the first caller of a loop iteration leads.  It yields once, so every publish made
+        meanwhile by other tasks joins the same transaction, then commits and sends for all of them.  Each
+        caller waits on its own future (a cancelled caller cancels only its own), resolved only after
+        ``Store.commit`` returned: nothing is acknowledged before its commit (THREATS 4).  Raises what the
+        commit or the send raised."""
+        loop = asyncio.get_running_loop()
+        mine: asyncio.Future[None] = loop.create_future()
+        group = self._group
+        if group is not None:
+            group.append(mine)
+        else:
+            group = self._group = [mine]
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                mine.cancel()
+                if self._group is group:  # the others still need their commit
+                    self._schedule_group_flush(group)
+                raise
+            if self._group is group:
+                if self._send_many is not None:
+                    self._group_flush(group)
+                else:
+                    with contextlib.suppress(Exception):  # _flush failed the group with it: raised below
+                        await self._flush()
+        if not mine.done():
+            await mine
+        mine.result()
+
+    def _schedule_group_flush(self, group: list[asyncio.Future[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._send_many is not None:
+            loop.call_soon(self._group_flush, group)
+        else:
+            task = loop.create_task(self._group_flush_async(group))
+            self._tasks.append(task)
+            task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks and not self._closed:
+            self._tasks.remove(task)
+
+    def _group_flush(self, group: list[asyncio.Future[None]]) -> None:
+        """The group commit, for transports with ``send_many`` (no await: commit, then one burst)."""
+        if self._group is not group:
+            return  # another flush already committed these publishes and resolved their futures
+        try:
+            out, covered = self._commit()
+        except StorageError:
+            return  # _commit failed the group
+        with contextlib.suppress(Exception):  # a closed transport: _send_out failed the group with it
+            self._send_out(out, covered)
+
+    async def _group_flush_async(self, group: list[asyncio.Future[None]]) -> None:
+        if self._group is group:
+            with contextlib.suppress(Exception):  # _flush failed the group with it: the publishers raise it
+                await self._flush()
+
+    def _commit(self) -> tuple[list[Outgoing], list[asyncio.Future[None]] | None]:
+        """Commit the core's changes; return the frames to send now and the publish group this commit covers.
+
+        On a store failure, fail the group, mark the party broken and schedule its closing."""
         changes = self._core.take_changes()
         out = self._core.data_to_send()
         delivered, self._delivered = self._delivered, {}
+        group, self._group = self._group, None
         try:
             self._store.commit(changes, delivered)
         except StorageError as exc:
             # The core is now ahead of the disk: never acknowledge or send, close and let the user reopen.
             self._broken = exc
+            _settle(group, exc)
             log.error("store commit failed; closing: %s", exc)
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
             raise
         self._committed(changes)
-        for o in out:
-            await self._transport.send(o)
+        return out, group
+
+    def _send_out(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+        """Send committed frames in one burst (``send_many``); resolve the publish group they complete."""
+        assert self._send_many is not None
+        try:
+            if out:
+                self._send_many(out)
+        except Exception as exc:
+            _settle(group, exc)
+            raise
+        _settle(group, None)
+
+    async def _flush(self) -> None:
+        """Commit the core's changes, then send its frames.  Called with no await between core calls and here."""
+        out, group = self._commit()
+        if self._send_many is not None:
+            self._send_out(out, group)
+            return
+        try:
+            for o in out:
+                await self._transport.send(o)
+        except BaseException as exc:
+            _settle(group, exc if isinstance(exc, Exception) else ClosedResourceError("cancelled"))
+            raise
+        _settle(group, None)
 
     def _committed(self, changes: Changes) -> None:
         """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""
@@ -343,14 +546,33 @@ class _Party:
             events: list[Event] = []
             for data, peer in batch:
                 events.extend(self._core.receive(data, now, peer))
-            # ACKs are queued now but sent by _flush only after its commit succeeded (THREATS 4).
-            self._core.acknowledge()
             try:
                 await self._flush()
             except StorageError:
                 return
+            put = self._messages.append
+            full = self._queue_size
             for ev in events:
-                await self._dispatch(ev)
+                if type(ev) is MessageReceived and len(self._messages) < full:
+                    put(ev)  # the common case: no await per message
+                else:
+                    await self._dispatch(ev)
+            if self._wake_readers():  # once per batch
+                await asyncio.sleep(0)  # the application takes the batch before we sign the ACKs
+            # ACKs only after the commit (THREATS 4): they promise the publisher the messages survive a crash of
+            # ours.  Every cursor move of the core is committed before its mover awaits anything (receive, then
+            # _flush, with no await between), so the cursors acknowledged here are on disk.
+            acks = self._core.take_acks()
+            if acks:
+                await self._send_now(acks)
+
+    async def _send_now(self, out: list[Outgoing]) -> None:
+        """Send frames that need no commit (ACKs of committed cursors, retained log frames)."""
+        if self._send_many is not None:
+            self._send_many(out)
+        else:
+            for o in out:
+                await self._transport.send(o)
 
     async def _timer_loop(self) -> None:
         quiet_ticks = 0
@@ -378,7 +600,8 @@ class _Party:
 
     async def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, MessageReceived):
-            await self._messages.put(ev)  # bounded: back-pressure on the receive loop
+            await self._put_message(ev)  # bounded: back-pressure on the receive loop
+            self._wake_readers()
             return
         if isinstance(ev, Rejected) and ev.frame is not None:
             fork = self._check_fork(ev)
@@ -389,9 +612,9 @@ class _Party:
                 self._queue_event(ev)
                 ev = fork
         if isinstance(ev, FetchRequested):
-            self._serve_fetch(ev)
-            for o in self._core.data_to_send():
-                await self._transport.send(o)
+            # Retained frames only (already durable).  Not through the core's output list: frames of a publish
+            # made meanwhile by another task wait there for their commit and must not leave before it.
+            await self._send_now(self._serve_fetch(ev))
         if isinstance(ev, Rejected):
             log.info("rejected frame: %s (%s)", ev.reason.name, ev.detail)
         if isinstance(ev, Acknowledged):
@@ -437,18 +660,18 @@ class _Party:
             if b == ev.branch and s <= ev.through_seq and not f.done():
                 f.set_result(None)
 
-    def _serve_fetch(self, ev: FetchRequested) -> None:
+    def _serve_fetch(self, ev: FetchRequested) -> list[Outgoing]:
         frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq)
-        self._core._out.extend(Outgoing(f, peer=ev.peer) for f in frames)
+        return [Outgoing(f, peer=ev.peer) for f in frames]
 
     def _redeliver(self) -> None:
         me = {bid: self._core._branches[bid].me for bid in self._core.branch_ids()}
         for _b, _p, _s, frame in self._store.undelivered(me):
             msg = self._core.open_logged(frame)
             if msg is not None:
-                if self._messages.full():
+                if len(self._messages) >= self._queue_size:
                     break  # the rest stays undelivered on disk and comes back at the next open
-                self._messages.put_nowait(msg)
+                self._messages.append(msg)
 
 
 class Author(_Party):
@@ -783,6 +1006,18 @@ class Subscriber(_Party):
             log.info("branch %s closed by %s", ev.branch.hex(), ev.by)
 
 
+def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> None:
+    """Resolve (or fail, with ``exc``) the futures of the publishes a commit covered.  Cancelled callers'
+    futures are skipped; every other one is awaited by exactly one caller, which retrieves its outcome."""
+    if group:
+        for f in group:
+            if not f.done():
+                if exc is None:
+                    f.set_result(None)
+                else:
+                    f.set_exception(exc)
+
+
 # --- in-memory transport ---------------------------------------------------------------------------------------
 
 
@@ -836,6 +1071,13 @@ class MemoryTransport:
         if self.closed:
             raise ClosedResourceError("transport closed")
         self.hub._route(self.name, out)
+
+    def send_many(self, outs: Sequence[Outgoing]) -> None:
+        """Route every frame of ``outs`` in order (see :class:`BatchTransport`)."""
+        if self.closed:
+            raise ClosedResourceError("transport closed")
+        for out in outs:
+            self.hub._route(self.name, out)
 
     async def recv(self) -> list[tuple[bytes, object]]:
         first = await self.inbox.get()

@@ -467,6 +467,18 @@ class _CoreBase:
             self._checkpoint(b, now_ms)
         return seq
 
+    def publish_many(self, branch: bytes, payloads: list[bytes], now_ms: int) -> list[int]:
+        """:meth:`publish` each payload in order; all or nothing for the caller's errors (every payload size and
+        the branch are checked first).  Raises as :meth:`publish`."""
+        b = self._get_branch(branch)
+        self._check_writable(b)
+        limit = self.config.max_frame - 512
+        for payload in payloads:
+            if len(payload) > limit:
+                raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
+        publish = self.publish
+        return [publish(branch, p, now_ms) for p in payloads]
+
     def next_timer(self) -> int | None:
         """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),
         or None."""
@@ -552,6 +564,12 @@ class _CoreBase:
         *before* it sends the ACKs (``streams.api`` does both in one ``_flush``: commit, then send), because an
         ACK promises the publisher that the messages survive a crash of ours (THREATS 4).  One signature per
         chain per batch, not per message."""
+        self._out.extend(self.take_acks())
+
+    def take_acks(self) -> list[Outgoing]:
+        """The ACK frames :meth:`acknowledge` would queue, returned instead: for a driver that sends them
+        itself.  The same rule holds: call it only when every cursor move is committed."""
+        out: list[Outgoing] = []
         for b in self._branches.values():
             if b.state is not BranchState.OPEN:
                 continue
@@ -560,7 +578,8 @@ class _CoreBase:
                     continue
                 c.acked = c.next_seq - 1
                 head = Ack(self._channel, b.id, p, c.acked, c.head, b.me)
-                self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+                out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+        return out
 
     def acknowledged(self, branch: bytes) -> int:
         """The highest seq of our own chain in ``branch`` that some member acknowledged (0 if none)."""

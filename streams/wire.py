@@ -513,12 +513,36 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
     schema = cls.SCHEMA
     if not isinstance(values, list) or len(values) != len(schema):
         raise DecodeError(f"{k.name} head must be an array of {len(schema)}")
-    names = _NAMES[cls]
-    checked = [t.check(n, v) for t, n, v in zip(schema, names, values, strict=True)]
-    if _packb(checked) != head_raw:
-        raise DecodeError("head is not in canonical encoding")
-    head = cls(*checked)
+    head = _packet_head(values, head_raw) if k is Kind.PACKET else None
+    if head is None:
+        names = _NAMES[cls]
+        checked = [t.check(n, v) for t, n, v in zip(schema, names, values, strict=True)]
+        if _packb(checked) != head_raw:
+            raise DecodeError("head is not in canonical encoding")
+        head = cls(*checked)
     return Frame(k, head, head_raw, body, sig, data, message_hash(k, head_raw, body))
+
+
+def _uint_len(v: int) -> int:
+    """Length of the shortest msgpack encoding of a non-negative integer (fixint, uint 8/16/32/64)."""
+    return 1 if v < 128 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 4294967296 else 9
+
+
+def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
+    """The hot path of :func:`decode_frame` for PACKET heads: the same checks as ``Packet.SCHEMA`` (types,
+    lengths, ranges) written out, and canonical form by length arithmetic instead of re-encoding (as for the
+    outer frame: each value has one shortest encoding and every other one is longer).  Returns None when a
+    check fails, so that the generic path reports the precise error."""
+    channel, branch, publisher, seq, prev, epoch, nonce = values
+    if not (type(channel) is bytes and len(channel) == 32 and type(branch) is bytes and len(branch) == 16
+            and type(prev) is bytes and len(prev) == 32 and type(nonce) is bytes and len(nonce) == 24
+            and type(publisher) is int and 0 <= publisher <= 255 and type(seq) is int and 0 <= seq <= _U64
+            and type(epoch) is int and 0 <= epoch <= _U64):
+        return None
+    # fixarray(7) + bin8 headers of 32, 16, 32 and 24 bytes: 1 + 34 + 18 + 34 + 26 = 113, plus the integers
+    if len(head_raw) != 113 + _uint_len(publisher) + _uint_len(seq) + _uint_len(epoch):
+        return None
+    return Packet(channel, branch, publisher, seq, prev, epoch, nonce)
 
 
 # --- inner structures ----------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """A child process for crash tests: an author publishing as fast as it can on a real SQLite store, printing
-``ACK <seq>`` after each publish call returned (i.e. after the store acknowledged it)."""
+``ACK <seq>`` after each publish call returned (i.e. after the store acknowledged it).
+
+``crash_party.py DB COUNT [BATCH]``: with ``BATCH`` > 1, ``publish_many`` of BATCH payloads per call, and the
+printed seq is the last of the batch."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ PW = "pw"
 OPTS = StoreOptions(durable=True, opslimit=1, memlimit=8192)
 
 
-async def main(path: str, count: int) -> None:
+async def main(path: str, count: int, batch: int = 1) -> None:
     hub = MemoryHub()
     sub = Identity.from_seed(b"\x02" * 32)
     try:
@@ -25,10 +28,13 @@ async def main(path: str, count: int) -> None:
     branch = author.branch_of(sub.did) or await author.open_branch(sub.did)
     print("READY", branch.hex(), flush=True)
     for _ in range(count):
-        seq = await author.publish(branch, b"x" * 100)
+        if batch > 1:
+            seq = (await author.publish_many(branch, [b"x" * 100] * batch))[-1]
+        else:
+            seq = await author.publish(branch, b"x" * 100)
         print("ACK", seq, flush=True)
     await author.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1))

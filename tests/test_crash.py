@@ -16,10 +16,10 @@ from streams.wire import decode_frame
 HERE = Path(__file__).resolve().parent
 
 
-def _run_until_killed(db: Path, min_acks: int) -> int:
+def _run_until_killed(db: Path, min_acks: int, batch: int = 1) -> int:
     env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-    p = subprocess.Popen([sys.executable, str(HERE / "crash_party.py"), str(db), "1000000"], stdout=subprocess.PIPE,
-                         text=True, env=env)
+    p = subprocess.Popen([sys.executable, str(HERE / "crash_party.py"), str(db), "1000000", str(batch)],
+                         stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout is not None
     last = 0
     target = min_acks + random.randint(0, 50)
@@ -39,10 +39,18 @@ def _run_until_killed(db: Path, min_acks: int) -> int:
 
 
 def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    db = tmp_path / "author.db"
-    acked = []
+    _kill_rounds(tmp_path / "author.db", 1)
+
+
+def test_kill_9_loses_nothing_publish_many_returned(tmp_path: Path) -> None:
+    """publish_many returns only after its one commit: a kill -9 right after the return loses none of it."""
+    _kill_rounds(tmp_path / "author.db", 16)
+
+
+def _kill_rounds(db: Path, batch: int) -> None:
+    acked: list[int] = []
     for round_ in range(3):
-        acked.append(_run_until_killed(db, 20 * (round_ + 1) + max(acked, default=0)))
+        acked.append(_run_until_killed(db, 20 * batch * (round_ + 1) + max(acked, default=0), batch))
     store = Store.open(db, "pw")
     try:
         [branch] = [b.id for b in store.load_branches()]

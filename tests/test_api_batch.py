@@ -1,0 +1,305 @@
+"""Batch paths of the asyncio API: group commit, ``publish_many``, ``next_messages`` and back-pressure.
+
+Real SQLite stores (a second connection reads what is committed), the in-memory network for the protocol tests
+and real ZeroMQ endpoints on tcp loopback for back-pressure.  ``kill -9`` durability of ``publish_many`` is in
+``test_crash.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.core import CoreConfig
+from streams.errors import ClosedResourceError, LocalProtocolError, StorageError, StreamsTimeoutError
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.store import Store
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+
+
+def ident(n: int) -> Identity:
+    return Identity.from_seed(bytes([n]) * 32)
+
+
+AUTHOR, P1 = ident(1), ident(2)
+
+
+async def pair(tmp: Path, hub: MemoryHub, queue_size: int = 10_000) -> tuple[Author, Subscriber, bytes]:
+    author = await Author.create(tmp / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp / "p1.db", P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
+                                  store_options=FAST, queue_size=queue_size)
+    branch = await sub.subscribe(timeout=5)
+    return author, sub, branch
+
+
+def logged(db: Path, branch: bytes, publisher: int, seq: int) -> bool:
+    """Whether a message is committed, seen from a separate connection (what a crash would leave)."""
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT 1 FROM log WHERE branch = ? AND publisher = ? AND seq = ?",
+                           (branch, publisher, seq)).fetchone()
+    finally:
+        conn.close()
+    return row is not None
+
+
+async def test_group_commit_concurrent_publishes_share_transactions(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    first = author._core.chain_head(branch, 0)[0]
+    commits0 = author.store.commits
+    not_durable: list[int] = []
+
+    async def producer(k: int) -> list[int]:
+        seqs = []
+        for i in range(4):
+            seq = await author.publish(branch, f"{k}/{i}".encode())
+            if not logged(tmp_path / "author.db", branch, 0, seq):  # returned before its commit
+                not_durable.append(seq)
+            seqs.append(seq)
+        return seqs
+
+    results = await asyncio.gather(*(producer(k) for k in range(50)))
+    commits = author.store.commits - commits0
+    seqs = sorted(s for r in results for s in r)
+    assert seqs == list(range(first, first + 200))  # contiguous, no duplicates
+    assert not_durable == []
+    # 50 tasks x 4 rounds: one transaction per round, not per publish (a timer flush may add a few)
+    assert 4 <= commits <= 10, commits
+    got = [m.payload for m in await _take(sub, 200)]
+    assert sorted(got) == sorted(f"{k}/{i}".encode() for k in range(50) for i in range(4))
+    for r, k in zip(results, range(50), strict=True):
+        # each task's own messages are in its order in the chain
+        assert r == sorted(r)
+        assert [p for p in got if p.startswith(f"{k}/".encode())] == [f"{k}/{i}".encode() for i in range(4)]
+    await sub.close()
+    await author.close()
+
+
+async def _take(sub: Subscriber, n: int) -> list:  # type: ignore[type-arg]
+    out = []
+    while len(out) < n:
+        out.extend(await sub.next_messages(n - len(out), timeout=10))
+    return out
+
+
+async def test_publish_many_one_commit_in_order_and_durable(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    first = author._core.chain_head(branch, 0)[0]
+    commits0 = author.store.commits
+    payloads = [f"event {i}".encode() for i in range(100)]
+    seqs = await author.publish_many(branch, payloads)
+    assert author.store.commits - commits0 == 1
+    assert seqs == list(range(first, first + 100))
+    assert all(logged(tmp_path / "author.db", branch, 0, s) for s in (seqs[0], seqs[50], seqs[-1]))
+    msgs = await _take(sub, 100)
+    assert [m.payload for m in msgs] == payloads
+    assert [m.seq for m in msgs] == seqs
+    assert all(m.signed for m in msgs)
+    assert await author.publish_many(branch, []) == []
+    await sub.close()
+    await author.close()
+
+
+async def test_publish_many_all_or_nothing_for_caller_errors(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    first = author._core.chain_head(branch, 0)[0]
+    too_big = b"x" * author._core.config.max_frame
+    with pytest.raises(LocalProtocolError, match="exceeds"):
+        await author.publish_many(branch, [b"ok", b"ok too", too_big])
+    with pytest.raises(LocalProtocolError, match="unknown branch"):
+        await author.publish_many(b"\x00" * 16, [b"ok"])
+    # nothing of the refused call was published: the next message takes the next seq and arrives alone
+    assert await author.publish_many(branch, [b"after"]) == [first]
+    assert [m.payload for m in await _take(sub, 1)] == [b"after"]
+    with pytest.raises(StreamsTimeoutError):
+        await sub.next_messages(timeout=0.2)
+    await sub.close()
+    await author.close()
+    with pytest.raises(ClosedResourceError):
+        await author.publish_many(branch, [b"late"])
+
+
+async def test_next_messages_batches_limits_and_delivery_marks(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    seqs = await author.publish_many(branch, [bytes([i]) for i in range(30)])
+    await asyncio.sleep(0.1)  # all 30 arrive and wait in the queue
+    a = await sub.next_messages(10, timeout=5)
+    assert [m.seq for m in a] == seqs[:10]
+    b = await sub.next_messages(1000, timeout=5)
+    assert [m.seq for m in b] == seqs[10:]  # every one waiting, not more
+    with pytest.raises(LocalProtocolError):
+        await sub.next_messages(0)
+    # a waits-for-one call returns as soon as a message arrives
+    waiter = asyncio.ensure_future(sub.next_messages(5, timeout=5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await author.publish(branch, b"late")
+    assert [m.payload for m in await waiter] == [b"late"]
+    # taking the next batch marked the previous ones delivered: the application cursor is on disk at next commit
+    await author.publish(branch, b"one more")
+    await sub.next_messages(timeout=5)
+    assert sub.store.delivered()[(branch, 0)] >= seqs[-1]
+    await sub.close()
+    await author.close()
+
+
+async def test_undelivered_batch_comes_back_after_a_crash(tmp_path: Path) -> None:
+    """A batch taken but not acknowledged by coming back is redelivered after a restart (at least once)."""
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    seqs = await author.publish_many(branch, [b"a", b"b", b"c", b"d"])
+    first = await sub.next_messages(2, timeout=5)
+    assert [m.seq for m in first] == seqs[:2]
+    second = await sub.next_messages(2, timeout=5)  # marks the first batch delivered
+    assert [m.seq for m in second] == seqs[2:]
+    await author.publish(branch, b"e")  # its receive commit also writes the first batch's delivery mark
+    for _ in range(100):  # until "e" was received and committed (in-memory network: a few loop iterations)
+        if sub._messages:
+            break
+        await asyncio.sleep(0.01)
+    third = await sub.next_messages(5, timeout=5)  # marks the second batch delivered (in memory), takes "e"
+    assert [m.payload for m in third] == [b"e"]
+    # A crash right now (no await in between, so no commit can run): the tasks die, the store is dropped
+    # without close() (which would commit the marks held in memory).
+    for t in sub._tasks:
+        t.cancel()
+    sub._store.close()
+    await sub._transport.close()
+    sub2 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1b"), store_options=FAST)
+    again = await sub2.next_messages(10, timeout=5)
+    # the first batch's mark was committed; the second's and "e" were not: they come back, in order
+    assert [m.payload for m in again] == [b"c", b"d", b"e"]
+    await sub2.close()
+    await author.close()
+
+
+async def test_group_commit_failure_fails_every_waiting_publish(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    # Make the next commit fail: another connection holds the write lock beyond the busy timeout.
+    blocker = sqlite3.connect(tmp_path / "author.db", isolation_level=None)
+    author.store._conn.execute("PRAGMA busy_timeout=50")
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        results = await asyncio.gather(*(author.publish(branch, b"x") for _ in range(5)), return_exceptions=True)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert all(isinstance(r, StorageError) for r in results), results
+    with pytest.raises(ClosedResourceError):
+        await author.publish(branch, b"after the failure")
+    await sub.close()
+    await author.close()
+
+
+async def test_slow_consumer_back_pressure_keeps_memory_bounded(tmp_path: Path) -> None:
+    """An application that stops reading: its queue stops at ``queue_size``, the endpoint stops reading at its
+    inbox bound, the author's per-peer queue stops at ``send_queue`` (then drops); once the application reads
+    again, gap fill brings every message, in order."""
+    cfg = EndpointConfig(sndhwm=50, rcvhwm=50, send_queue=100, inbox=200, batch=64, heartbeat_ms=200)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    core = CoreConfig(fetch_retry_ms=200)
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, aep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=core)
+    author.heartbeat_ms = 100
+    sep = SubscriberEndpoint(aep.addresses[0], cfg)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW, sep, store_options=FAST,
+                                  config=core, queue_size=50)
+    sub.heartbeat_ms = 100
+    try:
+        branch = await sub.subscribe(timeout=10)
+        n = 3000
+        seqs: list[int] = []
+        for i in range(0, n, 100):
+            seqs += await author.publish_many(branch, [(i + k).to_bytes(4, "big") * 64 for k in range(100)])
+            await asyncio.sleep(0.005)
+            # bounded everywhere while nobody reads
+            assert len(sub._messages) <= 50
+            assert len(sep._inbox) <= cfg.inbox
+            assert max(aep.queue_sizes().values(), default=0) <= cfg.send_queue
+        await asyncio.sleep(0.5)
+        assert len(sub._messages) == 50  # full, and the receive loop waits instead of growing it
+        assert len(sep._inbox) <= cfg.inbox
+        got: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(got) < n:
+            assert time.monotonic() < deadline, f"only {len(got)} of {n} after the consumer resumed"
+            got += [m.seq for m in await sub.next_messages(100, timeout=30)]
+        assert got == seqs  # every message, in order, none twice
+        assert aep.stats.send_dropped > 0 or sep.stats.frames_in >= n  # the bounds were reached (or not needed)
+    finally:
+        await sub.close()
+        await author.close()
+
+
+def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -> None:
+    """Only a checkpoint writes the main database file; the writer's own automatic one would not run below
+    64 MiB, so growth of the file while the store is open is the background checkpointer's work."""
+    from streams.core import Changes, LogRecord
+
+    store = Store.create(tmp_path / "s.db", P1, PW, role="subscriber", channel=b"c" * 32, author_did=AUTHOR.did,
+                         durable=False, opslimit=1, memlimit=8192)
+    try:
+        before = (tmp_path / "s.db").stat().st_size
+        for i in range(20):
+            store.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, b"f" * 1024)
+                                      for k in range(50)]))
+        deadline = time.monotonic() + 10
+        while (tmp_path / "s.db").stat().st_size < before + 500_000:
+            assert time.monotonic() < deadline, "the WAL was never checkpointed"
+            time.sleep(0.02)
+        assert store.log_count() == 1000
+        assert store._ck_thread.is_alive()
+    finally:
+        store.close()
+    assert not store._ck_thread.is_alive()  # close() stops and joins it
+
+
+class _Recording:
+    """A plain Transport wrapper (no send_many of its own) that sees every frame sent through it and forwards
+    everything else to the wrapped transport -- as a chaos or tap wrapper would."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.sent: list[bytes] = []
+
+    async def send(self, out: object) -> None:
+        self.sent.append(out.data)  # type: ignore[attr-defined]
+        await self.inner.send(out)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_plain_transport_wrapper_is_not_bypassed_and_group_commit_still_works(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    wrapped = _Recording(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=5)
+    commits0 = author.store.commits
+    sent0 = len(wrapped.sent)
+    seqs = await asyncio.gather(*(author.publish(branch, bytes([i])) for i in range(20)))
+    many = await author.publish_many(branch, [b"m1", b"m2"])
+    assert sorted(seqs) == list(range(seqs[0], seqs[0] + 20)) and many == [seqs[0] + 20, seqs[0] + 21]
+    assert author.store.commits - commits0 <= 4
+    assert len(wrapped.sent) - sent0 >= 22  # every packet went through the wrapper's send()
+    assert len(await _take(sub, 22)) == 22
+    await sub.close()
+    await author.close()
