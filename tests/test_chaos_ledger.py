@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from streams.api import MemoryHub
 from streams.events import Anchored
 from streams.ledger.iota import IotaLedger
