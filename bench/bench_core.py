@@ -314,6 +314,9 @@ def _top_sites(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int
 def memory_author(n: int) -> dict[str, Any]:
     """Retained growth of an AuthorCore opening n per-subscriber branches (grants drained, not counted)."""
     author = AuthorCore(Identity.from_seed(b"\x01" * 32), "bench", AllowList.of([]))
+    # As under the asyncio driver: grant frames and evidence are read back from the store when needed
+    # (streams.api installs Store.branch_extras), so the core does not keep them once taken.
+    author.extras_lookup = lambda _branch: None
     author.data_to_send()
     author.take_changes()
     subs = [_public(i + 1000) for i in range(n)]
@@ -340,6 +343,7 @@ def memory_subscriber(n: int) -> dict[str, Any]:
     author_id, sub_id = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
     author = AuthorCore(author_id, "bench", AllowList.of([]))
     sub = SubscriberCore(sub_id, author_id.did, author.channel)
+    sub.extras_lookup = lambda _branch: None  # as under the driver (see memory_author)
     sub.receive(author.announcement, NOW)
     sub.take_changes()
     grants: list[bytes] = []

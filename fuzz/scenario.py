@@ -78,7 +78,7 @@ def _copy_chains(recs: tuple[ChainRecord, ...]) -> list[ChainRecord]:
 
 
 def _records(core: AuthorCore | SubscriberCore) -> tuple[tuple[BranchRecord, ...], tuple[ChainRecord, ...]]:
-    branches = tuple(core._branches[b].record() for b in core.branch_ids())
+    branches = tuple(core._record(core._branches[b]) for b in core.branch_ids())
     chains = tuple(core._branches[b].chain_record(p) for b in core.branch_ids() for p in core._branches[b].chains)
     return branches, chains
 

@@ -186,6 +186,8 @@ class _Party:
             return None if entry is None else entry[0]
 
         self._core.log_lookup = lookup
+        # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
+        self._core.extras_lookup = store.branch_extras
 
     # -- public ------------------------------------------------------------------------------------------------
 

@@ -297,29 +297,33 @@ class _Chain:
 
 
 class _Branch:
-    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "id", "keys", "me", "members", "mode",
-                 "peer_did", "state")
+    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "has_evidence", "id", "keys", "me",
+                 "members", "mode", "peer_did", "state")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
         self.epoch = rec.epoch
         self.mode = SigningMode(rec.mode)
         self.grant_hash = rec.grant_hash
-        self.grant_frame = rec.grant_frame
+        # The grant frame (~400 B) and the admission evidence (a credential: kilobytes) are needed rarely (a
+        # re-subscription, a re-check): once persisted they are dropped from memory when the driver can read them
+        # back from the store (``extras_lookup``), keeping an idle branch's memory small.  None = in the store.
+        self.grant_frame: bytes | None = rec.grant_frame
         self.me = rec.me
         self.members: dict[int, tuple[bytes, Permission]] = {i: (pk, Permission(p)) for i, pk, p in rec.members}
         self.keys: dict[tuple[int, int], bytes] = {(e, p): k for e, p, k in rec.keys}
         self.state = BranchState(rec.state)
         self.peer_did = rec.peer_did
-        self.evidence = rec.evidence
+        self.evidence: bytes | None = rec.evidence
+        self.has_evidence = bool(rec.evidence)
         self.chains: dict[int, _Chain] = {}
 
-    def record(self) -> BranchRecord:
+    def record(self, grant_frame: bytes, evidence: bytes) -> BranchRecord:
         return BranchRecord(
-            self.id, self.epoch, int(self.mode), self.grant_hash, self.grant_frame, self.me,
+            self.id, self.epoch, int(self.mode), self.grant_hash, grant_frame, self.me,
             [(i, pk, int(p)) for i, (pk, p) in sorted(self.members.items())],
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
-            self.state.value, self.peer_did, self.evidence,
+            self.state.value, self.peer_did, evidence,
         )
 
     def chain_record(self, publisher: int) -> ChainRecord:
@@ -362,6 +366,9 @@ class _CoreBase:
         #: Injected by the driver: the hash logged at (branch, publisher, seq), or None.  Lets anchor proofs of
         #: older heads be matched against what we accepted without the core touching the disk.
         self.log_lookup: Callable[[bytes, int, int], bytes | None] | None = None
+        #: Driver hook: ``branch -> (grant frame, evidence)`` as stored, so that the core need not keep them in
+        #: memory (read-only; the core stays free of I/O of its own).
+        self.extras_lookup: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -378,9 +385,33 @@ class _CoreBase:
         out, self._out = self._out, []
         return out
 
+    def _extras(self, b: _Branch) -> tuple[bytes, bytes]:
+        """(grant frame, evidence) of a branch, from memory or from the store through ``extras_lookup``."""
+        grant, evidence = b.grant_frame, b.evidence
+        if grant is None or evidence is None:
+            found = None if self.extras_lookup is None else self.extras_lookup(b.id)
+            if found is None:  # pragma: no cover - dropped only when the hook exists and the record was taken
+                raise LocalProtocolError(f"branch {b.id.hex()}: its grant is not in the store")
+            grant = found[0] if grant is None else grant  # a newer grant in memory wins over the stored one
+            evidence = found[1] if evidence is None else evidence
+        return grant, evidence
+
+    def _record(self, b: _Branch) -> BranchRecord:
+        return b.record(*self._extras(b))
+
+    def _shed(self, b: _Branch) -> None:
+        """Drop what the store holds (see ``_Branch``), once the branch's record went to the driver."""
+        if self.extras_lookup is not None:
+            b.grant_frame = None
+            b.evidence = None
+
     def take_changes(self) -> Changes:
         """What must be made durable (in one transaction) before events are acted on or a publish returns."""
         ch, self._changes = self._changes, Changes()
+        for rec in ch.branches:
+            taken = self._branches.get(rec.id)
+            if taken is not None:
+                self._shed(taken)
         if self._dirty:
             # Chain cursors are collected once per batch, not once per message.
             for bid, p in self._dirty:
@@ -393,7 +424,9 @@ class _CoreBase:
     def load(self, branches: list[BranchRecord], chains: list[ChainRecord]) -> None:
         """Restore branch state from the store after a restart."""
         for rec in branches:
-            self._branches[rec.id] = _Branch(rec)
+            loaded = _Branch(rec)
+            self._shed(loaded)
+            self._branches[rec.id] = loaded
         for cr in chains:
             b = self._branches.get(cr.branch)
             if b is not None:
@@ -887,7 +920,7 @@ class _CoreBase:
         b = _Branch(rec)
         self._sync_chains(b, heads, rec.grant_hash)
         self._branches[b.id] = b
-        self._changes.branches.append(b.record())
+        self._changes.branches.append(self._record(b))
         self._changes.chains.extend(b.chain_record(p) for p in b.chains)
         return b
 
@@ -1025,7 +1058,7 @@ class AuthorCore(_CoreBase):
         if existing is not None:
             # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.
             b = self._branches[existing]
-            self._out.append(Outgoing(b.grant_frame, peer=peer, branch=b.id))
+            self._out.append(Outgoing(self._extras(b)[0], peer=peer, branch=b.id))
             events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason, resubscribed=True))
             return
         branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,
@@ -1108,14 +1141,14 @@ class AuthorCore(_CoreBase):
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
         c = b.chains[0]
-        rec = b.record()
+        rec = self._record(b)
         recipients = [PublicIdentity.from_sign_public(pk) for i, (pk, _) in sorted(b.members.items()) if i != 0]
         if not recipients:
             self.revoke(branch)
             return
         frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)])
         b.grant_hash, b.grant_frame = frame.hash, frame.raw
-        self._changes.branches.append(b.record())
+        self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
     def set_permission(self, branch: bytes, permission: Permission) -> None:
@@ -1132,9 +1165,9 @@ class AuthorCore(_CoreBase):
         b.keys[(b.epoch, 0)] = self._rng(32)
         b.keys[(b.epoch, 1)] = self._rng(32)
         heads = [(p, c.next_seq - 1, c.head) for p, c in sorted(b.chains.items())]
-        frame = self._grant_frame(b.record(), [PublicIdentity.from_sign_public(pk)], b.grant_hash, heads)
+        frame = self._grant_frame(self._record(b), [PublicIdentity.from_sign_public(pk)], b.grant_hash, heads)
         b.grant_hash, b.grant_frame = frame.hash, frame.raw
-        self._changes.branches.append(b.record())
+        self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
     def recheck(self, now_ms: int) -> list[bytes]:
@@ -1146,7 +1179,8 @@ class AuthorCore(_CoreBase):
             return []
         revoked = []
         for b in list(self._branches.values()):
-            if b.state is BranchState.OPEN and b.peer_did and b.evidence and not check(b.evidence, now_ms):
+            if (b.state is BranchState.OPEN and b.peer_did and b.has_evidence
+                    and not check(self._extras(b)[1], now_ms)):
                 self.revoke(b.id)
                 revoked.append(b.id)
         return revoked
@@ -1158,7 +1192,7 @@ class AuthorCore(_CoreBase):
         c = b.chains[0]
         head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
         self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
-        self._changes.branches.append(b.record())
+        self._changes.branches.append(self._record(b))
         if b.peer_did:
             self._by_did.pop(b.peer_did, None)
 
@@ -1211,7 +1245,7 @@ class AuthorCore(_CoreBase):
         if b.peer_did:
             b.transition("unsubscribe")
             self._by_did.pop(b.peer_did, None)
-            self._changes.branches.append(b.record())
+            self._changes.branches.append(self._record(b))
             events.append(BranchClosed(b.id, "unsubscribe", 0))
         else:
             self.remove_member(b.id, did_from_public_key(member[0]))
@@ -1389,7 +1423,7 @@ class SubscriberCore(_CoreBase):
             existing.members = {i: (pk, Permission(p)) for i, pk, p in secret.members}
             existing.keys.update({(e, p): k for e, p, k in keys})
             self._sync_chains(existing, secret.heads, existing.grant_hash)
-            self._changes.branches.append(existing.record())
+            self._changes.branches.append(self._record(existing))
             self._changes.chains.extend(existing.chain_record(p) for p in existing.chains)
         perm = Permission(members[secret.index][1])
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(members.items()))
@@ -1409,7 +1443,7 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "revoke signature", r.branch) from exc
         b.transition("revoke")
-        self._changes.branches.append(b.record())
+        self._changes.branches.append(self._record(b))
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
 
     def unsubscribe(self, branch: bytes) -> None:
@@ -1418,7 +1452,7 @@ class SubscriberCore(_CoreBase):
         b.transition("unsubscribe")
         head = Unsubscribe(self._channel, b.id, b.me, b.epoch, b.grant_hash)
         self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
-        self._changes.branches.append(b.record())
+        self._changes.branches.append(self._record(b))
 
     # -- anchor proofs (THREATS 7; state-loss recovery, THREATS 3) ------------------------------------------------
 

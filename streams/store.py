@@ -394,6 +394,18 @@ class Store:
                        (branch, publisher, seq))
         return None if not rows else (rows[0][0], rows[0][1])
 
+    def branch_extras(self, branch: bytes) -> tuple[bytes, bytes] | None:
+        """(grant frame, admission evidence) of a stored branch, or None -- without unsealing its keys (the core
+        keeps neither in memory once stored)."""
+        rows = self._q("SELECT rec FROM branches WHERE id = ?", (branch,))
+        if not rows:
+            return None
+        try:
+            v = msgpack.unpackb(rows[0][0], raw=False)
+            return bytes(v[4]), bytes(v[10])
+        except (ValueError, IndexError, TypeError) as exc:
+            raise StorageError(f"branch record {branch.hex()} in {self.path} is corrupted") from exc
+
     def iter_log(self) -> Iterator[tuple[bytes, int, int, bytes, bytes]]:
         """Every retained row as stored, ``(branch, publisher, seq, hash, frame)``, in position order (audit)."""
         yield from self._q("SELECT branch, publisher, seq, hash, frame FROM log ORDER BY branch, publisher, seq")

@@ -258,3 +258,46 @@ async def test_catch_up_fetches_window_after_window_without_waiting_for_timers(t
     assert got == list(range(1, 301))
     await s1.close()
     await author.close()
+
+
+async def test_grant_and_evidence_live_on_disk_and_still_serve_resubscription_and_recheck(tmp_path: Path) -> None:
+    """The author keeps neither grant frames nor credentials in memory (idle branches stay small), yet a
+    re-subscription gets its grant and a revoked credential still cuts its subscriber off -- after a restart too."""
+    from datetime import UTC, datetime, timedelta
+
+    from streams.credentials import (
+        CredentialPolicy,
+        StatusList,
+        StatusListSource,
+        issue_credential,
+        issue_status_list_credential,
+        present,
+    )
+
+    issuer, url, t0 = ident(9), "https://issuer.example/sl", datetime(2026, 1, 1, tzinfo=UTC)
+    bits, lists = StatusList(), StatusListSource()
+    lists.publish(issue_status_list_credential(issuer, url, bits, valid_from=t0))
+    policy = CredentialPolicy("ProviderCredential", frozenset({issuer.did}), status_lists=lists)
+    cred = issue_credential(issuer, P1.did, ["ProviderCredential"], {}, valid_from=t0, status=(url, 1), created=t0)
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(), policy,
+                                 store_options=FAST)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+
+    def presenter(nonce: bytes, channel: bytes) -> bytes:
+        return present(P1, cred, challenge=nonce, domain=channel, created=t0 + timedelta(days=1))
+
+    b1 = await s1.subscribe(timeout=5, presenter=presenter)
+    held = author._core._branches[b1]
+    assert held.grant_frame is None and held.evidence is None  # on disk only
+    assert await s1.subscribe(timeout=5, presenter=presenter) == b1  # the grant came back from the store
+    await author.close()
+    author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), policy, store_options=FAST)
+    assert await author.recheck_admissions() == []
+    bits.set(1)
+    lists.publish(issue_status_list_credential(issuer, url, bits, valid_from=t0))
+    assert await author.recheck_admissions() == [b1]
+    with pytest.raises(ClosedResourceError):
+        await author.publish(b1, b"no more")
+    await s1.close()
+    await author.close()

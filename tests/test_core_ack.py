@@ -130,7 +130,7 @@ def test_ack_after_restart_is_sent_again(net: Net) -> None:
     s = net.subs["s0"]
     # Restart from the committed records (the ACK may have died with the process): acknowledged again.
     s2 = SubscriberCore(ident(10), ident(1).did, net.author.channel)
-    s2.load([s._branches[b0].record()], [s._branches[b0].chain_record(0)])
+    s2.load([s._record(s._branches[b0])], [s._branches[b0].chain_record(0)])
     s2.acknowledge()
     [again] = [o.data for o in s2.data_to_send()]
     assert decode_frame(again).head.seq == decode_frame(ack).head.seq == 1
