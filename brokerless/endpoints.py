@@ -60,7 +60,7 @@ import zmq.asyncio
 
 from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
-from streams.wire import MAX_FRAME, Kind, decode_frame
+from streams.wire import MAX_FRAME, VERSION, Kind, decode_frame
 
 from .curve import CurveConfig, setup_client, setup_server
 
@@ -84,6 +84,7 @@ _INSTANCE_LEN = 8
 #: Kinds that only members send (they are authenticated by the core); every other kind is unauthenticated and
 #: charged against the sender's inbound budget.
 _MEMBER_KINDS = frozenset({Kind.PACKET, Kind.CHECKPOINT, Kind.UNSUBSCRIBE, Kind.FETCH, Kind.HEAD, Kind.ACK})
+_NOT_A_FRAME = DecodeError("not a streams/1 frame (must start with [1, kind, ...])")
 
 
 def _now_ms() -> int:
@@ -436,17 +437,23 @@ class AuthorEndpoint(_Base):
             return
         if data[:1] == PONG:
             return
-        try:
-            frame = decode_frame(data, cfg.max_frame)
-        except DecodeError as exc:
-            self._malformed(peer, exc)
+        # Cheap triage before any parsing (THREATS 8): a frame is the canonical array [1, kind, ...], so it starts
+        # with 0x95 (fixarray 5), the version and the kind.  Garbage costs two byte compares, and unauthenticated
+        # kinds are charged against the peer's budget before they are decoded.
+        if len(data) < 3 or data[0] != 0x95 or data[1] != VERSION:
+            self._malformed(peer, _NOT_A_FRAME)
             return
-        member = frame.kind in _MEMBER_KINDS
+        member = data[2] in _MEMBER_KINDS
         if not member and not peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
             self.stats.over_budget += 1
             if self.stats.over_budget % 1000 == 1:
                 log.warning("peer %s over its inbound budget: dropping (%d so far)", rid.hex(),
                             self.stats.over_budget)
+            return
+        try:
+            frame = decode_frame(data, cfg.max_frame)
+        except DecodeError as exc:
+            self._malformed(peer, exc)
             return
         if member:
             branch = getattr(frame.head, "branch", None)
