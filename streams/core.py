@@ -484,7 +484,7 @@ class _CoreBase:
         # object is built; the wire module's tests pin the equivalence.
         head_raw = _packb([self._channel, branch, me, seq, c.head, b.epoch, nonce])
         body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
-        h = _crypto.hash32(_crypto.P_MSG, _PACKET_AAD_PREFIX, head_raw, body)
+        h = message_hash(Kind.PACKET, head_raw, body)
         signed = b.mode is SigningMode.EACH
         raw = _packb([VERSION, 7, head_raw, body, self._id.sign(h) if signed else b""])
         c.next_seq = seq + 1
@@ -950,13 +950,6 @@ class _CoreBase:
                 seq, hh = start.get(p, (0, genesis))
                 b.chains[p] = _Chain(seq + 1, hh, seq)
                 b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
-
-
-def _finish(kind: Kind, head: object, head_raw: bytes, body: bytes, sign: Callable[[bytes], bytes] | None) -> Frame:
-    h = message_hash(kind, head_raw, body)
-    sig = sign(h) if sign is not None else b""
-    raw = msgpack.packb([VERSION, int(kind), head_raw, body, sig], use_bin_type=True)
-    return Frame(kind, head, head_raw, body, sig, raw, h)
 
 
 # --- author --------------------------------------------------------------------------------------------------
