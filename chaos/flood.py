@@ -97,24 +97,47 @@ class Proc:
             self.p.stdout.close()
 
 
-def _counts_at(host: Proc, t: float) -> tuple[float, list[int]]:
-    """The host's last ``C`` line at or before ``t``: (its time, per-subscriber counts)."""
-    best: tuple[float, list[int]] = (0.0, [])
+def _counts_at(host: Proc, t: float) -> tuple[float, list[int], float]:
+    """The host's last ``C`` line at or before ``t``: (its time, per-subscriber counts, its CPU seconds)."""
+    best: tuple[float, list[int], float] = (0.0, [], 0.0)
     for x in host.poll():
         if x.startswith("C "):
-            _, ts, js = x.split(" ", 2)
+            _, ts, rest = x.split(" ", 2)
+            js, cpu = rest.rsplit(" ", 1)
             if float(ts) <= t:
-                best = (float(ts), json.loads(js))
+                best = (float(ts), json.loads(js), float(cpu))
     return best
 
 
 def _rates(hosts: list[Proc], t0: float, t1: float) -> list[float]:
     out: list[float] = []
     for h in hosts:
-        a_t, a = _counts_at(h, t0)
-        b_t, b = _counts_at(h, t1)
+        a_t, a, _ = _counts_at(h, t0)
+        b_t, b, _ = _counts_at(h, t1)
         out += [(y - x) / (b_t - a_t) for x, y in zip(a, b, strict=True)]
     return out
+
+
+def _cpu(hosts: list[Proc], t0: float, t1: float) -> float:
+    """CPU seconds per second used by all of ``hosts`` between ``t0`` and ``t1`` (1.0 = one core busy)."""
+    total = 0.0
+    for h in hosts:
+        a_t, _, a = _counts_at(h, t0)
+        b_t, _, b = _counts_at(h, t1)
+        total += (b - a) / (b_t - a_t)
+    return total
+
+
+def _proc_stat() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    f = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]  # idle + iowait
+    return sum(f) - idle, sum(f)
+
+
+def _busy(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Cores busy on average between two :func:`_proc_stat` readings (the machine's, every process)."""
+    return round((b[0] - a[0]) / max(1.0, b[1] - a[1]) * (os.cpu_count() or 1), 2)
 
 
 def _author_stats(author: Proc, t0: float, t1: float) -> list[dict[str, Any]]:
@@ -155,8 +178,10 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             print(f"[{setup_s:.0f}s] {subscribers} subscribers admitted; baseline phase", file=sys.stderr)
         time.sleep(warmup_s)
         a0 = time.time()
+        a0_stat = _proc_stat()
         time.sleep(phase_s)
         a1 = time.time()
+        a1_stat = _proc_stat()
         # Attack: the slow subscriber stops reading (its whole process stops), the flooder starts.
         slow.p.send_signal(signal.SIGSTOP)
         flooder = Proc("flooder", "--connect", addr, "--rate", str(rate), "--seconds", str(phase_s + 2),
@@ -166,8 +191,10 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             print("attack phase", file=sys.stderr)
         time.sleep(1.0)
         b0 = time.time()
+        b0_stat = _proc_stat()
         time.sleep(phase_s)
         b1 = time.time()
+        b1_stat = _proc_stat()
         sent = json.loads(flooder.wait_for("SENT", 60)[5:])
         # Baseline again (the slow subscriber reads again): the machine is shared, so the attack phase is compared
         # with the mean of the phases before and after it, which cancels a steady drift of the background load.
@@ -176,8 +203,10 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             print("second baseline phase", file=sys.stderr)
         time.sleep(1.0)
         c0 = time.time()
+        c0_stat = _proc_stat()
         time.sleep(phase_s)
         c1 = time.time()
+        c1_stat = _proc_stat()
         time.sleep(1.0)
         for hp in procs:
             hp.poll()
@@ -227,6 +256,13 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             "author_cpu_baseline": round((st_a[-1]["cpu_s"] - st_a[0]["cpu_s"]) / (st_a[-1]["t"] - st_a[0]["t"]), 2),
             "author_cpu_attack": round((st_b[-1]["cpu_s"] - st_b[0]["cpu_s"]) / (st_b[-1]["t"] - st_b[0]["t"]), 2),
             "flooder_cpu_s": round(sent.get("cpu_ms", 0) / 1000, 2),
+            # CPU of the good subscribers' processes: if the system is CPU-bound, any CPU the flood costs anyone
+            # (the flooder itself included) is taken from them on this 2-core machine.
+            "hosts_cpu_baseline": round((_cpu(host_procs, a0, a1) + _cpu(host_procs, c0, c1)) / 2, 2),
+            "hosts_cpu_attack": round(_cpu(host_procs, b0, b1), 2),
+            "machine_cpus": os.cpu_count(),
+            "machine_busy_baseline": round((_busy(a0_stat, a1_stat) + _busy(c0_stat, c1_stat)) / 2, 2),
+            "machine_busy_attack": _busy(b0_stat, b1_stat),
         }
         fig["author_rss_growth_mb"] = round(fig["author_rss_mb_attack_max"] - fig["author_rss_mb_baseline_max"], 1)
         fig["ok"] = bool(fig["throughput_ratio"] >= 0.9 and fig["author_rss_growth_mb"] < 64

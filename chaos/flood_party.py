@@ -163,7 +163,7 @@ async def run_host(args: argparse.Namespace) -> None:
 
     async def report() -> None:
         while True:
-            _out("C", time.time(), json.dumps(counts))
+            _out("C", time.time(), json.dumps(counts), sum(os.times()[:2]))
             await asyncio.sleep(0.5)
 
     tasks.append(asyncio.create_task(report()))
