@@ -5,13 +5,20 @@
 One author process, ``--hosts`` processes each hosting hundreds of Subscriber+SubscriberEndpoint pairs in one event
 loop (each with its own SQLite store and handshake), and one more process hosting the slow subscriber.  The author
 publishes round-robin into every branch at the system's capacity (a per-branch window of unacknowledged messages).
-Three phases of equal length in the same run:
+Phases of equal length in the same run, in this order: base, decoy, attack, decoy, base.
 
-1. **baseline** -- everyone reads, nobody floods;
-2. **attack**   -- the slow subscriber's process is stopped (SIGSTOP: it stops reading entirely) and a flooder
-   sends garbage, frame-looking garbage, HELLO and SUBSCRIBE requests and PINGs from one peer at ``--rate``;
-3. **baseline again** -- the attack is compared with the mean of both baselines (the 2-core machine is shared: this
-   cancels a steady drift of the background load).
+* **base**   -- everyone reads, nobody floods;
+* **decoy**  -- the control: the flooder sends the same frames at the same rate into a sink process that discards
+  them.  Everything here shares two cores, so the flood's own CPU (the flooder, the kernel, a receiving ZeroMQ
+  thread) is taken from the subscribers whatever its target; in a deployment the attacker and the subscribers are
+  on other hosts.  The decoy phases carry that load without touching the author;
+* **attack** -- the slow subscriber's process is stopped (SIGSTOP: it stops reading entirely) and the flooder
+  sends garbage, frame-looking garbage, HELLO and SUBSCRIBE requests and PINGs at the author from one peer.
+
+The attack is compared with the mean of the phases on both sides of it (the machine is shared: this cancels a
+steady drift of the background load): ``throughput_ratio`` against the decoy phases -- what the author's handling
+of the flood and the stopped reader cost the others -- and ``throughput_ratio_vs_no_flood`` against no flood at all
+(this machine's CPU included).  ``--no-control`` runs base, attack, base only.
 
 Figures: the good subscribers' throughput in each phase and its ratio (target >= 0.9), per-subscriber ratios, the
 author's RSS (bounded: no growth with the flood), the endpoint's queues (bounded by ``send_queue``), and how the
@@ -43,11 +50,11 @@ PARTY = HERE / "flood_party.py"
 class Proc:
     """A child whose stdout lines are collected by a thread (killed in :meth:`kill`)."""
 
-    def __init__(self, *args: str, stderr: Path) -> None:
+    def __init__(self, *args: str, stderr: Path, stdin: bool = False) -> None:
         env = dict(os.environ, PYTHONPATH=str(HERE.parent))
         with open(stderr, "ab") as err:
             self.p = subprocess.Popen([sys.executable, str(PARTY), *args], stdout=subprocess.PIPE, stderr=err,
-                                      text=True, env=env)
+                                      stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, env=env)
         self.lines: list[str] = []
         self._q: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -74,6 +81,12 @@ class Proc:
                 raise RuntimeError(f"child exited ({self.p.returncode}) before {prefix!r}")
             time.sleep(0.05)
         raise RuntimeError(f"no {prefix!r} within {timeout} s")
+
+    def tell(self, line: str) -> None:
+        """One command line on the child's stdin."""
+        assert self.p.stdin is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
 
     def stop(self) -> None:
         if self.p.poll() is None:
@@ -145,7 +158,8 @@ def _author_stats(author: Proc, t0: float, t1: float) -> list[dict[str, Any]]:
 
 
 def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: float = 20_000, warmup_s: float = 3.0,
-        workdir: Path | None = None, ready_timeout: float = 900.0, progress: bool = False) -> dict[str, Any]:
+        workdir: Path | None = None, ready_timeout: float = 900.0, progress: bool = False,
+        control: bool = True) -> dict[str, Any]:
     """Run both phases and return the figures (see the module docstring)."""
     tmp = tempfile.TemporaryDirectory(prefix="chaos-flood-") if workdir is None else None
     work = Path(tmp.name) if tmp is not None else workdir
@@ -175,50 +189,76 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             hp.wait_for("READY", ready_timeout)
         setup_s = time.monotonic() - t_start
         if progress:
-            print(f"[{setup_s:.0f}s] {subscribers} subscribers admitted; baseline phase", file=sys.stderr)
+            print(f"[{setup_s:.0f}s] {subscribers} subscribers admitted", file=sys.stderr)
+        flooder: Proc | None = None
+        if control:  # one flooder for every phase, told on stdin where to send
+            sink = Proc("sink", stderr=work / "sink.stderr")
+            procs.append(sink)
+            flooder = Proc("flooder", "--connect", addr, "--rate", str(rate), "--sink",
+                           sink.wait_for("READY", 60).split()[1], stderr=work / "flooder.stderr", stdin=True)
+            procs.append(flooder)
         time.sleep(warmup_s)
-        a0 = time.time()
-        a0_stat = _proc_stat()
-        time.sleep(phase_s)
-        a1 = time.time()
-        a1_stat = _proc_stat()
-        # Attack: the slow subscriber stops reading (its whole process stops), the flooder starts.
-        slow.p.send_signal(signal.SIGSTOP)
-        flooder = Proc("flooder", "--connect", addr, "--rate", str(rate), "--seconds", str(phase_s + 2),
-                       stderr=work / "flooder.stderr")
-        procs.append(flooder)
-        if progress:
-            print("attack phase", file=sys.stderr)
-        time.sleep(1.0)
-        b0 = time.time()
-        b0_stat = _proc_stat()
-        time.sleep(phase_s)
-        b1 = time.time()
-        b1_stat = _proc_stat()
+
+        def phase(name: str, target: str) -> tuple[float, float, tuple[float, float], tuple[float, float]]:
+            if progress:
+                print(f"phase {name}", file=sys.stderr)
+            if flooder is not None and control:
+                flooder.tell(target)
+            time.sleep(1.0)
+            t0, s0 = time.time(), _proc_stat()
+            time.sleep(phase_s)
+            return t0, time.time(), s0, _proc_stat()
+
+        # Phases (the 2-core machine is shared, so every comparison is with the mean of the phases before and
+        # after, which cancels a steady drift of the background load):
+        #   base  -- no flood at all;
+        #   decoy -- (control) the same flood at the same rate into a process that discards it: the machine
+        #            carries the flood's CPU (flooder, kernel, a receiving ZeroMQ thread) but the author is left
+        #            alone, as when the attacker is on another host;
+        #   attack -- the flood at the author, and the slow subscriber stopped (SIGSTOP: it reads nothing).
+        plan = ["base", "decoy", "attack", "decoy", "base"] if control else ["base", "attack", "base"]
+        spans: dict[str, list[tuple[float, float, tuple[float, float], tuple[float, float]]]] = {}
+        for name in plan:
+            if name == "attack":
+                slow.p.send_signal(signal.SIGSTOP)
+                if not control:
+                    flooder = Proc("flooder", "--connect", addr, "--rate", str(rate), "--seconds",
+                                   str(phase_s + 2), stderr=work / "flooder.stderr")
+                    procs.append(flooder)
+            spans.setdefault(name, []).append(phase(name, {"base": "off", "decoy": "sink"}.get(name, "author")))
+            if name == "attack":
+                slow.p.send_signal(signal.SIGCONT)
+                if flooder is not None and control:
+                    flooder.tell("off")
+        assert flooder is not None
+        if control:
+            flooder.tell("stop")
         sent = json.loads(flooder.wait_for("SENT", 60)[5:])
-        # Baseline again (the slow subscriber reads again): the machine is shared, so the attack phase is compared
-        # with the mean of the phases before and after it, which cancels a steady drift of the background load.
-        slow.p.send_signal(signal.SIGCONT)
-        if progress:
-            print("second baseline phase", file=sys.stderr)
-        time.sleep(1.0)
-        c0 = time.time()
-        c0_stat = _proc_stat()
-        time.sleep(phase_s)
-        c1 = time.time()
-        c1_stat = _proc_stat()
         time.sleep(1.0)
         for hp in procs:
             hp.poll()
+
+        def mean_rates(name: str) -> list[float]:
+            runs = [_rates(host_procs, t0, t1) for t0, t1, _, _ in spans[name]]
+            return [statistics.fmean(xs) for xs in zip(*runs, strict=True)]
+
+        def mean_cpu(name: str) -> float:
+            return round(statistics.fmean(_cpu(host_procs, t0, t1) for t0, t1, _, _ in spans[name]), 2)
+
+        def mean_busy(name: str) -> float:
+            return round(statistics.fmean(_busy(s0, s1) for _, _, s0, s1 in spans[name]), 2)
+
+        (a0, a1, _, _), (c0, c1, _, _) = spans["base"][0], spans["base"][-1]
+        b0, b1, _, _ = spans["attack"][0]
+        base, att = mean_rates("base"), mean_rates("attack")
         base1 = _rates(host_procs, a0, a1)
         base2 = _rates(host_procs, c0, c1)
-        base = [(x + y) / 2 for x, y in zip(base1, base2, strict=True)]
-        att = _rates(host_procs, b0, b1)
+        ref = mean_rates("decoy") if control else base
         st_a = _author_stats(author, a0, a1)
         st_b = _author_stats(author, b0, b1 + 1.5)
-        st_before_attack = _author_stats(author, 0, a1)[-1]
+        st_before_attack = _author_stats(author, 0, b0 - 1.0)[-1]
         st_end = st_b[-1]
-        ratios = sorted(b / a for a, b in zip(base, att, strict=True) if a > 0)
+        ratios = sorted(b / a for a, b in zip(ref, att, strict=True) if a > 0)
         frames_total = sum(v for k, v in sent.items() if k not in ("hwm_full", "cpu_ms"))
 
         def delta(k: str) -> int:
@@ -233,7 +273,12 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             "baseline_before_msgs_per_s": round(sum(base1), 1),
             "baseline_after_msgs_per_s": round(sum(base2), 1),
             "attack_msgs_per_s": round(sum(att), 1),
-            "throughput_ratio": round(sum(att) / sum(base), 3) if sum(base) else 0.0,
+            # The target (>= 0.9): with the control, against the decoy phases (the flood's CPU on the machine in
+            # both, only its target differs); without it, against no flood at all.
+            "control": control,
+            "decoy_msgs_per_s": round(sum(ref), 1) if control else None,
+            "throughput_ratio": round(sum(att) / sum(ref), 3) if sum(ref) else 0.0,
+            "throughput_ratio_vs_no_flood": round(sum(att) / sum(base), 3) if sum(base) else 0.0,
             "per_subscriber_ratio_min": round(ratios[0], 3) if ratios else 0.0,
             "per_subscriber_ratio_p10": round(ratios[len(ratios) // 10], 3) if ratios else 0.0,
             "per_subscriber_ratio_median": round(statistics.median(ratios), 3) if ratios else 0.0,
@@ -258,11 +303,9 @@ def run(subscribers: int = 1000, hosts: int = 2, phase_s: float = 15.0, rate: fl
             "flooder_cpu_s": round(sent.get("cpu_ms", 0) / 1000, 2),
             # CPU of the good subscribers' processes: if the system is CPU-bound, any CPU the flood costs anyone
             # (the flooder itself included) is taken from them on this 2-core machine.
-            "hosts_cpu_baseline": round((_cpu(host_procs, a0, a1) + _cpu(host_procs, c0, c1)) / 2, 2),
-            "hosts_cpu_attack": round(_cpu(host_procs, b0, b1), 2),
+            "hosts_cpu": {k: mean_cpu(k) for k in spans},
             "machine_cpus": os.cpu_count(),
-            "machine_busy_baseline": round((_busy(a0_stat, a1_stat) + _busy(c0_stat, c1_stat)) / 2, 2),
-            "machine_busy_attack": _busy(b0_stat, b1_stat),
+            "machine_busy": {k: mean_busy(k) for k in spans},
         }
         fig["author_rss_growth_mb"] = round(fig["author_rss_mb_attack_max"] - fig["author_rss_mb_baseline_max"], 1)
         fig["ok"] = bool(fig["throughput_ratio"] >= 0.9 and fig["author_rss_growth_mb"] < 64
@@ -283,11 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hosts", type=int, default=2, help="processes hosting the good subscribers")
     ap.add_argument("--phase", type=float, default=15.0, help="seconds of each phase")
     ap.add_argument("--rate", type=float, default=20_000, help="flood frames per second")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip the decoy phases: compare the attack with no flood at all (on one machine the "
+                         "flood's own CPU then counts against the author)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--workdir", type=Path, help="keep stores and stderr here (default: a temp dir, removed)")
     args = ap.parse_args(argv)
-    fig = run(args.subscribers, args.hosts, args.phase, args.rate, workdir=args.workdir, progress=not args.json)
+    fig = run(args.subscribers, args.hosts, args.phase, args.rate, workdir=args.workdir, progress=not args.json,
+              control=not args.no_control)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(fig, indent=2) + "\n")

@@ -9,7 +9,9 @@
   ZeroMQ context) and its own SQLite store, in one event loop.  Prints ``READY n`` once all hold their grant,
   then ``C <unix time> [per-subscriber counts]`` every half second.
 * ``flooder`` -- a hostile peer on a raw DEALER: garbage, frame-looking garbage, HELLO and SUBSCRIBE requests (with a
-  random sealed body) and PINGs at ``--rate`` frames per second; prints ``SENT {...}`` at the end.
+  random sealed body) and PINGs at ``--rate`` frames per second; prints ``SENT {...}`` at the end.  With ``--sink``
+  it also floods a decoy, as told on stdin (the control phases of :mod:`chaos.flood`).
+* ``sink``    -- the decoy: a ROUTER that discards what it receives.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import sys
 import time
@@ -178,12 +181,22 @@ async def run_host(args: argparse.Namespace) -> None:
 
 
 def run_flooder(args: argparse.Namespace) -> None:
+    """Send the flood at ``--rate`` frames per second.  Without ``--sink``: at the author for ``--seconds``.  With
+    ``--sink ADDR``: commands on stdin choose the target -- ``author``, ``sink`` (the decoy: the same frames at the
+    same rate into a process that discards them, so the machine carries the same load while the author is left
+    alone), ``off`` -- and ``stop`` ends the run; ``SENT`` counts only what reached the author."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
-    sock.setsockopt(zmq.RCVHWM, 100)  # it never reads what the author answers
-    sock.connect(args.connect)
+
+    def dealer(addr: str) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100)  # it never reads what the author answers
+        sock.connect(addr)
+        return sock
+
+    to_author = dealer(args.connect)
+    to_sink = dealer(args.sink) if args.sink else None
     rnd = random.Random(7)
     channel = channel_id(ident(AUTHOR_SEED).sign_public, NAME)
     hello = encode_frame(Hello(channel)).raw
@@ -203,31 +216,56 @@ def run_flooder(args: argparse.Namespace) -> None:
     # possible on making frames (a real attacker's CPU is not ours).
     pool = [(name, shapes[name]()) for name in rnd.choices(names, weights, k=4096)]
     sent: dict[str, int] = defaultdict(int)
+    target = None if to_sink is not None else to_author
     end = time.monotonic() + args.seconds
     tick = 0.01
     per_tick = max(1, int(args.rate * tick))
     i = 0
-    while time.monotonic() < end:
+    while to_sink is not None or time.monotonic() < end:
+        if to_sink is not None and select.select([sys.stdin], [], [], 0)[0]:
+            cmd = sys.stdin.readline().strip()
+            if cmd in ("stop", ""):
+                break
+            target = {"author": to_author, "sink": to_sink}.get(cmd)
         t = time.monotonic()
-        for _ in range(per_tick):
-            name, data = pool[i % len(pool)]
-            i += 1
-            try:
-                sock.send(data, zmq.NOBLOCK)
-                sent[name] += 1
-            except zmq.Again:
-                sent["hwm_full"] += 1
+        if target is not None:
+            for _ in range(per_tick):
+                name, data = pool[i % len(pool)]
+                i += 1
+                try:
+                    target.send(data, zmq.NOBLOCK)
+                    if target is to_author:
+                        sent[name] += 1
+                except zmq.Again:
+                    sent["hwm_full"] += 1
         time.sleep(max(0.0, tick - (time.monotonic() - t)))
     cpu = os.times()
     sent["cpu_ms"] = int((cpu.user + cpu.system) * 1000)
     _out("SENT", json.dumps(sent))
-    sock.close(linger=0)
+    to_author.close(linger=0)
+    if to_sink is not None:
+        to_sink.close(linger=0)
     ctx.term()
+
+
+def run_sink(args: argparse.Namespace) -> None:
+    """The decoy's target: a ROUTER that reads and discards everything (the work the author's ZeroMQ I/O thread
+    would do for the same flood), until SIGTERM."""
+    ctx = zmq.Context()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(args.bind)
+    _out("READY", sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    n = 0
+    while True:
+        sock.recv_multipart()
+        n += 1
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("role", choices=["author", "host", "flooder"])
+    p.add_argument("role", choices=["author", "host", "flooder", "sink"])
     p.add_argument("--bind", default="tcp://127.0.0.1:0")
     p.add_argument("--connect", default="")
     p.add_argument("--db", default="")
@@ -244,9 +282,12 @@ def main() -> None:
     p.add_argument("--no-read", action="store_true")
     p.add_argument("--rate", type=float, default=20_000, help="flooder: frames per second")
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--sink", default="", help="flooder: the decoy's address; then stdin commands pick the target")
     args = p.parse_args()
     if args.role == "flooder":
         run_flooder(args)
+    elif args.role == "sink":
+        run_sink(args)
     else:
         asyncio.run(run_author(args) if args.role == "author" else run_host(args))
 
