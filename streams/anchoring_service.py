@@ -180,8 +180,9 @@ class AnchorService:
                     failures += 1
                     restart = getattr(self.ledger, "restart", None)
                     if callable(restart) and failures % cfg.restart_after == 0:
-                        # The iota-sdk client remembers "no healthy node" after an outage: a fresh worker
-                        # (a fresh client) checks the node again.
+                        # Belt and braces: a fresh worker (a fresh client, fresh connections) after repeated
+                        # failures.  The known cause -- the SDK's sticky "no healthy node" -- is fixed in
+                        # IotaLedger itself (ignore_node_health).
                         with contextlib.suppress(StreamsError):
                             await asyncio.to_thread(restart)
                 else:

@@ -182,6 +182,25 @@ def test_outage_raises_ledger_error_then_recovers(node: StandIn, ledger: IotaLed
 
 
 @needs_sdk
+def test_a_worker_started_during_an_outage_recovers_as_soon_as_the_node_is_back(node: StandIn) -> None:
+    # The iota-sdk client marks its node unhealthy when created during an outage and then refuses every call with
+    # "no healthy node available" until its next node sync (a minute later).  The ledger must not inherit that.
+    node.admin("/admin/outage", {"on": True})
+    try:
+        with IotaLedger(node.url, timeout=10.0, api_timeout=2.0) as led:
+            with pytest.raises(LedgerError):
+                led.append(b"t", b"during outage")  # the worker (and its client) starts here
+            pid = led.worker_pid
+            assert pid is not None
+            node.admin("/admin/outage", {"on": False})
+            block_id = led.append(b"t", b"after outage")  # the first call after the outage succeeds
+            assert led.read(block_id) == (b"t", b"after outage")
+            assert led.worker_pid == pid  # no restart was needed
+    finally:
+        node.admin("/admin/outage", {"on": False})
+
+
+@needs_sdk
 def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: StandIn) -> None:
     # A call timeout far beyond the test's own limit: only the death itself can end the call.
     led = IotaLedger(node.url, timeout=3600.0, api_timeout=3600.0)

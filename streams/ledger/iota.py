@@ -99,7 +99,12 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
         conn.send(("missing", repr(exc)))
         return
     try:
-        client = Client(nodes=[url], api_timeout=timedelta(seconds=api_timeout_s))
+        # ignore_node_health: we talk to exactly one node, so the SDK's health-based node selection has nothing to
+        # choose from -- but a client created while that node was down marks it unhealthy and answers "no healthy
+        # node available" until its next sync (60 s), long after the node is back.  Health is no safety property
+        # here: every answer we act on is checked (block ids are re-derived from the bytes; nothing counts as
+        # anchored until a milestone references it).
+        client = Client(nodes=[url], api_timeout=timedelta(seconds=api_timeout_s), ignore_node_health=True)
     except Exception as exc:  # the SDK raises bare Exceptions from Rust; report and stop
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
