@@ -29,7 +29,9 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   the same catch-up.
 * **Hostile input** (THREATS 8).  Frames over ``max_frame`` are refused by ZeroMQ itself (``MAXMSGSIZE``: the
   connection is dropped).  Malformed frames are dropped by the strict decoder before reaching the core and
-  counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING) are rate-limited per peer (token bucket).
+  counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING) are rate-limited per peer (token bucket),
+  and well-formed requests from all peers together by one endpoint-wide bucket, so that reconnecting or opening
+  many connections does not multiply what a flooder can make the core unseal.
   The author's inbound queue is bounded; per-peer state is a few counters and a bounded send queue, and the
   number of peers is capped (least recently seen evicted).
 
@@ -112,6 +114,13 @@ class EndpointConfig:
     """Unauthenticated frames (HELLO, SUBSCRIBE, PING) and new branch mappings accepted per peer, per second."""
     inbound_burst: int = 100
     """Token bucket size for ``inbound_budget``, frames."""
+    global_budget: float = 2000.0
+    """Author: unauthenticated frames (HELLO, SUBSCRIBE, ...) passed to the protocol per second from all peers
+    together.  A flooder that reconnects (a new routing id, a fresh per-peer bucket) or opens many connections
+    still cannot make the core unseal more SUBSCRIBE requests than this (THREATS 8); under such a flood new
+    subscriptions are slowed, members' traffic is not (member kinds never draw from it)."""
+    global_burst: int = 4000
+    """Token bucket size for ``global_budget``, frames."""
     sndhwm: int = 1000
     """ZeroMQ send high-water mark per peer pipe, messages."""
     rcvhwm: int = 1000
@@ -139,6 +148,7 @@ class EndpointStats:
     frames_out: int = 0
     malformed: int = 0  #: frames the strict decoder refused
     over_budget: int = 0  #: unauthenticated frames dropped by the per-peer token bucket
+    over_global_budget: int = 0  #: unauthenticated frames dropped by the endpoint-wide token bucket (author)
     inbox_dropped: int = 0  #: frames dropped because the driver did not keep up (author)
     send_dropped: int = 0  #: frames dropped because a peer's send queue was full or the peer was gone
     peers_expired: int = 0
@@ -298,6 +308,7 @@ class AuthorEndpoint(_Base):
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._routes: OrderedDict[bytes, OrderedDict[bytes, None]] = OrderedDict()
         self._backlog: set[bytes] = set()
+        self._global = _Peer(b"", _now_ms(), self.config.global_burst)  # its token bucket only
         self._auth: object | None = None
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
         try:
@@ -454,6 +465,13 @@ class AuthorEndpoint(_Base):
             frame = decode_frame(data, cfg.max_frame)
         except DecodeError as exc:
             self._malformed(peer, exc)
+            return
+        if not member and not self._global.take(now, cfg.global_budget, cfg.global_burst):
+            # Charged after decoding, so that garbage cannot spend it: only well-formed requests compete for it.
+            self.stats.over_global_budget += 1
+            if self.stats.over_global_budget % 1000 == 1:
+                log.warning("unauthenticated frames over the endpoint's global budget: dropping (%d so far)",
+                            self.stats.over_global_budget)
             return
         if member:
             branch = getattr(frame.head, "branch", None)
