@@ -44,6 +44,20 @@ def hash32(person: bytes, *parts: bytes) -> bytes:
     return h.digest()
 
 
+def hasher(person: bytes, prefix: bytes) -> hashlib.blake2b:
+    """A BLAKE2b-256 state under ``person`` that has absorbed ``prefix``, for :func:`hash32_from` (hot paths:
+    the message hash of every frame starts with the same two bytes)."""
+    return hashlib.blake2b(prefix, digest_size=HASH_SIZE, person=person)
+
+
+def hash32_from(state: hashlib.blake2b, part1: bytes, part2: bytes) -> bytes:
+    """``hash32(person, prefix, part1, part2)`` from a :func:`hasher` state (which stays unchanged)."""
+    h = state.copy()
+    h.update(part1)
+    h.update(part2)
+    return h.digest()
+
+
 def mac16(key: bytes, person: bytes, *parts: bytes) -> bytes:
     """Keyed BLAKE2b-128."""
     h = hashlib.blake2b(digest_size=16, key=key, person=person)

@@ -233,7 +233,7 @@ class _Party:
         self._check_usable()
         seqs = self._core.publish_many(branch, list(payloads), self._clock())
         if seqs:
-            await self._durable()
+            await self._durable(now=True)
         return seqs
 
     async def wait_acknowledged(self, branch: bytes, seq: int, timeout: float | None = None) -> None:
@@ -425,37 +425,49 @@ class _Party:
         if self._closed:
             raise ClosedResourceError("closed")
 
-    async def _durable(self) -> None:
+    async def _durable(self, now: bool = False) -> None:
         """Return once the next commit (and send) that covers everything the core holds now has happened.
 
         Group commit: the first caller of a loop iteration leads.  It yields once, so every publish made
         meanwhile by other tasks joins the same transaction, then commits and sends for all of them.  Each
         caller waits on its own future (a cancelled caller cancels only its own), resolved only after
         ``Store.commit`` returned: nothing is acknowledged before its commit (THREATS 4).  Raises what the
-        commit or the send raised."""
+        commit or the send raised.
+
+        ``now`` (``publish_many``: the caller already batched): with a ``send_many`` transport, commit and send
+        at once -- covering any group still waiting for its leader -- and yield to the loop only afterwards, so
+        the frames leave before whatever else is ready in this iteration runs (the yield keeps a streaming
+        producer from starving the receive loop)."""
         loop = asyncio.get_running_loop()
         mine: asyncio.Future[None] = loop.create_future()
         group = self._group
         if group is not None:
             group.append(mine)
+            if now and self._send_many is not None:
+                self._group_flush(group)  # the waiting leader finds its group committed and only collects
         else:
             group = self._group = [mine]
-            try:
-                await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                mine.cancel()
-                if self._group is group:  # the others still need their commit
-                    self._schedule_group_flush(group)
-                raise
-            if self._group is group:
-                if self._send_many is not None:
-                    self._group_flush(group)
-                else:
-                    with contextlib.suppress(Exception):  # _flush failed the group with it: raised below
-                        await self._flush()
+            if now and self._send_many is not None:
+                self._group_flush(group)
+            else:
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    mine.cancel()
+                    if self._group is group:  # the others still need their commit
+                        self._schedule_group_flush(group)
+                    raise
+                if self._group is group:
+                    if self._send_many is not None:
+                        self._group_flush(group)
+                    else:
+                        with contextlib.suppress(Exception):  # _flush failed the group with it: raised below
+                            await self._flush()
         if not mine.done():
             await mine
         mine.result()
+        if now:
+            await asyncio.sleep(0)
 
     def _schedule_group_flush(self, group: list[asyncio.Future[None]]) -> None:
         loop = asyncio.get_running_loop()

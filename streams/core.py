@@ -28,7 +28,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -349,11 +349,27 @@ class _Reject(Exception):
 # --- the shared engine ---------------------------------------------------------------------------------------
 
 
+_Handler = Callable[[Any, Frame, int, object, list[Event]], None]
+
+
+_HANDLERS: dict[type[Any], dict[Kind, _Handler]] = {}
+
+
+def _handler_table(cls: type[_CoreBase]) -> dict[Kind, _Handler]:
+    """``ACCEPTS`` for ``cls.role``, resolved to ``cls``'s methods once per class: one dict lookup per frame."""
+    table = _HANDLERS.get(cls)
+    if table is None:
+        table = _HANDLERS[cls] = {kind: getattr(cls, name) for (role, kind), name in ACCEPTS.items()
+                                  if role is cls.role}
+    return table
+
+
 class _CoreBase:
     role: Role
 
     def __init__(self, identity: Identity, config: CoreConfig | None, rng: Rng | None) -> None:
         self._id = identity
+        self._handlers = _handler_table(type(self))
         self.config = config or CoreConfig()
         self._rng: Rng = rng or os.urandom
         self._out: list[Outgoing] = []
@@ -452,14 +468,14 @@ class _CoreBase:
             frame = decode_frame(data, self.config.max_frame)
         except RemoteProtocolError as exc:
             return [Rejected(exc.reason, str(exc))]
-        handler = ACCEPTS.get((self.role, frame.kind))
+        handler = self._handlers.get(frame.kind)
         if handler is None:
             return [Rejected(RejectReason.UNEXPECTED, f"{self.role.value} does not accept {frame.kind.name}")]
         if getattr(frame.head, "channel", None) != self._channel and frame.kind is not Kind.ANNOUNCE:
             return [Rejected(RejectReason.FOREIGN_CHANNEL, "frame belongs to another channel")]
         events: list[Event] = []
         try:
-            getattr(self, handler)(frame, now_ms, peer, events)
+            handler(self, frame, now_ms, peer, events)
         except _Reject as r:
             events.append(r.event)
         return events

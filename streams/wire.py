@@ -24,6 +24,7 @@ parsing (THREATS 8).
 from __future__ import annotations
 
 import enum
+import hashlib
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -397,6 +398,16 @@ EMPTY_BODY: Final = frozenset(
 )
 
 
+#: What :func:`decode_frame` checks per kind, in one lookup: (kind, signature rule, body must be empty, head
+#: class, BLAKE2b state of the message hash with ``[version, kind]`` absorbed).
+_SIG_REQUIRED, _SIG_OPTIONAL, _SIG_NONE = "required", "optional", "none"
+_RULES: Final[dict[int, tuple[Kind, str, bool, type[Any], hashlib.blake2b]]] = {
+    int(k): (k, _SIG_REQUIRED if k in SIG_REQUIRED else _SIG_OPTIONAL if k in SIG_OPTIONAL else _SIG_NONE,
+             k in EMPTY_BODY, HEADS[k], _crypto.hasher(_crypto.P_MSG, _PREFIX[k]))
+    for k in Kind
+}
+
+
 def _packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -457,7 +468,10 @@ def _bin_len(n: int) -> int:
 
 def message_hash(kind: int, head_raw: bytes, body: bytes) -> bytes:
     """``H(msg, [version, kind] || head || body)`` -- the link target and the signed digest."""
-    return _crypto.hash32(_crypto.P_MSG, _PREFIX.get(kind) or bytes((VERSION, kind)), head_raw, body)
+    rule = _RULES.get(kind)
+    if rule is None:
+        return _crypto.hash32(_crypto.P_MSG, bytes((VERSION, kind)), head_raw, body)
+    return _crypto.hash32_from(rule[4], head_raw, body)
 
 
 def encode_frame(head: Head, body: bytes = b"", sign: Any = None) -> Frame:
@@ -481,7 +495,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
         raise DecodeError("frame must be bytes")
     if size > max_frame:
         raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame}")
-    data = bytes(data)
+    data = bytes(data)  # no copy for bytes
     outer = _unpack(data, "frame", max_frame)
     if type(outer) is not list or len(outer) != 5:
         raise DecodeError("frame must be an array of 5")
@@ -490,9 +504,10 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
         raise DecodeError("version must be an integer")
     if version != VERSION:
         raise UnsupportedVersion(f"unsupported protocol version {version}")
-    k = _KINDS.get(kind) if type(kind) is int else None
-    if k is None:
+    rule = _RULES.get(kind) if type(kind) is int else None
+    if rule is None:
         raise DecodeError("unknown message kind")
+    k, sig_rule, empty_body, cls, prefix = rule
     if type(head_raw) is not bytes or type(body) is not bytes or type(sig) is not bytes:
         raise DecodeError("head, body and sig must be binary")
     # Canonical form without re-encoding the (possibly large) body: every msgpack value has one shortest
@@ -500,18 +515,19 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
     # length is the sum of the shortest encodings (fixarray 5, two fixints, three bin headers).
     if size != 3 + _bin_len(len(head_raw)) + _bin_len(len(body)) + _bin_len(len(sig)):
         raise DecodeError("frame is not in canonical encoding")
-    if k in SIG_REQUIRED and len(sig) != 64:
-        raise DecodeError(f"{k.name} must be signed")
-    if k in SIG_OPTIONAL and len(sig) not in (0, 64):
-        raise DecodeError("signature must be 64 bytes or absent")
-    if k not in SIG_REQUIRED and k not in SIG_OPTIONAL and sig:
+    if sig_rule is _SIG_REQUIRED:
+        if len(sig) != 64:
+            raise DecodeError(f"{k.name} must be signed")
+    elif sig_rule is _SIG_OPTIONAL:
+        if sig and len(sig) != 64:
+            raise DecodeError("signature must be 64 bytes or absent")
+    elif sig:
         raise DecodeError(f"{k.name} must not carry a signature")
-    if k in EMPTY_BODY and body:
+    if empty_body and body:
         raise DecodeError(f"{k.name} must have an empty body")
-    cls = HEADS[k]
     values = _unpack(head_raw, "head", 1024)
     schema = cls.SCHEMA
-    if not isinstance(values, list) or len(values) != len(schema):
+    if type(values) is not list or len(values) != len(schema):
         raise DecodeError(f"{k.name} head must be an array of {len(schema)}")
     head = _packet_head(values, head_raw) if k is Kind.PACKET else None
     if head is None:
@@ -520,7 +536,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
         if _packb(checked) != head_raw:
             raise DecodeError("head is not in canonical encoding")
         head = cls(*checked)
-    return Frame(k, head, head_raw, body, sig, data, message_hash(k, head_raw, body))
+    return Frame(k, head, head_raw, body, sig, data, _crypto.hash32_from(prefix, head_raw, body))
 
 
 def _uint_len(v: int) -> int:

@@ -112,6 +112,29 @@ async def test_publish_many_one_commit_in_order_and_durable(tmp_path: Path) -> N
     await author.close()
 
 
+async def test_publish_many_commits_and_sends_before_anything_else_runs(tmp_path: Path) -> None:
+    # Latency: the caller batched already, so publish_many does not wait a loop iteration for company; its
+    # frames are committed and handed to the transport before any other ready callback runs -- and a
+    # single publish waiting for its group commit is covered by the same transaction.
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[int, bool]] = []
+    taps = len(hub.tap)
+    loop.call_soon(lambda: seen.append((len(hub.tap) - taps, logged(tmp_path / "author.db", branch, 0, 2))))
+    assert await author.publish_many(branch, [b"a", b"b"]) == [1, 2]
+    assert seen == [(2, True)]  # both frames on disk and sent before the first other callback ran
+    commits0 = author.store.commits
+    single = asyncio.ensure_future(author.publish(branch, b"single"))
+    await asyncio.sleep(0)  # the single publish now leads a group and waits one iteration for company
+    assert await author.publish_many(branch, [b"c"]) == [4]
+    assert await single == 3
+    assert author.store.commits - commits0 == 1  # one transaction covered both
+    assert [m.payload for m in await _take(sub, 4)] == [b"a", b"b", b"single", b"c"]
+    await sub.close()
+    await author.close()
+
+
 async def test_publish_many_all_or_nothing_for_caller_errors(tmp_path: Path) -> None:
     hub = MemoryHub()
     author, sub, branch = await pair(tmp_path, hub)
