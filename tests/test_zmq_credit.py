@@ -66,7 +66,7 @@ async def connect_subscriber(aep: AuthorEndpoint, cfg: EndpointConfig) -> tuple[
 
 
 async def test_a_subscriber_that_does_not_read_is_sent_one_window_then_everything_kept_arrives_in_order() -> None:
-    cfg = EndpointConfig()
+    cfg = EndpointConfig(credit_window=2000)
     window, n = cfg.credit_window, 20_000
     aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
     sep, rid = await connect_subscriber(aep, cfg)
@@ -111,7 +111,7 @@ async def test_a_subscriber_that_does_not_read_is_sent_one_window_then_everythin
 
 
 async def test_a_stalled_subscriber_is_gated_alone_and_the_other_gets_everything() -> None:
-    cfg = EndpointConfig()
+    cfg = EndpointConfig(credit_window=2000)
     window, n = cfg.credit_window, 6000
     aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
     stalled, r_stalled = await connect_subscriber(aep, cfg)
@@ -246,7 +246,7 @@ async def test_forged_stale_replayed_and_malformed_credits_open_nothing() -> Non
 
 async def test_a_peer_that_never_sends_credit_keeps_the_old_behaviour() -> None:
     cfg = EndpointConfig()  # the raw peer never sends a PING: its record lives for 3 s of silence
-    n = 5 * cfg.credit_window
+    n = 10_000  # more than any window, and than the pipe and queue hold at once
     aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
     ctx = zmq.asyncio.Context()
     raw = RawPeer(ctx, aep.addresses[0])
