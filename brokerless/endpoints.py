@@ -32,13 +32,12 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   old tools, a relay that strips them) keeps the high-water-mark-and-queue behaviour.  Only this direction is
   credit-controlled: the author's own inbox is bounded and drops, and senders recover by gap fill.
 * **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
-  endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A subscriber
-  that hears nothing for
-  ``liveness`` heartbeats closes and recreates its DEALER with exponential backoff (Paranoid Pirate) and then
-  calls ``on_reconnect`` -- set by :class:`streams.api.Subscriber` to re-fetch everything after its cursors
-  (Clone pattern: live frames are held by the core while the fetch fills the hole; duplicates are rejected as
-  replays).  A PONG with a new instance id (the author restarted behind a transparent ZeroMQ reconnect) triggers
-  the same catch-up.
+  endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A
+  subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
+  backoff (Paranoid Pirate) and then calls ``on_reconnect`` -- set by :class:`streams.api.Subscriber` to
+  re-fetch everything after its cursors (Clone pattern: live frames are held by the core while the fetch fills
+  the hole; duplicates are rejected as replays).  A PONG with a new instance id (the author restarted behind a
+  transparent ZeroMQ reconnect) triggers the same catch-up.
 * **Hostile input** (THREATS 8).  Frames over ``max_frame`` are refused by ZeroMQ itself (``MAXMSGSIZE``: the
   connection is dropped).  Malformed frames are dropped by the strict decoder before reaching the core and
   counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING, CREDITs of a wrong session) are
@@ -103,7 +102,6 @@ _SESSION_LEN = 8
 _PONG_LEN = 1 + _INSTANCE_LEN + _SESSION_LEN
 _CREDIT_BODY = struct.Struct(">8sQQI")
 _CREDIT_LEN = 1 + _CREDIT_BODY.size
-_U64 = (1 << 64) - 1
 #: A subscriber reports its credit whenever its driver took this fraction of the window since the last report.
 _REPORT_FRACTION = 4
 
@@ -212,10 +210,6 @@ class _Peer:
         self.loss_at = -1  #: loss detection: when an idle subscriber first reported ``loss_received`` (ms), or -1
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
-
-    def gated(self) -> bool:
-        """True while the peer's window is full: data frames must wait for credit."""
-        return self.credit and self.sent - self.consumed >= self.window
 
     def take(self, now: int, rate: float, burst: int) -> bool:
         """Token bucket (THREATS 8): ``rate`` per second, at most ``burst`` saved."""
@@ -643,9 +637,9 @@ class AuthorEndpoint(_Base):
         current = consumed >= peer.consumed
         # Replay and reorder tolerant: consumed only moves forward; never above what we sent (a duplicating relay
         # makes a subscriber count more than we sent).
-        if consumed > peer.consumed:
+        if current:
             peer.consumed = min(consumed, sent)
-        peer.window = max(1, min(window, cfg.credit_window_max))
+            peer.window = max(1, min(window, cfg.credit_window_max))
         peer.credit = True
         # Loss (a lossy relay dropped data frames: counted in ``sent``, never ``received``; left alone they would
         # shrink the window until the peer stalls).  When the subscriber is idle (it took everything it got) and
@@ -917,7 +911,7 @@ class SubscriberEndpoint(_Base):
         if session is None or not self._window:
             return
         received, consumed = self._received, self.consumed
-        data = CREDIT + _CREDIT_BODY.pack(session, received & _U64, consumed & _U64, self._window)
+        data = CREDIT + _CREDIT_BODY.pack(session, received, consumed, self._window)
         try:
             self._sync.send(data, zmq.NOBLOCK)
         except zmq.ZMQError:  # EAGAIN (pipe full) or a socket being replaced: the heartbeat retries

@@ -111,7 +111,9 @@ async def test_a_subscriber_that_does_not_read_is_sent_one_window_then_everythin
 
 
 async def test_a_stalled_subscriber_is_gated_alone_and_the_other_gets_everything() -> None:
-    cfg = EndpointConfig(credit_window=2000)
+    # A queue longer than the window: whatever ZeroMQ's pipe to the stalled peer accepts at any moment, the
+    # window is what stops it (a frame dropped from a full queue means a queue's worth is still to be sent).
+    cfg = EndpointConfig(credit_window=2000, send_queue=3000)
     window, n = cfg.credit_window, 6000
     aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
     stalled, r_stalled = await connect_subscriber(aep, cfg)
@@ -265,6 +267,27 @@ async def test_a_peer_that_never_sends_credit_keeps_the_old_behaviour() -> None:
     finally:
         await raw.close()
         ctx.term()
+        await aep.close()
+
+
+async def test_a_window_of_zero_opts_out_and_a_window_over_the_inbox_is_clamped_to_it() -> None:
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig())
+    off = SubscriberEndpoint(aep.addresses[0], EndpointConfig(credit_window=0))
+    small, r_small = await connect_subscriber(aep, EndpointConfig(inbox=100))  # default window 8000 > inbox
+    try:
+        await off.send(Outgoing(HELLO))
+        (_, r_off), = await aep.recv()
+        assert isinstance(r_off, bytes)
+        aep.send_many([Outgoing(frame(i), rid) for i in range(500) for rid in (r_off, r_small)])
+        await until(lambda: off.received == 500 and small.received == 100, "the frames")
+        # A round trip after the session PONG: any CREDIT the opted-out endpoint had sent is processed by now.
+        await off.send(Outgoing(HELLO))
+        assert (await aep.recv())[0][1] == r_off
+        assert r_off not in aep.in_flight() and off.stats.credits == 0
+        assert aep.in_flight()[r_small] == 100 and aep.queue_sizes()[r_small] == 400
+    finally:
+        await off.close()
+        await small.close()
         await aep.close()
 
 
