@@ -24,6 +24,7 @@ from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from brokerless.endpoints import _CREDIT_LEN, _PONG_LEN, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
+from streams.events import MessageReceived
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Hello, encode_frame
@@ -376,8 +377,8 @@ async def test_frames_lost_on_the_way_are_written_off_and_every_message_arrives(
         await author.close()
 
 
-async def _take(sub: Subscriber, n: int) -> list:  # type: ignore[type-arg]
-    out: list = []  # type: ignore[type-arg]
+async def _take(sub: Subscriber, n: int) -> list[MessageReceived]:
+    out: list[MessageReceived] = []
     while len(out) < n:
         out += await sub.next_messages(n - len(out), timeout=30)
     return out
