@@ -801,6 +801,8 @@ class SubscriberEndpoint(_Base):
         self._last_sent = now
         self._backoff = self.config.reconnect_min_ms
         self._reader_task: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._resync_again = False
         try:
             self._sock, self._sync = self._connect()
         except LocalProtocolError:
@@ -1006,6 +1008,13 @@ class SubscriberEndpoint(_Base):
             # and we may have missed messages.  Re-register and catch up.
             log.info("author endpoint restarted; catching up")
             self._fire_reconnect()
+        elif self._session is not None and session != self._session:
+            # Same author, new record: it forgot us (our liveness expired there -- a stalled host, a paused
+            # process) and with the record its routes for our branches, so nothing published since reaches us
+            # until we name our branches again.  The catch-up does both: its FETCHes re-teach the routes and
+            # fill the hole (THREATS 4, 8: nothing lost, nobody starved).
+            log.info("author endpoint forgot this connection; catching up")
+            self._fire_reconnect()
         self.author_instance = inst
         if session != self._session:
             # A new record at the author (first contact, its restart, or our record expired there): every data
@@ -1017,17 +1026,26 @@ class SubscriberEndpoint(_Base):
             self._send_credit(_now_ms())
 
     def _fire_reconnect(self) -> None:
+        """Run ``on_reconnect``; while one runs, further triggers coalesce into one more run after it (a relay
+        replaying old PONGs can cause catch-ups, never a pile of concurrent ones)."""
         cb = self.on_reconnect
-        if cb is not None:
-            task = asyncio.create_task(self._run_callback(cb), name="brokerless-resync")
-            self._tasks.append(task)
+        if cb is None:
+            return
+        if self._resync is not None and not self._resync.done():
+            self._resync_again = True
+            return
+        self._resync = asyncio.create_task(self._run_callback(cb), name="brokerless-resync")
+        self._tasks.append(self._resync)
 
-    @staticmethod
-    async def _run_callback(cb: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await cb()
-        except Exception:  # the driver's own errors are its to report; never kill the heartbeat
-            log.exception("on_reconnect callback failed")
+    async def _run_callback(self, cb: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            self._resync_again = False
+            try:
+                await cb()
+            except Exception:  # the driver's own errors are its to report; never kill the heartbeat
+                log.exception("on_reconnect callback failed")
+            if not self._resync_again or self._closed:
+                return
 
     async def _heartbeat(self) -> None:
         cfg = self.config
