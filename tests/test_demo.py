@@ -105,8 +105,10 @@ def test_checks_fail_when_the_property_does_not_hold(demo: DemoRun) -> None:
     initech, globex = demo.providers["initech-pay"], demo.providers["globex-pay"]
 
     # Replay check fed a *fresh* frame: the attacker withholds initech's next payment event, so the monitor
-    # never saw it; sending it "again" is then a first delivery, and the check must report FAIL.
-    demo.relay.request({"cmd": "hold", "dir": "up", "branch": initech.branch, "count": 1})
+    # never saw it; sending it "again" is then a first delivery, and the check must report FAIL.  The relay keeps
+    # withholding every packet of that branch until the check is done: otherwise gap fill (a HEAD notice, then a
+    # FETCH answered with the same packet) hands the monitor the event first and the "fresh" frame is a replay.
+    demo.relay.request({"cmd": "hold", "dir": "up", "branch": initech.branch, "count": 10_000})
     m = initech.proc.mark()
     initech.proc.send({"cmd": "publish", "data": "payment 3"})
     fresh = initech.proc.wait_for(lambda d: d.get("event") == "published", "publish", since=m)
@@ -116,8 +118,9 @@ def test_checks_fail_when_the_property_does_not_hold(demo: DemoRun) -> None:
     while not held and time.monotonic() < end:
         held = demo.relay.request({"cmd": "held"})["frames"]
         time.sleep(0.05)
-    assert len(held) == 1
+    assert all(h == held[0] for h in held)  # the event, and nothing but gap-fill copies of it
     replay = demo.check_replay(held[0])
+    demo.relay.request({"cmd": "hold", "dir": "up", "branch": initech.branch, "count": 0})
     assert not replay.ok, replay
     assert "not rejected" in replay.detail and "1 message(s) delivered" in replay.detail
 
@@ -126,16 +129,18 @@ def test_checks_fail_when_the_property_does_not_hold(demo: DemoRun) -> None:
 
     # Segregation check fed frames the victim *can* read: an alert to globex, withheld on the way down and
     # then "handed over" as if it belonged to another branch.  The check must report FAIL.
-    demo.relay.request({"cmd": "hold", "dir": "down", "branch": globex.branch, "count": 1})
+    # (As above, the relay withholds the gap-fill copies too, until the injection.)
+    demo.relay.request({"cmd": "hold", "dir": "down", "branch": globex.branch, "count": 10_000})
     demo.monitor.send({"to": globex.did, "data": "alert withheld by the attacker"})
     held = []
     end = time.monotonic() + 10
     while not held and time.monotonic() < end:
         held = demo.relay.request({"cmd": "held"})["frames"]
         time.sleep(0.05)
-    assert len(held) == 1
+    assert held and all(h == held[0] for h in held)
     m = globex.proc.mark()
-    sent = demo.relay.request({"cmd": "inject", "to_branch": globex.branch, "frames": held})["sent"]
+    sent = demo.relay.request({"cmd": "inject", "to_branch": globex.branch, "frames": held[:1]})["sent"]
+    demo.relay.request({"cmd": "hold", "dir": "down", "branch": globex.branch, "count": 0})
     globex.proc.wait_for(lambda d: d.get("event") == "message", "the withheld alert", since=m)
     seg = judge_segregation(sent, globex.branch, globex.proc.since(m), True, owner="globex", victim="globex")
     assert not seg.ok and "1 readable" in seg.detail
