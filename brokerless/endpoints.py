@@ -645,7 +645,7 @@ class AuthorEndpoint(_Base):
         # an 8-byte compare and a few integer updates -- no crypto, no decoding -- about what a malformed frame
         # costs, and those are not charged either.  Charging it would throttle a well-behaved fast subscriber: it
         # sends one per window/4 frames taken (100/s at 50k msg/s with a window of 2000, twice the default
-        # budget) plus one per 100 ms tick while anything moves.  Only the peer itself or an on-path relay knows
+        # budget) plus one per heartbeat.  Only the peer itself or an on-path relay knows
         # the session, and either can at worst open this peer's window, which leaves the high-water mark and
         # queue bounds (the behaviour of a peer that never sent a CREDIT).
         self.stats.credits += 1
@@ -1061,9 +1061,15 @@ class SubscriberEndpoint(_Base):
             if idle and not self._queue:
                 self._send(PING)
                 self._last_sent = now
-            # CREDIT: once per tick when anything moved, and at least every heartbeat (repairs a lost one).
-            if self._session is not None and (self._reported != (self._received, self.consumed)
-                                              or now - self._reported_at >= cfg.heartbeat_ms):
+            # CREDIT: at least every heartbeat (repairs a lost one; it also serves as our keepalive), and at once
+            # when our consumption moved while the author may be near the end of the window we last gave it.
+            # Not on every tick that something moved: with many subscribers at a few messages a second each, that
+            # was about one CREDIT per message delivered, all to the author's one socket.
+            reported = self._reported
+            if self._session is not None and (
+                    now - self._reported_at >= cfg.heartbeat_ms
+                    or (reported is not None and self.consumed != reported[1]
+                        and self._received - reported[1] >= self._window - self._window // _REPORT_FRACTION)):
                 self._send_credit(now)
             self._check_readable()
             if now - self._last_heard > cfg.heartbeat_ms * cfg.liveness:

@@ -181,10 +181,10 @@ async def run_host(args: argparse.Namespace) -> None:
 
 
 def run_flooder(args: argparse.Namespace) -> None:
-    """Send the flood at ``--rate`` frames per second.  Without ``--sink``: at the author for ``--seconds``.  With
-    ``--sink ADDR``: commands on stdin choose the target -- ``author``, ``sink`` (the decoy: the same frames at the
-    same rate into a process that discards them, so the machine carries the same load while the author is left
-    alone), ``off`` -- and ``stop`` ends the run; ``SENT`` counts only what reached the author."""
+    """Send the flood at ``--rate`` frames per second.  By default at the author for ``--seconds``.  With
+    ``--stdin`` or ``--sink ADDR``: commands on stdin choose the target -- ``author``, ``sink`` (the decoy: the same
+    frames at the same rate into a process that discards them, so the machine carries the same load while the
+    author is left alone), ``off`` -- and ``stop`` ends the run; ``SENT`` counts only what reached the author."""
     ctx = zmq.Context()
 
     def dealer(addr: str) -> zmq.Socket[bytes]:
@@ -197,6 +197,7 @@ def run_flooder(args: argparse.Namespace) -> None:
 
     to_author = dealer(args.connect)
     to_sink = dealer(args.sink) if args.sink else None
+    driven = args.stdin or to_sink is not None
     rnd = random.Random(7)
     channel = channel_id(ident(AUTHOR_SEED).sign_public, NAME)
     hello = encode_frame(Hello(channel)).raw
@@ -216,13 +217,13 @@ def run_flooder(args: argparse.Namespace) -> None:
     # possible on making frames (a real attacker's CPU is not ours).
     pool = [(name, shapes[name]()) for name in rnd.choices(names, weights, k=4096)]
     sent: dict[str, int] = defaultdict(int)
-    target = None if to_sink is not None else to_author
+    target = None if driven else to_author
     end = time.monotonic() + args.seconds
     tick = 0.01
     per_tick = max(1, int(args.rate * tick))
     i = 0
-    while to_sink is not None or time.monotonic() < end:
-        if to_sink is not None and select.select([sys.stdin], [], [], 0)[0]:
+    while driven or time.monotonic() < end:
+        if driven and select.select([sys.stdin], [], [], 0)[0]:
             cmd = sys.stdin.readline().strip()
             if cmd in ("stop", ""):
                 break
@@ -283,6 +284,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=20_000, help="flooder: frames per second")
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--sink", default="", help="flooder: the decoy's address; then stdin commands pick the target")
+    p.add_argument("--stdin", action="store_true", help="flooder: stdin commands pick the target (author/off)")
     args = p.parse_args()
     if args.role == "flooder":
         run_flooder(args)
