@@ -39,6 +39,7 @@ SUBSCRIBE requests beyond the budget never cost an X25519 operation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -111,16 +112,20 @@ class Proc:
                 self.p.kill()
                 self.p.wait(10)
         self.poll()
-        if self.p.stdout is not None:
-            self.p.stdout.close()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for f in (self.p.stdout, self.p.stdin):
+            if f is not None:
+                with contextlib.suppress(OSError):  # stdin: the child may be gone (broken pipe on flush)
+                    f.close()
 
     def kill(self) -> None:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGCONT)
             self.p.kill()
             self.p.wait(10)
-        if self.p.stdout is not None:
-            self.p.stdout.close()
+        self._close_pipes()
 
 
 def _counts_at(host: Proc, t: float) -> tuple[float, list[int], float]:
