@@ -9,10 +9,11 @@ publishes round-robin into every branch at the system's capacity (a per-branch w
 Phases of equal length in the same run, in this order: base, ``--rounds`` times (decoy, attack), decoy, base.
 
 * **base**   -- everyone reads, nobody floods;
-* **decoy**  -- the control: the flooder sends the same frames at the same rate into a sink process that discards
-  them.  Everything here shares two cores, so the flood's own CPU (the flooder, the kernel, a receiving ZeroMQ
-  thread) is taken from the subscribers whatever its target; in a deployment the attacker and the subscribers are
-  on other hosts.  The decoy phases carry that load without touching the author;
+* **decoy**  -- the control: the flooder sends the same frames at the same rate into a sink process, an idle
+  author endpoint with no channel behind it, which refuses them as the author's endpoint would.  Everything here
+  shares two cores, so the flood's own CPU (the flooder, the kernel, the receiving and refusing) is taken from the
+  subscribers whatever its target; in a deployment the attacker and the subscribers are on other hosts.  The decoy
+  phases carry that load without touching the author process;
 * **attack** -- the slow subscriber's process is stopped (SIGSTOP: it stops reading entirely) and the flooder
   sends garbage, frame-looking garbage, HELLO and SUBSCRIBE requests and PINGs at the author from one peer.
 

@@ -11,7 +11,7 @@
 * ``flooder`` -- a hostile peer on a raw DEALER: garbage, frame-looking garbage, HELLO and SUBSCRIBE requests (with a
   random sealed body) and PINGs at ``--rate`` frames per second; prints ``SENT {...}`` at the end.  With ``--sink``
   it also floods a decoy, as told on stdin (the control phases of :mod:`chaos.flood`).
-* ``sink``    -- the decoy: a ROUTER that discards what it receives.
+* ``sink``    -- the decoy: an idle author endpoint (no channel) that refuses the flood as the author's would.
 """
 
 from __future__ import annotations
@@ -249,19 +249,23 @@ def run_flooder(args: argparse.Namespace) -> None:
     ctx.term()
 
 
-def run_sink(args: argparse.Namespace) -> None:
-    """The decoy's target: a ROUTER that reads and discards everything (the work the author's ZeroMQ I/O thread
-    would do for the same flood), until SIGTERM."""
-    ctx = zmq.Context()
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(args.bind)
-    _out("READY", sock.getsockopt_string(zmq.LAST_ENDPOINT))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    n = 0
-    while True:
-        sock.recv_multipart()
-        n += 1
+async def run_sink(args: argparse.Namespace) -> None:
+    """The decoy's target: an idle :class:`~brokerless.AuthorEndpoint` of its own, with no channel behind it, that
+    receives the flood and refuses it exactly as the author's endpoint would (the same triage, budgets and decoder,
+    the same ZeroMQ receive path), until SIGTERM.  What it lets through is taken and discarded."""
+    stop = _term_event()
+    ep = AuthorEndpoint(args.bind, EndpointConfig())
+    _out("READY", ep.addresses[0])
+
+    async def drain() -> None:
+        while True:
+            await ep.recv()
+
+    task = asyncio.create_task(drain())
+    await stop.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await ep.close()
 
 
 def main() -> None:
@@ -289,7 +293,7 @@ def main() -> None:
     if args.role == "flooder":
         run_flooder(args)
     elif args.role == "sink":
-        run_sink(args)
+        asyncio.run(run_sink(args))
     else:
         asyncio.run(run_author(args) if args.role == "author" else run_host(args))
 
