@@ -195,17 +195,35 @@ class EndpointStats:
     per_peer_malformed: dict[bytes, int] = field(default_factory=dict)
 
 
-class _Peer:
+class _Bucket:
+    """Token bucket (THREATS 8): ``rate`` per second, at most ``burst`` saved.  Per peer, and one endpoint-wide."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, now: int, burst: int) -> None:
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, now: int, rate: float, burst: int) -> bool:
+        """Spend one token if there is one."""
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate / 1000.0)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
     __slots__ = ("branches", "consumed", "credit", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed",
-                 "pong", "queue", "rid", "sent", "session", "stamp", "tokens", "window")
+                 "pong", "queue", "rid", "sent", "session", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int) -> None:
+        super().__init__(now, burst)
         self.rid = rid
         self.last_seen = now
-        self.tokens = float(burst)
-        self.stamp = now
         self.queue: deque[bytes] = deque()
         self.branches: set[bytes] = set()
         self.malformed = 0
@@ -221,14 +239,9 @@ class _Peer:
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
 
-    def take(self, now: int, rate: float, burst: int) -> bool:
-        """Token bucket (THREATS 8): ``rate`` per second, at most ``burst`` saved."""
-        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate / 1000.0)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+    def gated(self) -> bool:
+        """Under credit control with its window used up: data frames must wait for the next CREDIT."""
+        return self.credit and self.sent - self.consumed >= self.window
 
 
 def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
@@ -359,7 +372,7 @@ class AuthorEndpoint(_Base):
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._routes: OrderedDict[bytes, OrderedDict[bytes, None]] = OrderedDict()
         self._backlog: set[bytes] = set()
-        self._global = _Peer(b"", _now_ms(), self.config.global_burst)  # its token bucket only
+        self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: object | None = None
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
         try:
@@ -682,8 +695,7 @@ class AuthorEndpoint(_Base):
 
     def _send_to(self, rid: bytes, data: bytes) -> None:
         peer = self._peers.get(rid)
-        if peer is not None and (peer.queue or peer.pong is not None
-                                 or (peer.credit and peer.sent - peer.consumed >= peer.window)):
+        if peer is not None and (peer.queue or peer.pong is not None or peer.gated()):
             self._enqueue(peer, data)
             return
         try:
@@ -704,7 +716,7 @@ class AuthorEndpoint(_Base):
                 self._forget(peer)
 
     def _enqueue(self, peer: _Peer, data: bytes) -> None:
-        if peer.credit and peer.sent - peer.consumed >= peer.window:
+        if peer.gated():
             self.stats.credit_blocked += 1
         if len(peer.queue) >= self.config.send_queue:
             self.stats.send_dropped += 1  # recovered by the receiver's gap fill (core: GapDetected + FETCH)
@@ -732,7 +744,7 @@ class AuthorEndpoint(_Base):
             self.stats.frames_out += 1
         queue = peer.queue
         while queue:
-            if peer.credit and peer.sent - peer.consumed >= peer.window:
+            if peer.gated():
                 return False
             try:
                 sync.send_multipart([rid, queue[0]], zmq.NOBLOCK)
