@@ -129,30 +129,39 @@ class Proc:
         self._close_pipes()
 
 
-def _counts_at(host: Proc, t: float) -> tuple[float, list[int], float]:
-    """The host's last ``C`` line at or before ``t``: (its time, per-subscriber counts, its CPU seconds)."""
-    best: tuple[float, list[int], float] = (0.0, [], 0.0)
+_Report = tuple[float, list[int], float]
+
+
+def _report_lines(host: Proc) -> list[tuple[float, str]]:
+    """The host's ``C <time> <counts> <cpu>`` lines so far, as (time, the rest unparsed)."""
+    out = []
     for x in host.poll():
         if x.startswith("C "):
             _, ts, rest = x.split(" ", 2)
-            js, cpu = rest.rsplit(" ", 1)
-            if float(ts) <= t:
-                best = (float(ts), json.loads(js), float(cpu))
-    return best
+            out.append((float(ts), rest))
+    return out
 
 
-def _first_after(host: Proc, t: float) -> tuple[float, list[int], float]:
-    """The host's first ``C`` line after ``t`` (see :func:`_counts_at`)."""
-    for x in host.poll():
-        if x.startswith("C "):
-            _, ts, rest = x.split(" ", 2)
-            if float(ts) > t:
-                js, cpu = rest.rsplit(" ", 1)
-                return float(ts), json.loads(js), float(cpu)
+def _parse(ts: float, rest: str) -> _Report:
+    js, cpu = rest.rsplit(" ", 1)
+    return ts, json.loads(js), float(cpu)
+
+
+def _counts_at(host: Proc, t: float) -> _Report:
+    """The host's last report at or before ``t``: (its time, per-subscriber counts, its CPU seconds)."""
+    before = [line for line in _report_lines(host) if line[0] <= t]
+    return _parse(*before[-1]) if before else (0.0, [], 0.0)
+
+
+def _first_after(host: Proc, t: float) -> _Report:
+    """The host's first report after ``t`` (see :func:`_counts_at`)."""
+    for ts, rest in _report_lines(host):
+        if ts > t:
+            return _parse(ts, rest)
     raise RuntimeError("a host stopped reporting")
 
 
-def _span(host: Proc, t0: float, t1: float) -> tuple[tuple[float, list[int], float], tuple[float, list[int], float]]:
+def _span(host: Proc, t0: float, t1: float) -> tuple[_Report, _Report]:
     """The host's reports bracketing [t0, t1]: its loop may have been too busy to report inside a short phase, then
     the span is widened to the next report."""
     a = _counts_at(host, t0)
