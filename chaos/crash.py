@@ -21,7 +21,6 @@ non-zero if any of these is not 0 (THREATS 3 and 4):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -39,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.applog import read_log
+from chaos.figures import emit
 
 HERE = Path(__file__).resolve().parent
 PARTY = HERE / "party.py"
@@ -389,16 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     fig = run(args.kills, args.messages, args.subscribers, args.seed, args.workdir, args.quiet_timeout,
               progress=not args.json)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(fig, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(fig, indent=2))
-    else:
-        for k, v in fig.items():
-            mark = "" if k not in MUST_BE_ZERO else ("  ok" if v == 0 else "  FAIL")
-            print(f"{k:26} {v}{mark}")
-    return 0 if fig["ok"] else 1
+    return emit(fig, args.out, args.json, 26,
+                lambda k, v: "" if k not in MUST_BE_ZERO else ("  ok" if v == 0 else "  FAIL"))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chaos.figures import emit
+
 HERE = Path(__file__).resolve().parent
 PARTY = HERE / "flood_party.py"
 
@@ -404,15 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     fig = run(args.subscribers, args.hosts, args.phase, args.rate, workdir=args.workdir, progress=not args.json,
               control=not args.no_control, rounds=args.rounds, pin=args.pin)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(fig, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(fig, indent=2))
-    else:
-        for k, v in fig.items():
-            print(f"{k:32} {v}")
-    return 0 if fig["ok"] else 1
+    return emit(fig, args.out, args.json, 32)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -40,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chaos.crash import AUTHOR_SEED, MUST_BE_ZERO, Child, LogTail, analyse, wait_line
+from chaos.figures import emit
 
 HERE = Path(__file__).resolve().parent
 
@@ -338,15 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="chaos-netns-") as d:
         fig = scenario(Path(d), args.subscribers, args.quota)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(fig, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(fig, indent=2))
-    else:
-        for k, v in fig.items():
-            print(f"{k:30} {v}")
-    return 0 if fig["ok"] else 1
+    return emit(fig, args.out, args.json, 30)
 
 
 if __name__ == "__main__":
