@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import threading
 from ._cli._transport import load_zmq
 from ._cli.channel import (
     LinePrinter,
+    cancel_tasks,
     event_doc,
     message_doc,
     open_subscriber,
@@ -95,11 +95,7 @@ async def run(args: argparse.Namespace) -> int:
         tasks.append(asyncio.create_task(commands()))
         await stop.wait()
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, StreamsError):
-                await t
+        await cancel_tasks(tasks)
         await sub.close()
         if ledger is not None:
             ledger.close()

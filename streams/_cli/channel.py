@@ -105,6 +105,16 @@ MAX_STDIN_LINE = 2 * MAX_FRAME
 # --- output --------------------------------------------------------------------------------------------------
 
 
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a long-running command's tasks and wait for them; their cancellation and the library's own errors
+    (already reported as they happened) are not re-raised here."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, StreamsError):
+            await t
+
+
 class LinePrinter:
     """Prints one line per document: JSON (``--json``) or ``event key=value ...`` for people; flushed at once.
 
@@ -422,11 +432,7 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
             tasks.append(asyncio.create_task(publisher()))
         await stop.wait()
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, StreamsError):
-                await t
+        await cancel_tasks(tasks)
         await author.close()  # persists cursors and the application's delivered marks
         if ledger is not None:
             ledger.close()
