@@ -682,6 +682,10 @@ def mutated(draw: st.DrawFn) -> Any:
         target: Any = doc
         try:
             for key in path:
+                if not isinstance(target, (dict, list)):
+                    # An earlier mutation replaced a container on this path with a scalar; a string would
+                    # even index (``"abc"[0]``), leaving a parent that cannot be assigned to.
+                    raise TypeError(key)
                 parent, target = target, target[key]
         except (KeyError, IndexError, TypeError):
             continue
