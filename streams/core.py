@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -121,6 +121,10 @@ __all__ = [
 ]
 
 Rng = Callable[[int], bytes]
+SignatureCheck = tuple[bytes, bytes, bytes]
+"""(Ed25519 public key, message hash, signature): one signature a batch of received frames needs checked."""
+BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
+"""For each check, whether the signature holds: a pure function (a driver may spread the work over threads)."""
 _U64 = struct.Struct(">Q")
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
 
@@ -385,6 +389,10 @@ class _CoreBase:
         #: Driver hook: ``branch -> (grant frame, evidence)`` as stored, so that the core need not keep them in
         #: memory (read-only; the core stays free of I/O of its own).
         self.extras_lookup: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
+        #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
+        #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.
+        self.verify_many: BatchVerifier | None = None
+        self._verified: set[SignatureCheck] = set()
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -468,17 +476,59 @@ class _CoreBase:
             frame = decode_frame(data, self.config.max_frame)
         except RemoteProtocolError as exc:
             return [Rejected(exc.reason, str(exc))]
+        events: list[Event] = []
+        self._handle(frame, now_ms, peer, events)
+        return events
+
+    def receive_many(self, batch: Sequence[tuple[bytes, object]], now_ms: int) -> list[Event]:
+        """:meth:`receive` each ``(data, peer)`` in order; the same events, in the same order.
+
+        With a :attr:`verify_many` hook and more than one signed chain frame in the batch, their signatures are
+        checked first, in one call to the hook, against the keys known now.  A signature the hook confirms is
+        not checked again when its frame is processed; everything else (a key that changes within the batch,
+        a check the hook rejects) is checked as :meth:`receive` checks it."""
+        limit = self.config.max_frame
+        frames: list[Frame | Rejected] = []
+        checks: list[SignatureCheck] = []
+        for data, _peer in batch:
+            try:
+                frame = decode_frame(data, limit)
+            except RemoteProtocolError as exc:
+                frames.append(Rejected(exc.reason, str(exc)))
+                continue
+            frames.append(frame)
+            if frame.sig and (frame.kind is Kind.PACKET or frame.kind is Kind.CHECKPOINT):
+                h = frame.head
+                b = self._branches.get(h.branch)
+                member = b.members.get(h.publisher) if b is not None else None
+                if member is not None:
+                    checks.append((member[0], frame.hash, frame.sig))
+        verify_many = self.verify_many
+        if verify_many is not None and len(checks) > 1:
+            self._verified = {c for c, ok in zip(checks, verify_many(checks), strict=True) if ok}
+        events: list[Event] = []
+        try:
+            for (_data, peer), f in zip(batch, frames, strict=True):
+                if isinstance(f, Rejected):
+                    events.append(f)
+                else:
+                    self._handle(f, now_ms, peer, events)
+        finally:
+            self._verified = set()
+        return events
+
+    def _handle(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         handler = self._handlers.get(frame.kind)
         if handler is None:
-            return [Rejected(RejectReason.UNEXPECTED, f"{self.role.value} does not accept {frame.kind.name}")]
+            events.append(Rejected(RejectReason.UNEXPECTED, f"{self.role.value} does not accept {frame.kind.name}"))
+            return
         if getattr(frame.head, "channel", None) != self._channel and frame.kind is not Kind.ANNOUNCE:
-            return [Rejected(RejectReason.FOREIGN_CHANNEL, "frame belongs to another channel")]
-        events: list[Event] = []
+            events.append(Rejected(RejectReason.FOREIGN_CHANNEL, "frame belongs to another channel"))
+            return
         try:
             handler(self, frame, now_ms, peer, events)
         except _Reject as r:
             events.append(r.event)
-        return events
 
     # -- publishing --------------------------------------------------------------------------------------------
 
@@ -799,7 +849,7 @@ class _CoreBase:
             if not frame.sig and b.mode is SigningMode.EACH:
                 raise _Reject(RejectReason.BAD_SIGNATURE, "unsigned packet on a signed-each branch", h.branch,
                               h.publisher, h.seq)
-        if frame.sig:
+        if frame.sig and not (self._verified and (pub, frame.hash, frame.sig) in self._verified):
             try:
                 _crypto.verify(pub, frame.hash, frame.sig)
             except VerificationError as exc:

@@ -1,0 +1,247 @@
+"""Signatures of a received batch checked up front on several threads (``streams._parallel``, the core's
+``verify_many`` hook): the same verdicts and the same events as checking frame by frame, under attack.
+
+The attack batches mix genuine frames with forged signatures (bit flips, a signature by another member's key,
+a stripped signature), replays, a foreign branch's frame, a truncated frame and reordering; a subscriber fed
+the batch through :meth:`SubscriberCore.receive_many` with a two-thread verifier must end in exactly the state
+and events of its twin fed the same frames one at a time."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from streams._parallel import ParallelVerifier, _holds
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.core import SignatureCheck
+from streams.errors import LocalProtocolError, RejectReason
+from streams.events import Event, MessageReceived, Rejected
+from streams.policy import AllowList
+from streams.wire import decode_frame, encode_frame
+
+from .corenet import Net, ident
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+
+
+def _checks(n: int, seed: int) -> list[SignatureCheck]:
+    """Genuine checks and broken ones (bit-flipped signature, wrong key, short signature, flipped digest)."""
+    rnd = random.Random(seed)
+    ids = [ident(40 + i) for i in range(3)]
+    out: list[SignatureCheck] = []
+    for i in range(n):
+        who = ids[i % 3]
+        digest = rnd.randbytes(32)
+        sig = who.sign(digest)
+        kind = 0 if i % 2 == 0 else 1 + (i // 2 + seed) % 4
+        if kind == 1:
+            sig = bytes([sig[0] ^ 1]) + sig[1:]
+        elif kind == 2:
+            who = ids[(i + 1) % 3]
+        elif kind == 3:
+            sig = sig[:63]
+        elif kind == 4:
+            digest = bytes([digest[0] ^ 0x80]) + digest[1:]
+        out.append((who.sign_public, digest, sig))
+    return out
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_verifier_gives_the_verdicts_of_single_checks(threads: int) -> None:
+    v = ParallelVerifier(threads)
+    try:
+        for seed, n in ((1, 1), (2, 3), (3, 4), (4, 57), (5, 400)):
+            checks = _checks(n, seed)
+            want = [_holds(c) for c in checks]
+            assert (True in want and False in want) or n < 2
+            assert v(checks) == want
+    finally:
+        v.close()
+    # closed: still correct, on the calling thread alone
+    checks = _checks(50, 9)
+    assert v.threads == 0
+    assert v(checks) == [_holds(c) for c in checks]
+
+
+def test_verifier_refuses_a_negative_thread_count() -> None:
+    with pytest.raises(ValueError):
+        ParallelVerifier(-1)
+
+
+def _twin_nets() -> tuple[Net, Net]:
+    """Two worlds built alike.  Sealing uses fresh randomness, so their bytes differ, but the same attack built
+    in each (:func:`_attack_batch`) must lead to the same events, message for message."""
+    nets = []
+    for _ in range(2):
+        n = Net.make()
+        for s in ("s0", "s1"):
+            n.subscribe(s)
+        nets.append(n)
+    return nets[0], nets[1]
+
+
+def _branch(net: Net, name: str) -> bytes:
+    from streams.events import Granted
+
+    [g] = [e for e in net.events[name] if isinstance(e, Granted)]
+    return g.branch
+
+
+def _summary(events: list[Event]) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for e in events:
+        if isinstance(e, MessageReceived):
+            out.append(("msg", e.seq, e.payload, e.signed))
+        elif isinstance(e, Rejected):
+            out.append(("rejected", e.reason, e.seq))
+        else:
+            out.append((type(e).__name__,))
+    return out
+
+
+def _attack_batch(net: Net) -> list[bytes]:
+    """40 genuine frames of s0's branch with forgeries, replays, a foreign frame and reordering mixed in."""
+    b0, b1 = _branch(net, "s0"), _branch(net, "s1")
+    for i in range(40):
+        net.author.publish(b0, f"payment {i}".encode(), net.now)
+    genuine = [o.data for o in net.author.data_to_send()]
+    net.author.publish(b1, b"for s1 only", net.now)
+    [foreign] = [o.data for o in net.author.data_to_send()]
+    s1_key = ident(11)
+    batch: list[bytes] = []
+    for i, raw in enumerate(genuine):
+        f = decode_frame(raw)
+        if i % 5 == 0:  # a bit-flipped signature, ahead of the genuine frame
+            batch.append(encode_frame(f.head, f.body, lambda _h, s=f.sig: bytes([s[0] ^ 4]) + s[1:]).raw)
+        if i % 7 == 3:  # re-signed by another member: a valid signature, by the wrong key
+            batch.append(encode_frame(f.head, f.body, s1_key.sign).raw)
+        if i % 11 == 5:  # stripped
+            batch.append(encode_frame(f.head, f.body, None).raw)
+        if i == 20:
+            batch.append(foreign)
+            batch.append(raw[:-9])
+        batch.append(raw)
+        if i % 6 == 2:
+            batch.append(raw)  # replayed at once
+    batch[30], batch[31] = batch[31], batch[30]  # and two frames swapped
+    batch.append(genuine[3])  # an old one again
+    return batch
+
+
+def test_batch_under_attack_gives_the_events_of_frame_by_frame() -> None:
+    par, seq = _twin_nets()
+    batch_p, batch_s = _attack_batch(par), _attack_batch(seq)
+    assert len(batch_p) == len(batch_s)
+    calls: list[int] = []
+    verifier = ParallelVerifier(1)
+
+    def hook(checks: list[SignatureCheck]) -> list[bool]:
+        calls.append(len(checks))
+        return verifier(checks)
+
+    sub_p, sub_s = par.subs["s0"], seq.subs["s0"]
+    sub_p.verify_many = hook
+    try:
+        got = sub_p.receive_many([(d, None) for d in batch_p], par.now)
+    finally:
+        verifier.close()
+    want: list[Event] = []
+    for d in batch_s:
+        want.extend(sub_s.receive(d, seq.now))
+    assert calls and calls[0] > 40  # the parallel path ran, on the whole batch
+    assert _summary(got) == _summary(want)
+    delivered = [e.payload for e in got if isinstance(e, MessageReceived)]
+    assert delivered == [f"payment {i}".encode() for i in range(40)]
+    reasons = {e.reason for e in got if isinstance(e, Rejected)}
+    assert RejectReason.BAD_SIGNATURE in reasons and RejectReason.REPLAY in reasons
+    cp, cs = sub_p.take_changes(), sub_s.take_changes()
+    assert [(r.seq, len(r.frame)) for r in cp.log] == [(r.seq, len(r.frame)) for r in cs.log]
+    assert [(c.next_seq, c.covered) for c in cp.chains] == [(c.next_seq, c.covered) for c in cs.chains]
+    assert sub_p._verified == set()  # nothing confirmed outlives its batch
+
+
+def test_a_hook_that_confirms_nothing_changes_nothing() -> None:
+    # Only what the hook confirms is skipped: a hook that says "no" to everything costs a second check,
+    # never a message.
+    par, seq = _twin_nets()
+    par.subs["s0"].verify_many = lambda checks: [False] * len(checks)
+    got = par.subs["s0"].receive_many([(d, None) for d in _attack_batch(par)], par.now)
+    want: list[Event] = []
+    for d in _attack_batch(seq):
+        want.extend(seq.subs["s0"].receive(d, seq.now))
+    assert _summary(got) == _summary(want)
+
+
+def test_the_core_asks_for_the_exact_key_digest_and_signature_of_each_frame() -> None:
+    # A confirmation covers one (key, digest, signature) triple: the key is the one the chain's publisher has
+    # now, the signature the frame's own -- a forgery is asked about as what it is.
+    net, _ = _twin_nets()
+    b0 = _branch(net, "s0")
+    net.author.publish(b0, b"genuine", net.now)
+    net.author.publish(b0, b"second", net.now)
+    f1, f2 = (decode_frame(o.data) for o in net.author.data_to_send())
+    forged = decode_frame(encode_frame(f1.head, f1.body, ident(11).sign).raw)
+    author_pk = net.author.identity.sign_public
+    asked: list[SignatureCheck] = []
+
+    def recording(checks: list[SignatureCheck]) -> list[bool]:
+        asked.extend(checks)
+        return [_holds(c) for c in checks]
+
+    net.subs["s0"].verify_many = recording
+    ev = net.subs["s0"].receive_many([(forged.raw, None), (f1.raw, None), (f2.raw, None)], net.now)
+    assert asked == [(author_pk, f1.hash, forged.sig), (author_pk, f1.hash, f1.sig), (author_pk, f2.hash, f2.sig)]
+    assert [e.payload for e in ev if isinstance(e, MessageReceived)] == [b"genuine", b"second"]
+    assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]
+
+
+async def test_subscriber_checks_bursts_on_helper_threads(tmp_path: Path) -> None:
+    # Through the asyncio API: a burst with forged copies ahead of the genuine frames arrives as one batch; the
+    # forgeries are refused, every genuine message arrives once, in order; the helper count is the party's.
+    hub = MemoryHub()
+    author_id, p1 = ident(1), ident(2)
+    author = await Author.create(tmp_path / "a.db", author_id, "monitor", "pw", hub.author_endpoint(),
+                                 AllowList.of([p1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "s.db", p1, author_id.did, author.channel, "pw",
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=5)
+        with pytest.raises(LocalProtocolError):
+            sub.verify_threads = -1
+        sub.verify_threads = 2
+        assert sub.verify_threads == 2
+        sizes: list[int] = []
+        real = sub._verifier
+
+        def counting(checks: list[SignatureCheck]) -> list[bool]:
+            sizes.append(len(checks))
+            return real(checks)
+
+        sub._core.verify_many = counting
+        # Hold p1's frames back (a relay), then hand them over in one burst with forgeries in front.
+        p1_transport = hub._subs.pop("p1")
+        relay = hub.subscriber_endpoint("relay")
+        seqs = await author.publish_many(branch, [f"event {i}".encode() for i in range(64)])
+        frames = [relay.inbox.get_nowait()[0] for _ in range(relay.inbox.qsize())]
+        del hub._subs["relay"]
+        hub._subs["p1"] = p1_transport
+        assert len(frames) == 64
+        for i, raw in enumerate(frames):
+            f = decode_frame(raw)
+            if i % 4 == 0:
+                bad = encode_frame(f.head, f.body, lambda _h, s=f.sig: s[:10] + bytes([s[10] ^ 1]) + s[11:]).raw
+                hub.inject("p1", bad)
+            hub.inject("p1", raw)
+        got: list[MessageReceived] = []
+        while len(got) < 64:
+            got.extend(await sub.next_messages(256, timeout=5))
+        assert [m.seq for m in got] == seqs
+        assert [m.payload for m in got] == [f"event {i}".encode() for i in range(64)]
+        assert max(sizes) == 80  # one batch: 64 genuine signatures and 16 forged ones, checked up front
+        rejected = [e for e in sub.pending_events() if isinstance(e, Rejected)]
+        assert [e.reason for e in rejected] == [RejectReason.BAD_SIGNATURE] * 16
+    finally:
+        await sub.close()
+        await author.close()
