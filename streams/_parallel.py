@@ -1,12 +1,12 @@
-"""Signature checks of a received batch spread over threads (a driver helper; the core stays sans-I/O).
+"""Ed25519 work of a batch spread over threads (a driver helper; the core stays sans-I/O).
 
-Ed25519 verification is most of a signed-each receiver's time (``crypto_sign_open``: 52% of the subscriber in
-``bench/profile_ours.py``).  PyNaCl's calls go through cffi, which releases the GIL while libsodium works, so
-checks made on two threads run on two cores.  :class:`ParallelVerifier` is the core's ``verify_many`` hook:
-the calling thread and ``threads`` helpers take checks from one shared counter until none is left, so a helper
-that the OS does not schedule in time costs nothing but its share (the caller does the rest), and the caller
-waits only for checks a helper has already started.  The results are exactly those of
-:func:`streams._crypto.verify`, which both sides call.
+Signature checks are most of a signed-each receiver's time (``crypto_sign_open``: 52% of the subscriber in
+``bench/profile_ours.py``) and signing a fifth of a publisher's.  PyNaCl's calls go through cffi, which releases
+the GIL while libsodium works, so calls made on two threads run on two cores.  :class:`Parallel` maps a
+function over a batch on the calling thread and ``threads`` helpers, which take items from one shared counter
+until none is left: a helper the OS does not schedule in time costs nothing but its share (the caller does the
+rest), and the caller waits only for items a helper has already started.  The cores' hooks built on it
+(:meth:`Parallel.verify_many`, :meth:`Parallel.signer`) give exactly the results of the single calls.
 """
 
 from __future__ import annotations
@@ -14,20 +14,25 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
 
 from ._crypto import verify
 from .core import SignatureCheck
 from .errors import VerificationError
+from .identity import Identity
 
-#: Fewer checks than this are made on the calling thread alone: handing work to a thread costs about as much
-#: as two checks.
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Batches smaller than this stay on the calling thread: handing work to a thread costs about as much as two
+#: Ed25519 operations.
 MIN_PARALLEL = 4
 
 
 def default_threads() -> int:
-    """Helper threads for the signature checks of a received batch: one if this process may run on more than
-    one CPU, else none."""
+    """Helper threads for a batch's Ed25519 work: one if this process may run on more than one CPU, else 0."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
@@ -35,7 +40,8 @@ def default_threads() -> int:
     return 1 if cpus > 1 else 0
 
 
-def _holds(check: SignatureCheck) -> bool:
+def holds(check: SignatureCheck) -> bool:
+    """Whether one (public key, digest, signature) check holds: :func:`streams._crypto.verify` as a verdict."""
     try:
         verify(*check)
     except VerificationError:
@@ -43,33 +49,40 @@ def _holds(check: SignatureCheck) -> bool:
     return True
 
 
-class _Batch:
-    """One call's work: a shared counter hands out indices; results land in a list; the caller waits on
-    ``done`` only for checks that helpers took."""
+class _Batch(Generic[T, R]):
+    """One call's work: a shared counter hands out indices; results land in a list; the caller waits only for
+    items that helpers took."""
 
-    __slots__ = ("checks", "cond", "next", "pending", "results")
+    __slots__ = ("cond", "error", "fn", "items", "next", "pending", "results")
 
-    def __init__(self, checks: list[SignatureCheck]) -> None:
-        self.checks = checks
-        self.results: list[bool] = [False] * len(checks)
+    def __init__(self, fn: Callable[[T], R], items: Sequence[T]) -> None:
+        self.fn = fn
+        self.items = items
+        self.results: list[R | None] = [None] * len(items)
         self.next = itertools.count().__next__  # atomic under the GIL
-        self.pending = 0  #: checks taken by helpers and not finished
+        self.pending = 0  #: items taken by helpers and not finished
+        self.error: BaseException | None = None
         self.cond = threading.Condition(threading.Lock())
 
     def work(self, helper: bool) -> None:
-        checks, results, n, take, cond = self.checks, self.results, len(self.checks), self.next, self.cond
+        fn, items, results, n, take, cond = self.fn, self.items, self.results, len(self.items), self.next, self.cond
         while True:
-            if helper:  # counted before taking an index: the caller cannot miss a check in progress
+            if helper:  # counted before taking an index: the caller cannot miss an item in progress
                 with cond:
                     self.pending += 1
             i = take()
-            if i < n:
-                results[i] = _holds(checks[i])
-            if helper:
-                with cond:
-                    self.pending -= 1
-                    if not self.pending:
-                        cond.notify_all()
+            try:
+                if i < n:
+                    results[i] = fn(items[i])
+            except BaseException as exc:  # handed to the caller, which raises it
+                self.error = exc
+                i = n
+            finally:
+                if helper:
+                    with cond:
+                        self.pending -= 1
+                        if not self.pending:
+                            cond.notify_all()
             if i >= n:
                 return
 
@@ -79,9 +92,9 @@ class _Batch:
                 self.cond.wait()
 
 
-class ParallelVerifier:
-    """``verify_many`` for a core: ``__call__(checks) -> [holds, ...]`` on the calling thread plus ``threads``
-    helper threads (started lazily, stopped by :meth:`close`)."""
+class Parallel:
+    """Map a function over a batch on the calling thread plus ``threads`` helper threads (started lazily,
+    stopped by :meth:`close`; afterwards everything runs on the calling thread)."""
 
     def __init__(self, threads: int) -> None:
         if threads < 0:
@@ -89,21 +102,33 @@ class ParallelVerifier:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
 
-    def __call__(self, checks: list[SignatureCheck]) -> list[bool]:
-        if not self.threads or len(checks) < MIN_PARALLEL:
-            return [_holds(c) for c in checks]
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[fn(x) for x in items]``, in order, shared with the helpers.  Raises what ``fn`` raised (the first
+        error seen; the other items may or may not have been processed)."""
+        if not self.threads or len(items) < MIN_PARALLEL:
+            return [fn(x) for x in items]
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="streams-verify")
-        batch = _Batch(checks)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="streams-ed25519")
+        batch: _Batch[T, R] = _Batch(fn, items)
         for _ in range(self.threads):
             self._pool.submit(batch.work, True)
         batch.work(False)
         batch.wait_helpers()
-        return batch.results
+        if batch.error is not None:
+            raise batch.error
+        return batch.results  # type: ignore[return-value]  # every slot is filled when no error was seen
+
+    def verify_many(self, checks: list[SignatureCheck]) -> list[bool]:
+        """The cores' ``verify_many`` hook: for each check, whether the signature holds."""
+        return self.map(holds, checks)
+
+    def signer(self, identity: Identity) -> Callable[[list[bytes]], list[bytes]]:
+        """The cores' ``sign_many`` hook for ``identity``: its signature of each digest."""
+        sign = identity.sign
+        return lambda digests: self.map(sign, digests)
 
     def close(self) -> None:
-        """Stop the helper threads (a check in progress finishes first).  The verifier still works afterwards,
-        on the calling thread alone."""
+        """Stop the helper threads (work in progress finishes first)."""
         pool, self._pool = self._pool, None
         self.threads = 0
         if pool is not None:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
 
-from ._parallel import ParallelVerifier, default_threads
+from ._parallel import Parallel, default_threads
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _CoreBase
 from .errors import (
@@ -177,9 +177,9 @@ class _Party:
         #: Every this many heartbeats, HEAD notices are sent even for chains that did not move (a lost notice or
         #: a lost catch-up request would otherwise leave a quiet chain's tail unnoticed: THREATS 4).
         self.head_refresh_ticks = 20
-        # Signatures of each received batch are checked on the receive loop's thread plus helper threads
-        # (see verify_threads).
-        self._verifier = ParallelVerifier(default_threads())
+        # A batch's Ed25519 work (checks of what arrived, signatures of publish_many) runs on the loop's thread
+        # plus helper threads (see crypto_threads).
+        self._parallel = Parallel(default_threads())
 
     def _install(self) -> None:
         """Let the core match anchor proofs of older heads against the log (read-only, no I/O in the core)."""
@@ -192,23 +192,28 @@ class _Party:
         self._core.log_lookup = lookup
         # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
         self._core.extras_lookup = store.branch_extras
-        self._core.verify_many = self._verifier
+        self._hook_parallel()
+
+    def _hook_parallel(self) -> None:
+        self._core.verify_many = self._parallel.verify_many
+        self._core.sign_many = self._parallel.signer(self._core.identity)
 
     # -- public ------------------------------------------------------------------------------------------------
 
     @property
-    def verify_threads(self) -> int:
-        """Helper threads that check the signatures of a received batch alongside the receive loop (Ed25519
-        verification releases the GIL).  Default: one if this process may use more than one CPU, else 0.
-        Set to 0 to verify on the event loop's thread only."""
-        return self._verifier.threads
+    def crypto_threads(self) -> int:
+        """Helper threads for a batch's Ed25519 work, alongside the event loop's thread: the signature checks of
+        each received batch and the signatures of :meth:`publish_many` in signed-each branches (libsodium
+        releases the GIL, so they run in parallel).  Default: one if this process may use more than one CPU,
+        else 0.  Set to 0 to keep everything on the event loop's thread."""
+        return self._parallel.threads
 
-    @verify_threads.setter
-    def verify_threads(self, n: int) -> None:
+    @crypto_threads.setter
+    def crypto_threads(self, n: int) -> None:
         if n < 0:
-            raise LocalProtocolError("verify_threads must be >= 0")
-        old, self._verifier = self._verifier, ParallelVerifier(n)
-        self._core.verify_many = self._verifier
+            raise LocalProtocolError("crypto_threads must be >= 0")
+        old, self._parallel = self._parallel, Parallel(n)
+        self._hook_parallel()
         old.close()
 
     @property
@@ -429,7 +434,7 @@ class _Party:
         if self._space_waiter is not None and not self._space_waiter.done():
             self._space_waiter.set_result(None)
         await self._transport.close()
-        self._verifier.close()
+        self._parallel.close()
         self._store.close()
 
     async def __aenter__(self) -> Self:

@@ -125,6 +125,8 @@ SignatureCheck = tuple[bytes, bytes, bytes]
 """(Ed25519 public key, message hash, signature): one signature a batch of received frames needs checked."""
 BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
 """For each check, whether the signature holds: a pure function (a driver may spread the work over threads)."""
+BatchSigner = Callable[[list[bytes]], list[bytes]]
+"""Our identity's Ed25519 signature of each digest, in order (a driver may spread the work over threads)."""
 _U64 = struct.Struct(">Q")
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
 
@@ -392,6 +394,9 @@ class _CoreBase:
         #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
         #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.
         self.verify_many: BatchVerifier | None = None
+        #: Driver hook for :meth:`publish_many` in signed-each branches: signs the batch's digests in one call.
+        #: It must sign with this core's identity; the frames are the same bytes as :meth:`publish` makes.
+        self.sign_many: BatchSigner | None = None
         self._verified: set[SignatureCheck] = set()
 
     # -- driver interface ------------------------------------------------------------------------------------
@@ -575,8 +580,37 @@ class _CoreBase:
         for payload in payloads:
             if len(payload) > limit:
                 raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
-        publish = self.publish
-        return [publish(branch, p, now_ms) for p in payloads]
+        if self.sign_many is None or b.mode is not SigningMode.EACH or len(payloads) < 2:
+            publish = self.publish
+            return [publish(branch, p, now_ms) for p in payloads]
+        # Signed-each with the driver's hook: link and encrypt in order (each head names the previous hash), sign
+        # every digest in one call, then queue -- the same frames as publish() one by one.  Nothing changes
+        # unless the hook returns.
+        me, epoch, channel, rng = b.me, b.epoch, self._channel, self._rng
+        c = b.chains[me]
+        key = b.keys[(epoch, me)]
+        seq, prev = c.next_seq, c.head
+        sealed: list[tuple[int, bytes, bytes, bytes]] = []
+        for payload in payloads:
+            nonce = rng(24)
+            head_raw = _packb([channel, branch, me, seq, prev, epoch, nonce])
+            body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
+            prev = message_hash(Kind.PACKET, head_raw, body)
+            sealed.append((seq, head_raw, body, prev))
+            seq += 1
+        sigs = self.sign_many([s[3] for s in sealed])
+        if len(sigs) != len(sealed):
+            raise LocalProtocolError("sign_many returned the wrong number of signatures")
+        log, out = self._changes.log, self._out
+        for (s_seq, head_raw, body, h), sig in zip(sealed, sigs, strict=True):
+            raw = _packb([VERSION, 7, head_raw, body, sig])
+            log.append(LogRecord(branch, me, s_seq, h, raw))
+            out.append(Outgoing(raw, None, branch))
+        c.next_seq = seq
+        c.head = prev
+        c.covered = seq - 1
+        self._dirty.add((branch, me))
+        return [s[0] for s in sealed]
 
     def next_timer(self) -> int | None:
         """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),

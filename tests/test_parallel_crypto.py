@@ -1,5 +1,5 @@
-"""Signatures of a received batch checked up front on several threads (``streams._parallel``, the core's
-``verify_many`` hook): the same verdicts and the same events as checking frame by frame, under attack.
+"""A batch's Ed25519 work on several threads (``streams._parallel``, the cores' ``verify_many`` and
+``sign_many`` hooks): the same verdicts, frames and events as one operation at a time, under attack.
 
 The attack batches mix genuine frames with forged signatures (bit flips, a signature by another member's key,
 a stripped signature), replays, a foreign branch's frame, a truncated frame and reordering; a subscriber fed
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streams._parallel import ParallelVerifier, _holds
+from streams._parallel import Parallel, holds
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import SignatureCheck
 from streams.errors import LocalProtocolError, RejectReason
@@ -50,24 +50,50 @@ def _checks(n: int, seed: int) -> list[SignatureCheck]:
 
 @pytest.mark.parametrize("threads", [0, 1, 3])
 def test_verifier_gives_the_verdicts_of_single_checks(threads: int) -> None:
-    v = ParallelVerifier(threads)
+    v = Parallel(threads)
     try:
         for seed, n in ((1, 1), (2, 3), (3, 4), (4, 57), (5, 400)):
             checks = _checks(n, seed)
-            want = [_holds(c) for c in checks]
+            want = [holds(c) for c in checks]
             assert (True in want and False in want) or n < 2
-            assert v(checks) == want
+            assert v.verify_many(checks) == want
     finally:
         v.close()
     # closed: still correct, on the calling thread alone
     checks = _checks(50, 9)
     assert v.threads == 0
-    assert v(checks) == [_holds(c) for c in checks]
+    assert v.verify_many(checks) == [holds(c) for c in checks]
+
+
+def test_signer_gives_the_signatures_of_single_calls() -> None:
+    v = Parallel(2)
+    try:
+        who = ident(42)
+        digests = [bytes([i]) * 32 for i in range(100)]
+        assert v.signer(who)(digests) == [who.sign(d) for d in digests]  # Ed25519 is deterministic
+    finally:
+        v.close()
+
+
+def test_an_error_on_any_thread_reaches_the_caller() -> None:
+    v = Parallel(1)
+
+    def boom(x: int) -> int:
+        if x == 37:
+            raise ValueError("item 37")
+        return x * 2
+
+    try:
+        with pytest.raises(ValueError, match="item 37"):
+            v.map(boom, list(range(200)))
+        assert v.map(boom, list(range(30))) == [x * 2 for x in range(30)]  # the pool still works
+    finally:
+        v.close()
 
 
 def test_verifier_refuses_a_negative_thread_count() -> None:
     with pytest.raises(ValueError):
-        ParallelVerifier(-1)
+        Parallel(-1)
 
 
 def _twin_nets() -> tuple[Net, Net]:
@@ -135,11 +161,11 @@ def test_batch_under_attack_gives_the_events_of_frame_by_frame() -> None:
     batch_p, batch_s = _attack_batch(par), _attack_batch(seq)
     assert len(batch_p) == len(batch_s)
     calls: list[int] = []
-    verifier = ParallelVerifier(1)
+    verifier = Parallel(1)
 
     def hook(checks: list[SignatureCheck]) -> list[bool]:
         calls.append(len(checks))
-        return verifier(checks)
+        return verifier.verify_many(checks)
 
     sub_p, sub_s = par.subs["s0"], seq.subs["s0"]
     sub_p.verify_many = hook
@@ -188,7 +214,7 @@ def test_the_core_asks_for_the_exact_key_digest_and_signature_of_each_frame() ->
 
     def recording(checks: list[SignatureCheck]) -> list[bool]:
         asked.extend(checks)
-        return [_holds(c) for c in checks]
+        return [holds(c) for c in checks]
 
     net.subs["s0"].verify_many = recording
     ev = net.subs["s0"].receive_many([(forged.raw, None), (f1.raw, None), (f2.raw, None)], net.now)
@@ -209,15 +235,15 @@ async def test_subscriber_checks_bursts_on_helper_threads(tmp_path: Path) -> Non
     try:
         branch = await sub.subscribe(timeout=5)
         with pytest.raises(LocalProtocolError):
-            sub.verify_threads = -1
-        sub.verify_threads = 2
-        assert sub.verify_threads == 2
+            sub.crypto_threads = -1
+        sub.crypto_threads = 2
+        assert sub.crypto_threads == 2
         sizes: list[int] = []
-        real = sub._verifier
+        real = sub._parallel
 
         def counting(checks: list[SignatureCheck]) -> list[bool]:
             sizes.append(len(checks))
-            return real(checks)
+            return real.verify_many(checks)
 
         sub._core.verify_many = counting
         # Hold p1's frames back (a relay), then hand them over in one burst with forgeries in front.
@@ -245,3 +271,73 @@ async def test_subscriber_checks_bursts_on_helper_threads(tmp_path: Path) -> Non
     finally:
         await sub.close()
         await author.close()
+
+
+def _signed_world(hook: bool) -> tuple[Net, list[bytes]]:
+    net = Net.make()
+    net.subscribe("s0")
+    b0 = _branch(net, "s0")
+    par = Parallel(1)
+    signed: list[int] = []
+    if hook:
+        sign = par.signer(net.author.identity)
+
+        def counting(digests: list[bytes]) -> list[bytes]:
+            signed.append(len(digests))
+            return sign(digests)
+
+        net.author.sign_many = counting
+    try:
+        seqs = net.author.publish_many(b0, [f"payment {i}".encode() for i in range(50)], net.now)
+    finally:
+        par.close()
+    assert seqs == list(range(1, 51))
+    assert signed == ([50] if hook else [])
+    return net, [o.data for o in net.author.data_to_send()]
+
+
+def test_publish_many_signing_in_parallel_makes_the_frames_publish_makes() -> None:
+    net_p, frames_p = _signed_world(True)
+    net_s, frames_s = _signed_world(False)
+    author = net_p.author.identity
+    b = _branch(net_p, "s0")
+    prev = None
+    for i, raw in enumerate(frames_p):
+        f = decode_frame(raw)
+        assert f.head.seq == i + 1
+        if prev is not None:
+            assert f.head.prev == prev  # linked in order
+        prev = f.hash
+        assert f.sig == author.sign(f.hash)  # Ed25519 is deterministic: what publish() would have signed
+    assert net_p.author.chain_head(b, 0) == (51, prev, 50)
+    assert [len(x) for x in frames_p] == [len(x) for x in frames_s]
+    cp = net_p.author.take_changes()
+    assert [(r.seq, r.hash, r.frame) for r in cp.log] == [(i + 1, decode_frame(x).hash, x) for i, x in
+                                                        enumerate(frames_p)]
+    # and the subscriber accepts them all, signed, as it accepts the one-by-one world's
+    for net, frames in ((net_p, frames_p), (net_s, frames_s)):
+        got: list[Event] = []
+        for raw in frames:
+            got.extend(net.subs["s0"].receive(raw, net.now))
+        assert [(e.seq, e.payload, e.signed) for e in got if isinstance(e, MessageReceived)] == [
+            (i, f"payment {i - 1}".encode(), True) for i in range(1, 51)]
+
+
+def test_a_failing_signer_changes_nothing() -> None:
+    net = Net.make()
+    net.subscribe("s0")
+    b0 = _branch(net, "s0")
+    before = net.author.chain_head(b0, 0)
+
+    def broken(digests: list[bytes]) -> list[bytes]:
+        raise RuntimeError("signer down")
+
+    net.author.sign_many = broken
+    with pytest.raises(RuntimeError):
+        net.author.publish_many(b0, [b"a", b"b", b"c"], net.now)
+    net.author.sign_many = lambda digests: [b"\0" * 64] * (len(digests) - 1)
+    with pytest.raises(LocalProtocolError):
+        net.author.publish_many(b0, [b"a", b"b", b"c"], net.now)
+    assert net.author.chain_head(b0, 0) == before
+    assert net.author.take_changes().log == []
+    assert net.author.data_to_send() == []
