@@ -341,3 +341,20 @@ def test_a_failing_signer_changes_nothing() -> None:
     assert net.author.chain_head(b0, 0) == before
     assert net.author.take_changes().log == []
     assert net.author.data_to_send() == []
+
+
+def test_parties_share_one_pool_of_helpers() -> None:
+    # A host process runs many parties (chaos/flood.py: hundreds per process): helpers must not grow with them.
+    import threading
+
+    def helpers() -> int:
+        return sum(t.name.startswith("streams-ed25519") for t in threading.enumerate())
+
+    checks = _checks(40, 3)
+    want = [holds(c) for c in checks]
+    parties = [Parallel(1) for _ in range(30)]
+    before = helpers()
+    for p in parties:
+        assert p.verify_many(checks) == want
+    assert helpers() - before <= 1
+    assert helpers() >= 1
