@@ -358,3 +358,22 @@ def test_parties_share_one_pool_of_helpers() -> None:
         assert p.verify_many(checks) == want
     assert helpers() - before <= 1
     assert helpers() >= 1
+
+
+def test_sparse_signatures_stay_on_the_loop_thread() -> None:
+    # An amortized stream (a signed checkpoint per 32 packets): too little signature work in a batch to hand
+    # any of it to a helper; the checkpoints are checked inline and every packet still arrives.
+    from streams.core import CoreConfig
+    from streams.wire import SigningMode
+
+    net = Net.make(config=CoreConfig(signing=SigningMode.AMORTIZED))
+    net.subscribe("s0")
+    b0 = _branch(net, "s0")
+    net.author.publish_many(b0, [b"p%d" % i for i in range(96)], net.now)
+    frames = [o.data for o in net.author.data_to_send()]
+    assert sum(bool(decode_frame(f).sig) for f in frames) == 3  # three checkpoints
+    asked: list[int] = []
+    net.subs["s0"].verify_many = lambda checks: asked.append(len(checks)) or [holds(c) for c in checks]
+    ev = net.subs["s0"].receive_many([(f, None) for f in frames], net.now)
+    assert asked == []
+    assert [e.payload for e in ev if isinstance(e, MessageReceived)] == [b"p%d" % i for i in range(96)]
