@@ -424,6 +424,7 @@ class _Party:
         if self._broken is None:
             with contextlib.suppress(StorageError, ClosedResourceError):
                 self._core.flush_checkpoints(self._clock())
+                self._core.acknowledge()  # the coalesced ACKs still pending (their cursors commit first)
                 await self._flush()
                 self._mark_given()
                 self._store.commit(self._core.take_changes(), self._delivered)
@@ -599,7 +600,7 @@ class _Party:
             # ACKs only after the commit (THREATS 4): they promise the publisher the messages survive a crash of
             # ours.  Every cursor move of the core is committed before its mover awaits anything (receive, then
             # _flush, with no await between), so the cursors acknowledged here are on disk.
-            acks = self._core.take_acks()
+            acks = self._core.take_acks(self._clock())  # coalesced: at most one per ack_interval_ms
             if acks:
                 await self._send_now(acks)
 

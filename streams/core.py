@@ -121,6 +121,7 @@ __all__ = [
 ]
 
 Rng = Callable[[int], bytes]
+_LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 SignatureCheck = tuple[bytes, bytes, bytes]
 """(Ed25519 public key, message hash, signature): one signature a batch of received frames needs checked."""
 BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
@@ -178,6 +179,10 @@ class CoreConfig:
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss)."""
+    ack_interval_ms: int = 20
+    """At most one ACK per chain per this many ms (SPEC 12): the first after a quiet spell goes at once, the
+    cursor moves of a stream are acknowledged together when the interval has passed (:meth:`handle_timer`).
+    0: one ACK per received batch."""
 
 
 class Outgoing(NamedTuple):
@@ -283,8 +288,8 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("acked", "acked_by", "anchor_wait", "anchored", "covered", "fetch_end", "first_uncovered_ms", "gap_to",
-                 "head", "held", "next_seq", "notified", "progress_ms")
+    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "covered", "fetch_end", "first_uncovered_ms",
+                 "gap_to", "head", "held", "next_seq", "notified", "progress_ms")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -297,6 +302,7 @@ class _Chain:
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
         self.acked = 0  # receiver side: highest seq we acknowledged (0 after a restart: acknowledge again)
+        self.ack_ms = _LONG_AGO  # receiver side: when we last sent an ACK of this chain
         self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
         self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
@@ -619,20 +625,28 @@ class _CoreBase:
         """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),
         or None."""
         due: int | None = None
+        ack_interval = self.config.ack_interval_ms
         for b in self._branches.values():
             c = b.chains.get(b.me)
             if c is not None and c.first_uncovered_ms is not None:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
             for p, rc in b.chains.items():
-                if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq):
+                if p == b.me:
+                    continue
+                if rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq:
                     t = rc.progress_ms + self.config.fetch_retry_ms
+                    due = t if due is None else min(due, t)
+                if rc.next_seq - 1 > rc.acked and b.state is BranchState.OPEN:
+                    t = rc.ack_ms + ack_interval  # a coalesced ACK waits
                     due = t if due is None else min(due, t)
         return due
 
     def handle_timer(self, now_ms: int) -> None:
         """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
-        ``fetch_retry_ms`` (the request or its replies were lost)."""
+        ``fetch_retry_ms`` (the request or its replies were lost); queue the coalesced ACKs that are due (the
+        driver commits before it sends what this queued, as always)."""
+        self._out.extend(self.take_acks(now_ms))
         for b in self._branches.values():
             if b.state is BranchState.OPEN:
                 for p, rc in b.chains.items():
@@ -702,16 +716,24 @@ class _CoreBase:
         chain per batch, not per message."""
         self._out.extend(self.take_acks())
 
-    def take_acks(self) -> list[Outgoing]:
+    def take_acks(self, now_ms: int | None = None) -> list[Outgoing]:
         """The ACK frames :meth:`acknowledge` would queue, returned instead: for a driver that sends them
-        itself.  The same rule holds: call it only when every cursor move is committed."""
+        itself.  The same rule holds: call it only when every cursor move is committed.
+
+        With ``now_ms``, only for chains whose last ACK is at least ``ack_interval_ms`` old; the others stay
+        pending for :meth:`handle_timer` (:meth:`next_timer` says when)."""
         out: list[Outgoing] = []
+        interval = self.config.ack_interval_ms
         for b in self._branches.values():
             if b.state is not BranchState.OPEN:
                 continue
             for p, c in b.chains.items():
                 if p == b.me or c.next_seq - 1 <= c.acked:
                     continue
+                if now_ms is not None:
+                    if now_ms - c.ack_ms < interval:
+                        continue
+                    c.ack_ms = now_ms
                 c.acked = c.next_seq - 1
                 head = Ack(self._channel, b.id, p, c.acked, c.head, b.me)
                 out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))

@@ -21,6 +21,7 @@ from streams.errors import ClosedResourceError, LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.store import Store
+from streams.wire import Kind, decode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -326,3 +327,40 @@ async def test_plain_transport_wrapper_is_not_bypassed_and_group_commit_still_wo
     assert len(await _take(sub, 22)) == 22
     await sub.close()
     await author.close()
+
+
+async def test_acks_of_a_stream_are_coalesced_and_wait_acknowledged_still_resolves(tmp_path: Path) -> None:
+    # The subscriber's clock stands still while a stream arrives: one ACK goes at once, the others wait for
+    # ack_interval_ms (SPEC 12) -- then the timer acknowledges the cursor, and the publisher's wait ends.
+    hub = MemoryHub()
+    clock = [1_700_000_000_000]
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST, clock=lambda: clock[0])
+    try:
+        branch = await sub.subscribe(timeout=5)
+
+        def sub_acks() -> list[int]:
+            return [decode_frame(d).head.seq for src, _to, d in hub.tap
+                    if src == "p1" and decode_frame(d).kind is Kind.ACK]
+
+        seqs = []
+        for i in range(10):
+            seqs.append(await author.publish(branch, b"event %d" % i))
+            await _take(sub, 1)
+        await author.wait_acknowledged(branch, seqs[0], timeout=5)
+        await asyncio.sleep(0.05)
+        assert len(sub_acks()) == 1  # the clock did not move: everything after the first ACK waits
+        assert author._core.acknowledged(branch) < seqs[-1]
+        clock[0] += 20
+        await author.wait_acknowledged(branch, seqs[-1], timeout=5)  # the timer sent the coalesced ACK
+        assert sub_acks() == [sub_acks()[0], seqs[-1]]
+        # A pending ACK is not lost at close: it is sent after the last commit.
+        last = await author.publish(branch, b"last")
+        await _take(sub, 1)
+        await sub.close()
+        await author.wait_acknowledged(branch, last, timeout=5)
+    finally:
+        await sub.close()
+        await author.close()

@@ -172,6 +172,50 @@ def test_lost_ack_is_sent_again_when_the_publisher_announces_its_head(net: Net) 
     assert _acks(net.author.receive(again, net.now, "s0")) == [Acknowledged(b0, 0, 1, ident(10).did)]
 
 
+def test_acks_of_a_stream_are_coalesced_and_the_last_one_follows_on_the_timer(net: Net) -> None:
+    # ack_interval_ms (default 20): the first ACK after a quiet spell at once, the rest of a stream together.
+    b0 = _branch(net, "s0")
+    s, t0 = net.subs["s0"], net.now
+    assert s.config.ack_interval_ms == 20
+
+    def batch(n: int, now: int) -> list[bytes]:
+        for i in range(n):
+            net.author.publish(b0, b"m%d" % i, now)
+        _deliver_without_pump(net, "s0")
+        return [o.data for o in s.take_acks(now)]
+
+    [first] = batch(3, t0)
+    assert decode_frame(first).head.seq == 3
+    assert batch(2, t0 + 5) == [] and batch(4, t0 + 15) == []  # coalesced
+    assert s.next_timer() == t0 + 20
+    s.handle_timer(t0 + 19)
+    assert s.data_to_send() == []
+    s.handle_timer(t0 + 20)
+    [second] = [o.data for o in s.data_to_send()]
+    assert decode_frame(second).head.seq == 9  # one ACK for both later batches: the cursor then
+    assert s.next_timer() is None and s.take_acks(t0 + 21) == []
+    [third] = batch(1, t0 + 100)  # after a quiet spell: at once again
+    assert decode_frame(third).head.seq == 10
+    got = [a.through_seq for f in (first, second, third) for a in _acks(net.author.receive(f, t0 + 100, "s0"))]
+    assert got == [3, 9, 10]
+    assert net.author.acknowledged(b0) == 10
+
+
+def test_ack_interval_zero_acknowledges_every_batch() -> None:
+    n = Net.make()
+    n.subscribe("s0")
+    b0 = _branch(n, "s0")
+    s = n.subs["s0"]
+    s.config = CoreConfig(ack_interval_ms=0)  # type: ignore[misc]
+    seqs = []
+    for _ in range(4):
+        n.author.publish(b0, b"x", n.now)
+        _deliver_without_pump(n, "s0")
+        [a] = s.take_acks(n.now)
+        seqs.append(decode_frame(a.data).head.seq)
+    assert seqs == [1, 2, 3, 4]
+
+
 def test_protocol_core_never_imports_zmq_or_brokerless() -> None:
     import subprocess
     import sys
