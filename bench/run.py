@@ -6,7 +6,8 @@
 Runs each benchmark module in its own subprocess (``core``: protocol core vs crypto floor; ``e2e``: two-process
 throughput/latency against raw pyzmq, CurveZMQ, NATS core/JetStream and the minimal secure pipelines;
 ``scale``: branches, grant/revoke, catch-up, anchoring; ``anchor``: ``bench/bench_anchor.py`` when present;
-``profile``: pyinstrument over our publish and receive paths, full runs only or when named), streams their
+``profile``: pyinstrument over our publish and receive paths, full runs only or when named; ``latency``: the
+per-stage latency path, ``bench/latency_path.py``), streams their
 progress lines to stderr with the suite's elapsed time and ETA, and writes ``DIR/<name>.json``, ``DIR/<name>.png``
 and ``DIR/SUMMARY.md`` (tables, targets met or not, top profile costs where a target is missed).
 
@@ -28,11 +29,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-MODULES = ("core", "e2e", "scale", "anchor", "profile")
+MODULES = ("core", "e2e", "scale", "anchor", "profile", "latency")
 SCRIPTS = {"core": "bench_core.py", "e2e": "bench_e2e.py", "scale": "bench_scale.py", "anchor": "bench_anchor.py",
-           "profile": "profile_ours.py"}
+           "profile": "profile_ours.py", "latency": "latency_path.py"}
 #: Rough durations (s) for the ETA before a module has run: quick, full.
-EXPECTED = {"core": (8, 150), "e2e": (30, 900), "scale": (12, 400), "anchor": (10, 120), "profile": (10, 60)}
+EXPECTED = {"core": (8, 150), "e2e": (30, 900), "scale": (12, 400), "anchor": (10, 120), "profile": (10, 60),
+            "latency": (15, 40)}
 
 
 def _fmt(s: float) -> str:
@@ -93,7 +95,7 @@ def _load(out: Path, name: str) -> dict[str, Any] | None:
 
 
 def summary(out: Path, statuses: dict[str, str]) -> str:
-    core, e2e, scale, anchor, prof = (_load(out, n) for n in MODULES)
+    core, e2e, scale, anchor, prof, lat_path = (_load(out, n) for n in MODULES)
     lines = ["# Benchmark summary", ""]
     machine = next((d["machine"] for d in (e2e, scale, core) if d and "machine" in d), None)
     if machine:
@@ -159,6 +161,23 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
         for who, m in core["memory"].items():
             targets.append((f"core <= {m['target']} B per idle branch ({who})", "core", m["met"],
                             f"{m['bytes_per_branch']:,.0f} B"))
+        lines.append("")
+    if lat_path:
+        rtt = lat_path["rtt"]
+        lines += ["## Where the latency goes (bench/latency_path.py, 1 KiB, p50 per stage)", "",
+                  f"Raw DEALER/ROUTER round trip p50 {rtt.get('p50_us', 0):.0f} µs; crypto per message "
+                  f"{lat_path['crypto_us']['each']:.0f} µs signed-each, {lat_path['crypto_us']['amortized']:.0f} µs "
+                  "amortized (both sides).", "",
+                  "| mode | msgs/s | p50 µs | " + " | ".join(lat_path["rows"][0]["stages"]) + " |",
+                  "|---|---|---|" + "---|" * len(lat_path["rows"][0]["stages"])]
+        for r in lat_path["rows"]:
+            lines.append(f"| {r['mode']} | {r['rate']:,.0f} | {r['p50_us'] or 0:,.0f} | "
+                         + " | ".join(f"{v.get('p50_us', 0):,.0f}" for v in r["stages"].values()) + " |")
+        lines += ["", "| mode | msgs/s | call | µs per call | items per call |", "|---|---|---|---|---|"]
+        for r in lat_path["rows"]:
+            for name, c in r["calls"].items():
+                lines.append(f"| {r['mode']} | {r['rate']:,.0f} | {name} | {c['us_per_call']:,.0f} | "
+                             f"{c['items_per_call']:.1f} |")
         lines.append("")
     if anchor:
         lines += ["## Anchoring (bench_anchor.py)", "", "```", json.dumps(anchor, indent=1)[:3000], "```", ""]

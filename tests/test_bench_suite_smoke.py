@@ -64,7 +64,16 @@ def test_run_quick_writes_every_result(tmp_path: Path) -> None:
     assert (tmp_path / "scale.png").stat().st_size > 0
 
     assert json.loads((tmp_path / "core.json").read_text())["throughput"]
+
+    lat_path = json.loads((tmp_path / "latency.json").read_text())
+    assert [(r["mode"], r["rate"]) for r in lat_path["rows"]] == [
+        ("ours_each", 300.0), ("ours_each", 3000.0), ("ours_amortized", 300.0), ("ours_amortized", 3000.0)]
+    for r in lat_path["rows"]:
+        assert r["messages"] == 150  # every frame stamped at every stage, joined one to one
+        assert list(r["stages"]) == ["queued", "author", "wire", "to driver", "subscriber", "to app"]
+        assert r["p50_us"] > 0
+        assert r["calls"]["author core publish_many"]["items_per_call"] >= 1
     md = (tmp_path / "SUMMARY.md").read_text()
-    for heading in ("# Benchmark summary", "## End to end", "## Scaling", "## Targets"):
+    for heading in ("# Benchmark summary", "## End to end", "## Scaling", "## Where the latency goes", "## Targets"):
         assert heading in md, heading
     assert "ours_amortized" in md and ("met" in md)

@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Where the end-to-end latency goes: per-message stage times of ``streams`` over ``brokerless``, two processes.
+
+The publisher and subscriber run as in ``bench_e2e.py`` (the same ``OursPub``/``OursRecv`` classes, SQLite WAL
+stores on both sides, tcp loopback), paced with the same loop, 1 KiB payloads.  Each worker wraps a few of its
+own functions with timers (this script's instrumentation, not the library's) and stamps every data frame with
+``time.monotonic_ns`` (CLOCK_MONOTONIC is shared by both processes) at each stage:
+
+* ``queued``: due time stamped in the payload -> ``Author.publish_many`` called (the pacing loop);
+* ``author``: ``publish_many`` called -> the frame handed to ZeroMQ (sealing, signing, the commit, the send);
+* ``wire``: handed to ZeroMQ -> read from the subscriber's socket (ZeroMQ's I/O threads, tcp, wake-ups);
+* ``to driver``: read -> taken by the subscriber's receive loop (one event-loop hop);
+* ``subscriber``: taken -> committed (checks, decryption, the commit);
+* ``to app``: committed -> handed to the application (one event-loop hop).
+
+Per call it also reports the mean time of the author's ``publish_many`` core work, each commit, each
+``send_many`` and the subscriber's ``receive_many``, plus the raw DEALER/ROUTER round trip measured in the same
+run (the latency target is p50 <= 2x that round trip + the crypto cost).  Rates: isolated messages (300/s) and
+bursts (3,000/s paced on asyncio's 1 ms timer: a few messages per tick).
+
+Run: ``python bench/latency_path.py [--quick] [--out DIR]``; writes ``latency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine_info
+
+SIZE = 1024
+STAGES = ("queued", "author", "wire", "to driver", "subscriber", "to app")
+_now = time.monotonic_ns
+
+
+def _logged(args: Any) -> int:
+    """Messages a ``Store.commit(changes, ...)`` call logs (commits of cursors alone are not counted)."""
+    return len(args[1].log)
+
+
+class _Stamps:
+    """Per-frame stage stamps and per-call durations of one worker process."""
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, list[int]] = {}
+        self.calls: dict[str, list[int]] = {}  # name -> [total ns, calls, items]
+        self.on = False
+
+    def stamp(self, key: str, t: int, n: int = 1) -> None:
+        if self.on:
+            self.stamps.setdefault(key, []).extend([t] * n)
+
+    def timed(self, owner: Any, name: str, label: str, items: Any = None) -> None:
+        """Wrap ``owner.name`` (a plain function attribute) with a timer; ``items(args)`` counts its items (calls
+        with none are not counted)."""
+        orig = getattr(owner, name)
+        me = self
+
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter_ns()
+            try:
+                return orig(*a, **kw)
+            finally:
+                if me.on and (items is None or items(a)):
+                    c = me.calls.setdefault(label, [0, 0, 0])
+                    c[0] += time.perf_counter_ns() - t
+                    c[1] += 1
+                    c[2] += items(a) if items is not None else 1
+
+        setattr(owner, name, wrapper)
+
+
+async def _pub(tmp: Path, mode: str, n: int, rate: float) -> None:
+    import bench_e2e as e2e
+
+    import brokerless.endpoints as ep
+    import streams.api as api
+    import streams.core as core
+    import streams.store as store
+
+    st = _Stamps()
+    big = SIZE // 2
+    send_many = ep.AuthorEndpoint.send_many
+
+    def stamped_send(self: Any, outs: Any) -> None:
+        send_many(self, outs)
+        st.stamp("sent", _now(), sum(1 for o in outs if len(o.data) > big))
+
+    ep.AuthorEndpoint.send_many = stamped_send  # type: ignore[method-assign]
+    publish_many = api.Author.publish_many
+
+    async def stamped_publish(self: Any, branch: bytes, payloads: Any) -> list[int]:
+        payloads = list(payloads)
+        st.stamp("called", _now(), len(payloads))
+        return await publish_many(self, branch, payloads)
+
+    api.Author.publish_many = stamped_publish  # type: ignore[method-assign]
+    st.timed(core.AuthorCore, "publish_many", "author core publish_many", lambda a: len(a[2]))
+    st.timed(store.Store, "commit", "author commit (messages logged)", _logged)
+    st.timed(ep.AuthorEndpoint, "send_many", "author send_many")
+    pub = e2e.OursPub(mode)
+    print(json.dumps({"addr": await pub.setup(tmp)}), flush=True)
+    await pub.wait_peer()
+    await asyncio.sleep(0.5)
+    st.on = True
+    await e2e._publish(pub, {"run_id": 1, "count": n, "size": SIZE, "rate": rate})
+    st.on = False
+    await asyncio.sleep(0.5)
+    print(json.dumps({"stamps": st.stamps, "calls": st.calls}), flush=True)
+    await pub.close()
+
+
+async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
+    import bench_e2e as e2e
+
+    import brokerless.endpoints as ep
+    import streams.core as core
+    import streams.store as store
+
+    st = _Stamps()
+    big = SIZE // 2
+    on_frame = ep.SubscriberEndpoint._on_frame
+
+    def stamped_frame(self: Any, data: bytes) -> None:
+        if len(data) > big:
+            st.stamp("read", _now())
+        on_frame(self, data)
+
+    ep.SubscriberEndpoint._on_frame = stamped_frame  # type: ignore[method-assign]
+    recv = ep.SubscriberEndpoint.recv
+
+    async def stamped_recv(self: Any) -> list[tuple[bytes, object]]:
+        batch = await recv(self)
+        st.stamp("taken", _now(), sum(1 for d, _ in batch if len(d) > big))
+        return batch
+
+    ep.SubscriberEndpoint.recv = stamped_recv  # type: ignore[method-assign]
+    commit = store.Store.commit
+
+    def stamped_commit(self: Any, changes: Any, delivered: Any = None) -> None:
+        commit(self, changes, delivered)
+        st.stamp("committed", _now(), sum(1 for r in changes.log if len(r.frame) > big))
+
+    store.Store.commit = stamped_commit  # type: ignore[method-assign]
+    st.timed(store.Store, "commit", "subscriber commit (messages logged)", _logged)
+    st.timed(core.SubscriberCore, "receive_many", "subscriber core receive_many", lambda a: len(a[1]))
+    r = e2e.OursRecv(mode)
+
+    def on_msg(payload: bytes) -> None:
+        if st.on:
+            _, ts, _ = e2e.HDR.unpack_from(payload)
+            st.stamp("app", _now())
+            st.stamp("due", ts)
+
+    r.on_msg = on_msg
+    await r.setup(addr, tmp)
+    st.on = True
+    print(json.dumps({"ready": True}), flush=True)
+    deadline = time.monotonic() + 120
+    while len(st.stamps.get("app", [])) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    st.on = False
+    print(json.dumps({"stamps": st.stamps, "calls": st.calls}), flush=True)
+    await r.close()
+
+
+def _pair(mode: str, n: int, rate: float) -> dict[str, Any]:
+    """One paced run: both workers, their stamps joined frame by frame (in order: no loss on loopback)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    me = [sys.executable, str(Path(__file__).resolve())]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        (tmp / "p").mkdir()
+        (tmp / "s").mkdir()
+        pub = subprocess.Popen([*me, "worker-pub", str(tmp / "p"), mode, str(n), str(rate)], env=env,
+                               stdout=subprocess.PIPE, text=True)
+        procs.append(pub)
+        assert pub.stdout is not None
+        addr = json.loads(pub.stdout.readline())["addr"]
+        sub = subprocess.Popen([*me, "worker-sub", str(tmp / "s"), mode, addr, str(n)], env=env,
+                               stdout=subprocess.PIPE, text=True)
+        procs.append(sub)
+        assert sub.stdout is not None
+        json.loads(sub.stdout.readline())
+        p = json.loads(pub.stdout.readline())
+        s = json.loads(sub.stdout.readline())
+        for w in procs:
+            w.wait(60)
+    finally:
+        for w in procs:
+            if w.poll() is None:
+                w.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    chain = [s["stamps"].get("due", []), p["stamps"].get("called", []), p["stamps"].get("sent", []),
+             s["stamps"].get("read", []), s["stamps"].get("taken", []), s["stamps"].get("committed", []),
+             s["stamps"].get("app", [])]
+    m = min(len(c) for c in chain)
+    stages = {}
+    for name, a, b in zip(STAGES, chain, chain[1:], strict=False):
+        d = [(b[i] - a[i]) / 1000 for i in range(m)]
+        stages[name] = {"p50_us": statistics.median(d), "mean_us": statistics.fmean(d)} if d else {}
+    total = [(chain[-1][i] - chain[0][i]) / 1000 for i in range(m)]
+    calls = {k: {"us_per_call": v[0] / v[1] / 1000, "items_per_call": v[2] / v[1], "calls": v[1]}
+             for k, v in {**p["calls"], **s["calls"]}.items() if v[1]}
+    return {"mode": mode, "rate": rate, "messages": m, "p50_us": statistics.median(total) if total else None,
+            "stages": stages, "calls": calls}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker-pub"]:
+        asyncio.run(_pub(Path(argv[1]), argv[2], int(argv[3]), float(argv[4])))
+        return 0
+    if argv[:1] == ["worker-sub"]:
+        asyncio.run(_sub(Path(argv[1]), argv[2], argv[3], int(argv[4])))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="smoke run: few messages")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    import bench_e2e as e2e
+
+    plan = [(mode, rate) for mode in ("ours_each", "ours_amortized") for rate in (300.0, 3000.0)]
+    rows = []
+    for k, (mode, rate) in enumerate(plan):
+        n = 150 if args.quick else int(rate * 4)
+        sys.stderr.write(f"[latency {k + 1}/{len(plan) + 1}] {mode} at {rate:,.0f} msgs/s ({n} messages)\n")
+        rows.append(_pair(mode, n, rate))
+    sys.stderr.write(f"[latency {len(plan) + 1}/{len(plan) + 1}] raw DEALER/ROUTER round trip\n")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-latency-rtt-"))
+    try:
+        raw = e2e.Pair("zmq_raw", tmp, {})
+        try:
+            rtt = raw.rtt(300 if args.quick else 3000)
+        finally:
+            raw.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    crypto = {"each": e2e.crypto_cost_us(SIZE, 1), "amortized": e2e.crypto_cost_us(SIZE, e2e.CHECKPOINT_EVERY)}
+    out = {"benchmark": "latency", "quick": args.quick, "machine": machine_info(), "size": SIZE, "rows": rows,
+           "rtt": {k: v for k, v in rtt.items() if k != "cdf_us"}, "crypto_us": crypto}
+    (args.out / "latency.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"raw round trip p50 {rtt['p50_us']:.0f} us; crypto each {crypto['each']:.0f} us, "
+          f"amortized {crypto['amortized']:.0f} us")
+    for r in rows:
+        parts = "  ".join(f"{k} {v.get('p50_us', 0):,.0f}" for k, v in r["stages"].items())
+        print(f"{r['mode']:15s} {r['rate']:6,.0f}/s  p50 {r['p50_us'] or 0:6,.0f} us = {parts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
