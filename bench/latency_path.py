@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine_info
 
@@ -49,17 +51,31 @@ def _logged(args: Any) -> int:
     return len(args[1].log)
 
 
+def _seq_of(data: bytes) -> int | None:
+    """The sequence number of a PACKET frame (``[version, 7, head, body, sig]``, head ``[.., .., .., seq, ..]``),
+    or None for anything else.  Two msgpack decodes: a couple of microseconds, paid inside the stage it stamps."""
+    try:
+        outer = msgpack.unpackb(data)
+        if outer[1] != 7:
+            return None
+        seq = msgpack.unpackb(outer[2])[3]
+    except Exception:  # not a frame of ours: not stamped
+        return None
+    return seq if isinstance(seq, int) else None
+
+
 class _Stamps:
-    """Per-frame stage stamps and per-call durations of one worker process."""
+    """Stage stamps keyed by sequence number (the first time each is seen: gap-fill copies do not count) and
+    per-call durations, of one worker process."""
 
     def __init__(self) -> None:
-        self.stamps: dict[str, list[int]] = {}
+        self.stamps: dict[str, dict[int, int]] = {}
         self.calls: dict[str, list[int]] = {}  # name -> [total ns, calls, items]
         self.on = False
 
-    def stamp(self, key: str, t: int, n: int = 1) -> None:
-        if self.on:
-            self.stamps.setdefault(key, []).extend([t] * n)
+    def stamp(self, key: str, seq: int | None, t: int) -> None:
+        if self.on and seq is not None:
+            self.stamps.setdefault(key, {}).setdefault(seq, t)
 
     def timed(self, owner: Any, name: str, label: str, items: Any = None) -> None:
         """Wrap ``owner.name`` (a plain function attribute) with a timer; ``items(args)`` counts its items (calls
@@ -90,20 +106,27 @@ async def _pub(tmp: Path, mode: str, n: int, rate: float) -> None:
     import streams.store as store
 
     st = _Stamps()
-    big = SIZE // 2
+    index_to_seq: dict[int, int] = {}
     send_many = ep.AuthorEndpoint.send_many
 
     def stamped_send(self: Any, outs: Any) -> None:
         send_many(self, outs)
-        st.stamp("sent", _now(), sum(1 for o in outs if len(o.data) > big))
+        t = _now()
+        for o in outs:
+            st.stamp("sent", _seq_of(o.data), t)
 
     ep.AuthorEndpoint.send_many = stamped_send  # type: ignore[method-assign]
     publish_many = api.Author.publish_many
 
     async def stamped_publish(self: Any, branch: bytes, payloads: Any) -> list[int]:
         payloads = list(payloads)
-        st.stamp("called", _now(), len(payloads))
-        return await publish_many(self, branch, payloads)
+        t = _now()
+        seqs = await publish_many(self, branch, payloads)
+        for payload, seq in zip(payloads, seqs, strict=True):
+            st.stamp("called", seq, t)
+            if st.on:
+                index_to_seq[e2e.HDR.unpack_from(payload)[2]] = seq
+        return seqs
 
     api.Author.publish_many = stamped_publish  # type: ignore[method-assign]
     st.timed(core.AuthorCore, "publish_many", "author core publish_many", lambda a: len(a[2]))
@@ -117,7 +140,7 @@ async def _pub(tmp: Path, mode: str, n: int, rate: float) -> None:
     await e2e._publish(pub, {"run_id": 1, "count": n, "size": SIZE, "rate": rate})
     st.on = False
     await asyncio.sleep(0.5)
-    print(json.dumps({"stamps": st.stamps, "calls": st.calls}), flush=True)
+    print(json.dumps({"stamps": st.stamps, "calls": st.calls, "index_to_seq": index_to_seq}), flush=True)
     await pub.close()
 
 
@@ -129,12 +152,12 @@ async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
     import streams.store as store
 
     st = _Stamps()
-    big = SIZE // 2
+    due: dict[int, int] = {}
+    app: dict[int, int] = {}
     on_frame = ep.SubscriberEndpoint._on_frame
 
     def stamped_frame(self: Any, data: bytes) -> None:
-        if len(data) > big:
-            st.stamp("read", _now())
+        st.stamp("read", _seq_of(data), _now())
         on_frame(self, data)
 
     ep.SubscriberEndpoint._on_frame = stamped_frame  # type: ignore[method-assign]
@@ -142,7 +165,9 @@ async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
 
     async def stamped_recv(self: Any) -> list[tuple[bytes, object]]:
         batch = await recv(self)
-        st.stamp("taken", _now(), sum(1 for d, _ in batch if len(d) > big))
+        t = _now()
+        for d, _ in batch:
+            st.stamp("taken", _seq_of(d), t)
         return batch
 
     ep.SubscriberEndpoint.recv = stamped_recv  # type: ignore[method-assign]
@@ -150,7 +175,9 @@ async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
 
     def stamped_commit(self: Any, changes: Any, delivered: Any = None) -> None:
         commit(self, changes, delivered)
-        st.stamp("committed", _now(), sum(1 for r in changes.log if len(r.frame) > big))
+        t = _now()
+        for r in changes.log:
+            st.stamp("committed", r.seq, t)
 
     store.Store.commit = stamped_commit  # type: ignore[method-assign]
     st.timed(store.Store, "commit", "subscriber commit (messages logged)", _logged)
@@ -159,24 +186,24 @@ async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
 
     def on_msg(payload: bytes) -> None:
         if st.on:
-            _, ts, _ = e2e.HDR.unpack_from(payload)
-            st.stamp("app", _now())
-            st.stamp("due", ts)
+            _, ts, i = e2e.HDR.unpack_from(payload)
+            app.setdefault(i, _now())
+            due.setdefault(i, ts)
 
     r.on_msg = on_msg
     await r.setup(addr, tmp)
     st.on = True
     print(json.dumps({"ready": True}), flush=True)
     deadline = time.monotonic() + 120
-    while len(st.stamps.get("app", [])) < n and time.monotonic() < deadline:
+    while len(app) < n and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     st.on = False
-    print(json.dumps({"stamps": st.stamps, "calls": st.calls}), flush=True)
+    print(json.dumps({"stamps": st.stamps, "calls": st.calls, "due": due, "app": app}), flush=True)
     await r.close()
 
 
 def _pair(mode: str, n: int, rate: float) -> dict[str, Any]:
-    """One paced run: both workers, their stamps joined frame by frame (in order: no loss on loopback)."""
+    """One paced run: both workers, their stamps joined by sequence number."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -203,18 +230,23 @@ def _pair(mode: str, n: int, rate: float) -> dict[str, Any]:
             if w.poll() is None:
                 w.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    chain = [s["stamps"].get("due", []), p["stamps"].get("called", []), p["stamps"].get("sent", []),
-             s["stamps"].get("read", []), s["stamps"].get("taken", []), s["stamps"].get("committed", []),
-             s["stamps"].get("app", [])]
-    m = min(len(c) for c in chain)
+    ps, ss = p["stamps"], s["stamps"]  # JSON object keys are strings
+    series = [s["due"], ps.get("called", {}), ps.get("sent", {}), ss.get("read", {}), ss.get("taken", {}),
+              ss.get("committed", {}), s["app"]]
+    rows = []
+    for i, seq in p["index_to_seq"].items():
+        keys = [i, str(seq), str(seq), str(seq), str(seq), str(seq), i]
+        ts = [src.get(k) for src, k in zip(series, keys, strict=True)]
+        if None not in ts:
+            rows.append(ts)
     stages = {}
-    for name, a, b in zip(STAGES, chain, chain[1:], strict=False):
-        d = [(b[i] - a[i]) / 1000 for i in range(m)]
+    for k, name in enumerate(STAGES):
+        d = [(r[k + 1] - r[k]) / 1000 for r in rows]
         stages[name] = {"p50_us": statistics.median(d), "mean_us": statistics.fmean(d)} if d else {}
-    total = [(chain[-1][i] - chain[0][i]) / 1000 for i in range(m)]
+    total = [(r[-1] - r[0]) / 1000 for r in rows]
     calls = {k: {"us_per_call": v[0] / v[1] / 1000, "items_per_call": v[2] / v[1], "calls": v[1]}
              for k, v in {**p["calls"], **s["calls"]}.items() if v[1]}
-    return {"mode": mode, "rate": rate, "messages": m, "p50_us": statistics.median(total) if total else None,
+    return {"mode": mode, "rate": rate, "messages": len(rows), "p50_us": statistics.median(total) if total else None,
             "stages": stages, "calls": calls}
 
 
