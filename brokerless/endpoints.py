@@ -37,7 +37,9 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   backoff (Paranoid Pirate) and then calls ``on_reconnect`` -- set by :class:`streams.api.Subscriber` to
   re-fetch everything after its cursors (Clone pattern: live frames are held by the core while the fetch fills
   the hole; duplicates are rejected as replays).  A PONG with a new instance id (the author restarted behind a
-  transparent ZeroMQ reconnect) triggers the same catch-up.
+  transparent ZeroMQ reconnect) triggers the same catch-up.  Only heartbeats the subscriber was awake for count,
+  and never while a frame waits unread in its socket: a stall of its own event loop is not the author's silence
+  (a reconnect then would discard the answers waiting there -- a starved host's handshakes never completed).
 * **Hostile input** (THREATS 8).  Frames over ``max_frame`` are refused by ZeroMQ itself (``MAXMSGSIZE``: the
   connection is dropped).  Malformed frames are dropped by the strict decoder before reaching the core and
   counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING, CREDITs of a wrong session) are
@@ -127,7 +129,8 @@ class EndpointConfig:
     heartbeat_ms: int = 1000
     """Heartbeat interval, milliseconds: a PING is sent when nothing was sent or heard for this long."""
     liveness: int = 3
-    """Missed heartbeats before a peer counts as dead (author: forgotten; subscriber: reconnect)."""
+    """Missed heartbeats before a peer counts as dead (author: forgotten; subscriber: reconnect -- counted only
+    while the subscriber's event loop runs, and never while a frame waits unread in its socket)."""
     reconnect_min_ms: int = 100
     """First reconnect delay, milliseconds; doubled on each failed attempt up to ``reconnect_max_ms``."""
     reconnect_max_ms: int = 5000
@@ -300,13 +303,17 @@ class _Base:
     def _check_readable(self) -> None:
         """Wake the parked reader if frames are waiting (also processes ZeroMQ's pending commands, so the
         descriptor stops signalling)."""
-        try:
-            readable = bool(cast(int, self._sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
-        except zmq.ZMQError:
-            return  # closed or being replaced by a reconnect
         f = self._wake_fut
-        if readable and f is not None and not f.done():
+        if self._frames_waiting() and f is not None and not f.done():
             f.set_result(None)
+
+    def _frames_waiting(self) -> bool:
+        """Whether a frame waits in the socket (ZMQ_EVENTS; also processes ZeroMQ's pending commands).  False while
+        the socket is closed or being replaced by a reconnect."""
+        try:
+            return bool(cast(int, self._sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return False
 
     async def _wait_readable(self, timeout_ms: int) -> None:
         """Until the socket has a frame to read, or ``timeout_ms`` passed."""
@@ -816,6 +823,7 @@ class SubscriberEndpoint(_Base):
         now = _now_ms()
         self._last_heard = now
         self._last_sent = now
+        self._last_tick = now  #: when the heartbeat last ran (its lateness measures stalls of our own loop)
         self._backoff = self.config.reconnect_min_ms
         self._reader_task: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
@@ -1082,12 +1090,23 @@ class SubscriberEndpoint(_Base):
 
     async def _heartbeat(self) -> None:
         cfg = self.config
-        tick = min(cfg.heartbeat_ms, 100) / 1000
+        tick_ms = min(cfg.heartbeat_ms, 100)
+        tick = tick_ms / 1000
         while not self._closed:
             await asyncio.sleep(tick)
             self._tasks = [t for t in self._tasks if not t.done() or t is self._reader_task]
             self._flush_queue()
             now = _now_ms()
+            # Liveness counts only the time this loop was awake to listen (THREATS 8).  A tick that comes late
+            # means our own event loop was stalled -- a host running more subscribers than its CPU serves, a
+            # long GC, a blocking call: meanwhile we neither sent PINGs nor read the socket, so that time is not
+            # the author's silence.  Counting it made every subscriber of a host whose loop lagged more than the
+            # liveness window "reconnect" about once per loop turn, discarding the answers waiting in its socket
+            # (a handshake then never saw its CHALLENGE or GRANT: chaos/flood.py --pin, tests/test_zmq_stall.py).
+            stalled = now - self._last_tick - 2 * tick_ms
+            if stalled > 0:
+                self._last_heard = min(now, self._last_heard + stalled)
+            self._last_tick = now
             if len(self._inbox) >= cfg.inbox:
                 self._last_heard = now  # we are the slow side, not the author
             idle = now - self._last_sent >= cfg.heartbeat_ms or now - self._last_heard >= cfg.heartbeat_ms
@@ -1106,7 +1125,12 @@ class SubscriberEndpoint(_Base):
                 self._send_credit(now)
             self._check_readable()
             if now - self._last_heard > cfg.heartbeat_ms * cfg.liveness:
-                await self._reconnect()
+                if self._frames_waiting():
+                    # The author is not silent: its frames wait in our own socket, not yet read because our
+                    # reader has not run since.  Reconnecting would discard them (a CHALLENGE, a GRANT).
+                    self._last_heard = now
+                else:
+                    await self._reconnect()
 
     async def _reconnect(self) -> None:
         """Paranoid Pirate: drop the socket, wait (exponential backoff), connect a fresh one, catch up."""

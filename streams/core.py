@@ -130,6 +130,9 @@ BatchSigner = Callable[[list[bytes]], list[bytes]]
 """Our identity's Ed25519 signature of each digest, in order (a driver may spread the work over threads)."""
 _U64 = struct.Struct(">Q")
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
+#: Handshake states in which a grant completes the subscription: a request of ours is out (SUBSCRIBE, or a
+#: HELLO retry that went out after it -- the answer to the earlier SUBSCRIBE may still come).
+_AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
 
 
 def _packb(obj: object) -> bytes:
@@ -1495,8 +1498,11 @@ class SubscriberCore(_CoreBase):
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
                 # The same grant again: the author's answer to our re-subscription.  Already applied; it only
-                # completes the handshake we are waiting on.
-                if self.state is SubscriptionState.AWAIT_GRANT and not frame.head.epoch < existing.epoch:
+                # completes the handshake we are waiting on -- also when a HELLO retry went out before it arrived
+                # (AWAIT_CHALLENGE: a round trip slower than the retry interval, a starved host), as a first grant
+                # does; otherwise every answer would find the handshake restarted and it would never complete.
+                # Accepting it there exposes nothing AWAIT_GRANT did not: it is our own branch's current grant.
+                if self.state in _AWAITING and not frame.head.epoch < existing.epoch:
                     self._transition(Kind.GRANT)
                     self._pending_nonce = b""
                     _, perm, _, dids = self.branch_info(existing.id)

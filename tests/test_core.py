@@ -320,3 +320,36 @@ def test_refusal_does_not_leak_policy_and_unlisted_gets_no_key_material(net: Net
     f = decode_frame(refuses[-1])
     assert f.head.reason == RejectReason.REFUSED.value
     assert ident(10).did.encode() not in refuses[-1]
+
+
+def _exchange(net: Net, name: str, frames: list[bytes]) -> list[bytes]:
+    """Deliver a subscriber's frames to the author by hand; return the author's answers (no automatic pumping:
+    the test decides when, and whether, each answer arrives)."""
+    out: list[bytes] = []
+    for d in frames:
+        net.author.receive(d, net.now, name)
+        net.author.take_changes()
+        out += [o.data for o in net.author.data_to_send()]
+    return out
+
+
+def test_a_grant_that_arrives_after_the_next_hello_retry_still_completes_the_handshake() -> None:
+    """The round trip takes longer than the retry interval (a starved host): every GRANT arrives after the next
+    HELLO retry reset the handshake to AWAIT_CHALLENGE.  It must still complete it -- for a subscriber that already
+    holds the branch (a re-subscription, answered with the same grant again) as for a new one; otherwise a slow
+    enough path keeps a re-subscription from ever completing, however long the subscriber retries (THREATS 8)."""
+    net = Net.make(n_subs=1)
+    s = net.subs["s0"]
+    for _attempt in ("first grant", "re-subscription", "re-subscription"):
+        s.hello()
+        answers = _exchange(net, "s0", [o.data for o in s.data_to_send()])  # ANNOUNCE + CHALLENGE
+        events = [e for a in answers for e in s.receive(a, net.now)]
+        assert not _rejects(events)
+        grant = _exchange(net, "s0", [o.data for o in s.data_to_send()])  # SUBSCRIBE -> GRANT
+        assert [decode_frame(g).kind for g in grant] == [Kind.GRANT]
+        s.hello()  # the retry timer fires before the GRANT arrives
+        s.data_to_send()  # (and this HELLO is lost)
+        g = _granted(s.receive(grant[0], net.now))
+        assert g.branch == net.author.branch_of(ident(10).did)
+        assert s.state.value == "subscribed"
+    assert len(net.author.branch_ids()) == 1
