@@ -339,7 +339,7 @@ class _Party:
         deadline = None if timeout is None else loop.time() + timeout
         while not self._messages:
             if self._closed:
-                raise ClosedResourceError("closed")
+                raise ClosedResourceError("closed") from self._broken
             fut: asyncio.Future[None] = loop.create_future()
             self._msg_waiters.append(fut)
             try:
@@ -448,9 +448,23 @@ class _Party:
 
     def _check_usable(self) -> None:
         if self._broken is not None:
-            raise ClosedResourceError("closed after a storage failure; reopen from the store") from self._broken
+            raise ClosedResourceError("closed after a failure (the cause follows); reopen from the store") \
+                from self._broken
         if self._closed:
             raise ClosedResourceError("closed")
+
+    def _fail(self, exc: BaseException, what: str, *, broken: bool = True) -> None:
+        """A driver task died: log why and close the party, so the application learns of it (its next call raises
+        :class:`ClosedResourceError`) instead of waiting on a party that silently stopped receiving.  ``broken``
+        (an unexpected error: a bug, ours or a transport's): the core's state is suspect, so the close commits
+        nothing more and the calls raise with ``exc`` as the cause."""
+        if broken:
+            if self._broken is None:
+                self._broken = exc
+            log.error("%s; closing: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        else:
+            log.warning("%s; closing", what)
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
 
     async def _durable(self, now: bool = False) -> None:
         """Return once the next commit (and send) that covers everything the core holds now has happened.
@@ -581,6 +595,15 @@ class _Party:
         self._tasks.append(asyncio.create_task(self._timer_loop(), name=f"streams-timer-{self.did[-8:]}"))
 
     async def _recv_loop(self) -> None:
+        try:
+            await self._receive_forever()
+        except ClosedResourceError as exc:
+            if not self._closed:
+                self._fail(exc, "the transport closed under the party", broken=False)
+        except Exception as exc:
+            self._fail(exc, "receive loop failed")
+
+    async def _receive_forever(self) -> None:
         while not self._closed:
             batch = await self._transport.recv()
             events = self._core.receive_many(batch, self._clock())
@@ -613,6 +636,15 @@ class _Party:
                 await self._transport.send(o)
 
     async def _timer_loop(self) -> None:
+        try:
+            await self._tick_forever()
+        except ClosedResourceError as exc:
+            if not self._closed:
+                self._fail(exc, "the transport closed under the party", broken=False)
+        except Exception as exc:
+            self._fail(exc, "timer loop failed")
+
+    async def _tick_forever(self) -> None:
         quiet_ticks = 0
         refresh = 0
         while not self._closed:

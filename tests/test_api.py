@@ -224,6 +224,44 @@ async def test_storage_failure_is_typed_and_nothing_acknowledged(tmp_path: Path)
     await author.close()
 
 
+async def test_a_failing_transport_closes_the_party_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A transport's bug (here: recv raises after a while) must not leave a party that silently stopped
+    # receiving: it is logged, the party closes, and the application's next call raises with the cause.
+    from streams.api import MemoryTransport
+
+    class Flaky(MemoryTransport):
+        calls = 0
+
+        async def recv(self) -> list[tuple[bytes, object]]:
+            Flaky.calls += 1
+            if Flaky.calls > 3:
+                raise RuntimeError("transport bug")
+            return await super().recv()
+
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    flaky = Flaky(hub, "p1")
+    hub._subs["p1"] = flaky
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW, flaky,
+                                 store_options=FAST)
+    with caplog.at_level("ERROR", logger="streams"):
+        b1 = await s1.subscribe(timeout=5)
+        for i in range(5):
+            await author.publish(b1, b"m%d" % i)
+        got = []
+        with pytest.raises(ClosedResourceError) as ei:
+            while True:
+                got.append((await s1.next_message(timeout=5)).payload)
+    assert isinstance(ei.value.__cause__, RuntimeError)
+    assert any("receive loop failed" in r.getMessage() and "transport bug" in r.getMessage()
+               for r in caplog.records)
+    assert got == [b"m%d" % i for i in range(len(got))]  # what arrived before, in order
+    with pytest.raises(ClosedResourceError):
+        await s1.publish(b1, b"after")
+    await s1.close()
+    await author.close()
+
+
 async def test_resubscribe_after_subscribed_completes(tmp_path: Path) -> None:
     """A subscriber that subscribes again (e.g. it is unsure its grant arrived) gets its existing branch back."""
     hub = MemoryHub()
