@@ -1032,7 +1032,8 @@ class Subscriber(_Party):
         (see :func:`streams.credentials.present`, with ``challenge=nonce, domain=channel``); ``credential`` is
         for static evidence.
 
-        Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses,
+        Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses (a refusal of an
+        expired or already used challenge is not final: the handshake starts again while time remains),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
         ``retry`` seconds)."""
         self._check_usable()
@@ -1051,10 +1052,17 @@ class Subscriber(_Party):
                 done, _ = await asyncio.wait({fut}, timeout=min(retry, remaining))
                 if done:
                     ev = fut.result()
-                    if isinstance(ev, Refused):
+                    if isinstance(ev, Granted):
+                        return ev.branch
+                    assert isinstance(ev, Refused)
+                    if ev.reason is not RejectReason.BAD_CHALLENGE or deadline - loop.time() <= 0:
                         raise AdmissionRefused("the author refused the subscription", ev.reason)
-                    assert isinstance(ev, Granted)
-                    return ev.branch
+                    # Not a verdict on us: the challenge expired on the way (a slow host) or our SUBSCRIBE
+                    # arrived twice (the first may have been granted).  Ask again with a fresh challenge.
+                    log.info("subscription challenge refused as expired or used; asking again")
+                    self._waiters.remove(fut)
+                    fut = loop.create_future()
+                    self._waiters.append(fut)
         finally:
             if fut in self._waiters:
                 self._waiters.remove(fut)

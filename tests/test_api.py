@@ -10,7 +10,7 @@ import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.errors import AdmissionRefused, BadPassphrase, ClosedResourceError, RejectReason, StorageError
-from streams.events import BranchClosed, GapDetected, Rejected
+from streams.events import BranchClosed, GapDetected, Rejected, SubscriberRefused
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
@@ -249,15 +249,55 @@ async def test_a_failing_transport_closes_the_party_loudly(tmp_path: Path, caplo
         for i in range(5):
             await author.publish(b1, b"m%d" % i)
         got = []
-        with pytest.raises(ClosedResourceError) as ei:
-            while True:
+        err: ClosedResourceError | None = None
+        while err is None:
+            try:
                 got.append((await s1.next_message(timeout=5)).payload)
-    assert isinstance(ei.value.__cause__, RuntimeError)
+            except ClosedResourceError as exc:
+                err = exc
+    assert isinstance(err.__cause__, RuntimeError)
     assert any("receive loop failed" in r.getMessage() and "transport bug" in r.getMessage()
                for r in caplog.records)
     assert got == [b"m%d" % i for i in range(len(got))]  # what arrived before, in order
     with pytest.raises(ClosedResourceError):
         await s1.publish(b1, b"after")
+    await s1.close()
+    await author.close()
+
+
+async def test_an_expired_challenge_is_not_a_final_refusal(tmp_path: Path) -> None:
+    # The author's clock jumps past the challenge's lifetime while the SUBSCRIBE is on its way (a slow host):
+    # the author refuses that challenge (BAD_CHALLENGE), and subscribe() starts over with a fresh one instead of
+    # raising AdmissionRefused.  A refusal by the policy stays final.
+    from streams.core import CoreConfig
+    from streams.errors import AdmissionRefused as Refusal
+
+    clock = [1_700_000_000_000]
+    jumped: list[bool] = []
+
+    class SlowHub(MemoryHub):
+        def _route(self, src: str, out: object) -> None:
+            data = out.data  # type: ignore[attr-defined]
+            if src != "author" and decode_frame(data).kind is Kind.SUBSCRIBE and not jumped:
+                jumped.append(True)
+                clock[0] += 60_001  # past challenge_ttl_ms
+            super()._route(src, out)  # type: ignore[arg-type]
+
+    hub = SlowHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, clock=lambda: clock[0],
+                                 config=CoreConfig(challenge_ttl_ms=60_000))
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5, retry=0.5)
+    assert jumped == [True]
+    refused = [e for e in author.pending_events() if isinstance(e, SubscriberRefused)]
+    assert len(refused) == 1 and "expired" in refused[0].reason  # the first attempt was refused, and retried
+    await author.publish(b1, b"hello")
+    assert (await s1.next_message(timeout=5)).payload == b"hello"
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)  # not on the allow list: final
+    with pytest.raises(Refusal):
+        await s2.subscribe(timeout=5, retry=0.5)
+    await s2.close()
     await s1.close()
     await author.close()
 
