@@ -8,9 +8,10 @@ Secrets at rest (the identity seed and every branch key) are encrypted with XCha
 derived from the passphrase with Argon2id (THREATS 9).  Messages are kept as received: payloads stay encrypted
 under their branch keys.
 
-WAL checkpoints run in a background thread with its own connection (PASSIVE, shortly after commits that logged
-messages), so copying the log back into the database file and its fsyncs stay off the event loop; the writer's
-automatic checkpoint (64 MiB) is the fallback.  Durability never depends on checkpoints.
+WAL checkpoints run in one background thread per process, with a connection of its own per store (PASSIVE,
+shortly after commits that logged messages), so copying the log back into the database file and its fsyncs stay
+off the event loop; the writer's automatic checkpoint (64 MiB) is the fallback.  Durability never depends on
+checkpoints.
 
 Every ``sqlite3`` error is translated to :class:`~streams.errors.StorageError` where it enters.  A failed commit
 leaves the file as it was before the transaction; the driver must then close (the in-memory core is ahead of the
@@ -145,10 +146,7 @@ class Store:
         self._closed = False
         #: Transactions committed by :meth:`commit` since this store was opened (group commit is observable).
         self.commits = 0
-        self._ck_kick = threading.Event()
-        self._ck_stop = threading.Event()
-        self._ck_thread = threading.Thread(target=self._checkpointer, name="streams-store-checkpoint", daemon=True)
-        self._ck_thread.start()
+        self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -281,8 +279,9 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
         self.commits += 1
-        if changes.log and not self._ck_kick.is_set():
-            self._ck_kick.set()
+        if changes.log and not self._ck_kicked:
+            self._ck_kicked = True
+            _CHECKPOINTER.kick(self)
 
     # -- anchoring (THREATS 7) -----------------------------------------------------------------------------------
 
@@ -430,9 +429,7 @@ class Store:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._ck_stop.set()
-            self._ck_kick.set()
-            self._ck_thread.join(5)
+            _CHECKPOINTER.release(self)
             try:
                 self._conn.close()
             except sqlite3.Error as exc:  # pragma: no cover - close errors are not actionable
@@ -441,44 +438,6 @@ class Store:
     # -- internals -----------------------------------------------------------------------------------------------
 
     _meta: dict[str, Any]
-
-    #: Seconds the checkpointer waits after a kick, so that one checkpoint covers the commits meanwhile.
-    #: (Measured against kicking every 1 MiB or 4 MiB of logged messages: small, frequent checkpoints keep the
-    #: WAL short and hot in the page cache, and did best for 16 KiB messages.)
-    _CK_DELAY = 0.02
-
-    def _checkpointer(self) -> None:
-        """Background WAL checkpoints (PASSIVE: never blocks the writer), at most every ``_CK_DELAY`` seconds
-        while commits log messages.
-
-        Its own connection; sqlite3 releases the GIL while SQLite works, so the event loop keeps running while
-        the WAL is copied back and fsynced.  Durability does not depend on it: a commit is durable once in the
-        WAL (THREATS 4).  Errors (a full disk, say) are logged and retried at the next kick; the writer's own
-        automatic checkpoint remains the fallback."""
-        try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("no background checkpoints for %s: %s", self.path, exc)
-            return
-        try:
-            conn.execute("PRAGMA busy_timeout=1000")
-            while True:
-                self._ck_kick.wait()
-                if self._ck_stop.is_set():
-                    return
-                time.sleep(self._CK_DELAY)
-                self._ck_kick.clear()
-                if self._ck_stop.is_set():
-                    return
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:
-                    log.debug("background checkpoint of %s failed: %s", self.path, exc)
-        except sqlite3.Error as exc:
-            log.warning("background checkpoints of %s stopped: %s", self.path, exc)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -508,6 +467,89 @@ class Store:
                                 [tuple(k) for k in keys], v[8], v[9], v[10])
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
+
+
+class _Checkpointer:
+    """Background WAL checkpoints for every store of the process, on one thread (PASSIVE: never blocks a writer).
+
+    One thread rather than one per store: a host running hundreds of parties had hundreds of checkpointer
+    threads, each waking after its store's commits and contending for the GIL with the event loop
+    (chaos/flood.py: host event loops seconds behind).  After a store's first commit that logged messages it is
+    queued; the thread waits ``DELAY`` so that one checkpoint covers the commits meanwhile, then checkpoints each
+    queued store through a connection of its own (sqlite3 releases the GIL while SQLite copies the WAL back and
+    fsyncs, so event loops keep running).  Durability does not depend on it: a commit is durable once in the WAL
+    (THREATS 4).  Errors (a full disk, say) are logged and the store is checkpointed again at its next kick; each
+    writer's automatic checkpoint (64 MiB) remains the fallback."""
+
+    #: Seconds between a kick and the checkpoint.  (Measured against kicking every 1 MiB or 4 MiB of logged
+    #: messages: small, frequent checkpoints keep the WAL short and hot in the page cache, and did best for 16 KiB
+    #: messages.)
+    DELAY = 0.02
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queued: dict[int, Store] = {}
+        self._conns: dict[int, sqlite3.Connection] = {}
+        self._busy: int | None = None  #: id of the store being checkpointed
+        self._thread: threading.Thread | None = None
+
+    def kick(self, store: Store) -> None:
+        with self._cond:
+            self._queued[id(store)] = store
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="streams-store-checkpoint", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def release(self, store: Store) -> None:
+        """Forget a closing store: wait for a checkpoint of it in progress, close its checkpoint connection."""
+        key = id(store)
+        with self._cond:
+            self._queued.pop(key, None)
+            while self._busy == key:
+                self._cond.wait()
+            conn = self._conns.pop(key, None)
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued:
+                    self._cond.wait()
+            time.sleep(self.DELAY)
+            with self._cond:
+                batch, self._queued = self._queued, {}
+            for key, store in batch.items():
+                with self._cond:
+                    if store._closed:
+                        continue
+                    self._busy = key
+                    store._ck_kicked = False  # commits from now on queue it again
+                try:
+                    self._checkpoint(key, store)
+                finally:
+                    with self._cond:
+                        self._busy = None
+                        self._cond.notify_all()
+
+    def _checkpoint(self, key: int, store: Store) -> None:
+        conn = self._conns.get(key)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(str(store.path), isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout=1000")
+                self._conns[key] = conn
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.debug("background checkpoint of %s failed: %s", store.path, exc)
+
+
+_CHECKPOINTER = _Checkpointer()
 
 
 @contextmanager

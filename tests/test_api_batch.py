@@ -20,7 +20,7 @@ from streams.core import CoreConfig
 from streams.errors import ClosedResourceError, LocalProtocolError, StorageError, StreamsTimeoutError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import Store
+from streams.store import _CHECKPOINTER, Store
 from streams.wire import Kind, decode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
@@ -287,10 +287,37 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
             assert time.monotonic() < deadline, "the WAL was never checkpointed"
             time.sleep(0.02)
         assert store.log_count() == 1000
-        assert store._ck_thread.is_alive()
+        assert _CHECKPOINTER.alive()
     finally:
         store.close()
-    assert not store._ck_thread.is_alive()  # close() stops and joins it
+    assert id(store) not in _CHECKPOINTER._conns  # close() released its checkpoint connection
+
+
+def test_one_checkpointer_thread_serves_every_store_of_the_process(tmp_path: Path) -> None:
+    # A host runs hundreds of parties: one checkpoint thread for all of them, not one each.
+    import threading
+
+    from streams.core import Changes, LogRecord
+
+    stores = [Store.create(tmp_path / f"s{i}.db", P1, PW, role="subscriber", channel=b"c" * 32,
+                           author_did=AUTHOR.did, durable=False, opslimit=1, memlimit=8192) for i in range(12)]
+    try:
+        sizes = [(tmp_path / f"s{i}.db").stat().st_size for i in range(12)]
+        for st in stores:
+            for i in range(4):
+                st.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, b"f" * 1024)
+                                       for k in range(50)]))
+        deadline = time.monotonic() + 10
+        for i in range(12):
+            while (tmp_path / f"s{i}.db").stat().st_size < sizes[i] + 150_000:
+                assert time.monotonic() < deadline, f"store {i} was never checkpointed"
+                time.sleep(0.02)
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("streams-store-checkpoint") == 1
+    finally:
+        for st in stores:
+            st.close()
+    assert not any(id(st) in _CHECKPOINTER._conns for st in stores)
 
 
 class _Recording:
