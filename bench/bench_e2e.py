@@ -16,7 +16,8 @@ the whole run, so all peers are measured in the same run with the same payloads,
   both with durable SQLite stores in a temp dir (WAL, ``synchronous=NORMAL``: every commit survives ``kill -9``,
   like JetStream's file store, which fsyncs on an interval), through the public streaming API: the producer
   hands what it has (up to 64 messages, or whatever is due when paced) to ``Author.publish_many`` -- one
-  commit and one send burst per call, each call returns once its messages are durable -- and the consumer takes
+  commit and one send burst per call, each call returns once its messages are durable, then ``Author.drain``
+  (flow control: waits while the subscriber's credit window is used up) -- and the consumer takes
   ``Subscriber.next_messages()`` batches; a message counts when the application has it;
 * ``ours_each_per_msg`` / ``ours_amortized_per_msg`` -- the same with one ``await Author.publish`` per message
   (so one commit per message for a sequential producer) and ``async for msg in subscriber``;
@@ -72,9 +73,11 @@ DESCRIPTIONS = {
     "min_each": "minimal secure pipeline: ROUTER->DEALER + AEAD + BLAKE2b + Ed25519 sign/verify per message",
     "min_amortized": f"minimal secure pipeline, one Ed25519 signature per {CHECKPOINT_EVERY} messages",
     "ours_each": "streams Author/Subscriber over brokerless endpoints, SQLite WAL synchronous=NORMAL (survives "
-                 f"kill -9), signed-each; streaming API: publish_many (<= {BATCH} per call) / next_messages",
+                 f"kill -9), signed-each; streaming API: publish_many (<= {BATCH} per call) + drain / "
+                 "next_messages",
     "ours_amortized": "streams Author/Subscriber over brokerless endpoints, SQLite WAL synchronous=NORMAL, "
-                      f"amortized signing; streaming API: publish_many (<= {BATCH} per call) / next_messages",
+                      f"amortized signing; streaming API: publish_many (<= {BATCH} per call) + drain / "
+                      "next_messages",
     "ours_each_per_msg": "as ours_each with one awaited Author.publish per message and async-for delivery",
     "ours_amortized_per_msg": "as ours_amortized with one awaited Author.publish per message and async-for "
                               "delivery",
@@ -460,6 +463,9 @@ class OursPub(Pub):
         if self.pending:
             batch, self.pending = self.pending, []
             await self.author.publish_many(self.branch, batch)
+            # Flow control, as a streaming producer should: wait while the subscriber's credit window is used
+            # up, rather than have frames queued, dropped and recovered by gap fill.
+            await self.author.drain(self.branch)
 
     async def close(self) -> None:
         await self.author.close()
@@ -1025,7 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
                           "the receiver's application; asyncio's 1 ms timer makes pacing bursty",
                "ours": "SQLite WAL stores on both sides, synchronous=NORMAL (crash/kill -9 safe; *_fsync rows: FULL); "
                        f"public API: ours_* rows stream (Author.publish_many of <= {BATCH} messages or what is due, "
-                       "one commit each; Subscriber.next_messages), *_per_msg rows await Author.publish per "
+                       "one commit each, then Author.drain; Subscriber.next_messages), *_per_msg rows await "
+                       "Author.publish per "
                        "message (one commit each) and iterate the subscriber; the subscriber commits once per "
                        "received batch",
                "checkpoint_every": CHECKPOINT_EVERY,

@@ -30,7 +30,9 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   credits harmless.  Frames a lossy relay dropped (sent but never received) are detected when the subscriber is
   idle and written off (``credit_resyncs``).  The gate is opt-in: a peer that never sent a CREDIT (raw clients,
   old tools, a relay that strips them) keeps the high-water-mark-and-queue behaviour.  Only this direction is
-  credit-controlled: the author's own inbox is bounded and drops, and senders recover by gap fill.
+  credit-controlled: the author's own inbox is bounded and drops, and senders recover by gap fill.  A producer
+  that must not outrun its subscribers awaits :meth:`AuthorEndpoint.drain` (``Author.drain``) after publishing:
+  it returns once every peer of the branch has credit left and an empty queue, so nothing is dropped.
 * **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
   endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A
   subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
@@ -384,6 +386,7 @@ class AuthorEndpoint(_Base):
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._routes: OrderedDict[bytes, OrderedDict[bytes, None]] = OrderedDict()
         self._backlog: set[bytes] = set()
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: object | None = None
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
@@ -455,11 +458,46 @@ class AuthorEndpoint(_Base):
         if self._closed:
             return
         self._closed = True
+        self._wake_drain()
         await self._stop_tasks()
         if self._auth is not None:
             self._auth.stop()  # type: ignore[attr-defined]
         self._sock.close(linger=0)
         self._term()
+
+    async def drain(self, branch: bytes | None = None) -> None:
+        """Wait until every peer of ``branch`` (of the endpoint if None) can take another data frame at once:
+        nothing waits in its send queue and it has credit left (SPEC 14.4).  A peer that goes away (liveness
+        expiry, eviction) stops counting.
+
+        For a producer that must not outrun its subscribers -- asyncio's ``StreamWriter.drain`` idiom: without
+        it, frames beyond a subscriber's window are queued (bounded) and then dropped, and the subscriber
+        recovers them by gap fill: nothing is lost, but that is slow.  It waits as long as the slowest peer of
+        the branch needs (a dead one until it is forgotten, ``heartbeat_ms * liveness``): bound it with
+        ``asyncio.wait_for`` if needed.  Raises :class:`ClosedResourceError` once closed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._check_open()
+            rids = self._routes.get(branch, ()) if branch is not None else self._peers
+            peers = self._peers
+            if not any((p := peers.get(rid)) is not None and (p.queue or p.pong is not None or p.gated())
+                       for rid in rids):
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            self._drain_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._drain_waiters:
+                    self._drain_waiters.remove(fut)
+
+    def _wake_drain(self) -> None:
+        """A queue moved, a credit came or a peer went away: let drain() look again."""
+        if self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
 
     # -- introspection -------------------------------------------------------------------------------------------
 
@@ -628,6 +666,7 @@ class AuthorEndpoint(_Base):
         peer.queue.clear()
         peer.pong = None
         self._backlog.discard(peer.rid)
+        self._wake_drain()
 
     # -- credit (SPEC 14.4) ---------------------------------------------------------------------------------------
 
@@ -704,6 +743,7 @@ class AuthorEndpoint(_Base):
             peer.loss_at = -1
         if (peer.queue or peer.pong is not None) and self._flush_peer(peer):
             self._backlog.add(peer.rid)
+        self._wake_drain()
 
     def _send_to(self, rid: bytes, data: bytes) -> None:
         peer = self._peers.get(rid)
@@ -776,6 +816,7 @@ class AuthorEndpoint(_Base):
             peer = self._peers.get(rid)
             if peer is None or not self._flush_peer(peer):
                 self._backlog.discard(rid)
+        self._wake_drain()
 
     async def _maintain(self) -> None:
         cfg = self.config

@@ -261,6 +261,18 @@ class _Party:
             await self._durable(now=True)
         return seqs
 
+    async def drain(self, branch: bytes | None = None) -> None:
+        """Wait until the transport can send more to ``branch`` (to everyone if None) at once -- flow control
+        for a producer that must not outrun its readers (asyncio's ``StreamWriter.drain`` idiom).  Over
+        ``brokerless`` it waits while a peer of the branch has used up its credit window or has frames queued
+        (:meth:`brokerless.AuthorEndpoint.drain`); without it such frames are queued, then dropped and recovered
+        by gap fill.  Returns at once on a transport without flow control.  Raises
+        :class:`ClosedResourceError` if the party or the transport closes."""
+        self._check_usable()
+        drain = getattr(type(self._transport), "drain", None)
+        if callable(drain):
+            await self._transport.drain(branch)  # type: ignore[attr-defined]
+
     async def wait_acknowledged(self, branch: bytes, seq: int, timeout: float | None = None) -> None:
         """Wait until a member of ``branch`` acknowledged (signed ACK, sent after its commit) that our message
         ``seq`` -- and every earlier one of our chain -- is on its disk.

@@ -24,7 +24,8 @@ from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from brokerless.endpoints import _CREDIT_LEN, _PONG_LEN, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
-from streams.events import MessageReceived
+from streams.errors import ClosedResourceError
+from streams.events import GapDetected, MessageReceived
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Hello, encode_frame
@@ -432,3 +433,112 @@ def test_spec_lists_the_control_messages_as_the_code_builds_them() -> None:
         parts = [p.strip() for p in m.group(1).split("||")]
         assert 1 + sum(fields[p.replace("(8)", "")] for p in parts) == length, name
     assert f"`PING` = the single byte `0x{PING.hex()}`" in spec
+
+
+async def test_drain_keeps_a_fast_producer_within_the_window_and_nothing_is_dropped() -> None:
+    # A producer faster than its subscriber, which waits on drain() after each chunk: the window paces it, no
+    # frame is ever dropped (so no gap fill is needed), and a stalled peer of another branch does not hold it.
+    cfg = EndpointConfig(credit_window=500)
+    window, n, chunk = cfg.credit_window, 6000, 200
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    sep, rid = await connect_subscriber(aep, cfg)
+    stalled, r_stalled = await connect_subscriber(aep, cfg)
+    mine, other = b"m" * 16, b"o" * 16
+    aep.send_many([Outgoing(frame(0), rid, mine), Outgoing(frame(0), r_stalled, other)])  # the grants' routes
+    got: list[int] = []
+    peak = 0
+
+    async def slow_reader() -> None:
+        while True:
+            got.extend(index(d) for d, _ in await sep.recv())
+            await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(slow_reader())
+    try:
+        # the stalled peer of the other branch uses up its window and more
+        aep.send_many([Outgoing(frame(i), None, other) for i in range(1, window + 100)])
+        await until(lambda: aep.queue_sizes()[r_stalled] > 0, "the stalled peer's queue")
+        for lo in range(1, n, chunk):
+            aep.send_many([Outgoing(frame(i), None, mine) for i in range(lo, min(n, lo + chunk))])
+            peak = max(peak, aep.in_flight()[rid])
+            await asyncio.wait_for(aep.drain(mine), 10)
+            assert aep.queue_sizes()[rid] == 0 and aep.in_flight()[rid] < window  # what drain promises
+        await until(lambda: len(got) == n, "every frame at the subscriber")
+        assert got == list(range(n))
+        assert aep.stats.send_dropped == 0 and peak <= window
+        assert aep.stats.max_queue_seen <= chunk + 99  # at most a chunk waited for credit, never a queue's worth
+        with contextlib.suppress(TimeoutError):  # the stalled branch cannot drain while its peer does not read
+            await asyncio.wait_for(aep.drain(other), 0.2)
+            raise AssertionError("drain returned for a peer with no credit left")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sep.close()
+        await stalled.close()
+        await aep.close()
+
+
+async def test_drain_returns_when_the_peer_is_forgotten_and_raises_when_closed() -> None:
+    cfg = EndpointConfig(credit_window=100, heartbeat_ms=100, liveness=3)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    sep, rid = await connect_subscriber(aep, cfg)
+    branch = b"b" * 16
+    try:
+        aep.send_many([Outgoing(frame(0), rid, branch)] + [Outgoing(frame(i), None, branch) for i in range(1, 300)])
+        await until(lambda: aep.queue_sizes()[rid] > 0, "frames waiting for credit")
+        waiter = asyncio.create_task(aep.drain(branch))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await sep.close()  # the subscriber dies: its record expires after liveness heartbeats
+        await asyncio.wait_for(waiter, 10)
+        assert aep.stats.peers_expired >= 1
+        # a waiter on a closing endpoint is told so
+        sep2, rid2 = await connect_subscriber(aep, cfg)
+        aep.send_many([Outgoing(frame(0), rid2, branch)] + [Outgoing(frame(i), None, branch) for i in range(1, 300)])
+        await until(lambda: aep.queue_sizes()[rid2] > 0, "frames waiting for credit")
+        waiter = asyncio.create_task(aep.drain(branch))
+        await asyncio.sleep(0.05)
+        await aep.close()
+        try:
+            await asyncio.wait_for(waiter, 5)
+            raise AssertionError("drain returned on a closed endpoint")
+        except ClosedResourceError:
+            pass
+        await sep2.close()
+    finally:
+        await sep.close()
+        await aep.close()
+
+
+async def test_author_drain_paces_publish_many_with_no_gap_fill(tmp_path: Path) -> None:
+    # Through the public API: a producer publishing batches faster than the subscriber's application reads,
+    # with Author.drain after each: nothing dropped, so nothing fetched again; every message once, in order.
+    cfg = EndpointConfig(credit_window=300)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "monitor", PW, aep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    sep = SubscriberEndpoint(aep.addresses[0], cfg)
+    sub = await Subscriber.create(tmp_path / "s.db", P1, AUTHOR.did, author.channel, PW, sep, store_options=FAST,
+                                  config=CORE)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        seqs: list[int] = []
+        got: list[int] = []
+
+        async def app() -> None:
+            while len(got) < 3000:
+                got.extend(m.seq for m in await sub.next_messages(64, timeout=20))
+                await asyncio.sleep(0.001)
+
+        reader = asyncio.create_task(app())
+        for k in range(30):
+            seqs += await author.publish_many(branch, [b"event %d" % (k * 100 + i) for i in range(100)])
+            await asyncio.wait_for(author.drain(branch), 20)
+        await asyncio.wait_for(reader, 30)
+        assert got == seqs
+        assert aep.stats.send_dropped == 0
+        assert not any(isinstance(e, GapDetected) for e in sub.pending_events())
+    finally:
+        await sub.close()
+        await author.close()
