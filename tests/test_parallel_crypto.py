@@ -377,3 +377,43 @@ def test_sparse_signatures_stay_on_the_loop_thread() -> None:
     ev = net.subs["s0"].receive_many([(f, None) for f in frames], net.now)
     assert asked == []
     assert [e.payload for e in ev if isinstance(e, MessageReceived)] == [b"p%d" % i for i in range(96)]
+
+
+def test_forged_and_replayed_frames_never_reach_the_signature_hook() -> None:
+    # THREATS 8: cheap rejections come before any signature check.  Frames whose ciphertext does not
+    # authenticate (an outsider's forgery), replays of accepted positions and frames of unknown branches are
+    # never handed to the hook -- a forged batch costs what it cost frame by frame.
+    net, _ = _twin_nets()
+    b0 = _branch(net, "s0")
+    for i in range(30):
+        net.author.publish(b0, b"m%d" % i, net.now)
+    genuine = [o.data for o in net.author.data_to_send()]
+    s0 = net.subs["s0"]
+    s0.receive_many([(d, None) for d in genuine[:10]], net.now)  # 1..10 accepted: replays from now on
+    asked: list[SignatureCheck] = []
+
+    def recording(checks: list[SignatureCheck]) -> list[bool]:
+        asked.extend(checks)
+        return [holds(c) for c in checks]
+
+    s0.verify_many = recording
+    forged = []
+    for raw in genuine[10:20]:
+        f = decode_frame(raw)
+        body = bytes([f.body[0] ^ 1]) + f.body[1:]
+        forged.append(encode_frame(f.head, body, lambda _h, s=f.sig: s).raw)  # AEAD fails; signature kept
+    foreign = [o.data for o in _foreign_frames(net)]
+    batch = forged + genuine[:10] + foreign + genuine[10:]
+    ev = s0.receive_many([(d, None) for d in batch], net.now)
+    assert sorted(c[1] for c in asked) == sorted(decode_frame(d).hash for d in genuine[10:])
+    assert [e.payload for e in ev if isinstance(e, MessageReceived)] == [b"m%d" % i for i in range(10, 30)]
+    reasons = [e.reason for e in ev if isinstance(e, Rejected)]
+    assert reasons.count(RejectReason.BAD_AEAD) == 10 and reasons.count(RejectReason.REPLAY) == 10
+
+
+def _foreign_frames(net: Net) -> list[object]:
+    """Frames of s1's branch: s0 is not a member."""
+    b1 = _branch(net, "s1")
+    for i in range(5):
+        net.author.publish(b1, b"other %d" % i, net.now)
+    return list(net.author.data_to_send())
