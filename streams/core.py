@@ -764,8 +764,8 @@ class _CoreBase:
                 if p == b.me or c.next_seq - 1 <= c.acked:
                     continue
                 if now_ms is not None:
-                    if now_ms - c.ack_ms < interval:
-                        continue
+                    if 0 <= now_ms - c.ack_ms < interval:
+                        continue  # (a clock stepped back counts as due: ACKs must not wait for it to catch up)
                     c.ack_ms = now_ms
                 c.acked = c.next_seq - 1
                 head = Ack(self._channel, b.id, p, c.acked, c.head, b.me)

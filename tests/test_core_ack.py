@@ -199,6 +199,9 @@ def test_acks_of_a_stream_are_coalesced_and_the_last_one_follows_on_the_timer(ne
     got = [a.through_seq for f in (first, second, third) for a in _acks(net.author.receive(f, t0 + 100, "s0"))]
     assert got == [3, 9, 10]
     assert net.author.acknowledged(b0) == 10
+    # The wall clock steps back an hour (an NTP correction): the next ACK does not wait for it to catch up.
+    [fourth] = batch(1, t0 + 100 - 3_600_000)
+    assert decode_frame(fourth).head.seq == 11
 
 
 def test_ack_interval_zero_acknowledges_every_batch() -> None:
