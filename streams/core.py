@@ -135,6 +135,13 @@ _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
 _AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
 
 
+def _elapsed(now_ms: int, since_ms: int, interval_ms: int) -> bool:
+    """Whether ``interval_ms`` passed since ``since_ms``.  The driver's clock is the wall clock: one stepped back
+    (an NTP correction) counts as elapsed, so that no timer waits for the clock to catch up -- a lost FETCH is
+    retried, a checkpoint is made, at the driver's next tick."""
+    return now_ms >= since_ms + interval_ms or now_ms < since_ms
+
+
 def _packb(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -684,7 +691,7 @@ class _CoreBase:
             if b.state is BranchState.OPEN:
                 for p, rc in b.chains.items():
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
-                            and now_ms >= rc.progress_ms + self.config.fetch_retry_ms:
+                            and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
                         rc.fetch_end = rc.next_seq - 1
@@ -692,7 +699,7 @@ class _CoreBase:
                             self._fetch_window(b, p, rc, now_ms)
             c = b.chains.get(b.me)
             if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
-                    and now_ms >= c.first_uncovered_ms + self.config.checkpoint_interval_ms):
+                    and _elapsed(now_ms, c.first_uncovered_ms, self.config.checkpoint_interval_ms)):
                 self._checkpoint(b, now_ms)
 
     def flush_checkpoints(self, now_ms: int) -> None:
@@ -764,8 +771,8 @@ class _CoreBase:
                 if p == b.me or c.next_seq - 1 <= c.acked:
                     continue
                 if now_ms is not None:
-                    if 0 <= now_ms - c.ack_ms < interval:
-                        continue  # (a clock stepped back counts as due: ACKs must not wait for it to catch up)
+                    if not _elapsed(now_ms, c.ack_ms, interval):
+                        continue
                     c.ack_ms = now_ms
                 c.acked = c.next_seq - 1
                 head = Ack(self._channel, b.id, p, c.acked, c.head, b.me)

@@ -154,6 +154,11 @@ def test_lost_fetch_is_retried_after_the_retry_interval() -> None:
     s.handle_timer(n.now + 100)
     [retry] = [decode_frame(o.data) for o in s.data_to_send()]
     assert (retry.kind, retry.head.from_seq, retry.head.to_seq) == (Kind.FETCH, 1, 2)  # 3 is held: not fetched again
+    # ... and lost again; then the wall clock steps back an hour: the next tick still asks again.
+    s.data_to_send()
+    s.handle_timer(n.now + 100 - 3_600_000)
+    [again] = [decode_frame(o.data) for o in s.data_to_send()]
+    assert (again.kind, again.head.from_seq, again.head.to_seq) == (Kind.FETCH, 1, 2)
     ev = s.receive(outs[0].data, n.now) + s.receive(outs[1].data, n.now)
     assert [e.seq for e in ev if isinstance(e, MessageReceived)] == [1, 2, 3]
     s.handle_timer(n.now + 1000)
