@@ -546,29 +546,24 @@ class _CoreBase:
         return events
 
     def _signature_checks(self, frames: list[Frame]) -> list[SignatureCheck]:
-        """The signature checks of the chain frames that pass every cheaper test of :meth:`_on_chain_frame` and
-        :meth:`_verify_chain_frame` now; packets are opened on the way (kept in ``_opened`` for this batch)."""
+        """The signature checks of the chain frames that pass every cheaper test (:meth:`_chain_of`, and the AEAD
+        of :meth:`_verify_chain_frame`) now; packets are opened on the way (kept in ``_opened`` for this
+        batch)."""
         checks: list[SignatureCheck] = []
-        branches, opened = self._branches, self._opened
+        opened = self._opened
         for frame in frames:
+            try:
+                b, _c = self._chain_of(frame)
+            except _Reject:
+                continue  # rejected again, as cheaply, when the frame is processed
             h = frame.head
-            b = branches.get(h.branch)
-            if b is None or b.state is BranchState.CLOSED:
-                continue
-            member = b.members.get(h.publisher)
-            c = b.chains.get(h.publisher)
-            if member is None or c is None or h.publisher == b.me or h.seq < c.next_seq \
-                    or (h.publisher != 0 and not member[1].can_write):
-                continue
             if frame.kind is Kind.PACKET:
-                key = b.keys.get((h.epoch, h.publisher))
-                if key is None:
-                    continue
+                key = b.keys[(h.epoch, h.publisher)]
                 try:
                     opened[id(frame)] = (key, _crypto.aead_decrypt(key, h.nonce, frame.aad, frame.body))
                 except VerificationError:
                     continue  # the normal path rejects it (BAD_AEAD) before any signature check
-            checks.append((member[0], frame.hash, frame.sig))
+            checks.append((b.members[h.publisher][0], frame.hash, frame.sig))
         return checks
 
     def _handle(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -597,25 +592,17 @@ class _CoreBase:
             raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
         me = b.me
         c = b.chains[me]
-        key = b.keys[(b.epoch, me)]
-        nonce = self._rng(24)
         seq = c.next_seq
-        # Hot path: the head is encoded directly (the same bytes as encode_head(Packet(...))) and no Frame or head
-        # object is built; the wire module's tests pin the equivalence.
-        head_raw = _packb([self._channel, branch, me, seq, c.head, b.epoch, nonce])
-        body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
-        h = message_hash(Kind.PACKET, head_raw, body)
+        head_raw, body, h = self._seal(b, seq, c.head, payload)
         signed = b.mode is SigningMode.EACH
-        raw = _packb([VERSION, 7, head_raw, body, self._id.sign(h) if signed else b""])
+        self._queue_packet(b, seq, h, head_raw, body, self._id.sign(h) if signed else b"")
         c.next_seq = seq + 1
         c.head = h
         if signed:
             c.covered = seq
         elif c.first_uncovered_ms is None:
             c.first_uncovered_ms = now_ms
-        self._changes.log.append(LogRecord(branch, me, seq, h, raw))
         self._dirty.add((branch, me))
-        self._out.append(Outgoing(raw, None, branch))
         if not signed and seq - c.covered >= self.config.checkpoint_every:
             self._checkpoint(b, now_ms)
         return seq
@@ -635,31 +622,38 @@ class _CoreBase:
         # Signed-each with the driver's hook: link and encrypt in order (each head names the previous hash), sign
         # every digest in one call, then queue -- the same frames as publish() one by one.  Nothing changes
         # unless the hook returns.
-        me, epoch, channel, rng = b.me, b.epoch, self._channel, self._rng
-        c = b.chains[me]
-        key = b.keys[(epoch, me)]
+        c = b.chains[b.me]
         seq, prev = c.next_seq, c.head
         sealed: list[tuple[int, bytes, bytes, bytes]] = []
         for payload in payloads:
-            nonce = rng(24)
-            head_raw = _packb([channel, branch, me, seq, prev, epoch, nonce])
-            body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
-            prev = message_hash(Kind.PACKET, head_raw, body)
+            head_raw, body, prev = self._seal(b, seq, prev, payload)
             sealed.append((seq, head_raw, body, prev))
             seq += 1
         sigs = self.sign_many([s[3] for s in sealed])
         if len(sigs) != len(sealed):
             raise LocalProtocolError("sign_many returned the wrong number of signatures")
-        log, out = self._changes.log, self._out
         for (s_seq, head_raw, body, h), sig in zip(sealed, sigs, strict=True):
-            raw = _packb([VERSION, 7, head_raw, body, sig])
-            log.append(LogRecord(branch, me, s_seq, h, raw))
-            out.append(Outgoing(raw, None, branch))
+            self._queue_packet(b, s_seq, h, head_raw, body, sig)
         c.next_seq = seq
         c.head = prev
         c.covered = seq - 1
-        self._dirty.add((branch, me))
+        self._dirty.add((branch, b.me))
         return [s[0] for s in sealed]
+
+    def _seal(self, b: _Branch, seq: int, prev: bytes, payload: bytes) -> tuple[bytes, bytes, bytes]:
+        """Encrypt ``payload`` as our packet ``seq`` of ``b``, linked to ``prev``: (head, ciphertext, hash).
+        Hot path: the head is encoded directly (the same bytes as encode_head(Packet(...))) and no Frame or head
+        object is built; the wire module's tests pin the equivalence."""
+        nonce = self._rng(24)
+        head_raw = _packb([self._channel, b.id, b.me, seq, prev, b.epoch, nonce])
+        body = _crypto.aead_encrypt(b.keys[(b.epoch, b.me)], nonce, _PACKET_AAD_PREFIX + head_raw, payload)
+        return head_raw, body, message_hash(Kind.PACKET, head_raw, body)
+
+    def _queue_packet(self, b: _Branch, seq: int, h: bytes, head_raw: bytes, body: bytes, sig: bytes) -> None:
+        """Log and queue our sealed packet (its chain cursor is the caller's to move)."""
+        raw = _packb([VERSION, 7, head_raw, body, sig])
+        self._changes.log.append(LogRecord(b.id, b.me, seq, h, raw))
+        self._out.append(Outgoing(raw, None, b.id))
 
     def next_timer(self) -> int | None:
         """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),
@@ -885,6 +879,22 @@ class _CoreBase:
 
     def _on_chain_frame(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Packet | Checkpoint = frame.head
+        b, c = self._chain_of(frame)
+        if h.seq > c.next_seq:
+            self._hold(b, c, frame, events, now_ms)
+            return
+        self._accept(b, c, frame, events)
+        c.progress_ms = now_ms
+        self._drain(b, c, events)
+        if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
+            # The window in flight is in: ask for the next one now rather than at the retry timer.
+            self._fetch_window(b, h.publisher, c, now_ms)
+
+    def _chain_of(self, frame: Frame) -> tuple[_Branch, _Chain]:
+        """The branch and chain of a chain frame, after every check that costs no crypto (THREATS 3, 8): a known,
+        open branch; a member allowed to write, other than us; a chain we read; no replayed position; a key epoch
+        we hold.  Raises ``_Reject``."""
+        h: Packet | Checkpoint = frame.head
         b = self._branches.get(h.branch)
         if b is None:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "not a member of this branch", h.branch)
@@ -906,15 +916,7 @@ class _CoreBase:
                           frame.raw)
         if (h.epoch, h.publisher) not in b.keys:
             raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
-        if h.seq > c.next_seq:
-            self._hold(b, c, frame, events, now_ms)
-            return
-        self._accept(b, c, frame, events)
-        c.progress_ms = now_ms
-        self._drain(b, c, events)
-        if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
-            # The window in flight is in: ask for the next one now rather than at the retry timer.
-            self._fetch_window(b, h.publisher, c, now_ms)
+        return b, c
 
     def _drain(self, b: _Branch, c: _Chain, events: list[Event]) -> None:
         """Accept held successors now in order, then apply an anchor proof that waited for them."""
