@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self
 
@@ -607,13 +607,20 @@ class _Party:
         self._tasks.append(asyncio.create_task(self._timer_loop(), name=f"streams-timer-{self.did[-8:]}"))
 
     async def _recv_loop(self) -> None:
+        await self._guarded(self._receive_forever(), "receive loop failed")
+
+    async def _timer_loop(self) -> None:
+        await self._guarded(self._tick_forever(), "timer loop failed")
+
+    async def _guarded(self, body: Coroutine[object, object, None], what: str) -> None:
+        """Run a driver task's body; if it dies, close the party loudly rather than leave it silently deaf."""
         try:
-            await self._receive_forever()
+            await body
         except ClosedResourceError as exc:
             if not self._closed:
                 self._fail(exc, "the transport closed under the party", broken=False)
         except Exception as exc:
-            self._fail(exc, "receive loop failed")
+            self._fail(exc, what)
 
     async def _receive_forever(self) -> None:
         while not self._closed:
@@ -646,15 +653,6 @@ class _Party:
         else:
             for o in out:
                 await self._transport.send(o)
-
-    async def _timer_loop(self) -> None:
-        try:
-            await self._tick_forever()
-        except ClosedResourceError as exc:
-            if not self._closed:
-                self._fail(exc, "the transport closed under the party", broken=False)
-        except Exception as exc:
-            self._fail(exc, "timer loop failed")
 
     async def _tick_forever(self) -> None:
         quiet_ticks = 0
