@@ -248,6 +248,11 @@ class _Peer(_Bucket):
         """Under credit control with its window used up: data frames must wait for the next CREDIT."""
         return self.credit and self.sent - self.consumed >= self.window
 
+    def must_wait(self) -> bool:
+        """A data frame for this peer cannot go out now: frames (or the session PONG) wait ahead of it, or its
+        window is used up."""
+        return bool(self.queue) or self.pong is not None or self.gated()
+
 
 def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
     sock.setsockopt(zmq.LINGER, 0)
@@ -480,8 +485,7 @@ class AuthorEndpoint(_Base):
             self._check_open()
             rids = self._routes.get(branch, ()) if branch is not None else self._peers
             peers = self._peers
-            if not any((p := peers.get(rid)) is not None and (p.queue or p.pong is not None or p.gated())
-                       for rid in rids):
+            if not any((p := peers.get(rid)) is not None and p.must_wait() for rid in rids):
                 return
             fut: asyncio.Future[None] = loop.create_future()
             self._drain_waiters.append(fut)
@@ -747,7 +751,7 @@ class AuthorEndpoint(_Base):
 
     def _send_to(self, rid: bytes, data: bytes) -> None:
         peer = self._peers.get(rid)
-        if peer is not None and (peer.queue or peer.pong is not None or peer.gated()):
+        if peer is not None and peer.must_wait():
             self._enqueue(peer, data)
             return
         try:
