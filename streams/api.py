@@ -185,11 +185,7 @@ class _Party:
         """Let the core match anchor proofs of older heads against the log (read-only, no I/O in the core)."""
         store = self._store
 
-        def lookup(branch: bytes, publisher: int, seq: int) -> bytes | None:
-            entry = store.log_entry(branch, publisher, seq)
-            return None if entry is None else entry[0]
-
-        self._core.log_lookup = lookup
+        self._core.log_lookup = store.log_hash
         # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
         self._core.extras_lookup = store.branch_extras
         self._hook_parallel()

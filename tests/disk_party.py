@@ -1,13 +1,14 @@
 """A child process for the disk-fault tests: an author publishing on a real SQLite store until the disk fails.
 
-    python tests/disk_party.py fill   DB [--fsize BYTES]   create the author, publish until StorageError
+    python tests/disk_party.py fill   DB [--fsize BYTES] [--size N]   create the author, publish until StorageError
     python tests/disk_party.py resume DB N                 reopen, publish N more (or report the error)
 
 Prints one JSON object per line: ``{"ack": seq}`` after each publish that returned (the store acknowledged
 it), then, on a failure, ``{"error": class, "message": str, "phase": ..., "then": class of the error from
 the next publish, "closed": bool, "sent": [PACKET seqs the network saw]}``.  ``--fsize`` caps the size of
 any file this process writes (``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored so the write fails with EFBIG
-instead of killing us): a full disk without privileges.
+instead of killing us): a full disk without privileges.  ``--size``: payload bytes per message (200; from about
+4 KiB the frames go to the store's frame file).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def sent_packets(hub: MemoryHub) -> list[int]:
     return sorted(set(out))
 
 
-async def main(mode: str, db: Path, count: int, fsize: int | None) -> None:
+async def main(mode: str, db: Path, count: int, fsize: int | None, size: int = 200) -> None:
     hub = MemoryHub()
     hub.subscriber_endpoint("sub")  # a receiver, so the tap shows what was actually sent
     phase = "open"
@@ -63,7 +64,7 @@ async def main(mode: str, db: Path, count: int, fsize: int | None) -> None:
             branch = found
         phase = "publish"
         for _ in range(count):
-            seq = await author.publish(branch, b"x" * 200)
+            seq = await author.publish(branch, b"x" * size)
             emit(ack=seq)
     except StreamsError as exc:
         then = "none"
@@ -91,5 +92,6 @@ if __name__ == "__main__":
     p.add_argument("db", type=Path)
     p.add_argument("count", type=int, nargs="?", default=100_000)
     p.add_argument("--fsize", type=int)
+    p.add_argument("--size", type=int, default=200)
     a = p.parse_args()
-    asyncio.run(main(a.mode, a.db, a.count, a.fsize))
+    asyncio.run(main(a.mode, a.db, a.count, a.fsize, a.size))

@@ -95,11 +95,15 @@ def resume(db: Path, more: int, acked: int) -> None:
 # --- a full disk ----------------------------------------------------------------------------------------------
 
 
-def test_full_disk_by_file_size_limit(tmp_path: Path) -> None:
+# 20 KB payloads: the frames go to the store's frame file (author.db-frames), which reaches the limit first.
+@pytest.mark.parametrize(("size", "limit"), [(200, 128 * 1024), (20_000, 512 * 1024)])
+def test_full_disk_by_file_size_limit(tmp_path: Path, size: int, limit: int) -> None:
     db = tmp_path / "author.db"
-    out = subprocess.run([*PARTY, "fill", str(db), "--fsize", str(128 * 1024)], capture_output=True, text=True,
-                         env=ENV, timeout=60, check=True).stdout
+    out = subprocess.run([*PARTY, "fill", str(db), "--fsize", str(limit), "--size", str(size)],
+                         capture_output=True, text=True, env=ENV, timeout=60, check=True).stdout
     acked = assert_clean_failure(lines(out), db)
+    if size > 4096:
+        assert f"writing {db}-frames: File too large" in failure(lines(out))["message"]
     assert_intact(db, acked)  # the limit was the child's: the fault is gone for us
     resume(db, 5, acked)
 
@@ -124,14 +128,15 @@ def in_namespace(script: str, timeout: float = 120) -> str:
 
 
 @needs_mount
-def test_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("size", "disk_size"), [(200, "160k"), (20_000, "640k")])
+def test_full_disk_on_a_small_tmpfs(tmp_path: Path, size: int, disk_size: str) -> None:
     disk, at_fault, py = tmp_path / "disk", tmp_path / "at_fault", " ".join(PARTY)
     disk.mkdir()
     at_fault.mkdir()
     db = disk / "author.db"
     in_namespace(f"""
-        mount -t tmpfs -o size=160k tmpfs {disk}
-        {py} fill {db} > {tmp_path}/fill.jsonl
+        mount -t tmpfs -o size={disk_size} tmpfs {disk}
+        {py} fill {db} --size {size} > {tmp_path}/fill.jsonl
         cp {disk}/author.db* {at_fault}/
         mount -o remount,size=16m {disk}
         {py} resume {db} 5 > {tmp_path}/resume.jsonl
@@ -139,7 +144,7 @@ def test_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
     """)
     fill = lines((tmp_path / "fill.jsonl").read_text())
     acked = assert_clean_failure(fill, db)
-    assert "disk is full" in failure(fill)["message"]  # ENOSPC, reported as such
+    assert "disk is full" in failure(fill)["message"]  # ENOSPC, reported as such (the WAL or the frame file)
     assert_intact(at_fault / "author.db", acked)  # the files exactly as the full disk left them
     assert acks(lines((tmp_path / "resume.jsonl").read_text())) == list(range(acked + 1, acked + 6))
     assert_intact(tmp_path / "author.db", acked + 5)
