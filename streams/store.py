@@ -35,8 +35,10 @@ Stores created before keep their ``WITHOUT ROWID`` log: same columns, same key, 
 
 Frames of :data:`FRAME_FILE_MIN` bytes or more are not kept in their ``log`` row but appended to the store's
 frame file, ``<store>-frames`` (mode 0600, beside the database and its ``-wal``); the row's ``frame`` column
-then holds a 17-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with it), the offset
-and length (little-endian u64, u32) and the CRC-32 of the frame.  A large frame in SQLite is written twice (WAL,
+then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with it), then the
+offset and length (little-endian u64, u32).  A frame read back through a reference is decoded and its message
+hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
+computed on every write).  A large frame in SQLite is written twice (WAL,
 then the checkpoint into the database) through several page-sized writes each; in the frame file it is written
 once, one ``writev`` per commit: about a third of the CPU per 16 KiB message (bench).  Ordering keeps
 ``kill -9`` safe: the frames are written inside the commit's write transaction, before ``COMMIT`` (and
@@ -68,7 +70,6 @@ import sqlite3
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,9 +80,10 @@ import msgpack
 import nacl.pwhash
 
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
-from .errors import BadPassphrase, KeystoreError, LocalProtocolError, StorageError
+from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity
 from .keystore import derive_key, open_secret, seal_secret
+from .wire import decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "Store"]
 
@@ -99,7 +101,7 @@ FRAMES_CACHED: int = 8 << 20
 #: Frames at least this long go to the frame file (see the module doc): about the size at which a ``log`` row no
 #: longer fits a 4 KiB page and SQLite starts writing overflow pages.
 FRAME_FILE_MIN: int = 4096
-_REF = struct.Struct("<BQII")  # 0xC1, offset, length, crc32
+_REF = struct.Struct("<BQI")  # 0xC1, offset, length
 _REF_TAG = 0xC1
 _IOV_MAX = 512  # frames per writev call (Linux allows 1024)
 
@@ -423,15 +425,15 @@ class Store:
 
     def log_range(self, branch: bytes, publisher: int, lo: int, hi: int) -> list[bytes]:
         """Retained frames of a chain with ``lo <= seq <= hi``, in order."""
-        rows = self._q("SELECT frame FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-                       (branch, publisher, lo, hi))
-        return [self._frame(r[0]) for r in rows]
+        rows = self._q("SELECT frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
+                       "ORDER BY seq", (branch, publisher, lo, hi))
+        return [self._frame(f, h) for f, h in rows]
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""
         rows = self._q("SELECT hash, frame FROM log WHERE branch = ? AND publisher = ? AND seq = ?",
                        (branch, publisher, seq))
-        return None if not rows else (rows[0][0], self._frame(rows[0][1]))
+        return None if not rows else (rows[0][0], self._frame(rows[0][1], rows[0][0]))
 
     def log_hash(self, branch: bytes, publisher: int, seq: int) -> bytes | None:
         """The message hash stored at a position, or None (without reading the frame)."""
@@ -454,7 +456,7 @@ class Store:
         """Every retained row as stored, ``(branch, publisher, seq, hash, frame)``, in position order (audit)."""
         rows = self._q("SELECT branch, publisher, seq, hash, frame FROM log ORDER BY branch, publisher, seq")
         for b, p, s, h, f in rows:
-            yield b, p, s, h, self._frame(f)
+            yield b, p, s, h, self._frame(f, h)
 
     def log_count(self) -> int:
         return int(self._q("SELECT count(*) FROM log")[0][0])
@@ -466,12 +468,12 @@ class Store:
         """Accepted but not yet handed to the application, in (branch, publisher, seq) order: redelivered after a
         restart (at-least-once to the application; exactly-once acceptance by the protocol)."""
         cursors = self.delivered()
-        rows = self._q("SELECT branch, publisher, seq, frame FROM log ORDER BY branch, publisher, seq")
-        for branch, publisher, seq, frame in rows:
+        rows = self._q("SELECT branch, publisher, seq, frame, hash FROM log ORDER BY branch, publisher, seq")
+        for branch, publisher, seq, frame, h in rows:
             if me_by_branch.get(branch) == publisher:
                 continue
             if seq > cursors.get((branch, publisher), 0):
-                yield branch, publisher, seq, self._frame(frame)
+                yield branch, publisher, seq, self._frame(frame, h)
 
     def close(self) -> None:
         if not self._closed:
@@ -521,12 +523,14 @@ class Store:
         off = -1
         for r in records:
             frame = r.frame
-            if len(frame) < FRAME_FILE_MIN and frame[:1] != b"\xc1":  # (the core never logs such a frame)
+            if frame[:1] == b"\xc1":  # a reference's tag: no frame starts with it (msgpack never uses 0xC1)
+                raise LocalProtocolError("a log record that is not a frame")
+            if len(frame) < FRAME_FILE_MIN:
                 rows.append((r.branch, r.publisher, r.seq, r.hash, frame))
                 continue
             if off < 0:
                 off = os.fstat(self._frames(create=True)).st_size  # after any bytes a crash left unreferenced
-            rows.append((r.branch, r.publisher, r.seq, r.hash, _REF.pack(_REF_TAG, off, len(frame), zlib.crc32(frame))))
+            rows.append((r.branch, r.publisher, r.seq, r.hash, _REF.pack(_REF_TAG, off, len(frame))))
             big.append(frame)
             off += len(frame)
         if big:
@@ -539,20 +543,25 @@ class Store:
                 self._frames_unsynced = True
         return rows
 
-    def _frame(self, stored: bytes) -> bytes:
-        """A ``log`` row's frame: itself, or read (and checked) from the frame file."""
+    def _frame(self, stored: bytes, h: bytes) -> bytes:
+        """A ``log`` row's frame: itself, or read from the frame file and checked against the row's hash ``h``."""
         if stored[:1] != b"\xc1":
             return stored
         if len(stored) != _REF.size:
             raise StorageError(f"damaged frame reference in {self.path}")
-        _tag, off, n, crc = _REF.unpack(stored)
+        _tag, off, n = _REF.unpack(stored)
         try:
             data = os.pread(self._frames(create=False), n, off)
         except OSError as exc:
             raise StorageError(f"cannot read {self._frames_path}: {_reason(exc)}") from exc
-        if len(data) != n or zlib.crc32(data) != crc:
-            raise StorageError(f"{self._frames_path} is damaged: the frame at offset {off} is "
-                               f"{'missing' if len(data) != n else 'altered'}")
+        if len(data) != n:
+            raise StorageError(f"{self._frames_path} is damaged: the frame at offset {off} is missing")
+        try:
+            ok = decode_frame(data, max_frame=n).hash == h
+        except DecodeError:
+            ok = False
+        if not ok:
+            raise StorageError(f"{self._frames_path} is damaged: the frame at offset {off} is altered")
         return data
 
     def settle_frames(self) -> None:

@@ -1,9 +1,9 @@
 """The store's frame file: large frames live in ``<store>-frames``, their ``log`` rows hold references.
 
-Real SQLite files, real descriptors, a real ``kill -9``.  What must hold: every committed frame reads back
-byte for byte (also after a reopen and after a crash between the frame write and the commit); a frame file
-that is damaged, cut short or gone reads as :class:`StorageError`, never as another frame; and the synced
-part of the file leaves the page cache (checked with util-linux ``fincore``).
+Real SQLite files, real descriptors, real frames, a real ``kill -9``.  What must hold: every committed frame
+reads back byte for byte (also after a reopen and after a crash between the frame write and the commit); a
+frame file that is damaged, cut short or gone reads as :class:`StorageError`, never as another frame; and the
+synced part of the file leaves the page cache (checked with util-linux ``fincore``).
 """
 
 from __future__ import annotations
@@ -23,20 +23,29 @@ import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import ChainRecord, Changes, LogRecord
-from streams.errors import StorageError
+from streams.errors import LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.store import FRAME_FILE_MIN, FRAMES_CACHED, Store
+from streams.wire import Frame, Packet, decode_frame, encode_frame
 
 ME = Identity.from_seed(b"\x07" * 32)
 BRANCH = b"\xbb" * 16
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def frame_for(seq: int, size: int) -> bytes:
-    """A deterministic frame-like value (starts like a msgpack array, as every real frame does)."""
+def _frame(seq: int, body_len: int) -> Frame:
     block = hashlib.blake2b(seq.to_bytes(8, "little")).digest()
-    return (b"\x95" + block * (size // len(block) + 1))[:size]
+    body = (block * (body_len // len(block) + 1))[:body_len]
+    return encode_frame(Packet(b"c" * 32, BRANCH, 0, seq, bytes(32), 0, bytes(24)), body)
+
+
+def frame_for(seq: int, size: int) -> bytes:
+    """A real, deterministic packet frame of exactly ``size`` bytes (``size`` from 400 to 64 KiB)."""
+    overhead = len(_frame(seq, 1000).raw) - 1000  # (the same for bodies of 256 bytes to 64 KiB)
+    raw = _frame(seq, size - overhead).raw
+    assert len(raw) == size
+    return raw
 
 
 def new_store(path: Path, durable: bool = False) -> Store:
@@ -45,7 +54,7 @@ def new_store(path: Path, durable: bool = False) -> Store:
 
 
 def commit(store: Store, seqs: list[int], sizes: list[int]) -> None:
-    log = [LogRecord(BRANCH, 0, s, hashlib.blake2b(frame_for(s, n), digest_size=32).digest(), frame_for(s, n))
+    log = [LogRecord(BRANCH, 0, s, decode_frame(frame_for(s, n)).hash, frame_for(s, n))
            for s, n in zip(seqs, sizes, strict=True)]
     store.commit(Changes(chains=[ChainRecord(BRANCH, 0, seqs[-1] + 1, log[-1].hash, seqs[-1])], log=log))
 
@@ -58,7 +67,7 @@ def raw_rows(db: Path) -> dict[int, bytes]:
         conn.close()
 
 
-SIZES = [100, FRAME_FILE_MIN - 1, FRAME_FILE_MIN, 16384, 70_000, 300]
+SIZES = [400, FRAME_FILE_MIN - 1, FRAME_FILE_MIN, 16384, 60_000, 500]
 
 
 def test_large_frames_go_to_the_frame_file_and_read_back(tmp_path: Path) -> None:
@@ -79,24 +88,25 @@ def test_large_frames_go_to_the_frame_file_and_read_back(tmp_path: Path) -> None
     big = [s for s, n in zip(seqs, SIZES, strict=True) if n >= FRAME_FILE_MIN]
     assert big == [3, 4, 5]
     for s in seqs:  # big frames are references into the file, small ones stay in their rows
-        assert (len(rows[s]) == 17 and rows[s][0] == 0xC1) if s in big else rows[s] == expect[s]
+        assert (len(rows[s]) == 13 and rows[s][0] == 0xC1) if s in big else rows[s] == expect[s]
     assert frames_file.stat().st_size == sum(SIZES[s - 1] for s in big)
     assert stat.S_IMODE(frames_file.stat().st_mode) == 0o600
     assert frames_file.read_bytes() == b"".join(expect[s] for s in big)
 
     # Reopen: still readable, and new frames are appended after the old ones.
     store = Store.open(db, "pw", durable=False)
-    commit(store, [7, 8], [20_000, 50])
-    assert store.log_range(BRANCH, 0, 1, 100) == [expect[s] for s in seqs] + [frame_for(7, 20_000), frame_for(8, 50)]
+    commit(store, [7, 8], [20_000, 450])
+    assert store.log_range(BRANCH, 0, 1, 100) == [expect[s] for s in seqs] + [frame_for(7, 20_000), frame_for(8, 450)]
     store.close()
     assert frames_file.stat().st_size == sum(SIZES[s - 1] for s in big) + 20_000
 
 
-def test_a_small_value_that_looks_like_a_reference_is_not_one(tmp_path: Path) -> None:
+def test_a_value_that_looks_like_a_reference_is_refused(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.db")
-    odd = b"\xc1" + bytes(16)  # the length and tag of a reference
-    store.commit(Changes(log=[LogRecord(BRANCH, 0, 1, bytes(32), odd)]))
-    assert store.log_range(BRANCH, 0, 1, 1) == [odd]
+    odd = b"\xc1" + bytes(12)  # the tag and length of a reference: never a frame
+    with pytest.raises(LocalProtocolError, match="not a frame"):
+        store.commit(Changes(log=[LogRecord(BRANCH, 0, 1, bytes(32), odd)]))
+    assert store.log_entry(BRANCH, 0, 1) is None
     store.close()
 
 
@@ -157,7 +167,7 @@ def test_kill_9_while_writing_large_frames(tmp_path: Path) -> None:
 def test_a_damaged_frame_file_is_a_storage_error(tmp_path: Path, damage: str) -> None:
     db = tmp_path / "s.db"
     store = new_store(db)
-    commit(store, [1, 2, 3], [8000, 8000, 100])
+    commit(store, [1, 2, 3], [8000, 8000, 400])
     store.close()
     path = Path(f"{db}-frames")
     if damage == "flip":
@@ -169,7 +179,7 @@ def test_a_damaged_frame_file_is_a_storage_error(tmp_path: Path, damage: str) ->
     else:
         path.unlink()
     store = Store.open(db, "pw", durable=False)
-    assert store.log_range(BRANCH, 0, 3, 3) == [frame_for(3, 100)]  # inline rows are unaffected
+    assert store.log_range(BRANCH, 0, 3, 3) == [frame_for(3, 400)]  # inline rows are unaffected
     if damage != "delete":
         assert store.log_range(BRANCH, 0, 1, 1) == [frame_for(1, 8000)]
     words = {"flip": "altered", "truncate": "missing", "delete": "No such file"}[damage]
