@@ -538,7 +538,7 @@ class Store:
             for i in range(0, len(big), _IOV_MAX):
                 _writev_all(fd, big[i:i + _IOV_MAX])
             if self._durable:
-                os.fdatasync(fd)
+                _datasync(fd)
             else:
                 self._frames_unsynced = True
         return rows
@@ -579,10 +579,12 @@ class Store:
             end = os.fstat(fd).st_size
             if self._frames_unsynced:
                 self._frames_unsynced = False  # before the sync: a write racing it sets the flag again
-                os.fdatasync(fd)
+                _datasync(fd)
             drop_to = (end - FRAMES_CACHED) & ~0xFFF
             if drop_to > self._frames_dropped:
-                os.posix_fadvise(fd, self._frames_dropped, drop_to - self._frames_dropped, os.POSIX_FADV_DONTNEED)
+                if hasattr(os, "posix_fadvise"):  # (not on macOS)
+                    os.posix_fadvise(fd, self._frames_dropped, drop_to - self._frames_dropped,
+                                     os.POSIX_FADV_DONTNEED)
                 self._frames_dropped = drop_to
 
     def _seal_branch(self, b: BranchRecord) -> bytes:
@@ -694,6 +696,14 @@ def _writev_all(fd: int, bufs: list[bytes]) -> None:
             bufs = bufs[1:]
         if bufs and done:
             bufs = [bufs[0][done:], *bufs[1:]]
+
+
+def _datasync(fd: int) -> None:
+    """``fdatasync`` (``fsync`` where there is none: macOS)."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - not Linux
+        os.fsync(fd)
 
 
 def _reason(exc: OSError) -> str:
