@@ -119,7 +119,12 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
         rtt = e2e.get("rtt", {})
         if rtt.get("p50_us"):
             lines += ["", f"Raw DEALER/ROUTER asyncio round trip: p50 {rtt['p50_us']:.0f} µs, "
-                          f"p99 {rtt['p99_us']:.0f} µs."]
+                          f"p99 {rtt['p99_us']:.0f} µs back to back (the latency targets' bound uses this p50)."]
+            paced = e2e.get("rtt_paced", {})
+            if paced.get("p50_us"):
+                lines += [f"The same, each ping {e2e.get('rtt_paced_gap_ms')} ms after the last reply (both sides "
+                          f"idle between, as in the paced latency runs): p50 {paced['p50_us']:.0f} µs, "
+                          f"p99 {paced['p99_us']:.0f} µs."]
         skipped = [(p, i["reason"]) for p, i in e2e["peers"].items() if not i["available"]]
         for p, why in skipped:
             lines.append(f"- skipped **{p}**: {why}")

@@ -45,7 +45,7 @@ def test_run_quick_writes_every_result(tmp_path: Path) -> None:
             for key in LAT_ROW:
                 assert lat[p, size][key] > 0, (p, size, key)
             assert lat[p, size]["p50_us"] <= lat[p, size]["p99_us"] <= lat[p, size]["p99_9_us"]
-    assert e2e["rtt"]["p50_us"] > 0
+    assert e2e["rtt"]["p50_us"] > 0 and e2e["rtt_paced"]["p50_us"] > 0
     for t in e2e["targets"]:
         assert t["ratio"] is None or t["ratio"] > 0
         assert t["met"] in (True, False, None)
