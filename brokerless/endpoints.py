@@ -993,6 +993,9 @@ class SubscriberEndpoint(_Base):
         reported = self._reported
         if reported is not None and self.consumed - reported[1] >= self._window // _REPORT_FRACTION:
             self._send_credit(_now_ms())
+            # The send may have consumed the descriptor's notification of a frame that waits unread: re-check,
+            # as after every send (else the reader sleeps until a heartbeat tick or an ACK -- p99 spikes).
+            self._check_readable()
 
     def _send_credit(self, now: int) -> None:
         """Report (received, consumed, window) of the current session.  Bypasses the send queue (order does not

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import struct
 import time
 from collections.abc import Callable
@@ -542,3 +543,34 @@ async def test_author_drain_paces_publish_many_with_no_gap_fill(tmp_path: Path) 
     finally:
         await sub.close()
         await author.close()
+
+
+async def test_taking_frames_never_leaves_a_frame_unread_behind_the_credit_it_sends() -> None:
+    """Regression (p99 latency spikes of 20-100 ms).  ``recv()`` reports credit when the driver has taken
+    enough; that send lets ZeroMQ process its pending commands, which resets the socket's notification
+    descriptor (ZMQ_FD).  A frame that had just arrived then waited unread, with the reader parked on a
+    descriptor that no longer signals, until a heartbeat tick or the next ACK re-checked ZMQ_EVENTS.  Taking
+    frames must re-check, as every other send does."""
+    cfg = EndpointConfig(credit_window=4)  # a CREDIT at every take (window // 4 == 1)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    sep, rid = await connect_subscriber(aep, cfg)
+    fd = sep._sync.getsockopt(zmq.FD)
+    try:
+        aep.send_many([Outgoing(frame(0), rid)])
+        await until(lambda: sep.inbox_size() == 1, "frame 0 read into the inbox")
+        await until(lambda: sep._wake_fut is not None, "the reader parked on the descriptor")
+        credits = sep.stats.credits
+        aep.send_many([Outgoing(frame(1), rid)])
+        # Frame 1 arrives while the event loop is not running (select() only looks: it consumes nothing).
+        readable, _, _ = select.select([fd], [], [], 10)
+        assert readable, "frame 1 never arrived"
+        time.sleep(0.01)  # (ZeroMQ processes commands on a send at most about once a millisecond)
+        got = await sep.recv()  # frame 0, from the inbox at once; reports credit -- a send on the socket
+        assert [index(d) for d, _ in got] == [0] and sep.stats.credits == credits + 1
+        for _ in range(50):  # event-loop turns, not time: the reader must have been woken already
+            await asyncio.sleep(0)
+        assert sep.inbox_size() == 1, "frame 1 left unread in the socket"
+        assert [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)] == [1]
+    finally:
+        await sep.close()
+        await aep.close()
