@@ -135,10 +135,10 @@ async def _consume(party: Author | Subscriber, log: AppLog) -> None:
 
 
 async def _publish(party: Author | Subscriber, log: AppLog, branch: bytes, me: int, quota: int, window: int,
-                   interval_ms: float) -> None:
+                   interval_ms: float, size: int = 16) -> None:
     seq = next((c.next_seq - 1 for c in party.store.load_chains() if c.branch == branch and c.publisher == me), 0)
     while seq < quota:
-        seq = await party.publish(branch, os.urandom(16))
+        seq = await party.publish(branch, os.urandom(size))
         log.line("PUB", branch.hex(), seq)
         if seq > window:
             # Flow control: at most ``window`` messages not yet durable at the receiver.
@@ -201,7 +201,8 @@ async def run_author(args: argparse.Namespace, log: AppLog, rng: random.Random) 
         log.line("START", "author")
         tasks = [asyncio.create_task(_events(author, log)), asyncio.create_task(_consume(author, log))]
         _inject_replays(author, tr, log, dict.fromkeys(branches, 0), args.inject, rng)
-        tasks += [asyncio.create_task(_publish(author, log, b, 0, args.quota, args.window, args.interval))
+        tasks += [asyncio.create_task(_publish(author, log, b, 0, args.quota, args.window, args.interval,
+                                                  args.size))
                   for b in branches]
         await _until_term()
         for t in tasks:
@@ -234,7 +235,8 @@ async def run_subscriber(args: argparse.Namespace, log: AppLog, rng: random.Rand
         log.line("START", "subscriber")
         tasks = [asyncio.create_task(_events(sub, log)), asyncio.create_task(_consume(sub, log))]
         _inject_replays(sub, tr, log, {info.id: me}, args.inject, rng)
-        tasks.append(asyncio.create_task(_publish(sub, log, info.id, me, args.quota, args.window, args.interval)))
+        tasks.append(asyncio.create_task(_publish(sub, log, info.id, me, args.quota, args.window, args.interval,
+                                                             args.size)))
         await _until_term()
         for t in tasks:
             t.cancel()
@@ -260,6 +262,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.0, help="ms between publishes")
     p.add_argument("--inject", type=int, default=20, help="old frames re-injected after each start")
     p.add_argument("--hb", type=int, default=100, help="heartbeat, ms")
+    p.add_argument("--size", type=int, default=16, help="payload bytes (4 KiB and more: the store's frame file)")
     args = p.parse_args()
     log = AppLog(args.log, args.life)
     rng = random.Random(f"{args.seed}-{args.life}")

@@ -51,3 +51,16 @@ def test_random_kills_lose_nothing_acknowledged_and_accept_no_replay(tmp_path: P
     with sub.open("a") as f:
         f.write(" ".join([*victim[:5], "00" * 32]) + "\n")
     assert analyse(tmp_path, 2)["forks"] >= 1
+
+
+def test_random_kills_with_16_kib_payloads_lose_nothing_in_the_frame_files(tmp_path: Path) -> None:
+    """The same with frames that go to the stores' frame files: a kill between a frame file's write and its
+    commit, or in a catch-up read, must lose and duplicate nothing either."""
+    fig = run(kills=6, messages=300, subscribers=2, seed=11, workdir=tmp_path, quiet_timeout=60, inject=5,
+              size=16384)
+    for k in MUST_BE_ZERO:
+        assert fig[k] == 0, (k, fig)
+    assert fig["ok"] and fig["kills"] == 6 and fig["payload_bytes"] == 16384
+    assert fig["messages_published"] == fig["messages_delivered"] == 300
+    for db in ("author", "sub0", "sub1"):  # every party kept its frames in its frame file
+        assert (tmp_path / f"{db}.db-frames").stat().st_size >= 16384 * 100, db
