@@ -17,9 +17,9 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   frame can only add a bogus receiver of ciphertext; mappings are bounded (``peers_per_branch``,
   ``max_branches``; least recently seen evicted) and new ones cost the sender inbound budget.
 * **Nothing stalls** (THREATS 8).  Sends never block: a peer whose pipe is full (ZeroMQ high-water mark) gets
-  its frames queued up to ``send_queue`` frames, then dropped and counted.  The receiver's gap detection, HEAD
-  notices and FETCH retries (in the core) recover every dropped frame from the retained log, so a slow or dead
-  subscriber costs the author bounded memory and never delays the others.
+  its frames queued up to ``send_queue`` frames or ``send_queue_bytes`` bytes, then dropped and counted.  The
+  receiver's gap detection, HEAD notices and FETCH retries (in the core) recover every dropped frame from the
+  retained log, so a slow or dead subscriber costs the author bounded memory and never delays the others.
 * **Credit-based flow control, author -> subscriber** (THREATS 8).  ZeroMQ's high-water mark is imprecise over
   TCP (kernel buffers hold megabytes) and a subscriber endpoint's inbox holds ``inbox`` frames, so the author
   would not know how far a subscriber's *application* is behind.  The subscriber endpoint reports it: a CREDIT
@@ -47,8 +47,9 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING, CREDITs of a wrong session) are
   rate-limited per peer (token bucket), and well-formed requests from all peers together by one endpoint-wide
   bucket, so that reconnecting or opening many connections does not multiply what a flooder can make the core
-  unseal.  The author's inbound queue is bounded; per-peer state is a few counters and a bounded send queue, and
-  the number of peers is capped (least recently seen evicted).
+  unseal.  The author's inbound queue is bounded (``inbox`` frames, ``inbox_bytes`` bytes); per-peer state is a
+  few counters and a send queue bounded in frames and bytes, and the number of peers is capped (least recently
+  seen evicted).
 
 Delivery semantics seen by the application (with :mod:`streams.api`): the protocol accepts every
 (branch, publisher, seq) exactly once, in order, including across ``kill -9`` and restart of either side.  The
@@ -140,6 +141,9 @@ class EndpointConfig:
     send_queue: int = 1000
     """Frames queued per peer when its ZeroMQ pipe is full; beyond it frames are dropped (and recovered by the
     receiver's gap fill).  Bounds the author's memory per slow peer."""
+    send_queue_bytes: int = 64 << 20
+    """The same bound in bytes (frames may be up to ``max_frame``, 1 MiB: 1000 of them were a gigabyte per slow
+    peer).  One frame is always accepted into an empty queue, so a frame larger than this still goes out."""
     inbound_budget: float = 50.0
     """Unauthenticated frames (HELLO, SUBSCRIBE, PING) and new branch mappings accepted per peer, per second."""
     inbound_burst: int = 100
@@ -158,6 +162,10 @@ class EndpointConfig:
     inbox: int = 10_000
     """Frames received but not yet taken by the driver.  Author: beyond it frames are dropped (senders
     recover); subscriber: beyond it the endpoint stops reading (back-pressure into ZeroMQ)."""
+    inbox_bytes: int = 256 << 20
+    """The same bound in bytes (10,000 frames of up to 1 MiB were 10 GB).  The default holds a full credit
+    window of 16 KiB frames; with frames much larger, the subscriber stops reading before its window is used,
+    and what its author then cannot queue is dropped and recovered by gap fill."""
     credit_window: int = 8000
     """Subscriber: data frames the author may send beyond what this endpoint's driver took (the window of its
     CREDITs, SPEC 14.4).  At most ``inbox`` (a larger value is clamped to it); 0 sends no CREDIT at all, so the
@@ -223,13 +231,14 @@ class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
     __slots__ = ("branches", "consumed", "credit", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed",
-                 "pong", "queue", "rid", "sent", "session", "window")
+                 "pong", "queue", "queued_bytes", "rid", "sent", "session", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int) -> None:
         super().__init__(now, burst)
         self.rid = rid
         self.last_seen = now
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0  #: bytes of the frames in ``queue``
         self.branches: set[bytes] = set()
         self.malformed = 0
         # Credit (SPEC 14.4).  A fresh session per record: every data frame counted in ``sent`` follows the
@@ -267,6 +276,7 @@ class _Base:
         self._own_ctx = context is None
         self._ctx = context if context is not None else zmq.asyncio.Context()
         self._inbox: deque[tuple[bytes, object]] = deque()
+        self._inbox_bytes = 0  #: bytes of the frames in the inbox
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -288,8 +298,12 @@ class _Base:
                 self._driver_waits = False
         n = min(len(self._inbox), self.config.batch)
         batch = [self._inbox.popleft() for _ in range(n)]
+        self._inbox_bytes -= sum(len(d) for d, _ in batch)
         self._on_taken()
         return batch
+
+    def _inbox_full(self) -> bool:
+        return len(self._inbox) >= self.config.inbox or self._inbox_bytes >= self.config.inbox_bytes
 
     def _on_taken(self) -> None:
         pass
@@ -509,6 +523,10 @@ class AuthorEndpoint(_Base):
         """Frames waiting in each peer's send queue (bounded by ``config.send_queue``)."""
         return {rid: len(p.queue) for rid, p in self._peers.items()}
 
+    def queue_bytes(self) -> dict[bytes, int]:
+        """Bytes waiting in each peer's send queue (bounded by ``config.send_queue_bytes``)."""
+        return {rid: p.queued_bytes for rid, p in self._peers.items()}
+
     def in_flight(self) -> dict[bytes, int]:
         """For each peer under credit control (it sent a CREDIT of its current session): data frames sent to it
         that its driver has not taken yet, as far as its last CREDIT says (at most its window)."""
@@ -610,10 +628,11 @@ class AuthorEndpoint(_Base):
                     # Unverified here: a forged frame maps a bogus peer, which then receives only ciphertext
                     # (THREATS 1) and is bounded by peers_per_branch and the budget.
                     self._learn(branch, rid)
-        if len(self._inbox) >= cfg.inbox:
+        if self._inbox_full():
             self.stats.inbox_dropped += 1
             return
         self._inbox.append((data, rid))
+        self._inbox_bytes += len(data)
 
     def _malformed(self, peer: _Peer, exc: DecodeError) -> None:
         self.stats.malformed += 1
@@ -668,6 +687,7 @@ class AuthorEndpoint(_Base):
                     del self._routes[b]
         self.stats.send_dropped += len(peer.queue)
         peer.queue.clear()
+        peer.queued_bytes = 0
         peer.pong = None
         self._backlog.discard(peer.rid)
         self._wake_drain()
@@ -774,10 +794,12 @@ class AuthorEndpoint(_Base):
     def _enqueue(self, peer: _Peer, data: bytes) -> None:
         if peer.gated():
             self.stats.credit_blocked += 1
-        if len(peer.queue) >= self.config.send_queue:
+        cfg = self.config
+        if len(peer.queue) >= cfg.send_queue or (peer.queue and peer.queued_bytes + len(data) > cfg.send_queue_bytes):
             self.stats.send_dropped += 1  # recovered by the receiver's gap fill (core: GapDetected + FETCH)
             return
         peer.queue.append(data)
+        peer.queued_bytes += len(data)
         self._backlog.add(peer.rid)
         if len(peer.queue) > self.stats.max_queue_seen:
             self.stats.max_queue_seen = len(peer.queue)
@@ -794,6 +816,7 @@ class AuthorEndpoint(_Base):
             except zmq.ZMQError:
                 self.stats.send_dropped += len(peer.queue) + 1
                 peer.queue.clear()
+                peer.queued_bytes = 0
                 peer.pong = None
                 return False
             peer.pong = None
@@ -809,8 +832,9 @@ class AuthorEndpoint(_Base):
             except zmq.ZMQError:
                 self.stats.send_dropped += len(queue)
                 queue.clear()
+                peer.queued_bytes = 0
                 return False
-            queue.popleft()
+            peer.queued_bytes -= len(queue.popleft())
             self.stats.frames_out += 1
             peer.sent += 1
         return False
@@ -858,6 +882,7 @@ class SubscriberEndpoint(_Base):
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         self.author_instance: bytes | None = None
         self._queue: deque[bytes] = deque()
+        self._queue_bytes = 0  #: bytes of the frames in ``_queue``
         # Credit (SPEC 14.4): the session of the author's record of this connection, and our counts in it.
         self._session: bytes | None = None
         self._received = 0  #: data frames that arrived in this session
@@ -936,6 +961,10 @@ class SubscriberEndpoint(_Base):
         """Frames received and not yet taken by :meth:`recv` (with credit, at most about the window)."""
         return len(self._inbox)
 
+    def inbox_size_bytes(self) -> int:
+        """Bytes of the frames received and not yet taken (bounded by ``config.inbox_bytes``)."""
+        return self._inbox_bytes
+
     @property
     def session(self) -> bytes | None:
         """The session of the author endpoint's record of this connection (from its PONG), or None before one."""
@@ -968,10 +997,12 @@ class SubscriberEndpoint(_Base):
             self.stats.send_dropped += 1
 
     def _enqueue(self, data: bytes) -> None:
-        if len(self._queue) >= self.config.send_queue:
+        cfg = self.config
+        if len(self._queue) >= cfg.send_queue or (self._queue and self._queue_bytes + len(data) > cfg.send_queue_bytes):
             self.stats.send_dropped += 1
             return
         self._queue.append(data)
+        self._queue_bytes += len(data)
         self.stats.max_queue_seen = max(self.stats.max_queue_seen, len(self._queue))
 
     def _flush_queue(self) -> None:
@@ -983,8 +1014,9 @@ class SubscriberEndpoint(_Base):
             except zmq.ZMQError:
                 self.stats.send_dropped += len(self._queue)
                 self._queue.clear()
+                self._queue_bytes = 0
                 return
-            self._queue.popleft()
+            self._queue_bytes -= len(self._queue.popleft())
             self.stats.frames_out += 1
             self._last_sent = _now_ms()
 
@@ -1030,7 +1062,7 @@ class SubscriberEndpoint(_Base):
     async def _read_loop(self) -> None:
         cfg = self.config
         while not self._closed:
-            if len(self._inbox) >= cfg.inbox:
+            if self._inbox_full():
                 # The driver is behind: stop reading so ZeroMQ's high-water marks push back to the author,
                 # whose bounded queues then drop for us alone (THREATS 8: a slow subscriber stalls no one).
                 self._space.clear()
@@ -1048,8 +1080,8 @@ class SubscriberEndpoint(_Base):
         """Read what the socket holds, up to a batch and the inbox's room, and wake the driver.  Returns the
         frames read, or -1 if the socket failed (being replaced by a reconnect)."""
         cfg, sync, inbox = self.config, self._sync, self._inbox
-        got = 0
-        while got < cfg.batch and len(inbox) < cfg.inbox:
+        got, most, most_bytes = 0, cfg.inbox, cfg.inbox_bytes
+        while got < cfg.batch and len(inbox) < most and self._inbox_bytes < most_bytes:
             try:
                 data = sync.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -1086,6 +1118,7 @@ class SubscriberEndpoint(_Base):
             self.stats.malformed += 1
             return
         self._inbox.append((data, None))
+        self._inbox_bytes += len(data)
 
     def _on_pong(self, data: bytes) -> None:
         if len(data) != _PONG_LEN:
@@ -1155,7 +1188,7 @@ class SubscriberEndpoint(_Base):
             if stalled > 0:
                 self._last_heard = min(now, self._last_heard + stalled)
             self._last_tick = now
-            if len(self._inbox) >= cfg.inbox:
+            if self._inbox_full():
                 self._last_heard = now  # we are the slow side, not the author
             idle = now - self._last_sent >= cfg.heartbeat_ms or now - self._last_heard >= cfg.heartbeat_ms
             if idle and not self._queue:
@@ -1194,6 +1227,7 @@ class SubscriberEndpoint(_Base):
             self._tasks.remove(reader)
         self._sock.close(linger=0)
         self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
+        self._queue_bytes = 0
         self._session = None  # the new connection gets a new record at the author, and a new session
         self._reported = None
         await asyncio.sleep(delay / 1000)

@@ -574,3 +574,79 @@ async def test_taking_frames_never_leaves_a_frame_unread_behind_the_credit_it_se
     finally:
         await sep.close()
         await aep.close()
+
+
+def big(i: int, size: int) -> bytes:
+    return frame(i) + b"q" * (size - 64)
+
+
+async def test_the_queue_for_a_peer_that_does_not_read_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """A member that stops reading (and sends no CREDIT) with large frames: what the author keeps for it is
+    bounded by ``send_queue_bytes`` long before ``send_queue`` frames; one frame larger than the bound still
+    fits an empty queue (else its gap fill could never get through)."""
+    cfg = EndpointConfig(send_queue_bytes=1 << 20, sndhwm=2)
+    aep = AuthorEndpoint(f"ipc://{tmp_path}/a.sock", cfg)
+    ctx = zmq.asyncio.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.RCVHWM, 2)
+    dealer.connect(aep.addresses[0])
+    try:
+        await dealer.send(HELLO)
+        data, rid = (await aep.recv())[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        most = 0
+        for i in range(400):  # 25 MB at 64 KiB each: far more than the pipes and the bound hold
+            aep.send_many([Outgoing(big(i, 65536), rid)])
+            most = max(most, aep.queue_bytes()[rid])
+            await asyncio.sleep(0)
+        assert aep.stats.send_dropped > 0
+        assert most <= cfg.send_queue_bytes and aep.queue_bytes()[rid] >= cfg.send_queue_bytes - 65536
+        assert aep.queue_sizes()[rid] < cfg.send_queue  # the byte bound is the one that held
+        assert aep.queue_bytes()[rid] == sum(len(big(0, 65536)) for _ in range(aep.queue_sizes()[rid]))
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+        await aep.close()
+
+    small = EndpointConfig(send_queue_bytes=32 << 10, sndhwm=1)
+    aep = AuthorEndpoint(f"ipc://{tmp_path}/b.sock", small)
+    ctx = zmq.asyncio.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.RCVHWM, 1)
+    dealer.connect(aep.addresses[0])
+    try:
+        await dealer.send(HELLO)
+        _, rid = (await aep.recv())[0]
+        assert isinstance(rid, bytes)
+        for i in range(200):
+            aep.send_many([Outgoing(big(i, 65536), rid)])
+            await asyncio.sleep(0)
+        # Frames of twice the bound: at most one waits at a time, and it does wait (it is not refused).
+        assert aep.queue_sizes()[rid] == 1 and aep.queue_bytes()[rid] == 65536
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+        await aep.close()
+
+
+async def test_a_subscriber_inbox_is_bounded_in_bytes_and_holds_back_without_losing_anything() -> None:
+    """A driver that does not read: the subscriber endpoint stops reading at ``inbox_bytes`` (back-pressure
+    into ZeroMQ, not drops), then hands over every frame, in order, once the driver reads again."""
+    cfg = EndpointConfig(inbox_bytes=1 << 20)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    sep, rid = await connect_subscriber(aep, cfg)
+    try:
+        n, size = 100, 65536
+        aep.send_many([Outgoing(big(i, size), rid) for i in range(n)])
+        await until(lambda: sep.inbox_size_bytes() >= cfg.inbox_bytes, "the inbox filled to its byte bound")
+        for _ in range(20):  # and it stays there: the endpoint stopped reading
+            await asyncio.sleep(0.01)
+            assert sep.inbox_size_bytes() < cfg.inbox_bytes + size
+        assert sep.inbox_size() < n
+        got: list[int] = []
+        while len(got) < n:
+            got += [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == list(range(n)) and aep.stats.send_dropped == 0 and sep.inbox_size_bytes() == 0
+    finally:
+        await sep.close()
+        await aep.close()
