@@ -38,9 +38,9 @@ frame file, ``<store>-frames`` (mode 0600, beside the database and its ``-wal``)
 then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with it), then the
 offset and length (little-endian u64, u32).  A frame read back through a reference is decoded and its message
 hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
-computed on every write).  A large frame in SQLite is written twice (WAL,
-then the checkpoint into the database) through several page-sized writes each; in the frame file it is written
-once, one ``writev`` per commit: about a third of the CPU per 16 KiB message (bench).  Ordering keeps
+computed on every write).  A large frame in SQLite is written twice (WAL, then the checkpoint into the
+database) through several page-sized writes each; in the frame file it is written once, one ``writev`` per
+commit: about a third of the CPU per 16 KiB message (bench).  Ordering keeps
 ``kill -9`` safe: the frames are written inside the commit's write transaction, before ``COMMIT`` (and
 ``fdatasync``-ed first when the store is durable), so a row never names bytes that were not written; a crash in
 between leaves unreferenced bytes at the file's end, which are harmless (the next commit appends after them).
