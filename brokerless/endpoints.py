@@ -111,6 +111,7 @@ _CREDIT_BODY = struct.Struct(">8sQQI")
 _CREDIT_LEN = 1 + _CREDIT_BODY.size
 #: A subscriber reports its credit whenever its driver took this fraction of the window since the last report.
 _REPORT_FRACTION = 4
+_AVG_RISE, _AVG_FALL = 1 / 2, 1 / 64  # weights of a data frame's size in the subscriber's moving average
 
 #: Kinds that only members send (they are authenticated by the core); every other kind is unauthenticated and
 #: charged against the sender's inbound budget.
@@ -163,15 +164,16 @@ class EndpointConfig:
     """Frames received but not yet taken by the driver.  Author: beyond it frames are dropped (senders
     recover); subscriber: beyond it the endpoint stops reading (back-pressure into ZeroMQ)."""
     inbox_bytes: int = 256 << 20
-    """The same bound in bytes (10,000 frames of up to 1 MiB were 10 GB).  The default holds a full credit
-    window of 16 KiB frames; with frames much larger, the subscriber stops reading before its window is used,
-    and what its author then cannot queue is dropped and recovered by gap fill."""
+    """The same bound in bytes (10,000 frames of up to 1 MiB were 10 GB).  A subscriber also fits its credit
+    window to it: about ``inbox_bytes`` / the average size of the data frames it receives, when that is fewer
+    frames than ``credit_window`` (not before 16 KiB frames with the defaults)."""
     credit_window: int = 8000
     """Subscriber: data frames the author may send beyond what this endpoint's driver took (the window of its
-    CREDITs, SPEC 14.4).  At most ``inbox`` (a larger value is clamped to it); 0 sends no CREDIT at all, so the
-    author falls back to its high-water mark and queue for this peer.  The default leaves a producer burst as
-    much room as the high-water marks and kernel buffers did before credit (measured: 2000 made a producer
-    faster than its subscriber drop, and recover by gap fill, in 6 of 10 runs against 1 of 10)."""
+    CREDITs, SPEC 14.4).  At most ``inbox`` (a larger value is clamped to it), and fewer for large frames (see
+    ``inbox_bytes``); 0 sends no CREDIT at all, so the author falls back to its high-water mark and queue for
+    this peer.  The default leaves a producer burst as much room as the high-water marks and kernel buffers did
+    before credit (measured: 2000 made a producer faster than its subscriber drop, and recover by gap fill, in 6
+    of 10 runs against 1 of 10)."""
     credit_window_max: int = 10_000
     """Author: the largest window a subscriber may ask for, frames (a larger one is clamped to it)."""
     batch: int = 256
@@ -887,6 +889,7 @@ class SubscriberEndpoint(_Base):
         self._session: bytes | None = None
         self._received = 0  #: data frames that arrived in this session
         self._window = min(self.config.credit_window, self.config.inbox)
+        self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to ``inbox_bytes``)
         self._reported: tuple[int, int] | None = None  #: (received, consumed) of the last CREDIT sent
         self._reported_at = 0
         self._space = asyncio.Event()
@@ -1035,6 +1038,7 @@ class SubscriberEndpoint(_Base):
         session = self._session
         if session is None or not self._window:
             return
+        self._window = self._fit_window()
         received, consumed = self._received, self.consumed
         data = CREDIT + _CREDIT_BODY.pack(session, received, consumed, self._window)
         try:
@@ -1093,7 +1097,19 @@ class SubscriberEndpoint(_Base):
             self._on_frame(data)
         if got > 0:
             self._ready.set()
+            if self._reported is not None and 0 < self._fit_window() <= self._window // 2:
+                self._send_credit(_now_ms())  # frames grew large: tell the author the smaller window now
         return got
+
+    def _fit_window(self) -> int:
+        """The credit window to report: ``credit_window`` frames (at most ``inbox``), fewer when data frames are
+        so large that it would exceed ``inbox_bytes`` -- the window counts frames, and frames of up to 1 MiB made
+        a full window gigabytes at the author, in ZeroMQ's pipes and here."""
+        cfg = self.config
+        w = min(cfg.credit_window, cfg.inbox)
+        if w and self._frame_avg >= 1.0:
+            w = max(1, min(w, int(cfg.inbox_bytes // self._frame_avg)))
+        return w
 
     def _check_readable(self) -> None:
         # Latency: when the driver is parked in recv(), read right here, in the descriptor's callback, rather
@@ -1114,6 +1130,9 @@ class SubscriberEndpoint(_Base):
             self._on_pong(data)
             return
         self._received += 1
+        # Quick to rise (a window of large frames is what must not overrun the bytes), slow to fall.
+        delta = len(data) - self._frame_avg
+        self._frame_avg += delta * (_AVG_RISE if delta > 0 else _AVG_FALL)
         if len(data) > self.config.max_frame:  # pragma: no cover - MAXMSGSIZE refuses these first
             self.stats.malformed += 1
             return

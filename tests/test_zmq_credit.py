@@ -650,3 +650,31 @@ async def test_a_subscriber_inbox_is_bounded_in_bytes_and_holds_back_without_los
     finally:
         await sep.close()
         await aep.close()
+
+
+async def test_large_frames_shrink_the_credit_window_to_the_inbox_byte_bound() -> None:
+    """The window counts frames.  With 64 KiB frames and ``inbox_bytes`` of 1 MiB, the subscriber reports a
+    window of about 16 frames as soon as such frames arrive, so the author hands ZeroMQ no more than that beyond
+    what the driver took -- the rest waits in the author's bounded queue -- and everything still arrives."""
+    cfg = EndpointConfig(inbox_bytes=1 << 20)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    sep, rid = await connect_subscriber(aep, cfg)
+    size, first, then = 65536, 12, 200
+    window = (1 << 20) // size  # 16 frames of 64 KiB
+    try:
+        aep.send_many([Outgoing(big(i, size), rid) for i in range(first)])  # all go: the window was 8000
+        await until(lambda: sep.received == first, "the first frames read")
+        await until(lambda: aep._peers[rid].window <= window, "the smaller window reported")
+        aep.send_many([Outgoing(big(i, size), rid) for i in range(first, first + then)])
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            assert aep.in_flight()[rid] <= window  # no more handed to ZeroMQ while the driver does not read
+        assert aep.queue_sizes()[rid] == first + then - window
+        got: list[int] = []
+        while len(got) < first + then:
+            got += [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+            assert aep.in_flight()[rid] <= window
+        assert got == list(range(first + then)) and aep.stats.send_dropped == 0
+    finally:
+        await sep.close()
+        await aep.close()
