@@ -246,3 +246,22 @@ async def test_large_messages_catch_up_and_redeliver(tmp_path: Path) -> None:
     assert got == payloads
     await sub.close()
     await author.close()
+
+
+def test_a_new_store_does_not_inherit_a_stale_frame_file(tmp_path: Path) -> None:
+    """A store deleted without its ``-frames`` file, and a new one created at the same path: the new store starts
+    an empty frame file (nothing it has refers to the old bytes) and reads back only its own frames."""
+    db = tmp_path / "s.db"
+    store = new_store(db)
+    commit(store, [1, 2], [30_000, 30_000])
+    store.close()
+    for p in tmp_path.iterdir():
+        if p.name != "s.db-frames":
+            p.unlink()
+    assert Path(f"{db}-frames").stat().st_size == 60_000
+    store = new_store(db)
+    assert Path(f"{db}-frames").stat().st_size == 0
+    commit(store, [1], [5000])
+    assert store.log_range(BRANCH, 0, 1, 9) == [frame_for(1, 5000)]
+    assert Path(f"{db}-frames").stat().st_size == 5000
+    store.close()
