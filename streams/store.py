@@ -677,9 +677,16 @@ class _Checkpointer:
                 conn = sqlite3.connect(str(store.path), isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=1000")
                 self._conns[key] = conn
-            store.settle_frames()  # what the checkpoint copies into the database refers only to bytes on disk
+            try:
+                store.settle_frames()  # what the checkpoint copies into the database refers only to bytes on disk
+            except OSError as exc:
+                # Not a retry-later: after a failed fdatasync the kernel may have given up on those pages.  Say
+                # so, and leave the rows in the WAL (no checkpoint this round).
+                log.warning("syncing %s failed: %s; frames written since its last sync may not be on disk",
+                            store._frames_path, _reason(exc))
+                return
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
             log.debug("background checkpoint of %s failed: %s", store.path, exc)
 
 

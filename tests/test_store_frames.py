@@ -265,3 +265,29 @@ def test_a_new_store_does_not_inherit_a_stale_frame_file(tmp_path: Path) -> None
     assert store.log_range(BRANCH, 0, 1, 9) == [frame_for(1, 5000)]
     assert Path(f"{db}-frames").stat().st_size == 5000
     store.close()
+
+
+def test_a_failed_sync_of_the_frame_file_is_reported_and_nothing_is_checkpointed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """fdatasync failing (here: a pipe in place of the file, EINVAL -- on a disk, EIO) must not be a debug line:
+    the kernel may have dropped those pages.  The checkpoint that would copy rows naming them is skipped."""
+    from streams.store import _CHECKPOINTER
+
+    db = tmp_path / "s.db"
+    store = new_store(db)  # durable=False: the checkpointer syncs the frame file
+    commit(store, [1], [20_000])
+    _CHECKPOINTER.release(store)  # (no background checkpoint of its own during the test)
+    size_before = db.stat().st_size
+    real = store._frames_fd
+    r, w = os.pipe()
+    try:
+        store._frames_fd, store._frames_unsynced = r, True
+        with caplog.at_level("WARNING", logger="streams.store"):
+            _CHECKPOINTER._checkpoint(id(store), store)
+        assert any("may not be on disk" in m and "s.db-frames" in m for m in caplog.messages), caplog.messages
+        assert db.stat().st_size == size_before  # the rows stayed in the WAL
+    finally:
+        store._frames_fd = real
+        os.close(r)
+        os.close(w)
+    store.close()
