@@ -120,6 +120,13 @@ _NOT_A_FRAME = DecodeError("not a streams/1 frame (must start with [1, kind, ...
 _BAD_CREDIT = DecodeError(f"CREDIT must be {_CREDIT_LEN} bytes")
 
 
+def _queue_has_room(cfg: EndpointConfig, frames: int, queued: int, size: int) -> bool:
+    """Whether a send queue holding ``frames`` frames of ``queued`` bytes takes one more of ``size`` bytes: within
+    ``send_queue`` and ``send_queue_bytes``, and an empty queue always takes one (so an oversized frame, a gap
+    fill's say, still goes out)."""
+    return frames < cfg.send_queue and (not frames or queued + size <= cfg.send_queue_bytes)
+
+
 def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
@@ -796,8 +803,7 @@ class AuthorEndpoint(_Base):
     def _enqueue(self, peer: _Peer, data: bytes) -> None:
         if peer.gated():
             self.stats.credit_blocked += 1
-        cfg = self.config
-        if len(peer.queue) >= cfg.send_queue or (peer.queue and peer.queued_bytes + len(data) > cfg.send_queue_bytes):
+        if not _queue_has_room(self.config, len(peer.queue), peer.queued_bytes, len(data)):
             self.stats.send_dropped += 1  # recovered by the receiver's gap fill (core: GapDetected + FETCH)
             return
         peer.queue.append(data)
@@ -1000,8 +1006,7 @@ class SubscriberEndpoint(_Base):
             self.stats.send_dropped += 1
 
     def _enqueue(self, data: bytes) -> None:
-        cfg = self.config
-        if len(self._queue) >= cfg.send_queue or (self._queue and self._queue_bytes + len(data) > cfg.send_queue_bytes):
+        if not _queue_has_room(self.config, len(self._queue), self._queue_bytes, len(data)):
             self.stats.send_dropped += 1
             return
         self._queue.append(data)
