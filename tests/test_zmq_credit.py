@@ -15,7 +15,7 @@ import re
 import select
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import zmq
@@ -580,20 +580,31 @@ def big(i: int, size: int) -> bytes:
     return frame(i) + b"q" * (size - 64)
 
 
-async def test_the_queue_for_a_peer_that_does_not_read_is_bounded_in_bytes(tmp_path: Path) -> None:
-    """A member that stops reading (and sends no CREDIT) with large frames: what the author keeps for it is
-    bounded by ``send_queue_bytes`` long before ``send_queue`` frames; one frame larger than the bound still
-    fits an empty queue (else its gap fill could never get through)."""
-    cfg = EndpointConfig(send_queue_bytes=1 << 20, sndhwm=2)
-    aep = AuthorEndpoint(f"ipc://{tmp_path}/a.sock", cfg)
+@contextlib.asynccontextmanager
+async def silent_member(addr: str, cfg: EndpointConfig, rcvhwm: int) -> AsyncIterator[tuple[AuthorEndpoint, bytes]]:
+    """An author endpoint and a raw DEALER that made itself known (HELLO), then never reads nor sends CREDIT."""
+    aep = AuthorEndpoint(addr, cfg)
     ctx = zmq.asyncio.Context()
     dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.RCVHWM, 2)
+    dealer.setsockopt(zmq.RCVHWM, rcvhwm)
     dealer.connect(aep.addresses[0])
     try:
         await dealer.send(HELLO)
         data, rid = (await aep.recv())[0]
         assert data == HELLO and isinstance(rid, bytes)
+        yield aep, rid
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+        await aep.close()
+
+
+async def test_the_queue_for_a_peer_that_does_not_read_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """A member that stops reading (and sends no CREDIT) with large frames: what the author keeps for it is
+    bounded by ``send_queue_bytes`` long before ``send_queue`` frames; one frame larger than the bound still
+    fits an empty queue (else its gap fill could never get through)."""
+    cfg = EndpointConfig(send_queue_bytes=1 << 20, sndhwm=2)
+    async with silent_member(f"ipc://{tmp_path}/a.sock", cfg, rcvhwm=2) as (aep, rid):
         most = 0
         for i in range(400):  # 25 MB at 64 KiB each: far more than the pipes and the bound hold
             aep.send_many([Outgoing(big(i, 65536), rid)])
@@ -603,30 +614,14 @@ async def test_the_queue_for_a_peer_that_does_not_read_is_bounded_in_bytes(tmp_p
         assert most <= cfg.send_queue_bytes and aep.queue_bytes()[rid] >= cfg.send_queue_bytes - 65536
         assert aep.queue_sizes()[rid] < cfg.send_queue  # the byte bound is the one that held
         assert aep.queue_bytes()[rid] == sum(len(big(0, 65536)) for _ in range(aep.queue_sizes()[rid]))
-    finally:
-        dealer.close(linger=0)
-        ctx.term()
-        await aep.close()
 
     small = EndpointConfig(send_queue_bytes=32 << 10, sndhwm=1)
-    aep = AuthorEndpoint(f"ipc://{tmp_path}/b.sock", small)
-    ctx = zmq.asyncio.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.RCVHWM, 1)
-    dealer.connect(aep.addresses[0])
-    try:
-        await dealer.send(HELLO)
-        _, rid = (await aep.recv())[0]
-        assert isinstance(rid, bytes)
+    async with silent_member(f"ipc://{tmp_path}/b.sock", small, rcvhwm=1) as (aep, rid):
         for i in range(200):
             aep.send_many([Outgoing(big(i, 65536), rid)])
             await asyncio.sleep(0)
         # Frames of twice the bound: at most one waits at a time, and it does wait (it is not refused).
         assert aep.queue_sizes()[rid] == 1 and aep.queue_bytes()[rid] == 65536
-    finally:
-        dealer.close(linger=0)
-        ctx.term()
-        await aep.close()
 
 
 async def test_a_subscriber_inbox_is_bounded_in_bytes_and_holds_back_without_losing_anything() -> None:
