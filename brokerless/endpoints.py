@@ -28,8 +28,11 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   on as credit comes back.  The session (8 random bytes per author peer record, first announced by an
   unsolicited PONG, the first frame a new peer gets: ZeroMQ pipes are ordered) makes old, replayed and forged
   credits harmless.  Frames a lossy relay dropped (sent but never received) are detected when the subscriber is
-  idle and written off (``credit_resyncs``).  The gate is opt-in: a peer that never sent a CREDIT (raw clients,
-  old tools, a relay that strips them) keeps the high-water-mark-and-queue behaviour.  Only this direction is
+  idle and written off (``credit_resyncs``).  Whatever window a peer asks for, at most ``window_bytes`` (64 MiB)
+  plus one frame is in flight to it, so a peer that stops reading holds bounded memory at the author in bytes,
+  not only in frames.  A peer that never sent a CREDIT of its session (a raw client, a relay that strips them)
+  gets an initial window -- ``credit_window_max`` frames and ``window_bytes`` bytes -- and then waits for one,
+  as a QUIC or HTTP/2 peer waits for a window update.  Only this direction is
   credit-controlled: the author's own inbox is bounded and drops, and senders recover by gap fill.  A producer
   that must not outrun its subscribers awaits :meth:`AuthorEndpoint.drain` (``Author.drain``) after publishing:
   it returns once every peer of the branch has credit left and an empty queue, so nothing is dropped.
@@ -172,17 +175,26 @@ class EndpointConfig:
     recover); subscriber: beyond it the endpoint stops reading (back-pressure into ZeroMQ)."""
     inbox_bytes: int = 256 << 20
     """The same bound in bytes (10,000 frames of up to 1 MiB were 10 GB).  A subscriber also fits its credit
-    window to it: about ``inbox_bytes`` / the average size of the data frames it receives, when that is fewer
-    frames than ``credit_window`` (not before 16 KiB frames with the defaults)."""
+    window to it (and to ``window_bytes``): about the smaller of the two / the average size of the data frames it
+    receives, when that is fewer frames than ``credit_window`` (from about 8 KiB frames with the defaults)."""
     credit_window: int = 8000
     """Subscriber: data frames the author may send beyond what this endpoint's driver took (the window of its
     CREDITs, SPEC 14.4).  At most ``inbox`` (a larger value is clamped to it), and fewer for large frames (see
-    ``inbox_bytes``); 0 sends no CREDIT at all, so the author falls back to its high-water mark and queue for
-    this peer.  The default leaves a producer burst as much room as the high-water marks and kernel buffers did
-    before credit (measured: 2000 made a producer faster than its subscriber drop, and recover by gap fill, in 6
-    of 10 runs against 1 of 10)."""
+    ``inbox_bytes`` and ``window_bytes``); 0 sends no CREDIT at all, so the author sends this endpoint no more
+    than its initial window per session (see ``window_bytes``: for tests of the author's bounds).  The default
+    leaves a producer burst as much room as the high-water marks and kernel buffers did before credit
+    (measured: 2000 made a producer faster than its subscriber drop, and recover by gap fill, in 6 of 10 runs
+    against 1 of 10)."""
     credit_window_max: int = 10_000
-    """Author: the largest window a subscriber may ask for, frames (a larger one is clamped to it)."""
+    """Author: the largest window a subscriber may ask for, frames (a larger one is clamped to it).  Also the
+    window of a peer that has not sent a CREDIT of its session yet."""
+    window_bytes: int = 64 << 20
+    """Author: the most bytes of data frames in flight to one peer -- handed to ZeroMQ and not yet reported taken
+    by its driver -- whatever window it asked for (windows count frames; 10,000 frames of up to 1 MiB were
+    10 GB in ZeroMQ's pipe for a peer that does not read).  A frame goes out while less than this is in flight,
+    so the most is this plus one frame.  A peer that never sent a CREDIT of its session reports nothing taken:
+    it gets this much (and ``credit_window_max`` frames), then waits for one.  Subscriber: its window is fitted
+    to this bound as well as to ``inbox_bytes`` (keep the two sides' values alike)."""
     batch: int = 256
     """Most frames returned by one ``recv()``."""
     max_peers: int = 10_000
@@ -239,10 +251,11 @@ class _Bucket:
 class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
-    __slots__ = ("branches", "consumed", "credit", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed",
-                 "pong", "queue", "queued_bytes", "rid", "sent", "session", "window")
+    __slots__ = ("branches", "consumed", "credit", "flight_bytes", "flight_max", "last_seen", "loss_at",
+                 "loss_received", "loss_sent", "malformed", "pong", "queue", "queued_bytes", "rid", "sent", "session",
+                 "sizes", "window")
 
-    def __init__(self, rid: bytes, now: int, burst: int) -> None:
+    def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
         self.rid = rid
         self.last_seen = now
@@ -254,17 +267,33 @@ class _Peer(_Bucket):
         # PONG announcing it on the ordered pipe, so the subscriber's counts of this session compare with ours.
         self.session = os.urandom(_SESSION_LEN)
         self.pong: bytes | None = None  #: the session PONG, while the pipe refused it (sent before any queued frame)
-        self.credit = False  #: opted in: a CREDIT of this session arrived
+        self.credit = False  #: a CREDIT of this session arrived
         self.sent = 0  #: data frames handed to ZeroMQ in this session (PING/PONG never count)
         self.consumed = 0  #: the most the subscriber's driver reported taken (never above ``sent``)
-        self.window = 0
+        self.window = window  #: frames: ``credit_window_max`` until the first CREDIT, then the reported window
+        # Bytes in flight: the sizes of the frames ``consumed + 1 .. sent`` (at most a window of them) and their sum.
+        self.sizes: deque[int] = deque()
+        self.flight_bytes = 0
+        self.flight_max = window_bytes
         self.loss_at = -1  #: loss detection: when an idle subscriber first reported ``loss_received`` (ms), or -1
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
 
     def gated(self) -> bool:
-        """Under credit control with its window used up: data frames must wait for the next CREDIT."""
-        return self.credit and self.sent - self.consumed >= self.window
+        """Its window (frames) or ``window_bytes`` is used up: data frames must wait for the next CREDIT."""
+        return self.sent - self.consumed >= self.window or self.flight_bytes >= self.flight_max
+
+    def sent_one(self, size: int) -> None:
+        """A data frame of ``size`` bytes was handed to ZeroMQ."""
+        self.sent += 1
+        self.sizes.append(size)
+        self.flight_bytes += size
+
+    def taken(self, frames: int) -> None:
+        """The oldest ``frames`` frames in flight left it (taken by the driver, or written off as lost)."""
+        sizes = self.sizes
+        for _ in range(min(frames, len(sizes))):
+            self.flight_bytes -= sizes.popleft()
 
     def must_wait(self) -> bool:
         """A data frame for this peer cannot go out now: frames (or the session PONG) wait ahead of it, or its
@@ -541,6 +570,12 @@ class AuthorEndpoint(_Base):
         that its driver has not taken yet, as far as its last CREDIT says (at most its window)."""
         return {rid: p.sent - p.consumed for rid, p in self._peers.items() if p.credit}
 
+    def in_flight_bytes(self) -> dict[bytes, int]:
+        """For each peer: bytes of the data frames sent to it in its session that its driver has not reported
+        taken (all of them for a peer that has not sent a CREDIT); bounded by ``config.window_bytes`` plus one
+        frame."""
+        return {rid: p.flight_bytes for rid, p in self._peers.items()}
+
     def peers(self) -> list[bytes]:
         """Routing ids of the live peers."""
         return list(self._peers)
@@ -660,7 +695,8 @@ class AuthorEndpoint(_Base):
                 _, old = self._peers.popitem(last=False)
                 self._forget(old)
                 self.stats.peers_evicted += 1
-            peer = _Peer(rid, now, self.config.inbound_burst)
+            cfg = self.config
+            peer = _Peer(rid, now, cfg.inbound_burst, cfg.credit_window_max, cfg.window_bytes)
             self._peers[rid] = peer
             # The first frame of every new record announces its session (SPEC 14.4): ordered pipe, so whatever
             # follows belongs to it, and anything before it (an earlier record's frames) does not.
@@ -742,9 +778,9 @@ class AuthorEndpoint(_Base):
         # an 8-byte compare and a few integer updates -- no crypto, no decoding -- about what a malformed frame
         # costs, and those are not charged either.  Charging it would throttle a well-behaved fast subscriber: it
         # sends one per window/4 frames taken (100/s at 50k msg/s with a window of 2000, twice the default
-        # budget) plus one per heartbeat.  Only the peer itself or an on-path relay knows
-        # the session, and either can at worst open this peer's window, which leaves the high-water mark and
-        # queue bounds (the behaviour of a peer that never sent a CREDIT).
+        # budget) plus one per heartbeat.  Only the peer itself or an on-path relay knows the session, and either
+        # can at worst open this peer's window (to ``credit_window_max`` frames), which leaves ``window_bytes``
+        # and the queue bounds.  A CREDIT claiming more taken than we sent frees nothing: ``consumed`` is capped.
         self.stats.credits += 1
         sent = peer.sent
         # A report older than one we already had (replayed or reordered by a relay) moves nothing, and must not
@@ -753,7 +789,9 @@ class AuthorEndpoint(_Base):
         # Replay and reorder tolerant: consumed only moves forward; never above what we sent (a duplicating relay
         # makes a subscriber count more than we sent).
         if current:
-            peer.consumed = min(consumed, sent)
+            taken = min(consumed, sent)
+            peer.taken(taken - peer.consumed)
+            peer.consumed = taken
             peer.window = max(1, min(window, cfg.credit_window_max))
         peer.credit = True
         # Loss (a lossy relay dropped data frames: counted in ``sent``, never ``received``; left alone they would
@@ -767,6 +805,7 @@ class AuthorEndpoint(_Base):
                 peer.loss_at, peer.loss_received, peer.loss_sent = now, received, sent
             elif now - peer.loss_at >= cfg.heartbeat_ms:
                 lost = peer.loss_sent - received
+                peer.taken(lost)  # the oldest in flight: ``consumed`` is ``received`` here
                 peer.sent = sent - lost
                 peer.consumed = min(peer.consumed, peer.sent)
                 peer.loss_at = -1
@@ -787,7 +826,7 @@ class AuthorEndpoint(_Base):
             self._sync.send_multipart([rid, data], zmq.NOBLOCK)
             self.stats.frames_out += 1
             if peer is not None:
-                peer.sent += 1
+                peer.sent_one(len(data))
         except zmq.Again:
             if peer is None:
                 self.stats.send_dropped += 1
@@ -842,9 +881,10 @@ class AuthorEndpoint(_Base):
                 queue.clear()
                 peer.queued_bytes = 0
                 return False
-            peer.queued_bytes -= len(queue.popleft())
+            size = len(queue.popleft())
+            peer.queued_bytes -= size
             self.stats.frames_out += 1
-            peer.sent += 1
+            peer.sent_one(size)
         return False
 
     def _flush_backlog(self) -> None:
@@ -1108,12 +1148,13 @@ class SubscriberEndpoint(_Base):
 
     def _fit_window(self) -> int:
         """The credit window to report: ``credit_window`` frames (at most ``inbox``), fewer when data frames are
-        so large that it would exceed ``inbox_bytes`` -- the window counts frames, and frames of up to 1 MiB made
-        a full window gigabytes at the author, in ZeroMQ's pipes and here."""
+        so large that it would exceed ``inbox_bytes`` or the author's ``window_bytes`` -- the window counts
+        frames, and frames of up to 1 MiB made a full window gigabytes at the author, in ZeroMQ's pipes and here.
+        (Fitted to the author's byte bound, our reports at every quarter window come before it blocks.)"""
         cfg = self.config
         w = min(cfg.credit_window, cfg.inbox)
         if w and self._frame_avg >= 1.0:
-            w = max(1, min(w, int(cfg.inbox_bytes // self._frame_avg)))
+            w = max(1, min(w, int(min(cfg.inbox_bytes, cfg.window_bytes) // self._frame_avg)))
         return w
 
     def _check_readable(self) -> None:

@@ -3,8 +3,9 @@
 A subscriber endpoint reports, per session of the author's record of it, how many data frames arrived and how
 many its driver took; the author sends a data frame only while ``sent - consumed < window``.  These tests stall
 a subscriber, attack the credits with a raw DEALER (forged, stale, replayed, malformed), drop frames on the way
-through a relay, restart the author under a subscriber, and check that peers which never send a CREDIT keep
-the old behaviour.  Nothing here depends on timing except deadlines for things that must happen.
+through a relay, restart the author under a subscriber, and check that peers which never send a CREDIT get an
+initial window and no more, and that the bytes in flight to a peer are bounded whatever window it asks for.
+Nothing here depends on timing except deadlines for things that must happen.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -249,9 +251,12 @@ async def test_forged_stale_replayed_and_malformed_credits_open_nothing() -> Non
         await aep.close()
 
 
-async def test_a_peer_that_never_sends_credit_keeps_the_old_behaviour() -> None:
-    cfg = EndpointConfig()  # the raw peer never sends a PING: its record lives for 3 s of silence
-    n = 10_000  # more than any window, and than the pipe and queue hold at once
+async def test_a_peer_that_never_sends_credit_gets_the_initial_window_then_waits_for_one() -> None:
+    """A raw client that reads but never sends a CREDIT gets ``credit_window_max`` frames of its session, in
+    order, and then nothing more until it reports: the rest waits in the bounded queue.  Its CREDIT opens the
+    window like anyone's."""
+    cfg = EndpointConfig(credit_window_max=300)  # the raw peer never sends a PING: its record lives 3 s of silence
+    n = 500
     aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
     ctx = zmq.asyncio.Context()
     raw = RawPeer(ctx, aep.addresses[0])
@@ -260,17 +265,46 @@ async def test_a_peer_that_never_sends_credit_keeps_the_old_behaviour() -> None:
         await raw.sock.send(PING)
         await until(lambda: bool(aep.peers()), "the peer")
         (rid,) = aep.peers()
-        for lo in range(0, n, 500):
-            await until(lambda: aep.queue_sizes()[rid] < 500, "the queue to drain")
-            aep.send_many([Outgoing(frame(i), rid) for i in range(lo, lo + 500)])
+        aep.send_many([Outgoing(frame(i), rid) for i in range(n)])
+        await until(lambda: len(raw.data()) == 300, "the initial window")
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+            assert len(raw.data()) == 300
+        assert aep.queue_sizes()[rid] == n - 300 and aep.stats.credit_blocked == n - 300
+        assert raw.frames[0][:1] == PONG  # the session announcement comes first
+        (session,) = set(raw.sessions())  # announced, and repeated in the reply to its PING
+        await raw.sock.send(credit(session, 300, 300, 1000))
         await until(lambda: len(raw.data()) == n, "every frame")
         assert [index(d) for d in raw.data()] == list(range(n))
-        assert raw.frames[0][:1] == PONG  # the session announcement is harmless to old clients
-        assert aep.in_flight() == {} and aep.stats.credit_blocked == 0 and aep.stats.send_dropped == 0
+        assert aep.in_flight() == {rid: 200} and aep.stats.send_dropped == 0
     finally:
         await raw.close()
         ctx.term()
         await aep.close()
+
+
+@pytest.mark.parametrize("reports", [False, True], ids=["never-credits", "asks-for-the-largest-window"])
+async def test_a_peer_that_stops_reading_holds_at_most_window_bytes_in_flight(tmp_path: Path, reports: bool) -> None:
+    """A member that never reads, with 64 KiB frames: whether it sends no CREDIT or claims the largest window
+    (it knows its own session), the author hands ZeroMQ at most ``window_bytes`` plus one frame for it -- not
+    ``sndhwm`` (1000) frames, a gigabyte of 1 MiB frames -- and keeps at most ``send_queue_bytes`` queued."""
+    size = 65536
+    cfg = EndpointConfig(window_bytes=1 << 20, send_queue_bytes=1 << 20)
+    async with silent_member(f"ipc://{tmp_path}/a.sock", cfg, rcvhwm=2) as (aep, rid, dealer):
+        if reports:
+            pong = await dealer.recv()  # the one frame it reads: its session
+            await dealer.send(credit(pong[-8:], 0, 0, 1 << 30))
+            await until(lambda: aep.in_flight() == {rid: 0}, "the CREDIT")
+            assert aep._peers[rid].window == cfg.credit_window_max
+        out0 = aep.stats.frames_out
+        for i in range(200):  # 13 MB
+            aep.send_many([Outgoing(big(i, size), rid)])
+            await asyncio.sleep(0)
+        handed = aep.stats.frames_out - out0
+        assert handed == cfg.window_bytes // size  # 16 frames: the 17th found a full window
+        assert aep.in_flight_bytes()[rid] == handed * size <= cfg.window_bytes + size
+        assert aep.queue_bytes()[rid] <= cfg.send_queue_bytes and aep.stats.send_dropped > 0
+        assert aep.stats.send_dropped + aep.queue_sizes()[rid] + handed == 200
 
 
 async def test_a_window_of_zero_opts_out_and_a_window_over_the_inbox_is_clamped_to_it() -> None:
@@ -581,7 +615,8 @@ def big(i: int, size: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def silent_member(addr: str, cfg: EndpointConfig, rcvhwm: int) -> AsyncIterator[tuple[AuthorEndpoint, bytes]]:
+async def silent_member(addr: str, cfg: EndpointConfig,
+                        rcvhwm: int) -> AsyncIterator[tuple[AuthorEndpoint, bytes, zmq.asyncio.Socket]]:
     """An author endpoint and a raw DEALER that made itself known (HELLO), then never reads nor sends CREDIT."""
     aep = AuthorEndpoint(addr, cfg)
     ctx = zmq.asyncio.Context()
@@ -592,7 +627,7 @@ async def silent_member(addr: str, cfg: EndpointConfig, rcvhwm: int) -> AsyncIte
         await dealer.send(HELLO)
         data, rid = (await aep.recv())[0]
         assert data == HELLO and isinstance(rid, bytes)
-        yield aep, rid
+        yield aep, rid, dealer
     finally:
         dealer.close(linger=0)
         ctx.term()
@@ -604,7 +639,7 @@ async def test_the_queue_for_a_peer_that_does_not_read_is_bounded_in_bytes(tmp_p
     bounded by ``send_queue_bytes`` long before ``send_queue`` frames; one frame larger than the bound still
     fits an empty queue (else its gap fill could never get through)."""
     cfg = EndpointConfig(send_queue_bytes=1 << 20, sndhwm=2)
-    async with silent_member(f"ipc://{tmp_path}/a.sock", cfg, rcvhwm=2) as (aep, rid):
+    async with silent_member(f"ipc://{tmp_path}/a.sock", cfg, rcvhwm=2) as (aep, rid, _):
         most = 0
         for i in range(400):  # 25 MB at 64 KiB each: far more than the pipes and the bound hold
             aep.send_many([Outgoing(big(i, 65536), rid)])
@@ -616,7 +651,7 @@ async def test_the_queue_for_a_peer_that_does_not_read_is_bounded_in_bytes(tmp_p
         assert aep.queue_bytes()[rid] == sum(len(big(0, 65536)) for _ in range(aep.queue_sizes()[rid]))
 
     small = EndpointConfig(send_queue_bytes=32 << 10, sndhwm=1)
-    async with silent_member(f"ipc://{tmp_path}/b.sock", small, rcvhwm=1) as (aep, rid):
+    async with silent_member(f"ipc://{tmp_path}/b.sock", small, rcvhwm=1) as (aep, rid, _):
         for i in range(200):
             aep.send_many([Outgoing(big(i, 65536), rid)])
             await asyncio.sleep(0)
@@ -647,11 +682,13 @@ async def test_a_subscriber_inbox_is_bounded_in_bytes_and_holds_back_without_los
         await aep.close()
 
 
-async def test_large_frames_shrink_the_credit_window_to_the_inbox_byte_bound() -> None:
-    """The window counts frames.  With 64 KiB frames and ``inbox_bytes`` of 1 MiB, the subscriber reports a
-    window of about 16 frames as soon as such frames arrive, so the author hands ZeroMQ no more than that beyond
-    what the driver took -- the rest waits in the author's bounded queue -- and everything still arrives."""
-    cfg = EndpointConfig(inbox_bytes=1 << 20)
+@pytest.mark.parametrize("bound", ["inbox_bytes", "window_bytes"])
+async def test_large_frames_shrink_the_credit_window_to_the_byte_bounds(bound: str) -> None:
+    """The window counts frames.  With 64 KiB frames and ``inbox_bytes`` (or ``window_bytes``) of 1 MiB, the
+    subscriber reports a window of about 16 frames as soon as such frames arrive, so the author hands ZeroMQ no
+    more than that beyond what the driver took -- the rest waits in the author's bounded queue -- and everything
+    still arrives, with no stall on the author's own byte bound."""
+    cfg = EndpointConfig(**{bound: 1 << 20})
     aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
     sep, rid = await connect_subscriber(aep, cfg)
     size, first, then = 65536, 12, 200
@@ -668,8 +705,9 @@ async def test_large_frames_shrink_the_credit_window_to_the_inbox_byte_bound() -
         got: list[int] = []
         while len(got) < first + then:
             got += [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)]
-            assert aep.in_flight()[rid] <= window
+            assert aep.in_flight()[rid] <= window and aep.in_flight_bytes()[rid] <= (1 << 20) + size
         assert got == list(range(first + then)) and aep.stats.send_dropped == 0
+        assert aep.in_flight_bytes()[rid] == size * aep.in_flight()[rid]
     finally:
         await sep.close()
         await aep.close()
