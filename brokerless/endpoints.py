@@ -130,6 +130,12 @@ def _queue_has_room(cfg: EndpointConfig, frames: int, queued: int, size: int) ->
     return frames < cfg.send_queue and (not frames or queued + size <= cfg.send_queue_bytes)
 
 
+def _subscriber_rcvhwm(cfg: EndpointConfig) -> int:
+    """A subscriber's receive high-water mark: ``rcvhwm``, at most ``inbox_bytes / max_frame`` frames (at least
+    16).  Measured: 256 costs nothing against 1000 (16 KiB signed-each), while 64 cost 8%."""
+    return min(cfg.rcvhwm, max(16, cfg.inbox_bytes // max(1, cfg.max_frame)))
+
+
 def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
@@ -169,7 +175,10 @@ class EndpointConfig:
     sndhwm: int = 1000
     """ZeroMQ send high-water mark per peer pipe, messages."""
     rcvhwm: int = 1000
-    """ZeroMQ receive high-water mark per peer pipe, messages."""
+    """ZeroMQ receive high-water mark per peer pipe, messages.  A subscriber's socket uses at most
+    ``inbox_bytes / max_frame`` of it (256 with the defaults; at least 16): when its inbox is full it stops
+    reading, and a sender that overruns its window -- a hostile author, a relay injecting frames -- can then park
+    no more than about ``inbox_bytes`` more in ZeroMQ's pipe (1000 frames of 1 MiB were a gigabyte)."""
     inbox: int = 10_000
     """Frames received but not yet taken by the driver.  Author: beyond it frames are dropped (senders
     recover); subscriber: beyond it the endpoint stops reading (back-pressure into ZeroMQ)."""
@@ -960,6 +969,7 @@ class SubscriberEndpoint(_Base):
         sock: zmq.asyncio.Socket = self._ctx.socket(zmq.DEALER)
         try:
             _socket_options(sock, self.config)
+            sock.setsockopt(zmq.RCVHWM, _subscriber_rcvhwm(self.config))
             sock.setsockopt(zmq.RECONNECT_IVL, self.config.reconnect_min_ms)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.config.reconnect_max_ms)
             if self.config.curve is not None:

@@ -711,3 +711,42 @@ async def test_large_frames_shrink_the_credit_window_to_the_byte_bounds(bound: s
     finally:
         await sep.close()
         await aep.close()
+
+
+async def test_a_sender_that_overruns_a_stalled_subscriber_parks_a_bounded_number_of_frames(tmp_path: Path) -> None:
+    """A raw ROUTER in the author's place ignores credit and floods a subscriber whose driver does not read.  The
+    subscriber stops reading at ``inbox_bytes``; what the flooder then gets into the subscriber's ZeroMQ pipe is
+    bounded by its high-water mark, fitted to ``inbox_bytes / max_frame`` (16 frames here) -- not ``rcvhwm``
+    (1000 frames of up to ``max_frame``)."""
+    size = 65536
+    cfg = EndpointConfig(max_frame=size, inbox_bytes=1 << 20)  # 16 frames in the inbox, 16 in the pipe
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.SNDHWM, 1)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.bind(f"ipc://{tmp_path}/flood.sock")
+    sep = SubscriberEndpoint(f"ipc://{tmp_path}/flood.sock", cfg)
+    try:
+        await sep.send(Outgoing(HELLO))
+        rid, data = await router.recv_multipart()
+        assert data == HELLO
+        sent, refused_since = 0, time.monotonic()
+        while time.monotonic() - refused_since < 0.3 and sent < 5000:  # until the path stays full for a while
+            try:
+                await router.send_multipart([rid, big(sent, size)], zmq.NOBLOCK)
+                sent += 1
+                refused_since = time.monotonic()
+            except zmq.Again:
+                await asyncio.sleep(0.005)
+        assert sep.inbox_size_bytes() <= cfg.inbox_bytes and sep.inbox_size() == 16
+        # 16 in the inbox, at most 16 in the pipe, and what the two sockets' kernel buffers hold (a few frames).
+        assert sent < 16 + 16 + 64, sent
+        got: list[int] = []  # and nothing it accepted is lost or reordered once the driver reads
+        while len(got) < sent:
+            got += [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == list(range(sent))
+    finally:
+        await sep.close()
+        router.close(linger=0)
+        ctx.term()
