@@ -51,6 +51,9 @@ checkpoint so that what reaches the database file has its frame bytes on disk, a
 file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).  Nothing is ever
 removed from the log, so the file only grows, like the table did.
 
+A store is thus two files (plus SQLite's ``-wal``): :func:`backup` copies both consistently while the party
+runs (``streams backup``); ``cp`` of a live store does not.
+
 The three anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
 gains them, and no older reader reads them.
@@ -70,7 +73,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +88,7 @@ from .identity import Identity
 from .keystore import derive_key, open_secret, seal_secret
 from .wire import decode_frame
 
-__all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "Store"]
+__all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
 log = logging.getLogger("streams.store")
 
@@ -600,6 +603,176 @@ class Store:
                                 [tuple(k) for k in keys], v[8], v[9], v[10])
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What :func:`backup` copied: the database (bytes), its ``log`` rows, the frame file's bytes, and how many
+    frames were read back and checked against their rows' hashes (``verify``; else 0)."""
+
+    path: Path
+    db_bytes: int
+    log_rows: int
+    frames_bytes: int
+    frames_checked: int
+
+
+def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify: bool = False,
+           progress: Callable[[int, int], None] | None = None) -> BackupResult:
+    """Copy the store at ``src`` to ``dest`` (and ``<dest>-frames``), consistently, while its party runs.
+
+    A store is two files, and copying them with ``cp`` while a party writes is unsafe: SQLite's ``-wal`` may be
+    mid-checkpoint, and the frame file may be read at a length that misses frames the copied rows name.  Here
+    the database is copied as one snapshot (SQLite's online backup, in one step: a read transaction, so the
+    writer is never blocked), and only then the frame file, up to its length at that moment: every row of the
+    snapshot was committed after its frame bytes were written (the module doc), so they all lie within it.
+    Bytes after them are unreferenced and harmless.  Both copies are written to temporary names, synced, then
+    renamed, the frame file first: an interrupted backup leaves no ``dest`` that looks whole.  No passphrase is
+    needed; the copy keeps the secrets encrypted as they are.
+
+    ``verify``: also read every logged frame of the copy back and check it against its row's hash (catch-up
+    would find a damaged one only when asked for it).  ``progress(done, total)`` is called as the frame file is
+    copied (bytes), then while verifying (frames of the log's rows).
+
+    Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, :class:`StorageError` if
+    ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
+    leaves nothing at ``dest``."""
+    s, d = Path(src), Path(dest)
+    if not s.exists():
+        raise StorageError(f"no store at {s}")
+    d_frames = Path(f"{d}-frames")
+    for target in (d, d_frames):
+        if target.exists():
+            raise LocalProtocolError(f"{target} already exists; back up to a new path")
+    tmp_db, tmp_frames = Path(f"{d}.tmp-backup"), Path(f"{d}-frames.tmp-backup")
+    try:
+        try:
+            source = sqlite3.connect(f"{s.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                source.execute("PRAGMA busy_timeout=5000")
+                if source.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone() is None:
+                    raise StorageError(f"{s} is not a store")
+                with contextlib.closing(sqlite3.connect(tmp_db)) as copy:
+                    source.backup(copy)  # one step: one consistent snapshot
+                    # One self-contained file (no -wal, -shm); the store's open turns WAL back on.
+                    copy.execute("PRAGMA journal_mode=DELETE").fetchall()
+            finally:
+                source.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot back up {s}: {exc}") from exc
+        os.chmod(tmp_db, 0o600)
+        total = _copy_prefix(Path(f"{s}-frames"), tmp_frames, progress)
+        _fsync_path(tmp_db)
+        rows, checked = _check_copy(tmp_db, tmp_frames, total, verify, progress)
+        os.replace(tmp_frames, d_frames)  # the frames first: a database copy never names a missing frame file
+        os.replace(tmp_db, d)
+        _fsync_path(d.parent if str(d.parent) else Path("."))
+    except OSError as exc:
+        raise StorageError(f"backup of {s} to {d} failed: {_reason(exc)}") from exc
+    finally:
+        for t in (tmp_db, tmp_frames):
+            with contextlib.suppress(OSError):
+                t.unlink()
+    return BackupResult(d, d.stat().st_size, rows, total, checked)
+
+
+_COPY_CHUNK = 8 << 20
+
+
+def _copy_prefix(src: Path, dest: Path, progress: Callable[[int, int], None] | None) -> int:
+    """Copy ``src``'s bytes as of now (an empty file if there is none) to a new ``dest``, synced; their count."""
+    fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # no frame of 4 KiB or more was ever logged
+            os.fsync(fd_out)
+            return 0
+        try:
+            total = os.fstat(fd_in).st_size  # the length now: after every frame the snapshot's rows name
+            done = 0
+            in_kernel = hasattr(os, "copy_file_range")
+            while done < total:
+                n = -1
+                if in_kernel:  # no copy through Python; not across file systems on every kernel
+                    try:
+                        n = os.copy_file_range(fd_in, fd_out, min(_COPY_CHUNK, total - done), done, done)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
+                        in_kernel = False
+                if not in_kernel:
+                    n = _copy_chunk(fd_in, fd_out, done, total)
+                if n <= 0:
+                    raise StorageError(f"{src} shrank while it was copied")
+                done += n
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            os.close(fd_in)
+        os.fsync(fd_out)
+        return total
+    finally:
+        os.close(fd_out)
+
+
+def _copy_chunk(fd_in: int, fd_out: int, off: int, total: int) -> int:
+    """One chunk of ``_copy_prefix`` through Python (no ``copy_file_range``, or not between these files)."""
+    data = memoryview(os.pread(fd_in, min(_COPY_CHUNK, total - off), off))
+    done = 0
+    while done < len(data):  # a short write is retried, and the retry raises the real errno (no space)
+        done += os.pwrite(fd_out, data[done:], off + done)
+    return len(data)
+
+
+def _check_copy(db: Path, frames: Path, size: int, verify: bool,
+                progress: Callable[[int, int], None] | None) -> tuple[int, int]:
+    """(log rows, frames checked) of a copied store: SQLite's quick check passes and every frame reference lies
+    within the copied frame file; with ``verify``, every frame decodes to its row's hash.  Raises StorageError."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            if conn.execute("PRAGMA quick_check").fetchone() != ("ok",):
+                raise StorageError(f"the copy of the database at {db} does not pass SQLite's check")
+            rows = conn.execute("SELECT count(*) FROM log").fetchone()[0]
+            checked = 0
+            fd = os.open(frames, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for h, stored in conn.execute("SELECT hash, frame FROM log"):
+                    if stored[:1] == b"\xc1":
+                        if len(stored) != _REF.size:
+                            raise StorageError("a damaged frame reference in the copy")
+                        _tag, off, n = _REF.unpack(stored)
+                        if off + n > size:
+                            raise StorageError(f"a frame reference beyond the copied frame file ({off + n} > {size})")
+                        if not verify:
+                            continue
+                        data = os.pread(fd, n, off)
+                    elif not verify:
+                        continue
+                    else:
+                        data = stored
+                    try:
+                        ok = decode_frame(data, max_frame=max(len(data), 1)).hash == h
+                    except DecodeError:
+                        ok = False
+                    if not ok:
+                        raise StorageError("a logged frame does not match its hash: the store is damaged")
+                    checked += 1
+                    if progress is not None and checked % 4096 == 0:
+                        progress(checked, rows)
+            finally:
+                os.close(fd)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot check the copy at {db}: {exc}") from exc
+    return rows, checked
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Checkpointer:

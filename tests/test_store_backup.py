@@ -1,0 +1,185 @@
+"""``streams.store.backup`` and ``streams backup``: a consistent copy of a store (its database and its frame
+file) while a party writes to it, from another process.
+
+Real SQLite files, a real writer process committing small and 16 KiB frames as fast as it can, real files on a
+real (and on a full) file system.  What must hold: every copy taken mid-stream opens with the passphrase, every
+row's frame reads back and matches its hash, and each chain's cursor agrees with its last logged message (the
+snapshot is one transaction); a copy is never left half-made (no space, a damaged source with ``verify``); an
+existing destination is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.errors import LocalProtocolError, StorageError
+from streams.store import Store, backup
+from tests.cliutil import ROOT, Cli
+from tests.test_disk_faults import in_namespace, needs_mount
+from tests.test_store_frames import commit, new_store
+
+# The writer: an author store (as tests.test_store_frames.new_store makes it) committing batches of frames of
+# 600 B and 16 KiB in turn, one chain, until killed; it prints each batch's last seq as soon as it is committed.
+WRITER = """
+import sys
+from tests.test_store_frames import commit
+from streams.store import Store
+store = Store.open(sys.argv[1], "pw", durable=False)
+seq = 1
+while True:
+    commit(store, [seq, seq + 1, seq + 2], [600, 16384, 16384])
+    seq += 3
+    print(seq - 1, flush=True)
+"""
+
+
+def source(tmp_path: Path, sizes: list[int]) -> Path:
+    """A closed store ``s.db`` whose chain logged one frame of each size (seq 1, 2, ...)."""
+    src = tmp_path / "s.db"
+    store = new_store(src)
+    commit(store, list(range(1, len(sizes) + 1)), sizes)
+    store.close()
+    return src
+
+
+def check_copy(path: Path) -> int:
+    """Open a backup and read all of it back: every frame against its hash (``iter_log`` raises otherwise), the
+    chain's cursor against its last logged message.  Returns the messages logged."""
+    store = Store.open(path, "pw")
+    try:
+        rows = list(store.iter_log())
+        seqs = [s for _b, _p, s, _h, _f in rows]
+        assert seqs == list(range(1, len(seqs) + 1))  # a prefix of the stream, no hole
+        (chain,) = store.load_chains()
+        assert chain.next_seq == len(seqs) + 1 and chain.head == rows[-1][3]  # one transaction: rows and cursor
+        return len(seqs)
+    finally:
+        store.close()
+
+
+def test_backups_taken_while_another_process_writes_are_whole(tmp_path: Path) -> None:
+    src = tmp_path / "live.db"
+    new_store(src).close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(src)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    try:
+        assert writer.stdout is not None
+        counts = []
+        for i in range(4):
+            while int(writer.stdout.readline()) < 300 * (i + 1):  # the stream has moved on since the last copy
+                pass
+            r = backup(src, tmp_path / f"copy{i}.db", verify=i % 2 == 1)
+            assert r.frames_checked == (r.log_rows if i % 2 == 1 else 0)
+            counts.append(check_copy(tmp_path / f"copy{i}.db"))
+            assert counts[-1] == r.log_rows and r.frames_bytes >= 2 * 16384 * (r.log_rows // 3)
+        assert writer.poll() is None  # the writer was never disturbed
+        assert counts == sorted(counts) and counts[0] >= 300 and counts[-1] > counts[0]
+    finally:
+        writer.kill()
+        writer.wait(10)
+        if writer.stdout is not None:
+            writer.stdout.close()
+    # The source, once its writer is gone, is as whole as its copies.
+    assert check_copy(src) >= counts[-1]
+
+
+def test_an_existing_destination_is_never_overwritten(tmp_path: Path) -> None:
+    src = source(tmp_path, [600, 16384])
+    backup(src, tmp_path / "b.db")
+    before = (tmp_path / "b.db").read_bytes(), (tmp_path / "b.db-frames").read_bytes()
+    with pytest.raises(LocalProtocolError, match="already exists"):
+        backup(src, tmp_path / "b.db")
+    (tmp_path / "c.db-frames").write_bytes(b"someone else's")
+    with pytest.raises(LocalProtocolError, match=r"c\.db-frames already exists"):
+        backup(src, tmp_path / "c.db")
+    assert ((tmp_path / "b.db").read_bytes(), (tmp_path / "b.db-frames").read_bytes()) == before
+    assert not (tmp_path / "c.db").exists() and (tmp_path / "c.db-frames").read_bytes() == b"someone else's"
+    assert check_copy(tmp_path / "b.db") == 2
+
+
+def test_a_store_without_large_frames_backs_up_with_an_empty_frame_file(tmp_path: Path) -> None:
+    src = source(tmp_path, [600, 700, 800])
+    assert not Path(f"{src}-frames").exists()
+    r = backup(src, tmp_path / "b.db", verify=True)
+    assert (r.log_rows, r.frames_bytes, r.frames_checked) == (3, 0, 3)
+    assert check_copy(tmp_path / "b.db") == 3
+
+
+def test_verify_finds_a_damaged_frame_and_leaves_no_copy(tmp_path: Path) -> None:
+    src = source(tmp_path, [16384, 16384, 16384])
+    frames = Path(f"{src}-frames")
+    data = bytearray(frames.read_bytes())
+    data[16384 + 5000] ^= 0x01  # inside the second frame's ciphertext
+    frames.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="does not match its hash"):
+        backup(src, tmp_path / "b.db", verify=True)
+    assert not [p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")]  # no copy, no temporary
+    # Without verify the copy is made (its references are all in range), and the damage travels with it.
+    backup(src, tmp_path / "c.db")
+    with pytest.raises(StorageError, match="altered"):
+        check_copy(tmp_path / "c.db")
+
+
+def test_a_cut_frame_file_is_refused_even_without_verify(tmp_path: Path) -> None:
+    src = source(tmp_path, [16384, 16384])
+    os.truncate(f"{src}-frames", 20000)
+    with pytest.raises(StorageError, match="beyond the copied frame file"):
+        backup(src, tmp_path / "b.db")
+    assert not (tmp_path / "b.db").exists() and not (tmp_path / "b.db-frames").exists()
+
+
+@pytest.mark.parametrize("what", ["missing", "not-a-store"])
+def test_what_is_not_a_store_is_refused(tmp_path: Path, what: str) -> None:
+    src = tmp_path / "x.db"
+    if what == "not-a-store":
+        src.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    with pytest.raises(StorageError):
+        backup(src, tmp_path / "b.db")
+    assert not (tmp_path / "b.db").exists()
+
+
+@needs_mount
+def test_a_backup_that_runs_out_of_space_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "s.db"
+    store = new_store(src)
+    for s in range(1, 60, 3):
+        commit(store, [s, s + 1, s + 2], [600, 16384, 16384])
+    store.close()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    probe = (f"import sys; from streams.store import backup\n"
+             f"try:\n    backup({str(src)!r}, {str(disk / 'b.db')!r})\n"
+             f"except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+             f"else:\n    print('copied')\n")
+    out = in_namespace(f"""
+        mount -t tmpfs -o size=256k tmpfs {disk}
+        {sys.executable} -c "{probe}"
+        ls -A {disk} | wc -l
+        mount -o remount,size=16m {disk}
+        {sys.executable} -c "{probe}"
+        ls -A {disk}
+    """)
+    first, leftover, second, *listing = out.split("\n")
+    assert first.startswith("StorageError") and "disk is full" in first, first
+    assert leftover.strip() == "0"  # nothing half-made
+    assert second == "copied" and sorted(x for x in listing if x) == ["b.db", "b.db-frames"]
+
+
+def test_cli_backup(tmp_path: Path) -> None:
+    source(tmp_path, [600, 16384, 16384])
+    cli = Cli(tmp_path)
+    doc = cli("backup", "--store", "s.db", "--to", "b.db", "--verify", "--json").ok().json
+    assert doc["ok"] and doc["backup"] == "b.db" and doc["frames_file"] == "b.db-frames"
+    assert (doc["log_rows"], doc["frames_checked"], doc["frames_bytes"]) == (3, 3, 2 * 16384)
+    assert check_copy(tmp_path / "b.db") == 3
+    text = cli("backup", "--store", "s.db", "--to", "c.db").ok().stdout
+    assert "3 logged messages" in text and "read back" not in text
+    again = cli("backup", "--store", "s.db", "--to", "b.db", "--json")
+    assert again.returncode == 2 and not again.json["ok"] and "already exists" in again.json["error"]
+    gone = cli("backup", "--store", "nothing.db", "--to", "d.db")
+    assert gone.returncode == 2 and "no store at nothing.db" in gone.stderr
