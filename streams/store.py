@@ -618,7 +618,7 @@ class BackupResult:
 
 
 def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify: bool = False,
-           progress: Callable[[int, int], None] | None = None) -> BackupResult:
+           progress: Callable[[str, int, int], None] | None = None) -> BackupResult:
     """Copy the store at ``src`` to ``dest`` (and ``<dest>-frames``), consistently, while its party runs.
 
     A store is two files, and copying them with ``cp`` while a party writes is unsafe: SQLite's ``-wal`` may be
@@ -631,8 +631,8 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     needed; the copy keeps the secrets encrypted as they are.
 
     ``verify``: also read every logged frame of the copy back and check it against its row's hash (catch-up
-    would find a damaged one only when asked for it).  ``progress(done, total)`` is called as the frame file is
-    copied (bytes), then while verifying (frames of the log's rows).
+    would find a damaged one only when asked for it).  ``progress(phase, done, total)`` is called as the frame
+    file is copied (``"copy"``, bytes), then while verifying (``"verify"``, frames of the log's rows).
 
     Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, :class:`StorageError` if
     ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
@@ -679,7 +679,7 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
 _COPY_CHUNK = 8 << 20
 
 
-def _copy_prefix(src: Path, dest: Path, progress: Callable[[int, int], None] | None) -> int:
+def _copy_prefix(src: Path, dest: Path, progress: Callable[[str, int, int], None] | None) -> int:
     """Copy ``src``'s bytes as of now (an empty file if there is none) to a new ``dest``, synced; their count."""
     fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -707,7 +707,7 @@ def _copy_prefix(src: Path, dest: Path, progress: Callable[[int, int], None] | N
                     raise StorageError(f"{src} shrank while it was copied")
                 done += n
                 if progress is not None:
-                    progress(done, total)
+                    progress("copy", done, total)
         finally:
             os.close(fd_in)
         os.fsync(fd_out)
@@ -726,7 +726,7 @@ def _copy_chunk(fd_in: int, fd_out: int, off: int, total: int) -> int:
 
 
 def _check_copy(db: Path, frames: Path, size: int, verify: bool,
-                progress: Callable[[int, int], None] | None) -> tuple[int, int]:
+                progress: Callable[[str, int, int], None] | None) -> tuple[int, int]:
     """(log rows, frames checked) of a copied store: SQLite's quick check passes and every frame reference lies
     within the copied frame file; with ``verify``, every frame decodes to its row's hash.  Raises StorageError."""
     try:
@@ -758,8 +758,8 @@ def _check_copy(db: Path, frames: Path, size: int, verify: bool,
                     if not ok:
                         raise StorageError("a logged frame does not match its hash: the store is damaged")
                     checked += 1
-                    if progress is not None and checked % 4096 == 0:
-                        progress(checked, rows)
+                    if progress is not None and checked % 1024 == 0:
+                        progress("verify", checked, rows)
             finally:
                 os.close(fd)
     except sqlite3.Error as exc:

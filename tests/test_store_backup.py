@@ -73,8 +73,13 @@ def test_backups_taken_while_another_process_writes_are_whole(tmp_path: Path) ->
         for i in range(4):
             while int(writer.stdout.readline()) < 300 * (i + 1):  # the stream has moved on since the last copy
                 pass
-            r = backup(src, tmp_path / f"copy{i}.db", verify=i % 2 == 1)
+            calls: list[tuple[str, int, int]] = []
+            r = backup(src, tmp_path / f"copy{i}.db", verify=i % 2 == 1, progress=lambda *a, c=calls: c.append(a))
             assert r.frames_checked == (r.log_rows if i % 2 == 1 else 0)
+            copied = [done for phase, done, total in calls if phase == "copy" and total == r.frames_bytes]
+            assert copied == sorted(copied) and copied[-1] == r.frames_bytes  # progress, up to the whole file
+            checked = [done for phase, done, total in calls if phase == "verify" and total == r.log_rows]
+            assert len(checked) == (r.log_rows // 1024 if i % 2 == 1 else 0)
             counts.append(check_copy(tmp_path / f"copy{i}.db"))
             assert counts[-1] == r.log_rows and r.frames_bytes >= 2 * 16384 * (r.log_rows // 3)
         assert writer.poll() is None  # the writer was never disturbed

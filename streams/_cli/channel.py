@@ -35,6 +35,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -637,13 +638,16 @@ def _cmd_status(args: argparse.Namespace) -> Result:
 
 
 def _cmd_backup(args: argparse.Namespace) -> Result:
-    shown = [-1]
+    start = last = time.monotonic()
 
-    def progress(done: int, total: int) -> None:  # on stderr, about every 10%: stdout is the result
-        step = done * 10 // max(total, 1)
-        if step != shown[0] and total >= 64 << 20:
-            shown[0] = step
-            print(f"streams backup: {done * 100 // total}% of {total:,}", file=sys.stderr, flush=True)
+    def progress(phase: str, done: int, total: int) -> None:  # on stderr (stdout is the result), once a second
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 1.0 or (done == total and now - start >= 1.0):
+            last = now
+            what = f"copied {done:,} of {total:,} frame file bytes" if phase == "copy" else \
+                f"checked {done:,} of {total:,} logged frames"
+            print(f"streams backup: {what} ({done * 100 // max(total, 1)}%)", file=sys.stderr, flush=True)
 
     r = backup(args.store, args.to, verify=args.verify, progress=progress)
     d = {"ok": True, "store": args.store, "backup": str(r.path), "frames_file": f"{r.path}-frames",
