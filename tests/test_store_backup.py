@@ -182,6 +182,9 @@ def test_cli_backup(tmp_path: Path) -> None:
     assert doc["ok"] and doc["backup"] == "b.db" and doc["frames_file"] == "b.db-frames"
     assert (doc["log_rows"], doc["frames_checked"], doc["frames_bytes"]) == (3, 3, 2 * 16384)
     assert check_copy(tmp_path / "b.db") == 3
+    status = Cli(tmp_path, {"PP": "pw"})("status", "--store", "b.db", "--passphrase-env", "PP", "--json").ok().json
+    assert status["retained_messages"] == 3 and status["files"]["frames"] == 2 * 16384
+    assert status["files"]["store"] == (tmp_path / "b.db").stat().st_size
     text = cli("backup", "--store", "s.db", "--to", "c.db").ok().stdout
     assert "3 logged messages" in text and "read back" not in text
     again = cli("backup", "--store", "s.db", "--to", "b.db", "--json")

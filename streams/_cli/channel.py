@@ -610,7 +610,18 @@ def status_doc(store: Store) -> dict[str, Any]:
     return {"ok": True, "store": str(store.path), "role": store.meta("role"), "did": store.identity.did,
             "name": store.meta("name") or None, "author": store.meta("author_did"),
             "channel": channel.hex() if isinstance(channel, bytes) else None,
-            "branches": branches, "retained_messages": store.log_count()}
+            "branches": branches, "retained_messages": store.log_count(), "files": _files(store.path)}
+
+
+def _files(path: Path) -> dict[str, int]:
+    """Bytes of a store's files on disk: the database, its WAL and its frame file (0 when absent)."""
+    sizes = {}
+    for key, p in (("store", path), ("wal", Path(f"{path}-wal")), ("frames", Path(f"{path}-frames"))):
+        try:
+            sizes[key] = p.stat().st_size
+        except FileNotFoundError:
+            sizes[key] = 0
+    return sizes
 
 
 def _status_text(d: dict[str, Any]) -> str:
@@ -625,6 +636,9 @@ def _status_text(d: dict[str, Any]) -> str:
         for c in b["chains"]:
             lines.append(f"  chain of {c['index']}: next seq {c['next_seq']}, covered through {c['covered']}")
     lines.append(f"retained log: {d['retained_messages']} messages")
+    f = d["files"]
+    lines.append(f"files: {d['store']} {f['store']:,} B, -wal {f['wal']:,} B, -frames {f['frames']:,} B "
+                 "(back up with streams backup)")
     return "\n".join(lines)
 
 
@@ -754,7 +768,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      description=(
                          "Show what a store holds, offline: role (author or subscriber), DID, channel, each\n"
                          "branch (epoch, permission, open or closed, members), each chain's cursor (next\n"
-                         "sequence number, covered by a signature through) and the retained log size."))
+                         "sequence number, covered by a signature through), the retained log size and the sizes\n"
+                         "of the store's files (the database, its -wal and its -frames file)."))
     st.add_argument("--store", required=True, metavar="PATH", help="an author's or a subscriber's store")
     add_passphrase_options(st, "store")
 
