@@ -946,6 +946,7 @@ class SubscriberEndpoint(_Base):
         self._window = min(self.config.credit_window, self.config.inbox)
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to ``inbox_bytes``)
         self._reported: tuple[int, int] | None = None  #: (received, consumed) of the last CREDIT sent
+        self._session_asked = -(1 << 62)  #: when we last PINGed because data came before any session (ms)
         self._reported_at = 0
         self._space = asyncio.Event()
         now = _now_ms()
@@ -1186,6 +1187,12 @@ class SubscriberEndpoint(_Base):
             self._on_pong(data)
             return
         self._received += 1
+        if self._session is None and self._last_heard - self._session_asked >= self.config.heartbeat_ms:
+            # Data before any session: the PONG announcing it was lost on the way (a lossy relay).  Ask for it
+            # now -- the author answers a PING with one -- not at the next idle heartbeat: until we report credit
+            # the author sends no more than its initial window (SPEC 14.4).
+            self._session_asked = self._last_heard
+            self._send(PING)
         # Quick to rise (a window of large frames is what must not overrun the bytes), slow to fall.
         delta = len(data) - self._frame_avg
         self._frame_avg += delta * (_AVG_RISE if delta > 0 else _AVG_FALL)
@@ -1216,9 +1223,12 @@ class SubscriberEndpoint(_Base):
         if session != self._session:
             # A new record at the author (first contact, its restart, or our record expired there): every data
             # frame after this PONG belongs to the new session.  Start counting afresh -- what is still in the
-            # inbox belongs to the old one (see ``consumed``) -- and opt in at once.
+            # inbox belongs to the old one (see ``consumed``) -- and opt in at once.  The first PONG on this
+            # socket is the exception: the record's first frame, so whatever came before it on this socket (it
+            # was lost on the way) belongs to this session too, and ``_received`` counts from the socket's start.
+            if self._session is not None:
+                self._received = 0
             self._session = session
-            self._received = 0
             self._reported = None
             self._send_credit(_now_ms())
 
@@ -1304,6 +1314,7 @@ class SubscriberEndpoint(_Base):
         self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
         self._queue_bytes = 0
         self._session = None  # the new connection gets a new record at the author, and a new session
+        self._received = 0  # counted from here: the new socket's frames all belong to that session
         self._reported = None
         await asyncio.sleep(delay / 1000)
         if self._closed:

@@ -336,6 +336,7 @@ class DropRelay:
     def __init__(self, ctx: zmq.asyncio.Context, author_addr: str) -> None:
         self.ctx, self.author_addr = ctx, author_addr
         self.every = self.to_drop = self.dropped = self.seen = 0
+        self.pongs_to_drop = 0
         self.front = ctx.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.bind("tcp://127.0.0.1:0")
@@ -352,18 +353,26 @@ class DropRelay:
         owner: dict[zmq.asyncio.Socket, bytes] = {}
         while True:
             for sock, _ in await poller.poll():
-                if sock is self.front:
-                    rid, data = await self.front.recv_multipart()
-                    back = self.backs.get(rid)
-                    if back is None:
-                        back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
-                        back.setsockopt(zmq.LINGER, 0)
-                        back.connect(self.author_addr)
-                        owner[back] = rid
-                        poller.register(back, zmq.POLLIN)
-                    await back.send(data)
-                else:
-                    data = await sock.recv()
+                while True:  # everything waiting: a wake-up may stand for many messages
+                    try:
+                        parts = await sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if sock is self.front:
+                        rid, data = parts
+                        back = self.backs.get(rid)
+                        if back is None:
+                            back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
+                            back.setsockopt(zmq.LINGER, 0)
+                            back.connect(self.author_addr)
+                            owner[back] = rid
+                            poller.register(back, zmq.POLLIN)
+                        await back.send(data)
+                        continue
+                    (data,) = parts
+                    if data[:1] == PONG and self.pongs_to_drop:
+                        self.pongs_to_drop -= 1
+                        continue
                     if data[:1] == b"\x95" and self.to_drop:
                         self.seen += 1
                         if self.seen % self.every == 0:
@@ -749,4 +758,32 @@ async def test_a_sender_that_overruns_a_stalled_subscriber_parks_a_bounded_numbe
     finally:
         await sep.close()
         router.close(linger=0)
+        ctx.term()
+
+
+async def test_a_subscriber_whose_session_pong_was_lost_asks_for_it_at_once() -> None:
+    """A relay drops the PONG that announces the subscriber's session.  Without a session it cannot send a
+    CREDIT, and the author sends it only its initial window; data arriving before any session makes it PING at
+    once (the author answers with the session), not at its next idle heartbeat -- a minute away here -- and the
+    frames that came before the session count in it, so that its CREDITs report them taken."""
+    ctx = zmq.asyncio.Context()
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(credit_window_max=50))
+    relay = DropRelay(ctx, aep.addresses[0])
+    relay.pongs_to_drop = 1
+    # (A window within the author's clamp, so that it reports every 10 frames taken.)
+    sep = SubscriberEndpoint(relay.address, EndpointConfig(heartbeat_ms=60_000, credit_window=40))
+    try:
+        await sep.send(Outgoing(HELLO))
+        (_, rid), = await aep.recv()
+        assert isinstance(rid, bytes)
+        aep.send_many([Outgoing(frame(i), rid) for i in range(200)])
+        got: list[int] = []
+        while len(got) < 200:
+            got += [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == list(range(200)) and relay.pongs_to_drop == 0
+        assert sep.session == aep._peers[rid].session and rid in aep.in_flight()
+    finally:
+        await sep.close()
+        await relay.close()
+        await aep.close()
         ctx.term()
