@@ -196,7 +196,9 @@ class EndpointConfig:
     against 1 of 10)."""
     credit_window_max: int = 10_000
     """Author: the largest window a subscriber may ask for, frames (a larger one is clamped to it).  Also the
-    window of a peer that has not sent a CREDIT of its session yet."""
+    window of a peer that has not sent a CREDIT of its session yet.  Keep it at least the subscribers'
+    ``credit_window``: a subscriber does not learn of the clamp, reports at a quarter of its own window, and so
+    may wait for its keepalive CREDIT (``heartbeat_ms``) once per clamped window."""
     window_bytes: int = 64 << 20
     """Author: the most bytes of data frames in flight to one peer -- handed to ZeroMQ and not yet reported taken
     by its driver -- whatever window it asked for (windows count frames; 10,000 frames of up to 1 MiB were
