@@ -548,22 +548,17 @@ class Store:
 
     def _frame(self, stored: bytes, h: bytes) -> bytes:
         """A ``log`` row's frame: itself, or read from the frame file and checked against the row's hash ``h``."""
-        if stored[:1] != b"\xc1":
+        ref = _frame_ref(stored, self.path)
+        if ref is None:
             return stored
-        if len(stored) != _REF.size:
-            raise StorageError(f"damaged frame reference in {self.path}")
-        _tag, off, n = _REF.unpack(stored)
+        off, n = ref
         try:
             data = os.pread(self._frames(create=False), n, off)
         except OSError as exc:
             raise StorageError(f"cannot read {self._frames_path}: {_reason(exc)}") from exc
         if len(data) != n:
             raise StorageError(f"{self._frames_path} is damaged: the frame at offset {off} is missing")
-        try:
-            ok = decode_frame(data, max_frame=n).hash == h
-        except DecodeError:
-            ok = False
-        if not ok:
+        if not _frame_matches(data, h):
             raise StorageError(f"{self._frames_path} is damaged: the frame at offset {off} is altered")
         return data
 
@@ -666,7 +661,7 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
         rows, checked = _check_copy(tmp_db, tmp_frames, total, verify, progress)
         os.replace(tmp_frames, d_frames)  # the frames first: a database copy never names a missing frame file
         os.replace(tmp_db, d)
-        _fsync_path(d.parent if str(d.parent) else Path("."))
+        _fsync_path(d.parent)
     except OSError as exc:
         raise StorageError(f"backup of {s} to {d} failed: {_reason(exc)}") from exc
     finally:
@@ -738,24 +733,13 @@ def _check_copy(db: Path, frames: Path, size: int, verify: bool,
             fd = os.open(frames, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 for h, stored in conn.execute("SELECT hash, frame FROM log"):
-                    if stored[:1] == b"\xc1":
-                        if len(stored) != _REF.size:
-                            raise StorageError("a damaged frame reference in the copy")
-                        _tag, off, n = _REF.unpack(stored)
-                        if off + n > size:
-                            raise StorageError(f"a frame reference beyond the copied frame file ({off + n} > {size})")
-                        if not verify:
-                            continue
-                        data = os.pread(fd, n, off)
-                    elif not verify:
+                    ref = _frame_ref(stored, db)
+                    if ref is not None and ref[0] + ref[1] > size:
+                        raise StorageError(f"a frame reference beyond the copied frame file ({sum(ref)} > {size})")
+                    if not verify:
                         continue
-                    else:
-                        data = stored
-                    try:
-                        ok = decode_frame(data, max_frame=max(len(data), 1)).hash == h
-                    except DecodeError:
-                        ok = False
-                    if not ok:
+                    data = stored if ref is None else os.pread(fd, ref[1], ref[0])
+                    if not _frame_matches(data, h):
                         raise StorageError("a logged frame does not match its hash: the store is damaged")
                     checked += 1
                     if progress is not None and checked % 1024 == 0:
@@ -765,6 +749,25 @@ def _check_copy(db: Path, frames: Path, size: int, verify: bool,
     except sqlite3.Error as exc:
         raise StorageError(f"cannot check the copy at {db}: {exc}") from exc
     return rows, checked
+
+
+def _frame_ref(stored: bytes, where: Path) -> tuple[int, int] | None:
+    """(offset, length) of a ``log`` row's frame reference, or None if the row holds the frame itself.  Raises
+    StorageError for a reference of the wrong length."""
+    if stored[:1] != b"\xc1":
+        return None
+    if len(stored) != _REF.size:
+        raise StorageError(f"damaged frame reference in {where}")
+    _tag, off, n = _REF.unpack(stored)
+    return off, n
+
+
+def _frame_matches(data: bytes, h: bytes) -> bool:
+    """Whether ``data`` decodes as a frame whose message hash is ``h`` (a frame read back from storage)."""
+    try:
+        return decode_frame(data, max_frame=max(len(data), 1)).hash == h
+    except DecodeError:
+        return False
 
 
 def _fsync_path(path: Path) -> None:
