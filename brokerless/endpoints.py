@@ -946,7 +946,7 @@ class SubscriberEndpoint(_Base):
         self._session: bytes | None = None
         self._received = 0  #: data frames that arrived in this session
         self._window = min(self.config.credit_window, self.config.inbox)
-        self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to ``inbox_bytes``)
+        self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         self._reported: tuple[int, int] | None = None  #: (received, consumed) of the last CREDIT sent
         self._session_asked = -(1 << 62)  #: when we last PINGed because data came before any session (ms)
         self._reported_at = 0
