@@ -32,7 +32,9 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   plus one frame is in flight to it, so a peer that stops reading holds bounded memory at the author in bytes,
   not only in frames.  A peer that never sent a CREDIT of its session (a raw client, a relay that strips them)
   gets an initial window -- ``credit_window_max`` frames and ``window_bytes`` bytes -- and then waits for one,
-  as a QUIC or HTTP/2 peer waits for a window update.  Only this direction is
+  as a QUIC or HTTP/2 peer waits for a window update.  The PONG also tells the author's limits
+  (``credit_window_max``, ``window_bytes``), so a subscriber asks for a window the author does not clamp and its
+  quarter-window reports come before the author blocks.  Only this direction is
   credit-controlled: the author's own inbox is bounded and drops, and senders recover by gap fill.  A producer
   that must not outrun its subscribers awaits :meth:`AuthorEndpoint.drain` (``Author.drain``) after publishing:
   it returns once every peer of the branch has credit left and an empty queue, so nothing is dropped.
@@ -101,15 +103,20 @@ log = logging.getLogger("brokerless")
 
 #: Transport-level heartbeat.  A single 0x00 byte is the msgpack integer 0, never a 5-array: it cannot be a frame.
 PING = b"\x00"
-#: PONG prefix (SPEC 14.1): ``0x01 || instance(8) || session(8)`` -- the author endpoint's random instance id and
-#: the random session of the receiving peer's record.  A frame starts with 0x95: a control message never decodes.
+#: PONG prefix (SPEC 14.1): ``0x01 || instance(8) || session(8) || window_max(u32 BE) || window_bytes(u64 BE)``
+#: -- the author endpoint's random instance id, the random session of the receiving peer's record, and the
+#: author's flow-control limits (``credit_window_max``, ``window_bytes``), to which the subscriber fits the window
+#: it reports.  A frame starts with 0x95: a control message never decodes.
 PONG = b"\x01"
 #: CREDIT prefix (SPEC 14.1, subscriber -> author):
 #: ``0x02 || session(8) || received(u64 BE) || consumed(u64 BE) || window(u32 BE)``.
 CREDIT = b"\x02"
 _INSTANCE_LEN = 8
 _SESSION_LEN = 8
-_PONG_LEN = 1 + _INSTANCE_LEN + _SESSION_LEN
+_PONG_LIMITS = struct.Struct(">IQ")
+_PONG_LEN = 1 + _INSTANCE_LEN + _SESSION_LEN + _PONG_LIMITS.size
+#: A PONG without the limits (an author endpoint from before them) is still understood: it tells no limits.
+_PONG_LEN_NO_LIMITS = 1 + _INSTANCE_LEN + _SESSION_LEN
 _CREDIT_BODY = struct.Struct(">8sQQI")
 _CREDIT_LEN = 1 + _CREDIT_BODY.size
 #: A subscriber reports its credit whenever its driver took this fraction of the window since the last report.
@@ -196,16 +203,15 @@ class EndpointConfig:
     against 1 of 10)."""
     credit_window_max: int = 10_000
     """Author: the largest window a subscriber may ask for, frames (a larger one is clamped to it).  Also the
-    window of a peer that has not sent a CREDIT of its session yet.  Keep it at least the subscribers'
-    ``credit_window``: a subscriber does not learn of the clamp, reports at a quarter of its own window, and so
-    may wait for its keepalive CREDIT (``heartbeat_ms``) once per clamped window."""
+    window of a peer that has not sent a CREDIT of its session yet.  Told to subscribers in the PONG, with
+    ``window_bytes``: a subscriber endpoint asks for no more and reports at a quarter of the window it asked."""
     window_bytes: int = 64 << 20
     """Author: the most bytes of data frames in flight to one peer -- handed to ZeroMQ and not yet reported taken
     by its driver -- whatever window it asked for (windows count frames; 10,000 frames of up to 1 MiB were
     10 GB in ZeroMQ's pipe for a peer that does not read).  A frame goes out while less than this is in flight,
     so the most is this plus one frame.  A peer that never sent a CREDIT of its session reports nothing taken:
     it gets this much (and ``credit_window_max`` frames), then waits for one.  Subscriber: its window is fitted
-    to this bound as well as to ``inbox_bytes`` (keep the two sides' values alike)."""
+    to this bound, to ``inbox_bytes`` and to the author's ``window_bytes`` (from the author's PONG)."""
     batch: int = 256
     """Most frames returned by one ``recv()``."""
     max_peers: int = 10_000
@@ -450,7 +456,9 @@ class AuthorEndpoint(_Base):
                  known_key: Callable[[bytes], bool] | None = None) -> None:
         super().__init__(config, context)
         self.instance = os.urandom(_INSTANCE_LEN)
-        self._pong = PONG + self.instance  # + the peer's session
+        self._pong = PONG + self.instance  # + the peer's session + _pong_limits
+        self._pong_limits = _PONG_LIMITS.pack(max(1, min(self.config.credit_window_max, 0xFFFF_FFFF)),
+                                              max(1, min(self.config.window_bytes, (1 << 64) - 1)))
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._routes: OrderedDict[bytes, OrderedDict[bytes, None]] = OrderedDict()
         self._backlog: set[bytes] = set()
@@ -754,7 +762,7 @@ class AuthorEndpoint(_Base):
         """PONG with the peer's session.  Control frames bypass the credit gate and the data queue: a reply
         (``keep`` false) is dropped if the pipe is full (the next PING repairs it); the session announcement of a
         new record is kept and goes first, ahead of any data frame, once the pipe has room."""
-        data = self._pong + peer.session
+        data = self._pong + peer.session + self._pong_limits
         try:
             self._sync.send_multipart([peer.rid, data], zmq.NOBLOCK)
             self.stats.frames_out += 1
@@ -947,6 +955,8 @@ class SubscriberEndpoint(_Base):
         self._received = 0  #: data frames that arrived in this session
         self._window = min(self.config.credit_window, self.config.inbox)
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
+        #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
+        self.author_limits: tuple[int, int] | None = None
         self._reported: tuple[int, int] | None = None  #: (received, consumed) of the last CREDIT sent
         self._session_asked = -(1 << 62)  #: when we last PINGed because data came before any session (ms)
         self._reported_at = 0
@@ -1160,14 +1170,22 @@ class SubscriberEndpoint(_Base):
         return got
 
     def _fit_window(self) -> int:
-        """The credit window to report: ``credit_window`` frames (at most ``inbox``), fewer when data frames are
-        so large that it would exceed ``inbox_bytes`` or the author's ``window_bytes`` -- the window counts
-        frames, and frames of up to 1 MiB made a full window gigabytes at the author, in ZeroMQ's pipes and here.
-        (Fitted to the author's byte bound, our reports at every quarter window come before it blocks.)"""
+        """The credit window to report: ``credit_window`` frames (at most ``inbox`` and the author's
+        ``credit_window_max``), fewer when data frames are so large that it would exceed ``inbox_bytes``,
+        ``window_bytes`` or the author's ``window_bytes`` -- the window counts frames, and frames of up to 1 MiB
+        made a full window gigabytes at the author, in ZeroMQ's pipes and here.  (Fitted to the author's limits,
+        which its PONG tells, our reports at every quarter window come before it blocks on them.)"""
         cfg = self.config
         w = min(cfg.credit_window, cfg.inbox)
-        if w and self._frame_avg >= 1.0:
-            w = max(1, min(w, int(min(cfg.inbox_bytes, cfg.window_bytes) // self._frame_avg)))
+        if not w:
+            return 0
+        byte_bound = min(cfg.inbox_bytes, cfg.window_bytes)
+        limits = self.author_limits
+        if limits is not None:
+            w = max(1, min(w, limits[0]))
+            byte_bound = min(byte_bound, limits[1])
+        if self._frame_avg >= 1.0:
+            w = max(1, min(w, int(byte_bound // self._frame_avg)))
         return w
 
     def _check_readable(self) -> None:
@@ -1205,10 +1223,19 @@ class SubscriberEndpoint(_Base):
         self._inbox_bytes += len(data)
 
     def _on_pong(self, data: bytes) -> None:
-        if len(data) != _PONG_LEN:
+        if len(data) != _PONG_LEN and len(data) != _PONG_LEN_NO_LIMITS:
             self.stats.malformed += 1
             return
-        inst, session = data[1:1 + _INSTANCE_LEN], data[1 + _INSTANCE_LEN:]
+        inst, session = data[1:1 + _INSTANCE_LEN], data[1 + _INSTANCE_LEN:_PONG_LEN_NO_LIMITS]
+        if len(data) == _PONG_LEN:
+            # Reports fitted to the author's limits come before it blocks on them (SPEC 14.4).  Only the author
+            # or an on-path relay can send us a PONG; forged limits can at most shrink our window (to 1 frame:
+            # a CREDIT per frame), never open the author's.
+            limits = _PONG_LIMITS.unpack_from(data, _PONG_LEN_NO_LIMITS)
+            if limits != self.author_limits:
+                self.author_limits = limits
+                if self._reported is not None and session == self._session and self._fit_window() < self._window:
+                    self._send_credit(_now_ms())
         if self.author_instance is not None and inst != self.author_instance:
             # The author restarted behind a transparent ZeroMQ reconnect: its routing state is empty
             # and we may have missed messages.  Re-register and catch up.

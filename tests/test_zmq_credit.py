@@ -174,7 +174,7 @@ class RawPeer:
         return [f for f in self.frames if f[:1] == b"\x95"]
 
     def sessions(self) -> list[bytes]:
-        return [f[-8:] for f in self.frames if f[:1] == PONG]
+        return [f[9:17] for f in self.frames if f[:1] == PONG]
 
     async def close(self) -> None:
         self.task.cancel()
@@ -293,7 +293,7 @@ async def test_a_peer_that_stops_reading_holds_at_most_window_bytes_in_flight(tm
     async with silent_member(f"ipc://{tmp_path}/a.sock", cfg, rcvhwm=2) as (aep, rid, dealer):
         if reports:
             pong = await dealer.recv()  # the one frame it reads: its session
-            await dealer.send(credit(pong[-8:], 0, 0, 1 << 30))
+            await dealer.send(credit(pong[9:17], 0, 0, 1 << 30))
             await until(lambda: aep.in_flight() == {rid: 0}, "the CREDIT")
             assert aep._peers[rid].window == cfg.credit_window_max
         out0 = aep.stats.frames_out
@@ -470,7 +470,8 @@ async def test_the_subscriber_adopts_the_new_session_of_a_restarted_author(tmp_p
 
 def test_spec_lists_the_control_messages_as_the_code_builds_them() -> None:
     spec = (Path(__file__).resolve().parent.parent / "SPEC.md").read_text()
-    fields = {"instance": 8, "session": 8, "received(u64 BE)": 8, "consumed(u64 BE)": 8, "window(u32 BE)": 4}
+    fields = {"instance": 8, "session": 8, "received(u64 BE)": 8, "consumed(u64 BE)": 8, "window(u32 BE)": 4,
+              "window_max(u32 BE)": 4, "window_bytes(u64 BE)": 8}
     for name, prefix, length in (("PONG", PONG, _PONG_LEN), ("CREDIT", CREDIT, _CREDIT_LEN)):
         m = re.search(rf"`{name}` = `0x{prefix.hex()} \|\| ([^`]*)`", spec)
         assert m is not None, name
@@ -786,4 +787,67 @@ async def test_a_subscriber_whose_session_pong_was_lost_asks_for_it_at_once() ->
         await sep.close()
         await relay.close()
         await aep.close()
+        ctx.term()
+
+
+@pytest.mark.parametrize("limit", ["credit_window_max", "window_bytes"])
+async def test_a_subscriber_fits_its_window_to_the_authors_limits_and_never_waits_for_a_keepalive(limit: str) -> None:
+    """The author's limits are smaller than what the subscriber would ask for: a window of 100 frames against
+    the subscriber's 8000, or 1 MiB in flight against the 1024 frames of 64 KiB its own byte bounds allow.  The
+    author's PONG tells them, so the subscriber asks for no more and reports at a quarter of that; without them
+    it reported at a quarter of its own, larger window, which never comes while the author is blocked: every
+    window then waited for the subscriber's keepalive CREDIT, a minute away here."""
+    acfg = EndpointConfig(**{limit: 100 if limit == "credit_window_max" else 1 << 20})
+    size, n = 65536, 600
+    expect = 100 if limit == "credit_window_max" else (1 << 20) // size
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", acfg)
+    sep, rid = await connect_subscriber(aep, EndpointConfig(heartbeat_ms=60_000))
+    try:
+        assert sep.author_limits == (acfg.credit_window_max, acfg.window_bytes)
+        aep.send_many([Outgoing(big(i, size), rid) for i in range(n)])
+        got: list[int] = []
+        while len(got) < n:
+            got += [index(d) for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == list(range(n)) and aep.stats.send_dropped == 0
+        await until(lambda: aep._peers[rid].window == expect, "the fitted window reported")
+        assert sep.stats.credits >= n // expect  # a report per quarter window, not one per keepalive
+    finally:
+        await sep.close()
+        await aep.close()
+
+
+async def test_pongs_with_and_without_limits_and_malformed_ones(tmp_path: Path) -> None:
+    """A raw ROUTER plays the author.  A 17-byte PONG (an author endpoint from before the limits) gives the
+    subscriber its session and no limits: it asks for its own window.  A 29-byte PONG of the same session that
+    lowers the limits makes it report the smaller window at once.  PONGs of any other length are malformed and
+    change nothing."""
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"ipc://{tmp_path}/a.sock")
+    sep = SubscriberEndpoint(f"ipc://{tmp_path}/a.sock", EndpointConfig(credit_window=500))
+    inst, session = b"I" * 8, b"S" * 8
+
+    async def next_credit() -> tuple[bytes, int]:
+        while True:
+            _, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            if data[:1] == CREDIT:
+                got_session, _, _, window = struct.unpack(">8sQQI", data[1:])
+                return got_session, window
+
+    try:
+        await sep.send(Outgoing(HELLO))
+        rid, data = await router.recv_multipart()
+        assert data == HELLO
+        await router.send_multipart([rid, PONG + inst + session])
+        assert await next_credit() == (session, 500)
+        assert sep.session == session and sep.author_limits is None
+        for bad in (PONG + inst + session + b"\x00" * 4, PONG + inst + session + b"\x00" * 13, PONG + inst):
+            await router.send_multipart([rid, bad])
+        await router.send_multipart([rid, PONG + inst + session + struct.pack(">IQ", 40, 1 << 30)])
+        assert await next_credit() == (session, 40)  # at once: not at a quarter window, not at a keepalive
+        assert sep.author_limits == (40, 1 << 30) and sep.stats.malformed == 3 and sep.session == session
+    finally:
+        await sep.close()
+        router.close(linger=0)
         ctx.term()
