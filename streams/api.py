@@ -177,8 +177,8 @@ class _Party:
         #: Every this many heartbeats, HEAD notices are sent even for chains that did not move (a lost notice or
         #: a lost catch-up request would otherwise leave a quiet chain's tail unnoticed: THREATS 4).
         self.head_refresh_ticks = 20
-        # A batch's Ed25519 work (checks of what arrived, signatures of publish_many) runs on the loop's thread
-        # plus helper threads (see crypto_threads).
+        # The signature checks of a received batch run on the loop's thread plus helper threads (see
+        # crypto_threads).
         self._parallel = Parallel(default_threads())
 
     def _install(self) -> None:
@@ -192,16 +192,15 @@ class _Party:
 
     def _hook_parallel(self) -> None:
         self._core.verify_many = self._parallel.verify_many
-        self._core.sign_many = self._parallel.signer(self._core.identity)
 
     # -- public ------------------------------------------------------------------------------------------------
 
     @property
     def crypto_threads(self) -> int:
-        """Helper threads for a batch's Ed25519 work, alongside the event loop's thread: the signature checks of
-        each received batch and the signatures of :meth:`publish_many` in signed-each branches (libsodium
-        releases the GIL, so they run in parallel).  Default: one if this process may use more than one CPU,
-        else 0.  Set to 0 to keep everything on the event loop's thread."""
+        """Helper threads for the Ed25519 signature checks of each received batch, alongside the event loop's
+        thread (libsodium releases the GIL, so they run in parallel).  Default: one if this process may use more
+        than one CPU, else 0.  Set to 0 to keep everything on the event loop's thread.  Signing stays on the
+        loop's thread: a signature (about 15 us) is too short to win back a hand-over to a helper (bench)."""
         return self._parallel.threads
 
     @crypto_threads.setter

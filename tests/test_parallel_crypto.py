@@ -1,5 +1,5 @@
-"""A batch's Ed25519 work on several threads (``streams._parallel``, the cores' ``verify_many`` and
-``sign_many`` hooks): the same verdicts, frames and events as one operation at a time, under attack.
+"""A batch's Ed25519 signature checks on several threads (``streams._parallel``, the cores' ``verify_many``
+hook): the same verdicts and events as one check at a time, under attack.
 
 The attack batches mix genuine frames with forged signatures (bit flips, a signature by another member's key,
 a stripped signature), replays, a foreign branch's frame, a truncated frame and reordering; a subscriber fed
@@ -63,16 +63,6 @@ def test_verifier_gives_the_verdicts_of_single_checks(threads: int) -> None:
     checks = _checks(50, 9)
     assert v.threads == 0
     assert v.verify_many(checks) == [holds(c) for c in checks]
-
-
-def test_signer_gives_the_signatures_of_single_calls() -> None:
-    v = Parallel(2)
-    try:
-        who = ident(42)
-        digests = [bytes([i]) * 32 for i in range(100)]
-        assert v.signer(who)(digests) == [who.sign(d) for d in digests]  # Ed25519 is deterministic
-    finally:
-        v.close()
 
 
 def test_an_error_on_any_thread_reaches_the_caller() -> None:
@@ -271,76 +261,6 @@ async def test_subscriber_checks_bursts_on_helper_threads(tmp_path: Path) -> Non
     finally:
         await sub.close()
         await author.close()
-
-
-def _signed_world(hook: bool) -> tuple[Net, list[bytes]]:
-    net = Net.make()
-    net.subscribe("s0")
-    b0 = _branch(net, "s0")
-    par = Parallel(1)
-    signed: list[int] = []
-    if hook:
-        sign = par.signer(net.author.identity)
-
-        def counting(digests: list[bytes]) -> list[bytes]:
-            signed.append(len(digests))
-            return sign(digests)
-
-        net.author.sign_many = counting
-    try:
-        seqs = net.author.publish_many(b0, [f"payment {i}".encode() for i in range(50)], net.now)
-    finally:
-        par.close()
-    assert seqs == list(range(1, 51))
-    assert signed == ([50] if hook else [])
-    return net, [o.data for o in net.author.data_to_send()]
-
-
-def test_publish_many_signing_in_parallel_makes_the_frames_publish_makes() -> None:
-    net_p, frames_p = _signed_world(True)
-    net_s, frames_s = _signed_world(False)
-    author = net_p.author.identity
-    b = _branch(net_p, "s0")
-    prev = None
-    for i, raw in enumerate(frames_p):
-        f = decode_frame(raw)
-        assert f.head.seq == i + 1
-        if prev is not None:
-            assert f.head.prev == prev  # linked in order
-        prev = f.hash
-        assert f.sig == author.sign(f.hash)  # Ed25519 is deterministic: what publish() would have signed
-    assert net_p.author.chain_head(b, 0) == (51, prev, 50)
-    assert [len(x) for x in frames_p] == [len(x) for x in frames_s]
-    cp = net_p.author.take_changes()
-    assert [(r.seq, r.hash, r.frame) for r in cp.log] == [(i + 1, decode_frame(x).hash, x) for i, x in
-                                                        enumerate(frames_p)]
-    # and the subscriber accepts them all, signed, as it accepts the one-by-one world's
-    for net, frames in ((net_p, frames_p), (net_s, frames_s)):
-        got: list[Event] = []
-        for raw in frames:
-            got.extend(net.subs["s0"].receive(raw, net.now))
-        assert [(e.seq, e.payload, e.signed) for e in got if isinstance(e, MessageReceived)] == [
-            (i, f"payment {i - 1}".encode(), True) for i in range(1, 51)]
-
-
-def test_a_failing_signer_changes_nothing() -> None:
-    net = Net.make()
-    net.subscribe("s0")
-    b0 = _branch(net, "s0")
-    before = net.author.chain_head(b0, 0)
-
-    def broken(digests: list[bytes]) -> list[bytes]:
-        raise RuntimeError("signer down")
-
-    net.author.sign_many = broken
-    with pytest.raises(RuntimeError):
-        net.author.publish_many(b0, [b"a", b"b", b"c"], net.now)
-    net.author.sign_many = lambda digests: [b"\0" * 64] * (len(digests) - 1)
-    with pytest.raises(LocalProtocolError):
-        net.author.publish_many(b0, [b"a", b"b", b"c"], net.now)
-    assert net.author.chain_head(b0, 0) == before
-    assert net.author.take_changes().log == []
-    assert net.author.data_to_send() == []
 
 
 def test_parties_share_one_pool_of_helpers() -> None:
