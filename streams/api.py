@@ -174,6 +174,10 @@ class _Party:
         self._broken: BaseException | None = None
         self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
         self.heartbeat_ms = 500
+        # The timer loop sleeps until _timer_at (party clock, ms), or until _timer_wake: set when the core sets an
+        # earlier deadline meanwhile (see _rearm_timer).
+        self._timer_at = -(1 << 62)
+        self._timer_wake = asyncio.Event()
         #: Every this many heartbeats, HEAD notices are sent even for chains that did not move (a lost notice or
         #: a lost catch-up request would otherwise leave a quiet chain's tail unnoticed: THREATS 4).
         self.head_refresh_ticks = 20
@@ -564,6 +568,7 @@ class _Party:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
             raise
         self._committed(changes)
+        self._rearm_timer()
         return out, group
 
     def _send_out(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
@@ -638,6 +643,7 @@ class _Party:
             # ours.  Every cursor move of the core is committed before its mover awaits anything (receive, then
             # _flush, with no await between), so the cursors acknowledged here are on disk.
             acks = self._core.take_acks(self._clock())  # coalesced: at most one per ack_interval_ms
+            self._rearm_timer()  # the ACKs it held back are due at the end of their interval
             if acks:
                 await self._send_now(acks)
 
@@ -649,20 +655,33 @@ class _Party:
             for o in out:
                 await self._transport.send(o)
 
+    def _rearm_timer(self) -> None:
+        """Wake the timer loop if the core set a deadline earlier than the time it sleeps until (a coalesced ACK
+        after a batch, an amortized checkpoint after a publish): it then sleeps again until the new earliest."""
+        due = self._core.take_deadline()
+        if due is not None and due < self._timer_at:
+            self._timer_wake.set()
+
     async def _tick_forever(self) -> None:
-        quiet_ticks = 0
+        loop = asyncio.get_running_loop()
+        slept = 0.0  #: seconds slept since the last HEAD notices
         refresh = 0
         while not self._closed:
+            self._core.take_deadline()  # next_timer() covers every deadline set so far
             due = self._core.next_timer()
             now = self._clock()
             wait_ms = self.heartbeat_ms if due is None else max(0, min(self.heartbeat_ms, due - now))
-            await asyncio.sleep(wait_ms / 1000)
+            self._timer_at = now + wait_ms
+            self._timer_wake.clear()
+            t0 = loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), wait_ms / 1000)
+            slept += loop.time() - t0
             now = self._clock()
             self._core.handle_timer(now)
             self._on_tick(now)
-            quiet_ticks += 1
-            if quiet_ticks * max(wait_ms, 1) >= self.heartbeat_ms:
-                quiet_ticks = 0
+            if slept * 1000 >= self.heartbeat_ms:
+                slept = 0.0
                 refresh += 1
                 force = refresh >= self.head_refresh_ticks
                 if force:

@@ -411,6 +411,8 @@ class _CoreBase:
         self._verified: set[SignatureCheck] = set()
         #: receive_many's pre-pass: id(frame) -> (key, payload) of the packets it opened (this batch only).
         self._opened: dict[int, tuple[bytes, bytes]] = {}
+        #: The earliest timer deadline set since the last :meth:`take_deadline` (see there).
+        self._deadline: int | None = None
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -597,6 +599,7 @@ class _CoreBase:
             c.covered = seq
         elif c.first_uncovered_ms is None:
             c.first_uncovered_ms = now_ms
+            self._note_deadline(now_ms + self.config.checkpoint_interval_ms)
         self._dirty.add((branch, me))
         if not signed and seq - c.covered >= self.config.checkpoint_every:
             self._checkpoint(b, now_ms)
@@ -632,9 +635,22 @@ class _CoreBase:
         self._changes.log.append(LogRecord(b.id, b.me, seq, h, raw))
         self._out.append(Outgoing(raw, None, b.id))
 
+    def take_deadline(self) -> int | None:
+        """The earliest ``now_ms`` at which :meth:`handle_timer` has work that was set since the last call (a
+        coalesced ACK, an amortized checkpoint, a gap fetch's retry), or None; then forget it.  Cheap, unlike
+        :meth:`next_timer`, which scans every chain: a driver calls it after each batch of work and wakes its
+        timer early when this comes before the time it sleeps until (else a pending ACK, say, would wait for a
+        timer armed before it existed)."""
+        d, self._deadline = self._deadline, None
+        return d
+
+    def _note_deadline(self, t: int) -> None:
+        if self._deadline is None or t < self._deadline:
+            self._deadline = t
+
     def next_timer(self) -> int | None:
-        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries),
-        or None."""
+        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries,
+        coalesced ACKs), or None.  Scans every chain; see :meth:`take_deadline` for what changed since."""
         due: int | None = None
         ack_interval = self.config.ack_interval_ms
         for b in self._branches.values():
@@ -715,6 +731,7 @@ class _CoreBase:
             hi -= 1
         c.fetch_end = hi
         c.progress_ms = now_ms
+        self._note_deadline(now_ms + self.config.fetch_retry_ms)
         if b.me in b.members:
             self.request_fetch(b.id, p, lo, hi)
 
@@ -743,6 +760,7 @@ class _CoreBase:
                     continue
                 if now_ms is not None:
                     if not _elapsed(now_ms, c.ack_ms, interval):
+                        self._note_deadline(c.ack_ms + interval)  # coalesced: handle_timer sends it then
                         continue
                     c.ack_ms = now_ms
                 c.acked = c.next_seq - 1

@@ -391,3 +391,70 @@ async def test_acks_of_a_stream_are_coalesced_and_wait_acknowledged_still_resolv
     finally:
         await sub.close()
         await author.close()
+
+
+async def _armed_long(party: Author | Subscriber) -> None:
+    """Wait until the party's timer loop sleeps on its (minute-long) heartbeat: nothing of the core is due."""
+    end = time.monotonic() + 10
+    while party._timer_at - party._clock() < 30_000:
+        assert time.monotonic() < end, "the timer loop never armed its heartbeat"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_held_back_ack_goes_when_its_interval_ends_not_at_the_next_heartbeat(tmp_path: Path) -> None:
+    # The subscriber's timer sleeps a minute (nothing was due when it armed).  A message acknowledged within
+    # ack_interval_ms of the previous ACK is held back; the timer must wake for it when the interval ends --
+    # a publisher that waits for each ACK did 2 messages a second on the 500 ms heartbeat before.
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  config=CoreConfig(ack_interval_ms=300))
+    try:
+        branch = await sub.subscribe(timeout=5)
+        # Both timers sleep: the author's HEAD notices (each heartbeat) would otherwise wake the subscriber's
+        # receive loop, which sends the held-back ACK too.
+        sub.heartbeat_ms = author.heartbeat_ms = 60_000
+        await _armed_long(sub)
+        await _armed_long(author)
+
+        def sub_acks() -> list[int]:
+            return [decode_frame(d).head.seq for src, _to, d in hub.tap
+                    if src == "p1" and decode_frame(d).kind is Kind.ACK]
+
+        first = await author.publish(branch, b"first")
+        await author.wait_acknowledged(branch, first, timeout=10)  # after a quiet spell: at once
+        second = await author.publish(branch, b"second")
+        await _take(sub, 2)
+        await author.wait_acknowledged(branch, second, timeout=10)
+        assert sub_acks() == [first, second]  # the second ACK was the coalesced one, sent by the timer
+    finally:
+        await sub.close()
+        await author.close()
+
+
+async def test_an_amortized_checkpoint_goes_when_its_interval_ends_not_at_the_next_heartbeat(
+        tmp_path: Path) -> None:
+    from streams.wire import SigningMode
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST,
+                                 config=CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_interval_ms=200))
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=5)
+        author.heartbeat_ms = 60_000
+        await _armed_long(author)
+        seq = await author.publish(branch, b"uncovered until the checkpoint")
+        (msg,) = await _take(sub, 1)
+        assert msg.seq == seq and not msg.signed
+        end = time.monotonic() + 10
+        while not any(src == "author" and decode_frame(d).kind is Kind.CHECKPOINT for src, _to, d in hub.tap):
+            assert time.monotonic() < end, "no checkpoint: the timer slept through checkpoint_interval_ms"
+            await asyncio.sleep(0.01)
+    finally:
+        await sub.close()
+        await author.close()

@@ -293,6 +293,32 @@ def test_amortized_mode_covers_with_checkpoints() -> None:
     assert [c.through_seq for c in cov] == [5, 8]
 
 
+def test_take_deadline_reports_each_new_timer_once_and_cheaply() -> None:
+    """``take_deadline`` tells the driver of deadlines set since its last call -- a held-back ACK, an amortized
+    checkpoint -- so that a timer armed earlier can be woken; ``next_timer`` (a scan) agrees with it."""
+    from streams.core import CoreConfig
+
+    n = Net.make(config=CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_every=1000))
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    n.author.take_deadline()
+    n.author.publish(b0, b"p0", n.now)
+    assert n.author.take_deadline() == n.now + 200 == n.author.next_timer()
+    n.author.publish(b0, b"p1", n.now + 5)  # the same checkpoint covers it: no new deadline
+    assert n.author.take_deadline() is None
+    # A subscriber that acknowledged at t holds back the ACK of a message that arrives within the interval.
+    sub = n.subs["s0"]
+    sub.take_deadline()
+    n.pump_author()
+    assert sub.take_acks(n.now) != []  # the first after a quiet spell goes at once
+    assert sub.take_deadline() is None
+    n.author.publish(b0, b"p2", n.now + 5)
+    n.pump_author()
+    assert sub.take_acks(n.now + 5) == []
+    assert sub.take_deadline() == n.now + 20 == sub.next_timer()
+    assert sub.take_deadline() is None  # once
+
+
 def test_group_branch_rekey_cuts_off_removed_member() -> None:
     n = Net.make(n_subs=3)
     for s in ("s0", "s1", "s2"):
