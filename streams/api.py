@@ -276,7 +276,9 @@ class _Party:
         """Wait until a member of ``branch`` acknowledged (signed ACK, sent after its commit) that our message
         ``seq`` -- and every earlier one of our chain -- is on its disk.
 
-        ``publish`` stays non-blocking; call this when the sender must know the receiver holds the message.
+        ``publish`` stays non-blocking; call this when the sender must know the receiver holds the message.  It
+        sends a signed HEAD notice of our chain (once per head), which the receiver answers at once, outside its
+        ACK pacing: about one round trip plus the receiver's commit.
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
         branch, :class:`ClosedResourceError` if the party closes meanwhile."""
         self._check_usable()
@@ -286,6 +288,11 @@ class _Party:
         entry = (branch, seq, fut)
         self._ack_waiters.append(entry)
         try:
+            if self._core.notify_head(branch):
+                # A HEAD notice of our chain: a receiver that holds the head answers it at once, rather than
+                # at the end of its ACK pacing interval (SPEC 12) -- a publisher that waits for each ACK is
+                # not held to one message per ack_interval_ms.
+                await self._flush()
             await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             raise StreamsTimeoutError(f"seq {seq} not acknowledged within {timeout} s") from None

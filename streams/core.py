@@ -297,7 +297,7 @@ class Changes:
 
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "covered", "fetch_end", "first_uncovered_ms",
-                 "gap_to", "head", "held", "next_seq", "notified", "progress_ms")
+                 "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -311,6 +311,7 @@ class _Chain:
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
         self.acked = 0  # receiver side: highest seq we acknowledged (0 after a restart: acknowledge again)
         self.ack_ms = _LONG_AGO  # receiver side: when we last sent an ACK of this chain
+        self.quick_acked = 0  # receiver side: highest head whose HEAD notice we answered outside the ACK pacing
         self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
         self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
@@ -701,14 +702,25 @@ class _CoreBase:
         detect loss at the tail (the driver calls this when the channel goes quiet).  ``force``: also for chains
         that did not move (a periodic refresh: an earlier notice, or a catch-up FETCH, may have been lost)."""
         for b in self._branches.values():
-            c = b.chains.get(b.me)
-            if c is None or b.state is not BranchState.OPEN or c.next_seq <= 1:
-                continue
-            if not force and c.next_seq - 1 <= c.notified:
-                continue
-            c.notified = c.next_seq - 1
-            head = HeadNotice(self._channel, b.id, b.me, c.next_seq - 1, c.head, b.epoch)
-            self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+            self._head_notice(b, force)
+
+    def notify_head(self, branch: bytes) -> bool:
+        """Queue a signed HEAD notice of our chain in ``branch`` if it moved since the last notice; return
+        whether one was queued.  For a publisher that waits for an ACK: a receiver that holds that head but has
+        not acknowledged it yet answers at once, outside ``ack_interval_ms`` (SPEC 12).  Raises
+        :class:`LocalProtocolError` for an unknown branch."""
+        return self._head_notice(self._get_branch(branch), False)
+
+    def _head_notice(self, b: _Branch, force: bool) -> bool:
+        c = b.chains.get(b.me)
+        if c is None or b.state is not BranchState.OPEN or c.next_seq <= 1:
+            return False
+        if not force and c.next_seq - 1 <= c.notified:
+            return False
+        c.notified = c.next_seq - 1
+        head = HeadNotice(self._channel, b.id, b.me, c.next_seq - 1, c.head, b.epoch)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+        return True
 
     def request_fetch(self, branch: bytes, publisher: int, from_seq: int, to_seq: int) -> None:
         """Ask the publisher of a chain for retained messages (catch-up after a restart, gap fill)."""
@@ -1010,7 +1022,13 @@ class _CoreBase:
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
         c = b.chains[h.publisher]
-        if h.seq < c.next_seq and c.acked >= h.seq:
+        if c.acked < h.seq < c.next_seq and h.seq > c.quick_acked:
+            # We hold a head we have not acknowledged yet (its ACK is held back by ack_interval_ms): the
+            # publisher is waiting for it (wait_acknowledged sends such a notice), so answer at once.  Once per
+            # head: a replayed notice goes the paced way below.
+            c.quick_acked = h.seq
+            c.ack_ms = _LONG_AGO
+        elif h.seq < c.next_seq and c.acked >= h.seq:
             # The publisher announces a head we already hold: our ACK may have been lost on the way (only the
             # publisher's periodic or quiet-time notices reach here), so acknowledge our cursor again.
             c.acked = h.seq - 1

@@ -381,7 +381,9 @@ async def test_acks_of_a_stream_are_coalesced_and_wait_acknowledged_still_resolv
         assert len(sub_acks()) == 1  # the clock did not move: everything after the first ACK waits
         assert author._core.acknowledged(branch) < seqs[-1]
         clock[0] += 20
-        await author.wait_acknowledged(branch, seqs[-1], timeout=5)  # the timer sent the coalesced ACK
+        # The coalesced ACK: from the subscriber's timer, or at once in answer to the HEAD notice that
+        # wait_acknowledged sends -- one ACK either way.
+        await author.wait_acknowledged(branch, seqs[-1], timeout=5)
         assert sub_acks() == [sub_acks()[0], seqs[-1]]
         # A pending ACK is not lost at close: it is sent after the last commit.
         last = await author.publish(branch, b"last")
@@ -423,12 +425,19 @@ async def test_a_held_back_ack_goes_when_its_interval_ends_not_at_the_next_heart
             return [decode_frame(d).head.seq for src, _to, d in hub.tap
                     if src == "p1" and decode_frame(d).kind is Kind.ACK]
 
+        async def acknowledged(seq: int, what: str) -> None:
+            # Not wait_acknowledged: its HEAD notice would be answered at once (see the next test).
+            end = time.monotonic() + 10
+            while author._core.acknowledged(branch) < seq:
+                assert time.monotonic() < end, what
+                await asyncio.sleep(0.01)
+
         first = await author.publish(branch, b"first")
-        await author.wait_acknowledged(branch, first, timeout=10)  # after a quiet spell: at once
-        second = await author.publish(branch, b"second")
+        await acknowledged(first, "the first ACK after a quiet spell")  # at once
+        second = await author.publish(branch, b"second")  # within 300 ms of that ACK: held back
         await _take(sub, 2)
-        await author.wait_acknowledged(branch, second, timeout=10)
-        assert sub_acks() == [first, second]  # the second ACK was the coalesced one, sent by the timer
+        await acknowledged(second, "the held-back ACK waited for the subscriber's heartbeat")
+        assert sub_acks() == [first, second]  # the second is the coalesced one, sent by the timer
     finally:
         await sub.close()
         await author.close()
@@ -455,6 +464,41 @@ async def test_an_amortized_checkpoint_goes_when_its_interval_ends_not_at_the_ne
         while not any(src == "author" and decode_frame(d).kind is Kind.CHECKPOINT for src, _to, d in hub.tap):
             assert time.monotonic() < end, "no checkpoint: the timer slept through checkpoint_interval_ms"
             await asyncio.sleep(0.01)
+    finally:
+        await sub.close()
+        await author.close()
+
+
+async def test_a_publisher_waiting_for_each_ack_is_answered_at_once_and_a_replayed_head_adds_no_ack(
+        tmp_path: Path) -> None:
+    # ACK pacing a minute long, heartbeats a minute long: only the HEAD notice that wait_acknowledged sends can
+    # get each message acknowledged within the deadline.  The receiver answers a notice of a head it holds but
+    # has not acknowledged at once -- once: a replayed notice finds the head acknowledged.
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  config=CoreConfig(ack_interval_ms=60_000))
+    try:
+        branch = await sub.subscribe(timeout=5)
+        sub.heartbeat_ms = author.heartbeat_ms = 60_000
+
+        def frames(src: str, kind: Kind) -> list[bytes]:
+            return [d for s, _to, d in hub.tap if s == src and decode_frame(d).kind is kind]
+
+        heads0 = len(frames("author", Kind.HEAD))
+        for i in range(20):
+            seq = await author.publish(branch, b"payment %d" % i)
+            await author.wait_acknowledged(branch, seq, timeout=10)
+        assert [m.payload for m in await _take(sub, 20)] == [b"payment %d" % i for i in range(20)]
+        heads = frames("author", Kind.HEAD)[heads0:]
+        assert len(heads) <= 20  # at most one notice per head waited for
+        acks = len(frames("p1", Kind.ACK))
+        for _ in range(5):
+            hub.inject("p1", heads[-1], peer="author")  # a relay replays the last notice
+        await asyncio.sleep(0.2)
+        assert len(frames("p1", Kind.ACK)) == acks
     finally:
         await sub.close()
         await author.close()
