@@ -21,6 +21,8 @@ the whole run, so all peers are measured in the same run with the same payloads,
   ``Subscriber.next_messages()`` batches; a message counts when the application has it;
 * ``ours_each_per_msg`` / ``ours_amortized_per_msg`` -- the same with one ``await Author.publish`` per message
   (so one commit per message for a sequential producer) and ``async for msg in subscriber``;
+* ``ours_each_acked`` (full runs only) -- as ``ours_each_per_msg``, and each publish waits for the subscriber's
+  signed ACK (``Author.wait_acknowledged``: the message is on the subscriber's disk) before the next;
 * ``ours_amortized_fsync`` (full runs only) -- as ``ours_amortized`` with ``synchronous=FULL`` (an fsync per
   commit: per ``publish_many`` call on the author, per received batch on the subscriber);
 
@@ -64,7 +66,7 @@ RTT_GAP_MS = 1.0  # the paced round trip: each ping 1 ms after the last reply (b
 BATCH = 64  # most messages per Author.publish_many call in the streaming rows
 HDR = struct.Struct("<IQI")  # run id, send time (monotonic ns), index
 PEERS = ("zmq_raw", "zmq_curve", "nats_core", "nats_js", "min_each", "min_amortized", "ours_each", "ours_amortized",
-         "ours_each_per_msg", "ours_amortized_per_msg", "ours_amortized_fsync")
+         "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_acked", "ours_amortized_fsync")
 QUICK_PEERS = PEERS[:8]
 DESCRIPTIONS = {
     "zmq_raw": "pyzmq asyncio ROUTER->DEALER, drain loop, no security (transport ceiling)",
@@ -82,6 +84,8 @@ DESCRIPTIONS = {
     "ours_each_per_msg": "as ours_each with one awaited Author.publish per message and async-for delivery",
     "ours_amortized_per_msg": "as ours_amortized with one awaited Author.publish per message and async-for "
                               "delivery",
+    "ours_each_acked": "as ours_each_per_msg, each publish followed by Author.wait_acknowledged (the subscriber's "
+                       "signed ACK: the message is on its disk) before the next",
     "ours_amortized_fsync": "as ours_amortized with synchronous=FULL: an fsync per commit (survives power loss)",
 }
 PW = "bench passphrase"
@@ -426,7 +430,7 @@ def _store_options(peer: str) -> Any:
 class OursPub(Pub):
     def __init__(self, peer: str) -> None:
         self.peer = peer
-        self.streaming = not peer.endswith("_per_msg")
+        self.streaming = not peer.endswith(("_per_msg", "_acked"))
         self.pending: list[bytes] = []
 
     async def setup(self, tmp: Path) -> str:
@@ -455,7 +459,9 @@ class OursPub(Pub):
 
     async def send(self, data: bytes) -> None:
         if not self.streaming:
-            await self.author.publish(self.branch, data)
+            seq = await self.author.publish(self.branch, data)
+            if self.peer.endswith("_acked"):
+                await self.author.wait_acknowledged(self.branch, seq, timeout=30)
             return
         # A streaming producer hands over what it has: up to BATCH messages, or what is due (flush) when paced.
         self.pending.append(data)
@@ -494,7 +500,7 @@ class OursRecv(Recv):
 
     async def _loop(self) -> None:
         on_msg = self.on_msg
-        if self.peer.endswith("_per_msg"):
+        if self.peer.endswith(("_per_msg", "_acked")):
             async for m in self.sub:  # the application loop: a message counts when it is handed out here
                 on_msg(m.payload)
             return
@@ -1047,8 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"public API: ours_* rows stream (Author.publish_many of <= {BATCH} messages or what is due, "
                        "one commit each, then Author.drain; Subscriber.next_messages), *_per_msg rows await "
                        "Author.publish per "
-                       "message (one commit each) and iterate the subscriber; the subscriber commits once per "
-                       "received batch",
+                       "message (one commit each) and iterate the subscriber, *_acked rows also await "
+                       "Author.wait_acknowledged after each; the subscriber commits once per received batch",
                "checkpoint_every": CHECKPOINT_EVERY,
            }, **res}
     (args.out / "e2e.json").write_text(json.dumps(out, indent=1) + "\n")
