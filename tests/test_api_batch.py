@@ -34,11 +34,12 @@ def ident(n: int) -> Identity:
 AUTHOR, P1 = ident(1), ident(2)
 
 
-async def pair(tmp: Path, hub: MemoryHub, queue_size: int = 10_000) -> tuple[Author, Subscriber, bytes]:
+async def pair(tmp: Path, hub: MemoryHub, queue_size: int = 10_000, author_config: CoreConfig | None = None,
+               sub_config: CoreConfig | None = None) -> tuple[Author, Subscriber, bytes]:
     author = await Author.create(tmp / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST)
+                                 AllowList.of([P1.did]), store_options=FAST, config=author_config)
     sub = await Subscriber.create(tmp / "p1.db", P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
-                                  store_options=FAST, queue_size=queue_size)
+                                  store_options=FAST, queue_size=queue_size, config=sub_config)
     branch = await sub.subscribe(timeout=5)
     return author, sub, branch
 
@@ -408,13 +409,8 @@ async def test_a_held_back_ack_goes_when_its_interval_ends_not_at_the_next_heart
     # ack_interval_ms of the previous ACK is held back; the timer must wake for it when the interval ends --
     # a publisher that waits for each ACK did 2 messages a second on the 500 ms heartbeat before.
     hub = MemoryHub()
-    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST)
-    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                  hub.subscriber_endpoint("p1"), store_options=FAST,
-                                  config=CoreConfig(ack_interval_ms=300))
+    author, sub, branch = await pair(tmp_path, hub, sub_config=CoreConfig(ack_interval_ms=300))
     try:
-        branch = await sub.subscribe(timeout=5)
         # Both timers sleep: the author's HEAD notices (each heartbeat) would otherwise wake the subscriber's
         # receive loop, which sends the held-back ACK too.
         sub.heartbeat_ms = author.heartbeat_ms = 60_000
@@ -448,13 +444,9 @@ async def test_an_amortized_checkpoint_goes_when_its_interval_ends_not_at_the_ne
     from streams.wire import SigningMode
 
     hub = MemoryHub()
-    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST,
-                                 config=CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_interval_ms=200))
-    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    author, sub, branch = await pair(
+        tmp_path, hub, author_config=CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_interval_ms=200))
     try:
-        branch = await sub.subscribe(timeout=5)
         author.heartbeat_ms = 60_000
         await _armed_long(author)
         seq = await author.publish(branch, b"uncovered until the checkpoint")
@@ -475,13 +467,8 @@ async def test_a_publisher_waiting_for_each_ack_is_answered_at_once_and_a_replay
     # get each message acknowledged within the deadline.  The receiver answers a notice of a head it holds but
     # has not acknowledged at once -- once: a replayed notice finds the head acknowledged.
     hub = MemoryHub()
-    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST)
-    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                  hub.subscriber_endpoint("p1"), store_options=FAST,
-                                  config=CoreConfig(ack_interval_ms=60_000))
+    author, sub, branch = await pair(tmp_path, hub, sub_config=CoreConfig(ack_interval_ms=60_000))
     try:
-        branch = await sub.subscribe(timeout=5)
         sub.heartbeat_ms = author.heartbeat_ms = 60_000
 
         def frames(src: str, kind: Kind) -> list[bytes]:
