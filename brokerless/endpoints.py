@@ -114,9 +114,9 @@ CREDIT = b"\x02"
 _INSTANCE_LEN = 8
 _SESSION_LEN = 8
 _PONG_LIMITS = struct.Struct(">IQ")
-_PONG_LEN = 1 + _INSTANCE_LEN + _SESSION_LEN + _PONG_LIMITS.size
 #: A PONG without the limits (an author endpoint from before them) is still understood: it tells no limits.
 _PONG_LEN_NO_LIMITS = 1 + _INSTANCE_LEN + _SESSION_LEN
+_PONG_LEN = _PONG_LEN_NO_LIMITS + _PONG_LIMITS.size
 _CREDIT_BODY = struct.Struct(">8sQQI")
 _CREDIT_LEN = 1 + _CREDIT_BODY.size
 #: A subscriber reports its credit whenever its driver took this fraction of the window since the last report.
@@ -1223,7 +1223,7 @@ class SubscriberEndpoint(_Base):
         self._inbox_bytes += len(data)
 
     def _on_pong(self, data: bytes) -> None:
-        if len(data) != _PONG_LEN and len(data) != _PONG_LEN_NO_LIMITS:
+        if len(data) not in (_PONG_LEN, _PONG_LEN_NO_LIMITS):
             self.stats.malformed += 1
             return
         inst, session = data[1:1 + _INSTANCE_LEN], data[1 + _INSTANCE_LEN:_PONG_LEN_NO_LIMITS]
