@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "PASS/FAIL: (a) every provider's events reach the monitor, signed by its DID; (b) a\n"
                         "provider handed another's recorded packets rejects them all and reads none; (c) a\n"
                         "payment event replayed from the attacker's own socket is rejected; (d) a DID the\n"
-                        "policy does not name is refused.  Exit status 1 if any check fails."))
+                        "policy does not name is refused; (e) the branch heads are anchored on an embedded\n"
+                        "ledger and every provider verifies its proof (not with --in-process).  Exit status 1\n"
+                        "if any check fails."))
     d.add_argument("--events", type=int, default=5, help="payment events per provider (default 5)")
     d.add_argument("--in-process", action="store_true",
                    help="run every party in this process over the in-memory transport (no ZeroMQ; the default "

@@ -136,12 +136,30 @@ def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path
     out = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--count", "1", "--timeout", "10",
               "--passphrase-env", "PP").ok()
     lines = [json.loads(x) for x in out.stdout.splitlines()]
-    assert lines[0]["event"] == "message" and lines[0]["data"] == "ALERT card 4242 flagged"
-    assert lines[0]["publisher"] == author and lines[0]["index"] == 0 and lines[0]["branch"] == branch
+    assert lines[0] == {"event": "ready", "channel": channel, "did": sub_did}
+    assert lines[1]["event"] == "message" and lines[1]["data"] == "ALERT card 4242 flagged"
+    assert lines[1]["publisher"] == author and lines[1]["index"] == 0 and lines[1]["branch"] == branch
     assert lines[-1] == {"event": "done", "messages": 1}
     again = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--timeout", "1",
                 "--passphrase-env", "PP").ok()
-    assert [json.loads(x) for x in again.stdout.splitlines()] == [{"event": "done", "messages": 0}]
+    assert [json.loads(x) for x in again.stdout.splitlines()] == [lines[0], {"event": "done", "messages": 0}]
+
+    # SIGINT ends a waiting tail at once, not when its --timeout (here two minutes) runs out: exit 0, "done".
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    waiting = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "--json", "--store", "provider.db",
+                                "--connect", addr, "--timeout", "120", "--passphrase-env", "PP"], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert waiting.stdout is not None
+        assert json.loads(waiting.stdout.readline())["event"] == "ready"  # its signal handlers are installed
+        waiting.send_signal(signal.SIGINT)
+        tail_out, tail_err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert waiting.returncode == 0, tail_err
+    assert [json.loads(x) for x in tail_out.splitlines()] == [{"event": "done", "messages": 0}]
 
     # An unlisted DID is refused: exit 1, the reason in the JSON error, and the author reports it.
     refused = cli("subscribe", "--json", "--store", "stranger.db", "--connect", addr, "--keystore", "stranger.ks",

@@ -555,16 +555,22 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect))
     stop = asyncio.Event()
     _install_stop(stop)
+    out.emit({"event": "ready", "channel": sub.channel.hex(), "did": sub.did})
     count = 0
     events = asyncio.create_task(_pump_events(sub, out)) if args.events else None
+    loop = asyncio.get_running_loop()
+    quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
     try:
         while not stop.is_set() and not (args.count and count >= args.count):
+            # Short waits either way, so that SIGINT/SIGTERM (``stop``) ends the command at once.
+            wait = 0.25 if args.follow else max(0.0, min(0.25, quiet_end - loop.time()))
             try:
-                m = await sub.next_message(timeout=0.25 if args.follow else args.timeout)
+                m = await sub.next_message(timeout=wait)
             except StreamsTimeoutError:
-                if args.follow:
+                if args.follow or loop.time() < quiet_end:
                     continue
                 break
+            quiet_end = loop.time() + args.timeout
             if only is not None and m.branch != only:
                 continue
             out.emit(message_doc(m))
