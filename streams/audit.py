@@ -15,17 +15,13 @@ every chain the party may read:
   the checkpoint chain (author), and -- with a ledger -- that the ledger holds exactly that checkpoint,
   confirmed.
 
-The result is an :class:`AuditReport`; ``streams audit`` (:func:`register_cli`) prints it and exits non-zero on
+The result is an :class:`AuditReport`; ``streams audit`` (``streams/_cli/audit.py``) prints it and exits non-zero on
 any error.  Warnings (e.g. epochs still queued for the ledger) do not fail an audit.
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,7 +29,6 @@ from . import _crypto, merkle
 from .anchor import ChainHead, EpochCheckpoint, InclusionProof, chain_blind_key, verify_inclusion
 from .core import AnchorRecord, BranchRecord
 from .errors import (
-    BadPassphrase,
     DecodeError,
     LedgerError,
     LocalProtocolError,
@@ -46,7 +41,7 @@ from .ledger.base import Ledger
 from .store import Store
 from .wire import Kind, SigningMode, decode_frame
 
-__all__ = ["AuditReport", "Finding", "audit_store", "open_ledger", "register_cli"]
+__all__ = ["AuditReport", "Finding", "audit_store", "open_ledger"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,34 +323,3 @@ def open_ledger(spec: str, *, create: bool = False) -> Ledger:
 
         return IotaLedger(rest)
     raise LocalProtocolError("--ledger takes sqlite:PATH or iota:URL")
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    passphrase = os.environ.get(args.passphrase_env)
-    if passphrase is None:
-        passphrase = getpass.getpass("store passphrase: ")
-    ledger: Ledger | None = None
-    try:
-        if args.ledger:
-            ledger = open_ledger(args.ledger)
-        report = audit_store(args.store, passphrase, ledger)
-    except (BadPassphrase, StorageError, LocalProtocolError, LedgerError) as exc:
-        print(f"streams audit: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if ledger is not None:
-            ledger.close()
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
-    return 0 if report.ok else 1
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``streams audit --store PATH [--ledger sqlite:PATH|iota:URL] [--json]`` to the CLI.  The passphrase is
-    read from the environment variable named by ``--passphrase-env`` (default ``STREAMS_PASSPHRASE``), else
-    prompted.  Exit status: 0 clean, 1 findings, 2 the audit could not run."""
-    a = subparsers.add_parser("audit", help="check a stored channel log against its signatures and the ledger")
-    a.add_argument("--store", required=True, help="the party's store file (author, member or auditor)")
-    a.add_argument("--ledger", help="sqlite:PATH (embedded ledger) or iota:URL (Stardust node)")
-    a.add_argument("--json", action="store_true", help="machine-readable report")
-    a.add_argument("--passphrase-env", default="STREAMS_PASSPHRASE", help="environment variable with the passphrase")
-    a.set_defaults(func=_cmd_audit)

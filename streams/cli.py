@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._cli import audit as _audit_cli
 from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
@@ -75,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _credential_cli.register(sub)
     _policy_cli.register(sub)
     _channel_cli.register(sub)
-    # --- hooks of other modules (two lines each: import, register) go below this line ---
-    from .audit import register_cli as _register_audit
-
-    _register_audit(sub)
+    _audit_cli.register(sub)
     return p
 
 

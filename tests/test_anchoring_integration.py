@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -453,8 +454,10 @@ async def test_audit_cli_exit_status_and_ledger_substitution(tmp_path: Path, mon
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     lpath, _b1 = await _channel_for_audit(tmp_path)
     monkeypatch.setenv("STREAMS_PASSPHRASE", PW)
-    assert cli_main(["audit", "--store", str(tmp_path / "author.db"), "--ledger", f"sqlite:{lpath}", "--json"]) == 0
-    assert '"ok": true' in capsys.readouterr().out
+    store = ["--store", str(tmp_path / "author.db"), "--passphrase-env", "STREAMS_PASSPHRASE"]
+    assert cli_main(["audit", *store, "--ledger", f"sqlite:{lpath}", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and doc["role"] == "author" and doc["ledger_checked"] is True
     # Someone rewrites the ledger row of epoch 0 with another validly signed checkpoint: the audit fails.
     db = sqlite3.connect(lpath)
     data = bytes(db.execute("SELECT data FROM entries WHERE position = 1").fetchone()[0])
@@ -466,10 +469,21 @@ async def test_audit_cli_exit_status_and_ledger_substitution(tmp_path: Path, mon
     db.execute("UPDATE entries SET data = ? WHERE position = 1", (other.encode(),))
     db.commit()
     db.close()
-    assert cli_main(["audit", "--store", str(tmp_path / "author.db"), "--ledger", f"sqlite:{lpath}"]) == 1
+    assert cli_main(["audit", *store, "--ledger", f"sqlite:{lpath}"]) == 1
     assert "does not hold this checkpoint" in capsys.readouterr().out
-    monkeypatch.setenv("STREAMS_PASSPHRASE", "wrong")
+    # The audit could not run: exit 2, one line on stderr, and with --json (global or the command's) an error
+    # document on stdout -- as every other command.
+    monkeypatch.setenv("STREAMS_PASSPHRASE", "not-the-passphrase-8d1f")
+    assert cli_main(["--json", "audit", *store]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["type"] == "BadPassphrase" and "Traceback" not in err
+    assert "8d1f" not in out + err
+    monkeypatch.setenv("STREAMS_PASSPHRASE", PW)
+    assert cli_main(["audit", "--json", *store, "--ledger", "sqlite:" + str(tmp_path / "no-ledger.db")]) == 2
+    assert "no embedded ledger" in json.loads(capsys.readouterr().out)["error"]
+    # No passphrase source and stdin not a terminal: a usage error, not a prompt (or a traceback).
     assert cli_main(["audit", "--store", str(tmp_path / "author.db")]) == 2
+    assert "no passphrase" in capsys.readouterr().err
 
 
 def test_anchor_rows_keep_heads_in_leaf_order(tmp_path: Path) -> None:

@@ -1,0 +1,39 @@
+"""``streams audit``: re-verify a stored channel log against its signatures, its hash links and the ledger.
+
+The party's store (author, member or auditor) is opened read-only in effect (nothing is written) and checked as
+:func:`streams.audit.audit_store` describes.  Exit status: 0 clean, 1 findings (the report says which), 2 the
+audit could not run (no passphrase, a wrong one, not a store, an unusable ``--ledger``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..audit import audit_store, open_ledger
+from ..ledger.base import Ledger
+from ._common import Result, add_command, add_passphrase_options, read_passphrase
+
+__all__ = ["register"]
+
+
+def _audit(args: argparse.Namespace) -> Result:
+    passphrase = read_passphrase(args)
+    ledger: Ledger | None = None
+    try:
+        if args.ledger:
+            ledger = open_ledger(args.ledger)
+        report = audit_store(args.store, passphrase, ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return Result(report.to_dict(), report.summary(), 0 if report.ok else 1)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``streams audit``."""
+    a = add_command(subparsers, "audit", _audit, help="check a stored channel log against its signatures and "
+                    "the ledger", description=__doc__)
+    a.add_argument("--store", required=True, help="the party's store file (author, member or auditor)")
+    a.add_argument("--ledger", help="sqlite:PATH (embedded ledger) or iota:URL (Stardust node)")
+    add_passphrase_options(a, "store")
+
