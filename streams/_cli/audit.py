@@ -15,6 +15,14 @@ from ._common import Result, add_command, add_passphrase_options, read_passphras
 
 __all__ = ["register"]
 
+_DESCRIPTION = """Re-verify a party's stored channel log (author, member or auditor store), offline: every retained
+message decodes, hashes, links to its predecessor and is signed (or covered by a signed checkpoint); nothing
+is missing, inserted or altered; every anchored head is in its signed checkpoint and, with --ledger, the
+ledger holds exactly that checkpoint.  Nothing is written.
+
+Exit status: 0 clean, 1 findings (the report lists them), 2 the audit could not run (no passphrase, a wrong
+one, not a store, an unusable --ledger)."""
+
 
 def _audit(args: argparse.Namespace) -> Result:
     passphrase = read_passphrase(args)
@@ -32,7 +40,7 @@ def _audit(args: argparse.Namespace) -> Result:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``streams audit``."""
     a = add_command(subparsers, "audit", _audit, help="check a stored channel log against its signatures and "
-                    "the ledger", description=__doc__)
+                    "the ledger", description=_DESCRIPTION)
     a.add_argument("--store", required=True, help="the party's store file (author, member or auditor)")
     a.add_argument("--ledger", help="sqlite:PATH (embedded ledger) or iota:URL (Stardust node)")
     add_passphrase_options(a, "store")
