@@ -239,6 +239,9 @@ class BranchRecord:
     state: str = BranchState.OPEN.value
     peer_did: str = ""  #: author side: the subscriber of a per-subscriber branch ("" for groups)
     evidence: bytes = b""  #: author side: what admitted the subscriber (e.g. its credential), re-checked later
+    #: author side: the grants this one replaced, oldest first (the last is epoch - 1), served to members that
+    #: missed a re-key (SPEC 9.5); empty for a branch never re-keyed, and in stores written before it was kept
+    grants: list[bytes] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
@@ -318,8 +321,8 @@ class _Chain:
 
 
 class _Branch:
-    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "has_evidence", "id", "keys", "me",
-                 "members", "mode", "peer_did", "state")
+    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "grants", "has_evidence", "id", "keys",
+                 "me", "members", "mode", "peer_did", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -337,14 +340,16 @@ class _Branch:
         self.peer_did = rec.peer_did
         self.evidence: bytes | None = rec.evidence
         self.has_evidence = bool(rec.evidence)
+        self.grants: list[bytes] | None = rec.grants  #: earlier grants (author side; None = in the store)
         self.chains: dict[int, _Chain] = {}
+        self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
 
-    def record(self, grant_frame: bytes, evidence: bytes) -> BranchRecord:
+    def record(self, grant_frame: bytes, evidence: bytes, grants: list[bytes]) -> BranchRecord:
         return BranchRecord(
             self.id, self.epoch, int(self.mode), self.grant_hash, grant_frame, self.me,
             [(i, pk, int(p)) for i, (pk, p) in sorted(self.members.items())],
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
-            self.state.value, self.peer_did, evidence,
+            self.state.value, self.peer_did, evidence, grants,
         )
 
     def chain_record(self, publisher: int) -> ChainRecord:
@@ -405,7 +410,7 @@ class _CoreBase:
         self.log_lookup: Callable[[bytes, int, int], bytes | None] | None = None
         #: Driver hook: ``branch -> (grant frame, evidence)`` as stored, so that the core need not keep them in
         #: memory (read-only; the core stays free of I/O of its own).
-        self.extras_lookup: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
+        self.extras_lookup: Callable[[bytes], tuple[bytes, bytes, list[bytes]] | None] | None = None
         #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
         #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.
         self.verify_many: BatchVerifier | None = None
@@ -430,16 +435,18 @@ class _CoreBase:
         out, self._out = self._out, []
         return out
 
-    def _extras(self, b: _Branch) -> tuple[bytes, bytes]:
-        """(grant frame, evidence) of a branch, from memory or from the store through ``extras_lookup``."""
-        grant, evidence = b.grant_frame, b.evidence
-        if grant is None or evidence is None:
+    def _extras(self, b: _Branch) -> tuple[bytes, bytes, list[bytes]]:
+        """(grant frame, evidence, earlier grants) of a branch, from memory or from the store through
+        ``extras_lookup``."""
+        grant, evidence, grants = b.grant_frame, b.evidence, b.grants
+        if grant is None or evidence is None or grants is None:
             found = None if self.extras_lookup is None else self.extras_lookup(b.id)
             if found is None:  # pragma: no cover - dropped only when the hook exists and the record was taken
                 raise LocalProtocolError(f"branch {b.id.hex()}: its grant is not in the store")
             grant = found[0] if grant is None else grant  # a newer grant in memory wins over the stored one
             evidence = found[1] if evidence is None else evidence
-        return grant, evidence
+            grants = found[2] if grants is None else grants
+        return grant, evidence, grants
 
     def _record(self, b: _Branch) -> BranchRecord:
         return b.record(*self._extras(b))
@@ -449,6 +456,7 @@ class _CoreBase:
         if self.extras_lookup is not None:
             b.grant_frame = None
             b.evidence = None
+            b.grants = None
 
     def take_changes(self) -> Changes:
         """What must be made durable (in one transaction) before events are acted on or a publish returns."""
@@ -787,15 +795,31 @@ class _CoreBase:
         return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else 0
 
     def catch_up(self) -> None:
-        """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect)."""
+        """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect); a
+        subscriber also asks for the grants it may have missed meanwhile (SPEC 9.5)."""
         for b in self._branches.values():
             if b.state is not BranchState.OPEN:
                 continue
+            if self.role is Role.SUBSCRIBER:
+                self._request_grants(b, None)
             for p, c in b.chains.items():
                 if p != b.me:
                     # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
                     c.fetch_end = c.next_seq + self.config.max_fetch - 1
                     self.request_fetch(b.id, p, c.next_seq, c.fetch_end)
+
+    def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], after: int, peer: object) -> None:
+        """Answer a grant sync (the author's; see :class:`AuthorCore`)."""
+
+    def _request_grants(self, b: _Branch, now_ms: int | None) -> None:
+        """Grant sync (SPEC 9.5): ask the author for the grants of ``b`` after our epoch, and its REVOKE if it
+        closed -- what we missed while offline.  With ``now_ms``, at most once per ``fetch_retry_ms``."""
+        if now_ms is not None:
+            if now_ms - b.sync_ms < self.config.fetch_retry_ms:
+                return
+            b.sync_ms = now_ms
+        head = Fetch(self._channel, b.id, 0, 0, b.epoch, b.me)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
 
     def open_logged(self, raw: bytes) -> MessageReceived | None:
         """Decrypt a message from our own log again (redelivery after a restart).  None if it is not a payload
@@ -1022,6 +1046,8 @@ class _CoreBase:
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
         c = b.chains[h.publisher]
+        if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
+            self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
         if c.acked < h.seq < c.next_seq and h.seq > c.quick_acked:
             # We hold a head we have not acknowledged yet (its ACK is held back by ack_interval_ms): the
             # publisher is waiting for it (wait_acknowledged sends such a notice), so answer at once.  Once per
@@ -1084,6 +1110,15 @@ class _CoreBase:
         if h.publisher != b.me:
             raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)
         perm = member[1]
+        if b.me == 0 and (h.from_seq == 0 or b.state is BranchState.CLOSED):
+            # A grant sync (from seq 0: the grants after epoch ``to_seq``), or a member that does not know the
+            # branch closed (SPEC 9.5).  Any member may ask: a write-only one needs the new keys as well.
+            self._sync_grants(b, member, h.to_seq if h.from_seq == 0 else b.epoch, peer)
+            if h.from_seq == 0 and (b.peer_did or not perm.can_read):
+                # Our HEAD only for a group: a member that just learned of it fetches what it holds.  A member
+                # of its own branch fetches that from its cursor itself (after a restart, or not at all: one that
+                # lost its state restarts at the anchored heads, section 13.5).
+                return
         if h.requester != 0 and not perm.can_read:
             raise _Reject(RejectReason.NOT_PERMITTED, "requester may not read this chain", h.branch, h.requester)
         mine = b.chains.get(b.me)
@@ -1158,6 +1193,7 @@ class AuthorCore(_CoreBase):
         self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel)
         self._used_nonces: dict[bytes, int] = {}
         self._by_did: dict[str, bytes] = {}
+        self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
 
     def __repr__(self) -> str:
         return f"AuthorCore(channel={self._channel.hex()}, branches={len(self._branches)})"
@@ -1180,6 +1216,8 @@ class AuthorCore(_CoreBase):
         for b in self._branches.values():
             if b.peer_did and b.state is BranchState.OPEN:
                 self._by_did[b.peer_did] = b.id
+            elif not b.peer_did:
+                self._groups.add(b.id)
 
     def branch_of(self, did: str) -> bytes | None:
         """The open per-subscriber branch of ``did``, if any."""
@@ -1280,11 +1318,61 @@ class AuthorCore(_CoreBase):
                            evidence)
         frame = self._grant_frame(rec, [pub for pub, _ in members], self._announce_hash, [])
         rec.grant_hash, rec.grant_frame = frame.hash, frame.raw
-        self._new_branch(rec, [])
+        b = self._new_branch(rec, [])
         if peer_did:
             self._by_did[peer_did] = branch
         self._out.append(Outgoing(frame.raw, peer=peer, branch=branch))
+        if not peer_did:
+            self._groups.add(branch)
+            self._to_members(b, frame.raw)
         return branch
+
+    def _to_members(self, b: _Branch, raw: bytes) -> None:
+        """Also send a group's control frame (GRANT, REVOKE) along each member's own branch: the transport
+        routes a branch's frames to the peers it learned for that branch, and a member learns of a new group
+        only from its grant (SPEC 14.2).  A member not connected gets it by grant sync (SPEC 9.5)."""
+        for pk, _ in b.members.values():
+            own = self._by_did.get(did_from_public_key(pk))
+            if own is not None:
+                self._out.append(Outgoing(raw, branch=own))
+
+    def _set_grant(self, b: _Branch, frame: Frame) -> None:
+        """Make ``frame`` (a re-key) the branch's grant; the one it replaces joins its grant history, which
+        members that missed the re-key fetch (SPEC 9.5)."""
+        old, evidence, earlier = self._extras(b)
+        b.grants = [*earlier, old]
+        b.evidence = evidence
+        b.grant_hash, b.grant_frame = frame.hash, frame.raw
+
+    def _grants_after(self, b: _Branch, epoch: int) -> list[bytes]:
+        """The grant frames of ``b`` for the epochs after ``epoch``, in order (as far as its history goes back:
+        stores written before it was kept hold only the current grant)."""
+        current, _, earlier = self._extras(b)
+        frames = [*earlier, current]
+        first = b.epoch - len(frames) + 1  # the epoch of frames[0]
+        return frames[max(0, epoch + 1 - first):]
+
+    def _revoke_frame(self, b: _Branch) -> bytes:
+        """The branch's REVOKE (deterministic: nothing it names moves once the branch is closed)."""
+        c = b.chains[0]
+        head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
+        return encode_frame(head, b"", self._id.sign).raw
+
+    def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], after: int, peer: object) -> None:
+        """Answer a member's grant sync (a FETCH from seq 0, SPEC 9.5): the grants of ``b`` after epoch
+        ``after``, its REVOKE if it is closed, and, on the member's own branch, the first grant of every open
+        group it belongs to (it may have been offline when the group opened)."""
+        for raw in self._grants_after(b, after):
+            self._out.append(Outgoing(raw, peer=peer, branch=b.id))
+        if b.state is BranchState.CLOSED:
+            self._out.append(Outgoing(self._revoke_frame(b), peer=peer, branch=b.id))
+            return
+        if not b.peer_did:
+            return
+        for gid in self._groups:
+            g = self._branches[gid]
+            if g.state is BranchState.OPEN and any(pk == member[0] for i, (pk, _) in g.members.items() if i):
+                self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=gid))
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
                      heads: list[tuple[int, int, bytes]]) -> Frame:
@@ -1325,9 +1413,10 @@ class AuthorCore(_CoreBase):
             self.revoke(branch)
             return
         frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)])
-        b.grant_hash, b.grant_frame = frame.hash, frame.raw
+        self._set_grant(b, frame)
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
+        self._to_members(b, frame.raw)
 
     def set_permission(self, branch: bytes, permission: Permission) -> None:
         """Change the subscriber's permission on a per-subscriber branch.  Re-keys the branch (epoch + 1): from
@@ -1344,7 +1433,7 @@ class AuthorCore(_CoreBase):
         b.keys[(b.epoch, 1)] = self._rng(32)
         heads = [(p, c.next_seq - 1, c.head) for p, c in sorted(b.chains.items())]
         frame = self._grant_frame(self._record(b), [PublicIdentity.from_sign_public(pk)], b.grant_hash, heads)
-        b.grant_hash, b.grant_frame = frame.hash, frame.raw
+        self._set_grant(b, frame)
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
@@ -1367,12 +1456,13 @@ class AuthorCore(_CoreBase):
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""
         b = self._get_branch(branch)
         b.transition("revoke")
-        c = b.chains[0]
-        head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
-        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+        raw = self._revoke_frame(b)
+        self._out.append(Outgoing(raw, branch=b.id))
         self._changes.branches.append(self._record(b))
         if b.peer_did:
             self._by_did.pop(b.peer_did, None)
+        else:
+            self._to_members(b, raw)
 
     # -- anchoring (THREATS 7) -------------------------------------------------------------------------------------
 
@@ -1565,6 +1655,10 @@ class SubscriberCore(_CoreBase):
                     _, perm, _, dids = self.branch_info(existing.id)
                     events.append(Granted(existing.id, existing.epoch, perm, dids))
                 return
+            if g.epoch < existing.epoch:
+                # An earlier grant of the author's, signed: a grant sync or a group's first grant sent along our
+                # own branch again (SPEC 9.5).  Already applied; it changes nothing.
+                return
             if g.epoch != existing.epoch + 1 or not _crypto.ct_equal(g.prev, existing.grant_hash):
                 raise _Reject(RejectReason.STALE_EPOCH, "grant does not extend the branch's grant chain", g.branch)
         elif g.epoch == 0 and not _crypto.ct_equal(g.prev, self._announce_hash):
@@ -1609,6 +1703,10 @@ class SubscriberCore(_CoreBase):
         perm = Permission(members[secret.index][1])
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(members.items()))
         events.append(Granted(g.branch, g.epoch, perm, dids))
+        # Grant sync (SPEC 9.5): any later grant (a group's first grant may come long after it was re-keyed), the
+        # first grants of groups we belong to (on our own branch), and the author's HEAD, which starts the fetch
+        # of what the branch already holds (packets sent before the author's transport knew our route to it).
+        self._request_grants(self._branches[g.branch], now_ms)
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head

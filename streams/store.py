@@ -443,15 +443,15 @@ class Store:
         rows = self._q("SELECT hash FROM log WHERE branch = ? AND publisher = ? AND seq = ?", (branch, publisher, seq))
         return None if not rows else bytes(rows[0][0])
 
-    def branch_extras(self, branch: bytes) -> tuple[bytes, bytes] | None:
-        """(grant frame, admission evidence) of a stored branch, or None -- without unsealing its keys (the core
-        keeps neither in memory once stored)."""
+    def branch_extras(self, branch: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
+        """(grant frame, admission evidence, earlier grants) of a stored branch, or None -- without unsealing its
+        keys (the core keeps none of them in memory once stored)."""
         rows = self._q("SELECT rec FROM branches WHERE id = ?", (branch,))
         if not rows:
             return None
         try:
             v = msgpack.unpackb(rows[0][0], raw=False)
-            return bytes(v[4]), bytes(v[10])
+            return bytes(v[4]), bytes(v[10]), _grants(v)
         except (ValueError, IndexError, TypeError) as exc:
             raise StorageError(f"branch record {branch.hex()} in {self.path} is corrupted") from exc
 
@@ -588,14 +588,14 @@ class Store:
     def _seal_branch(self, b: BranchRecord) -> bytes:
         keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
         return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did, b.evidence])
+                      b.state, b.peer_did, b.evidence, b.grants])
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
             v = msgpack.unpackb(rec, raw=False)
             keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
-                                [tuple(k) for k in keys], v[8], v[9], v[10])
+                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v))
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
 
@@ -768,6 +768,15 @@ def _frame_matches(data: bytes, h: bytes) -> bool:
         return decode_frame(data, max_frame=max(len(data), 1)).hash == h
     except DecodeError:
         return False
+
+
+def _grants(v: list[Any]) -> list[bytes]:
+    """The earlier grants of a stored branch record (absent in records written before they were kept)."""
+    if len(v) <= 11:
+        return []
+    if not isinstance(v[11], list) or not all(isinstance(g, bytes) for g in v[11]):
+        raise TypeError("grants must be a list of frames")
+    return list(v[11])
 
 
 def _fsync_path(path: Path) -> None:

@@ -1,0 +1,117 @@
+"""Grant sync (SPEC 9.5), two cores wired without sockets: a member that missed re-keys asks for the grants after
+its epoch and gets exactly those; old grants replayed change nothing; nobody else obtains grants by asking."""
+
+from __future__ import annotations
+
+from streams.core import Outgoing
+from streams.events import BranchClosed, Granted, Rejected, RejectReason
+from streams.wire import Fetch, Kind, Permission, decode_frame, encode_frame
+from tests.corenet import Net, ident
+
+
+def _kinds(outs: list[Outgoing]) -> list[Kind]:
+    return [decode_frame(o.data).kind for o in outs]
+
+
+def _offline_rekeys(net: Net, branch: bytes) -> list[bytes]:
+    """Two re-keys of ``branch`` whose frames reach nobody (the subscriber is offline): the grant frames."""
+    grants = []
+    for perm in (Permission.READ, Permission.READ_WRITE):
+        net.author.set_permission(branch, perm)
+        net.author.take_changes()
+        grants += [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT]
+    assert [decode_frame(g).head.epoch for g in grants] == [1, 2]
+    return grants
+
+
+def _sync(net: Net, name: str, branch: bytes, after: int) -> list[Outgoing]:
+    """``name`` asks the author for the grants of ``branch`` after epoch ``after``; the author's answers."""
+    s = net.subs[name]
+    me = s.branch_info(branch)
+    fetch = Fetch(net.author.channel, branch, 0, 0, after, me[3].index(s.identity.did))
+    net.author.receive(encode_frame(fetch, b"", s.identity.sign).raw, net.now, name)
+    net.author.take_changes()
+    return net.author.data_to_send()
+
+
+def test_a_member_behind_by_two_rekeys_gets_both_grants_in_order_and_nothing_it_has() -> None:
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    _offline_rekeys(net, branch)
+    assert net.subs["s0"].branch_info(branch)[0] == 0
+    # What a restart sends: the grant sync first, then the chains' catch-up.
+    net.subs["s0"].catch_up()
+    net.pump_sub("s0")
+    assert [e.epoch for e in net.events["s0"] if isinstance(e, Granted)][-2:] == [1, 2]
+    assert net.subs["s0"].branch_info(branch)[:2] == (2, Permission.READ_WRITE)
+    # Asked again from epoch 1: only the epoch-2 grant; from epoch 2: no grant at all.
+    assert [decode_frame(o.data).head.epoch for o in _sync(net, "s0", branch, 1)
+            if decode_frame(o.data).kind is Kind.GRANT] == [2]
+    assert Kind.GRANT not in _kinds(_sync(net, "s0", branch, 2))
+
+
+def test_old_grants_replayed_change_nothing_and_an_altered_one_is_rejected() -> None:
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    genesis = [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT][-1]
+    grants = _offline_rekeys(net, branch)
+    for g in grants:
+        net.to_sub("s0", g)
+    s0 = net.subs["s0"]
+    assert s0.branch_info(branch)[0] == 2
+    before = len(net.events["s0"])
+    for old in (genesis, grants[0]):  # authentic, older than what it holds: silently nothing
+        assert net.to_sub("s0", old) == []
+    assert s0.branch_info(branch)[:2] == (2, Permission.READ_WRITE) and len(net.events["s0"]) == before
+    tampered = bytearray(grants[0])
+    tampered[-70] ^= 1  # inside the sealed entries: the author's signature no longer covers it
+    ev = net.to_sub("s0", bytes(tampered))
+    assert [e.reason for e in ev if isinstance(e, Rejected)] in ([RejectReason.BAD_SIGNATURE],
+                                                                  [RejectReason.MALFORMED])
+    assert s0.branch_info(branch)[0] == 2
+
+
+def test_only_members_get_grants_by_asking() -> None:
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    [b0] = net.subs["s0"].branch_ids()
+    _offline_rekeys(net, b0)
+    # s1 signs a grant sync for s0's branch, claiming s0's member index: the signature is not s0's.
+    fetch = Fetch(net.author.channel, b0, 0, 0, 0, 1)
+    ev = net.author.receive(encode_frame(fetch, b"", ident(11).sign).raw, net.now, "s1")
+    assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]
+    # ... or claiming an index that is not a member of that branch.
+    fetch = Fetch(net.author.channel, b0, 0, 0, 0, 2)
+    ev = net.author.receive(encode_frame(fetch, b"", ident(11).sign).raw, net.now, "s1")
+    assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.NOT_MEMBER]
+    net.author.take_changes()
+    assert net.author.data_to_send() == []
+
+
+def test_a_removed_group_member_gets_no_later_grant_and_a_revoked_member_gets_the_revoke() -> None:
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    net.author.remove_member(g, ident(11).did)
+    net.pump_author()
+    assert net.subs["s0"].branch_info(g)[0] == 1
+    fetch = Fetch(net.author.channel, g, 0, 0, 0, 2)  # s1 was member 2 of the group
+    ev = net.author.receive(encode_frame(fetch, b"", ident(11).sign).raw, net.now, "s1")
+    assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.NOT_MEMBER]
+    net.author.take_changes()
+    assert net.author.data_to_send() == []
+    # A revoked branch: a member asking (it was offline) is told, with the author's signed REVOKE.
+    [b0] = [b for b in net.subs["s0"].branch_ids() if b != g]
+    net.author.revoke(b0)
+    net.author.take_changes()
+    net.author.data_to_send()  # lost: s0 is offline
+    outs = _sync(net, "s0", b0, 0)
+    assert _kinds(outs) == [Kind.REVOKE]
+    net.deliver_author_out(outs)
+    assert any(isinstance(e, BranchClosed) and e.branch == b0 for e in net.events["s0"])
+    assert net.subs["s0"].branch_info(b0)[2].value != "open"
