@@ -11,7 +11,9 @@ frames received, and for every API call, it
 
 Messages are delivered at least once to the application: a message is marked delivered when the application
 asks for the next one; after a crash, messages accepted but not yet marked are delivered again.  The protocol
-itself accepts each message exactly once (replays are rejected, before and after restarts).
+itself accepts each message exactly once (replays are rejected, before and after restarts).  Each chain's
+messages reach the application in order: after a restart, its accepted but unmarked messages first (read back
+from the store as the bounded queue drains), then the live ones.
 
 If the store fails (disk full, read-only), the call raises :class:`~streams.errors.StorageError`, nothing is
 acknowledged, and the party closes itself: reopen it from the store, which holds the last committed state.
@@ -158,7 +160,14 @@ class _Party:
         self._events: deque[Event] = deque(maxlen=10_000)
         self._events_ready = asyncio.Event()
         self._dropped_events = 0
+        #: Application cursors to commit: (branch, publisher) -> the last seq of that chain the application took.
+        #: A chain's messages are handed out in order, so everything up to it was taken.
         self._delivered: dict[tuple[bytes, int], int] = {}
+        #: Chains whose accepted messages the application has not taken are (partly) on disk only, after a
+        #: restart: (branch, publisher) -> [last seq read back from the log, last seq accepted].  They are read
+        #: back into the queue as it drains (_refill); meanwhile the chain's live messages stay on disk behind them
+        #: (their acceptance moves the second cursor), so each chain is delivered in order and the queue bound holds.
+        self._backlog: dict[tuple[bytes, int], list[int]] = {}
         #: Messages handed out by the last next_message(s) call: marked delivered at the next call.
         self._last_given: list[MessageReceived] = []
         # Group commit: publishes wait on this future, resolved by the next commit that covers them (the first
@@ -314,6 +323,7 @@ class _Party:
         """The next payload message.  Marks the previous one(s) delivered.  Raises :class:`StreamsTimeoutError`
         after ``timeout`` seconds, :class:`ClosedResourceError` once closed and drained."""
         self._mark_given()
+        self._top_up()
         if not self._messages:
             await self._wait_messages(timeout)
         msg = self._messages.popleft()
@@ -331,6 +341,7 @@ class _Party:
         if max_n < 1:
             raise LocalProtocolError("max_n must be at least 1")
         self._mark_given()
+        self._top_up()
         if not self._messages:
             await self._wait_messages(timeout)
         q = self._messages
@@ -350,6 +361,30 @@ class _Party:
             for m in self._last_given:
                 d[(m.branch, m.publisher)] = m.seq
             self._last_given = []
+
+    def _top_up(self) -> None:
+        """Read backlogged messages back from the store once the queue is half empty (not once per message)."""
+        if self._backlog and not self._closed and len(self._messages) <= self._queue_size // 2:
+            self._refill()
+
+    def _refill(self) -> None:
+        """Queue backlogged messages from the store while there is room, oldest first in each chain; a chain
+        whose backlog is exhausted leaves it (its later messages arrive live, after the ones queued here)."""
+        backlog, q = self._backlog, self._messages
+        while backlog:
+            room = self._queue_size - len(q)
+            if room <= 0:
+                return
+            key = next(iter(backlog))
+            cur = backlog[key]
+            rows = self._store.log_page(key[0], key[1], cur[0] + 1, cur[1], room)
+            for seq, frame in rows:
+                msg = self._core.open_logged(frame)
+                if msg is not None:  # None: a checkpoint, or nothing we can read (skipped, as live)
+                    q.append(msg)
+                cur[0] = seq
+            if len(rows) < room:
+                del backlog[key]
 
     async def _wait_messages(self, timeout: float | None) -> None:
         """Until a message is waiting.  Raises StreamsTimeoutError, or ClosedResourceError once closed."""
@@ -639,8 +674,9 @@ class _Party:
                 return
             put = self._messages.append
             full = self._queue_size
+            backlog = self._backlog
             for ev in events:
-                if type(ev) is MessageReceived and len(self._messages) < full:
+                if type(ev) is MessageReceived and len(self._messages) < full and not backlog:
                     put(ev)  # the common case: no await per message
                 else:
                     await self._dispatch(ev)
@@ -701,7 +737,13 @@ class _Party:
 
     async def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, MessageReceived):
-            await self._put_message(ev)  # bounded: back-pressure on the receive loop
+            behind = self._backlog.get((ev.branch, ev.publisher))
+            if behind is None:
+                await self._put_message(ev)  # bounded: back-pressure on the receive loop
+            else:
+                behind[1] = ev.seq  # committed: read back from the store after the chain's older messages
+                if not self._closed:
+                    self._refill()
             self._wake_readers()
             return
         if isinstance(ev, Rejected) and ev.frame is not None:
@@ -766,13 +808,18 @@ class _Party:
         return [Outgoing(f, peer=ev.peer) for f in frames]
 
     def _redeliver(self) -> None:
+        """At open: every chain accepted beyond the application's cursor is backlogged, and the queue filled from
+        the backlog; the rest is read back as the application drains the queue (never more than queue_size
+        messages in memory), before any live message of the same chain."""
         me = {bid: self._core._branches[bid].me for bid in self._core.branch_ids()}
-        for _b, _p, _s, frame in self._store.undelivered(me):
-            msg = self._core.open_logged(frame)
-            if msg is not None:
-                if len(self._messages) >= self._queue_size:
-                    break  # the rest stays undelivered on disk and comes back at the next open
-                self._messages.append(msg)
+        cursors = self._store.delivered()
+        for rec in sorted(self._store.load_chains(), key=lambda r: (r.branch, r.publisher)):
+            if rec.branch not in me or rec.publisher == me[rec.branch]:
+                continue  # our own chain is not delivered to us; an unknown branch has nothing we can read
+            taken = cursors.get((rec.branch, rec.publisher), 0)
+            if rec.next_seq - 1 > taken:
+                self._backlog[(rec.branch, rec.publisher)] = [taken, rec.next_seq - 1]
+        self._refill()
 
 
 class Author(_Party):

@@ -432,6 +432,13 @@ class Store:
                        "ORDER BY seq", (branch, publisher, lo, hi))
         return [self._frame(f, h) for f, h in rows]
 
+    def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
+        """At most ``limit`` retained ``(seq, frame)`` of a chain with ``lo <= seq <= hi``, in order: a bounded
+        read, however sparse the range (a chain's log may start far above 1: a member that joined late)."""
+        rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
+                       "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
+        return [(s, self._frame(f, h)) for s, f, h in rows]
+
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""
         rows = self._q("SELECT hash, frame FROM log WHERE branch = ? AND publisher = ? AND seq = ?",

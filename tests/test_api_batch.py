@@ -212,6 +212,64 @@ async def test_undelivered_batch_comes_back_after_a_crash(tmp_path: Path) -> Non
     await author.close()
 
 
+async def take(party: Author | Subscriber, n: int, max_n: int = 256) -> list[int]:
+    """The seqs of the next ``n`` messages (``next_messages`` batches of at most ``max_n``)."""
+    got: list[int] = []
+    while len(got) < n:
+        got += [m.seq for m in await party.next_messages(min(max_n, n - len(got)), timeout=5)]
+    return got
+
+
+async def test_unread_backlog_beyond_queue_size_comes_back_in_order_across_restarts(tmp_path: Path) -> None:
+    """Accepted messages the application never took outnumber the queue: every one comes back, exactly once and
+    in order, before the chain's live messages -- across two restarts, the second after a partial read -- and
+    the queue never holds more than ``queue_size`` of them."""
+    qs = 4
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub, queue_size=qs)
+    seqs = await author.publish_many(branch, [b"m%d" % i for i in range(30)])
+    await author.wait_acknowledged(branch, seqs[-1], timeout=5)  # all 30 are on the subscriber's disk
+    await sub.close()  # the application took none of them
+
+    sub = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1b"), store_options=FAST,
+                                queue_size=qs)
+    assert len(sub._messages) == qs  # the rest stays on disk
+    live = await author.publish(branch, b"live")
+    await author.wait_acknowledged(branch, live, timeout=5)  # accepted behind 26 unread older ones
+    assert len(sub._messages) <= qs
+    assert await take(sub, 10, max_n=3) == seqs[:10]
+    await sub.close()  # marks the 10 taken
+
+    sub = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1c"), store_options=FAST,
+                                queue_size=qs)
+    later = await author.publish(branch, b"later")
+    got = await take(sub, 22)
+    assert got == [*seqs[10:], live, later]
+    with pytest.raises(StreamsTimeoutError):  # nothing twice
+        await sub.next_message(timeout=0.2)
+    await sub.close()
+    await author.close()
+
+
+async def test_author_redelivers_a_backlog_beyond_queue_size_in_order(tmp_path: Path) -> None:
+    """The author side: a subscriber's messages accepted but not taken come back after the author's restart,
+    all of them in order, before the subscriber's next live message (one at a time: next_message)."""
+    qs = 3
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    seqs = await sub.publish_many(branch, [b"s%d" % i for i in range(20)])
+    await sub.wait_acknowledged(branch, seqs[-1], timeout=5)
+    await author.close()
+    author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                               store_options=FAST, queue_size=qs)
+    live = await sub.publish(branch, b"live")
+    await sub.wait_acknowledged(branch, live, timeout=5)
+    got = [(await author.next_message(timeout=5)).seq for _ in range(21)]
+    assert got == [*seqs, live]
+    await sub.close()
+    await author.close()
+
+
 async def test_group_commit_failure_fails_every_waiting_publish(tmp_path: Path) -> None:
     hub = MemoryHub()
     author, sub, branch = await pair(tmp_path, hub)
