@@ -823,7 +823,8 @@ class _Party:
 
 
 class Author(_Party):
-    """A channel's author.  Open with :meth:`create` (new channel) or :meth:`open` (restart).
+    """A channel's author.  Open with :meth:`create` (new channel) or :meth:`open` (restart).  The transport
+    passed to either is the author's from then on: :meth:`close` closes it, and so does a failed create/open.
 
     >>> author = await Author.create("monitor.db", identity, "fraud-monitor", "passphrase", transport, policy)
     """
@@ -885,16 +886,22 @@ class Author(_Party):
         With a ``ledger``, chain heads are anchored on it in batches (see :mod:`streams.anchoring_service`);
         publishing never waits for the ledger.  The ledger stays the caller's to close."""
         so = store_options or StoreOptions()
-        core = AuthorCore(identity, name, policy, config)
-        store = Store.create(path, identity, passphrase, role="author", channel=core.channel,
-                             author_did=identity.did, name=name, durable=so.durable, opslimit=so.opslimit,
-                             memlimit=so.memlimit)
-        self = cls(core, store, transport, clock, queue_size)
-        core.announce()
-        await self._flush()
-        self._with_ledger(ledger, anchor_config)
-        self._start()
-        return self
+        store: Store | None = None
+        self: Author | None = None
+        try:
+            core = AuthorCore(identity, name, policy, config)
+            store = Store.create(path, identity, passphrase, role="author", channel=core.channel,
+                                 author_did=identity.did, name=name, durable=so.durable, opslimit=so.opslimit,
+                                 memlimit=so.memlimit)
+            self = cls(core, store, transport, clock, queue_size)
+            core.announce()
+            await self._flush()
+            self._with_ledger(ledger, anchor_config)
+            self._start()
+            return self
+        except BaseException:
+            await _abandon(transport, store, self)
+            raise
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, transport: Transport,
@@ -904,11 +911,12 @@ class Author(_Party):
         """Reopen a channel after a restart: cursors, branches and used challenges come back from disk; with a
         ``ledger``, epochs queued before the restart are written and confirmed first, in order."""
         so = store_options or StoreOptions()
-        store = Store.open(path, passphrase, durable=so.durable)
-        if store.meta("role") != "author":
-            store.close()
-            raise LocalProtocolError(f"{path} is not an author's store")
+        store: Store | None = None
+        self: Author | None = None
         try:
+            store = Store.open(path, passphrase, durable=so.durable)
+            if store.meta("role") != "author":
+                raise LocalProtocolError(f"{path} is not an author's store")
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
             core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
@@ -917,11 +925,11 @@ class Author(_Party):
             core.acknowledge()
             await self._flush()
             self._with_ledger(ledger, anchor_config)
+            self._start()
+            return self
         except BaseException:
-            store.close()  # a damaged store (StorageError) must not leave the connection open
+            await _abandon(transport, store, self)  # a damaged store (StorageError) must not stay open either
             raise
-        self._start()
-        return self
 
     @property
     def announcement(self) -> bytes:
@@ -988,7 +996,9 @@ class Author(_Party):
 
 
 class Subscriber(_Party):
-    """A subscriber.  Open with :meth:`create` (first time) or :meth:`open` (restart), then :meth:`subscribe`."""
+    """A subscriber.  Open with :meth:`create` (first time) or :meth:`open` (restart), then :meth:`subscribe`.
+    The transport passed to either is the subscriber's from then on: :meth:`close` closes it, and so does a failed
+    create/open."""
 
     _core: SubscriberCore
 
@@ -1069,13 +1079,19 @@ class Subscriber(_Party):
         ``Anchored(ledger_verified=True)`` is reported; without, they are reported with
         ``ledger_verified=False``."""
         so = store_options or StoreOptions()
-        core = SubscriberCore(identity, author_did, channel, config)
-        store = Store.create(path, identity, passphrase, role="subscriber", channel=channel, author_did=author_did,
-                             durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
-        self = cls(core, store, transport, clock, queue_size)
-        self._with_ledger(ledger)
-        self._start()
-        return self
+        store: Store | None = None
+        self: Subscriber | None = None
+        try:
+            core = SubscriberCore(identity, author_did, channel, config)
+            store = Store.create(path, identity, passphrase, role="subscriber", channel=channel,
+                                 author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
+            self = cls(core, store, transport, clock, queue_size)
+            self._with_ledger(ledger)
+            self._start()
+            return self
+        except BaseException:
+            await _abandon(transport, store, self)
+            raise
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, transport: Transport, *,
@@ -1083,11 +1099,12 @@ class Subscriber(_Party):
                    clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None) -> Subscriber:
         """Reopen after a restart: branches and cursors come back; missed messages are fetched."""
         so = store_options or StoreOptions()
-        store = Store.open(path, passphrase, durable=so.durable)
-        if store.meta("role") != "subscriber":
-            store.close()
-            raise LocalProtocolError(f"{path} is not a subscriber's store")
+        store: Store | None = None
+        self: Subscriber | None = None
         try:
+            store = Store.open(path, passphrase, durable=so.durable)
+            if store.meta("role") != "subscriber":
+                raise LocalProtocolError(f"{path} is not a subscriber's store")
             core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
             core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
             self = cls(core, store, transport, clock, queue_size)
@@ -1096,11 +1113,11 @@ class Subscriber(_Party):
             core.catch_up()
             core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process
             await self._flush()
+            self._start()
+            return self
         except BaseException:
-            store.close()
+            await _abandon(transport, store, self)  # a damaged store (StorageError) must not stay open either
             raise
-        self._start()
-        return self
 
     async def subscribe(self, credential: bytes = b"", timeout: float = 10.0, retry: float = 1.0,
                         presenter: Callable[[bytes, bytes], bytes] | None = None) -> bytes:
@@ -1160,6 +1177,27 @@ class Subscriber(_Party):
                     w.set_result(ev)
         if isinstance(ev, BranchClosed):
             log.info("branch %s closed by %s", ev.branch.hex(), ev.by)
+
+
+async def _abandon(transport: Transport, store: Store | None, party: _Party | None) -> None:
+    """A create/open failed: release what it took.  The transport passed in belongs to the party from then on, so
+    it is closed too (an abandoned ZeroMQ endpoint keeps its socket, and pyzmq's finalizer may later block the
+    process).  Nothing more is committed; errors while releasing are dropped (the caller gets the first one)."""
+    if party is not None:
+        party._closed = True
+        with contextlib.suppress(Exception):
+            await party._stop_services()
+        for t in party._tasks:
+            t.cancel()
+        for t in party._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        party._parallel.close()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.close()
+    with contextlib.suppress(Exception):
+        await transport.close()
 
 
 def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> None:

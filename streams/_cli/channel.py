@@ -250,22 +250,26 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
 
     Raises :class:`UsageError` if the store does not exist and ``keystore_path``/``name`` are missing,
     :class:`~streams.policy_file.PolicyFileError` for a bad policy, :class:`~streams.errors.BadPassphrase`,
-    :class:`~streams.errors.StorageError`.  ``transport`` is closed if opening fails."""
+    :class:`~streams.errors.StorageError`.  ``transport`` is closed if opening fails (``Author.create/open``
+    close it themselves when they fail)."""
     try:
         policy = load_policy(policy_file)
-        if Path(store).exists():
+        exists = Path(store).exists()
+        if exists:
             if keystore_path is not None:
                 _log.info("store %s exists: --keystore and --name are ignored", store)
-            return await Author.open(store, passphrase, transport, policy, ledger=ledger,
-                                     anchor_config=AnchorConfig(epoch_interval_ms=anchor_interval_ms))
-        if keystore_path is None or not name:
-            raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
-        identity = keystore.load_identity(keystore_path, passphrase)
-        return await Author.create(store, identity, name, passphrase, transport, policy, ledger=ledger,
-                                   anchor_config=AnchorConfig(epoch_interval_ms=anchor_interval_ms))
+        else:
+            if keystore_path is None or not name:
+                raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
+            identity, channel_name = keystore.load_identity(keystore_path, passphrase), name
     except BaseException:
         await transport.close()
         raise
+    anchor_config = AnchorConfig(epoch_interval_ms=anchor_interval_ms)
+    if exists:
+        return await Author.open(store, passphrase, transport, policy, ledger=ledger, anchor_config=anchor_config)
+    return await Author.create(store, identity, channel_name, passphrase, transport, policy, ledger=ledger,
+                               anchor_config=anchor_config)
 
 
 async def open_subscriber(store: str, passphrase: str, transport: Transport, *, keystore_path: str | None = None,
@@ -276,22 +280,25 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
 
     Raises :class:`UsageError` if the store does not exist and an argument is missing, or a keystore holds
     another DID than the store; :class:`~streams.errors.BadPassphrase`; :class:`~streams.errors.StorageError`.
-    ``transport`` is closed if opening fails."""
-    try:
-        if Path(store).exists():
-            sub = await Subscriber.open(store, passphrase, transport, ledger=ledger)
+    ``transport`` is closed if opening fails (``Subscriber.create/open`` close it themselves when they fail)."""
+    if Path(store).exists():
+        sub = await Subscriber.open(store, passphrase, transport, ledger=ledger)
+        try:
             if keystore_path is not None and keystore.read_public(keystore_path) != sub.did:
-                await sub.close()
                 raise UsageError(f"{keystore_path} holds another identity than the store {store}")
-            return sub
+        except BaseException:
+            await sub.close()  # closes the transport
+            raise
+        return sub
+    try:
         if keystore_path is None or author_did is None or channel is None:
             raise UsageError(f"no store at {store}: give --keystore, --author and --channel to create it")
         chan = _parse_channel(channel)
         identity = keystore.load_identity(keystore_path, passphrase)
-        return await Subscriber.create(store, identity, author_did, chan, passphrase, transport, ledger=ledger)
     except BaseException:
         await transport.close()
         raise
+    return await Subscriber.create(store, identity, author_did, chan, passphrase, transport, ledger=ledger)
 
 
 def writable_branch(sub: Subscriber, branch: str | None) -> bytes:

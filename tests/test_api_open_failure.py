@@ -1,0 +1,81 @@
+"""A failed ``create``/``open`` closes the transport it was given (README: the transport is the party's once
+passed).  Real ZeroMQ endpoints on tcp loopback and real SQLite stores: an endpoint left open keeps its socket and
+port, and pyzmq's finalizer may later block the whole process in ``Context.term``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brokerless import AuthorEndpoint, SubscriberEndpoint
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.core import Outgoing
+from streams.errors import BadPassphrase, ClosedResourceError, DecodeError, LocalProtocolError
+from streams.identity import Identity
+from streams.policy import AllowList
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+AUTHOR, P1 = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
+POLICY = AllowList.of([P1.did])
+
+
+async def assert_closed(ep: AuthorEndpoint | SubscriberEndpoint) -> None:
+    with pytest.raises(ClosedResourceError):
+        await ep.send(Outgoing(b"x"))
+
+
+async def test_failed_author_open_and_create_close_the_endpoint_and_free_its_port(tmp_path: Path) -> None:
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, ep, POLICY, store_options=FAST)
+    addr = ep.addresses[0]
+    await author.close()
+
+    ep = AuthorEndpoint(addr)
+    try:
+        with pytest.raises(BadPassphrase):
+            await Author.open(tmp_path / "author.db", "wrong passphrase", ep, POLICY, store_options=FAST)
+        await assert_closed(ep)
+    finally:
+        await ep.close()  # idempotent: only the old code leaves it to the test
+    ep = AuthorEndpoint(addr)  # the port was released: the right passphrase can serve there again
+    try:
+        with pytest.raises(LocalProtocolError):  # the store exists
+            await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, ep, POLICY, store_options=FAST)
+        await assert_closed(ep)
+    finally:
+        await ep.close()
+    author = await Author.open(tmp_path / "author.db", PW, AuthorEndpoint(addr), POLICY, store_options=FAST)
+    await author.close()
+
+
+async def test_failed_subscriber_open_and_create_close_the_endpoint(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    await sub.close()
+    author_ep = AuthorEndpoint("tcp://127.0.0.1:0")  # a real address for the subscriber endpoints to connect to
+    addr = author_ep.addresses[0]
+    try:
+        ep = SubscriberEndpoint(addr)
+        try:
+            with pytest.raises(BadPassphrase):
+                await Subscriber.open(tmp_path / "p1.db", "wrong passphrase", ep, store_options=FAST)
+            await assert_closed(ep)
+        finally:
+            await ep.close()
+        ep = SubscriberEndpoint(addr)
+        try:
+            with pytest.raises(DecodeError):  # a malformed author DID
+                await Subscriber.create(tmp_path / "p2.db", P1, "did:key:zNOT-BASE58", author.channel, PW, ep,
+                                        store_options=FAST)
+            await assert_closed(ep)
+        finally:
+            await ep.close()
+        assert not (tmp_path / "p2.db").exists()
+    finally:
+        await author_ep.close()
+        await author.close()
