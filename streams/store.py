@@ -474,17 +474,6 @@ class Store:
     def delivered(self) -> dict[tuple[bytes, int], int]:
         return {(b, p): s for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered")}
 
-    def undelivered(self, me_by_branch: dict[bytes, int]) -> Iterator[tuple[bytes, int, int, bytes]]:
-        """Accepted but not yet handed to the application, in (branch, publisher, seq) order: redelivered after a
-        restart (at-least-once to the application; exactly-once acceptance by the protocol)."""
-        cursors = self.delivered()
-        rows = self._q("SELECT branch, publisher, seq, frame, hash FROM log ORDER BY branch, publisher, seq")
-        for branch, publisher, seq, frame, h in rows:
-            if me_by_branch.get(branch) == publisher:
-                continue
-            if seq > cursors.get((branch, publisher), 0):
-                yield branch, publisher, seq, self._frame(frame, h)
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True
