@@ -1090,8 +1090,14 @@ class _CoreBase:
             raise _Reject(RejectReason.FORK, "ack of a message we never sent", h.branch, h.publisher, h.seq)
         if c.acked_by is None:
             c.acked_by = {}
-        if h.seq <= c.acked_by.get(h.acker, 0):
-            raise _Reject(RejectReason.REPLAY, "ack does not advance", h.branch, h.publisher, h.seq)
+        seen = c.acked_by.get(h.acker, 0)
+        if h.seq <= seen:
+            if h.seq == seen:
+                # The same ACK again: the receiver re-sends it after a restart and when a HEAD notice of ours
+                # suggests we missed it (it cannot tell), or the network replays it.  It changes nothing, and
+                # reporting it would bury real replays in noise after every quiet spell (SPEC 12).
+                return
+            raise _Reject(RejectReason.REPLAY, "ack older than one already accepted", h.branch, h.publisher, h.seq)
         c.acked_by[h.acker] = h.seq
         events.append(Acknowledged(b.id, b.me, h.seq, did_from_public_key(member[0])))
 
