@@ -149,6 +149,13 @@ def channel_id(author_sign: bytes, name: str) -> bytes:
     return _crypto.hash32(_crypto.P_CHANNEL, author_sign, name.encode())
 
 
+def _payload_bytes(payload: object) -> bytes:
+    """A payload given as a bytearray or memoryview, as bytes; anything else is the caller's error."""
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise LocalProtocolError(f"payload must be bytes, not {type(payload).__name__}")
+
+
 @functools.lru_cache(maxsize=4096)
 def _did(public: bytes) -> str:
     """``did_from_public_key``, memoised: base58 costs about 6 us, and every received message names its
@@ -590,10 +597,13 @@ class _CoreBase:
     def publish(self, branch: bytes, payload: bytes, now_ms: int) -> int:
         """Encrypt, link, sign (or not, in amortized mode) and queue a packet; returns its sequence number.
 
-        Raises :class:`LocalProtocolError` if we may not write the branch or the payload is too large,
-        :class:`ClosedResourceError` if the branch is closed."""
+        Raises :class:`LocalProtocolError` if we may not write the branch, the payload is not bytes (or a
+        bytearray or memoryview, taken as their bytes) or is too large, :class:`ClosedResourceError` if the
+        branch is closed."""
         b = self._get_branch(branch)
         self._check_writable(b)
+        if type(payload) is not bytes:
+            payload = _payload_bytes(payload)
         if len(payload) > self.config.max_frame - 512:
             raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
         me = b.me
@@ -620,6 +630,7 @@ class _CoreBase:
         b = self._get_branch(branch)
         self._check_writable(b)
         limit = self.config.max_frame - 512
+        payloads = [p if type(p) is bytes else _payload_bytes(p) for p in payloads]
         for payload in payloads:
             if len(payload) > limit:
                 raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")

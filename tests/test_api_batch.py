@@ -547,3 +547,23 @@ async def test_a_publisher_waiting_for_each_ack_is_answered_at_once_and_a_replay
     finally:
         await sub.close()
         await author.close()
+
+
+async def test_payloads_of_the_wrong_type_are_refused_before_anything_is_published(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    try:
+        # A str among bytes: a typed error, and none of the batch is published (all or nothing).
+        with pytest.raises(LocalProtocolError, match="payload must be bytes, not str"):
+            await author.publish_many(branch, [b"first", b"second", "third"])  # type: ignore[list-item]
+        with pytest.raises(LocalProtocolError, match="not int"):
+            await author.publish(branch, 42)  # type: ignore[arg-type]
+        # bytearray and memoryview are taken as their bytes.
+        assert await author.publish_many(branch, [bytearray(b"one"), memoryview(b"two")]) == [1, 2]  # type: ignore[list-item]
+        assert await author.publish(branch, bytearray(b"three")) == 3  # type: ignore[arg-type]
+        got = [await sub.next_message(timeout=5) for _ in range(3)]
+        assert [(m.seq, m.payload) for m in got] == [(1, b"one"), (2, b"two"), (3, b"three")]
+        assert not logged(tmp_path / "author.db", branch, 0, 4)
+    finally:
+        await sub.close()
+        await author.close()
