@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol, Self
 
 from ._parallel import Parallel, default_threads
+from ._state import BranchState
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _CoreBase
 from .errors import (
@@ -289,10 +290,13 @@ class _Party:
         sends a signed HEAD notice of our chain (once per head), which the receiver answers at once, outside its
         ACK pacing: about one round trip plus the receiver's commit.
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
-        branch, :class:`ClosedResourceError` if the party closes meanwhile."""
+        branch, :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed (revoked,
+        left) before the ACK came."""
         self._check_usable()
         if self._core.acknowledged(branch) >= seq:
             return
+        if self._core.branch_state(branch) is BranchState.CLOSED:
+            raise ClosedResourceError(f"branch {branch.hex()} is closed: seq {seq} was not acknowledged")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (branch, seq, fut)
         self._ack_waiters.append(entry)
@@ -611,7 +615,15 @@ class _Party:
             raise
         self._committed(changes)
         self._rearm_timer()
+        if self._ack_waiters and changes.branches:
+            self._fail_closed_waiters({r.id for r in changes.branches if r.state == BranchState.CLOSED.value})
         return out, group
+
+    def _fail_closed_waiters(self, closed: set[bytes]) -> None:
+        """``wait_acknowledged`` calls on a branch that closed (revoked, left) will never be answered."""
+        for b, s, f in self._ack_waiters:
+            if b in closed and not f.done():
+                f.set_exception(ClosedResourceError(f"branch {b.hex()} closed before seq {s} was acknowledged"))
 
     def _send_out(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
         """Send committed frames in one burst (``send_many``); resolve the publish group they complete."""

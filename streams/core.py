@@ -501,6 +501,10 @@ class _CoreBase:
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(b.members.items()))
         return b.epoch, b.members[b.me][1], b.state, dids
 
+    def branch_state(self, branch: bytes) -> BranchState:
+        """Whether a branch is open or closed.  Raises :class:`LocalProtocolError` for an unknown branch."""
+        return self._get_branch(branch).state
+
     def chain_head(self, branch: bytes, publisher: int) -> tuple[int, bytes, int]:
         """(next_seq, head hash, covered seq) of a chain."""
         c = self._get_branch(branch).chains[publisher]

@@ -567,3 +567,22 @@ async def test_payloads_of_the_wrong_type_are_refused_before_anything_is_publish
     finally:
         await sub.close()
         await author.close()
+
+
+async def test_waiting_for_an_ack_on_a_branch_that_closes_raises_at_once(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    try:
+        await sub.close()  # nobody will acknowledge
+        seq = await author.publish(branch, b"never acknowledged")
+        waiting = asyncio.create_task(author.wait_acknowledged(branch, seq, timeout=60))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await author.revoke(branch)
+        # Not after its 60 s timeout: as soon as the revocation is committed.
+        with pytest.raises(ClosedResourceError, match="closed before seq 1 was acknowledged"):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(ClosedResourceError, match="is closed"):
+            await asyncio.wait_for(author.wait_acknowledged(branch, seq, timeout=60), 10)
+    finally:
+        await author.close()
