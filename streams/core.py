@@ -1553,6 +1553,8 @@ class SubscriberCore(_CoreBase):
     def __init__(self, identity: Identity, author_did: str, channel: bytes, config: CoreConfig | None = None,
                  rng: Rng | None = None) -> None:
         super().__init__(identity, config, rng)
+        if type(channel) is not bytes or len(channel) != 32:
+            raise LocalProtocolError("a channel id is 32 bytes (streams.core.channel_id)")
         self._author = PublicIdentity.from_did(author_did)
         self._channel = channel
         self.state = SubscriptionState.IDLE

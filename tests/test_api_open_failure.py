@@ -75,6 +75,14 @@ async def test_failed_subscriber_open_and_create_close_the_endpoint(tmp_path: Pa
             await assert_closed(ep)
         finally:
             await ep.close()
+        ep = SubscriberEndpoint(addr)
+        try:
+            with pytest.raises(LocalProtocolError, match="32 bytes"):  # a truncated channel id
+                await Subscriber.create(tmp_path / "p2.db", P1, AUTHOR.did, author.channel[:5], PW, ep,
+                                        store_options=FAST)
+            await assert_closed(ep)
+        finally:
+            await ep.close()
         assert not (tmp_path / "p2.db").exists()
     finally:
         await author_ep.close()
