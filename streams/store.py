@@ -240,7 +240,8 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
-        if the file is missing or not a store."""
+        if the file is missing, not a store, or damaged (SQLite's ``quick_check`` runs first: it reads the whole
+        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it)."""
         p = Path(path)
         if not p.exists():
             raise StorageError(f"no store at {p}")
@@ -253,6 +254,14 @@ class Store:
         if meta.get("schema") != SCHEMA_VERSION:
             conn.close()
             raise StorageError(f"{p}: unsupported store schema {meta.get('schema')!r}")
+        try:
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"{p} is damaged: {exc}") from exc
+        if check != ("ok",):
+            conn.close()
+            raise StorageError(f"{p} is damaged (SQLite's check: {check[0] if check else 'no answer'})")
         # A damaged or edited file must give StorageError, never a KeyError or a "bad argument" error: check the
         # rows the key derivation needs before using them.
         salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
