@@ -35,7 +35,7 @@ from typing import Protocol, Self
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
 from .anchoring_service import AnchorConfig, AnchorService
-from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _CoreBase
+from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
     AdmissionRefused,
     ClosedResourceError,
@@ -1148,10 +1148,27 @@ class Subscriber(_Party):
         fut: asyncio.Future[Event] = loop.create_future()
         self._waiters.append(fut)
         deadline = loop.time() + timeout
-        self._core.credential_for_challenge = presenter
+        core = self._core
+
+        def present(nonce: bytes, channel: bytes) -> bytes:
+            # The application's presenter runs inside the receive loop: its failure must end this call, not
+            # the party (the core catches it and sends no request; the waiter gets the error at once).
+            assert presenter is not None
+            try:
+                cred = presenter(nonce, channel)
+                _check_credential(cred)
+                return cred
+            except Exception as exc:
+                err = exc if isinstance(exc, LocalProtocolError) else LocalProtocolError(
+                    f"the credential presenter failed: {type(exc).__name__}: {exc}")
+                if not fut.done():
+                    fut.set_exception(err)
+                raise err from exc
+
+        core.credential_for_challenge = present if presenter is not None else None
         try:
             while True:
-                self._core.hello(credential)
+                core.hello(credential)
                 await self._flush()
                 remaining = deadline - loop.time()
                 if remaining <= 0:

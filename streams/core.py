@@ -70,6 +70,7 @@ from .events import (
 from .identity import Identity, PublicIdentity, did_from_public_key
 from .policy import Policy, SubscriptionRequest
 from .wire import (
+    MAX_CREDENTIAL,
     MAX_FRAME,
     VERSION,
     Ack,
@@ -147,6 +148,14 @@ def _packb(obj: object) -> bytes:
 def channel_id(author_sign: bytes, name: str) -> bytes:
     """``H(chan, author_sign || name)``: a channel is bound to its author's key (SPEC.md, "Channel id")."""
     return _crypto.hash32(_crypto.P_CHANNEL, author_sign, name.encode())
+
+
+def _check_credential(credential: object) -> None:
+    if type(credential) is not bytes:
+        raise LocalProtocolError(f"a credential presentation must be bytes, not {type(credential).__name__}")
+    if len(credential) > MAX_CREDENTIAL:
+        raise LocalProtocolError(f"credential presentation of {len(credential)} bytes exceeds the limit of "
+                                 f"{MAX_CREDENTIAL}")
 
 
 def _payload_bytes(payload: object) -> bytes:
@@ -1591,15 +1600,19 @@ class SubscriberCore(_CoreBase):
         """Start (or restart) the subscription handshake.  ``credential``: an optional presentation for the
         author's policy (see :mod:`streams.credentials`).  Use :meth:`hello_with` for a presentation that must
         embed the author's challenge."""
+        _check_credential(credential)
         try:
             self._transition("hello")
         except _Reject as r:  # pragma: no cover - "hello" is valid in every state
             raise LocalProtocolError(r.event.detail) from None
         self._credential = credential
+        self.presenter_error = None
         self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))
 
     # A hook for presentations bound to the challenge: called with (nonce, channel) -> credential bytes.
     credential_for_challenge: Callable[[bytes, bytes], bytes] | None = None
+    #: What the hook raised (or why its result was unusable) at the last CHALLENGE: no SUBSCRIBE was sent.
+    presenter_error: Exception | None = None
 
     def _on_announce(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         a: Announce = frame.head
@@ -1625,7 +1638,14 @@ class SubscriberCore(_CoreBase):
         ch: Challenge = frame.head
         cred = self._credential
         if self.credential_for_challenge is not None:
-            cred = self.credential_for_challenge(ch.nonce, self._channel)
+            try:
+                cred = self.credential_for_challenge(ch.nonce, self._channel)
+                _check_credential(cred)
+            except Exception as exc:
+                # The application's presenter failed: a local error, never one of the receive loop (which
+                # would close the party).  No request goes out; the driver reports it to the caller.
+                self.presenter_error = exc
+                return
         digest = _proof_digest(self._channel, self.author.sign_public, ch.nonce, ch.expires_ms, cred)
         secret = SubscribeSecret(self._id.sign_public, ch.nonce, ch.expires_ms, ch.mac, cred, self._id.sign(digest))
         body = _crypto.seal(self.author.kx_public, encode_subscribe_secret(secret))

@@ -574,6 +574,10 @@ def _strict(data: bytes, what: str, schema: tuple[_T, ...], max_len: int = 4096)
     return out
 
 
+#: The largest credential presentation a SUBSCRIBE carries (bytes).
+MAX_CREDENTIAL = 65536
+
+
 @dataclass(frozen=True, slots=True)
 class SubscribeSecret:
     """Plaintext sealed inside a SUBSCRIBE body.
@@ -589,7 +593,7 @@ class SubscribeSecret:
     credential: bytes  #: optional presentation (issue: credentials), empty if none
     proof: bytes
 
-    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U64, B16, _T("bytes", 0, 65536), B64)
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U64, B16, _T("bytes", 0, MAX_CREDENTIAL), B64)
 
 
 def encode_subscribe_secret(s: SubscribeSecret) -> bytes:

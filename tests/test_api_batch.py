@@ -586,3 +586,33 @@ async def test_waiting_for_an_ack_on_a_branch_that_closes_raises_at_once(tmp_pat
             await asyncio.wait_for(author.wait_acknowledged(branch, seq, timeout=60), 10)
     finally:
         await author.close()
+
+
+async def test_a_failing_or_oversized_credential_presenter_fails_subscribe_not_the_party(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+
+    def too_big(nonce: bytes, channel: bytes) -> bytes:
+        return b"x" * 70_000
+
+    def broken(nonce: bytes, channel: bytes) -> bytes:
+        raise ValueError("the wallet is locked")
+
+    try:
+        # The presenter runs inside the receive loop; its failure ends the call at once, with a typed error.
+        with pytest.raises(LocalProtocolError, match="exceeds the limit of 65536"):
+            await asyncio.wait_for(sub.subscribe(timeout=30, presenter=too_big), 10)
+        with pytest.raises(LocalProtocolError, match="presenter failed: ValueError: the wallet is locked"):
+            await asyncio.wait_for(sub.subscribe(timeout=30, presenter=broken), 10)
+        with pytest.raises(LocalProtocolError, match="exceeds"):  # a static one is checked before anything goes out
+            await sub.subscribe(credential=b"y" * 70_000)
+        # The party is intact: the next handshake succeeds and the branch works.
+        branch = await sub.subscribe(timeout=10)
+        await author.publish(branch, b"hello")
+        assert (await sub.next_message(timeout=5)).payload == b"hello"
+    finally:
+        await sub.close()
+        await author.close()
