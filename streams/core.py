@@ -1302,9 +1302,14 @@ class AuthorCore(_CoreBase):
             return
         existing = self._by_did.get(did)
         if existing is not None:
-            # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.
+            # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.  What admitted
+            # it now (a renewed credential, say) replaces what admitted it before: later re-checks use it.
             b = self._branches[existing]
-            self._out.append(Outgoing(self._extras(b)[0], peer=peer, branch=b.id))
+            grant, old_evidence, _ = self._extras(b)
+            if decision.evidence != old_evidence:
+                b.evidence, b.has_evidence = decision.evidence, bool(decision.evidence)
+                self._changes.branches.append(self._record(b))
+            self._out.append(Outgoing(grant, peer=peer, branch=b.id))
             events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason, resubscribed=True))
             return
         branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,

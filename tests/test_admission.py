@@ -234,3 +234,20 @@ def test_permission_change_takes_effect_on_next_message() -> None:
     assert net.subs["s0"].publish(b, b"writer again", net.now) == 2
     net.pump_sub("s0")
     assert b"writer again" in [m.payload for m in net.events["author"] if isinstance(m, MessageReceived)]
+
+
+def test_renewing_by_resubscribing_replaces_the_evidence_that_is_rechecked(
+        status: tuple[StatusList, StatusListSource]) -> None:
+    net = _net(status)
+    _sub_with(net, "s0", _cred(ident(10), index=3))
+    b0 = next(e for e in net.events["s0"] if isinstance(e, Granted)).branch
+    # The provider renews: it re-subscribes with a new credential (another status entry); same branch.
+    _sub_with(net, "s0", _cred(ident(10), index=5))
+    assert net.author.branch_ids() == [b0]
+    bits, src = status
+    bits.set(3)  # the old credential is revoked: it no longer matters
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    assert net.author.recheck(net.now) == []
+    bits.set(5)  # the one that admitted it now
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    assert net.author.recheck(net.now) == [b0]
