@@ -992,13 +992,19 @@ class Author(_Party):
         self._check_usable()
         revoked = self._core.recheck(self._clock())
         await self._flush()
+        self._report_revoked(revoked)
         return revoked
 
     def _on_tick(self, now_ms: int) -> None:
         if now_ms - self._last_recheck >= self.recheck_ms:
             self._last_recheck = now_ms
-            for b in self._core.recheck(now_ms):
-                log.info("branch %s revoked: its admission no longer holds", b.hex())
+            self._report_revoked(self._core.recheck(now_ms))
+
+    def _report_revoked(self, branches: list[bytes]) -> None:
+        """Tell the application (``events()``) about the branches a re-check revoked: nobody asked for it."""
+        for b in branches:
+            log.info("branch %s revoked: its admission no longer holds", b.hex())
+            self._queue_event(BranchClosed(b, "recheck", self._core.chain_head(b, 0)[0] - 1))
 
     async def remove_member(self, branch: bytes, did: str) -> None:
         """Remove a DID from a group branch and re-key it."""

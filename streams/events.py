@@ -173,7 +173,7 @@ class BranchClosed:
     """A branch was revoked by the author or left by a member; nothing more is accepted on it."""
 
     branch: bytes
-    by: str  #: "revoke" or "unsubscribe"
+    by: str  #: "revoke", "unsubscribe", or (author side) "recheck": its admission no longer held
     last_seq: int  #: the author chain's final sequence number (revoke), or 0
 
 

@@ -375,6 +375,8 @@ async def test_grant_and_evidence_live_on_disk_and_still_serve_resubscription_an
     bits.set(1)
     lists.publish(issue_status_list_credential(issuer, url, bits, valid_from=t0))
     assert await author.recheck_admissions() == [b1]
+    # The author's application hears of it (nobody asked for this revocation): one BranchClosed, by "recheck".
+    assert [(e.branch, e.by) for e in author.pending_events() if isinstance(e, BranchClosed)] == [(b1, "recheck")]
     with pytest.raises(ClosedResourceError):
         await author.publish(b1, b"no more")
     await s1.close()
