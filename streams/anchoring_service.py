@@ -133,9 +133,10 @@ class AnchorService:
         """The latest confirmed anchored head of a chain."""
         return self._anchored.get((branch, publisher))
 
-    def send_restore(self, branch: bytes, peer: object = None) -> None:
-        """Queue, for every chain of ``branch`` with a confirmed anchored head, a fresh ANCHOR_PROOF flagged
-        *restore*: a member that lost its state starts its cursors there (THREATS 3)."""
+    def send_restore(self, branch: bytes, peer: object = None, restore: bool = True) -> None:
+        """Queue, for every chain of ``branch`` with a confirmed anchored head, a fresh ANCHOR_PROOF, flagged
+        *restore* if ``restore``: a member that lost its state starts its cursors there (THREATS 3).  Without
+        the flag: the latest proofs again, for a member back from a restart or a reconnect."""
         for (b, p), rec in self._anchored.items():
             if b != branch:
                 continue
@@ -144,7 +145,7 @@ class AnchorService:
                 continue
             proof = InclusionProof(rec.epoch, rec.index, rec.tree_size, tuple(tree.inclusion_proof(rec.index)))
             self._core.anchor_proof(b, p, rec.seq, rec.hash, rec.key_epoch, EpochCheckpoint.decode(rec.checkpoint),
-                                    rec.anchor_id, proof, restore=True, peer=peer)
+                                    rec.anchor_id, proof, restore=restore, peer=peer)
 
     # -- the loop ----------------------------------------------------------------------------------------------
 

@@ -864,8 +864,16 @@ class Author(_Party):
                 await self._flush()
 
     def _committed(self, changes: Changes) -> None:
+        syncs = self._core.take_syncs()
         if self._anchoring is not None:
             self._anchoring.note(changes)
+            if syncs:
+                # A member back after a restart or a reconnect: the latest anchor proofs of its branch, which
+                # it may have missed while away (sent once, at confirmation).  They leave with the next flush.
+                for branch, peer in syncs:
+                    self._anchoring.send_restore(branch, peer, restore=False)
+                self._tasks = [t for t in self._tasks if not t.done()]  # members come back for years
+                self._tasks.append(asyncio.create_task(self._send_queued()))
 
     async def _stop_services(self) -> None:
         if self._anchoring is not None:

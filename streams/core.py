@@ -1224,6 +1224,7 @@ class AuthorCore(_CoreBase):
         self._used_nonces: dict[bytes, int] = {}
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
+        self._syncs: list[tuple[bytes, object]] = []  #: grant syncs answered: (branch, peer), for the driver
 
     def __repr__(self) -> str:
         return f"AuthorCore(channel={self._channel.hex()}, branches={len(self._branches)})"
@@ -1387,6 +1388,13 @@ class AuthorCore(_CoreBase):
         first = b.epoch - len(frames) + 1  # the epoch of frames[0]
         return frames[max(0, epoch + 1 - first):]
 
+    def take_syncs(self) -> list[tuple[bytes, object]]:
+        """The open branches a member asked to sync since the last call, with its peer: a member back after
+        a restart or a reconnect.  The driver re-sends it the latest anchor proofs of the branch (which it may
+        have missed while away, SPEC 13.5)."""
+        out, self._syncs = self._syncs, []
+        return out
+
     def _revoke_frame(self, b: _Branch) -> bytes:
         """The branch's REVOKE (deterministic: nothing it names moves once the branch is closed)."""
         c = b.chains[0]
@@ -1399,6 +1407,8 @@ class AuthorCore(_CoreBase):
         group it belongs to (it may have been offline when the group opened)."""
         for raw in self._grants_after(b, after):
             self._out.append(Outgoing(raw, peer=peer, branch=b.id))
+        if b.state is BranchState.OPEN:
+            self._syncs.append((b.id, peer))
         if b.state is BranchState.CLOSED:
             self._out.append(Outgoing(self._revoke_frame(b), peer=peer, branch=b.id))
             return
@@ -1851,7 +1861,9 @@ class SubscriberCore(_CoreBase):
             return
         where = (head.branch, head.publisher, head.seq)
         if head.seq <= c.anchored:
-            raise _Reject(RejectReason.REPLAY, "already anchored at or beyond this sequence number", *where)
+            if head.seq == c.anchored:
+                return  # the proof we hold, sent again (after we reconnected): nothing new
+            raise _Reject(RejectReason.REPLAY, "already anchored beyond this sequence number", *where)
         restored = False
         if head.seq < c.next_seq:
             known = c.head if head.seq == c.next_seq - 1 else self._logged_hash(*where)

@@ -503,3 +503,42 @@ def test_anchor_rows_keep_heads_in_leaf_order(tmp_path: Path) -> None:
     row, tree = _build(net.author, net.author.anchor_heads(chains), None, net.now)
     assert row.leaves == sorted(row.leaves) and tree.root == EpochCheckpoint.decode(row.checkpoint).root
     assert msgpack.unpackb(row.checkpoint)[0] == 1
+
+
+async def test_a_member_away_when_its_proof_was_sent_gets_it_when_it_comes_back(tmp_path: Path) -> None:
+    """Proofs are sent once, at confirmation; a member that was offline then gets the latest ones again with its
+    grant sync when it restarts -- not only once its chains move again.  And proofs it already holds, sent again,
+    are no event."""
+    lpath = tmp_path / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        for i in range(3):
+            await author.publish(b1, b"alert %d" % i)
+        for _ in range(3):
+            await s1.next_message(timeout=5)
+        await s1.close()  # away before the epoch is cut and confirmed
+        anch = author.anchoring
+        assert anch is not None
+        await wait_for(lambda: not anch.pending and anch.ledger_writes >= 1, what="the epoch confirmed")
+        s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                   ledger=ledger)
+        col = Collect(s1)
+        await wait_for(lambda: [(e.publisher, e.seq) for e in col.of(Anchored)] == [(0, 3)], what="the proof")
+        assert all(e.ledger_verified and not e.restored for e in col.of(Anchored))
+        # A reconnect asks again: the same proof comes back, and is neither an event nor a rejection.
+        def proofs_sent() -> int:
+            return sum(1 for src, dst, d in hub.tap
+                       if src == "author" and dst == "p1" and decode_frame(d).kind is Kind.ANCHOR_PROOF)
+        before = proofs_sent()
+        await s1._resync()
+        await wait_for(lambda: proofs_sent() > before, what="the proof sent again")
+        await asyncio.sleep(0.3)  # its checks (the ledger read included) run; they must add nothing
+        assert [(e.publisher, e.seq) for e in col.of(Anchored)] == [(0, 3)] and col.of(Rejected) == []
+    finally:
+        await s1.close()
+        await author.close()
+        ledger.close()
