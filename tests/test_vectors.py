@@ -135,6 +135,8 @@ def test_sequence_verdicts() -> None:
         elif step["verdict"] == "accept":
             assert not rejected, step["what"]
             assert any(isinstance(e, MessageReceived) for e in ev), step["what"]
+        elif step["verdict"] == "ignored":
+            assert ev == [], step["what"]
         elif step["verdict"] == "hold":
             assert not rejected, step["what"]
             assert any(isinstance(e, GapDetected) for e in ev), step["what"]
