@@ -4,15 +4,25 @@ A Bitstring Status List credential (:mod:`streams.credentials`) says which crede
 verifier that is handed an *older* list -- by a relay, a cache, or an issuer that shows different lists to
 different verifiers -- would miss a revocation.  Here the issuer anchors every version of a list on the ledger::
 
-    payload = msgpack([1, list_id, issuer_did, digest, sig])
+    payload = msgpack([2, list_id, issuer_did, version, digest, sig])
     digest  = SHA-256(JCS(status list credential))                       (credentials.status_list_digest)
-    sig     = Ed25519(issuer, BLAKE2b-256(person="streams.v1.stat", msgpack([1, list_id, issuer_did, digest])))
+    sig     = Ed25519(issuer, BLAKE2b-256(person="streams.v1.stat",
+                                          msgpack([2, list_id, issuer_did, version, digest])))
 
-under the ledger tag ``streams.statuslist.v1``, and :class:`AnchoredStatusLists` accepts a status list only if
-its digest is the **latest** one its issuer anchored for that list id, in a confirmed ledger write.  Anyone can
-write to a public ledger: anchors not signed by the list's issuer are ignored.  Anything else -- no anchor, a
-newer anchor than the list held, a list from another issuer -- makes the lookup fail closed
-(:class:`~streams.credentials.StatusUnavailable` in the credential check, so the subscription is refused).
+under the ledger tag ``streams.statuslist.v1``.  ``version`` (an unsigned 64-bit integer, signed with the rest)
+numbers the issuer's versions of that list: :func:`publish_status_list` takes one more than the highest the
+issuer already anchored for the list on that ledger.  :class:`AnchoredStatusLists` accepts a status list only if
+its digest is the one its issuer anchored with the **highest version** for that list id, in a confirmed ledger
+write.  The ledger order does not matter: anyone can write to a public ledger, including copies of the issuer's
+own earlier (signed, public) anchors, so an entry whose version is not above the highest seen is ignored
+(re-appending an old anchor cannot roll a revocation back), and so are anchors not validly signed by the list's
+issuer (they cannot displace the issuer's own).  Two different digests anchored by the issuer under the same
+highest version (two revocations racing) are ambiguous: the list is unavailable until the issuer anchors a
+higher version.  Entries of the first format, ``[1, list_id, issuer_did, digest, sig]`` (no version, so
+replayable), count as version 0: one of them is used only while the issuer anchored nothing else for that list.
+Anything else -- no anchor, a newer anchor than the list held, a list from another issuer -- makes the lookup
+fail closed (:class:`~streams.credentials.StatusUnavailable` in the credential check, so the subscription is
+refused and the subscriptions it admitted are revoked at the next re-check).
 
 Scanning needs a ledger that can be read by position (the embedded ledger: :meth:`EmbeddedLedger.size`); the
 IOTA ledger has no index here, so it is not supported as a status-list ledger.
@@ -33,11 +43,12 @@ from .errors import DecodeError, LocalProtocolError, VerificationError
 from .identity import Identity, PublicIdentity
 from .ledger.base import Ledger
 
-__all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_anchor", "publish_status_list",
-           "status_anchor_payload"]
+__all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_anchor", "next_status_version",
+           "publish_status_list", "status_anchor_payload"]
 
 STATUS_TAG: Final = b"streams.statuslist.v1"
 P_STATUS: Final = b"streams.v1.stat"
+_MAX_VERSION: Final = 2**64 - 1
 _log = logging.getLogger("streams.status")
 
 
@@ -52,67 +63,108 @@ class StatusAnchor:
     list_id: str
     issuer: str
     digest: bytes
+    version: int = 0  #: the issuer's version number of the list (0 for an anchor of the first format)
 
 
-def _signed_part(list_id: str, issuer: str, digest: bytes) -> bytes:
-    return msgpack.packb([1, list_id, issuer, digest], use_bin_type=True)  # type: ignore[no-any-return]
+def _signed_part(list_id: str, issuer: str, digest: bytes, version: int | None) -> bytes:
+    part = [1, list_id, issuer, digest] if version is None else [2, list_id, issuer, version, digest]
+    return msgpack.packb(part, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def status_anchor_payload(issuer: Identity, status_list_credential: Mapping[str, Any]) -> bytes:
-    """The ledger payload anchoring this version of a status list, signed by its issuer.
+def status_anchor_payload(issuer: Identity, status_list_credential: Mapping[str, Any], version: int) -> bytes:
+    """The ledger payload anchoring this version of a status list, signed by its issuer; ``version`` must be
+    above every version the issuer anchored for this list before (verifiers ignore the others).
 
-    Raises :class:`~streams.errors.LocalProtocolError` if the credential has no string ``id`` or another issuer."""
+    Raises :class:`~streams.errors.LocalProtocolError` if the credential has no string ``id`` or another issuer,
+    or ``version`` is not in 1..2**64-1."""
     list_id = status_list_credential.get("id")
     if not isinstance(list_id, str):
         raise LocalProtocolError("a status list credential needs a string id")
     if status_list_credential.get("issuer") != issuer.did:
         raise LocalProtocolError("only the list's issuer anchors it")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= _MAX_VERSION:
+        raise LocalProtocolError("a status anchor version is an integer in 1..2**64-1")
     digest = status_list_digest(status_list_credential)
-    sig = issuer.sign(_crypto.hash32(P_STATUS, _signed_part(list_id, issuer.did, digest)))
-    return msgpack.packb([1, list_id, issuer.did, digest, sig], use_bin_type=True)  # type: ignore[no-any-return]
+    sig = issuer.sign(_crypto.hash32(P_STATUS, _signed_part(list_id, issuer.did, digest, version)))
+    return msgpack.packb([2, list_id, issuer.did, version, digest, sig],  # type: ignore[no-any-return]
+                         use_bin_type=True)
+
+
+def next_status_version(ledger: Ledger, list_id: str, issuer: str) -> int:
+    """One more than the highest version ``issuer`` anchored for ``list_id`` on ``ledger`` (confirmed or not),
+    1 if none.  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be scanned (IOTA)."""
+    if not callable(getattr(ledger, "size", None)):
+        raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
+    state = _Latest()
+    state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
+    best = state.best.get((list_id, issuer))
+    version = 1 if best is None else best.anchor.version + 1
+    if version > _MAX_VERSION:
+        raise LocalProtocolError("this status list has no version number left")
+    return version
 
 
 def publish_status_list(ledger: Ledger, issuer: Identity, status_list_credential: Mapping[str, Any]) -> str:
-    """Anchor a status list version (after issuing or revoking); returns the ledger's anchor id."""
-    return ledger.append(STATUS_TAG, status_anchor_payload(issuer, status_list_credential))
+    """Anchor a status list version (after issuing or revoking) under the next version number (see
+    :func:`next_status_version`); returns the ledger's anchor id.
+
+    Two issuer processes anchoring the same list at once may pick the same version: verifiers then refuse
+    the list (fail closed) until one of them anchors again."""
+    list_id = status_list_credential.get("id")
+    if not isinstance(list_id, str):
+        raise LocalProtocolError("a status list credential needs a string id")
+    version = next_status_version(ledger, list_id, issuer.did)
+    return ledger.append(STATUS_TAG, status_anchor_payload(issuer, status_list_credential, version))
 
 
 def decode_status_anchor(data: bytes) -> StatusAnchor:
-    """Parse and verify an anchor payload.  Raises :class:`DecodeError` (malformed) or
+    """Parse and verify an anchor payload (either format).  Raises :class:`DecodeError` (malformed) or
     :class:`VerificationError` (not signed by the issuer it names)."""
     try:
         v = msgpack.unpackb(data, raw=False, max_bin_len=4096, max_str_len=4096, max_array_len=8, max_map_len=0)
     except Exception as exc:  # any msgpack failure on ledger data means "malformed"
         raise DecodeError("status anchor: not valid msgpack") from exc
-    if (not isinstance(v, list) or len(v) != 5 or v[0] != 1 or not isinstance(v[1], str)
-            or not isinstance(v[2], str) or not isinstance(v[3], bytes) or len(v[3]) != 32
-            or not isinstance(v[4], bytes) or len(v[4]) != 64):
-        raise DecodeError("status anchor: expected [1, list_id, issuer, digest, sig]")
-    _, list_id, issuer, digest, sig = v
+    if not isinstance(v, list) or not v:
+        raise DecodeError("status anchor: expected a msgpack array")
+    if v[0] == 1 and len(v) == 5:
+        _, list_id, issuer, digest, sig = v
+        version: int | None = None
+    elif v[0] == 2 and len(v) == 6:
+        _, list_id, issuer, version, digest, sig = v
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= _MAX_VERSION:
+            raise DecodeError("status anchor: version must be an integer in 1..2**64-1")
+    else:
+        raise DecodeError("status anchor: expected [2, list_id, issuer, version, digest, sig]")
+    if (not isinstance(list_id, str) or not isinstance(issuer, str) or not isinstance(digest, bytes)
+            or len(digest) != 32 or not isinstance(sig, bytes) or len(sig) != 64):
+        raise DecodeError("status anchor: malformed list id, issuer, digest or signature")
     pub = PublicIdentity.from_did(issuer)  # DecodeError for a DID that is not an Ed25519 did:key
-    pub.verify(_crypto.hash32(P_STATUS, _signed_part(list_id, issuer, digest)), sig)
-    return StatusAnchor(list_id, issuer, digest)
+    pub.verify(_crypto.hash32(P_STATUS, _signed_part(list_id, issuer, digest, version)), sig)
+    return StatusAnchor(list_id, issuer, digest, version or 0)
 
 
-class AnchoredStatusLists:
-    """A :class:`~streams.credentials.StatusListLookup` that hands out a status list only if it is the latest
-    version its issuer anchored on ``ledger`` (confirmed writes only); ``source`` supplies the lists."""
+@dataclass(slots=True)
+class _Best:
+    anchor: StatusAnchor
+    ambiguous: bool = False  #: another digest was anchored under the same version
 
-    def __init__(self, ledger: _ScannableLedger, source: StatusListLookup) -> None:
-        self._ledger = ledger
-        self._source = source
-        self._next = 1  # embedded ledger positions start at 1
-        self._latest: dict[str, StatusAnchor] = {}
 
-    def refresh(self) -> None:
-        """Read the ledger entries written since the last refresh (append-only: a scan resumes where it ended)."""
-        size = self._ledger.size()
-        while self._next <= size:
-            anchor_id = str(self._next)
-            if not self._ledger.status(anchor_id).confirmed:
+class _Latest:
+    """The highest-version verified anchor of each (list id, issuer), built by scanning a ledger in order."""
+
+    def __init__(self) -> None:
+        self.next = 1  # embedded ledger positions start at 1
+        self.best: dict[tuple[str, str], _Best] = {}
+
+    def scan(self, ledger: _ScannableLedger, *, confirmed_only: bool) -> None:
+        """Read the entries written since the last scan (append-only: a scan resumes where it ended)."""
+        size = ledger.size()
+        while self.next <= size:
+            anchor_id = str(self.next)
+            if confirmed_only and not ledger.status(anchor_id).confirmed:
                 break  # not final yet: look again next time
-            tag, data = self._ledger.read(anchor_id)
-            self._next += 1
+            tag, data = ledger.read(anchor_id)
+            self.next += 1
             if tag != STATUS_TAG:
                 continue
             try:
@@ -120,19 +172,50 @@ class AnchoredStatusLists:
             except (DecodeError, VerificationError) as exc:
                 _log.info("ignoring a status anchor at %s: %s", anchor_id, exc)
                 continue
-            self._latest[a.list_id] = a
+            self._add(a, anchor_id)
 
-    def latest(self, url: str) -> StatusAnchor | None:
-        """The latest verified anchor of list ``url``."""
+    def _add(self, a: StatusAnchor, anchor_id: str) -> None:
+        key = (a.list_id, a.issuer)
+        cur = self.best.get(key)
+        if cur is None or a.version > cur.anchor.version:
+            self.best[key] = _Best(a)
+        elif a.version < cur.anchor.version:
+            _log.info("ignoring a status anchor at %s: version %d of %s is not the latest (%d)", anchor_id,
+                      a.version, a.list_id, cur.anchor.version)
+        elif not _crypto.ct_equal(a.digest, cur.anchor.digest):
+            _log.warning("status list %s: two versions anchored as version %d (at %s): unavailable until its issuer "
+                         "anchors a higher version", a.list_id, a.version, anchor_id)
+            cur.ambiguous = True
+
+
+class AnchoredStatusLists:
+    """A :class:`~streams.credentials.StatusListLookup` that hands out a status list only if it is the version
+    its issuer anchored with the highest version number on ``ledger`` (confirmed writes only); ``source``
+    supplies the lists."""
+
+    def __init__(self, ledger: _ScannableLedger, source: StatusListLookup) -> None:
+        self._ledger = ledger
+        self._source = source
+        self._state = _Latest()
+
+    def refresh(self) -> None:
+        """Read the ledger entries written since the last refresh."""
+        self._state.scan(self._ledger, confirmed_only=True)
+
+    def latest(self, url: str, issuer: str) -> StatusAnchor | None:
+        """The highest-version verified anchor of list ``url`` by ``issuer``; ``None`` if there is none or it
+        is ambiguous."""
         self.refresh()
-        return self._latest.get(url)
+        best = self._state.best.get((url, issuer))
+        return None if best is None or best.ambiguous else best.anchor
 
     def get(self, url: str) -> Mapping[str, Any] | None:
         vc = self._source.get(url)
-        anchor = self.latest(url)
-        if vc is None or anchor is None:
+        if vc is None:
             return None
-        if vc.get("issuer") != anchor.issuer or not _crypto.ct_equal(status_list_digest(vc), anchor.digest):
+        issuer = vc.get("issuer")
+        anchor = self.latest(url, issuer) if isinstance(issuer, str) else None
+        if anchor is None or not _crypto.ct_equal(status_list_digest(vc), anchor.digest):
             _log.warning("status list %s is not the version its issuer anchored last: refused", url)
             return None
         return vc

@@ -1,4 +1,5 @@
-"""Status lists anchored on the ledger: a hidden (rolled back) revocation is refused, forged anchors ignored."""
+"""Status lists anchored on the ledger: a hidden (rolled back) revocation is refused, forged anchors ignored,
+re-appended old anchors of the issuer ignored whatever the ledger order."""
 
 from __future__ import annotations
 
@@ -6,24 +7,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
+from streams import _crypto
 from streams.credentials import (
     CredentialPolicy,
     StatusList,
     StatusListSource,
+    canonicalize,
     issue_credential,
     issue_status_list_credential,
     present,
+    status_list_digest,
 )
 from streams.errors import DecodeError, LocalProtocolError, VerificationError
 from streams.identity import Identity
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import SubscriptionRequest
+from streams.policy_file import load_policy
 from streams.status_anchor import (
+    P_STATUS,
     STATUS_TAG,
     AnchoredStatusLists,
     decode_status_anchor,
+    next_status_version,
     publish_status_list,
     status_anchor_payload,
 )
@@ -36,8 +44,16 @@ NOW = int((T0 + timedelta(days=1)).timestamp() * 1000)
 CHANNEL, NONCE = b"\x07" * 32, b"\x08" * 16
 
 
-def _list(bits: StatusList) -> dict[str, Any]:
-    return issue_status_list_credential(ISSUER, URL, bits, valid_from=T0)
+def _list(bits: StatusList, issuer: Identity = ISSUER) -> dict[str, Any]:
+    return issue_status_list_credential(issuer, URL, bits, valid_from=T0)
+
+
+def _first_format_anchor(issuer: Identity, vc: dict[str, Any]) -> bytes:
+    """An anchor as the first format wrote it: [1, list_id, issuer, digest, sig], no version."""
+    digest = status_list_digest(vc)
+    part = msgpack.packb([1, vc["id"], issuer.did, digest], use_bin_type=True)
+    return msgpack.packb([1, vc["id"], issuer.did, digest, issuer.sign(_crypto.hash32(P_STATUS, part))],
+                         use_bin_type=True)
 
 
 def _request() -> SubscriptionRequest:
@@ -87,7 +103,7 @@ def test_anchors_not_signed_by_the_issuer_are_ignored(ledger: EmbeddedLedger) ->
     v1 = _list(StatusList())
     publish_status_list(ledger, ISSUER, v1)
     # Mallory anchors a "newer version" of the issuer's list: a payload claiming the issuer, signed by Mallory.
-    forged = bytearray(status_anchor_payload(ISSUER, v1))
+    forged = bytearray(status_anchor_payload(ISSUER, v1, 2))
     forged[-64:] = MALLORY.sign(b"\0" * 32)
     ledger.append(STATUS_TAG, bytes(forged))
     ledger.append(STATUS_TAG, b"\x93garbage")
@@ -103,4 +119,129 @@ def test_anchors_not_signed_by_the_issuer_are_ignored(ledger: EmbeddedLedger) ->
 
 def test_only_the_issuer_can_make_an_anchor_payload() -> None:
     with pytest.raises(LocalProtocolError):
-        status_anchor_payload(MALLORY, _list(StatusList()))
+        status_anchor_payload(MALLORY, _list(StatusList()), 1)
+    with pytest.raises(LocalProtocolError):
+        status_anchor_payload(ISSUER, _list(StatusList()), 0)  # versions start at 1 (0 is the first format)
+
+
+def test_versions_count_up_per_list_and_issuer(ledger: EmbeddedLedger) -> None:
+    v = _list(StatusList())
+    assert next_status_version(ledger, URL, ISSUER.did) == 1
+    publish_status_list(ledger, ISSUER, v)
+    publish_status_list(ledger, ISSUER, v)
+    publish_status_list(ledger, MALLORY, _list(StatusList(), MALLORY))  # another issuer's list of that id
+    assert next_status_version(ledger, URL, ISSUER.did) == 3
+    assert next_status_version(ledger, URL, MALLORY.did) == 2
+    assert next_status_version(ledger, URL + "/other", ISSUER.did) == 1
+    assert decode_status_anchor(ledger.read("2")[1]).version == 2
+
+
+def _policy_file(tmp_path: Path, ledger_path: Path) -> Path:
+    (tmp_path / "policy.toml").write_text(f"""
+[policy]
+[[policy.credential]]
+type = "{TYPE}"
+issuers = ["{ISSUER.did}"]
+status_lists = ["sl.json"]
+status_ledger = "sqlite:{ledger_path.name}"
+""")
+    return tmp_path / "policy.toml"
+
+
+def test_reappending_the_issuers_old_anchor_does_not_roll_a_revocation_back(tmp_path: Path) -> None:
+    # Real files and the embedded ledger, as `credential revoke --ledger` and a policy file use them.
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    bits = StatusList()
+    v1 = _list(bits)
+    (tmp_path / "sl.json").write_bytes(canonicalize(v1))
+    first = publish_status_list(ledger, ISSUER, v1)
+    policy = load_policy(_policy_file(tmp_path, tmp_path / "ledger.db"))
+    admitted = policy.decide(_request(), NOW)
+    assert admitted.admit
+    bits.set(5)
+    v2 = _list(bits)
+    (tmp_path / "sl.json").write_bytes(canonicalize(v2))
+    publish_status_list(ledger, ISSUER, v2)
+    assert not policy.still_valid(admitted.evidence, NOW)
+    # The attacker, without any key, re-appends the issuer's public anchor of v1 (twice, and a first-format
+    # anchor of v1 too) and puts v1 back in place of the list file.
+    tag, data = ledger.read(first)
+    ledger.append(tag, data)
+    ledger.append(tag, data)
+    ledger.append(STATUS_TAG, _first_format_anchor(ISSUER, v1))
+    (tmp_path / "sl.json").write_bytes(canonicalize(v1))
+    d = policy.decide(_request(), NOW)
+    assert not d.admit
+    assert "status" in d.reason
+    assert not policy.still_valid(admitted.evidence, NOW)
+    # A verifier that starts now, reading the ledger from the start, is not fooled either.
+    fresh = load_policy(tmp_path / "policy.toml")
+    assert not fresh.decide(_request(), NOW).admit
+    # The current list is accepted (and revokes).
+    (tmp_path / "sl.json").write_bytes(canonicalize(v2))
+    d = fresh.decide(_request(), NOW)
+    assert (d.admit, "revoked" in d.reason) == (False, True)
+    assert AnchoredStatusLists(ledger, _source(v2)).get(URL) == v2
+    ledger.close()
+
+
+def _source(vc: dict[str, Any]) -> StatusListSource:
+    served = StatusListSource()
+    served.publish(vc)
+    return served
+
+
+def test_another_signers_anchor_of_the_same_list_id_does_not_displace_the_issuers(ledger: EmbeddedLedger) -> None:
+    v1 = _list(StatusList())
+    publish_status_list(ledger, ISSUER, v1)
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=AnchoredStatusLists(ledger, _source(v1)))
+    admitted = policy.decide(_request(), NOW)
+    assert admitted.admit
+    # Mallory (anyone may write the ledger) anchors her own list under the issuer's list id, at a high version.
+    fake = _list(StatusList(), MALLORY)
+    ledger.append(STATUS_TAG, status_anchor_payload(MALLORY, fake, 2**64 - 1))
+    assert policy.decide(_request(), NOW).admit
+    assert policy.still_valid(admitted.evidence, NOW)
+    # Handing out Mallory's (anchored) list instead does not help her either: it is not the issuer's list.
+    d = CredentialPolicy(TYPE, frozenset({ISSUER.did}),
+                         status_lists=AnchoredStatusLists(ledger, _source(fake))).decide(_request(), NOW)
+    assert not d.admit
+    assert "status" in d.reason
+
+
+def test_first_format_anchors_count_as_version_zero(ledger: EmbeddedLedger) -> None:
+    bits = StatusList()
+    v1 = _list(bits)
+    ledger.append(STATUS_TAG, _first_format_anchor(ISSUER, v1))
+    ledger.append(STATUS_TAG, _first_format_anchor(ISSUER, v1))  # a duplicate is harmless
+    assert decode_status_anchor(_first_format_anchor(ISSUER, v1)).version == 0
+    assert AnchoredStatusLists(ledger, _source(v1)).get(URL) == v1  # a lone first-format anchor still counts
+    # A revocation anchored in the first format: the ledger cannot say which of the two came last (either can
+    # be re-appended by anyone), so neither counts (fail closed)...
+    bits.set(5)
+    v2 = _list(bits)
+    ledger.append(STATUS_TAG, _first_format_anchor(ISSUER, v2))
+    ledger.append(STATUS_TAG, _first_format_anchor(ISSUER, v1))
+    assert AnchoredStatusLists(ledger, _source(v1)).get(URL) is None
+    assert AnchoredStatusLists(ledger, _source(v2)).get(URL) is None
+    # ... until the issuer anchors the current version with a version number.
+    assert next_status_version(ledger, URL, ISSUER.did) == 1
+    publish_status_list(ledger, ISSUER, v2)
+    ledger.append(STATUS_TAG, _first_format_anchor(ISSUER, v1))
+    assert AnchoredStatusLists(ledger, _source(v1)).get(URL) is None
+    assert AnchoredStatusLists(ledger, _source(v2)).get(URL) == v2
+
+
+def test_two_lists_anchored_under_one_version_fail_closed(ledger: EmbeddedLedger) -> None:
+    bits = StatusList()
+    v1 = _list(bits)
+    ledger.append(STATUS_TAG, status_anchor_payload(ISSUER, v1, 1))
+    bits.set(5)
+    v2 = _list(bits)
+    ledger.append(STATUS_TAG, status_anchor_payload(ISSUER, v2, 1))  # two revocations that raced
+    lookup = AnchoredStatusLists(ledger, _source(v1))
+    assert lookup.get(URL) is None
+    assert AnchoredStatusLists(ledger, _source(v2)).get(URL) is None
+    publish_status_list(ledger, ISSUER, v2)  # version 2
+    assert lookup.get(URL) is None
+    assert AnchoredStatusLists(ledger, _source(v2)).get(URL) == v2
