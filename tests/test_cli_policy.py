@@ -13,6 +13,7 @@ import pytest
 from streams import credentials as vc
 from streams import keystore
 from streams.identity import Identity, x25519_multibase
+from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import SubscriptionRequest
 from streams.policy_file import FilePolicy, PolicyFileError, load_policy
 from streams.wire import Permission
@@ -263,3 +264,11 @@ status_ledger = "sqlite:ledger.db"
     (tmp_path / "sl.json").write_bytes(before)  # the revocation is hidden: the old, validly signed list is back
     code, d = check()
     assert code == 1 and "status" in str(d["reason"])  # not the latest anchored version: refused
+    # Anyone may write the ledger: re-appending the issuer's own (public, signed) anchor of the old list, twice,
+    # does not make it the latest version again.
+    with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
+        tag, data = ledger.read("1")
+        ledger.append(tag, data)
+        ledger.append(tag, data)
+    code, d = check()
+    assert code == 1 and "status" in str(d["reason"])
