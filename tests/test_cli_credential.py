@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from streams import credentials as vc
+from streams.ledger.embedded import EmbeddedLedger
+from streams.status_anchor import decode_status_anchor
 from tests.cliutil import Cli, make_keystore
 
 PASS = "issuer passphrase 91c2"
@@ -221,3 +224,45 @@ def test_bad_arguments_are_usage_errors(world: World) -> None:
                   "--id", LIST_URL, "--out", sl)
     assert r.returncode == 2 and "--force" in r.stderr  # replacing a list would un-revoke everything
     assert world.cli("credential", "verify", "missing.json").returncode == 2
+
+
+def _refusing_ledger(path: Path) -> None:
+    """A real embedded ledger that opens and reads fine but refuses every append (a SQLite trigger)."""
+    EmbeddedLedger(path).close()
+    db = sqlite3.connect(path)
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'ledger refuses'); END")
+    db.commit()
+    db.close()
+
+
+def test_a_failed_ledger_step_leaves_the_list_file_alone(world: World) -> None:
+    sl = world.status_list()
+    before = (world.dir / sl).read_bytes()
+    revoke = ["credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--status-list", sl,
+              "--index", "3", "--json", "--ledger"]
+    # A bad spec, an IOTA ledger (status anchors are read by position: embedded ledgers only), a path that
+    # cannot be opened: exit 2 and the list file is untouched (it used to be rewritten with the bit set).
+    for spec in ("bogus", "iota:http://127.0.0.1:9", "sqlite:no/such/dir/ledger.db"):
+        r = world.cli(*revoke, spec)
+        assert r.returncode == 2 and r.json["ok"] is False, (spec, r.stdout)
+        assert (world.dir / sl).read_bytes() == before, spec
+    create = ["credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--id", LIST_URL + "/2", "--out", "new.json", "--ledger"]
+    for spec in ("bogus", "sqlite:no/such/dir/ledger.db"):
+        assert world.cli(*create, spec).returncode == 2
+        assert not (world.dir / "new.json").exists(), spec
+    # The ledger opens but the append fails: the new list is in place, and the error says it is not anchored.
+    _refusing_ledger(world.dir / "refusing.db")
+    r = world.cli(*revoke, "sqlite:refusing.db")
+    assert r.returncode == 2 and r.json["type"] == "LedgerError"
+    assert f"{sl} was rewritten (index 3 set)" in r.json["error"] and "run the command again" in r.json["error"]
+    bits = vc.StatusList.decode(json.loads((world.dir / sl).read_text())["credentialSubject"]["encodedList"])
+    assert bits.get(3)
+    with EmbeddedLedger(world.dir / "refusing.db") as ledger:
+        assert ledger.size() == 0
+    # With a working ledger each version is anchored with the next version number.
+    r1 = world.cli(*revoke, "sqlite:ledger.db").ok().json
+    r2 = world.cli(*revoke[:-3], "4", "--json", "--ledger", "sqlite:ledger.db").ok().json
+    with EmbeddedLedger(world.dir / "ledger.db") as ledger:
+        anchors = [decode_status_anchor(ledger.read(a)[1]) for a in (r1["anchor"], r2["anchor"])]
+    assert [(a.version, a.digest.hex()) for a in anchors] == [(1, r1["digest"]), (2, r2["digest"])]

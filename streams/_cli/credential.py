@@ -11,6 +11,11 @@ Thin wrappers over :mod:`streams.credentials` (VC 2.0, eddsa-jcs-2022 proofs, Bi
 * ``revoke`` sets a credential's bit and re-signs the list in place (atomically).  Publish the new file where
   verifiers fetch it; anchoring its digest (printed) makes a rollback detectable.
 
+With ``--ledger sqlite:PATH``, ``status-list create`` and ``revoke`` also anchor the new list version there
+(:mod:`streams.status_anchor`).  The ledger is opened and read before the file is written, so a bad spec or an
+unusable ledger changes nothing; if the append itself fails after the write, the error says so (the new file
+is in place but not anchored: verifiers reading the ledger refuse it until the command is run again).
+
 Claims: ``--claim k=v`` gives the string ``v``; ``--claim k:=JSON`` gives a JSON value (number, bool,
 object...).
 """
@@ -21,11 +26,11 @@ import argparse
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import credentials as vc
 from .. import keystore
-from ..errors import DecodeError
+from ..errors import DecodeError, LedgerError, StreamsError
 from ..identity import Identity, KeyResolver, public_key_from_did
 from ._common import (
     CheckFailed,
@@ -42,6 +47,9 @@ from ._common import (
     to_ms,
     write_file_atomic,
 )
+
+if TYPE_CHECKING:
+    from ..ledger.embedded import EmbeddedLedger
 
 __all__ = ["load_status_lists", "register"]
 
@@ -203,26 +211,63 @@ def _status_list_create(args: argparse.Namespace) -> Result:
     issuer = _load_issuer(args)
     t = now()
     doc = vc.issue_status_list_credential(issuer, args.id, bits, purpose=args.purpose, valid_from=t, created=t)
-    write_file_atomic(args.out, dump_json(doc), overwrite=args.force)
+    with _StatusLedger(args, issuer, args.id) as ledger:
+        write_file_atomic(args.out, dump_json(doc), overwrite=args.force)
+        anchor = ledger.anchor(doc, f"{args.out} was written")
     digest = vc.status_list_digest(doc).hex()
     data = {"ok": True, "file": args.out, "id": args.id, "issuer": issuer.did, "size": bits.size,
-            "purpose": args.purpose, "digest": digest, "anchor": _anchor(args, issuer, doc)}
+            "purpose": args.purpose, "digest": digest, "anchor": anchor}
     return Result(data, f"wrote {args.out}\nid: {args.id}\nsize: {bits.size}\ndigest: {digest}")
 
 
-def _anchor(args: argparse.Namespace, issuer: Identity, doc: dict[str, Any]) -> str | None:
-    """With ``--ledger``: anchor this version of the list, signed by the issuer (a rollback is then refused by
-    verifiers that read the ledger, see streams.status_anchor).  Returns the anchor id."""
-    if not args.ledger:
-        return None
-    from ..audit import open_ledger
-    from ..status_anchor import publish_status_list
+class _StatusLedger:
+    """``--ledger``: opened (and read, to number the next version) on entry, *before* the caller writes the
+    list file, so that a bad spec or an unusable ledger leaves the file untouched.  :meth:`anchor` then
+    anchors the written version, signed by the issuer (a rollback is then refused by verifiers that read the
+    ledger, see :mod:`streams.status_anchor`)."""
 
-    ledger = open_ledger(args.ledger, create=True)
-    try:
-        return publish_status_list(ledger, issuer, doc)
-    finally:
-        ledger.close()
+    def __init__(self, args: argparse.Namespace, issuer: Identity, list_id: str) -> None:
+        self._spec: str | None = args.ledger
+        self._issuer = issuer
+        self._list_id = list_id
+        self._ledger: EmbeddedLedger | None = None
+
+    def __enter__(self) -> _StatusLedger:
+        if self._spec is None:
+            return self
+        kind, _, path = self._spec.partition(":")
+        if kind != "sqlite" or not path:
+            # Verifiers read status anchors by ledger position, which only the embedded ledger offers.
+            raise UsageError("--ledger takes sqlite:PATH (status lists are anchored on an embedded ledger)")
+        from ..ledger.embedded import EmbeddedLedger
+        from ..status_anchor import next_status_version
+
+        self._ledger = EmbeddedLedger(path)  # LedgerError if it cannot be opened
+        try:
+            next_status_version(self._ledger, self._list_id, self._issuer.did)  # can it be read?
+        except BaseException:
+            self._ledger.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def anchor(self, doc: dict[str, Any], written: str) -> str | None:
+        """Anchor ``doc``; returns the anchor id (``None`` without ``--ledger``).  ``written`` says what was
+        already done, for the error raised if the append fails."""
+        if self._ledger is None:
+            return None
+        from ..status_anchor import publish_status_list
+
+        try:
+            return publish_status_list(self._ledger, self._issuer, doc)
+        except StreamsError as exc:
+            raise LedgerError(
+                f"{written}, but anchoring it on {self._spec} failed ({exc}): verifiers that read that ledger "
+                "refuse this list until it is anchored; run the command again"
+            ) from exc
 
 
 def _revoke(args: argparse.Namespace) -> Result:
@@ -250,11 +295,14 @@ def _revoke(args: argparse.Namespace) -> Result:
         issuer, lst["id"], bits, purpose=purpose, valid_from=lst.get("validFrom") or now(),
         valid_until=lst.get("validUntil"), created=now(),
     )
-    write_file_atomic(args.status_list, dump_json(new), overwrite=True)
+    with _StatusLedger(args, issuer, lst["id"]) as ledger:
+        write_file_atomic(args.status_list, dump_json(new), overwrite=True)
+        _log.info("status list %s: index %d %s", lst["id"], args.index, "cleared" if args.clear else "set")
+        anchor = ledger.anchor(new, f"{args.status_list} was rewritten (index {args.index} "
+                                    f"{'cleared' if args.clear else 'set'})")
     digest = vc.status_list_digest(new).hex()
-    _log.info("status list %s: index %d %s", lst["id"], args.index, "cleared" if args.clear else "set")
     data = {"ok": True, "file": args.status_list, "id": lst["id"], "index": args.index, "purpose": purpose,
-            "set": not args.clear, "was_set": was, "digest": digest, "anchor": _anchor(args, issuer, new)}
+            "set": not args.clear, "was_set": was, "digest": digest, "anchor": anchor}
     verb = "cleared" if args.clear else ("revoked" if purpose == "revocation" else "suspended")
     return Result(data, f"{verb} index {args.index} in {args.status_list}\ndigest: {digest}")
 
