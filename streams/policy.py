@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
+
+import msgpack
 
 from .wire import Permission
 
@@ -69,6 +71,26 @@ def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, com
     if not verdicts:
         return True
     return any(verdicts) if combine == "any" else all(verdicts)
+
+
+#: Prefix of :class:`AllOf` evidence: ``_ALL_OF + msgpack([evidence of sub-policy 0, of 1, ...])``.  It cannot
+#: start a credential's JSON, so evidence stored by earlier versions (one bare credential) is told apart.
+_ALL_OF: Final = b"\x00streams.allof.v1\x00"
+
+
+def _split_all_of(evidence: bytes, n: int) -> list[bytes] | None:
+    """The per-sub-policy evidence of an :class:`AllOf` with ``n`` sub-policies, or None if ``evidence`` is not
+    one (stored by an earlier version, or for another number of sub-policies)."""
+    if not evidence.startswith(_ALL_OF):
+        return None
+    try:
+        parts = msgpack.unpackb(evidence[len(_ALL_OF):], raw=False, max_array_len=n, max_map_len=0,
+                                max_str_len=0, max_ext_len=0)
+    except Exception:  # malformed evidence: treated as not holding (fail closed)
+        return None
+    if not isinstance(parts, list) or len(parts) != n or not all(isinstance(p, bytes) for p in parts):
+        return None
+    return parts
 
 
 @dataclass(frozen=True)
@@ -130,14 +152,16 @@ def common_permission(a: Permission, b: Permission) -> Permission | None:
 
 @dataclass(frozen=True)
 class AllOf:
-    """Admit only if every sub-policy admits, with the permission they all grant (refuse if they share none);
-    the evidence is the first non-empty one."""
+    """Admit only if every sub-policy admits, with the permission they all grant (refuse if they share none).
+
+    The evidence keeps what admitted the requester *for each* sub-policy (e.g. a different credential for each of
+    two credential rules), and :meth:`still_valid` re-checks each sub-policy against its own evidence only."""
 
     policies: tuple[Policy, ...]
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
         granted: Permission | None = None
-        evidence = b""
+        evidence: list[bytes] = []
         reasons = []
         for p in self.policies:
             d = p.decide(request, now_ms)
@@ -146,11 +170,24 @@ class AllOf:
             granted = d.permission if granted is None else common_permission(granted, d.permission)
             if granted is None:
                 return Decision.refuse("the policies grant no permission in common")
-            evidence = evidence or d.evidence
+            evidence.append(d.evidence)
             reasons.append(d.reason)
         if granted is None:
             return Decision.refuse("no policy")
-        return Decision(True, "; ".join(reasons), granted, evidence)
+        packed = _ALL_OF + msgpack.packb(evidence, use_bin_type=True) if any(evidence) else b""
+        return Decision(True, "; ".join(reasons), granted, packed)
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
-        return _still_valid(self.policies, evidence, now_ms, "all")
+        """Whether every sub-policy's own evidence still holds (a sub-policy that needed none is not asked).
+        Evidence in the earlier form (one bare credential) must hold for every sub-policy that re-checks, as
+        before; evidence that fits neither form (the policy now has another number of rules) does not hold."""
+        parts = _split_all_of(evidence, len(self.policies))
+        if parts is None:
+            if evidence.startswith(_ALL_OF):
+                return False
+            return _still_valid(self.policies, evidence, now_ms, "all")
+        for p, part in zip(self.policies, parts, strict=True):
+            check = getattr(p, "still_valid", None)
+            if part and check is not None and not check(part, now_ms):
+                return False
+        return True

@@ -12,6 +12,7 @@ from streams.credentials import (
     CredentialPolicy,
     StatusList,
     StatusListSource,
+    canonicalize,
     issue_credential,
     issue_status_list_credential,
     present,
@@ -19,7 +20,7 @@ from streams.credentials import (
 from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
 from streams.events import BranchClosed, Granted, MessageReceived, Refused, Rejected, SubscriberRefused
 from streams.identity import Identity
-from streams.policy import AllOf, AllowList, DenyList
+from streams.policy import AllOf, AllowList, DenyList, SubscriptionRequest
 from streams.wire import Permission, encode_frame
 
 from .corenet import Net, ident
@@ -160,6 +161,51 @@ def test_revoking_the_credential_cuts_off_its_subscriber(status: tuple[StatusLis
     net.author.publish(b1, b"s1 unaffected", net.now)
     net.pump_author()
     assert [m.payload for m in net.events["s1"] if isinstance(m, MessageReceived)] == [b"s1 unaffected"]
+
+
+def test_all_of_two_credential_rules_rechecks_each_credential_against_its_own_rule(
+        status: tuple[StatusList, StatusListSource]) -> None:
+    # Two credential rules that must both admit: each is satisfied by a different credential of the subscriber.
+    kyc = "KYCCredential"
+    policy = AllOf((CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1]),
+                    CredentialPolicy(kyc, frozenset({ISSUER.did}), status_lists=status[1])))
+    net = Net.make(policy=policy, n_subs=2)
+    creds = [_cred(ident(10), index=3), _cred(ident(10), types=[kyc], index=5)]
+    s = net.subs["s0"]
+    s.credential_for_challenge = lambda nonce, channel: present(
+        s.identity, creds, challenge=nonce, domain=channel, created=T0 + timedelta(days=1))
+    net.subscribe("s0")
+    b0 = next(e for e in net.events["s0"] if isinstance(e, Granted)).branch
+    # Nothing changed: the subscriber stays (it was revoked here, each credential being checked against both).
+    assert net.author.recheck(net.now) == []
+    # Revoking either credential revokes the subscription.
+    bits, src = status
+    bits.set(5)
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    assert net.author.recheck(net.now) == [b0]
+
+
+def test_all_of_evidence_of_an_earlier_version_still_fails_closed(
+        status: tuple[StatusList, StatusListSource]) -> None:
+    # A branch stored before AllOf kept per-rule evidence holds one bare credential: it is still re-checked
+    # against every rule that re-checks; evidence made for a policy with another number of rules does not hold.
+    cred_policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1])
+    policy = AllOf((DenyList(), cred_policy))
+    bare = canonicalize(_cred(ident(10), index=3))
+    assert policy.still_valid(bare, _now_ms())
+    assert not AllOf((cred_policy, CredentialPolicy("Other", frozenset({ISSUER.did}), status_lists=status[1]))
+                     ).still_valid(bare, _now_ms())
+    s = SubscriptionRequest(b"c" * 32, ident(10).did, ident(10).sign_public,
+                            present(ident(10), _cred(ident(10), index=3), challenge=b"n" * 16, domain=b"c" * 32,
+                                    created=T0 + timedelta(days=1)), b"n" * 16)
+    d = policy.decide(s, _now_ms())
+    assert d.admit and policy.still_valid(d.evidence, _now_ms())
+    assert not AllOf((DenyList(), cred_policy, cred_policy)).still_valid(d.evidence, _now_ms())
+    assert not policy.still_valid(d.evidence[:-3], _now_ms())  # damaged: does not hold
+
+
+def _now_ms() -> int:
+    return int((T0 + timedelta(days=2)).timestamp() * 1000)
 
 
 # --- permissions, enforced on both sides -----------------------------------------------------------------------

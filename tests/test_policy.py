@@ -48,10 +48,34 @@ def test_all_of_grants_only_what_every_policy_grants() -> None:
 
 def test_evidence_is_carried_through_combinators_and_rechecked() -> None:
     ev = Evidence(set())
+    own = b"cred-" + A.did.encode()  # what the evidence-giving sub-policy admitted A with
     for p in (AllOf((DenyList(), ev)), AnyOf((AllowList(), ev))):
         d = p.decide(req(A), 0)
-        assert d.evidence == b"cred-" + A.did.encode()
+        assert d.evidence  # AnyOf hands it on as is; AllOf keeps it with the other sub-policies' (opaque)
         assert p.still_valid(d.evidence, 0) is False
-        ev.valid.add(d.evidence)
+        ev.valid.add(own)
         assert p.still_valid(d.evidence, 0) is True
         ev.valid.clear()
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """Admits with evidence naming its tag; that evidence holds while the tag is in ``valid``."""
+
+    tag: bytes
+    valid: set[bytes]
+
+    def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
+        return Decision(True, "tagged", Permission.READ_WRITE, self.tag)
+
+    def still_valid(self, evidence: bytes, now_ms: int) -> bool:
+        return evidence == self.tag and self.tag in self.valid
+
+
+def test_all_of_rechecks_every_sub_policy_against_its_own_evidence() -> None:
+    valid = {b"x", b"y"}
+    p = AllOf((Tagged(b"x", valid), DenyList(), Tagged(b"y", valid)))
+    d = p.decide(req(A), 0)
+    assert p.still_valid(d.evidence, 0)  # it used to check x's evidence against y too: revoked at once
+    valid.discard(b"y")
+    assert not p.still_valid(d.evidence, 0)
