@@ -201,6 +201,7 @@ class FilePolicy:
                     "issuers": sorted(r.issuers),
                     "permission": permission_name(r.permission),
                     "status_lists": [str(p) for p in r.status_lists],
+                    "status_ledger": r.status_ledger,
                 }
                 for r in self.credentials
             ],

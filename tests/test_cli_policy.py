@@ -255,6 +255,9 @@ status_ledger = "sqlite:ledger.db"
         return r.returncode, decision
 
     assert check()[0] == 0
+    shown = cli("policy", "check", "policy.toml", "--json").ok().json["policy"]["credential"][0]
+    assert shown["status_ledger"] == "sqlite:ledger.db"  # as resolved against the policy file (here: cwd)
+    assert "status ledger sqlite:ledger.db" in cli("policy", "check", "policy.toml").ok().stdout
     before = (tmp_path / "sl.json").read_bytes()
     revoked = cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
                   "--status-list", "sl.json", "--index", "3", "--ledger", "sqlite:ledger.db", "--json").ok().json
@@ -272,3 +275,49 @@ status_ledger = "sqlite:ledger.db"
         ledger.append(tag, data)
     code, d = check()
     assert code == 1 and "status" in str(d["reason"])
+
+
+def test_mode_all_with_two_credential_rules_in_one_presentation(tmp_path: Path) -> None:
+    """`mode = "all"` with two credential rules: `policy check` presents both credentials, as a subscriber does,
+    and the author's later re-check of what admitted it agrees (each credential against its own rule)."""
+    cli = Cli(tmp_path, {"PP": PASS})
+    issuer, member = (make_keystore(cli, f"{n}.ks") for n in ("issuer", "member"))
+    cli("credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+        "--id", "https://issuer.example/sl/all", "--out", "sl.json").ok()
+    for ctype, index in (("PaymentProviderCredential", "1"), ("KYCCredential", "2")):
+        cli("credential", "issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--subject", member,
+            "--type", ctype, "--status-list", "sl.json", "--status-index", index, "--out", f"{ctype}.json").ok()
+    write(tmp_path / "policy.toml", f"""
+[policy]
+mode = "all"
+[[policy.credential]]
+type = "PaymentProviderCredential"
+issuers = ["{issuer}"]
+permission = "read-write"
+status_lists = ["sl.json"]
+[[policy.credential]]
+type = "KYCCredential"
+issuers = ["{issuer}"]
+permission = "read"
+status_lists = ["sl.json"]
+""")
+    creds = ("--credential", "PaymentProviderCredential.json", "--credential", "KYCCredential.json")
+    r = cli("policy", "check", "policy.toml", "--did", member, *creds, "--holder-keystore", "member.ks",
+            "--passphrase-env", "PP", "--json")
+    assert (r.returncode, r.json["decision"]["admit"], r.json["decision"]["permission"]) == (0, True, "read")
+    r = cli("policy", "check", "policy.toml", "--did", member, *creds[:2], "--holder-keystore", "member.ks",
+            "--passphrase-env", "PP", "--json")
+    assert (r.returncode, r.json["decision"]["admit"]) == (1, False)  # one credential is not enough
+
+    policy = load_policy(tmp_path / "policy.toml")
+    holder = keystore.load_identity(tmp_path / "member.ks", PASS)
+    nonce, channel = os.urandom(16), os.urandom(32)
+    now = datetime.now(UTC).replace(microsecond=0)
+    now_ms = int(now.timestamp() * 1000)
+    docs = [json.loads((tmp_path / f).read_text()) for f in creds[1::2]]
+    vp = vc.present(holder, docs, challenge=nonce, domain=channel, created=now)
+    d = policy.decide(SubscriptionRequest(channel, member, holder.sign_public, vp, nonce), now_ms)
+    assert d.admit and policy.still_valid(d.evidence, now_ms)
+    cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--status-list", "sl.json",
+        "--index", "2").ok()
+    assert not policy.still_valid(d.evidence, now_ms)

@@ -2,8 +2,9 @@
 
 With ``--did`` the policy decides a :class:`~streams.policy.SubscriptionRequest` from that DID, exactly as an
 author would, on a fresh random challenge nonce and channel id.  A credential presentation is bound to that
-nonce and channel (THREATS 5), so the holder must sign one for this dry run: ``--credential`` needs the
-holder's keystore (``--holder-keystore``, whose DID must be ``--did``).
+nonce and channel (THREATS 5), so the holder must sign one for this dry run: ``--credential`` (repeatable: all
+go in one presentation, as a subscriber meeting several credential rules of a ``mode = "all"`` policy sends
+them) needs the holder's keystore (``--holder-keystore``, whose DID must be ``--did``).
 
 Exit status: 0 valid file (and admitted, with ``--did``), 1 refused, 2 invalid file or usage error.
 """
@@ -41,6 +42,8 @@ def _describe_text(policy: FilePolicy) -> str:
     lines += [f"  allow {a['did']} ({a['permission']})" for a in d["allow"]]
     for c in d["credential"]:
         lists = f", status lists {', '.join(c['status_lists'])}" if c["status_lists"] else ""
+        if c["status_ledger"]:
+            lists += f", status ledger {c['status_ledger']}"
         lines.append(f"  credential {c['type']} from {', '.join(c['issuers'])} ({c['permission']}){lists}")
     return "\n".join(lines)
 
@@ -66,10 +69,13 @@ def _check(args: argparse.Namespace) -> Result:
         holder = keystore.load_identity(args.holder_keystore, read_passphrase(args))
         if holder.did != args.did:
             raise UsageError("--holder-keystore holds another DID than --did")
-        cred = read_json_file(args.credential, "credential")
-        if not isinstance(cred, dict):
-            raise UsageError(f"{args.credential} is not a JSON object")
-        presentation = vc.present(holder, cred, challenge=nonce, domain=channel, created=at)
+        creds = []
+        for path in args.credential:
+            cred = read_json_file(path, "credential")
+            if not isinstance(cred, dict):
+                raise UsageError(f"{path} is not a JSON object")
+            creds.append(cred)
+        presentation = vc.present(holder, creds, challenge=nonce, domain=channel, created=at)
     request = SubscriptionRequest(channel, args.did, sign_public, presentation, nonce)
     decision = policy.decide(request, to_ms(at))
     data["decision"] = {
@@ -89,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     description=__doc__)
     c.add_argument("file", metavar="FILE", help="policy file (TOML, see streams.policy_file)")
     c.add_argument("--did", metavar="DID", help="decide a subscription request from this DID")
-    c.add_argument("--credential", metavar="FILE", help="a credential the DID presents (needs --holder-keystore)")
+    c.add_argument("--credential", action="append", metavar="FILE",
+                   help="a credential the DID presents (repeatable: one presentation; needs --holder-keystore)")
     c.add_argument("--holder-keystore", metavar="PATH", help="keystore of --did, to sign the presentation")
     add_passphrase_options(c, "holder keystore")
