@@ -117,6 +117,11 @@ class _Audit:
         for rb, rp, rs, rh, rf in self.store.iter_log():
             rows.setdefault((rb, rp), []).append((rs, bytes(rh), bytes(rf)))
         anchored = {(r.branch, r.publisher): r for r in self.store.anchored_heads()}
+        # Where restored chains start: every restore proof applied, kept apart from the latest anchored heads
+        # (a later epoch's proof replaces those).
+        restores: dict[tuple[bytes, int], list[AnchorRecord]] = {}
+        for r in self.store.anchor_restores():
+            restores.setdefault((r.branch, r.publisher), []).append(r)
         self.report.branches = len(branches)
         for key in rows.keys() - cursors.keys():
             self.err(f"{len(rows[key])} log rows for a chain this party does not follow (inserted)", key[0], key[1])
@@ -126,13 +131,13 @@ class _Audit:
                 self.err("a chain cursor for an unknown branch", key[0], key[1])
                 continue
             self.report.chains += 1
-            self._chain(br, key[1], cursor.next_seq, cursor.head, rows.get(key, []), anchored.get(key))
+            self._chain(br, key[1], cursor.next_seq, cursor.head, rows.get(key, []), restores.get(key, []))
         for rec in branches.values():
             self._grant(rec)
         if self.report.role == "author":
             self._author_anchors(branches)
         else:
-            self._member_anchors(branches, anchored)
+            self._member_anchors(branches, anchored, restores)
         for fb, fp, fs, _fa, _fb in self.store.forks():
             self.err("fork evidence held: the publisher signed two different messages here", fb, fp, fs)
         return self.report
@@ -150,15 +155,18 @@ class _Audit:
             self.err(f"branch grant does not verify: {exc}", b.id)
 
     def _chain(self, b: BranchRecord, publisher: int, next_seq: int, head: bytes,
-               rows: list[tuple[int, bytes, bytes]], restored: AnchorRecord | None) -> None:
+               rows: list[tuple[int, bytes, bytes]], restores: list[AnchorRecord]) -> None:
         members = {i: pk for i, pk, _ in b.members}
         keys = {(e, p): k for e, p, k in b.keys}
         pub = members.get(publisher)
         if pub is None:
             self.err("chain of a publisher who is not a member", b.id, publisher)
             return
-        # Where the chain starts: the grant (seq 0), or the anchored head a restored member started from.
-        if restored is not None and restored.restored and (not rows or rows[0][0] == restored.seq + 1):
+        # Where the chain starts: the grant (seq 0), or the anchored head a restored member started from (its
+        # restore proof is verified in _member_anchors).
+        first = rows[0][0] if rows else next_seq
+        restored = next((r for r in restores if r.seq + 1 == first), None)
+        if restored is not None:
             exp_seq, prev = restored.seq + 1, restored.hash
         else:
             exp_seq, prev = 1, b.grant_hash if b.epoch == 0 else b""
@@ -267,10 +275,14 @@ class _Audit:
                 except LedgerError as exc:
                     self.err(f"anchor epoch {row.epoch}: ledger unreachable: {exc}")
 
-    def _member_anchors(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int],
-                                                                                   AnchorRecord]) -> None:
+    def _member_anchors(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int], AnchorRecord],
+                        restores: dict[tuple[bytes, int], list[AnchorRecord]]) -> None:
         author = bytes(dict((i, pk) for b in branches.values() for i, pk, _ in b.members if i == 0).get(0, b""))
-        for r in anchored.values():
+        latest = {(r.branch, r.publisher, r.seq) for r in anchored.values()}
+        # The latest anchored heads, and the restore proofs that are no longer a chain's latest (each one is
+        # where a restored log starts: it must verify as much as a latest head does).
+        earlier = [r for rs in restores.values() for r in rs if (r.branch, r.publisher, r.seq) not in latest]
+        for r in [*anchored.values(), *earlier]:
             self.report.anchored_heads += 1
             blind = self._blind(branches, r.branch, r.publisher, r.key_epoch)
             where = (r.branch, r.publisher, r.seq)

@@ -27,6 +27,7 @@ Schema (version 1)::
     delivered(branch, publisher, seq)                            -- application cursor
     anchors(epoch, checkpoint, heads, leaves, anchor_id, state)  -- author: one row per anchor epoch
     anchor_heads(branch, publisher, seq, hash, ...)              -- latest confirmed anchored head per chain
+    anchor_restores(branch, publisher, seq, hash, ...)           -- member: restore proofs a chain restarted at
     forks(branch, publisher, seq, frame_a, frame_b)              -- fork evidence
 
 ``log`` is a rowid table (its primary key a unique index): its rows hold whole frames, and a ``WITHOUT ROWID``
@@ -54,13 +55,19 @@ removed from the log, so the file only grows, like the table did.
 A store is thus two files (plus SQLite's ``-wal``): :func:`backup` copies both consistently while the party
 runs (``streams backup``); ``cp`` of a live store does not.
 
-The three anchoring tables were added after version 1 without a version bump: they are only ever *added*
+The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
 gains them, and no older reader reads them.
 
 An ``anchors`` row goes ``built`` (signed checkpoint, durable before the ledger is called) -> ``written``
 (ledger id known) -> ``confirmed`` (the ledger confirmed it and read it back).  Rows not ``confirmed`` are the
 durable queue that survives ledger outages and crashes (THREATS 7).
+
+``anchor_restores`` keeps every *restore* proof a member applied (SPEC 13.5: it lost its state and restarted
+a chain at an anchored head), same columns as ``anchor_heads``.  ``anchor_heads`` only keeps the latest head per
+chain, so the next epoch's proof replaces the restore row; this table is the lasting, verifiable record of
+where the member's log of that chain legitimately starts (:mod:`streams.audit`).  At every open, a restore
+row still in ``anchor_heads`` (written before this table existed) is copied into it.
 """
 
 from __future__ import annotations
@@ -129,6 +136,13 @@ CREATE TABLE IF NOT EXISTS anchor_heads (
     key_epoch INTEGER NOT NULL, epoch INTEGER NOT NULL, anchor_id TEXT NOT NULL, checkpoint BLOB NOT NULL,
     idx INTEGER NOT NULL, tree_size INTEGER NOT NULL, path BLOB NOT NULL, ledger_verified INTEGER NOT NULL,
     restored INTEGER NOT NULL, PRIMARY KEY (branch, publisher)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS anchor_restores (
+    branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+    key_epoch INTEGER NOT NULL, epoch INTEGER NOT NULL, anchor_id TEXT NOT NULL, checkpoint BLOB NOT NULL,
+    idx INTEGER NOT NULL, tree_size INTEGER NOT NULL, path BLOB NOT NULL, ledger_verified INTEGER NOT NULL,
+    restored INTEGER NOT NULL, PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
+INSERT OR IGNORE INTO anchor_restores SELECT branch, publisher, seq, hash, key_epoch, epoch, anchor_id, checkpoint,
+    idx, tree_size, path, ledger_verified, restored FROM anchor_heads WHERE restored = 1;
 CREATE TABLE IF NOT EXISTS forks (
     branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, frame_a BLOB NOT NULL,
     frame_b BLOB NOT NULL, PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
@@ -161,11 +175,22 @@ _AH_INSERT = ("INSERT OR REPLACE INTO anchor_heads (branch, publisher, seq, hash
               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _AH_SELECT = ("SELECT branch, publisher, seq, hash, key_epoch, epoch, anchor_id, checkpoint, idx, tree_size, path, "
               "ledger_verified, restored FROM anchor_heads")
+_AR_INSERT = ("INSERT OR IGNORE INTO anchor_restores (branch, publisher, seq, hash, key_epoch, epoch, anchor_id, "
+              "checkpoint, idx, tree_size, path, ledger_verified, restored) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_AR_SELECT = ("SELECT branch, publisher, seq, hash, key_epoch, epoch, anchor_id, checkpoint, idx, tree_size, path, "
+              "ledger_verified, restored FROM anchor_restores ORDER BY branch, publisher, seq")
 
 
 def _ah_row(r: AnchorRecord) -> tuple[Any, ...]:
     return (r.branch, r.publisher, r.seq, r.hash, r.key_epoch, r.epoch, r.anchor_id, r.checkpoint, r.index,
             r.tree_size, b"".join(r.path), int(r.ledger_verified), int(r.restored))
+
+
+def _ah_record(r: tuple[Any, ...]) -> AnchorRecord:
+    path = bytes(r[10])
+    return AnchorRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                        tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]), bool(r[12]))
 
 
 class Store:
@@ -327,6 +352,8 @@ class Store:
                                   [(b, p, s) for (b, p), s in delivered.items()])
                 if changes.anchored:
                     c.executemany(_AH_INSERT, [_ah_row(r) for r in changes.anchored])
+                    # A restore proof is also kept for good: the next epoch's proof replaces it above.
+                    c.executemany(_AR_INSERT, [_ah_row(r) for r in changes.anchored if r.restored])
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
         except OSError as exc:  # the frame file (the transaction was rolled back)
@@ -381,13 +408,12 @@ class Store:
 
     def anchored_heads(self) -> list[AnchorRecord]:
         """The latest confirmed anchored head of every chain."""
-        out = []
-        for r in self._q(_AH_SELECT):
-            path = bytes(r[10])
-            out.append(AnchorRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
-                                    tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]),
-                                    bool(r[12])))
-        return out
+        return [_ah_record(r) for r in self._q(_AH_SELECT)]
+
+    def anchor_restores(self) -> list[AnchorRecord]:
+        """Every restore proof this member applied (where it restarted a chain after losing its state), in
+        (branch, publisher, seq) order; kept when later proofs replace the chain's latest anchored head."""
+        return [_ah_record(r) for r in self._q(_AR_SELECT)]
 
     def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
         """Keep fork evidence; False if this position already had some."""

@@ -373,6 +373,77 @@ async def test_a_member_that_lost_its_state_restarts_at_the_anchored_head(tmp_pa
         ledger.close()
 
 
+async def test_a_restored_member_store_still_audits_after_later_epochs(tmp_path: Path) -> None:
+    """Where a restored chain starts outlives the restore proof's row in anchor_heads (the next epoch's proof
+    replaces it): the audit of the member's new store passes before *and* after later epochs, and that start
+    is itself checked (a forged or deleted record fails the audit)."""
+    lpath = tmp_path / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    b1 = await s1.subscribe(timeout=5)
+    for i in range(5):
+        await author.publish(b1, b"alert %d" % i)
+    await s1.publish(b1, b"report 1")
+    await s1.publish(b1, b"report 2")
+    col = Collect(s1)
+    await wait_for(lambda: {(e.publisher, e.seq) for e in col.of(Anchored)} >= {(0, 5), (1, 2)}, what="anchored")
+    await s1.close()
+    os.remove(tmp_path / "p1.db")
+    new = tmp_path / "p1-new.db"
+    fresh = await make_sub(new, hub, P1, "p1", author, ledger=ledger)
+    col = Collect(fresh)
+    try:
+        assert await fresh.subscribe(timeout=5) == b1
+        await wait_for(lambda: {(e.publisher, e.seq) for e in col.of(Anchored) if e.restored} == {(0, 5), (1, 2)},
+                       what="restored heads")
+        with EmbeddedLedger(lpath) as led:
+            rep = audit_store(new, PW, led)  # right after the restore: this always passed
+        assert rep.ok, rep.summary()
+        for i in range(3):
+            await author.publish(b1, b"alert %d" % (i + 6))
+            await fresh.next_message(timeout=5)
+        assert await fresh.publish(b1, b"report 3") == 3
+        await wait_for(lambda: {(e.publisher, e.seq) for e in col.of(Anchored) if not e.restored} >= {(0, 8), (1, 3)},
+                       what="later epochs")
+    finally:
+        await fresh.close()
+        await author.close()
+        ledger.close()
+    db = sqlite3.connect(new)
+    assert db.execute("SELECT count(*) FROM anchor_heads WHERE restored = 1").fetchone()[0] == 0  # replaced
+    db.close()
+    with EmbeddedLedger(lpath) as led:
+        rep = audit_store(new, PW, led)
+        assert rep.ok, rep.summary()
+        assert rep.messages == 4 and rep.anchored_heads == 4  # 2 latest heads, 2 restore starts
+
+        def tampered(*edits: tuple[str, tuple[object, ...]]) -> list[str]:
+            path = tmp_path / f"t{len(os.listdir(tmp_path))}.db"
+            src, dst = sqlite3.connect(new), sqlite3.connect(path)
+            src.backup(dst)
+            src.close()
+            for sql, args in edits:
+                dst.execute(sql, args)
+            dst.commit()
+            dst.close()
+            r = audit_store(path, PW, led)
+            assert not r.ok
+            return [f.reason for f in r.findings if f.severity == "error"]
+
+        # Without the record of where it starts, the log looks truncated at its start.
+        found = tampered(("DELETE FROM anchor_restores", ()))
+        assert any("missing" in r for r in found), found
+        # A forged start hiding a deleted message links up but does not verify against the checkpoint.
+        db = sqlite3.connect(new)
+        h6 = bytes(db.execute("SELECT hash FROM log WHERE publisher = 0 AND seq = 6").fetchone()[0])
+        db.close()
+        found = tampered(("DELETE FROM log WHERE publisher = 0 AND seq = 6", ()),
+                         ("UPDATE anchor_restores SET seq = 6, hash = ? WHERE publisher = 0", (h6,)))
+        assert found and all("does not verify" in r for r in found), found
+
+
 # --- audit -----------------------------------------------------------------------------------------------------
 
 
