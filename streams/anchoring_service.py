@@ -21,6 +21,15 @@ and go into one epoch once the ledger is back (one write instead of one per inte
 
 A crash between the ledger write and recording its id leaves a ``built`` row that is written again at the next
 start: the ledger may then hold the same signed checkpoint twice (harmless: same bytes, same digest).
+
+Before its first epoch, and before each ledger write, the service lists the channel's checkpoints written on the
+ledger since the last one it saw (:func:`~streams.ledger.anchoring.channel_checkpoints`; at start, since the
+store's last confirmed epoch).  If one is of an epoch the store does not hold, or differs from the store's for
+its epoch, the store is behind the history this author already signed -- it was restored from a stale copy
+(``streams backup``), or another instance runs -- and a write would put a second, different signed checkpoint
+for an epoch on the ledger.  The service then refuses: it logs an error, sets :attr:`AnchorService.refused` (a
+:class:`~streams.errors.LedgerConflict`) and anchors nothing more; the party itself keeps running.  A ledger
+that cannot be listed (IOTA) is not checked.
 """
 
 from __future__ import annotations
@@ -34,8 +43,8 @@ from dataclasses import dataclass
 from . import merkle
 from .anchor import ANCHOR_TAG, ChainHead, EpochCheckpoint, InclusionProof, build_epoch
 from .core import AnchorRecord, AuthorCore, Changes
-from .errors import LedgerError, LocalProtocolError, StreamsError, VerificationError
-from .ledger.anchoring import PendingAnchor, confirm
+from .errors import LedgerConflict, LedgerError, LocalProtocolError, StreamsError, VerificationError
+from .ledger.anchoring import PendingAnchor, channel_checkpoints, checkpoint_conflicts, confirm
 from .ledger.base import Ledger, UnknownAnchor
 from .store import AnchorRow, Store
 
@@ -86,6 +95,10 @@ class AnchorService:
         self._task: asyncio.Task[None] | None = None
         self.ledger_writes = 0  #: ledger appends made by this instance (one per epoch, barring retries)
         self.last_error: BaseException | None = None  #: the latest ledger error, None once the ledger answers
+        #: Set when the ledger contradicts the store (see the module doc): nothing is anchored any more.
+        self.refused: LedgerConflict | None = None
+        self._checked = False  #: the ledger was listed once since start and did not contradict the store
+        self._seen: str | None = None  #: the ledger was listed up to this anchor id
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -94,6 +107,8 @@ class AnchorService:
         anchor) and start the background task."""
         last = self._store.anchor_last()
         self._prev = None if last is None else EpochCheckpoint.decode(last.checkpoint)
+        last_confirmed = self._store.anchor_last(confirmed=True)
+        self._seen = None if last_confirmed is None else last_confirmed.anchor_id
         self._pending = self._store.anchors(pending_only=True)
         self._anchored = {(r.branch, r.publisher): r for r in self._store.anchored_heads()}
         queued = {(b, p, s) for row in self._pending for b, p, s, _, _ in row.heads}
@@ -150,6 +165,29 @@ class AnchorService:
     # -- the loop ----------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except LedgerConflict as exc:
+            self.refused = self.last_error = exc
+            log.error("anchoring refused, nothing more is anchored from this store: %s", exc)
+
+    async def _check_ledger(self) -> None:
+        """Raise :class:`LedgerConflict` if the channel's checkpoints written on the ledger since the last look
+        contradict the store (see the module doc); :class:`LedgerError` on outage."""
+        core = self._core
+        found = await asyncio.to_thread(channel_checkpoints, self.ledger, core.channel, core.identity.sign_public,
+                                        self._seen)
+        if not found:
+            return
+        known = self._store.anchor_checkpoints(min(cp.epoch for _, cp in found))
+        last = -1 if self._prev is None else self._prev.epoch
+        conflicts = checkpoint_conflicts(found, known, last)
+        if conflicts:
+            raise LedgerConflict(f"the ledger contradicts this author's store: {conflicts[0]}; a store restored "
+                                 "from an older copy must not anchor or publish (see streams backup --help)")
+        self._seen = found[-1][0]
+
+    async def _loop(self) -> None:
         cfg = self.config
         next_cut = self._clock() + cfg.epoch_interval_ms
         backoff = 0
@@ -159,13 +197,18 @@ class AnchorService:
             now = self._clock()
             due = now >= next_cut or self._kick or len(self._moved) >= cfg.max_heads_per_epoch
             unwritten = sum(1 for r in self._pending if r.state == "built")
-            if due and self._moved and unwritten < cfg.max_unwritten:
+            if due and self._moved and unwritten < cfg.max_unwritten and self._checked:
                 self._kick = False
                 await self._cut(now)
             if now >= next_cut:
                 next_cut = now + cfg.epoch_interval_ms
-            if self._pending and self._clock() >= retry_at:
+            if (self._pending or not self._checked) and self._clock() >= retry_at:
                 try:
+                    if not self._checked:
+                        await self._check_ledger()  # before the first epoch is cut or written
+                        self._checked = True
+                        if not self._pending:
+                            continue
                     progressed = await self._advance()
                     backoff = 0
                     self.last_error = None
@@ -216,6 +259,7 @@ class AnchorService:
         row = self._pending[0]
         checkpoint = EpochCheckpoint.decode(row.checkpoint)
         if row.state == "built":
+            await self._check_ledger()  # what was written since the last look (another instance, say)
             anchor_id = await asyncio.to_thread(self.ledger.append, ANCHOR_TAG, row.checkpoint)
             self.ledger_writes += 1
             self._store.anchor_written(row.epoch, anchor_id)

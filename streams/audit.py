@@ -13,7 +13,10 @@ every chain the party may read:
   or altered (any edit made directly in the SQLite file breaks a hash, a link or a signature);
 * every anchored head: its blinded leaf and inclusion in the signed checkpoint, the message at that position,
   the checkpoint chain (author), and -- with a ledger -- that the ledger holds exactly that checkpoint,
-  confirmed.
+  confirmed;
+* with a ledger that can be listed (the embedded one), every checkpoint of this channel the author signed on
+  it: none may differ from one the store holds for its epoch, and for an author store none may be of an epoch
+  the store does not hold (a store restored from a stale copy: its party would sign a second history).
 
 The result is an :class:`AuditReport`; ``streams audit`` (``streams/_cli/audit.py``) prints it and exits non-zero on
 any error.  Warnings (e.g. epochs still queued for the ledger) do not fail an audit.
@@ -36,7 +39,7 @@ from .errors import (
     StreamsError,
     VerificationError,
 )
-from .ledger.anchoring import PendingAnchor, confirm, verify_anchored
+from .ledger.anchoring import PendingAnchor, channel_checkpoints, checkpoint_conflicts, confirm, verify_anchored
 from .ledger.base import Ledger
 from .store import Store
 from .wire import Kind, SigningMode, decode_frame
@@ -138,6 +141,8 @@ class _Audit:
             self._author_anchors(branches)
         else:
             self._member_anchors(branches, anchored, restores)
+        if self.ledger is not None:
+            self._ledger_history(branches, anchored, restores)
         for fb, fp, fs, _fa, _fb in self.store.forks():
             self.err("fork evidence held: the publisher signed two different messages here", fb, fp, fs)
         return self.report
@@ -274,6 +279,31 @@ class _Audit:
                     self.err(f"anchor epoch {row.epoch}: the ledger does not hold this checkpoint: {exc}")
                 except LedgerError as exc:
                     self.err(f"anchor epoch {row.epoch}: ledger unreachable: {exc}")
+
+    def _ledger_history(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int], AnchorRecord],
+                        restores: dict[tuple[bytes, int], list[AnchorRecord]]) -> None:
+        """The channel's checkpoints on the ledger against the store's: the store must not be behind the
+        history its party signed (author), nor hold another checkpoint than the ledger for an epoch."""
+        assert self.ledger is not None
+        if self.report.role == "author":
+            author = self.store.identity.sign_public
+            known = {r.epoch: r.checkpoint for r in self.store.anchors()}
+            last: int | None = max(known, default=-1)
+        else:
+            author = bytes(dict((i, pk) for b in branches.values() for i, pk, _ in b.members if i == 0).get(0, b""))
+            recs = [*anchored.values(), *(r for rs in restores.values() for r in rs)]
+            known, last = {r.epoch: r.checkpoint for r in recs}, None
+        try:
+            found = channel_checkpoints(self.ledger, self.channel, author)
+        except LedgerError as exc:
+            self.err(f"ledger unreachable: {exc}")
+            return
+        if found is None:
+            self.err("this ledger cannot be listed: later or conflicting checkpoints of the channel were not looked "
+                     "for", severity="warning")
+            return
+        for reason in checkpoint_conflicts(found, known, last):
+            self.err(reason)
 
     def _member_anchors(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int], AnchorRecord],
                         restores: dict[tuple[bytes, int], list[AnchorRecord]]) -> None:

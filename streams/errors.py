@@ -30,6 +30,7 @@ __all__ = [
     "DecodeError",
     "FrameTooLarge",
     "KeystoreError",
+    "LedgerConflict",
     "LedgerError",
     "LocalProtocolError",
     "RejectReason",
@@ -134,6 +135,12 @@ class BadPassphrase(KeystoreError, ValueError):
 
 class LedgerError(BrokenResourceError):
     """The ledger backend failed or is unreachable; anchors stay queued."""
+
+
+class LedgerConflict(StreamsError):
+    """The ledger holds anchors of this channel that contradict this party's store: a later epoch than the store
+    knows, or another signed checkpoint for an epoch it holds.  The store is older than the party's history (it
+    was restored from a stale copy) or another instance of the party runs.  Nothing more is anchored from it."""
 
 
 class StreamsTimeoutError(StreamsError, TimeoutError):

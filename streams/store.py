@@ -399,12 +399,21 @@ class Store:
         row = rows[0] if rows else None
         return None if row is None else self._anchor_row(row)
 
-    def anchor_last(self) -> AnchorRow | None:
-        """The latest anchor epoch, whatever its state: the ``prev`` of the next checkpoint."""
-        rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
-                       " ORDER BY epoch DESC LIMIT 1")
+    def anchor_last(self, confirmed: bool = False) -> AnchorRow | None:
+        """The latest anchor epoch, whatever its state: the ``prev`` of the next checkpoint (``confirmed``: the
+        latest confirmed one)."""
+        if confirmed:
+            rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
+                           " WHERE state = 'confirmed' ORDER BY epoch DESC LIMIT 1")
+        else:
+            rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
+                           " ORDER BY epoch DESC LIMIT 1")
         row = rows[0] if rows else None
         return None if row is None else self._anchor_row(row)
+
+    def anchor_checkpoints(self, since: int = 0) -> dict[int, bytes]:
+        """Encoded checkpoints of the anchor epochs from ``since`` on, whatever their state (without the heads)."""
+        return {e: bytes(c) for e, c in self._q("SELECT epoch, checkpoint FROM anchors WHERE epoch >= ?", (since,))}
 
     def anchored_heads(self) -> list[AnchorRecord]:
         """The latest confirmed anchored head of every chain."""

@@ -8,14 +8,16 @@ checkpoint.  Synchronous, like the ledgers; the asyncio layer runs these in a wo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import _crypto
 from ..anchor import ANCHOR_TAG, ChainHead, Epoch, EpochCheckpoint, InclusionProof, verify_inclusion
-from ..errors import VerificationError
+from ..errors import DecodeError, VerificationError
 from .base import Ledger
 
-__all__ = ["AnchorReceipt", "PendingAnchor", "confirm", "publish", "verify_anchored"]
+__all__ = ["AnchorReceipt", "PendingAnchor", "channel_checkpoints", "checkpoint_conflicts", "confirm", "publish",
+           "verify_anchored"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +89,60 @@ def verify_anchored(
     if receipt is None:
         raise VerificationError("the checkpoint is on the ledger but not confirmed: not anchored yet")
     return receipt
+
+
+def channel_checkpoints(ledger: Ledger, channel: bytes, author_public: bytes, after: str | None = None
+                        ) -> list[tuple[str, EpochCheckpoint]] | None:
+    """Every checkpoint of ``channel`` signed by ``author_public`` on the ledger, ``(anchor_id, checkpoint)`` in
+    ledger order -- only those written after entry ``after`` if given.  Entries that do not decode or are not
+    the author's are skipped (anyone may write to a ledger).  ``None`` if this ledger cannot be listed (it needs
+    a ``scan`` method: the embedded ledger; an IOTA node has no index of tagged blocks here).  Raises
+    :class:`~streams.errors.LedgerError` on outage."""
+    scan = getattr(ledger, "scan", None)
+    if not callable(scan):
+        return None
+    pos = 1 if after is None or not after.isdigit() else int(after) + 1
+    out: list[tuple[str, EpochCheckpoint]] = []
+    while True:
+        rows = scan(ANCHOR_TAG, pos)
+        for anchor_id, data in rows:
+            try:
+                cp = EpochCheckpoint.decode(data)
+                if cp.channel == channel:
+                    cp.verify(author_public)
+                    out.append((anchor_id, cp))
+            except (DecodeError, VerificationError):
+                continue
+        if not rows:
+            return out
+        pos = int(rows[-1][0]) + 1
+
+
+def checkpoint_conflicts(found: list[tuple[str, EpochCheckpoint]], known: Mapping[int, bytes],
+                         last: int | None) -> list[str]:
+    """How the channel's checkpoints on the ledger (``found``, from :func:`channel_checkpoints`) contradict those
+    a party holds (``known``: epoch -> encoded checkpoint): another checkpoint for an epoch it holds, two
+    different ones for one epoch, and -- if ``last`` is given (the party's last epoch, -1 for none: the author)
+    -- epochs it does not hold (one reason for all of them).  Empty if none."""
+    out: list[str] = []
+    seen: dict[int, bytes] = {}
+    missing: list[tuple[int, str]] = []
+    for anchor_id, cp in found:
+        data = cp.encode()
+        mine = known.get(cp.epoch)
+        if mine is not None and mine != data:
+            out.append(f"the ledger holds another signed checkpoint for epoch {cp.epoch} (entry {anchor_id}) than "
+                       "this store: two different histories were signed for this channel")
+        elif mine is None and last is not None:
+            missing.append((cp.epoch, anchor_id))
+        elif seen.get(cp.epoch, data) != data:
+            out.append(f"the ledger holds two different signed checkpoints for epoch {cp.epoch} (entry {anchor_id})")
+        seen.setdefault(cp.epoch, data)
+    if missing:
+        epochs = sorted({e for e, _ in missing})
+        span = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}..{epochs[-1]}"
+        out.insert(0, f"the ledger holds {len(epochs)} epoch(s) of this channel that this store does not ({span}, "
+                      f"first at entry {missing[0][1]}; the store's last is {last}): the store is behind the "
+                      "history its author signed (an older copy, such as a backup: a party must not publish or "
+                      "anchor from it)")
+    return out

@@ -180,6 +180,18 @@ class EmbeddedLedger:
             except sqlite3.Error as exc:
                 raise LedgerError(f"embedded ledger read failed: {exc}") from exc
 
+    def scan(self, tag: bytes, start: int = 1, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        """``(anchor_id, data)`` of at most ``limit`` rows with ``tag`` from position ``start`` on, in order (to
+        look for every anchor of a channel: :func:`streams.ledger.anchoring.channel_checkpoints`)."""
+        with self._lock:
+            try:
+                rows = self._conn().execute(
+                    "SELECT position, data FROM entries WHERE position >= ? AND tag = ? ORDER BY position LIMIT ?",
+                    (start, tag, limit)).fetchall()
+            except (sqlite3.Error, OverflowError) as exc:
+                raise LedgerError(f"embedded ledger read failed: {exc}") from exc
+        return [(str(p), bytes(d)) for p, d in rows]
+
     def verify(self, expected: tuple[int, bytes] | None = None) -> VerifyReport:
         """Walk the whole chain from position 1 and report the first break.
 
