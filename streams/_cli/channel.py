@@ -794,7 +794,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "needs, both synced and renamed into place only when complete.  Never copy a live store\n"
                          "with cp.  The copy opens with the same passphrase (none is needed to make it); restore by\n"
                          "pointing --store at it, or by moving both files into place while the party is stopped.\n"
-                         "--verify reads every logged frame of the copy back and checks it against its hash."))
+                         "--verify reads every logged frame of the copy back and checks it against its hash.\n"
+                         "\n"
+                         "A restore goes back to the snapshot: everything after it is lost (messages, cursors,\n"
+                         "anchor epochs).  A party restored from a copy older than what it already sent must not\n"
+                         "publish: it would sign different messages at sequence numbers it already used (forks,\n"
+                         "recorded by every member as evidence against it), and an author's anchoring would sign a\n"
+                         "second history (it refuses when the ledger is ahead of the store; `streams audit\n"
+                         "--ledger` of such a store fails).  Restore a copy only if the party published nothing\n"
+                         "after it (e.g. the copy was taken after the party stopped).  Otherwise, a member starts\n"
+                         "over with a new, empty store and re-subscribes (it restarts at the latest anchored heads\n"
+                         "of its chains: wait for them before publishing); an author's channel cannot be continued\n"
+                         "from a stale copy: keep the copy for audit and open a new channel."))
     bk.add_argument("--store", required=True, metavar="PATH", help="the store to back up")
     bk.add_argument("--to", required=True, metavar="PATH", help="the new store path (must not exist)")
     bk.add_argument("--verify", action="store_true", help="check every logged frame of the copy")
