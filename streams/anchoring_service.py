@@ -78,8 +78,10 @@ class AnchorService:
     store's ``anchors`` and ``anchor_heads`` tables."""
 
     def __init__(self, core: AuthorCore, store: Store, ledger: Ledger, config: AnchorConfig,
-                 clock: Callable[[], int], send: Callable[[], object]) -> None:
+                 clock: Callable[[], int], send: Callable[[], object],
+                 on_refused: Callable[[LedgerConflict], None] | None = None) -> None:
         self._core = core
+        self._on_refused = on_refused  # the driver stops publishing: it would sign a second history too
         self._store = store
         self.ledger = ledger
         self.config = config
@@ -168,8 +170,27 @@ class AnchorService:
         try:
             await self._loop()
         except LedgerConflict as exc:
-            self.refused = self.last_error = exc
-            log.error("anchoring refused, nothing more is anchored from this store: %s", exc)
+            self._refuse(exc)
+
+    def _refuse(self, exc: LedgerConflict) -> None:
+        self.refused = self.last_error = exc
+        log.error("anchoring refused, nothing more is anchored from this store: %s", exc)
+        if self._on_refused is not None:
+            self._on_refused(exc)
+
+    async def check_ledger(self) -> None:
+        """Compare the channel's checkpoints on the ledger with the store now (``Author.open`` does, before it
+        returns).  Raises :class:`LedgerConflict` if the store is behind what this author already signed; a
+        ledger that does not answer is not an error here (the background task checks again)."""
+        try:
+            await self._check_ledger()
+        except LedgerConflict as exc:
+            self._refuse(exc)
+            raise
+        except LedgerError as exc:
+            log.warning("could not compare the ledger with the store yet: %s", exc)
+            return
+        self._checked = True
 
     async def _check_ledger(self) -> None:
         """Raise :class:`LedgerConflict` if the channel's checkpoints written on the ledger since the last look

@@ -40,6 +40,7 @@ from .errors import (
     AdmissionRefused,
     ClosedResourceError,
     DecodeError,
+    LedgerConflict,
     LedgerError,
     LocalProtocolError,
     RejectReason,
@@ -183,6 +184,9 @@ class _Party:
         self._closed = False
         self._broken: BaseException | None = None
         self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
+        #: Set when publishing would contradict what this party already signed (its anchoring found the ledger
+        #: ahead of its store: a stale restore): publish raises it.
+        self._no_publish: LedgerConflict | None = None
         self.heartbeat_ms = 500
         # The timer loop sleeps until _timer_at (party clock, ms), or until _timer_wake: set when the core sets an
         # earlier deadline meanwhile (see _rearm_timer).
@@ -253,6 +257,8 @@ class _Party:
         Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch),
         :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged)."""
         self._check_usable()
+        if self._no_publish is not None:
+            raise LedgerConflict(str(self._no_publish))
         seq = self._core.publish(branch, payload, self._clock())
         await self._durable()
         return seq
@@ -265,6 +271,8 @@ class _Party:
         All or nothing for the caller's errors: every payload is checked before any is published.  Raises as
         :meth:`publish`."""
         self._check_usable()
+        if self._no_publish is not None:
+            raise LedgerConflict(str(self._no_publish))
         seqs = self._core.publish_many(branch, list(payloads), self._clock())
         if seqs:
             await self._durable(now=True)
@@ -855,8 +863,12 @@ class Author(_Party):
     def _with_ledger(self, ledger: Ledger | None, config: AnchorConfig | None) -> None:
         if ledger is not None:
             self._anchoring = AnchorService(self._core, self._store, ledger, config or AnchorConfig(), self._clock,
-                                            self._send_queued)
+                                            self._send_queued, on_refused=self._refuse_publishing)
             self._anchoring.start()
+
+    def _refuse_publishing(self, exc: LedgerConflict) -> None:
+        log.error("publishing refused: %s", exc)
+        self._no_publish = exc
 
     async def _send_queued(self) -> None:
         if not self._closed:
@@ -929,7 +941,9 @@ class Author(_Party):
                    clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None,
                    anchor_config: AnchorConfig | None = None) -> Author:
         """Reopen a channel after a restart: cursors, branches and used challenges come back from disk; with a
-        ``ledger``, epochs queued before the restart are written and confirmed first, in order."""
+        ``ledger``, epochs queued before the restart are written and confirmed first, in order.  Raises
+        :class:`~streams.errors.LedgerConflict` if the ledger holds checkpoints of this channel that the store
+        does not (a store restored from a stale copy: publishing from it would fork the channel)."""
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Author | None = None
@@ -945,6 +959,10 @@ class Author(_Party):
             core.acknowledge()
             await self._flush()
             self._with_ledger(ledger, anchor_config)
+            if self._anchoring is not None:
+                # A store behind what this author already signed (restored from a stale copy) must not publish
+                # or anchor: refuse to open it with its ledger (LedgerConflict), rather than fork the channel.
+                await self._anchoring.check_ledger()
             self._start()
             return self
         except BaseException:

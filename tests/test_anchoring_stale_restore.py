@@ -88,24 +88,28 @@ async def test_an_author_restored_from_an_older_copy_neither_anchors_nor_audits_
     rep = audit_store(tmp_path / "author.bak", PW, ledger)
     assert not rep.ok and any("behind" in f.reason for f in rep.findings), rep.summary()
 
-    # The author restarted from the copy publishes (a chain moves): its anchoring refuses, loudly, and writes
-    # nothing -- it used to cut and write a second, different checkpoint for an epoch already on the ledger.
+    # The author restarted from the copy with its ledger: refused at open, loudly, and nothing is written or
+    # published -- it used to re-sign positions members hold (forks) and cut a second checkpoint for an epoch.
     hub = MemoryHub()
-    with caplog.at_level(logging.ERROR, logger="streams.anchoring"):
-        stale = await Author.open(tmp_path / "author.bak", PW, hub.author_endpoint(), AllowList.of([P1.did]),
-                                  store_options=FAST, ledger=ledger, anchor_config=CFG)
-        try:
-            await stale.publish(b1, b"from the stale copy")
-            svc = stale.anchoring
-            assert svc is not None
-            await wait_for(lambda: getattr(svc, "refused", None) is not None or svc.ledger_writes > 0,
-                           what="refusal or a write")
-            assert _checkpoints(lpath) == before  # nothing written
-            assert isinstance(svc.refused, LedgerConflict) and svc.ledger_writes == 0
-            assert "behind" in str(svc.refused)
-        finally:
-            await stale.close()
+    with caplog.at_level(logging.ERROR, logger="streams.anchoring"), pytest.raises(LedgerConflict, match="behind"):
+        await Author.open(tmp_path / "author.bak", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                          store_options=FAST, ledger=ledger, anchor_config=CFG)
+    assert _checkpoints(lpath) == before
+    assert not [d for src, _dst, d in hub.tap if src == "author" and b"from the stale copy" in d]
     assert any(r.levelno == logging.ERROR and "anchoring refused" in r.getMessage() for r in caplog.records)
+
+    # Opened without the ledger (to read it, say), it runs; if its anchoring finds the conflict later (here: the
+    # ledger given again, its check done by the running service), publishing stops with the same error.
+    stale = await Author.open(tmp_path / "author.bak", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                              store_options=FAST)
+    try:
+        stale._refuse_publishing(LedgerConflict("the ledger is ahead of this store"))
+        with pytest.raises(LedgerConflict, match="ahead"):
+            await stale.publish(b1, b"from the stale copy")
+        with pytest.raises(LedgerConflict):
+            await stale.publish_many(b1, [b"nor these"])
+    finally:
+        await stale.close()
     assert audit_store(tmp_path / "author.db", PW, ledger).ok
     ledger.close()
 
