@@ -128,7 +128,7 @@ def in_namespace(script: str, timeout: float = 120) -> str:
 
 
 @needs_mount
-@pytest.mark.parametrize(("size", "disk_size"), [(200, "160k"), (20_000, "640k")])
+@pytest.mark.parametrize(("size", "disk_size"), [(200, "192k"), (20_000, "640k")])
 def test_full_disk_on_a_small_tmpfs(tmp_path: Path, size: int, disk_size: str) -> None:
     disk, at_fault, py = tmp_path / "disk", tmp_path / "at_fault", " ".join(PARTY)
     disk.mkdir()
