@@ -1198,13 +1198,21 @@ class Subscriber(_Party):
                 raise err from exc
 
         core.credential_for_challenge = present if presenter is not None else None
+        foreign = core.foreign_announcements
         try:
             while True:
                 core.hello(credential)
                 await self._flush()
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise StreamsTimeoutError("no grant or refusal from the author")
+                    if core.foreign_announcements > foreign:
+                        hint = ("; the peer announced another channel or author key than the ones given: check the "
+                                "author's DID, the channel id and the address")
+                    elif not core.announced:
+                        hint = "; no announcement of this channel came back: check the address and the channel id"
+                    else:
+                        hint = ""
+                    raise StreamsTimeoutError("no grant or refusal from the author" + hint)
                 done, _ = await asyncio.wait({fut}, timeout=min(retry, remaining))
                 if done:
                     ev = fut.result()

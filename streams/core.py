@@ -1591,6 +1591,11 @@ class SubscriberCore(_CoreBase):
         return f"SubscriberCore(channel={self._channel.hex()}, state={self.state.value})"
 
     @property
+    def announced(self) -> bool:
+        """Whether we hold the author's verified announcement of our channel."""
+        return self._announced
+
+    @property
     def author(self) -> PublicIdentity:
         assert self._author is not None
         return self._author
@@ -1628,11 +1633,14 @@ class SubscriberCore(_CoreBase):
     credential_for_challenge: Callable[[bytes, bytes], bytes] | None = None
     #: What the hook raised (or why its result was unusable) at the last CHALLENGE: no SUBSCRIBE was sent.
     presenter_error: Exception | None = None
+    #: Announcements received of another author or channel than the one we know (wrong address or settings?).
+    foreign_announcements = 0
 
     def _on_announce(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         a: Announce = frame.head
         author = self.author
         if not _crypto.ct_equal(a.author_sign, author.sign_public) or a.channel != self._channel:
+            self.foreign_announcements += 1  # the driver's hint when the handshake times out
             raise _Reject(RejectReason.FOREIGN_CHANNEL, "announcement of another author or channel")
         if a.channel != channel_id(a.author_sign, a.name) or a.author_kx != author.kx_public:
             raise _Reject(RejectReason.MALFORMED, "announcement fields are inconsistent")

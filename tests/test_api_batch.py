@@ -616,3 +616,23 @@ async def test_a_failing_or_oversized_credential_presenter_fails_subscribe_not_t
     finally:
         await sub.close()
         await author.close()
+
+
+async def test_subscribing_with_a_wrong_channel_id_or_author_says_so_when_it_times_out(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    wrong_channel = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, bytes(32), PW,
+                                            hub.subscriber_endpoint("p1"), store_options=FAST)
+    wrong_author = await Subscriber.create(tmp_path / "p2.db", P1, ident(9).did, author.channel, PW,
+                                           hub.subscriber_endpoint("p2"), store_options=FAST)
+    try:
+        # The author does not answer a HELLO for another channel; it announces its own to a wrong author DID.
+        with pytest.raises(StreamsTimeoutError, match="no announcement of this channel came back"):
+            await wrong_channel.subscribe(timeout=0.5, retry=0.1)
+        with pytest.raises(StreamsTimeoutError, match="announced another channel or author key"):
+            await wrong_author.subscribe(timeout=0.5, retry=0.1)
+    finally:
+        await wrong_channel.close()
+        await wrong_author.close()
+        await author.close()
