@@ -668,9 +668,10 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     Restoring from the copy goes back to the snapshot: everything the party did after it is lost (messages,
     cursors, anchor epochs).  A party restored from a copy older than what it already sent must not publish: it
     would sign different messages at sequence numbers it already used -- forks, which every member records as
-    evidence against it -- and an author's anchoring would sign a second history of the channel (the anchoring
-    service refuses, with :class:`~streams.errors.LedgerConflict`, once the ledger is ahead of the store, and
-    ``streams audit --ledger`` of such a store fails).  Restore a copy only if the party published nothing after
+    evidence against it -- and an author's anchoring would sign a second history of the channel
+    (``Author.open`` with the ledger refuses such a store with :class:`~streams.errors.LedgerConflict`, the
+    anchoring service refuses once the ledger is ahead of the store, and ``streams audit --ledger`` of such a
+    store fails).  Restore a copy only if the party published nothing after
     it (a copy taken once the party stopped); otherwise a member starts over with a new, empty store and
     re-subscribes (it restarts at its chains' latest anchored heads: wait for them before publishing), and an
     author's channel cannot be continued from a stale copy (keep it for audit; open a new channel).
