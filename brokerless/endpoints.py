@@ -12,10 +12,11 @@ Message security never depends on this layer (THREATS, "Network and relays are u
 recorded, replayed, reordered, dropped, altered or injected by a relay between the endpoints and the core still
 accepts each (branch, publisher, seq) at most once, in order, authentic.  The endpoints add:
 
-* **Routing.**  The author learns which routing ids belong to which branch from the traffic itself: the grant
-  (an ``Outgoing`` with both ``peer`` and ``branch``) and any inbound member frame that names a branch.  A forged
-  frame can only add a bogus receiver of ciphertext; mappings are bounded (``peers_per_branch``,
-  ``max_branches``; least recently seen evicted) and new ones cost the sender inbound budget.
+* **Routing.**  The author learns which routing ids belong to which branch from the grant (an ``Outgoing``
+  with both ``peer`` and ``branch``) and from the member frames naming a branch whose signature the protocol
+  core verified (``learn_routes``, fed by the driver): a forged or relayed frame never maps, nor evicts, a
+  peer.  Mappings are bounded (``peers_per_branch``, ``max_branches``; least recently seen evicted), and member
+  frames from a peer not mapped to their branch cost it inbound budget (each costs the core a signature check).
 * **Nothing stalls** (THREATS 8).  Sends never block: a peer whose pipe is full (ZeroMQ high-water mark) gets
   its frames queued up to ``send_queue`` frames or ``send_queue_bytes`` bytes, then dropped and counted.  The
   receiver's gap detection, HEAD notices and FETCH retries (in the core) recover every dropped frame from the
@@ -216,8 +217,9 @@ class EndpointConfig:
     """Most frames returned by one ``recv()``."""
     max_peers: int = 10_000
     """Author: most peers tracked; the least recently seen is forgotten beyond it."""
-    peers_per_branch: int = 8
-    """Author: most routing ids mapped to one branch (the least recently seen is evicted)."""
+    peers_per_branch: int = 4096
+    """Author: most routing ids mapped to one branch (the least recently seen is evicted).  Only peers of
+    verified members are mapped, so a group needs one per connected member (a grant names at most 4096)."""
     max_branches: int = 100_000
     """Author: most branches in the routing map (the least recently used is evicted)."""
     curve: CurveConfig | None = None
@@ -687,10 +689,12 @@ class AuthorEndpoint(_Base):
                 if routes is not None and rid in routes:
                     routes.move_to_end(rid)
                     self._routes.move_to_end(branch)
-                elif peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
-                    # Unverified here: a forged frame maps a bogus peer, which then receives only ciphertext
-                    # (THREATS 1) and is bounded by peers_per_branch and the budget.
-                    self._learn(branch, rid)
+                elif not peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
+                    # A member frame from a peer not routed for its branch costs the core a signature check:
+                    # charged like an unauthenticated one.  Routes are learned only from what the core verified
+                    # (learn_routes): a forged frame never maps, nor evicts, a peer.
+                    self.stats.over_budget += 1
+                    return
         if self._inbox_full():
             self.stats.inbox_dropped += 1
             return
@@ -724,6 +728,20 @@ class AuthorEndpoint(_Base):
             self._peers.move_to_end(rid)
         peer.last_seen = now
         return peer
+
+    def learn_routes(self, hints: list[tuple[bytes, object]]) -> None:
+        """Apply the protocol core's routing hints (:meth:`streams.core.AuthorCore.take_routes`; the
+        :class:`streams.api.Author` driver calls this): ``(branch, rid)`` maps a live peer whose signed member
+        frame the core verified to the branch; ``(branch, None)`` forgets every peer of the branch."""
+        for branch, rid in hints:
+            if rid is None:
+                routes = self._routes.pop(branch, None)
+                for r in routes or ():
+                    peer = self._peers.get(r)
+                    if peer is not None:
+                        peer.branches.discard(branch)
+            elif isinstance(rid, bytes) and rid in self._peers:
+                self._learn(branch, rid)
 
     def _learn(self, branch: bytes, rid: bytes) -> None:
         cfg = self.config

@@ -93,7 +93,9 @@ class Transport(Protocol):
 
     A transport that can lose its connection and reconnect may also have an ``on_reconnect`` attribute: the
     :class:`Subscriber` sets it to a coroutine function that the transport calls after each reconnect (and when
-    it notices that the other side restarted); it re-requests whatever was missed (catch-up).
+    it notices that the other side restarted); it re-requests whatever was missed (catch-up).  One that routes a
+    branch's frames to the peers it knows for that branch may have ``learn_routes(hints)``: the party hands it
+    the core's verified routing hints (:meth:`streams.core.AuthorCore.take_routes`) after each send.
     """
 
     async def send(self, out: Outgoing) -> None:
@@ -180,6 +182,8 @@ class _Party:
         send_many = getattr(type(transport), "send_many", None)
         self._send_many: Callable[[Sequence[Outgoing]], None] | None = (
             getattr(transport, "send_many") if callable(send_many) else None)  # noqa: B009
+        learn = getattr(transport, "learn_routes", None)
+        self._learn_routes: Callable[[list[tuple[bytes, object]]], None] | None = learn if callable(learn) else None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._broken: BaseException | None = None
@@ -643,6 +647,14 @@ class _Party:
             _settle(group, exc)
             raise
         _settle(group, None)
+        self._apply_routes()
+
+    def _apply_routes(self) -> None:
+        """Hand the core's verified routing hints to the transport, after the frames they may concern went out
+        (a REVOKE reaches the peers before they are forgotten)."""
+        hints = self._core.take_routes()
+        if hints and self._learn_routes is not None:
+            self._learn_routes(hints)
 
     async def _flush(self) -> None:
         """Commit the core's changes, then send its frames.  Called with no await between core calls and here."""
@@ -657,6 +669,7 @@ class _Party:
             _settle(group, exc if isinstance(exc, Exception) else ClosedResourceError("cancelled"))
             raise
         _settle(group, None)
+        self._apply_routes()
 
     def _committed(self, changes: Changes) -> None:
         """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""

@@ -435,6 +435,8 @@ class _CoreBase:
         self._opened: dict[int, tuple[bytes, bytes]] = {}
         #: The earliest timer deadline set since the last :meth:`take_deadline` (see there).
         self._deadline: int | None = None
+        #: Routing hints for the driver's transport (see :meth:`take_routes`).
+        self._route_hints: dict[tuple[bytes, object], None] = {}
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -667,6 +669,22 @@ class _CoreBase:
         raw = _packb([VERSION, 7, head_raw, body, sig])
         self._changes.log.append(LogRecord(b.id, b.me, seq, h, raw))
         self._out.append(Outgoing(raw, None, b.id))
+
+    def take_routes(self) -> list[tuple[bytes, object]]:
+        """Routing hints since the last call, in order, for a transport that routes a branch's frames to the
+        peers it knows for it (SPEC 14.2): ``(branch, peer)``, a peer whose signed frame naming the branch came
+        from a current member (a forged or relayed one never teaches a route); ``(branch, None)``, forget every
+        peer of the branch (its membership changed: a member was removed or the branch closed; the members
+        that remain teach their peers again with their next signed frame, the grant sync the change causes)."""
+        if not self._route_hints:
+            return []
+        out = list(self._route_hints)
+        self._route_hints = {}
+        return out
+
+    def _hint_route(self, branch: bytes, peer: object) -> None:
+        if peer is not None:
+            self._route_hints[(branch, peer)] = None
 
     def take_deadline(self) -> int | None:
         """The earliest ``now_ms`` at which :meth:`handle_timer` has work that was set since the last call (a
@@ -1069,6 +1087,7 @@ class _CoreBase:
             _crypto.verify(b.members[h.publisher][0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
+        self._hint_route(b.id, peer)
         c = b.chains[h.publisher]
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
@@ -1107,6 +1126,7 @@ class _CoreBase:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "ack signature", h.branch, h.acker) from exc
+        self._hint_route(b.id, peer)
         if h.seq >= c.next_seq:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
         if h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head):
@@ -1137,6 +1157,7 @@ class _CoreBase:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
+        self._hint_route(b.id, peer)
         if h.publisher != b.me:
             raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)
         perm = member[1]
@@ -1462,6 +1483,7 @@ class AuthorCore(_CoreBase):
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
         self._to_members(b, frame.raw)
+        self._route_hints[(b.id, None)] = None  # the removed member's peers: no more of this branch's frames
 
     def set_permission(self, branch: bytes, permission: Permission) -> None:
         """Change the subscriber's permission on a per-subscriber branch.  Re-keys the branch (epoch + 1): from
@@ -1503,6 +1525,7 @@ class AuthorCore(_CoreBase):
         b.transition("revoke")
         raw = self._revoke_frame(b)
         self._out.append(Outgoing(raw, branch=b.id))
+        self._route_hints[(b.id, None)] = None  # after the REVOKE went out: nothing more to send them
         self._changes.branches.append(self._record(b))
         if b.peer_did:
             self._by_did.pop(b.peer_did, None)
@@ -1772,7 +1795,7 @@ class SubscriberCore(_CoreBase):
         # Grant sync (SPEC 9.5): any later grant (a group's first grant may come long after it was re-keyed), the
         # first grants of groups we belong to (on our own branch), and the author's HEAD, which starts the fetch
         # of what the branch already holds (packets sent before the author's transport knew our route to it).
-        self._request_grants(self._branches[g.branch], now_ms)
+        self._request_grants(self._branches[g.branch], None)  # an authentic new grant: never rate-limited
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head
