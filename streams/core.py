@@ -203,6 +203,10 @@ class CoreConfig:
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss)."""
+    grant_sync_interval_ms: int = 1000
+    """Author: a member's grant sync of a branch (SPEC 9.5) is answered at most once per this many ms on one
+    connection.  A signed FETCH has no freshness, so a relay could replay one to make the author resend a
+    branch's grant history again and again (THREATS 8)."""
     ack_interval_ms: int = 20
     """At most one ACK per chain per this many ms (SPEC 12): the first after a quiet spell goes at once, the
     cursor moves of a stream are acknowledged together when the interval has passed (:meth:`handle_timer`).
@@ -850,8 +854,10 @@ class _CoreBase:
                     c.fetch_end = c.next_seq + self.config.max_fetch - 1
                     self.request_fetch(b.id, p, c.next_seq, c.fetch_end)
 
-    def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], after: int, peer: object) -> None:
+    def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
+                     now_ms: int) -> bool:
         """Answer a grant sync (the author's; see :class:`AuthorCore`)."""
+        return False
 
     def _request_grants(self, b: _Branch, now_ms: int | None) -> None:
         """Grant sync (SPEC 9.5): ask the author for the grants of ``b`` after our epoch, and its REVOKE if it
@@ -1164,7 +1170,10 @@ class _CoreBase:
         if b.me == 0 and (h.from_seq == 0 or b.state is BranchState.CLOSED):
             # A grant sync (from seq 0: the grants after epoch ``to_seq``), or a member that does not know the
             # branch closed (SPEC 9.5).  Any member may ask: a write-only one needs the new keys as well.
-            self._sync_grants(b, member, h.to_seq if h.from_seq == 0 else b.epoch, peer)
+            answered = self._sync_grants(b, member, h.requester, h.to_seq if h.from_seq == 0 else b.epoch, peer,
+                                         now_ms)
+            if h.from_seq == 0 and not answered:
+                return
             if h.from_seq == 0 and (b.peer_did or not perm.can_read):
                 # Our HEAD only for a group: a member that just learned of it fetches what it holds.  A member
                 # of its own branch fetches that from its cursor itself (after a restart, or not at all: one that
@@ -1246,6 +1255,8 @@ class AuthorCore(_CoreBase):
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         self._syncs: list[tuple[bytes, object]] = []  #: grant syncs answered: (branch, peer), for the driver
+        #: (branch, member, peer) -> when we last answered its grant sync (see _sync_grants)
+        self._synced_ms: dict[tuple[bytes, int, object], int] = {}
 
     def __repr__(self) -> str:
         return f"AuthorCore(channel={self._channel.hex()}, branches={len(self._branches)})"
@@ -1422,23 +1433,34 @@ class AuthorCore(_CoreBase):
         head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
         return encode_frame(head, b"", self._id.sign).raw
 
-    def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], after: int, peer: object) -> None:
+    def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
+                     now_ms: int) -> bool:
         """Answer a member's grant sync (a FETCH from seq 0, SPEC 9.5): the grants of ``b`` after epoch
         ``after``, its REVOKE if it is closed, and, on the member's own branch, the first grant of every open
-        group it belongs to (it may have been offline when the group opened)."""
+        group it belongs to (it may have been offline when the group opened).  At most once per member, branch
+        and connection (peer) per ``grant_sync_interval_ms``: False (nothing sent) otherwise -- a request replayed
+        on one connection costs a signature check only (a member that reconnects is a new peer: answered)."""
+        key = (b.id, requester, peer)
+        if now_ms - self._synced_ms.get(key, _LONG_AGO) < self.config.grant_sync_interval_ms:
+            return False
+        if len(self._synced_ms) >= 100_000:
+            limit = now_ms - self.config.grant_sync_interval_ms
+            self._synced_ms = {k: t for k, t in self._synced_ms.items() if t > limit}
+        self._synced_ms[key] = now_ms
         for raw in self._grants_after(b, after):
             self._out.append(Outgoing(raw, peer=peer, branch=b.id))
         if b.state is BranchState.OPEN:
             self._syncs.append((b.id, peer))
         if b.state is BranchState.CLOSED:
             self._out.append(Outgoing(self._revoke_frame(b), peer=peer, branch=b.id))
-            return
+            return True
         if not b.peer_did:
-            return
+            return True
         for gid in self._groups:
             g = self._branches[gid]
             if g.state is BranchState.OPEN and any(pk == member[0] for i, (pk, _) in g.members.items() if i):
                 self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=gid))
+        return True
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
                      heads: list[tuple[int, int, bytes]]) -> Frame:
@@ -1517,7 +1539,17 @@ class AuthorCore(_CoreBase):
                     and not check(self._extras(b)[1], now_ms)):
                 self.revoke(b.id)
                 revoked.append(b.id)
+                self._leave_groups(b.peer_did)
         return revoked
+
+    def _leave_groups(self, did: str) -> None:
+        """A subscriber whose admission no longer holds leaves every group too (re-keyed without it): it would
+        otherwise keep reading what the author broadcasts (THREATS 6)."""
+        pk = PublicIdentity.from_did(did).sign_public
+        for gid in list(self._groups):
+            g = self._branches[gid]
+            if g.state is BranchState.OPEN and any(i and m == pk for i, (m, _) in g.members.items()):
+                self.remove_member(gid, did)
 
     def revoke(self, branch: bytes) -> None:
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""

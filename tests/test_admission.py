@@ -297,3 +297,23 @@ def test_renewing_by_resubscribing_replaces_the_evidence_that_is_rechecked(
     bits.set(5)  # the one that admitted it now
     src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
     assert net.author.recheck(net.now) == [b0]
+
+
+def test_a_subscriber_revoked_by_recheck_also_leaves_its_groups(status: tuple[StatusList, StatusListSource]) -> None:
+    net = _net(status)
+    _sub_with(net, "s0", _cred(ident(10), index=3))
+    _sub_with(net, "s1", _cred(ident(11), index=4))
+    group = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    bits, src = status
+    bits.set(3)
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
+    assert len(net.author.recheck(net.now)) == 1
+    net.pump_author()
+    # The group was re-keyed without s0: the next broadcast is s1's to read only.
+    assert net.author.branch_info(group)[0] == 1
+    assert list(net.author.branch_info(group)[3]) == [net.author.identity.did, ident(11).did]
+    net.author.publish(group, b"after s0's revocation", net.now)
+    net.pump_author()
+    assert b"after s0's revocation" in [m.payload for m in net.events["s1"] if isinstance(m, MessageReceived)]
+    assert b"after s0's revocation" not in [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)]

@@ -26,6 +26,7 @@ from streams.anchor import ANCHOR_TAG, EpochCheckpoint, build_epoch, check_fork
 from streams.api import AnchorConfig, Author, MemoryHub, StoreOptions, Subscriber
 from streams.audit import audit_store
 from streams.cli import main as cli_main
+from streams.core import CoreConfig
 from streams.errors import LocalProtocolError, RejectReason
 from streams.events import Anchored, Event, ForkDetected, GapDetected, MessageReceived, Rejected
 from streams.identity import Identity
@@ -583,7 +584,11 @@ async def test_a_member_away_when_its_proof_was_sent_gets_it_when_it_comes_back(
     lpath = tmp_path / "ledger.db"
     ledger = EmbeddedLedger(lpath)
     hub = MemoryHub()
-    author = await make_author(tmp_path, hub, ledger)
+    # The in-memory hub names a peer the same across its reconnects (ZeroMQ gives each connection a new routing
+    # id): no grant sync interval, or the reopened member's sync within a second of its first would be skipped.
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did, P2.did]), store_options=FAST, ledger=ledger,
+                                 anchor_config=CFG, config=CoreConfig(grant_sync_interval_ms=0))
     s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
     try:
         b1 = await s1.subscribe(timeout=5)

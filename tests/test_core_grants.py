@@ -25,7 +25,9 @@ def _offline_rekeys(net: Net, branch: bytes) -> list[bytes]:
 
 
 def _sync(net: Net, name: str, branch: bytes, after: int) -> list[Outgoing]:
-    """``name`` asks the author for the grants of ``branch`` after epoch ``after``; the author's answers."""
+    """``name`` asks the author for the grants of ``branch`` after epoch ``after``, past the author's
+    grant_sync_interval_ms since its last answer; the author's answers."""
+    net.now += 1000
     s = net.subs[name]
     me = s.branch_info(branch)
     fetch = Fetch(net.author.channel, branch, 0, 0, after, me[3].index(s.identity.did))
@@ -41,6 +43,7 @@ def test_a_member_behind_by_two_rekeys_gets_both_grants_in_order_and_nothing_it_
     _offline_rekeys(net, branch)
     assert net.subs["s0"].branch_info(branch)[0] == 0
     # What a restart sends: the grant sync first, then the chains' catch-up.
+    net.now += 1000
     net.subs["s0"].catch_up()
     net.pump_sub("s0")
     assert [e.epoch for e in net.events["s0"] if isinstance(e, Granted)][-2:] == [1, 2]
@@ -71,6 +74,28 @@ def test_old_grants_replayed_change_nothing_and_an_altered_one_is_rejected() -> 
     assert [e.reason for e in ev if isinstance(e, Rejected)] in ([RejectReason.BAD_SIGNATURE],
                                                                   [RejectReason.MALFORMED])
     assert s0.branch_info(branch)[0] == 2
+
+
+def test_a_grant_sync_replayed_on_one_connection_is_answered_once_per_interval() -> None:
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    _offline_rekeys(net, branch)
+    s0 = net.subs["s0"]
+    raw = encode_frame(Fetch(net.author.channel, branch, 0, 0, 0, 1), b"", s0.identity.sign).raw
+    net.now += 1000
+
+    def answer(peer: str) -> list[Kind]:
+        net.author.receive(raw, net.now, peer)
+        net.author.take_changes()
+        return _kinds(net.author.data_to_send())
+
+    assert answer("s0") == [Kind.GRANT, Kind.GRANT]
+    for _ in range(5):  # replayed at once, on that connection: nothing (a signature check each)
+        assert answer("s0") == []
+    assert answer("relay") == [Kind.GRANT, Kind.GRANT]  # another connection (a reconnect is one) is answered
+    net.now += 1000
+    assert answer("s0") == [Kind.GRANT, Kind.GRANT]
 
 
 def test_only_members_get_grants_by_asking() -> None:
