@@ -20,13 +20,13 @@ from typing import Any
 import nacl.bindings
 import zmq
 import zmq.asyncio
-import zmq.auth.asyncio
+from zmq.auth.base import Authenticator
 from zmq.utils import z85
 
 from streams.errors import LocalProtocolError
 from streams.identity import Identity, PublicIdentity
 
-__all__ = ["CurveConfig", "kx_keypair", "setup_client", "setup_server"]
+__all__ = ["CurveConfig", "ZapHandler", "kx_keypair", "setup_client", "setup_server"]
 
 log = logging.getLogger("brokerless")
 
@@ -76,20 +76,47 @@ class _KnownKeys:
         except Exception:  # a malformed key or a failing callback refuses, never crashes the handler
             ok = False
         if not ok:
-            log.info("CURVE client refused: unknown key")
+            log.info("CURVE client refused: its key is not the X25519 key of a DID this channel knows (%s)",
+                     key.decode("ascii", "replace") if isinstance(key, bytes) else key)
         return ok
 
 
+class ZapHandler(Authenticator):
+    """The ZAP handler of one author endpoint.  Its REP socket is bound at once (by :func:`setup_server`, before
+    the endpoint binds): a CURVE handshake that arrives before :meth:`serve` runs waits for it, never bypasses
+    it.  :meth:`serve` is a task of the endpoint's own event loop, started with the endpoint's other tasks and
+    awaited when they stop, before the socket is closed -- pyzmq's ``AsyncioAuthenticator`` starts its task at
+    construction (an endpoint built outside a running loop refused everyone) and leaves its cancellation to a
+    later loop turn (a new endpoint created in the same turn lost its ZAP socket's reader)."""
+
+    async def serve(self) -> None:
+        sock = self.zap_socket
+        poller = zmq.asyncio.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while True:
+                await poller.poll()
+                while True:
+                    try:
+                        msg = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    await self.handle_zap_message(msg)
+        finally:
+            poller.unregister(sock)
+
+
 def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[Any], cfg: CurveConfig,
-                 known: Callable[[bytes], bool] | None) -> zmq.auth.asyncio.AsyncioAuthenticator:
-    """Make ``sock`` a CURVE server and start a ZAP handler admitting only keys for which ``known`` is true.
+                 known: Callable[[bytes], bool] | None) -> ZapHandler:
+    """Make ``sock`` a CURVE server with a ZAP handler admitting only keys for which ``known`` is true; the
+    caller runs :meth:`ZapHandler.serve` in its event loop and calls ``stop()`` after that task ended.
 
     Raises :class:`LocalProtocolError` if ``known`` is missing (a CURVE server that admits anyone would only
     look like a guard)."""
     if known is None:
         raise LocalProtocolError("a CURVE server needs a known_key callback")
-    auth = zmq.auth.asyncio.AsyncioAuthenticator(ctx)
-    auth.start()
+    auth = ZapHandler(ctx)
+    auth.start()  # binds the ZAP socket now: from here on every handshake asks it
     auth.configure_curve_callback("*", credentials_provider=_KnownKeys(known))
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, z85.encode(cfg.secret))

@@ -88,7 +88,7 @@ from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
 from streams.wire import MAX_FRAME, VERSION, Kind, decode_frame
 
-from .curve import CurveConfig, setup_client, setup_server
+from .curve import CurveConfig, ZapHandler, setup_client, setup_server
 
 __all__ = [
     "CREDIT",
@@ -337,6 +337,7 @@ class _Base:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._close_done: asyncio.Future[None] | None = None  #: resolved when the first close() finished
         self.stats = EndpointStats()
 
     async def recv(self) -> list[tuple[bytes, object]]:
@@ -426,6 +427,18 @@ class _Base:
         if self._closed:
             raise ClosedResourceError("endpoint closed")
 
+    def _close_started(self) -> None:
+        self._close_done = asyncio.get_running_loop().create_future()
+
+    def _close_finished(self) -> None:
+        if self._close_done is not None and not self._close_done.done():
+            self._close_done.set_result(None)
+
+    async def _closing(self) -> None:
+        """Wait for a close() in progress (if any) to finish."""
+        if self._close_done is not None:
+            await asyncio.shield(self._close_done)
+
     async def _stop_tasks(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -466,7 +479,7 @@ class AuthorEndpoint(_Base):
         self._backlog: set[bytes] = set()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._global = _Bucket(_now_ms(), self.config.global_burst)
-        self._auth: object | None = None
+        self._auth: ZapHandler | None = None
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
         try:
             _socket_options(self._sock, self.config)
@@ -532,16 +545,22 @@ class AuthorEndpoint(_Base):
                 self._send_to(rid, out.data)
 
     async def close(self) -> None:
-        """Close the socket (linger 0) and, if owned, the context.  Idempotent."""
+        """Close the socket (linger 0) and, if owned, the context.  Idempotent: a call while another is in
+        progress returns once that one has finished (the address is free then)."""
         if self._closed:
+            await self._closing()
             return
         self._closed = True
-        self._wake_drain()
-        await self._stop_tasks()
-        if self._auth is not None:
-            self._auth.stop()  # type: ignore[attr-defined]
-        self._sock.close(linger=0)
-        self._term()
+        self._close_started()
+        try:
+            self._wake_drain()
+            await self._stop_tasks()  # the ZAP task included: it has let go of its socket when this returns
+            if self._auth is not None:
+                self._auth.stop()
+            self._sock.close(linger=0)
+            self._term()
+        finally:
+            self._close_finished()
 
     async def drain(self, branch: bytes | None = None) -> None:
         """Wait until every peer of ``branch`` (of the endpoint if None) can take another data frame at once:
@@ -611,6 +630,8 @@ class AuthorEndpoint(_Base):
         if not self._tasks and not self._closed:
             self._tasks.append(asyncio.create_task(self._reader(), name="brokerless-author-reader"))
             self._tasks.append(asyncio.create_task(self._maintain(), name="brokerless-author-maintain"))
+            if self._auth is not None:
+                self._tasks.append(asyncio.create_task(self._auth.serve(), name="brokerless-author-zap"))
 
     async def _reader(self) -> None:
         cfg = self.config
@@ -1035,13 +1056,19 @@ class SubscriberEndpoint(_Base):
         self._check_readable()
 
     async def close(self) -> None:
-        """Close the socket (linger 0) and, if owned, the context.  Idempotent."""
+        """Close the socket (linger 0) and, if owned, the context.  Idempotent: a call while another is in
+        progress returns once that one has finished."""
         if self._closed:
+            await self._closing()
             return
         self._closed = True
-        await self._stop_tasks()
-        self._sock.close(linger=0)
-        self._term()
+        self._close_started()
+        try:
+            await self._stop_tasks()
+            self._sock.close(linger=0)
+            self._term()
+        finally:
+            self._close_finished()
 
     def queue_size(self) -> int:
         """Frames waiting in the send queue."""

@@ -186,6 +186,7 @@ class _Party:
         self._learn_routes: Callable[[list[tuple[bytes, object]]], None] | None = learn if callable(learn) else None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._close_done: asyncio.Future[None] | None = None  #: resolved when the first close() finished
         self._broken: BaseException | None = None
         self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
         #: Set when publishing would contradict what this party already signed (its anchoring found the ledger
@@ -476,11 +477,22 @@ class _Party:
         return [ForkDetected(b, p, s, ForkEvidence(fa, fb)) for b, p, s, fa, fb in self._store.forks()]
 
     async def close(self) -> None:
-        """Stop, persist the application cursor, close the transport and the store.  Idempotent.  A ledger
-        passed in is not closed: it belongs to the caller."""
+        """Stop, persist the application cursor, close the transport and the store.  Idempotent: a call while
+        another is in progress returns when that one has finished (the store and the transport are closed then:
+        the same address can be bound again at once).  A ledger passed in is not closed: it belongs to the
+        caller."""
         if self._closed:
+            if self._close_done is not None:
+                await asyncio.shield(self._close_done)
             return
         self._closed = True
+        self._close_done = asyncio.get_running_loop().create_future()
+        try:
+            await self._close()
+        finally:
+            self._close_done.set_result(None)
+
+    async def _close(self) -> None:
         await self._stop_services()
         for t in self._tasks:
             t.cancel()

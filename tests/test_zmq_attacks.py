@@ -275,3 +275,55 @@ async def test_bad_addresses_are_typed_errors() -> None:
         AuthorEndpoint("nonsense://x")
     with pytest.raises(LocalProtocolError):
         SubscriberEndpoint("nonsense://x")
+
+
+async def _curve_round_trip(tmp_path: Path, ep: AuthorEndpoint, name: str) -> None:
+    """A known subscriber subscribes over CURVE to an author on ``ep`` and gets a message."""
+    author = await Author.create(tmp_path / f"{name}-author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    sub = await Subscriber.create(tmp_path / f"{name}-p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  SubscriberEndpoint(ep.addresses[0], EndpointConfig(
+                                      heartbeat_ms=100, curve=CurveConfig.for_subscriber(P1, AUTHOR.did))),
+                                  store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        await author.publish(branch, b"over curve")
+        assert (await sub.next_message(timeout=10)).payload == b"over curve"
+    finally:
+        await sub.close()
+        await author.close()
+
+
+async def test_a_curve_author_endpoint_recreated_in_the_same_loop_turn_still_admits(tmp_path: Path) -> None:
+    """The ZAP handler is a task of the endpoint, awaited at close.  With pyzmq's AsyncioAuthenticator, whose
+    cancelled task cleaned up a loop turn later, a new endpoint created right after could lose its ZAP socket's
+    reader (same file descriptor) and refuse everyone; that depended on the order of tasks in the next turn, so
+    this is a regression check of the sequence rather than a reproduction of every ordering."""
+    cfg = EndpointConfig(heartbeat_ms=100, curve=CurveConfig.for_author(AUTHOR))
+    first = AuthorEndpoint("tcp://127.0.0.1:0", cfg, known_key=lambda k: k == P1.kx_public)
+    first._start()  # its tasks run (as under a party), the ZAP handler's among them
+    await asyncio.sleep(0.05)
+    await first.close()
+    again = AuthorEndpoint("tcp://127.0.0.1:0", cfg, known_key=lambda k: k == P1.kx_public)  # no await between
+    await _curve_round_trip(tmp_path, again, "b")
+
+
+def test_a_curve_author_endpoint_built_before_the_loop_runs_admits(tmp_path: Path) -> None:
+    """Built outside a running event loop (a script's setup), its ZAP handler starts with the endpoint's tasks."""
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=100, curve=CurveConfig.for_author(AUTHOR)),
+                        known_key=lambda k: k == P1.kx_public)
+    asyncio.run(_curve_round_trip(tmp_path, ep, "c"))
+
+
+async def test_a_second_close_waits_for_the_first_and_the_address_is_free_after_it(tmp_path: Path) -> None:
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    addr = ep.addresses[0]
+    first = asyncio.create_task(author.close())
+    await asyncio.sleep(0)  # the first close is under way
+    await author.close()  # returns only when it is done: the store and the socket are closed
+    assert first.done()
+    again = await Author.open(tmp_path / "author.db", PW, AuthorEndpoint(addr), AllowList.of([P1.did]),
+                              store_options=FAST, config=CORE)
+    await again.close()
