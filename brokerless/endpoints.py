@@ -74,6 +74,8 @@ import errno
 import hmac
 import logging
 import os
+import socket
+import stat
 import struct
 import time
 from collections import OrderedDict, deque
@@ -327,6 +329,29 @@ def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame)
 
 
+def _check_ipc(address: str) -> None:
+    """Refuse to bind an ``ipc://`` path that is in use or not ours to replace: libzmq unlinks whatever is at the
+    path before binding, which silently took over a live author's socket (its subscribers then reached the new
+    one) or deleted a regular file.  A socket file nobody listens on (a killed author's) is replaced."""
+    if not address.startswith("ipc://") or address.startswith("ipc://@"):
+        return
+    path = address[len("ipc://"):]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # nothing there (or not reachable: bind reports it)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise LocalProtocolError(f"cannot bind {address!r}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # refused: a stale socket file
+    finally:
+        probe.close()
+    raise LocalProtocolError(f"cannot bind {address!r}: another endpoint is listening there")
+
+
 class _Base:
     def __init__(self, config: EndpointConfig | None, context: zmq.asyncio.Context | None) -> None:
         self.config = config or EndpointConfig()
@@ -491,6 +516,7 @@ class AuthorEndpoint(_Base):
             addrs = [bind] if isinstance(bind, str) else list(bind)
             self.addresses: list[str] = []
             for a in addrs:
+                _check_ipc(a)
                 self._sock.bind(a)
                 last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
                 self.addresses.append(last.decode() if isinstance(last, bytes) else str(last))

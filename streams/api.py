@@ -950,6 +950,7 @@ class Author(_Party):
             store = Store.create(path, identity, passphrase, role="author", channel=core.channel,
                                  author_did=identity.did, name=name, durable=so.durable, opslimit=so.opslimit,
                                  memlimit=so.memlimit)
+            store.lock()
             self = cls(core, store, transport, clock, queue_size)
             core.announce()
             await self._flush()
@@ -976,6 +977,7 @@ class Author(_Party):
             store = Store.open(path, passphrase, durable=so.durable)
             if store.meta("role") != "author":
                 raise LocalProtocolError(f"{path} is not an author's store")
+            store.lock()
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
             core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
@@ -1154,6 +1156,7 @@ class Subscriber(_Party):
             core = SubscriberCore(identity, author_did, channel, config)
             store = Store.create(path, identity, passphrase, role="subscriber", channel=channel,
                                  author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
+            store.lock()
             self = cls(core, store, transport, clock, queue_size)
             self._with_ledger(ledger)
             self._start()
@@ -1174,6 +1177,7 @@ class Subscriber(_Party):
             store = Store.open(path, passphrase, durable=so.durable)
             if store.meta("role") != "subscriber":
                 raise LocalProtocolError(f"{path} is not a subscriber's store")
+            store.lock()
             core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
             core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
             self = cls(core, store, transport, clock, queue_size)

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import sqlite3
@@ -207,6 +208,7 @@ class Store:
         self._closed = False
         self._frames_path = Path(f"{path}-frames")
         self._frames_fd: int | None = None  #: opened at the first large frame written or read
+        self._lock_fd: int | None = None  #: held by the party that runs on this store (see lock)
         self._frames_unsynced = False  #: written since the last fdatasync (durable=False only)
         self._frames_dropped = 0  #: the frame file's bytes before this were dropped from the page cache
         self._settling = threading.Lock()
@@ -518,10 +520,32 @@ class Store:
     def delivered(self) -> dict[tuple[bytes, int], int]:
         return {(b, p): s for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered")}
 
+    def lock(self) -> None:
+        """Claim the store for the party that runs on it: an exclusive ``flock`` on the database file, held until
+        :meth:`close` (the kernel drops it if the process dies).  A second party on the same store -- another
+        process, or this one -- would sign the same sequence numbers twice (forks).  Readers that do not lock
+        (``streams status``, ``audit``, ``backup``) still work.  Raises :class:`StorageError` if it is taken."""
+        self._check_open()
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StorageError(f"{self.path} is in use: another party (process) runs on this store") from None
+            raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
+        self._lock_fd = fd
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             _CHECKPOINTER.release(self)
+            if self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._lock_fd)
+                self._lock_fd = None
             if self._frames_fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._frames_fd)

@@ -11,9 +11,10 @@ import pytest
 from brokerless import AuthorEndpoint, SubscriberEndpoint
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import Outgoing
-from streams.errors import BadPassphrase, ClosedResourceError, DecodeError, LocalProtocolError
+from streams.errors import BadPassphrase, ClosedResourceError, DecodeError, LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
+from streams.store import Store
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -87,3 +88,24 @@ async def test_failed_subscriber_open_and_create_close_the_endpoint(tmp_path: Pa
     finally:
         await author_ep.close()
         await author.close()
+
+
+async def test_a_store_runs_one_party_at_a_time(tmp_path: Path) -> None:
+    """Two parties on one store would sign the same sequence numbers twice (forks): the second open is refused
+    while the first runs (also from this process), and the store opens again once the first closed."""
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    try:
+        with pytest.raises(StorageError, match="in use"):
+            await Author.open(tmp_path / "author.db", PW, ep, POLICY, store_options=FAST)
+        await assert_closed(ep)  # and the failed open released what it was given, as any other
+    finally:
+        await ep.close()
+        await author.close()
+    again = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), POLICY, store_options=FAST)
+    # A reader that does not run a party still opens it meanwhile (streams status, audit, backup).
+    reader = Store.open(tmp_path / "author.db", PW, durable=False)
+    reader.close()
+    await again.close()

@@ -327,3 +327,30 @@ async def test_a_second_close_waits_for_the_first_and_the_address_is_free_after_
     again = await Author.open(tmp_path / "author.db", PW, AuthorEndpoint(addr), AllowList.of([P1.did]),
                               store_options=FAST, config=CORE)
     await again.close()
+
+
+async def test_an_ipc_path_in_use_or_not_a_socket_is_not_taken_over(tmp_path: Path) -> None:
+    """libzmq unlinks whatever is at an ipc path before binding: a second author silently took over a live one's
+    socket, and a regular file was deleted.  A stale socket file (its author killed) is replaced."""
+    import socket as socketlib
+
+    from streams.errors import LocalProtocolError
+
+    live = f"ipc://{tmp_path}/live.sock"
+    first = AuthorEndpoint(live)
+    try:
+        with pytest.raises(LocalProtocolError, match="another endpoint is listening"):
+            AuthorEndpoint(live)
+    finally:
+        await first.close()
+    regular = tmp_path / "notes.txt"
+    regular.write_text("keep me")
+    with pytest.raises(LocalProtocolError, match="not a socket"):
+        AuthorEndpoint(f"ipc://{regular}")
+    assert regular.read_text() == "keep me"
+    stale = tmp_path / "stale.sock"
+    s = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    s.bind(str(stale))  # bound, never listening, then closed: what a killed process leaves
+    s.close()
+    ep = AuthorEndpoint(f"ipc://{stale}")
+    await ep.close()
