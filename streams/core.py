@@ -13,6 +13,9 @@ randomness from an injected ``rng(n) -> bytes``.  After each call the driver col
 * ``data_to_send()`` -- frames to transmit, with routing hints (:class:`Outgoing`);
 * ``take_changes()`` -- what must be made durable (:class:`Changes`) *before* any event is acted upon or any
   publish is acknowledged (THREATS 4);
+* ``take_routes()`` -- which peers verified as members of which branches, for a transport that routes by
+  branch (and ``AuthorCore.take_syncs()``: members back from a restart or reconnect, to re-send anchor proofs);
+  both are bounded sets, harmless to ignore;
 
 and acts on the returned events.  Bad peer input never escapes as an exception: it becomes a
 :class:`~streams.events.Rejected` event (THREATS 8).  Caller misuse raises
@@ -1254,7 +1257,7 @@ class AuthorCore(_CoreBase):
         self._used_nonces: dict[bytes, int] = {}
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
-        self._syncs: list[tuple[bytes, object]] = []  #: grant syncs answered: (branch, peer), for the driver
+        self._syncs: dict[tuple[bytes, object], None] = {}  #: grant syncs answered (branch, peer), for the driver
         #: (branch, member, peer) -> when we last answered its grant sync (see _sync_grants)
         self._synced_ms: dict[tuple[bytes, int, object], int] = {}
 
@@ -1424,7 +1427,8 @@ class AuthorCore(_CoreBase):
         """The open branches a member asked to sync since the last call, with its peer: a member back after
         a restart or a reconnect.  The driver re-sends it the latest anchor proofs of the branch (which it may
         have missed while away, SPEC 13.5)."""
-        out, self._syncs = self._syncs, []
+        out = list(self._syncs)
+        self._syncs = {}
         return out
 
     def _revoke_frame(self, b: _Branch) -> bytes:
@@ -1450,7 +1454,7 @@ class AuthorCore(_CoreBase):
         for raw in self._grants_after(b, after):
             self._out.append(Outgoing(raw, peer=peer, branch=b.id))
         if b.state is BranchState.OPEN:
-            self._syncs.append((b.id, peer))
+            self._syncs[(b.id, peer)] = None
         if b.state is BranchState.CLOSED:
             self._out.append(Outgoing(self._revoke_frame(b), peer=peer, branch=b.id))
             return True
