@@ -15,7 +15,7 @@ randomness from an injected ``rng(n) -> bytes``.  After each call the driver col
   publish is acknowledged (THREATS 4);
 * ``take_routes()`` -- which peers verified as members of which branches, for a transport that routes by
   branch (and ``AuthorCore.take_syncs()``: members back from a restart or reconnect, to re-send anchor proofs);
-  both are bounded sets, harmless to ignore;
+  both are bounded sets, which a driver that neither routes by branch nor anchors may ignore;
 
 and acts on the returned events.  Bad peer input never escapes as an exception: it becomes a
 :class:`~streams.events.Rejected` event (THREATS 8).  Caller misuse raises
