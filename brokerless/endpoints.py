@@ -86,6 +86,7 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
+from streams._tasks import wait_shielded
 from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
 from streams.wire import MAX_FRAME, VERSION, Kind, decode_frame
@@ -362,7 +363,7 @@ class _Base:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._close_done: asyncio.Future[None] | None = None  #: resolved when the first close() finished
+        self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
         self.stats = EndpointStats()
 
     async def recv(self) -> list[tuple[bytes, object]]:
@@ -452,17 +453,10 @@ class _Base:
         if self._closed:
             raise ClosedResourceError("endpoint closed")
 
-    def _close_started(self) -> None:
-        self._close_done = asyncio.get_running_loop().create_future()
-
-    def _close_finished(self) -> None:
-        if self._close_done is not None and not self._close_done.done():
-            self._close_done.set_result(None)
-
     async def _closing(self) -> None:
         """Wait for a close() in progress (if any) to finish."""
-        if self._close_done is not None:
-            await asyncio.shield(self._close_done)
+        if self._close_task is not None:
+            await wait_shielded(self._close_task)
 
     async def _stop_tasks(self) -> None:
         for t in self._tasks:
@@ -577,16 +571,16 @@ class AuthorEndpoint(_Base):
             await self._closing()
             return
         self._closed = True
-        self._close_started()
-        try:
-            self._wake_drain()
-            await self._stop_tasks()  # the ZAP task included: it has let go of its socket when this returns
-            if self._auth is not None:
-                self._auth.stop()
-            self._sock.close(linger=0)
-            self._term()
-        finally:
-            self._close_finished()
+        self._close_task = asyncio.ensure_future(self._close())
+        await wait_shielded(self._close_task)
+
+    async def _close(self) -> None:
+        self._wake_drain()
+        await self._stop_tasks()  # the ZAP task included: it has let go of its socket when this returns
+        if self._auth is not None:
+            self._auth.stop()
+        self._sock.close(linger=0)
+        self._term()
 
     async def drain(self, branch: bytes | None = None) -> None:
         """Wait until every peer of ``branch`` (of the endpoint if None) can take another data frame at once:
@@ -1088,13 +1082,13 @@ class SubscriberEndpoint(_Base):
             await self._closing()
             return
         self._closed = True
-        self._close_started()
-        try:
-            await self._stop_tasks()
-            self._sock.close(linger=0)
-            self._term()
-        finally:
-            self._close_finished()
+        self._close_task = asyncio.ensure_future(self._close())
+        await wait_shielded(self._close_task)
+
+    async def _close(self) -> None:
+        await self._stop_tasks()
+        self._sock.close(linger=0)
+        self._term()
 
     def queue_size(self) -> int:
         """Frames waiting in the send queue."""

@@ -34,6 +34,7 @@ from typing import Protocol, Self
 
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
+from ._tasks import wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
@@ -186,7 +187,7 @@ class _Party:
         self._learn_routes: Callable[[list[tuple[bytes, object]]], None] | None = learn if callable(learn) else None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._close_done: asyncio.Future[None] | None = None  #: resolved when the first close() finished
+        self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
         self._broken: BaseException | None = None
         self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
         #: Set when publishing would contradict what this party already signed (its anchoring found the ledger
@@ -482,15 +483,13 @@ class _Party:
         the same address can be bound again at once).  A ledger passed in is not closed: it belongs to the
         caller."""
         if self._closed:
-            if self._close_done is not None:
-                await asyncio.shield(self._close_done)
+            if self._close_task is not None:
+                await wait_shielded(self._close_task)
             return
         self._closed = True
-        self._close_done = asyncio.get_running_loop().create_future()
-        try:
-            await self._close()
-        finally:
-            self._close_done.set_result(None)
+        # Its own task: a caller cancelled meanwhile gets its CancelledError once everything is closed.
+        self._close_task = asyncio.ensure_future(self._close())
+        await wait_shielded(self._close_task)
 
     async def _close(self) -> None:
         await self._stop_services()

@@ -636,3 +636,20 @@ async def test_subscribing_with_a_wrong_channel_id_or_author_says_so_when_it_tim
         await wrong_channel.close()
         await wrong_author.close()
         await author.close()
+
+
+async def test_a_cancelled_close_still_closes_everything_and_the_caller_sees_its_cancellation(
+        tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author, sub, branch = await pair(tmp_path, hub)
+    try:
+        closing = asyncio.create_task(sub.close())
+        await asyncio.sleep(0)  # under way: waiting for its tasks to end
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing  # not swallowed (it used to return normally, as if never cancelled)
+        # ... and nothing was left half-closed: the store is free for the next party at once.
+        again = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
+        await again.close()
+    finally:
+        await author.close()
