@@ -641,7 +641,7 @@ async def test_subscribing_with_a_wrong_channel_id_or_author_says_so_when_it_tim
 async def test_a_cancelled_close_still_closes_everything_and_the_caller_sees_its_cancellation(
         tmp_path: Path) -> None:
     hub = MemoryHub()
-    author, sub, branch = await pair(tmp_path, hub)
+    author, sub, _branch = await pair(tmp_path, hub)
     try:
         closing = asyncio.create_task(sub.close())
         await asyncio.sleep(0)  # under way: waiting for its tasks to end

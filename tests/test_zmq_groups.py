@@ -208,7 +208,9 @@ async def test_forged_frames_neither_evict_members_nor_receive_a_groups_traffic(
 
 
 async def test_every_member_of_a_group_larger_than_eight_gets_every_message(tmp_path: Path) -> None:
-    """Routes per branch used to be capped at 8 (least recently seen evicted): a larger group lost members."""
+    """Routes per branch used to be capped at 8 (least recently seen evicted), so a larger group's members
+    pushed each other out; here, with every member fetching at once, the old code happened to recover them all by
+    gap fill (idle members were seen stuck), so this is a regression check of a group beyond 8, not a reproduction."""
     members = [Identity.from_seed(bytes([0x20 + i]) * 32) for i in range(12)]
     ep = AuthorEndpoint("tcp://127.0.0.1:0", EP)
     author = await Author.create(tmp_path / "author.db", AUTHOR, "big", PW, ep,
