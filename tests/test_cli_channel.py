@@ -232,3 +232,31 @@ def test_streams_cli_does_not_load_zmq_until_a_network_command_runs() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_subscribe_presents_several_credentials_for_a_policy_in_mode_all(cli: Cli, tmp_path: Path,
+                                                                         serves: list[Serve]) -> None:
+    """`mode = "all"` with two credential rules: `streams subscribe --credential A --credential B` presents both
+    in one presentation and is admitted; one of them alone is refused (exit 1)."""
+    make_keystore(cli, "monitor.ks")
+    issuer = make_keystore(cli, "issuer.ks")
+    member = make_keystore(cli, "provider.ks")
+    cli("credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+        "--id", "https://issuer.example/sl/all", "--out", "sl.json").ok()
+    for ctype, index in (("PaymentProviderCredential", "1"), ("KYCCredential", "2")):
+        cli("credential", "issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--subject", member,
+            "--type", ctype, "--status-list", "sl.json", "--status-index", index, "--out", f"{ctype}.json").ok()
+    rules = "".join(f'[[policy.credential]]\ntype = "{t}"\nissuers = ["{issuer}"]\npermission = "read-write"\n'
+                    f'status_lists = ["sl.json"]\n' for t in ("PaymentProviderCredential", "KYCCredential"))
+    (tmp_path / "policy.toml").write_text('[policy]\nmode = "all"\n' + rules)
+    serve = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+                  "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
+    serves.append(serve)
+    ready = serve.wait("ready")
+    base = ("subscribe", "--json", "--store", "provider.db", "--connect", ready["addresses"][0], "--keystore",
+            "provider.ks", "--author", ready["did"], "--channel", ready["channel"], "--passphrase-env", "PP")
+    one = cli(*base, "--credential", "PaymentProviderCredential.json")
+    assert one.returncode == 1 and one.json["reason"] == "REFUSED", one.stdout + one.stderr
+    both = cli(*base, "--credential", "PaymentProviderCredential.json", "--credential", "KYCCredential.json").ok()
+    assert both.json["did"] == member and both.json["open"] is True
+    serve.wait("admitted", did=member)

@@ -459,17 +459,17 @@ async def subscribe(args: argparse.Namespace) -> Result:
     """Create or open the subscriber's store, run the handshake, describe the grant."""
     zmq = load_zmq()
     passphrase = read_passphrase(args)
-    presentation: dict[str, Any] | None = None
-    if args.credential:
-        doc = read_json_file(args.credential, "credential")
+    presentation: list[dict[str, Any]] = []
+    for path in args.credential or ():
+        doc = read_json_file(path, "credential")
         if not isinstance(doc, dict):
-            raise UsageError(f"{args.credential} is not a JSON object")
-        presentation = doc
+            raise UsageError(f"{path} is not a JSON object")
+        presentation.append(doc)
     sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect), keystore_path=args.keystore,
                                 author_did=args.author, channel=args.channel)
     try:
         presenter = None
-        if presentation is not None:
+        if presentation:
             holder = (_keystore_identity(args.holder_keystore, passphrase, sub.did) if args.holder_keystore
                       else sub.store.identity)
             cred = presentation
@@ -739,7 +739,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--keystore", metavar="PATH", help="identity of the subscriber (first run only)")
     c.add_argument("--author", metavar="DID", help="the author's DID (first run only)")
     c.add_argument("--channel", metavar="HEX", help="the channel id (first run only)")
-    c.add_argument("--credential", metavar="FILE", help="a credential to present (bound to the challenge)")
+    c.add_argument("--credential", action="append", metavar="FILE",
+                   help="a credential to present (bound to the challenge); repeat it for several, all in one "
+                        "presentation (a policy in mode \"all\" may need one per rule)")
     c.add_argument("--holder-keystore", metavar="PATH",
                    help="keystore that signs the presentation (default: the store's identity; must be the same DID)")
     c.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help="give up after S seconds (15)")
