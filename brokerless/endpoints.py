@@ -15,8 +15,7 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
 * **Routing.**  The author learns which routing ids belong to which branch from the grant (an ``Outgoing``
   with both ``peer`` and ``branch``) and from the member frames naming a branch whose signature the protocol
   core verified (``learn_routes``, fed by the driver): a forged or relayed frame never maps, nor evicts, a
-  peer.  Mappings are bounded (``peers_per_branch``, ``max_branches``; least recently seen evicted), and member
-  frames from a peer not mapped to their branch cost it inbound budget (each costs the core a signature check).
+  peer.  Mappings are bounded (``peers_per_branch``, ``max_branches``; least recently seen evicted).
 * **Nothing stalls** (THREATS 8).  Sends never block: a peer whose pipe is full (ZeroMQ high-water mark) gets
   its frames queued up to ``send_queue`` frames or ``send_queue_bytes`` bytes, then dropped and counted.  The
   receiver's gap detection, HEAD notices and FETCH retries (in the core) recover every dropped frame from the
@@ -730,12 +729,9 @@ class AuthorEndpoint(_Base):
                 if routes is not None and rid in routes:
                     routes.move_to_end(rid)
                     self._routes.move_to_end(branch)
-                elif not peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
-                    # A member frame from a peer not routed for its branch costs the core a signature check:
-                    # charged like an unauthenticated one.  Routes are learned only from what the core verified
-                    # (learn_routes): a forged frame never maps, nor evicts, a peer.
-                    self.stats.over_budget += 1
-                    return
+                # Routes are learned only from what the core verified (learn_routes): a forged frame never maps,
+                # nor evicts, a peer.  A member frame is never dropped here: a member's catch-up after an author
+                # restart (a grant sync and a FETCH per branch and chain, none routed yet) is not retried.
         if self._inbox_full():
             self.stats.inbox_dropped += 1
             return
@@ -770,19 +766,30 @@ class AuthorEndpoint(_Base):
         peer.last_seen = now
         return peer
 
-    def learn_routes(self, hints: list[tuple[bytes, object]]) -> None:
+    def learn_routes(self, hints: list[tuple[bytes, object, bool]]) -> None:
         """Apply the protocol core's routing hints (:meth:`streams.core.AuthorCore.take_routes`; the
-        :class:`streams.api.Author` driver calls this): ``(branch, rid)`` maps a live peer whose signed member
-        frame the core verified to the branch; ``(branch, None)`` forgets every peer of the branch."""
-        for branch, rid in hints:
+        :class:`streams.api.Author` driver calls this): ``(branch, rid, True)`` maps a live peer whose signed
+        member frame the core verified to the branch; ``(branch, rid, False)`` forgets that peer for the branch;
+        ``(branch, None, False)`` forgets every peer of the branch."""
+        for branch, rid, keep in hints:
+            if keep:
+                if isinstance(rid, bytes) and rid in self._peers:
+                    self._learn(branch, rid)
+                continue
+            routes = self._routes.get(branch)
+            if routes is None:
+                continue
             if rid is None:
-                routes = self._routes.pop(branch, None)
-                for r in routes or ():
-                    peer = self._peers.get(r)
-                    if peer is not None:
-                        peer.branches.discard(branch)
-            elif isinstance(rid, bytes) and rid in self._peers:
-                self._learn(branch, rid)
+                gone = list(routes)
+            else:
+                gone = [rid] if isinstance(rid, bytes) and rid in routes else []
+            for r in gone:
+                del routes[r]
+                peer = self._peers.get(r)
+                if peer is not None:
+                    peer.branches.discard(branch)
+            if not routes:
+                del self._routes[branch]
 
     def _learn(self, branch: bytes, rid: bytes) -> None:
         cfg = self.config

@@ -10,14 +10,14 @@ async def wait_shielded(task: asyncio.Future[Any]) -> None:
     """Await ``task`` to its end even if the caller is cancelled meanwhile, then raise that cancellation (or the
     task's own error).  For ``close()``: a cancelled caller must neither leave a half-closed party behind nor
     have its cancellation swallowed (it used to return normally, as if it had not been cancelled)."""
-    cancelled = False
+    me = asyncio.current_task()
+    pending = me.cancelling() if me is not None else 0
     while not task.done():
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
+            if task.done() and task.cancelled():
+                break  # the task itself was cancelled: task.result() raises it
+    if me is not None and me.cancelling() > pending:
+        raise asyncio.CancelledError  # the caller was cancelled meanwhile (also in the turn the task ended)
     task.result()

@@ -184,7 +184,8 @@ class _Party:
         self._send_many: Callable[[Sequence[Outgoing]], None] | None = (
             getattr(transport, "send_many") if callable(send_many) else None)  # noqa: B009
         learn = getattr(transport, "learn_routes", None)
-        self._learn_routes: Callable[[list[tuple[bytes, object]]], None] | None = learn if callable(learn) else None
+        self._learn_routes: Callable[[list[tuple[bytes, object, bool]]], None] | None = (
+            learn if callable(learn) else None)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
@@ -646,7 +647,10 @@ class _Party:
         """``wait_acknowledged`` calls on a branch that closed (revoked, left) will never be answered."""
         for b, s, f in self._ack_waiters:
             if b in closed and not f.done():
-                f.set_exception(ClosedResourceError(f"branch {b.hex()} closed before seq {s} was acknowledged"))
+                if self._core.acknowledged(b) >= s:
+                    f.set_result(None)  # its ACK came in the same batch as the closing frame
+                else:
+                    f.set_exception(ClosedResourceError(f"branch {b.hex()} closed before seq {s} was acknowledged"))
 
     def _send_out(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
         """Send committed frames in one burst (``send_many``); resolve the publish group they complete."""

@@ -443,7 +443,10 @@ class _CoreBase:
         #: The earliest timer deadline set since the last :meth:`take_deadline` (see there).
         self._deadline: int | None = None
         #: Routing hints for the driver's transport (see :meth:`take_routes`).
-        self._route_hints: dict[tuple[bytes, object], None] = {}
+        self._route_hints: dict[tuple[bytes, object], bool] = {}
+        #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
+        #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
+        self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -677,21 +680,28 @@ class _CoreBase:
         self._changes.log.append(LogRecord(b.id, b.me, seq, h, raw))
         self._out.append(Outgoing(raw, None, b.id))
 
-    def take_routes(self) -> list[tuple[bytes, object]]:
+    def take_routes(self) -> list[tuple[bytes, object, bool]]:
         """Routing hints since the last call, in order, for a transport that routes a branch's frames to the
-        peers it knows for it (SPEC 14.2): ``(branch, peer)``, a peer whose signed frame naming the branch came
-        from a current member (a forged or relayed one never teaches a route); ``(branch, None)``, forget every
-        peer of the branch (its membership changed: a member was removed or the branch closed; the members
-        that remain teach their peers again with their next signed frame, the grant sync the change causes)."""
+        peers it knows for it (SPEC 14.2): ``(branch, peer, True)``, a peer whose signed frame naming the branch
+        came from a current member (a forged or relayed one never teaches a route); ``(branch, peer, False)``,
+        forget that peer for the branch (its member was removed from the group); ``(branch, None, False)``,
+        forget every peer of the branch (it closed)."""
         if not self._route_hints:
             return []
-        out = list(self._route_hints)
+        out = [(b, peer, keep) for (b, peer), keep in self._route_hints.items()]
         self._route_hints = {}
         return out
 
-    def _hint_route(self, branch: bytes, peer: object) -> None:
-        if peer is not None:
-            self._route_hints[(branch, peer)] = None
+    def _hint_route(self, b: _Branch, peer: object, member: int) -> None:
+        if peer is None:
+            return
+        self._route_hints[(b.id, peer)] = True
+        if b.me == 0 and not b.peer_did:
+            peers = self._member_peers.setdefault((b.id, member), {})
+            peers.pop(peer, None)
+            peers[peer] = None
+            if len(peers) > 4:  # reconnects leave old routing ids behind: keep the latest few
+                del peers[next(iter(peers))]
 
     def take_deadline(self) -> int | None:
         """The earliest ``now_ms`` at which :meth:`handle_timer` has work that was set since the last call (a
@@ -1096,7 +1106,7 @@ class _CoreBase:
             _crypto.verify(b.members[h.publisher][0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
-        self._hint_route(b.id, peer)
+        self._hint_route(b, peer, h.publisher)
         c = b.chains[h.publisher]
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
@@ -1135,7 +1145,7 @@ class _CoreBase:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "ack signature", h.branch, h.acker) from exc
-        self._hint_route(b.id, peer)
+        self._hint_route(b, peer, h.acker)
         if h.seq >= c.next_seq:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
         if h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head):
@@ -1166,7 +1176,7 @@ class _CoreBase:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
-        self._hint_route(b.id, peer)
+        self._hint_route(b, peer, h.requester)
         if h.publisher != b.me:
             raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)
         perm = member[1]
@@ -1509,7 +1519,8 @@ class AuthorCore(_CoreBase):
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
         self._to_members(b, frame.raw)
-        self._route_hints[(b.id, None)] = None  # the removed member's peers: no more of this branch's frames
+        for peer in self._member_peers.pop((b.id, target[0]), ()):
+            self._route_hints[(b.id, peer)] = False  # the removed member's peers: no more of the group's frames
 
     def set_permission(self, branch: bytes, permission: Permission) -> None:
         """Change the subscriber's permission on a per-subscriber branch.  Re-keys the branch (epoch + 1): from
@@ -1561,7 +1572,9 @@ class AuthorCore(_CoreBase):
         b.transition("revoke")
         raw = self._revoke_frame(b)
         self._out.append(Outgoing(raw, branch=b.id))
-        self._route_hints[(b.id, None)] = None  # after the REVOKE went out: nothing more to send them
+        self._route_hints[(b.id, None)] = False  # after the REVOKE went out: nothing more to send them
+        for key in [k for k in self._member_peers if k[0] == b.id] if not b.peer_did else ():
+            del self._member_peers[key]
         self._changes.branches.append(self._record(b))
         if b.peer_did:
             self._by_did.pop(b.peer_did, None)
