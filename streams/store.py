@@ -521,14 +521,19 @@ class Store:
         return {(b, p): s for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered")}
 
     def lock(self) -> None:
-        """Claim the store for the party that runs on it: an exclusive ``flock`` on the database file, held until
-        :meth:`close` (the kernel drops it if the process dies).  A second party on the same store -- another
+        """Claim the store for the party that runs on it: an exclusive ``flock`` on ``<file>-lock`` beside it, held
+        until :meth:`close` (the kernel drops it if the process dies).  A second party on the same store -- another
         process, or this one -- would sign the same sequence numbers twice (forks).  Readers that do not lock
-        (``streams status``, ``audit``, ``backup``) still work.  Raises :class:`StorageError` if it is taken."""
+        (``streams status``, ``audit``, ``backup``) still work.  A file of its own, never the database: closing
+        any descriptor of the database file would drop SQLite's POSIX locks held by this process (SQLite's "how
+        to corrupt", 2.2).  Raises :class:`StorageError` if it is taken."""
         self._check_open()
         if self._lock_fd is not None:
             return
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
