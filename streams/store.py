@@ -52,8 +52,9 @@ checkpoint so that what reaches the database file has its frame bytes on disk, a
 file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).  Nothing is ever
 removed from the log, so the file only grows, like the table did.
 
-A store is thus two files (plus SQLite's ``-wal``): :func:`backup` copies both consistently while the party
-runs (``streams backup``); ``cp`` of a live store does not.
+A store is thus two files (plus SQLite's ``-wal``, and ``-lock``, whose ``flock`` the running party holds:
+:meth:`Store.lock`): :func:`backup` copies both consistently while the party runs (``streams backup``); ``cp``
+of a live store does not.
 
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
