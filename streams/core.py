@@ -1413,7 +1413,7 @@ class AuthorCore(_CoreBase):
         routes a branch's frames to the peers it learned for that branch, and a member learns of a new group
         only from its grant (SPEC 14.2).  A member not connected gets it by grant sync (SPEC 9.5)."""
         for pk, _ in b.members.values():
-            own = self._by_did.get(did_from_public_key(pk))
+            own = self._by_did.get(_did(pk))
             if own is not None:
                 self._out.append(Outgoing(raw, branch=own))
 
@@ -1470,11 +1470,18 @@ class AuthorCore(_CoreBase):
             return True
         if not b.peer_did:
             return True
+        for g in self._open_groups_of(member[0]):
+            self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=g.id))
+        return True
+
+    def _open_groups_of(self, sign_public: bytes) -> list[_Branch]:
+        """The open groups that list this key as a member (the author aside)."""
+        out = []
         for gid in self._groups:
             g = self._branches[gid]
-            if g.state is BranchState.OPEN and any(pk == member[0] for i, (pk, _) in g.members.items() if i):
-                self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=gid))
-        return True
+            if g.state is BranchState.OPEN and any(i and pk == sign_public for i, (pk, _) in g.members.items()):
+                out.append(g)
+        return out
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
                      heads: list[tuple[int, int, bytes]]) -> Frame:
@@ -1560,11 +1567,8 @@ class AuthorCore(_CoreBase):
     def _leave_groups(self, did: str) -> None:
         """A subscriber whose admission no longer holds leaves every group too (re-keyed without it): it would
         otherwise keep reading what the author broadcasts (THREATS 6)."""
-        pk = PublicIdentity.from_did(did).sign_public
-        for gid in list(self._groups):
-            g = self._branches[gid]
-            if g.state is BranchState.OPEN and any(i and m == pk for i, (m, _) in g.members.items()):
-                self.remove_member(gid, did)
+        for g in self._open_groups_of(PublicIdentity.from_did(did).sign_public):
+            self.remove_member(g.id, did)
 
     def revoke(self, branch: bytes) -> None:
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""
