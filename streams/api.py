@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
@@ -596,9 +596,13 @@ class _Party:
         if self._send_many is not None:
             loop.call_soon(self._group_flush, group)
         else:
-            task = loop.create_task(self._group_flush_async(group))
-            self._tasks.append(task)
-            task.add_done_callback(self._forget_task)
+            self._spawn(self._group_flush_async(group))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task of the party: awaited by close(), forgotten once done (a party runs for years)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         if task in self._tasks and not self._closed:
@@ -859,14 +863,15 @@ class _Party:
         """At open: every chain accepted beyond the application's cursor is backlogged, and the queue filled from
         the backlog; the rest is read back as the application drains the queue (never more than queue_size
         messages in memory), before any live message of the same chain."""
-        me = {bid: self._core._branches[bid].me for bid in self._core.branch_ids()}
         cursors = self._store.delivered()
-        for rec in sorted(self._store.load_chains(), key=lambda r: (r.branch, r.publisher)):
-            if rec.branch not in me or rec.publisher == me[rec.branch]:
-                continue  # our own chain is not delivered to us; an unknown branch has nothing we can read
-            taken = cursors.get((rec.branch, rec.publisher), 0)
-            if rec.next_seq - 1 > taken:
-                self._backlog[(rec.branch, rec.publisher)] = [taken, rec.next_seq - 1]
+        for bid in sorted(self._core.branch_ids()):  # the cursors the core just loaded: no second read of them
+            b = self._core._branches[bid]
+            for p in sorted(b.chains):
+                if p == b.me:
+                    continue  # our own chain is not delivered to us
+                taken, last = cursors.get((bid, p), 0), b.chains[p].next_seq - 1
+                if last > taken:
+                    self._backlog[(bid, p)] = [taken, last]
         self._refill()
 
 
@@ -912,8 +917,7 @@ class Author(_Party):
                 # it may have missed while away (sent once, at confirmation).  They leave with the next flush.
                 for branch, peer in syncs:
                     self._anchoring.send_restore(branch, peer, restore=False)
-                self._tasks = [t for t in self._tasks if not t.done()]  # members come back for years
-                self._tasks.append(asyncio.create_task(self._send_queued()))
+                self._spawn(self._send_queued())
 
     async def _stop_services(self) -> None:
         if self._anchoring is not None:
@@ -930,7 +934,7 @@ class Author(_Party):
             # anchor the current heads soon, so the member's own chain cursor catches up with ours.
             self._anchoring.send_restore(ev.branch)
             self._anchoring.kick()
-            self._tasks.append(asyncio.create_task(self._send_queued()))
+            self._spawn(self._send_queued())
 
     def __repr__(self) -> str:
         return f"Author(did={self.did!r}, channel={self.channel.hex()}, branches={len(self._core.branch_ids())})"
