@@ -85,7 +85,7 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
-from streams._tasks import wait_shielded
+from streams._tasks import cancel_and_wait, wait_shielded
 from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
 from streams.wire import MAX_FRAME, VERSION, Kind, decode_frame
@@ -452,17 +452,19 @@ class _Base:
         if self._closed:
             raise ClosedResourceError("endpoint closed")
 
-    async def _closing(self) -> None:
-        """Wait for a close() in progress (if any) to finish."""
-        if self._close_task is not None:
-            await wait_shielded(self._close_task)
+    async def close(self) -> None:
+        """Close the socket (linger 0) and, if owned, the context.  Idempotent: a call while another is in
+        progress returns once that one has finished (the address is free then)."""
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.ensure_future(self._close())
+        await wait_shielded(self._close_task)
+
+    async def _close(self) -> None:
+        raise NotImplementedError
 
     async def _stop_tasks(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         self._ready.set()
 
@@ -562,16 +564,6 @@ class AuthorEndpoint(_Base):
         else:
             for rid in list(self._peers):
                 self._send_to(rid, out.data)
-
-    async def close(self) -> None:
-        """Close the socket (linger 0) and, if owned, the context.  Idempotent: a call while another is in
-        progress returns once that one has finished (the address is free then)."""
-        if self._closed:
-            await self._closing()
-            return
-        self._closed = True
-        self._close_task = asyncio.ensure_future(self._close())
-        await wait_shielded(self._close_task)
 
     async def _close(self) -> None:
         self._wake_drain()
@@ -1081,16 +1073,6 @@ class SubscriberEndpoint(_Base):
         for out in outs:
             self._send(out.data)
         self._check_readable()
-
-    async def close(self) -> None:
-        """Close the socket (linger 0) and, if owned, the context.  Idempotent: a call while another is in
-        progress returns once that one has finished."""
-        if self._closed:
-            await self._closing()
-            return
-        self._closed = True
-        self._close_task = asyncio.ensure_future(self._close())
-        await wait_shielded(self._close_task)
 
     async def _close(self) -> None:
         await self._stop_tasks()

@@ -34,7 +34,7 @@ from typing import Any, Protocol, Self
 
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
-from ._tasks import wait_shielded
+from ._tasks import cancel_and_wait, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
@@ -494,14 +494,10 @@ class _Party:
 
     async def _close(self) -> None:
         await self._stop_services()
-        for t in self._tasks:
-            t.cancel()
         for _b, _s, f in self._ack_waiters:
             if not f.done():
                 f.set_exception(ClosedResourceError("closed"))
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         if self._broken is None:
             with contextlib.suppress(StorageError, ClosedResourceError):
                 self._core.flush_checkpoints(self._clock())
@@ -1292,11 +1288,7 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
         party._closed = True
         with contextlib.suppress(Exception):
             await party._stop_services()
-        for t in party._tasks:
-            t.cancel()
-        for t in party._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(party._tasks)
         party._parallel.close()
     if store is not None:
         with contextlib.suppress(Exception):
