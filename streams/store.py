@@ -405,12 +405,10 @@ class Store:
     def anchor_last(self, confirmed: bool = False) -> AnchorRow | None:
         """The latest anchor epoch, whatever its state: the ``prev`` of the next checkpoint (``confirmed``: the
         latest confirmed one)."""
+        sql = "SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
         if confirmed:
-            rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
-                           " WHERE state = 'confirmed' ORDER BY epoch DESC LIMIT 1")
-        else:
-            rows = self._q("SELECT epoch, checkpoint, heads, leaves, anchor_id, state FROM anchors"
-                           " ORDER BY epoch DESC LIMIT 1")
+            sql += " WHERE state = 'confirmed'"
+        rows = self._q(sql + " ORDER BY epoch DESC LIMIT 1")
         row = rows[0] if rows else None
         return None if row is None else self._anchor_row(row)
 
