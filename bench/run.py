@@ -34,7 +34,7 @@ SCRIPTS = {"core": "bench_core.py", "e2e": "bench_e2e.py", "scale": "bench_scale
            "profile": "profile_ours.py", "latency": "latency_path.py"}
 #: Rough durations (s) for the ETA before a module has run: quick, full.
 EXPECTED = {"core": (8, 150), "e2e": (30, 900), "scale": (12, 400), "anchor": (10, 120), "profile": (10, 60),
-            "latency": (15, 40)}
+            "latency": (20, 60)}
 
 
 def _fmt(s: float) -> str:
