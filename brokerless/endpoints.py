@@ -182,6 +182,16 @@ class EndpointConfig:
     subscriptions are slowed, members' traffic is not (member kinds never draw from it)."""
     global_burst: int = 4000
     """Token bucket size for ``global_budget``, frames."""
+    failures_to_suspend: int = 16
+    """Author: frames of one peer that failed the protocol's signature or AEAD checks (reported by the core
+    through the driver, :meth:`AuthorEndpoint.penalize`) before every frame from it is dropped unread for
+    ``suspend_ms``.  A verified frame from the peer starts the count again: a connection that speaks for a real
+    member never fails them; one that sends forgeries naming a real branch costs a few checks, then nothing
+    (SPEC 10.3, THREATS 8)."""
+    suspend_ms: int = 10_000
+    """Author: how long a suspended peer's frames are dropped before any parsing.  Its record stays (its frames
+    keep it alive), so reconnecting is the only way back in sooner -- and a new connection's first failures
+    cost the core at most ``CoreConfig.peer_failures`` checks per batch."""
     sndhwm: int = 1000
     """ZeroMQ send high-water mark per peer pipe, messages."""
     rcvhwm: int = 1000
@@ -247,6 +257,8 @@ class EndpointStats:
     credit_blocked: int = 0  #: author: data frames that found their peer's window full (queued, or dropped)
     credit_stale: int = 0  #: author: CREDITs of another session (replayed, forged, old) -- ignored
     credit_resyncs: int = 0  #: author: times frames lost on the way were written off the window
+    peers_suspended: int = 0  #: author: times a peer was suspended for frames that failed their checks
+    suspended_dropped: int = 0  #: author: frames dropped unread because their peer was suspended
     per_peer_malformed: dict[bytes, int] = field(default_factory=dict)
 
 
@@ -272,9 +284,9 @@ class _Bucket:
 class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
-    __slots__ = ("branches", "consumed", "credit", "flight_bytes", "flight_max", "last_seen", "loss_at",
+    __slots__ = ("branches", "consumed", "credit", "failures", "flight_bytes", "flight_max", "last_seen", "loss_at",
                  "loss_received", "loss_sent", "malformed", "pong", "queue", "queued_bytes", "rid", "sent", "session",
-                 "sizes", "window")
+                 "sizes", "suspended_until", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -284,6 +296,8 @@ class _Peer(_Bucket):
         self.queued_bytes = 0  #: bytes of the frames in ``queue``
         self.branches: set[bytes] = set()
         self.malformed = 0
+        self.failures = 0  #: frames that failed the core's checks since the last verified one (penalize)
+        self.suspended_until = 0  #: ms: frames from the peer are dropped unread until then
         # Credit (SPEC 14.4).  A fresh session per record: every data frame counted in ``sent`` follows the
         # PONG announcing it on the ordered pipe, so the subscriber's counts of this session compare with ours.
         self.session = os.urandom(_SESSION_LEN)
@@ -678,6 +692,11 @@ class AuthorEndpoint(_Base):
         rid, data = parts
         now = _now_ms()
         peer = self._touch(rid, now)
+        if peer.suspended_until:
+            if now < peer.suspended_until:
+                self.stats.suspended_dropped += 1
+                return
+            peer.suspended_until = 0
         if data == PING:
             if peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
                 self._send_pong(peer, keep=False)
@@ -766,6 +785,7 @@ class AuthorEndpoint(_Base):
         for branch, rid, keep in hints:
             if keep:
                 if isinstance(rid, bytes) and rid in self._peers:
+                    self._peers[rid].failures = 0  # a verified member frame: the count starts again
                     self._learn(branch, rid)
                 continue
             routes = self._routes.get(branch)
@@ -782,6 +802,26 @@ class AuthorEndpoint(_Base):
                     peer.branches.discard(branch)
             if not routes:
                 del self._routes[branch]
+
+    def penalize(self, offenders: list[tuple[object, int]]) -> None:
+        """Charge peers for frames that failed the protocol's signature or AEAD checks (the core's
+        :meth:`~streams.core.AuthorCore.take_offenders`; the :class:`streams.api.Author` driver calls this after
+        each batch).  A peer with ``failures_to_suspend`` of them since its last verified frame is suspended: its
+        frames are dropped unread for ``suspend_ms`` (SPEC 10.3)."""
+        cfg = self.config
+        now = _now_ms()
+        for rid, n in offenders:
+            peer = self._peers.get(rid) if isinstance(rid, bytes) else None
+            if peer is None:
+                continue
+            peer.failures += n
+            if peer.failures >= cfg.failures_to_suspend and now >= peer.suspended_until:
+                peer.failures = 0
+                peer.suspended_until = now + cfg.suspend_ms
+                self.stats.peers_suspended += 1
+                log.warning("peer %s sent %d frames that failed their checks: ignoring it for %d ms (%d "
+                            "suspensions so far)", peer.rid.hex(), cfg.failures_to_suspend, cfg.suspend_ms,
+                            self.stats.peers_suspended)
 
     def _learn(self, branch: bytes, rid: bytes) -> None:
         cfg = self.config

@@ -96,7 +96,9 @@ class Transport(Protocol):
     :class:`Subscriber` sets it to a coroutine function that the transport calls after each reconnect (and when
     it notices that the other side restarted); it re-requests whatever was missed (catch-up).  One that routes a
     branch's frames to the peers it knows for that branch may have ``learn_routes(hints)``: the party hands it
-    the core's verified routing hints (:meth:`streams.core.AuthorCore.take_routes`) after each send.
+    the core's verified routing hints (:meth:`streams.core.AuthorCore.take_routes`) after each send.  One that
+    can stop reading a peer may have ``penalize(offenders)``: the party hands it, after each received batch, the
+    peers whose frames failed signature or AEAD checks (:meth:`streams.core.AuthorCore.take_offenders`).
     """
 
     async def send(self, out: Outgoing) -> None:
@@ -186,6 +188,9 @@ class _Party:
         learn = getattr(transport, "learn_routes", None)
         self._learn_routes: Callable[[list[tuple[bytes, object, bool]]], None] | None = (
             learn if callable(learn) else None)
+        penalize = getattr(transport, "penalize", None)
+        self._penalize: Callable[[list[tuple[object, int]]], None] | None = (
+            penalize if callable(penalize) else None)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
@@ -716,6 +721,9 @@ class _Party:
         while not self._closed:
             batch = await self._transport.recv()
             events = self._core.receive_many(batch, self._clock())
+            offenders = self._core.take_offenders()
+            if offenders and self._penalize is not None:
+                self._penalize(offenders)  # the transport may drop their later frames unread (SPEC 10.3)
             try:
                 await self._flush()
             except StorageError:

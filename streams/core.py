@@ -126,6 +126,8 @@ __all__ = [
 
 Rng = Callable[[int], bytes]
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
+#: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
+_CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
 SignatureCheck = tuple[bytes, bytes, bytes]
 """(Ed25519 public key, message hash, signature): one signature a batch of received frames needs checked."""
 BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
@@ -214,6 +216,14 @@ class CoreConfig:
     """At most one ACK per chain per this many ms (SPEC 12): the first after a quiet spell goes at once, the
     cursor moves of a stream are acknowledged together when the interval has passed (:meth:`handle_timer`).
     0: one ACK per received batch."""
+    peer_failures: int = 4
+    """A transport peer whose frames failed this many signature or AEAD checks in one :meth:`receive_many` call
+    has its further frames of the call rejected before any crypto (``SUSPENDED``), and its signed chain frames
+    are checked one by one there, not in the batch pre-pass, once its first one failed (SPEC 10.3): a flood of
+    well-formed forgeries naming a real branch costs a few checks per batch, not one each (THREATS 8).  The
+    driver hears of such peers through :meth:`take_offenders` (an endpoint suspends them).  Author only: a
+    subscriber hears its author on one connection, which a relay injecting a few forgeries into the author's
+    stream would share -- suspending it would drop the genuine frames around them."""
 
 
 class Outgoing(NamedTuple):
@@ -415,6 +425,9 @@ def _handler_table(cls: type[_CoreBase]) -> dict[Kind, _Handler]:
 
 class _CoreBase:
     role: Role
+    #: Whether frames are charged to their transport peer (SPEC 10.3): the author's, from many connections.  A
+    #: subscriber hears only its author, on one connection that an injecting relay would share.
+    _charges_peers: bool = False
 
     def __init__(self, identity: Identity, config: CoreConfig | None, rng: Rng | None) -> None:
         self._id = identity
@@ -444,6 +457,9 @@ class _CoreBase:
         self._deadline: int | None = None
         #: Routing hints for the driver's transport (see :meth:`take_routes`).
         self._route_hints: dict[tuple[bytes, object], bool] = {}
+        #: Failed checks per peer in the current receive_many call, and since the last take_offenders().
+        self._failures: dict[object, int] = {}
+        self._offenders: dict[object, int] = {}
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
         self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
@@ -538,7 +554,10 @@ class _CoreBase:
         except RemoteProtocolError as exc:
             return [Rejected(exc.reason, str(exc))]
         events: list[Event] = []
-        self._handle(frame, now_ms, peer, events)
+        try:
+            self._handle(frame, now_ms, peer, events)
+        finally:
+            self._failures = {}
         return events
 
     def receive_many(self, batch: Sequence[tuple[bytes, object]], now_ms: int) -> list[Event]:
@@ -550,11 +569,15 @@ class _CoreBase:
         sequence number, an unknown key epoch, a ciphertext that does not authenticate -- opened here, once) come
         first, as in :meth:`receive`, so a forged batch costs no more than before (THREATS 8).  A signature the
         hook confirms is not checked again when its frame is processed; everything else (a key that changes
-        within the batch, a check the hook rejects) is checked as :meth:`receive` checks it."""
+        within the batch, a check the hook rejects) is checked as :meth:`receive` checks it.
+
+        Author: the first signed chain frame of each peer in the batch is checked alone, before the hook: a peer
+        whose first one fails sends none to the hook, and after ``config.peer_failures`` failed checks its
+        further frames of the batch are rejected (``SUSPENDED``) without any (SPEC 10.3)."""
         limit = self.config.max_frame
         frames: list[Frame | Rejected] = []
-        signed: list[Frame] = []
-        for data, _peer in batch:
+        signed: list[tuple[Frame, object]] = []
+        for data, peer in batch:
             try:
                 frame = decode_frame(data, limit)
             except RemoteProtocolError as exc:
@@ -562,15 +585,15 @@ class _CoreBase:
                 continue
             frames.append(frame)
             if frame.sig and (frame.kind is Kind.PACKET or frame.kind is Kind.CHECKPOINT):
-                signed.append(frame)
+                signed.append((frame, peer))
         verify_many = self.verify_many
         if verify_many is not None and len(signed) > 1 and 2 * len(signed) >= len(frames):
             # Only where signatures are the bulk of the work (signed-each): in an amortized stream (a checkpoint
             # per 32 packets) there is little to gain, and a helper thread would compete for a CPU with the
             # rest of the host (measured: -20% amortized throughput at 64 B on two shared cores).
             checks = self._signature_checks(signed)
-            if len(checks) > 1:
-                self._verified = {c for c, ok in zip(checks, verify_many(checks), strict=True) if ok}
+            if checks:
+                self._verified.update(c for c, ok in zip(checks, verify_many(checks), strict=True) if ok)
         events: list[Event] = []
         try:
             for (_data, peer), f in zip(batch, frames, strict=True):
@@ -581,15 +604,34 @@ class _CoreBase:
         finally:
             self._verified = set()
             self._opened = {}
+            self._failures = {}
         return events
 
-    def _signature_checks(self, frames: list[Frame]) -> list[SignatureCheck]:
+    def take_offenders(self) -> list[tuple[object, int]]:
+        """Peers whose frames failed signature or AEAD checks since the last call, with how many (in the order
+        first seen), for a transport that can stop listening to them for a while (SPEC 10.3).  Author only (a
+        subscriber's list stays empty); frames without a peer are not counted."""
+        if not self._offenders:
+            return []
+        out = list(self._offenders.items())
+        self._offenders = {}
+        return out
+
+    def _signature_checks(self, frames: list[tuple[Frame, object]]) -> list[SignatureCheck]:
         """The signature checks of the chain frames that pass every cheaper test (:meth:`_chain_of`, and the AEAD
         of :meth:`_verify_chain_frame`) now; packets are opened on the way (kept in ``_opened`` for this
-        batch)."""
+        batch).  Author: each peer's first check is made here, alone: if it holds, it is marked verified and the
+        peer's further checks are returned; if not, none of that peer's (its frames are checked one by one when
+        processed, where the per-peer limit applies).  A subscriber sends every check to the hook: forgeries a
+        relay puts in front of the author's stream must not send the genuine frames behind them down the slow
+        path."""
         checks: list[SignatureCheck] = []
         opened = self._opened
-        for frame in frames:
+        probed: dict[object, bool] = {}
+        charges = self._charges_peers
+        for frame, peer in frames:
+            if charges and peer is not None and probed.get(peer) is False:
+                continue
             try:
                 b, _c = self._chain_of(frame)
             except _Reject:
@@ -600,8 +642,20 @@ class _CoreBase:
                 try:
                     opened[id(frame)] = (key, _crypto.aead_decrypt(key, h.nonce, frame.aad, frame.body))
                 except VerificationError:
+                    if charges and peer is not None:
+                        probed[peer] = False
                     continue  # the normal path rejects it (BAD_AEAD) before any signature check
-            checks.append((b.members[h.publisher][0], frame.hash, frame.sig))
+            check = (b.members[h.publisher][0], frame.hash, frame.sig)
+            if charges and peer is not None and peer not in probed:
+                try:
+                    _crypto.verify(*check)
+                except VerificationError:
+                    probed[peer] = False
+                    continue  # the normal path rejects it (BAD_SIGNATURE) and counts it
+                probed[peer] = True
+                self._verified.add(check)
+                continue
+            checks.append(check)
         return checks
 
     def _handle(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -612,10 +666,17 @@ class _CoreBase:
         if getattr(frame.head, "channel", None) != self._channel and frame.kind is not Kind.ANNOUNCE:
             events.append(Rejected(RejectReason.FOREIGN_CHANNEL, "frame belongs to another channel"))
             return
+        failures = self._failures
+        if failures and peer is not None and failures.get(peer, 0) >= self.config.peer_failures:
+            events.append(Rejected(RejectReason.SUSPENDED, "the peer's frames failed too many checks in this batch"))
+            return
         try:
             handler(self, frame, now_ms, peer, events)
         except _Reject as r:
             events.append(r.event)
+            if self._charges_peers and peer is not None and r.event.reason in _CHARGED:
+                failures[peer] = failures.get(peer, 0) + 1
+                self._offenders[peer] = self._offenders.get(peer, 0) + 1
 
     # -- publishing --------------------------------------------------------------------------------------------
 
@@ -1252,6 +1313,7 @@ class AuthorCore(_CoreBase):
     """The channel author's protocol machine.  See the module docstring for the driver contract."""
 
     role = Role.AUTHOR
+    _charges_peers = True
 
     def __init__(self, identity: Identity, name: str, policy: Policy, config: CoreConfig | None = None,
                  rng: Rng | None = None) -> None:

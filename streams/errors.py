@@ -66,6 +66,7 @@ class RejectReason(enum.Enum):
     FORK = 17  #: a different message at an already accepted (branch, publisher, seq)
     UNEXPECTED = 18  #: a message kind that this role does not accept
     NOT_ANCHORED = 19  #: an anchor proof that does not verify (inclusion, or the checkpoint on the ledger)
+    SUSPENDED = 20  #: not checked: the peer's frames failed too many checks in this batch (local; never sent)
 
 
 class StreamsError(Exception):

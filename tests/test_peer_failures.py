@@ -1,0 +1,204 @@
+"""Peers whose frames fail checks (SPEC 10.3, THREATS 8), two cores wired without sockets.
+
+Anyone who can reach the author and has seen a branch id on the wire can send well-formed member frames naming
+a real member; each used to cost a signature check (about 40 us), unbudgeted.  Attacks here: a batch of forged
+CHECKPOINTs from one peer mixed with a member's genuine stream (the batch pre-pass), a batch of forged FETCHes;
+and the relay's counter-attack on the subscriber side (forgeries injected into the author's stream must not
+make it drop the genuine frames)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+
+import streams._crypto as crypto
+from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+from streams.api import Author, StoreOptions, Subscriber
+from streams.core import CoreConfig, SignatureCheck
+from streams.events import MessageReceived, Rejected, RejectReason
+from streams.policy import AllowList
+from streams.wire import Checkpoint, Fetch, decode_frame, encode_frame
+from tests.corenet import Net, ident
+
+FORGER = ident(99)
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+
+
+@contextmanager
+def counted_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every signature the cores check (the real ``verify``, counted): the list of the signatures checked."""
+    seen: list[bytes] = []
+    real = crypto.verify
+
+    def verify(public: bytes, digest: bytes, sig: bytes) -> None:
+        seen.append(sig)
+        real(public, digest, sig)
+
+    monkeypatch.setattr(crypto, "verify", verify)
+    yield seen
+
+
+def _hook() -> Callable[[list[SignatureCheck]], list[bool]]:
+    """A batch verifier as the drivers install (there on threads): the real check per item."""
+    def verify_many(checks: list[SignatureCheck]) -> list[bool]:
+        out = []
+        for c in checks:
+            try:
+                crypto.verify(*c)
+                out.append(True)
+            except crypto.VerificationError:
+                out.append(False)
+        return out
+    return verify_many
+
+
+def _member_stream(net: Net, n: int) -> tuple[bytes, list[bytes]]:
+    """Subscriber s0's branch and ``n`` genuine signed packets it publishes into it (not yet delivered)."""
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [branch] = s.branch_ids()
+    for i in range(n):
+        s.publish(branch, b"payment %d" % i, net.now)
+    s.take_changes()
+    return branch, [o.data for o in s.data_to_send()]
+
+
+def _reasons(events: list[object]) -> list[RejectReason]:
+    return [e.reason for e in events if isinstance(e, Rejected)]
+
+
+def test_forged_checkpoints_in_a_batch_cost_a_few_checks_and_the_member_stream_is_untouched(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    net = Net.make(n_subs=1)
+    branch, genuine = _member_stream(net, 40)
+    a = net.author
+    a.verify_many = _hook()
+    # Forgeries naming the member (index 1), ahead of its stream: they pass every cheap test, and a frame
+    # ahead is authenticated before it is held (SPEC 10.1 step 7), so each would cost a signature check.
+    forged = [encode_frame(Checkpoint(a.channel, branch, 1, 100 + i, bytes(32), 0), b"", FORGER.sign).raw
+              for i in range(60)]
+    forged_sigs = {decode_frame(f).sig for f in forged}
+    batch = ([(f, "evil") for f in forged[:30]] + [(g, "s0") for g in genuine[:20]]
+             + [(f, "evil") for f in forged[30:]] + [(g, "s0") for g in genuine[20:]])
+    with counted_checks(monkeypatch) as seen:
+        events = a.receive_many(batch, net.now)
+    assert sum(1 for s in seen if s in forged_sigs) <= 1 + a.config.peer_failures  # not 60
+    reasons = _reasons(events)
+    assert reasons.count(RejectReason.BAD_SIGNATURE) == a.config.peer_failures
+    assert reasons.count(RejectReason.SUSPENDED) == 60 - a.config.peer_failures
+    got = [e.payload for e in events if isinstance(e, MessageReceived)]
+    assert got == [b"payment %d" % i for i in range(40)]
+    assert a.take_offenders() == [("evil", a.config.peer_failures)]
+    assert a.take_offenders() == []
+    # The next batch starts afresh (the transport decides what to do with the offender, not the core).
+    with counted_checks(monkeypatch) as seen:
+        events = a.receive_many([(forged[0], "evil")], net.now)
+    assert _reasons(events) == [RejectReason.BAD_SIGNATURE] and len(seen) == 1
+
+
+def test_forged_fetches_are_checked_a_few_times_per_batch() -> None:
+    net = Net.make(n_subs=1, config=CoreConfig(peer_failures=2))
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a = net.author
+    forged = [encode_frame(Fetch(a.channel, branch, 0, 1, 10, 1), b"", FORGER.sign).raw for _ in range(20)]
+    events = a.receive_many([(f, "evil") for f in forged], net.now)
+    assert _reasons(events) == [RejectReason.BAD_SIGNATURE] * 2 + [RejectReason.SUSPENDED] * 18
+    assert a.take_offenders() == [("evil", 2)]
+    # The genuine member on another connection, in the same batch as another forger, is served.
+    s = net.subs["s0"]
+    me = s.branch_info(branch)[3].index(s.identity.did)
+    good = encode_frame(Fetch(a.channel, branch, 0, 1, 10, me), b"", s.identity.sign).raw
+    events = a.receive_many([(f, "evil2") for f in forged[:5]] + [(good, "s0")], net.now)
+    assert RejectReason.SUSPENDED in _reasons(events)
+    assert _reasons(events).count(RejectReason.BAD_SIGNATURE) == 2
+    assert a.take_routes() == [(branch, "s0", True)]  # verified: the FETCH was processed, not suspended
+
+
+def test_forgeries_injected_into_the_authors_stream_never_suspend_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subscriber side: it hears its author on one connection (the ZeroMQ endpoint hands its frames over without
+    a peer; the in-memory hub names the sender).  A relay injecting forgeries there first must not make it drop
+    the genuine frames behind them, nor check those one by one."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [branch] = s.branch_ids()
+    a = net.author
+    for i in range(30):
+        a.publish(branch, b"alert %d" % i, net.now)
+    a.take_changes()
+    genuine = [o.data for o in a.data_to_send()]
+    forged = [encode_frame(Checkpoint(a.channel, branch, 0, 100 + i, bytes(32), 0), b"", FORGER.sign).raw
+              for i in range(10)]
+    hooked: list[int] = []
+    hook = _hook()
+    s.verify_many = lambda checks: hooked.append(len(checks)) or hook(checks)
+    for peer in (None, "relay"):
+        events = s.receive_many([(f, peer) for f in forged] + [(g, peer) for g in genuine], net.now)
+        assert RejectReason.SUSPENDED not in _reasons(events)
+        # Every signature in the batch's pre-pass, forged or not (the second time the genuine ones are replays,
+        # refused before any check).
+        assert hooked.pop() == (40 if peer is None else 10)
+        if peer is None:
+            assert [e.payload for e in events if isinstance(e, MessageReceived)] == [b"alert %d" % i
+                                                                                     for i in range(30)]
+        assert s.take_offenders() == []
+
+
+# --- over the real ZeroMQ endpoints -------------------------------------------------------------------------------
+
+
+async def test_a_forger_on_its_own_connection_is_suspended_and_members_keep_their_stream(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outsider connects to the author's endpoint and floods forged FETCHes naming the real subscriber of a
+    real branch (both visible on the wire).  The author's core checks a handful of them, the endpoint then drops
+    the rest unread, and the subscriber gets every message published meanwhile."""
+    ep_cfg = EndpointConfig(heartbeat_ms=200, failures_to_suspend=8, suspend_ms=60_000)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", ep_cfg)
+    author = await Author.create(tmp_path / "author.db", ident(1), "suspend", "pw", ep, AllowList.of([ident(10).did]),
+                                 store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "sub.db", ident(10), ident(1).did, author.channel, "pw",
+                                  SubscriberEndpoint(ep.addresses[0], EndpointConfig(heartbeat_ms=200)),
+                                  store_options=FAST)
+    ctx = zmq.asyncio.Context()
+    evil = ctx.socket(zmq.DEALER)
+    evil.setsockopt(zmq.LINGER, 0)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        forged = [encode_frame(Fetch(author.channel, branch, 0, 1 + i, 10 + i, 1), b"", FORGER.sign).raw
+                  for i in range(3000)]
+        forged_sigs = {decode_frame(f).sig for f in forged}
+        with counted_checks(monkeypatch) as seen:
+            evil.connect(ep.addresses[0])
+            for f in forged:
+                await evil.send(f)
+            for i in range(200):
+                await author.publish(branch, b"alert %d" % i)
+            got = [(await sub.next_message(timeout=10)).payload for _ in range(200)]
+            assert got == [b"alert %d" % i for i in range(200)]
+            # Every forged frame is accounted for: dropped by the endpoint, or refused by the core.
+            refused = 0
+            end = time.monotonic() + 15
+            while ep.stats.suspended_dropped + ep.stats.inbox_dropped + refused < 3000:
+                assert time.monotonic() < end, (ep.stats, refused)
+                await asyncio.sleep(0.02)
+                refused += sum(1 for e in author.pending_events() if isinstance(e, Rejected)
+                               and e.reason in (RejectReason.BAD_SIGNATURE, RejectReason.SUSPENDED))
+        checked = sum(1 for s in seen if s in forged_sigs)
+        assert ep.stats.peers_suspended == 1
+        assert ep.stats.suspended_dropped > 0
+        # Suspended after 8 failures; before that, at most CoreConfig.peer_failures checks per batch, and one more
+        # batch may be in the core while the endpoint hears of the first ones.
+        assert checked <= ep_cfg.failures_to_suspend + 2 * CoreConfig().peer_failures, checked
+    finally:
+        evil.close()
+        ctx.term()
+        await sub.close()
+        await author.close()
