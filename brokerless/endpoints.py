@@ -183,15 +183,15 @@ class EndpointConfig:
     global_burst: int = 4000
     """Token bucket size for ``global_budget``, frames."""
     failures_to_suspend: int = 16
-    """Author: frames of one peer that failed the protocol's signature or AEAD checks (reported by the core
-    through the driver, :meth:`AuthorEndpoint.penalize`) before every frame from it is dropped unread for
-    ``suspend_ms``.  A verified frame from the peer starts the count again: a connection that speaks for a real
-    member never fails them; one that sends forgeries naming a real branch costs a few checks, then nothing
-    (SPEC 10.3, THREATS 8)."""
+    """Author: frames of one peer (connection) that failed the protocol's signature or AEAD checks (reported by
+    the core through the driver, :meth:`AuthorEndpoint.penalize`) before every frame from it is dropped unread
+    for ``suspend_ms``.  Counted for the life of the peer's record, never reset by its good frames (a replayed
+    genuine frame is one): a connection that speaks for a real member never fails them; one that sends
+    forgeries naming a real branch costs a few checks, then nothing (SPEC 10.3, 14.4, THREATS 8)."""
     suspend_ms: int = 10_000
-    """Author: how long a suspended peer's frames are dropped before any parsing.  Its record stays (its frames
-    keep it alive), so reconnecting is the only way back in sooner -- and a new connection's first failures
-    cost the core at most ``CoreConfig.peer_failures`` checks per batch."""
+    """Author: how long a suspended peer's frames are dropped before any parsing (kept apart from its record,
+    which may expire meanwhile; at most ``max_peers`` suspensions are remembered).  A new connection's first
+    failures cost the core at most ``CoreConfig.peer_failures`` + 1 checks per batch."""
     sndhwm: int = 1000
     """ZeroMQ send high-water mark per peer pipe, messages."""
     rcvhwm: int = 1000
@@ -286,7 +286,7 @@ class _Peer(_Bucket):
 
     __slots__ = ("branches", "consumed", "credit", "failures", "flight_bytes", "flight_max", "last_seen", "loss_at",
                  "loss_received", "loss_sent", "malformed", "pong", "queue", "queued_bytes", "rid", "sent", "session",
-                 "sizes", "suspended_until", "window")
+                 "sizes", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -296,8 +296,7 @@ class _Peer(_Bucket):
         self.queued_bytes = 0  #: bytes of the frames in ``queue``
         self.branches: set[bytes] = set()
         self.malformed = 0
-        self.failures = 0  #: frames that failed the core's checks since the last verified one (penalize)
-        self.suspended_until = 0  #: ms: frames from the peer are dropped unread until then
+        self.failures = 0  #: frames that failed the core's checks (penalize), since the last suspension
         # Credit (SPEC 14.4).  A fresh session per record: every data frame counted in ``sent`` follows the
         # PONG announcing it on the ordered pipe, so the subscriber's counts of this session compare with ours.
         self.session = os.urandom(_SESSION_LEN)
@@ -511,6 +510,8 @@ class AuthorEndpoint(_Base):
         self._peers: OrderedDict[bytes, _Peer] = OrderedDict()
         self._routes: OrderedDict[bytes, OrderedDict[bytes, None]] = OrderedDict()
         self._backlog: set[bytes] = set()
+        #: Suspended peers (SPEC 10.3): routing id -> until (ms), oldest first, at most ``max_peers``.
+        self._suspended: OrderedDict[bytes, int] = OrderedDict()
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: ZapHandler | None = None
@@ -691,12 +692,14 @@ class AuthorEndpoint(_Base):
             return
         rid, data = parts
         now = _now_ms()
+        if self._suspended:
+            until = self._suspended.get(rid)
+            if until is not None:
+                if now < until:
+                    self.stats.suspended_dropped += 1
+                    return
+                del self._suspended[rid]
         peer = self._touch(rid, now)
-        if peer.suspended_until:
-            if now < peer.suspended_until:
-                self.stats.suspended_dropped += 1
-                return
-            peer.suspended_until = 0
         if data == PING:
             if peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
                 self._send_pong(peer, keep=False)
@@ -785,7 +788,6 @@ class AuthorEndpoint(_Base):
         for branch, rid, keep in hints:
             if keep:
                 if isinstance(rid, bytes) and rid in self._peers:
-                    self._peers[rid].failures = 0  # a verified member frame: the count starts again
                     self._learn(branch, rid)
                 continue
             routes = self._routes.get(branch)
@@ -815,13 +817,15 @@ class AuthorEndpoint(_Base):
             if peer is None:
                 continue
             peer.failures += n
-            if peer.failures >= cfg.failures_to_suspend and now >= peer.suspended_until:
-                peer.failures = 0
-                peer.suspended_until = now + cfg.suspend_ms
+            if peer.failures >= cfg.failures_to_suspend:
+                failed, peer.failures = peer.failures, 0
+                self._suspended[peer.rid] = now + cfg.suspend_ms
+                self._suspended.move_to_end(peer.rid)
+                while len(self._suspended) > cfg.max_peers:
+                    self._suspended.popitem(last=False)
                 self.stats.peers_suspended += 1
                 log.warning("peer %s sent %d frames that failed their checks: ignoring it for %d ms (%d "
-                            "suspensions so far)", peer.rid.hex(), cfg.failures_to_suspend, cfg.suspend_ms,
-                            self.stats.peers_suspended)
+                            "suspensions so far)", peer.rid.hex(), failed, cfg.suspend_ms, self.stats.peers_suspended)
 
     def _learn(self, branch: bytes, rid: bytes) -> None:
         cfg = self.config

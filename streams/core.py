@@ -16,6 +16,8 @@ randomness from an injected ``rng(n) -> bytes``.  After each call the driver col
 * ``take_routes()`` -- which peers verified as members of which branches, for a transport that routes by
   branch (and ``AuthorCore.take_syncs()``: members back from a restart or reconnect, to re-send anchor proofs);
   both are bounded sets, which a driver that neither routes by branch nor anchors may ignore;
+* ``take_offenders()`` -- author: peers whose frames failed signature or AEAD checks, for a transport that can
+  stop reading them (SPEC 10.3); bounded (``MAX_OFFENDERS`` peers between two calls), may be ignored;
 
 and acts on the returned events.  Bad peer input never escapes as an exception: it becomes a
 :class:`~streams.events.Rejected` event (THREATS 8).  Caller misuse raises
@@ -128,6 +130,9 @@ Rng = Callable[[int], bytes]
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
+#: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
+#: asks must not grow with an attacker's reconnects).
+MAX_OFFENDERS = 4096
 SignatureCheck = tuple[bytes, bytes, bytes]
 """(Ed25519 public key, message hash, signature): one signature a batch of received frames needs checked."""
 BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
@@ -592,7 +597,7 @@ class _CoreBase:
             # per 32 packets) there is little to gain, and a helper thread would compete for a CPU with the
             # rest of the host (measured: -20% amortized throughput at 64 B on two shared cores).
             checks = self._signature_checks(signed)
-            if checks:
+            if len(checks) > 1:
                 self._verified.update(c for c, ok in zip(checks, verify_many(checks), strict=True) if ok)
         events: list[Event] = []
         try:
@@ -633,10 +638,12 @@ class _CoreBase:
             if charges and peer is not None and probed.get(peer) is False:
                 continue
             try:
-                b, _c = self._chain_of(frame)
+                b, c = self._chain_of(frame)
             except _Reject:
                 continue  # rejected again, as cheaply, when the frame is processed
             h = frame.head
+            if charges and c.held and h.seq in c.held and peer not in probed:
+                continue  # a copy of a frame held for a gap proves nothing about its sender: no probe with it
             if frame.kind is Kind.PACKET:
                 key = b.keys[(h.epoch, h.publisher)]
                 try:
@@ -676,7 +683,9 @@ class _CoreBase:
             events.append(r.event)
             if self._charges_peers and peer is not None and r.event.reason in _CHARGED:
                 failures[peer] = failures.get(peer, 0) + 1
-                self._offenders[peer] = self._offenders.get(peer, 0) + 1
+                offenders = self._offenders
+                if peer in offenders or len(offenders) < MAX_OFFENDERS:
+                    offenders[peer] = offenders.get(peer, 0) + 1
 
     # -- publishing --------------------------------------------------------------------------------------------
 

@@ -70,6 +70,13 @@ def _member_stream(net: Net, n: int) -> tuple[bytes, list[bytes]]:
     return branch, [o.data for o in s.data_to_send()]
 
 
+async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timeout waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def _reasons(events: list[object]) -> list[RejectReason]:
     return [e.reason for e in events if isinstance(e, Rejected)]
 
@@ -101,6 +108,22 @@ def test_forged_checkpoints_in_a_batch_cost_a_few_checks_and_the_member_stream_i
     with counted_checks(monkeypatch) as seen:
         events = a.receive_many([(forged[0], "evil")], net.now)
     assert _reasons(events) == [RejectReason.BAD_SIGNATURE] and len(seen) == 1
+
+
+def test_a_copy_of_a_frame_held_for_a_gap_does_not_open_the_pre_pass_to_forgeries(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    net = Net.make(n_subs=1)
+    branch, genuine = _member_stream(net, 3)
+    a = net.author
+    a.verify_many = _hook()
+    a.receive_many([(genuine[2], "s0")], net.now)  # seq 3 ahead of a gap: authenticated and held
+    forged = [encode_frame(Checkpoint(a.channel, branch, 1, 100 + i, bytes(32), 0), b"", FORGER.sign).raw
+              for i in range(50)]
+    forged_sigs = {decode_frame(f).sig for f in forged}
+    with counted_checks(monkeypatch) as seen:
+        events = a.receive_many([(genuine[2], "evil")] + [(f, "evil") for f in forged], net.now)
+    assert sum(1 for s in seen if s in forged_sigs) <= 1 + a.config.peer_failures  # not 50
+    assert _reasons(events).count(RejectReason.SUSPENDED) == 50 - a.config.peer_failures
 
 
 def test_forged_fetches_are_checked_a_few_times_per_batch() -> None:
@@ -158,8 +181,10 @@ def test_forgeries_injected_into_the_authors_stream_never_suspend_it(monkeypatch
 async def test_a_forger_on_its_own_connection_is_suspended_and_members_keep_their_stream(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An outsider connects to the author's endpoint and floods forged FETCHes naming the real subscriber of a
-    real branch (both visible on the wire).  The author's core checks a handful of them, the endpoint then drops
-    the rest unread, and the subscriber gets every message published meanwhile."""
+    real branch (both visible on the wire), with a replayed genuine FETCH of the member before every three
+    (a verified frame must not earn forgiveness).  The author's core checks a handful of the forgeries, the
+    endpoint then drops the rest unread, and the subscriber gets every message published meanwhile.  Going
+    quiet until its record expires does not lift the suspension."""
     ep_cfg = EndpointConfig(heartbeat_ms=200, failures_to_suspend=8, suspend_ms=60_000)
     ep = AuthorEndpoint("tcp://127.0.0.1:0", ep_cfg)
     author = await Author.create(tmp_path / "author.db", ident(1), "suspend", "pw", ep, AllowList.of([ident(10).did]),
@@ -175,28 +200,42 @@ async def test_a_forger_on_its_own_connection_is_suspended_and_members_keep_thei
         forged = [encode_frame(Fetch(author.channel, branch, 0, 1 + i, 10 + i, 1), b"", FORGER.sign).raw
                   for i in range(3000)]
         forged_sigs = {decode_frame(f).sig for f in forged}
+        genuine = encode_frame(Fetch(author.channel, branch, 0, 1, 2, 1), b"", ident(10).sign).raw
         with counted_checks(monkeypatch) as seen:
             evil.connect(ep.addresses[0])
-            for f in forged:
+            for i, f in enumerate(forged):
+                if i % 3 == 0:
+                    await evil.send(genuine)
                 await evil.send(f)
             for i in range(200):
                 await author.publish(branch, b"alert %d" % i)
             got = [(await sub.next_message(timeout=10)).payload for _ in range(200)]
             assert got == [b"alert %d" % i for i in range(200)]
             # Every forged frame is accounted for: dropped by the endpoint, or refused by the core.
-            refused = 0
-            end = time.monotonic() + 15
-            while ep.stats.suspended_dropped + ep.stats.inbox_dropped + refused < 3000:
-                assert time.monotonic() < end, (ep.stats, refused)
-                await asyncio.sleep(0.02)
+            # Every frame of the flood read, and the core done with them (nothing refused for a while).
+            await until(lambda: ep.stats.frames_in >= 4000, "the flood read")
+            refused, last, quiet_since = 0, -1, time.monotonic()
+            while time.monotonic() - quiet_since < 0.5:
+                await asyncio.sleep(0.05)
                 refused += sum(1 for e in author.pending_events() if isinstance(e, Rejected)
                                and e.reason in (RejectReason.BAD_SIGNATURE, RejectReason.SUSPENDED))
-        checked = sum(1 for s in seen if s in forged_sigs)
-        assert ep.stats.peers_suspended == 1
-        assert ep.stats.suspended_dropped > 0
-        # Suspended after 8 failures; before that, at most CoreConfig.peer_failures checks per batch, and one more
-        # batch may be in the core while the endpoint hears of the first ones.
-        assert checked <= ep_cfg.failures_to_suspend + 2 * CoreConfig().peer_failures, checked
+                if refused != last:
+                    last, quiet_since = refused, time.monotonic()
+            assert ep.stats.suspended_dropped + ep.stats.inbox_dropped + refused >= 3000
+            checked = sum(1 for s in seen if s in forged_sigs)
+            assert ep.stats.peers_suspended == 1
+            assert ep.stats.suspended_dropped > 0
+            # Suspended after 8 failures; before that, at most CoreConfig.peer_failures + 1 checks per batch, and
+            # one more batch may be in the core while the endpoint hears of the first ones.
+            assert checked <= ep_cfg.failures_to_suspend + 2 * (CoreConfig().peer_failures + 1), checked
+            # Quiet for longer than the peer's liveness (its record is forgotten), then forging again: still
+            # dropped unread.
+            await asyncio.sleep(3 * ep_cfg.heartbeat_ms * ep_cfg.liveness / 1000)
+            dropped = ep.stats.suspended_dropped
+            for f in forged[:200]:
+                await evil.send(f)
+            await until(lambda: ep.stats.suspended_dropped >= dropped + 200, "the second flood dropped")
+            assert sum(1 for s in seen if s in forged_sigs) == checked
     finally:
         evil.close()
         ctx.term()
