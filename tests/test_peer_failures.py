@@ -77,6 +77,16 @@ async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> N
         await asyncio.sleep(0.01)
 
 
+def _forged_checkpoints(net: Net, branch: bytes, n: int) -> tuple[list[bytes], set[bytes]]:
+    """``n`` CHECKPOINTs forged for the member at index 1 of ``branch``, ahead of its stream, and their
+    signatures.  They pass every cheap test, and a frame ahead is authenticated before it is held (SPEC 10.1
+    step 7): each would cost a signature check."""
+    a = net.author
+    forged = [encode_frame(Checkpoint(a.channel, branch, 1, 100 + i, bytes(32), 0), b"", FORGER.sign).raw
+              for i in range(n)]
+    return forged, {decode_frame(f).sig for f in forged}
+
+
 def _reasons(events: list[object]) -> list[RejectReason]:
     return [e.reason for e in events if isinstance(e, Rejected)]
 
@@ -87,11 +97,7 @@ def test_forged_checkpoints_in_a_batch_cost_a_few_checks_and_the_member_stream_i
     branch, genuine = _member_stream(net, 40)
     a = net.author
     a.verify_many = _hook()
-    # Forgeries naming the member (index 1), ahead of its stream: they pass every cheap test, and a frame
-    # ahead is authenticated before it is held (SPEC 10.1 step 7), so each would cost a signature check.
-    forged = [encode_frame(Checkpoint(a.channel, branch, 1, 100 + i, bytes(32), 0), b"", FORGER.sign).raw
-              for i in range(60)]
-    forged_sigs = {decode_frame(f).sig for f in forged}
+    forged, forged_sigs = _forged_checkpoints(net, branch, 60)
     batch = ([(f, "evil") for f in forged[:30]] + [(g, "s0") for g in genuine[:20]]
              + [(f, "evil") for f in forged[30:]] + [(g, "s0") for g in genuine[20:]])
     with counted_checks(monkeypatch) as seen:
@@ -117,9 +123,7 @@ def test_a_copy_of_a_frame_held_for_a_gap_does_not_open_the_pre_pass_to_forgerie
     a = net.author
     a.verify_many = _hook()
     a.receive_many([(genuine[2], "s0")], net.now)  # seq 3 ahead of a gap: authenticated and held
-    forged = [encode_frame(Checkpoint(a.channel, branch, 1, 100 + i, bytes(32), 0), b"", FORGER.sign).raw
-              for i in range(50)]
-    forged_sigs = {decode_frame(f).sig for f in forged}
+    forged, forged_sigs = _forged_checkpoints(net, branch, 50)
     with counted_checks(monkeypatch) as seen:
         events = a.receive_many([(genuine[2], "evil")] + [(f, "evil") for f in forged], net.now)
     assert sum(1 for s in seen if s in forged_sigs) <= 1 + a.config.peer_failures  # not 50
