@@ -808,8 +808,8 @@ class AuthorEndpoint(_Base):
     def penalize(self, offenders: list[tuple[object, int]]) -> None:
         """Charge peers for frames that failed the protocol's signature or AEAD checks (the core's
         :meth:`~streams.core.AuthorCore.take_offenders`; the :class:`streams.api.Author` driver calls this after
-        each batch).  A peer with ``failures_to_suspend`` of them since its last verified frame is suspended: its
-        frames are dropped unread for ``suspend_ms`` (SPEC 10.3)."""
+        each batch).  A peer with ``failures_to_suspend`` of them on its record (its good frames never make up for
+        them) is suspended: its frames are dropped unread for ``suspend_ms`` (SPEC 10.3)."""
         cfg = self.config
         now = _now_ms()
         for rid, n in offenders:

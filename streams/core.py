@@ -635,25 +635,27 @@ class _CoreBase:
         probed: dict[object, bool] = {}
         charges = self._charges_peers
         for frame, peer in frames:
-            if charges and peer is not None and probed.get(peer) is False:
+            charged = charges and peer is not None
+            if charged and probed.get(peer) is False:
                 continue
             try:
                 b, c = self._chain_of(frame)
             except _Reject:
                 continue  # rejected again, as cheaply, when the frame is processed
             h = frame.head
-            if charges and c.held and h.seq in c.held and peer not in probed:
+            unprobed = charged and peer not in probed
+            if unprobed and c.held and h.seq in c.held:
                 continue  # a copy of a frame held for a gap proves nothing about its sender: no probe with it
             if frame.kind is Kind.PACKET:
                 key = b.keys[(h.epoch, h.publisher)]
                 try:
                     opened[id(frame)] = (key, _crypto.aead_decrypt(key, h.nonce, frame.aad, frame.body))
                 except VerificationError:
-                    if charges and peer is not None:
+                    if charged:
                         probed[peer] = False
                     continue  # the normal path rejects it (BAD_AEAD) before any signature check
             check = (b.members[h.publisher][0], frame.hash, frame.sig)
-            if charges and peer is not None and peer not in probed:
+            if unprobed:
                 try:
                     _crypto.verify(*check)
                 except VerificationError:
