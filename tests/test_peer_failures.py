@@ -77,6 +77,15 @@ async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> N
         await asyncio.sleep(0.01)
 
 
+def _hooked_author(genuine: int) -> tuple[Net, bytes, list[bytes]]:
+    """An author core with a batch verifier installed, subscriber s0's branch, and ``genuine`` signed packets
+    s0 published into it (not yet delivered)."""
+    net = Net.make(n_subs=1)
+    branch, frames = _member_stream(net, genuine)
+    net.author.verify_many = _hook()
+    return net, branch, frames
+
+
 def _forged_checkpoints(net: Net, branch: bytes, n: int) -> tuple[list[bytes], set[bytes]]:
     """``n`` CHECKPOINTs forged for the member at index 1 of ``branch``, ahead of its stream, and their
     signatures.  They pass every cheap test, and a frame ahead is authenticated before it is held (SPEC 10.1
@@ -93,10 +102,8 @@ def _reasons(events: list[object]) -> list[RejectReason]:
 
 def test_forged_checkpoints_in_a_batch_cost_a_few_checks_and_the_member_stream_is_untouched(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    net = Net.make(n_subs=1)
-    branch, genuine = _member_stream(net, 40)
+    net, branch, genuine = _hooked_author(40)
     a = net.author
-    a.verify_many = _hook()
     forged, forged_sigs = _forged_checkpoints(net, branch, 60)
     batch = ([(f, "evil") for f in forged[:30]] + [(g, "s0") for g in genuine[:20]]
              + [(f, "evil") for f in forged[30:]] + [(g, "s0") for g in genuine[20:]])
@@ -118,10 +125,8 @@ def test_forged_checkpoints_in_a_batch_cost_a_few_checks_and_the_member_stream_i
 
 def test_a_copy_of_a_frame_held_for_a_gap_does_not_open_the_pre_pass_to_forgeries(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    net = Net.make(n_subs=1)
-    branch, genuine = _member_stream(net, 3)
+    net, branch, genuine = _hooked_author(3)
     a = net.author
-    a.verify_many = _hook()
     a.receive_many([(genuine[2], "s0")], net.now)  # seq 3 ahead of a gap: authenticated and held
     forged, forged_sigs = _forged_checkpoints(net, branch, 50)
     with counted_checks(monkeypatch) as seen:
