@@ -3,8 +3,10 @@
 CurveZMQ (RFC 26/CURVEZMQ) uses Curve25519 key pairs.  Every ``streams`` identity already has one: the X25519
 key-agreement key derived from its Ed25519 key (did:key, "Encryption Method Creation Algorithm"), so a DID
 alone tells a peer the CURVE key to expect -- no extra key distribution.  The author's endpoint runs a ZAP
-handler that admits a client only if its CURVE key is the X25519 key of a DID the channel knows (a callback the
-author driver supplies, e.g. its policy's allow list plus the members of open branches).
+handler that admits a client only if its CURVE key is the X25519 key of a DID the channel knows: a
+``known_key(x25519_public) -> bool`` callback.  :class:`streams.api.Author` installs its own
+(:meth:`~streams.api.Author.knows_key`: members of its open branches, and DIDs its policy could admit) in an
+endpoint built without one; until a callback is installed the handler refuses every client (fail closed).
 
 Message security does not depend on any of this (THREATS: "Message security must hold with CURVE off"): it only
 hides traffic from passive observers on the hop and refuses strangers before they reach the protocol core.
@@ -26,7 +28,7 @@ from zmq.utils import z85
 from streams.errors import LocalProtocolError
 from streams.identity import Identity, PublicIdentity
 
-__all__ = ["CurveConfig", "ZapHandler", "kx_keypair", "setup_client", "setup_server"]
+__all__ = ["CurveConfig", "KnownKeys", "ZapHandler", "kx_keypair", "setup_client", "setup_server"]
 
 log = logging.getLogger("brokerless")
 
@@ -63,17 +65,24 @@ class CurveConfig:
         return cls(pk, sk, PublicIdentity.from_did(author_did).kx_public)
 
 
-class _KnownKeys:
-    """ZAP credentials provider: the decision is one call, ``known(x25519_public) -> bool``."""
+class KnownKeys:
+    """ZAP credentials provider: the decision is one call, ``known(x25519_public) -> bool``; with no callback
+    (:attr:`known` None) every client is refused."""
 
-    def __init__(self, known: Callable[[bytes], bool]) -> None:
-        self._known = known
+    def __init__(self, known: Callable[[bytes], bool] | None) -> None:
+        self.known = known
 
     def callback(self, domain: str, key: bytes) -> bool:
+        known = self.known
+        if known is None:
+            log.warning("CURVE client refused: no known_key callback is installed (the endpoint admits no one "
+                        "until its author installs one)")
+            return False
         try:
             raw = z85.decode(key)
-            ok = len(raw) == 32 and bool(self._known(raw))
+            ok = len(raw) == 32 and bool(known(raw))
         except Exception:  # a malformed key or a failing callback refuses, never crashes the handler
+            log.exception("CURVE client refused: the known_key callback failed")
             ok = False
         if not ok:
             log.info("CURVE client refused: its key is not the X25519 key of a DID this channel knows (%s)",
@@ -107,17 +116,13 @@ class ZapHandler(Authenticator):
 
 
 def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[Any], cfg: CurveConfig,
-                 known: Callable[[bytes], bool] | None) -> ZapHandler:
-    """Make ``sock`` a CURVE server with a ZAP handler admitting only keys for which ``known`` is true; the
-    caller runs :meth:`ZapHandler.serve` in its event loop and calls ``stop()`` after that task ended.
-
-    Raises :class:`LocalProtocolError` if ``known`` is missing (a CURVE server that admits anyone would only
-    look like a guard)."""
-    if known is None:
-        raise LocalProtocolError("a CURVE server needs a known_key callback")
+                 keys: KnownKeys) -> ZapHandler:
+    """Make ``sock`` a CURVE server with a ZAP handler admitting only keys ``keys`` knows (none while its
+    callback is None: a CURVE server that admitted anyone would only look like a guard); the caller runs
+    :meth:`ZapHandler.serve` in its event loop and calls ``stop()`` after that task ended."""
     auth = ZapHandler(ctx)
     auth.start()  # binds the ZAP socket now: from here on every handshake asks it
-    auth.configure_curve_callback("*", credentials_provider=_KnownKeys(known))
+    auth.configure_curve_callback("*", credentials_provider=keys)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, z85.encode(cfg.secret))
     sock.setsockopt(zmq.CURVE_PUBLICKEY, z85.encode(cfg.public))

@@ -90,7 +90,7 @@ from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
 from streams.wire import MAX_FRAME, VERSION, Kind, decode_frame
 
-from .curve import CurveConfig, ZapHandler, setup_client, setup_server
+from .curve import CurveConfig, KnownKeys, ZapHandler, setup_client, setup_server
 
 __all__ = [
     "CREDIT",
@@ -496,6 +496,9 @@ class AuthorEndpoint(_Base):
 
     ``bind`` accepts ``tcp://127.0.0.1:0`` (port chosen by the OS; see :attr:`addresses`) and ``ipc://path``.
     ``context``: a ``zmq.asyncio.Context`` to share; by default the endpoint owns (and terminates) its own.
+    ``known_key``: with ``config.curve``, the ZAP decision ``known_key(x25519_public) -> bool``; without it
+    every CURVE client is refused until :meth:`admit_keys` installs one (an :class:`streams.api.Author` given
+    this endpoint installs :meth:`~streams.api.Author.knows_key`).
 
     Raises :class:`LocalProtocolError` if an address cannot be bound (bad syntax, in use)."""
 
@@ -515,6 +518,8 @@ class AuthorEndpoint(_Base):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: ZapHandler | None = None
+        self._keys = KnownKeys(known_key)
+        self._own_keys = known_key is not None
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
         try:
             _socket_options(self._sock, self.config)
@@ -522,7 +527,7 @@ class AuthorEndpoint(_Base):
             # silently: every drop is seen and counted.
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             if self.config.curve is not None:
-                self._auth = setup_server(self._ctx, self._sock, self.config.curve, known_key)
+                self._auth = setup_server(self._ctx, self._sock, self.config.curve, self._keys)
             addrs = [bind] if isinstance(bind, str) else list(bind)
             self.addresses: list[str] = []
             for a in addrs:
@@ -587,6 +592,19 @@ class AuthorEndpoint(_Base):
             self._auth.stop()
         self._sock.close(linger=0)
         self._term()
+
+    @property
+    def wants_known_key(self) -> bool:
+        """CURVE is on and no ``known_key`` was given at construction: its ZAP handler refuses every client until
+        :meth:`admit_keys` installs a decision (:class:`streams.api.Author` does, with its own)."""
+        return self._auth is not None and not self._own_keys
+
+    def admit_keys(self, known: Callable[[bytes], bool]) -> None:
+        """Install the ZAP decision ``known(x25519_public) -> bool`` for CURVE clients connecting from now on
+        (replacing any).  Raises :class:`LocalProtocolError` if the endpoint does not use CURVE."""
+        if self._auth is None:
+            raise LocalProtocolError("this endpoint does not use CURVE")
+        self._keys.known = known
 
     async def drain(self, branch: bytes | None = None) -> None:
         """Wait until every peer of ``branch`` (of the endpoint if None) can take another data frame at once:

@@ -121,6 +121,34 @@ def ed25519_pk_to_x25519(public: bytes) -> bytes:
         raise VerificationError("not a valid Ed25519 public key") from exc
 
 
+_P = 2**255 - 19
+
+
+def ed25519_candidates_for_x25519(public: bytes) -> list[bytes]:
+    """The Ed25519 public keys (at most two: they differ in the sign of x) whose X25519 key, as
+    :func:`ed25519_pk_to_x25519` derives it, is ``public``.  Each is checked by converting it back.
+
+    The birational map: ``u = (1 + y) / (1 - y)``, so ``y = (u - 1) / (u + 1)`` (RFC 7748, section 4.1); the
+    Ed25519 encoding is ``y`` with the sign of ``x`` in the top bit (RFC 8032, section 5.1.2)."""
+    if len(public) != 32:
+        return []
+    u = int.from_bytes(public, "little")
+    if u >= _P or u == _P - 1:  # not canonical, or u + 1 == 0 (no y)
+        return []
+    y = (u - 1) * pow(u + 1, _P - 2, _P) % _P
+    out = []
+    for sign in (0, 1):
+        cand = (y | (sign << 255)).to_bytes(32, "little")
+        if not is_valid_ed25519_point(cand):
+            continue
+        try:
+            if ed25519_pk_to_x25519(cand) == public:
+                out.append(cand)
+        except VerificationError:
+            continue
+    return out
+
+
 def ed25519_sk_to_x25519(secret64: bytes) -> bytes:
     return bytes(_b.crypto_sign_ed25519_sk_to_curve25519(secret64))
 

@@ -27,16 +27,27 @@ import dataclasses
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from . import _crypto
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
 from ._tasks import cancel_and_wait, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
-from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
+from .core import (
+    AnchorClaim,
+    AuthorCore,
+    BranchRecord,
+    Changes,
+    CoreConfig,
+    Outgoing,
+    SubscriberCore,
+    _check_credential,
+    _CoreBase,
+)
 from .errors import (
     AdmissionRefused,
     ClosedResourceError,
@@ -61,10 +72,10 @@ from .events import (
     Rejected,
     SubscriberAdmitted,
 )
-from .identity import Identity, PublicIdentity
+from .identity import Identity, PublicIdentity, dids_of_kx_public
 from .ledger.anchoring import verify_anchored
 from .ledger.base import Ledger
-from .policy import Policy
+from .policy import Policy, could_admit
 from .store import MEMLIMIT, OPSLIMIT, Store
 from .wire import Permission, SigningMode, decode_frame
 
@@ -896,6 +907,14 @@ class Author(_Party):
         self._last_recheck = 0
         self._anchoring: AnchorService | None = None
         self._install()
+        #: For knows_key: the X25519 keys of each open branch's members (not ours), and how many open branches
+        #: each key is a member of.  Kept only while a CURVE transport asks (None otherwise).
+        self._member_kx: dict[bytes, tuple[bytes, ...]] | None = None
+        self._kx_count: Counter[bytes] = Counter()
+        if getattr(transport, "wants_known_key", False) is True:
+            # A CurveZMQ endpoint built without a ZAP decision: ours (it refuses everyone until then).
+            transport.admit_keys(self.knows_key)  # type: ignore[attr-defined]
+            self._member_kx = {}
 
     def _with_ledger(self, ledger: Ledger | None, config: AnchorConfig | None) -> None:
         if ledger is not None:
@@ -913,6 +932,9 @@ class Author(_Party):
                 await self._flush()
 
     def _committed(self, changes: Changes) -> None:
+        if self._member_kx is not None:
+            for rec in changes.branches:
+                self._note_members(rec.id, rec.members if rec.state == BranchState.OPEN.value else [], rec.me)
         syncs = self._core.take_syncs()
         if self._anchoring is not None:
             self._anchoring.note(changes)
@@ -991,7 +1013,9 @@ class Author(_Party):
             store.lock()
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
-            core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
+            branches = store.load_branches()
+            core.load_author(branches, store.load_chains(), store.load_nonces(self._clock()))
+            self._load_member_keys(branches)
             self._redeliver()
             core.announce()
             core.acknowledge()
@@ -1006,6 +1030,38 @@ class Author(_Party):
         except BaseException:
             await _abandon(transport, store, self)  # a damaged store (StorageError) must not stay open either
             raise
+
+    def knows_key(self, x25519_public: bytes) -> bool:
+        """Whether ``x25519_public`` is the X25519 key-agreement key of a DID this channel knows: a member of one
+        of its open branches, or a DID its policy could admit (:func:`streams.policy.could_admit`; a credential
+        policy cannot tell from the DID alone, so there the subscription's proof decides).
+
+        The ZAP decision for a CurveZMQ transport (SPEC 14.5): given an endpoint that has none
+        (:attr:`brokerless.AuthorEndpoint.wants_known_key`), the author installs this one.  Admissions,
+        revocations and policy changes apply to the next connection; one already made stays (the protocol's
+        own checks guard it)."""
+        if self._member_kx is not None and self._kx_count.get(bytes(x25519_public)):
+            return True
+        policy = self._core.policy
+        return any(could_admit(policy, did) for did in dids_of_kx_public(bytes(x25519_public)))
+
+    def _load_member_keys(self, records: Iterable[BranchRecord]) -> None:
+        """The member keys of the branches loaded from the store (knows_key)."""
+        if self._member_kx is not None:
+            for rec in records:
+                self._note_members(rec.id, rec.members if rec.state == BranchState.OPEN.value else [], rec.me)
+
+    def _note_members(self, branch: bytes, members: Sequence[tuple[int, bytes, int]], me: int) -> None:
+        assert self._member_kx is not None
+        keys = tuple({_crypto.ed25519_pk_to_x25519(pk) for idx, pk, _ in members if idx != me})
+        old = self._member_kx.pop(branch, ())
+        if keys:
+            self._member_kx[branch] = keys
+        self._kx_count.update(keys)
+        self._kx_count.subtract(old)
+        for k in old:
+            if self._kx_count[k] <= 0:
+                del self._kx_count[k]
 
     @property
     def announcement(self) -> bytes:

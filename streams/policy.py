@@ -4,6 +4,12 @@ The protocol core verifies the cryptography of a subscription (sealed box, fresh
 the DID); the policy only decides.  A policy is any object with ``decide(request, now_ms) -> Decision``.  It
 must be pure and fast: it runs for every subscription request.
 
+A transport may ask earlier, before any request exists, whether a DID could be admitted at all
+(:func:`could_admit`: CurveZMQ's ZAP handler does, for each connecting key).  A policy answers through an
+optional ``could_admit(did) -> bool``, which must be True wherever ``decide`` might admit that DID; the lists
+and combinators here define it, and a policy without it (a credential policy: the DID alone proves nothing)
+lets every DID through to ``decide``.
+
 Refusals returned to the requester carry only a generic reason code, never the policy's contents.
 """
 
@@ -26,6 +32,7 @@ __all__ = [
     "Policy",
     "SubscriptionRequest",
     "common_permission",
+    "could_admit",
 ]
 
 
@@ -66,6 +73,19 @@ class Policy(Protocol):
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision: ...
 
 
+def could_admit(policy: Policy, did: str) -> bool:
+    """Whether ``policy`` might admit ``did``, judged from the DID alone (no request, no credential): False only
+    if ``decide`` would refuse it whatever it presented.  Uses the policy's ``could_admit`` method where it has
+    one; a policy without one (or whose method fails) is assumed to need more than the DID: True."""
+    screen = getattr(policy, "could_admit", None)
+    if screen is None:
+        return True
+    try:
+        return bool(screen(did))
+    except Exception:  # a user policy's bug must not lock everyone out of the handshake; decide() still rules
+        return True
+
+
 def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, combine: str) -> bool:
     verdicts = [f(evidence, now_ms) for f in (getattr(p, "still_valid", None) for p in policies) if f is not None]
     if not verdicts:
@@ -103,6 +123,9 @@ class AllowList:
     def of(cls, dids: Iterable[str], permission: Permission = Permission.READ_WRITE) -> AllowList:
         return cls({d: permission for d in dids})
 
+    def could_admit(self, did: str) -> bool:
+        return did in self.dids
+
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
         perm = self.dids.get(request.did)
         if perm is None:
@@ -117,6 +140,9 @@ class DenyList:
     dids: frozenset[str] = frozenset()
     permission: Permission = Permission.READ_WRITE
 
+    def could_admit(self, did: str) -> bool:
+        return did not in self.dids
+
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
         if request.did in self.dids:
             return Decision.refuse("DID on the deny-list")
@@ -128,6 +154,9 @@ class AnyOf:
     """Admit if any sub-policy admits (the first that does gives the permission)."""
 
     policies: tuple[Policy, ...]
+
+    def could_admit(self, did: str) -> bool:
+        return any(could_admit(p, did) for p in self.policies)
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
         reasons = []
@@ -158,6 +187,9 @@ class AllOf:
     two credential rules), and :meth:`still_valid` re-checks each sub-policy against its own evidence only."""
 
     policies: tuple[Policy, ...]
+
+    def could_admit(self, did: str) -> bool:
+        return bool(self.policies) and all(could_admit(p, did) for p in self.policies)
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
         granted: Permission | None = None

@@ -50,7 +50,7 @@ from typing import Any, Final
 from .credentials import CredentialPolicy, StatusListLookup
 from .errors import DecodeError, LocalProtocolError
 from .identity import public_key_from_did
-from .policy import AllOf, AllowList, AnyOf, Decision, Policy, SubscriptionRequest
+from .policy import AllOf, AllowList, AnyOf, Decision, Policy, SubscriptionRequest, could_admit
 from .wire import Permission
 
 __all__ = [
@@ -181,6 +181,11 @@ class FilePolicy:
         if request.did in self.deny:
             return Decision.refuse("DID on the deny-list")
         return self._rules.decide(request, now_ms)
+
+    def could_admit(self, did: str) -> bool:
+        """Whether the file's rules might admit ``did`` (:func:`streams.policy.could_admit`): never a denied DID;
+        with credential rules, any other (the credential decides at subscription)."""
+        return did not in self.deny and could_admit(self._rules, did)
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         """Whether the evidence (a credential) that admitted a subscriber still holds (see

@@ -261,13 +261,6 @@ async def test_curve_admits_only_known_dids(tmp_path: Path) -> None:
         await author.close()
 
 
-async def test_curve_needs_a_known_key_callback() -> None:
-    from streams.errors import LocalProtocolError
-
-    with pytest.raises(LocalProtocolError):
-        AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(curve=CurveConfig.for_author(AUTHOR)))
-
-
 async def test_bad_addresses_are_typed_errors() -> None:
     from streams.errors import LocalProtocolError
 

@@ -1,0 +1,285 @@
+"""CurveZMQ's ZAP handler follows the channel (SPEC 14.5): an :class:`~streams.api.Author` given a CURVE endpoint
+without a ``known_key`` callback installs its own, which admits the members of its open branches and the DIDs
+its policy could admit -- and follows admissions, revocations, policy changes and restarts.
+
+Real ZeroMQ sockets on tcp loopback, real stores.  "Refused by ZAP" is told apart from "refused by the protocol"
+by the author endpoint's peers: a connection whose handshake ZAP refused never delivers a frame, so it never
+gets a peer record; a HELLO refused by the policy does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from brokerless import AuthorEndpoint, CurveConfig, EndpointConfig, SubscriberEndpoint
+from streams import _crypto
+from streams.api import Author, StoreOptions, Subscriber
+from streams.core import CoreConfig
+from streams.errors import AdmissionRefused, LocalProtocolError, StreamsTimeoutError
+from streams.identity import Identity, dids_of_kx_public
+from streams.policy import AllOf, AllowList, AnyOf, Decision, DenyList, SubscriptionRequest, could_admit
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+NAME = "fraud-monitor"
+CORE = CoreConfig(fetch_retry_ms=200)
+
+
+def ident(n: int) -> Identity:
+    return Identity.from_seed(bytes([n]) * 32)
+
+
+AUTHOR, P1, P2, P3 = ident(1), ident(20), ident(21), ident(22)
+
+
+def _author_ep() -> AuthorEndpoint:
+    return AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=100, curve=CurveConfig.for_author(AUTHOR)))
+
+
+def _sub_ep(ep: AuthorEndpoint, who: Identity) -> SubscriberEndpoint:
+    cfg = EndpointConfig(heartbeat_ms=100, curve=CurveConfig.for_subscriber(who, AUTHOR.did))
+    return SubscriberEndpoint(ep.addresses[0], cfg)
+
+
+async def _subscriber(tmp: Path, name: str, who: Identity, author: Author, ep: AuthorEndpoint) -> Subscriber:
+    return await Subscriber.create(tmp / f"{name}.db", who, AUTHOR.did, author.channel, PW, _sub_ep(ep, who),
+                                   store_options=FAST, config=CORE)
+
+
+async def _refused_by_zap(tmp: Path, name: str, who: Identity, author: Author, ep: AuthorEndpoint) -> None:
+    """``who`` tries to subscribe on a new connection: it must time out, and no frame of that connection may
+    reach the author's endpoint (no new peer record: ZAP refused the handshake)."""
+    before = set(ep.peers())
+    sub = await _subscriber(tmp, name, who, author, ep)
+    try:
+        with pytest.raises(StreamsTimeoutError):
+            await sub.subscribe(timeout=1.0, retry=0.3)
+    finally:
+        await sub.close()
+    assert set(ep.peers()) <= before, "a frame of a connection ZAP should have refused reached the endpoint"
+
+
+async def test_author_installs_its_zap_decision(tmp_path: Path) -> None:
+    """Without a known_key callback the author's own decision guards the CURVE handshake: a listed DID gets in and
+    is served; a stranger with perfectly good CURVE keys of its own never reaches the protocol core."""
+    ep = _author_ep()
+    assert ep.wants_known_key
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    try:
+        assert not ep.wants_known_key or author.knows_key(P1.public.kx_public)
+        ok = await _subscriber(tmp_path, "p1", P1, author, ep)
+        branch = await ok.subscribe(timeout=10)
+        await author.publish(branch, b"over curve")
+        assert (await ok.next_message(timeout=10)).payload == b"over curve"
+        await _refused_by_zap(tmp_path, "p2", P2, author, ep)
+        assert author.branch_of(P2.did) is None
+        await ok.close()
+    finally:
+        await author.close()
+
+
+async def test_zap_follows_membership_policy_and_revocation(tmp_path: Path) -> None:
+    """A member stays known after the policy stops listing it (its branch is open), a DID the new policy would
+    refuse is kept out, and a revoked member's next connection is refused."""
+    ep = _author_ep()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did, P2.did]),
+                                 store_options=FAST, config=CORE)
+    try:
+        first = await _subscriber(tmp_path, "p1", P1, author, ep)
+        branch = await first.subscribe(timeout=10)
+        await first.close()
+        author.policy = AllowList.of([])  # nobody new
+        assert author.knows_key(P1.public.kx_public)  # a member of an open branch
+        assert not author.knows_key(P2.public.kx_public)
+        # P1 again, on a new connection (its store kept): admitted by ZAP, served by the protocol.
+        again = await Subscriber.open(tmp_path / "p1.db", PW, _sub_ep(ep, P1), config=CORE, store_options=FAST)
+        await author.publish(branch, b"still a member")
+        assert (await again.next_message(timeout=10)).payload == b"still a member"
+        await again.close()
+        await _refused_by_zap(tmp_path, "p2", P2, author, ep)
+        await author.revoke(branch)
+        assert not author.knows_key(P1.public.kx_public)
+        await _refused_by_zap(tmp_path, "p1-after-revoke", P1, author, ep)
+    finally:
+        await author.close()
+
+
+async def test_zap_members_come_back_with_the_store(tmp_path: Path) -> None:
+    """After a restart the members of open branches are known again, from the store, even under a policy that
+    would no longer admit them."""
+    ep = _author_ep()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    try:
+        sub = await _subscriber(tmp_path, "p1", P1, author, ep)
+        branch = await sub.subscribe(timeout=10)
+        await sub.close()
+    finally:
+        await author.close()
+    ep2 = _author_ep()
+    author = await Author.open(tmp_path / "author.db", PW, ep2, AllowList.of([]), store_options=FAST, config=CORE)
+    try:
+        assert author.knows_key(P1.public.kx_public)
+        assert not author.knows_key(P2.public.kx_public)
+        again = await Subscriber.open(tmp_path / "p1.db", PW, _sub_ep(ep2, P1), config=CORE, store_options=FAST)
+        await author.publish(branch, b"after the restart")
+        assert (await again.next_message(timeout=10)).payload == b"after the restart"
+        await again.close()
+    finally:
+        await author.close()
+
+
+class _OnlyP3:
+    """A policy with no ``could_admit``: it needs the request (as a credential policy does)."""
+
+    def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
+        if request.did == P3.did:
+            return Decision(True, "P3")
+        return Decision.refuse("not P3")
+
+
+async def test_a_policy_that_needs_the_request_lets_the_handshake_through(tmp_path: Path) -> None:
+    """ZAP cannot see a credential: under such a policy the handshake admits every key, and the subscription
+    decides (P3 is admitted; P1 gets through the handshake and is refused by the protocol)."""
+    ep = _author_ep()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, _OnlyP3(), store_options=FAST,
+                                 config=CORE)
+    try:
+        ok = await _subscriber(tmp_path, "p3", P3, author, ep)
+        await ok.subscribe(timeout=10)
+        await ok.close()
+        before = set(ep.peers())
+        refused = await _subscriber(tmp_path, "p1", P1, author, ep)
+        with pytest.raises(AdmissionRefused):
+            await refused.subscribe(timeout=10, retry=0.3)
+        await refused.close()
+        assert set(ep.peers()) - before, "P1's HELLO should have reached the author"
+    finally:
+        await author.close()
+
+
+async def test_explicit_known_key_is_kept(tmp_path: Path) -> None:
+    """A callback given to the endpoint is the user's decision: the author does not replace it."""
+    cfg = EndpointConfig(heartbeat_ms=100, curve=CurveConfig.for_author(AUTHOR))
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg, known_key=lambda k: False)
+    assert not ep.wants_known_key
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    try:
+        assert author.knows_key(P1.public.kx_public)  # the author would admit it ...
+        await _refused_by_zap(tmp_path, "p1", P1, author, ep)  # ... but the endpoint's own callback refuses
+    finally:
+        await author.close()
+
+
+async def _frames_arrive(ep: AuthorEndpoint, who: Identity, timeout: float) -> bool:
+    """A raw CURVE DEALER keyed as ``who`` sends a PING: whether the endpoint receives anything from it."""
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    cfg = CurveConfig.for_subscriber(who, AUTHOR.did)
+    assert cfg.server_public is not None
+    sock.curve_serverkey = zmq.utils.z85.encode(cfg.server_public)
+    sock.curve_publickey = zmq.utils.z85.encode(cfg.public)
+    sock.curve_secretkey = zmq.utils.z85.encode(cfg.secret)
+    before = ep.stats.frames_in
+    try:
+        sock.connect(ep.addresses[0])
+        await sock.send(b"\x01")  # a PING
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if ep.stats.frames_in > before:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+async def test_endpoint_without_a_decision_refuses_everyone_until_one_is_installed() -> None:
+    """Fail closed: a CURVE endpoint nobody gave a decision admits no one (it would otherwise only look like a
+    guard); installing one admits from the next handshake on."""
+    ep = _author_ep()
+    assert ep.wants_known_key
+    task = asyncio.ensure_future(ep.recv())  # the endpoint serves (its ZAP task runs) while a driver waits
+    try:
+        assert not await _frames_arrive(ep, P1, 1.0)
+        ep.admit_keys(lambda k: k == P1.public.kx_public)
+        assert await _frames_arrive(ep, P1, 10.0)
+        assert not await _frames_arrive(ep, P2, 1.0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ep.close()
+    plain = AuthorEndpoint("tcp://127.0.0.1:0")
+    try:
+        assert not plain.wants_known_key
+        with pytest.raises(LocalProtocolError):
+            plain.admit_keys(lambda k: True)
+    finally:
+        await plain.close()
+
+
+def test_could_admit_of_the_policies() -> None:
+    a, b = P1.did, P2.did
+    assert could_admit(AllowList.of([a]), a) and not could_admit(AllowList.of([a]), b)
+    assert not could_admit(DenyList(frozenset({a})), a) and could_admit(DenyList(frozenset({a})), b)
+    assert could_admit(AnyOf((AllowList.of([a]), AllowList.of([b]))), b)
+    assert not could_admit(AnyOf(()), a)
+    assert not could_admit(AllOf((AllowList.of([a, b]), DenyList(frozenset({b})))), b)
+    assert could_admit(AllOf((AllowList.of([a, b]), DenyList(frozenset({b})))), a)
+    assert not could_admit(AllOf(()), a)
+    assert could_admit(_OnlyP3(), a)  # cannot tell from the DID: the request decides
+
+    class Broken:
+        def could_admit(self, did: str) -> bool:
+            raise RuntimeError("bug")
+
+        def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
+            return Decision.refuse("no")
+
+    assert could_admit(Broken(), a)  # the handshake is not where a policy's bug locks everyone out
+
+
+def test_could_admit_of_a_policy_file(tmp_path: Path) -> None:
+    from streams.policy_file import load_policy
+
+    f = tmp_path / "policy.toml"
+    f.write_text(f"[policy]\nmode = 'any'\ndeny = ['{P2.did}']\n[[policy.allow]]\ndid = '{P1.did}'\n")
+    pol = load_policy(f)
+    assert could_admit(pol, P1.did) and not could_admit(pol, P2.did) and not could_admit(pol, P3.did)
+
+
+def test_a_key_stands_for_two_dids() -> None:
+    """An X25519 key does not carry the sign of x: it is the key of two DIDs, and whoever holds one's secret can
+    act as the other (its scalar negated).  So a key is admitted when the policy could admit either -- and a
+    deny-list, which admits every DID it does not name, cannot refuse a key at the handshake."""
+    dids = dids_of_kx_public(P2.public.kx_public)
+    assert len(dids) == 2 and P2.did in dids
+    twin = next(d for d in dids if d != P2.did)
+    assert could_admit(DenyList(frozenset({P2.did})), twin)
+    assert not could_admit(AllowList.of([P1.did]), twin) and not could_admit(AllowList.of([P1.did]), P2.did)
+
+
+def test_dids_of_an_x25519_key() -> None:
+    for _ in range(50):
+        who = Identity.from_seed(os.urandom(32))
+        dids = dids_of_kx_public(who.public.kx_public)
+        assert who.did in dids and len(dids) <= 2
+        for d in dids:  # each candidate really has that key-agreement key
+            from streams.identity import PublicIdentity
+
+            assert PublicIdentity.from_did(d).kx_public == who.public.kx_public
+    p = 2**255 - 19
+    for bad in (b"", b"\x00" * 31, (p - 1).to_bytes(32, "little"), p.to_bytes(32, "little"), b"\xff" * 32):
+        assert dids_of_kx_public(bad) == ()
+    assert _crypto.ed25519_candidates_for_x25519(b"\x01" + b"\x00" * 31) == []  # u = 1: y = 0, small order
