@@ -14,6 +14,7 @@ hides traffic from passive observers on the hop and refuses strangers before the
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,21 +67,31 @@ class CurveConfig:
 
 
 class KnownKeys:
-    """ZAP credentials provider: the decision is one call, ``known(x25519_public) -> bool``; with no callback
-    (:attr:`known` None) every client is refused."""
+    """ZAP credentials provider: the decision is one synchronous call, ``known(x25519_public) -> bool``; with no
+    callback (:attr:`known` None) every client is refused."""
 
     def __init__(self, known: Callable[[bytes], bool] | None) -> None:
         self.known = known
+        self._warned = False
 
     def callback(self, domain: str, key: bytes) -> bool:
         known = self.known
         if known is None:
-            log.warning("CURVE client refused: no known_key callback is installed (the endpoint admits no one "
-                        "until its author installs one)")
+            # Any client can cause this line: say it once, then quietly (a log is no place for a flood).
+            log.log(logging.DEBUG if self._warned else logging.WARNING,
+                    "CURVE client refused: no known_key callback is installed (the endpoint admits no one until "
+                    "its author installs one)")
+            self._warned = True
             return False
         try:
             raw = z85.decode(key)
-            ok = len(raw) == 32 and bool(known(raw))
+            verdict: object = known(raw) if len(raw) == 32 else False
+            if inspect.isawaitable(verdict):  # a coroutine is truthy: it must not read as "admit"
+                if inspect.iscoroutine(verdict):
+                    verdict.close()
+                log.error("CURVE client refused: the known_key callback must return a bool, not an awaitable")
+                return False
+            ok = verdict is True
         except Exception:  # a malformed key or a failing callback refuses, never crashes the handler
             log.exception("CURVE client refused: the known_key callback failed")
             ok = False

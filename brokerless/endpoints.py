@@ -519,7 +519,6 @@ class AuthorEndpoint(_Base):
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: ZapHandler | None = None
         self._keys = KnownKeys(known_key)
-        self._own_keys = known_key is not None
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
         try:
             _socket_options(self._sock, self.config)
@@ -595,13 +594,15 @@ class AuthorEndpoint(_Base):
 
     @property
     def wants_known_key(self) -> bool:
-        """CURVE is on and no ``known_key`` was given at construction: its ZAP handler refuses every client until
-        :meth:`admit_keys` installs a decision (:class:`streams.api.Author` does, with its own)."""
-        return self._auth is not None and not self._own_keys
+        """CURVE is on and no ZAP decision is installed (none given at construction, none by :meth:`admit_keys`):
+        its ZAP handler refuses every client.  :class:`streams.api.Author` installs its own in such an endpoint
+        (not in a wrapper around one, which it cannot see through: install it yourself there)."""
+        return self._auth is not None and self._keys.known is None
 
     def admit_keys(self, known: Callable[[bytes], bool]) -> None:
-        """Install the ZAP decision ``known(x25519_public) -> bool`` for CURVE clients connecting from now on
-        (replacing any).  Raises :class:`LocalProtocolError` if the endpoint does not use CURVE."""
+        """Install the ZAP decision ``known(x25519_public) -> bool`` (synchronous; anything but True refuses)
+        for CURVE clients connecting from now on, replacing any.  Raises :class:`LocalProtocolError` if the
+        endpoint does not use CURVE."""
         if self._auth is None:
             raise LocalProtocolError("this endpoint does not use CURVE")
         self._keys.known = known

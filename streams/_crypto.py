@@ -125,28 +125,35 @@ _P = 2**255 - 19
 
 
 def ed25519_candidates_for_x25519(public: bytes) -> list[bytes]:
-    """The Ed25519 public keys (at most two: they differ in the sign of x) whose X25519 key, as
-    :func:`ed25519_pk_to_x25519` derives it, is ``public``.  Each is checked by converting it back.
+    """The Ed25519 public keys whose X25519 key, as :func:`ed25519_pk_to_x25519` derives it, is ``public``: none,
+    or two that differ only in the sign of x (the top bit), i.e. a key and its negation -- whoever knows the
+    secret scalar of one knows the other's (negated).
 
     The birational map: ``u = (1 + y) / (1 - y)``, so ``y = (u - 1) / (u + 1)`` (RFC 7748, section 4.1); the
-    Ed25519 encoding is ``y`` with the sign of ``x`` in the top bit (RFC 8032, section 5.1.2)."""
+    Ed25519 encoding is ``y`` with the sign of ``x`` in the top bit (RFC 8032, section 5.1.2).  The first
+    candidate is converted back (which also refuses small-order and mixed-order points); its negation is then
+    valid too."""
     if len(public) != 32:
         return []
     u = int.from_bytes(public, "little")
     if u >= _P or u == _P - 1:  # not canonical, or u + 1 == 0 (no y)
         return []
-    y = (u - 1) * pow(u + 1, _P - 2, _P) % _P
-    out = []
-    for sign in (0, 1):
-        cand = (y | (sign << 255)).to_bytes(32, "little")
-        if not is_valid_ed25519_point(cand):
-            continue
-        try:
-            if ed25519_pk_to_x25519(cand) == public:
-                out.append(cand)
-        except VerificationError:
-            continue
-    return out
+    y = (u - 1) * pow(u + 1, -1, _P) % _P
+    cand = y.to_bytes(32, "little")
+    if not is_valid_ed25519_point(cand):
+        return []
+    try:
+        if ed25519_pk_to_x25519(cand) != public:
+            return []
+    except VerificationError:
+        return []
+    return [cand, (y | (1 << 255)).to_bytes(32, "little")]
+
+
+def holder_key(ed25519_public: bytes) -> bytes:
+    """An Ed25519 public key without its sign bit: the same for a key and its negation, which one secret
+    controls (see :func:`ed25519_candidates_for_x25519`)."""
+    return ed25519_public[:31] + bytes((ed25519_public[31] & 0x7F,))
 
 
 def ed25519_sk_to_x25519(secret64: bytes) -> bytes:

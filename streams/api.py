@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -37,17 +38,7 @@ from ._parallel import Parallel, default_threads
 from ._state import BranchState
 from ._tasks import cancel_and_wait, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
-from .core import (
-    AnchorClaim,
-    AuthorCore,
-    BranchRecord,
-    Changes,
-    CoreConfig,
-    Outgoing,
-    SubscriberCore,
-    _check_credential,
-    _CoreBase,
-)
+from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
     AdmissionRefused,
     ClosedResourceError,
@@ -156,6 +147,12 @@ class BranchInfo:
     permission: Permission
     open: bool
     members: tuple[str, ...]  #: member DIDs, index order; the author first
+
+
+@functools.lru_cache(maxsize=65536)
+def _kx_of(sign_public: bytes) -> bytes:
+    """A member's X25519 key from its Ed25519 key (cached: about 35 us each, and a group re-key lists them all)."""
+    return _crypto.ed25519_pk_to_x25519(sign_public)
 
 
 class _Party:
@@ -908,13 +905,12 @@ class Author(_Party):
         self._anchoring: AnchorService | None = None
         self._install()
         #: For knows_key: the X25519 keys of each open branch's members (not ours), and how many open branches
-        #: each key is a member of.  Kept only while a CURVE transport asks (None otherwise).
+        #: each key is a member of.  Built at the first knows_key, then kept up to date at each commit.
         self._member_kx: dict[bytes, tuple[bytes, ...]] | None = None
         self._kx_count: Counter[bytes] = Counter()
         if getattr(transport, "wants_known_key", False) is True:
-            # A CurveZMQ endpoint built without a ZAP decision: ours (it refuses everyone until then).
+            # A CurveZMQ endpoint with no ZAP decision (it refuses everyone until it has one): ours.
             transport.admit_keys(self.knows_key)  # type: ignore[attr-defined]
-            self._member_kx = {}
 
     def _with_ledger(self, ledger: Ledger | None, config: AnchorConfig | None) -> None:
         if ledger is not None:
@@ -934,7 +930,8 @@ class Author(_Party):
     def _committed(self, changes: Changes) -> None:
         if self._member_kx is not None:
             for rec in changes.branches:
-                self._note_members(rec.id, rec.members if rec.state == BranchState.OPEN.value else [], rec.me)
+                open_ = rec.state == BranchState.OPEN.value
+                self._note_members(rec.id, [pk for i, pk, _ in rec.members if open_ and i != rec.me])
         syncs = self._core.take_syncs()
         if self._anchoring is not None:
             self._anchoring.note(changes)
@@ -1013,9 +1010,8 @@ class Author(_Party):
             store.lock()
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
-            branches = store.load_branches()
-            core.load_author(branches, store.load_chains(), store.load_nonces(self._clock()))
-            self._load_member_keys(branches)
+            core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
+            self._member_kx = None  # knows_key reads the loaded members at its next call
             self._redeliver()
             core.announce()
             core.acknowledge()
@@ -1034,26 +1030,27 @@ class Author(_Party):
     def knows_key(self, x25519_public: bytes) -> bool:
         """Whether ``x25519_public`` is the X25519 key-agreement key of a DID this channel knows: a member of one
         of its open branches, or a DID its policy could admit (:func:`streams.policy.could_admit`; a credential
-        policy cannot tell from the DID alone, so there the subscription's proof decides).
+        policy cannot tell from the DID alone, so there the subscription's proof decides).  A key is the key of
+        two DIDs, twins (:func:`streams.identity.dids_of_kx_public`): it is known if either is.
 
         The ZAP decision for a CurveZMQ transport (SPEC 14.5): given an endpoint that has none
         (:attr:`brokerless.AuthorEndpoint.wants_known_key`), the author installs this one.  Admissions,
         revocations and policy changes apply to the next connection; one already made stays (the protocol's
-        own checks guard it)."""
-        if self._member_kx is not None and self._kx_count.get(bytes(x25519_public)):
+        own checks guard it).  The first call reads every open branch's members (about 35 us each)."""
+        key = bytes(x25519_public)
+        if self._member_kx is None:
+            self._member_kx = {}
+            for bid in self._core.branch_ids():
+                self._note_members(bid, self._core.member_keys(bid))
+        if self._kx_count.get(key):
             return True
         policy = self._core.policy
-        return any(could_admit(policy, did) for did in dids_of_kx_public(bytes(x25519_public)))
+        return any(could_admit(policy, did) for did in dids_of_kx_public(key))
 
-    def _load_member_keys(self, records: Iterable[BranchRecord]) -> None:
-        """The member keys of the branches loaded from the store (knows_key)."""
-        if self._member_kx is not None:
-            for rec in records:
-                self._note_members(rec.id, rec.members if rec.state == BranchState.OPEN.value else [], rec.me)
-
-    def _note_members(self, branch: bytes, members: Sequence[tuple[int, bytes, int]], me: int) -> None:
+    def _note_members(self, branch: bytes, members: Iterable[bytes]) -> None:
+        """Branch ``branch`` now has the members (Ed25519 keys, not ours) ``members`` (knows_key)."""
         assert self._member_kx is not None
-        keys = tuple({_crypto.ed25519_pk_to_x25519(pk) for idx, pk, _ in members if idx != me})
+        keys = tuple({_kx_of(pk) for pk in members})
         old = self._member_kx.pop(branch, ())
         if keys:
             self._member_kx[branch] = keys

@@ -543,6 +543,14 @@ class _CoreBase:
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(b.members.items()))
         return b.epoch, b.members[b.me][1], b.state, dids
 
+    def member_keys(self, branch: bytes) -> list[bytes]:
+        """The Ed25519 public keys of a branch's members other than us; none for a closed branch.  Raises
+        :class:`LocalProtocolError` for an unknown branch."""
+        b = self._get_branch(branch)
+        if b.state is BranchState.CLOSED:
+            return []
+        return [pk for i, (pk, _) in b.members.items() if i != b.me]
+
     def branch_state(self, branch: bytes) -> BranchState:
         """Whether a branch is open or closed.  Raises :class:`LocalProtocolError` for an unknown branch."""
         return self._get_branch(branch).state
@@ -1458,6 +1466,9 @@ class AuthorCore(_CoreBase):
             raise LocalProtocolError("group branches are author-write only")
         if not members:
             raise LocalProtocolError("a group needs members")
+        if len({m.sign_public for m in members}) != len(members):
+            # remove_member must be able to take a member out entirely (THREATS 6)
+            raise LocalProtocolError("a group's members must be distinct")
         return self._open_branch([(m, permission) for m in members], SigningMode.EACH, "", None)
 
     def _open_branch(self, members: list[tuple[PublicIdentity, Permission]], mode: SigningMode, peer_did: str,
@@ -1584,8 +1595,9 @@ class AuthorCore(_CoreBase):
         if not target:
             raise LocalProtocolError("not a member of that branch")
         b.transition("grant")
-        del b.members[target[0]]
-        b.chains.pop(target[0], None)
+        for i in target:  # every seat of that DID (stores written before open_group refused duplicates)
+            del b.members[i]
+            b.chains.pop(i, None)
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
         c = b.chains[0]
@@ -1599,8 +1611,9 @@ class AuthorCore(_CoreBase):
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
         self._to_members(b, frame.raw)
-        for peer in self._member_peers.pop((b.id, target[0]), ()):
-            self._route_hints[(b.id, peer)] = False  # the removed member's peers: no more of the group's frames
+        for i in target:
+            for peer in self._member_peers.pop((b.id, i), ()):
+                self._route_hints[(b.id, peer)] = False  # the removed member's peers: no more of the group's frames
 
     def set_permission(self, branch: bytes, permission: Permission) -> None:
         """Change the subscriber's permission on a per-subscriber branch.  Re-keys the branch (epoch + 1): from

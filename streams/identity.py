@@ -28,6 +28,7 @@ __all__ = [
     "PublicIdentity",
     "did_from_public_key",
     "dids_of_kx_public",
+    "holder_of",
     "public_key_from_did",
 ]
 
@@ -53,6 +54,16 @@ def dids_of_kx_public(kx_public: bytes) -> tuple[str, ...]:
     ``kx_public``: who a CurveZMQ client key can belong to.  Empty for a key no Ed25519 key maps to.  (Cached:
     the inversion costs about 0.2 ms.)"""
     return tuple(did_from_public_key(pk) for pk in _crypto.ed25519_candidates_for_x25519(bytes(kx_public)))
+
+
+def holder_of(did: str) -> bytes | None:
+    """What identifies whoever controls ``did``: its Ed25519 key without the sign bit (32 bytes), or None if
+    ``did`` is not a valid did:key.  A DID and its *twin* (the key negated: same X25519 key, same holder, who
+    can sign as either by negating the scalar) share it, so a deny-list must compare this, not the string."""
+    try:
+        return _crypto.holder_key(public_key_from_did(did))
+    except DecodeError:
+        return None
 
 
 def x25519_multibase(public: bytes) -> str:

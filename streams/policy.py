@@ -15,12 +15,14 @@ Refusals returned to the requester carry only a generic reason code, never the p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import msgpack
 
+from .identity import holder_of
 from .wire import Permission
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "common_permission",
     "could_admit",
 ]
+
+_log = logging.getLogger("streams.policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,8 @@ def could_admit(policy: Policy, did: str) -> bool:
     try:
         return bool(screen(did))
     except Exception:  # a user policy's bug must not lock everyone out of the handshake; decide() still rules
+        _log.warning("%s.could_admit failed; assuming it could admit the DID", type(policy).__name__,
+                     exc_info=True)
         return True
 
 
@@ -135,18 +141,36 @@ class AllowList:
 
 @dataclass(frozen=True)
 class DenyList:
-    """Refuse the listed DIDs; admit everyone else with ``permission``.  Combine with :class:`AllOf`."""
+    """Refuse the listed DIDs -- and their twins (the same key negated: the same holder, who can sign as either;
+    :func:`streams.identity.holder_of`) -- and admit everyone else with ``permission``.  Combine with
+    :class:`AllOf`."""
 
     dids: frozenset[str] = frozenset()
     permission: Permission = Permission.READ_WRITE
+    _holders: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_holders", denied_holders(self.dids))
 
     def could_admit(self, did: str) -> bool:
-        return did not in self.dids
+        return not is_denied(did, self.dids, self._holders)
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
-        if request.did in self.dids:
+        if is_denied(request.did, self.dids, self._holders):
             return Decision.refuse("DID on the deny-list")
         return Decision(True, "DID not on the deny-list", self.permission)
+
+
+def denied_holders(dids: Iterable[str]) -> frozenset[bytes]:
+    """The holders (:func:`streams.identity.holder_of`) of the valid DIDs among ``dids``."""
+    return frozenset(h for h in map(holder_of, dids) if h is not None)
+
+
+def is_denied(did: str, dids: frozenset[str], holders: frozenset[bytes]) -> bool:
+    """Whether ``did`` is in ``dids`` or held by one of ``holders`` (a deny-list's DIDs and their holders)."""
+    if did in dids:
+        return True
+    return bool(holders) and holder_of(did) in holders
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,17 @@ from typing import Any, Final
 from .credentials import CredentialPolicy, StatusListLookup
 from .errors import DecodeError, LocalProtocolError
 from .identity import public_key_from_did
-from .policy import AllOf, AllowList, AnyOf, Decision, Policy, SubscriptionRequest, could_admit
+from .policy import (
+    AllOf,
+    AllowList,
+    AnyOf,
+    Decision,
+    Policy,
+    SubscriptionRequest,
+    could_admit,
+    denied_holders,
+    is_denied,
+)
 from .wire import Permission
 
 __all__ = [
@@ -175,17 +185,22 @@ class FilePolicy:
     allow: Mapping[str, Permission]  #: allow-listed DIDs
     credentials: tuple[CredentialRule, ...]  #: credential rules, in file order
     _rules: Policy = field(repr=False, compare=False)
+    _deny_holders: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_deny_holders", denied_holders(self.deny))
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
-        """Refuse a denied DID outright; otherwise the rules decide."""
-        if request.did in self.deny:
+        """Refuse a denied DID (or its twin: :class:`~streams.policy.DenyList`) outright; otherwise the rules
+        decide."""
+        if is_denied(request.did, self.deny, self._deny_holders):
             return Decision.refuse("DID on the deny-list")
         return self._rules.decide(request, now_ms)
 
     def could_admit(self, did: str) -> bool:
         """Whether the file's rules might admit ``did`` (:func:`streams.policy.could_admit`): never a denied DID;
         with credential rules, any other (the credential decides at subscription)."""
-        return did not in self.deny and could_admit(self._rules, did)
+        return not is_denied(did, self.deny, self._deny_holders) and could_admit(self._rules, did)
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         """Whether the evidence (a credential) that admitted a subscriber still holds (see
@@ -326,6 +341,7 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
     for i, v in enumerate(deny_raw):
         deny.add(r.did(v, f"policy.deny[{i}]"))
 
+    deny_holders = denied_holders(deny)
     allow: dict[str, Permission] = {}
     allow_raw = pol.get("allow", [])
     if not isinstance(allow_raw, list):
@@ -338,8 +354,9 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
         did = r.did(t["did"], f"{key}.did")
         if did in allow:
             raise r.fail(f"{key}.did", "DID is allowed twice")
-        if did in deny:
-            raise r.fail(f"{key}.did", "DID is both allowed and denied")
+        if is_denied(did, frozenset(deny), deny_holders):
+            raise r.fail(f"{key}.did", "DID is both allowed and denied (as itself or as its twin, the same key "
+                                       "negated: the same holder)")
         allow[did] = r.permission(t.get("permission", "read-write"), f"{key}.permission")
 
     base = Path(name).parent

@@ -140,3 +140,17 @@ def test_a_removed_group_member_gets_no_later_grant_and_a_revoked_member_gets_th
     net.deliver_author_out(outs)
     assert any(isinstance(e, BranchClosed) and e.branch == b0 for e in net.events["s0"])
     assert net.subs["s0"].branch_info(b0)[2].value != "open"
+
+
+def test_a_group_cannot_seat_a_did_twice() -> None:
+    """A DID seated twice would keep one seat after remove_member, and with it every later key (THREATS 6)."""
+    import pytest
+
+    from streams.errors import LocalProtocolError
+
+    net = Net.make()
+    with pytest.raises(LocalProtocolError, match="distinct"):
+        net.author.open_group([ident(10).public, ident(11).public, ident(11).public])
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    net.author.remove_member(g, ident(11).did)
+    assert net.author.branch_info(g)[3] == (ident(1).did, ident(10).did)

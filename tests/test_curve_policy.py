@@ -10,19 +10,22 @@ gets a peer record; a HELLO refused by the policy does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from pathlib import Path
 
+import nacl.bindings as nb
 import pytest
 import zmq
 import zmq.asyncio
+import zmq.utils.z85
 
 from brokerless import AuthorEndpoint, CurveConfig, EndpointConfig, SubscriberEndpoint
 from streams import _crypto
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig
 from streams.errors import AdmissionRefused, LocalProtocolError, StreamsTimeoutError
-from streams.identity import Identity, dids_of_kx_public
+from streams.identity import Identity, PublicIdentity, dids_of_kx_public
 from streams.policy import AllOf, AllowList, AnyOf, Decision, DenyList, SubscriptionRequest, could_admit
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
@@ -36,6 +39,49 @@ def ident(n: int) -> Identity:
 
 
 AUTHOR, P1, P2, P3 = ident(1), ident(20), ident(21), ident(22)
+
+
+class Twin:
+    """``real``'s twin: the Ed25519 key negated (sign bit flipped), signing with the negated scalar -- a valid
+    DID and valid signatures, with ``real``'s X25519 key pair.  Anyone holding ``real``'s seed can be it."""
+
+    def __init__(self, real: Identity) -> None:
+        self._real = real
+        h = hashlib.sha512(real.export_seed()).digest()
+        a = bytearray(h[:32])
+        a[0] &= 248
+        a[31] &= 127
+        a[31] |= 64
+        self._a = nb.crypto_core_ed25519_scalar_negate(nb.crypto_core_ed25519_scalar_reduce(bytes(a) + bytes(32)))
+        self._prefix = h[32:]
+        pk = bytearray(real.sign_public)
+        pk[31] ^= 0x80
+        self.public = PublicIdentity(bytes(pk), real.kx_public)
+        assert nb.crypto_scalarmult_ed25519_base_noclamp(self._a) == bytes(pk)
+
+    @property
+    def did(self) -> str:
+        return self.public.did
+
+    @property
+    def sign_public(self) -> bytes:
+        return self.public.sign_public
+
+    @property
+    def kx_public(self) -> bytes:
+        return self.public.kx_public
+
+    def sign(self, m: bytes) -> bytes:
+        r = nb.crypto_core_ed25519_scalar_reduce(hashlib.sha512(self._prefix + b"twin" + m).digest())
+        big_r = nb.crypto_scalarmult_ed25519_base_noclamp(r)
+        k = nb.crypto_core_ed25519_scalar_reduce(hashlib.sha512(big_r + self.sign_public + m).digest())
+        return big_r + nb.crypto_core_ed25519_scalar_add(r, nb.crypto_core_ed25519_scalar_mul(k, self._a))
+
+    def unseal(self, sealed: bytes) -> bytes:
+        return self._real.unseal(sealed)
+
+    def export_seed(self) -> bytes:
+        return self._real.export_seed()
 
 
 def _author_ep() -> AuthorEndpoint:
@@ -73,7 +119,8 @@ async def test_author_installs_its_zap_decision(tmp_path: Path) -> None:
     author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([P1.did]),
                                  store_options=FAST, config=CORE)
     try:
-        assert not ep.wants_known_key or author.knows_key(P1.public.kx_public)
+        assert not ep.wants_known_key  # installed
+        assert author.knows_key(P1.public.kx_public) and not author.knows_key(P2.public.kx_public)
         ok = await _subscriber(tmp_path, "p1", P1, author, ep)
         branch = await ok.subscribe(timeout=10)
         await author.publish(branch, b"over curve")
@@ -136,6 +183,62 @@ async def test_zap_members_come_back_with_the_store(tmp_path: Path) -> None:
         await author.close()
 
 
+async def test_a_denied_did_cannot_come_back_as_its_twin(tmp_path: Path) -> None:
+    """The twin of a denied DID is a valid DID with valid signatures, held by the same party: a deny-list refuses
+    it -- at the handshake (same X25519 key) and, without CURVE, at the subscription."""
+    twin = Twin(P2)
+    nb.crypto_sign_open(twin.sign(b"x" * 32) + b"x" * 32, twin.sign_public)
+    policy = DenyList(frozenset({P2.did}))
+    ep = _author_ep()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, policy, store_options=FAST,
+                                 config=CORE)
+    try:
+        assert not author.knows_key(P2.public.kx_public) and author.knows_key(P1.public.kx_public)
+        await _refused_by_zap(tmp_path, "p2", P2, author, ep)
+    finally:
+        await author.close()
+    from streams.api import MemoryHub
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "plain.db", AUTHOR, NAME, PW, hub.author_endpoint(), policy,
+                                 store_options=FAST, config=CORE)
+    try:
+        sub = await Subscriber.create(tmp_path / "twin.db", twin, AUTHOR.did, author.channel, PW,  # type: ignore[arg-type]
+                                      hub.subscriber_endpoint("twin"), store_options=FAST, config=CORE)
+        with pytest.raises(AdmissionRefused):
+            await sub.subscribe(timeout=10, retry=0.3)
+        await sub.close()
+        assert author.branch_of(twin.did) is None
+    finally:
+        await author.close()
+
+
+async def test_zap_knows_group_members_and_pre_opened_branches(tmp_path: Path) -> None:
+    """Under a policy that admits nobody new, the members of a group and of a branch opened ahead are known; a
+    member removed from the group is not (no other branch of it is open); after a restart, the same."""
+    ep = _author_ep()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, NAME, PW, ep, AllowList.of([]),
+                                 store_options=FAST, config=CORE)
+    try:
+        group = await author.open_group([P1.did, P2.did])
+        await author.open_branch(P3.did)
+        assert [await _frames_arrive(ep, who, 10.0) for who in (P1, P2, P3)] == [True, True, True]
+        await author.remove_member(group, P2.did)
+        assert not author.knows_key(P2.public.kx_public)
+        assert not await _frames_arrive(ep, P2, 1.0)
+        assert await _frames_arrive(ep, P1, 10.0)
+    finally:
+        await author.close()
+    ep2 = _author_ep()
+    author = await Author.open(tmp_path / "author.db", PW, ep2, AllowList.of([]), store_options=FAST, config=CORE)
+    try:
+        assert [author.knows_key(w.public.kx_public) for w in (P1, P2, P3)] == [True, False, True]
+        assert await _frames_arrive(ep2, P3, 10.0)
+        assert not await _frames_arrive(ep2, P2, 1.0)
+    finally:
+        await author.close()
+
+
 class _OnlyP3:
     """A policy with no ``could_admit``: it needs the request (as a credential policy does)."""
 
@@ -175,6 +278,8 @@ async def test_explicit_known_key_is_kept(tmp_path: Path) -> None:
     try:
         assert author.knows_key(P1.public.kx_public)  # the author would admit it ...
         await _refused_by_zap(tmp_path, "p1", P1, author, ep)  # ... but the endpoint's own callback refuses
+        await author.open_branch(P3.did)  # members count in knows_key whoever decides at the endpoint
+        assert author.knows_key(P3.public.kx_public)
     finally:
         await author.close()
 
@@ -213,7 +318,14 @@ async def test_endpoint_without_a_decision_refuses_everyone_until_one_is_install
     task = asyncio.ensure_future(ep.recv())  # the endpoint serves (its ZAP task runs) while a driver waits
     try:
         assert not await _frames_arrive(ep, P1, 1.0)
+
+        async def coroutine_says_no(key: bytes) -> bool:
+            return False
+
+        ep.admit_keys(coroutine_says_no)  # type: ignore[arg-type]  # a coroutine is truthy: must not admit
+        assert not await _frames_arrive(ep, P1, 1.0)
         ep.admit_keys(lambda k: k == P1.public.kx_public)
+        assert not ep.wants_known_key
         assert await _frames_arrive(ep, P1, 10.0)
         assert not await _frames_arrive(ep, P2, 1.0)
     finally:
@@ -251,23 +363,38 @@ def test_could_admit_of_the_policies() -> None:
 
 
 def test_could_admit_of_a_policy_file(tmp_path: Path) -> None:
-    from streams.policy_file import load_policy
+    from streams.policy_file import PolicyFileError, load_policy
 
     f = tmp_path / "policy.toml"
     f.write_text(f"[policy]\nmode = 'any'\ndeny = ['{P2.did}']\n[[policy.allow]]\ndid = '{P1.did}'\n")
     pol = load_policy(f)
-    assert could_admit(pol, P1.did) and not could_admit(pol, P2.did) and not could_admit(pol, P3.did)
+    assert could_admit(pol, P1.did) and not could_admit(pol, P3.did)
+    assert not could_admit(pol, P2.did) and not could_admit(pol, Twin(P2).did)
+    # With a credential rule anyone might be admitted -- except a denied DID and its twin: the deny-list wins.
+    f.write_text(f"[policy]\nmode = 'any'\ndeny = ['{P2.did}']\n[[policy.credential]]\n"
+                 f"type = 'PaymentProviderCredential'\nissuers = ['{AUTHOR.did}']\n")
+    pol = load_policy(f)
+    assert could_admit(pol, P1.did) and could_admit(pol, P3.did)
+    assert not could_admit(pol, P2.did) and not could_admit(pol, Twin(P2).did)
+    # Allowing a DID whose twin is denied is a contradiction, as allowing a denied DID is.
+    f.write_text(f"[policy]\ndeny = ['{P2.did}']\n[[policy.allow]]\ndid = '{Twin(P2).did}'\n")
+    with pytest.raises(PolicyFileError, match="denied"):
+        load_policy(f)
+    req = SubscriptionRequest(b"c" * 32, Twin(P2).did, Twin(P2).sign_public, b"")
+    assert not pol.decide(req, 0).admit
 
 
 def test_a_key_stands_for_two_dids() -> None:
-    """An X25519 key does not carry the sign of x: it is the key of two DIDs, and whoever holds one's secret can
-    act as the other (its scalar negated).  So a key is admitted when the policy could admit either -- and a
-    deny-list, which admits every DID it does not name, cannot refuse a key at the handshake."""
+    """An X25519 key does not carry the sign of x: it is the key of two DIDs, twins, and whoever holds one's
+    secret can act as the other (its scalar negated).  A deny-list refuses both."""
     dids = dids_of_kx_public(P2.public.kx_public)
     assert len(dids) == 2 and P2.did in dids
-    twin = next(d for d in dids if d != P2.did)
-    assert could_admit(DenyList(frozenset({P2.did})), twin)
-    assert not could_admit(AllowList.of([P1.did]), twin) and not could_admit(AllowList.of([P1.did]), P2.did)
+    twin = Twin(P2)
+    assert set(dids) == {P2.did, twin.did}
+    assert not could_admit(DenyList(frozenset({P2.did})), twin.did)
+    assert not could_admit(DenyList(frozenset({twin.did})), P2.did)
+    assert could_admit(DenyList(frozenset({P2.did})), P1.did)
+    assert not could_admit(AllowList.of([P1.did]), twin.did) and not could_admit(AllowList.of([P1.did]), P2.did)
 
 
 def test_dids_of_an_x25519_key() -> None:
