@@ -221,6 +221,7 @@ def test_every_channel_command_has_help() -> None:
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,
                            timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
         assert r.returncode == 0 and "--store" in r.stdout and "--json" in r.stdout, cmd
+        assert ("--curve" in r.stdout) == (cmd != "status"), cmd
 
 
 def test_streams_cli_does_not_load_zmq_until_a_network_command_runs() -> None:
@@ -260,3 +261,113 @@ def test_subscribe_presents_several_credentials_for_a_policy_in_mode_all(cli: Cl
     both = cli(*base, "--credential", "PaymentProviderCredential.json", "--credential", "KYCCredential.json").ok()
     assert both.json["did"] == member and both.json["open"] is True
     serve.wait("admitted", did=member)
+
+
+def _lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in out.splitlines()]
+
+
+def test_curve_admits_the_dids_the_policy_allows_and_no_one_else(cli: Cli, tmp_path: Path,
+                                                                  serves: list[Serve]) -> None:
+    """`serve --curve` with a policy allowing A: A with --curve subscribes (first run: its keys from the keystore),
+    gets the author's alert with `tail --curve` and publishes with `publish --curve` (keys read from its store).
+    B, not allowed, with --curve is kept out by the CurveZMQ handshake itself: it times out (exit 2) and never
+    reaches the protocol -- the author reports no refusal, as it does without CURVE (exit 1, REFUSED, in
+    test_serve_subscribe_publish_tail_status_round_trip).  Restarted from its store alone, the author's key is
+    the same: A still gets through."""
+    make_keystore(cli, "monitor.ks")
+    a = make_keystore(cli, "a.ks")
+    b = make_keystore(cli, "b.ks")
+    _policy(tmp_path / "policy.toml", a)
+    serve = Serve(tmp_path, "--curve", "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy",
+                  "policy.toml", "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
+    serves.append(serve)
+    ready = serve.wait("ready")
+    assert ready["curve"] is True
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+
+    sub = cli("subscribe", "--curve", "--json", "--store", "a.db", "--connect", addr, "--keystore", "a.ks",
+              "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json
+    branch = sub["branch"]
+    assert sub["did"] == a and sub["members"] == [author, a]
+    serve.wait("admitted", did=a, branch=branch)
+    serve.send(json.dumps({"to": a, "data": "ALERT over curve"}))
+    serve.wait("published", branch=branch)
+    lines = _lines(cli("tail", "--curve", "--json", "--store", "a.db", "--connect", addr, "--count", "1",
+                       "--timeout", "10", "--passphrase-env", "PP").ok().stdout)
+    assert lines[1]["event"] == "message" and lines[1]["data"] == "ALERT over curve"
+    assert lines[1]["publisher"] == author and lines[1]["branch"] == branch
+    pub = cli("publish", "--curve", "--json", "--store", "a.db", "--connect", addr, "--data", "payment over curve",
+              "--passphrase-env", "PP").ok().json
+    assert pub["acknowledged"] is True
+    serve.wait("message", branch=branch, publisher=a, data="payment over curve")
+
+    stranger = cli("subscribe", "--curve", "--json", "--store", "b.db", "--connect", addr, "--keystore", "b.ks",
+                   "--author", author, "--channel", channel, "--timeout", "1", "--passphrase-env", "PP")
+    assert stranger.returncode == 2, stranger.stdout + stranger.stderr
+    assert stranger.json["type"] == "StreamsTimeoutError"
+    assert "the author must serve with --curve too and know this DID" in stranger.json["error"]
+    rc, err = serve.stop()
+    assert rc == 0, err
+    assert not [d for d in serve.docs if d.get("did") == b], "B reached the protocol through the CURVE handshake"
+
+    # Restart without the keystore: the server key now comes from the store.
+    serve2 = Serve(tmp_path, "--curve", "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy",
+                   "policy.toml", "--passphrase-env", "PP")
+    serves.append(serve2)
+    r2 = serve2.wait("ready")
+    assert (r2["did"], r2["curve"]) == (author, True)
+    serve2.send(json.dumps({"to": a, "data": "after the restart"}))
+    serve2.wait("published", branch=branch)
+    lines = _lines(cli("tail", "--curve", "--json", "--store", "a.db", "--connect", r2["addresses"][0], "--count",
+                       "1", "--timeout", "10", "--passphrase-env", "PP").ok().stdout)
+    assert lines[1]["event"] == "message" and lines[1]["data"] == "after the restart"
+    assert serve2.stop()[0] == 0
+    assert PASS not in cli.all_output() + "".join(json.dumps(d) for d in serve.docs + serve2.docs)
+
+
+def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """A without --curve against `serve --curve`, and A with --curve against a plain `serve`: the handshake never
+    completes and nothing comes back, so `subscribe` times out (exit 2) and its error names --curve, `publish`
+    gets no ACK (exit 1) with the same hint, and `tail` ends empty with it as a warning.  The same store and
+    address with matching options work (so the failures come from the mismatch alone)."""
+    make_keystore(cli, "monitor.ks")
+    a = make_keystore(cli, "a.ks")
+    _policy(tmp_path / "policy.toml", a)
+    serve = Serve(tmp_path, "--curve", "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy",
+                  "policy.toml", "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
+    serves.append(serve)
+    ready = serve.wait("ready")
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    no_curve = "if the author serves with --curve, give --curve too"
+
+    plain = cli("subscribe", "--json", "--store", "a.db", "--connect", addr, "--keystore", "a.ks", "--author",
+                author, "--channel", channel, "--timeout", "1", "--passphrase-env", "PP")
+    assert plain.returncode == 2, plain.stdout + plain.stderr
+    assert plain.json["type"] == "StreamsTimeoutError" and no_curve in plain.json["error"]
+    assert no_curve in plain.stderr  # the one-line error people see
+    branch = cli("subscribe", "--curve", "--json", "--store", "a.db", "--connect", addr, "--passphrase-env",
+                 "PP").ok().json["branch"]
+    serve.wait("admitted", did=a, branch=branch)
+    pub = cli("publish", "--store", "a.db", "--connect", addr, "--data", "x", "--wait-ack", "1",
+              "--passphrase-env", "PP")
+    assert pub.returncode == 1 and "NOT acknowledged" in pub.stdout and no_curve in pub.stdout, pub.stdout
+    tail = cli("tail", "--json", "--store", "a.db", "--connect", addr, "--timeout", "1", "--passphrase-env", "PP")
+    assert tail.returncode == 0 and _lines(tail.stdout)[-1] == {"event": "done", "messages": 0}
+    assert no_curve in tail.stderr
+    assert serve.stop()[0] == 0
+
+    # The same channel served without --curve: now --curve is the mismatch.
+    serve2 = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+                   "--passphrase-env", "PP")
+    serves.append(serve2)
+    r2 = serve2.wait("ready")
+    assert r2["curve"] is False
+    curved = cli("subscribe", "--curve", "--json", "--store", "a.db", "--connect", r2["addresses"][0],
+                 "--timeout", "1", "--passphrase-env", "PP")
+    assert curved.returncode == 2, curved.stdout + curved.stderr
+    assert "with --curve, the author must serve with --curve too" in curved.json["error"]
+    assert cli("subscribe", "--json", "--store", "a.db", "--connect", r2["addresses"][0], "--passphrase-env",
+               "PP").ok().json["branch"] == branch
+    assert serve2.stop()[0] == 0
+    assert PASS not in cli.all_output()

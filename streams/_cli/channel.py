@@ -18,6 +18,11 @@ Streaming commands (``serve``, ``tail``) print one line per event; with ``--json
 One passphrase (``--passphrase-env``/``--passphrase-file``) opens both the keystore (first run) and the store,
 which is encrypted under it (THREATS 9).  Neither is ever printed.
 
+``--curve`` (all four network commands) runs CurveZMQ on the connection (SPEC 14.5, defence in depth): the
+endpoints' keys are the parties' X25519 keys, derived from their DIDs, so the party's identity must be known
+before its endpoint is built -- from the keystore on a first run, else read from the store
+(:func:`author_keys`, :func:`subscriber_keys`), which the party then opens (and locks) as usual.
+
 The logic of each command is in small functions (:func:`open_author`, :func:`open_subscriber`,
 :func:`message_doc`, :func:`event_doc`, ...) that the multi-process demo (:mod:`streams._demo_proc`) reuses.
 """
@@ -49,6 +54,7 @@ from ..errors import (
     AdmissionRefused,
     ClosedResourceError,
     LocalProtocolError,
+    StorageError,
     StreamsError,
     StreamsTimeoutError,
 )
@@ -81,10 +87,11 @@ from ._common import (
     read_json_file,
     read_passphrase,
 )
-from ._transport import load_zmq
+from ._transport import CurveKeys, SubscriberTransport, load_zmq
 
 __all__ = [
     "LinePrinter",
+    "author_keys",
     "event_doc",
     "message_doc",
     "open_author",
@@ -94,6 +101,8 @@ __all__ = [
     "read_stdin_lines",
     "register",
     "status_doc",
+    "subscriber_keys",
+    "unheard_hint",
     "writable_branch",
 ]
 
@@ -242,11 +251,77 @@ def _keystore_identity(path: str, passphrase: str, expected_did: str | None = No
 # --- opening parties -----------------------------------------------------------------------------------------
 
 
+def _first_run_author(store: str, keystore_path: str | None, name: str | None) -> tuple[str, str]:
+    """The keystore and channel name that create the author's store ``store``.  Raises :class:`UsageError`."""
+    if keystore_path is None or not name:
+        raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
+    return keystore_path, name
+
+
+def _first_run_subscriber(store: str, keystore_path: str | None, author_did: str | None,
+                          channel: str | None) -> tuple[str, str, bytes]:
+    """The keystore, author DID and channel id that create the subscriber's store ``store``.  Raises
+    :class:`UsageError`."""
+    if keystore_path is None or author_did is None or channel is None:
+        raise UsageError(f"no store at {store}: give --keystore, --author and --channel to create it")
+    return keystore_path, author_did, _parse_channel(channel)
+
+
+def _stored_keys(store: str, passphrase: str, role: str) -> CurveKeys:
+    """The identity held by the existing store ``store`` (of a party of ``role``) and its author's DID.
+
+    The store is opened without its lock -- as ``streams status`` does -- and closed before this returns, so the
+    party's own open takes the lock as usual (and fails as usual if another process runs on the store).  It costs
+    one more passphrase derivation and integrity check of the store (tens of milliseconds)."""
+    s = Store.open(store, passphrase)
+    try:
+        if s.meta("role") != role:
+            raise UsageError(f"{store} is not {'an author' if role == 'author' else 'a subscriber'}'s store")
+        author_did = s.meta("author_did")
+        if not isinstance(author_did, str):
+            raise StorageError(f"{store}: store metadata is missing or damaged")
+        return CurveKeys(s.identity, author_did)
+    finally:
+        s.close()
+
+
+def author_keys(store: str, passphrase: str, *, keystore_path: str | None = None,
+                name: str | None = None) -> CurveKeys:
+    """The author's CurveZMQ keys (its identity), before its endpoint is built and its store opened: read from the
+    store at ``store`` if it exists, else (first run) from the keystore at ``keystore_path``.  Pass the identity on
+    to :func:`open_author` so that a first run reads the keystore once.
+
+    Raises :class:`UsageError` as :func:`open_author` does (and for a subscriber's store);
+    :class:`~streams.errors.BadPassphrase`; :class:`~streams.errors.StorageError`;
+    :class:`~streams.errors.KeystoreError`."""
+    if Path(store).exists():
+        return _stored_keys(store, passphrase, "author")
+    keystore_path, _ = _first_run_author(store, keystore_path, name)
+    identity = keystore.load_identity(keystore_path, passphrase)
+    return CurveKeys(identity, identity.did)
+
+
+def subscriber_keys(store: str, passphrase: str, *, keystore_path: str | None = None, author_did: str | None = None,
+                    channel: str | None = None) -> CurveKeys:
+    """The subscriber's CurveZMQ keys (its identity and the author's DID), before its endpoint is built and its store
+    opened: read from the store at ``store`` if it exists, else (first run) the identity in ``keystore_path`` and
+    ``author_did``.  Pass the identity on to :func:`open_subscriber` so that a first run reads the keystore once.
+
+    Raises :class:`UsageError` as :func:`open_subscriber` does (and for an author's store);
+    :class:`~streams.errors.BadPassphrase`; :class:`~streams.errors.StorageError`;
+    :class:`~streams.errors.KeystoreError`."""
+    if Path(store).exists():
+        return _stored_keys(store, passphrase, "subscriber")
+    keystore_path, author_did, _ = _first_run_subscriber(store, keystore_path, author_did, channel)
+    return CurveKeys(keystore.load_identity(keystore_path, passphrase), author_did)
+
+
 async def open_author(store: str, passphrase: str, transport: Transport, policy_file: str, *,
-                      keystore_path: str | None = None, name: str | None = None, ledger: Ledger | None = None,
-                      anchor_interval_ms: int = 1000) -> Author:
+                      keystore_path: str | None = None, name: str | None = None, identity: Identity | None = None,
+                      ledger: Ledger | None = None, anchor_interval_ms: int = 1000) -> Author:
     """Reopen the author's store at ``store``, or create it (first run) from the identity in ``keystore_path``
-    with channel name ``name``.
+    with channel name ``name``.  ``identity``: that keystore's identity if the caller has loaded it already
+    (:func:`author_keys`); not used when the store exists.
 
     Raises :class:`UsageError` if the store does not exist and ``keystore_path``/``name`` are missing,
     :class:`~streams.policy_file.PolicyFileError` for a bad policy, :class:`~streams.errors.BadPassphrase`,
@@ -259,24 +334,25 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
             if keystore_path is not None:
                 _log.info("store %s exists: --keystore and --name are ignored", store)
         else:
-            if keystore_path is None or not name:
-                raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
-            identity, channel_name = keystore.load_identity(keystore_path, passphrase), name
+            keystore_path, channel_name = _first_run_author(store, keystore_path, name)
+            owner = identity if identity is not None else keystore.load_identity(keystore_path, passphrase)
     except BaseException:
         await transport.close()
         raise
     anchor_config = AnchorConfig(epoch_interval_ms=anchor_interval_ms)
     if exists:
         return await Author.open(store, passphrase, transport, policy, ledger=ledger, anchor_config=anchor_config)
-    return await Author.create(store, identity, channel_name, passphrase, transport, policy, ledger=ledger,
+    return await Author.create(store, owner, channel_name, passphrase, transport, policy, ledger=ledger,
                                anchor_config=anchor_config)
 
 
 async def open_subscriber(store: str, passphrase: str, transport: Transport, *, keystore_path: str | None = None,
-                          author_did: str | None = None, channel: str | None = None,
+                          author_did: str | None = None, channel: str | None = None, identity: Identity | None = None,
                           ledger: Ledger | None = None) -> Subscriber:
     """Reopen the subscriber's store at ``store`` (catch-up runs at once), or create it (first run) from the
-    identity in ``keystore_path`` for the channel ``channel`` (hex) of ``author_did``.
+    identity in ``keystore_path`` for the channel ``channel`` (hex) of ``author_did``.  ``identity``: that
+    keystore's identity if the caller has loaded it already (:func:`subscriber_keys`); not used when the store
+    exists.
 
     Raises :class:`UsageError` if the store does not exist and an argument is missing, or a keystore holds
     another DID than the store; :class:`~streams.errors.BadPassphrase`; :class:`~streams.errors.StorageError`.
@@ -291,14 +367,25 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
             raise
         return sub
     try:
-        if keystore_path is None or author_did is None or channel is None:
-            raise UsageError(f"no store at {store}: give --keystore, --author and --channel to create it")
-        chan = _parse_channel(channel)
-        identity = keystore.load_identity(keystore_path, passphrase)
+        keystore_path, author, chan = _first_run_subscriber(store, keystore_path, author_did, channel)
+        me = identity if identity is not None else keystore.load_identity(keystore_path, passphrase)
     except BaseException:
         await transport.close()
         raise
-    return await Subscriber.create(store, identity, author_did, chan, passphrase, transport, ledger=ledger)
+    return await Subscriber.create(store, me, author, chan, passphrase, transport, ledger=ledger)
+
+
+def unheard_hint(transport: SubscriberTransport, curve: bool) -> str:
+    """A hint for a subscriber command that got no answer, if nothing at all came from the author's endpoint:
+    the connection never came up.  A CurveZMQ mismatch looks exactly like that -- a CURVE handshake with a plain
+    endpoint, or one the author's ZAP refuses, fails without a word -- so the hint names ``--curve``.  Empty if
+    the author's endpoint was heard (then CURVE was not the problem)."""
+    if transport.author_instance is not None:
+        return ""
+    if curve:
+        return ("; nothing at all came from the author's endpoint: with --curve, the author must serve with --curve "
+                "too and know this DID (its policy allows it, or it is a member)")
+    return "; nothing at all came from the author's endpoint: if the author serves with --curve, give --curve too"
 
 
 def writable_branch(sub: Subscriber, branch: str | None) -> bytes:
@@ -416,16 +503,20 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     """Serve a channel until SIGINT/SIGTERM (or stdin EOF with the demo's ``--exit-on-stdin-eof``)."""
     zmq = load_zmq()
     passphrase = read_passphrase(args)
-    transport = zmq.author(args.bind)
+    # CurveZMQ keys the endpoint with the author's identity, so it is read first; the Author opened on the
+    # endpoint then installs its own ZAP decision (members of open branches, DIDs the policy could admit).
+    keys = author_keys(args.store, passphrase, keystore_path=args.keystore, name=args.name) if args.curve else None
+    transport = zmq.author(args.bind, keys)
     ledger = open_ledger(args.ledger, create=True) if args.ledger else None
     author = await open_author(args.store, passphrase, transport, args.policy, keystore_path=args.keystore,
-                               name=args.name, ledger=ledger, anchor_interval_ms=args.anchor_interval_ms)
+                               name=args.name, identity=keys.identity if keys is not None else None, ledger=ledger,
+                               anchor_interval_ms=args.anchor_interval_ms)
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
-                  "name": author.store.meta("name"), "addresses": transport.addresses})
+                  "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None})
         if args.publish_stdin:
             loop = asyncio.get_running_loop()
             lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
@@ -465,8 +556,12 @@ async def subscribe(args: argparse.Namespace) -> Result:
         if not isinstance(doc, dict):
             raise UsageError(f"{path} is not a JSON object")
         presentation.append(doc)
-    sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect), keystore_path=args.keystore,
-                                author_did=args.author, channel=args.channel)
+    keys = subscriber_keys(args.store, passphrase, keystore_path=args.keystore, author_did=args.author,
+                           channel=args.channel) if args.curve else None
+    transport = zmq.subscriber(args.connect, keys)
+    sub = await open_subscriber(args.store, passphrase, transport, keystore_path=args.keystore,
+                                author_did=args.author, channel=args.channel,
+                                identity=keys.identity if keys is not None else None)
     try:
         presenter = None
         if presentation:
@@ -484,6 +579,11 @@ async def subscribe(args: argparse.Namespace) -> Result:
             refused = CheckFailed(f"the author refused the subscription ({exc.reason.name})", "refused")
             refused.reason = exc.reason
             raise refused from None
+        except StreamsTimeoutError as exc:
+            hint = unheard_hint(transport, args.curve)
+            if not hint:
+                raise
+            raise StreamsTimeoutError(f"{exc}{hint}") from None
         info = next(b for b in sub.branches() if b.id == branch)
         data = {"ok": True, "did": sub.did, "channel": sub.channel.hex(), **branch_doc(info)}
     finally:
@@ -522,7 +622,9 @@ async def publish(args: argparse.Namespace) -> Result:
     passphrase = read_passphrase(args)
     if not Path(args.store).exists():
         raise UsageError(f"no store at {args.store}: run `streams subscribe` first")
-    sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect))
+    keys = subscriber_keys(args.store, passphrase) if args.curve else None
+    transport = zmq.subscriber(args.connect, keys)
+    sub = await open_subscriber(args.store, passphrase, transport)
     try:
         branch = writable_branch(sub, args.branch)
         seq = await sub.publish(branch, payload)
@@ -539,7 +641,8 @@ async def publish(args: argparse.Namespace) -> Result:
     if acked is None:
         note = "not waiting for the author (it fetches the message at the next session)"
     else:
-        note = "acknowledged by the author (on its disk)" if acked else f"NOT acknowledged within {args.wait_ack} s"
+        note = ("acknowledged by the author (on its disk)" if acked else
+                f"NOT acknowledged within {args.wait_ack} s{unheard_hint(transport, args.curve)}")
     # Exit 1 when the user asked for an acknowledgement and did not get it: the answer was "no".
     return Result(data, f"published seq {seq} on branch {branch.hex()}: {note}", 0 if acked is not False else 1)
 
@@ -559,7 +662,9 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     if not Path(args.store).exists():
         raise UsageError(f"no store at {args.store}: run `streams subscribe` first")
     only = parse_branch(args.branch) if args.branch else None
-    sub = await open_subscriber(args.store, passphrase, zmq.subscriber(args.connect))
+    keys = subscriber_keys(args.store, passphrase) if args.curve else None
+    transport = zmq.subscriber(args.connect, keys)
+    sub = await open_subscriber(args.store, passphrase, transport)
     stop = asyncio.Event()
     _install_stop(stop)
     out.emit({"event": "ready", "channel": sub.channel.hex(), "did": sub.did})
@@ -567,6 +672,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     events = asyncio.create_task(_pump_events(sub, out)) if args.events else None
     loop = asyncio.get_running_loop()
     quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
+    timed_out = False
     try:
         while not stop.is_set() and not (args.count and count >= args.count):
             # Short waits either way, so that SIGINT/SIGTERM (``stop``) ends the command at once.
@@ -576,6 +682,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
             except StreamsTimeoutError:
                 if args.follow or loop.time() < quiet_end:
                     continue
+                timed_out = True
                 break
             quiet_end = loop.time() + args.timeout
             if only is not None and m.branch != only:
@@ -588,6 +695,9 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await events
         await sub.close()  # marks the last message delivered: the next tail starts after it
+    if timed_out and count == 0 and (hint := unheard_hint(transport, args.curve)):
+        # Not an error (a quiet channel ends a tail the same way), but the author's endpoint never answered.
+        _log.warning("no message within %s s%s", args.timeout, hint)
     out.emit({"event": "done", "messages": count})
     return 0
 
@@ -703,6 +813,15 @@ def _positive(value: str) -> float:
     return v
 
 
+#: ``--curve`` of ``serve``.
+_CURVE_AUTHOR_HELP = ("CurveZMQ on every connection (defence in depth, SPEC 14.5): the server key is the author's "
+                      "X25519 key, derived from its DID, and a client completes the handshake only if its key is that "
+                      "of a member of an open branch or of a DID the policy could admit; subscribers need --curve too")
+#: ``--curve`` of ``subscribe``, ``publish`` and ``tail``.
+_CURVE_SUBSCRIBER_HELP = ("CurveZMQ, for an author that serves with --curve: the keys are the X25519 keys of the "
+                          "store's DID and of the author's DID")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``streams serve|subscribe|publish|tail|status|backup``."""
     s = add_command(subparsers, "serve", _cmd_serve, help="serve a channel as its author (until SIGINT/SIGTERM)",
@@ -712,7 +831,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "SIGTERM, then close cleanly.  The first run creates the store from --keystore/--name;\n"
                         "later runs reopen it.  The first line is the 'ready' event with the channel id, the DID\n"
                         "and the bound addresses.  With --publish-stdin, JSON lines {\"to\": DID or branch hex,\n"
-                        "\"data\": text} (or \"data_b64\") on stdin are published."))
+                        "\"data\": text} (or \"data_b64\") on stdin are published.  With --curve, connections use\n"
+                        "CurveZMQ and only DIDs the channel knows complete the handshake (subscribers need --curve)."))
     s.add_argument("--store", required=True, metavar="PATH", help="the author's store (SQLite)")
     s.add_argument("--bind", required=True, action="append", metavar="ADDR",
                    help="address to bind, e.g. tcp://127.0.0.1:0 (random port) or ipc://PATH; repeatable")
@@ -720,6 +840,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--keystore", metavar="PATH", help="identity of the author (first run only)")
     s.add_argument("--name", metavar="NAME", help="channel name (first run only)")
     s.add_argument("--publish-stdin", action="store_true", help="publish JSON lines read from stdin")
+    s.add_argument("--curve", action="store_true", help=_CURVE_AUTHOR_HELP)
     s.add_argument("--ledger", metavar="SPEC",
                    help="anchor the chain heads: sqlite:PATH (embedded ledger, created if missing) or iota:URL")
     s.add_argument("--anchor-interval-ms", type=int, default=1000, metavar="MS",
@@ -733,7 +854,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "Subscribe to a channel: the first run creates the store from --keystore for the channel\n"
                         "--channel of --author; every run performs the handshake (proof of control of the DID\n"
                         "over the author's fresh challenge) and prints the granted branch.  Exit status 1 if\n"
-                        "the author refuses."))
+                        "the author refuses.  Give --curve (every run, and to publish and tail) if the author\n"
+                        "serves with --curve."))
     c.add_argument("--store", required=True, metavar="PATH", help="the subscriber's store (SQLite)")
     c.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
     c.add_argument("--keystore", metavar="PATH", help="identity of the subscriber (first run only)")
@@ -745,6 +867,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c.add_argument("--holder-keystore", metavar="PATH",
                    help="keystore that signs the presentation (default: the store's identity; must be the same DID)")
     c.add_argument("--timeout", type=_positive, default=15.0, metavar="S", help="give up after S seconds (15)")
+    c.add_argument("--curve", action="store_true",
+                   help=_CURVE_SUBSCRIBER_HELP + " (on a first run, of --keystore and --author)")
     add_passphrase_options(c, "keystore and store")
 
     p = add_command(subparsers, "publish", _cmd_publish, help="publish one message as a subscriber",
@@ -760,6 +884,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     src.add_argument("--file", metavar="FILE", help="read the payload from FILE ('-' for stdin)")
     p.add_argument("--wait-ack", type=_positive, default=10.0, metavar="S",
                    help="seconds to wait for the author's durable ACK (default 10; 0: do not wait)")
+    p.add_argument("--curve", action="store_true", help=_CURVE_SUBSCRIBER_HELP)
     add_passphrase_options(p, "store")
 
     t = add_command(subparsers, "tail", _cmd_tail, help="print messages received on a subscriber's branches",
@@ -777,6 +902,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
                    help="stop after S seconds without a message (default 3; ignored with --follow)")
     t.add_argument("--events", action="store_true", help="also print rejections, gaps, closures, ACKs")
+    t.add_argument("--curve", action="store_true", help=_CURVE_SUBSCRIBER_HELP)
     add_passphrase_options(t, "store")
 
     st = add_command(subparsers, "status", _cmd_status, help="show a store: role, DID, channel, branches, cursors",
