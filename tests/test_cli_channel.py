@@ -371,3 +371,36 @@ def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, 
                "PP").ok().json["branch"] == branch
     assert serve2.stop()[0] == 0
     assert PASS not in cli.all_output()
+
+
+async def test_publish_on_a_branch_revoked_while_away_says_closed(cli: Cli, tmp_path: Path) -> None:
+    """The author revokes a provider's branch while the provider is offline: its next `streams publish` -- with
+    or without --branch -- answers no (exit 1, failure "closed"), whether it learns the revocation at open or
+    from the author's answer to the message; never a usage error."""
+    import asyncio
+
+    from brokerless import AuthorEndpoint
+    from streams.api import Author, StoreOptions
+    from streams.identity import Identity
+    from streams.policy import AllowList
+
+    sub_did = make_keystore(cli, "provider.ks")
+    monitor = Identity.generate()
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "monitor.db", monitor, "fraud-monitor", PASS, ep,
+                                 AllowList.of([sub_did]),
+                                 store_options=StoreOptions(durable=False, opslimit=1, memlimit=8192))
+    try:
+        addr = ep.addresses[0]
+        sub = (await asyncio.to_thread(
+            cli, "subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+            "--author", monitor.did, "--channel", author.channel.hex(), "--passphrase-env", "PP")).ok().json
+        branch = sub["branch"]
+        await author.revoke(bytes.fromhex(branch))
+        for extra in ((), ("--branch", branch)):
+            run = await asyncio.to_thread(cli, "publish", "--json", "--store", "provider.db", "--connect", addr,
+                                          "--data", "payment 9: 10 EUR", "--passphrase-env", "PP", *extra)
+            assert run.returncode == 1, (run.stdout, run.stderr)
+            assert "closed" in run.stdout and "revoked" in run.stdout, run.stdout
+    finally:
+        await author.close()

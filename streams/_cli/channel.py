@@ -394,10 +394,21 @@ def writable_branch(sub: Subscriber, branch: str | None) -> bytes:
     Raises :class:`UsageError` if there is none, or several and ``branch`` was not given."""
     if branch is not None:
         return parse_branch(branch)
-    writable = [b.id for b in sub.branches() if b.open and b.permission.can_write]
+    branches = sub.branches()
+    writable = [b.id for b in branches if b.open and b.permission.can_write]
+    if not writable:
+        closed = [b.id for b in branches if not b.open and b.permission.can_write]
+        if closed:
+            raise _closed(closed[-1])
     if len(writable) != 1:
         raise UsageError(f"{len(writable)} writable branches: run `streams subscribe` first, or give --branch")
     return writable[0]
+
+
+def _closed(branch: bytes) -> CheckFailed:
+    """The answer when the branch to publish on is closed: the author revoked it (or we left it)."""
+    return CheckFailed(f"branch {branch.hex()} is closed: the author revoked it (or this member left it); nothing "
+                       "more can be published on it", "closed")
 
 
 def _install_stop(stop: asyncio.Event) -> None:
@@ -627,14 +638,20 @@ async def publish(args: argparse.Namespace) -> Result:
     sub = await open_subscriber(args.store, passphrase, transport)
     try:
         branch = writable_branch(sub, args.branch)
-        seq = await sub.publish(branch, payload)
         acked: bool | None = None
-        if args.wait_ack > 0:
-            try:
-                await sub.wait_acknowledged(branch, seq, timeout=args.wait_ack)
-                acked = True
-            except StreamsTimeoutError:
-                acked = False
+        try:
+            seq = await sub.publish(branch, payload)
+            if args.wait_ack > 0:
+                try:
+                    await sub.wait_acknowledged(branch, seq, timeout=args.wait_ack)
+                    acked = True
+                except StreamsTimeoutError:
+                    acked = False
+        except ClosedResourceError:
+            # Revoked while we were away: learnt at open (catch-up), or from the author's answer to this message.
+            if any(b.id == branch and not b.open for b in sub.branches()):
+                raise _closed(branch) from None
+            raise
     finally:
         await sub.close()
     data = {"ok": acked is not False, "branch": branch.hex(), "seq": seq, "acknowledged": acked}
