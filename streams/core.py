@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -130,6 +131,13 @@ Rng = Callable[[int], bytes]
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
+#: Signed control frames of which a copy changes nothing: a FETCH is answered again, an ACK or a HEAD notice
+#: repeats what was handled.  The author drops a copy that came on the same connection as one it handled within
+#: ``CoreConfig.copy_window_ms``, before checking its signature (SPEC 10.3): a recorded FETCH replayed in a loop is
+#: not a lever on the author's crypto and log.
+_ONCE_KINDS = frozenset({Kind.FETCH, Kind.ACK, Kind.HEAD})
+#: Most control-frame hashes remembered for that (oldest forgotten first).
+MAX_RECENT_CONTROL = 8192
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -221,6 +229,10 @@ class CoreConfig:
     """At most one ACK per chain per this many ms (SPEC 12): the first after a quiet spell goes at once, the
     cursor moves of a stream are acknowledged together when the interval has passed (:meth:`handle_timer`).
     0: one ACK per received batch."""
+    copy_window_ms: int = 500
+    """Author: a FETCH (not a grant sync), ACK or HEAD notice identical to one handled less than this many ms
+    ago on the same connection is dropped before any crypto (SPEC 10.3).  Keep it below the members'
+    ``fetch_retry_ms``: a member's retried FETCH (the same bytes) must come after it to be answered."""
     peer_failures: int = 4
     """A transport peer whose frames failed this many signature or AEAD checks in one :meth:`receive_many` call
     has its further frames of the call rejected before any crypto (``SUSPENDED``), and its signed chain frames
@@ -465,6 +477,9 @@ class _CoreBase:
         #: Failed checks per peer in the current receive_many call, and since the last take_offenders().
         self._failures: dict[object, int] = {}
         self._offenders: dict[object, int] = {}
+        #: Control frames handled lately (_ONCE_KINDS), author only: (message hash + signature, transport peer) ->
+        #: when (ms), oldest first.
+        self._recent_control: OrderedDict[tuple[bytes, object], int] = OrderedDict()
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
         self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
@@ -687,6 +702,16 @@ class _CoreBase:
         if failures and peer is not None and failures.get(peer, 0) >= self.config.peer_failures:
             events.append(Rejected(RejectReason.SUSPENDED, "the peer's frames failed too many checks in this batch"))
             return
+        once = (self._charges_peers and peer is not None and frame.kind in _ONCE_KINDS
+                and not (frame.kind is Kind.FETCH and frame.head.from_seq == 0))  # grant syncs: per interval
+        if once:
+            key = (frame.hash + frame.sig, peer)
+            seen = self._recent_control.get(key)
+            if seen is not None and 0 <= now_ms - seen < self.config.copy_window_ms:
+                if frame.kind is not Kind.ACK:  # the same ACK again is ordinary (re-sent after a HEAD): no event
+                    events.append(Rejected(RejectReason.REPLAY, f"a copy of a {frame.kind.name} handled "
+                                                                f"{now_ms - seen} ms ago", frame.head.branch))
+                return
         try:
             handler(self, frame, now_ms, peer, events)
         except _Reject as r:
@@ -696,6 +721,13 @@ class _CoreBase:
                 offenders = self._offenders
                 if peer in offenders or len(offenders) < MAX_OFFENDERS:
                     offenders[peer] = offenders.get(peer, 0) + 1
+            return
+        if once:  # only an exact copy (same signature) of a frame that held is dropped unchecked
+            recent = self._recent_control
+            recent[key] = now_ms
+            recent.move_to_end(key)
+            if len(recent) > MAX_RECENT_CONTROL:
+                recent.popitem(last=False)
 
     # -- publishing --------------------------------------------------------------------------------------------
 

@@ -66,13 +66,18 @@ def test_one_cumulative_ack_per_batch_reaches_the_publisher(net: Net) -> None:
     assert _acks(aev) == [Acknowledged(b0, 0, 5, ident(10).did)]
     assert net.author.acknowledged(b0) == 5
     # The same ACK again (re-sent after a restart or a HEAD notice, or replayed by the network) changes nothing
-    # and is no event; an older one, replayed once a later ACK was accepted, is a REPLAY.
+    # and is no event -- a copy within copy_window_ms is not even checked again; an older one, replayed once a
+    # later ACK was accepted, is a REPLAY.
+    assert net.author.receive(ack, net.now, "s0") == []
+    net.now += net.author.config.copy_window_ms
     assert net.author.receive(ack, net.now, "s0") == []
     assert net.author.acknowledged(b0) == 5
     net.author.publish(b0, b"m5", net.now)
     _deliver_without_pump(net, "s0")
     [later] = _sub_acks(net, "s0")
     assert _acks(net.author.receive(later, net.now, "s0")) == [Acknowledged(b0, 0, 6, ident(10).did)]
+    assert _rejects(net.author.receive(ack, net.now, "s0")) == []  # a copy of one handled just now: dropped
+    net.now += net.author.config.copy_window_ms
     assert _rejects(net.author.receive(ack, net.now, "s0")) == [RejectReason.REPLAY]
     assert net.author.acknowledged(b0) == 6
 

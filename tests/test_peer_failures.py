@@ -22,9 +22,9 @@ import streams._crypto as crypto
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, SignatureCheck
-from streams.events import MessageReceived, Rejected, RejectReason
+from streams.events import FetchRequested, MessageReceived, Rejected, RejectReason
 from streams.policy import AllowList
-from streams.wire import Checkpoint, Fetch, decode_frame, encode_frame
+from streams.wire import Checkpoint, Fetch, Kind, decode_frame, encode_frame
 from tests.corenet import Net, ident
 
 FORGER = ident(99)
@@ -152,6 +152,57 @@ def test_forged_fetches_are_checked_a_few_times_per_batch() -> None:
     assert RejectReason.SUSPENDED in _reasons(events)
     assert _reasons(events).count(RejectReason.BAD_SIGNATURE) == 2
     assert a.take_routes() == [(branch, "s0", True)]  # verified: the FETCH was processed, not suspended
+
+
+def test_a_recorded_fetch_replayed_in_a_loop_costs_a_check_per_connection_not_per_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A genuine FETCH, recorded on the wire and replayed: each copy used to cost the author a signature check,
+    a signed HEAD notice and a range read from its log, sent to whoever replayed it.  Now a copy on a connection
+    that sent the same frame less than copy_window_ms ago costs none of that: one answer per connection per
+    window.  The member's own retry, after its fetch_retry_ms, is served."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    for i in range(10):
+        a.publish(branch, b"alert %d" % i, net.now)
+    a.take_changes()
+    a.data_to_send()  # lost on the way: s0 will fetch them
+    me = s.branch_info(branch)[3].index(s.identity.did)
+    fetch = encode_frame(Fetch(a.channel, branch, 0, 1, 10, me), b"", s.identity.sign).raw
+    served = [e for e in a.receive(fetch, net.now, "s0") if isinstance(e, FetchRequested)]
+    assert [(e.from_seq, e.to_seq) for e in served] == [(1, 10)]
+    a.take_changes()
+    assert [decode_frame(o.data).kind for o in a.data_to_send()] == [Kind.HEAD]
+    assert a.take_routes() == [(branch, "s0", True)]
+    with counted_checks(monkeypatch) as seen:
+        events = []
+        for i in range(300):  # five connections, sixty copies each, all within the window
+            events += a.receive_many([(fetch, f"relay{i % 5}")], net.now + i % a.config.copy_window_ms)
+        assert _reasons(events) == [RejectReason.REPLAY] * 295
+        assert sum(isinstance(e, FetchRequested) for e in events) == 5 and len(seen) == 5
+        a.take_changes()
+        assert len(a.data_to_send()) == 5  # a HEAD notice per connection, not per copy
+        # The member's retry (fetch_retry_ms later: the same bytes) is answered, with one check.
+        net.now += s.config.fetch_retry_ms
+        assert any(isinstance(e, FetchRequested) for e in a.receive(fetch, net.now, "s0"))
+        assert len(seen) == 6
+
+
+def test_a_copy_of_a_forgery_is_checked_again() -> None:
+    """Only a copy of a frame that held is dropped unchecked: a forged FETCH repeated keeps failing (and being
+    charged), and a forgery carrying a genuine FETCH's content but another signature is checked, not taken for
+    a copy of it."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    me = s.branch_info(branch)[3].index(s.identity.did)
+    head = Fetch(a.channel, branch, 0, 1, 10, me)
+    a.receive(encode_frame(head, b"", s.identity.sign).raw, net.now, "s0")
+    forged = encode_frame(head, b"", FORGER.sign).raw
+    for _ in range(3):
+        assert _reasons(a.receive(forged, net.now, "s0")) == [RejectReason.BAD_SIGNATURE]
 
 
 def test_forgeries_injected_into_the_authors_stream_never_suspend_it(monkeypatch: pytest.MonkeyPatch) -> None:
