@@ -404,3 +404,12 @@ async def test_publish_on_a_branch_revoked_while_away_says_closed(cli: Cli, tmp_
             assert "closed" in run.stdout and "revoked" in run.stdout, run.stdout
     finally:
         await author.close()
+
+
+def test_a_malformed_author_did_is_named_as_the_bad_argument(cli: Cli) -> None:
+    make_keystore(cli, "provider.ks")
+    for curve in ((), ("--curve",)):
+        run = cli("subscribe", "--json", "--store", "provider.db", "--connect", "tcp://127.0.0.1:9", "--keystore",
+                  "provider.ks", "--author", "did:key:z6MkNotAKey", "--channel", "ab" * 32, "--passphrase-env", "PP",
+                  *curve)
+        assert run.returncode == 2 and "--author" in run.stdout, (run.stdout, run.stderr)

@@ -53,6 +53,7 @@ from ..audit import open_ledger
 from ..errors import (
     AdmissionRefused,
     ClosedResourceError,
+    DecodeError,
     LocalProtocolError,
     StorageError,
     StreamsError,
@@ -72,7 +73,7 @@ from ..events import (
     SubscriberAdmitted,
     SubscriberRefused,
 )
-from ..identity import Identity, did_from_public_key
+from ..identity import Identity, did_from_public_key, public_key_from_did
 from ..ledger.base import Ledger
 from ..policy_file import load_policy, permission_name
 from ..store import Store, backup
@@ -264,6 +265,10 @@ def _first_run_subscriber(store: str, keystore_path: str | None, author_did: str
     :class:`UsageError`."""
     if keystore_path is None or author_did is None or channel is None:
         raise UsageError(f"no store at {store}: give --keystore, --author and --channel to create it")
+    try:
+        public_key_from_did(author_did)
+    except DecodeError as exc:
+        raise UsageError(f"--author: {exc}") from None
     return keystore_path, author_did, _parse_channel(channel)
 
 
@@ -517,11 +522,16 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     # CurveZMQ keys the endpoint with the author's identity, so it is read first; the Author opened on the
     # endpoint then installs its own ZAP decision (members of open branches, DIDs the policy could admit).
     keys = author_keys(args.store, passphrase, keystore_path=args.keystore, name=args.name) if args.curve else None
-    transport = zmq.author(args.bind, keys)
     ledger = open_ledger(args.ledger, create=True) if args.ledger else None
-    author = await open_author(args.store, passphrase, transport, args.policy, keystore_path=args.keystore,
-                               name=args.name, identity=keys.identity if keys is not None else None, ledger=ledger,
-                               anchor_interval_ms=args.anchor_interval_ms)
+    try:
+        transport = zmq.author(args.bind, keys)
+        author = await open_author(args.store, passphrase, transport, args.policy, keystore_path=args.keystore,
+                                   name=args.name, identity=keys.identity if keys is not None else None,
+                                   ledger=ledger, anchor_interval_ms=args.anchor_interval_ms)
+    except BaseException:  # (open_author closes the transport when it fails)
+        if ledger is not None:
+            ledger.close()
+        raise
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
