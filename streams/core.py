@@ -230,9 +230,10 @@ class CoreConfig:
     cursor moves of a stream are acknowledged together when the interval has passed (:meth:`handle_timer`).
     0: one ACK per received batch."""
     copy_window_ms: int = 500
-    """Author: a FETCH (not a grant sync), ACK or HEAD notice identical to one handled less than this many ms
-    ago on the same connection is dropped before any crypto (SPEC 10.3).  Keep it below the members'
-    ``fetch_retry_ms``: a member's retried FETCH (the same bytes) must come after it to be answered."""
+    """Author: a FETCH, ACK or HEAD notice identical to one whose signature it checked less than this many ms ago
+    on the same connection is dropped before any crypto (SPEC 10.3).  Keep it below the members'
+    ``fetch_retry_ms`` and the author's ``grant_sync_interval_ms``: a member's retried FETCH (the same bytes)
+    must come after it to be answered."""
     peer_failures: int = 4
     """A transport peer whose frames failed this many signature or AEAD checks in one :meth:`receive_many` call
     has its further frames of the call rejected before any crypto (``SUSPENDED``), and its signed chain frames
@@ -478,8 +479,9 @@ class _CoreBase:
         self._failures: dict[object, int] = {}
         self._offenders: dict[object, int] = {}
         #: Control frames handled lately (_ONCE_KINDS), author only: (message hash + signature, transport peer) ->
-        #: when (ms), oldest first.
+        #: when (ms), oldest first; and whether the one being handled passed its signature check.
         self._recent_control: OrderedDict[tuple[bytes, object], int] = OrderedDict()
+        self._control_verified = False
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
         self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
@@ -702,9 +704,9 @@ class _CoreBase:
         if failures and peer is not None and failures.get(peer, 0) >= self.config.peer_failures:
             events.append(Rejected(RejectReason.SUSPENDED, "the peer's frames failed too many checks in this batch"))
             return
-        once = (self._charges_peers and peer is not None and frame.kind in _ONCE_KINDS
-                and not (frame.kind is Kind.FETCH and frame.head.from_seq == 0))  # grant syncs: per interval
+        once = self._charges_peers and peer is not None and frame.kind in _ONCE_KINDS
         if once:
+            self._control_verified = False
             key = (frame.hash + frame.sig, peer)
             seen = self._recent_control.get(key)
             if seen is not None and 0 <= now_ms - seen < self.config.copy_window_ms:
@@ -721,13 +723,16 @@ class _CoreBase:
                 offenders = self._offenders
                 if peer in offenders or len(offenders) < MAX_OFFENDERS:
                     offenders[peer] = offenders.get(peer, 0) + 1
-            return
-        if once:  # only an exact copy (same signature) of a frame that held is dropped unchecked
-            recent = self._recent_control
-            recent[key] = now_ms
-            recent.move_to_end(key)
-            if len(recent) > MAX_RECENT_CONTROL:
-                recent.popitem(last=False)
+        finally:
+            # Only an exact copy (same signature) of a frame whose signature held is dropped unchecked -- also
+            # when the frame was refused after that (an ACK older than one accepted, a FETCH of a chain its
+            # sender may not read): a copy would be refused again, after the same check.
+            if once and self._control_verified:
+                recent = self._recent_control
+                recent[key] = now_ms
+                recent.move_to_end(key)
+                if len(recent) > MAX_RECENT_CONTROL:
+                    recent.popitem(last=False)
 
     # -- publishing --------------------------------------------------------------------------------------------
 
@@ -1218,6 +1223,7 @@ class _CoreBase:
             _crypto.verify(b.members[h.publisher][0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
+        self._control_verified = True
         self._hint_route(b, peer, h.publisher)
         c = b.chains[h.publisher]
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
@@ -1257,6 +1263,7 @@ class _CoreBase:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "ack signature", h.branch, h.acker) from exc
+        self._control_verified = True
         self._hint_route(b, peer, h.acker)
         if h.seq >= c.next_seq:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
@@ -1288,6 +1295,7 @@ class _CoreBase:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
+        self._control_verified = True
         self._hint_route(b, peer, h.requester)
         if h.publisher != b.me:
             raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)

@@ -189,6 +189,34 @@ def test_a_recorded_fetch_replayed_in_a_loop_costs_a_check_per_connection_not_pe
         assert len(seen) == 6
 
 
+def test_copies_of_a_grant_sync_and_of_a_superseded_ack_cost_one_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also a copy of a frame refused after its signature held (an ACK older than one accepted), and of a grant
+    sync the author does not answer again yet, is dropped unchecked: a member's every grant sync and every past
+    ACK are on the wire."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    me = s.branch_info(branch)[3].index(s.identity.did)
+    sync = encode_frame(Fetch(a.channel, branch, 0, 0, 0, me), b"", s.identity.sign).raw
+    acks = []
+    for i in range(2):
+        a.publish(branch, b"alert %d" % i, net.now)
+        net.pump_author()
+        s.acknowledge()
+        acks += [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.ACK]
+    old, latest = acks[-2], acks[-1]
+    a.receive(latest, net.now, "relay")
+    with counted_checks(monkeypatch) as seen:
+        for _ in range(100):
+            a.receive(sync, net.now + 1, "relay")
+        assert len(seen) == 1
+        reasons = []
+        for _ in range(100):
+            reasons += _reasons(a.receive(old, net.now + 1, "relay"))
+        assert reasons == [RejectReason.REPLAY] and len(seen) == 2  # refused once after its check, then dropped
+
+
 def test_a_copy_of_a_forgery_is_checked_again() -> None:
     """Only a copy of a frame that held is dropped unchecked: a forged FETCH repeated keeps failing (and being
     charged), and a forgery carrying a genuine FETCH's content but another signature is checked, not taken for
