@@ -89,8 +89,8 @@ def _error_doc(exc: StreamsError) -> dict[str, Any]:
     failure = getattr(exc, "failure", None)
     if failure is not None:  # CredentialError (an enum) or CheckFailed (a str)
         doc["failure"] = getattr(failure, "value", failure)
-    if isinstance(exc, RemoteProtocolError):
-        doc["reason"] = exc.reason.name
+    if isinstance(exc, RemoteProtocolError) and getattr(exc, "peer_reason", True):
+        doc["reason"] = exc.reason.name  # (a failed local check carries no peer's code: no "MALFORMED" for it)
     return doc
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import LocalProtocolError, VerificationError
+from ..errors import LocalProtocolError, RejectReason, VerificationError
 
 __all__ = [
     "CheckFailed",
@@ -46,11 +46,13 @@ class UsageError(LocalProtocolError, ValueError):
 
 
 class CheckFailed(VerificationError):
-    """A check the user asked for failed (exit status 1).  ``failure`` is a short machine-readable reason."""
+    """A check the user asked for failed (exit status 1).  ``failure`` is a short machine-readable reason;
+    ``reason`` a peer's reject code, if a peer gave one (``peer_reason``: else the JSON output has none)."""
 
-    def __init__(self, message: str, failure: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, failure: str, reason: RejectReason | None = None) -> None:
+        super().__init__(message, RejectReason.MALFORMED if reason is None else reason)
         self.failure = failure
+        self.peer_reason = reason is not None
 
 
 @dataclass

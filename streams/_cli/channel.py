@@ -597,8 +597,7 @@ async def subscribe(args: argparse.Namespace) -> Result:
         try:
             branch = await sub.subscribe(timeout=args.timeout, presenter=presenter)
         except AdmissionRefused as exc:
-            refused = CheckFailed(f"the author refused the subscription ({exc.reason.name})", "refused")
-            refused.reason = exc.reason
+            refused = CheckFailed(f"the author refused the subscription ({exc.reason.name})", "refused", exc.reason)
             raise refused from None
         except StreamsTimeoutError as exc:
             hint = unheard_hint(transport, args.curve)
