@@ -94,14 +94,22 @@ def _policy(path: Path, *dids: str) -> None:
     path.write_text("[policy]\n" + "".join(f'[[policy.allow]]\ndid = "{d}"\n' for d in dids))
 
 
+def _serve(tmp_path: Path, serves: list[Serve], *extra: str, first_run: bool = True) -> Serve:
+    """`streams serve` of monitor.db on a random tcp port with policy.toml (``first_run``: creating the channel
+    from monitor.ks), ``extra`` options first; kept in ``serves`` so that the test's end stops it."""
+    create = ("--keystore", "monitor.ks", "--name", "fraud-monitor") if first_run else ()
+    serve = Serve(tmp_path, *extra, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+                  *create, "--passphrase-env", "PP")
+    serves.append(serve)
+    return serve
+
+
 def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
     make_keystore(cli, "monitor.ks")
     sub_did = make_keystore(cli, "provider.ks")
     stranger = make_keystore(cli, "stranger.ks")
     _policy(tmp_path / "policy.toml", sub_did)
-    serve = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
-                  "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
-    serves.append(serve)
+    serve = _serve(tmp_path, serves)
     ready = serve.wait("ready")
     addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
     assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0")
@@ -186,9 +194,7 @@ def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path
     assert f"branch {branch}" in text and "retained log" in text
 
     # Restart from the store alone (no keystore): same channel, same DID.
-    serve2 = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
-                   "--passphrase-env", "PP")
-    serves.append(serve2)
+    serve2 = _serve(tmp_path, serves, first_run=False)
     r2 = serve2.wait("ready")
     assert (r2["channel"], r2["did"]) == (channel, author)
     assert serve2.stop()[0] == 0
@@ -250,9 +256,7 @@ def test_subscribe_presents_several_credentials_for_a_policy_in_mode_all(cli: Cl
     rules = "".join(f'[[policy.credential]]\ntype = "{t}"\nissuers = ["{issuer}"]\npermission = "read-write"\n'
                     f'status_lists = ["sl.json"]\n' for t in ("PaymentProviderCredential", "KYCCredential"))
     (tmp_path / "policy.toml").write_text('[policy]\nmode = "all"\n' + rules)
-    serve = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
-                  "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
-    serves.append(serve)
+    serve = _serve(tmp_path, serves)
     ready = serve.wait("ready")
     base = ("subscribe", "--json", "--store", "provider.db", "--connect", ready["addresses"][0], "--keystore",
             "provider.ks", "--author", ready["did"], "--channel", ready["channel"], "--passphrase-env", "PP")
@@ -279,9 +283,7 @@ def test_curve_admits_the_dids_the_policy_allows_and_no_one_else(cli: Cli, tmp_p
     a = make_keystore(cli, "a.ks")
     b = make_keystore(cli, "b.ks")
     _policy(tmp_path / "policy.toml", a)
-    serve = Serve(tmp_path, "--curve", "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy",
-                  "policy.toml", "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
-    serves.append(serve)
+    serve = _serve(tmp_path, serves, "--curve")
     ready = serve.wait("ready")
     assert ready["curve"] is True
     addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
@@ -312,9 +314,7 @@ def test_curve_admits_the_dids_the_policy_allows_and_no_one_else(cli: Cli, tmp_p
     assert not [d for d in serve.docs if d.get("did") == b], "B reached the protocol through the CURVE handshake"
 
     # Restart without the keystore: the server key now comes from the store.
-    serve2 = Serve(tmp_path, "--curve", "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy",
-                   "policy.toml", "--passphrase-env", "PP")
-    serves.append(serve2)
+    serve2 = _serve(tmp_path, serves, "--curve", first_run=False)
     r2 = serve2.wait("ready")
     assert (r2["did"], r2["curve"]) == (author, True)
     serve2.send(json.dumps({"to": a, "data": "after the restart"}))
@@ -334,9 +334,7 @@ def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, 
     make_keystore(cli, "monitor.ks")
     a = make_keystore(cli, "a.ks")
     _policy(tmp_path / "policy.toml", a)
-    serve = Serve(tmp_path, "--curve", "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy",
-                  "policy.toml", "--keystore", "monitor.ks", "--name", "fraud-monitor", "--passphrase-env", "PP")
-    serves.append(serve)
+    serve = _serve(tmp_path, serves, "--curve")
     ready = serve.wait("ready")
     addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
     no_curve = "if the author serves with --curve, give --curve too"
@@ -358,9 +356,7 @@ def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, 
     assert serve.stop()[0] == 0
 
     # The same channel served without --curve: now --curve is the mismatch.
-    serve2 = Serve(tmp_path, "--store", "monitor.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
-                   "--passphrase-env", "PP")
-    serves.append(serve2)
+    serve2 = _serve(tmp_path, serves, first_run=False)
     r2 = serve2.wait("ready")
     assert r2["curve"] is False
     curved = cli("subscribe", "--curve", "--json", "--store", "a.db", "--connect", r2["addresses"][0],
