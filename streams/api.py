@@ -1154,7 +1154,7 @@ class Subscriber(_Party):
         re-announce our own chains' heads so the author detects what it missed of ours."""
         if self._closed or self._broken is not None:
             return
-        self._core.catch_up()
+        self._core.catch_up(self._clock())
         self._core.head_notices(force=True)
         self._core.acknowledge()
         with contextlib.suppress(StorageError):
@@ -1247,7 +1247,7 @@ class Subscriber(_Party):
             self = cls(core, store, transport, clock, queue_size)
             self._with_ledger(ledger)
             self._redeliver()
-            core.catch_up()
+            core.catch_up(self._clock())
             core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process
             await self._flush()
             self._start()

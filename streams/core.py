@@ -138,6 +138,8 @@ _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
 _ONCE_KINDS = frozenset({Kind.FETCH, Kind.ACK, Kind.HEAD})
 #: Most control-frame hashes remembered for that (oldest forgotten first).
 MAX_RECENT_CONTROL = 8192
+#: Times a catch-up FETCH that got no answer at all is sent again (CoreBase.catch_up).
+CATCH_UP_RETRIES = 2
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -350,8 +352,8 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "covered", "fetch_end", "first_uncovered_ms",
-                 "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
+    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "covered", "fetch_end",
+                 "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -360,6 +362,7 @@ class _Chain:
         self.held: dict[int, Frame] | None = None
         self.gap_to = 0  # highest seq known to exist (a gap was reported up to here)
         self.fetch_end = 0  # last seq the FETCH in flight can bring (0 or < next_seq: none in flight)
+        self.catch_up_left = 0  # times a catch-up FETCH nobody answered may still be sent again
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
@@ -866,9 +869,17 @@ class _CoreBase:
                             and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
-                        rc.fetch_end = rc.next_seq - 1
                         if rc.gap_to >= rc.next_seq:
+                            rc.fetch_end = rc.next_seq - 1
                             self._fetch_window(b, p, rc, now_ms)
+                        elif rc.catch_up_left > 0:
+                            # A catch-up window nobody answered (not even a HEAD): the FETCH or the answer was
+                            # lost.  Again, a few times -- a publisher whose chain is empty never answers.
+                            rc.catch_up_left -= 1
+                            self.request_fetch(b.id, p, rc.next_seq, rc.fetch_end)
+                            self._note_deadline(now_ms + self.config.fetch_retry_ms)
+                        else:
+                            rc.fetch_end = rc.next_seq - 1
             c = b.chains.get(b.me)
             if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
                     and _elapsed(now_ms, c.first_uncovered_ms, self.config.checkpoint_interval_ms)):
@@ -970,9 +981,12 @@ class _CoreBase:
         c = b.chains.get(b.me)
         return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else 0
 
-    def catch_up(self) -> None:
+    def catch_up(self, now_ms: int | None = None) -> None:
         """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect); a
-        subscriber also asks for the grants it may have missed meanwhile (SPEC 9.5)."""
+        subscriber also asks for the grants it may have missed meanwhile (SPEC 9.5).  With ``now_ms``, a window
+        that gets no answer at all (not even the publisher's HEAD) is asked for again after ``fetch_retry_ms``, up
+        to ``CATCH_UP_RETRIES`` times (:meth:`handle_timer`), rather than waiting for the publisher's next HEAD
+        refresh."""
         for b in self._branches.values():
             if b.state is not BranchState.OPEN:
                 continue
@@ -983,6 +997,10 @@ class _CoreBase:
                     # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
                     c.fetch_end = c.next_seq + self.config.max_fetch - 1
                     self.request_fetch(b.id, p, c.next_seq, c.fetch_end)
+                    if now_ms is not None:
+                        c.progress_ms = now_ms
+                        c.catch_up_left = CATCH_UP_RETRIES
+                        self._note_deadline(now_ms + self.config.fetch_retry_ms)
 
     def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
                      now_ms: int) -> bool:

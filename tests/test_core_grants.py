@@ -155,3 +155,51 @@ def test_a_group_cannot_seat_a_did_twice() -> None:
     g = net.author.open_group([ident(10).public, ident(11).public])
     net.author.remove_member(g, ident(11).did)
     assert net.author.branch_info(g)[3] == (ident(1).did, ident(10).did)
+
+
+def _fetches(outs: list[Outgoing]) -> list[tuple[int, int]]:
+    return [(f.head.from_seq, f.head.to_seq) for f in (decode_frame(o.data) for o in outs)
+            if f.kind is Kind.FETCH and f.head.from_seq > 0]
+
+
+def test_a_catch_up_nobody_answered_is_asked_again_a_few_times() -> None:
+    """After a reconnect, a member asks each publisher for what follows its cursor; the answer (a HEAD notice,
+    then the messages) tells it how far to go.  When that FETCH or its answer is lost, the member asks again
+    after fetch_retry_ms -- twice, since a publisher with an empty chain never answers -- instead of waiting
+    for the publisher's next HEAD refresh (ten seconds and more)."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [b0] = net.subs["s0"].branch_ids()
+    s = net.subs["s0"]
+    for i in range(3):
+        net.author.publish(b0, b"alert %d" % i, net.now)
+    net.author.take_changes()
+    net.author.data_to_send()  # lost: s0 was away
+    s.catch_up(net.now)
+    assert _fetches(s.data_to_send()) == [(1, 1024)]  # lost on the way too
+    retry = net.author.config.fetch_retry_ms
+    sent = []
+    for _ in range(4):
+        net.now += retry
+        s.handle_timer(net.now)
+        sent.append(_fetches(s.data_to_send()))
+    assert sent == [[(1, 1024)], [(1, 1024)], [], []]
+
+
+def test_a_catch_up_answered_is_not_asked_again() -> None:
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [b0] = net.subs["s0"].branch_ids()
+    s = net.subs["s0"]
+    for i in range(3):
+        net.author.publish(b0, b"alert %d" % i, net.now)
+    net.pump_author()  # s0 has them all
+    s.catch_up(net.now)
+    [fetch] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH
+               and decode_frame(o.data).head.from_seq > 0]
+    assert decode_frame(fetch).head.from_seq == 4
+    net.to_author(fetch, "s0")  # the author's HEAD notice (seq 3) reaches s0: nothing more to fetch
+    for _ in range(3):
+        net.now += net.author.config.fetch_retry_ms
+        s.handle_timer(net.now)
+        assert _fetches(s.data_to_send()) == []
