@@ -132,9 +132,9 @@ _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
 #: Signed control frames of which a copy changes nothing: a FETCH is answered again, an ACK or a HEAD notice
-#: repeats what was handled.  The author drops a copy that came on the same connection as one it handled within
-#: ``CoreConfig.copy_window_ms``, before checking its signature (SPEC 10.3): a recorded FETCH replayed in a loop is
-#: not a lever on the author's crypto and log.
+#: repeats what was handled.  The author drops a copy that came on the same connection as one whose signature it
+#: checked within ``CoreConfig.copy_window_ms``, before checking it again (SPEC 10.3): a recorded FETCH replayed
+#: in a loop is not a lever on the author's crypto and log.
 _ONCE_KINDS = frozenset({Kind.FETCH, Kind.ACK, Kind.HEAD})
 #: Most control-frame hashes remembered for that (oldest forgotten first).
 MAX_RECENT_CONTROL = 8192
@@ -222,7 +222,8 @@ class CoreConfig:
     """Most unexpired used challenge nonces remembered; beyond it new subscriptions are refused."""
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
-    on an untrusted network: THREATS 4, no silent loss)."""
+    on an untrusted network: THREATS 4, no silent loss); so is, twice at most, a catch-up window that got no
+    answer at all (:meth:`catch_up`)."""
     grant_sync_interval_ms: int = 1000
     """Author: a member's grant sync of a branch (SPEC 9.5) is answered at most once per this many ms on one
     connection.  A signed FETCH has no freshness, so a relay could replay one to make the author resend a
@@ -233,9 +234,9 @@ class CoreConfig:
     0: one ACK per received batch."""
     copy_window_ms: int = 500
     """Author: a FETCH, ACK or HEAD notice identical to one whose signature it checked less than this many ms ago
-    on the same connection is dropped before any crypto (SPEC 10.3).  Keep it below the members'
-    ``fetch_retry_ms`` and the author's ``grant_sync_interval_ms``: a member's retried FETCH (the same bytes)
-    must come after it to be answered."""
+    on the same connection is dropped before any crypto (SPEC 10.3).  A member's retry (the same bytes) must
+    come after it to be answered, so the window used is at most half of this config's ``fetch_retry_ms`` and
+    ``grant_sync_interval_ms`` (the parties of a channel are expected to share these settings)."""
     peer_failures: int = 4
     """A transport peer whose frames failed this many signature or AEAD checks in one :meth:`receive_many` call
     has its further frames of the call rejected before any crypto (``SUSPENDED``), and its signed chain frames
@@ -712,7 +713,9 @@ class _CoreBase:
             self._control_verified = False
             key = (frame.hash + frame.sig, peer)
             seen = self._recent_control.get(key)
-            if seen is not None and 0 <= now_ms - seen < self.config.copy_window_ms:
+            cfg = self.config
+            window = min(cfg.copy_window_ms, cfg.fetch_retry_ms // 2, cfg.grant_sync_interval_ms // 2)
+            if seen is not None and 0 <= now_ms - seen < window:
                 if frame.kind is not Kind.ACK:  # the same ACK again is ordinary (re-sent after a HEAD): no event
                     events.append(Rejected(RejectReason.REPLAY, f"a copy of a {frame.kind.name} handled "
                                                                 f"{now_ms - seen} ms ago", frame.head.branch))
@@ -837,8 +840,9 @@ class _CoreBase:
             self._deadline = t
 
     def next_timer(self) -> int | None:
-        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap fetch retries,
-        coalesced ACKs), or None.  Scans every chain; see :meth:`take_deadline` for what changed since."""
+        """Earliest ``now_ms`` at which :meth:`handle_timer` has work (amortized checkpoints, gap and catch-up
+        fetch retries, coalesced ACKs), or None.  Scans every chain; see :meth:`take_deadline` for what changed
+        since."""
         due: int | None = None
         ack_interval = self.config.ack_interval_ms
         for b in self._branches.values():
@@ -859,8 +863,9 @@ class _CoreBase:
 
     def handle_timer(self, now_ms: int) -> None:
         """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
-        ``fetch_retry_ms`` (the request or its replies were lost); queue the coalesced ACKs that are due (the
-        driver commits before it sends what this queued, as always)."""
+        ``fetch_retry_ms`` (the request or its replies were lost), and a catch-up window nobody answered (a few
+        times); queue the coalesced ACKs that are due (the driver commits before it sends what this queued, as
+        always)."""
         self._out.extend(self.take_acks(now_ms))
         for b in self._branches.values():
             if b.state is BranchState.OPEN:
@@ -1001,6 +1006,8 @@ class _CoreBase:
                         c.progress_ms = now_ms
                         c.catch_up_left = CATCH_UP_RETRIES
                         self._note_deadline(now_ms + self.config.fetch_retry_ms)
+                    else:
+                        c.catch_up_left = 0  # untimed: as before, no retry
 
     def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
                      now_ms: int) -> bool:
@@ -1244,6 +1251,7 @@ class _CoreBase:
         self._control_verified = True
         self._hint_route(b, peer, h.publisher)
         c = b.chains[h.publisher]
+        c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
         if c.acked < h.seq < c.next_seq and h.seq > c.quick_acked:

@@ -585,11 +585,11 @@ async def test_a_member_away_when_its_proof_was_sent_gets_it_when_it_comes_back(
     ledger = EmbeddedLedger(lpath)
     hub = MemoryHub()
     # The in-memory hub names a peer the same across its reconnects (ZeroMQ gives each connection a new routing
-    # id): no grant sync interval and no copy window, or the reopened member's sync within a second of its first
-    # (the same bytes) would be skipped.
+    # id): no grant sync interval (and so no copy window, which is at most half of it), or the reopened member's
+    # sync within a second of its first (the same bytes) would be skipped.
     author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
                                  AllowList.of([P1.did, P2.did]), store_options=FAST, ledger=ledger,
-                                 anchor_config=CFG, config=CoreConfig(grant_sync_interval_ms=0, copy_window_ms=0))
+                                 anchor_config=CFG, config=CoreConfig(grant_sync_interval_ms=0))
     s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
     try:
         b1 = await s1.subscribe(timeout=5)

@@ -203,3 +203,24 @@ def test_a_catch_up_answered_is_not_asked_again() -> None:
         net.now += net.author.config.fetch_retry_ms
         s.handle_timer(net.now)
         assert _fetches(s.data_to_send()) == []
+
+
+def test_an_untimed_catch_up_after_an_answered_one_sends_nothing_more_at_the_next_tick() -> None:
+    """catch_up() without a time behaves as before the retries existed, even after a timed one was answered."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [b0] = net.subs["s0"].branch_ids()
+    s = net.subs["s0"]
+    for i in range(3):
+        net.author.publish(b0, b"alert %d" % i, net.now)
+    net.pump_author()
+    s.catch_up(net.now)
+    [fetch] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH
+               and decode_frame(o.data).head.from_seq > 0]
+    net.to_author(fetch, "s0")  # answered: the author's HEAD
+    net.now += 5_000
+    s.catch_up()
+    assert _fetches(s.data_to_send()) == [(4, 1027)]
+    net.now += 10
+    s.handle_timer(net.now)
+    assert _fetches(s.data_to_send()) == []

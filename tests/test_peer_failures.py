@@ -217,6 +217,23 @@ def test_copies_of_a_grant_sync_and_of_a_superseded_ack_cost_one_check(monkeypat
         assert reasons == [RejectReason.REPLAY] and len(seen) == 2  # refused once after its check, then dropped
 
 
+def test_the_copy_window_leaves_room_for_a_faster_retry() -> None:
+    """Parties configured to retry faster than copy_window_ms (fetch_retry_ms 200) still get their retries
+    answered: the window used is at most half of fetch_retry_ms."""
+    net = Net.make(n_subs=1, config=CoreConfig(fetch_retry_ms=200))
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    a.publish(branch, b"alert", net.now)
+    a.take_changes()
+    a.data_to_send()
+    me = s.branch_info(branch)[3].index(s.identity.did)
+    fetch = encode_frame(Fetch(a.channel, branch, 0, 1, 1, me), b"", s.identity.sign).raw
+    assert any(isinstance(e, FetchRequested) for e in a.receive(fetch, net.now, "s0"))
+    assert _reasons(a.receive(fetch, net.now + 50, "s0")) == [RejectReason.REPLAY]  # a copy
+    assert any(isinstance(e, FetchRequested) for e in a.receive(fetch, net.now + 200, "s0"))  # the retry
+
+
 def test_a_copy_of_a_forgery_is_checked_again() -> None:
     """Only a copy of a frame that held is dropped unchecked: a forged FETCH repeated keeps failing (and being
     charged), and a forgery carrying a genuine FETCH's content but another signature is checked, not taken for
