@@ -341,7 +341,7 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
     for i, v in enumerate(deny_raw):
         deny.add(r.did(v, f"policy.deny[{i}]"))
 
-    deny_holders = denied_holders(deny)
+    deny_set, deny_holders = frozenset(deny), denied_holders(deny)
     allow: dict[str, Permission] = {}
     allow_raw = pol.get("allow", [])
     if not isinstance(allow_raw, list):
@@ -354,7 +354,7 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
         did = r.did(t["did"], f"{key}.did")
         if did in allow:
             raise r.fail(f"{key}.did", "DID is allowed twice")
-        if is_denied(did, frozenset(deny), deny_holders):
+        if is_denied(did, deny_set, deny_holders):
             raise r.fail(f"{key}.did", "DID is both allowed and denied (as itself or as its twin, the same key "
                                        "negated: the same holder)")
         allow[did] = r.permission(t.get("permission", "read-write"), f"{key}.permission")

@@ -3,7 +3,7 @@ its epoch and gets exactly those; old grants replayed change nothing; nobody els
 
 from __future__ import annotations
 
-from streams.core import Outgoing
+from streams.core import Outgoing, SubscriberCore
 from streams.events import BranchClosed, Granted, Rejected, RejectReason
 from streams.wire import Fetch, Kind, Permission, decode_frame, encode_frame
 from tests.corenet import Net, ident
@@ -186,7 +186,9 @@ def test_a_catch_up_nobody_answered_is_asked_again_a_few_times() -> None:
     assert sent == [[(1, 1024)], [(1, 1024)], [], []]
 
 
-def test_a_catch_up_answered_is_not_asked_again() -> None:
+def _answered_catch_up() -> tuple[Net, SubscriberCore]:
+    """s0 holds the author's three messages, catches up (timed), and the author's HEAD notice (seq 3) answers:
+    nothing more to fetch."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     [b0] = net.subs["s0"].branch_ids()
@@ -198,7 +200,12 @@ def test_a_catch_up_answered_is_not_asked_again() -> None:
     [fetch] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH
                and decode_frame(o.data).head.from_seq > 0]
     assert decode_frame(fetch).head.from_seq == 4
-    net.to_author(fetch, "s0")  # the author's HEAD notice (seq 3) reaches s0: nothing more to fetch
+    net.to_author(fetch, "s0")
+    return net, s
+
+
+def test_a_catch_up_answered_is_not_asked_again() -> None:
+    net, s = _answered_catch_up()
     for _ in range(3):
         net.now += net.author.config.fetch_retry_ms
         s.handle_timer(net.now)
@@ -207,17 +214,7 @@ def test_a_catch_up_answered_is_not_asked_again() -> None:
 
 def test_an_untimed_catch_up_after_an_answered_one_sends_nothing_more_at_the_next_tick() -> None:
     """catch_up() without a time behaves as before the retries existed, even after a timed one was answered."""
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    [b0] = net.subs["s0"].branch_ids()
-    s = net.subs["s0"]
-    for i in range(3):
-        net.author.publish(b0, b"alert %d" % i, net.now)
-    net.pump_author()
-    s.catch_up(net.now)
-    [fetch] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH
-               and decode_frame(o.data).head.from_seq > 0]
-    net.to_author(fetch, "s0")  # answered: the author's HEAD
+    net, s = _answered_catch_up()
     net.now += 5_000
     s.catch_up()
     assert _fetches(s.data_to_send()) == [(4, 1027)]
