@@ -41,7 +41,8 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
 * **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
   endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A
   subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
-  backoff (Paranoid Pirate) and then calls ``on_reconnect`` -- set by :class:`streams.api.Subscriber` to
+  backoff (Paranoid Pirate), PINGs, and calls ``on_reconnect`` when the PONG announces the new connection's
+  session (its FETCHes carry it, SPEC 8.9) -- set by :class:`streams.api.Subscriber` to
   re-fetch everything after its cursors (Clone pattern: live frames are held by the core while the fetch fills
   the hole; duplicates are rejected as replays).  A PONG with a new instance id (the author restarted behind a
   transparent ZeroMQ reconnect) triggers the same catch-up.  Only heartbeats the subscriber was awake for count,
@@ -665,6 +666,12 @@ class AuthorEndpoint(_Base):
         """Routing ids of the live peers."""
         return list(self._peers)
 
+    def session_of(self, peer: object) -> bytes:
+        """The session of our record of ``peer`` (a routing id), which its FETCHes must carry (SPEC 8.9);
+        ``b""`` (which no FETCH carries) for a peer we have no record of."""
+        rec = self._peers.get(peer) if isinstance(peer, bytes) else None
+        return b"" if rec is None else rec.session
+
     def routes(self, branch: bytes) -> list[bytes]:
         """Routing ids currently mapped to ``branch``."""
         return list(self._routes.get(branch, ()))
@@ -1058,8 +1065,9 @@ class AuthorEndpoint(_Base):
 class SubscriberEndpoint(_Base):
     """A subscriber's side: one DEALER socket connected to ``connect`` (``tcp://host:port`` or ``ipc://path``).
 
-    ``on_reconnect``: an optional coroutine function called after every reconnect, and when the author endpoint
-    is seen to have restarted (:class:`streams.api.Subscriber` sets it to its catch-up).
+    ``on_reconnect``: an optional coroutine function called whenever the author endpoint announces a new session
+    for this connection: first contact, after every reconnect, when the author restarted or forgot us
+    (:class:`streams.api.Subscriber` sets it to its catch-up, whose FETCHes carry the session: SPEC 8.9).
 
     Raises :class:`LocalProtocolError` if the address is invalid."""
 
@@ -1240,6 +1248,8 @@ class SubscriberEndpoint(_Base):
             self._reader_task = asyncio.create_task(self._reader(), name="brokerless-sub-reader")
             self._tasks.append(self._reader_task)
             self._tasks.append(asyncio.create_task(self._heartbeat(), name="brokerless-sub-heartbeat"))
+            if self._session is None:
+                self._send(PING)  # first contact: the PONG announces our session (SPEC 14.4), which FETCHes carry
 
     async def _reader(self) -> None:
         fd = self._watch()
@@ -1365,6 +1375,10 @@ class SubscriberEndpoint(_Base):
             # fill the hole (THREATS 4, 8: nothing lost, nobody starved).
             log.info("author endpoint forgot this connection; catching up")
             self._fire_reconnect()
+        elif self._session is None:
+            # The first session of this socket (a start, a reconnect): the catch-up's FETCHes must carry it
+            # (SPEC 8.9), so the catch-up waits for it.
+            self._fire_reconnect()
         self.author_instance = inst
         if session != self._session:
             # A new record at the author (first contact, its restart, or our record expired there): every data
@@ -1469,5 +1483,4 @@ class SubscriberEndpoint(_Base):
         self._last_heard = _now_ms()
         self._reader_task = asyncio.create_task(self._reader(), name="brokerless-sub-reader")
         self._tasks.append(self._reader_task)
-        self._send(PING)
-        self._fire_reconnect()
+        self._send(PING)  # its PONG announces the new connection's session, and that catches up (_on_pong)

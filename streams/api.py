@@ -101,6 +101,12 @@ class Transport(Protocol):
     the core's verified routing hints (:meth:`streams.core.AuthorCore.take_routes`) after each send.  One that
     can stop reading a peer may have ``penalize(offenders)``: the party hands it, after each received batch, the
     peers whose frames failed signature or AEAD checks (:meth:`streams.core.AuthorCore.take_offenders`).
+
+    A transport with connection sessions (SPEC 8.9) binds FETCHes to them: an author's has
+    ``session_of(peer)`` (the session of the connection ``peer`` speaks on; ``b""`` for a peer it no longer
+    knows), a subscriber's a ``session`` attribute (its connection's, None before the author announced one).
+    Such a subscriber transport calls ``on_reconnect`` whenever its session changes, the first one included:
+    FETCHes made before carry the old one and are refused.
     """
 
     async def send(self, out: Outgoing) -> None:
@@ -227,6 +233,14 @@ class _Party:
         # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
         self._core.extras_lookup = store.branch_extras
         self._hook_parallel()
+        # FETCHes bound to the connection they travel on (SPEC 8.9), where the transport has sessions: the author
+        # checks them against the connection's session, a member binds its own to its connection's.
+        transport = self._transport
+        session_of = getattr(transport, "session_of", None)
+        if callable(session_of):
+            self._core.session_of = session_of
+        if hasattr(transport, "session"):
+            self._core.my_session = lambda: transport.session
 
     def _hook_parallel(self) -> None:
         self._core.verify_many = self._parallel.verify_many
@@ -1247,7 +1261,10 @@ class Subscriber(_Party):
             self = cls(core, store, transport, clock, queue_size)
             self._with_ledger(ledger)
             self._redeliver()
-            core.catch_up(self._clock())
+            if getattr(transport, "session", b"") is not None:
+                core.catch_up(self._clock())
+            # else: a transport with sessions that has none yet -- it calls on_reconnect (our catch-up) when the
+            # author announces one: FETCHes must carry it (SPEC 8.9).
             core.acknowledge()  # re-send our ACKs: the last ones may have died with the previous process
             await self._flush()
             self._start()

@@ -78,6 +78,7 @@ from .policy import Policy, SubscriptionRequest
 from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
+    SESSION_LEN,
     VERSION,
     Ack,
     AnchorProof,
@@ -472,6 +473,14 @@ class _CoreBase:
         #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
         #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.
         self.verify_many: BatchVerifier | None = None
+        #: Driver hook (author, SPEC 8.9): the session of the connection ``peer``'s frames arrive on, which its
+        #: FETCHes must carry (a FETCH replayed on another connection is refused before its signature is
+        #: checked); ``b""`` for a peer the transport no longer knows (nothing matches it); None, or no hook,
+        #: where the transport has no sessions (nothing is checked).
+        self.session_of: Callable[[object], bytes | None] | None = None
+        #: Driver hook (member): the session of the connection our frames leave on now, bound into every
+        #: FETCH we make; no hook, or None, sends unbound FETCHes (a transport without sessions).
+        self.my_session: Callable[[], bytes | None] | None = None
         self._verified: set[SignatureCheck] = set()
         #: receive_many's pre-pass: id(frame) -> (key, payload) of the packets it opened (this batch only).
         self._opened: dict[int, tuple[bytes, bytes]] = {}
@@ -926,7 +935,12 @@ class _CoreBase:
         """Ask the publisher of a chain for retained messages (catch-up after a restart, gap fill)."""
         b = self._get_branch(branch)
         head = Fetch(self._channel, branch, publisher, from_seq, to_seq, b.me)
-        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=branch))
+        self._out.append(Outgoing(encode_frame(head, self._session(), self._id.sign).raw, branch=branch))
+
+    def _session(self) -> bytes:
+        """The body of a FETCH we make: our connection's session, if the transport has one (SPEC 8.9)."""
+        get = self.my_session
+        return (get() or b"") if get is not None else b""
 
     def _want(self, b: _Branch, p: int, c: _Chain, upto: int, now_ms: int) -> None:
         """Chain ``p`` is known to reach ``upto``: fetch what we miss, one window at a time (THREATS 4)."""
@@ -1022,7 +1036,7 @@ class _CoreBase:
                 return
             b.sync_ms = now_ms
         head = Fetch(self._channel, b.id, 0, 0, b.epoch, b.me)
-        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
+        self._out.append(Outgoing(encode_frame(head, self._session(), self._id.sign).raw, branch=b.id))
 
     def open_logged(self, raw: bytes) -> MessageReceived | None:
         """Decrypt a message from our own log again (redelivery after a restart).  None if it is not a payload
@@ -1317,6 +1331,14 @@ class _CoreBase:
         member = b.members.get(h.requester)
         if member is None or h.requester == b.me:
             raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", h.branch, h.requester)
+        session_of = self.session_of
+        if session_of is not None and peer is not None:
+            # Bound to the connection it came on (SPEC 8.9): a recorded FETCH replayed on any other connection
+            # -- one the replayer opened, or the member's next one -- is refused here, before its signature.
+            want = session_of(peer)
+            if want is not None and not (len(want) == SESSION_LEN and _crypto.ct_equal(frame.body, want)):
+                raise _Reject(RejectReason.REPLAY, "fetch bound to another connection" if frame.body
+                              else "fetch not bound to this connection", h.branch, h.requester)
         try:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:

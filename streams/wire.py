@@ -37,6 +37,7 @@ from .errors import DecodeError, FrameTooLarge, UnsupportedVersion
 
 __all__ = [
     "MAX_FRAME",
+    "SESSION_LEN",
     "VERSION",
     "Ack",
     "AnchorProof",
@@ -73,6 +74,8 @@ __all__ = [
 ]
 
 VERSION: Final = 1
+#: Length of a connection session, the body of a bound FETCH (SPEC 8.9).
+SESSION_LEN: Final = 8
 #: Default hard limit on an encoded frame, bytes.  Payload limit is this minus the header overhead.
 MAX_FRAME: Final = 1 << 20
 _U64: Final = (1 << 64) - 1
@@ -391,10 +394,10 @@ SIG_REQUIRED: Final = frozenset(
      Kind.HEAD, Kind.ACK, Kind.ANCHOR_PROOF}
 )
 SIG_OPTIONAL: Final = frozenset({Kind.PACKET})
-#: Kinds whose body must be empty.
+#: Kinds whose body must be empty.  (A FETCH's is empty or the ``SESSION_LEN`` bytes of a connection session.)
 EMPTY_BODY: Final = frozenset(
     {Kind.ANNOUNCE, Kind.HELLO, Kind.CHALLENGE, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE,
-     Kind.FETCH, Kind.HEAD, Kind.ACK}
+     Kind.HEAD, Kind.ACK}
 )
 
 
@@ -525,6 +528,8 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
         raise DecodeError(f"{k.name} must not carry a signature")
     if empty_body and body:
         raise DecodeError(f"{k.name} must have an empty body")
+    if k is Kind.FETCH and len(body) not in (0, SESSION_LEN):
+        raise DecodeError(f"FETCH body must be empty or a {SESSION_LEN}-byte session")
     values = _unpack(head_raw, "head", 1024)
     schema = cls.SCHEMA
     if type(values) is not list or len(values) != len(schema):

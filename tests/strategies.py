@@ -62,6 +62,8 @@ def bodies(kind: wire.Kind) -> st.SearchStrategy[bytes]:
     """A body allowed for ``kind`` (empty for the kinds that must have none)."""
     if kind in wire.EMPTY_BODY:
         return st.just(b"")
+    if kind is wire.Kind.FETCH:
+        return st.sampled_from([b"", b"\x07" * wire.SESSION_LEN])  # unbound, or bound to a session
     return st.binary(max_size=300)
 
 

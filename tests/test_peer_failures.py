@@ -22,9 +22,10 @@ import streams._crypto as crypto
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, SignatureCheck
+from streams.errors import DecodeError
 from streams.events import FetchRequested, MessageReceived, Rejected, RejectReason
 from streams.policy import AllowList
-from streams.wire import Checkpoint, Fetch, Kind, decode_frame, encode_frame
+from streams.wire import SESSION_LEN, Checkpoint, Fetch, Kind, decode_frame, encode_frame
 from tests.corenet import Net, ident
 
 FORGER = ident(99)
@@ -302,12 +303,16 @@ async def test_a_forger_on_its_own_connection_is_suspended_and_members_keep_thei
     evil.setsockopt(zmq.LINGER, 0)
     try:
         branch = await sub.subscribe(timeout=10)
-        forged = [encode_frame(Fetch(author.channel, branch, 0, 1 + i, 10 + i, 1), b"", FORGER.sign).raw
+        # The forger binds its FETCHes to its own connection (SPEC 8.9; the author's PONG tells it the session):
+        # else they would be refused before any check.
+        evil.connect(ep.addresses[0])
+        await evil.send(b"\x00")  # PING
+        session = (await evil.recv())[9:9 + SESSION_LEN]
+        forged = [encode_frame(Fetch(author.channel, branch, 0, 1 + i, 10 + i, 1), session, FORGER.sign).raw
                   for i in range(3000)]
         forged_sigs = {decode_frame(f).sig for f in forged}
-        genuine = encode_frame(Fetch(author.channel, branch, 0, 1, 2, 1), b"", ident(10).sign).raw
+        genuine = encode_frame(Fetch(author.channel, branch, 0, 1, 2, 1), session, ident(10).sign).raw
         with counted_checks(monkeypatch) as seen:
-            evil.connect(ep.addresses[0])
             for i, f in enumerate(forged):
                 if i % 3 == 0:
                     await evil.send(genuine)
@@ -343,6 +348,146 @@ async def test_a_forger_on_its_own_connection_is_suspended_and_members_keep_thei
             assert sum(1 for s in seen if s in forged_sigs) == checked
     finally:
         evil.close()
+        ctx.term()
+        await sub.close()
+        await author.close()
+
+
+def _sessions(net: Net) -> dict[object, bytes]:
+    """Connection sessions as a transport with sessions keeps them (SPEC 8.9), installed in both cores: the
+    author checks each FETCH against the session of the connection it came on, the member binds its own."""
+    sessions: dict[object, bytes] = {"s0": b"\x5a" * SESSION_LEN}
+    sessions.update({f"relay{i}": bytes([i]) * SESSION_LEN for i in range(5)})
+    net.author.session_of = lambda peer: sessions.get(peer, b"")
+    net.subs["s0"].my_session = lambda: sessions["s0"]
+    return sessions
+
+
+def test_a_fetch_is_bound_to_its_connection_and_refused_on_any_other_before_its_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member binds every FETCH to the session of its connection (SPEC 8.9).  The same FETCH recorded and
+    replayed on other connections (ones the replayer opened, one the author no longer knows) is refused there
+    before its signature is checked, and answered nowhere; on its own connection it is answered.  (Without the
+    binding each connection got a signed HEAD and the range, whatever the copy rule did per connection.)"""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    sessions = _sessions(net)
+    for i in range(10):
+        a.publish(branch, b"alert %d" % i, net.now)
+    a.take_changes()
+    a.data_to_send()  # lost on the way: s0 will fetch them
+    s.request_fetch(branch, 0, 1, 10)
+    [fetch] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH]
+    assert decode_frame(fetch).body == sessions["s0"]
+    a.take_routes()
+    with counted_checks(monkeypatch) as seen:
+        events = []
+        for i in range(5):
+            events += a.receive(fetch, net.now + i, f"relay{i}")
+        events += a.receive(fetch, net.now, "forgotten")
+        assert _reasons(events) == [RejectReason.REPLAY] * 6
+        assert not seen
+        a.take_changes()
+        assert a.data_to_send() == [] and a.take_routes() == []
+        served = [e for e in a.receive(fetch, net.now, "s0") if isinstance(e, FetchRequested)]
+        assert [(e.from_seq, e.to_seq, e.peer) for e in served] == [(1, 10, "s0")] and len(seen) == 1
+    # Unbound (as over a transport without sessions), or bound to another session: refused as well.
+    me = s.branch_info(branch)[3].index(s.identity.did)
+    for body in (b"", sessions["relay0"]):
+        other = encode_frame(Fetch(a.channel, branch, 0, 1, 10, me), body, s.identity.sign).raw
+        assert _reasons(a.receive(other, net.now + 2000, "s0")) == [RejectReason.REPLAY]
+
+
+def test_a_members_grant_syncs_and_catch_up_carry_its_current_session() -> None:
+    """Every FETCH a member makes carries the session its transport reports at that moment: after the session
+    changed (a reconnect), the catch-up is bound to the new one and answered on the new connection."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    sessions = _sessions(net)
+    a.publish(branch, b"alert", net.now)
+    a.take_changes()
+    a.data_to_send()
+    sessions["s0"] = b"\x33" * SESSION_LEN  # reconnected: the author's new record of s0
+    s.catch_up(net.now)
+    fetches = [decode_frame(o.data) for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH]
+    assert {f.head.from_seq for f in fetches} == {0, 1}  # the grant sync and the catch-up of the author's chain
+    assert {f.body for f in fetches} == {sessions["s0"]}
+    answered = [e for f in fetches for e in a.receive(f.raw, net.now, "s0")]
+    assert not [e for e in answered if isinstance(e, Rejected)]
+    assert any(isinstance(e, FetchRequested) for e in answered)
+
+
+@pytest.mark.parametrize("n", [1, 7, 9, 32])
+def test_a_fetch_body_is_empty_or_a_session(n: int) -> None:
+    """Wire (SPEC 6.4): a FETCH's body is empty or exactly one session; anything else is malformed."""
+    f = encode_frame(Fetch(b"c" * 32, b"b" * 16, 0, 1, 2, 1), b"x" * n, FORGER.sign).raw
+    with pytest.raises(DecodeError):
+        decode_frame(f)
+    for ok in (b"", b"x" * SESSION_LEN):
+        assert decode_frame(encode_frame(Fetch(b"c" * 32, b"b" * 16, 0, 1, 2, 1), ok, FORGER.sign).raw).body == ok
+
+
+async def test_a_fetch_recorded_on_the_wire_is_answered_on_no_other_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over real sockets: an eavesdropper records a member's catch-up FETCH and replays it on twenty
+    connections of its own.  Each used to be answered with a signed HEAD and the five messages the member
+    fetched, read from the author's log.  Now none gets anything but the endpoint's PONG, and the author refuses
+    every copy before checking its signature.  The member got its own answer."""
+    cfg = EndpointConfig(heartbeat_ms=200)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    author = await Author.create(tmp_path / "author.db", ident(1), "bound", "pw", ep, AllowList.of([ident(10).did]),
+                                 store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "sub.db", ident(10), ident(1).did, author.channel, "pw",
+                                  SubscriberEndpoint(ep.addresses[0], cfg), store_options=FAST)
+    ctx = zmq.asyncio.Context()
+    evil: list[zmq.asyncio.Socket] = []
+    try:
+        branch = await sub.subscribe(timeout=10)
+        await sub.close()
+        for i in range(5):  # while the member is away
+            await author.publish(branch, b"alert %d" % i)
+        sub_ep = SubscriberEndpoint(ep.addresses[0], cfg)
+        wire: list[bytes] = []
+        send = sub_ep._send
+
+        def tap(data: bytes) -> None:  # what the member puts on the wire
+            wire.append(data)
+            send(data)
+
+        sub_ep._send = tap  # type: ignore[method-assign]
+        sub = await Subscriber.open(tmp_path / "sub.db", "pw", sub_ep, store_options=FAST)
+        assert [(await sub.next_message(timeout=10)).payload for _ in range(5)] == [b"alert %d" % i for i in range(5)]
+        [recorded] = [d for d in wire if d[:1] == b"\x95" and decode_frame(d).kind is Kind.FETCH
+                      and decode_frame(d).head.from_seq == 1]
+        author.pending_events()
+        with counted_checks(monkeypatch) as seen:
+            for _ in range(20):
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(ep.addresses[0])
+                evil.append(s)
+                await s.send(recorded)
+            answers: list[bytes] = []
+            refused = 0
+            end = time.monotonic() + 10
+            while time.monotonic() < end and refused < 20:
+                await asyncio.sleep(0.05)
+                refused += sum(1 for e in author.pending_events()
+                               if isinstance(e, Rejected) and e.reason is RejectReason.REPLAY)
+            await asyncio.sleep(0.3)  # anything sent in answer has arrived by now
+            for s in evil:
+                while await s.poll(0):
+                    answers.append(await s.recv())
+            assert refused == 20
+            assert len(answers) == 20 and all(a[:1] == b"\x01" for a in answers)  # one PONG each, nothing else
+            assert decode_frame(recorded).sig not in seen
+    finally:
+        for s in evil:
+            s.close()
         ctx.term()
         await sub.close()
         await author.close()

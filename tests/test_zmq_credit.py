@@ -740,6 +740,8 @@ async def test_a_sender_that_overruns_a_stalled_subscriber_parks_a_bounded_numbe
     try:
         await sep.send(Outgoing(HELLO))
         rid, data = await router.recv_multipart()
+        assert data == PING  # its first contact asks for a session (SPEC 14.4), which its FETCHes carry
+        rid, data = await router.recv_multipart()
         assert data == HELLO
         sent, refused_since = 0, time.monotonic()
         while time.monotonic() - refused_since < 0.3 and sent < 5000:  # until the path stays full for a while
@@ -837,6 +839,8 @@ async def test_pongs_with_and_without_limits_and_malformed_ones(tmp_path: Path) 
 
     try:
         await sep.send(Outgoing(HELLO))
+        rid, data = await router.recv_multipart()
+        assert data == PING  # its first contact asks for a session (SPEC 14.4), which its FETCHes carry
         rid, data = await router.recv_multipart()
         assert data == HELLO
         await router.send_multipart([rid, PONG + inst + session])
