@@ -835,6 +835,15 @@ class _CoreBase:
             if len(peers) > 4:  # reconnects leave old routing ids behind: keep the latest few
                 del peers[next(iter(peers))]
 
+    def _hint_route_unbound(self, b: _Branch, peer: object, member: int) -> None:
+        """A route from a verified ACK or HEAD: only where FETCHes are not bound to their connection.  Those two
+        are not bound, so a recorded one replayed on a connection the replayer opened verifies -- and would
+        route the branch's traffic there, a stream bought with one frame per connection (and an eviction of a
+        member's route).  Where they are bound, a member sends a FETCH on every new connection (its catch-up),
+        and that, or a chain frame of its accepted there, teaches the route (SPEC 14.2)."""
+        if self.session_of is None:
+            self._hint_route(b, peer, member)
+
     def take_deadline(self) -> int | None:
         """The earliest ``now_ms`` at which :meth:`handle_timer` has work that was set since the last call (a
         coalesced ACK, an amortized checkpoint, a gap fetch's retry), or None; then forget it.  Cheap, unlike
@@ -1132,6 +1141,10 @@ class _CoreBase:
             self._hold(b, c, frame, events, now_ms)
             return
         self._accept(b, c, frame, events)
+        if self._charges_peers:
+            # An accepted frame is fresh (a copy is a replay, refused before any check) and authentic: the
+            # connection it came on is the member's, now (SPEC 14.2) -- also before its catch-up FETCH is in.
+            self._hint_route(b, peer, h.publisher)
         c.progress_ms = now_ms
         self._drain(b, c, events)
         if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
@@ -1263,7 +1276,7 @@ class _CoreBase:
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
         self._control_verified = True
-        self._hint_route(b, peer, h.publisher)
+        self._hint_route_unbound(b, peer, h.publisher)
         c = b.chains[h.publisher]
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
@@ -1304,7 +1317,7 @@ class _CoreBase:
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "ack signature", h.branch, h.acker) from exc
         self._control_verified = True
-        self._hint_route(b, peer, h.acker)
+        self._hint_route_unbound(b, peer, h.acker)
         if h.seq >= c.next_seq:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
         if h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head):

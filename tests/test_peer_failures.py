@@ -491,3 +491,37 @@ async def test_a_fetch_recorded_on_the_wire_is_answered_on_no_other_connection(
         ctx.term()
         await sub.close()
         await author.close()
+
+
+def test_a_replayed_ack_or_head_routes_nothing_where_fetches_are_bound() -> None:
+    """A member's ACK and HEAD carry no session: a recorded one replayed on a connection the replayer opened
+    still verifies, and used to route the branch's traffic to that connection (the whole stream, bought with
+    one frame per connection, and a member's route evicted at the limit).  Where FETCHes are bound, routes come
+    from FETCHes (a member sends one on every new connection), the GRANT, and the member's chain frames the
+    author accepts (fresh: a copy of one is a replay, and teaches nothing either)."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    _sessions(net)
+    a.publish(branch, b"alert", net.now)
+    net.pump_author()
+    s.publish(branch, b"payment", net.now)
+    s.take_changes()
+    [packet] = [o.data for o in s.data_to_send()]
+    a.take_routes()
+    assert any(isinstance(e, MessageReceived) for e in a.receive(packet, net.now, "s0-new"))
+    assert a.take_routes() == [(branch, "s0-new", True)]  # its new connection, before any FETCH there
+    assert _reasons(a.receive(packet, net.now, "relay4")) == [RejectReason.REPLAY]
+    s.acknowledge()
+    s.head_notices(force=True)
+    frames = {decode_frame(o.data).kind: o.data for o in s.data_to_send()}
+    assert {Kind.ACK, Kind.HEAD} <= set(frames)
+    a.take_routes()
+    for i, kind in enumerate((Kind.ACK, Kind.HEAD)):
+        a.receive(frames[kind], net.now, f"relay{i}")
+    assert a.take_routes() == []
+    s.request_fetch(branch, 0, 1, 1)
+    [fetch] = [o.data for o in s.data_to_send()]
+    a.receive(fetch, net.now, "s0")
+    assert a.take_routes() == [(branch, "s0", True)]
