@@ -141,6 +141,8 @@ _ONCE_KINDS = frozenset({Kind.FETCH, Kind.ACK, Kind.HEAD})
 MAX_RECENT_CONTROL = 8192
 #: Times a catch-up FETCH that got no answer at all is sent again (CoreBase.catch_up).
 CATCH_UP_RETRIES = 2
+#: Times a grant sync that got no answer at all is sent again (SPEC 9.5), each after 1.5 x ``fetch_retry_ms``.
+GRANT_SYNC_RETRIES = 2
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -494,6 +496,8 @@ class _CoreBase:
         #: Control frames handled lately (_ONCE_KINDS), author only: (message hash + signature, transport peer) ->
         #: when (ms), oldest first; and whether the one being handled passed its signature check.
         self._recent_control: OrderedDict[tuple[bytes, object], int] = OrderedDict()
+        #: Member: branches whose timed grant sync is not answered yet -> retries left (SPEC 9.5).
+        self._sync_waits: dict[bytes, int] = {}
         self._control_verified = False
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
@@ -885,6 +889,8 @@ class _CoreBase:
         times); queue the coalesced ACKs that are due (the driver commits before it sends what this queued, as
         always)."""
         self._out.extend(self.take_acks(now_ms))
+        if self._sync_waits:
+            self._retry_grant_syncs(now_ms)
         for b in self._branches.values():
             if b.state is BranchState.OPEN:
                 for p, rc in b.chains.items():
@@ -1019,7 +1025,7 @@ class _CoreBase:
             if b.state is not BranchState.OPEN:
                 continue
             if self.role is Role.SUBSCRIBER:
-                self._request_grants(b, None)
+                self._request_grants(b, now_ms, limit=False)
             for p, c in b.chains.items():
                 if p != b.me:
                     # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
@@ -1037,15 +1043,41 @@ class _CoreBase:
         """Answer a grant sync (the author's; see :class:`AuthorCore`)."""
         return False
 
-    def _request_grants(self, b: _Branch, now_ms: int | None) -> None:
+    def _request_grants(self, b: _Branch, now_ms: int | None, limit: bool = True) -> None:
         """Grant sync (SPEC 9.5): ask the author for the grants of ``b`` after our epoch, and its REVOKE if it
-        closed -- what we missed while offline.  With ``now_ms``, at most once per ``fetch_retry_ms``."""
+        closed -- what we missed while offline.  With ``now_ms``: at most once per ``fetch_retry_ms`` if
+        ``limit``, and asked again if no answer comes (:meth:`_retry_grant_syncs`)."""
         if now_ms is not None:
-            if now_ms - b.sync_ms < self.config.fetch_retry_ms:
+            if limit and now_ms - b.sync_ms < self.config.fetch_retry_ms:
                 return
             b.sync_ms = now_ms
+            self._sync_waits[b.id] = GRANT_SYNC_RETRIES
+            self._note_deadline(now_ms + self._sync_retry_ms())
+        self._send_grant_sync(b)
+
+    def _send_grant_sync(self, b: _Branch) -> None:
         head = Fetch(self._channel, b.id, 0, 0, b.epoch, b.me)
         self._out.append(Outgoing(encode_frame(head, self._session(), self._id.sign).raw, branch=b.id))
+
+    def _sync_retry_ms(self) -> int:
+        """How long a member waits for the answer to a grant sync: half again ``fetch_retry_ms``, so that the
+        author's limit of one answer per ``grant_sync_interval_ms`` (the same by default) has passed for sure."""
+        return self.config.fetch_retry_ms * 3 // 2
+
+    def _retry_grant_syncs(self, now_ms: int) -> None:
+        """Ask again for the grant syncs nobody answered (lost on the way, or their answer was): the author
+        answers every one -- on a member's own branch at least its current GRANT, on a group its HEAD if the
+        chain holds anything (a group whose chain is empty costs these retries)."""
+        wait = self._sync_retry_ms()
+        for bid, left in list(self._sync_waits.items()):
+            b = self._branches.get(bid)
+            if b is None or b.state is not BranchState.OPEN or left <= 0:
+                del self._sync_waits[bid]
+            elif _elapsed(now_ms, b.sync_ms, wait):
+                self._sync_waits[bid] = left - 1
+                b.sync_ms = now_ms
+                self._send_grant_sync(b)
+                self._note_deadline(now_ms + wait)
 
     def open_logged(self, raw: bytes) -> MessageReceived | None:
         """Decrypt a message from our own log again (redelivery after a restart).  None if it is not a payload
@@ -1277,6 +1309,8 @@ class _CoreBase:
             raise _Reject(RejectReason.BAD_SIGNATURE, "head notice signature", h.branch, h.publisher) from exc
         self._control_verified = True
         self._hint_route_unbound(b, peer, h.publisher)
+        if h.publisher == 0:
+            self._sync_waits.pop(b.id, None)  # the author answered (a group's grant sync, SPEC 9.5)
         c = b.chains[h.publisher]
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
@@ -1450,8 +1484,8 @@ class AuthorCore(_CoreBase):
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         self._syncs: dict[tuple[bytes, object], None] = {}  #: grant syncs answered (branch, peer), for the driver
-        #: (branch, member, peer) -> when we last answered its grant sync (see _sync_grants)
-        self._synced_ms: dict[tuple[bytes, int, object], int] = {}
+        #: (branch, member, peer, after) -> when we last answered that grant sync (see _sync_grants)
+        self._synced_ms: dict[tuple[bytes, int, object, int], int] = {}
 
     def __repr__(self) -> str:
         return f"AuthorCore(channel={self._channel.hex()}, branches={len(self._branches)})"
@@ -1636,17 +1670,20 @@ class AuthorCore(_CoreBase):
                      now_ms: int) -> bool:
         """Answer a member's grant sync (a FETCH from seq 0, SPEC 9.5): the grants of ``b`` after epoch
         ``after``, its REVOKE if it is closed, and, on the member's own branch, the first grant of every open
-        group it belongs to (it may have been offline when the group opened).  At most once per member, branch
-        and connection (peer) per ``grant_sync_interval_ms``: False (nothing sent) otherwise -- a request replayed
-        on one connection costs a signature check only (a member that reconnects is a new peer: answered)."""
-        key = (b.id, requester, peer)
+        group it belongs to (it may have been offline when the group opened); on that branch, when nothing is
+        newer, its current grant (an answer always: the member asks again when none comes).  At most once per
+        member, branch, connection (peer) and ``after`` per ``grant_sync_interval_ms``: False (nothing sent)
+        otherwise -- a request replayed on one connection costs a signature check only (a member that reconnects
+        is a new peer, and one that applied a grant asks after its new epoch: answered)."""
+        key = (b.id, requester, peer, after)
         if now_ms - self._synced_ms.get(key, _LONG_AGO) < self.config.grant_sync_interval_ms:
             return False
         if len(self._synced_ms) >= 100_000:
             limit = now_ms - self.config.grant_sync_interval_ms
             self._synced_ms = {k: t for k, t in self._synced_ms.items() if t > limit}
         self._synced_ms[key] = now_ms
-        for raw in self._grants_after(b, after):
+        later = self._grants_after(b, after)
+        for raw in later:
             self._out.append(Outgoing(raw, peer=peer, branch=b.id))
         if b.state is BranchState.OPEN:
             self._syncs[(b.id, peer)] = None
@@ -1654,9 +1691,13 @@ class AuthorCore(_CoreBase):
             self._out.append(Outgoing(self._revoke_frame(b), peer=peer, branch=b.id))
             return True
         if not b.peer_did:
-            return True
+            return True  # a group: our HEAD answers (_on_fetch), if the chain holds anything
         for g in self._open_groups_of(member[0]):
             self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=g.id))
+        if not later:
+            # Always an answer on a member's own branch (SPEC 9.5), last: its current grant (it changes nothing
+            # there).  A member that gets none asks again: the request or the answer was lost.
+            self._out.append(Outgoing(self._grants_after(b, b.epoch - 1)[-1], peer=peer, branch=b.id))
         return True
 
     def _open_groups_of(self, sign_public: bytes) -> list[_Branch]:
@@ -1968,11 +2009,14 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+        synced = self._sync_waits.pop(g.branch, None) is not None  # the author answered our grant sync (9.5)
         existing = self._branches.get(g.branch)
         if existing is not None:
             if existing.state is BranchState.CLOSED:
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
+                if synced:
+                    return  # the answer to our grant sync, nothing newer: not the answer to a subscription
                 # The same grant again: the author's answer to our re-subscription.  Already applied; it only
                 # completes the handshake we are waiting on -- also when a HELLO retry went out before it arrived
                 # (AWAIT_CHALLENGE: a round trip slower than the retry interval, a starved host), as a first grant
@@ -2035,7 +2079,10 @@ class SubscriberCore(_CoreBase):
         # Grant sync (SPEC 9.5): any later grant (a group's first grant may come long after it was re-keyed), the
         # first grants of groups we belong to (on our own branch), and the author's HEAD, which starts the fetch
         # of what the branch already holds (packets sent before the author's transport knew our route to it).
-        self._request_grants(self._branches[g.branch], None)  # an authentic new grant: never rate-limited
+        b = self._branches[g.branch]
+        # An authentic new grant: never rate-limited.  Timed (asked again if unanswered) on a member's own branch,
+        # which the author always answers; a new group's chain is empty, and nothing would answer there.
+        self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head

@@ -48,10 +48,10 @@ def test_a_member_behind_by_two_rekeys_gets_both_grants_in_order_and_nothing_it_
     net.pump_sub("s0")
     assert [e.epoch for e in net.events["s0"] if isinstance(e, Granted)][-2:] == [1, 2]
     assert net.subs["s0"].branch_info(branch)[:2] == (2, Permission.READ_WRITE)
-    # Asked again from epoch 1: only the epoch-2 grant; from epoch 2: no grant at all.
-    assert [decode_frame(o.data).head.epoch for o in _sync(net, "s0", branch, 1)
-            if decode_frame(o.data).kind is Kind.GRANT] == [2]
-    assert Kind.GRANT not in _kinds(_sync(net, "s0", branch, 2))
+    # Asked again from epoch 1: only the epoch-2 grant; from epoch 2: nothing newer, only the current grant as
+    # the answer (SPEC 9.5: the author always answers on a member's own branch).
+    for after in (1, 2):
+        assert [decode_frame(o.data).head.epoch for o in _sync(net, "s0", branch, after)] == [2]
 
 
 def test_old_grants_replayed_change_nothing_and_an_altered_one_is_rejected() -> None:
@@ -221,3 +221,96 @@ def test_an_untimed_catch_up_after_an_answered_one_sends_nothing_more_at_the_nex
     net.now += 10
     s.handle_timer(net.now)
     assert _fetches(s.data_to_send()) == []
+
+
+def _syncs(outs: list[Outgoing]) -> list[int]:
+    """The grant syncs among ``outs`` (FETCHes from seq 0): the epoch each asks after."""
+    frames = [decode_frame(o.data) for o in outs]
+    return [f.head.to_seq for f in frames if f.kind is Kind.FETCH and f.head.from_seq == 0]
+
+
+def _lost_sync_answer(net: Net, name: str) -> None:
+    """``name`` is back and catches up; its grant sync reaches the author, whose answer is lost on the way."""
+    s = net.subs[name]
+    net.now += 1000
+    s.catch_up(net.now)
+    outs = s.data_to_send()
+    assert len(_syncs(outs)) == len(s.branch_ids())
+    for o in outs:
+        net.author.receive(o.data, net.now, name)
+    net.author.take_changes()
+    net.author.data_to_send()  # lost
+
+
+def test_a_grant_sync_whose_answer_was_lost_is_asked_again_and_the_rekeys_arrive() -> None:
+    """A member back from being away asks for the grants it missed, and the answer (two re-keys) is lost.  It used
+    to wait for its next reconnect: nothing else tells a write-only member, which reads no HEAD of the author's
+    chain.  The author now answers every grant sync on a member's own branch (nothing newer: its current grant),
+    so no answer means a loss: the member asks again after 1.5 x fetch_retry_ms, and stops once answered."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [b0] = s.branch_ids()
+    _offline_rekeys(net, b0)
+    _lost_sync_answer(net, "s0")
+    wait = s.config.fetch_retry_ms * 3 // 2
+    net.now += wait - 1
+    s.handle_timer(net.now)
+    assert _syncs(s.data_to_send()) == []  # not yet
+    net.now += 1
+    s.handle_timer(net.now)
+    outs = s.data_to_send()
+    assert _syncs(outs) == [0]
+    for o in outs:
+        net.to_author(o.data, "s0")
+    assert s.branch_info(b0)[:2] == (2, Permission.READ_WRITE)
+    for _ in range(3):
+        net.now += wait
+        s.handle_timer(net.now)
+        assert _syncs(s.data_to_send()) == []
+
+
+def test_a_group_opened_while_away_is_learned_after_a_lost_sync_answer() -> None:
+    """A group's first grant goes along each member's own branch; a member away then learns of the group only
+    from its grant sync of that branch.  That answer lost, it asks again and gets it."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    g = net.author.open_group([ident(10).public])
+    net.author.take_changes()
+    net.author.data_to_send()  # s0 is away
+    _lost_sync_answer(net, "s0")
+    assert g not in s.branch_ids()
+    net.now += s.config.fetch_retry_ms * 3 // 2
+    s.handle_timer(net.now)
+    for o in s.data_to_send():
+        net.to_author(o.data, "s0")
+    assert g in s.branch_ids()
+
+
+def test_an_unanswered_grant_sync_is_asked_again_twice_and_an_answered_one_never() -> None:
+    """With the author unreachable, a member asks twice more, then waits for what it always does (a reconnect, a
+    HEAD naming a later epoch).  Its sync answered -- nothing newer, the current grant -- it asks nothing more, and
+    that grant neither changes the branch nor reads as the answer to a subscription."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [b0] = s.branch_ids()
+    _lost_sync_answer(net, "s0")
+    wait = s.config.fetch_retry_ms * 3 // 2
+    sent = []
+    for _ in range(4):
+        net.now += wait
+        s.handle_timer(net.now)
+        sent.append(_syncs(s.data_to_send()))
+    assert sent == [[0], [0], [], []]
+    net.now += 1000
+    s.catch_up(net.now)
+    start = len(net.events["s0"])
+    net.pump_sub("s0")  # answered: the current grant only
+    assert [type(e) for e in net.events["s0"][start:]] == []
+    assert s.branch_info(b0)[0] == 0
+    for _ in range(3):
+        net.now += wait
+        s.handle_timer(net.now)
+        assert _syncs(s.data_to_send()) == []
