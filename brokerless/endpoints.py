@@ -13,9 +13,9 @@ recorded, replayed, reordered, dropped, altered or injected by a relay between t
 accepts each (branch, publisher, seq) at most once, in order, authentic.  The endpoints add:
 
 * **Routing.**  The author learns which routing ids belong to which branch from the grant (an ``Outgoing``
-  with both ``peer`` and ``branch``) and from the member frames naming a branch whose signature the protocol
-  core verified (``learn_routes``, fed by the driver): a forged or relayed frame never maps, nor evicts, a
-  peer.  Mappings are bounded (``peers_per_branch``, ``max_branches``; least recently seen evicted).
+  with both ``peer`` and ``branch``) and from the member frames naming a branch that the protocol core
+  verified (``learn_routes``, fed by the driver; SPEC 14.2 says which): a forged or replayed frame never maps,
+  nor evicts, a peer.  Mappings are bounded (``peers_per_branch``, ``max_branches``; least recently seen evicted).
 * **Nothing stalls** (THREATS 8).  Sends never block: a peer whose pipe is full (ZeroMQ high-water mark) gets
   its frames queued up to ``send_queue`` frames or ``send_queue_bytes`` bytes, then dropped and counted.  The
   receiver's gap detection, HEAD notices and FETCH retries (in the core) recover every dropped frame from the

@@ -807,6 +807,7 @@ class _Party:
                 force = refresh >= self.head_refresh_ticks
                 if force:
                     refresh = 0
+                    self._core.sync_quiet(now)  # a member re-teaches the author its route where it went quiet
                 self._core.head_notices(force)
             try:
                 await self._flush()

@@ -379,8 +379,8 @@ class _Chain:
 
 
 class _Branch:
-    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "grants", "has_evidence", "id", "keys",
-                 "me", "members", "mode", "peer_did", "state", "sync_ms")
+    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "grants", "has_evidence", "heard", "id",
+                 "keys", "me", "members", "mode", "peer_did", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -401,6 +401,7 @@ class _Branch:
         self.grants: list[bytes] | None = rec.grants  #: earlier grants (author side; None = in the store)
         self.chains: dict[int, _Chain] = {}
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
+        self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
 
     def record(self, grant_frame: bytes, evidence: bytes, grants: list[bytes]) -> BranchRecord:
         return BranchRecord(
@@ -818,8 +819,9 @@ class _CoreBase:
 
     def take_routes(self) -> list[tuple[bytes, object, bool]]:
         """Routing hints since the last call, in order, for a transport that routes a branch's frames to the
-        peers it knows for it (SPEC 14.2): ``(branch, peer, True)``, a peer whose signed frame naming the branch
-        came from a current member (a forged or relayed one never teaches a route); ``(branch, peer, False)``,
+        peers it knows for it (SPEC 14.2): ``(branch, peer, True)``, a peer that a current member's verified
+        FETCH (or, where FETCHes are not bound, ACK or HEAD) naming the branch came from, or one of its chain
+        frames we accepted (a forged frame, or a replayed one, never teaches a route); ``(branch, peer, False)``,
         forget that peer for the branch (its member was removed from the group); ``(branch, None, False)``,
         forget every peer of the branch (it closed)."""
         if not self._route_hints:
@@ -1026,6 +1028,7 @@ class _CoreBase:
                 continue
             if self.role is Role.SUBSCRIBER:
                 self._request_grants(b, now_ms, limit=False)
+                b.heard = False  # until the author answers: sync_quiet asks again at the next forced refresh
             for p, c in b.chains.items():
                 if p != b.me:
                     # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
@@ -1054,6 +1057,20 @@ class _CoreBase:
             self._sync_waits[b.id] = GRANT_SYNC_RETRIES
             self._note_deadline(now_ms + self._sync_retry_ms())
         self._send_grant_sync(b)
+
+    def sync_quiet(self, now_ms: int) -> None:
+        """Member (SPEC 14.3): a grant sync for every open branch on which nothing authentic came from the author
+        since the last call or our catch-up (the driver calls this at each forced HEAD refresh).  Bound to our
+        connection, it re-teaches the author our route (ACK and HEAD teach none where FETCHes are bound, SPEC
+        14.2): without it, a member whose catch-up FETCHes were all lost on a connection that stays up would
+        never be routed again.  It is answered, and asked again if not, as any grant sync (SPEC 9.5)."""
+        if self.role is not Role.SUBSCRIBER:
+            return
+        for b in self._branches.values():
+            if b.state is BranchState.OPEN:
+                if not b.heard:
+                    self._request_grants(b, now_ms)
+                b.heard = False
 
     def _send_grant_sync(self, b: _Branch) -> None:
         head = Fetch(self._channel, b.id, 0, 0, b.epoch, b.me)
@@ -1266,6 +1283,7 @@ class _CoreBase:
         payload = self._verify_chain_frame(b, frame)
         c.next_seq = h.seq + 1
         c.head = frame.hash
+        b.heard = True
         signed = bool(frame.sig)
         self._changes.log.append(LogRecord(b.id, h.publisher, h.seq, frame.hash, frame.raw))
         newly_covered = signed and (h.seq - c.covered > 1 or frame.kind is Kind.CHECKPOINT)
@@ -1310,6 +1328,7 @@ class _CoreBase:
         self._control_verified = True
         self._hint_route_unbound(b, peer, h.publisher)
         if h.publisher == 0:
+            b.heard = True
             self._sync_waits.pop(b.id, None)  # the author answered (a group's grant sync, SPEC 9.5)
         c = b.chains[h.publisher]
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
@@ -1352,6 +1371,8 @@ class _CoreBase:
             raise _Reject(RejectReason.BAD_SIGNATURE, "ack signature", h.branch, h.acker) from exc
         self._control_verified = True
         self._hint_route_unbound(b, peer, h.acker)
+        if h.acker == 0:
+            b.heard = True  # the author acknowledged our chain
         if h.seq >= c.next_seq:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
         if h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head):
@@ -2012,6 +2033,7 @@ class SubscriberCore(_CoreBase):
         synced = self._sync_waits.pop(g.branch, None) is not None  # the author answered our grant sync (9.5)
         existing = self._branches.get(g.branch)
         if existing is not None:
+            existing.heard = True
             if existing.state is BranchState.CLOSED:
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):

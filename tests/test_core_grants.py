@@ -314,3 +314,35 @@ def test_an_unanswered_grant_sync_is_asked_again_twice_and_an_answered_one_never
         net.now += wait
         s.handle_timer(net.now)
         assert _syncs(s.data_to_send()) == []
+
+
+def test_a_branch_gone_quiet_is_synced_again_at_the_forced_refresh() -> None:
+    """Where FETCHes are bound, only a member's FETCHes teach the author its route (ACK and HEAD are
+    replayable).  A member whose catch-up FETCHes were all lost, on a connection that stays up, would never be
+    routed again: so at each forced refresh it sends a grant sync on every branch where nothing authentic came
+    from the author since the previous one -- and none where something did."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [b0] = s.branch_ids()
+    s.sync_quiet(net.now)  # the grant just came: heard
+    assert _syncs(s.data_to_send()) == []
+    net.now += 10_000
+    s.sync_quiet(net.now)  # nothing since
+    outs = s.data_to_send()
+    assert _syncs(outs) == [0]
+    for o in outs:
+        net.to_author(o.data, "s0")  # answered: its current grant, which counts as heard
+    net.now += 10_000
+    s.sync_quiet(net.now)
+    assert _syncs(s.data_to_send()) == []
+    net.author.publish(b0, b"alert", net.now)
+    net.pump_author()
+    net.now += 10_000
+    s.sync_quiet(net.now)  # cleared at the last call, then a message came: heard
+    assert _syncs(s.data_to_send()) == []
+    net.now += 10_000
+    s.sync_quiet(net.now)
+    assert _syncs(s.data_to_send()) == [0]
+    net.author.sync_quiet(net.now)  # a member's duty: the author sends nothing
+    assert net.author.data_to_send() == []
