@@ -380,7 +380,7 @@ class _Chain:
 
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "grants", "has_evidence", "heard", "id",
-                 "keys", "me", "members", "mode", "peer_did", "state", "sync_ms")
+                 "keys", "me", "members", "mode", "peer_did", "quiet", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -402,6 +402,7 @@ class _Branch:
         self.chains: dict[int, _Chain] = {}
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
+        self.quiet = 0  #: subscriber side: forced refreshes in a row that found the branch quiet
 
     def record(self, grant_frame: bytes, evidence: bytes, grants: list[bytes]) -> BranchRecord:
         return BranchRecord(
@@ -1046,31 +1047,44 @@ class _CoreBase:
         """Answer a grant sync (the author's; see :class:`AuthorCore`)."""
         return False
 
-    def _request_grants(self, b: _Branch, now_ms: int | None, limit: bool = True) -> None:
+    def _request_grants(self, b: _Branch, now_ms: int | None, limit: bool = True, expect: bool = True) -> None:
         """Grant sync (SPEC 9.5): ask the author for the grants of ``b`` after our epoch, and its REVOKE if it
         closed -- what we missed while offline.  With ``now_ms``: at most once per ``fetch_retry_ms`` if
-        ``limit``, and asked again if no answer comes (:meth:`_retry_grant_syncs`)."""
+        ``limit``, and, if ``expect``, asked again if no answer comes (:meth:`_retry_grant_syncs`)."""
         if now_ms is not None:
             if limit and now_ms - b.sync_ms < self.config.fetch_retry_ms:
                 return
             b.sync_ms = now_ms
-            self._sync_waits[b.id] = GRANT_SYNC_RETRIES
-            self._note_deadline(now_ms + self._sync_retry_ms())
+            if expect:
+                self._sync_waits[b.id] = GRANT_SYNC_RETRIES
+                self._note_deadline(now_ms + self._sync_retry_ms())
         self._send_grant_sync(b)
 
     def sync_quiet(self, now_ms: int) -> None:
-        """Member (SPEC 14.3): a grant sync for every open branch on which nothing authentic came from the author
-        since the last call or our catch-up (the driver calls this at each forced HEAD refresh).  Bound to our
-        connection, it re-teaches the author our route (ACK and HEAD teach none where FETCHes are bound, SPEC
-        14.2): without it, a member whose catch-up FETCHes were all lost on a connection that stays up would
-        never be routed again.  It is answered, and asked again if not, as any grant sync (SPEC 9.5)."""
-        if self.role is not Role.SUBSCRIBER:
-            return
+        """Member, where FETCHes are bound (SPEC 14.3): a FETCH on every open branch on which nothing came from
+        the author since the last call or our catch-up (the driver calls this at each forced HEAD refresh) --
+        of the author's chain from our cursor where we read it (answered by its HEAD, if it holds anything),
+        else a grant sync.  Bound to our connection, it re-teaches the author our route (ACK and HEAD teach none
+        there, SPEC 14.2): without it, a member whose catch-up FETCHes were all lost on a connection that stays
+        up would never be routed again.  Not asked again when unanswered; a branch that stays quiet is asked
+        at the 1st, 2nd, 4th, 8th ... quiet refresh, then every 64th."""
+        get = self.my_session
+        if self.role is not Role.SUBSCRIBER or get is None or get() is None:
+            return  # no sessions: ACK and HEAD teach routes (and before a session, nothing is bound)
         for b in self._branches.values():
-            if b.state is BranchState.OPEN:
-                if not b.heard:
-                    self._request_grants(b, now_ms)
-                b.heard = False
+            if b.state is not BranchState.OPEN:
+                continue
+            if b.heard:
+                b.heard, b.quiet = False, 0
+                continue
+            b.quiet += 1
+            if b.quiet & (b.quiet - 1) and b.quiet % 64:
+                continue
+            c = b.chains.get(0)
+            if c is not None and b.me != 0:
+                self.request_fetch(b.id, 0, c.next_seq, c.next_seq + self.config.max_fetch - 1)
+            else:
+                self._request_grants(b, now_ms, expect=False)
 
     def _send_grant_sync(self, b: _Branch) -> None:
         head = Fetch(self._channel, b.id, 0, 0, b.epoch, b.me)
@@ -1505,8 +1519,10 @@ class AuthorCore(_CoreBase):
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         self._syncs: dict[tuple[bytes, object], None] = {}  #: grant syncs answered (branch, peer), for the driver
-        #: (branch, member, peer, after) -> when we last answered that grant sync (see _sync_grants)
-        self._synced_ms: dict[tuple[bytes, int, object, int], int] = {}
+        #: (branch, member, peer) -> when we last answered its grant sync, and after which epoch (_sync_grants)
+        self._synced_ms: dict[tuple[bytes, int, object], tuple[int, int]] = {}
+        #: (branch, member, peer) -> when its grant sync last got the first grants of the member's groups
+        self._groups_told: dict[tuple[bytes, int, object], int] = {}
 
     def __repr__(self) -> str:
         return f"AuthorCore(channel={self._channel.hex()}, branches={len(self._branches)})"
@@ -1691,18 +1707,20 @@ class AuthorCore(_CoreBase):
                      now_ms: int) -> bool:
         """Answer a member's grant sync (a FETCH from seq 0, SPEC 9.5): the grants of ``b`` after epoch
         ``after``, its REVOKE if it is closed, and, on the member's own branch, the first grant of every open
-        group it belongs to (it may have been offline when the group opened); on that branch, when nothing is
-        newer, its current grant (an answer always: the member asks again when none comes).  At most once per
-        member, branch, connection (peer) and ``after`` per ``grant_sync_interval_ms``: False (nothing sent)
-        otherwise -- a request replayed on one connection costs a signature check only (a member that reconnects
-        is a new peer, and one that applied a grant asks after its new epoch: answered)."""
-        key = (b.id, requester, peer, after)
-        if now_ms - self._synced_ms.get(key, _LONG_AGO) < self.config.grant_sync_interval_ms:
+        group it belongs to (it may have been offline when the group opened; once per interval); on that
+        branch, when nothing is newer, its current grant (an answer always: the member asks again when none
+        comes).  At most once per member, branch and connection (peer) per ``grant_sync_interval_ms``, unless
+        ``after`` is higher than the last answered: False (nothing sent) otherwise -- a request replayed on one
+        connection costs a signature check only (a member that reconnects is a new peer, and one that applied a
+        grant asks after its new epoch: answered)."""
+        key = (b.id, requester, peer)
+        last, last_after = self._synced_ms.get(key, (_LONG_AGO, after))
+        if now_ms - last < self.config.grant_sync_interval_ms and after <= last_after:
             return False
         if len(self._synced_ms) >= 100_000:
             limit = now_ms - self.config.grant_sync_interval_ms
-            self._synced_ms = {k: t for k, t in self._synced_ms.items() if t > limit}
-        self._synced_ms[key] = now_ms
+            self._synced_ms = {k: v for k, v in self._synced_ms.items() if v[0] > limit}
+        self._synced_ms[key] = (now_ms, after)
         later = self._grants_after(b, after)
         for raw in later:
             self._out.append(Outgoing(raw, peer=peer, branch=b.id))
@@ -1713,8 +1731,14 @@ class AuthorCore(_CoreBase):
             return True
         if not b.peer_did:
             return True  # a group: our HEAD answers (_on_fetch), if the chain holds anything
-        for g in self._open_groups_of(member[0]):
-            self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=g.id))
+        if now_ms - self._groups_told.get(key, _LONG_AGO) >= self.config.grant_sync_interval_ms:
+            # Not again within the interval: a group's GRANT is O(members^2) bytes, and a member that applied k
+            # missed re-keys asks k times in a row (a retry after a loss comes later: answered in full).
+            if len(self._groups_told) >= 100_000:
+                self._groups_told.clear()
+            self._groups_told[key] = now_ms
+            for g in self._open_groups_of(member[0]):
+                self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=g.id))
         if not later:
             # Always an answer on a member's own branch (SPEC 9.5), last: its current grant (it changes nothing
             # there).  A member that gets none asks again: the request or the answer was lost.
@@ -2044,7 +2068,8 @@ class SubscriberCore(_CoreBase):
                 # (AWAIT_CHALLENGE: a round trip slower than the retry interval, a starved host), as a first grant
                 # does; otherwise every answer would find the handshake restarted and it would never complete.
                 # Accepting it there exposes nothing AWAIT_GRANT did not: it is our own branch's current grant.
-                if self.state in _AWAITING and not frame.head.epoch < existing.epoch:
+                # Only with a SUBSCRIBE of ours outstanding: else it answers something else (a grant sync).
+                if self.state in _AWAITING and self._pending_nonce and not frame.head.epoch < existing.epoch:
                     self._transition(Kind.GRANT)
                     self._pending_nonce = b""
                     _, perm, _, dids = self.branch_info(existing.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from streams.core import Outgoing, SubscriberCore
 from streams.events import BranchClosed, Granted, Rejected, RejectReason
-from streams.wire import Fetch, Kind, Permission, decode_frame, encode_frame
+from streams.wire import SESSION_LEN, Fetch, Kind, Permission, decode_frame, encode_frame
 from tests.corenet import Net, ident
 
 
@@ -316,33 +316,105 @@ def test_an_unanswered_grant_sync_is_asked_again_twice_and_an_answered_one_never
         assert _syncs(s.data_to_send()) == []
 
 
-def test_a_branch_gone_quiet_is_synced_again_at_the_forced_refresh() -> None:
-    """Where FETCHes are bound, only a member's FETCHes teach the author its route (ACK and HEAD are
-    replayable).  A member whose catch-up FETCHes were all lost, on a connection that stays up, would never be
-    routed again: so at each forced refresh it sends a grant sync on every branch where nothing authentic came
-    from the author since the previous one -- and none where something did."""
+def test_a_branch_gone_quiet_is_fetched_again_at_the_forced_refresh_with_backoff() -> None:
+    """Where FETCHes are bound, only a member's FETCHes (and chain frames) teach the author its route: ACK and
+    HEAD are replayable.  A member whose catch-up FETCHes were all lost, on a connection that stays up, would
+    never be routed again: so at a forced refresh that finds a branch quiet since the previous one it sends a
+    bound FETCH of the author's chain from its cursor (answered by the author's HEAD) -- none where something
+    came, and, while the branch stays quiet, at the 1st, 2nd, 4th, 8th ... quiet refresh only.  Without
+    sessions (the in-memory hub) there is nothing to re-teach: it sends nothing."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
     [b0] = s.branch_ids()
-    s.sync_quiet(net.now)  # the grant just came: heard
-    assert _syncs(s.data_to_send()) == []
-    net.now += 10_000
-    s.sync_quiet(net.now)  # nothing since
-    outs = s.data_to_send()
-    assert _syncs(outs) == [0]
-    for o in outs:
-        net.to_author(o.data, "s0")  # answered: its current grant, which counts as heard
     net.now += 10_000
     s.sync_quiet(net.now)
-    assert _syncs(s.data_to_send()) == []
+    assert s.data_to_send() == []  # no sessions
+    session = b"\x5a" * SESSION_LEN
+    net.author.session_of = lambda peer: session
+    s.my_session = lambda: session
     net.author.publish(b0, b"alert", net.now)
-    net.pump_author()
-    net.now += 10_000
-    s.sync_quiet(net.now)  # cleared at the last call, then a message came: heard
-    assert _syncs(s.data_to_send()) == []
+    net.pump_author()  # heard
+    sent = []
+    for _ in range(10):
+        net.now += 10_000
+        s.sync_quiet(net.now)
+        outs = s.data_to_send()
+        assert all(decode_frame(o.data).body == session for o in outs)
+        sent.append(_fetches(outs))
+    # heard at the first; quiet refreshes 1, 2, 4 and 8 ask (nothing answers here: the frames are dropped)
+    assert sent == [[], [(2, 1025)], [(2, 1025)], [], [(2, 1025)], [], [], [], [(2, 1025)], []]
+    net.to_author(s.request_fetch(b0, 0, 2, 1025) or s.data_to_send()[0].data, "s0")  # answered: the HEAD
     net.now += 10_000
     s.sync_quiet(net.now)
-    assert _syncs(s.data_to_send()) == [0]
+    assert s.data_to_send() == []
     net.author.sync_quiet(net.now)  # a member's duty: the author sends nothing
+    assert net.author.data_to_send() == []
+
+
+def test_a_known_grant_completes_a_resubscription_only_with_its_subscribe_outstanding() -> None:
+    """The current grant of a branch now also answers grant syncs, and a group's first grant is re-sent along
+    a member's own branch.  Neither may read as the answer to a re-subscription before its SUBSCRIBE went out
+    (a new credential would never reach the author, and ``subscribe()`` could return the group's id)."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    g = net.author.open_group([ident(10).public])
+    net.pump_author()
+    [own] = [b for b in s.branch_ids() if b != g]
+    grants = {decode_frame(d).head.branch: d for who, d in net.wire
+              if who == "author" and decode_frame(d).kind is Kind.GRANT}
+    own_grant, group_grant = grants[own], grants[g]
+    s.hello()  # a re-subscription starts
+    s.data_to_send()  # (its HELLO on the way)
+    for grant in (group_grant, own_grant):
+        events = s.receive(grant, net.now)
+        assert not [e for e in events if isinstance(e, Granted)] and s.state.value != "subscribed"
+    # Its own SUBSCRIBE answered (here by the grant the author re-sends): complete.
+    outs = _exchange_challenge(net, s)
+    assert any(isinstance(e, Granted) and e.branch == own for e in outs) and s.state.value == "subscribed"
+
+
+def _exchange_challenge(net: Net, s: SubscriberCore) -> list[object]:
+    """Run the rest of a handshake by hand: HELLO -> ANNOUNCE + CHALLENGE -> SUBSCRIBE -> GRANT."""
+    events: list[object] = []
+    s.hello()
+    for _ in range(3):
+        frames = [o.data for o in s.data_to_send()]
+        answers = []
+        for d in frames:
+            net.author.receive(d, net.now, "s0")
+            net.author.take_changes()
+            answers += [o.data for o in net.author.data_to_send()]
+        for a in answers:
+            events += s.receive(a, net.now)
+    return events
+
+
+def test_grant_syncs_replayed_on_one_connection_get_one_answer_per_interval_and_group_grants_once() -> None:
+    """A member that applied k missed re-keys asks after each new epoch: each higher ``to_seq`` is answered, but
+    its groups' first grants (O(members^2) bytes each) go out once per interval, not k times; and a relay
+    replaying the member's recorded syncs of lower epochs within the interval gets nothing more."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    g = net.author.open_group([ident(10).public])
+    net.pump_author()
+    [own] = [b for b in s.branch_ids() if b != g]
+    _offline_rekeys(net, own)
+    net.now += 1000
+    s.catch_up(net.now)
+    net.wire.clear()
+    net.pump_sub("s0")  # the sync, its answer (two re-keys), the member's syncs after epochs 1 and 2
+    assert s.branch_info(own)[0] == 2
+    syncs = [d for who, d in net.wire if who == "s0" and decode_frame(d).kind is Kind.FETCH
+             and decode_frame(d).head.from_seq == 0 and decode_frame(d).head.branch == own]
+    assert sorted(decode_frame(d).head.to_seq for d in syncs) == [0, 1, 2]
+    group_grants = [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT
+                    and decode_frame(d).head.branch == g]
+    assert len(group_grants) == 1
+    net.now += 600  # past the copy window, within grant_sync_interval_ms
+    for d in syncs:
+        net.author.receive(d, net.now, "s0")
+    net.author.take_changes()
     assert net.author.data_to_send() == []
