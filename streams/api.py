@@ -1311,8 +1311,10 @@ class Subscriber(_Party):
         core.credential_for_challenge = present if presenter is not None else None
         foreign = core.foreign_announcements
         try:
+            retrying = False
             while True:
-                core.hello(credential)
+                core.hello(credential, retry=retrying)
+                retrying = True
                 await self._flush()
                 remaining = deadline - loop.time()
                 if remaining <= 0:

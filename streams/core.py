@@ -1029,7 +1029,7 @@ class _CoreBase:
                 continue
             if self.role is Role.SUBSCRIBER:
                 self._request_grants(b, now_ms, limit=False)
-                b.heard = False  # until the author answers: sync_quiet asks again at the next forced refresh
+                b.heard, b.quiet = False, 0  # until the author answers: sync_quiet asks at the next forced refresh
             for p, c in b.chains.items():
                 if p != b.me:
                     # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
@@ -1067,7 +1067,9 @@ class _CoreBase:
         else a grant sync.  Bound to our connection, it re-teaches the author our route (ACK and HEAD teach none
         there, SPEC 14.2): without it, a member whose catch-up FETCHes were all lost on a connection that stays
         up would never be routed again.  Not asked again when unanswered; a branch that stays quiet is asked
-        at the 1st, 2nd, 4th, 8th ... quiet refresh, then every 64th."""
+        at the 1st, 2nd, 4th, 8th ... quiet refresh, then every 64th -- and on a branch of two members (our
+        own) a grant sync as well at the 4th and every 64th, whose answer carries the first grants of our groups
+        (one lost on the way comes back)."""
         get = self.my_session
         if self.role is not Role.SUBSCRIBER or get is None or get() is None:
             return  # no sessions: ACK and HEAD teach routes (and before a session, nothing is bound)
@@ -1081,9 +1083,14 @@ class _CoreBase:
             if b.quiet & (b.quiet - 1) and b.quiet % 64:
                 continue
             c = b.chains.get(0)
-            if c is not None and b.me != 0:
-                self.request_fetch(b.id, 0, c.next_seq, c.next_seq + self.config.max_fetch - 1)
-            else:
+            if c is not None:
+                # As a catch-up window (its HEAD answer then fetches nothing twice), never retried.
+                c.fetch_end = c.next_seq + self.config.max_fetch - 1
+                c.progress_ms, c.catch_up_left = now_ms, 0
+                self.request_fetch(b.id, 0, c.next_seq, c.fetch_end)
+            if c is None or (len(b.members) <= 2 and (b.quiet == 4 or b.quiet % 64 == 0)):
+                # A grant sync where we read no author's chain; and now and then on our own branch, whose answer
+                # carries the first grants of our groups (one lost on a live connection comes back this way).
                 self._request_grants(b, now_ms, expect=False)
 
     def _send_grant_sync(self, b: _Branch) -> None:
@@ -1091,9 +1098,11 @@ class _CoreBase:
         self._out.append(Outgoing(encode_frame(head, self._session(), self._id.sign).raw, branch=b.id))
 
     def _sync_retry_ms(self) -> int:
-        """How long a member waits for the answer to a grant sync: half again ``fetch_retry_ms``, so that the
-        author's limit of one answer per ``grant_sync_interval_ms`` (the same by default) has passed for sure."""
-        return self.config.fetch_retry_ms * 3 // 2
+        """How long a member waits for the answer to a grant sync: half again ``fetch_retry_ms``, and at least
+        half again ``grant_sync_interval_ms``, the author's limit of one answer per connection (the parties of a
+        channel share these settings), so that the retry is answered."""
+        cfg = self.config
+        return max(cfg.fetch_retry_ms, cfg.grant_sync_interval_ms) * 3 // 2
 
     def _retry_grant_syncs(self, now_ms: int) -> None:
         """Ask again for the grant syncs nobody answered (lost on the way, or their answer was): the author
@@ -1965,15 +1974,19 @@ class SubscriberCore(_CoreBase):
             raise _Reject(RejectReason.UNEXPECTED, f"{inp} not expected in state {self.state.value}")
         self.state = nxt
 
-    def hello(self, credential: bytes = b"") -> None:
+    def hello(self, credential: bytes = b"", retry: bool = False) -> None:
         """Start (or restart) the subscription handshake.  ``credential``: an optional presentation for the
         author's policy (see :mod:`streams.credentials`).  Use :meth:`hello_with` for a presentation that must
-        embed the author's challenge."""
+        embed the author's challenge.  ``retry``: this repeats the HELLO of the same attempt (its earlier
+        SUBSCRIBE may still be answered); a new attempt forgets any SUBSCRIBE an abandoned one left outstanding,
+        whose late GRANT must not complete it (SPEC 9.5)."""
         _check_credential(credential)
         try:
             self._transition("hello")
         except _Reject as r:  # pragma: no cover - "hello" is valid in every state
             raise LocalProtocolError(r.event.detail) from None
+        if not retry:
+            self._pending_nonce = b""
         self._credential = credential
         self.presenter_error = None
         self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))

@@ -373,7 +373,7 @@ def test_a_grant_that_arrives_after_the_next_hello_retry_still_completes_the_han
         assert not _rejects(events)
         grant = _exchange(net, "s0", [o.data for o in s.data_to_send()])  # SUBSCRIBE -> GRANT
         assert [decode_frame(g).kind for g in grant] == [Kind.GRANT]
-        s.hello()  # the retry timer fires before the GRANT arrives
+        s.hello(retry=True)  # the retry timer fires before the GRANT arrives (Subscriber.subscribe's retry)
         s.data_to_send()  # (and this HELLO is lost)
         g = _granted(s.receive(grant[0], net.now))
         assert g.branch == net.author.branch_of(ident(10).did)
