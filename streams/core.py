@@ -1976,10 +1976,10 @@ class SubscriberCore(_CoreBase):
 
     def hello(self, credential: bytes = b"", retry: bool = False) -> None:
         """Start (or restart) the subscription handshake.  ``credential``: an optional presentation for the
-        author's policy (see :mod:`streams.credentials`).  Use :meth:`hello_with` for a presentation that must
-        embed the author's challenge.  ``retry``: this repeats the HELLO of the same attempt (its earlier
-        SUBSCRIBE may still be answered); a new attempt forgets any SUBSCRIBE an abandoned one left outstanding,
-        whose late GRANT must not complete it (SPEC 9.5)."""
+        author's policy (see :mod:`streams.credentials`).  Set :attr:`credential_for_challenge` for a
+        presentation that must embed the author's challenge.  ``retry``: this repeats the HELLO of the same
+        attempt (its earlier SUBSCRIBE may still be answered); a new attempt forgets any SUBSCRIBE an abandoned
+        one left outstanding, whose late GRANT must not complete it (SPEC 9.5)."""
         _check_credential(credential)
         try:
             self._transition("hello")
