@@ -229,8 +229,9 @@ class CoreConfig:
     answer at all (:meth:`catch_up`)."""
     grant_sync_interval_ms: int = 1000
     """Author: a member's grant sync of a branch (SPEC 9.5) is answered at most once per this many ms on one
-    connection.  A signed FETCH has no freshness, so a relay could replay one to make the author resend a
-    branch's grant history again and again (THREATS 8)."""
+    connection (unless it asks after a later epoch).  A signed FETCH has no freshness, so a relay could replay
+    one to make the author resend a branch's grant history again and again (THREATS 8).  Member: an unanswered
+    grant sync is asked again after 1.5 x the larger of this and ``fetch_retry_ms``."""
     ack_interval_ms: int = 20
     """At most one ACK per chain per this many ms (SPEC 12): the first after a quiet spell goes at once, the
     cursor moves of a stream are acknowledged together when the interval has passed (:meth:`handle_timer`).
@@ -380,7 +381,7 @@ class _Chain:
 
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "grants", "has_evidence", "heard", "id",
-                 "keys", "me", "members", "mode", "peer_did", "quiet", "state", "sync_ms")
+                 "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -403,6 +404,7 @@ class _Branch:
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
         self.quiet = 0  #: subscriber side: forced refreshes in a row that found the branch quiet
+        self.refreshes = 0  #: subscriber side: forced refreshes seen (sync_quiet)
 
     def record(self, grant_frame: bytes, evidence: bytes, grants: list[bytes]) -> BranchRecord:
         return BranchRecord(
@@ -1067,15 +1069,20 @@ class _CoreBase:
         else a grant sync.  Bound to our connection, it re-teaches the author our route (ACK and HEAD teach none
         there, SPEC 14.2): without it, a member whose catch-up FETCHes were all lost on a connection that stays
         up would never be routed again.  Not asked again when unanswered; a branch that stays quiet is asked
-        at the 1st, 2nd, 4th, 8th ... quiet refresh, then every 64th -- and on a branch of two members (our
-        own) a grant sync as well at the 4th and every 64th, whose answer carries the first grants of our groups
-        (one lost on the way comes back)."""
+        at the 1st, 2nd, 4th, 8th ... quiet refresh, then every 64th; a chain with a fetch in flight (a
+        catch-up, a gap fill: they have their own retries) is left alone.  And on a branch of two members (our
+        own), at the 4th refresh and every 64th after, quiet or not, a grant sync: its answer carries the first
+        grants of our groups (one lost on a live connection comes back)."""
         get = self.my_session
         if self.role is not Role.SUBSCRIBER or get is None or get() is None:
             return  # no sessions: ACK and HEAD teach routes (and before a session, nothing is bound)
         for b in self._branches.values():
             if b.state is not BranchState.OPEN:
                 continue
+            b.refreshes += 1
+            synced = len(b.members) <= 2 and b.refreshes % 64 == 4  # counted apart: answers do not reset it
+            if synced:
+                self._request_grants(b, now_ms, expect=False)
             if b.heard:
                 b.heard, b.quiet = False, 0
                 continue
@@ -1083,15 +1090,14 @@ class _CoreBase:
             if b.quiet & (b.quiet - 1) and b.quiet % 64:
                 continue
             c = b.chains.get(0)
-            if c is not None:
+            if c is None:
+                if not synced:
+                    self._request_grants(b, now_ms, expect=False)
+            elif c.catch_up_left == 0 and c.fetch_end < c.next_seq and c.gap_to < c.next_seq:
                 # As a catch-up window (its HEAD answer then fetches nothing twice), never retried.
                 c.fetch_end = c.next_seq + self.config.max_fetch - 1
-                c.progress_ms, c.catch_up_left = now_ms, 0
+                c.progress_ms = now_ms
                 self.request_fetch(b.id, 0, c.next_seq, c.fetch_end)
-            if c is None or (len(b.members) <= 2 and (b.quiet == 4 or b.quiet % 64 == 0)):
-                # A grant sync where we read no author's chain; and now and then on our own branch, whose answer
-                # carries the first grants of our groups (one lost on a live connection comes back this way).
-                self._request_grants(b, now_ms, expect=False)
 
     def _send_grant_sync(self, b: _Branch) -> None:
         head = Fetch(self._channel, b.id, 0, 0, b.epoch, b.me)
