@@ -1353,7 +1353,7 @@ class Subscriber(_Party):
         await self._flush()
 
     def _on_event(self, ev: Event) -> None:
-        if isinstance(ev, Granted | Refused):
+        if isinstance(ev, Refused) or (isinstance(ev, Granted) and ev.subscription):
             for w in self._waiters:
                 if not w.done():
                     w.set_result(ev)

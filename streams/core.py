@@ -2092,7 +2092,7 @@ class SubscriberCore(_CoreBase):
                     self._transition(Kind.GRANT)
                     self._pending_nonce = b""
                     _, perm, _, dids = self.branch_info(existing.id)
-                    events.append(Granted(existing.id, existing.epoch, perm, dids))
+                    events.append(Granted(existing.id, existing.epoch, perm, dids, subscription=True))
                 return
             if g.epoch < existing.epoch:
                 # An earlier grant of the author's, signed: a grant sync or a group's first grant sent along our
@@ -2122,9 +2122,12 @@ class SubscriberCore(_CoreBase):
             mode = SigningMode(g.mode)
         except ValueError as exc:
             raise _Reject(RejectReason.MALFORMED, "unknown signing mode", g.branch) from exc
-        if self.state is not SubscriptionState.SUBSCRIBED:
+        # It answers our subscription only with our SUBSCRIBE outstanding: a group opened (or a branch re-keyed)
+        # while a re-subscription waits for its CHALLENGE is applied, and the handshake goes on.
+        answers = self.state is not SubscriptionState.SUBSCRIBED and bool(self._pending_nonce)
+        if answers:
             self._transition(Kind.GRANT)
-        self._pending_nonce = b""
+            self._pending_nonce = b""
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,
@@ -2141,7 +2144,7 @@ class SubscriberCore(_CoreBase):
             self._changes.chains.extend(existing.chain_record(p) for p in existing.chains)
         perm = Permission(members[secret.index][1])
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(members.items()))
-        events.append(Granted(g.branch, g.epoch, perm, dids))
+        events.append(Granted(g.branch, g.epoch, perm, dids, subscription=answers))
         # Grant sync (SPEC 9.5): any later grant (a group's first grant may come long after it was re-keyed), the
         # first grants of groups we belong to (on our own branch), and the author's HEAD, which starts the fetch
         # of what the branch already holds (packets sent before the author's transport knew our route to it).

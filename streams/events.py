@@ -140,6 +140,9 @@ class Granted:
     epoch: int
     permission: Permission
     members: tuple[str, ...]  #: DIDs of the members, index order (the author first)
+    #: This grant answered our subscription (what :meth:`streams.api.Subscriber.subscribe` waits for); False
+    #: for a re-key, a group's first grant, an answer to a grant sync.
+    subscription: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -452,3 +452,26 @@ def test_a_new_subscription_attempt_forgets_the_subscribe_an_abandoned_one_left_
     s.data_to_send()
     assert not [e for e in s.receive(late[0], net.now) if isinstance(e, Granted)]
     assert s.state.value != "subscribed"
+
+
+def test_a_group_opened_during_a_resubscription_is_applied_and_does_not_answer_it() -> None:
+    """A group's first grant arriving while a re-subscription waits for its CHALLENGE is applied (the member
+    joins the group) but does not complete the handshake, and its ``Granted`` does not say it answered the
+    subscription: ``Subscriber.subscribe`` waits for the one that does (it used to return the group's id)."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [own] = s.branch_ids()
+    s.hello()  # a re-subscription starts; its HELLO is on the way
+    hello = [o.data for o in s.data_to_send()]
+    g = net.author.open_group([ident(10).public])
+    net.author.take_changes()
+    group_grants = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT]
+    granted = [e for d in group_grants for e in s.receive(d, net.now) if isinstance(e, Granted)]
+    assert [(e.branch, e.subscription) for e in granted] == [(g, False)]
+    assert g in s.branch_ids() and s.state.value != "subscribed"
+    for d in hello:
+        net.author.receive(d, net.now, "s0")
+    events = _exchange_challenge(net, s)
+    assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
+    assert s.state.value == "subscribed"
