@@ -358,16 +358,22 @@ def test_a_branch_gone_quiet_is_fetched_again_at_the_forced_refresh_with_backoff
     assert net.author.data_to_send() == []
 
 
-def test_a_known_grant_completes_a_resubscription_only_with_its_subscribe_outstanding() -> None:
-    """The current grant of a branch now also answers grant syncs, and a group's first grant is re-sent along
-    a member's own branch.  Neither may read as the answer to a re-subscription before its SUBSCRIBE went out
-    (a new credential would never reach the author, and ``subscribe()`` could return the group's id)."""
+def _member_of_a_group() -> tuple[Net, SubscriberCore, bytes, bytes]:
+    """s0, subscribed, and a group of one (s0) opened and delivered: (net, s0, its own branch, the group)."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
     g = net.author.open_group([ident(10).public])
     net.pump_author()
     [own] = [b for b in s.branch_ids() if b != g]
+    return net, s, own, g
+
+
+def test_a_known_grant_completes_a_resubscription_only_with_its_subscribe_outstanding() -> None:
+    """The current grant of a branch now also answers grant syncs, and a group's first grant is re-sent along
+    a member's own branch.  Neither may read as the answer to a re-subscription before its SUBSCRIBE went out
+    (a new credential would never reach the author, and ``subscribe()`` could return the group's id)."""
+    net, s, own, g = _member_of_a_group()
     grants = {decode_frame(d).head.branch: d for who, d in net.wire
               if who == "author" and decode_frame(d).kind is Kind.GRANT}
     own_grant, group_grant = grants[own], grants[g]
@@ -381,18 +387,22 @@ def test_a_known_grant_completes_a_resubscription_only_with_its_subscribe_outsta
     assert any(isinstance(e, Granted) and e.branch == own for e in outs) and s.state.value == "subscribed"
 
 
+def _author_answers(net: Net, s: SubscriberCore) -> list[bytes]:
+    """Hand what ``s`` (as peer s0) queued to the author; return the author's answers, not delivered."""
+    answers: list[bytes] = []
+    for d in [o.data for o in s.data_to_send()]:
+        net.author.receive(d, net.now, "s0")
+        net.author.take_changes()
+        answers += [o.data for o in net.author.data_to_send()]
+    return answers
+
+
 def _exchange_challenge(net: Net, s: SubscriberCore) -> list[object]:
     """Run the rest of a handshake by hand: HELLO -> ANNOUNCE + CHALLENGE -> SUBSCRIBE -> GRANT."""
     events: list[object] = []
     s.hello()
     for _ in range(3):
-        frames = [o.data for o in s.data_to_send()]
-        answers = []
-        for d in frames:
-            net.author.receive(d, net.now, "s0")
-            net.author.take_changes()
-            answers += [o.data for o in net.author.data_to_send()]
-        for a in answers:
+        for a in _author_answers(net, s):
             events += s.receive(a, net.now)
     return events
 
@@ -401,12 +411,7 @@ def test_grant_syncs_replayed_on_one_connection_get_one_answer_per_interval_and_
     """A member that applied k missed re-keys asks after each new epoch: each higher ``to_seq`` is answered, but
     its groups' first grants (O(members^2) bytes each) go out once per interval, not k times; and a relay
     replaying the member's recorded syncs of lower epochs within the interval gets nothing more."""
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    s = net.subs["s0"]
-    g = net.author.open_group([ident(10).public])
-    net.pump_author()
-    [own] = [b for b in s.branch_ids() if b != g]
+    net, s, own, g = _member_of_a_group()
     _offline_rekeys(net, own)
     net.now += 1000
     s.catch_up(net.now)
@@ -437,12 +442,7 @@ def test_a_new_subscription_attempt_forgets_the_subscribe_an_abandoned_one_left_
     [own] = s.branch_ids()
     s.hello()  # a re-subscription whose GRANT is lost
     for _ in range(2):
-        frames = [o.data for o in s.data_to_send()]
-        answers = []
-        for d in frames:
-            net.author.receive(d, net.now, "s0")
-            net.author.take_changes()
-            answers += [o.data for o in net.author.data_to_send()]
+        answers = _author_answers(net, s)
         late = [a for a in answers if decode_frame(a).kind is Kind.GRANT]
         for a in answers:
             if decode_frame(a).kind is not Kind.GRANT:
