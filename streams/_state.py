@@ -66,7 +66,10 @@ SUBSCRIPTION: Final[dict[tuple[SubscriptionState, Kind | str], SubscriptionState
     (SubscriptionState.AWAIT_CHALLENGE, Kind.CHALLENGE): SubscriptionState.AWAIT_GRANT,
     (SubscriptionState.AWAIT_GRANT, Kind.GRANT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.AWAIT_GRANT, Kind.REFUSE): SubscriptionState.REFUSED,
-    # Grants for further branches (groups, re-keys) arrive at any time after the first.
+    # Grants for further branches (groups, re-keys) arrive at any time after the first.  While a handshake runs
+    # (AWAIT_*), the core takes a GRANT as its answer only as SPEC 9.1 says (our SUBSCRIBE outstanding, our own
+    # branch, not a grant sync's answer: AWAIT_CHALLENGE for the late answer after a HELLO retry); others are
+    # applied without a transition.
     (SubscriptionState.SUBSCRIBED, Kind.GRANT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.IDLE, Kind.GRANT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.AWAIT_CHALLENGE, Kind.GRANT): SubscriptionState.SUBSCRIBED,

@@ -1057,9 +1057,10 @@ class _CoreBase:
             if limit and now_ms - b.sync_ms < self.config.fetch_retry_ms:
                 return
             b.sync_ms = now_ms
-            if expect:
-                self._sync_waits[b.id] = GRANT_SYNC_RETRIES
-                self._note_deadline(now_ms + self._sync_retry_ms())
+            # Its answer is expected either way (it must not read as the answer to a subscription); retried
+            # only if ``expect``.
+            self._sync_waits[b.id] = GRANT_SYNC_RETRIES if expect else 0
+            self._note_deadline(now_ms + self._sync_retry_ms())
         self._send_grant_sync(b)
 
     def sync_quiet(self, now_ms: int) -> None:
@@ -1117,9 +1118,12 @@ class _CoreBase:
         wait = self._sync_retry_ms()
         for bid, left in list(self._sync_waits.items()):
             b = self._branches.get(bid)
-            if b is None or b.state is not BranchState.OPEN or left <= 0:
+            if b is None or b.state is not BranchState.OPEN:
                 del self._sync_waits[bid]
             elif _elapsed(now_ms, b.sync_ms, wait):
+                if left <= 0:
+                    del self._sync_waits[bid]  # no answer came: given up
+                    continue
                 self._sync_waits[bid] = left - 1
                 b.sync_ms = now_ms
                 self._send_grant_sync(b)
@@ -2088,7 +2092,8 @@ class SubscriberCore(_CoreBase):
                 # does; otherwise every answer would find the handshake restarted and it would never complete.
                 # Accepting it there exposes nothing AWAIT_GRANT did not: it is our own branch's current grant.
                 # Only with a SUBSCRIBE of ours outstanding: else it answers something else (a grant sync).
-                if self.state in _AWAITING and self._pending_nonce and not frame.head.epoch < existing.epoch:
+                if (self.state in _AWAITING and self._pending_nonce and len(existing.members) <= 2
+                        and not frame.head.epoch < existing.epoch):
                     self._transition(Kind.GRANT)
                     self._pending_nonce = b""
                     _, perm, _, dids = self.branch_info(existing.id)
@@ -2122,11 +2127,14 @@ class SubscriberCore(_CoreBase):
             mode = SigningMode(g.mode)
         except ValueError as exc:
             raise _Reject(RejectReason.MALFORMED, "unknown signing mode", g.branch) from exc
-        # It answers our subscription only with our SUBSCRIBE outstanding: a group opened (or a branch re-keyed)
-        # while a re-subscription waits for its CHALLENGE is applied, and the handshake goes on.
-        answers = self.state is not SubscriptionState.SUBSCRIBED and bool(self._pending_nonce)
-        if answers:
+        # While a handshake runs, a grant answers it only with our SUBSCRIBE outstanding and for a branch of two
+        # members (our own: the author answers a SUBSCRIBE with nothing else); a group opened or re-keyed
+        # meanwhile is applied, and the handshake goes on.  Outside one, a grant makes us subscribed, as ever.
+        awaiting = self.state in _AWAITING
+        answers = awaiting and bool(self._pending_nonce) and len(members) <= 2
+        if answers or (not awaiting and self.state is not SubscriptionState.SUBSCRIBED):
             self._transition(Kind.GRANT)
+        if answers:
             self._pending_nonce = b""
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:

@@ -475,3 +475,37 @@ def test_a_group_opened_during_a_resubscription_is_applied_and_does_not_answer_i
     events = _exchange_challenge(net, s)
     assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
     assert s.state.value == "subscribed"
+
+
+def test_a_group_grant_never_answers_a_subscribe_outstanding_nor_does_a_quiet_refreshs_sync_answer() -> None:
+    """With a re-subscription's SUBSCRIBE out (AWAIT_GRANT), a group opened or re-keyed meanwhile is applied but
+    is not its answer (the author answers a SUBSCRIBE only with the member's own branch); nor is the current
+    grant answering the grant sync of a forced refresh.  The real answer then completes it."""
+    net, s, own, _ = _member_of_a_group()
+    net.author.open_group([ident(10).public, ident(11).public])  # a second group, of two members
+    net.author.take_changes()
+    group_grants = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT]
+    s.hello()
+    answers = _author_answers(net, s)  # ANNOUNCE + CHALLENGE
+    for a in answers:
+        s.receive(a, net.now)
+    assert s.state.value == "await-grant"
+    subscribe = [o.data for o in s.data_to_send()]
+    session = b"\x5a" * SESSION_LEN
+    net.author.session_of = lambda peer: session
+    s.my_session = lambda: session
+    for _ in range(4):  # the 4th refresh: a grant sync of our own branch, answered by its current grant
+        net.now += 10_000
+        s.sync_quiet(net.now)
+    marker = _author_answers(net, s)
+    # (with the first grants of its groups, then its own current grant, last)
+    assert [decode_frame(m).head.branch for m in marker if decode_frame(m).kind is Kind.GRANT][-1] == own
+    for d in group_grants + marker:
+        granted = [e for e in s.receive(d, net.now) if isinstance(e, Granted)]
+        assert not [e for e in granted if e.subscription] and s.state.value == "await-grant"
+    for d in subscribe:
+        net.author.receive(d, net.now, "s0")
+    net.author.take_changes()
+    events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
+    assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
+    assert s.state.value == "subscribed"
