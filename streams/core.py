@@ -141,7 +141,7 @@ _ONCE_KINDS = frozenset({Kind.FETCH, Kind.ACK, Kind.HEAD})
 MAX_RECENT_CONTROL = 8192
 #: Times a catch-up FETCH that got no answer at all is sent again (CoreBase.catch_up).
 CATCH_UP_RETRIES = 2
-#: Times a grant sync that got no answer at all is sent again (SPEC 9.5), each after 1.5 x ``fetch_retry_ms``.
+#: Times a grant sync that got no answer at all is sent again (SPEC 9.5; the wait: CoreBase._sync_retry_ms).
 GRANT_SYNC_RETRIES = 2
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
@@ -2092,8 +2092,7 @@ class SubscriberCore(_CoreBase):
                 # does; otherwise every answer would find the handshake restarted and it would never complete.
                 # Accepting it there exposes nothing AWAIT_GRANT did not: it is our own branch's current grant.
                 # Only with a SUBSCRIBE of ours outstanding: else it answers something else (a grant sync).
-                if (self.state in _AWAITING and self._pending_nonce and len(existing.members) <= 2
-                        and not frame.head.epoch < existing.epoch):
+                if self._answers_subscription(len(existing.members)) and not frame.head.epoch < existing.epoch:
                     self._transition(Kind.GRANT)
                     self._pending_nonce = b""
                     _, perm, _, dids = self.branch_info(existing.id)
@@ -2127,12 +2126,10 @@ class SubscriberCore(_CoreBase):
             mode = SigningMode(g.mode)
         except ValueError as exc:
             raise _Reject(RejectReason.MALFORMED, "unknown signing mode", g.branch) from exc
-        # While a handshake runs, a grant answers it only with our SUBSCRIBE outstanding and for a branch of two
-        # members (our own: the author answers a SUBSCRIBE with nothing else); a group opened or re-keyed
-        # meanwhile is applied, and the handshake goes on.  Outside one, a grant makes us subscribed, as ever.
-        awaiting = self.state in _AWAITING
-        answers = awaiting and bool(self._pending_nonce) and len(members) <= 2
-        if answers or (not awaiting and self.state is not SubscriptionState.SUBSCRIBED):
+        # A group opened or re-keyed while a handshake runs is applied, and the handshake goes on.  Outside one,
+        # a grant makes us subscribed, as ever.
+        answers = self._answers_subscription(len(members))
+        if answers or (self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED):
             self._transition(Kind.GRANT)
         if answers:
             self._pending_nonce = b""
@@ -2160,6 +2157,12 @@ class SubscriberCore(_CoreBase):
         # An authentic new grant: never rate-limited.  Timed (asked again if unanswered) on a member's own branch,
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
+
+    def _answers_subscription(self, n_members: int) -> bool:
+        """Whether a grant (of a branch with ``n_members`` members) may answer the handshake that runs (SPEC
+        9.1): only with our SUBSCRIBE outstanding, and for a branch of two members -- our own: the author answers
+        a SUBSCRIBE with nothing else."""
+        return self.state in _AWAITING and bool(self._pending_nonce) and n_members <= 2
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head

@@ -162,19 +162,27 @@ def _fetches(outs: list[Outgoing]) -> list[tuple[int, int]]:
             if f.kind is Kind.FETCH and f.head.from_seq > 0]
 
 
+def _three_alerts(delivered: bool) -> tuple[Net, SubscriberCore]:
+    """s0, subscribed; the author publishes three alerts on its branch, which reach s0 only if ``delivered``."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [b0] = net.subs["s0"].branch_ids()
+    for i in range(3):
+        net.author.publish(b0, b"alert %d" % i, net.now)
+    if delivered:
+        net.pump_author()
+    else:
+        net.author.take_changes()
+        net.author.data_to_send()
+    return net, net.subs["s0"]
+
+
 def test_a_catch_up_nobody_answered_is_asked_again_a_few_times() -> None:
     """After a reconnect, a member asks each publisher for what follows its cursor; the answer (a HEAD notice,
     then the messages) tells it how far to go.  When that FETCH or its answer is lost, the member asks again
     after fetch_retry_ms -- twice, since a publisher with an empty chain never answers -- instead of waiting
     for the publisher's next HEAD refresh (ten seconds and more)."""
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    [b0] = net.subs["s0"].branch_ids()
-    s = net.subs["s0"]
-    for i in range(3):
-        net.author.publish(b0, b"alert %d" % i, net.now)
-    net.author.take_changes()
-    net.author.data_to_send()  # lost: s0 was away
+    net, s = _three_alerts(delivered=False)  # lost: s0 was away
     s.catch_up(net.now)
     assert _fetches(s.data_to_send()) == [(1, 1024)]  # lost on the way too
     retry = net.author.config.fetch_retry_ms
@@ -189,13 +197,7 @@ def test_a_catch_up_nobody_answered_is_asked_again_a_few_times() -> None:
 def _answered_catch_up() -> tuple[Net, SubscriberCore]:
     """s0 holds the author's three messages, catches up (timed), and the author's HEAD notice (seq 3) answers:
     nothing more to fetch."""
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    [b0] = net.subs["s0"].branch_ids()
-    s = net.subs["s0"]
-    for i in range(3):
-        net.author.publish(b0, b"alert %d" % i, net.now)
-    net.pump_author()  # s0 has them all
+    net, s = _three_alerts(delivered=True)
     s.catch_up(net.now)
     [fetch] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.FETCH
                and decode_frame(o.data).head.from_seq > 0]
