@@ -2084,15 +2084,14 @@ class SubscriberCore(_CoreBase):
             if existing.state is BranchState.CLOSED:
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
-                if synced:
-                    return  # the answer to our grant sync, nothing newer: not the answer to a subscription
                 # The same grant again: the author's answer to our re-subscription.  Already applied; it only
                 # completes the handshake we are waiting on -- also when a HELLO retry went out before it arrived
                 # (AWAIT_CHALLENGE: a round trip slower than the retry interval, a starved host), as a first grant
                 # does; otherwise every answer would find the handshake restarted and it would never complete.
                 # Accepting it there exposes nothing AWAIT_GRANT did not: it is our own branch's current grant.
-                # Only with a SUBSCRIBE of ours outstanding: else it answers something else (a grant sync).
-                if self._answers_subscription(len(existing.members)) and not frame.head.epoch < existing.epoch:
+                # Only with a SUBSCRIBE of ours outstanding, and not when it answers our grant sync (nothing newer).
+                answers = self._answers_subscription(len(existing.members), synced)
+                if answers and not frame.head.epoch < existing.epoch:
                     self._transition(Kind.GRANT)
                     self._pending_nonce = b""
                     _, perm, _, dids = self.branch_info(existing.id)
@@ -2126,9 +2125,9 @@ class SubscriberCore(_CoreBase):
             mode = SigningMode(g.mode)
         except ValueError as exc:
             raise _Reject(RejectReason.MALFORMED, "unknown signing mode", g.branch) from exc
-        # A group opened or re-keyed while a handshake runs is applied, and the handshake goes on.  Outside one,
-        # a grant makes us subscribed, as ever.
-        answers = self._answers_subscription(len(members))
+        # A group opened or re-keyed while a handshake runs is applied, and the handshake goes on; so is a re-key
+        # of our own branch that answers our grant sync.  Outside a handshake, a grant makes us subscribed, as ever.
+        answers = self._answers_subscription(len(members), synced)
         if answers or (self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED):
             self._transition(Kind.GRANT)
         if answers:
@@ -2158,11 +2157,11 @@ class SubscriberCore(_CoreBase):
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
 
-    def _answers_subscription(self, n_members: int) -> bool:
-        """Whether a grant (of a branch with ``n_members`` members) may answer the handshake that runs (SPEC
-        9.1): only with our SUBSCRIBE outstanding, and for a branch of two members -- our own: the author answers
-        a SUBSCRIBE with nothing else."""
-        return self.state in _AWAITING and bool(self._pending_nonce) and n_members <= 2
+    def _answers_subscription(self, n_members: int, synced: bool) -> bool:
+        """Whether a grant (of a branch with ``n_members`` members; ``synced``: it answers our grant sync) may
+        answer the handshake that runs (SPEC 9.1): only with our SUBSCRIBE outstanding, for a branch of two
+        members -- our own: the author answers a SUBSCRIBE with nothing else -- and not as a sync's answer."""
+        return self.state in _AWAITING and bool(self._pending_nonce) and n_members <= 2 and not synced
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head

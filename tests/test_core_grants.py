@@ -511,3 +511,40 @@ def test_a_group_grant_never_answers_a_subscribe_outstanding_nor_does_a_quiet_re
     events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
     assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
     assert s.state.value == "subscribed"
+
+
+def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscribe_outstanding() -> None:
+    """SPEC 9.1: a grant that answers our grant sync is never the answer to a subscription -- a *new* grant
+    included (a re-key the member missed, sent as the sync's answer), not only the current one.  It is applied;
+    the author's answer to the SUBSCRIBE then completes the handshake."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [own] = s.branch_ids()
+    s.hello()  # a re-subscription (a new credential, say)
+    for a in _author_answers(net, s):  # ANNOUNCE + CHALLENGE
+        s.receive(a, net.now)
+    assert s.state.value == "await-grant"
+    subscribe = [o.data for o in s.data_to_send()]
+    session = b"\x5a" * SESSION_LEN
+    net.author.session_of = lambda peer: session
+    s.my_session = lambda: session
+    for _ in range(4):  # the 4th forced refresh: a grant sync of our own branch
+        net.now += 10_000
+        s.sync_quiet(net.now)
+    net.author.set_permission(own, Permission.READ)  # a re-key whose GRANT never reaches the member
+    net.author.take_changes()
+    net.author.data_to_send()
+    answers = _author_answers(net, s)
+    assert [decode_frame(a).head.epoch for a in answers if decode_frame(a).kind is Kind.GRANT] == [1]
+    granted = [e for a in answers for e in s.receive(a, net.now) if isinstance(e, Granted)]
+    assert [(e.branch, e.epoch, e.subscription) for e in granted] == [(own, 1, False)]
+    assert s.state.value == "await-grant" and s.branch_info(own)[0] == 1
+    for d in subscribe:
+        net.author.receive(d, net.now, "s0")
+    net.author.take_changes()
+    events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
+    for a in _author_answers(net, s):  # (the member's sync after the new epoch, answered too)
+        events += s.receive(a, net.now)
+    assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
+    assert s.state.value == "subscribed"
