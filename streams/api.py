@@ -232,6 +232,7 @@ class _Party:
         self._core.log_lookup = store.log_hash
         # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
         self._core.extras_lookup = store.branch_extras
+        self._core.grants_lookup = store.grants_between  # a branch's grant history, read only for grant syncs
         self._hook_parallel()
         # FETCHes bound to the connection they travel on (SPEC 8.9), where the transport has sessions: the author
         # checks them against the connection's session, a member binds its own to its connection's.

@@ -297,8 +297,10 @@ class BranchRecord:
     state: str = BranchState.OPEN.value
     peer_did: str = ""  #: author side: the subscriber of a per-subscriber branch ("" for groups)
     evidence: bytes = b""  #: author side: what admitted the subscriber (e.g. its credential), re-checked later
-    #: author side: the grants this one replaced, oldest first (the last is epoch - 1), served to members that
-    #: missed a re-key (SPEC 9.5); empty for a branch never re-keyed, and in stores written before it was kept
+    #: author side: grants this one replaced, oldest first (the last is epoch - 1), served to members that missed
+    #: a re-key (SPEC 9.5): the newest part of the branch's grant history.  A core with ``grants_lookup`` lists
+    #: only those its store does not hold yet (the store moves them to its grant history when it writes the
+    #: record); one without lists the whole history.  Empty for a branch never re-keyed.
     grants: list[bytes] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -476,6 +478,10 @@ class _CoreBase:
         #: Driver hook: ``branch -> (grant frame, evidence)`` as stored, so that the core need not keep them in
         #: memory (read-only; the core stays free of I/O of its own).
         self.extras_lookup: Callable[[bytes], tuple[bytes, bytes, list[bytes]] | None] | None = None
+        #: Driver hook (author): ``(branch, lo, hi) ->`` the branch's stored grant history for epochs ``lo..hi``,
+        #: oldest first, as far back from ``hi`` as it goes without a hole.  With it, the history a re-key adds
+        #: leaves memory with the branch's record (:attr:`BranchRecord.grants`); without it, all of it stays.
+        self.grants_lookup: Callable[[bytes, int, int], list[bytes]] | None = None
         #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
         #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.
         self.verify_many: BatchVerifier | None = None
@@ -1704,9 +1710,23 @@ class AuthorCore(_CoreBase):
         """The grant frames of ``b`` for the epochs after ``epoch``, in order (as far as its history goes back:
         stores written before it was kept hold only the current grant)."""
         current, _, earlier = self._extras(b)
-        frames = [*earlier, current]
+        frames = [*earlier, current]  # the newest part of the history (all of it without grants_lookup)
         first = b.epoch - len(frames) + 1  # the epoch of frames[0]
+        lookup = self.grants_lookup
+        if lookup is not None and first > max(0, epoch + 1):
+            older = lookup(b.id, max(0, epoch + 1), first - 1)
+            frames = [*older, *frames]
+            first -= len(older)
         return frames[max(0, epoch + 1 - first):]
+
+    def _first_grant(self, g: _Branch) -> bytes:
+        """The grant that opened ``g`` (epoch 0), or the earliest one its history still holds."""
+        lookup = self.grants_lookup
+        if lookup is not None and g.epoch > 0:
+            found = lookup(g.id, 0, 0)
+            if found:
+                return found[0]
+        return self._grants_after(g, -1)[0]
 
     def take_syncs(self) -> list[tuple[bytes, object]]:
         """The open branches a member asked to sync since the last call, with its peer: a member back after
@@ -1757,11 +1777,11 @@ class AuthorCore(_CoreBase):
                 self._groups_told.clear()
             self._groups_told[key] = now_ms
             for g in self._open_groups_of(member[0]):
-                self._out.append(Outgoing(self._grants_after(g, -1)[0], peer=peer, branch=g.id))
+                self._out.append(Outgoing(self._first_grant(g), peer=peer, branch=g.id))
         if not later:
             # Always an answer on a member's own branch (SPEC 9.5), last: its current grant (it changes nothing
             # there).  A member that gets none asks again: the request or the answer was lost.
-            self._out.append(Outgoing(self._grants_after(b, b.epoch - 1)[-1], peer=peer, branch=b.id))
+            self._out.append(Outgoing(self._extras(b)[0], peer=peer, branch=b.id))
         return True
 
     def _open_groups_of(self, sign_public: bytes) -> list[_Branch]:

@@ -29,6 +29,7 @@ Schema (version 1)::
     anchor_heads(branch, publisher, seq, hash, ...)              -- latest confirmed anchored head per chain
     anchor_restores(branch, publisher, seq, hash, ...)           -- member: restore proofs a chain restarted at
     forks(branch, publisher, seq, frame_a, frame_b)              -- fork evidence
+    grants(branch, epoch, frame)                                 -- author: the grants a re-key replaced
 
 ``log`` is a rowid table (its primary key a unique index): its rows hold whole frames, and a ``WITHOUT ROWID``
 b-tree spills rows over about 1 KB into overflow pages (about 2.5x the write cost per 1 KiB message, measured).
@@ -59,6 +60,15 @@ of a live store does not.
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
 gains them, and no older reader reads them.
+
+``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
+the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
+It was added the same way.  The history used to be a list inside the branch record, rewritten with the record at
+every change of the branch: quadratic in re-keys, and in members for a group, whose grant is O(members^2)
+bytes.  A record written then keeps its list, read as the newest part of the history
+(:meth:`Store.grants_between` reads the older part), until the branch is next written and the list moves into
+the table.  An older version of this code opening a store written since would not see the table's history
+(downgrades are not supported).
 
 An ``anchors`` row goes ``built`` (signed checkpoint, durable before the ledger is called) -> ``written``
 (ledger id known) -> ``confirmed`` (the ledger confirmed it and read it back).  Rows not ``confirmed`` are the
@@ -145,6 +155,8 @@ CREATE TABLE IF NOT EXISTS anchor_restores (
     restored INTEGER NOT NULL, PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
 INSERT OR IGNORE INTO anchor_restores SELECT branch, publisher, seq, hash, key_epoch, epoch, anchor_id, checkpoint,
     idx, tree_size, path, ledger_verified, restored FROM anchor_heads WHERE restored = 1;
+CREATE TABLE IF NOT EXISTS grants (
+    branch BLOB NOT NULL, epoch INTEGER NOT NULL, frame BLOB NOT NULL, PRIMARY KEY (branch, epoch));
 CREATE TABLE IF NOT EXISTS forks (
     branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, frame_a BLOB NOT NULL,
     frame_b BLOB NOT NULL, PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
@@ -342,6 +354,12 @@ class Store:
                 if changes.branches:
                     c.executemany("INSERT OR REPLACE INTO branches VALUES (?, ?)",
                                   [(b.id, self._seal_branch(b)) for b in changes.branches])
+                    # The grants a re-key replaced join the branch's grant history, one row each (written once,
+                    # not with every later rewrite of the record).
+                    history = [(b.id, b.epoch - len(b.grants) + i, g) for b in changes.branches
+                               for i, g in enumerate(b.grants)]
+                    if history:
+                        c.executemany("INSERT OR IGNORE INTO grants VALUES (?, ?, ?)", history)
                 if chains:
                     c.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?)",
                                   [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()])
@@ -495,9 +513,26 @@ class Store:
         rows = self._q("SELECT hash FROM log WHERE branch = ? AND publisher = ? AND seq = ?", (branch, publisher, seq))
         return None if not rows else bytes(rows[0][0])
 
+    def grants_between(self, branch: bytes, lo: int, hi: int) -> list[bytes]:
+        """The grant history of ``branch`` for epochs ``lo..hi``, oldest first: as far back from ``hi`` as it goes
+        without a hole (empty if ``hi`` is missing).  A record written before the ``grants`` table existed still
+        holds its history itself (:meth:`branch_extras`), until the branch is next written."""
+        rows = self._q("SELECT epoch, frame FROM grants WHERE branch = ? AND epoch BETWEEN ? AND ? ORDER BY epoch",
+                       (branch, lo, hi))
+        out: list[bytes] = []
+        want = hi
+        for epoch, frame in reversed(rows):
+            if epoch != want:
+                break
+            out.append(bytes(frame))
+            want -= 1
+        out.reverse()
+        return out
+
     def branch_extras(self, branch: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
-        """(grant frame, admission evidence, earlier grants) of a stored branch, or None -- without unsealing its
-        keys (the core keeps none of them in memory once stored)."""
+        """(grant frame, admission evidence, earlier grants held in the record) of a stored branch, or None --
+        without unsealing its keys (the core keeps none of them in memory once stored).  The earlier grants are
+        empty but in records written before the ``grants`` table existed: see :meth:`grants_between`."""
         rows = self._q("SELECT rec FROM branches WHERE id = ?", (branch,))
         if not rows:
             return None
@@ -655,8 +690,9 @@ class Store:
 
     def _seal_branch(self, b: BranchRecord) -> bytes:
         keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
+        # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
         return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did, b.evidence, b.grants])
+                      b.state, b.peer_did, b.evidence, []])
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
@@ -850,7 +886,8 @@ def _frame_matches(data: bytes, h: bytes) -> bool:
 
 
 def _grants(v: list[Any]) -> list[bytes]:
-    """The earlier grants of a stored branch record (absent in records written before they were kept)."""
+    """The earlier grants a stored branch record holds itself: only records written after grant history was kept
+    and before the ``grants`` table existed (absent before, empty after)."""
     if len(v) <= 11:
         return []
     if not isinstance(v[11], list) or not all(isinstance(g, bytes) for g in v[11]):
