@@ -300,7 +300,7 @@ class BranchRecord:
     #: author side: grants this one replaced, oldest first (the last is epoch - 1), served to members that missed
     #: a re-key (SPEC 9.5): the newest part of the branch's grant history.  A core with ``grants_lookup`` lists
     #: only those its store does not hold yet (the store moves them to its grant history when it writes the
-    #: record); one without lists the whole history.  Empty for a branch never re-keyed.
+    #: record); one without either hook lists the whole history.  Empty for a branch never re-keyed.
     grants: list[bytes] = field(default_factory=list)
 
     def __repr__(self) -> str:
@@ -479,8 +479,9 @@ class _CoreBase:
         #: memory (read-only; the core stays free of I/O of its own).
         self.extras_lookup: Callable[[bytes], tuple[bytes, bytes, list[bytes]] | None] | None = None
         #: Driver hook (author): ``(branch, lo, hi) ->`` the branch's stored grant history for epochs ``lo..hi``,
-        #: oldest first, as far back from ``hi`` as it goes without a hole.  With it, the history a re-key adds
-        #: leaves memory with the branch's record (:attr:`BranchRecord.grants`); without it, all of it stays.
+        #: oldest first, as far back from ``hi`` as it goes without a hole.  Set it with ``extras_lookup``: a store
+        #: keeps the history a record carries (:attr:`BranchRecord.grants`) apart, and the record comes back with
+        #: none.  With neither hook, the core keeps every grant in memory.
         self.grants_lookup: Callable[[bytes, int, int], list[bytes]] | None = None
         #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
         #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.

@@ -105,7 +105,7 @@ from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity
 from .keystore import derive_key, open_secret, seal_secret
-from .wire import decode_frame
+from .wire import Grant, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
@@ -356,8 +356,7 @@ class Store:
                                   [(b.id, self._seal_branch(b)) for b in changes.branches])
                     # The grants a re-key replaced join the branch's grant history, one row each (written once,
                     # not with every later rewrite of the record).
-                    history = [(b.id, b.epoch - len(b.grants) + i, g) for b in changes.branches
-                               for i, g in enumerate(b.grants)]
+                    history = _history_rows(changes.branches)
                     if history:
                         c.executemany("INSERT OR IGNORE INTO grants VALUES (?, ?, ?)", history)
                 if chains:
@@ -883,6 +882,23 @@ def _frame_matches(data: bytes, h: bytes) -> bool:
         return decode_frame(data, max_frame=max(len(data), 1)).hash == h
     except DecodeError:
         return False
+
+
+def _history_rows(records: list[BranchRecord]) -> list[tuple[bytes, int, bytes]]:
+    """``grants`` rows for the earlier grants the records carry, each at the epoch its own signed head names (a
+    record's epoch need not be its grant's plus one: a group emptied by ``remove_member`` is revoked at the
+    next epoch without a grant of it)."""
+    rows = []
+    for b in records:
+        for g in b.grants:
+            try:
+                head = decode_frame(g).head
+            except DecodeError as exc:
+                raise LocalProtocolError("a grant history entry that is not a frame") from exc
+            if not isinstance(head, Grant) or head.branch != b.id:
+                raise LocalProtocolError("a grant history entry that is not a grant of its branch")
+            rows.append((b.id, head.epoch, g))
+    return rows
 
 
 def _grants(v: list[Any]) -> list[bytes]:

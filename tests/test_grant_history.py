@@ -116,14 +116,7 @@ async def test_a_store_whose_records_hold_their_history_serves_it_and_moves_it_a
     hub, author, branch = await _start(tmp_path)
     await _rekey(author, branch, 5)  # epoch 5
     await author.close()
-    # Write the store as the code before the table did: the history inside the record, no rows.
-    with sqlite3.connect(db) as c:
-        frames = [f for _, f in _history(db, branch)]
-        (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()
-        v = msgpack.unpackb(rec, raw=False)
-        v[11] = frames
-        c.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), branch))
-        c.execute("DELETE FROM grants")
+    frames = _to_old_layout(db, branch)
     assert len(_record_list(db, branch)) == 5 and _history(db, branch) == []
     hub = MemoryHub()
     author = await Author.open(db, PW, hub.author_endpoint(), POLICY, store_options=FAST)
@@ -142,4 +135,33 @@ async def test_a_store_whose_records_hold_their_history_serves_it_and_moves_it_a
     s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1-again"), store_options=FAST)
     await _epoch(s1, branch, 6)
     await s1.close()
+    await author.close()
+
+
+def _to_old_layout(db: Path, branch: bytes) -> list[bytes]:
+    """Rewrite ``branch``'s record as the code before the ``grants`` table did (its history inside it, no rows);
+    return that history."""
+    with sqlite3.connect(db) as c:
+        frames = [f for _, f in _history(db, branch)]
+        (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()
+        v = msgpack.unpackb(rec, raw=False)
+        v[11] = frames
+        c.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), branch))
+        c.execute("DELETE FROM grants WHERE branch = ?", (branch,))
+    return frames
+
+
+async def test_history_rows_take_their_epoch_from_the_grant_not_from_the_record(tmp_path: Path) -> None:
+    """A group emptied by remove_member is revoked at the next epoch without a grant of it, so its record's
+    epoch is its grant's plus two: a history it still carries (an old-layout record) must not be shifted."""
+    db = tmp_path / "author.db"
+    _hub, author, _own = await _start(tmp_path)
+    group = await author.open_group([P1.did, P2.did])
+    await author.remove_member(group, P2.did)  # epoch 1
+    await author.close()
+    [first] = _to_old_layout(db, group)
+    author = await Author.open(db, PW, MemoryHub().author_endpoint(), POLICY, store_options=FAST)
+    await author.remove_member(group, P1.did)  # the last member: revoked
+    assert _record_list(db, group) == []
+    assert _history(db, group) == [(0, first)] and decode_frame(first).head.epoch == 0
     await author.close()
