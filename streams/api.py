@@ -1101,7 +1101,9 @@ class Author(_Party):
         return b
 
     async def open_group(self, dids: list[str], permission: Permission = Permission.READ) -> bytes:
-        """Open a broadcast branch readable by several DIDs (author-write only, signed-each)."""
+        """Open a broadcast branch readable by several DIDs (author-write only, signed-each).  Raises
+        :class:`LocalProtocolError` for a group too large for its grant to fit a frame (about 160 members with the
+        default limit: the grant grows with the square of the group)."""
         self._check_usable()
         b = self._core.open_group([PublicIdentity.from_did(d) for d in dids], permission)
         await self._flush()

@@ -78,6 +78,7 @@ from .policy import Policy, SubscriptionRequest
 from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
+    MAX_GRANT_ENTRY,
     SESSION_LEN,
     VERSION,
     Ack,
@@ -1674,6 +1675,8 @@ class AuthorCore(_CoreBase):
         branch = self._rng(16)
         while branch in self._branches:
             branch = self._rng(16)
+        if len(members) > 255:
+            raise LocalProtocolError(f"a branch holds at most 255 members besides the author, not {len(members)}")
         member_list = [(0, self._id.sign_public, int(Permission.READ_WRITE))]
         member_list += [(i + 1, pub.sign_public, int(perm)) for i, (pub, perm) in enumerate(members)]
         keys = [(0, p, self._rng(32)) for p, _, perm in member_list if p == 0 or Permission(perm).can_write]
@@ -1808,9 +1811,19 @@ class AuthorCore(_CoreBase):
                     mine.append((p, k))
             secret = GrantSecret(idx, list(rec.members), mine, heads)
             sealed = _crypto.seal(pub.kx_public, encode_grant_secret(secret))
+            if len(sealed) > MAX_GRANT_ENTRY:
+                raise LocalProtocolError(f"a branch of {len(rec.members) - 1} members is too large: each member's "
+                                         f"grant entry lists them all ({len(sealed):,} bytes, over the limit of "
+                                         f"{MAX_GRANT_ENTRY:,})")
             entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
-        return encode_frame(head, encode_grant_entries(entries), self._id.sign)
+        frame = encode_frame(head, encode_grant_entries(entries), self._id.sign)
+        if len(frame.raw) > self.config.max_frame:
+            # Refused here, before anything changed: members would drop it unread (FrameTooLarge).  A group's grant
+            # grows with the square of its members: about 160 fit the default frame limit.
+            raise LocalProtocolError(f"a branch of {len(rec.members) - 1} members is too large: its grant would be "
+                                     f"{len(frame.raw):,} bytes, over the frame limit of {self.config.max_frame:,}")
+        return frame
 
     def remove_member(self, branch: bytes, did: str) -> None:
         """Remove a member from a group branch and re-key it (epoch + 1): nothing published afterwards is

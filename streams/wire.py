@@ -37,6 +37,7 @@ from .errors import DecodeError, FrameTooLarge, UnsupportedVersion
 
 __all__ = [
     "MAX_FRAME",
+    "MAX_GRANT_ENTRY",
     "SESSION_LEN",
     "VERSION",
     "Ack",
@@ -609,6 +610,11 @@ def decode_subscribe_secret(data: bytes) -> SubscribeSecret:
     return SubscribeSecret(*_strict(data, "subscribe", SubscribeSecret.SCHEMA, 1 << 17))
 
 
+#: The largest sealed entry a grant may hold (a member's :class:`GrantSecret`, which lists every member: about
+#: 40 bytes each).
+MAX_GRANT_ENTRY: Final = 8192
+
+
 @dataclass(frozen=True, slots=True)
 class GrantEntry:
     """One recipient of a grant: ``hint = H(hint, branch || epoch || recipient_kx)[:8]`` and a sealed box."""
@@ -629,7 +635,7 @@ def decode_grant_entries(data: bytes, max_entries: int = 4096) -> list[GrantEntr
     for v in values:
         if (
             not isinstance(v, list) or len(v) != 2 or not isinstance(v[0], bytes) or len(v[0]) != 8
-            or not isinstance(v[1], bytes) or not (48 <= len(v[1]) <= 8192)
+            or not isinstance(v[1], bytes) or not (48 <= len(v[1]) <= MAX_GRANT_ENTRY)
         ):
             raise DecodeError("grant entry malformed")
         out.append(GrantEntry(v[0], v[1]))

@@ -3,8 +3,12 @@ its epoch and gets exactly those; old grants replayed change nothing; nobody els
 
 from __future__ import annotations
 
+import pytest
+
 from streams.core import Outgoing, SubscriberCore
+from streams.errors import LocalProtocolError
 from streams.events import BranchClosed, Granted, Rejected, RejectReason
+from streams.identity import Identity
 from streams.wire import SESSION_LEN, Fetch, Kind, Permission, decode_frame, encode_frame
 from tests.corenet import Net, ident
 
@@ -548,3 +552,23 @@ def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscri
         events += s.receive(a, net.now)
     assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
     assert s.state.value == "subscribed"
+
+
+def test_a_group_whose_grant_its_members_could_not_read_is_refused_before_anything_changes() -> None:
+    """Each member's grant entry lists every member, so a group's GRANT grows with the square of its members:
+    about 160 fit the default frame limit.  Beyond, members would drop the GRANT unread (FrameTooLarge) and the
+    group would reach nobody: the author refuses to open it, and nothing changes.  Member indices are one byte."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    others = [Identity.from_seed(i.to_bytes(2, "big") * 16).public for i in range(300, 560)]
+    before = net.author.branch_ids()
+    with pytest.raises(LocalProtocolError, match="frame limit"):
+        net.author.open_group([ident(10).public, *others[:169]])
+    with pytest.raises(LocalProtocolError, match="at most 255"):
+        net.author.open_group([ident(10).public, *others[:255]])
+    assert net.author.branch_ids() == before
+    assert net.author.data_to_send() == [] and not net.author.take_changes()
+    g = net.author.open_group([ident(10).public, *others[:159]])  # 160 members: it fits, and reaches s0
+    net.pump_author()
+    assert g in s.branch_ids() and len(s.branch_info(g)[3]) == 161
