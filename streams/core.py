@@ -741,7 +741,11 @@ class _CoreBase:
             cfg = self.config
             window = min(cfg.copy_window_ms, cfg.fetch_retry_ms // 2, cfg.grant_sync_interval_ms // 2)
             if seen is not None and 0 <= now_ms - seen < window:
-                if frame.kind is not Kind.ACK:  # the same ACK again is ordinary (re-sent after a HEAD): no event
+                # Dropped, unchecked.  Only a FETCH's copy is reported: the same ACK again is ordinary (re-sent
+                # after a HEAD), and so is the same HEAD (a member's notice of its head, sent by a publish that
+                # waits for its ACK, then again by the catch-up of the connection that came up meanwhile).  A
+                # REPLAY event there was a false alarm on every `streams publish`.
+                if frame.kind is Kind.FETCH:
                     events.append(Rejected(RejectReason.REPLAY, f"a copy of a {frame.kind.name} handled "
                                                                 f"{now_ms - seen} ms ago", frame.head.branch))
                 return

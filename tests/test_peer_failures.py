@@ -525,3 +525,40 @@ def test_a_replayed_ack_or_head_routes_nothing_where_fetches_are_bound() -> None
     [fetch] = [o.data for o in s.data_to_send()]
     a.receive(fetch, net.now, "s0")
     assert a.take_routes() == [(branch, "s0", True)]
+
+
+async def test_a_publish_that_waits_for_its_ack_right_after_connecting_raises_no_replay_alarm(
+        tmp_path: Path) -> None:
+    """Over real sockets, as ``streams publish`` does: open, publish, wait for the ACK.  The publish's HEAD
+    notice and the catch-up of the connection that came up meanwhile send the same HEAD twice; the author drops
+    the copy, and used to report it as a REPLAY -- a false attack alarm on every acknowledged publish.  A FETCH's
+    copy is still reported."""
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "author.db", ident(1), "alarms", "pw", ep, AllowList.of([ident(10).did]),
+                                 store_options=FAST)
+    heads: list[bytes] = []
+    receive_many = author._core.receive_many
+
+    def spy(batch: list[tuple[bytes, object]], now_ms: int) -> list[object]:
+        heads.extend(d for d, _ in batch if d[:1] == b"\x95" and decode_frame(d).kind is Kind.HEAD)
+        return receive_many(batch, now_ms)  # type: ignore[return-value]
+
+    author._core.receive_many = spy  # type: ignore[method-assign,assignment]
+    try:
+        sub = await Subscriber.create(tmp_path / "sub.db", ident(10), ident(1).did, author.channel, "pw",
+                                      SubscriberEndpoint(ep.addresses[0]), store_options=FAST)
+        branch = await sub.subscribe(timeout=10)
+        await sub.close()
+        for i in range(3):
+            sub = await Subscriber.open(tmp_path / "sub.db", "pw", SubscriberEndpoint(ep.addresses[0]),
+                                        store_options=FAST)
+            seq = await sub.publish(branch, b"payment %d" % i)
+            await sub.wait_acknowledged(branch, seq, timeout=10)
+            await sub.close()
+        assert [(await author.next_message(timeout=10)).payload for _ in range(3)] == [b"payment %d" % i
+                                                                                     for i in range(3)]
+        await asyncio.sleep(0.2)
+        assert len(heads) > len(set(heads))  # the duplicate this is about did happen
+        assert [e for e in author.pending_events() if isinstance(e, Rejected)] == []
+    finally:
+        await author.close()
