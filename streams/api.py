@@ -1086,6 +1086,8 @@ class Author(_Party):
 
     @policy.setter
     def policy(self, policy: Policy) -> None:
+        """Replace the admission policy: it decides the next subscriptions.  Subscribers already admitted stay
+        until revoked: :meth:`recheck_admissions` revokes those it can no longer admit."""
         self._core.policy = policy
 
     def branch_of(self, did: str) -> bytes | None:
@@ -1122,10 +1124,13 @@ class Author(_Party):
         await self._flush()
 
     async def recheck_admissions(self) -> list[bytes]:
-        """Re-check the evidence (credentials) that admitted each subscriber against the policy now, and revoke
-        the branches whose credential was revoked or expired.  Also runs every ``recheck_ms`` on the timer."""
+        """Re-check each subscriber's admission against the policy now, and revoke the branches of DIDs it can no
+        longer admit at all (denied, or off its allow-list, after the policy was replaced or the author reopened
+        with another: branches opened with :meth:`open_branch` included) and of those whose credential was
+        revoked or expired.  The credential check also runs every ``recheck_ms`` on the timer; the DID check only
+        here, when asked (``streams serve`` does at start and when its policy file changes)."""
         self._check_usable()
-        revoked = self._core.recheck(self._clock())
+        revoked = self._core.recheck(self._clock(), dids=True)
         await self._flush()
         self._report_revoked(revoked)
         return revoked

@@ -74,7 +74,7 @@ from .events import (
     SubscriberRefused,
 )
 from .identity import Identity, PublicIdentity, did_from_public_key
-from .policy import Policy, SubscriptionRequest
+from .policy import Policy, SubscriptionRequest, could_admit
 from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
@@ -1878,17 +1878,20 @@ class AuthorCore(_CoreBase):
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
-    def recheck(self, now_ms: int) -> list[bytes]:
-        """Re-evaluate the evidence (e.g. a credential) that admitted each open subscriber, with the policy's
-        ``still_valid(evidence, now_ms)`` if it has one; revoke the branches whose evidence no longer holds
-        (revoked or expired credential).  Returns the revoked branch ids."""
+    def recheck(self, now_ms: int, dids: bool = False) -> list[bytes]:
+        """Re-evaluate each open subscriber's admission against the policy now: revoke the branches whose
+        evidence (e.g. a credential) no longer holds by the policy's ``still_valid(evidence, now_ms)``, if it has
+        one (a revoked or expired credential), and with ``dids``, those of DIDs the policy can no longer admit at
+        all (:func:`~streams.policy.could_admit`: put on a deny-list, taken off an allow-list -- after the policy
+        was replaced; branches opened with :meth:`open_branch` included).  Such a subscriber also leaves its
+        groups.  Returns the revoked branch ids."""
         check = getattr(self.policy, "still_valid", None)
-        if check is None:
-            return []
         revoked = []
         for b in list(self._branches.values()):
-            if (b.state is BranchState.OPEN and b.peer_did and b.has_evidence
-                    and not check(self._extras(b)[1], now_ms)):
+            if b.state is not BranchState.OPEN or not b.peer_did:
+                continue
+            if (dids and not could_admit(self.policy, b.peer_did)) or (
+                    check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms)):
                 self.revoke(b.id)
                 revoked.append(b.id)
                 self._leave_groups(b.peer_did)

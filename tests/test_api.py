@@ -381,3 +381,29 @@ async def test_grant_and_evidence_live_on_disk_and_still_serve_resubscription_an
         await author.publish(b1, b"no more")
     await s1.close()
     await author.close()
+
+
+async def test_recheck_admissions_revokes_whom_a_replaced_policy_no_longer_admits(tmp_path: Path) -> None:
+    """A DID taken off the allow-list (or denied) by a replaced policy keeps its branch until the author asks:
+    ``recheck_admissions`` then revokes it, takes it out of its groups (re-keyed without it), and leaves the
+    others alone.  (The periodic re-check only re-checks credentials.)"""
+    from streams.policy import AllOf, DenyList
+
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    b1, b2 = await s1.subscribe(timeout=5), await s2.subscribe(timeout=5)
+    group = await author.open_group([P1.did, P2.did])
+    author.policy = AllowList.of([P2.did])
+    assert author.branch_of(P1.did) == b1  # admission changed; membership not yet
+    assert await author.recheck_admissions() == [b1]
+    assert [(e.branch, e.by) for e in author.pending_events() if isinstance(e, BranchClosed)] == [(b1, "recheck")]
+    [g] = [b for b in author.branches() if b.id == group]
+    assert (g.epoch, g.members) == (1, (AUTHOR.did, P2.did))
+    with pytest.raises(ClosedResourceError):
+        await author.publish(b1, b"no more")
+    author.policy = AllOf((AllowList.of([P1.did, P2.did]), DenyList(frozenset({P2.did}))))  # deny wins
+    assert await author.recheck_admissions() == [b2]
+    for x in (s1, s2, author):
+        await x.close()

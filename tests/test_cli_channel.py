@@ -411,3 +411,49 @@ def test_a_malformed_author_did_is_named_as_the_bad_argument(cli: Cli) -> None:
                   "provider.ks", "--author", "did:key:z6MkNotAKey", "--channel", "ab" * 32, "--passphrase-env", "PP",
                   *curve)
         assert run.returncode == 2 and "--author" in run.stdout, (run.stdout, run.stderr)
+
+
+def test_an_operator_cuts_a_provider_off_by_editing_the_policy_or_by_a_revoke_line(
+        cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """A provider taken off the policy file while `streams serve` runs is revoked once the file settles (it used
+    to keep publishing, acknowledged, until someone wrote a program to revoke it); a file that does not load is
+    reported and the policy in force stays; `{"revoke": DID}` on stdin revokes at once; and at start, whom the
+    file no longer admits is revoked."""
+    make_keystore(cli, "monitor.ks")
+    dids = {name: make_keystore(cli, f"{name}.ks") for name in ("acme", "globex", "initech")}
+    _policy(tmp_path / "policy.toml", *dids.values())
+    serve = _serve(tmp_path, serves)
+    ready = serve.wait("ready")
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+
+    def subscribe(name: str) -> str:
+        return str(cli("subscribe", "--json", "--store", f"{name}.db", "--connect", addr, "--keystore", f"{name}.ks",
+                       "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json["branch"])
+
+    def publish(name: str) -> Any:
+        return cli("publish", "--json", "--store", f"{name}.db", "--connect", addr, "--data", "payment",
+                   "--passphrase-env", "PP")
+
+    branches = {name: subscribe(name) for name in dids}
+    _policy(tmp_path / "policy.toml", dids["globex"], dids["initech"])  # acme is off the list
+    assert serve.wait("policy", reloaded=True)["revoked"] == [branches["acme"]]
+    serve.wait("closed", branch=branches["acme"], by="recheck")
+    cut = publish("acme")
+    assert cut.returncode == 1 and cut.json["failure"] == "closed", cut.stdout
+    assert publish("globex").ok().json["acknowledged"] is True
+
+    (tmp_path / "policy.toml").write_text("[policy\n")  # a broken edit: reported, nothing changes
+    assert "policy not reloaded" in serve.wait("error", timeout=20)["error"]
+    assert publish("globex").ok().json["acknowledged"] is True
+
+    serve.send(json.dumps({"revoke": dids["globex"]}))
+    serve.wait("revoked", branch=branches["globex"])
+    assert publish("globex").returncode == 1
+
+    assert serve.stop()[0] == 0
+    _policy(tmp_path / "policy.toml", dids["acme"])  # initech is off the list while the author is down
+    serve2 = _serve(tmp_path, serves, first_run=False)
+    serve2.wait("ready")
+    assert serve2.wait("policy", reloaded=False)["revoked"] == [branches["initech"]]
+    assert publish("initech").returncode == 1
+    assert serve2.stop()[0] == 0

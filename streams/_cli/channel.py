@@ -464,8 +464,19 @@ def read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes
 _TOO_LONG = b"\x00too-long"
 
 
+def _branch_named(author: Author, to: str, key: str) -> bytes:
+    """The branch a stdin line names: a subscriber's DID (its open branch) or a branch id (hex)."""
+    if to.startswith("did:"):
+        found = author.branch_of(to)
+        if found is None:
+            raise UsageError(f"no open branch for {to}")
+        return found
+    return parse_branch(to, key)
+
+
 async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
-    """Publish one ``{"to": ..., "data"|"data_b64": ...}`` line; bad lines are reported, never fatal."""
+    """Act on one stdin line: ``{"to": ..., "data"|"data_b64": ...}`` publishes, ``{"revoke": ...}`` revokes a
+    branch; bad lines are reported, never fatal."""
     if not line.strip():
         return
     try:
@@ -475,16 +486,15 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
             req = json.loads(line)
         except ValueError:
             raise UsageError("stdin line is not JSON") from None
+        if isinstance(req, dict) and isinstance(req.get("revoke"), str) and len(req) == 1:
+            branch = _branch_named(author, req["revoke"], "revoke")
+            await author.revoke(branch)
+            out.emit({"event": "revoked", "branch": branch.hex()})
+            return
         if not isinstance(req, dict) or not isinstance(req.get("to"), str):
-            raise UsageError('stdin line must be {"to": DID or branch hex, "data": text}')
-        to: str = req["to"]
-        if to.startswith("did:"):
-            found = author.branch_of(to)
-            if found is None:
-                raise UsageError(f"no open branch for {to}")
-            branch = found
-        else:
-            branch = parse_branch(to, "to")
+            raise UsageError('stdin line must be {"to": DID or branch hex, "data": text} or {"revoke": DID or '
+                             'branch hex}')
+        branch = _branch_named(author, req["to"], "to")
         if isinstance(req.get("data"), str):
             payload = req["data"].encode("utf-8")
         elif isinstance(req.get("data_b64"), str):
@@ -515,6 +525,50 @@ async def _pump_events(party: Author | Subscriber, out: LinePrinter) -> None:
             out.emit(doc)
 
 
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+async def _recheck(author: Author, out: LinePrinter, path: str, reloaded: bool) -> None:
+    """Revoke the subscribers the policy can no longer admit (denied, off its allow-list) or whose credential no
+    longer holds; they show as ``closed`` events (``by: recheck``).  A ``policy`` event reports a reload, or
+    revocations at start."""
+    revoked = await author.recheck_admissions()
+    if reloaded or revoked:
+        out.emit({"event": "policy", "file": path, "reloaded": reloaded, "revoked": [b.hex() for b in revoked]})
+
+
+async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: LinePrinter) -> None:
+    """Reload the policy file on SIGHUP, or once a change to it has stayed unchanged for a second (checked every
+    second: an editor's half-written file must not be read -- a policy admitting nobody would revoke everyone),
+    then re-check every admitted subscriber against it.  A file that does not load is reported (an ``error``
+    event) and the policy in force stays."""
+    last = _file_stamp(path)
+    seen = last
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hup.wait(), 1.0)
+        stamp = _file_stamp(path)
+        settled, seen = stamp == seen, stamp
+        if not hup.is_set() and (stamp == last or not settled):
+            continue
+        hup.clear()
+        last = stamp
+        try:
+            policy = load_policy(path)
+        except (LocalProtocolError, OSError) as exc:
+            out.emit({"event": "error", "error": f"policy not reloaded, the one in force stays: {exc}",
+                      "type": type(exc).__name__})
+            continue
+        author.policy = policy
+        _log.info("policy reloaded from %s", path)
+        await _recheck(author, out, path, True)
+
+
 async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     """Serve a channel until SIGINT/SIGTERM (or stdin EOF with the demo's ``--exit-on-stdin-eof``)."""
     zmq = load_zmq()
@@ -534,10 +588,16 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         raise
     stop = asyncio.Event()
     _install_stop(stop)
+    hup = asyncio.Event()
+    with contextlib.suppress(AttributeError, NotImplementedError, ValueError):  # (no SIGHUP on Windows)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup.set)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
                   "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None})
+        # The policy file may have changed since the last run: whom it no longer admits is revoked now.
+        await _recheck(author, out, args.policy, False)
+        tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
         if args.publish_stdin:
             loop = asyncio.get_running_loop()
             lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
