@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from ._cli import audit as _audit_cli
@@ -43,9 +43,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(events_per_provider=args.events, as_json=_want_json(args), in_process=args.in_process)
 
 
+def _events(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError("must be 1 to 10000")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors also print the JSON error document when ``--json`` is on the command line (the
+    sub-parsers are of this class too)."""
+
+    json_errors = False  #: set by :func:`main`
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
+            print(json.dumps({"ok": False, "error": f"{self.prog}: {message}", "type": "UsageError"}))
+            sys.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``streams`` argument parser."""
-    p = argparse.ArgumentParser(
+    p: argparse.ArgumentParser = _Parser(
         prog="streams", description="Secure publish/subscribe channels between security tools.", allow_abbrev=False
     )
     p.add_argument("--version", action="version", version=f"streams {__version__}")
@@ -66,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "policy does not name is refused; (e) the branch heads are anchored on an embedded\n"
                         "ledger and every provider verifies its proof (not with --in-process).  Exit status 1\n"
                         "if any check fails."))
-    d.add_argument("--events", type=int, default=5, help="payment events per provider (default 5)")
+    d.add_argument("--events", type=_events, default=5, help="payment events per provider, 1 to 10000 (default 5)")
     d.add_argument("--in-process", action="store_true",
                    help="run every party in this process over the in-memory transport (no ZeroMQ; the default "
                         "when pyzmq is not installed)")
@@ -101,6 +126,7 @@ def _exit_code(exc: StreamsError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "global_verbose", 0) or 0)
     level = logging.WARNING - 10 * min(verbose, 2)

@@ -276,9 +276,9 @@ def _read(path: str | os.PathLike[str]) -> _Parsed:
             data = f.read(_MAX_FILE + 1)
     except OSError as exc:
         # The OSError names the path, not the contents; chain it so the caller sees why.
-        raise KeystoreError(f"cannot read keystore: {exc.strerror or type(exc).__name__}") from exc
+        raise KeystoreError(f"cannot read keystore {os.fspath(path)}: {exc.strerror or type(exc).__name__}") from exc
     if len(data) > _MAX_FILE:
-        raise KeystoreError("keystore file is too large")
+        raise KeystoreError(f"keystore file {os.fspath(path)} is too large")
     return _parse(data)
 
 

@@ -22,3 +22,17 @@ def test_help_for_every_command() -> None:
     r = subprocess.run([sys.executable, "-m", "streams.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
     assert "demo" in r.stdout
+
+
+def test_usage_errors_give_the_json_document_with_json_and_demo_events_must_be_positive() -> None:
+    """README: with --json, one JSON document on stdout, also for errors -- argparse's own included."""
+    for argv in (["publish", "--json", "--store", "a", "--connect", "b"], ["--json", "no-such-command"],
+                 ["demo", "--json", "--events", "0"], ["demo", "--events", "-3", "--json"]):
+        r = subprocess.run([sys.executable, "-m", "streams.cli", *argv], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2, (argv, r.stdout, r.stderr)
+        doc = json.loads(r.stdout)
+        assert doc["ok"] is False and doc["type"] == "UsageError" and "error:" in r.stderr, doc
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--events", "0"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and "must be 1 to 10000" in r.stderr

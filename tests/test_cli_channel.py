@@ -457,3 +457,26 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_or_by_a_revoke_li
     assert serve2.wait("policy", reloaded=False)["revoked"] == [branches["initech"]]
     assert publish("initech").returncode == 1
     assert serve2.stop()[0] == 0
+
+
+def test_a_first_subscribe_that_gets_no_grant_leaves_no_store_and_a_later_one_names_a_mismatch(
+        cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """A mistyped --channel on the first `streams subscribe` used to leave a store bound to it, and running again
+    with the right one silently ignored the correction.  Now the failed first run removes what it created, and a
+    store that exists refuses an --author/--channel other than its own (exit 2, naming both)."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    _policy(tmp_path / "policy.toml", sub_did)
+    serve = _serve(tmp_path, serves)
+    ready = serve.wait("ready")
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    wrong = ("0" if channel[0] != "0" else "1") + channel[1:]
+    args = ("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+            "--author", author, "--passphrase-env", "PP", "--timeout", "2")
+    miss = cli(*args, "--channel", wrong)
+    assert miss.returncode == 2 and "no announcement of this channel" in miss.json["error"], miss.stdout
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("provider.db")]
+    branch = cli(*args, "--channel", channel).ok().json["branch"]
+    again = cli(*args, "--channel", wrong)
+    assert again.returncode == 2 and channel in again.json["error"] and "another" in again.json["error"]
+    assert cli(*args, "--channel", channel).ok().json["branch"] == branch  # the right one, repeated: fine

@@ -51,6 +51,7 @@ def test_create_then_show_without_passphrase(cli: Cli, tmp_path: Path) -> None:
     no_pass = Cli(tmp_path)
     shown = no_pass("identity", "show", "--keystore", "me.ks", "--json").ok().json
     assert shown["did"] == doc["did"] and shown["x25519"] == doc["x25519"]
+    assert shown["ok"] is True and doc["ok"] is True  # as every command's document
     # Text output and the global --json spelling.
     assert doc["did"] in no_pass("identity", "show", "--keystore", "me.ks").ok().stdout
     assert no_pass("--json", "identity", "show", "--keystore", "me.ks").ok().json["did"] == doc["did"]

@@ -180,6 +180,7 @@ status_lists = ["sl.json"]
     def check(did: str, *extra: str) -> tuple[int, dict[str, object]]:
         r = cli("policy", "check", "policy.toml", "--did", did, "--passphrase-env", "PP", "--json", *extra)
         decision: dict[str, object] = r.json["decision"]
+        assert r.json["ok"] is decision["admit"]  # "ok" agrees with the exit status
         return r.returncode, decision
 
     code, d = check(allowed)

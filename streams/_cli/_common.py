@@ -158,9 +158,10 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
             with open(args.passphrase_file, "rb") as f:
                 raw = f.read(64 * 1024 + 1)
         except OSError as exc:
-            raise UsageError(f"cannot read passphrase file: {exc.strerror or type(exc).__name__}") from None
+            raise UsageError(f"cannot read passphrase file {args.passphrase_file}: "
+                             f"{exc.strerror or type(exc).__name__}") from None
         if len(raw) > 64 * 1024:
-            raise UsageError("passphrase file is too large")
+            raise UsageError(f"passphrase file {args.passphrase_file} is too large")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -367,6 +367,13 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
         try:
             if keystore_path is not None and keystore.read_public(keystore_path) != sub.did:
                 raise UsageError(f"{keystore_path} holds another identity than the store {store}")
+            # --author and --channel only create a store; given again, they must name the store's own channel
+            # (a silently ignored correction would leave the user where the first run left them).
+            theirs = sub.store.meta("author_did")
+            if (author_did is not None and author_did != theirs) or (
+                    channel is not None and _parse_channel(channel) != sub.channel):
+                raise UsageError(f"{store} belongs to channel {sub.channel.hex()} of {theirs}; --author/--channel "
+                                 "name another: give another --store to subscribe to another channel")
         except BaseException:
             await sub.close()  # closes the transport
             raise
@@ -640,9 +647,11 @@ async def subscribe(args: argparse.Namespace) -> Result:
     keys = subscriber_keys(args.store, passphrase, keystore_path=args.keystore, author_did=args.author,
                            channel=args.channel) if args.curve else None
     transport = zmq.subscriber(args.connect, keys)
+    created = not Path(args.store).exists()
     sub = await open_subscriber(args.store, passphrase, transport, keystore_path=args.keystore,
                                 author_did=args.author, channel=args.channel,
                                 identity=keys.identity if keys is not None else None)
+    granted = False
     try:
         presenter = None
         if presentation:
@@ -666,10 +675,23 @@ async def subscribe(args: argparse.Namespace) -> Result:
             raise StreamsTimeoutError(f"{exc}{hint}") from None
         info = next(b for b in sub.branches() if b.id == branch)
         data = {"ok": True, "did": sub.did, "channel": sub.channel.hex(), **branch_doc(info)}
+        granted = True
     finally:
         await sub.close()
+        if created and not granted and not sub.branches():
+            # A first run that got no grant (a mistyped --channel or --author, an unreachable author, a
+            # refusal) leaves no store behind: it holds nothing but those arguments, and running again with
+            # them corrected must start afresh.
+            _remove_store_files(args.store)
     return Result(data, f"subscribed: branch {branch.hex()} ({data['permission']}, epoch {info.epoch})\n"
                         f"members: {', '.join(info.members)}")
+
+
+def _remove_store_files(store: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-frames", "-lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{store}{suffix}")
+    _log.info("removed the store %s this first run created: it got no grant", store)
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> Result:

@@ -23,9 +23,9 @@ __all__ = ["register"]
 _log = logging.getLogger("streams.cli.identity")
 
 
-def _public_doc(did: str, path: str) -> dict[str, str]:
+def _public_doc(did: str, path: str) -> dict[str, object]:
     pub = PublicIdentity.from_did(did)
-    return {"did": did, "x25519": x25519_multibase(pub.kx_public), "keystore": path}
+    return {"ok": True, "did": did, "x25519": x25519_multibase(pub.kx_public), "keystore": path}
 
 
 def _create(args: argparse.Namespace) -> Result:

@@ -78,6 +78,7 @@ def _check(args: argparse.Namespace) -> Result:
         presentation = vc.present(holder, creds, challenge=nonce, domain=channel, created=at)
     request = SubscriptionRequest(channel, args.did, sign_public, presentation, nonce)
     decision = policy.decide(request, to_ms(at))
+    data["ok"] = decision.admit  # as the exit status: the dry run's answer was "no"
     data["decision"] = {
         "did": args.did,
         "admit": decision.admit,
