@@ -344,8 +344,9 @@ def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, 
     assert plain.returncode == 2, plain.stdout + plain.stderr
     assert plain.json["type"] == "StreamsTimeoutError" and no_curve in plain.json["error"]
     assert no_curve in plain.stderr  # the one-line error people see
-    branch = cli("subscribe", "--curve", "--json", "--store", "a.db", "--connect", addr, "--passphrase-env",
-                 "PP").ok().json["branch"]
+    assert not (tmp_path / "a.db").exists()  # a first run with no grant leaves no store: create it again
+    branch = cli("subscribe", "--curve", "--json", "--store", "a.db", "--connect", addr, "--keystore", "a.ks",
+                 "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json["branch"]
     serve.wait("admitted", did=a, branch=branch)
     pub = cli("publish", "--store", "a.db", "--connect", addr, "--data", "x", "--wait-ack", "1",
               "--passphrase-env", "PP")
