@@ -1146,6 +1146,15 @@ class Author(_Party):
             log.info("branch %s revoked: its admission no longer holds", b.hex())
             self._queue_event(BranchClosed(b, "recheck", self._core.chain_head(b, 0)[0] - 1))
 
+    async def revoke_subscriber(self, did: str) -> list[bytes]:
+        """Cut a subscriber off: revoke its own branch and take it out of every group (each re-keyed without it).
+        :meth:`revoke` closes one branch only.  Returns the branches closed (its own; groups it was the last
+        member of).  It may subscribe again while the policy admits it."""
+        self._check_usable()
+        closed = self._core.revoke_subscriber(did)
+        await self._flush()
+        return closed
+
     async def remove_member(self, branch: bytes, did: str) -> None:
         """Remove a DID from a group branch and re-key it."""
         self._check_usable()

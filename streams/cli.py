@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -136,6 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:  # pragma: no cover -- every sub-command sets one
         build_parser().print_help(sys.stderr)
         return 2
+    terminated = False
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # SIGTERM ends a command as Ctrl-C does -- asyncio cancels it at an await, its cleanup runs -- rather
+        # than killing it where it stands (a first subscribe's store left behind, no JSON document).
+        nonlocal terminated
+        terminated = True
+        signal.raise_signal(signal.SIGINT)
+
+    restore: Any = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) not in (
+            signal.SIG_IGN, None):
+        restore = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         outcome = handler(args)
     except StreamsError as exc:
@@ -147,8 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(_error_doc(exc)))
         return _exit_code(exc)
     except KeyboardInterrupt:
-        print("streams: interrupted", file=sys.stderr)
-        return 130
+        what = "terminated" if terminated else "interrupted"
+        print(f"streams: {what}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"ok": False, "error": what, "type": "Interrupted"}))
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
     if isinstance(outcome, Result):
         print(json.dumps(outcome.data) if as_json else outcome.text)
         return outcome.code

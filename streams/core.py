@@ -508,6 +508,8 @@ class _CoreBase:
         #: Control frames handled lately (_ONCE_KINDS), author only: (message hash + signature, transport peer) ->
         #: when (ms), oldest first; and whether the one being handled passed its signature check.
         self._recent_control: OrderedDict[tuple[bytes, object], int] = OrderedDict()
+        #: the HEADs of _recent_control whose first copy was dropped silently (the next copies are reported)
+        self._copied_heads: OrderedDict[tuple[bytes, object], None] = OrderedDict()
         #: Member: branches whose timed grant sync is not answered yet -> retries left (SPEC 9.5).
         self._sync_waits: dict[bytes, int] = {}
         self._control_verified = False
@@ -741,11 +743,17 @@ class _CoreBase:
             cfg = self.config
             window = min(cfg.copy_window_ms, cfg.fetch_retry_ms // 2, cfg.grant_sync_interval_ms // 2)
             if seen is not None and 0 <= now_ms - seen < window:
-                # Dropped, unchecked.  Only a FETCH's copy is reported: the same ACK again is ordinary (re-sent
-                # after a HEAD), and so is the same HEAD (a member's notice of its head, sent by a publish that
-                # waits for its ACK, then again by the catch-up of the connection that came up meanwhile).  A
-                # REPLAY event there was a false alarm on every `streams publish`.
-                if frame.kind is Kind.FETCH:
+                # Dropped, unchecked.  A FETCH's copy is reported; the same ACK again is ordinary (re-sent after
+                # a HEAD), and so is one copy of a HEAD (a member's notice of its head, sent by a publish that
+                # waits for its ACK, then again by the catch-up of the connection that came up meanwhile: a
+                # REPLAY event there was a false alarm on every `streams publish`) -- its further copies are
+                # reported (a replay loop stays visible).
+                copied = self._copied_heads
+                if frame.kind is Kind.HEAD and key not in copied:
+                    copied[key] = None
+                    if len(copied) > MAX_RECENT_CONTROL:
+                        copied.popitem(last=False)
+                elif frame.kind is not Kind.ACK:
                     events.append(Rejected(RejectReason.REPLAY, f"a copy of a {frame.kind.name} handled "
                                                                 f"{now_ms - seen} ms ago", frame.head.branch))
                 return
@@ -1881,27 +1889,62 @@ class AuthorCore(_CoreBase):
     def recheck(self, now_ms: int, dids: bool = False) -> list[bytes]:
         """Re-evaluate each open subscriber's admission against the policy now: revoke the branches whose
         evidence (e.g. a credential) no longer holds by the policy's ``still_valid(evidence, now_ms)``, if it has
-        one (a revoked or expired credential), and with ``dids``, those of DIDs the policy can no longer admit at
-        all (:func:`~streams.policy.could_admit`: put on a deny-list, taken off an allow-list -- after the policy
-        was replaced; branches opened with :meth:`open_branch` included).  Such a subscriber also leaves its
-        groups.  Returns the revoked branch ids."""
+        one (a revoked or expired credential), and with ``dids``, those the policy no longer admits
+        (:meth:`_admits`: after the policy was replaced; branches opened with :meth:`open_branch` included).  Such
+        a subscriber also leaves its groups.  Returns the revoked branch ids, groups closed by losing their last
+        member included."""
         check = getattr(self.policy, "still_valid", None)
         revoked = []
         for b in list(self._branches.values()):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
-            if (dids and not could_admit(self.policy, b.peer_did)) or (
+            if (dids and not self._admits(b, now_ms)) or (
                     check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms)):
-                self.revoke(b.id)
-                revoked.append(b.id)
-                self._leave_groups(b.peer_did)
+                revoked += self.revoke_subscriber(b.peer_did)
         return revoked
 
-    def _leave_groups(self, did: str) -> None:
+    def revoke_subscriber(self, did: str) -> list[bytes]:
+        """Cut a subscriber off: revoke its own branch (if open) and take it out of every group (each re-keyed
+        without it), as a re-check does to one it no longer admits.  Returns the branches closed (its own, and
+        groups it was the last member of).  Raises :class:`LocalProtocolError` if ``did`` is not a DID or is a
+        member of nothing open."""
+        try:
+            sign_public = PublicIdentity.from_did(did).sign_public
+        except (DecodeError, ValueError) as exc:
+            raise LocalProtocolError(f"not a DID: {did!r}") from exc
+        own = self._by_did.get(did)
+        if own is None and not self._open_groups_of(sign_public):
+            raise LocalProtocolError(f"{did} is a member of no open branch")
+        closed = []
+        if own is not None:
+            self.revoke(own)
+            closed.append(own)
+        return closed + self._leave_groups(did)
+
+    def _admits(self, b: _Branch, now_ms: int) -> bool:
+        """Whether the policy would still admit the subscriber of ``b``: never a DID it cannot admit at all
+        (:func:`~streams.policy.could_admit`: denied, say); one admitted on its DID alone (no evidence: an
+        allow-list, or :meth:`open_branch`) only if the policy admits it again on its DID alone -- taken off an
+        allow-list, it is not, even where a credential rule could admit it with a credential.  Evidence is
+        re-checked by ``still_valid``.  What ``decide`` raises propagates, as at a subscription."""
+        did = b.peer_did
+        if not could_admit(self.policy, did):
+            return False
+        if b.has_evidence:
+            return True
+        pub = PublicIdentity.from_did(did)
+        return self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms).admit
+
+    def _leave_groups(self, did: str) -> list[bytes]:
         """A subscriber whose admission no longer holds leaves every group too (re-keyed without it): it would
-        otherwise keep reading what the author broadcasts (THREATS 6)."""
+        otherwise keep reading what the author broadcasts (THREATS 6).  Returns the groups that closed: it was
+        their last member."""
+        closed = []
         for g in self._open_groups_of(PublicIdentity.from_did(did).sign_public):
             self.remove_member(g.id, did)
+            if g.state is BranchState.CLOSED:
+                closed.append(g.id)
+        return closed
 
     def revoke(self, branch: bytes) -> None:
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""

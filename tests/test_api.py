@@ -404,6 +404,32 @@ async def test_recheck_admissions_revokes_whom_a_replaced_policy_no_longer_admit
     with pytest.raises(ClosedResourceError):
         await author.publish(b1, b"no more")
     author.policy = AllOf((AllowList.of([P1.did, P2.did]), DenyList(frozenset({P2.did}))))  # deny wins
-    assert await author.recheck_admissions() == [b2]
+    assert await author.recheck_admissions() == [b2, group]  # (P2 was the group's last member: it closed)
+    assert [(e.branch, e.by) for e in author.pending_events() if isinstance(e, BranchClosed)] == [
+        (b2, "recheck"), (group, "recheck")]
+    for x in (s1, s2, author):
+        await x.close()
+
+
+async def test_an_allow_listed_subscriber_taken_off_the_list_is_revoked_though_a_credential_rule_remains(
+        tmp_path: Path) -> None:
+    """Under "an allow-list or a credential" (AnyOf), a DID taken off the allow-list could still be admitted --
+    with a credential, which it never presented.  Admitted on its DID alone, it is re-checked on its DID alone:
+    refused, so revoked.  ``revoke_subscriber`` cuts one off by hand: its branch and its groups."""
+    from streams.credentials import CredentialPolicy
+    from streams.policy import AnyOf
+
+    creds = CredentialPolicy("ProviderCredential", frozenset({ident(9).did}))
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AnyOf((AllowList.of([P1.did, P2.did]), creds)), store_options=FAST)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    b1, b2 = await s1.subscribe(timeout=5), await s2.subscribe(timeout=5)
+    group = await author.open_group([P1.did, P2.did])
+    author.policy = AnyOf((AllowList.of([P2.did]), creds))
+    assert await author.recheck_admissions() == [b1]
+    assert await author.revoke_subscriber(P2.did) == [b2, group]
+    assert [b.id for b in author.branches() if b.open] == []
     for x in (s1, s2, author):
         await x.close()

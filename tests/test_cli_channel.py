@@ -414,12 +414,13 @@ def test_a_malformed_author_did_is_named_as_the_bad_argument(cli: Cli) -> None:
         assert run.returncode == 2 and "--author" in run.stdout, (run.stdout, run.stderr)
 
 
-def test_an_operator_cuts_a_provider_off_by_editing_the_policy_or_by_a_revoke_line(
+def test_an_operator_cuts_a_provider_off_by_editing_the_policy_and_sighup_or_by_a_revoke_line(
         cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
-    """A provider taken off the policy file while `streams serve` runs is revoked once the file settles (it used
-    to keep publishing, acknowledged, until someone wrote a program to revoke it); a file that does not load is
-    reported and the policy in force stays; `{"revoke": DID}` on stdin revokes at once; and at start, whom the
-    file no longer admits is revoked."""
+    """A provider taken off the policy file is revoked when `streams serve` is told to reload it (SIGHUP; it used
+    to keep publishing, acknowledged, until someone wrote a program to revoke it); an edit alone changes
+    nothing (a half-written file must not revoke anyone); a file that does not load is reported and the policy in
+    force stays; `{"revoke": DID}` on stdin revokes at once; and at start, whom the file no longer admits is
+    revoked."""
     make_keystore(cli, "monitor.ks")
     dids = {name: make_keystore(cli, f"{name}.ks") for name in ("acme", "globex", "initech")}
     _policy(tmp_path / "policy.toml", *dids.values())
@@ -437,6 +438,9 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_or_by_a_revoke_li
 
     branches = {name: subscribe(name) for name in dids}
     _policy(tmp_path / "policy.toml", dids["globex"], dids["initech"])  # acme is off the list
+    time.sleep(1.5)
+    assert publish("acme").ok().json["acknowledged"] is True  # not reloaded yet: only when told
+    serve.p.send_signal(signal.SIGHUP)
     assert serve.wait("policy", reloaded=True)["revoked"] == [branches["acme"]]
     serve.wait("closed", branch=branches["acme"], by="recheck")
     cut = publish("acme")
@@ -444,11 +448,13 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_or_by_a_revoke_li
     assert publish("globex").ok().json["acknowledged"] is True
 
     (tmp_path / "policy.toml").write_text("[policy\n")  # a broken edit: reported, nothing changes
+    serve.p.send_signal(signal.SIGHUP)
     assert "policy not reloaded" in serve.wait("error", timeout=20)["error"]
     assert publish("globex").ok().json["acknowledged"] is True
 
     serve.send(json.dumps({"revoke": dids["globex"]}))
-    serve.wait("revoked", branch=branches["globex"])
+    revoked = serve.wait("revoked", branch=branches["globex"])
+    assert (revoked["did"], revoked["closed"]) == (dids["globex"], [branches["globex"]])
     assert publish("globex").returncode == 1
 
     assert serve.stop()[0] == 0
@@ -458,6 +464,34 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_or_by_a_revoke_li
     assert serve2.wait("policy", reloaded=False)["revoked"] == [branches["initech"]]
     assert publish("initech").returncode == 1
     assert serve2.stop()[0] == 0
+
+
+def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_path: Path) -> None:
+    """SIGTERM ends `streams subscribe` as Ctrl-C does: its cleanup runs (the store of a first run with no grant
+    is removed), exit 143, and with --json the error document (it used to die where it stood)."""
+    make_keystore(cli, "p.ks")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "p.db", "--connect",
+                          "tcp://127.0.0.1:9", "--keystore", "p.ks", "--author",
+                          "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32,
+                          "--timeout", "60", "--passphrase-env", "PP"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(200):  # until the first run created its store
+            if (tmp_path / "p.db").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    assert p.returncode == 143, err
+    assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
 
 
 def test_a_first_subscribe_that_gets_no_grant_leaves_no_store_and_a_later_one_names_a_mismatch(

@@ -218,6 +218,25 @@ def test_copies_of_a_grant_sync_and_of_a_superseded_ack_cost_one_check(monkeypat
         assert reasons == [RejectReason.REPLAY] and len(seen) == 2  # refused once after its check, then dropped
 
 
+def test_a_heads_first_copy_is_silent_and_its_further_copies_are_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member sends the same HEAD twice in ordinary operation (see the real-socket test below): that copy is
+    dropped without an event.  A replay loop of it stays visible: every further copy is a REPLAY event, and none
+    is checked again."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [branch] = net.subs["s0"].branch_ids()
+    a, s = net.author, net.subs["s0"]
+    s.publish(branch, b"payment", net.now)
+    s.data_to_send()
+    assert s.notify_head(branch)
+    [head] = [o.data for o in s.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
+    a.receive(head, net.now, "s0")
+    with counted_checks(monkeypatch) as seen:
+        reasons = [_reasons(a.receive(head, net.now + 1, "s0")) for _ in range(5)]
+    assert reasons == [[], *[[RejectReason.REPLAY]] * 4] and seen == []
+
+
 def test_the_copy_window_leaves_room_for_a_faster_retry() -> None:
     """Parties configured to retry faster than copy_window_ms (fetch_retry_ms 200) still get their retries
     answered: the window used is at most half of fetch_retry_ms."""

@@ -481,6 +481,21 @@ def _branch_named(author: Author, to: str, key: str) -> bytes:
     return parse_branch(to, key)
 
 
+async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
+    """``{"revoke": DID or branch hex}``: a subscriber (named by its DID or its own branch) is cut off -- its
+    branch revoked, and taken out of its groups (:meth:`Author.revoke_subscriber`); a group's id closes the
+    group."""
+    branch = _branch_named(author, name, "revoke")
+    info = next((b for b in author.branches() if b.id == branch), None)
+    did = next((m for m in (info.members if info is not None else ()) if author.branch_of(m) == branch), None)
+    if did is None:
+        await author.revoke(branch)
+        closed = [branch]
+    else:
+        closed = await author.revoke_subscriber(did)
+    out.emit({"event": "revoked", "branch": branch.hex(), "did": did, "closed": [b.hex() for b in closed]})
+
+
 async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
     """Act on one stdin line: ``{"to": ..., "data"|"data_b64": ...}`` publishes, ``{"revoke": ...}`` revokes a
     branch; bad lines are reported, never fatal."""
@@ -494,9 +509,7 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
         except ValueError:
             raise UsageError("stdin line is not JSON") from None
         if isinstance(req, dict) and isinstance(req.get("revoke"), str) and len(req) == 1:
-            branch = _branch_named(author, req["revoke"], "revoke")
-            await author.revoke(branch)
-            out.emit({"event": "revoked", "branch": branch.hex()})
+            await _revoke_line(author, req["revoke"], out)
             return
         if not isinstance(req, dict) or not isinstance(req.get("to"), str):
             raise UsageError('stdin line must be {"to": DID or branch hex, "data": text} or {"revoke": DID or '
@@ -532,14 +545,6 @@ async def _pump_events(party: Author | Subscriber, out: LinePrinter) -> None:
             out.emit(doc)
 
 
-def _file_stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 async def _recheck(author: Author, out: LinePrinter, path: str, reloaded: bool) -> None:
     """Revoke the subscribers the policy can no longer admit (denied, off its allow-list) or whose credential no
     longer holds; they show as ``closed`` events (``by: recheck``).  A ``policy`` event reports a reload, or
@@ -550,21 +555,13 @@ async def _recheck(author: Author, out: LinePrinter, path: str, reloaded: bool) 
 
 
 async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: LinePrinter) -> None:
-    """Reload the policy file on SIGHUP, or once a change to it has stayed unchanged for a second (checked every
-    second: an editor's half-written file must not be read -- a policy admitting nobody would revoke everyone),
-    then re-check every admitted subscriber against it.  A file that does not load is reported (an ``error``
-    event) and the policy in force stays."""
-    last = _file_stamp(path)
-    seen = last
+    """On SIGHUP, reload the policy file and re-check every admitted subscriber against it.  Only when told, as
+    daemons do: a file read while an editor or a copy is still writing it can be valid TOML that lists fewer
+    providers, and would revoke them.  A file that does not load is reported (an ``error`` event) and the
+    policy in force stays."""
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hup.wait(), 1.0)
-        stamp = _file_stamp(path)
-        settled, seen = stamp == seen, stamp
-        if not hup.is_set() and (stamp == last or not settled):
-            continue
+        await hup.wait()
         hup.clear()
-        last = stamp
         try:
             policy = load_policy(path)
         except (LocalProtocolError, OSError) as exc:
@@ -579,6 +576,9 @@ async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: Line
 async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     """Serve a channel until SIGINT/SIGTERM (or stdin EOF with the demo's ``--exit-on-stdin-eof``)."""
     zmq = load_zmq()
+    hup = asyncio.Event()  # (before anything slow: a SIGHUP while the store opens must not kill us)
+    with contextlib.suppress(AttributeError, NotImplementedError, ValueError):  # (no SIGHUP on Windows)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup.set)
     passphrase = read_passphrase(args)
     # CurveZMQ keys the endpoint with the author's identity, so it is read first; the Author opened on the
     # endpoint then installs its own ZAP decision (members of open branches, DIDs the policy could admit).
@@ -595,9 +595,6 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         raise
     stop = asyncio.Event()
     _install_stop(stop)
-    hup = asyncio.Event()
-    with contextlib.suppress(AttributeError, NotImplementedError, ValueError):  # (no SIGHUP on Windows)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hup.set)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
@@ -691,7 +688,8 @@ def _remove_store_files(store: str) -> None:
     for suffix in ("", "-wal", "-shm", "-frames", "-lock"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{store}{suffix}")
-    _log.info("removed the store %s this first run created: it got no grant", store)
+    print(f"streams: note: {store}, created by this first run, was removed (no grant): run again with --keystore, "
+          "--author and --channel", file=sys.stderr)
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> Result:
