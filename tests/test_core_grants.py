@@ -483,6 +483,24 @@ def test_a_group_opened_during_a_resubscription_is_applied_and_does_not_answer_i
     assert s.state.value == "subscribed"
 
 
+def _resubscribe_with_a_sync_out(net: Net, s: SubscriberCore) -> list[bytes]:
+    """s0 starts a re-subscription (a new credential, say) and gets as far as AWAIT_GRANT; then, on a transport
+    with sessions, its 4th forced refresh sends a grant sync of its own branch (queued, not delivered).  Returns
+    its SUBSCRIBE, not delivered."""
+    s.hello()
+    for a in _author_answers(net, s):  # ANNOUNCE + CHALLENGE
+        s.receive(a, net.now)
+    assert s.state.value == "await-grant"
+    subscribe = [o.data for o in s.data_to_send()]
+    session = b"\x5a" * SESSION_LEN
+    net.author.session_of = lambda peer: session
+    s.my_session = lambda: session
+    for _ in range(4):
+        net.now += 10_000
+        s.sync_quiet(net.now)
+    return subscribe
+
+
 def test_a_group_grant_never_answers_a_subscribe_outstanding_nor_does_a_quiet_refreshs_sync_answer() -> None:
     """With a re-subscription's SUBSCRIBE out (AWAIT_GRANT), a group opened or re-keyed meanwhile is applied but
     is not its answer (the author answers a SUBSCRIBE only with the member's own branch); nor is the current
@@ -491,18 +509,7 @@ def test_a_group_grant_never_answers_a_subscribe_outstanding_nor_does_a_quiet_re
     net.author.open_group([ident(10).public, ident(11).public])  # a second group, of two members
     net.author.take_changes()
     group_grants = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT]
-    s.hello()
-    answers = _author_answers(net, s)  # ANNOUNCE + CHALLENGE
-    for a in answers:
-        s.receive(a, net.now)
-    assert s.state.value == "await-grant"
-    subscribe = [o.data for o in s.data_to_send()]
-    session = b"\x5a" * SESSION_LEN
-    net.author.session_of = lambda peer: session
-    s.my_session = lambda: session
-    for _ in range(4):  # the 4th refresh: a grant sync of our own branch, answered by its current grant
-        net.now += 10_000
-        s.sync_quiet(net.now)
+    subscribe = _resubscribe_with_a_sync_out(net, s)
     marker = _author_answers(net, s)
     # (with the first grants of its groups, then its own current grant, last)
     assert [decode_frame(m).head.branch for m in marker if decode_frame(m).kind is Kind.GRANT][-1] == own
@@ -525,17 +532,7 @@ def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscri
     net.subscribe("s0")
     s = net.subs["s0"]
     [own] = s.branch_ids()
-    s.hello()  # a re-subscription (a new credential, say)
-    for a in _author_answers(net, s):  # ANNOUNCE + CHALLENGE
-        s.receive(a, net.now)
-    assert s.state.value == "await-grant"
-    subscribe = [o.data for o in s.data_to_send()]
-    session = b"\x5a" * SESSION_LEN
-    net.author.session_of = lambda peer: session
-    s.my_session = lambda: session
-    for _ in range(4):  # the 4th forced refresh: a grant sync of our own branch
-        net.now += 10_000
-        s.sync_quiet(net.now)
+    subscribe = _resubscribe_with_a_sync_out(net, s)
     net.author.set_permission(own, Permission.READ)  # a re-key whose GRANT never reaches the member
     net.author.take_changes()
     net.author.data_to_send()

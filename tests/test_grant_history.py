@@ -48,6 +48,15 @@ async def _epoch(sub: Subscriber, branch: bytes, epoch: int) -> None:
     raise AssertionError(f"{[(b.id.hex(), b.epoch) for b in sub.branches()]}: epoch {epoch} never came")
 
 
+async def _back_and_read(tmp: Path, hub: MemoryHub, author: Author, branch: bytes, epoch: int) -> None:
+    """The author publishes on ``branch``; P1 comes back, reaches ``epoch`` there and reads that message."""
+    await author.publish(branch, b"under epoch %d" % epoch)
+    s1 = await Subscriber.open(tmp / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
+    await _epoch(s1, branch, epoch)
+    assert (await s1.next_message(timeout=5)).payload == b"under epoch %d" % epoch
+    await s1.close()
+
+
 async def _start(tmp: Path) -> tuple[MemoryHub, Author, bytes]:
     """The author and P1, subscribed (its branch), then P1 offline."""
     hub = MemoryHub()
@@ -83,11 +92,7 @@ async def test_each_rekey_adds_one_history_row_and_the_branch_record_does_not_gr
     assert [(decode_frame(f).kind, decode_frame(f).head.epoch) for _, f in history] == [(Kind.GRANT, e)
                                                                                          for e in range(12)]
     assert _record_list(db, branch) == []
-    await author.publish(branch, b"under epoch 12")
-    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
-    await _epoch(s1, branch, 12)
-    assert (await s1.next_message(timeout=5)).payload == b"under epoch 12"
-    await s1.close()
+    await _back_and_read(tmp_path, hub, author, branch, 12)
     await author.close()
 
 
@@ -99,11 +104,7 @@ async def test_a_group_opened_and_rekeyed_while_a_member_was_away_reaches_it_fro
     await author.remove_member(group, P3.did)  # epoch 1
     await author.remove_member(group, P2.did)  # epoch 2
     assert [e for e, _ in _history(tmp_path / "author.db", group)] == [0, 1]
-    await author.publish(group, b"to the group at epoch 2")
-    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
-    await _epoch(s1, group, 2)
-    assert (await s1.next_message(timeout=5)).payload == b"to the group at epoch 2"
-    await s1.close()
+    await _back_and_read(tmp_path, hub, author, group, 2)
     await author.close()
 
 
@@ -120,11 +121,7 @@ async def test_a_store_whose_records_hold_their_history_serves_it_and_moves_it_a
     assert len(_record_list(db, branch)) == 5 and _history(db, branch) == []
     hub = MemoryHub()
     author = await Author.open(db, PW, hub.author_endpoint(), POLICY, store_options=FAST)
-    await author.publish(branch, b"under epoch 5")
-    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
-    await _epoch(s1, branch, 5)
-    assert (await s1.next_message(timeout=5)).payload == b"under epoch 5"
-    await s1.close()
+    await _back_and_read(tmp_path, hub, author, branch, 5)
     await author.set_permission(branch, Permission.READ)  # epoch 6: the record is written again
     assert _record_list(db, branch) == []
     history = _history(db, branch)
