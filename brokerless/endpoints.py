@@ -521,6 +521,7 @@ class AuthorEndpoint(_Base):
         self._auth: ZapHandler | None = None
         self._keys = KnownKeys(known_key)
         self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
+        at: object = bind  # the address that failed, for the error
         try:
             _socket_options(self._sock, self.config)
             # Unroutable sends raise instead of vanishing, and a full pipe raises EAGAIN instead of dropping
@@ -531,6 +532,7 @@ class AuthorEndpoint(_Base):
             addrs = [bind] if isinstance(bind, str) else list(bind)
             self.addresses: list[str] = []
             for a in addrs:
+                at = a
                 _check_ipc(a)
                 self._sock.bind(a)
                 last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
@@ -542,7 +544,7 @@ class AuthorEndpoint(_Base):
             self._term()
             if isinstance(exc, LocalProtocolError):
                 raise
-            raise LocalProtocolError(f"cannot bind {bind!r}: {exc.strerror}") from exc
+            raise LocalProtocolError(f"cannot bind {at}: {exc.strerror}") from exc
         # A synchronous shadow of the same socket for non-blocking drains (PERF-FLOORS: drain loops).
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
 

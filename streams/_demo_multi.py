@@ -49,6 +49,7 @@ from types import FrameType
 from typing import IO, Any
 
 from . import keystore
+from ._cli._common import Terminated
 from .identity import Identity
 from .wire import decode_frame
 
@@ -503,7 +504,7 @@ def _terminate_on_sigterm() -> Iterator[None]:
         return
 
     def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     old: Any = signal.signal(signal.SIGTERM, raise_interrupt)
     try:

@@ -1096,7 +1096,8 @@ class Author(_Party):
 
     async def open_branch(self, did: str, permission: Permission = Permission.READ_WRITE,
                           mode: SigningMode | None = None) -> bytes:
-        """Open a branch for a DID without waiting for it to subscribe (it receives the grant when it does)."""
+        """Open a branch for a DID without waiting for it to subscribe (it receives the grant when it does).
+        :meth:`recheck_admissions` revokes it if the policy does not admit that DID on its DID alone."""
         self._check_usable()
         b = self._core.open_branch(PublicIdentity.from_did(did), permission, mode)
         await self._flush()
@@ -1124,11 +1125,13 @@ class Author(_Party):
         await self._flush()
 
     async def recheck_admissions(self) -> list[bytes]:
-        """Re-check each subscriber's admission against the policy now, and revoke the branches of DIDs it can no
-        longer admit at all (denied, or off its allow-list, after the policy was replaced or the author reopened
-        with another: branches opened with :meth:`open_branch` included) and of those whose credential was
-        revoked or expired.  The credential check also runs every ``recheck_ms`` on the timer; the DID check only
-        here, when asked (``streams serve`` does at start and when its policy file changes)."""
+        """Re-check each subscriber's admission against the policy now, and revoke (:meth:`revoke_subscriber`)
+        those it no longer admits: a DID it cannot admit at all (denied), one admitted on its DID alone (an
+        allow-list, or :meth:`open_branch`) that it refuses on its DID alone now, and one whose credential was
+        revoked or expired.  The credential check also runs every ``recheck_ms`` on the timer; the DID checks only
+        here, when asked (``streams serve`` does at start and on SIGHUP).  Every decision is made before any
+        revocation: what the policy raises propagates and nothing is revoked.  A permission the policy now grants
+        differently is not applied to existing members.  Returns the branches closed, groups included."""
         self._check_usable()
         revoked = self._core.recheck(self._clock(), dids=True)
         await self._flush()

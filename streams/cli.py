@@ -31,7 +31,7 @@ from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
-from ._cli._common import CheckFailed, Result, add_command
+from ._cli._common import CheckFailed, Result, Terminated, add_command
 from .errors import RemoteProtocolError, StreamsError, VerificationError
 
 __all__ = ["build_parser", "main"]
@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM ends a command as Ctrl-C does -- asyncio cancels it at an await, its cleanup runs -- rather
         # than killing it where it stands (a first subscribe's store left behind, no JSON document).
         nonlocal terminated
+        if terminated:
+            return  # once: a second SIGTERM must not cut the cleanup short (SIGKILL is for that)
         terminated = True
         signal.raise_signal(signal.SIGINT)
 
@@ -161,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if as_json:
             print(json.dumps(_error_doc(exc)))
         return _exit_code(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        terminated = terminated or isinstance(exc, Terminated)  # (the demo raises it from its own handler)
         what = "terminated" if terminated else "interrupted"
         print(f"streams: {what}", file=sys.stderr)
         if as_json:

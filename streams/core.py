@@ -773,6 +773,7 @@ class _CoreBase:
             if once and self._control_verified:
                 recent = self._recent_control
                 recent[key] = now_ms
+                self._copied_heads.pop(key, None)  # checked again: its next copy is its first
                 recent.move_to_end(key)
                 if len(recent) > MAX_RECENT_CONTROL:
                     recent.popitem(last=False)
@@ -1894,13 +1895,15 @@ class AuthorCore(_CoreBase):
         a subscriber also leaves its groups.  Returns the revoked branch ids, groups closed by losing their last
         member included."""
         check = getattr(self.policy, "still_valid", None)
+        # Every decision first, then the revocations: a policy that raises part-way revokes nobody (nothing half
+        # done, and nothing revoked unreported).
+        cut = [b.peer_did for b in list(self._branches.values())
+               if b.state is BranchState.OPEN and b.peer_did and (
+                   (dids and not self._admits(b, now_ms))
+                   or (check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms)))]
         revoked = []
-        for b in list(self._branches.values()):
-            if b.state is not BranchState.OPEN or not b.peer_did:
-                continue
-            if (dids and not self._admits(b, now_ms)) or (
-                    check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms)):
-                revoked += self.revoke_subscriber(b.peer_did)
+        for did in cut:
+            revoked += self.revoke_subscriber(did)
         return revoked
 
     def revoke_subscriber(self, did: str) -> list[bytes]:

@@ -433,3 +433,28 @@ async def test_an_allow_listed_subscriber_taken_off_the_list_is_revoked_though_a
     assert [b.id for b in author.branches() if b.open] == []
     for x in (s1, s2, author):
         await x.close()
+
+
+async def test_a_policy_that_raises_during_a_recheck_revokes_nobody(tmp_path: Path) -> None:
+    """Every decision comes before any revocation: a policy that raises for one subscriber leaves the others'
+    branches open, rather than some closed and unreported."""
+    from streams.policy import Decision, SubscriptionRequest
+
+    class Flaky:
+        def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision:
+            if request.did == P2.did:
+                raise RuntimeError("policy backend down")
+            return Decision.refuse("not any more")
+
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    await s1.subscribe(timeout=5)
+    await s2.subscribe(timeout=5)
+    author.policy = Flaky()
+    with pytest.raises(RuntimeError, match="backend down"):
+        await author.recheck_admissions()
+    assert all(b.open for b in author.branches())
+    for x in (s1, s2, author):
+        await x.close()

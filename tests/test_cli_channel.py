@@ -515,3 +515,29 @@ def test_a_first_subscribe_that_gets_no_grant_leaves_no_store_and_a_later_one_na
     again = cli(*args, "--channel", wrong)
     assert again.returncode == 2 and channel in again.json["error"] and "another" in again.json["error"]
     assert cli(*args, "--channel", channel).ok().json["branch"] == branch  # the right one, repeated: fine
+
+
+async def test_the_revoke_line_cuts_off_a_did_left_only_in_groups(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`{"revoke": DID}` for a subscriber whose own branch is already closed but who is still in a group (made
+    by a program on the same store): it leaves the group, which closes (it was its last member)."""
+    from streams._cli.channel import LinePrinter, _revoke_line
+    from streams.api import Author, MemoryHub, StoreOptions
+    from streams.identity import Identity
+    from streams.policy import AllowList
+
+    member = Identity.generate()
+    author = await Author.create(tmp_path / "monitor.db", Identity.generate(), "fraud-monitor", PASS,
+                                 MemoryHub().author_endpoint(), AllowList.of([member.did]),
+                                 store_options=StoreOptions(durable=False, opslimit=1, memlimit=8192))
+    try:
+        own = await author.open_branch(member.did)
+        group = await author.open_group([member.did])
+        await author.revoke(own)
+        capsys.readouterr()
+        await _revoke_line(author, member.did, LinePrinter(True))
+        doc = json.loads(capsys.readouterr().out)
+        assert doc == {"event": "revoked", "branch": None, "did": member.did, "closed": [group.hex()]}
+        assert [b.id for b in author.branches() if b.open] == []
+    finally:
+        await author.close()

@@ -235,6 +235,10 @@ def test_a_heads_first_copy_is_silent_and_its_further_copies_are_reported(
     with counted_checks(monkeypatch) as seen:
         reasons = [_reasons(a.receive(head, net.now + 1, "s0")) for _ in range(5)]
     assert reasons == [[], *[[RejectReason.REPLAY]] * 4] and seen == []
+    # Past the copy window the same HEAD is checked again (the member's periodic refresh, say): its next copy
+    # is again its first, and silent.
+    later = net.now + 60_000
+    assert _reasons(a.receive(head, later, "s0")) == [] and _reasons(a.receive(head, later + 1, "s0")) == []
 
 
 def test_the_copy_window_leaves_room_for_a_faster_retry() -> None:

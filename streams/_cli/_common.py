@@ -142,12 +142,38 @@ def add_passphrase_options(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--passphrase", nargs="?", action=_RefusePassphraseArgument, help=argparse.SUPPRESS)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the Ctrl-C path (cleanup runs); the CLI then exits 143."""
+
+
+class _Held:
+    """A passphrase read ahead of time (:func:`read_passphrase_first`), kept out of ``repr(args)``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<passphrase>"
+
+
+def read_passphrase_first(args: argparse.Namespace) -> None:
+    """Read the passphrase now, before the command's event loop starts, for :func:`read_passphrase` to return
+    later: a terminal prompt inside ``asyncio.run`` blocks the loop, and a SIGTERM (or Ctrl-C) there is only
+    acted on once the prompt returns."""
+    args.held_passphrase = _Held(read_passphrase(args))
+
+
 def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
 
     Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, or no source was
     given and stdin is not a terminal.  The message never contains the passphrase.
     """
+    held = getattr(args, "held_passphrase", None)
+    if isinstance(held, _Held):
+        return held.value
     if args.passphrase_env:
         value = os.environ.get(args.passphrase_env)
         if not value:

@@ -87,6 +87,7 @@ from ._common import (
     now,
     read_json_file,
     read_passphrase,
+    read_passphrase_first,
 )
 from ._transport import CurveKeys, SubscriberTransport, load_zmq
 
@@ -485,15 +486,22 @@ async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
     """``{"revoke": DID or branch hex}``: a subscriber (named by its DID or its own branch) is cut off -- its
     branch revoked, and taken out of its groups (:meth:`Author.revoke_subscriber`); a group's id closes the
     group."""
-    branch = _branch_named(author, name, "revoke")
-    info = next((b for b in author.branches() if b.id == branch), None)
-    did = next((m for m in (info.members if info is not None else ()) if author.branch_of(m) == branch), None)
+    if name.startswith("did:"):  # (its own branch may be closed already, and the DID still in groups)
+        did: str | None = name
+        found = author.branch_of(name)
+        branch = found.hex() if found is not None else None
+    else:
+        bid = parse_branch(name, "revoke")
+        info = next((b for b in author.branches() if b.id == bid), None)
+        did = next((m for m in (info.members if info is not None else ()) if author.branch_of(m) == bid), None)
+        branch = bid.hex()
     if did is None:
-        await author.revoke(branch)
-        closed = [branch]
+        assert branch is not None
+        await author.revoke(bytes.fromhex(branch))
+        closed = [bytes.fromhex(branch)]
     else:
         closed = await author.revoke_subscriber(did)
-    out.emit({"event": "revoked", "branch": branch.hex(), "did": did, "closed": [b.hex() for b in closed]})
+    out.emit({"event": "revoked", "branch": branch, "did": did, "closed": [b.hex() for b in closed]})
 
 
 async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
@@ -625,6 +633,7 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    read_passphrase_first(args)
     return asyncio.run(serve(args, LinePrinter(_json(args))))
 
 
@@ -693,6 +702,7 @@ def _remove_store_files(store: str) -> None:
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> Result:
+    read_passphrase_first(args)
     return asyncio.run(subscribe(args))
 
 
@@ -754,6 +764,7 @@ async def publish(args: argparse.Namespace) -> Result:
 
 
 def _cmd_publish(args: argparse.Namespace) -> Result:
+    read_passphrase_first(args)
     return asyncio.run(publish(args))
 
 
@@ -809,6 +820,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
+    read_passphrase_first(args)
     return asyncio.run(tail(args, LinePrinter(_json(args))))
 
 
@@ -937,8 +949,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "SIGTERM, then close cleanly.  The first run creates the store from --keystore/--name;\n"
                         "later runs reopen it.  The first line is the 'ready' event with the channel id, the DID\n"
                         "and the bound addresses.  With --publish-stdin, JSON lines {\"to\": DID or branch hex,\n"
-                        "\"data\": text} (or \"data_b64\") on stdin are published.  With --curve, connections use\n"
-                        "CurveZMQ and only DIDs the channel knows complete the handshake (subscribers need --curve)."))
+                        "\"data\": text} (or \"data_b64\") on stdin are published, and {\"revoke\": DID or branch\n"
+                        "hex} cuts a subscriber off (its branch and its groups).  SIGHUP re-reads the policy file\n"
+                        "and revokes the subscribers it no longer admits (so does every start).  With --curve,\n"
+                        "connections use CurveZMQ and only DIDs the channel knows complete the handshake\n"
+                        "(subscribers need --curve)."))
     s.add_argument("--store", required=True, metavar="PATH", help="the author's store (SQLite)")
     s.add_argument("--bind", required=True, action="append", metavar="ADDR",
                    help="address to bind, e.g. tcp://127.0.0.1:0 (random port) or ipc://PATH; repeatable")
