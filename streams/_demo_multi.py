@@ -113,7 +113,8 @@ def judge_segregation(handed: int, foreign_branch: str, victim_docs: list[Doc], 
     read = [d for d in victim_docs if d.get("event") == "message" and d.get("branch") == foreign_branch]
     reasons = sorted({str(d.get("reason")) for d in rejected})
     ok = handed > 0 and len(rejected) == handed and not read and own_alert
-    detail = (f"{handed} recorded packets of {owner}'s branch delivered to {victim}: {len(rejected)} rejected "
+    detail = (f"{handed} recorded packet{'' if handed == 1 else 's'} of {owner}'s branch delivered to {victim}: "
+              f"{len(rejected)} rejected "
               f"({', '.join(reasons) or 'none'}), {len(read)} readable; {victim}'s own branch "
               f"{'still works' if own_alert else 'BROKEN'}")
     return Check(f"segregation: {victim} cannot read {owner}'s branch", ok, detail)
@@ -136,7 +137,8 @@ def judge_anchoring(providers: list[str], verified: dict[str, int], ledger_ok: b
     name = "branch heads anchored on the embedded ledger, proofs verified by every provider"
     missing = [p for p in providers if p not in verified]
     ok = not missing and ledger_ok and writes >= 1
-    detail = (f"{len(verified)}/{len(providers)} providers verified against the ledger; {writes} ledger writes "
+    detail = (f"{len(verified)}/{len(providers)} providers verified against the ledger; {writes} ledger "
+              f"write{'' if writes == 1 else 's'} "
               f"(one per epoch); hash chain {'intact' if ledger_ok else 'BROKEN'}")
     if missing:
         detail += f"; no verified proof at {', '.join(missing)}"

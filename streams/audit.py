@@ -84,9 +84,10 @@ class AuditReport:
         lines = [
             f"audit of {self.role} store ({self.did}) on channel {self.channel[:16]}...: "
             f"{'OK' if self.ok else 'FAILED'}",
-            f"  {self.branches} branches, {self.chains} chains, {self.messages} messages, "
-            f"{self.signatures} signatures, {self.anchored_heads} anchored heads, {self.anchor_epochs} anchor "
-            f"epochs ({'checked against the ledger' if self.ledger_checked else 'no ledger given: not checked on it'})",
+            f"  {_n(self.branches, 'branch', 'branches')}, {_n(self.chains, 'chain')}, "
+            f"{_n(self.messages, 'message')}, {_n(self.signatures, 'signature')}, "
+            f"{_n(self.anchored_heads, 'anchored head')}, {_n(self.anchor_epochs, 'anchor epoch')} "
+            f"({'checked against the ledger' if self.ledger_checked else 'no ledger given: not checked on it'})",
         ]
         for f in self.findings:
             where = "" if f.branch is None else f" [branch {f.branch[:12]} publisher {f.publisher} seq {f.seq}]"
@@ -365,3 +366,8 @@ def open_ledger(spec: str, *, create: bool = False) -> Ledger:
 
         return IotaLedger(rest)
     raise LocalProtocolError("--ledger takes sqlite:PATH or iota:URL")
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    """``1 branch``, ``2 branches``."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"

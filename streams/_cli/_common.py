@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -97,7 +98,7 @@ def add_command(
     p = subparsers.add_parser(
         name,
         help=help,
-        description=description or help,
+        description=_plain(description or help),
         parents=[_COMMON_PARENT],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # No prefix matching: `--pass=...` would otherwise be echoed back in an "ambiguous option" error.
@@ -105,6 +106,13 @@ def add_command(
     )
     p.set_defaults(handler=handler)
     return p
+
+
+def _plain(doc: str) -> str:
+    """A module docstring as help text: Sphinx roles and literals as plain words (``:class:`~a.b.C``` -> ``C``,
+    double backquotes dropped)."""
+    doc = re.sub(r":[a-z]+:`~?([\w.]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], doc)
+    return doc.replace("``", "")
 
 
 def add_group(

@@ -814,7 +814,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
         await sub.close()  # marks the last message delivered: the next tail starts after it
     if timed_out and count == 0 and (hint := unheard_hint(transport, args.curve)):
         # Not an error (a quiet channel ends a tail the same way), but the author's endpoint never answered.
-        _log.warning("no message within %s s%s", args.timeout, hint)
+        print(f"streams: warning: no message within {args.timeout} s{hint}", file=sys.stderr)
     out.emit({"event": "done", "messages": count})
     return 0
 
