@@ -401,6 +401,13 @@ class _Party:
         self._taken()
         return out
 
+    def put_back(self, message: MessageReceived) -> None:
+        """Leave ``message``, taken by the last :meth:`next_message`/:meth:`next_messages` call, undelivered: it
+        is not marked delivered, so it comes again at the next open.  A chain's delivery cursor is one sequence
+        number: every later message of its chain must be put back too (as a reader that skips whole branches
+        does), or taking one of them marks this one delivered with it."""
+        self._last_given = [m for m in self._last_given if m is not message]
+
     def _mark_given(self) -> None:
         """What the application took last time is delivered: it came back for more."""
         if self._last_given:

@@ -541,3 +541,43 @@ async def test_the_revoke_line_cuts_off_a_did_left_only_in_groups(tmp_path: Path
         assert [b.id for b in author.branches() if b.open] == []
     finally:
         await author.close()
+
+
+async def test_tail_of_one_branch_leaves_the_other_branches_messages_for_a_later_tail(cli: Cli, tmp_path: Path) -> None:
+    """`tail --branch` used to take the messages of the other branches too, unseen: an alert on a group (or a
+    new branch) was lost for good.  They are left for the next tail now; a --branch the store does not hold is
+    a usage error."""
+    import asyncio
+
+    from brokerless import AuthorEndpoint
+    from streams.api import Author, StoreOptions
+    from streams.identity import Identity
+    from streams.policy import AllowList
+
+    sub_did = make_keystore(cli, "provider.ks")
+    monitor = Identity.generate()
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "monitor.db", monitor, "fraud-monitor", PASS, ep, AllowList.of([sub_did]),
+                                 store_options=StoreOptions(durable=False, opslimit=1, memlimit=8192))
+    try:
+        addr = ep.addresses[0]
+        own = (await asyncio.to_thread(
+            cli, "subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+            "--author", monitor.did, "--channel", author.channel.hex(), "--passphrase-env", "PP")).ok().json["branch"]
+        group = await author.open_group([sub_did])
+        await author.publish(group, b"to every provider")
+        await author.publish(bytes.fromhex(own), b"to this provider")
+
+        def tail(*extra: str) -> list[Any]:
+            out = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--timeout", "3",
+                      "--passphrase-env", "PP", *extra).ok().stdout
+            return [json.loads(x).get("data") for x in out.splitlines() if json.loads(x)["event"] == "message"]
+
+        assert await asyncio.to_thread(tail, "--branch", own) == ["to this provider"]
+        assert await asyncio.to_thread(tail) == ["to every provider"]
+        assert await asyncio.to_thread(tail) == []
+        bad = await asyncio.to_thread(cli, "tail", "--json", "--store", "provider.db", "--connect", addr,
+                                      "--branch", "00" * 16, "--passphrase-env", "PP")
+        assert bad.returncode == 2 and "not a branch of" in bad.json["error"]
+    finally:
+        await author.close()

@@ -782,6 +782,9 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     keys = subscriber_keys(args.store, passphrase) if args.curve else None
     transport = zmq.subscriber(args.connect, keys)
     sub = await open_subscriber(args.store, passphrase, transport)
+    if only is not None and only not in {b.id for b in sub.branches()}:
+        await sub.close()
+        raise UsageError(f"--branch {only.hex()} is not a branch of {args.store}")
     stop = asyncio.Event()
     _install_stop(stop)
     out.emit({"event": "ready", "channel": sub.channel.hex(), "did": sub.did})
@@ -803,6 +806,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
                 break
             quiet_end = loop.time() + args.timeout
             if only is not None and m.branch != only:
+                sub.put_back(m)  # left for a later tail: never marked delivered unseen
                 continue
             out.emit(message_doc(m))
             count += 1
@@ -1013,8 +1017,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "Print the messages received (those not yet shown by an earlier tail first: the store\n"
                         "keeps the application's cursor; anything missed while offline is fetched from the\n"
                         "author's retained log).  Stops after --count messages or --timeout seconds without\n"
-                        "one; --follow runs until SIGINT/SIGTERM.  With --branch, messages of other branches\n"
-                        "are skipped (and count as shown)."))
+                        "one; --follow runs until SIGINT/SIGTERM.  With --branch (one of the store's branches),\n"
+                        "messages of other branches are not shown and are left for a later tail."))
     t.add_argument("--store", required=True, metavar="PATH", help="the subscriber's store")
     t.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
     t.add_argument("--branch", metavar="HEX", help="only this branch")
