@@ -136,9 +136,11 @@ def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path
     # --publish-stdin: bad lines are reported and do not stop the server; a good one is published.
     serve.send("this is not json")
     serve.send(json.dumps({"to": "did:key:z6MkNobodyHere", "data": "x"}))
+    serve.send(json.dumps({"to": "nobody", "data": "x"}))
     serve.send(json.dumps({"to": sub_did, "data": "ALERT card 4242 flagged"}))
     assert serve.wait("published", branch=branch)["seq"] == 1
-    assert sum(1 for d in serve.docs if d["event"] == "error") == 2
+    errors = [d["error"] for d in serve.docs if d["event"] == "error"]
+    assert len(errors) == 3 and "expected a subscriber's DID or a branch id" in errors[2], errors
 
     # tail: prints the alert (catch-up on open), then nothing more: the cursor was persisted.
     out = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--count", "1", "--timeout", "10",
@@ -351,6 +353,10 @@ def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, 
     pub = cli("publish", "--store", "a.db", "--connect", addr, "--data", "x", "--wait-ack", "1",
               "--passphrase-env", "PP")
     assert pub.returncode == 1 and "NOT acknowledged" in pub.stdout and no_curve in pub.stdout, pub.stdout
+    unacked = cli("publish", "--json", "--store", "a.db", "--connect", addr, "--data", "x", "--wait-ack", "1",
+                  "--passphrase-env", "PP")
+    assert unacked.returncode == 1 and unacked.json["ok"] is False and unacked.json["type"] == "NotAcknowledged"
+    assert "stored" in unacked.json["error"] and no_curve in unacked.json["error"]
     tail = cli("tail", "--json", "--store", "a.db", "--connect", addr, "--timeout", "1", "--passphrase-env", "PP")
     assert tail.returncode == 0 and _lines(tail.stdout)[-1] == {"event": "done", "messages": 0}
     assert no_curve in tail.stderr
@@ -441,7 +447,8 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_and_sighup_or_by_
     time.sleep(1.5)
     assert publish("acme").ok().json["acknowledged"] is True  # not reloaded yet: only when told
     serve.p.send_signal(signal.SIGHUP)
-    assert serve.wait("policy", reloaded=True)["revoked"] == [branches["acme"]]
+    reload = serve.wait("policy", reloaded=True)
+    assert (reload["revoked"], reload["dids"]) == ([branches["acme"]], [dids["acme"]])
     serve.wait("closed", branch=branches["acme"], by="recheck")
     cut = publish("acme")
     assert cut.returncode == 1 and cut.json["failure"] == "closed", cut.stdout

@@ -168,6 +168,11 @@ def test_revoke_then_verify_fails_and_rollback_is_detected(world: World) -> None
     r3 = world.cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
                    "--status-list", sl, "--index", "9", "--clear")
     assert r3.returncode == 2 and world.verify("c.json", "--status-list", sl)[0] == 1
+    # A new credential at the revoked index would be dead on arrival: refused at issue.
+    dead = world.cli("credential", "issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+                     "--subject", world.holder, "--type", "PaymentProviderCredential", "--status-list", sl,
+                     "--status-index", "9", "--out", "dead.json", "--json")
+    assert dead.returncode == 2 and "already set" in dead.json["error"] and not (world.dir / "dead.json").exists()
 
 
 def test_suspension_can_be_lifted(world: World) -> None:

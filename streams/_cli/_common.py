@@ -76,7 +76,8 @@ Handler = Callable[[argparse.Namespace], "Result | int"]
 def _common_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     g = parent.add_argument_group("common options")
-    g.add_argument("--json", action="store_true", help="machine-readable output: one JSON document on stdout")
+    g.add_argument("--json", action="store_true",
+                   help="machine-readable output on stdout: one JSON document (serve, tail: one per line)")
     g.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr (-v info, -vv debug); never secrets"
     )

@@ -479,7 +479,10 @@ def _branch_named(author: Author, to: str, key: str) -> bytes:
         if found is None:
             raise UsageError(f"no open branch for {to}")
         return found
-    return parse_branch(to, key)
+    try:
+        return parse_branch(to, key)
+    except UsageError:
+        raise UsageError(f"{key}: expected a subscriber's DID or a branch id (32 hex digits), got {to!r}") from None
 
 
 async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
@@ -557,9 +560,11 @@ async def _recheck(author: Author, out: LinePrinter, path: str, reloaded: bool) 
     """Revoke the subscribers the policy can no longer admit (denied, off its allow-list) or whose credential no
     longer holds; they show as ``closed`` events (``by: recheck``).  A ``policy`` event reports a reload, or
     revocations at start."""
+    owners = {b.id: m for b in author.branches() if b.open for m in b.members if author.branch_of(m) == b.id}
     revoked = await author.recheck_admissions()
     if reloaded or revoked:
-        out.emit({"event": "policy", "file": path, "reloaded": reloaded, "revoked": [b.hex() for b in revoked]})
+        out.emit({"event": "policy", "file": path, "reloaded": reloaded, "revoked": [b.hex() for b in revoked],
+                  "dids": [owners[b] for b in revoked if b in owners]})
 
 
 async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: LinePrinter) -> None:
@@ -746,6 +751,10 @@ async def publish(args: argparse.Namespace) -> Result:
                     acked = True
                 except StreamsTimeoutError:
                     acked = False
+                except asyncio.CancelledError:  # Ctrl-C or SIGTERM while waiting: say what became of it
+                    print(f"streams: note: seq {seq} on branch {branch.hex()} is stored and will be delivered "
+                          "when the author is heard again: do not publish it again", file=sys.stderr)
+                    raise
         except ClosedResourceError:
             # Revoked while we were away: learnt at open (catch-up), or from the author's answer to this message.
             if any(b.id == branch and not b.open for b in sub.branches()):
@@ -753,7 +762,11 @@ async def publish(args: argparse.Namespace) -> Result:
             raise
     finally:
         await sub.close()
-    data = {"ok": acked is not False, "branch": branch.hex(), "seq": seq, "acknowledged": acked}
+    data: dict[str, Any] = {"ok": acked is not False, "branch": branch.hex(), "seq": seq, "acknowledged": acked}
+    if acked is False:
+        data["error"] = (f"not acknowledged within {args.wait_ack} s (stored: it is delivered when the author is "
+                         f"heard again){unheard_hint(transport, args.curve)}")
+        data["type"] = "NotAcknowledged"
     if acked is None:
         note = "not waiting for the author (it fetches the message at the next session)"
     else:

@@ -166,6 +166,11 @@ def _issue(args: argparse.Namespace) -> Result:
         if not 0 <= args.status_index < bits.size:
             raise UsageError(f"--status-index must be in 0..{bits.size - 1}")
         list_purpose = list_subject.get("statusPurpose") if isinstance(list_subject, dict) else None
+        if bits.get(args.status_index):
+            # Such a credential would fail every verification from the start.  (Indices already given to other
+            # credentials are the issuer's bookkeeping: a status list does not record them.)
+            raise UsageError(f"index {args.status_index} is already set ({list_purpose or 'revocation'}) in "
+                             f"{args.status_list}: give each credential an index of its own")
         purpose = list_purpose if isinstance(list_purpose, str) else "revocation"
         status = (lst["id"], args.status_index)
     doc = vc.issue_credential(
