@@ -174,7 +174,8 @@ class AnchorService:
 
     def _refuse(self, exc: LedgerConflict) -> None:
         self.refused = self.last_error = exc
-        log.error("anchoring refused, nothing more is anchored from this store: %s", exc)
+        log.error("anchoring refused: nothing more is anchored%s: %s",
+                  " or published from this store" if self._on_refused is not None else " from this store", exc)
         if self._on_refused is not None:
             self._on_refused(exc)
 

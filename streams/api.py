@@ -942,7 +942,7 @@ class Author(_Party):
             self._anchoring.start()
 
     def _refuse_publishing(self, exc: LedgerConflict) -> None:
-        log.error("publishing refused: %s", exc)
+        # (the anchoring service logged the conflict, and says publishing stops: once is enough)
         self._no_publish = exc
 
     async def _send_queued(self) -> None:
