@@ -588,3 +588,44 @@ async def test_tail_of_one_branch_leaves_the_other_branches_messages_for_a_later
         assert bad.returncode == 2 and "not a branch of" in bad.json["error"]
     finally:
         await author.close()
+
+
+def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli, tmp_path: Path,
+                                                                       serves: list[Serve]) -> None:
+    """One process per store: while `tail --follow` ran, `streams publish` on the same store was refused (the
+    store is in use).  `tail --follow --publish-stdin` does both: JSON lines on its stdin are published, the
+    monitor's alerts are printed."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    _policy(tmp_path / "policy.toml", sub_did)
+    serve = _serve(tmp_path, serves)
+    ready = serve.wait("ready")
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    branch = cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+                 "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json["branch"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "--json", "--follow", "--publish-stdin",
+                             "--store", "provider.db", "--connect", addr, "--passphrase-env", "PP"], cwd=tmp_path,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tail.stdin is not None and tail.stdout is not None
+        assert json.loads(tail.stdout.readline())["event"] == "ready"
+        tail.stdin.write(json.dumps({"data": "payment 7: 12 EUR"}) + "\n")
+        tail.stdin.write("not json\n")
+        tail.stdin.flush()
+        assert serve.wait("message", branch=branch)["data"] == "payment 7: 12 EUR"
+        serve.send(json.dumps({"to": sub_did, "data": "ALERT: card 4242"}))
+        seen = []
+        while not any(d.get("event") == "message" for d in seen):
+            seen.append(json.loads(tail.stdout.readline()))
+        assert {"event": "published", "branch": branch, "seq": 1} in seen
+        assert [d["event"] for d in seen if d["event"] == "error"] == ["error"]  # the bad line, reported
+        assert [d["data"] for d in seen if d["event"] == "message"] == ["ALERT: card 4242"]
+        tail.send_signal(signal.SIGTERM)
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait(10)
+    assert tail.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == {"event": "done", "messages": 1}

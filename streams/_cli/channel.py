@@ -542,6 +542,39 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
     out.emit({"event": "published", "branch": branch.hex(), "seq": seq})
 
 
+async def _member_line(sub: Subscriber, line: bytes, default: str | None, out: LinePrinter) -> None:
+    """``tail --publish-stdin``: publish one ``{"data"|"data_b64": ..., "branch": hex (optional)}`` line on the
+    subscriber's writable branch; bad lines are reported, never fatal.  Not waiting for the ACK (``--events``
+    shows it): the message is stored before the ``published`` line."""
+    if not line.strip():
+        return
+    try:
+        if line == _TOO_LONG:
+            raise UsageError(f"stdin line longer than {MAX_STDIN_LINE} bytes")
+        try:
+            req = json.loads(line)
+        except ValueError:
+            raise UsageError("stdin line is not JSON") from None
+        if not isinstance(req, dict):
+            raise UsageError('stdin line must be {"data": text} (or "data_b64"), with "branch": hex if several')
+        name = req.get("branch", default)
+        branch = writable_branch(sub, name if isinstance(name, str) else None)
+        if isinstance(req.get("data"), str):
+            payload = req["data"].encode("utf-8")
+        elif isinstance(req.get("data_b64"), str):
+            try:
+                payload = base64.b64decode(req["data_b64"], validate=True)
+            except binascii.Error:
+                raise UsageError("data_b64 is not base64") from None
+        else:
+            raise UsageError('stdin line needs "data" (text) or "data_b64"')
+        seq = await sub.publish(branch, payload)
+    except (LocalProtocolError, ClosedResourceError, CheckFailed) as exc:
+        out.emit({"event": "error", "error": str(exc), "type": type(exc).__name__})
+        return
+    out.emit({"event": "published", "branch": branch.hex(), "seq": seq})
+
+
 async def _pump_messages(party: Author | Subscriber, out: LinePrinter,
                          keep: Callable[[MessageReceived], bool] = lambda m: True) -> None:
     async for m in party:
@@ -803,6 +836,17 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     out.emit({"event": "ready", "channel": sub.channel.hex(), "did": sub.did})
     count = 0
     events = asyncio.create_task(_pump_events(sub, out)) if args.events else None
+    publisher: asyncio.Task[None] | None = None
+    if args.publish_stdin:  # a provider that follows the alerts and sends its events, in one process
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
+        threading.Thread(target=read_stdin_lines, args=(asyncio.get_running_loop(), lines), daemon=True,
+                         name="stdin").start()
+
+        async def publish_lines() -> None:
+            while (line := await lines.get()) is not None:
+                await _member_line(sub, line, args.branch, out)
+
+        publisher = asyncio.create_task(publish_lines())
     loop = asyncio.get_running_loop()
     quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
     timed_out = False
@@ -824,10 +868,11 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
             out.emit(message_doc(m))
             count += 1
     finally:
-        if events is not None:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await events
+        for task in (events, publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await sub.close()  # marks the last message delivered: the next tail starts after it
     if timed_out and count == 0 and (hint := unheard_hint(transport, args.curve)):
         # Not an error (a quiet channel ends a tail the same way), but the author's endpoint never answered.
@@ -1040,6 +1085,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
                    help="stop after S seconds without a message (default 3; ignored with --follow)")
     t.add_argument("--events", action="store_true", help="also print rejections, gaps, closures, ACKs")
+    t.add_argument("--publish-stdin", action="store_true",
+                   help='also publish JSON lines {"data": text} (or "data_b64"; "branch": hex if several) read from '
+                        'stdin, on the writable branch (--branch if given)')
     t.add_argument("--curve", action="store_true", help=_CURVE_SUBSCRIBER_HELP)
     add_passphrase_options(t, "store")
 
