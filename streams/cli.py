@@ -168,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "terminated" if terminated else "interrupted"
         print(f"streams: {what}", file=sys.stderr)
         if as_json:
-            print(json.dumps({"ok": False, "error": what, "type": "Interrupted"}))
+            extra = getattr(args, "interrupted_doc", None)  # what the command had done (publish: its seq)
+            print(json.dumps({"ok": False, "error": what, "type": "Interrupted", **(extra or {})}))
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         if restore is not None:

@@ -1899,8 +1899,15 @@ class AuthorCore(_CoreBase):
         # done, and nothing revoked unreported).
         cut = [b.peer_did for b in list(self._branches.values())
                if b.state is BranchState.OPEN and b.peer_did and (
-                   (dids and not self._admits(b, now_ms))
+                   (dids and not self._admits(b.peer_did, b.has_evidence, now_ms))
                    or (check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms)))]
+        if dids:
+            # Group members with no open branch of their own (revoked before, or never subscribed: a group the
+            # author filled itself) are judged on their DID alone too: taken off the list, they leave.
+            own = {b.peer_did for b in self._branches.values() if b.state is BranchState.OPEN and b.peer_did}
+            members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
+                       for i, (pk, _) in self._branches[gid].members.items() if i}
+            cut += sorted(d for d in members - own if not self._admits(d, False, now_ms))
         revoked = []
         for did in cut:
             revoked += self.revoke_subscriber(did)
@@ -1924,16 +1931,15 @@ class AuthorCore(_CoreBase):
             closed.append(own)
         return closed + self._leave_groups(did)
 
-    def _admits(self, b: _Branch, now_ms: int) -> bool:
-        """Whether the policy would still admit the subscriber of ``b``: never a DID it cannot admit at all
+    def _admits(self, did: str, has_evidence: bool, now_ms: int) -> bool:
+        """Whether the policy would still admit ``did``: never a DID it cannot admit at all
         (:func:`~streams.policy.could_admit`: denied, say); one admitted on its DID alone (no evidence: an
-        allow-list, or :meth:`open_branch`) only if the policy admits it again on its DID alone -- taken off an
-        allow-list, it is not, even where a credential rule could admit it with a credential.  Evidence is
-        re-checked by ``still_valid``.  What ``decide`` raises propagates, as at a subscription."""
-        did = b.peer_did
+        allow-list, :meth:`open_branch`, a group) only if the policy admits it again on its DID alone -- taken
+        off an allow-list, it is not, even where a credential rule could admit it with a credential.  Evidence
+        is re-checked by ``still_valid``.  What ``decide`` raises propagates, as at a subscription."""
         if not could_admit(self.policy, did):
             return False
-        if b.has_evidence:
+        if has_evidence:
             return True
         pub = PublicIdentity.from_did(did)
         return self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms).admit

@@ -458,3 +458,21 @@ async def test_a_policy_that_raises_during_a_recheck_revokes_nobody(tmp_path: Pa
     assert all(b.open for b in author.branches())
     for x in (s1, s2, author):
         await x.close()
+
+
+async def test_recheck_admissions_takes_group_members_without_a_branch_of_their_own_off_the_group(
+        tmp_path: Path) -> None:
+    """A group member whose own branch is gone (revoked earlier) or who never had one (a group the author filled
+    itself) is judged on its DID alone too: taken off the allow-list, it leaves the group (re-keyed)."""
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    group = await author.open_group([P1.did, P2.did, STRANGER.did])
+    await author.revoke(b1)  # P1's own branch only: it stays in the group
+    author.policy = AllowList.of([STRANGER.did])
+    assert await author.recheck_admissions() == []  # no branch closed: the group lives on
+    [g] = [b for b in author.branches() if b.id == group]
+    assert (g.open, g.members) == (True, (AUTHOR.did, STRANGER.did))
+    await s1.close()
+    await author.close()

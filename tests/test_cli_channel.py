@@ -3,6 +3,7 @@ loopback (random ports), real SQLite stores, --json outputs parsed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -328,6 +329,37 @@ def test_curve_admits_the_dids_the_policy_allows_and_no_one_else(cli: Cli, tmp_p
     assert PASS not in cli.all_output() + "".join(json.dumps(d) for d in serve.docs + serve2.docs)
 
 
+def _interrupted_publish(tmp_path: Path, addr: str) -> Any:
+    """`streams publish --json` of a.db that waits for an ACK that does not come, sent SIGTERM once its message
+    is in the store (its chain cursor moved): the JSON document it prints."""
+    import sqlite3
+
+    def ours() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'a.db'}?mode=ro", uri=True)) as c:
+            return int(c.execute("SELECT max(next_seq) FROM chains WHERE publisher = 1").fetchone()[0])
+
+    before = ours()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "publish", "--json", "--store", "a.db", "--connect",
+                          addr, "--data", "y", "--wait-ack", "120", "--passphrase-env", "PP"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(400):
+            if ours() > before:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # (from the commit to its wait for the ACK: microseconds; this leaves no doubt)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    assert p.returncode == 143 and "is stored" in err, err
+    return json.loads(out)
+
+
 def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
     """A without --curve against `serve --curve`, and A with --curve against a plain `serve`: the handshake never
     completes and nothing comes back, so `subscribe` times out (exit 2) and its error names --curve, `publish`
@@ -357,6 +389,10 @@ def test_curve_on_one_side_only_times_out_with_a_hint(cli: Cli, tmp_path: Path, 
                   "--passphrase-env", "PP")
     assert unacked.returncode == 1 and unacked.json["ok"] is False and unacked.json["type"] == "NotAcknowledged"
     assert "stored" in unacked.json["error"] and no_curve in unacked.json["error"]
+    # Interrupted while it waits: the JSON document says which seq is stored (so a script does not send it again).
+    stored = _interrupted_publish(tmp_path, addr)
+    assert stored == {"ok": False, "error": "terminated", "type": "Interrupted", "branch": branch,
+                      "seq": unacked.json["seq"] + 1, "stored": True}
     tail = cli("tail", "--json", "--store", "a.db", "--connect", addr, "--timeout", "1", "--passphrase-env", "PP")
     assert tail.returncode == 0 and _lines(tail.stdout)[-1] == {"event": "done", "messages": 0}
     assert no_curve in tail.stderr
@@ -552,8 +588,8 @@ async def test_the_revoke_line_cuts_off_a_did_left_only_in_groups(tmp_path: Path
 
 async def test_tail_of_one_branch_leaves_the_other_branches_messages_for_a_later_tail(cli: Cli, tmp_path: Path) -> None:
     """`tail --branch` used to take the messages of the other branches too, unseen: an alert on a group (or a
-    new branch) was lost for good.  They are left for the next tail now; a --branch the store does not hold is
-    a usage error."""
+    new branch) was lost for good.  They are left for the next tail now; a --branch the store does not hold (yet:
+    one granted while the provider was away is learnt by the catch-up) is a warning."""
     import asyncio
 
     from brokerless import AuthorEndpoint
@@ -585,7 +621,7 @@ async def test_tail_of_one_branch_leaves_the_other_branches_messages_for_a_later
         assert await asyncio.to_thread(tail) == []
         bad = await asyncio.to_thread(cli, "tail", "--json", "--store", "provider.db", "--connect", addr,
                                       "--branch", "00" * 16, "--passphrase-env", "PP")
-        assert bad.returncode == 2 and "not a branch of" in bad.json["error"]
+        assert bad.returncode == 0 and "not a branch of provider.db (yet)" in bad.stderr
     finally:
         await author.close()
 
@@ -610,6 +646,7 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
     try:
         assert tail.stdin is not None and tail.stdout is not None
         assert json.loads(tail.stdout.readline())["event"] == "ready"
+        tail.stdin.write(json.dumps({"data": "\ud800"}) + "\n")  # valid JSON, no UTF-8: an error, not the end
         tail.stdin.write(json.dumps({"data": "payment 7: 12 EUR"}) + "\n")
         tail.stdin.write("not json\n")
         tail.stdin.flush()
@@ -619,8 +656,11 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
         while not any(d.get("event") == "message" for d in seen):
             seen.append(json.loads(tail.stdout.readline()))
         assert {"event": "published", "branch": branch, "seq": 1} in seen
-        assert [d["event"] for d in seen if d["event"] == "error"] == ["error"]  # the bad line, reported
+        assert [d["type"] for d in seen if d["event"] == "error"] == ["UsageError"] * 2  # the bad lines, reported
         assert [d["data"] for d in seen if d["event"] == "message"] == ["ALERT: card 4242"]
+        for i in range(50):  # queued when the tail is told to stop: published all the same, none dropped
+            tail.stdin.write(json.dumps({"data": f"payment {100 + i}"}) + "\n")
+        tail.stdin.flush()
         tail.send_signal(signal.SIGTERM)
         out, err = tail.communicate(timeout=30)
     finally:
@@ -628,4 +668,9 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
             tail.kill()
             tail.wait(10)
     assert tail.returncode == 0, err
-    assert json.loads(out.splitlines()[-1]) == {"event": "done", "messages": 1}
+    docs = [json.loads(x) for x in out.splitlines()]
+    assert docs[-1] == {"event": "done", "messages": 1}
+    published = [d["seq"] for d in docs if d["event"] == "published"]
+    assert published == list(range(2, 2 + len(published)))  # in order, after seq 1
+    for seq in published:
+        serve.wait("message", branch=branch, seq=seq)  # each one it said it published did arrive
