@@ -76,6 +76,18 @@ class Serve:
                 s.close()
 
 
+def _signal_and_wait(p: subprocess.Popen[str], sig: int) -> tuple[str, str]:
+    """Send ``sig`` to ``p`` and collect its output; kill it if it does not end (the test fails on its status)."""
+    try:
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    return out, err
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path, {"PP": PASS})
@@ -103,6 +115,17 @@ def _serve(tmp_path: Path, serves: list[Serve], *extra: str, first_run: bool = T
                   *create, "--passphrase-env", "PP")
     serves.append(serve)
     return serve
+
+
+def _monitor_and_provider(cli: Cli, tmp_path: Path, serves: list[Serve]) -> tuple[str, Serve, tuple[str, str, str]]:
+    """monitor.ks and provider.ks, a policy admitting the provider, `streams serve` running and ready: (the
+    provider's DID, the serve, (its address, the channel id, the monitor's DID))."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    _policy(tmp_path / "policy.toml", sub_did)
+    serve = _serve(tmp_path, serves)
+    ready = serve.wait("ready")
+    return sub_did, serve, (ready["addresses"][0], ready["channel"], ready["did"])
 
 
 def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
@@ -350,12 +373,8 @@ def _interrupted_publish(tmp_path: Path, addr: str) -> Any:
                 break
             time.sleep(0.05)
         time.sleep(0.5)  # (from the commit to its wait for the ACK: microseconds; this leaves no doubt)
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=30)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+        out, err = _signal_and_wait(p, signal.SIGTERM)
     assert p.returncode == 143 and "is stored" in err, err
     return json.loads(out)
 
@@ -526,12 +545,8 @@ def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_pat
                 break
             time.sleep(0.05)
         time.sleep(0.5)
-        p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=30)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+        out, err = _signal_and_wait(p, signal.SIGTERM)
     assert p.returncode == 143, err
     assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
@@ -542,12 +557,7 @@ def test_a_first_subscribe_that_gets_no_grant_leaves_no_store_and_a_later_one_na
     """A mistyped --channel on the first `streams subscribe` used to leave a store bound to it, and running again
     with the right one silently ignored the correction.  Now the failed first run removes what it created, and a
     store that exists refuses an --author/--channel other than its own (exit 2, naming both)."""
-    make_keystore(cli, "monitor.ks")
-    sub_did = make_keystore(cli, "provider.ks")
-    _policy(tmp_path / "policy.toml", sub_did)
-    serve = _serve(tmp_path, serves)
-    ready = serve.wait("ready")
-    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    _, _, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
     wrong = ("0" if channel[0] != "0" else "1") + channel[1:]
     args = ("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
             "--author", author, "--passphrase-env", "PP", "--timeout", "2")
@@ -631,12 +641,7 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
     """One process per store: while `tail --follow` ran, `streams publish` on the same store was refused (the
     store is in use).  `tail --follow --publish-stdin` does both: JSON lines on its stdin are published, the
     monitor's alerts are printed."""
-    make_keystore(cli, "monitor.ks")
-    sub_did = make_keystore(cli, "provider.ks")
-    _policy(tmp_path / "policy.toml", sub_did)
-    serve = _serve(tmp_path, serves)
-    ready = serve.wait("ready")
-    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
     branch = cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
                  "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json["branch"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
@@ -661,12 +666,8 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
         for i in range(50):  # queued when the tail is told to stop: published all the same, none dropped
             tail.stdin.write(json.dumps({"data": f"payment {100 + i}"}) + "\n")
         tail.stdin.flush()
-        tail.send_signal(signal.SIGTERM)
-        out, err = tail.communicate(timeout=30)
     finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.wait(10)
+        out, err = _signal_and_wait(tail, signal.SIGTERM)
     assert tail.returncode == 0, err
     docs = [json.loads(x) for x in out.splitlines()]
     assert docs[-1] == {"event": "done", "messages": 1}

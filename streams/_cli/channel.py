@@ -513,12 +513,7 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
     if not line.strip():
         return
     try:
-        if line == _TOO_LONG:
-            raise UsageError(f"stdin line longer than {MAX_STDIN_LINE} bytes")
-        try:
-            req = json.loads(line)
-        except ValueError:
-            raise UsageError("stdin line is not JSON") from None
+        req = _line_json(line)
         if isinstance(req, dict) and isinstance(req.get("revoke"), str) and len(req) == 1:
             await _revoke_line(author, req["revoke"], out)
             return
@@ -526,20 +521,34 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
             raise UsageError('stdin line must be {"to": DID or branch hex, "data": text} or {"revoke": DID or '
                              'branch hex}')
         branch = _branch_named(author, req["to"], "to")
-        if isinstance(req.get("data"), str):
-            payload = _utf8(req["data"])
-        elif isinstance(req.get("data_b64"), str):
-            try:
-                payload = base64.b64decode(req["data_b64"], validate=True)
-            except binascii.Error:
-                raise UsageError("data_b64 is not base64") from None
-        else:
-            raise UsageError('stdin line needs "data" (text) or "data_b64"')
+        payload = _line_payload(req)
         seq = await author.publish(branch, payload)
     except StreamsError as exc:  # (a bad line, a closed branch, a refused or failed store: never fatal)
         out.emit({"event": "error", "error": str(exc), "type": type(exc).__name__})
         return
     out.emit({"event": "published", "branch": branch.hex(), "seq": seq})
+
+
+def _line_json(line: bytes) -> Any:
+    """A stdin line's JSON.  Raises :class:`UsageError` for an over-long line or one that is not JSON."""
+    if line == _TOO_LONG:
+        raise UsageError(f"stdin line longer than {MAX_STDIN_LINE} bytes")
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise UsageError("stdin line is not JSON") from None
+
+
+def _line_payload(req: dict[str, Any]) -> bytes:
+    """A stdin line's payload: ``"data"`` (text, as UTF-8) or ``"data_b64"``.  Raises :class:`UsageError`."""
+    if isinstance(req.get("data"), str):
+        return _utf8(req["data"])
+    if isinstance(req.get("data_b64"), str):
+        try:
+            return base64.b64decode(req["data_b64"], validate=True)
+        except binascii.Error:
+            raise UsageError("data_b64 is not base64") from None
+    raise UsageError('stdin line needs "data" (text) or "data_b64"')
 
 
 def _utf8(text: str) -> bytes:
@@ -558,12 +567,7 @@ async def _member_line(sub: Subscriber, line: bytes, default: str | None, out: L
     if not line.strip():
         return
     try:
-        if line == _TOO_LONG:
-            raise UsageError(f"stdin line longer than {MAX_STDIN_LINE} bytes")
-        try:
-            req = json.loads(line)
-        except ValueError:
-            raise UsageError("stdin line is not JSON") from None
+        req = _line_json(line)
         if not isinstance(req, dict):
             raise UsageError('stdin line must be {"data": text} (or "data_b64"), with "branch": hex if several')
         name = req.get("branch")
@@ -573,15 +577,7 @@ async def _member_line(sub: Subscriber, line: bytes, default: str | None, out: L
                 b.id.hex() == default.lower() and b.open and b.permission.can_write for b in sub.branches()):
             name = default  # tail's --branch, where it is writable (else the only writable branch)
         branch = writable_branch(sub, name)
-        if isinstance(req.get("data"), str):
-            payload = _utf8(req["data"])
-        elif isinstance(req.get("data_b64"), str):
-            try:
-                payload = base64.b64decode(req["data_b64"], validate=True)
-            except binascii.Error:
-                raise UsageError("data_b64 is not base64") from None
-        else:
-            raise UsageError('stdin line needs "data" (text) or "data_b64"')
+        payload = _line_payload(req)
         seq = await sub.publish(branch, payload)
     except StreamsError as exc:  # (a bad line, a closed branch, a store that failed: reported, never fatal)
         out.emit({"event": "error", "error": str(exc), "type": type(exc).__name__})
