@@ -504,7 +504,7 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_and_sighup_or_by_
     serve.p.send_signal(signal.SIGHUP)
     reload = serve.wait("policy", reloaded=True)
     assert (reload["revoked"], reload["dids"]) == ([branches["acme"]], [dids["acme"]])
-    serve.wait("closed", branch=branches["acme"], by="recheck")
+    serve.wait("closed", branch=branches["acme"], by="recheck", did=dids["acme"])
     cut = publish("acme")
     assert cut.returncode == 1 and cut.json["failure"] == "closed", cut.stdout
     assert publish("globex").ok().json["acknowledged"] is True
@@ -675,3 +675,13 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
     assert published == list(range(2, 2 + len(published)))  # in order, after seq 1
     for seq in published:
         serve.wait("message", branch=branch, seq=seq)  # each one it said it published did arrive
+
+
+def test_a_gap_event_names_the_missing_messages() -> None:
+    """`received_seq` is the message that came early: the missing ones end just before it (a catch-up of a
+    one-message chain read as 'expected 1, received 2', like a loss)."""
+    from streams._cli.channel import event_doc
+    from streams.events import GapDetected
+
+    doc = event_doc(GapDetected(b"\x01" * 16, 1, 3, 4))
+    assert doc is not None and doc["missing"] == [3, 3] and (doc["expected_seq"], doc["received_seq"]) == (3, 4)

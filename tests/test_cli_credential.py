@@ -74,7 +74,7 @@ def test_issue_show_verify(world: World) -> None:
     assert doc["credentialStatus"]["statusListCredential"] == LIST_URL
 
     shown = world.cli("credential", "show", "c.json", "--json").ok().json
-    assert shown["verified"] is False and shown["id"] == "urn:uuid:1234"
+    assert shown["verified"] is False and shown["id"] == "urn:uuid:1234" and shown["ok"] is True
     assert shown["status"] == {"list": LIST_URL, "index": "42", "purpose": "revocation"}
     assert "not verified" in world.cli("credential", "show", "c.json").ok().stdout
 

@@ -194,7 +194,7 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "branch": ev.branch.hex() if ev.branch is not None else None, "index": ev.publisher, "seq": ev.seq}
     if isinstance(ev, GapDetected):
         return {"event": "gap", "branch": ev.branch.hex(), "index": ev.publisher, "expected_seq": ev.expected_seq,
-                "received_seq": ev.received_seq}
+                "received_seq": ev.received_seq, "missing": [ev.expected_seq, ev.received_seq - 1]}
     if isinstance(ev, BranchClosed):
         return {"event": "closed", "branch": ev.branch.hex(), "by": ev.by}
     if isinstance(ev, Acknowledged):
@@ -596,6 +596,11 @@ async def _pump_events(party: Author | Subscriber, out: LinePrinter) -> None:
     async for ev in party.events():
         doc = event_doc(ev)
         if doc is not None:
+            if isinstance(ev, BranchClosed) and isinstance(party, Author):
+                # Who was cut off (a re-check's revocation says nothing else): a per-subscriber branch's member.
+                info = next((b for b in party.branches() if b.id == ev.branch), None)
+                if info is not None and len(info.members) == 2:
+                    doc["did"] = info.members[1]
             out.emit(doc)
 
 

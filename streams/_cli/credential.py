@@ -188,7 +188,9 @@ def _show(args: argparse.Namespace) -> Result:
     if not isinstance(doc, dict):
         raise UsageError(f"{args.file} is not a JSON object")
     summary = _summary(doc)
-    return Result({"verified": False, **summary}, _text(summary) + "\n(not verified: use `streams credential verify`)")
+    # "verified": false says this command did not check it (`credential verify` does), not that it failed.
+    return Result({"ok": True, "verified": False, **summary},
+                  _text(summary) + "\n(not verified: use `streams credential verify`)")
 
 
 def _verify(args: argparse.Namespace) -> Result:
