@@ -381,6 +381,9 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
         status_ledger: str | None = None
         if "status_ledger" in t:
             spec = r.string(t["status_ledger"], f"{key}.status_ledger")
+            if not lists:
+                # It vouches for status lists: with none, it would check nothing (and look as if it did).
+                raise r.fail(f"{key}.status_ledger", "needs status_lists (the lists whose versions it anchors)")
             if not spec.startswith("sqlite:"):
                 raise r.fail(f"{key}.status_ledger", "must be sqlite:PATH (an embedded ledger)")
             ledger_file = spec[len("sqlite:"):]

@@ -136,7 +136,7 @@ def test_serve_subscribe_publish_tail_status_round_trip(cli: Cli, tmp_path: Path
     serve = _serve(tmp_path, serves)
     ready = serve.wait("ready")
     addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
-    assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0")
+    assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith(":0") and ready["ledger"] is None
 
     sub = cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
               "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json
@@ -685,3 +685,12 @@ def test_a_gap_event_names_the_missing_messages() -> None:
 
     doc = event_doc(GapDetected(b"\x01" * 16, 1, 3, 4))
     assert doc is not None and doc["missing"] == [3, 3] and (doc["expected_seq"], doc["received_seq"]) == (3, 4)
+
+
+def test_serve_says_which_kind_of_ledger_it_anchors_on(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """The `ready` event names the ledger's kind (not its address, which may carry credentials)."""
+    make_keystore(cli, "monitor.ks")
+    _policy(tmp_path / "policy.toml", make_keystore(cli, "provider.ks"))
+    serve = _serve(tmp_path, serves, "--ledger", "sqlite:ledger.db")
+    assert serve.wait("ready")["ledger"] == "sqlite"
+    assert serve.stop()[0] == 0

@@ -93,6 +93,8 @@ BAD = [
     ("missing type", "[policy]\n[[policy.credential]]\nissuers=['{A}']\n", "policy.credential[0].type"),
     ("missing status list", "[policy]\n[[policy.credential]]\ntype='T'\nissuers=['{A}']\nstatus_lists=['no.json']\n",
      "policy.credential[0].status_lists[0]"),
+    ("status ledger, no lists", "[policy]\n[[policy.credential]]\ntype='T'\nissuers=['{A}']\n"
+     "status_ledger='sqlite:l.db'\n", "policy.credential[0].status_ledger"),
     ("admits nobody", "[policy]\ndeny=['{A}']\n", "policy"),
     ("no policy table", "[[allow]]\ndid='{A}'\n", "allow"),
     ("not TOML", "[policy\n", ""),

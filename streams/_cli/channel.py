@@ -659,7 +659,8 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
-                  "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None})
+                  "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None,
+                  "ledger": args.ledger.split(":", 1)[0] if args.ledger else None})  # (its kind: a URL may hide keys)
         # The policy file may have changed since the last run: whom it no longer admits is revoked now.
         await _recheck(author, out, args.policy, False)
         tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
