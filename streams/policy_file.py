@@ -108,9 +108,13 @@ class FileStatusLists:
     """A :class:`~streams.credentials.StatusListLookup` over status-list credential files.
 
     Each file is re-read when its size or modification time changes, so a revocation written by
-    ``streams credential revoke`` is seen at the next lookup.  A file that cannot be read or parsed is logged
-    and skipped: the lookup then finds nothing and the credential is refused (fail closed).  The signature
-    of a list is checked by the credential verifier, not here.
+    ``streams credential revoke`` is seen at the next lookup.  A file that cannot be read is logged and
+    skipped: the lookup then finds nothing and the credential is refused (fail closed).  A file that reads but
+    does not parse (a copy still being written, say: half a JSON document) is logged, and the version read
+    before stays in use until it parses -- rather than every subscriber it admitted being revoked at the next
+    re-check.  Whoever can write the file could put that older (validly signed) version back anyway; a
+    ``status_ledger`` refuses any version but the latest anchored.  The signature of a list is checked by the
+    credential verifier, not here.
     """
 
     def __init__(self, paths: tuple[Path, ...]) -> None:
@@ -143,7 +147,12 @@ class FileStatusLists:
         except (ValueError, RecursionError):
             doc = None
         if doc is None:
-            _log.warning("status list %s is not a JSON object", path)
+            before = self._cache.get(path)
+            if before is not None and before[1] is not None:
+                _log.warning("status list %s is not a JSON object (yet?): keeping the version read before", path)
+                doc = before[1]
+            else:
+                _log.warning("status list %s is not a JSON object", path)
         self._cache[path] = (stamp, doc)
         return doc
 

@@ -324,3 +324,24 @@ status_lists = ["sl.json"]
     cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--status-list", "sl.json",
         "--index", "2").ok()
     assert not policy.still_valid(d.evidence, now_ms)
+
+
+def test_a_status_list_file_caught_half_written_keeps_the_version_read_before(tmp_path: Path) -> None:
+    """A status list is re-read when it changes.  Read while a copy is still writing it (half a JSON document),
+    it used to count as no list at all -- every credential it backs refused, and their subscribers revoked at
+    the next re-check.  The version read before stays in use until the file parses; a missing file still finds
+    nothing (fail closed)."""
+    from streams.policy_file import FileStatusLists
+
+    path = tmp_path / "sl.json"
+    url = "https://issuer.example/sl"
+    path.write_text(json.dumps({"id": url, "version": 1}))
+    lists = FileStatusLists((path,))
+    assert lists.get(url) == {"id": url, "version": 1}
+    whole = json.dumps({"id": url, "version": 2, "padding": "x" * 100})
+    path.write_text(whole[: len(whole) // 2])  # caught half-way
+    assert lists.get(url) == {"id": url, "version": 1}
+    path.write_text(whole)
+    assert lists.get(url) == json.loads(whole)
+    path.unlink()
+    assert lists.get(url) is None
