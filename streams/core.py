@@ -1923,13 +1923,20 @@ class AuthorCore(_CoreBase):
         except (DecodeError, ValueError) as exc:
             raise LocalProtocolError(f"not a DID: {did!r}") from exc
         own = self._by_did.get(did)
-        if own is None and not self._open_groups_of(sign_public):
+        groups = self._open_groups_of(sign_public)
+        if own is None and not groups:
             raise LocalProtocolError(f"{did} is a member of no open branch")
         closed = []
         if own is not None:
             self.revoke(own)
             closed.append(own)
-        return closed + self._leave_groups(did)
+        # It leaves every group too (each re-keyed without it): it would otherwise keep reading what the author
+        # broadcasts (THREATS 6).  A group it was the last member of closes.
+        for g in groups:
+            self.remove_member(g.id, did)
+            if g.state is BranchState.CLOSED:
+                closed.append(g.id)
+        return closed
 
     def _admits(self, did: str, has_evidence: bool, now_ms: int) -> bool:
         """Whether the policy would still admit ``did``: never a DID it cannot admit at all
@@ -1943,17 +1950,6 @@ class AuthorCore(_CoreBase):
             return True
         pub = PublicIdentity.from_did(did)
         return self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms).admit
-
-    def _leave_groups(self, did: str) -> list[bytes]:
-        """A subscriber whose admission no longer holds leaves every group too (re-keyed without it): it would
-        otherwise keep reading what the author broadcasts (THREATS 6).  Returns the groups that closed: it was
-        their last member."""
-        closed = []
-        for g in self._open_groups_of(PublicIdentity.from_did(did).sign_public):
-            self.remove_member(g.id, did)
-            if g.state is BranchState.CLOSED:
-                closed.append(g.id)
-        return closed
 
     def revoke(self, branch: bytes) -> None:
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""

@@ -468,6 +468,14 @@ def read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes
     put(None)
 
 
+def _stdin_queue() -> asyncio.Queue[bytes | None]:
+    """Start reading stdin lines (:func:`read_stdin_lines`, on a daemon thread) into a queue of this loop."""
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
+    threading.Thread(target=read_stdin_lines, args=(asyncio.get_running_loop(), lines), daemon=True,
+                     name="stdin").start()
+    return lines
+
+
 #: Marker put in the queue for a stdin line over MAX_STDIN_LINE (never valid JSON, so never a real line).
 _TOO_LONG = b"\x00too-long"
 
@@ -489,22 +497,22 @@ async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
     """``{"revoke": DID or branch hex}``: a subscriber (named by its DID or its own branch) is cut off -- its
     branch revoked, and taken out of its groups (:meth:`Author.revoke_subscriber`); a group's id closes the
     group."""
+    branch: bytes | None
     if name.startswith("did:"):  # (its own branch may be closed already, and the DID still in groups)
         did: str | None = name
-        found = author.branch_of(name)
-        branch = found.hex() if found is not None else None
+        branch = author.branch_of(name)
     else:
-        bid = parse_branch(name, "revoke")
-        info = next((b for b in author.branches() if b.id == bid), None)
-        did = next((m for m in (info.members if info is not None else ()) if author.branch_of(m) == bid), None)
-        branch = bid.hex()
-    if did is None:
-        assert branch is not None
-        await author.revoke(bytes.fromhex(branch))
-        closed = [bytes.fromhex(branch)]
-    else:
+        branch = parse_branch(name, "revoke")
+        info = next((b for b in author.branches() if b.id == branch), None)
+        did = next((m for m in (info.members if info is not None else ()) if author.branch_of(m) == branch), None)
+    if did is not None:
         closed = await author.revoke_subscriber(did)
-    out.emit({"event": "revoked", "branch": branch, "did": did, "closed": [b.hex() for b in closed]})
+    else:
+        assert branch is not None  # (a DID was named, or a branch id)
+        await author.revoke(branch)
+        closed = [branch]
+    out.emit({"event": "revoked", "branch": branch.hex() if branch is not None else None, "did": did,
+              "closed": [b.hex() for b in closed]})
 
 
 async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
@@ -560,7 +568,7 @@ def _utf8(text: str) -> bytes:
         raise UsageError('"data" is not text that UTF-8 can carry (a lone surrogate): use "data_b64"') from None
 
 
-async def _member_line(sub: Subscriber, line: bytes, default: str | None, out: LinePrinter) -> None:
+async def _member_line(sub: Subscriber, line: bytes, default: bytes | None, out: LinePrinter) -> None:
     """``tail --publish-stdin``: publish one ``{"data"|"data_b64": ..., "branch": hex (optional)}`` line on the
     subscriber's writable branch; bad lines are reported, never fatal.  Not waiting for the ACK (``--events``
     shows it): the message is stored before the ``published`` line."""
@@ -574,8 +582,8 @@ async def _member_line(sub: Subscriber, line: bytes, default: str | None, out: L
         if name is not None and not isinstance(name, str):
             raise UsageError('"branch" must be a branch id (hex)')
         if name is None and default is not None and any(
-                b.id.hex() == default.lower() and b.open and b.permission.can_write for b in sub.branches()):
-            name = default  # tail's --branch, where it is writable (else the only writable branch)
+                b.id == default and b.open and b.permission.can_write for b in sub.branches()):
+            name = default.hex()  # tail's --branch, where it is writable (else the only writable branch)
         branch = writable_branch(sub, name)
         payload = _line_payload(req)
         seq = await sub.publish(branch, payload)
@@ -665,9 +673,7 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         await _recheck(author, out, args.policy, False)
         tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
         if args.publish_stdin:
-            loop = asyncio.get_running_loop()
-            lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
-            threading.Thread(target=read_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
+            lines = _stdin_queue()
 
             async def publisher() -> None:
                 while (line := await lines.get()) is not None:
@@ -856,9 +862,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     publisher: asyncio.Task[None] | None = None
     stopping = asyncio.Event()
     if args.publish_stdin:  # a provider that follows the alerts and sends its events, in one process
-        lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
-        threading.Thread(target=read_stdin_lines, args=(asyncio.get_running_loop(), lines), daemon=True,
-                         name="stdin").start()
+        lines = _stdin_queue()
 
         async def publish_lines() -> None:
             # Until EOF; when the tail stops, the lines already read are published first (none dropped
@@ -870,7 +874,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
                     continue
                 if line is None:
                     return
-                await _member_line(sub, line, args.branch, out)
+                await _member_line(sub, line, only, out)
 
         publisher = asyncio.create_task(publish_lines())
     loop = asyncio.get_running_loop()
