@@ -19,16 +19,15 @@ import json
 import os
 import signal
 import sys
-import threading
 
 from ._cli._transport import load_zmq
 from ._cli.channel import (
     LinePrinter,
+    StdinLines,
     cancel_tasks,
     event_doc,
     message_doc,
     open_subscriber,
-    read_stdin_lines,
 )
 from .api import Subscriber
 from .audit import open_ledger
@@ -81,8 +80,7 @@ async def run(args: argparse.Namespace) -> int:
         out.emit({"event": "subscribed", "branch": branch.hex(), "did": sub.did})
         tasks += [asyncio.create_task(_pump(sub, out)), asyncio.create_task(_pump_events(sub, out))]
         loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
-        threading.Thread(target=read_stdin_lines, args=(loop, lines), daemon=True, name="stdin").start()
+        lines = StdinLines()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -3,6 +3,7 @@ loopback (random ports), real SQLite stores, --json outputs parsed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -596,6 +597,60 @@ async def test_the_revoke_line_cuts_off_a_did_left_only_in_groups(tmp_path: Path
         await author.close()
 
 
+async def test_serve_still_hears_sighup_after_a_recheck_failed(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A re-check that raised (here a failed commit, injected) ended the task that waits for SIGHUP, silently:
+    every later reload was ignored.  It is an ``error`` event now, and the next SIGHUP reloads."""
+    from streams._cli.channel import LinePrinter, _watch_policy
+    from streams.api import Author, MemoryHub, StoreOptions
+    from streams.errors import StorageError
+    from streams.identity import Identity
+    from streams.policy import AllowList
+
+    member = Identity.generate()
+    _policy(tmp_path / "policy.toml", member.did)
+    author = await Author.create(tmp_path / "monitor.db", Identity.generate(), "fraud-monitor", PASS,
+                                 MemoryHub().author_endpoint(), AllowList.of([member.did]),
+                                 store_options=StoreOptions(durable=False, opslimit=1, memlimit=8192))
+    real, calls = author.recheck_admissions, []
+
+    async def fails_once() -> list[bytes]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StorageError("injected: the commit failed")
+        return await real()
+
+    author.recheck_admissions = fails_once  # type: ignore[method-assign]
+    hup = asyncio.Event()
+    watcher = asyncio.create_task(_watch_policy(author, str(tmp_path / "policy.toml"), hup, LinePrinter(True)))
+    docs: list[dict[str, Any]] = []
+
+    async def next_doc() -> dict[str, Any]:
+        for _ in range(500):
+            docs.extend(json.loads(x) for x in capsys.readouterr().out.splitlines())
+            if docs:
+                return docs.pop(0)
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"nothing printed; watcher done: {watcher.done()}")
+
+    try:
+        capsys.readouterr()
+        hup.set()
+        doc = await next_doc()
+        assert doc["event"] == "error" and doc["type"] == "StorageError" and "injected" in doc["error"], doc
+        _policy(tmp_path / "policy.toml", Identity.generate().did)  # the member is off the list now
+        own = await author.open_branch(member.did)
+        hup.set()
+        doc = await next_doc()
+        assert doc["event"] == "policy" and doc["reloaded"] and doc["revoked"] == [own.hex()], doc
+        assert doc["dids"] == [member.did] and len(calls) == 2
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await author.close()
+
+
 async def test_tail_of_one_branch_leaves_the_other_branches_messages_for_a_later_tail(cli: Cli, tmp_path: Path) -> None:
     """`tail --branch` used to take the messages of the other branches too, unseen: an alert on a group (or a
     new branch) was lost for good.  They are left for the next tail now; a --branch the store does not hold (yet:
@@ -675,6 +730,29 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
     assert published == list(range(2, 2 + len(published)))  # in order, after seq 1
     for seq in published:
         serve.wait("message", branch=branch, seq=seq)  # each one it said it published did arrive
+
+
+def test_serve_publishes_every_stdin_line_it_reads_a_flood_and_those_read_before_a_stop(
+        cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """The stdin reader put each line into a queue of 1000 without waiting: a faster writer lost every line past
+    that (an 'Exception in callback' on stderr, nothing on stdout), and a stop cancelled the publisher with lines
+    still queued.  The reader now waits for room (back-pressure through the pipe), and a stop publishes the lines
+    already read first."""
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+        "--author", author, "--channel", channel, "--passphrase-env", "PP").ok()
+    flood, burst = 3000, 200
+    serve.send("\n".join(json.dumps({"to": sub_did, "data": f"alert {i}"}) for i in range(flood)))
+    first = serve.wait("published")["seq"]
+    serve.wait("published", timeout=120, seq=first + flood - 1)
+    serve.send("\n".join(json.dumps({"to": sub_did, "data": f"late {i}"}) for i in range(burst)))
+    serve.wait("published", seq=first + flood)  # the burst is being published: stop now
+    rc, err = serve.stop()
+    assert rc == 0, err
+    seqs = [d["seq"] for d in serve.docs if d["event"] == "published"]
+    assert seqs == list(range(first, first + flood + burst)), (len(seqs), err[-2000:])
+    assert serve.docs[-1]["event"] == "stopped"
+    assert "Exception in callback" not in err
 
 
 def test_a_gap_event_names_the_missing_messages() -> None:

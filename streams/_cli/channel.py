@@ -41,7 +41,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ from ._transport import CurveKeys, SubscriberTransport, load_zmq
 
 __all__ = [
     "LinePrinter",
+    "StdinLines",
     "author_keys",
     "event_doc",
     "message_doc",
@@ -100,7 +101,6 @@ __all__ = [
     "open_subscriber",
     "parse_branch",
     "payload_doc",
-    "read_stdin_lines",
     "register",
     "status_doc",
     "subscriber_keys",
@@ -433,16 +433,53 @@ def _install_stop(stop: asyncio.Event) -> None:
 # --- serve ---------------------------------------------------------------------------------------------------
 
 
-def read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
-    """Thread body: read stdin lines into ``queue`` (None at EOF).  A thread, because stdin may be a regular
-    file, which the event loop cannot watch; a daemon, so it never holds up the exit.  It reads the file
+class StdinLines:
+    """Stdin's lines for the running event loop, read on a daemon thread: a thread, because stdin may be a
+    regular file, which the event loop cannot watch; a daemon, so it never holds up the exit.  It reads the file
     descriptor with ``os.read``, not ``sys.stdin``: a daemon thread blocked inside the buffered reader holds its
-    lock, and the interpreter aborts at shutdown when it finds that lock taken."""
+    lock, and the interpreter aborts at shutdown when it finds that lock taken.
 
-    def put(item: bytes | None) -> None:
+    At most ``capacity`` lines wait to be taken; past that the thread stops reading until one is, so a faster
+    writer waits (back-pressure through the pipe) and no line is dropped.  :attr:`drained` says whether every
+    line read so far was taken, so that a command that stops can act on those first."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # (bounded by _room)
+        self._room = threading.Semaphore(capacity)
+        self._lock = threading.Lock()
+        self._pending = 0  #: lines read from stdin (EOF's None included) and not yet taken
+        threading.Thread(target=self._run, daemon=True, name="stdin").start()
+
+    @property
+    def drained(self) -> bool:
+        """No line read from stdin waits to be taken."""
+        with self._lock:
+            return self._pending == 0
+
+    async def get(self) -> bytes | None:
+        """The next line (with its newline), :data:`_TOO_LONG` for one over :data:`MAX_STDIN_LINE` bytes, None at
+        EOF."""
+        item = await self._queue.get()
+        self._room.release()
+        with self._lock:
+            self._pending -= 1
+        return item
+
+    def _put(self, items: list[bytes | None]) -> None:
+        with self._lock:  # counted at once: no moment where some lines read are neither queued nor counted
+            self._pending += len(items)
+        for item in items:
+            self._room.acquire()
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _run(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: we are exiting anyway
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            _read_lines(self._put)
 
+
+def _read_lines(put: Callable[[list[bytes | None]], None]) -> None:
+    """Read fd 0 to its end, handing ``put`` each chunk's complete lines, then the rest and None."""
     buf = b""
     skipping = False  # inside an oversized line: drop bytes up to its newline (THREATS 8: bounded buffer)
     while True:
@@ -453,27 +490,56 @@ def read_stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes
         if not chunk:
             break
         buf += chunk
+        lines: list[bytes | None] = []
         while (nl := buf.find(b"\n")) >= 0:
             line, buf = buf[: nl + 1], buf[nl + 1 :]
             if skipping:
                 skipping = False
                 continue
-            put(line)
+            lines.append(line)
         if len(buf) > MAX_STDIN_LINE:
             if not skipping:
-                put(_TOO_LONG)
+                lines.append(_TOO_LONG)
             skipping, buf = True, b""
-    if buf and not skipping:
-        put(buf)
-    put(None)
+        if lines:
+            put(lines)
+    put([buf, None] if buf and not skipping else [None])
 
 
-def _stdin_queue() -> asyncio.Queue[bytes | None]:
-    """Start reading stdin lines (:func:`read_stdin_lines`, on a daemon thread) into a queue of this loop."""
-    lines: asyncio.Queue[bytes | None] = asyncio.Queue(1000)
-    threading.Thread(target=read_stdin_lines, args=(asyncio.get_running_loop(), lines), daemon=True,
-                     name="stdin").start()
-    return lines
+def _stdin_worker(handle: Callable[[bytes], Awaitable[None]], stopping: asyncio.Event,
+                  at_eof: Callable[[], None] = lambda: None) -> asyncio.Task[None]:
+    """A task that hands each stdin line to ``handle``, in order, until EOF (then ``at_eof()``) or until
+    ``stopping`` is set and the lines already read are all handled (:func:`_finish_stdin_worker`): a line the
+    command read is acted on and reported, never dropped silently."""
+    lines = StdinLines()
+
+    async def run() -> None:
+        while not (stopping.is_set() and lines.drained):
+            try:
+                line = await asyncio.wait_for(lines.get(), 0.25)
+            except TimeoutError:
+                continue
+            if line is None:
+                at_eof()
+                return
+            await handle(line)
+
+    return asyncio.create_task(run())
+
+
+async def _finish_stdin_worker(task: asyncio.Task[None], stopping: asyncio.Event, limit: float = 60) -> None:
+    """Stop a :func:`_stdin_worker`: let it handle the lines already read (for at most ``limit`` seconds), then
+    end it."""
+    stopping.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), limit)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # a bug of ours there must not skip the caller's close
+        _log.exception("stdin worker failed")
 
 
 #: Marker put in the queue for a stdin line over MAX_STDIN_LINE (never valid JSON, so never a real line).
@@ -639,7 +705,13 @@ async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: Line
             continue
         author.policy = policy
         _log.info("policy reloaded from %s", path)
-        await _recheck(author, out, path, True)
+        try:
+            await _recheck(author, out, path, True)
+        except Exception as exc:  # (the next SIGHUP must still be heard: this task never ends on an error)
+            if not isinstance(exc, StreamsError):
+                _log.exception("re-check after the policy reload failed")
+            out.emit({"event": "error", "error": f"policy reloaded, but its re-check failed: {exc}",
+                      "type": type(exc).__name__})
 
 
 async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
@@ -665,6 +737,8 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
+    publisher: asyncio.Task[None] | None = None
+    stopping = asyncio.Event()
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
                   "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None,
@@ -673,17 +747,12 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         await _recheck(author, out, args.policy, False)
         tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
         if args.publish_stdin:
-            lines = _stdin_queue()
-
-            async def publisher() -> None:
-                while (line := await lines.get()) is not None:
-                    await _publish_line(author, line, out)
-                if args.exit_on_stdin_eof:
-                    stop.set()
-
-            tasks.append(asyncio.create_task(publisher()))
+            publisher = _stdin_worker(lambda line: _publish_line(author, line, out), stopping,
+                                      stop.set if args.exit_on_stdin_eof else lambda: None)
         await stop.wait()
     finally:
+        if publisher is not None:  # the lines read before the stop are published first
+            await _finish_stdin_worker(publisher, stopping)
         await cancel_tasks(tasks)
         await author.close()  # persists cursors and the application's delivered marks
         if ledger is not None:
@@ -862,21 +931,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     publisher: asyncio.Task[None] | None = None
     stopping = asyncio.Event()
     if args.publish_stdin:  # a provider that follows the alerts and sends its events, in one process
-        lines = _stdin_queue()
-
-        async def publish_lines() -> None:
-            # Until EOF; when the tail stops, the lines already read are published first (none dropped
-            # silently, and each one stored gets its 'published' line).
-            while not (stopping.is_set() and lines.empty()):
-                try:
-                    line = await asyncio.wait_for(lines.get(), 0.25)
-                except TimeoutError:
-                    continue
-                if line is None:
-                    return
-                await _member_line(sub, line, only, out)
-
-        publisher = asyncio.create_task(publish_lines())
+        publisher = _stdin_worker(lambda line: _member_line(sub, line, only, out), stopping)
     loop = asyncio.get_running_loop()
     quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
     timed_out = False
@@ -898,19 +953,16 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
             out.emit(message_doc(m))
             count += 1
     finally:
-        stopping.set()
-        if publisher is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(publisher), 60)
-        for task in (events, publisher):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # a bug of ours there must not skip the close below
-                    _log.exception("tail task failed")
+        if publisher is not None:  # the lines read before the stop are published first
+            await _finish_stdin_worker(publisher, stopping)
+        if events is not None:
+            events.cancel()
+            try:
+                await events
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a bug of ours there must not skip the close below
+                _log.exception("tail task failed")
         await sub.close()  # marks the last message delivered: the next tail starts after it
     if timed_out and count == 0 and (hint := unheard_hint(transport, args.curve)):
         # Not an error (a quiet channel ends a tail the same way), but the author's endpoint never answered.
