@@ -8,15 +8,16 @@ those bytes differ from run to run) and drives them into a state with every feat
 * ``s0`` holds an amortized per-subscriber branch that was re-keyed once (epoch 1, messages in both epochs,
   both directions) and a signed-each group branch shared with ``s1``;
 * ``s0`` then restarted its handshake (HELLO, CHALLENGE, SUBSCRIBE) and waits for the answer, so a
-  REFUSE for its pending challenge is meaningful input;
+  REFUSE or an ADMIT for its pending challenge is meaningful input;
 * ``s1`` has its own branch; ``s2``'s branch was opened by the author ahead of the handshake.
 
 At that point the author and ``s0`` are frozen as :class:`CoreSnapshot` (the durable records, exactly what
 the store would hold), and only *then* are "future" frames produced without delivering them: the next
 packets and checkpoint of each side (some in order, some early, so they are held), HEAD and FETCH notices,
 a fresh SUBSCRIBE with a valid challenge from a new subscriber and one from a stranger, an UNSUBSCRIBE, a
-re-key grant of the group, a REFUSE for ``s0``'s pending challenge and a REVOKE.  Together with every frame that crossed
-the wire while building, these are the seed corpora: valid frames of every kind, addressed to the target.
+re-key grant of the group, a REFUSE and an ADMIT for ``s0``'s pending challenge and a REVOKE.  Together with
+every frame that crossed the wire while building, these are the seed corpora: valid frames of every kind,
+addressed to the target.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def build() -> Scenario:
     a.head_notices()
     a.request_fetch(b0, 1, 1, 5)
     a._refuse(None, sub_snap.pending_nonce, RejectReason.REFUSED)
+    a._admit(None, sub_snap.pending_nonce, b0, a.branch_info(b0)[0])  # (its own branch's current grant)
     a.remove_member(group, net.subs["s1"].identity.did)  # a re-key grant (epoch 1) of the group
     a.revoke(b0)
     to_sub += [o.data for o in a.data_to_send()]

@@ -45,6 +45,7 @@ from .events import (
     MessageReceived,
     Refused,
     Rejected,
+    Subscribed,
     SubscriberAdmitted,
     SubscriberRefused,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "StoreOptions",
     "StreamsError",
     "StreamsTimeoutError",
+    "Subscribed",
     "Subscriber",
     "SubscriberAdmitted",
     "SubscriberCore",

@@ -45,6 +45,7 @@ ACCEPTS: Final[dict[tuple[Role, Kind], str]] = {
     (Role.SUBSCRIBER, Kind.CHALLENGE): "_on_challenge",
     (Role.SUBSCRIBER, Kind.GRANT): "_on_grant",
     (Role.SUBSCRIBER, Kind.REFUSE): "_on_refuse",
+    (Role.SUBSCRIBER, Kind.ADMIT): "_on_admit",
     (Role.SUBSCRIBER, Kind.PACKET): "_on_chain_frame",
     (Role.SUBSCRIBER, Kind.CHECKPOINT): "_on_chain_frame",
     (Role.SUBSCRIBER, Kind.REVOKE): "_on_revoke",
@@ -64,15 +65,16 @@ SUBSCRIPTION: Final[dict[tuple[SubscriptionState, Kind | str], SubscriptionState
     (SubscriptionState.AWAIT_CHALLENGE, "hello"): SubscriptionState.AWAIT_CHALLENGE,
     (SubscriptionState.AWAIT_GRANT, "hello"): SubscriptionState.AWAIT_CHALLENGE,
     (SubscriptionState.AWAIT_CHALLENGE, Kind.CHALLENGE): SubscriptionState.AWAIT_GRANT,
-    (SubscriptionState.AWAIT_GRANT, Kind.GRANT): SubscriptionState.SUBSCRIBED,
+    # The answer to our SUBSCRIBE: ADMIT or REFUSE naming its nonce (SPEC 9.1).  AWAIT_CHALLENGE: the late answer
+    # to the SUBSCRIBE of the same attempt, after a HELLO retry.
+    (SubscriptionState.AWAIT_GRANT, Kind.ADMIT): SubscriptionState.SUBSCRIBED,
+    (SubscriptionState.AWAIT_CHALLENGE, Kind.ADMIT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.AWAIT_GRANT, Kind.REFUSE): SubscriptionState.REFUSED,
-    # Grants for further branches (groups, re-keys) arrive at any time after the first.  While a handshake runs
-    # (AWAIT_*), the core takes a GRANT as its answer only as SPEC 9.1 says (our SUBSCRIBE outstanding, our own
-    # branch, not a grant sync's answer: AWAIT_CHALLENGE for the late answer after a HELLO retry); others are
-    # applied without a transition.
+    # Grants (our branch, groups, re-keys) arrive at any time.  Outside a handshake a grant makes us subscribed (a
+    # branch the author opened for us unasked); while one runs (AWAIT_*) it is applied and the handshake goes on:
+    # only ADMIT ends it.
     (SubscriptionState.SUBSCRIBED, Kind.GRANT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.IDLE, Kind.GRANT): SubscriptionState.SUBSCRIBED,
-    (SubscriptionState.AWAIT_CHALLENGE, Kind.GRANT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.REFUSED, Kind.GRANT): SubscriptionState.SUBSCRIBED,
 }
 

@@ -57,10 +57,10 @@ from .events import (
     Event,
     FetchRequested,
     ForkDetected,
-    Granted,
     MessageReceived,
     Refused,
     Rejected,
+    Subscribed,
     SubscriberAdmitted,
 )
 from .identity import Identity, PublicIdentity, dids_of_kx_public
@@ -1356,7 +1356,7 @@ class Subscriber(_Party):
                 done, _ = await asyncio.wait({fut}, timeout=min(retry, remaining))
                 if done:
                     ev = fut.result()
-                    if isinstance(ev, Granted):
+                    if isinstance(ev, Subscribed):
                         return ev.branch
                     assert isinstance(ev, Refused)
                     if ev.reason is not RejectReason.BAD_CHALLENGE or deadline - loop.time() <= 0:
@@ -1380,7 +1380,7 @@ class Subscriber(_Party):
         await self._flush()
 
     def _on_event(self, ev: Event) -> None:
-        if isinstance(ev, Refused) or (isinstance(ev, Granted) and ev.subscription):
+        if isinstance(ev, (Refused, Subscribed)):
             for w in self._waiters:
                 if not w.done():
                     w.set_result(ev)

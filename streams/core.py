@@ -70,6 +70,7 @@ from .events import (
     MessageReceived,
     Refused,
     Rejected,
+    Subscribed,
     SubscriberAdmitted,
     SubscriberRefused,
 )
@@ -82,6 +83,7 @@ from .wire import (
     SESSION_LEN,
     VERSION,
     Ack,
+    Admit,
     AnchorProof,
     Announce,
     Challenge,
@@ -153,7 +155,7 @@ BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
 """For each check, whether the signature holds: a pure function (a driver may spread the work over threads)."""
 _U64 = struct.Struct(">Q")
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
-#: Handshake states in which a grant completes the subscription: a request of ours is out (SUBSCRIBE, or a
+#: Handshake states in which an ADMIT completes the subscription: a request of ours is out (SUBSCRIBE, or a
 #: HELLO retry that went out after it -- the answer to the earlier SUBSCRIBE may still come).
 _AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
 
@@ -1649,11 +1651,19 @@ class AuthorCore(_CoreBase):
                 b.evidence, b.has_evidence = decision.evidence, bool(decision.evidence)
                 self._changes.branches.append(self._record(b))
             self._out.append(Outgoing(grant, peer=peer, branch=b.id))
+            self._admit(peer, secret.nonce, b.id, b.epoch)
             events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason, resubscribed=True))
             return
         branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,
                                    evidence=decision.evidence)
+        self._admit(peer, secret.nonce, branch, 0)
         events.append(SubscriberAdmitted(did, branch, decision.permission, decision.reason))
+
+    def _admit(self, peer: object, nonce: bytes, branch: bytes, epoch: int) -> None:
+        """The answer that ends an admitted request's handshake, after the GRANT it names (SPEC 8.6): bound to the
+        request by its nonce, so that no other copy of that GRANT (a grant sync's answer) is taken for it."""
+        f = encode_frame(Admit(self._channel, nonce, branch, epoch), b"", self._id.sign)
+        self._out.append(Outgoing(f.raw, peer=peer))
 
     def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
         if len(self._used_nonces) >= self.config.max_nonces:
@@ -2041,6 +2051,8 @@ class SubscriberCore(_CoreBase):
         self.state = SubscriptionState.IDLE
         self._announced = False
         self._pending_nonce = b""
+        #: (branch, epoch) an ADMIT of the current attempt named before we held that grant (SPEC 9.1)
+        self._admitted: tuple[bytes, int] | None = None
         self._credential = b""
         self._claims = []
 
@@ -2086,6 +2098,7 @@ class SubscriberCore(_CoreBase):
             raise LocalProtocolError(r.event.detail) from None
         if not retry:
             self._pending_nonce = b""
+            self._admitted = None
         self._credential = credential
         self.presenter_error = None
         self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))
@@ -2152,6 +2165,35 @@ class SubscriberCore(_CoreBase):
             reason = RejectReason.REFUSED
         events.append(Refused(reason))
 
+    def _on_admit(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        a: Admit = frame.head
+        try:
+            self.author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "admission signature") from exc
+        if self.state not in _AWAITING or not self._pending_nonce \
+                or not _crypto.ct_equal(a.nonce, self._pending_nonce):
+            raise _Reject(RejectReason.UNEXPECTED, "admission of a request we did not make")
+        b = self._branches.get(a.branch)
+        if b is not None and b.state is BranchState.CLOSED:
+            raise _Reject(RejectReason.CLOSED_BRANCH, "admission to a closed branch", a.branch)
+        if b is not None and len(b.members) != 2:
+            raise _Reject(RejectReason.MALFORMED, "admission to a group", a.branch)
+        if b is None or b.epoch < a.epoch:
+            # Its GRANT is not applied yet (lost on the way, or a re-subscription's while our grant syncs catch up
+            # on the re-keys we missed): the handshake ends when it is (``_on_grant``).
+            self._admitted = (a.branch, a.epoch)
+            return
+        self._complete(b, events)
+
+    def _complete(self, b: _Branch, events: list[Event]) -> None:
+        """End the handshake: ``b``, our own branch, holds the grant the author's ADMIT named."""
+        self._transition(Kind.ADMIT)
+        self._pending_nonce = b""
+        self._admitted = None
+        _, perm, _, dids = self.branch_info(b.id)
+        events.append(Subscribed(b.id, b.epoch, perm, dids))
+
     def _on_grant(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         g: Grant = frame.head
         hint = _hint(g.branch, g.epoch, self._id.kx_public)
@@ -2166,25 +2208,15 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
-        synced = self._sync_waits.pop(g.branch, None) is not None  # the author answered our grant sync (9.5)
+        self._sync_waits.pop(g.branch, None)  # the author answered our grant sync (9.5): no retry
         existing = self._branches.get(g.branch)
         if existing is not None:
             existing.heard = True
             if existing.state is BranchState.CLOSED:
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
-                # The same grant again: the author's answer to our re-subscription.  Already applied; it only
-                # completes the handshake we are waiting on -- also when a HELLO retry went out before it arrived
-                # (AWAIT_CHALLENGE: a round trip slower than the retry interval, a starved host), as a first grant
-                # does; otherwise every answer would find the handshake restarted and it would never complete.
-                # Accepting it there exposes nothing AWAIT_GRANT did not: it is our own branch's current grant.
-                # Only with a SUBSCRIBE of ours outstanding, and not when it answers our grant sync (nothing newer).
-                answers = self._answers_subscription(len(existing.members), synced)
-                if answers and not frame.head.epoch < existing.epoch:
-                    self._transition(Kind.GRANT)
-                    self._pending_nonce = b""
-                    _, perm, _, dids = self.branch_info(existing.id)
-                    events.append(Granted(existing.id, existing.epoch, perm, dids, subscription=True))
+                # The same grant again (the answer to a re-subscription, or to a grant sync): already applied.
+                # The ADMIT that follows a re-subscription's ends the handshake.
                 return
             if g.epoch < existing.epoch:
                 # An earlier grant of the author's, signed: a grant sync or a group's first grant sent along our
@@ -2214,13 +2246,10 @@ class SubscriberCore(_CoreBase):
             mode = SigningMode(g.mode)
         except ValueError as exc:
             raise _Reject(RejectReason.MALFORMED, "unknown signing mode", g.branch) from exc
-        # A group opened or re-keyed while a handshake runs is applied, and the handshake goes on; so is a re-key
-        # of our own branch that answers our grant sync.  Outside a handshake, a grant makes us subscribed, as ever.
-        answers = self._answers_subscription(len(members), synced)
-        if answers or (self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED):
+        # While a handshake runs, a grant is applied and the handshake goes on: only ADMIT ends it.  Outside one, a
+        # grant makes us subscribed (a branch the author opened for us unasked).
+        if self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED:
             self._transition(Kind.GRANT)
-        if answers:
-            self._pending_nonce = b""
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,
@@ -2237,7 +2266,10 @@ class SubscriberCore(_CoreBase):
             self._changes.chains.extend(existing.chain_record(p) for p in existing.chains)
         perm = Permission(members[secret.index][1])
         dids = tuple(did_from_public_key(pk) for _, (pk, _) in sorted(members.items()))
-        events.append(Granted(g.branch, g.epoch, perm, dids, subscription=answers))
+        events.append(Granted(g.branch, g.epoch, perm, dids))
+        if self._admitted is not None and self._admitted[0] == g.branch and g.epoch >= self._admitted[1] \
+                and len(members) == 2 and self.state in _AWAITING:
+            self._complete(self._branches[g.branch], events)  # the grant an ADMIT that came first named
         # Grant sync (SPEC 9.5): any later grant (a group's first grant may come long after it was re-keyed), the
         # first grants of groups we belong to (on our own branch), and the author's HEAD, which starts the fetch
         # of what the branch already holds (packets sent before the author's transport knew our route to it).
@@ -2245,12 +2277,6 @@ class SubscriberCore(_CoreBase):
         # An authentic new grant: never rate-limited.  Timed (asked again if unanswered) on a member's own branch,
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
-
-    def _answers_subscription(self, n_members: int, synced: bool) -> bool:
-        """Whether a grant (of a branch with ``n_members`` members; ``synced``: it answers our grant sync) may
-        answer the handshake that runs (SPEC 9.1): only with our SUBSCRIBE outstanding, for a branch of two
-        members -- our own: the author answers a SUBSCRIBE with nothing else -- and not as a sync's answer."""
-        return self.state in _AWAITING and bool(self._pending_nonce) and n_members <= 2 and not synced
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head

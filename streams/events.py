@@ -26,6 +26,7 @@ __all__ = [
     "MessageReceived",
     "Refused",
     "Rejected",
+    "Subscribed",
     "SubscriberAdmitted",
     "SubscriberRefused",
 ]
@@ -140,9 +141,18 @@ class Granted:
     epoch: int
     permission: Permission
     members: tuple[str, ...]  #: DIDs of the members, index order (the author first)
-    #: This grant answered our subscription (what :meth:`streams.api.Subscriber.subscribe` waits for); False
-    #: for a re-key, a group's first grant, an answer to a grant sync.
-    subscription: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """(Subscriber) the author admitted our subscription (its ADMIT, bound to our request): ``branch`` is our own
+    branch, whose grant at ``epoch`` (or later) we hold.  What :meth:`streams.api.Subscriber.subscribe` waits for;
+    the branch's grant came as a :class:`Granted` before, unless we held it already (a re-subscription)."""
+
+    branch: bytes
+    epoch: int
+    permission: Permission
+    members: tuple[str, ...]  #: DIDs of the members, index order (the author first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,5 +214,5 @@ class Acknowledged:
 
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
-    | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected
+    | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected | Subscribed
 )

@@ -41,6 +41,7 @@ __all__ = [
     "SESSION_LEN",
     "VERSION",
     "Ack",
+    "Admit",
     "AnchorProof",
     "Announce",
     "Challenge",
@@ -99,6 +100,7 @@ class Kind(enum.IntEnum):
     HEAD = 12
     ACK = 13
     ANCHOR_PROOF = 14
+    ADMIT = 15
 
 
 class Permission(enum.IntEnum):
@@ -231,6 +233,20 @@ class Refuse:
 
 
 @dataclass(frozen=True, slots=True)
+class Admit:
+    """Author -> requester: subscription admitted.  Signed by the author; sent after the GRANT that answers it
+    (the member's own branch at ``epoch``: opened for it, or its current grant again).  ``nonce`` binds it to the
+    request it answers, as REFUSE's does."""
+
+    KIND: ClassVar[Kind] = Kind.ADMIT
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, B16, U64)
+    channel: bytes
+    nonce: bytes  #: the challenge nonce of the admitted request
+    branch: bytes  #: the member's own branch
+    epoch: int  #: the epoch of the GRANT sent with it
+
+
+@dataclass(frozen=True, slots=True)
 class Packet:
     """A payload message in a (branch, publisher) chain.  Body: AEAD ciphertext with AD = version, kind and
     the encoded head.  ``sig`` is 64 bytes in signed-each mode, empty in amortized mode."""
@@ -360,14 +376,14 @@ class AnchorProof:
 
 Head = (
     Announce | Hello | Challenge | Subscribe | Grant | Refuse | Packet | Checkpoint | Revoke | Unsubscribe
-    | Fetch | HeadNotice | Ack | AnchorProof
+    | Fetch | HeadNotice | Ack | AnchorProof | Admit
 )
 
 HEADS: Final[dict[Kind, type[Any]]] = {
     cls.KIND: cls
     for cls in (
         Announce, Hello, Challenge, Subscribe, Grant, Refuse, Packet, Checkpoint, Revoke, Unsubscribe, Fetch,
-        HeadNotice, Ack, AnchorProof,
+        HeadNotice, Ack, AnchorProof, Admit,
     )
 }
 
@@ -392,13 +408,13 @@ _PREFIX: Final[dict[int, bytes]] = {int(k): bytes((VERSION, k)) for k in Kind}  
 #: Which kinds must carry a signature (64 bytes), may carry one, or must not.
 SIG_REQUIRED: Final = frozenset(
     {Kind.ANNOUNCE, Kind.GRANT, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE, Kind.FETCH,
-     Kind.HEAD, Kind.ACK, Kind.ANCHOR_PROOF}
+     Kind.HEAD, Kind.ACK, Kind.ANCHOR_PROOF, Kind.ADMIT}
 )
 SIG_OPTIONAL: Final = frozenset({Kind.PACKET})
 #: Kinds whose body must be empty.  (A FETCH's is empty or the ``SESSION_LEN`` bytes of a connection session.)
 EMPTY_BODY: Final = frozenset(
     {Kind.ANNOUNCE, Kind.HELLO, Kind.CHALLENGE, Kind.REFUSE, Kind.CHECKPOINT, Kind.REVOKE, Kind.UNSUBSCRIBE,
-     Kind.HEAD, Kind.ACK}
+     Kind.HEAD, Kind.ACK, Kind.ADMIT}
 )
 
 

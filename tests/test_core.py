@@ -17,6 +17,7 @@ from streams.events import (
     MessageReceived,
     Refused,
     Rejected,
+    Subscribed,
     SubscriberAdmitted,
     SubscriberRefused,
 )
@@ -359,11 +360,12 @@ def _exchange(net: Net, name: str, frames: list[bytes]) -> list[bytes]:
     return out
 
 
-def test_a_grant_that_arrives_after_the_next_hello_retry_still_completes_the_handshake() -> None:
-    """The round trip takes longer than the retry interval (a starved host): every GRANT arrives after the next
-    HELLO retry reset the handshake to AWAIT_CHALLENGE.  It must still complete it -- for a subscriber that already
-    holds the branch (a re-subscription, answered with the same grant again) as for a new one; otherwise a slow
-    enough path keeps a re-subscription from ever completing, however long the subscriber retries (THREATS 8)."""
+def test_an_answer_that_arrives_after_the_next_hello_retry_still_completes_the_handshake() -> None:
+    """The round trip takes longer than the retry interval (a starved host): every answer (GRANT, then ADMIT)
+    arrives after the next HELLO retry reset the handshake to AWAIT_CHALLENGE.  It must still complete it -- for a
+    subscriber that already holds the branch (a re-subscription, answered with the same grant again) as for a new
+    one; otherwise a slow enough path keeps a re-subscription from ever completing, however long the subscriber
+    retries (THREATS 8)."""
     net = Net.make(n_subs=1)
     s = net.subs["s0"]
     for _attempt in ("first grant", "re-subscription", "re-subscription"):
@@ -371,11 +373,13 @@ def test_a_grant_that_arrives_after_the_next_hello_retry_still_completes_the_han
         answers = _exchange(net, "s0", [o.data for o in s.data_to_send()])  # ANNOUNCE + CHALLENGE
         events = [e for a in answers for e in s.receive(a, net.now)]
         assert not _rejects(events)
-        grant = _exchange(net, "s0", [o.data for o in s.data_to_send()])  # SUBSCRIBE -> GRANT
-        assert [decode_frame(g).kind for g in grant] == [Kind.GRANT]
-        s.hello(retry=True)  # the retry timer fires before the GRANT arrives (Subscriber.subscribe's retry)
+        answer = _exchange(net, "s0", [o.data for o in s.data_to_send()])  # SUBSCRIBE -> GRANT, ADMIT
+        assert [decode_frame(g).kind for g in answer] == [Kind.GRANT, Kind.ADMIT]
+        s.hello(retry=True)  # the retry timer fires before the answer arrives (Subscriber.subscribe's retry)
         s.data_to_send()  # (and this HELLO is lost)
-        g = _granted(s.receive(grant[0], net.now))
-        assert g.branch == net.author.branch_of(ident(10).did)
+        events = [e for a in answer for e in s.receive(a, net.now)]
+        assert not _rejects(events)
+        [done] = [e for e in events if isinstance(e, Subscribed)]
+        assert done.branch == net.author.branch_of(ident(10).did)
         assert s.state.value == "subscribed"
     assert len(net.author.branch_ids()) == 1

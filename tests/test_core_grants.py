@@ -7,7 +7,7 @@ import pytest
 
 from streams.core import Outgoing, SubscriberCore
 from streams.errors import LocalProtocolError
-from streams.events import BranchClosed, Granted, Rejected, RejectReason
+from streams.events import BranchClosed, Granted, Rejected, RejectReason, Subscribed
 from streams.identity import Identity
 from streams.wire import SESSION_LEN, Fetch, Kind, Permission, decode_frame, encode_frame
 from tests.corenet import Net, ident
@@ -375,10 +375,10 @@ def _member_of_a_group() -> tuple[Net, SubscriberCore, bytes, bytes]:
     return net, s, own, g
 
 
-def test_a_known_grant_completes_a_resubscription_only_with_its_subscribe_outstanding() -> None:
-    """The current grant of a branch now also answers grant syncs, and a group's first grant is re-sent along
-    a member's own branch.  Neither may read as the answer to a re-subscription before its SUBSCRIBE went out
-    (a new credential would never reach the author, and ``subscribe()`` could return the group's id)."""
+def test_a_known_grant_never_completes_a_resubscription_only_its_admit_does() -> None:
+    """The current grant of a branch also answers grant syncs, and a group's first grant is re-sent along a
+    member's own branch.  Neither may read as the answer to a re-subscription (a new credential would never reach
+    the author, and ``subscribe()`` could return the group's id): only the ADMIT naming its request does."""
     net, s, own, g = _member_of_a_group()
     grants = {decode_frame(d).head.branch: d for who, d in net.wire
               if who == "author" and decode_frame(d).kind is Kind.GRANT}
@@ -387,10 +387,10 @@ def test_a_known_grant_completes_a_resubscription_only_with_its_subscribe_outsta
     s.data_to_send()  # (its HELLO on the way)
     for grant in (group_grant, own_grant):
         events = s.receive(grant, net.now)
-        assert not [e for e in events if isinstance(e, Granted)] and s.state.value != "subscribed"
-    # Its own SUBSCRIBE answered (here by the grant the author re-sends): complete.
+        assert not [e for e in events if isinstance(e, (Granted, Subscribed))] and s.state.value != "subscribed"
+    # Its own SUBSCRIBE answered (the grant the author re-sends, then ADMIT): complete.
     outs = _exchange_challenge(net, s)
-    assert any(isinstance(e, Granted) and e.branch == own for e in outs) and s.state.value == "subscribed"
+    assert [e.branch for e in outs if isinstance(e, Subscribed)] == [own] and s.state.value == "subscribed"
 
 
 def _author_answers(net: Net, s: SubscriberCore) -> list[bytes]:
@@ -404,7 +404,7 @@ def _author_answers(net: Net, s: SubscriberCore) -> list[bytes]:
 
 
 def _exchange_challenge(net: Net, s: SubscriberCore) -> list[object]:
-    """Run the rest of a handshake by hand: HELLO -> ANNOUNCE + CHALLENGE -> SUBSCRIBE -> GRANT."""
+    """Run the rest of a handshake by hand: HELLO -> ANNOUNCE + CHALLENGE -> SUBSCRIBE -> GRANT + ADMIT."""
     events: list[object] = []
     s.hello()
     for _ in range(3):
@@ -446,24 +446,26 @@ def test_a_new_subscription_attempt_forgets_the_subscribe_an_abandoned_one_left_
     net.subscribe("s0")
     s = net.subs["s0"]
     [own] = s.branch_ids()
-    s.hello()  # a re-subscription whose GRANT is lost
+    s.hello()  # a re-subscription whose answer (GRANT, ADMIT) is late
     for _ in range(2):
         answers = _author_answers(net, s)
-        late = [a for a in answers if decode_frame(a).kind is Kind.GRANT]
+        late = [a for a in answers if decode_frame(a).kind in (Kind.GRANT, Kind.ADMIT)]
         for a in answers:
-            if decode_frame(a).kind is not Kind.GRANT:
+            if decode_frame(a).kind not in (Kind.GRANT, Kind.ADMIT):
                 s.receive(a, net.now)
-    assert late and decode_frame(late[0]).head.branch == own
+    assert [decode_frame(a).kind for a in late] == [Kind.GRANT, Kind.ADMIT]
+    assert decode_frame(late[1]).head.branch == own
     s.hello(b"")  # a new attempt
     s.data_to_send()
-    assert not [e for e in s.receive(late[0], net.now) if isinstance(e, Granted)]
-    assert s.state.value != "subscribed"
+    events = [e for a in late for e in s.receive(a, net.now)]
+    assert not [e for e in events if isinstance(e, Subscribed)] and s.state.value != "subscribed"
+    assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.UNEXPECTED]  # the ADMIT
 
 
 def test_a_group_opened_during_a_resubscription_is_applied_and_does_not_answer_it() -> None:
     """A group's first grant arriving while a re-subscription waits for its CHALLENGE is applied (the member
-    joins the group) but does not complete the handshake, and its ``Granted`` does not say it answered the
-    subscription: ``Subscriber.subscribe`` waits for the one that does (it used to return the group's id)."""
+    joins the group) but does not complete the handshake: ``Subscriber.subscribe`` waits for ``Subscribed``, which
+    only the ADMIT of its request gives (it used to return the group's id)."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
@@ -473,13 +475,14 @@ def test_a_group_opened_during_a_resubscription_is_applied_and_does_not_answer_i
     g = net.author.open_group([ident(10).public])
     net.author.take_changes()
     group_grants = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT]
-    granted = [e for d in group_grants for e in s.receive(d, net.now) if isinstance(e, Granted)]
-    assert [(e.branch, e.subscription) for e in granted] == [(g, False)]
+    events = [e for d in group_grants for e in s.receive(d, net.now)]
+    assert [e.branch for e in events if isinstance(e, Granted)] == [g]
+    assert not [e for e in events if isinstance(e, Subscribed)]
     assert g in s.branch_ids() and s.state.value != "subscribed"
     for d in hello:
         net.author.receive(d, net.now, "s0")
     events = _exchange_challenge(net, s)
-    assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
+    assert [e.branch for e in events if isinstance(e, Subscribed)] == [own]
     assert s.state.value == "subscribed"
 
 
@@ -514,20 +517,20 @@ def test_a_group_grant_never_answers_a_subscribe_outstanding_nor_does_a_quiet_re
     # (with the first grants of its groups, then its own current grant, last)
     assert [decode_frame(m).head.branch for m in marker if decode_frame(m).kind is Kind.GRANT][-1] == own
     for d in group_grants + marker:
-        granted = [e for e in s.receive(d, net.now) if isinstance(e, Granted)]
-        assert not [e for e in granted if e.subscription] and s.state.value == "await-grant"
+        assert not [e for e in s.receive(d, net.now) if isinstance(e, Subscribed)]
+        assert s.state.value == "await-grant"
     for d in subscribe:
         net.author.receive(d, net.now, "s0")
     net.author.take_changes()
     events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
-    assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
+    assert [e.branch for e in events if isinstance(e, Subscribed)] == [own]
     assert s.state.value == "subscribed"
 
 
 def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscribe_outstanding() -> None:
     """SPEC 9.1: a grant that answers our grant sync is never the answer to a subscription -- a *new* grant
     included (a re-key the member missed, sent as the sync's answer), not only the current one.  It is applied;
-    the author's answer to the SUBSCRIBE then completes the handshake."""
+    the author's ADMIT of the SUBSCRIBE then completes the handshake."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
@@ -538,8 +541,9 @@ def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscri
     net.author.data_to_send()
     answers = _author_answers(net, s)
     assert [decode_frame(a).head.epoch for a in answers if decode_frame(a).kind is Kind.GRANT] == [1]
-    granted = [e for a in answers for e in s.receive(a, net.now) if isinstance(e, Granted)]
-    assert [(e.branch, e.epoch, e.subscription) for e in granted] == [(own, 1, False)]
+    events = [e for a in answers for e in s.receive(a, net.now)]
+    assert [(e.branch, e.epoch) for e in events if isinstance(e, Granted)] == [(own, 1)]
+    assert not [e for e in events if isinstance(e, Subscribed)]
     assert s.state.value == "await-grant" and s.branch_info(own)[0] == 1
     for d in subscribe:
         net.author.receive(d, net.now, "s0")
@@ -547,7 +551,7 @@ def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscri
     events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
     for a in _author_answers(net, s):  # (the member's sync after the new epoch, answered too)
         events += s.receive(a, net.now)
-    assert [(e.branch, e.subscription) for e in events if isinstance(e, Granted)] == [(own, True)]
+    assert [(e.branch, e.epoch) for e in events if isinstance(e, Subscribed)] == [(own, 1)]
     assert s.state.value == "subscribed"
 
 

@@ -210,7 +210,7 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "restored": ev.restored}
     if isinstance(ev, ForkDetected):
         return {"event": "fork", "branch": ev.branch.hex(), "index": ev.publisher, "seq": ev.seq}
-    return None  # Covered, FetchRequested, Announced: bookkeeping
+    return None  # Covered, FetchRequested, Announced, Subscribed (``subscribe`` prints its own): bookkeeping
 
 
 def branch_doc(b: BranchInfo) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def main() -> None:
             extra["sealed_to"] = "subscriber"
             extra["entry_hint"] = entry.hint.hex()
             extra["plaintext"] = sub.unseal(entry.sealed).hex()
-        signer = {"ANNOUNCE": "author", "GRANT": "author", "REFUSE": "author"}.get(f.kind.name)
+        signer = {"ANNOUNCE": "author", "GRANT": "author", "REFUSE": "author", "ADMIT": "author"}.get(f.kind.name)
         frames.append(frame_vector(f.kind.name.lower(), d, signer, deterministic=f.kind.name not in
                                    ("SUBSCRIBE", "GRANT"), **extra))
     branch = acore.branch_ids()[0]

@@ -1,0 +1,225 @@
+"""ADMIT (SPEC 8.6, 9.1): a subscription handshake ends only with the author's signed answer naming the request's
+challenge nonce -- never with a copy of a GRANT, which also answers grant syncs.  Attacks: replay of an earlier
+attempt's ADMIT, forgery, tampering, relay from another channel or to another member, reordering.
+
+Two cores wired together without sockets (``tests.corenet``)."""
+
+from __future__ import annotations
+
+from streams.core import AuthorCore, SubscriberCore
+from streams.errors import RejectReason
+from streams.events import Event, Rejected, Subscribed, SubscriberAdmitted
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.wire import SESSION_LEN, Admit, Kind, Permission, decode_frame, encode_frame
+from tests.corenet import Net, ident, seeded_rng
+from tests.test_core_grants import _author_answers
+
+
+def _rejected(events: list[Event]) -> list[RejectReason]:
+    return [e.reason for e in events if isinstance(e, Rejected)]
+
+
+def _subscribed(events: list[Event]) -> list[Subscribed]:
+    return [e for e in events if isinstance(e, Subscribed)]
+
+
+def _to_await_grant(net: Net, s: SubscriberCore) -> list[bytes]:
+    """``s`` starts a (re-)subscription and sends its SUBSCRIBE; returns it, not delivered."""
+    s.hello()
+    for a in _author_answers(net, s):  # ANNOUNCE + CHALLENGE
+        s.receive(a, net.now)
+    assert s.state.value == "await-grant"
+    return [o.data for o in s.data_to_send()]
+
+
+def _exchange(net: Net, s: SubscriberCore, rounds: int = 6) -> list[Event]:
+    """Deliver everything both ways, ``rounds`` times: what ``s`` queued to the author, its answers back."""
+    events: list[Event] = []
+    for _ in range(rounds):
+        answers = _author_answers(net, s)
+        if not answers:
+            break
+        for a in answers:
+            events += s.receive(a, net.now)
+    return events
+
+
+def _with_sessions(net: Net, s: SubscriberCore) -> None:
+    session = b"\x5a" * SESSION_LEN
+    net.author.session_of = lambda peer: session  # type: ignore[method-assign]
+    s.my_session = lambda: session  # type: ignore[method-assign]
+
+
+def test_a_resubscription_completes_only_after_the_author_handled_its_subscribe() -> None:
+    """A member that missed re-keys of its own branch re-subscribes (with a new credential, say) while a grant
+    sync is out.  Each re-key it then applies sends one more sync, answered with one more copy of the current
+    grant: with two or more missed re-keys a spare copy used to be taken for the answer, and ``subscribe()``
+    returned before the author ever saw the SUBSCRIBE (the new credential never checked).  Now nothing but the
+    ADMIT of that SUBSCRIBE ends the handshake, however many copies come."""
+    for missed in (1, 2, 3):
+        net = Net.make(n_subs=1)
+        net.subscribe("s0")
+        s = net.subs["s0"]
+        [own] = s.branch_ids()
+        subscribe = _to_await_grant(net, s)  # withheld: lost, or slow
+        _with_sessions(net, s)
+        for _ in range(4):  # the 4th forced refresh sends a grant sync of our own branch
+            net.now += 10_000
+            s.sync_quiet(net.now)
+        for perm in [Permission.READ, Permission.READ_WRITE, Permission.READ][:missed]:
+            net.author.set_permission(own, perm)  # re-keys whose GRANTs never reach the member
+            net.author.take_changes()
+            net.author.data_to_send()
+        events = _exchange(net, s)
+        assert s.branch_info(own)[0] == missed  # every missed re-key applied, from the syncs' answers
+        assert not _subscribed(events) and s.state.value == "await-grant", missed
+        for d in subscribe:  # the SUBSCRIBE reaches the author at last
+            admitted = net.author.receive(d, net.now, "s0")
+            assert [e.resubscribed for e in admitted if isinstance(e, SubscriberAdmitted)] == [True]
+        net.author.take_changes()
+        events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
+        assert [(e.branch, e.epoch) for e in _subscribed(events)] == [(own, missed)]
+        assert s.state.value == "subscribed"
+
+
+def test_a_resubscription_whose_answer_meets_an_unanswered_sync_completes_without_a_retry() -> None:
+    """A member that missed one re-key re-subscribes while a grant sync of its own branch is out that gets no
+    answer (lost).  The author's answer to the SUBSCRIBE (its current grant) used to be counted for that sync:
+    applied, not completing, and the handshake waited for a HELLO retry.  The ADMIT ends it at once."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [own] = s.branch_ids()
+    _with_sessions(net, s)
+    net.author.set_permission(own, Permission.READ)  # a re-key whose GRANT never reaches the member
+    net.author.take_changes()
+    net.author.data_to_send()
+    for _ in range(4):  # the 4th forced refresh: a grant sync of our own branch ...
+        net.now += 10_000
+        s.sync_quiet(net.now)
+    s.data_to_send()  # ... whose FETCH is lost on the way
+    s.hello()
+    events = _exchange(net, s)
+    assert [(e.branch, e.epoch) for e in _subscribed(events)] == [(own, 1)] and s.state.value == "subscribed"
+
+
+def test_an_admit_recorded_from_an_earlier_attempt_is_refused_as_unexpected() -> None:
+    """A relay recorded the ADMIT of the first subscription and replays it during a later one: its nonce is not
+    the outstanding request's, so it ends nothing."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [old] = [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.ADMIT]
+    assert s.state.value == "subscribed"
+    subscribe = _to_await_grant(net, s)
+    for state in ("await-grant", "await-challenge"):
+        if state == "await-challenge":
+            s.hello(retry=True)
+            s.data_to_send()
+        events = s.receive(old, net.now)
+        assert _rejected(events) == [RejectReason.UNEXPECTED] and not _subscribed(events)
+        assert s.state.value == state
+    for d in subscribe:  # the real answer still completes it
+        net.author.receive(d, net.now, "s0")
+    net.author.take_changes()
+    events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
+    assert len(_subscribed(events)) == 1 and s.state.value == "subscribed"
+    assert _rejected(s.receive(old, net.now)) == [RejectReason.UNEXPECTED]  # nor outside a handshake
+
+
+def test_a_forged_or_tampered_admit_is_refused() -> None:
+    """Made with another key (anyone can sign), or the author's with a byte changed: BAD_SIGNATURE, nothing
+    ends.  The frame is well formed and names the outstanding nonce: only the signature stands in the way."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [own] = s.branch_ids()
+    _to_await_grant(net, s)
+    nonce = s._pending_nonce
+    forged = encode_frame(Admit(net.author.channel, nonce, own, 0), b"", ident(99).sign).raw
+    genuine = encode_frame(Admit(net.author.channel, nonce, own, 0), b"", net.author.identity.sign).raw
+    tampered = bytearray(genuine)
+    tampered[genuine.index(own)] ^= 0x01  # another branch id, the author's signature kept
+    for frame in (forged, bytes(tampered)):
+        events = s.receive(frame, net.now)
+        assert _rejected(events) == [RejectReason.BAD_SIGNATURE] and not _subscribed(events)
+        assert s.state.value == "await-grant"
+    assert [e.branch for e in _subscribed(s.receive(genuine, net.now))] == [own]  # (the test's own control)
+
+
+def test_an_admit_of_another_channel_is_refused_as_foreign() -> None:
+    """The same author runs a second channel and admits the same member there, with the same challenge nonce
+    (a relay fed both handshakes one CHALLENGE): its ADMIT, relayed here, is another channel's."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [own] = s.branch_ids()
+    _to_await_grant(net, s)
+    other = AuthorCore(net.author.identity, "another-channel", AllowList.of([ident(10).did]), rng=seeded_rng(5))
+    relayed = encode_frame(Admit(other.channel, s._pending_nonce, own, 0), b"", net.author.identity.sign).raw
+    events = s.receive(relayed, net.now)
+    assert _rejected(events) == [RejectReason.FOREIGN_CHANNEL] and not _subscribed(events)
+    assert s.state.value == "await-grant"
+
+
+def test_an_admit_relayed_to_another_member_does_not_subscribe_it() -> None:
+    """An on-path relay hands two members the same CHALLENGE (its own HELLO's).  The author admits the first
+    SUBSCRIBE (ADMIT naming that nonce and member A's branch) and refuses the second (the nonce is used).  The
+    relay gives B A's ADMIT: same nonce, genuine signature -- but B holds no such branch (its GRANT is sealed to
+    A), so B is not subscribed, and the refusal then tells it to ask again."""
+    net = Net.make(n_subs=2)
+    a, b = net.subs["s0"], net.subs["s1"]
+    relay = SubscriberCore(Identity.generate(), net.author.identity.did, net.author.channel)
+    relay.hello()
+    challenge_frames: list[bytes] = []
+    for o in relay.data_to_send():
+        net.author.receive(o.data, net.now, "relay")
+        challenge_frames += [x.data for x in net.author.data_to_send()]
+    subscribes = {}
+    for name, s in (("s0", a), ("s1", b)):
+        s.hello()
+        s.data_to_send()  # (its own HELLO dropped by the relay)
+        for f in challenge_frames:
+            s.receive(f, net.now)
+        subscribes[name] = [o.data for o in s.data_to_send()]
+    assert a._pending_nonce == b._pending_nonce
+    answers: dict[str, list[bytes]] = {}
+    for name in ("s0", "s1"):
+        answers[name] = []
+        for d in subscribes[name]:
+            net.author.receive(d, net.now, name)
+            net.author.take_changes()
+            answers[name] += [o.data for o in net.author.data_to_send()]
+    assert [decode_frame(d).kind for d in answers["s0"]] == [Kind.GRANT, Kind.ADMIT]
+    assert [decode_frame(d).kind for d in answers["s1"]] == [Kind.REFUSE]
+    a_admit = answers["s0"][1]
+    for d in answers["s0"]:  # everything A was sent, shown to B too
+        events = b.receive(d, net.now)
+        assert not _subscribed(events)
+    assert b.state.value == "await-grant" and b.branch_ids() == []
+    events = b.receive(answers["s1"][0], net.now)  # its own answer: refused (the challenge was used)
+    assert b.state.value == "refused" and not _subscribed(events)
+    assert [e.branch for e in _subscribed([e for d in answers["s0"] for e in a.receive(d, net.now)])] \
+        == [decode_frame(a_admit).head.branch]
+
+
+def test_an_admit_that_overtakes_its_grant_completes_when_the_grant_is_applied() -> None:
+    """Reordered on the way: the ADMIT arrives first.  The handshake ends once the GRANT it names is applied,
+    once; a copy of the ADMIT afterwards ends nothing more."""
+    net = Net.make(n_subs=1)
+    s = net.subs["s0"]
+    subscribe = _to_await_grant(net, s)
+    answer: list[bytes] = []
+    for d in subscribe:
+        net.author.receive(d, net.now, "s0")
+        net.author.take_changes()
+        answer += [o.data for o in net.author.data_to_send()]
+    grant, admit = answer
+    assert decode_frame(admit).kind is Kind.ADMIT
+    events = s.receive(admit, net.now)
+    assert not _subscribed(events) and not _rejected(events) and s.state.value == "await-grant"
+    events = s.receive(grant, net.now)
+    [done] = _subscribed(events)
+    assert done.branch == decode_frame(admit).head.branch and s.state.value == "subscribed"
+    assert _rejected(s.receive(admit, net.now)) == [RejectReason.UNEXPECTED]
