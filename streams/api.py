@@ -58,6 +58,7 @@ from .events import (
     FetchRequested,
     ForkDetected,
     MessageReceived,
+    PermissionRestricted,
     Refused,
     Rejected,
     Subscribed,
@@ -333,8 +334,9 @@ class _Party:
         sends a signed HEAD notice of our chain (once per head), which the receiver answers at once, outside its
         ACK pacing: about one round trip plus the receiver's commit.
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
-        branch, :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed (revoked,
-        left) before the ACK came."""
+        branch, or when a re-key takes our write permission away before the ACK came (the author then refuses
+        the message), :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed
+        (revoked, left) before the ACK came."""
         self._check_usable()
         if self._core.acknowledged(branch) >= seq:
             return
@@ -675,17 +677,23 @@ class _Party:
         self._committed(changes)
         self._rearm_timer()
         if self._ack_waiters and changes.branches:
-            self._fail_closed_waiters({r.id for r in changes.branches if r.state == BranchState.CLOSED.value})
+            self._fail_dead_waiters({r.id: r.state == BranchState.CLOSED.value for r in changes.branches})
         return out, group
 
-    def _fail_closed_waiters(self, closed: set[bytes]) -> None:
-        """``wait_acknowledged`` calls on a branch that closed (revoked, left) will never be answered."""
+    def _fail_dead_waiters(self, changed: dict[bytes, bool]) -> None:
+        """``wait_acknowledged`` calls that will never be answered: on a branch that closed (revoked, left), or
+        where a re-key took our write permission away (the author refuses what we published under it)."""
         for b, s, f in self._ack_waiters:
-            if b in closed and not f.done():
-                if self._core.acknowledged(b) >= s:
-                    f.set_result(None)  # its ACK came in the same batch as the closing frame
-                else:
-                    f.set_exception(ClosedResourceError(f"branch {b.hex()} closed before seq {s} was acknowledged"))
+            if b not in changed or f.done():
+                continue
+            if self._core.acknowledged(b) >= s:
+                f.set_result(None)  # its ACK came in the same batch as the closing frame or the re-key
+            elif changed[b]:
+                f.set_exception(ClosedResourceError(f"branch {b.hex()} closed before seq {s} was acknowledged"))
+            elif not self._core.branch_info(b)[1].can_write:
+                f.set_exception(LocalProtocolError(
+                    f"our write permission on branch {b.hex()} was taken away before seq {s} was acknowledged: "
+                    "the author will not accept it"))
 
     def _send_out(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
         """Send committed frames in one burst (``send_many``); resolve the publish group they complete."""
@@ -1136,13 +1144,21 @@ class Author(_Party):
         those it no longer admits: a DID it cannot admit at all (denied), one admitted on its DID alone (an
         allow-list, or :meth:`open_branch`) that it refuses on its DID alone now, and one whose credential was
         revoked or expired.  The credential check also runs every ``recheck_ms`` on the timer; the DID checks only
-        here, when asked (``streams serve`` does at start and on SIGHUP).  Every decision is made before any
-        revocation: what the policy raises propagates and nothing is revoked.  A permission the policy now grants
-        differently is not applied to existing members.  Returns the branches closed, groups included."""
+        here, when asked (``streams serve`` does at start and on SIGHUP).  A subscriber admitted on its DID alone
+        whose branch gives it rights the policy no longer gives (read-write, where the policy now says read) keeps
+        only those it still gives: its branch is re-keyed (:meth:`set_permission`), and a
+        :class:`~streams.events.PermissionRestricted` event says so; a re-check never adds rights (a credential's
+        permission is not decided again).  Every decision is made before any change: what the policy raises
+        propagates and nothing changes.  Returns the branches closed, groups included."""
         self._check_usable()
-        revoked = self._core.recheck(self._clock(), dids=True)
+        restricted: list[tuple[bytes, Permission]] = []
+        revoked = self._core.recheck(self._clock(), dids=True, restricted=restricted)
         await self._flush()
         self._report_revoked(revoked)
+        for branch, permission in restricted:
+            did = self._core.branch_info(branch)[3][1]
+            log.info("branch %s: permission restricted to %s by the policy", branch.hex(), permission.name)
+            self._queue_event(PermissionRestricted(branch, did, permission))
         return revoked
 
     def _on_tick(self, now_ms: int) -> None:

@@ -34,7 +34,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -158,6 +158,22 @@ _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
 #: Handshake states in which an ADMIT completes the subscription: a request of ours is out (SUBSCRIBE, or a
 #: HELLO retry that went out after it -- the answer to the earlier SUBSCRIBE may still come).
 _AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
+
+
+#: What each permission lets a member do (SPEC 11): reading the author's chain, writing its own, reading every
+#: chain (audit).  A permission narrowed to the rights another one also gives is :func:`_narrowed`.
+_RIGHTS: Final[dict[Permission, frozenset[str]]] = {
+    Permission.READ: frozenset({"read"}),
+    Permission.WRITE: frozenset({"write"}),
+    Permission.READ_WRITE: frozenset({"read", "write"}),
+    Permission.AUDIT: frozenset({"read", "audit"}),
+}
+_OF_RIGHTS: Final[dict[frozenset[str], Permission]] = {r: p for p, r in _RIGHTS.items()}
+
+
+def _narrowed(current: Permission, allowed: Permission) -> Permission | None:
+    """``current`` keeping only the rights ``allowed`` also gives; None if it keeps none."""
+    return _OF_RIGHTS.get(_RIGHTS[current] & _RIGHTS[allowed])
 
 
 def _elapsed(now_ms: int, since_ms: int, interval_ms: int) -> bool:
@@ -1897,30 +1913,48 @@ class AuthorCore(_CoreBase):
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
-    def recheck(self, now_ms: int, dids: bool = False) -> list[bytes]:
+    def recheck(self, now_ms: int, dids: bool = False,
+                restricted: list[tuple[bytes, Permission]] | None = None) -> list[bytes]:
         """Re-evaluate each open subscriber's admission against the policy now: revoke the branches whose
         evidence (e.g. a credential) no longer holds by the policy's ``still_valid(evidence, now_ms)``, if it has
         one (a revoked or expired credential), and with ``dids``, those the policy no longer admits
-        (:meth:`_admits`: after the policy was replaced; branches opened with :meth:`open_branch` included).  Such
-        a subscriber also leaves its groups.  Returns the revoked branch ids, groups closed by losing their last
-        member included."""
+        (:meth:`_readmits`: after the policy was replaced; branches opened with :meth:`open_branch` included).  Such
+        a subscriber also leaves its groups.  With ``dids`` too, a subscriber admitted on its DID alone keeps only
+        the rights of its branch's permission that the policy still gives it (never more: a re-key,
+        :meth:`set_permission`; revoked if none is left), each appended to ``restricted`` as (branch, permission).
+        Returns the revoked branch ids, groups closed by losing their last member included."""
         check = getattr(self.policy, "still_valid", None)
-        # Every decision first, then the revocations: a policy that raises part-way revokes nobody (nothing half
+        # Every decision first, then the changes: a policy that raises part-way changes nothing (nothing half
         # done, and nothing revoked unreported).
-        cut = [b.peer_did for b in list(self._branches.values())
-               if b.state is BranchState.OPEN and b.peer_did and (
-                   (dids and not self._admits(b.peer_did, b.has_evidence, now_ms))
-                   or (check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms)))]
+        cut: list[str] = []
+        narrow: list[tuple[bytes, Permission]] = []
+        for b in list(self._branches.values()):
+            if b.state is not BranchState.OPEN or not b.peer_did:
+                continue
+            if check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms):
+                cut.append(b.peer_did)
+            elif dids:
+                admitted, allowed = self._readmits(b.peer_did, b.has_evidence, now_ms)
+                current = b.members[1][1]
+                kept = _narrowed(current, allowed) if admitted and allowed is not None else current
+                if not admitted or kept is None:
+                    cut.append(b.peer_did)
+                elif kept is not current:
+                    narrow.append((b.id, kept))
         if dids:
             # Group members with no open branch of their own (revoked before, or never subscribed: a group the
             # author filled itself) are judged on their DID alone too: taken off the list, they leave.
             own = {b.peer_did for b in self._branches.values() if b.state is BranchState.OPEN and b.peer_did}
             members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
                        for i, (pk, _) in self._branches[gid].members.items() if i}
-            cut += sorted(d for d in members - own if not self._admits(d, False, now_ms))
+            cut += sorted(d for d in members - own if not self._readmits(d, False, now_ms)[0])
         revoked = []
         for did in cut:
             revoked += self.revoke_subscriber(did)
+        for branch, permission in narrow:
+            self.set_permission(branch, permission)
+            if restricted is not None:
+                restricted.append((branch, permission))
         return revoked
 
     def revoke_subscriber(self, did: str) -> list[bytes]:
@@ -1948,18 +1982,21 @@ class AuthorCore(_CoreBase):
                 closed.append(g.id)
         return closed
 
-    def _admits(self, did: str, has_evidence: bool, now_ms: int) -> bool:
-        """Whether the policy would still admit ``did``: never a DID it cannot admit at all
-        (:func:`~streams.policy.could_admit`: denied, say); one admitted on its DID alone (no evidence: an
-        allow-list, :meth:`open_branch`, a group) only if the policy admits it again on its DID alone -- taken
-        off an allow-list, it is not, even where a credential rule could admit it with a credential.  Evidence
-        is re-checked by ``still_valid``.  What ``decide`` raises propagates, as at a subscription."""
+    def _readmits(self, did: str, has_evidence: bool, now_ms: int) -> tuple[bool, Permission | None]:
+        """Whether the policy would still admit ``did``, and with which permission where it decides that again:
+        never a DID it cannot admit at all (:func:`~streams.policy.could_admit`: denied, say); one admitted on its
+        DID alone (no evidence: an allow-list, :meth:`open_branch`, a group) only if the policy admits it again on
+        its DID alone -- taken off an allow-list, it is not, even where a credential rule could admit it with a
+        credential -- and then with the permission that decision gives.  Evidence is re-checked by
+        ``still_valid`` (permission None: not decided again).  What ``decide`` raises propagates, as at a
+        subscription."""
         if not could_admit(self.policy, did):
-            return False
+            return False, None
         if has_evidence:
-            return True
+            return True, None
         pub = PublicIdentity.from_did(did)
-        return self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms).admit
+        decision = self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms)
+        return decision.admit, decision.permission if decision.admit else None
 
     def revoke(self, branch: bytes) -> None:
         """Close a branch: nothing published afterwards is readable, nothing its members send is accepted."""

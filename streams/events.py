@@ -24,6 +24,7 @@ __all__ = [
     "GapDetected",
     "Granted",
     "MessageReceived",
+    "PermissionRestricted",
     "Refused",
     "Rejected",
     "Subscribed",
@@ -191,6 +192,17 @@ class BranchClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class PermissionRestricted:
+    """(Author) a re-check found that the policy now gives a subscriber fewer rights on its branch than it holds
+    (a policy file edited from read-write to read, say): its branch was re-keyed with ``permission``, the rights
+    it held that the policy still gives (never more), effective from the next message."""
+
+    branch: bytes
+    did: str  #: the subscriber
+    permission: Permission
+
+
+@dataclass(frozen=True, slots=True)
 class FetchRequested:
     """A member asked for retained messages of one of our chains; the driver serves them from the log."""
 
@@ -215,4 +227,5 @@ class Acknowledged:
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
     | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected | Subscribed
+    | PermissionRestricted
 )

@@ -317,3 +317,71 @@ def test_a_subscriber_revoked_by_recheck_also_leaves_its_groups(status: tuple[St
     net.pump_author()
     assert b"after s0's revocation" in [m.payload for m in net.events["s1"] if isinstance(m, MessageReceived)]
     assert b"after s0's revocation" not in [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)]
+
+
+def _member_permission(net: Net, branch: bytes) -> Permission:
+    """The subscriber's permission on its own branch, as the author holds it."""
+    return net.author._branches[branch].members[1][1]
+
+
+def test_a_recheck_narrows_a_did_admitted_subscriber_to_the_rights_the_policy_still_gives() -> None:
+    """A provider allowed read-write, edited down to read in the policy: a re-check used to leave it read-write
+    (it kept publishing).  Its branch is re-keyed read-only: its own core refuses to publish, and a packet it
+    made before -- or a member ignoring the re-key -- is refused by the author.  Never the other way: a re-check
+    does not widen a permission."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    s0, s1 = net.subs["s0"], net.subs["s1"]
+    [b0], [b1] = s0.branch_ids(), s1.branch_ids()
+    s0.publish(b0, b"sent before the change", net.now)
+    in_flight = [o.data for o in s0.data_to_send()]
+    net.author.policy = AllowList({ident(10).did: Permission.READ, ident(11).did: Permission.READ_WRITE})
+    restricted: list[tuple[bytes, Permission]] = []
+    assert net.author.recheck(net.now, dids=True, restricted=restricted) == []
+    assert restricted == [(b0, Permission.READ)]
+    assert (net.author.branch_info(b0)[0], _member_permission(net, b0)) == (1, Permission.READ)
+    assert (net.author.branch_info(b1)[0], _member_permission(net, b1)) == (0, Permission.READ_WRITE)
+    for d in in_flight:
+        events = net.author.receive(d, net.now, "s0")
+        assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.NOT_PERMITTED]
+    net.pump_author()  # the re-key reaches s0
+    assert s0.branch_info(b0)[:2] == (1, Permission.READ)
+    with pytest.raises(LocalProtocolError):
+        s0.publish(b0, b"after", net.now)
+    net.author.publish(b0, b"an alert: still readable", net.now)
+    net.pump_author()
+    assert b"an alert: still readable" in [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)]
+    net.author.policy = AllowList.of([ident(10).did, ident(11).did])  # read-write again: not given back
+    restricted.clear()
+    assert net.author.recheck(net.now, dids=True, restricted=restricted) == [] and restricted == []
+    assert (net.author.branch_info(b0)[0], _member_permission(net, b0)) == (1, Permission.READ)
+
+
+def test_a_recheck_keeps_only_common_rights_and_revokes_a_subscriber_left_with_none() -> None:
+    """Rights, not levels: audit narrowed by read is read; write narrowed by read leaves nothing, so the branch
+    is revoked (it may subscribe again for what the policy gives now).  The periodic re-check (no ``dids``)
+    changes no permission."""
+    net = Net.make(n_subs=2)
+    auditor = net.author.open_branch(ident(10).public, Permission.AUDIT)
+    writer = net.author.open_branch(ident(11).public, Permission.WRITE)
+    net.author.policy = AllowList.of([ident(10).did, ident(11).did], Permission.READ)
+    restricted: list[tuple[bytes, Permission]] = []
+    assert net.author.recheck(net.now, restricted=restricted) == [] and restricted == []
+    assert net.author.recheck(net.now, dids=True, restricted=restricted) == [writer]
+    assert restricted == [(auditor, Permission.READ)]
+    assert _member_permission(net, auditor) is Permission.READ
+    assert net.author.branch_ids() and net.author.branch_of(ident(11).did) is None
+
+
+def test_a_credential_admitted_subscriber_keeps_its_permission_at_a_recheck(
+        status: tuple[StatusList, StatusListSource]) -> None:
+    """Its permission came with its credential, which is re-checked by ``still_valid``, not decided again: a
+    re-check leaves it as it is."""
+    net = _net(status)
+    _sub_with(net, "s0", _cred(ident(10), index=3))
+    b0 = next(e for e in net.events["s0"] if isinstance(e, Granted)).branch
+    before = (net.author.branch_info(b0)[0], _member_permission(net, b0))
+    restricted: list[tuple[bytes, Permission]] = []
+    assert net.author.recheck(net.now, dids=True, restricted=restricted) == [] and restricted == []
+    assert (net.author.branch_info(b0)[0], _member_permission(net, b0)) == before

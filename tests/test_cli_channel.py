@@ -732,6 +732,32 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
         serve.wait("message", branch=branch, seq=seq)  # each one it said it published did arrive
 
 
+def test_a_permission_narrowed_in_the_policy_file_is_applied_at_sighup(cli: Cli, tmp_path: Path,
+                                                                     serves: list[Serve]) -> None:
+    """A provider edited from read-write to read in the policy file kept publishing after the reload (a
+    permission applied to new subscriptions only).  At SIGHUP its branch is re-keyed read-only now (a
+    `restricted` event); its next publish is refused, and it still reads the monitor's alerts."""
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    branch = cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+                 "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json["branch"]
+    args = ("publish", "--json", "--store", "provider.db", "--connect", addr, "--passphrase-env", "PP")
+    assert cli(*args, "--data", "payment 1").ok().json["acknowledged"] is True
+    (tmp_path / "policy.toml").write_text(f'[policy]\n[[policy.allow]]\ndid = "{sub_did}"\npermission = "read"\n')
+    serve.p.send_signal(signal.SIGHUP)
+    assert serve.wait("restricted", branch=branch) == {"event": "restricted", "branch": branch, "did": sub_did,
+                                                        "permission": "read"}
+    assert serve.wait("policy", reloaded=True)["revoked"] == []
+    refused = cli(*args, "--data", "payment 2")  # (stored before its catch-up learnt the re-key)
+    assert refused.returncode == 1 and refused.json["failure"] == "not_permitted", refused.stdout
+    assert cli(*args, "--data", "payment 3").returncode == 2  # known now: refused before anything is stored
+    serve.send(json.dumps({"to": sub_did, "data": "ALERT: read-only now"}))
+    tail = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--passphrase-env", "PP",
+               "--count", "1", "--timeout", "10").ok()
+    assert [json.loads(x).get("data") for x in tail.stdout.splitlines()][1] == "ALERT: read-only now"
+    assert [d["seq"] for d in serve.docs if d["event"] == "message"] == [1]  # payment 2 never arrived
+    assert serve.stop()[0] == 0
+
+
 def test_serve_publishes_every_stdin_line_it_reads_a_flood_and_those_read_before_a_stop(
         cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
     """The stdin reader put each line into a queue of 1000 without waiting: a faster writer lost every line past

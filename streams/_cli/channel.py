@@ -68,6 +68,7 @@ from ..events import (
     GapDetected,
     Granted,
     MessageReceived,
+    PermissionRestricted,
     Refused,
     Rejected,
     SubscriberAdmitted,
@@ -204,6 +205,9 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "permission": permission_name(ev.permission), "members": list(ev.members)}
     if isinstance(ev, Refused):
         return {"event": "refused", "reason": ev.reason.name}
+    if isinstance(ev, PermissionRestricted):
+        return {"event": "restricted", "branch": ev.branch.hex(), "did": ev.did,
+                "permission": permission_name(ev.permission)}
     if isinstance(ev, Anchored):
         return {"event": "anchored", "branch": ev.branch.hex(), "index": ev.publisher, "seq": ev.seq,
                 "epoch": ev.epoch, "anchor_id": ev.anchor_id, "ledger_verified": ev.ledger_verified,
@@ -875,6 +879,9 @@ async def publish(args: argparse.Namespace) -> Result:
                     acked = True
                 except StreamsTimeoutError:
                     acked = False
+                except LocalProtocolError as exc:  # the author took our write permission away meanwhile
+                    raise CheckFailed(f"seq {seq} is refused: {exc} (the policy allows this provider to read "
+                                      "only now)", "not_permitted") from None
                 except asyncio.CancelledError:  # Ctrl-C or SIGTERM while waiting: say what became of it
                     print(f"streams: note: seq {seq} on branch {branch.hex()} is stored and will be delivered "
                           "when the author is heard again: do not publish it again", file=sys.stderr)
