@@ -334,6 +334,8 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
         raise r.fail("", "not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise r.fail("", f"not valid TOML: {exc}") from None
+    except RecursionError:  # (arrays nested deeper than the parser goes)
+        raise r.fail("", "not valid TOML: nested too deeply") from None
     r.table(doc, "", _TOP)
     if "policy" not in doc:
         raise r.fail("policy", "missing [policy] table")

@@ -781,6 +781,54 @@ def test_serve_publishes_every_stdin_line_it_reads_a_flood_and_those_read_before
     assert "Exception in callback" not in err
 
 
+def test_serve_survives_hostile_stdin_lines_and_stops_under_an_endless_writer(cli: Cli, tmp_path: Path,
+                                                                              serves: list[Serve]) -> None:
+    """A line of JSON nested too deeply (json raises RecursionError) ended the stdin task: no line after it was
+    published, the writer then blocked for good on the full pipe, and the stop ended in a traceback without
+    closing the store.  It is an error line now, and the next lines are published.  A writer that never stops
+    kept serve publishing after SIGTERM (reading on, forever on Python 3.11); a stop now ends the reading and
+    serve exits, having published every line it read before the stop (those read during it are counted on
+    stderr).  A policy file nested too deeply (tomllib's RecursionError) is a reload error like any other."""
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+        "--author", author, "--channel", channel, "--passphrase-env", "PP").ok()
+    serve.send("[" * 100_000)
+    serve.send(json.dumps({"to": sub_did, "data": "after the hostile line"}))
+    assert serve.wait("error")["type"] == "UsageError"
+    first = serve.wait("published")["seq"]
+    (tmp_path / "policy.toml").write_text("[policy]\nx = " + "[" * 100_000 + "\n")
+    serve.p.send_signal(signal.SIGHUP)
+    assert "nested too deeply" in serve.wait("error", type="PolicyFileError")["error"]
+
+    writing = threading.Event()
+    writing.set()
+
+    def endless() -> None:
+        i = 0
+        with contextlib.suppress(OSError, ValueError):  # (the pipe closes when serve exits)
+            while writing.is_set():
+                serve.send(json.dumps({"to": sub_did, "data": f"line {i}"}))
+                i += 1
+
+    writer = threading.Thread(target=endless, daemon=True)
+    writer.start()
+    try:
+        serve.wait("published", seq=first + 50)
+        serve.p.send_signal(signal.SIGTERM)
+        rc = serve.p.wait(30)  # (a hang guard: it used to publish on until killed)
+    finally:
+        writing.clear()
+        writer.join(10)
+        with contextlib.suppress(OSError):  # (what the writer left in the pipe's buffer has no reader now)
+            assert serve.p.stdin is not None
+            serve.p.stdin.close()
+    _, err = serve.stop()
+    assert rc == 0, err
+    seqs = [d["seq"] for d in serve.docs if d["event"] == "published"]
+    assert seqs == list(range(first, first + len(seqs))) and serve.docs[-1]["event"] == "stopped"
+    assert "Traceback" not in err
+
+
 def test_a_gap_event_names_the_missing_messages() -> None:
     """`received_seq` is the message that came early: the missing ones end just before it (a catch-up of a
     one-message chain read as 'expected 1, received 2', like a loss)."""

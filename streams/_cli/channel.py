@@ -444,22 +444,44 @@ class StdinLines:
     lock, and the interpreter aborts at shutdown when it finds that lock taken.
 
     At most ``capacity`` lines wait to be taken; past that the thread stops reading until one is, so a faster
-    writer waits (back-pressure through the pipe) and no line is dropped.  :attr:`drained` says whether every
-    line read so far was taken, so that a command that stops can act on those first."""
+    writer waits (back-pressure through the pipe) and no line is dropped.  :meth:`close` (a stop) ends the
+    reading: the lines read before it stay to be taken (:attr:`drained` says when all were), and those of a read
+    that returns after it are counted in :attr:`dropped`, never queued."""
 
     def __init__(self, capacity: int = 1000) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # (bounded by _room)
         self._room = threading.Semaphore(capacity)
         self._lock = threading.Lock()
-        self._pending = 0  #: lines read from stdin (EOF's None included) and not yet taken
+        self._pending = 0  #: items read from stdin (EOF's None included) and not yet taken
+        self._pending_lines = 0  #: of which lines
+        self._closed = False
+        self.dropped = 0  #: lines read but never queued (after close) or given up (:meth:`abandon`)
         threading.Thread(target=self._run, daemon=True, name="stdin").start()
 
     @property
     def drained(self) -> bool:
-        """No line read from stdin waits to be taken."""
+        """No item read from stdin waits to be taken."""
         with self._lock:
             return self._pending == 0
+
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Read no more: what a read returns from now on is dropped (and counted)."""
+        with self._lock:
+            self._closed = True
+
+    def abandon(self) -> int:
+        """Close, and give up the lines still waiting; returns how many lines were never taken (:attr:`dropped`)."""
+        with self._lock:
+            self._closed = True
+            self.dropped += self._pending_lines
+            self._pending = self._pending_lines = 0
+            return self.dropped
 
     async def get(self) -> bytes | None:
         """The next line (with its newline), :data:`_TOO_LONG` for one over :data:`MAX_STDIN_LINE` bytes, None at
@@ -467,19 +489,30 @@ class StdinLines:
         item = await self._queue.get()
         self._room.release()
         with self._lock:
-            self._pending -= 1
+            if self._pending:  # (0 once abandoned)
+                self._pending -= 1
+                self._pending_lines -= item is not None
         return item
 
     def _put(self, items: list[bytes | None]) -> None:
+        lines = sum(item is not None for item in items)
         with self._lock:  # counted at once: no moment where some lines read are neither queued nor counted
+            if self._closed:
+                self.dropped += lines
+                raise _StdinClosed
             self._pending += len(items)
+            self._pending_lines += lines
         for item in items:
             self._room.acquire()
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     def _run(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: we are exiting anyway
+        with contextlib.suppress(RuntimeError, _StdinClosed):  # (RuntimeError: the loop closed, we are exiting)
             _read_lines(self._put)
+
+
+class _StdinClosed(Exception):
+    """:meth:`StdinLines.close` was called: the reading thread ends."""
 
 
 def _read_lines(put: Callable[[list[bytes | None]], None]) -> None:
@@ -500,7 +533,7 @@ def _read_lines(put: Callable[[list[bytes | None]], None]) -> None:
             if skipping:
                 skipping = False
                 continue
-            lines.append(line)
+            lines.append(line if len(line) <= MAX_STDIN_LINE + 1 else _TOO_LONG)
         if len(buf) > MAX_STDIN_LINE:
             if not skipping:
                 lines.append(_TOO_LONG)
@@ -510,40 +543,49 @@ def _read_lines(put: Callable[[list[bytes | None]], None]) -> None:
     put([buf, None] if buf and not skipping else [None])
 
 
-def _stdin_worker(handle: Callable[[bytes], Awaitable[None]], stopping: asyncio.Event,
-                  at_eof: Callable[[], None] = lambda: None) -> asyncio.Task[None]:
-    """A task that hands each stdin line to ``handle``, in order, until EOF (then ``at_eof()``) or until
-    ``stopping`` is set and the lines already read are all handled (:func:`_finish_stdin_worker`): a line the
-    command read is acted on and reported, never dropped silently."""
-    lines = StdinLines()
+class _StdinWorker:
+    """Hands each stdin line to ``handle``, in order, until EOF (then calls ``at_eof``) or :meth:`finish`.  A
+    line ``handle`` fails on (a bug of ours) is logged and the next one is read: the writer may be waiting on
+    the pipe for us."""
 
-    async def run() -> None:
-        while not (stopping.is_set() and lines.drained):
+    def __init__(self, handle: Callable[[bytes], Awaitable[None]], at_eof: Callable[[], None] = lambda: None) -> None:
+        self.lines = StdinLines()
+        self._handle, self._at_eof = handle, at_eof
+        self._halt = False
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        lines = self.lines
+        while not self._halt and not (lines.closed and lines.drained):
             try:
                 line = await asyncio.wait_for(lines.get(), 0.25)
             except TimeoutError:
                 continue
             if line is None:
-                at_eof()
+                self._at_eof()
                 return
-            await handle(line)
+            try:
+                await self._handle(line)
+            except Exception:
+                _log.exception("a stdin line could not be handled")
 
-    return asyncio.create_task(run())
-
-
-async def _finish_stdin_worker(task: asyncio.Task[None], stopping: asyncio.Event, limit: float = 60) -> None:
-    """Stop a :func:`_stdin_worker`: let it handle the lines already read (for at most ``limit`` seconds), then
-    end it."""
-    stopping.set()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(task), limit)
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:  # a bug of ours there must not skip the caller's close
-        _log.exception("stdin worker failed")
+    async def finish(self, limit: float = 60) -> None:
+        """Stop reading stdin; act on the lines read before (for at most ``limit`` seconds), then end.  Lines
+        read but not acted on (a read that returned during the stop, or the limit reached) are reported on
+        stderr, with their number."""
+        self.lines.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), limit)
+        # (What a line raises is logged by the loop: the task itself only ends, or is still at work here.)
+        self._halt = True  # the loop ends at its next turn: 0.25 s at most, or once the line in hand is done
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 5)
+        except TimeoutError:
+            self._task.cancel()
+        left = self.lines.abandon()
+        if left:
+            print(f"streams: warning: {left} stdin line{'s' if left != 1 else ''} read but not acted on: the "
+                  "command stopped first", file=sys.stderr)
 
 
 #: Marker put in the queue for a stdin line over MAX_STDIN_LINE (never valid JSON, so never a real line).
@@ -615,6 +657,8 @@ def _line_json(line: bytes) -> Any:
         return json.loads(line)
     except ValueError:
         raise UsageError("stdin line is not JSON") from None
+    except RecursionError:  # ("[[[[..." nested deeper than the parser goes)
+        raise UsageError("stdin line is JSON nested too deeply") from None
 
 
 def _line_payload(req: dict[str, Any]) -> bytes:
@@ -703,7 +747,9 @@ async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: Line
         hup.clear()
         try:
             policy = load_policy(path)
-        except (LocalProtocolError, OSError) as exc:
+        except Exception as exc:  # (any: this task must hear the next SIGHUP)
+            if not isinstance(exc, (LocalProtocolError, OSError)):
+                _log.exception("the policy file could not be loaded")
             out.emit({"event": "error", "error": f"policy not reloaded, the one in force stays: {exc}",
                       "type": type(exc).__name__})
             continue
@@ -741,8 +787,7 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
-    publisher: asyncio.Task[None] | None = None
-    stopping = asyncio.Event()
+    publisher: _StdinWorker | None = None
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
                   "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None,
@@ -751,12 +796,12 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         await _recheck(author, out, args.policy, False)
         tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
         if args.publish_stdin:
-            publisher = _stdin_worker(lambda line: _publish_line(author, line, out), stopping,
-                                      stop.set if args.exit_on_stdin_eof else lambda: None)
+            publisher = _StdinWorker(lambda line: _publish_line(author, line, out),
+                                     stop.set if args.exit_on_stdin_eof else lambda: None)
         await stop.wait()
     finally:
         if publisher is not None:  # the lines read before the stop are published first
-            await _finish_stdin_worker(publisher, stopping)
+            await publisher.finish()
         await cancel_tasks(tasks)
         await author.close()  # persists cursors and the application's delivered marks
         if ledger is not None:
@@ -935,10 +980,9 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     out.emit({"event": "ready", "channel": sub.channel.hex(), "did": sub.did})
     count = 0
     events = asyncio.create_task(_pump_events(sub, out)) if args.events else None
-    publisher: asyncio.Task[None] | None = None
-    stopping = asyncio.Event()
+    publisher: _StdinWorker | None = None
     if args.publish_stdin:  # a provider that follows the alerts and sends its events, in one process
-        publisher = _stdin_worker(lambda line: _member_line(sub, line, only, out), stopping)
+        publisher = _StdinWorker(lambda line: _member_line(sub, line, only, out))
     loop = asyncio.get_running_loop()
     quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
     timed_out = False
@@ -961,7 +1005,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
             count += 1
     finally:
         if publisher is not None:  # the lines read before the stop are published first
-            await _finish_stdin_worker(publisher, stopping)
+            await publisher.finish()
         if events is not None:
             events.cancel()
             try:
