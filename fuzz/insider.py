@@ -150,13 +150,14 @@ def subscriber_frame(data: bytes, sc: Scenario) -> bytes:
     author = sc.author.identity
     kind = c.pick([Kind.PACKET, Kind.PACKET, Kind.CHECKPOINT, Kind.HEAD, Kind.FETCH, Kind.REVOKE, Kind.REFUSE,
                    Kind.GRANT, Kind.GRANT, Kind.GRANT, Kind.ADMIT])
+    [(pending_nonce, pending_request)] = sc.subscriber.requests
     if kind is Kind.REFUSE:
-        nonce = sc.subscriber.pending_nonce if c.byte() % 2 else c.raw(16)
+        nonce = pending_nonce if c.byte() % 2 else c.raw(16)
         return encode_frame(Refuse(v.channel, nonce, c.byte()), b"", author.sign).raw
     if kind is Kind.ADMIT:
-        nonce = sc.subscriber.pending_nonce if c.byte() % 2 else c.raw(16)
+        request = pending_request if c.byte() % 2 else c.raw(32)
         branch = c.pick([*v.branches, c.raw(16)])
-        return encode_frame(Admit(v.channel, nonce, branch, v.epoch(c, branch)), b"", author.sign).raw
+        return encode_frame(Admit(v.channel, request, branch, v.epoch(c, branch)), b"", author.sign).raw
     if kind is not Kind.GRANT:
         return _chain_frame(c, v, author, [kind], [0, 0, 0, 1, 2])
     me = sc.subscriber.identity

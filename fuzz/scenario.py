@@ -47,7 +47,7 @@ class CoreSnapshot:
     nonces: tuple[tuple[bytes, int], ...] = ()
     announce: bytes | None = None
     sub_state: object = None
-    pending_nonce: bytes = b""
+    requests: tuple[tuple[bytes, bytes], ...] = ()  #: the subscriber's outstanding (nonce, SUBSCRIBE hash)
     author_did: str = ""
     channel: bytes = b""
     allowed: tuple[str, ...] = ()
@@ -65,7 +65,7 @@ class CoreSnapshot:
         core = SubscriberCore(self.identity, self.author_did, self.channel, self.config, rng=seeded_rng(8))
         core.load_subscriber(self.announce, _copy_branches(self.branches), _copy_chains(self.chains))
         core.state = self.sub_state  # type: ignore[assignment]
-        core._pending_nonce = self.pending_nonce
+        core._requests = list(self.requests)
         return core
 
 
@@ -149,7 +149,7 @@ def build() -> Scenario:
     sb, sc = _records(s0)
     assert s0._announced
     sub_snap = CoreSnapshot(s0.identity, sb, sc, announce=a.announcement, sub_state=s0.state,
-                            pending_nonce=s0._pending_nonce, author_did=a.identity.did, channel=a.channel,
+                            requests=tuple(s0._requests), author_did=a.identity.did, channel=a.channel,
                             config=config)
 
     # -- future frames, produced but not delivered ---------------------------------------------------------
@@ -181,8 +181,9 @@ def build() -> Scenario:
     a.flush_checkpoints(net.now)
     a.head_notices()
     a.request_fetch(b0, 1, 1, 5)
-    a._refuse(None, sub_snap.pending_nonce, RejectReason.REFUSED)
-    a._admit(None, sub_snap.pending_nonce, b0, a.branch_info(b0)[0])  # (its own branch's current grant)
+    [(nonce, request)] = sub_snap.requests
+    a._refuse(None, nonce, RejectReason.REFUSED)
+    a._admit(None, request, b0, a.branch_info(b0)[0])  # (its own branch's current grant)
     a.remove_member(group, net.subs["s1"].identity.did)  # a re-key grant (epoch 1) of the group
     a.revoke(b0)
     to_sub += [o.data for o in a.data_to_send()]

@@ -238,7 +238,7 @@ def fingerprint(core: AuthorCore | SubscriberCore) -> tuple[Any, ...]:
     if isinstance(core, AuthorCore):
         extra: tuple[Any, ...] = (tuple(sorted(core._used_nonces.items())), tuple(sorted(core._by_did.items())))
     else:
-        extra = (core.state, core._announced, core._announce_hash, core._pending_nonce, core._admitted)
+        extra = (core.state, core._announced, core._announce_hash, tuple(core._requests), core._admitted)
     return (tuple(branches), extra)
 
 

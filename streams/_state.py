@@ -70,6 +70,7 @@ SUBSCRIPTION: Final[dict[tuple[SubscriptionState, Kind | str], SubscriptionState
     (SubscriptionState.AWAIT_GRANT, Kind.ADMIT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.AWAIT_CHALLENGE, Kind.ADMIT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.AWAIT_GRANT, Kind.REFUSE): SubscriptionState.REFUSED,
+    (SubscriptionState.AWAIT_CHALLENGE, Kind.REFUSE): SubscriptionState.REFUSED,
     # Grants (our branch, groups, re-keys) arrive at any time.  Outside a handshake a grant makes us subscribed (a
     # branch the author opened for us unasked); while one runs (AWAIT_*) it is applied and the handshake goes on:
     # only ADMIT ends it.

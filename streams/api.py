@@ -1319,7 +1319,8 @@ class Subscriber(_Party):
 
     async def subscribe(self, credential: bytes = b"", timeout: float = 10.0, retry: float = 1.0,
                         presenter: Callable[[bytes, bytes], bytes] | None = None) -> bytes:
-        """Run the handshake (announcement, challenge, sealed proof of control) and wait for the grant.
+        """Run the handshake (announcement, challenge, sealed proof of control) and wait for the author's answer:
+        the grant of our branch and the ADMIT of this request (SPEC 9.1).
 
         ``presenter(nonce, channel) -> bytes`` builds a credential presentation bound to the author's challenge
         (see :func:`streams.credentials.present`, with ``challenge=nonce, domain=channel``); ``credential`` is
@@ -1368,7 +1369,7 @@ class Subscriber(_Party):
                         hint = "; no announcement of this channel came back: check the address and the channel id"
                     else:
                         hint = ""
-                    raise StreamsTimeoutError("no grant or refusal from the author" + hint)
+                    raise StreamsTimeoutError("no admission or refusal from the author" + hint)
                 done, _ = await asyncio.wait({fut}, timeout=min(retry, remaining))
                 if done:
                     ev = fut.result()

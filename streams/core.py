@@ -155,6 +155,9 @@ BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
 """For each check, whether the signature holds: a pure function (a driver may spread the work over threads)."""
 _U64 = struct.Struct(">Q")
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
+#: How many requests (SUBSCRIBEs) of one subscription attempt a subscriber remembers: an answer may come after
+#: a few HELLO retries on a slow path (one per second), and must still count (SPEC 9.1).
+_MAX_REQUESTS = 16
 #: Handshake states in which an ADMIT completes the subscription: a request of ours is out (SUBSCRIBE, or a
 #: HELLO retry that went out after it -- the answer to the earlier SUBSCRIBE may still come).
 _AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
@@ -1667,18 +1670,19 @@ class AuthorCore(_CoreBase):
                 b.evidence, b.has_evidence = decision.evidence, bool(decision.evidence)
                 self._changes.branches.append(self._record(b))
             self._out.append(Outgoing(grant, peer=peer, branch=b.id))
-            self._admit(peer, secret.nonce, b.id, b.epoch)
+            self._admit(peer, frame.hash, b.id, b.epoch)
             events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason, resubscribed=True))
             return
         branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,
                                    evidence=decision.evidence)
-        self._admit(peer, secret.nonce, branch, 0)
+        self._admit(peer, frame.hash, branch, 0)
         events.append(SubscriberAdmitted(did, branch, decision.permission, decision.reason))
 
-    def _admit(self, peer: object, nonce: bytes, branch: bytes, epoch: int) -> None:
+    def _admit(self, peer: object, request: bytes, branch: bytes, epoch: int) -> None:
         """The answer that ends an admitted request's handshake, after the GRANT it names (SPEC 8.6): bound to the
-        request by its nonce, so that no other copy of that GRANT (a grant sync's answer) is taken for it."""
-        f = encode_frame(Admit(self._channel, nonce, branch, epoch), b"", self._id.sign)
+        SUBSCRIBE by its hash ``request``, so that no other copy of that GRANT (a grant sync's answer), and no
+        answer to an earlier request, is taken for it."""
+        f = encode_frame(Admit(self._channel, request, branch, epoch), b"", self._id.sign)
         self._out.append(Outgoing(f.raw, peer=peer))
 
     def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
@@ -2087,7 +2091,9 @@ class SubscriberCore(_CoreBase):
         self._channel = channel
         self.state = SubscriptionState.IDLE
         self._announced = False
-        self._pending_nonce = b""
+        #: (challenge nonce, SUBSCRIBE hash) of each request the current attempt sent (the last few): what a
+        #: REFUSE or an ADMIT must name (SPEC 9.1)
+        self._requests: list[tuple[bytes, bytes]] = []
         #: (branch, epoch) an ADMIT of the current attempt named before we held that grant (SPEC 9.1)
         self._admitted: tuple[bytes, int] | None = None
         self._credential = b""
@@ -2126,15 +2132,15 @@ class SubscriberCore(_CoreBase):
         """Start (or restart) the subscription handshake.  ``credential``: an optional presentation for the
         author's policy (see :mod:`streams.credentials`).  Set :attr:`credential_for_challenge` for a
         presentation that must embed the author's challenge.  ``retry``: this repeats the HELLO of the same
-        attempt (its earlier SUBSCRIBE may still be answered); a new attempt forgets any SUBSCRIBE an abandoned
-        one left outstanding, whose late GRANT must not complete it (SPEC 9.5)."""
+        attempt (its earlier SUBSCRIBEs may still be answered); a new attempt forgets the SUBSCRIBEs an abandoned
+        one left outstanding, whose late ADMIT must not complete it (SPEC 9.1)."""
         _check_credential(credential)
         try:
             self._transition("hello")
         except _Reject as r:  # pragma: no cover - "hello" is valid in every state
             raise LocalProtocolError(r.event.detail) from None
         if not retry:
-            self._pending_nonce = b""
+            self._requests = []
             self._admitted = None
         self._credential = credential
         self.presenter_error = None
@@ -2183,8 +2189,9 @@ class SubscriberCore(_CoreBase):
         digest = _proof_digest(self._channel, self.author.sign_public, ch.nonce, ch.expires_ms, cred)
         secret = SubscribeSecret(self._id.sign_public, ch.nonce, ch.expires_ms, ch.mac, cred, self._id.sign(digest))
         body = _crypto.seal(self.author.kx_public, encode_subscribe_secret(secret))
-        self._pending_nonce = ch.nonce
-        self._out.append(Outgoing(encode_frame(Subscribe(self._channel), body).raw))
+        request = encode_frame(Subscribe(self._channel), body)
+        self._requests = [*self._requests[-(_MAX_REQUESTS - 1):], (ch.nonce, request.hash)]
+        self._out.append(Outgoing(request.raw))
 
     def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Refuse = frame.head
@@ -2192,10 +2199,11 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "refusal signature") from exc
-        if not self._pending_nonce or not _crypto.ct_equal(r.nonce, self._pending_nonce):
+        if self.state not in _AWAITING or not any(_crypto.ct_equal(r.nonce, n) for n, _ in self._requests):
             raise _Reject(RejectReason.UNEXPECTED, "refusal of a request we did not make")
         self._transition(Kind.REFUSE)
-        self._pending_nonce = b""
+        self._requests = [(n, h) for n, h in self._requests if n != r.nonce]  # (a copy of it: UNEXPECTED)
+        self._admitted = None
         try:
             reason = RejectReason(r.reason)
         except ValueError:
@@ -2208,8 +2216,7 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "admission signature") from exc
-        if self.state not in _AWAITING or not self._pending_nonce \
-                or not _crypto.ct_equal(a.nonce, self._pending_nonce):
+        if self.state not in _AWAITING or not any(_crypto.ct_equal(a.request, h) for _, h in self._requests):
             raise _Reject(RejectReason.UNEXPECTED, "admission of a request we did not make")
         b = self._branches.get(a.branch)
         if b is not None and b.state is BranchState.CLOSED:
@@ -2217,16 +2224,19 @@ class SubscriberCore(_CoreBase):
         if b is not None and len(b.members) != 2:
             raise _Reject(RejectReason.MALFORMED, "admission to a group", a.branch)
         if b is None or b.epoch < a.epoch:
-            # Its GRANT is not applied yet (lost on the way, or a re-subscription's while our grant syncs catch up
-            # on the re-keys we missed): the handshake ends when it is (``_on_grant``).
+            # Its GRANT is not applied yet (lost on the way, or a re-subscription's, which does not extend the
+            # epoch we hold when we missed re-keys): the handshake ends when it is (``_on_grant``).  Ask for the
+            # re-keys we missed now, rather than at the next periodic sync.
             self._admitted = (a.branch, a.epoch)
+            if b is not None:
+                self._request_grants(b, now_ms, limit=False)
             return
         self._complete(b, events)
 
     def _complete(self, b: _Branch, events: list[Event]) -> None:
         """End the handshake: ``b``, our own branch, holds the grant the author's ADMIT named."""
         self._transition(Kind.ADMIT)
-        self._pending_nonce = b""
+        self._requests = []
         self._admitted = None
         _, perm, _, dids = self.branch_info(b.id)
         events.append(Subscribed(b.id, b.epoch, perm, dids))

@@ -235,13 +235,14 @@ class Refuse:
 @dataclass(frozen=True, slots=True)
 class Admit:
     """Author -> requester: subscription admitted.  Signed by the author; sent after the GRANT that answers it
-    (the member's own branch at ``epoch``: opened for it, or its current grant again).  ``nonce`` binds it to the
-    request it answers, as REFUSE's does."""
+    (the member's own branch at ``epoch``: opened for it, or its current grant again).  ``request`` binds it to
+    the SUBSCRIBE it answers: that frame's message hash (its sealed body is fresh each time, so an ADMIT of an
+    earlier request never names a new one)."""
 
     KIND: ClassVar[Kind] = Kind.ADMIT
-    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, B16, U64)
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B32, B16, U64)
     channel: bytes
-    nonce: bytes  #: the challenge nonce of the admitted request
+    request: bytes  #: the message hash of the admitted SUBSCRIBE
     branch: bytes  #: the member's own branch
     epoch: int  #: the epoch of the GRANT sent with it
 

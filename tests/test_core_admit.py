@@ -13,7 +13,7 @@ from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import SESSION_LEN, Admit, Kind, Permission, decode_frame, encode_frame
 from tests.corenet import Net, ident, seeded_rng
-from tests.test_core_grants import _author_answers
+from tests.test_core_grants import _author_answers, _offline_rekeys
 
 
 def _rejected(events: list[Event]) -> list[RejectReason]:
@@ -130,15 +130,15 @@ def test_an_admit_recorded_from_an_earlier_attempt_is_refused_as_unexpected() ->
 
 def test_a_forged_or_tampered_admit_is_refused() -> None:
     """Made with another key (anyone can sign), or the author's with a byte changed: BAD_SIGNATURE, nothing
-    ends.  The frame is well formed and names the outstanding nonce: only the signature stands in the way."""
+    ends.  The frame is well formed and names the outstanding request: only the signature stands in the way."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
     [own] = s.branch_ids()
     _to_await_grant(net, s)
-    nonce = s._pending_nonce
-    forged = encode_frame(Admit(net.author.channel, nonce, own, 0), b"", ident(99).sign).raw
-    genuine = encode_frame(Admit(net.author.channel, nonce, own, 0), b"", net.author.identity.sign).raw
+    [(_, request)] = s._requests
+    forged = encode_frame(Admit(net.author.channel, request, own, 0), b"", ident(99).sign).raw
+    genuine = encode_frame(Admit(net.author.channel, request, own, 0), b"", net.author.identity.sign).raw
     tampered = bytearray(genuine)
     tampered[genuine.index(own)] ^= 0x01  # another branch id, the author's signature kept
     for frame in (forged, bytes(tampered)):
@@ -149,15 +149,15 @@ def test_a_forged_or_tampered_admit_is_refused() -> None:
 
 
 def test_an_admit_of_another_channel_is_refused_as_foreign() -> None:
-    """The same author runs a second channel and admits the same member there, with the same challenge nonce
-    (a relay fed both handshakes one CHALLENGE): its ADMIT, relayed here, is another channel's."""
+    """The same author runs a second channel: an ADMIT of it naming our request (signed by the same key),
+    relayed here, is another channel's."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
     [own] = s.branch_ids()
     _to_await_grant(net, s)
     other = AuthorCore(net.author.identity, "another-channel", AllowList.of([ident(10).did]), rng=seeded_rng(5))
-    relayed = encode_frame(Admit(other.channel, s._pending_nonce, own, 0), b"", net.author.identity.sign).raw
+    relayed = encode_frame(Admit(other.channel, s._requests[-1][1], own, 0), b"", net.author.identity.sign).raw
     events = s.receive(relayed, net.now)
     assert _rejected(events) == [RejectReason.FOREIGN_CHANNEL] and not _subscribed(events)
     assert s.state.value == "await-grant"
@@ -165,9 +165,10 @@ def test_an_admit_of_another_channel_is_refused_as_foreign() -> None:
 
 def test_an_admit_relayed_to_another_member_does_not_subscribe_it() -> None:
     """An on-path relay hands two members the same CHALLENGE (its own HELLO's).  The author admits the first
-    SUBSCRIBE (ADMIT naming that nonce and member A's branch) and refuses the second (the nonce is used).  The
-    relay gives B A's ADMIT: same nonce, genuine signature -- but B holds no such branch (its GRANT is sealed to
-    A), so B is not subscribed, and the refusal then tells it to ask again."""
+    SUBSCRIBE (ADMIT naming that request and member A's branch) and refuses the second (the nonce is used).  The
+    relay gives B A's ADMIT: genuine signature, B's nonce -- but it names A's request, not B's (nor does B hold
+    such a branch: its GRANT is sealed to A), so B is not subscribed, and the refusal then tells it to ask
+    again."""
     net = Net.make(n_subs=2)
     a, b = net.subs["s0"], net.subs["s1"]
     relay = SubscriberCore(Identity.generate(), net.author.identity.did, net.author.channel)
@@ -183,7 +184,7 @@ def test_an_admit_relayed_to_another_member_does_not_subscribe_it() -> None:
         for f in challenge_frames:
             s.receive(f, net.now)
         subscribes[name] = [o.data for o in s.data_to_send()]
-    assert a._pending_nonce == b._pending_nonce
+    assert a._requests[-1][0] == b._requests[-1][0]
     answers: dict[str, list[bytes]] = {}
     for name in ("s0", "s1"):
         answers[name] = []
@@ -223,3 +224,61 @@ def test_an_admit_that_overtakes_its_grant_completes_when_the_grant_is_applied()
     [done] = _subscribed(events)
     assert done.branch == decode_frame(admit).head.branch and s.state.value == "subscribed"
     assert _rejected(s.receive(admit, net.now)) == [RejectReason.UNEXPECTED]
+
+
+def test_answers_slower_than_the_hello_retry_still_complete_the_handshake() -> None:
+    """The round trip takes longer than the retry interval (a starved host, a slow path): every answer arrives
+    after the next retry's CHALLENGE made a new request.  The first version of ADMIT took only the newest
+    request's answer, so such a handshake never completed (the GRANT copy that answered it before was accepted
+    late).  Every request of the attempt still counts -- for a new subscriber and for a re-subscription."""
+    net = Net.make(n_subs=1)
+    s = net.subs["s0"]
+    for attempt in ("first", "re-subscription", "re-subscription"):
+        s.hello()
+        for a in _author_answers(net, s):  # ANNOUNCE + CHALLENGE
+            s.receive(a, net.now)
+        late: list[bytes] = []
+        for _ in range(3):  # each answer is still on its way when the next retry's CHALLENGE arrives
+            late += _author_answers(net, s)  # (this SUBSCRIBE's GRANT + ADMIT, held back)
+            s.hello(retry=True)
+            for a in _author_answers(net, s):
+                s.receive(a, net.now)
+            assert s.state.value == "await-grant"
+        events = [e for a in late for e in s.receive(a, net.now)]
+        assert len(_subscribed(events)) == 1 and s.state.value == "subscribed", attempt
+        assert _rejected(events) == [RejectReason.UNEXPECTED] * 2  # (the later copies of the answer)
+    assert len(net.author.branch_ids()) == 1
+
+
+def test_a_relay_replaying_an_old_challenge_and_its_admit_cannot_complete_a_new_attempt() -> None:
+    """An on-path relay recorded a whole handshake.  In a later attempt (a new credential, say) it drops the
+    HELLO, replays the old CHALLENGE, drops the SUBSCRIBE and replays the old ADMIT: with a nonce binding that
+    completed the handshake without the author ever seeing the request.  The ADMIT names the SUBSCRIBE's hash,
+    and each SUBSCRIBE is sealed afresh: the old one names a request this attempt never made."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    recorded = {decode_frame(d).kind: d for who, d in net.wire if who == "author"}
+    s.hello(b"")
+    s.data_to_send()  # the HELLO, dropped
+    s.receive(recorded[Kind.CHALLENGE], net.now)
+    assert s.state.value == "await-grant"
+    s.data_to_send()  # the SUBSCRIBE, dropped: the author never sees this attempt
+    events = s.receive(recorded[Kind.ADMIT], net.now)
+    assert _rejected(events) == [RejectReason.UNEXPECTED] and not _subscribed(events)
+    assert s.state.value == "await-grant"
+
+
+def test_a_member_several_rekeys_behind_completes_a_resubscription_by_itself() -> None:
+    """A member that missed two re-keys of its own branch re-subscribes with no grant sync outstanding: the
+    author's answer (its current GRANT, epoch 2) does not extend the epoch it holds, so it waited for a
+    periodic sync.  The ADMIT naming epoch 2 makes it ask for the re-keys at once; it completes when they come."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [own] = s.branch_ids()
+    _offline_rekeys(net, own)
+    net.now += 5_000
+    s.hello()
+    events = _exchange(net, s)
+    assert [(e.branch, e.epoch) for e in _subscribed(events)] == [(own, 2)] and s.state.value == "subscribed"
