@@ -44,6 +44,7 @@ from . import merkle
 from .anchor import ANCHOR_TAG, ChainHead, EpochCheckpoint, InclusionProof, build_epoch
 from .core import AnchorRecord, AuthorCore, Changes
 from .errors import LedgerConflict, LedgerError, LocalProtocolError, StreamsError, VerificationError
+from .events import EpochAnchored, LedgerStatus
 from .ledger.anchoring import PendingAnchor, channel_checkpoints, checkpoint_conflicts, confirm
 from .ledger.base import Ledger, UnknownAnchor
 from .store import AnchorRow, Store
@@ -79,8 +80,10 @@ class AnchorService:
 
     def __init__(self, core: AuthorCore, store: Store, ledger: Ledger, config: AnchorConfig,
                  clock: Callable[[], int], send: Callable[[], object],
-                 on_refused: Callable[[LedgerConflict], None] | None = None) -> None:
+                 on_refused: Callable[[LedgerConflict], None] | None = None,
+                 report: Callable[[EpochAnchored | LedgerStatus], None] | None = None) -> None:
         self._core = core
+        self._report = report or (lambda ev: None)  # the driver's events(): epochs confirmed, outages
         self._on_refused = on_refused  # the driver stops publishing: it would sign a second history too
         self._store = store
         self.ledger = ledger
@@ -233,6 +236,9 @@ class AnchorService:
                             continue
                     progressed = await self._advance()
                     backoff = 0
+                    if self.last_error is not None:
+                        log.info("ledger available again, %d epoch(s) queued", len(self._pending))
+                        self._report(LedgerStatus(True, len(self._pending)))
                     self.last_error = None
                     retry_at = 0 if progressed else self._clock() + cfg.confirm_poll_ms
                 except (LedgerError, LocalProtocolError) as exc:
@@ -242,6 +248,7 @@ class AnchorService:
                     retry_at = self._clock() + backoff
                     if self.last_error is None:
                         log.warning("ledger unavailable, %d epoch(s) queued: %s", len(self._pending), exc)
+                        self._report(LedgerStatus(False, len(self._pending), f"{type(exc).__name__}: {exc}"))
                     self.last_error = exc
                     failures += 1
                     restart = getattr(self.ledger, "restart", None)
@@ -306,6 +313,7 @@ class AnchorService:
         ]
         self._store.anchor_confirmed(row.epoch, records)
         self._pending.pop(0)
+        self._report(EpochAnchored(row.epoch, row.anchor_id, len(records)))
         tree = self._tree(row.epoch, row)
         for r in records:
             self._anchored[(r.branch, r.publisher)] = r

@@ -946,7 +946,8 @@ class Author(_Party):
     def _with_ledger(self, ledger: Ledger | None, config: AnchorConfig | None) -> None:
         if ledger is not None:
             self._anchoring = AnchorService(self._core, self._store, ledger, config or AnchorConfig(), self._clock,
-                                            self._send_queued, on_refused=self._refuse_publishing)
+                                            self._send_queued, on_refused=self._refuse_publishing,
+                                            report=self._queue_event)
             self._anchoring.start()
 
     def _refuse_publishing(self, exc: LedgerConflict) -> None:

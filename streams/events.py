@@ -18,11 +18,13 @@ __all__ = [
     "Announced",
     "BranchClosed",
     "Covered",
+    "EpochAnchored",
     "Event",
     "FetchRequested",
     "ForkDetected",
     "GapDetected",
     "Granted",
+    "LedgerStatus",
     "MessageReceived",
     "PermissionRestricted",
     "Refused",
@@ -203,6 +205,26 @@ class PermissionRestricted:
 
 
 @dataclass(frozen=True, slots=True)
+class EpochAnchored:
+    """(Author) an anchoring epoch's signed checkpoint is confirmed on the ledger: the heads of ``heads`` chains
+    are anchored, and their members are sent their inclusion proofs."""
+
+    epoch: int
+    anchor_id: str  #: the ledger's id of the entry
+    heads: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStatus:
+    """(Author) the ledger stopped answering (``available`` False: ``queued`` epochs wait durably and are retried
+    with backoff; publishing goes on) or answers again (True)."""
+
+    available: bool
+    queued: int  #: epochs written to the store and not yet confirmed on the ledger
+    error: str = ""  #: what the ledger client raised (when unavailable)
+
+
+@dataclass(frozen=True, slots=True)
 class FetchRequested:
     """A member asked for retained messages of one of our chains; the driver serves them from the log."""
 
@@ -227,5 +249,5 @@ class Acknowledged:
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
     | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected | Subscribed
-    | PermissionRestricted
+    | PermissionRestricted | EpochAnchored | LedgerStatus
 )

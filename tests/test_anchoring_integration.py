@@ -28,7 +28,16 @@ from streams.audit import audit_store
 from streams.cli import main as cli_main
 from streams.core import CoreConfig
 from streams.errors import LocalProtocolError, RejectReason
-from streams.events import Anchored, Event, ForkDetected, GapDetected, MessageReceived, Rejected
+from streams.events import (
+    Anchored,
+    EpochAnchored,
+    Event,
+    ForkDetected,
+    GapDetected,
+    LedgerStatus,
+    MessageReceived,
+    Rejected,
+)
 from streams.identity import Identity
 from streams.ledger import EmbeddedLedger
 from streams.policy import AllowList
@@ -220,6 +229,11 @@ async def test_ledger_outage_queues_durably_and_resumes_without_losing_an_anchor
         assert svc is not None
         await wait_for(lambda: svc.pending >= 1 and svc.last_error is not None, what="queued epoch")
         await asyncio.sleep(0.3)  # several retries while down
+        # The author's application hears of the outage once (not once per retry), and of no epoch yet.
+        down = author.pending_events()
+        assert [(e.available, e.queued >= 1) for e in down if isinstance(e, LedgerStatus)] == [(False, True)]
+        assert "LedgerError" in next(e for e in down if isinstance(e, LedgerStatus)).error
+        assert not [e for e in down if isinstance(e, EpochAnchored)]
         # Nothing says "anchored" before the ledger write is confirmed (THREATS 7).
         assert not col.of(Anchored)
         assert not any(decode_frame(d).kind is Kind.ANCHOR_PROOF for _s, _d, d in hub.tap)
@@ -234,6 +248,10 @@ async def test_ledger_outage_queues_durably_and_resumes_without_losing_an_anchor
         assert all(e.ledger_verified for e in col.of(Anchored))
         rows = author.store.anchors()
         assert all(r.state == "confirmed" for r in rows)
+        up = author.pending_events()  # then that it is back, and each epoch as the ledger confirmed it
+        assert [e.available for e in up if isinstance(e, LedgerStatus)] == [True]
+        assert [(e.epoch, e.anchor_id, e.heads) for e in up if isinstance(e, EpochAnchored)] == [
+            (r.epoch, r.anchor_id, len(r.heads)) for r in rows]
         on_ledger = ledger_rows(lpath)
         assert len(on_ledger) == len(rows) == svc.ledger_writes  # one write per epoch
         prev = None

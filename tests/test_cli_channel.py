@@ -839,10 +839,20 @@ def test_a_gap_event_names_the_missing_messages() -> None:
     assert doc is not None and doc["missing"] == [3, 3] and (doc["expected_seq"], doc["received_seq"]) == (3, 4)
 
 
-def test_serve_says_which_kind_of_ledger_it_anchors_on(cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
-    """The `ready` event names the ledger's kind (not its address, which may carry credentials)."""
+def test_serve_says_which_kind_of_ledger_it_anchors_on_and_each_epoch_it_anchored(
+        cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """The `ready` event names the ledger's kind (not its address, which may carry credentials); each epoch
+    confirmed on the ledger is an `epoch` event (serve used to say nothing of its anchoring: only members'
+    `tail --events` showed their proofs)."""
     make_keystore(cli, "monitor.ks")
     _policy(tmp_path / "policy.toml", make_keystore(cli, "provider.ks"))
-    serve = _serve(tmp_path, serves, "--ledger", "sqlite:ledger.db")
-    assert serve.wait("ready")["ledger"] == "sqlite"
+    serve = _serve(tmp_path, serves, "--ledger", "sqlite:ledger.db", "--anchor-interval-ms", "100")
+    ready = serve.wait("ready")
+    assert ready["ledger"] == "sqlite"
+    cli("subscribe", "--json", "--store", "provider.db", "--connect", ready["addresses"][0], "--keystore",
+        "provider.ks", "--author", ready["did"], "--channel", ready["channel"], "--passphrase-env", "PP").ok()
+    cli("publish", "--json", "--store", "provider.db", "--connect", ready["addresses"][0], "--data", "payment",
+        "--passphrase-env", "PP").ok()
+    epoch = serve.wait("epoch")
+    assert epoch["heads"] >= 1 and epoch["anchor_id"] and isinstance(epoch["epoch"], int)
     assert serve.stop()[0] == 0

@@ -63,10 +63,12 @@ from ..events import (
     Acknowledged,
     Anchored,
     BranchClosed,
+    EpochAnchored,
     Event,
     ForkDetected,
     GapDetected,
     Granted,
+    LedgerStatus,
     MessageReceived,
     PermissionRestricted,
     Refused,
@@ -205,6 +207,13 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "permission": permission_name(ev.permission), "members": list(ev.members)}
     if isinstance(ev, Refused):
         return {"event": "refused", "reason": ev.reason.name}
+    if isinstance(ev, EpochAnchored):
+        return {"event": "epoch", "epoch": ev.epoch, "anchor_id": ev.anchor_id, "heads": ev.heads}
+    if isinstance(ev, LedgerStatus):
+        doc: dict[str, Any] = {"event": "ledger", "available": ev.available, "queued": ev.queued}
+        if not ev.available:
+            doc["error"] = ev.error
+        return doc
     if isinstance(ev, PermissionRestricted):
         return {"event": "restricted", "branch": ev.branch.hex(), "did": ev.did,
                 "permission": permission_name(ev.permission)}
