@@ -855,4 +855,14 @@ def test_serve_says_which_kind_of_ledger_it_anchors_on_and_each_epoch_it_anchore
         "--passphrase-env", "PP").ok()
     epoch = serve.wait("epoch")
     assert epoch["heads"] >= 1 and epoch["anchor_id"] and isinstance(epoch["epoch"], int)
+    # A provider checks the proofs it is sent against the ledger itself (tail had no --ledger: every proof said
+    # ledger_verified false, and the anchoring protected nobody who used the CLI).
+    serve.send(json.dumps({"to": serve.wait("admitted")["did"], "data": "ALERT"}))
+    tail = cli("tail", "--json", "--events", "--store", "provider.db", "--connect", ready["addresses"][0],
+               "--ledger", "sqlite:ledger.db", "--timeout", "3", "--passphrase-env", "PP").ok()
+    anchored = [d for d in map(json.loads, tail.stdout.splitlines()) if d["event"] == "anchored"]
+    assert anchored and all(d["ledger_verified"] for d in anchored), tail.stdout
+    missing = cli("tail", "--json", "--store", "provider.db", "--connect", ready["addresses"][0],
+                  "--ledger", "sqlite:nowhere.db", "--passphrase-env", "PP")
+    assert missing.returncode == 2 and "no embedded ledger" in missing.json["error"]
     assert serve.stop()[0] == 0

@@ -979,8 +979,24 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
         raise UsageError(f"no store at {args.store}: run `streams subscribe` first")
     only = parse_branch(args.branch) if args.branch else None
     keys = subscriber_keys(args.store, passphrase) if args.curve else None
-    transport = zmq.subscriber(args.connect, keys)
-    sub = await open_subscriber(args.store, passphrase, transport)
+    # With the channel's ledger, each anchor proof is checked against the ledger itself (ledger_verified).
+    ledger = open_ledger(args.ledger) if args.ledger else None
+    try:
+        transport = zmq.subscriber(args.connect, keys)
+        sub = await open_subscriber(args.store, passphrase, transport, ledger=ledger)
+    except BaseException:
+        if ledger is not None:
+            ledger.close()
+        raise
+    try:
+        return await _tail(args, out, sub, transport, only)
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, transport: SubscriberTransport,
+                only: bytes | None) -> int:
     if only is not None and only not in {b.id for b in sub.branches()}:
         # Not fatal: a branch granted while this provider was away is learnt by the catch-up that runs now.
         print(f"streams: warning: --branch {only.hex()} is not a branch of {args.store} (yet)", file=sys.stderr)
@@ -1234,7 +1250,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
     t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
                    help="stop after S seconds without a message (default 3; ignored with --follow)")
-    t.add_argument("--events", action="store_true", help="also print rejections, gaps, closures, ACKs")
+    t.add_argument("--events", action="store_true",
+                   help="also print rejections, gaps, closures, ACKs, anchor proofs")
+    t.add_argument("--ledger", metavar="SPEC",
+                   help="check the author's anchor proofs against this ledger: sqlite:PATH or iota:URL (the "
+                        "author's --ledger); --events shows them with ledger_verified")
     t.add_argument("--publish-stdin", action="store_true",
                    help='also publish JSON lines {"data": text} (or "data_b64"; "branch": hex if several) read from '
                         'stdin, on the writable branch (--branch if given)')
