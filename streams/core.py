@@ -2250,6 +2250,7 @@ class SubscriberCore(_CoreBase):
             raise _Reject(RejectReason.MALFORMED, "grant entries") from exc
         mine = [e for e in entries if _crypto.ct_equal(e.hint, hint)]
         if not mine:
+            self._maybe_removed(frame, events)
             return  # a grant for someone else (routing may broadcast): not an error, not our business
         try:
             self.author.verify(frame.hash, frame.sig)
@@ -2324,6 +2325,24 @@ class SubscriberCore(_CoreBase):
         # An authentic new grant: never rate-limited.  Timed (asked again if unanswered) on a member's own branch,
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
+
+    def _maybe_removed(self, frame: Frame, events: list[Event]) -> None:
+        """A GRANT with no entry for us: if it is the author's signed re-key of a group we hold, extending the
+        grant we hold (epoch + 1, ``prev``), we were removed from the group (SPEC 9.5): close it here, rather
+        than go on asking it for what we may no longer read.  Anything else is someone else's grant."""
+        g: Grant = frame.head
+        b = self._branches.get(g.branch)
+        if b is None or b.state is not BranchState.OPEN or len(b.members) <= 2 or g.epoch != b.epoch + 1 \
+                or not _crypto.ct_equal(g.prev, b.grant_hash):
+            return
+        try:
+            self.author.verify(frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+        b.transition("revoke")
+        self._sync_waits.pop(g.branch, None)
+        self._changes.branches.append(self._record(b))
+        events.append(BranchClosed(b.id, "removed", b.chains[0].next_seq - 1 if 0 in b.chains else 0))
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head

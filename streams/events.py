@@ -189,7 +189,9 @@ class BranchClosed:
     """A branch was revoked by the author or left by a member; nothing more is accepted on it."""
 
     branch: bytes
-    by: str  #: "revoke", "unsubscribe", or (author side) "recheck": its admission no longer held
+    #: "revoke", "unsubscribe", "removed" (we were taken out of a group: its re-key has no entry for us), or
+    #: (author side) "recheck": its admission no longer held
+    by: str
     last_seq: int  #: the author chain's final sequence number (revoke), or 0
 
 

@@ -337,7 +337,10 @@ def test_group_branch_rekey_cuts_off_removed_member() -> None:
     n.pump_author()
     assert b"broadcast 2" in [m.payload for m in _msgs(n.events["s0"])]
     assert b"broadcast 2" not in [m.payload for m in _msgs(n.events["s2"])]
-    assert any(r.reason is RejectReason.STALE_EPOCH for r in _rejects(n.events["s2"]))
+    # s2 heard the re-key that left it out, and closed the group on its side: the next broadcast is refused
+    # there unread (it was STALE_EPOCH, the key unknown, before members were told they were removed).
+    assert [(e.branch, e.by) for e in n.events["s2"] if isinstance(e, BranchClosed)] == [(g, "removed")]
+    assert any(r.reason is RejectReason.CLOSED_BRANCH for r in _rejects(n.events["s2"]))
 
 
 def test_refusal_does_not_leak_policy_and_unlisted_gets_no_key_material(net: Net) -> None:

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import pytest
 
+from streams._state import BranchState
 from streams.core import Outgoing, SubscriberCore
 from streams.errors import LocalProtocolError
 from streams.events import BranchClosed, Granted, Rejected, RejectReason, Subscribed
 from streams.identity import Identity
-from streams.wire import SESSION_LEN, Fetch, Kind, Permission, decode_frame, encode_frame
+from streams.wire import (
+    SESSION_LEN,
+    Fetch,
+    Grant,
+    GrantEntry,
+    Kind,
+    Permission,
+    decode_frame,
+    encode_frame,
+    encode_grant_entries,
+)
 from tests.corenet import Net, ident
 
 
@@ -573,3 +584,42 @@ def test_a_group_whose_grant_its_members_could_not_read_is_refused_before_anythi
     g = net.author.open_group([ident(10).public, *others[:159]])  # 160 members: it fits, and reaches s0
     net.pump_author()
     assert g in s.branch_ids() and len(s.branch_info(g)[3]) == 161
+
+
+def test_a_member_removed_from_a_group_closes_it_and_stops_asking_for_it() -> None:
+    """The re-key that removes a member reaches it too (the group's routes still hold its connection), with no
+    entry for it: it used to drop it as someone else's grant, keep the group open, and go on fetching from it
+    (the author logging NOT_MEMBER rejections, a publish there saying 'no write permission').  The author's
+    signed re-key extending the grant it holds, without it, closes the group on its side ('removed').  A forged
+    one, or an old one replayed, changes nothing."""
+    net = Net.make(n_subs=3)
+    for name in ("s0", "s1", "s2"):
+        net.subscribe(name)
+    s0 = net.subs["s0"]
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.pump_author()
+    first = next(d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT
+                 and decode_frame(d).head.branch == g)
+    h = decode_frame(first).head
+    entries = encode_grant_entries([GrantEntry(b"\x01" * 8, b"\x02" * 80)])  # (someone else's, by its hint)
+    forged = encode_frame(Grant(h.channel, g, 1, decode_frame(first).hash, h.mode), entries, ident(99).sign).raw
+    events = s0.receive(forged, net.now)
+    assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]
+    assert not [e for e in s0.receive(first, net.now) if isinstance(e, BranchClosed)]  # (an old one again)
+    assert s0.branch_info(g)[2] is BranchState.OPEN
+    net.author.remove_member(g, ident(11).did)  # someone else removed: s0 stays, re-keyed
+    net.pump_author()
+    assert s0.branch_info(g)[:3] == (1, Permission.READ, BranchState.OPEN)
+    start = len(net.events["s0"])
+    net.author.remove_member(g, ident(10).did)  # s0 removed
+    net.pump_author()
+    closed = [e for e in net.events["s0"][start:] if isinstance(e, BranchClosed)]
+    assert [(e.branch, e.by) for e in closed] == [(g, "removed")]
+    assert s0.branch_info(g)[2] is BranchState.CLOSED and net.subs["s2"].branch_info(g)[:3] == (
+        2, Permission.READ, BranchState.OPEN)
+    net.wire.clear()
+    net.now += 60_000
+    s0.catch_up(net.now)  # a reconnect: its grant syncs and fetches
+    net.pump_sub("s0")
+    assert not [d for who, d in net.wire if who == "s0" and decode_frame(d).head.branch == g]
+    assert not [e for e in net.events["author"] if isinstance(e, Rejected) and e.reason is RejectReason.NOT_MEMBER]
