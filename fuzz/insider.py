@@ -150,10 +150,10 @@ def subscriber_frame(data: bytes, sc: Scenario) -> bytes:
     author = sc.author.identity
     kind = c.pick([Kind.PACKET, Kind.PACKET, Kind.CHECKPOINT, Kind.HEAD, Kind.FETCH, Kind.REVOKE, Kind.REFUSE,
                    Kind.GRANT, Kind.GRANT, Kind.GRANT, Kind.ADMIT])
-    [(pending_nonce, pending_request)] = sc.subscriber.requests
+    [pending_request] = sc.subscriber.requests
     if kind is Kind.REFUSE:
-        nonce = pending_nonce if c.byte() % 2 else c.raw(16)
-        return encode_frame(Refuse(v.channel, nonce, c.byte()), b"", author.sign).raw
+        request = pending_request if c.byte() % 2 else c.raw(32)
+        return encode_frame(Refuse(v.channel, request, c.byte()), b"", author.sign).raw
     if kind is Kind.ADMIT:
         request = pending_request if c.byte() % 2 else c.raw(32)
         branch = c.pick([*v.branches, c.raw(16)])

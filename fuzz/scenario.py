@@ -47,7 +47,7 @@ class CoreSnapshot:
     nonces: tuple[tuple[bytes, int], ...] = ()
     announce: bytes | None = None
     sub_state: object = None
-    requests: tuple[tuple[bytes, bytes], ...] = ()  #: the subscriber's outstanding (nonce, SUBSCRIBE hash)
+    requests: tuple[bytes, ...] = ()  #: the hashes of the subscriber's outstanding SUBSCRIBEs
     author_did: str = ""
     channel: bytes = b""
     allowed: tuple[str, ...] = ()
@@ -181,8 +181,8 @@ def build() -> Scenario:
     a.flush_checkpoints(net.now)
     a.head_notices()
     a.request_fetch(b0, 1, 1, 5)
-    [(nonce, request)] = sub_snap.requests
-    a._refuse(None, nonce, RejectReason.REFUSED)
+    [request] = sub_snap.requests
+    a._refuse(None, request, RejectReason.REFUSED)
     a._admit(None, request, b0, a.branch_info(b0)[0])  # (its own branch's current grant)
     a.remove_member(group, net.subs["s1"].identity.did)  # a re-key grant (epoch 1) of the group
     a.revoke(b0)

@@ -1626,8 +1626,8 @@ class AuthorCore(_CoreBase):
         self._out.append(Outgoing(self._announce.raw, peer=peer))
         self._out.append(Outgoing(encode_frame(ch).raw, peer=peer))
 
-    def _refuse(self, peer: object, nonce: bytes, reason: RejectReason) -> None:
-        f = encode_frame(Refuse(self._channel, nonce, reason.value), b"", self._id.sign)
+    def _refuse(self, peer: object, request: bytes, reason: RejectReason) -> None:
+        f = encode_frame(Refuse(self._channel, request, reason.value), b"", self._id.sign)
         self._out.append(Outgoing(f.raw, peer=peer))
 
     def _on_subscribe(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -1640,7 +1640,7 @@ class AuthorCore(_CoreBase):
         mac_ok = _crypto.ct_equal(secret.mac, self._challenge_mac(secret.nonce, secret.expires_ms))
         if not mac_ok or now_ms > secret.expires_ms or secret.nonce in self._used_nonces:
             events.append(SubscriberRefused("", "challenge forged, expired or already used"))
-            self._refuse(peer, secret.nonce, RejectReason.BAD_CHALLENGE)
+            self._refuse(peer, frame.hash, RejectReason.BAD_CHALLENGE)
             raise _Reject(RejectReason.BAD_CHALLENGE, "challenge forged, expired or already used")
         # 2. Proof of control of the DID over this channel, this author and this challenge.
         digest = _proof_digest(self._channel, self._id.sign_public, secret.nonce, secret.expires_ms,
@@ -1650,7 +1650,7 @@ class AuthorCore(_CoreBase):
             pub.verify(digest, secret.proof)
         except (VerificationError, DecodeError) as exc:
             events.append(SubscriberRefused("", "proof of control does not verify"))
-            self._refuse(peer, secret.nonce, RejectReason.BAD_SIGNATURE)
+            self._refuse(peer, frame.hash, RejectReason.BAD_SIGNATURE)
             raise _Reject(RejectReason.BAD_SIGNATURE, "proof of control does not verify") from exc
         self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         did = pub.did
@@ -1658,7 +1658,7 @@ class AuthorCore(_CoreBase):
         decision = self.policy.decide(req, now_ms)
         if not decision.admit:
             events.append(SubscriberRefused(did, decision.reason))
-            self._refuse(peer, secret.nonce, RejectReason.REFUSED)
+            self._refuse(peer, frame.hash, RejectReason.REFUSED)
             return
         existing = self._by_did.get(did)
         if existing is not None:
@@ -2091,9 +2091,9 @@ class SubscriberCore(_CoreBase):
         self._channel = channel
         self.state = SubscriptionState.IDLE
         self._announced = False
-        #: (challenge nonce, SUBSCRIBE hash) of each request the current attempt sent (the last few): what a
-        #: REFUSE or an ADMIT must name (SPEC 9.1)
-        self._requests: list[tuple[bytes, bytes]] = []
+        #: the message hash of each request (SUBSCRIBE) the current attempt sent (the last few): what a REFUSE
+        #: or an ADMIT must name (SPEC 9.1)
+        self._requests: list[bytes] = []
         #: (branch, epoch) an ADMIT of the current attempt named before we held that grant (SPEC 9.1)
         self._admitted: tuple[bytes, int] | None = None
         self._credential = b""
@@ -2190,7 +2190,7 @@ class SubscriberCore(_CoreBase):
         secret = SubscribeSecret(self._id.sign_public, ch.nonce, ch.expires_ms, ch.mac, cred, self._id.sign(digest))
         body = _crypto.seal(self.author.kx_public, encode_subscribe_secret(secret))
         request = encode_frame(Subscribe(self._channel), body)
-        self._requests = [*self._requests[-(_MAX_REQUESTS - 1):], (ch.nonce, request.hash)]
+        self._requests = [*self._requests[-(_MAX_REQUESTS - 1):], request.hash]
         self._out.append(Outgoing(request.raw))
 
     def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -2199,10 +2199,10 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "refusal signature") from exc
-        if self.state not in _AWAITING or not any(_crypto.ct_equal(r.nonce, n) for n, _ in self._requests):
+        if self.state not in _AWAITING or not any(_crypto.ct_equal(r.request, h) for h in self._requests):
             raise _Reject(RejectReason.UNEXPECTED, "refusal of a request we did not make")
         self._transition(Kind.REFUSE)
-        self._requests = [(n, h) for n, h in self._requests if n != r.nonce]  # (a copy of it: UNEXPECTED)
+        self._requests = [h for h in self._requests if h != r.request]  # (a copy of it: UNEXPECTED)
         self._admitted = None
         try:
             reason = RejectReason(r.reason)
@@ -2216,7 +2216,7 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "admission signature") from exc
-        if self.state not in _AWAITING or not any(_crypto.ct_equal(a.request, h) for _, h in self._requests):
+        if self.state not in _AWAITING or not any(_crypto.ct_equal(a.request, h) for h in self._requests):
             raise _Reject(RejectReason.UNEXPECTED, "admission of a request we did not make")
         b = self._branches.get(a.branch)
         if b is not None and b.state is BranchState.CLOSED:

@@ -223,12 +223,14 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
-    """Author -> requester: subscription refused.  Signed by the author.  ``reason`` is a RejectReason code."""
+    """Author -> requester: subscription refused.  Signed by the author.  ``reason`` is a RejectReason code.
+    ``request`` binds it to the SUBSCRIBE it answers, as ADMIT's does: that frame's message hash (a request made
+    by a relay with a member's challenge is refused under its own hash, never the member's)."""
 
     KIND: ClassVar[Kind] = Kind.REFUSE
-    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8)
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B32, U8)
     channel: bytes
-    nonce: bytes  #: the challenge nonce of the refused request
+    request: bytes  #: the message hash of the refused SUBSCRIBE
     reason: int
 
 

@@ -6,12 +6,23 @@ Two cores wired together without sockets (``tests.corenet``)."""
 
 from __future__ import annotations
 
+from streams import _crypto
 from streams.core import AuthorCore, SubscriberCore
 from streams.errors import RejectReason
-from streams.events import Event, Rejected, Subscribed, SubscriberAdmitted
+from streams.events import Event, Refused, Rejected, Subscribed, SubscriberAdmitted
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.wire import SESSION_LEN, Admit, Kind, Permission, decode_frame, encode_frame
+from streams.wire import (
+    SESSION_LEN,
+    Admit,
+    Kind,
+    Permission,
+    Subscribe,
+    SubscribeSecret,
+    decode_frame,
+    encode_frame,
+    encode_subscribe_secret,
+)
 from tests.corenet import Net, ident, seeded_rng
 from tests.test_core_grants import _author_answers, _offline_rekeys
 
@@ -136,7 +147,7 @@ def test_a_forged_or_tampered_admit_is_refused() -> None:
     s = net.subs["s0"]
     [own] = s.branch_ids()
     _to_await_grant(net, s)
-    [(_, request)] = s._requests
+    [request] = s._requests
     forged = encode_frame(Admit(net.author.channel, request, own, 0), b"", ident(99).sign).raw
     genuine = encode_frame(Admit(net.author.channel, request, own, 0), b"", net.author.identity.sign).raw
     tampered = bytearray(genuine)
@@ -157,7 +168,7 @@ def test_an_admit_of_another_channel_is_refused_as_foreign() -> None:
     [own] = s.branch_ids()
     _to_await_grant(net, s)
     other = AuthorCore(net.author.identity, "another-channel", AllowList.of([ident(10).did]), rng=seeded_rng(5))
-    relayed = encode_frame(Admit(other.channel, s._requests[-1][1], own, 0), b"", net.author.identity.sign).raw
+    relayed = encode_frame(Admit(other.channel, s._requests[-1], own, 0), b"", net.author.identity.sign).raw
     events = s.receive(relayed, net.now)
     assert _rejected(events) == [RejectReason.FOREIGN_CHANNEL] and not _subscribed(events)
     assert s.state.value == "await-grant"
@@ -184,7 +195,7 @@ def test_an_admit_relayed_to_another_member_does_not_subscribe_it() -> None:
         for f in challenge_frames:
             s.receive(f, net.now)
         subscribes[name] = [o.data for o in s.data_to_send()]
-    assert a._requests[-1][0] == b._requests[-1][0]
+    assert a._requests != b._requests  # (one challenge, two requests)
     answers: dict[str, list[bytes]] = {}
     for name in ("s0", "s1"):
         answers[name] = []
@@ -282,3 +293,45 @@ def test_a_member_several_rekeys_behind_completes_a_resubscription_by_itself() -
     s.hello()
     events = _exchange(net, s)
     assert [(e.branch, e.epoch) for e in _subscribed(events)] == [(own, 2)] and s.state.value == "subscribed"
+
+
+def test_a_relay_cannot_get_a_members_request_refused_with_a_subscribe_of_its_own() -> None:
+    """A CHALLENGE's nonce, expiry and MAC travel in clear: an on-path relay can put a member's challenge into a
+    SUBSCRIBE of its own.  With a REFUSE naming the nonce, the author's refusal of that (an unlisted DID: 15;
+    a bad proof: 11) ended the member's attempt as refused -- a false verdict, where dropping frames only times
+    out.  The REFUSE names the relay's request: the member ignores it, and its own request is answered on its
+    merits (here BAD_CHALLENGE, the nonce being used, which subscribe() answers with a fresh challenge; or
+    admitted, after a bad proof, which does not use the nonce)."""
+    for bad_proof in (False, True):
+        net = Net.make(n_subs=1)
+        s = net.subs["s0"]
+        s.hello()
+        answers = _author_answers(net, s)  # ANNOUNCE + CHALLENGE
+        for a in answers:
+            s.receive(a, net.now)
+        mine = [o.data for o in s.data_to_send()]  # the member's SUBSCRIBE, held by the relay
+        relay = SubscriberCore(Identity.generate(), net.author.identity.did, net.author.channel)
+        relay.hello()
+        relay.data_to_send()
+        for a in answers:
+            relay.receive(a, net.now)
+        [forged] = [o.data for o in relay.data_to_send()]
+        if bad_proof:
+            ch = next(decode_frame(a).head for a in answers if decode_frame(a).kind is Kind.CHALLENGE)
+            secret = SubscribeSecret(relay.identity.sign_public, ch.nonce, ch.expires_ms, ch.mac, b"", b"\x00" * 64)
+            forged = encode_frame(Subscribe(net.author.channel),
+                                  _crypto.seal(net.author.identity.kx_public, encode_subscribe_secret(secret))).raw
+        net.author.receive(forged, net.now, "relay")
+        net.author.take_changes()
+        [refusal] = [o.data for o in net.author.data_to_send()]
+        assert decode_frame(refusal).head.reason == (11 if bad_proof else 15)
+        events = s.receive(refusal, net.now)
+        assert _rejected(events) == [RejectReason.UNEXPECTED] and s.state.value == "await-grant"
+        for d in mine:
+            net.author.receive(d, net.now, "s0")
+        net.author.take_changes()
+        events = [e for o in net.author.data_to_send() for e in s.receive(o.data, net.now)]
+        if bad_proof:
+            assert len(_subscribed(events)) == 1 and s.state.value == "subscribed"
+        else:
+            assert [e.reason for e in events if isinstance(e, Refused)] == [RejectReason.BAD_CHALLENGE]

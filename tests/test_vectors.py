@@ -90,6 +90,13 @@ def test_deterministic_frames_are_reproduced_byte_for_byte(name: str) -> None:
     assert encode_frame(f.head, body, signer).raw.hex() == v["raw"]
 
 
+def test_the_answers_to_the_subscribe_name_it() -> None:
+    """ADMIT and REFUSE are bound to the SUBSCRIBE they answer by its message hash (SPEC 8.6)."""
+    subscribe, grant = FRAMES["subscribe"], FRAMES["grant"]
+    assert FRAMES["admit"]["head"]["request"] == FRAMES["refuse"]["head"]["request"] == subscribe["hash"]
+    assert (FRAMES["admit"]["head"]["branch"], FRAMES["admit"]["head"]["epoch"]) == (grant["head"]["branch"], 0)
+
+
 def test_packets_decrypt_to_their_payloads() -> None:
     for v in FRAMES.values():
         if "payload" in v:

@@ -178,7 +178,10 @@ def main() -> None:
     frames.append(frame_vector("revoke", rv.data, "author", deterministic=True))
     unsub = encode_frame(Unsubscribe(acore.channel, branch, 1, 0, grant_hash), b"", sub.sign)
     frames.append(frame_vector("unsubscribe", unsub.raw, "subscriber", deterministic=True))
-    refuse = encode_frame(Refuse(acore.channel, challenge.nonce, 15), b"", author.sign)
+    subscribe_hash = decode_frame(kinds["SUBSCRIBE"][1]).hash
+    refuse = encode_frame(Refuse(acore.channel, subscribe_hash, 15), b"", author.sign)
+    # (re-encoded byte for byte from its head; its `request` names this run's SUBSCRIBE, whose sealed body is
+    # random, so a new run changes it, as it does ADMIT's)
     frames.append(frame_vector("refuse", refuse.raw, "author", deterministic=True))
 
     # A sequence with verdicts, replayed against a fresh subscriber that holds the grant.
