@@ -345,3 +345,30 @@ def test_a_status_list_file_caught_half_written_keeps_the_version_read_before(tm
     assert lists.get(url) == json.loads(whole)
     path.unlink()
     assert lists.get(url) is None
+
+
+def test_policy_check_warns_of_status_lists_that_cannot_serve_their_rule(tmp_path: Path) -> None:
+    """A credential is checked only against a status list of its own issuer: a rule's list published by another
+    issuer (a copy-paste slip) would refuse every credential of the rule with a status entry.  `policy check`
+    used to accept it silently; it warns now, as it does of a list that does not verify."""
+    cli = Cli(tmp_path, {"PP": PASS})
+    issuer, other = (make_keystore(cli, f"{n}.ks") for n in ("issuer", "other"))
+    for ks, out in (("issuer.ks", "mine.json"), ("other.ks", "theirs.json")):
+        cli("credential", "status-list", "create", "--issuer-keystore", ks, "--passphrase-env", "PP",
+            "--id", f"https://issuer.example/{out}", "--out", out).ok()
+    tampered = json.loads((tmp_path / "mine.json").read_text())
+    tampered["id"] = "https://issuer.example/elsewhere"
+    (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+
+    def check(*lists: str) -> dict[str, object]:
+        rule = f'[[policy.credential]]\ntype = "T"\nissuers = ["{issuer}"]\nstatus_lists = {json.dumps(lists)}\n'
+        write(tmp_path / "policy.toml", "[policy]\n" + rule)
+        doc: dict[str, object] = cli("policy", "check", "--json", "policy.toml").ok().json
+        assert "warning" in cli("policy", "check", "policy.toml").ok().stdout or not doc["warnings"]
+        return doc
+
+    assert check("mine.json")["warnings"] == []
+    [warning] = check("mine.json", "theirs.json")["warnings"]  # type: ignore[misc]
+    assert "theirs.json" in warning and other in warning and "not by an issuer of this rule" in warning
+    [warning] = check("tampered.json")["warnings"]  # type: ignore[misc]
+    assert "tampered.json does not verify" in warning

@@ -48,10 +48,35 @@ def _describe_text(policy: FilePolicy) -> str:
     return "\n".join(lines)
 
 
+def _status_list_warnings(policy: FilePolicy, now_ms: int) -> list[str]:
+    """What would keep a rule's status lists from serving it: a file that does not read or verify, or a list
+    published by an issuer the rule does not trust (a credential is checked only against its own issuer's
+    list: every credential with a status entry of that rule would be refused)."""
+    warnings = []
+    for rule in policy.credentials:
+        for path in rule.status_lists:
+            try:
+                doc = read_json_file(str(path), "status list")
+                if not isinstance(doc, dict):
+                    raise UsageError("not a JSON object")
+                issuer = vc.verify_credential(doc, now_ms).issuer
+            except UsageError as exc:
+                warnings.append(f"credential {rule.type}: {exc}")
+                continue
+            except vc.CredentialError as exc:
+                warnings.append(f"credential {rule.type}: status list {path} does not verify: {exc}")
+                continue
+            if issuer not in rule.issuers:
+                warnings.append(f"credential {rule.type}: status list {path} is published by {issuer}, not by an "
+                                "issuer of this rule: its credentials are never checked against it")
+    return warnings
+
+
 def _check(args: argparse.Namespace) -> Result:
     policy = load_policy(args.file)
-    data: dict[str, object] = {"ok": True, "policy": policy.describe()}
-    text = _describe_text(policy)
+    warnings = _status_list_warnings(policy, to_ms(now()))
+    data: dict[str, object] = {"ok": True, "policy": policy.describe(), "warnings": warnings}
+    text = "\n".join([_describe_text(policy), *(f"warning: {w}" for w in warnings)])
     if args.did is None:
         if args.credential or args.holder_keystore:
             raise UsageError("--credential and --holder-keystore need --did")
