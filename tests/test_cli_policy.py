@@ -265,6 +265,9 @@ status_ledger = "sqlite:ledger.db"
     revoked = cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
                   "--status-list", "sl.json", "--index", "3", "--ledger", "sqlite:ledger.db", "--json").ok().json
     assert revoked["anchor"] == "2"
+    text = cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+               "--status-list", "sl.json", "--index", "4", "--ledger", "sqlite:ledger.db").ok().stdout
+    assert "anchored on sqlite ledger entry 3" in text  # (the text said nothing of the anchoring)
     code, d = check()
     assert code == 1 and "revoked" in str(d["reason"])
     (tmp_path / "sl.json").write_bytes(before)  # the revocation is hidden: the old, validly signed list is back

@@ -311,7 +311,8 @@ def _revoke(args: argparse.Namespace) -> Result:
     data = {"ok": True, "file": args.status_list, "id": lst["id"], "index": args.index, "purpose": purpose,
             "set": not args.clear, "was_set": was, "digest": digest, "anchor": anchor}
     verb = "cleared" if args.clear else ("revoked" if purpose == "revocation" else "suspended")
-    return Result(data, f"{verb} index {args.index} in {args.status_list}\ndigest: {digest}")
+    anchored = f"\nanchored on {args.ledger.split(':', 1)[0]} ledger entry {anchor}" if anchor is not None else ""
+    return Result(data, f"{verb} index {args.index} in {args.status_list}\ndigest: {digest}{anchored}")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
