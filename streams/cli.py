@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _want_json(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "json", False) or getattr(args, "global_json", False))
+    return any(getattr(args, name, False) for name in ("json", "global_json", "group_json"))
 
 
 def _error_doc(exc: StreamsError) -> dict[str, Any]:

@@ -55,6 +55,7 @@ def test_create_then_show_without_passphrase(cli: Cli, tmp_path: Path) -> None:
     # Text output and the global --json spelling.
     assert doc["did"] in no_pass("identity", "show", "--keystore", "me.ks").ok().stdout
     assert no_pass("--json", "identity", "show", "--keystore", "me.ks").ok().json["did"] == doc["did"]
+    assert no_pass("identity", "--json", "show", "--keystore", "me.ks").ok().json["did"] == doc["did"]  # (refused)
 
 
 def test_default_kdf_cost_is_moderate(cli: Cli, tmp_path: Path) -> None:

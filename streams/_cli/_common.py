@@ -121,6 +121,9 @@ def add_group(
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Add a command group (``streams credential ...``) and return its own sub-parsers."""
     p = subparsers.add_parser(name, help=help, description=help, allow_abbrev=False)
+    # Also here (`streams identity --json show`), under its own name: the command's own --json default would
+    # otherwise overwrite it.
+    p.add_argument("--json", dest="group_json", action="store_true", help="machine-readable output (JSON on stdout)")
     return p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
