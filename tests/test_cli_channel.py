@@ -565,6 +565,14 @@ def test_a_first_subscribe_that_gets_no_grant_leaves_no_store_and_a_later_one_na
     miss = cli(*args, "--channel", wrong)
     assert miss.returncode == 2 and "no announcement of this channel" in miss.json["error"], miss.stdout
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("provider.db")]
+    # Through a dangling symlink: the files made at its target go, the symlink stays (it was the link that went,
+    # and the store it had created stayed).
+    (tmp_path / "stores").mkdir()
+    (tmp_path / "linked.db").symlink_to(tmp_path / "stores" / "provider.db")
+    linked = cli(*args[:3], "linked.db", *args[4:], "--channel", wrong)
+    assert linked.returncode == 2, linked.stdout
+    assert (tmp_path / "linked.db").is_symlink() and list((tmp_path / "stores").iterdir()) == []
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("linked.db") and p.name != "linked.db"]
     branch = cli(*args, "--channel", channel).ok().json["branch"]
     again = cli(*args, "--channel", wrong)
     assert again.returncode == 2 and channel in again.json["error"] and "another" in again.json["error"]

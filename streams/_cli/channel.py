@@ -881,9 +881,13 @@ async def subscribe(args: argparse.Namespace) -> Result:
 
 
 def _remove_store_files(store: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-frames", "-lock"):
+    """Remove the store this first run created.  Through a symlink (dangling before the run), the files made at
+    its target go, and the symlink stays as the user made it."""
+    target = os.path.realpath(store)
+    names = {target, *(f"{p}{suffix}" for p in (store, target) for suffix in ("-wal", "-shm", "-frames", "-lock"))}
+    for name in names:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{store}{suffix}")
+            os.unlink(name)
     print(f"streams: note: {store}, created by this first run, was removed (no grant): run again with --keystore, "
           "--author and --channel", file=sys.stderr)
 
