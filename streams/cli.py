@@ -59,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, whose usage errors also print the JSON error document when ``--json`` is on the command line (the
     sub-parsers are of this class too)."""
 
-    json_errors = False  #: set by :func:`main`
+    json_errors = False  #: set by :func:`main` while it parses its arguments
 
     def error(self, message: str) -> NoReturn:
         if _Parser.json_errors:
@@ -129,7 +129,10 @@ def _exit_code(exc: StreamsError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    finally:  # (only while main parses: a program that builds the parser itself gets argparse's errors)
+        _Parser.json_errors = False
     verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "global_verbose", 0) or 0)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -36,3 +36,17 @@ def test_usage_errors_give_the_json_document_with_json_and_demo_events_must_be_p
     r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--events", "0"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "" and "must be 1 to 10000" in r.stderr
+
+
+def test_json_usage_errors_are_main_s_alone() -> None:
+    """`main(["--json", ...])` made every parser built afterwards in the process print JSON usage errors (the
+    flag was process-wide state, left set)."""
+    code = ("import contextlib, io, streams.cli as c\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    c.main(['--json', 'identity', 'show', '--no-such-option'])\n"
+            "print('--- after main ---')\n"
+            "c.build_parser().parse_args(['identity', 'show', '--no-such-option'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    after = r.stdout.split("--- after main ---", 1)[1]
+    assert after.strip() == "" and "error:" in r.stderr, (r.stdout, r.stderr)  # argparse's own, on stderr only
