@@ -233,13 +233,11 @@ class AnchorService:
                         await self._check_ledger()  # before the first epoch is cut or written
                         self._checked = True
                         if not self._pending:
+                            self._answered()
                             continue
                     progressed = await self._advance()
                     backoff = 0
-                    if self.last_error is not None:
-                        log.info("ledger available again, %d epoch(s) queued", len(self._pending))
-                        self._report(LedgerStatus(True, len(self._pending)))
-                    self.last_error = None
+                    self._answered()
                     retry_at = 0 if progressed else self._clock() + cfg.confirm_poll_ms
                 except (LedgerError, LocalProtocolError) as exc:
                     # Outage, or a ledger answer we cannot use: keep the rows, retry later (THREATS 7: queued
@@ -267,6 +265,13 @@ class AnchorService:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(wake_at - now, 1) / 1000)
+
+    def _answered(self) -> None:
+        """The ledger answered: after an outage, say so (once)."""
+        if self.last_error is not None:
+            log.info("ledger available again, %d epoch(s) queued", len(self._pending))
+            self._report(LedgerStatus(True, len(self._pending)))
+        self.last_error = None
 
     async def _cut(self, now: int) -> None:
         take = list(self._moved)[: self.config.max_heads_per_epoch]

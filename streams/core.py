@@ -34,7 +34,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -75,7 +75,7 @@ from .events import (
     SubscriberRefused,
 )
 from .identity import Identity, PublicIdentity, did_from_public_key
-from .policy import Policy, SubscriptionRequest, could_admit
+from .policy import Policy, SubscriptionRequest, common_permission, could_admit
 from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
@@ -161,22 +161,6 @@ _MAX_REQUESTS = 16
 #: Handshake states in which an ADMIT completes the subscription: a request of ours is out (SUBSCRIBE, or a
 #: HELLO retry that went out after it -- the answer to the earlier SUBSCRIBE may still come).
 _AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
-
-
-#: What each permission lets a member do (SPEC 11): reading the author's chain, writing its own, reading every
-#: chain (audit).  A permission narrowed to the rights another one also gives is :func:`_narrowed`.
-_RIGHTS: Final[dict[Permission, frozenset[str]]] = {
-    Permission.READ: frozenset({"read"}),
-    Permission.WRITE: frozenset({"write"}),
-    Permission.READ_WRITE: frozenset({"read", "write"}),
-    Permission.AUDIT: frozenset({"read", "audit"}),
-}
-_OF_RIGHTS: Final[dict[frozenset[str], Permission]] = {r: p for p, r in _RIGHTS.items()}
-
-
-def _narrowed(current: Permission, allowed: Permission) -> Permission | None:
-    """``current`` keeping only the rights ``allowed`` also gives; None if it keeps none."""
-    return _OF_RIGHTS.get(_RIGHTS[current] & _RIGHTS[allowed])
 
 
 def _elapsed(now_ms: int, since_ms: int, interval_ms: int) -> bool:
@@ -404,8 +388,8 @@ class _Chain:
 
 
 class _Branch:
-    __slots__ = ("chains", "epoch", "evidence", "grant_frame", "grant_hash", "grants", "has_evidence", "heard", "id",
-                 "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes", "state", "sync_ms")
+    __slots__ = ("chains", "epoch", "evidence", "final_acked", "grant_frame", "grant_hash", "grants", "has_evidence",
+                 "heard", "id", "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -425,6 +409,7 @@ class _Branch:
         self.has_evidence = bool(rec.evidence)
         self.grants: list[bytes] | None = rec.grants  #: earlier grants (author side; None = in the store)
         self.chains: dict[int, _Chain] = {}
+        self.final_acked = 0  #: our chain's head as the author held it when a re-key took our write away
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
         self.quiet = 0  #: subscriber side: forced refreshes in a row that found the branch quiet
@@ -1057,10 +1042,12 @@ class _CoreBase:
         return out
 
     def acknowledged(self, branch: bytes) -> int:
-        """The highest seq of our own chain in ``branch`` that some member acknowledged (0 if none)."""
+        """The highest seq of our own chain in ``branch`` that some member acknowledged (0 if none).  Once a
+        re-key took our write permission away (the chain is dropped), what the author held of it then: its
+        re-key GRANT names our chain's head as the author has it, on disk."""
         b = self._get_branch(branch)
         c = b.chains.get(b.me)
-        return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else 0
+        return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else b.final_acked
 
     def catch_up(self, now_ms: int | None = None) -> None:
         """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect); a
@@ -1396,6 +1383,8 @@ class _CoreBase:
         b = self._branches.get(h.branch)
         if b is None or h.publisher not in b.members or h.publisher == b.me or h.publisher not in b.chains:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "head of an unknown chain", h.branch, h.publisher)
+        if b.state is BranchState.CLOSED:  # (nothing to fetch: a group we were removed from, say)
+            raise _Reject(RejectReason.CLOSED_BRANCH, "head of a closed branch", h.branch, h.publisher)
         try:
             _crypto.verify(b.members[h.publisher][0], frame.hash, frame.sig)
         except VerificationError as exc:
@@ -1548,6 +1537,10 @@ class _CoreBase:
         start = {p: (s, hh) for p, s, hh in heads}
         for p in list(b.chains):
             if p not in b.members or not self._should_track(b, p):
+                if p == b.me and b.me:  # our write permission was taken away: keep what the author had of it
+                    acked_by = b.chains[p].acked_by
+                    acked = max(acked_by.values(), default=0) if acked_by else 0
+                    b.final_acked = max(b.final_acked, acked, start.get(p, (0, b""))[0])
                 del b.chains[p]
         for p in b.members:
             if p not in b.chains and self._should_track(b, p):
@@ -1940,7 +1933,7 @@ class AuthorCore(_CoreBase):
             elif dids:
                 admitted, allowed = self._readmits(b.peer_did, b.has_evidence, now_ms)
                 current = b.members[1][1]
-                kept = _narrowed(current, allowed) if admitted and allowed is not None else current
+                kept = common_permission(current, allowed) if admitted and allowed is not None else current
                 if not admitted or kept is None:
                     cut.append(b.peer_did)
                 elif kept is not current:

@@ -359,19 +359,21 @@ def test_a_recheck_narrows_a_did_admitted_subscriber_to_the_rights_the_policy_st
 
 
 def test_a_recheck_keeps_only_common_rights_and_revokes_a_subscriber_left_with_none() -> None:
-    """Rights, not levels: audit narrowed by read is read; write narrowed by read leaves nothing, so the branch
-    is revoked (it may subscribe again for what the policy gives now).  The periodic re-check (no ``dids``)
-    changes no permission."""
-    net = Net.make(n_subs=2)
+    """Rights, as AllOf combines them (``policy.common_permission``): read-write narrowed by write is write;
+    write narrowed by read leaves nothing, and so does audit (it shares nothing with the others), so those
+    branches are revoked (they may subscribe again for what the policy gives now).  The periodic re-check (no
+    ``dids``) changes no permission."""
+    net = Net.make(n_subs=3)
     auditor = net.author.open_branch(ident(10).public, Permission.AUDIT)
     writer = net.author.open_branch(ident(11).public, Permission.WRITE)
-    net.author.policy = AllowList.of([ident(10).did, ident(11).did], Permission.READ)
+    both = net.author.open_branch(ident(12).public, Permission.READ_WRITE)
+    net.author.policy = AllowList({ident(10).did: Permission.READ, ident(11).did: Permission.READ,
+                                   ident(12).did: Permission.WRITE})
     restricted: list[tuple[bytes, Permission]] = []
     assert net.author.recheck(net.now, restricted=restricted) == [] and restricted == []
-    assert net.author.recheck(net.now, dids=True, restricted=restricted) == [writer]
-    assert restricted == [(auditor, Permission.READ)]
-    assert _member_permission(net, auditor) is Permission.READ
-    assert net.author.branch_ids() and net.author.branch_of(ident(11).did) is None
+    assert net.author.recheck(net.now, dids=True, restricted=restricted) == [auditor, writer]
+    assert restricted == [(both, Permission.WRITE)] and _member_permission(net, both) is Permission.WRITE
+    assert net.author.branch_of(ident(10).did) is None and net.author.branch_of(ident(11).did) is None
 
 
 def test_a_credential_admitted_subscriber_keeps_its_permission_at_a_recheck(
@@ -385,3 +387,28 @@ def test_a_credential_admitted_subscriber_keeps_its_permission_at_a_recheck(
     restricted: list[tuple[bytes, Permission]] = []
     assert net.author.recheck(net.now, dids=True, restricted=restricted) == [] and restricted == []
     assert (net.author.branch_info(b0)[0], _member_permission(net, b0)) == before
+
+
+def test_what_the_author_held_when_it_took_write_away_counts_as_acknowledged() -> None:
+    """A member whose write permission a re-check removed drops its chain, and with it the ACKs it had: a
+    message the author had accepted, whose ACK had not come yet, read as refused ('the author will not accept
+    it').  The re-key GRANT names the member's chain head as the author holds it (on disk): that much is
+    acknowledged; what the member published after is not."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s0 = net.subs["s0"]
+    [b0] = s0.branch_ids()
+    for i in (1, 2):
+        s0.publish(b0, b"payment %d" % i, net.now)
+    for o in s0.data_to_send():  # both reach the author; their ACK is still paced (not sent yet)
+        net.author.receive(o.data, net.now, "s0")
+    net.author.take_changes()
+    net.author.data_to_send()
+    s0.publish(b0, b"payment 3", net.now)  # made before s0 learns of the change: the author never gets it
+    s0.data_to_send()
+    assert s0.acknowledged(b0) < 2
+    net.author.policy = AllowList({ident(10).did: Permission.READ})
+    assert net.author.recheck(net.now, dids=True) == []
+    net.pump_author()  # the re-key reaches s0
+    assert s0.branch_info(b0)[1] is Permission.READ
+    assert s0.acknowledged(b0) == 2

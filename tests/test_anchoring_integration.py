@@ -27,7 +27,7 @@ from streams.api import AnchorConfig, Author, MemoryHub, StoreOptions, Subscribe
 from streams.audit import audit_store
 from streams.cli import main as cli_main
 from streams.core import CoreConfig
-from streams.errors import LocalProtocolError, RejectReason
+from streams.errors import LedgerError, LocalProtocolError, RejectReason
 from streams.events import (
     Anchored,
     EpochAnchored,
@@ -267,6 +267,55 @@ async def test_ledger_outage_queues_durably_and_resumes_without_losing_an_anchor
         await author.close()
         a_ledger.close()
         s_ledger.close()
+
+
+class _Outage:
+    """The real embedded ledger behind a switch: while ``down``, every call raises :class:`LedgerError`, as a
+    ledger that does not answer does (an embedded ledger's reads cannot be made to fail for real: WAL readers
+    are never blocked)."""
+
+    def __init__(self, inner: EmbeddedLedger) -> None:
+        self.inner, self.down = inner, True
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name == "close":
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            if self.down:
+                raise LedgerError("ledger down (the test's switch)")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+async def test_a_ledger_down_at_start_with_nothing_to_anchor_is_reported_back_when_it_answers(
+        tmp_path: Path) -> None:
+    """The first look at the ledger failing was reported (`LedgerStatus(available=False)`), but its recovery
+    was not when no epoch was queued yet: the application heard 'unavailable' and nothing after, and a later
+    outage went unreported too (``last_error`` stayed set)."""
+    ledger = _Outage(EmbeddedLedger(tmp_path / "ledger.db"))
+    author = await make_author(tmp_path, MemoryHub(), ledger)  # type: ignore[arg-type]
+    seen: list[Event] = []
+
+    def status() -> list[bool]:
+        seen.extend(author.pending_events())
+        return [e.available for e in seen if isinstance(e, LedgerStatus)]
+
+    try:
+        await wait_for(lambda: status() == [False], what="the outage reported")
+        ledger.down = False
+        await wait_for(lambda: status() == [False, True], what="the recovery reported")
+        svc = author.anchoring
+        assert svc is not None and svc.last_error is None and svc.pending == 0
+        b = await author.open_branch(P1.did)
+        ledger.down = True
+        await author.publish(b, b"an alert while the ledger is down again")
+        await wait_for(lambda: status() == [False, True, False], what="the second outage reported")
+    finally:
+        await author.close()
+        ledger.inner.close()
 
 
 CRASHER = textwrap.dedent("""

@@ -8,7 +8,7 @@ import pytest
 from streams._state import BranchState
 from streams.core import Outgoing, SubscriberCore
 from streams.errors import LocalProtocolError
-from streams.events import BranchClosed, Granted, Rejected, RejectReason, Subscribed
+from streams.events import BranchClosed, Granted, MessageReceived, Rejected, RejectReason, Subscribed
 from streams.identity import Identity
 from streams.wire import (
     SESSION_LEN,
@@ -618,7 +618,11 @@ def test_a_member_removed_from_a_group_closes_it_and_stops_asking_for_it() -> No
     assert s0.branch_info(g)[2] is BranchState.CLOSED and net.subs["s2"].branch_info(g)[:3] == (
         2, Permission.READ, BranchState.OPEN)
     net.wire.clear()
+    net.author.publish(g, b"for the others", net.now)  # (with its HEAD, on a transport that broadcasts)
     net.now += 60_000
+    net.author.head_notices()
+    net.pump_author()
+    assert not [m for m in net.events["s0"][start:] if isinstance(m, MessageReceived)]
     s0.catch_up(net.now)  # a reconnect: its grant syncs and fetches
     net.pump_sub("s0")
     assert not [d for who, d in net.wire if who == "s0" and decode_frame(d).head.branch == g]
