@@ -2186,14 +2186,19 @@ class SubscriberCore(_CoreBase):
         self._requests = [*self._requests[-(_MAX_REQUESTS - 1):], request.hash]
         self._out.append(Outgoing(request.raw))
 
-    def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
-        r: Refuse = frame.head
+    def _check_answer(self, frame: Frame, request: bytes, what: str) -> None:
+        """An answer to a SUBSCRIBE (REFUSE, ADMIT): signed by the author, naming a request of the handshake that
+        runs (SPEC 9.1)."""
         try:
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
-            raise _Reject(RejectReason.BAD_SIGNATURE, "refusal signature") from exc
-        if self.state not in _AWAITING or not any(_crypto.ct_equal(r.request, h) for h in self._requests):
-            raise _Reject(RejectReason.UNEXPECTED, "refusal of a request we did not make")
+            raise _Reject(RejectReason.BAD_SIGNATURE, f"{what} signature") from exc
+        if self.state not in _AWAITING or not any(_crypto.ct_equal(request, h) for h in self._requests):
+            raise _Reject(RejectReason.UNEXPECTED, f"{what} of a request we did not make")
+
+    def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        r: Refuse = frame.head
+        self._check_answer(frame, r.request, "refusal")
         self._transition(Kind.REFUSE)
         self._requests = [h for h in self._requests if h != r.request]  # (a copy of it: UNEXPECTED)
         self._admitted = None
@@ -2205,12 +2210,7 @@ class SubscriberCore(_CoreBase):
 
     def _on_admit(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         a: Admit = frame.head
-        try:
-            self.author.verify(frame.hash, frame.sig)
-        except VerificationError as exc:
-            raise _Reject(RejectReason.BAD_SIGNATURE, "admission signature") from exc
-        if self.state not in _AWAITING or not any(_crypto.ct_equal(a.request, h) for h in self._requests):
-            raise _Reject(RejectReason.UNEXPECTED, "admission of a request we did not make")
+        self._check_answer(frame, a.request, "admission")
         b = self._branches.get(a.branch)
         if b is not None and b.state is BranchState.CLOSED:
             raise _Reject(RejectReason.CLOSED_BRANCH, "admission to a closed branch", a.branch)
