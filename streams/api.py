@@ -1153,9 +1153,10 @@ class Author(_Party):
         propagates and nothing changes.  Returns the branches closed, groups included."""
         self._check_usable()
         restricted: list[tuple[bytes, Permission]] = []
-        revoked = self._core.recheck(self._clock(), dids=True, restricted=restricted)
+        reasons: dict[bytes, str] = {}
+        revoked = self._core.recheck(self._clock(), dids=True, restricted=restricted, reasons=reasons)
         await self._flush()
-        self._report_revoked(revoked)
+        self._report_revoked(revoked, reasons)
         for branch, permission in restricted:
             did = self._core.branch_info(branch)[3][1]
             log.info("branch %s: permission restricted to %s by the policy", branch.hex(), permission.name)
@@ -1165,13 +1166,15 @@ class Author(_Party):
     def _on_tick(self, now_ms: int) -> None:
         if now_ms - self._last_recheck >= self.recheck_ms:
             self._last_recheck = now_ms
-            self._report_revoked(self._core.recheck(now_ms))
+            reasons: dict[bytes, str] = {}
+            self._report_revoked(self._core.recheck(now_ms, reasons=reasons), reasons)
 
-    def _report_revoked(self, branches: list[bytes]) -> None:
+    def _report_revoked(self, branches: list[bytes], reasons: dict[bytes, str]) -> None:
         """Tell the application (``events()``) about the branches a re-check revoked: nobody asked for it."""
         for b in branches:
-            log.info("branch %s revoked: its admission no longer holds", b.hex())
-            self._queue_event(BranchClosed(b, "recheck", self._core.chain_head(b, 0)[0] - 1))
+            why = reasons.get(b, "")
+            log.info("branch %s revoked: its admission no longer holds: %s", b.hex(), why)
+            self._queue_event(BranchClosed(b, "recheck", self._core.chain_head(b, 0)[0] - 1, why))
 
     async def revoke_subscriber(self, did: str) -> list[bytes]:
         """Cut a subscriber off: revoke its own branch and take it out of every group (each re-keyed without it).

@@ -1910,8 +1910,8 @@ class AuthorCore(_CoreBase):
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
-    def recheck(self, now_ms: int, dids: bool = False,
-                restricted: list[tuple[bytes, Permission]] | None = None) -> list[bytes]:
+    def recheck(self, now_ms: int, dids: bool = False, restricted: list[tuple[bytes, Permission]] | None = None,
+                reasons: dict[bytes, str] | None = None) -> list[bytes]:
         """Re-evaluate each open subscriber's admission against the policy now: revoke the branches whose
         evidence (e.g. a credential) no longer holds by the policy's ``still_valid(evidence, now_ms)``, if it has
         one (a revoked or expired credential), and with ``dids``, those the policy no longer admits
@@ -1919,23 +1919,26 @@ class AuthorCore(_CoreBase):
         a subscriber also leaves its groups.  With ``dids`` too, a subscriber admitted on its DID alone keeps only
         the rights of its branch's permission that the policy still gives it (never more: a re-key,
         :meth:`set_permission`; revoked if none is left), each appended to ``restricted`` as (branch, permission).
-        Returns the revoked branch ids, groups closed by losing their last member included."""
+        Returns the revoked branch ids, groups closed by losing their last member included; ``reasons`` receives
+        why, per branch."""
         check = getattr(self.policy, "still_valid", None)
         # Every decision first, then the changes: a policy that raises part-way changes nothing (nothing half
         # done, and nothing revoked unreported).
-        cut: list[str] = []
+        cut: dict[str, str] = {}  # DID -> why
         narrow: list[tuple[bytes, Permission]] = []
         for b in list(self._branches.values()):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
             if check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms):
-                cut.append(b.peer_did)
+                cut[b.peer_did] = "the credential that admitted it no longer holds (revoked, suspended or expired)"
             elif dids:
                 admitted, allowed = self._readmits(b.peer_did, b.has_evidence, now_ms)
                 current = b.members[1][1]
                 kept = common_permission(current, allowed) if admitted and allowed is not None else current
-                if not admitted or kept is None:
-                    cut.append(b.peer_did)
+                if not admitted:
+                    cut[b.peer_did] = "the policy no longer admits its DID"
+                elif kept is None:
+                    cut[b.peer_did] = "its permission and the policy's have nothing in common"
                 elif kept is not current:
                     narrow.append((b.id, kept))
         if dids:
@@ -1944,10 +1947,16 @@ class AuthorCore(_CoreBase):
             own = {b.peer_did for b in self._branches.values() if b.state is BranchState.OPEN and b.peer_did}
             members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
                        for i, (pk, _) in self._branches[gid].members.items() if i}
-            cut += sorted(d for d in members - own if not self._readmits(d, False, now_ms)[0])
+            for d in sorted(members - own):
+                if not self._readmits(d, False, now_ms)[0]:
+                    cut[d] = "the policy no longer admits its DID"
         revoked = []
-        for did in cut:
-            revoked += self.revoke_subscriber(did)
+        for did, why in cut.items():
+            closed = self.revoke_subscriber(did)
+            revoked += closed
+            if reasons is not None:
+                reasons.update((b, f"its last member was cut off: {why}" if b in self._groups else why)
+                               for b in closed)
         for branch, permission in narrow:
             self.set_permission(branch, permission)
             if restricted is not None:

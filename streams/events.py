@@ -193,6 +193,7 @@ class BranchClosed:
     #: (author side) "recheck": its admission no longer held
     by: str
     last_seq: int  #: the author chain's final sequence number (revoke), or 0
+    reason: str = ""  #: (author side, by "recheck") why the admission no longer holds
 
 
 @dataclass(frozen=True, slots=True)

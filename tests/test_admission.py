@@ -153,7 +153,9 @@ def test_revoking_the_credential_cuts_off_its_subscriber(status: tuple[StatusLis
     bits, src = status
     bits.set(3)  # the issuer revokes s0's credential and republishes its status list
     src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits, valid_from=T0))
-    assert net.author.recheck(net.now) == [b0]
+    reasons: dict[bytes, str] = {}
+    assert net.author.recheck(net.now, reasons=reasons) == [b0]
+    assert reasons == {b0: "the credential that admitted it no longer holds (revoked, suspended or expired)"}
     net.pump_author()
     assert any(isinstance(e, BranchClosed) for e in net.events["s0"])
     with pytest.raises(ClosedResourceError):

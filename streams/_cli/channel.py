@@ -199,7 +199,10 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
         return {"event": "gap", "branch": ev.branch.hex(), "index": ev.publisher, "expected_seq": ev.expected_seq,
                 "received_seq": ev.received_seq, "missing": [ev.expected_seq, ev.received_seq - 1]}
     if isinstance(ev, BranchClosed):
-        return {"event": "closed", "branch": ev.branch.hex(), "by": ev.by}
+        closed = {"event": "closed", "branch": ev.branch.hex(), "by": ev.by}
+        if ev.reason:
+            closed["reason"] = ev.reason
+        return closed
     if isinstance(ev, Acknowledged):
         return {"event": "acknowledged", "branch": ev.branch.hex(), "through_seq": ev.through_seq, "by": ev.by_did}
     if isinstance(ev, Granted):
