@@ -8,7 +8,7 @@ import pytest
 from streams._state import BranchState
 from streams.core import Outgoing, SubscriberCore
 from streams.errors import LocalProtocolError
-from streams.events import BranchClosed, Granted, MessageReceived, Rejected, RejectReason, Subscribed
+from streams.events import BranchClosed, GapDetected, Granted, MessageReceived, Rejected, RejectReason, Subscribed
 from streams.identity import Identity
 from streams.wire import (
     SESSION_LEN,
@@ -627,3 +627,22 @@ def test_a_member_removed_from_a_group_closes_it_and_stops_asking_for_it() -> No
     net.pump_sub("s0")
     assert not [d for who, d in net.wire if who == "s0" and decode_frame(d).head.branch == g]
     assert not [e for e in net.events["author"] if isinstance(e, Rejected) and e.reason is RejectReason.NOT_MEMBER]
+
+
+def test_a_revoked_members_next_publish_is_refused_as_closed_not_reported_as_a_gap() -> None:
+    """A provider revoked while away (its REVOKE lost) publishes when it comes back: the author refused the
+    packet as CLOSED_BRANCH, but the HEAD that follows it was taken as news of a gap (`streams serve` printed a
+    `gap` event, and the author asked the revoked member for the message).  A HEAD of a closed branch is refused
+    too."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s0 = net.subs["s0"]
+    [b0] = s0.branch_ids()
+    net.author.revoke(b0)
+    net.author.take_changes()
+    net.author.data_to_send()  # (the REVOKE is lost: s0 is away)
+    s0.publish(b0, b"after the revocation", net.now)
+    s0.head_notices(force=True)
+    events = [e for o in s0.data_to_send() for e in net.author.receive(o.data, net.now, "s0")]
+    assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.CLOSED_BRANCH] * 2
+    assert not [e for e in events if isinstance(e, GapDetected)] and net.author.data_to_send() == []
