@@ -163,6 +163,13 @@ _MAX_REQUESTS = 16
 _AWAITING = frozenset({SubscriptionState.AWAIT_CHALLENGE, SubscriptionState.AWAIT_GRANT})
 
 
+#: Why a re-check revoked a subscriber (``recheck(reasons=...)``).  ``still_valid`` answers False for any
+#: credential failure, so the first names them all.
+_NO_EVIDENCE = ("the subscriber's credential no longer holds: revoked, suspended, expired, its issuer no longer "
+                "trusted, or its status cannot be checked now")
+_NOT_ADMITTED = "the policy no longer admits the subscriber's DID"
+
+
 def _elapsed(now_ms: int, since_ms: int, interval_ms: int) -> bool:
     """Whether ``interval_ms`` passed since ``since_ms``.  The driver's clock is the wall clock: one stepped back
     (an NTP correction) counts as elapsed, so that no timer waits for the clock to catch up -- a lost FETCH is
@@ -1383,8 +1390,10 @@ class _CoreBase:
         b = self._branches.get(h.branch)
         if b is None or h.publisher not in b.members or h.publisher == b.me or h.publisher not in b.chains:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "head of an unknown chain", h.branch, h.publisher)
-        if b.state is BranchState.CLOSED:  # (nothing to fetch: a group we were removed from, say)
-            raise _Reject(RejectReason.CLOSED_BRANCH, "head of a closed branch", h.branch, h.publisher)
+        if b.state is BranchState.CLOSED:
+            # Nothing to fetch there (a revoked member's, or a group we were removed from).  Dropped without an
+            # event: the HEAD that follows the REVOKE in a grant sync's answer would read as an attack.
+            return
         try:
             _crypto.verify(b.members[h.publisher][0], frame.hash, frame.sig)
         except VerificationError as exc:
@@ -1930,15 +1939,15 @@ class AuthorCore(_CoreBase):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
             if check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms):
-                cut[b.peer_did] = "the credential that admitted it no longer holds (revoked, suspended or expired)"
+                cut[b.peer_did] = _NO_EVIDENCE
             elif dids:
                 admitted, allowed = self._readmits(b.peer_did, b.has_evidence, now_ms)
                 current = b.members[1][1]
                 kept = common_permission(current, allowed) if admitted and allowed is not None else current
                 if not admitted:
-                    cut[b.peer_did] = "the policy no longer admits its DID"
+                    cut[b.peer_did] = _NOT_ADMITTED
                 elif kept is None:
-                    cut[b.peer_did] = "its permission and the policy's have nothing in common"
+                    cut[b.peer_did] = "the subscriber's permission and the policy's have nothing in common"
                 elif kept is not current:
                     narrow.append((b.id, kept))
         if dids:
@@ -1949,7 +1958,7 @@ class AuthorCore(_CoreBase):
                        for i, (pk, _) in self._branches[gid].members.items() if i}
             for d in sorted(members - own):
                 if not self._readmits(d, False, now_ms)[0]:
-                    cut[d] = "the policy no longer admits its DID"
+                    cut[d] = _NOT_ADMITTED
         revoked = []
         for did, why in cut.items():
             closed = self.revoke_subscriber(did)

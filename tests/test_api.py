@@ -399,7 +399,7 @@ async def test_recheck_admissions_revokes_whom_a_replaced_policy_no_longer_admit
     assert author.branch_of(P1.did) == b1  # admission changed; membership not yet
     assert await author.recheck_admissions() == [b1]
     assert [(e.branch, e.by, e.reason) for e in author.pending_events() if isinstance(e, BranchClosed)] == [
-        (b1, "recheck", "the policy no longer admits its DID")]
+        (b1, "recheck", "the policy no longer admits the subscriber's DID")]
     [g] = [b for b in author.branches() if b.id == group]
     assert (g.epoch, g.members) == (1, (AUTHOR.did, P2.did))
     with pytest.raises(ClosedResourceError):
@@ -407,8 +407,8 @@ async def test_recheck_admissions_revokes_whom_a_replaced_policy_no_longer_admit
     author.policy = AllOf((AllowList.of([P1.did, P2.did]), DenyList(frozenset({P2.did}))))  # deny wins
     assert await author.recheck_admissions() == [b2, group]  # (P2 was the group's last member: it closed)
     assert [(e.branch, e.by, e.reason) for e in author.pending_events() if isinstance(e, BranchClosed)] == [
-        (b2, "recheck", "the policy no longer admits its DID"),
-        (group, "recheck", "its last member was cut off: the policy no longer admits its DID")]
+        (b2, "recheck", "the policy no longer admits the subscriber's DID"),
+        (group, "recheck", "its last member was cut off: the policy no longer admits the subscriber's DID")]
     for x in (s1, s2, author):
         await x.close()
 

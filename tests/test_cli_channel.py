@@ -506,7 +506,7 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_and_sighup_or_by_
     reload = serve.wait("policy", reloaded=True)
     assert (reload["revoked"], reload["dids"]) == ([branches["acme"]], [dids["acme"]])
     serve.wait("closed", branch=branches["acme"], by="recheck", did=dids["acme"],
-               reason="the policy no longer admits its DID")
+               reason="the policy no longer admits the subscriber's DID")
     cut = publish("acme")
     assert cut.returncode == 1 and cut.json["failure"] == "closed", cut.stdout
     assert publish("globex").ok().json["acknowledged"] is True
