@@ -2126,12 +2126,33 @@ class SubscriberCore(_CoreBase):
     def load_subscriber(self, announce: bytes | None, branches: list[BranchRecord],
                         chains: list[ChainRecord]) -> None:
         self.load(branches, chains)
+        for b in self._branches.values():
+            if b.me and b.me in b.chains and not self._should_track(b, b.me):
+                # A re-key took our write permission away (its chain's row stays in the store): what the author
+                # held of our chain then is named in that grant, which the store keeps (``acknowledged``).
+                b.final_acked = self._our_head_in_grant(b)
+                del b.chains[b.me]
         if announce is not None:
             f = decode_frame(announce, self.config.max_frame)
             self._announce_hash = f.hash
             self._announced = True
         if any(b.state is BranchState.OPEN for b in self._branches.values()):
             self.state = SubscriptionState.SUBSCRIBED
+
+    def _our_head_in_grant(self, b: _Branch) -> int:
+        """The seq of our chain's head that ``b``'s current grant names (0 if it names none, or does not open)."""
+        if b.grant_frame is None:
+            return 0
+        try:
+            frame = decode_frame(b.grant_frame, self.config.max_frame)
+            hint = _hint(b.id, b.epoch, self._id.kx_public)
+            for e in decode_grant_entries(frame.body):
+                if _crypto.ct_equal(e.hint, hint):
+                    secret = decode_grant_secret(self._id.unseal(e.sealed))
+                    return next((s for p, s, _ in secret.heads if p == b.me), 0)
+        except (DecodeError, VerificationError):
+            pass
+        return 0
 
     def _transition(self, inp: Kind | str) -> None:
         nxt = SUBSCRIPTION.get((self.state, inp))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams.core import AuthorCore, SubscriberCore
+from streams.core import AuthorCore, BranchRecord, ChainRecord, Changes, SubscriberCore
 from streams.credentials import (
     CredentialPolicy,
     StatusList,
@@ -414,3 +414,38 @@ def test_what_the_author_held_when_it_took_write_away_counts_as_acknowledged() -
     net.pump_author()  # the re-key reaches s0
     assert s0.branch_info(b0)[1] is Permission.READ
     assert s0.acknowledged(b0) == 2
+
+
+def test_what_the_author_held_when_it_took_write_away_survives_a_restart() -> None:
+    """That much stays acknowledged after a restart too (it lived in memory only: after a restart
+    ``acknowledged`` fell back to 0, and ``wait_acknowledged`` on that branch waited for its timeout), and the
+    chain we may no longer write is not taken up again from the store."""
+    net = Net.make(n_subs=1)
+    records: dict[bytes, BranchRecord] = {}
+    chains: dict[tuple[bytes, int], ChainRecord] = {}
+    s0 = net.subs["s0"]
+    take = s0.take_changes
+
+    def kept() -> Changes:  # (what the store would hold)
+        changes = take()
+        records.update((r.id, r) for r in changes.branches)
+        chains.update(((c.branch, c.publisher), c) for c in changes.chains)
+        return changes
+
+    s0.take_changes = kept  # type: ignore[method-assign]
+    net.subscribe("s0")
+    [b0] = s0.branch_ids()
+    for i in (1, 2, 3):
+        s0.publish(b0, b"payment %d" % i, net.now)
+    for o in s0.data_to_send():  # the author takes all three; their ACK is lost
+        net.author.receive(o.data, net.now, "s0")
+    s0.take_changes()
+    net.author.take_changes()
+    net.author.data_to_send()
+    net.author.set_permission(b0, Permission.READ)
+    net.pump_author()
+    assert s0.acknowledged(b0) == 3
+    again = SubscriberCore(s0.identity, net.author.identity.did, net.author.channel)
+    again.load_subscriber(None, list(records.values()), list(chains.values()))
+    assert again.acknowledged(b0) == 3 and again.branch_info(b0)[1] is Permission.READ
+    assert again._branches[b0].me not in again._branches[b0].chains
