@@ -1390,8 +1390,9 @@ class _CoreBase:
         b = self._branches.get(h.branch)
         if b is None or h.publisher not in b.members or h.publisher == b.me or h.publisher not in b.chains:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "head of an unknown chain", h.branch, h.publisher)
-        if b.state is BranchState.CLOSED:
-            # Nothing to fetch there (a revoked member's, or a group we were removed from).  Dropped without an
+        if b.state is BranchState.CLOSED or (h.publisher and not b.members[h.publisher][1].can_write):
+            # Nothing to fetch there (a revoked member's, a group we were removed from, or the chain of a member
+            # whose write permission was taken away: what it published after is refused).  Dropped without an
             # event: the HEAD that follows the REVOKE in a grant sync's answer would read as an attack.
             return
         try:

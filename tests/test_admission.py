@@ -18,10 +18,10 @@ from streams.credentials import (
     present,
 )
 from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
-from streams.events import BranchClosed, Granted, MessageReceived, Refused, Rejected, SubscriberRefused
+from streams.events import BranchClosed, GapDetected, Granted, MessageReceived, Refused, Rejected, SubscriberRefused
 from streams.identity import Identity
 from streams.policy import AllOf, AllowList, DenyList, SubscriptionRequest
-from streams.wire import Permission, encode_frame
+from streams.wire import Kind, Permission, decode_frame, encode_frame
 
 from .corenet import Net, ident
 
@@ -347,6 +347,12 @@ def test_a_recheck_narrows_a_did_admitted_subscriber_to_the_rights_the_policy_st
     for d in in_flight:
         events = net.author.receive(d, net.now, "s0")
         assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.NOT_PERMITTED]
+    s0.head_notices(force=True)  # its chain's HEAD: nothing to fetch from a member that may not write
+    events = [e for o in s0.data_to_send() for e in net.author.receive(o.data, net.now, "s0")]
+    assert not [e for e in events if isinstance(e, (Rejected, GapDetected))]
+    outs = net.author.data_to_send()  # (the re-key's GRANT, and no FETCH)
+    assert [decode_frame(o.data).kind for o in outs] == [Kind.GRANT]
+    net.deliver_author_out(outs)
     net.pump_author()  # the re-key reaches s0
     assert s0.branch_info(b0)[:2] == (1, Permission.READ)
     with pytest.raises(LocalProtocolError):

@@ -758,13 +758,20 @@ def test_a_permission_narrowed_in_the_policy_file_is_applied_at_sighup(cli: Cli,
     assert serve.wait("policy", reloaded=True)["revoked"] == []
     refused = cli(*args, "--data", "payment 2")  # (stored before its catch-up learnt the re-key)
     assert refused.returncode == 1 and refused.json["failure"] == "not_permitted", refused.stdout
-    assert cli(*args, "--data", "payment 3").returncode == 2  # known now: refused before anything is stored
+    refused = cli(*args, "--data", "payment 3")  # known now: refused before anything is stored (it said "0
+    assert refused.returncode == 1 and refused.json["failure"] == "not_permitted"  # writable branches: subscribe")
+    refused = cli(*args, "--data", "payment 4", "--branch", branch)
+    assert refused.returncode == 1 and refused.json["failure"] == "not_permitted", refused.stdout
     serve.send(json.dumps({"to": sub_did, "data": "ALERT: read-only now"}))
     tail = cli("tail", "--json", "--store", "provider.db", "--connect", addr, "--passphrase-env", "PP",
                "--count", "1", "--timeout", "10").ok()
     assert [json.loads(x).get("data") for x in tail.stdout.splitlines()][1] == "ALERT: read-only now"
     assert [d["seq"] for d in serve.docs if d["event"] == "message"] == [1]  # payment 2 never arrived
     assert serve.stop()[0] == 0
+    # Payment 2's packet is refused once; its chain's HEADs start no gap fetch, refused again and again (three
+    # NOT_PERMITTED rejections and a gap that never closed, which read like an attack).
+    assert not [d for d in serve.docs if d["event"] == "gap" and d["branch"] == branch]
+    assert len([d for d in serve.docs if d["event"] == "rejected" and d.get("branch") == branch]) <= 1
 
 
 def test_serve_publishes_every_stdin_line_it_reads_a_flood_and_those_read_before_a_stop(
@@ -788,6 +795,7 @@ def test_serve_publishes_every_stdin_line_it_reads_a_flood_and_those_read_before
     assert seqs == list(range(first, first + flood + burst)), (len(seqs), err[-2000:])
     assert serve.docs[-1]["event"] == "stopped"
     assert "Exception in callback" not in err
+    assert "read but not acted on" not in err  # (a stop reads no more: nothing read was dropped)
 
 
 def test_serve_survives_hostile_stdin_lines_and_stops_under_an_endless_writer(cli: Cli, tmp_path: Path,

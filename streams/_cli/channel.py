@@ -420,18 +420,33 @@ def unheard_hint(transport: SubscriberTransport, curve: bool) -> str:
 def writable_branch(sub: Subscriber, branch: str | None) -> bytes:
     """The branch to publish on: ``branch`` (hex) if given, else the subscriber's only open writable branch.
 
-    Raises :class:`UsageError` if there is none, or several and ``branch`` was not given."""
-    if branch is not None:
-        return parse_branch(branch)
+    Raises :class:`UsageError` if there is none, or several and ``branch`` was not given; :class:`CheckFailed`
+    (``not_permitted``) if the author took the write permission away (``closed`` if it revoked the branch)."""
     branches = sub.branches()
+    if branch is not None:
+        named = parse_branch(branch)
+        info = next((b for b in branches if b.id == named), None)
+        if info is not None and info.open and not info.permission.can_write and len(info.members) == 2:
+            raise _not_permitted(named)
+        return named
     writable = [b.id for b in branches if b.open and b.permission.can_write]
     if not writable:
         closed = [b.id for b in branches if not b.open and b.permission.can_write]
         if closed:
             raise _closed(closed[-1])
+        own = [b.id for b in branches if b.open and len(b.members) == 2]
+        if own:
+            raise _not_permitted(own[-1])
     if len(writable) != 1:
         raise UsageError(f"{len(writable)} writable branches: run `streams subscribe` first, or give --branch")
     return writable[0]
+
+
+def _not_permitted(branch: bytes) -> CheckFailed:
+    """The answer when our own branch is open but read-only: the author narrowed our permission (a policy
+    re-check), or granted it so."""
+    return CheckFailed(f"branch {branch.hex()} is read-only for this provider: the author allows it to read only "
+                       "(its policy), so nothing is published", "not_permitted")
 
 
 def _closed(branch: bytes) -> CheckFailed:
@@ -520,18 +535,19 @@ class StdinLines:
 
     def _run(self) -> None:
         with contextlib.suppress(RuntimeError, _StdinClosed):  # (RuntimeError: the loop closed, we are exiting)
-            _read_lines(self._put)
+            _read_lines(self._put, lambda: self._closed)
 
 
 class _StdinClosed(Exception):
     """:meth:`StdinLines.close` was called: the reading thread ends."""
 
 
-def _read_lines(put: Callable[[list[bytes | None]], None]) -> None:
-    """Read fd 0 to its end, handing ``put`` each chunk's complete lines, then the rest and None."""
+def _read_lines(put: Callable[[list[bytes | None]], None], closed: Callable[[], bool]) -> None:
+    """Read fd 0 to its end, handing ``put`` each chunk's complete lines, then the rest and None; once
+    ``closed()``, read no more (what stays in the pipe was not read)."""
     buf = b""
     skipping = False  # inside an oversized line: drop bytes up to its newline (THREATS 8: bounded buffer)
-    while True:
+    while not closed():
         try:
             chunk = os.read(0, 65536)
         except OSError:

@@ -68,7 +68,9 @@ def _status_list_warnings(policy: FilePolicy, now_ms: int) -> list[str]:
                 continue
             if issuer not in rule.issuers:
                 warnings.append(f"credential {rule.type}: status list {path} is published by {issuer}, not by an "
-                                "issuer of this rule: its credentials are never checked against it")
+                                "issuer of this rule: a credential is checked against its own issuer's list only, "
+                                "so this one serves none, and a credential of the rule whose list is missing is "
+                                "refused (status unavailable)")
     return warnings
 
 
