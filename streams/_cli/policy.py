@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .. import credentials as vc
 from .. import keystore
@@ -78,7 +79,10 @@ def _check(args: argparse.Namespace) -> Result:
     policy = load_policy(args.file)
     warnings = _status_list_warnings(policy, to_ms(now()))
     data: dict[str, object] = {"ok": True, "policy": policy.describe(), "warnings": warnings}
-    text = "\n".join([_describe_text(policy), *(f"warning: {w}" for w in warnings)])
+    if not any(getattr(args, n, False) for n in ("json", "global_json", "group_json")):  # (else in the document)
+        for w in warnings:
+            print(f"streams: warning: {w}", file=sys.stderr)
+    text = _describe_text(policy)
     if args.did is None:
         if args.credential or args.holder_keystore:
             raise UsageError("--credential and --holder-keystore need --did")
