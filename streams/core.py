@@ -2146,14 +2146,24 @@ class SubscriberCore(_CoreBase):
             return 0
         try:
             frame = decode_frame(b.grant_frame, self.config.max_frame)
-            hint = _hint(b.id, b.epoch, self._id.kx_public)
-            for e in decode_grant_entries(frame.body):
-                if _crypto.ct_equal(e.hint, hint):
-                    secret = decode_grant_secret(self._id.unseal(e.sealed))
-                    return next((s for p, s, _ in secret.heads if p == b.me), 0)
-        except (DecodeError, VerificationError):
-            pass
-        return 0
+            secret = self._open_grant(self._our_entries(b.id, b.epoch, decode_grant_entries(frame.body)))
+        except DecodeError:
+            return 0
+        return next((s for p, s, _ in secret.heads if p == b.me), 0) if secret is not None else 0
+
+    def _our_entries(self, branch: bytes, epoch: int, entries: list[GrantEntry]) -> list[GrantEntry]:
+        """The entries of a grant whose hint is ours (SPEC 8.5)."""
+        hint = _hint(branch, epoch, self._id.kx_public)
+        return [e for e in entries if _crypto.ct_equal(e.hint, hint)]
+
+    def _open_grant(self, mine: list[GrantEntry]) -> GrantSecret | None:
+        """The first of our entries that opens with our key, decoded (None if none does)."""
+        for e in mine:
+            try:
+                return decode_grant_secret(self._id.unseal(e.sealed))
+            except (VerificationError, DecodeError):
+                continue
+        return None
 
     def _transition(self, inp: Kind | str) -> None:
         nxt = SUBSCRIPTION.get((self.state, inp))
@@ -2276,12 +2286,11 @@ class SubscriberCore(_CoreBase):
 
     def _on_grant(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         g: Grant = frame.head
-        hint = _hint(g.branch, g.epoch, self._id.kx_public)
         try:
             entries = decode_grant_entries(frame.body)
         except DecodeError as exc:
             raise _Reject(RejectReason.MALFORMED, "grant entries") from exc
-        mine = [e for e in entries if _crypto.ct_equal(e.hint, hint)]
+        mine = self._our_entries(g.branch, g.epoch, entries)
         if not mine:
             self._maybe_removed(frame, events)
             return  # a grant for someone else (routing may broadcast): not an error, not our business
@@ -2307,13 +2316,7 @@ class SubscriberCore(_CoreBase):
                 raise _Reject(RejectReason.STALE_EPOCH, "grant does not extend the branch's grant chain", g.branch)
         elif g.epoch == 0 and not _crypto.ct_equal(g.prev, self._announce_hash):
             raise _Reject(RejectReason.BAD_LINK, "first grant does not link to the announcement", g.branch)
-        secret: GrantSecret | None = None
-        for e in mine:
-            try:
-                secret = decode_grant_secret(self._id.unseal(e.sealed))
-                break
-            except (VerificationError, DecodeError):
-                continue
+        secret = self._open_grant(mine)
         if secret is None:
             raise _Reject(RejectReason.BAD_AEAD, "grant entry does not open", g.branch)
         members = {i: (pk, p) for i, pk, p in secret.members}
