@@ -1110,6 +1110,11 @@ class Author(_Party):
         """The open per-subscriber branch of a DID."""
         return self._core.branch_of(did)
 
+    def owner_of(self, branch: bytes) -> str | None:
+        """The DID whose own (per-subscriber) branch ``branch`` is, open or closed -- the inverse of
+        :meth:`branch_of`; None for a group (one of a single member too) or an unknown branch."""
+        return self._core.owner_of(branch)
+
     async def open_branch(self, did: str, permission: Permission = Permission.READ_WRITE,
                           mode: SigningMode | None = None) -> bytes:
         """Open a branch for a DID without waiting for it to subscribe (it receives the grant when it does).
@@ -1158,7 +1163,7 @@ class Author(_Party):
         await self._flush()
         self._report_revoked(revoked, reasons)
         for branch, permission in restricted:
-            did = self._core.branch_info(branch)[3][1]
+            did = self._core.owner_of(branch) or ""  # (a re-check restricts per-subscriber branches only)
             log.info("branch %s: permission restricted to %s by the policy", branch.hex(), permission.name)
             self._queue_event(PermissionRestricted(branch, did, permission))
         return revoked

@@ -1616,6 +1616,12 @@ class AuthorCore(_CoreBase):
         """The open per-subscriber branch of ``did``, if any."""
         return self._by_did.get(did)
 
+    def owner_of(self, branch: bytes) -> str | None:
+        """The DID whose own (per-subscriber) branch ``branch`` is, open or closed; None for a group -- one of a
+        single member included -- or a branch we do not know."""
+        b = self._branches.get(branch)
+        return b.peer_did or None if b is not None else None
+
     # -- subscription handshake (THREATS 5) --------------------------------------------------------------------
 
     def _challenge_mac(self, nonce: bytes, expires_ms: int) -> bytes:

@@ -530,6 +530,65 @@ def test_an_operator_cuts_a_provider_off_by_editing_the_policy_and_sighup_or_by_
     assert serve2.stop()[0] == 0
 
 
+def test_serve_opens_a_group_for_a_broadcast_only_its_members_read_and_a_removed_member_reads_no_more(
+        cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """`streams serve` had no way to open a group, so a monitor could not broadcast an alert to several providers
+    (only the library could).  `{"group": [...]}` opens one for admitted subscribers: its members read what is
+    published there, another provider does not (segregation); a DID without a branch of its own (one the policy
+    did not admit) is refused, and so is a writable group; `{"remove": ..., "from": ...}` re-keys it without a
+    member, which reads nothing published afterwards."""
+    make_keystore(cli, "monitor.ks")
+    dids = {name: make_keystore(cli, f"{name}.ks") for name in ("acme", "globex", "initech")}
+    outsider = make_keystore(cli, "outsider.ks")
+    _policy(tmp_path / "policy.toml", *dids.values())
+    serve = _serve(tmp_path, serves)
+    ready = serve.wait("ready")
+    addr, channel, author = ready["addresses"][0], ready["channel"], ready["did"]
+    own = {name: cli("subscribe", "--json", "--store", f"{name}.db", "--connect", addr, "--keystore", f"{name}.ks",
+                     "--author", author, "--channel", channel, "--passphrase-env", "PP").ok().json["branch"]
+           for name in dids}
+
+    def errors() -> list[str]:
+        return [d["error"] for d in serve.docs if d["event"] == "error"]
+
+    serve.send(json.dumps({"group": [dids["acme"], outsider]}))
+    serve.wait("error")
+    assert "no open branch for " + outsider in errors()[-1], errors()
+    serve.send(json.dumps({"group": [dids["acme"]], "permission": "read-write"}))
+    serve.send(json.dumps({"group": [dids["acme"], dids["acme"]]}))
+    serve.send(json.dumps({"remove": dids["acme"], "from": own["acme"]}))  # an own branch is not a group
+    serve.send(json.dumps({"group": [dids["acme"], dids["globex"]]}))
+    group = serve.wait("group")  # (lines are acted on in order: the errors before it are all out)
+    assert len(errors()) == 4, errors()
+    assert "only the author writes" in errors()[1] and "twice" in errors()[2] and "not a group" in errors()[3]
+    assert group["members"] == [dids["acme"], dids["globex"]] and group["permission"] == "read"
+    assert group["branch"] not in own.values()
+    serve.send(json.dumps({"to": group["branch"], "data": "ALERT 1: card testing from 203.0.113.7"}))
+    serve.wait("published", branch=group["branch"], seq=1)
+
+    def tail(name: str) -> list[dict[str, Any]]:
+        out = cli("tail", "--json", "--store", f"{name}.db", "--connect", addr, "--timeout", "3",
+                  "--passphrase-env", "PP").ok()
+        return [d for d in map(json.loads, out.stdout.splitlines()) if d["event"] == "message"]
+
+    for name in ("acme", "globex"):
+        got = tail(name)
+        assert [(m["branch"], m["data"], m["publisher"]) for m in got] == [
+            (group["branch"], "ALERT 1: card testing from 203.0.113.7", author)], (name, got)
+    assert tail("initech") == []  # not a member: the group's frames never reach it, nor could it open them
+
+    serve.send(json.dumps({"remove": dids["globex"], "from": group["branch"]}))
+    removed = serve.wait("removed")
+    assert removed == {"event": "removed", "branch": group["branch"], "did": dids["globex"], "closed": False}
+    serve.send(json.dumps({"to": group["branch"], "data": "ALERT 2"}))
+    serve.wait("published", branch=group["branch"], seq=2)
+    assert [m["data"] for m in tail("acme")] == ["ALERT 2"]
+    assert tail("globex") == []
+    serve.send(json.dumps({"remove": dids["acme"], "from": group["branch"]}))
+    assert serve.wait("removed", did=dids["acme"])["closed"] is True  # its last member gone: closed
+    assert serve.stop()[0] == 0
+
+
 def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_path: Path) -> None:
     """SIGTERM ends `streams subscribe` as Ctrl-C does: its cleanup runs (the store of a first run with no grant
     is removed), exit 143, and with --json the error document (it used to die where it stood)."""

@@ -158,6 +158,24 @@ def test_a_removed_group_member_gets_no_later_grant_and_a_revoked_member_gets_th
     assert net.subs["s0"].branch_info(b0)[2].value != "open"
 
 
+def test_owner_of_names_the_subscriber_of_its_own_branch_and_no_one_for_a_group_even_of_one() -> None:
+    """``owner_of`` (the inverse of ``branch_of``) answers from the branch itself: a group of one member has no
+    owner although it looks like an own branch (two members), and a revoked own branch keeps its owner (the CLI
+    names who was cut off by it); an unknown branch has none."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    did = ident(10).did
+    own = net.author.branch_of(did)
+    assert own is not None and net.author.owner_of(own) == did
+    g = net.author.open_group([ident(10).public])
+    net.pump_author()
+    assert len(net.author.branch_info(g)[3]) == len(net.author.branch_info(own)[3]) == 2
+    assert net.author.owner_of(g) is None
+    net.author.revoke(own)
+    assert net.author.branch_of(did) is None and net.author.owner_of(own) == did
+    assert net.author.owner_of(bytes(16)) is None
+
+
 def test_a_group_cannot_seat_a_did_twice() -> None:
     """A DID seated twice would keep one seat after remove_member, and with it every later key (THREATS 6)."""
     import pytest

@@ -3,7 +3,8 @@
 * ``serve`` -- the author: opens its store (or creates it from a keystore identity the first time), binds,
   admits subscribers by a TOML policy file and prints one line per event until SIGINT/SIGTERM, then closes
   cleanly (cursors persisted).  ``--publish-stdin`` publishes JSON lines ``{"to": DID or branch hex,
-  "data": "..."}`` read from stdin -- how a monitor sends alerts.
+  "data": "..."}`` read from stdin -- how a monitor sends alerts -- and acts on ``{"revoke": ...}``,
+  ``{"group": [DID, ...]}`` and ``{"remove": DID, "from": group}`` lines.
 * ``subscribe`` -- a subscriber: creates its store from a keystore identity the first time, runs the
   handshake and prints the granted branch; exit status 1 if the author refuses.
 * ``publish`` -- publishes one message as the subscriber and (by default) waits for the author's signed,
@@ -78,7 +79,7 @@ from ..events import (
 )
 from ..identity import Identity, did_from_public_key, public_key_from_did
 from ..ledger.base import Ledger
-from ..policy_file import load_policy, permission_name
+from ..policy_file import PERMISSIONS, load_policy, permission_name
 from ..store import Store, backup
 from ..wire import MAX_FRAME, Permission
 from ._common import (
@@ -643,8 +644,9 @@ async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
         branch = author.branch_of(name)
     else:
         branch = parse_branch(name, "revoke")
-        info = next((b for b in author.branches() if b.id == branch), None)
-        did = next((m for m in (info.members if info is not None else ()) if author.branch_of(m) == branch), None)
+        did = author.owner_of(branch)
+        if did is not None and author.branch_of(did) != branch:
+            did = None  # a closed branch of a DID that subscribed again: only that old branch is named
     if did is not None:
         closed = await author.revoke_subscriber(did)
     else:
@@ -655,9 +657,44 @@ async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
               "closed": [b.hex() for b in closed]})
 
 
+async def _group_line(author: Author, req: dict[str, Any], out: LinePrinter) -> None:
+    """``{"group": [DID, ...], "permission": "read"|"audit"}``: open a group branch (a broadcast: the author
+    writes, its members read) for subscribers the channel admitted -- each named DID must hold an open branch of
+    its own, so that a group never lets in a DID the policy did not.  Publish to it with ``{"to": its branch
+    hex}``."""
+    dids, name = req["group"], req.get("permission", "read")
+    if not dids or not all(isinstance(d, str) for d in dids):
+        raise UsageError('"group" must be a non-empty list of subscribers\' DIDs')
+    if name not in ("read", "audit"):
+        raise UsageError(f'"permission" of a group must be "read" or "audit" (only the author writes in a group), '
+                         f"got {name!r}")
+    if len(set(dids)) != len(dids):
+        raise UsageError('"group" names a DID twice')
+    for did in dids:
+        if author.branch_of(did) is None:
+            raise UsageError(f"no open branch for {did}: a group's members must be subscribers the policy admitted")
+    branch = await author.open_group(dids, PERMISSIONS[name])
+    out.emit({"event": "group", "branch": branch.hex(), "members": dids, "permission": name})
+
+
+async def _remove_line(author: Author, did: str, group: str, out: LinePrinter) -> None:
+    """``{"remove": DID, "from": group hex}``: take a member out of a group (re-keyed without it: it reads
+    nothing published there afterwards; the group closes when its last member goes)."""
+    branch = parse_branch(group, "from")
+    info = next((b for b in author.branches() if b.id == branch), None)
+    if info is None or author.owner_of(branch) is not None:
+        raise UsageError(f"from: {group} is not a group of this channel (a subscriber's own branch is revoked, "
+                         'with {"revoke": ...})')
+    await author.remove_member(branch, did)
+    left = next((b for b in author.branches() if b.id == branch), None)
+    out.emit({"event": "removed", "branch": branch.hex(), "did": did,
+              "closed": left is None or not left.open})
+
+
 async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
     """Act on one stdin line: ``{"to": ..., "data"|"data_b64": ...}`` publishes, ``{"revoke": ...}`` revokes a
-    branch; bad lines are reported, never fatal."""
+    branch, ``{"group": [...]}`` opens a group, ``{"remove": DID, "from": group}`` takes a member out of one;
+    bad lines are reported, never fatal."""
     if not line.strip():
         return
     try:
@@ -665,9 +702,16 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
         if isinstance(req, dict) and isinstance(req.get("revoke"), str) and len(req) == 1:
             await _revoke_line(author, req["revoke"], out)
             return
+        if isinstance(req, dict) and isinstance(req.get("group"), list) and set(req) <= {"group", "permission"}:
+            await _group_line(author, req, out)
+            return
+        if (isinstance(req, dict) and set(req) == {"remove", "from"} and isinstance(req["remove"], str)
+                and isinstance(req["from"], str)):
+            await _remove_line(author, req["remove"], req["from"], out)
+            return
         if not isinstance(req, dict) or not isinstance(req.get("to"), str):
-            raise UsageError('stdin line must be {"to": DID or branch hex, "data": text} or {"revoke": DID or '
-                             'branch hex}')
+            raise UsageError('stdin line must be {"to": DID or branch hex, "data": text}, {"revoke": DID or '
+                             'branch hex}, {"group": [DID, ...]} or {"remove": DID, "from": group hex}')
         branch = _branch_named(author, req["to"], "to")
         payload = _line_payload(req)
         seq = await author.publish(branch, payload)
@@ -748,9 +792,9 @@ async def _pump_events(party: Author | Subscriber, out: LinePrinter) -> None:
         if doc is not None:
             if isinstance(ev, BranchClosed) and isinstance(party, Author):
                 # Who was cut off (a re-check's revocation says nothing else): a per-subscriber branch's member.
-                info = next((b for b in party.branches() if b.id == ev.branch), None)
-                if info is not None and len(info.members) == 2:
-                    doc["did"] = info.members[1]
+                owner = party.owner_of(ev.branch)
+                if owner is not None:
+                    doc["did"] = owner
             out.emit(doc)
 
 
@@ -758,11 +802,11 @@ async def _recheck(author: Author, out: LinePrinter, path: str, reloaded: bool) 
     """Revoke the subscribers the policy can no longer admit (denied, off its allow-list) or whose credential no
     longer holds; they show as ``closed`` events (``by: recheck``).  A ``policy`` event reports a reload, or
     revocations at start."""
-    owners = {b.id: m for b in author.branches() if b.open for m in b.members if author.branch_of(m) == b.id}
     revoked = await author.recheck_admissions()
     if reloaded or revoked:
+        owners = [author.owner_of(b) for b in revoked]
         out.emit({"event": "policy", "file": path, "reloaded": reloaded, "revoked": [b.hex() for b in revoked],
-                  "dids": [owners[b] for b in revoked if b in owners]})
+                  "dids": [d for d in owners if d is not None]})
 
 
 async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: LinePrinter) -> None:
@@ -1201,7 +1245,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "later runs reopen it.  The first line is the 'ready' event with the channel id, the DID\n"
                         "and the bound addresses.  With --publish-stdin, JSON lines {\"to\": DID or branch hex,\n"
                         "\"data\": text} (or \"data_b64\") on stdin are published, and {\"revoke\": DID or branch\n"
-                        "hex} cuts a subscriber off (its branch and its groups).  SIGHUP re-reads the policy file\n"
+                        "hex} cuts a subscriber off (its branch and its groups); {\"group\": [DID, ...]} opens a\n"
+                        "broadcast branch for admitted subscribers (publish to it by its hex) and {\"remove\": DID,\n"
+                        "\"from\": group hex} takes a member out of one.  SIGHUP re-reads the policy file\n"
                         "and revokes the subscribers it no longer admits (so does every start).  With --curve,\n"
                         "connections use CurveZMQ and only DIDs the channel knows complete the handshake\n"
                         "(subscribers need --curve)."))
