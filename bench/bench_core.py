@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
 import nacl  # noqa: E402
 import nacl.bindings as nb  # noqa: E402
 
+from streams import _crypto  # noqa: E402
 from streams.core import AuthorCore, CoreConfig, SubscriberCore  # noqa: E402
 from streams.events import Granted  # noqa: E402
 from streams.identity import Identity, PublicIdentity  # noqa: E402
@@ -62,8 +63,10 @@ CHECKPOINT_EVERY = 32
 P_MSG = b"streams.v1.msg"
 NOW = 1_700_000_000_000
 
-_enc = nb.crypto_aead_xchacha20poly1305_ietf_encrypt
-_dec = nb.crypto_aead_xchacha20poly1305_ietf_decrypt
+# The same AEAD calls as the core makes (``streams._crypto``: libsodium through PyNaCl's cffi module, without
+# the public wrappers' Python).
+_enc = _crypto.aead_encrypt
+_dec = _crypto.aead_decrypt
 _sign = nb.crypto_sign
 _open = nb.crypto_sign_open
 _blake2b = hashlib.blake2b
@@ -97,13 +100,13 @@ class Floor:
         append = out.append
         if every == 1:
             for _ in range(n):
-                ct = _enc(payload, aad, nonce, key)
+                ct = _enc(key, nonce, aad, payload)
                 h = _blake2b(aad, digest_size=32, person=P_MSG)
                 h.update(ct)
                 append((ct, _sign(h.digest(), sk)))
         else:
             for i in range(1, n + 1):
-                ct = _enc(payload, aad, nonce, key)
+                ct = _enc(key, nonce, aad, payload)
                 h = _blake2b(aad, digest_size=32, person=P_MSG)
                 h.update(ct)
                 h.digest()
@@ -122,7 +125,7 @@ class Floor:
                 h.digest()
                 if sm:
                     _open(sm, pk)
-                _dec(ct, aad, nonce, key)
+                _dec(key, nonce, aad, ct)
                 n += 1
             else:
                 _blake2b(cp, digest_size=32, person=P_MSG).digest()
@@ -133,7 +136,7 @@ class Floor:
         key, nonce, aad, payload, sk, pk, every, cp = self.key, self.nonce, self.aad, self.payload, self.sk, \
             self.pk, self.every, self.cp
         for i in range(1, n + 1):
-            ct = _enc(payload, aad, nonce, key)
+            ct = _enc(key, nonce, aad, payload)
             h = _blake2b(aad, digest_size=32, person=P_MSG)
             h.update(ct)
             d = h.digest()
@@ -143,7 +146,7 @@ class Floor:
             h.digest()
             if sm:
                 _open(sm, pk)
-            _dec(ct, aad, nonce, key)
+            _dec(key, nonce, aad, ct)
             if every != 1 and i % every == 0:
                 _open(_sign(_blake2b(cp, digest_size=32, person=P_MSG).digest(), sk), pk)
                 _blake2b(cp, digest_size=32, person=P_MSG).digest()

@@ -295,44 +295,50 @@ def _keys() -> tuple[bytes, bytes, bytes]:
 
 class MinPub(ZmqPub):
     def __init__(self, every: int) -> None:
+        import nacl.bindings as nb
+
+        from streams._crypto import aead_encrypt
+
         super().__init__(False)
         self.every = every
         self.key, _, self.sk = _keys()
         self.seq = 0
+        self.encrypt, self.sign = aead_encrypt, nb.crypto_sign  # (imported once, not per message)
 
     async def send(self, data: bytes) -> None:
-        import nacl.bindings as nb
-
         self.seq += 1
         nonce = os.urandom(24)
         head = self.seq.to_bytes(8, "big") + b"\x11" * (_HEAD - 32) + nonce
-        ct = nb.crypto_aead_xchacha20poly1305_ietf_encrypt(data, head, nonce, self.key)
+        ct = self.encrypt(self.key, nonce, head, data)
         h = hashlib.blake2b(head, digest_size=32, person=P_MSG)
         h.update(ct)
         d = h.digest()
         if self.every == 1:
-            await super().send(b"\x01" + head + nb.crypto_sign(d, self.sk)[:64] + ct)
+            await super().send(b"\x01" + head + self.sign(d, self.sk)[:64] + ct)
             return
         await super().send(b"\x00" + head + ct)
         if self.seq % self.every == 0:
             cp = self.seq.to_bytes(8, "big") + b"\x22" * (_HEAD - 8)
             cd = hashlib.blake2b(cp + d, digest_size=32, person=P_MSG).digest()
-            await super().send(b"\x02" + cp + nb.crypto_sign(cd, self.sk)[:64] + d)
+            await super().send(b"\x02" + cp + self.sign(cd, self.sk)[:64] + d)
 
 
 class MinRecv(ZmqRecv):
     def __init__(self) -> None:
-        self.key, self.pk, _ = _keys()
-
-    def handle(self, data: bytes) -> None:
         import nacl.bindings as nb
 
+        from streams._crypto import aead_decrypt
+
+        self.key, self.pk, _ = _keys()
+        self.decrypt, self.open = aead_decrypt, nb.crypto_sign_open  # (imported once, not per message)
+
+    def handle(self, data: bytes) -> None:
         flag = data[0]
         head = data[1:1 + _HEAD]
         if flag == 2:
             sig, d = data[1 + _HEAD:65 + _HEAD], data[65 + _HEAD:]
             cd = hashlib.blake2b(head + d, digest_size=32, person=P_MSG).digest()
-            nb.crypto_sign_open(sig + cd, self.pk)
+            self.open(sig + cd, self.pk)
             return
         if flag == 1:
             sig, ct = data[1 + _HEAD:65 + _HEAD], data[65 + _HEAD:]
@@ -342,8 +348,8 @@ class MinRecv(ZmqRecv):
         h.update(ct)
         d = h.digest()
         if sig:
-            nb.crypto_sign_open(sig + d, self.pk)  # raises BadSignatureError: the run would fail loudly
-        self.on_msg(nb.crypto_aead_xchacha20poly1305_ietf_decrypt(ct, head, head[-24:], self.key))
+            self.open(sig + d, self.pk)  # raises BadSignatureError: the run would fail loudly
+        self.on_msg(self.decrypt(self.key, head[-24:], head, ct))
 
 
 # --- NATS --------------------------------------------------------------------------------------------------------
@@ -756,6 +762,8 @@ def crypto_cost_us(size: int, every: int, n: int = 400) -> float:
     verify once per ``every`` messages), microseconds, median of 5 timings in this process."""
     import nacl.bindings as nb
 
+    from streams._crypto import aead_decrypt, aead_encrypt
+
     key, pk, sk = _keys()
     payload = os.urandom(size)
     head = b"\x11" * _HEAD
@@ -764,13 +772,13 @@ def crypto_cost_us(size: int, every: int, n: int = 400) -> float:
     for _ in range(5):
         t0 = time.perf_counter()
         for i in range(n):
-            ct = nb.crypto_aead_xchacha20poly1305_ietf_encrypt(payload, head, nonce, key)
+            ct = aead_encrypt(key, nonce, head, payload)
             d = hashlib.blake2b(head + ct, digest_size=32, person=P_MSG).digest()
             if i % every == 0:
                 sm = nb.crypto_sign(d, sk)
                 nb.crypto_sign_open(sm, pk)
             hashlib.blake2b(head + ct, digest_size=32, person=P_MSG).digest()
-            nb.crypto_aead_xchacha20poly1305_ietf_decrypt(ct, head, nonce, key)
+            aead_decrypt(key, nonce, head, ct)
         times.append((time.perf_counter() - t0) / n * 1e6)
     return statistics.median(times)
 

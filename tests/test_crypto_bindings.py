@@ -1,0 +1,70 @@
+"""The AEAD of the hot path (``streams._crypto.aead_encrypt``/``aead_decrypt``) calls libsodium through PyNaCl's
+cffi module directly, with its own length checks: it must give the published XChaCha20-Poly1305-IETF test
+vector, the same bytes as PyNaCl's public wrappers for every size, and refuse -- as VerificationError, without
+reading outside a buffer -- every altered, truncated or mis-sized input."""
+
+from __future__ import annotations
+
+import os
+
+import nacl.bindings as nb
+import pytest
+
+from streams import _crypto
+from streams.errors import VerificationError
+
+# draft-irtf-cfrg-xchacha-03, appendix A.3.1 (AEAD_XChaCha20_Poly1305).
+KEY = bytes(range(0x80, 0xA0))
+NONCE = bytes(range(0x40, 0x58))
+AAD = bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+PLAINTEXT = (b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen "
+             b"would be it.")
+CIPHERTEXT = bytes.fromhex(
+    "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c2"
+    "16cb96b72e1213b4522f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff921f9664c97637da9768812f615"
+    "c68b13b52e")
+TAG = bytes.fromhex("c0875924c1c7987947deafd8780acf49")
+
+
+def test_the_published_test_vector() -> None:
+    assert _crypto.aead_encrypt(KEY, NONCE, AAD, PLAINTEXT) == CIPHERTEXT + TAG
+    assert _crypto.aead_decrypt(KEY, NONCE, AAD, CIPHERTEXT + TAG) == PLAINTEXT
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 64, 1024, 16384, 1 << 20])
+def test_the_same_bytes_as_pynacl_public_wrappers(size: int) -> None:
+    key, nonce, aad, pt = os.urandom(32), os.urandom(24), os.urandom(size % 50), os.urandom(size)
+    ct = _crypto.aead_encrypt(key, nonce, aad, pt)
+    assert type(ct) is bytes and ct == nb.crypto_aead_xchacha20poly1305_ietf_encrypt(pt, aad or None, nonce, key)
+    assert _crypto.aead_decrypt(key, nonce, aad, ct) == pt
+    # Buffers other than bytes (a memoryview slice of a received frame) give the same.
+    assert _crypto.aead_decrypt(key, nonce, memoryview(aad), memoryview(b"x" + ct)[1:]) == pt
+    assert _crypto.aead_encrypt(key, nonce, bytearray(aad), bytearray(pt)) == ct
+
+
+def test_every_alteration_is_refused() -> None:
+    sealed = CIPHERTEXT + TAG
+    bad: list[tuple[bytes, bytes, bytes, bytes]] = [
+        (KEY, NONCE, AAD, sealed[:-1] + bytes([sealed[-1] ^ 1])),  # the tag
+        (KEY, NONCE, AAD, bytes([sealed[0] ^ 0x80]) + sealed[1:]),  # the ciphertext
+        (KEY, NONCE, AAD + b"\0", sealed),  # the associated data
+        (KEY, NONCE, b"", sealed),
+        (KEY, NONCE[:-1] + b"\0", AAD, sealed),  # another nonce
+        (bytes(32), NONCE, AAD, sealed),  # another key
+        (KEY, NONCE, AAD, sealed[:-1]),  # truncated
+        (KEY, NONCE, AAD, TAG),  # the tag alone
+        (KEY, NONCE, AAD, TAG[:15]),  # shorter than a tag
+        (KEY, NONCE, AAD, b""),
+        (KEY, NONCE[:23], AAD, sealed),  # a short nonce: libsodium would read past it
+        (KEY[:31], NONCE, AAD, sealed),  # a short key
+        (KEY + b"\0", NONCE, AAD, sealed),
+    ]
+    for key, nonce, aad, ct in bad:
+        with pytest.raises(VerificationError):
+            _crypto.aead_decrypt(key, nonce, aad, ct)
+
+
+def test_encrypting_with_a_mis_sized_key_or_nonce_is_refused() -> None:
+    for key, nonce in ((KEY[:31], NONCE), (KEY, NONCE[:23]), (KEY, NONCE + b"\0")):
+        with pytest.raises(ValueError):
+            _crypto.aead_encrypt(key, nonce, AAD, PLAINTEXT)
