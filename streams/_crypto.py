@@ -105,19 +105,20 @@ except (ImportError, AttributeError):  # pragma: no cover - a PyNaCl without the
 
 
 def _bytes(b: bytes) -> bytes:
-    return b if type(b) is bytes else bytes(b)
+    """``b`` as bytes: itself, or a copy of a buffer's bytes (TypeError for what is not a buffer: an int must not
+    become that many zero bytes).  Sizes are checked on the result: ``len()`` of a buffer counts items."""
+    return b if type(b) is bytes else memoryview(b).tobytes()
 
 
 def aead_encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
     """XChaCha20-Poly1305-IETF: ``plaintext`` sealed, with its 16-byte tag appended.  Raises ValueError for a
-    key or nonce of the wrong size."""
+    key or nonce of the wrong size, TypeError for an argument that is not bytes or a buffer."""
+    if not (type(plaintext) is bytes and type(aad) is bytes and type(nonce) is bytes and type(key) is bytes):
+        plaintext, aad, nonce, key = _bytes(plaintext), _bytes(aad), _bytes(nonce), _bytes(key)
     if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
         raise ValueError("AEAD key must be 32 bytes and nonce 24")
     if _aead_enc is None:  # pragma: no cover
-        return bytes(_b.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), bytes(aad), bytes(nonce),
-                                                                   bytes(key)))
-    if not (type(plaintext) is bytes and type(aad) is bytes and type(nonce) is bytes and type(key) is bytes):
-        plaintext, aad, nonce, key = _bytes(plaintext), _bytes(aad), _bytes(nonce), _bytes(key)
+        return bytes(_b.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key))
     n = len(plaintext) + TAG_SIZE
     out = _new("unsigned char[]", n)
     if _aead_enc(out, _NULL, plaintext, n - TAG_SIZE, aad, len(aad), _NULL, nonce, key):
@@ -127,18 +128,18 @@ def aead_encrypt(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> byte
 
 def aead_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
     """The plaintext of :func:`aead_encrypt`'s output; raise :class:`VerificationError` if it does not
-    authenticate (wrong key, nonce or associated data, altered or truncated) or a size is wrong."""
+    authenticate (wrong key, nonce or associated data, altered or truncated) or a size is wrong, TypeError for
+    an argument that is not bytes or a buffer."""
+    if not (type(ciphertext) is bytes and type(aad) is bytes and type(nonce) is bytes and type(key) is bytes):
+        ciphertext, aad, nonce, key = _bytes(ciphertext), _bytes(aad), _bytes(nonce), _bytes(key)
     c = len(ciphertext)
     if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE or c < TAG_SIZE:
         raise VerificationError("ciphertext does not authenticate")
     if _aead_dec is None:  # pragma: no cover
         try:
-            return bytes(_b.crypto_aead_xchacha20poly1305_ietf_decrypt(bytes(ciphertext), bytes(aad), bytes(nonce),
-                                                                       bytes(key)))
+            return bytes(_b.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key))
         except (nacl.exceptions.CryptoError, ValueError) as exc:
             raise VerificationError("ciphertext does not authenticate") from exc
-    if not (type(ciphertext) is bytes and type(aad) is bytes and type(nonce) is bytes and type(key) is bytes):
-        ciphertext, aad, nonce, key = _bytes(ciphertext), _bytes(aad), _bytes(nonce), _bytes(key)
     n = c - TAG_SIZE
     out = _new("unsigned char[]", n or 1)
     if _aead_dec(out, _NULL, _NULL, ciphertext, c, aad, len(aad), nonce, key):

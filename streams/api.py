@@ -1110,6 +1110,11 @@ class Author(_Party):
         """The open per-subscriber branch of a DID."""
         return self._core.branch_of(did)
 
+    def permission_of(self, branch: bytes) -> Permission | None:
+        """The subscriber's permission on its own branch ``branch`` (what :meth:`set_permission` sets; a
+        :class:`BranchInfo` gives ours); None for a group or an unknown branch."""
+        return self._core.permission_of(branch)
+
     def owner_of(self, branch: bytes) -> str | None:
         """The DID whose own (per-subscriber) branch ``branch`` is, open or closed -- the inverse of
         :meth:`branch_of`; None for a group (one of a single member too) or an unknown branch."""

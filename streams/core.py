@@ -1616,6 +1616,12 @@ class AuthorCore(_CoreBase):
         """The open per-subscriber branch of ``did``, if any."""
         return self._by_did.get(did)
 
+    def permission_of(self, branch: bytes) -> Permission | None:
+        """The subscriber's permission on its own (per-subscriber) branch ``branch`` -- what
+        :meth:`set_permission` sets; None for a group or a branch we do not know."""
+        b = self._branches.get(branch)
+        return b.members[1][1] if b is not None and b.peer_did and 1 in b.members else None
+
     def owner_of(self, branch: bytes) -> str | None:
         """The DID whose own (per-subscriber) branch ``branch`` is, open or closed; None for a group -- one of a
         single member included -- or a branch we do not know."""

@@ -665,6 +665,66 @@ async def test_the_revoke_line_cuts_off_a_did_left_only_in_groups(tmp_path: Path
         await author.close()
 
 
+async def test_a_stdin_line_with_keys_of_two_forms_or_an_unknown_key_is_refused_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A control line with a publish line's keys was published and its control part ignored: {"remove": ...,
+    "from": ..., "to": ..., "data": ...} printed `published`, removed no one, and the member read the message.
+    Such lines, and keys no form takes, are an `error` now, with nothing done.  And a group may not give a member
+    a right its own admission did not (a provider admitted to write only must not read a broadcast)."""
+    from streams._cli.channel import LinePrinter, _member_line, _publish_line
+    from streams.api import Author, MemoryHub, StoreOptions
+    from streams.identity import Identity
+    from streams.policy import AllowList
+    from streams.wire import Permission
+
+    reader, writer = Identity.generate(), Identity.generate()
+    author = await Author.create(tmp_path / "monitor.db", Identity.generate(), "fraud-monitor", PASS,
+                                 MemoryHub().author_endpoint(), AllowList.of([reader.did, writer.did]),
+                                 store_options=StoreOptions(durable=False, opslimit=1, memlimit=8192))
+
+    async def line(doc: dict[str, Any]) -> dict[str, Any]:
+        capsys.readouterr()
+        await _publish_line(author, json.dumps(doc).encode(), LinePrinter(True))
+        [out] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        return out
+
+    try:
+        own = await author.open_branch(reader.did)
+        await author.open_branch(writer.did, Permission.WRITE)
+        group = await line({"group": [reader.did]})
+        assert group["event"] == "group"
+        g = group["branch"]
+
+        def heads() -> dict[tuple[bytes, int], int]:
+            return {(r.branch, r.publisher): r.next_seq for r in author.store.load_chains()}
+
+        before = heads()
+        for doc, says in (
+                ({"remove": reader.did, "from": g, "to": g, "data": "mixed"}, "a remove line"),
+                ({"revoke": reader.did, "to": reader.did, "data": "mixed"}, "a revoke line"),
+                ({"group": [reader.did], "to": reader.did, "data": "mixed"}, "a group line"),
+                ({"from": g, "to": g, "data": "mixed"}, "a remove line"),
+                ({"to": reader.did, "data": "x", "prority": "high"}, "unknown key 'prority'")):
+            out = await line(doc)
+            assert out["event"] == "error" and says in out["error"], (doc, out)
+        assert heads() == before  # nothing published
+        info = {b.id: b for b in author.branches()}
+        assert info[own].open and info[bytes.fromhex(g)].open and reader.did in info[bytes.fromhex(g)].members
+
+        refused = await line({"group": [reader.did, writer.did]})
+        assert refused["event"] == "error" and "holds write on its own branch, not read" in refused["error"]
+        assert len(author.branches()) == 3  # no group opened for it
+        assert (await line({"group": [reader.did], "permission": "audit"}))["event"] == "error"  # read is not audit
+    finally:
+        await author.close()
+
+    # tail --publish-stdin's lines are held to their keys too.
+    capsys.readouterr()
+    await _member_line(None, b'{"data": "x", "brnach": "00"}', None, LinePrinter(True))  # type: ignore[arg-type]
+    [out] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert out["event"] == "error" and "unknown key 'brnach'" in out["error"]
+
+
 async def test_serve_still_hears_sighup_after_a_recheck_failed(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A re-check that raised (here a failed commit, injected) ended the task that waits for SIGHUP, silently:

@@ -158,7 +158,7 @@ def test_a_removed_group_member_gets_no_later_grant_and_a_revoked_member_gets_th
     assert net.subs["s0"].branch_info(b0)[2].value != "open"
 
 
-def test_owner_of_names_the_subscriber_of_its_own_branch_and_no_one_for_a_group_even_of_one() -> None:
+def test_owner_of_and_permission_of_answer_for_own_branches_and_no_one_for_a_group_even_of_one() -> None:
     """``owner_of`` (the inverse of ``branch_of``) answers from the branch itself: a group of one member has no
     owner although it looks like an own branch (two members), and a revoked own branch keeps its owner (the CLI
     names who was cut off by it); an unknown branch has none."""
@@ -171,6 +171,9 @@ def test_owner_of_names_the_subscriber_of_its_own_branch_and_no_one_for_a_group_
     net.pump_author()
     assert len(net.author.branch_info(g)[3]) == len(net.author.branch_info(own)[3]) == 2
     assert net.author.owner_of(g) is None
+    assert net.author.permission_of(own) is Permission.READ_WRITE and net.author.permission_of(g) is None
+    net.author.set_permission(own, Permission.READ)
+    assert net.author.permission_of(own) is Permission.READ
     net.author.revoke(own)
     assert net.author.branch_of(did) is None and net.author.owner_of(own) == did
     assert net.author.owner_of(bytes(16)) is None

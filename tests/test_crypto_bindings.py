@@ -5,6 +5,7 @@ reading outside a buffer -- every altered, truncated or mis-sized input."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import nacl.bindings as nb
@@ -62,6 +63,34 @@ def test_every_alteration_is_refused() -> None:
     for key, nonce, aad, ct in bad:
         with pytest.raises(VerificationError):
             _crypto.aead_decrypt(key, nonce, aad, ct)
+
+
+def test_sizes_are_those_of_the_bytes_not_of_len_of_a_buffer() -> None:
+    """``len()`` of a buffer counts items, not bytes: the sizes handed to libsodium must be the bytes'.  A
+    zero-byte view whose ``len()`` is 64 Mi made libsodium read 64 MiB from a one-byte buffer (a crash); a
+    zero-byte "key" of ``len()`` 32 encrypted under whatever memory followed it."""
+    sealed = CIPHERTEXT + TAG
+    huge_empty = (ctypes.c_char * 0 * (1 << 26))()  # a buffer of no bytes whose len() is 64 Mi
+    assert len(huge_empty) == 1 << 26 and memoryview(huge_empty).nbytes == 0
+    with pytest.raises(VerificationError):
+        _crypto.aead_decrypt(KEY, NONCE, AAD, huge_empty)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _crypto.aead_encrypt((ctypes.c_char * 0 * 32)(), NONCE, AAD, PLAINTEXT)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError):
+        _crypto.aead_decrypt(KEY, (ctypes.c_char * 0 * 24)(), AAD, sealed)  # type: ignore[arg-type]
+    # Understated: a view of 256 bytes in 8-byte items has a len() of 32; it is not a 32-byte key.
+    with pytest.raises(ValueError):
+        _crypto.aead_encrypt(memoryview(bytes(256)).cast("Q"), NONCE, AAD, PLAINTEXT)  # type: ignore[arg-type]
+    # ... and a 32-byte key in 8-byte items is one.
+    assert _crypto.aead_decrypt(memoryview(KEY).cast("Q"), NONCE, AAD, sealed) == PLAINTEXT  # type: ignore[arg-type]
+
+
+def test_what_is_not_a_buffer_is_refused_not_read_as_zero_bytes() -> None:
+    for bad in (3, [1, 2, 3], "text", None):
+        with pytest.raises(TypeError):
+            _crypto.aead_encrypt(KEY, NONCE, bad, PLAINTEXT)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            _crypto.aead_decrypt(KEY, NONCE, AAD, bad)  # type: ignore[arg-type]
 
 
 def test_encrypting_with_a_mis_sized_key_or_nonce_is_refused() -> None:

@@ -79,6 +79,7 @@ from ..events import (
 )
 from ..identity import Identity, did_from_public_key, public_key_from_did
 from ..ledger.base import Ledger
+from ..policy import common_permission
 from ..policy_file import PERMISSIONS, load_policy, permission_name
 from ..store import Store, backup
 from ..wire import MAX_FRAME, Permission
@@ -658,10 +659,10 @@ async def _revoke_line(author: Author, name: str, out: LinePrinter) -> None:
 
 
 async def _group_line(author: Author, req: dict[str, Any], out: LinePrinter) -> None:
-    """``{"group": [DID, ...], "permission": "read"|"audit"}``: open a group branch (a broadcast: the author
-    writes, its members read) for subscribers the channel admitted -- each named DID must hold an open branch of
-    its own, so that a group never lets in a DID the policy did not.  Publish to it with ``{"to": its branch
-    hex}``."""
+    """``{"group": [DID, ...], "permission": "read"|"audit"}`` (default read): open a group branch (a broadcast:
+    the author writes, its members read) for subscribers the channel admitted -- each named DID must hold an open
+    branch of its own, with at least the group's permission there, so that a group never lets in a DID, or gives
+    a right, the policy did not.  Publish to it with ``{"to": its branch hex}``."""
     dids, name = req["group"], req.get("permission", "read")
     if not dids or not all(isinstance(d, str) for d in dids):
         raise UsageError('"group" must be a non-empty list of subscribers\' DIDs')
@@ -670,10 +671,17 @@ async def _group_line(author: Author, req: dict[str, Any], out: LinePrinter) -> 
                          f"got {name!r}")
     if len(set(dids)) != len(dids):
         raise UsageError('"group" names a DID twice')
+    permission = PERMISSIONS[name]
     for did in dids:
-        if author.branch_of(did) is None:
+        mine = author.branch_of(did)
+        held = author.permission_of(mine) if mine is not None else None
+        if mine is None or held is None:
             raise UsageError(f"no open branch for {did}: a group's members must be subscribers the policy admitted")
-    branch = await author.open_group(dids, PERMISSIONS[name])
+        if common_permission(held, permission) != permission:
+            # A group must not give what the policy did not: a provider admitted to write only reads nothing.
+            raise UsageError(f"{did} holds {permission_name(held)} on its own branch, not {name}: a group "
+                             "gives its members no right their admission did not")
+    branch = await author.open_group(dids, permission)
     out.emit({"event": "group", "branch": branch.hex(), "members": dids, "permission": name})
 
 
@@ -691,6 +699,18 @@ async def _remove_line(author: Author, did: str, group: str, out: LinePrinter) -
               "closed": left is None or not left.open})
 
 
+_SERVE_LINES = ('stdin line must be {"to": DID or branch hex, "data": text}, {"revoke": DID or branch hex}, '
+                '{"group": [DID, ...]} or {"remove": DID, "from": group hex}')
+
+
+def _only_keys(req: dict[str, Any], allowed: set[str]) -> None:
+    """Refuse a line with a key it does not take (a typo, or a key of another form), rather than ignore it."""
+    unknown = sorted(set(req) - allowed)
+    if unknown:
+        raise UsageError(f"stdin line has unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}: it takes {', '.join(map(repr, sorted(allowed)))}")
+
+
 async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
     """Act on one stdin line: ``{"to": ..., "data"|"data_b64": ...}`` publishes, ``{"revoke": ...}`` revokes a
     branch, ``{"group": [...]}`` opens a group, ``{"remove": DID, "from": group}`` takes a member out of one;
@@ -699,19 +719,30 @@ async def _publish_line(author: Author, line: bytes, out: LinePrinter) -> None:
         return
     try:
         req = _line_json(line)
-        if isinstance(req, dict) and isinstance(req.get("revoke"), str) and len(req) == 1:
+        if not isinstance(req, dict):
+            raise UsageError(_SERVE_LINES)
+        # The form is decided by the keys, and a line of one form with a key of another is refused: a
+        # {"remove": ..., "from": ..., "to": ..., "data": ...} published and removed no one.
+        keys = set(req)
+        if "revoke" in keys:
+            if keys != {"revoke"} or not isinstance(req["revoke"], str):
+                raise UsageError('a revoke line is {"revoke": DID or branch hex}, with no other key')
             await _revoke_line(author, req["revoke"], out)
             return
-        if isinstance(req, dict) and isinstance(req.get("group"), list) and set(req) <= {"group", "permission"}:
+        if "group" in keys:
+            if not keys <= {"group", "permission"} or not isinstance(req["group"], list):
+                raise UsageError('a group line is {"group": [DID, ...]} with, optionally, "permission": "read" or '
+                                 '"audit", and no other key')
             await _group_line(author, req, out)
             return
-        if (isinstance(req, dict) and set(req) == {"remove", "from"} and isinstance(req["remove"], str)
-                and isinstance(req["from"], str)):
+        if keys & {"remove", "from"}:
+            if keys != {"remove", "from"} or not isinstance(req["remove"], str) or not isinstance(req["from"], str):
+                raise UsageError('a remove line is {"remove": DID, "from": group hex}, with no other key')
             await _remove_line(author, req["remove"], req["from"], out)
             return
-        if not isinstance(req, dict) or not isinstance(req.get("to"), str):
-            raise UsageError('stdin line must be {"to": DID or branch hex, "data": text}, {"revoke": DID or '
-                             'branch hex}, {"group": [DID, ...]} or {"remove": DID, "from": group hex}')
+        if not isinstance(req.get("to"), str):
+            raise UsageError(_SERVE_LINES)
+        _only_keys(req, {"to", "data", "data_b64"})
         branch = _branch_named(author, req["to"], "to")
         payload = _line_payload(req)
         seq = await author.publish(branch, payload)
@@ -764,6 +795,7 @@ async def _member_line(sub: Subscriber, line: bytes, default: bytes | None, out:
         req = _line_json(line)
         if not isinstance(req, dict):
             raise UsageError('stdin line must be {"data": text} (or "data_b64"), with "branch": hex if several')
+        _only_keys(req, {"data", "data_b64", "branch"})
         name = req.get("branch")
         if name is not None and not isinstance(name, str):
             raise UsageError('"branch" must be a branch id (hex)')
@@ -1245,9 +1277,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "later runs reopen it.  The first line is the 'ready' event with the channel id, the DID\n"
                         "and the bound addresses.  With --publish-stdin, JSON lines {\"to\": DID or branch hex,\n"
                         "\"data\": text} (or \"data_b64\") on stdin are published, and {\"revoke\": DID or branch\n"
-                        "hex} cuts a subscriber off (its branch and its groups); {\"group\": [DID, ...]} opens a\n"
-                        "broadcast branch for admitted subscribers (publish to it by its hex) and {\"remove\": DID,\n"
-                        "\"from\": group hex} takes a member out of one.  SIGHUP re-reads the policy file\n"
+                        "hex} cuts a subscriber off (its branch and its groups); {\"group\": [DID, ...],\n"
+                        "\"permission\": \"read\" (default) or \"audit\"} opens a broadcast branch for admitted\n"
+                        "subscribers that hold that permission on their own branch (publish to it by its hex), and\n"
+                        "{\"remove\": DID, \"from\": group hex} takes a member out of one.  A line with a key\n"
+                        "its form does not take is refused.  SIGHUP re-reads the policy file\n"
                         "and revokes the subscribers it no longer admits (so does every start).  With --curve,\n"
                         "connections use CurveZMQ and only DIDs the channel knows complete the handshake\n"
                         "(subscribers need --curve)."))
