@@ -315,6 +315,9 @@ class BranchRecord:
     #: only those its store does not hold yet (the store moves them to its grant history when it writes the
     #: record); one without either hook lists the whole history.  Empty for a branch never re-keyed.
     grants: list[bytes] = field(default_factory=list)
+    #: author side, groups: members removed, as (index, Ed25519 public key, the epoch of the grant that removed
+    #: it) -- so that one that was away at its removal is told when it asks (SPEC 9.5)
+    former: list[tuple[int, bytes, int]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
@@ -395,8 +398,9 @@ class _Chain:
 
 
 class _Branch:
-    __slots__ = ("chains", "epoch", "evidence", "final_acked", "grant_frame", "grant_hash", "grants", "has_evidence",
-                 "heard", "id", "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes", "state", "sync_ms")
+    __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
+                 "has_evidence", "heard", "id", "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes",
+                 "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -415,6 +419,9 @@ class _Branch:
         self.evidence: bytes | None = rec.evidence
         self.has_evidence = bool(rec.evidence)
         self.grants: list[bytes] | None = rec.grants  #: earlier grants (author side; None = in the store)
+        #: author side: removed members of a group, index -> (public key, epoch of the grant that removed it)
+        self.former: dict[int, tuple[bytes, int]] | None = (
+            {i: (pk, e) for i, pk, e in rec.former} if rec.former else None)
         self.chains: dict[int, _Chain] = {}
         self.final_acked = 0  #: our chain's head as the author held it when a re-key took our write away
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
@@ -428,6 +435,7 @@ class _Branch:
             [(i, pk, int(p)) for i, (pk, p) in sorted(self.members.items())],
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
             self.state.value, self.peer_did, evidence, grants,
+            [(i, pk, e) for i, (pk, e) in sorted(self.former.items())] if self.former else [],
         )
 
     def chain_record(self, publisher: int) -> ChainRecord:
@@ -1085,6 +1093,10 @@ class _CoreBase:
         """Answer a grant sync (the author's; see :class:`AuthorCore`)."""
         return False
 
+    def _tell_former(self, b: _Branch, frame: Frame, now_ms: int, peer: object) -> None:
+        """Answer a removed member (the author's; see :class:`AuthorCore`)."""
+        raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", b.id)
+
     def _request_grants(self, b: _Branch, now_ms: int | None, limit: bool = True, expect: bool = True) -> None:
         """Grant sync (SPEC 9.5): ask the author for the grants of ``b`` after our epoch, and its REVOKE if it
         closed -- what we missed while offline.  With ``now_ms``: at most once per ``fetch_retry_ms`` if
@@ -1471,6 +1483,9 @@ class _CoreBase:
         if b is None:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "fetch for an unknown branch", h.branch)
         member = b.members.get(h.requester)
+        if member is None and b.former and h.requester in b.former and b.me == 0:
+            self._tell_former(b, frame, now_ms, peer)
+            return
         if member is None or h.requester == b.me:
             raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", h.branch, h.requester)
         session_of = self.session_of
@@ -1804,6 +1819,29 @@ class AuthorCore(_CoreBase):
         head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
         return encode_frame(head, b"", self._id.sign).raw
 
+    def _tell_former(self, b: _Branch, frame: Frame, now_ms: int, peer: object) -> None:
+        """A FETCH from a member removed from group ``b`` (it was away when the re-key that removed it went out,
+        and asks on): answer with the grants from its epoch through the one that removed it -- the last extends
+        its grant without an entry for it, which closes the group on its side (SPEC 9.5) -- at most once per
+        ``grant_sync_interval_ms`` per connection, as grant syncs are.  Not a rejection: it is what a removed
+        member does until it learns."""
+        h: Fetch = frame.head
+        assert b.former is not None
+        pk, removed_at = b.former[h.requester]
+        try:
+            _crypto.verify(pk, frame.hash, frame.sig)
+        except VerificationError as exc:
+            raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
+        self._control_verified = True
+        key = (b.id, h.requester, peer)
+        if now_ms - self._synced_ms.get(key, (_LONG_AGO, 0))[0] < self.config.grant_sync_interval_ms:
+            return
+        self._synced_ms[key] = (now_ms, 0)
+        # A grant sync names the member's epoch; any other FETCH does not: then the grant that removed it alone.
+        after = min(h.to_seq, removed_at - 1) if h.from_seq == 0 else removed_at - 1
+        for raw in self._grants_after(b, after)[:removed_at - after]:
+            self._out.append(Outgoing(raw, peer=peer, branch=b.id))
+
     def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
                      now_ms: int) -> bool:
         """Answer a member's grant sync (a FETCH from seq 0, SPEC 9.5): the grants of ``b`` after epoch
@@ -1892,18 +1930,23 @@ class AuthorCore(_CoreBase):
         target = [i for i, (pk, _) in b.members.items() if i != 0 and did_from_public_key(pk) == did]
         if not target:
             raise LocalProtocolError("not a member of that branch")
+        if all(i == 0 or i in target for i in b.members):
+            # Its last member: the group closes.  Its REVOKE names the epoch the member holds (a re-key first
+            # would make it one the member never saw, and refuse), and the member stays listed, so that one
+            # that was away is answered with that REVOKE when it asks.
+            self.revoke(branch)
+            return
         b.transition("grant")
+        former = b.former or {}
         for i in target:  # every seat of that DID (stores written before open_group refused duplicates)
-            del b.members[i]
+            former[i] = (b.members.pop(i)[0], b.epoch + 1)
             b.chains.pop(i, None)
+        b.former = former
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
         c = b.chains[0]
         rec = self._record(b)
         recipients = [PublicIdentity.from_sign_public(pk) for i, (pk, _) in sorted(b.members.items()) if i != 0]
-        if not recipients:
-            self.revoke(branch)
-            return
         frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)])
         self._set_grant(b, frame)
         self._changes.branches.append(self._record(b))
@@ -2398,6 +2441,10 @@ class SubscriberCore(_CoreBase):
         if b is None:
             return  # someone else's branch
         if b.state is BranchState.CLOSED:
+            if r.epoch == b.epoch and _crypto.ct_equal(r.prev, b.grant_hash):
+                # The REVOKE that closed it, again: a group's comes on the group's route and on our own branch's
+                # (SPEC 14.2), and a grant sync's answer repeats it.  It changes nothing; not an attack to report.
+                return
             raise _Reject(RejectReason.CLOSED_BRANCH, "branch already closed", r.branch)
         if r.epoch != b.epoch or not _crypto.ct_equal(r.prev, b.grant_hash):
             raise _Reject(RejectReason.STALE_EPOCH, "revoke for another epoch", r.branch)

@@ -691,14 +691,14 @@ class Store:
         keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
         # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
         return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did, b.evidence, []])
+                      b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former]])
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
             v = msgpack.unpackb(rec, raw=False)
             keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
-                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v))
+                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v))
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
 
@@ -899,6 +899,16 @@ def _history_rows(records: list[BranchRecord]) -> list[tuple[bytes, int, bytes]]
                 raise LocalProtocolError("a grant history entry that is not a grant of its branch")
             rows.append((b.id, head.epoch, g))
     return rows
+
+
+def _former(v: list[Any]) -> list[tuple[int, bytes, int]]:
+    """A stored group's removed members (absent in records written before they were kept)."""
+    if len(v) <= 12:
+        return []
+    out = [tuple(f) for f in v[12]]
+    if not all(len(f) == 3 and type(f[0]) is int and type(f[1]) is bytes and type(f[2]) is int for f in out):
+        raise TypeError("former members must be (index, key, epoch)")
+    return out
 
 
 def _grants(v: list[Any]) -> list[bytes]:

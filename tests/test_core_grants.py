@@ -3,6 +3,8 @@ its epoch and gets exactly those; old grants replayed change nothing; nobody els
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams._state import BranchState
@@ -143,9 +145,10 @@ def test_a_removed_group_member_gets_no_later_grant_and_a_revoked_member_gets_th
     net.now += net.author.config.copy_window_ms  # (not a copy of s1's own grant sync of the re-key by then)
     fetch = Fetch(net.author.channel, g, 0, 0, 0, 2)  # s1 was member 2 of the group
     ev = net.author.receive(encode_frame(fetch, b"", ident(11).sign).raw, net.now, "s1")
-    assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.NOT_MEMBER]
+    assert ev == []  # not a rejection: a removed member asking is answered (it was told live already here)
     net.author.take_changes()
-    assert net.author.data_to_send() == []
+    assert net.author.data_to_send() == []  # (its own grant sync of the re-key was answered within the interval)
+    assert net.subs["s1"].branch_info(g)[2] is BranchState.CLOSED
     # A revoked branch: a member asking (it was offline) is told, with the author's signed REVOKE.
     [b0] = [b for b in net.subs["s0"].branch_ids() if b != g]
     net.author.revoke(b0)
@@ -177,6 +180,94 @@ def test_owner_of_and_permission_of_answer_for_own_branches_and_no_one_for_a_gro
     net.author.revoke(own)
     assert net.author.branch_of(did) is None and net.author.owner_of(own) == did
     assert net.author.owner_of(bytes(16)) is None
+
+
+def _away_and_removed() -> tuple[Net, bytes, list[bytes]]:
+    """s0, s1 and s2 in a group; s1 away while the author removes it and then re-keys the group once more
+    (removing s2); s0 gets everything.  (net, the group, the frames s1 missed)."""
+    net = Net.make(n_subs=3)
+    for name in ("s0", "s1", "s2"):
+        net.subscribe(name)
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.pump_author()
+    assert net.subs["s1"].branch_info(g)[0] == 0
+    missed = []
+    for did in (ident(11).did, ident(12).did):
+        net.author.remove_member(g, did)
+        net.author.take_changes()
+        for o in net.author.data_to_send():
+            missed.append(o.data)
+            net.to_sub("s0", o.data)
+    assert net.subs["s0"].branch_info(g)[0] == 2
+    return net, g, missed
+
+
+def test_a_member_removed_while_away_is_told_when_it_asks_and_is_not_reported_as_an_attack() -> None:
+    """A member removed from a group while it was away used to get no answer: every FETCH of it was a NOT_MEMBER
+    rejection on the author (on `serve`, rejections from one source are what an attack looks like), and it kept
+    the group open and asking for good.  Now the author answers its grant sync with the grants from its epoch
+    through the one that removed it (not the later ones): it closes the group, "removed"."""
+    net, g, _ = _away_and_removed()
+    outs = _sync(net, "s1", g, 0)
+    assert [e for e in net.events["author"] if isinstance(e, Rejected)] == []
+    frames = [decode_frame(o.data) for o in outs]
+    assert [(f.kind, f.head.epoch) for f in frames] == [(Kind.GRANT, 1)]  # not epoch 2's
+    events = [e for o in outs for e in net.to_sub("s1", o.data)]
+    assert [e for e in events if isinstance(e, BranchClosed)] == [BranchClosed(g, "removed", 0)]
+    assert net.subs["s1"].branch_info(g)[2] is BranchState.CLOSED
+    # Asked again on the same connection within the interval: nothing (as grant syncs are answered).
+    fetch = Fetch(net.author.channel, g, 0, 0, 0, 2)
+    cfg = net.author.config
+    later = net.now + min(cfg.copy_window_ms, cfg.fetch_retry_ms // 2, cfg.grant_sync_interval_ms // 2) + 1
+    assert later < net.now + cfg.grant_sync_interval_ms  # (past the copy window, inside the interval)
+    assert net.author.receive(encode_frame(fetch, b"", ident(11).sign).raw, later, "s1") == []
+    net.author.take_changes()
+    assert net.author.data_to_send() == []
+
+
+def test_a_removed_members_catch_up_fetch_is_answered_with_its_removal_and_a_forged_one_is_refused() -> None:
+    """Any FETCH of a removed member (its catch-up of the author's chain, say) gets the grant that removed it;
+    one signed by another key in its name is a BAD_SIGNATURE, and one from an index that never was a member
+    stays NOT_MEMBER."""
+    net, g, _ = _away_and_removed()
+    net.now += 10_000
+    catch_up = Fetch(net.author.channel, g, 0, 1, 100, 2)  # s1 was member 2
+    assert net.author.receive(encode_frame(catch_up, b"", ident(11).sign).raw, net.now, "s1") == []
+    net.author.take_changes()
+    [told] = net.author.data_to_send()
+    assert decode_frame(told.data).head.epoch == 1
+    forged = net.author.receive(encode_frame(catch_up, b"", ident(10).sign).raw, net.now + 5000, "x")
+    assert [e.reason for e in forged if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]
+    never = Fetch(net.author.channel, g, 0, 0, 0, 9)
+    stranger = net.author.receive(encode_frame(never, b"", ident(11).sign).raw, net.now + 5000, "y")
+    assert [e.reason for e in stranger if isinstance(e, Rejected)] == [RejectReason.NOT_MEMBER]
+    net.author.take_changes()
+    assert net.author.data_to_send() == []
+
+
+def test_the_last_member_removed_is_told_by_the_revoke_of_the_epoch_it_holds() -> None:
+    """Removing a group's last member closes it.  The group used to be re-keyed first, so its REVOKE named an
+    epoch the member never held and the member refused it (STALE_EPOCH), keeping the group open; and once the
+    member was taken off the list, asking was a NOT_MEMBER rejection.  Now the member gets the REVOKE of its
+    epoch, live or when it asks."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    g = net.author.open_group([ident(10).public])
+    g2 = net.author.open_group([ident(11).public])
+    net.pump_author()
+    net.author.remove_member(g, ident(10).did)  # s0 is connected
+    net.pump_author()
+    assert net.subs["s0"].branch_info(g)[2] is BranchState.CLOSED
+    assert [e for e in net.events["s0"] if isinstance(e, Rejected)] == []
+    net.author.remove_member(g2, ident(11).did)  # s1 is away
+    net.author.take_changes()
+    net.author.data_to_send()
+    outs = _sync(net, "s1", g2, 0)
+    assert _kinds(outs) == [Kind.REVOKE]
+    net.deliver_author_out(outs)
+    assert net.subs["s1"].branch_info(g2)[2] is BranchState.CLOSED
+    assert [e for e in net.events["author"] if isinstance(e, Rejected)] == []
 
 
 def test_a_group_cannot_seat_a_did_twice() -> None:
@@ -688,3 +779,33 @@ def test_a_member_revoked_while_away_learns_it_at_catch_up_without_a_rejection()
     events = net.events["s0"][start:]
     assert [(e.branch, e.by) for e in events if isinstance(e, BranchClosed)] == [(b0, "revoke")]
     assert not [e for e in events if isinstance(e, Rejected)], events
+
+
+async def test_a_groups_removed_members_survive_a_restart_of_the_author(tmp_path: Path) -> None:
+    """The author keeps a group's removed members in its store (sealed with the branch record): after a
+    restart, a member removed while it was away is still told when it asks, not rejected as a stranger."""
+    from streams.api import Author, MemoryHub, StoreOptions
+    from streams.policy import AllowList
+
+    opts = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+    members = [ident(10), ident(11), ident(12)]
+    policy = AllowList.of([m.did for m in members])
+    author = await Author.create(tmp_path / "a.db", ident(1), "fraud-monitor", "pw", MemoryHub().author_endpoint(),
+                                 policy, store_options=opts)
+    for m in members:
+        await author.open_branch(m.did)
+    g = await author.open_group([m.did for m in members])
+    await author.remove_member(g, members[1].did)
+    await author.close()
+    author = await Author.open(tmp_path / "a.db", "pw", MemoryHub().author_endpoint(), policy, store_options=opts)
+    try:
+        [rec] = [r for r in author.store.load_branches() if r.id == g]
+        assert rec.former == [(2, members[1].sign_public, 1)]
+        core = author._core
+        fetch = Fetch(core.channel, g, 0, 0, 0, 2)
+        assert core.receive(encode_frame(fetch, b"", members[1].sign).raw, 1_800_000_000_000, "p") == []
+        core.take_changes()
+        [told] = core.data_to_send()
+        assert decode_frame(told.data).head.epoch == 1 and told.peer == "p"
+    finally:
+        await author.close()
