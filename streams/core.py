@@ -1483,19 +1483,22 @@ class _CoreBase:
         if b is None:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "fetch for an unknown branch", h.branch)
         member = b.members.get(h.requester)
-        if member is None and b.former and h.requester in b.former and b.me == 0:
-            self._tell_former(b, frame, now_ms, peer)
-            return
-        if member is None or h.requester == b.me:
+        former = member is None and b.me == 0 and b.former is not None and h.requester in b.former
+        if not former and (member is None or h.requester == b.me):
             raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", h.branch, h.requester)
         session_of = self.session_of
         if session_of is not None and peer is not None:
             # Bound to the connection it came on (SPEC 8.9): a recorded FETCH replayed on any other connection
             # -- one the replayer opened, or the member's next one -- is refused here, before its signature.
+            # (A removed member's too: its answer, grants, must not be had again on every connection one opens.)
             want = session_of(peer)
             if want is not None and not (len(want) == SESSION_LEN and _crypto.ct_equal(frame.body, want)):
                 raise _Reject(RejectReason.REPLAY, "fetch bound to another connection" if frame.body
                               else "fetch not bound to this connection", h.branch, h.requester)
+        if former:
+            self._tell_former(b, frame, now_ms, peer)
+            return
+        assert member is not None
         try:
             _crypto.verify(member[0], frame.hash, frame.sig)
         except VerificationError as exc:
@@ -1833,14 +1836,31 @@ class AuthorCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
         self._control_verified = True
-        key = (b.id, h.requester, peer)
-        if now_ms - self._synced_ms.get(key, (_LONG_AGO, 0))[0] < self.config.grant_sync_interval_ms:
-            return
-        self._synced_ms[key] = (now_ms, 0)
         # A grant sync names the member's epoch; any other FETCH does not: then the grant that removed it alone.
         after = min(h.to_seq, removed_at - 1) if h.from_seq == 0 else removed_at - 1
-        for raw in self._grants_after(b, after)[:removed_at - after]:
+        key = (b.id, h.requester, peer)
+        last, last_after = self._synced_ms.get(key, (_LONG_AGO, after))
+        if now_ms - last < self.config.grant_sync_interval_ms and after >= last_after:
+            return  # (answered within the interval, with as much as this asks: a sync from further back is not)
+        self._prune_synced(now_ms)
+        self._synced_ms[key] = (now_ms, after)
+        # By each frame's own epoch, not by position: a store's grant history may start later than epoch 0
+        # (kept only since an upgrade), and nothing after the removing grant may go out.
+        frames = []
+        for raw in self._grants_after(b, after):
+            epoch = decode_frame(raw).head.epoch
+            if after < epoch <= removed_at:
+                frames.append((epoch, raw))
+        if not frames or frames[-1][0] != removed_at:
+            return  # the grant that removed it is not in the history (an old store): nothing that would tell it
+        for _, raw in frames:
             self._out.append(Outgoing(raw, peer=peer, branch=b.id))
+
+    def _prune_synced(self, now_ms: int) -> None:
+        """Bound the grant-sync answer times kept (per member, branch and connection)."""
+        if len(self._synced_ms) >= 100_000:
+            limit = now_ms - self.config.grant_sync_interval_ms
+            self._synced_ms = {k: v for k, v in self._synced_ms.items() if v[0] > limit}
 
     def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
                      now_ms: int) -> bool:
@@ -1856,9 +1876,7 @@ class AuthorCore(_CoreBase):
         last, last_after = self._synced_ms.get(key, (_LONG_AGO, after))
         if now_ms - last < self.config.grant_sync_interval_ms and after <= last_after:
             return False
-        if len(self._synced_ms) >= 100_000:
-            limit = now_ms - self.config.grant_sync_interval_ms
-            self._synced_ms = {k: v for k, v in self._synced_ms.items() if v[0] > limit}
+        self._prune_synced(now_ms)
         self._synced_ms[key] = (now_ms, after)
         later = self._grants_after(b, after)
         for raw in later:
@@ -2443,7 +2461,12 @@ class SubscriberCore(_CoreBase):
         if b.state is BranchState.CLOSED:
             if r.epoch == b.epoch and _crypto.ct_equal(r.prev, b.grant_hash):
                 # The REVOKE that closed it, again: a group's comes on the group's route and on our own branch's
-                # (SPEC 14.2), and a grant sync's answer repeats it.  It changes nothing; not an attack to report.
+                # (SPEC 14.2), and a grant sync's answer repeats it.  It changes nothing: not reported, if it is
+                # the author's (a forged one is).
+                try:
+                    self.author.verify(frame.hash, frame.sig)
+                except VerificationError as exc:
+                    raise _Reject(RejectReason.BAD_SIGNATURE, "revoke signature", r.branch) from exc
                 return
             raise _Reject(RejectReason.CLOSED_BRANCH, "branch already closed", r.branch)
         if r.epoch != b.epoch or not _crypto.ct_equal(r.prev, b.grant_hash):

@@ -886,8 +886,8 @@ def _frame_matches(data: bytes, h: bytes) -> bool:
 
 def _history_rows(records: list[BranchRecord]) -> list[tuple[bytes, int, bytes]]:
     """``grants`` rows for the earlier grants the records carry, each at the epoch its own signed head names (a
-    record's epoch need not be its grant's plus one: a group emptied by ``remove_member`` is revoked at the
-    next epoch without a grant of it)."""
+    record's epoch need not be its grant's plus one: in stores written before 2026-11-27, a group emptied by
+    ``remove_member`` was revoked at the next epoch without a grant of it)."""
     rows = []
     for b in records:
         for g in b.grants:

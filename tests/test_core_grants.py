@@ -245,6 +245,72 @@ def test_a_removed_members_catch_up_fetch_is_answered_with_its_removal_and_a_for
     assert net.author.data_to_send() == []
 
 
+def test_a_removed_members_fetch_replayed_on_another_connection_is_refused_before_anything_is_sent() -> None:
+    """With sessions, a FETCH is bound to its connection (SPEC 8.9): a removed member's too.  It used to be
+    answered on any connection, so a recorded one brought its grants (O(members^2) bytes each) again on every
+    connection a replayer opened."""
+    net, g, _ = _away_and_removed()
+    sessions: dict[object, bytes] = {}
+    net.author.session_of = lambda peer: sessions.setdefault(peer, bytes([len(sessions) + 1]) * SESSION_LEN)
+    recorded = encode_frame(Fetch(net.author.channel, g, 0, 0, 0, 2), net.author.session_of("s1"),
+                            ident(11).sign).raw
+    net.now += net.author.config.grant_sync_interval_ms  # (past s1's own grant syncs as a member)
+    for k in range(3):
+        ev = net.author.receive(recorded, net.now + k, f"replayer-{k}")
+        assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.REPLAY]
+    net.author.take_changes()
+    assert net.author.data_to_send() == []
+    assert net.author.receive(recorded, net.now, "s1") == []  # on its own connection: told
+    net.author.take_changes()
+    assert [decode_frame(o.data).head.epoch for o in net.author.data_to_send()] == [1]
+
+
+def test_a_removed_member_several_rekeys_behind_is_told_even_after_its_catch_up_fetch_took_the_slot() -> None:
+    """A catch-up FETCH (no epoch named) is answered with the removing grant alone, which a member several
+    re-keys behind cannot apply; its grant sync right after, naming its epoch, must still be answered in full
+    (it used to wait out the interval: the slot was taken)."""
+    net = Net.make(n_subs=4)
+    for name in ("s0", "s1", "s2", "s3"):
+        net.subscribe(name)
+    g = net.author.open_group([ident(10 + i).public for i in range(4)])
+    net.pump_author()
+    for who in (12, 13, 11):  # s1 misses the re-keys that remove s2 and s3 (epochs 1, 2), then its own (3)
+        net.author.remove_member(g, ident(who).did)
+        net.author.take_changes()
+        for o in net.author.data_to_send():
+            net.to_sub("s0", o.data)
+    assert net.author.branch_info(g)[0] == 3 and net.subs["s1"].branch_info(g)[0] == 0
+    net.now += net.author.config.grant_sync_interval_ms  # (past s1's own grant syncs as a member)
+    catch_up = Fetch(net.author.channel, g, 0, 1, 100, 2)
+    assert net.author.receive(encode_frame(catch_up, b"", ident(11).sign).raw, net.now, "s1") == []
+    net.author.take_changes()
+    assert [decode_frame(o.data).head.epoch for o in net.author.data_to_send()] == [3]
+    sync = Fetch(net.author.channel, g, 0, 0, 0, 2)
+    assert net.author.receive(encode_frame(sync, b"", ident(11).sign).raw, net.now + 300, "s1") == []
+    net.author.take_changes()
+    outs = net.author.data_to_send()
+    assert [decode_frame(o.data).head.epoch for o in outs] == [1, 2, 3]
+    for o in outs:
+        net.to_sub("s1", o.data)
+    assert net.subs["s1"].branch_info(g)[2] is BranchState.CLOSED
+
+
+def test_a_forged_copy_of_the_revoke_that_closed_a_branch_is_still_reported() -> None:
+    """The same REVOKE again is dropped without an event (it comes on two routes), but only if it is the
+    author's: one forged with the fields an on-path relay can read is BAD_SIGNATURE."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    [b0] = net.subs["s0"].branch_ids()
+    net.author.revoke(b0)
+    net.pump_author()
+    assert net.subs["s0"].branch_info(b0)[2] is BranchState.CLOSED
+    [genuine] = [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.REVOKE]
+    assert net.to_sub("s0", genuine) == []
+    forged = encode_frame(decode_frame(genuine).head, b"", ident(99).sign).raw
+    ev = net.to_sub("s0", forged)
+    assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]
+
+
 def test_the_last_member_removed_is_told_by_the_revoke_of_the_epoch_it_holds() -> None:
     """Removing a group's last member closes it.  The group used to be re-keyed first, so its REVOKE named an
     epoch the member never held and the member refused it (STALE_EPOCH), keeping the group open; and once the
@@ -782,7 +848,7 @@ def test_a_member_revoked_while_away_learns_it_at_catch_up_without_a_rejection()
 
 
 async def test_a_groups_removed_members_survive_a_restart_of_the_author(tmp_path: Path) -> None:
-    """The author keeps a group's removed members in its store (sealed with the branch record): after a
+    """The author keeps a group's removed members in its store (with the branch record): after a
     restart, a member removed while it was away is still told when it asks, not rejected as a stranger."""
     from streams.api import Author, MemoryHub, StoreOptions
     from streams.policy import AllowList

@@ -149,8 +149,10 @@ def _to_old_layout(db: Path, branch: bytes) -> list[bytes]:
 
 
 async def test_history_rows_take_their_epoch_from_the_grant_not_from_the_record(tmp_path: Path) -> None:
-    """A group emptied by remove_member is revoked at the next epoch without a grant of it, so its record's
-    epoch is its grant's plus two: a history it still carries (an old-layout record) must not be shifted."""
+    """A history an old-layout record still carries must not be shifted by the record's epoch.  (Stores written
+    before 2026-11-27 revoked a group emptied by remove_member at the next epoch without a grant of it, so its
+    record's epoch was its grant's plus two; an emptied group is now revoked at its own epoch, and this test
+    now exercises the common case.)"""
     db = tmp_path / "author.db"
     _hub, author, _own = await _start(tmp_path)
     group = await author.open_group([P1.did, P2.did])
