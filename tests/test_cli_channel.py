@@ -874,7 +874,8 @@ def test_a_permission_narrowed_in_the_policy_file_is_applied_at_sighup(cli: Cli,
     serve.p.send_signal(signal.SIGHUP)
     assert serve.wait("restricted", branch=branch) == {"event": "restricted", "branch": branch, "did": sub_did,
                                                         "permission": "read"}
-    assert serve.wait("policy", reloaded=True)["revoked"] == []
+    policy = serve.wait("policy", reloaded=True)
+    assert (policy["revoked"], policy["restricted"], policy["restricted_dids"]) == ([], [branch], [sub_did])
     refused = cli(*args, "--data", "payment 2")  # (stored before its catch-up learnt the re-key)
     assert refused.returncode == 1 and refused.json["failure"] == "not_permitted", refused.stdout
     refused = cli(*args, "--data", "payment 3")  # known now: refused before anything is stored (it said "0

@@ -833,12 +833,18 @@ async def _pump_events(party: Author | Subscriber, out: LinePrinter) -> None:
 async def _recheck(author: Author, out: LinePrinter, path: str, reloaded: bool) -> None:
     """Revoke the subscribers the policy can no longer admit (denied, off its allow-list) or whose credential no
     longer holds; they show as ``closed`` events (``by: recheck``).  A ``policy`` event reports a reload, or
-    revocations at start."""
+    revocations at start; it lists the branches revoked and those whose permission was narrowed
+    (``restricted``: each also has a ``restricted`` event)."""
+    before = {b.id: author.permission_of(b.id) for b in author.branches() if b.open}
     revoked = await author.recheck_admissions()
-    if reloaded or revoked:
+    closed = set(revoked)
+    restricted = [b for b, p in before.items()
+                  if p is not None and b not in closed and author.permission_of(b) not in (p, None)]
+    if reloaded or revoked or restricted:
         owners = [author.owner_of(b) for b in revoked]
         out.emit({"event": "policy", "file": path, "reloaded": reloaded, "revoked": [b.hex() for b in revoked],
-                  "dids": [d for d in owners if d is not None]})
+                  "dids": [d for d in owners if d is not None], "restricted": [b.hex() for b in restricted],
+                  "restricted_dids": [author.owner_of(b) for b in restricted]})
 
 
 async def _watch_policy(author: Author, path: str, hup: asyncio.Event, out: LinePrinter) -> None:
