@@ -584,8 +584,13 @@ def test_serve_opens_a_group_for_a_broadcast_only_its_members_read_and_a_removed
     serve.wait("published", branch=group["branch"], seq=2)
     assert [m["data"] for m in tail("acme")] == ["ALERT 2"]
     assert tail("globex") == []
+    serve.send(json.dumps({"remove": dids["globex"], "from": group["branch"]}))  # again
     serve.send(json.dumps({"remove": dids["acme"], "from": group["branch"]}))
     assert serve.wait("removed", did=dids["acme"])["closed"] is True  # its last member gone: closed
+    serve.send(json.dumps({"remove": dids["acme"], "from": group["branch"]}))
+    serve.send(json.dumps({"to": dids["acme"], "data": "marker"}))
+    serve.wait("published", branch=own["acme"])  # (the lines before it are acted on)
+    assert "is not a member of group" in errors()[4] and "is closed" in errors()[5], errors()
     assert serve.stop()[0] == 0
 
 

@@ -693,6 +693,10 @@ async def _remove_line(author: Author, did: str, group: str, out: LinePrinter) -
     if info is None or author.owner_of(branch) is not None:
         raise UsageError(f"from: {group} is not a group of this channel (a subscriber's own branch is revoked, "
                          'with {"revoke": ...})')
+    if not info.open:
+        raise UsageError(f"from: group {branch.hex()} is closed: nobody reads it any more")
+    if did not in info.members[1:]:
+        raise UsageError(f"{did} is not a member of group {branch.hex()}")
     await author.remove_member(branch, did)
     left = next((b for b in author.branches() if b.id == branch), None)
     out.emit({"event": "removed", "branch": branch.hex(), "did": did,
