@@ -1394,7 +1394,9 @@ class _CoreBase:
         self._verify_chain_frame(b, frame)
         c.held[h.seq] = frame
         if h.seq > c.gap_to:
-            events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
+            if not (c.catch_up_left > 0 and c.fetch_end >= c.next_seq):
+                # (A live message that overtakes our catch-up's answer is no gap either: see _on_head.)
+                events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
             self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_head(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -1417,6 +1419,10 @@ class _CoreBase:
             b.heard = True
             self._sync_waits.pop(b.id, None)  # the author answered (a group's grant sync, SPEC 9.5)
         c = b.chains[h.publisher]
+        # The answer to our catch-up window starts with this HEAD, the messages follow (section 8.9): what we
+        # miss up to it is already asked for, so it is not reported as a gap (every `tail --events` began with
+        # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
+        catching_up = c.catch_up_left > 0 and c.fetch_end >= c.next_seq
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
@@ -1433,7 +1439,8 @@ class _CoreBase:
         if c.fetch_end > h.seq:
             c.fetch_end = h.seq  # the window in flight cannot bring more than the publisher has
         if h.seq >= c.next_seq and h.seq > c.gap_to:
-            events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
+            if not catching_up:
+                events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
             self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_ack(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:

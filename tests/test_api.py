@@ -338,6 +338,43 @@ async def test_catch_up_fetches_window_after_window_without_waiting_for_timers(t
     await author.close()
 
 
+async def test_a_catch_up_is_not_reported_as_a_gap_but_a_loss_on_a_live_connection_still_is(tmp_path: Path) -> None:
+    """The answer to a catch-up starts with the publisher's HEAD: every reconnect reported a GapDetected for what
+    it missed while away (every `tail --events` began with a `gap` line that filled at once).  A catch-up --
+    of one window or of several -- reports none now; a loss on a live connection still does."""
+    from streams.core import CoreConfig
+    from streams.events import GapDetected
+
+    cfg = CoreConfig(max_fetch=8)
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, config=cfg)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    for n in (5, 20):  # one window, then several (max_fetch 8)
+        await s1.close()
+        for i in range(n):
+            await author.publish(b1, b"away %d" % i)
+        s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                   config=cfg)
+        got = [(await s1.next_message(timeout=5)).payload for _ in range(n)]
+        assert got == [b"away %d" % i for i in range(n)]
+        assert [e for e in s1.pending_events() if isinstance(e, GapDetected)] == []
+    # Live now: seqs 26 and 27 lost on the way, 28 comes through -- that is a gap.
+    ep = hub._subs["p1"]
+    ep.closed = True
+    for i in range(2):
+        await author.publish(b1, b"lost %d" % i)
+    ep.closed = False
+    await author.publish(b1, b"arrives")
+    got = [(await s1.next_message(timeout=5)).payload for _ in range(3)]
+    assert got == [b"lost 0", b"lost 1", b"arrives"]
+    gaps = [e for e in s1.pending_events() if isinstance(e, GapDetected)]
+    assert [(g.expected_seq, g.received_seq) for g in gaps] == [(26, 28)]
+    await s1.close()
+    await author.close()
+
+
 async def test_grant_and_evidence_live_on_disk_and_still_serve_resubscription_and_recheck(tmp_path: Path) -> None:
     """The author keeps neither grant frames nor credentials in memory (idle branches stay small), yet a
     re-subscription gets its grant and a revoked credential still cuts its subscriber off -- after a restart too."""
