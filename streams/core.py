@@ -1364,6 +1364,8 @@ class _CoreBase:
         payload = self._verify_chain_frame(b, frame)
         c.next_seq = h.seq + 1
         c.head = frame.hash
+        if c.catch_up_left:
+            c.catch_up_left = 0  # the chain goes on from our cursor: our catch-up is answered (or moot)
         b.heard = True
         signed = bool(frame.sig)
         self._changes.log.append(LogRecord(b.id, h.publisher, h.seq, frame.hash, frame.raw))
@@ -1394,8 +1396,10 @@ class _CoreBase:
         self._verify_chain_frame(b, frame)
         c.held[h.seq] = frame
         if h.seq > c.gap_to:
-            if not (c.catch_up_left > 0 and c.fetch_end >= c.next_seq):
-                # (A live message that overtakes our catch-up's answer is no gap either: see _on_head.)
+            # Reported only if it shows a message missing that we did not know of (a live frame right after
+            # the range being fetched -- while a catch-up goes on, window after window -- shows none), and
+            # not while our catch-up is unanswered (a live frame that overtakes its answer; see _on_head).
+            if h.seq > max(c.gap_to, c.next_seq - 1) + 1 and not (c.catch_up_left > 0 and c.fetch_end >= c.next_seq):
                 events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
             self._want(b, h.publisher, c, h.seq, now_ms)
 
@@ -1419,7 +1423,7 @@ class _CoreBase:
             b.heard = True
             self._sync_waits.pop(b.id, None)  # the author answered (a group's grant sync, SPEC 9.5)
         c = b.chains[h.publisher]
-        # The answer to our catch-up window starts with this HEAD, the messages follow (section 8.9): what we
+        # The answer to our catch-up window starts with this HEAD, the messages follow (SPEC 14.3): what we
         # miss up to it is already asked for, so it is not reported as a gap (every `tail --events` began with
         # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
         catching_up = c.catch_up_left > 0 and c.fetch_end >= c.next_seq

@@ -875,3 +875,41 @@ async def test_a_groups_removed_members_survive_a_restart_of_the_author(tmp_path
         assert decode_frame(told.data).head.epoch == 1 and told.peer == "p"
     finally:
         await author.close()
+
+
+def _gaps(events: list[object]) -> list[tuple[int, int]]:
+    return [(e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected)]
+
+
+@pytest.mark.parametrize("case", ["catch-up lost", "empty chain"])
+def test_a_live_loss_is_reported_although_the_catch_up_got_no_answer(case: str) -> None:
+    """A catch-up window that gets no answer (its FETCH was lost, or the chain was empty: a publisher with
+    nothing answers nothing) must not keep gap events silent while the chain goes on from our cursor: a frame
+    accepted in order answers it.  A message lost on the live connection after that is reported."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    [b] = s.branch_ids()
+    if case == "catch-up lost":
+        for i in range(3):
+            net.author.publish(b, b"m%d" % i, net.now)
+        net.pump_author()
+    s.catch_up(net.now)
+    s.take_changes()
+    for o in s.data_to_send():
+        if case == "empty chain":
+            net.to_author(o.data, "s0")  # answered by nothing: the chain is empty
+    first = 4 if case == "catch-up lost" else 1
+    events: list[object] = []
+    for seq in range(first, first + 4):
+        net.now += 500
+        net.author.publish(b, b"x", net.now)
+        net.author.take_changes()
+        outs = net.author.data_to_send()
+        if seq != first + 2:  # lost on the live connection
+            for o in outs:
+                events.extend(s.receive(o.data, net.now))
+        s.handle_timer(net.now)
+        s.take_changes()
+        s.data_to_send()
+    assert _gaps(events) == [(first + 2, first + 3)]
