@@ -396,6 +396,11 @@ class _Chain:
         self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
 
+    def catching_up(self) -> bool:
+        """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
+        frame of the chain reveals meanwhile is being fetched, not a gap (SPEC 10, step 7)."""
+        return self.catch_up_left > 0 and self.fetch_end >= self.next_seq
+
 
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
@@ -1399,7 +1404,7 @@ class _CoreBase:
             # Reported only if it shows a message missing that we did not know of (a live frame right after
             # the range being fetched -- while a catch-up goes on, window after window -- shows none), and
             # not while our catch-up is unanswered (a live frame that overtakes its answer; see _on_head).
-            if h.seq > max(c.gap_to, c.next_seq - 1) + 1 and not (c.catch_up_left > 0 and c.fetch_end >= c.next_seq):
+            if h.seq > max(c.gap_to, c.next_seq - 1) + 1 and not c.catching_up():
                 events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
             self._want(b, h.publisher, c, h.seq, now_ms)
 
@@ -1426,7 +1431,7 @@ class _CoreBase:
         # The answer to our catch-up window starts with this HEAD, the messages follow (SPEC 14.3): what we
         # miss up to it is already asked for, so it is not reported as a gap (every `tail --events` began with
         # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
-        catching_up = c.catch_up_left > 0 and c.fetch_end >= c.next_seq
+        catching_up = c.catching_up()
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)

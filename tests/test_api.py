@@ -126,20 +126,26 @@ async def test_offline_subscriber_catches_up_from_retained_log(tmp_path: Path) -
     await author.close()
 
 
+async def _lost_then_one_arrives(hub: MemoryHub, author: Author, s1: Subscriber, b1: bytes, lost: int) -> None:
+    """``lost`` messages published while p1's endpoint drops what reaches it, then one that arrives: p1 gets
+    all of them, in order (the gap is filled)."""
+    ep = hub._subs["p1"]
+    ep.closed = True
+    for i in range(lost):
+        await author.publish(b1, b"lost %d" % i)
+    ep.closed = False
+    await author.publish(b1, b"arrives")
+    got = [(await s1.next_message(timeout=5)).payload for _ in range(lost + 1)]
+    assert got == [b"lost %d" % i for i in range(lost)] + [b"arrives"]
+
+
 async def test_gap_is_detected_and_filled(tmp_path: Path) -> None:
     hub = MemoryHub()
     author = await make_author(tmp_path, hub)
     s1 = await make_sub(tmp_path, hub, P1, "p1", author)
     b1 = await s1.subscribe(timeout=5)
     # Drop messages 1..3 on the way to p1 (a lossy network), then let 4 through.
-    ep = hub._subs["p1"]
-    ep.closed = True
-    for i in range(3):
-        await author.publish(b1, b"lost %d" % i)
-    ep.closed = False
-    await author.publish(b1, b"arrives")
-    got = [(await s1.next_message(timeout=5)).payload for _ in range(4)]
-    assert got == [b"lost 0", b"lost 1", b"lost 2", b"arrives"]
+    await _lost_then_one_arrives(hub, author, s1, b1, 3)
     assert any(isinstance(e, GapDetected) for e in s1.pending_events())
     await s1.close()
     await author.close()
@@ -373,14 +379,7 @@ async def test_a_catch_up_is_not_reported_as_a_gap_but_a_loss_on_a_live_connecti
     assert got == [b"away again %d" % i for i in range(30)] + [b"live %d" % i for i in range(10)]
     assert [e for e in s1.pending_events() if isinstance(e, GapDetected)] == []
     # Live now: two messages lost on the way, the next comes through -- that is a gap.
-    ep = hub._subs["p1"]
-    ep.closed = True
-    for i in range(2):
-        await author.publish(b1, b"lost %d" % i)
-    ep.closed = False
-    await author.publish(b1, b"arrives")
-    got = [(await s1.next_message(timeout=5)).payload for _ in range(3)]
-    assert got == [b"lost 0", b"lost 1", b"arrives"]
+    await _lost_then_one_arrives(hub, author, s1, b1, 2)
     gaps = [e for e in s1.pending_events() if isinstance(e, GapDetected)]
     assert [(g.expected_seq, g.received_seq) for g in gaps] == [(66, 68)]
     await s1.close()
