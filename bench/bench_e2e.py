@@ -571,6 +571,7 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
     run_id, count, size, rate = cmd["run_id"], cmd["count"], cmd["size"], cmd["rate"]
     pad = os.urandom(size - HDR.size)
     pack, now, send = HDR.pack, time.monotonic_ns, pub.send
+    cpu0 = time.process_time()  # every thread of this process: ZeroMQ's I/O thread and the store's included
     t0 = now()
     if not rate:
         for i in range(count):
@@ -589,13 +590,14 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
             await send(pack(run_id, now(), i) + pad)
             i += 1
     await pub.flush()
-    return {"t0": t0, "t1": now(), "sent": count}
+    return {"t0": t0, "t1": now(), "sent": count, "cpu_s": time.process_time() - cpu0}
 
 
 async def run_recv_worker(peer: str, addr: str, tmp: Path) -> None:
     cmds = await _stdin_lines()
     r = make_recv(peer)
-    state: dict[str, Any] = {"run": -1, "n": 0, "want": 0, "first": 0, "last": 0, "lat": None, "other": 0}
+    state: dict[str, Any] = {"run": -1, "n": 0, "want": 0, "first": 0, "last": 0, "lat": None, "other": 0,
+                             "cpu_first": 0.0, "cpu_last": 0.0}
     done = asyncio.Event()
     unpack, now = HDR.unpack_from, time.monotonic_ns
 
@@ -607,8 +609,11 @@ async def run_recv_worker(peer: str, addr: str, tmp: Path) -> None:
             return
         if not state["n"]:
             state["first"] = t
+            state["cpu_first"] = time.process_time()
         state["n"] += 1
         state["last"] = t
+        if state["n"] >= state["want"]:
+            state["cpu_last"] = time.process_time()
         lat = state["lat"]
         if lat is not None:
             lat.append((t - ts) / 1000)
@@ -640,8 +645,9 @@ async def run_recv_worker(peer: str, addr: str, tmp: Path) -> None:
                         elif state["n"] and time.monotonic() - idle_since > cmd["idle"]:
                             break  # a lossy peer (NATS core) that will not deliver the rest
                     lat = state["lat"]
+                    cpu = state["cpu_last"] - state["cpu_first"] if state["n"] >= state["want"] else None
                     emit({"received": state["n"], "first": state["first"], "last": state["last"],
-                          "stale": state["other"], "latency": _lat_summary(lat) if lat else None})
+                          "stale": state["other"], "latency": _lat_summary(lat) if lat else None, "cpu_s": cpu})
                     state["run"] = -1
                 elif c == "rtt":
                     samples = await r.rtt(cmd["n"], cmd.get("gap_ms", 0))
@@ -742,7 +748,11 @@ class Pair:
         elapsed = max(1, got["last"] - sent["t0"]) / 1e9
         return {"count": count, "received": got["received"], "seconds": elapsed,
                 "msgs_per_s": got["received"] / elapsed, "publish_seconds": (sent["t1"] - sent["t0"]) / 1e9,
-                "latency": got["latency"]}
+                "latency": got["latency"],
+                # CPU per message of each process (all its threads): what the pipeline costs, apart from how the
+                # shared cores were scheduled.  The receiver's counts from its first message to its last.
+                "pub_cpu_us": sent["cpu_s"] * 1e6 / count,
+                "recv_cpu_us": got["cpu_s"] * 1e6 / max(1, got["received"] - 1) if got.get("cpu_s") else None}
 
     def rtt(self, n: int, gap_ms: float = 0) -> dict[str, Any]:
         assert self.recv is not None
@@ -871,6 +881,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                         if r is not None:
                             runs.setdefault((p, size), []).append(r)
                             what = f"{r['msgs_per_s']:,.0f} msg/s"
+                            if r["recv_cpu_us"] is not None:
+                                what += f" (cpu/msg: pub {r['pub_cpu_us']:.1f} us, recv {r['recv_cpu_us']:.1f} us)"
                         else:
                             what = "FAILED"
                     else:
@@ -906,8 +918,12 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     for (p, size), rs in sorted(runs.items(), key=lambda kv: (peers.index(kv[0][0]), kv[0][1])):
         rates = [r["msgs_per_s"] for r in rs]
         med = statistics.median(rates)
+        pub_cpu = [r["pub_cpu_us"] for r in rs]
+        recv_cpu = [r["recv_cpu_us"] for r in rs if r["recv_cpu_us"] is not None]
         rows.append({"peer": p, "size": size, "msgs_per_s": med, "mb_per_s": med * size / 1e6,
                      "runs_msgs_per_s": rates, "count": rs[0]["count"],
+                     "pub_cpu_us": statistics.median(pub_cpu),
+                     "recv_cpu_us": statistics.median(recv_cpu) if recv_cpu else None,
                      "delivered_fraction": min(r["received"] / r["count"] for r in rs)})
     lat_rows = [{"peer": p, "size": size, **v} for (p, size), v in
                 sorted(latency.items(), key=lambda kv: (peers.index(kv[0][0]), kv[0][1]))]
@@ -973,10 +989,13 @@ def _size(s: int) -> str:
 
 
 def print_tables(res: dict[str, Any]) -> None:
-    print(f"{'peer':<24} {'size':>6} {'msg/s':>10} {'MB/s':>8} {'delivered':>9}")
+    print(f"{'peer':<24} {'size':>6} {'msg/s':>10} {'MB/s':>8} {'delivered':>9} {'pub cpu/msg':>12} "
+          f"{'recv cpu/msg':>12}")
     for r in res["throughput"]:
+        recv_cpu = r.get("recv_cpu_us")
         print(f"{r['peer']:<24} {_size(r['size']):>6} {r['msgs_per_s']:>10,.0f} {r['mb_per_s']:>8.1f} "
-              f"{r['delivered_fraction']:>9.3f}")
+              f"{r['delivered_fraction']:>9.3f} {r.get('pub_cpu_us', 0):>9.1f} us "
+              f"{'-' if recv_cpu is None else f'{recv_cpu:.1f}':>9} us")
     print(f"\n{'peer':<24} {'size':>6} {'rate':>9} {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9}")
     for r in res["latency"]:
         print(f"{r['peer']:<24} {_size(r['size']):>6} {r['rate']:>9,.0f} {r['p50_us']:>9,.0f} {r['p99_us']:>9,.0f} "
