@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
-from brokerless.endpoints import _CREDIT_LEN, _PONG_LEN, CREDIT, PING, PONG
+from brokerless.endpoints import _CREDIT_LEN, _PONG_LEN, BUNDLE, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
 from streams.errors import ClosedResourceError
@@ -328,14 +328,29 @@ async def test_a_window_of_zero_opts_out_and_a_window_over_the_inbox_is_clamped_
         await aep.close()
 
 
+def unbundle(data: bytes) -> list[bytes]:
+    """The frames of a BUNDLE (SPEC 14.1), parsed here independently of the endpoint's own code."""
+    out, off = [], 1
+    while off < len(data):
+        (n,) = struct.unpack_from(">I", data, off)
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    assert off == len(data), "a BUNDLE's lengths add up"
+    return out
+
+
+def bundle(frames: list[bytes]) -> bytes:
+    return BUNDLE + b"".join(struct.pack(">I", len(f)) + f for f in frames)
+
+
 class DropRelay:
     """A relay between subscribers (its ROUTER front) and the author (one DEALER each): told to, it drops every
     ``every``-th author -> subscriber data frame, ``count`` times, and passes everything else -- a lossy, or
-    hostile, hop."""
+    hostile, hop.  It drops single frames out of BUNDLEs too (passing the rest on, re-bundled)."""
 
     def __init__(self, ctx: zmq.asyncio.Context, author_addr: str) -> None:
         self.ctx, self.author_addr = ctx, author_addr
-        self.every = self.to_drop = self.dropped = self.seen = 0
+        self.every = self.to_drop = self.dropped = self.seen = self.bundles = 0
         self.pongs_to_drop = 0
         self.front = ctx.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
@@ -373,12 +388,20 @@ class DropRelay:
                     if data[:1] == PONG and self.pongs_to_drop:
                         self.pongs_to_drop -= 1
                         continue
-                    if data[:1] == b"\x95" and self.to_drop:
-                        self.seen += 1
-                        if self.seen % self.every == 0:
-                            self.to_drop -= 1
-                            self.dropped += 1
+                    if data[:1] == BUNDLE:
+                        self.bundles += 1
+                    if data[:1] in (b"\x95", BUNDLE) and self.to_drop:
+                        kept = []
+                        for f in unbundle(data) if data[:1] == BUNDLE else [data]:
+                            self.seen += 1
+                            if self.seen % self.every == 0 and self.to_drop:
+                                self.to_drop -= 1
+                                self.dropped += 1
+                            else:
+                                kept.append(f)
+                        if not kept:
                             continue
+                        data = kept[0] if len(kept) == 1 else bundle(kept)
                     await self.front.send_multipart([owner[sock], data])
 
     async def close(self) -> None:
@@ -413,6 +436,7 @@ async def test_frames_lost_on_the_way_are_written_off_and_every_message_arrives(
         assert got == sent  # gap fill + credit resync: everything, in order, once
         st = aep.stats
         assert relay.dropped == 16 and st.credit_blocked > 0
+        assert relay.bundles > 0 and st.bundles > 0  # frames were lost out of BUNDLEs too
         assert st.credit_resyncs > 0, st
         assert max(aep.in_flight().values()) <= 16
     finally:
@@ -681,7 +705,8 @@ async def test_a_subscriber_inbox_is_bounded_in_bytes_and_holds_back_without_los
         await until(lambda: sep.inbox_size_bytes() >= cfg.inbox_bytes, "the inbox filled to its byte bound")
         for _ in range(20):  # and it stays there: the endpoint stopped reading
             await asyncio.sleep(0.01)
-            assert sep.inbox_size_bytes() < cfg.inbox_bytes + size
+            # At most one ZeroMQ message beyond the bound: a frame, or a BUNDLE of them.
+            assert sep.inbox_size_bytes() < cfg.inbox_bytes + max(size, cfg.bundle_bytes)
         assert sep.inbox_size() < n
         got: list[int] = []
         while len(got) < n:

@@ -1,0 +1,274 @@
+"""BUNDLEs (SPEC 14.1): data frames for one subscriber that are ready together go out in one ZeroMQ message.
+
+Real sockets on tcp loopback.  The raw DEALERs and ROUTERs here play a subscriber from before bundles (it never
+says it takes them), a subscriber that takes small ones, and a hostile author (or relay) that sends malformed
+ones.  BUNDLEs are parsed here with ``struct``, independently of the endpoint's code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+from brokerless.endpoints import _PONG_LEN, BUNDLE, BUNDLE_OK, CREDIT, PING, PONG
+from streams.api import Author, StoreOptions, Subscriber
+from streams.core import CoreConfig, Outgoing
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.wire import Hello, encode_frame
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+AUTHOR, P1 = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x0a" * 32)
+HELLO = encode_frame(Hello(b"c" * 32)).raw
+
+
+def frame(i: int, size: int = 64) -> bytes:
+    """A data frame as the endpoints see it (they never decode author -> subscriber traffic): numbered."""
+    return b"\x95" + i.to_bytes(4, "big") + b"p" * (size - 5)
+
+
+def index(data: bytes) -> int:
+    return int.from_bytes(data[1:5], "big")
+
+
+def unbundle(data: bytes) -> list[bytes]:
+    out, off = [], 1
+    while off < len(data):
+        (n,) = struct.unpack_from(">I", data, off)
+        assert n > 0 and off + 4 + n <= len(data), "a BUNDLE's lengths add up"
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    return out
+
+
+def bundle(frames: list[bytes]) -> bytes:
+    return BUNDLE + b"".join(struct.pack(">I", len(f)) + f for f in frames)
+
+
+async def until(pred: object, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():  # type: ignore[operator]
+        assert loop.time() < end, f"timeout waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def raw_member(cfg: EndpointConfig, takes: int | None,
+                     window: int = 10_000) -> AsyncIterator[tuple[AuthorEndpoint, bytes, zmq.asyncio.Socket, bytes]]:
+    """An author endpoint and a raw DEALER that made itself known (HELLO), learnt its session from the PONG, said
+    it takes BUNDLEs of ``takes`` bytes (never, if None: a subscriber from before them) and sent one CREDIT of
+    ``window`` frames."""
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(aep.addresses[0])
+    try:
+        await dealer.send(HELLO)
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        pong = await asyncio.wait_for(dealer.recv(), 10)
+        assert pong[:1] == PONG and len(pong) == _PONG_LEN
+        session = pong[9:17]
+        if takes is not None:
+            await dealer.send(BUNDLE_OK + struct.pack(">I", takes))
+        await dealer.send(CREDIT + session + struct.pack(">QQI", 0, 0, window))
+        await until(lambda: aep.stats.credits == 1, "the CREDIT")
+        yield aep, rid, dealer, session
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
+        await aep.close()
+
+
+async def read_all(dealer: zmq.asyncio.Socket, n: int) -> list[bytes]:
+    """The ZeroMQ messages carrying the next ``n`` data frames (control messages skipped)."""
+    msgs: list[bytes] = []
+    frames = 0
+    while frames < n:
+        m = await asyncio.wait_for(dealer.recv(), 10)
+        if m[:1] in (PING, PONG):
+            continue
+        msgs.append(m)
+        frames += len(unbundle(m)) if m[:1] == BUNDLE else 1
+    return msgs
+
+
+async def test_frames_ready_together_go_out_in_bundles_within_the_size_the_subscriber_takes() -> None:
+    takes = 4096
+    async with raw_member(EndpointConfig(), takes) as (aep, rid, dealer, _):
+        aep.send_many([Outgoing(frame(i, 300), rid) for i in range(200)])
+        msgs = await read_all(dealer, 200)
+        assert all(m[:1] == BUNDLE for m in msgs)
+        assert all(len(m) <= takes for m in msgs), max(len(m) for m in msgs)
+        got = [f for m in msgs for f in unbundle(m)]
+        assert [index(f) for f in got] == list(range(200)) and got == [frame(i, 300) for i in range(200)]
+        # As many frames per BUNDLE as fit: 13 of 304 bytes in 4096 (with the 1-byte prefix).
+        assert len(msgs) == -(-200 // 13) and aep.stats.bundles == len(msgs)
+        assert aep.stats.frames_out >= 200 and aep.in_flight()[rid] == 200  # credit counts frames
+
+
+async def test_a_subscriber_that_never_said_it_takes_bundles_gets_single_frames() -> None:
+    """A subscriber endpoint from before BUNDLEs: nothing it cannot parse is ever sent to it."""
+    async with raw_member(EndpointConfig(), None) as (aep, rid, dealer, _):
+        aep.send_many([Outgoing(frame(i), rid) for i in range(300)])
+        msgs = await read_all(dealer, 300)
+        assert [index(m) for m in msgs] == list(range(300)) and aep.stats.bundles == 0
+
+
+async def test_an_author_configured_without_bundles_sends_single_frames() -> None:
+    async with raw_member(EndpointConfig(bundle_bytes=0), 1 << 20) as (aep, rid, dealer, _):
+        aep.send_many([Outgoing(frame(i), rid) for i in range(100)])
+        msgs = await read_all(dealer, 100)
+        assert [index(m) for m in msgs] == list(range(100)) and aep.stats.bundles == 0
+
+
+async def test_the_author_bundles_no_more_than_its_own_limit_whatever_the_subscriber_says() -> None:
+    async with raw_member(EndpointConfig(bundle_bytes=2048), 1 << 30) as (aep, rid, dealer, _):
+        aep.send_many([Outgoing(frame(i, 500), rid) for i in range(40)])
+        msgs = await read_all(dealer, 40)
+        assert all(len(m) <= 2048 for m in msgs) and aep.stats.bundles > 0
+
+
+async def test_bundles_never_exceed_the_credit_window() -> None:
+    """The window counts frames, whether they travel alone or bundled: a CREDIT of 7 gets exactly 7 frames, the
+    rest waits in the author's queue and goes out as the next CREDITs open the window."""
+    async with raw_member(EndpointConfig(), 1 << 20, window=7) as (aep, rid, dealer, session):
+        aep.send_many([Outgoing(frame(i), rid) for i in range(30)])
+        msgs = await read_all(dealer, 7)
+        assert len(msgs) == 1 and len(unbundle(msgs[0])) == 7  # one BUNDLE of the whole window
+        await asyncio.sleep(0.2)
+        assert aep.in_flight()[rid] == 7 and aep.queue_sizes()[rid] == 23
+        while await dealer.poll(0, zmq.POLLIN):  # nothing more came while the window was shut
+            extra = await dealer.recv()
+            assert extra[:1] in (PING, PONG), "a data frame beyond the window"
+        # The subscriber took 7: the window opens again, and the queue goes out bundled.
+        await dealer.send(CREDIT + session + struct.pack(">QQI", 7, 7, 10))
+        msgs = await read_all(dealer, 10)
+        got = [index(f) for m in msgs for f in (unbundle(m) if m[:1] == BUNDLE else [m])]
+        assert got == list(range(7, 17)) and aep.in_flight()[rid] == 10 and aep.queue_sizes()[rid] == 13
+
+
+async def test_a_malformed_bundle_ok_is_counted_and_changes_nothing() -> None:
+    async with raw_member(EndpointConfig(), None) as (aep, rid, dealer, _):
+        await dealer.send(BUNDLE_OK + b"\x00\x01")  # too short
+        await until(lambda: aep.stats.malformed == 1, "the malformed BUNDLE_OK counted")
+        await dealer.send(BUNDLE_OK + struct.pack(">I", 16))  # too small to hold two frames: no bundles
+        await dealer.send(PING)
+        await until(lambda: aep.stats.frames_in >= 4, "the author read them")
+        aep.send_many([Outgoing(frame(i), rid) for i in range(20)])
+        msgs = await read_all(dealer, 20)
+        assert [index(m) for m in msgs] == list(range(20)) and aep.stats.bundles == 0
+
+
+@contextlib.asynccontextmanager
+async def fake_author() -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEndpoint, bytes]]:
+    """A raw ROUTER posing as the author (or a relay in its place) and a real SubscriberEndpoint connected to it,
+    with the routing id of the subscriber and the BUNDLE_OK it sent (checked)."""
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:0")
+    cfg = EndpointConfig()
+    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(), cfg)  # type: ignore[union-attr]
+    try:
+        await sep.send(Outgoing(HELLO))
+        rid = b""
+        while True:  # its PING (at start) and the HELLO
+            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            if data == HELLO:
+                break
+        await router.send_multipart([rid, PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 10_000, 64 << 20)])
+        while True:
+            _, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            if data[:1] == BUNDLE_OK:
+                break
+        assert data == BUNDLE_OK + struct.pack(">I", min(cfg.bundle_bytes, cfg.max_frame))
+        yield router, sep, rid
+    finally:
+        await sep.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+async def test_a_subscriber_unpacks_bundles_in_order_and_drops_malformed_ones_whole() -> None:
+    async with fake_author() as (router, sep, rid):
+        bad = [
+            BUNDLE + struct.pack(">I", 64) + frame(100)[:63],  # the last frame is cut short
+            BUNDLE + struct.pack(">I", 0) + struct.pack(">I", 64) + frame(101),  # an empty frame
+            BUNDLE + struct.pack(">I", 64) + frame(102) + b"\x00\x00",  # a length cut short
+            BUNDLE,  # no frame at all
+            BUNDLE + struct.pack(">I", 1 << 31) + frame(103),  # a length far beyond the message
+        ]
+        good = [bundle([frame(0), frame(1), frame(2)]), frame(3), bundle([frame(4), frame(5, 5000)])]
+        for m in (bad[0], good[0], *bad[1:3], good[1], *bad[3:], good[2]):
+            await router.send_multipart([rid, m])
+        got: list[bytes] = []
+        while len(got) < 6:
+            got += [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == [frame(0), frame(1), frame(2), frame(3), frame(4), frame(5, 5000)]
+        assert sep.stats.malformed == len(bad) and sep.stats.bundles == 2
+        assert sep.received == 6  # the credit counts frames: the malformed ones were never received
+
+
+async def test_a_subscriber_configured_without_bundles_does_not_ask_for_them() -> None:
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:0")
+    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+                             EndpointConfig(bundle_bytes=0))
+    try:
+        await sep.send(Outgoing(HELLO))
+        rid, seen = b"", []
+        while CREDIT not in [d[:1] for d in seen]:
+            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            seen.append(data)
+            if data == HELLO:
+                await router.send_multipart([rid, PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 100, 1 << 20)])
+        assert not [d for d in seen if d[:1] == BUNDLE_OK]
+    finally:
+        await sep.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+async def test_a_published_stream_travels_in_bundles_end_to_end(tmp_path: Path) -> None:
+    """Through the asyncio API: a burst published at once reaches the subscriber in BUNDLEs, every message once,
+    in order; and so does the catch-up of what was published while the subscriber was away."""
+    aep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "monitor", PW, aep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CoreConfig(max_fetch=64))
+    sep = SubscriberEndpoint(aep.addresses[0])
+    sub = await Subscriber.create(tmp_path / "s.db", P1, AUTHOR.did, author.channel, PW, sep, store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        sent = [b"payment %d" % i for i in range(500)]
+        await author.publish_many(branch, sent)
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            got += [m.payload for m in await asyncio.wait_for(sub.next_messages(1000), 10)]
+        assert got == sent
+        assert aep.stats.bundles > 0 and sep.stats.bundles > 0
+        assert sep.stats.malformed == 0 and aep.stats.malformed == 0
+        # Away, then back: the catch-up's FETCH answers (up to max_fetch frames each) come bundled too.
+        await sub.close()
+        missed = [b"refund %d" % i for i in range(300)]
+        await author.publish_many(branch, missed)
+        sep = SubscriberEndpoint(aep.addresses[0])
+        sub = await Subscriber.open(tmp_path / "s.db", PW, sep, store_options=FAST)
+        got = []
+        while len(got) < len(missed):
+            got += [m.payload for m in await asyncio.wait_for(sub.next_messages(1000), 10)]
+        assert got == missed and sep.stats.bundles > 0 and sep.stats.malformed == 0
+    finally:
+        await sub.close()
+        await author.close()
