@@ -8,7 +8,7 @@ it), then, on a failure, ``{"error": class, "message": str, "phase": ..., "then"
 the next publish, "closed": bool, "sent": [PACKET seqs the network saw]}``.  ``--fsize`` caps the size of
 any file this process writes (``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored so the write fails with EFBIG
 instead of killing us): a full disk without privileges.  ``--size``: payload bytes per message (200; from about
-4 KiB the frames go to the store's frame file).
+1 KiB the frames go to the store's frame file).
 """
 
 from __future__ import annotations
