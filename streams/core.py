@@ -36,8 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import msgpack
-
 from . import _crypto
 from ._state import ACCEPTS, BRANCH, SUBSCRIPTION, BranchState, Role, SubscriptionState
 from .anchor import (
@@ -104,6 +102,7 @@ from .wire import (
     Subscribe,
     SubscribeSecret,
     Unsubscribe,
+    _packb,  # one shared packer (see there)
     decode_anchor_body,
     decode_frame,
     decode_grant_entries,
@@ -175,10 +174,6 @@ def _elapsed(now_ms: int, since_ms: int, interval_ms: int) -> bool:
     (an NTP correction) counts as elapsed, so that no timer waits for the clock to catch up -- a lost FETCH is
     retried, a checkpoint is made, at the driver's next tick."""
     return now_ms >= since_ms + interval_ms or now_ms < since_ms
-
-
-def _packb(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def channel_id(author_sign: bytes, name: str) -> bytes:

@@ -431,8 +431,14 @@ _RULES: Final[dict[int, tuple[Kind, str, bool, type[Any], hashlib.blake2b]]] = {
 }
 
 
+#: One packer for the module's life: ``msgpack.packb`` builds a Packer per call, about 1 us of the 1.6 us it takes
+#: to pack a packet head.  Shared between threads safely: for the plain types packed here (lists, bytes, ints,
+#: strings) its ``pack`` runs no Python code, so it holds the GIL from start to finish (and resets on an error).
+_PACKER: Final = msgpack.Packer(use_bin_type=True)
+
+
 def _packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return _PACKER.pack(obj)  # type: ignore[no-any-return]
 
 
 def _unpack(data: bytes, what: str, max_len: int) -> Any:

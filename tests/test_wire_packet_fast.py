@@ -111,3 +111,32 @@ def test_message_hash_is_the_spec_definition(kind: int, head_raw: bytes, body: b
                            person=b"streams.v1.msg").digest()
     assert message_hash(kind, head_raw, body) == want
     assert message_hash(kind, head_raw, body) == want  # the shared state is not consumed by a call
+
+
+def test_the_shared_packer_gives_packb_bytes_from_many_threads_at_once() -> None:
+    """The wire module packs with one Packer (no Packer built per call); threads packing at the same moment each
+    get exactly ``msgpack.packb``'s bytes, and a failed pack leaves nothing behind for the next."""
+    import threading
+
+    from streams.wire import _packb
+
+    def objs(t: int) -> list[list[Any]]:
+        return [[bytes([t]) * (32 + i % 200), t, i, "x" * (i % 40), [i, bytes(i % 7)]] for i in range(3000)]
+
+    bad: list[str] = []
+
+    def work(t: int) -> None:
+        for o in objs(t):
+            if _packb(o) != msgpack.packb(o, use_bin_type=True):
+                bad.append(f"thread {t}: {o!r:.60}")
+                return
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not bad
+    with pytest.raises(TypeError):
+        _packb([b"half", object()])
+    assert _packb([b"next"]) == msgpack.packb([b"next"], use_bin_type=True)
