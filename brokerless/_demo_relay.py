@@ -36,6 +36,8 @@ import zmq
 from streams.errors import DecodeError
 from streams.wire import Kind, decode_frame
 
+from .endpoints import BUNDLE, _bundle, _unbundle
+
 #: Frames kept per direction; the demo needs a few hundred.  Bounded so a long run cannot exhaust memory.
 MAX_RECORDED = 20_000
 
@@ -113,9 +115,16 @@ class Relay:
 
     def down(self, back: zmq.Socket[bytes]) -> None:
         data = back.recv()
-        self.recorded["down"].append(data)
-        if not self._withhold("down", data):
-            self.front.send_multipart([self.rid_of[back], data])
+        # A BUNDLE (SPEC 14.1) is opened: each of its frames is recorded and may be withheld, as a frame sent alone
+        # is; the rest goes on, bundled again.
+        frames = _unbundle(data) if data[:1] == BUNDLE else None
+        kept = []
+        for f in [data] if frames is None else frames:
+            self.recorded["down"].append(f)
+            if not self._withhold("down", f):
+                kept.append(f)
+        if kept:
+            self.front.send_multipart([self.rid_of[back], kept[0] if len(kept) == 1 else _bundle(kept)])
 
     # -- commands --------------------------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ import stat
 import struct
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -140,6 +140,12 @@ _U32 = struct.Struct(">I")
 _BUNDLE_OK_LEN = 1 + _U32.size
 #: A BUNDLE_OK under this many bytes is taken as "no bundles" (not even two small frames would fit).
 _MIN_BUNDLE = 64
+#: A subscriber says it takes BUNDLEs this much below its ``max_frame``: under CURVE, ZeroMQ holds the encrypted
+#: message (33 bytes more) to ``MAXMSGSIZE``, and a BUNDLE of exactly ``max_frame`` bytes cut the connection.
+_BUNDLE_MARGIN = 64
+#: No protocol frame is shorter (the smallest, a HELLO, is 44 bytes): a BUNDLE holding a shorter one is
+#: malformed, which also bounds how many frames one BUNDLE can put in the inbox (about bytes / 44).
+_MIN_FRAME = 40
 #: A subscriber reports its credit whenever its driver took this fraction of the window since the last report.
 _REPORT_FRACTION = 4
 _AVG_RISE, _AVG_FALL = 1 / 2, 1 / 64  # weights of a data frame's size in the subscriber's moving average
@@ -159,7 +165,8 @@ def _bundle(frames: Sequence[bytes]) -> bytes:
 
 
 def _unbundle(data: bytes) -> list[bytes] | None:
-    """The frames of a BUNDLE message, or None if its lengths do not add up exactly (or a frame is empty)."""
+    """The frames of a BUNDLE message, or None if its lengths do not add up exactly, or a frame is shorter than any
+    protocol frame or does not start as one (``0x95``)."""
     frames: list[bytes] = []
     off, end, unpack = 1, len(data), _U32.unpack_from
     while off < end:
@@ -167,7 +174,7 @@ def _unbundle(data: bytes) -> list[bytes] | None:
             return None
         (n,) = unpack(data, off)
         off += 4
-        if n == 0 or off + n > end:
+        if n < _MIN_FRAME or off + n > end or data[off] != 0x95:
             return None
         frames.append(data[off:off + n])
         off += n
@@ -363,17 +370,21 @@ class _Peer(_Bucket):
         self.loss_sent = 0  #: ``sent`` at that moment
         self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
 
-    def next_message(self, frames: Iterable[bytes]) -> list[bytes]:
-        """The frames, from the front of ``frames``, that go out in the next message: the first always (the caller
+    def next_message(self, frames: Sequence[bytes], start: int = 0) -> list[bytes]:
+        """The frames, from ``frames[start]`` on, that go out in the next message: that one always (the caller
         checked :meth:`must_wait`), more while its window and ``window_bytes`` leave room for each and they fit in
         one BUNDLE of ``bundle_max`` bytes."""
-        out: list[bytes] = []
+        first = frames[start]
         limit = self.bundle_max
+        if not limit:
+            return [first]
+        out = [first]
         room = self.window - (self.sent - self.consumed)
-        flight, flight_max = self.flight_bytes, self.flight_max
-        size = 1
-        for f in frames:
-            if out and (not limit or len(out) >= room or flight >= flight_max or size + 4 + len(f) > limit):
+        flight, flight_max = self.flight_bytes + len(first), self.flight_max
+        size = 5 + len(first)
+        for i in range(start + 1, min(len(frames), start + room)):
+            f = frames[i]
+            if flight >= flight_max or size + 4 + len(f) > limit:
                 break
             out.append(f)
             size += 4 + len(f)
@@ -643,12 +654,12 @@ class AuthorEndpoint(_Base):
         try:
             for out in outs:
                 route(out)
-        finally:
+        finally:  # also when an Outgoing is refused midway: what was routed before it goes out, as it did one by one
             self._pending = None
-        for rid, frames in pending.items():
-            peer = self._peers.get(rid)
-            if peer is not None:
-                self._send_frames(peer, frames)
+            for rid, frames in pending.items():
+                peer = self._peers.get(rid)
+                if peer is not None:
+                    self._send_frames(peer, frames)
         self._check_readable()
 
     def _route(self, out: Outgoing) -> None:
@@ -1089,7 +1100,7 @@ class AuthorEndpoint(_Base):
         sync, rid, stats = self._sync, peer.rid, self.stats
         i, n = 0, len(frames)
         while i < n and not peer.must_wait():
-            take = peer.next_message(frames[i:] if i else frames)
+            take = peer.next_message(frames, i)
             try:
                 sync.send_multipart([rid, take[0] if len(take) == 1 else _bundle(take)], zmq.NOBLOCK)
             except zmq.Again:
@@ -1142,7 +1153,7 @@ class AuthorEndpoint(_Base):
         while queue:
             if peer.gated():
                 return False
-            take = peer.next_message(queue) if peer.bundle_max and len(queue) > 1 else [queue[0]]
+            take = peer.next_message(queue)
             try:
                 sync.send_multipart([rid, take[0] if len(take) == 1 else _bundle(take)], zmq.NOBLOCK)
             except zmq.Again:
@@ -1210,6 +1221,9 @@ class SubscriberEndpoint(_Base):
         self._session: bytes | None = None
         self._received = 0  #: data frames that arrived in this session
         self._window = min(self.config.credit_window, self.config.inbox)
+        #: The largest BUNDLE we take, and say so in BUNDLE_OK (SPEC 14.1); 0: none.
+        takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, 0xFFFF_FFFF)
+        self._takes = takes if takes >= _MIN_BUNDLE else 0
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
         self.author_limits: tuple[int, int] | None = None
@@ -1362,6 +1376,12 @@ class SubscriberEndpoint(_Base):
         received, consumed = self._received, self.consumed
         data = CREDIT + _CREDIT_BODY.pack(session, received, consumed, self._window)
         try:
+            if self._reported is None and self._takes:
+                # The session's first CREDIT: the new record knows nothing of us, so first say that we take
+                # BUNDLEs (an author endpoint from before them counts it as one malformed frame and sends single
+                # frames).  Until a CREDIT of the session went out, each attempt says it again.
+                self._sync.send(BUNDLE_OK + _U32.pack(self._takes), zmq.NOBLOCK)
+                self.stats.frames_out += 1
             self._sync.send(data, zmq.NOBLOCK)
         except zmq.ZMQError:  # EAGAIN (pipe full) or a socket being replaced: the heartbeat retries
             return
@@ -1407,7 +1427,8 @@ class SubscriberEndpoint(_Base):
         frames read, or -1 if the socket failed (being replaced by a reconnect)."""
         cfg, sync, inbox = self.config, self._sync, self._inbox
         got, most, most_bytes = 0, cfg.inbox, cfg.inbox_bytes
-        while got < cfg.batch and len(inbox) < most and self._inbox_bytes < most_bytes:
+        batch, first = cfg.batch, self._received  # a batch of messages, or of frames (a BUNDLE holds many)
+        while got < batch and self._received - first < batch and len(inbox) < most and self._inbox_bytes < most_bytes:
             try:
                 data = sync.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -1461,10 +1482,12 @@ class SubscriberEndpoint(_Base):
             self._on_pong(data)
             return
         if data[:1] == BUNDLE:
-            frames = _unbundle(data)
+            frames = _unbundle(data) if len(data) <= self._takes else None
             if frames is None:
                 # Only the author or an on-path relay sends us anything; a relay that alters a BUNDLE has dropped
-                # its frames, which the author's loss detection writes off and our gap fill recovers.
+                # its frames, which the author's loss detection writes off and our gap fill recovers.  One larger
+                # than we said we take (any, if we said none) is refused too: with frames of at least _MIN_FRAME
+                # bytes, a BUNDLE puts at most about takes / 44 frames in the inbox beyond its bound.
                 self.stats.malformed += 1
                 log.warning("dropping a malformed BUNDLE of %d bytes", len(data))
                 return
@@ -1534,11 +1557,6 @@ class SubscriberEndpoint(_Base):
                 self._received = 0
             self._session = session
             self._reported = None
-            # The new record knows nothing of us: say that we take BUNDLEs (an author endpoint from before them
-            # counts it as one malformed frame and sends single frames), then opt in to credit.
-            takes = min(self.config.bundle_bytes, self.config.max_frame)
-            if takes >= _MIN_BUNDLE:
-                self._send(BUNDLE_OK + _U32.pack(min(takes, 0xFFFF_FFFF)))
             self._send_credit(_now_ms())
 
     def _fire_reconnect(self) -> None:

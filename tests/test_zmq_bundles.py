@@ -12,13 +12,16 @@ import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+from brokerless.curve import CurveConfig
 from brokerless.endpoints import _PONG_LEN, BUNDLE, BUNDLE_OK, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
+from streams.errors import LocalProtocolError
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Hello, encode_frame
@@ -170,14 +173,16 @@ async def test_a_malformed_bundle_ok_is_counted_and_changes_nothing() -> None:
 
 
 @contextlib.asynccontextmanager
-async def fake_author() -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEndpoint, bytes]]:
+async def fake_author(cfg: EndpointConfig | None = None
+                      ) -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEndpoint, bytes]]:
     """A raw ROUTER posing as the author (or a relay in its place) and a real SubscriberEndpoint connected to it,
-    with the routing id of the subscriber and the BUNDLE_OK it sent (checked)."""
+    with the routing id of the subscriber and the BUNDLE_OK it sent (checked: 64 bytes under its frame limit at
+    most, the room CURVE needs)."""
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.bind("tcp://127.0.0.1:0")
-    cfg = EndpointConfig()
+    cfg = cfg or EndpointConfig()
     sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(), cfg)  # type: ignore[union-attr]
     try:
         await sep.send(Outgoing(HELLO))
@@ -191,7 +196,7 @@ async def fake_author() -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEnd
             _, data = await asyncio.wait_for(router.recv_multipart(), 10)
             if data[:1] == BUNDLE_OK:
                 break
-        assert data == BUNDLE_OK + struct.pack(">I", min(cfg.bundle_bytes, cfg.max_frame))
+        assert data == BUNDLE_OK + struct.pack(">I", min(cfg.bundle_bytes, cfg.max_frame - 64))
         yield router, sep, rid
     finally:
         await sep.close()
@@ -217,6 +222,80 @@ async def test_a_subscriber_unpacks_bundles_in_order_and_drops_malformed_ones_wh
         assert got == [frame(0), frame(1), frame(2), frame(3), frame(4), frame(5, 5000)]
         assert sep.stats.malformed == len(bad) and sep.stats.bundles == 2
         assert sep.received == 6  # the credit counts frames: the malformed ones were never received
+
+
+async def test_a_subscriber_refuses_bundles_larger_than_it_takes_or_of_frames_too_small_to_be_frames() -> None:
+    """A hostile author (or relay) cannot use a BUNDLE to put more in the inbox than the subscriber agreed to:
+    not one larger than it said (1 MiB of 1-byte frames was 200k frames at once), not frames shorter than any
+    protocol frame, not bytes that are no frame."""
+    async with fake_author(EndpointConfig(bundle_bytes=8192)) as (router, sep, rid):
+        bad = [
+            bundle([frame(i) for i in range(200)]),  # 13.6 KB: more than the 8 KiB it takes
+            bundle([b"\x95" + bytes(38)] * 100),  # 39-byte "frames"
+            bundle([frame(7), b"\x00" + frame(8)[1:]]),  # the second is no frame
+        ]
+        for m in (*bad, bundle([frame(0), frame(1)])):
+            await router.send_multipart([rid, m])
+        got = [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == [frame(0), frame(1)] and sep.stats.malformed == len(bad) and sep.received == 2
+
+
+async def test_a_subscriber_that_said_it_takes_no_bundles_drops_them() -> None:
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:0")
+    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
+                             EndpointConfig(bundle_bytes=0))
+    try:
+        await sep.send(Outgoing(HELLO))
+        rid = b""
+        while True:
+            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            if data == HELLO:
+                break
+        await router.send_multipart([rid, bundle([frame(0), frame(1)])])
+        await router.send_multipart([rid, frame(2)])
+        got = [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == [frame(2)] and sep.stats.malformed == 1
+    finally:
+        await sep.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+async def test_bundles_reach_a_subscriber_with_a_small_frame_limit_over_curve() -> None:
+    """Under CURVE, ZeroMQ holds the encrypted message (33 bytes more) to MAXMSGSIZE: a BUNDLE filled to exactly
+    the subscriber's ``max_frame`` cut its connection, on every reconnect (review of the first version)."""
+    acfg = EndpointConfig(curve=CurveConfig.for_author(AUTHOR))
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", acfg, known_key=lambda _k: True)
+    scfg = EndpointConfig(curve=CurveConfig.for_subscriber(P1, AUTHOR.did), max_frame=4096)
+    sep = SubscriberEndpoint(aep.addresses[0], scfg)
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        await until(lambda: aep.stats.credits >= 1, "the subscriber's CREDIT")
+        sent = [frame(i, 310) for i in range(26)]
+        aep.send_many([Outgoing(f, rid) for f in sent])
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            got += [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == sent and aep.stats.bundles >= 2 and sep.stats.reconnects == 0
+    finally:
+        await sep.close()
+        await aep.close()
+
+
+async def test_frames_routed_before_a_refused_outgoing_still_go_out() -> None:
+    """``send_many`` collects each peer's frames to bundle them; one refused Outgoing midway must not take the
+    frames routed before it down with it (one by one, they had gone out)."""
+    async with raw_member(EndpointConfig(), 1 << 20) as (aep, rid, dealer, _):
+        with pytest.raises(LocalProtocolError):
+            aep.send_many([Outgoing(frame(0), rid), Outgoing(frame(1), rid),
+                           Outgoing(frame(2), "not a routing id")])  # type: ignore[arg-type]
+        msgs = await read_all(dealer, 2)
+        assert [index(f) for m in msgs for f in (unbundle(m) if m[:1] == BUNDLE else [m])] == [0, 1]
 
 
 async def test_a_subscriber_configured_without_bundles_does_not_ask_for_them() -> None:
