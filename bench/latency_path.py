@@ -160,7 +160,9 @@ async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
     on_frame = ep.SubscriberEndpoint._on_frame
 
     def stamped_frame(self: Any, data: bytes) -> None:
-        st.stamp("read", _seq_of(data), _now())
+        t = _now()
+        for f in (ep._unbundle(data) or []) if data[:1] == ep.BUNDLE else [data]:  # each frame of a BUNDLE
+            st.stamp("read", _seq_of(f), t)
         on_frame(self, data)
 
     ep.SubscriberEndpoint._on_frame = stamped_frame  # type: ignore[method-assign]

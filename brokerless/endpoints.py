@@ -279,7 +279,8 @@ class EndpointConfig:
     """Largest BUNDLE, bytes (SPEC 14.1): data frames for one peer that are ready together go out in one ZeroMQ
     message -- one send, one receive and one message through each side's I/O thread instead of one per frame
     (measured: a third of the author's CPU per 1 KiB message).  Subscriber: what it tells the author it takes
-    (at most ``max_frame``, which ZeroMQ enforces on each message); author: the most it sends, whatever the
+    (at most ``max_frame`` less 64 bytes: ZeroMQ enforces ``max_frame`` on each message, CURVE's included; none
+    with ``credit_window`` 0, which sends no CREDIT to say it with); author: the most it sends, whatever the
     subscriber said.  0 turns bundles off."""
     max_peers: int = 10_000
     """Author: most peers tracked; the least recently seen is forgotten beyond it."""
@@ -660,9 +661,11 @@ class AuthorEndpoint(_Base):
                 peer = self._peers.get(rid)
                 if peer is not None:
                     self._send_frames(peer, frames)
-        self._check_readable()
+            self._check_readable()
 
     def _route(self, out: Outgoing) -> None:
+        if type(out.data) is not bytes:  # refused here, not when the frames collected for a peer go out together
+            raise LocalProtocolError("frame data must be bytes")
         if out.peer is not None:
             if not isinstance(out.peer, bytes):
                 raise LocalProtocolError("peer must be a routing id received from this endpoint")
@@ -1221,9 +1224,10 @@ class SubscriberEndpoint(_Base):
         self._session: bytes | None = None
         self._received = 0  #: data frames that arrived in this session
         self._window = min(self.config.credit_window, self.config.inbox)
-        #: The largest BUNDLE we take, and say so in BUNDLE_OK (SPEC 14.1); 0: none.
+        #: The largest BUNDLE we take, and say so in BUNDLE_OK (SPEC 14.1); 0: none.  BUNDLE_OK goes with the
+        #: session's first CREDIT: an endpoint that sends none (``credit_window`` 0) takes none.
         takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, 0xFFFF_FFFF)
-        self._takes = takes if takes >= _MIN_BUNDLE else 0
+        self._takes = takes if takes >= _MIN_BUNDLE and self._window else 0
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
         self.author_limits: tuple[int, int] | None = None
@@ -1423,12 +1427,13 @@ class SubscriberEndpoint(_Base):
                 await self._wait_readable(min(cfg.heartbeat_ms, 200))
 
     def _drain(self) -> int:
-        """Read what the socket holds, up to a batch and the inbox's room, and wake the driver.  Returns the
-        frames read, or -1 if the socket failed (being replaced by a reconnect)."""
+        """Read what the socket holds, up to a batch (of messages, and of data frames: a BUNDLE holds many) and the
+        inbox's room, and wake the driver.  Returns the messages read, or -1 if the socket failed (being replaced by
+        a reconnect)."""
         cfg, sync, inbox = self.config, self._sync, self._inbox
         got, most, most_bytes = 0, cfg.inbox, cfg.inbox_bytes
-        batch, first = cfg.batch, self._received  # a batch of messages, or of frames (a BUNDLE holds many)
-        while got < batch and self._received - first < batch and len(inbox) < most and self._inbox_bytes < most_bytes:
+        batch, first = cfg.batch, len(inbox)
+        while got < batch and len(inbox) - first < batch and len(inbox) < most and self._inbox_bytes < most_bytes:
             try:
                 data = sync.recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep stores and logs here (default: a temp dir, removed)")
     ap.add_argument("--quiet-timeout", type=float, default=180.0, help="seconds allowed for the final catch-up")
     ap.add_argument("--size", type=int, default=16,
-                    help="payload bytes per message (from about 4 KiB the frames go to the stores' frame files)")
+                    help="payload bytes per message (from about 1 KiB the frames go to the stores' frame files)")
     args = ap.parse_args(argv)
     fig = run(args.kills, args.messages, args.subscribers, args.seed, args.workdir, args.quiet_timeout,
               progress=not args.json, size=args.size)

@@ -262,7 +262,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.0, help="ms between publishes")
     p.add_argument("--inject", type=int, default=20, help="old frames re-injected after each start")
     p.add_argument("--hb", type=int, default=100, help="heartbeat, ms")
-    p.add_argument("--size", type=int, default=16, help="payload bytes (4 KiB and more: the store's frame file)")
+    p.add_argument("--size", type=int, default=16, help="payload bytes (1 KiB and more: the store's frame file)")
     args = p.parse_args()
     log = AppLog(args.log, args.life)
     rng = random.Random(f"{args.seed}-{args.life}")

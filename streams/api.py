@@ -870,14 +870,19 @@ class _Party:
         """A REPLAY is either a duplicate (same hash as the logged message: the cheap path) or, if it differs
         and is validly signed by the chain's publisher, a fork: kept as evidence and reported (THREATS 7)."""
         assert ev.frame is not None and ev.branch is not None and ev.publisher is not None and ev.seq is not None
-        entry = self._store.log_entry(ev.branch, ev.publisher, ev.seq)
-        if entry is None:
+        # The logged hash first, from its row: a duplicate (the common replay) costs no read of the logged frame,
+        # which may be in the frame file (THREATS 8: a replayer should buy only cheap work).
+        logged = self._store.log_hash(ev.branch, ev.publisher, ev.seq)
+        if logged is None:
             return None
         try:
             new_hash = decode_frame(ev.frame, self._core.config.max_frame).hash
         except DecodeError:
             return None
-        if new_hash == entry[0]:
+        if new_hash == logged:
+            return None
+        entry = self._store.log_entry(ev.branch, ev.publisher, ev.seq)
+        if entry is None:
             return None
         evidence = self._core.fork_evidence(ev.frame, entry[1])
         if evidence is None:

@@ -431,14 +431,26 @@ _RULES: Final[dict[int, tuple[Kind, str, bool, type[Any], hashlib.blake2b]]] = {
 }
 
 
+def _packb_each(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
 #: One packer for the module's life: ``msgpack.packb`` builds a Packer per call, about 1 us of the 1.6 us it takes
-#: to pack a packet head.  Shared between threads safely: for the plain types packed here (lists, bytes, ints,
-#: strings) its ``pack`` runs no Python code, so it holds the GIL from start to finish (and resets on an error).
-_PACKER: Final = msgpack.Packer(use_bin_type=True)
+#: to pack a packet head.  Shared between threads only as msgpack's C extension: for the plain types packed here
+#: (lists, tuples, bytes, ints, strings, None) its ``pack`` runs no Python code, so it holds the GIL from start to
+#: finish.  Its error path does not (it builds the exception with the partial output still in the buffer), so a
+#: failed pack falls back to a fresh packer to raise.  msgpack's pure-Python fallback shares nothing.
+_PACKER = msgpack.Packer(use_bin_type=True)
+_SHARED = type(_PACKER).__module__ == "msgpack._cmsgpack"
 
 
 def _packb(obj: Any) -> bytes:
-    return _PACKER.pack(obj)  # type: ignore[no-any-return]
+    if not _SHARED:
+        return _packb_each(obj)
+    try:
+        return _PACKER.pack(obj)  # type: ignore[no-any-return]
+    except Exception:
+        return _packb_each(obj)  # raises the same error, from a packer of its own
 
 
 def _unpack(data: bytes, what: str, max_len: int) -> Any:

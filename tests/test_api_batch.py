@@ -20,8 +20,12 @@ from streams.core import CoreConfig
 from streams.errors import ClosedResourceError, LocalProtocolError, StorageError, StreamsTimeoutError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import _CHECKPOINTER, Store
+from streams.store import _CHECKPOINTER, FRAME_FILE_MIN, Store
 from streams.wire import Kind, decode_frame
+
+#: A frame body short enough to stay in its SQLite row (longer ones go to the frame file, which no checkpoint
+#: moves): what the checkpointer tests below write.
+INLINE = b"f" * (FRAME_FILE_MIN - 24)
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -339,7 +343,7 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
     try:
         before = (tmp_path / "s.db").stat().st_size
         for i in range(20):
-            store.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, b"f" * 1024)
+            store.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, INLINE)
                                       for k in range(50)]))
         deadline = time.monotonic() + 10
         while (tmp_path / "s.db").stat().st_size < before + 500_000:
@@ -364,7 +368,7 @@ def test_one_checkpointer_thread_serves_every_store_of_the_process(tmp_path: Pat
         sizes = [(tmp_path / f"s{i}.db").stat().st_size for i in range(12)]
         for st in stores:
             for i in range(4):
-                st.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, b"f" * 1024)
+                st.commit(Changes(log=[LogRecord(b"b" * 16, 1, i * 50 + k, b"h" * 32, INLINE)
                                        for k in range(50)]))
         deadline = time.monotonic() + 10
         for i in range(12):

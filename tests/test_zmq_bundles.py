@@ -240,13 +240,14 @@ async def test_a_subscriber_refuses_bundles_larger_than_it_takes_or_of_frames_to
         assert got == [frame(0), frame(1)] and sep.stats.malformed == len(bad) and sep.received == 2
 
 
-async def test_a_subscriber_that_said_it_takes_no_bundles_drops_them() -> None:
+@pytest.mark.parametrize("cfg", [EndpointConfig(bundle_bytes=0), EndpointConfig(credit_window=0)],
+                         ids=["bundles off", "no credit, so no BUNDLE_OK"])
+async def test_a_subscriber_that_said_it_takes_no_bundles_drops_them(cfg: EndpointConfig) -> None:
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.bind("tcp://127.0.0.1:0")
-    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
-                             EndpointConfig(bundle_bytes=0))
+    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(), cfg)  # type: ignore[union-attr]
     try:
         await sep.send(Outgoing(HELLO))
         rid = b""
@@ -296,6 +297,11 @@ async def test_frames_routed_before_a_refused_outgoing_still_go_out() -> None:
                            Outgoing(frame(2), "not a routing id")])  # type: ignore[arg-type]
         msgs = await read_all(dealer, 2)
         assert [index(f) for m in msgs for f in (unbundle(m) if m[:1] == BUNDLE else [m])] == [0, 1]
+        # Data that is not bytes is refused as it is routed (not later, with the frames collected before it).
+        with pytest.raises(LocalProtocolError):
+            aep.send_many([Outgoing(frame(2), rid), Outgoing(bytearray(frame(3)), rid)])  # type: ignore[arg-type]
+        msgs = await read_all(dealer, 1)
+        assert [index(f) for m in msgs for f in (unbundle(m) if m[:1] == BUNDLE else [m])] == [2]
 
 
 async def test_a_subscriber_configured_without_bundles_does_not_ask_for_them() -> None:
