@@ -291,3 +291,28 @@ def test_a_failed_sync_of_the_frame_file_is_reported_and_nothing_is_checkpointed
         os.close(r)
         os.close(w)
     store.close()
+
+
+def test_a_durable_store_keeps_a_small_commits_frames_in_their_rows(tmp_path: Path) -> None:
+    """A durable store syncs the frame file in each commit that writes it, on top of SQLite's own sync: a lone
+    1-4 KiB frame stays in its row there (one sync, not two); a batch of them, or a larger frame, goes to the
+    file, as it always does in a store that is not durable."""
+    from streams.store import DURABLE_FILE_BATCH, DURABLE_FILE_MIN
+
+    size = FRAME_FILE_MIN + 200
+    durable, plain = new_store(tmp_path / "d.db", durable=True), new_store(tmp_path / "p.db")
+    try:
+        n = DURABLE_FILE_BATCH
+        for store in (durable, plain):
+            commit(store, [1], [size])
+            commit(store, list(range(2, 2 + n)), [size] * n)
+            commit(store, [2 + n], [DURABLE_FILE_MIN])
+        inline = {db: {s for s, f in raw_rows(tmp_path / db).items() if f[:1] != b"\xc1"} for db in ("d.db", "p.db")}
+        assert inline == {"d.db": {1}, "p.db": set()}
+        for store in (durable, plain):  # every frame reads back, wherever it is
+            got = store.log_range(BRANCH, 0, 1, 2 + n)
+            assert got == [frame_for(1, size)] + [frame_for(s, size) for s in range(2, 2 + n)] + [
+                frame_for(2 + n, DURABLE_FILE_MIN)]
+    finally:
+        durable.close()
+        plain.close()
