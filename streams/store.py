@@ -35,24 +35,23 @@ Schema (version 1)::
 b-tree spills rows over about 1 KB into overflow pages (about 2.5x the write cost per 1 KiB message, measured).
 Stores created before keep their ``WITHOUT ROWID`` log: same columns, same key, same statements.
 
-Frames of :data:`FRAME_FILE_MIN` bytes or more (in a durable store, of :data:`DURABLE_FILE_MIN` or more unless
-the commit holds :data:`DURABLE_FILE_BATCH` of them: a sync of its own per commit) are not kept in their ``log``
-row but appended to the store's frame file, ``<store>-frames`` (mode 0600, beside the database and its ``-wal``); the row's ``frame`` column
-then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with it), then the
-offset and length (little-endian u64, u32).  A frame read back through a reference is decoded and its message
-hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
-computed on every write).  A large frame in SQLite is written twice (WAL, then the checkpoint into the
-database) through several page-sized writes each; in the frame file it is written once, one ``writev`` per
-commit: about a third of the CPU per 16 KiB message (bench).  Ordering keeps
-``kill -9`` safe: the frames are written inside the commit's write transaction, before ``COMMIT`` (and
-``fdatasync``-ed first when the store is durable), so a row never names bytes that were not written; a crash in
-between leaves unreferenced bytes at the file's end, which are harmless (the next commit appends after them).
-A reference whose bytes are missing or altered reads as :class:`StorageError` -- never as another frame.  With
-``durable=False`` a power loss (not a process crash) may lose the newest commits, as SQLite's
-``synchronous=NORMAL`` itself may; the background checkpointer ``fdatasync``-s the frame file before each
-checkpoint so that what reaches the database file has its frame bytes on disk, and then drops all but the
-file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).  Nothing is ever
-removed from the log, so the file only grows, like the table did.
+Frames of :data:`FRAME_FILE_MIN` bytes or more (in a durable store, of :data:`DURABLE_FILE_MIN` or more unless the
+commit holds :data:`DURABLE_FILE_BATCH` of them: a sync of its own per commit) are not kept in their ``log`` row
+but appended to the store's frame file, ``<store>-frames`` (mode 0600, beside the database and its ``-wal``); the
+row's ``frame`` column then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with
+it), then the offset and length (little-endian u64, u32). A frame read back through a reference is decoded and its
+message hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
+computed on every write). A large frame in SQLite is written twice (WAL, then the checkpoint into the database)
+through several page-sized writes each; in the frame file it is written once, one ``writev`` per commit: about a
+third of the CPU per 16 KiB message (bench). Ordering keeps ``kill -9`` safe: the frames are written inside the
+commit's write transaction, before ``COMMIT`` (and ``fdatasync``-ed first when the store is durable), so a row
+never names bytes that were not written; a crash in between leaves unreferenced bytes at the file's end, which are
+harmless (the next commit appends after them). A reference whose bytes are missing or altered reads as
+:class:`StorageError` -- never as another frame. With ``durable=False`` a power loss (not a process crash) may lose
+the newest commits, as SQLite's ``synchronous=NORMAL`` itself may; the background checkpointer ``fdatasync``-s the
+frame file before each checkpoint so that what reaches the database file has its frame bytes on disk, and then
+drops all but the file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).
+Nothing is ever removed from the log, so the file only grows, like the table did.
 
 A store is thus two files (plus SQLite's ``-wal``, and ``-lock``, whose ``flock`` the running party holds:
 :meth:`Store.lock`): :func:`backup` copies both consistently while the party runs (``streams backup``); ``cp``
