@@ -156,6 +156,7 @@ _MEMBER_KINDS = frozenset({Kind.PACKET, Kind.CHECKPOINT, Kind.UNSUBSCRIBE, Kind.
 _NOT_A_FRAME = DecodeError("not a streams/1 frame (must start with [1, kind, ...])")
 _BAD_CREDIT = DecodeError(f"CREDIT must be {_CREDIT_LEN} bytes")
 _BAD_BUNDLE_OK = DecodeError(f"BUNDLE_OK must be {_BUNDLE_OK_LEN} bytes")
+_BAD_BUNDLE = DecodeError("a BUNDLE not agreed to, larger than agreed, or whose frames do not add up")
 
 
 def _bundle(frames: Sequence[bytes]) -> bytes:
@@ -312,7 +313,8 @@ class EndpointStats:
     credit_blocked: int = 0  #: author: data frames that found their peer's window full (queued, or dropped)
     credit_stale: int = 0  #: author: CREDITs of another session (replayed, forged, old) -- ignored
     credit_resyncs: int = 0  #: author: times frames lost on the way were written off the window
-    bundles: int = 0  #: BUNDLE messages sent (author) or received (subscriber); their frames count in frames_*
+    bundles: int = 0  #: BUNDLE messages sent; their frames count in frames_out
+    bundles_in: int = 0  #: BUNDLE messages received; their frames count in frames_in
     peers_suspended: int = 0  #: author: times a peer was suspended for frames that failed their checks
     suspended_dropped: int = 0  #: author: frames dropped unread because their peer was suspended
     per_peer_malformed: dict[bytes, int] = field(default_factory=dict)
@@ -340,8 +342,8 @@ class _Bucket:
 class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
-    __slots__ = ("branches", "bundle_max", "consumed", "credit", "failures", "flight_bytes", "flight_max", "last_seen",
-                 "loss_at",
+    __slots__ = ("branches", "bundle_max", "bundles_told", "consumed", "credit", "failures", "flight_bytes",
+                 "flight_max", "last_seen", "loss_at",
                  "loss_received", "loss_sent", "malformed", "pong", "queue", "queued_bytes", "rid", "sent", "session",
                  "sizes", "window")
 
@@ -370,6 +372,7 @@ class _Peer(_Bucket):
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
         self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
+        self.bundles_told = False  #: our BUNDLE_OK went to it (once per record): it may send us BUNDLEs
 
     def next_message(self, frames: Sequence[bytes], start: int = 0) -> list[bytes]:
         """The frames, from ``frames[start]`` on, that go out in the next message: that one always (the caller
@@ -597,6 +600,9 @@ class AuthorEndpoint(_Base):
         self._drain_waiters: list[asyncio.Future[None]] = []
         #: During :meth:`send_many`: each known peer's data frames, collected to go out together.
         self._pending: dict[bytes, list[bytes]] | None = None
+        #: The largest BUNDLE we take from a peer (SPEC 14.1), told in reply to its BUNDLE_OK; 0: none.
+        takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, 0xFFFF_FFFF)
+        self._takes = takes if takes >= _MIN_BUNDLE else 0
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: ZapHandler | None = None
         self._keys = KnownKeys(known_key)
@@ -784,8 +790,8 @@ class AuthorEndpoint(_Base):
         fd = self._watch()
         try:
             while not self._closed:
-                got = 0
-                while got < cfg.batch:
+                got, first = 0, len(self._inbox)
+                while got < cfg.batch and len(self._inbox) - first < cfg.batch:  # messages, and frames (BUNDLEs)
                     try:
                         parts = self._sync.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -839,7 +845,31 @@ class AuthorEndpoint(_Base):
             # relay (which can drop its frames anyway), can send it.
             (most,) = _U32.unpack_from(data, 1)
             peer.bundle_max = min(most, cfg.bundle_bytes) if most >= _MIN_BUNDLE else 0
+            if self._takes and not peer.bundles_told:
+                # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say that we take them too
+                # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record.
+                try:
+                    self._sync.send_multipart([rid, BUNDLE_OK + _U32.pack(self._takes)], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    return  # a full pipe: its next BUNDLE_OK (with its first CREDIT of a session) asks again
+                peer.bundles_told = True
+                self.stats.frames_out += 1
             return
+        if data[:1] == BUNDLE:
+            frames = _unbundle(data) if peer.bundles_told and len(data) <= self._takes else None
+            if frames is None:
+                self._malformed(peer, _BAD_BUNDLE)
+                return
+            self.stats.bundles_in += 1
+            self.stats.frames_in += len(frames) - 1
+            for f in frames:  # each as if it had come alone: triage, budgets, the inbox bound
+                self._on_data(peer, rid, f, now)
+            return
+        self._on_data(peer, rid, data, now)
+
+    def _on_data(self, peer: _Peer, rid: bytes, data: bytes, now: int) -> None:
+        """A frame from a peer (alone, or one of a BUNDLE's), after the control messages."""
+        cfg = self.config
         # Cheap triage before any parsing (THREATS 8): a frame is the canonical array [1, kind, ...], so it starts
         # with 0x95 (fixarray 5), the version and the kind.  Garbage costs two byte compares, and unauthenticated
         # kinds are charged against the peer's budget before they are decoded.
@@ -1228,6 +1258,8 @@ class SubscriberEndpoint(_Base):
         #: session's first CREDIT: an endpoint that sends none (``credit_window`` 0) takes none.
         takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, 0xFFFF_FFFF)
         self._takes = takes if takes >= _MIN_BUNDLE and self._window else 0
+        #: The largest BUNDLE the author's current record of us takes (its BUNDLE_OK, within ours); 0: none.
+        self._author_takes = 0
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
         self.author_limits: tuple[int, int] | None = None
@@ -1286,9 +1318,32 @@ class SubscriberEndpoint(_Base):
         Raises :class:`ClosedResourceError` once closed."""
         self._check_open()
         self._start()
-        for out in outs:
-            self._send(out.data)
+        takes = self._author_takes
+        if not takes or len(outs) < 2:
+            for out in outs:
+                self._send(out.data)
+        else:  # as BUNDLEs of frames that fit together (SPEC 14.1); a frame that fits with none goes alone
+            group: list[bytes] = []
+            size = 1
+            for out in outs:
+                data = out.data
+                if type(data) is not bytes:
+                    raise LocalProtocolError("frame data must be bytes")
+                if group and size + 4 + len(data) > takes:
+                    self._send_group(group)
+                    group, size = [], 1
+                group.append(data)
+                size += 4 + len(data)
+            self._send_group(group)
         self._check_readable()
+
+    def _send_group(self, frames: list[bytes]) -> None:
+        if len(frames) == 1:
+            self._send(frames[0])
+            return
+        self._send(_bundle(frames))
+        self.stats.bundles += 1
+        self.stats.frames_out += len(frames) - 1  # (send_dropped, if it is, counts one for the BUNDLE)
 
     async def _close(self) -> None:
         await self._stop_tasks()
@@ -1486,6 +1541,14 @@ class SubscriberEndpoint(_Base):
         if data[:1] == PONG:
             self._on_pong(data)
             return
+        if data[:1] == BUNDLE_OK:
+            # The author's answer to ours: it takes BUNDLEs too (an older author never sends one).
+            if len(data) == _BUNDLE_OK_LEN and self._takes:
+                (most,) = _U32.unpack_from(data, 1)
+                self._author_takes = min(most, self._takes) if most >= _MIN_BUNDLE else 0
+            else:
+                self.stats.malformed += 1
+            return
         if data[:1] == BUNDLE:
             frames = _unbundle(data) if len(data) <= self._takes else None
             if frames is None:
@@ -1496,7 +1559,7 @@ class SubscriberEndpoint(_Base):
                 self.stats.malformed += 1
                 log.warning("dropping a malformed BUNDLE of %d bytes", len(data))
                 return
-            self.stats.bundles += 1
+            self.stats.bundles_in += 1
             self.stats.frames_in += len(frames) - 1  # counted in frames, as the author counts them out
             for f in frames:
                 self._on_data(f)
@@ -1562,6 +1625,7 @@ class SubscriberEndpoint(_Base):
                 self._received = 0
             self._session = session
             self._reported = None
+            self._author_takes = 0  # a new record: it answers our next BUNDLE_OK
             self._send_credit(_now_ms())
 
     def _fire_reconnect(self) -> None:
@@ -1646,6 +1710,7 @@ class SubscriberEndpoint(_Base):
         self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
         self._queue_bytes = 0
         self._session = None  # the new connection gets a new record at the author, and a new session
+        self._author_takes = 0
         self._received = 0  # counted from here: the new socket's frames all belong to that session
         self._reported = None
         await asyncio.sleep(delay / 1000)

@@ -98,7 +98,7 @@ async def read_all(dealer: zmq.asyncio.Socket, n: int) -> list[bytes]:
     frames = 0
     while frames < n:
         m = await asyncio.wait_for(dealer.recv(), 10)
-        if m[:1] in (PING, PONG):
+        if m[:1] in (PING, PONG, BUNDLE_OK):  # (the author answers a BUNDLE_OK with its own)
             continue
         msgs.append(m)
         frames += len(unbundle(m)) if m[:1] == BUNDLE else 1
@@ -152,7 +152,7 @@ async def test_bundles_never_exceed_the_credit_window() -> None:
         assert aep.in_flight()[rid] == 7 and aep.queue_sizes()[rid] == 23
         while await dealer.poll(0, zmq.POLLIN):  # nothing more came while the window was shut
             extra = await dealer.recv()
-            assert extra[:1] in (PING, PONG), "a data frame beyond the window"
+            assert extra[:1] in (PING, PONG, BUNDLE_OK), "a data frame beyond the window"
         # The subscriber took 7: the window opens again, and the queue goes out bundled.
         await dealer.send(CREDIT + session + struct.pack(">QQI", 7, 7, 10))
         msgs = await read_all(dealer, 10)
@@ -220,7 +220,7 @@ async def test_a_subscriber_unpacks_bundles_in_order_and_drops_malformed_ones_wh
         while len(got) < 6:
             got += [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
         assert got == [frame(0), frame(1), frame(2), frame(3), frame(4), frame(5, 5000)]
-        assert sep.stats.malformed == len(bad) and sep.stats.bundles == 2
+        assert sep.stats.malformed == len(bad) and sep.stats.bundles_in == 2
         assert sep.received == 6  # the credit counts frames: the malformed ones were never received
 
 
@@ -342,7 +342,7 @@ async def test_a_published_stream_travels_in_bundles_end_to_end(tmp_path: Path) 
         while len(got) < len(sent):
             got += [m.payload for m in await asyncio.wait_for(sub.next_messages(1000), 10)]
         assert got == sent
-        assert aep.stats.bundles > 0 and sep.stats.bundles > 0
+        assert aep.stats.bundles > 0 and sep.stats.bundles_in > 0
         assert sep.stats.malformed == 0 and aep.stats.malformed == 0
         # Away, then back: the catch-up's FETCH answers (up to max_fetch frames each) come bundled too.
         await sub.close()
@@ -353,7 +353,130 @@ async def test_a_published_stream_travels_in_bundles_end_to_end(tmp_path: Path) 
         got = []
         while len(got) < len(missed):
             got += [m.payload for m in await asyncio.wait_for(sub.next_messages(1000), 10)]
-        assert got == missed and sep.stats.bundles > 0 and sep.stats.malformed == 0
+        assert got == missed and sep.stats.bundles_in > 0 and sep.stats.malformed == 0
+    finally:
+        await sub.close()
+        await author.close()
+
+
+# --- subscriber -> author ----------------------------------------------------------------------------------------
+
+
+async def test_a_subscriber_bundles_what_it_sends_once_the_author_said_it_takes_bundles() -> None:
+    aep = AuthorEndpoint("tcp://127.0.0.1:0")
+    sep = SubscriberEndpoint(aep.addresses[0])
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO
+        await until(lambda: sep._author_takes > 0, "the author's BUNDLE_OK")
+        frames = [frame(i, 200) for i in range(300)]
+        sep.send_many([Outgoing(f) for f in frames])
+        # The author endpoint takes every frame through its triage: these numbered stand-ins are no protocol
+        # frames, so each is counted malformed, one by one -- which is what shows they were opened and judged
+        # frame by frame, not dropped or passed as a whole.
+        await until(lambda: aep.stats.malformed == 300, "300 frames judged")
+        assert sep.stats.bundles >= 1 and aep.stats.bundles_in == sep.stats.bundles
+        assert aep.stats.frames_in >= 301 and aep.stats.per_peer_malformed[rid] == 300
+    finally:
+        await sep.close()
+        await aep.close()
+
+
+async def test_unauthenticated_frames_in_a_bundle_draw_on_the_budget_one_by_one() -> None:
+    """A BUNDLE buys a flooder nothing: 200 HELLOs in one are charged one by one against the peer's budget."""
+    cfg = EndpointConfig(inbound_burst=50, inbound_budget=0.001)
+    async with raw_member(cfg, 1 << 20) as (aep, _rid, dealer, _):
+        reply = await asyncio.wait_for(dealer.recv(), 10)
+        while reply[:1] != BUNDLE_OK:
+            reply = await asyncio.wait_for(dealer.recv(), 10)
+        (takes,) = struct.unpack(">I", reply[1:])
+        assert takes == min(cfg.bundle_bytes, cfg.max_frame - 64)
+        before = aep.stats.over_budget
+        await dealer.send(bundle([HELLO] * 200))
+        await until(lambda: aep.stats.over_budget - before >= 150, "the budget charged frame by frame")
+        got: list[bytes] = []
+        while True:
+            try:
+                got += [d for d, _ in await asyncio.wait_for(aep.recv(), 0.5)]
+            except TimeoutError:
+                break
+        # The raw member's HELLO already took one token: the rest of the burst passes, the others are dropped.
+        assert len(got) + (aep.stats.over_budget - before) == 200 and 0 < len(got) <= 50
+
+
+async def test_an_author_drops_bundles_it_did_not_agree_to() -> None:
+    async with raw_member(EndpointConfig(bundle_bytes=4096), None) as (aep, _rid, dealer, _):
+        # Never said it takes them (no BUNDLE_OK from this peer, so none from us): any BUNDLE is malformed.
+        await dealer.send(bundle([HELLO, HELLO]))
+        await until(lambda: aep.stats.malformed == 1, "the unagreed BUNDLE refused")
+        await dealer.send(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        reply = await asyncio.wait_for(dealer.recv(), 10)
+        while reply[:1] != BUNDLE_OK:
+            reply = await asyncio.wait_for(dealer.recv(), 10)
+        assert reply == BUNDLE_OK + struct.pack(">I", 4096)  # its bundle_bytes, under max_frame - 64
+        await dealer.send(bundle([HELLO] * 100))  # 4.8 KB: more than the 4096 bytes it was told
+        await dealer.send(bundle([HELLO, b"\x95" + bytes(10)]))  # a frame too short to be one
+        await until(lambda: aep.stats.malformed == 3, "both refused whole")
+        await dealer.send(bundle([HELLO, HELLO]))
+        got = [d for d, _ in await asyncio.wait_for(aep.recv(), 10)]
+        while len(got) < 2:
+            got += [d for d, _ in await asyncio.wait_for(aep.recv(), 10)]
+        assert got == [HELLO, HELLO] and aep.stats.malformed == 3 and aep.stats.bundles_in == 1
+
+
+async def test_a_subscriber_whose_author_never_answered_sends_single_frames() -> None:
+    """An author endpoint from before BUNDLEs never answers a BUNDLE_OK: everything goes as single frames."""
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:0")
+    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode())  # type: ignore[union-attr]
+    try:
+        await sep.send(Outgoing(HELLO))
+        rid = b""
+        while True:
+            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            if data == HELLO:
+                break
+        await router.send_multipart([rid, PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 10_000, 64 << 20)])
+        while (await asyncio.wait_for(router.recv_multipart(), 10))[1][:1] != CREDIT:
+            pass
+        sep.send_many([Outgoing(frame(i)) for i in range(50)])
+        got: list[bytes] = []
+        while len(got) < 50:
+            _, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            if data[:1] == b"\x95":
+                got.append(data)
+            else:
+                assert data[:1] in (PING, CREDIT, BUNDLE_OK), data[:1]
+        assert [index(d) for d in got] == list(range(50)) and sep.stats.bundles == 0
+    finally:
+        await sep.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+async def test_a_provider_stream_travels_to_the_monitor_in_bundles(tmp_path: Path) -> None:
+    """Through the asyncio API, the other way: a provider's published burst reaches the author in BUNDLEs,
+    every message once, in order."""
+    aep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "monitor", PW, aep, AllowList.of([P1.did]),
+                                 store_options=FAST)
+    sep = SubscriberEndpoint(aep.addresses[0])
+    sub = await Subscriber.create(tmp_path / "s.db", P1, AUTHOR.did, author.channel, PW, sep, store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        await until(lambda: sep._author_takes > 0, "the author's BUNDLE_OK")
+        sent = [b"payment %d" % i for i in range(400)]
+        for lo in range(0, 400, 100):
+            await sub.publish_many(branch, sent[lo:lo + 100])
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            got += [m.payload for m in await asyncio.wait_for(author.next_messages(1000), 10)]
+        assert got == sent
+        assert sep.stats.bundles > 0 and aep.stats.bundles_in == sep.stats.bundles
+        assert aep.stats.malformed == 0 and aep.stats.inbox_dropped == 0
     finally:
         await sub.close()
         await author.close()
