@@ -146,6 +146,10 @@ _BUNDLE_MARGIN = 64
 #: No protocol frame is shorter (the smallest, a HELLO, is 44 bytes): a BUNDLE holding a shorter one is
 #: malformed, which also bounds how many frames one BUNDLE can put in the inbox (about bytes / 44).
 _MIN_FRAME = 40
+#: The largest BUNDLE an author takes from a subscriber: the reader judges a BUNDLE's frames in one turn, and a
+#: flood of frames that decode but fail later (about 100 bytes and 10 us each) must not hold it long (64 KiB: a few
+#: ms).  A provider's publish_many of 64 frames of 1 KiB goes in two.
+_MAX_INBOUND_BUNDLE = 64 << 10
 #: A subscriber reports its credit whenever its driver took this fraction of the window since the last report.
 _REPORT_FRACTION = 4
 _AVG_RISE, _AVG_FALL = 1 / 2, 1 / 64  # weights of a data frame's size in the subscriber's moving average
@@ -343,9 +347,8 @@ class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
     __slots__ = ("branches", "bundle_max", "bundles_told", "consumed", "credit", "failures", "flight_bytes",
-                 "flight_max", "last_seen", "loss_at",
-                 "loss_received", "loss_sent", "malformed", "pong", "queue", "queued_bytes", "rid", "sent", "session",
-                 "sizes", "window")
+                 "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed", "pong", "queue",
+                 "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -372,7 +375,8 @@ class _Peer(_Bucket):
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
         self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
-        self.bundles_told = False  #: our BUNDLE_OK went to it (once per record): it may send us BUNDLEs
+        self.bundles_told = False  #: our BUNDLE_OK answered its own (once per record)
+        self.reply: bytes | None = None  #: that answer, while it waits for the pipe (after the session PONG)
 
     def next_message(self, frames: Sequence[bytes], start: int = 0) -> list[bytes]:
         """The frames, from ``frames[start]`` on, that go out in the next message: that one always (the caller
@@ -414,7 +418,7 @@ class _Peer(_Bucket):
     def must_wait(self) -> bool:
         """A data frame for this peer cannot go out now: frames (or the session PONG) wait ahead of it, or its
         window is used up."""
-        return bool(self.queue) or self.pong is not None or self.gated()
+        return bool(self.queue) or self.pong is not None or self.reply is not None or self.gated()
 
 
 def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
@@ -600,8 +604,9 @@ class AuthorEndpoint(_Base):
         self._drain_waiters: list[asyncio.Future[None]] = []
         #: During :meth:`send_many`: each known peer's data frames, collected to go out together.
         self._pending: dict[bytes, list[bytes]] | None = None
-        #: The largest BUNDLE we take from a peer (SPEC 14.1), told in reply to its BUNDLE_OK; 0: none.
-        takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, 0xFFFF_FFFF)
+        #: The largest BUNDLE we take from a peer (SPEC 14.1), told in reply to its BUNDLE_OK; 0: none.  At most
+        #: _MAX_INBOUND_BUNDLE: its frames are judged in one turn of the reader.
+        takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, _MAX_INBOUND_BUNDLE)
         self._takes = takes if takes >= _MIN_BUNDLE else 0
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: ZapHandler | None = None
@@ -790,8 +795,8 @@ class AuthorEndpoint(_Base):
         fd = self._watch()
         try:
             while not self._closed:
-                got, first = 0, len(self._inbox)
-                while got < cfg.batch and len(self._inbox) - first < cfg.batch:  # messages, and frames (BUNDLEs)
+                got = 0
+                while got < cfg.batch:  # frames, a BUNDLE's each: one turn never holds the loop much longer
                     try:
                         parts = self._sync.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
@@ -799,8 +804,7 @@ class AuthorEndpoint(_Base):
                     except zmq.ZMQError as exc:
                         log.error("author endpoint receive failed: %s", exc.strerror)
                         raise BrokenResourceError("receive failed") from exc
-                    got += 1
-                    self._on_message(parts)
+                    got += self._on_message(parts)
                 if got:
                     self._ready.set()
                     await asyncio.sleep(0)  # let the driver run between batches
@@ -809,13 +813,14 @@ class AuthorEndpoint(_Base):
         finally:
             self._unwatch(fd)
 
-    def _on_message(self, parts: list[bytes]) -> None:
+    def _on_message(self, parts: list[bytes]) -> int:
+        """One ZeroMQ message from a peer; returns the frames it judged (1 for anything but a BUNDLE)."""
         cfg = self.config
         self.stats.frames_in += 1
         if len(parts) != 2:
             # A DEALER sends exactly one part (the routing id is prepended by ZeroMQ).
             self.stats.malformed += 1
-            return
+            return 1
         rid, data = parts
         now = _now_ms()
         if self._suspended:
@@ -823,7 +828,7 @@ class AuthorEndpoint(_Base):
             if until is not None:
                 if now < until:
                     self.stats.suspended_dropped += 1
-                    return
+                    return 1
                 del self._suspended[rid]
         peer = self._touch(rid, now)
         if data == PING:
@@ -831,70 +836,78 @@ class AuthorEndpoint(_Base):
                 self._send_pong(peer, keep=False)
             else:
                 self.stats.over_budget += 1
-            return
+            return 1
         if data[:1] == PONG:
-            return
+            return 1
         if data[:1] == CREDIT:
             self._on_credit(peer, data, now)
-            return
+            return 1
         if data[:1] == BUNDLE_OK:
             if len(data) != _BUNDLE_OK_LEN:
                 self._malformed(peer, _BAD_BUNDLE_OK)
-                return
+                return 1
             # Like a CREDIT, not charged: a length check and an unpack.  Only this connection's peer, or an on-path
             # relay (which can drop its frames anyway), can send it.
             (most,) = _U32.unpack_from(data, 1)
             peer.bundle_max = min(most, cfg.bundle_bytes) if most >= _MIN_BUNDLE else 0
             if self._takes and not peer.bundles_told:
                 # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say that we take them too
-                # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record.
-                try:
-                    self._sync.send_multipart([rid, BUNDLE_OK + _U32.pack(self._takes)], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    return  # a full pipe: its next BUNDLE_OK (with its first CREDIT of a session) asks again
+                # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record,
+                # after the record's session PONG (the subscriber forgets our answer at a new session).
                 peer.bundles_told = True
-                self.stats.frames_out += 1
-            return
+                peer.reply = BUNDLE_OK + _U32.pack(self._takes)
+                if self._flush_peer(peer):
+                    self._backlog.add(rid)
+            return 1
         if data[:1] == BUNDLE:
-            frames = _unbundle(data) if peer.bundles_told and len(data) <= self._takes else None
+            # Whether or not we told this peer (a subscriber that has not yet heard of a new record of ours sends
+            # what the old one agreed to): no agreement makes a frame more or less trusted, each is judged.
+            # Counted in the reader's batch as the frames it may hold (splitting it costs per frame too), so that a
+            # turn of the reader takes at most one BUNDLE beyond its batch, whatever the BUNDLE holds.
+            frames = _unbundle(data) if len(data) <= self._takes else None
             if frames is None:
                 self._malformed(peer, _BAD_BUNDLE)
-                return
+                return max(1, len(data) // _MIN_FRAME)
             self.stats.bundles_in += 1
             self.stats.frames_in += len(frames) - 1
             for f in frames:  # each as if it had come alone: triage, budgets, the inbox bound
-                self._on_data(peer, rid, f, now)
-            return
+                if not self._on_data(peer, rid, f, now):
+                    # A subscriber endpoint bundles only what its core made: one frame that is none means the
+                    # rest is not worth judging either (a flood's BUNDLE costs one failed frame, and one warning).
+                    break
+            return len(frames)
         self._on_data(peer, rid, data, now)
+        return 1
 
-    def _on_data(self, peer: _Peer, rid: bytes, data: bytes, now: int) -> None:
-        """A frame from a peer (alone, or one of a BUNDLE's), after the control messages."""
+    def _on_data(self, peer: _Peer, rid: bytes, data: bytes, now: int) -> bool:
+        """A frame from a peer (alone, or one of a BUNDLE's), after the control messages.  False if it was
+        malformed."""
         cfg = self.config
         # Cheap triage before any parsing (THREATS 8): a frame is the canonical array [1, kind, ...], so it starts
         # with 0x95 (fixarray 5), the version and the kind.  Garbage costs two byte compares, and unauthenticated
         # kinds are charged against the peer's budget before they are decoded.
         if len(data) < 3 or data[0] != 0x95 or data[1] != VERSION:
             self._malformed(peer, _NOT_A_FRAME)
-            return
+            return False
         member = data[2] in _MEMBER_KINDS
         if not member and not peer.take(now, cfg.inbound_budget, cfg.inbound_burst):
             self.stats.over_budget += 1
             if self.stats.over_budget % 1000 == 1:
                 log.warning("peer %s over its inbound budget: dropping (%d so far)", rid.hex(),
                             self.stats.over_budget)
-            return
+            return True
         try:
             frame = decode_frame(data, cfg.max_frame)
         except DecodeError as exc:
             self._malformed(peer, exc)
-            return
+            return False
         if not member and not self._global.take(now, cfg.global_budget, cfg.global_burst):
             # Charged after decoding, so that garbage cannot spend it: only well-formed requests compete for it.
             self.stats.over_global_budget += 1
             if self.stats.over_global_budget % 1000 == 1:
                 log.warning("unauthenticated frames over the endpoint's global budget: dropping (%d so far)",
                             self.stats.over_global_budget)
-            return
+            return True
         if member:
             branch = getattr(frame.head, "branch", None)
             if isinstance(branch, bytes):
@@ -907,9 +920,10 @@ class AuthorEndpoint(_Base):
                 # restart (a grant sync and a FETCH per branch and chain, none routed yet) is not retried.
         if self._inbox_full():
             self.stats.inbox_dropped += 1
-            return
+            return True
         self._inbox.append((data, rid))
         self._inbox_bytes += len(data)
+        return True
 
     def _malformed(self, peer: _Peer, exc: DecodeError) -> None:
         self.stats.malformed += 1
@@ -1182,6 +1196,15 @@ class AuthorEndpoint(_Base):
                 return False
             peer.pong = None
             self.stats.frames_out += 1
+        if peer.reply is not None:  # our BUNDLE_OK, after the PONG that announced the record it speaks for
+            try:
+                sync.send_multipart([rid, peer.reply], zmq.NOBLOCK)
+                self.stats.frames_out += 1
+            except zmq.Again:
+                return True
+            except zmq.ZMQError:
+                self.stats.send_dropped += 1
+            peer.reply = None
         queue = peer.queue
         while queue:
             if peer.gated():
@@ -1323,12 +1346,12 @@ class SubscriberEndpoint(_Base):
             for out in outs:
                 self._send(out.data)
         else:  # as BUNDLEs of frames that fit together (SPEC 14.1); a frame that fits with none goes alone
+            if any(type(out.data) is not bytes for out in outs):
+                raise LocalProtocolError("frame data must be bytes")  # before any is sent, bundled or not
             group: list[bytes] = []
             size = 1
             for out in outs:
                 data = out.data
-                if type(data) is not bytes:
-                    raise LocalProtocolError("frame data must be bytes")
                 if group and size + 4 + len(data) > takes:
                     self._send_group(group)
                     group, size = [], 1

@@ -24,7 +24,7 @@ from streams.core import CoreConfig, Outgoing
 from streams.errors import LocalProtocolError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.wire import Hello, encode_frame
+from streams.wire import HeadNotice, Hello, encode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -370,14 +370,15 @@ async def test_a_subscriber_bundles_what_it_sends_once_the_author_said_it_takes_
         data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
         assert data == HELLO
         await until(lambda: sep._author_takes > 0, "the author's BUNDLE_OK")
-        frames = [frame(i, 200) for i in range(300)]
+        # Well-formed member frames (HEAD notices; their signatures are the core's to check, not the endpoint's).
+        frames = [encode_frame(HeadNotice(b"c" * 32, b"b" * 16, 1, i, bytes(32), 0), sign=lambda _h: bytes(64)).raw
+                  for i in range(300)]
         sep.send_many([Outgoing(f) for f in frames])
-        # The author endpoint takes every frame through its triage: these numbered stand-ins are no protocol
-        # frames, so each is counted malformed, one by one -- which is what shows they were opened and judged
-        # frame by frame, not dropped or passed as a whole.
-        await until(lambda: aep.stats.malformed == 300, "300 frames judged")
+        got: list[bytes] = []
+        while len(got) < len(frames):
+            got += [d for d, peer in await asyncio.wait_for(aep.recv(), 10) if peer == rid]
+        assert got == frames and aep.stats.malformed == 0
         assert sep.stats.bundles >= 1 and aep.stats.bundles_in == sep.stats.bundles
-        assert aep.stats.frames_in >= 301 and aep.stats.per_peer_malformed[rid] == 300
     finally:
         await sep.close()
         await aep.close()
@@ -391,7 +392,7 @@ async def test_unauthenticated_frames_in_a_bundle_draw_on_the_budget_one_by_one(
         while reply[:1] != BUNDLE_OK:
             reply = await asyncio.wait_for(dealer.recv(), 10)
         (takes,) = struct.unpack(">I", reply[1:])
-        assert takes == min(cfg.bundle_bytes, cfg.max_frame - 64)
+        assert takes == min(cfg.bundle_bytes, cfg.max_frame - 64, 64 << 10)  # (an author takes 64 KiB at most)
         before = aep.stats.over_budget
         await dealer.send(bundle([HELLO] * 200))
         await until(lambda: aep.stats.over_budget - before >= 150, "the budget charged frame by frame")
@@ -405,24 +406,31 @@ async def test_unauthenticated_frames_in_a_bundle_draw_on_the_budget_one_by_one(
         assert len(got) + (aep.stats.over_budget - before) == 200 and 0 < len(got) <= 50
 
 
-async def test_an_author_drops_bundles_it_did_not_agree_to() -> None:
+async def test_an_author_judges_bundled_frames_one_by_one_and_stops_at_the_first_that_is_none() -> None:
+    """No agreement makes a frame more or less trusted: a BUNDLE is taken whether or not the author answered the
+    peer's BUNDLE_OK (a subscriber that has not yet heard of a new record of the author's sends what the old one
+    agreed to), each frame judged.  One too large, or malformed, is refused whole; the first bundled frame that is
+    no frame ends the BUNDLE (an honest endpoint bundles only what its core made): a flood's BUNDLE costs one
+    failed frame and one warning, not thousands."""
     async with raw_member(EndpointConfig(bundle_bytes=4096), None) as (aep, _rid, dealer, _):
-        # Never said it takes them (no BUNDLE_OK from this peer, so none from us): any BUNDLE is malformed.
-        await dealer.send(bundle([HELLO, HELLO]))
-        await until(lambda: aep.stats.malformed == 1, "the unagreed BUNDLE refused")
-        await dealer.send(BUNDLE_OK + struct.pack(">I", 1 << 20))
-        reply = await asyncio.wait_for(dealer.recv(), 10)
-        while reply[:1] != BUNDLE_OK:
-            reply = await asyncio.wait_for(dealer.recv(), 10)
-        assert reply == BUNDLE_OK + struct.pack(">I", 4096)  # its bundle_bytes, under max_frame - 64
-        await dealer.send(bundle([HELLO] * 100))  # 4.8 KB: more than the 4096 bytes it was told
+        async def inbox(n: int) -> list[bytes]:
+            got: list[bytes] = []
+            while len(got) < n:
+                got += [d for d, _ in await asyncio.wait_for(aep.recv(), 10)]
+            return got
+
+        await dealer.send(bundle([HELLO, HELLO]))  # never said BUNDLE_OK, never told: judged all the same
+        assert await inbox(2) == [HELLO, HELLO] and aep.stats.bundles_in == 1
+        await dealer.send(bundle([HELLO] * 100))  # 4.8 KB: more than the 4096 bytes it takes
         await dealer.send(bundle([HELLO, b"\x95" + bytes(10)]))  # a frame too short to be one
-        await until(lambda: aep.stats.malformed == 3, "both refused whole")
-        await dealer.send(bundle([HELLO, HELLO]))
-        got = [d for d, _ in await asyncio.wait_for(aep.recv(), 10)]
-        while len(got) < 2:
-            got += [d for d, _ in await asyncio.wait_for(aep.recv(), 10)]
-        assert got == [HELLO, HELLO] and aep.stats.malformed == 3 and aep.stats.bundles_in == 1
+        await until(lambda: aep.stats.malformed == 2, "both refused whole")
+        junk = b"\x95\x01" + bytes(60)  # starts as a frame, does not decode
+        await dealer.send(bundle([HELLO, junk, *[junk] * 40, HELLO]))
+        assert await inbox(1) == [HELLO]
+        await until(lambda: aep.stats.malformed == 3, "the junk BUNDLE")
+        with pytest.raises(TimeoutError):  # the HELLO after the junk was never judged
+            await asyncio.wait_for(aep.recv(), 0.2)
+        assert aep.stats.malformed == 3  # one failure for the whole BUNDLE
 
 
 async def test_a_subscriber_whose_author_never_answered_sends_single_frames() -> None:
@@ -468,6 +476,8 @@ async def test_a_provider_stream_travels_to_the_monitor_in_bundles(tmp_path: Pat
     try:
         branch = await sub.subscribe(timeout=10)
         await until(lambda: sep._author_takes > 0, "the author's BUNDLE_OK")
+        with pytest.raises(LocalProtocolError):  # refused before anything is sent, bundled or not
+            sep.send_many([Outgoing(frame(0)), Outgoing(frame(1)), Outgoing(bytearray(3))])  # type: ignore[arg-type]
         sent = [b"payment %d" % i for i in range(400)]
         for lo in range(0, 400, 100):
             await sub.publish_many(branch, sent[lo:lo + 100])
@@ -477,6 +487,7 @@ async def test_a_provider_stream_travels_to_the_monitor_in_bundles(tmp_path: Pat
         assert got == sent
         assert sep.stats.bundles > 0 and aep.stats.bundles_in == sep.stats.bundles
         assert aep.stats.malformed == 0 and aep.stats.inbox_dropped == 0
+        assert not [e for e in author.pending_events() if type(e).__name__ == "Rejected"]
     finally:
         await sub.close()
         await author.close()
