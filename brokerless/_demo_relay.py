@@ -36,7 +36,7 @@ import zmq
 from streams.errors import DecodeError
 from streams.wire import Kind, decode_frame
 
-from .endpoints import BUNDLE, _bundle, _unbundle
+from .endpoints import BUNDLE, _as_message, _unbundle
 
 #: Frames kept per direction; the demo needs a few hundred.  Bounded so a long run cannot exhaust memory.
 MAX_RECORDED = 20_000
@@ -124,7 +124,7 @@ class Relay:
             if not self._withhold("down", f):
                 kept.append(f)
         if kept:
-            self.front.send_multipart([self.rid_of[back], kept[0] if len(kept) == 1 else _bundle(kept)])
+            self.front.send_multipart([self.rid_of[back], _as_message(kept)])
 
     # -- commands --------------------------------------------------------------------------------------------
 

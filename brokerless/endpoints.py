@@ -40,9 +40,10 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   it returns once every peer of the branch has credit left and an empty queue, so nothing is dropped.
 * **Bundles** (SPEC 14.1).  The data frames for one subscriber that are ready together -- a driver commit's, a
   FETCH answer, a queue a CREDIT flushes -- go out in one ZeroMQ message (a BUNDLE), within the peer's credit, to
-  a subscriber endpoint that said it takes them (BUNDLE_OK, with the most bytes it takes).  Per frame the
-  ZeroMQ calls and the I/O threads' per-message work were about a third of the author's CPU.  Each frame is
-  still one data frame to credit and to the protocol core; a malformed BUNDLE is dropped whole.
+  a subscriber endpoint that said it takes them (BUNDLE_OK, with the most bytes it takes); a subscriber bundles
+  each ``send_many`` once the author answered with its own.  Per frame the ZeroMQ calls and the I/O threads'
+  per-message work were about a third of the author's CPU.  Each frame is still one frame to credit and to the
+  protocol core, judged by the author as if it had come alone; a malformed BUNDLE is dropped whole.
 * **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
   endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A
   subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
@@ -130,11 +131,11 @@ _PONG_LEN_NO_LIMITS = 1 + _INSTANCE_LEN + _SESSION_LEN
 _PONG_LEN = _PONG_LEN_NO_LIMITS + _PONG_LIMITS.size
 _CREDIT_BODY = struct.Struct(">8sQQI")
 _CREDIT_LEN = 1 + _CREDIT_BODY.size
-#: BUNDLE prefix (SPEC 14.1, author -> subscriber): ``0x03 || (len(u32 BE) || frame)...`` -- data frames of one
-#: peer in one ZeroMQ message, sent only to a peer that said it takes them (BUNDLE_OK), at most as large as it said.
+#: BUNDLE prefix (SPEC 14.1, either way): ``0x03 || (len(u32 BE) || frame)...`` -- frames for one peer in one
+#: ZeroMQ message, sent only to a peer that said it takes them (BUNDLE_OK), at most as large as it said.
 BUNDLE = b"\x03"
-#: BUNDLE_OK prefix (SPEC 14.1, subscriber -> author): ``0x04 || max_bytes(u32 BE)`` -- this connection takes
-#: BUNDLEs of up to ``max_bytes`` bytes.  Sent with the first CREDIT of every session.
+#: BUNDLE_OK prefix (SPEC 14.1): ``0x04 || max_bytes(u32 BE)`` -- the sender takes BUNDLEs of up to ``max_bytes``
+#: bytes.  A subscriber sends it with the first CREDIT of every session; the author answers it once per record.
 BUNDLE_OK = b"\x04"
 _U32 = struct.Struct(">I")
 _BUNDLE_OK_LEN = 1 + _U32.size
@@ -160,13 +161,30 @@ _MEMBER_KINDS = frozenset({Kind.PACKET, Kind.CHECKPOINT, Kind.UNSUBSCRIBE, Kind.
 _NOT_A_FRAME = DecodeError("not a streams/1 frame (must start with [1, kind, ...])")
 _BAD_CREDIT = DecodeError(f"CREDIT must be {_CREDIT_LEN} bytes")
 _BAD_BUNDLE_OK = DecodeError(f"BUNDLE_OK must be {_BUNDLE_OK_LEN} bytes")
-_BAD_BUNDLE = DecodeError("a BUNDLE not agreed to, larger than agreed, or whose frames do not add up")
+_BAD_BUNDLE = DecodeError("a BUNDLE larger than agreed, or whose frames do not add up")
 
 
 def _bundle(frames: Sequence[bytes]) -> bytes:
     """A BUNDLE message of ``frames`` (SPEC 14.1)."""
     pack = _U32.pack
     return BUNDLE + b"".join([pack(len(f)) + f for f in frames])
+
+
+def _as_message(frames: Sequence[bytes]) -> bytes:
+    """The ZeroMQ message carrying ``frames``: a lone frame as itself, several as a BUNDLE."""
+    return frames[0] if len(frames) == 1 else _bundle(frames)
+
+
+def _our_takes(cfg: EndpointConfig, cap: int) -> int:
+    """The largest BUNDLE an endpoint with ``cfg`` takes (its BUNDLE_OK's ``max_bytes``), at most ``cap``: 64 bytes
+    under its ``max_frame`` (the room CURVE needs under ``MAXMSGSIZE``), 0 for none."""
+    takes = min(cfg.bundle_bytes, cfg.max_frame - _BUNDLE_MARGIN, cap)
+    return takes if takes >= _MIN_BUNDLE else 0
+
+
+def _agreed(most: int, ours: int) -> int:
+    """What the other side's BUNDLE_OK of ``most`` bytes agrees to, within our own limit ``ours`` (0: none)."""
+    return min(most, ours) if most >= _MIN_BUNDLE else 0
 
 
 def _unbundle(data: bytes) -> list[bytes] | None:
@@ -606,8 +624,7 @@ class AuthorEndpoint(_Base):
         self._pending: dict[bytes, list[bytes]] | None = None
         #: The largest BUNDLE we take from a peer (SPEC 14.1), told in reply to its BUNDLE_OK; 0: none.  At most
         #: _MAX_INBOUND_BUNDLE: its frames are judged in one turn of the reader.
-        takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, _MAX_INBOUND_BUNDLE)
-        self._takes = takes if takes >= _MIN_BUNDLE else 0
+        self._takes = _our_takes(self.config, _MAX_INBOUND_BUNDLE)
         self._global = _Bucket(_now_ms(), self.config.global_burst)
         self._auth: ZapHandler | None = None
         self._keys = KnownKeys(known_key)
@@ -849,7 +866,7 @@ class AuthorEndpoint(_Base):
             # Like a CREDIT, not charged: a length check and an unpack.  Only this connection's peer, or an on-path
             # relay (which can drop its frames anyway), can send it.
             (most,) = _U32.unpack_from(data, 1)
-            peer.bundle_max = min(most, cfg.bundle_bytes) if most >= _MIN_BUNDLE else 0
+            peer.bundle_max = _agreed(most, cfg.bundle_bytes)
             if self._takes and not peer.bundles_told:
                 # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say that we take them too
                 # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record,
@@ -922,9 +939,6 @@ class AuthorEndpoint(_Base):
                 # Routes are learned only from what the core verified (learn_routes): a forged frame never maps,
                 # nor evicts, a peer.  A member frame is never dropped here: a member's catch-up after an author
                 # restart (a grant sync and a FETCH per branch and chain, none routed yet) is not retried.
-        if self._inbox_full():
-            self.stats.inbox_dropped += 1
-            return True
         self._inbox.append((data, rid))
         self._inbox_bytes += len(data)
         return True
@@ -1153,7 +1167,7 @@ class AuthorEndpoint(_Base):
         while i < n and not peer.must_wait():
             take = peer.next_message(frames, i)
             try:
-                sync.send_multipart([rid, take[0] if len(take) == 1 else _bundle(take)], zmq.NOBLOCK)
+                sync.send_multipart([rid, _as_message(take)], zmq.NOBLOCK)
             except zmq.Again:
                 break
             except zmq.ZMQError as exc:
@@ -1163,11 +1177,7 @@ class AuthorEndpoint(_Base):
                     self._forget(peer)
                 return
             i += len(take)
-            stats.frames_out += len(take)
-            if len(take) > 1:
-                stats.bundles += 1
-            for f in take:
-                peer.sent_one(len(f))
+            self._count_sent(peer, take)
         for f in frames[i:]:
             self._enqueue(peer, f)
 
@@ -1215,7 +1225,7 @@ class AuthorEndpoint(_Base):
                 return False
             take = peer.next_message(queue)
             try:
-                sync.send_multipart([rid, take[0] if len(take) == 1 else _bundle(take)], zmq.NOBLOCK)
+                sync.send_multipart([rid, _as_message(take)], zmq.NOBLOCK)
             except zmq.Again:
                 return True
             except zmq.ZMQError:
@@ -1224,13 +1234,17 @@ class AuthorEndpoint(_Base):
                 peer.queued_bytes = 0
                 return False
             for _ in take:
-                size = len(queue.popleft())
-                peer.queued_bytes -= size
-                peer.sent_one(size)
-            self.stats.frames_out += len(take)
-            if len(take) > 1:
-                self.stats.bundles += 1
+                peer.queued_bytes -= len(queue.popleft())
+            self._count_sent(peer, take)
         return False
+
+    def _count_sent(self, peer: _Peer, take: list[bytes]) -> None:
+        """``take`` went to ``peer`` in one message: each frame counts, in the stats and in its credit."""
+        self.stats.frames_out += len(take)
+        if len(take) > 1:
+            self.stats.bundles += 1
+        for f in take:
+            peer.sent_one(len(f))
 
     def _flush_backlog(self) -> None:
         for rid in list(self._backlog):
@@ -1283,8 +1297,7 @@ class SubscriberEndpoint(_Base):
         self._window = min(self.config.credit_window, self.config.inbox)
         #: The largest BUNDLE we take, and say so in BUNDLE_OK (SPEC 14.1); 0: none.  BUNDLE_OK goes with the
         #: session's first CREDIT: an endpoint that sends none (``credit_window`` 0) takes none.
-        takes = min(self.config.bundle_bytes, self.config.max_frame - _BUNDLE_MARGIN, 0xFFFF_FFFF)
-        self._takes = takes if takes >= _MIN_BUNDLE and self._window else 0
+        self._takes = _our_takes(self.config, 0xFFFF_FFFF) if self._window else 0
         #: The largest BUNDLE the author's current record of us takes (its BUNDLE_OK, within ours); 0: none.
         self._author_takes = 0
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
@@ -1367,12 +1380,10 @@ class SubscriberEndpoint(_Base):
         self._check_readable()
 
     def _send_group(self, frames: list[bytes]) -> None:
-        if len(frames) == 1:
-            self._send(frames[0])
-            return
-        self._send(_bundle(frames))
-        self.stats.bundles += 1
-        self.stats.frames_out += len(frames) - 1  # (send_dropped, if it is, counts one for the BUNDLE)
+        self._send(_as_message(frames))
+        if len(frames) > 1:
+            self.stats.bundles += 1
+            self.stats.frames_out += len(frames) - 1  # (send_dropped, if it is, counts one for the BUNDLE)
 
     async def _close(self) -> None:
         await self._stop_tasks()
@@ -1574,7 +1585,7 @@ class SubscriberEndpoint(_Base):
             # The author's answer to ours: it takes BUNDLEs too (an older author never sends one).
             if len(data) == _BUNDLE_OK_LEN and self._takes:
                 (most,) = _U32.unpack_from(data, 1)
-                self._author_takes = min(most, self._takes) if most >= _MIN_BUNDLE else 0
+                self._author_takes = _agreed(most, self._takes)
             else:
                 self.stats.malformed += 1
             return

@@ -172,17 +172,19 @@ async def test_a_malformed_bundle_ok_is_counted_and_changes_nothing() -> None:
         assert [index(m) for m in msgs] == list(range(20)) and aep.stats.bundles == 0
 
 
+#: A session PONG, as an author (or a relay in its place) would send it.
+SESSION_PONG = PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 10_000, 64 << 20)
+
+
 @contextlib.asynccontextmanager
-async def fake_author(cfg: EndpointConfig | None = None
-                      ) -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEndpoint, bytes]]:
+async def raw_author(cfg: EndpointConfig | None = None
+                     ) -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEndpoint, bytes]]:
     """A raw ROUTER posing as the author (or a relay in its place) and a real SubscriberEndpoint connected to it,
-    with the routing id of the subscriber and the BUNDLE_OK it sent (checked: 64 bytes under its frame limit at
-    most, the room CURVE needs)."""
+    once the subscriber's HELLO arrived: (router, subscriber endpoint, its routing id)."""
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.bind("tcp://127.0.0.1:0")
-    cfg = cfg or EndpointConfig()
     sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(), cfg)  # type: ignore[union-attr]
     try:
         await sep.send(Outgoing(HELLO))
@@ -191,17 +193,27 @@ async def fake_author(cfg: EndpointConfig | None = None
             rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
             if data == HELLO:
                 break
-        await router.send_multipart([rid, PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 10_000, 64 << 20)])
+        yield router, sep, rid
+    finally:
+        await sep.close()
+        router.close(linger=0)
+        ctx.term()
+
+
+@contextlib.asynccontextmanager
+async def fake_author(cfg: EndpointConfig | None = None
+                      ) -> AsyncIterator[tuple[zmq.asyncio.Socket, SubscriberEndpoint, bytes]]:
+    """:func:`raw_author`, after its session PONG and the subscriber's BUNDLE_OK (checked: 64 bytes under its
+    frame limit at most, the room CURVE needs)."""
+    cfg = cfg or EndpointConfig()
+    async with raw_author(cfg) as (router, sep, rid):
+        await router.send_multipart([rid, SESSION_PONG])
         while True:
             _, data = await asyncio.wait_for(router.recv_multipart(), 10)
             if data[:1] == BUNDLE_OK:
                 break
         assert data == BUNDLE_OK + struct.pack(">I", min(cfg.bundle_bytes, cfg.max_frame - 64))
         yield router, sep, rid
-    finally:
-        await sep.close()
-        router.close(linger=0)
-        ctx.term()
 
 
 async def test_a_subscriber_unpacks_bundles_in_order_and_drops_malformed_ones_whole() -> None:
@@ -243,26 +255,11 @@ async def test_a_subscriber_refuses_bundles_larger_than_it_takes_or_of_frames_to
 @pytest.mark.parametrize("cfg", [EndpointConfig(bundle_bytes=0), EndpointConfig(credit_window=0)],
                          ids=["bundles off", "no credit, so no BUNDLE_OK"])
 async def test_a_subscriber_that_said_it_takes_no_bundles_drops_them(cfg: EndpointConfig) -> None:
-    ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind("tcp://127.0.0.1:0")
-    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(), cfg)  # type: ignore[union-attr]
-    try:
-        await sep.send(Outgoing(HELLO))
-        rid = b""
-        while True:
-            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
-            if data == HELLO:
-                break
+    async with raw_author(cfg) as (router, sep, rid):
         await router.send_multipart([rid, bundle([frame(0), frame(1)])])
         await router.send_multipart([rid, frame(2)])
         got = [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
         assert got == [frame(2)] and sep.stats.malformed == 1
-    finally:
-        await sep.close()
-        router.close(linger=0)
-        ctx.term()
 
 
 async def test_bundles_reach_a_subscriber_with_a_small_frame_limit_over_curve() -> None:
@@ -305,25 +302,12 @@ async def test_frames_routed_before_a_refused_outgoing_still_go_out() -> None:
 
 
 async def test_a_subscriber_configured_without_bundles_does_not_ask_for_them() -> None:
-    ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind("tcp://127.0.0.1:0")
-    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode(),  # type: ignore[union-attr]
-                             EndpointConfig(bundle_bytes=0))
-    try:
-        await sep.send(Outgoing(HELLO))
-        rid, seen = b"", []
-        while CREDIT not in [d[:1] for d in seen]:
-            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
-            seen.append(data)
-            if data == HELLO:
-                await router.send_multipart([rid, PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 100, 1 << 20)])
+    async with raw_author(EndpointConfig(bundle_bytes=0)) as (router, _sep, rid):
+        await router.send_multipart([rid, SESSION_PONG])
+        seen: list[bytes] = []
+        while CREDIT not in [d[:1] for d in seen]:  # (a BUNDLE_OK goes before the session's first CREDIT)
+            seen.append((await asyncio.wait_for(router.recv_multipart(), 10))[1])
         assert not [d for d in seen if d[:1] == BUNDLE_OK]
-    finally:
-        await sep.close()
-        router.close(linger=0)
-        ctx.term()
 
 
 async def test_a_published_stream_travels_in_bundles_end_to_end(tmp_path: Path) -> None:
@@ -435,19 +419,8 @@ async def test_an_author_judges_bundled_frames_one_by_one_and_stops_at_the_first
 
 async def test_a_subscriber_whose_author_never_answered_sends_single_frames() -> None:
     """An author endpoint from before BUNDLEs never answers a BUNDLE_OK: everything goes as single frames."""
-    ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind("tcp://127.0.0.1:0")
-    sep = SubscriberEndpoint(router.getsockopt(zmq.LAST_ENDPOINT).decode())  # type: ignore[union-attr]
-    try:
-        await sep.send(Outgoing(HELLO))
-        rid = b""
-        while True:
-            rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
-            if data == HELLO:
-                break
-        await router.send_multipart([rid, PONG + b"i" * 8 + b"s" * 8 + struct.pack(">IQ", 10_000, 64 << 20)])
+    async with raw_author() as (router, sep, rid):
+        await router.send_multipart([rid, SESSION_PONG])
         while (await asyncio.wait_for(router.recv_multipart(), 10))[1][:1] != CREDIT:
             pass
         sep.send_many([Outgoing(frame(i)) for i in range(50)])
@@ -459,10 +432,6 @@ async def test_a_subscriber_whose_author_never_answered_sends_single_frames() ->
             else:
                 assert data[:1] in (PING, CREDIT, BUNDLE_OK), data[:1]
         assert [index(d) for d in got] == list(range(50)) and sep.stats.bundles == 0
-    finally:
-        await sep.close()
-        router.close(linger=0)
-        ctx.term()
 
 
 async def test_a_provider_stream_travels_to_the_monitor_in_bundles(tmp_path: Path) -> None:
