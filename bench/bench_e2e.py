@@ -811,7 +811,9 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     peers = [p for p in (args.only or (QUICK_PEERS if quick else PEERS)) if p in PEERS]
     sizes = SIZES
-    reps = args.reps or (1 if quick else 3)
+    reps = (1 if quick else 3) if args.reps is None else args.reps
+    if reps < 1 and not args.latency_rate:
+        raise SystemExit("--reps 0 needs --latency-rate (no peak to take half of)")
     target_s = args.seconds or (0.15 if quick else 1.5)
     calib = {"ours": 300, "nats_js": 2000}
     info: dict[str, dict[str, Any]] = {p: {"description": DESCRIPTIONS[p], "available": True, "reason": ""}
@@ -864,7 +866,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         counts: dict[tuple[str, int], int] = {}
         for p in peers:
             for size in sizes:
-                if p in pairs:
+                if p in pairs and reps:
                     n0 = 100 if quick else calib.get("ours" if p.startswith("ours") else p, 5000)
                     r = one(p, size, n0, 0)
                     if r is not None and r["received"]:
@@ -888,13 +890,13 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                     else:
                         what = "skipped"
                     prog.step(f"rep {rep + 1}/{reps} {p} {size} B: {what}")
-        # Latency at about half of each peer's peak.
+        # Latency at about half of each peer's peak (or at the rate asked for, the same for every peer: for A/B
+        # comparisons, where half of a noisy peak would change the load between the two sides).
         for p in peers:
             for size in sizes:
                 rs = runs.get((p, size))
-                if p in pairs and rs:
-                    peak = statistics.median(r["msgs_per_s"] for r in rs)
-                    rate = peak / 2
+                if p in pairs and (rs or args.latency_rate):
+                    rate = args.latency_rate or statistics.median(r["msgs_per_s"] for r in rs or ()) / 2
                     n = int(min(50_000, max(200 if quick else 2000, rate * (0.3 if quick else 3.0))))
                     r = one(p, size, n, rate, lat=True)
                     if r is not None and r["latency"]:
@@ -1072,7 +1074,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: one short repetition")
     ap.add_argument("--only", nargs="*", choices=PEERS, help="peers to run (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--reps", type=int, default=None, help="throughput repetitions (default 3, quick 1)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="throughput repetitions (default 3, quick 1; 0 with --latency-rate: latency only)")
+    ap.add_argument("--latency-rate", type=float, default=None, metavar="MSGS_PER_S",
+                    help="measure latency at this rate for every peer and size, instead of half of each peak")
     ap.add_argument("--seconds", type=float, default=None, help="target seconds per throughput run")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)

@@ -77,3 +77,20 @@ def test_run_quick_writes_every_result(tmp_path: Path) -> None:
     for heading in ("# Benchmark summary", "## End to end", "## Scaling", "## Where the latency goes", "## Targets"):
         assert heading in md, heading
     assert "ours_amortized" in md and ("met" in md)
+
+
+def test_e2e_latency_at_a_fixed_rate_without_throughput_runs(tmp_path: Path) -> None:
+    """``--reps 0 --latency-rate R`` (for A/B comparisons): latency only, every row at the rate asked for."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--quick", "--only", "min_amortized", "--reps", "0",
+           "--latency-rate", "700", "--out", str(tmp_path), "--no-plot"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    e2e = json.loads((tmp_path / "e2e.json").read_text())
+    assert e2e["throughput"] == []
+    assert sorted(r["size"] for r in e2e["latency"]) == [64, 1024, 16384]
+    for r in e2e["latency"]:
+        assert r["rate"] == 700 and r["samples"] > 0 and r["p50_us"] > 0
+    refused = subprocess.run([*cmd[:-5], "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True,
+                             env=env, timeout=60, check=False)
+    assert refused.returncode != 0 and "--reps 0 needs --latency-rate" in refused.stderr
