@@ -6,8 +6,8 @@ stores on both sides, tcp loopback), paced with the same loop, 1 KiB payloads.  
 own functions with timers (this script's instrumentation, not the library's) and stamps every data frame with
 ``time.monotonic_ns`` (CLOCK_MONOTONIC is shared by both processes) at each stage:
 
-* ``queued``: due time stamped in the payload -> ``Author.publish_many`` called (the pacing loop);
-* ``author``: ``publish_many`` called -> the frame handed to ZeroMQ (sealing, signing, the commit, the send);
+* ``queued``: due time stamped in the payload -> ``Author.publish_many`` (or ``publish``) called (the pacing loop);
+* ``author``: that call -> the frame handed to ZeroMQ (sealing, signing, the commit, the send);
 * ``wire``: handed to ZeroMQ -> read from the subscriber's socket (ZeroMQ's I/O threads, tcp, wake-ups);
 * ``to driver``: read -> taken by the subscriber's receive loop (one event-loop hop);
 * ``subscriber``: taken -> committed (checks, decryption, the commit);
@@ -19,7 +19,9 @@ run (the latency target is p50 <= 2x that round trip + the crypto cost).  Rates:
 bursts (3,000/s paced on asyncio's 1 ms timer: a few messages per tick) and 8,000/s, about half of the signed-each
 streaming peak at 1 KiB, where ``bench_e2e.py`` measures that row's latency: the pacing loop then wakes about
 every 2 ms (its 1 ms sleep plus the work), so each ``publish_many`` carries some 15 messages and a message waits
-for its burst on both sides (the "items per call" column).
+for its burst on both sides (the "items per call" column).  Then the ``*_per_msg`` modes (one awaited
+``Author.publish`` per message, async-for delivery, as in ``bench_e2e.py``'s rows of that name) at 1,500/s,
+about half of their peak.
 
 Run: ``python bench/latency_path.py [--quick] [--out DIR]``; writes ``latency.json``.
 """
@@ -132,6 +134,17 @@ async def _pub(tmp: Path, mode: str, n: int, rate: float) -> None:
         return seqs
 
     api.Author.publish_many = stamped_publish  # type: ignore[method-assign]
+    publish = api.Author.publish
+
+    async def stamped_publish_one(self: Any, branch: bytes, payload: bytes) -> int:
+        t = _now()
+        seq = await publish(self, branch, payload)
+        st.stamp("called", seq, t)
+        if st.on:
+            index_to_seq[e2e.HDR.unpack_from(payload)[2]] = seq
+        return seq
+
+    api.Author.publish = stamped_publish_one  # type: ignore[method-assign]
     st.timed(core.AuthorCore, "publish_many", "author core publish_many", lambda a: len(a[2]))
     st.timed(store.Store, "commit", "author commit (messages logged)", _logged)
     st.timed(ep.AuthorEndpoint, "send_many", "author send_many")
@@ -271,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench_e2e as e2e
 
     plan = [(mode, rate) for mode in ("ours_each", "ours_amortized") for rate in (300.0, 3000.0, 8000.0)]
+    plan += [(f"{mode}_per_msg", 1500.0) for mode in ("ours_each", "ours_amortized")]
     rows = []
     for k, (mode, rate) in enumerate(plan):
         n = 150 if args.quick else int(rate * 4)
