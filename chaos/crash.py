@@ -15,6 +15,9 @@ non-zero if any of these is not 0 (THREATS 3 and 4):
 * ``holes``              -- after de-duplication by position, a missing seq below a chain's highest delivered one;
 * ``undelivered``        -- published (on the sender's disk) but never delivered once the quiet period is over;
 * ``replays_accepted``   -- re-injected old frames (see :mod:`chaos.party`) handed out again;
+* ``replays_unanswered_last_life`` -- re-injected frames without a REPLAY rejection of their position in a lifetime
+                            that was not killed (a kill between injection and rejection is counted apart, in
+                            ``replays_unanswered_killed``);
 * ``forks``              -- two different hashes at one position across all stores and logs, or fork evidence;
 * ``log_dup_positions``  -- repeated positions in any store's protocol log.
 """
@@ -193,12 +196,14 @@ def analyse(work: Path, subscribers: int) -> dict[str, Any]:
     acked: dict[Chain, int] = defaultdict(int)
     delivered: dict[str, dict[Chain, dict[int, set[str]]]] = {n: defaultdict(dict) for n in names}
     duplicates = redelivered = replays_accepted = injected = replay_refusals = 0
+    replays_refused = replays_unanswered = replays_unanswered_last = 0
     fork_lines = 0
     reject_reasons: dict[str, int] = defaultdict(int)
     for name, lines in logs.items():
         me = 0 if name == author_name else 1
         per_life: dict[tuple[int, Chain], list[int]] = defaultdict(list)
         inj: dict[int, set[tuple[Chain, int]]] = defaultdict(set)
+        refused: dict[int, set[tuple[Chain, int]]] = defaultdict(set)
         for w in lines:
             life, kind = int(w[0]), w[1]
             if kind == "ACKED" and int(w[3]) == me:
@@ -219,8 +224,19 @@ def analyse(work: Path, subscribers: int) -> dict[str, Any]:
             elif kind == "REJECT":
                 reject_reasons[w[2]] += 1
                 replay_refusals += w[2] == "REPLAY"
+                if w[2] == "REPLAY" and w[4] != "None":
+                    refused[life].add(((w[3], int(w[4])), int(w[5])))
             elif kind == "FORK":
                 fork_lines += 1
+        # Each injected replay against the REPLAY rejection of the same position in the same lifetime.  A kill
+        # between the INJ line and the core's rejection event leaves one unanswered: only a killed lifetime may.
+        last_life = max((int(w[0]) for w in lines), default=0)
+        for life, positions in inj.items():
+            answered = len(positions & refused[life])
+            replays_refused += answered
+            replays_unanswered += len(positions) - answered
+            if life == last_life:
+                replays_unanswered_last += len(positions) - answered
         seen_lives: dict[tuple[Chain, int], int] = defaultdict(int)
         for (_life, ch), seqs in per_life.items():
             for s in set(seqs):
@@ -262,6 +278,9 @@ def analyse(work: Path, subscribers: int) -> dict[str, Any]:
         "replays_injected": injected,
         "replays_accepted": replays_accepted,
         "replay_rejections": replay_refusals,
+        "replays_refused": replays_refused,
+        "replays_unanswered_killed": replays_unanswered - replays_unanswered_last,
+        "replays_unanswered_last_life": replays_unanswered_last,
         "forks": forks,
         "log_dup_positions": sum(st[1] for st in stores.values()),
         "messages_published": published,
@@ -271,7 +290,8 @@ def analyse(work: Path, subscribers: int) -> dict[str, Any]:
     }
 
 
-MUST_BE_ZERO = ("acked_lost", "duplicates", "holes", "undelivered", "replays_accepted", "forks", "log_dup_positions")
+MUST_BE_ZERO = ("acked_lost", "duplicates", "holes", "undelivered", "replays_accepted", "replays_unanswered_last_life",
+                "forks", "log_dup_positions")
 
 
 def run(kills: int = 100, messages: int = 10_000, subscribers: int = 3, seed: int = 1, workdir: Path | None = None,
