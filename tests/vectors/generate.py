@@ -2,19 +2,26 @@
 
     python tests/vectors/generate.py
 
-Everything is derived from fixed seeds and a fixed pseudo-random source, so the output is reproducible except
-for sealed boxes (libsodium draws their ephemeral keys itself): for those the vectors give the plaintext, which
-the tests recover by opening the box with the recipient's key.
+    python tests/vectors/generate.py --out FILE   # elsewhere (tests/test_vectors.py compares the two)
+
+Everything is derived from fixed seeds and a fixed pseudo-random source, so the output is reproducible byte for
+byte.  Sealed boxes too: libsodium's ``crypto_box_seal`` draws its ephemeral key itself, so here they are built
+by the same construction (``epk || crypto_box(m, BLAKE2b-192(epk || pk), pk, esk)``) with an ephemeral key from
+the fixed source -- boxes that ``crypto_box_seal_open`` opens like any other.  The vectors also give each sealed
+plaintext, which the tests recover by opening the box with the recipient's key.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import nacl.bindings
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +60,18 @@ class DetRng:
         return out[:size]
 
 
+def deterministic_seal(rng: DetRng) -> Any:
+    """``_crypto.seal`` with the ephemeral key drawn from ``rng`` (libsodium's sealed box construction)."""
+
+    def seal(recipient_x25519: bytes, plaintext: bytes) -> bytes:
+        esk = rng(32)
+        epk = nacl.bindings.crypto_scalarmult_base(esk)
+        nonce = hashlib.blake2b(epk + recipient_x25519, digest_size=24).digest()
+        return epk + nacl.bindings.crypto_box(plaintext, nonce, recipient_x25519, esk)
+
+    return seal
+
+
 def _val(v: Any) -> Any:
     return v.hex() if isinstance(v, bytes) else v
 
@@ -77,7 +96,11 @@ def ident_vector(i: Identity) -> dict[str, str]:
             "did": i.did, "kx_multibase": x25519_multibase(i.kx_public)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="regenerate the known-answer vectors (SPEC.md section 16)")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where to write them (default: {OUT})")
+    out = parser.parse_args(argv).out
+    _crypto.seal = deterministic_seal(DetRng(b"seal"))
     author = Identity.from_seed(bytes(range(32)))
     sub = Identity.from_seed(bytes(range(32, 64)))
     name = "payment-fraud-monitor"
@@ -101,9 +124,13 @@ def main() -> None:
     for o in score.data_to_send():
         to_author(o.data)
     kinds = {decode_frame(d).kind.name: (who, d) for who, d in wire}
-    # The handshake frames, in order (sealed bodies: the recipient opens them).
-    for _who, d in wire:
+    # The handshake frames, in order (sealed bodies: the recipient opens them).  A kind sent again is named
+    # ``<kind>_again`` (the GRANT that answers the new member's catch-up FETCH, SPEC 9.5).
+    for who, d in wire:
         f = decode_frame(d)
+        fname = f.kind.name.lower()
+        if any(v["name"] == fname for v in frames):
+            fname += "_again"
         extra: dict[str, Any] = {}
         if f.kind.name == "SUBSCRIBE":
             extra["sealed_to"] = "author"
@@ -113,9 +140,7 @@ def main() -> None:
             extra["sealed_to"] = "subscriber"
             extra["entry_hint"] = entry.hint.hex()
             extra["plaintext"] = sub.unseal(entry.sealed).hex()
-        signer = {"ANNOUNCE": "author", "GRANT": "author", "REFUSE": "author", "ADMIT": "author"}.get(f.kind.name)
-        frames.append(frame_vector(f.kind.name.lower(), d, signer, deterministic=f.kind.name not in
-                                   ("SUBSCRIBE", "GRANT"), **extra))
+        frames.append(frame_vector(fname, d, who if f.sig else None, deterministic=True, **extra))
     branch = acore.branch_ids()[0]
     grant_hash = decode_frame(kinds["GRANT"][1]).hash
     challenge = decode_frame(kinds["CHALLENGE"][1]).head
@@ -156,7 +181,7 @@ def main() -> None:
                                payload=b"provider reply".hex(), key=keys[1].hex()))
     score.request_fetch(branch, 0, 1, 3)
     [fe] = score.data_to_send()
-    frames.append(frame_vector("fetch", fe.data, "subscriber", deterministic=True))
+    frames.append(frame_vector("fetch_range", fe.data, "subscriber", deterministic=True))
     score.take_changes()
 
     # Amortized chain with a checkpoint (a second channel, same identities).
@@ -180,8 +205,6 @@ def main() -> None:
     frames.append(frame_vector("unsubscribe", unsub.raw, "subscriber", deterministic=True))
     subscribe_hash = decode_frame(kinds["SUBSCRIBE"][1]).hash
     refuse = encode_frame(Refuse(acore.channel, subscribe_hash, 15), b"", author.sign)
-    # (re-encoded byte for byte from its head; its `request` names this run's SUBSCRIBE, whose sealed body is
-    # random, so a new run changes it, as it does ADMIT's)
     frames.append(frame_vector("refuse", refuse.raw, "author", deterministic=True))
 
     # A sequence with verdicts, replayed against a fresh subscriber that holds the grant.
@@ -249,8 +272,10 @@ def main() -> None:
         },
         "anchoring": anchoring,
     }
-    OUT.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    print(f"wrote {OUT} ({len(frames)} frames)")
+    names = [f["name"] for f in frames]
+    assert len(set(names)) == len(names), names  # the tests look frames up by name
+    out.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    print(f"wrote {out} ({len(frames)} frames)")
 
 
 if __name__ == "__main__":
