@@ -146,6 +146,7 @@ async def _pub(tmp: Path, mode: str, n: int, rate: float) -> None:
 
     api.Author.publish = stamped_publish_one  # type: ignore[method-assign]
     st.timed(core.AuthorCore, "publish_many", "author core publish_many", lambda a: len(a[2]))
+    st.timed(core.AuthorCore, "publish", "author core publish")
     st.timed(store.Store, "commit", "author commit (messages logged)", _logged)
     st.timed(ep.AuthorEndpoint, "send_many", "author send_many")
     pub = e2e.OursPub(mode)

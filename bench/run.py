@@ -104,11 +104,12 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
                   f"`{str(machine.get('git_commit'))[:10]}`; {machine.get('timestamp')}.", ""]
     lines += ["Modules: " + ", ".join(f"{k}: {v}" for k, v in statuses.items()), ""]
     # Each module's results may come from a different run (``--only``): say which commit and when, per module.
-    runs = [(n, d["machine"]) for n, d in zip(MODULES, (core, e2e, scale, anchor, prof, lat_path), strict=True)
-            if d and isinstance(d.get("machine"), dict) and d["machine"].get("git_commit")]
+    runs = [(n, d.get("machine") if isinstance(d.get("machine"), dict) else {})
+            for n, d in zip(MODULES, (core, e2e, scale, anchor, prof, lat_path), strict=True) if d]
     if runs:
         lines += ["Results measured at: " + "; ".join(
-            f"{n} `{str(m.get('git_commit'))[:10]}` {m.get('timestamp')}" for n, m in runs) + ".", ""]
+            f"{n} `{str(m['git_commit'])[:10]}` {m.get('timestamp')}" if m.get("git_commit") else
+            f"{n} (commit and time not recorded)" for n, m in runs) + ".", ""]
     targets: list[tuple[str, str, bool | None, str]] = []  # (target, where, met, detail)
     if e2e:
         lines += ["## End to end (two processes, tcp loopback)", "",

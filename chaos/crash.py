@@ -120,6 +120,12 @@ class LogTail:
         self.pub: dict[str, int] = defaultdict(int)  # branch -> highest PUB seq
         self.got: dict[Chain, set[int]] = defaultdict(set)
         self.lines: dict[str, int] = defaultdict(int)
+        self.started: set[int] = set()  # lifetimes that logged START
+        self.unanswered: dict[int, set[tuple[Chain, int]]] = defaultdict(set)  # injected, not yet refused
+
+    def settled(self, life: int) -> bool:
+        """Lifetime ``life`` is up and every replay it injected has been refused (or accepted: analyse says)."""
+        return life in self.started and not self.unanswered[life]
 
     def poll(self) -> None:
         try:
@@ -140,6 +146,13 @@ class LogTail:
                 self.pub[w[2]] = max(self.pub[w[2]], int(w[3]))
             elif w[1] == "GOT" and len(w) >= 5:
                 self.got[(w[2], int(w[3]))].add(int(w[4]))
+                self.unanswered[int(w[0])].discard(((w[2], int(w[3])), int(w[4])))
+            elif w[1] == "START":
+                self.started.add(int(w[0]))
+            elif w[1] == "INJ" and len(w) >= 5:
+                self.unanswered[int(w[0])].add(((w[2], int(w[3])), int(w[4])))
+            elif _replay_position(w) is not None:
+                self.unanswered[int(w[0])].discard(_replay_position(w))
 
 
 def wait_line(tail: LogTail, word: str, child: Child, timeout: float) -> None:
@@ -177,9 +190,20 @@ def branches_of(work: Path, subscribers: int) -> dict[str, str]:
     return out
 
 
-def analyse(work: Path, subscribers: int) -> dict[str, Any]:
+def _replay_position(w: list[str]) -> tuple[Chain, int] | None:
+    """The position a ``REJECT REPLAY <branch> <publisher> <seq>`` line names; None for any other line, or one
+    that names none (a FETCH refused as a replay names its requester and no seq)."""
+    if len(w) >= 6 and w[1] == "REJECT" and w[2] == "REPLAY" and w[4].isdigit() and w[5].isdigit():
+        return (w[3], int(w[4])), int(w[5])
+    return None
+
+
+def analyse(work: Path, subscribers: int, final_lives: dict[str, int] | None = None) -> dict[str, Any]:
     """Check every log (``<name>.log``) and store (``<name>.db``) in ``work``, for the author and ``subscribers``
-    subscribers, after every process stopped.  Returns the figures (see the module docstring)."""
+    subscribers, after every process stopped.  Returns the figures (see the module docstring).
+
+    ``final_lives``: each process's last lifetime, the one stopped cleanly (the harness knows it; without it, the
+    highest lifetime in its log)."""
     names = ["author", *(f"sub{i}" for i in range(subscribers))]
     sub_branch = branches_of(work, subscribers)
     logs = {n: read_log(work / f"{n}.log") for n in names}
@@ -224,13 +248,14 @@ def analyse(work: Path, subscribers: int) -> dict[str, Any]:
             elif kind == "REJECT":
                 reject_reasons[w[2]] += 1
                 replay_refusals += w[2] == "REPLAY"
-                if w[2] == "REPLAY" and w[4] != "None":
-                    refused[life].add(((w[3], int(w[4])), int(w[5])))
+                pos = _replay_position(w)
+                if pos is not None:
+                    refused[life].add(pos)
             elif kind == "FORK":
                 fork_lines += 1
         # Each injected replay against the REPLAY rejection of the same position in the same lifetime.  A kill
         # between the INJ line and the core's rejection event leaves one unanswered: only a killed lifetime may.
-        last_life = max((int(w[0]) for w in lines), default=0)
+        last_life = (final_lives or {}).get(name, max((int(w[0]) for w in lines), default=0))
         for life, positions in inj.items():
             answered = len(positions & refused[life])
             replays_refused += answered
@@ -367,7 +392,9 @@ def run(kills: int = 100, messages: int = 10_000, subscribers: int = 3, seed: in
             pumped()
             complete = all(len(tails["author"].got[(b, 1)]) >= quota and len(tails[n].got[(b, 0)]) >= quota
                            for b, n in sub_branch.items())
-            if complete and all(c.alive() for c in parties):
+            # Every process up in its last lifetime, which refused the replays it injected at its start: stopped
+            # before that, its unanswered injections would not say whether the refusal works.
+            if complete and all(c.alive() and tails[c.name].settled(c.life) for c in parties):
                 break
             time.sleep(0.1)
         # Let the last ACKs land, then stop cleanly (a SIGKILL would be as good: the logs are fsync'd).
@@ -376,7 +403,7 @@ def run(kills: int = 100, messages: int = 10_000, subscribers: int = 3, seed: in
         for c in parties:
             c.stop()
         elapsed = time.monotonic() - t0
-        figures = analyse(work, subscribers)
+        figures = analyse(work, subscribers, {c.name: c.life for c in parties})
     finally:
         for c in parties:
             c.kill9()

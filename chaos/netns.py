@@ -314,7 +314,7 @@ def scenario(work: Path, subscribers: int = 2, quota: int = 400, interval_ms: fl
             time.sleep(1.0)
             for c in parties:
                 c.stop()
-            fig.update(analyse(work, subscribers))
+            fig.update(analyse(work, subscribers, {c.name: c.life for c in parties}))
         finally:
             for c in parties:
                 c.kill9()

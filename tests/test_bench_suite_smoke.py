@@ -67,12 +67,17 @@ def test_run_quick_writes_every_result(tmp_path: Path) -> None:
 
     lat_path = json.loads((tmp_path / "latency.json").read_text())
     assert [(r["mode"], r["rate"]) for r in lat_path["rows"]] == [
-        (m, r) for m in ("ours_each", "ours_amortized") for r in (300.0, 3000.0, 8000.0)]
+        (m, r) for m in ("ours_each", "ours_amortized") for r in (300.0, 3000.0, 8000.0)] + [
+        ("ours_each_per_msg", 1500.0), ("ours_amortized_per_msg", 1500.0)]
     for r in lat_path["rows"]:
         assert r["messages"] == 150  # every frame stamped at every stage, joined one to one
         assert list(r["stages"]) == ["queued", "author", "wire", "to driver", "subscriber", "to app"]
         assert r["p50_us"] > 0
-        assert r["calls"]["author core publish_many"]["items_per_call"] >= 1
+        if r["mode"].endswith("_per_msg"):  # one Author.publish per message
+            assert r["calls"]["author core publish"]["items_per_call"] == 1
+            assert "author core publish_many" not in r["calls"]
+        else:
+            assert r["calls"]["author core publish_many"]["items_per_call"] >= 1
     md = (tmp_path / "SUMMARY.md").read_text()
     for heading in ("# Benchmark summary", "## End to end", "## Scaling", "## Where the latency goes", "## Targets"):
         assert heading in md, heading
@@ -94,3 +99,6 @@ def test_e2e_latency_at_a_fixed_rate_without_throughput_runs(tmp_path: Path) -> 
     refused = subprocess.run([*cmd[:-5], "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True,
                              env=env, timeout=60, check=False)
     assert refused.returncode != 0 and "--reps 0 needs --latency-rate" in refused.stderr
+    zero = subprocess.run([*cmd[:-4], "0", "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+    assert zero.returncode != 0 and "--latency-rate must be a positive rate" in zero.stderr
