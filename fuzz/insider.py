@@ -29,6 +29,7 @@ from streams.wire import (
     Fetch,
     Grant,
     GrantEntry,
+    GrantKey,
     GrantSecret,
     HeadNotice,
     Kind,
@@ -38,8 +39,11 @@ from streams.wire import (
     Unsubscribe,
     decode_frame,
     encode_frame,
+    encode_grant_body,
     encode_grant_entries,
+    encode_grant_key,
     encode_grant_secret,
+    encode_grant_shared,
     encode_head,
 )
 
@@ -169,11 +173,20 @@ def subscriber_frame(data: bytes, sc: Scenario) -> bytes:
     members = [(c.byte() % 4, c.pick(pks), 1 + c.byte() % 4) for _ in range(c.byte() % 4)]
     keys = [(c.byte() % 4, c.raw(32)) for _ in range(c.byte() % 3)]
     heads = [(c.byte() % 4, c.pick([0, 1, c.uint(8)]), c.pick(v.hashes)) for _ in range(c.byte() % 3)]
-    secret = GrantSecret(c.byte() % 4, members, keys, heads)
+    index = c.byte() % 4
     hint = _hint(branch, epoch, me.kx_public) if c.byte() % 8 else c.raw(8)
-    sealed = _crypto.seal(me.kx_public, encode_grant_secret(secret))
+    first_layout = c.byte() % 4 == 0  # still read (SPEC 8.5)
+    if first_layout:
+        sealed = _crypto.seal(me.kx_public, encode_grant_secret(GrantSecret(index, members, keys, heads)))
+    else:
+        shared_key = c.raw(32)
+        # The shared part's associated data names this grant's branch and epoch, or (sometimes) another's.
+        aad = _crypto.P_GRANT + (branch if c.byte() % 8 else c.raw(16)) + epoch.to_bytes(8, "big")
+        shared = _crypto.aead_encrypt(shared_key, bytes(_crypto.NONCE_SIZE), aad, encode_grant_shared(members, heads))
+        sealed = _crypto.seal(me.kx_public, encode_grant_key(GrantKey(index, shared_key, keys)))
     entries = [GrantEntry(hint, sealed)]
     if c.byte() % 4 == 0:
         entries.append(GrantEntry(hint, _crypto.seal(me.kx_public, c.rest(200).ljust(48, b"\0"))))
     head = Grant(v.channel, branch, epoch, prev, c.pick([1, 2, 0, 3, 255]))
-    return encode_frame(head, encode_grant_entries(entries), author.sign).raw
+    body = encode_grant_entries(entries) if first_layout else encode_grant_body(shared, entries)
+    return encode_frame(head, body, author.sign).raw

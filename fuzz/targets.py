@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams import wire
+from streams import _crypto, wire
 from streams.anchor import ChainHead, EpochCheckpoint, build_epoch
 from streams.core import AuthorCore, SubscriberCore
 from streams.credentials import (
@@ -97,21 +97,37 @@ def check_frame(data: bytes) -> None:
 
 
 def check_grant_entries(data: bytes) -> None:
+    """A GRANT body, either layout (SPEC 8.5)."""
     try:
-        entries = wire.decode_grant_entries(data)
+        shared, entries = wire.decode_grant_body(data)
     except DecodeError as exc:
         _typed(exc)
         return
-    _require(wire.encode_grant_entries(entries) == data, "grant entries: accepted a non-canonical encoding")
+    again = wire.encode_grant_entries(entries) if shared is None else wire.encode_grant_body(shared, entries)
+    _require(again == data, "grant body: accepted a non-canonical encoding")
 
 
 def check_grant_secret(data: bytes) -> None:
+    """What a grant seals or encrypts: a first-layout entry's secret, a current entry's key, the shared part."""
     try:
         s = wire.decode_grant_secret(data)
     except DecodeError as exc:
         _typed(exc)
-        return
-    _require(wire.encode_grant_secret(s) == data, "grant secret: accepted a non-canonical encoding")
+    else:
+        _require(wire.encode_grant_secret(s) == data, "grant secret: accepted a non-canonical encoding")
+    try:
+        k = wire.decode_grant_key(data)
+    except DecodeError as exc:
+        _typed(exc)
+    else:
+        _require(wire.encode_grant_key(k) == data, "grant key: accepted a non-canonical encoding")
+    try:
+        members, heads = wire.decode_grant_shared(data)
+    except DecodeError as exc:
+        _typed(exc)
+    else:
+        _require(wire.encode_grant_shared(members, heads) == data, "grant shared part: accepted a non-canonical "
+                 "encoding")
 
 
 def check_subscribe_secret(data: bytes) -> None:
@@ -144,19 +160,34 @@ def check_epoch_checkpoint(data: bytes) -> None:
 
 
 def _seed_grant_entries() -> list[bytes]:
-    return [f.body for f in map(wire.decode_frame, _all_frames()) if f.kind is wire.Kind.GRANT]
+    """The scenario's GRANT bodies, and each one's entries as a first-layout body (still read)."""
+    bodies = [f.body for f in map(wire.decode_frame, _all_frames()) if f.kind is wire.Kind.GRANT]
+    return bodies + [wire.encode_grant_entries(wire.decode_grant_body(b)[1]) for b in bodies]
 
 
 def _seed_grant_secrets() -> list[bytes]:
+    """For each GRANT the subscriber can open: its entry's key, the shared part, and the two as one
+    first-layout secret."""
     sc = scenario()
     me = sc.subscriber.identity
     out = []
-    for body in _seed_grant_entries():
-        for e in wire.decode_grant_entries(body):
+    for f in map(wire.decode_frame, _all_frames()):
+        if f.kind is not wire.Kind.GRANT:
+            continue
+        shared, entries = wire.decode_grant_body(f.body)
+        for e in entries:
             try:
-                out.append(me.unseal(e.sealed))
+                plain = me.unseal(e.sealed)
             except Exception:  # noqa: S112 - an entry for another member
                 continue
+            if shared is None:
+                out.append(plain)
+                continue
+            k = wire.decode_grant_key(plain)
+            inner = _crypto.aead_decrypt(k.shared_key, bytes(_crypto.NONCE_SIZE),
+                                         _crypto.P_GRANT + f.head.branch + f.head.epoch.to_bytes(8, "big"), shared)
+            members, heads = wire.decode_grant_shared(inner)
+            out += [plain, inner, wire.encode_grant_secret(wire.GrantSecret(k.index, members, k.keys, heads))]
     return out
 
 
@@ -327,8 +358,10 @@ TARGETS: dict[str, Target] = {
         Target("subscriber_insider", "SubscriberCore.receive of frames signed by the author's real key",
                check_subscriber_insider, _seed_choices),
         Target("decode_frame", "streams.wire.decode_frame", check_frame, _all_frames),
-        Target("grant_entries", "streams.wire.decode_grant_entries", check_grant_entries, _seed_grant_entries),
-        Target("grant_secret", "streams.wire.decode_grant_secret", check_grant_secret, _seed_grant_secrets),
+        Target("grant_entries", "streams.wire.decode_grant_body (both layouts)", check_grant_entries,
+               _seed_grant_entries),
+        Target("grant_secret", "streams.wire.decode_grant_secret / decode_grant_key / decode_grant_shared",
+               check_grant_secret, _seed_grant_secrets),
         Target("subscribe_secret", "streams.wire.decode_subscribe_secret", check_subscribe_secret,
                _seed_subscribe_secrets),
         Target("did", "streams.identity.public_key_from_did", check_did, _seed_dids),

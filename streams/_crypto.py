@@ -34,6 +34,7 @@ P_CHALLENGE = b"streams.v1.chal"  #: challenge MAC
 P_CHALKEY = b"streams.v1.chk"  #: derivation of the challenge MAC key from the author seed
 P_PROOF = b"streams.v1.proof"  #: proof-of-control signature input
 P_STORE = b"streams.v1.store"  #: store-key derivation
+P_GRANT = b"streams.v1.grant"  #: associated data of a grant's shared part
 
 
 def hash32(person: bytes, *parts: bytes) -> bytes:

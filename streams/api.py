@@ -1136,8 +1136,8 @@ class Author(_Party):
 
     async def open_group(self, dids: list[str], permission: Permission = Permission.READ) -> bytes:
         """Open a broadcast branch readable by several DIDs (author-write only, signed-each).  Raises
-        :class:`LocalProtocolError` for a group too large for its grant to fit a frame (about 160 members with the
-        default limit: the grant grows with the square of the group)."""
+        :class:`LocalProtocolError` for more than 255 members, or a group whose grant would not fit the frame
+        limit (the grant grows with its members, about 170 bytes each: only a limit far below the default's)."""
         self._check_usable()
         b = self._core.open_group([PublicIdentity.from_did(d) for d in dids], permission)
         await self._flush()

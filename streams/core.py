@@ -77,7 +77,7 @@ from .policy import Policy, SubscriptionRequest, common_permission, could_admit
 from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
-    MAX_GRANT_ENTRY,
+    MAX_GRANT_KEY_ENTRY,
     SESSION_LEN,
     VERSION,
     Ack,
@@ -90,6 +90,7 @@ from .wire import (
     Frame,
     Grant,
     GrantEntry,
+    GrantKey,
     GrantSecret,
     HeadNotice,
     Hello,
@@ -105,13 +106,16 @@ from .wire import (
     _packb,  # one shared packer (see there)
     decode_anchor_body,
     decode_frame,
-    decode_grant_entries,
+    decode_grant_body,
+    decode_grant_key,
     decode_grant_secret,
+    decode_grant_shared,
     decode_subscribe_secret,
     encode_anchor_body,
     encode_frame,
-    encode_grant_entries,
-    encode_grant_secret,
+    encode_grant_body,
+    encode_grant_key,
+    encode_grant_shared,
     encode_subscribe_secret,
     message_hash,
 )
@@ -205,6 +209,15 @@ def _did(public: bytes) -> str:
 
 def _hint(branch: bytes, epoch: int, kx_public: bytes) -> bytes:
     return _crypto.hash32(_crypto.P_HINT, branch, _U64.pack(epoch), kx_public)[:8]
+
+
+#: A grant's shared part is encrypted under a key made for it alone: one plaintext per key, a constant nonce.
+_GRANT_NONCE = bytes(_crypto.NONCE_SIZE)
+
+
+def _grant_aad(branch: bytes, epoch: int) -> bytes:
+    """Associated data of a grant's shared part (SPEC 8.5): which branch and epoch it belongs to."""
+    return _crypto.P_GRANT + branch + _U64.pack(epoch)
 
 
 def _proof_digest(channel: bytes, author_sign: bytes, nonce: bytes, expires_ms: int, credential: bytes) -> bytes:
@@ -1900,7 +1913,7 @@ class AuthorCore(_CoreBase):
         if not b.peer_did:
             return True  # a group: our HEAD answers (_on_fetch), if the chain holds anything
         if now_ms - self._groups_told.get(key, _LONG_AGO) >= self.config.grant_sync_interval_ms:
-            # Not again within the interval: a group's GRANT is O(members^2) bytes, and a member that applied k
+            # Not again within the interval: a group's GRANT is O(members) bytes, and a member that applied k
             # missed re-keys asks k times in a row (a retry after a loss comes later: answered in full).
             if len(self._groups_told) >= 100_000:
                 self._groups_told.clear()
@@ -1924,6 +1937,11 @@ class AuthorCore(_CoreBase):
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
                      heads: list[tuple[int, int, bytes]]) -> Frame:
+        # The member list and the heads, once, under a fresh key; each recipient's entry seals that key with its
+        # own chain keys (SPEC 8.5).  A fresh key encrypts one plaintext: the nonce may be constant.
+        shared_key = self._rng(32)
+        shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, _grant_aad(rec.id, rec.epoch),
+                                      encode_grant_shared(list(rec.members), heads))
         entries = []
         by_pub = {pk: (i, Permission(p)) for i, pk, p in rec.members}
         for pub in recipients:
@@ -1934,18 +1952,16 @@ class AuthorCore(_CoreBase):
                     continue
                 if p == idx or (p == 0 and perm.can_read) or perm is Permission.AUDIT:
                     mine.append((p, k))
-            secret = GrantSecret(idx, list(rec.members), mine, heads)
-            sealed = _crypto.seal(pub.kx_public, encode_grant_secret(secret))
-            if len(sealed) > MAX_GRANT_ENTRY:
-                raise LocalProtocolError(f"a branch of {len(rec.members) - 1} members is too large: each member's "
-                                         f"grant entry lists them all ({len(sealed):,} bytes, over the limit of "
-                                         f"{MAX_GRANT_ENTRY:,})")
+            sealed = _crypto.seal(pub.kx_public, encode_grant_key(GrantKey(idx, shared_key, mine)))
+            if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
+                raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
+                                         f"{MAX_GRANT_KEY_ENTRY:,}")
             entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
-        frame = encode_frame(head, encode_grant_entries(entries), self._id.sign)
+        frame = encode_frame(head, encode_grant_body(shared, entries), self._id.sign)
         if len(frame.raw) > self.config.max_frame:
-            # Refused here, before anything changed: members would drop it unread (FrameTooLarge).  A group's grant
-            # grows with the square of its members: about 160 fit the default frame limit.
+            # Refused here, before anything changed: members would drop it unread (FrameTooLarge).  A grant grows
+            # with its members (about 170 bytes each): only a frame limit far below the default's makes this.
             raise LocalProtocolError(f"a branch of {len(rec.members) - 1} members is too large: its grant would be "
                                      f"{len(frame.raw):,} bytes, over the frame limit of {self.config.max_frame:,}")
         return frame
@@ -2230,7 +2246,8 @@ class SubscriberCore(_CoreBase):
             return 0
         try:
             frame = decode_frame(b.grant_frame, self.config.max_frame)
-            secret = self._open_grant(self._our_entries(b.id, b.epoch, decode_grant_entries(frame.body)))
+            shared, entries = decode_grant_body(frame.body)
+            secret = self._open_grant(b.id, b.epoch, shared, self._our_entries(b.id, b.epoch, entries))
         except DecodeError:
             return 0
         return next((s for p, s, _ in secret.heads if p == b.me), 0) if secret is not None else 0
@@ -2240,11 +2257,19 @@ class SubscriberCore(_CoreBase):
         hint = _hint(branch, epoch, self._id.kx_public)
         return [e for e in entries if _crypto.ct_equal(e.hint, hint)]
 
-    def _open_grant(self, mine: list[GrantEntry]) -> GrantSecret | None:
-        """The first of our entries that opens with our key, decoded (None if none does)."""
+    def _open_grant(self, branch: bytes, epoch: int, shared: bytes | None,
+                    mine: list[GrantEntry]) -> GrantSecret | None:
+        """The first of our entries that opens with our key, with the grant's shared part it unlocks (None if none
+        does).  ``shared`` None: a grant of the first layout, whose entries hold everything (SPEC 8.5)."""
         for e in mine:
             try:
-                return decode_grant_secret(self._id.unseal(e.sealed))
+                plain = self._id.unseal(e.sealed)
+                if shared is None:
+                    return decode_grant_secret(plain)
+                k = decode_grant_key(plain)
+                members, heads = decode_grant_shared(
+                    _crypto.aead_decrypt(k.shared_key, _GRANT_NONCE, _grant_aad(branch, epoch), shared))
+                return GrantSecret(k.index, members, k.keys, heads)
             except (VerificationError, DecodeError):
                 continue
         return None
@@ -2371,7 +2396,7 @@ class SubscriberCore(_CoreBase):
     def _on_grant(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         g: Grant = frame.head
         try:
-            entries = decode_grant_entries(frame.body)
+            shared, entries = decode_grant_body(frame.body)
         except DecodeError as exc:
             raise _Reject(RejectReason.MALFORMED, "grant entries") from exc
         mine = self._our_entries(g.branch, g.epoch, entries)
@@ -2400,7 +2425,7 @@ class SubscriberCore(_CoreBase):
                 raise _Reject(RejectReason.STALE_EPOCH, "grant does not extend the branch's grant chain", g.branch)
         elif g.epoch == 0 and not _crypto.ct_equal(g.prev, self._announce_hash):
             raise _Reject(RejectReason.BAD_LINK, "first grant does not link to the announcement", g.branch)
-        secret = self._open_grant(mine)
+        secret = self._open_grant(g.branch, g.epoch, shared, mine)
         if secret is None:
             raise _Reject(RejectReason.BAD_AEAD, "grant entry does not open", g.branch)
         members = {i: (pk, p) for i, pk, p in secret.members}

@@ -64,10 +64,10 @@ gains them, and no older reader reads them.
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
 It was added the same way.  The history used to be a list inside the branch record, rewritten with the record at
-every change of the branch: quadratic in re-keys, and in members for a group, whose grant is O(members^2)
-bytes.  A record written then keeps its list, read as the newest part of the history
-(:meth:`Store.grants_between` reads the older part), until the branch is next written and the list moves into
-the table.  An older version of this code opening a store written since would not see the table's history
+every change of the branch: quadratic in re-keys, and in members for a group, whose grant was O(members^2)
+bytes in the first grant layout (SPEC 8.5).  A record written then keeps its list, read as the newest part of
+the history (:meth:`Store.grants_between` reads the older part), until the branch is next written and the list
+moves into the table.  An older version of this code opening a store written since would not see the table's history
 (downgrades are not supported).
 
 An ``anchors`` row goes ``built`` (signed checkpoint, durable before the ledger is called) -> ``written``

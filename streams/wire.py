@@ -38,6 +38,8 @@ from .errors import DecodeError, FrameTooLarge, UnsupportedVersion
 __all__ = [
     "MAX_FRAME",
     "MAX_GRANT_ENTRY",
+    "MAX_GRANT_KEY_ENTRY",
+    "MAX_GRANT_SHARED",
     "SESSION_LEN",
     "VERSION",
     "Ack",
@@ -50,6 +52,7 @@ __all__ = [
     "Frame",
     "Grant",
     "GrantEntry",
+    "GrantKey",
     "GrantSecret",
     "HeadNotice",
     "Hello",
@@ -64,13 +67,19 @@ __all__ = [
     "Unsubscribe",
     "decode_anchor_body",
     "decode_frame",
+    "decode_grant_body",
     "decode_grant_entries",
+    "decode_grant_key",
     "decode_grant_secret",
+    "decode_grant_shared",
     "decode_subscribe_secret",
     "encode_anchor_body",
     "encode_frame",
+    "encode_grant_body",
     "encode_grant_entries",
+    "encode_grant_key",
     "encode_grant_secret",
+    "encode_grant_shared",
     "encode_subscribe_secret",
     "message_hash",
 ]
@@ -661,24 +670,118 @@ class GrantEntry:
 
 
 def encode_grant_entries(entries: list[GrantEntry]) -> bytes:
+    """The body of a GRANT in the first layout (SPEC 8.5): one entry per recipient, each sealing a whole
+    :class:`GrantSecret`.  Still read (grants kept in stores, authors not yet upgraded); no longer written."""
     return _packb([[e.hint, e.sealed] for e in entries])
 
 
-def decode_grant_entries(data: bytes, max_entries: int = 4096) -> list[GrantEntry]:
-    values = _unpack(data, "grant entries", 1 << 20)
-    if not isinstance(values, list) or not (1 <= len(values) <= max_entries):
+def _grant_entry_list(values: Any, max_entries: int, max_sealed: int) -> list[GrantEntry]:
+    if not isinstance(values, list) or not values:
         raise DecodeError("grant entries: expected a non-empty array")
+    if len(values) > max_entries:
+        raise DecodeError(f"grant entries: more than {max_entries}")
     out: list[GrantEntry] = []
     for v in values:
         if (
             not isinstance(v, list) or len(v) != 2 or not isinstance(v[0], bytes) or len(v[0]) != 8
-            or not isinstance(v[1], bytes) or not (48 <= len(v[1]) <= MAX_GRANT_ENTRY)
+            or not isinstance(v[1], bytes) or not (48 <= len(v[1]) <= max_sealed)
         ):
             raise DecodeError("grant entry malformed")
         out.append(GrantEntry(v[0], v[1]))
+    return out
+
+
+def decode_grant_entries(data: bytes, max_entries: int = 4096) -> list[GrantEntry]:
+    """The entries of a GRANT body in the first layout (:func:`encode_grant_entries`)."""
+    out = _grant_entry_list(_unpack(data, "grant entries", 1 << 20), max_entries, MAX_GRANT_ENTRY)
     if encode_grant_entries(out) != data:
         raise DecodeError("grant entries: not in canonical encoding")
     return out
+
+
+#: The largest sealed entry of a grant in the current layout: a :class:`GrantKey`, which holds one chain key, two
+#: for a member that reads the author's chain, every chain's for an auditor (256 of 36 bytes).
+MAX_GRANT_KEY_ENTRY: Final = 12288
+#: The largest shared part of a grant: the member list and the heads of a branch of 256 members, encrypted.
+MAX_GRANT_SHARED: Final = 1 << 16
+
+
+def encode_grant_body(shared: bytes, entries: list[GrantEntry]) -> bytes:
+    """The body of a GRANT (SPEC 8.5): ``[shared, [[hint, sealed], ...]]``.  ``shared`` is the member list and the
+    heads (:func:`encode_grant_shared`) encrypted once, under a fresh key that each recipient's sealed entry (a
+    :class:`GrantKey`) carries: the grant grows with its members, not with their square."""
+    return _packb([shared, [[e.hint, e.sealed] for e in entries]])
+
+
+def decode_grant_body(data: bytes, max_entries: int = 4096) -> tuple[bytes | None, list[GrantEntry]]:
+    """``(shared, entries)`` of a GRANT body: the current layout (:func:`encode_grant_body`, at most 256 entries:
+    a branch's members), or the first one (:func:`encode_grant_entries`, at most ``max_entries``), for which
+    ``shared`` is None and each entry seals a :class:`GrantSecret`.  Raises :class:`DecodeError` unless one of
+    the two, canonical and within its bounds."""
+    values = _unpack(data, "grant", 1 << 20)
+    if isinstance(values, list) and len(values) == 2 and isinstance(values[0], bytes):
+        shared = values[0]
+        if not (16 <= len(shared) <= MAX_GRANT_SHARED):
+            raise DecodeError("grant: malformed shared part")
+        entries = _grant_entry_list(values[1], min(max_entries, 256), MAX_GRANT_KEY_ENTRY)
+        if encode_grant_body(shared, entries) != data:
+            raise DecodeError("grant: not in canonical encoding")
+        return shared, entries
+    entries = _grant_entry_list(values, max_entries, MAX_GRANT_ENTRY)
+    if encode_grant_entries(entries) != data:
+        raise DecodeError("grant entries: not in canonical encoding")
+    return None, entries
+
+
+@dataclass(frozen=True, slots=True)
+class GrantKey:
+    """Plaintext sealed to one member inside a grant (current layout, SPEC 8.5).
+
+    * ``index``: the recipient's member index (publisher number) in the branch;
+    * ``shared_key``: the key of the grant's shared part (member list and heads);
+    * ``keys``: ``[(publisher_index, key)]`` -- the AEAD key of each chain the recipient may read or write.
+    """
+
+    index: int
+    shared_key: bytes
+    keys: list[tuple[int, bytes]]
+
+    def __repr__(self) -> str:  # never show keys
+        return f"GrantKey(index={self.index}, keys=<{len(self.keys)} hidden>)"
+
+
+def encode_grant_key(k: GrantKey) -> bytes:
+    return _packb([k.index, k.shared_key, [list(x) for x in k.keys]])
+
+
+def decode_grant_key(data: bytes) -> GrantKey:
+    values = _unpack(data, "grant key", MAX_GRANT_KEY_ENTRY)
+    if not isinstance(values, list) or len(values) != 3 or not isinstance(values[2], list) or len(values[2]) > 256:
+        raise DecodeError("grant key: expected [index, shared key, keys]")
+    k = GrantKey(U8.check("index", values[0]), B32.check("shared key", values[1]),
+                 [tuple(_strict_tuple(x, (U8, B32), "key")) for x in values[2]])
+    if encode_grant_key(k) != data:
+        raise DecodeError("grant key: not in canonical encoding")
+    return k
+
+
+def encode_grant_shared(members: list[tuple[int, bytes, int]], heads: list[tuple[int, int, bytes]]) -> bytes:
+    """The plaintext of a grant's shared part: ``[members, heads]``, as in :class:`GrantSecret`."""
+    return _packb([[list(m) for m in members], [list(h) for h in heads]])
+
+
+def decode_grant_shared(data: bytes) -> tuple[list[tuple[int, bytes, int]], list[tuple[int, int, bytes]]]:
+    values = _unpack(data, "grant shared part", MAX_GRANT_SHARED)
+    if not isinstance(values, list) or len(values) != 2 or \
+            not all(isinstance(x, list) and len(x) <= 256 for x in values):
+        raise DecodeError("grant shared part: expected [members, heads]")
+    members = [tuple(_strict_tuple(m, (U8, B32, U8), "member")) for m in values[0]]
+    heads = [tuple(_strict_tuple(h, (U8, U64, B32), "head")) for h in values[1]]
+    if encode_grant_shared(members, heads) != data:
+        raise DecodeError("grant shared part: not in canonical encoding")
+    if any(perm not in (1, 2, 3, 4) for _, _, perm in members):
+        raise DecodeError("grant shared part: unknown permission")
+    return members, heads
 
 
 @dataclass(frozen=True, slots=True)

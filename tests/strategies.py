@@ -98,6 +98,17 @@ grant_secrets = st.builds(
     st.lists(st.tuples(u8s, u64s, byte_strings(32)), max_size=5),
 )
 
+#: (shared, entries) of a GRANT body in the current layout (SPEC 8.5).
+grant_bodies = st.tuples(st.binary(min_size=16, max_size=200), grant_entries)
+
+grant_keys = st.builds(wire.GrantKey, u8s, byte_strings(32), st.lists(st.tuples(u8s, byte_strings(32)), max_size=5))
+
+#: (members, heads) of a grant's shared part.
+grant_shared = st.tuples(
+    st.lists(st.tuples(u8s, byte_strings(32), st.sampled_from([1, 2, 3, 4])), max_size=5),
+    st.lists(st.tuples(u8s, u64s, byte_strings(32)), max_size=5),
+)
+
 subscribe_secrets = st.builds(
     wire.SubscribeSecret, *(field_values(t) for t in wire.SubscribeSecret.SCHEMA)
 )

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from streams import _crypto
 from streams._state import BranchState
-from streams.core import Outgoing, SubscriberCore
+from streams.core import CoreConfig, Outgoing, SubscriberCore, _hint
 from streams.errors import LocalProtocolError
 from streams.events import BranchClosed, GapDetected, Granted, MessageReceived, Rejected, RejectReason, Subscribed
 from streams.identity import Identity
@@ -17,11 +18,17 @@ from streams.wire import (
     Fetch,
     Grant,
     GrantEntry,
+    GrantSecret,
     Kind,
     Permission,
     decode_frame,
+    decode_grant_body,
+    decode_grant_key,
+    decode_grant_shared,
     encode_frame,
+    encode_grant_body,
     encode_grant_entries,
+    encode_grant_secret,
 )
 from tests.corenet import Net, ident
 
@@ -745,23 +752,47 @@ def test_a_rekey_answering_a_grant_sync_is_applied_but_does_not_answer_a_subscri
 
 
 def test_a_group_whose_grant_its_members_could_not_read_is_refused_before_anything_changes() -> None:
-    """Each member's grant entry lists every member, so a group's GRANT grows with the square of its members:
-    about 160 fit the default frame limit.  Beyond, members would drop the GRANT unread (FrameTooLarge) and the
-    group would reach nobody: the author refuses to open it, and nothing changes.  Member indices are one byte."""
+    """A group's GRANT grows with its members (SPEC 8.5), so with the default frame limit the bound is the one-byte
+    member index: 255 members besides the author.  Under a frame limit its GRANT would not fit, members would drop
+    it unread (FrameTooLarge) and the group would reach nobody: the author refuses to open it, and nothing
+    changes."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     s = net.subs["s0"]
     others = [Identity.from_seed(i.to_bytes(2, "big") * 16).public for i in range(300, 560)]
     before = net.author.branch_ids()
-    with pytest.raises(LocalProtocolError, match="frame limit"):
-        net.author.open_group([ident(10).public, *others[:169]])
     with pytest.raises(LocalProtocolError, match="at most 255"):
         net.author.open_group([ident(10).public, *others[:255]])
     assert net.author.branch_ids() == before
     assert net.author.data_to_send() == [] and not net.author.take_changes()
-    g = net.author.open_group([ident(10).public, *others[:159]])  # 160 members: it fits, and reaches s0
+    g = net.author.open_group([ident(10).public, *others[:254]])  # 255 members: it fits, and reaches s0
     net.pump_author()
-    assert g in s.branch_ids() and len(s.branch_info(g)[3]) == 161
+    assert g in s.branch_ids() and len(s.branch_info(g)[3]) == 256
+
+    small = Net.make(n_subs=1, config=CoreConfig(max_frame=16384))
+    small.subscribe("s0")
+    before = small.author.branch_ids()
+    with pytest.raises(LocalProtocolError, match="frame limit"):
+        small.author.open_group([ident(10).public, *others[:99]])
+    assert small.author.branch_ids() == before
+    assert small.author.data_to_send() == [] and not small.author.take_changes()
+
+
+def test_a_group_grant_grows_with_its_members_not_their_square() -> None:
+    """The member list and the heads are encrypted once; each member's entry seals only its key to them and its
+    own chain keys (SPEC 8.5).  The first layout repeated the list in every entry: 160 members filled 1 MiB."""
+
+    def grant_size(n: int) -> int:
+        net = Net.make(n_subs=1)
+        net.subscribe("s0")
+        others = [Identity.from_seed(i.to_bytes(2, "big") * 16).public for i in range(300, 300 + n - 1)]
+        g = net.author.open_group([ident(10).public, *others])
+        frames = [o.data for o in net.author.data_to_send()]
+        return max(len(d) for d in frames if decode_frame(d).kind is Kind.GRANT and decode_frame(d).head.branch == g)
+
+    small, large = grant_size(50), grant_size(200)
+    assert large < 5 * small  # four times the members: about four times the bytes (the first layout: sixteen)
+    assert large < 200 * 250  # about 170 bytes per member (no heads at epoch 0)
 
 
 def test_a_member_removed_from_a_group_closes_it_and_stops_asking_for_it() -> None:
@@ -913,3 +944,40 @@ def test_a_live_loss_is_reported_although_the_catch_up_got_no_answer(case: str) 
         s.take_changes()
         s.data_to_send()
     assert _gaps(events) == [(first + 2, first + 3)]
+
+
+def test_a_grant_of_the_first_layout_still_opens() -> None:
+    """Grants kept in stores, and authors not yet upgraded, have the first body layout (every entry sealing the
+    member list and the heads whole, SPEC 8.5): a member still reads them.  A first-layout entry inside a body of
+    the current layout, or the reverse, does not open."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    s = net.subs["s0"]
+    me = ident(10)
+    g = net.author.open_group([me.public, ident(11).public, ident(12).public])
+    [new] = {o.data for o in net.author.data_to_send()  # (one copy per route)
+             if decode_frame(o.data).kind is Kind.GRANT and decode_frame(o.data).head.branch == g}
+    f = decode_frame(new)
+    shared, entries = decode_grant_body(f.body)
+    assert shared is not None and len(entries) == 3
+    [mine] = [e for e in entries if e.hint == _hint(g, 0, me.kx_public)]
+    key = decode_grant_key(me.unseal(mine.sealed))
+    members, heads = decode_grant_shared(_crypto.aead_decrypt(key.shared_key, bytes(_crypto.NONCE_SIZE),
+                                                              _crypto.P_GRANT + g + bytes(8), shared))
+    old_secret = encode_grant_secret(GrantSecret(key.index, members, key.keys, heads))
+    old_entry = GrantEntry(mine.hint, _crypto.seal(me.kx_public, old_secret))
+    author = ident(1)
+
+    # A current body whose entry seals a first-layout secret: refused (the layouts do not mix).
+    mixed = encode_frame(f.head, encode_grant_body(shared, [old_entry]), author.sign).raw
+    assert [e.reason for e in s.receive(mixed, net.now) if isinstance(e, Rejected)] == [RejectReason.BAD_AEAD]
+    assert g not in s.branch_ids()
+    # The reverse: a first-layout body whose entry seals a current key.
+    reverse = encode_frame(f.head, encode_grant_entries([mine]), author.sign).raw
+    assert [e.reason for e in s.receive(reverse, net.now) if isinstance(e, Rejected)] == [RejectReason.BAD_AEAD]
+    assert g not in s.branch_ids()
+
+    first = encode_frame(f.head, encode_grant_entries([old_entry]), author.sign).raw
+    events = s.receive(first, net.now)
+    assert not [e for e in events if isinstance(e, Rejected)]
+    assert g in s.branch_ids() and len(s.branch_info(g)[3]) == 4

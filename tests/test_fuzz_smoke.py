@@ -18,6 +18,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from fuzz.scenario import Scenario
 from fuzz.targets import TARGETS, CoreHarness, fingerprint, scenario
 from streams import _crypto
 from streams.core import _hint
-from streams.errors import RejectReason
+from streams.errors import DecodeError, RejectReason
 from streams.events import Rejected
 from streams.wire import (
     Fetch,
@@ -58,6 +59,20 @@ def test_seeds_and_committed_corpus_hold_the_invariant(name: str) -> None:
         target.check(data)
 
 
+def _one_of(*decoders: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    """A decoder that accepts what any of ``decoders`` accepts (raises the last one's error otherwise)."""
+
+    def decode(data: bytes) -> object:
+        for d in decoders[:-1]:
+            try:
+                return d(data)
+            except DecodeError:
+                continue
+        return decoders[-1](data)
+
+    return decode
+
+
 def test_seeds_are_valid_input() -> None:
     """Seeds that were all refused would start the fuzzer outside the interesting code."""
     from streams import wire
@@ -65,8 +80,9 @@ def test_seeds_are_valid_input() -> None:
     from streams.identity import public_key_from_did
 
     decoders = {
-        "decode_frame": wire.decode_frame, "grant_entries": wire.decode_grant_entries,
-        "grant_secret": wire.decode_grant_secret, "subscribe_secret": wire.decode_subscribe_secret,
+        "decode_frame": wire.decode_frame, "grant_entries": wire.decode_grant_body,
+        "grant_secret": _one_of(wire.decode_grant_secret, wire.decode_grant_key, wire.decode_grant_shared),
+        "subscribe_secret": wire.decode_subscribe_secret,
         "epoch_checkpoint": EpochCheckpoint.decode, "did": lambda b: public_key_from_did(b.decode()),
     }
     for name, decode in decoders.items():

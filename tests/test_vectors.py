@@ -24,8 +24,9 @@ from streams.wire import (
     VERSION,
     Kind,
     decode_frame,
-    decode_grant_entries,
-    decode_grant_secret,
+    decode_grant_body,
+    decode_grant_key,
+    decode_grant_shared,
     decode_subscribe_secret,
     encode_frame,
 )
@@ -124,14 +125,21 @@ def test_sealed_bodies_open_to_the_vector_plaintexts() -> None:
     assert s.nonce.hex() == V["derived"]["challenge_nonce"]
     IDS["subscriber"].public.verify(bytes.fromhex(V["derived"]["proof_digest"]), s.proof)
     grant = FRAMES["grant"]
-    [entry] = decode_grant_entries(bytes.fromhex(grant["body"]))
+    shared, [entry] = decode_grant_body(bytes.fromhex(grant["body"]))
+    assert shared is not None  # the current layout (SPEC 8.5)
     assert entry.hint.hex() == grant["entry_hint"] == V["derived"]["grant_hint"]
     pt = IDS["subscriber"].unseal(entry.sealed)
     assert pt.hex() == grant["plaintext"]
-    secret = decode_grant_secret(pt)
-    assert secret.index == 1
-    assert [m[1] for m in secret.members] == [IDS["author"].sign_public, IDS["subscriber"].sign_public]
-    keys = dict(secret.keys)
+    key = decode_grant_key(pt)
+    assert key.index == 1
+    f = decode_frame(bytes.fromhex(grant["raw"]))
+    aad = _crypto.P_GRANT + f.head.branch + f.head.epoch.to_bytes(8, "big")
+    assert aad.hex() == grant["shared_aad"]
+    inner = _crypto.aead_decrypt(key.shared_key, bytes(_crypto.NONCE_SIZE), aad, shared)
+    assert inner.hex() == grant["shared_plaintext"]
+    members, heads = decode_grant_shared(inner)
+    assert [m[1] for m in members] == [IDS["author"].sign_public, IDS["subscriber"].sign_public] and heads == []
+    keys = dict(key.keys)
     assert keys[0].hex() == FRAMES["packet_1"]["key"]
     assert keys[1].hex() == FRAMES["packet_sub_1"]["key"]
 

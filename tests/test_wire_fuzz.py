@@ -361,6 +361,9 @@ def test_frame_not_bytes(value: Any) -> None:
 INNER: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], bytes], st.SearchStrategy[Any]]] = {
     "grant_entries": (wire.decode_grant_entries, wire.encode_grant_entries, S.grant_entries),
     "grant_secret": (wire.decode_grant_secret, wire.encode_grant_secret, S.grant_secrets),
+    "grant_body": (wire.decode_grant_body, lambda v: wire.encode_grant_body(*v), S.grant_bodies),
+    "grant_key": (wire.decode_grant_key, wire.encode_grant_key, S.grant_keys),
+    "grant_shared": (wire.decode_grant_shared, lambda v: wire.encode_grant_shared(*v), S.grant_shared),
     "subscribe_secret": (wire.decode_subscribe_secret, wire.encode_subscribe_secret, S.subscribe_secrets),
 }
 inner = pytest.mark.parametrize("name", list(INNER))
@@ -438,6 +441,40 @@ def test_grant_entries_limits() -> None:
         wire.decode_grant_entries(wire.encode_grant_entries([wire.GrantEntry(bytes(8), bytes(47))]))
     with pytest.raises(DecodeError):
         wire.decode_grant_entries(wire.encode_grant_entries([wire.GrantEntry(bytes(7), bytes(48))]))
+
+
+def test_grant_body_limits_and_layouts() -> None:
+    """The current layout's bounds (SPEC 8.5), and the two layouts told apart by the body's first element."""
+    entry = wire.GrantEntry(bytes(8), bytes(48))
+    shared, entries = wire.decode_grant_body(wire.encode_grant_body(bytes(16), [entry]))
+    assert shared == bytes(16) and entries == [entry]
+    assert wire.decode_grant_body(wire.encode_grant_entries([entry])) == (None, [entry])  # the first layout
+    assert len(wire.decode_grant_body(wire.encode_grant_body(bytes(16), [entry] * 256))[1]) == 256
+    for shared, entries in (
+        (bytes(15), [entry]),  # shorter than a tag
+        (bytes(wire.MAX_GRANT_SHARED + 1), [entry]),
+        (bytes(16), []),
+        (bytes(16), [entry] * 257),  # more than a branch's members
+        (bytes(16), [wire.GrantEntry(bytes(8), bytes(wire.MAX_GRANT_KEY_ENTRY + 1))]),
+        (bytes(16), [wire.GrantEntry(bytes(7), bytes(48))]),
+    ):
+        with pytest.raises(DecodeError):
+            wire.decode_grant_body(wire.encode_grant_body(shared, entries))
+    assert wire.decode_grant_body(wire.encode_grant_body(bytes(wire.MAX_GRANT_SHARED), [entry]))[0] is not None
+    big = wire.GrantEntry(bytes(8), bytes(wire.MAX_GRANT_KEY_ENTRY))
+    assert wire.decode_grant_body(wire.encode_grant_body(bytes(16), [big]))[1] == [big]
+    with pytest.raises(DecodeError):  # a first-layout entry is at most MAX_GRANT_ENTRY
+        wire.decode_grant_body(wire.encode_grant_entries([wire.GrantEntry(bytes(8), bytes(wire.MAX_GRANT_ENTRY + 1))]))
+    with pytest.raises(DecodeError):  # a third element
+        wire.decode_grant_body(packb([bytes(16), [[bytes(8), bytes(48)]], 1]))
+
+
+@SOME
+@given(S.grant_shared, st.integers(min_value=0, max_value=255).filter(lambda p: p not in (1, 2, 3, 4)))
+def test_grant_shared_unknown_permission_refused(shared: tuple[Any, Any], perm: int) -> None:
+    members, heads = shared
+    with pytest.raises(DecodeError, match="permission"):
+        wire.decode_grant_shared(wire.encode_grant_shared([(0, bytes(32), perm), *members], heads))
 
 
 @pytest.mark.parametrize("name", list(INNER))

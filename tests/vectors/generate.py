@@ -36,7 +36,8 @@ from streams.wire import (  # noqa: E402
     SigningMode,
     Unsubscribe,
     decode_frame,
-    decode_grant_entries,
+    decode_grant_body,
+    decode_grant_key,
     encode_frame,
 )
 
@@ -145,10 +146,15 @@ def _generate(out: Path) -> None:
             extra["sealed_to"] = "author"
             extra["plaintext"] = author.unseal(f.body).hex()
         if f.kind.name == "GRANT":
-            [entry] = decode_grant_entries(f.body)
+            shared, [entry] = decode_grant_body(f.body)
+            assert shared is not None
+            key = decode_grant_key(sub.unseal(entry.sealed))
             extra["sealed_to"] = "subscriber"
             extra["entry_hint"] = entry.hint.hex()
             extra["plaintext"] = sub.unseal(entry.sealed).hex()
+            extra["shared_aad"] = (_crypto.P_GRANT + f.head.branch + f.head.epoch.to_bytes(8, "big")).hex()
+            extra["shared_plaintext"] = _crypto.aead_decrypt(key.shared_key, bytes(_crypto.NONCE_SIZE),
+                                                             bytes.fromhex(extra["shared_aad"]), shared).hex()
         frames.append(frame_vector(fname, d, who if f.sig else None, deterministic=True, **extra))
     branch = acore.branch_ids()[0]
     grant_hash = decode_frame(kinds["GRANT"][1]).hash
