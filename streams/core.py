@@ -60,6 +60,7 @@ from .events import (
     Anchored,
     Announced,
     BranchClosed,
+    ChainConflict,
     Covered,
     Event,
     FetchRequested,
@@ -383,8 +384,9 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "covered", "fetch_end",
-                 "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
+    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict", "covered",
+                 "fetch_end", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms",
+                 "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -403,6 +405,9 @@ class _Chain:
         self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
         self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
+        #: Our own chain, member side: the seq through which the author's signed ACK says it holds our chain, when
+        #: that contradicts our store (beyond our head, or another message at it); 0: none.  We publish no more.
+        self.conflict = 0
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
@@ -1252,9 +1257,19 @@ class _CoreBase:
             raise ClosedResourceError(f"branch {b.id.hex()} is closed")
         if b.me != 0 and not b.members[b.me][1].can_write:
             raise LocalProtocolError(f"no write permission on branch {b.id.hex()}")
+        c = b.chains.get(b.me)
+        if c is not None and c.conflict:
+            raise LocalProtocolError(
+                f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
+                f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "
+                "(restored from a copy?) or another holder of our key published; a new message would fork the "
+                "chain (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it)")
 
     def _checkpoint(self, b: _Branch, now_ms: int) -> None:
         c = b.chains[b.me]
+        if c.conflict:
+            c.first_uncovered_ms = None  # signing more of a chain that conflicts would extend a fork
+            return
         seq = c.next_seq
         head = Checkpoint(self._channel, b.id, b.me, seq, c.head, b.epoch)
         frame = encode_frame(head, b"", self._id.sign)
@@ -1483,9 +1498,17 @@ class _CoreBase:
         self._hint_route_unbound(b, peer, h.acker)
         if h.acker == 0:
             b.heard = True  # the author acknowledged our chain
-        if h.seq >= c.next_seq:
+        beyond = h.seq >= c.next_seq
+        other = h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head)
+        if (beyond or other) and h.acker == 0 and b.me != 0 and h.seq > c.conflict:
+            # The author's signed word that it holds our chain beyond our head, or another message at it: our
+            # store is older than the chain (a stale copy restored) or another holder of our key published.
+            # Anything we sign now forks the chain further: stop, and say so once per conflicting position.
+            c.conflict = h.seq
+            events.append(ChainConflict(b.id, b.me, c.next_seq - 1, h.seq))
+        if beyond:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
-        if h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head):
+        if other:
             # The acker holds a different message at our head: someone forked our chain.
             raise _Reject(RejectReason.FORK, "ack of a message we never sent", h.branch, h.publisher, h.seq)
         if c.acked_by is None:
@@ -2610,6 +2633,8 @@ class SubscriberCore(_CoreBase):
             # Start there: everything at or below is a replay from now on.
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
+            if c.conflict and head.seq >= c.conflict:
+                c.conflict = 0  # our chain now starts where the author's copy ends: publishing forks nothing
             if c.held:
                 c.held = {s: f for s, f in c.held.items() if s > head.seq} or None
             self._changes.chains.append(b.chain_record(head.publisher))

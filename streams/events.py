@@ -17,6 +17,7 @@ __all__ = [
     "Anchored",
     "Announced",
     "BranchClosed",
+    "ChainConflict",
     "Covered",
     "EpochAnchored",
     "Event",
@@ -126,6 +127,21 @@ class ForkDetected:
     publisher: int
     seq: int
     evidence: ForkEvidence
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConflict:
+    """The author's signed ACK says it holds our chain ``(branch, publisher)`` through ``theirs``, beyond our head
+    ``ours`` or with another message at it: this store is older than the chain it publishes (restored from a
+    stale copy) or another holder of our key published there.  Publishing on the branch now raises
+    :class:`~streams.errors.LocalProtocolError` (a new message would fork the chain), until an anchor proof of
+    our chain at or beyond ``theirs`` restarts it there (``Anchored(restored=True)``, SPEC 13.5); otherwise
+    restore a newer copy, or start over with a new store (README, backups)."""
+
+    branch: bytes
+    publisher: int  #: our own index in the branch
+    ours: int
+    theirs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,5 +268,5 @@ class Acknowledged:
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
     | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected | Subscribed
-    | PermissionRestricted | EpochAnchored | LedgerStatus
+    | PermissionRestricted | EpochAnchored | LedgerStatus | ChainConflict
 )

@@ -1,0 +1,140 @@
+"""A member restored from an older copy of its store (SPEC 12, ChainConflict).
+
+Such a member would sign new messages at sequence numbers it already used: forks of its own chain, recorded by
+the author as evidence against it, and never acknowledged.  The author's signed ACK of its chain beyond the
+member's head tells the member; from then on it refuses to publish there.  The asyncio API over the in-memory
+transport, real SQLite stores and the real backup."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.errors import LocalProtocolError
+from streams.events import ChainConflict, Event
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.store import backup
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+AUTHOR, P1 = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
+
+
+async def _sub(tmp: Path, hub: MemoryHub) -> Subscriber:
+    s = await Subscriber.open(tmp / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
+    s.heartbeat_ms = 50  # its HEAD notices go out quickly
+    return s
+
+
+async def _first(s: Subscriber, kind: type[Event], timeout: float) -> Event:
+    async def scan() -> Event:
+        async for ev in s.events():
+            if isinstance(ev, kind):
+                return ev
+        raise AssertionError("events ended")
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_author_says_it_is_behind(
+        tmp_path: Path) -> None:
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    author.heartbeat_ms = 50
+    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await s.subscribe(timeout=5)
+    for i in range(3):
+        await s.publish(branch, b"before the copy %d" % i)
+    await s.wait_acknowledged(branch, 3, timeout=5)
+    await s.close()
+    backup(tmp_path / "p1.db", tmp_path / "old.db")
+    s = await _sub(tmp_path, hub)
+    for i in range(3):
+        await s.publish(branch, b"after the copy %d" % i)
+    await s.wait_acknowledged(branch, 6, timeout=5)
+    await s.close()
+
+    # The operator restores the old copy.
+    for suffix in ("", "-frames"):
+        shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+    s = await _sub(tmp_path, hub)
+    ev = await _first(s, ChainConflict, 10)
+    assert isinstance(ev, ChainConflict)
+    assert (ev.branch, ev.publisher, ev.ours, ev.theirs) == (branch, 1, 3, 6)
+    with pytest.raises(LocalProtocolError, match="conflicts with the author's copy"):
+        await s.publish(branch, b"would fork seq 4")
+    with pytest.raises(LocalProtocolError, match="conflicts with the author's copy"):
+        await s.publish_many(branch, [b"would fork seq 4", b"and 5"])
+    await asyncio.sleep(0.3)
+    assert author.forks() == []  # nothing was signed at a position the author holds
+    # The member still reads: the author's chain on its branch goes on.
+    await author.publish(branch, b"from the monitor")
+    assert (await s.next_message(timeout=5)).payload == b"from the monitor"
+    await s.close()
+    await author.close()
+
+
+async def test_an_ack_beyond_our_head_from_another_member_does_not_stop_us(tmp_path: Path) -> None:
+    """Only the author's word counts: in a group another member cannot read our chain, and on our own branch the
+    author is the only other party.  A forged ACK (not the author's key) is refused and changes nothing."""
+    from streams.core import SubscriberCore
+    from streams.wire import Ack, encode_frame
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    sub: SubscriberCore = net.subs["s0"]
+    b = sub.branch_ids()[0]
+    sub.publish(b, b"one", net.now)
+    sub.data_to_send()
+    forged = encode_frame(Ack(net.author.channel, b, 1, 5, bytes(32), 0), b"", ident(99).sign).raw
+    events = sub.receive(forged, net.now)
+    assert not [e for e in events if isinstance(e, ChainConflict)]
+    sub.publish(b, b"two", net.now)  # still allowed
+    real = encode_frame(Ack(net.author.channel, b, 1, 5, bytes(32), 0), b"", ident(1).sign).raw
+    events = sub.receive(real, net.now)
+    assert [(e.ours, e.theirs) for e in events if isinstance(e, ChainConflict)] == [(2, 5)]
+    with pytest.raises(LocalProtocolError, match="conflicts"):
+        sub.publish(b, b"three", net.now)
+    again = sub.receive(real, net.now)  # once per conflicting position
+    assert not [e for e in again if isinstance(e, ChainConflict)]
+
+
+def test_an_anchor_proof_of_our_chain_that_far_lifts_the_conflict() -> None:
+    """The author holds what we no longer remember: an anchor proof of our own chain at or beyond the seq it
+    acknowledged restarts our chain there (SPEC 13.5), and then publishing forks nothing.  One short of it does
+    not lift the conflict."""
+    from streams.anchor import ChainHead, build_epoch
+    from streams.core import AnchorClaim, SubscriberCore
+    from streams.events import Anchored
+    from streams.wire import Ack, encode_frame
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    sub: SubscriberCore = net.subs["s0"]
+    b = sub.branch_ids()[0]
+    sub.publish(b, b"one", net.now)
+    sub.data_to_send()
+    ack = encode_frame(Ack(net.author.channel, b, 1, 5, bytes(32), 0), b"", ident(1).sign).raw
+    assert [(e.ours, e.theirs) for e in sub.receive(ack, net.now) if isinstance(e, ChainConflict)] == [(1, 5)]
+
+    def claim(seq: int) -> AnchorClaim:
+        head = ChainHead(b, 1, seq, bytes([seq]) * 32, bytes(32))
+        epoch = build_epoch(net.author.channel, [head], None, net.now, ident(1).sign)
+        return AnchorClaim(head, 0, epoch.proofs[(b, 1)], epoch.checkpoint, str(seq), False)
+
+    assert [e.restored for e in sub.apply_anchor(claim(4), False) if isinstance(e, Anchored)] == [True]
+    with pytest.raises(LocalProtocolError, match="conflicts"):
+        sub.publish(b, b"would fork seq 5", net.now)
+    assert [e.restored for e in sub.apply_anchor(claim(5), False) if isinstance(e, Anchored)] == [True]
+    assert sub.publish(b, b"after the author's copy", net.now) == 6
