@@ -54,6 +54,7 @@ from .errors import (
 from .events import (
     Acknowledged,
     BranchClosed,
+    ChainConflict,
     Event,
     FetchRequested,
     ForkDetected,
@@ -335,8 +336,9 @@ class _Party:
         ACK pacing: about one round trip plus the receiver's commit.
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
         branch, or when a re-key takes our write permission away before the ACK came (the author then refuses
-        the message), :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed
-        (revoked, left) before the ACK came."""
+        the message) or the author's ACK shows that our chain conflicts with its copy (:class:`ChainConflict`:
+        a store restored from a stale copy), :class:`ClosedResourceError` if the party closes, or the branch is
+        or becomes closed (revoked, left) before the ACK came."""
         self._check_usable()
         if self._core.acknowledged(branch) >= seq:
             return
@@ -849,6 +851,7 @@ class _Party:
                                          "accepted position")
                 self._queue_event(ev)
                 ev = fork
+                self._core.reacknowledge(fork.branch, fork.publisher)  # what we hold: a stale member stops there
         if isinstance(ev, FetchRequested):
             # Retained frames only (already durable).  Not through the core's output list: frames of a publish
             # made meanwhile by another task wait there for their commit and must not leave before it.
@@ -857,6 +860,12 @@ class _Party:
             log.info("rejected frame: %s (%s)", ev.reason.name, ev.detail)
         if isinstance(ev, Acknowledged):
             self._resolve_acks(ev)
+        if isinstance(ev, ChainConflict):
+            for b, s, f in self._ack_waiters:
+                if b == ev.branch and s > self._core.acknowledged(b) and not f.done():
+                    f.set_exception(LocalProtocolError(
+                        f"our chain on branch {b.hex()} conflicts with the author's copy (ChainConflict): seq {s} "
+                        "will not be acknowledged"))
         self._on_event(ev)
         self._queue_event(ev)
 

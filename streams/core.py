@@ -1050,6 +1050,18 @@ class _CoreBase:
         chain per batch, not per message."""
         self._out.extend(self.take_acks())
 
+    def reacknowledge(self, branch: bytes, publisher: int) -> None:
+        """Send our ACK of chain ``(branch, publisher)`` again with the next ones: its publisher signed another
+        message at a position we hold (a fork), and our signed word of what we hold is what tells a member that
+        restored a stale copy of its store to stop (SPEC 12, ChainConflict)."""
+        b = self._branches.get(branch)
+        if b is None or publisher == b.me:
+            return
+        c = b.chains.get(publisher)
+        if c is not None and c.next_seq > 1:
+            c.acked = min(c.acked, c.next_seq - 2)
+            self._note_deadline(0)
+
     def take_acks(self, now_ms: int | None = None) -> list[Outgoing]:
         """The ACK frames :meth:`acknowledge` would queue, returned instead: for a driver that sends them
         itself.  The same rule holds: call it only when every cursor move is committed.
@@ -1263,7 +1275,7 @@ class _CoreBase:
                 f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
                 f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "
                 "(restored from a copy?) or another holder of our key published; a new message would fork the "
-                "chain (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it)")
+                "chain further (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it)")
 
     def _checkpoint(self, b: _Branch, now_ms: int) -> None:
         c = b.chains[b.me]
@@ -1514,6 +1526,14 @@ class _CoreBase:
         if c.acked_by is None:
             c.acked_by = {}
         seen = c.acked_by.get(h.acker, 0)
+        if h.acker == 0 and b.me != 0 and seen < h.seq < c.next_seq - 1 and h.seq > c.conflict:
+            # Below our head: the author holds another message there if we forked our chain after a restore
+            # from a stale copy -- we published past what we had lost before its ACK could tell us.
+            known = self._logged_hash(b.id, b.me, h.seq)
+            if known is not None and not _crypto.ct_equal(known, h.hash):
+                c.conflict = h.seq
+                events.append(ChainConflict(b.id, b.me, c.next_seq - 1, h.seq))
+                raise _Reject(RejectReason.FORK, "ack of a message we never sent", h.branch, h.publisher, h.seq)
         if h.seq <= seen:
             if h.seq == seen:
                 # The same ACK again: the receiver re-sends it after a restart and when a HEAD notice of ours

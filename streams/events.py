@@ -132,11 +132,13 @@ class ForkDetected:
 @dataclass(frozen=True, slots=True)
 class ChainConflict:
     """The author's signed ACK says it holds our chain ``(branch, publisher)`` through ``theirs``, beyond our head
-    ``ours`` or with another message at it: this store is older than the chain it publishes (restored from a
-    stale copy) or another holder of our key published there.  Publishing on the branch now raises
-    :class:`~streams.errors.LocalProtocolError` (a new message would fork the chain), until an anchor proof of
-    our chain at or beyond ``theirs`` restarts it there (``Anchored(restored=True)``, SPEC 13.5); otherwise
-    restore a newer copy, or start over with a new store (README, backups)."""
+    ``ours`` or with another message than ours at ``theirs``: this store is older than the chain it publishes
+    (restored from a stale copy) or another holder of our key published there.  Publishing on the branch now
+    raises :class:`~streams.errors.LocalProtocolError` (a new message would fork the chain further), and
+    ``wait_acknowledged`` for what the author will never acknowledge raises it too -- until an anchor proof of
+    our chain beyond our head, at or beyond ``theirs``, restarts it there (``Anchored(restored=True)``,
+    SPEC 13.5).  Otherwise start over: a new store (with anchoring, it restarts at the anchored heads) or, without
+    a ledger, a new identity (README, backups)."""
 
     branch: bytes
     publisher: int  #: our own index in the branch

@@ -83,6 +83,44 @@ async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_auth
     await author.close()
 
 
+@pytest.mark.parametrize("n", [4, 10])
+async def test_a_restored_member_that_published_past_what_it_lost_is_stopped_too(tmp_path: Path, n: int) -> None:
+    """Published at once after the restore, past the author's copy: the author's ACK is then below our head, not
+    beyond it.  The author records the forks and sends its ACK of what it holds again; its hash differs from ours
+    at that seq.  A wait for an ACK that will never come ends with the error instead of hanging."""
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await s.subscribe(timeout=5)
+    await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
+    await s.wait_acknowledged(branch, 3, timeout=5)
+    await s.close()
+    backup(tmp_path / "p1.db", tmp_path / "old.db")
+    s = await _sub(tmp_path, hub)
+    await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
+    await s.wait_acknowledged(branch, 6, timeout=5)
+    await s.close()
+    for suffix in ("", "-frames"):
+        shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+    s = await _sub(tmp_path, hub)
+    seqs = await s.publish_many(branch, [b"forks %d" % i for i in range(n)])  # before any ACK could come
+    assert seqs == list(range(4, 4 + n))
+    waiting = asyncio.ensure_future(s.wait_acknowledged(branch, seqs[-1]))
+    ev = await _first(s, ChainConflict, 10)
+    assert isinstance(ev, ChainConflict) and (ev.ours, ev.theirs) == (3 + n, 6)
+    with pytest.raises(LocalProtocolError, match="conflicts"):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(LocalProtocolError, match="conflicts with the author's copy"):
+        await s.publish(branch, b"more")
+    assert len(author.forks()) == 3  # seqs 4-6, signed twice; nothing after the conflict
+    await s.close()
+    await author.close()
+
+
 async def test_an_ack_beyond_our_head_from_another_member_does_not_stop_us(tmp_path: Path) -> None:
     """Only the author's word counts: in a group another member cannot read our chain, and on our own branch the
     author is the only other party.  A forged ACK (not the author's key) is refused and changes nothing."""
