@@ -41,31 +41,35 @@ async def _first(s: Subscriber, kind: type[Event], timeout: float) -> Event:
     return await asyncio.wait_for(scan(), timeout)
 
 
-async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_author_says_it_is_behind(
-        tmp_path: Path) -> None:
+async def _restored(tmp: Path) -> tuple[MemoryHub, Author, bytes]:
+    """The author and P1 subscribed; P1 publishes 3 messages, copies its store (the real backup), publishes 3 more
+    (all acknowledged), then the operator restores the copy: the author holds P1's chain through 6, the store
+    through 3."""
     hub = MemoryHub()
-    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+    author = await Author.create(tmp / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
                                  AllowList.of([P1.did]), store_options=FAST)
     author.heartbeat_ms = 50
-    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                hub.subscriber_endpoint("p1"), store_options=FAST)
+    s = await Subscriber.create(tmp / "p1.db", P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
+                                store_options=FAST)
     branch = await s.subscribe(timeout=5)
-    for i in range(3):
-        await s.publish(branch, b"before the copy %d" % i)
+    await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
     await s.wait_acknowledged(branch, 3, timeout=5)
     await s.close()
-    backup(tmp_path / "p1.db", tmp_path / "old.db")
-    s = await _sub(tmp_path, hub)
-    for i in range(3):
-        await s.publish(branch, b"after the copy %d" % i)
+    backup(tmp / "p1.db", tmp / "old.db")
+    s = await _sub(tmp, hub)
+    await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
     await s.wait_acknowledged(branch, 6, timeout=5)
     await s.close()
-
-    # The operator restores the old copy.
     for suffix in ("", "-frames"):
-        shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+        shutil.copyfile(tmp / f"old.db{suffix}", tmp / f"p1.db{suffix}")
     for suffix in ("-wal", "-shm"):
-        (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
+    return hub, author, branch
+
+
+async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_author_says_it_is_behind(
+        tmp_path: Path) -> None:
+    hub, author, branch = await _restored(tmp_path)
     s = await _sub(tmp_path, hub)
     ev = await _first(s, ChainConflict, 10)
     assert isinstance(ev, ChainConflict)
@@ -88,24 +92,7 @@ async def test_a_restored_member_that_published_past_what_it_lost_is_stopped_too
     """Published at once after the restore, past the author's copy: the author's ACK is then below our head, not
     beyond it.  The author records the forks and sends its ACK of what it holds again; its hash differs from ours
     at that seq.  A wait for an ACK that will never come ends with the error instead of hanging."""
-    hub = MemoryHub()
-    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST)
-    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                hub.subscriber_endpoint("p1"), store_options=FAST)
-    branch = await s.subscribe(timeout=5)
-    await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
-    await s.wait_acknowledged(branch, 3, timeout=5)
-    await s.close()
-    backup(tmp_path / "p1.db", tmp_path / "old.db")
-    s = await _sub(tmp_path, hub)
-    await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
-    await s.wait_acknowledged(branch, 6, timeout=5)
-    await s.close()
-    for suffix in ("", "-frames"):
-        shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
-    for suffix in ("-wal", "-shm"):
-        (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+    hub, author, branch = await _restored(tmp_path)
     s = await _sub(tmp_path, hub)
     seqs = await s.publish_many(branch, [b"forks %d" % i for i in range(n)])  # before any ACK could come
     assert seqs == list(range(4, 4 + n))
@@ -176,3 +163,4 @@ def test_an_anchor_proof_of_our_chain_that_far_lifts_the_conflict() -> None:
         sub.publish(b, b"would fork seq 5", net.now)
     assert [e.restored for e in sub.apply_anchor(claim(5), False) if isinstance(e, Anchored)] == [True]
     assert sub.publish(b, b"after the author's copy", net.now) == 6
+
