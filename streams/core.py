@@ -1510,10 +1510,22 @@ class _CoreBase:
         self._hint_route_unbound(b, peer, h.acker)
         if h.acker == 0:
             b.heard = True  # the author acknowledged our chain
+        if c.acked_by is None:
+            c.acked_by = {}
+        seen = c.acked_by.get(h.acker, 0)
         beyond = h.seq >= c.next_seq
-        other = h.seq == c.next_seq - 1 and not _crypto.ct_equal(h.hash, c.head)
+        # The message the acker says it holds at h.seq, against ours: at our head always; below it, for the
+        # author's advancing ACKs (one log read each, paced) -- after a restore from a stale copy we may have
+        # published past what we had lost before its ACK could tell us.
+        if h.seq == c.next_seq - 1:
+            known: bytes | None = c.head
+        elif h.acker == 0 and seen < h.seq < c.next_seq - 1:
+            known = self._logged_hash(b.id, b.me, h.seq)
+        else:
+            known = None
+        other = known is not None and not _crypto.ct_equal(known, h.hash)
         if (beyond or other) and h.acker == 0 and b.me != 0 and h.seq > c.conflict:
-            # The author's signed word that it holds our chain beyond our head, or another message at it: our
+            # The author's signed word that it holds our chain beyond our head, or another message than ours: our
             # store is older than the chain (a stale copy restored) or another holder of our key published.
             # Anything we sign now forks the chain further: stop, and say so once per conflicting position.
             c.conflict = h.seq
@@ -1521,19 +1533,8 @@ class _CoreBase:
         if beyond:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
         if other:
-            # The acker holds a different message at our head: someone forked our chain.
+            # The acker holds a different message than ours: someone forked our chain.
             raise _Reject(RejectReason.FORK, "ack of a message we never sent", h.branch, h.publisher, h.seq)
-        if c.acked_by is None:
-            c.acked_by = {}
-        seen = c.acked_by.get(h.acker, 0)
-        if h.acker == 0 and b.me != 0 and seen < h.seq < c.next_seq - 1 and h.seq > c.conflict:
-            # Below our head: the author holds another message there if we forked our chain after a restore
-            # from a stale copy -- we published past what we had lost before its ACK could tell us.
-            known = self._logged_hash(b.id, b.me, h.seq)
-            if known is not None and not _crypto.ct_equal(known, h.hash):
-                c.conflict = h.seq
-                events.append(ChainConflict(b.id, b.me, c.next_seq - 1, h.seq))
-                raise _Reject(RejectReason.FORK, "ack of a message we never sent", h.branch, h.publisher, h.seq)
         if h.seq <= seen:
             if h.seq == seen:
                 # The same ACK again: the receiver re-sends it after a restart and when a HEAD notice of ours

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-from streams.errors import LocalProtocolError
-from streams.events import ChainConflict, Event
+from streams.errors import LocalProtocolError, RejectReason
+from streams.events import ChainConflict, Event, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.store import backup
@@ -164,3 +164,25 @@ def test_an_anchor_proof_of_our_chain_that_far_lifts_the_conflict() -> None:
     assert [e.restored for e in sub.apply_anchor(claim(5), False) if isinstance(e, Anchored)] == [True]
     assert sub.publish(b, b"after the author's copy", net.now) == 6
 
+
+def test_the_authors_ack_of_another_message_below_our_head_is_never_taken_for_an_acknowledgement() -> None:
+    """Sent again (the author re-sends its ACK after each fork it records), the same ACK is a fork again: it must
+    not count as the author holding our messages, or wait_acknowledged would return for messages it refused."""
+    from streams.core import SubscriberCore
+    from streams.events import Acknowledged
+    from streams.wire import Ack, encode_frame
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    sub: SubscriberCore = net.subs["s0"]
+    b = sub.branch_ids()[0]
+    for payload in (b"one", b"two", b"three"):
+        sub.publish(b, payload, net.now)
+    sub.data_to_send()  # (the log rows stay in the core's changes: what _logged_hash reads without a store)
+    ack = encode_frame(Ack(net.author.channel, b, 1, 2, bytes(32), 0), b"", ident(1).sign).raw
+    first = sub.receive(ack, net.now)
+    assert [(e.ours, e.theirs) for e in first if isinstance(e, ChainConflict)] == [(3, 2)]
+    for events in (first, sub.receive(ack, net.now)):
+        assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.FORK]
+        assert not [e for e in events if isinstance(e, Acknowledged)]
