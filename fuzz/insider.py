@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from streams import _crypto
-from streams.core import _hint
+from streams.core import _GRANT_NONCE, _grant_aad, _hint
 from streams.identity import Identity
 from streams.wire import (
     Admit,
@@ -181,8 +181,8 @@ def subscriber_frame(data: bytes, sc: Scenario) -> bytes:
     else:
         shared_key = c.raw(32)
         # The shared part's associated data names this grant's branch and epoch, or (sometimes) another's.
-        aad = _crypto.P_GRANT + (branch if c.byte() % 8 else c.raw(16)) + epoch.to_bytes(8, "big")
-        shared = _crypto.aead_encrypt(shared_key, bytes(_crypto.NONCE_SIZE), aad, encode_grant_shared(members, heads))
+        aad = _grant_aad(branch if c.byte() % 8 else c.raw(16), epoch)
+        shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, aad, encode_grant_shared(members, heads))
         sealed = _crypto.seal(me.kx_public, encode_grant_key(GrantKey(index, shared_key, keys)))
     entries = [GrantEntry(hint, sealed)]
     if c.byte() % 4 == 0:

@@ -27,7 +27,7 @@ from typing import Any
 
 from streams import _crypto, wire
 from streams.anchor import ChainHead, EpochCheckpoint, build_epoch
-from streams.core import AuthorCore, SubscriberCore
+from streams.core import _GRANT_NONCE, AuthorCore, SubscriberCore, _grant_aad
 from streams.credentials import (
     CredentialError,
     StatusList,
@@ -107,36 +107,25 @@ def check_grant_entries(data: bytes) -> None:
     _require(again == data, "grant body: accepted a non-canonical encoding")
 
 
-def check_grant_secret(data: bytes) -> None:
-    """What a grant seals or encrypts: a first-layout entry's secret, a current entry's key, the shared part."""
+def _round_trip(data: bytes, decode: Callable[[bytes], Any], encode: Callable[[Any], bytes], what: str) -> None:
+    """``decode`` refuses ``data`` with a typed error, or what it accepts re-encodes to the same bytes."""
     try:
-        s = wire.decode_grant_secret(data)
-    except DecodeError as exc:
-        _typed(exc)
-    else:
-        _require(wire.encode_grant_secret(s) == data, "grant secret: accepted a non-canonical encoding")
-    try:
-        k = wire.decode_grant_key(data)
-    except DecodeError as exc:
-        _typed(exc)
-    else:
-        _require(wire.encode_grant_key(k) == data, "grant key: accepted a non-canonical encoding")
-    try:
-        members, heads = wire.decode_grant_shared(data)
-    except DecodeError as exc:
-        _typed(exc)
-    else:
-        _require(wire.encode_grant_shared(members, heads) == data, "grant shared part: accepted a non-canonical "
-                 "encoding")
-
-
-def check_subscribe_secret(data: bytes) -> None:
-    try:
-        s = wire.decode_subscribe_secret(data)
+        value = decode(data)
     except DecodeError as exc:
         _typed(exc)
         return
-    _require(wire.encode_subscribe_secret(s) == data, "subscribe secret: accepted a non-canonical encoding")
+    _require(encode(value) == data, f"{what}: accepted a non-canonical encoding")
+
+
+def check_grant_secret(data: bytes) -> None:
+    """What a grant seals or encrypts: a first-layout entry's secret, a current entry's key, the shared part."""
+    _round_trip(data, wire.decode_grant_secret, wire.encode_grant_secret, "grant secret")
+    _round_trip(data, wire.decode_grant_key, wire.encode_grant_key, "grant key")
+    _round_trip(data, wire.decode_grant_shared, lambda v: wire.encode_grant_shared(*v), "grant shared part")
+
+
+def check_subscribe_secret(data: bytes) -> None:
+    _round_trip(data, wire.decode_subscribe_secret, wire.encode_subscribe_secret, "subscribe secret")
 
 
 def check_did(data: bytes) -> None:
@@ -184,8 +173,7 @@ def _seed_grant_secrets() -> list[bytes]:
                 out.append(plain)
                 continue
             k = wire.decode_grant_key(plain)
-            inner = _crypto.aead_decrypt(k.shared_key, bytes(_crypto.NONCE_SIZE),
-                                         _crypto.P_GRANT + f.head.branch + f.head.epoch.to_bytes(8, "big"), shared)
+            inner = _crypto.aead_decrypt(k.shared_key, _GRANT_NONCE, _grant_aad(f.head.branch, f.head.epoch), shared)
             members, heads = wire.decode_grant_shared(inner)
             out += [plain, inner, wire.encode_grant_secret(wire.GrantSecret(k.index, members, k.keys, heads))]
     return out
