@@ -693,7 +693,11 @@ def _grant_entry_list(values: Any, max_entries: int, max_sealed: int) -> list[Gr
 
 def decode_grant_entries(data: bytes, max_entries: int = 4096) -> list[GrantEntry]:
     """The entries of a GRANT body in the first layout (:func:`encode_grant_entries`)."""
-    out = _grant_entry_list(_unpack(data, "grant entries", 1 << 20), max_entries, MAX_GRANT_ENTRY)
+    return _first_layout(_unpack(data, "grant entries", 1 << 20), data, max_entries)
+
+
+def _first_layout(values: Any, data: bytes, max_entries: int) -> list[GrantEntry]:
+    out = _grant_entry_list(values, max_entries, MAX_GRANT_ENTRY)
     if encode_grant_entries(out) != data:
         raise DecodeError("grant entries: not in canonical encoding")
     return out
@@ -727,10 +731,7 @@ def decode_grant_body(data: bytes, max_entries: int = 4096) -> tuple[bytes | Non
         if encode_grant_body(shared, entries) != data:
             raise DecodeError("grant: not in canonical encoding")
         return shared, entries
-    entries = _grant_entry_list(values, max_entries, MAX_GRANT_ENTRY)
-    if encode_grant_entries(entries) != data:
-        raise DecodeError("grant entries: not in canonical encoding")
-    return None, entries
+    return None, _first_layout(values, data, max_entries)
 
 
 @dataclass(frozen=True, slots=True)
