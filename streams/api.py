@@ -344,6 +344,8 @@ class _Party:
             return
         if self._core.branch_state(branch) is BranchState.CLOSED:
             raise ClosedResourceError(f"branch {branch.hex()} is closed: seq {seq} was not acknowledged")
+        if self._core.chain_conflict(branch):
+            raise _conflict_error(branch, seq)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (branch, seq, fut)
         self._ack_waiters.append(entry)
@@ -863,9 +865,7 @@ class _Party:
         if isinstance(ev, ChainConflict):
             for b, s, f in self._ack_waiters:
                 if b == ev.branch and s > self._core.acknowledged(b) and not f.done():
-                    f.set_exception(LocalProtocolError(
-                        f"our chain on branch {b.hex()} conflicts with the author's copy (ChainConflict): seq {s} "
-                        "will not be acknowledged"))
+                    f.set_exception(_conflict_error(b, s))
         self._on_event(ev)
         self._queue_event(ev)
 
@@ -1448,6 +1448,11 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
             store.close()
     with contextlib.suppress(Exception):
         await transport.close()
+
+
+def _conflict_error(branch: bytes, seq: int) -> LocalProtocolError:
+    return LocalProtocolError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
+                              f"seq {seq} will not be acknowledged")
 
 
 def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> None:

@@ -1094,6 +1094,15 @@ class _CoreBase:
         c = b.chains.get(b.me)
         return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else b.final_acked
 
+    def chain_conflict(self, branch: bytes) -> int:
+        """The seq at which the author's signed ACK showed our own chain in ``branch`` to conflict with its copy
+        (:class:`~streams.events.ChainConflict`), or 0 if none: while it is set, publishing there raises and
+        seqs beyond :meth:`acknowledged` will never be acknowledged.  Raises :class:`LocalProtocolError` for an
+        unknown branch."""
+        b = self._get_branch(branch)
+        c = b.chains.get(b.me)
+        return c.conflict if c is not None else 0
+
     def catch_up(self, now_ms: int | None = None) -> None:
         """Request, for every chain we read, whatever follows our cursor (after a restart or reconnect); a
         subscriber also asks for the grants it may have missed meanwhile (SPEC 9.5).  With ``now_ms``, a window

@@ -78,6 +78,9 @@ async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_auth
         await s.publish(branch, b"would fork seq 4")
     with pytest.raises(LocalProtocolError, match="conflicts with the author's copy"):
         await s.publish_many(branch, [b"would fork seq 4", b"and 5"])
+    # A wait called after the conflict raises at once, rather than at its timeout: no ACK of our chain will come.
+    with pytest.raises(LocalProtocolError, match=r"conflicts with the author's copy \(ChainConflict\): seq 3"):
+        await s.wait_acknowledged(branch, 3, timeout=5)
     await asyncio.sleep(0.3)
     assert author.forks() == []  # nothing was signed at a position the author holds
     # The member still reads: the author's chain on its branch goes on.
@@ -151,7 +154,9 @@ def test_an_anchor_proof_of_our_chain_that_far_lifts_the_conflict() -> None:
     sub.publish(b, b"one", net.now)
     sub.data_to_send()
     ack = encode_frame(Ack(net.author.channel, b, 1, 5, bytes(32), 0), b"", ident(1).sign).raw
+    assert sub.chain_conflict(b) == 0
     assert [(e.ours, e.theirs) for e in sub.receive(ack, net.now) if isinstance(e, ChainConflict)] == [(1, 5)]
+    assert sub.chain_conflict(b) == 5
 
     def claim(seq: int) -> AnchorClaim:
         head = ChainHead(b, 1, seq, bytes([seq]) * 32, bytes(32))
@@ -161,7 +166,9 @@ def test_an_anchor_proof_of_our_chain_that_far_lifts_the_conflict() -> None:
     assert [e.restored for e in sub.apply_anchor(claim(4), False) if isinstance(e, Anchored)] == [True]
     with pytest.raises(LocalProtocolError, match="conflicts"):
         sub.publish(b, b"would fork seq 5", net.now)
+    assert sub.chain_conflict(b) == 5
     assert [e.restored for e in sub.apply_anchor(claim(5), False) if isinstance(e, Anchored)] == [True]
+    assert sub.chain_conflict(b) == 0
     assert sub.publish(b, b"after the author's copy", net.now) == 6
 
 
