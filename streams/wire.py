@@ -217,7 +217,8 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A keyload: opens (epoch 0) or rekeys a branch.  Body: :func:`encode_grant_entries`; signed by author.
+    """A keyload: opens (epoch 0) or rekeys a branch.  Body: :func:`encode_grant_body` (read: also the first
+    layout, :func:`encode_grant_entries`); signed by author.
 
     ``prev`` links to the previous grant of the branch, or to the announcement for epoch 0."""
 

@@ -5,6 +5,7 @@ the in-memory transport, with real SQLite stores in a temporary directory."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import msgpack
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.wire import Kind, Permission, decode_frame
+from streams.wire import Kind, Permission, decode_frame, decode_grant_body
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
 AUTHOR, P1, P2, P3 = (Identity.from_seed(bytes([n]) * 32) for n in (1, 2, 3, 4))
 POLICY = AllowList.of([P1.did, P2.did, P3.did])
+FIRST_LAYOUT = Path(__file__).parent / "fixtures" / "first_layout_grants"
 
 
 def _record_size(db: Path, branch: bytes) -> int:
@@ -163,4 +165,40 @@ async def test_history_rows_take_their_epoch_from_the_grant_not_from_the_record(
     await author.remove_member(group, P1.did)  # the last member: revoked
     assert _record_list(db, group) == []
     assert _history(db, group) == [(0, first)] and decode_frame(first).head.epoch == 0
+    await author.close()
+
+
+async def test_stores_written_with_first_layout_grants_still_serve_and_read_them(tmp_path: Path) -> None:
+    """Stores written before the current GRANT body (SPEC 8.5: ``[shared, entries]``) hold grants of the first
+    layout, every entry sealing the member list and the heads whole: here, written by the code of ``c13ee97``
+    (``tests/fixtures/first_layout_grants/make.py``).  The author opens its store and serves the group's grants
+    from its history and its record as they are; P1, away across the group's opening and a re-key, reads them
+    and what was published under them, then a re-key of the current layout, and a message after it."""
+    for name in ("author.db", "p1.db"):
+        shutil.copyfile(FIRST_LAYOUT / name, tmp_path / name)
+    group = bytes.fromhex((FIRST_LAYOUT / "group").read_text())
+    db = tmp_path / "author.db"
+    with sqlite3.connect(db) as c:
+        (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (group,)).fetchone()
+    stored = [f for _, f in _history(db, group)] + [msgpack.unpackb(rec, raw=False)[4]]
+    assert [decode_frame(f).head.epoch for f in stored] == [0, 1]
+    assert all(decode_grant_body(decode_frame(f).body)[0] is None for f in stored)  # the first layout, both
+
+    hub = MemoryHub()
+    author = await Author.open(db, PW, hub.author_endpoint(), POLICY, store_options=FAST)
+    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST)
+    await _epoch(s1, group, 1)
+    got = [(await s1.next_message(timeout=5)).payload for _ in range(2)]
+    assert got == [b"under epoch 0", b"under epoch 1"]
+    await author.remove_member(group, P2.did)  # epoch 2: a grant of the current layout, linked to the old ones
+    assert decode_grant_body(decode_frame(_history(db, group)[-1][1]).body)[0] is None
+    with sqlite3.connect(db) as c:
+        (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (group,)).fetchone()
+    assert decode_grant_body(decode_frame(msgpack.unpackb(rec, raw=False)[4]).body)[0] is not None
+    await author.publish(group, b"under epoch 2")
+    await _epoch(s1, group, 2)
+    assert (await s1.next_message(timeout=5)).payload == b"under epoch 2"
+    [info] = [b for b in s1.branches() if b.id == group]
+    assert sorted(info.members) == sorted([AUTHOR.did, P1.did])
+    await s1.close()
     await author.close()
