@@ -2673,7 +2673,8 @@ class SubscriberCore(_CoreBase):
             # Ahead of us: messages are missing (THREATS 4).  Fetch them; apply the proof once they are in.
             c.anchor_wait = (claim, verified)
             if head.seq > c.gap_to:
-                events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
+                if not c.catching_up():  # else our catch-up FETCH is bringing them, as for a HEAD
+                    events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
                 self._want(b, head.publisher, c, head.seq, c.progress_ms)
             return
         c.anchored = head.seq

@@ -157,6 +157,36 @@ def test_an_anchored_head_ahead_of_the_member_is_a_gap_and_is_fetched() -> None:
     assert any(k for s, d in net.wire if s == "s0" and decode_frame(d).kind is Kind.FETCH for k in [1])
 
 
+def test_an_anchored_head_ahead_of_a_member_catching_up_is_no_gap() -> None:
+    """After a reconnect the member's catch-up FETCH is out (from its cursor): an anchor proof that arrives
+    before the publisher's answer names messages that FETCH is bringing, not a gap (as a HEAD then does not,
+    SPEC 10 step 7).  It is applied once they are in."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    sub = net.subs["s0"]
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    net.author.publish(b0, b"one", net.now)
+    net.pump_author()
+    for i in range(3):  # published while s0 was away
+        net.author.publish(b0, b"while away %d" % i, net.now)
+    net.author.take_changes()
+    missed = [o.data for o in net.author.data_to_send()]
+    sub.catch_up(net.now)  # s0 is back: its catch-up FETCH goes out
+    sub.take_changes()
+    assert [decode_frame(o.data).kind for o in sub.data_to_send()].count(Kind.FETCH) >= 1
+    (head, ke), = net.author.anchor_heads([(b0, 0)])
+    epoch = build_epoch(net.author.channel, [head], None, net.now, AUTHOR.sign)
+    net.author.anchor_proof(b0, 0, head.seq, head.hash, ke, epoch.checkpoint, "1", epoch.proofs[(b0, 0)])
+    (proof,) = net.author.data_to_send()
+    evs = net.to_sub("s0", proof.data)  # before the FETCH's answer
+    assert not [e for e in evs if isinstance(e, (GapDetected, Anchored))]
+    evs = [e for d in missed for e in net.to_sub("s0", d)]  # the answer
+    assert [e.payload for e in evs if isinstance(e, MessageReceived)] == [b"while away %d" % i for i in range(3)]
+    assert not [e for e in evs if isinstance(e, GapDetected)]
+    assert [(e.seq, e.restored) for e in evs if isinstance(e, Anchored)] == [(4, False)]
+
+
 # --- forks -----------------------------------------------------------------------------------------------------
 
 
