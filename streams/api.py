@@ -1181,17 +1181,22 @@ class Author(_Party):
         revoked = self._core.recheck(self._clock(), dids=True, restricted=restricted, reasons=reasons)
         await self._flush()
         self._report_revoked(revoked, reasons)
-        for branch, permission in restricted:
-            did = self._core.owner_of(branch) or ""  # (a re-check restricts per-subscriber branches only)
-            log.info("branch %s: permission restricted to %s by the policy", branch.hex(), permission.name)
-            self._queue_event(PermissionRestricted(branch, did, permission))
+        self._report_restricted(restricted)
         return revoked
 
     def _on_tick(self, now_ms: int) -> None:
         if now_ms - self._last_recheck >= self.recheck_ms:
             self._last_recheck = now_ms
             reasons: dict[bytes, str] = {}
-            self._report_revoked(self._core.recheck(now_ms, reasons=reasons), reasons)
+            restricted: list[tuple[bytes, Permission]] = []
+            self._report_revoked(self._core.recheck(now_ms, restricted=restricted, reasons=reasons), reasons)
+            self._report_restricted(restricted)
+
+    def _report_restricted(self, restricted: list[tuple[bytes, Permission]]) -> None:
+        for branch, permission in restricted:
+            did = self._core.owner_of(branch) or ""  # (a re-check restricts per-subscriber branches only)
+            log.info("branch %s: permission restricted to %s by the policy", branch.hex(), permission.name)
+            self._queue_event(PermissionRestricted(branch, did, permission))
 
     def _report_revoked(self, branches: list[bytes], reasons: dict[bytes, str]) -> None:
         """Tell the application (``events()``) about the branches a re-check revoked: nobody asked for it."""

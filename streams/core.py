@@ -67,6 +67,7 @@ from .events import (
     GapDetected,
     Granted,
     MessageReceived,
+    PermissionRestricted,
     Refused,
     Rejected,
     Subscribed,
@@ -74,7 +75,7 @@ from .events import (
     SubscriberRefused,
 )
 from .identity import Identity, PublicIdentity, did_from_public_key
-from .policy import Policy, SubscriptionRequest, common_permission, could_admit
+from .policy import Decision, Policy, SubscriptionRequest, common_permission, could_admit, evidence_holds
 from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
@@ -1765,7 +1766,10 @@ class AuthorCore(_CoreBase):
         self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         did = pub.did
         req = SubscriptionRequest(self._channel, did, pub.sign_public, secret.credential, secret.nonce)
-        decision = self.policy.decide(req, now_ms)
+        try:
+            decision = self.policy.decide(req, now_ms)
+        except Exception as exc:  # a policy's failure on what a requester sent: refused, and the author serves on
+            decision = Decision.refuse(f"the policy failed: {type(exc).__name__}: {exc}")
         if not decision.admit:
             events.append(SubscriberRefused(did, decision.reason))
             self._refuse(peer, frame.hash, RejectReason.REFUSED)
@@ -1774,14 +1778,26 @@ class AuthorCore(_CoreBase):
         if existing is not None:
             # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.  What admitted
             # it now (a renewed credential, say) replaces what admitted it before: later re-checks use it.
+            # Its branch keeps only the rights that the new decision gives too (never more: a re-subscription adds
+            # none): the evidence re-checked from now on must hold for every right it keeps.
             b = self._branches[existing]
-            grant, old_evidence, _ = self._extras(b)
+            current = b.members[1][1]
+            kept = common_permission(current, decision.permission)
+            if kept is None:
+                events.append(SubscriberRefused(did, f"re-subscription admitted with {decision.permission.name}, "
+                                                     f"which has nothing in common with its branch's {current.name}"))
+                self._refuse(peer, frame.hash, RejectReason.REFUSED)
+                return
+            _, old_evidence, _ = self._extras(b)
             if decision.evidence != old_evidence:
                 b.evidence, b.has_evidence = decision.evidence, bool(decision.evidence)
                 self._changes.branches.append(self._record(b))
-            self._out.append(Outgoing(grant, peer=peer, branch=b.id))
+            if kept is not current:
+                self.set_permission(b.id, kept)  # a re-key: the grant sent below is the new one
+                events.append(PermissionRestricted(b.id, did, kept))
+            self._out.append(Outgoing(self._extras(b)[0], peer=peer, branch=b.id))
             self._admit(peer, frame.hash, b.id, b.epoch)
-            events.append(SubscriberAdmitted(did, b.id, b.members[1][1], decision.reason, resubscribed=True))
+            events.append(SubscriberAdmitted(did, b.id, kept, decision.reason, resubscribed=True))
             return
         branch = self._open_branch([(pub, decision.permission)], self.config.signing, peer_did=did, peer=peer,
                                    evidence=decision.evidence)
@@ -2084,35 +2100,54 @@ class AuthorCore(_CoreBase):
         :meth:`set_permission`; revoked if none is left), each appended to ``restricted`` as (branch, permission).
         Returns the revoked branch ids, groups closed by losing their last member included; ``reasons`` receives
         why, per branch."""
-        check = getattr(self.policy, "still_valid", None)
         # Every decision first, then the changes: a policy that raises part-way changes nothing (nothing half
         # done, and nothing revoked unreported).
         cut: dict[str, str] = {}  # DID -> why
         narrow: list[tuple[bytes, Permission]] = []
+        renewed: list[tuple[_Branch, bytes]] = []  # (branch, evidence of its DID-alone admission)
+        own: set[str] = set()
         for b in list(self._branches.values()):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
-            if check is not None and b.has_evidence and not check(self._extras(b)[1], now_ms):
-                cut[b.peer_did] = _NO_EVIDENCE
+            own.add(b.peer_did)
+            holds = evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence else None
+            if holds is False:
+                # Its evidence no longer holds: it stays only if the policy admits its DID alone now (an
+                # allow-list beside the credential rule), with what that gives.
+                decision = self._decide_on_did(b.peer_did, now_ms)
+                admitted, allowed = decision.admit, decision.permission if decision.admit else None
+                if admitted:
+                    renewed.append((b, decision.evidence))
             elif dids:
                 admitted, allowed = self._readmits(b.peer_did, b.has_evidence, now_ms)
-                current = b.members[1][1]
-                kept = common_permission(current, allowed) if admitted and allowed is not None else current
-                if not admitted:
-                    cut[b.peer_did] = _NOT_ADMITTED
-                elif kept is None:
-                    cut[b.peer_did] = "the subscriber's permission and the policy's have nothing in common"
-                elif kept is not current:
-                    narrow.append((b.id, kept))
-        if dids:
-            # Group members with no open branch of their own (revoked before, or never subscribed: a group the
-            # author filled itself) are judged on their DID alone too: taken off the list, they leave.
-            own = {b.peer_did for b in self._branches.values() if b.state is BranchState.OPEN and b.peer_did}
-            members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
-                       for i, (pk, _) in self._branches[gid].members.items() if i}
-            for d in sorted(members - own):
+            else:
+                continue
+            current = b.members[1][1]
+            kept = common_permission(current, allowed) if admitted and allowed is not None else current
+            if not admitted:
+                cut[b.peer_did] = _NO_EVIDENCE if holds is False else _NOT_ADMITTED
+            elif kept is None:
+                cut[b.peer_did] = "the subscriber's permission and the policy's have nothing in common"
+            elif kept is not current:
+                narrow.append((b.id, kept))
+        # Group members with no open branch of their own (they left it, it was revoked alone, or they never had
+        # one: a group the author filled itself).  With ``dids`` they are judged on their DID alone: taken off
+        # the list, they leave.  Otherwise one whose closed own branch kept evidence (a credential) is judged by
+        # it, as it would be there: it no longer holds, and the policy refuses its DID alone, it leaves.
+        members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
+                   for i, (pk, _) in self._branches[gid].members.items() if i} - own
+        evidence_of: dict[str, list[bytes]] = {}
+        if members and not dids:
+            for b in self._branches.values():
+                if b.peer_did in members and b.state is BranchState.CLOSED and b.has_evidence:
+                    evidence_of.setdefault(b.peer_did, []).append(self._extras(b)[1])
+        for d in sorted(members):
+            if dids:
                 if not self._readmits(d, False, now_ms)[0]:
                     cut[d] = _NOT_ADMITTED
+            elif (d in evidence_of and all(evidence_holds(self.policy, e, now_ms) is False for e in evidence_of[d])
+                  and not self._decide_on_did(d, now_ms).admit):
+                cut[d] = _NO_EVIDENCE
         revoked = []
         for did, why in cut.items():
             closed = self.revoke_subscriber(did)
@@ -2120,6 +2155,10 @@ class AuthorCore(_CoreBase):
             if reasons is not None:
                 reasons.update((b, f"its last member was cut off: {why}" if b in self._groups else why)
                                for b in closed)
+        for b, evidence in renewed:
+            if b.peer_did not in cut:
+                b.evidence, b.has_evidence = evidence, bool(evidence)
+                self._changes.branches.append(self._record(b))
         for branch, permission in narrow:
             self.set_permission(branch, permission)
             if restricted is not None:
@@ -2151,6 +2190,15 @@ class AuthorCore(_CoreBase):
                 closed.append(g.id)
         return closed
 
+    def _decide_on_did(self, did: str, now_ms: int) -> Decision:
+        """The policy's decision on ``did`` alone (no credential), as for a subscription that presented none;
+        never an admission of a DID it cannot admit at all (:func:`~streams.policy.could_admit`).  What ``decide``
+        raises propagates."""
+        if not could_admit(self.policy, did):
+            return Decision.refuse("the policy cannot admit this DID")
+        pub = PublicIdentity.from_did(did)
+        return self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms)
+
     def _readmits(self, did: str, has_evidence: bool, now_ms: int) -> tuple[bool, Permission | None]:
         """Whether the policy would still admit ``did``, and with which permission where it decides that again:
         never a DID it cannot admit at all (:func:`~streams.policy.could_admit`: denied, say); one admitted on its
@@ -2163,8 +2211,7 @@ class AuthorCore(_CoreBase):
             return False, None
         if has_evidence:
             return True, None
-        pub = PublicIdentity.from_did(did)
-        decision = self.policy.decide(SubscriptionRequest(self._channel, did, pub.sign_public, b""), now_ms)
+        decision = self._decide_on_did(did, now_ms)
         return decision.admit, decision.permission if decision.admit else None
 
     def revoke(self, branch: bytes) -> None:

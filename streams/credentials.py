@@ -710,7 +710,8 @@ class StatusList:
 
 
 class StatusListLookup(Protocol):
-    """Where verifiers find status-list credentials: ``get(url)`` returns the credential or ``None``."""
+    """Where verifiers find status-list credentials: ``get(url)`` returns the credential or ``None``.  A lookup
+    that raises counts as an unavailable list (:class:`StatusUnavailable`: the credential is refused)."""
 
     def get(self, url: str) -> Mapping[str, Any] | None: ...
 
@@ -810,7 +811,10 @@ def _check_status_entry(
         raise StatusUnavailable("unsupported statusPurpose")  # e.g. "message": no admit/refuse meaning
     if status_lists is None:
         raise StatusUnavailable("credential has a status entry but no status lists were given")
-    list_vc = status_lists.get(url)
+    try:
+        list_vc = status_lists.get(url)
+    except Exception as exc:  # a lookup that fails (its ledger, its disk, its network): unavailable, fail closed
+        raise StatusUnavailable(f"status list lookup failed ({type(exc).__name__})") from exc
     if list_vc is None:
         raise StatusUnavailable("status list credential not found")
     try:

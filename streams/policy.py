@@ -35,6 +35,8 @@ __all__ = [
     "SubscriptionRequest",
     "common_permission",
     "could_admit",
+    "evidence_holds",
+    "evidence_parts",
 ]
 
 _log = logging.getLogger("streams.policy")
@@ -71,8 +73,9 @@ class Decision:
 
 class Policy(Protocol):
     """Decides subscriptions.  A policy whose decisions carry ``evidence`` may also define
-    ``still_valid(evidence: bytes, now_ms: int) -> bool``; the author re-checks admitted subscribers with it and
-    revokes those whose evidence no longer holds (a revoked or expired credential)."""
+    ``still_valid(evidence: bytes, now_ms: int) -> bool``; the author re-checks admitted subscribers with it
+    (:func:`evidence_holds`: it is asked about each piece of the evidence it may have made) and revokes those whose
+    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone."""
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision: ...
 
@@ -92,8 +95,22 @@ def could_admit(policy: Policy, did: str) -> bool:
         return True
 
 
+def evidence_holds(policy: Policy, evidence: bytes, now_ms: int) -> bool | None:
+    """Whether the evidence a subscriber was admitted with still holds for ``policy`` (None: the policy re-checks
+    no evidence, it has no ``still_valid``).  :class:`AllOf` and :class:`AnyOf` judge the whole of it; any other
+    policy is asked about each piece (:func:`evidence_parts`) and holds if one does: the evidence was made by the
+    policy in force at the subscription, which may since have been reordered, nested or relaxed.  What
+    ``still_valid`` raises propagates."""
+    check = getattr(policy, "still_valid", None)
+    if check is None:
+        return None
+    if isinstance(policy, (AllOf, AnyOf)):
+        return bool(check(evidence, now_ms))
+    return any(bool(check(part, now_ms)) for part in evidence_parts(evidence))
+
+
 def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, combine: str) -> bool:
-    verdicts = [f(evidence, now_ms) for f in (getattr(p, "still_valid", None) for p in policies) if f is not None]
+    verdicts = [v for v in (evidence_holds(p, evidence, now_ms) for p in policies) if v is not None]
     if not verdicts:
         return True
     return any(verdicts) if combine == "any" else all(verdicts)
@@ -102,21 +119,33 @@ def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, com
 #: Prefix of :class:`AllOf` evidence: ``_ALL_OF + msgpack([evidence of sub-policy 0, of 1, ...])``.  It cannot
 #: start a credential's JSON, so evidence stored by earlier versions (one bare credential) is told apart.
 _ALL_OF: Final = b"\x00streams.allof.v1\x00"
+_MAX_PARTS: Final = 64
 
 
-def _split_all_of(evidence: bytes, n: int) -> list[bytes] | None:
-    """The per-sub-policy evidence of an :class:`AllOf` with ``n`` sub-policies, or None if ``evidence`` is not
-    one (stored by an earlier version, or for another number of sub-policies)."""
-    if not evidence.startswith(_ALL_OF):
-        return None
-    try:
-        parts = msgpack.unpackb(evidence[len(_ALL_OF):], raw=False, max_array_len=n, max_map_len=0,
-                                max_str_len=0, max_ext_len=0)
-    except Exception:  # malformed evidence: treated as not holding (fail closed)
-        return None
-    if not isinstance(parts, list) or len(parts) != n or not all(isinstance(p, bytes) for p in parts):
-        return None
-    return parts
+def evidence_parts(evidence: bytes) -> list[bytes]:
+    """The pieces of evidence (e.g. one credential each) that ``evidence`` holds, whatever policy structure made
+    it: an :class:`AllOf`'s packing is opened (nested ones too), a bare piece is itself, empty pieces are left
+    out.  Packing that does not decode gives no pieces (fail closed: nothing holds).
+
+    Every piece was verified as the subscriber's when it was admitted (:func:`evidence_holds` re-checks them).
+    At most 64 pieces are taken."""
+    out: list[bytes] = []
+    todo = [evidence]
+    while todo and len(out) < _MAX_PARTS:
+        e = todo.pop()
+        if not e:
+            continue
+        if not e.startswith(_ALL_OF):
+            out.append(e)
+            continue
+        try:
+            parts = msgpack.unpackb(e[len(_ALL_OF):], raw=False, max_array_len=_MAX_PARTS, max_map_len=0,
+                                    max_str_len=0, max_ext_len=0)
+        except (ValueError, TypeError, msgpack.UnpackException):  # malformed: no pieces from it
+            continue
+        if isinstance(parts, list) and all(isinstance(p, bytes) for p in parts):
+            todo.extend(reversed(parts))
+    return out
 
 
 @dataclass(frozen=True)
@@ -207,8 +236,9 @@ def common_permission(a: Permission, b: Permission) -> Permission | None:
 class AllOf:
     """Admit only if every sub-policy admits, with the permission they all grant (refuse if they share none).
 
-    The evidence keeps what admitted the requester *for each* sub-policy (e.g. a different credential for each of
-    two credential rules), and :meth:`still_valid` re-checks each sub-policy against its own evidence only."""
+    The evidence keeps what admitted the requester for each sub-policy (e.g. a different credential for each of
+    two credential rules), and :meth:`still_valid` asks each sub-policy that re-checks evidence whether a piece of
+    it still holds (:func:`evidence_parts`)."""
 
     policies: tuple[Policy, ...]
 
@@ -234,16 +264,6 @@ class AllOf:
         return Decision(True, "; ".join(reasons), granted, packed)
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
-        """Whether every sub-policy's own evidence still holds (a sub-policy that needed none is not asked).
-        Evidence in the earlier form (one bare credential) must hold for every sub-policy that re-checks, as
-        before; evidence that fits neither form (the policy now has another number of rules) does not hold."""
-        parts = _split_all_of(evidence, len(self.policies))
-        if parts is None:
-            if evidence.startswith(_ALL_OF):
-                return False
-            return _still_valid(self.policies, evidence, now_ms, "all")
-        for p, part in zip(self.policies, parts, strict=True):
-            check = getattr(p, "still_valid", None)
-            if part and check is not None and not check(part, now_ms):
-                return False
-        return True
+        """Whether, for every sub-policy that re-checks evidence, a piece of it still holds
+        (:func:`evidence_holds`: wherever it sits, so a reordered or nested policy re-checks the same)."""
+        return _still_valid(self.policies, evidence, now_ms, "all")

@@ -20,7 +20,7 @@ from streams.credentials import (
 from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
 from streams.events import BranchClosed, GapDetected, Granted, MessageReceived, Refused, Rejected, SubscriberRefused
 from streams.identity import Identity
-from streams.policy import AllOf, AllowList, DenyList, SubscriptionRequest
+from streams.policy import AllOf, AllowList, AnyOf, DenyList, SubscriptionRequest, evidence_holds
 from streams.wire import Kind, Permission, decode_frame, encode_frame
 
 from .corenet import Net, ident
@@ -187,10 +187,11 @@ def test_all_of_two_credential_rules_rechecks_each_credential_against_its_own_ru
     assert net.author.recheck(net.now) == [b0]
 
 
-def test_all_of_evidence_of_an_earlier_version_still_fails_closed(
+def test_evidence_is_rechecked_piece_by_piece_whatever_policy_made_it(
         status: tuple[StatusList, StatusListSource]) -> None:
     # A branch stored before AllOf kept per-rule evidence holds one bare credential: it is still re-checked
-    # against every rule that re-checks; evidence made for a policy with another number of rules does not hold.
+    # against every rule that re-checks.  Evidence made for a policy with another number or order of rules is
+    # re-checked the same (each rule looks for a piece that holds for it); damaged evidence holds nothing.
     cred_policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1])
     policy = AllOf((DenyList(), cred_policy))
     bare = canonicalize(_cred(ident(10), index=3))
@@ -202,7 +203,12 @@ def test_all_of_evidence_of_an_earlier_version_still_fails_closed(
                                     created=T0 + timedelta(days=1)), b"n" * 16)
     d = policy.decide(s, _now_ms())
     assert d.admit and policy.still_valid(d.evidence, _now_ms())
-    assert not AllOf((DenyList(), cred_policy, cred_policy)).still_valid(d.evidence, _now_ms())
+    assert AllOf((DenyList(), cred_policy, cred_policy)).still_valid(d.evidence, _now_ms())
+    assert AllOf((cred_policy, DenyList())).still_valid(d.evidence, _now_ms())
+    assert evidence_holds(cred_policy, d.evidence, _now_ms())  # the rule alone now (the deny-list dropped)
+    assert evidence_holds(AnyOf((cred_policy,)), d.evidence, _now_ms())
+    assert not AllOf((DenyList(), CredentialPolicy("Other", frozenset({ISSUER.did}), status_lists=status[1]))
+                     ).still_valid(d.evidence, _now_ms())
     assert not policy.still_valid(d.evidence[:-3], _now_ms())  # damaged: does not hold
 
 
