@@ -66,6 +66,7 @@ from .events import (
     FetchRequested,
     GapDetected,
     Granted,
+    MemberLeft,
     MessageReceived,
     PermissionRestricted,
     Refused,
@@ -376,9 +377,14 @@ class Changes:
     nonces: list[tuple[bytes, int]] = field(default_factory=list)
     announce: bytes | None = None
     anchored: list[AnchorRecord] = field(default_factory=list)
+    #: (branch, publisher, seq): drop that chain's log rows beyond ``seq`` before ``log`` is written -- our own
+    #: chain, restarted at a grant's head after a time without write permission (what we signed beyond it was
+    #: refused, and is replaced by what we sign now).
+    log_cut: list[tuple[bytes, int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.branches or self.chains or self.log or self.nonces or self.announce or self.anchored)
+        return bool(self.branches or self.chains or self.log or self.nonces or self.announce or self.anchored
+                    or self.log_cut)
 
 
 # --- in-memory state -------------------------------------------------------------------------------------------
@@ -419,7 +425,7 @@ class _Chain:
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
                  "has_evidence", "heard", "id", "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes",
-                 "state", "sync_ms")
+                 "state", "sync_ms", "write_since")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -447,6 +453,22 @@ class _Branch:
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
         self.quiet = 0  #: subscriber side: forced refreshes in a row that found the branch quiet
         self.refreshes = 0  #: subscriber side: forced refreshes seen (sync_quiet)
+        #: publisher -> (epoch it was computed at, first epoch of the publisher's current run of write epochs)
+        self.write_since: dict[int, tuple[int, int]] = {}
+
+    def write_lapsed(self, publisher: int, epoch: int) -> bool:
+        """Whether a member's write permission lapsed after key epoch ``epoch``: some later epoch drew no key for
+        its chain (a re-key took write away; given back since).  What it signs under ``epoch`` beyond the head the
+        re-key named was made outside its current right: never accepted, and no evidence of a fork."""
+        if publisher == 0 or epoch >= self.epoch:
+            return False
+        at, since = self.write_since.get(publisher, (-1, 0))
+        if at != self.epoch:
+            since = self.epoch
+            while since > 0 and (since - 1, publisher) in self.keys:
+                since -= 1
+            self.write_since[publisher] = (self.epoch, since)
+        return epoch < since
 
     def record(self, grant_frame: bytes, evidence: bytes, grants: list[bytes]) -> BranchRecord:
         return BranchRecord(
@@ -619,7 +641,11 @@ class _CoreBase:
             self._branches[rec.id] = loaded
         for cr in chains:
             b = self._branches.get(cr.branch)
-            if b is not None:
+            # Not a cursor we keep any more (a re-key took the right away): it is made afresh from the grant that
+            # gives the right back (_sync_chains).  Our own is dropped by load_subscriber, which reads what the
+            # author held of it first.
+            if b is not None and cr.publisher in b.members and (cr.publisher == b.me
+                                                                 or self._should_track(b, cr.publisher)):
                 b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
 
     def branch_ids(self) -> list[bytes]:
@@ -1246,9 +1272,14 @@ class _CoreBase:
         try:
             f = decode_frame(new_frame, self.config.max_frame)
             b = self._branches.get(getattr(f.head, "branch", b""))
-            member = None if b is None else b.members.get(getattr(f.head, "publisher", -1))
-            if member is None:
+            publisher = getattr(f.head, "publisher", -1)
+            member = None if b is None else b.members.get(publisher)
+            if b is None or member is None:
                 return None
+            epochs = sorted((getattr(f.head, "epoch", 0),
+                             getattr(decode_frame(logged_frame, self.config.max_frame).head, "epoch", 0)))
+            if b.write_lapsed(publisher, epochs[0]) and not b.write_lapsed(publisher, epochs[1]):
+                return None  # the first was signed before its write permission lapsed: nobody accepted it
             evidence = ForkEvidence(logged_frame, new_frame)
             check_fork(evidence, member[0])
         except (RemoteProtocolError, LocalProtocolError):
@@ -1350,11 +1381,17 @@ class _CoreBase:
         c = b.chains.get(h.publisher)
         if c is None:
             raise _Reject(RejectReason.NOT_PERMITTED, "we may not read this chain", h.branch, h.publisher, h.seq)
+        lapsed = b.write_lapsed(h.publisher, h.epoch)
         if h.seq < c.next_seq:
             # Cheap, before any crypto (THREATS 3, 8).
-            # The frame rides along so the driver can tell a duplicate from a fork (THREATS 7) with its log.
+            # The frame rides along so the driver can tell a duplicate from a fork (THREATS 7) with its log --
+            # unless it was signed before the publisher's write permission lapsed: the position may since hold
+            # what it signed after it got write back (nobody accepted the first, SPEC 11).
             raise _Reject(RejectReason.REPLAY, "sequence number already accepted", h.branch, h.publisher, h.seq,
-                          frame.raw)
+                          None if lapsed else frame.raw)
+        if lapsed:
+            raise _Reject(RejectReason.NOT_PERMITTED, "signed before the publisher's write permission lapsed",
+                          h.branch, h.publisher, h.seq)
         if (h.epoch, h.publisher) not in b.keys:
             raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
         return b, c
@@ -1456,6 +1493,9 @@ class _CoreBase:
     def _on_head(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: HeadNotice = frame.head
         b = self._branches.get(h.branch)
+        if (b is not None and h.publisher in b.members and h.publisher != b.me and h.publisher not in b.chains
+                and not self._should_track(b, h.publisher)):
+            return  # a chain we may not read (the author's, once a re-key took our read away): nothing to fetch
         if b is None or h.publisher not in b.members or h.publisher == b.me or h.publisher not in b.chains:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "head of an unknown chain", h.branch, h.publisher)
         if b.state is BranchState.CLOSED or (h.publisher and not b.members[h.publisher][1].can_write):
@@ -1637,22 +1677,33 @@ class _CoreBase:
             return mine.can_read
         return mine is Permission.AUDIT and b.members[p][1].can_write
 
-    def _sync_chains(self, b: _Branch, heads: list[tuple[int, int, bytes]], genesis: bytes) -> None:
+    def _sync_chains(self, b: _Branch, heads: list[tuple[int, int, bytes]], genesis: bytes,
+                     events: list[Event] | None = None) -> None:
         """Create the cursors we should have (from the grant's heads, else at the genesis grant) and drop the
-        ones we may no longer use."""
+        ones we may no longer use.  A chain we may no longer read whose head in the grant is beyond our cursor
+        (published while we could read it, not received yet) is reported as a gap in ``events``: it is not
+        fetched (SPEC 11)."""
         start = {p: (s, hh) for p, s, hh in heads}
         for p in list(b.chains):
             if p not in b.members or not self._should_track(b, p):
+                c = b.chains[p]
                 if p == b.me and b.me:  # our write permission was taken away: keep what the author had of it
-                    acked_by = b.chains[p].acked_by
+                    acked_by = c.acked_by
                     acked = max(acked_by.values(), default=0) if acked_by else 0
                     b.final_acked = max(b.final_acked, acked, start.get(p, (0, b""))[0])
+                elif events is not None and p in start and start[p][0] >= c.next_seq:
+                    events.append(GapDetected(b.id, p, c.next_seq, start[p][0] + 1))
                 del b.chains[p]
         for p in b.members:
             if p not in b.chains and self._should_track(b, p):
                 seq, hh = start.get(p, (0, genesis))
                 b.chains[p] = _Chain(seq + 1, hh, seq)
                 b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
+                if p == b.me and b.me:
+                    # Our chain goes on from where the author holds it: what we signed beyond (refused while we
+                    # could not write) leaves our log, and the cursor is written now, before we sign more.
+                    self._changes.log_cut.append((b.id, p, seq))
+                    self._dirty.add((b.id, p))
 
 
 # --- author --------------------------------------------------------------------------------------------------
@@ -2019,7 +2070,7 @@ class AuthorCore(_CoreBase):
             for e, p, k in rec.keys:
                 if e != rec.epoch:
                     continue
-                if p == idx or (p == 0 and perm.can_read) or perm is Permission.AUDIT:
+                if (p == idx and perm.can_write) or (p == 0 and perm.can_read) or perm is Permission.AUDIT:
                     mine.append((p, k))
             sealed = _crypto.seal(pub.kx_public, encode_grant_key(GrantKey(idx, shared_key, mine)))
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
@@ -2082,7 +2133,8 @@ class AuthorCore(_CoreBase):
         b.members[1] = (pk, permission)
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
-        b.keys[(b.epoch, 1)] = self._rng(32)
+        if permission.can_write:  # no key, no chain: nothing it signs under this epoch is ever accepted
+            b.keys[(b.epoch, 1)] = self._rng(32)
         heads = [(p, c.next_seq - 1, c.head) for p, c in sorted(b.chains.items())]
         frame = self._grant_frame(self._record(b), [PublicIdentity.from_sign_public(pk)], b.grant_hash, heads)
         self._set_grant(b, frame)
@@ -2281,8 +2333,12 @@ class AuthorCore(_CoreBase):
             self._changes.branches.append(self._record(b))
             events.append(BranchClosed(b.id, "unsubscribe", 0))
         else:
-            self.remove_member(b.id, did_from_public_key(member[0]))
-            events.append(BranchClosed(b.id, "unsubscribe", 0))
+            did = did_from_public_key(member[0])
+            self.remove_member(b.id, did)
+            if self.branch_state(b.id) is BranchState.CLOSED:  # it was the last member
+                events.append(BranchClosed(b.id, "unsubscribe", 0))
+            else:
+                events.append(MemberLeft(b.id, did))
 
 
 # --- subscriber ------------------------------------------------------------------------------------------------
@@ -2554,7 +2610,7 @@ class SubscriberCore(_CoreBase):
             existing.grant_hash, existing.grant_frame = frame.hash, frame.raw
             existing.members = {i: (pk, Permission(p)) for i, pk, p in secret.members}
             existing.keys.update({(e, p): k for e, p, k in keys})
-            self._sync_chains(existing, secret.heads, existing.grant_hash)
+            self._sync_chains(existing, secret.heads, existing.grant_hash, events)
             self._changes.branches.append(self._record(existing))
             self._changes.chains.extend(existing.chain_record(p) for p in existing.chains)
         perm = Permission(members[secret.index][1])

@@ -26,6 +26,7 @@ __all__ = [
     "GapDetected",
     "Granted",
     "LedgerStatus",
+    "MemberLeft",
     "MessageReceived",
     "PermissionRestricted",
     "Refused",
@@ -71,7 +72,8 @@ class Covered:
 @dataclass(frozen=True, slots=True)
 class GapDetected:
     """Messages ``expected_seq..received_seq-1`` of a chain are missing.  Later messages are held; a fetch was
-    requested from the publisher's retained log."""
+    requested from the publisher's retained log -- except where a re-key took our read permission on that chain
+    away: the grant named its head beyond our cursor, and what we miss up to it is not fetched (SPEC 11)."""
 
     branch: bytes
     publisher: int
@@ -215,10 +217,20 @@ class BranchClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberLeft:
+    """(Author) a member left a group (its signed UNSUBSCRIBE): the group was re-keyed without it and stays open
+    for the others (when the last member leaves, the group closes: :class:`BranchClosed`)."""
+
+    branch: bytes
+    did: str
+
+
+@dataclass(frozen=True, slots=True)
 class PermissionRestricted:
-    """(Author) a re-check found that the policy now gives a subscriber fewer rights on its branch than it holds
-    (a policy file edited from read-write to read, say): its branch was re-keyed with ``permission``, the rights
-    it held that the policy still gives (never more), effective from the next message."""
+    """(Author) the policy now gives a subscriber fewer rights on its branch than it holds (a policy file edited
+    from read-write to read, a credential that no longer holds beside an allow-list that gives less, a
+    re-subscription admitted with less): its branch was re-keyed with ``permission``, the rights it held that the
+    policy still gives (never more), effective from the next message."""
 
     branch: bytes
     did: str  #: the subscriber
@@ -270,5 +282,5 @@ class Acknowledged:
 Event = (
     MessageReceived | Covered | GapDetected | Rejected | Announced | Granted | Refused | SubscriberAdmitted
     | SubscriberRefused | BranchClosed | FetchRequested | Acknowledged | Anchored | ForkDetected | Subscribed
-    | PermissionRestricted | EpochAnchored | LedgerStatus | ChainConflict
+    | PermissionRestricted | EpochAnchored | LedgerStatus | ChainConflict | MemberLeft
 )

@@ -369,6 +369,8 @@ class Store:
                 if chains:
                     c.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?)",
                                   [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()])
+                if changes.log_cut:
+                    c.executemany("DELETE FROM log WHERE branch = ? AND publisher = ? AND seq > ?", changes.log_cut)
                 if changes.log:
                     # OR IGNORE: the first message stored at a position stays (fork evidence is kept elsewhere).
                     c.executemany("INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)", self._log_rows(changes.log))

@@ -70,6 +70,7 @@ from ..events import (
     GapDetected,
     Granted,
     LedgerStatus,
+    MemberLeft,
     MessageReceived,
     PermissionRestricted,
     Refused,
@@ -219,6 +220,8 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
         if not ev.available:
             doc["error"] = ev.error
         return doc
+    if isinstance(ev, MemberLeft):
+        return {"event": "left", "branch": ev.branch.hex(), "did": ev.did}
     if isinstance(ev, PermissionRestricted):
         return {"event": "restricted", "branch": ev.branch.hex(), "did": ev.did,
                 "permission": permission_name(ev.permission)}
