@@ -574,6 +574,8 @@ class _CoreBase:
         self._copied_heads: OrderedDict[tuple[bytes, object], None] = OrderedDict()
         #: Member: branches whose timed grant sync is not answered yet -> retries left (SPEC 9.5).
         self._sync_waits: dict[bytes, int] = {}
+        #: Member: groups whose re-key came before their first grant: our own branch's grant sync was asked for it.
+        self._first_grant_asked: set[bytes] = set()
         self._control_verified = False
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
@@ -2599,6 +2601,22 @@ class SubscriberCore(_CoreBase):
         # grant makes us subscribed (a branch the author opened for us unasked).
         if self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED:
             self._transition(Kind.GRANT)
+        if existing is None and g.epoch > 0 and len(members) > 2:
+            own = next((b for b in self._branches.values()
+                        if len(b.members) == 2 and b.state is BranchState.OPEN), None)
+            if own is not None:
+                # A re-key of a group we hold nothing of: its first grant did not reach us (held back, lost).  We
+                # were a member from its start (a group's members only ever leave) and may read its history: our
+                # own branch's grant sync brings the group's first grant, then the group's syncs the later ones,
+                # then its catch-up what it holds (SPEC 9.5).  Starting at this grant's heads would skip what was
+                # published to us before, in silence.
+                first = g.branch not in self._first_grant_asked
+                if first:
+                    if len(self._first_grant_asked) >= 1024:
+                        self._first_grant_asked.clear()
+                    self._first_grant_asked.add(g.branch)
+                self._request_grants(own, now_ms, limit=not first)
+                return
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,

@@ -11,7 +11,16 @@ from streams import _crypto
 from streams._state import BranchState
 from streams.core import CoreConfig, Outgoing, SubscriberCore, _hint
 from streams.errors import LocalProtocolError
-from streams.events import BranchClosed, GapDetected, Granted, MessageReceived, Rejected, RejectReason, Subscribed
+from streams.events import (
+    BranchClosed,
+    FetchRequested,
+    GapDetected,
+    Granted,
+    MessageReceived,
+    Rejected,
+    RejectReason,
+    Subscribed,
+)
 from streams.identity import Identity
 from streams.wire import (
     SESSION_LEN,
@@ -981,3 +990,43 @@ def test_a_grant_of_the_first_layout_still_opens() -> None:
     events = s.receive(first, net.now)
     assert not [e for e in events if isinstance(e, Rejected)]
     assert g in s.branch_ids() and len(s.branch_info(g)[3]) == 4
+
+
+def test_a_group_member_whose_first_grant_comes_late_still_reads_the_groups_history() -> None:
+    """A member of a group from its start whose first GRANT is held back (a relay, a connection not up yet) and
+    that gets the group's re-key first (a member removed, epoch 1, also sent along its own branch) does not start
+    at the re-key's head, skipping in silence what was published to it before: it asks its own branch's grant
+    sync, which brings the group's first grant, then the later one, then the history."""
+    from streams.identity import PublicIdentity
+
+    net = Net.make(n_subs=3)
+    for s in ("s0", "s1", "s2"):
+        net.subscribe(s)
+    a = net.author
+    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(3)])
+    a.take_changes()
+    for o in a.data_to_send():  # the first GRANT never reaches s0
+        for t in ("s1", "s2"):
+            net.to_sub(t, o.data)
+    for i in range(3):
+        a.publish(g, b"group msg %d" % i, net.now)
+    a.take_changes()
+    for o in a.data_to_send():
+        for t in ("s1", "s2"):
+            net.to_sub(t, o.data)
+    start = len(net.events["s0"])
+    a.remove_member(g, ident(12).did)  # epoch 1: its GRANT reaches s0, which asks for the rest
+    net.pump_author()
+    assert g not in net.subs["s0"].branch_ids()
+    # (The author answers one grant sync per member, branch and connection per grant_sync_interval_ms: s0's own
+    # branch was synced at its subscription, so the answer comes to the member's retry.)
+    net.now += 2_000
+    net.subs["s0"].handle_timer(net.now)
+    net.pump_sub("s0")
+    ev = net.events["s0"][start:]
+    assert [e.epoch for e in ev if isinstance(e, Granted) and e.branch == g] == [0, 1]
+    # Its cursor of the author's chain starts at the group's start, and the author is asked for 1..3 (served from
+    # its retained log by the driver: FetchRequested).
+    assert net.subs["s0"].chain_head(g, 0)[0] == 1
+    assert [(e.from_seq, e.to_seq) for e in net.events["author"] if isinstance(e, FetchRequested)
+            and e.branch == g][-1:] == [(1, 3)]
