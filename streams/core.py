@@ -2160,11 +2160,12 @@ class AuthorCore(_CoreBase):
         narrow: list[tuple[bytes, Permission]] = []
         renewed: list[tuple[_Branch, bytes]] = []  # (branch, evidence of its DID-alone admission)
         own: set[str] = set()
+        rechecks = getattr(self.policy, "still_valid", None) is not None  # (else no evidence is read back)
         for b in list(self._branches.values()):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
             own.add(b.peer_did)
-            holds = evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence else None
+            holds = evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence and rechecks else None
             if holds is False:
                 # Its evidence no longer holds: it stays only if the policy admits its DID alone now (an
                 # allow-list beside the credential rule), with what that gives.
@@ -2191,7 +2192,7 @@ class AuthorCore(_CoreBase):
         members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
                    for i, (pk, _) in self._branches[gid].members.items() if i} - own
         evidence_of: dict[str, list[bytes]] = {}
-        if members and not dids:
+        if members and rechecks and not dids:
             for b in self._branches.values():
                 if b.peer_did in members and b.state is BranchState.CLOSED and b.has_evidence:
                     evidence_of.setdefault(b.peer_did, []).append(self._extras(b)[1])
