@@ -472,9 +472,10 @@ class _Reject(Exception):
     """Internal: abort handling of one frame with a reason (turned into a Rejected event)."""
 
     def __init__(self, reason: RejectReason, detail: str, branch: bytes | None = None,
-                 publisher: int | None = None, seq: int | None = None, frame: bytes | None = None) -> None:
+                 publisher: int | None = None, seq: int | None = None, frame: bytes | None = None,
+                 held: bytes | None = None) -> None:
         super().__init__(detail)
-        self.event = Rejected(reason, detail, branch, publisher, seq, frame)
+        self.event = Rejected(reason, detail, branch, publisher, seq, frame, held)
 
 
 # --- the shared engine ---------------------------------------------------------------------------------------
@@ -1438,10 +1439,18 @@ class _CoreBase:
         h = frame.head
         if c.held is None:
             c.held = {}
-        if h.seq in c.held or len(c.held) >= self.config.hold_limit:
-            if h.seq not in c.held:
-                raise _Reject(RejectReason.HOLD_FULL, "hold buffer full", h.branch, h.publisher, h.seq)
-            raise _Reject(RejectReason.REPLAY, "already held", h.branch, h.publisher, h.seq)
+        held = c.held.get(h.seq)
+        if held is not None:
+            if _crypto.ct_equal(held.hash, frame.hash):
+                raise _Reject(RejectReason.REPLAY, "already held", h.branch, h.publisher, h.seq)
+            # Another message at a position we hold one for (THREATS 7): if it authenticates too, the publisher
+            # signed both -- a fork, whichever the relay delivers first.  Both frames go to the driver, which
+            # checks and records the evidence as for a REPLAY that differs from the log.  The held one stays.
+            self._verify_chain_frame(b, frame)
+            raise _Reject(RejectReason.FORK, "another message at a held position", h.branch, h.publisher, h.seq,
+                          frame.raw, held.raw)
+        if len(c.held) >= self.config.hold_limit:
+            raise _Reject(RejectReason.HOLD_FULL, "hold buffer full", h.branch, h.publisher, h.seq)
         # Authenticate before buffering, so forged frames cannot fill the buffer.
         self._verify_chain_frame(b, frame)
         c.held[h.seq] = frame

@@ -233,6 +233,36 @@ async def test_two_signed_messages_at_one_position_are_a_fork(tmp_path: Path) ->
     await author.close()
 
 
+async def test_two_signed_messages_at_a_held_position_are_a_fork(tmp_path: Path) -> None:
+    """The same fork, while the first message waits in the hold buffer (a gap before it): the second is refused
+    FORK, and the driver checks and keeps both frames as evidence (``ForkDetected``, ``forks()``), once."""
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, None)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    await author.publish(b1, b"alert 0")
+    await s1.next_message(timeout=5)
+    key = author._core._branches[b1].keys[(0, 0)]
+    frames = []
+    for text in (b"one story", b"another story"):  # the author signs two messages at seq 5 (4 is missing)
+        head = Packet(author.channel, b1, 0, 5, os.urandom(32), 0, os.urandom(24))
+        body = _crypto.aead_encrypt(key, head.nonce, bytes((1, Kind.PACKET)) + encode_head(head), text)
+        frames.append(encode_frame(head, body, AUTHOR.sign).raw)
+    col = Collect(s1)
+    for raw in (*frames, frames[1]):
+        hub.inject("p1", raw)
+    await wait_for(lambda: len(col.of(Rejected)) >= 2, what="fork rejections")
+    (fork,) = col.of(ForkDetected)
+    assert (fork.branch, fork.publisher, fork.seq) == (b1, 0, 5)
+    assert {fork.evidence.frame_a, fork.evidence.frame_b} == set(frames)
+    assert check_fork(fork.evidence, AUTHOR.sign_public) == (author.channel, b1, 0, 5)
+    assert [r.reason for r in col.of(Rejected)][:2] == [RejectReason.FORK, RejectReason.FORK]
+    assert all(r.frame is None and r.held is None for r in col.of(Rejected))
+    assert len(s1.forks()) == 1
+    await s1.close()
+    await author.close()
+
+
 # --- outages and crashes -----------------------------------------------------------------------------------------
 
 

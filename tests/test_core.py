@@ -186,6 +186,42 @@ def test_reorder_is_held_then_delivered_in_order_with_gap_reported(net: Net) -> 
     assert [m.seq for m in _msgs(ev)] == [1, 2, 3, 4]
 
 
+def test_a_fork_at_a_held_position_is_refused_with_both_frames() -> None:
+    """THREATS 7 / SPEC 13.6: two different messages at one position, each signed by the publisher, are a fork,
+    whatever order a relay delivers them in.  The second one, arriving while the first waits in the hold buffer (a
+    gap before it), is refused FORK with both frames (the driver checks and records the evidence, as for a REPLAY
+    that differs from the log); an exact copy of the held frame stays a plain REPLAY, and the held one is kept."""
+    from streams import _crypto
+    from streams.anchor import check_fork
+    from streams.wire import Packet, encode_head
+
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    for i in range(2):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    p1, p2 = (o.data for o in n.author.data_to_send())
+    # The publisher (say, restored from a stale copy) signs another message at seq 2.
+    f2 = decode_frame(p2)
+    key = n.author._branches[b0].keys[(0, 0)]
+    h = Packet(f2.head.channel, b0, 0, 2, f2.head.prev, 0, bytes(24))
+    body = _crypto.aead_encrypt(key, bytes(24), bytes((1, 7)) + encode_head(h), b"the other m1")
+    fork = encode_frame(h, body, ident(1).sign).raw
+    s = n.subs["s0"]
+    assert _rejects(s.receive(p2, n.now)) == []  # held: 1 is missing
+    assert [r.reason for r in _rejects(s.receive(p2, n.now))] == [RejectReason.REPLAY]  # the same frame again
+    (rej,) = _rejects(s.receive(fork, n.now))
+    assert (rej.reason, rej.seq, rej.frame, rej.held) == (RejectReason.FORK, 2, fork, p2)
+    evidence = s.fork_evidence(rej.frame, rej.held)
+    assert evidence is not None and check_fork(evidence, ident(1).sign_public)[3] == 2
+    # A forgery at the held position is refused as such, with nothing to record.
+    forged = bytearray(fork)
+    forged[-1] ^= 1
+    assert [r.reason for r in _rejects(s.receive(bytes(forged), n.now))] == [RejectReason.BAD_SIGNATURE]
+    assert [m.payload for m in _msgs(s.receive(p1, n.now))] == [b"m0", b"m1"]  # the held one is kept
+
+
 def test_hold_buffer_is_bounded() -> None:
     from streams.core import CoreConfig
 
