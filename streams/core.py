@@ -386,8 +386,8 @@ class Changes:
 
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict", "covered",
-                 "fetch_end", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms",
-                 "quick_acked")
+                 "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified",
+                 "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -409,6 +409,9 @@ class _Chain:
         #: Our own chain, member side: the seq through which the author's signed ACK says it holds our chain, when
         #: that contradicts our store (beyond our head, or another message at it); 0: none.  We publish no more.
         self.conflict = 0
+        #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
+        #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
+        self.final = 0
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
@@ -939,10 +942,11 @@ class _CoreBase:
             if c is not None and c.first_uncovered_ms is not None:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
+            open_ = b.state is BranchState.OPEN
             for p, rc in b.chains.items():
                 if p == b.me:
                     continue
-                if rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq:
+                if (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) and (open_ or rc.final >= rc.next_seq):
                     t = rc.progress_ms + self.config.fetch_retry_ms
                     due = t if due is None else min(due, t)
                 if rc.next_seq - 1 > rc.acked and b.state is BranchState.OPEN:
@@ -959,9 +963,11 @@ class _CoreBase:
         if self._sync_waits:
             self._retry_grant_syncs(now_ms)
         for b in self._branches.values():
-            if b.state is BranchState.OPEN:
+            open_ = b.state is BranchState.OPEN
+            if open_ or b.me:  # (closed: only the tail a REVOKE named is still fetched)
                 for p, rc in b.chains.items():
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
+                            and (open_ or rc.final >= rc.next_seq) \
                             and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
@@ -1341,7 +1347,10 @@ class _CoreBase:
         if b is None:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "not a member of this branch", h.branch)
         if b.state is BranchState.CLOSED:
-            raise _Reject(RejectReason.CLOSED_BRANCH, "branch is closed", h.branch, h.publisher, h.seq)
+            tail = b.chains.get(h.publisher)
+            if tail is None or not tail.next_seq <= h.seq <= tail.final:
+                raise _Reject(RejectReason.CLOSED_BRANCH, "branch is closed", h.branch, h.publisher, h.seq)
+            # (The tail of the author's chain that its REVOKE named and overtook: still accepted, SPEC 8.8.)
         member = b.members.get(h.publisher)
         if member is None or h.publisher == b.me:
             # Our own messages reflected back to us are a relay attempt, never input.
@@ -2620,9 +2629,23 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "revoke signature", r.branch) from exc
+        c = b.chains.get(0)
+        if c is not None and r.last_seq and r.last_seq == c.next_seq - 1 and not _crypto.ct_equal(r.last_hash, c.head):
+            # The author's signed word that its chain ends with another message than the one we accepted there.
+            raise _Reject(RejectReason.FORK, "the revoke's final head differs from the message we accepted",
+                          r.branch, 0, r.last_seq)
         b.transition("revoke")
         self._changes.branches.append(self._record(b))
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
+        if c is not None and r.last_seq >= c.next_seq:
+            # The REVOKE overtook the tail of the author's chain (reordered, or the packets were lost): what we miss
+            # up to its final head is still fetched and accepted, nothing beyond it (SPEC 8.8).
+            c.final = r.last_seq
+            if c.held:
+                c.held = {s: f for s, f in c.held.items() if s <= r.last_seq} or None
+            if r.last_seq > c.gap_to and not c.catching_up():
+                events.append(GapDetected(b.id, 0, c.next_seq, r.last_seq + 1))
+            self._want(b, 0, c, r.last_seq, now_ms)
 
     def unsubscribe(self, branch: bytes) -> None:
         """Leave a branch: tell the author (signed) and close it locally."""

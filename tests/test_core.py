@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from streams._state import BranchState
 from streams.core import AuthorCore, SubscriberCore
 from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
 from streams.events import (
@@ -299,6 +300,78 @@ def test_publish_after_revocation(net: Net) -> None:
         net.author.publish(b0, b"after", net.now)
     with pytest.raises(ClosedResourceError):
         net.subs["s0"].publish(b0, b"after", net.now)
+
+
+def _author_packet(n: Net, branch: bytes, seq: int, prev: bytes, payload: bytes) -> bytes:
+    """A packet of the author's chain at ``seq``, encrypted and signed as the author's (the test holds its keys)."""
+    from streams import _crypto
+    from streams.wire import Packet, encode_head
+
+    key = n.author._branches[branch].keys[(0, 0)]
+    h = Packet(n.author.channel, branch, 0, seq, prev, 0, bytes(24))
+    body = _crypto.aead_encrypt(key, bytes(24), bytes((1, 7)) + encode_head(h), payload)
+    return encode_frame(h, body, ident(1).sign).raw
+
+
+def test_a_revoke_that_overtakes_the_tail_reports_and_fetches_it() -> None:
+    """THREATS 4 / SPEC 8.8: the author publishes 1..5, then revokes; the REVOKE overtakes 4 and 5 (a relay
+    reordered them, or they were dropped).  Its final head (5) says what the member misses: it reports the gap and
+    fetches 4..5 -- the author serves a FETCH on a closed branch -- and accepts them on its closed branch, late or
+    fetched, but nothing beyond the final head."""
+    from streams.events import FetchRequested
+    from streams.wire import Fetch
+
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    for i in range(5):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    packets = [o.data for o in n.author.data_to_send()]
+    for raw in packets[:3]:
+        n.to_sub("s0", raw)
+    mark = len(n.events["author"])
+    n.author.revoke(b0)
+    n.pump_author()  # the REVOKE first; its member's FETCH goes out at once
+    ev = n.events["s0"]
+    closed = [e for e in ev if isinstance(e, BranchClosed)]
+    assert closed and closed[0].last_seq == 5
+    gaps = [e for e in ev if isinstance(e, GapDetected)]
+    assert [(g.expected_seq, g.received_seq) for g in gaps] == [(4, 6)]
+    fetches = [e for e in n.events["author"][mark:] if isinstance(e, FetchRequested)]
+    assert [(f.branch, f.from_seq, f.to_seq) for f in fetches] == [(b0, 4, 5)]
+    s = n.subs["s0"]
+    s.handle_timer(n.now + s.config.fetch_retry_ms)  # no answer came: asked again, as on an open branch
+    again = [decode_frame(o.data).head for o in s.data_to_send()]
+    assert [(h.from_seq, h.to_seq) for h in again if isinstance(h, Fetch)] == [(4, 5)]
+    n.to_sub("s0", packets[4])  # 5, late: held
+    n.to_sub("s0", packets[3])  # 4, the driver's answer to the FETCH
+    assert [m.seq for m in _msgs(n.events["s0"])] == [1, 2, 3, 4, 5]
+    assert n.subs["s0"].branch_state(b0) is BranchState.CLOSED
+    # Nothing beyond the final head, even signed by the author; nor a replay of the tail.
+    after = _author_packet(n, b0, 6, decode_frame(packets[4]).hash, b"after the revoke")
+    assert [r.reason for r in _rejects(n.to_sub("s0", after))] == [RejectReason.CLOSED_BRANCH]
+    assert [r.reason for r in _rejects(n.to_sub("s0", packets[4]))] == [RejectReason.CLOSED_BRANCH]
+    assert n.subs["s0"].next_timer() is None  # nothing left to fetch again
+
+
+def test_a_revoke_that_names_another_final_message_is_a_fork() -> None:
+    """SPEC 8.8: a REVOKE whose final head is the position we hold but names another message is the author's
+    signed word against its own chain: refused FORK (the branch is not closed by it)."""
+    from streams.wire import Revoke
+
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    n.author.publish(b0, b"m", n.now)
+    n.pump_author()
+    s = n.subs["s0"]
+    epoch, _, _, _ = s.branch_info(b0)
+    grant_hash = s._branches[b0].grant_hash
+    forged = encode_frame(Revoke(n.author.channel, b0, epoch, grant_hash, 1, bytes(32)), b"", ident(1).sign).raw
+    (rej,) = _rejects(s.receive(forged, n.now))
+    assert (rej.reason, rej.seq) == (RejectReason.FORK, 1)
+    assert n.subs["s0"].branch_state(b0) is BranchState.OPEN
 
 
 def test_read_only_subscriber_cannot_publish_and_its_packets_are_refused() -> None:
