@@ -2328,6 +2328,9 @@ class SubscriberCore(_CoreBase):
         self._admitted: tuple[bytes, int] | None = None
         self._credential = b""
         self._claims = []
+        #: Branches we hold closed that the author answered as open: (when we last told it we left, and the newest
+        #: grant of it we know, epoch and hash).  At most one entry per branch we hold.
+        self._left: dict[bytes, tuple[int, int, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"SubscriberCore(channel={self._channel.hex()}, state={self.state.value})"
@@ -2490,6 +2493,7 @@ class SubscriberCore(_CoreBase):
         self._check_answer(frame, a.request, "admission")
         b = self._branches.get(a.branch)
         if b is not None and b.state is BranchState.CLOSED:
+            self._leave_again(b, a.epoch, None, now_ms)
             raise _Reject(RejectReason.CLOSED_BRANCH, "admission to a closed branch", a.branch)
         if b is not None and len(b.members) != 2:
             raise _Reject(RejectReason.MALFORMED, "admission to a group", a.branch)
@@ -2530,6 +2534,8 @@ class SubscriberCore(_CoreBase):
         if existing is not None:
             existing.heard = True
             if existing.state is BranchState.CLOSED:
+                if g.epoch >= existing.epoch:
+                    self._leave_again(existing, g.epoch, frame.hash, now_ms)
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
                 # The same grant again (the answer to a re-subscription, or to a grant sync): already applied.
@@ -2646,6 +2652,23 @@ class SubscriberCore(_CoreBase):
             if r.last_seq > c.gap_to and not c.catching_up():
                 events.append(GapDetected(b.id, 0, c.next_seq, r.last_seq + 1))
             self._want(b, 0, c, r.last_seq, now_ms)
+
+    def _leave_again(self, b: _Branch, epoch: int, grant_hash: bytes | None, now_ms: int) -> None:
+        """The author's authentic GRANT (its current one or a later one, ``grant_hash``) or ADMIT (``grant_hash``
+        None) of ``b``, a branch we hold closed: the author still has it open -- our UNSUBSCRIBE was lost on the
+        way -- and would go on refusing to open us another.  Send the UNSUBSCRIBE again, naming the newest grant
+        of the branch we know, at most once per ``grant_sync_interval_ms`` per branch (a replayed GRANT costs
+        the author one frame per interval, nothing more).  An ADMIT naming an epoch whose grant we have not seen
+        sends nothing: the author refuses an UNSUBSCRIBE of another epoch, and that grant comes along."""
+        last, e, gh = self._left.get(b.id, (_LONG_AGO, b.epoch, b.grant_hash))
+        if grant_hash is not None and epoch > e:
+            e, gh = epoch, grant_hash
+        if epoch > e or not _elapsed(now_ms, last, self.config.grant_sync_interval_ms):
+            self._left[b.id] = (last, e, gh)
+            return
+        self._left[b.id] = (now_ms, e, gh)
+        head = Unsubscribe(self._channel, b.id, b.me, e, gh)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
 
     def unsubscribe(self, branch: bytes) -> None:
         """Leave a branch: tell the author (signed) and close it locally."""
