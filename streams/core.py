@@ -137,6 +137,7 @@ __all__ = [
 ]
 
 Rng = Callable[[int], bytes]
+_MAX_FRESH = 4096  #: chains of branches created by one handshake's grants kept for restore proofs (SPEC 13.5)
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
@@ -2331,6 +2332,10 @@ class SubscriberCore(_CoreBase):
         #: Branches we hold closed that the author answered as open: (when we last told it we left, and the newest
         #: grant of it we know, epoch and hash).  At most one entry per branch we hold.
         self._left: dict[bytes, tuple[int, int, bytes]] = {}
+        #: Chains (branch, publisher) of the branches a GRANT of the current handshake created -- we held nothing of
+        #: them: new, or we lost our state -- with the cursor that GRANT started them at: where a restore proof
+        #: may move them (SPEC 13.5).  Forgotten when a new handshake starts; in memory only.
+        self._fresh: dict[tuple[bytes, int], int] = {}
 
     def __repr__(self) -> str:
         return f"SubscriberCore(channel={self._channel.hex()}, state={self.state.value})"
@@ -2415,6 +2420,7 @@ class SubscriberCore(_CoreBase):
         if not retry:
             self._requests = []
             self._admitted = None
+            self._fresh = {}  # the grants of an earlier handshake are not this one's
         self._credential = credential
         self.presenter_error = None
         self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))
@@ -2571,7 +2577,9 @@ class SubscriberCore(_CoreBase):
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,
                                list(secret.members), keys)
-            self._new_branch(rec, secret.heads)
+            new = self._new_branch(rec, secret.heads)
+            if self.state in _AWAITING and len(self._fresh) < _MAX_FRESH:
+                self._fresh.update(((new.id, p), c.next_seq) for p, c in new.chains.items() if p != new.me)
         else:
             existing.transition("grant")
             existing.epoch = g.epoch
@@ -2759,10 +2767,13 @@ class SubscriberCore(_CoreBase):
             if not _crypto.ct_equal(known, head.hash):
                 # The author anchored another message than the one we accepted at this position.
                 raise _Reject(RejectReason.FORK, "the anchored head differs from the message we accepted", *where)
-        elif head.publisher == b.me or (claim.restore and c.next_seq == 1):
+        elif head.publisher == b.me or (claim.restore and self._fresh.get((b.id, head.publisher)) == c.next_seq):
             # We lost our state (THREATS 3): for our own chain the author holds messages we no longer remember
-            # (publishing from our old cursor would fork it), and a re-sent grant came with its anchored heads.
+            # (publishing from our old cursor would fork it), and a re-sent grant came with its anchored heads --
+            # only if our current handshake's GRANT created the branch and the cursor is still where that GRANT
+            # started it: a member that kept its state fetches what it misses, it skips nothing (SPEC 13.5).
             # Start there: everything at or below is a replay from now on.
+            self._fresh.pop((b.id, head.publisher), None)
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
             if c.conflict and head.seq >= c.conflict:
