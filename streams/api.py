@@ -31,7 +31,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from . import _crypto
 from ._parallel import Parallel, default_threads
@@ -71,6 +71,9 @@ from .ledger.base import Ledger
 from .policy import Policy, could_admit
 from .store import MEMLIMIT, OPSLIMIT, Store
 from .wire import Permission, SigningMode, decode_frame
+
+if TYPE_CHECKING:
+    from .anchor import ForkEvidence
 
 __all__ = [
     "AnchorConfig",
@@ -847,10 +850,11 @@ class _Party:
             return
         if isinstance(ev, Rejected) and ev.frame is not None:
             fork = self._check_fork(ev)
-            ev = dataclasses.replace(ev, frame=None)  # never keep frames in the bounded event queue
+            ev = dataclasses.replace(ev, frame=None, held=None)  # never keep frames in the bounded event queue
             if fork is not None:
-                ev = dataclasses.replace(ev, reason=RejectReason.FORK, detail="a different signed message at an "
-                                         "accepted position")
+                if ev.reason is not RejectReason.FORK:
+                    ev = dataclasses.replace(ev, reason=RejectReason.FORK, detail="a different signed message at "
+                                             "an accepted position")
                 self._queue_event(ev)
                 ev = fork
                 self._core.reacknowledge(fork.branch, fork.publisher)  # what we hold: a stale member stops there
@@ -879,6 +883,10 @@ class _Party:
         """A REPLAY is either a duplicate (same hash as the logged message: the cheap path) or, if it differs
         and is validly signed by the chain's publisher, a fork: kept as evidence and reported (THREATS 7)."""
         assert ev.frame is not None and ev.branch is not None and ev.publisher is not None and ev.seq is not None
+        if ev.held is not None:
+            # Another message at a held position (the core checked that both differ and that the new one
+            # authenticates): the held frame is the other half, not in the log yet.
+            return self._record_fork(ev.branch, ev.publisher, ev.seq, self._core.fork_evidence(ev.frame, ev.held))
         # The logged hash first, from its row: a duplicate (the common replay) costs no read of the logged frame,
         # which may be in the frame file (THREATS 8: a replayer should buy only cheap work).
         logged = self._store.log_hash(ev.branch, ev.publisher, ev.seq)
@@ -893,13 +901,17 @@ class _Party:
         entry = self._store.log_entry(ev.branch, ev.publisher, ev.seq)
         if entry is None:
             return None
-        evidence = self._core.fork_evidence(ev.frame, entry[1])
+        return self._record_fork(ev.branch, ev.publisher, ev.seq, self._core.fork_evidence(ev.frame, entry[1]))
+
+    def _record_fork(self, branch: bytes, publisher: int, seq: int,
+                     evidence: ForkEvidence | None) -> ForkDetected | None:
+        """Keep checked fork evidence in the store and report it, once per position."""
         if evidence is None:
             return None
-        if not self._store.fork_add(ev.branch, ev.publisher, ev.seq, evidence.frame_a, evidence.frame_b):
+        if not self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b):
             return None  # already reported for this position
-        log.warning("fork detected on branch %s publisher %d seq %d", ev.branch.hex(), ev.publisher, ev.seq)
-        return ForkDetected(ev.branch, ev.publisher, ev.seq, evidence)
+        log.warning("fork detected on branch %s publisher %d seq %d", branch.hex(), publisher, seq)
+        return ForkDetected(branch, publisher, seq, evidence)
 
     def _on_event(self, ev: Event) -> None:
         pass

@@ -138,6 +138,7 @@ __all__ = [
 ]
 
 Rng = Callable[[int], bytes]
+_MAX_FRESH = 4096  #: chains of branches created by one handshake's grants kept for restore proofs (SPEC 13.5)
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
@@ -392,8 +393,8 @@ class Changes:
 
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict", "covered",
-                 "fetch_end", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms",
-                 "quick_acked")
+                 "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified",
+                 "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -415,6 +416,9 @@ class _Chain:
         #: Our own chain, member side: the seq through which the author's signed ACK says it holds our chain, when
         #: that contradicts our store (beyond our head, or another message at it); 0: none.  We publish no more.
         self.conflict = 0
+        #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
+        #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
+        self.final = 0
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
@@ -494,9 +498,10 @@ class _Reject(Exception):
     """Internal: abort handling of one frame with a reason (turned into a Rejected event)."""
 
     def __init__(self, reason: RejectReason, detail: str, branch: bytes | None = None,
-                 publisher: int | None = None, seq: int | None = None, frame: bytes | None = None) -> None:
+                 publisher: int | None = None, seq: int | None = None, frame: bytes | None = None,
+                 held: bytes | None = None) -> None:
         super().__init__(detail)
-        self.event = Rejected(reason, detail, branch, publisher, seq, frame)
+        self.event = Rejected(reason, detail, branch, publisher, seq, frame, held)
 
 
 # --- the shared engine ---------------------------------------------------------------------------------------
@@ -966,10 +971,11 @@ class _CoreBase:
             if c is not None and c.first_uncovered_ms is not None:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
+            open_ = b.state is BranchState.OPEN
             for p, rc in b.chains.items():
                 if p == b.me:
                     continue
-                if rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq:
+                if (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) and (open_ or rc.final >= rc.next_seq):
                     t = rc.progress_ms + self.config.fetch_retry_ms
                     due = t if due is None else min(due, t)
                 if rc.next_seq - 1 > rc.acked and b.state is BranchState.OPEN:
@@ -986,9 +992,11 @@ class _CoreBase:
         if self._sync_waits:
             self._retry_grant_syncs(now_ms)
         for b in self._branches.values():
-            if b.state is BranchState.OPEN:
+            open_ = b.state is BranchState.OPEN
+            if open_ or b.me:  # (closed: only the tail a REVOKE named is still fetched)
                 for p, rc in b.chains.items():
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
+                            and (open_ or rc.final >= rc.next_seq) \
                             and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
@@ -1373,7 +1381,10 @@ class _CoreBase:
         if b is None:
             raise _Reject(RejectReason.UNKNOWN_BRANCH, "not a member of this branch", h.branch)
         if b.state is BranchState.CLOSED:
-            raise _Reject(RejectReason.CLOSED_BRANCH, "branch is closed", h.branch, h.publisher, h.seq)
+            tail = b.chains.get(h.publisher)
+            if tail is None or not tail.next_seq <= h.seq <= tail.final:
+                raise _Reject(RejectReason.CLOSED_BRANCH, "branch is closed", h.branch, h.publisher, h.seq)
+            # (The tail of the author's chain that its REVOKE named and overtook: still accepted, SPEC 8.8.)
         member = b.members.get(h.publisher)
         if member is None or h.publisher == b.me:
             # Our own messages reflected back to us are a relay attempt, never input.
@@ -1477,10 +1488,18 @@ class _CoreBase:
         h = frame.head
         if c.held is None:
             c.held = {}
-        if h.seq in c.held or len(c.held) >= self.config.hold_limit:
-            if h.seq not in c.held:
-                raise _Reject(RejectReason.HOLD_FULL, "hold buffer full", h.branch, h.publisher, h.seq)
-            raise _Reject(RejectReason.REPLAY, "already held", h.branch, h.publisher, h.seq)
+        held = c.held.get(h.seq)
+        if held is not None:
+            if _crypto.ct_equal(held.hash, frame.hash):
+                raise _Reject(RejectReason.REPLAY, "already held", h.branch, h.publisher, h.seq)
+            # Another message at a position we hold one for (THREATS 7): if it authenticates too, the publisher
+            # signed both -- a fork, whichever the relay delivers first.  Both frames go to the driver, which
+            # checks and records the evidence as for a REPLAY that differs from the log.  The held one stays.
+            self._verify_chain_frame(b, frame)
+            raise _Reject(RejectReason.FORK, "another message at a held position", h.branch, h.publisher, h.seq,
+                          frame.raw, held.raw)
+        if len(c.held) >= self.config.hold_limit:
+            raise _Reject(RejectReason.HOLD_FULL, "hold buffer full", h.branch, h.publisher, h.seq)
         # Authenticate before buffering, so forged frames cannot fill the buffer.
         self._verify_chain_frame(b, frame)
         c.held[h.seq] = frame
@@ -2369,6 +2388,13 @@ class SubscriberCore(_CoreBase):
         self._admitted: tuple[bytes, int] | None = None
         self._credential = b""
         self._claims = []
+        #: Branches we hold closed that the author answered as open: (when we last told it we left, and the newest
+        #: grant of it we know, epoch and hash).  At most one entry per branch we hold.
+        self._left: dict[bytes, tuple[int, int, bytes]] = {}
+        #: Chains (branch, publisher) of the branches a GRANT of the current handshake created -- we held nothing of
+        #: them: new, or we lost our state -- with the cursor that GRANT started them at: where a restore proof
+        #: may move them (SPEC 13.5).  Forgotten when a new handshake starts; in memory only.
+        self._fresh: dict[tuple[bytes, int], int] = {}
 
     def __repr__(self) -> str:
         return f"SubscriberCore(channel={self._channel.hex()}, state={self.state.value})"
@@ -2453,6 +2479,7 @@ class SubscriberCore(_CoreBase):
         if not retry:
             self._requests = []
             self._admitted = None
+            self._fresh = {}  # the grants of an earlier handshake are not this one's
         self._credential = credential
         self.presenter_error = None
         self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))
@@ -2531,6 +2558,7 @@ class SubscriberCore(_CoreBase):
         self._check_answer(frame, a.request, "admission")
         b = self._branches.get(a.branch)
         if b is not None and b.state is BranchState.CLOSED:
+            self._leave_again(b, a.epoch, None, now_ms)
             raise _Reject(RejectReason.CLOSED_BRANCH, "admission to a closed branch", a.branch)
         if b is not None and len(b.members) != 2:
             raise _Reject(RejectReason.MALFORMED, "admission to a group", a.branch)
@@ -2571,6 +2599,8 @@ class SubscriberCore(_CoreBase):
         if existing is not None:
             existing.heard = True
             if existing.state is BranchState.CLOSED:
+                if g.epoch >= existing.epoch:
+                    self._leave_again(existing, g.epoch, frame.hash, now_ms)
                 raise _Reject(RejectReason.CLOSED_BRANCH, "grant for a closed branch", g.branch)
             if _crypto.ct_equal(frame.hash, existing.grant_hash):
                 # The same grant again (the answer to a re-subscription, or to a grant sync): already applied.
@@ -2622,7 +2652,9 @@ class SubscriberCore(_CoreBase):
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,
                                list(secret.members), keys)
-            self._new_branch(rec, secret.heads)
+            new = self._new_branch(rec, secret.heads)
+            if self.state in _AWAITING and len(self._fresh) < _MAX_FRESH:
+                self._fresh.update(((new.id, p), c.next_seq) for p, c in new.chains.items() if p != new.me)
         else:
             existing.transition("grant")
             existing.epoch = g.epoch
@@ -2686,9 +2718,40 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "revoke signature", r.branch) from exc
+        c = b.chains.get(0)
+        if c is not None and r.last_seq and r.last_seq == c.next_seq - 1 and not _crypto.ct_equal(r.last_hash, c.head):
+            # The author's signed word that its chain ends with another message than the one we accepted there.
+            raise _Reject(RejectReason.FORK, "the revoke's final head differs from the message we accepted",
+                          r.branch, 0, r.last_seq)
         b.transition("revoke")
         self._changes.branches.append(self._record(b))
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
+        if c is not None and r.last_seq >= c.next_seq:
+            # The REVOKE overtook the tail of the author's chain (reordered, or the packets were lost): what we miss
+            # up to its final head is still fetched and accepted, nothing beyond it (SPEC 8.8).
+            c.final = r.last_seq
+            if c.held:
+                c.held = {s: f for s, f in c.held.items() if s <= r.last_seq} or None
+            if r.last_seq > c.gap_to and not c.catching_up():
+                events.append(GapDetected(b.id, 0, c.next_seq, r.last_seq + 1))
+            self._want(b, 0, c, r.last_seq, now_ms)
+
+    def _leave_again(self, b: _Branch, epoch: int, grant_hash: bytes | None, now_ms: int) -> None:
+        """The author's authentic GRANT (its current one or a later one, ``grant_hash``) or ADMIT (``grant_hash``
+        None) of ``b``, a branch we hold closed: the author still has it open -- our UNSUBSCRIBE was lost on the
+        way -- and would go on refusing to open us another.  Send the UNSUBSCRIBE again, naming the newest grant
+        of the branch we know, at most once per ``grant_sync_interval_ms`` per branch (a replayed GRANT costs
+        the author one frame per interval, nothing more).  An ADMIT naming an epoch whose grant we have not seen
+        sends nothing: the author refuses an UNSUBSCRIBE of another epoch, and that grant comes along."""
+        last, e, gh = self._left.get(b.id, (_LONG_AGO, b.epoch, b.grant_hash))
+        if grant_hash is not None and epoch > e:
+            e, gh = epoch, grant_hash
+        if epoch > e or not _elapsed(now_ms, last, self.config.grant_sync_interval_ms):
+            self._left[b.id] = (last, e, gh)
+            return
+        self._left[b.id] = (now_ms, e, gh)
+        head = Unsubscribe(self._channel, b.id, b.me, e, gh)
+        self._out.append(Outgoing(encode_frame(head, b"", self._id.sign).raw, branch=b.id))
 
     def unsubscribe(self, branch: bytes) -> None:
         """Leave a branch: tell the author (signed) and close it locally."""
@@ -2779,10 +2842,13 @@ class SubscriberCore(_CoreBase):
             if not _crypto.ct_equal(known, head.hash):
                 # The author anchored another message than the one we accepted at this position.
                 raise _Reject(RejectReason.FORK, "the anchored head differs from the message we accepted", *where)
-        elif head.publisher == b.me or (claim.restore and c.next_seq == 1):
+        elif head.publisher == b.me or (claim.restore and self._fresh.get((b.id, head.publisher)) == c.next_seq):
             # We lost our state (THREATS 3): for our own chain the author holds messages we no longer remember
-            # (publishing from our old cursor would fork it), and a re-sent grant came with its anchored heads.
+            # (publishing from our old cursor would fork it), and a re-sent grant came with its anchored heads --
+            # only if our current handshake's GRANT created the branch and the cursor is still where that GRANT
+            # started it: a member that kept its state fetches what it misses, it skips nothing (SPEC 13.5).
             # Start there: everything at or below is a replay from now on.
+            self._fresh.pop((b.id, head.publisher), None)
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
             if c.conflict and head.seq >= c.conflict:

@@ -92,7 +92,11 @@ class Rejected:
     seq: int | None = None
     frame: bytes | None = None
     """The refused frame's bytes, set only for REPLAY of a chain frame, so the driver can compare it with the
-    logged message at that position (fork detection).  The driver clears it before queueing the event."""
+    logged message at that position (fork detection), and for FORK at a held position.  The driver clears it
+    before queueing the event."""
+    held: bytes | None = None
+    """For FORK at a position whose message waits in the hold buffer (not logged yet): the held frame, the other
+    half of the evidence.  The driver clears it before queueing the event."""
 
     def __repr__(self) -> str:
         branch = None if self.branch is None else self.branch.hex()

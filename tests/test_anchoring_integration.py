@@ -32,6 +32,7 @@ from streams.events import (
     Anchored,
     EpochAnchored,
     Event,
+    FetchRequested,
     ForkDetected,
     GapDetected,
     LedgerStatus,
@@ -187,6 +188,72 @@ def test_an_anchored_head_ahead_of_a_member_catching_up_is_no_gap() -> None:
     assert [(e.seq, e.restored) for e in evs if isinstance(e, Anchored)] == [(4, False)]
 
 
+def _restore_proof(net: Net, branch: bytes) -> bytes:
+    """The author's restore proof of its chain's current head in ``branch`` (as ``send_restore`` sends it)."""
+    (head, ke), = net.author.anchor_heads([(branch, 0)])
+    epoch = build_epoch(net.author.channel, [head], None, net.now, AUTHOR.sign)
+    net.author.anchor_proof(branch, 0, head.seq, head.hash, ke, epoch.checkpoint, "1", epoch.proofs[(branch, 0)],
+                            restore=True)
+    (out,) = net.author.data_to_send()
+    return out.data
+
+
+def test_a_restore_proof_skips_nothing_for_a_member_that_kept_its_state() -> None:
+    """SPEC 13.5: a restore proof moves a cursor only on a branch the current handshake's GRANT created (the
+    member held nothing of it: it lost its state).  A member whose store is intact but that has not received the
+    author's messages yet (it was away, or they were dropped) and subscribes again (a renewed credential:
+    ``streams subscribe`` again) gets the re-sent grant, which it holds, and a restore proof: that is a head ahead
+    of its cursor, as any proof -- a gap, fetched -- not a reason to skip messages 1..3."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    for i in range(3):  # published while s0 is away
+        net.author.publish(b0, b"while away %d" % i, net.now)
+    net.author.take_changes()
+    log = {i + 1: o.data for i, o in enumerate(net.author.data_to_send())}  # the author's retained log
+    start, mark = len(net.events["s0"]), len(net.events["author"])
+    net.subscribe("s0")  # re-subscription of a member that kept its store (same branch, same grant)
+    net.to_sub("s0", _restore_proof(net, b0))
+    for f in [e for e in net.events["author"][mark:] if isinstance(e, FetchRequested)]:  # the driver's part
+        for seq in range(f.from_seq, f.to_seq + 1):
+            net.to_sub("s0", log[seq])
+    ev = net.events["s0"][start:]
+    assert GapDetected(b0, 0, 1, 4) in ev
+    assert [e.seq for e in ev if isinstance(e, MessageReceived)] == [1, 2, 3]
+    assert [(e.seq, e.restored) for e in ev if isinstance(e, Anchored)] == [(3, False)]
+
+
+def test_a_member_that_lost_its_state_restarts_at_the_restore_proof_of_its_handshake_only() -> None:
+    """A member that lost its state subscribes again: the re-sent grant creates its branch, and the restore proof
+    that follows starts its cursor at the anchored head (the old messages replayed to it are REPLAY).  Once it
+    holds the branch, a later handshake's restore proof is a head like any other: fetched up to, not jumped to."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    for i in range(3):
+        net.author.publish(b0, b"before %d" % i, net.now)
+    net.author.take_changes()
+    old = [o.data for o in net.author.data_to_send()]
+    for d in old:
+        net.to_sub("s0", d)
+    net.add_sub("s0", ident(10))  # the member loses everything but its identity
+    net.subscribe("s0")
+    assert net.to_sub("s0", _restore_proof(net, b0)) == [Anchored(b0, 0, 3, 0, "1", False, True)]
+    assert {r.reason for d in old for r in net.to_sub("s0", d) if isinstance(r, Rejected)} == {RejectReason.REPLAY}
+    # It keeps its state now; more is published while it is away, and it subscribes again.
+    net.author.publish(b0, b"while away", net.now)
+    net.author.take_changes()
+    net.author.data_to_send()
+    start = len(net.events["s0"])
+    net.subscribe("s0")
+    net.to_sub("s0", _restore_proof(net, b0))
+    ev = net.events["s0"][start:]
+    assert GapDetected(b0, 0, 4, 5) in ev and not [e for e in ev if isinstance(e, Anchored)]
+    assert net.subs["s0"].chain_head(b0, 0)[0] == 4
+
+
 # --- forks -----------------------------------------------------------------------------------------------------
 
 
@@ -229,6 +296,36 @@ async def test_two_signed_messages_at_one_position_are_a_fork(tmp_path: Path) ->
     assert len(s1.forks()) == 1
     # The accepted history is unchanged: the fork did not replace message 2.
     assert s1.store.log_entry(b1, 0, 2) == (decode_frame(sent[1]).hash, sent[1])
+    await s1.close()
+    await author.close()
+
+
+async def test_two_signed_messages_at_a_held_position_are_a_fork(tmp_path: Path) -> None:
+    """The same fork, while the first message waits in the hold buffer (a gap before it): the second is refused
+    FORK, and the driver checks and keeps both frames as evidence (``ForkDetected``, ``forks()``), once."""
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, None)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    await author.publish(b1, b"alert 0")
+    await s1.next_message(timeout=5)
+    key = author._core._branches[b1].keys[(0, 0)]
+    frames = []
+    for text in (b"one story", b"another story"):  # the author signs two messages at seq 5 (4 is missing)
+        head = Packet(author.channel, b1, 0, 5, os.urandom(32), 0, os.urandom(24))
+        body = _crypto.aead_encrypt(key, head.nonce, bytes((1, Kind.PACKET)) + encode_head(head), text)
+        frames.append(encode_frame(head, body, AUTHOR.sign).raw)
+    col = Collect(s1)
+    for raw in (*frames, frames[1]):
+        hub.inject("p1", raw)
+    await wait_for(lambda: len(col.of(Rejected)) >= 2, what="fork rejections")
+    (fork,) = col.of(ForkDetected)
+    assert (fork.branch, fork.publisher, fork.seq) == (b1, 0, 5)
+    assert {fork.evidence.frame_a, fork.evidence.frame_b} == set(frames)
+    assert check_fork(fork.evidence, AUTHOR.sign_public) == (author.channel, b1, 0, 5)
+    assert [r.reason for r in col.of(Rejected)][:2] == [RejectReason.FORK, RejectReason.FORK]
+    assert all(r.frame is None and r.held is None for r in col.of(Rejected))
+    assert len(s1.forks()) == 1
     await s1.close()
     await author.close()
 

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from streams._state import BranchState
 from streams.core import AuthorCore, SubscriberCore
 from streams.errors import ClosedResourceError, LocalProtocolError, RejectReason
 from streams.events import (
@@ -186,6 +187,42 @@ def test_reorder_is_held_then_delivered_in_order_with_gap_reported(net: Net) -> 
     assert [m.seq for m in _msgs(ev)] == [1, 2, 3, 4]
 
 
+def test_a_fork_at_a_held_position_is_refused_with_both_frames() -> None:
+    """THREATS 7 / SPEC 13.6: two different messages at one position, each signed by the publisher, are a fork,
+    whatever order a relay delivers them in.  The second one, arriving while the first waits in the hold buffer (a
+    gap before it), is refused FORK with both frames (the driver checks and records the evidence, as for a REPLAY
+    that differs from the log); an exact copy of the held frame stays a plain REPLAY, and the held one is kept."""
+    from streams import _crypto
+    from streams.anchor import check_fork
+    from streams.wire import Packet, encode_head
+
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    for i in range(2):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    p1, p2 = (o.data for o in n.author.data_to_send())
+    # The publisher (say, restored from a stale copy) signs another message at seq 2.
+    f2 = decode_frame(p2)
+    key = n.author._branches[b0].keys[(0, 0)]
+    h = Packet(f2.head.channel, b0, 0, 2, f2.head.prev, 0, bytes(24))
+    body = _crypto.aead_encrypt(key, bytes(24), bytes((1, 7)) + encode_head(h), b"the other m1")
+    fork = encode_frame(h, body, ident(1).sign).raw
+    s = n.subs["s0"]
+    assert _rejects(s.receive(p2, n.now)) == []  # held: 1 is missing
+    assert [r.reason for r in _rejects(s.receive(p2, n.now))] == [RejectReason.REPLAY]  # the same frame again
+    (rej,) = _rejects(s.receive(fork, n.now))
+    assert (rej.reason, rej.seq, rej.frame, rej.held) == (RejectReason.FORK, 2, fork, p2)
+    evidence = s.fork_evidence(rej.frame, rej.held)
+    assert evidence is not None and check_fork(evidence, ident(1).sign_public)[3] == 2
+    # A forgery at the held position is refused as such, with nothing to record.
+    forged = bytearray(fork)
+    forged[-1] ^= 1
+    assert [r.reason for r in _rejects(s.receive(bytes(forged), n.now))] == [RejectReason.BAD_SIGNATURE]
+    assert [m.payload for m in _msgs(s.receive(p1, n.now))] == [b"m0", b"m1"]  # the held one is kept
+
+
 def test_hold_buffer_is_bounded() -> None:
     from streams.core import CoreConfig
 
@@ -263,6 +300,78 @@ def test_publish_after_revocation(net: Net) -> None:
         net.author.publish(b0, b"after", net.now)
     with pytest.raises(ClosedResourceError):
         net.subs["s0"].publish(b0, b"after", net.now)
+
+
+def _author_packet(n: Net, branch: bytes, seq: int, prev: bytes, payload: bytes) -> bytes:
+    """A packet of the author's chain at ``seq``, encrypted and signed as the author's (the test holds its keys)."""
+    from streams import _crypto
+    from streams.wire import Packet, encode_head
+
+    key = n.author._branches[branch].keys[(0, 0)]
+    h = Packet(n.author.channel, branch, 0, seq, prev, 0, bytes(24))
+    body = _crypto.aead_encrypt(key, bytes(24), bytes((1, 7)) + encode_head(h), payload)
+    return encode_frame(h, body, ident(1).sign).raw
+
+
+def test_a_revoke_that_overtakes_the_tail_reports_and_fetches_it() -> None:
+    """THREATS 4 / SPEC 8.8: the author publishes 1..5, then revokes; the REVOKE overtakes 4 and 5 (a relay
+    reordered them, or they were dropped).  Its final head (5) says what the member misses: it reports the gap and
+    fetches 4..5 -- the author serves a FETCH on a closed branch -- and accepts them on its closed branch, late or
+    fetched, but nothing beyond the final head."""
+    from streams.events import FetchRequested
+    from streams.wire import Fetch
+
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    for i in range(5):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    packets = [o.data for o in n.author.data_to_send()]
+    for raw in packets[:3]:
+        n.to_sub("s0", raw)
+    mark = len(n.events["author"])
+    n.author.revoke(b0)
+    n.pump_author()  # the REVOKE first; its member's FETCH goes out at once
+    ev = n.events["s0"]
+    closed = [e for e in ev if isinstance(e, BranchClosed)]
+    assert closed and closed[0].last_seq == 5
+    gaps = [e for e in ev if isinstance(e, GapDetected)]
+    assert [(g.expected_seq, g.received_seq) for g in gaps] == [(4, 6)]
+    fetches = [e for e in n.events["author"][mark:] if isinstance(e, FetchRequested)]
+    assert [(f.branch, f.from_seq, f.to_seq) for f in fetches] == [(b0, 4, 5)]
+    s = n.subs["s0"]
+    s.handle_timer(n.now + s.config.fetch_retry_ms)  # no answer came: asked again, as on an open branch
+    again = [decode_frame(o.data).head for o in s.data_to_send()]
+    assert [(h.from_seq, h.to_seq) for h in again if isinstance(h, Fetch)] == [(4, 5)]
+    n.to_sub("s0", packets[4])  # 5, late: held
+    n.to_sub("s0", packets[3])  # 4, the driver's answer to the FETCH
+    assert [m.seq for m in _msgs(n.events["s0"])] == [1, 2, 3, 4, 5]
+    assert n.subs["s0"].branch_state(b0) is BranchState.CLOSED
+    # Nothing beyond the final head, even signed by the author; nor a replay of the tail.
+    after = _author_packet(n, b0, 6, decode_frame(packets[4]).hash, b"after the revoke")
+    assert [r.reason for r in _rejects(n.to_sub("s0", after))] == [RejectReason.CLOSED_BRANCH]
+    assert [r.reason for r in _rejects(n.to_sub("s0", packets[4]))] == [RejectReason.CLOSED_BRANCH]
+    assert n.subs["s0"].next_timer() is None  # nothing left to fetch again
+
+
+def test_a_revoke_that_names_another_final_message_is_a_fork() -> None:
+    """SPEC 8.8: a REVOKE whose final head is the position we hold but names another message is the author's
+    signed word against its own chain: refused FORK (the branch is not closed by it)."""
+    from streams.wire import Revoke
+
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    b0 = branch_of(n, "s0")
+    n.author.publish(b0, b"m", n.now)
+    n.pump_author()
+    s = n.subs["s0"]
+    epoch, _, _, _ = s.branch_info(b0)
+    grant_hash = s._branches[b0].grant_hash
+    forged = encode_frame(Revoke(n.author.channel, b0, epoch, grant_hash, 1, bytes(32)), b"", ident(1).sign).raw
+    (rej,) = _rejects(s.receive(forged, n.now))
+    assert (rej.reason, rej.seq) == (RejectReason.FORK, 1)
+    assert n.subs["s0"].branch_state(b0) is BranchState.OPEN
 
 
 def test_read_only_subscriber_cannot_publish_and_its_packets_are_refused() -> None:

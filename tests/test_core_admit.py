@@ -335,3 +335,81 @@ def test_a_relay_cannot_get_a_members_request_refused_with_a_subscribe_of_its_ow
             assert len(_subscribed(events)) == 1 and s.state.value == "subscribed"
         else:
             assert [e.reason for e in events if isinstance(e, Refused)] == [RejectReason.BAD_CHALLENGE]
+
+
+def test_a_lost_unsubscribe_is_sent_again_when_the_author_answers_as_if_the_branch_were_open() -> None:
+    """A member leaves (closed on its side at once) and the UNSUBSCRIBE is lost: the author keeps the branch open
+    and answers the member's next subscription with that branch's GRANT and ADMIT, which the member refuses
+    (CLOSED_BRANCH) -- every retry alike, had nothing repaired it.  An authentic GRANT or ADMIT of a branch it
+    left makes the member send its UNSUBSCRIBE again: the author closes the branch, and the next subscription
+    opens a new one."""
+    from streams._state import BranchState
+    from streams.events import BranchClosed
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    s = net.subs["s0"]
+    s.unsubscribe(b0)
+    s.take_changes()
+    (lost,) = [o.data for o in s.data_to_send()]  # the UNSUBSCRIBE is lost on the way
+    start = len(net.events["author"])
+    ev = net.subscribe("s0")  # answered as for an open branch: its GRANT (which re-sends the UNSUBSCRIBE), ADMIT
+    assert _rejected(ev) == [RejectReason.CLOSED_BRANCH] * 2 and not _subscribed(ev)
+    assert net.author.branch_state(b0) is BranchState.CLOSED
+    assert [e.by for e in net.events["author"][start:] if isinstance(e, BranchClosed)] == ["unsubscribe"]
+    assert [o for who, o in net.wire if who == "s0"].count(lost) == 1  # the same frame, deterministic
+    (sub,) = _subscribed(net.subscribe("s0"))
+    assert sub.branch != b0 and net.author.branch_of(ident(10).did) == sub.branch
+
+
+def test_only_authentic_author_frames_make_a_member_leave_again_at_most_once_an_interval() -> None:
+    """What sends a lost UNSUBSCRIBE again is the author's signed GRANT or ADMIT of the branch, no forgery; and a
+    relay replaying a recorded GRANT gets one UNSUBSCRIBE per ``grant_sync_interval_ms`` per branch, no more."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    s = net.subs["s0"]
+    grant = next(d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT)
+    s.unsubscribe(b0)
+    s.take_changes()
+    s.data_to_send()  # lost
+
+    def sent(now: int, frame: bytes) -> list[Kind]:
+        ev = s.receive(frame, now)
+        assert _rejected(ev), ev
+        return [decode_frame(o.data).kind for o in s.data_to_send()]
+
+    tampered = bytearray(grant)
+    tampered[-1] ^= 1
+    assert sent(net.now, bytes(tampered)) == []  # BAD_SIGNATURE
+    assert sent(net.now, grant) == [Kind.UNSUBSCRIBE]
+    assert sent(net.now, grant) == []
+    assert sent(net.now + s.config.grant_sync_interval_ms - 1, grant) == []
+    assert sent(net.now + s.config.grant_sync_interval_ms, grant) == [Kind.UNSUBSCRIBE]
+
+
+def test_the_admit_alone_sends_a_lost_unsubscribe_again() -> None:
+    """The re-subscription's GRANT lost too: its ADMIT, signed and naming our request, is enough (it names the
+    grant we hold), and the next subscription opens a new branch."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    s = net.subs["s0"]
+    s.unsubscribe(b0)
+    s.take_changes()
+    s.data_to_send()  # lost
+    (request,) = _to_await_grant(net, s)
+    net.author.receive(request, net.now, "s0")
+    net.author.take_changes()
+    answers = [decode_frame(o.data) for o in net.author.data_to_send()]
+    assert [f.kind for f in answers] == [Kind.GRANT, Kind.ADMIT]
+    assert _rejected(s.receive(answers[1].raw, net.now)) == [RejectReason.CLOSED_BRANCH]
+    (unsub,) = [o.data for o in s.data_to_send()]
+    assert decode_frame(unsub).kind is Kind.UNSUBSCRIBE
+    net.author.receive(unsub, net.now, "s0")
+    (sub,) = _subscribed(net.subscribe("s0"))
+    assert sub.branch != b0
