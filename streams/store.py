@@ -53,9 +53,14 @@ frame file before each checkpoint so that what reaches the database file has its
 drops all but the file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).
 Nothing is ever removed from the log, so the file only grows, like the table did.
 
-A store is thus two files (plus SQLite's ``-wal``, and ``-lock``, whose ``flock`` the running party holds:
-:meth:`Store.lock`): :func:`backup` copies both consistently while the party runs (``streams backup``); ``cp``
-of a live store does not.
+A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
+holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
+its ``-wal`` and ``-shm`` the database's mode): :func:`backup` copies both consistently while the party runs
+(``streams backup``); ``cp`` of a live store does not.
+
+:meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
+connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
+does it switch to WAL mode and add the tables of later versions.
 
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
@@ -89,6 +94,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -103,9 +109,9 @@ import nacl.pwhash
 
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
-from .identity import Identity
+from .identity import Identity, public_key_from_did
 from .keystore import derive_key, open_secret, seal_secret
-from .wire import Grant, decode_frame
+from .wire import Grant, Kind, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
@@ -243,29 +249,50 @@ class Store:
 
     @staticmethod
     def _connect(path: Path, durable: bool) -> sqlite3.Connection:
+        """A connection to the existing file ``path`` (never created here), with this store's settings; nothing is
+        written to the file (see :meth:`_prepare`)."""
         try:
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        try:
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.execute("PRAGMA busy_timeout=5000")
             # WAL checkpoints (copying the log back into the database, with fsyncs even at synchronous=NORMAL)
             # run in a background thread (Store._checkpointer), off the event loop.  This connection's own
             # automatic checkpoint stays as a safety net, at 16000 pages (64 MiB with 4 KiB pages).
             conn.execute("PRAGMA wal_autocheckpoint=16000")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        return conn
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+        """The first writes of an open: WAL mode and the schema (tables added since version 1).  Only for a file
+        known to be a store (or one :meth:`create` just made): opening anything else must leave it as it was."""
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path}: {exc}") from exc
-        return conn
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], identity: Identity, passphrase: str | bytes, *,
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
-        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds a store."""
+        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
+        file is taken) or for a bad argument, :class:`StorageError` if the disk fails.  A create that fails
+        leaves nothing behind: the arguments are checked and the key derived before the disk is touched, and
+        the files it made are removed (an empty file it took is left empty)."""
         p = Path(path)
-        if p.exists() and p.stat().st_size > 0:
-            raise LocalProtocolError(f"{p} already exists; open it instead")
-        conn = cls._connect(p, durable)
+        if not isinstance(identity, Identity):
+            raise LocalProtocolError("a store's identity is an Identity")
+        try:
+            _check_meta({"role": role, "channel": channel, "author_did": author_did, "name": name})
+        except ValueError as exc:
+            raise LocalProtocolError(f"cannot create a store: its {exc} is not valid") from None
         salt = os.urandom(16)
         key = derive_key(passphrase, salt, opslimit, memlimit)
         sealed_seed = seal_secret(key, identity.export_seed(), b"streams.store.identity")
@@ -273,66 +300,92 @@ class Store:
             "schema": SCHEMA_VERSION, "role": role, "channel": channel, "author_did": author_did, "name": name,
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
+        others = [Path(f"{p}{s}") for s in ("-wal", "-shm", "-journal")]
+        there = {o for o in others if o.exists()}
+        made = _new_database(p)
+        conn: sqlite3.Connection | None = None
         try:
-            with _tx(conn):
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _pack(v)) for k, v in meta.items()])
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StorageError(f"cannot initialise store {p}: {exc}") from exc
-        os.chmod(p, 0o600)
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(f"{p}-frames", 0)  # left by an earlier store of this name: nothing here refers to it
+            conn = cls._connect(p, durable)
+            cls._prepare(conn, p)
+            try:
+                with _tx(conn):
+                    conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _pack(v)) for k, v in meta.items()])
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot initialise store {p}: {exc}") from exc
+            try:
+                os.chmod(p, 0o600)  # created 0600 (_new_database): a belt
+                with contextlib.suppress(FileNotFoundError):
+                    os.truncate(f"{p}-frames", 0)  # left by an earlier store of this name: nothing refers to it
+            except OSError as exc:
+                raise StorageError(f"cannot initialise store {p}: {_reason(exc)}") from exc
+        except BaseException:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            for o in others:
+                if o not in there:
+                    with contextlib.suppress(OSError):
+                        o.unlink()
+            with contextlib.suppress(OSError):
+                if made:
+                    p.unlink()
+                else:
+                    os.truncate(p, 0)
+            raise
         return cls(conn, p, key, identity, durable=durable)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
         if the file is missing, not a store, or damaged (SQLite's ``quick_check`` runs first: it reads the whole
-        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it)."""
+        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it).
+        Nothing is written to a file before it is known to be a store and the passphrase opens it."""
         p = Path(path)
         if not p.exists():
             raise StorageError(f"no store at {p}")
         conn = cls._connect(p, durable)
         try:
-            meta = {k: msgpack.unpackb(v, raw=False) for k, v in conn.execute("SELECT k, v FROM meta")}
-        except (sqlite3.Error, ValueError) as exc:
+            key, seed, meta = cls._read_meta(conn, p, passphrase)
+            cls._prepare(conn, p)
+        except BaseException:
             conn.close()
+            raise
+        store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
+        store._meta = meta
+        return store
+
+    @staticmethod
+    def _read_meta(conn: sqlite3.Connection, p: Path,
+                   passphrase: str | bytes) -> tuple[bytes, bytes, dict[str, Any]]:
+        """(key, identity seed, metadata) of the store on ``conn``, read without writing; raises as :meth:`open`."""
+        try:
+            meta = {k: msgpack.unpackb(v, raw=False) for k, v in conn.execute("SELECT k, v FROM meta")}
+        except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StorageError(f"{p} is not a readable store") from exc
         if meta.get("schema") != SCHEMA_VERSION:
-            conn.close()
             raise StorageError(f"{p}: unsupported store schema {meta.get('schema')!r}")
         try:
             check = conn.execute("PRAGMA quick_check(1)").fetchone()
         except sqlite3.Error as exc:
-            conn.close()
             raise StorageError(f"{p} is damaged: {exc}") from exc
         if check != ("ok",):
-            conn.close()
             raise StorageError(f"{p} is damaged (SQLite's check: {check[0] if check else 'no answer'})")
         # A damaged or edited file must give StorageError, never a KeyError or a "bad argument" error: check the
         # rows the key derivation needs before using them.
         salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
         if not (isinstance(salt, bytes) and type(ops) is int and type(mem) is int and isinstance(sealed, bytes)):
-            conn.close()
             raise StorageError(f"{p}: store metadata is missing or damaged")
         try:
             key = derive_key(passphrase, salt, ops, mem)
         except LocalProtocolError as exc:
-            conn.close()
             if not isinstance(passphrase, str | bytes):
                 raise  # the caller's argument, not the file
             raise StorageError(f"{p}: store metadata is missing or damaged") from exc
-        except KeystoreError:
-            conn.close()
-            raise
         try:
             seed = open_secret(key, sealed, b"streams.store.identity")
         except KeystoreError as exc:
-            conn.close()
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
-        store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
-        store._meta = meta
-        return store
+        return key, seed, meta
 
     def meta(self, key: str) -> Any:
         """A metadata value: role, channel, author_did, name, did, announce.  Raises :class:`StorageError` if
@@ -930,6 +983,70 @@ def _grants(v: list[Any]) -> list[bytes]:
     if not isinstance(v[11], list) or not all(isinstance(g, bytes) for g in v[11]):
         raise TypeError("grants must be a list of frames")
     return list(v[11])
+
+
+def _new_database(p: Path) -> bool:
+    """Make the file for a new store at ``p``, mode 0600 before SQLite opens it, so that the ``-wal`` and ``-shm``
+    SQLite creates beside it get that mode too (it copies the database's): True.  An existing empty file is taken
+    instead (made 0600): False.  Raises :class:`LocalProtocolError` if ``p`` holds anything else,
+    :class:`StorageError` if it cannot be created."""
+    made = True
+    try:
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            made = False
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                raise LocalProtocolError(f"{p} already exists; open it instead") from None
+        try:
+            st = os.fstat(fd)
+            if not made and (not stat.S_ISREG(st.st_mode) or st.st_size > 0):
+                raise LocalProtocolError(f"{p} already exists; open it instead")
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if made:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
+    return made
+
+
+_ROLES = ("author", "subscriber")
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    """Raise ValueError naming the first of the metadata fields role, name, channel, author_did (and announce,
+    which may be absent) that is missing or holds a value of the wrong type or form; its text is only the
+    field's name, quoted (never the value: the caller says what to do)."""
+    checks: dict[str, Callable[[Any], bool]] = {
+        "role": lambda v: isinstance(v, str) and v in _ROLES,
+        "name": lambda v: isinstance(v, str),
+        "channel": lambda v: isinstance(v, bytes) and len(v) == 32,
+        "author_did": _is_did,
+        "announce": lambda v: v is None or (isinstance(v, bytes) and _is_frame(v, Kind.ANNOUNCE)),
+    }
+    for field, ok in checks.items():
+        if not ok(meta.get(field)):
+            raise ValueError(repr(field))
+
+
+def _is_did(v: Any) -> bool:
+    try:
+        public_key_from_did(v)
+    except DecodeError:
+        return False
+    return True
+
+
+def _is_frame(data: bytes, kind: Kind) -> bool:
+    try:
+        return decode_frame(data, max_frame=max(len(data), 1)).kind is kind
+    except DecodeError:
+        return False
 
 
 def _fsync_path(path: Path) -> None:
