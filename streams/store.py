@@ -370,8 +370,12 @@ class Store:
             raise StorageError(f"{p} is damaged: {exc}") from exc
         if check != ("ok",):
             raise StorageError(f"{p} is damaged (SQLite's check: {check[0] if check else 'no answer'})")
-        # A damaged or edited file must give StorageError, never a KeyError or a "bad argument" error: check the
-        # rows the key derivation needs before using them.
+        # A damaged or edited file must give StorageError, never a KeyError, a "bad argument" error or a decoding
+        # error (the peer's fault) later: check the rows before using them.
+        try:
+            _check_meta(meta)
+        except ValueError as exc:
+            raise StorageError(f"{p}: store metadata {exc} is missing or damaged") from None
         salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
         if not (isinstance(salt, bytes) and type(ops) is int and type(mem) is int and isinstance(sealed, bytes)):
             raise StorageError(f"{p}: store metadata is missing or damaged")

@@ -14,7 +14,8 @@ How the faults are made (we run as root, so ``chmod`` would not stop a write):
 * read-only while open: ``chattr +i`` on the database and its WAL (ext4 refuses writes even through already
   open descriptors); skipped where the file system or capabilities do not allow it;
 * read-only at open: a read-only bind mount over the store's directory, in a private mount namespace;
-* damaged file: truncations and overwritten pages, and a store whose metadata rows were removed.
+* damaged file: truncations and overwritten pages, a store whose metadata rows were removed or edited to hold
+  values of the wrong type or form.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from streams.api import Author, MemoryHub
+from streams.api import Author, MemoryHub, Subscriber
 from streams.errors import ClosedResourceError, StorageError
 from streams.policy import AllowList
 from streams.store import Store
@@ -288,3 +289,63 @@ async def test_store_missing_metadata(tmp_path: Path, key: str) -> None:
         conn.execute("DELETE FROM meta WHERE k = ?", (key,))
     conn.close()
     await _open_fails(db)
+
+
+async def _author_and_subscriber_stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A closed author store ``a.db`` and subscriber store ``s.db``: one branch, a message each way, delivered."""
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("s"), store_options=OPTS)
+    branch = await sub.subscribe()
+    await sub.publish(branch, b"x" * 100)
+    await author.next_message()
+    await author.publish(branch, b"y" * 100)
+    await sub.next_message()
+    await sub.close()
+    await author.close()
+    return tmp_path / "a.db", tmp_path / "s.db"
+
+
+async def _reopen(db: Path, role: str) -> None:
+    if role == "author":
+        party: Author | Subscriber = await Author.open(db, PW, MemoryHub().author_endpoint(),
+                                                       AllowList.of([SUB.did]), store_options=OPTS)
+    else:
+        party = await Subscriber.open(db, PW, MemoryHub().subscriber_endpoint("s"), store_options=OPTS)
+    await party.close()
+
+
+def _edit(db: Path, sql: str, args: tuple[Any, ...] = ()) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(sql, args)
+    conn.close()
+
+
+@pytest.mark.parametrize(("role", "key", "value"), [
+    ("author", "role", "boss"),
+    ("author", "name", 7),
+    ("subscriber", "channel", 5),
+    ("subscriber", "channel", b"short"),
+    ("subscriber", "author_did", b"x"),
+    ("subscriber", "author_did", "did:key:z6Mk"),
+    ("subscriber", "announce", b"junk"),
+    ("subscriber", "role", None),
+])
+async def test_store_with_damaged_metadata(tmp_path: Path, role: str, key: str, value: object) -> None:
+    """A metadata row that holds a value of the wrong type or form (a damaged or edited file that passes SQLite's
+    check) opens as StorageError naming the store and the field -- not an AttributeError, nor a
+    LocalProtocolError (the caller's fault) or a DecodeError (the peer's)."""
+    import msgpack
+
+    a, s = await _author_and_subscriber_stores(tmp_path)
+    db = a if role == "author" else s
+    _edit(db, "UPDATE meta SET v = ? WHERE k = ?", (msgpack.packb(value, use_bin_type=True), key))
+    with pytest.raises(StorageError) as info:
+        await _reopen(db, role)
+    assert str(db) in str(info.value) and repr(key) in str(info.value)
+    assert type(info.value) is StorageError
