@@ -60,7 +60,8 @@ its ``-wal`` and ``-shm`` the database's mode): :func:`backup` copies both consi
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
 connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
-does it switch to WAL mode and add the tables of later versions.
+does it switch to WAL mode and add the tables of later versions.  Metadata and rows of the wrong type or range (a
+damaged or edited file that passes SQLite's check) are :class:`StorageError` where they are read.
 
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
@@ -107,11 +108,12 @@ from typing import Any
 import msgpack
 import nacl.pwhash
 
+from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity, public_key_from_did
 from .keystore import derive_key, open_secret, seal_secret
-from .wire import Grant, Kind, decode_frame
+from .wire import Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
@@ -547,7 +549,13 @@ class Store:
         return [self._open_branch(bid, rec) for bid, rec in self._q("SELECT id, rec FROM branches")]
 
     def load_chains(self) -> list[ChainRecord]:
-        return [ChainRecord(*row) for row in self._q("SELECT branch, publisher, next_seq, head, covered FROM chains")]
+        """Every chain's cursor.  Raises :class:`StorageError` for a row of the wrong types (a damaged file)."""
+        rows = self._q("SELECT branch, publisher, next_seq, head, covered FROM chains")
+        for b, p, n, h, c in rows:
+            if not (type(b) is bytes and _count(p) and _count(n) and type(h) is bytes and _count(c)):
+                raise StorageError(f"a row of table chains in {self.path} is damaged (branch "
+                                   f"{b.hex() if type(b) is bytes else '?'}, publisher {p!r})")
+        return [ChainRecord(*row) for row in rows]
 
     def load_nonces(self, now_ms: int) -> list[tuple[bytes, int]]:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))
@@ -615,7 +623,14 @@ class Store:
         return int(self._q("SELECT count(*) FROM log")[0][0])
 
     def delivered(self) -> dict[tuple[bytes, int], int]:
-        return {(b, p): s for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered")}
+        """The application's cursor of each chain.  Raises :class:`StorageError` for a damaged row."""
+        out = {}
+        for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered"):
+            if not (type(b) is bytes and _count(p) and _count(s)):
+                raise StorageError(f"a row of table delivered in {self.path} is damaged (branch "
+                                   f"{b.hex() if type(b) is bytes else '?'}, publisher {p!r})")
+            out[(b, p)] = s
+        return out
 
     def lock(self) -> None:
         """Claim the store for the party that runs on it: an exclusive ``flock`` on ``<file>-lock`` beside it, held
@@ -765,6 +780,7 @@ class Store:
         try:
             v = msgpack.unpackb(rec, raw=False)
             keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
+            _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
                                 [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v))
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
@@ -967,6 +983,33 @@ def _history_rows(records: list[BranchRecord]) -> list[tuple[bytes, int, bytes]]
                 raise LocalProtocolError("a grant history entry that is not a grant of its branch")
             rows.append((b.id, head.epoch, g))
     return rows
+
+
+def _count(v: Any) -> bool:
+    """An integer >= 0 (not a bool, not text: SQLite keeps whatever a damaged or edited row holds)."""
+    return type(v) is int and v >= 0
+
+
+_MODES = frozenset(int(m) for m in SigningMode)
+_PERMISSIONS = frozenset(int(p) for p in Permission)
+_STATES = frozenset(st.value for st in BranchState)
+
+
+def _check_branch(bid: bytes, v: Any, keys: Any) -> None:
+    """Raise ValueError if a stored branch record (``v``, its unsealed ``keys``) holds a value of the wrong type
+    or range, which the core would otherwise fail on later (an enum, a tuple to unpack)."""
+    if not (isinstance(v, list) and len(v) >= 11 and v[0] == bid and _count(v[1]) and v[2] in _MODES
+            and type(v[3]) is bytes and type(v[4]) is bytes and _count(v[5]) and v[8] in _STATES
+            and type(v[9]) is str and type(v[10]) is bytes):
+        raise ValueError("a field of the branch record")
+    if not (isinstance(v[6], list) and all(
+            isinstance(m, list) and len(m) == 3 and _count(m[0]) and type(m[1]) is bytes and m[2] in _PERMISSIONS
+            for m in v[6])):
+        raise ValueError("the members of the branch record")
+    if not (isinstance(keys, list) and all(
+            isinstance(k, list) and len(k) == 3 and _count(k[0]) and _count(k[1]) and type(k[2]) is bytes
+            for k in keys)):
+        raise ValueError("the keys of the branch record")
 
 
 def _former(v: list[Any]) -> list[tuple[int, bytes, int]]:

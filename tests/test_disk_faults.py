@@ -14,8 +14,8 @@ How the faults are made (we run as root, so ``chmod`` would not stop a write):
 * read-only while open: ``chattr +i`` on the database and its WAL (ext4 refuses writes even through already
   open descriptors); skipped where the file system or capabilities do not allow it;
 * read-only at open: a read-only bind mount over the store's directory, in a private mount namespace;
-* damaged file: truncations and overwritten pages, a store whose metadata rows were removed or edited to hold
-  values of the wrong type or form.
+* damaged file: truncations and overwritten pages, a store whose metadata rows were removed, and rows (metadata,
+  branches, cursors) edited to hold values of the wrong type or range.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +349,43 @@ async def test_store_with_damaged_metadata(tmp_path: Path, role: str, key: str, 
         await _reopen(db, role)
     assert str(db) in str(info.value) and repr(key) in str(info.value)
     assert type(info.value) is StorageError
+
+
+def _set_branch_field(idx: int, value: object) -> Callable[[Path], None]:
+    def edit(db: Path) -> None:
+        import sqlite3
+
+        import msgpack
+
+        conn = sqlite3.connect(db)
+        with conn:
+            for bid, rec in conn.execute("SELECT id, rec FROM branches").fetchall():
+                v = msgpack.unpackb(rec, raw=False)
+                v[idx] = value
+                conn.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), bid))
+        conn.close()
+    return edit
+
+
+@pytest.mark.parametrize(("label", "edit"), [
+    ("branch mode", _set_branch_field(2, 99)),
+    ("branch state", _set_branch_field(8, "bogus")),
+    ("branch members", _set_branch_field(6, [[1]])),
+    ("branch member permission", _set_branch_field(6, [[0, b"k" * 32, 9]])),
+    ("branch epoch", _set_branch_field(1, "one")),
+    ("chains next_seq", lambda db: _edit(db, "UPDATE chains SET next_seq = 'abc'")),
+    ("chains covered", lambda db: _edit(db, "UPDATE chains SET covered = -1")),
+    ("delivered seq", lambda db: _edit(db, "UPDATE delivered SET seq = 'zz'")),
+])
+@pytest.mark.parametrize("role", ["author", "subscriber"])
+async def test_store_with_damaged_rows(tmp_path: Path, role: str, label: str, edit: Callable[[Path], None]) -> None:
+    """Rows that pass SQLite's check but hold values of the wrong type or range (enums, tuples, cursors) open as
+    StorageError naming the store and the table, never a bare ValueError or TypeError from the core or the
+    driver."""
+    a, s = await _author_and_subscriber_stores(tmp_path)
+    db = a if role == "author" else s
+    edit(db)
+    with pytest.raises(StorageError) as info:
+        await _reopen(db, role)
+    assert str(db) in str(info.value)
+    assert ("branch record" if label.startswith("branch") else f"table {label.split()[0]}") in str(info.value)
