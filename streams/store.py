@@ -345,6 +345,7 @@ class Store:
         p = Path(path)
         if not p.exists():
             raise StorageError(f"no store at {p}")
+        _check_wal(p)
         conn = cls._connect(p, durable)
         try:
             key, seed, meta = cls._read_meta(conn, p, passphrase)
@@ -812,6 +813,11 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     renamed, the frame file first: an interrupted backup leaves no ``dest`` that looks whole.  No passphrase is
     needed; the copy keeps the secrets encrypted as they are.
 
+    To restore, open the copy where it is, or, with the party stopped, delete ``<store>-wal`` and ``<store>-shm``,
+    then move the copy to ``<store>`` and ``<dest>-frames`` to ``<store>-frames``: after a crash the old ``-wal``
+    holds what was written after the snapshot, and SQLite would replay it over the copy (:meth:`Store.open`
+    refuses a copy beside a ``-wal`` that is not its own).
+
     Restoring from the copy goes back to the snapshot: everything the party did after it is lost (messages,
     cursors, anchor epochs).  A party restored from a copy older than what it already sent must not publish: it
     would sign different messages at sequence numbers it already used -- forks, which every member records as
@@ -1060,6 +1066,25 @@ def _new_database(p: Path) -> bool:
                 p.unlink()
         raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
     return made
+
+
+def _check_wal(p: Path) -> None:
+    """Refuse a ``<p>-wal`` that belongs to another database: a copy made by :func:`backup` (a self-contained file
+    whose header still says rollback journal) moved over a store whose party crashed, leaving its WAL.  SQLite
+    would replay that WAL's pages over the copy -- rows written after the snapshot, or a mix of the two files.
+    Every store this module opened is in WAL mode (header bytes 18-19 are 2), so a WAL beside a file in rollback
+    mode is never the file's own."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(20)
+        wal = os.stat(f"{p}-wal").st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc
+    if wal > 0 and head[:16] == b"SQLite format 3\x00" and head[18:20] == b"\x01\x01":
+        raise StorageError(f"{p}-wal is not this database's (a copy restored over a store whose -wal was left); "
+                           f"if {p} is the copy to restore, delete {p}-wal and {p}-shm, then open it")
 
 
 _ROLES = ("author", "subscriber")
