@@ -53,9 +53,15 @@ frame file before each checkpoint so that what reaches the database file has its
 drops all but the file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).
 Nothing is ever removed from the log, so the file only grows, like the table did.
 
-A store is thus two files (plus SQLite's ``-wal``, and ``-lock``, whose ``flock`` the running party holds:
-:meth:`Store.lock`): :func:`backup` copies both consistently while the party runs (``streams backup``); ``cp``
-of a live store does not.
+A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
+holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
+its ``-wal`` and ``-shm`` the database's mode): :func:`backup` copies both consistently while the party runs
+(``streams backup``); ``cp`` of a live store does not.
+
+:meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
+connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
+does it switch to WAL mode and add the tables of later versions.  Metadata and rows of the wrong type or range (a
+damaged or edited file that passes SQLite's check) are :class:`StorageError` where they are read.
 
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
@@ -89,6 +95,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -101,11 +108,12 @@ from typing import Any
 import msgpack
 import nacl.pwhash
 
+from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
-from .identity import Identity
+from .identity import Identity, public_key_from_did
 from .keystore import derive_key, open_secret, seal_secret
-from .wire import Grant, decode_frame
+from .wire import Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
@@ -243,29 +251,50 @@ class Store:
 
     @staticmethod
     def _connect(path: Path, durable: bool) -> sqlite3.Connection:
+        """A connection to the existing file ``path`` (never created here), with this store's settings; nothing is
+        written to the file (see :meth:`_prepare`)."""
         try:
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        try:
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             conn.execute("PRAGMA busy_timeout=5000")
             # WAL checkpoints (copying the log back into the database, with fsyncs even at synchronous=NORMAL)
             # run in a background thread (Store._checkpointer), off the event loop.  This connection's own
             # automatic checkpoint stays as a safety net, at 16000 pages (64 MiB with 4 KiB pages).
             conn.execute("PRAGMA wal_autocheckpoint=16000")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        return conn
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+        """The first writes of an open: WAL mode and the schema (tables added since version 1).  Only for a file
+        known to be a store (or one :meth:`create` just made): opening anything else must leave it as it was."""
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path}: {exc}") from exc
-        return conn
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], identity: Identity, passphrase: str | bytes, *,
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
-        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds a store."""
+        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
+        file is taken) or for a bad argument, :class:`StorageError` if the disk fails.  A create that fails
+        leaves nothing behind: the arguments are checked and the key derived before the disk is touched, and
+        the files it made are removed (an empty file it took is left empty)."""
         p = Path(path)
-        if p.exists() and p.stat().st_size > 0:
-            raise LocalProtocolError(f"{p} already exists; open it instead")
-        conn = cls._connect(p, durable)
+        if not isinstance(identity, Identity):
+            raise LocalProtocolError("a store's identity is an Identity")
+        try:
+            _check_meta({"role": role, "channel": channel, "author_did": author_did, "name": name})
+        except ValueError as exc:
+            raise LocalProtocolError(f"cannot create a store: its {exc} is not valid") from None
         salt = os.urandom(16)
         key = derive_key(passphrase, salt, opslimit, memlimit)
         sealed_seed = seal_secret(key, identity.export_seed(), b"streams.store.identity")
@@ -273,66 +302,97 @@ class Store:
             "schema": SCHEMA_VERSION, "role": role, "channel": channel, "author_did": author_did, "name": name,
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
+        others = [Path(f"{p}{s}") for s in ("-wal", "-shm", "-journal")]
+        there = {o for o in others if o.exists()}
+        made = _new_database(p)
+        conn: sqlite3.Connection | None = None
         try:
-            with _tx(conn):
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _pack(v)) for k, v in meta.items()])
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StorageError(f"cannot initialise store {p}: {exc}") from exc
-        os.chmod(p, 0o600)
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(f"{p}-frames", 0)  # left by an earlier store of this name: nothing here refers to it
+            conn = cls._connect(p, durable)
+            cls._prepare(conn, p)
+            try:
+                with _tx(conn):
+                    conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, _pack(v)) for k, v in meta.items()])
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot initialise store {p}: {exc}") from exc
+            try:
+                os.chmod(p, 0o600)  # created 0600 (_new_database): a belt
+                with contextlib.suppress(FileNotFoundError):
+                    os.truncate(f"{p}-frames", 0)  # left by an earlier store of this name: nothing refers to it
+            except OSError as exc:
+                raise StorageError(f"cannot initialise store {p}: {_reason(exc)}") from exc
+        except BaseException:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            for o in others:
+                if o not in there:
+                    with contextlib.suppress(OSError):
+                        o.unlink()
+            with contextlib.suppress(OSError):
+                if made:
+                    p.unlink()
+                else:
+                    os.truncate(p, 0)
+            raise
         return cls(conn, p, key, identity, durable=durable)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
         if the file is missing, not a store, or damaged (SQLite's ``quick_check`` runs first: it reads the whole
-        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it)."""
+        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it).
+        Nothing is written to a file before it is known to be a store and the passphrase opens it."""
         p = Path(path)
         if not p.exists():
             raise StorageError(f"no store at {p}")
+        _check_wal(p)
         conn = cls._connect(p, durable)
         try:
-            meta = {k: msgpack.unpackb(v, raw=False) for k, v in conn.execute("SELECT k, v FROM meta")}
-        except (sqlite3.Error, ValueError) as exc:
+            key, seed, meta = cls._read_meta(conn, p, passphrase)
+            cls._prepare(conn, p)
+        except BaseException:
             conn.close()
+            raise
+        store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
+        store._meta = meta
+        return store
+
+    @staticmethod
+    def _read_meta(conn: sqlite3.Connection, p: Path,
+                   passphrase: str | bytes) -> tuple[bytes, bytes, dict[str, Any]]:
+        """(key, identity seed, metadata) of the store on ``conn``, read without writing; raises as :meth:`open`."""
+        try:
+            meta = {k: msgpack.unpackb(v, raw=False) for k, v in conn.execute("SELECT k, v FROM meta")}
+        except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StorageError(f"{p} is not a readable store") from exc
         if meta.get("schema") != SCHEMA_VERSION:
-            conn.close()
             raise StorageError(f"{p}: unsupported store schema {meta.get('schema')!r}")
         try:
             check = conn.execute("PRAGMA quick_check(1)").fetchone()
         except sqlite3.Error as exc:
-            conn.close()
             raise StorageError(f"{p} is damaged: {exc}") from exc
         if check != ("ok",):
-            conn.close()
             raise StorageError(f"{p} is damaged (SQLite's check: {check[0] if check else 'no answer'})")
-        # A damaged or edited file must give StorageError, never a KeyError or a "bad argument" error: check the
-        # rows the key derivation needs before using them.
+        # A damaged or edited file must give StorageError, never a KeyError, a "bad argument" error or a decoding
+        # error (the peer's fault) later: check the rows before using them.
+        try:
+            _check_meta(meta)
+        except ValueError as exc:
+            raise StorageError(f"{p}: store metadata {exc} is missing or damaged") from None
         salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
         if not (isinstance(salt, bytes) and type(ops) is int and type(mem) is int and isinstance(sealed, bytes)):
-            conn.close()
             raise StorageError(f"{p}: store metadata is missing or damaged")
         try:
             key = derive_key(passphrase, salt, ops, mem)
         except LocalProtocolError as exc:
-            conn.close()
             if not isinstance(passphrase, str | bytes):
                 raise  # the caller's argument, not the file
             raise StorageError(f"{p}: store metadata is missing or damaged") from exc
-        except KeystoreError:
-            conn.close()
-            raise
         try:
             seed = open_secret(key, sealed, b"streams.store.identity")
         except KeystoreError as exc:
-            conn.close()
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
-        store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
-        store._meta = meta
-        return store
+        return key, seed, meta
 
     def meta(self, key: str) -> Any:
         """A metadata value: role, channel, author_did, name, did, announce.  Raises :class:`StorageError` if
@@ -492,7 +552,13 @@ class Store:
         return [self._open_branch(bid, rec) for bid, rec in self._q("SELECT id, rec FROM branches")]
 
     def load_chains(self) -> list[ChainRecord]:
-        return [ChainRecord(*row) for row in self._q("SELECT branch, publisher, next_seq, head, covered FROM chains")]
+        """Every chain's cursor.  Raises :class:`StorageError` for a row of the wrong types (a damaged file)."""
+        rows = self._q("SELECT branch, publisher, next_seq, head, covered FROM chains")
+        for b, p, n, h, c in rows:
+            if not (type(b) is bytes and _count(p) and _count(n) and type(h) is bytes and _count(c)):
+                raise StorageError(f"a row of table chains in {self.path} is damaged (branch "
+                                   f"{b.hex() if type(b) is bytes else '?'}, publisher {p!r})")
+        return [ChainRecord(*row) for row in rows]
 
     def load_nonces(self, now_ms: int) -> list[tuple[bytes, int]]:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))
@@ -560,7 +626,14 @@ class Store:
         return int(self._q("SELECT count(*) FROM log")[0][0])
 
     def delivered(self) -> dict[tuple[bytes, int], int]:
-        return {(b, p): s for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered")}
+        """The application's cursor of each chain.  Raises :class:`StorageError` for a damaged row."""
+        out = {}
+        for b, p, s in self._q("SELECT branch, publisher, seq FROM delivered"):
+            if not (type(b) is bytes and _count(p) and _count(s)):
+                raise StorageError(f"a row of table delivered in {self.path} is damaged (branch "
+                                   f"{b.hex() if type(b) is bytes else '?'}, publisher {p!r})")
+            out[(b, p)] = s
+        return out
 
     def lock(self) -> None:
         """Claim the store for the party that runs on it: an exclusive ``flock`` on ``<file>-lock`` beside it, held
@@ -710,6 +783,7 @@ class Store:
         try:
             v = msgpack.unpackb(rec, raw=False)
             keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
+            _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
                                 [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v))
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
@@ -740,6 +814,11 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     Bytes after them are unreferenced and harmless.  Both copies are written to temporary names, synced, then
     renamed, the frame file first: an interrupted backup leaves no ``dest`` that looks whole.  No passphrase is
     needed; the copy keeps the secrets encrypted as they are.
+
+    To restore, open the copy where it is, or, with the party stopped, delete ``<store>-wal`` and ``<store>-shm``,
+    then move the copy to ``<store>`` and ``<dest>-frames`` to ``<store>-frames``: after a crash the old ``-wal``
+    holds what was written after the snapshot, and SQLite would replay it over the copy (:meth:`Store.open`
+    refuses a copy beside a ``-wal`` that is not its own).
 
     Restoring from the copy goes back to the snapshot: everything the party did after it is lost (messages,
     cursors, anchor epochs).  A party restored from a copy older than what it already sent must not publish: it
@@ -914,6 +993,33 @@ def _history_rows(records: list[BranchRecord]) -> list[tuple[bytes, int, bytes]]
     return rows
 
 
+def _count(v: Any) -> bool:
+    """An integer >= 0 (not a bool, not text: SQLite keeps whatever a damaged or edited row holds)."""
+    return type(v) is int and v >= 0
+
+
+_MODES = frozenset(int(m) for m in SigningMode)
+_PERMISSIONS = frozenset(int(p) for p in Permission)
+_STATES = frozenset(st.value for st in BranchState)
+
+
+def _check_branch(bid: bytes, v: Any, keys: Any) -> None:
+    """Raise ValueError if a stored branch record (``v``, its unsealed ``keys``) holds a value of the wrong type
+    or range, which the core would otherwise fail on later (an enum, a tuple to unpack)."""
+    if not (isinstance(v, list) and len(v) >= 11 and v[0] == bid and _count(v[1]) and v[2] in _MODES
+            and type(v[3]) is bytes and type(v[4]) is bytes and _count(v[5]) and v[8] in _STATES
+            and type(v[9]) is str and type(v[10]) is bytes):
+        raise ValueError("a field of the branch record")
+    if not (isinstance(v[6], list) and all(
+            isinstance(m, list) and len(m) == 3 and _count(m[0]) and type(m[1]) is bytes and m[2] in _PERMISSIONS
+            for m in v[6])):
+        raise ValueError("the members of the branch record")
+    if not (isinstance(keys, list) and all(
+            isinstance(k, list) and len(k) == 3 and _count(k[0]) and _count(k[1]) and type(k[2]) is bytes
+            for k in keys)):
+        raise ValueError("the keys of the branch record")
+
+
 def _former(v: list[Any]) -> list[tuple[int, bytes, int]]:
     """A stored group's removed members (absent in records written before they were kept)."""
     if len(v) <= 12:
@@ -932,6 +1038,89 @@ def _grants(v: list[Any]) -> list[bytes]:
     if not isinstance(v[11], list) or not all(isinstance(g, bytes) for g in v[11]):
         raise TypeError("grants must be a list of frames")
     return list(v[11])
+
+
+def _new_database(p: Path) -> bool:
+    """Make the file for a new store at ``p``, mode 0600 before SQLite opens it, so that the ``-wal`` and ``-shm``
+    SQLite creates beside it get that mode too (it copies the database's): True.  An existing empty file is taken
+    instead (made 0600): False.  Raises :class:`LocalProtocolError` if ``p`` holds anything else,
+    :class:`StorageError` if it cannot be created."""
+    made = True
+    try:
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            made = False
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                raise LocalProtocolError(f"{p} already exists; open it instead") from None
+        try:
+            st = os.fstat(fd)
+            if not made and (not stat.S_ISREG(st.st_mode) or st.st_size > 0):
+                raise LocalProtocolError(f"{p} already exists; open it instead")
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if made:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
+    return made
+
+
+def _check_wal(p: Path) -> None:
+    """Refuse a ``<p>-wal`` that belongs to another database: a copy made by :func:`backup` (a self-contained file
+    whose header still says rollback journal) moved over a store whose party crashed, leaving its WAL.  SQLite
+    would replay that WAL's pages over the copy -- rows written after the snapshot, or a mix of the two files.
+    Every store this module opened is in WAL mode (header bytes 18-19 are 2), so a WAL beside a file in rollback
+    mode is never the file's own."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(20)
+        wal = os.stat(f"{p}-wal").st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc
+    if wal > 0 and head[:16] == b"SQLite format 3\x00" and head[18:20] == b"\x01\x01":
+        raise StorageError(f"{p}-wal is not this database's (a copy restored over a store whose -wal was left); "
+                           f"if {p} is the copy to restore, delete {p}-wal and {p}-shm, then open it")
+
+
+_ROLES = ("author", "subscriber")
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    """Raise ValueError naming the first of the metadata fields role, name, channel, author_did (and announce,
+    which may be absent) that is missing or holds a value of the wrong type or form; its text is only the
+    field's name, quoted (never the value: the caller says what to do)."""
+    checks: dict[str, Callable[[Any], bool]] = {
+        "role": lambda v: isinstance(v, str) and v in _ROLES,
+        "name": lambda v: isinstance(v, str),
+        "channel": lambda v: isinstance(v, bytes) and len(v) == 32,
+        "author_did": _is_did,
+        "announce": lambda v: v is None or (isinstance(v, bytes) and _is_frame(v, Kind.ANNOUNCE)),
+    }
+    for field, ok in checks.items():
+        if not ok(meta.get(field)):
+            raise ValueError(repr(field))
+
+
+def _is_did(v: Any) -> bool:
+    try:
+        public_key_from_did(v)
+    except DecodeError:
+        return False
+    return True
+
+
+def _is_frame(data: bytes, kind: Kind) -> bool:
+    try:
+        return decode_frame(data, max_frame=max(len(data), 1)).kind is kind
+    except DecodeError:
+        return False
 
 
 def _fsync_path(path: Path) -> None:

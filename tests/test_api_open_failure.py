@@ -92,7 +92,8 @@ async def test_failed_subscriber_open_and_create_close_the_endpoint(tmp_path: Pa
 
 async def test_a_store_runs_one_party_at_a_time(tmp_path: Path) -> None:
     """Two parties on one store would sign the same sequence numbers twice (forks): the second open is refused
-    while the first runs (also from this process), and the store opens again once the first closed."""
+    while the first runs (also from this process), and the store opens again once the first closed.  A second
+    create at the path is the caller's mistake, whether a party runs or not (README: LocalProtocolError)."""
     hub = MemoryHub()
     author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
                                  store_options=FAST)
@@ -101,6 +102,9 @@ async def test_a_store_runs_one_party_at_a_time(tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="in use"):
             await Author.open(tmp_path / "author.db", PW, ep, POLICY, store_options=FAST)
         await assert_closed(ep)  # and the failed open released what it was given, as any other
+        with pytest.raises(LocalProtocolError, match="already exists"):
+            await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, MemoryHub().author_endpoint(),
+                                POLICY, store_options=FAST)
     finally:
         await ep.close()
         await author.close()

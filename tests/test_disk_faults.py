@@ -14,7 +14,8 @@ How the faults are made (we run as root, so ``chmod`` would not stop a write):
 * read-only while open: ``chattr +i`` on the database and its WAL (ext4 refuses writes even through already
   open descriptors); skipped where the file system or capabilities do not allow it;
 * read-only at open: a read-only bind mount over the store's directory, in a private mount namespace;
-* damaged file: truncations and overwritten pages, and a store whose metadata rows were removed.
+* damaged file: truncations and overwritten pages, a store whose metadata rows were removed, and rows (metadata,
+  branches, cursors) edited to hold values of the wrong type or range.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from streams.api import Author, MemoryHub
+from streams.api import Author, MemoryHub, Subscriber
 from streams.errors import ClosedResourceError, StorageError
 from streams.policy import AllowList
 from streams.store import Store
@@ -288,3 +289,103 @@ async def test_store_missing_metadata(tmp_path: Path, key: str) -> None:
         conn.execute("DELETE FROM meta WHERE k = ?", (key,))
     conn.close()
     await _open_fails(db)
+
+
+async def _author_and_subscriber_stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A closed author store ``a.db`` and subscriber store ``s.db``: one branch, a message each way, delivered."""
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("s"), store_options=OPTS)
+    branch = await sub.subscribe()
+    await sub.publish(branch, b"x" * 100)
+    await author.next_message()
+    await author.publish(branch, b"y" * 100)
+    await sub.next_message()
+    await sub.close()
+    await author.close()
+    return tmp_path / "a.db", tmp_path / "s.db"
+
+
+async def _reopen(db: Path, role: str) -> None:
+    if role == "author":
+        party: Author | Subscriber = await Author.open(db, PW, MemoryHub().author_endpoint(),
+                                                       AllowList.of([SUB.did]), store_options=OPTS)
+    else:
+        party = await Subscriber.open(db, PW, MemoryHub().subscriber_endpoint("s"), store_options=OPTS)
+    await party.close()
+
+
+def _edit(db: Path, sql: str, args: tuple[Any, ...] = ()) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(sql, args)
+    conn.close()
+
+
+@pytest.mark.parametrize(("role", "key", "value"), [
+    ("author", "role", "boss"),
+    ("author", "name", 7),
+    ("subscriber", "channel", 5),
+    ("subscriber", "channel", b"short"),
+    ("subscriber", "author_did", b"x"),
+    ("subscriber", "author_did", "did:key:z6Mk"),
+    ("subscriber", "announce", b"junk"),
+    ("subscriber", "role", None),
+])
+async def test_store_with_damaged_metadata(tmp_path: Path, role: str, key: str, value: object) -> None:
+    """A metadata row that holds a value of the wrong type or form (a damaged or edited file that passes SQLite's
+    check) opens as StorageError naming the store and the field -- not an AttributeError, nor a
+    LocalProtocolError (the caller's fault) or a DecodeError (the peer's)."""
+    import msgpack
+
+    a, s = await _author_and_subscriber_stores(tmp_path)
+    db = a if role == "author" else s
+    _edit(db, "UPDATE meta SET v = ? WHERE k = ?", (msgpack.packb(value, use_bin_type=True), key))
+    with pytest.raises(StorageError) as info:
+        await _reopen(db, role)
+    assert str(db) in str(info.value) and repr(key) in str(info.value)
+    assert type(info.value) is StorageError
+
+
+def _set_branch_field(idx: int, value: object) -> Callable[[Path], None]:
+    def edit(db: Path) -> None:
+        import sqlite3
+
+        import msgpack
+
+        conn = sqlite3.connect(db)
+        with conn:
+            for bid, rec in conn.execute("SELECT id, rec FROM branches").fetchall():
+                v = msgpack.unpackb(rec, raw=False)
+                v[idx] = value
+                conn.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), bid))
+        conn.close()
+    return edit
+
+
+@pytest.mark.parametrize(("label", "edit"), [
+    ("branch mode", _set_branch_field(2, 99)),
+    ("branch state", _set_branch_field(8, "bogus")),
+    ("branch members", _set_branch_field(6, [[1]])),
+    ("branch member permission", _set_branch_field(6, [[0, b"k" * 32, 9]])),
+    ("branch epoch", _set_branch_field(1, "one")),
+    ("chains next_seq", lambda db: _edit(db, "UPDATE chains SET next_seq = 'abc'")),
+    ("chains covered", lambda db: _edit(db, "UPDATE chains SET covered = -1")),
+    ("delivered seq", lambda db: _edit(db, "UPDATE delivered SET seq = 'zz'")),
+])
+@pytest.mark.parametrize("role", ["author", "subscriber"])
+async def test_store_with_damaged_rows(tmp_path: Path, role: str, label: str, edit: Callable[[Path], None]) -> None:
+    """Rows that pass SQLite's check but hold values of the wrong type or range (enums, tuples, cursors) open as
+    StorageError naming the store and the table, never a bare ValueError or TypeError from the core or the
+    driver."""
+    a, s = await _author_and_subscriber_stores(tmp_path)
+    db = a if role == "author" else s
+    edit(db)
+    with pytest.raises(StorageError) as info:
+        await _reopen(db, role)
+    assert str(db) in str(info.value)
+    assert ("branch record" if label.startswith("branch") else f"table {label.split()[0]}") in str(info.value)

@@ -191,3 +191,59 @@ def test_cli_backup(tmp_path: Path) -> None:
     assert again.returncode == 2 and not again.json["ok"] and "already exists" in again.json["error"]
     gone = cli("backup", "--store", "nothing.db", "--to", "d.db")
     assert gone.returncode == 2 and "no store at nothing.db" in gone.stderr
+
+
+# A party that commits three more messages to the store and dies without closing it (its -wal stays).
+CRASH_AFTER = """
+import os, sys
+from tests.test_store_frames import commit
+from streams.store import Store
+s = Store.open(sys.argv[1], "pw")
+commit(s, [3, 4, 5], [500, 16384, 500])
+os._exit(0)
+"""
+
+
+def _crashed_after_backup(tmp_path: Path) -> Path:
+    """``s.db`` backed up to ``copy.db`` at 2 messages, then 3 more written by a party that crashed."""
+    db = source(tmp_path, [500, 16384])
+    backup(db, tmp_path / "copy.db")
+    subprocess.run([sys.executable, "-c", CRASH_AFTER, str(db)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert Path(f"{db}-wal").stat().st_size > 0
+    return db
+
+
+def test_the_documented_restore_goes_back_to_the_snapshot(tmp_path: Path) -> None:
+    """The restore steps of README and ``streams backup --help``, after a crash (the usual reason to restore):
+    with the party stopped, delete ``<store>-wal`` and ``<store>-shm``, then move the copy and its ``-frames``
+    file into place.  The store opens at the snapshot: 2 messages, not the 5 the crashed party's WAL holds."""
+    db = _crashed_after_backup(tmp_path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp_path / "copy.db", db)
+    os.replace(tmp_path / "copy.db-frames", f"{db}-frames")
+    assert check_copy(db) == 2
+
+
+def test_a_copy_moved_over_a_store_with_its_wal_left_is_refused(tmp_path: Path) -> None:
+    """Moving only the copy's two files into place leaves the crashed party's ``-wal``, which SQLite would replay
+    over the copy (the rows written after the snapshot, pages of one file applied to another): ``open`` refuses
+    it with StorageError saying which files to delete, and writes nothing; once they are deleted it opens at
+    the snapshot."""
+    db = _crashed_after_backup(tmp_path)
+    os.replace(tmp_path / "copy.db", db)
+    os.replace(tmp_path / "copy.db-frames", f"{db}-frames")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(StorageError, match=r"delete .*s\.db-wal and .*s\.db-shm"):
+        Store.open(db, "pw")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    assert check_copy(db) == 2
+
+
+def test_backup_help_gives_the_restore_steps(tmp_path: Path) -> None:
+    """``streams backup --help`` says to delete the store's ``-wal`` and ``-shm`` when restoring."""
+    out = Cli(tmp_path)("backup", "--help").ok().stdout
+    assert "-wal" in out and "-shm" in out and "delete" in out

@@ -1,0 +1,181 @@
+"""``Store.create`` and ``Store.open`` and the files on disk: what they write, and what they leave behind.
+
+Real SQLite files in a temporary directory, compared byte for byte.  What must hold: opening something that is
+not a store (``streams status --store`` at the wrong path) refuses it with :class:`StorageError` and leaves it as
+it was; a create that fails -- a bad argument, a full disk -- leaves nothing that blocks the path (the next
+create there succeeds, and ``open`` says "no store", not "unsupported schema"); a new store's files, its
+``-wal`` and ``-shm`` included, are private (mode 0600) from the first write, whatever the umask.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.errors import BadPassphrase, LocalProtocolError, StorageError
+from streams.identity import Identity
+from streams.store import Store
+
+ME = Identity.from_seed(b"\x07" * 32)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def create(path: Path, **kw: object) -> Store:
+    args: dict[str, object] = {"role": "author", "channel": b"c" * 32, "author_did": ME.did, "opslimit": 1,
+                               "memlimit": 8192}
+    args.update(kw)
+    passphrase = args.pop("passphrase", "pw")
+    return Store.create(path, ME, passphrase, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("what", ["empty", "other-sqlite", "other-sqlite-wal", "not-sqlite"])
+def test_opening_what_is_not_a_store_refuses_it_and_writes_nothing(tmp_path: Path, what: str) -> None:
+    """Another application's SQLite file (rollback or WAL mode), an empty file or arbitrary bytes: ``open`` raises
+    StorageError naming the path, and every file in the directory is as it was (no WAL mode, no tables added, no
+    ``-wal``/``-shm`` left)."""
+    p = tmp_path / "x.db"
+    if what == "empty":
+        p.write_bytes(b"")
+    elif what == "not-sqlite":
+        p.write_bytes(b"hello, world\n" * 100)
+    else:
+        c = sqlite3.connect(p)
+        if what == "other-sqlite-wal":
+            c.execute("PRAGMA journal_mode=WAL")
+        c.execute("CREATE TABLE t (x)")
+        c.execute("INSERT INTO t VALUES (1)")
+        c.commit()
+        c.close()
+    before = files(tmp_path)
+    with pytest.raises(StorageError, match=r"x\.db"):
+        Store.open(p, "pw")
+    assert files(tmp_path) == before
+
+
+def test_a_wrong_passphrase_writes_nothing(tmp_path: Path) -> None:
+    """A store opened with the wrong passphrase is not written to either (the schema runs once it is opened)."""
+    create(tmp_path / "s.db").close()
+    before = files(tmp_path)
+    with pytest.raises(BadPassphrase):
+        Store.open(tmp_path / "s.db", "not it")
+    assert files(tmp_path) == before
+
+
+def test_an_empty_file_can_still_be_created_over(tmp_path: Path) -> None:
+    """An empty file that ``open`` refused is still taken by ``create`` (it was not turned into a schema-only
+    file that create then calls "already exists"), and gets mode 0600."""
+    p = tmp_path / "s.db"
+    p.write_bytes(b"")
+    os.chmod(p, 0o644)
+    with pytest.raises(StorageError):
+        Store.open(p, "pw")
+    store = create(p)
+    store.close()
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    Store.open(p, "pw").close()
+
+
+@pytest.mark.parametrize(("label", "kw"), [
+    ("opslimit", {"opslimit": 0}),
+    ("passphrase type", {"passphrase": 7}),
+    ("role", {"role": "boss"}),
+    ("channel", {"channel": b"short"}),
+    ("author_did", {"author_did": "did:key:nonsense"}),
+    ("name", {"name": 7}),
+])
+@pytest.mark.parametrize("existing", ["none", "empty file"])
+def test_a_create_refused_for_an_argument_leaves_nothing(tmp_path: Path, label: str, kw: dict[str, object],
+                                                         existing: str) -> None:
+    """A bad argument is a LocalProtocolError before the disk is touched: no file is made (an empty file that was
+    there stays empty), so the same path takes a correct create at once, and ``open`` of it says "no store"."""
+    p = tmp_path / "s.db"
+    if existing == "empty file":
+        p.write_bytes(b"")
+    before = files(tmp_path)
+    with pytest.raises(LocalProtocolError):
+        create(p, **kw)
+    assert files(tmp_path) == before
+    if existing == "none":
+        with pytest.raises(StorageError, match="no store"):
+            Store.open(p, "pw")
+    create(p).close()
+    Store.open(p, "pw").close()
+
+
+# A child that creates a store under RLIMIT_FSIZE (SIGXFSZ ignored: the write fails with EFBIG): a full disk
+# in the middle of create, without privileges.  It prints the error, then the files left.
+FULL = """
+import os, resource, signal, sys
+from pathlib import Path
+from streams.identity import Identity
+from streams.store import Store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+p = Path(sys.argv[1])
+me = Identity.from_seed(bytes([7]) * 32)
+try:
+    Store.create(p, me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1, memlimit=8192)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("created")
+print(sorted(x.name for x in p.parent.iterdir()))
+"""
+
+
+@pytest.mark.parametrize("limit", [0, 2048, 8192])
+def test_a_create_that_runs_out_of_space_leaves_nothing(tmp_path: Path, limit: int) -> None:
+    """A create whose writes fail (the database or its WAL cannot grow) is a StorageError and removes the files
+    it made, the ``-wal`` and ``-shm`` included: the next create at the path succeeds."""
+    p = tmp_path / "s.db"
+    out = subprocess.run([sys.executable, "-c", FULL, str(p), str(limit)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True).stdout
+    first, left = out.splitlines()
+    assert first.startswith("StorageError") and "s.db" in first, out
+    assert left == "[]"
+    create(p).close()
+    Store.open(p, "pw").close()
+
+
+def test_a_new_store_s_wal_and_shm_are_private_from_the_start(tmp_path: Path) -> None:
+    """Under umask 022, every file of a new store -- the database, and the ``-wal`` (which holds the cleartext
+    rows: DIDs, members, logged frames) and ``-shm`` SQLite makes beside it -- is 0600 while its first session
+    runs, not only after it."""
+    old = os.umask(0o022)
+    try:
+        store = create(tmp_path / "s.db")
+    finally:
+        os.umask(old)
+    try:
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert {"s.db", "s.db-wal", "s.db-shm"} <= set(names)
+        for p in tmp_path.iterdir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, f"{p.name} is {oct(p.stat().st_mode)}"
+    finally:
+        store.close()
+
+
+def test_create_refuses_a_path_that_holds_anything(tmp_path: Path) -> None:
+    """A path holding a store, another file or a directory is refused with LocalProtocolError ("already
+    exists"; the caller's mistake), and left as it was."""
+    create(tmp_path / "s.db").close()
+    (tmp_path / "other").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    before = {p.name for p in tmp_path.iterdir()}
+    for name in ("s.db", "other", "dir"):
+        with pytest.raises(LocalProtocolError, match="already exists"):
+            create(tmp_path / name)
+    assert {p.name for p in tmp_path.iterdir()} == before
+    assert (tmp_path / "other").read_bytes() == b"x"
+    Store.open(tmp_path / "s.db", "pw").close()
