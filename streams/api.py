@@ -1201,7 +1201,15 @@ class Author(_Party):
             self._last_recheck = now_ms
             reasons: dict[bytes, str] = {}
             restricted: list[tuple[bytes, Permission]] = []
-            self._report_revoked(self._core.recheck(now_ms, restricted=restricted, reasons=reasons), reasons)
+            try:
+                revoked = self._core.recheck(now_ms, restricted=restricted, reasons=reasons)
+            except Exception as exc:  # the policy's failure: nothing changed (every decision comes first)
+                # A status lookup that failed (StatusLookupFailed), a policy's bug: no answer now.  The next
+                # re-check tries again; the party serves on.
+                log.warning("admission re-check failed, nothing changed (tried again in %d ms): %s: %s",
+                            self.recheck_ms, type(exc).__name__, exc)
+                return
+            self._report_revoked(revoked, reasons)
             self._report_restricted(restricted)
 
     def _report_restricted(self, restricted: list[tuple[bytes, Permission]]) -> None:

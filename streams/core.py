@@ -28,6 +28,7 @@ In-memory state is O(branches): per branch a few keys and per chain a cursor; me
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import struct
@@ -428,8 +429,8 @@ class _Chain:
 
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
-                 "has_evidence", "heard", "id", "keys", "me", "members", "mode", "peer_did", "quiet", "refreshes",
-                 "state", "sync_ms", "write_since")
+                 "has_evidence", "heard", "id", "keys", "lapses", "me", "members", "mode", "peer_did", "quiet",
+                 "refreshes", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -457,22 +458,28 @@ class _Branch:
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
         self.quiet = 0  #: subscriber side: forced refreshes in a row that found the branch quiet
         self.refreshes = 0  #: subscriber side: forced refreshes seen (sync_quiet)
-        #: publisher -> (epoch it was computed at, first epoch of the publisher's current run of write epochs)
-        self.write_since: dict[int, tuple[int, int]] = {}
+        #: publisher -> (epoch they were listed at, the epochs up to it that drew no key for its chain, ascending)
+        self.lapses: dict[int, tuple[int, list[int]]] = {}
+
+    def lapse_between(self, publisher: int, lo: int, hi: int) -> bool:
+        """Whether a member's write permission lapsed after key epoch ``lo``, up to ``hi``: an epoch in between drew
+        no key for its chain (a re-key took write away).  Frames it signed under ``lo`` and ``hi`` then belong to
+        two runs of its right, and the later run starts beyond the head the lapse named: a frame of the earlier
+        run at a position of the later one was never accepted (SPEC 11).  Cost: a bisection (the list is made
+        once per epoch)."""
+        if publisher == 0 or lo >= hi:
+            return False
+        at, gaps = self.lapses.get(publisher, (-1, []))
+        if at != self.epoch:
+            gaps = [e for e in range(self.epoch + 1) if (e, publisher) not in self.keys]
+            self.lapses[publisher] = (self.epoch, gaps)
+        i = bisect.bisect_right(gaps, lo)
+        return i < len(gaps) and gaps[i] <= hi
 
     def write_lapsed(self, publisher: int, epoch: int) -> bool:
-        """Whether a member's write permission lapsed after key epoch ``epoch``: some later epoch drew no key for
-        its chain (a re-key took write away; given back since).  What it signs under ``epoch`` beyond the head the
-        re-key named was made outside its current right: never accepted, and no evidence of a fork."""
-        if publisher == 0 or epoch >= self.epoch:
-            return False
-        at, since = self.write_since.get(publisher, (-1, 0))
-        if at != self.epoch:
-            since = self.epoch
-            while since > 0 and (since - 1, publisher) in self.keys:
-                since -= 1
-            self.write_since[publisher] = (self.epoch, since)
-        return epoch < since
+        """Whether the publisher's write permission lapsed after ``epoch`` (up to now): what it signs under
+        ``epoch`` beyond our cursor was made outside its current right."""
+        return self.lapse_between(publisher, epoch, self.epoch)
 
     def record(self, grant_frame: bytes, evidence: bytes, grants: list[bytes]) -> BranchRecord:
         return BranchRecord(
@@ -580,7 +587,7 @@ class _CoreBase:
         #: Member: branches whose timed grant sync is not answered yet -> retries left (SPEC 9.5).
         self._sync_waits: dict[bytes, int] = {}
         #: Member: groups whose re-key came before their first grant: our own branch's grant sync was asked for it.
-        self._first_grant_asked: set[bytes] = set()
+        self._first_grant_asked: dict[bytes, int] = {}  #: -> when first asked (ms)
         self._control_verified = False
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
@@ -1286,10 +1293,12 @@ class _CoreBase:
             member = None if b is None else b.members.get(publisher)
             if b is None or member is None:
                 return None
-            epochs = sorted((getattr(f.head, "epoch", 0),
-                             getattr(decode_frame(logged_frame, self.config.max_frame).head, "epoch", 0)))
-            if b.write_lapsed(publisher, epochs[0]) and not b.write_lapsed(publisher, epochs[1]):
-                return None  # the first was signed before its write permission lapsed: nobody accepted it
+            new_epoch = getattr(f.head, "epoch", 0)
+            logged_epoch = getattr(decode_frame(logged_frame, self.config.max_frame).head, "epoch", 0)
+            if b.lapse_between(publisher, new_epoch, logged_epoch):
+                # The new one was signed before the publisher's write lapsed, the accepted one after it got write
+                # back: the later run starts beyond the head the lapse named, so nobody accepted the new one.
+                return None
             evidence = ForkEvidence(logged_frame, new_frame)
             check_fork(evidence, member[0])
         except (RemoteProtocolError, LocalProtocolError):
@@ -1394,15 +1403,12 @@ class _CoreBase:
         c = b.chains.get(h.publisher)
         if c is None:
             raise _Reject(RejectReason.NOT_PERMITTED, "we may not read this chain", h.branch, h.publisher, h.seq)
-        lapsed = b.write_lapsed(h.publisher, h.epoch)
         if h.seq < c.next_seq:
             # Cheap, before any crypto (THREATS 3, 8).
-            # The frame rides along so the driver can tell a duplicate from a fork (THREATS 7) with its log --
-            # unless it was signed before the publisher's write permission lapsed: the position may since hold
-            # what it signed after it got write back (nobody accepted the first, SPEC 11).
+            # The frame rides along so the driver can tell a duplicate from a fork (THREATS 7) with its log.
             raise _Reject(RejectReason.REPLAY, "sequence number already accepted", h.branch, h.publisher, h.seq,
-                          None if lapsed else frame.raw)
-        if lapsed:
+                          frame.raw)
+        if b.write_lapsed(h.publisher, h.epoch):
             raise _Reject(RejectReason.NOT_PERMITTED, "signed before the publisher's write permission lapsed",
                           h.branch, h.publisher, h.seq)
         if (h.epoch, h.publisher) not in b.keys:
@@ -1492,6 +1498,12 @@ class _CoreBase:
         if held is not None:
             if _crypto.ct_equal(held.hash, frame.hash):
                 raise _Reject(RejectReason.REPLAY, "already held", h.branch, h.publisher, h.seq)
+            if b.write_lapsed(h.publisher, held.head.epoch):
+                # Held since before the publisher's write lapsed: it will never be accepted (SPEC 11).  The new
+                # one, of the current run, takes its place.
+                self._verify_chain_frame(b, frame)
+                c.held[h.seq] = frame
+                return
             # Another message at a position we hold one for (THREATS 7): if it authenticates too, the publisher
             # signed both -- a fork, whichever the relay delivers first.  Both frames go to the driver, which
             # checks and records the evidence as for a REPLAY that differs from the log.  The held one stays.
@@ -1534,6 +1546,13 @@ class _CoreBase:
             b.heard = True
             self._sync_waits.pop(b.id, None)  # the author answered (a group's grant sync, SPEC 9.5)
         c = b.chains[h.publisher]
+        if 1 <= h.seq < c.next_seq and not b.write_lapsed(h.publisher, h.epoch):
+            known = c.head if h.seq == c.next_seq - 1 else self._logged_hash(b.id, h.publisher, h.seq)
+            if known is not None and not _crypto.ct_equal(known, h.hash):
+                # The publisher's signed word that another message sits at a position we accepted: a fork (SPEC
+                # 13.6).  The frame goes to the driver, which keeps it with the logged message as evidence.
+                raise _Reject(RejectReason.FORK, "the head names another message than the one we accepted",
+                              b.id, h.publisher, h.seq, frame.raw)
         # The answer to our catch-up window starts with this HEAD, the messages follow (SPEC 14.3): what we
         # miss up to it is already asked for, so it is not reported as a gap (every `tail --events` began with
         # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
@@ -2205,23 +2224,27 @@ class AuthorCore(_CoreBase):
             elif kept is not current:
                 narrow.append((b.id, kept))
         # Group members with no open branch of their own (they left it, it was revoked alone, or they never had
-        # one: a group the author filled itself).  With ``dids`` they are judged on their DID alone: taken off
-        # the list, they leave.  Otherwise one whose closed own branch kept evidence (a credential) is judged by
-        # it, as it would be there: it no longer holds, and the policy refuses its DID alone, it leaves.
+        # one: a group the author filled itself).  One whose closed own branch kept evidence (a credential) is
+        # judged by it, as it would be there: while a piece holds it stays (with ``dids``, unless the policy
+        # cannot admit its DID at all); once none does, it stays only if the policy admits its DID alone.  The
+        # others are judged on their DID alone with ``dids``: taken off the list, they leave.
         members = {_did(pk) for gid in self._groups if self._branches[gid].state is BranchState.OPEN
                    for i, (pk, _) in self._branches[gid].members.items() if i} - own
         evidence_of: dict[str, list[bytes]] = {}
-        if members and rechecks and not dids:
+        if members and rechecks:
             for b in self._branches.values():
                 if b.peer_did in members and b.state is BranchState.CLOSED and b.has_evidence:
                     evidence_of.setdefault(b.peer_did, []).append(self._extras(b)[1])
         for d in sorted(members):
-            if dids:
-                if not self._readmits(d, False, now_ms)[0]:
+            pieces = evidence_of.get(d)
+            if pieces and any(evidence_holds(self.policy, e, now_ms) for e in pieces):
+                if dids and not could_admit(self.policy, d):
                     cut[d] = _NOT_ADMITTED
-            elif (d in evidence_of and all(evidence_holds(self.policy, e, now_ms) is False for e in evidence_of[d])
-                  and not self._decide_on_did(d, now_ms).admit):
-                cut[d] = _NO_EVIDENCE
+            elif pieces:
+                if not self._decide_on_did(d, now_ms).admit:
+                    cut[d] = _NO_EVIDENCE
+            elif dids and not self._readmits(d, False, now_ms)[0]:
+                cut[d] = _NOT_ADMITTED
         revoked = []
         for did, why in cut.items():
             closed = self.revoke_subscriber(did)
@@ -2633,20 +2656,22 @@ class SubscriberCore(_CoreBase):
         if self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED:
             self._transition(Kind.GRANT)
         if existing is None and g.epoch > 0 and len(members) > 2:
-            own = next((b for b in self._branches.values()
-                        if len(b.members) == 2 and b.state is BranchState.OPEN), None)
-            if own is not None:
+            # (A branch of two members is ours, or a group of one: we cannot tell, so each is asked.)
+            own = [b for b in self._branches.values() if len(b.members) == 2 and b.state is BranchState.OPEN]
+            asked = self._first_grant_asked.get(g.branch)
+            if own and (asked is None or now_ms - asked < self._sync_retry_ms()):
                 # A re-key of a group we hold nothing of: its first grant did not reach us (held back, lost).  We
                 # were a member from its start (a group's members only ever leave) and may read its history: our
                 # own branch's grant sync brings the group's first grant, then the group's syncs the later ones,
                 # then its catch-up what it holds (SPEC 9.5).  Starting at this grant's heads would skip what was
-                # published to us before, in silence.
-                first = g.branch not in self._first_grant_asked
-                if first:
+                # published to us before, in silence.  If the sync brought nothing earlier (an author store that
+                # no longer holds the first grant), a copy that comes after a sync's wait is applied.
+                if asked is None:
                     if len(self._first_grant_asked) >= 1024:
                         self._first_grant_asked.clear()
-                    self._first_grant_asked.add(g.branch)
-                self._request_grants(own, now_ms, limit=not first)
+                    self._first_grant_asked[g.branch] = now_ms
+                for b in own:
+                    self._request_grants(b, now_ms, limit=asked is not None)
                 return
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:

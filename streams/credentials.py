@@ -76,6 +76,7 @@ __all__ = [
     "StatusList",
     "StatusListLookup",
     "StatusListSource",
+    "StatusLookupFailed",
     "StatusUnavailable",
     "UnknownCryptosuite",
     "UnresolvableIssuer",
@@ -224,6 +225,12 @@ class StatusUnavailable(CredentialError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, CredentialFailure.STATUS_UNAVAILABLE)
+
+
+class StatusLookupFailed(StatusUnavailable):
+    """The status-list lookup itself failed (it raised: its ledger, disk or network): a subscription is refused
+    (fail closed), but a re-check of one already admitted cannot decide now -- :meth:`CredentialPolicy.still_valid`
+    raises it, so that the re-check changes nothing and is tried again."""
 
 
 class PresentationMismatch(CredentialError):
@@ -814,7 +821,7 @@ def _check_status_entry(
     try:
         list_vc = status_lists.get(url)
     except Exception as exc:  # a lookup that fails (its ledger, its disk, its network): unavailable, fail closed
-        raise StatusUnavailable(f"status list lookup failed ({type(exc).__name__})") from exc
+        raise StatusLookupFailed(f"status list lookup failed ({type(exc).__name__})") from exc
     if list_vc is None:
         raise StatusUnavailable("status list credential not found")
     try:
@@ -1040,9 +1047,11 @@ class CredentialPolicy:
         """Whether the credential that admitted a subscriber (the decision's ``evidence``) still holds at
         ``now_ms``: not revoked in its issuer's current status list, not expired.  The author calls this to cut
         off subscriptions whose credential was revoked (issue: "revoking a credential revokes the subscriptions
-        it admitted")."""
+        it admitted").  Raises :class:`StatusLookupFailed` if the status-list lookup raised: no answer now."""
         try:
             cred = verify_credential(_parse_json(evidence), now_ms, self.resolver, self.status_lists)
+        except StatusLookupFailed:
+            raise  # not an answer: the re-check fails and changes nothing (tried again at the next one)
         except CredentialError:
             return False
         return self.credential_type in cred.types and cred.issuer in self.trusted_issuers

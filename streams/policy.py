@@ -97,14 +97,15 @@ def could_admit(policy: Policy, did: str) -> bool:
 
 def evidence_holds(policy: Policy, evidence: bytes, now_ms: int) -> bool | None:
     """Whether the evidence a subscriber was admitted with still holds for ``policy`` (None: the policy re-checks
-    no evidence, it has no ``still_valid``).  :class:`AllOf` and :class:`AnyOf` judge the whole of it; any other
-    policy is asked about each piece (:func:`evidence_parts`) and holds if one does: the evidence was made by the
-    policy in force at the subscription, which may since have been reordered, nested or relaxed.  What
-    ``still_valid`` raises propagates."""
+    no evidence, it has no ``still_valid``).  :class:`AllOf` and :class:`AnyOf` judge the whole of it, as does a
+    policy that wraps others and says so (``judges_whole_evidence = True``: it passes the evidence on through this
+    function); any other policy is asked about each piece (:func:`evidence_parts`) and holds if one does: the
+    evidence was made by the policy in force at the subscription, which may since have been reordered, nested or
+    relaxed.  What ``still_valid`` raises propagates."""
     check = getattr(policy, "still_valid", None)
     if check is None:
         return None
-    if isinstance(policy, (AllOf, AnyOf)):
+    if isinstance(policy, (AllOf, AnyOf)) or getattr(policy, "judges_whole_evidence", False):
         return bool(check(evidence, now_ms))
     return any(bool(check(part, now_ms)) for part in evidence_parts(evidence))
 

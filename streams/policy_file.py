@@ -45,7 +45,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from .credentials import CredentialPolicy, StatusListLookup
 from .errors import DecodeError, LocalProtocolError
@@ -59,6 +59,7 @@ from .policy import (
     SubscriptionRequest,
     could_admit,
     denied_holders,
+    evidence_holds,
     is_denied,
 )
 from .wire import Permission
@@ -211,11 +212,14 @@ class FilePolicy:
         with credential rules, any other (the credential decides at subscription)."""
         return not is_denied(did, self.deny, self._deny_holders) and could_admit(self._rules, did)
 
+    #: It wraps its rules: the re-check hands it the whole evidence, which it passes on (evidence_holds).
+    judges_whole_evidence: ClassVar[bool] = True
+
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
-        """Whether the evidence (a credential) that admitted a subscriber still holds (see
-        :meth:`streams.policy.Policy`); the author revokes subscribers for which it does not."""
-        check = getattr(self._rules, "still_valid", None)
-        return True if check is None else bool(check(evidence, now_ms))
+        """Whether the evidence (credentials) that admitted a subscriber still holds for the rules (see
+        :func:`streams.policy.evidence_holds`); the author revokes subscribers for which it does not."""
+        holds = evidence_holds(self._rules, evidence, now_ms)
+        return True if holds is None else holds
 
     def describe(self) -> dict[str, Any]:
         """The parsed policy as plain data (what ``streams policy check`` prints)."""

@@ -300,6 +300,32 @@ async def test_two_signed_messages_at_one_position_are_a_fork(tmp_path: Path) ->
     await author.close()
 
 
+async def test_a_signed_head_naming_another_message_is_kept_as_fork_evidence(tmp_path: Path) -> None:
+    """The author's signed HEAD naming another hash at a position the member accepted (SPEC 13.6): reported as
+    ForkDetected, the HEAD and the logged message as evidence that anyone holding the author's key can check."""
+    from streams.wire import HeadNotice
+
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, None)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
+    b1 = await s1.subscribe(timeout=5)
+    for i in range(3):
+        await author.publish(b1, b"alert %d" % i)
+    for _ in range(3):
+        await s1.next_message(timeout=5)
+    col = Collect(s1)
+    lie = encode_frame(HeadNotice(author.channel, b1, 0, 2, b"\x07" * 32, 0), b"", AUTHOR.sign).raw
+    hub.inject("p1", lie)
+    await wait_for(lambda: bool(col.of(ForkDetected)), what="fork")
+    (fork,) = col.of(ForkDetected)
+    assert (fork.branch, fork.publisher, fork.seq) == (b1, 0, 2)
+    assert check_fork(fork.evidence, AUTHOR.sign_public) == (author.channel, b1, 0, 2)
+    logged = s1.store.log_entry(b1, 0, 2)
+    assert logged is not None and {fork.evidence.frame_a, fork.evidence.frame_b} == {logged[1], lie}
+    await s1.close()
+    await author.close()
+
+
 async def test_two_signed_messages_at_a_held_position_are_a_fork(tmp_path: Path) -> None:
     """The same fork, while the first message waits in the hold buffer (a gap before it): the second is refused
     FORK, and the driver checks and keeps both frames as evidence (``ForkDetected``, ``forks()``), once."""

@@ -495,3 +495,38 @@ def test_an_answer_that_arrives_after_the_next_hello_retry_still_completes_the_h
         assert done.branch == net.author.branch_of(ident(10).did)
         assert s.state.value == "subscribed"
     assert len(net.author.branch_ids()) == 1
+
+
+def test_a_signed_head_naming_another_message_at_an_accepted_position_is_a_fork(net: Net) -> None:
+    """SPEC 13.6: a HEAD signed by the publisher that names another hash at a position the receiver accepted is
+    one half of a fork, the accepted message the other; the receiver refuses it FORK, with the frame for the
+    driver to keep as evidence.  An honest HEAD of that position is taken quietly."""
+    from streams.wire import HeadNotice
+
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    s0 = net.subs["s0"]
+    logged: dict[tuple[bytes, int, int], bytes] = {}  # (what the driver's store would hold)
+    take = s0.take_changes
+
+    def kept():  # type: ignore[no-untyped-def]
+        changes = take()
+        logged.update(((r.branch, r.publisher, r.seq), r.hash) for r in changes.log)
+        return changes
+
+    s0.take_changes = kept  # type: ignore[method-assign]
+    s0.log_lookup = lambda b, p, q: logged.get((b, p, q))
+    for i in range(3):
+        net.author.publish(b0, b"m%d" % i, net.now)
+    net.pump_author()
+    seq, head, _ = s0.chain_head(b0, 0)
+    assert seq == 4
+    honest = encode_frame(HeadNotice(net.author.channel, b0, 0, 3, head, 0), b"", ident(1).sign).raw
+    assert not [e for e in s0.receive(honest, net.now) if isinstance(e, Rejected)]
+    for at in (3, 2):  # at our head, and below it (the log's hash)
+        lie = encode_frame(HeadNotice(net.author.channel, b0, 0, at, bytes([at]) * 32, 0), b"", ident(1).sign).raw
+        [rej] = [e for e in s0.receive(lie, net.now) if isinstance(e, Rejected)]
+        assert (rej.reason, rej.seq, rej.frame) == (RejectReason.FORK, at, lie)
+    # Not the author's key: refused as such, no evidence.
+    forged = encode_frame(HeadNotice(net.author.channel, b0, 0, 3, bytes(32), 0), b"", ident(99).sign).raw
+    assert [e.reason for e in s0.receive(forged, net.now) if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]

@@ -60,16 +60,20 @@ def test_write_taken_and_given_back_makes_no_fork_of_an_honest_members_chain() -
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     _, late, again = _lapsed_and_back(net)
-    assert net.author.fork_evidence(again, late) is None
+    # The refused one, replayed at a position that holds the honest one: not evidence.  (The other way round -- an
+    # accepted pre-lapse message and a post-lapse one at its position -- is a real fork: the later run of the
+    # member's right starts beyond the head the lapse named.)
     assert net.author.fork_evidence(late, again) is None
     # The refused frame first: still refused (it was signed under epoch 0, before the lapse) ...
     ev = net.author.receive(late, net.now, "relay")
     assert [e.reason for e in ev if isinstance(e, Rejected)] == [RejectReason.NOT_PERMITTED]
-    # ... and the honest one is accepted, then the refused one is a plain replay, with no frame to judge.
+    # ... and the honest one is accepted, then the refused one is a replay, which the driver's fork check (the
+    # frame against the logged one) finds no evidence in.
     ev = net.to_author(again, "s0")
     assert [(e.seq, e.payload) for e in ev if isinstance(e, MessageReceived)] == [(2, b"two again")]
     [rej] = [e for e in net.author.receive(late, net.now, "relay") if isinstance(e, Rejected)]
-    assert rej.reason is RejectReason.REPLAY and rej.frame is None
+    assert rej.reason is RejectReason.REPLAY and rej.frame == late
+    assert net.author.fork_evidence(rej.frame, again) is None
 
 
 def test_a_member_given_write_back_replaces_in_its_log_what_was_refused(tmp_path: Path) -> None:

@@ -1,0 +1,329 @@
+"""Re-checks and write lapses, attacked: a policy file of several credential rules, a group member's kept
+evidence at a reload, a status lookup that fails during a re-check, a group's first grant that comes late (a
+group of one, an author store without the grant history), and a write right that lapsed and came back (real
+forks at accepted positions still caught, a frame held from before the lapse replaced).  Cores wired together
+without sockets, real credentials."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from streams.credentials import (
+    StatusList,
+    StatusListSource,
+    StatusLookupFailed,
+    issue_status_list_credential,
+    present,
+)
+from streams.events import Granted
+
+from .corenet import Net, ident
+from .test_admission import ISSUER, LIST_URL, T0, TYPE, _cred, status  # noqa: F401  (fixture)
+
+
+def test_policy_file_mode_all_two_credential_rules_keeps_valid_subscriber(
+        tmp_path, status: tuple[StatusList, StatusListSource]) -> None:  # noqa: F811
+    # `streams serve --policy FILE` with mode "all" and two credential rules: the subscriber presents one valid
+    # credential for each.  Nothing is revoked; the periodic re-check must keep it.  evidence_holds() splits the
+    # AllOf-packed evidence into pieces and asks FilePolicy.still_valid about each piece alone -- but FilePolicy
+    # delegates to its inner AllOf, which needs every rule satisfied by the piece: no single piece holds.
+    from streams.policy_file import load_policy
+
+    bits, _ = status
+    (tmp_path / "status.json").write_text(json.dumps(issue_status_list_credential(ISSUER, LIST_URL, bits,
+                                                                                  valid_from=T0)))
+    kyc = "KYCCredential"
+    body = "".join(f'[[policy.credential]]\ntype = "{t}"\nissuers = ["{ISSUER.did}"]\npermission = "read-write"\n'
+                   f'status_lists = ["status.json"]\n' for t in (TYPE, kyc))
+    path = tmp_path / "policy.toml"
+    path.write_text('[policy]\nmode = "all"\n' + body)
+    net = Net.make(policy=load_policy(path), n_subs=1)
+    creds = [_cred(ident(10), index=3), _cred(ident(10), types=[kyc], index=5)]
+    s = net.subs["s0"]
+    s.credential_for_challenge = lambda nonce, channel: present(
+        s.identity, creds, challenge=nonce, domain=channel, created=T0 + timedelta(days=1))
+    net.subscribe("s0")
+    assert any(isinstance(e, Granted) for e in net.events["s0"])
+    assert net.author.recheck(net.now) == []
+
+
+def _late_first_grant_group(net: Net) -> bytes:
+    """s0..s2 subscribed; a group of the three whose first GRANT never reaches s0; three messages in it."""
+    from streams.identity import PublicIdentity
+
+    a = net.author
+    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(3)])
+    a.take_changes()
+    for o in a.data_to_send():  # the first GRANT never reaches s0
+        for t in ("s1", "s2"):
+            net.to_sub(t, o.data)
+    for i in range(3):
+        a.publish(g, b"group msg %d" % i, net.now)
+    a.take_changes()
+    for o in a.data_to_send():
+        for t in ("s1", "s2"):
+            net.to_sub(t, o.data)
+    return g
+
+
+def test_late_first_grant_of_a_group_whose_first_grant_the_author_no_longer_holds() -> None:
+    # An author whose store holds only the group's current grant (a store written before grant history was kept:
+    # _grants_after / _first_grant then serve "the earliest one its history still holds", an epoch > 0).  s0's
+    # first GRANT was lost; the re-key reaches it.  Before the change s0 applied it (at its heads).  Now s0
+    # refuses any epoch > 0 grant of a group it does not hold and asks its own branch's grant sync, whose answer
+    # is that same epoch-1 grant: it never joins the group, whatever it retries.
+    net = Net.make(n_subs=3)
+    for s in ("s0", "s1", "s2"):
+        net.subscribe(s)
+    a = net.author
+    g = _late_first_grant_group(net)
+    a.remove_member(g, ident(12).did)  # epoch 1
+    a._branches[g].grants = []  # the history holds only the current grant (a store from before it was kept)
+    net.pump_author()
+    for _ in range(5):
+        net.now += 2_000
+        net.subs["s0"].handle_timer(net.now)
+        net.pump_sub("s0")
+        net.pump_author()
+    assert g in net.subs["s0"].branch_ids()
+
+
+def test_late_first_grant_asks_the_members_own_branch_not_a_one_member_group() -> None:
+    # The late-first-grant path takes the first open branch of two members as "our own branch".  A group of one
+    # member (open_group([s0]), or one every other member left) also has two.  s0 is in such a group G1, left its
+    # first own branch and subscribed again: its branches are [own (closed), G1, own']. A re-key of a group G2
+    # whose first GRANT was lost makes it ask G1's grant sync, whose answer never carries G2's first grant.
+    from streams.identity import PublicIdentity
+
+    net = Net.make(n_subs=3)
+    for s in ("s0", "s1", "s2"):
+        net.subscribe(s)
+    a = net.author
+    s0 = net.subs["s0"]
+    g1 = a.open_group([PublicIdentity.from_did(ident(10).did)])
+    net.pump_author()
+    assert g1 in s0.branch_ids()
+    own = a.branch_of(ident(10).did)
+    s0.unsubscribe(own)
+    net.pump_sub("s0")
+    net.now += 5_000
+    net.subscribe("s0")
+    assert a.branch_of(ident(10).did) not in (None, own)
+    g = _late_first_grant_group(net)
+    a.remove_member(g, ident(12).did)  # epoch 1: reaches s0 along its own branch
+    net.pump_author()
+    for _ in range(5):
+        net.now += 2_000
+        s0.handle_timer(net.now)
+        net.pump_sub("s0")
+        net.pump_author()
+    assert g in s0.branch_ids()
+
+
+def test_a_frame_held_before_the_write_lapse_does_not_shadow_the_honest_one_after() -> None:
+    # s0 publishes 1 (accepted), 2 (lost), 3 (held by the author for the gap).  The author takes write away and
+    # gives it back (heads: 1).  s0 restarts its chain at 2 and signs 2', 3'.  A relay delivers 3' before 2'.
+    # The old 3, signed under epoch 0 before the lapse, still sits in the hold buffer: the honest 3' is refused
+    # FORK "at a held position" (the driver's fork_evidence then finds none: a Rejected(FORK) with no fork), and
+    # once 2' is in, the old 3 is drained, fails its link, and 3' is gone.
+    from streams.errors import RejectReason
+    from streams.events import MessageReceived, Rejected
+    from streams.wire import Permission
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    a, s = net.author, net.subs["s0"]
+    b0 = a.branch_of(ident(10).did)
+    s.publish(b0, b"one", net.now)
+    net.pump_sub("s0")
+    for p in (b"two", b"three"):
+        s.publish(b0, p, net.now)
+    s.take_changes()
+    _lost, three = [o.data for o in s.data_to_send()]
+    a.receive(three, net.now, "s0")  # held: 2 is missing
+    a.take_changes()
+    a.data_to_send()  # (the FETCH of 2 is lost too)
+    a.set_permission(b0, Permission.READ)
+    net.pump_author()
+    a.set_permission(b0, Permission.READ_WRITE)
+    net.pump_author()
+    assert s.publish(b0, b"two again", net.now) == 2
+    s.publish(b0, b"three again", net.now)
+    s.take_changes()
+    two2, three2 = [o.data for o in s.data_to_send()]
+    ev = a.receive(three2, net.now, "relay") + a.receive(two2, net.now, "relay")
+    assert not [e for e in ev if isinstance(e, Rejected) and e.reason is RejectReason.FORK]
+    got = [(e.seq, e.payload) for e in ev if isinstance(e, MessageReceived)]
+    assert got == [(2, b"two again"), (3, b"three again")]
+
+
+def test_a_member_given_write_back_that_re_signs_an_accepted_position_is_still_a_fork() -> None:
+    # s0's message 1 (epoch 0) was accepted; write was taken away (epoch 1, heads: 1) and given back (epoch 2).
+    # A malicious s0 now signs a different message 1 under epoch 2.  Two signed messages at one accepted position
+    # is a fork (THREATS 7): fork_evidence must keep it.  write_lapsed() drops it because the accepted one was
+    # signed "before the lapse" -- but it was accepted (at or below the head the lapse grant named), not refused.
+    from streams.errors import RejectReason
+    from streams.events import Rejected
+    from streams.wire import Permission
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    a, s = net.author, net.subs["s0"]
+    b0 = a.branch_of(ident(10).did)
+    s.publish(b0, b"one", net.now)
+    s.take_changes()
+    (logged,) = [o.data for o in s.data_to_send()]
+    a.receive(logged, net.now, "s0")
+    net.pump_author()
+    a.set_permission(b0, Permission.READ)
+    net.pump_author()
+    a.set_permission(b0, Permission.READ_WRITE)
+    net.pump_author()
+    sb = s._branches[b0]
+    c = sb.chains[sb.me]
+    c.next_seq, c.head = 1, _genesis(a, b0)  # (re-sign position 1, linked as the accepted one was)
+    assert s.publish(b0, b"one, forked", net.now) == 1
+    s.take_changes()
+    (forged,) = [o.data for o in s.data_to_send()]
+    [rej] = [e for e in a.receive(forged, net.now, "relay") if isinstance(e, Rejected)]
+    assert rej.reason is RejectReason.REPLAY
+    assert rej.frame is not None
+    assert a.fork_evidence(forged, logged) is not None
+
+
+def _genesis(a, branch: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    from streams.wire import decode_frame
+    first = a._first_grant(a._branches[branch])
+    return decode_frame(first).hash
+
+
+def test_a_fork_signed_under_the_pre_lapse_epoch_at_an_accepted_position_reaches_the_fork_check() -> None:
+    # As above, but the malicious s0 re-signs position 1 under epoch 0 (the key it held before the lapse: the
+    # epoch the accepted message 1 was signed under).  Both frames were signed before the lapse, both at an
+    # accepted position: a fork.  The core drops the frame from the REPLAY (rej.frame None), so the driver never
+    # compares it with its log.
+    from streams.errors import RejectReason
+    from streams.events import Rejected
+    from streams.wire import Permission
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    a, s = net.author, net.subs["s0"]
+    b0 = a.branch_of(ident(10).did)
+    s.publish(b0, b"one", net.now)
+    s.take_changes()
+    (logged,) = [o.data for o in s.data_to_send()]
+    a.receive(logged, net.now, "s0")
+    net.pump_author()
+    a.set_permission(b0, Permission.READ)
+    net.pump_author()
+    a.set_permission(b0, Permission.READ_WRITE)
+    net.pump_author()
+    sb = s._branches[b0]
+    c = sb.chains[sb.me]
+    epoch = sb.epoch
+    c.next_seq, c.head, sb.epoch = 1, _genesis(a, b0), 0
+    assert s.publish(b0, b"one, forked", net.now) == 1
+    sb.epoch = epoch
+    s.take_changes()
+    (forged,) = [o.data for o in s.data_to_send()]
+    assert a.fork_evidence(forged, logged) is not None  # (both pre-lapse: fork_evidence itself would keep it)
+    [rej] = [e for e in a.receive(forged, net.now, "relay") if isinstance(e, Rejected)]
+    assert rej.reason is RejectReason.REPLAY
+    assert rej.frame is not None
+
+
+def test_a_policy_reload_keeps_a_group_member_whose_closed_own_branch_credential_holds(
+        status: tuple[StatusList, StatusListSource]) -> None:  # noqa: F811
+    # As tests/test_admission_recheck.py::test_a_group_member_that_left_its_own_branch_stays_while_its_credential_
+    # holds, but the re-check is the one `streams serve` runs at start and on SIGHUP (dids=True), with the very
+    # same policy.  SPEC 11: "a group member without an open branch of its own is re-checked by the evidence its
+    # closed own branch kept" -- with dids=True it is judged on its DID alone instead, and a credential policy
+    # refuses every DID alone: s0 is taken out of the group at each restart although its credential holds.
+    from streams.credentials import CredentialPolicy
+
+    from .test_admission import _sub_with
+
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1])
+    net = Net.make(policy=policy, n_subs=2)
+    _sub_with(net, "s0", _cred(ident(10), index=3))
+    _sub_with(net, "s1", _cred(ident(11), index=4))
+    b0 = net.author.branch_of(ident(10).did)
+    group = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    net.subs["s0"].unsubscribe(b0)
+    net.pump_sub("s0")
+    assert net.author.recheck(net.now) == []
+    net.author.recheck(net.now, dids=True)
+    assert ident(10).did in net.author.branch_info(group)[3]
+
+
+def test_a_transient_status_lookup_failure_at_the_periodic_recheck_revokes_nobody(
+        status: tuple[StatusList, StatusListSource]) -> None:  # noqa: F811
+    # A status-list lookup that raises (its ledger's SQLite busy, a disk or network error) count
+    # as "status list unavailable".  Right for a subscription (refused, the author serves on); but the periodic
+    # re-check (every recheck_ms, 5 s) uses the same path, so one failed read revokes every credential holder
+    # for good (their branches are closed; README: "a re-check that fails ... the next SIGHUP tries again").
+    from streams.credentials import CredentialPolicy
+
+    from .test_admission import _sub_with
+
+    class Flaky:
+        fail = False
+
+        def get(self, url: str):  # type: ignore[no-untyped-def]
+            if self.fail:
+                raise OSError("database is locked")
+            return status[1].get(url)
+
+    lists = Flaky()
+    net = Net.make(policy=CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lists), n_subs=1)
+    _sub_with(net, "s0", _cred(ident(10), index=3))
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    lists.fail = True
+    # No answer now: the re-check fails and changes nothing (the driver logs it and tries again at the next).
+    with pytest.raises(StatusLookupFailed):
+        net.author.recheck(net.now)
+    assert net.author.branch_of(ident(10).did) == b0
+    lists.fail = False
+    assert net.author.recheck(net.now) == []
+
+
+async def test_a_periodic_recheck_that_fails_leaves_the_author_serving(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A policy whose re-check raises (a status lookup that fails, a bug) at the timer's re-check: logged,
+    nothing changes, the author serves on (it used to end the timer task, and with it the party)."""
+    import asyncio
+
+    from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+    from streams.policy import AllowList
+
+    class Failing:
+        inner = AllowList.of([ident(10).did])
+
+        def decide(self, request, now_ms):  # type: ignore[no-untyped-def]
+            return self.inner.decide(request, now_ms)
+
+        def still_valid(self, evidence: bytes, now_ms: int) -> bool:
+            raise OSError("status source down")
+
+    fast = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", ident(1), "m", "pw", hub.author_endpoint(), Failing(),
+                                 store_options=fast)
+    s = await Subscriber.create(tmp_path / "s.db", ident(10), ident(1).did, author.channel, "pw",
+                                hub.subscriber_endpoint("s"), store_options=fast)
+    branch = await s.subscribe(timeout=5)
+    author._core._branches[branch].has_evidence = True  # (as if a credential had admitted it)
+    author._core._branches[branch].evidence = b"{}"
+    author.recheck_ms = 10
+    author.heartbeat_ms = 20
+    await asyncio.sleep(1.5)  # several timer re-checks, each failing (the first wake: at the old heartbeat)
+    await author.publish(branch, b"still serving")
+    assert (await s.next_message(timeout=5)).payload == b"still serving"
+    assert author.branch_of(ident(10).did) == branch
+    await s.close()
+    await author.close()
