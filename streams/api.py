@@ -1190,10 +1190,13 @@ class Author(_Party):
         self._check_usable()
         restricted: list[tuple[bytes, Permission]] = []
         reasons: dict[bytes, str] = {}
-        revoked = self._core.recheck(self._clock(), dids=True, restricted=restricted, reasons=reasons)
+        undecided: list[tuple[str, str]] = []
+        revoked = self._core.recheck(self._clock(), dids=True, restricted=restricted, reasons=reasons,
+                                     undecided=undecided)
         await self._flush()
         self._report_revoked(revoked, reasons)
         self._report_restricted(restricted)
+        self._report_undecided(undecided)
         return revoked
 
     def _on_tick(self, now_ms: int) -> None:
@@ -1201,8 +1204,9 @@ class Author(_Party):
             self._last_recheck = now_ms
             reasons: dict[bytes, str] = {}
             restricted: list[tuple[bytes, Permission]] = []
+            undecided: list[tuple[str, str]] = []
             try:
-                revoked = self._core.recheck(now_ms, restricted=restricted, reasons=reasons)
+                revoked = self._core.recheck(now_ms, restricted=restricted, reasons=reasons, undecided=undecided)
             except Exception as exc:  # the policy's failure: nothing changed (every decision comes first)
                 # A status lookup that failed (StatusLookupFailed), a policy's bug: no answer now.  The next
                 # re-check tries again; the party serves on.
@@ -1211,6 +1215,14 @@ class Author(_Party):
                 return
             self._report_revoked(revoked, reasons)
             self._report_restricted(restricted)
+            self._report_undecided(undecided)
+
+    @staticmethod
+    def _report_undecided(undecided: list[tuple[str, str]]) -> None:
+        if undecided:
+            did, why = undecided[0]
+            log.warning("admission re-check: %d subscriber(s) left as they are, their policy cannot answer now "
+                        "(first: %s: %s); tried again at the next re-check", len(undecided), did, why)
 
     def _report_restricted(self, restricted: list[tuple[bytes, Permission]]) -> None:
         for branch, permission in restricted:

@@ -52,6 +52,7 @@ from .errors import (
     ClosedResourceError,
     DecodeError,
     LocalProtocolError,
+    PolicyUnavailable,
     RejectReason,
     RemoteProtocolError,
     VerificationError,
@@ -1462,6 +1463,13 @@ class _CoreBase:
 
     def _accept(self, b: _Branch, c: _Chain, frame: Frame, events: list[Event]) -> None:
         h = frame.head
+        if h.publisher:
+            # Also for a frame that waited in the hold buffer: a re-key may have taken the publisher's write away
+            # since, or given it back (a frame signed in an earlier run of its right is never accepted, SPEC 11).
+            member = b.members.get(h.publisher)
+            if member is None or not member[1].can_write or b.write_lapsed(h.publisher, h.epoch):
+                raise _Reject(RejectReason.NOT_PERMITTED, "the publisher may not write this (any more)", h.branch,
+                              h.publisher, h.seq)
         if not _crypto.ct_equal(h.prev, c.head):
             raise _Reject(RejectReason.BAD_LINK, "hash link does not match the previous message", h.branch,
                           h.publisher, h.seq)
@@ -1546,11 +1554,16 @@ class _CoreBase:
             b.heard = True
             self._sync_waits.pop(b.id, None)  # the author answered (a group's grant sync, SPEC 9.5)
         c = b.chains[h.publisher]
-        if 1 <= h.seq < c.next_seq and not b.write_lapsed(h.publisher, h.epoch):
+        if 1 <= h.seq < c.next_seq:
             known = c.head if h.seq == c.next_seq - 1 else self._logged_hash(b.id, h.publisher, h.seq)
             if known is not None and not _crypto.ct_equal(known, h.hash):
                 # The publisher's signed word that another message sits at a position we accepted: a fork (SPEC
                 # 13.6).  The frame goes to the driver, which keeps it with the logged message as evidence.
+                if b.write_lapsed(h.publisher, h.epoch):
+                    # Signed in an earlier run of its write right: a fork only if the position is of that run
+                    # too, which the driver's check against the logged frame's epoch decides (fork_evidence).
+                    raise _Reject(RejectReason.REPLAY, "a head of an earlier run of the publisher's write right",
+                                  b.id, h.publisher, h.seq, frame.raw)
                 raise _Reject(RejectReason.FORK, "the head names another message than the one we accepted",
                               b.id, h.publisher, h.seq, frame.raw)
         # The answer to our catch-up window starts with this HEAD, the messages follow (SPEC 14.3): what we
@@ -2182,7 +2195,8 @@ class AuthorCore(_CoreBase):
         self._out.append(Outgoing(frame.raw, branch=b.id))
 
     def recheck(self, now_ms: int, dids: bool = False, restricted: list[tuple[bytes, Permission]] | None = None,
-                reasons: dict[bytes, str] | None = None) -> list[bytes]:
+                reasons: dict[bytes, str] | None = None,
+                undecided: list[tuple[str, str]] | None = None) -> list[bytes]:
         """Re-evaluate each open subscriber's admission against the policy now: revoke the branches whose
         evidence (e.g. a credential) no longer holds by the policy's ``still_valid(evidence, now_ms)``, if it has
         one (a revoked or expired credential), and with ``dids``, those the policy no longer admits
@@ -2191,7 +2205,8 @@ class AuthorCore(_CoreBase):
         the rights of its branch's permission that the policy still gives it (never more: a re-key,
         :meth:`set_permission`; revoked if none is left), each appended to ``restricted`` as (branch, permission).
         Returns the revoked branch ids, groups closed by losing their last member included; ``reasons`` receives
-        why, per branch."""
+        why, per branch; ``undecided`` (DID, why) for each subscriber whose policy cannot answer now
+        (:class:`~streams.errors.PolicyUnavailable`: a status list whose source is down), left as it is."""
         # Every decision first, then the changes: a policy that raises part-way changes nothing (nothing half
         # done, and nothing revoked unreported).
         cut: dict[str, str] = {}  # DID -> why
@@ -2203,7 +2218,13 @@ class AuthorCore(_CoreBase):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
             own.add(b.peer_did)
-            holds = evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence and rechecks else None
+            try:
+                holds = (evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence and rechecks
+                         else None)
+            except PolicyUnavailable as exc:  # no answer now (a status list whose source is down): as it is
+                if undecided is not None:
+                    undecided.append((b.peer_did, str(exc)))
+                continue
             if holds is False:
                 # Its evidence no longer holds: it stays only if the policy admits its DID alone now (an
                 # allow-list beside the credential rule), with what that gives.
@@ -2237,7 +2258,13 @@ class AuthorCore(_CoreBase):
                     evidence_of.setdefault(b.peer_did, []).append(self._extras(b)[1])
         for d in sorted(members):
             pieces = evidence_of.get(d)
-            if pieces and any(evidence_holds(self.policy, e, now_ms) for e in pieces):
+            try:
+                holding = bool(pieces) and any(evidence_holds(self.policy, e, now_ms) for e in pieces or ())
+            except PolicyUnavailable as exc:
+                if undecided is not None:
+                    undecided.append((d, str(exc)))
+                continue
+            if holding:
                 if dids and not could_admit(self.policy, d):
                     cut[d] = _NOT_ADMITTED
             elif pieces:
@@ -2673,6 +2700,12 @@ class SubscriberCore(_CoreBase):
                 for b in own:
                     self._request_grants(b, now_ms, limit=asked is not None)
                 return
+            if own:
+                # Applied after the wait, with no earlier grant to read it: what the author's chain held before
+                # this grant's head is missing, and is said so (not fetched: we hold no key of those epochs).
+                head = next((s for p, s, _ in secret.heads if p == 0), 0)
+                if head:
+                    events.append(GapDetected(g.branch, 0, 1, head + 1))
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,

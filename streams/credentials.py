@@ -53,7 +53,7 @@ import nacl.exceptions
 import nacl.signing
 import rfc8785
 
-from .errors import DecodeError, LocalProtocolError, RejectReason, StreamsError, VerificationError
+from .errors import DecodeError, LocalProtocolError, PolicyUnavailable, RejectReason, StreamsError, VerificationError
 from .identity import DIDDocument, DIDResolver, Identity, KeyResolver
 from .policy import Decision, SubscriptionRequest
 from .wire import Permission
@@ -227,7 +227,7 @@ class StatusUnavailable(CredentialError):
         super().__init__(message, CredentialFailure.STATUS_UNAVAILABLE)
 
 
-class StatusLookupFailed(StatusUnavailable):
+class StatusLookupFailed(StatusUnavailable, PolicyUnavailable):
     """The status-list lookup itself failed (it raised: its ledger, disk or network): a subscription is refused
     (fail closed), but a re-check of one already admitted cannot decide now -- :meth:`CredentialPolicy.still_valid`
     raises it, so that the re-check changes nothing and is tried again."""

@@ -33,6 +33,7 @@ __all__ = [
     "LedgerConflict",
     "LedgerError",
     "LocalProtocolError",
+    "PolicyUnavailable",
     "RejectReason",
     "RemoteProtocolError",
     "StorageError",
@@ -142,6 +143,12 @@ class LedgerConflict(StreamsError):
     """The ledger holds anchors of this channel that contradict this party's store: a later epoch than the store
     knows, or another signed checkpoint for an epoch it holds.  The store is older than the party's history (it
     was restored from a stale copy) or another instance of the party runs.  Nothing more is anchored from it."""
+
+
+class PolicyUnavailable(StreamsError):
+    """A policy cannot answer now: something it must look up failed (a credential's status list whose source is
+    down).  A subscription is refused (fail closed); a re-check leaves that subscriber as it is, says so, and
+    tries again at the next one."""
 
 
 class StreamsTimeoutError(StreamsError, TimeoutError):

@@ -18,7 +18,9 @@ from streams.credentials import (
     issue_status_list_credential,
     present,
 )
-from streams.events import Granted
+from streams.errors import RejectReason
+from streams.events import Granted, MessageReceived, Rejected
+from streams.wire import Checkpoint, Permission, encode_frame
 
 from .corenet import Net, ident
 from .test_admission import ISSUER, LIST_URL, T0, TYPE, _cred, status  # noqa: F401  (fixture)
@@ -129,7 +131,6 @@ def test_a_frame_held_before_the_write_lapse_does_not_shadow_the_honest_one_afte
     # The old 3, signed under epoch 0 before the lapse, still sits in the hold buffer: the honest 3' is refused
     # FORK "at a held position" (the driver's fork_evidence then finds none: a Rejected(FORK) with no fork), and
     # once 2' is in, the old 3 is drained, fails its link, and 3' is gone.
-    from streams.errors import RejectReason
     from streams.events import MessageReceived, Rejected
     from streams.wire import Permission
 
@@ -165,7 +166,6 @@ def test_a_member_given_write_back_that_re_signs_an_accepted_position_is_still_a
     # A malicious s0 now signs a different message 1 under epoch 2.  Two signed messages at one accepted position
     # is a fork (THREATS 7): fork_evidence must keep it.  write_lapsed() drops it because the accepted one was
     # signed "before the lapse" -- but it was accepted (at or below the head the lapse grant named), not refused.
-    from streams.errors import RejectReason
     from streams.events import Rejected
     from streams.wire import Permission
 
@@ -205,7 +205,6 @@ def test_a_fork_signed_under_the_pre_lapse_epoch_at_an_accepted_position_reaches
     # epoch the accepted message 1 was signed under).  Both frames were signed before the lapse, both at an
     # accepted position: a fork.  The core drops the frame from the REPLAY (rej.frame None), so the driver never
     # compares it with its log.
-    from streams.errors import RejectReason
     from streams.events import Rejected
     from streams.wire import Permission
 
@@ -285,10 +284,15 @@ def test_a_transient_status_lookup_failure_at_the_periodic_recheck_revokes_nobod
     b0 = net.author.branch_of(ident(10).did)
     assert b0 is not None
     lists.fail = True
-    # No answer now: the re-check fails and changes nothing (the driver logs it and tries again at the next).
-    with pytest.raises(StatusLookupFailed):
-        net.author.recheck(net.now)
+    # No answer now: that subscriber is left as it is, and said to be (the driver logs it; the next re-check
+    # tries again).
+    undecided: list[tuple[str, str]] = []
+    assert net.author.recheck(net.now, undecided=undecided) == []
+    assert [d for d, _ in undecided] == [ident(10).did]
+    assert "status list lookup failed (OSError)" in undecided[0][1]
     assert net.author.branch_of(ident(10).did) == b0
+    with pytest.raises(StatusLookupFailed):  # (what the policy itself says)
+        net.author.policy.still_valid(net.author._extras(net.author._branches[b0])[1], net.now)
     lists.fail = False
     assert net.author.recheck(net.now) == []
 
@@ -327,3 +331,145 @@ async def test_a_periodic_recheck_that_fails_leaves_the_author_serving(tmp_path)
     assert author.branch_of(ident(10).did) == branch
     await s.close()
     await author.close()
+
+
+def test_a_held_pre_lapse_frame_is_not_drained_into_the_later_run() -> None:
+    # A malicious s0 (write at epoch 0) sends message 3 under epoch 0, linked to a CHECKPOINT 2 it signs for the
+    # epoch it expects write back at (2): the author holds 3 (2 is missing).  Write is taken away (epoch 1, heads:
+    # 1) and given back (epoch 2).  s0 now sends the CHECKPOINT 2 (epoch 2, of the current run: accepted), and the
+    # held 3 -- signed under epoch 0, before the lapse -- is drained and accepted at a later-run position
+    # (SPEC 11: such a frame is refused NOT_PERMITTED beyond the cursor).
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    a, s = net.author, net.subs["s0"]
+    b0 = a.branch_of(ident(10).did)
+    s.publish(b0, b"one", net.now)
+    net.pump_sub("s0")
+    sb = s._branches[b0]
+    c = sb.chains[sb.me]
+    ckpt = encode_frame(Checkpoint(a.channel, b0, sb.me, 2, c.head, 2), b"", ident(10).sign)
+    c.next_seq, c.head = 3, ckpt.hash
+    assert s.publish(b0, b"three, pre-lapse", net.now) == 3
+    s.take_changes()
+    (three,) = [o.data for o in s.data_to_send()]
+    assert not a.receive(three, net.now, "s0") or True  # held: 2 is missing
+    a.take_changes()
+    a.data_to_send()
+    a.set_permission(b0, Permission.READ)
+    net.pump_author()
+    a.set_permission(b0, Permission.READ_WRITE)
+    net.pump_author()
+    assert a._branches[b0].epoch == 2
+    ev = a.receive(ckpt.raw, net.now, "relay")
+    got = [(e.seq, e.payload) for e in ev if isinstance(e, MessageReceived)]
+    assert got == [], got
+
+
+def test_a_pre_lapse_head_naming_another_message_at_an_earlier_run_position_is_a_fork() -> None:
+    # s0's message 1 (epoch 0) was accepted; write was taken away (epoch 1, heads: 1) and given back (epoch 2).
+    # A malicious s0 signs a HEAD under epoch 0 naming another hash at position 1 -- an earlier-run position,
+    # accepted under epoch 0 too: no lapse lies between the two (fork_evidence keeps such a pair, SPEC 11), yet
+    # _on_head excuses every HEAD signed before the lapse (write_lapsed(h.epoch), not lapse_between the HEAD and
+    # the logged message) and processes it as an ordinary HEAD.
+    from streams.wire import HeadNotice
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    a, s = net.author, net.subs["s0"]
+    b0 = a.branch_of(ident(10).did)
+    s.publish(b0, b"one", net.now)
+    s.take_changes()
+    (logged,) = [o.data for o in s.data_to_send()]
+    a.receive(logged, net.now, "s0")
+    net.pump_author()
+    a.set_permission(b0, Permission.READ)
+    net.pump_author()
+    a.set_permission(b0, Permission.READ_WRITE)
+    net.pump_author()
+    head = encode_frame(HeadNotice(a.channel, b0, 1, 1, b"\x07" * 32, 0), b"", ident(10).sign)
+    assert a.fork_evidence(head.raw, logged) is not None  # the driver would keep it...
+    ev = a.receive(head.raw, net.now, "relay")
+    # Signed in an earlier run of the member's write right: the core hands the frame to the driver's fork check
+    # (a REPLAY with the frame), which keeps it here -- the position is of that run too.
+    [rej] = [e for e in ev if isinstance(e, Rejected)]
+    assert rej.frame == head.raw and a.fork_evidence(rej.frame, logged) is not None
+
+
+def test_a_late_first_grant_applied_after_the_wait_does_not_skip_history_in_silence() -> None:
+    # s0's first GRANT of a group was lost; the re-key (epoch 1) reaches it, it asks its own branch's grant sync,
+    # whose answer (the group's first GRANT) a relay drops.  The relay replays the epoch-1 GRANT after the sync's
+    # wait: s0 applies it at its heads and the group's three earlier messages are skipped, with no event.
+    from streams.events import GapDetected
+
+
+    net = Net.make(n_subs=3)
+    for s in ("s0", "s1", "s2"):
+        net.subscribe(s)
+    a, s0 = net.author, net.subs["s0"]
+    g = _late_first_grant_group(net)
+    a.remove_member(g, ident(12).did)  # epoch 1
+    a.take_changes()
+    rekey = a.data_to_send()[0].data
+    ev = s0.receive(rekey, net.now)
+    s0.take_changes()
+    s0.data_to_send()  # its grant sync: dropped by the relay
+    assert g not in s0.branch_ids()
+    net.now += 60_000
+    ev += s0.receive(rekey, net.now)
+    s0.take_changes()
+    if g in s0.branch_ids():
+        c = s0._branches[g].chains[0]
+        assert c.next_seq == 1 or [e for e in ev if isinstance(e, GapDetected) and e.branch == g], \
+            f"cursor at {c.next_seq}, no gap reported"
+
+
+def test_one_failing_status_lookup_does_not_block_every_other_revocation() -> None:
+    # s0's credential is on list A, s1's on list B (same trusted issuer).  The issuer revokes s0's credential
+    # (list A says revoked: an answer).  List B's lookup fails (its host is down).  The re-check raises
+    # StatusLookupFailed for s1 and so changes nothing for anybody: s0 keeps reading with a revoked credential for
+    # as long as list B stays unreachable (every periodic re-check fails the same way).
+    from datetime import timedelta
+
+    from streams.credentials import (
+        CredentialPolicy,
+        StatusList,
+        StatusListSource,
+        StatusLookupFailed,
+        issue_credential,
+        issue_status_list_credential,
+    )
+
+    from .test_admission import ISSUER, LIST_URL, T0, TYPE, _sub_with
+
+    url_b = "https://issuer.example/status/8"
+    bits_a, src = StatusList(), StatusListSource()
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits_a, valid_from=T0))
+    src.publish(issue_status_list_credential(ISSUER, url_b, StatusList(), valid_from=T0))
+
+    class Flaky:
+        down: set[str] = set()
+
+        def get(self, url: str):  # type: ignore[no-untyped-def]
+            if url in self.down:
+                raise OSError("connection refused")
+            return src.get(url)
+
+    lists = Flaky()
+    net = Net.make(policy=CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lists), n_subs=2)
+
+    def cred(n: int, url: str):  # type: ignore[no-untyped-def]
+        return issue_credential(ISSUER, ident(n).did, [TYPE], {"name": "p"}, valid_from=T0,
+                                valid_until=T0 + timedelta(days=365), status=(url, 3), created=T0)
+
+    _sub_with(net, "s0", cred(10, LIST_URL))
+    _sub_with(net, "s1", cred(11, url_b))
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None and net.author.branch_of(ident(11).did) is not None
+    bits_a.set(3)
+    src.publish(issue_status_list_credential(ISSUER, LIST_URL, bits_a, valid_from=T0))
+    lists.down = {url_b}
+    try:
+        revoked = net.author.recheck(net.now)
+    except StatusLookupFailed:
+        revoked = []
+    assert b0 in revoked
