@@ -70,7 +70,7 @@ from .ledger.anchoring import verify_anchored
 from .ledger.base import Ledger
 from .policy import Policy, could_admit
 from .store import MEMLIMIT, OPSLIMIT, Store
-from .wire import Permission, SigningMode, decode_frame
+from .wire import Kind, Permission, SigningMode, decode_frame
 
 if TYPE_CHECKING:
     from .anchor import ForkEvidence
@@ -850,7 +850,12 @@ class _Party:
             return
         if isinstance(ev, Rejected) and ev.frame is not None:
             fork = self._check_fork(ev)
+            head_of_earlier_run = ev.reason is RejectReason.REPLAY and ev.frame[2:3] == bytes((Kind.HEAD,))
             ev = dataclasses.replace(ev, frame=None, held=None)  # never keep frames in the bounded event queue
+            if fork is None and head_of_earlier_run:
+                # An honest HEAD signed before the publisher's write lapsed, delayed or replayed: nothing to
+                # report (the core handed it over only for this fork check).
+                return
             if fork is not None:
                 if ev.reason is not RejectReason.FORK:
                     ev = dataclasses.replace(ev, reason=RejectReason.FORK, detail="a different signed message at "

@@ -2222,7 +2222,9 @@ class AuthorCore(_CoreBase):
                 holds = (evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence and rechecks
                          else None)
             except PolicyUnavailable as exc:  # no answer now (a status list whose source is down): as it is
-                if undecided is not None:
+                if dids and not could_admit(self.policy, b.peer_did):
+                    cut[b.peer_did] = _NOT_ADMITTED  # (what needs no lookup is still decided: denied, say)
+                elif undecided is not None:
                     undecided.append((b.peer_did, str(exc)))
                 continue
             if holds is False:
@@ -2261,7 +2263,9 @@ class AuthorCore(_CoreBase):
             try:
                 holding = bool(pieces) and any(evidence_holds(self.policy, e, now_ms) for e in pieces or ())
             except PolicyUnavailable as exc:
-                if undecided is not None:
+                if dids and not could_admit(self.policy, d):
+                    cut[d] = _NOT_ADMITTED
+                elif undecided is not None:
                     undecided.append((d, str(exc)))
                 continue
             if holding:
@@ -2700,12 +2704,11 @@ class SubscriberCore(_CoreBase):
                 for b in own:
                     self._request_grants(b, now_ms, limit=asked is not None)
                 return
-            if own:
-                # Applied after the wait, with no earlier grant to read it: what the author's chain held before
-                # this grant's head is missing, and is said so (not fetched: we hold no key of those epochs).
-                head = next((s for p, s, _ in secret.heads if p == 0), 0)
-                if head:
-                    events.append(GapDetected(g.branch, 0, 1, head + 1))
+            # Applied after the wait, or with no branch of our own to ask through: what the author's chain held
+            # before this grant's head is missing, and is said so (not fetched: we hold no key of those epochs).
+            head = next((s for p, s, _ in secret.heads if p == 0), 0)
+            if head:
+                events.append(GapDetected(g.branch, 0, 1, head + 1))
         keys = [(g.epoch, p, k) for p, k in secret.keys]
         if existing is None:
             rec = BranchRecord(g.branch, g.epoch, int(mode), frame.hash, frame.raw, secret.index,

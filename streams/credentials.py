@@ -624,10 +624,8 @@ def _verify_credential(
     if valid_until is not None and now_ms > valid_until:
         raise CredentialExpired("credential has expired")
 
-    if check_status and "credentialStatus" in doc:
-        entries = doc["credentialStatus"]
-        for entry in entries if isinstance(entries, list) else [entries]:
-            _check_status_entry(entry, issuer, now_ms, resolver, status_lists)
+    if check_status:
+        _check_status(doc, issuer, now_ms, resolver, status_lists)
 
     return VerifiedCredential(
         id=cred_id,
@@ -790,6 +788,15 @@ def issue_status_list_credential(
 
 
 _STATUS_FAILURE = {"revocation": CredentialFailure.REVOKED, "suspension": CredentialFailure.SUSPENDED}
+
+
+def _check_status(doc: Mapping[str, Any], issuer: str, now_ms: int, resolver: DIDResolver,
+                  status_lists: StatusListLookup | None) -> None:
+    """Every ``credentialStatus`` entry of a credential whose proof verified (BSL 3.2)."""
+    if "credentialStatus" in doc:
+        entries = doc["credentialStatus"]
+        for entry in entries if isinstance(entries, list) else [entries]:
+            _check_status_entry(entry, issuer, now_ms, resolver, status_lists)
 
 
 def _check_status_entry(
@@ -1048,10 +1055,19 @@ class CredentialPolicy:
         ``now_ms``: not revoked in its issuer's current status list, not expired.  The author calls this to cut
         off subscriptions whose credential was revoked (issue: "revoking a credential revokes the subscriptions
         it admitted").  Raises :class:`StatusLookupFailed` if the status-list lookup raised: no answer now."""
+        resolver: DIDResolver = self.resolver or KeyResolver()
         try:
-            cred = verify_credential(_parse_json(evidence), now_ms, self.resolver, self.status_lists)
-        except StatusLookupFailed:
-            raise  # not an answer: the re-check fails and changes nothing (tried again at the next one)
+            cred = _verify_credential(_parse_json(evidence), now_ms, resolver, None, check_status=False)
         except CredentialError:
             return False
-        return self.credential_type in cred.types and cred.issuer in self.trusted_issuers
+        # Everything that needs no lookup first: an issuer no longer trusted (who also serves the status list its
+        # credentials name) cannot keep its subscribers in by making that lookup fail.
+        if self.credential_type not in cred.types or cred.issuer not in self.trusted_issuers:
+            return False
+        try:
+            _check_status(cred.document, cred.issuer, now_ms, resolver, self.status_lists)
+        except StatusLookupFailed:
+            raise  # no answer now: the re-check leaves this subscriber as it is (tried again at the next one)
+        except CredentialError:
+            return False
+        return True

@@ -22,6 +22,7 @@ from typing import Final, Protocol
 
 import msgpack
 
+from .errors import PolicyUnavailable
 from .identity import holder_of
 from .wire import Permission
 
@@ -111,10 +112,24 @@ def evidence_holds(policy: Policy, evidence: bytes, now_ms: int) -> bool | None:
 
 
 def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, combine: str) -> bool:
-    verdicts = [v for v in (evidence_holds(p, evidence, now_ms) for p in policies) if v is not None]
-    if not verdicts:
-        return True
-    return any(verdicts) if combine == "any" else all(verdicts)
+    """Combine the sub-policies' verdicts; one that cannot answer now (PolicyUnavailable) counts only where the
+    others do not decide without it (a False in an all-of, a True in an any-of), else it is raised."""
+    verdicts: list[bool] = []
+    unavailable: PolicyUnavailable | None = None
+    for p in policies:
+        try:
+            v = evidence_holds(p, evidence, now_ms)
+        except PolicyUnavailable as exc:
+            unavailable = unavailable or exc
+            continue
+        if v is not None:
+            verdicts.append(v)
+    decisive = combine == "any"  # the verdict that settles it alone
+    if decisive in verdicts:
+        return decisive
+    if unavailable is not None:
+        raise unavailable
+    return not decisive if verdicts else True
 
 
 #: Prefix of :class:`AllOf` evidence: ``_ALL_OF + msgpack([evidence of sub-policy 0, of 1, ...])``.  It cannot
