@@ -339,8 +339,8 @@ class _Party:
         ACK pacing: about one round trip plus the receiver's commit.
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
         branch, or when a re-key takes our write permission away before the ACK came (the author then refuses
-        the message) or the author's ACK shows that our chain conflicts with its copy (:class:`ChainConflict`:
-        a store restored from a stale copy), :class:`ClosedResourceError` if the party closes, or the branch is
+        the message; given back meanwhile, the seq is used again by the next publish) or the author's ACK shows
+        that our chain conflicts with its copy (:class:`ChainConflict`: a store restored from a stale copy), :class:`ClosedResourceError` if the party closes, or the branch is
         or becomes closed (revoked, left) before the ACK came."""
         self._check_usable()
         if self._core.acknowledged(branch) >= seq:
@@ -683,6 +683,15 @@ class _Party:
             raise
         self._committed(changes)
         self._rearm_timer()
+        if self._ack_waiters and changes.log_cut:
+            # Our chain restarted at a grant's head after our write lapsed: what we signed beyond it was refused,
+            # and its seqs go to what we sign now -- an ACK of those must not answer a wait for the refused ones.
+            for b, _p, head in changes.log_cut:
+                for wb, ws, f in self._ack_waiters:
+                    if wb == b and ws > head and not f.done():
+                        f.set_exception(LocalProtocolError(
+                            f"seq {ws} on branch {b.hex()} was refused: signed while our write permission had "
+                            f"lapsed (the author holds our chain through {head}; its seqs are used again)"))
         if self._ack_waiters and changes.branches:
             self._fail_dead_waiters({r.id: r.state == BranchState.CLOSED.value for r in changes.branches})
         return out, group

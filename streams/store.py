@@ -822,7 +822,7 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     To restore, open the copy where it is, or, with the party stopped, delete ``<store>-wal`` and ``<store>-shm``,
     then move the copy to ``<store>`` and ``<dest>-frames`` to ``<store>-frames``: after a crash the old ``-wal``
     holds what was written after the snapshot, and SQLite would replay it over the copy (:meth:`Store.open`
-    refuses a copy beside a ``-wal`` that is not its own).
+    refuses a copy never opened yet beside a ``-wal``, which cannot be its own; not one opened before).
 
     Restoring from the copy goes back to the snapshot: everything the party did after it is lost (messages,
     cursors, anchor epochs).  A party restored from a copy older than what it already sent must not publish: it

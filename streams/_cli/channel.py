@@ -910,7 +910,12 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
                   "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None,
                   "ledger": args.ledger.split(":", 1)[0] if args.ledger else None})  # (its kind: a URL may hide keys)
         # The policy file may have changed since the last run: whom it no longer admits is revoked now.
-        await _recheck(author, out, args.policy, False)
+        try:
+            await _recheck(author, out, args.policy, False)
+        except Exception as exc:  # (as after a SIGHUP: reported, and the channel is served; the timer re-checks)
+            if not isinstance(exc, StreamsError):
+                _log.exception("the re-check at start failed")
+            out.emit({"event": "error", "error": f"the re-check at start failed: {exc}", "type": type(exc).__name__})
         tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
         if args.publish_stdin:
             publisher = _StdinWorker(lambda line: _publish_line(author, line, out),
@@ -1395,7 +1400,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "with cp.  The copy opens with the same passphrase (none is needed to make it); restore by\n"
                          "pointing --store at it, or, with the party stopped: delete <store>-wal and <store>-shm\n"
                          "(after a crash the -wal holds what was written after the snapshot, and would be replayed\n"
-                         "over the copy; opening refuses a copy beside a -wal that is not its own), then move the\n"
+                         "over the copy; opening refuses only a copy never opened beside a -wal), then move the\n"
                          "copy to <store> and its -frames file to <store>-frames.\n"
                          "--verify reads every logged frame of the copy back and checks it against its hash.\n"
                          "\n"
