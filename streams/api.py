@@ -340,8 +340,9 @@ class _Party:
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
         branch, or when a re-key takes our write permission away before the ACK came (the author then refuses
         the message; given back meanwhile, the seq is used again by the next publish) or the author's ACK shows
-        that our chain conflicts with its copy (:class:`ChainConflict`: a store restored from a stale copy), :class:`ClosedResourceError` if the party closes, or the branch is
-        or becomes closed (revoked, left) before the ACK came."""
+        that our chain conflicts with its copy (:class:`ChainConflict`: a store restored from a stale copy),
+        :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed (revoked, left)
+        before the ACK came."""
         self._check_usable()
         if self._core.acknowledged(branch) >= seq:
             return
