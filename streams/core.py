@@ -332,6 +332,9 @@ class BranchRecord:
     #: author side, groups: members removed, as (index, Ed25519 public key, the epoch of the grant that removed
     #: it) -- so that one that was away at its removal is told when it asks (SPEC 9.5)
     former: list[tuple[int, bytes, int]] = field(default_factory=list)
+    #: member side, a branch a REVOKE closed: the author chain's final seq it named, while we had not reached it
+    #: (the tail still fetched and accepted after a restart, SPEC 8.8); 0: none
+    tail: int = 0
 
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
@@ -431,7 +434,7 @@ class _Chain:
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
                  "has_evidence", "heard", "id", "keys", "lapses", "me", "members", "mode", "peer_did", "quiet",
-                 "refreshes", "state", "sync_ms")
+                 "refreshes", "state", "stored_tail", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -454,6 +457,7 @@ class _Branch:
         self.former: dict[int, tuple[bytes, int]] | None = (
             {i: (pk, e) for i, pk, e in rec.former} if rec.former else None)
         self.chains: dict[int, _Chain] = {}
+        self.stored_tail = rec.tail  #: (load: the REVOKE's final seq, set on the author chain's cursor)
         self.final_acked = 0  #: our chain's head as the author held it when a re-key took our write away
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
@@ -489,7 +493,13 @@ class _Branch:
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
             self.state.value, self.peer_did, evidence, grants,
             [(i, pk, e) for i, (pk, e) in sorted(self.former.items())] if self.former else [],
+            self.tail,
         )
+
+    @property
+    def tail(self) -> int:
+        c = self.chains.get(0)
+        return c.final if self.me and c is not None and c.final >= c.next_seq else 0
 
     def chain_record(self, publisher: int) -> ChainRecord:
         c = self.chains[publisher]
@@ -661,7 +671,11 @@ class _CoreBase:
             # author held of it first.
             if b is not None and cr.publisher in b.members and (cr.publisher == b.me
                                                                  or self._should_track(b, cr.publisher)):
-                b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
+                c = b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
+                if cr.publisher == 0 and b.me and b.state is BranchState.CLOSED and b.stored_tail >= cr.next_seq:
+                    # The tail of the author's chain that the REVOKE named, not reached before the restart:
+                    # still fetched (handle_timer) and accepted, nothing beyond (SPEC 8.8).
+                    c.final = c.gap_to = b.stored_tail
 
     def branch_ids(self) -> list[bytes]:
         return list(self._branches)
@@ -2785,7 +2799,6 @@ class SubscriberCore(_CoreBase):
             raise _Reject(RejectReason.FORK, "the revoke's final head differs from the message we accepted",
                           r.branch, 0, r.last_seq)
         b.transition("revoke")
-        self._changes.branches.append(self._record(b))
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
         if c is not None and r.last_seq >= c.next_seq:
             # The REVOKE overtook the tail of the author's chain (reordered, or the packets were lost): what we miss
@@ -2796,6 +2809,7 @@ class SubscriberCore(_CoreBase):
             if r.last_seq > c.gap_to and not c.catching_up():
                 events.append(GapDetected(b.id, 0, c.next_seq, r.last_seq + 1))
             self._want(b, 0, c, r.last_seq, now_ms)
+        self._changes.branches.append(self._record(b))  # (with the tail still to come: b.tail)
 
     def _leave_again(self, b: _Branch, epoch: int, grant_hash: bytes | None, now_ms: int) -> None:
         """The author's authentic GRANT (its current one or a later one, ``grant_hash``) or ADMIT (``grant_hash``

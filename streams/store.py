@@ -781,7 +781,7 @@ class Store:
         keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
         # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
         return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former]])
+                      b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail])
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
@@ -789,7 +789,7 @@ class Store:
             keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
-                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v))
+                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v))
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
 
@@ -1032,6 +1032,15 @@ def _former(v: list[Any]) -> list[tuple[int, bytes, int]]:
     if not all(len(f) == 3 and type(f[0]) is int and type(f[1]) is bytes and type(f[2]) is int for f in out):
         raise TypeError("former members must be (index, key, epoch)")
     return out
+
+
+def _tail(v: list[Any]) -> int:
+    """A closed branch's pending tail (BranchRecord.tail; absent in records written before it was kept)."""
+    if len(v) <= 13:
+        return 0
+    if type(v[13]) is not int or v[13] < 0:
+        raise TypeError("a branch's tail is a sequence number")
+    return int(v[13])
 
 
 def _grants(v: list[Any]) -> list[bytes]:

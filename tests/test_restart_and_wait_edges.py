@@ -10,6 +10,7 @@ import pytest
 from streams._state import BranchState
 from streams.core import BranchRecord, ChainRecord, Changes, SubscriberCore
 from streams.events import MessageReceived, Rejected
+from streams.wire import Kind, decode_frame
 
 from .corenet import Net
 
@@ -30,11 +31,10 @@ def _keep(core: SubscriberCore) -> tuple[dict[bytes, BranchRecord], dict[tuple[b
     return records, chains
 
 
-@pytest.mark.xfail(strict=True, reason="documented in SPEC 8.8: the tail is tracked in memory only")
 def test_revoke_overtaking_the_tail_then_restart_still_accepts_the_tail() -> None:
-    """SPEC 8.8: the tail a REVOKE named is fetched and accepted on the closed branch.  _Chain.final lives in
-    memory only: a member restarted between the REVOKE and the tail refuses the tail as CLOSED_BRANCH and never
-    fetches it again."""
+    """SPEC 8.8: the tail a REVOKE named is fetched and accepted on the closed branch -- also by a member
+    restarted between the REVOKE and the tail (the branch record keeps it: BranchRecord.tail), which asks for it
+    again at its timer."""
     n = Net.make(n_subs=1)
     s0 = n.subs["s0"]
     records, chains = _keep(s0)
@@ -53,6 +53,10 @@ def test_revoke_overtaking_the_tail_then_restart_still_accepts_the_tail() -> Non
     again = SubscriberCore(s0.identity, n.author.identity.did, n.author.channel)
     again.load_subscriber(None, list(records.values()), list(chains.values()))
     again.catch_up(n.now)
+    again.handle_timer(n.now + 10_000)  # the tail is asked for again
+    again.take_changes()
+    fetches = [decode_frame(o.data).head for o in again.data_to_send() if decode_frame(o.data).kind is Kind.FETCH]
+    assert [(f.branch, f.publisher, f.from_seq) for f in fetches] == [(b0, 0, 4)]
     n.subs["s0"] = again
     events = n.to_sub("s0", packets[3]) + n.to_sub("s0", packets[4])
     assert [e.reason for e in events if isinstance(e, Rejected)] == []
@@ -66,8 +70,6 @@ async def test_wait_acknowledged_of_a_refused_message_is_not_answered_by_its_rep
     can_write after the batch (True again), so a wait_acknowledged on the refused message stays pending and is
     answered by the ACK of the *other* message published at its seq: it returns as if the refused one were held."""
     import asyncio
-
-    import pytest
 
     from streams.api import Author, MemoryHub, StoreOptions, Subscriber
     from streams.errors import StreamsError
@@ -98,3 +100,24 @@ async def test_wait_acknowledged_of_a_refused_message_is_not_answered_by_its_rep
     finally:
         await s.close()
         await author.close()
+
+
+def test_a_branch_records_pending_tail_survives_the_store(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The store keeps BranchRecord.tail (a record written before it was kept reads as 0)."""
+    import msgpack
+
+    from streams.identity import Identity
+    from streams.store import Store
+
+    me = Identity.from_seed(b"\x0a" * 32)
+    store = Store.create(tmp_path / "s.db", me, "pw", role="subscriber", channel=b"c" * 32,
+                         author_did=Identity.from_seed(b"\x01" * 32).did, durable=False, opslimit=1, memlimit=8192)
+    rec = BranchRecord(b"b" * 16, 0, 1, b"h" * 32, b"", 1, [(0, b"a" * 32, 3), (1, me.sign_public, 3)],
+                       [(0, 0, b"k" * 32)], BranchState.CLOSED.value, tail=7)
+    store.commit(Changes(branches=[rec]))
+    assert [r.tail for r in store.load_branches()] == [7]
+    raw = store._conn.execute("SELECT rec FROM branches").fetchone()[0]
+    v = msgpack.unpackb(raw, raw=False)
+    store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v[:13], use_bin_type=True),))
+    assert [r.tail for r in store.load_branches()] == [0]
+    store.close()
