@@ -350,6 +350,11 @@ class _Party:
             raise ClosedResourceError(f"branch {branch.hex()} is closed: seq {seq} was not acknowledged")
         if self._core.chain_conflict(branch):
             raise _conflict_error(branch, seq)
+        if 0 < self._core.own_next_seq(branch) <= seq:
+            # Not published on our chain as it is: never, or refused while our write had lapsed (the chain restarted
+            # at the author's head since, and that seq goes to what we publish next).
+            raise LocalProtocolError(f"seq {seq} on branch {branch.hex()} is not a message of our chain (its next "
+                                     f"is {self._core.own_next_seq(branch)})")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (branch, seq, fut)
         self._ack_waiters.append(entry)

@@ -1153,6 +1153,13 @@ class _CoreBase:
         c = b.chains.get(b.me)
         return max(c.acked_by.values(), default=0) if c is not None and c.acked_by else b.final_acked
 
+    def own_next_seq(self, branch: bytes) -> int:
+        """The seq our next message on ``branch`` gets (0 if we hold no chain there: we may not write).  Raises
+        :class:`LocalProtocolError` for an unknown branch."""
+        b = self._get_branch(branch)
+        c = b.chains.get(b.me)
+        return c.next_seq if c is not None else 0
+
     def chain_conflict(self, branch: bytes) -> int:
         """The seq at which the author's signed ACK showed our own chain in ``branch`` to conflict with its copy
         (:class:`~streams.events.ChainConflict`), or 0 if none: while it is set, publishing there raises and

@@ -1,9 +1,11 @@
-"""Edges between today's flows: a REVOKE's pending tail across a restart (a documented limitation, kept as a
-strict xfail), and a wait for the ACK of a message refused while the member's write had lapsed, which the ACK
-of its replacement at that seq must not answer.  Cores wired together, the asyncio API over the in-memory
-transport with real stores."""
+"""Edges between today's flows: a REVOKE's pending tail across a restart (kept in the branch record), and a
+wait for the ACK of a message refused while the member's write had lapsed, which the ACK of its replacement at
+that seq must not answer.  Cores wired together, the asyncio API over the in-memory transport with real
+stores."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -12,7 +14,7 @@ from streams.core import BranchRecord, ChainRecord, Changes, SubscriberCore
 from streams.events import MessageReceived, Rejected
 from streams.wire import Kind, decode_frame
 
-from .corenet import Net
+from .corenet import Net, ident
 
 
 def _keep(core: SubscriberCore) -> tuple[dict[bytes, BranchRecord], dict[tuple[bytes, int], ChainRecord]]:
@@ -121,3 +123,38 @@ def test_a_branch_records_pending_tail_survives_the_store(tmp_path) -> None:  # 
     store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v[:13], use_bin_type=True),))
     assert [r.tail for r in store.load_branches()] == [0]
     store.close()
+
+
+async def test_wait_registered_after_the_log_cut_is_not_answered_by_the_replacement(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The refused message's wait, started once the re-keys that lapsed and restored our write are in (the
+    log_cut already committed), raises: that seq is not a message of our chain (until the next publish takes
+    it), rather than being answered by the ACK of the replacement published there."""
+    from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+    from streams.errors import StreamsError
+    from streams.policy import AllowList
+    from streams.wire import Permission
+
+    fast = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", ident(1), "m", "pw", hub.author_endpoint(),
+                                 AllowList({ident(10).did: Permission.READ_WRITE}), store_options=fast)
+    s = await Subscriber.create(tmp_path / "s.db", ident(10), ident(1).did, author.channel, "pw",
+                                hub.subscriber_endpoint("s"), store_options=fast)
+    try:
+        b = await s.subscribe(timeout=5)
+        await s.wait_acknowledged(b, await s.publish(b, b"one"), timeout=5)
+        refused = await s.publish(b, b"two (refused: signed before the lapse)")
+        author._core.set_permission(b, Permission.READ)  # (before the author reads it)
+        author._core.set_permission(b, Permission.READ_WRITE)
+        await author._flush()
+        await asyncio.sleep(0.5)  # both re-keys are in: our chain restarted at 1, seq 2 given back
+        waiter = asyncio.ensure_future(s.wait_acknowledged(b, refused, timeout=5))
+        await asyncio.sleep(0)
+        again = await s.publish(b, b"two again")
+        assert again == refused
+        with pytest.raises(StreamsError):
+            await waiter
+    finally:
+        await s.close()
+        await author.close()
+

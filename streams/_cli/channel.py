@@ -910,12 +910,10 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
                   "name": author.store.meta("name"), "addresses": transport.addresses, "curve": keys is not None,
                   "ledger": args.ledger.split(":", 1)[0] if args.ledger else None})  # (its kind: a URL may hide keys)
         # The policy file may have changed since the last run: whom it no longer admits is revoked now.
-        try:
-            await _recheck(author, out, args.policy, False)
-        except Exception as exc:  # (as after a SIGHUP: reported, and the channel is served; the timer re-checks)
-            if not isinstance(exc, StreamsError):
-                _log.exception("the re-check at start failed")
-            out.emit({"event": "error", "error": f"the re-check at start failed: {exc}", "type": type(exc).__name__})
+        # A re-check that fails here ends serve (fail closed): the timer re-checks credentials only, not DIDs taken
+        # off the policy while it was down.  (A status list that cannot be read only leaves its subscribers as
+        # they are: PolicyUnavailable does not end the re-check.)
+        await _recheck(author, out, args.policy, False)
         tasks.append(asyncio.create_task(_watch_policy(author, args.policy, hup, out)))
         if args.publish_stdin:
             publisher = _StdinWorker(lambda line: _publish_line(author, line, out),
