@@ -434,7 +434,7 @@ class _Chain:
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
                  "has_evidence", "heard", "id", "keys", "lapses", "me", "members", "mode", "peer_did", "quiet",
-                 "refreshes", "state", "stored_tail", "sync_ms")
+                 "refreshes", "state", "sync_ms")
 
     def __init__(self, rec: BranchRecord) -> None:
         self.id = rec.id
@@ -457,7 +457,6 @@ class _Branch:
         self.former: dict[int, tuple[bytes, int]] | None = (
             {i: (pk, e) for i, pk, e in rec.former} if rec.former else None)
         self.chains: dict[int, _Chain] = {}
-        self.stored_tail = rec.tail  #: (load: the REVOKE's final seq, set on the author chain's cursor)
         self.final_acked = 0  #: our chain's head as the author held it when a re-key took our write away
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
@@ -664,6 +663,7 @@ class _CoreBase:
             loaded = _Branch(rec)
             self._shed(loaded)
             self._branches[rec.id] = loaded
+        tails = {rec.id: rec.tail for rec in branches if rec.tail}
         for cr in chains:
             b = self._branches.get(cr.branch)
             # Not a cursor we keep any more (a re-key took the right away): it is made afresh from the grant that
@@ -672,10 +672,11 @@ class _CoreBase:
             if b is not None and cr.publisher in b.members and (cr.publisher == b.me
                                                                  or self._should_track(b, cr.publisher)):
                 c = b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
-                if cr.publisher == 0 and b.me and b.state is BranchState.CLOSED and b.stored_tail >= cr.next_seq:
+                tail = tails.get(cr.branch, 0) if cr.publisher == 0 and b.me else 0
+                if tail >= cr.next_seq and b.state is BranchState.CLOSED:
                     # The tail of the author's chain that the REVOKE named, not reached before the restart:
                     # still fetched (handle_timer) and accepted, nothing beyond (SPEC 8.8).
-                    c.final = c.gap_to = b.stored_tail
+                    c.final = c.gap_to = tail
 
     def branch_ids(self) -> list[bytes]:
         return list(self._branches)
@@ -1441,7 +1442,15 @@ class _CoreBase:
         """Accept held successors now in order, then apply an anchor proof that waited for them."""
         while c.held and c.next_seq in c.held:
             nxt = c.held.pop(c.next_seq)
+            h = nxt.head
             try:
+                if h.publisher:
+                    # _chain_of judged it when it came; a re-key may have taken the publisher's write away since,
+                    # or given it back (a frame of an earlier run of its right is never accepted, SPEC 11).
+                    member = b.members.get(h.publisher)
+                    if member is None or not member[1].can_write or b.write_lapsed(h.publisher, h.epoch):
+                        raise _Reject(RejectReason.NOT_PERMITTED, "the publisher may not write this (any more)",
+                                      h.branch, h.publisher, h.seq)
                 self._accept(b, c, nxt, events)
             except _Reject as r:
                 events.append(r.event)
@@ -1484,13 +1493,6 @@ class _CoreBase:
 
     def _accept(self, b: _Branch, c: _Chain, frame: Frame, events: list[Event]) -> None:
         h = frame.head
-        if h.publisher:
-            # Also for a frame that waited in the hold buffer: a re-key may have taken the publisher's write away
-            # since, or given it back (a frame signed in an earlier run of its right is never accepted, SPEC 11).
-            member = b.members.get(h.publisher)
-            if member is None or not member[1].can_write or b.write_lapsed(h.publisher, h.epoch):
-                raise _Reject(RejectReason.NOT_PERMITTED, "the publisher may not write this (any more)", h.branch,
-                              h.publisher, h.seq)
         if not _crypto.ct_equal(h.prev, c.head):
             raise _Reject(RejectReason.BAD_LINK, "hash link does not match the previous message", h.branch,
                           h.publisher, h.seq)
@@ -1775,9 +1777,8 @@ class _CoreBase:
                 b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
                 if p == b.me and b.me:
                     # Our chain goes on from where the author holds it: what we signed beyond (refused while we
-                    # could not write) leaves our log, and the cursor is written now, before we sign more.
+                    # could not write) leaves our log.  (Both callers write every cursor of the branch now.)
                     self._changes.log_cut.append((b.id, p, seq))
-                    self._dirty.add((b.id, p))
 
 
 # --- author --------------------------------------------------------------------------------------------------
@@ -2235,6 +2236,15 @@ class AuthorCore(_CoreBase):
         renewed: list[tuple[_Branch, bytes]] = []  # (branch, evidence of its DID-alone admission)
         own: set[str] = set()
         rechecks = getattr(self.policy, "still_valid", None) is not None  # (else no evidence is read back)
+
+        def unanswered(did: str, exc: PolicyUnavailable) -> None:
+            """The policy cannot answer now for ``did`` (a status list whose source is down): as it is, unless
+            what needs no lookup decides (denied, say)."""
+            if dids and not could_admit(self.policy, did):
+                cut[did] = _NOT_ADMITTED
+            elif undecided is not None:
+                undecided.append((did, str(exc)))
+
         for b in list(self._branches.values()):
             if b.state is not BranchState.OPEN or not b.peer_did:
                 continue
@@ -2242,11 +2252,8 @@ class AuthorCore(_CoreBase):
             try:
                 holds = (evidence_holds(self.policy, self._extras(b)[1], now_ms) if b.has_evidence and rechecks
                          else None)
-            except PolicyUnavailable as exc:  # no answer now (a status list whose source is down): as it is
-                if dids and not could_admit(self.policy, b.peer_did):
-                    cut[b.peer_did] = _NOT_ADMITTED  # (what needs no lookup is still decided: denied, say)
-                elif undecided is not None:
-                    undecided.append((b.peer_did, str(exc)))
+            except PolicyUnavailable as exc:
+                unanswered(b.peer_did, exc)
                 continue
             if holds is False:
                 # Its evidence no longer holds: it stays only if the policy admits its DID alone now (an
@@ -2284,10 +2291,7 @@ class AuthorCore(_CoreBase):
             try:
                 holding = bool(pieces) and any(evidence_holds(self.policy, e, now_ms) for e in pieces or ())
             except PolicyUnavailable as exc:
-                if dids and not could_admit(self.policy, d):
-                    cut[d] = _NOT_ADMITTED
-                elif undecided is not None:
-                    undecided.append((d, str(exc)))
+                unanswered(d, exc)
                 continue
             if holding:
                 if dids and not could_admit(self.policy, d):
