@@ -1228,8 +1228,8 @@ class Author(_Party):
             try:
                 revoked = self._core.recheck(now_ms, restricted=restricted, reasons=reasons, undecided=undecided)
             except Exception as exc:  # the policy's failure: nothing changed (every decision comes first)
-                # A status lookup that failed (StatusLookupFailed), a policy's bug: no answer now.  The next
-                # re-check tries again; the party serves on.
+                # A policy's bug, a store read that failed (a policy that cannot answer for one subscriber,
+                # PolicyUnavailable, is left out by the core: undecided).  The next re-check tries again.
                 log.warning("admission re-check failed, nothing changed (tried again in %d ms): %s: %s",
                             self.recheck_ms, type(exc).__name__, exc)
                 return

@@ -230,7 +230,8 @@ class StatusUnavailable(CredentialError):
 class StatusLookupFailed(StatusUnavailable, PolicyUnavailable):
     """The status-list lookup itself failed (it raised: its ledger, disk or network): a subscription is refused
     (fail closed), but a re-check of one already admitted cannot decide now -- :meth:`CredentialPolicy.still_valid`
-    raises it, so that the re-check changes nothing and is tried again."""
+    raises it, and the re-check leaves that subscriber as it is until the next one (unless what needs no lookup
+    decides)."""
 
 
 class PresentationMismatch(CredentialError):
