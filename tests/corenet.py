@@ -82,6 +82,16 @@ class Net:
         self.author.take_changes()
         self.deliver_author_out(self.author.data_to_send())
 
+    def lapse_write(self, branch: bytes) -> None:
+        """The author takes the member's write permission on its ``branch`` away, then gives it back (two
+        re-keys, each delivered)."""
+        from streams.wire import Permission
+
+        self.author.set_permission(branch, Permission.READ)
+        self.pump_author()
+        self.author.set_permission(branch, Permission.READ_WRITE)
+        self.pump_author()
+
     def subscribe(self, name: str, credential: bytes = b"") -> list[Event]:
         start = len(self.events[name])
         self.subs[name].hello(credential)

@@ -127,16 +127,7 @@ def test_a_revoked_credential_also_cuts_off_a_group_member_that_left_its_own_bra
     # README / THREATS 6) must still take it out of the group.
     from streams.events import MessageReceived
 
-    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1])
-    net = Net.make(policy=policy, n_subs=2)
-    _sub_with(net, "s0", _cred(ident(10), index=3))
-    _sub_with(net, "s1", _cred(ident(11), index=4))
-    b0 = net.author.branch_of(ident(10).did)
-    assert b0 is not None
-    group = net.author.open_group([ident(10).public, ident(11).public])
-    net.pump_author()
-    net.subs["s0"].unsubscribe(b0)
-    net.pump_sub("s0")
+    net, group = _group_member_that_left_its_own_branch(status)
     assert net.author.branch_of(ident(10).did) is None
     bits, src = status
     bits.set(3)  # the issuer revokes s0's credential
@@ -227,7 +218,18 @@ def test_a_group_member_that_left_its_own_branch_stays_while_its_credential_hold
     while that credential holds, it stays in the group."""
     from streams.events import MessageReceived
 
-    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1])
+    net, group = _group_member_that_left_its_own_branch(status)
+    assert net.author.recheck(net.now) == []
+    net.pump_author()
+    net.author.publish(group, b"s0 still reads", net.now)
+    net.pump_author()
+    assert b"s0 still reads" in [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)]
+
+
+def _group_member_that_left_its_own_branch(lists: tuple[StatusList, StatusListSource]) -> tuple[Net, bytes]:
+    """s0 and s1 admitted by their credentials (status indices 3 and 4) and put in a group; s0 then unsubscribes
+    from its own branch.  Returns (the net, the group)."""
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lists[1])
     net = Net.make(policy=policy, n_subs=2)
     _sub_with(net, "s0", _cred(ident(10), index=3))
     _sub_with(net, "s1", _cred(ident(11), index=4))
@@ -237,8 +239,4 @@ def test_a_group_member_that_left_its_own_branch_stays_while_its_credential_hold
     net.pump_author()
     net.subs["s0"].unsubscribe(b0)
     net.pump_sub("s0")
-    assert net.author.recheck(net.now) == []
-    net.pump_author()
-    net.author.publish(group, b"s0 still reads", net.now)
-    net.pump_author()
-    assert b"s0 still reads" in [m.payload for m in net.events["s0"] if isinstance(m, MessageReceived)]
+    return net, group

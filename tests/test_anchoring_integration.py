@@ -258,14 +258,7 @@ def test_a_member_that_lost_its_state_restarts_at_the_restore_proof_of_its_hands
 
 
 async def test_two_signed_messages_at_one_position_are_a_fork(tmp_path: Path) -> None:
-    hub = MemoryHub()
-    author = await make_author(tmp_path, hub, None)
-    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
-    b1 = await s1.subscribe(timeout=5)
-    for i in range(3):
-        await author.publish(b1, b"alert %d" % i)
-    for _ in range(3):
-        await s1.next_message(timeout=5)
+    hub, author, s1, b1 = await _three_alerts_read(tmp_path)
     sent = [d for src, dst, d in hub.tap if src == "author" and dst == "p1" and decode_frame(d).kind is Kind.PACKET]
     col = Collect(s1)
     # 1. An identical duplicate: the cheap REPLAY path, no fork.
@@ -300,11 +293,9 @@ async def test_two_signed_messages_at_one_position_are_a_fork(tmp_path: Path) ->
     await author.close()
 
 
-async def test_a_signed_head_naming_another_message_is_kept_as_fork_evidence(tmp_path: Path) -> None:
-    """The author's signed HEAD naming another hash at a position the member accepted (SPEC 13.6): reported as
-    ForkDetected, the HEAD and the logged message as evidence that anyone holding the author's key can check."""
-    from streams.wire import HeadNotice
-
+async def _three_alerts_read(tmp_path: Path) -> tuple[MemoryHub, Author, Subscriber, bytes]:
+    """The author and P1 over the in-memory hub; three alerts on P1's branch, read by P1.  Returns (hub, author,
+    P1, its branch)."""
     hub = MemoryHub()
     author = await make_author(tmp_path, hub, None)
     s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
@@ -313,6 +304,15 @@ async def test_a_signed_head_naming_another_message_is_kept_as_fork_evidence(tmp
         await author.publish(b1, b"alert %d" % i)
     for _ in range(3):
         await s1.next_message(timeout=5)
+    return hub, author, s1, b1
+
+
+async def test_a_signed_head_naming_another_message_is_kept_as_fork_evidence(tmp_path: Path) -> None:
+    """The author's signed HEAD naming another hash at a position the member accepted (SPEC 13.6): reported as
+    ForkDetected, the HEAD and the logged message as evidence that anyone holding the author's key can check."""
+    from streams.wire import HeadNotice
+
+    hub, author, s1, b1 = await _three_alerts_read(tmp_path)
     col = Collect(s1)
     lie = encode_frame(HeadNotice(author.channel, b1, 0, 2, b"\x07" * 32, 0), b"", AUTHOR.sign).raw
     hub.inject("p1", lie)

@@ -337,6 +337,20 @@ def test_a_relay_cannot_get_a_members_request_refused_with_a_subscribe_of_its_ow
             assert [e.reason for e in events if isinstance(e, Refused)] == [RejectReason.BAD_CHALLENGE]
 
 
+def _left_unheard() -> tuple[Net, bytes, bytes]:
+    """s0 subscribed, then left its branch (closed on its side at once); its UNSUBSCRIBE is lost on the way.
+    Returns (the net, the branch, the lost frame)."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    s = net.subs["s0"]
+    s.unsubscribe(b0)
+    s.take_changes()
+    (lost,) = [o.data for o in s.data_to_send()]
+    return net, b0, lost
+
+
 def test_a_lost_unsubscribe_is_sent_again_when_the_author_answers_as_if_the_branch_were_open() -> None:
     """A member leaves (closed on its side at once) and the UNSUBSCRIBE is lost: the author keeps the branch open
     and answers the member's next subscription with that branch's GRANT and ADMIT, which the member refuses
@@ -346,14 +360,7 @@ def test_a_lost_unsubscribe_is_sent_again_when_the_author_answers_as_if_the_bran
     from streams._state import BranchState
     from streams.events import BranchClosed
 
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    b0 = net.author.branch_of(ident(10).did)
-    assert b0 is not None
-    s = net.subs["s0"]
-    s.unsubscribe(b0)
-    s.take_changes()
-    (lost,) = [o.data for o in s.data_to_send()]  # the UNSUBSCRIBE is lost on the way
+    net, b0, lost = _left_unheard()
     start = len(net.events["author"])
     ev = net.subscribe("s0")  # answered as for an open branch: its GRANT (which re-sends the UNSUBSCRIBE), ADMIT
     assert _rejected(ev) == [RejectReason.CLOSED_BRANCH] * 2 and not _subscribed(ev)
@@ -367,15 +374,9 @@ def test_a_lost_unsubscribe_is_sent_again_when_the_author_answers_as_if_the_bran
 def test_only_authentic_author_frames_make_a_member_leave_again_at_most_once_an_interval() -> None:
     """What sends a lost UNSUBSCRIBE again is the author's signed GRANT or ADMIT of the branch, no forgery; and a
     relay replaying a recorded GRANT gets one UNSUBSCRIBE per ``grant_sync_interval_ms`` per branch, no more."""
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    b0 = net.author.branch_of(ident(10).did)
-    assert b0 is not None
+    net, _, _ = _left_unheard()
     s = net.subs["s0"]
     grant = next(d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT)
-    s.unsubscribe(b0)
-    s.take_changes()
-    s.data_to_send()  # lost
 
     def sent(now: int, frame: bytes) -> list[Kind]:
         ev = s.receive(frame, now)
@@ -394,14 +395,8 @@ def test_only_authentic_author_frames_make_a_member_leave_again_at_most_once_an_
 def test_the_admit_alone_sends_a_lost_unsubscribe_again() -> None:
     """The re-subscription's GRANT lost too: its ADMIT, signed and naming our request, is enough (it names the
     grant we hold), and the next subscription opens a new branch."""
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
-    b0 = net.author.branch_of(ident(10).did)
-    assert b0 is not None
+    net, b0, _ = _left_unheard()
     s = net.subs["s0"]
-    s.unsubscribe(b0)
-    s.take_changes()
-    s.data_to_send()  # lost
     (request,) = _to_await_grant(net, s)
     net.author.receive(request, net.now, "s0")
     net.author.take_changes()

@@ -997,23 +997,11 @@ def test_a_group_member_whose_first_grant_comes_late_still_reads_the_groups_hist
     that gets the group's re-key first (a member removed, epoch 1, also sent along its own branch) does not start
     at the re-key's head, skipping in silence what was published to it before: it asks its own branch's grant
     sync, which brings the group's first grant, then the later one, then the history."""
-    from streams.identity import PublicIdentity
-
     net = Net.make(n_subs=3)
     for s in ("s0", "s1", "s2"):
         net.subscribe(s)
     a = net.author
-    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(3)])
-    a.take_changes()
-    for o in a.data_to_send():  # the first GRANT never reaches s0
-        for t in ("s1", "s2"):
-            net.to_sub(t, o.data)
-    for i in range(3):
-        a.publish(g, b"group msg %d" % i, net.now)
-    a.take_changes()
-    for o in a.data_to_send():
-        for t in ("s1", "s2"):
-            net.to_sub(t, o.data)
+    g = _late_first_grant_group(net)
     start = len(net.events["s0"])
     a.remove_member(g, ident(12).did)  # epoch 1: its GRANT reaches s0, which asks for the rest
     net.pump_author()
@@ -1030,3 +1018,22 @@ def test_a_group_member_whose_first_grant_comes_late_still_reads_the_groups_hist
     assert net.subs["s0"].chain_head(g, 0)[0] == 1
     assert [(e.from_seq, e.to_seq) for e in net.events["author"] if isinstance(e, FetchRequested)
             and e.branch == g][-1:] == [(1, 3)]
+
+
+def _late_first_grant_group(net: Net) -> bytes:
+    """s0..s2 subscribed; a group of the three whose first GRANT never reaches s0; three messages in it."""
+    from streams.identity import PublicIdentity
+
+    a = net.author
+    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(3)])
+    a.take_changes()
+    for o in a.data_to_send():  # the first GRANT never reaches s0
+        for t in ("s1", "s2"):
+            net.to_sub(t, o.data)
+    for i in range(3):
+        a.publish(g, b"group msg %d" % i, net.now)
+    a.take_changes()
+    for o in a.data_to_send():
+        for t in ("s1", "s2"):
+            net.to_sub(t, o.data)
+    return g

@@ -20,10 +20,11 @@ from streams.credentials import (
 )
 from streams.errors import RejectReason
 from streams.events import Granted, MessageReceived, Rejected
-from streams.wire import Checkpoint, Permission, encode_frame
+from streams.wire import Checkpoint, encode_frame
 
 from .corenet import Net, ident
 from .test_admission import ISSUER, LIST_URL, T0, TYPE, _cred, status  # noqa: F401  (fixture)
+from .test_core_grants import _late_first_grant_group
 
 
 def test_policy_file_mode_all_two_credential_rules_keeps_valid_subscriber(
@@ -50,25 +51,6 @@ def test_policy_file_mode_all_two_credential_rules_keeps_valid_subscriber(
     net.subscribe("s0")
     assert any(isinstance(e, Granted) for e in net.events["s0"])
     assert net.author.recheck(net.now) == []
-
-
-def _late_first_grant_group(net: Net) -> bytes:
-    """s0..s2 subscribed; a group of the three whose first GRANT never reaches s0; three messages in it."""
-    from streams.identity import PublicIdentity
-
-    a = net.author
-    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(3)])
-    a.take_changes()
-    for o in a.data_to_send():  # the first GRANT never reaches s0
-        for t in ("s1", "s2"):
-            net.to_sub(t, o.data)
-    for i in range(3):
-        a.publish(g, b"group msg %d" % i, net.now)
-    a.take_changes()
-    for o in a.data_to_send():
-        for t in ("s1", "s2"):
-            net.to_sub(t, o.data)
-    return g
 
 
 def test_late_first_grant_of_a_group_whose_first_grant_the_author_no_longer_holds() -> None:
@@ -132,7 +114,6 @@ def test_a_frame_held_before_the_write_lapse_does_not_shadow_the_honest_one_afte
     # FORK "at a held position" (the driver's fork_evidence then finds none: a Rejected(FORK) with no fork), and
     # once 2' is in, the old 3 is drained, fails its link, and 3' is gone.
     from streams.events import MessageReceived, Rejected
-    from streams.wire import Permission
 
     net = Net.make(n_subs=1)
     net.subscribe("s0")
@@ -147,10 +128,7 @@ def test_a_frame_held_before_the_write_lapse_does_not_shadow_the_honest_one_afte
     a.receive(three, net.now, "s0")  # held: 2 is missing
     a.take_changes()
     a.data_to_send()  # (the FETCH of 2 is lost too)
-    a.set_permission(b0, Permission.READ)
-    net.pump_author()
-    a.set_permission(b0, Permission.READ_WRITE)
-    net.pump_author()
+    net.lapse_write(b0)
     assert s.publish(b0, b"two again", net.now) == 2
     s.publish(b0, b"three again", net.now)
     s.take_changes()
@@ -164,24 +142,12 @@ def test_a_frame_held_before_the_write_lapse_does_not_shadow_the_honest_one_afte
 def test_a_member_given_write_back_that_re_signs_an_accepted_position_is_still_a_fork() -> None:
     # s0's message 1 (epoch 0) was accepted; write was taken away (epoch 1, heads: 1) and given back (epoch 2).
     # A malicious s0 now signs a different message 1 under epoch 2.  Two signed messages at one accepted position
-    # is a fork (THREATS 7): fork_evidence must keep it.  write_lapsed() drops it because the accepted one was
-    # signed "before the lapse" -- but it was accepted (at or below the head the lapse grant named), not refused.
+    # is a fork (THREATS 7): fork_evidence keeps it -- the accepted one was signed before the lapse, but at or
+    # below the head the lapse grant named (accepted, not refused).
     from streams.events import Rejected
-    from streams.wire import Permission
 
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
+    net, b0, logged = _accepted_then_lapsed()
     a, s = net.author, net.subs["s0"]
-    b0 = a.branch_of(ident(10).did)
-    s.publish(b0, b"one", net.now)
-    s.take_changes()
-    (logged,) = [o.data for o in s.data_to_send()]
-    a.receive(logged, net.now, "s0")
-    net.pump_author()
-    a.set_permission(b0, Permission.READ)
-    net.pump_author()
-    a.set_permission(b0, Permission.READ_WRITE)
-    net.pump_author()
     sb = s._branches[b0]
     c = sb.chains[sb.me]
     c.next_seq, c.head = 1, _genesis(a, b0)  # (re-sign position 1, linked as the accepted one was)
@@ -194,6 +160,23 @@ def test_a_member_given_write_back_that_re_signs_an_accepted_position_is_still_a
     assert a.fork_evidence(forged, logged) is not None
 
 
+def _accepted_then_lapsed() -> tuple[Net, bytes, bytes]:
+    """s0's message 1 (epoch 0) accepted, then its write taken away (epoch 1, heads: 1) and given back (epoch 2).
+    Returns (the net, s0's branch, the accepted frame)."""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    s = net.subs["s0"]
+    s.publish(b0, b"one", net.now)
+    s.take_changes()
+    (logged,) = [o.data for o in s.data_to_send()]
+    net.author.receive(logged, net.now, "s0")
+    net.pump_author()
+    net.lapse_write(b0)
+    return net, b0, logged
+
+
 def _genesis(a, branch: bytes) -> bytes:  # type: ignore[no-untyped-def]
     from streams.wire import decode_frame
     first = a._first_grant(a._branches[branch])
@@ -203,24 +186,11 @@ def _genesis(a, branch: bytes) -> bytes:  # type: ignore[no-untyped-def]
 def test_a_fork_signed_under_the_pre_lapse_epoch_at_an_accepted_position_reaches_the_fork_check() -> None:
     # As above, but the malicious s0 re-signs position 1 under epoch 0 (the key it held before the lapse: the
     # epoch the accepted message 1 was signed under).  Both frames were signed before the lapse, both at an
-    # accepted position: a fork.  The core drops the frame from the REPLAY (rej.frame None), so the driver never
-    # compares it with its log.
+    # accepted position: a fork.  The REPLAY carries the frame, so the driver compares it with its log.
     from streams.events import Rejected
-    from streams.wire import Permission
 
-    net = Net.make(n_subs=1)
-    net.subscribe("s0")
+    net, b0, logged = _accepted_then_lapsed()
     a, s = net.author, net.subs["s0"]
-    b0 = a.branch_of(ident(10).did)
-    s.publish(b0, b"one", net.now)
-    s.take_changes()
-    (logged,) = [o.data for o in s.data_to_send()]
-    a.receive(logged, net.now, "s0")
-    net.pump_author()
-    a.set_permission(b0, Permission.READ)
-    net.pump_author()
-    a.set_permission(b0, Permission.READ_WRITE)
-    net.pump_author()
     sb = s._branches[b0]
     c = sb.chains[sb.me]
     epoch = sb.epoch
@@ -242,19 +212,10 @@ def test_a_policy_reload_keeps_a_group_member_whose_closed_own_branch_credential
     # same policy.  SPEC 11: "a group member without an open branch of its own is re-checked by the evidence its
     # closed own branch kept" -- with dids=True it is judged on its DID alone instead, and a credential policy
     # refuses every DID alone: s0 is taken out of the group at each restart although its credential holds.
-    from streams.credentials import CredentialPolicy
 
-    from .test_admission import _sub_with
+    from .test_admission_recheck import _group_member_that_left_its_own_branch
 
-    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=status[1])
-    net = Net.make(policy=policy, n_subs=2)
-    _sub_with(net, "s0", _cred(ident(10), index=3))
-    _sub_with(net, "s1", _cred(ident(11), index=4))
-    b0 = net.author.branch_of(ident(10).did)
-    group = net.author.open_group([ident(10).public, ident(11).public])
-    net.pump_author()
-    net.subs["s0"].unsubscribe(b0)
-    net.pump_sub("s0")
+    net, group = _group_member_that_left_its_own_branch(status)
     assert net.author.recheck(net.now) == []
     net.author.recheck(net.now, dids=True)
     assert ident(10).did in net.author.branch_info(group)[3]
@@ -355,10 +316,7 @@ def test_a_held_pre_lapse_frame_is_not_drained_into_the_later_run() -> None:
     assert not a.receive(three, net.now, "s0") or True  # held: 2 is missing
     a.take_changes()
     a.data_to_send()
-    a.set_permission(b0, Permission.READ)
-    net.pump_author()
-    a.set_permission(b0, Permission.READ_WRITE)
-    net.pump_author()
+    net.lapse_write(b0)
     assert a._branches[b0].epoch == 2
     ev = a.receive(ckpt.raw, net.now, "relay")
     got = [(e.seq, e.payload) for e in ev if isinstance(e, MessageReceived)]
@@ -382,10 +340,7 @@ def test_a_pre_lapse_head_naming_another_message_at_an_earlier_run_position_is_a
     (logged,) = [o.data for o in s.data_to_send()]
     a.receive(logged, net.now, "s0")
     net.pump_author()
-    a.set_permission(b0, Permission.READ)
-    net.pump_author()
-    a.set_permission(b0, Permission.READ_WRITE)
-    net.pump_author()
+    net.lapse_write(b0)
     head = encode_frame(HeadNotice(a.channel, b0, 1, 1, b"\x07" * 32, 0), b"", ident(10).sign)
     assert a.fork_evidence(head.raw, logged) is not None  # the driver would keep it...
     ev = a.receive(head.raw, net.now, "relay")

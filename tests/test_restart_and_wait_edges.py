@@ -6,13 +6,19 @@ stores."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from streams._state import BranchState
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import BranchRecord, ChainRecord, Changes, SubscriberCore
+from streams.errors import StreamsError
 from streams.events import MessageReceived, Rejected
-from streams.wire import Kind, decode_frame
+from streams.policy import AllowList
+from streams.wire import Kind, Permission, decode_frame
 
 from .corenet import Net, ident
 
@@ -68,18 +74,24 @@ def test_revoke_overtaking_the_tail_then_restart_still_accepts_the_tail() -> Non
 async def test_wait_acknowledged_of_a_refused_message_is_not_answered_by_its_replacement(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Write taken away and given back before the member hears of either (both re-keys reach it together): the
     message it published meanwhile was refused, the re-key restarts its chain at the author's head and drops it
-    from the log (Changes.log_cut), and the next publish gets the same seq.  _fail_dead_waiters only looks at
-    can_write after the batch (True again), so a wait_acknowledged on the refused message stays pending and is
-    answered by the ACK of the *other* message published at its seq: it returns as if the refused one were held."""
-    import asyncio
+    from the log (Changes.log_cut), and the next publish gets the same seq.  A wait_acknowledged on the refused
+    message, pending then, fails: the ACK of the *other* message published at its seq must not answer it (looking
+    at can_write after the batch, True again, it would have)."""
+    async with _refused_across_a_lapse(tmp_path) as (author, s, b, refused):
+        waiter = asyncio.ensure_future(s.wait_acknowledged(b, refused, timeout=5))
+        await author._flush()
+        await asyncio.sleep(0.5)
+        again = await s.publish(b, b"two again")
+        assert again == refused  # the seq is reused
+        with pytest.raises(StreamsError):
+            await waiter
 
-    from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-    from streams.errors import StreamsError
-    from streams.policy import AllowList
-    from streams.wire import Permission
 
-    from .corenet import ident
-
+@contextlib.asynccontextmanager
+async def _refused_across_a_lapse(tmp_path: Path) -> AsyncIterator[tuple[Author, Subscriber, bytes, int]]:
+    """An author and s0 over the in-memory hub: s0 publishes one message (acknowledged), then another, which the
+    author will refuse: before it reads it, it takes s0's write away and gives it back (two re-keys, not sent
+    yet).  Yields (author, s0, its branch, the refused seq); both are closed after."""
     fast = StoreOptions(durable=False, opslimit=1, memlimit=8192)
     hub = MemoryHub()
     author = await Author.create(tmp_path / "a.db", ident(1), "m", "pw", hub.author_endpoint(),
@@ -92,13 +104,7 @@ async def test_wait_acknowledged_of_a_refused_message_is_not_answered_by_its_rep
         refused = await s.publish(b, b"two (refused: signed before the lapse)")
         author._core.set_permission(b, Permission.READ)  # (before the author reads it)
         author._core.set_permission(b, Permission.READ_WRITE)
-        waiter = asyncio.ensure_future(s.wait_acknowledged(b, refused, timeout=5))
-        await author._flush()
-        await asyncio.sleep(0.5)
-        again = await s.publish(b, b"two again")
-        assert again == refused  # the seq is reused
-        with pytest.raises(StreamsError):
-            await waiter
+        yield author, s, b, refused
     finally:
         await s.close()
         await author.close()
@@ -129,23 +135,7 @@ async def test_wait_registered_after_the_log_cut_is_not_answered_by_the_replacem
     """The refused message's wait, started once the re-keys that lapsed and restored our write are in (the
     log_cut already committed), raises: that seq is not a message of our chain (until the next publish takes
     it), rather than being answered by the ACK of the replacement published there."""
-    from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-    from streams.errors import StreamsError
-    from streams.policy import AllowList
-    from streams.wire import Permission
-
-    fast = StoreOptions(durable=False, opslimit=1, memlimit=8192)
-    hub = MemoryHub()
-    author = await Author.create(tmp_path / "a.db", ident(1), "m", "pw", hub.author_endpoint(),
-                                 AllowList({ident(10).did: Permission.READ_WRITE}), store_options=fast)
-    s = await Subscriber.create(tmp_path / "s.db", ident(10), ident(1).did, author.channel, "pw",
-                                hub.subscriber_endpoint("s"), store_options=fast)
-    try:
-        b = await s.subscribe(timeout=5)
-        await s.wait_acknowledged(b, await s.publish(b, b"one"), timeout=5)
-        refused = await s.publish(b, b"two (refused: signed before the lapse)")
-        author._core.set_permission(b, Permission.READ)  # (before the author reads it)
-        author._core.set_permission(b, Permission.READ_WRITE)
+    async with _refused_across_a_lapse(tmp_path) as (author, s, b, refused):
         await author._flush()
         await asyncio.sleep(0.5)  # both re-keys are in: our chain restarted at 1, seq 2 given back
         waiter = asyncio.ensure_future(s.wait_acknowledged(b, refused, timeout=5))
@@ -154,7 +144,4 @@ async def test_wait_registered_after_the_log_cut_is_not_answered_by_the_replacem
         assert again == refused
         with pytest.raises(StreamsError):
             await waiter
-    finally:
-        await s.close()
-        await author.close()
 

@@ -107,7 +107,7 @@ def test_a_late_group_grant_to_a_member_without_an_own_branch_reports_the_gap() 
     # with no GapDetected (THREATS 4).
     from streams.events import GapDetected
 
-    from .test_rechecks_and_lapses import _late_first_grant_group
+    from .test_core_grants import _late_first_grant_group
 
     net = Net.make(n_subs=3)
     for s in ("s0", "s1", "s2"):
@@ -143,7 +143,6 @@ def test_an_honest_head_delayed_across_a_lapse_is_no_fork() -> None:
     # Before 856b672 it was dropped in silence; now the core raises REPLAY with the frame, the driver's
     # fork_evidence finds no fork, and a Rejected(REPLAY) is reported for an honest member's frame.
     from streams.events import Rejected
-    from streams.wire import Permission
 
     net = Net.make(n_subs=1)
     net.subscribe("s0")
@@ -157,10 +156,7 @@ def test_an_honest_head_delayed_across_a_lapse_is_no_fork() -> None:
     assert s.notify_head(b0)
     s.take_changes()
     (old_head,) = [o.data for o in s.data_to_send()]
-    a.set_permission(b0, Permission.READ)
-    net.pump_author()
-    a.set_permission(b0, Permission.READ_WRITE)
-    net.pump_author()
+    net.lapse_write(b0)
     assert s.publish(b0, b"two, new run", net.now) == 2
     s.take_changes()
     (new2,) = [o.data for o in s.data_to_send()]
