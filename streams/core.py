@@ -2711,7 +2711,7 @@ class SubscriberCore(_CoreBase):
         # grant makes us subscribed (a branch the author opened for us unasked).
         if self.state not in _AWAITING and self.state is not SubscriptionState.SUBSCRIBED:
             self._transition(Kind.GRANT)
-        if existing is None and g.epoch > 0 and len(members) > 2:
+        if existing is None and g.epoch > 0 and not self._may_be_own(g.branch, len(members)):
             # (A branch of two members is ours, or a group of one: we cannot tell, so each is asked.)
             own = [b for b in self._branches.values() if len(b.members) == 2 and b.state is BranchState.OPEN]
             asked = self._first_grant_asked.get(g.branch)
@@ -2763,6 +2763,16 @@ class SubscriberCore(_CoreBase):
         # An authentic new grant: never rate-limited.  Timed (asked again if unanswered) on a member's own branch,
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
+
+    def _may_be_own(self, branch: bytes, n_members: int) -> bool:
+        """Whether a grant of a branch we hold nothing of, of ``n_members`` members, may be of our own branch: two
+        members (the author and us), while a handshake runs whose ADMIT, if it came, names that branch (a member
+        that lost its state subscribes again and is granted its branch at a later epoch).  A grant of two members
+        outside a handshake is taken for a group of one (a group whose other members left): a grant of our own
+        branch at a later epoch comes to us only with a subscription of ours."""
+        if n_members != 2 or self.state not in _AWAITING:
+            return False
+        return self._admitted is None or self._admitted[0] == branch
 
     def _maybe_removed(self, frame: Frame, events: list[Event]) -> None:
         """A GRANT with no entry for us: if it is the author's signed re-key of a group we hold, extending the

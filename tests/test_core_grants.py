@@ -1020,6 +1020,39 @@ def test_a_group_member_whose_first_grant_comes_late_still_reads_the_groups_hist
             and e.branch == g][-1:] == [(1, 3)]
 
 
+def test_a_late_first_grant_is_asked_for_also_when_the_rekey_leaves_a_group_of_one() -> None:
+    """As above, when the re-key that reaches the member first leaves it the group's only member (author and it:
+    two members, like its own branch): it still asks its own branch's grant sync for the group's first grant,
+    rather than taking the re-key for a grant of its own branch and starting at its heads in silence."""
+    from streams.identity import PublicIdentity
+
+    net = Net.make(n_subs=2)
+    for s in ("s0", "s1"):
+        net.subscribe(s)
+    a = net.author
+    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(2)])
+    a.take_changes()
+    for o in a.data_to_send():  # the first GRANT never reaches s0
+        net.to_sub("s1", o.data)
+    for i in range(3):
+        a.publish(g, b"group msg %d" % i, net.now)
+    a.take_changes()
+    for o in a.data_to_send():
+        net.to_sub("s1", o.data)
+    start = len(net.events["s0"])
+    a.remove_member(g, ident(11).did)  # epoch 1: the author and s0 are left; its GRANT reaches s0
+    net.pump_author()
+    assert g not in net.subs["s0"].branch_ids()
+    net.now += 2_000
+    net.subs["s0"].handle_timer(net.now)
+    net.pump_sub("s0")
+    ev = net.events["s0"][start:]
+    assert [e.epoch for e in ev if isinstance(e, Granted) and e.branch == g] == [0, 1]
+    assert net.subs["s0"].chain_head(g, 0)[0] == 1
+    assert [(e.from_seq, e.to_seq) for e in net.events["author"] if isinstance(e, FetchRequested)
+            and e.branch == g][-1:] == [(1, 3)]
+
+
 def _late_first_grant_group(net: Net) -> bytes:
     """s0..s2 subscribed; a group of the three whose first GRANT never reaches s0; three messages in it."""
     from streams.identity import PublicIdentity
