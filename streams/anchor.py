@@ -34,7 +34,7 @@ import msgpack
 
 from . import _crypto, merkle
 from .errors import DecodeError, LocalProtocolError, VerificationError
-from .wire import Checkpoint, HeadNotice, Kind, Packet, decode_frame
+from .wire import Checkpoint, HeadNotice, Kind, Packet, Revoke, decode_frame
 
 __all__ = [
     "ANCHOR_TAG",
@@ -268,8 +268,9 @@ def verify_inclusion(
 class ForkEvidence:
     """Two encoded frames claiming different messages at one ``(channel, branch, publisher, seq)``.
 
-    Accepted frame kinds: PACKET (signed), CHECKPOINT (whose hash is the message at its seq) and HEAD
-    (a signed claim that ``hash`` is the message at ``seq``)."""
+    Accepted frame kinds: PACKET (signed), CHECKPOINT (whose hash is the message at its seq), HEAD (a signed
+    claim that ``hash`` is the message at ``seq``) and REVOKE (the author's signed claim that ``last_hash`` is
+    the final message of its chain on the branch, at ``last_seq`` >= 1: publisher 0)."""
 
     frame_a: bytes
     frame_b: bytes
@@ -278,12 +279,16 @@ class ForkEvidence:
 def _claim(raw: bytes, signer_public: bytes) -> tuple[tuple[bytes, bytes, int, int], bytes]:
     """``((channel, branch, publisher, seq), claimed message hash)`` of one signed frame."""
     frame = decode_frame(raw)
-    if frame.kind not in (Kind.PACKET, Kind.CHECKPOINT, Kind.HEAD):
-        raise VerificationError("fork evidence must be PACKET, CHECKPOINT or HEAD frames")
+    if frame.kind not in (Kind.PACKET, Kind.CHECKPOINT, Kind.HEAD, Kind.REVOKE):
+        raise VerificationError("fork evidence must be PACKET, CHECKPOINT, HEAD or REVOKE frames")
     if len(frame.sig) != 64:
         raise VerificationError("fork evidence frames must be signed")
     _crypto.verify(signer_public, frame.hash, frame.sig)
     head = frame.head
+    if isinstance(head, Revoke):
+        if head.last_seq < 1:
+            raise VerificationError("a REVOKE of an empty chain claims no message")
+        return (head.channel, head.branch, 0, head.last_seq), head.last_hash
     if isinstance(head, HeadNotice):
         claimed = head.hash
     else:

@@ -1312,7 +1312,7 @@ class _CoreBase:
         try:
             f = decode_frame(new_frame, self.config.max_frame)
             b = self._branches.get(getattr(f.head, "branch", b""))
-            publisher = getattr(f.head, "publisher", -1)
+            publisher = 0 if f.kind is Kind.REVOKE else getattr(f.head, "publisher", -1)  # the author's chain
             member = None if b is None else b.members.get(publisher)
             if b is None or member is None:
                 return None
@@ -2817,8 +2817,9 @@ class SubscriberCore(_CoreBase):
         c = b.chains.get(0)
         if c is not None and r.last_seq and r.last_seq == c.next_seq - 1 and not _crypto.ct_equal(r.last_hash, c.head):
             # The author's signed word that its chain ends with another message than the one we accepted there.
+            # The frame goes to the driver, which keeps it with the logged message as evidence (SPEC 13.6).
             raise _Reject(RejectReason.FORK, "the revoke's final head differs from the message we accepted",
-                          r.branch, 0, r.last_seq)
+                          r.branch, 0, r.last_seq, frame.raw)
         b.transition("revoke")
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
         if c is not None and r.last_seq >= c.next_seq:

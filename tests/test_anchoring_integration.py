@@ -22,12 +22,13 @@ import msgpack
 import pytest
 
 from streams import _crypto
-from streams.anchor import ANCHOR_TAG, EpochCheckpoint, build_epoch, check_fork
+from streams._state import BranchState
+from streams.anchor import ANCHOR_TAG, EpochCheckpoint, ForkEvidence, build_epoch, check_fork
 from streams.api import AnchorConfig, Author, MemoryHub, StoreOptions, Subscriber
 from streams.audit import audit_store
 from streams.cli import main as cli_main
 from streams.core import CoreConfig
-from streams.errors import LedgerError, LocalProtocolError, RejectReason
+from streams.errors import LedgerError, LocalProtocolError, RejectReason, VerificationError
 from streams.events import (
     Anchored,
     EpochAnchored,
@@ -322,6 +323,37 @@ async def test_a_signed_head_naming_another_message_is_kept_as_fork_evidence(tmp
     assert check_fork(fork.evidence, AUTHOR.sign_public) == (author.channel, b1, 0, 2)
     logged = s1.store.log_entry(b1, 0, 2)
     assert logged is not None and {fork.evidence.frame_a, fork.evidence.frame_b} == {logged[1], lie}
+    await s1.close()
+    await author.close()
+
+
+async def test_a_signed_revoke_naming_another_final_message_is_kept_as_fork_evidence(tmp_path: Path) -> None:
+    """The author's signed REVOKE whose final head is the member's head but names another message (SPEC 8.8): the
+    author's word against its own chain, like a HEAD's -- refused FORK, closing nothing, and reported as
+    ForkDetected with the REVOKE and the logged message as evidence anyone holding the author's key can check;
+    once per position, however often the author's grant syncs repeat it."""
+    from streams.wire import Revoke
+
+    hub, author, s1, b1 = await _three_alerts_read(tmp_path)
+    col = Collect(s1)
+    epoch, _, _, _ = s1._core.branch_info(b1)
+    grant_hash = s1._core._branches[b1].grant_hash
+    lie = encode_frame(Revoke(author.channel, b1, epoch, grant_hash, 3, b"\x07" * 32), b"", AUTHOR.sign).raw
+    hub.inject("p1", lie)
+    await wait_for(lambda: bool(col.of(ForkDetected)), what="fork")
+    (fork,) = col.of(ForkDetected)
+    assert (fork.branch, fork.publisher, fork.seq) == (b1, 0, 3)
+    assert check_fork(fork.evidence, AUTHOR.sign_public) == (author.channel, b1, 0, 3)
+    logged = s1.store.log_entry(b1, 0, 3)
+    assert logged is not None and {fork.evidence.frame_a, fork.evidence.frame_b} == {logged[1], lie}
+    assert len(s1.forks()) == 1 and s1._core.branch_state(b1) is BranchState.OPEN
+    hub.inject("p1", lie)
+    await wait_for(lambda: len(col.of(Rejected)) == 2, what="second refusal")
+    assert len(col.of(ForkDetected)) == 1
+    # A REVOKE of an empty chain (last_seq 0) claims no message: never evidence.
+    with pytest.raises(VerificationError):
+        check_fork(ForkEvidence(encode_frame(Revoke(author.channel, b1, epoch, grant_hash, 0, b"\x07" * 32), b"",
+                                             AUTHOR.sign).raw, logged[1]), AUTHOR.sign_public)
     await s1.close()
     await author.close()
 
