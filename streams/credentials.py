@@ -717,7 +717,14 @@ class StatusList:
 
 class StatusListLookup(Protocol):
     """Where verifiers find status-list credentials: ``get(url)`` returns the credential or ``None``.  A lookup
-    that raises counts as an unavailable list (:class:`StatusUnavailable`: the credential is refused)."""
+    that raises counts as an unavailable list (:class:`StatusLookupFailed`: a subscription is refused, a re-check
+    leaves the subscriber as it is).
+
+    ``get`` is called synchronously, on the author's event loop, at every subscription and periodic re-check that
+    holds a credential with a status entry: while it runs, nothing else of the party does.  Answer from memory or
+    local files (as :class:`StatusListSource` and policy files' ``status_lists`` do); a list served over a
+    network is fetched by a task or thread of the application's own and handed in here, never fetched in
+    ``get``."""
 
     def get(self, url: str) -> Mapping[str, Any] | None: ...
 
