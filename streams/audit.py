@@ -258,20 +258,22 @@ class _Audit:
                 prev = None
                 continue
             prev = cp
-            if row.state != "confirmed":
-                self.err(f"anchor epoch {row.epoch} is not confirmed on the ledger yet ({row.state})",
-                         severity="warning")
-                continue
+            # The heads are bound to the signed root and to the log whatever the row's state: the state is a
+            # plain column, and a row set back to "built" must not hide a log cut or rewritten below its heads.
             if merkle.MerkleTree(row.leaves).root != cp.root or len(row.leaves) != cp.tree_size:
                 self.err(f"anchor epoch {row.epoch}: the stored leaves do not give the checkpoint's root")
             for i, (b, p, s, h, ke) in enumerate(row.heads):
-                self.report.anchored_heads += 1
                 blind = self._blind(branches, b, p, ke)
                 if blind is None:
                     self.err("no key to recompute an anchored leaf", b, p, s, severity="warning")
                 elif i >= len(row.leaves) or ChainHead(b, p, s, h, blind).leaf != row.leaves[i]:
                     self.err(f"anchor epoch {row.epoch}: head does not match its blinded leaf (altered)", b, p, s)
                 self._logged((b, p, s, h))
+            if row.state != "confirmed":
+                self.err(f"anchor epoch {row.epoch} is not confirmed on the ledger yet ({row.state})",
+                         severity="warning")
+                continue
+            self.report.anchored_heads += len(row.heads)
             if self.ledger is not None and row.anchor_id is not None:
                 try:
                     if confirm(self.ledger, PendingAnchor(row.anchor_id, cp)) is None:
