@@ -9,6 +9,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from streams.anchor import ANCHOR_TAG, ChainHead, build_epoch
@@ -64,6 +65,25 @@ async def test_author_audit_catches_a_truncated_chain_behind_anchor_rows_set_bac
         rep = audit_store(tmp_path / "t.db", PW, ledger)
         assert not rep.ok, rep.summary()
         assert any("not in the log" in f.reason for f in rep.findings if f.severity == "error"), rep.summary()
+
+
+async def test_author_audit_catches_a_truncated_chain_behind_anchor_rows_without_heads(tmp_path: Path) -> None:
+    """The same cut, hidden another way: the rows stay ``confirmed`` but their ``heads`` column (a plain list
+    next to the leaves, not signed) is emptied.  The leaves still give the signed root, so only a count check
+    can tell that heads were dropped: every leaf must have its head."""
+    lpath, b1 = await _channel_for_audit(tmp_path)
+    with EmbeddedLedger(lpath) as ledger:
+        db = _copy_store(tmp_path / "author.db", tmp_path / "t.db")
+        head3 = bytes(db.execute("SELECT hash FROM log WHERE branch = ? AND publisher = 0 AND seq = 3",
+                                 (b1,)).fetchone()[0])
+        db.execute("DELETE FROM log WHERE branch = ? AND publisher = 0 AND seq > 3", (b1,))
+        db.execute("UPDATE chains SET next_seq = 4, head = ?, covered = 3 WHERE branch = ? AND publisher = 0",
+                   (head3, b1))
+        db.execute("UPDATE anchors SET heads = ?", (msgpack.packb([]),))
+        db.commit()
+        db.close()
+        rep = audit_store(tmp_path / "t.db", PW, ledger)
+        assert not rep.ok, rep.summary()
 
 
 # --- a ledger entry under the anchor tag that is not a checkpoint ----------------------------------------------
