@@ -1387,6 +1387,7 @@ class Subscriber(_Party):
             store.lock()
             core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
             core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
+            core.load_anchored(store.anchored_heads())  # proofs at or below them: no event, or REPLAY (SPEC 13.5)
             self = cls(core, store, transport, clock, queue_size)
             self._with_ledger(ledger)
             self._redeliver()

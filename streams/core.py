@@ -416,7 +416,7 @@ class _Chain:
         self.ack_ms = _LONG_AGO  # receiver side: when we last sent an ACK of this chain
         self.quick_acked = 0  # receiver side: highest head whose HEAD notice we answered outside the ACK pacing
         self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
-        self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
+        self.anchored = 0  # highest seq whose anchor proof we applied (or the store held): older proofs are replays
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
         #: Our own chain, member side: the seq through which the author's signed ACK says it holds our chain, when
         #: that contradicts our store (beyond our head, or another message at it); 0: none.  We publish no more.
@@ -2893,6 +2893,15 @@ class SubscriberCore(_CoreBase):
         self._apply_anchor(claim, False, events)
 
     _claims: list[AnchorClaim]
+
+    def load_anchored(self, records: list[AnchorRecord]) -> None:
+        """After :meth:`load_subscriber`: the latest anchored head of each chain as the store holds it, so that
+        across a restart too a proof for it is no event and one below it a REPLAY (SPEC 13.5)."""
+        for r in records:
+            b = self._branches.get(r.branch)
+            c = None if b is None else b.chains.get(r.publisher)
+            if c is not None and r.seq < c.next_seq:
+                c.anchored = max(c.anchored, r.seq)
 
     def take_anchor_claims(self) -> list[AnchorClaim]:
         """Anchor proofs that passed every local check and wait for the driver's ledger check."""

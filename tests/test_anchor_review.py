@@ -13,14 +13,19 @@ import msgpack
 import pytest
 
 from streams.anchor import ANCHOR_TAG, ChainHead, build_epoch
-from streams.api import MemoryHub
+from streams.api import Author, MemoryHub, Subscriber
 from streams.audit import audit_store
+from streams.core import CoreConfig
 from streams.errors import RejectReason, VerificationError
 from streams.events import Anchored, Rejected
 from streams.ledger import EmbeddedLedger
 from streams.ledger.anchoring import PendingAnchor, confirm, verify_anchored
+from streams.policy import AllowList
+from streams.wire import Kind, decode_frame
 from tests.test_anchoring_integration import (
     AUTHOR,
+    CFG,
+    FAST,
     P1,
     PW,
     Collect,
@@ -136,3 +141,76 @@ async def test_a_subscriber_keeps_checking_proofs_after_a_ledger_entry_that_is_n
         await author.close()
         a_ledger.close()
         s_ledger.close()
+
+
+# --- anchor proofs after a member's restart ---------------------------------------------------------------------
+
+
+def _proofs_to(hub: MemoryHub, name: str) -> list[bytes]:
+    return [d for src, dst, d in hub.tap
+            if src == "author" and dst == name and decode_frame(d).kind is Kind.ANCHOR_PROOF]
+
+
+async def _two_epochs_anchored(tmp_path: Path, hub: MemoryHub, ledger: EmbeddedLedger
+                               ) -> tuple[Author, Subscriber, bytes, bytes]:
+    """An author and member P1 (grant syncs never skipped); the author's chain anchored at seq 1, then at seq 2,
+    both proofs applied by the member.  Returns the old (seq 1) ANCHOR_PROOF frame as a relay saw it."""
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, ledger=ledger, anchor_config=CFG,
+                                 config=CoreConfig(grant_sync_interval_ms=0))
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    col = Collect(s1)
+    b1 = await s1.subscribe(timeout=5)
+    for seq in (1, 2):
+        await author.publish(b1, b"alert %d" % seq)
+        await s1.next_message(timeout=5)
+        await wait_for(lambda seq=seq: any(e.seq == seq for e in col.of(Anchored)), what=f"seq {seq} anchored")
+    (old,) = [d for d in _proofs_to(hub, "p1") if decode_frame(d).head.seq == 1]
+    return author, s1, b1, old
+
+
+async def test_a_replayed_older_anchor_proof_after_a_restart_is_a_replay(tmp_path: Path) -> None:
+    """SPEC 13.5: a proof below the head a member holds as anchored is a REPLAY.  The member holds it durably
+    (``anchor_heads``), but after a restart its core started from 0: a relay replaying an old proof made it
+    report ``Anchored`` for an old head again and moved its stored latest anchored head back."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author, s1, b1, old = await _two_epochs_anchored(tmp_path, hub, ledger)
+    await author.close()  # the author is away: only the relay speaks
+    await s1.close()
+    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                               ledger=ledger)
+    col = Collect(s1)
+    try:
+        hub.inject("p1", old)
+        await wait_for(lambda: bool(col.of(Rejected) or col.of(Anchored)), what="the replayed proof handled")
+        assert col.of(Anchored) == []
+        assert [(r.reason, r.seq) for r in col.of(Rejected)] == [(RejectReason.REPLAY, 1)]
+        assert [(r.branch, r.publisher, r.seq) for r in s1.store.anchored_heads()] == [(b1, 0, 2)]
+    finally:
+        await s1.close()
+        ledger.close()
+
+
+async def test_the_latest_proof_sent_again_after_a_restart_is_no_event(tmp_path: Path) -> None:
+    """SPEC 13.5: a proof for the head a member already holds as anchored is ignored (no event).  A member that
+    restarts asks for a grant sync, and the author sends it the latest proofs again: they used to be reported
+    as ``Anchored`` a second time, at every restart."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author, s1, _b1, old = await _two_epochs_anchored(tmp_path, hub, ledger)
+    await s1.close()
+    sent = len(_proofs_to(hub, "p1"))
+    s1 = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                               ledger=ledger)
+    col = Collect(s1)
+    try:
+        await wait_for(lambda: len(_proofs_to(hub, "p1")) > sent, what="the latest proof sent again")
+        hub.inject("p1", old)  # behind it in the member's queue of ledger checks: a marker that it was handled
+        await wait_for(lambda: bool(col.of(Rejected)), what="the proofs handled")
+        assert col.of(Anchored) == []
+        assert [(r.reason, r.seq) for r in col.of(Rejected)] == [(RejectReason.REPLAY, 1)]
+    finally:
+        await s1.close()
+        await author.close()
+        ledger.close()
