@@ -237,6 +237,10 @@ class EmbeddedLedger:
             prev, prev_ts, n = stored, ts, want
         if expected is not None:
             pos, head = expected
+            if pos == 0:  # the empty prefix (``head()`` of an empty ledger): its head is 32 zero bytes
+                if not _crypto.ct_equal(head, _ZERO):
+                    return VerifyReport(False, n, prev, 0, "the row differs from the expected head")
+                return VerifyReport(True, n, prev)
             if pos > n:
                 reason = f"the chain ends at {n}, before the expected head {pos}"
                 return VerifyReport(False, n, prev, n + 1, reason)
