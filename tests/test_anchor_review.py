@@ -16,7 +16,7 @@ from streams.anchor import ANCHOR_TAG, ChainHead, build_epoch
 from streams.api import Author, MemoryHub, Subscriber
 from streams.audit import audit_store
 from streams.core import CoreConfig
-from streams.errors import RejectReason, VerificationError
+from streams.errors import LedgerError, RejectReason, VerificationError
 from streams.events import Anchored, Rejected
 from streams.ledger import EmbeddedLedger
 from streams.ledger.anchoring import PendingAnchor, confirm, verify_anchored
@@ -214,3 +214,51 @@ async def test_the_latest_proof_sent_again_after_a_restart_is_no_event(tmp_path:
         await s1.close()
         await author.close()
         ledger.close()
+
+
+# --- a raw row in the shared embedded ledger -------------------------------------------------------------------
+
+
+async def test_a_raw_ledger_row_of_another_type_does_not_stop_an_author(tmp_path: Path) -> None:
+    """The embedded ledger is one SQLite file shared by the parties of a host, and its triggers refuse UPDATE and
+    DELETE but not INSERT: any process that can write the file can add a row under the anchor tag whose ``data``
+    is TEXT (or an INTEGER, which ``bytes()`` turned into that many zero bytes).  Listing the channel's
+    checkpoints skips what does not decode -- but ``scan`` raised TypeError on such a row, so ``Author.open``
+    with that ledger failed (for every author of the host, for good: the row cannot be deleted) and the audit
+    crashed."""
+    lpath = tmp_path / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    col = Collect(s1)
+    b1 = await s1.subscribe(timeout=5)
+    await author.publish(b1, b"alert")
+    await wait_for(lambda: bool(col.of(Anchored)), what="anchored")
+    await s1.close()
+    await author.close()
+    db = sqlite3.connect(lpath)
+    (n,) = db.execute("SELECT max(position) FROM entries").fetchone()
+    db.execute("INSERT INTO entries VALUES (?, ?, 'not bytes', 0, zeroblob(32), zeroblob(32))", (n + 1, ANCHOR_TAG))
+    db.commit()
+    db.close()
+    author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                               store_options=FAST, ledger=ledger, anchor_config=CFG)
+    try:
+        assert author.anchoring is not None and author.anchoring.refused is None
+    finally:
+        await author.close()
+    rep = audit_store(tmp_path / "author.db", PW, ledger)
+    assert rep.ok, rep.summary()
+    # Read by its id, such a row is a damaged ledger entry (LedgerError, which every caller handles), not a
+    # TypeError -- nor an allocation of as many bytes as an INTEGER says.
+    db = sqlite3.connect(lpath)
+    db.execute("INSERT INTO entries VALUES (?, ?, ?, 0, zeroblob(32), zeroblob(32))", (n + 2, ANCHOR_TAG, 1 << 40))
+    db.commit()
+    db.close()
+    for anchor_id in (str(n + 1), str(n + 2)):
+        with pytest.raises(LedgerError):
+            ledger.read(anchor_id)
+        with pytest.raises(LedgerError):
+            ledger.status(anchor_id)
+    ledger.close()
