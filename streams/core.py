@@ -2884,6 +2884,14 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.NOT_ANCHORED, f"anchor proof: {exc}", h.branch, h.publisher, h.seq) from exc
         claim = AnchorClaim(head, h.key_epoch, proof, checkpoint, h.anchor_id, bool(h.restore))
+        anchored = b.chains[h.publisher].anchored
+        if h.seq <= anchored:
+            # SPEC 13.5: the head we hold as anchored is no event, one below it a REPLAY -- decided before the claim
+            # waits for the driver's ledger check, so a replayed proof costs no ledger read (THREATS 8).
+            if h.seq == anchored:
+                return
+            raise _Reject(RejectReason.REPLAY, "already anchored beyond this sequence number", h.branch, h.publisher,
+                          h.seq)
         if self.defer_anchor_checks:
             if len(self._claims) >= self.max_anchor_claims:
                 raise _Reject(RejectReason.HOLD_FULL, "too many anchor proofs awaiting the ledger", h.branch,

@@ -262,3 +262,51 @@ async def test_a_raw_ledger_row_of_another_type_does_not_stop_an_author(tmp_path
         with pytest.raises(LedgerError):
             ledger.status(anchor_id)
     ledger.close()
+
+
+# --- replayed anchor proofs must not buy ledger reads -----------------------------------------------------------
+
+
+class _CountingLedger(EmbeddedLedger):
+    """The real embedded ledger, counting the reads the subscriber's ledger check makes (each one an HTTP round
+    trip to a node with IOTA)."""
+
+    reads = 0
+
+    def read(self, anchor_id: str) -> tuple[bytes, bytes]:
+        self.reads += 1
+        return super().read(anchor_id)
+
+
+async def test_replays_of_an_applied_anchor_proof_cost_no_ledger_read(tmp_path: Path) -> None:
+    """THREATS 8 (bounded cost of hostile input): a relay that replays an anchor proof the member already applied
+    made it queue a ledger check per copy (the queue to the check is unbounded, and the core's claim cap is
+    drained at every commit) before finding it was a replay.  Such a proof is answered from the chain's anchor
+    cursor at once: no event for the head it holds, REPLAY below it -- and no ledger read."""
+    lpath = tmp_path / "ledger.db"
+    a_ledger = EmbeddedLedger(lpath)
+    s_ledger = _CountingLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=s_ledger)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        for seq in (1, 2):
+            await author.publish(b1, b"alert %d" % seq)
+            await s1.next_message(timeout=5)
+            await wait_for(lambda seq=seq: any(e.seq == seq for e in col.of(Anchored)), what=f"seq {seq} anchored")
+        proofs = {decode_frame(d).head.seq: d for d in _proofs_to(hub, "p1")}
+        before = s_ledger.reads
+        for _ in range(50):
+            hub.inject("p1", proofs[2])  # the head it holds as anchored
+        hub.inject("p1", proofs[1])  # below it: a REPLAY, the marker that the 50 were handled
+        await wait_for(lambda: bool(col.of(Rejected)), what="the replays handled")
+        assert [(r.reason, r.seq) for r in col.of(Rejected)] == [(RejectReason.REPLAY, 1)]
+        assert [e.seq for e in col.of(Anchored)] == [1, 2]
+        assert s_ledger.reads == before
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
