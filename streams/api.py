@@ -1289,6 +1289,9 @@ class Subscriber(_Party):
             transport.on_reconnect = self._resync
         self._ledger: Ledger | None = None
         self._claims: asyncio.Queue[AnchorClaim] = asyncio.Queue()
+        #: Each claim queued or under its ledger check: a copy of one of them (a relay replaying a proof not applied
+        #: yet) adds no ledger read (THREATS 8).
+        self._claimed: set[tuple[bytes, int, int, bytes, str, bool]] = set()
         self._install()
 
     async def _resync(self) -> None:
@@ -1313,7 +1316,9 @@ class Subscriber(_Party):
     def _committed(self, changes: Changes) -> None:
         if self._ledger is not None:
             for claim in self._core.take_anchor_claims():
-                self._claims.put_nowait(claim)
+                if _claim_key(claim) not in self._claimed:
+                    self._claimed.add(_claim_key(claim))
+                    self._claims.put_nowait(claim)
 
     async def _anchor_loop(self) -> None:
         assert self._ledger is not None
@@ -1336,6 +1341,7 @@ class Subscriber(_Party):
                     log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+            self._claimed.discard(_claim_key(claim))
             backoff = 0.1
             try:
                 await self._flush()
@@ -1526,6 +1532,12 @@ def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> 
 
 
 # --- in-memory transport ---------------------------------------------------------------------------------------
+
+
+def _claim_key(claim: AnchorClaim) -> tuple[bytes, int, int, bytes, str, bool]:
+    """What makes two anchor claims the same claim (a copy of one queued for its ledger check adds nothing)."""
+    h = claim.head
+    return h.branch, h.publisher, h.seq, h.hash, claim.anchor_id, claim.restore
 
 
 class MemoryHub:

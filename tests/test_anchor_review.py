@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import msgpack
@@ -306,6 +307,56 @@ async def test_replays_of_an_applied_anchor_proof_cost_no_ledger_read(tmp_path: 
         assert [e.seq for e in col.of(Anchored)] == [1, 2]
         assert s_ledger.reads == before
     finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+class _GatedLedger(_CountingLedger):
+    """The real embedded ledger whose reads wait for the test to open the gate (an IOTA node answering slowly)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.waiting = threading.Event()
+
+    def read(self, anchor_id: str) -> tuple[bytes, bytes]:
+        self.waiting.set()
+        self.gate.wait(30)
+        return super().read(anchor_id)
+
+
+async def test_copies_of_a_proof_in_flight_cost_one_ledger_read(tmp_path: Path) -> None:
+    """While the member's ledger check of a fresh proof is under way (a slow node), a relay replays that proof:
+    every copy passed the core's checks (not applied yet) and was queued for a ledger read of its own, without
+    bound.  A copy of a claim already waiting for, or under, its check adds nothing."""
+    lpath = tmp_path / "ledger.db"
+    a_ledger = EmbeddedLedger(lpath)
+    s_ledger = _GatedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=s_ledger)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        await author.publish(b1, b"alert")
+        await s1.next_message(timeout=5)
+        await wait_for(s_ledger.waiting.is_set, what="the ledger check under way")
+        (proof,) = _proofs_to(hub, "p1")
+        (packet,) = [d for s, t, d in hub.tap if s == "author" and t == "p1" and decode_frame(d).kind is Kind.PACKET]
+        for _ in range(50):
+            hub.inject("p1", proof)
+        hub.inject("p1", packet)  # a REPLAY of the message: the marker that the 50 copies went through the core
+        await wait_for(lambda: bool(col.of(Rejected)), what="the copies handled by the core")
+        s_ledger.gate.set()
+        await wait_for(lambda: bool(col.of(Anchored)), what="the proof applied")
+        await author.publish(b1, b"next")  # its proof, checked after whatever copies were queued
+        await wait_for(lambda: any(e.seq == 2 for e in col.of(Anchored)), what="the next proof applied")
+        assert [e.seq for e in col.of(Anchored)] == [1, 2]
+        assert s_ledger.reads == 2  # one per proof, none per copy
+    finally:
+        s_ledger.gate.set()
         await s1.close()
         await author.close()
         a_ledger.close()
