@@ -67,7 +67,7 @@ from .events import (
 )
 from .identity import Identity, PublicIdentity, dids_of_kx_public
 from .ledger.anchoring import verify_anchored
-from .ledger.base import Ledger
+from .ledger.base import Ledger, UnknownAnchor
 from .policy import Policy, could_admit
 from .store import MEMLIMIT, OPSLIMIT, Store
 from .wire import Kind, Permission, SigningMode, decode_frame
@@ -1324,8 +1324,10 @@ class Subscriber(_Party):
         assert self._ledger is not None
         ledger, author = self._ledger, self._core.author.sign_public
         backoff = 0.1
+        stalled = 0  # claims put back in a row because their anchor is unknown here
         while not self._closed:
             claim = await self._claims.get()
+            requeued = False
             while True:
                 try:
                     await asyncio.to_thread(verify_anchored, ledger, claim.anchor_id, claim.head, claim.proof,
@@ -1339,10 +1341,23 @@ class Subscriber(_Party):
                     break
                 except (LedgerError, LocalProtocolError) as exc:  # outage, or an id this ledger does not know
                     log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
+                    if isinstance(exc, UnknownAnchor) and not self._claims.empty():
+                        # This proof's anchor alone is unknown here (a lagging node, a pruned block): retry it
+                        # after the proofs waiting behind it, which it must not hold up.  A whole round of them
+                        # unknown waits out the backoff first, as one proof does.
+                        stalled += 1
+                        if stalled > self._claims.qsize():
+                            stalled = 0
+                            await asyncio.sleep(backoff)
+                            backoff = min(backoff * 2, 5.0)
+                        self._claims.put_nowait(claim)
+                        events, requeued = [], True
+                        break
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            self._claimed.discard(_claim_key(claim))
-            backoff = 0.1
+            if not requeued:
+                self._claimed.discard(_claim_key(claim))
+                backoff, stalled = 0.1, 0
             try:
                 await self._flush()
             except StorageError:

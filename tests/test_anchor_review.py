@@ -19,7 +19,7 @@ from streams.audit import audit_store
 from streams.core import CoreConfig
 from streams.errors import LedgerError, RejectReason, VerificationError
 from streams.events import Anchored, Rejected
-from streams.ledger import EmbeddedLedger
+from streams.ledger import AnchorStatus, EmbeddedLedger
 from streams.ledger.anchoring import PendingAnchor, confirm, verify_anchored
 from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
@@ -357,6 +357,57 @@ async def test_copies_of_a_proof_in_flight_cost_one_ledger_read(tmp_path: Path) 
         assert s_ledger.reads == 2  # one per proof, none per copy
     finally:
         s_ledger.gate.set()
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+class _AskedLedger(EmbeddedLedger):
+    """The real embedded ledger, counting the status questions per anchor id."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked: dict[str, int] = {}
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        self.asked[anchor_id] = self.asked.get(anchor_id, 0) + 1
+        return super().status(anchor_id)
+
+
+async def test_a_proof_its_ledger_does_not_know_does_not_hold_up_the_next(tmp_path: Path) -> None:
+    """The member retries a proof whose anchor id its ledger does not know (UnknownAnchor: a node that lags, or
+    pruned an old block, re-sent with the latest proofs of an idle chain).  Its retries held up every later proof
+    of every chain, for good: the checks form one queue.  Retrying one proof must let the others through."""
+    l1, l2 = tmp_path / "ledger.db", tmp_path / "member-ledger.db"
+    a_ledger = EmbeddedLedger(l1)
+    s_ledger = _AskedLedger(l2)  # knows nothing of epoch 0; given epoch 1's entry below
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    anch = author.anchoring
+    assert anch is not None
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=s_ledger)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        await author.publish(b1, b"alert 1")
+        await s1.next_message(timeout=5)
+        await wait_for(lambda: s_ledger.asked.get("1", 0) >= 2, what="the unknown anchor retried")
+        await author.publish(b1, b"alert 2")
+        await s1.next_message(timeout=5)
+        await wait_for(lambda: anch.ledger_writes >= 2 and not anch.pending, what="epoch 1 confirmed")
+        db = sqlite3.connect(l2)
+        db.execute("ATTACH ? AS a", (str(l1),))
+        db.execute("INSERT INTO entries SELECT * FROM a.entries WHERE position = 2")
+        db.commit()
+        db.close()
+        await wait_for(lambda: len(_proofs_to(hub, "p1")) >= 2, what="the second proof sent")
+        asked = s_ledger.asked["1"]
+        await wait_for(lambda: s_ledger.asked["1"] >= asked + 2, timeout=30, what="two more tries of the first")
+        assert s_ledger.asked.get("2", 0) >= 1, s_ledger.asked
+        await wait_for(lambda: any(e.seq == 2 for e in col.of(Anchored)), what="the second proof applied")
+        assert [e.seq for e in col.of(Anchored)] == [2]
+    finally:
         await s1.close()
         await author.close()
         a_ledger.close()
