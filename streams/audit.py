@@ -344,6 +344,11 @@ class _Audit:
                 self.err(f"ledger unreachable: {exc}", *where)
             if not r.restored:
                 self._logged((r.branch, r.publisher, r.seq, r.hash))
+            elif self.store.log_page(r.branch, r.publisher, 1, r.seq, 1):
+                # A chain restarted at this head holds nothing at or below it (older messages are replays): the
+                # flag, a plain column, would otherwise exempt a head whose message was deleted from the log.
+                self.err("a chain restored at an anchored head holds messages at or below it (restore flag "
+                         "altered)", *where)
 
 
 def audit_store(path: str | os.PathLike[str], passphrase: str | bytes, ledger: Ledger | None) -> AuditReport:

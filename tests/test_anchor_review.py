@@ -412,3 +412,26 @@ async def test_a_proof_its_ledger_does_not_know_does_not_hold_up_the_next(tmp_pa
         await author.close()
         a_ledger.close()
         s_ledger.close()
+
+
+async def test_member_audit_catches_a_truncated_chain_behind_a_restored_flag(tmp_path: Path) -> None:
+    """A member's latest anchored head is checked against its log unless the record says the chain was restored
+    there (its log then starts after it).  That flag is a plain column: set on the record of a chain whose
+    anchored tail was deleted (cursor set back), it hid the cut.  A restored chain holds nothing at or below
+    the head it restarted at, so a log that does contradicts the flag."""
+    lpath, b1 = await _channel_for_audit(tmp_path)
+    with EmbeddedLedger(lpath) as ledger:
+        assert audit_store(tmp_path / "p1.db", PW, ledger).ok
+        db = _copy_store(tmp_path / "p1.db", tmp_path / "t.db")
+        assert db.execute("SELECT seq FROM anchor_heads WHERE branch = ? AND publisher = 0", (b1,)).fetchone() == (6,)
+        head3 = bytes(db.execute("SELECT hash FROM log WHERE branch = ? AND publisher = 0 AND seq = 3",
+                                 (b1,)).fetchone()[0])
+        db.execute("DELETE FROM log WHERE branch = ? AND publisher = 0 AND seq > 3", (b1,))
+        db.execute("UPDATE chains SET next_seq = 4, head = ?, covered = 3 WHERE branch = ? AND publisher = 0",
+                   (head3, b1))
+        db.execute("UPDATE delivered SET seq = min(seq, 3) WHERE branch = ? AND publisher = 0", (b1,))
+        db.execute("UPDATE anchor_heads SET restored = 1 WHERE branch = ? AND publisher = 0", (b1,))
+        db.commit()
+        db.close()
+        rep = audit_store(tmp_path / "t.db", PW, ledger)
+        assert not rep.ok, rep.summary()
