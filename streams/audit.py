@@ -258,20 +258,30 @@ class _Audit:
                 prev = None
                 continue
             prev = cp
-            if row.state != "confirmed":
-                self.err(f"anchor epoch {row.epoch} is not confirmed on the ledger yet ({row.state})",
-                         severity="warning")
-                continue
-            if merkle.MerkleTree(row.leaves).root != cp.root or len(row.leaves) != cp.tree_size:
+            # The heads are bound to the signed root and to the log whatever the row's state: the state is a
+            # plain column, and a row set back to "built" must not hide a log cut or rewritten below its heads.
+            # Every leaf has its head (the heads column is not signed: dropping entries must not drop their checks).
+            if len(row.heads) != len(row.leaves) or len(row.leaves) != cp.tree_size:
+                self.err(f"anchor epoch {row.epoch}: {len(row.heads)} stored heads and {len(row.leaves)} leaves for "
+                         f"a tree of {cp.tree_size} (altered)")
+            try:
+                root = merkle.MerkleTree(row.leaves).root
+            except ValueError:
+                root = b""
+            if root != cp.root:
                 self.err(f"anchor epoch {row.epoch}: the stored leaves do not give the checkpoint's root")
             for i, (b, p, s, h, ke) in enumerate(row.heads):
-                self.report.anchored_heads += 1
                 blind = self._blind(branches, b, p, ke)
                 if blind is None:
                     self.err("no key to recompute an anchored leaf", b, p, s, severity="warning")
                 elif i >= len(row.leaves) or ChainHead(b, p, s, h, blind).leaf != row.leaves[i]:
                     self.err(f"anchor epoch {row.epoch}: head does not match its blinded leaf (altered)", b, p, s)
                 self._logged((b, p, s, h))
+            if row.state != "confirmed":
+                self.err(f"anchor epoch {row.epoch} is not confirmed on the ledger yet ({row.state})",
+                         severity="warning")
+                continue
+            self.report.anchored_heads += len(row.heads)
             if self.ledger is not None and row.anchor_id is not None:
                 try:
                     if confirm(self.ledger, PendingAnchor(row.anchor_id, cp)) is None:
@@ -334,6 +344,11 @@ class _Audit:
                 self.err(f"ledger unreachable: {exc}", *where)
             if not r.restored:
                 self._logged((r.branch, r.publisher, r.seq, r.hash))
+            elif self.store.log_page(r.branch, r.publisher, 1, r.seq, 1):
+                # A chain restarted at this head holds nothing at or below it (older messages are replays): the
+                # flag, a plain column, would otherwise exempt a head whose message was deleted from the log.
+                self.err("a chain restored at an anchored head holds messages at or below it (restore flag "
+                         "altered)", *where)
 
 
 def audit_store(path: str | os.PathLike[str], passphrase: str | bytes, ledger: Ledger | None) -> AuditReport:

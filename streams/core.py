@@ -416,7 +416,7 @@ class _Chain:
         self.ack_ms = _LONG_AGO  # receiver side: when we last sent an ACK of this chain
         self.quick_acked = 0  # receiver side: highest head whose HEAD notice we answered outside the ACK pacing
         self.acked_by: dict[int, int] | None = None  # publisher side: member index -> acknowledged seq
-        self.anchored = 0  # highest seq whose anchor proof we applied (this run): older proofs are replays
+        self.anchored = 0  # highest seq whose anchor proof we applied (or the store held): older proofs are replays
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
         #: Our own chain, member side: the seq through which the author's signed ACK says it holds our chain, when
         #: that contradicts our store (beyond our head, or another message at it); 0: none.  We publish no more.
@@ -2895,6 +2895,14 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.NOT_ANCHORED, f"anchor proof: {exc}", h.branch, h.publisher, h.seq) from exc
         claim = AnchorClaim(head, h.key_epoch, proof, checkpoint, h.anchor_id, bool(h.restore))
+        anchored = b.chains[h.publisher].anchored
+        if h.seq <= anchored:
+            # SPEC 13.5: the head we hold as anchored is no event, one below it a REPLAY -- decided before the claim
+            # waits for the driver's ledger check, so a replayed proof costs no ledger read (THREATS 8).
+            if h.seq == anchored:
+                return
+            raise _Reject(RejectReason.REPLAY, "already anchored beyond this sequence number", h.branch, h.publisher,
+                          h.seq)
         if self.defer_anchor_checks:
             if len(self._claims) >= self.max_anchor_claims:
                 raise _Reject(RejectReason.HOLD_FULL, "too many anchor proofs awaiting the ledger", h.branch,
@@ -2904,6 +2912,15 @@ class SubscriberCore(_CoreBase):
         self._apply_anchor(claim, False, events)
 
     _claims: list[AnchorClaim]
+
+    def load_anchored(self, records: list[AnchorRecord]) -> None:
+        """After :meth:`load_subscriber`: the latest anchored head of each chain as the store holds it, so that
+        across a restart too a proof for it is no event and one below it a REPLAY (SPEC 13.5)."""
+        for r in records:
+            b = self._branches.get(r.branch)
+            c = None if b is None else b.chains.get(r.publisher)
+            if c is not None and r.seq < c.next_seq:
+                c.anchored = max(c.anchored, r.seq)
 
     def take_anchor_claims(self) -> list[AnchorClaim]:
         """Anchor proofs that passed every local check and wait for the driver's ledger check."""

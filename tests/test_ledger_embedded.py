@@ -144,6 +144,19 @@ def test_truncation_is_found_against_a_remembered_head(path: Path) -> None:
         assert led.verify(expected=(4, led.head()[1])).ok
 
 
+def test_the_head_of_an_empty_ledger_verifies_as_expected_head(path: Path) -> None:
+    """``head()`` of an empty ledger is ``(0, zeros)``, documented as a head to remember and pass back to
+    ``verify(expected=...)``: it names the empty prefix, which every intact chain has -- it used to be reported
+    as a broken chain forever (no row at position 0)."""
+    with EmbeddedLedger(path) as led:
+        empty = led.head()
+        assert empty == (0, bytes(32))
+        assert led.verify(expected=empty).ok
+        led.append(b"t", b"x")
+        assert led.verify(expected=empty).ok
+        assert not led.verify(expected=(0, bytes([1]) * 32)).ok
+
+
 def _appender(path: str, name: str, count: int) -> None:
     with EmbeddedLedger(path) as led:
         for i in range(count):

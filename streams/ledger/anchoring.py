@@ -46,11 +46,17 @@ def publish(ledger: Ledger, epoch: Epoch) -> PendingAnchor:
 
 
 def _check_on_ledger(ledger: Ledger, anchor_id: str) -> tuple[EpochCheckpoint, AnchorReceipt | None]:
+    """The checkpoint under ``anchor_id`` and, if the write is confirmed, its receipt.  Whatever the entry holds
+    if not a well-formed checkpoint (another tag, undecodable bytes, an IOTA block that is not tagged data) is a
+    :class:`VerificationError`: callers treat it as "not our checkpoint", never as a crash."""
     status = ledger.status(anchor_id)
-    tag, data = ledger.read(anchor_id)
-    if tag != ANCHOR_TAG:
-        raise VerificationError("the ledger entry is not a streams anchor")
-    checkpoint = EpochCheckpoint.decode(data)
+    try:
+        tag, data = ledger.read(anchor_id)
+        if tag != ANCHOR_TAG:
+            raise VerificationError("the ledger entry is not a streams anchor")
+        checkpoint = EpochCheckpoint.decode(data)
+    except DecodeError as exc:
+        raise VerificationError(f"the ledger entry is not a well-formed checkpoint: {exc}") from exc
     if not status.confirmed:
         return checkpoint, None
     return checkpoint, AnchorReceipt(anchor_id, checkpoint.epoch, checkpoint.digest, status.ref,

@@ -160,7 +160,12 @@ class EmbeddedLedger:
                 raise LedgerError(f"embedded ledger read failed: {exc}") from exc
         if row is None:
             raise UnknownAnchor(f"no ledger entry at position {position}")
-        return bytes(row[0]), bytes(row[1]), int(row[2]), int(row[3])
+        tag, data, ts, pos = row
+        if not (isinstance(tag, bytes) and isinstance(data, bytes) and type(ts) is int and type(pos) is int):
+            # Written into the file by hand (append stores blobs and integers only): never coerce it (bytes() of an
+            # INTEGER column would allocate that many bytes).
+            raise LedgerError(f"the ledger entry at position {position} is damaged: a field has the wrong type")
+        return tag, data, ts, pos
 
     def status(self, anchor_id: str) -> AnchorStatus:
         """A committed row is confirmed at once: ``ref`` is its position, ``timestamp_ms`` its time."""
@@ -182,11 +187,14 @@ class EmbeddedLedger:
 
     def scan(self, tag: bytes, start: int = 1, limit: int = 10_000) -> list[tuple[str, bytes]]:
         """``(anchor_id, data)`` of at most ``limit`` rows with ``tag`` from position ``start`` on, in order (to
-        look for every anchor of a channel: :func:`streams.ledger.anchoring.channel_checkpoints`)."""
+        look for every anchor of a channel: :func:`streams.ledger.anchoring.channel_checkpoints`).  A row whose
+        data is not a blob (inserted into the file by hand: :meth:`append` writes bytes only) is nobody's record
+        and is passed over."""
         with self._lock:
             try:
                 rows = self._conn().execute(
-                    "SELECT position, data FROM entries WHERE position >= ? AND tag = ? ORDER BY position LIMIT ?",
+                    "SELECT position, data FROM entries WHERE position >= ? AND tag = ? AND typeof(data) = 'blob'"
+                    " ORDER BY position LIMIT ?",
                     (start, tag, limit)).fetchall()
             except (sqlite3.Error, OverflowError) as exc:
                 raise LedgerError(f"embedded ledger read failed: {exc}") from exc
@@ -237,6 +245,10 @@ class EmbeddedLedger:
             prev, prev_ts, n = stored, ts, want
         if expected is not None:
             pos, head = expected
+            if pos == 0:  # the empty prefix (``head()`` of an empty ledger): its head is 32 zero bytes
+                if not _crypto.ct_equal(head, _ZERO):
+                    return VerifyReport(False, n, prev, 0, "the row differs from the expected head")
+                return VerifyReport(True, n, prev)
             if pos > n:
                 reason = f"the chain ends at {n}, before the expected head {pos}"
                 return VerifyReport(False, n, prev, n + 1, reason)
