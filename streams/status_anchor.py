@@ -20,7 +20,8 @@ issuer (they cannot displace the issuer's own).  Two different digests anchored 
 highest version (two revocations racing) are ambiguous: the list is unavailable until the issuer anchors a
 higher version.  Entries of the first format, ``[1, list_id, issuer_did, digest, sig]`` (no version, so
 replayable), count as version 0: one of them is used only while the issuer anchored nothing else for that list.
-Anything else -- no anchor, a newer anchor than the list held, a list from another issuer -- makes the lookup
+Anything else -- no anchor, a newer anchor than the list held, a list from another issuer, a list with no JCS form
+(so no digest) -- makes the lookup
 fail closed (:class:`~streams.credentials.StatusUnavailable` in the credential check, so the subscription is
 refused and the subscriptions it admitted are revoked at the next re-check).
 
@@ -38,7 +39,7 @@ from typing import Any, Final, Protocol
 import msgpack
 
 from . import _crypto
-from .credentials import StatusListLookup, status_list_digest
+from .credentials import CredentialError, StatusListLookup, status_list_digest
 from .errors import DecodeError, LocalProtocolError, VerificationError
 from .identity import Identity, PublicIdentity
 from .ledger.base import Ledger
@@ -215,7 +216,14 @@ class AnchoredStatusLists:
             return None
         issuer = vc.get("issuer")
         anchor = self.latest(url, issuer) if isinstance(issuer, str) else None
-        if anchor is None or not _crypto.ct_equal(status_list_digest(vc), anchor.digest):
+        try:
+            # A list with no JCS form (a NaN, an integer beyond 2**53) has no digest, so it is not the anchored
+            # version either: an answer ("not found"), not a lookup that failed, which would leave the subscribers
+            # it admitted in place at every re-check (PolicyUnavailable) while its server hides a revocation.
+            digest = status_list_digest(vc) if anchor is not None else None
+        except CredentialError:
+            digest = None
+        if anchor is None or digest is None or not _crypto.ct_equal(digest, anchor.digest):
             _log.warning("status list %s is not the version its issuer anchored last: refused", url)
             return None
         return vc

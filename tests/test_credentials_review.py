@@ -1,0 +1,80 @@
+"""Cold attack review of the credential, did:key and policy code: each test here failed before its fix.
+
+Real PyNaCl keys, real files and the embedded ledger; nothing under test is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from streams.credentials import (
+    StatusList,
+    canonicalize,
+    issue_credential,
+    issue_status_list_credential,
+)
+from streams.ledger.embedded import EmbeddedLedger
+from streams.policy_file import FileStatusLists, load_policy
+from streams.status_anchor import AnchoredStatusLists, publish_status_list
+
+from .corenet import Net, ident
+from .test_admission import ISSUER, T0, TYPE, _sub_with
+
+ANCHORED_URL = "https://issuer.example/status/review-anchored"
+
+
+# --- 1. an anchored status list with no JCS form is "lookup failed", not "invalid": revocation hidden ---------
+
+
+def _anchored_policy_file(tmp: Path) -> Path:
+    (tmp / "policy.toml").write_text(f"""
+[policy]
+[[policy.credential]]
+type = "{TYPE}"
+issuers = ["{ISSUER.did}"]
+status_lists = ["sl.json"]
+status_ledger = "sqlite:ledger.db"
+""")
+    return tmp / "policy.toml"
+
+
+def _anchored_list(bits: StatusList) -> dict[str, Any]:
+    return issue_status_list_credential(ISSUER, ANCHORED_URL, bits, valid_from=T0)
+
+
+def test_a_status_list_file_without_a_jcs_form_does_not_keep_a_revoked_subscriber(tmp_path: Path) -> None:
+    # The threat the status ledger exists for (README, status_ledger): whoever serves or can write the status
+    # list file (a relay, a cache, a mirror) must not be able to hide a revocation.  Putting the old list back is
+    # refused; but a list with one value that has no JCS form (a NaN, an integer beyond 2**53) made
+    # AnchoredStatusLists.get raise while computing the digest, and that was reported as a *failed lookup*
+    # (StatusLookupFailed, a PolicyUnavailable): the re-check leaves the subscriber "undecided" -- at every
+    # re-check, for as long as the file stays so -- instead of cutting it off for an invalid list.
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    bits = StatusList()
+    v1 = _anchored_list(bits)
+    (tmp_path / "sl.json").write_bytes(canonicalize(v1))
+    publish_status_list(ledger, ISSUER, v1)
+    policy = load_policy(_anchored_policy_file(tmp_path))
+    net = Net.make(policy=policy, n_subs=1)
+    cred = issue_credential(ISSUER, ident(10).did, [TYPE], {"name": "p"}, valid_from=T0,
+                            valid_until=T0 + timedelta(days=365), status=(ANCHORED_URL, 3), created=T0)
+    _sub_with(net, "s0", cred)
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    # The issuer revokes s0 and anchors the new list version...
+    bits.set(3)
+    v2 = _anchored_list(bits)
+    publish_status_list(ledger, ISSUER, v2)
+    # ...and the party serving the file, instead of v2, hands out v1 with one non-JCS value added.
+    tampered = dict(v1, padding=float("nan"))
+    (tmp_path / "sl.json").write_text(json.dumps(tampered))
+    undecided: list[tuple[str, str]] = []
+    revoked = net.author.recheck(net.now, undecided=undecided)
+    assert b0 in revoked, undecided
+    assert undecided == []
+    # The lookup itself answers "no such anchored list", as for any other list that is not the anchored one.
+    assert AnchoredStatusLists(ledger, FileStatusLists((tmp_path / "sl.json",))).get(ANCHORED_URL) is None
+    ledger.close()
