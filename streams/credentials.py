@@ -461,8 +461,10 @@ def _verify_proof(
     unsecured = {k: v for k, v in document.items() if k != "proof"}  # EDDSA 3.3.2 step 1
     if "@context" in options:
         # EDDSA 3.3.2 step 4 requires the document's @context to *start with* the proof's, then signs over the
-        # proof's.  STRICT: we require equality, so no unsigned context entry rides along.
-        if options["@context"] != document.get("@context"):
+        # proof's.  STRICT: we require equality, so no unsigned context entry rides along -- equality of the JCS
+        # forms, not Python's ==, for which true == 1 and 0 == false (the document would then differ from what
+        # was signed).
+        if "@context" not in document or canonicalize(options["@context"]) != canonicalize(document["@context"]):
             raise BadProof("proof @context does not match the document's @context")
         unsecured["@context"] = options["@context"]
 

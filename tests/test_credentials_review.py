@@ -6,16 +6,24 @@ Real PyNaCl keys, real files and the embedded ledger; nothing under test is mock
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from streams.credentials import (
+    VC_CONTEXT_V2,
+    BadProof,
     StatusList,
+    add_proof,
     canonicalize,
     issue_credential,
     issue_status_list_credential,
+    verify_credential,
+    verify_presentation,
 )
+from streams.identity import Identity
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy_file import FileStatusLists, load_policy
 from streams.status_anchor import AnchoredStatusLists, publish_status_list
@@ -23,7 +31,12 @@ from streams.status_anchor import AnchoredStatusLists, publish_status_list
 from .corenet import Net, ident
 from .test_admission import ISSUER, T0, TYPE, _sub_with
 
+HOLDER = Identity.from_seed(b"\x66" * 32)
 ANCHORED_URL = "https://issuer.example/status/review-anchored"
+
+
+def _ms(dt: datetime) -> int:
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 # --- 1. an anchored status list with no JCS form is "lookup failed", not "invalid": revocation hidden ---------
@@ -78,3 +91,39 @@ def test_a_status_list_file_without_a_jcs_form_does_not_keep_a_revoked_subscribe
     # The lookup itself answers "no such anchored list", as for any other list that is not the anchored one.
     assert AnchoredStatusLists(ledger, FileStatusLists((tmp_path / "sl.json",))).get(ANCHORED_URL) is None
     ledger.close()
+
+
+# --- 2. a proof's @context compared with Python ==: true and 1 are "equal", so the document is not the signed one
+
+
+def test_a_context_changed_from_1_to_true_after_signing_is_refused() -> None:
+    # STRICT in credentials.py: the proof's @context must *equal* the document's, "so no unsigned context entry
+    # rides along"; the signature is then checked over the proof's copy.  The comparison was Python ==, for which
+    # True == 1 and False == 0: a document whose @context differs from the signed one in such a value verified,
+    # and VerifiedCredential.document (the evidence an author keeps) held a @context its issuer never signed.
+    doc = {
+        "@context": [VC_CONTEXT_V2, {"@protected": 1, "ex": "https://ex.example/#"}],
+        "type": ["VerifiableCredential", TYPE],
+        "issuer": ISSUER.did,
+        "validFrom": "2023-11-01T00:00:00Z",
+        "credentialSubject": {"id": HOLDER.did},
+    }
+    signed = json.loads(json.dumps(add_proof(doc, ISSUER, proof_purpose="assertionMethod", created=T0)))
+    now = _ms(T0 + timedelta(days=1))
+    assert verify_credential(signed, now).document["@context"] == doc["@context"]
+    tampered = json.loads(json.dumps(signed))
+    tampered["@context"][1]["@protected"] = True
+    assert canonicalize(tampered["@context"]) != canonicalize(signed["proof"]["@context"])
+    with pytest.raises(BadProof):
+        verify_credential(tampered, now)
+    # The same for a presentation (its holder's proof).
+    vp = {"@context": [VC_CONTEXT_V2, {"x": 0}], "type": ["VerifiablePresentation"], "holder": HOLDER.did,
+          "verifiableCredential": [signed]}
+    vp = json.loads(json.dumps(add_proof(vp, HOLDER, proof_purpose="authentication", created=T0, challenge="c",
+                                         domain="d")))
+    assert verify_presentation(json.dumps(vp).encode(), expected_holder_did=HOLDER.did, challenge="c",
+                               domain="d", now_ms=now)
+    vp["@context"][1]["x"] = False
+    with pytest.raises(BadProof):
+        verify_presentation(json.dumps(vp).encode(), expected_holder_did=HOLDER.did, challenge="c", domain="d",
+                            now_ms=now)
