@@ -795,11 +795,22 @@ _STATUS_FAILURE = {"revocation": CredentialFailure.REVOKED, "suspension": Creden
 
 def _check_status(doc: Mapping[str, Any], issuer: str, now_ms: int, resolver: DIDResolver,
                   status_lists: StatusListLookup | None) -> None:
-    """Every ``credentialStatus`` entry of a credential whose proof verified (BSL 3.2)."""
+    """Every ``credentialStatus`` entry of a credential whose proof verified (BSL 3.2).
+
+    An entry whose lookup failed (:class:`StatusLookupFailed`: no answer now) does not stop the others: one that
+    answers (revoked, suspended, an invalid list) decides whatever the unreachable list would say, so that whoever
+    makes one list unreachable cannot keep a credential revoked in another one "undecided".  The lookup failure is
+    raised only if no entry answered."""
     if "credentialStatus" in doc:
         entries = doc["credentialStatus"]
+        failed: StatusLookupFailed | None = None
         for entry in entries if isinstance(entries, list) else [entries]:
-            _check_status_entry(entry, issuer, now_ms, resolver, status_lists)
+            try:
+                _check_status_entry(entry, issuer, now_ms, resolver, status_lists)
+            except StatusLookupFailed as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 def _check_status_entry(

@@ -15,7 +15,10 @@ import pytest
 from streams.credentials import (
     VC_CONTEXT_V2,
     BadProof,
+    CredentialPolicy,
     StatusList,
+    StatusListSource,
+    StatusLookupFailed,
     add_proof,
     canonicalize,
     issue_credential,
@@ -127,3 +130,64 @@ def test_a_context_changed_from_1_to_true_after_signing_is_refused() -> None:
     with pytest.raises(BadProof):
         verify_presentation(json.dumps(vp).encode(), expected_holder_did=HOLDER.did, challenge="c", domain="d",
                             now_ms=now)
+
+
+# --- 3. a credential with two status entries: an unreachable list must not hide the other's revocation ----------
+
+SUSPENSION_URL = "https://issuer.example/status/review-suspension"
+REVOCATION_URL = "https://issuer.example/status/review-revocation"
+
+
+class _Unreachable:
+    """A status-list lookup over a StatusListSource whose ``down`` lists cannot be fetched (their host refuses)."""
+
+    def __init__(self, src: StatusListSource) -> None:
+        self.src = src
+        self.down: set[str] = set()
+
+    def get(self, url: str) -> Any:
+        if url in self.down:
+            raise OSError("connection refused")
+        return self.src.get(url)
+
+
+def _two_entry_credential(subject: str) -> dict[str, Any]:
+    """A credential with a suspension entry and a revocation entry (BSL 2.1 allows several), in that order."""
+    unsigned = issue_credential(ISSUER, subject, [TYPE], {"name": "p"}, valid_from=T0,
+                                valid_until=T0 + timedelta(days=365), created=T0)
+    del unsigned["proof"]
+    unsigned["credentialStatus"] = [
+        {"id": f"{url}#3", "type": "BitstringStatusListEntry", "statusPurpose": purpose, "statusListIndex": "3",
+         "statusListCredential": url}
+        for url, purpose in ((SUSPENSION_URL, "suspension"), (REVOCATION_URL, "revocation"))
+    ]
+    return add_proof(unsigned, ISSUER, proof_purpose="assertionMethod", created=T0)
+
+
+def test_a_revoked_entry_decides_even_when_another_entrys_list_is_unreachable() -> None:
+    # The issuer revokes the credential in its revocation list.  Whoever serves the suspension list (a relay, a
+    # cache, the network) makes that list unreachable.  _check_status stopped at the first entry whose lookup
+    # failed (StatusLookupFailed: "cannot answer now"), so the re-check left the subscriber in -- at every
+    # re-check, as long as that list stays down -- although the other entry already answers "revoked", which
+    # no answer of the suspension list could undo (as for an AllOf with one revoked credential).
+    revoked_bits, src = StatusList(), StatusListSource()
+    src.publish(issue_status_list_credential(ISSUER, SUSPENSION_URL, StatusList(), purpose="suspension",
+                                             valid_from=T0))
+    src.publish(issue_status_list_credential(ISSUER, REVOCATION_URL, revoked_bits, valid_from=T0))
+    lists = _Unreachable(src)
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lists)
+    net = Net.make(policy=policy, n_subs=1)
+    _sub_with(net, "s0", _two_entry_credential(ident(10).did))
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    revoked_bits.set(3)
+    src.publish(issue_status_list_credential(ISSUER, REVOCATION_URL, revoked_bits, valid_from=T0))
+    lists.down = {SUSPENSION_URL}
+    undecided: list[tuple[str, str]] = []
+    revoked = net.author.recheck(net.now, undecided=undecided)
+    assert b0 in revoked, undecided
+    # With nothing revoked, an unreachable list still leaves the subscriber undecided (not revoked).
+    revoked_bits.clear(3)
+    src.publish(issue_status_list_credential(ISSUER, REVOCATION_URL, revoked_bits, valid_from=T0))
+    with pytest.raises(StatusLookupFailed):
+        verify_credential(_two_entry_credential(ident(10).did), _ms(T0 + timedelta(days=1)), status_lists=lists)
