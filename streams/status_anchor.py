@@ -45,7 +45,7 @@ from .identity import Identity, PublicIdentity
 from .ledger.base import Ledger
 
 __all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_anchor", "next_status_version",
-           "publish_status_list", "status_anchor_payload"]
+           "publish_status_list", "status_anchor_payload", "superseded_status_digests"]
 
 STATUS_TAG: Final = b"streams.statuslist.v1"
 P_STATUS: Final = b"streams.v1.stat"
@@ -91,18 +91,43 @@ def status_anchor_payload(issuer: Identity, status_list_credential: Mapping[str,
                          use_bin_type=True)
 
 
-def next_status_version(ledger: Ledger, list_id: str, issuer: str) -> int:
-    """One more than the highest version ``issuer`` anchored for ``list_id`` on ``ledger`` (confirmed or not),
-    1 if none.  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be scanned (IOTA)."""
+def _highest(ledger: Ledger, list_id: str, issuer: str) -> _Best | None:
+    """The highest-version anchor ``issuer`` made for ``list_id`` on ``ledger``, confirmed or not."""
     if not callable(getattr(ledger, "size", None)):
         raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
     state = _Latest()
     state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
-    best = state.best.get((list_id, issuer))
+    return state.best.get((list_id, issuer))
+
+
+def next_status_version(ledger: Ledger, list_id: str, issuer: str) -> int:
+    """One more than the highest version ``issuer`` anchored for ``list_id`` on ``ledger`` (confirmed or not),
+    1 if none.  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be scanned (IOTA)."""
+    best = _highest(ledger, list_id, issuer)
     version = 1 if best is None else best.anchor.version + 1
     if version > _MAX_VERSION:
         raise LocalProtocolError("this status list has no version number left")
     return version
+
+
+def superseded_status_digests(ledger: Ledger, list_id: str, issuer: str) -> frozenset[bytes]:
+    """The digests of the versions of ``list_id`` that ``issuer`` anchored on ``ledger`` (confirmed or not) and
+    has since superseded: anchored under a version number below its highest, and not anchored again under it.
+
+    An issuer must not change such a version: an older copy of its list (validly signed, put back by whoever can
+    write the file) would be re-signed and anchored as the newest, undoing the revocations made since.  (A
+    version that was never anchored -- written by a ``revoke`` whose append failed -- is not in it: that one is
+    changed again to retry.)  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be
+    scanned (IOTA)."""
+    if not callable(getattr(ledger, "size", None)):
+        raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
+    state = _AllVersions((list_id, issuer))
+    state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
+    best = state.best.get((list_id, issuer))
+    if best is None:
+        return frozenset()
+    top = {d for v, d in state.versions if v == best.anchor.version}
+    return frozenset(d for v, d in state.versions if v < best.anchor.version and d not in top)
 
 
 def publish_status_list(ledger: Ledger, issuer: Identity, status_list_credential: Mapping[str, Any]) -> str:
@@ -187,6 +212,20 @@ class _Latest:
             _log.warning("status list %s: two versions anchored as version %d (at %s): unavailable until its issuer "
                          "anchors a higher version", a.list_id, a.version, anchor_id)
             cur.ambiguous = True
+
+
+class _AllVersions(_Latest):
+    """:class:`_Latest`, also keeping every verified (version, digest) of one (list id, issuer)."""
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        super().__init__()
+        self._key = key
+        self.versions: list[tuple[int, bytes]] = []
+
+    def _add(self, a: StatusAnchor, anchor_id: str) -> None:
+        super()._add(a, anchor_id)
+        if (a.list_id, a.issuer) == self._key:
+            self.versions.append((a.version, a.digest))
 
 
 class AnchoredStatusLists:
