@@ -578,10 +578,11 @@ def verify_credential(
     """Verify a credential completely at time ``now_ms``.
 
     Checks, in order (cheap ones first, THREATS 8): shape (VC DM 4.3 ``@context``, 4.5 ``type``, 4.7
-    ``issuer``, 4.4 ``credentialSubject``), validity period (VC DM 4.9), the eddsa-jcs-2022 proof with purpose
-    ``assertionMethod`` made by a key the issuer controls, then every ``BitstringStatusListEntry`` against
-    ``status_lists`` (BSL 3.2).  A credential with a status entry is refused when ``status_lists`` is
-    ``None`` (fail closed).
+    ``issuer``, 4.4 ``credentialSubject``, the form of the validity dates), the eddsa-jcs-2022 proof with purpose
+    ``assertionMethod`` made by a key the issuer controls, the validity period (VC DM 4.9; after the proof, so an
+    unsigned document never gets a more specific answer than :class:`BadProof`), then every
+    ``BitstringStatusListEntry`` against ``status_lists`` (BSL 3.2).  A credential with a status entry is refused
+    when ``status_lists`` is ``None`` (fail closed).
 
     Raises a :class:`CredentialError` subclass and nothing else; the caller should refuse the credential.
     """
@@ -719,7 +720,9 @@ class StatusList:
 
 class StatusListLookup(Protocol):
     """Where verifiers find status-list credentials: ``get(url)`` returns the credential or ``None``.  A lookup
-    that raises counts as an unavailable list (:class:`StatusUnavailable`: the credential is refused)."""
+    that raises is reported as :class:`StatusLookupFailed` (a :class:`StatusUnavailable`): a subscription is
+    refused, but a re-check cannot decide now (:meth:`CredentialPolicy.still_valid` raises it), so raise only when
+    the list could not be fetched -- return ``None`` for a list that is there but unusable."""
 
     def get(self, url: str) -> Mapping[str, Any] | None: ...
 
