@@ -73,6 +73,7 @@ __all__ = [
     "CredentialRevoked",
     "MalformedCredential",
     "PresentationMismatch",
+    "ResolutionFailed",
     "StatusList",
     "StatusListLookup",
     "StatusListSource",
@@ -188,6 +189,14 @@ class UnresolvableIssuer(CredentialError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, CredentialFailure.UNRESOLVABLE_ISSUER)
+
+
+class ResolutionFailed(UnresolvableIssuer, PolicyUnavailable):
+    """The DID resolver itself failed: it raised something other than a "does not resolve" error (a
+    :class:`~streams.errors.StreamsError`, ``ValueError`` or ``LookupError``) -- its network, its disk, a did:web
+    host that does not answer.  A subscription is refused (fail closed), but a re-check of one already admitted
+    cannot decide now: :meth:`CredentialPolicy.still_valid` raises it, and the re-check leaves that subscriber as
+    it is until the next one (unless what needs no lookup decides)."""
 
 
 class BadProof(CredentialError):
@@ -489,6 +498,9 @@ def _resolve_method(method: object, resolver: DIDResolver) -> tuple[str, bytes]:
         doc: DIDDocument = resolver.resolve(controller)
     except (StreamsError, ValueError, LookupError) as exc:
         raise UnresolvableIssuer("verification method controller does not resolve") from exc
+    except Exception as exc:  # the resolver could not answer (its network, its disk): no answer now
+        why = f"verification method controller could not be resolved ({type(exc).__name__})"
+        raise ResolutionFailed(why) from exc
     public = bytes(doc.sign_public)
     if len(public) != 32:
         raise UnresolvableIssuer("resolved key is not an Ed25519 public key")
@@ -852,6 +864,8 @@ def _check_status_entry(
         # BSL 3.2 step: verify all proofs of the status list credential (its own status is not checked:
         # status lists are not themselves revocable here).
         verified = _verify_credential(list_vc, now_ms, resolver, None, check_status=False)
+    except ResolutionFailed as exc:  # its issuer could not be resolved now: no answer, as for a failed lookup
+        raise StatusLookupFailed("status list issuer could not be resolved") from exc
     except CredentialError as exc:
         raise StatusUnavailable(f"status list credential does not verify ({exc.failure.value})") from exc
     if "BitstringStatusListCredential" not in verified.types or verified.id != url:
@@ -1071,14 +1085,26 @@ class CredentialPolicy:
         """Whether the credential that admitted a subscriber (the decision's ``evidence``) still holds at
         ``now_ms``: not revoked in its issuer's current status list, not expired.  The author calls this to cut
         off subscriptions whose credential was revoked (issue: "revoking a credential revokes the subscriptions
-        it admitted").  Raises :class:`StatusLookupFailed` if the status-list lookup raised: no answer now."""
+        it admitted").  Raises :class:`StatusLookupFailed` if the status-list lookup raised, :class:`ResolutionFailed`
+        if the DID resolver did: no answer now."""
         resolver: DIDResolver = self.resolver or KeyResolver()
         try:
-            cred = _verify_credential(_parse_json(evidence), now_ms, resolver, None, check_status=False)
+            doc = _require_dict(_parse_json(evidence), "credential")
+            # Everything that needs no lookup first -- not even of the issuer's DID: an issuer no longer trusted
+            # (who may also serve its DID document and the status list its credentials name) cannot keep its
+            # subscribers in by making a lookup fail.  (The evidence verified when it was taken; the proof is
+            # checked again below, so only a refusal is decided on the unchecked fields.)
+            raw_issuer = doc.get("issuer")
+            issuer = raw_issuer.get("id") if isinstance(raw_issuer, dict) else raw_issuer
+            if (not isinstance(issuer, str) or issuer not in self.trusted_issuers
+                    or self.credential_type not in _as_str_list(doc.get("type"), "type")
+                    or ("validUntil" in doc and now_ms > _parse_time_ms(doc["validUntil"], "validUntil"))):
+                return False
+            cred = _verify_credential(doc, now_ms, resolver, None, check_status=False)
+        except PolicyUnavailable:
+            raise  # the resolver could not answer (ResolutionFailed): tried again at the next re-check
         except CredentialError:
             return False
-        # Everything that needs no lookup first: an issuer no longer trusted (who also serves the status list its
-        # credentials name) cannot keep its subscribers in by making that lookup fail.
         if self.credential_type not in cred.types or cred.issuer not in self.trusted_issuers:
             return False
         try:

@@ -10,23 +10,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import base58
+import nacl.signing
 import pytest
 
 from streams.credentials import (
     VC_CONTEXT_V2,
     BadProof,
+    CredentialError,
     CredentialPolicy,
     StatusList,
     StatusListSource,
     StatusLookupFailed,
     add_proof,
     canonicalize,
+    hash_data,
     issue_credential,
     issue_status_list_credential,
     verify_credential,
     verify_presentation,
 )
-from streams.identity import Identity
+from streams.identity import DIDDocument, Identity, KeyResolver
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy_file import FileStatusLists, load_policy
 from streams.status_anchor import AnchoredStatusLists, publish_status_list
@@ -191,3 +195,71 @@ def test_a_revoked_entry_decides_even_when_another_entrys_list_is_unreachable() 
     src.publish(issue_status_list_credential(ISSUER, REVOCATION_URL, revoked_bits, valid_from=T0))
     with pytest.raises(StatusLookupFailed):
         verify_credential(_two_entry_credential(ident(10).did), _ms(T0 + timedelta(days=1)), status_lists=lists)
+
+
+# --- 4. a DID resolver that cannot answer (a did:web host down) must not stop the whole re-check ---------------
+
+WEB_ISSUER = "did:web:issuer.example"
+WEB_KEY = Identity.from_seed(b"\x77" * 32)
+STATUS_URL = "https://issuer.example/status/review-web"
+
+
+class _WebResolver:
+    """did:web as a deployment would plug it in (the W3C vectors' issuer needs one too): ``WEB_ISSUER`` resolves
+    to ``WEB_KEY`` while its web host answers; did:key as usual."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def resolve(self, did: str) -> DIDDocument:
+        if did == WEB_ISSUER:
+            if self.down:
+                raise OSError("connection refused")  # its host does not answer (or the network is cut)
+            return DIDDocument(did, WEB_KEY.sign_public, WEB_KEY.kx_public)
+        return KeyResolver().resolve(did)
+
+
+def _web_credential(subject: str) -> dict[str, Any]:
+    """A credential issued by ``WEB_ISSUER`` (eddsa-jcs-2022, verification method ``did:web:...#key-1``)."""
+    unsigned = {"@context": [VC_CONTEXT_V2], "type": ["VerifiableCredential", TYPE], "issuer": WEB_ISSUER,
+                "validFrom": "2023-11-01T00:00:00Z", "credentialSubject": {"id": subject}}
+    options = {"type": "DataIntegrityProof", "cryptosuite": "eddsa-jcs-2022", "created": "2023-11-01T00:00:00Z",
+               "verificationMethod": f"{WEB_ISSUER}#key-1", "proofPurpose": "assertionMethod",
+               "@context": [VC_CONTEXT_V2]}
+    signature = nacl.signing.SigningKey(WEB_KEY.export_seed()).sign(
+        hash_data(canonicalize(unsigned), canonicalize(options))).signature
+    return {**unsigned, "proof": {**options, "proofValue": "z" + base58.b58encode(bytes(signature)).decode()}}
+
+
+def test_an_unreachable_issuer_host_neither_stops_the_recheck_nor_keeps_a_distrusted_issuers_subscriber() -> None:
+    # A resolver that cannot answer raised its own exception (OSError) straight through verify_credential
+    # (documented: "a CredentialError subclass and nothing else") and CredentialPolicy.still_valid, so the
+    # author's re-check failed as a whole ("nothing changed"): while one issuer's host is down -- or made to look
+    # down by that issuer -- no subscriber at all is cut off, not even one whose credential another issuer revoked.
+    # And still_valid resolved the issuer's DID before checking that it is still trusted, so an issuer the author
+    # no longer trusts kept its subscriber in by not answering (README: "unless what needs no lookup decides --
+    # ... its issuer no longer trusted").
+    bits, src = StatusList(), StatusListSource()
+    src.publish(issue_status_list_credential(ISSUER, STATUS_URL, bits, valid_from=T0))
+    resolver = _WebResolver()
+    both = frozenset({ISSUER.did, WEB_ISSUER})
+    net = Net.make(policy=CredentialPolicy(TYPE, both, status_lists=src, resolver=resolver), n_subs=2)
+    _sub_with(net, "s0", issue_credential(ISSUER, ident(10).did, [TYPE], {}, valid_from=T0, status=(STATUS_URL, 3),
+                                          created=T0))
+    _sub_with(net, "s1", _web_credential(ident(11).did))
+    b0, b1 = net.author.branch_of(ident(10).did), net.author.branch_of(ident(11).did)
+    assert b0 is not None and b1 is not None
+    # s0's issuer revokes it; s1's issuer's host stops answering.
+    bits.set(3)
+    src.publish(issue_status_list_credential(ISSUER, STATUS_URL, bits, valid_from=T0))
+    resolver.down = True
+    undecided: list[tuple[str, str]] = []
+    revoked = net.author.recheck(net.now, undecided=undecided)
+    assert b0 in revoked  # cut off as its issuer said
+    assert b1 not in revoked and [d for d, _ in undecided] == [ident(11).did]  # cannot be decided now
+    # The author stops trusting the did:web issuer: that needs no lookup, s1 is cut off though its host is down.
+    net.author.policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=src, resolver=resolver)
+    assert b1 in net.author.recheck(net.now)
+    # A subscription is still refused while the issuer cannot be resolved, with a CredentialError.
+    with pytest.raises(CredentialError):
+        verify_credential(_web_credential(ident(11).did), net.now, resolver)
