@@ -73,6 +73,7 @@ __all__ = [
     "CredentialRevoked",
     "MalformedCredential",
     "PresentationMismatch",
+    "ResolutionFailed",
     "StatusList",
     "StatusListLookup",
     "StatusListSource",
@@ -188,6 +189,14 @@ class UnresolvableIssuer(CredentialError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, CredentialFailure.UNRESOLVABLE_ISSUER)
+
+
+class ResolutionFailed(UnresolvableIssuer, PolicyUnavailable):
+    """The DID resolver itself failed: it raised something other than a "does not resolve" error (a
+    :class:`~streams.errors.StreamsError`, ``ValueError`` or ``LookupError``) -- its network, its disk, a did:web
+    host that does not answer.  A subscription is refused (fail closed), but a re-check of one already admitted
+    cannot decide now: :meth:`CredentialPolicy.still_valid` raises it, and the re-check leaves that subscriber as
+    it is until the next one (unless what needs no lookup decides)."""
 
 
 class BadProof(CredentialError):
@@ -461,8 +470,10 @@ def _verify_proof(
     unsecured = {k: v for k, v in document.items() if k != "proof"}  # EDDSA 3.3.2 step 1
     if "@context" in options:
         # EDDSA 3.3.2 step 4 requires the document's @context to *start with* the proof's, then signs over the
-        # proof's.  STRICT: we require equality, so no unsigned context entry rides along.
-        if options["@context"] != document.get("@context"):
+        # proof's.  STRICT: we require equality, so no unsigned context entry rides along -- equality of the JCS
+        # forms, not Python's ==, for which true == 1 and 0 == false (the document would then differ from what
+        # was signed).
+        if "@context" not in document or canonicalize(options["@context"]) != canonicalize(document["@context"]):
             raise BadProof("proof @context does not match the document's @context")
         unsecured["@context"] = options["@context"]
 
@@ -487,6 +498,9 @@ def _resolve_method(method: object, resolver: DIDResolver) -> tuple[str, bytes]:
         doc: DIDDocument = resolver.resolve(controller)
     except (StreamsError, ValueError, LookupError) as exc:
         raise UnresolvableIssuer("verification method controller does not resolve") from exc
+    except Exception as exc:  # the resolver could not answer (its network, its disk): no answer now
+        why = f"verification method controller could not be resolved ({type(exc).__name__})"
+        raise ResolutionFailed(why) from exc
     public = bytes(doc.sign_public)
     if len(public) != 32:
         raise UnresolvableIssuer("resolved key is not an Ed25519 public key")
@@ -576,10 +590,11 @@ def verify_credential(
     """Verify a credential completely at time ``now_ms``.
 
     Checks, in order (cheap ones first, THREATS 8): shape (VC DM 4.3 ``@context``, 4.5 ``type``, 4.7
-    ``issuer``, 4.4 ``credentialSubject``), validity period (VC DM 4.9), the eddsa-jcs-2022 proof with purpose
-    ``assertionMethod`` made by a key the issuer controls, then every ``BitstringStatusListEntry`` against
-    ``status_lists`` (BSL 3.2).  A credential with a status entry is refused when ``status_lists`` is
-    ``None`` (fail closed).
+    ``issuer``, 4.4 ``credentialSubject``, the form of the validity dates), the eddsa-jcs-2022 proof with purpose
+    ``assertionMethod`` made by a key the issuer controls, the validity period (VC DM 4.9; after the proof, so an
+    unsigned document never gets a more specific answer than :class:`BadProof`), then every
+    ``BitstringStatusListEntry`` against ``status_lists`` (BSL 3.2).  A credential with a status entry is refused
+    when ``status_lists`` is ``None`` (fail closed).
 
     Raises a :class:`CredentialError` subclass and nothing else; the caller should refuse the credential.
     """
@@ -717,8 +732,10 @@ class StatusList:
 
 class StatusListLookup(Protocol):
     """Where verifiers find status-list credentials: ``get(url)`` returns the credential or ``None``.  A lookup
-    that raises counts as an unavailable list (:class:`StatusLookupFailed`: a subscription is refused, a re-check
-    leaves the subscriber as it is).
+    that raises is reported as :class:`StatusLookupFailed` (a :class:`StatusUnavailable`): a subscription is
+    refused, but a re-check cannot decide now (:meth:`CredentialPolicy.still_valid` raises it; the subscriber is
+    left as it is), so raise only when the list could not be fetched -- return ``None`` for a list that is there
+    but unusable.
 
     ``get`` is called synchronously, on the author's event loop, at every subscription and periodic re-check that
     holds a credential with a status entry: while it runs, nothing else of the party does.  Answer from memory or
@@ -800,11 +817,22 @@ _STATUS_FAILURE = {"revocation": CredentialFailure.REVOKED, "suspension": Creden
 
 def _check_status(doc: Mapping[str, Any], issuer: str, now_ms: int, resolver: DIDResolver,
                   status_lists: StatusListLookup | None) -> None:
-    """Every ``credentialStatus`` entry of a credential whose proof verified (BSL 3.2)."""
+    """Every ``credentialStatus`` entry of a credential whose proof verified (BSL 3.2).
+
+    An entry whose lookup failed (:class:`StatusLookupFailed`: no answer now) does not stop the others: one that
+    answers (revoked, suspended, an invalid list) decides whatever the unreachable list would say, so that whoever
+    makes one list unreachable cannot keep a credential revoked in another one "undecided".  The lookup failure is
+    raised only if no entry answered."""
     if "credentialStatus" in doc:
         entries = doc["credentialStatus"]
+        failed: StatusLookupFailed | None = None
         for entry in entries if isinstance(entries, list) else [entries]:
-            _check_status_entry(entry, issuer, now_ms, resolver, status_lists)
+            try:
+                _check_status_entry(entry, issuer, now_ms, resolver, status_lists)
+            except StatusLookupFailed as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 def _check_status_entry(
@@ -843,6 +871,8 @@ def _check_status_entry(
         # BSL 3.2 step: verify all proofs of the status list credential (its own status is not checked:
         # status lists are not themselves revocable here).
         verified = _verify_credential(list_vc, now_ms, resolver, None, check_status=False)
+    except ResolutionFailed as exc:  # its issuer could not be resolved now: no answer, as for a failed lookup
+        raise StatusLookupFailed("status list issuer could not be resolved") from exc
     except CredentialError as exc:
         raise StatusUnavailable(f"status list credential does not verify ({exc.failure.value})") from exc
     if "BitstringStatusListCredential" not in verified.types or verified.id != url:
@@ -1062,14 +1092,26 @@ class CredentialPolicy:
         """Whether the credential that admitted a subscriber (the decision's ``evidence``) still holds at
         ``now_ms``: not revoked in its issuer's current status list, not expired.  The author calls this to cut
         off subscriptions whose credential was revoked (issue: "revoking a credential revokes the subscriptions
-        it admitted").  Raises :class:`StatusLookupFailed` if the status-list lookup raised: no answer now."""
+        it admitted").  Raises :class:`StatusLookupFailed` if the status-list lookup raised, :class:`ResolutionFailed`
+        if the DID resolver did: no answer now."""
         resolver: DIDResolver = self.resolver or KeyResolver()
         try:
-            cred = _verify_credential(_parse_json(evidence), now_ms, resolver, None, check_status=False)
+            doc = _require_dict(_parse_json(evidence), "credential")
+            # Everything that needs no lookup first -- not even of the issuer's DID: an issuer no longer trusted
+            # (who may also serve its DID document and the status list its credentials name) cannot keep its
+            # subscribers in by making a lookup fail.  (The evidence verified when it was taken; the proof is
+            # checked again below, so only a refusal is decided on the unchecked fields.)
+            raw_issuer = doc.get("issuer")
+            issuer = raw_issuer.get("id") if isinstance(raw_issuer, dict) else raw_issuer
+            if (not isinstance(issuer, str) or issuer not in self.trusted_issuers
+                    or self.credential_type not in _as_str_list(doc.get("type"), "type")
+                    or ("validUntil" in doc and now_ms > _parse_time_ms(doc["validUntil"], "validUntil"))):
+                return False
+            cred = _verify_credential(doc, now_ms, resolver, None, check_status=False)
+        except PolicyUnavailable:
+            raise  # the resolver could not answer (ResolutionFailed): tried again at the next re-check
         except CredentialError:
             return False
-        # Everything that needs no lookup first: an issuer no longer trusted (who also serves the status list its
-        # credentials name) cannot keep its subscribers in by making that lookup fail.
         if self.credential_type not in cred.types or cred.issuer not in self.trusted_issuers:
             return False
         try:

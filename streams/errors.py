@@ -147,8 +147,8 @@ class LedgerConflict(StreamsError):
 
 class PolicyUnavailable(StreamsError):
     """A policy cannot answer now: something it must look up failed (a credential's status list whose source is
-    down).  A subscription is refused (fail closed); a re-check leaves that subscriber as it is, says so, and
-    tries again at the next one."""
+    down, an issuer's DID whose resolver cannot answer).  A subscription is refused (fail closed); a re-check
+    leaves that subscriber as it is, says so, and tries again at the next one."""
 
 
 class StreamsTimeoutError(StreamsError, TimeoutError):

@@ -20,7 +20,8 @@ issuer (they cannot displace the issuer's own).  Two different digests anchored 
 highest version (two revocations racing) are ambiguous: the list is unavailable until the issuer anchors a
 higher version.  Entries of the first format, ``[1, list_id, issuer_did, digest, sig]`` (no version, so
 replayable), count as version 0: one of them is used only while the issuer anchored nothing else for that list.
-Anything else -- no anchor, a newer anchor than the list held, a list from another issuer -- makes the lookup
+Anything else -- no anchor, a newer anchor than the list held, a list from another issuer, a list with no JCS form
+(so no digest) -- makes the lookup
 fail closed (:class:`~streams.credentials.StatusUnavailable` in the credential check, so the subscription is
 refused and the subscriptions it admitted are revoked at the next re-check).
 
@@ -38,13 +39,13 @@ from typing import Any, Final, Protocol
 import msgpack
 
 from . import _crypto
-from .credentials import StatusListLookup, status_list_digest
+from .credentials import CredentialError, StatusListLookup, status_list_digest
 from .errors import DecodeError, LocalProtocolError, VerificationError
 from .identity import Identity, PublicIdentity
 from .ledger.base import Ledger
 
 __all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_anchor", "next_status_version",
-           "publish_status_list", "status_anchor_payload"]
+           "publish_status_list", "status_anchor_payload", "superseded_status_digests"]
 
 STATUS_TAG: Final = b"streams.statuslist.v1"
 P_STATUS: Final = b"streams.v1.stat"
@@ -90,18 +91,43 @@ def status_anchor_payload(issuer: Identity, status_list_credential: Mapping[str,
                          use_bin_type=True)
 
 
-def next_status_version(ledger: Ledger, list_id: str, issuer: str) -> int:
-    """One more than the highest version ``issuer`` anchored for ``list_id`` on ``ledger`` (confirmed or not),
-    1 if none.  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be scanned (IOTA)."""
+def _highest(ledger: Ledger, list_id: str, issuer: str) -> _Best | None:
+    """The highest-version anchor ``issuer`` made for ``list_id`` on ``ledger``, confirmed or not."""
     if not callable(getattr(ledger, "size", None)):
         raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
     state = _Latest()
     state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
-    best = state.best.get((list_id, issuer))
+    return state.best.get((list_id, issuer))
+
+
+def next_status_version(ledger: Ledger, list_id: str, issuer: str) -> int:
+    """One more than the highest version ``issuer`` anchored for ``list_id`` on ``ledger`` (confirmed or not),
+    1 if none.  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be scanned (IOTA)."""
+    best = _highest(ledger, list_id, issuer)
     version = 1 if best is None else best.anchor.version + 1
     if version > _MAX_VERSION:
         raise LocalProtocolError("this status list has no version number left")
     return version
+
+
+def superseded_status_digests(ledger: Ledger, list_id: str, issuer: str) -> frozenset[bytes]:
+    """The digests of the versions of ``list_id`` that ``issuer`` anchored on ``ledger`` (confirmed or not) and
+    has since superseded: anchored under a version number below its highest, and not anchored again under it.
+
+    An issuer must not change such a version: an older copy of its list (validly signed, put back by whoever can
+    write the file) would be re-signed and anchored as the newest, undoing the revocations made since.  (A
+    version that was never anchored -- written by a ``revoke`` whose append failed -- is not in it: that one is
+    changed again to retry.)  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be
+    scanned (IOTA)."""
+    if not callable(getattr(ledger, "size", None)):
+        raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
+    state = _AllVersions((list_id, issuer))
+    state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
+    best = state.best.get((list_id, issuer))
+    if best is None:
+        return frozenset()
+    top = {d for v, d in state.versions if v == best.anchor.version}
+    return frozenset(d for v, d in state.versions if v < best.anchor.version and d not in top)
 
 
 def publish_status_list(ledger: Ledger, issuer: Identity, status_list_credential: Mapping[str, Any]) -> str:
@@ -188,6 +214,20 @@ class _Latest:
             cur.ambiguous = True
 
 
+class _AllVersions(_Latest):
+    """:class:`_Latest`, also keeping every verified (version, digest) of one (list id, issuer)."""
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        super().__init__()
+        self._key = key
+        self.versions: list[tuple[int, bytes]] = []
+
+    def _add(self, a: StatusAnchor, anchor_id: str) -> None:
+        super()._add(a, anchor_id)
+        if (a.list_id, a.issuer) == self._key:
+            self.versions.append((a.version, a.digest))
+
+
 class AnchoredStatusLists:
     """A :class:`~streams.credentials.StatusListLookup` that hands out a status list only if it is the version
     its issuer anchored with the highest version number on ``ledger`` (confirmed writes only); ``source``
@@ -215,7 +255,14 @@ class AnchoredStatusLists:
             return None
         issuer = vc.get("issuer")
         anchor = self.latest(url, issuer) if isinstance(issuer, str) else None
-        if anchor is None or not _crypto.ct_equal(status_list_digest(vc), anchor.digest):
+        try:
+            # A list with no JCS form (a NaN, an integer beyond 2**53) has no digest, so it is not the anchored
+            # version either: an answer ("not found"), not a lookup that failed, which would leave the subscribers
+            # it admitted in place at every re-check (PolicyUnavailable) while its server hides a revocation.
+            digest = status_list_digest(vc) if anchor is not None else None
+        except CredentialError:
+            digest = None
+        if anchor is None or digest is None or not _crypto.ct_equal(digest, anchor.digest):
             _log.warning("status list %s is not the version its issuer anchored last: refused", url)
             return None
         return vc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 
 from streams import credentials as vc
 from streams.ledger.embedded import EmbeddedLedger
-from streams.status_anchor import decode_status_anchor
+from streams.policy_file import FileStatusLists
+from streams.status_anchor import AnchoredStatusLists, decode_status_anchor
 from tests.cliutil import Cli, make_keystore
 
 PASS = "issuer passphrase 91c2"
@@ -271,3 +273,50 @@ def test_a_failed_ledger_step_leaves_the_list_file_alone(world: World) -> None:
     with EmbeddedLedger(world.dir / "ledger.db") as ledger:
         anchors = [decode_status_anchor(ledger.read(a)[1]) for a in (r1["anchor"], r2["anchor"])]
     assert [(a.version, a.digest.hex()) for a in anchors] == [(1, r1["digest"]), (2, r2["digest"])]
+
+
+def test_revoke_with_a_ledger_refuses_an_older_copy_of_the_list(world: World) -> None:
+    # The party the status ledger guards against can write the list file (a shared or mirrored directory, the
+    # web server the issuer publishes to and copies back from).  It puts back the issuer's own earlier list --
+    # validly signed, so `revoke`'s proof check passes -- from before a revocation.  The issuer's next `revoke
+    # --ledger` then re-signed that older bitstring with one more bit and anchored it as the newest version:
+    # the earlier revocation was undone by the issuer's own signature and anchor, and every verifier reading
+    # the ledger accepted the list.  The ledger knows the version last anchored: revoke must refuse another.
+    world.cli("credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--id", LIST_URL, "--out", "sl.json", "--ledger", "sqlite:ledger.db").ok()
+    world.issue("first.json", "--status-list", "sl.json", "--status-index", "1")
+    world.issue("second.json", "--status-list", "sl.json", "--status-index", "2")
+    v1 = (world.dir / "sl.json").read_bytes()
+    revoke = ["credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--status-list", "sl.json", "--ledger", "sqlite:ledger.db", "--json", "--index"]
+    world.cli(*revoke, "1").ok()
+    v2 = (world.dir / "sl.json").read_bytes()
+    (world.dir / "sl.json").write_bytes(v1)  # the attacker's rollback
+    r = world.cli(*revoke, "2")
+    assert r.returncode == 2, r.stdout
+    assert "anchored" in r.json["error"]
+    assert (world.dir / "sl.json").read_bytes() == v1  # nothing re-signed, nothing anchored
+    now_ms = int(time.time() * 1000)
+    first = json.loads((world.dir / "first.json").read_text())
+    with EmbeddedLedger(world.dir / "ledger.db") as ledger:
+        assert ledger.size() == 2
+        lists = AnchoredStatusLists(ledger, FileStatusLists((world.dir / "sl.json",)))
+        with pytest.raises(vc.StatusUnavailable):  # v1 is not the latest anchored version: refused
+            vc.verify_credential(first, now_ms, status_lists=lists)
+        # Given the current list back, revoke works again, and both credentials are revoked.
+        (world.dir / "sl.json").write_bytes(v2)
+        world.cli(*revoke, "2").ok()
+        for name in ("first.json", "second.json"):
+            with pytest.raises(vc.CredentialRevoked):
+                vc.verify_credential(json.loads((world.dir / name).read_text()), now_ms, status_lists=lists)
+    # A version that was never anchored (written by a revoke whose append failed) is not refused: the documented
+    # retry ("run the command again") works on the same ledger.
+    db = sqlite3.connect(world.dir / "ledger.db")
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'ledger refuses'); END")
+    db.commit()
+    failed = world.cli(*revoke, "3")
+    assert failed.returncode == 2 and "run the command again" in failed.json["error"]
+    db.execute("DROP TRIGGER refuse")
+    db.commit()
+    db.close()
+    world.cli(*revoke, "3").ok()

@@ -12,9 +12,11 @@ Thin wrappers over :mod:`streams.credentials` (VC 2.0, eddsa-jcs-2022 proofs, Bi
   verifiers fetch it; anchoring its digest (printed) makes a rollback detectable.
 
 With ``--ledger sqlite:PATH``, ``status-list create`` and ``revoke`` also anchor the new list version there
-(:mod:`streams.status_anchor`).  The ledger is opened and read before the file is written, so a bad spec or an
-unusable ledger changes nothing; if the append itself fails after the write, the error says so (the new file
-is in place but not anchored: verifiers reading the ledger refuse it until the command is run again).
+(:mod:`streams.status_anchor`), and ``revoke`` refuses a list that was anchored there before a newer version (an
+older copy put back in the file would otherwise be re-signed as the newest, undoing the revocations since).
+The ledger is opened and read before the file is written, so a bad spec or an unusable ledger changes nothing;
+if the append itself fails after the write, the error says so (the new file is in place but not anchored:
+verifiers reading the ledger refuse it until the command is run again).
 
 Claims: ``--claim k=v`` gives the string ``v``; ``--claim k:=JSON`` gives a JSON value (number, bool,
 object...).
@@ -261,6 +263,20 @@ class _StatusLedger:
         if self._ledger is not None:
             self._ledger.close()
 
+    def require_current(self, doc: dict[str, Any], path: str) -> None:
+        """Refuse (:class:`UsageError`) to change ``doc`` if its issuer anchored it on the ledger and then a newer
+        version: an older copy put back in the file would otherwise be re-signed and anchored as the newest,
+        undoing the revocations made since.  Nothing to check without a ledger."""
+        if self._ledger is None:
+            return
+        from ..status_anchor import superseded_status_digests
+
+        if vc.status_list_digest(doc) in superseded_status_digests(self._ledger, self._list_id, self._issuer.did):
+            raise UsageError(
+                f"status list {path} is an older version than the one last anchored on {self._spec}: changing it "
+                "would undo the changes made since; get the latest list first"
+            )
+
     def anchor(self, doc: dict[str, Any], written: str) -> str | None:
         """Anchor ``doc``; returns the anchor id (``None`` without ``--ledger``).  ``written`` says what was
         already done, for the error raised if the append fails."""
@@ -303,6 +319,7 @@ def _revoke(args: argparse.Namespace) -> Result:
         valid_until=lst.get("validUntil"), created=now(),
     )
     with _StatusLedger(args, issuer, lst["id"]) as ledger:
+        ledger.require_current(lst, args.status_list)
         write_file_atomic(args.status_list, dump_json(new), overwrite=True)
         _log.info("status list %s: index %d %s", lst["id"], args.index, "cleared" if args.clear else "set")
         anchor = ledger.anchor(new, f"{args.status_list} was rewritten (index {args.index} "
