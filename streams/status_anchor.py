@@ -42,7 +42,7 @@ from . import _crypto
 from .credentials import CredentialError, StatusListLookup, status_list_digest
 from .errors import DecodeError, LocalProtocolError, VerificationError
 from .identity import Identity, PublicIdentity
-from .ledger.base import Ledger
+from .ledger.base import DamagedEntry, Ledger
 
 __all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_anchor", "next_status_version",
            "publish_status_list", "status_anchor_payload", "superseded_status_digests"]
@@ -187,9 +187,14 @@ class _Latest:
         size = ledger.size()
         while self.next <= size:
             anchor_id = str(self.next)
-            if confirmed_only and not ledger.status(anchor_id).confirmed:
-                break  # not final yet: look again next time
-            tag, data = ledger.read(anchor_id)
+            try:
+                if confirmed_only and not ledger.status(anchor_id).confirmed:
+                    break  # not final yet: look again next time
+                tag, data = ledger.read(anchor_id)
+            except DamagedEntry as exc:  # nobody's record (a row added to the file by hand): as another tag's
+                _log.warning("ignoring ledger entry %s: %s", anchor_id, exc)
+                self.next += 1
+                continue
             self.next += 1
             if tag != STATUS_TAG:
                 continue

@@ -245,3 +245,31 @@ def test_two_lists_anchored_under_one_version_fail_closed(ledger: EmbeddedLedger
     publish_status_list(ledger, ISSUER, v2)  # version 2
     assert lookup.get(URL) is None
     assert AnchoredStatusLists(ledger, _source(v2)).get(URL) == v2
+
+
+def test_a_damaged_row_in_the_status_ledger_does_not_hide_a_later_revocation(ledger: EmbeddedLedger,
+                                                                              tmp_path: Path) -> None:
+    """The embedded ledger's file refuses UPDATE and DELETE, not INSERT: whoever can write it can add a row of the
+    wrong types, which reads as a damaged entry.  Scanning the status anchors passes over it (as a row of
+    another tag): it must not make every later lookup fail, which would leave the subscribers of a list revoked
+    after it in place at every re-check (a failed lookup decides nothing)."""
+    import sqlite3
+
+    bits = StatusList()
+    v1 = _list(bits)
+    publish_status_list(ledger, ISSUER, v1)
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    (n,) = db.execute("SELECT max(position) FROM entries").fetchone()
+    db.execute("INSERT INTO entries VALUES (?, ?, 'not bytes', 0, zeroblob(32), zeroblob(32))", (n + 1, STATUS_TAG))
+    db.commit()
+    db.close()
+    bits.set(5)
+    v2 = _list(bits)
+    publish_status_list(ledger, ISSUER, v2)
+    served = StatusListSource()
+    served.publish(v2)
+    lookup = AnchoredStatusLists(ledger, served)
+    assert lookup.get(URL) == v2
+    d = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lookup).decide(_request(), NOW)
+    assert not d.admit and "revoked" in d.reason
+    assert next_status_version(ledger, URL, ISSUER.did) == 3

@@ -6,7 +6,7 @@ this package works without it.
 
 from __future__ import annotations
 
-from .base import AnchorStatus, Ledger, UnknownAnchor
+from .base import AnchorStatus, DamagedEntry, Ledger, UnknownAnchor
 from .embedded import EmbeddedLedger, VerifyReport
 
-__all__ = ["AnchorStatus", "EmbeddedLedger", "Ledger", "UnknownAnchor", "VerifyReport"]
+__all__ = ["AnchorStatus", "DamagedEntry", "EmbeddedLedger", "Ledger", "UnknownAnchor", "VerifyReport"]

@@ -6,7 +6,8 @@ on that ledger (committed with ``synchronous=FULL`` for the embedded one, refere
 IOTA) -- so a receipt built on it never says "anchored" too early.
 
 Errors: outages and backend failures raise :class:`~streams.errors.LedgerError` (a ``BrokenResourceError``)
-with the cause chained; an anchor id the ledger does not know raises :class:`UnknownAnchor`; use after
+with the cause chained (:class:`DamagedEntry` for one entry that is not what a write leaves: readers of every
+entry in turn pass over it); an anchor id the ledger does not know raises :class:`UnknownAnchor`; use after
 :meth:`Ledger.close` raises :class:`~streams.errors.ClosedResourceError`.
 """
 
@@ -15,9 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..errors import LocalProtocolError
+from ..errors import LedgerError, LocalProtocolError
 
-__all__ = ["AnchorStatus", "Ledger", "UnknownAnchor"]
+__all__ = ["AnchorStatus", "DamagedEntry", "Ledger", "UnknownAnchor"]
+
+
+class DamagedEntry(LedgerError):
+    """One ledger entry is not what a write leaves (a row of the wrong types added to the embedded ledger's file
+    by hand): nobody's record.  Reading that entry fails; a reader of every entry in turn passes over it."""
 
 
 class UnknownAnchor(LocalProtocolError, KeyError):

@@ -34,7 +34,7 @@ from typing import Final
 
 from .. import _crypto
 from ..errors import ClosedResourceError, LedgerError, LocalProtocolError
-from .base import AnchorStatus, UnknownAnchor
+from .base import AnchorStatus, DamagedEntry, UnknownAnchor
 
 __all__ = ["P_LEDGER", "EmbeddedLedger", "VerifyReport", "entry_hash"]
 
@@ -164,7 +164,7 @@ class EmbeddedLedger:
         if not (isinstance(tag, bytes) and isinstance(data, bytes) and type(ts) is int and type(pos) is int):
             # Written into the file by hand (append stores blobs and integers only): never coerce it (bytes() of an
             # INTEGER column would allocate that many bytes).
-            raise LedgerError(f"the ledger entry at position {position} is damaged: a field has the wrong type")
+            raise DamagedEntry(f"the ledger entry at position {position} is damaged: a field has the wrong type")
         return tag, data, ts, pos
 
     def status(self, anchor_id: str) -> AnchorStatus:
