@@ -320,3 +320,28 @@ def test_revoke_with_a_ledger_refuses_an_older_copy_of_the_list(world: World) ->
     db.commit()
     db.close()
     world.cli(*revoke, "3").ok()
+
+
+def test_create_with_a_ledger_refuses_a_list_id_already_anchored_unless_forced(world: World) -> None:
+    # An empty list created under an id its issuer already anchored, written to a new file (no --force needed
+    # for that), was anchored as the newest version: every verifier reading the ledger then took the empty list,
+    # and every revocation on the old one was undone.  --force says that is meant (as for replacing --out).
+    create = ["credential", "status-list", "create", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--id", LIST_URL, "--ledger", "sqlite:ledger.db", "--json", "--out"]
+    world.cli(*create, "sl.json").ok()
+    world.issue("cred.json", "--status-list", "sl.json", "--status-index", "1")
+    world.cli("credential", "revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP",
+              "--status-list", "sl.json", "--ledger", "sqlite:ledger.db", "--index", "1").ok()
+    r = world.cli(*create, "fresh.json")
+    assert r.returncode == 2, r.stdout
+    assert "already anchored" in r.json["error"] and "--force" in r.json["error"]
+    assert not (world.dir / "fresh.json").exists()
+    now_ms = int(time.time() * 1000)
+    cred = json.loads((world.dir / "cred.json").read_text())
+    with EmbeddedLedger(world.dir / "ledger.db") as ledger:
+        assert ledger.size() == 2  # nothing anchored
+        lists = AnchoredStatusLists(ledger, FileStatusLists((world.dir / "sl.json",)))
+        with pytest.raises(vc.CredentialRevoked):
+            vc.verify_credential(cred, now_ms, status_lists=lists)
+    # Meant: --force.
+    assert world.cli(*create, "fresh.json", "--force").ok().json["anchor"] == "3"

@@ -13,8 +13,10 @@ Thin wrappers over :mod:`streams.credentials` (VC 2.0, eddsa-jcs-2022 proofs, Bi
 
 With ``--ledger sqlite:PATH``, ``status-list create`` and ``revoke`` also anchor the new list version there
 (:mod:`streams.status_anchor`), and ``revoke`` refuses a list that was anchored there before a newer version (an
-older copy put back in the file would otherwise be re-signed as the newest, undoing the revocations since).
-The ledger is opened and read before the file is written, so a bad spec or an unusable ledger changes nothing;
+older copy put back in the file would otherwise be re-signed as the newest, undoing the revocations since);
+``status-list create`` refuses an id its issuer already anchored there unless ``--force`` (the new, empty list
+would become the newest version).  The ledger is opened and read before the file is written, so a bad spec or
+an unusable ledger changes nothing;
 if the append itself fails after the write, the error says so (the new file is in place but not anchored:
 verifiers reading the ledger refuse it until the command is run again).
 
@@ -221,6 +223,8 @@ def _status_list_create(args: argparse.Namespace) -> Result:
     t = now()
     doc = vc.issue_status_list_credential(issuer, args.id, bits, purpose=args.purpose, valid_from=t, created=t)
     with _StatusLedger(args, issuer, args.id) as ledger:
+        if not args.force:
+            ledger.require_new()
         write_file_atomic(args.out, dump_json(doc), overwrite=args.force)
         anchor = ledger.anchor(doc, f"{args.out} was written")
     digest = vc.status_list_digest(doc).hex()
@@ -262,6 +266,22 @@ class _StatusLedger:
     def __exit__(self, *exc: object) -> None:
         if self._ledger is not None:
             self._ledger.close()
+
+    def require_new(self) -> None:
+        """Refuse (:class:`UsageError`) to anchor a new, empty list under an id its issuer already anchored on the
+        ledger: verifiers reading it would take the empty list as the newest version, undoing every revocation
+        on the old one (``--force`` says that is meant).  Nothing to check without a ledger."""
+        if self._ledger is None:
+            return
+        from ..status_anchor import next_status_version
+
+        version = next_status_version(self._ledger, self._list_id, self._issuer.did)
+        if version > 1:
+            raise UsageError(
+                f"status list {self._list_id} is already anchored on {self._spec} (version {version - 1}): a new "
+                "empty list would be its newest version and undo every revocation on it; revoke on the current "
+                "list, or use --force if that is what you want"
+            )
 
     def require_current(self, doc: dict[str, Any], path: str) -> None:
         """Refuse (:class:`UsageError`) to change ``doc`` if its issuer anchored it on the ledger and then a newer
@@ -386,5 +406,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="status purpose (default revocation)")
     c.add_argument("--size", type=int, default=vc.BSL_MIN_ENTRIES, help=argparse.SUPPRESS)
     c.add_argument("--ledger", metavar="SPEC", help="also anchor the list on this ledger: sqlite:PATH")
-    c.add_argument("--force", action="store_true", help="replace --out (un-revokes everything on the old list!)")
+    c.add_argument("--force", action="store_true", help="replace --out, or with --ledger anchor a new list under an "
+                   "id already anchored (either un-revokes everything on the old list!)")
     add_passphrase_options(c, "issuer keystore")
