@@ -335,6 +335,7 @@ class EndpointStats:
     credit_blocked: int = 0  #: author: data frames that found their peer's window full (queued, or dropped)
     credit_stale: int = 0  #: author: CREDITs of another session (replayed, forged, old) -- ignored
     credit_resyncs: int = 0  #: author: times frames lost on the way were written off the window
+    credit_renewals: int = 0  #: author: sessions renewed because a peer's credit reports stayed behind ours
     bundles: int = 0  #: BUNDLE messages sent; their frames count in frames_out
     bundles_in: int = 0  #: BUNDLE messages received; their frames count in frames_in
     peers_suspended: int = 0  #: author: times a peer was suspended for frames that failed their checks
@@ -364,9 +365,9 @@ class _Bucket:
 class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
-    __slots__ = ("branches", "bundle_max", "bundles_told", "consumed", "credit", "failures", "flight_bytes",
-                 "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed", "pong", "queue",
-                 "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
+    __slots__ = ("behind_at", "branches", "bundle_max", "bundles_told", "consumed", "credit", "failures",
+                 "flight_bytes", "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed",
+                 "pong", "queue", "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -377,10 +378,17 @@ class _Peer(_Bucket):
         self.branches: set[bytes] = set()
         self.malformed = 0
         self.failures = 0  #: frames that failed the core's checks (penalize), since the last suspension
-        # Credit (SPEC 14.4).  A fresh session per record: every data frame counted in ``sent`` follows the
-        # PONG announcing it on the ordered pipe, so the subscriber's counts of this session compare with ours.
-        self.session = os.urandom(_SESSION_LEN)
         self.pong: bytes | None = None  #: the session PONG, while the pipe refused it (sent before any queued frame)
+        self.flight_max = window_bytes
+        self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
+        self.new_session(window)
+
+    def new_session(self, window: int) -> None:
+        """Start a session (SPEC 14.4): a new random id and credit counted from zero, with the initial ``window``
+        (``credit_window_max``).  The caller announces it with a PONG before any further data frame."""
+        # A fresh session per record: every data frame counted in ``sent`` follows the PONG announcing it on the
+        # ordered pipe, so the subscriber's counts of this session compare with ours.
+        self.session = os.urandom(_SESSION_LEN)
         self.credit = False  #: a CREDIT of this session arrived
         self.sent = 0  #: data frames handed to ZeroMQ in this session (PING/PONG never count)
         self.consumed = 0  #: the most the subscriber's driver reported taken (never above ``sent``)
@@ -388,12 +396,12 @@ class _Peer(_Bucket):
         # Bytes in flight: the sizes of the frames ``consumed + 1 .. sent`` (at most a window of them) and their sum.
         self.sizes: deque[int] = deque()
         self.flight_bytes = 0
-        self.flight_max = window_bytes
         self.loss_at = -1  #: loss detection: when an idle subscriber first reported ``loss_received`` (ms), or -1
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
-        self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
-        self.bundles_told = False  #: our BUNDLE_OK answered its own (once per record)
+        #: when a report of this session first came behind the one we have, with none since that was not (ms), or -1
+        self.behind_at = -1
+        self.bundles_told = False  #: our BUNDLE_OK answered its own (once per session: the subscriber forgets it)
         self.reply: bytes | None = None  #: that answer, while it waits for the pipe (after the session PONG)
 
     def next_message(self, frames: Sequence[bytes], start: int = 0) -> list[bytes]:
@@ -1105,6 +1113,9 @@ class AuthorEndpoint(_Base):
             peer.taken(taken - peer.consumed)
             peer.consumed = taken
             peer.window = max(1, min(window, cfg.credit_window_max))
+            peer.behind_at = -1
+        elif self._behind(peer, now):
+            return
         peer.credit = True
         # Loss (a lossy relay dropped data frames: counted in ``sent``, never ``received``; left alone they would
         # shrink the window until the peer stalls).  When the subscriber is idle (it took everything it got) and
@@ -1128,6 +1139,29 @@ class AuthorEndpoint(_Base):
         if (peer.queue or peer.pong is not None or peer.reply is not None) and self._flush_peer(peer):
             self._backlog.add(peer.rid)
         self._wake_drain()
+
+    def _behind(self, peer: _Peer, now: int) -> bool:
+        """A report of the peer's session came behind the one we have.  Once, that is a relay's replay (or
+        reorder), and moves nothing.  Reports that stay behind for a heartbeat mean the subscriber counts this
+        session from another start than we do -- it adopted it again after a PONG of another session (forged or
+        replayed by a relay) and counts from zero, while our record counts every frame since the session began: no
+        report of it would ever move the window again, which stays shut for good.  Then start a new session,
+        which both sides count from zero (its PONG goes before any further data frame).  True if it did."""
+        if peer.behind_at < 0:
+            peer.behind_at = now
+            return False
+        if now - peer.behind_at < self.config.heartbeat_ms:
+            return False
+        log.info("peer %s: its credit reports stay behind ours (it counts from another start); new session",
+                 peer.rid.hex())
+        peer.new_session(self.config.credit_window_max)
+        self.stats.credit_renewals += 1
+        peer.pong = None  # an old session's PONG still waiting for the pipe must not follow the new one
+        self._send_pong(peer, keep=True)
+        if peer.queue and self._flush_peer(peer):
+            self._backlog.add(peer.rid)
+        self._wake_drain()
+        return True
 
     def _send_to(self, rid: bytes, data: bytes) -> None:
         peer = self._peers.get(rid)

@@ -1,0 +1,152 @@
+"""Attacks on the ZeroMQ endpoints from a cold review (SPEC 14, THREATS 8): each test failed before its fix.
+
+Real sockets on tcp loopback; the relay below is an in-process ROUTER/DEALER pair that passes everything and, told
+to, injects a message towards the subscriber -- the on-path relay of THREATS "Network and relays are untrusted".
+Nothing here depends on timing except deadlines for things that must happen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+
+from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+from brokerless.endpoints import BUNDLE, PONG
+from streams.core import Outgoing
+from streams.wire import Hello, encode_frame
+
+HELLO = encode_frame(Hello(b"c" * 32)).raw  # a well-formed frame: reaches the author's inbox with its routing id
+
+
+def frame(i: int) -> bytes:
+    """A data frame as the endpoints see it (they never decode author -> subscriber traffic): numbered."""
+    return b"\x95" + i.to_bytes(4, "big") + b"p" * 59
+
+
+def index(data: bytes) -> int:
+    return int.from_bytes(data[1:5], "big")
+
+
+def unbundle(data: bytes) -> list[bytes]:
+    """The frames of a BUNDLE (SPEC 14.1), parsed here independently of the endpoint's own code."""
+    out, off = [], 1
+    while off < len(data):
+        (n,) = struct.unpack_from(">I", data, off)
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    return out
+
+
+async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timeout waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+class Relay:
+    """An on-path hop: a ROUTER front for subscribers, one DEALER to the author for each.  It passes every message
+    unchanged, records the author's PONGs, and sends what :meth:`inject` is given to the (first) subscriber."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, author_addr: str) -> None:
+        self.ctx, self.author_addr = ctx, author_addr
+        self.front = ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.LINGER, 0)
+        self.front.bind("tcp://127.0.0.1:0")
+        self.address = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()  # type: ignore[union-attr]
+        self.backs: dict[bytes, zmq.asyncio.Socket] = {}
+        self.pongs: list[bytes] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def inject(self, data: bytes) -> None:
+        await self.front.send_multipart([next(iter(self.backs)), data])
+
+    async def _run(self) -> None:
+        poller = zmq.asyncio.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        owner: dict[zmq.asyncio.Socket, bytes] = {}
+        while True:
+            for sock, _ in await poller.poll():
+                while True:
+                    try:
+                        parts = await sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if sock is self.front:
+                        rid, data = parts
+                        back = self.backs.get(rid)
+                        if back is None:
+                            back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
+                            back.setsockopt(zmq.LINGER, 0)
+                            back.connect(self.author_addr)
+                            owner[back] = rid
+                            poller.register(back, zmq.POLLIN)
+                        await back.send(data)
+                    else:
+                        (data,) = parts
+                        if data[:1] == PONG:
+                            self.pongs.append(data)
+                        await self.front.send_multipart([owner[sock], data])
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        for s in (self.front, *self.backs.values()):
+            s.close(linger=0)
+
+
+async def _read(sep: SubscriberEndpoint, got: list[bytes]) -> None:
+    while True:
+        for data, _ in await sep.recv():
+            got += unbundle(data) if data[:1] == BUNDLE else [data]
+
+
+async def test_one_forged_pong_does_not_stall_the_subscriber_for_good() -> None:
+    """A relay injects ONE PONG of another session (the author's instance id, any 8 bytes) into a live connection.
+    The subscriber adopts it and reports credit for it; the author answers with its own session's PONG, and the
+    subscriber adopts that again -- counting its frames from zero, while the author's record of the session has
+    long counted more taken.  The author then took every report of that session for an old one ("moves
+    nothing"): once it had sent the window, the connection stayed shut for good -- PONGs kept it alive, so it
+    never reconnected, and the FETCH answers that would fill the hole wait for credit too."""
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=50, credit_window=16)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    relay = Relay(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, cfg)
+    got: list[bytes] = []
+    reader: asyncio.Task[None] | None = None
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        reader = asyncio.create_task(_read(sep, got))
+        await until(lambda: rid in aep.in_flight(), "the subscriber's first CREDIT")
+        aep.send_many([Outgoing(frame(i), rid) for i in range(100)])  # more than a window: the author counts them
+        await until(lambda: len(got) == 100 and aep.in_flight().get(rid) == 0, "the first 100, reported taken")
+        real = sep.session
+        assert real is not None and relay.pongs
+        forged = relay.pongs[-1][:9] + b"F" * 8 + relay.pongs[-1][17:]  # the author's instance, another session
+        stale = aep.stats.credit_stale
+        await relay.inject(forged)
+        # The subscriber reports for the forged session; the author answers with a PONG of its own, re-adopted.
+        await until(lambda: aep.stats.credit_stale > stale and sep.session not in (None, b"F" * 8),
+                    "the subscriber to adopt the author's session again")
+        aep.send_many([Outgoing(frame(100 + i), rid) for i in range(100)])
+        await until(lambda: len(got) == 200, "the next 100 frames", timeout=20)
+        assert [index(f) for f in got] == list(range(200))
+        assert aep.stats.credit_renewals >= 1 and sep.session not in (real, b"F" * 8)  # a new session, both count
+    finally:
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
