@@ -739,9 +739,11 @@ class AuthorEndpoint(_Base):
         self._keys.known = known
 
     async def drain(self, branch: bytes | None = None) -> None:
-        """Wait until every peer of ``branch`` (of the endpoint if None) can take another data frame at once:
-        nothing waits in its send queue and it has credit left (SPEC 14.4).  A peer that goes away (liveness
-        expiry, eviction) stops counting.
+        """Wait until every peer of ``branch`` (if None, every peer routed to any branch: a member's connection)
+        can take another data frame at once: nothing waits in its send queue and it has credit left (SPEC 14.4).
+        A peer that goes away (liveness expiry, eviction) stops counting.  A peer routed to no branch -- a
+        stranger's connection, a subscriber still in its handshake -- never counts: it gets no branch traffic, and
+        anyone can open one that never reads (with a window of one frame, the answer to its HELLO fills it).
 
         For a producer that must not outrun its subscribers -- asyncio's ``StreamWriter.drain`` idiom: without
         it, frames beyond a subscriber's window are queued (bounded) and then dropped, and the subscriber
@@ -751,9 +753,12 @@ class AuthorEndpoint(_Base):
         loop = asyncio.get_running_loop()
         while True:
             self._check_open()
-            rids = self._routes.get(branch, ()) if branch is not None else self._peers
             peers = self._peers
-            if not any((p := peers.get(rid)) is not None and p.must_wait() for rid in rids):
+            if branch is not None:
+                waits = any((p := peers.get(rid)) is not None and p.must_wait() for rid in self._routes.get(branch, ()))
+            else:
+                waits = any(p.branches and p.must_wait() for p in peers.values())
+            if not waits:
                 return
             fut: asyncio.Future[None] = loop.create_future()
             self._drain_waiters.append(fut)

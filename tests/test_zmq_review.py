@@ -11,14 +11,23 @@ import contextlib
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
-from brokerless.endpoints import BUNDLE, PONG
-from streams.core import Outgoing
+from brokerless.endpoints import _PONG_LEN, BUNDLE, CREDIT, PING, PONG
+from streams.api import Author, StoreOptions, Subscriber
+from streams.core import CoreConfig, Outgoing
+from streams.identity import Identity
+from streams.policy import AllowList
 from streams.wire import Hello, encode_frame
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "correct horse battery staple"
+CORE = CoreConfig(fetch_retry_ms=200)
+AUTHOR, P1 = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x0a" * 32)
 
 HELLO = encode_frame(Hello(b"c" * 32)).raw  # a well-formed frame: reaches the author's inbox with its routing id
 
@@ -150,3 +159,53 @@ async def test_one_forged_pong_does_not_stall_the_subscriber_for_good() -> None:
         await relay.close()
         ctx.term()
         await aep.close()
+
+
+async def test_a_stranger_that_stops_reading_does_not_stall_the_authors_drain(tmp_path: Path) -> None:
+    """``Author.drain()`` (no branch: "everyone") paces a producer to its readers.  A stranger -- no member, no
+    credential -- connects, reads its session PONG, reports a window of one frame, sends a HELLO and never reads
+    again, only PINGs to stay alive.  The author's answer to the HELLO (ANNOUNCE, CHALLENGE) used up that window,
+    and drain() waited for this peer as for a reader: for as long as it stayed connected, the producer published
+    nothing more, to anyone (THREATS 8)."""
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=30)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "monitor", PW, aep, AllowList.of([P1.did]),
+                                 store_options=FAST, config=CORE)
+    sep = SubscriberEndpoint(aep.addresses[0], cfg)
+    sub = await Subscriber.create(tmp_path / "s.db", P1, AUTHOR.did, author.channel, PW, sep, store_options=FAST,
+                                  config=CORE)
+    ctx = zmq.asyncio.Context()
+    stranger = ctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    keepalive: asyncio.Task[None] | None = None
+    try:
+        branch = await sub.subscribe(timeout=10)
+        stranger.connect(aep.addresses[0])
+        await stranger.send(PING)
+        pong = await asyncio.wait_for(stranger.recv(), 10)
+        assert pong[:1] == PONG and len(pong) == _PONG_LEN
+        await stranger.send(CREDIT + pong[9:17] + struct.pack(">QQI", 0, 0, 1))
+        await stranger.send(encode_frame(Hello(author.channel)).raw)
+        await until(lambda: any(q > 0 for q in aep.queue_sizes().values()), "the answer to wait for its credit")
+
+        async def ping() -> None:
+            while True:
+                await stranger.send(PING)
+                await asyncio.sleep(0.1)
+
+        keepalive = asyncio.create_task(ping())
+        for i in range(3):
+            await author.publish(branch, b"alert %d" % i)
+            await asyncio.wait_for(author.drain(), 15)  # the subscriber reads: the producer goes on
+        got = [(await asyncio.wait_for(sub.next_message(), 15)).payload for _ in range(3)]
+        assert got == [b"alert %d" % i for i in range(3)]
+        await asyncio.wait_for(author.drain(branch), 15)
+    finally:
+        if keepalive is not None:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        stranger.close(linger=0)
+        ctx.term()
+        await sub.close()
+        await author.close()
