@@ -1339,6 +1339,7 @@ class SubscriberEndpoint(_Base):
         self._takes = _our_takes(self.config, 0xFFFF_FFFF) if self._window else 0
         #: The largest BUNDLE the author's current record of us takes (its BUNDLE_OK, within ours); 0: none.
         self._author_takes = 0
+        self._author_answered = False  #: a BUNDLE_OK came in this session (``_author_takes`` is the smallest)
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
         self.author_limits: tuple[int, int] | None = None
@@ -1624,7 +1625,12 @@ class SubscriberEndpoint(_Base):
             # The author's answer to ours: it takes BUNDLEs too (an older author never sends one).
             if len(data) == _BUNDLE_OK_LEN and self._takes:
                 (most,) = _U32.unpack_from(data, 1)
-                self._author_takes = _agreed(most, self._takes)
+                agreed = _agreed(most, self._takes)
+                # The author answers once per session; any other is a relay's (forged, replayed).  The smallest of
+                # the session's answers stands: a forged one can make our BUNDLEs smaller (or single frames), which
+                # the author always takes, never larger than what the author said -- it drops those whole.
+                answered, self._author_answered = self._author_answered, True
+                self._author_takes = min(self._author_takes, agreed) if answered else agreed
             else:
                 self.stats.malformed += 1
             return
@@ -1705,6 +1711,7 @@ class SubscriberEndpoint(_Base):
             self._session = session
             self._reported = None
             self._author_takes = 0  # a new record: it answers our next BUNDLE_OK
+            self._author_answered = False
             self._send_credit(_now_ms())
 
     def _fire_reconnect(self) -> None:
@@ -1790,6 +1797,7 @@ class SubscriberEndpoint(_Base):
         self._queue_bytes = 0
         self._session = None  # the new connection gets a new record at the author, and a new session
         self._author_takes = 0
+        self._author_answered = False
         self._received = 0  # counted from here: the new socket's frames all belong to that session
         self._reported = None
         await asyncio.sleep(delay / 1000)

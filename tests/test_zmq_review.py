@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
-from brokerless.endpoints import _PONG_LEN, BUNDLE, CREDIT, PING, PONG
+from brokerless.endpoints import _PONG_LEN, BUNDLE, BUNDLE_OK, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
 from streams.identity import Identity
@@ -70,9 +70,11 @@ class Relay:
         self.address = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()  # type: ignore[union-attr]
         self.backs: dict[bytes, zmq.asyncio.Socket] = {}
         self.pongs: list[bytes] = []
+        self.down = 0  #: messages sent to subscribers, injected ones included
         self.task = asyncio.create_task(self._run())
 
     async def inject(self, data: bytes) -> None:
+        self.down += 1
         await self.front.send_multipart([next(iter(self.backs)), data])
 
     async def _run(self) -> None:
@@ -100,6 +102,7 @@ class Relay:
                         (data,) = parts
                         if data[:1] == PONG:
                             self.pongs.append(data)
+                        self.down += 1
                         await self.front.send_multipart([owner[sock], data])
 
     async def close(self) -> None:
@@ -209,3 +212,38 @@ async def test_a_stranger_that_stops_reading_does_not_stall_the_authors_drain(tm
         ctx.term()
         await sub.close()
         await author.close()
+
+
+async def test_a_forged_bundle_ok_does_not_make_the_author_drop_what_the_subscriber_sends() -> None:
+    """The author answers a subscriber's BUNDLE_OK once per session with the most it takes (64 KiB at most).  A relay
+    that injects one more BUNDLE_OK claiming far more made the subscriber bundle up to its own limit (256 KiB):
+    every BUNDLE over the author's limit is dropped whole as malformed, so from then on everything the subscriber
+    sent in one go (a publish_many, the answers to the author's FETCHes) was lost on the way, for as long as the
+    session lasted -- with the relay passing everything else honestly."""
+    cfg = EndpointConfig(heartbeat_ms=1000, liveness=30)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    relay = Relay(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, cfg)
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        st = aep.stats
+        # Wait for the author's answer to the subscriber's BUNDLE_OK: two frames then travel as one BUNDLE.
+        while st.bundles_in == 0:
+            sep.send_many([Outgoing(HELLO), Outgoing(HELLO)])
+            await until(lambda: st.frames_in >= 3, "the frames")
+            await asyncio.sleep(0.05)
+        await relay.inject(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        await until(lambda: sep.stats.frames_in >= relay.down, "the forged BUNDLE_OK to be read")
+        bundles, malformed = st.bundles_in, st.malformed
+        sep.send_many([Outgoing(HELLO)] * 2000)  # 96 KiB of frames: over what the author takes in one BUNDLE
+        await until(lambda: st.bundles_in >= bundles + 2 or st.malformed > malformed, "the frames to arrive")
+        assert st.malformed == malformed, "a BUNDLE over the author's limit, dropped whole"
+        await until(lambda: st.bundles_in >= bundles + 2, "the frames, in BUNDLEs the author takes")
+    finally:
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
