@@ -365,9 +365,9 @@ class _Bucket:
 class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
-    __slots__ = ("behind_at", "branches", "bundle_max", "bundles_told", "consumed", "credit", "failures",
-                 "flight_bytes", "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed",
-                 "pong", "queue", "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
+    __slots__ = ("behind_at", "branches", "bundle_max", "bundle_said", "bundles_told", "consumed", "credit",
+                 "failures", "flight_bytes", "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent",
+                 "malformed", "pong", "queue", "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -381,6 +381,7 @@ class _Peer(_Bucket):
         self.pong: bytes | None = None  #: the session PONG, while the pipe refused it (sent before any queued frame)
         self.flight_max = window_bytes
         self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
+        self.bundle_said = False  #: a BUNDLE_OK came from this peer (``bundle_max`` is the smallest it said)
         self.new_session(window)
 
     def new_session(self, window: int) -> None:
@@ -879,7 +880,12 @@ class AuthorEndpoint(_Base):
             # Like a CREDIT, not charged: a length check and an unpack.  Only this connection's peer, or an on-path
             # relay (which can drop its frames anyway), can send it.
             (most,) = _U32.unpack_from(data, 1)
-            peer.bundle_max = _agreed(most, cfg.bundle_bytes)
+            # A subscriber endpoint says the same every time (what it takes is fixed at its construction); another
+            # value is a relay's (forged, or replayed from another connection).  The smallest stands: a forged one
+            # can make our BUNDLEs to it smaller (or single frames), never larger than it takes -- it drops those.
+            agreed = _agreed(most, cfg.bundle_bytes)
+            peer.bundle_max = min(peer.bundle_max, agreed) if peer.bundle_said else agreed
+            peer.bundle_said = True
             if self._takes and not peer.bundles_told:
                 # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say that we take them too
                 # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record,

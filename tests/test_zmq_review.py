@@ -77,6 +77,10 @@ class Relay:
         self.down += 1
         await self.front.send_multipart([next(iter(self.backs)), data])
 
+    async def inject_up(self, data: bytes) -> None:
+        """Send ``data`` to the author on the (first) subscriber's connection, as if the subscriber had."""
+        await next(iter(self.backs.values())).send(data)
+
     async def _run(self) -> None:
         poller = zmq.asyncio.Poller()
         poller.register(self.front, zmq.POLLIN)
@@ -243,6 +247,48 @@ async def test_a_forged_bundle_ok_does_not_make_the_author_drop_what_the_subscri
         assert st.malformed == malformed, "a BUNDLE over the author's limit, dropped whole"
         await until(lambda: st.bundles_in >= bundles + 2, "the frames, in BUNDLEs the author takes")
     finally:
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
+
+
+async def test_a_forged_bundle_ok_does_not_make_the_author_send_bundles_the_subscriber_drops() -> None:
+    """The mirror image: a subscriber that takes BUNDLEs of at most 4 KiB says so once per session; a relay that
+    injects one more BUNDLE_OK on its connection, claiming 1 MiB, made the author bundle for it up to its own limit
+    (256 KiB).  The subscriber drops every BUNDLE over what it takes whole, so whatever the author sent it together
+    -- a commit's frames, the answers to its FETCHes, which would fill the hole -- was lost for as long as the
+    author's record of it lasted."""
+    cfg = EndpointConfig(heartbeat_ms=1000, liveness=30)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    relay = Relay(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, EndpointConfig(heartbeat_ms=1000, liveness=30, bundle_bytes=4096))
+    got: list[bytes] = []
+    reader: asyncio.Task[None] | None = None
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        reader = asyncio.create_task(_read(sep, got))
+        await until(lambda: rid in aep.in_flight(), "the subscriber's first CREDIT (after its BUNDLE_OK)")
+        aep.send_many([Outgoing(frame(i), rid) for i in range(2)])
+        await until(lambda: len(got) == 2, "two frames")
+        assert aep.stats.bundles == 1  # in one BUNDLE: the author has the subscriber's BUNDLE_OK
+        stats = aep.stats
+        malformed = stats.malformed
+        await relay.inject_up(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        await relay.inject_up(b"\xff")  # garbage, counted when read: the forged BUNDLE_OK was read before it
+        await until(lambda: stats.malformed > malformed, "the forged BUNDLE_OK to be read")
+        aep.send_many([Outgoing(frame(2 + i), rid) for i in range(200)])  # 13 KiB
+        await until(lambda: len(got) == 202 or sep.stats.malformed > 0, "the frames")
+        assert sep.stats.malformed == 0, "a BUNDLE over what the subscriber takes, dropped whole"
+        assert [index(f) for f in got] == list(range(202))
+    finally:
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
         await sep.close()
         await relay.close()
         ctx.term()
