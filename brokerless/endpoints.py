@@ -44,8 +44,8 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   each ``send_many`` once the author answered with its own.  Per frame the ZeroMQ calls and the I/O threads'
   per-message work were about a third of the author's CPU.  Each frame is still one frame to credit and to the
   protocol core, judged by the author as if it had come alone; a malformed BUNDLE is dropped whole.
-* **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
-  endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A
+* **Nothing lost** (THREATS 4).  Heartbeats when idle: a subscriber's one-byte PING, answered by a PONG carrying
+  the author endpoint's random instance id and the peer's session (neither can decode as a protocol frame).  A
   subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
   backoff (Paranoid Pirate), PINGs, and calls ``on_reconnect`` when the PONG announces the new connection's
   session (its FETCHes carry it, SPEC 8.9) -- set by :class:`streams.api.Subscriber` to
@@ -228,7 +228,8 @@ class EndpointConfig:
     max_frame: int = MAX_FRAME
     """Largest frame accepted, bytes.  Also ZeroMQ ``MAXMSGSIZE``: a peer sending more is disconnected."""
     heartbeat_ms: int = 1000
-    """Heartbeat interval, milliseconds: a PING is sent when nothing was sent or heard for this long."""
+    """Heartbeat interval, milliseconds.  Subscriber: a PING is sent when nothing was sent or heard for this long
+    (the author endpoint sends none: it answers each with a PONG).  Author: the unit of ``liveness``."""
     liveness: int = 3
     """Missed heartbeats before a peer counts as dead (author: forgotten; subscriber: reconnect -- counted only
     while the subscriber's event loop runs, and never while a frame waits unread in its socket)."""
