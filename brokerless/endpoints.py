@@ -708,7 +708,9 @@ class AuthorEndpoint(_Base):
             if not isinstance(out.peer, bytes):
                 raise LocalProtocolError("peer must be a routing id received from this endpoint")
             if out.branch is not None:
-                self._learn(out.branch, out.peer)  # the grant: authoritative, from the core
+                # A reply to a member of the branch (the grant answering its SUBSCRIBE, answers to its verified
+                # FETCHes): authoritative, from the core, which names no branch on a reply to anyone else.
+                self._learn(out.branch, out.peer)
             self._send_to(out.peer, out.data)
         elif out.branch is not None:
             for rid in list(self._routes.get(out.branch, ())):

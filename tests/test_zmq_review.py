@@ -20,6 +20,7 @@ from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from brokerless.endpoints import _PONG_LEN, BUNDLE, BUNDLE_OK, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
+from streams.events import BranchClosed, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Hello, encode_frame
@@ -27,7 +28,7 @@ from streams.wire import Hello, encode_frame
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
 CORE = CoreConfig(fetch_retry_ms=200)
-AUTHOR, P1 = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x0a" * 32)
+AUTHOR, P1, P2 = (Identity.from_seed(bytes([n]) * 32) for n in (0x01, 0x0A, 0x0B))
 
 HELLO = encode_frame(Hello(b"c" * 32)).raw  # a well-formed frame: reaches the author's inbox with its routing id
 
@@ -293,3 +294,65 @@ async def test_a_forged_bundle_ok_does_not_make_the_author_send_bundles_the_subs
         await relay.close()
         ctx.term()
         await aep.close()
+
+
+async def test_a_member_removed_while_offline_is_not_routed_the_groups_frames_when_it_comes_back(
+        tmp_path: Path) -> None:
+    """SPEC 14.2: the peers of a member removed from a group are forgotten for the group.  One that was offline
+    across its removal asks on when it comes back (its catch-up's FETCH of the group); the author answers it --
+    the grants through the one that removed it, which close the group on its side -- and the endpoint took every
+    reply that names both a peer and a branch for a grant to a member: it routed the group to that connection
+    again.  From then on every frame of the group went to the removed member as well: sizes and timing of a
+    group it no longer belongs to (undecryptable), and a connection of its that stops reading holds up the
+    producer's drain(group) for the members."""
+    cfg = EndpointConfig(heartbeat_ms=200, reconnect_min_ms=50, reconnect_max_ms=400)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "groups", PW, ep, AllowList.of([P1.did, P2.did]),
+                                 config=CORE, store_options=FAST)
+    subs: list[Subscriber] = []
+
+    async def join(who: Identity) -> tuple[Subscriber, bytes]:
+        s = await Subscriber.create(tmp_path / f"{who.did[-6:]}.db", who, AUTHOR.did, author.channel, PW,
+                                    SubscriberEndpoint(ep.addresses[0], cfg), config=CORE, store_options=FAST)
+        subs.append(s)
+        return s, await s.subscribe(timeout=10)
+
+    try:
+        s1, own1 = await join(P1)
+        s2, _ = await join(P2)
+        group = await author.open_group([P1.did, P2.did])
+        await author.publish(group, b"to both")
+        for s in (s1, s2):
+            m = await s.next_message(timeout=15)
+            assert (m.branch, m.payload) == (group, b"to both")
+        subs.remove(s1)
+        await s1.close()
+        await author.remove_member(group, P1.did)  # while P1 is offline
+        s1 = await Subscriber.open(tmp_path / f"{P1.did[-6:]}.db", PW, SubscriberEndpoint(ep.addresses[0], cfg),
+                                   config=CORE, store_options=FAST)
+        subs.append(s1)
+        seen: list[object] = []
+
+        def closed() -> bool:
+            seen.extend(s1.pending_events())
+            return any(isinstance(e, BranchClosed) and e.branch == group for e in seen)
+
+        await until(closed, "P1 to learn it was removed")
+        await until(lambda: bool(ep.routes(own1)), "P1's new connection to be routed on its own branch")
+        (rid1,) = ep.routes(own1)
+        for i in range(3):
+            await author.publish(group, b"P2 only %d" % i)
+        got = []
+        while len(got) < 3:
+            m = await s2.next_message(timeout=15)
+            if m.branch == group:
+                got.append(m.payload)
+        assert got == [b"P2 only %d" % i for i in range(3)]
+        assert rid1 not in ep.routes(group)
+        await asyncio.sleep(0.3)  # frames sent to P1 at the same time would be in by now
+        seen.extend(s1.pending_events())
+        assert not [e for e in seen if isinstance(e, Rejected) and e.branch == group and e.seq]
+    finally:
+        for s in subs:
+            await s.close()
+        await author.close()
