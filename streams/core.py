@@ -961,7 +961,11 @@ class _CoreBase:
             peers.pop(peer, None)
             peers[peer] = None
             if len(peers) > 4:  # reconnects leave old routing ids behind: keep the latest few
-                del peers[next(iter(peers))]
+                old = next(iter(peers))
+                del peers[old]
+                # And route the group to no more of the member's peers than that: one we no longer know of would
+                # not be forgotten when the member is removed (SPEC 14.2), and would get the group's frames on.
+                self._route_hints[(b.id, old)] = False
 
     def _hint_route_unbound(self, b: _Branch, peer: object, member: int) -> None:
         """A route from a verified ACK or HEAD: only where FETCHes are not bound to their connection.  Those two

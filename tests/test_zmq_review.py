@@ -23,7 +23,7 @@ from streams.core import CoreConfig, Outgoing
 from streams.events import BranchClosed, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.wire import Hello, encode_frame
+from streams.wire import Fetch, Hello, Kind, decode_frame, encode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -353,6 +353,75 @@ async def test_a_member_removed_while_offline_is_not_routed_the_groups_frames_wh
         seen.extend(s1.pending_events())
         assert not [e for e in seen if isinstance(e, Rejected) and e.branch == group and e.seq]
     finally:
+        for s in subs:
+            await s.close()
+        await author.close()
+
+
+async def test_every_connection_of_a_member_removed_from_a_group_is_forgotten_for_it(tmp_path: Path) -> None:
+    """The author forgets the peers of a member removed from a group (SPEC 14.2) from its record of the peers each
+    member's verified FETCHes came from -- which keeps the latest 4 (reconnects leave dead routing ids behind).
+    A member that opens a fifth connection and FETCHes the group on each (signed, bound to that connection: each
+    teaches a route) kept the oldest routed after its removal: that connection went on getting every frame of
+    the group -- and, not reading, held up the producer's drain(group) for the members left."""
+    cfg = EndpointConfig(heartbeat_ms=200, liveness=30)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "groups", PW, ep, AllowList.of([P1.did, P2.did]),
+                                 config=CORE, store_options=FAST)
+    subs: list[Subscriber] = []
+    ctx = zmq.asyncio.Context()
+    socks: list[zmq.asyncio.Socket] = []
+    try:
+        for who in (P1, P2):
+            s = await Subscriber.create(tmp_path / f"{who.did[-6:]}.db", who, AUTHOR.did, author.channel, PW,
+                                        SubscriberEndpoint(ep.addresses[0], cfg), config=CORE, store_options=FAST)
+            subs.append(s)
+            await s.subscribe(timeout=10)
+        group = await author.open_group([P1.did, P2.did])  # P1 is member 1
+        await author.publish(group, b"to both")
+        for s in subs:
+            assert (await s.next_message(timeout=15)).payload == b"to both"
+        routed = len(ep.routes(group))
+        for _ in range(5):  # P1's own extra connections
+            d = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            d.connect(ep.addresses[0])
+            socks.append(d)
+            await d.send(PING)
+            pong = await asyncio.wait_for(d.recv(), 10)
+            assert pong[:1] == PONG
+            await d.send(encode_frame(Fetch(author.channel, group, 0, 1, 1, 1), pong[9:17], P1.sign).raw)
+            while (await asyncio.wait_for(d.recv(), 10))[:1] != b"\x95":  # the answer: verified, routed
+                pass
+        assert len(ep.routes(group)) > routed
+        await author.remove_member(group, P1.did)
+        await until(lambda: len(ep.routes(group)) == routed - 1, "P1's peers to be forgotten for the group")
+        for d in socks:  # what reached them so far
+            while await d.poll(0):
+                await d.recv()
+        for i in range(3):
+            await author.publish(group, b"P2 only %d" % i)
+        p2 = subs[1]
+        got = []
+        while len(got) < 3:
+            m = await p2.next_message(timeout=15)
+            if m.branch == group:
+                got.append(m.payload)
+        assert got == [b"P2 only %d" % i for i in range(3)]
+        await asyncio.sleep(0.3)  # frames sent to P1's connections at the same time would be in by now
+        late = []  # packets after the one each FETCH asked for (seq 1): the group's, after the removal
+        for d in socks:
+            while await d.poll(0):
+                data = await d.recv()
+                if data[:1] == b"\x95":
+                    f = decode_frame(data)
+                    if f.kind is Kind.PACKET and f.head.seq > 1:
+                        late.append(f.head.seq)
+        assert not late, late
+    finally:
+        for d in socks:
+            d.close(linger=0)
+        ctx.term()
         for s in subs:
             await s.close()
         await author.close()
