@@ -44,8 +44,8 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   each ``send_many`` once the author answered with its own.  Per frame the ZeroMQ calls and the I/O threads'
   per-message work were about a third of the author's CPU.  Each frame is still one frame to credit and to the
   protocol core, judged by the author as if it had come alone; a malformed BUNDLE is dropped whole.
-* **Nothing lost** (THREATS 4).  Heartbeats both ways when idle (a one-byte PING, a PONG carrying the author
-  endpoint's random instance id and the peer's session -- neither can decode as a protocol frame).  A
+* **Nothing lost** (THREATS 4).  Heartbeats when idle: a subscriber's one-byte PING, answered by a PONG carrying
+  the author endpoint's random instance id and the peer's session (neither can decode as a protocol frame).  A
   subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
   backoff (Paranoid Pirate), PINGs, and calls ``on_reconnect`` when the PONG announces the new connection's
   session (its FETCHes carry it, SPEC 8.9) -- set by :class:`streams.api.Subscriber` to
@@ -228,7 +228,8 @@ class EndpointConfig:
     max_frame: int = MAX_FRAME
     """Largest frame accepted, bytes.  Also ZeroMQ ``MAXMSGSIZE``: a peer sending more is disconnected."""
     heartbeat_ms: int = 1000
-    """Heartbeat interval, milliseconds: a PING is sent when nothing was sent or heard for this long."""
+    """Heartbeat interval, milliseconds.  Subscriber: a PING is sent when nothing was sent or heard for this long
+    (the author endpoint sends none: it answers each with a PONG).  Author: the unit of ``liveness``."""
     liveness: int = 3
     """Missed heartbeats before a peer counts as dead (author: forgotten; subscriber: reconnect -- counted only
     while the subscriber's event loop runs, and never while a frame waits unread in its socket)."""
@@ -335,6 +336,7 @@ class EndpointStats:
     credit_blocked: int = 0  #: author: data frames that found their peer's window full (queued, or dropped)
     credit_stale: int = 0  #: author: CREDITs of another session (replayed, forged, old) -- ignored
     credit_resyncs: int = 0  #: author: times frames lost on the way were written off the window
+    credit_renewals: int = 0  #: author: sessions renewed because a peer's credit reports stayed behind ours
     bundles: int = 0  #: BUNDLE messages sent; their frames count in frames_out
     bundles_in: int = 0  #: BUNDLE messages received; their frames count in frames_in
     peers_suspended: int = 0  #: author: times a peer was suspended for frames that failed their checks
@@ -364,9 +366,9 @@ class _Bucket:
 class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
-    __slots__ = ("branches", "bundle_max", "bundles_told", "consumed", "credit", "failures", "flight_bytes",
-                 "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent", "malformed", "pong", "queue",
-                 "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
+    __slots__ = ("behind_at", "branches", "bundle_max", "bundle_said", "bundles_told", "consumed", "credit",
+                 "failures", "flight_bytes", "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent",
+                 "malformed", "pong", "queue", "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -377,10 +379,18 @@ class _Peer(_Bucket):
         self.branches: set[bytes] = set()
         self.malformed = 0
         self.failures = 0  #: frames that failed the core's checks (penalize), since the last suspension
-        # Credit (SPEC 14.4).  A fresh session per record: every data frame counted in ``sent`` follows the
-        # PONG announcing it on the ordered pipe, so the subscriber's counts of this session compare with ours.
-        self.session = os.urandom(_SESSION_LEN)
         self.pong: bytes | None = None  #: the session PONG, while the pipe refused it (sent before any queued frame)
+        self.flight_max = window_bytes
+        self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
+        self.bundle_said = False  #: a BUNDLE_OK came from this peer (``bundle_max`` is the smallest it said)
+        self.new_session(window)
+
+    def new_session(self, window: int) -> None:
+        """Start a session (SPEC 14.4): a new random id and credit counted from zero, with the initial ``window``
+        (``credit_window_max``).  The caller announces it with a PONG before any further data frame."""
+        # A fresh session per record: every data frame counted in ``sent`` follows the PONG announcing it on the
+        # ordered pipe, so the subscriber's counts of this session compare with ours.
+        self.session = os.urandom(_SESSION_LEN)
         self.credit = False  #: a CREDIT of this session arrived
         self.sent = 0  #: data frames handed to ZeroMQ in this session (PING/PONG never count)
         self.consumed = 0  #: the most the subscriber's driver reported taken (never above ``sent``)
@@ -388,12 +398,12 @@ class _Peer(_Bucket):
         # Bytes in flight: the sizes of the frames ``consumed + 1 .. sent`` (at most a window of them) and their sum.
         self.sizes: deque[int] = deque()
         self.flight_bytes = 0
-        self.flight_max = window_bytes
         self.loss_at = -1  #: loss detection: when an idle subscriber first reported ``loss_received`` (ms), or -1
         self.loss_received = 0
         self.loss_sent = 0  #: ``sent`` at that moment
-        self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
-        self.bundles_told = False  #: our BUNDLE_OK answered its own (once per record)
+        #: when a report of this session first came behind the one we have, with none since that was not (ms), or -1
+        self.behind_at = -1
+        self.bundles_told = False  #: our BUNDLE_OK answered its own (once per session: the subscriber forgets it)
         self.reply: bytes | None = None  #: that answer, while it waits for the pipe (after the session PONG)
 
     def next_message(self, frames: Sequence[bytes], start: int = 0) -> list[bytes]:
@@ -698,7 +708,9 @@ class AuthorEndpoint(_Base):
             if not isinstance(out.peer, bytes):
                 raise LocalProtocolError("peer must be a routing id received from this endpoint")
             if out.branch is not None:
-                self._learn(out.branch, out.peer)  # the grant: authoritative, from the core
+                # A reply to a member of the branch (the grant answering its SUBSCRIBE, answers to its verified
+                # FETCHes): authoritative, from the core, which names no branch on a reply to anyone else.
+                self._learn(out.branch, out.peer)
             self._send_to(out.peer, out.data)
         elif out.branch is not None:
             for rid in list(self._routes.get(out.branch, ())):
@@ -731,9 +743,11 @@ class AuthorEndpoint(_Base):
         self._keys.known = known
 
     async def drain(self, branch: bytes | None = None) -> None:
-        """Wait until every peer of ``branch`` (of the endpoint if None) can take another data frame at once:
-        nothing waits in its send queue and it has credit left (SPEC 14.4).  A peer that goes away (liveness
-        expiry, eviction) stops counting.
+        """Wait until every peer of ``branch`` (if None, every peer routed to any branch: a member's connection)
+        can take another data frame at once: nothing waits in its send queue and it has credit left (SPEC 14.4).
+        A peer that goes away (liveness expiry, eviction) stops counting.  A peer routed to no branch -- a
+        stranger's connection, a subscriber still in its handshake -- never counts: it gets no branch traffic, and
+        anyone can open one that never reads (with a window of one frame, the answer to its HELLO fills it).
 
         For a producer that must not outrun its subscribers -- asyncio's ``StreamWriter.drain`` idiom: without
         it, frames beyond a subscriber's window are queued (bounded) and then dropped, and the subscriber
@@ -743,9 +757,12 @@ class AuthorEndpoint(_Base):
         loop = asyncio.get_running_loop()
         while True:
             self._check_open()
-            rids = self._routes.get(branch, ()) if branch is not None else self._peers
             peers = self._peers
-            if not any((p := peers.get(rid)) is not None and p.must_wait() for rid in rids):
+            if branch is not None:
+                waits = any((p := peers.get(rid)) is not None and p.must_wait() for rid in self._routes.get(branch, ()))
+            else:
+                waits = any(p.branches and p.must_wait() for p in peers.values())
+            if not waits:
                 return
             fut: asyncio.Future[None] = loop.create_future()
             self._drain_waiters.append(fut)
@@ -866,7 +883,12 @@ class AuthorEndpoint(_Base):
             # Like a CREDIT, not charged: a length check and an unpack.  Only this connection's peer, or an on-path
             # relay (which can drop its frames anyway), can send it.
             (most,) = _U32.unpack_from(data, 1)
-            peer.bundle_max = _agreed(most, cfg.bundle_bytes)
+            # A subscriber endpoint says the same every time (what it takes is fixed at its construction); another
+            # value is a relay's (forged, or replayed from another connection).  The smallest stands: a forged one
+            # can make our BUNDLEs to it smaller (or single frames), never larger than it takes -- it drops those.
+            agreed = _agreed(most, cfg.bundle_bytes)
+            peer.bundle_max = min(peer.bundle_max, agreed) if peer.bundle_said else agreed
+            peer.bundle_said = True
             if self._takes and not peer.bundles_told:
                 # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say that we take them too
                 # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record,
@@ -1105,6 +1127,9 @@ class AuthorEndpoint(_Base):
             peer.taken(taken - peer.consumed)
             peer.consumed = taken
             peer.window = max(1, min(window, cfg.credit_window_max))
+            peer.behind_at = -1
+        elif self._behind(peer, now):
+            return
         peer.credit = True
         # Loss (a lossy relay dropped data frames: counted in ``sent``, never ``received``; left alone they would
         # shrink the window until the peer stalls).  When the subscriber is idle (it took everything it got) and
@@ -1128,6 +1153,29 @@ class AuthorEndpoint(_Base):
         if (peer.queue or peer.pong is not None or peer.reply is not None) and self._flush_peer(peer):
             self._backlog.add(peer.rid)
         self._wake_drain()
+
+    def _behind(self, peer: _Peer, now: int) -> bool:
+        """A report of the peer's session came behind the one we have.  Once, that is a relay's replay (or
+        reorder), and moves nothing.  Reports that stay behind for a heartbeat mean the subscriber counts this
+        session from another start than we do -- it adopted it again after a PONG of another session (forged or
+        replayed by a relay) and counts from zero, while our record counts every frame since the session began: no
+        report of it would ever move the window again, which stays shut for good.  Then start a new session,
+        which both sides count from zero (its PONG goes before any further data frame).  True if it did."""
+        if peer.behind_at < 0:
+            peer.behind_at = now
+            return False
+        if now - peer.behind_at < self.config.heartbeat_ms:
+            return False
+        log.info("peer %s: its credit reports stay behind ours (it counts from another start); new session",
+                 peer.rid.hex())
+        peer.new_session(self.config.credit_window_max)
+        self.stats.credit_renewals += 1
+        peer.pong = None  # an old session's PONG still waiting for the pipe must not follow the new one
+        self._send_pong(peer, keep=True)
+        if peer.queue and self._flush_peer(peer):
+            self._backlog.add(peer.rid)
+        self._wake_drain()
+        return True
 
     def _send_to(self, rid: bytes, data: bytes) -> None:
         peer = self._peers.get(rid)
@@ -1300,6 +1348,7 @@ class SubscriberEndpoint(_Base):
         self._takes = _our_takes(self.config, 0xFFFF_FFFF) if self._window else 0
         #: The largest BUNDLE the author's current record of us takes (its BUNDLE_OK, within ours); 0: none.
         self._author_takes = 0
+        self._author_answered = False  #: a BUNDLE_OK came in this session (``_author_takes`` is the smallest)
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
         self.author_limits: tuple[int, int] | None = None
@@ -1585,7 +1634,12 @@ class SubscriberEndpoint(_Base):
             # The author's answer to ours: it takes BUNDLEs too (an older author never sends one).
             if len(data) == _BUNDLE_OK_LEN and self._takes:
                 (most,) = _U32.unpack_from(data, 1)
-                self._author_takes = _agreed(most, self._takes)
+                agreed = _agreed(most, self._takes)
+                # The author answers once per session; any other is a relay's (forged, replayed).  The smallest of
+                # the session's answers stands: a forged one can make our BUNDLEs smaller (or single frames), which
+                # the author always takes, never larger than what the author said -- it drops those whole.
+                answered, self._author_answered = self._author_answered, True
+                self._author_takes = min(self._author_takes, agreed) if answered else agreed
             else:
                 self.stats.malformed += 1
             return
@@ -1666,6 +1720,7 @@ class SubscriberEndpoint(_Base):
             self._session = session
             self._reported = None
             self._author_takes = 0  # a new record: it answers our next BUNDLE_OK
+            self._author_answered = False
             self._send_credit(_now_ms())
 
     def _fire_reconnect(self) -> None:
@@ -1751,6 +1806,7 @@ class SubscriberEndpoint(_Base):
         self._queue_bytes = 0
         self._session = None  # the new connection gets a new record at the author, and a new session
         self._author_takes = 0
+        self._author_answered = False
         self._received = 0  # counted from here: the new socket's frames all belong to that session
         self._reported = None
         await asyncio.sleep(delay / 1000)

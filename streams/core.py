@@ -280,7 +280,9 @@ class CoreConfig:
 
 class Outgoing(NamedTuple):
     """A frame to transmit.  ``peer`` set: a direct reply to that transport peer.  ``branch`` set: branch
-    traffic, for the members of that branch.  Neither: for everyone (the announcement).  (Named tuples rather
+    traffic, for the members of that branch.  Both: a reply to a member of that branch, which a routing transport
+    may take as a route of the branch to that peer (never set for a peer that is no member).  Neither: for
+    everyone (the announcement).  (Named tuples rather
     than dataclasses for the per-message records: they cost a fraction to build.)"""
 
     data: bytes
@@ -959,7 +961,11 @@ class _CoreBase:
             peers.pop(peer, None)
             peers[peer] = None
             if len(peers) > 4:  # reconnects leave old routing ids behind: keep the latest few
-                del peers[next(iter(peers))]
+                old = next(iter(peers))
+                del peers[old]
+                # And route the group to no more of the member's peers than that: one we no longer know of would
+                # not be forgotten when the member is removed (SPEC 14.2), and would get the group's frames on.
+                self._route_hints[(b.id, old)] = False
 
     def _hint_route_unbound(self, b: _Branch, peer: object, member: int) -> None:
         """A route from a verified ACK or HEAD: only where FETCHes are not bound to their connection.  Those two
@@ -2073,7 +2079,9 @@ class AuthorCore(_CoreBase):
         if not frames or frames[-1][0] != removed_at:
             return  # the grant that removed it is not in the history (an old store): nothing that would tell it
         for _, raw in frames:
-            self._out.append(Outgoing(raw, peer=peer, branch=b.id))
+            # To its peer alone, naming no branch: an endpoint routes a branch to the peer of an Outgoing naming
+            # both (a grant to a member), and this one is no member -- its peers were forgotten for the group.
+            self._out.append(Outgoing(raw, peer=peer))
 
     def _prune_synced(self, now_ms: int) -> None:
         """Bound the grant-sync answer times kept (per member, branch and connection)."""
