@@ -1113,8 +1113,10 @@ class AuthorEndpoint(_Base):
         # costs, and those are not charged either.  Charging it would throttle a well-behaved fast subscriber: it
         # sends one per window/4 frames taken (100/s at 50k msg/s with a window of 2000, twice the default
         # budget) plus one per heartbeat.  Only the peer itself or an on-path relay knows the session, and either
-        # can at worst open this peer's window (to ``credit_window_max`` frames), which leaves ``window_bytes``
-        # and the queue bounds.  A CREDIT claiming more taken than we sent frees nothing: ``consumed`` is capped.
+        # can open this peer's window (to ``credit_window_max`` frames) and, claiming frames taken that were not,
+        # free ``window_bytes`` again and again: for a peer that lies, what we hand ZeroMQ is bounded by the
+        # socket's ``sndhwm`` messages, not by ``window_bytes`` (SPEC 14.4); our queue keeps its bounds.  A CREDIT
+        # claiming more taken than we sent frees nothing more: ``consumed`` is capped.
         self.stats.credits += 1
         sent = peer.sent
         # A report older than one we already had (replayed or reordered by a relay) moves nothing, and must not
