@@ -1,0 +1,64 @@
+"""Cold review of branch ``int`` (fixes from today's attack reviews): tests that fail on ``int``.
+
+Real SQLite stores and ledgers, real PyNaCl, the in-memory transport or core-to-core (tests/corenet.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from streams.api import Subscriber
+from streams.audit import audit_store
+from streams.events import Anchored
+from streams.ledger import EmbeddedLedger
+from streams.store import backup
+from tests.test_anchoring_integration import FAST, P1, PW, Collect, make_author, make_sub, wait_for
+
+
+async def test_audit_of_a_member_restored_from_an_older_copy_does_not_say_its_restore_flag_was_altered(
+        tmp_path: Path) -> None:
+    """579f39e: 'a member's anchored head flagged restored must be where its chain's log starts'.  But an honest
+    member restored from an older copy of its store (the documented backup/restore) holds its own chain through
+    3 while the author holds it through 6: the author's latest proof of that chain (sent again when the member
+    comes back) restores the member's own chain at 6 (core: ``head.publisher == b.me``), flagged restored -- and
+    the log rightly still holds 1..3 below it.  The audit now calls that honest store tampered with."""
+    from streams.api import MemoryHub
+
+    lpath = tmp_path / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 3, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 3 for e in col.of(Anchored)), what="anchored 3")
+        await s.close()
+        backup(tmp_path / "p1.db", tmp_path / "old.db")
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+        await s.close()
+        for suffix in ("", "-frames"):
+            if (tmp_path / f"old.db{suffix}").exists():
+                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 and e.restored for e in col.of(Anchored)),
+                       what="own chain restored at the author's anchored head")
+        await s.close()
+    finally:
+        await s.close()
+        await author.close()
+    rep = audit_store(tmp_path / "p1.db", PW, ledger)
+    ledger.close()
+    errors = [f.reason for f in rep.findings if f.severity == "error"]
+    assert not [r for r in errors if "restore flag altered" in r], rep.summary()
