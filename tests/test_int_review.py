@@ -62,3 +62,38 @@ async def test_audit_of_a_member_restored_from_an_older_copy_does_not_say_its_re
     ledger.close()
     errors = [f.reason for f in rep.findings if f.severity == "error"]
     assert not [r for r in errors if "restore flag altered" in r], rep.summary()
+
+
+def test_a_hand_inserted_row_beyond_the_ledger_tail_does_not_hide_a_later_revocation(tmp_path: Path) -> None:
+    """f5310da passes over a row of the wrong types added to the embedded ledger's file by hand.  The same attack
+    with a well-typed row INSERTed at a position past the tail (the file refuses UPDATE and DELETE, not INSERT):
+    ``_Latest.scan`` walks positions 1..count(*), so the position the extra row adds to the count is a hole, and
+    ``read()`` of it raises UnknownAnchor -- every later status lookup raises, so a list revoked after it is
+    never seen: a re-check leaves its subscribers in place (a failed lookup decides nothing)."""
+    import sqlite3
+
+    from streams.credentials import CredentialPolicy, StatusList, StatusListSource
+    from streams.status_anchor import STATUS_TAG, AnchoredStatusLists, publish_status_list
+    from tests.test_status_anchor import ISSUER, NOW, TYPE, URL, _list, _request
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    bits = StatusList()
+    v1 = _list(bits)
+    publish_status_list(ledger, ISSUER, v1)
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    (n,) = db.execute("SELECT max(position) FROM entries").fetchone()
+    db.execute("INSERT INTO entries VALUES (?, ?, x'00', 0, zeroblob(32), zeroblob(32))", (n + 100, STATUS_TAG))
+    db.commit()
+    db.close()
+    bits.set(5)
+    v2 = _list(bits)
+    publish_status_list(ledger, ISSUER, v2)  # the issuer revokes: anchored after the inserted row
+    served = StatusListSource()
+    served.publish(v2)
+    lookup = AnchoredStatusLists(ledger, served)
+    try:
+        assert lookup.get(URL) == v2
+        d = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lookup).decide(_request(), NOW)
+        assert not d.admit and "revoked" in d.reason
+    finally:
+        ledger.close()
