@@ -97,3 +97,48 @@ def test_a_hand_inserted_row_beyond_the_ledger_tail_does_not_hide_a_later_revoca
         assert not d.admit and "revoked" in d.reason
     finally:
         ledger.close()
+
+
+def test_a_late_rekey_leaving_a_group_of_one_is_not_taken_for_our_branch_while_we_subscribe_again() -> None:
+    """5e76bce: a re-key of two members for a branch we hold nothing of is taken for a group's (its first grant
+    asked for) -- except while a handshake runs whose ADMIT has not come yet (``_may_be_own``: ``_admitted is
+    None``).  A member that is already subscribed, holds its own open branch, and calls subscribe again (HELLO: a
+    new attempt, e.g. to present a renewed credential) is in that window: the group's late re-key, which the
+    author sends along the member's own branch, is then applied at its heads in silence -- the group's history
+    before it is skipped, with no GapDetected (the bug 5e76bce fixed outside a handshake).  The author keeps one
+    branch per DID, so a member holding an open branch of its own can tell this grant is not of its branch."""
+    from streams.events import GapDetected, MessageReceived
+    from streams.identity import PublicIdentity
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=2)
+    for name in ("s0", "s1"):
+        net.subscribe(name)
+    a, s0 = net.author, net.subs["s0"]
+    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(2)])
+    a.take_changes()
+    for o in a.data_to_send():  # the first GRANT never reaches s0
+        net.to_sub("s1", o.data)
+    for i in range(3):
+        a.publish(g, b"group msg %d" % i, net.now)
+    a.take_changes()
+    for o in a.data_to_send():
+        net.to_sub("s1", o.data)
+    start = len(net.events["s0"])
+    s0.hello()  # s0 subscribes again; its HELLO is on its way
+    s0.take_changes()
+    hello = s0.data_to_send()
+    a.remove_member(g, ident(11).did)  # epoch 1: the author and s0 are left; its GRANT reaches s0 first
+    net.pump_author()
+    applied_at_heads = g in s0.branch_ids()
+    for o in hello:  # the handshake goes on and completes
+        net.to_author(o.data, "s0")
+    for _ in range(3):
+        net.now += 2_000
+        s0.handle_timer(net.now)
+        net.pump_sub("s0")
+    ev = net.events["s0"][start:]
+    got = [e.payload for e in ev if isinstance(e, MessageReceived) and e.branch == g]
+    told = [e for e in ev if isinstance(e, GapDetected) and e.branch == g]
+    assert not applied_at_heads and (got == [b"group msg %d" % i for i in range(3)] or told), (
+        f"applied at heads: {applied_at_heads}, read: {got}, gaps reported: {told}")
