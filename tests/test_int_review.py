@@ -4,7 +4,10 @@ Real SQLite stores and ledgers, real PyNaCl, the in-memory transport or core-to-
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
+import struct
 from pathlib import Path
 
 from streams.api import Subscriber
@@ -142,3 +145,52 @@ def test_a_late_rekey_leaving_a_group_of_one_is_not_taken_for_our_branch_while_w
     told = [e for e in ev if isinstance(e, GapDetected) and e.branch == g]
     assert not applied_at_heads and (got == [b"group msg %d" % i for i in range(3)] or told), (
         f"applied at heads: {applied_at_heads}, read: {got}, gaps reported: {told}")
+
+
+async def test_a_forged_bundle_ok_does_not_make_the_author_bundle_for_a_subscriber_that_takes_none() -> None:
+    """2f6e243 lets the smallest BUNDLE_OK of a record stand, trusting the subscriber's own BUNDLE_OK to pull a
+    forged, larger one down.  A subscriber endpoint with bundles off (``bundle_bytes=0``, documented: "0 turns
+    bundles off"; likewise ``credit_window=0``, or an endpoint from before BUNDLEs) never sends one: the first
+    BUNDLE_OK a relay injects on its connection stands for the whole record, and the author bundles everything
+    it sends that peer together -- each BUNDLE dropped whole by the subscriber (a commit's frames, the answers to
+    its FETCHes that would fill the hole)."""
+    import zmq.asyncio
+
+    from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+    from brokerless.endpoints import BUNDLE_OK
+    from streams.core import Outgoing
+    from tests.test_zmq_review import HELLO, Relay, _read, frame, index, until
+
+    cfg = EndpointConfig(heartbeat_ms=1000, liveness=30)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    relay = Relay(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, EndpointConfig(heartbeat_ms=1000, liveness=30, bundle_bytes=0))
+    got: list[bytes] = []
+    reader: asyncio.Task[None] | None = None
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        reader = asyncio.create_task(_read(sep, got))
+        await until(lambda: rid in aep.in_flight(), "the subscriber's first CREDIT")
+        aep.send_many([Outgoing(frame(i), rid) for i in range(2)])
+        await until(lambda: len(got) == 2, "two frames")
+        assert aep.stats.bundles == 0  # the subscriber said it takes none: single frames
+        malformed = aep.stats.malformed
+        await relay.inject_up(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        await relay.inject_up(b"\xff")  # garbage, counted when read: the forged BUNDLE_OK was read before it
+        await until(lambda: aep.stats.malformed > malformed, "the forged BUNDLE_OK to be read")
+        aep.send_many([Outgoing(frame(2 + i), rid) for i in range(200)])
+        await until(lambda: len(got) == 202 or sep.stats.malformed > 0, "the frames")
+        assert sep.stats.malformed == 0, "BUNDLEs sent to a subscriber that takes none, dropped whole"
+        assert [index(f) for f in got] == list(range(202))
+    finally:
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
