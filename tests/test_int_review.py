@@ -194,3 +194,39 @@ async def test_a_forged_bundle_ok_does_not_make_the_author_bundle_for_a_subscrib
         await relay.close()
         ctx.term()
         await aep.close()
+
+
+async def test_a_forged_bundle_ok_does_not_make_a_subscriber_bundle_for_an_author_that_takes_none() -> None:
+    """The mirror image on the subscriber's side (47fde25 keeps the smallest of a session's answers): an author
+    endpoint with bundles off (``bundle_bytes=0``) never answers a BUNDLE_OK, so the first one a relay injects
+    down the connection stands for the whole session, and the subscriber bundles what it sends in one go (a
+    publish_many, the answers to the author's FETCHes) -- the author drops each such BUNDLE whole."""
+    import zmq.asyncio
+
+    from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+    from brokerless.endpoints import BUNDLE_OK
+    from streams.core import Outgoing
+    from tests.test_zmq_review import HELLO, Relay, until
+
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=1000, liveness=30, bundle_bytes=0))
+    ctx = zmq.asyncio.Context()
+    relay = Relay(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, EndpointConfig(heartbeat_ms=1000, liveness=30))
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        st = aep.stats
+        await until(lambda: rid in aep.in_flight(), "the subscriber's first CREDIT (after its BUNDLE_OK)")
+        await relay.inject(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        await until(lambda: sep.stats.frames_in >= relay.down, "the forged BUNDLE_OK to be read")
+        malformed = st.malformed
+        sep.send_many([Outgoing(HELLO)] * 20)
+        await until(lambda: st.frames_in >= 21 or st.malformed > malformed, "the frames to arrive")
+        assert st.malformed == malformed, "a BUNDLE sent to an author that takes none, dropped whole"
+        await until(lambda: st.frames_in >= 21, "the 20 frames")
+    finally:
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
