@@ -48,13 +48,14 @@ __all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_a
            "publish_status_list", "status_anchor_payload", "superseded_status_digests"]
 
 STATUS_TAG: Final = b"streams.statuslist.v1"
+_SCAN_PAGE: Final = 1000  #: status anchors read per ledger query
 P_STATUS: Final = b"streams.v1.stat"
 _MAX_VERSION: Final = 2**64 - 1
 _log = logging.getLogger("streams.status")
 
 
 class _ScannableLedger(Ledger, Protocol):
-    def size(self) -> int: ...
+    def scan(self, tag: bytes, start: int = 1, limit: int = 10_000) -> list[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ def status_anchor_payload(issuer: Identity, status_list_credential: Mapping[str,
 
 def _highest(ledger: Ledger, list_id: str, issuer: str) -> _Best | None:
     """The highest-version anchor ``issuer`` made for ``list_id`` on ``ledger``, confirmed or not."""
-    if not callable(getattr(ledger, "size", None)):
+    if not callable(getattr(ledger, "scan", None)):
         raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
     state = _Latest()
     state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
@@ -119,7 +120,7 @@ def superseded_status_digests(ledger: Ledger, list_id: str, issuer: str) -> froz
     version that was never anchored -- written by a ``revoke`` whose append failed -- is not in it: that one is
     changed again to retry.)  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be
     scanned (IOTA)."""
-    if not callable(getattr(ledger, "size", None)):
+    if not callable(getattr(ledger, "scan", None)):
         raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
     state = _AllVersions((list_id, issuer))
     state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
@@ -183,27 +184,28 @@ class _Latest:
         self.best: dict[tuple[str, str], _Best] = {}
 
     def scan(self, ledger: _ScannableLedger, *, confirmed_only: bool) -> None:
-        """Read the entries written since the last scan (append-only: a scan resumes where it ended)."""
-        size = ledger.size()
-        while self.next <= size:
-            anchor_id = str(self.next)
-            try:
-                if confirmed_only and not ledger.status(anchor_id).confirmed:
-                    break  # not final yet: look again next time
-                tag, data = ledger.read(anchor_id)
-            except DamagedEntry as exc:  # nobody's record (a row added to the file by hand): as another tag's
-                _log.warning("ignoring ledger entry %s: %s", anchor_id, exc)
-                self.next += 1
-                continue
-            self.next += 1
-            if tag != STATUS_TAG:
-                continue
-            try:
-                a = decode_status_anchor(data)
-            except (DecodeError, VerificationError) as exc:
-                _log.info("ignoring a status anchor at %s: %s", anchor_id, exc)
-                continue
-            self._add(a, anchor_id)
+        """Read the status anchors written since the last scan (append-only: a scan resumes where it ended).  The
+        ledger lists the entries that exist, in position order: a position left empty, or a row added to the file
+        by hand past the end or of the wrong types, is passed over -- never a failure of every later lookup."""
+        while True:
+            rows = ledger.scan(STATUS_TAG, self.next, _SCAN_PAGE)
+            for anchor_id, data in rows:
+                try:
+                    if confirmed_only and not ledger.status(anchor_id).confirmed:
+                        return  # not final yet: look again next time
+                except DamagedEntry as exc:  # nobody's record: as another tag's
+                    _log.warning("ignoring ledger entry %s: %s", anchor_id, exc)
+                    self.next = int(anchor_id) + 1
+                    continue
+                self.next = int(anchor_id) + 1
+                try:
+                    a = decode_status_anchor(data)
+                except (DecodeError, VerificationError) as exc:
+                    _log.info("ignoring a status anchor at %s: %s", anchor_id, exc)
+                    continue
+                self._add(a, anchor_id)
+            if len(rows) < _SCAN_PAGE:
+                return
 
     def _add(self, a: StatusAnchor, anchor_id: str) -> None:
         key = (a.list_id, a.issuer)
