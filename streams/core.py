@@ -2681,8 +2681,12 @@ class SubscriberCore(_CoreBase):
             self.author.verify(frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
-        self._sync_waits.pop(g.branch, None)  # the author answered our grant sync (9.5): no retry
         existing = self._branches.get(g.branch)
+        if not (existing is not None and len(existing.members) == 2 and self._first_grants_pending()):
+            # The author answered our grant sync (9.5): no retry -- unless we asked this branch (our own) for a
+            # group's first grant that has not come (a GRANT of it answering something else, a re-subscription's,
+            # must not end that ask: the group's re-key that prompted it was not applied).
+            self._sync_waits.pop(g.branch, None)
         if existing is not None:
             existing.heard = True
             if existing.state is BranchState.CLOSED:
@@ -2772,15 +2776,24 @@ class SubscriberCore(_CoreBase):
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
 
+    def _first_grants_pending(self) -> bool:
+        """A group's first grant was asked for through our own branch's grant sync and has not come."""
+        return any(gid not in self._branches for gid in self._first_grant_asked)
+
     def _may_be_own(self, branch: bytes, n_members: int) -> bool:
         """Whether a grant of a branch we hold nothing of, of ``n_members`` members, may be of our own branch: two
-        members (the author and us), while a handshake runs whose ADMIT, if it came, names that branch (a member
-        that lost its state subscribes again and is granted its branch at a later epoch).  A grant of two members
-        outside a handshake is taken for a group of one (a group whose other members left): a grant of our own
-        branch at a later epoch comes to us only with a subscription of ours."""
+        members (the author and us), while a handshake runs whose ADMIT, if it came, names that branch, and we hold
+        no other open branch of two members (a member that lost its state subscribes again and is granted its
+        branch at a later epoch; the author keeps one branch per DID, so a member that holds its own already is
+        granted that one).  A grant of two members outside a handshake is taken for a group of one (a group whose
+        other members left): a grant of our own branch at a later epoch comes to us only with a subscription of
+        ours."""
         if n_members != 2 or self.state not in _AWAITING:
             return False
-        return self._admitted is None or self._admitted[0] == branch
+        if self._admitted is not None:
+            return self._admitted[0] == branch
+        return not any(len(b.members) == 2 and b.state is BranchState.OPEN and b.id != branch
+                       for b in self._branches.values())
 
     def _maybe_removed(self, frame: Frame, events: list[Event]) -> None:
         """A GRANT with no entry for us: if it is the author's signed re-key of a group we hold, extending the
