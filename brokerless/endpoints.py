@@ -889,10 +889,12 @@ class AuthorEndpoint(_Base):
             agreed = _agreed(most, cfg.bundle_bytes)
             peer.bundle_max = min(peer.bundle_max, agreed) if peer.bundle_said else agreed
             peer.bundle_said = True
-            if self._takes and not peer.bundles_told:
-                # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say that we take them too
-                # (an older one, which would take our BUNDLE_OK for a data frame, never gets it).  Once per record,
-                # after the record's session PONG (the subscriber forgets our answer at a new session).
+            if not peer.bundles_told:
+                # Its BUNDLE_OK says it is a subscriber endpoint that knows BUNDLEs: so say whether we take them
+                # too, and how large (0: none -- said too, so that the smallest answer of the session, which
+                # stands at the subscriber, pins a relay's forged one to what we take).  An older subscriber, which
+                # would take our BUNDLE_OK for a data frame, sends none and never gets it.  Once per session, after
+                # the record's session PONG (the subscriber forgets our answer at a new session).
                 peer.bundles_told = True
                 peer.reply = BUNDLE_OK + _U32.pack(self._takes)
                 if self._flush_peer(peer):
@@ -1526,10 +1528,12 @@ class SubscriberEndpoint(_Base):
         received, consumed = self._received, self.consumed
         data = CREDIT + _CREDIT_BODY.pack(session, received, consumed, self._window)
         try:
-            if self._reported is None and self._takes:
-                # The session's first CREDIT: the new record knows nothing of us, so first say that we take
-                # BUNDLEs (an author endpoint from before them counts it as one malformed frame and sends single
-                # frames).  Until a CREDIT of the session went out, each attempt says it again.
+            if self._reported is None:
+                # The session's first CREDIT: the new record knows nothing of us, so first say whether and how
+                # large BUNDLEs we take -- 0 for none, said too: the smallest BUNDLE_OK of a session stands at the
+                # author, so ours pins a relay's forged one to what we take (an author endpoint from before BUNDLEs
+                # counts it as one malformed frame and sends single frames).  Until a CREDIT of the session went
+                # out, each attempt says it again.
                 self._sync.send(BUNDLE_OK + _U32.pack(self._takes), zmq.NOBLOCK)
                 self.stats.frames_out += 1
             self._sync.send(data, zmq.NOBLOCK)
@@ -1633,8 +1637,11 @@ class SubscriberEndpoint(_Base):
             self._on_pong(data)
             return
         if data[:1] == BUNDLE_OK:
-            # The author's answer to ours: it takes BUNDLEs too (an older author never sends one).
-            if len(data) == _BUNDLE_OK_LEN and self._takes:
+            # The author's answer to ours: whether it takes BUNDLEs too, and how large (0: none; an older author
+            # never sends one).  One while we take none changes nothing: we bundle nothing then.
+            if len(data) == _BUNDLE_OK_LEN and not self._takes:
+                return
+            if len(data) == _BUNDLE_OK_LEN:
                 (most,) = _U32.unpack_from(data, 1)
                 agreed = _agreed(most, self._takes)
                 # The author answers once per session; any other is a relay's (forged, replayed).  The smallest of
