@@ -1,0 +1,206 @@
+"""Second cold review of branch ``int`` (8a32fc8..int): tests that fail on ``int``.
+
+Real SQLite stores and ledgers, real PyNaCl, core-to-core (tests/corenet.py)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from streams.audit import audit_store
+from streams.events import Anchored
+from streams.ledger import EmbeddedLedger
+
+
+def test_a_hand_inserted_row_at_the_last_position_does_not_fail_every_later_status_lookup(tmp_path: Path) -> None:
+    """e7e5379 reads status anchors with ``ledger.scan(STATUS_TAG, self.next, 1000)`` and sets ``next`` to the
+    last row's position + 1 ("a row added to the file by hand past the end ... is passed over -- never a failure
+    of every later lookup").  A well-typed row INSERTed by hand at position 2**63-2 (the same attack as
+    test_int_review's, a larger position) leaves room for one more real append: the issuer's revocation lands at
+    2**63-1, the verifier's first lookup sees it, and ``next`` becomes 2**63 -- which SQLite cannot bind: every
+    later ``scan`` raises LedgerError, so every later lookup of every list fails (a re-check then decides
+    nothing and leaves revoked subscribers in place)."""
+    from streams.credentials import CredentialPolicy, StatusList, StatusListSource
+    from streams.status_anchor import STATUS_TAG, AnchoredStatusLists, publish_status_list
+    from tests.test_status_anchor import ISSUER, NOW, TYPE, URL, _list, _request
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    bits = StatusList()
+    publish_status_list(ledger, ISSUER, _list(bits))
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("INSERT INTO entries VALUES (?, ?, x'00', 0, zeroblob(32), zeroblob(32))", (2**63 - 2, STATUS_TAG))
+    db.commit()
+    db.close()
+    bits.set(5)
+    v2 = _list(bits)
+    assert publish_status_list(ledger, ISSUER, v2) == str(2**63 - 1)  # the issuer revokes: anchored after it
+    served = StatusListSource()
+    served.publish(v2)
+    lookup = AnchoredStatusLists(ledger, served)
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), status_lists=lookup)
+    try:
+        assert lookup.get(URL) == v2  # the first lookup reads it
+        decisions = []
+        for _ in range(2):  # every later re-check
+            d = policy.decide(_request(), NOW)
+            decisions.append((d.admit, d.reason))
+        assert all(not admit and "revoked" in reason for admit, reason in decisions), decisions
+    finally:
+        ledger.close()
+
+
+def test_an_answered_own_branch_grant_sync_is_not_asked_again_once_a_first_grant_can_never_come() -> None:
+    """734e021 keeps the wait of a grant sync of a two-member branch when a GRANT answers it while
+    ``_first_grants_pending()`` -- any group whose first grant was ever asked through our own branch and is not
+    held.  Nothing ends that state but the group's arrival (``_first_grant_asked`` is never pruned, but for a
+    wholesale clear at 1024): a member that saw a group's re-key, asked for its first grant, and was removed from
+    the group before the answer (the author no longer sends it that group's first grant) stays "pending" for
+    good.  From then on every grant sync of its own branch that the author answers is asked again
+    (GRANT_SYNC_RETRIES more times) as if unanswered -- each own-branch GRANT (a permission change, a re-key)
+    costs three syncs and three answers instead of one, for the life of the process."""
+    from streams.identity import PublicIdentity
+    from streams.wire import Kind, Permission, decode_frame
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=3)
+    for name in ("s0", "s1", "s2"):
+        net.subscribe(name)
+    a, s0 = net.author, net.subs["s0"]
+    own = s0.branch_ids()[0]
+    g = a.open_group([PublicIdentity.from_did(ident(10 + i).did) for i in range(3)])
+    a.take_changes()
+    for o in a.data_to_send():  # the group's first GRANT never reaches s0
+        for name in ("s1", "s2"):
+            net.to_sub(name, o.data)
+    a.remove_member(g, ident(12).did)  # epoch 1 (author, s0, s1): s0 asks its first grant through its branch
+    a.take_changes()
+    held: list[bytes] = []
+    for o in a.data_to_send():
+        s0.receive(o.data, net.now)
+        s0.take_changes()
+        held += [x.data for x in s0.data_to_send()]
+        net.to_sub("s1", o.data)
+    assert held, "s0 asked for the group's first grant"
+    a.remove_member(g, ident(10).did)  # s0 is removed before its ask reaches the author
+    net.pump_author()
+    for d in held:  # the ask is answered (s0's own GRANT; no first grant of a group it left)
+        net.to_author(d, "s0")
+    for _ in range(4):  # the first-grant ask runs its course
+        net.now += 10_000
+        s0.handle_timer(net.now)
+        net.pump_sub("s0")
+    assert g not in s0.branch_ids()
+
+    def syncs_sent() -> int:
+        n = 0
+        for sender, data in net.wire:
+            if sender == "s0":
+                f = decode_frame(data)
+                if f.kind is Kind.FETCH and f.head.branch == own and f.head.from_seq == 0:
+                    n += 1
+        return n
+
+    # An own-branch GRANT (a permission change): s0 applies it and asks a grant sync, which the author answers.
+    a.set_permission(own, Permission.READ)
+    net.pump_author()
+    before = syncs_sent()
+    for _ in range(6):
+        net.now += 10_000
+        s0.handle_timer(net.now)
+        net.pump_sub("s0")
+    again = syncs_sent() - before
+    assert again == 0, f"an answered own-branch grant sync was asked {again} more times"
+
+
+async def test_audit_still_finds_the_tail_of_a_members_own_chain_deleted_behind_a_restore_flag(tmp_path: Path) -> None:
+    """7e02548 skips the 'restore flag altered' check for the member's own chain (``r.publisher == b.me``).  The
+    flag is a plain column: whoever can write the store file deletes the tail of the member's own chain (4..6,
+    anchored at 6) and sets ``restored = 1`` on the anchored head -- the head's message is then not looked for in
+    the log (``_logged`` runs only for unflagged heads), and what lies below it (1..3) no longer counts against
+    the flag.  Before 7e02548 that store was reported; now its audit is clean: a truncation of the member's own
+    history (what it published, the evidence an auditor asks a member for) goes unreported."""
+    from streams.api import MemoryHub
+    from tests.test_anchoring_integration import P1, PW, Collect, make_author, make_sub, wait_for
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        col = Collect(s)
+        await s.publish_many(branch, [b"own %d" % i for i in range(6)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+    finally:
+        await s.close()
+        await author.close()
+    clean = audit_store(tmp_path / "p1.db", PW, ledger)
+    assert not [f for f in clean.findings if f.severity == "error"], clean.summary()
+    db = sqlite3.connect(tmp_path / "p1.db")
+    (n,) = db.execute("SELECT count(*) FROM anchor_heads WHERE branch = ? AND publisher = 1 AND seq = 6",
+                      (branch,)).fetchone()
+    assert n == 1
+    db.execute("UPDATE anchor_heads SET restored = 1 WHERE branch = ? AND publisher = 1", (branch,))
+    db.execute("DELETE FROM log WHERE branch = ? AND publisher = 1 AND seq >= 4", (branch,))
+    (h3,) = db.execute("SELECT hash FROM log WHERE branch = ? AND publisher = 1 AND seq = 3", (branch,)).fetchone()
+    db.execute("UPDATE chains SET next_seq = 4, head = ? WHERE branch = ? AND publisher = 1", (h3, branch))
+    db.commit()
+    db.close()
+    rep = audit_store(tmp_path / "p1.db", PW, ledger)
+    ledger.close()
+    errors = [f.reason for f in rep.findings if f.severity == "error"]
+    assert errors, "the own chain's anchored tail was deleted from the log: " + rep.summary()
+
+
+async def test_audit_of_a_member_restored_from_an_older_copy_finds_no_tampering_at_all(
+        tmp_path: Path) -> None:
+    """test_int_review's honest member (restored from an older copy of its store: its log holds its own chain
+    1..3, the author's proof restores the chain at 6).  7e02548 removed the 'restore flag altered' error, but the
+    same store still fails its audit with an error of another name: ``_chain`` starts the own chain at seq 1 (its
+    first row; the restore proof at 6 is not where a row starts) and ends at 3 while ``next_seq`` is 7 --
+    "messages 4..6 are missing at the tail (deleted)".  The honest member is still accused of deleting its own
+    messages."""
+    from streams.api import MemoryHub, Subscriber
+    from streams.store import backup
+    from tests.test_anchoring_integration import FAST, P1, PW, Collect, make_author, make_sub, wait_for
+
+    lpath = tmp_path / "ledger.db"
+    ledger = EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 3, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 3 for e in col.of(Anchored)), what="anchored 3")
+        await s.close()
+        backup(tmp_path / "p1.db", tmp_path / "old.db")
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+        await s.close()
+        for suffix in ("", "-frames"):
+            if (tmp_path / f"old.db{suffix}").exists():
+                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 and e.restored for e in col.of(Anchored)),
+                       what="own chain restored at the author's anchored head")
+        await s.close()
+    finally:
+        await s.close()
+        await author.close()
+    rep = audit_store(tmp_path / "p1.db", PW, ledger)
+    ledger.close()
+    errors = [f.reason for f in rep.findings if f.severity == "error"]
+    assert not errors, errors
