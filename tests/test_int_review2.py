@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import struct
 from pathlib import Path
 
 from streams.audit import audit_store
@@ -204,3 +205,78 @@ async def test_audit_of_a_member_restored_from_an_older_copy_finds_no_tampering_
     ledger.close()
     errors = [f.reason for f in rep.findings if f.severity == "error"]
     assert not errors, errors
+
+
+async def test_a_forged_bundle_ok_does_not_outlast_the_authors_one_lost_answer() -> None:
+    """0c103ba: "both sides saying 0 for none is what pins a forged BUNDLE_OK down" -- at the subscriber, only once
+    the author's own answer arrives, and the author sends it once per session (never again: ``bundles_told``).  A
+    relay that drops that one frame and injects one forged BUNDLE_OK makes the subscriber bundle everything it
+    sends for the whole session to an author that takes none (``bundle_bytes=0``), which drops each BUNDLE whole:
+    two frames of relay effort, not a relay dropping every frame.  (The subscriber keeps saying its BUNDLE_OK
+    until a CREDIT went out; the author's answer has no such retry.)"""
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+
+    from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+    from brokerless.endpoints import BUNDLE_OK
+    from streams.core import Outgoing
+    from tests.test_zmq_review import HELLO, Relay, until
+
+    class DropsOneBundleOk(Relay):
+        """Passes everything but the author's first BUNDLE_OK down."""
+
+        dropped = 0
+
+        async def _run(self) -> None:
+            poller = zmq.asyncio.Poller()
+            poller.register(self.front, zmq.POLLIN)
+            owner: dict[zmq.asyncio.Socket, bytes] = {}
+            while True:
+                for sock, _ in await poller.poll():
+                    while True:
+                        try:
+                            parts = await sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if sock is self.front:
+                            rid, data = parts
+                            back = self.backs.get(rid)
+                            if back is None:
+                                back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
+                                back.setsockopt(zmq.LINGER, 0)
+                                back.connect(self.author_addr)
+                                owner[back] = rid
+                                poller.register(back, zmq.POLLIN)
+                            await back.send(data)
+                        else:
+                            (data,) = parts
+                            if data[:1] == BUNDLE_OK and not self.dropped:
+                                self.dropped += 1
+                                continue
+                            self.down += 1
+                            await self.front.send_multipart([owner[sock], data])
+
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=1000, liveness=30, bundle_bytes=0))
+    ctx = zmq.asyncio.Context()
+    relay = DropsOneBundleOk(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, EndpointConfig(heartbeat_ms=1000, liveness=30))
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        st = aep.stats
+        await until(lambda: rid in aep.in_flight(), "the subscriber's first CREDIT (after its BUNDLE_OK)")
+        await until(lambda: relay.dropped == 1, "the author's answer (dropped)")
+        await relay.inject(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        await until(lambda: sep.stats.frames_in >= relay.down, "the forged BUNDLE_OK to be read")
+        malformed = st.malformed
+        sep.send_many([Outgoing(HELLO)] * 20)
+        await until(lambda: st.frames_in >= 21 or st.malformed > malformed, "the frames to arrive")
+        assert st.malformed == malformed, "a BUNDLE sent to an author that takes none, dropped whole"
+    finally:
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
