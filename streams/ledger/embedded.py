@@ -40,6 +40,7 @@ __all__ = ["P_LEDGER", "EmbeddedLedger", "VerifyReport", "entry_hash"]
 
 P_LEDGER: Final = b"streams.v1.ledg"
 _ZERO: Final = bytes(32)
+_MAX_POSITION: Final = (1 << 63) - 1  #: the largest INTEGER PRIMARY KEY SQLite holds
 _MAX_TAG: Final = 255
 _MAX_DATA: Final = 1 << 20
 
@@ -141,7 +142,7 @@ class EmbeddedLedger:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:  # (Overflow: a row at the last position, put there by hand)
                 raise LedgerError(f"embedded ledger append failed: {exc}") from exc
         return str(position)
 
@@ -189,7 +190,10 @@ class EmbeddedLedger:
         """``(anchor_id, data)`` of at most ``limit`` rows with ``tag`` from position ``start`` on, in order (to
         look for every anchor of a channel: :func:`streams.ledger.anchoring.channel_checkpoints`).  A row whose
         data is not a blob (inserted into the file by hand: :meth:`append` writes bytes only) is nobody's record
-        and is passed over."""
+        and is passed over.  Nothing lies beyond the last position SQLite can hold (a scan resuming after a row
+        put there by hand finds nothing, rather than failing)."""
+        if start > _MAX_POSITION:
+            return []
         with self._lock:
             try:
                 rows = self._conn().execute(
