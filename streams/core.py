@@ -2682,7 +2682,7 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
         existing = self._branches.get(g.branch)
-        if not (existing is not None and len(existing.members) == 2 and self._first_grants_pending()):
+        if not (existing is not None and len(existing.members) == 2 and self._first_grants_pending(now_ms)):
             # The author answered our grant sync (9.5): no retry -- unless we asked this branch (our own) for a
             # group's first grant that has not come (a GRANT of it answering something else, a re-subscription's,
             # must not end that ask: the group's re-key that prompted it was not applied).
@@ -2776,9 +2776,12 @@ class SubscriberCore(_CoreBase):
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
 
-    def _first_grants_pending(self) -> bool:
-        """A group's first grant was asked for through our own branch's grant sync and has not come."""
-        return any(gid not in self._branches for gid in self._first_grant_asked)
+    def _first_grants_pending(self, now_ms: int) -> bool:
+        """A group's first grant was asked for through our own branch's grant sync, has not come, and may still
+        (the ask's retries are not over).  (An ask that is over stays recorded: a later copy of the group's
+        re-key is then applied, with the gap said, SPEC 9.5.)"""
+        live = self._sync_retry_ms() * (GRANT_SYNC_RETRIES + 1)
+        return any(now_ms - t < live and gid not in self._branches for gid, t in self._first_grant_asked.items())
 
     def _may_be_own(self, branch: bytes, n_members: int) -> bool:
         """Whether a grant of a branch we hold nothing of, of ``n_members`` members, may be of our own branch: two
