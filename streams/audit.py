@@ -30,7 +30,7 @@ from typing import Any
 
 from . import _crypto, merkle
 from .anchor import ChainHead, EpochCheckpoint, InclusionProof, chain_blind_key, verify_inclusion
-from .core import AnchorRecord, BranchRecord
+from .core import AnchorRecord, BranchRecord, ChainRecord
 from .errors import (
     DecodeError,
     LedgerError,
@@ -141,7 +141,7 @@ class _Audit:
         if self.report.role == "author":
             self._author_anchors(branches)
         else:
-            self._member_anchors(branches, anchored, restores)
+            self._member_anchors(branches, anchored, restores, cursors)
         if self.ledger is not None:
             self._ledger_history(branches, anchored, restores)
         for fb, fp, fs, _fa, _fb in self.store.forks():
@@ -317,7 +317,8 @@ class _Audit:
             self.err(reason)
 
     def _member_anchors(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int], AnchorRecord],
-                        restores: dict[tuple[bytes, int], list[AnchorRecord]]) -> None:
+                        restores: dict[tuple[bytes, int], list[AnchorRecord]],
+                        cursors: dict[tuple[bytes, int], ChainRecord]) -> None:
         author = bytes(dict((i, pk) for b in branches.values() for i, pk, _ in b.members if i == 0).get(0, b""))
         latest = {(r.branch, r.publisher, r.seq) for r in anchored.values()}
         # The latest anchored heads, and the restore proofs that are no longer a chain's latest (each one is
@@ -343,15 +344,18 @@ class _Audit:
             except LedgerError as exc:
                 self.err(f"ledger unreachable: {exc}", *where)
             b = branches.get(r.branch)
-            own = b is not None and r.publisher == b.me
+            cursor = cursors.get((r.branch, r.publisher))
+            # Our own chain is restored at the author's head over what our store still holds (a store restored
+            # from an older copy keeps its older messages, and the chain goes on beyond the head): there only a
+            # cursor at or below the head says the flag was set to hide a cut (the tail check in _chain reports
+            # the messages missing below it either way).
+            own_restart = (b is not None and r.publisher == b.me and cursor is not None and cursor.next_seq > r.seq)
             if not r.restored:
                 self._logged((r.branch, r.publisher, r.seq, r.hash))
-            elif not own and self.store.log_page(r.branch, r.publisher, 1, r.seq, 1):
-                # A chain of another publisher restarted at this head (a restore proof, after the member lost its
-                # state) holds nothing at or below it (older messages are replays): the flag, a plain column,
-                # would otherwise exempt a head whose message was deleted from the log.  Our own chain is
-                # restored at the author's head over what our store still holds (a store restored from an older
-                # copy keeps its older messages), so there the flag cannot be told from an altered one.
+            elif not own_restart and self.store.log_page(r.branch, r.publisher, 1, r.seq, 1):
+                # A chain restarted at this head (a restore proof, after the member lost its state) holds nothing
+                # at or below it (older messages are replays): the flag, a plain column, would otherwise exempt a
+                # head whose message was deleted from the log.
                 self.err("a chain restored at an anchored head holds messages at or below it (restore flag "
                          "altered)", *where)
 
