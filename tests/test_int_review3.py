@@ -99,3 +99,24 @@ def test_a_first_grant_ask_is_not_dropped_while_its_retries_last_after_a_late_ti
     at a9eb16b it was asked again and came."""
     held, syncs = _first_grant_lost_once_more(late_by=3 * 1500)
     assert held, f"the group's first grant never came: s0 sent {syncs} own-branch grant sync(s) after the answer"
+
+
+@pytest.mark.parametrize("tail_hash", ["'x'", str(2**62)])
+def test_an_append_after_a_hand_inserted_last_row_of_the_wrong_types_is_a_ledger_error(
+        tmp_path: Path, tail_hash: str) -> None:
+    """``append`` reads the last row and takes ``bytes(row[2])`` of its entry_hash -- the coercion ``_row`` refuses
+    ("bytes() of an INTEGER column would allocate that many bytes") and ``scan`` filters out (typeof blob).  A row
+    INSERTed by hand at the end whose entry_hash is TEXT makes every later append raise TypeError; one whose
+    entry_hash is an INTEGER makes it allocate that many bytes (2**62: MemoryError at once; 2**33: 8 GiB, per
+    append) -- never a LedgerError, for good."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    ledger.append(b"t", b"first")
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute(f"INSERT INTO entries VALUES (1000, x'01', x'00', 0, zeroblob(32), {tail_hash})")
+    db.commit()
+    db.close()
+    try:
+        with pytest.raises(LedgerError):
+            ledger.append(b"t", b"d")
+    finally:
+        ledger.close()
