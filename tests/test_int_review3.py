@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,89 @@ def test_an_append_after_a_hand_inserted_last_row_of_the_wrong_types_is_a_ledger
             ledger.append(b"t", b"d")
     finally:
         ledger.close()
+
+
+async def test_a_forged_bundle_ok_does_not_outlast_the_subscribers_one_lost_bundle_ok() -> None:
+    """SPEC 14.1 (9faf594): "Both sides say 0 for none, so that where one side takes none a forged BUNDLE_OK is
+    pinned down once that side's own has arrived.  It stands where none does: at the author, for a subscriber
+    endpoint from before BUNDLEs or with credit off ...; at the subscriber, ... or when a relay drops the author's
+    one answer of the session".  The subscriber says its BUNDLE_OK once per session too (only until a CREDIT went
+    out): a relay that drops that one frame upstream and injects a forged BUNDLE_OK of 1 MiB makes the author
+    bundle everything for the session to a subscriber that takes none (``bundle_bytes=0``), which drops each
+    BUNDLE whole -- a case the SPEC does not list at the author (it says a subscriber with 0 pins it), and
+    test_zmq_bundles says "a relay's forged one cannot make the author bundle for it"."""
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+
+    from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+    from brokerless.endpoints import BUNDLE_OK
+    from streams.core import Outgoing
+    from tests.test_zmq_bundles import frame
+    from tests.test_zmq_review import HELLO, Relay, until
+
+    class DropsOneBundleOkUp(Relay):
+        """Passes everything but the subscriber's first BUNDLE_OK up."""
+
+        dropped = 0
+
+        async def _run(self) -> None:
+            poller = zmq.asyncio.Poller()
+            poller.register(self.front, zmq.POLLIN)
+            owner: dict[zmq.asyncio.Socket, bytes] = {}
+            while True:
+                for sock, _ in await poller.poll():
+                    while True:
+                        try:
+                            parts = await sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if sock is self.front:
+                            rid, data = parts
+                            back = self.backs.get(rid)
+                            if back is None:
+                                back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
+                                back.setsockopt(zmq.LINGER, 0)
+                                back.connect(self.author_addr)
+                                owner[back] = rid
+                                poller.register(back, zmq.POLLIN)
+                            if data[:1] == BUNDLE_OK and not self.dropped:
+                                self.dropped += 1
+                                continue
+                            await back.send(data)
+                        else:
+                            (data,) = parts
+                            self.down += 1
+                            await self.front.send_multipart([owner[sock], data])
+
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=1000, liveness=30))
+    ctx = zmq.asyncio.Context()
+    relay = DropsOneBundleOkUp(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, EndpointConfig(heartbeat_ms=1000, liveness=30, bundle_bytes=0))
+    got: list[bytes] = []
+
+    async def read() -> None:
+        while True:
+            got.extend(d for d, _ in await sep.recv())
+
+    reader = asyncio.create_task(read())
+    try:
+        await sep.send(Outgoing(HELLO))
+        data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+        assert data == HELLO and isinstance(rid, bytes)
+        await until(lambda: rid in aep.in_flight(), "the subscriber's first CREDIT (its BUNDLE_OK dropped)")
+        assert relay.dropped == 1
+        before = aep.stats.frames_in
+        await relay.inject_up(BUNDLE_OK + struct.pack(">I", 1 << 20))
+        await until(lambda: aep.stats.frames_in > before, "the forged BUNDLE_OK to be read")
+        malformed = sep.stats.malformed
+        aep.send_many([Outgoing(frame(i), peer=rid) for i in range(20)])
+        await until(lambda: len(got) >= 20 or sep.stats.malformed > malformed, "the frames to arrive")
+        assert sep.stats.malformed == malformed, "BUNDLEs sent to a subscriber that takes none, dropped whole"
+    finally:
+        reader.cancel()
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
