@@ -70,6 +70,18 @@ def entry_hash(position: int, tag: bytes, data: bytes, timestamp_ms: int, prev_h
     )
 
 
+def _tail(row: tuple[object, object, object]) -> tuple[int, int, bytes]:
+    """``(position, timestamp_ms, entry_hash)`` of the last row, checked as :meth:`EmbeddedLedger.read` checks
+    a row: one added to the file by hand (a negative or too large position, fields of the wrong types -- an
+    INTEGER hash would make ``bytes()`` allocate that many bytes) is :class:`DamagedEntry`, never another
+    error, which would end the callers that handle ledger failures (the anchoring service, status lists)."""
+    position, ts, entry = row
+    if not (type(position) is int and 0 < position < _MAX_POSITION and type(ts) is int
+            and isinstance(entry, bytes) and len(entry) == len(_ZERO)):
+        raise DamagedEntry("the ledger's last entry is damaged (added to the file by hand): nothing can follow it")
+    return position, ts, entry
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
     """The outcome of :meth:`EmbeddedLedger.verify`."""
@@ -131,7 +143,11 @@ class EmbeddedLedger:
                         "SELECT position, timestamp_ms, entry_hash FROM entries"
                         " ORDER BY position DESC LIMIT 1"
                     ).fetchone()
-                    position, prev_ts, prev = (row[0] + 1, row[1], bytes(row[2])) if row else (1, 0, _ZERO)
+                    if row is None:
+                        position, prev_ts, prev = 1, 0, _ZERO
+                    else:
+                        last, prev_ts, prev = _tail(row)
+                        position = last + 1
                     ts = max(self._clock(), prev_ts)
                     h = entry_hash(position, tag, data, ts, prev)
                     db.execute(
@@ -271,7 +287,10 @@ class EmbeddedLedger:
                 ).fetchone()
             except sqlite3.Error as exc:
                 raise LedgerError(f"embedded ledger read failed: {exc}") from exc
-        return (int(row[0]), bytes(row[1])) if row else (0, _ZERO)
+        if row is None:
+            return 0, _ZERO
+        position, _, entry = _tail((row[0], 0, row[1]))
+        return position, entry
 
     def close(self) -> None:
         """Close the database.  Idempotent."""
