@@ -600,6 +600,7 @@ class _CoreBase:
         self._sync_waits: dict[bytes, int] = {}
         #: Member: groups whose re-key came before their first grant: our own branch's grant sync was asked for it.
         self._first_grant_asked: dict[bytes, int] = {}  #: -> when first asked (ms)
+        self._first_grant_keeps = 0  #: own-branch GRANTs that may still leave that ask's grant-sync wait running
         self._control_verified = False
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
@@ -2682,7 +2683,7 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
         existing = self._branches.get(g.branch)
-        if not (existing is not None and len(existing.members) == 2 and self._first_grants_pending(now_ms)):
+        if not (existing is not None and len(existing.members) == 2 and self._keep_first_grant_ask()):
             # The author answered our grant sync (9.5): no retry -- unless we asked this branch (our own) for a
             # group's first grant that has not come (a GRANT of it answering something else, a re-subscription's,
             # must not end that ask: the group's re-key that prompted it was not applied).
@@ -2738,6 +2739,7 @@ class SubscriberCore(_CoreBase):
                     if len(self._first_grant_asked) >= 1024:
                         self._first_grant_asked.clear()
                     self._first_grant_asked[g.branch] = now_ms
+                    self._first_grant_keeps = GRANT_SYNC_RETRIES + 1
                 for b in own:
                     self._request_grants(b, now_ms, limit=asked is not None)
                 return
@@ -2776,12 +2778,16 @@ class SubscriberCore(_CoreBase):
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
         self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
 
-    def _first_grants_pending(self, now_ms: int) -> bool:
-        """A group's first grant was asked for through our own branch's grant sync, has not come, and may still
-        (the ask's retries are not over).  (An ask that is over stays recorded: a later copy of the group's
-        re-key is then applied, with the gap said, SPEC 9.5.)"""
-        live = self._sync_retry_ms() * (GRANT_SYNC_RETRIES + 1)
-        return any(now_ms - t < live and gid not in self._branches for gid, t in self._first_grant_asked.items())
+    def _keep_first_grant_ask(self) -> bool:
+        """A GRANT of our own branch came while a group's first grant asked for through its grant sync has not:
+        keep that sync's wait (its retries go on), at most the ask's number of tries since the last ask -- counted
+        in answers, not in time, so a late timer does not end it early, and a first grant that can never come
+        (we were removed from the group meanwhile) costs a bounded number of syncs.  (An ask that is over stays
+        recorded: a later copy of the group's re-key is then applied, with the gap said, SPEC 9.5.)"""
+        if self._first_grant_keeps <= 0 or all(gid in self._branches for gid in self._first_grant_asked):
+            return False
+        self._first_grant_keeps -= 1
+        return True
 
     def _may_be_own(self, branch: bytes, n_members: int) -> bool:
         """Whether a grant of a branch we hold nothing of, of ``n_members`` members, may be of our own branch: two
