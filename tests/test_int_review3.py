@@ -123,6 +123,9 @@ def test_an_append_after_a_hand_inserted_last_row_of_the_wrong_types_is_a_ledger
         ledger.close()
 
 
+@pytest.mark.xfail(strict=True, reason="known limit (SPEC 14.1): the subscriber says its BUNDLE_OK with the session's "
+                   "first CREDIT only; a relay that drops it and forges one makes the author bundle for that "
+                   "session -- as costly to it as dropping the peer's frames, which a relay can do anyway")
 async def test_a_forged_bundle_ok_does_not_outlast_the_subscribers_one_lost_bundle_ok() -> None:
     """SPEC 14.1 (9faf594): "Both sides say 0 for none, so that where one side takes none a forged BUNDLE_OK is
     pinned down once that side's own has arrived.  It stands where none does: at the author, for a subscriber

@@ -303,7 +303,7 @@ async def test_frames_routed_before_a_refused_outgoing_still_go_out() -> None:
 
 async def test_a_subscriber_configured_without_bundles_does_not_ask_for_them() -> None:
     """It says it takes none (a BUNDLE_OK of 0 bytes: the smallest of a session stands at the author, so a relay's
-    forged one cannot make the author bundle for it)."""
+    forged one that comes with or after it cannot make the author bundle for it; SPEC 14.1 says where one stands)."""
     async with raw_author(EndpointConfig(bundle_bytes=0)) as (router, _sep, rid):
         await router.send_multipart([rid, SESSION_PONG])
         seen: list[bytes] = []
