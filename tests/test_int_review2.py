@@ -4,7 +4,6 @@ Real SQLite stores and ledgers, real PyNaCl, core-to-core (tests/corenet.py)."""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import struct
 from pathlib import Path
@@ -169,46 +168,9 @@ async def test_audit_of_a_member_restored_from_an_older_copy_finds_no_tampering_
     first row; the restore proof at 6 is not where a row starts) and ends at 3 while ``next_seq`` is 7 --
     "messages 4..6 are missing at the tail (deleted)".  The honest member is still accused of deleting its own
     messages."""
-    from streams.api import MemoryHub, Subscriber
-    from streams.store import backup
-    from tests.test_anchoring_integration import FAST, P1, PW, Collect, make_author, make_sub, wait_for
+    from tests.test_int_review import _audit_of_a_member_restored_from_an_older_copy
 
-    lpath = tmp_path / "ledger.db"
-    ledger = EmbeddedLedger(lpath)
-    hub = MemoryHub()
-    author = await make_author(tmp_path, hub, ledger)
-    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
-    try:
-        branch = await s.subscribe(timeout=5)
-        await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
-        await s.wait_acknowledged(branch, 3, timeout=5)
-        col = Collect(s)
-        await wait_for(lambda: any(e.publisher == 1 and e.seq == 3 for e in col.of(Anchored)), what="anchored 3")
-        await s.close()
-        backup(tmp_path / "p1.db", tmp_path / "old.db")
-        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
-                                  ledger=ledger)
-        await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
-        await s.wait_acknowledged(branch, 6, timeout=5)
-        col = Collect(s)
-        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
-        await s.close()
-        for suffix in ("", "-frames"):
-            if (tmp_path / f"old.db{suffix}").exists():
-                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
-        for suffix in ("-wal", "-shm"):
-            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
-        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
-                                  ledger=ledger)
-        col = Collect(s)
-        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 and e.restored for e in col.of(Anchored)),
-                       what="own chain restored at the author's anchored head")
-        await s.close()
-    finally:
-        await s.close()
-        await author.close()
-    rep = audit_store(tmp_path / "p1.db", PW, ledger)
-    ledger.close()
+    rep = await _audit_of_a_member_restored_from_an_older_copy(tmp_path)
     errors = [f.reason for f in rep.findings if f.severity == "error"]
     assert not errors, errors
 
@@ -238,34 +200,11 @@ async def test_a_forged_bundle_ok_does_not_outlast_the_authors_one_lost_answer()
 
         dropped = 0
 
-        async def _run(self) -> None:
-            poller = zmq.asyncio.Poller()
-            poller.register(self.front, zmq.POLLIN)
-            owner: dict[zmq.asyncio.Socket, bytes] = {}
-            while True:
-                for sock, _ in await poller.poll():
-                    while True:
-                        try:
-                            parts = await sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if sock is self.front:
-                            rid, data = parts
-                            back = self.backs.get(rid)
-                            if back is None:
-                                back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
-                                back.setsockopt(zmq.LINGER, 0)
-                                back.connect(self.author_addr)
-                                owner[back] = rid
-                                poller.register(back, zmq.POLLIN)
-                            await back.send(data)
-                        else:
-                            (data,) = parts
-                            if data[:1] == BUNDLE_OK and not self.dropped:
-                                self.dropped += 1
-                                continue
-                            self.down += 1
-                            await self.front.send_multipart([owner[sock], data])
+        def passes(self, data: bytes, up: bool) -> bool:
+            if not up and data[:1] == BUNDLE_OK and not self.dropped:
+                self.dropped += 1
+                return False
+            return True
 
     aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=1000, liveness=30, bundle_bytes=0))
     ctx = zmq.asyncio.Context()

@@ -151,34 +151,11 @@ async def test_a_forged_bundle_ok_does_not_outlast_the_subscribers_one_lost_bund
 
         dropped = 0
 
-        async def _run(self) -> None:
-            poller = zmq.asyncio.Poller()
-            poller.register(self.front, zmq.POLLIN)
-            owner: dict[zmq.asyncio.Socket, bytes] = {}
-            while True:
-                for sock, _ in await poller.poll():
-                    while True:
-                        try:
-                            parts = await sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if sock is self.front:
-                            rid, data = parts
-                            back = self.backs.get(rid)
-                            if back is None:
-                                back = self.backs[rid] = self.ctx.socket(zmq.DEALER)
-                                back.setsockopt(zmq.LINGER, 0)
-                                back.connect(self.author_addr)
-                                owner[back] = rid
-                                poller.register(back, zmq.POLLIN)
-                            if data[:1] == BUNDLE_OK and not self.dropped:
-                                self.dropped += 1
-                                continue
-                            await back.send(data)
-                        else:
-                            (data,) = parts
-                            self.down += 1
-                            await self.front.send_multipart([owner[sock], data])
+        def passes(self, data: bytes, up: bool) -> bool:
+            if up and data[:1] == BUNDLE_OK and not self.dropped:
+                self.dropped += 1
+                return False
+            return True
 
     aep = AuthorEndpoint("tcp://127.0.0.1:0", EndpointConfig(heartbeat_ms=1000, liveness=30))
     ctx = zmq.asyncio.Context()

@@ -61,7 +61,12 @@ async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> N
 
 class Relay:
     """An on-path hop: a ROUTER front for subscribers, one DEALER to the author for each.  It passes every message
-    unchanged, records the author's PONGs, and sends what :meth:`inject` is given to the (first) subscriber."""
+    unchanged (unless :meth:`passes` says to drop it), records the author's PONGs, and sends what :meth:`inject` is
+    given to the (first) subscriber."""
+
+    def passes(self, data: bytes, up: bool) -> bool:
+        """Whether to pass ``data`` on (``up``: subscriber -> author); a subclass drops what it says no to."""
+        return True
 
     def __init__(self, ctx: zmq.asyncio.Context, author_addr: str) -> None:
         self.ctx, self.author_addr = ctx, author_addr
@@ -102,13 +107,15 @@ class Relay:
                             back.connect(self.author_addr)
                             owner[back] = rid
                             poller.register(back, zmq.POLLIN)
-                        await back.send(data)
+                        if self.passes(data, True):
+                            await back.send(data)
                     else:
                         (data,) = parts
                         if data[:1] == PONG:
                             self.pongs.append(data)
-                        self.down += 1
-                        await self.front.send_multipart([owner[sock], data])
+                        if self.passes(data, False):
+                            self.down += 1
+                            await self.front.send_multipart([owner[sock], data])
 
     async def close(self) -> None:
         self.task.cancel()
