@@ -1788,6 +1788,13 @@ class _CoreBase:
                     self._changes.log_cut.append((b.id, p, seq))
 
 
+def _anchored_already(c: _Chain, branch: bytes, publisher: int, seq: int) -> bool:
+    """SPEC 13.5: a proof of the head we hold as anchored is no event (True); one below it is a REPLAY."""
+    if seq < c.anchored:
+        raise _Reject(RejectReason.REPLAY, "already anchored beyond this sequence number", branch, publisher, seq)
+    return seq == c.anchored
+
+
 # --- author --------------------------------------------------------------------------------------------------
 
 
@@ -2925,14 +2932,10 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.NOT_ANCHORED, f"anchor proof: {exc}", h.branch, h.publisher, h.seq) from exc
         claim = AnchorClaim(head, h.key_epoch, proof, checkpoint, h.anchor_id, bool(h.restore))
-        anchored = b.chains[h.publisher].anchored
-        if h.seq <= anchored:
-            # SPEC 13.5: the head we hold as anchored is no event, one below it a REPLAY -- decided before the claim
-            # waits for the driver's ledger check, so a replayed proof costs no ledger read (THREATS 8).
-            if h.seq == anchored:
-                return
-            raise _Reject(RejectReason.REPLAY, "already anchored beyond this sequence number", h.branch, h.publisher,
-                          h.seq)
+        # Decided before the claim waits for the driver's ledger check, so a replayed proof costs no ledger read
+        # (THREATS 8); _apply_anchor decides again for a claim that waited.
+        if _anchored_already(b.chains[h.publisher], h.branch, h.publisher, h.seq):
+            return
         if self.defer_anchor_checks:
             if len(self._claims) >= self.max_anchor_claims:
                 raise _Reject(RejectReason.HOLD_FULL, "too many anchor proofs awaiting the ledger", h.branch,
@@ -2974,10 +2977,8 @@ class SubscriberCore(_CoreBase):
         if b is None or c is None or b.state is BranchState.CLOSED:
             return
         where = (head.branch, head.publisher, head.seq)
-        if head.seq <= c.anchored:
-            if head.seq == c.anchored:
-                return  # the proof we hold, sent again (after we reconnected): nothing new
-            raise _Reject(RejectReason.REPLAY, "already anchored beyond this sequence number", *where)
+        if _anchored_already(c, *where):
+            return  # the proof we hold, sent again (after we reconnected): nothing new
         restored = False
         if head.seq < c.next_seq:
             known = c.head if head.seq == c.next_seq - 1 else self._logged_hash(*where)
