@@ -350,11 +350,12 @@ class _Party:
             raise ClosedResourceError(f"branch {branch.hex()} is closed: seq {seq} was not acknowledged")
         if self._core.chain_conflict(branch):
             raise _conflict_error(branch, seq)
-        if 0 < self._core.own_next_seq(branch) <= seq:
+        nxt = self._core.own_next_seq(branch)
+        if 0 < nxt <= seq:
             # Not published on our chain as it is: never, or refused while our write had lapsed (the chain restarted
             # at the author's head since, and that seq goes to what we publish next).
             raise LocalProtocolError(f"seq {seq} on branch {branch.hex()} is not a message of our chain (its next "
-                                     f"is {self._core.own_next_seq(branch)})")
+                                     f"is {nxt})")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (branch, seq, fut)
         self._ack_waiters.append(entry)
@@ -1316,8 +1317,9 @@ class Subscriber(_Party):
     def _committed(self, changes: Changes) -> None:
         if self._ledger is not None:
             for claim in self._core.take_anchor_claims():
-                if _claim_key(claim) not in self._claimed:
-                    self._claimed.add(_claim_key(claim))
+                key = _claim_key(claim)
+                if key not in self._claimed:
+                    self._claimed.add(key)
                     self._claims.put_nowait(claim)
 
     async def _anchor_loop(self) -> None:
@@ -1546,13 +1548,13 @@ def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> 
                     f.set_exception(exc)
 
 
-# --- in-memory transport ---------------------------------------------------------------------------------------
-
-
 def _claim_key(claim: AnchorClaim) -> tuple[bytes, int, int, bytes, str, bool]:
     """What makes two anchor claims the same claim (a copy of one queued for its ledger check adds nothing)."""
     h = claim.head
     return h.branch, h.publisher, h.seq, h.hash, claim.anchor_id, claim.restore
+
+
+# --- in-memory transport ---------------------------------------------------------------------------------------
 
 
 class MemoryHub:
