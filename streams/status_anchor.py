@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import msgpack
 
@@ -49,6 +49,7 @@ __all__ = ["STATUS_TAG", "AnchoredStatusLists", "StatusAnchor", "decode_status_a
 
 STATUS_TAG: Final = b"streams.statuslist.v1"
 _SCAN_PAGE: Final = 1000  #: status anchors read per ledger query
+_L = TypeVar("_L", bound="_Latest")
 P_STATUS: Final = b"streams.v1.stat"
 _MAX_VERSION: Final = 2**64 - 1
 _log = logging.getLogger("streams.status")
@@ -92,13 +93,18 @@ def status_anchor_payload(issuer: Identity, status_list_credential: Mapping[str,
                          use_bin_type=True)
 
 
-def _highest(ledger: Ledger, list_id: str, issuer: str) -> _Best | None:
-    """The highest-version anchor ``issuer`` made for ``list_id`` on ``ledger``, confirmed or not."""
+def _scanned(ledger: Ledger, state: _L) -> _L:
+    """``state`` after a scan of every status anchor on ``ledger``, confirmed or not.  Raises
+    :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be scanned (IOTA)."""
     if not callable(getattr(ledger, "scan", None)):
         raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
-    state = _Latest()
     state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
-    return state.best.get((list_id, issuer))
+    return state
+
+
+def _highest(ledger: Ledger, list_id: str, issuer: str) -> _Best | None:
+    """The highest-version anchor ``issuer`` made for ``list_id`` on ``ledger``, confirmed or not."""
+    return _scanned(ledger, _Latest()).best.get((list_id, issuer))
 
 
 def next_status_version(ledger: Ledger, list_id: str, issuer: str) -> int:
@@ -120,10 +126,7 @@ def superseded_status_digests(ledger: Ledger, list_id: str, issuer: str) -> froz
     version that was never anchored -- written by a ``revoke`` whose append failed -- is not in it: that one is
     changed again to retry.)  Raises :class:`~streams.errors.LocalProtocolError` for a ledger that cannot be
     scanned (IOTA)."""
-    if not callable(getattr(ledger, "scan", None)):
-        raise LocalProtocolError("status lists are anchored on a ledger read by position (sqlite:PATH)")
-    state = _AllVersions((list_id, issuer))
-    state.scan(ledger, confirmed_only=False)  # type: ignore[arg-type]
+    state = _scanned(ledger, _AllVersions((list_id, issuer)))
     best = state.best.get((list_id, issuer))
     if best is None:
         return frozenset()
