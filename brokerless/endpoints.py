@@ -1154,6 +1154,11 @@ class AuthorEndpoint(_Base):
                 log.info("peer %s: %d frames lost on the way; resynchronising its credit", peer.rid.hex(), lost)
         else:
             peer.loss_at = -1
+        self._resume(peer)
+
+    def _resume(self, peer: _Peer) -> None:
+        """Send what waits for ``peer`` (its session PONG, our BUNDLE_OK answer, queued frames) as far as its pipe
+        and credit allow, keep polling it while frames wait for the pipe, and wake :meth:`drain` callers."""
         if (peer.queue or peer.pong is not None or peer.reply is not None) and self._flush_peer(peer):
             self._backlog.add(peer.rid)
         self._wake_drain()
@@ -1176,9 +1181,7 @@ class AuthorEndpoint(_Base):
         self.stats.credit_renewals += 1
         peer.pong = None  # an old session's PONG still waiting for the pipe must not follow the new one
         self._send_pong(peer, keep=True)
-        if peer.queue and self._flush_peer(peer):
-            self._backlog.add(peer.rid)
-        self._wake_drain()
+        self._resume(peer)
         return True
 
     def _send_to(self, rid: bytes, data: bytes) -> None:
