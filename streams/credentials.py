@@ -601,6 +601,12 @@ def verify_credential(
     return _verify_credential(vc, now_ms, resolver or KeyResolver(), status_lists, check_status=True)
 
 
+def _issuer_of(doc: Mapping[str, Any]) -> object:
+    """A credential's issuer as written (VC DM 4.7: a URL, or an object with an ``id``); not checked here."""
+    raw = doc.get("issuer")
+    return raw.get("id") if isinstance(raw, dict) else raw
+
+
 def _verify_credential(
     vc: Mapping[str, Any],
     now_ms: int,
@@ -614,8 +620,7 @@ def _verify_credential(
     types = _as_str_list(doc.get("type"), "type")
     if "VerifiableCredential" not in types:
         raise MalformedCredential("type does not include VerifiableCredential")
-    raw_issuer = doc.get("issuer")
-    issuer = raw_issuer.get("id") if isinstance(raw_issuer, dict) else raw_issuer
+    issuer = _issuer_of(doc)
     if not isinstance(issuer, str) or not issuer:
         raise MalformedCredential("issuer is not a URL or an object with an id")
     cred_id = doc.get("id")
@@ -1101,8 +1106,7 @@ class CredentialPolicy:
             # (who may also serve its DID document and the status list its credentials name) cannot keep its
             # subscribers in by making a lookup fail.  (The evidence verified when it was taken; the proof is
             # checked again below, so only a refusal is decided on the unchecked fields.)
-            raw_issuer = doc.get("issuer")
-            issuer = raw_issuer.get("id") if isinstance(raw_issuer, dict) else raw_issuer
+            issuer = _issuer_of(doc)
             if (not isinstance(issuer, str) or issuer not in self.trusted_issuers
                     or self.credential_type not in _as_str_list(doc.get("type"), "type")
                     or ("validUntil" in doc and now_ms > _parse_time_ms(doc["validUntil"], "validUntil"))):
@@ -1112,8 +1116,7 @@ class CredentialPolicy:
             raise  # the resolver could not answer (ResolutionFailed): tried again at the next re-check
         except CredentialError:
             return False
-        if self.credential_type not in cred.types or cred.issuer not in self.trusted_issuers:
-            return False
+        # (Its type and issuer, checked above, are what the verified credential holds.)
         try:
             _check_status(cred.document, cred.issuer, now_ms, resolver, self.status_lists)
         except StatusLookupFailed:
