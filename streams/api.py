@@ -67,7 +67,7 @@ from .events import (
 )
 from .identity import Identity, PublicIdentity, dids_of_kx_public
 from .ledger.anchoring import verify_anchored
-from .ledger.base import Ledger, UnknownAnchor
+from .ledger.base import Ledger, NotConfirmed, UnknownAnchor
 from .policy import Policy, could_admit
 from .store import MEMLIMIT, OPSLIMIT, Store
 from .wire import Kind, Permission, SigningMode, decode_frame
@@ -90,6 +90,18 @@ __all__ = [
 log = logging.getLogger("streams")
 
 Clock = Callable[[], int]
+
+#: Seconds a member keeps asking its ledger about an anchor proof's checkpoint that the ledger does not know or has
+#: not confirmed yet, before it reports the head NOT_ANCHORED (``Subscriber.create(anchor_wait=...)``).  An IOTA
+#: node can lag minutes behind the author's (it syncs after a restart); a checkpoint the author saw confirmed that
+#: ours has not after this long is not one we can call anchored.
+ANCHOR_WAIT = 600.0
+
+
+def _check_anchor_wait(seconds: float) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:  # NaN too
+        raise LocalProtocolError(f"anchor_wait must be a positive number of seconds (math.inf: ask forever), not "
+                                 f"{seconds!r}")
 
 
 def wall_clock_ms() -> int:
@@ -1307,8 +1319,9 @@ class Subscriber(_Party):
         with contextlib.suppress(StorageError):
             await self._flush()
 
-    def _with_ledger(self, ledger: Ledger | None) -> None:
+    def _with_ledger(self, ledger: Ledger | None, anchor_wait: float = ANCHOR_WAIT) -> None:
         self._ledger = ledger
+        self._anchor_wait_ms = anchor_wait * 1000
         if ledger is not None:
             # Every anchor proof is read back from the ledger before it is reported (THREATS 7).
             self._core.defer_anchor_checks = True
@@ -1326,9 +1339,14 @@ class Subscriber(_Party):
         assert self._ledger is not None
         ledger, author = self._ledger, self._core.author.sign_public
         backoff = 0.1
-        stalled = 0  # claims put back in a row because their anchor is unknown here
+        stalled = 0  # claims put back in a row because their anchor is not (yet) on the ledger here
+        #: Each claim whose anchor this ledger did not know or had not confirmed: when that was first seen (ms).
+        #: Our ledger may lag behind the author's (another IOTA node, which has not seen the block or the
+        #: milestone referencing it yet): that is no verdict until ``anchor_wait`` has passed.
+        unsettled: dict[tuple[bytes, int, int, bytes, str, bool], int] = {}
         while not self._closed:
             claim = await self._claims.get()
+            key = _claim_key(claim)
             requeued = False
             while True:
                 try:
@@ -1336,17 +1354,22 @@ class Subscriber(_Party):
                                             author, claim.checkpoint)
                     events = self._core.apply_anchor(claim, True)
                     break
-                except VerificationError as exc:
+                except (UnknownAnchor, NotConfirmed) as exc:
                     h = claim.head
-                    events = [Rejected(RejectReason.NOT_ANCHORED, f"not on the ledger: {exc}", h.branch,
-                                       h.publisher, h.seq)]
-                    break
-                except (LedgerError, LocalProtocolError) as exc:  # outage, or an id this ledger does not know
-                    log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
-                    if isinstance(exc, UnknownAnchor) and not self._claims.empty():
-                        # This proof's anchor alone is unknown here (a lagging node, a pruned block): retry it
-                        # after the proofs waiting behind it, which it must not hold up.  A whole round of them
-                        # unknown waits out the backoff first, as one proof does.
+                    now = self._clock()
+                    since = unsettled.setdefault(key, now)
+                    if now - since >= self._anchor_wait_ms:
+                        what = "does not know this anchor" if isinstance(exc, UnknownAnchor) else "has not confirmed it"
+                        events = [Rejected(RejectReason.NOT_ANCHORED,
+                                           f"not on the ledger: after {(now - since) / 1000:.0f} s of asking, the "
+                                           f"ledger {what}: {exc}", h.branch, h.publisher, h.seq)]
+                        break
+                    log.info("anchor %s (branch %s, seq %d) is not on our ledger or not confirmed there yet; "
+                             "asking again: %s", claim.anchor_id, h.branch.hex(), h.seq, exc)
+                    if not self._claims.empty():
+                        # This proof alone waits for our ledger: retry it after the proofs waiting behind it,
+                        # which it must not hold up.  A whole round of them waiting waits out the backoff first,
+                        # as one proof does.
                         stalled += 1
                         if stalled > self._claims.qsize():
                             stalled = 0
@@ -1357,8 +1380,18 @@ class Subscriber(_Party):
                         break
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+                except VerificationError as exc:
+                    h = claim.head
+                    events = [Rejected(RejectReason.NOT_ANCHORED, f"not on the ledger: {exc}", h.branch,
+                                       h.publisher, h.seq)]
+                    break
+                except (LedgerError, LocalProtocolError) as exc:  # outage, or a ledger that cannot take the id
+                    log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
             if not requeued:
-                self._claimed.discard(_claim_key(claim))
+                unsettled.pop(key, None)
+                self._claimed.discard(key)
                 backoff, stalled = 0.1, 0
             try:
                 await self._flush()
@@ -1374,11 +1407,17 @@ class Subscriber(_Party):
     async def create(cls, path: str | os.PathLike[str], identity: Identity, author_did: str, channel: bytes,
                      passphrase: str | bytes, transport: Transport, *, config: CoreConfig | None = None,
                      store_options: StoreOptions | None = None, clock: Clock | None = None,
-                     queue_size: int = 10_000, ledger: Ledger | None = None) -> Subscriber:
+                     queue_size: int = 10_000, ledger: Ledger | None = None,
+                     anchor_wait: float = ANCHOR_WAIT) -> Subscriber:
         """New subscriber state at ``path`` for the channel ``channel`` of ``author_did`` (both known out of
         band).  Call :meth:`subscribe` next.  With a ``ledger``, anchor proofs are checked against it before
         ``Anchored(ledger_verified=True)`` is reported; without, they are reported with
-        ``ledger_verified=False``."""
+        ``ledger_verified=False``.  A proof whose anchor our ledger does not know or has not confirmed yet (a
+        node that lags behind the author's) is checked again, with backoff, for ``anchor_wait`` seconds before
+        it is reported ``Rejected(NOT_ANCHORED)`` (``math.inf``: never); an outage of the ledger is waited out
+        however long it lasts.  Raises :class:`LocalProtocolError` if ``anchor_wait`` is not a positive number
+        (before anything is written)."""
+        _check_anchor_wait(anchor_wait)  # before anything touches the disk
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
@@ -1388,7 +1427,7 @@ class Subscriber(_Party):
                                  author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
             store.lock()
             self = cls(core, store, transport, clock, queue_size)
-            self._with_ledger(ledger)
+            self._with_ledger(ledger, anchor_wait)
             self._start()
             return self
         except BaseException:
@@ -1398,8 +1437,11 @@ class Subscriber(_Party):
     @classmethod
     async def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, transport: Transport, *,
                    config: CoreConfig | None = None, store_options: StoreOptions | None = None,
-                   clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None) -> Subscriber:
-        """Reopen after a restart: branches and cursors come back; missed messages are fetched."""
+                   clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None,
+                   anchor_wait: float = ANCHOR_WAIT) -> Subscriber:
+        """Reopen after a restart: branches and cursors come back; missed messages are fetched.  ``ledger`` and
+        ``anchor_wait`` as for :meth:`create`."""
+        _check_anchor_wait(anchor_wait)
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
@@ -1412,7 +1454,7 @@ class Subscriber(_Party):
             core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
             core.load_anchored(store.anchored_heads())  # proofs at or below them: no event, or REPLAY (SPEC 13.5)
             self = cls(core, store, transport, clock, queue_size)
-            self._with_ledger(ledger)
+            self._with_ledger(ledger, anchor_wait)
             self._redeliver()
             if getattr(transport, "session", b"") is not None:
                 core.catch_up(self._clock())

@@ -6,7 +6,8 @@ this package works without it.
 
 from __future__ import annotations
 
-from .base import AnchorStatus, DamagedEntry, Ledger, UnknownAnchor
+from .base import AnchorStatus, DamagedEntry, Ledger, NotConfirmed, UnknownAnchor
 from .embedded import EmbeddedLedger, VerifyReport
 
-__all__ = ["AnchorStatus", "DamagedEntry", "EmbeddedLedger", "Ledger", "UnknownAnchor", "VerifyReport"]
+__all__ = ["AnchorStatus", "DamagedEntry", "EmbeddedLedger", "Ledger", "NotConfirmed", "UnknownAnchor",
+           "VerifyReport"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .. import _crypto
 from ..anchor import ANCHOR_TAG, ChainHead, Epoch, EpochCheckpoint, InclusionProof, verify_inclusion
 from ..errors import DecodeError, VerificationError
-from .base import Ledger
+from .base import Ledger, NotConfirmed
 
 __all__ = ["AnchorReceipt", "PendingAnchor", "channel_checkpoints", "checkpoint_conflicts", "confirm", "publish",
            "verify_anchored"]
@@ -86,14 +86,16 @@ def verify_anchored(
     signature and the inclusion of ``head``, and that the write is confirmed.  ``expected``, if given, must
     be that same checkpoint (e.g. the one the author handed out with the proof).
 
-    Raises :class:`~streams.errors.VerificationError` if anything fails or the write is not confirmed yet
-    (it is then *not* anchored), :class:`~streams.errors.LedgerError` on outage."""
+    Raises :class:`~streams.errors.VerificationError` if anything fails -- :class:`~streams.ledger.NotConfirmed`
+    (a subclass) if only the confirmation is missing: the head is then *not* anchored yet, and a lagging ledger
+    may confirm it later -- :class:`~streams.ledger.UnknownAnchor` if the ledger has no entry under
+    ``anchor_id``, :class:`~streams.errors.LedgerError` on outage."""
     checkpoint, receipt = _check_on_ledger(ledger, anchor_id)
     if expected is not None and not _crypto.ct_equal(expected.digest, checkpoint.digest):
         raise VerificationError("the ledger holds another checkpoint than expected")
     verify_inclusion(head, proof, checkpoint, author_public)
     if receipt is None:
-        raise VerificationError("the checkpoint is on the ledger but not confirmed: not anchored yet")
+        raise NotConfirmed("the checkpoint is on the ledger but not confirmed: not anchored yet")
     return receipt
 
 

@@ -8,7 +8,8 @@ IOTA) -- so a receipt built on it never says "anchored" too early.
 Errors: outages and backend failures raise :class:`~streams.errors.LedgerError` (a ``BrokenResourceError``)
 with the cause chained (:class:`DamagedEntry` for one entry that is not what a write leaves: readers of every
 entry in turn pass over it); an anchor id the ledger does not know raises :class:`UnknownAnchor`; use after
-:meth:`Ledger.close` raises :class:`~streams.errors.ClosedResourceError`.
+:meth:`Ledger.close` raises :class:`~streams.errors.ClosedResourceError`.  A ledger that holds a checkpoint it has
+not confirmed yet makes :func:`~streams.ledger.anchoring.verify_anchored` raise :class:`NotConfirmed`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..errors import LedgerError, LocalProtocolError
+from ..errors import LedgerError, LocalProtocolError, VerificationError
 
-__all__ = ["AnchorStatus", "DamagedEntry", "Ledger", "UnknownAnchor"]
+__all__ = ["AnchorStatus", "DamagedEntry", "Ledger", "NotConfirmed", "UnknownAnchor"]
 
 
 class DamagedEntry(LedgerError):
@@ -31,6 +32,13 @@ class UnknownAnchor(LocalProtocolError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "unknown anchor"
+
+
+class NotConfirmed(VerificationError):
+    """The checkpoint is on this ledger and the proof checks against it, but the ledger has not confirmed the
+    write yet: not anchored *yet*.  For a write another party saw confirmed, this ledger lags (an IOTA node that
+    has not seen the milestone referencing the block): ask again later.  Only a write that is never confirmed
+    means the head is not anchored."""
 
 
 @dataclass(frozen=True, slots=True)
