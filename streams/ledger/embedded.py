@@ -283,13 +283,13 @@ class EmbeddedLedger:
         with self._lock:
             try:
                 row = self._conn().execute(
-                    "SELECT position, entry_hash FROM entries ORDER BY position DESC LIMIT 1"
+                    "SELECT position, timestamp_ms, entry_hash FROM entries ORDER BY position DESC LIMIT 1"
                 ).fetchone()
             except sqlite3.Error as exc:
                 raise LedgerError(f"embedded ledger read failed: {exc}") from exc
         if row is None:
             return 0, _ZERO
-        position, _, entry = _tail((row[0], 0, row[1]))
+        position, _, entry = _tail(row)
         return position, entry
 
     def close(self) -> None:
