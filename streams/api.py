@@ -1342,8 +1342,9 @@ class Subscriber(_Party):
         stalled = 0  # claims put back in a row because their anchor is not (yet) on the ledger here
         #: Each claim whose anchor this ledger did not know or had not confirmed: when that was first seen (ms).
         #: Our ledger may lag behind the author's (another IOTA node, which has not seen the block or the
-        #: milestone referencing it yet): that is no verdict until ``anchor_wait`` has passed.
-        unsettled: dict[tuple[bytes, int, int, bytes, str, bool], int] = {}
+        #: milestone referencing it yet): that is no verdict until ``anchor_wait`` has passed.  Measured on the
+        #: monotonic clock: the party's clock is wall-clock time, which steps forward and back.
+        unsettled: dict[tuple[bytes, int, int, bytes, str, bool], float] = {}
         while not self._closed:
             claim = await self._claims.get()
             key = _claim_key(claim)
@@ -1356,7 +1357,7 @@ class Subscriber(_Party):
                     break
                 except (UnknownAnchor, NotConfirmed) as exc:
                     h = claim.head
-                    now = self._clock()
+                    now = time.monotonic() * 1000
                     since = unsettled.setdefault(key, now)
                     if now - since >= self._anchor_wait_ms:
                         what = "does not know this anchor" if isinstance(exc, UnknownAnchor) else "has not confirmed it"

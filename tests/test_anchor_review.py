@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -435,3 +436,59 @@ async def test_member_audit_catches_a_truncated_chain_behind_a_restored_flag(tmp
         db.close()
         rep = audit_store(tmp_path / "t.db", PW, ledger)
         assert not rep.ok, rep.summary()
+
+
+# --- the bounded wait for a lagging ledger (anchor_wait) --------------------------------------------------------
+
+
+async def _member_asking(tmp_path: Path, offset: list[int], anchor_wait: float
+                         ) -> tuple[Author, Subscriber, EmbeddedLedger, _AskedLedger, Collect]:
+    """An author anchoring on its ledger and member P1 on another one that knows none of it (a node that lags),
+    the member's clock wall-clock time plus ``offset[0]`` ms; returns once the member asked about the proof."""
+    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    s_ledger = _AskedLedger(tmp_path / "member-ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
+                                 clock=lambda: int(time.time() * 1000) + offset[0], anchor_wait=anchor_wait)
+    col = Collect(s1)
+    b1 = await s1.subscribe(timeout=5)
+    await author.publish(b1, b"alert")
+    await s1.next_message(timeout=5)
+    await wait_for(lambda: s_ledger.asked.get("1", 0) >= 1, what="the member asked its ledger")
+    return author, s1, a_ledger, s_ledger, col
+
+
+async def test_a_wall_clock_jump_forward_does_not_cut_the_wait_short(tmp_path: Path) -> None:
+    """The wait for a lagging ledger was measured on the party's clock (wall-clock time): a clock stepped forward
+    (NTP, a VM resumed) made the member report NOT_ANCHORED at its next question, long before ``anchor_wait``."""
+    offset = [0]
+    author, s1, a_ledger, s_ledger, col = await _member_asking(tmp_path, offset, anchor_wait=60.0)
+    try:
+        offset[0] = 3_600_000  # one hour forward
+        asked = s_ledger.asked["1"]
+        await wait_for(lambda: s_ledger.asked["1"] >= asked + 2 or bool(col.of(Rejected)),
+                       what="two more questions (or a verdict)")
+        assert not col.of(Rejected), col.of(Rejected)
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+async def test_a_wall_clock_jump_backward_does_not_stretch_the_wait(tmp_path: Path) -> None:
+    """The same clock stepped back by an hour made the member wait an hour longer than ``anchor_wait`` before its
+    verdict (set back by a year: a year)."""
+    offset = [0]
+    author, s1, a_ledger, s_ledger, col = await _member_asking(tmp_path, offset, anchor_wait=1.0)
+    try:
+        offset[0] = -3_600_000  # one hour back
+        await wait_for(lambda: bool(col.of(Rejected)), timeout=15, what="the verdict after the wait")
+        assert [r.reason for r in col.of(Rejected)] == [RejectReason.NOT_ANCHORED]
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
