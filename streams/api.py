@@ -1343,8 +1343,22 @@ class Subscriber(_Party):
         #: Each claim whose anchor this ledger did not know or had not confirmed: when that was first seen (ms).
         #: Our ledger may lag behind the author's (another IOTA node, which has not seen the block or the
         #: milestone referencing it yet): that is no verdict until ``anchor_wait`` has passed.  Measured on the
-        #: monotonic clock: the party's clock is wall-clock time, which steps forward and back.
+        #: monotonic clock: the party's clock is wall-clock time, which steps forward and back -- less the time our
+        #: ledger was down (an outage is no verdict, nor any part of one: a node that restarts then syncs is the lag
+        #: this wait is for).
         unsettled: dict[tuple[bytes, int, int, bytes, str, bool], float] = {}
+        lost = 0.0  # ms our ledger was down, in all
+        down_since: float | None = None  # since when it is down (its first failure), None while it answers
+
+        def answered() -> float:
+            """The ledger answered: now, on the clock of the time it answered (ms)."""
+            nonlocal lost, down_since
+            now = time.monotonic() * 1000
+            if down_since is not None:
+                lost += now - down_since
+                down_since = None
+            return now - lost
+
         while not self._closed:
             claim = await self._claims.get()
             key = _claim_key(claim)
@@ -1353,11 +1367,12 @@ class Subscriber(_Party):
                 try:
                     await asyncio.to_thread(verify_anchored, ledger, claim.anchor_id, claim.head, claim.proof,
                                             author, claim.checkpoint)
+                    answered()
                     events = self._core.apply_anchor(claim, True)
                     break
                 except (UnknownAnchor, NotConfirmed) as exc:
                     h = claim.head
-                    now = time.monotonic() * 1000
+                    now = answered()
                     since = unsettled.setdefault(key, now)
                     if now - since >= self._anchor_wait_ms:
                         what = "does not know this anchor" if isinstance(exc, UnknownAnchor) else "has not confirmed it"
@@ -1382,12 +1397,15 @@ class Subscriber(_Party):
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                 except VerificationError as exc:
+                    answered()
                     h = claim.head
                     events = [Rejected(RejectReason.NOT_ANCHORED, f"not on the ledger: {exc}", h.branch,
                                        h.publisher, h.seq)]
                     break
                 except (LedgerError, LocalProtocolError) as exc:  # outage, or a ledger that cannot take the id
                     log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
+                    if down_since is None:
+                        down_since = time.monotonic() * 1000
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
             if not requeued:
@@ -1416,8 +1434,8 @@ class Subscriber(_Party):
         ``ledger_verified=False``.  A proof whose anchor our ledger does not know or has not confirmed yet (a
         node that lags behind the author's) is checked again, with backoff, for ``anchor_wait`` seconds before
         it is reported ``Rejected(NOT_ANCHORED)`` (``math.inf``: never); an outage of the ledger is waited out
-        however long it lasts.  Raises :class:`LocalProtocolError` if ``anchor_wait`` is not a positive number
-        (before anything is written)."""
+        however long it lasts, and does not count against ``anchor_wait``.  Raises :class:`LocalProtocolError` if
+        ``anchor_wait`` is not a positive number (before anything is written)."""
         _check_anchor_wait(anchor_wait)  # before anything touches the disk
         so = store_options or StoreOptions()
         store: Store | None = None

@@ -492,3 +492,51 @@ async def test_a_wall_clock_jump_backward_does_not_stretch_the_wait(tmp_path: Pa
         await author.close()
         a_ledger.close()
         s_ledger.close()
+
+
+class _FlakyLedger(_AskedLedger):
+    """The member's ledger (knowing none of the author's writes), down while ``down`` is set (a node restarting):
+    ``answers`` counts the questions it answered."""
+
+    down = False
+    answers = 0
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        if self.down:
+            raise LedgerError("node down")
+        self.answers += 1
+        return super().status(anchor_id)
+
+
+async def test_an_outage_of_the_members_ledger_does_not_use_up_the_wait(tmp_path: Path) -> None:
+    """'An outage is no verdict': yet the wait for a lagging ledger ran on while the ledger was down, so a node
+    that restarted (down for longer than ``anchor_wait``, then syncing: the lag this wait is for) got the head
+    reported NOT_ANCHORED at its very first answer after the outage, without being asked again."""
+    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    s_ledger = _FlakyLedger(tmp_path / "member-ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
+                                 anchor_wait=1.5)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        await author.publish(b1, b"alert")
+        await s1.next_message(timeout=5)
+        await wait_for(lambda: s_ledger.answers >= 1, what="the member asked its ledger")
+        s_ledger.down = True
+        await asyncio.sleep(2.5)  # longer than anchor_wait
+        answers = s_ledger.answers
+        s_ledger.down = False
+        await wait_for(lambda: s_ledger.answers > answers or bool(col.of(Rejected)), timeout=15,
+                       what="an answer after the outage (or a verdict)")
+        assert not col.of(Rejected), col.of(Rejected)
+        await wait_for(lambda: bool(col.of(Rejected)), timeout=20, what="the verdict once the wait is used up")
+        assert [r.reason for r in col.of(Rejected)] == [RejectReason.NOT_ANCHORED]
+        assert s_ledger.answers >= answers + 2
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
