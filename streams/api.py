@@ -1375,10 +1375,11 @@ class Subscriber(_Party):
                     now = answered()
                     since = unsettled.setdefault(key, now)
                     if now - since >= self._anchor_wait_ms:
-                        what = "does not know this anchor" if isinstance(exc, UnknownAnchor) else "has not confirmed it"
+                        what = (f"does not know this anchor ({exc})" if isinstance(exc, UnknownAnchor) else
+                                "holds the checkpoint but has not confirmed it")
                         events = [Rejected(RejectReason.NOT_ANCHORED,
-                                           f"not on the ledger: after {(now - since) / 1000:.0f} s of asking, the "
-                                           f"ledger {what}: {exc}", h.branch, h.publisher, h.seq)]
+                                           f"not anchored: after {(now - since) / 1000:.1f} s of asking, our ledger "
+                                           f"still {what}", h.branch, h.publisher, h.seq)]
                         break
                     log.info("anchor %s (branch %s, seq %d) is not on our ledger or not confirmed there yet; "
                              "asking again: %s", claim.anchor_id, h.branch.hex(), h.seq, exc)

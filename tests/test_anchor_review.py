@@ -540,3 +540,40 @@ async def test_an_outage_of_the_members_ledger_does_not_use_up_the_wait(tmp_path
         await author.close()
         a_ledger.close()
         s_ledger.close()
+
+
+class _UnconfirmedLedger(EmbeddedLedger):
+    """The author's embedded ledger seen through a node that holds every write but confirms none (one that has
+    not seen the milestones)."""
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        super().status(anchor_id)
+        return AnchorStatus(False, None, None)
+
+
+async def test_the_verdict_on_a_checkpoint_never_confirmed_says_what_happened(tmp_path: Path) -> None:
+    """The verdict after the wait for a checkpoint our ledger holds but never confirmed read 'not on the ledger:
+    ... the checkpoint is on the ledger but not confirmed: not anchored yet' -- it is on the ledger, and after
+    the wait it is a verdict, not a 'yet'."""
+    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    s_ledger = _UnconfirmedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
+                                 anchor_wait=0.5)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        await author.publish(b1, b"alert")
+        await s1.next_message(timeout=5)
+        await wait_for(lambda: bool(col.of(Rejected)), what="the verdict after the wait")
+        (r,) = col.of(Rejected)
+        assert r.reason is RejectReason.NOT_ANCHORED
+        assert "not confirmed" in r.detail and "s of asking" in r.detail, r.detail
+        assert "not on the ledger" not in r.detail and "yet" not in r.detail, r.detail
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
