@@ -1437,11 +1437,11 @@ class Subscriber(_Party):
         it is reported ``Rejected(NOT_ANCHORED)`` (``math.inf``: never); an outage of the ledger is waited out
         however long it lasts, and does not count against ``anchor_wait``.  Raises :class:`LocalProtocolError` if
         ``anchor_wait`` is not a positive number (before anything is written)."""
-        _check_anchor_wait(anchor_wait)  # before anything touches the disk
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
         try:
+            _check_anchor_wait(anchor_wait)  # before anything touches the disk (the transport is closed, as below)
             core = SubscriberCore(identity, author_did, channel, config)
             store = Store.create(path, identity, passphrase, role="subscriber", channel=channel,
                                  author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
@@ -1461,11 +1461,11 @@ class Subscriber(_Party):
                    anchor_wait: float = ANCHOR_WAIT) -> Subscriber:
         """Reopen after a restart: branches and cursors come back; missed messages are fetched.  ``ledger`` and
         ``anchor_wait`` as for :meth:`create`."""
-        _check_anchor_wait(anchor_wait)
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
         try:
+            _check_anchor_wait(anchor_wait)
             store = Store.open(path, passphrase, durable=so.durable)
             if store.meta("role") != "subscriber":
                 raise LocalProtocolError(f"{path} is not a subscriber's store")

@@ -18,7 +18,7 @@ from streams.anchor import ANCHOR_TAG, ChainHead, build_epoch
 from streams.api import Author, MemoryHub, Subscriber
 from streams.audit import audit_store
 from streams.core import CoreConfig
-from streams.errors import LedgerError, RejectReason, VerificationError
+from streams.errors import LedgerError, LocalProtocolError, RejectReason, VerificationError
 from streams.events import Anchored, Rejected
 from streams.ledger import AnchorStatus, EmbeddedLedger
 from streams.ledger.anchoring import PendingAnchor, confirm, verify_anchored
@@ -577,3 +577,23 @@ async def test_the_verdict_on_a_checkpoint_never_confirmed_says_what_happened(tm
         await author.close()
         a_ledger.close()
         s_ledger.close()
+
+
+async def test_a_bad_anchor_wait_closes_the_transport_as_any_failed_create_or_open_does(tmp_path: Path) -> None:
+    """The transport passed to ``Subscriber.create/open`` is the subscriber's from then on, and a failed
+    create/open closes it (an abandoned ZeroMQ endpoint keeps its socket).  An ``anchor_wait`` refused up front
+    raised before that cleanup: the transport stayed open.  Nothing is written either way."""
+    hub = MemoryHub()
+    t = hub.subscriber_endpoint("p1")
+    with pytest.raises(LocalProtocolError, match="anchor_wait"):
+        await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, b"\x01" * 32, PW, t, store_options=FAST,
+                                anchor_wait=0)
+    assert t.closed
+    assert list(tmp_path.iterdir()) == []
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, b"\x01" * 32, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST)
+    await s1.close()
+    t = hub.subscriber_endpoint("p1")
+    with pytest.raises(LocalProtocolError, match="anchor_wait"):
+        await Subscriber.open(tmp_path / "p1.db", PW, t, store_options=FAST, anchor_wait=-1.0)
+    assert t.closed
