@@ -1342,8 +1342,23 @@ class Subscriber(_Party):
         stalled = 0  # claims put back in a row because their anchor is not (yet) on the ledger here
         #: Each claim whose anchor this ledger did not know or had not confirmed: when that was first seen (ms).
         #: Our ledger may lag behind the author's (another IOTA node, which has not seen the block or the
-        #: milestone referencing it yet): that is no verdict until ``anchor_wait`` has passed.
-        unsettled: dict[tuple[bytes, int, int, bytes, str, bool], int] = {}
+        #: milestone referencing it yet): that is no verdict until ``anchor_wait`` has passed.  Measured on the
+        #: monotonic clock: the party's clock is wall-clock time, which steps forward and back -- less the time our
+        #: ledger was down (an outage is no verdict, nor any part of one: a node that restarts then syncs is the lag
+        #: this wait is for).
+        unsettled: dict[tuple[bytes, int, int, bytes, str, bool], float] = {}
+        lost = 0.0  # ms our ledger was down, in all
+        down_since: float | None = None  # since when it is down (its first failure), None while it answers
+
+        def answered() -> float:
+            """The ledger answered: now, on the clock of the time it answered (ms)."""
+            nonlocal lost, down_since
+            now = time.monotonic() * 1000
+            if down_since is not None:
+                lost += now - down_since
+                down_since = None
+            return now - lost
+
         while not self._closed:
             claim = await self._claims.get()
             key = _claim_key(claim)
@@ -1352,17 +1367,19 @@ class Subscriber(_Party):
                 try:
                     await asyncio.to_thread(verify_anchored, ledger, claim.anchor_id, claim.head, claim.proof,
                                             author, claim.checkpoint)
+                    answered()
                     events = self._core.apply_anchor(claim, True)
                     break
                 except (UnknownAnchor, NotConfirmed) as exc:
                     h = claim.head
-                    now = self._clock()
+                    now = answered()
                     since = unsettled.setdefault(key, now)
                     if now - since >= self._anchor_wait_ms:
-                        what = "does not know this anchor" if isinstance(exc, UnknownAnchor) else "has not confirmed it"
+                        what = (f"does not know this anchor ({exc})" if isinstance(exc, UnknownAnchor) else
+                                "holds the checkpoint but has not confirmed it")
                         events = [Rejected(RejectReason.NOT_ANCHORED,
-                                           f"not on the ledger: after {(now - since) / 1000:.0f} s of asking, the "
-                                           f"ledger {what}: {exc}", h.branch, h.publisher, h.seq)]
+                                           f"not anchored: after {(now - since) / 1000:.1f} s of asking, our ledger "
+                                           f"still {what}", h.branch, h.publisher, h.seq)]
                         break
                     log.info("anchor %s (branch %s, seq %d) is not on our ledger or not confirmed there yet; "
                              "asking again: %s", claim.anchor_id, h.branch.hex(), h.seq, exc)
@@ -1381,12 +1398,15 @@ class Subscriber(_Party):
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                 except VerificationError as exc:
+                    answered()
                     h = claim.head
                     events = [Rejected(RejectReason.NOT_ANCHORED, f"not on the ledger: {exc}", h.branch,
                                        h.publisher, h.seq)]
                     break
                 except (LedgerError, LocalProtocolError) as exc:  # outage, or a ledger that cannot take the id
                     log.warning("ledger check of an anchor proof failed, retrying: %s", exc)
+                    if down_since is None:
+                        down_since = time.monotonic() * 1000
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
             if not requeued:
@@ -1415,13 +1435,13 @@ class Subscriber(_Party):
         ``ledger_verified=False``.  A proof whose anchor our ledger does not know or has not confirmed yet (a
         node that lags behind the author's) is checked again, with backoff, for ``anchor_wait`` seconds before
         it is reported ``Rejected(NOT_ANCHORED)`` (``math.inf``: never); an outage of the ledger is waited out
-        however long it lasts.  Raises :class:`LocalProtocolError` if ``anchor_wait`` is not a positive number
-        (before anything is written)."""
-        _check_anchor_wait(anchor_wait)  # before anything touches the disk
+        however long it lasts, and does not count against ``anchor_wait``.  Raises :class:`LocalProtocolError` if
+        ``anchor_wait`` is not a positive number (before anything is written)."""
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
         try:
+            _check_anchor_wait(anchor_wait)  # before anything touches the disk (the transport is closed, as below)
             core = SubscriberCore(identity, author_did, channel, config)
             store = Store.create(path, identity, passphrase, role="subscriber", channel=channel,
                                  author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
@@ -1441,11 +1461,11 @@ class Subscriber(_Party):
                    anchor_wait: float = ANCHOR_WAIT) -> Subscriber:
         """Reopen after a restart: branches and cursors come back; missed messages are fetched.  ``ledger`` and
         ``anchor_wait`` as for :meth:`create`."""
-        _check_anchor_wait(anchor_wait)
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
         try:
+            _check_anchor_wait(anchor_wait)
             store = Store.open(path, passphrase, durable=so.durable)
             if store.meta("role") != "subscriber":
                 raise LocalProtocolError(f"{path} is not a subscriber's store")

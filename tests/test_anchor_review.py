@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -17,7 +18,7 @@ from streams.anchor import ANCHOR_TAG, ChainHead, build_epoch
 from streams.api import Author, MemoryHub, Subscriber
 from streams.audit import audit_store
 from streams.core import CoreConfig
-from streams.errors import LedgerError, RejectReason, VerificationError
+from streams.errors import LedgerError, LocalProtocolError, RejectReason, VerificationError
 from streams.events import Anchored, Rejected
 from streams.ledger import AnchorStatus, EmbeddedLedger
 from streams.ledger.anchoring import PendingAnchor, confirm, verify_anchored
@@ -435,3 +436,164 @@ async def test_member_audit_catches_a_truncated_chain_behind_a_restored_flag(tmp
         db.close()
         rep = audit_store(tmp_path / "t.db", PW, ledger)
         assert not rep.ok, rep.summary()
+
+
+# --- the bounded wait for a lagging ledger (anchor_wait) --------------------------------------------------------
+
+
+async def _member_asking(tmp_path: Path, offset: list[int], anchor_wait: float
+                         ) -> tuple[Author, Subscriber, EmbeddedLedger, _AskedLedger, Collect]:
+    """An author anchoring on its ledger and member P1 on another one that knows none of it (a node that lags),
+    the member's clock wall-clock time plus ``offset[0]`` ms; returns once the member asked about the proof."""
+    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    s_ledger = _AskedLedger(tmp_path / "member-ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
+                                 clock=lambda: int(time.time() * 1000) + offset[0], anchor_wait=anchor_wait)
+    col = Collect(s1)
+    b1 = await s1.subscribe(timeout=5)
+    await author.publish(b1, b"alert")
+    await s1.next_message(timeout=5)
+    await wait_for(lambda: s_ledger.asked.get("1", 0) >= 1, what="the member asked its ledger")
+    return author, s1, a_ledger, s_ledger, col
+
+
+async def test_a_wall_clock_jump_forward_does_not_cut_the_wait_short(tmp_path: Path) -> None:
+    """The wait for a lagging ledger was measured on the party's clock (wall-clock time): a clock stepped forward
+    (NTP, a VM resumed) made the member report NOT_ANCHORED at its next question, long before ``anchor_wait``."""
+    offset = [0]
+    author, s1, a_ledger, s_ledger, col = await _member_asking(tmp_path, offset, anchor_wait=60.0)
+    try:
+        offset[0] = 3_600_000  # one hour forward
+        asked = s_ledger.asked["1"]
+        await wait_for(lambda: s_ledger.asked["1"] >= asked + 2 or bool(col.of(Rejected)),
+                       what="two more questions (or a verdict)")
+        assert not col.of(Rejected), col.of(Rejected)
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+async def test_a_wall_clock_jump_backward_does_not_stretch_the_wait(tmp_path: Path) -> None:
+    """The same clock stepped back by an hour made the member wait an hour longer than ``anchor_wait`` before its
+    verdict (set back by a year: a year)."""
+    offset = [0]
+    author, s1, a_ledger, s_ledger, col = await _member_asking(tmp_path, offset, anchor_wait=1.0)
+    try:
+        offset[0] = -3_600_000  # one hour back
+        await wait_for(lambda: bool(col.of(Rejected)), timeout=15, what="the verdict after the wait")
+        assert [r.reason for r in col.of(Rejected)] == [RejectReason.NOT_ANCHORED]
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+class _FlakyLedger(_AskedLedger):
+    """The member's ledger (knowing none of the author's writes), down while ``down`` is set (a node restarting):
+    ``answers`` counts the questions it answered."""
+
+    down = False
+    answers = 0
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        if self.down:
+            raise LedgerError("node down")
+        self.answers += 1
+        return super().status(anchor_id)
+
+
+async def test_an_outage_of_the_members_ledger_does_not_use_up_the_wait(tmp_path: Path) -> None:
+    """'An outage is no verdict': yet the wait for a lagging ledger ran on while the ledger was down, so a node
+    that restarted (down for longer than ``anchor_wait``, then syncing: the lag this wait is for) got the head
+    reported NOT_ANCHORED at its very first answer after the outage, without being asked again."""
+    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    s_ledger = _FlakyLedger(tmp_path / "member-ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
+                                 anchor_wait=1.5)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        await author.publish(b1, b"alert")
+        await s1.next_message(timeout=5)
+        await wait_for(lambda: s_ledger.answers >= 1, what="the member asked its ledger")
+        s_ledger.down = True
+        await asyncio.sleep(2.5)  # longer than anchor_wait
+        answers = s_ledger.answers
+        s_ledger.down = False
+        await wait_for(lambda: s_ledger.answers > answers or bool(col.of(Rejected)), timeout=15,
+                       what="an answer after the outage (or a verdict)")
+        assert not col.of(Rejected), col.of(Rejected)
+        await wait_for(lambda: bool(col.of(Rejected)), timeout=20, what="the verdict once the wait is used up")
+        assert [r.reason for r in col.of(Rejected)] == [RejectReason.NOT_ANCHORED]
+        assert s_ledger.answers >= answers + 2
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+class _UnconfirmedLedger(EmbeddedLedger):
+    """The author's embedded ledger seen through a node that holds every write but confirms none (one that has
+    not seen the milestones)."""
+
+    def status(self, anchor_id: str) -> AnchorStatus:
+        super().status(anchor_id)
+        return AnchorStatus(False, None, None)
+
+
+async def test_the_verdict_on_a_checkpoint_never_confirmed_says_what_happened(tmp_path: Path) -> None:
+    """The verdict after the wait for a checkpoint our ledger holds but never confirmed read 'not on the ledger:
+    ... the checkpoint is on the ledger but not confirmed: not anchored yet' -- it is on the ledger, and after
+    the wait it is a verdict, not a 'yet'."""
+    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    s_ledger = _UnconfirmedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
+                                 anchor_wait=0.5)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        await author.publish(b1, b"alert")
+        await s1.next_message(timeout=5)
+        await wait_for(lambda: bool(col.of(Rejected)), what="the verdict after the wait")
+        (r,) = col.of(Rejected)
+        assert r.reason is RejectReason.NOT_ANCHORED
+        assert "not confirmed" in r.detail and "s of asking" in r.detail, r.detail
+        assert "not on the ledger" not in r.detail and "yet" not in r.detail, r.detail
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
+        s_ledger.close()
+
+
+async def test_a_bad_anchor_wait_closes_the_transport_as_any_failed_create_or_open_does(tmp_path: Path) -> None:
+    """The transport passed to ``Subscriber.create/open`` is the subscriber's from then on, and a failed
+    create/open closes it (an abandoned ZeroMQ endpoint keeps its socket).  An ``anchor_wait`` refused up front
+    raised before that cleanup: the transport stayed open.  Nothing is written either way."""
+    hub = MemoryHub()
+    t = hub.subscriber_endpoint("p1")
+    with pytest.raises(LocalProtocolError, match="anchor_wait"):
+        await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, b"\x01" * 32, PW, t, store_options=FAST,
+                                anchor_wait=0)
+    assert t.closed
+    assert list(tmp_path.iterdir()) == []
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, b"\x01" * 32, PW,
+                                 hub.subscriber_endpoint("p1"), store_options=FAST)
+    await s1.close()
+    t = hub.subscriber_endpoint("p1")
+    with pytest.raises(LocalProtocolError, match="anchor_wait"):
+        await Subscriber.open(tmp_path / "p1.db", PW, t, store_options=FAST, anchor_wait=-1.0)
+    assert t.closed

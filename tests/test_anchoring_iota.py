@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,12 +155,16 @@ async def test_a_proof_the_members_node_never_confirms_is_not_anchored_after_the
         col = Collect(s1)
         try:
             anchor_id = await _proof_sent(author, s1, node, lagging, col)
+            sent = time.monotonic()  # the proof went out just before: the member's wait starts no earlier
             if relayed:
                 gossip(node, lagging, anchor_id)
             await wait_for(lambda: bool(col.of(Rejected)), timeout=30, what="the verdict after the wait")
+            # After the wait, not at the first "not confirmed" (which the old code reported at once).
+            assert time.monotonic() - sent >= 0.8
             bad = col.of(Rejected)
             assert {r.reason for r in bad} == {RejectReason.NOT_ANCHORED}
             assert all(("not confirmed" if relayed else "does not know") in r.detail for r in bad), bad
+            assert all("s of asking" in r.detail for r in bad), bad
             assert not col.of(Anchored)
             assert s1.store.anchored_heads() == []
         finally:
