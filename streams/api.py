@@ -1325,7 +1325,7 @@ class Subscriber(_Party):
         if ledger is not None:
             # Every anchor proof is read back from the ledger before it is reported (THREATS 7).
             self._core.defer_anchor_checks = True
-            self._tasks.append(asyncio.create_task(self._anchor_loop(), name=f"streams-anchor-{self.did[-8:]}"))
+            self._tasks.append(asyncio.create_task(self._anchor_task(), name=f"streams-anchor-{self.did[-8:]}"))
 
     def _committed(self, changes: Changes) -> None:
         if self._ledger is not None:
@@ -1334,6 +1334,18 @@ class Subscriber(_Party):
                 if key not in self._claimed:
                     self._claimed.add(key)
                     self._claims.put_nowait(claim)
+
+    async def _anchor_task(self) -> None:
+        """The ledger checks, guarded as the driver's loops are: a party whose proofs can no longer be checked closes
+        and says why, rather than leave every later proof waiting for a check that never comes."""
+        try:
+            await self._anchor_loop()
+        except ClosedResourceError as exc:
+            if not self._closed:  # (the party closing cancels this task: nothing to say then)
+                self._fail(exc, "the ledger (or the transport) was closed under the party: anchor proofs cannot be "
+                           "checked", broken=False)
+        except Exception as exc:
+            self._fail(exc, "the ledger check of anchor proofs failed")
 
     async def _anchor_loop(self) -> None:
         assert self._ledger is not None

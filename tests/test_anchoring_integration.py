@@ -28,7 +28,14 @@ from streams.api import AnchorConfig, Author, MemoryHub, StoreOptions, Subscribe
 from streams.audit import audit_store
 from streams.cli import main as cli_main
 from streams.core import CoreConfig
-from streams.errors import LedgerError, LocalProtocolError, RejectReason, VerificationError
+from streams.errors import (
+    ClosedResourceError,
+    LedgerError,
+    LocalProtocolError,
+    RejectReason,
+    StreamsTimeoutError,
+    VerificationError,
+)
 from streams.events import (
     Anchored,
     EpochAnchored,
@@ -871,3 +878,38 @@ async def test_a_member_away_when_its_proof_was_sent_gets_it_when_it_comes_back(
         await s1.close()
         await author.close()
         ledger.close()
+
+
+async def test_a_members_ledger_closed_under_it_closes_the_party_loudly_rather_than_leave_it_unchecked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The member's ledger check runs in a task of its own.  A ledger closed under the party (the application
+    closed it first) made that task die with ClosedResourceError, silently: the party went on receiving, and
+    every anchor proof from then on waited for a check that never came -- no Anchored, no rejection, no error.
+    Like its receive and timer loops, the party now closes, and says why."""
+    lpath = tmp_path / "ledger.db"
+    a_ledger, s_ledger = EmbeddedLedger(lpath), EmbeddedLedger(lpath)
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, a_ledger)
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=s_ledger)
+    col = Collect(s1)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        s_ledger.close()
+        await author.publish(b1, b"alert")
+        await s1.next_message(timeout=5)
+        deadline = time.monotonic() + 10
+        with caplog.at_level("WARNING", logger="streams"):
+            while True:  # the application's next call is how it learns
+                try:
+                    await s1.next_message(timeout=0.2)
+                except ClosedResourceError:
+                    break
+                except StreamsTimeoutError:
+                    assert time.monotonic() < deadline, "the member never closed: its proofs wait unchecked"
+        assert not col.of(Anchored)
+        assert any("ledger" in r.getMessage() and "closing" in r.getMessage() for r in caplog.records), \
+            [r.getMessage() for r in caplog.records]
+    finally:
+        await s1.close()
+        await author.close()
+        a_ledger.close()
