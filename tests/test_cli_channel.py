@@ -1008,3 +1008,36 @@ def test_serve_says_which_kind_of_ledger_it_anchors_on_and_each_epoch_it_anchore
                   "--ledger", "sqlite:nowhere.db", "--passphrase-env", "PP")
     assert missing.returncode == 2 and "no embedded ledger" in missing.json["error"]
     assert serve.stop()[0] == 0
+
+
+def test_tail_anchor_wait_bounds_how_long_a_proof_waits_for_its_ledger(
+        cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
+    """`tail --ledger` checks each proof against the member's ledger, which may lag behind the author's: a
+    checkpoint it does not know is asked about again for `--anchor-wait` seconds (default 600) before the proof
+    is rejected NOT_ANCHORED.  Here the member names another (empty) embedded ledger than the author's: after
+    half a second, the verdict; and a wait that is not a positive number is refused before anything runs."""
+    from streams.ledger import EmbeddedLedger
+
+    make_keystore(cli, "monitor.ks")
+    _policy(tmp_path / "policy.toml", make_keystore(cli, "provider.ks"))
+    serve = _serve(tmp_path, serves, "--ledger", "sqlite:ledger.db", "--anchor-interval-ms", "100")
+    ready = serve.wait("ready")
+    cli("subscribe", "--json", "--store", "provider.db", "--connect", ready["addresses"][0], "--keystore",
+        "provider.ks", "--author", ready["did"], "--channel", ready["channel"], "--passphrase-env", "PP").ok()
+    cli("publish", "--json", "--store", "provider.db", "--connect", ready["addresses"][0], "--data", "payment",
+        "--passphrase-env", "PP").ok()
+    serve.wait("epoch")
+    EmbeddedLedger(tmp_path / "other.db").close()  # a ledger the author never wrote to
+    for bad in ("0", "-1", "nan", "soon"):
+        refused = cli("tail", "--json", "--store", "provider.db", "--connect", ready["addresses"][0],
+                      "--ledger", "sqlite:other.db", "--anchor-wait", bad, "--passphrase-env", "PP")
+        assert refused.returncode == 2 and "--anchor-wait" in refused.stderr, (bad, refused.stderr)
+    tail = cli("tail", "--json", "--events", "--store", "provider.db", "--connect", ready["addresses"][0],
+               "--ledger", "sqlite:other.db", "--anchor-wait", "0.5", "--timeout", "5",
+               "--passphrase-env", "PP").ok()
+    docs = list(map(json.loads, tail.stdout.splitlines()))
+    rejected = [d for d in docs if d["event"] == "rejected"]
+    assert rejected and all(d["reason"] == "NOT_ANCHORED" and "does not know this anchor" in d["detail"]
+                            for d in rejected), tail.stdout
+    assert not [d for d in docs if d["event"] == "anchored"], tail.stdout
+    assert serve.stop()[0] == 0

@@ -49,7 +49,7 @@ from typing import Any
 from .. import credentials as vc
 from .. import keystore
 from ..anchoring_service import AnchorConfig
-from ..api import Author, BranchInfo, Subscriber, Transport
+from ..api import ANCHOR_WAIT, Author, BranchInfo, Subscriber, Transport
 from ..audit import open_ledger
 from ..errors import (
     AdmissionRefused,
@@ -375,17 +375,17 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
 
 async def open_subscriber(store: str, passphrase: str, transport: Transport, *, keystore_path: str | None = None,
                           author_did: str | None = None, channel: str | None = None, identity: Identity | None = None,
-                          ledger: Ledger | None = None) -> Subscriber:
+                          ledger: Ledger | None = None, anchor_wait: float = ANCHOR_WAIT) -> Subscriber:
     """Reopen the subscriber's store at ``store`` (catch-up runs at once), or create it (first run) from the
     identity in ``keystore_path`` for the channel ``channel`` (hex) of ``author_did``.  ``identity``: that
     keystore's identity if the caller has loaded it already (:func:`subscriber_keys`); not used when the store
-    exists.
+    exists.  ``ledger`` and ``anchor_wait``: as for :meth:`Subscriber.create`.
 
     Raises :class:`UsageError` if the store does not exist and an argument is missing, or a keystore holds
     another DID than the store; :class:`~streams.errors.BadPassphrase`; :class:`~streams.errors.StorageError`.
     ``transport`` is closed if opening fails (``Subscriber.create/open`` close it themselves when they fail)."""
     if Path(store).exists():
-        sub = await Subscriber.open(store, passphrase, transport, ledger=ledger)
+        sub = await Subscriber.open(store, passphrase, transport, ledger=ledger, anchor_wait=anchor_wait)
         try:
             if keystore_path is not None and keystore.read_public(keystore_path) != sub.did:
                 raise UsageError(f"{keystore_path} holds another identity than the store {store}")
@@ -406,7 +406,8 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
     except BaseException:
         await transport.close()
         raise
-    return await Subscriber.create(store, me, author, chan, passphrase, transport, ledger=ledger)
+    return await Subscriber.create(store, me, author, chan, passphrase, transport, ledger=ledger,
+                                   anchor_wait=anchor_wait)
 
 
 def unheard_hint(transport: SubscriberTransport, curve: bool) -> str:
@@ -1098,7 +1099,7 @@ async def tail(args: argparse.Namespace, out: LinePrinter) -> int:
     ledger = open_ledger(args.ledger) if args.ledger else None
     try:
         transport = zmq.subscriber(args.connect, keys)
-        sub = await open_subscriber(args.store, passphrase, transport, ledger=ledger)
+        sub = await open_subscriber(args.store, passphrase, transport, ledger=ledger, anchor_wait=args.anchor_wait)
     except BaseException:
         if ledger is not None:
             ledger.close()
@@ -1264,6 +1265,16 @@ def _json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False) or getattr(args, "global_json", False))
 
 
+def _wait_seconds(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not v > 0:  # NaN too
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return v
+
+
 def _positive(value: str) -> float:
     try:
         v = float(value)
@@ -1374,6 +1385,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--ledger", metavar="SPEC",
                    help="check the author's anchor proofs against this ledger: sqlite:PATH or iota:URL (the "
                         "author's --ledger); --events shows them with ledger_verified")
+    t.add_argument("--anchor-wait", type=_wait_seconds, default=ANCHOR_WAIT, metavar="S",
+                   help="with --ledger: how long a proof whose checkpoint the ledger does not know or has not "
+                        "confirmed yet (a node that lags behind the author's) is checked again before it is "
+                        f"rejected NOT_ANCHORED (default {ANCHOR_WAIT:.0f}; inf: never)")
     t.add_argument("--publish-stdin", action="store_true",
                    help='also publish JSON lines {"data": text} (or "data_b64"; "branch": hex if several) read from '
                         'stdin, on the writable branch (--branch if given)')
