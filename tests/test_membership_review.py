@@ -1,0 +1,72 @@
+"""Segregation and membership under attack (SPEC 9.5, 11, 14.2): what a member removed from a group, revoked,
+downgraded or gone keeps receiving or can still make the author accept.  Cores wired together without sockets (an
+attacker sees, replays and relays every frame)."""
+
+from __future__ import annotations
+
+from streams.core import Outgoing
+from streams.wire import Fetch, Kind, decode_frame, encode_frame
+
+from .corenet import Net, ident
+
+
+class _Routes:
+    """What a routing transport learns from the author core (SPEC 14.2, as ``brokerless.AuthorEndpoint`` does): a
+    reply naming a peer and a branch routes the branch to that peer; ``take_routes`` hints add and forget."""
+
+    def __init__(self) -> None:
+        self.routes: dict[bytes, set[object]] = {}
+
+    def sent(self, outs: list[Outgoing]) -> list[Outgoing]:
+        for o in outs:
+            if o.peer is not None and o.branch is not None:
+                self.routes.setdefault(o.branch, set()).add(o.peer)
+        return outs
+
+    def hints(self, hints: list[tuple[bytes, object, bool]]) -> None:
+        for branch, peer, keep in hints:
+            if keep:
+                self.routes.setdefault(branch, set()).add(peer)
+            elif peer is None:
+                self.routes.pop(branch, None)
+            else:
+                self.routes.get(branch, set()).discard(peer)
+
+
+def _grant_sync(net: Net, name: str, branch: bytes, peer: str, routes: _Routes) -> list[Outgoing]:
+    """``name`` asks for the grants of ``branch`` (its own: member 1) on connection ``peer``; the author's
+    answers."""
+    s = net.subs[name]
+    net.now += 1000
+    fetch = Fetch(net.author.channel, branch, 0, 0, 0, 1)
+    net.author.receive(encode_frame(fetch, b"", s.identity.sign).raw, net.now, peer)
+    net.author.take_changes()
+    routes.hints(net.author.take_routes())
+    return routes.sent(net.author.data_to_send())
+
+
+def test_a_connection_routed_a_group_by_an_own_branch_sync_is_forgotten_when_the_member_is_removed() -> None:
+    """A member's grant sync on its own branch is answered, on that connection, with the first GRANT of each of its
+    groups, naming the group and the peer: a routing transport takes that as a route of the group to the
+    connection (SPEC 14.2).  The author did not record it among the member's peers for the group, so removing the
+    member did not forget it: the connection went on getting every frame of the group (sizes, timing, heads of a
+    group it no longer belongs to), on as many connections as it asked from (the cap of 4 did not apply either)."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    own = net.author.branch_of(ident(10).did)
+    assert own is not None
+    routes = _Routes()
+    routes.hints(net.author.take_routes())
+    conns = [f"s0-conn{i}" for i in range(6)]
+    for peer in conns:  # it never FETCHes the group on these: only its own branch's sync
+        answer = _grant_sync(net, "s0", own, peer, routes)
+        assert [decode_frame(o.data).kind for o in answer if o.branch == g and o.peer == peer] == [Kind.GRANT]
+    assert set(conns) & routes.routes[g]  # routed the group
+    net.author.remove_member(g, ident(10).did)
+    net.author.take_changes()
+    routes.sent(net.author.data_to_send())
+    routes.hints(net.author.take_routes())
+    assert not set(conns) & routes.routes.get(g, set())
