@@ -4,6 +4,9 @@ attacker sees, replays and relays every frame)."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from streams.core import Outgoing
@@ -108,3 +111,72 @@ def test_a_message_lost_just_before_the_members_removal_is_fetched_or_reported_a
     got = [e.payload for e in net.events["s0"][start:] if isinstance(e, MessageReceived) and e.branch == g]
     gaps = [e for e in net.events["s0"][start:] if isinstance(e, GapDetected) and e.branch == g]
     assert got == [b"two"] or [(e.expected_seq, e.received_seq) for e in gaps] == [(2, 3)]
+
+
+async def test_over_zeromq_a_removed_member_routed_by_its_own_branch_sync_gets_no_more_group_frames(
+        tmp_path: Path) -> None:
+    """The same over the real endpoints: P1 opens a connection of its own, asks only for its own branch's grants
+    there (a bound FETCH: the author answers with the first GRANT of its group, which routes the group to that
+    connection), and never FETCHes the group on it.  Removed from the group, that connection got every packet the
+    author published to the group afterwards."""
+    import zmq
+    import zmq.asyncio
+
+    from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
+    from brokerless.endpoints import PING, PONG
+    from streams.api import Author, StoreOptions, Subscriber
+    from streams.core import CoreConfig
+    from streams.identity import Identity
+    from streams.policy import AllowList
+
+    fast = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+    cfg = EndpointConfig(heartbeat_ms=200, liveness=30)
+    author_id, p1, p2 = (Identity.from_seed(bytes([n]) * 32) for n in (0x01, 0x0A, 0x0B))
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    author = await Author.create(tmp_path / "a.db", author_id, "groups", "pw", ep, AllowList.of([p1.did, p2.did]),
+                                 config=CoreConfig(fetch_retry_ms=200), store_options=fast)
+    subs: list[Subscriber] = []
+    ctx = zmq.asyncio.Context()
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    try:
+        for who in (p1, p2):
+            s = await Subscriber.create(tmp_path / f"{who.did[-6:]}.db", who, author_id.did, author.channel, "pw",
+                                        SubscriberEndpoint(ep.addresses[0], cfg), store_options=fast)
+            subs.append(s)
+            await s.subscribe(timeout=10)
+        own1 = author.branch_of(p1.did)
+        assert own1 is not None
+        group = await author.open_group([p1.did, p2.did])
+        d.connect(ep.addresses[0])
+        await d.send(PING)
+        pong = await asyncio.wait_for(d.recv(), 10)
+        assert pong[:1] == PONG
+        await d.send(encode_frame(Fetch(author.channel, own1, 0, 0, 0, 1), pong[9:17], p1.sign).raw)
+        while True:  # the answer: the group's first grant, routing the group to this connection
+            data = await asyncio.wait_for(d.recv(), 10)
+            f = decode_frame(data) if data[:1] == b"\x95" else None
+            if f is not None and f.kind is Kind.GRANT and f.head.branch == group:
+                break
+        await author.remove_member(group, p1.did)
+        for i in range(3):
+            await author.publish(group, b"P2 only %d" % i)
+        got = []
+        while len(got) < 3:
+            m = await subs[1].next_message(timeout=15)
+            if m.branch == group:
+                got.append(m.payload)
+        await asyncio.sleep(0.3)  # frames sent to the connection at the same time would be in by now
+        late = []
+        while await d.poll(0):
+            data = await d.recv()
+            f = decode_frame(data) if data[:1] == b"\x95" else None
+            if f is not None and f.kind is Kind.PACKET and f.head.branch == group:
+                late.append(f.head.seq)
+        assert not late, late
+    finally:
+        d.close(linger=0)
+        ctx.term()
+        for s in subs:
+            await s.close()
+        await author.close()
