@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from streams.core import Outgoing
-from streams.events import BranchClosed, GapDetected, MessageReceived
+from streams.errors import RejectReason
+from streams.events import BranchClosed, GapDetected, MessageReceived, Rejected, Subscribed
 from streams.wire import Fetch, Kind, decode_frame, encode_frame
 
 from .corenet import Net, ident
@@ -180,3 +181,39 @@ async def test_over_zeromq_a_removed_member_routed_by_its_own_branch_sync_gets_n
         for s in subs:
             await s.close()
         await author.close()
+
+
+@pytest.mark.xfail(strict=True, reason="design limit: a SUBSCRIBE is not bound to the connection it is sent on "
+                   "(a wire change to fix), and the GRANT answering it names the peer and the new branch, which a "
+                   "routing transport takes as a route (SPEC 14.2 lists only a member's chain frame as a tap's way "
+                   "to a route)")
+def test_a_subscribe_recorded_by_a_tap_and_delivered_first_on_its_own_connection_routes_no_branch_there() -> None:
+    """A tap that sees s0's SUBSCRIBE on the wire (sealed, but its bytes are visible with transport security off)
+    and delivers it first, on a connection of its own, gets s0's new branch routed to that connection: every frame
+    of s0's branch, sizes and timing (and a connection that never reads holds up the author's drain(branch)).  s0's
+    own copy is refused as a used challenge; s0 asks again and is admitted to the same branch."""
+    net = Net.make(n_subs=1)
+    s0 = net.subs["s0"]
+    s0.hello()
+    s0.take_changes()
+    (hello,) = s0.data_to_send()
+    net.author.receive(hello.data, net.now, "s0")
+    net.author.take_changes()
+    for o in net.author.data_to_send():
+        s0.receive(o.data, net.now)
+    s0.take_changes()
+    (subscribe,) = s0.data_to_send()
+    assert decode_frame(subscribe.data).kind is Kind.SUBSCRIBE
+    net.author.receive(subscribe.data, net.now, "tap")  # the tap's copy first
+    net.author.take_changes()
+    routes = _Routes()
+    routes.sent(net.author.data_to_send())
+    routes.hints(net.author.take_routes())
+    branch = net.author.branch_of(ident(10).did)
+    assert branch is not None
+    refused = net.author.receive(subscribe.data, net.now, "s0")  # s0's own copy: a used challenge
+    assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
+    net.author.take_changes()
+    net.author.data_to_send()
+    assert [e.branch for e in net.subscribe("s0") if isinstance(e, Subscribed)] == [branch]  # it asks again
+    assert "tap" not in routes.routes.get(branch, set())
