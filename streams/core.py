@@ -2131,6 +2131,11 @@ class AuthorCore(_CoreBase):
             self._groups_told[key] = now_ms
             for g in self._open_groups_of(member[0]):
                 self._out.append(Outgoing(self._first_grant(g), peer=peer, branch=g.id))
+                # Naming the group and the peer, it routes the group there (SPEC 14.2): one of the member's peers
+                # for the group, forgotten when it is removed -- as one its FETCH of the group came from would be.
+                for i, (pk, _) in g.members.items():
+                    if i and pk == member[0]:
+                        self._hint_route(g, peer, i)
         if not later:
             # Always an answer on a member's own branch (SPEC 9.5), last: its current grant (it changes nothing
             # there).  A member that gets none asks again: the request or the answer was lost.
