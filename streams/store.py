@@ -99,6 +99,7 @@ import stat
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -222,6 +223,24 @@ def _ah_record(r: tuple[Any, ...]) -> AnchorRecord:
                         tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]), bool(r[12]))
 
 
+#: (device, inode) of each database file a :class:`Store` of this process has open, and how many have it.  A
+#: descriptor of such a file opened and closed outside SQLite drops every POSIX lock the process holds on it, its
+#: connections' included (SQLite's "how to corrupt", 2.2): another process's connection then takes itself for the
+#: last one when it closes, checkpoints and deletes the live ``-wal`` and ``-shm``, and the party's next commits go
+#: to a deleted file (lost by a ``kill -9``: THREATS 4).  So no such file is opened here (:func:`_check_wal`,
+#: :func:`_new_database`).
+_OPEN_FILES: Counter[tuple[int, int]] = Counter()
+
+
+def _file_id(p: Path) -> tuple[int, int] | None:
+    """``p``'s (device, inode), or None if it cannot be stat-ed."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Store:
     """One party's durable state.  Create with :meth:`create`, reopen with :meth:`open`.  Not thread-safe: use
     it from one thread (the event loop's)."""
@@ -243,6 +262,9 @@ class Store:
         #: Transactions committed by :meth:`commit` since this store was opened (group commit is observable).
         self.commits = 0
         self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
+        self._file = _file_id(path)  #: counted in _OPEN_FILES while open
+        if self._file is not None:
+            _OPEN_FILES[self._file] += 1
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -678,6 +700,11 @@ class Store:
                 self._conn.close()
             except sqlite3.Error as exc:  # pragma: no cover - close errors are not actionable
                 raise StorageError(f"closing {self.path}: {exc}") from exc
+            finally:
+                if self._file is not None:
+                    _OPEN_FILES[self._file] -= 1
+                    if _OPEN_FILES[self._file] <= 0:
+                        del _OPEN_FILES[self._file]
 
     # -- internals -----------------------------------------------------------------------------------------------
 
@@ -1064,6 +1091,10 @@ def _new_database(p: Path) -> bool:
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             made = False
+            # Not opened unless empty: a store this process runs on must not be (see _OPEN_FILES).
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 0:
+                raise LocalProtocolError(f"{p} already exists; open it instead") from None
             try:
                 fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
@@ -1088,7 +1119,10 @@ def _check_wal(p: Path) -> None:
     whose header still says rollback journal) moved over a store whose party crashed, leaving its WAL.  SQLite
     would replay that WAL's pages over the copy -- rows written after the snapshot, or a mix of the two files.
     Every store this module opened is in WAL mode (header bytes 18-19 are 2), so a WAL beside a file in rollback
-    mode is never the file's own."""
+    mode is never the file's own.  A file a store of this process has open is in WAL mode, and is not read here
+    (:data:`_OPEN_FILES`)."""
+    if _file_id(p) in _OPEN_FILES:
+        return
     try:
         with open(p, "rb") as f:
             head = f.read(20)

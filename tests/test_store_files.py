@@ -179,3 +179,70 @@ def test_create_refuses_a_path_that_holds_anything(tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.iterdir()} == before
     assert (tmp_path / "other").read_bytes() == b"x"
     Store.open(tmp_path / "s.db", "pw").close()
+
+
+# A party (this child) on a store; after its first commit, the same process opens the store again -- an audit
+# (``audit_store``), or a second party refused by the lock -- or creates at its path (refused: "already
+# exists"); then it commits again when told, and waits to be killed.
+LIVE = """
+import sys
+from pathlib import Path
+from streams.core import Changes
+from streams.errors import LocalProtocolError, StorageError
+from streams.identity import Identity
+from streams.store import Store
+me = Identity.from_seed(bytes([7]) * 32)
+p, again = Path(sys.argv[1]), sys.argv[2]
+store = Store.create(p, me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1, memlimit=8192)
+store.lock()
+store.commit(Changes(), {(b"b" * 16, 1): 1})
+if again == "open":
+    other = Store.open(p, "pw")
+    try:
+        other.lock()
+    except StorageError:
+        pass
+    other.close()
+else:
+    try:
+        Store.create(p, me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1, memlimit=8192)
+    except LocalProtocolError:
+        pass
+print("ready", flush=True)
+sys.stdin.readline()
+store.commit(Changes(), {(b"b" * 16, 1): 2})
+print("committed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("again", ["open", "create"])
+def test_opening_a_store_again_in_its_party_s_process_keeps_its_wal(tmp_path: Path, again: str) -> None:
+    """A store opened again (or created over) in the process its party runs in must leave that party's SQLite
+    locks alone: a descriptor of the database opened and closed outside SQLite drops them all (POSIX), and
+    another process's connection then takes itself for the last one at its close, checkpoints and deletes the
+    party's ``-wal`` and ``-shm`` -- the party writes its next commits to a deleted file, and a ``kill -9`` loses
+    them (THREATS 4).  Here that other process is a second party refused by the lock."""
+    p = tmp_path / "s.db"
+    child = subprocess.Popen([sys.executable, "-c", LIVE, str(p), again], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        second = Store.open(p, "pw")
+        with pytest.raises(StorageError, match="in use"):
+            second.lock()
+        second.close()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "committed\n"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdin.close()
+        child.stdout.close()
+    store = Store.open(p, "pw")
+    try:
+        assert store.delivered() == {(b"b" * 16, 1): 2}
+    finally:
+        store.close()
