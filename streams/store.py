@@ -990,12 +990,17 @@ def _check_copy(db: Path, frames: Path, size: int, verify: bool,
 
 def _frame_ref(stored: bytes, where: Path) -> tuple[int, int] | None:
     """(offset, length) of a ``log`` row's frame reference, or None if the row holds the frame itself.  Raises
-    StorageError for a reference of the wrong length."""
+    StorageError for a value that is not a blob (SQLite keeps whatever a damaged or edited row holds), or a
+    reference of the wrong length or beyond any file (an offset ``pread`` refuses with OverflowError)."""
+    if type(stored) is not bytes:
+        raise StorageError(f"damaged frame in the log of {where}")
     if stored[:1] != b"\xc1":
         return None
     if len(stored) != _REF.size:
         raise StorageError(f"damaged frame reference in {where}")
     _tag, off, n = _REF.unpack(stored)
+    if off >= 1 << 63:
+        raise StorageError(f"damaged frame reference in {where}")
     return off, n
 
 

@@ -26,7 +26,7 @@ from streams.core import ChainRecord, Changes, LogRecord
 from streams.errors import LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import FRAME_FILE_MIN, FRAMES_CACHED, Store
+from streams.store import FRAME_FILE_MIN, FRAMES_CACHED, Store, backup
 from streams.wire import Frame, Packet, decode_frame, encode_frame
 
 ME = Identity.from_seed(b"\x07" * 32)
@@ -188,6 +188,37 @@ def test_a_damaged_frame_file_is_a_storage_error(tmp_path: Path, damage: str) ->
     with pytest.raises(StorageError, match=words):
         store.log_entry(BRANCH, 0, 2)
     store.close()
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param(b"\xc1" + (1 << 63).to_bytes(8, "little") + (8000).to_bytes(4, "little"), id="offset-top-bit"),
+    pytest.param(7, id="integer"),
+    pytest.param("a frame", id="text"),
+])
+def test_a_damaged_log_row_is_a_storage_error(tmp_path: Path, value: object) -> None:
+    """A ``log`` row's frame column damaged or edited into something SQLite's check passes -- a reference whose
+    offset has its top bit flipped (beyond what ``pread`` takes), an integer, text -- reads as StorageError
+    naming the store, never an OverflowError or TypeError, nor as a frame; ``backup`` refuses it the same way."""
+    db = tmp_path / "s.db"
+    store = new_store(db)
+    commit(store, [1, 2], [8000, 400])
+    store.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE log SET frame = ? WHERE seq = 1", (value,))
+    conn.close()
+    store = Store.open(db, "pw", durable=False)
+    try:
+        assert store.log_range(BRANCH, 0, 2, 2) == [frame_for(2, 400)]
+        for read in (lambda: store.log_range(BRANCH, 0, 1, 2), lambda: store.log_entry(BRANCH, 0, 1),
+                     lambda: list(store.iter_log())):
+            with pytest.raises(StorageError, match=r"s\.db"):
+                read()
+    finally:
+        store.close()
+    with pytest.raises(StorageError):
+        backup(db, tmp_path / "copy.db", verify=True)
+    assert not (tmp_path / "copy.db").exists()
 
 
 def resident(path: Path) -> int:
