@@ -307,9 +307,10 @@ class Store:
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
         """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
-        file is taken) or for a bad argument, :class:`StorageError` if the disk fails.  A create that fails
-        leaves nothing behind: the arguments are checked and the key derived before the disk is touched, and
-        the files it made are removed (an empty file it took is left empty)."""
+        file is taken), if ``<path>-frames`` is there but not a regular file (a symlink), or for a bad argument,
+        :class:`StorageError` if the disk fails.  A create that fails leaves nothing behind: the arguments are
+        checked and the key derived before the disk is touched, and the files it made are removed (an empty
+        file it took is left empty)."""
         p = Path(path)
         try:  # the store keeps the seed, and open() rebuilds the identity from it: they must agree
             same = Identity.from_seed(identity.export_seed()).did == identity.did
@@ -328,6 +329,7 @@ class Store:
             "schema": SCHEMA_VERSION, "role": role, "channel": channel, "author_did": author_did, "name": name,
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
+        _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         others = [Path(f"{p}{s}") for s in ("-wal", "-shm", "-journal")]
         there = {o for o in others if o.exists()}
         made = _new_database(p)
@@ -342,8 +344,13 @@ class Store:
                 raise StorageError(f"cannot initialise store {p}: {exc}") from exc
             try:
                 os.chmod(p, 0o600)  # created 0600 (_new_database): a belt
+                # A frame file left by an earlier store of this name: nothing refers to it (not a link's target).
                 with contextlib.suppress(FileNotFoundError):
-                    os.truncate(f"{p}-frames", 0)  # left by an earlier store of this name: nothing refers to it
+                    fd = os.open(f"{p}-frames", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        os.ftruncate(fd, 0)
+                    finally:
+                        os.close(fd)
             except OSError as exc:
                 raise StorageError(f"cannot initialise store {p}: {_reason(exc)}") from exc
         except BaseException:
@@ -672,7 +679,7 @@ class Store:
         if self._lock_fd is not None:
             return
         try:
-            fd = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
         try:
@@ -726,9 +733,10 @@ class Store:
             raise StorageError(f"query on {self.path} failed: {exc}") from exc
 
     def _frames(self, create: bool) -> int:
-        """The frame file's descriptor (append-only writes, positional reads)."""
+        """The frame file's descriptor (append-only writes, positional reads).  Never through a symlink (ELOOP):
+        frames must not be appended to a file elsewhere."""
         if self._frames_fd is None:
-            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
             self._frames_fd = os.open(self._frames_path, flags, 0o600)
         return self._frames_fd
 
@@ -1117,6 +1125,19 @@ def _new_database(p: Path) -> bool:
                 p.unlink()
         raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
     return made
+
+
+def _check_side_file(p: Path) -> None:
+    """Raise :class:`LocalProtocolError` if ``p`` (a store's ``-frames``) exists and is not a regular file -- a
+    symlink, whose target a create would truncate -- and :class:`StorageError` if it cannot be examined."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create store beside {p}: {_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise LocalProtocolError(f"{p} is not a regular file (a symlink?); remove it first")
 
 
 def _check_wal(p: Path) -> None:

@@ -298,6 +298,44 @@ def test_a_new_store_does_not_inherit_a_stale_frame_file(tmp_path: Path) -> None
     store.close()
 
 
+@pytest.mark.parametrize("side", ["-frames", "-lock"])
+def test_a_store_never_writes_through_a_symlink_beside_it(tmp_path: Path, side: str) -> None:
+    """A ``<store>-frames`` or ``<store>-lock`` that is a symlink (planted in a shared directory, or left over) is
+    never followed: ``create`` used to truncate the link's target to nothing, and the first large frame or the
+    lock would append to, or create, a file elsewhere.  ``create`` refuses before touching anything; a store
+    whose side file became a link fails with StorageError where it is used.  The target stays as it was."""
+    db = tmp_path / "s.db"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = Path(f"{db}{side}")
+    link.symlink_to(victim)
+    if side == "-frames":
+        with pytest.raises(LocalProtocolError, match=r"s\.db-frames"):
+            new_store(db)
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["s.db-frames", "victim"]
+        link.unlink()
+        store = new_store(db)
+        link.symlink_to(victim)
+        with pytest.raises(StorageError, match=r"s\.db-frames"):
+            commit(store, [1], [9000])
+        assert store.log_entry(BRANCH, 0, 1) is None
+    else:
+        store = new_store(db)
+        with pytest.raises(StorageError, match=r"s\.db"):
+            store.lock()
+    store.close()
+    assert victim.read_bytes() == b"precious"
+    gone = tmp_path / "gone"
+    link.unlink()
+    link.symlink_to(gone)  # dangling: following it would create a file there
+    store = Store.open(db, "pw")
+    use = (lambda: commit(store, [1], [9000])) if side == "-frames" else store.lock
+    with pytest.raises(StorageError):
+        use()
+    store.close()
+    assert not gone.exists()
+
+
 def test_a_failed_sync_of_the_frame_file_is_reported_and_nothing_is_checkpointed(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """fdatasync failing (here: a pipe in place of the file, EINVAL -- on a disk, EIO) must not be a debug line:
