@@ -218,6 +218,12 @@ def _ah_row(r: AnchorRecord) -> tuple[Any, ...]:
 
 
 def _ah_record(r: tuple[Any, ...]) -> AnchorRecord:
+    """An ``anchor_heads`` or ``anchor_restores`` row's record.  Raises ValueError for a column of the wrong type
+    or form (SQLite keeps whatever a damaged or edited row holds)."""
+    if not (_count(r[1]) and _count(r[2]) and _count(r[4]) and _count(r[5]) and _count(r[8]) and _count(r[9])
+            and all(type(r[i]) is bytes for i in (0, 3, 7, 10)) and len(r[10]) % 32 == 0 and type(r[6]) is str
+            and type(r[11]) is int and type(r[12]) is int):
+        raise ValueError("a column of an anchored head")
     path = bytes(r[10])
     return AnchorRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
                         tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]), bool(r[12]))
@@ -536,13 +542,20 @@ class Store:
         return {e: bytes(c) for e, c in self._q("SELECT epoch, checkpoint FROM anchors WHERE epoch >= ?", (since,))}
 
     def anchored_heads(self) -> list[AnchorRecord]:
-        """The latest confirmed anchored head of every chain."""
-        return [_ah_record(r) for r in self._q(_AH_SELECT)]
+        """The latest confirmed anchored head of every chain.  Raises :class:`StorageError` for a damaged row."""
+        return self._ah_records("anchor_heads", _AH_SELECT)
 
     def anchor_restores(self) -> list[AnchorRecord]:
         """Every restore proof this member applied (where it restarted a chain after losing its state), in
-        (branch, publisher, seq) order; kept when later proofs replace the chain's latest anchored head."""
-        return [_ah_record(r) for r in self._q(_AR_SELECT)]
+        (branch, publisher, seq) order; kept when later proofs replace the chain's latest anchored head.  Raises
+        :class:`StorageError` for a damaged row."""
+        return self._ah_records("anchor_restores", _AR_SELECT)
+
+    def _ah_records(self, table: str, sql: str) -> list[AnchorRecord]:
+        try:
+            return [_ah_record(r) for r in self._q(sql)]
+        except ValueError:
+            raise StorageError(f"a row of table {table} in {self.path} is damaged") from None
 
     def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
         """Keep fork evidence; False if this position already had some."""
@@ -560,6 +573,10 @@ class Store:
         return [tuple(r) for r in self._q("SELECT branch, publisher, seq, frame_a, frame_b FROM forks")]
 
     def _anchor_row(self, r: tuple[Any, ...]) -> AnchorRow:
+        """An ``anchors`` row.  Raises :class:`StorageError` for a column of the wrong type or form."""
+        if not (_count(r[0]) and type(r[1]) is bytes and type(r[3]) is bytes and len(r[3]) % 32 == 0
+                and (r[4] is None or type(r[4]) is str) and r[5] in ("built", "written", "confirmed")):
+            raise StorageError(f"a row of table anchors in {self.path} is damaged (epoch {r[0]!r})")
         try:
             heads = [tuple(h) for h in msgpack.unpackb(r[2], raw=False)]
         except (ValueError, TypeError) as exc:
