@@ -903,6 +903,13 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
             raise LocalProtocolError(f"{target} already exists; back up to a new path")
     tmp_db, tmp_frames = Path(f"{d}.tmp-backup"), Path(f"{d}-frames.tmp-backup")
     try:
+        # New files of mode 0600 at the temporary names, never through a link: what an interrupted backup left
+        # there (or a link planted in a shared directory) is removed first.  SQLite writes the copy into the
+        # file it finds, which it would otherwise create with the umask's mode, or follow a link to.
+        for t in (tmp_db, tmp_frames):
+            with contextlib.suppress(FileNotFoundError):
+                t.unlink()
+        os.close(os.open(tmp_db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         try:
             source = sqlite3.connect(f"{s.resolve().as_uri()}?mode=ro", uri=True)
             try:
@@ -917,7 +924,6 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
                 source.close()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot back up {s}: {exc}") from exc
-        os.chmod(tmp_db, 0o600)
         total = _copy_prefix(Path(f"{s}-frames"), tmp_frames, progress)
         _fsync_path(tmp_db)
         rows, checked = _check_copy(tmp_db, tmp_frames, total, verify, progress)
