@@ -312,11 +312,11 @@ class Store:
     def create(cls, path: str | os.PathLike[str], identity: Identity, passphrase: str | bytes, *,
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
-        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
-        file is taken), if ``<path>-frames`` is there but not a regular file (a symlink), or for a bad argument,
-        :class:`StorageError` if the disk fails.  A create that fails leaves nothing behind: the arguments are
-        checked and the key derived before the disk is touched, and the files it made are removed (an empty
-        file it took is left empty)."""
+        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty file is
+        taken), if ``<path>-frames`` is there but not a regular file (a symlink), or for a bad argument (an empty
+        passphrase is one), :class:`StorageError` if the disk fails.  A create that fails leaves nothing behind: the
+        arguments are checked and the key derived before the disk is touched, and the files it made are removed (an
+        empty file it took is left empty)."""
         p = Path(path)
         try:  # the store keeps the seed, and open() rebuilds the identity from it: they must agree
             same = Identity.from_seed(identity.export_seed()).did == identity.did
@@ -328,6 +328,9 @@ class Store:
             _check_meta({"role": role, "channel": channel, "author_did": author_did, "name": name})
         except ValueError as exc:
             raise LocalProtocolError(f"cannot create a store: its {exc} is not valid") from None
+        if isinstance(passphrase, str | bytes | bytearray) and not passphrase:
+            # As a keystore: secrets sealed under no secret are not encrypted at rest (THREATS 9).
+            raise LocalProtocolError("refusing to create a store under an empty passphrase")
         salt = os.urandom(16)
         key = derive_key(passphrase, salt, opslimit, memlimit)
         sealed_seed = seal_secret(key, identity.export_seed(), b"streams.store.identity")

@@ -88,6 +88,8 @@ def test_an_empty_file_can_still_be_created_over(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("label", "kw"), [
     ("opslimit", {"opslimit": 0}),
     ("passphrase type", {"passphrase": 7}),
+    ("empty passphrase", {"passphrase": ""}),
+    ("empty bytes passphrase", {"passphrase": b""}),
     ("role", {"role": "boss"}),
     ("channel", {"channel": b"short"}),
     ("author_did", {"author_did": "did:key:nonsense"}),
@@ -96,8 +98,9 @@ def test_an_empty_file_can_still_be_created_over(tmp_path: Path) -> None:
 @pytest.mark.parametrize("existing", ["none", "empty file"])
 def test_a_create_refused_for_an_argument_leaves_nothing(tmp_path: Path, label: str, kw: dict[str, object],
                                                          existing: str) -> None:
-    """A bad argument is a LocalProtocolError before the disk is touched: no file is made (an empty file that was
-    there stays empty), so the same path takes a correct create at once, and ``open`` of it says "no store"."""
+    """A bad argument is a LocalProtocolError before the disk is touched (an empty passphrase is one, as for a keystore:
+    the seed and branch keys sealed under it would not be encrypted at rest, THREATS 9): no file is made (an empty file
+    that was there stays empty), so the same path takes a correct create at once, and ``open`` of it says "no store"."""
     p = tmp_path / "s.db"
     if existing == "empty file":
         p.write_bytes(b"")
