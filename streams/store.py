@@ -385,8 +385,7 @@ class Store:
         file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it).
         Nothing is written to a file before it is known to be a store and the passphrase opens it."""
         p = Path(path)
-        if not p.exists():
-            raise StorageError(f"no store at {p}")
+        _check_regular(p)
         _check_wal(p)
         conn = cls._connect(p, durable)
         try:
@@ -898,8 +897,7 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
     leaves nothing at ``dest``."""
     s, d = Path(src), Path(dest)
-    if not s.exists():
-        raise StorageError(f"no store at {s}")
+    _check_regular(s)
     d_frames = Path(f"{d}-frames")
     for target in (d, d_frames):
         if target.exists():
@@ -1151,6 +1149,20 @@ def _new_database(p: Path) -> bool:
                 p.unlink()
         raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
     return made
+
+
+def _check_regular(p: Path) -> None:
+    """Raise :class:`StorageError` unless ``p`` is a regular file (through a symlink): "no store" if there is
+    nothing, "not a store" for a FIFO, a device or a directory -- SQLite, or the header read, would wait forever
+    on a FIFO for a writer."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise StorageError(f"no store at {p}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StorageError(f"{p} is not a store (not a regular file)")
 
 
 def _check_side_file(p: Path) -> None:

@@ -249,3 +249,32 @@ def test_opening_a_store_again_in_its_party_s_process_keeps_its_wal(tmp_path: Pa
         assert store.delivered() == {(b"b" * 16, 1): 2}
     finally:
         store.close()
+
+
+# Each call on a path that holds a FIFO; prints the error's type and text (or "returned").
+ON_FIFO = """
+import sys
+from streams.store import Store, backup
+path, call = sys.argv[1], sys.argv[2]
+try:
+    if call == "open":
+        Store.open(path, "pw")
+    else:
+        backup(path, path + ".copy")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("returned")
+"""
+
+
+@pytest.mark.parametrize("call", ["open", "backup"])
+def test_a_fifo_is_refused_as_not_a_store(tmp_path: Path, call: str) -> None:
+    """A FIFO at a store's path (``streams status --store`` or ``backup`` pointed at one, or one planted) is
+    refused at once as not a store, naming the path; it used to block the process forever, waiting for a
+    writer (the child runs under a timeout that only guards the test run)."""
+    p = tmp_path / "s.db"
+    os.mkfifo(p)
+    out = subprocess.run([sys.executable, "-c", ON_FIFO, str(p), call], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120).stdout
+    assert out.startswith("StorageError") and "s.db" in out and "not a store" in out, out
