@@ -623,10 +623,12 @@ class Store:
 
     def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
         """At most ``limit`` retained ``(seq, frame)`` of a chain with ``lo <= seq <= hi``, in order: a bounded
-        read, however sparse the range (a chain's log may start far above 1: a member that joined late)."""
+        read, however sparse the range (a chain's log may start far above 1: a member that joined late).  Every
+        frame is checked against its row's hash, those kept in their rows too: this is the redelivery read, and
+        a damaged frame would otherwise be skipped there as one we cannot read (:class:`StorageError`)."""
         rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
-        return [(s, self._frame(f, h)) for s, f, h in rows]
+        return [(s, self._frame(f, h, check=True)) for s, f, h in rows]
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""
@@ -792,10 +794,13 @@ class Store:
                 self._frames_unsynced = True
         return rows
 
-    def _frame(self, stored: bytes, h: bytes) -> bytes:
-        """A ``log`` row's frame: itself, or read from the frame file and checked against the row's hash ``h``."""
+    def _frame(self, stored: bytes, h: bytes, *, check: bool = False) -> bytes:
+        """A ``log`` row's frame: itself (checked against the row's hash ``h`` too if ``check``), or read from the
+        frame file and checked against ``h``."""
         ref = _frame_ref(stored, self.path)
         if ref is None:
+            if check and not _frame_matches(stored, h):
+                raise StorageError(f"a logged frame in {self.path} does not match its hash: the store is damaged")
             return stored
         off, n = ref
         try:
