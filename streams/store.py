@@ -340,7 +340,7 @@ class Store:
         }
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         others = [Path(f"{p}{s}") for s in ("-wal", "-shm", "-journal")]
-        there = {o for o in others if o.exists()}
+        there = {o for o in [*others, Path(f"{p}-frames"), Path(f"{p}-lock")] if o.exists()}
         made = _new_database(p)
         conn: sqlite3.Connection | None = None
         try:
@@ -376,7 +376,9 @@ class Store:
                 else:
                     os.truncate(p, 0)
             raise
-        return cls(conn, p, key, identity, durable=durable)
+        store = cls(conn, p, key, identity, durable=durable)
+        store._created = (made, there)
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
@@ -712,6 +714,26 @@ class Store:
             raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
         self._lock_fd = fd
 
+    def discard(self) -> None:
+        """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
+        create, which must then leave nothing behind): the database (an empty file it took is left empty), its
+        ``-wal``, ``-shm``, ``-frames`` and ``-lock``, unless they were there before.  A store from :meth:`open`
+        is only closed."""
+        self.close()
+        if self._created is None:
+            return
+        made, there = self._created
+        for s in ("-wal", "-shm", "-journal", "-frames", "-lock"):
+            o = Path(f"{self.path}{s}")
+            if o not in there:
+                with contextlib.suppress(OSError):
+                    o.unlink()
+        with contextlib.suppress(OSError):
+            if made:
+                self.path.unlink()
+            else:
+                os.truncate(self.path, 0)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -737,6 +759,7 @@ class Store:
     # -- internals -----------------------------------------------------------------------------------------------
 
     _meta: dict[str, Any]
+    _created: tuple[bool, set[Path]] | None = None  #: (database made, side files there before): from create
 
     def _check_open(self) -> None:
         if self._closed:
