@@ -781,7 +781,11 @@ class Store:
         frames must not be appended to a file elsewhere."""
         if self._frames_fd is None:
             flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-            self._frames_fd = os.open(self._frames_path, flags, 0o600)
+            fd = os.open(self._frames_path, flags, 0o600)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would take a commit's frames and keep none
+                os.close(fd)
+                raise StorageError(f"{self._frames_path} is not a regular file")
+            self._frames_fd = fd
         return self._frames_fd
 
     def _log_rows(self, records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:
@@ -976,12 +980,15 @@ def _copy_prefix(src: Path, dest: Path, progress: Callable[[str, int, int], None
     fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            fd_in = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO: refused, not waited on)
         except FileNotFoundError:  # no frame of FRAME_FILE_MIN bytes or more was ever logged
             os.fsync(fd_out)
             return 0
         try:
-            total = os.fstat(fd_in).st_size  # the length now: after every frame the snapshot's rows name
+            st = os.fstat(fd_in)
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"{src} is not a regular file")
+            total = st.st_size  # the length now: after every frame the snapshot's rows name
             done = 0
             in_kernel = hasattr(os, "copy_file_range")
             while done < total:

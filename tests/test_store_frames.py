@@ -385,3 +385,39 @@ def test_a_durable_store_keeps_a_small_commits_frames_in_their_rows(tmp_path: Pa
     finally:
         durable.close()
         plain.close()
+
+
+# A store whose frame file became a FIFO: a commit of a large frame, a read of one, and a backup.  Prints the
+# error's type and text for each (or "returned").
+FIFO_FRAMES = """
+import os, sys
+from pathlib import Path
+from tests.test_store_frames import BRANCH, commit, new_store
+from streams.store import Store, backup
+db = Path(sys.argv[1])
+store = new_store(db)
+commit(store, [1], [9000])
+store.close()
+os.unlink(f"{db}-frames")
+os.mkfifo(f"{db}-frames")
+store = Store.open(db, "pw", durable=False)
+for call in (lambda: commit(store, [2], [9000]), lambda: store.log_entry(BRANCH, 0, 1),
+             lambda: backup(db, db.parent / "copy.db")):
+    try:
+        call()
+    except Exception as exc:
+        print(type(exc).__name__, exc, flush=True)
+    else:
+        print("returned", flush=True)
+"""
+
+
+def test_a_fifo_as_frame_file_is_a_storage_error(tmp_path: Path) -> None:
+    """A ``<store>-frames`` replaced by a FIFO is a StorageError naming it where the file is used -- a commit of
+    a large frame, a read of one, a backup -- not a process blocked forever (a write into a pipe nobody reads,
+    an open waiting for a writer); the child runs under a timeout that only guards the test run."""
+    out = subprocess.run([sys.executable, "-c", FIFO_FRAMES, str(tmp_path / "s.db")], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60).stdout.splitlines()
+    assert len(out) == 3, out
+    for line in out:
+        assert line.startswith("StorageError") and "s.db-frames" in line and "not a regular file" in line, line
