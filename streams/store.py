@@ -383,8 +383,9 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
-        if the file is missing, not a store, or damaged (SQLite's ``quick_check`` runs first: it reads the whole
-        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it).
+        if the file is missing, not a store, altered (it holds SQL triggers or views), or damaged (SQLite's
+        ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
+        is found now, not when a fetch reaches it).
         Nothing is written to a file before it is known to be a store and the passphrase opens it."""
         p = Path(path)
         _check_regular(p)
@@ -416,6 +417,14 @@ class Store:
             raise StorageError(f"{p} is damaged: {exc}") from exc
         if check != ("ok",):
             raise StorageError(f"{p} is damaged (SQLite's check: {check[0] if check else 'no answer'})")
+        # This module makes no trigger or view.  One added to the file would run inside the party's own commits
+        # (delete what was just logged, freeze a cursor) where SQLite's check does not look.
+        try:
+            extra = conn.execute("SELECT type FROM sqlite_master WHERE type IN ('trigger', 'view') LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{p} is damaged: {exc}") from exc
+        if extra is not None:
+            raise StorageError(f"{p} holds an SQL {extra[0]}, which no store has: the file was altered")
         # A damaged or edited file must give StorageError, never a KeyError, a "bad argument" error or a decoding
         # error (the peer's fault) later: check the rows before using them.
         try:

@@ -278,3 +278,23 @@ def test_a_fifo_is_refused_as_not_a_store(tmp_path: Path, call: str) -> None:
     out = subprocess.run([sys.executable, "-c", ON_FIFO, str(p), call], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120).stdout
     assert out.startswith("StorageError") and "s.db" in out and "not a store" in out, out
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TRIGGER t AFTER INSERT ON log BEGIN DELETE FROM log WHERE rowid = new.rowid; END",
+    "CREATE TRIGGER t BEFORE UPDATE ON delivered BEGIN SELECT RAISE(IGNORE); END",
+    "CREATE VIEW v AS SELECT * FROM meta",
+])
+def test_a_store_with_sql_triggers_or_views_is_refused(tmp_path: Path, sql: str) -> None:
+    """A store file given SQL triggers (or views) by someone who could write to it -- which this library never
+    makes, and which SQLite's check does not look at -- is refused at open with StorageError naming it.  A
+    trigger runs inside the party's own commits: the first one here deleted every logged message as it was
+    committed (acknowledged, then gone), the second froze the delivery cursors."""
+    p = tmp_path / "s.db"
+    create(p).close()
+    conn = sqlite3.connect(p)
+    with conn:
+        conn.execute(sql)
+    conn.close()
+    with pytest.raises(StorageError, match=r"s\.db"):
+        Store.open(p, "pw")
