@@ -259,7 +259,10 @@ class Store:
         self.identity = identity
         self._durable = durable
         self._closed = False
-        self._frames_path = Path(f"{path}-frames")
+        #: The database's absolute path: its side files and the checkpointer's connection stay beside it if the
+        #: process changes its working directory (SQLite's own connection keeps the absolute path too).
+        self._abs_path = path.absolute()
+        self._frames_path = Path(f"{self._abs_path}-frames")
         self._frames_fd: int | None = None  #: opened at the first large frame written or read
         self._lock_fd: int | None = None  #: held by the party that runs on this store (see lock)
         self._frames_unsynced = False  #: written since the last fdatasync (durable=False only)
@@ -711,7 +714,7 @@ class Store:
         if self._lock_fd is not None:
             return
         try:
-            fd = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(f"{self._abs_path}-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
         try:
@@ -1360,7 +1363,8 @@ class _Checkpointer:
         conn = self._conns.get(key)
         try:
             if conn is None:
-                conn = sqlite3.connect(str(store.path), isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(f"{store._abs_path.as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                       check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=1000")
                 self._conns[key] = conn
             try:

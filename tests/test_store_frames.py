@@ -421,3 +421,28 @@ def test_a_fifo_as_frame_file_is_a_storage_error(tmp_path: Path) -> None:
     assert len(out) == 3, out
     for line in out:
         assert line.startswith("StorageError") and "s.db-frames" in line and "not a regular file" in line, line
+
+
+def test_a_store_opened_by_a_relative_path_keeps_its_files_after_a_chdir(tmp_path: Path) -> None:
+    """A store opened by a relative path in a process that then changes its working directory (a daemon does:
+    ``chdir("/")``) still writes its large frames, and checkpoints, beside its database: the frame file used
+    to be opened by the relative path at its first large frame, in the new directory -- the committed rows
+    then named bytes that are not beside the store, and after a restart those messages read as missing."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    old = os.getcwd()
+    os.chdir(home)
+    try:
+        store = new_store(Path("s.db"))
+        os.chdir(elsewhere)
+        commit(store, [1, 2], [9000, 400])
+        store.close()
+    finally:
+        os.chdir(old)
+    assert sorted(p.name for p in elsewhere.iterdir()) == []
+    store = Store.open(home / "s.db", "pw", durable=False)
+    try:
+        assert store.log_range(BRANCH, 0, 1, 2) == [frame_for(1, 9000), frame_for(2, 400)]
+    finally:
+        store.close()
