@@ -1079,7 +1079,7 @@ class Author(_Party):
             self._start()
             return self
         except BaseException:
-            await _abandon(transport, store, self)
+            await _abandon(transport, store, self, discard=True)  # a failed create leaves nothing behind
             raise
 
     @classmethod
@@ -1463,7 +1463,7 @@ class Subscriber(_Party):
             self._start()
             return self
         except BaseException:
-            await _abandon(transport, store, self)
+            await _abandon(transport, store, self, discard=True)  # a failed create leaves nothing behind
             raise
 
     @classmethod
@@ -1588,10 +1588,11 @@ class Subscriber(_Party):
             log.info("branch %s closed by %s", ev.branch.hex(), ev.by)
 
 
-async def _abandon(transport: Transport, store: Store | None, party: _Party | None) -> None:
+async def _abandon(transport: Transport, store: Store | None, party: _Party | None, *, discard: bool = False) -> None:
     """A create/open failed: release what it took.  The transport passed in belongs to the party from then on, so
     it is closed too (an abandoned ZeroMQ endpoint keeps its socket, and pyzmq's finalizer may later block the
-    process).  Nothing more is committed; errors while releasing are dropped (the caller gets the first one)."""
+    process).  Nothing more is committed; errors while releasing are dropped (the caller gets the first one).
+    ``discard`` (a create): the store's files are removed as well (:meth:`Store.discard`)."""
     if party is not None:
         party._closed = True
         with contextlib.suppress(Exception):
@@ -1600,7 +1601,10 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
         party._parallel.close()
     if store is not None:
         with contextlib.suppress(Exception):
-            store.close()
+            if discard:
+                store.discard()
+            else:
+                store.close()
     with contextlib.suppress(Exception):
         await transport.close()
 

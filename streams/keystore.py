@@ -47,8 +47,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 import unicodedata
 from typing import Any, Final
@@ -272,14 +274,35 @@ def _parse(data: bytes) -> _Parsed:
 
 def _read(path: str | os.PathLike[str]) -> _Parsed:
     try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_FILE + 1)
+        # O_NONBLOCK: a FIFO at the path is refused below, not waited on for a writer (forever).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+            data = _read_all(fd, _MAX_FILE + 1) if stat.S_ISREG(mode) else b""
+        finally:
+            os.close(fd)
     except OSError as exc:
         # The OSError names the path, not the contents; chain it so the caller sees why.
         raise KeystoreError(f"cannot read keystore {os.fspath(path)}: {exc.strerror or type(exc).__name__}") from exc
+    if not stat.S_ISREG(mode):
+        raise KeystoreError(f"keystore {os.fspath(path)} is not a regular file")
     if len(data) > _MAX_FILE:
         raise KeystoreError(f"keystore file {os.fspath(path)} is too large")
     return _parse(data)
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``, until its end."""
+    chunks: list[bytes] = []
+    while limit > 0:
+        chunk = os.read(fd, limit)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        limit -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_public(path: str | os.PathLike[str]) -> str:

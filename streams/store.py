@@ -99,6 +99,7 @@ import stat
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,9 +218,33 @@ def _ah_row(r: AnchorRecord) -> tuple[Any, ...]:
 
 
 def _ah_record(r: tuple[Any, ...]) -> AnchorRecord:
+    """An ``anchor_heads`` or ``anchor_restores`` row's record.  Raises ValueError for a column of the wrong type
+    or form (SQLite keeps whatever a damaged or edited row holds)."""
+    if not (_count(r[1]) and _count(r[2]) and _count(r[4]) and _count(r[5]) and _count(r[8]) and _count(r[9])
+            and all(type(r[i]) is bytes for i in (0, 3, 7, 10)) and len(r[10]) % 32 == 0 and type(r[6]) is str
+            and type(r[11]) is int and type(r[12]) is int):
+        raise ValueError("a column of an anchored head")
     path = bytes(r[10])
     return AnchorRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
                         tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]), bool(r[12]))
+
+
+#: (device, inode) of each database file a :class:`Store` of this process has open, and how many have it.  A
+#: descriptor of such a file opened and closed outside SQLite drops every POSIX lock the process holds on it, its
+#: connections' included (SQLite's "how to corrupt", 2.2): another process's connection then takes itself for the
+#: last one when it closes, checkpoints and deletes the live ``-wal`` and ``-shm``, and the party's next commits go
+#: to a deleted file (lost by a ``kill -9``: THREATS 4).  So no such file is opened here (:func:`_check_wal`,
+#: :func:`_new_database`).
+_OPEN_FILES: Counter[tuple[int, int]] = Counter()
+
+
+def _file_id(p: Path) -> tuple[int, int] | None:
+    """``p``'s (device, inode), or None if it cannot be stat-ed."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Store:
@@ -234,7 +259,10 @@ class Store:
         self.identity = identity
         self._durable = durable
         self._closed = False
-        self._frames_path = Path(f"{path}-frames")
+        #: The database's absolute path: its side files and the checkpointer's connection stay beside it if the
+        #: process changes its working directory (SQLite's own connection keeps the absolute path too).
+        self._abs_path = path.absolute()
+        self._frames_path = Path(f"{self._abs_path}-frames")
         self._frames_fd: int | None = None  #: opened at the first large frame written or read
         self._lock_fd: int | None = None  #: held by the party that runs on this store (see lock)
         self._frames_unsynced = False  #: written since the last fdatasync (durable=False only)
@@ -243,6 +271,9 @@ class Store:
         #: Transactions committed by :meth:`commit` since this store was opened (group commit is observable).
         self.commits = 0
         self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
+        self._file = _file_id(path)  #: counted in _OPEN_FILES while open
+        if self._file is not None:
+            _OPEN_FILES[self._file] += 1
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -284,10 +315,11 @@ class Store:
     def create(cls, path: str | os.PathLike[str], identity: Identity, passphrase: str | bytes, *,
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
-        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
-        file is taken) or for a bad argument, :class:`StorageError` if the disk fails.  A create that fails
-        leaves nothing behind: the arguments are checked and the key derived before the disk is touched, and
-        the files it made are removed (an empty file it took is left empty)."""
+        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty file is
+        taken), if ``<path>-frames`` is there but not a regular file (a symlink), or for a bad argument (an empty
+        passphrase is one), :class:`StorageError` if the disk fails.  A create that fails leaves nothing behind: the
+        arguments are checked and the key derived before the disk is touched, and the files it made are removed (an
+        empty file it took is left empty)."""
         p = Path(path)
         try:  # the store keeps the seed, and open() rebuilds the identity from it: they must agree
             same = Identity.from_seed(identity.export_seed()).did == identity.did
@@ -299,6 +331,9 @@ class Store:
             _check_meta({"role": role, "channel": channel, "author_did": author_did, "name": name})
         except ValueError as exc:
             raise LocalProtocolError(f"cannot create a store: its {exc} is not valid") from None
+        if isinstance(passphrase, str | bytes | bytearray) and not passphrase:
+            # As a keystore: secrets sealed under no secret are not encrypted at rest (THREATS 9).
+            raise LocalProtocolError("refusing to create a store under an empty passphrase")
         salt = os.urandom(16)
         key = derive_key(passphrase, salt, opslimit, memlimit)
         sealed_seed = seal_secret(key, identity.export_seed(), b"streams.store.identity")
@@ -306,8 +341,9 @@ class Store:
             "schema": SCHEMA_VERSION, "role": role, "channel": channel, "author_did": author_did, "name": name,
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
+        _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         others = [Path(f"{p}{s}") for s in ("-wal", "-shm", "-journal")]
-        there = {o for o in others if o.exists()}
+        there = {o for o in [*others, Path(f"{p}-frames"), Path(f"{p}-lock")] if o.exists()}
         made = _new_database(p)
         conn: sqlite3.Connection | None = None
         try:
@@ -320,8 +356,13 @@ class Store:
                 raise StorageError(f"cannot initialise store {p}: {exc}") from exc
             try:
                 os.chmod(p, 0o600)  # created 0600 (_new_database): a belt
+                # A frame file left by an earlier store of this name: nothing refers to it (not a link's target).
                 with contextlib.suppress(FileNotFoundError):
-                    os.truncate(f"{p}-frames", 0)  # left by an earlier store of this name: nothing refers to it
+                    fd = os.open(f"{p}-frames", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        os.ftruncate(fd, 0)
+                    finally:
+                        os.close(fd)
             except OSError as exc:
                 raise StorageError(f"cannot initialise store {p}: {_reason(exc)}") from exc
         except BaseException:
@@ -338,17 +379,19 @@ class Store:
                 else:
                     os.truncate(p, 0)
             raise
-        return cls(conn, p, key, identity, durable=durable)
+        store = cls(conn, p, key, identity, durable=durable)
+        store._created = (made, there)
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
-        if the file is missing, not a store, or damaged (SQLite's ``quick_check`` runs first: it reads the whole
-        file, about 80 ms for 140 MB here, so that a damaged page is found now, not when a fetch reaches it).
+        if the file is missing, not a store, altered (it holds SQL triggers or views), or damaged (SQLite's
+        ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
+        is found now, not when a fetch reaches it).
         Nothing is written to a file before it is known to be a store and the passphrase opens it."""
         p = Path(path)
-        if not p.exists():
-            raise StorageError(f"no store at {p}")
+        _check_regular(p)
         _check_wal(p)
         conn = cls._connect(p, durable)
         try:
@@ -377,6 +420,14 @@ class Store:
             raise StorageError(f"{p} is damaged: {exc}") from exc
         if check != ("ok",):
             raise StorageError(f"{p} is damaged (SQLite's check: {check[0] if check else 'no answer'})")
+        # This module makes no trigger or view.  One added to the file would run inside the party's own commits
+        # (delete what was just logged, freeze a cursor) where SQLite's check does not look.
+        try:
+            extra = conn.execute("SELECT type FROM sqlite_master WHERE type IN ('trigger', 'view') LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{p} is damaged: {exc}") from exc
+        if extra is not None:
+            raise StorageError(f"{p} holds an SQL {extra[0]}, which no store has: the file was altered")
         # A damaged or edited file must give StorageError, never a KeyError, a "bad argument" error or a decoding
         # error (the peer's fault) later: check the rows before using them.
         try:
@@ -507,13 +558,20 @@ class Store:
         return {e: bytes(c) for e, c in self._q("SELECT epoch, checkpoint FROM anchors WHERE epoch >= ?", (since,))}
 
     def anchored_heads(self) -> list[AnchorRecord]:
-        """The latest confirmed anchored head of every chain."""
-        return [_ah_record(r) for r in self._q(_AH_SELECT)]
+        """The latest confirmed anchored head of every chain.  Raises :class:`StorageError` for a damaged row."""
+        return self._ah_records("anchor_heads", _AH_SELECT)
 
     def anchor_restores(self) -> list[AnchorRecord]:
         """Every restore proof this member applied (where it restarted a chain after losing its state), in
-        (branch, publisher, seq) order; kept when later proofs replace the chain's latest anchored head."""
-        return [_ah_record(r) for r in self._q(_AR_SELECT)]
+        (branch, publisher, seq) order; kept when later proofs replace the chain's latest anchored head.  Raises
+        :class:`StorageError` for a damaged row."""
+        return self._ah_records("anchor_restores", _AR_SELECT)
+
+    def _ah_records(self, table: str, sql: str) -> list[AnchorRecord]:
+        try:
+            return [_ah_record(r) for r in self._q(sql)]
+        except ValueError:
+            raise StorageError(f"a row of table {table} in {self.path} is damaged") from None
 
     def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
         """Keep fork evidence; False if this position already had some."""
@@ -531,6 +589,10 @@ class Store:
         return [tuple(r) for r in self._q("SELECT branch, publisher, seq, frame_a, frame_b FROM forks")]
 
     def _anchor_row(self, r: tuple[Any, ...]) -> AnchorRow:
+        """An ``anchors`` row.  Raises :class:`StorageError` for a column of the wrong type or form."""
+        if not (_count(r[0]) and type(r[1]) is bytes and type(r[3]) is bytes and len(r[3]) % 32 == 0
+                and (r[4] is None or type(r[4]) is str) and r[5] in ("built", "written", "confirmed")):
+            raise StorageError(f"a row of table anchors in {self.path} is damaged (epoch {r[0]!r})")
         try:
             heads = [tuple(h) for h in msgpack.unpackb(r[2], raw=False)]
         except (ValueError, TypeError) as exc:
@@ -575,10 +637,12 @@ class Store:
 
     def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
         """At most ``limit`` retained ``(seq, frame)`` of a chain with ``lo <= seq <= hi``, in order: a bounded
-        read, however sparse the range (a chain's log may start far above 1: a member that joined late)."""
+        read, however sparse the range (a chain's log may start far above 1: a member that joined late).  Every
+        frame is checked against its row's hash, those kept in their rows too: this is the redelivery read, and
+        a damaged frame would otherwise be skipped there as one we cannot read (:class:`StorageError`)."""
         rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
-        return [(s, self._frame(f, h)) for s, f, h in rows]
+        return [(s, self._frame(f, h, check=True)) for s, f, h in rows]
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""
@@ -650,7 +714,7 @@ class Store:
         if self._lock_fd is not None:
             return
         try:
-            fd = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(f"{self._abs_path}-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
         try:
@@ -661,6 +725,26 @@ class Store:
                 raise StorageError(f"{self.path} is in use: another party (process) runs on this store") from None
             raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
         self._lock_fd = fd
+
+    def discard(self) -> None:
+        """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
+        create, which must then leave nothing behind): the database (an empty file it took is left empty), its
+        ``-wal``, ``-shm``, ``-frames`` and ``-lock``, unless they were there before.  A store from :meth:`open`
+        is only closed."""
+        self.close()
+        if self._created is None:
+            return
+        made, there = self._created
+        for s in ("-wal", "-shm", "-journal", "-frames", "-lock"):
+            o = Path(f"{self.path}{s}")
+            if o not in there:
+                with contextlib.suppress(OSError):
+                    o.unlink()
+        with contextlib.suppress(OSError):
+            if made:
+                self.path.unlink()
+            else:
+                os.truncate(self.path, 0)
 
     def close(self) -> None:
         if not self._closed:
@@ -678,10 +762,16 @@ class Store:
                 self._conn.close()
             except sqlite3.Error as exc:  # pragma: no cover - close errors are not actionable
                 raise StorageError(f"closing {self.path}: {exc}") from exc
+            finally:
+                if self._file is not None:
+                    _OPEN_FILES[self._file] -= 1
+                    if _OPEN_FILES[self._file] <= 0:
+                        del _OPEN_FILES[self._file]
 
     # -- internals -----------------------------------------------------------------------------------------------
 
     _meta: dict[str, Any]
+    _created: tuple[bool, set[Path]] | None = None  #: (database made, side files there before): from create
 
     def _check_open(self) -> None:
         if self._closed:
@@ -699,10 +789,15 @@ class Store:
             raise StorageError(f"query on {self.path} failed: {exc}") from exc
 
     def _frames(self, create: bool) -> int:
-        """The frame file's descriptor (append-only writes, positional reads)."""
+        """The frame file's descriptor (append-only writes, positional reads).  Never through a symlink (ELOOP):
+        frames must not be appended to a file elsewhere."""
         if self._frames_fd is None:
-            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-            self._frames_fd = os.open(self._frames_path, flags, 0o600)
+            flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            fd = os.open(self._frames_path, flags, 0o600)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would take a commit's frames and keep none
+                os.close(fd)
+                raise StorageError(f"{self._frames_path} is not a regular file")
+            self._frames_fd = fd
         return self._frames_fd
 
     def _log_rows(self, records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:
@@ -738,10 +833,13 @@ class Store:
                 self._frames_unsynced = True
         return rows
 
-    def _frame(self, stored: bytes, h: bytes) -> bytes:
-        """A ``log`` row's frame: itself, or read from the frame file and checked against the row's hash ``h``."""
+    def _frame(self, stored: bytes, h: bytes, *, check: bool = False) -> bytes:
+        """A ``log`` row's frame: itself (checked against the row's hash ``h`` too if ``check``), or read from the
+        frame file and checked against ``h``."""
         ref = _frame_ref(stored, self.path)
         if ref is None:
+            if check and not _frame_matches(stored, h):
+                raise StorageError(f"a logged frame in {self.path} does not match its hash: the store is damaged")
             return stored
         off, n = ref
         try:
@@ -843,14 +941,20 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
     leaves nothing at ``dest``."""
     s, d = Path(src), Path(dest)
-    if not s.exists():
-        raise StorageError(f"no store at {s}")
+    _check_regular(s)
     d_frames = Path(f"{d}-frames")
     for target in (d, d_frames):
         if target.exists():
             raise LocalProtocolError(f"{target} already exists; back up to a new path")
     tmp_db, tmp_frames = Path(f"{d}.tmp-backup"), Path(f"{d}-frames.tmp-backup")
     try:
+        # New files of mode 0600 at the temporary names, never through a link: what an interrupted backup left
+        # there (or a link planted in a shared directory) is removed first.  SQLite writes the copy into the
+        # file it finds, which it would otherwise create with the umask's mode, or follow a link to.
+        for t in (tmp_db, tmp_frames):
+            with contextlib.suppress(FileNotFoundError):
+                t.unlink()
+        os.close(os.open(tmp_db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         try:
             source = sqlite3.connect(f"{s.resolve().as_uri()}?mode=ro", uri=True)
             try:
@@ -865,7 +969,6 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
                 source.close()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot back up {s}: {exc}") from exc
-        os.chmod(tmp_db, 0o600)
         total = _copy_prefix(Path(f"{s}-frames"), tmp_frames, progress)
         _fsync_path(tmp_db)
         rows, checked = _check_copy(tmp_db, tmp_frames, total, verify, progress)
@@ -889,12 +992,15 @@ def _copy_prefix(src: Path, dest: Path, progress: Callable[[str, int, int], None
     fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+            fd_in = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO: refused, not waited on)
         except FileNotFoundError:  # no frame of FRAME_FILE_MIN bytes or more was ever logged
             os.fsync(fd_out)
             return 0
         try:
-            total = os.fstat(fd_in).st_size  # the length now: after every frame the snapshot's rows name
+            st = os.fstat(fd_in)
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"{src} is not a regular file")
+            total = st.st_size  # the length now: after every frame the snapshot's rows name
             done = 0
             in_kernel = hasattr(os, "copy_file_range")
             while done < total:
@@ -963,12 +1069,17 @@ def _check_copy(db: Path, frames: Path, size: int, verify: bool,
 
 def _frame_ref(stored: bytes, where: Path) -> tuple[int, int] | None:
     """(offset, length) of a ``log`` row's frame reference, or None if the row holds the frame itself.  Raises
-    StorageError for a reference of the wrong length."""
+    StorageError for a value that is not a blob (SQLite keeps whatever a damaged or edited row holds), or a
+    reference of the wrong length or beyond any file (an offset ``pread`` refuses with OverflowError)."""
+    if type(stored) is not bytes:
+        raise StorageError(f"damaged frame in the log of {where}")
     if stored[:1] != b"\xc1":
         return None
     if len(stored) != _REF.size:
         raise StorageError(f"damaged frame reference in {where}")
     _tag, off, n = _REF.unpack(stored)
+    if off >= 1 << 63:
+        raise StorageError(f"damaged frame reference in {where}")
     return off, n
 
 
@@ -1064,6 +1175,10 @@ def _new_database(p: Path) -> bool:
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             made = False
+            # Not opened unless empty: a store this process runs on must not be (see _OPEN_FILES).
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > 0:
+                raise LocalProtocolError(f"{p} already exists; open it instead") from None
             try:
                 fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
@@ -1083,12 +1198,42 @@ def _new_database(p: Path) -> bool:
     return made
 
 
+def _check_regular(p: Path) -> None:
+    """Raise :class:`StorageError` unless ``p`` is a regular file (through a symlink): "no store" if there is
+    nothing, "not a store" for a FIFO, a device or a directory -- SQLite, or the header read, would wait forever
+    on a FIFO for a writer."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise StorageError(f"no store at {p}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StorageError(f"{p} is not a store (not a regular file)")
+
+
+def _check_side_file(p: Path) -> None:
+    """Raise :class:`LocalProtocolError` if ``p`` (a store's ``-frames``) exists and is not a regular file -- a
+    symlink, whose target a create would truncate -- and :class:`StorageError` if it cannot be examined."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create store beside {p}: {_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise LocalProtocolError(f"{p} is not a regular file (a symlink?); remove it first")
+
+
 def _check_wal(p: Path) -> None:
     """Refuse a ``<p>-wal`` that belongs to another database: a copy made by :func:`backup` (a self-contained file
     whose header still says rollback journal) moved over a store whose party crashed, leaving its WAL.  SQLite
     would replay that WAL's pages over the copy -- rows written after the snapshot, or a mix of the two files.
     Every store this module opened is in WAL mode (header bytes 18-19 are 2), so a WAL beside a file in rollback
-    mode is never the file's own."""
+    mode is never the file's own.  A file a store of this process has open is in WAL mode, and is not read here
+    (:data:`_OPEN_FILES`)."""
+    if _file_id(p) in _OPEN_FILES:
+        return
     try:
         with open(p, "rb") as f:
             head = f.read(20)
@@ -1218,7 +1363,8 @@ class _Checkpointer:
         conn = self._conns.get(key)
         try:
             if conn is None:
-                conn = sqlite3.connect(str(store.path), isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(f"{store._abs_path.as_uri()}?mode=rw", uri=True, isolation_level=None,
+                                       check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=1000")
                 self._conns[key] = conn
             try:

@@ -113,3 +113,36 @@ async def test_a_store_runs_one_party_at_a_time(tmp_path: Path) -> None:
     reader = Store.open(tmp_path / "author.db", PW, durable=False)
     reader.close()
     await again.close()
+
+
+async def test_a_failed_party_create_leaves_no_store(tmp_path: Path) -> None:
+    """``Author.create`` and ``Subscriber.create`` that fail after their store was made -- the transport closed
+    under the announce, the store's lock held by another party -- leave nothing at the path (README: a create
+    that fails leaves nothing behind), so the same create succeeds once the cause is gone; they used to leave
+    the new store, and the retry was refused as "already exists".  A ``-lock`` that was there stays."""
+    import fcntl
+    import os
+
+    closed = MemoryHub().author_endpoint()
+    await closed.close()
+    with pytest.raises(ClosedResourceError):
+        await Author.create(tmp_path / "a.db", AUTHOR, "monitor", PW, closed, POLICY, store_options=FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    await author.close()
+
+    sub_db = tmp_path / "s.db"
+    fd = os.open(f"{sub_db}-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another party (here, this process) holds the path's lock
+        with pytest.raises(StorageError, match="in use"):
+            await Subscriber.create(sub_db, P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
+                                    store_options=FAST)
+        assert not sub_db.exists() and not Path(f"{sub_db}-wal").exists() and Path(f"{sub_db}-lock").exists()
+    finally:
+        os.close(fd)
+    sub = await Subscriber.create(sub_db, P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
+                                  store_options=FAST)
+    await sub.close()

@@ -564,3 +564,25 @@ def test_sealed_blob_does_not_contain_plaintext() -> None:
 def test_load_refuses_non_text_passphrase(kat: Path, passphrase: Any) -> None:
     with pytest.raises(LocalProtocolError):
         load_identity(kat, passphrase)
+
+
+def test_fifo_instead_of_file(tmp_path: Path) -> None:
+    """A FIFO at the keystore's path is refused as not a regular file, naming it; reading it used to block the
+    process forever, waiting for a writer (the child runs under a timeout that only guards the test run)."""
+    p = tmp_path / "me.ks"
+    os.mkfifo(p)
+    code = textwrap.dedent("""
+        import sys
+        from streams.keystore import load_identity, read_public
+        for call in (lambda: load_identity(sys.argv[1], "pw"), lambda: read_public(sys.argv[1])):
+            try:
+                call()
+            except Exception as exc:
+                print(type(exc).__name__, exc)
+    """)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)}).stdout.splitlines()
+    assert len(out) == 2, out
+    for line in out:
+        assert line.startswith("KeystoreError") and "me.ks" in line and "not a regular file" in line, line

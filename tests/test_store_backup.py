@@ -11,6 +11,7 @@ existing destination is never overwritten.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,39 @@ def test_an_existing_destination_is_never_overwritten(tmp_path: Path) -> None:
     assert ((tmp_path / "b.db").read_bytes(), (tmp_path / "b.db-frames").read_bytes()) == before
     assert not (tmp_path / "c.db").exists() and (tmp_path / "c.db-frames").read_bytes() == b"someone else's"
     assert check_copy(tmp_path / "b.db") == 2
+
+
+@pytest.mark.parametrize("left", ["symlink", "stale"])
+def test_the_temporary_copy_is_a_new_private_file(tmp_path: Path, left: str) -> None:
+    """Whatever is at the backup's temporary names -- a symlink to another application's SQLite database (planted
+    in a shared directory), or what an interrupted backup left -- is neither followed nor in the way: SQLite
+    used to write the copy through the link, replacing that database, and the copy became the link.  The copy
+    is a regular file of mode 0600 (whatever the umask) and whole."""
+    import sqlite3
+
+    src = source(tmp_path, [600, 16384])
+    victim = tmp_path / "victim.sqlite"
+    conn = sqlite3.connect(victim)
+    with conn:
+        conn.execute("CREATE TABLE mine (x)")
+    conn.close()
+    before = victim.read_bytes()
+    for tmp in (tmp_path / "b.db.tmp-backup", tmp_path / "b.db-frames.tmp-backup"):
+        if left == "symlink":
+            tmp.symlink_to(victim)
+        else:
+            tmp.write_bytes(b"left by a killed backup")
+    old = os.umask(0o022)
+    try:
+        backup(src, tmp_path / "b.db", verify=True)
+    finally:
+        os.umask(old)
+    assert victim.read_bytes() == before
+    for name in ("b.db", "b.db-frames"):
+        st = (tmp_path / name).lstat()
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, name
+    assert check_copy(tmp_path / "b.db") == 2
+    assert not [p.name for p in tmp_path.iterdir() if "tmp-backup" in p.name]
 
 
 def test_a_store_without_large_frames_backs_up_with_an_empty_frame_file(tmp_path: Path) -> None:

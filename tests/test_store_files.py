@@ -88,6 +88,8 @@ def test_an_empty_file_can_still_be_created_over(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("label", "kw"), [
     ("opslimit", {"opslimit": 0}),
     ("passphrase type", {"passphrase": 7}),
+    ("empty passphrase", {"passphrase": ""}),
+    ("empty bytes passphrase", {"passphrase": b""}),
     ("role", {"role": "boss"}),
     ("channel", {"channel": b"short"}),
     ("author_did", {"author_did": "did:key:nonsense"}),
@@ -96,8 +98,9 @@ def test_an_empty_file_can_still_be_created_over(tmp_path: Path) -> None:
 @pytest.mark.parametrize("existing", ["none", "empty file"])
 def test_a_create_refused_for_an_argument_leaves_nothing(tmp_path: Path, label: str, kw: dict[str, object],
                                                          existing: str) -> None:
-    """A bad argument is a LocalProtocolError before the disk is touched: no file is made (an empty file that was
-    there stays empty), so the same path takes a correct create at once, and ``open`` of it says "no store"."""
+    """A bad argument is a LocalProtocolError before the disk is touched (an empty passphrase is one, as for a keystore:
+    the seed and branch keys sealed under it would not be encrypted at rest, THREATS 9): no file is made (an empty file
+    that was there stays empty), so the same path takes a correct create at once, and ``open`` of it says "no store"."""
     p = tmp_path / "s.db"
     if existing == "empty file":
         p.write_bytes(b"")
@@ -179,3 +182,119 @@ def test_create_refuses_a_path_that_holds_anything(tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.iterdir()} == before
     assert (tmp_path / "other").read_bytes() == b"x"
     Store.open(tmp_path / "s.db", "pw").close()
+
+
+# A party (this child) on a store; after its first commit, the same process opens the store again -- an audit
+# (``audit_store``), or a second party refused by the lock -- or creates at its path (refused: "already
+# exists"); then it commits again when told, and waits to be killed.
+LIVE = """
+import sys
+from pathlib import Path
+from streams.core import Changes
+from streams.errors import LocalProtocolError, StorageError
+from streams.identity import Identity
+from streams.store import Store
+me = Identity.from_seed(bytes([7]) * 32)
+p, again = Path(sys.argv[1]), sys.argv[2]
+store = Store.create(p, me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1, memlimit=8192)
+store.lock()
+store.commit(Changes(), {(b"b" * 16, 1): 1})
+if again == "open":
+    other = Store.open(p, "pw")
+    try:
+        other.lock()
+    except StorageError:
+        pass
+    other.close()
+else:
+    try:
+        Store.create(p, me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1, memlimit=8192)
+    except LocalProtocolError:
+        pass
+print("ready", flush=True)
+sys.stdin.readline()
+store.commit(Changes(), {(b"b" * 16, 1): 2})
+print("committed", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("again", ["open", "create"])
+def test_opening_a_store_again_in_its_party_s_process_keeps_its_wal(tmp_path: Path, again: str) -> None:
+    """A store opened again (or created over) in the process its party runs in must leave that party's SQLite
+    locks alone: a descriptor of the database opened and closed outside SQLite drops them all (POSIX), and
+    another process's connection then takes itself for the last one at its close, checkpoints and deletes the
+    party's ``-wal`` and ``-shm`` -- the party writes its next commits to a deleted file, and a ``kill -9`` loses
+    them (THREATS 4).  Here that other process is a second party refused by the lock."""
+    p = tmp_path / "s.db"
+    child = subprocess.Popen([sys.executable, "-c", LIVE, str(p), again], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        second = Store.open(p, "pw")
+        with pytest.raises(StorageError, match="in use"):
+            second.lock()
+        second.close()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "committed\n"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdin.close()
+        child.stdout.close()
+    store = Store.open(p, "pw")
+    try:
+        assert store.delivered() == {(b"b" * 16, 1): 2}
+    finally:
+        store.close()
+
+
+# Each call on a path that holds a FIFO; prints the error's type and text (or "returned").
+ON_FIFO = """
+import sys
+from streams.store import Store, backup
+path, call = sys.argv[1], sys.argv[2]
+try:
+    if call == "open":
+        Store.open(path, "pw")
+    else:
+        backup(path, path + ".copy")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("returned")
+"""
+
+
+@pytest.mark.parametrize("call", ["open", "backup"])
+def test_a_fifo_is_refused_as_not_a_store(tmp_path: Path, call: str) -> None:
+    """A FIFO at a store's path (``streams status --store`` or ``backup`` pointed at one, or one planted) is
+    refused at once as not a store, naming the path; it used to block the process forever, waiting for a
+    writer (the child runs under a timeout that only guards the test run)."""
+    p = tmp_path / "s.db"
+    os.mkfifo(p)
+    out = subprocess.run([sys.executable, "-c", ON_FIFO, str(p), call], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120).stdout
+    assert out.startswith("StorageError") and "s.db" in out and "not a store" in out, out
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TRIGGER t AFTER INSERT ON log BEGIN DELETE FROM log WHERE rowid = new.rowid; END",
+    "CREATE TRIGGER t BEFORE UPDATE ON delivered BEGIN SELECT RAISE(IGNORE); END",
+    "CREATE VIEW v AS SELECT * FROM meta",
+])
+def test_a_store_with_sql_triggers_or_views_is_refused(tmp_path: Path, sql: str) -> None:
+    """A store file given SQL triggers (or views) by someone who could write to it -- which this library never
+    makes, and which SQLite's check does not look at -- is refused at open with StorageError naming it.  A
+    trigger runs inside the party's own commits: the first one here deleted every logged message as it was
+    committed (acknowledged, then gone), the second froze the delivery cursors."""
+    p = tmp_path / "s.db"
+    create(p).close()
+    conn = sqlite3.connect(p)
+    with conn:
+        conn.execute(sql)
+    conn.close()
+    with pytest.raises(StorageError, match=r"s\.db"):
+        Store.open(p, "pw")

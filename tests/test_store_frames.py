@@ -26,7 +26,7 @@ from streams.core import ChainRecord, Changes, LogRecord
 from streams.errors import LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import FRAME_FILE_MIN, FRAMES_CACHED, Store
+from streams.store import FRAME_FILE_MIN, FRAMES_CACHED, Store, backup
 from streams.wire import Frame, Packet, decode_frame, encode_frame
 
 ME = Identity.from_seed(b"\x07" * 32)
@@ -190,6 +190,37 @@ def test_a_damaged_frame_file_is_a_storage_error(tmp_path: Path, damage: str) ->
     store.close()
 
 
+@pytest.mark.parametrize("value", [
+    pytest.param(b"\xc1" + (1 << 63).to_bytes(8, "little") + (8000).to_bytes(4, "little"), id="offset-top-bit"),
+    pytest.param(7, id="integer"),
+    pytest.param("a frame", id="text"),
+])
+def test_a_damaged_log_row_is_a_storage_error(tmp_path: Path, value: object) -> None:
+    """A ``log`` row's frame column damaged or edited into something SQLite's check passes -- a reference whose
+    offset has its top bit flipped (beyond what ``pread`` takes), an integer, text -- reads as StorageError
+    naming the store, never an OverflowError or TypeError, nor as a frame; ``backup`` refuses it the same way."""
+    db = tmp_path / "s.db"
+    store = new_store(db)
+    commit(store, [1, 2], [8000, 400])
+    store.close()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE log SET frame = ? WHERE seq = 1", (value,))
+    conn.close()
+    store = Store.open(db, "pw", durable=False)
+    try:
+        assert store.log_range(BRANCH, 0, 2, 2) == [frame_for(2, 400)]
+        for read in (lambda: store.log_range(BRANCH, 0, 1, 2), lambda: store.log_entry(BRANCH, 0, 1),
+                     lambda: list(store.iter_log())):
+            with pytest.raises(StorageError, match=r"s\.db"):
+                read()
+    finally:
+        store.close()
+    with pytest.raises(StorageError):
+        backup(db, tmp_path / "copy.db", verify=True)
+    assert not (tmp_path / "copy.db").exists()
+
+
 def resident(path: Path) -> int:
     out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True,
                          text=True, check=True).stdout
@@ -267,6 +298,44 @@ def test_a_new_store_does_not_inherit_a_stale_frame_file(tmp_path: Path) -> None
     store.close()
 
 
+@pytest.mark.parametrize("side", ["-frames", "-lock"])
+def test_a_store_never_writes_through_a_symlink_beside_it(tmp_path: Path, side: str) -> None:
+    """A ``<store>-frames`` or ``<store>-lock`` that is a symlink (planted in a shared directory, or left over) is
+    never followed: ``create`` used to truncate the link's target to nothing, and the first large frame or the
+    lock would append to, or create, a file elsewhere.  ``create`` refuses before touching anything; a store
+    whose side file became a link fails with StorageError where it is used.  The target stays as it was."""
+    db = tmp_path / "s.db"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = Path(f"{db}{side}")
+    link.symlink_to(victim)
+    if side == "-frames":
+        with pytest.raises(LocalProtocolError, match=r"s\.db-frames"):
+            new_store(db)
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["s.db-frames", "victim"]
+        link.unlink()
+        store = new_store(db)
+        link.symlink_to(victim)
+        with pytest.raises(StorageError, match=r"s\.db-frames"):
+            commit(store, [1], [9000])
+        assert store.log_entry(BRANCH, 0, 1) is None
+    else:
+        store = new_store(db)
+        with pytest.raises(StorageError, match=r"s\.db"):
+            store.lock()
+    store.close()
+    assert victim.read_bytes() == b"precious"
+    gone = tmp_path / "gone"
+    link.unlink()
+    link.symlink_to(gone)  # dangling: following it would create a file there
+    store = Store.open(db, "pw")
+    use = (lambda: commit(store, [1], [9000])) if side == "-frames" else store.lock
+    with pytest.raises(StorageError):
+        use()
+    store.close()
+    assert not gone.exists()
+
+
 def test_a_failed_sync_of_the_frame_file_is_reported_and_nothing_is_checkpointed(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """fdatasync failing (here: a pipe in place of the file, EINVAL -- on a disk, EIO) must not be a debug line:
@@ -316,3 +385,64 @@ def test_a_durable_store_keeps_a_small_commits_frames_in_their_rows(tmp_path: Pa
     finally:
         durable.close()
         plain.close()
+
+
+# A store whose frame file became a FIFO: a commit of a large frame, a read of one, and a backup.  Prints the
+# error's type and text for each (or "returned").
+FIFO_FRAMES = """
+import os, sys
+from pathlib import Path
+from tests.test_store_frames import BRANCH, commit, new_store
+from streams.store import Store, backup
+db = Path(sys.argv[1])
+store = new_store(db)
+commit(store, [1], [9000])
+store.close()
+os.unlink(f"{db}-frames")
+os.mkfifo(f"{db}-frames")
+store = Store.open(db, "pw", durable=False)
+for call in (lambda: commit(store, [2], [9000]), lambda: store.log_entry(BRANCH, 0, 1),
+             lambda: backup(db, db.parent / "copy.db")):
+    try:
+        call()
+    except Exception as exc:
+        print(type(exc).__name__, exc, flush=True)
+    else:
+        print("returned", flush=True)
+"""
+
+
+def test_a_fifo_as_frame_file_is_a_storage_error(tmp_path: Path) -> None:
+    """A ``<store>-frames`` replaced by a FIFO is a StorageError naming it where the file is used -- a commit of
+    a large frame, a read of one, a backup -- not a process blocked forever (a write into a pipe nobody reads,
+    an open waiting for a writer); the child runs under a timeout that only guards the test run."""
+    out = subprocess.run([sys.executable, "-c", FIFO_FRAMES, str(tmp_path / "s.db")], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60).stdout.splitlines()
+    assert len(out) == 3, out
+    for line in out:
+        assert line.startswith("StorageError") and "s.db-frames" in line and "not a regular file" in line, line
+
+
+def test_a_store_opened_by_a_relative_path_keeps_its_files_after_a_chdir(tmp_path: Path) -> None:
+    """A store opened by a relative path in a process that then changes its working directory (a daemon does:
+    ``chdir("/")``) still writes its large frames, and checkpoints, beside its database: the frame file used
+    to be opened by the relative path at its first large frame, in the new directory -- the committed rows
+    then named bytes that are not beside the store, and after a restart those messages read as missing."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    old = os.getcwd()
+    os.chdir(home)
+    try:
+        store = new_store(Path("s.db"))
+        os.chdir(elsewhere)
+        commit(store, [1, 2], [9000, 400])
+        store.close()
+    finally:
+        os.chdir(old)
+    assert sorted(p.name for p in elsewhere.iterdir()) == []
+    store = Store.open(home / "s.db", "pw", durable=False)
+    try:
+        assert store.log_range(BRANCH, 0, 1, 2) == [frame_for(1, 9000), frame_for(2, 400)]
+    finally:
+        store.close()
