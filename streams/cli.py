@@ -150,11 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if terminated:
             return  # once: a second SIGTERM must not cut the cleanup short (SIGKILL is for that)
         terminated = True
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            # SIGINT ignored -- a background job of a non-interactive shell (`streams ... &` in a script) -- so
+            # raising it would do nothing (and asyncio.run installed no handler of its own): end the command
+            # here, as Ctrl-C did before asyncio.run handled it (the loop's tasks are cancelled, their cleanup
+            # runs).
+            raise Terminated
         signal.raise_signal(signal.SIGINT)
 
     restore: Any = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) not in (
-            signal.SIG_IGN, None):
+    if threading.current_thread() is threading.main_thread():
         restore = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         outcome = handler(args)

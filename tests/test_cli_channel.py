@@ -618,6 +618,33 @@ def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_pat
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
 
 
+def test_sigterm_ends_a_command_cleanly_also_where_sigint_is_ignored(cli: Cli, tmp_path: Path) -> None:
+    """A background job of a non-interactive shell (`streams subscribe ... &` in a script) starts with SIGINT
+    ignored.  SIGTERM then killed the command where it stood -- exit -15, no JSON document, the first run's store
+    left behind -- because it was turned into a SIGINT, which was ignored, and so its handler was not even
+    installed.  It ends the command as Ctrl-C does here too."""
+    make_keystore(cli, "p.ks")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "p.db", "--connect",
+                          "tcp://127.0.0.1:9", "--keystore", "p.ks", "--author",
+                          "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32,
+                          "--timeout", "60", "--passphrase-env", "PP"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for _ in range(200):  # until the first run created its store
+            if (tmp_path / "p.db").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        out, err = _signal_and_wait(p, signal.SIGTERM)
+    assert p.returncode == 143, (p.returncode, err)
+    assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
+    assert "Traceback" not in err, err
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
+
+
 def test_a_first_subscribe_that_gets_no_grant_leaves_no_store_and_a_later_one_names_a_mismatch(
         cli: Cli, tmp_path: Path, serves: list[Serve]) -> None:
     """A mistyped --channel on the first `streams subscribe` used to leave a store bound to it, and running again
