@@ -31,7 +31,7 @@ from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
-from ._cli._common import CheckFailed, Result, Terminated, add_command
+from ._cli._common import CheckFailed, Result, Terminated, add_command, refuse_passphrase_argument
 from .errors import RemoteProtocolError, StreamsError, VerificationError
 
 __all__ = ["build_parser", "main"]
@@ -128,9 +128,12 @@ def _exit_code(exc: StreamsError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    _Parser.json_errors = "--json" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        refuse_passphrase_argument(parser, argv)  # (wherever it is: argparse would echo it in its own errors)
+        args = parser.parse_args(argv)
     finally:  # (only while main parses: a program that builds the parser itself gets argparse's errors)
         _Parser.json_errors = False
     verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "global_verbose", 0) or 0)

@@ -81,6 +81,22 @@ def test_passphrase_on_command_line_is_refused_and_not_echoed(cli: Cli, tmp_path
     assert not (tmp_path / "x.ks").exists()
 
 
+def test_a_passphrase_given_to_a_command_that_takes_none_is_refused_and_not_echoed(cli: Cli, tmp_path: Path) -> None:
+    """`--passphrase SECRET` on a command without passphrase options (identity show, backup, credential show, or
+    before the command name) was echoed back in argparse's "unrecognized arguments" error, on stderr and in the
+    JSON error document."""
+    make_keystore(cli, "k.ks")
+    for cmd in (["identity", "show", "--keystore", "k.ks"], ["backup", "--store", "a.db", "--to", "b.db"],
+                ["credential", "show", "c.json"], ["identity", "show", "--keystore", "k.ks", "extra"]):
+        for args in (["--passphrase", "hunter2-secret"], ["--passphrase=hunter2-secret"]):
+            for argv in ([*cmd, *args, "--json"], ["--json", *args, *cmd]):
+                r = cli(*argv)
+                assert r.returncode == 2, (argv, r.stdout, r.stderr)
+                assert r.json["ok"] is False and r.json["type"] == "UsageError", r.stdout
+                assert "passphrase-env" in r.json["error"] and "passphrase-env" in r.stderr, (argv, r.stdout)
+                assert "hunter2-secret" not in r.stdout + r.stderr, (argv, r.stdout, r.stderr)
+
+
 def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None:
     r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", stdin=subprocess.DEVNULL)
     assert r.returncode == 2

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import itertools
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +33,10 @@ __all__ = [
     "add_command",
     "add_passphrase_options",
     "parse_time",
+    "passphrase_refusal",
     "read_json_file",
     "read_passphrase",
+    "refuse_passphrase_argument",
     "write_file_atomic",
 ]
 
@@ -130,14 +133,26 @@ def add_group(
 # --- passphrases ---
 
 
+def passphrase_refusal(option: str | None = "--passphrase") -> str:
+    """The usage error for a passphrase given on the command line (it never repeats the value: the secret)."""
+    return (f"refusing {option}: a passphrase on the command line shows in ps and shell history; "
+            "use --passphrase-env VAR or --passphrase-file FILE")
+
+
+def refuse_passphrase_argument(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed: on a command
+    without passphrase options, or before the command name, argparse would otherwise echo its value back in an
+    "unrecognized arguments" or "invalid choice" error."""
+    for arg in itertools.takewhile(lambda a: a != "--", argv):  # (after "--", arguments are not options)
+        if arg == "--passphrase" or arg.startswith("--passphrase="):
+            parser.error(passphrase_refusal())
+
+
 class _RefusePassphraseArgument(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
         # Do not echo the value back: it is the secret.
-        parser.error(
-            f"refusing {option_string}: a passphrase on the command line shows in ps and shell history; "
-            "use --passphrase-env VAR or --passphrase-file FILE"
-        )
+        parser.error(passphrase_refusal(option_string))
 
 
 def add_passphrase_options(p: argparse.ArgumentParser, what: str) -> None:
