@@ -249,6 +249,24 @@ def test_usage_errors_exit_2(cli: Cli, tmp_path: Path) -> None:
     assert not (tmp_path / "new.db").exists()
 
 
+def test_command_line_text_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    """`publish --data` and a first `serve --name` with bytes that are not UTF-8 on the command line (Python holds
+    them as lone surrogates) ended in a UnicodeEncodeError traceback.  Now a usage error, naming the option; the
+    first serve creates nothing."""
+    make_keystore(cli, "m.ks")
+    _policy(tmp_path / "p.toml", make_keystore(cli, "s.ks"))
+    bad = "caf\udce9"  # b"caf\xe9" (Latin-1) in argv
+    for args, option in (
+        (["publish", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--data", bad], "--data"),
+        (["serve", "--store", "new.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml", "--keystore", "m.ks",
+          "--name", bad], "--name"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["ok"] is False and r.json["type"] == "UsageError" and option in r.json["error"], r.stdout
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,

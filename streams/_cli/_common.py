@@ -37,6 +37,7 @@ __all__ = [
     "read_json_file",
     "read_passphrase",
     "refuse_passphrase_argument",
+    "utf8_arg",
     "write_file_atomic",
 ]
 
@@ -234,7 +235,16 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     return value
 
 
-# --- files and times ---
+# --- text, files and times ---
+
+
+def utf8_arg(value: str, option: str) -> bytes:
+    """A command-line text argument as UTF-8.  Raises :class:`UsageError` for one that has no UTF-8 form: bytes
+    that are not UTF-8 on the command line reach Python as lone surrogates."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{option}: not UTF-8 text (the command line held other bytes)") from None
 
 
 def read_json_file(path: str, what: str) -> Any:

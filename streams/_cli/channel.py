@@ -94,6 +94,7 @@ from ._common import (
     read_json_file,
     read_passphrase,
     read_passphrase_first,
+    utf8_arg,
 )
 from ._transport import CurveKeys, SubscriberTransport, load_zmq
 
@@ -278,6 +279,7 @@ def _first_run_author(store: str, keystore_path: str | None, name: str | None) -
     """The keystore and channel name that create the author's store ``store``.  Raises :class:`UsageError`."""
     if keystore_path is None or not name:
         raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
+    utf8_arg(name, "--name")  # (the channel id hashes it as UTF-8)
     return keystore_path, name
 
 
@@ -1013,7 +1015,7 @@ def _cmd_subscribe(args: argparse.Namespace) -> Result:
 
 def _read_payload(args: argparse.Namespace) -> bytes:
     if args.data is not None:
-        return str(args.data).encode("utf-8")
+        return utf8_arg(str(args.data), "--data")
     if args.file == "-":
         data = sys.stdin.buffer.read(MAX_FRAME + 1)
     else:
