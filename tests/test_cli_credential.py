@@ -221,6 +221,9 @@ def test_bad_arguments_are_usage_errors(world: World) -> None:
         ["--subject", world.holder, "--valid-until", "2030-01-01T00:00:00"],  # no time zone
         ["--subject", world.holder, "--valid-from", "2030-01-01", "--valid-until", "2029-01-01"],
         ["--subject", world.holder, "--status-index", "3"],  # without --status-list
+        # Times whose UTC form is outside the years 1..9999 (an OverflowError traceback, exit 1, before).
+        ["--subject", world.holder, "--valid-until", "9999-12-31T23:59:59-14:00"],
+        ["--subject", world.holder, "--valid-from", "0001-01-01T00:00:00+14:00"],
     ):
         r = world.cli(*base, *extra)
         assert r.returncode == 2, extra
@@ -231,6 +234,8 @@ def test_bad_arguments_are_usage_errors(world: World) -> None:
                   "--id", LIST_URL, "--out", sl)
     assert r.returncode == 2 and "--force" in r.stderr  # replacing a list would un-revoke everything
     assert world.cli("credential", "verify", "missing.json").returncode == 2
+    r = world.cli("credential", "verify", sl, "--at", "0001-01-01T00:00:00+00:01", "--json")
+    assert r.returncode == 2 and r.json["type"] == "UsageError" and "--at" in r.json["error"], r.stdout
 
 
 def _refusing_ledger(path: Path) -> None:

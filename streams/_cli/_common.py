@@ -298,9 +298,10 @@ def write_file_atomic(path: str, data: bytes, *, overwrite: bool) -> None:
 
 
 def parse_time(value: str, what: str) -> datetime:
-    """An aware datetime from ISO 8601 text: ``2026-01-31`` (midnight UTC) or a date-time with a zone.
+    """An aware datetime (in UTC) from ISO 8601 text: ``2026-01-31`` (midnight UTC) or a date-time with a zone.
 
-    Raises :class:`UsageError` for anything else, including a date-time without a zone (ambiguous).
+    Raises :class:`UsageError` for anything else, including a date-time without a zone (ambiguous) and one
+    whose UTC time is outside the years 1 to 9999 (``9999-12-31T23:59:59-14:00``).
     """
     try:
         if len(value) == 10:
@@ -310,7 +311,10 @@ def parse_time(value: str, what: str) -> datetime:
         raise UsageError(f"{what}: not an ISO 8601 date or date-time: {value!r}") from None
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise UsageError(f"{what}: give a time zone, e.g. {value}Z")
-    return dt
+    try:
+        return dt.astimezone(UTC)  # (credentials write UTC times: one that has none is refused here)
+    except OverflowError:
+        raise UsageError(f"{what}: {value!r} is out of range in UTC") from None
 
 
 def now() -> datetime:
