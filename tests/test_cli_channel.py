@@ -267,6 +267,21 @@ def test_command_line_text_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path:
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
 
 
+def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
+    """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
+    subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked
+    to wait for.  Refused by argparse now, naming the option."""
+    for args, option in (
+        (["subscribe", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--timeout", "nan"], "--timeout"),
+        (["tail", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--timeout", "NaN"], "--timeout"),
+        (["publish", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--data", "x", "--wait-ack", "nan"],
+         "--wait-ack"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["type"] == "UsageError" and f"argument {option}" in r.json["error"], (args, r.stdout)
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,

@@ -1271,7 +1271,7 @@ def _positive(value: str) -> float:
         v = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if v < 0:
+    if not v >= 0:  # (so, not NaN either: every comparison with it is false, a subscribe would wait forever)
         raise argparse.ArgumentTypeError("must be >= 0")
     return v
 
