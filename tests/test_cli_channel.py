@@ -282,6 +282,22 @@ def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
         assert r.json["type"] == "UsageError" and f"argument {option}" in r.json["error"], (args, r.stdout)
 
 
+def test_a_negative_count_or_anchor_interval_is_refused(cli: Cli) -> None:
+    """`tail --count -1` printed nothing and ended at once (its loop stops once the count "is reached"), and
+    `serve --anchor-interval-ms 0` (or negative) cut an epoch -- a ledger write -- at every turn of a 1 ms
+    loop.  Both are usage errors now."""
+    for args, option in (
+        (["tail", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--count", "-1"], "--count"),
+        (["serve", "--store", "missing.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml",
+          "--anchor-interval-ms", "0"], "--anchor-interval-ms"),
+        (["serve", "--store", "missing.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml",
+          "--anchor-interval-ms", "-5"], "--anchor-interval-ms"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["type"] == "UsageError" and f"argument {option}" in r.json["error"], (args, r.stdout)
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,

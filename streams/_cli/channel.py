@@ -1276,6 +1276,21 @@ def _positive(value: str) -> float:
     return v
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least ``minimum``."""
+
+    def whole(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return n
+
+    return whole
+
+
 #: ``--curve`` of ``serve``.
 _CURVE_AUTHOR_HELP = ("CurveZMQ on every connection (defence in depth, SPEC 14.5): the server key is the author's "
                       "X25519 key, derived from its DID, and a client completes the handshake only if its key is that "
@@ -1313,7 +1328,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--curve", action="store_true", help=_CURVE_AUTHOR_HELP)
     s.add_argument("--ledger", metavar="SPEC",
                    help="anchor the chain heads: sqlite:PATH (embedded ledger, created if missing) or iota:URL")
-    s.add_argument("--anchor-interval-ms", type=int, default=1000, metavar="MS",
+    s.add_argument("--anchor-interval-ms", type=_at_least(1), default=1000, metavar="MS",
                    help="anchoring epoch length with --ledger (1000)")
     # The demo's monitor stops when its orchestrator (holding the other end of stdin) goes away.
     s.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
@@ -1368,7 +1383,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
     t.add_argument("--branch", metavar="HEX", help="only this branch")
     t.add_argument("--follow", action="store_true", help="keep running until interrupted")
-    t.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
+    t.add_argument("--count", type=_at_least(0), default=0, metavar="N", help="stop after N messages")
     t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
                    help="stop after S seconds without a message (default 3; ignored with --follow)")
     t.add_argument("--events", action="store_true",
