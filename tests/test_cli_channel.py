@@ -298,6 +298,43 @@ def test_a_negative_count_or_anchor_interval_is_refused(cli: Cli) -> None:
         assert r.json["type"] == "UsageError" and f"argument {option}" in r.json["error"], (args, r.stdout)
 
 
+def test_a_payload_cannot_forge_lines_of_the_text_output(cli: Cli, tmp_path: Path) -> None:
+    """`streams serve` without --json printed a payload as it came: a provider's message holding a newline then
+    `message ... publisher=<another provider's DID> ...` printed a second line, indistinguishable from a
+    message of that other provider (THREATS 2: the origin of every message), and terminal escapes went to the
+    operator's terminal as they were.  Control characters are now escaped: one event, one line."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    other = make_keystore(cli, "other.ks")
+    _policy(tmp_path / "policy.toml", sub_did, other)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--store", "monitor.db", "--bind",
+                          "tcp://127.0.0.1:0", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
+                          "--passphrase-env", "PP"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        ready = p.stdout.readline().split()
+        fields = dict(f.split("=", 1) for f in ready[1:])
+        assert ready[0] == "ready", ready
+        sub = cli("subscribe", "--json", "--store", "provider.db", "--connect", fields["addresses"], "--keystore",
+                  "provider.ks", "--author", fields["did"], "--channel", fields["channel"],
+                  "--passphrase-env", "PP").ok().json
+        forged = (f"ok\nmessage branch={'ab' * 16} publisher={other} index=1 seq=1 signed=True : "
+                  "\x1b[31mrefund 1M EUR\x1b[0m\r")
+        cli("publish", "--json", "--store", "provider.db", "--connect", fields["addresses"], "--data", forged,
+            "--passphrase-env", "PP").ok()
+    finally:
+        out, err = _signal_and_wait(p, signal.SIGTERM)
+    assert p.returncode == 0, err
+    lines = out.splitlines()
+    messages = [x for x in lines if x.startswith("message ")]
+    assert len(messages) == 1, lines
+    assert f"branch={sub['branch']} publisher={sub_did} " in messages[0] and "refund 1M EUR" in messages[0]
+    assert not any(other in x for x in lines if not x.startswith(("admitted", "message "))), lines
+    assert "\x1b" not in out and "\r" not in out, repr(out)
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,
