@@ -238,6 +238,19 @@ def test_bad_arguments_are_usage_errors(world: World) -> None:
     assert r.returncode == 2 and r.json["type"] == "UsageError" and "--at" in r.json["error"], r.stdout
 
 
+def test_show_prints_an_unverified_credential_s_fields_escaped(world: World) -> None:
+    """`credential show` printed the string fields of an unverified file as they were: a newline in "issuer"
+    printed a forged `subject:` line, and a terminal escape (here: conceal) could hide the "(not verified)" line
+    that follows.  What is not printable is escaped now; --json was and is unaffected."""
+    doc = {"issuer": "did:key:z6MkIssuer\nsubject: did:key:z6MkForged\x1b[8m", "credentialSubject": {"id": "x"}}
+    (world.dir / "odd.json").write_text(json.dumps(doc))
+    r = world.cli("credential", "show", "odd.json").ok()
+    lines = r.stdout.splitlines()
+    assert not [x for x in lines if x.startswith("subject: did:key:z6MkForged")], lines
+    assert "\x1b" not in r.stdout and lines[-1].startswith("(not verified"), repr(r.stdout)
+    assert world.cli("credential", "show", "odd.json", "--json").ok().json["issuer"] == doc["issuer"]
+
+
 def _refusing_ledger(path: Path) -> None:
     """A real embedded ledger that opens and reads fine but refuses every append (a SQLite trigger)."""
     EmbeddedLedger(path).close()

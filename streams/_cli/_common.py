@@ -34,6 +34,7 @@ __all__ = [
     "add_passphrase_options",
     "parse_time",
     "passphrase_refusal",
+    "printable",
     "read_json_file",
     "read_passphrase",
     "refuse_passphrase_argument",
@@ -236,6 +237,16 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
 
 
 # --- text, files and times ---
+
+
+def printable(text: str) -> str:
+    """``text`` with what is not printable (newlines, terminal escapes, bidi overrides...) escaped, as ``\\n``,
+    ``\\x1b``, ``\\u202e``, for a line of text output: a line is one event or field, whatever a peer put in a
+    payload or a file -- a provider's message must not print a second line in another provider's name
+    (THREATS 2), an unverified credential's field must not hide the line saying so."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def utf8_arg(value: str, option: str) -> bytes:

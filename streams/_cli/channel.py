@@ -91,6 +91,7 @@ from ._common import (
     add_command,
     add_passphrase_options,
     now,
+    printable,
     read_json_file,
     read_passphrase,
     read_passphrase_first,
@@ -154,19 +155,10 @@ class LinePrinter:
             self._broken = True
 
 
-def _printable(text: str) -> str:
-    """``text`` with what is not printable (newlines, terminal escapes, bidi overrides...) escaped, as ``\\n``,
-    ``\\x1b``, ``\\u202e``: a line of the text output is one event, whatever a peer put in its payload -- a
-    provider's message must not print a second line in another provider's name (THREATS 2)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 def _short(value: object) -> str:
     if isinstance(value, list):
-        return ",".join(_printable(str(v)) for v in value)
-    return _printable(str(value))
+        return ",".join(printable(str(v)) for v in value)
+    return printable(str(value))
 
 
 def _text_line(doc: dict[str, Any]) -> str:
@@ -178,7 +170,7 @@ def _text_line(doc: dict[str, Any]) -> str:
             continue  # the payload goes last, unquoted
         parts.append(f"{k}={_short(v)}")
     if "data" in doc:
-        parts.append(f": {_printable(doc['data'])}")
+        parts.append(f": {printable(doc['data'])}")
     elif "data_b64" in doc:
         parts.append(f": (base64) {doc['data_b64']}")
     return " ".join(parts)

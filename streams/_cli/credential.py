@@ -46,6 +46,7 @@ from ._common import (
     dump_json,
     now,
     parse_time,
+    printable,
     read_json_file,
     read_passphrase,
     to_ms,
@@ -141,7 +142,7 @@ def _text(summary: Mapping[str, Any]) -> str:
         if value is None or value == {}:
             continue
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        lines.append(f"{key}: {shown}")
+        lines.append(f"{key}: {printable(shown)}")  # (show prints fields of a file nobody verified)
     return "\n".join(lines)
 
 
