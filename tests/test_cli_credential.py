@@ -251,6 +251,19 @@ def test_show_prints_an_unverified_credential_s_fields_escaped(world: World) -> 
     assert world.cli("credential", "show", "odd.json", "--json").ok().json["issuer"] == doc["issuer"]
 
 
+def test_a_file_with_nan_or_infinity_is_not_json(world: World) -> None:
+    """Python's JSON parser takes NaN and Infinity, which JSON (RFC 8259) has not: `credential show --json` of
+    such a file printed them back -- a document strict parsers refuse, and jq turned into null and 1.8e308.
+    Such a file is refused now as not JSON (exit 2), and every document printed is strict JSON."""
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in the output")}
+    for text in ('{"validFrom": NaN, "credentialSubject": {"id": "x"}}', '{"credentialSubject": {"n": -Infinity}}'):
+        (world.dir / "odd.json").write_text(text)
+        for cmd in (["show", "odd.json"], ["verify", "odd.json"]):
+            r = world.cli("credential", *cmd, "--json")
+            doc = json.loads(r.stdout, **strict)
+            assert r.returncode == 2 and doc["type"] == "UsageError" and "not valid" in doc["error"], (cmd, r.stdout)
+
+
 def _refusing_ledger(path: Path) -> None:
     """A real embedded ledger that opens and reads fine but refuses every append (a SQLite trigger)."""
     EmbeddedLedger(path).close()

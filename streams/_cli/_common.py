@@ -268,9 +268,14 @@ def read_json_file(path: str, what: str) -> Any:
     if len(data) > MAX_JSON_FILE:
         raise UsageError(f"{what} {path} is too large")
     try:
-        return json.loads(data.decode("utf-8"))
+        # NaN and Infinity are not JSON (RFC 8259): Python's parser takes them, and --json would print them back.
+        return json.loads(data.decode("utf-8"), parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise UsageError(f"{what} {path} is not valid UTF-8 JSON") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def dump_json(doc: Any) -> bytes:
