@@ -197,8 +197,9 @@ def read_passphrase_first(args: argparse.Namespace) -> None:
 def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
 
-    Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, or no source was
-    given and stdin is not a terminal.  The message never contains the passphrase.
+    Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, no source was
+    given and stdin is not a terminal, or the terminal's input ends (Ctrl-D) at the prompt.  The message never
+    contains the passphrase.
     """
     held = getattr(args, "held_passphrase", None)
     if isinstance(held, _Held):
@@ -228,9 +229,12 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
         return text
     if not sys.stdin.isatty():
         raise UsageError("no passphrase: use --passphrase-env VAR or --passphrase-file FILE (stdin is not a terminal)")
-    value = getpass.getpass("Passphrase: ")
-    if confirm and getpass.getpass("Passphrase again: ") != value:
-        raise UsageError("the passphrases differ")
+    try:
+        value = getpass.getpass("Passphrase: ")
+        if confirm and getpass.getpass("Passphrase again: ") != value:
+            raise UsageError("the passphrases differ")
+    except EOFError:  # Ctrl-D at the prompt
+        raise UsageError("no passphrase: the terminal input ended") from None
     if not value:
         raise UsageError("empty passphrase")
     return value
