@@ -264,6 +264,25 @@ def test_a_file_with_nan_or_infinity_is_not_json(world: World) -> None:
             assert r.returncode == 2 and doc["type"] == "UsageError" and "not valid" in doc["error"], (cmd, r.stdout)
 
 
+def test_a_status_list_file_whose_type_is_not_a_list_of_strings_is_a_usage_error(world: World) -> None:
+    """A --status-list file with `"type": 5` raised TypeError (`in` an int): a traceback, exit 1.  And a
+    `"type"` string merely containing the name ("NotABitstringStatusListCredential") passed the check
+    (`in` a str is a substring test)."""
+    sl = world.status_list()
+    good = json.loads((world.dir / sl).read_text())
+    for bad_type in (5, "NotABitstringStatusListCredential", {"BitstringStatusListCredential": 1}):
+        (world.dir / "odd.json").write_text(json.dumps({**good, "type": bad_type}))
+        for argv in (["verify", "odd.json", "--status-list", "odd.json"],
+                     ["issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--subject", world.holder,
+                      "--type", "T", "--status-list", "odd.json", "--status-index", "7", "--out", "c.json"],
+                     ["revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--status-list",
+                      "odd.json", "--index", "7"]):
+            r = world.cli("credential", *argv, "--json")
+            assert r.returncode == 2 and r.json["type"] == "UsageError", (bad_type, argv, r.stdout)
+            assert "BitstringStatusListCredential" in r.json["error"], (bad_type, argv, r.stdout)
+    assert not (world.dir / "c.json").exists()
+
+
 def _refusing_ledger(path: Path) -> None:
     """A real embedded ledger that opens and reads fine but refuses every append (a SQLite trigger)."""
     EmbeddedLedger(path).close()
