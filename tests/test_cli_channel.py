@@ -335,6 +335,26 @@ def test_a_payload_cannot_forge_lines_of_the_text_output(cli: Cli, tmp_path: Pat
     assert "\x1b" not in out and "\r" not in out, repr(out)
 
 
+def test_tail_events_says_when_the_store_is_older_than_its_own_chain(cli: Cli, tmp_path: Path,
+                                                                     serves: list[Serve]) -> None:
+    """A provider's store restored from a backup older than what it published: the author's signed ACK says it
+    holds the provider's chain beyond the store's head, and the library reports a ChainConflict (publishing now
+    would fork the chain).  `tail --events` dropped that event -- only a `rejected` UNEXPECTED frame showed.  It
+    is a `conflict` event now, with both positions."""
+    _, _, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    common = ("--connect", addr, "--passphrase-env", "PP", "--json")
+    branch = cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", author,
+                 "--channel", channel, *common).ok().json["branch"]
+    cli("publish", "--store", "provider.db", "--data", "payment 1", *common).ok()
+    cli("backup", "--store", "provider.db", "--to", "stale.db").ok()
+    for n in (2, 3):
+        assert cli("publish", "--store", "provider.db", "--data", f"payment {n}", *common).ok().json["seq"] == n
+    out = cli("tail", "--store", "stale.db", "--events", "--timeout", "3", *common).ok()
+    docs = [json.loads(x) for x in out.stdout.splitlines()]
+    conflicts = [d for d in docs if d["event"] == "conflict"]
+    assert conflicts == [{"event": "conflict", "branch": branch, "index": 1, "ours": 1, "theirs": 3}], docs
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,

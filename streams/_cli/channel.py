@@ -64,6 +64,7 @@ from ..events import (
     Acknowledged,
     Anchored,
     BranchClosed,
+    ChainConflict,
     EpochAnchored,
     Event,
     ForkDetected,
@@ -233,6 +234,9 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "restored": ev.restored}
     if isinstance(ev, ForkDetected):
         return {"event": "fork", "branch": ev.branch.hex(), "index": ev.publisher, "seq": ev.seq}
+    if isinstance(ev, ChainConflict):  # a store older than its own chain: publishing would fork it (SPEC 13.5)
+        return {"event": "conflict", "branch": ev.branch.hex(), "index": ev.publisher, "ours": ev.ours,
+                "theirs": ev.theirs}
     return None  # Covered, FetchRequested, Announced, Subscribed (``subscribe`` prints its own): bookkeeping
 
 
