@@ -32,7 +32,7 @@ from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
-from ._cli._common import CheckFailed, Result, Terminated, add_command, refuse_passphrase_argument
+from ._cli._common import CheckFailed, Result, Terminated, add_command, encodable, refuse_passphrase_argument
 from .errors import RemoteProtocolError, StreamsError, VerificationError
 
 __all__ = ["build_parser", "main"]
@@ -131,7 +131,10 @@ def _print_out(text: str) -> None:
     """Print ``text`` on stdout.  A reader that went away (``streams ... | true``) is not an error of the command,
     whose work is done: a note on stderr, no traceback, and the command's own exit status."""
     try:
-        print(text, flush=True)
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:  # a locale whose encoding lacks a character of it: escaped (JSON is ASCII)
+            print(encodable(text), flush=True)
     except BrokenPipeError:
         # Python's advice (signal module docs, "Note on SIGPIPE"): stdout to devnull, so that its flush at exit
         # does not fail again.

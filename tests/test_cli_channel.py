@@ -355,6 +355,40 @@ def test_tail_events_says_when_the_store_is_older_than_its_own_chain(cli: Cli, t
     assert conflicts == [{"event": "conflict", "branch": branch, "index": 1, "ours": 1, "theirs": 3}], docs
 
 
+def test_output_survives_a_stdout_that_cannot_encode_the_text(cli: Cli, tmp_path: Path) -> None:
+    """Under a locale whose encoding is not UTF-8 (here PYTHONIOENCODING=ascii), the first payload with a
+    character it lacks ("10 €") raised UnicodeEncodeError in `serve --json`'s printing task: the task died,
+    and serve went on admitting and acknowledging while printing no message again -- one provider's payload
+    blinded the monitor to every later one.  One-shot text output (credential show) ended in a traceback.
+    What the encoding lacks is escaped now (JSON: \\u20ac)."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    _policy(tmp_path / "policy.toml", sub_did)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS, "PYTHONIOENCODING": "ascii"}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--json", "--store", "monitor.db", "--bind",
+                          "tcp://127.0.0.1:0", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
+                          "--passphrase-env", "PP"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        ready = json.loads(p.stdout.readline())
+        common = ("--connect", ready["addresses"][0], "--passphrase-env", "PP", "--json")
+        cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", ready["did"],
+            "--channel", ready["channel"], *common).ok()
+        for text in ("10 €", "plain"):
+            cli("publish", "--store", "provider.db", "--data", text, *common).ok()
+    finally:
+        out, err = _signal_and_wait(p, signal.SIGTERM)
+    assert p.returncode == 0 and "Traceback" not in err, err
+    docs = [json.loads(x) for x in out.splitlines()]
+    assert [d["data"] for d in docs if d["event"] == "message"] == ["10 €", "plain"], docs
+
+    doc = {"issuer": "did:key:z6MkIssuer", "credentialSubject": {"id": "x", "amount": "10 €"}}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    shown = Cli(tmp_path, {"PYTHONIOENCODING": "ascii"})("credential", "show", "c.json").ok()
+    assert "\\u20ac" in shown.stdout, shown.stdout
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,

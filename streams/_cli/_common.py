@@ -32,6 +32,7 @@ __all__ = [
     "UsageError",
     "add_command",
     "add_passphrase_options",
+    "encodable",
     "parse_time",
     "passphrase_refusal",
     "printable",
@@ -251,6 +252,12 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def encodable(text: str) -> str:
+    """``text`` with what stdout's encoding (the locale's) cannot carry escaped (``\\u20ac``)."""
+    encoding = sys.stdout.encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 def utf8_arg(value: str, option: str) -> bytes:

@@ -91,6 +91,7 @@ from ._common import (
     UsageError,
     add_command,
     add_passphrase_options,
+    encodable,
     now,
     printable,
     read_json_file,
@@ -151,7 +152,12 @@ class LinePrinter:
             return
         line = json.dumps(doc, ensure_ascii=False) if self.as_json else _text_line(doc)
         try:
-            print(line, flush=True)
+            try:
+                print(line, flush=True)
+            except UnicodeEncodeError:
+                # A locale whose encoding lacks a character of the line (a peer's payload, "10 €" in ASCII):
+                # escaped, as \u20ac (valid JSON), not a dead printing task that shows no message again.
+                print(json.dumps(doc) if self.as_json else encodable(line), flush=True)
         except BrokenPipeError:
             self._broken = True
 
