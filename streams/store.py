@@ -839,7 +839,8 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     would find a damaged one only when asked for it).  ``progress(phase, done, total)`` is called as the frame
     file is copied (``"copy"``, bytes), then while verifying (``"verify"``, frames of the log's rows).
 
-    Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, :class:`StorageError` if
+    Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, or a file where the copy is
+    staged (``<dest>.tmp-backup``, ``<dest>-frames.tmp-backup``: never reused or deleted), :class:`StorageError` if
     ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
     leaves nothing at ``dest``."""
     s, d = Path(src), Path(dest)
@@ -850,6 +851,11 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
         if target.exists():
             raise LocalProtocolError(f"{target} already exists; back up to a new path")
     tmp_db, tmp_frames = Path(f"{d}.tmp-backup"), Path(f"{d}-frames.tmp-backup")
+    for staged in (tmp_db, tmp_frames):
+        # Not ours to reuse, nor to delete below: another backup's, one that was killed, or a file of the user's.
+        if os.path.lexists(staged):
+            raise LocalProtocolError(f"{staged} exists: a backup to {d} runs or was killed, or the file is "
+                                     "someone else's; remove it if it is a leftover")
     try:
         try:
             source = sqlite3.connect(f"{s.resolve().as_uri()}?mode=ro", uri=True)

@@ -107,6 +107,21 @@ def test_an_existing_destination_is_never_overwritten(tmp_path: Path) -> None:
     assert check_copy(tmp_path / "b.db") == 2
 
 
+def test_a_file_where_the_backup_would_stage_its_copy_is_never_overwritten_or_deleted(tmp_path: Path) -> None:
+    """The copy is staged as <dest>.tmp-backup and <dest>-frames.tmp-backup.  A file of the user's there was
+    opened as the SQLite copy (\"cannot back up s.db: file is not a database\", naming the wrong file) and then
+    deleted by the clean-up: `streams backup --to x` destroyed x.tmp-backup.  It is refused now, naming it."""
+    src = source(tmp_path, [600, 16384])
+    for staged in ("b.db.tmp-backup", "b.db-frames.tmp-backup"):
+        (tmp_path / staged).write_bytes(b"someone else's")
+        with pytest.raises(LocalProtocolError, match=rf"{staged.replace('.', '[.]')} exists"):
+            backup(src, tmp_path / "b.db")
+        assert (tmp_path / staged).read_bytes() == b"someone else's"
+        assert not (tmp_path / "b.db").exists() and not (tmp_path / "b.db-frames").exists()
+        (tmp_path / staged).unlink()
+    assert check_copy(backup(src, tmp_path / "b.db").path) == 2
+
+
 def test_a_store_without_large_frames_backs_up_with_an_empty_frame_file(tmp_path: Path) -> None:
     src = source(tmp_path, [600, 700, 800])
     assert not Path(f"{src}-frames").exists()
