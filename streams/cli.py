@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -32,7 +31,7 @@ from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
-from ._cli._common import CheckFailed, Result, Terminated, add_command, encodable, refuse_passphrase_argument
+from ._cli._common import CheckFailed, Result, Terminated, add_command, print_out, refuse_passphrase_argument
 from .errors import RemoteProtocolError, StreamsError, VerificationError
 
 __all__ = ["build_parser", "main"]
@@ -127,21 +126,6 @@ def _exit_code(exc: StreamsError) -> int:
     return 1 if isinstance(exc, VerificationError | CheckFailed) else 2
 
 
-def _print_out(text: str) -> None:
-    """Print ``text`` on stdout.  A reader that went away (``streams ... | true``) is not an error of the command,
-    whose work is done: a note on stderr, no traceback, and the command's own exit status."""
-    try:
-        try:
-            print(text, flush=True)
-        except UnicodeEncodeError:  # a locale whose encoding lacks a character of it: escaped (JSON is ASCII)
-            print(encodable(text), flush=True)
-    except BrokenPipeError:
-        # Python's advice (signal module docs, "Note on SIGPIPE"): stdout to devnull, so that its flush at exit
-        # does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("streams: note: stdout was closed by its reader: the result was not printed", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -188,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.debug("command failed", exc_info=True)
         print(f"streams: error: {exc}", file=sys.stderr)
         if as_json:
-            _print_out(json.dumps(_error_doc(exc)))
+            print_out(json.dumps(_error_doc(exc)))
         return _exit_code(exc)
     except KeyboardInterrupt as exc:
         terminated = terminated or isinstance(exc, Terminated)  # (the demo raises it from its own handler)
@@ -196,13 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streams: {what}", file=sys.stderr)
         if as_json:
             extra = getattr(args, "interrupted_doc", None)  # what the command had done (publish: its seq)
-            _print_out(json.dumps({"ok": False, "error": what, "type": "Interrupted", **(extra or {})}))
+            print_out(json.dumps({"ok": False, "error": what, "type": "Interrupted", **(extra or {})}))
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         if restore is not None:
             signal.signal(signal.SIGTERM, restore)
     if isinstance(outcome, Result):
-        _print_out(json.dumps(outcome.data) if as_json else outcome.text)
+        print_out(json.dumps(outcome.data) if as_json else outcome.text)
         return outcome.code
     return int(outcome)
 

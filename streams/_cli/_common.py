@@ -35,6 +35,7 @@ __all__ = [
     "encodable",
     "parse_time",
     "passphrase_refusal",
+    "print_out",
     "printable",
     "read_json_file",
     "read_passphrase",
@@ -258,6 +259,22 @@ def encodable(text: str) -> str:
     """``text`` with what stdout's encoding (the locale's) cannot carry escaped (``\\u20ac``)."""
     encoding = sys.stdout.encoding or "utf-8"
     return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
+def print_out(text: str) -> None:
+    """Print ``text`` (a command's result) on stdout.  A locale whose encoding lacks a character of it: escaped
+    (:func:`encodable`; JSON is ASCII already).  A reader that went away (``streams ... | true``) is not an error
+    of the command, whose work is done: a note on stderr, no traceback, and the command's own exit status."""
+    try:
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            print(encodable(text), flush=True)
+    except BrokenPipeError:
+        # Python's advice (signal module docs, "Note on SIGPIPE"): stdout to devnull, so that its flush at exit
+        # does not fail again (nor the next print_out).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("streams: note: stdout was closed by its reader: the result was not printed", file=sys.stderr)
 
 
 def utf8_arg(value: str, option: str) -> bytes:
