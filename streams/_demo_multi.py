@@ -49,7 +49,7 @@ from types import FrameType
 from typing import IO, Any
 
 from . import keystore
-from ._cli._common import Terminated
+from ._cli._common import Terminated, print_out
 from .identity import Identity
 from .wire import decode_frame
 
@@ -521,7 +521,10 @@ def run_process_demo(events_per_provider: int = 5, as_json: bool = False) -> int
     started = time.monotonic()
 
     def say(line: str) -> None:
-        print(line, file=sys.stderr if as_json else sys.stdout, flush=True)
+        if as_json:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            print_out(line)
 
     say("streams demo: a fraud monitor and three payment providers, each its own OS process, on loopback "
         "ZeroMQ; an attacker relays and records every frame between them")
@@ -538,12 +541,11 @@ def run_process_demo(events_per_provider: int = 5, as_json: bool = False) -> int
     ok = bool(checks) and all(c.ok for c in checks)
     seconds = round(time.monotonic() - started, 1)
     if as_json:
-        print(json.dumps({"ok": ok, "mode": "processes", "seconds": seconds,
-                          "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}))
+        print_out(json.dumps({"ok": ok, "mode": "processes", "seconds": seconds,
+                              "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}))
     else:
-        print()
-        for c in checks:
-            print(f"  [{'PASS' if c.ok else 'FAIL'}] {c.name}" + (f"\n         {c.detail}" if c.detail else ""))
-        print()
-        print(f"all checks passed ({seconds} s)" if ok else f"SOME CHECKS FAILED ({seconds} s)")
+        lines = [f"  [{'PASS' if c.ok else 'FAIL'}] {c.name}" + (f"\n         {c.detail}" if c.detail else "")
+                 for c in checks]
+        print_out("\n".join(["", *lines, "", f"all checks passed ({seconds} s)" if ok else
+                              f"SOME CHECKS FAILED ({seconds} s)"]))
     return 0 if ok else 1

@@ -31,7 +31,7 @@ from ._cli import channel as _channel_cli
 from ._cli import credential as _credential_cli
 from ._cli import identity as _identity_cli
 from ._cli import policy as _policy_cli
-from ._cli._common import CheckFailed, Result, Terminated, add_command
+from ._cli._common import CheckFailed, Result, Terminated, add_command, print_out, refuse_passphrase_argument
 from .errors import RemoteProtocolError, StreamsError, VerificationError
 
 __all__ = ["build_parser", "main"]
@@ -128,9 +128,12 @@ def _exit_code(exc: StreamsError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    _Parser.json_errors = "--json" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        refuse_passphrase_argument(parser, argv)  # (wherever it is: argparse would echo it in its own errors)
+        args = parser.parse_args(argv)
     finally:  # (only while main parses: a program that builds the parser itself gets argparse's errors)
         _Parser.json_errors = False
     verbose = int(getattr(args, "verbose", 0) or 0) + int(getattr(args, "global_verbose", 0) or 0)
@@ -150,11 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if terminated:
             return  # once: a second SIGTERM must not cut the cleanup short (SIGKILL is for that)
         terminated = True
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            # SIGINT ignored -- a background job of a non-interactive shell (`streams ... &` in a script) -- so
+            # raising it would do nothing (and asyncio.run installed no handler of its own): end the command
+            # here, as Ctrl-C did before asyncio.run handled it (the loop's tasks are cancelled, their cleanup
+            # runs).
+            raise Terminated
         signal.raise_signal(signal.SIGINT)
 
     restore: Any = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) not in (
-            signal.SIG_IGN, None):
+    if threading.current_thread() is threading.main_thread():
         restore = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         outcome = handler(args)
@@ -164,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.debug("command failed", exc_info=True)
         print(f"streams: error: {exc}", file=sys.stderr)
         if as_json:
-            print(json.dumps(_error_doc(exc)))
+            print_out(json.dumps(_error_doc(exc)))
         return _exit_code(exc)
     except KeyboardInterrupt as exc:
         terminated = terminated or isinstance(exc, Terminated)  # (the demo raises it from its own handler)
@@ -172,13 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streams: {what}", file=sys.stderr)
         if as_json:
             extra = getattr(args, "interrupted_doc", None)  # what the command had done (publish: its seq)
-            print(json.dumps({"ok": False, "error": what, "type": "Interrupted", **(extra or {})}))
+            print_out(json.dumps({"ok": False, "error": what, "type": "Interrupted", **(extra or {})}))
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         if restore is not None:
             signal.signal(signal.SIGTERM, restore)
     if isinstance(outcome, Result):
-        print(json.dumps(outcome.data) if as_json else outcome.text)
+        print_out(json.dumps(outcome.data) if as_json else outcome.text)
         return outcome.code
     return int(outcome)
 

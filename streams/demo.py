@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._cli._common import print_out
 from .api import Author, MemoryHub, StoreOptions, Subscriber
 from .errors import AdmissionRefused, RejectReason, StreamsTimeoutError
 from .events import Rejected
@@ -127,14 +128,12 @@ def run_inprocess_demo(events_per_provider: int = 5, as_json: bool = False) -> i
     with tempfile.TemporaryDirectory(prefix="streams-demo-") as tmp:
         rep = asyncio.run(_demo(Path(tmp), events_per_provider, lines))
     if as_json:
-        print(json.dumps({"ok": rep.ok, "checks": [{"check": n, "ok": ok, "detail": d} for n, ok, d in rep.checks]}))
+        print_out(json.dumps({"ok": rep.ok, "checks": [{"check": n, "ok": ok, "detail": d}
+                                                      for n, ok, d in rep.checks]}))
     else:
-        print("\n".join(lines))
-        print()
-        for name, ok, detail in rep.checks:
-            print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f"  ({detail})" if detail else ""))
-        print()
-        print("all checks passed" if rep.ok else "SOME CHECKS FAILED")
+        checks = [f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f"  ({detail})" if detail else "")
+                  for name, ok, detail in rep.checks]
+        print_out("\n".join([*lines, "", *checks, "", "all checks passed" if rep.ok else "SOME CHECKS FAILED"]))
     return 0 if rep.ok else 1
 
 

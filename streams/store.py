@@ -937,7 +937,8 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     would find a damaged one only when asked for it).  ``progress(phase, done, total)`` is called as the frame
     file is copied (``"copy"``, bytes), then while verifying (``"verify"``, frames of the log's rows).
 
-    Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, :class:`StorageError` if
+    Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, or a file where the copy is
+    staged (``<dest>.tmp-backup``, ``<dest>-frames.tmp-backup``: never reused or deleted), :class:`StorageError` if
     ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
     leaves nothing at ``dest``."""
     s, d = Path(src), Path(dest)
@@ -947,14 +948,19 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
         if target.exists():
             raise LocalProtocolError(f"{target} already exists; back up to a new path")
     tmp_db, tmp_frames = Path(f"{d}.tmp-backup"), Path(f"{d}-frames.tmp-backup")
+    for staged in (tmp_db, tmp_frames):
+        # Not ours to reuse, nor to delete below: another backup's, one that was killed, or a file of the user's.
+        if os.path.lexists(staged):
+            raise LocalProtocolError(f"{staged} exists: a backup to {d} runs or was killed, or the file is "
+                                     "someone else's; remove it if it is a leftover")
+    made: list[Path] = []  # the staged files this call created: the only ones it removes
     try:
-        # New files of mode 0600 at the temporary names, never through a link: what an interrupted backup left
-        # there (or a link planted in a shared directory) is removed first.  SQLite writes the copy into the
-        # file it finds, which it would otherwise create with the umask's mode, or follow a link to.
+        # New files of mode 0600 at the temporary names, never through a link (O_EXCL: one that appeared since the
+        # check above is not ours).  SQLite writes the copy into the file it finds, which it would otherwise create
+        # with the umask's mode, or follow a link to.
         for t in (tmp_db, tmp_frames):
-            with contextlib.suppress(FileNotFoundError):
-                t.unlink()
-        os.close(os.open(tmp_db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            os.close(os.open(t, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            made.append(t)
         try:
             source = sqlite3.connect(f"{s.resolve().as_uri()}?mode=ro", uri=True)
             try:
@@ -978,7 +984,7 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     except OSError as exc:
         raise StorageError(f"backup of {s} to {d} failed: {_reason(exc)}") from exc
     finally:
-        for t in (tmp_db, tmp_frames):
+        for t in made:  # (moved into place already when the backup succeeded)
             with contextlib.suppress(OSError):
                 t.unlink()
     return BackupResult(d, d.stat().st_size, rows, total, checked)
@@ -988,8 +994,9 @@ _COPY_CHUNK = 8 << 20
 
 
 def _copy_prefix(src: Path, dest: Path, progress: Callable[[str, int, int], None] | None) -> int:
-    """Copy ``src``'s bytes as of now (an empty file if there is none) to a new ``dest``, synced; their count."""
-    fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    """Copy ``src``'s bytes as of now (an empty file if there is none) to ``dest`` (the empty file :func:`backup`
+    made), synced; their count."""
+    fd_out = os.open(dest, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:
             fd_in = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO: refused, not waited on)

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cliutil import ROOT
 
 
 def test_demo_runs_and_all_checks_pass() -> None:
@@ -50,3 +56,48 @@ def test_json_usage_errors_are_main_s_alone() -> None:
     assert r.returncode == 2
     after = r.stdout.split("--- after main ---", 1)[1]
     assert after.strip() == "" and "error:" in r.stderr, (r.stdout, r.stderr)  # argparse's own, on stderr only
+
+
+def test_a_reader_that_went_away_is_no_traceback(tmp_path: Path) -> None:
+    """`streams ... --json | true`: stdout's reader is gone before the result is printed.  The command's print
+    raised BrokenPipeError, a traceback and exit 1; the command's work (here: a keystore written) was done all
+    the same.  Now a note on stderr, and the command's own status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": "reader gone passphrase"}
+    try:
+        for argv in (["identity", "create", "--keystore", "k.ks", "--kdf-fast", "--passphrase-env", "PP", "--json"],
+                     ["identity", "show", "--keystore", "k.ks"],
+                     ["identity", "show", "--keystore", "missing.ks", "--json"]):
+            r = subprocess.run([sys.executable, "-m", "streams.cli", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                               text=True, timeout=60, cwd=tmp_path, env=env, check=False)
+            assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, (argv, r.stderr)
+            assert r.returncode == (2 if "missing.ks" in argv else 0), (argv, r.returncode, r.stderr)
+            assert "stdout" in r.stderr, (argv, r.stderr)
+    finally:
+        os.close(write_end)
+    assert (tmp_path / "k.ks").exists()
+
+
+@pytest.mark.parametrize("mode", [["--in-process"], []], ids=["in-process", "processes"])
+def test_the_demo_s_output_survives_a_reader_gone_and_a_stdout_that_cannot_encode_it(mode: list[str],
+                                                                                       tmp_path: Path) -> None:
+    """The demo printed with plain print(): `streams demo | head -1` ended in a BrokenPipeError traceback, and
+    under a locale whose encoding is not UTF-8 (PYTHONIOENCODING=ascii) its first line with "\u2026" in it ended
+    in a UnicodeEncodeError traceback, exit 1, checks unreported.  Both now go as main's own output does."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+    argv = [sys.executable, "-m", "streams.cli", "demo", "--events", "1", *mode]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                       env={**env, "PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "\\u2026" in r.stdout and "all checks passed" in r.stdout, r.stdout
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    try:
+        for extra in ([], ["--json"]):
+            r = subprocess.run([*argv, *extra], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                               env=env, check=False)
+            assert r.returncode == 0 and "Traceback" not in r.stderr, (extra, r.stderr)
+            assert "stdout was closed" in r.stderr, (extra, r.stderr)
+    finally:
+        os.close(write_end)

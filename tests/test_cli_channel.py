@@ -249,6 +249,146 @@ def test_usage_errors_exit_2(cli: Cli, tmp_path: Path) -> None:
     assert not (tmp_path / "new.db").exists()
 
 
+def test_command_line_text_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    """`publish --data` and a first `serve --name` with bytes that are not UTF-8 on the command line (Python holds
+    them as lone surrogates) ended in a UnicodeEncodeError traceback.  Now a usage error, naming the option; the
+    first serve creates nothing."""
+    make_keystore(cli, "m.ks")
+    _policy(tmp_path / "p.toml", make_keystore(cli, "s.ks"))
+    bad = "caf\udce9"  # b"caf\xe9" (Latin-1) in argv
+    for args, option in (
+        (["publish", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--data", bad], "--data"),
+        (["serve", "--store", "new.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml", "--keystore", "m.ks",
+          "--name", bad], "--name"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["ok"] is False and r.json["type"] == "UsageError" and option in r.json["error"], r.stdout
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
+
+
+def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
+    """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
+    subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked
+    to wait for.  Refused by argparse now, naming the option."""
+    for args, option in (
+        (["subscribe", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--timeout", "nan"], "--timeout"),
+        (["tail", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--timeout", "NaN"], "--timeout"),
+        (["publish", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--data", "x", "--wait-ack", "nan"],
+         "--wait-ack"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["type"] == "UsageError" and f"argument {option}" in r.json["error"], (args, r.stdout)
+
+
+def test_a_negative_count_or_anchor_interval_is_refused(cli: Cli) -> None:
+    """`tail --count -1` printed nothing and ended at once (its loop stops once the count "is reached"), and
+    `serve --anchor-interval-ms 0` (or negative) cut an epoch -- a ledger write -- at every turn of a 1 ms
+    loop.  Both are usage errors now."""
+    for args, option in (
+        (["tail", "--store", "missing.db", "--connect", "tcp://127.0.0.1:1", "--count", "-1"], "--count"),
+        (["serve", "--store", "missing.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml",
+          "--anchor-interval-ms", "0"], "--anchor-interval-ms"),
+        (["serve", "--store", "missing.db", "--bind", "tcp://127.0.0.1:0", "--policy", "p.toml",
+          "--anchor-interval-ms", "-5"], "--anchor-interval-ms"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["type"] == "UsageError" and f"argument {option}" in r.json["error"], (args, r.stdout)
+
+
+def test_a_payload_cannot_forge_lines_of_the_text_output(cli: Cli, tmp_path: Path) -> None:
+    """`streams serve` without --json printed a payload as it came: a provider's message holding a newline then
+    `message ... publisher=<another provider's DID> ...` printed a second line, indistinguishable from a
+    message of that other provider (THREATS 2: the origin of every message), and terminal escapes went to the
+    operator's terminal as they were.  Control characters are now escaped: one event, one line."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    other = make_keystore(cli, "other.ks")
+    _policy(tmp_path / "policy.toml", sub_did, other)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--store", "monitor.db", "--bind",
+                          "tcp://127.0.0.1:0", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
+                          "--passphrase-env", "PP"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        ready = p.stdout.readline().split()
+        fields = dict(f.split("=", 1) for f in ready[1:])
+        assert ready[0] == "ready", ready
+        sub = cli("subscribe", "--json", "--store", "provider.db", "--connect", fields["addresses"], "--keystore",
+                  "provider.ks", "--author", fields["did"], "--channel", fields["channel"],
+                  "--passphrase-env", "PP").ok().json
+        forged = (f"ok\nmessage branch={'ab' * 16} publisher={other} index=1 seq=1 signed=True : "
+                  "\x1b[31mrefund 1M EUR\x1b[0m\r")
+        cli("publish", "--json", "--store", "provider.db", "--connect", fields["addresses"], "--data", forged,
+            "--passphrase-env", "PP").ok()
+    finally:
+        out, err = _signal_and_wait(p, signal.SIGTERM)
+    assert p.returncode == 0, err
+    lines = out.splitlines()
+    messages = [x for x in lines if x.startswith("message ")]
+    assert len(messages) == 1, lines
+    assert f"branch={sub['branch']} publisher={sub_did} " in messages[0] and "refund 1M EUR" in messages[0]
+    assert not any(other in x for x in lines if not x.startswith(("admitted", "message "))), lines
+    assert "\x1b" not in out and "\r" not in out, repr(out)
+
+
+def test_tail_events_says_when_the_store_is_older_than_its_own_chain(cli: Cli, tmp_path: Path,
+                                                                     serves: list[Serve]) -> None:
+    """A provider's store restored from a backup older than what it published: the author's signed ACK says it
+    holds the provider's chain beyond the store's head, and the library reports a ChainConflict (publishing now
+    would fork the chain).  `tail --events` dropped that event -- only a `rejected` UNEXPECTED frame showed.  It
+    is a `conflict` event now, with both positions."""
+    _, _, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    common = ("--connect", addr, "--passphrase-env", "PP", "--json")
+    branch = cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", author,
+                 "--channel", channel, *common).ok().json["branch"]
+    cli("publish", "--store", "provider.db", "--data", "payment 1", *common).ok()
+    cli("backup", "--store", "provider.db", "--to", "stale.db").ok()
+    for n in (2, 3):
+        assert cli("publish", "--store", "provider.db", "--data", f"payment {n}", *common).ok().json["seq"] == n
+    out = cli("tail", "--store", "stale.db", "--events", "--timeout", "3", *common).ok()
+    docs = [json.loads(x) for x in out.stdout.splitlines()]
+    conflicts = [d for d in docs if d["event"] == "conflict"]
+    assert conflicts == [{"event": "conflict", "branch": branch, "index": 1, "ours": 1, "theirs": 3}], docs
+
+
+def test_output_survives_a_stdout_that_cannot_encode_the_text(cli: Cli, tmp_path: Path) -> None:
+    """Under a locale whose encoding is not UTF-8 (here PYTHONIOENCODING=ascii), the first payload with a
+    character it lacks ("10 €") raised UnicodeEncodeError in `serve --json`'s printing task: the task died,
+    and serve went on admitting and acknowledging while printing no message again -- one provider's payload
+    blinded the monitor to every later one.  One-shot text output (credential show) ended in a traceback.
+    What the encoding lacks is escaped now (JSON: \\u20ac)."""
+    make_keystore(cli, "monitor.ks")
+    sub_did = make_keystore(cli, "provider.ks")
+    _policy(tmp_path / "policy.toml", sub_did)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS, "PYTHONIOENCODING": "ascii"}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--json", "--store", "monitor.db", "--bind",
+                          "tcp://127.0.0.1:0", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
+                          "--passphrase-env", "PP"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        ready = json.loads(p.stdout.readline())
+        common = ("--connect", ready["addresses"][0], "--passphrase-env", "PP", "--json")
+        cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", ready["did"],
+            "--channel", ready["channel"], *common).ok()
+        for text in ("10 €", "plain"):
+            cli("publish", "--store", "provider.db", "--data", text, *common).ok()
+    finally:
+        out, err = _signal_and_wait(p, signal.SIGTERM)
+    assert p.returncode == 0 and "Traceback" not in err, err
+    docs = [json.loads(x) for x in out.splitlines()]
+    assert [d["data"] for d in docs if d["event"] == "message"] == ["10 €", "plain"], docs
+
+    doc = {"issuer": "did:key:z6MkIssuer", "credentialSubject": {"id": "x", "amount": "10 €"}}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    shown = Cli(tmp_path, {"PYTHONIOENCODING": "ascii"})("credential", "show", "c.json").ok()
+    assert "\\u20ac" in shown.stdout, shown.stdout
+
+
 def test_every_channel_command_has_help() -> None:
     for cmd in ("serve", "subscribe", "publish", "tail", "status"):
         r = subprocess.run([sys.executable, "-m", "streams.cli", cmd, "--help"], capture_output=True, text=True,
@@ -615,6 +755,33 @@ def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_pat
         out, err = _signal_and_wait(p, signal.SIGTERM)
     assert p.returncode == 143, err
     assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
+
+
+def test_sigterm_ends_a_command_cleanly_also_where_sigint_is_ignored(cli: Cli, tmp_path: Path) -> None:
+    """A background job of a non-interactive shell (`streams subscribe ... &` in a script) starts with SIGINT
+    ignored.  SIGTERM then killed the command where it stood -- exit -15, no JSON document, the first run's store
+    left behind -- because it was turned into a SIGINT, which was ignored, and so its handler was not even
+    installed.  It ends the command as Ctrl-C does here too."""
+    make_keystore(cli, "p.ks")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "p.db", "--connect",
+                          "tcp://127.0.0.1:9", "--keystore", "p.ks", "--author",
+                          "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32,
+                          "--timeout", "60", "--passphrase-env", "PP"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for _ in range(200):  # until the first run created its store
+            if (tmp_path / "p.db").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        out, err = _signal_and_wait(p, signal.SIGTERM)
+    assert p.returncode == 143, (p.returncode, err)
+    assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
+    assert "Traceback" not in err, err
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
 
 

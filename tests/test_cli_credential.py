@@ -221,6 +221,9 @@ def test_bad_arguments_are_usage_errors(world: World) -> None:
         ["--subject", world.holder, "--valid-until", "2030-01-01T00:00:00"],  # no time zone
         ["--subject", world.holder, "--valid-from", "2030-01-01", "--valid-until", "2029-01-01"],
         ["--subject", world.holder, "--status-index", "3"],  # without --status-list
+        # Times whose UTC form is outside the years 1..9999 (an OverflowError traceback, exit 1, before).
+        ["--subject", world.holder, "--valid-until", "9999-12-31T23:59:59-14:00"],
+        ["--subject", world.holder, "--valid-from", "0001-01-01T00:00:00+14:00"],
     ):
         r = world.cli(*base, *extra)
         assert r.returncode == 2, extra
@@ -231,6 +234,53 @@ def test_bad_arguments_are_usage_errors(world: World) -> None:
                   "--id", LIST_URL, "--out", sl)
     assert r.returncode == 2 and "--force" in r.stderr  # replacing a list would un-revoke everything
     assert world.cli("credential", "verify", "missing.json").returncode == 2
+    r = world.cli("credential", "verify", sl, "--at", "0001-01-01T00:00:00+00:01", "--json")
+    assert r.returncode == 2 and r.json["type"] == "UsageError" and "--at" in r.json["error"], r.stdout
+
+
+def test_show_prints_an_unverified_credential_s_fields_escaped(world: World) -> None:
+    """`credential show` printed the string fields of an unverified file as they were: a newline in "issuer"
+    printed a forged `subject:` line, and a terminal escape (here: conceal) could hide the "(not verified)" line
+    that follows.  What is not printable is escaped now; --json was and is unaffected."""
+    doc = {"issuer": "did:key:z6MkIssuer\nsubject: did:key:z6MkForged\x1b[8m", "credentialSubject": {"id": "x"}}
+    (world.dir / "odd.json").write_text(json.dumps(doc))
+    r = world.cli("credential", "show", "odd.json").ok()
+    lines = r.stdout.splitlines()
+    assert not [x for x in lines if x.startswith("subject: did:key:z6MkForged")], lines
+    assert "\x1b" not in r.stdout and lines[-1].startswith("(not verified"), repr(r.stdout)
+    assert world.cli("credential", "show", "odd.json", "--json").ok().json["issuer"] == doc["issuer"]
+
+
+def test_a_file_with_nan_or_infinity_is_not_json(world: World) -> None:
+    """Python's JSON parser takes NaN and Infinity, which JSON (RFC 8259) has not: `credential show --json` of
+    such a file printed them back -- a document strict parsers refuse, and jq turned into null and 1.8e308.
+    Such a file is refused now as not JSON (exit 2), and every document printed is strict JSON."""
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in the output")}
+    for text in ('{"validFrom": NaN, "credentialSubject": {"id": "x"}}', '{"credentialSubject": {"n": -Infinity}}'):
+        (world.dir / "odd.json").write_text(text)
+        for cmd in (["show", "odd.json"], ["verify", "odd.json"]):
+            r = world.cli("credential", *cmd, "--json")
+            doc = json.loads(r.stdout, **strict)
+            assert r.returncode == 2 and doc["type"] == "UsageError" and "not valid" in doc["error"], (cmd, r.stdout)
+
+
+def test_a_status_list_file_whose_type_is_not_a_list_of_strings_is_a_usage_error(world: World) -> None:
+    """A --status-list file with `"type": 5` raised TypeError (`in` an int): a traceback, exit 1.  And a
+    `"type"` string merely containing the name ("NotABitstringStatusListCredential") passed the check
+    (`in` a str is a substring test)."""
+    sl = world.status_list()
+    good = json.loads((world.dir / sl).read_text())
+    for bad_type in (5, "NotABitstringStatusListCredential", {"BitstringStatusListCredential": 1}):
+        (world.dir / "odd.json").write_text(json.dumps({**good, "type": bad_type}))
+        for argv in (["verify", "odd.json", "--status-list", "odd.json"],
+                     ["issue", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--subject", world.holder,
+                      "--type", "T", "--status-list", "odd.json", "--status-index", "7", "--out", "c.json"],
+                     ["revoke", "--issuer-keystore", "issuer.ks", "--passphrase-env", "PP", "--status-list",
+                      "odd.json", "--index", "7"]):
+            r = world.cli("credential", *argv, "--json")
+            assert r.returncode == 2 and r.json["type"] == "UsageError", (bad_type, argv, r.stdout)
+            assert "BitstringStatusListCredential" in r.json["error"], (bad_type, argv, r.stdout)
+    assert not (world.dir / "c.json").exists()
 
 
 def _refusing_ledger(path: Path) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import pty
+import select
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import base58
@@ -13,7 +17,7 @@ import pytest
 
 from streams import keystore
 from streams.identity import PublicIdentity, public_key_from_did, x25519_multibase
-from tests.cliutil import Cli, make_keystore
+from tests.cliutil import ROOT, Cli, make_keystore
 
 PASS = "correct horse battery staple 7f3a"
 
@@ -81,6 +85,22 @@ def test_passphrase_on_command_line_is_refused_and_not_echoed(cli: Cli, tmp_path
     assert not (tmp_path / "x.ks").exists()
 
 
+def test_a_passphrase_given_to_a_command_that_takes_none_is_refused_and_not_echoed(cli: Cli, tmp_path: Path) -> None:
+    """`--passphrase SECRET` on a command without passphrase options (identity show, backup, credential show, or
+    before the command name) was echoed back in argparse's "unrecognized arguments" error, on stderr and in the
+    JSON error document."""
+    make_keystore(cli, "k.ks")
+    for cmd in (["identity", "show", "--keystore", "k.ks"], ["backup", "--store", "a.db", "--to", "b.db"],
+                ["credential", "show", "c.json"], ["identity", "show", "--keystore", "k.ks", "extra"]):
+        for args in (["--passphrase", "hunter2-secret"], ["--passphrase=hunter2-secret"]):
+            for argv in ([*cmd, *args, "--json"], ["--json", *args, *cmd]):
+                r = cli(*argv)
+                assert r.returncode == 2, (argv, r.stdout, r.stderr)
+                assert r.json["ok"] is False and r.json["type"] == "UsageError", r.stdout
+                assert "passphrase-env" in r.json["error"] and "passphrase-env" in r.stderr, (argv, r.stdout)
+                assert "hunter2-secret" not in r.stdout + r.stderr, (argv, r.stdout, r.stderr)
+
+
 def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None:
     r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", stdin=subprocess.DEVNULL)
     assert r.returncode == 2
@@ -89,6 +109,37 @@ def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None
     assert len(r.stderr.strip().splitlines()) == 1  # one line, no traceback
     r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", "UNSET_VAR_42")
     assert r.returncode == 2 and "UNSET_VAR_42" in r.stderr
+    assert not (tmp_path / "x.ks").exists()
+
+
+def test_end_of_input_at_the_passphrase_prompt_is_a_usage_error(tmp_path: Path) -> None:
+    """Ctrl-D at the terminal's passphrase prompt (the input ends) raised EOFError out of getpass: a traceback,
+    exit 1.  A usage error now (exit 2, the JSON document), and nothing is created."""
+    master, slave = pty.openpty()
+    tty = os.ttyname(slave)
+
+    def own_terminal() -> None:  # the pty becomes the child's controlling terminal: getpass opens /dev/tty
+        os.setsid()
+        os.close(os.open(tty, os.O_RDWR))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "streams.cli", "identity", "create", "--keystore", "x.ks",
+                              "--kdf-fast", "--json"], cwd=tmp_path, env=env, stdin=slave, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=own_terminal)
+        os.close(slave)
+        seen = b""
+        while b"Passphrase" not in seen:  # the prompt goes to the terminal
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, seen
+            seen += os.read(master, 1024)
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        out, err = p.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert "Traceback" not in err, err
+    assert p.returncode == 2, (p.returncode, err)
+    assert json.loads(out)["type"] == "UsageError", out
     assert not (tmp_path / "x.ks").exists()
 
 

@@ -108,12 +108,11 @@ def test_an_existing_destination_is_never_overwritten(tmp_path: Path) -> None:
     assert check_copy(tmp_path / "b.db") == 2
 
 
-@pytest.mark.parametrize("left", ["symlink", "stale"])
-def test_the_temporary_copy_is_a_new_private_file(tmp_path: Path, left: str) -> None:
-    """Whatever is at the backup's temporary names -- a symlink to another application's SQLite database (planted
-    in a shared directory), or what an interrupted backup left -- is neither followed nor in the way: SQLite
-    used to write the copy through the link, replacing that database, and the copy became the link.  The copy
-    is a regular file of mode 0600 (whatever the umask) and whole."""
+def test_the_temporary_copy_is_a_new_private_file_never_reached_through_a_link(tmp_path: Path) -> None:
+    """A symlink at a temporary name (to another application's SQLite database, planted in a shared directory) is
+    neither followed nor removed: SQLite used to write the copy through the link, replacing that database, and
+    the copy became the link.  And the copy is a regular file of mode 0600 whatever the umask (SQLite created it
+    with the umask's mode, made private only after the whole copy was written)."""
     import sqlite3
 
     src = source(tmp_path, [600, 16384])
@@ -124,21 +123,37 @@ def test_the_temporary_copy_is_a_new_private_file(tmp_path: Path, left: str) -> 
     conn.close()
     before = victim.read_bytes()
     for tmp in (tmp_path / "b.db.tmp-backup", tmp_path / "b.db-frames.tmp-backup"):
-        if left == "symlink":
-            tmp.symlink_to(victim)
-        else:
-            tmp.write_bytes(b"left by a killed backup")
+        tmp.symlink_to(victim)
+        with pytest.raises(LocalProtocolError, match="exists"):
+            backup(src, tmp_path / "b.db")
+        assert tmp.is_symlink() and victim.read_bytes() == before
+        assert not (tmp_path / "b.db").exists() and not (tmp_path / "b.db-frames").exists()
+        tmp.unlink()
     old = os.umask(0o022)
     try:
         backup(src, tmp_path / "b.db", verify=True)
     finally:
         os.umask(old)
-    assert victim.read_bytes() == before
     for name in ("b.db", "b.db-frames"):
         st = (tmp_path / name).lstat()
         assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, name
     assert check_copy(tmp_path / "b.db") == 2
     assert not [p.name for p in tmp_path.iterdir() if "tmp-backup" in p.name]
+
+
+def test_a_file_where_the_backup_would_stage_its_copy_is_never_overwritten_or_deleted(tmp_path: Path) -> None:
+    """The copy is staged as <dest>.tmp-backup and <dest>-frames.tmp-backup.  A file of the user's there was
+    opened as the SQLite copy (\"cannot back up s.db: file is not a database\", naming the wrong file) and then
+    deleted by the clean-up: `streams backup --to x` destroyed x.tmp-backup.  It is refused now, naming it."""
+    src = source(tmp_path, [600, 16384])
+    for staged in ("b.db.tmp-backup", "b.db-frames.tmp-backup"):
+        (tmp_path / staged).write_bytes(b"someone else's")
+        with pytest.raises(LocalProtocolError, match=rf"{staged.replace('.', '[.]')} exists"):
+            backup(src, tmp_path / "b.db")
+        assert (tmp_path / staged).read_bytes() == b"someone else's"
+        assert not (tmp_path / "b.db").exists() and not (tmp_path / "b.db-frames").exists()
+        (tmp_path / staged).unlink()
+    assert check_copy(backup(src, tmp_path / "b.db").path) == 2
 
 
 def test_a_store_without_large_frames_backs_up_with_an_empty_frame_file(tmp_path: Path) -> None:

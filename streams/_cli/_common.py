@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import itertools
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +32,15 @@ __all__ = [
     "UsageError",
     "add_command",
     "add_passphrase_options",
+    "encodable",
     "parse_time",
+    "passphrase_refusal",
+    "print_out",
+    "printable",
     "read_json_file",
     "read_passphrase",
+    "refuse_passphrase_argument",
+    "utf8_arg",
     "write_file_atomic",
 ]
 
@@ -130,14 +137,26 @@ def add_group(
 # --- passphrases ---
 
 
+def passphrase_refusal(option: str | None = "--passphrase") -> str:
+    """The usage error for a passphrase given on the command line (it never repeats the value: the secret)."""
+    return (f"refusing {option}: a passphrase on the command line shows in ps and shell history; "
+            "use --passphrase-env VAR or --passphrase-file FILE")
+
+
+def refuse_passphrase_argument(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed: on a command
+    without passphrase options, or before the command name, argparse would otherwise echo its value back in an
+    "unrecognized arguments" or "invalid choice" error."""
+    for arg in itertools.takewhile(lambda a: a != "--", argv):  # (after "--", arguments are not options)
+        if arg == "--passphrase" or arg.startswith("--passphrase="):
+            parser.error(passphrase_refusal())
+
+
 class _RefusePassphraseArgument(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
         # Do not echo the value back: it is the secret.
-        parser.error(
-            f"refusing {option_string}: a passphrase on the command line shows in ps and shell history; "
-            "use --passphrase-env VAR or --passphrase-file FILE"
-        )
+        parser.error(passphrase_refusal(option_string))
 
 
 def add_passphrase_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -180,8 +199,9 @@ def read_passphrase_first(args: argparse.Namespace) -> None:
 def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
 
-    Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, or no source was
-    given and stdin is not a terminal.  The message never contains the passphrase.
+    Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, no source was
+    given and stdin is not a terminal, or the terminal's input ends (Ctrl-D) at the prompt.  The message never
+    contains the passphrase.
     """
     held = getattr(args, "held_passphrase", None)
     if isinstance(held, _Held):
@@ -211,15 +231,59 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
         return text
     if not sys.stdin.isatty():
         raise UsageError("no passphrase: use --passphrase-env VAR or --passphrase-file FILE (stdin is not a terminal)")
-    value = getpass.getpass("Passphrase: ")
-    if confirm and getpass.getpass("Passphrase again: ") != value:
-        raise UsageError("the passphrases differ")
+    try:
+        value = getpass.getpass("Passphrase: ")
+        if confirm and getpass.getpass("Passphrase again: ") != value:
+            raise UsageError("the passphrases differ")
+    except EOFError:  # Ctrl-D at the prompt
+        raise UsageError("no passphrase: the terminal input ended") from None
     if not value:
         raise UsageError("empty passphrase")
     return value
 
 
-# --- files and times ---
+# --- text, files and times ---
+
+
+def printable(text: str) -> str:
+    """``text`` with what is not printable (newlines, terminal escapes, bidi overrides...) escaped, as ``\\n``,
+    ``\\x1b``, ``\\u202e``, for a line of text output: a line is one event or field, whatever a peer put in a
+    payload or a file -- a provider's message must not print a second line in another provider's name
+    (THREATS 2), an unverified credential's field must not hide the line saying so."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def encodable(text: str) -> str:
+    """``text`` with what stdout's encoding (the locale's) cannot carry escaped (``\\u20ac``)."""
+    encoding = sys.stdout.encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
+def print_out(text: str) -> None:
+    """Print ``text`` (a command's result) on stdout.  A locale whose encoding lacks a character of it: escaped
+    (:func:`encodable`; JSON is ASCII already).  A reader that went away (``streams ... | true``) is not an error
+    of the command, whose work is done: a note on stderr, no traceback, and the command's own exit status."""
+    try:
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            print(encodable(text), flush=True)
+    except BrokenPipeError:
+        # Python's advice (signal module docs, "Note on SIGPIPE"): stdout to devnull, so that its flush at exit
+        # does not fail again (nor the next print_out).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("streams: note: stdout was closed by its reader: the result was not printed", file=sys.stderr)
+
+
+def utf8_arg(value: str, option: str) -> bytes:
+    """A command-line text argument as UTF-8.  Raises :class:`UsageError` for one that has no UTF-8 form: bytes
+    that are not UTF-8 on the command line reach Python as lone surrogates."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{option}: not UTF-8 text (the command line held other bytes)") from None
 
 
 def read_json_file(path: str, what: str) -> Any:
@@ -232,9 +296,14 @@ def read_json_file(path: str, what: str) -> Any:
     if len(data) > MAX_JSON_FILE:
         raise UsageError(f"{what} {path} is too large")
     try:
-        return json.loads(data.decode("utf-8"))
+        # NaN and Infinity are not JSON (RFC 8259): Python's parser takes them, and --json would print them back.
+        return json.loads(data.decode("utf-8"), parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise UsageError(f"{what} {path} is not valid UTF-8 JSON") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def dump_json(doc: Any) -> bytes:
@@ -273,9 +342,10 @@ def write_file_atomic(path: str, data: bytes, *, overwrite: bool) -> None:
 
 
 def parse_time(value: str, what: str) -> datetime:
-    """An aware datetime from ISO 8601 text: ``2026-01-31`` (midnight UTC) or a date-time with a zone.
+    """An aware datetime (in UTC) from ISO 8601 text: ``2026-01-31`` (midnight UTC) or a date-time with a zone.
 
-    Raises :class:`UsageError` for anything else, including a date-time without a zone (ambiguous).
+    Raises :class:`UsageError` for anything else, including a date-time without a zone (ambiguous) and one
+    whose UTC time is outside the years 1 to 9999 (``9999-12-31T23:59:59-14:00``).
     """
     try:
         if len(value) == 10:
@@ -285,7 +355,10 @@ def parse_time(value: str, what: str) -> datetime:
         raise UsageError(f"{what}: not an ISO 8601 date or date-time: {value!r}") from None
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise UsageError(f"{what}: give a time zone, e.g. {value}Z")
-    return dt
+    try:
+        return dt.astimezone(UTC)  # (credentials write UTC times: one that has none is refused here)
+    except OverflowError:
+        raise UsageError(f"{what}: {value!r} is out of range in UTC") from None
 
 
 def now() -> datetime:

@@ -64,6 +64,7 @@ from ..events import (
     Acknowledged,
     Anchored,
     BranchClosed,
+    ChainConflict,
     EpochAnchored,
     Event,
     ForkDetected,
@@ -90,10 +91,13 @@ from ._common import (
     UsageError,
     add_command,
     add_passphrase_options,
+    encodable,
     now,
+    printable,
     read_json_file,
     read_passphrase,
     read_passphrase_first,
+    utf8_arg,
 )
 from ._transport import CurveKeys, SubscriberTransport, load_zmq
 
@@ -148,15 +152,20 @@ class LinePrinter:
             return
         line = json.dumps(doc, ensure_ascii=False) if self.as_json else _text_line(doc)
         try:
-            print(line, flush=True)
+            try:
+                print(line, flush=True)
+            except UnicodeEncodeError:
+                # A locale whose encoding lacks a character of the line (a peer's payload, "10 €" in ASCII):
+                # escaped, as \u20ac (valid JSON), not a dead printing task that shows no message again.
+                print(json.dumps(doc) if self.as_json else encodable(line), flush=True)
         except BrokenPipeError:
             self._broken = True
 
 
 def _short(value: object) -> str:
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return ",".join(printable(str(v)) for v in value)
+    return printable(str(value))
 
 
 def _text_line(doc: dict[str, Any]) -> str:
@@ -168,7 +177,7 @@ def _text_line(doc: dict[str, Any]) -> str:
             continue  # the payload goes last, unquoted
         parts.append(f"{k}={_short(v)}")
     if "data" in doc:
-        parts.append(f": {doc['data']}")
+        parts.append(f": {printable(doc['data'])}")
     elif "data_b64" in doc:
         parts.append(f": (base64) {doc['data_b64']}")
     return " ".join(parts)
@@ -231,6 +240,9 @@ def event_doc(ev: Event) -> dict[str, Any] | None:
                 "restored": ev.restored}
     if isinstance(ev, ForkDetected):
         return {"event": "fork", "branch": ev.branch.hex(), "index": ev.publisher, "seq": ev.seq}
+    if isinstance(ev, ChainConflict):  # a store older than its own chain: publishing would fork it (SPEC 13.5)
+        return {"event": "conflict", "branch": ev.branch.hex(), "index": ev.publisher, "ours": ev.ours,
+                "theirs": ev.theirs}
     return None  # Covered, FetchRequested, Announced, Subscribed (``subscribe`` prints its own): bookkeeping
 
 
@@ -278,6 +290,7 @@ def _first_run_author(store: str, keystore_path: str | None, name: str | None) -
     """The keystore and channel name that create the author's store ``store``.  Raises :class:`UsageError`."""
     if keystore_path is None or not name:
         raise UsageError(f"no store at {store}: give --keystore and --name to create the channel")
+    utf8_arg(name, "--name")  # (the channel id hashes it as UTF-8)
     return keystore_path, name
 
 
@@ -1014,7 +1027,7 @@ def _cmd_subscribe(args: argparse.Namespace) -> Result:
 
 def _read_payload(args: argparse.Namespace) -> bytes:
     if args.data is not None:
-        return str(args.data).encode("utf-8")
+        return utf8_arg(str(args.data), "--data")
     if args.file == "-":
         data = sys.stdin.buffer.read(MAX_FRAME + 1)
     else:
@@ -1280,9 +1293,24 @@ def _positive(value: str) -> float:
         v = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if v < 0:
+    if not v >= 0:  # (so, not NaN either: every comparison with it is false, a subscribe would wait forever)
         raise argparse.ArgumentTypeError("must be >= 0")
     return v
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least ``minimum``."""
+
+    def whole(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return n
+
+    return whole
 
 
 #: ``--curve`` of ``serve``.
@@ -1322,7 +1350,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--curve", action="store_true", help=_CURVE_AUTHOR_HELP)
     s.add_argument("--ledger", metavar="SPEC",
                    help="anchor the chain heads: sqlite:PATH (embedded ledger, created if missing) or iota:URL")
-    s.add_argument("--anchor-interval-ms", type=int, default=1000, metavar="MS",
+    s.add_argument("--anchor-interval-ms", type=_at_least(1), default=1000, metavar="MS",
                    help="anchoring epoch length with --ledger (1000)")
     # The demo's monitor stops when its orchestrator (holding the other end of stdin) goes away.
     s.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
@@ -1377,7 +1405,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
     t.add_argument("--branch", metavar="HEX", help="only this branch")
     t.add_argument("--follow", action="store_true", help="keep running until interrupted")
-    t.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
+    t.add_argument("--count", type=_at_least(0), default=0, metavar="N", help="stop after N messages")
     t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
                    help="stop after S seconds without a message (default 3; ignored with --follow)")
     t.add_argument("--events", action="store_true",

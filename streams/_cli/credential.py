@@ -46,6 +46,7 @@ from ._common import (
     dump_json,
     now,
     parse_time,
+    printable,
     read_json_file,
     read_passphrase,
     to_ms,
@@ -96,7 +97,9 @@ def _status_list_doc(path: str) -> dict[str, Any]:
     doc = read_json_file(path, "status list")
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
         raise UsageError(f"status list {path} is not a credential with a string id")
-    if "BitstringStatusListCredential" not in (doc.get("type") or []):
+    types = doc.get("type")
+    # (A list of names, or one name: not `in` whatever it is -- a substring of a string, a TypeError of a number.)
+    if "BitstringStatusListCredential" not in (types if isinstance(types, list) else [types]):
         raise UsageError(f"{path} is not a BitstringStatusListCredential")
     return doc
 
@@ -141,7 +144,7 @@ def _text(summary: Mapping[str, Any]) -> str:
         if value is None or value == {}:
             continue
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        lines.append(f"{key}: {shown}")
+        lines.append(f"{key}: {printable(shown)}")  # (show prints fields of a file nobody verified)
     return "\n".join(lines)
 
 
