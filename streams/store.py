@@ -229,6 +229,9 @@ def _ah_record(r: tuple[Any, ...]) -> AnchorRecord:
                         tuple(path[i:i + 32] for i in range(0, len(path), 32)), bool(r[11]), bool(r[12]))
 
 
+#: The suffixes of a store's side files: SQLite's, the frame file, the lock file.
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-frames", "-lock")
+
 #: (device, inode) of each database file a :class:`Store` of this process has open, and how many have it.  A
 #: descriptor of such a file opened and closed outside SQLite drops every POSIX lock the process holds on it, its
 #: connections' included (SQLite's "how to corrupt", 2.2): another process's connection then takes itself for the
@@ -342,8 +345,7 @@ class Store:
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
-        others = [Path(f"{p}{s}") for s in ("-wal", "-shm", "-journal")]
-        there = {o for o in [*others, Path(f"{p}-frames"), Path(f"{p}-lock")] if o.exists()}
+        there = {s for s in _SIDE_FILES if Path(f"{p}{s}").exists()}
         made = _new_database(p)
         conn: sqlite3.Connection | None = None
         try:
@@ -369,10 +371,10 @@ class Store:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-            for o in others:
-                if o not in there:
+            for s in ("-wal", "-shm", "-journal"):
+                if s not in there:
                     with contextlib.suppress(OSError):
-                        o.unlink()
+                        Path(f"{p}{s}").unlink()
             with contextlib.suppress(OSError):
                 if made:
                     p.unlink()
@@ -735,16 +737,17 @@ class Store:
         if self._created is None:
             return
         made, there = self._created
-        for s in ("-wal", "-shm", "-journal", "-frames", "-lock"):
-            o = Path(f"{self.path}{s}")
-            if o not in there:
+        # Beside the absolute path, as the side files were made: the process may have changed its working
+        # directory since, and a relative ``path`` would then name another store's files.
+        for s in _SIDE_FILES:
+            if s not in there:
                 with contextlib.suppress(OSError):
-                    o.unlink()
+                    Path(f"{self._abs_path}{s}").unlink()
         with contextlib.suppress(OSError):
             if made:
-                self.path.unlink()
+                self._abs_path.unlink()
             else:
-                os.truncate(self.path, 0)
+                os.truncate(self._abs_path, 0)
 
     def close(self) -> None:
         if not self._closed:
@@ -771,7 +774,8 @@ class Store:
     # -- internals -----------------------------------------------------------------------------------------------
 
     _meta: dict[str, Any]
-    _created: tuple[bool, set[Path]] | None = None  #: (database made, side files there before): from create
+    #: (database made, suffixes of the side files there before): from create
+    _created: tuple[bool, set[str]] | None = None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -298,3 +298,24 @@ def test_a_store_with_sql_triggers_or_views_is_refused(tmp_path: Path, sql: str)
     conn.close()
     with pytest.raises(StorageError, match=r"s\.db"):
         Store.open(p, "pw")
+
+
+def test_discard_after_a_change_of_directory_removes_only_its_own_files(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store created at a relative path, then discarded (its party's create failed) after the process changed
+    its working directory: the files it made are removed where they are -- beside the absolute path its side
+    files and lock use -- and another store of the same name in the new working directory is left alone.  It
+    used to be deleted, database and all, and the new store's files were left behind."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    create(there / "s.db").close()
+    before = files(there)
+    monkeypatch.chdir(here)
+    store = create(Path("s.db"))
+    store.lock()
+    monkeypatch.chdir(there)
+    store.discard()
+    assert list(here.iterdir()) == []
+    assert files(there) == before
+    Store.open(there / "s.db", "pw").close()
