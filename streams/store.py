@@ -345,7 +345,7 @@ class Store:
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
-        there = {s for s in _SIDE_FILES if Path(f"{p}{s}").exists()}
+        there = {s for s in _SIDE_FILES if os.path.lexists(f"{p}{s}")}  # a dangling link is there too
         made = _new_database(p)
         conn: sqlite3.Connection | None = None
         try:

@@ -319,3 +319,19 @@ def test_discard_after_a_change_of_directory_removes_only_its_own_files(tmp_path
     assert list(here.iterdir()) == []
     assert files(there) == before
     Store.open(there / "s.db", "pw").close()
+
+
+def test_discard_leaves_a_dangling_symlink_that_was_there_before(tmp_path: Path) -> None:
+    """A ``<store>-lock`` that is a dangling symlink before the create (planted, or left over): the lock refuses
+    it (never followed), and discarding the failed create removes only what the create made -- the link is
+    not the store's, and is left as it was.  It used to count as not there (``exists`` follows the link) and be
+    deleted."""
+    db = tmp_path / "s.db"
+    link = Path(f"{db}-lock")
+    link.symlink_to(tmp_path / "gone")
+    store = create(db)
+    with pytest.raises(StorageError, match=r"s\.db"):
+        store.lock()
+    store.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.db-lock"]
+    assert os.readlink(link) == str(tmp_path / "gone")
