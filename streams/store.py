@@ -1215,7 +1215,7 @@ def _check_regular(p: Path) -> None:
     on a FIFO for a writer."""
     try:
         st = os.stat(p)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # ValueError: a path with a NUL byte, which names no file
         raise StorageError(f"no store at {p}") from None
     except OSError as exc:
         raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc

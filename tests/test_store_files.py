@@ -335,3 +335,16 @@ def test_discard_leaves_a_dangling_symlink_that_was_there_before(tmp_path: Path)
     store.discard()
     assert [p.name for p in tmp_path.iterdir()] == ["s.db-lock"]
     assert os.readlink(link) == str(tmp_path / "gone")
+
+
+@pytest.mark.parametrize("call", ["open", "backup"])
+def test_a_path_with_a_nul_byte_is_no_store(tmp_path: Path, call: str) -> None:
+    """A store path holding a NUL byte (from a configuration value, say) names no file: ``open`` and ``backup``
+    raise StorageError ("no store"), as for any missing store -- not the ValueError ``os.stat`` raises."""
+    from streams.store import backup
+
+    p = f"{tmp_path}/s\0.db"
+    run = (lambda: Store.open(p, "pw")) if call == "open" else (lambda: backup(p, tmp_path / "copy.db"))
+    with pytest.raises(StorageError, match="no store"):
+        run()
+    assert list(tmp_path.iterdir()) == []
