@@ -352,12 +352,20 @@ class _Audit:
             own_restart = (b is not None and r.publisher == b.me and cursor is not None and cursor.next_seq > r.seq)
             if not r.restored:
                 self._logged((r.branch, r.publisher, r.seq, r.hash))
-            elif not own_restart and self.store.log_page(r.branch, r.publisher, 1, r.seq, 1):
+            elif not own_restart and self._holds_rows(r.branch, r.publisher, r.seq):
                 # A chain restarted at this head (a restore proof, after the member lost its state) holds nothing
                 # at or below it (older messages are replays): the flag, a plain column, would otherwise exempt a
                 # head whose message was deleted from the log.
                 self.err("a chain restored at an anchored head holds messages at or below it (restore flag "
                          "altered)", *where)
+
+    def _holds_rows(self, branch: bytes, publisher: int, seq: int) -> bool:
+        """Whether the log holds a row of the chain at or below ``seq``.  A damaged one counts (``log_page``
+        raises StorageError for a frame that does not match its hash; :meth:`_chain` reports the row)."""
+        try:
+            return bool(self.store.log_page(branch, publisher, 1, seq, 1))
+        except StorageError:
+            return True
 
 
 def audit_store(path: str | os.PathLike[str], passphrase: str | bytes, ledger: Ledger | None) -> AuditReport:
