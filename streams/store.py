@@ -262,9 +262,10 @@ class Store:
         self.identity = identity
         self._durable = durable
         self._closed = False
-        #: The database's absolute path: its side files and the checkpointer's connection stay beside it if the
-        #: process changes its working directory (SQLite's own connection keeps the absolute path too).
-        self._abs_path = path.absolute()
+        #: The database file's own path, absolute and through any symlinks (as SQLite finds its ``-wal``): its side
+        #: files and the checkpointer's connection stay beside it if the process changes its working directory, and
+        #: a store opened through a link to the file shares them -- its ``-lock`` above all (one party per store).
+        self._abs_path = path.resolve()
         self._frames_path = Path(f"{self._abs_path}-frames")
         self._frames_fd: int | None = None  #: opened at the first large frame written or read
         self._lock_fd: int | None = None  #: held by the party that runs on this store (see lock)
@@ -983,12 +984,14 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
         _fsync_path(tmp_db)
         rows, checked = _check_copy(tmp_db, tmp_frames, total, verify, progress)
         os.replace(tmp_frames, d_frames)  # the frames first: a database copy never names a missing frame file
+        made.remove(tmp_frames)  # (moved: what is at that name from now on is not ours)
         os.replace(tmp_db, d)
+        made.remove(tmp_db)
         _fsync_path(d.parent)
     except OSError as exc:
         raise StorageError(f"backup of {s} to {d} failed: {_reason(exc)}") from exc
     finally:
-        for t in made:  # (moved into place already when the backup succeeded)
+        for t in made:
             with contextlib.suppress(OSError):
                 t.unlink()
     return BackupResult(d, d.stat().st_size, rows, total, checked)

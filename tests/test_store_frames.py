@@ -446,3 +446,33 @@ def test_a_store_opened_by_a_relative_path_keeps_its_files_after_a_chdir(tmp_pat
         assert store.log_range(BRANCH, 0, 1, 2) == [frame_for(1, 9000), frame_for(2, 400)]
     finally:
         store.close()
+
+
+def test_a_store_opened_through_a_symlink_to_its_file_shares_its_side_files(tmp_path: Path) -> None:
+    """The side files (``-frames``, ``-lock``) sit beside the database file itself, not beside the name it was
+    opened by (SQLite's ``-wal`` and ``-shm`` do: it resolves the link).  Opened through a symlink to the file, a
+    store took a ``-lock`` of its own -- a second party ran on a store while the first did, signing the same
+    sequence numbers twice -- and wrote its large frames into a ``-frames`` of its own, which the rows then named
+    from beside the real file: missing."""
+    real = tmp_path / "data" / "s.db"
+    real.parent.mkdir()
+    store = new_store(real)
+    store.lock()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    other = Store.open(link, "pw", durable=False)
+    try:
+        with pytest.raises(StorageError, match="in use"):
+            other.lock()
+    finally:
+        other.close()
+    store.close()
+    via_link = Store.open(link, "pw", durable=False)
+    commit(via_link, [1, 2], [9000, 400])
+    via_link.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "link.db"]
+    store = Store.open(real, "pw", durable=False)
+    try:
+        assert store.log_range(BRANCH, 0, 1, 2) == [frame_for(1, 9000), frame_for(2, 400)]
+    finally:
+        store.close()
