@@ -267,6 +267,25 @@ def test_command_line_text_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path:
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
 
 
+def test_an_address_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    """`serve --bind` and `subscribe --connect` with bytes that are not UTF-8 on the command line reached ZeroMQ,
+    which encodes them: a UnicodeEncodeError traceback, exit 1, no JSON document.  A usage error, naming the
+    option, as for --data and --name; the first run creates no store."""
+    make_keystore(cli, "m.ks")
+    _policy(tmp_path / "p.toml", make_keystore(cli, "s.ks"))
+    bad = "tcp://127.0.0.1:0\udce9"  # a b"\xe9" (Latin-1) in argv
+    for args, option in (
+        (["serve", "--store", "new.db", "--bind", "tcp://127.0.0.1:0", "--bind", bad, "--policy", "p.toml",
+          "--keystore", "m.ks", "--name", "x"], "--bind"),
+        (["subscribe", "--store", "new.db", "--connect", bad, "--keystore", "s.ks", "--author",
+          "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32], "--connect"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["ok"] is False and r.json["type"] == "UsageError" and option in r.json["error"], r.stdout
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
+
+
 def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
     """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
     subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked
