@@ -286,6 +286,33 @@ def test_an_address_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Path) 
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
 
 
+def test_a_tail_whose_reader_went_away_stops_and_loses_no_message(cli: Cli, tmp_path: Path,
+                                                                   serves: list[Serve]) -> None:
+    """`streams tail | head -1`: once its stdout's reader was gone, tail dropped every later line but went on
+    taking messages -- marked delivered at its end, so the next tail never showed them -- and with --follow it
+    ran on forever.  It stops at the first line it cannot print now; that message and the later ones come again
+    at the next tail."""
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    store = ("--store", "provider.db", "--connect", addr, "--passphrase-env", "PP")
+    cli("subscribe", *store, "--keystore", "provider.ks", "--author", author, "--channel", channel).ok()
+    for seq, text in enumerate(("one", "two"), 1):
+        serve.send(json.dumps({"to": sub_did, "data": text}))
+        serve.wait("published", seq=seq)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    try:
+        for follow in (["--follow"], []):
+            r = subprocess.run([sys.executable, "-m", "streams.cli", "tail", "--json", *store, *follow],
+                               stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path,
+                               env=env, check=False)
+            assert r.returncode == 0 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    finally:
+        os.close(write_end)
+    again = cli("tail", "--json", *store, "--timeout", "1").ok()
+    assert [d["data"] for d in _lines(again.stdout) if d["event"] == "message"] == ["one", "two"], again.stdout
+
+
 def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
     """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
     subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked
