@@ -65,7 +65,7 @@ class _Parser(argparse.ArgumentParser):
         if _Parser.json_errors:
             self.print_usage(sys.stderr)
             print(f"{self.prog}: error: {message}", file=sys.stderr)
-            print(json.dumps({"ok": False, "error": f"{self.prog}: {message}", "type": "UsageError"}))
+            print_out(json.dumps({"ok": False, "error": f"{self.prog}: {message}", "type": "UsageError"}))
             sys.exit(2)
         super().error(message)
 

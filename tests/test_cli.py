@@ -79,6 +79,24 @@ def test_a_reader_that_went_away_is_no_traceback(tmp_path: Path) -> None:
     assert (tmp_path / "k.ks").exists()
 
 
+def test_a_usage_error_whose_reader_went_away_is_no_traceback(tmp_path: Path) -> None:
+    """`streams --json bogus | true`: a usage error's JSON document printed to a reader that is gone raised
+    BrokenPipeError out of argparse, a traceback and exit 1 instead of the usage error's 2 (the result's and the
+    error's documents were handled, the parser's was not)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    try:
+        for argv in (["--json", "bogus"], ["identity", "show", "--json"],
+                     ["identity", "show", "--json", "--keystore", "k.ks", "--passphrase=x"]):
+            r = subprocess.run([sys.executable, "-m", "streams.cli", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                               text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               check=False)
+            assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, (argv, r.stderr)
+            assert r.returncode == 2 and "error:" in r.stderr, (argv, r.returncode, r.stderr)
+    finally:
+        os.close(write_end)
+
+
 @pytest.mark.parametrize("mode", [["--in-process"], []], ids=["in-process", "processes"])
 def test_the_demo_s_output_survives_a_reader_gone_and_a_stdout_that_cannot_encode_it(mode: list[str],
                                                                                        tmp_path: Path) -> None:

@@ -267,6 +267,52 @@ def test_command_line_text_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path:
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
 
 
+def test_an_address_that_is_not_utf8_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    """`serve --bind` and `subscribe --connect` with bytes that are not UTF-8 on the command line reached ZeroMQ,
+    which encodes them: a UnicodeEncodeError traceback, exit 1, no JSON document.  A usage error, naming the
+    option, as for --data and --name; the first run creates no store."""
+    make_keystore(cli, "m.ks")
+    _policy(tmp_path / "p.toml", make_keystore(cli, "s.ks"))
+    bad = "tcp://127.0.0.1:0\udce9"  # a b"\xe9" (Latin-1) in argv
+    for args, option in (
+        (["serve", "--store", "new.db", "--bind", "tcp://127.0.0.1:0", "--bind", bad, "--policy", "p.toml",
+          "--keystore", "m.ks", "--name", "x"], "--bind"),
+        (["subscribe", "--store", "new.db", "--connect", bad, "--keystore", "s.ks", "--author",
+          "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32], "--connect"),
+    ):
+        r = cli(*args, "--json", "--passphrase-env", "PP")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.json["ok"] is False and r.json["type"] == "UsageError" and option in r.json["error"], r.stdout
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("new.db")]
+
+
+def test_a_tail_whose_reader_went_away_stops_and_loses_no_message(cli: Cli, tmp_path: Path,
+                                                                   serves: list[Serve]) -> None:
+    """`streams tail | head -1`: once its stdout's reader was gone, tail dropped every later line but went on
+    taking messages -- marked delivered at its end, so the next tail never showed them -- and with --follow it
+    ran on forever.  It stops at the first line it cannot print now; that message and the later ones come again
+    at the next tail."""
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    store = ("--store", "provider.db", "--connect", addr, "--passphrase-env", "PP")
+    cli("subscribe", *store, "--keystore", "provider.ks", "--author", author, "--channel", channel).ok()
+    for seq, text in enumerate(("one", "two"), 1):
+        serve.send(json.dumps({"to": sub_did, "data": text}))
+        serve.wait("published", seq=seq)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    try:
+        for follow in (["--follow"], []):
+            r = subprocess.run([sys.executable, "-m", "streams.cli", "tail", "--json", *store, *follow],
+                               stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path,
+                               env=env, check=False)
+            assert r.returncode == 0 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    finally:
+        os.close(write_end)
+    again = cli("tail", "--json", *store, "--timeout", "1").ok()
+    assert [d["data"] for d in _lines(again.stdout) if d["event"] == "message"] == ["one", "two"], again.stdout
+
+
 def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
     """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
     subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked

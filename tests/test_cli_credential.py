@@ -264,6 +264,19 @@ def test_a_file_with_nan_or_infinity_is_not_json(world: World) -> None:
             assert r.returncode == 2 and doc["type"] == "UsageError" and "not valid" in doc["error"], (cmd, r.stdout)
 
 
+def test_a_file_with_a_number_beyond_a_float_is_not_printed_as_infinity(world: World) -> None:
+    """A number too large for a float (1e400, -1e400) is JSON, but Python reads it as infinity, which
+    `credential show --json` printed back as `Infinity`: not JSON, as NaN and Infinity in the file were.  It is
+    refused the same way (exit 2), and every document printed is strict JSON."""
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in the output")}
+    for text in ('{"credentialSubject": {"id": "x", "n": 1e400}}', '{"validFrom": -1E+999}'):
+        (world.dir / "odd.json").write_text(text)
+        for cmd in (["show", "odd.json"], ["verify", "odd.json"]):
+            r = world.cli("credential", *cmd, "--json")
+            doc = json.loads(r.stdout, **strict)
+            assert r.returncode == 2 and doc["type"] == "UsageError" and "not valid" in doc["error"], (cmd, r.stdout)
+
+
 def test_a_status_list_file_whose_type_is_not_a_list_of_strings_is_a_usage_error(world: World) -> None:
     """A --status-list file with `"type": 5` raised TypeError (`in` an int): a traceback, exit 1.  And a
     `"type"` string merely containing the name ("NotABitstringStatusListCredential") passed the check

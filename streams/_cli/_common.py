@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -296,14 +297,22 @@ def read_json_file(path: str, what: str) -> Any:
     if len(data) > MAX_JSON_FILE:
         raise UsageError(f"{what} {path} is too large")
     try:
-        # NaN and Infinity are not JSON (RFC 8259): Python's parser takes them, and --json would print them back.
-        return json.loads(data.decode("utf-8"), parse_constant=_not_json)
+        # NaN and Infinity are not JSON (RFC 8259): Python's parser takes them, and --json would print them back;
+        # so is a number too large for a float (1e400), which it reads as infinity.
+        return json.loads(data.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):
         raise UsageError(f"{what} {path} is not valid UTF-8 JSON") from None
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of a float's range")
+    return value
 
 
 def dump_json(doc: Any) -> bytes:

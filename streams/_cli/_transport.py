@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..api import Transport
 from ..identity import Identity
-from ._common import UsageError
+from ._common import UsageError, utf8_arg
 
 __all__ = ["AuthorTransport", "CurveKeys", "SubscriberTransport", "ZmqTransports", "load_zmq", "zmq_available"]
 
@@ -86,11 +86,14 @@ def load_zmq() -> ZmqTransports:
     mod = importlib.import_module("brokerless")
 
     def author(bind: Sequence[str], curve: CurveKeys | None = None) -> AuthorTransport:
+        for address in bind:
+            utf8_arg(address, "--bind")  # (ZeroMQ encodes it: a UnicodeEncodeError traceback otherwise)
         config = None if curve is None else mod.EndpointConfig(curve=mod.CurveConfig.for_author(curve.identity))
         endpoint: AuthorTransport = mod.AuthorEndpoint(bind, config)
         return endpoint
 
     def subscriber(connect: str, curve: CurveKeys | None = None) -> SubscriberTransport:
+        utf8_arg(connect, "--connect")
         config = None if curve is None else mod.EndpointConfig(
             curve=mod.CurveConfig.for_subscriber(curve.identity, curve.author_did))
         endpoint: SubscriberTransport = mod.SubscriberEndpoint(connect, config)

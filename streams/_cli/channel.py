@@ -140,16 +140,23 @@ async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
 class LinePrinter:
     """Prints one line per document: JSON (``--json``) or ``event key=value ...`` for people; flushed at once.
 
-    A closed stdout (the reader went away) is not an error of the command: later lines are dropped."""
+    A closed stdout (the reader went away) is not an error of the command: later lines are dropped (``tail``
+    stops there, see :meth:`emit`)."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self._broken = False
 
-    def emit(self, doc: dict[str, Any]) -> None:
-        """Print ``doc`` (which has an ``"event"`` key) as one line."""
+    @property
+    def broken(self) -> bool:
+        """The reader went away: nothing more is printed."""
+        return self._broken
+
+    def emit(self, doc: dict[str, Any]) -> bool:
+        """Print ``doc`` (which has an ``"event"`` key) as one line; False if it was not printed (the reader went
+        away, now or before)."""
         if self._broken:
-            return
+            return False
         line = json.dumps(doc, ensure_ascii=False) if self.as_json else _text_line(doc)
         try:
             try:
@@ -160,6 +167,11 @@ class LinePrinter:
                 print(json.dumps(doc) if self.as_json else encodable(line), flush=True)
         except BrokenPipeError:
             self._broken = True
+            # stdout to devnull, so that its flush at exit does not fail again (as print_out does)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print("streams: note: stdout was closed by its reader: later lines are not printed", file=sys.stderr)
+            return False
+        return True
 
 
 def _short(value: object) -> str:
@@ -1141,7 +1153,8 @@ async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, tra
     quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
     timed_out = False
     try:
-        while not stop.is_set() and not (args.count and count >= args.count):
+        # (A reader that went away, `streams tail | head -1`, stops it too: nothing more would be shown.)
+        while not stop.is_set() and not out.broken and not (args.count and count >= args.count):
             # Short waits either way, so that SIGINT/SIGTERM (``stop``) ends the command at once.
             wait = 0.25 if args.follow else max(0.0, min(0.25, quiet_end - loop.time()))
             try:
@@ -1155,7 +1168,11 @@ async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, tra
             if only is not None and m.branch != only:
                 sub.put_back(m)  # left for a later tail: never marked delivered unseen
                 continue
-            out.emit(message_doc(m))
+            if not out.emit(message_doc(m)):
+                # The reader went away (`streams tail | head -1`): stop, and leave this message (and the later
+                # ones) for the next tail, never marked delivered unseen.
+                sub.put_back(m)
+                break
             count += 1
     finally:
         if publisher is not None:  # the lines read before the stop are published first
