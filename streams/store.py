@@ -372,15 +372,7 @@ class Store:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-            for s in ("-wal", "-shm", "-journal"):
-                if s not in there:
-                    with contextlib.suppress(OSError):
-                        Path(f"{p}{s}").unlink()
-            with contextlib.suppress(OSError):
-                if made:
-                    p.unlink()
-                else:
-                    os.truncate(p, 0)
+            _unmake(p, made, there)
             raise
         store = cls(conn, p, key, identity, durable=durable)
         store._created = (made, there)
@@ -737,18 +729,9 @@ class Store:
         self.close()
         if self._created is None:
             return
-        made, there = self._created
         # Beside the absolute path, as the side files were made: the process may have changed its working
         # directory since, and a relative ``path`` would then name another store's files.
-        for s in _SIDE_FILES:
-            if s not in there:
-                with contextlib.suppress(OSError):
-                    Path(f"{self._abs_path}{s}").unlink()
-        with contextlib.suppress(OSError):
-            if made:
-                self._abs_path.unlink()
-            else:
-                os.truncate(self._abs_path, 0)
+        _unmake(self._abs_path, *self._created)
 
     def close(self) -> None:
         if not self._closed:
@@ -1210,6 +1193,20 @@ def _new_database(p: Path) -> bool:
                 p.unlink()
         raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
     return made
+
+
+def _unmake(p: Path, made: bool, there: set[str]) -> None:
+    """Undo :meth:`Store.create` at ``p``: remove the side files that were not ``there`` before it, and the database
+    if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own."""
+    for s in _SIDE_FILES:
+        if s not in there:
+            with contextlib.suppress(OSError):
+                Path(f"{p}{s}").unlink()
+    with contextlib.suppress(OSError):
+        if made:
+            p.unlink()
+        else:
+            os.truncate(p, 0)
 
 
 def _check_regular(p: Path) -> None:
