@@ -1295,21 +1295,22 @@ def _json(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "json", False) or getattr(args, "global_json", False))
 
 
-def _wait_seconds(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        v = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+def _wait_seconds(value: str) -> float:
+    v = _number(value)
     if not v > 0:  # NaN too
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return v
 
 
 def _positive(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    v = _number(value)
     if not v >= 0:  # (so, not NaN either: every comparison with it is false, a subscribe would wait forever)
         raise argparse.ArgumentTypeError("must be >= 0")
     return v
