@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from streams.anchor import ANCHOR_TAG, ChainHead, build_epoch
-from streams.api import Author, MemoryHub, Subscriber
+from streams.api import Author, Clock, MemoryHub, Subscriber
 from streams.audit import audit_store
 from streams.core import CoreConfig
 from streams.errors import LedgerError, LocalProtocolError, RejectReason, VerificationError
@@ -441,21 +441,30 @@ async def test_member_audit_catches_a_truncated_chain_behind_a_restored_flag(tmp
 # --- the bounded wait for a lagging ledger (anchor_wait) --------------------------------------------------------
 
 
-async def _member_asking(tmp_path: Path, offset: list[int], anchor_wait: float
-                         ) -> tuple[Author, Subscriber, EmbeddedLedger, _AskedLedger, Collect]:
-    """An author anchoring on its ledger and member P1 on another one that knows none of it (a node that lags),
-    the member's clock wall-clock time plus ``offset[0]`` ms; returns once the member asked about the proof."""
+async def _member_on(tmp_path: Path, s_ledger: EmbeddedLedger, anchor_wait: float, clock: Clock | None = None
+                     ) -> tuple[Author, Subscriber, EmbeddedLedger, Collect]:
+    """An author anchoring on its ledger (``ledger.db``) and member P1 checking the proofs on ``s_ledger`` with
+    ``anchor_wait``; returns once the member has the author's first message (its proof follows)."""
     a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
-    s_ledger = _AskedLedger(tmp_path / "member-ledger.db")
     hub = MemoryHub()
     author = await make_author(tmp_path, hub, a_ledger)
     s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
-                                 clock=lambda: int(time.time() * 1000) + offset[0], anchor_wait=anchor_wait)
+                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger, clock=clock,
+                                 anchor_wait=anchor_wait)
     col = Collect(s1)
     b1 = await s1.subscribe(timeout=5)
     await author.publish(b1, b"alert")
     await s1.next_message(timeout=5)
+    return author, s1, a_ledger, col
+
+
+async def _member_asking(tmp_path: Path, offset: list[int], anchor_wait: float
+                         ) -> tuple[Author, Subscriber, EmbeddedLedger, _AskedLedger, Collect]:
+    """The member on another ledger that knows none of the author's (a node that lags), its clock wall-clock time
+    plus ``offset[0]`` ms; returns once the member asked about the proof."""
+    s_ledger = _AskedLedger(tmp_path / "member-ledger.db")
+    author, s1, a_ledger, col = await _member_on(tmp_path, s_ledger, anchor_wait,
+                                                 clock=lambda: int(time.time() * 1000) + offset[0])
     await wait_for(lambda: s_ledger.asked.get("1", 0) >= 1, what="the member asked its ledger")
     return author, s1, a_ledger, s_ledger, col
 
@@ -512,18 +521,9 @@ async def test_an_outage_of_the_members_ledger_does_not_use_up_the_wait(tmp_path
     """'An outage is no verdict': yet the wait for a lagging ledger ran on while the ledger was down, so a node
     that restarted (down for longer than ``anchor_wait``, then syncing: the lag this wait is for) got the head
     reported NOT_ANCHORED at its very first answer after the outage, without being asked again."""
-    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
     s_ledger = _FlakyLedger(tmp_path / "member-ledger.db")
-    hub = MemoryHub()
-    author = await make_author(tmp_path, hub, a_ledger)
-    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
-                                 anchor_wait=1.5)
-    col = Collect(s1)
+    author, s1, a_ledger, col = await _member_on(tmp_path, s_ledger, anchor_wait=1.5)
     try:
-        b1 = await s1.subscribe(timeout=5)
-        await author.publish(b1, b"alert")
-        await s1.next_message(timeout=5)
         await wait_for(lambda: s_ledger.answers >= 1, what="the member asked its ledger")
         s_ledger.down = True
         await asyncio.sleep(2.5)  # longer than anchor_wait
@@ -555,18 +555,9 @@ async def test_the_verdict_on_a_checkpoint_never_confirmed_says_what_happened(tm
     """The verdict after the wait for a checkpoint our ledger holds but never confirmed read 'not on the ledger:
     ... the checkpoint is on the ledger but not confirmed: not anchored yet' -- it is on the ledger, and after
     the wait it is a verdict, not a 'yet'."""
-    a_ledger = EmbeddedLedger(tmp_path / "ledger.db")
-    s_ledger = _UnconfirmedLedger(tmp_path / "ledger.db")
-    hub = MemoryHub()
-    author = await make_author(tmp_path, hub, a_ledger)
-    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                 hub.subscriber_endpoint("p1"), store_options=FAST, ledger=s_ledger,
-                                 anchor_wait=0.5)
-    col = Collect(s1)
+    s_ledger = _UnconfirmedLedger(tmp_path / "ledger.db")  # the author's ledger, through a node that confirms none
+    author, s1, a_ledger, col = await _member_on(tmp_path, s_ledger, anchor_wait=0.5)
     try:
-        b1 = await s1.subscribe(timeout=5)
-        await author.publish(b1, b"alert")
-        await s1.next_message(timeout=5)
         await wait_for(lambda: bool(col.of(Rejected)), what="the verdict after the wait")
         (r,) = col.of(Rejected)
         assert r.reason is RejectReason.NOT_ANCHORED

@@ -780,9 +780,14 @@ def test_serve_opens_a_group_for_a_broadcast_only_its_members_read_and_a_removed
     assert serve.stop()[0] == 0
 
 
-def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
+def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_path: Path, sigint: Any) -> None:
     """SIGTERM ends `streams subscribe` as Ctrl-C does: its cleanup runs (the store of a first run with no grant
-    is removed), exit 143, and with --json the error document (it used to die where it stood)."""
+    is removed), exit 143, and with --json the error document (it used to die where it stood).  Also where
+    SIGINT is ignored -- a background job of a non-interactive shell (`streams subscribe ... &` in a script)
+    starts so: SIGTERM then killed the command where it stood (exit -15, no JSON document, the first run's store
+    left behind), because it was turned into a SIGINT, which was ignored, and so its handler was not even
+    installed."""
     make_keystore(cli, "p.ks")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
     p = subprocess.Popen([sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "p.db", "--connect",
@@ -790,33 +795,7 @@ def test_sigterm_ends_a_command_cleanly_with_its_json_document(cli: Cli, tmp_pat
                           "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32,
                           "--timeout", "60", "--passphrase-env", "PP"], cwd=tmp_path, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for _ in range(200):  # until the first run created its store
-            if (tmp_path / "p.db").exists():
-                break
-            time.sleep(0.05)
-        time.sleep(0.5)
-    finally:
-        out, err = _signal_and_wait(p, signal.SIGTERM)
-    assert p.returncode == 143, err
-    assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
-    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
-
-
-def test_sigterm_ends_a_command_cleanly_also_where_sigint_is_ignored(cli: Cli, tmp_path: Path) -> None:
-    """A background job of a non-interactive shell (`streams subscribe ... &` in a script) starts with SIGINT
-    ignored.  SIGTERM then killed the command where it stood -- exit -15, no JSON document, the first run's store
-    left behind -- because it was turned into a SIGINT, which was ignored, and so its handler was not even
-    installed.  It ends the command as Ctrl-C does here too."""
-    make_keystore(cli, "p.ks")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
-    p = subprocess.Popen([sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "p.db", "--connect",
-                          "tcp://127.0.0.1:9", "--keystore", "p.ks", "--author",
-                          "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "--channel", "00" * 32,
-                          "--timeout", "60", "--passphrase-env", "PP"], cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     try:
         for _ in range(200):  # until the first run created its store
             if (tmp_path / "p.db").exists():
@@ -828,6 +807,7 @@ def test_sigterm_ends_a_command_cleanly_also_where_sigint_is_ignored(cli: Cli, t
     assert p.returncode == 143, (p.returncode, err)
     assert json.loads(out) == {"ok": False, "error": "terminated", "type": "Interrupted"}
     assert "Traceback" not in err, err
+    assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
     assert not [f.name for f in tmp_path.iterdir() if f.name.startswith("p.db")]
 
 
