@@ -1866,14 +1866,24 @@ class AuthorCore(_CoreBase):
 
     # -- subscription handshake (THREATS 5) --------------------------------------------------------------------
 
-    def _challenge_mac(self, nonce: bytes, expires_ms: int) -> bytes:
-        return _crypto.mac16(self._chal_key, _crypto.P_CHALLENGE, self._channel, nonce, _U64.pack(expires_ms))
+    def _challenge_mac(self, nonce: bytes, expires_ms: int, peer: object) -> bytes:
+        """The MAC of a challenge issued on ``peer``'s connection, bound to it where the transport has sessions
+        (SPEC 8.3): the session of that connection is MACed in, so only a SUBSCRIBE that comes on the connection
+        its challenge was issued on (the same session) passes.  A tap's copy of a SUBSCRIBE, delivered first on a
+        connection of its own, fails as a foreign challenge -- and its GRANT never routes the new branch there
+        (SPEC 14.2).  The CHALLENGE frame is unchanged: the requester copies the MAC without reading it."""
+        session = b""
+        session_of = self.session_of
+        if session_of is not None and peer is not None:
+            session = session_of(peer) or b""
+        return _crypto.mac16(self._chal_key, _crypto.P_CHALLENGE, self._channel, nonce, _U64.pack(expires_ms),
+                             session)
 
     def _on_hello(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         # Stateless: the challenge is MACed, so a HELLO flood costs one MAC each and no memory.
         nonce = self._rng(16)
         expires = now_ms + self.config.challenge_ttl_ms
-        ch = Challenge(self._channel, nonce, expires, self._challenge_mac(nonce, expires))
+        ch = Challenge(self._channel, nonce, expires, self._challenge_mac(nonce, expires, peer))
         self._out.append(Outgoing(self._announce.raw, peer=peer))
         self._out.append(Outgoing(encode_frame(ch).raw, peer=peer))
 
@@ -1887,8 +1897,9 @@ class AuthorCore(_CoreBase):
         except (VerificationError, DecodeError) as exc:
             events.append(SubscriberRefused("", "subscription does not open or decode"))
             raise _Reject(RejectReason.MALFORMED, "subscription does not open or decode") from exc
-        # 1. The challenge is ours (MAC), fresh (window) and unused (THREATS 5: no replayed request).
-        mac_ok = _crypto.ct_equal(secret.mac, self._challenge_mac(secret.nonce, secret.expires_ms))
+        # 1. The challenge is ours (MAC), issued on this connection (its session, where the transport has
+        #    them), fresh (window) and unused (THREATS 5: no replayed request, none relayed elsewhere).
+        mac_ok = _crypto.ct_equal(secret.mac, self._challenge_mac(secret.nonce, secret.expires_ms, peer))
         if not mac_ok or now_ms > secret.expires_ms or secret.nonce in self._used_nonces:
             events.append(SubscriberRefused("", "challenge forged, expired or already used"))
             self._refuse(peer, frame.hash, RejectReason.BAD_CHALLENGE)

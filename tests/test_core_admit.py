@@ -73,8 +73,8 @@ def test_a_resubscription_completes_only_after_the_author_handled_its_subscribe(
         net.subscribe("s0")
         s = net.subs["s0"]
         [own] = s.branch_ids()
+        _with_sessions(net, s)  # (before the HELLO: the challenge is bound to the session it was issued on)
         subscribe = _to_await_grant(net, s)  # withheld: lost, or slow
-        _with_sessions(net, s)
         for _ in range(4):  # the 4th forced refresh sends a grant sync of our own branch
             net.now += 10_000
             s.sync_quiet(net.now)

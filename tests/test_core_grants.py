@@ -695,14 +695,14 @@ def _resubscribe_with_a_sync_out(net: Net, s: SubscriberCore) -> list[bytes]:
     """s0 starts a re-subscription (a new credential, say) and gets as far as AWAIT_GRANT; then, on a transport
     with sessions, its 4th forced refresh sends a grant sync of its own branch (queued, not delivered).  Returns
     its SUBSCRIBE, not delivered."""
+    session = b"\x5a" * SESSION_LEN  # (before the HELLO: the challenge is bound to the session it was issued on)
+    net.author.session_of = lambda peer: session
+    s.my_session = lambda: session
     s.hello()
     for a in _author_answers(net, s):  # ANNOUNCE + CHALLENGE
         s.receive(a, net.now)
     assert s.state.value == "await-grant"
     subscribe = [o.data for o in s.data_to_send()]
-    session = b"\x5a" * SESSION_LEN
-    net.author.session_of = lambda peer: session
-    s.my_session = lambda: session
     for _ in range(4):
         net.now += 10_000
         s.sync_quiet(net.now)

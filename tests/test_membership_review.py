@@ -12,7 +12,7 @@ import pytest
 from streams.core import Outgoing
 from streams.errors import RejectReason
 from streams.events import BranchClosed, GapDetected, MessageReceived, Rejected, Subscribed
-from streams.wire import Fetch, Kind, decode_frame, encode_frame
+from streams.wire import SESSION_LEN, Fetch, Kind, decode_frame, encode_frame
 
 from .corenet import Net, ident
 
@@ -183,37 +183,65 @@ async def test_over_zeromq_a_removed_member_routed_by_its_own_branch_sync_gets_n
         await author.close()
 
 
-@pytest.mark.xfail(strict=True, reason="design limit: a SUBSCRIBE is not bound to the connection it is sent on "
-                   "(a wire change to fix), and the GRANT answering it names the peer and the new branch, which a "
-                   "routing transport takes as a route (SPEC 14.2 lists only a member's chain frame as a tap's way "
-                   "to a route)")
-def test_a_subscribe_recorded_by_a_tap_and_delivered_first_on_its_own_connection_routes_no_branch_there() -> None:
-    """A tap that sees s0's SUBSCRIBE on the wire (sealed, but its bytes are visible with transport security off)
-    and delivers it first, on a connection of its own, gets s0's new branch routed to that connection: every frame
-    of s0's branch, sizes and timing (and a connection that never reads holds up the author's drain(branch)).  s0's
-    own copy is refused as a used challenge; s0 asks again and is admitted to the same branch."""
-    net = Net.make(n_subs=1)
-    s0 = net.subs["s0"]
-    s0.hello()
-    s0.take_changes()
-    (hello,) = s0.data_to_send()
-    net.author.receive(hello.data, net.now, "s0")
+def _handshake_to_subscribe(net: Net, name: str, on: str) -> Outgoing:
+    """``name`` says HELLO on connection ``on`` and answers the CHALLENGE: its SUBSCRIBE, not yet delivered."""
+    s = net.subs[name]
+    s.hello()
+    s.take_changes()
+    (hello,) = s.data_to_send()
+    net.author.receive(hello.data, net.now, on)
     net.author.take_changes()
     for o in net.author.data_to_send():
-        s0.receive(o.data, net.now)
-    s0.take_changes()
-    (subscribe,) = s0.data_to_send()
+        s.receive(o.data, net.now)
+    s.take_changes()
+    (subscribe,) = s.data_to_send()
     assert decode_frame(subscribe.data).kind is Kind.SUBSCRIBE
-    net.author.receive(subscribe.data, net.now, "tap")  # the tap's copy first
-    net.author.take_changes()
+    return subscribe
+
+
+def test_a_subscribe_recorded_by_a_tap_and_delivered_first_on_its_own_connection_routes_no_branch_there() -> None:
+    """A tap that sees s0's SUBSCRIBE on the wire (sealed, but its bytes are visible with transport security off)
+    and delivers it first, on a connection of its own, got s0's new branch routed to that connection: every frame
+    of s0's branch, sizes and timing (and a connection that never reads holds up the author's drain(branch)); s0's
+    own copy was then refused as a used challenge.  The challenge is bound to the session of the connection it was
+    issued on (SPEC 8.3): the tap's copy is refused there as a foreign challenge, nothing is routed to it, and s0's
+    own copy admits s0 at once."""
+    net = Net.make(n_subs=1)
+    sessions = {"s0": b"\x01" * SESSION_LEN, "tap": b"\x02" * SESSION_LEN}
+    net.author.session_of = lambda peer: sessions.get(peer, b"")  # type: ignore[method-assign]
+    subscribe = _handshake_to_subscribe(net, "s0", "s0")
     routes = _Routes()
+    refused = net.author.receive(subscribe.data, net.now, "tap")  # the tap's copy first
+    net.author.take_changes()
+    sent = routes.sent(net.author.data_to_send())
+    routes.hints(net.author.take_routes())
+    assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
+    assert net.author.branch_of(ident(10).did) is None
+    assert [decode_frame(o.data).kind for o in sent] == [Kind.REFUSE]
+    assert all(o.peer == "tap" and o.branch is None for o in sent)
+    admitted = net.author.receive(subscribe.data, net.now, "s0")  # s0's own copy: admitted
+    net.author.take_changes()
     routes.sent(net.author.data_to_send())
     routes.hints(net.author.take_routes())
+    assert not [e for e in admitted if isinstance(e, Rejected)]
     branch = net.author.branch_of(ident(10).did)
     assert branch is not None
-    refused = net.author.receive(subscribe.data, net.now, "s0")  # s0's own copy: a used challenge
-    assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
+    assert routes.routes[branch] == {"s0"}
+
+
+def test_a_subscribe_on_a_new_session_of_its_own_connection_is_refused_and_the_next_attempt_admits() -> None:
+    """The binding is to the session, not the routing id alone: a connection whose record was replaced (a routing
+    id claimed again after its connection closed gets a new session) cannot use a challenge of the old one.  The
+    honest requester's next HELLO gets a challenge of the new session and is admitted (the asyncio ``subscribe``
+    retries a BAD_CHALLENGE refusal)."""
+    net = Net.make(n_subs=1)
+    sessions = {"s0": b"\x01" * SESSION_LEN}
+    net.author.session_of = lambda peer: sessions.get(peer, b"")  # type: ignore[method-assign]
+    subscribe = _handshake_to_subscribe(net, "s0", "s0")
+    sessions["s0"] = b"\x03" * SESSION_LEN
+    refused = net.author.receive(subscribe.data, net.now, "s0")
     net.author.take_changes()
     net.author.data_to_send()
-    assert [e.branch for e in net.subscribe("s0") if isinstance(e, Subscribed)] == [branch]  # it asks again
-    assert "tap" not in routes.routes.get(branch, set())
+    assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
+    assert [e.branch for e in net.subscribe("s0") if isinstance(e, Subscribed)] == [net.author.branch_of(
+        ident(10).did)]

@@ -347,3 +347,64 @@ async def test_an_ipc_path_in_use_or_not_a_socket_is_not_taken_over(tmp_path: Pa
     s.close()
     ep = AuthorEndpoint(f"ipc://{stale}")
     await ep.close()
+
+
+async def test_a_tap_that_delivers_a_recorded_subscribe_first_on_its_own_connection_is_refused_there(
+        tmp_path: Path) -> None:
+    """SPEC 8.3 / 14.2 over real ZeroMQ: an on-path tap holds back a subscriber's SUBSCRIBE, sends it first on a
+    connection of its own, then lets the original through.  Before the challenge was bound to the session of the
+    connection it was issued on, the tap's copy was admitted -- GRANT and ADMIT went to the tap, and the new branch
+    was routed to its connection (every frame of it, sizes and timing) -- and the subscriber's own copy was
+    refused as a used challenge.  Now the tap is refused (BAD_CHALLENGE) and routed nothing; the subscriber is
+    admitted by its own copy."""
+    import contextlib
+
+    from streams.errors import DecodeError
+    from tests.test_zmq_review import Relay as Hop
+
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=20)
+    author, ep = await make_author(tmp_path, cfg, [P1])
+    ctx = zmq.asyncio.Context()
+    held: list[bytes] = []
+
+    def kind(data: bytes) -> Kind | None:
+        with contextlib.suppress(DecodeError):
+            return decode_frame(data).kind
+        return None
+
+    class Tap(Hop):
+        def passes(self, data: bytes, up: bool) -> bool:
+            if up and not held and kind(data) is Kind.SUBSCRIBE:
+                held.append(data)
+                return False
+            return True
+
+    relay = Tap(ctx, ep.addresses[0])
+    tap = ctx.socket(zmq.DEALER)
+    tap.setsockopt(zmq.ROUTING_ID, b"tap-conn")
+    tap.setsockopt(zmq.LINGER, 0)
+    tap.connect(ep.addresses[0])
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  SubscriberEndpoint(relay.address, cfg), store_options=FAST, config=CORE)
+    try:
+        subscribing = asyncio.create_task(sub.subscribe(timeout=30))
+        end = time.monotonic() + 20
+        while not held:
+            assert time.monotonic() < end, "no SUBSCRIBE seen"
+            await asyncio.sleep(0.005)
+        await tap.send(held[0])
+        kinds: list[Kind | None] = []
+        while Kind.REFUSE not in kinds and Kind.ADMIT not in kinds:
+            kinds.append(kind(await asyncio.wait_for(tap.recv(), 20)))
+        await relay.inject_up(held[0])
+        branch = await subscribing
+        assert Kind.REFUSE in kinds
+        assert Kind.GRANT not in kinds and Kind.ADMIT not in kinds
+        assert author.branch_of(P1.did) == branch
+        assert b"tap-conn" not in ep.routes(branch)
+    finally:
+        tap.close(linger=0)
+        await relay.close()
+        await sub.close()
+        await author.close()
+        ctx.term()
