@@ -368,7 +368,8 @@ class _Peer(_Bucket):
 
     __slots__ = ("behind_at", "branches", "bundle_max", "bundle_said", "bundles_told", "consumed", "credit",
                  "failures", "flight_bytes", "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent",
-                 "malformed", "pong", "queue", "queued_bytes", "reply", "rid", "sent", "session", "sizes", "window")
+                 "malformed", "pong", "queue", "queued_bytes", "reply", "retold_at", "rid", "sent", "session", "sizes",
+                 "window")
 
     def __init__(self, rid: bytes, now: int, burst: int, window: int, window_bytes: int) -> None:
         super().__init__(now, burst)
@@ -383,6 +384,8 @@ class _Peer(_Bucket):
         self.flight_max = window_bytes
         self.bundle_max = 0  #: the largest BUNDLE this peer takes (its BUNDLE_OK, within ours), bytes; 0: none
         self.bundle_said = False  #: a BUNDLE_OK came from this peer (``bundle_max`` is the smallest it said)
+        #: when we last said our BUNDLE_OK again because this peer sent a BUNDLE larger than we take (ms), or -1
+        self.retold_at = -1
         self.new_session(window)
 
     def new_session(self, window: int) -> None:
@@ -908,6 +911,8 @@ class AuthorEndpoint(_Base):
             frames = _unbundle(data) if len(data) <= self._takes else None
             if frames is None:
                 self._malformed(peer, _BAD_BUNDLE)
+                if len(data) > self._takes:
+                    self._retell_bundles(peer, rid, now)
                 return max(1, len(data) // _MIN_FRAME)
             self.stats.bundles_in += 1
             self.stats.frames_in -= 1  # counted below, frame by frame, as judged
@@ -920,6 +925,18 @@ class AuthorEndpoint(_Base):
             return len(frames)
         self._on_data(peer, rid, data, now)
         return 1
+
+    def _retell_bundles(self, peer: _Peer, rid: bytes, now: int) -> None:
+        """``peer`` sent a BUNDLE larger than we take: its smallest BUNDLE_OK answer of the session says more than
+        ours did -- ours was lost and a relay forged one (SPEC 14.1).  Say ours again (at most once per heartbeat):
+        the smallest answer stands at the subscriber, so its BUNDLEs come back within what we take.  Without it, two
+        frames of a relay's effort (drop our one answer, forge another) cost the peer every BUNDLE of the session."""
+        if now - peer.retold_at < self.config.heartbeat_ms and peer.retold_at >= 0:
+            return
+        peer.retold_at = now
+        peer.reply = BUNDLE_OK + _U32.pack(self._takes)
+        if self._flush_peer(peer):
+            self._backlog.add(rid)
 
     def _on_data(self, peer: _Peer, rid: bytes, data: bytes, now: int) -> bool:
         """A frame from a peer (alone, or one of a BUNDLE's), after the control messages.  False if it was
@@ -1356,6 +1373,7 @@ class SubscriberEndpoint(_Base):
         #: The largest BUNDLE the author's current record of us takes (its BUNDLE_OK, within ours); 0: none.
         self._author_takes = 0
         self._author_answered = False  #: a BUNDLE_OK came in this session (``_author_takes`` is the smallest)
+        self._retold_at = -1  #: when we last said our BUNDLE_OK again, a BUNDLE larger than we take in (ms), or -1
         self._frame_avg = 0.0  #: moving average of data frame sizes, bytes (fits the window to the byte bounds)
         #: The author's (credit_window_max, window_bytes), from its latest PONG; None until a PONG told them.
         self.author_limits: tuple[int, int] | None = None
@@ -1664,6 +1682,8 @@ class SubscriberEndpoint(_Base):
                 # bytes, a BUNDLE puts at most about takes / 44 frames in the inbox beyond its bound.
                 self.stats.malformed += 1
                 log.warning("dropping a malformed BUNDLE of %d bytes", len(data))
+                if len(data) > self._takes:
+                    self._retell_bundles()
                 return
             self.stats.bundles_in += 1
             self.stats.frames_in += len(frames) - 1  # counted in frames, as the author counts them out
@@ -1671,6 +1691,20 @@ class SubscriberEndpoint(_Base):
                 self._on_data(f)
             return
         self._on_data(data)
+
+    def _retell_bundles(self) -> None:
+        """The author sent a BUNDLE larger than we take: its record holds a larger BUNDLE_OK than ours -- ours was
+        lost and a relay forged one (SPEC 14.1).  Say ours again (at most once per heartbeat; bypassing the send
+        queue, as CREDIT does): the author keeps the smallest, so its BUNDLEs come back within what we take."""
+        now = _now_ms()
+        if self._retold_at >= 0 and now - self._retold_at < self.config.heartbeat_ms:
+            return
+        self._retold_at = now
+        try:
+            self._sync.send(BUNDLE_OK + _U32.pack(self._takes), zmq.NOBLOCK)
+        except zmq.ZMQError:  # EAGAIN (pipe full) or a socket being replaced: the next such BUNDLE says it
+            return
+        self.stats.frames_out += 1
 
     def _on_data(self, data: bytes) -> None:
         """A data frame (alone, or one of a BUNDLE's)."""

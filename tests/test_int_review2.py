@@ -175,16 +175,15 @@ async def test_audit_of_a_member_restored_from_an_older_copy_finds_no_tampering_
     assert not errors, errors
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (SPEC 14.1): the author answers a BUNDLE_OK once per session; a "
-                   "relay that drops that answer and forges one makes the subscriber bundle for the session -- as "
-                   "costly to it as dropping the peer's frames, which a relay can do anyway")
 async def test_a_forged_bundle_ok_does_not_outlast_the_authors_one_lost_answer() -> None:
     """0c103ba: "both sides saying 0 for none is what pins a forged BUNDLE_OK down" -- at the subscriber, only once
     the author's own answer arrives, and the author sends it once per session (never again: ``bundles_told``).  A
     relay that drops that one frame and injects one forged BUNDLE_OK makes the subscriber bundle everything it
     sends for the whole session to an author that takes none (``bundle_bytes=0``), which drops each BUNDLE whole:
     two frames of relay effort, not a relay dropping every frame.  (The subscriber keeps saying its BUNDLE_OK
-    until a CREDIT went out; the author's answer has no such retry.)"""
+    until a CREDIT went out; the author's answer had no such retry.)  Now an author that gets a BUNDLE larger than
+    it takes says its BUNDLE_OK again (at most once per heartbeat): the forged one costs the first BUNDLE, and what
+    the subscriber sends after the author's answer arrives goes as single frames."""
     import asyncio
 
     import zmq
@@ -220,9 +219,15 @@ async def test_a_forged_bundle_ok_does_not_outlast_the_authors_one_lost_answer()
         await relay.inject(BUNDLE_OK + struct.pack(">I", 1 << 20))
         await until(lambda: sep.stats.frames_in >= relay.down, "the forged BUNDLE_OK to be read")
         malformed = st.malformed
+        down = relay.down
         sep.send_many([Outgoing(HELLO)] * 20)
-        await until(lambda: st.frames_in >= 21 or st.malformed > malformed, "the frames to arrive")
-        assert st.malformed == malformed, "a BUNDLE sent to an author that takes none, dropped whole"
+        await until(lambda: st.malformed > malformed, "the first BUNDLE, dropped whole")
+        await until(lambda: relay.down > down and sep.stats.frames_in >= relay.down, "the author's answer, again")
+        frames_in = st.frames_in
+        sep.send_many([Outgoing(HELLO)] * 20)
+        await until(lambda: st.frames_in >= frames_in + 20 or st.malformed > malformed + 1, "the frames to arrive")
+        assert st.malformed == malformed + 1, "a forged BUNDLE_OK outlasted the first BUNDLE it cost"
+        assert st.frames_in == frames_in + 20
     finally:
         await sep.close()
         await relay.close()
