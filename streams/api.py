@@ -41,6 +41,7 @@ from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
     AdmissionRefused,
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LedgerConflict,
@@ -306,7 +307,8 @@ class _Party:
         Publishes made by several tasks in the same event-loop iteration share one store transaction (group
         commit) and leave in one burst; each call still returns only after the commit that holds its message.
 
-        Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch),
+        Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch; its
+        :class:`ChainConflictError` when our chain conflicts with the author's copy: nothing is signed),
         :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged)."""
         self._check_usable()
         if self._no_publish is not None:
@@ -352,7 +354,8 @@ class _Party:
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
         branch, or when a re-key takes our write permission away before the ACK came (the author then refuses
         the message; given back meanwhile, the seq is used again by the next publish) or the author's ACK shows
-        that our chain conflicts with its copy (:class:`ChainConflict`: a store restored from a stale copy),
+        that our chain conflicts with its copy (:class:`ChainConflictError`, after the :class:`ChainConflict`
+        event: a store restored from a stale copy),
         :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed (revoked, left)
         before the ACK came."""
         self._check_usable()
@@ -1609,8 +1612,8 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
         await transport.close()
 
 
-def _conflict_error(branch: bytes, seq: int) -> LocalProtocolError:
-    return LocalProtocolError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
+def _conflict_error(branch: bytes, seq: int) -> ChainConflictError:
+    return ChainConflictError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
                               f"seq {seq} will not be acknowledged")
 
 

@@ -401,6 +401,59 @@ def test_tail_events_says_when_the_store_is_older_than_its_own_chain(cli: Cli, t
     assert conflicts == [{"event": "conflict", "branch": branch, "index": 1, "ours": 1, "theirs": 3}], docs
 
 
+def _stale_provider(cli: Cli, tmp_path: Path, serves: list[Serve]) -> tuple[Serve, str, tuple[str, ...]]:
+    """The monitor serving and the provider subscribed; the provider publishes payment 1, backs its store up
+    to stale.db (the real backup), publishes payments 2 and 3: stale.db is older than its chain.  Returns (the
+    serve, the provider's branch, the common options of a provider command)."""
+    _, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    common = ("--connect", addr, "--passphrase-env", "PP", "--json")
+    branch = cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", author,
+                 "--channel", channel, *common).ok().json["branch"]
+    cli("publish", "--store", "provider.db", "--data", "payment 1", *common).ok()
+    cli("backup", "--store", "provider.db", "--to", "stale.db").ok()
+    for n in (2, 3):
+        cli("publish", "--store", "provider.db", "--data", f"payment {n}", *common).ok()
+    return serve, branch, common
+
+
+def _conflicting_publish(cli: Cli, common: tuple[str, ...], wait_ack: str) -> str:
+    """`publish` from stale.db, which must fail as a conflict (exit 1, failure "conflict"), with the reason and
+    what to do, and no promise of a later delivery; returns the error."""
+    run = cli("publish", "--store", "stale.db", "--data", "payment 2 again", "--wait-ack", wait_ack, *common)
+    doc = run.json
+    assert run.returncode == 1 and doc["ok"] is False and doc.get("failure") == "conflict", (run.stdout, run.stderr)
+    error: str = doc["error"]
+    assert "conflicts with the author's copy" in error and "Do not publish from this store" in error
+    assert "heard again" not in run.stdout + run.stderr and "policy" not in error
+    return error
+
+
+def _next_seq(cli: Cli, store: str, branch: str) -> int:
+    st = cli("status", "--store", store, "--passphrase-env", "PP", "--json").ok().json
+    [b] = [b for b in st["branches"] if b["branch"] == branch]
+    [n] = [c["next_seq"] for c in b["chains"] if c["index"] == 1]
+    return int(n)
+
+
+def test_publish_from_a_store_older_than_its_chain_is_refused_in_every_later_run(cli: Cli, tmp_path: Path,
+                                                                                  serves: list[Serve]) -> None:
+    """Once the provider learnt that its store is older than its chain (the author's signed ACK, here during a
+    `tail`), `publish` raised a bare LocalProtocolError in the same run only; a later run signed a new message
+    all the same -- a fork the author recorded -- and then said the author allows the provider to "read only
+    now" (its policy), or, with the author away, that the message was stored and "delivered when the author is
+    heard again": neither is true.  Now each run is refused before anything is signed (the stop is kept in the
+    store), with the reason and what to do."""
+    serve, branch, common = _stale_provider(cli, tmp_path, serves)
+    out = cli("tail", "--store", "stale.db", "--events", "--timeout", "3", *common).ok()
+    assert '"event": "conflict"' in out.stdout, out.stdout
+    assert "nothing was published" in _conflicting_publish(cli, common, "30")  # the author running
+    rc, _ = serve.stop()
+    assert rc == 0
+    assert [d for d in serve.docs if d["event"] == "fork"] == [], serve.docs
+    assert "nothing was published" in _conflicting_publish(cli, common, "2")  # the author away
+    assert _next_seq(cli, "stale.db", branch) == 2  # nothing signed
+
+
 def test_output_survives_a_stdout_that_cannot_encode_the_text(cli: Cli, tmp_path: Path) -> None:
     """Under a locale whose encoding is not UTF-8 (here PYTHONIOENCODING=ascii), the first payload with a
     character it lacks ("10 €") raised UnicodeEncodeError in `serve --json`'s printing task: the task died,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-from streams.errors import LocalProtocolError, RejectReason
+from streams.errors import ChainConflictError, LocalProtocolError, RejectReason
 from streams.events import Anchored, ChainConflict, Event, Rejected
 from streams.identity import Identity
 from streams.ledger import EmbeddedLedger
@@ -84,7 +84,7 @@ async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_auth
     with pytest.raises(LocalProtocolError, match="conflicts with the author's copy"):
         await s.publish_many(branch, [b"would fork seq 4", b"and 5"])
     # A wait called after the conflict raises at once, rather than at its timeout: no ACK of our chain will come.
-    with pytest.raises(LocalProtocolError, match=r"conflicts with the author's copy \(ChainConflict\): seq 3"):
+    with pytest.raises(ChainConflictError, match=r"conflicts with the author's copy \(ChainConflict\): seq 3"):
         await s.wait_acknowledged(branch, 3, timeout=5)
     await asyncio.sleep(0.3)
     assert author.forks() == []  # nothing was signed at a position the author holds
@@ -207,7 +207,7 @@ async def test_the_stop_survives_a_restart_of_the_member(tmp_path: Path) -> None
     hub, author, branch = await _restored(tmp_path)
     s = await _sub(tmp_path, hub)
     await _first(s, ChainConflict, 10)
-    with pytest.raises(LocalProtocolError, match="conflicts with the author's copy") as first:
+    with pytest.raises(ChainConflictError, match="conflicts with the author's copy") as first:
         await s.publish(branch, b"would fork seq 4")
     await s.close()
 
