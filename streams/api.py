@@ -893,7 +893,6 @@ class _Party:
                                              "an accepted position")
                 self._queue_event(ev)
                 ev = fork
-                self._core.reacknowledge(fork.branch, fork.publisher)  # what we hold: a stale member stops there
         if isinstance(ev, FetchRequested):
             # Retained frames only (already durable).  Not through the core's output list: frames of a publish
             # made meanwhile by another task wait there for their commit and must not leave before it.
@@ -941,9 +940,16 @@ class _Party:
 
     def _record_fork(self, branch: bytes, publisher: int, seq: int,
                      evidence: ForkEvidence | None) -> ForkDetected | None:
-        """Keep checked fork evidence in the store and report it, once per position."""
+        """Keep checked fork evidence in the store and report it, once per position; and send our ACK of that
+        chain again, at every fork (SPEC 12)."""
         if evidence is None:
             return None
+        # What we hold, signed: a member whose store is older than its chain stops there (ChainConflict).  At every
+        # fork, not once per position: the first ACK may go nowhere -- over ZeroMQ a member's new connection has
+        # no route yet when its first frame is a PACKET -- and the member's HEAD notices of its forked head, which
+        # come after its route is learnt, are forks too.  Paced as every ACK (ack_interval_ms): a replayed fork
+        # buys at most one signature per chain per interval.
+        self._core.reacknowledge(branch, publisher)
         if not self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b):
             return None  # already reported for this position
         log.warning("fork detected on branch %s publisher %d seq %d", branch.hex(), publisher, seq)

@@ -454,6 +454,27 @@ def test_publish_from_a_store_older_than_its_chain_is_refused_in_every_later_run
     assert _next_seq(cli, "stale.db", branch) == 2  # nothing signed
 
 
+def test_a_provider_that_forked_its_chain_learns_it_over_zeromq_and_stops(cli: Cli, tmp_path: Path,
+                                                                          serves: list[Serve]) -> None:
+    """The first `publish` from a stale copy signs seq 2 before the author can say anything: a fork (SPEC 12).
+    The author records it and sends its ACK of the chain again -- once, and over ZeroMQ usually before the new
+    connection's route is known (the PACKET came before the FETCH that teaches it), so the ACK went nowhere;
+    the provider's HEAD notices of its forked head were rejected without an answer.  So it never learnt: the
+    run said "delivered when the author is heard again", no later run (`tail` included) was told either, and
+    every later `publish` forked the chain once more.  The author now answers every fork of a member's chain
+    with its ACK (paced as ACKs are)."""
+    serve, branch, common = _stale_provider(cli, tmp_path, serves)
+    assert "seq 2 was signed but will never be delivered" in _conflicting_publish(cli, common, "20")
+    out = cli("tail", "--store", "stale.db", "--events", "--timeout", "5", *common).ok()
+    docs = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [(d["ours"], d["theirs"]) for d in docs if d["event"] == "conflict"] == [(2, 3)], docs  # told again
+    assert "nothing was published" in _conflicting_publish(cli, common, "20")
+    rc, _ = serve.stop()
+    assert rc == 0
+    assert [d["seq"] for d in serve.docs if d["event"] == "fork"] == [2], serve.docs  # that first one only
+    assert _next_seq(cli, "stale.db", branch) == 3
+
+
 def test_output_survives_a_stdout_that_cannot_encode_the_text(cli: Cli, tmp_path: Path) -> None:
     """Under a locale whose encoding is not UTF-8 (here PYTHONIOENCODING=ascii), the first payload with a
     character it lacks ("10 €") raised UnicodeEncodeError in `serve --json`'s printing task: the task died,
