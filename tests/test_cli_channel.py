@@ -428,11 +428,12 @@ def _conflicting_publish(cli: Cli, common: tuple[str, ...], wait_ack: str) -> st
     return error
 
 
-def _next_seq(cli: Cli, store: str, branch: str) -> int:
+def _own_chain(cli: Cli, store: str, branch: str) -> tuple[int, int]:
+    """(next_seq, conflict) of the provider's own chain, as `streams status --json` shows them."""
     st = cli("status", "--store", store, "--passphrase-env", "PP", "--json").ok().json
     [b] = [b for b in st["branches"] if b["branch"] == branch]
-    [n] = [c["next_seq"] for c in b["chains"] if c["index"] == 1]
-    return int(n)
+    [c] = [c for c in b["chains"] if c["index"] == 1]
+    return int(c["next_seq"]), int(c["conflict"])
 
 
 def test_publish_from_a_store_older_than_its_chain_is_refused_in_every_later_run(cli: Cli, tmp_path: Path,
@@ -451,7 +452,10 @@ def test_publish_from_a_store_older_than_its_chain_is_refused_in_every_later_run
     assert rc == 0
     assert [d for d in serve.docs if d["event"] == "fork"] == [], serve.docs
     assert "nothing was published" in _conflicting_publish(cli, common, "2")  # the author away
-    assert _next_seq(cli, "stale.db", branch) == 2  # nothing signed
+    assert _own_chain(cli, "stale.db", branch) == (2, 3)  # nothing signed; the stop kept in the store
+    assert _own_chain(cli, "provider.db", branch) == (4, 0)
+    text = cli("status", "--store", "stale.db", "--passphrase-env", "PP").ok().stdout
+    assert "CONFLICT: the author's ACK of this chain through seq 3 contradicts this store" in text, text
 
 
 def test_a_provider_that_forked_its_chain_learns_it_over_zeromq_and_stops(cli: Cli, tmp_path: Path,
@@ -472,7 +476,7 @@ def test_a_provider_that_forked_its_chain_learns_it_over_zeromq_and_stops(cli: C
     rc, _ = serve.stop()
     assert rc == 0
     assert [d["seq"] for d in serve.docs if d["event"] == "fork"] == [2], serve.docs  # that first one only
-    assert _next_seq(cli, "stale.db", branch) == 3
+    assert _own_chain(cli, "stale.db", branch) == (3, 3)
 
 
 def test_output_survives_a_stdout_that_cannot_encode_the_text(cli: Cli, tmp_path: Path) -> None:

@@ -1218,7 +1218,7 @@ def status_doc(store: Store) -> dict[str, Any]:
     chains: dict[bytes, list[dict[str, Any]]] = {}
     for cr in store.load_chains():
         chains.setdefault(cr.branch, []).append({"index": cr.publisher, "next_seq": cr.next_seq,
-                                                 "covered": cr.covered})
+                                                 "covered": cr.covered, "conflict": cr.conflict})
     branches = []
     for rec in store.load_branches():
         members = {i: (did_from_public_key(pk), Permission(p)) for i, pk, p in rec.members}
@@ -1262,6 +1262,9 @@ def _status_text(d: dict[str, Any]) -> str:
             lines.append(f"  member {m['index']} {m['did']} ({m['permission']})")
         for c in b["chains"]:
             lines.append(f"  chain of {c['index']}: next seq {c['next_seq']}, covered through {c['covered']}")
+            if c["conflict"]:
+                lines.append(f"    CONFLICT: the author's ACK of this chain through seq {c['conflict']} contradicts "
+                             "this store (ChainConflict): do not publish from it")
     lines.append(f"retained log: {d['retained_messages']} messages")
     f = d["files"]
     lines.append(f"files: {d['store']} {f['store']:,} B, -wal {f['wal']:,} B, -frames {f['frames']:,} B "
