@@ -73,8 +73,9 @@ ACK showed it to conflict with the author's copy (SPEC 12: the store is older th
 on publishing there outlives the process.  It is the :attr:`~streams.core.ChainRecord.conflict` of the chain's
 record, kept out of ``chains`` because it is rare: a row is written or deleted only in a commit whose chain record
 changes it.  It was added as the tables above were: a store written before has none, and opens without a
-conflict (an older version of this code opening a store written since ignores the table: the stop then lasts
-only the run that learnt it, as it used to).
+conflict.  An older version of this code opening a store written since ignores the table (downgrades are not
+supported): a stop kept there holds in none of its runs, and one it lifts stays in the table for the next
+version to find.
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
