@@ -41,6 +41,7 @@ from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
     AdmissionRefused,
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LedgerConflict,
@@ -306,7 +307,8 @@ class _Party:
         Publishes made by several tasks in the same event-loop iteration share one store transaction (group
         commit) and leave in one burst; each call still returns only after the commit that holds its message.
 
-        Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch),
+        Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch; its
+        :class:`ChainConflictError` when our chain conflicts with the author's copy: nothing is signed),
         :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged)."""
         self._check_usable()
         if self._no_publish is not None:
@@ -352,7 +354,8 @@ class _Party:
         Raises :class:`StreamsTimeoutError` after ``timeout`` seconds, :class:`LocalProtocolError` for an unknown
         branch, or when a re-key takes our write permission away before the ACK came (the author then refuses
         the message; given back meanwhile, the seq is used again by the next publish) or the author's ACK shows
-        that our chain conflicts with its copy (:class:`ChainConflict`: a store restored from a stale copy),
+        that our chain conflicts with its copy (:class:`ChainConflictError`, after the :class:`ChainConflict`
+        event: a store restored from a stale copy),
         :class:`ClosedResourceError` if the party closes, or the branch is or becomes closed (revoked, left)
         before the ACK came."""
         self._check_usable()
@@ -890,7 +893,6 @@ class _Party:
                                              "an accepted position")
                 self._queue_event(ev)
                 ev = fork
-                self._core.reacknowledge(fork.branch, fork.publisher)  # what we hold: a stale member stops there
         if isinstance(ev, FetchRequested):
             # Retained frames only (already durable).  Not through the core's output list: frames of a publish
             # made meanwhile by another task wait there for their commit and must not leave before it.
@@ -938,9 +940,16 @@ class _Party:
 
     def _record_fork(self, branch: bytes, publisher: int, seq: int,
                      evidence: ForkEvidence | None) -> ForkDetected | None:
-        """Keep checked fork evidence in the store and report it, once per position."""
+        """Keep checked fork evidence in the store and report it, once per position; and send our ACK of that
+        chain again, at every fork (SPEC 12)."""
         if evidence is None:
             return None
+        # What we hold, signed: a member whose store is older than its chain stops there (ChainConflict).  At every
+        # fork, not once per position: the first ACK may go nowhere -- over ZeroMQ a member's new connection has
+        # no route yet when its first frame is a PACKET -- and the member's HEAD notices of its forked head, which
+        # come after its route is learnt, are forks too.  Paced as every ACK (ack_interval_ms): a replayed fork
+        # buys at most one signature per chain per interval.
+        self._core.reacknowledge(branch, publisher)
         if not self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b):
             return None  # already reported for this position
         log.warning("fork detected on branch %s publisher %d seq %d", branch.hex(), publisher, seq)
@@ -1609,8 +1618,8 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
         await transport.close()
 
 
-def _conflict_error(branch: bytes, seq: int) -> LocalProtocolError:
-    return LocalProtocolError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
+def _conflict_error(branch: bytes, seq: int) -> ChainConflictError:
+    return ChainConflictError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
                               f"seq {seq} will not be acknowledged")
 
 

@@ -49,6 +49,7 @@ from .anchor import (
     verify_inclusion,
 )
 from .errors import (
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LocalProtocolError,
@@ -309,6 +310,9 @@ class ChainRecord:
     next_seq: int
     head: bytes
     covered: int = 0  #: highest seq covered by a signature
+    #: Our own chain, member side: the seq at which the author's signed ACK showed it to conflict with the
+    #: author's copy (``ChainConflict``, SPEC 12), kept across restarts until lifted; 0: none.
+    conflict: int = 0
 
 
 @dataclass(slots=True)
@@ -399,9 +403,9 @@ class Changes:
 
 
 class _Chain:
-    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict", "covered",
-                 "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified",
-                 "progress_ms", "quick_acked")
+    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict",
+                 "conflict_told", "covered", "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held",
+                 "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -422,7 +426,9 @@ class _Chain:
         self.anchor_wait: tuple[AnchorClaim, bool] | None = None  # proof ahead of the cursor, applied once caught up
         #: Our own chain, member side: the seq through which the author's signed ACK says it holds our chain, when
         #: that contradicts our store (beyond our head, or another message at it); 0: none.  We publish no more.
+        #: Durable (``ChainRecord.conflict``): a restart does not lift it.
         self.conflict = 0
+        self.conflict_told = 0  #: the highest conflict reported (ChainConflict) in this run
         #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
         #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
         self.final = 0
@@ -504,7 +510,7 @@ class _Branch:
 
     def chain_record(self, publisher: int) -> ChainRecord:
         c = self.chains[publisher]
-        return ChainRecord(self.id, publisher, c.next_seq, c.head, c.covered)
+        return ChainRecord(self.id, publisher, c.next_seq, c.head, c.covered, c.conflict)
 
     def transition(self, event: str) -> None:
         nxt = BRANCH.get((self.state, event))
@@ -675,6 +681,8 @@ class _CoreBase:
             if b is not None and cr.publisher in b.members and (cr.publisher == b.me
                                                                  or self._should_track(b, cr.publisher)):
                 c = b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
+                # A conflict the author's ACK showed in an earlier run still holds: our store did not get younger.
+                c.conflict = cr.conflict if cr.publisher == b.me and b.me else 0
                 tail = tails.get(cr.branch, 0) if cr.publisher == 0 and b.me else 0
                 if tail >= cr.next_seq and b.state is BranchState.CLOSED:
                     # The tail of the author's chain that the REVOKE named, not reached before the restart:
@@ -1361,7 +1369,7 @@ class _CoreBase:
             raise LocalProtocolError(f"no write permission on branch {b.id.hex()}")
         c = b.chains.get(b.me)
         if c is not None and c.conflict:
-            raise LocalProtocolError(
+            raise ChainConflictError(
                 f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
                 f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "
                 "(restored from a copy?) or another holder of our key published; a new message would fork the "
@@ -1657,11 +1665,16 @@ class _CoreBase:
         else:
             known = None
         other = known is not None and not _crypto.ct_equal(known, h.hash)
-        if (beyond or other) and h.acker == 0 and b.me != 0 and h.seq > c.conflict:
+        if (beyond or other) and h.acker == 0 and b.me != 0 and h.seq > c.conflict_told:
             # The author's signed word that it holds our chain beyond our head, or another message than ours: our
             # store is older than the chain (a stale copy restored) or another holder of our key published.
-            # Anything we sign now forks the chain further: stop, and say so once per conflicting position.
-            c.conflict = h.seq
+            # Anything we sign now forks the chain further: stop, and say so once per conflicting position (and
+            # run: a stop kept from an earlier run is reported again when the author confirms it).  The stop is
+            # committed with the chain (before the event is acted on), so it holds after a restart too.
+            if h.seq > c.conflict:
+                c.conflict = h.seq
+                self._dirty.add((b.id, b.me))
+            c.conflict_told = h.seq
             events.append(ChainConflict(b.id, b.me, c.next_seq - 1, h.seq))
         if beyond:
             raise _Reject(RejectReason.UNEXPECTED, "ack beyond our head", h.branch, h.publisher, h.seq)
@@ -3013,7 +3026,9 @@ class SubscriberCore(_CoreBase):
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
             if c.conflict and head.seq >= c.conflict:
-                c.conflict = 0  # our chain now starts where the author's copy ends: publishing forks nothing
+                # Our chain now starts where the author's copy ends: publishing forks nothing (the chain record
+                # below, committed, lifts the stop in the store too).
+                c.conflict = c.conflict_told = 0
             if c.held:
                 c.held = {s: f for s, f in c.held.items() if s > head.seq} or None
             self._changes.chains.append(b.chain_record(head.publisher))

@@ -26,6 +26,7 @@ __all__ = [
     "AdmissionRefused",
     "BadPassphrase",
     "BrokenResourceError",
+    "ChainConflictError",
     "ClosedResourceError",
     "DecodeError",
     "FrameTooLarge",
@@ -76,6 +77,15 @@ class StreamsError(Exception):
 
 class LocalProtocolError(StreamsError):
     """The caller used the API in a way the protocol forbids.  Fix the calling code; state is unchanged."""
+
+
+class ChainConflictError(LocalProtocolError):
+    """A member may not publish on this branch: the author's signed ACK showed that it holds our own chain beyond
+    our store's head, or another message at a position we hold (:class:`~streams.events.ChainConflict`, SPEC 12).
+    The store is older than the chain (restored from a stale copy) or another holder of our key published; a new
+    message would fork the chain further, so nothing was signed.  The stop is kept in the store.  Do not publish
+    from this store: an anchor proof of our chain that far lifts it, or start over with a new store (README,
+    backups)."""
 
 
 class RemoteProtocolError(StreamsError):

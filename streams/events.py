@@ -140,11 +140,13 @@ class ChainConflict:
     """The author's signed ACK says it holds our chain ``(branch, publisher)`` through ``theirs``, beyond our head
     ``ours`` or with another message than ours at ``theirs``: this store is older than the chain it publishes
     (restored from a stale copy) or another holder of our key published there.  Publishing on the branch now
-    raises :class:`~streams.errors.LocalProtocolError` (a new message would fork the chain further), and
-    ``wait_acknowledged`` for what the author will never acknowledge raises it too -- until an anchor proof of
-    our chain beyond our head, at or beyond ``theirs``, restarts it there (``Anchored(restored=True)``,
-    SPEC 13.5).  Otherwise start over: a new store (with anchoring, it restarts at the anchored heads) or, without
-    a ledger, a new identity (README, backups)."""
+    raises :class:`~streams.errors.ChainConflictError` (a :class:`~streams.errors.LocalProtocolError`: a new
+    message would fork the chain further), and ``wait_acknowledged`` for what the author will never acknowledge
+    raises it too -- in this run and every later one of this store (the stop is kept in it; reported again once
+    per run, when the author's ACK confirms it) -- until an anchor proof of our chain beyond our head, at or
+    beyond ``theirs``, restarts it there (``Anchored(restored=True)``, SPEC 13.5).  Otherwise start over: a new
+    store (with anchoring, it restarts at the anchored heads) or, without a ledger, a new identity (README,
+    backups)."""
 
     branch: bytes
     publisher: int  #: our own index in the branch

@@ -29,6 +29,7 @@ Schema (version 1)::
     anchor_heads(branch, publisher, seq, hash, ...)              -- latest confirmed anchored head per chain
     anchor_restores(branch, publisher, seq, hash, ...)           -- member: restore proofs a chain restarted at
     forks(branch, publisher, seq, frame_a, frame_b)              -- fork evidence
+    chain_conflicts(branch, publisher, seq)                      -- member: our chain conflicts (ChainConflict)
     grants(branch, epoch, frame)                                 -- author: the grants a re-key replaced
 
 ``log`` is a rowid table (its primary key a unique index): its rows hold whole frames, and a ``WITHOUT ROWID``
@@ -66,6 +67,15 @@ damaged or edited file that passes SQLite's check) are :class:`StorageError` whe
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
 gains them, and no older reader reads them.
+
+``chain_conflicts`` (member side) keeps, for our own chain of a branch, the seq at which the author's signed
+ACK showed it to conflict with the author's copy (SPEC 12: the store is older than the chain), so that the stop
+on publishing there outlives the process.  It is the :attr:`~streams.core.ChainRecord.conflict` of the chain's
+record, kept out of ``chains`` because it is rare: a row is written or deleted only in a commit whose chain record
+changes it.  It was added as the tables above were: a store written before has none, and opens without a
+conflict.  An older version of this code opening a store written since ignores the table (downgrades are not
+supported): a stop kept there holds in none of its runs, and one it lifts stays in the table for the next
+version to find.
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
@@ -176,6 +186,9 @@ CREATE TABLE IF NOT EXISTS grants (
 CREATE TABLE IF NOT EXISTS forks (
     branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, frame_a BLOB NOT NULL,
     frame_b BLOB NOT NULL, PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chain_conflicts (
+    branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (branch, publisher)) WITHOUT ROWID;
 """
 
 
@@ -275,6 +288,8 @@ class Store:
         #: Transactions committed by :meth:`commit` since this store was opened (group commit is observable).
         self.commits = 0
         self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
+        #: The rows of ``chain_conflicts`` (read at the first use): (branch, publisher) -> seq.
+        self._conflicts: dict[tuple[bytes, int], int] | None = None
         self._file = _file_id(path)  #: counted in _OPEN_FILES while open
         if self._file is not None:
             _OPEN_FILES[self._file] += 1
@@ -463,6 +478,8 @@ class Store:
         if not changes and not delivered:
             return
         chains: dict[tuple[bytes, int], ChainRecord] = {(c.branch, c.publisher): c for c in changes.chains}
+        known = self._chain_conflicts() if chains else {}
+        conflicts = [r for r in chains.values() if r.conflict != known.get((r.branch, r.publisher), 0)]
         try:
             with _tx(self._conn):
                 c = self._conn
@@ -479,6 +496,11 @@ class Store:
                 if chains:
                     c.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?)",
                                   [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()])
+                if conflicts:
+                    c.executemany("INSERT OR REPLACE INTO chain_conflicts VALUES (?, ?, ?)",
+                                  [(r.branch, r.publisher, r.conflict) for r in conflicts if r.conflict])
+                    c.executemany("DELETE FROM chain_conflicts WHERE branch = ? AND publisher = ?",
+                                  [(r.branch, r.publisher) for r in conflicts if not r.conflict])
                 if changes.log_cut:
                     c.executemany("DELETE FROM log WHERE branch = ? AND publisher = ? AND seq > ?", changes.log_cut)
                 if changes.log:
@@ -499,6 +521,11 @@ class Store:
             raise StorageError(f"commit to {self.path} failed: writing {self._frames_path}: {_reason(exc)}"
                                ) from exc
         self.commits += 1
+        for r in conflicts:  # (only once the transaction holds them)
+            if r.conflict:
+                known[(r.branch, r.publisher)] = r.conflict
+            else:
+                known.pop((r.branch, r.publisher), None)
         if changes.log and not self._ck_kicked:
             self._ck_kicked = True
             _CHECKPOINTER.kick(self)
@@ -613,13 +640,26 @@ class Store:
         return [self._open_branch(bid, rec) for bid, rec in self._q("SELECT id, rec FROM branches")]
 
     def load_chains(self) -> list[ChainRecord]:
-        """Every chain's cursor.  Raises :class:`StorageError` for a row of the wrong types (a damaged file)."""
+        """Every chain's cursor (and conflict).  Raises :class:`StorageError` for a row of the wrong types (a
+        damaged file)."""
         rows = self._q("SELECT branch, publisher, next_seq, head, covered FROM chains")
         for b, p, n, h, c in rows:
             if not (type(b) is bytes and _count(p) and _count(n) and type(h) is bytes and _count(c)):
                 raise StorageError(f"a row of table chains in {self.path} is damaged (branch "
                                    f"{b.hex() if type(b) is bytes else '?'}, publisher {p!r})")
-        return [ChainRecord(*row) for row in rows]
+        conflicts = self._chain_conflicts()
+        return [ChainRecord(b, p, n, h, c, conflicts.get((b, p), 0)) for b, p, n, h, c in rows]
+
+    def _chain_conflicts(self) -> dict[tuple[bytes, int], int]:
+        """The rows of ``chain_conflicts``, read once.  Raises :class:`StorageError` for a damaged row."""
+        if self._conflicts is None:
+            rows = self._q("SELECT branch, publisher, seq FROM chain_conflicts")
+            for b, p, s in rows:
+                if not (type(b) is bytes and _count(p) and _count(s) and s > 0):
+                    raise StorageError(f"a row of table chain_conflicts in {self.path} is damaged (branch "
+                                       f"{b.hex() if type(b) is bytes else '?'}, publisher {p!r})")
+            self._conflicts = {(b, p): s for b, p, s in rows}
+        return self._conflicts
 
     def load_nonces(self, now_ms: int) -> list[tuple[bytes, int]]:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))

@@ -401,6 +401,84 @@ def test_tail_events_says_when_the_store_is_older_than_its_own_chain(cli: Cli, t
     assert conflicts == [{"event": "conflict", "branch": branch, "index": 1, "ours": 1, "theirs": 3}], docs
 
 
+def _stale_provider(cli: Cli, tmp_path: Path, serves: list[Serve]) -> tuple[Serve, str, tuple[str, ...]]:
+    """The monitor serving and the provider subscribed; the provider publishes payment 1, backs its store up
+    to stale.db (the real backup), publishes payments 2 and 3: stale.db is older than its chain.  Returns (the
+    serve, the provider's branch, the common options of a provider command)."""
+    _, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    common = ("--connect", addr, "--passphrase-env", "PP", "--json")
+    branch = cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", author,
+                 "--channel", channel, *common).ok().json["branch"]
+    cli("publish", "--store", "provider.db", "--data", "payment 1", *common).ok()
+    cli("backup", "--store", "provider.db", "--to", "stale.db").ok()
+    for n in (2, 3):
+        cli("publish", "--store", "provider.db", "--data", f"payment {n}", *common).ok()
+    return serve, branch, common
+
+
+def _conflicting_publish(cli: Cli, common: tuple[str, ...], wait_ack: str) -> str:
+    """`publish` from stale.db, which must fail as a conflict (exit 1, failure "conflict"), with the reason and
+    what to do, and no promise of a later delivery; returns the error."""
+    run = cli("publish", "--store", "stale.db", "--data", "payment 2 again", "--wait-ack", wait_ack, *common)
+    doc = run.json
+    assert run.returncode == 1 and doc["ok"] is False and doc.get("failure") == "conflict", (run.stdout, run.stderr)
+    error: str = doc["error"]
+    assert "conflicts with the author's copy" in error and "Do not publish from this store" in error
+    assert "heard again" not in run.stdout + run.stderr and "policy" not in error
+    return error
+
+
+def _own_chain(cli: Cli, store: str, branch: str) -> tuple[int, int]:
+    """(next_seq, conflict) of the provider's own chain, as `streams status --json` shows them."""
+    st = cli("status", "--store", store, "--passphrase-env", "PP", "--json").ok().json
+    [b] = [b for b in st["branches"] if b["branch"] == branch]
+    [c] = [c for c in b["chains"] if c["index"] == 1]
+    return int(c["next_seq"]), int(c["conflict"])
+
+
+def test_publish_from_a_store_older_than_its_chain_is_refused_in_every_later_run(cli: Cli, tmp_path: Path,
+                                                                                  serves: list[Serve]) -> None:
+    """Once the provider learnt that its store is older than its chain (the author's signed ACK, here during a
+    `tail`), `publish` raised a bare LocalProtocolError in the same run only; a later run signed a new message
+    all the same -- a fork the author recorded -- and then said the author allows the provider to "read only
+    now" (its policy), or, with the author away, that the message was stored and "delivered when the author is
+    heard again": neither is true.  Now each run is refused before anything is signed (the stop is kept in the
+    store), with the reason and what to do."""
+    serve, branch, common = _stale_provider(cli, tmp_path, serves)
+    out = cli("tail", "--store", "stale.db", "--events", "--timeout", "3", *common).ok()
+    assert '"event": "conflict"' in out.stdout, out.stdout
+    assert "nothing was published" in _conflicting_publish(cli, common, "30")  # the author running
+    rc, _ = serve.stop()
+    assert rc == 0
+    assert [d for d in serve.docs if d["event"] == "fork"] == [], serve.docs
+    assert "nothing was published" in _conflicting_publish(cli, common, "2")  # the author away
+    assert _own_chain(cli, "stale.db", branch) == (2, 3)  # nothing signed; the stop kept in the store
+    assert _own_chain(cli, "provider.db", branch) == (4, 0)
+    text = cli("status", "--store", "stale.db", "--passphrase-env", "PP").ok().stdout
+    assert "CONFLICT: the author's ACK of this chain through seq 3 contradicts this store" in text, text
+
+
+def test_a_provider_that_forked_its_chain_learns_it_over_zeromq_and_stops(cli: Cli, tmp_path: Path,
+                                                                          serves: list[Serve]) -> None:
+    """The first `publish` from a stale copy signs seq 2 before the author can say anything: a fork (SPEC 12).
+    The author records it and sends its ACK of the chain again -- once, and over ZeroMQ usually before the new
+    connection's route is known (the PACKET came before the FETCH that teaches it), so the ACK went nowhere;
+    the provider's HEAD notices of its forked head were rejected without an answer.  So it never learnt: the
+    run said "delivered when the author is heard again", no later run (`tail` included) was told either, and
+    every later `publish` forked the chain once more.  The author now answers every fork of a member's chain
+    with its ACK (paced as ACKs are)."""
+    serve, branch, common = _stale_provider(cli, tmp_path, serves)
+    assert "seq 2 was signed but will never be delivered" in _conflicting_publish(cli, common, "20")
+    out = cli("tail", "--store", "stale.db", "--events", "--timeout", "5", *common).ok()
+    docs = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [(d["ours"], d["theirs"]) for d in docs if d["event"] == "conflict"] == [(2, 3)], docs  # told again
+    assert "nothing was published" in _conflicting_publish(cli, common, "20")
+    rc, _ = serve.stop()
+    assert rc == 0
+    assert [d["seq"] for d in serve.docs if d["event"] == "fork"] == [2], serve.docs  # that first one only
+    assert _own_chain(cli, "stale.db", branch) == (3, 3)
+
+
 def test_output_survives_a_stdout_that_cannot_encode_the_text(cli: Cli, tmp_path: Path) -> None:
     """Under a locale whose encoding is not UTF-8 (here PYTHONIOENCODING=ascii), the first payload with a
     character it lacks ("10 €") raised UnicodeEncodeError in `serve --json`'s printing task: the task died,

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-from streams.errors import LocalProtocolError, RejectReason
-from streams.events import ChainConflict, Event, Rejected
+from streams.errors import ChainConflictError, LocalProtocolError, RejectReason
+from streams.events import Anchored, ChainConflict, Event, Rejected
 from streams.identity import Identity
+from streams.ledger import EmbeddedLedger
 from streams.policy import AllowList
 from streams.store import backup
+from tests.test_anchoring_integration import CFG, wait_for
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -41,13 +43,13 @@ async def _first(s: Subscriber, kind: type[Event], timeout: float) -> Event:
     return await asyncio.wait_for(scan(), timeout)
 
 
-async def _restored(tmp: Path) -> tuple[MemoryHub, Author, bytes]:
+async def _restored(tmp: Path, ledger: EmbeddedLedger | None = None) -> tuple[MemoryHub, Author, bytes]:
     """The author and P1 subscribed; P1 publishes 3 messages, copies its store (the real backup), publishes 3 more
     (all acknowledged), then the operator restores the copy: the author holds P1's chain through 6, the store
-    through 3."""
+    through 3.  With ``ledger``, the author anchors there, and P1's chain is anchored through 6."""
     hub = MemoryHub()
     author = await Author.create(tmp / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST)
+                                 AllowList.of([P1.did]), store_options=FAST, ledger=ledger, anchor_config=CFG)
     author.heartbeat_ms = 50
     s = await Subscriber.create(tmp / "p1.db", P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
                                 store_options=FAST)
@@ -59,6 +61,9 @@ async def _restored(tmp: Path) -> tuple[MemoryHub, Author, bytes]:
     s = await _sub(tmp, hub)
     await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
     await s.wait_acknowledged(branch, 6, timeout=5)
+    if ledger is not None:
+        await wait_for(lambda: author.anchoring is not None and author.anchoring.pending == 0
+                       and getattr(author.anchoring.anchored_head(branch, 1), "seq", 0) == 6, what="P1's 6 anchored")
     await s.close()
     for suffix in ("", "-frames"):
         shutil.copyfile(tmp / f"old.db{suffix}", tmp / f"p1.db{suffix}")
@@ -79,7 +84,7 @@ async def test_a_member_restored_from_an_old_copy_stops_publishing_once_the_auth
     with pytest.raises(LocalProtocolError, match="conflicts with the author's copy"):
         await s.publish_many(branch, [b"would fork seq 4", b"and 5"])
     # A wait called after the conflict raises at once, rather than at its timeout: no ACK of our chain will come.
-    with pytest.raises(LocalProtocolError, match=r"conflicts with the author's copy \(ChainConflict\): seq 3"):
+    with pytest.raises(ChainConflictError, match=r"conflicts with the author's copy \(ChainConflict\): seq 3"):
         await s.wait_acknowledged(branch, 3, timeout=5)
     await asyncio.sleep(0.3)
     assert author.forks() == []  # nothing was signed at a position the author holds
@@ -193,3 +198,161 @@ def test_the_authors_ack_of_another_message_below_our_head_is_never_taken_for_an
     for events in (first, sub.receive(ack, net.now)):
         assert [e.reason for e in events if isinstance(e, Rejected)] == [RejectReason.FORK]
         assert not [e for e in events if isinstance(e, Acknowledged)]
+
+
+async def test_the_stop_survives_a_restart_of_the_member(tmp_path: Path) -> None:
+    """The conflict is kept in the store with the chain: reopened, the member refuses at once, with the same
+    error, and signs nothing.  It used to live in memory only: each run after the first signed a new message at a
+    position the author holds (one more fork per run), until that run's first ACK stopped it again."""
+    hub, author, branch = await _restored(tmp_path)
+    s = await _sub(tmp_path, hub)
+    await _first(s, ChainConflict, 10)
+    with pytest.raises(ChainConflictError, match="conflicts with the author's copy") as first:
+        await s.publish(branch, b"would fork seq 4")
+    await s.close()
+
+    s = await _sub(tmp_path, hub)
+    try:
+        with pytest.raises(type(first.value), match="conflicts with the author's copy"):
+            await s.publish(branch, b"would fork seq 4, second run")
+        with pytest.raises(type(first.value), match="conflicts with the author's copy"):
+            await s.publish_many(branch, [b"nor these"])
+        with pytest.raises(LocalProtocolError, match=r"conflicts with the author's copy \(ChainConflict\): seq 3"):
+            await s.wait_acknowledged(branch, 3, timeout=5)
+        assert s.store.log_range(branch, 1, 4, 100) == []  # nothing signed beyond the store's head
+        # Reported again in this run once the author confirms it (tail --events shows it each run).
+        ev = await _first(s, ChainConflict, 10)
+        assert isinstance(ev, ChainConflict) and (ev.ours, ev.theirs) == (3, 6)
+        # The member still reads, and the author recorded no fork of its chain.
+        await author.publish(branch, b"from the monitor")
+        assert (await s.next_message(timeout=5)).payload == b"from the monitor"
+        assert author.forks() == []
+    finally:
+        await s.close()
+        await author.close()
+
+
+async def test_an_anchor_proof_lifts_the_stop_for_good(tmp_path: Path) -> None:
+    """Learnt in one run, the stop holds in the next; there the author's anchor proof of our chain through the
+    seq it acknowledged restarts the chain at the author's copy (SPEC 13.5), and the next run publishes on from
+    there: its message is the author's next one, acknowledged, no fork."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub, author, branch = await _restored(tmp_path, ledger)
+    await author.close()
+
+    async def author_on(hub: MemoryHub, with_ledger: bool) -> Author:
+        a = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                              store_options=FAST, ledger=ledger if with_ledger else None, anchor_config=CFG)
+        a.heartbeat_ms = 50
+        return a
+
+    # Run 1, the author without its ledger (no proof comes): the conflict is learnt.
+    hub = MemoryHub()
+    author = await author_on(hub, False)
+    s = await _sub(tmp_path, hub)
+    await _first(s, ChainConflict, 10)
+    await s.close()
+    await author.close()
+    # Run 2, with the ledger: the author's proof of our chain through 6 (re-sent as we connect) lifts it.
+    hub = MemoryHub()
+    author = await author_on(hub, True)
+    s = await _sub(tmp_path, hub)
+    try:
+        ev = await _first(s, Anchored, 10)
+        assert isinstance(ev, Anchored) and (ev.publisher, ev.seq, ev.restored) == (1, 6, True)
+    finally:
+        await s.close()
+        await author.close()
+    # Run 3, without the ledger again (nothing can lift it now but the store): publishing goes on at 7.
+    hub = MemoryHub()
+    author = await author_on(hub, False)
+    s = await _sub(tmp_path, hub)
+    try:
+        assert await s.publish(branch, b"after the author's copy") == 7
+        await s.wait_acknowledged(branch, 7, timeout=5)
+        assert author.forks() == []
+    finally:
+        await s.close()
+        await author.close()
+        ledger.close()
+
+
+def test_the_stop_is_a_row_of_its_own_and_stores_written_before_it_open_without_one(tmp_path: Path) -> None:
+    """The conflict is written (and deleted) with the chain's record, in the same commit.  A store written before
+    the ``chain_conflicts`` table (here: one whose table is dropped, which is all that differs) opens, reads no
+    conflict, and keeps one from then on; a damaged row is a StorageError, not a crash."""
+    import sqlite3
+
+    from streams.core import ChainRecord, Changes
+    from streams.errors import StorageError
+    from streams.store import Store
+
+    db = tmp_path / "s.db"
+    b, h = b"b" * 16, b"h" * 32
+    st = Store.create(db, P1, PW, role="subscriber", channel=b"c" * 32, author_did=AUTHOR.did, durable=False,
+                      opslimit=1, memlimit=8192)
+    st.commit(Changes(chains=[ChainRecord(b, 1, 4, h, 3)]))
+    st.close()
+    with sqlite3.connect(db) as c:
+        c.execute("DROP TABLE chain_conflicts")
+
+    def reopened() -> tuple[Store, list[tuple[int, int, int]]]:
+        s = Store.open(db, PW, durable=False)
+        return s, [(r.publisher, r.next_seq, r.conflict) for r in s.load_chains()]
+
+    def rows() -> list[tuple[bytes, int, int]]:
+        with sqlite3.connect(db) as c:
+            return [tuple(r) for r in c.execute("SELECT branch, publisher, seq FROM chain_conflicts")]
+
+    st, chains = reopened()
+    assert chains == [(1, 4, 0)]
+    st.commit(Changes(chains=[ChainRecord(b, 1, 4, h, 3, 6)]))  # the author's ACK at 6: learnt
+    st.close()
+    assert rows() == [(b, 1, 6)]
+    st, chains = reopened()
+    assert chains == [(1, 4, 6)]
+    st.commit(Changes(chains=[ChainRecord(b, 0, 9, h, 9)]))  # another chain moves: the row stays
+    st.close()
+    assert rows() == [(b, 1, 6)]
+    st, _ = reopened()
+    st.commit(Changes(chains=[ChainRecord(b, 1, 7, h, 6)]))  # restarted at an anchored head through 6: lifted
+    st.close()
+    assert rows() == []
+    st, chains = reopened()
+    assert sorted(chains) == [(0, 9, 0), (1, 7, 0)]
+    st.close()
+    with sqlite3.connect(db) as c:
+        c.execute("INSERT INTO chain_conflicts VALUES (?, 1, ?)", (b, "six"))
+    st = Store.open(db, PW, durable=False)
+    try:
+        with pytest.raises(StorageError, match=r"chain_conflicts .* is damaged"):
+            st.load_chains()
+    finally:
+        st.close()
+
+
+async def test_write_given_back_lifts_the_stop_for_good(tmp_path: Path) -> None:
+    """A re-key that gives back a write permission taken away continues our chain from the head its GRANT names
+    (SPEC 11): the author's copy, so publishing there forks nothing.  That lifts a stop kept from an earlier run,
+    in the store too: the run after publishes on."""
+    from streams.wire import Permission
+
+    hub, author, branch = await _restored(tmp_path)
+    s = await _sub(tmp_path, hub)
+    await _first(s, ChainConflict, 10)
+    await s.close()
+    await author.set_permission(branch, Permission.READ)  # epoch 1
+    await author.set_permission(branch, Permission.READ_WRITE)  # epoch 2, naming our chain's head: 6
+    s = await _sub(tmp_path, hub)  # catches up with both grants
+    try:
+        await wait_for(lambda: [b.epoch for b in s.branches() if b.id == branch] == [2], what="epoch 2")
+    finally:
+        await s.close()
+    s = await _sub(tmp_path, hub)
+    try:
+        assert await s.publish(branch, b"after the author's copy") == 7
+        await s.wait_acknowledged(branch, 7, timeout=5)
+        assert author.forks() == []
+    finally:
+        await s.close()
+        await author.close()

@@ -53,6 +53,7 @@ from ..api import ANCHOR_WAIT, Author, BranchInfo, Subscriber, Transport
 from ..audit import open_ledger
 from ..errors import (
     AdmissionRefused,
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LocalProtocolError,
@@ -471,6 +472,11 @@ def writable_branch(sub: Subscriber, branch: str | None) -> bytes:
     if len(writable) != 1:
         raise UsageError(f"{len(writable)} writable branches: run `streams subscribe` first, or give --branch")
     return writable[0]
+
+
+#: What a provider whose store is older than its own chain (ChainConflictError) should do.
+_STALE_STORE = ("Do not publish from this store: restore a copy no older than the chain, or start over with a new "
+                "store (`streams subscribe --store NEW ...`)")
 
 
 def _not_permitted(branch: bytes) -> CheckFailed:
@@ -1067,13 +1073,19 @@ async def publish(args: argparse.Namespace) -> Result:
         branch = writable_branch(sub, args.branch)
         acked: bool | None = None
         try:
-            seq = await sub.publish(branch, payload)
+            try:
+                seq = await sub.publish(branch, payload)
+            except ChainConflictError as exc:  # known from an earlier run, or from the author at this one's open
+                raise CheckFailed(f"nothing was published: {exc}. {_STALE_STORE}", "conflict") from None
             if args.wait_ack > 0:
                 try:
                     await sub.wait_acknowledged(branch, seq, timeout=args.wait_ack)
                     acked = True
                 except StreamsTimeoutError:
                     acked = False
+                except ChainConflictError as exc:  # the author's ACK came after we signed: the message is a fork
+                    raise CheckFailed(f"seq {seq} was signed but will never be delivered: {exc} (the author keeps "
+                                      f"it as evidence of a fork). {_STALE_STORE}", "conflict") from None
                 except LocalProtocolError as exc:  # the author took our write permission away meanwhile
                     raise CheckFailed(f"seq {seq} is refused: {exc} (the policy allows this provider to read "
                                       "only now)", "not_permitted") from None
@@ -1206,7 +1218,7 @@ def status_doc(store: Store) -> dict[str, Any]:
     chains: dict[bytes, list[dict[str, Any]]] = {}
     for cr in store.load_chains():
         chains.setdefault(cr.branch, []).append({"index": cr.publisher, "next_seq": cr.next_seq,
-                                                 "covered": cr.covered})
+                                                 "covered": cr.covered, "conflict": cr.conflict})
     branches = []
     for rec in store.load_branches():
         members = {i: (did_from_public_key(pk), Permission(p)) for i, pk, p in rec.members}
@@ -1250,6 +1262,9 @@ def _status_text(d: dict[str, Any]) -> str:
             lines.append(f"  member {m['index']} {m['did']} ({m['permission']})")
         for c in b["chains"]:
             lines.append(f"  chain of {c['index']}: next seq {c['next_seq']}, covered through {c['covered']}")
+            if c["conflict"]:
+                lines.append(f"    CONFLICT: the author's ACK of this chain through seq {c['conflict']} contradicts "
+                             "this store (ChainConflict): do not publish from it")
     lines.append(f"retained log: {d['retained_messages']} messages")
     f = d["files"]
     lines.append(f"files: {d['store']} {f['store']:,} B, -wal {f['wal']:,} B, -frames {f['frames']:,} B "
