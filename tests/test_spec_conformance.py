@@ -1,0 +1,684 @@
+"""SPEC.md read as the author of a second implementation would read it, against the code.
+
+Everything on the SPEC side here is written from SPEC.md alone, without calling ``streams``' encoder or crypto
+wrappers: a MessagePack subset encoder and a strict parser (SPEC 5), the frame and head layouts (read from SPEC's
+tables, sections 6 and 8), the message hash (6.3), packet AEAD (7.4), grants (8.5), subscriptions (8.4), anchor
+proofs (13), the ZeroMQ BUNDLE framing (14.1) -- on ``hashlib`` and PyNaCl directly.  Then:
+
+(a) frames our code produces parse, hash and verify under that reading;
+(b) frames built by SPEC are accepted by our decoder and cores (a whole handshake, both directions);
+(c) frames SPEC says must be refused are refused, with the reason SPEC names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import nacl.bindings
+import pytest
+from nacl.public import PublicKey, SealedBox
+from nacl.signing import SigningKey, VerifyKey
+
+from streams import anchor
+from streams.core import AuthorCore, CoreConfig, SubscriberCore
+from streams.errors import DecodeError, RejectReason
+from streams.events import (
+    Acknowledged,
+    Anchored,
+    BranchClosed,
+    FetchRequested,
+    Granted,
+    MessageReceived,
+    Rejected,
+    SubscriberAdmitted,
+)
+from streams.identity import Identity
+from streams.ledger import embedded
+from streams.ledger.embedded import EmbeddedLedger
+from streams.policy import AllowList
+from streams.wire import decode_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = (ROOT / "SPEC.md").read_text()
+VECTORS: dict[str, Any] = json.loads((ROOT / "tests" / "vectors" / "protocol.json").read_text())
+NOW = 1_767_225_600_000
+
+
+# --- SPEC 5: the MessagePack subset, written from the msgpack spec and SPEC's rules ---------------------------
+
+
+class SpecViolation(Exception):
+    """What a SPEC-conforming receiver refuses."""
+
+
+def enc(v: Any) -> bytes:
+    """The one encoding SPEC 5 allows: arrays, unsigned integers, bin, str; always the shortest form."""
+    if isinstance(v, bool) or v is None:
+        raise TypeError(v)
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError(v)
+        if v < 0x80:
+            return bytes((v,))
+        for marker, size in ((0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8)):
+            if v < 1 << (8 * size):
+                return bytes((marker,)) + v.to_bytes(size, "big")
+        raise ValueError(v)
+    if isinstance(v, bytes):
+        n = len(v)
+        for marker, size in ((0xC4, 1), (0xC5, 2), (0xC6, 4)):
+            if n < 1 << (8 * size):
+                return bytes((marker,)) + n.to_bytes(size, "big") + v
+    if isinstance(v, str):
+        b = v.encode()
+        n = len(b)
+        if n < 32:
+            return bytes((0xA0 | n,)) + b
+        for marker, size in ((0xD9, 1), (0xDA, 2), (0xDB, 4)):
+            if n < 1 << (8 * size):
+                return bytes((marker,)) + n.to_bytes(size, "big") + b
+    if isinstance(v, list | tuple):
+        n = len(v)
+        head = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else \
+            b"\xdd" + n.to_bytes(4, "big")
+        return head + b"".join(enc(x) for x in v)
+    raise TypeError(type(v))
+
+
+def parse(data: bytes) -> Any:
+    """Strict SPEC 5 parser: only the allowed types, each in its shortest form, nothing left over."""
+    value, end = _parse_at(data, 0)
+    if end != len(data):
+        raise SpecViolation("trailing bytes")
+    return value
+
+
+def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
+    if pos + n > len(data):
+        raise SpecViolation("truncated")
+    return data[pos:pos + n], pos + n
+
+
+def _parse_at(data: bytes, pos: int) -> tuple[Any, int]:
+    if pos >= len(data):
+        raise SpecViolation("truncated")
+    m = data[pos]
+    pos += 1
+    if m < 0x80:
+        return m, pos
+    if 0x90 <= m <= 0x9F or m in (0xDC, 0xDD):
+        if m <= 0x9F:
+            n = m & 0x0F
+        else:
+            raw, pos = _take(data, pos, 2 if m == 0xDC else 4)
+            n = int.from_bytes(raw, "big")
+            if n < (16 if m == 0xDC else 1 << 16):
+                raise SpecViolation("array not in its shortest form")
+        out = []
+        for _ in range(n):
+            v, pos = _parse_at(data, pos)
+            out.append(v)
+        return out, pos
+    if 0xCC <= m <= 0xCF:
+        size = 1 << (m - 0xCC)
+        raw, pos = _take(data, pos, size)
+        v = int.from_bytes(raw, "big")
+        if enc(v) != bytes((m,)) + raw:
+            raise SpecViolation("integer not in its shortest form")
+        return v, pos
+    if m in (0xC4, 0xC5, 0xC6):
+        size = {0xC4: 1, 0xC5: 2, 0xC6: 4}[m]
+        raw, pos = _take(data, pos, size)
+        n = int.from_bytes(raw, "big")
+        b, pos = _take(data, pos, n)
+        if enc(b)[:1 + size] != bytes((m,)) + raw:
+            raise SpecViolation("bin not in its shortest form")
+        return b, pos
+    if 0xA0 <= m <= 0xBF or m in (0xD9, 0xDA, 0xDB):
+        if m <= 0xBF:
+            n, size = m & 0x1F, 0
+        else:
+            size = {0xD9: 1, 0xDA: 2, 0xDB: 4}[m]
+            raw, pos = _take(data, pos, size)
+            n = int.from_bytes(raw, "big")
+        b, pos = _take(data, pos, n)
+        try:
+            s = b.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecViolation("str not UTF-8") from exc
+        if enc(s) != data[pos - n - size - 1:pos]:
+            raise SpecViolation("str not in its shortest form")
+        return s, pos
+    raise SpecViolation(f"type 0x{m:02x} not allowed (maps, nil, booleans, floats, ext, negative integers)")
+
+
+# --- SPEC 4, 6, 8: constants, layouts, hashes ---------------------------------------------------------------
+
+
+def _person(name: str) -> bytes:
+    """A personalisation constant, read from SPEC 4's table."""
+    m = re.search(rf"^\|\s*`{name}`\s*\|\s*`([^`]+)`", SPEC, re.M)
+    assert m, name
+    return m.group(1).encode("ascii")
+
+
+P = {n: _person(n) for n in ("P_MSG", "P_CHANNEL", "P_HINT", "P_GRANT", "P_CHALLENGE", "P_CHALKEY", "P_PROOF",
+                             "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER")}
+
+
+def H(p: bytes, *parts: bytes) -> bytes:
+    return hashlib.blake2b(b"".join(parts), digest_size=32, person=p.ljust(16, b"\0")).digest()
+
+
+def u64(x: int) -> bytes:
+    return x.to_bytes(8, "big")
+
+
+def _kinds() -> dict[str, tuple[int, list[tuple[str, str]]]]:
+    rows = re.findall(r"^\|\s*([A-Z_]+)\s*\|\s*(\d+)\s*\|\s*`([^|]*)`\s*\|\s*$", SPEC, re.M)
+    return {name: (int(v), [tuple(x.strip() for x in f.split(":")) for f in fields.split(",")])  # type: ignore
+            for name, v, fields in rows}
+
+
+KINDS = _kinds()
+KIND = {name: v for name, (v, _) in KINDS.items()}
+LAYOUT = {v: fields for _, (v, fields) in KINDS.items()}
+#: SPEC 6.4: which kinds must be signed, may be, must not be; which have an empty body.
+SIGNED = {"ANNOUNCE", "GRANT", "REFUSE", "ADMIT", "CHECKPOINT", "REVOKE", "UNSUBSCRIBE", "FETCH", "HEAD", "ACK",
+          "ANCHOR_PROOF"}
+UNSIGNED = {"HELLO", "CHALLENGE", "SUBSCRIBE"}
+EMPTY_BODY = {"ANNOUNCE", "REFUSE", "ADMIT", "CHECKPOINT", "REVOKE", "UNSUBSCRIBE", "HEAD", "ACK", "HELLO",
+              "CHALLENGE"}
+#: SPEC 13.5: ANCHOR_PROOF's seq and tree_size are at least 1; restore is 0 or 1.
+AT_LEAST_ONE = {("ANCHOR_PROOF", "seq"), ("ANCHOR_PROOF", "tree_size")}
+
+
+def _check_field(kind: str, name: str, typ: str, v: Any) -> None:
+    if typ.startswith("b"):
+        if type(v) is not bytes or len(v) != int(typ[1:]):
+            raise SpecViolation(f"{kind}.{name}: not {typ}")
+    elif typ in ("u8", "u64"):
+        if type(v) is not int or v > (255 if typ == "u8" else (1 << 64) - 1):
+            raise SpecViolation(f"{kind}.{name}: not {typ}")
+        if (kind, name) in AT_LEAST_ONE and v < 1:
+            raise SpecViolation(f"{kind}.{name}: below 1")
+    elif typ == "name":
+        if type(v) is not str or not 1 <= len(v.encode()) <= 128:
+            raise SpecViolation(f"{kind}.{name}: not a name")
+    else:  # pragma: no cover - a type SPEC does not define
+        raise AssertionError(typ)
+
+
+def spec_parse(raw: bytes, max_frame: int = 1 << 20) -> dict[str, Any]:
+    """A frame as SPEC 6 and 8 define it; raises SpecViolation with the reason SPEC names."""
+    if len(raw) > max_frame:
+        raise SpecViolation("TOO_LARGE")
+    outer = parse(raw)
+    if type(outer) is not list or len(outer) != 5:
+        raise SpecViolation("MALFORMED")
+    version, kind, head, body, sig = outer
+    if type(version) is not int:
+        raise SpecViolation("MALFORMED")
+    if version != 1:
+        raise SpecViolation("BAD_VERSION")
+    if kind not in LAYOUT or type(head) is not bytes or type(body) is not bytes or type(sig) is not bytes:
+        raise SpecViolation("MALFORMED")
+    name = next(n for n, v in KIND.items() if v == kind)
+    layout = LAYOUT[kind]
+    fields = parse(head)
+    if type(fields) is not list or len(fields) != len(layout):
+        raise SpecViolation("MALFORMED")
+    for (fname, typ), v in zip(layout, fields, strict=True):
+        _check_field(name, fname, typ, v)
+    if (name in SIGNED and len(sig) != 64) or (name in UNSIGNED and sig) or (name == "PACKET" and len(sig) not in
+                                                                               (0, 64)):
+        raise SpecViolation("MALFORMED")
+    if (name in EMPTY_BODY and body) or (name == "FETCH" and len(body) not in (0, 8)):
+        raise SpecViolation("MALFORMED")
+    if name == "ANCHOR_PROOF" and fields[-1] not in (0, 1):
+        raise SpecViolation("MALFORMED")
+    return {"kind": name, "head": dict(zip([f for f, _ in layout], fields, strict=True)), "head_raw": head,
+            "body": body, "sig": sig, "hash": H(P["P_MSG"], bytes((version, kind)), head, body)}
+
+
+def spec_frame(kind: str, head: list[Any], body: bytes = b"", signer: SigningKey | None = None,
+               head_raw: bytes | None = None) -> tuple[bytes, bytes]:
+    """(frame, message hash) built by SPEC 6.1/6.3; ``head_raw`` overrides the head's encoding."""
+    k = KIND[kind]
+    h_raw = enc(head) if head_raw is None else head_raw
+    digest = H(P["P_MSG"], bytes((1, k)), h_raw, body)
+    sig = signer.sign(digest).signature if signer is not None else b""
+    return enc([1, k, h_raw, body, sig]), digest
+
+
+def aead_encrypt(key: bytes, nonce: bytes, ad: bytes, m: bytes) -> bytes:
+    return bytes(nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(m, ad, nonce, key))
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ad: bytes, c: bytes) -> bytes:
+    return bytes(nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(c, ad, nonce, key))
+
+
+class SpecParty:
+    """An identity as SPEC 3 describes it, on PyNaCl alone."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.sk = SigningKey(seed)
+        self.pk = bytes(self.sk.verify_key)
+        self.kx_sk = self.sk.to_curve25519_private_key()
+        self.kx = bytes(self.sk.verify_key.to_curve25519_public_key())
+        self.did = "did:key:z" + _b58(b"\xed\x01" + self.pk)
+        self.seed = seed
+
+
+def _b58(b: bytes) -> str:
+    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    n, out = int.from_bytes(b, "big"), ""
+    while n:
+        n, r = divmod(n, 58)
+        out = alphabet[r] + out
+    return "1" * (len(b) - len(b.lstrip(b"\0"))) + out
+
+
+def open_grant(frame: dict[str, Any], me: SpecParty) -> dict[str, Any]:
+    """SPEC 8.5: find our entry by hint, open it, then the shared part."""
+    g = frame["head"]
+    shared, entries = parse(frame["body"])
+    hint = H(P["P_HINT"], g["branch"], u64(g["epoch"]), me.kx)[:8]
+    [sealed] = [s for h, s in entries if h == hint]
+    index, shared_key, keys = parse(SealedBox(me.kx_sk).decrypt(sealed))
+    members, heads = parse(aead_decrypt(shared_key, bytes(24), P["P_GRANT"] + g["branch"] + u64(g["epoch"]),
+                                        shared))
+    return {"index": index, "keys": dict(keys), "members": members, "heads": heads}
+
+
+def spec_grant(author: SpecParty, channel: bytes, branch: bytes, epoch: int, prev: bytes, mode: int,
+               members: list[list[Any]], heads: list[list[Any]], recipients: list[tuple[SpecParty, int, list[Any]]],
+               ) -> tuple[bytes, bytes]:
+    """A GRANT built by SPEC 8.5 (recipients: (party, index, [[publisher, key], ...]))."""
+    shared_key = os.urandom(32)
+    shared = aead_encrypt(shared_key, bytes(24), P["P_GRANT"] + branch + u64(epoch), enc([members, heads]))
+    entries = [[H(P["P_HINT"], branch, u64(epoch), r.kx)[:8], SealedBox(PublicKey(r.kx)).encrypt(
+        enc([index, shared_key, keys]))] for r, index, keys in recipients]
+    return spec_frame("GRANT", [channel, branch, epoch, prev, mode], enc([shared, entries]), author.sk)
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+def _rejects(events: list[object]) -> list[RejectReason]:
+    return [e.reason for e in events if isinstance(e, Rejected)]
+
+
+def _of(events: list[object], cls: type) -> list[Any]:
+    return [e for e in events if isinstance(e, cls)]
+
+
+class SpecAuthorWorld:
+    """A channel whose author is built from SPEC alone, and our SubscriberCore as its member."""
+
+    def __init__(self, mode: int = 1) -> None:
+        self.author = SpecParty(bytes(range(32)))
+        self.sub_id = Identity.from_seed(bytes(range(32, 64)))
+        self.sub = SpecParty(bytes(range(32, 64)))  # the same key, seen from SPEC's side
+        self.name = "spec-channel"
+        self.channel = H(P["P_CHANNEL"], self.author.pk, self.name.encode())
+        self.core = SubscriberCore(self.sub_id, self.author.did, self.channel, CoreConfig())
+        self.announce, self.announce_hash = spec_frame(
+            "ANNOUNCE", [self.channel, self.author.pk, self.author.kx, self.name], b"", self.author.sk)
+        self.branch = os.urandom(16)
+        self.k0, self.k1 = os.urandom(32), os.urandom(32)
+        self.mode = mode
+        self.grant, self.grant_hash = spec_grant(
+            self.author, self.channel, self.branch, 0, self.announce_hash, mode,
+            [[0, self.author.pk, 3], [1, self.sub.pk, 3]], [], [(self.sub, 1, [[0, self.k0], [1, self.k1]])])
+        self.head = self.grant_hash
+        self.seq = 0
+
+    def start(self) -> list[object]:
+        ev = self.core.receive(self.announce, NOW) + self.core.receive(self.grant, NOW)
+        self.core.take_changes()
+        self.core.data_to_send()
+        return ev
+
+    def packet(self, payload: bytes, signed: bool = True, seq: int | None = None,
+               head_raw: bytes | None = None) -> tuple[bytes, bytes]:
+        seq = self.seq + 1 if seq is None else seq
+        nonce = os.urandom(24)
+        head = [self.channel, self.branch, 0, seq, self.head, 0, nonce]
+        h_raw = enc(head) if head_raw is None else head_raw(head)  # type: ignore[operator]
+        body = aead_encrypt(self.k0, nonce, bytes((1, KIND["PACKET"])) + h_raw, payload)
+        return spec_frame("PACKET", head, body, self.author.sk if signed else None, head_raw=h_raw)
+
+    def deliver(self, frame: bytes, digest: bytes) -> list[object]:
+        ev = self.core.receive(frame, NOW)
+        if _of(ev, MessageReceived) or (not _rejects(ev) and KIND["CHECKPOINT"] == parse(frame)[1]):
+            self.seq += 1
+            self.head = digest
+        self.core.take_changes()
+        self.core.data_to_send()
+        return ev
+
+
+def _author_core(sub: SpecParty, **cfg: Any) -> AuthorCore:
+    return AuthorCore(Identity.from_seed(bytes(range(32))), "our-channel", AllowList.of([sub.did]),
+                      CoreConfig(**cfg))
+
+
+# --- (a) our frames, read by SPEC ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v", VECTORS["frames"], ids=lambda v: v["name"])
+def test_every_vector_frame_parses_hashes_and_verifies_by_spec(v: dict[str, Any]) -> None:
+    f = spec_parse(bytes.fromhex(v["raw"]))
+    assert f["kind"] == v["kind"]
+    assert f["hash"].hex() == v["hash"]
+    if v["signer"]:
+        VerifyKey(bytes.fromhex(VECTORS["identities"][v["signer"]]["sign_public"])).verify(f["hash"], f["sig"])
+    if "payload" in v:
+        ad = bytes((1, KIND["PACKET"])) + f["head_raw"]
+        assert aead_decrypt(bytes.fromhex(v["key"]), f["head"]["nonce"], ad, f["body"]).hex() == v["payload"]
+
+
+def test_identities_and_derived_values_by_spec() -> None:
+    """SPEC 3 (did:key, X25519 by the birational map), 7.1, 8.3, 8.4, 8.5 on the vectors' keys."""
+    a = SpecParty(bytes.fromhex(VECTORS["identities"]["author"]["seed"]))
+    s = SpecParty(bytes.fromhex(VECTORS["identities"]["subscriber"]["seed"]))
+    for party, who in ((a, "author"), (s, "subscriber")):
+        v = VECTORS["identities"][who]
+        assert (party.pk.hex(), party.kx.hex(), party.did) == (v["sign_public"], v["kx_public"], v["did"])
+    d = VECTORS["derived"]
+    channel = H(P["P_CHANNEL"], a.pk, VECTORS["channel"]["name"].encode())
+    assert channel.hex() == d["channel_id"]
+    k_chal = H(P["P_CHALKEY"], a.seed, channel)
+    assert k_chal.hex() == d["challenge_key"]
+    nonce = bytes.fromhex(d["challenge_nonce"])
+    mac = hashlib.blake2b(channel + nonce + u64(d["challenge_expires_ms"]), digest_size=16, key=k_chal,
+                          person=P["P_CHALLENGE"].ljust(16, b"\0")).digest()
+    assert mac.hex() == d["challenge_mac"]
+    assert H(P["P_PROOF"], channel, a.pk, nonce, u64(d["challenge_expires_ms"]), b"").hex() == d["proof_digest"]
+    assert H(P["P_HINT"], bytes.fromhex(d["branch"]), u64(0), s.kx)[:8].hex() == d["grant_hint"]
+
+
+def test_the_vector_grant_opens_by_spec() -> None:
+    s = SpecParty(bytes.fromhex(VECTORS["identities"]["subscriber"]["seed"]))
+    [v] = [f for f in VECTORS["frames"] if f["name"] == "grant"]
+    g = open_grant(spec_parse(bytes.fromhex(v["raw"])), s)
+    assert g["index"] == 1 and [m[0] for m in g["members"]] == [0, 1] and g["heads"] == []
+    [p1] = [f for f in VECTORS["frames"] if f["name"] == "packet_1"]
+    assert g["keys"][0].hex() == p1["key"]
+
+
+def test_anchoring_vectors_by_spec() -> None:
+    """SPEC 13.2-13.3: blinded leaves, RFC 9162 tree, checkpoint digest and signature, inclusion proofs."""
+    a = VECTORS["anchoring"]
+    leaves = sorted(H(P["P_LEAF"], bytes.fromhex(a["blind_key"]), bytes.fromhex(h["branch"]),
+                      bytes((h["publisher"],)), u64(h["seq"]), bytes.fromhex(h["hash"])) for h in a["heads"])
+    assert sorted(bytes.fromhex(h["leaf"]) for h in a["heads"]) == leaves
+    assert _mth(leaves).hex() == a["root"]
+    cp = parse(bytes.fromhex(a["checkpoint"]))
+    assert len(cp) == 8 and cp[0] == 1 and cp[4].hex() == a["root"]
+    digest = H(P["P_EPOCH"], enc(cp[:7]))
+    assert digest.hex() == a["checkpoint_digest"]
+    VerifyKey(bytes.fromhex(VECTORS["identities"]["author"]["sign_public"])).verify(digest, cp[7])
+    for p in a["proofs"]:
+        [h] = [x for x in a["heads"] if x["branch"] == p["branch"]]
+        assert _root_from_path(bytes.fromhex(h["leaf"]), p["index"], p["tree_size"],
+                               [bytes.fromhex(x) for x in p["path"]]) == cp[4]
+
+
+def test_the_embedded_ledgers_row_hash_by_spec(tmp_path: Path) -> None:
+    """SPEC 13.4: positions from 1, length-prefixed fields, 32 zero bytes before the first row."""
+    with EmbeddedLedger(tmp_path / "ledger.db", clock=lambda: NOW) as ledger:
+        ids = [ledger.append(b"streams.anchor.v1", b"first"), ledger.append(b"t", b"second row")]
+    assert ids == ["1", "2"]
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    try:
+        rows = db.execute("SELECT position, tag, data, timestamp_ms, prev_hash, entry_hash FROM entries "
+                          "ORDER BY position").fetchall()
+    finally:
+        db.close()
+    prev = bytes(32)
+    for position, tag, data, ts, prev_hash, entry in rows:
+        assert prev_hash == prev
+        want = H(P["P_LEDGER"], u64(position), len(tag).to_bytes(4, "big"), tag, u64(len(data)), data, u64(ts), prev)
+        assert entry == want
+        prev = entry
+
+
+def test_the_personalisations_spec_lists_are_the_codes() -> None:
+    """SPEC 4's table, for the constants outside ``_crypto`` (tests/test_spec.py checks those)."""
+    assert (P["P_LEAF"], P["P_EPOCH"], P["P_BLIND"], P["P_LEDGER"]) == \
+        (anchor.P_LEAF, anchor.P_EPOCH, anchor.P_BLIND, embedded.P_LEDGER)
+
+
+def _mth(leaves: list[bytes]) -> bytes:
+    """RFC 9162 2.1.1 over leaf hashes that are the blinded leaves themselves (SPEC 13.3)."""
+    if not leaves:
+        return hashlib.sha256().digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\1" + _mth(leaves[:k]) + _mth(leaves[k:])).digest()
+
+
+def _root_from_path(leaf: bytes, index: int, size: int, path: list[bytes]) -> bytes:
+    """RFC 9162 2.1.3.2."""
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        assert sn != 0
+        if fn & 1 or fn == sn:
+            r = hashlib.sha256(b"\1" + p + r).digest()
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn, sn = fn >> 1, sn >> 1
+        else:
+            r = hashlib.sha256(b"\1" + r + p).digest()
+        fn, sn = fn >> 1, sn >> 1
+    assert sn == 0
+    return r
+
+
+# --- (b) a subscriber built by SPEC against our AuthorCore ---------------------------------------------------
+
+
+def test_a_spec_subscriber_completes_the_handshake_and_talks_to_our_author() -> None:
+    """HELLO, SUBSCRIBE (sealed, SPEC 8.4), then PACKET, ACK, FETCH, HEAD and UNSUBSCRIBE, all built by SPEC, are
+    accepted by our author; everything it answers parses and verifies by SPEC."""
+    sub = SpecParty(os.urandom(32))
+    author = _author_core(sub)
+    apk = author.identity.sign_public
+    channel = H(P["P_CHANNEL"], apk, b"our-channel")
+    assert author.channel == channel
+
+    hello, _ = spec_frame("HELLO", [channel])
+    assert _rejects(author.receive(hello, NOW, "p")) == []
+    out = [spec_parse(o.data) for o in author.data_to_send()]
+    assert [f["kind"] for f in out] == ["ANNOUNCE", "CHALLENGE"]
+    announce, challenge = out[0], out[1]["head"]
+    assert announce["head"]["channel"] == H(P["P_CHANNEL"], announce["head"]["author_sign"],
+                                            announce["head"]["name"].encode())
+    assert announce["head"]["author_kx"] == bytes(VerifyKey(apk).to_curve25519_public_key())
+    VerifyKey(apk).verify(announce["hash"], announce["sig"])
+
+    proof = sub.sk.sign(H(P["P_PROOF"], channel, apk, challenge["nonce"], u64(challenge["expires_ms"]), b"")).signature
+    secret = enc([sub.pk, challenge["nonce"], challenge["expires_ms"], challenge["mac"], b"", proof])
+    subscribe, request = spec_frame("SUBSCRIBE", [channel], SealedBox(PublicKey(announce["head"]["author_kx"]))
+                                    .encrypt(secret))
+    ev = author.receive(subscribe, NOW, "p")
+    assert _rejects(ev) == [] and len(_of(ev, SubscriberAdmitted)) == 1
+    author.take_changes()
+    out = [spec_parse(o.data) for o in author.data_to_send()]
+    assert [f["kind"] for f in out] == ["GRANT", "ADMIT"]
+    grant, admit = out
+    for f in out:
+        VerifyKey(apk).verify(f["hash"], f["sig"])
+    assert grant["head"]["prev"] == announce["hash"] and grant["head"]["epoch"] == 0
+    assert admit["head"]["request"] == request
+    assert (admit["head"]["branch"], admit["head"]["epoch"]) == (grant["head"]["branch"], 0)
+    g = open_grant(grant, sub)
+    branch = grant["head"]["branch"]
+    assert g["index"] == 1 and g["members"] == [[0, apk, 3], [1, sub.pk, 3]]
+    assert set(g["keys"]) == {0, 1}  # read-write: the author's chain and its own (SPEC 11)
+
+    # The author publishes: the packet parses, links to the grant and opens with the granted key (SPEC 7.4).
+    author.publish(branch, b"from our author", NOW)
+    [pkt] = [spec_parse(o.data) for o in author.data_to_send()]
+    assert (pkt["head"]["seq"], pkt["head"]["prev"], pkt["head"]["publisher"]) == (1, grant["hash"], 0)
+    VerifyKey(apk).verify(pkt["hash"], pkt["sig"])
+    ad = bytes((1, KIND["PACKET"])) + pkt["head_raw"]
+    assert aead_decrypt(g["keys"][0], pkt["head"]["nonce"], ad, pkt["body"]) == b"from our author"
+
+    # The SPEC subscriber publishes in its own chain (signed-each: the author's default).
+    nonce = os.urandom(24)
+    head = [channel, branch, 1, 1, grant["hash"], 0, nonce]
+    body = aead_encrypt(g["keys"][1], nonce, bytes((1, KIND["PACKET"])) + enc(head), b"from a spec subscriber")
+    frame, sub_hash = spec_frame("PACKET", head, body, sub.sk)
+    ev = author.receive(frame, NOW, "p")
+    assert _rejects(ev) == []
+    assert [m.payload for m in _of(ev, MessageReceived)] == [b"from a spec subscriber"]
+
+    # ACK of the author's chain through seq 1 (SPEC 12).
+    ack, _ = spec_frame("ACK", [channel, branch, 0, 1, pkt["hash"], 1], b"", sub.sk)
+    ev = author.receive(ack, NOW, "p")
+    assert _rejects(ev) == [] and [a.through_seq for a in _of(ev, Acknowledged)] == [1]
+
+    # FETCH of the author's chain (unbound: this author's transport has no sessions), answered by its HEAD.
+    author.data_to_send()
+    fetch, _ = spec_frame("FETCH", [channel, branch, 0, 1, 1, 1], b"", sub.sk)
+    ev = author.receive(fetch, NOW, "p")
+    assert _rejects(ev) == [] and [(f.from_seq, f.to_seq) for f in _of(ev, FetchRequested)] == [(1, 1)]
+    [head_notice] = [spec_parse(o.data) for o in author.data_to_send()]
+    assert head_notice["kind"] == "HEAD"
+    assert (head_notice["head"]["seq"], head_notice["head"]["hash"]) == (1, pkt["hash"])
+    VerifyKey(apk).verify(head_notice["hash"], head_notice["sig"])
+
+    # The packet again is a replay; a HEAD of the subscriber's chain that the author holds is taken silently, one
+    # naming another message there is a fork (SPEC 10.2, 13.6).
+    assert _rejects(author.receive(frame, NOW, "p")) == [RejectReason.REPLAY]
+    head_frame, _ = spec_frame("HEAD", [channel, branch, 1, 1, sub_hash, 0], b"", sub.sk)
+    assert author.receive(head_frame, NOW, "p") == []
+    forked, _ = spec_frame("HEAD", [channel, branch, 1, 1, bytes(32), 0], b"", sub.sk)
+    assert _rejects(author.receive(forked, NOW, "p")) == [RejectReason.FORK]
+
+    # UNSUBSCRIBE closes the branch (SPEC 8.8).
+    unsub, _ = spec_frame("UNSUBSCRIBE", [channel, branch, 1, 0, grant["hash"]], b"", sub.sk)
+    ev = author.receive(unsub, NOW, "p")
+    assert _rejects(ev) == [] and [c.by for c in _of(ev, BranchClosed)] == ["unsubscribe"]
+
+
+# --- (b) an author built by SPEC against our SubscriberCore --------------------------------------------------
+
+
+def test_a_spec_author_is_understood_by_our_subscriber() -> None:
+    w = SpecAuthorWorld()
+    ev = w.start()
+    assert _rejects(ev) == []
+    [g] = _of(ev, Granted)
+    assert g.branch == w.branch and g.epoch == 0
+    for i in range(3):
+        frame, digest = w.packet(b"m%d" % i)
+        ev = w.deliver(frame, digest)
+        assert _rejects(ev) == [] and [m.payload for m in _of(ev, MessageReceived)] == [b"m%d" % i]
+    # What our subscriber sends back parses and verifies by SPEC: its ACK names the author's head.
+    w.core.acknowledge()
+    [ack] = [spec_parse(o.data) for o in w.core.data_to_send()]
+    assert ack["kind"] == "ACK" and (ack["head"]["seq"], ack["head"]["hash"], ack["head"]["acker"]) == \
+        (3, w.head, 1)
+    VerifyKey(w.sub.pk).verify(ack["hash"], ack["sig"])
+    # An anchor proof of the head, a one-leaf tree (SPEC 13.3): the root is the blinded leaf, the path empty.
+    blind = H(P["P_BLIND"], w.k0, w.branch, b"\0", u64(0))
+    leaf = H(P["P_LEAF"], blind, w.branch, b"\0", u64(3), w.head)
+    root = leaf
+    fields = [1, w.channel, 0, 1, root, bytes(32), NOW]
+    cp = enc([*fields, w.author.sk.sign(H(P["P_EPOCH"], enc(fields))).signature])
+    proof, _ = spec_frame("ANCHOR_PROOF", [w.channel, w.branch, 0, 3, w.head, 0, 0, "1", 0, 1, 0], enc([cp, []]),
+                          w.author.sk)
+    ev = w.deliver(proof, b"")
+    assert _rejects(ev) == [] and [(a.seq, a.anchor_id) for a in _of(ev, Anchored)] == [(3, "1")]
+    # REVOKE closes the branch (SPEC 8.8).
+    revoke, _ = spec_frame("REVOKE", [w.channel, w.branch, 0, w.grant_hash, 3, w.head], b"", w.author.sk)
+    ev = w.deliver(revoke, b"")
+    assert _rejects(ev) == [] and [c.by for c in _of(ev, BranchClosed)] == ["revoke"]
+
+
+def test_a_spec_author_in_amortized_mode_with_a_checkpoint() -> None:
+    w = SpecAuthorWorld(mode=2)
+    assert _rejects(w.start()) == []
+    for i in range(2):
+        ev = w.deliver(*w.packet(b"u%d" % i, signed=False))
+        assert [(m.payload, m.signed) for m in _of(ev, MessageReceived)] == [(b"u%d" % i, False)]
+    cp, digest = spec_frame("CHECKPOINT", [w.channel, w.branch, 0, 3, w.head, 0], b"", w.author.sk)
+    ev = w.deliver(cp, digest)
+    assert _rejects(ev) == []
+    assert w.core.chain_head(w.branch, 0) == (4, digest, 3)
+
+
+# --- (c) what SPEC says must be refused ------------------------------------------------------------------------
+
+
+def _vector(name: str) -> bytes:
+    [v] = [f for f in VECTORS["frames"] if f["name"] == name]
+    return bytes.fromhex(v["raw"])
+
+
+def _reencode(raw: bytes, version: Any = None, kind: Any = None, head: Any = None, body: Any = None,
+              sig: Any = None) -> bytes:
+    o = parse(raw)
+    parts = [x if y is None else y for x, y in zip(o, (version, kind, head, body, sig), strict=True)]
+    return b"\x95" + b"".join(p if isinstance(p, _Raw) else enc(p) for p in parts)
+
+
+class _Raw(bytes):
+    """Bytes spliced into a frame as they are (a non-canonical or forbidden encoding)."""
+
+
+def _alternatives(value: int) -> list[bytes]:
+    """Every other msgpack encoding of a non-negative integer: wider unsigned forms and the signed ones."""
+    out = []
+    for marker, size in ((0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8)):
+        if value < 1 << (8 * size):
+            out.append(bytes((marker,)) + value.to_bytes(size, "big"))
+    for marker, size in ((0xD0, 1), (0xD1, 2), (0xD2, 4), (0xD3, 8)):
+        if value < 1 << (8 * size - 1):
+            out.append(bytes((marker,)) + value.to_bytes(size, "big"))
+    return [b for b in out if b != enc(value)]
+
+
+def _head_with(fields: list[Any], index: int, encoding: bytes) -> bytes:
+    return bytes((0x90 | len(fields),)) + b"".join(encoding if i == index else enc(f) for i, f in enumerate(fields))
+
+
+def _refused(raw: bytes, reason: RejectReason, max_frame: int = 1 << 20) -> None:
+    """Refused by SPEC's reading and by our decoder and core, with the same reason."""
+    with pytest.raises(SpecViolation) as spec_says:
+        spec_parse(raw, max_frame)
+    assert str(spec_says.value) in (reason.name, "MALFORMED") or reason is RejectReason.MALFORMED
+    with pytest.raises(DecodeError) as code_says:
+        decode_frame(raw, max_frame)
+    assert code_says.value.reason is reason
+    core = SubscriberCore(Identity.from_seed(bytes(32)), SpecParty(bytes(range(32))).did, bytes(32),
+                          CoreConfig(max_frame=max_frame))
+    assert _rejects(core.receive(raw, NOW)) == [reason]
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_another_version_is_bad_version(version: int) -> None:
+    _refused(_reencode(_vector("ack"), version=version), RejectReason.BAD_VERSION)
+
+
+def test_a_frame_over_the_limit_is_too_large_before_parsing() -> None:
+    raw = _vector("packet_1")
+    _refused(raw, RejectReason.TOO_LARGE, max_frame=len(raw) - 1)
+    _refused(b"\xc1" * 100, RejectReason.TOO_LARGE, max_frame=99)  # not even msgpack: size comes first
+
+
+@pytest.mark.parametrize("kind", [0, 16, 127])
+def test_an_unknown_kind_is_malformed(kind: int) -> None:
+    _refused(_reencode(_vector("ack"), kind=kind), RejectReason.MALFORMED)
