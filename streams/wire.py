@@ -597,10 +597,22 @@ def _uint_len(v: int) -> int:
     return 1 if v < 128 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 4294967296 else 9
 
 
+def _uint_marker(v: int) -> int:
+    """The first byte of the shortest msgpack encoding of a non-negative integer (the fixint itself, or uint 8/16/32/
+    64's marker)."""
+    return v if v < 128 else 0xCC if v < 256 else 0xCD if v < 65536 else 0xCE if v < 4294967296 else 0xCF
+
+
+#: Where a PACKET head's integers start: after fixarray(7) and the bin 8 channel (34 bytes) and branch (18).
+_PACKET_PUBLISHER_AT: Final = 1 + 34 + 18
+
+
 def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
     """The hot path of :func:`decode_frame` for PACKET heads: the same checks as ``Packet.SCHEMA`` (types,
-    lengths, ranges) written out, and canonical form by length arithmetic instead of re-encoding (as for the
-    outer frame: each value has one shortest encoding and every other one is longer).  Returns None when a
+    lengths, ranges) written out, and canonical form without re-encoding.  The byte strings cannot be encoded
+    otherwise at the same length (a wider bin header is longer, a str is not bytes), but an integer can: msgpack's
+    signed ``int 16/32/64`` of a value is as long as its ``uint 16/32/64`` (SPEC 5: MALFORMED), so each integer's
+    marker byte is checked too -- with the lengths and the values equal, the bytes then are.  Returns None when a
     check fails, so that the generic path reports the precise error."""
     channel, branch, publisher, seq, prev, epoch, nonce = values
     if not (type(channel) is bytes and len(channel) == 32 and type(branch) is bytes and len(branch) == 16
@@ -609,7 +621,12 @@ def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
             and type(epoch) is int and 0 <= epoch <= _U64):
         return None
     # fixarray(7) + bin8 headers of 32, 16, 32 and 24 bytes: 1 + 34 + 18 + 34 + 26 = 113, plus the integers
-    if len(head_raw) != 113 + _uint_len(publisher) + _uint_len(seq) + _uint_len(epoch):
+    n_publisher, n_seq = _uint_len(publisher), _uint_len(seq)
+    if len(head_raw) != 113 + n_publisher + n_seq + _uint_len(epoch):
+        return None
+    at = _PACKET_PUBLISHER_AT
+    if (head_raw[at] != _uint_marker(publisher) or head_raw[at + n_publisher] != _uint_marker(seq)
+            or head_raw[at + n_publisher + n_seq + 34] != _uint_marker(epoch)):
         return None
     return Packet(channel, branch, publisher, seq, prev, epoch, nonce)
 

@@ -682,3 +682,44 @@ def test_a_frame_over_the_limit_is_too_large_before_parsing() -> None:
 @pytest.mark.parametrize("kind", [0, 16, 127])
 def test_an_unknown_kind_is_malformed(kind: int) -> None:
     _refused(_reencode(_vector("ack"), kind=kind), RejectReason.MALFORMED)
+
+
+@pytest.mark.parametrize("name", [f["name"] for f in VECTORS["frames"]])
+def test_every_other_encoding_of_every_head_integer_is_refused(name: str) -> None:
+    """SPEC 5.2-5.3: one encoding per value, signed integer forms included (msgpack's ``int 16`` of 256 is as
+    long as its ``uint 16``: a length check alone does not tell them apart)."""
+    raw = _vector(name)
+    _, kind, head_raw, _, _ = parse(raw)
+    fields = parse(head_raw)
+    for i, (_fname, typ) in enumerate(LAYOUT[kind]):
+        if typ not in ("u8", "u64"):
+            continue
+        for value in {fields[i], 256, 40_000, 1 << 20, 1 << 40}:
+            if typ == "u8" and value > 255:
+                continue
+            for alt in _alternatives(value):
+                bad = _reencode(raw, head=_head_with([*fields[:i], value, *fields[i + 1:]], i, alt))
+                _refused(bad, RejectReason.MALFORMED)
+
+
+def test_a_publishers_non_canonical_packet_is_refused_not_accepted() -> None:
+    """A publisher that encodes seq 256 as msgpack ``int 16`` (same length as ``uint 16``) and signs and encrypts
+    over those bytes: every check but canonical form holds.  SPEC 5.3: MALFORMED -- a receiver that took it
+    would hold a message another implementation refuses, under a hash no canonical encoding gives."""
+    w = SpecAuthorWorld()
+    assert _rejects(w.start()) == []
+    for i in range(255):
+        ev = w.deliver(*w.packet(b"p%d" % i))
+        assert len(_of(ev, MessageReceived)) == 1
+    assert w.seq == 255
+
+    def int16_seq(head: list[Any]) -> bytes:
+        return _head_with(head, 3, b"\xd1" + (256).to_bytes(2, "big"))
+
+    frame, _ = w.packet(b"non-canonical", head_raw=int16_seq)  # type: ignore[arg-type]
+    with pytest.raises(SpecViolation):
+        spec_parse(frame)
+    ev = w.core.receive(frame, NOW)
+    assert _rejects(ev) == [RejectReason.MALFORMED] and not _of(ev, MessageReceived)
+    # The canonical one is accepted.
+    assert [m.seq for m in _of(w.deliver(*w.packet(b"canonical")), MessageReceived)] == [256]
