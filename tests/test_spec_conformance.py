@@ -91,9 +91,11 @@ def enc(v: Any) -> bytes:
     raise TypeError(type(v))
 
 
-def parse(data: bytes) -> Any:
-    """Strict SPEC 5 parser: only the allowed types, each in its shortest form, nothing left over."""
-    value, end = _parse_at(data, 0)
+def parse(data: bytes, lenient: bool = False) -> Any:
+    """Strict SPEC 5 parser: only the allowed types, each in its shortest form, nothing left over.  ``lenient``:
+    any msgpack integer form, nil, booleans and floats too (maps and extension types never), in any width -- what
+    SPEC 6.1 judges the version on."""
+    value, end = _parse_at(data, 0, lenient)
     if end != len(data):
         raise SpecViolation("trailing bytes")
     return value
@@ -105,31 +107,39 @@ def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
     return data[pos:pos + n], pos + n
 
 
-def _parse_at(data: bytes, pos: int) -> tuple[Any, int]:
+def _parse_at(data: bytes, pos: int, lenient: bool = False) -> tuple[Any, int]:
     if pos >= len(data):
         raise SpecViolation("truncated")
     m = data[pos]
     pos += 1
     if m < 0x80:
         return m, pos
+    if lenient and (m >= 0xE0 or 0xD0 <= m <= 0xD3 or m in (0xC0, 0xC2, 0xC3, 0xCA, 0xCB)):
+        if m >= 0xE0:
+            return m - 0x100, pos
+        if m in (0xC0, 0xC2, 0xC3):
+            return {0xC0: None, 0xC2: False, 0xC3: True}[m], pos
+        size = {0xCA: 4, 0xCB: 8}[m] if m in (0xCA, 0xCB) else 1 << (m - 0xD0)
+        raw, pos = _take(data, pos, size)
+        return (int.from_bytes(raw, "big", signed=True) if m >= 0xD0 else float("nan")), pos
     if 0x90 <= m <= 0x9F or m in (0xDC, 0xDD):
         if m <= 0x9F:
             n = m & 0x0F
         else:
             raw, pos = _take(data, pos, 2 if m == 0xDC else 4)
             n = int.from_bytes(raw, "big")
-            if n < (16 if m == 0xDC else 1 << 16):
+            if n < (16 if m == 0xDC else 1 << 16) and not lenient:
                 raise SpecViolation("array not in its shortest form")
         out = []
         for _ in range(n):
-            v, pos = _parse_at(data, pos)
+            v, pos = _parse_at(data, pos, lenient)
             out.append(v)
         return out, pos
     if 0xCC <= m <= 0xCF:
         size = 1 << (m - 0xCC)
         raw, pos = _take(data, pos, size)
         v = int.from_bytes(raw, "big")
-        if enc(v) != bytes((m,)) + raw:
+        if enc(v) != bytes((m,)) + raw and not lenient:
             raise SpecViolation("integer not in its shortest form")
         return v, pos
     if m in (0xC4, 0xC5, 0xC6):
@@ -137,7 +147,7 @@ def _parse_at(data: bytes, pos: int) -> tuple[Any, int]:
         raw, pos = _take(data, pos, size)
         n = int.from_bytes(raw, "big")
         b, pos = _take(data, pos, n)
-        if enc(b)[:1 + size] != bytes((m,)) + raw:
+        if enc(b)[:1 + size] != bytes((m,)) + raw and not lenient:
             raise SpecViolation("bin not in its shortest form")
         return b, pos
     if 0xA0 <= m <= 0xBF or m in (0xD9, 0xDA, 0xDB):
@@ -152,7 +162,7 @@ def _parse_at(data: bytes, pos: int) -> tuple[Any, int]:
             s = b.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SpecViolation("str not UTF-8") from exc
-        if enc(s) != data[pos - n - size - 1:pos]:
+        if enc(s) != data[pos - n - size - 1:pos] and not lenient:
             raise SpecViolation("str not in its shortest form")
         return s, pos
     raise SpecViolation(f"type 0x{m:02x} not allowed (maps, nil, booleans, floats, ext, negative integers)")
@@ -219,14 +229,16 @@ def spec_parse(raw: bytes, max_frame: int = 1 << 20) -> dict[str, Any]:
     """A frame as SPEC 6 and 8 define it; raises SpecViolation with the reason SPEC names."""
     if len(raw) > max_frame:
         raise SpecViolation("TOO_LARGE")
-    outer = parse(raw)
-    if type(outer) is not list or len(outer) != 5:
+    try:
+        outer = parse(raw, lenient=True)
+    except SpecViolation as exc:
+        raise SpecViolation("MALFORMED") from exc
+    if type(outer) is not list or len(outer) != 5 or type(outer[0]) is not int:
         raise SpecViolation("MALFORMED")
-    version, kind, head, body, sig = outer
-    if type(version) is not int:
-        raise SpecViolation("MALFORMED")
-    if version != 1:
+    if outer[0] != 1:
         raise SpecViolation("BAD_VERSION")
+    outer = parse(raw)
+    version, kind, head, body, sig = outer
     if kind not in LAYOUT or type(head) is not bytes or type(body) is not bytes or type(sig) is not bytes:
         raise SpecViolation("MALFORMED")
     name = next(n for n, v in KIND.items() if v == kind)
@@ -723,3 +735,89 @@ def test_a_publishers_non_canonical_packet_is_refused_not_accepted() -> None:
     assert _rejects(ev) == [RejectReason.MALFORMED] and not _of(ev, MessageReceived)
     # The canonical one is accepted.
     assert [m.seq for m in _of(w.deliver(*w.packet(b"canonical")), MessageReceived)] == [256]
+
+
+def test_version_is_judged_on_any_five_array_before_the_rest() -> None:
+    """SPEC 6.1: a 5-array whose first element is an integer other than 1 is BAD_VERSION whatever else it holds
+    (a later version may change the head or body); anything that is not such an array is MALFORMED."""
+    _refused(enc([2, 99, "not a head", [], 7]), RejectReason.BAD_VERSION)
+    _refused(b"\x95\xd0\xff" + enc(7) + enc(b"") * 3, RejectReason.BAD_VERSION)  # version -1 (int 8)
+    _refused(enc([2, 7, b"", b"", b"", b""]), RejectReason.MALFORMED)
+    _refused(enc([1, 7, b"", b""]), RejectReason.MALFORMED)
+
+
+def _splice(raw: bytes, **parts: bytes) -> bytes:
+    """``raw`` with outer elements replaced by raw encodings (``head``, ``body``, ``sig``: msgpack bytes)."""
+    o = parse(raw)
+    names = ("version", "kind", "head", "body", "sig")
+    return b"\x95" + b"".join(parts.get(n, enc(v)) for n, v in zip(names, o, strict=True))
+
+
+def _head_fields(raw: bytes) -> list[Any]:
+    return parse(parse(raw)[2])  # type: ignore[no-any-return]
+
+
+def _with_head(raw: bytes, head_raw: bytes) -> bytes:
+    return _splice(raw, head=enc(head_raw))
+
+
+FORBIDDEN = {"map": b"\x80", "nil": b"\xc0", "false": b"\xc2", "true": b"\xc3", "float": b"\xcb" + bytes(8),
+             "negative fixint": b"\xff", "int 8": b"\xd0\x01", "ext": b"\xd4\x01\x00"}
+
+
+@pytest.mark.parametrize("what", sorted(FORBIDDEN))
+def test_forbidden_types_anywhere_are_malformed(what: str) -> None:
+    """SPEC 5.1: maps, floats, booleans, nil, extension types and negative integers never appear."""
+    raw = _vector("ack")
+    fields = _head_fields(raw)
+    for i in range(len(fields)):
+        _refused(_with_head(raw, _head_with(fields, i, FORBIDDEN[what])), RejectReason.MALFORMED)
+    _refused(_splice(raw, sig=FORBIDDEN[what]), RejectReason.MALFORMED)
+
+
+def test_wider_byte_and_array_forms_extra_fields_and_trailing_bytes_are_malformed() -> None:
+    """SPEC 5.2-5.3 and 8 ("exactly these fields"): any other form of the same content is refused."""
+    raw = _vector("announce")
+    fields = _head_fields(raw)
+    _refused(_with_head(raw, _head_with(fields, 0, b"\xc5\x00\x20" + fields[0])), RejectReason.MALFORMED)  # bin 16
+    name = fields[3].encode()
+    _refused(_with_head(raw, _head_with(fields, 3, b"\xd9" + bytes((len(name),)) + name)), RejectReason.MALFORMED)
+    _refused(_with_head(raw, _head_with(fields, 3, enc(name))), RejectReason.MALFORMED)  # bin for a name
+    _refused(_with_head(raw, b"\xdc\x00\x04" + b"".join(enc(f) for f in fields)), RejectReason.MALFORMED)
+    _refused(_with_head(raw, enc([*fields, 0])), RejectReason.MALFORMED)  # an extra field
+    _refused(_with_head(raw, enc(fields[:3])), RejectReason.MALFORMED)  # a missing one
+    _refused(_with_head(raw, enc(fields) + b"\x00"), RejectReason.MALFORMED)  # trailing bytes in the head
+    _refused(raw + b"\x00", RejectReason.MALFORMED)  # after the frame
+    _refused(_splice(raw, body=b"\xc5\x00\x00"), RejectReason.MALFORMED)  # an empty body as bin 16
+    _refused(b"\xdc\x00\x05" + raw[1:], RejectReason.MALFORMED)  # the frame as array 16
+
+
+@pytest.mark.parametrize(("kind", "index", "value"), [
+    ("ACK", 0, bytes(31)), ("ACK", 0, bytes(33)), ("ACK", 1, bytes(15)), ("ACK", 4, bytes(31)),
+    ("ACK", 2, 256), ("ACK", 5, 256), ("PACKET", 6, bytes(23)), ("PACKET", 6, bytes(25)),
+    ("ANNOUNCE", 3, ""), ("ANNOUNCE", 3, "x" * 129), ("ANNOUNCE", 3, "\u00e9" * 65),
+    ("ANCHOR_PROOF", 3, 0), ("ANCHOR_PROOF", 9, 0), ("ANCHOR_PROOF", 7, ""),
+])
+def test_out_of_range_and_wrong_length_fields_are_malformed(kind: str, index: int, value: Any) -> None:
+    """SPEC 6.2 (lengths, u8, name of 1..128 bytes), 13.5 (seq and tree_size at least 1, restore 0 or 1)."""
+    raw = _vector({"ACK": "ack", "PACKET": "packet_1", "ANNOUNCE": "announce", "ANCHOR_PROOF": "anchor_proof"}[kind])
+    fields = _head_fields(raw)
+    fields[index] = value
+    _refused(_with_head(raw, enc(fields)), RejectReason.MALFORMED)
+
+
+@pytest.mark.parametrize(("name", "part", "value"), [
+    ("hello", "sig", bytes(64)), ("challenge", "sig", bytes(64)), ("subscribe", "sig", bytes(64)),
+    ("ack", "sig", b""), ("ack", "sig", bytes(63)), ("packet_1", "sig", bytes(63)), ("grant", "sig", b""),
+    ("ack", "body", b"x"), ("hello", "body", b"x"), ("revoke", "body", b"x"), ("admit", "body", b"x"),
+    ("fetch", "body", bytes(7)), ("fetch", "body", bytes(9)),
+])
+def test_signature_and_body_rules_per_kind(name: str, part: str, value: bytes) -> None:
+    """SPEC 6.4 and 8.9 (a FETCH's body is empty or an 8-byte session)."""
+    _refused(_splice(_vector(name), **{part: enc(value)}), RejectReason.MALFORMED)
+
+
+def test_a_bound_fetch_is_a_well_formed_frame() -> None:
+    raw = _splice(_vector("fetch"), body=enc(bytes(8)))
+    assert spec_parse(raw)["body"] == bytes(8)
+    assert decode_frame(raw).body == bytes(8)
