@@ -166,6 +166,7 @@ def _b(n: int) -> _T:
 B16, B32, B24, B64 = _b(16), _b(32), _b(24), _b(64)
 U64 = _T("uint")
 U8 = _T("uint", 0, 255)
+FLAG = _T("uint", 0, 1)  #: SPEC 6.2 ``flag``: 0 or 1, every other value MALFORMED
 NAME = _T("str", 1, 128)
 
 
@@ -373,7 +374,7 @@ class AnchorProof:
     a grant to a re-subscribing member: such a member starts its cursor at this head (state-loss recovery)."""
 
     KIND: ClassVar[Kind] = Kind.ANCHOR_PROOF
-    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, _T("uint", 1), B32, U64, U64, NAME, U64, _T("uint", 1), U8)
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, _T("uint", 1), B32, U64, U64, NAME, U64, _T("uint", 1), FLAG)
     channel: bytes
     branch: bytes
     publisher: int

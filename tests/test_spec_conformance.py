@@ -205,7 +205,7 @@ SIGNED = {"ANNOUNCE", "GRANT", "REFUSE", "ADMIT", "CHECKPOINT", "REVOKE", "UNSUB
 UNSIGNED = {"HELLO", "CHALLENGE", "SUBSCRIBE"}
 EMPTY_BODY = {"ANNOUNCE", "REFUSE", "ADMIT", "CHECKPOINT", "REVOKE", "UNSUBSCRIBE", "HEAD", "ACK", "HELLO",
               "CHALLENGE"}
-#: SPEC 13.5: ANCHOR_PROOF's seq and tree_size are at least 1; restore is 0 or 1.
+#: SPEC 13.5: ANCHOR_PROOF's seq and tree_size are at least 1.
 AT_LEAST_ONE = {("ANCHOR_PROOF", "seq"), ("ANCHOR_PROOF", "tree_size")}
 
 
@@ -213,8 +213,8 @@ def _check_field(kind: str, name: str, typ: str, v: Any) -> None:
     if typ.startswith("b"):
         if type(v) is not bytes or len(v) != int(typ[1:]):
             raise SpecViolation(f"{kind}.{name}: not {typ}")
-    elif typ in ("u8", "u64"):
-        if type(v) is not int or v > (255 if typ == "u8" else (1 << 64) - 1):
+    elif typ in ("u8", "u64", "flag"):
+        if type(v) is not int or v > {"u8": 255, "flag": 1}.get(typ, (1 << 64) - 1):
             raise SpecViolation(f"{kind}.{name}: not {typ}")
         if (kind, name) in AT_LEAST_ONE and v < 1:
             raise SpecViolation(f"{kind}.{name}: below 1")
@@ -252,8 +252,6 @@ def spec_parse(raw: bytes, max_frame: int = 1 << 20) -> dict[str, Any]:
                                                                                (0, 64)):
         raise SpecViolation("MALFORMED")
     if (name in EMPTY_BODY and body) or (name == "FETCH" and len(body) not in (0, 8)):
-        raise SpecViolation("MALFORMED")
-    if name == "ANCHOR_PROOF" and fields[-1] not in (0, 1):
         raise SpecViolation("MALFORMED")
     return {"kind": name, "head": dict(zip([f for f, _ in layout], fields, strict=True)), "head_raw": head,
             "body": body, "sig": sig, "hash": H(P["P_MSG"], bytes((version, kind)), head, body)}
@@ -704,10 +702,10 @@ def test_every_other_encoding_of_every_head_integer_is_refused(name: str) -> Non
     _, kind, head_raw, _, _ = parse(raw)
     fields = parse(head_raw)
     for i, (_fname, typ) in enumerate(LAYOUT[kind]):
-        if typ not in ("u8", "u64"):
+        if typ not in ("u8", "u64", "flag"):
             continue
         for value in {fields[i], 256, 40_000, 1 << 20, 1 << 40}:
-            if typ == "u8" and value > 255:
+            if value > {"u8": 255, "flag": 1}.get(typ, value):
                 continue
             for alt in _alternatives(value):
                 bad = _reencode(raw, head=_head_with([*fields[:i], value, *fields[i + 1:]], i, alt))
@@ -796,7 +794,8 @@ def test_wider_byte_and_array_forms_extra_fields_and_trailing_bytes_are_malforme
     ("ACK", 0, bytes(31)), ("ACK", 0, bytes(33)), ("ACK", 1, bytes(15)), ("ACK", 4, bytes(31)),
     ("ACK", 2, 256), ("ACK", 5, 256), ("PACKET", 6, bytes(23)), ("PACKET", 6, bytes(25)),
     ("ANNOUNCE", 3, ""), ("ANNOUNCE", 3, "x" * 129), ("ANNOUNCE", 3, "\u00e9" * 65),
-    ("ANCHOR_PROOF", 3, 0), ("ANCHOR_PROOF", 9, 0), ("ANCHOR_PROOF", 7, ""),
+    ("ANCHOR_PROOF", 3, 0), ("ANCHOR_PROOF", 9, 0), ("ANCHOR_PROOF", 7, ""), ("ANCHOR_PROOF", 10, 2),
+    ("ANCHOR_PROOF", 10, 255),
 ])
 def test_out_of_range_and_wrong_length_fields_are_malformed(kind: str, index: int, value: Any) -> None:
     """SPEC 6.2 (lengths, u8, name of 1..128 bytes), 13.5 (seq and tree_size at least 1, restore 0 or 1)."""
