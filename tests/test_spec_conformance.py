@@ -820,3 +820,65 @@ def test_a_bound_fetch_is_a_well_formed_frame() -> None:
     raw = _splice(_vector("fetch"), body=enc(bytes(8)))
     assert spec_parse(raw)["body"] == bytes(8)
     assert decode_frame(raw).body == bytes(8)
+
+
+# --- (c) GRANT (SPEC 8.5, 10.2) ----------------------------------------------------------------------------------
+
+
+def _grant_verdict(**change: Any) -> list[object]:
+    """Our subscriber's events for an epoch-0 GRANT built by SPEC with ``change`` applied."""
+    w = SpecAuthorWorld()
+    assert _rejects(w.core.receive(w.announce, NOW)) == []
+    a = dict(members=[[0, w.author.pk, 3], [1, w.sub.pk, 3]], heads=[], mode=1, prev=w.announce_hash,
+             recipients=[(w.sub, 1, [[0, w.k0], [1, w.k1]])])
+    a.update(change)
+    grant, _ = spec_grant(w.author, w.channel, w.branch, 0, a["prev"], a["mode"], a["members"], a["heads"],
+                          a["recipients"])
+    return w.core.receive(grant, NOW)
+
+
+def test_a_spec_grant_is_applied() -> None:
+    ev = _grant_verdict()
+    assert _rejects(ev) == [] and len(_of(ev, Granted)) == 1
+
+
+@pytest.mark.parametrize("mode", [0, 3, 255])
+def test_a_grant_of_an_unknown_signing_mode_is_malformed(mode: int) -> None:
+    assert _rejects(_grant_verdict(mode=mode)) == [RejectReason.MALFORMED]
+
+
+@pytest.mark.parametrize("perm", [0, 5, 255])
+def test_a_grant_listing_an_unknown_permission_is_refused(perm: int) -> None:
+    """SPEC 8.5: what is encrypted is judged as one -- no entry of ours opens to a well-formed content: BAD_AEAD."""
+    w = SpecParty(bytes(range(32)))
+    ev = _grant_verdict(members=[[0, w.pk, 3], [1, SpecParty(bytes(range(32, 64))).pk, perm]])
+    assert _rejects(ev) == [RejectReason.BAD_AEAD]
+
+
+def test_a_grant_that_does_not_name_us_and_the_author_is_malformed() -> None:
+    author, me, other = SpecParty(bytes(range(32))), SpecParty(bytes(range(32, 64))), SpecParty(bytes(64 - 32))
+    assert _rejects(_grant_verdict(members=[[0, author.pk, 3], [1, other.pk, 3]])) == [RejectReason.MALFORMED]
+    assert _rejects(_grant_verdict(members=[[0, other.pk, 3], [1, me.pk, 3]])) == [RejectReason.MALFORMED]
+    assert _rejects(_grant_verdict(members=[[0, author.pk, 3], [2, me.pk, 3]])) == [RejectReason.MALFORMED]
+
+
+def test_a_first_grant_not_linked_to_the_announcement_is_bad_link() -> None:
+    assert _rejects(_grant_verdict(prev=bytes(32))) == [RejectReason.BAD_LINK]
+
+
+def test_a_grant_for_someone_else_is_ignored_silently() -> None:
+    other = SpecParty(bytes(range(64, 96)))
+    assert _grant_verdict(recipients=[(other, 1, [[0, os.urandom(32)]])]) == []
+
+
+def test_a_grant_body_of_the_current_layout_holds_at_most_256_entries() -> None:
+    """SPEC 8.5: 1..256 entries in this layout (a branch's members), 1..4096 in the first one."""
+    w = SpecAuthorWorld()
+    assert _rejects(w.core.receive(w.announce, NOW)) == []
+    shared = os.urandom(64)
+    entries = [[os.urandom(8), os.urandom(48)] for _ in range(257)]
+    grant, _ = spec_frame("GRANT", [w.channel, w.branch, 0, w.announce_hash, 1], enc([shared, entries]), w.author.sk)
+    assert _rejects(w.core.receive(grant, NOW)) == [RejectReason.MALFORMED]
+    grant, _ = spec_frame("GRANT", [w.channel, w.branch, 0, w.announce_hash, 1], enc([shared, entries[:256]]),
+                          w.author.sk)
+    assert w.core.receive(grant, NOW) == []  # well-formed, and no entry is ours
