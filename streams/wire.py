@@ -782,7 +782,15 @@ def decode_grant_key(data: bytes) -> GrantKey:
                  [tuple(_strict_tuple(x, (U8, B32), "key")) for x in values[2]])
     if encode_grant_key(k) != data:
         raise DecodeError("grant key: not in canonical encoding")
+    _once_each(k.keys, "grant key: keys")
     return k
+
+
+def _once_each(rows: list[Any], what: str) -> None:
+    """SPEC 8.5: a grant's lists name each index (their first element) at most once -- a list naming one twice
+    reads two ways (the first or the last?), so it is malformed."""
+    if len({r[0] for r in rows}) != len(rows):
+        raise DecodeError(f"{what}: an index named twice")
 
 
 def encode_grant_shared(members: list[tuple[int, bytes, int]], heads: list[tuple[int, int, bytes]]) -> bytes:
@@ -801,6 +809,8 @@ def decode_grant_shared(data: bytes) -> tuple[list[tuple[int, bytes, int]], list
         raise DecodeError("grant shared part: not in canonical encoding")
     if any(perm not in (1, 2, 3, 4) for _, _, perm in members):
         raise DecodeError("grant shared part: unknown permission")
+    _once_each(members, "grant shared part: members")
+    _once_each(heads, "grant shared part: heads")
     return members, heads
 
 
@@ -847,6 +857,8 @@ def decode_grant_secret(data: bytes) -> GrantSecret:
     for _, _, perm in s.members:
         if perm not in (1, 2, 3, 4):
             raise DecodeError("grant secret: unknown permission")
+    for rows, what in ((s.members, "members"), (s.keys, "keys"), (s.heads, "heads")):
+        _once_each(rows, f"grant secret: {what}")
     return s
 
 

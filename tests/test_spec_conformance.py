@@ -862,6 +862,20 @@ def test_a_grant_that_does_not_name_us_and_the_author_is_malformed() -> None:
     assert _rejects(_grant_verdict(members=[[0, author.pk, 3], [2, me.pk, 3]])) == [RejectReason.MALFORMED]
 
 
+@pytest.mark.parametrize("which", ["members", "keys", "heads"])
+def test_a_grant_naming_an_index_twice_is_refused(which: str) -> None:
+    """SPEC 8.5: each list names an index at most once (otherwise one GRANT reads two ways: the first row or the
+    last?); what is encrypted is judged as one (BAD_AEAD)."""
+    author, me = SpecParty(bytes(range(32))), SpecParty(bytes(range(32, 64)))
+    k0, k1 = os.urandom(32), os.urandom(32)
+    change: dict[str, Any] = {
+        "members": {"members": [[0, author.pk, 3], [1, me.pk, 3], [1, me.pk, 1]]},
+        "keys": {"recipients": [(me, 1, [[0, k0], [1, k1], [0, k1]])]},
+        "heads": {"heads": [[0, 0, bytes(32)], [0, 0, bytes(32)]]},
+    }[which]
+    assert _rejects(_grant_verdict(**change)) == [RejectReason.BAD_AEAD]
+
+
 def test_a_first_grant_not_linked_to_the_announcement_is_bad_link() -> None:
     assert _rejects(_grant_verdict(prev=bytes(32))) == [RejectReason.BAD_LINK]
 
