@@ -896,3 +896,243 @@ def test_a_grant_body_of_the_current_layout_holds_at_most_256_entries() -> None:
     grant, _ = spec_frame("GRANT", [w.channel, w.branch, 0, w.announce_hash, 1], enc([shared, entries[:256]]),
                           w.author.sk)
     assert w.core.receive(grant, NOW) == []  # well-formed, and no entry is ours
+
+
+# --- (c) chain frames: SPEC 10.1's checks, in order ----------------------------------------------------------------
+
+
+def _world(**kw: Any) -> SpecAuthorWorld:
+    w = SpecAuthorWorld(**kw)
+    assert _rejects(w.start()) == []
+    return w
+
+
+def _packet_with(w: SpecAuthorWorld, payload: bytes = b"x", key: bytes | None = None, signer: SigningKey | None = None,
+                 signed: bool = True, **head: Any) -> bytes:
+    """A PACKET by SPEC 7.4 with head fields overridden (the AEAD and signature made over the result)."""
+    h = {"channel": w.channel, "branch": w.branch, "publisher": 0, "seq": w.seq + 1, "prev": w.head, "epoch": 0,
+         "nonce": os.urandom(24), **head}
+    fields = [h[f] for f, _ in LAYOUT[KIND["PACKET"]]]
+    body = aead_encrypt(w.k0 if key is None else key, h["nonce"], bytes((1, KIND["PACKET"])) + enc(fields), payload)
+    frame, _ = spec_frame("PACKET", fields, body, (signer or w.author.sk) if signed else None)
+    return frame
+
+
+def test_chain_frame_reasons_in_spec_order() -> None:
+    """SPEC 10.1 steps 2-10, each with a frame that passes every earlier step."""
+    w = _world()
+    other = SpecParty(os.urandom(32))
+
+    def verdict(frame: bytes) -> list[RejectReason]:
+        return _rejects(w.core.receive(frame, NOW))
+
+    assert verdict(_packet_with(w, channel=os.urandom(32))) == [RejectReason.FOREIGN_CHANNEL]
+    assert verdict(_packet_with(w, branch=os.urandom(16))) == [RejectReason.UNKNOWN_BRANCH]
+    assert verdict(_packet_with(w, publisher=7)) == [RejectReason.NOT_MEMBER]
+    assert verdict(_packet_with(w, publisher=1, key=w.k1, signer=w.sub.sk)) == [RejectReason.NOT_MEMBER]  # ours
+    assert verdict(_packet_with(w, seq=0)) == [RejectReason.REPLAY]
+    assert verdict(_packet_with(w, epoch=1)) == [RejectReason.STALE_EPOCH]  # no key of epoch 1
+    assert verdict(_packet_with(w, prev=bytes(32))) == [RejectReason.BAD_LINK]
+    assert verdict(_packet_with(w, key=os.urandom(32))) == [RejectReason.BAD_AEAD]
+    assert verdict(_packet_with(w, signer=other.sk)) == [RejectReason.BAD_SIGNATURE]
+    assert verdict(_packet_with(w, signed=False)) == [RejectReason.BAD_SIGNATURE]  # signed-each branch (mode 1)
+    # A PACKET whose body is shorter than the AEAD tag fails the AEAD (SPEC 7.4), it is not malformed.
+    fields = [w.channel, w.branch, 0, 1, w.head, 0, os.urandom(24)]
+    short, _ = spec_frame("PACKET", fields, bytes(15), w.author.sk)
+    assert verdict(short) == [RejectReason.BAD_AEAD]
+    ev = w.deliver(*w.packet(b"first"))
+    assert [m.payload for m in _of(ev, MessageReceived)] == [b"first"]
+
+
+def test_an_early_frame_is_authenticated_held_and_released_in_order() -> None:
+    """SPEC 10.1 step 7: held (after authentication) with one GapDetected, REPLAY for its copy, FORK for another
+    authentic frame at its seq, released when the gap fills; HOLD_FULL beyond hold_limit."""
+    w = _world()
+    f1, h1 = w.packet(b"one")
+    w.seq, w.head = 1, h1  # the frame of seq 2 links to message 1, which the subscriber has not got yet
+    f2, h2 = w.packet(b"two")
+    w.seq, w.head = 0, w.grant_hash
+    forged_2 = _packet_with(w, seq=2, prev=h1, signer=SpecParty(os.urandom(32)).sk)
+    assert _rejects(w.core.receive(forged_2, NOW)) == [RejectReason.BAD_SIGNATURE]  # authenticated before held
+    ev = w.core.receive(f2, NOW)
+    assert _rejects(ev) == [] and not _of(ev, MessageReceived)
+    [gap] = [e for e in ev if type(e).__name__ == "GapDetected"]
+    assert (gap.expected_seq, gap.received_seq) == (1, 2)  # type: ignore[attr-defined]
+    assert _rejects(w.core.receive(f2, NOW)) == [RejectReason.REPLAY]
+    other_2 = _packet_with(w, seq=2, prev=h1, payload=b"two, again")
+    assert _rejects(w.core.receive(other_2, NOW)) == [RejectReason.FORK]
+    ev = w.core.receive(f1, NOW)
+    assert [m.payload for m in _of(ev, MessageReceived)] == [b"one", b"two"]
+    assert w.core.chain_head(w.branch, 0)[:2] == (3, h2)
+
+
+def test_hold_limit_is_hold_full() -> None:
+    w = SpecAuthorWorld()
+    w.core = SubscriberCore(w.sub_id, w.author.did, w.channel, CoreConfig(hold_limit=2))
+    assert _rejects(w.start()) == []
+    frames = []
+    for i in range(4):
+        f, h = w.packet(b"%d" % i)
+        frames.append(f)
+        w.seq, w.head = i + 1, h
+    assert [_rejects(w.core.receive(f, NOW)) for f in frames[1:]] == [[], [], [RejectReason.HOLD_FULL]]
+
+
+# --- (c) member frames at the author: SPEC 10.2 and 12 ---------------------------------------------------------------
+
+
+class SpecMember:
+    """A subscriber built by SPEC, admitted by our AuthorCore through the handshake of SPEC 9."""
+
+    def __init__(self, **cfg: Any) -> None:
+        self.me = SpecParty(os.urandom(32))
+        self.author = _author_core(self.me, **cfg)
+        self.apk = self.author.identity.sign_public
+        self.channel = self.author.channel
+        hello, _ = spec_frame("HELLO", [self.channel])
+        self.author.receive(hello, NOW, "p")
+        _, challenge = [spec_parse(o.data) for o in self.author.data_to_send()]
+        self.challenge = challenge["head"]
+        subscribe, self.request = self.subscribe()
+        self.author.receive(subscribe, NOW, "p")
+        self.author.take_changes()
+        grant, _admit = [spec_parse(o.data) for o in self.author.data_to_send()]
+        self.branch, self.grant_hash = grant["head"]["branch"], grant["hash"]
+        self.keys = open_grant(grant, self.me)["keys"]
+
+    def subscribe(self, sign_with: SigningKey | None = None, mac: bytes | None = None,
+                  expires: int | None = None) -> tuple[bytes, bytes]:
+        c = self.challenge
+        exp = c["expires_ms"] if expires is None else expires
+        proof = (sign_with or self.me.sk).sign(H(P["P_PROOF"], self.channel, self.apk, c["nonce"], u64(exp), b""))
+        secret = enc([self.me.pk, c["nonce"], exp, c["mac"] if mac is None else mac, b"", proof.signature])
+        kx = bytes(VerifyKey(self.apk).to_curve25519_public_key())
+        return spec_frame("SUBSCRIBE", [self.channel], SealedBox(PublicKey(kx)).encrypt(secret))
+
+    def signed(self, kind: str, *fields: Any, signer: SigningKey | None = None) -> bytes:
+        return spec_frame(kind, [self.channel, self.branch, *fields], b"", signer or self.me.sk)[0]
+
+    def verdict(self, frame: bytes) -> list[RejectReason]:
+        ev = self.author.receive(frame, NOW, "p")
+        self.author.take_changes()
+        self.author.data_to_send()
+        return _rejects(ev)
+
+
+def test_ack_reasons() -> None:
+    """SPEC 12 (and the reasons it did not name before: see there)."""
+    m = SpecMember()
+    m.author.publish(m.branch, b"one", NOW)
+    [pkt] = [spec_parse(o.data) for o in m.author.data_to_send()]
+    stranger = SpecParty(os.urandom(32))
+    assert m.verdict(spec_frame("ACK", [m.channel, os.urandom(16), 0, 1, pkt["hash"], 1], b"", m.me.sk)[0]) == \
+        [RejectReason.UNKNOWN_BRANCH]
+    assert m.verdict(m.signed("ACK", 1, 1, pkt["hash"], 1)) == [RejectReason.UNEXPECTED]  # not the author's chain
+    assert m.verdict(m.signed("ACK", 0, 1, pkt["hash"], 7)) == [RejectReason.NOT_MEMBER]
+    assert m.verdict(m.signed("ACK", 0, 1, pkt["hash"], 0)) == [RejectReason.NOT_MEMBER]  # the author itself
+    assert m.verdict(m.signed("ACK", 0, 1, pkt["hash"], 1, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
+    assert m.verdict(m.signed("ACK", 0, 2, pkt["hash"], 1)) == [RejectReason.UNEXPECTED]  # beyond the head
+    assert m.verdict(m.signed("ACK", 0, 1, bytes(32), 1)) == [RejectReason.FORK]
+    assert m.verdict(m.signed("ACK", 0, 1, pkt["hash"], 1)) == []
+    assert m.verdict(m.signed("ACK", 0, 1, pkt["hash"], 1)) == []  # the same again: ignored, no event
+    assert m.verdict(m.signed("ACK", 0, 0, m.grant_hash, 1)) == [RejectReason.REPLAY]  # older than accepted
+
+
+def test_fetch_head_and_unsubscribe_reasons() -> None:
+    m = SpecMember()
+    stranger = SpecParty(os.urandom(32))
+    # FETCH (SPEC 8.9, 10.2)
+    assert m.verdict(spec_frame("FETCH", [m.channel, os.urandom(16), 0, 1, 1, 1], b"", m.me.sk)[0]) == \
+        [RejectReason.UNKNOWN_BRANCH]
+    assert m.verdict(m.signed("FETCH", 0, 1, 1, 5)) == [RejectReason.NOT_MEMBER]
+    assert m.verdict(m.signed("FETCH", 0, 1, 1, 1, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
+    assert m.verdict(m.signed("FETCH", 1, 1, 1, 1)) == [RejectReason.UNEXPECTED]  # a chain not the author's
+    # HEAD (SPEC 10.2): of the member's own chain, which the author tracks.
+    assert m.verdict(m.signed("HEAD", 5, 1, bytes(32), 0)) == [RejectReason.UNKNOWN_BRANCH]
+    assert m.verdict(m.signed("HEAD", 1, 1, bytes(32), 0, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
+    # UNSUBSCRIBE (SPEC 8.8, 10.2)
+    assert m.verdict(spec_frame("UNSUBSCRIBE", [m.channel, os.urandom(16), 1, 0, m.grant_hash], b"", m.me.sk)[0]) \
+        == [RejectReason.CLOSED_BRANCH]  # an unknown branch, as a closed one
+    assert m.verdict(m.signed("UNSUBSCRIBE", 0, 0, m.grant_hash)) == [RejectReason.NOT_MEMBER]
+    assert m.verdict(m.signed("UNSUBSCRIBE", 1, 1, m.grant_hash)) == [RejectReason.STALE_EPOCH]
+    assert m.verdict(m.signed("UNSUBSCRIBE", 1, 0, bytes(32))) == [RejectReason.STALE_EPOCH]
+    assert m.verdict(m.signed("UNSUBSCRIBE", 1, 0, m.grant_hash, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
+    assert m.verdict(m.signed("UNSUBSCRIBE", 1, 0, m.grant_hash)) == []
+    assert m.verdict(m.signed("UNSUBSCRIBE", 1, 0, m.grant_hash)) == [RejectReason.CLOSED_BRANCH]
+
+
+def test_subscribe_reasons_and_the_refuse_that_names_the_request() -> None:
+    """SPEC 9.2's order: MAC, expiry, reuse (BAD_CHALLENGE, REFUSE 14), proof (BAD_SIGNATURE, REFUSE 11); each
+    REFUSE signed by the author and naming the SUBSCRIBE's hash (8.6)."""
+    m = SpecMember()
+
+    def answer(frame: bytes, request: bytes) -> tuple[list[RejectReason], list[tuple[str, bytes, int]]]:
+        ev = m.author.receive(frame, NOW, "p")
+        out = [spec_parse(o.data) for o in m.author.data_to_send()]
+        for f in out:
+            VerifyKey(m.apk).verify(f["hash"], f["sig"])
+        return _rejects(ev), [(f["kind"], f["head"]["request"], f["head"]["reason"]) for f in out]
+
+    frame, request = m.subscribe()  # the challenge it was admitted with, again
+    assert answer(frame, request) == ([RejectReason.BAD_CHALLENGE], [("REFUSE", request, 14)])
+    hello, _ = spec_frame("HELLO", [m.channel])
+    m.author.receive(hello, NOW, "p")
+    m.challenge = [spec_parse(o.data) for o in m.author.data_to_send()][1]["head"]
+    for kw in ({"mac": bytes(16)}, {"expires": m.challenge["expires_ms"] + 1}):
+        frame, request = m.subscribe(**kw)
+        assert answer(frame, request) == ([RejectReason.BAD_CHALLENGE], [("REFUSE", request, 14)])
+    frame, request = m.subscribe(sign_with=SigningKey(os.urandom(32)))
+    assert answer(frame, request) == ([RejectReason.BAD_SIGNATURE], [("REFUSE", request, 11)])
+    garbage, _ = spec_frame("SUBSCRIBE", [m.channel], os.urandom(100))
+    assert answer(garbage, b"") == ([RejectReason.MALFORMED], [])  # does not open: no REFUSE (SPEC 9.2 step 1)
+
+
+def test_announce_challenge_revoke_and_refuse_reasons_at_the_subscriber() -> None:
+    """SPEC 8.1 (ANNOUNCE), 9.1 (CHALLENGE only after a verified ANNOUNCE), 10.2 (REVOKE), 8.6 (REFUSE's reason)."""
+    w = SpecAuthorWorld()
+    stranger = SpecParty(os.urandom(32))
+    challenge, _ = spec_frame("CHALLENGE", [w.channel, os.urandom(16), NOW + 60_000, os.urandom(16)])
+    assert _rejects(w.core.receive(challenge, NOW)) == [RejectReason.UNEXPECTED]
+
+    def announce(channel: bytes, sign: bytes, kx: bytes, name: str, signer: SigningKey) -> list[RejectReason]:
+        return _rejects(w.core.receive(spec_frame("ANNOUNCE", [channel, sign, kx, name], b"", signer)[0], NOW))
+
+    a = w.author
+    assert announce(w.channel, stranger.pk, stranger.kx, w.name, stranger.sk) == [RejectReason.FOREIGN_CHANNEL]
+    assert announce(os.urandom(32), a.pk, a.kx, w.name, a.sk) == [RejectReason.FOREIGN_CHANNEL]
+    assert announce(w.channel, a.pk, a.kx, "another-name", a.sk) == [RejectReason.MALFORMED]
+    assert announce(w.channel, a.pk, stranger.kx, w.name, a.sk) == [RejectReason.MALFORMED]
+    assert announce(w.channel, a.pk, a.kx, w.name, stranger.sk) == [RejectReason.BAD_SIGNATURE]
+    assert announce(w.channel, a.pk, a.kx, w.name, a.sk) == []
+    assert _rejects(w.core.receive(w.grant, NOW)) == []
+
+    def revoke(*fields: Any, signer: SigningKey = a.sk) -> list[object]:
+        return w.core.receive(spec_frame("REVOKE", [w.channel, *fields], b"", signer)[0], NOW)
+
+    assert revoke(os.urandom(16), 0, w.grant_hash, 0, w.grant_hash) == []  # someone else's branch
+    assert _rejects(revoke(w.branch, 1, w.grant_hash, 0, w.grant_hash)) == [RejectReason.STALE_EPOCH]
+    assert _rejects(revoke(w.branch, 0, bytes(32), 0, w.grant_hash)) == [RejectReason.STALE_EPOCH]
+    assert _rejects(revoke(w.branch, 0, w.grant_hash, 0, w.grant_hash, signer=stranger.sk)) == \
+        [RejectReason.BAD_SIGNATURE]
+    assert _rejects(revoke(w.branch, 0, w.grant_hash, 0, w.grant_hash)) == []
+    assert revoke(w.branch, 0, w.grant_hash, 0, w.grant_hash) == []  # the same again: dropped, no event
+    assert _rejects(revoke(w.branch, 1, w.grant_hash, 0, w.grant_hash)) == [RejectReason.CLOSED_BRANCH]
+
+
+@pytest.mark.parametrize(("code", "reported"), [(14, RejectReason.BAD_CHALLENGE), (11, RejectReason.BAD_SIGNATURE),
+                                                (15, RejectReason.REFUSED), (0, RejectReason.REFUSED),
+                                                (1, RejectReason.MALFORMED), (99, RejectReason.REFUSED),
+                                                (255, RejectReason.REFUSED)])
+def test_a_refuse_reason_outside_the_reject_codes_reads_as_refused(code: int, reported: RejectReason) -> None:
+    """SPEC 8.6: a REFUSE's reason is reported as it is when it is a reason code (section 10), as 15 otherwise."""
+    author, me = SpecParty(bytes(range(32))), Identity.from_seed(bytes(range(32, 64)))
+    channel = H(P["P_CHANNEL"], author.pk, b"c")
+    core = SubscriberCore(me, author.did, channel)
+    core.receive(spec_frame("ANNOUNCE", [channel, author.pk, author.kx, "c"], b"", author.sk)[0], NOW)
+    core.hello()
+    core.data_to_send()
+    core.receive(spec_frame("CHALLENGE", [channel, os.urandom(16), NOW + 60_000, os.urandom(16)])[0], NOW)
+    [subscribe] = [spec_parse(o.data) for o in core.data_to_send()]
+    ev = core.receive(spec_frame("REFUSE", [channel, subscribe["hash"], code], b"", author.sk)[0], NOW)
+    assert _rejects(ev) == []
+    assert [e.reason for e in ev if type(e).__name__ == "Refused"] == [reported]  # type: ignore[attr-defined]
