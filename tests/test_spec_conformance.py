@@ -1136,3 +1136,31 @@ def test_a_refuse_reason_outside_the_reject_codes_reads_as_refused(code: int, re
     ev = core.receive(spec_frame("REFUSE", [channel, subscribe["hash"], code], b"", author.sk)[0], NOW)
     assert _rejects(ev) == []
     assert [e.reason for e in ev if type(e).__name__ == "Refused"] == [reported]  # type: ignore[attr-defined]
+
+
+# --- SPEC 4: which Ed25519 signatures verify ----------------------------------------------------------------------
+
+_L = (1 << 252) + 27742317777372353535851937790883648493
+
+
+def test_a_signature_whose_r_has_small_order_is_refused_though_rfc8032_accepts_it() -> None:
+    """SPEC 4: Verify is libsodium's, stricter than RFC 8032's cofactorless equation alone.  A publisher can sign
+    with R the identity point (S = k*a): [S]B = R + [k]A holds, so a verifier that only checks RFC 8032's equation
+    accepts the frame -- a split between implementations over a frame only a hostile key holder makes."""
+    w = _world()
+    nonce = os.urandom(24)
+    fields = [w.channel, w.branch, 0, 1, w.head, 0, nonce]
+    head = enc(fields)
+    body = aead_encrypt(w.k0, nonce, bytes((1, KIND["PACKET"])) + head, b"small-order R")
+    digest = H(P["P_MSG"], bytes((1, KIND["PACKET"])), head, body)
+    h = hashlib.sha512(w.author.seed).digest()
+    a = (int.from_bytes(h[:32], "little") & ((1 << 254) - 8)) | (1 << 254)
+    r = (1).to_bytes(32, "little")  # the identity point (0, 1)
+    k = int.from_bytes(hashlib.sha512(r + w.author.pk + digest).digest(), "little") % _L
+    s = (k * a) % _L
+    # RFC 8032's equation holds: [S]B == R + [k]A == [k]A.
+    assert nacl.bindings.crypto_scalarmult_ed25519_base_noclamp(s.to_bytes(32, "little")) == \
+        nacl.bindings.crypto_scalarmult_ed25519_noclamp(k.to_bytes(32, "little"), w.author.pk)
+    frame = enc([1, KIND["PACKET"], head, body, r + s.to_bytes(32, "little")])
+    assert _rejects(w.core.receive(frame, NOW)) == [RejectReason.BAD_SIGNATURE]
+    assert [m.payload for m in _of(w.deliver(*w.packet(b"ordinary")), MessageReceived)] == [b"ordinary"]
