@@ -12,6 +12,7 @@ proofs (13), the ZeroMQ BUNDLE framing (14.1) -- on ``hashlib`` and PyNaCl direc
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
+from brokerless import EndpointConfig
 from streams import anchor
 from streams.core import AuthorCore, CoreConfig, SubscriberCore
 from streams.errors import DecodeError, RejectReason
@@ -1164,3 +1166,26 @@ def test_a_signature_whose_r_has_small_order_is_refused_though_rfc8032_accepts_i
     frame = enc([1, KIND["PACKET"], head, body, r + s.to_bytes(32, "little")])
     assert _rejects(w.core.receive(frame, NOW)) == [RejectReason.BAD_SIGNATURE]
     assert [m.payload for m in _of(w.deliver(*w.packet(b"ordinary")), MessageReceived)] == [b"ordinary"]
+
+
+# --- SPEC 14.1: BUNDLE framing, on real sockets -------------------------------------------------------------------
+
+
+async def test_a_bundle_built_by_spec_is_taken_whole_and_one_of_a_single_frame_too() -> None:
+    """``0x03 || (u32 BE length || frame)...``, the whole message within what the subscriber said it takes."""
+    from tests.test_zmq_bundles import fake_author  # real ZeroMQ on loopback (a ROUTER playing the author)
+
+    frames = [_vector("packet_1"), _vector("packet_2"), _vector("head")]
+
+    def bundle(fs: list[bytes]) -> bytes:
+        return b"\x03" + b"".join(len(f).to_bytes(4, "big") + f for f in fs)
+
+    async with fake_author(EndpointConfig(bundle_bytes=1024)) as (router, sep, rid):
+        exact = bundle(frames[:2])
+        assert len(exact) < 1024 < len(bundle(frames[:2] * 3))
+        for m in (bundle(frames[:2] * 3), exact, bundle(frames[2:])):  # the first is larger than 1024 bytes
+            await router.send_multipart([rid, m])
+        got: list[bytes] = []
+        while len(got) < 3:
+            got += [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
+        assert got == frames and sep.stats.malformed == 1
