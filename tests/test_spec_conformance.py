@@ -44,7 +44,7 @@ from streams.identity import Identity
 from streams.ledger import embedded
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import AllowList
-from streams.wire import decode_frame
+from streams.wire import Permission, decode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = (ROOT / "SPEC.md").read_text()
@@ -1189,3 +1189,23 @@ async def test_a_bundle_built_by_spec_is_taken_whole_and_one_of_a_single_frame_t
         while len(got) < 3:
             got += [d for d, _ in await asyncio.wait_for(sep.recv(), 10)]
         assert got == frames and sep.stats.malformed == 1
+
+
+def test_the_authors_head_names_its_current_key_epoch() -> None:
+    """SPEC 8.9: a HEAD's epoch is the branch's key epoch its publisher holds; after a re-key (a permission change,
+    SPEC 11) the author's HEAD names epoch 1, and the GRANT it made extends the first (epoch + 1, ``prev``)."""
+    m = SpecMember()
+    m.author.set_permission(m.branch, Permission.READ)
+    m.author.take_changes()
+    [rekey] = [spec_parse(o.data) for o in m.author.data_to_send()]
+    assert rekey["kind"] == "GRANT" and (rekey["head"]["epoch"], rekey["head"]["prev"]) == (1, m.grant_hash)
+    g = open_grant(rekey, m.me)
+    assert set(g["keys"]) == {0} and g["members"][1][2] == 1  # read only: the author's chain key alone
+    m.author.publish(m.branch, b"after the re-key", NOW)
+    [pkt] = [spec_parse(o.data) for o in m.author.data_to_send()]
+    assert pkt["head"]["epoch"] == 1
+    assert aead_decrypt(g["keys"][0], pkt["head"]["nonce"], bytes((1, KIND["PACKET"])) + pkt["head_raw"],
+                        pkt["body"]) == b"after the re-key"
+    m.author.receive(m.signed("FETCH", 0, 1, 1, 1), NOW, "p")
+    [head] = [spec_parse(o.data) for o in m.author.data_to_send()]
+    assert head["kind"] == "HEAD" and (head["head"]["seq"], head["head"]["epoch"]) == (1, 1)
