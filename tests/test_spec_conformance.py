@@ -1209,3 +1209,20 @@ def test_the_authors_head_names_its_current_key_epoch() -> None:
     m.author.receive(m.signed("FETCH", 0, 1, 1, 1), NOW, "p")
     [head] = [spec_parse(o.data) for o in m.author.data_to_send()]
     assert head["kind"] == "HEAD" and (head["head"]["seq"], head["head"]["epoch"]) == (1, 1)
+
+
+def test_a_rekeys_heads_name_every_chain_and_an_empty_one_at_its_genesis() -> None:
+    """SPEC 8.5 and 7.2: a member given write back at epoch 2 starts its chain at the head the GRANT names -- seq 0
+    and the first GRANT's hash -- and the author accepts its first message linked there."""
+    m = SpecMember()
+    m.author.set_permission(m.branch, Permission.READ)
+    m.author.set_permission(m.branch, Permission.READ_WRITE)
+    m.author.take_changes()
+    [_, g2] = [spec_parse(o.data) for o in m.author.data_to_send()]
+    g = open_grant(g2, m.me)
+    assert g2["head"]["epoch"] == 2 and g["heads"] == [[0, 0, m.grant_hash], [1, 0, m.grant_hash]]
+    nonce = os.urandom(24)
+    head = [m.channel, m.branch, 1, 1, m.grant_hash, 2, nonce]
+    body = aead_encrypt(g["keys"][1], nonce, bytes((1, KIND["PACKET"])) + enc(head), b"back")
+    ev = m.author.receive(spec_frame("PACKET", head, body, m.me.sk)[0], NOW, "p")
+    assert _rejects(ev) == [] and [e.payload for e in _of(ev, MessageReceived)] == [b"back"]
