@@ -427,6 +427,19 @@ def test_the_vector_grant_opens_by_spec() -> None:
     assert g["keys"][0].hex() == p1["key"]
 
 
+def test_the_vector_rekey_opens_by_spec_with_every_chains_head() -> None:
+    """SPEC 8.5: the amortized branch made read-only for its subscriber (epoch 1, extending the first GRANT): the
+    author's chain at its CHECKPOINT (seq 3), the subscriber's empty chain at its genesis, one key (read)."""
+    s = SpecParty(bytes.fromhex(VECTORS["identities"]["subscriber"]["seed"]))
+    frames = {f["name"]: f for f in VECTORS["frames"]}
+    f = spec_parse(bytes.fromhex(frames["grant_rekey"]["raw"]))
+    first_grant = bytes.fromhex(frames["packet_amortized_1"]["head"]["prev"])
+    assert (f["head"]["epoch"], f["head"]["prev"], f["head"]["mode"]) == (1, first_grant, 2)
+    g = open_grant(f, s)
+    assert g["heads"] == [[0, 3, bytes.fromhex(frames["checkpoint"]["hash"])], [1, 0, first_grant]]
+    assert set(g["keys"]) == {0} and [m[2] for m in g["members"]] == [3, 1]
+
+
 def test_anchoring_vectors_by_spec() -> None:
     """SPEC 13.2-13.3: blinded leaves, RFC 9162 tree, checkpoint digest and signature, inclusion proofs."""
     a = VECTORS["anchoring"]
