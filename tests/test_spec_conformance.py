@@ -1239,3 +1239,13 @@ def test_a_rekeys_heads_name_every_chain_and_an_empty_one_at_its_genesis() -> No
     body = aead_encrypt(g["keys"][1], nonce, bytes((1, KIND["PACKET"])) + enc(head), b"back")
     ev = m.author.receive(spec_frame("PACKET", head, body, m.me.sk)[0], NOW, "p")
     assert _rejects(ev) == [] and [e.payload for e in _of(ev, MessageReceived)] == [b"back"]
+
+
+def test_a_head_of_a_member_that_may_no_longer_write_is_dropped_unchecked() -> None:
+    """SPEC 10.2: nothing to fetch there, so no check and no rejection (a forged one included)."""
+    m = SpecMember()
+    m.author.set_permission(m.branch, Permission.READ)
+    m.author.take_changes()
+    m.author.data_to_send()
+    assert m.author.receive(m.signed("HEAD", 1, 1, bytes(32), 1), NOW, "p") == []
+    assert m.author.receive(m.signed("HEAD", 1, 1, bytes(32), 1, signer=SigningKey(os.urandom(32))), NOW, "p") == []
