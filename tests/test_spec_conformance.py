@@ -1249,3 +1249,36 @@ def test_a_head_of_a_member_that_may_no_longer_write_is_dropped_unchecked() -> N
     m.author.data_to_send()
     assert m.author.receive(m.signed("HEAD", 1, 1, bytes(32), 1), NOW, "p") == []
     assert m.author.receive(m.signed("HEAD", 1, 1, bytes(32), 1, signer=SigningKey(os.urandom(32))), NOW, "p") == []
+
+
+def test_anchor_proof_reasons() -> None:
+    """SPEC 13.5: each check of an ANCHOR_PROOF and the reason it gives, with proofs built by SPEC."""
+    w = _world()
+    for i in range(2):
+        w.deliver(*w.packet(b"m%d" % i))
+    blind = H(P["P_BLIND"], w.k0, w.branch, b"\0", u64(0))
+    leaf = H(P["P_LEAF"], blind, w.branch, b"\0", u64(2), w.head)
+
+    def proof(channel: bytes = w.channel, cp_channel: bytes = w.channel, anchor_epoch: int = 0, cp_epoch: int = 0,
+              key_epoch: int = 0, root: bytes = leaf, signer: SigningKey = w.author.sk,
+              cp_signer: SigningKey = w.author.sk, body: bytes | None = None, branch: bytes = w.branch,
+              publisher: int = 0) -> list[object]:
+        fields = [1, cp_channel, cp_epoch, 1, root, bytes(32), NOW]
+        cp = enc([*fields, cp_signer.sign(H(P["P_EPOCH"], enc(fields))).signature])
+        frame, _ = spec_frame("ANCHOR_PROOF", [channel, branch, publisher, 2, w.head, key_epoch, anchor_epoch, "1", 0,
+                                               1, 0], enc([cp, []]) if body is None else body, signer)
+        return w.core.receive(frame, NOW)
+
+    stranger = SigningKey(os.urandom(32))
+    assert proof(branch=os.urandom(16)) == []  # another member's branch: not ours to judge
+    assert proof(publisher=7) == []  # a chain we keep no cursor for: likewise
+    assert _rejects(proof(signer=stranger)) == [RejectReason.BAD_SIGNATURE]
+    assert _rejects(proof(key_epoch=1)) == [RejectReason.STALE_EPOCH]
+    assert _rejects(proof(body=enc([b"not a checkpoint", []]))) == [RejectReason.MALFORMED]
+    assert _rejects(proof(cp_channel=os.urandom(32))) == [RejectReason.FOREIGN_CHANNEL]
+    assert _rejects(proof(cp_signer=stranger)) == [RejectReason.NOT_ANCHORED]
+    assert _rejects(proof(anchor_epoch=1)) == [RejectReason.NOT_ANCHORED]
+    assert _rejects(proof(root=bytes(32))) == [RejectReason.NOT_ANCHORED]
+    ev = proof()
+    assert _rejects(ev) == [] and [a.seq for a in _of(ev, Anchored)] == [2]
+    assert proof() == []  # the head it holds as anchored: no event
