@@ -1146,8 +1146,14 @@ def test_a_refuse_reason_outside_the_reject_codes_reads_as_refused(code: int, re
     core.receive(spec_frame("ANNOUNCE", [channel, author.pk, author.kx, "c"], b"", author.sk)[0], NOW)
     core.hello()
     core.data_to_send()
-    core.receive(spec_frame("CHALLENGE", [channel, os.urandom(16), NOW + 60_000, os.urandom(16)])[0], NOW)
+    nonce, mac = os.urandom(16), os.urandom(16)
+    core.receive(spec_frame("CHALLENGE", [channel, nonce, NOW + 60_000, mac])[0], NOW)
     [subscribe] = [spec_parse(o.data) for o in core.data_to_send()]
+    # SPEC 8.3-8.4: the subscriber checks nothing of the CHALLENGE but copies it into its sealed secret, and proves
+    # control of its key over channel, author key, nonce, expiry and (empty) credential.
+    sign_public, s_nonce, expires, s_mac, credential, proof = parse(SealedBox(author.kx_sk).decrypt(subscribe["body"]))
+    assert (sign_public, s_nonce, expires, s_mac, credential) == (me.sign_public, nonce, NOW + 60_000, mac, b"")
+    VerifyKey(sign_public).verify(H(P["P_PROOF"], channel, author.pk, nonce, u64(expires), b""), proof)
     ev = core.receive(spec_frame("REFUSE", [channel, subscribe["hash"], code], b"", author.sk)[0], NOW)
     assert _rejects(ev) == []
     assert [e.reason for e in ev if type(e).__name__ == "Refused"] == [reported]  # type: ignore[attr-defined]
