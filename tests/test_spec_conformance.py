@@ -1331,3 +1331,22 @@ def test_spec_and_decoder_agree_on_mutated_frames(name: str, data: st.DataObject
             del buf[i]
     mutated = _splice(bytes(raw), head=enc(bytes(buf))) if target == "head" else bytes(buf)
     assert _verdict_by_spec(mutated) == _verdict_by_code(mutated)
+
+
+def test_the_subscription_table_of_spec_9_1_is_the_cores() -> None:
+    """SPEC 9.1's table, row by row, against ``streams._state.SUBSCRIPTION`` (a GRANT while a handshake runs is
+    applied with the state unchanged, which the core does outside the table)."""
+    from streams._state import SUBSCRIPTION, SubscriptionState
+
+    section = SPEC[SPEC.index("### 9.1"):SPEC.index("### 9.2")]
+    spec: dict[tuple[SubscriptionState, str], SubscriptionState | None] = {}
+    for states, inp, nxt in re.findall(r"^\|\s*([A-Z_, ]+?)\s*\|\s*(.+?)\s*\|\s*(.+?)\s*\|$", section, re.M):
+        if states == "state":
+            continue
+        kind = "hello" if inp.startswith("local `hello`") else inp.split()[0]
+        target = None if nxt.startswith("(applied") else SubscriptionState[nxt.split()[0]]
+        for st_name in states.split(", "):
+            spec[(SubscriptionState[st_name], kind)] = target
+    code = {(s, k if isinstance(k, str) else k.name): v for (s, k), v in SUBSCRIPTION.items()}
+    assert {k: v for k, v in spec.items() if v is not None} == code
+    assert all((s, k) not in code for (s, k), v in spec.items() if v is None)
