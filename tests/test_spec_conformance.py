@@ -1350,3 +1350,18 @@ def test_the_subscription_table_of_spec_9_1_is_the_cores() -> None:
     code = {(s, k if isinstance(k, str) else k.name): v for (s, k), v in SUBSCRIPTION.items()}
     assert {k: v for k, v in spec.items() if v is not None} == code
     assert all((s, k) not in code for (s, k), v in spec.items() if v is None)
+
+
+def test_which_role_accepts_which_kind_is_the_cores() -> None:
+    """SPEC 10's table against ``streams._state.ACCEPTS``; every other (role, kind) is UNEXPECTED."""
+    from streams._state import ACCEPTS, Role
+
+    section = SPEC[SPEC.index("Which role accepts which kind"):SPEC.index("### 10.1")]
+    spec = set()
+    for kinds, author, subscriber in re.findall(r"^\|\s*([A-Z_, ]+?)\s*\|\s*(yes|—)\s*\|\s*(yes|—)\s*\|$", section,
+                                                re.M):
+        for k in kinds.split(", "):
+            spec |= {(Role.AUTHOR, k)} if author == "yes" else set()
+            spec |= {(Role.SUBSCRIBER, k)} if subscriber == "yes" else set()
+    assert spec == {(role, kind.name) for role, kind in ACCEPTS}
+    assert {k for _, k in spec} == set(KIND)  # every kind is someone's
