@@ -40,6 +40,7 @@ __all__ = [
     "MAX_GRANT_ENTRY",
     "MAX_GRANT_KEY_ENTRY",
     "MAX_GRANT_SHARED",
+    "MAX_NAME",
     "SESSION_LEN",
     "VERSION",
     "Ack",
@@ -167,7 +168,9 @@ B16, B32, B24, B64 = _b(16), _b(32), _b(24), _b(64)
 U64 = _T("uint")
 U8 = _T("uint", 0, 255)
 FLAG = _T("uint", 0, 1)  #: SPEC 6.2 ``flag``: 0 or 1, every other value MALFORMED
-NAME = _T("str", 1, 128)
+#: The longest ``name`` field (a channel's name in ANNOUNCE, an anchor id), bytes of UTF-8 (SPEC 6.2).
+MAX_NAME: Final = 128
+NAME = _T("str", 1, MAX_NAME)
 
 
 # --- heads -------------------------------------------------------------------------------------------------

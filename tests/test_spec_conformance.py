@@ -31,7 +31,7 @@ from nacl.signing import SigningKey, VerifyKey
 from brokerless import EndpointConfig
 from streams import anchor
 from streams.core import AuthorCore, CoreConfig, SubscriberCore
-from streams.errors import DecodeError, RejectReason
+from streams.errors import DecodeError, LocalProtocolError, RejectReason
 from streams.events import (
     Acknowledged,
     Anchored,
@@ -1365,3 +1365,21 @@ def test_which_role_accepts_which_kind_is_the_cores() -> None:
             spec |= {(Role.SUBSCRIBER, k)} if subscriber == "yes" else set()
     assert spec == {(role, kind.name) for role, kind in ACCEPTS}
     assert {k for _, k in spec} == set(KIND)  # every kind is someone's
+
+
+# --- the author's own input: what it announces must be a frame SPEC allows ----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129, "\u00e9" * 65, "\ud800"], ids=["empty", "129 bytes", "130 in UTF-8",
+                                                                            "lone surrogate"])
+def test_an_author_refuses_a_channel_name_its_announce_could_not_carry(name: str) -> None:
+    """SPEC 6.2/8.1: ANNOUNCE's name is 1..128 bytes of UTF-8.  An author that took another name announced a frame
+    every subscriber refuses (MALFORMED), and so no one could ever subscribe: refused at creation instead."""
+    with pytest.raises(LocalProtocolError, match="name"):
+        AuthorCore(Identity.from_seed(bytes(32)), name, AllowList())
+
+
+def test_an_author_with_a_name_of_128_bytes_announces_a_frame_spec_allows() -> None:
+    author = AuthorCore(Identity.from_seed(bytes(32)), "\u00e9" * 64, AllowList())
+    f = spec_parse(author.announcement)
+    assert f["head"]["name"] == "\u00e9" * 64 and f["head"]["channel"] == author.channel
