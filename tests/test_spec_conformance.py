@@ -1385,3 +1385,27 @@ def test_an_author_with_a_name_of_128_bytes_announces_a_frame_spec_allows() -> N
     author = AuthorCore(Identity.from_seed(bytes(32)), "\u00e9" * 64, AllowList())
     f = spec_parse(author.announcement)
     assert f["head"]["name"] == "\u00e9" * 64 and f["head"]["channel"] == author.channel
+
+
+def test_inner_limits_a_credential_of_65536_bytes_and_a_path_of_64_nodes() -> None:
+    """SPEC 8.4 (credential: bin 0..65536) and 13.5 (an inclusion path of at most 64 nodes), at and past the bound."""
+    m = SpecMember()
+    c, kx = m.challenge, bytes(VerifyKey(m.apk).to_curve25519_public_key())
+
+    def subscribe(credential: bytes) -> list[RejectReason]:
+        proof = m.me.sk.sign(H(P["P_PROOF"], m.channel, m.apk, c["nonce"], u64(c["expires_ms"]), credential))
+        secret = enc([m.me.pk, c["nonce"], c["expires_ms"], c["mac"], credential, proof.signature])
+        frame, _ = spec_frame("SUBSCRIBE", [m.channel], SealedBox(PublicKey(kx)).encrypt(secret))
+        return m.verdict(frame)
+
+    assert subscribe(bytes(65537)) == [RejectReason.MALFORMED]
+    assert subscribe(bytes(65536)) == [RejectReason.BAD_CHALLENGE]  # decoded: its challenge was used already
+
+    w = _world()
+    w.deliver(*w.packet(b"m"))
+    fields = [1, w.channel, 0, 1, bytes(32), bytes(32), NOW]
+    cp = enc([*fields, w.author.sk.sign(H(P["P_EPOCH"], enc(fields))).signature])
+    for nodes, reason in ((65, RejectReason.MALFORMED), (64, RejectReason.NOT_ANCHORED)):
+        frame, _ = spec_frame("ANCHOR_PROOF", [w.channel, w.branch, 0, 1, w.head, 0, 0, "1", 0, 1, 0],
+                              enc([cp, [bytes(32)] * nodes]), w.author.sk)
+        assert _rejects(w.core.receive(frame, NOW)) == [reason]
