@@ -84,6 +84,7 @@ from .wire import (
     MAX_CREDENTIAL,
     MAX_FRAME,
     MAX_GRANT_KEY_ENTRY,
+    MAX_NAME,
     SESSION_LEN,
     VERSION,
     Ack,
@@ -190,6 +191,19 @@ def _elapsed(now_ms: int, since_ms: int, interval_ms: int) -> bool:
 def channel_id(author_sign: bytes, name: str) -> bytes:
     """``H(chan, author_sign || name)``: a channel is bound to its author's key (SPEC.md, "Channel id")."""
     return _crypto.hash32(_crypto.P_CHANNEL, author_sign, name.encode())
+
+
+def _check_name(name: object) -> None:
+    """A channel name that its ANNOUNCE can carry (SPEC 6.2: 1..128 bytes of UTF-8).  Any other would make an
+    announcement every subscriber refuses as malformed: a channel nobody can join."""
+    if type(name) is not str:
+        raise LocalProtocolError(f"a channel name must be text, not {type(name).__name__}")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise LocalProtocolError("a channel name must be valid Unicode text (it holds a lone surrogate)") from None
+    if not 1 <= size <= MAX_NAME:
+        raise LocalProtocolError(f"a channel name is 1..{MAX_NAME} bytes of UTF-8, not {size}")
 
 
 def _check_credential(credential: object) -> None:
@@ -1819,6 +1833,7 @@ class AuthorCore(_CoreBase):
 
     def __init__(self, identity: Identity, name: str, policy: Policy, config: CoreConfig | None = None,
                  rng: Rng | None = None) -> None:
+        _check_name(name)
         super().__init__(identity, config, rng)
         self.name = name
         self.policy = policy

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_GRANT_ENTRY",
     "MAX_GRANT_KEY_ENTRY",
     "MAX_GRANT_SHARED",
+    "MAX_NAME",
     "SESSION_LEN",
     "VERSION",
     "Ack",
@@ -166,7 +167,10 @@ def _b(n: int) -> _T:
 B16, B32, B24, B64 = _b(16), _b(32), _b(24), _b(64)
 U64 = _T("uint")
 U8 = _T("uint", 0, 255)
-NAME = _T("str", 1, 128)
+FLAG = _T("uint", 0, 1)  #: SPEC 6.2 ``flag``: 0 or 1, every other value MALFORMED
+#: The longest ``name`` field (a channel's name in ANNOUNCE, an anchor id), bytes of UTF-8 (SPEC 6.2).
+MAX_NAME: Final = 128
+NAME = _T("str", 1, MAX_NAME)
 
 
 # --- heads -------------------------------------------------------------------------------------------------
@@ -373,7 +377,7 @@ class AnchorProof:
     a grant to a re-subscribing member: such a member starts its cursor at this head (state-loss recovery)."""
 
     KIND: ClassVar[Kind] = Kind.ANCHOR_PROOF
-    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, _T("uint", 1), B32, U64, U64, NAME, U64, _T("uint", 1), U8)
+    SCHEMA: ClassVar[tuple[_T, ...]] = (B32, B16, U8, _T("uint", 1), B32, U64, U64, NAME, U64, _T("uint", 1), FLAG)
     channel: bytes
     branch: bytes
     publisher: int
@@ -597,10 +601,22 @@ def _uint_len(v: int) -> int:
     return 1 if v < 128 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 4294967296 else 9
 
 
+def _uint_marker(v: int) -> int:
+    """The first byte of the shortest msgpack encoding of a non-negative integer (the fixint itself, or uint 8/16/32/
+    64's marker)."""
+    return v if v < 128 else 0xCC if v < 256 else 0xCD if v < 65536 else 0xCE if v < 4294967296 else 0xCF
+
+
+#: Where a PACKET head's integers start: after fixarray(7) and the bin 8 channel (34 bytes) and branch (18).
+_PACKET_PUBLISHER_AT: Final = 1 + 34 + 18
+
+
 def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
     """The hot path of :func:`decode_frame` for PACKET heads: the same checks as ``Packet.SCHEMA`` (types,
-    lengths, ranges) written out, and canonical form by length arithmetic instead of re-encoding (as for the
-    outer frame: each value has one shortest encoding and every other one is longer).  Returns None when a
+    lengths, ranges) written out, and canonical form without re-encoding.  The byte strings cannot be encoded
+    otherwise at the same length (a wider bin header is longer, a str is not bytes), but an integer can: msgpack's
+    signed ``int 16/32/64`` of a value is as long as its ``uint 16/32/64`` (SPEC 5: MALFORMED), so each integer's
+    marker byte is checked too -- with the lengths and the values equal, the bytes then are.  Returns None when a
     check fails, so that the generic path reports the precise error."""
     channel, branch, publisher, seq, prev, epoch, nonce = values
     if not (type(channel) is bytes and len(channel) == 32 and type(branch) is bytes and len(branch) == 16
@@ -609,7 +625,12 @@ def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
             and type(epoch) is int and 0 <= epoch <= _U64):
         return None
     # fixarray(7) + bin8 headers of 32, 16, 32 and 24 bytes: 1 + 34 + 18 + 34 + 26 = 113, plus the integers
-    if len(head_raw) != 113 + _uint_len(publisher) + _uint_len(seq) + _uint_len(epoch):
+    n_publisher, n_seq = _uint_len(publisher), _uint_len(seq)
+    if len(head_raw) != 113 + n_publisher + n_seq + _uint_len(epoch):
+        return None
+    at = _PACKET_PUBLISHER_AT
+    if (head_raw[at] != _uint_marker(publisher) or head_raw[at + n_publisher] != _uint_marker(seq)
+            or head_raw[at + n_publisher + n_seq + 34] != _uint_marker(epoch)):
         return None
     return Packet(channel, branch, publisher, seq, prev, epoch, nonce)
 
@@ -764,7 +785,15 @@ def decode_grant_key(data: bytes) -> GrantKey:
                  [tuple(_strict_tuple(x, (U8, B32), "key")) for x in values[2]])
     if encode_grant_key(k) != data:
         raise DecodeError("grant key: not in canonical encoding")
+    _once_each(k.keys, "grant key: keys")
     return k
+
+
+def _once_each(rows: list[Any], what: str) -> None:
+    """SPEC 8.5: a grant's lists name each index (their first element) at most once -- a list naming one twice
+    reads two ways (the first or the last?), so it is malformed."""
+    if len({r[0] for r in rows}) != len(rows):
+        raise DecodeError(f"{what}: an index named twice")
 
 
 def encode_grant_shared(members: list[tuple[int, bytes, int]], heads: list[tuple[int, int, bytes]]) -> bytes:
@@ -783,6 +812,8 @@ def decode_grant_shared(data: bytes) -> tuple[list[tuple[int, bytes, int]], list
         raise DecodeError("grant shared part: not in canonical encoding")
     if any(perm not in (1, 2, 3, 4) for _, _, perm in members):
         raise DecodeError("grant shared part: unknown permission")
+    _once_each(members, "grant shared part: members")
+    _once_each(heads, "grant shared part: heads")
     return members, heads
 
 
@@ -829,6 +860,8 @@ def decode_grant_secret(data: bytes) -> GrantSecret:
     for _, _, perm in s.members:
         if perm not in (1, 2, 3, 4):
             raise DecodeError("grant secret: unknown permission")
+    for rows, what in ((s.members, "members"), (s.keys, "keys"), (s.heads, "heads")):
+        _once_each(rows, f"grant secret: {what}")
     return s
 
 

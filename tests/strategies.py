@@ -90,24 +90,24 @@ grant_entries = st.lists(
     st.builds(wire.GrantEntry, byte_strings(8), st.binary(min_size=48, max_size=120)), min_size=1, max_size=6
 )
 
+def _rows(*fields: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    """A grant's list of rows, each index (first element) at most once (SPEC 8.5)."""
+    return st.lists(st.tuples(u8s, *fields), max_size=5, unique_by=lambda r: r[0])
+
+
+_members = _rows(byte_strings(32), st.sampled_from([1, 2, 3, 4]))
+
 grant_secrets = st.builds(
-    wire.GrantSecret,
-    u8s,
-    st.lists(st.tuples(u8s, byte_strings(32), st.sampled_from([1, 2, 3, 4])), max_size=5),
-    st.lists(st.tuples(u8s, byte_strings(32)), max_size=5),
-    st.lists(st.tuples(u8s, u64s, byte_strings(32)), max_size=5),
+    wire.GrantSecret, u8s, _members, _rows(byte_strings(32)), _rows(u64s, byte_strings(32))
 )
 
 #: (shared, entries) of a GRANT body in the current layout (SPEC 8.5).
 grant_bodies = st.tuples(st.binary(min_size=16, max_size=200), grant_entries)
 
-grant_keys = st.builds(wire.GrantKey, u8s, byte_strings(32), st.lists(st.tuples(u8s, byte_strings(32)), max_size=5))
+grant_keys = st.builds(wire.GrantKey, u8s, byte_strings(32), _rows(byte_strings(32)))
 
 #: (members, heads) of a grant's shared part.
-grant_shared = st.tuples(
-    st.lists(st.tuples(u8s, byte_strings(32), st.sampled_from([1, 2, 3, 4])), max_size=5),
-    st.lists(st.tuples(u8s, u64s, byte_strings(32)), max_size=5),
-)
+grant_shared = st.tuples(_members, _rows(u64s, byte_strings(32)))
 
 subscribe_secrets = st.builds(
     wire.SubscribeSecret, *(field_values(t) for t in wire.SubscribeSecret.SCHEMA)

@@ -28,7 +28,7 @@ def _type_name(t: object) -> str:
     if kind == "bytes" and lo == hi:
         return f"b{lo}"
     if kind == "uint":
-        return "u8" if hi == 255 else "u64"
+        return "u8" if hi == 255 else "flag" if hi == 1 else "u64"
     if kind == "str":
         return "name"
     raise AssertionError(f"type without a spec name: {kind} {lo}..{hi}")

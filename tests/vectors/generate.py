@@ -32,6 +32,7 @@ from streams.core import AuthorCore, CoreConfig, SubscriberCore, _hint, _proof_d
 from streams.identity import Identity, x25519_multibase  # noqa: E402
 from streams.policy import AllowList  # noqa: E402
 from streams.wire import (  # noqa: E402
+    Permission,
     Refuse,
     SigningMode,
     Unsubscribe,
@@ -260,6 +261,21 @@ def _generate(out: Path) -> None:
         "proofs": [{"branch": k[0].hex(), "publisher": k[1], "index": p.index, "tree_size": p.tree_size,
                     "path": [x.hex() for x in p.path]} for k, p in sorted(epoch.proofs.items())],
     }
+
+    # A re-key with heads (SPEC 8.5): the amortized branch made read-only for its subscriber, epoch 1, listing
+    # both chains' heads.  Made last, so that every frame above keeps its bytes (the sealed boxes share one source).
+    acore2.set_permission(b2, Permission.READ)
+    [rk] = [o.data for o in acore2.data_to_send()]
+    f = decode_frame(rk)
+    shared, [entry] = decode_grant_body(f.body)
+    assert shared is not None and f.head.epoch == 1
+    plain = sub.unseal(entry.sealed)
+    aad = _crypto.P_GRANT + f.head.branch + f.head.epoch.to_bytes(8, "big")
+    frames.append(frame_vector(
+        "grant_rekey", rk, "author", deterministic=True, sealed_to="subscriber", entry_hint=entry.hint.hex(),
+        plaintext=plain.hex(), shared_aad=aad.hex(),
+        shared_plaintext=_crypto.aead_decrypt(decode_grant_key(plain).shared_key, bytes(_crypto.NONCE_SIZE), aad,
+                                              shared).hex()))
 
     doc = {
         "comment": "streams/1 known-answer vectors; see SPEC.md section 16. Regenerate with generate.py.",
