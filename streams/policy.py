@@ -76,7 +76,12 @@ class Policy(Protocol):
     """Decides subscriptions.  A policy whose decisions carry ``evidence`` may also define
     ``still_valid(evidence: bytes, now_ms: int) -> bool``; the author re-checks admitted subscribers with it
     (:func:`evidence_holds`: it is asked about each piece of the evidence it may have made) and revokes those whose
-    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone."""
+    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone.
+
+    A policy that cannot answer now, because something it must look up failed (a status list's server, a DID
+    resolver), raises :class:`~streams.errors.PolicyUnavailable` (from ``decide`` or ``still_valid``): the
+    subscription is refused (fail closed), while a re-check leaves that subscriber as it is and asks again at the
+    next one.  Anything else ``decide`` raises refuses the subscription too."""
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision: ...
 
