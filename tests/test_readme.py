@@ -1,12 +1,19 @@
-"""README.md is what a new user reads first, and what it shows must be true of the code: its command table names
-each command's own flags, all of them; and the package exports every error and event its modules declare public."""
+"""README.md is what a new user reads first, and what it shows must be true of the code: its Python example runs as
+written, every public name is in it, and its command table names each command's own flags, all of them."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
+import pytest
+
+import brokerless
 import streams
 from streams import errors, events
 from streams.cli import build_parser
@@ -17,6 +24,14 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 COMMON_FLAGS = {"-h", "--help", "--json", "-v", "--verbose", "--passphrase-env", "--passphrase-file"}
 
 
+def _code_words() -> set[str]:
+    """Every identifier inside the README's code: inline spans and fenced blocks."""
+    fenced = re.findall(r"^```[a-z]*\n(.*?)^```", README, re.S | re.M)
+    unfenced = re.sub(r"^```[a-z]*\n.*?^```", "", README, flags=re.S | re.M)
+    spans = re.findall(r"`([^`]+)`", unfenced)  # (a span may wrap onto the next line)
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(fenced + spans)))
+
+
 def test_every_error_and_event_is_exported_from_streams() -> None:
     """``streams.__all__`` is the public API (its docstring): an error a caller has to catch, or raise from its own
     policy, and an event a party yields, must be importable from there."""
@@ -25,6 +40,36 @@ def test_every_error_and_event_is_exported_from_streams() -> None:
     assert sorted(set(events.__all__) - exported) == []
     for name in streams.__all__:
         assert hasattr(streams, name), name
+
+
+@pytest.mark.parametrize("module", [streams, brokerless], ids=lambda m: m.__name__)
+def test_every_public_name_is_in_the_readme(module: ModuleType) -> None:
+    """A name exported for users that the README never shows is one they will not find (or will take for
+    internal)."""
+    words = _code_words()
+    assert sorted(n for n in module.__all__ if n != "__version__" and n not in words) == []
+
+
+PYTHON_EXAMPLES = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+
+
+def test_readme_has_python_examples() -> None:
+    """(So that the test below cannot pass by finding none.)"""
+    assert len(PYTHON_EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("code", PYTHON_EXAMPLES, ids=[f"example_{i + 1}" for i in range(len(PYTHON_EXAMPLES))])
+def test_readme_python_examples_run_as_written(code: str, tmp_path: Path) -> None:
+    """Each "Using the library" example, copied into a file and run in a fresh directory, in its own process."""
+    (tmp_path / "example.py").write_text(code, encoding="utf-8")
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    did, seq, signed, payload = r.stdout.strip().split(" ", 3)
+    assert did.startswith("did:key:z6Mk") and seq == "1" and signed == "True"
+    assert payload == "b'{\"payment\": 1, \"amount_eur\": 42}'"
+    assert (tmp_path / "monitor.db").is_file() and (tmp_path / "provider.db").is_file()
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> \
