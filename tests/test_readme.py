@@ -4,6 +4,7 @@ written, every public name is in it, and its command table names each command's 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
@@ -110,3 +111,13 @@ def test_readme_command_table_matches_the_parsers() -> None:
         if takes - named:
             problems.append(f"streams {' '.join(words)}: takes {sorted(takes - named)}, not in the README")
     assert problems == [], "\n".join(problems)
+
+
+def test_readme_benchmark_command_names_every_module() -> None:
+    """The one benchmark command's ``--only`` list is the suite's modules (``bench/run.py``'s MODULES)."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    [only] = re.findall(r"^python bench/run\.py .*\[--only ([a-z0-9 ]+)\]", README, re.M)
+    assert only.split() == list(run.MODULES)
