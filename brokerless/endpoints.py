@@ -310,7 +310,8 @@ class EndpointConfig:
     """Author: most peers tracked; the least recently seen is forgotten beyond it."""
     peers_per_branch: int = 4096
     """Author: most routing ids mapped to one branch (the least recently seen is evicted).  Only peers of
-    verified members are mapped, so a group needs one per connected member (a grant names at most 4096)."""
+    verified members are mapped, so a group needs one per connected member (at most 255 members besides the
+    author, a few connections each)."""
     max_branches: int = 100_000
     """Author: most branches in the routing map (the least recently used is evicted)."""
     curve: CurveConfig | None = None
