@@ -457,6 +457,15 @@ def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame)
 
 
+def _address_error(what: str, address: str, exc: zmq.ZMQError) -> LocalProtocolError:
+    """``what`` (bind, connect) ``address`` failed: the reason once (pyzmq's ``strerror`` repeats the address), and
+    for an address libzmq cannot parse -- typed as ``HOST:PORT``, say -- what one looks like."""
+    reason = zmq.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
+        reason += " (an address is tcp://HOST:PORT or ipc://PATH)"
+    return LocalProtocolError(f"cannot {what} {address}: {reason}")
+
+
 def _check_ipc(address: str) -> None:
     """Refuse to bind an ``ipc://`` path that is in use or not ours to replace: libzmq unlinks whatever is at the
     path before binding, which silently took over a live author's socket (its subscribers then reached the new
@@ -663,7 +672,7 @@ class AuthorEndpoint(_Base):
             self._term()
             if isinstance(exc, LocalProtocolError):
                 raise
-            raise LocalProtocolError(f"cannot bind {at}: {exc.strerror}") from exc
+            raise _address_error("bind", str(at), exc) from exc
         # A synchronous shadow of the same socket for non-blocking drains (PERF-FLOORS: drain loops).
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
 
@@ -1395,7 +1404,7 @@ class SubscriberEndpoint(_Base):
             sock.close(linger=0)
             if isinstance(exc, LocalProtocolError):
                 raise
-            raise LocalProtocolError(f"cannot connect to {self.address!r}: {exc.strerror}") from exc
+            raise _address_error("connect to", self.address, exc) from exc
         return sock, zmq.Socket.shadow(sock.underlying)
 
     # -- Transport -----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,11 @@ import brokerless
 import streams
 from streams import errors, events
 from streams.cli import build_parser
+from tests.cliutil import Cli, make_keystore
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+PASS = "readme passphrase 5d1e"
 #: What the README says once for every command, above its table: not repeated in each row.
 COMMON_FLAGS = {"-h", "--help", "--json", "-v", "--verbose", "--passphrase-env", "--passphrase-file"}
 
@@ -156,3 +159,29 @@ async def test_what_a_reconnect_fetches_is_not_a_gap_also_for_a_group_opened_mea
         await sb.close()
         await sa.close()
         await author.close()
+
+
+def test_an_address_mistake_gets_one_line_that_says_what_an_address_is(tmp_path: Path) -> None:
+    """The quickstart's commands take ZeroMQ addresses.  A port in use, or an address typed as HOST:PORT, is one
+    line on stderr (exit 2) naming the address once -- and, for the syntax, what an address looks like -- and
+    leaves no store behind."""
+    cli = Cli(tmp_path, {"PP": PASS})
+    monitor = make_keystore(cli, "monitor.ks")
+    make_keystore(cli, "provider.ks")
+    (tmp_path / "policy.toml").write_text("[policy]\n")
+    serve = ("serve", "--store", "monitor.db", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
+             "--passphrase-env", "PP", "--bind")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        addr = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+        r = cli(*serve, addr)
+    [line] = r.stderr.splitlines()
+    assert r.returncode == 2 and "Address already in use" in line and line.count(addr[len("tcp://"):]) == 1, line
+    for args in (serve, ("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", monitor,
+                         "--channel", "ab" * 32, "--passphrase-env", "PP", "--connect")):
+        r = cli(*args, "127.0.0.1:5555")
+        [line] = r.stderr.splitlines()
+        assert r.returncode == 2 and line.count("127.0.0.1:5555") == 1, line
+        assert "tcp://HOST:PORT" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.ks", "policy.toml", "provider.ks"]
