@@ -466,6 +466,15 @@ def _address_error(what: str, address: str, exc: zmq.ZMQError) -> LocalProtocolE
     return LocalProtocolError(f"cannot {what} {address}: {reason}")
 
 
+def _check_port(what: str, address: str) -> None:
+    """Refuse a ``tcp://`` port beyond 65535: libzmq takes it modulo 65536, so a typo (``:99999``) bound or
+    connected to another port (34463) without a word."""
+    if address.startswith("tcp://"):
+        port = address.rpartition(":")[2]
+        if port.isdigit() and int(port) > 0xFFFF:
+            raise LocalProtocolError(f"cannot {what} {address}: port {port} is out of range (0 to 65535)")
+
+
 def _check_ipc(address: str) -> None:
     """Refuse to bind an ``ipc://`` path that is in use or not ours to replace: libzmq unlinks whatever is at the
     path before binding, which silently took over a live author's socket (its subscribers then reached the new
@@ -661,6 +670,7 @@ class AuthorEndpoint(_Base):
             self.addresses: list[str] = []
             for a in addrs:
                 at = a
+                _check_port("bind", a)
                 _check_ipc(a)
                 self._sock.bind(a)
                 last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
@@ -1399,6 +1409,7 @@ class SubscriberEndpoint(_Base):
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.config.reconnect_max_ms)
             if self.config.curve is not None:
                 setup_client(sock, self.config.curve)
+            _check_port("connect to", self.address)
             sock.connect(self.address)
         except (zmq.ZMQError, LocalProtocolError) as exc:
             sock.close(linger=0)

@@ -167,8 +167,8 @@ def test_an_address_mistake_gets_one_line_that_says_what_an_address_is(tmp_path:
     leaves no store behind."""
     cli = Cli(tmp_path, {"PP": PASS})
     monitor = make_keystore(cli, "monitor.ks")
-    make_keystore(cli, "provider.ks")
-    (tmp_path / "policy.toml").write_text("[policy]\n")
+    provider = make_keystore(cli, "provider.ks")
+    (tmp_path / "policy.toml").write_text(f'[policy]\n[[policy.allow]]\ndid = "{provider}"\n')
     serve = ("serve", "--store", "monitor.db", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
              "--passphrase-env", "PP", "--bind")
     with socket.socket() as busy:
@@ -184,4 +184,22 @@ def test_an_address_mistake_gets_one_line_that_says_what_an_address_is(tmp_path:
         [line] = r.stderr.splitlines()
         assert r.returncode == 2 and line.count("127.0.0.1:5555") == 1, line
         assert "tcp://HOST:PORT" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.ks", "policy.toml", "provider.ks"]
+
+
+def test_a_port_beyond_65535_is_refused_not_wrapped_around(tmp_path: Path) -> None:
+    """libzmq takes a TCP port modulo 65536: `--bind tcp://127.0.0.1:99999` (a typo) served on port 34463 as if
+    nothing were wrong, and `--connect` to it went there too.  Both are refused, naming the port."""
+    cli = Cli(tmp_path, {"PP": PASS})
+    monitor = make_keystore(cli, "monitor.ks")
+    provider = make_keystore(cli, "provider.ks")
+    (tmp_path / "policy.toml").write_text(f'[policy]\n[[policy.allow]]\ndid = "{provider}"\n')
+    serve = ("serve", "--store", "monitor.db", "--policy", "policy.toml", "--keystore", "monitor.ks", "--name", "m",
+             "--passphrase-env", "PP", "--bind")
+    subscribe = ("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", monitor,
+                 "--channel", "ab" * 32, "--timeout", "1", "--passphrase-env", "PP", "--connect")
+    for args in (serve, subscribe):
+        r = cli(*args, "tcp://127.0.0.1:99999")
+        [line] = r.stderr.splitlines()
+        assert r.returncode == 2 and "port 99999" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.ks", "policy.toml", "provider.ks"]
