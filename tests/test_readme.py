@@ -203,3 +203,26 @@ def test_a_port_beyond_65535_is_refused_not_wrapped_around(tmp_path: Path) -> No
         [line] = r.stderr.splitlines()
         assert r.returncode == 2 and "port 99999" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.ks", "policy.toml", "provider.ks"]
+
+
+async def test_an_author_that_never_answers_is_reported_as_an_address_to_check(tmp_path: Path) -> None:
+    """A member whose author's endpoint sent nothing at all: most often a wrong address or an author that is not
+    running (here: nobody listens there), also a CurveZMQ mismatch.  `publish` and `tail` say to check the
+    address, then name --curve."""
+    fast = streams.StoreOptions(durable=False, opslimit=1, memlimit=8192)
+    hub = streams.MemoryHub()
+    mon, provider = streams.Identity.from_seed(b"\x01" * 32), streams.Identity.from_seed(b"\x02" * 32)
+    author = await streams.Author.create(tmp_path / "monitor.db", mon, "m", PASS, hub.author_endpoint(),
+                                         streams.AllowList.of([provider.did]), store_options=fast)
+    sub = await streams.Subscriber.create(tmp_path / "provider.db", provider, mon.did, author.channel, PASS,
+                                          hub.subscriber_endpoint("p"), store_options=fast)
+    await sub.subscribe(timeout=5)
+    await sub.close()
+    await author.close()
+    cli = Cli(tmp_path, {"PP": PASS})
+    nobody = ("--store", "provider.db", "--passphrase-env", "PP", "--connect", f"ipc://{tmp_path}/nobody")
+    hint = "check that the author runs at that address; if the author serves with --curve, give --curve too"
+    pub = cli("publish", *nobody, "--data", "x", "--wait-ack", "1")
+    assert pub.returncode == 1 and "NOT acknowledged" in pub.stdout and hint in pub.stdout, pub.stdout
+    tail = cli("tail", *nobody, "--timeout", "1")
+    assert tail.returncode == 0 and hint in tail.stderr, tail.stderr
