@@ -54,6 +54,12 @@ def test_every_public_name_is_in_the_readme(module: ModuleType) -> None:
     assert sorted(n for n in module.__all__ if n != "__version__" and n not in words) == []
 
 
+@pytest.mark.parametrize("cls", [streams.Author, streams.Subscriber], ids=lambda c: c.__name__)
+def test_every_public_method_of_the_parties_is_in_the_readme(cls: type) -> None:
+    words = _code_words()
+    assert sorted(n for n in dir(cls) if not n.startswith("_") and n not in words) == []
+
+
 PYTHON_EXAMPLES = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
 
 
