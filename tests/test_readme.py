@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,21 @@ async def test_an_author_that_never_answers_is_reported_as_an_address_to_check(t
     assert pub.returncode == 1 and "NOT acknowledged" in pub.stdout and hint in pub.stdout, pub.stdout
     tail = cli("tail", *nobody, "--timeout", "1")
     assert tail.returncode == 0 and hint in tail.stderr, tail.stderr
+
+
+@pytest.mark.parametrize("make", [
+    lambda dids: streams.AllowList.of(dids),
+    lambda dids: streams.AllowList(dict.fromkeys(dids, streams.Permission.READ)),
+    lambda dids: streams.DenyList(frozenset(dids)),
+], ids=["AllowList.of", "AllowList", "DenyList"])
+def test_a_list_policy_refuses_a_did_that_is_not_one(make: Any) -> None:
+    """A policy file with a mistyped DID is refused (README: "invalid DIDs ... are refused with an error naming
+    the file and the key"); the library's lists took it silently -- an allow-list then never admitted the
+    provider meant, and a deny-list (one character off, or the DID of another method) denied nobody: alone, it
+    admitted everyone it was written to keep out."""
+    good = streams.Identity.from_seed(b"\x05" * 32).did
+    # Typos that cannot be another valid DID: a character dropped, one outside base58 ("0"), a trailing space.
+    for bad in (good[:-1], good[:20] + "0" + good[21:], good + " ", "did:web:example.com", ""):
+        with pytest.raises(streams.LocalProtocolError, match="did:key"):
+            make([good, bad])
+    make([good])  # (a valid one is taken)
