@@ -227,12 +227,21 @@ async def test_an_author_that_never_answers_is_reported_as_an_address_to_check(t
     await sub.close()
     await author.close()
     cli = Cli(tmp_path, {"PP": PASS})
+    make_keystore(cli, "provider.ks")
     nobody = ("--store", "provider.db", "--passphrase-env", "PP", "--connect", f"ipc://{tmp_path}/nobody")
     hint = "check that the author runs at that address; if the author serves with --curve, give --curve too"
     pub = cli("publish", *nobody, "--data", "x", "--wait-ack", "1")
     assert pub.returncode == 1 and "NOT acknowledged" in pub.stdout and hint in pub.stdout, pub.stdout
     tail = cli("tail", *nobody, "--timeout", "1")
     assert tail.returncode == 0 and hint in tail.stderr, tail.stderr
+    # A first run: the same, and not the library's "check the address and the channel id" before it (nothing came
+    # at all: the channel id cannot be what is wrong, and the address is said once).
+    (tmp_path / "provider.db").unlink()
+    sub = cli("subscribe", *nobody, "--keystore", "provider.ks", "--author", mon.did, "--channel",
+              author.channel.hex(), "--timeout", "1")
+    assert sub.returncode == 2, sub.stderr
+    assert sub.stderr.splitlines()[-1] == ("streams: error: no admission or refusal from the author; nothing at all "
+                                           f"came from the author's endpoint: {hint}")
 
 
 @pytest.mark.parametrize("make", [

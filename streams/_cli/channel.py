@@ -1000,11 +1000,13 @@ async def subscribe(args: argparse.Namespace) -> Result:
         except AdmissionRefused as exc:
             refused = CheckFailed(f"the author refused the subscription ({exc.reason.name})", "refused", exc.reason)
             raise refused from None
-        except StreamsTimeoutError as exc:
+        except StreamsTimeoutError:
             hint = unheard_hint(transport, args.curve)
             if not hint:
                 raise
-            raise StreamsTimeoutError(f"{exc}{hint}") from None
+            # Nothing at all came: not the library's "check the address and the channel id" -- the channel id
+            # cannot be what is wrong (its announcement needs a connection first), and the hint says the rest.
+            raise StreamsTimeoutError(f"no admission or refusal from the author{hint}") from None
         info = next(b for b in sub.branches() if b.id == branch)
         data = {"ok": True, "did": sub.did, "channel": sub.channel.hex(), **branch_doc(info)}
         granted = True
