@@ -310,7 +310,8 @@ class EndpointConfig:
     """Author: most peers tracked; the least recently seen is forgotten beyond it."""
     peers_per_branch: int = 4096
     """Author: most routing ids mapped to one branch (the least recently seen is evicted).  Only peers of
-    verified members are mapped, so a group needs one per connected member (a grant names at most 4096)."""
+    verified members are mapped, so a group needs one per connected member (at most 255 members besides the
+    author, a few connections each)."""
     max_branches: int = 100_000
     """Author: most branches in the routing map (the least recently used is evicted)."""
     curve: CurveConfig | None = None
@@ -457,6 +458,24 @@ def _socket_options(sock: zmq.Socket[Any], cfg: EndpointConfig) -> None:
     sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
     sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame)
+
+
+def _address_error(what: str, address: str, exc: zmq.ZMQError) -> LocalProtocolError:
+    """``what`` (bind, connect) ``address`` failed: the reason once (pyzmq's ``strerror`` repeats the address), and
+    for an address libzmq cannot parse -- typed as ``HOST:PORT``, say -- what one looks like."""
+    reason = zmq.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno in (errno.EINVAL, errno.EPROTONOSUPPORT):
+        reason += " (an address is tcp://HOST:PORT or ipc://PATH)"
+    return LocalProtocolError(f"cannot {what} {address}: {reason}")
+
+
+def _check_port(what: str, address: str) -> None:
+    """Refuse a ``tcp://`` port beyond 65535: libzmq takes it modulo 65536, so a typo (``:99999``) bound or
+    connected to another port (34463) without a word."""
+    if address.startswith("tcp://"):
+        port = address.rpartition(":")[2]
+        if port.isdigit() and int(port) > 0xFFFF:
+            raise LocalProtocolError(f"cannot {what} {address}: port {port} is out of range (0 to 65535)")
 
 
 def _check_ipc(address: str) -> None:
@@ -654,6 +673,7 @@ class AuthorEndpoint(_Base):
             self.addresses: list[str] = []
             for a in addrs:
                 at = a
+                _check_port("bind", a)
                 _check_ipc(a)
                 self._sock.bind(a)
                 last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
@@ -665,7 +685,7 @@ class AuthorEndpoint(_Base):
             self._term()
             if isinstance(exc, LocalProtocolError):
                 raise
-            raise LocalProtocolError(f"cannot bind {at}: {exc.strerror}") from exc
+            raise _address_error("bind", str(at), exc) from exc
         # A synchronous shadow of the same socket for non-blocking drains (PERF-FLOORS: drain loops).
         self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
 
@@ -1407,12 +1427,13 @@ class SubscriberEndpoint(_Base):
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.config.reconnect_max_ms)
             if self.config.curve is not None:
                 setup_client(sock, self.config.curve)
+            _check_port("connect to", self.address)
             sock.connect(self.address)
         except (zmq.ZMQError, LocalProtocolError) as exc:
             sock.close(linger=0)
             if isinstance(exc, LocalProtocolError):
                 raise
-            raise LocalProtocolError(f"cannot connect to {self.address!r}: {exc.strerror}") from exc
+            raise _address_error("connect to", self.address, exc) from exc
         return sock, zmq.Socket.shadow(sock.underlying)
 
     # -- Transport -----------------------------------------------------------------------------------------------

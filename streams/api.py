@@ -284,17 +284,21 @@ class _Party:
 
     @property
     def did(self) -> str:
+        """This party's DID."""
         return self._store.identity.did
 
     @property
     def channel(self) -> bytes:
+        """The channel id, 32 bytes (what a subscriber is given out of band, with the author's DID)."""
         return self._core.channel
 
     @property
     def store(self) -> Store:
+        """The party's store (read-only use: the party commits to it)."""
         return self._store
 
     def branches(self) -> list[BranchInfo]:
+        """Every branch this party holds, open or closed."""
         out = []
         for bid in self._core.branch_ids():
             epoch, perm, state, members = self._core.branch_info(bid)
@@ -309,7 +313,9 @@ class _Party:
 
         Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch; its
         :class:`ChainConflictError` when our chain conflicts with the author's copy: nothing is signed),
-        :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged)."""
+        :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged),
+        :class:`LedgerConflict` (an author whose anchoring found the ledger ahead of its store: it publishes
+        nothing more, see :meth:`Author.open`)."""
         self._check_usable()
         if self._no_publish is not None:
             raise LedgerConflict(str(self._no_publish))
@@ -1071,7 +1077,11 @@ class Author(_Party):
         """Create a channel: a new store at ``path``, announce it, start serving.
 
         With a ``ledger``, chain heads are anchored on it in batches (see :mod:`streams.anchoring_service`);
-        publishing never waits for the ledger.  The ledger stays the caller's to close."""
+        publishing never waits for the ledger.  The ledger stays the caller's to close.
+
+        Raises :class:`LocalProtocolError` if ``path`` already holds a file (other than an empty one: ``open``
+        it) or its side files are not regular files, :class:`StorageError` if it cannot be written.  A failed
+        create leaves nothing at ``path`` and closes ``transport``."""
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Author | None = None
@@ -1099,7 +1109,10 @@ class Author(_Party):
         """Reopen a channel after a restart: cursors, branches and used challenges come back from disk; with a
         ``ledger``, epochs queued before the restart are written and confirmed first, in order.  Raises
         :class:`~streams.errors.LedgerConflict` if the ledger holds checkpoints of this channel that the store
-        does not (a store restored from a stale copy: publishing from it would fork the channel)."""
+        does not (a store restored from a stale copy: publishing from it would fork the channel),
+        :class:`~streams.errors.BadPassphrase` for a wrong passphrase, :class:`StorageError` for a missing,
+        damaged or foreign file or one another party has open, :class:`LocalProtocolError` for a subscriber's
+        store.  A failed open closes ``transport``."""
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Author | None = None
@@ -1162,16 +1175,17 @@ class Author(_Party):
 
     @property
     def announcement(self) -> bytes:
+        """The channel's signed announcement frame."""
         return self._core.announcement
 
     @property
     def policy(self) -> Policy:
+        """The admission policy.  Assigning one replaces it: it decides the next subscriptions.  Subscribers
+        already admitted stay until revoked: :meth:`recheck_admissions` revokes those it can no longer admit."""
         return self._core.policy
 
     @policy.setter
     def policy(self, policy: Policy) -> None:
-        """Replace the admission policy: it decides the next subscriptions.  Subscribers already admitted stay
-        until revoked: :meth:`recheck_admissions` revokes those it can no longer admit."""
         self._core.policy = policy
 
     def branch_of(self, did: str) -> bytes | None:
@@ -1457,7 +1471,10 @@ class Subscriber(_Party):
         node that lags behind the author's) is checked again, with backoff, for ``anchor_wait`` seconds before
         it is reported ``Rejected(NOT_ANCHORED)`` (``math.inf``: never); an outage of the ledger is waited out
         however long it lasts, and does not count against ``anchor_wait``.  Raises :class:`LocalProtocolError` if
-        ``anchor_wait`` is not a positive number (before anything is written)."""
+        ``anchor_wait`` is not a positive number or ``channel`` is not 32 bytes (before anything is written), or
+        ``path`` already holds a file (as :meth:`Author.create`); :class:`~streams.errors.DecodeError` (a
+        ``ValueError``) for a malformed ``author_did``; :class:`StorageError` if it cannot be written.  A failed
+        create leaves nothing at ``path`` and closes ``transport``."""
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None
@@ -1481,7 +1498,8 @@ class Subscriber(_Party):
                    clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None,
                    anchor_wait: float = ANCHOR_WAIT) -> Subscriber:
         """Reopen after a restart: branches and cursors come back; missed messages are fetched.  ``ledger`` and
-        ``anchor_wait`` as for :meth:`create`."""
+        ``anchor_wait`` as for :meth:`create`.  Raises as :meth:`Author.open` (an author's store:
+        :class:`LocalProtocolError`)."""
         so = store_options or StoreOptions()
         store: Store | None = None
         self: Subscriber | None = None

@@ -73,7 +73,7 @@ async def _demo(workdir: Path, events_per_provider: int, out: list[str]) -> Repo
         received.append(await monitor.next_message(timeout=10))
     per_provider = {name: sum(1 for m in received if m.branch == branches[name]) for name in subs}
     rep.check("monitor received every provider's events", all(v == events_per_provider for v in per_provider.values()),
-              f"{per_provider}")
+              ", ".join(f"{name} {n}/{events_per_provider}" for name, n in per_provider.items()))
     rep.check("every event signed by its provider's DID",
               all(m.signed and m.publisher_did == providers[json.loads(m.payload)["provider"]].did for m in received))
 

@@ -22,7 +22,7 @@ from typing import Final, Protocol
 
 import msgpack
 
-from .errors import PolicyUnavailable
+from .errors import LocalProtocolError, PolicyUnavailable
 from .identity import holder_of
 from .wire import Permission
 
@@ -76,7 +76,12 @@ class Policy(Protocol):
     """Decides subscriptions.  A policy whose decisions carry ``evidence`` may also define
     ``still_valid(evidence: bytes, now_ms: int) -> bool``; the author re-checks admitted subscribers with it
     (:func:`evidence_holds`: it is asked about each piece of the evidence it may have made) and revokes those whose
-    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone."""
+    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone.
+
+    A policy that cannot answer now, because something it must look up failed (a status list's server, a DID
+    resolver), raises :class:`~streams.errors.PolicyUnavailable` (from ``decide`` or ``still_valid``): the
+    subscription is refused (fail closed), while a re-check leaves that subscriber as it is and asks again at the
+    next one.  Anything else ``decide`` raises refuses the subscription too."""
 
     def decide(self, request: SubscriptionRequest, now_ms: int) -> Decision: ...
 
@@ -164,11 +169,24 @@ def evidence_parts(evidence: bytes) -> list[bytes]:
     return out
 
 
+def _check_dids(what: str, dids: Iterable[object]) -> None:
+    """Refuse an entry that is not a valid Ed25519 did:key -- the only DIDs a subscription can prove: one that is
+    not would never match, so a mistyped DID on an allow-list would silently admit nobody, and on a deny-list
+    deny nobody (a policy file refuses it too, :mod:`streams.policy_file`)."""
+    for did in dids:
+        if not isinstance(did, str) or holder_of(did) is None:
+            raise LocalProtocolError(f"{what}: {did!r} is not a valid Ed25519 did:key")
+
+
 @dataclass(frozen=True)
 class AllowList:
-    """Admit exactly the listed DIDs, each with a permission (default read-write)."""
+    """Admit exactly the listed DIDs, each with a permission (default read-write).  Raises
+    :class:`~streams.errors.LocalProtocolError` for an entry that is not a valid Ed25519 did:key."""
 
     dids: dict[str, Permission] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_dids("allow-list", self.dids)
 
     @classmethod
     def of(cls, dids: Iterable[str], permission: Permission = Permission.READ_WRITE) -> AllowList:
@@ -188,13 +206,15 @@ class AllowList:
 class DenyList:
     """Refuse the listed DIDs -- and their twins (the same key negated: the same holder, who can sign as either;
     :func:`streams.identity.holder_of`) -- and admit everyone else with ``permission``.  Combine with
-    :class:`AllOf`."""
+    :class:`AllOf`.  Raises :class:`~streams.errors.LocalProtocolError` for an entry that is not a valid Ed25519
+    did:key (it would deny nobody)."""
 
     dids: frozenset[str] = frozenset()
     permission: Permission = Permission.READ_WRITE
     _holders: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
+        _check_dids("deny-list", self.dids)
         object.__setattr__(self, "_holders", denied_holders(self.dids))
 
     def could_admit(self, did: str) -> bool:

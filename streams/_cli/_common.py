@@ -125,10 +125,12 @@ def _plain(doc: str) -> str:
 
 
 def add_group(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str,
+    description: str | None = None,
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """Add a command group (``streams credential ...``) and return its own sub-parsers."""
-    p = subparsers.add_parser(name, help=help, description=help, allow_abbrev=False)
+    p = subparsers.add_parser(name, help=help, description=_plain(description or help), allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     # Also here (`streams identity --json show`), under its own name: the command's own --json default would
     # otherwise overwrite it.
     p.add_argument("--json", dest="group_json", action="store_true", help="machine-readable output (JSON on stdout)")

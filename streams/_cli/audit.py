@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``streams audit``."""
     a = add_command(subparsers, "audit", _audit, help="check a stored channel log against its signatures and "
                     "the ledger", description=_DESCRIPTION)
-    a.add_argument("--store", required=True, help="the party's store file (author, member or auditor)")
-    a.add_argument("--ledger", help="sqlite:PATH (embedded ledger) or iota:URL (Stardust node)")
+    a.add_argument("--store", required=True, metavar="PATH", help="the party's store file (author, member or auditor)")
+    a.add_argument("--ledger", metavar="SPEC", help="sqlite:PATH (embedded ledger) or iota:URL (Stardust node)")
     add_passphrase_options(a, "store")
 

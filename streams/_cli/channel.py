@@ -438,15 +438,17 @@ async def open_subscriber(store: str, passphrase: str, transport: Transport, *, 
 
 def unheard_hint(transport: SubscriberTransport, curve: bool) -> str:
     """A hint for a subscriber command that got no answer, if nothing at all came from the author's endpoint:
-    the connection never came up.  A CurveZMQ mismatch looks exactly like that -- a CURVE handshake with a plain
-    endpoint, or one the author's ZAP refuses, fails without a word -- so the hint names ``--curve``.  Empty if
-    the author's endpoint was heard (then CURVE was not the problem)."""
+    the connection never came up.  Most often the address is wrong or the author is not running; a CurveZMQ
+    mismatch looks exactly like that too -- a CURVE handshake with a plain endpoint, or one the author's ZAP
+    refuses, fails without a word -- so the hint names the address, then ``--curve``.  Empty if the author's
+    endpoint was heard (then neither was the problem)."""
     if transport.author_instance is not None:
         return ""
+    unheard = "; nothing at all came from the author's endpoint: check that the author runs at that address; "
     if curve:
-        return ("; nothing at all came from the author's endpoint: with --curve, the author must serve with --curve "
-                "too and know this DID (its policy allows it, or it is a member)")
-    return "; nothing at all came from the author's endpoint: if the author serves with --curve, give --curve too"
+        return unheard + ("with --curve, the author must serve with --curve too and know this DID (its policy "
+                          "allows it, or it is a member)")
+    return unheard + "if the author serves with --curve, give --curve too"
 
 
 def writable_branch(sub: Subscriber, branch: str | None) -> bytes:
@@ -1004,11 +1006,13 @@ async def subscribe(args: argparse.Namespace) -> Result:
         except AdmissionRefused as exc:
             refused = CheckFailed(f"the author refused the subscription ({exc.reason.name})", "refused", exc.reason)
             raise refused from None
-        except StreamsTimeoutError as exc:
+        except StreamsTimeoutError:
             hint = unheard_hint(transport, args.curve)
             if not hint:
                 raise
-            raise StreamsTimeoutError(f"{exc}{hint}") from None
+            # Nothing at all came: not the library's "check the address and the channel id" -- the channel id
+            # cannot be what is wrong (its announcement needs a connection first), and the hint says the rest.
+            raise StreamsTimeoutError(f"no admission or refusal from the author{hint}") from None
         info = next(b for b in sub.branches() if b.id == branch)
         data = {"ok": True, "did": sub.did, "channel": sub.channel.hex(), **branch_doc(info)}
         granted = True

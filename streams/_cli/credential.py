@@ -357,10 +357,17 @@ def _revoke(args: argparse.Namespace) -> Result:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``streams credential ...``."""
-    group = add_group(subparsers, "credential", help="issue, show, verify and revoke verifiable credentials")
+    group = add_group(subparsers, "credential", help="issue, show, verify and revoke verifiable credentials",
+                      description=__doc__)
 
     i = add_command(group, "issue", _issue, help="issue a credential about a DID, signed by the issuer's keystore",
-                    description=__doc__)
+                    description=(
+                        "Issue a W3C VC 2.0 credential (eddsa-jcs-2022 proof) about --subject, signed with the\n"
+                        "issuer's keystore, and write it to --out.  With --status-list (the issuer's own list)\n"
+                        "and --status-index it gets a revocation entry there: an index already set in the list\n"
+                        "is refused, and each credential needs an index of its own (the list does not record\n"
+                        "which are given).  Claims: --claim k=v gives the string v; --claim k:=JSON gives a JSON\n"
+                        "value (number, bool, object...)."))
     i.add_argument("--issuer-keystore", required=True, metavar="PATH", help="the issuer's keystore")
     i.add_argument("--subject", required=True, metavar="DID", help="the did:key the credential is about")
     i.add_argument("--type", required=True, action="append", metavar="T",
