@@ -41,17 +41,19 @@ but appended to the store's frame file, ``<store>-frames`` (mode 0600, beside th
 row's ``frame`` column then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with
 it), then the offset and length (little-endian u64, u32). A frame read back through a reference is decoded and its
 message hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
-computed on every write). A large frame in SQLite is written twice (WAL, then the checkpoint into the database)
-through several page-sized writes each; in the frame file it is written once, one ``writev`` per commit: about a
-third of the CPU per 16 KiB message (bench). Ordering keeps ``kill -9`` safe: the frames are written inside the
-commit's write transaction, before ``COMMIT`` (and ``fdatasync``-ed first when the store is durable), so a row
-never names bytes that were not written; a crash in between leaves unreferenced bytes at the file's end, which are
-harmless (the next commit appends after them). A reference whose bytes are missing or altered reads as
-:class:`StorageError` -- never as another frame. With ``durable=False`` a power loss (not a process crash) may lose
-the newest commits, as SQLite's ``synchronous=NORMAL`` itself may; the background checkpointer ``fdatasync``-s the
-frame file before each checkpoint so that what reaches the database file has its frame bytes on disk, and then
-drops all but the file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).
-Nothing is ever removed from the log, so the file only grows, like the table did.
+computed on every write); a frame kept in its row is checked so where it is served to a member that catches up or
+redelivered after a restart (:meth:`Store.log_range`, :meth:`Store.log_page`). A large frame in SQLite is written
+twice (WAL, then the checkpoint into the database) through several page-sized writes each; in the frame file it is
+written once, one ``writev`` per commit: about a third of the CPU per 16 KiB message (bench). Ordering keeps
+``kill -9`` safe: the frames are written inside the commit's write transaction, before ``COMMIT`` (and ``fdatasync``-ed
+first when the store is durable), so a row never names bytes that were not written; a crash in between leaves
+unreferenced bytes at the file's end, which are harmless (the next commit appends after them). A reference whose
+bytes are missing or altered reads as :class:`StorageError` -- never as another frame. With ``durable=False`` a
+power loss (not a process crash) may lose the newest commits, as SQLite's ``synchronous=NORMAL`` itself may; the
+background checkpointer ``fdatasync``-s the frame file before each checkpoint so that what reaches the database
+file has its frame bytes on disk, and then drops all but the file's last :data:`FRAMES_CACHED` bytes from the page
+cache (:meth:`Store.settle_frames`). Nothing is ever removed from the log, so the file only grows, like the table
+did.
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
@@ -625,10 +627,20 @@ class Store:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))
 
     def log_range(self, branch: bytes, publisher: int, lo: int, hi: int) -> list[bytes]:
-        """Retained frames of a chain with ``lo <= seq <= hi``, in order."""
-        rows = self._q("SELECT frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
+        """Retained frames of a chain with ``lo <= seq <= hi``, in order: what the author serves a member that
+        catches up.  Every frame is checked against its row's hash, those kept in their rows too (as
+        :meth:`log_page` does): a damaged frame is never handed out as the message at its position, and raises
+        :class:`StorageError` naming the position."""
+        rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq", (branch, publisher, lo, hi))
-        return [self._frame(f, h) for f, h in rows]
+        out = []
+        for s, f, h in rows:
+            try:
+                out.append(self._frame(f, h, check=True))
+            except StorageError as exc:
+                raise StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {s}: "
+                                   f"{exc}") from exc
+        return out
 
     def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
         """At most ``limit`` retained ``(seq, frame)`` of a chain with ``lo <= seq <= hi``, in order: a bounded
