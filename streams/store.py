@@ -101,6 +101,7 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -239,8 +240,32 @@ _SIDE_FILES = ("-wal", "-shm", "-journal", "-frames", "-lock")
 #: connections' included (SQLite's "how to corrupt", 2.2): another process's connection then takes itself for the
 #: last one when it closes, checkpoints and deletes the live ``-wal`` and ``-shm``, and the party's next commits go
 #: to a deleted file (lost by a ``kill -9``: THREATS 4).  So no such file is opened here (:func:`_check_wal`,
-#: :func:`_new_database`).
+#: :func:`_new_database`).  Stores open and close on any thread: every use holds :data:`_OPEN_LOCK`.  A store that is
+#: garbage-collected unclosed (its SQLite connection goes with it) is uncounted too, through a finalizer that only
+#: queues its file in :data:`_OPEN_DROPPED`: a finalizer may run inside any allocation, also on a thread that holds
+#: the lock, so it must not take it; the queue is applied under the lock at the registry's next use.
 _OPEN_FILES: Counter[tuple[int, int]] = Counter()
+_OPEN_LOCK = threading.Lock()
+_OPEN_DROPPED: list[tuple[int, int]] = []
+
+
+def _open_files() -> Counter[tuple[int, int]]:
+    """:data:`_OPEN_FILES` with the files of stores dropped unclosed uncounted; call with :data:`_OPEN_LOCK` held."""
+    while _OPEN_DROPPED:
+        _uncount(_OPEN_DROPPED.pop())
+    return _OPEN_FILES
+
+
+def _uncount(file: tuple[int, int]) -> None:
+    _OPEN_FILES[file] -= 1
+    if _OPEN_FILES[file] <= 0:
+        del _OPEN_FILES[file]
+
+
+def _is_open(file: tuple[int, int] | None) -> bool:
+    """Whether a store of this process has the database file ``file`` open."""
+    with _OPEN_LOCK:
+        return file in _open_files()
 
 
 def _file_id(p: Path) -> tuple[int, int] | None:
@@ -278,8 +303,13 @@ class Store:
         self.commits = 0
         self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
         self._file = _file_id(path)  #: counted in _OPEN_FILES while open
+        #: Uncounts the file if this store is garbage-collected unclosed (close detaches it and uncounts itself).
+        self._uncounted: weakref.finalize[[tuple[int, int]], Store] | None = None
         if self._file is not None:
-            _OPEN_FILES[self._file] += 1
+            with _OPEN_LOCK:
+                _open_files()[self._file] += 1
+            self._uncounted = weakref.finalize(self, _OPEN_DROPPED.append, self._file)
+            self._uncounted.atexit = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -762,10 +792,10 @@ class Store:
             except sqlite3.Error as exc:  # pragma: no cover - close errors are not actionable
                 raise StorageError(f"closing {self.path}: {exc}") from exc
             finally:
-                if self._file is not None:
-                    _OPEN_FILES[self._file] -= 1
-                    if _OPEN_FILES[self._file] <= 0:
-                        del _OPEN_FILES[self._file]
+                if self._file is not None and self._uncounted is not None and self._uncounted.detach() is not None:
+                    with _OPEN_LOCK:
+                        _open_files()
+                        _uncount(self._file)
 
     # -- internals -----------------------------------------------------------------------------------------------
 
@@ -1255,7 +1285,7 @@ def _check_wal(p: Path) -> None:
     Every store this module opened is in WAL mode (header bytes 18-19 are 2), so a WAL beside a file in rollback
     mode is never the file's own.  A file a store of this process has open is in WAL mode, and is not read here
     (:data:`_OPEN_FILES`)."""
-    if _file_id(p) in _OPEN_FILES:
+    if _is_open(_file_id(p)):
         return
     try:
         with open(p, "rb") as f:

@@ -348,3 +348,40 @@ def test_a_path_with_a_nul_byte_is_no_store(tmp_path: Path, call: str) -> None:
     with pytest.raises(StorageError, match="no store"):
         run()
     assert list(tmp_path.iterdir()) == []
+
+
+CRASHED_PARTY = """
+import os, sys
+from streams.core import ChainRecord, Changes
+from streams.store import Store
+s = Store.open(sys.argv[1], "pw")
+s.commit(Changes(chains=[ChainRecord(b"b" * 16, 0, 2, b"h" * 32, 1)]))
+os._exit(0)
+"""
+
+
+def test_a_store_dropped_without_close_no_longer_counts_as_open(tmp_path: Path) -> None:
+    """A Store that is never closed and is garbage-collected: its SQLite connection is gone with it, so its file
+    must no longer count as open in this process (bb69f2c's registry).  It used to count forever: a later open
+    of the same file (the same inode) then skipped the check that refuses a backup copy restored over a store
+    whose crashed party left its -wal, and SQLite replayed that -wal over the copy."""
+    import gc
+    import shutil
+
+    from streams.store import backup
+
+    db = tmp_path / "s.db"
+    create(db).close()
+    backup(db, tmp_path / "copy.db")
+    dropped = Store.open(db, "pw")
+    del dropped  # never closed
+    gc.collect()
+    # A party in another process commits and dies without closing: its -wal stays.
+    subprocess.run([sys.executable, "-c", CRASHED_PARTY, str(db)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert Path(f"{db}-wal").stat().st_size > 0
+    inode = db.stat().st_ino
+    shutil.copyfile(tmp_path / "copy.db", db)  # the copy restored into the same file (the same inode)
+    assert db.stat().st_ino == inode
+    with pytest.raises(StorageError, match="is not this database's"):
+        Store.open(db, "pw")
