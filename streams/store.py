@@ -351,11 +351,13 @@ class Store:
     def create(cls, path: str | os.PathLike[str], identity: Identity, passphrase: str | bytes, *,
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
-        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty file is
-        taken), if ``<path>-frames`` is there but not a regular file (a symlink), or for a bad argument (an empty
-        passphrase is one), :class:`StorageError` if the disk fails.  A create that fails leaves nothing behind: the
-        arguments are checked and the key derived before the disk is touched, and the files it made are removed (an
-        empty file it took is left empty)."""
+        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
+        file is taken), if ``<path>-frames`` or ``<path>-lock`` is there but not a regular file (a symlink), or for
+        a bad argument (an empty passphrase is one), :class:`StorageError` if the disk fails, or ("in use") if the
+        store's lock is held: a party runs there, or another process creates the same path at the same time.  The
+        lock (:meth:`lock`) is taken before the file is made, and the new store keeps it.  A create that fails
+        leaves nothing behind: the arguments are checked and the key derived before the disk is touched, and the
+        files it made are removed (an empty file it took is left empty)."""
         p = Path(path)
         try:  # the store keeps the seed, and open() rebuilds the identity from it: they must agree
             same = Identity.from_seed(identity.export_seed()).did == identity.did
@@ -378,8 +380,21 @@ class Store:
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
+        _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
+        _check_new(p)  # (before the lock: a store that runs is "already exists", not "in use")
         there = {s for s in _SIDE_FILES if os.path.lexists(f"{p}{s}")}  # a dangling link is there too
-        made = _new_database(p)
+        # The store's lock first, held from here on (the new store keeps it): a second creator of the same path
+        # in another process would otherwise take this one's still-empty file as an empty file to create over,
+        # initialise it alongside, fail, and truncate or remove it in its clean-up.
+        lock_fd = _take_lock(p.resolve(), p, creating=True)
+        try:
+            made = _new_database(p)
+        except BaseException:
+            if "-lock" not in there:  # (nothing else was made)
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{p.resolve()}-lock")
+            os.close(lock_fd)
+            raise
         conn: sqlite3.Connection | None = None
         try:
             conn = cls._connect(p, durable)
@@ -405,9 +420,11 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             _unmake(p, made, there)
+            os.close(lock_fd)  # (after the clean-up: no other creator starts before it is done)
             raise
         store = cls(conn, p, key, identity, durable=durable)
         store._created = (made, there)
+        store._lock_fd = lock_fd
         return store
 
     @classmethod
@@ -750,18 +767,7 @@ class Store:
         self._check_open()
         if self._lock_fd is not None:
             return
-        try:
-            fd = os.open(f"{self._abs_path}-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StorageError(f"{self.path} is in use: another party (process) runs on this store") from None
-            raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
-        self._lock_fd = fd
+        self._lock_fd = _take_lock(self._abs_path, self.path)
 
     def discard(self) -> None:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
@@ -1237,6 +1243,51 @@ def _new_database(p: Path) -> bool:
     return made
 
 
+def _take_lock(abs_path: Path, shown: Path, *, creating: bool = False) -> int:
+    """A descriptor of ``<abs_path>-lock`` holding its exclusive ``flock`` (see :meth:`Store.lock`).  Raises
+    :class:`StorageError` ("in use") if another holder has it, or if it cannot be taken.  The lock file may have
+    been removed since it was opened (a failed create's clean-up removes the one it made): a lock taken on a file
+    no longer at that name locks nothing anyone else sees, so it counts as in use."""
+    lock_path = f"{abs_path}-lock"
+    busy = f"{shown} is in use: another party (process) runs on this store" + (" or creates it" if creating else "")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot lock {shown}: {_reason(exc)}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StorageError(busy) from None
+            raise StorageError(f"cannot lock {shown}: {_reason(exc)}") from exc
+        try:
+            held, named = os.fstat(fd), os.lstat(lock_path)
+        except FileNotFoundError:
+            raise StorageError(busy) from None
+        except OSError as exc:
+            raise StorageError(f"cannot lock {shown}: {_reason(exc)}") from exc
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            raise StorageError(busy)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_new(p: Path) -> None:
+    """Raise :class:`LocalProtocolError` if ``p`` holds anything but an empty regular file (what
+    :func:`_new_database` refuses), :class:`StorageError` if it cannot be examined."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 0:
+        raise LocalProtocolError(f"{p} already exists; open it instead")
+
+
 def _unmake(p: Path, made: bool, there: set[str]) -> None:
     """Undo :meth:`Store.create` at ``p``: remove the side files that were not ``there`` before it, and the database
     if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own."""
@@ -1266,8 +1317,9 @@ def _check_regular(p: Path) -> None:
 
 
 def _check_side_file(p: Path) -> None:
-    """Raise :class:`LocalProtocolError` if ``p`` (a store's ``-frames``) exists and is not a regular file -- a
-    symlink, whose target a create would truncate -- and :class:`StorageError` if it cannot be examined."""
+    """Raise :class:`LocalProtocolError` if ``p`` (a store's ``-frames`` or ``-lock``) exists and is not a regular
+    file -- a symlink, whose target a create would truncate, or which the lock refuses -- and
+    :class:`StorageError` if it cannot be examined."""
     try:
         st = os.lstat(p)
     except FileNotFoundError:

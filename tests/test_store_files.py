@@ -323,16 +323,14 @@ def test_discard_after_a_change_of_directory_removes_only_its_own_files(tmp_path
 
 def test_discard_leaves_a_dangling_symlink_that_was_there_before(tmp_path: Path) -> None:
     """A ``<store>-lock`` that is a dangling symlink before the create (planted, or left over): the lock refuses
-    it (never followed), and discarding the failed create removes only what the create made -- the link is
-    not the store's, and is left as it was.  It used to count as not there (``exists`` follows the link) and be
-    deleted."""
+    it (never followed) -- create, which takes the lock itself, refuses the path before it makes anything --
+    and the link is not the store's: it is left as it was.  It used to count as not there (``exists`` follows
+    the link) and be deleted by the discard of the failed create."""
     db = tmp_path / "s.db"
     link = Path(f"{db}-lock")
     link.symlink_to(tmp_path / "gone")
-    store = create(db)
-    with pytest.raises(StorageError, match=r"s\.db"):
-        store.lock()
-    store.discard()
+    with pytest.raises(LocalProtocolError, match=r"s\.db-lock"):
+        create(db)
     assert [p.name for p in tmp_path.iterdir()] == ["s.db-lock"]
     assert os.readlink(link) == str(tmp_path / "gone")
 
@@ -385,3 +383,64 @@ def test_a_store_dropped_without_close_no_longer_counts_as_open(tmp_path: Path) 
     assert db.stat().st_ino == inode
     with pytest.raises(StorageError, match="is not this database's"):
         Store.open(db, "pw")
+
+
+RACER = """
+import json, sys
+from streams.identity import Identity
+from streams.keystore import derive_key
+from streams.store import Store
+me = Identity.from_seed(bytes([int(sys.argv[2])]) * 32)
+derive_key("pw", bytes(16), 1, 8192)  # (warm: the race starts at create)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    Store.create(sys.argv[1], me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1,
+                 memlimit=8192).close()
+    print(json.dumps({"ok": True}), flush=True)
+except Exception as exc:
+    print(json.dumps({"ok": False, "type": type(exc).__name__, "error": str(exc)}), flush=True)
+"""
+
+
+def test_two_processes_creating_the_same_store_at_once_leave_the_winner_s_store(tmp_path: Path) -> None:
+    """Two processes call Store.create on the same new path at the same moment (released together from a
+    barrier, many times over).  Exactly one creates the store, the other is refused (StorageError "in use" while
+    the winner holds the store's lock, LocalProtocolError "already exists" once it is done), and the store is the
+    winner's: it opens, with the winner's identity.  The second creator used to take the
+    first one's still-empty file (an empty file is taken), initialise it alongside, fail, and then truncate or
+    remove it in its clean-up -- after the winner had returned its store."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(25):
+        db = tmp_path / f"s{trial}.db"
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, str(db), str(n)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, env=env) for n in (1, 2)]
+        try:
+            for r in racers:
+                assert r.stdout is not None and r.stdout.readline() == "ready\n"
+            for r in racers:  # the barrier: both are released at once
+                assert r.stdin is not None
+                r.stdin.write("go\n")
+                r.stdin.flush()
+            outcomes = [json.loads(r.communicate(timeout=60)[0]) for r in racers]
+        finally:
+            for r in racers:
+                if r.poll() is None:
+                    r.kill()
+                    r.wait()
+        winners = [n for n, o in zip((1, 2), outcomes, strict=True) if o["ok"]]
+        assert len(winners) == 1, (trial, outcomes)
+        [loser] = [o for o in outcomes if not o["ok"]]
+        # Refused: the winner holds the store's lock ("in use"), or is done ("already exists").
+        assert ((loser["type"] == "StorageError" and "is in use" in loser["error"])
+                or (loser["type"] == "LocalProtocolError" and "already exists" in loser["error"])), (trial, outcomes)
+        try:
+            store = Store.open(db, "pw")
+        except StorageError as exc:
+            raise AssertionError(f"trial {trial}: the winner's store is gone: {exc} ({outcomes})") from None
+        try:
+            assert store.identity.did == Identity.from_seed(bytes([winners[0]]) * 32).did
+        finally:
+            store.close()
