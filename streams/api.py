@@ -41,6 +41,7 @@ from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
     AdmissionRefused,
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LedgerConflict,
@@ -1617,8 +1618,8 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
         await transport.close()
 
 
-def _conflict_error(branch: bytes, seq: int) -> LocalProtocolError:
-    return LocalProtocolError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
+def _conflict_error(branch: bytes, seq: int) -> ChainConflictError:
+    return ChainConflictError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
                               f"seq {seq} will not be acknowledged")
 
 

@@ -49,6 +49,7 @@ from .anchor import (
     verify_inclusion,
 )
 from .errors import (
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LocalProtocolError,
@@ -1361,7 +1362,7 @@ class _CoreBase:
             raise LocalProtocolError(f"no write permission on branch {b.id.hex()}")
         c = b.chains.get(b.me)
         if c is not None and c.conflict:
-            raise LocalProtocolError(
+            raise ChainConflictError(
                 f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
                 f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "
                 "(restored from a copy?) or another holder of our key published; a new message would fork the "

@@ -26,6 +26,7 @@ __all__ = [
     "AdmissionRefused",
     "BadPassphrase",
     "BrokenResourceError",
+    "ChainConflictError",
     "ClosedResourceError",
     "DecodeError",
     "FrameTooLarge",
@@ -76,6 +77,14 @@ class StreamsError(Exception):
 
 class LocalProtocolError(StreamsError):
     """The caller used the API in a way the protocol forbids.  Fix the calling code; state is unchanged."""
+
+
+class ChainConflictError(LocalProtocolError):
+    """Our own chain on a branch conflicts with the author's copy (the author's signed ACK holds it beyond our
+    head, or holds another message at a seq we signed: :class:`~streams.events.ChainConflict`).  This store is
+    older than the chain it publishes (restored from a copy?) or another holder of our key published.  What we
+    published beyond the author's copy will never be acknowledged, and publishing more would fork the chain
+    further: stop publishing from this store (SPEC 12; an anchor proof of our chain that far lifts it)."""
 
 
 class RemoteProtocolError(StreamsError):

@@ -53,6 +53,7 @@ from ..api import ANCHOR_WAIT, Author, BranchInfo, Subscriber, Transport
 from ..audit import open_ledger
 from ..errors import (
     AdmissionRefused,
+    ChainConflictError,
     ClosedResourceError,
     DecodeError,
     LocalProtocolError,
@@ -478,6 +479,13 @@ def _not_permitted(branch: bytes) -> CheckFailed:
     re-check), or granted it so."""
     return CheckFailed(f"branch {branch.hex()} is read-only for this provider: the author allows it to read only "
                        "(its policy), so nothing is published", "not_permitted")
+
+
+def _conflict(exc: ChainConflictError, what: str) -> CheckFailed:
+    """The answer when our chain conflicts with the author's copy: this store is older than what it published
+    (restored from a copy?), not a permission the author took away."""
+    return CheckFailed(f"{what}: {exc}; do not publish from this store: start over with a new store (`streams "
+                       "subscribe`) or restore a copy taken after its last publish", "conflict")
 
 
 def _closed(branch: bytes) -> CheckFailed:
@@ -1067,14 +1075,22 @@ async def publish(args: argparse.Namespace) -> Result:
         branch = writable_branch(sub, args.branch)
         acked: bool | None = None
         try:
-            seq = await sub.publish(branch, payload)
+            try:
+                seq = await sub.publish(branch, payload)
+            except ChainConflictError as exc:  # known at open (catch-up): nothing is published
+                raise _conflict(exc, "nothing is published") from None
             if args.wait_ack > 0:
                 try:
                     await sub.wait_acknowledged(branch, seq, timeout=args.wait_ack)
                     acked = True
                 except StreamsTimeoutError:
                     acked = False
-                except LocalProtocolError as exc:  # the author took our write permission away meanwhile
+                except ChainConflictError as exc:  # the author's ACK showed it: our write permission is intact
+                    raise _conflict(exc, f"seq {seq} will never be acknowledged") from None
+                except LocalProtocolError as exc:
+                    # Every other cause here is a write permission the author took away meanwhile: a re-key
+                    # that left us read-only, or one that restarted our chain at the grant's head because our
+                    # write had lapsed when we signed (the seq is not ours then).
                     raise CheckFailed(f"seq {seq} is refused: {exc} (the policy allows this provider to read "
                                       "only now)", "not_permitted") from None
                 except asyncio.CancelledError:  # Ctrl-C or SIGTERM while waiting: say what became of it
