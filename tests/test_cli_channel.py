@@ -1275,3 +1275,32 @@ def test_a_store_older_than_its_chain_publishing_is_told_conflict_not_permission
     # The provider may still write: its own store's next message is acknowledged.
     assert cli("publish", "--store", "provider.db", "--data", "payment 4", "--json", *common).ok().json[
         "acknowledged"] is True
+
+
+def test_a_serve_that_fails_its_checks_leaves_no_new_ledger_file(cli: Cli, tmp_path: Path) -> None:
+    """`streams serve --ledger sqlite:PATH` makes the embedded ledger if it is not there.  A serve that then
+    fails its checks -- a policy file that does not parse, a store it cannot open -- used to leave that new,
+    empty ledger file behind (with its -wal and -shm), made before the checks ran.  It leaves nothing now; a
+    ledger that was there before is left as it was."""
+    make_keystore(cli, "monitor.ks")
+    (tmp_path / "bad.toml").write_text("[policy\n")
+    _policy(tmp_path / "policy.toml")
+    (tmp_path / "notastore.db").write_bytes(b"x" * 100)
+    cases = [("monitor.db", "bad.toml", ("--keystore", "monitor.ks", "--name", "fraud-monitor")),
+             ("notastore.db", "policy.toml", ())]
+    for store, policy, create in cases:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        run = cli("serve", "--json", "--store", store, "--bind", "tcp://127.0.0.1:0", "--policy", policy, *create,
+                  "--passphrase-env", "PP", "--ledger", "sqlite:ledger.db")
+        assert run.returncode == 2, (run.stdout, run.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, run.stdout
+    # A ledger that was there before the failed serve stays, with what it holds.
+    from streams.ledger.embedded import EmbeddedLedger
+
+    with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
+        anchor_id = ledger.append(b"tag", b"kept")
+    run = cli("serve", "--json", "--store", "notastore.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+              "--passphrase-env", "PP", "--ledger", "sqlite:ledger.db")
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
+        assert ledger.size() == 1 and ledger.read(anchor_id) == (b"tag", b"kept")
