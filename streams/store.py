@@ -302,6 +302,9 @@ class Store:
         #: Transactions committed by :meth:`commit` since this store was opened (group commit is observable).
         self.commits = 0
         self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
+        #: The checkpointer's connection to this file (used on its thread only; closed by close, or with the store
+        #: if it is dropped unclosed).
+        self._ck_conn: sqlite3.Connection | None = None
         self._file = _file_id(path)  #: counted in _OPEN_FILES while open
         #: Uncounts the file if this store is garbage-collected unclosed (close detaches it and uncounts itself).
         self._uncounted: weakref.finalize[[tuple[int, int]], Store] | None = None
@@ -1416,7 +1419,6 @@ class _Checkpointer:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._queued: dict[int, Store] = {}
-        self._conns: dict[int, sqlite3.Connection] = {}
         self._busy: int | None = None  #: id of the store being checkpointed
         self._thread: threading.Thread | None = None
 
@@ -1435,7 +1437,7 @@ class _Checkpointer:
             self._queued.pop(key, None)
             while self._busy == key:
                 self._cond.wait()
-            conn = self._conns.pop(key, None)
+            conn, store._ck_conn = store._ck_conn, None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -1449,29 +1451,34 @@ class _Checkpointer:
                 while not self._queued:
                     self._cond.wait()
             time.sleep(self.DELAY)
-            with self._cond:
-                batch, self._queued = self._queued, {}
-            for key, store in batch.items():
-                with self._cond:
-                    if store._closed:
-                        continue
-                    self._busy = key
-                    store._ck_kicked = False  # commits from now on queue it again
-                try:
-                    self._checkpoint(key, store)
-                finally:
-                    with self._cond:
-                        self._busy = None
-                        self._cond.notify_all()
+            self._run_batch()
 
-    def _checkpoint(self, key: int, store: Store) -> None:
-        conn = self._conns.get(key)
+    def _run_batch(self) -> None:
+        """Checkpoint the stores queued now.  A frame of its own: no reference to a store outlives it while the
+        thread waits for the next kick (a store dropped unclosed must be collectable, its connections with it)."""
+        with self._cond:
+            batch, self._queued = self._queued, {}
+        for key, store in batch.items():
+            with self._cond:
+                if store._closed:
+                    continue
+                self._busy = key
+                store._ck_kicked = False  # commits from now on queue it again
+            try:
+                self._checkpoint(store)
+            finally:
+                with self._cond:
+                    self._busy = None
+                    self._cond.notify_all()
+
+    def _checkpoint(self, store: Store) -> None:
+        conn = store._ck_conn
         try:
             if conn is None:
                 conn = sqlite3.connect(f"{store._abs_path.as_uri()}?mode=rw", uri=True, isolation_level=None,
                                        check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=1000")
-                self._conns[key] = conn
+                store._ck_conn = conn
             try:
                 store.settle_frames()  # what the checkpoint copies into the database refers only to bytes on disk
             except OSError as exc:

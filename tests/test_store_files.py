@@ -9,6 +9,7 @@ create there succeeds, and ``open`` says "no store", not "unsupported schema"); 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -444,3 +445,43 @@ def test_two_processes_creating_the_same_store_at_once_leave_the_winner_s_store(
             assert store.identity.did == Identity.from_seed(bytes([winners[0]]) * 32).did
         finally:
             store.close()
+
+
+def test_a_store_dropped_without_close_leaves_no_connection_to_its_file(tmp_path: Path) -> None:
+    """A Store that logged messages (so the process's background checkpointer opened a connection of its own to
+    its file) and is then garbage-collected unclosed: nothing of this process keeps the file open afterwards.
+    The checkpointer kept that connection, keyed by the dropped store's id(), for the life of the process --
+    a descriptor of the file never closed, and a connection that a later store given the same id() would have
+    been checkpointed through (another store's file)."""
+    import gc
+    import time
+
+    from streams.core import ChainRecord, Changes, LogRecord
+    from streams.wire import decode_frame
+    from tests.test_store_frames import BRANCH, frame_for
+
+    db = tmp_path / "s.db"
+    store = create(db, durable=False)
+    frame = frame_for(1, 400)
+    store.commit(Changes(chains=[ChainRecord(BRANCH, 0, 2, decode_frame(frame).hash, 1)],
+                         log=[LogRecord(BRANCH, 0, 1, decode_frame(frame).hash, frame)]))
+
+    def open_here() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == str(db.resolve()):
+                    out.append(fd)
+        return out
+
+    deadline = time.monotonic() + 30
+    while len(open_here()) < 2 and time.monotonic() < deadline:  # the store's own and the checkpointer's
+        time.sleep(0.02)
+    assert len(open_here()) >= 2
+    del store  # never closed
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while open_here() and time.monotonic() < deadline:  # (a checkpoint of it may still be running)
+        time.sleep(0.02)
+        gc.collect()
+    assert open_here() == []

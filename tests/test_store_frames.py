@@ -360,7 +360,7 @@ def test_a_failed_sync_of_the_frame_file_is_reported_and_nothing_is_checkpointed
     try:
         store._frames_fd, store._frames_unsynced = r, True
         with caplog.at_level("WARNING", logger="streams.store"):
-            _CHECKPOINTER._checkpoint(id(store), store)
+            _CHECKPOINTER._checkpoint(store)
         assert any("may not be on disk" in m and "s.db-frames" in m for m in caplog.messages), caplog.messages
         assert db.stat().st_size == size_before  # the rows stayed in the WAL
     finally:
