@@ -268,6 +268,16 @@ def _is_open(file: tuple[int, int] | None) -> bool:
         return file in _open_files()
 
 
+def _dropped(file: tuple[int, int] | None, fds: list[int]) -> None:
+    """The finalizer of a :class:`Store` garbage-collected unclosed (its SQLite connections go with it): close the
+    descriptors it held, and queue its file to be uncounted (:data:`_OPEN_FILES`; not under the lock here)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if file is not None:
+        _OPEN_DROPPED.append(file)
+
+
 def _file_id(p: Path) -> tuple[int, int] | None:
     """``p``'s (device, inode), or None if it cannot be stat-ed."""
     try:
@@ -306,13 +316,15 @@ class Store:
         #: if it is dropped unclosed).
         self._ck_conn: sqlite3.Connection | None = None
         self._file = _file_id(path)  #: counted in _OPEN_FILES while open
-        #: Uncounts the file if this store is garbage-collected unclosed (close detaches it and uncounts itself).
-        self._uncounted: weakref.finalize[[tuple[int, int]], Store] | None = None
+        #: The lock's and the frame file's descriptors while open: what :func:`_dropped` closes.
+        self._fds: list[int] = []
         if self._file is not None:
             with _OPEN_LOCK:
                 _open_files()[self._file] += 1
-            self._uncounted = weakref.finalize(self, _OPEN_DROPPED.append, self._file)
-            self._uncounted.atexit = False
+        #: If this store is garbage-collected unclosed, its descriptors are closed (the lock above all: else every
+        #: later lock of the store in this process is refused) and its file uncounted.  Close detaches it.
+        self._dropped = weakref.finalize(self, _dropped, self._file, self._fds)
+        self._dropped.atexit = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -428,6 +440,7 @@ class Store:
         store = cls(conn, p, key, identity, durable=durable)
         store._created = (made, there)
         store._lock_fd = lock_fd
+        store._fds.append(lock_fd)
         return store
 
     @classmethod
@@ -771,6 +784,7 @@ class Store:
         if self._lock_fd is not None:
             return
         self._lock_fd = _take_lock(self._abs_path, self.path)
+        self._fds.append(self._lock_fd)
 
     def discard(self) -> None:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
@@ -787,6 +801,8 @@ class Store:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._dropped.detach()
+            self._fds.clear()  # (closed below)
             _CHECKPOINTER.release(self)
             if self._lock_fd is not None:
                 with contextlib.suppress(OSError):
@@ -801,7 +817,7 @@ class Store:
             except sqlite3.Error as exc:  # pragma: no cover - close errors are not actionable
                 raise StorageError(f"closing {self.path}: {exc}") from exc
             finally:
-                if self._file is not None and self._uncounted is not None and self._uncounted.detach() is not None:
+                if self._file is not None:
                     with _OPEN_LOCK:
                         _open_files()
                         _uncount(self._file)
@@ -837,6 +853,7 @@ class Store:
                 os.close(fd)
                 raise StorageError(f"{self._frames_path} is not a regular file")
             self._frames_fd = fd
+            self._fds.append(fd)
         return self._frames_fd
 
     def _log_rows(self, records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:

@@ -485,3 +485,40 @@ def test_a_store_dropped_without_close_leaves_no_connection_to_its_file(tmp_path
         time.sleep(0.02)
         gc.collect()
     assert open_here() == []
+
+
+def test_a_store_dropped_without_close_lets_go_of_its_lock(tmp_path: Path) -> None:
+    """A party's Store (it holds the store's lock, and the frame file open) garbage-collected unclosed: the
+    process may open and lock the store again.  Its descriptors used to stay open for the life of the process --
+    the lock with them, so every later lock in the process was refused ("in use") as if the dropped store still
+    ran."""
+    import gc
+    import time
+    import weakref
+
+    from streams.core import ChainRecord, Changes, LogRecord
+    from streams.wire import decode_frame
+    from tests.test_store_frames import BRANCH, frame_for
+
+    db = tmp_path / "s.db"
+    create(db).close()
+    dropped = Store.open(db, "pw", durable=False)
+    dropped.lock()
+    frame = frame_for(1, 9000)  # (to the frame file: its descriptor is opened too)
+    dropped.commit(Changes(chains=[ChainRecord(BRANCH, 0, 2, decode_frame(frame).hash, 1)],
+                           log=[LogRecord(BRANCH, 0, 1, decode_frame(frame).hash, frame)]))
+    with pytest.raises(StorageError, match="in use"):
+        Store.open(db, "pw").lock()
+    gone = weakref.ref(dropped)
+    del dropped  # never closed
+    deadline = time.monotonic() + 30
+    while gone() is not None and time.monotonic() < deadline:  # (the checkpointer may still hold it a moment)
+        time.sleep(0.02)
+        gc.collect()
+    assert gone() is None
+    again = Store.open(db, "pw")
+    try:
+        again.lock()
+        assert again.log_range(BRANCH, 0, 1, 1) == [frame]
+    finally:
+        again.close()
