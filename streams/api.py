@@ -973,7 +973,15 @@ class _Party:
                 f.set_result(None)
 
     def _serve_fetch(self, ev: FetchRequested) -> list[Outgoing]:
-        frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq)
+        """The retained frames a FETCH asks for.  A damaged one (StorageError: it does not match its row's hash,
+        or its bytes are gone) is never sent -- the member would reject it, and only it would know: the range is
+        not served, the error is logged for the operator, and the party goes on serving everyone else (the
+        member asks again later, and the store can be restored meanwhile)."""
+        try:
+            frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq)
+        except StorageError as exc:
+            log.error("a fetch of seq %d-%d is not served: %s", ev.from_seq, ev.to_seq, exc)
+            return []
         return [Outgoing(f, peer=ev.peer) for f in frames]
 
     def _redeliver(self) -> None:

@@ -42,17 +42,19 @@ but appended to the store's frame file, ``<store>-frames`` (mode 0600, beside th
 row's ``frame`` column then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with
 it), then the offset and length (little-endian u64, u32). A frame read back through a reference is decoded and its
 message hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
-computed on every write). A large frame in SQLite is written twice (WAL, then the checkpoint into the database)
-through several page-sized writes each; in the frame file it is written once, one ``writev`` per commit: about a
-third of the CPU per 16 KiB message (bench). Ordering keeps ``kill -9`` safe: the frames are written inside the
-commit's write transaction, before ``COMMIT`` (and ``fdatasync``-ed first when the store is durable), so a row
-never names bytes that were not written; a crash in between leaves unreferenced bytes at the file's end, which are
-harmless (the next commit appends after them). A reference whose bytes are missing or altered reads as
-:class:`StorageError` -- never as another frame. With ``durable=False`` a power loss (not a process crash) may lose
-the newest commits, as SQLite's ``synchronous=NORMAL`` itself may; the background checkpointer ``fdatasync``-s the
-frame file before each checkpoint so that what reaches the database file has its frame bytes on disk, and then
-drops all but the file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`).
-Nothing is ever removed from the log, so the file only grows, like the table did.
+computed on every write); a frame kept in its row is checked so where it is served to a member that catches up or
+redelivered after a restart (:meth:`Store.log_range`, :meth:`Store.log_page`). A large frame in SQLite is written
+twice (WAL, then the checkpoint into the database) through several page-sized writes each; in the frame file it is
+written once, one ``writev`` per commit: about a third of the CPU per 16 KiB message (bench). Ordering keeps
+``kill -9`` safe: the frames are written inside the commit's write transaction, before ``COMMIT`` (and ``fdatasync``-ed
+first when the store is durable), so a row never names bytes that were not written; a crash in between leaves
+unreferenced bytes at the file's end, which are harmless (the next commit appends after them). A reference whose
+bytes are missing or altered reads as :class:`StorageError` -- never as another frame. With ``durable=False`` a
+power loss (not a process crash) may lose the newest commits, as SQLite's ``synchronous=NORMAL`` itself may; the
+background checkpointer ``fdatasync``-s the frame file before each checkpoint so that what reaches the database
+file has its frame bytes on disk, and then drops all but the file's last :data:`FRAMES_CACHED` bytes from the page
+cache (:meth:`Store.settle_frames`). Nothing is ever removed from the log, so the file only grows, like the table
+did.
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
@@ -109,6 +111,7 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -250,8 +253,42 @@ _SIDE_FILES = ("-wal", "-shm", "-journal", "-frames", "-lock")
 #: connections' included (SQLite's "how to corrupt", 2.2): another process's connection then takes itself for the
 #: last one when it closes, checkpoints and deletes the live ``-wal`` and ``-shm``, and the party's next commits go
 #: to a deleted file (lost by a ``kill -9``: THREATS 4).  So no such file is opened here (:func:`_check_wal`,
-#: :func:`_new_database`).
+#: :func:`_new_database`).  Stores open and close on any thread: every use holds :data:`_OPEN_LOCK`.  A store that is
+#: garbage-collected unclosed (its SQLite connection goes with it) is uncounted too, through a finalizer that only
+#: queues its file in :data:`_OPEN_DROPPED`: a finalizer may run inside any allocation, also on a thread that holds
+#: the lock, so it must not take it; the queue is applied under the lock at the registry's next use.
 _OPEN_FILES: Counter[tuple[int, int]] = Counter()
+_OPEN_LOCK = threading.Lock()
+_OPEN_DROPPED: list[tuple[int, int]] = []
+
+
+def _open_files() -> Counter[tuple[int, int]]:
+    """:data:`_OPEN_FILES` with the files of stores dropped unclosed uncounted; call with :data:`_OPEN_LOCK` held."""
+    while _OPEN_DROPPED:
+        _uncount(_OPEN_DROPPED.pop())
+    return _OPEN_FILES
+
+
+def _uncount(file: tuple[int, int]) -> None:
+    _OPEN_FILES[file] -= 1
+    if _OPEN_FILES[file] <= 0:
+        del _OPEN_FILES[file]
+
+
+def _is_open(file: tuple[int, int] | None) -> bool:
+    """Whether a store of this process has the database file ``file`` open."""
+    with _OPEN_LOCK:
+        return file in _open_files()
+
+
+def _dropped(file: tuple[int, int] | None, fds: list[int]) -> None:
+    """The finalizer of a :class:`Store` garbage-collected unclosed (its SQLite connections go with it): close the
+    descriptors it held, and queue its file to be uncounted (:data:`_OPEN_FILES`; not under the lock here)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if file is not None:
+        _OPEN_DROPPED.append(file)
 
 
 def _file_id(p: Path) -> tuple[int, int] | None:
@@ -290,9 +327,19 @@ class Store:
         self._ck_kicked = False  #: a checkpoint is queued with the process's checkpointer
         #: The rows of ``chain_conflicts`` (read at the first use): (branch, publisher) -> seq.
         self._conflicts: dict[tuple[bytes, int], int] | None = None
+        #: The checkpointer's connection to this file (used on its thread only; closed by close, or with the store
+        #: if it is dropped unclosed).
+        self._ck_conn: sqlite3.Connection | None = None
         self._file = _file_id(path)  #: counted in _OPEN_FILES while open
+        #: The lock's and the frame file's descriptors while open: what :func:`_dropped` closes.
+        self._fds: list[int] = []
         if self._file is not None:
-            _OPEN_FILES[self._file] += 1
+            with _OPEN_LOCK:
+                _open_files()[self._file] += 1
+        #: If this store is garbage-collected unclosed, its descriptors are closed (the lock above all: else every
+        #: later lock of the store in this process is refused) and its file uncounted.  Close detaches it.
+        self._dropped = weakref.finalize(self, _dropped, self._file, self._fds)
+        self._dropped.atexit = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, did={self.identity.did!r})"
@@ -334,11 +381,13 @@ class Store:
     def create(cls, path: str | os.PathLike[str], identity: Identity, passphrase: str | bytes, *,
                role: str, channel: bytes, author_did: str, name: str = "", durable: bool = True,
                opslimit: int = OPSLIMIT, memlimit: int = MEMLIMIT) -> Store:
-        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty file is
-        taken), if ``<path>-frames`` is there but not a regular file (a symlink), or for a bad argument (an empty
-        passphrase is one), :class:`StorageError` if the disk fails.  A create that fails leaves nothing behind: the
-        arguments are checked and the key derived before the disk is touched, and the files it made are removed (an
-        empty file it took is left empty)."""
+        """Create a new store.  Raises :class:`LocalProtocolError` if ``path`` already holds something (an empty
+        file is taken), if ``<path>-frames`` or ``<path>-lock`` is there but not a regular file (a symlink), or for
+        a bad argument (an empty passphrase is one), :class:`StorageError` if the disk fails, or ("in use") if the
+        store's lock is held: a party runs there, or another process creates the same path at the same time.  The
+        lock (:meth:`lock`) is taken before the file is made, and the new store keeps it.  A create that fails
+        leaves nothing behind: the arguments are checked and the key derived before the disk is touched, and the
+        files it made are removed (an empty file it took is left empty)."""
         p = Path(path)
         try:  # the store keeps the seed, and open() rebuilds the identity from it: they must agree
             same = Identity.from_seed(identity.export_seed()).did == identity.did
@@ -361,8 +410,21 @@ class Store:
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
         }
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
+        _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
+        _check_new(p)  # (before the lock: a store that runs is "already exists", not "in use")
         there = {s for s in _SIDE_FILES if os.path.lexists(f"{p}{s}")}  # a dangling link is there too
-        made = _new_database(p)
+        # The store's lock first, held from here on (the new store keeps it): a second creator of the same path
+        # in another process would otherwise take this one's still-empty file as an empty file to create over,
+        # initialise it alongside, fail, and truncate or remove it in its clean-up.
+        lock_fd = _take_lock(p.resolve(), p, creating=True)
+        try:
+            made = _new_database(p)
+        except BaseException:
+            if "-lock" not in there:  # (nothing else was made)
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{p.resolve()}-lock")
+            os.close(lock_fd)
+            raise
         conn: sqlite3.Connection | None = None
         try:
             conn = cls._connect(p, durable)
@@ -388,9 +450,12 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             _unmake(p, made, there)
+            os.close(lock_fd)  # (after the clean-up: no other creator starts before it is done)
             raise
         store = cls(conn, p, key, identity, durable=durable)
         store._created = (made, there)
+        store._lock_fd = lock_fd
+        store._fds.append(lock_fd)
         return store
 
     @classmethod
@@ -665,10 +730,20 @@ class Store:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))
 
     def log_range(self, branch: bytes, publisher: int, lo: int, hi: int) -> list[bytes]:
-        """Retained frames of a chain with ``lo <= seq <= hi``, in order."""
-        rows = self._q("SELECT frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
+        """Retained frames of a chain with ``lo <= seq <= hi``, in order: what the author serves a member that
+        catches up.  Every frame is checked against its row's hash, those kept in their rows too (as
+        :meth:`log_page` does): a damaged frame is never handed out as the message at its position, and raises
+        :class:`StorageError` naming the position."""
+        rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq", (branch, publisher, lo, hi))
-        return [self._frame(f, h) for f, h in rows]
+        out = []
+        for s, f, h in rows:
+            try:
+                out.append(self._frame(f, h, check=True))
+            except StorageError as exc:
+                raise StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {s}: "
+                                   f"{exc}") from exc
+        return out
 
     def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
         """At most ``limit`` retained ``(seq, frame)`` of a chain with ``lo <= seq <= hi``, in order: a bounded
@@ -748,18 +823,8 @@ class Store:
         self._check_open()
         if self._lock_fd is not None:
             return
-        try:
-            fd = os.open(f"{self._abs_path}-lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StorageError(f"{self.path} is in use: another party (process) runs on this store") from None
-            raise StorageError(f"cannot lock {self.path}: {_reason(exc)}") from exc
-        self._lock_fd = fd
+        self._lock_fd = _take_lock(self._abs_path, self.path)
+        self._fds.append(self._lock_fd)
 
     def discard(self) -> None:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
@@ -776,6 +841,8 @@ class Store:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._dropped.detach()
+            self._fds.clear()  # (closed below)
             _CHECKPOINTER.release(self)
             if self._lock_fd is not None:
                 with contextlib.suppress(OSError):
@@ -791,9 +858,9 @@ class Store:
                 raise StorageError(f"closing {self.path}: {exc}") from exc
             finally:
                 if self._file is not None:
-                    _OPEN_FILES[self._file] -= 1
-                    if _OPEN_FILES[self._file] <= 0:
-                        del _OPEN_FILES[self._file]
+                    with _OPEN_LOCK:
+                        _open_files()
+                        _uncount(self._file)
 
     # -- internals -----------------------------------------------------------------------------------------------
 
@@ -826,6 +893,7 @@ class Store:
                 os.close(fd)
                 raise StorageError(f"{self._frames_path} is not a regular file")
             self._frames_fd = fd
+            self._fds.append(fd)
         return self._frames_fd
 
     def _log_rows(self, records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:
@@ -1235,6 +1303,51 @@ def _new_database(p: Path) -> bool:
     return made
 
 
+def _take_lock(abs_path: Path, shown: Path, *, creating: bool = False) -> int:
+    """A descriptor of ``<abs_path>-lock`` holding its exclusive ``flock`` (see :meth:`Store.lock`).  Raises
+    :class:`StorageError` ("in use") if another holder has it, or if it cannot be taken.  The lock file may have
+    been removed since it was opened (a failed create's clean-up removes the one it made): a lock taken on a file
+    no longer at that name locks nothing anyone else sees, so it counts as in use."""
+    lock_path = f"{abs_path}-lock"
+    busy = f"{shown} is in use: another party (process) runs on this store" + (" or creates it" if creating else "")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot lock {shown}: {_reason(exc)}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StorageError(busy) from None
+            raise StorageError(f"cannot lock {shown}: {_reason(exc)}") from exc
+        try:
+            held, named = os.fstat(fd), os.lstat(lock_path)
+        except FileNotFoundError:
+            raise StorageError(busy) from None
+        except OSError as exc:
+            raise StorageError(f"cannot lock {shown}: {_reason(exc)}") from exc
+        if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+            raise StorageError(busy)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_new(p: Path) -> None:
+    """Raise :class:`LocalProtocolError` if ``p`` holds anything but an empty regular file (what
+    :func:`_new_database` refuses), :class:`StorageError` if it cannot be examined."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create store {p}: {_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 0:
+        raise LocalProtocolError(f"{p} already exists; open it instead")
+
+
 def _unmake(p: Path, made: bool, there: set[str]) -> None:
     """Undo :meth:`Store.create` at ``p``: remove the side files that were not ``there`` before it, and the database
     if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own."""
@@ -1264,8 +1377,9 @@ def _check_regular(p: Path) -> None:
 
 
 def _check_side_file(p: Path) -> None:
-    """Raise :class:`LocalProtocolError` if ``p`` (a store's ``-frames``) exists and is not a regular file -- a
-    symlink, whose target a create would truncate -- and :class:`StorageError` if it cannot be examined."""
+    """Raise :class:`LocalProtocolError` if ``p`` (a store's ``-frames`` or ``-lock``) exists and is not a regular
+    file -- a symlink, whose target a create would truncate, or which the lock refuses -- and
+    :class:`StorageError` if it cannot be examined."""
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -1283,7 +1397,7 @@ def _check_wal(p: Path) -> None:
     Every store this module opened is in WAL mode (header bytes 18-19 are 2), so a WAL beside a file in rollback
     mode is never the file's own.  A file a store of this process has open is in WAL mode, and is not read here
     (:data:`_OPEN_FILES`)."""
-    if _file_id(p) in _OPEN_FILES:
+    if _is_open(_file_id(p)):
         return
     try:
         with open(p, "rb") as f:
@@ -1362,7 +1476,6 @@ class _Checkpointer:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._queued: dict[int, Store] = {}
-        self._conns: dict[int, sqlite3.Connection] = {}
         self._busy: int | None = None  #: id of the store being checkpointed
         self._thread: threading.Thread | None = None
 
@@ -1381,7 +1494,7 @@ class _Checkpointer:
             self._queued.pop(key, None)
             while self._busy == key:
                 self._cond.wait()
-            conn = self._conns.pop(key, None)
+            conn, store._ck_conn = store._ck_conn, None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -1395,29 +1508,34 @@ class _Checkpointer:
                 while not self._queued:
                     self._cond.wait()
             time.sleep(self.DELAY)
-            with self._cond:
-                batch, self._queued = self._queued, {}
-            for key, store in batch.items():
-                with self._cond:
-                    if store._closed:
-                        continue
-                    self._busy = key
-                    store._ck_kicked = False  # commits from now on queue it again
-                try:
-                    self._checkpoint(key, store)
-                finally:
-                    with self._cond:
-                        self._busy = None
-                        self._cond.notify_all()
+            self._run_batch()
 
-    def _checkpoint(self, key: int, store: Store) -> None:
-        conn = self._conns.get(key)
+    def _run_batch(self) -> None:
+        """Checkpoint the stores queued now.  A frame of its own: no reference to a store outlives it while the
+        thread waits for the next kick (a store dropped unclosed must be collectable, its connections with it)."""
+        with self._cond:
+            batch, self._queued = self._queued, {}
+        for key, store in batch.items():
+            with self._cond:
+                if store._closed:
+                    continue
+                self._busy = key
+                store._ck_kicked = False  # commits from now on queue it again
+            try:
+                self._checkpoint(store)
+            finally:
+                with self._cond:
+                    self._busy = None
+                    self._cond.notify_all()
+
+    def _checkpoint(self, store: Store) -> None:
+        conn = store._ck_conn
         try:
             if conn is None:
                 conn = sqlite3.connect(f"{store._abs_path.as_uri()}?mode=rw", uri=True, isolation_level=None,
                                        check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=1000")
-                self._conns[key] = conn
+                store._ck_conn = conn
             try:
                 store.settle_frames()  # what the checkpoint copies into the database refers only to bytes on disk
             except OSError as exc:

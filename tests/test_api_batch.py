@@ -353,7 +353,7 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
         assert _CHECKPOINTER.alive()
     finally:
         store.close()
-    assert id(store) not in _CHECKPOINTER._conns  # close() released its checkpoint connection
+    assert store._ck_conn is None  # close() released its checkpoint connection
 
 
 def test_one_checkpointer_thread_serves_every_store_of_the_process(tmp_path: Path) -> None:
@@ -380,7 +380,7 @@ def test_one_checkpointer_thread_serves_every_store_of_the_process(tmp_path: Pat
     finally:
         for st in stores:
             st.close()
-    assert not any(id(st) in _CHECKPOINTER._conns for st in stores)
+    assert all(st._ck_conn is None for st in stores)
 
 
 class _Recording:

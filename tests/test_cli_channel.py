@@ -1312,3 +1312,73 @@ def test_tail_anchor_wait_bounds_how_long_a_proof_waits_for_its_ledger(
                             for d in rejected), tail.stdout
     assert not [d for d in docs if d["event"] == "anchored"], tail.stdout
     assert serve.stop()[0] == 0
+
+
+def test_a_store_older_than_its_chain_publishing_is_told_conflict_not_permission(cli: Cli, tmp_path: Path,
+                                                                                 serves: list[Serve]) -> None:
+    """A provider runs on a store restored from a backup older than what it already published: the author's
+    signed ACK shows it holds the provider's chain beyond the store's head (a `conflict` event), and publishing
+    from that store is refused.  The refusal was a plain LocalProtocolError -- the type a lost write permission
+    has, and `streams publish` reported every such error met while it waited for the ACK as "not_permitted"
+    ("the policy allows this provider to read only now"), untrue here: the permission is intact.  It is a
+    ChainConflictError now (`streams publish` says failure "conflict"), and the provider's own store still
+    publishes."""
+    _, _, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    common = ("--connect", addr, "--passphrase-env", "PP")
+    cli("subscribe", "--store", "provider.db", "--keystore", "provider.ks", "--author", author, "--channel",
+        channel, "--json", *common).ok()
+    cli("publish", "--store", "provider.db", "--data", "payment 1", "--json", *common).ok()
+    cli("backup", "--store", "provider.db", "--to", "stale.db").ok()
+    for n in (2, 3):
+        assert cli("publish", "--store", "provider.db", "--data", f"payment {n}", "--json", *common).ok().json[
+            "seq"] == n
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "--json", "--follow", "--events",
+                             "--publish-stdin", "--store", "stale.db", *common], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tail.stdin is not None and tail.stdout is not None
+        seen = [json.loads(tail.stdout.readline())]
+        while seen[-1]["event"] != "conflict":  # (the author's ACK, about a heartbeat after it connects)
+            seen.append(json.loads(tail.stdout.readline()))
+        tail.stdin.write(json.dumps({"data": "payment 2 again"}) + "\n")
+        tail.stdin.flush()
+        while seen[-1]["event"] not in ("error", "published"):
+            seen.append(json.loads(tail.stdout.readline()))
+    finally:
+        _signal_and_wait(tail, signal.SIGTERM)
+    assert seen[-1]["event"] == "error", seen
+    assert seen[-1]["type"] == "ChainConflictError", seen[-1]
+    assert "conflicts with the author's copy" in seen[-1]["error"], seen[-1]
+    # The provider may still write: its own store's next message is acknowledged.
+    assert cli("publish", "--store", "provider.db", "--data", "payment 4", "--json", *common).ok().json[
+        "acknowledged"] is True
+
+
+def test_a_serve_that_fails_its_checks_leaves_no_new_ledger_file(cli: Cli, tmp_path: Path) -> None:
+    """`streams serve --ledger sqlite:PATH` makes the embedded ledger if it is not there.  A serve that then
+    fails its checks -- a policy file that does not parse, a store it cannot open -- used to leave that new,
+    empty ledger file behind (with its -wal and -shm), made before the checks ran.  It leaves nothing now; a
+    ledger that was there before is left as it was."""
+    make_keystore(cli, "monitor.ks")
+    (tmp_path / "bad.toml").write_text("[policy\n")
+    _policy(tmp_path / "policy.toml")
+    (tmp_path / "notastore.db").write_bytes(b"x" * 100)
+    cases = [("monitor.db", "bad.toml", ("--keystore", "monitor.ks", "--name", "fraud-monitor")),
+             ("notastore.db", "policy.toml", ())]
+    for store, policy, create in cases:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        run = cli("serve", "--json", "--store", store, "--bind", "tcp://127.0.0.1:0", "--policy", policy, *create,
+                  "--passphrase-env", "PP", "--ledger", "sqlite:ledger.db")
+        assert run.returncode == 2, (run.stdout, run.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, run.stdout
+    # A ledger that was there before the failed serve stays, with what it holds.
+    from streams.ledger.embedded import EmbeddedLedger
+
+    with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
+        anchor_id = ledger.append(b"tag", b"kept")
+    run = cli("serve", "--json", "--store", "notastore.db", "--bind", "tcp://127.0.0.1:0", "--policy", "policy.toml",
+              "--passphrase-env", "PP", "--ledger", "sqlite:ledger.db")
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
+        assert ledger.size() == 1 and ledger.read(anchor_id) == (b"tag", b"kept")

@@ -468,3 +468,79 @@ async def test_a_damaged_logged_message_is_not_skipped_at_redelivery(tmp_path: P
     conn.close()
     with pytest.raises(StorageError, match=r"s\.db"):
         await Subscriber.open(db, PW, MemoryHub().subscriber_endpoint("s"), store_options=OPTS)
+
+
+@pytest.mark.parametrize("where", ["row", "frame file"])
+async def test_a_damaged_logged_message_is_not_served_to_a_catching_up_member(
+        tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The author serves a member that catches up from its retained log.  One of those messages damaged on the
+    author's disk -- a flipped bit in its SQLite row (a frame under 1 KiB, where SQLite's check does not look), or
+    in the frame file (a larger frame) -- used to be served as it was (the row: the member rejected it, and the
+    author never knew) or to close the whole author (the frame file: a StorageError out of its receive loop).
+    Now it is never served: the author logs an error naming its store and the position, and goes on serving
+    everyone else."""
+    import asyncio
+    import logging
+    import sqlite3
+
+    from streams.identity import Identity
+    from streams.wire import decode_frame as decode
+
+    other = Identity.from_seed(b"\x03" * 32)
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did, other.did]), store_options=OPTS)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=OPTS)
+        sub2 = await Subscriber.create(tmp_path / "o.db", other, AUTHOR.did, author.channel, PW,
+                                       hub.subscriber_endpoint("o"), store_options=OPTS)
+        branch, branch2 = await sub.subscribe(), await sub2.subscribe()
+        await sub.close()
+        await sub2.close()
+        size = 100 if where == "row" else 8000  # (8000: in the frame file of a durable store's log)
+        for i in range(3):
+            await author.publish(branch, b"%d" % i * size)
+            await author.publish(branch2, b"%d" % i * size)
+        db = tmp_path / "a.db"
+        conn = sqlite3.connect(db)
+        with conn:
+            stored = bytes(conn.execute("SELECT frame FROM log WHERE branch = ? AND publisher = 0 AND seq = 2",
+                                        (branch,)).fetchone()[0])
+            if where == "row":
+                assert decode(stored).hash  # the frame itself
+                damaged = bytearray(stored)
+                damaged[len(damaged) // 2] ^= 0x01
+                conn.execute("UPDATE log SET frame = ? WHERE branch = ? AND publisher = 0 AND seq = 2",
+                             (bytes(damaged), branch))
+        conn.close()
+        if where == "frame file":
+            assert stored[0] == 0xC1  # a reference: offset, length
+            off = int.from_bytes(stored[1:9], "little")
+            with open(f"{db}-frames", "r+b") as f:
+                f.seek(off + 4000)
+                byte = f.read(1)
+                f.seek(off + 4000)
+                f.write(bytes([byte[0] ^ 0x01]))
+        with caplog.at_level(logging.ERROR, logger="streams"):
+            sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+            sub2 = await Subscriber.open(tmp_path / "o.db", PW, hub.subscriber_endpoint("o"), store_options=OPTS)
+            got2 = [(await sub2.next_message(timeout=10)).payload for _ in range(3)]
+            assert got2 == [b"%d" % i * size for i in range(3)]
+
+            def told() -> bool:
+                return any(r.levelno == logging.ERROR and "not served" in r.getMessage() and "a.db" in
+                           r.getMessage() and f"seq {2}" in r.getMessage() for r in caplog.records)
+
+            for _ in range(1000):
+                if told():
+                    break
+                await asyncio.sleep(0.01)
+            assert told(), [r.getMessage() for r in caplog.records]
+            # The author still serves: a message published now reaches the other member.
+            await author.publish(branch2, b"after")
+            assert (await sub2.next_message(timeout=10)).payload == b"after"
+        await sub.close()
+        await sub2.close()
+    finally:
+        await author.close()

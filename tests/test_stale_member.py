@@ -355,4 +355,38 @@ async def test_write_given_back_lifts_the_stop_for_good(tmp_path: Path) -> None:
         assert author.forks() == []
     finally:
         await s.close()
+
+
+async def test_a_wait_for_an_ack_the_author_will_never_send_says_chain_conflict(tmp_path: Path) -> None:
+    """A member restored from a stale copy publishes and waits for the author's ACK: the author records the fork
+    and acknowledges again, which shows our chain conflicts with its copy.  The wait used to raise a plain
+    LocalProtocolError, the type a write permission taken away raises there too, so a caller (`streams publish`)
+    could not tell the two apart and reported a conflict as a lost permission; it raises ChainConflictError (a
+    LocalProtocolError) now, and so does the next publish."""
+    from streams.errors import ChainConflictError
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "x", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                                 store_options=FAST)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", P1, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=FAST)
+        branch = await sub.subscribe()
+        await sub.wait_acknowledged(branch, await sub.publish(branch, b"1"), timeout=10)
+        await sub.close()
+        backup(tmp_path / "s.db", tmp_path / "stale.db")
+        sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=FAST)
+        for p in (b"2", b"3"):
+            await sub.wait_acknowledged(branch, await sub.publish(branch, p), timeout=10)
+        await sub.close()
+        stale = await Subscriber.open(tmp_path / "stale.db", PW, hub.subscriber_endpoint("s"), store_options=FAST)
+        try:
+            seq = await stale.publish(branch, b"2, again")
+            with pytest.raises(ChainConflictError, match="conflicts with the author's copy"):
+                await stale.wait_acknowledged(branch, seq, timeout=10)
+            with pytest.raises(ChainConflictError):
+                await stale.publish(branch, b"3, again")
+        finally:
+            await stale.close()
+    finally:
         await author.close()

@@ -9,6 +9,7 @@ create there succeeds, and ``open`` says "no store", not "unsupported schema"); 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -323,16 +324,14 @@ def test_discard_after_a_change_of_directory_removes_only_its_own_files(tmp_path
 
 def test_discard_leaves_a_dangling_symlink_that_was_there_before(tmp_path: Path) -> None:
     """A ``<store>-lock`` that is a dangling symlink before the create (planted, or left over): the lock refuses
-    it (never followed), and discarding the failed create removes only what the create made -- the link is
-    not the store's, and is left as it was.  It used to count as not there (``exists`` follows the link) and be
-    deleted."""
+    it (never followed) -- create, which takes the lock itself, refuses the path before it makes anything --
+    and the link is not the store's: it is left as it was.  It used to count as not there (``exists`` follows
+    the link) and be deleted by the discard of the failed create."""
     db = tmp_path / "s.db"
     link = Path(f"{db}-lock")
     link.symlink_to(tmp_path / "gone")
-    store = create(db)
-    with pytest.raises(StorageError, match=r"s\.db"):
-        store.lock()
-    store.discard()
+    with pytest.raises(LocalProtocolError, match=r"s\.db-lock"):
+        create(db)
     assert [p.name for p in tmp_path.iterdir()] == ["s.db-lock"]
     assert os.readlink(link) == str(tmp_path / "gone")
 
@@ -348,3 +347,178 @@ def test_a_path_with_a_nul_byte_is_no_store(tmp_path: Path, call: str) -> None:
     with pytest.raises(StorageError, match="no store"):
         run()
     assert list(tmp_path.iterdir()) == []
+
+
+CRASHED_PARTY = """
+import os, sys
+from streams.core import ChainRecord, Changes
+from streams.store import Store
+s = Store.open(sys.argv[1], "pw")
+s.commit(Changes(chains=[ChainRecord(b"b" * 16, 0, 2, b"h" * 32, 1)]))
+os._exit(0)
+"""
+
+
+def test_a_store_dropped_without_close_no_longer_counts_as_open(tmp_path: Path) -> None:
+    """A Store that is never closed and is garbage-collected: its SQLite connection is gone with it, so its file
+    must no longer count as open in this process (bb69f2c's registry).  It used to count forever: a later open
+    of the same file (the same inode) then skipped the check that refuses a backup copy restored over a store
+    whose crashed party left its -wal, and SQLite replayed that -wal over the copy."""
+    import gc
+    import shutil
+
+    from streams.store import backup
+
+    db = tmp_path / "s.db"
+    create(db).close()
+    backup(db, tmp_path / "copy.db")
+    dropped = Store.open(db, "pw")
+    del dropped  # never closed
+    gc.collect()
+    # A party in another process commits and dies without closing: its -wal stays.
+    subprocess.run([sys.executable, "-c", CRASHED_PARTY, str(db)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert Path(f"{db}-wal").stat().st_size > 0
+    inode = db.stat().st_ino
+    shutil.copyfile(tmp_path / "copy.db", db)  # the copy restored into the same file (the same inode)
+    assert db.stat().st_ino == inode
+    with pytest.raises(StorageError, match="is not this database's"):
+        Store.open(db, "pw")
+
+
+RACER = """
+import json, sys
+from streams.identity import Identity
+from streams.keystore import derive_key
+from streams.store import Store
+me = Identity.from_seed(bytes([int(sys.argv[2])]) * 32)
+derive_key("pw", bytes(16), 1, 8192)  # (warm: the race starts at create)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    Store.create(sys.argv[1], me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1,
+                 memlimit=8192).close()
+    print(json.dumps({"ok": True}), flush=True)
+except Exception as exc:
+    print(json.dumps({"ok": False, "type": type(exc).__name__, "error": str(exc)}), flush=True)
+"""
+
+
+def test_two_processes_creating_the_same_store_at_once_leave_the_winner_s_store(tmp_path: Path) -> None:
+    """Two processes call Store.create on the same new path at the same moment (released together from a
+    barrier, many times over).  Exactly one creates the store, the other is refused (StorageError "in use" while
+    the winner holds the store's lock, LocalProtocolError "already exists" once it is done), and the store is the
+    winner's: it opens, with the winner's identity.  The second creator used to take the
+    first one's still-empty file (an empty file is taken), initialise it alongside, fail, and then truncate or
+    remove it in its clean-up -- after the winner had returned its store."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(25):
+        db = tmp_path / f"s{trial}.db"
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, str(db), str(n)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, env=env) for n in (1, 2)]
+        try:
+            for r in racers:
+                assert r.stdout is not None and r.stdout.readline() == "ready\n"
+            for r in racers:  # the barrier: both are released at once
+                assert r.stdin is not None
+                r.stdin.write("go\n")
+                r.stdin.flush()
+            outcomes = [json.loads(r.communicate(timeout=60)[0]) for r in racers]
+        finally:
+            for r in racers:
+                if r.poll() is None:
+                    r.kill()
+                    r.wait()
+        winners = [n for n, o in zip((1, 2), outcomes, strict=True) if o["ok"]]
+        assert len(winners) == 1, (trial, outcomes)
+        [loser] = [o for o in outcomes if not o["ok"]]
+        # Refused: the winner holds the store's lock ("in use"), or is done ("already exists").
+        assert ((loser["type"] == "StorageError" and "is in use" in loser["error"])
+                or (loser["type"] == "LocalProtocolError" and "already exists" in loser["error"])), (trial, outcomes)
+        try:
+            store = Store.open(db, "pw")
+        except StorageError as exc:
+            raise AssertionError(f"trial {trial}: the winner's store is gone: {exc} ({outcomes})") from None
+        try:
+            assert store.identity.did == Identity.from_seed(bytes([winners[0]]) * 32).did
+        finally:
+            store.close()
+
+
+def test_a_store_dropped_without_close_leaves_no_connection_to_its_file(tmp_path: Path) -> None:
+    """A Store that logged messages (so the process's background checkpointer opened a connection of its own to
+    its file) and is then garbage-collected unclosed: nothing of this process keeps the file open afterwards.
+    The checkpointer kept that connection, keyed by the dropped store's id(), for the life of the process --
+    a descriptor of the file never closed, and a connection that a later store given the same id() would have
+    been checkpointed through (another store's file)."""
+    import gc
+    import time
+
+    from streams.core import ChainRecord, Changes, LogRecord
+    from streams.wire import decode_frame
+    from tests.test_store_frames import BRANCH, frame_for
+
+    db = tmp_path / "s.db"
+    store = create(db, durable=False)
+    frame = frame_for(1, 400)
+    store.commit(Changes(chains=[ChainRecord(BRANCH, 0, 2, decode_frame(frame).hash, 1)],
+                         log=[LogRecord(BRANCH, 0, 1, decode_frame(frame).hash, frame)]))
+
+    def open_here() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}") == str(db.resolve()):
+                    out.append(fd)
+        return out
+
+    deadline = time.monotonic() + 30
+    while len(open_here()) < 2 and time.monotonic() < deadline:  # the store's own and the checkpointer's
+        time.sleep(0.02)
+    assert len(open_here()) >= 2
+    del store  # never closed
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while open_here() and time.monotonic() < deadline:  # (a checkpoint of it may still be running)
+        time.sleep(0.02)
+        gc.collect()
+    assert open_here() == []
+
+
+def test_a_store_dropped_without_close_lets_go_of_its_lock(tmp_path: Path) -> None:
+    """A party's Store (it holds the store's lock, and the frame file open) garbage-collected unclosed: the
+    process may open and lock the store again.  Its descriptors used to stay open for the life of the process --
+    the lock with them, so every later lock in the process was refused ("in use") as if the dropped store still
+    ran."""
+    import gc
+    import time
+    import weakref
+
+    from streams.core import ChainRecord, Changes, LogRecord
+    from streams.wire import decode_frame
+    from tests.test_store_frames import BRANCH, frame_for
+
+    db = tmp_path / "s.db"
+    create(db).close()
+    dropped = Store.open(db, "pw", durable=False)
+    dropped.lock()
+    frame = frame_for(1, 9000)  # (to the frame file: its descriptor is opened too)
+    dropped.commit(Changes(chains=[ChainRecord(BRANCH, 0, 2, decode_frame(frame).hash, 1)],
+                           log=[LogRecord(BRANCH, 0, 1, decode_frame(frame).hash, frame)]))
+    with pytest.raises(StorageError, match="in use"):
+        Store.open(db, "pw").lock()
+    gone = weakref.ref(dropped)
+    del dropped  # never closed
+    deadline = time.monotonic() + 30
+    while gone() is not None and time.monotonic() < deadline:  # (the checkpointer may still hold it a moment)
+        time.sleep(0.02)
+        gc.collect()
+    assert gone() is None
+    again = Store.open(db, "pw")
+    try:
+        again.lock()
+        assert again.log_range(BRANCH, 0, 1, 1) == [frame]
+    finally:
+        again.close()

@@ -319,8 +319,16 @@ def test_a_store_never_writes_through_a_symlink_beside_it(tmp_path: Path, side: 
         with pytest.raises(StorageError, match=r"s\.db-frames"):
             commit(store, [1], [9000])
         assert store.log_entry(BRANCH, 0, 1) is None
-    else:
+    else:  # (refused by create since it takes the store's lock itself, before it makes anything)
+        with pytest.raises(LocalProtocolError, match=r"s\.db-lock"):
+            new_store(db)
+        assert sorted(x.name for x in tmp_path.iterdir()) == ["s.db-lock", "victim"]
+        link.unlink()
         store = new_store(db)
+        store.close()
+        link.unlink()  # (the lock file the create made)
+        link.symlink_to(victim)
+        store = Store.open(db, "pw")
         with pytest.raises(StorageError, match=r"s\.db"):
             store.lock()
     store.close()
@@ -352,7 +360,7 @@ def test_a_failed_sync_of_the_frame_file_is_reported_and_nothing_is_checkpointed
     try:
         store._frames_fd, store._frames_unsynced = r, True
         with caplog.at_level("WARNING", logger="streams.store"):
-            _CHECKPOINTER._checkpoint(id(store), store)
+            _CHECKPOINTER._checkpoint(store)
         assert any("may not be on disk" in m and "s.db-frames" in m for m in caplog.messages), caplog.messages
         assert db.stat().st_size == size_before  # the rows stayed in the WAL
     finally:

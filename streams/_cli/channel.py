@@ -925,15 +925,18 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
     # CurveZMQ keys the endpoint with the author's identity, so it is read first; the Author opened on the
     # endpoint then installs its own ZAP decision (members of open branches, DIDs the policy could admit).
     keys = author_keys(args.store, passphrase, keystore_path=args.keystore, name=args.name) if args.curve else None
-    ledger = open_ledger(args.ledger, create=True) if args.ledger else None
+    # An embedded ledger is made if it is not there, before the policy and the store are checked (the author opens
+    # with its ledger): a serve that fails them removes the ledger it made.
+    new_ledger = _absent_ledger_files(args.ledger) if args.ledger else None
+    ledger: Ledger | None = None
     try:
+        ledger = open_ledger(args.ledger, create=True) if args.ledger else None
         transport = zmq.author(args.bind, keys)
         author = await open_author(args.store, passphrase, transport, args.policy, keystore_path=args.keystore,
                                    name=args.name, identity=keys.identity if keys is not None else None,
                                    ledger=ledger, anchor_interval_ms=args.anchor_interval_ms)
     except BaseException:  # (open_author closes the transport when it fails)
-        if ledger is not None:
-            ledger.close()
+        _unmake_ledger(ledger, new_ledger)
         raise
     stop = asyncio.Event()
     _install_stop(stop)
@@ -962,6 +965,39 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
             ledger.close()
     out.emit({"event": "stopped"})
     return 0
+
+
+#: SQLite's files of an embedded ledger: the database, then the side files it may leave.
+_LEDGER_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _absent_ledger_files(spec: str) -> list[Path]:
+    """For ``sqlite:PATH`` with nothing at PATH: the ledger's files (:data:`_LEDGER_FILES`) not there now, which
+    opening it would make; else none (another kind of ledger, or one that exists: never ours to remove)."""
+    kind, _, rest = spec.partition(":")
+    if kind != "sqlite" or not rest or os.path.lexists(rest):
+        return []
+    return [Path(f"{rest}{s}") for s in _LEDGER_FILES if not os.path.lexists(f"{rest}{s}")]
+
+
+def _unmake_ledger(ledger: Ledger | None, made: list[Path] | None) -> None:
+    """Close the ledger of a serve that failed before it ran, and remove the files that opening it made (``made``,
+    from :func:`_absent_ledger_files`) -- unless something was written to it meanwhile (another party on the
+    host that opened the new ledger too: then it is theirs as well)."""
+    from ..ledger.embedded import EmbeddedLedger
+
+    empty = True
+    if ledger is not None:
+        if made and isinstance(ledger, EmbeddedLedger):
+            try:
+                empty = ledger.size() == 0
+            except StreamsError:
+                empty = False  # (unknown: keep it)
+        ledger.close()
+    if made and empty:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -1090,7 +1126,10 @@ async def publish(args: argparse.Namespace) -> Result:
                 except ChainConflictError as exc:  # the author's ACK came after we signed: the message is a fork
                     raise CheckFailed(f"seq {seq} was signed but will never be delivered: {exc} (the author keeps "
                                       f"it as evidence of a fork). {_STALE_STORE}", "conflict") from None
-                except LocalProtocolError as exc:  # the author took our write permission away meanwhile
+                except LocalProtocolError as exc:
+                    # Every other cause here is a write permission the author took away meanwhile: a re-key
+                    # that left us read-only, or one that restarted our chain at the grant's head because our
+                    # write had lapsed when we signed (the seq is not ours then).
                     raise CheckFailed(f"seq {seq} is refused: {exc} (the policy allows this provider to read "
                                       "only now)", "not_permitted") from None
                 except asyncio.CancelledError:  # Ctrl-C or SIGTERM while waiting: say what became of it
