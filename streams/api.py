@@ -642,8 +642,13 @@ class _Party:
                     if self._send_many is not None:
                         self._group_flush(group)
                     else:
-                        with contextlib.suppress(Exception):  # _flush failed the group with it: raised below
+                        try:
                             await self._flush()
+                        except asyncio.CancelledError:
+                            mine.cancel()  # its outcome is nobody's to retrieve now
+                            raise
+                        except Exception:  # noqa: S110 - _flush failed the group with it: raised below
+                            pass
         if not mine.done():
             await mine
         mine.result()
@@ -755,14 +760,35 @@ class _Party:
         if self._send_many is not None:
             self._send_out(out, group)
             return
+        await self._send_each(out, group)
+
+    async def _send_each(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+        """Send committed frames one ``send`` at a time; resolve the publish group they complete.
+
+        A caller cancelled meanwhile leaves the rest to a task of the party: the commit is done, and the other
+        publishes it covered must neither fail with the caller's cancellation (they used to get
+        ClosedResourceError, the party open and their messages committed) nor lose their frames.  The frame whose
+        send was cancelled is sent again (a receiver rejects a copy as a replay)."""
+        sent = 0
         try:
             for o in out:
                 await self._transport.send(o)
-        except BaseException as exc:
-            _settle(group, exc if isinstance(exc, Exception) else ClosedResourceError("cancelled"))
+                sent += 1
+        except asyncio.CancelledError:
+            if self._closed:  # close() cancels the party's tasks: nothing sends the rest
+                _settle(group, ClosedResourceError("closed before the send"))
+            else:
+                self._spawn(self._send_rest(out[sent:], group))
+            raise
+        except Exception as exc:
+            _settle(group, exc)
             raise
         _settle(group, None)
         self._apply_routes()
+
+    async def _send_rest(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+        with contextlib.suppress(Exception):  # _send_each failed the group with it: the publishers raise it
+            await self._send_each(out, group)
 
     def _committed(self, changes: Changes) -> None:
         """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""
