@@ -10,8 +10,13 @@ import gc
 from pathlib import Path
 from typing import Any
 
+import zmq
+import zmq.asyncio
+
+from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from streams.api import Author, MemoryHub, MemoryTransport, StoreOptions, Subscriber
 from streams.core import Outgoing
+from streams.errors import BrokenResourceError, ClosedResourceError, StreamsTimeoutError
 from streams.identity import Identity
 from streams.policy import AllowList
 
@@ -88,3 +93,56 @@ async def test_a_cancelled_publisher_does_not_fail_the_publishes_its_commit_cove
     gc.collect()
     await asyncio.sleep(0)
     assert not unretrieved, unretrieved  # no "Future exception was never retrieved"
+
+
+async def _closes_itself(party: Author | Subscriber) -> ClosedResourceError:
+    """Wait (generously) until the party has closed itself; the error its calls raise then."""
+    for _ in range(200):
+        try:
+            await party.next_message(timeout=0.1)
+        except ClosedResourceError as exc:
+            return exc
+        except StreamsTimeoutError:
+            continue
+    raise AssertionError("the party did not close itself")
+
+
+async def test_an_author_endpoint_whose_reader_dies_makes_the_party_close_not_go_deaf(tmp_path: Path) -> None:
+    # The application shares a ZeroMQ context and terminates it (its shutdown): the endpoint's reader fails with
+    # ETERM.  It used to die alone -- the party, parked in recv(), went deaf for good without a word to its
+    # application, and Context.term() waited forever for the socket nobody closed.  Now recv() raises
+    # BrokenResourceError: the party closes itself, saying why, and its close frees the socket.
+    ctx = zmq.asyncio.Context()
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", context=ctx)
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, ep, POLICY, store_options=FAST)
+    term = asyncio.ensure_future(asyncio.to_thread(ctx.term))
+    try:
+        exc = await _closes_itself(author)
+        assert isinstance(exc.__cause__, BrokenResourceError), repr(exc.__cause__)
+        await asyncio.wait_for(asyncio.shield(term), 20)  # the socket was closed: the context could end
+    finally:
+        await author.close()
+        await term
+
+
+async def test_a_subscriber_endpoint_whose_tasks_die_makes_the_party_close_not_go_deaf(tmp_path: Path) -> None:
+    # The same on the subscriber's side: its reader found the socket failing and left the heartbeat to
+    # reconnect, whose new socket the terminated context refused (a raw ZMQError): the heartbeat died unlogged,
+    # and the subscriber waited in recv() forever.
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, AuthorEndpoint("tcp://127.0.0.1:0"),
+                                 POLICY, store_options=FAST)
+    addr = author._transport.addresses[0]  # type: ignore[attr-defined]
+    ctx = zmq.asyncio.Context()
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  SubscriberEndpoint(addr, EndpointConfig(heartbeat_ms=100), context=ctx),
+                                  store_options=FAST)
+    await sub.subscribe(timeout=10)
+    term = asyncio.ensure_future(asyncio.to_thread(ctx.term))
+    try:
+        exc = await _closes_itself(sub)
+        assert isinstance(exc.__cause__, BrokenResourceError), repr(exc.__cause__)
+        await asyncio.wait_for(asyncio.shield(term), 20)
+    finally:
+        await sub.close()
+        await term
+        await author.close()
