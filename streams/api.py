@@ -1032,8 +1032,19 @@ class Author(_Party):
         if ledger is not None:
             self._anchoring = AnchorService(self._core, self._store, ledger, config or AnchorConfig(), self._clock,
                                             self._send_queued, on_refused=self._refuse_publishing,
-                                            report=self._queue_event)
+                                            report=self._queue_event, on_failed=self._anchoring_failed)
             self._anchoring.start()
+
+    def _anchoring_failed(self, exc: Exception) -> None:
+        """The anchoring task died: close and say why (as a subscriber whose ledger checks fail does), rather than
+        go on publishing with nothing anchored any more."""
+        if self._closed:
+            return  # (the ledger closed before the party, at its shutdown)
+        if isinstance(exc, ClosedResourceError):
+            self._fail(exc, "the ledger was closed under the party: chain heads can no longer be anchored",
+                       broken=False)
+        else:
+            self._fail(exc, "anchoring failed")
 
     def _refuse_publishing(self, exc: LedgerConflict) -> None:
         # (the anchoring service logged the conflict, and says publishing stops: once is enough)

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
-from streams.api import Author, MemoryHub, MemoryTransport, StoreOptions, Subscriber
+from streams.api import AnchorConfig, Author, MemoryHub, MemoryTransport, StoreOptions, Subscriber
 from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, StreamsTimeoutError
+from streams.events import EpochAnchored
 from streams.identity import Identity
+from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import AllowList
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
@@ -146,3 +150,34 @@ async def test_a_subscriber_endpoint_whose_tasks_die_makes_the_party_close_not_g
         await sub.close()
         await term
         await author.close()
+
+
+async def test_an_authors_anchoring_that_dies_closes_the_party_and_says_why(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # The ledger is closed under a running author (the application's shutdown in the wrong order, a ledger
+    # object shared and closed elsewhere).  The anchoring task died of the ClosedResourceError without a word --
+    # no log, no event -- and the author went on publishing with nothing anchored any more (THREATS 7).  A
+    # subscriber in that case closes and says why; the author now does the same.
+    hub = MemoryHub()
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST, ledger=ledger, anchor_config=AnchorConfig(epoch_interval_ms=20))
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        await author.publish(branch, b"anchored")
+        for _ in range(200):
+            if any(isinstance(ev, EpochAnchored) for ev in author.pending_events()):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the first epoch was never anchored")
+        ledger.close()
+        await author.publish(branch, b"never anchored")
+        await _closes_itself(author)
+        assert any("ledger" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records)
+    finally:
+        await sub.close()
+        await author.close()
+        ledger.close()
