@@ -561,22 +561,38 @@ class _Party:
             if not f.done():
                 f.set_exception(ClosedResourceError("closed"))
         await cancel_and_wait(self._tasks)
-        if self._broken is None:
-            with contextlib.suppress(StorageError, ClosedResourceError):
-                self._core.flush_checkpoints(self._clock())
-                self._core.acknowledge()  # the coalesced ACKs still pending (their cursors commit first)
-                await self._flush()
-                self._mark_given()
-                self._store.commit(self._core.take_changes(), self._delivered)
-        group, self._group = self._group, None
-        _settle(group, ClosedResourceError("closed before the commit"))
-        self._events_ready.set()
-        self._wake_readers()
-        if self._space_waiter is not None and not self._space_waiter.done():
-            self._space_waiter.set_result(None)
-        await self._transport.close()
-        self._parallel.close()
-        self._store.close()
+        try:
+            if self._broken is None:
+                await self._final_commit()
+        finally:  # whatever happened above, the waiters are answered and the transport and the store released
+            group, self._group = self._group, None
+            _settle(group, ClosedResourceError("closed before the commit"))
+            self._events_ready.set()
+            self._wake_readers()
+            if self._space_waiter is not None and not self._space_waiter.done():
+                self._space_waiter.set_result(None)
+            try:
+                await self._transport.close()
+            finally:
+                self._parallel.close()
+                self._store.close()
+
+    async def _final_commit(self) -> None:
+        """close(): commit what is pending (checkpoints, ACKs, the application's cursor) and send what it made.  A
+        send that fails (a transport whose connection is gone) is logged: what it would have sent is committed,
+        and a receiver recovers it (catch-up, head notices) -- it must not keep close() from releasing the store."""
+        try:
+            self._core.flush_checkpoints(self._clock())
+            self._core.acknowledge()  # the coalesced ACKs still pending (their cursors commit first)
+            await self._flush()
+        except (StorageError, ClosedResourceError):
+            return
+        except Exception as exc:
+            log.warning("close: the last frames could not be sent (%s: %s); they are committed", type(exc).__name__,
+                        exc)
+        with contextlib.suppress(StorageError, ClosedResourceError):
+            self._mark_given()
+            self._store.commit(self._core.take_changes(), self._delivered)
 
     async def __aenter__(self) -> Self:
         return self

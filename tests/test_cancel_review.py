@@ -6,6 +6,7 @@ condition, with a generous timeout"; nothing measures time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from pathlib import Path
@@ -17,12 +18,13 @@ import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from streams.api import AnchorConfig, Author, MemoryHub, MemoryTransport, StoreOptions, Subscriber
-from streams.core import Outgoing
+from streams.core import CoreConfig, Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, StreamsTimeoutError
 from streams.events import EpochAnchored
 from streams.identity import Identity
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import AllowList
+from streams.wire import SigningMode
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -181,3 +183,49 @@ async def test_an_authors_anchoring_that_dies_closes_the_party_and_says_why(tmp_
         await sub.close()
         await author.close()
         ledger.close()
+
+
+class _Dropping:
+    """A transport without ``send_many`` whose connection can drop: ``send`` then raises ConnectionResetError, as a
+    socket-backed transport does when its peer is gone."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.dropped = False
+
+    async def send(self, out: Outgoing) -> None:
+        if self.dropped:
+            raise ConnectionResetError("connection reset by peer")
+        await self.inner.send(out)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_close_releases_the_store_and_transport_when_its_last_send_fails(tmp_path: Path) -> None:
+    # close() commits, then sends what is still queued (ACKs, checkpoints).  A transport whose send raised then
+    # (its connection gone) made close() raise before it closed the transport and the store -- and every later
+    # close() raised the same: the store stayed locked by a party that could never be closed, and could not be
+    # opened again in this process.  What close() committed is on disk whatever the send does: it now finishes.
+    hub = MemoryHub()
+    wrapped = _Dropping(hub.author_endpoint())
+    # Amortized signing: close() signs a checkpoint of the chain's uncovered packets and sends it (the timer does
+    # not get there first: its interval is long).
+    config = CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_interval_ms=3_600_000)
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 POLICY, store_options=FAST, config=config)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    seq = await author.publish(branch, b"before the drop")
+    wrapped.dropped = True
+    with contextlib.suppress(ConnectionResetError):
+        await author.publish(branch, b"committed, not sent")
+    await author.close()
+    assert wrapped.inner.closed  # the transport was closed
+    again = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), POLICY, store_options=FAST)
+    # On disk: both messages and the checkpoint close() signed of them (its send failed, its commit stands).
+    assert again._core.chain_head(branch, 0)[0] == seq + 3
+    assert len(again.store.log_range(branch, 0, seq, seq + 2)) == 3
+    await again.close()
+    await sub.close()
