@@ -560,6 +560,7 @@ class _Party:
         for _b, _s, f in self._ack_waiters:
             if not f.done():
                 f.set_exception(ClosedResourceError("closed"))
+        self._end_waits()
         await cancel_and_wait(self._tasks)
         try:
             if self._broken is None:
@@ -811,6 +812,9 @@ class _Party:
 
     async def _stop_services(self) -> None:
         """Hook: stop background services before the final flush."""
+
+    def _end_waits(self) -> None:
+        """Hook: close() answers the calls waiting for the peer with ClosedResourceError."""
 
     def _start(self) -> None:
         self._tasks.append(asyncio.create_task(self._recv_loop(), name=f"streams-recv-{self.did[-8:]}"))
@@ -1565,7 +1569,7 @@ class Subscriber(_Party):
         Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses (a refusal of an
         expired or already used challenge is not final: the handshake starts again while time remains),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
-        ``retry`` seconds)."""
+        ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile."""
         self._check_usable()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
@@ -1631,6 +1635,13 @@ class Subscriber(_Party):
         self._check_usable()
         self._core.unsubscribe(branch)
         await self._flush()
+
+    def _end_waits(self) -> None:
+        for w in self._waiters:  # subscribe() calls: they would wait out their retry step, then find the party closed
+            if not w.done():
+                exc = ClosedResourceError("closed before the author answered the subscription")
+                exc.__cause__ = self._broken
+                w.set_exception(exc)
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, (Refused, Subscribed)):

@@ -229,3 +229,20 @@ async def test_close_releases_the_store_and_transport_when_its_last_send_fails(t
     assert len(again.store.log_range(branch, 0, seq, seq + 2)) == 3
     await again.close()
     await sub.close()
+
+
+async def test_close_ends_a_subscribe_in_progress_at_once(tmp_path: Path) -> None:
+    # subscribe() waits for the author's answer in steps of `retry` seconds.  A close() meanwhile did not end it:
+    # it went on waiting for the rest of its step (an hour here), then sent another HELLO into the closed store.
+    # Now close() answers it with ClosedResourceError, as it answers next_message() and wait_acknowledged().
+    hub = MemoryHub()  # no author: nobody answers
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, b"\x07" * 32, PW, hub.subscriber_endpoint("p1"),
+                                  store_options=FAST)
+    subscribing = asyncio.create_task(sub.subscribe(timeout=3600, retry=3600))
+    for _ in range(200):  # until its HELLO went out
+        if any(src == "p1" for src, _dst, _data in hub.tap):
+            break
+        await asyncio.sleep(0.01)
+    await sub.close()
+    with pytest.raises(ClosedResourceError):
+        await asyncio.wait_for(subscribing, 20)
