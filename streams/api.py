@@ -385,14 +385,9 @@ class _Party:
                 self._ack_waiters.remove(entry)
 
     def __aiter__(self) -> AsyncIterator[MessageReceived]:
-        return self._iter_messages()
-
-    async def _iter_messages(self) -> AsyncIterator[MessageReceived]:
-        while True:
-            try:
-                yield await self.next_message()
-            except ClosedResourceError:
-                return
+        """``async for msg in party``: each step is a :meth:`next_message`; the iteration ends once the party is
+        closed and drained.  A step cancelled (a timeout around ``anext``) leaves the iteration usable."""
+        return _Messages(self)
 
     async def next_message(self, timeout: float | None = None) -> MessageReceived:
         """The next payload message.  Marks the previous one(s) delivered.  Raises :class:`StreamsTimeoutError`
@@ -519,15 +514,11 @@ class _Party:
                 self._space_waiter = None
         self._messages.append(msg)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every non-message event (gaps, rejections, admissions, grants, closures), in order."""
-        while True:
-            while self._events:
-                yield self._events.popleft()
-            if self._closed:
-                return
-            self._events_ready.clear()
-            await self._events_ready.wait()
+    def events(self) -> AsyncIterator[Event]:
+        """Every non-message event (gaps, rejections, admissions, grants, closures), in order; the iteration ends
+        once the party is closed and they are drained.  A step cancelled (a timeout around ``anext``) leaves the
+        iteration usable."""
+        return _Events(self)
 
     def pending_events(self) -> list[Event]:
         """Take the non-message events that are waiting, without blocking."""
@@ -1650,6 +1641,46 @@ class Subscriber(_Party):
                     w.set_result(ev)
         if isinstance(ev, BranchClosed):
             log.info("branch %s closed by %s", ev.branch.hex(), ev.by)
+
+
+class _Messages:
+    """The iterator of ``async for msg in party``.  Not an async generator: a cancelled step would finish one, and
+    every later step would raise StopAsyncIteration -- the iteration's "closed" -- while the party is open."""
+
+    __slots__ = ("_party",)
+
+    def __init__(self, party: _Party) -> None:
+        self._party = party
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> MessageReceived:
+        try:
+            return await self._party.next_message()
+        except ClosedResourceError:
+            raise StopAsyncIteration from None
+
+
+class _Events:
+    """The iterator of :meth:`_Party.events` (not an async generator, for the reason :class:`_Messages` says)."""
+
+    __slots__ = ("_party",)
+
+    def __init__(self, party: _Party) -> None:
+        self._party = party
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> Event:
+        party = self._party
+        while not party._events:
+            if party._closed:
+                raise StopAsyncIteration
+            party._events_ready.clear()
+            await party._events_ready.wait()
+        return party._events.popleft()
 
 
 async def _abandon(transport: Transport, store: Store | None, party: _Party | None, *, discard: bool = False) -> None:

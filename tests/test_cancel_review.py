@@ -20,7 +20,7 @@ from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from streams.api import AnchorConfig, Author, MemoryHub, MemoryTransport, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, StreamsTimeoutError
-from streams.events import EpochAnchored
+from streams.events import Acknowledged, EpochAnchored
 from streams.identity import Identity
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import AllowList
@@ -246,3 +246,36 @@ async def test_close_ends_a_subscribe_in_progress_at_once(tmp_path: Path) -> Non
     await sub.close()
     with pytest.raises(ClosedResourceError):
         await asyncio.wait_for(subscribing, 20)
+
+
+async def test_async_for_survives_a_step_cancelled_by_a_timeout(tmp_path: Path) -> None:
+    # `async for msg in party` was an async generator: a step cancelled by a timeout around anext() finished it,
+    # and every later step raised StopAsyncIteration -- what the iteration says when the party is closed -- while
+    # the party was open and messages kept arriving.  A cancelled step now leaves the iteration usable.
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    messages = aiter(sub)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # nothing published yet: the step is cancelled
+            await anext(messages)
+    events = author.events()  # the same for events()
+    while author.pending_events():
+        pass
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await anext(events)
+    await author.publish(branch, b"after the timeout")
+    msg = await asyncio.wait_for(anext(messages), 10)
+    assert msg.payload == b"after the timeout"
+    ev = await asyncio.wait_for(anext(events), 10)  # the ACK of that message
+    assert isinstance(ev, Acknowledged)
+    await sub.close()
+    await author.close()
+    with pytest.raises(StopAsyncIteration):  # closed and drained: the iterations end
+        await anext(messages)
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
