@@ -307,7 +307,10 @@ class _Party:
         commit) and leave in one burst; each call still returns only after the commit that holds its message.
 
         Raises :class:`LocalProtocolError` (no write permission, payload too large, unknown branch),
-        :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged)."""
+        :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged).
+
+        Cancelling the call (a timeout) does not take the message back: it has its seq, and the next commit
+        stores and sends it as any other -- publishing it again publishes a second message."""
         self._check_usable()
         if self._no_publish is not None:
             raise LedgerConflict(str(self._no_publish))
