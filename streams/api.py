@@ -553,7 +553,7 @@ class _Party:
         await self._stop_services()
         for _b, _s, f in self._ack_waiters:
             if not f.done():
-                f.set_exception(ClosedResourceError("closed"))
+                f.set_exception(self._closed_error("closed before the ACK came"))
         self._end_waits()
         await cancel_and_wait(self._tasks)
         try:
@@ -809,6 +809,12 @@ class _Party:
 
     def _end_waits(self) -> None:
         """Hook: close() answers the calls waiting for the peer with ClosedResourceError."""
+
+    def _closed_error(self, message: str) -> ClosedResourceError:
+        """The error of a call that close() ends: the failure that closed the party, if any, is its cause."""
+        exc = ClosedResourceError(message)
+        exc.__cause__ = self._broken
+        return exc
 
     def _start(self) -> None:
         self._tasks.append(asyncio.create_task(self._recv_loop(), name=f"streams-recv-{self.did[-8:]}"))
@@ -1633,9 +1639,7 @@ class Subscriber(_Party):
     def _end_waits(self) -> None:
         for w in self._waiters:  # subscribe() calls: they would wait out their retry step, then find the party closed
             if not w.done():
-                exc = ClosedResourceError("closed before the author answered the subscription")
-                exc.__cause__ = self._broken
-                w.set_exception(exc)
+                w.set_exception(self._closed_error("closed before the author answered the subscription"))
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, (Refused, Subscribed)):

@@ -279,3 +279,47 @@ async def test_async_for_survives_a_step_cancelled_by_a_timeout(tmp_path: Path) 
         await anext(messages)
     with pytest.raises(StopAsyncIteration):
         await anext(events)
+
+
+class _FailingRecv:
+    """A transport whose recv() fails for good once ``fail`` is set (a socket-backed transport whose network went)."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.fail = asyncio.Event()
+
+    async def recv(self) -> list[tuple[bytes, object]]:
+        got = asyncio.ensure_future(self.inner.recv())
+        failing = asyncio.ensure_future(self.fail.wait())
+        await asyncio.wait({got, failing}, return_when=asyncio.FIRST_COMPLETED)
+        failing.cancel()
+        if got.done():
+            return got.result()
+        got.cancel()
+        raise OSError("network is unreachable")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_waiters_of_a_party_that_broke_get_the_cause(tmp_path: Path) -> None:
+    # A party whose receive loop failed closes itself; the calls waiting meanwhile must learn why (the cause
+    # chained), as next_message() and the next publish() do.  wait_acknowledged() got a bare "closed".
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    wrapped = _FailingRecv(hub.subscriber_endpoint("p1"))
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  wrapped, store_options=FAST)  # type: ignore[arg-type]
+    branch = await sub.subscribe(timeout=10)
+    await author.close()  # nobody will acknowledge what the member publishes now
+    seq = await sub.publish(branch, b"never acknowledged")
+    waiting = asyncio.create_task(sub.wait_acknowledged(branch, seq))
+    reading = asyncio.create_task(sub.next_message())
+    await asyncio.sleep(0)
+    wrapped.fail.set()
+    for task in (waiting, reading):
+        with pytest.raises(ClosedResourceError) as info:
+            await asyncio.wait_for(task, 20)
+        assert isinstance(info.value.__cause__, OSError), (task, repr(info.value.__cause__))
+    await sub.close()
