@@ -1849,6 +1849,10 @@ class SubscriberEndpoint(_Base):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             self._tasks.remove(reader)
+            if self._closed:
+                # close() cancelled us while we waited for the reader, and the CancelledError was swallowed with
+                # the reader's: do not sleep out the reconnect delay (up to reconnect_max_ms) before it can finish.
+                return
         self._sock.close(linger=0)
         self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
         self._queue_bytes = 0

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,54 @@ async def test_waiters_of_a_party_that_broke_get_the_cause(tmp_path: Path) -> No
             await asyncio.wait_for(task, 20)
         assert isinstance(info.value.__cause__, OSError), (task, repr(info.value.__cause__))
     await sub.close()
+
+
+class _OnReconnect(logging.Handler):
+    """Calls ``act`` when a subscriber endpoint logs that it starts a reconnect."""
+
+    def __init__(self, act: Any) -> None:
+        super().__init__(logging.INFO)
+        self.act = act
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "reconnecting in" in record.getMessage():
+            self.act()
+
+
+async def test_a_subscriber_endpoint_closed_as_it_starts_a_reconnect_closes_at_once() -> None:
+    # The heartbeat's reconnect cancels the reader and waits for it, swallowing a CancelledError there -- its own
+    # too, when close() cancelled the heartbeat in that turn: it then slept out the whole reconnect delay (up to
+    # reconnect_max_ms; an hour here) before it noticed the close, and close() waited as long.
+    with socket.socket() as s:  # a port nobody listens on: the endpoint hears nothing and reconnects
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ep = SubscriberEndpoint(f"tcp://127.0.0.1:{port}",
+                            EndpointConfig(heartbeat_ms=50, reconnect_min_ms=3_600_000, reconnect_max_ms=3_600_000))
+    closing: list[asyncio.Future[None]] = []
+    handler = _OnReconnect(lambda: closing.append(asyncio.ensure_future(ep.close())))
+    log = logging.getLogger("brokerless")
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        reading = asyncio.create_task(ep.recv())  # starts the endpoint's tasks
+        for _ in range(400):
+            if closing:
+                break
+            await asyncio.sleep(0.05)
+        assert closing, "the endpoint never reconnected"
+        await asyncio.wait({closing[0]}, timeout=20)  # (not wait_for: a close() is not cancelled, it finishes)
+        assert closing[0].done(), "close() waits out the reconnect delay"
+        with pytest.raises(ClosedResourceError):
+            await reading
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+        if closing and not closing[0].done():  # (the old code: end its hour-long sleep, or the test never ends)
+            for t in ep._tasks:
+                t.cancel()
+        await ep.close()
+        if not reading.done():
+            reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ClosedResourceError):
+            await reading
