@@ -1774,6 +1774,9 @@ class MemoryHub:
             self.inject(t, out.data, src)
 
 
+_SHUT = object()  #: the "peer" of the item close() puts in a MemoryTransport's inbox
+
+
 class MemoryTransport:
     """One endpoint of a :class:`MemoryHub`."""
 
@@ -1782,6 +1785,7 @@ class MemoryTransport:
         self.name = name
         self.inbox: asyncio.Queue[tuple[bytes, object]] = asyncio.Queue()
         self.closed = False
+        self._shut = False  #: close() was called
 
     async def send(self, out: Outgoing) -> None:
         if self.closed:
@@ -1796,12 +1800,23 @@ class MemoryTransport:
             self.hub._route(self.name, out)
 
     async def recv(self) -> list[tuple[bytes, object]]:
+        """Raises :class:`ClosedResourceError` once :meth:`close` was called (a pending call too), as a real
+        transport does.  (Setting :attr:`closed` alone drops what reaches this endpoint: tests' lossy link.)"""
+        if self._shut:
+            raise ClosedResourceError("transport closed")
         first = await self.inbox.get()
+        if first[1] is _SHUT:
+            raise ClosedResourceError("transport closed")
         batch = [first]
         while not self.inbox.empty() and len(batch) < 256:
-            batch.append(self.inbox.get_nowait())
+            item = self.inbox.get_nowait()
+            if item[1] is not _SHUT:  # (the next call raises)
+                batch.append(item)
         return batch
 
     async def close(self) -> None:
         self.closed = True
+        if not self._shut:
+            self._shut = True
+            self.inbox.put_nowait((b"", _SHUT))  # wakes a pending recv(), which raises
 

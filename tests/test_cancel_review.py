@@ -375,3 +375,22 @@ async def test_a_subscriber_endpoint_closed_as_it_starts_a_reconnect_closes_at_o
             reading.cancel()
         with contextlib.suppress(asyncio.CancelledError, ClosedResourceError):
             await reading
+
+
+async def test_a_party_whose_memory_transport_is_closed_under_it_closes_itself(tmp_path: Path) -> None:
+    # The in-memory transport's recv() waited on its inbox forever once closed (send raised ClosedResourceError,
+    # recv never did): a party whose transport was closed under it -- the in-process demo's hub shutting down, a
+    # test cutting the network -- stayed open and deaf, where over ZeroMQ it closes itself and says why.
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    transport = hub.subscriber_endpoint("p1")
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW, transport,
+                                  store_options=FAST)
+    await sub.subscribe(timeout=10)
+    await transport.close()
+    await _closes_itself(sub)
+    with pytest.raises(ClosedResourceError):
+        await transport.recv()
+    await sub.close()
+    await author.close()
