@@ -1631,8 +1631,12 @@ class Subscriber(_Party):
                 fut.cancel()
 
     async def unsubscribe(self, branch: bytes) -> None:
-        """Leave a branch (signed notice to the author) and close it locally."""
+        """Leave a branch (signed notice to the author) and close it locally.  What we hold of it is acknowledged
+        first: no ACK is signed for a closed branch, and the receive loop signs a batch's ACKs only after the
+        application took the batch -- an application that leaves as soon as it read a message would leave it
+        unacknowledged."""
         self._check_usable()
+        self._core.acknowledge()  # committed with the unsubscribe, sent before it (THREATS 4: commit, then ACK)
         self._core.unsubscribe(branch)
         await self._flush()
 

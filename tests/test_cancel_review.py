@@ -394,3 +394,31 @@ async def test_a_party_whose_memory_transport_is_closed_under_it_closes_itself(t
         await transport.recv()
     await sub.close()
     await author.close()
+
+
+async def test_a_member_that_leaves_right_after_reading_acknowledges_what_it_holds(tmp_path: Path) -> None:
+    # The receive loop signs a batch's ACKs after the application took the batch (it yields to it first).  An
+    # application woken by the batch that unsubscribed at once closed the branch before that ACK was signed, and
+    # ACKs are never signed for a closed branch: the author's wait_acknowledged() failed with "branch closed before
+    # seq 1 was acknowledged" though the member had the message on disk.  unsubscribe() now acknowledges first.
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=10)
+
+        async def read_and_leave() -> None:
+            assert (await sub.next_message()).payload == b"x"
+            await sub.unsubscribe(branch)  # at once
+
+        leaving = asyncio.create_task(read_and_leave())  # waiting when the message comes
+        await asyncio.sleep(0)
+        seq = await author.publish(branch, b"x")
+        waiting = asyncio.create_task(author.wait_acknowledged(branch, seq, timeout=30))
+        await asyncio.wait_for(leaving, 10)
+        await asyncio.wait_for(waiting, 10)  # acknowledged: no ClosedResourceError
+    finally:
+        await sub.close()
+        await author.close()
