@@ -380,7 +380,8 @@ class _Party:
                 # at the end of its ACK pacing interval (SPEC 12) -- a publisher that waits for each ACK is
                 # not held to one message per ack_interval_ms.
                 await self._flush()
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            async with asyncio.timeout(timeout):  # (not wait_for: see _wait_messages)
+                await fut
         except TimeoutError:
             raise StreamsTimeoutError(f"seq {seq} not acknowledged within {timeout} s") from None
         finally:
@@ -482,8 +483,11 @@ class _Party:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         raise StreamsTimeoutError("no message within the timeout")
+                    # Not asyncio.wait_for: on Python 3.11 it swallows our caller's cancellation when the message
+                    # comes in the same loop turn (it returns the result), and the cancelled reader goes on.
                     try:
-                        await asyncio.wait_for(fut, remaining)
+                        async with asyncio.timeout(remaining):
+                            await fut
                     except TimeoutError:
                         raise StreamsTimeoutError("no message within the timeout") from None
             finally:

@@ -25,7 +25,7 @@ from streams.events import Acknowledged, EpochAnchored
 from streams.identity import Identity
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import AllowList
-from streams.wire import SigningMode
+from streams.wire import Kind, SigningMode, decode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "correct horse battery staple"
@@ -422,3 +422,55 @@ async def test_a_member_that_leaves_right_after_reading_acknowledges_what_it_hol
     finally:
         await sub.close()
         await author.close()
+
+
+class _CancelOnRecv:
+    """A transport that, when a batch holding a frame of kind ``kind`` arrives, has ``victim`` cancelled right after
+    (a timeout or a shutdown that happens to fire as the awaited frame comes in: on a busy stream, sooner or later
+    one does)."""
+
+    def __init__(self, inner: MemoryTransport, kind: Kind) -> None:
+        self.inner = inner
+        self.kind = kind
+        self.victim: asyncio.Task[Any] | None = None
+
+    async def recv(self) -> list[tuple[bytes, object]]:
+        batch = await self.inner.recv()
+        if self.victim is not None and any(decode_frame(data).kind is self.kind for data, _ in batch):
+            asyncio.get_running_loop().call_soon(self.victim.cancel)
+            self.victim = None
+        return batch
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_a_waiter_cancelled_as_its_frame_arrives_is_cancelled_and_nothing_is_lost(tmp_path: Path) -> None:
+    # next_message(s)(timeout=...) and wait_acknowledged() waited with asyncio.wait_for, which (Python 3.11)
+    # returns the result when the awaited future completed in the turn its caller was cancelled: the cancellation
+    # was swallowed and the task went on -- a consumer loop under TaskGroup or asyncio.run's shutdown did not stop,
+    # and waited again.  Now the caller is cancelled, and the messages it did not take are there for the next call.
+    hub = MemoryHub()
+    a_side = _CancelOnRecv(hub.author_endpoint(), Kind.ACK)
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, a_side,  # type: ignore[arg-type]
+                                 POLICY, store_options=FAST)
+    s_side = _CancelOnRecv(hub.subscriber_endpoint("p1"), Kind.PACKET)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  s_side, store_options=FAST)  # type: ignore[arg-type]
+    branch = await sub.subscribe(timeout=10)
+    for take in (lambda: sub.next_messages(timeout=60), lambda: sub.next_message(timeout=60)):
+        reader = asyncio.create_task(take())
+        await asyncio.sleep(0)  # parked, waiting for a message
+        s_side.victim = reader
+        await author.publish(branch, b"m")
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(reader, 20)
+        assert [m.payload for m in await sub.next_messages(timeout=10)] == [b"m"]  # nothing lost
+
+    seq = await author.publish(branch, b"acknowledged")
+    waiter = asyncio.create_task(author.wait_acknowledged(branch, seq, timeout=60))
+    a_side.victim = waiter
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 20)
+    await sub.close()
+    await author.close()
