@@ -272,8 +272,11 @@ class AnchorService:
             if self._pending and retry_at <= now:
                 continue
             self._wake.clear()
+            # Not asyncio.wait_for: on Python 3.11, a wake (kick) in the turn stop() cancels us makes it return
+            # instead of raising -- the cancellation swallowed, this loop never ends, and close() waits for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wake_at - now, 1) / 1000)
+                async with asyncio.timeout(max(wake_at - now, 1) / 1000):
+                    await self._wake.wait()
 
     def _answered(self) -> None:
         """The ledger answered: after an outage, say so (once)."""

@@ -474,3 +474,31 @@ async def test_a_waiter_cancelled_as_its_frame_arrives_is_cancelled_and_nothing_
         await asyncio.wait_for(waiter, 20)
     await sub.close()
     await author.close()
+
+
+async def test_close_right_after_an_anchoring_kick_finishes(tmp_path: Path) -> None:
+    # The anchoring task waits for its next epoch with asyncio.wait_for(wake.wait()).  A kick() just before
+    # close() completed that wait in the turn close() cancelled the task, and wait_for (Python 3.11) then returned
+    # instead of raising: the cancellation was swallowed, the anchoring loop went on for good, and close() -- which
+    # waits for it -- never returned: the process did not exit.
+    hub = MemoryHub()
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, hub.author_endpoint(), POLICY,
+                                 store_options=FAST, ledger=ledger)
+    assert author.anchoring is not None
+    try:
+        for _ in range(200):  # until the anchoring task waits for its next epoch (it compared the ledger first)
+            if author.anchoring._checked:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        author.anchoring.kick()
+        closing = asyncio.ensure_future(author.close())
+        await asyncio.wait({closing}, timeout=20)  # (not wait_for: a close() is not cancelled, it finishes)
+        assert closing.done(), "close() never returns"
+    finally:
+        task = author.anchoring._task
+        if task is not None:  # (the old code: stop the loop that swallowed its cancellation)
+            task.cancel()
+        await author.close()
+        ledger.close()
