@@ -85,7 +85,7 @@ import stat
 import struct
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -512,16 +512,21 @@ class _Base:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
+        #: Why a background task of the endpoint died (a reader whose socket failed, a reconnect that could not make
+        #: a socket): recv() raises it, so the driver learns of it instead of waiting for frames that never come.
+        self._failure: BaseException | None = None
         self.stats = EndpointStats()
 
     async def recv(self) -> list[tuple[bytes, object]]:
         """Wait for at least one frame; return up to ``config.batch`` frames as (data, peer).
 
-        Raises :class:`ClosedResourceError` once the endpoint is closed."""
+        Raises :class:`ClosedResourceError` once the endpoint is closed, :class:`BrokenResourceError` (the cause
+        chained) once a background task of the endpoint died: close it."""
         self._start()
         while not self._inbox:
             if self._closed:
                 raise ClosedResourceError("endpoint closed")
+            self._check_failed()
             self._ready.clear()
             self._driver_waits = True
             try:
@@ -596,6 +601,32 @@ class _Base:
 
     def _start(self) -> None:
         raise NotImplementedError
+
+    def _task(self, body: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``body`` as a background task of the endpoint, guarded: if it dies, the endpoint stops serving its
+        driver -- :meth:`recv` raises :class:`BrokenResourceError` with the cause, and the party closes saying why
+        -- rather than leave it waiting, deaf, for frames that never come."""
+        return asyncio.create_task(self._guarded(body, name), name=name)
+
+    async def _guarded(self, body: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await body
+        except Exception as exc:
+            if self._closed:
+                return
+            log.error("%s failed; the endpoint stops: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+            if self._failure is None:
+                self._failure = exc
+            self._ready.set()
+            self._on_failure()
+
+    def _on_failure(self) -> None:
+        pass
+
+    def _check_failed(self) -> None:
+        if self._failure is not None:
+            raise BrokenResourceError(f"the endpoint stopped: {type(self._failure).__name__}: {self._failure}; "
+                                      "close it") from self._failure
 
     def _check_open(self) -> None:
         if self._closed:
@@ -776,10 +807,12 @@ class AuthorEndpoint(_Base):
         it, frames beyond a subscriber's window are queued (bounded) and then dropped, and the subscriber
         recovers them by gap fill: nothing is lost, but that is slow.  It waits as long as the slowest peer of
         the branch needs (a dead one until it is forgotten, ``heartbeat_ms * liveness``): bound it with
-        ``asyncio.wait_for`` if needed.  Raises :class:`ClosedResourceError` once closed."""
+        ``asyncio.wait_for`` if needed.  Raises :class:`ClosedResourceError` once closed,
+        :class:`BrokenResourceError` once the endpoint's reader died (as :meth:`recv`)."""
         loop = asyncio.get_running_loop()
         while True:
             self._check_open()
+            self._check_failed()  # a dead reader takes no credit: this would wait forever
             peers = self._peers
             if branch is not None:
                 waits = any((p := peers.get(rid)) is not None and p.must_wait() for rid in self._routes.get(branch, ()))
@@ -794,6 +827,9 @@ class AuthorEndpoint(_Base):
             finally:
                 if fut in self._drain_waiters:
                     self._drain_waiters.remove(fut)
+
+    def _on_failure(self) -> None:
+        self._wake_drain()
 
     def _wake_drain(self) -> None:
         """A queue moved, a credit came or a peer went away: let drain() look again."""
@@ -842,10 +878,10 @@ class AuthorEndpoint(_Base):
 
     def _start(self) -> None:
         if not self._tasks and not self._closed:
-            self._tasks.append(asyncio.create_task(self._reader(), name="brokerless-author-reader"))
-            self._tasks.append(asyncio.create_task(self._maintain(), name="brokerless-author-maintain"))
+            self._tasks.append(self._task(self._reader(), "brokerless-author-reader"))
+            self._tasks.append(self._task(self._maintain(), "brokerless-author-maintain"))
             if self._auth is not None:
-                self._tasks.append(asyncio.create_task(self._auth.serve(), name="brokerless-author-zap"))
+                self._tasks.append(self._task(self._auth.serve(), "brokerless-author-zap"))
 
     async def _reader(self) -> None:
         cfg = self.config
@@ -1588,9 +1624,9 @@ class SubscriberEndpoint(_Base):
 
     def _start(self) -> None:
         if not self._tasks and not self._closed:
-            self._reader_task = asyncio.create_task(self._reader(), name="brokerless-sub-reader")
+            self._reader_task = self._task(self._reader(), "brokerless-sub-reader")
             self._tasks.append(self._reader_task)
-            self._tasks.append(asyncio.create_task(self._heartbeat(), name="brokerless-sub-heartbeat"))
+            self._tasks.append(self._task(self._heartbeat(), "brokerless-sub-heartbeat"))
             if self._session is None:
                 self._send(PING)  # first contact: the PONG announces our session (SPEC 14.4), which FETCHes carry
 
@@ -1868,6 +1904,10 @@ class SubscriberEndpoint(_Base):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             self._tasks.remove(reader)
+            if self._closed:
+                # close() cancelled us while we waited for the reader, and the CancelledError was swallowed with
+                # the reader's: do not sleep out the reconnect delay (up to reconnect_max_ms) before it can finish.
+                return
         self._sock.close(linger=0)
         self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
         self._queue_bytes = 0
@@ -1881,6 +1921,6 @@ class SubscriberEndpoint(_Base):
             return
         self._sock, self._sync = self._connect()
         self._last_heard = _now_ms()
-        self._reader_task = asyncio.create_task(self._reader(), name="brokerless-sub-reader")
+        self._reader_task = self._task(self._reader(), "brokerless-sub-reader")
         self._tasks.append(self._reader_task)
         self._send(PING)  # its PONG announces the new connection's session, and that catches up (_on_pong)

@@ -99,6 +99,18 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools_after_fork() -> None:
+    """In a forked child: the pools' threads stayed in the parent.  Work queued on them would never run (and stay
+    referenced, a leak of every batch); the child starts pools of its own at its first batch."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()  # (held by another thread at the fork, it would stay held in the child)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
 def _pool(threads: int) -> ThreadPoolExecutor:
     """The process-wide pool of ``threads`` helpers.  Shared: a host running many parties on one event loop
     runs one batch at a time anyway, and must not start a thread per party."""

@@ -81,10 +81,14 @@ class AnchorService:
     def __init__(self, core: AuthorCore, store: Store, ledger: Ledger, config: AnchorConfig,
                  clock: Callable[[], int], send: Callable[[], object],
                  on_refused: Callable[[LedgerConflict], None] | None = None,
-                 report: Callable[[EpochAnchored | LedgerStatus], None] | None = None) -> None:
+                 report: Callable[[EpochAnchored | LedgerStatus], None] | None = None,
+                 on_failed: Callable[[Exception], None] | None = None) -> None:
         self._core = core
         self._report = report or (lambda ev: None)  # the driver's events(): epochs confirmed, outages
         self._on_refused = on_refused  # the driver stops publishing: it would sign a second history too
+        #: The driver closes the party when the task dies of anything else (a ledger closed under it, a store that
+        #: failed, a bug): anchoring must not stop without a word while the party goes on publishing.
+        self._on_failed = on_failed
         self._store = store
         self.ledger = ledger
         self.config = config
@@ -174,6 +178,11 @@ class AnchorService:
             await self._loop()
         except LedgerConflict as exc:
             self._refuse(exc)
+        except Exception as exc:
+            self.last_error = exc
+            if self._on_failed is None:
+                raise
+            self._on_failed(exc)
 
     def _refuse(self, exc: LedgerConflict) -> None:
         self.refused = self.last_error = exc
@@ -263,8 +272,11 @@ class AnchorService:
             if self._pending and retry_at <= now:
                 continue
             self._wake.clear()
+            # Not asyncio.wait_for: on Python 3.11, a wake (kick) in the turn stop() cancels us makes it return
+            # instead of raising -- the cancellation swallowed, this loop never ends, and close() waits for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wake_at - now, 1) / 1000)
+                async with asyncio.timeout(max(wake_at - now, 1) / 1000):
+                    await self._wake.wait()
 
     def _answered(self) -> None:
         """The ledger answered: after an outage, say so (once)."""

@@ -315,7 +315,10 @@ class _Party:
         :class:`ChainConflictError` when our chain conflicts with the author's copy: nothing is signed),
         :class:`ClosedResourceError` (branch or party closed), :class:`StorageError` (nothing acknowledged),
         :class:`LedgerConflict` (an author whose anchoring found the ledger ahead of its store: it publishes
-        nothing more, see :meth:`Author.open`)."""
+        nothing more, see :meth:`Author.open`).
+
+        Cancelling the call (a timeout) does not take the message back: it has its seq, and the next commit
+        stores and sends it as any other -- publishing it again publishes a second message."""
         self._check_usable()
         if self._no_publish is not None:
             raise LedgerConflict(str(self._no_publish))
@@ -386,7 +389,8 @@ class _Party:
                 # at the end of its ACK pacing interval (SPEC 12) -- a publisher that waits for each ACK is
                 # not held to one message per ack_interval_ms.
                 await self._flush()
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            async with asyncio.timeout(timeout):  # (not wait_for: see _wait_messages)
+                await fut
         except TimeoutError:
             raise StreamsTimeoutError(f"seq {seq} not acknowledged within {timeout} s") from None
         finally:
@@ -394,14 +398,9 @@ class _Party:
                 self._ack_waiters.remove(entry)
 
     def __aiter__(self) -> AsyncIterator[MessageReceived]:
-        return self._iter_messages()
-
-    async def _iter_messages(self) -> AsyncIterator[MessageReceived]:
-        while True:
-            try:
-                yield await self.next_message()
-            except ClosedResourceError:
-                return
+        """``async for msg in party``: each step is a :meth:`next_message`; the iteration ends once the party is
+        closed and drained.  A step cancelled (a timeout around ``anext``) leaves the iteration usable."""
+        return _Messages(self)
 
     async def next_message(self, timeout: float | None = None) -> MessageReceived:
         """The next payload message.  Marks the previous one(s) delivered.  Raises :class:`StreamsTimeoutError`
@@ -493,8 +492,11 @@ class _Party:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         raise StreamsTimeoutError("no message within the timeout")
+                    # Not asyncio.wait_for: on Python 3.11 it swallows our caller's cancellation when the message
+                    # comes in the same loop turn (it returns the result), and the cancelled reader goes on.
                     try:
-                        await asyncio.wait_for(fut, remaining)
+                        async with asyncio.timeout(remaining):
+                            await fut
                     except TimeoutError:
                         raise StreamsTimeoutError("no message within the timeout") from None
             finally:
@@ -528,15 +530,11 @@ class _Party:
                 self._space_waiter = None
         self._messages.append(msg)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every non-message event (gaps, rejections, admissions, grants, closures), in order."""
-        while True:
-            while self._events:
-                yield self._events.popleft()
-            if self._closed:
-                return
-            self._events_ready.clear()
-            await self._events_ready.wait()
+    def events(self) -> AsyncIterator[Event]:
+        """Every non-message event (gaps, rejections, admissions, grants, closures), in order; the iteration ends
+        once the party is closed and they are drained.  A step cancelled (a timeout around ``anext``) leaves the
+        iteration usable."""
+        return _Events(self)
 
     def pending_events(self) -> list[Event]:
         """Take the non-message events that are waiting, without blocking."""
@@ -568,24 +566,41 @@ class _Party:
         await self._stop_services()
         for _b, _s, f in self._ack_waiters:
             if not f.done():
-                f.set_exception(ClosedResourceError("closed"))
+                f.set_exception(self._closed_error("closed before the ACK came"))
+        self._end_waits()
         await cancel_and_wait(self._tasks)
-        if self._broken is None:
-            with contextlib.suppress(StorageError, ClosedResourceError):
-                self._core.flush_checkpoints(self._clock())
-                self._core.acknowledge()  # the coalesced ACKs still pending (their cursors commit first)
-                await self._flush()
-                self._mark_given()
-                self._store.commit(self._core.take_changes(), self._delivered)
-        group, self._group = self._group, None
-        _settle(group, ClosedResourceError("closed before the commit"))
-        self._events_ready.set()
-        self._wake_readers()
-        if self._space_waiter is not None and not self._space_waiter.done():
-            self._space_waiter.set_result(None)
-        await self._transport.close()
-        self._parallel.close()
-        self._store.close()
+        try:
+            if self._broken is None:
+                await self._final_commit()
+        finally:  # whatever happened above, the waiters are answered and the transport and the store released
+            group, self._group = self._group, None
+            _settle(group, ClosedResourceError("closed before the commit"))
+            self._events_ready.set()
+            self._wake_readers()
+            if self._space_waiter is not None and not self._space_waiter.done():
+                self._space_waiter.set_result(None)
+            try:
+                await self._transport.close()
+            finally:
+                self._parallel.close()
+                self._store.close()
+
+    async def _final_commit(self) -> None:
+        """close(): commit what is pending (checkpoints, ACKs, the application's cursor) and send what it made.  A
+        send that fails (a transport whose connection is gone) is logged: what it would have sent is committed,
+        and a receiver recovers it (catch-up, head notices) -- it must not keep close() from releasing the store."""
+        try:
+            self._core.flush_checkpoints(self._clock())
+            self._core.acknowledge()  # the coalesced ACKs still pending (their cursors commit first)
+            await self._flush()
+        except (StorageError, ClosedResourceError):
+            return
+        except Exception as exc:
+            log.warning("close: the last frames could not be sent (%s: %s); they are committed", type(exc).__name__,
+                        exc)
+        with contextlib.suppress(StorageError, ClosedResourceError):
+            self._mark_given()
+            self._store.commit(self._core.take_changes(), self._delivered)
 
     async def __aenter__(self) -> Self:
         return self
@@ -651,8 +666,13 @@ class _Party:
                     if self._send_many is not None:
                         self._group_flush(group)
                     else:
-                        with contextlib.suppress(Exception):  # _flush failed the group with it: raised below
+                        try:
                             await self._flush()
+                        except asyncio.CancelledError:
+                            mine.cancel()  # its outcome is nobody's to retrieve now
+                            raise
+                        except Exception:  # noqa: S110 - _flush failed the group with it: raised below
+                            pass
         if not mine.done():
             await mine
         mine.result()
@@ -764,20 +784,50 @@ class _Party:
         if self._send_many is not None:
             self._send_out(out, group)
             return
+        await self._send_each(out, group)
+
+    async def _send_each(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+        """Send committed frames one ``send`` at a time; resolve the publish group they complete.
+
+        A caller cancelled meanwhile leaves the rest to a task of the party: the commit is done, and the other
+        publishes it covered must neither fail with the caller's cancellation (they used to get
+        ClosedResourceError, the party open and their messages committed) nor lose their frames.  The frame whose
+        send was cancelled is sent again (a receiver rejects a copy as a replay)."""
+        sent = 0
         try:
             for o in out:
                 await self._transport.send(o)
-        except BaseException as exc:
-            _settle(group, exc if isinstance(exc, Exception) else ClosedResourceError("cancelled"))
+                sent += 1
+        except asyncio.CancelledError:
+            if self._closed:  # close() cancels the party's tasks: nothing sends the rest
+                _settle(group, ClosedResourceError("closed before the send"))
+            else:
+                self._spawn(self._send_rest(out[sent:], group))
+            raise
+        except Exception as exc:
+            _settle(group, exc)
             raise
         _settle(group, None)
         self._apply_routes()
+
+    async def _send_rest(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+        with contextlib.suppress(Exception):  # _send_each failed the group with it: the publishers raise it
+            await self._send_each(out, group)
 
     def _committed(self, changes: Changes) -> None:
         """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""
 
     async def _stop_services(self) -> None:
         """Hook: stop background services before the final flush."""
+
+    def _end_waits(self) -> None:
+        """Hook: close() answers the calls waiting for the peer with ClosedResourceError."""
+
+    def _closed_error(self, message: str) -> ClosedResourceError:
+        """The error of a call that close() ends: the failure that closed the party, if any, is its cause."""
+        exc = ClosedResourceError(message)
+        exc.__cause__ = self._broken
+        return exc
 
     def _start(self) -> None:
         self._tasks.append(asyncio.create_task(self._recv_loop(), name=f"streams-recv-{self.did[-8:]}"))
@@ -1029,8 +1079,19 @@ class Author(_Party):
         if ledger is not None:
             self._anchoring = AnchorService(self._core, self._store, ledger, config or AnchorConfig(), self._clock,
                                             self._send_queued, on_refused=self._refuse_publishing,
-                                            report=self._queue_event)
+                                            report=self._queue_event, on_failed=self._anchoring_failed)
             self._anchoring.start()
+
+    def _anchoring_failed(self, exc: Exception) -> None:
+        """The anchoring task died: close and say why (as a subscriber whose ledger checks fail does), rather than
+        go on publishing with nothing anchored any more."""
+        if self._closed:
+            return  # (the ledger closed before the party, at its shutdown)
+        if isinstance(exc, ClosedResourceError):
+            self._fail(exc, "the ledger was closed under the party: chain heads can no longer be anchored",
+                       broken=False)
+        else:
+            self._fail(exc, "anchoring failed")
 
     def _refuse_publishing(self, exc: LedgerConflict) -> None:
         # (the anchoring service logged the conflict, and says publishing stops: once is enough)
@@ -1547,7 +1608,7 @@ class Subscriber(_Party):
         Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses (a refusal of an
         expired or already used challenge is not final: the handshake starts again while time remains),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
-        ``retry`` seconds)."""
+        ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile."""
         self._check_usable()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
@@ -1609,10 +1670,19 @@ class Subscriber(_Party):
                 fut.cancel()
 
     async def unsubscribe(self, branch: bytes) -> None:
-        """Leave a branch (signed notice to the author) and close it locally."""
+        """Leave a branch (signed notice to the author) and close it locally.  What we hold of it is acknowledged
+        first: no ACK is signed for a closed branch, and the receive loop signs a batch's ACKs only after the
+        application took the batch -- an application that leaves as soon as it read a message would leave it
+        unacknowledged."""
         self._check_usable()
+        self._core.acknowledge()  # committed with the unsubscribe, sent before it (THREATS 4: commit, then ACK)
         self._core.unsubscribe(branch)
         await self._flush()
+
+    def _end_waits(self) -> None:
+        for w in self._waiters:  # subscribe() calls: they would wait out their retry step, then find the party closed
+            if not w.done():
+                w.set_exception(self._closed_error("closed before the author answered the subscription"))
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, (Refused, Subscribed)):
@@ -1621,6 +1691,46 @@ class Subscriber(_Party):
                     w.set_result(ev)
         if isinstance(ev, BranchClosed):
             log.info("branch %s closed by %s", ev.branch.hex(), ev.by)
+
+
+class _Messages:
+    """The iterator of ``async for msg in party``.  Not an async generator: a cancelled step would finish one, and
+    every later step would raise StopAsyncIteration -- the iteration's "closed" -- while the party is open."""
+
+    __slots__ = ("_party",)
+
+    def __init__(self, party: _Party) -> None:
+        self._party = party
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> MessageReceived:
+        try:
+            return await self._party.next_message()
+        except ClosedResourceError:
+            raise StopAsyncIteration from None
+
+
+class _Events:
+    """The iterator of :meth:`_Party.events` (not an async generator, for the reason :class:`_Messages` says)."""
+
+    __slots__ = ("_party",)
+
+    def __init__(self, party: _Party) -> None:
+        self._party = party
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> Event:
+        party = self._party
+        while not party._events:
+            if party._closed:
+                raise StopAsyncIteration
+            party._events_ready.clear()
+            await party._events_ready.wait()
+        return party._events.popleft()
 
 
 async def _abandon(transport: Transport, store: Store | None, party: _Party | None, *, discard: bool = False) -> None:
@@ -1707,6 +1817,9 @@ class MemoryHub:
             self.inject(t, out.data, src)
 
 
+_SHUT = object()  #: the "peer" of the item close() puts in a MemoryTransport's inbox
+
+
 class MemoryTransport:
     """One endpoint of a :class:`MemoryHub`."""
 
@@ -1715,6 +1828,7 @@ class MemoryTransport:
         self.name = name
         self.inbox: asyncio.Queue[tuple[bytes, object]] = asyncio.Queue()
         self.closed = False
+        self._shut = False  #: close() was called
 
     async def send(self, out: Outgoing) -> None:
         if self.closed:
@@ -1729,12 +1843,23 @@ class MemoryTransport:
             self.hub._route(self.name, out)
 
     async def recv(self) -> list[tuple[bytes, object]]:
+        """Raises :class:`ClosedResourceError` once :meth:`close` was called (a pending call too), as a real
+        transport does.  (Setting :attr:`closed` alone drops what reaches this endpoint: tests' lossy link.)"""
+        if self._shut:
+            raise ClosedResourceError("transport closed")
         first = await self.inbox.get()
+        if first[1] is _SHUT:
+            raise ClosedResourceError("transport closed")
         batch = [first]
         while not self.inbox.empty() and len(batch) < 256:
-            batch.append(self.inbox.get_nowait())
+            item = self.inbox.get_nowait()
+            if item[1] is not _SHUT:  # (the next call raises)
+                batch.append(item)
         return batch
 
     async def close(self) -> None:
         self.closed = True
+        if not self._shut:
+            self._shut = True
+            self.inbox.put_nowait((b"", _SHUT))  # wakes a pending recv(), which raises
 

@@ -370,3 +370,43 @@ def _foreign_frames(net: Net) -> list[object]:
     for i in range(5):
         net.author.publish(b1, b"other %d" % i, net.now)
     return list(net.author.data_to_send())
+
+
+def _helper_takes_a_share() -> bool:
+    """Whether a helper thread takes items of a batch: the caller's first item waits (up to 20 s) until one does."""
+    import threading
+
+    me = threading.get_ident()
+    helped = threading.Event()
+
+    def item(x: int) -> int:
+        if threading.get_ident() != me:
+            helped.set()
+        elif x == 0:
+            helped.wait(20)
+        return x
+
+    assert Parallel(1).map(item, list(range(64))) == list(range(64))
+    return helped.is_set()
+
+
+def test_a_forked_child_gets_helpers_of_its_own() -> None:
+    # An application that forks after a party ran (a pre-fork server, multiprocessing's default start method on
+    # Linux) hands its child the process-wide pool without its thread.  The child's batches queued their helpers'
+    # work on that dead pool: it never ran, and every batch stayed referenced from the queue (a leak of every
+    # received batch's checks and verdicts for the child's life), with no helper ever sharing the work.
+    import os
+    import warnings
+
+    assert _helper_takes_a_share()  # the pool exists in this process, its thread started
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (3.12: a fork of a process with threads)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = 0 if _helper_takes_a_share() else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's batches got no helper"
