@@ -393,10 +393,14 @@ class Changes:
     #: chain, restarted at a grant's head after a time without write permission (what we signed beyond it was
     #: refused, and is replaced by what we sign now).
     log_cut: list[tuple[bytes, int, int]] = field(default_factory=list)
+    #: (branch, publisher, seq): drop that chain's log rows at or below ``seq`` -- our own chain, restarted at a
+    #: grant's head that our log does not hold: what it holds there is not the author's copy (forks a store
+    #: restored from an older copy signed, ChainConflict), and our chain no longer builds on it.
+    log_drop: list[tuple[bytes, int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.branches or self.chains or self.log or self.nonces or self.announce or self.anchored
-                    or self.log_cut)
+                    or self.log_cut or self.log_drop)
 
 
 # --- in-memory state -------------------------------------------------------------------------------------------
@@ -1799,6 +1803,15 @@ class _CoreBase:
                     # Our chain goes on from where the author holds it: what we signed beyond (refused while we
                     # could not write) leaves our log.  (Both callers write every cursor of the branch now.)
                     self._changes.log_cut.append((b.id, p, seq))
+                    if seq:
+                        known = self._logged_hash(b.id, p, seq)
+                        if (self.log_lookup is not None if known is None else not _crypto.ct_equal(known, hh)):
+                            # Our log does not hold the author's message at that head: what it holds up to there
+                            # is not (all) the author's copy -- forks of a store restored from an older copy
+                            # (ChainConflict).  Our chain now builds on the author's copy, so those rows leave
+                            # the log: compared with the author's old ACKs (replayed by the network), they
+                            # would stop our chain again, for good (SPEC 12).
+                            self._changes.log_drop.append((b.id, p, seq))
 
 
 def _anchored_already(c: _Chain, branch: bytes, publisher: int, seq: int) -> bool:
