@@ -1662,9 +1662,12 @@ class _CoreBase:
         # The message the acker says it holds at h.seq, against ours: at our head always; below it, for the
         # author's advancing ACKs (one log read each, paced) -- after a restore from a stale copy we may have
         # published past what we had lost before its ACK could tell us.
+        # Not at or below our anchored head: there our chain is the author's copy (a proof that matched our log
+        # there, or one our chain restarted at over a stale store's forks, which the log still holds -- an old ACK
+        # of the author's, replayed, must not stop a chain that no longer builds on them).
         if h.seq == c.next_seq - 1:
             known: bytes | None = c.head
-        elif h.acker == 0 and seen < h.seq < c.next_seq - 1:
+        elif h.acker == 0 and max(seen, c.anchored) < h.seq < c.next_seq - 1:
             known = self._logged_hash(b.id, b.me, h.seq)
         else:
             known = None

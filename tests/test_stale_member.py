@@ -442,3 +442,39 @@ async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(t
     finally:
         await s.close()
         await author.close()
+
+
+def test_an_old_ack_below_the_anchored_head_our_chain_restarted_at_does_not_stop_it_again() -> None:
+    """A stop lifted by an anchor proof restarts our chain at the author's copy (SPEC 13.5); our log keeps what the
+    restored store signed below it, which may differ from the author's messages there.  An ACK of the author's at
+    such a seq -- an old one, replayed by the network (ACKs carry no epoch) -- is about the author's copy, which
+    our chain now builds on: it must not stop our chain again (it used to, durably: the store keeps the stop, and
+    no proof beyond our head can come while we cannot publish)."""
+    from streams.anchor import ChainHead, build_epoch
+    from streams.core import AnchorClaim, SubscriberCore
+    from streams.wire import Ack, encode_frame
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    sub: SubscriberCore = net.subs["s0"]
+    b = sub.branch_ids()[0]
+    for payload in (b"one", b"two", b"three"):  # signed by a store restored from an older copy: forks
+        sub.publish(b, payload, net.now)
+    sub.data_to_send()  # (the log rows stay in the core's changes: what _logged_hash reads without a store)
+
+    def ack(seq: int) -> bytes:  # the author's ACK of its own copy of our chain at seq
+        return encode_frame(Ack(net.author.channel, b, 1, seq, bytes([seq]) * 32, 0), b"", ident(1).sign).raw
+
+    old_ack_of_2 = ack(2)  # recorded by a tap, long ago
+    sub.receive(ack(5), net.now)
+    assert sub.chain_conflict(b) == 5
+    head = ChainHead(b, 1, 5, bytes([5]) * 32, bytes(32))
+    epoch = build_epoch(net.author.channel, [head], None, net.now, ident(1).sign)
+    claim = AnchorClaim(head, 0, epoch.proofs[(b, 1)], epoch.checkpoint, "5", False)
+    assert [e.restored for e in sub.apply_anchor(claim, False) if isinstance(e, Anchored)] == [True]
+    assert sub.chain_conflict(b) == 0
+    events = sub.receive(old_ack_of_2, net.now)
+    assert not [e for e in events if isinstance(e, ChainConflict)]
+    assert sub.chain_conflict(b) == 0
+    assert sub.publish(b, b"after the author's copy", net.now) == 6
