@@ -417,6 +417,7 @@ async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(t
     s = await _sub(tmp_path, hub)
     try:
         await wait_for(lambda: [b.epoch for b in s.branches() if b.id == branch] == [2], what="epoch 2")
+        assert s.store.log_range(branch, 1, 1, 6) == []  # the stale store's rows, forks among them, are gone
     finally:
         await s.close()
     await author.close()
@@ -478,3 +479,30 @@ def test_an_old_ack_below_the_anchored_head_our_chain_restarted_at_does_not_stop
     assert not [e for e in events if isinstance(e, ChainConflict)]
     assert sub.chain_conflict(b) == 0
     assert sub.publish(b, b"after the author's copy", net.now) == 6
+
+
+async def test_an_honest_member_given_write_back_keeps_its_log(tmp_path: Path) -> None:
+    """The other side of the drop above: a member whose log holds the author's head that the GRANT giving write
+    back names (no stale copy) keeps every row of its chain, and goes on from there."""
+    from streams.wire import Permission
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    author.heartbeat_ms = 50
+    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                hub.subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.publish_many(branch, [b"one", b"two", b"three"])
+        await s.wait_acknowledged(branch, 3, timeout=5)
+        await author.set_permission(branch, Permission.READ)
+        await author.set_permission(branch, Permission.READ_WRITE)
+        await wait_for(lambda: [b.epoch for b in s.branches() if b.id == branch] == [2], what="epoch 2")
+        assert len(s.store.log_range(branch, 1, 1, 3)) == 3
+        assert await s.publish(branch, b"four") == 4
+        await s.wait_acknowledged(branch, 4, timeout=5)
+        assert author.forks() == []
+    finally:
+        await s.close()
+        await author.close()
