@@ -376,6 +376,37 @@ def _acks_of_our_chain(hub: MemoryHub, branch: bytes) -> dict[int, bytes]:
     return out
 
 
+async def _restored_with_a_tap(tmp: Path, ledger: EmbeddedLedger | None = None
+                               ) -> tuple[MemoryHub, Author, bytes, dict[int, bytes]]:
+    """As :func:`_restored`, but P1 publishes one message at a time, each acknowledged: the author signs an ACK of
+    each seq, which a tap records (returned: seq -> frame).  With ``ledger``, P1's chain is anchored through 6."""
+    hub = MemoryHub()
+    author = await Author.create(tmp / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, ledger=ledger, anchor_config=CFG)
+    author.heartbeat_ms = 50
+    s = await Subscriber.create(tmp / "p1.db", P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
+                                store_options=FAST)
+    branch = await s.subscribe(timeout=5)
+    for i in range(3):
+        await s.wait_acknowledged(branch, await s.publish(branch, b"before the copy %d" % i), timeout=5)
+    await s.close()
+    backup(tmp / "p1.db", tmp / "old.db")
+    s = await _sub(tmp, hub)
+    for i in range(3):
+        await s.wait_acknowledged(branch, await s.publish(branch, b"after the copy %d" % i), timeout=5)
+    if ledger is not None:
+        await wait_for(lambda: author.anchoring is not None and author.anchoring.pending == 0
+                       and getattr(author.anchoring.anchored_head(branch, 1), "seq", 0) == 6, what="P1's 6 anchored")
+    await s.close()
+    recorded = _acks_of_our_chain(hub, branch)
+    assert {4, 5, 6} <= set(recorded)
+    for suffix in ("", "-frames"):
+        shutil.copyfile(tmp / f"old.db{suffix}", tmp / f"p1.db{suffix}")
+    for suffix in ("-wal", "-shm"):
+        (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
+    return hub, author, branch, recorded
+
+
 async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(tmp_path: Path) -> None:
     """A tap records the author's ACKs of P1's chain, one per message (P1 publishes one at a time).  P1 is restored
     from an older copy and signs two forks before the author's ACK stops it; the author takes the write permission
@@ -386,28 +417,7 @@ async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(t
     cannot move past the author's copy while it is stopped."""
     from streams.wire import Permission
 
-    hub = MemoryHub()
-    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
-                                 AllowList.of([P1.did]), store_options=FAST)
-    author.heartbeat_ms = 50
-    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
-                                hub.subscriber_endpoint("p1"), store_options=FAST)
-    branch = await s.subscribe(timeout=5)
-    for i in range(3):
-        await s.wait_acknowledged(branch, await s.publish(branch, b"before the copy %d" % i), timeout=5)
-    await s.close()
-    backup(tmp_path / "p1.db", tmp_path / "old.db")
-    s = await _sub(tmp_path, hub)
-    for i in range(3):
-        await s.wait_acknowledged(branch, await s.publish(branch, b"after the copy %d" % i), timeout=5)
-    await s.close()
-    recorded = _acks_of_our_chain(hub, branch)
-    assert {4, 5, 6} <= set(recorded)
-    for suffix in ("", "-frames"):
-        shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
-    for suffix in ("-wal", "-shm"):
-        (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
-
+    hub, author, branch, recorded = await _restored_with_a_tap(tmp_path)
     s = await _sub(tmp_path, hub)
     assert await s.publish_many(branch, [b"fork 4", b"fork 5"]) == [4, 5]  # before the author's ACK came
     await _first(s, ChainConflict, 10)
@@ -506,3 +516,50 @@ async def test_an_honest_member_given_write_back_keeps_its_log(tmp_path: Path) -
     finally:
         await s.close()
         await author.close()
+
+
+async def test_a_replayed_old_ack_does_not_stop_a_member_an_anchor_proof_restarted(tmp_path: Path) -> None:
+    """The same replay after the other lift: P1, restored from an older copy, signs a fork at 4 and is stopped;
+    in its next run the author's anchor proof of its chain through 6 restarts the chain there.  The tap's old ACK
+    of seq 4 (the author's message, not P1's fork, which P1's log keeps below the anchored head) must not stop P1
+    again -- it used to, durably and for good."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub, author, branch, recorded = await _restored_with_a_tap(tmp_path, ledger)
+    await author.close()
+
+    async def author_on(hub: MemoryHub, with_ledger: bool) -> Author:
+        a = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                              store_options=FAST, ledger=ledger if with_ledger else None, anchor_config=CFG)
+        a.heartbeat_ms = 50
+        return a
+
+    try:
+        hub = MemoryHub()  # run 1, the author without its ledger: a fork, then the stop
+        author = await author_on(hub, False)
+        s = await _sub(tmp_path, hub)
+        assert await s.publish(branch, b"fork 4") == 4
+        await _first(s, ChainConflict, 10)
+        await s.close()
+        await author.close()
+        hub = MemoryHub()  # run 2, with the ledger: the proof through 6 lifts it
+        author = await author_on(hub, True)
+        s = await _sub(tmp_path, hub)
+        ev = await _first(s, Anchored, 10)
+        assert isinstance(ev, Anchored) and (ev.seq, ev.restored) == (6, True)
+        await s.close()
+        await author.close()
+        hub = MemoryHub()  # run 3, the author away: the tap replays its old ACK of seq 4
+        s = await _sub(tmp_path, hub)
+        hub.inject("p1", recorded[4], "tap")
+        await asyncio.sleep(0.3)  # (the replay is in: the check below must not race it)
+        assert await s.publish(branch, b"after the author's copy") == 7
+        await s.close()
+        hub = MemoryHub()  # run 4: the author acknowledges it, no fork since the one at 4
+        author = await author_on(hub, False)
+        s = await _sub(tmp_path, hub)
+        await s.wait_acknowledged(branch, 7, timeout=5)
+        assert sorted(f.seq for f in author.forks()) == [4]
+        await s.close()
+        await author.close()
+    finally:
+        ledger.close()
