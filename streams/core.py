@@ -1377,7 +1377,8 @@ class _CoreBase:
                 f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
                 f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "
                 "(restored from a copy?) or another holder of our key published; a new message would fork the "
-                "chain further (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it)")
+                "chain further (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it, or the "
+                "author taking our write permission away and giving it back)")
 
     def _checkpoint(self, b: _Branch, now_ms: int) -> None:
         c = b.chains[b.me]
