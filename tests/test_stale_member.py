@@ -15,7 +15,7 @@ import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.errors import ChainConflictError, LocalProtocolError, RejectReason
-from streams.events import Anchored, ChainConflict, Event, Rejected
+from streams.events import Acknowledged, Anchored, ChainConflict, Event, Rejected
 from streams.identity import Identity
 from streams.ledger import EmbeddedLedger
 from streams.policy import AllowList
@@ -407,6 +407,16 @@ async def _restored_with_a_tap(tmp: Path, ledger: EmbeddedLedger | None = None
     return hub, author, branch, recorded
 
 
+async def _verdict_on_the_replay(s: Subscriber) -> None:
+    """Wait until P1 has judged the replayed ACK of seq 4: a conflict (the bug), or the author's word that it
+    holds seq 4 -- its copy, which our chain now builds on."""
+    async def scan() -> None:
+        async for ev in s.events():
+            if isinstance(ev, ChainConflict) or (isinstance(ev, Acknowledged) and ev.through_seq == 4):
+                return
+        raise AssertionError("events ended")
+
+    await asyncio.wait_for(scan(), 10)
 async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(tmp_path: Path) -> None:
     """A tap records the author's ACKs of P1's chain, one per message (P1 publishes one at a time).  P1 is restored
     from an older copy and signs two forks before the author's ACK stops it; the author takes the write permission
@@ -437,7 +447,7 @@ async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(t
     s = await _sub(tmp_path, hub)
     try:
         hub.inject("p1", recorded[4], "tap")
-        await asyncio.sleep(0.3)  # (the replay is in: the check below must not race it)
+        await _verdict_on_the_replay(s)
         assert await s.publish(branch, b"after the author's copy") == 7  # stored, sent when the author is heard
     finally:
         await s.close()
@@ -551,7 +561,7 @@ async def test_a_replayed_old_ack_does_not_stop_a_member_an_anchor_proof_restart
         hub = MemoryHub()  # run 3, the author away: the tap replays its old ACK of seq 4
         s = await _sub(tmp_path, hub)
         hub.inject("p1", recorded[4], "tap")
-        await asyncio.sleep(0.3)  # (the replay is in: the check below must not race it)
+        await _verdict_on_the_replay(s)
         assert await s.publish(branch, b"after the author's copy") == 7
         await s.close()
         hub = MemoryHub()  # run 4: the author acknowledges it, no fork since the one at 4
