@@ -407,10 +407,14 @@ class Changes:
     #: chain, restarted at a grant's head after a time without write permission (what we signed beyond it was
     #: refused, and is replaced by what we sign now).
     log_cut: list[tuple[bytes, int, int]] = field(default_factory=list)
+    #: (branch, publisher, seq): drop that chain's log rows at or below ``seq`` -- our own chain, restarted at a
+    #: grant's head that our log does not hold: what it holds there is not the author's copy (forks a store
+    #: restored from an older copy signed, ChainConflict), and our chain no longer builds on it.
+    log_drop: list[tuple[bytes, int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.branches or self.chains or self.log or self.nonces or self.announce or self.anchored
-                    or self.log_cut)
+                    or self.log_cut or self.log_drop)
 
 
 # --- in-memory state -------------------------------------------------------------------------------------------
@@ -1387,7 +1391,8 @@ class _CoreBase:
                 f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
                 f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "
                 "(restored from a copy?) or another holder of our key published; a new message would fork the "
-                "chain further (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it)")
+                "chain further (ChainConflict, SPEC 12; an anchor proof of our chain that far lifts it, or the "
+                "author taking our write permission away and giving it back)")
 
     def _checkpoint(self, b: _Branch, now_ms: int) -> None:
         c = b.chains[b.me]
@@ -1672,9 +1677,12 @@ class _CoreBase:
         # The message the acker says it holds at h.seq, against ours: at our head always; below it, for the
         # author's advancing ACKs (one log read each, paced) -- after a restore from a stale copy we may have
         # published past what we had lost before its ACK could tell us.
+        # Not at or below our anchored head: there our chain is the author's copy (a proof that matched our log
+        # there, or one our chain restarted at over a stale store's forks, which the log still holds -- an old ACK
+        # of the author's, replayed, must not stop a chain that no longer builds on them).
         if h.seq == c.next_seq - 1:
             known: bytes | None = c.head
-        elif h.acker == 0 and seen < h.seq < c.next_seq - 1:
+        elif h.acker == 0 and max(seen, c.anchored) < h.seq < c.next_seq - 1:
             known = self._logged_hash(b.id, b.me, h.seq)
         else:
             known = None
@@ -1813,6 +1821,15 @@ class _CoreBase:
                     # Our chain goes on from where the author holds it: what we signed beyond (refused while we
                     # could not write) leaves our log.  (Both callers write every cursor of the branch now.)
                     self._changes.log_cut.append((b.id, p, seq))
+                    if seq:
+                        known = self._logged_hash(b.id, p, seq)
+                        if (self.log_lookup is not None if known is None else not _crypto.ct_equal(known, hh)):
+                            # Our log does not hold the author's message at that head: what it holds up to there
+                            # is not (all) the author's copy -- forks of a store restored from an older copy
+                            # (ChainConflict).  Our chain now builds on the author's copy, so those rows leave
+                            # the log: compared with the author's old ACKs (replayed by the network), they
+                            # would stop our chain again, for good (SPEC 12).
+                            self._changes.log_drop.append((b.id, p, seq))
 
 
 def _anchored_already(c: _Chain, branch: bytes, publisher: int, seq: int) -> bool:

@@ -84,8 +84,8 @@ class ChainConflictError(LocalProtocolError):
     our store's head, or another message at a position we hold (:class:`~streams.events.ChainConflict`, SPEC 12).
     The store is older than the chain (restored from a stale copy) or another holder of our key published; a new
     message would fork the chain further, so nothing was signed.  The stop is kept in the store.  Do not publish
-    from this store: an anchor proof of our chain that far lifts it, or start over with a new store (README,
-    backups)."""
+    from this store: an anchor proof of our chain that far lifts it (so does the author taking our write permission
+    away and giving it back), or start over with a new store (README, backups)."""
 
 
 class RemoteProtocolError(StreamsError):

@@ -144,7 +144,8 @@ class ChainConflict:
     message would fork the chain further), and ``wait_acknowledged`` for what the author will never acknowledge
     raises it too -- in this run and every later one of this store (the stop is kept in it; reported again once
     per run, when the author's ACK confirms it) -- until an anchor proof of our chain beyond our head, at or
-    beyond ``theirs``, restarts it there (``Anchored(restored=True)``, SPEC 13.5).  Otherwise start over: a new
+    beyond ``theirs``, restarts it there (``Anchored(restored=True)``, SPEC 13.5), or the author takes our write
+    permission away and gives it back (the chain goes on from the head its GRANT names).  Otherwise start over: a new
     store (with anchoring, it restarts at the anchored heads) or, without a ledger, a new identity (README,
     backups)."""
 

@@ -568,6 +568,9 @@ class Store:
                                   [(r.branch, r.publisher) for r in conflicts if not r.conflict])
                 if changes.log_cut:
                     c.executemany("DELETE FROM log WHERE branch = ? AND publisher = ? AND seq > ?", changes.log_cut)
+                if changes.log_drop:
+                    c.executemany("DELETE FROM log WHERE branch = ? AND publisher = ? AND seq <= ?",
+                                  changes.log_drop)
                 if changes.log:
                     # OR IGNORE: the first message stored at a position stays (fork evidence is kept elsewhere).
                     c.executemany("INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)", self._log_rows(changes.log))

@@ -15,7 +15,7 @@ import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.errors import ChainConflictError, LocalProtocolError, RejectReason
-from streams.events import Anchored, ChainConflict, Event, Rejected
+from streams.events import Acknowledged, Anchored, ChainConflict, Event, Rejected
 from streams.identity import Identity
 from streams.ledger import EmbeddedLedger
 from streams.policy import AllowList
@@ -390,3 +390,220 @@ async def test_a_wait_for_an_ack_the_author_will_never_send_says_chain_conflict(
             await stale.close()
     finally:
         await author.close()
+
+
+def _acks_of_our_chain(hub: MemoryHub, branch: bytes) -> dict[int, bytes]:
+    """The author's ACKs of P1's chain a tap recorded on the way to P1: seq -> the frame's bytes."""
+    from streams.errors import DecodeError
+    from streams.wire import Ack, decode_frame
+
+    out: dict[int, bytes] = {}
+    for src, _dst, data in hub.tap:
+        if src != "author":
+            continue
+        try:
+            f = decode_frame(data)
+        except DecodeError:
+            continue
+        if isinstance(f.head, Ack) and f.head.branch == branch and f.head.publisher == 1 and f.head.acker == 0:
+            out[f.head.seq] = data
+    return out
+
+
+async def _restored_with_a_tap(tmp: Path, ledger: EmbeddedLedger | None = None
+                               ) -> tuple[MemoryHub, Author, bytes, dict[int, bytes]]:
+    """As :func:`_restored`, but P1 publishes one message at a time, each acknowledged: the author signs an ACK of
+    each seq, which a tap records (returned: seq -> frame).  With ``ledger``, P1's chain is anchored through 6."""
+    hub = MemoryHub()
+    author = await Author.create(tmp / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, ledger=ledger, anchor_config=CFG)
+    author.heartbeat_ms = 50
+    s = await Subscriber.create(tmp / "p1.db", P1, AUTHOR.did, author.channel, PW, hub.subscriber_endpoint("p1"),
+                                store_options=FAST)
+    branch = await s.subscribe(timeout=5)
+    for i in range(3):
+        await s.wait_acknowledged(branch, await s.publish(branch, b"before the copy %d" % i), timeout=5)
+    await s.close()
+    backup(tmp / "p1.db", tmp / "old.db")
+    s = await _sub(tmp, hub)
+    for i in range(3):
+        await s.wait_acknowledged(branch, await s.publish(branch, b"after the copy %d" % i), timeout=5)
+    if ledger is not None:
+        await wait_for(lambda: author.anchoring is not None and author.anchoring.pending == 0
+                       and getattr(author.anchoring.anchored_head(branch, 1), "seq", 0) == 6, what="P1's 6 anchored")
+    await s.close()
+    recorded = _acks_of_our_chain(hub, branch)
+    assert {4, 5, 6} <= set(recorded)
+    for suffix in ("", "-frames"):
+        shutil.copyfile(tmp / f"old.db{suffix}", tmp / f"p1.db{suffix}")
+    for suffix in ("-wal", "-shm"):
+        (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
+    return hub, author, branch, recorded
+
+
+async def _verdict_on_the_replay(s: Subscriber) -> None:
+    """Wait until P1 has judged the replayed ACK of seq 4: a conflict (the bug), or the author's word that it
+    holds seq 4 -- its copy, which our chain now builds on."""
+    async def scan() -> None:
+        async for ev in s.events():
+            if isinstance(ev, ChainConflict) or (isinstance(ev, Acknowledged) and ev.through_seq == 4):
+                return
+        raise AssertionError("events ended")
+
+    await asyncio.wait_for(scan(), 10)
+async def test_a_replayed_old_ack_does_not_stop_a_member_whose_stop_was_lifted(tmp_path: Path) -> None:
+    """A tap records the author's ACKs of P1's chain, one per message (P1 publishes one at a time).  P1 is restored
+    from an older copy and signs two forks before the author's ACK stops it; the author takes the write permission
+    away and gives it back, which restarts P1's chain at the author's copy and lifts the stop for good.  The tap
+    then replays the author's old ACK of seq 4 -- the author's message there, not P1's fork, which P1's log still
+    holds.  That ACK says nothing about P1's chain as it is now (it starts at the author's copy), so it must not
+    stop P1 again: it used to, and, the stop being kept in the store, for good -- no lift could come, as P1's chain
+    cannot move past the author's copy while it is stopped."""
+    from streams.wire import Permission
+
+    hub, author, branch, recorded = await _restored_with_a_tap(tmp_path)
+    s = await _sub(tmp_path, hub)
+    assert await s.publish_many(branch, [b"fork 4", b"fork 5"]) == [4, 5]  # before the author's ACK came
+    await _first(s, ChainConflict, 10)
+    await s.close()
+    await author.set_permission(branch, Permission.READ)
+    await author.set_permission(branch, Permission.READ_WRITE)  # names P1's chain through 6: the author's copy
+    s = await _sub(tmp_path, hub)
+    try:
+        await wait_for(lambda: [b.epoch for b in s.branches() if b.id == branch] == [2], what="epoch 2")
+        assert s.store.log_range(branch, 1, 1, 6) == []  # the stale store's rows, forks among them, are gone
+    finally:
+        await s.close()
+    await author.close()
+
+    # The next run, the author away: the tap replays the author's ACK of seq 4 to P1.
+    hub = MemoryHub()
+    s = await _sub(tmp_path, hub)
+    try:
+        hub.inject("p1", recorded[4], "tap")
+        await _verdict_on_the_replay(s)
+        assert await s.publish(branch, b"after the author's copy") == 7  # stored, sent when the author is heard
+    finally:
+        await s.close()
+    author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                               store_options=FAST)
+    author.heartbeat_ms = 50
+    s = await _sub(tmp_path, hub)
+    try:
+        await s.wait_acknowledged(branch, 7, timeout=5)
+        assert await s.publish(branch, b"and on") == 8
+        await s.wait_acknowledged(branch, 8, timeout=5)
+        assert sorted(f.seq for f in author.forks()) == [4, 5]  # the restored run's two, nothing since
+    finally:
+        await s.close()
+        await author.close()
+
+
+def test_an_old_ack_below_the_anchored_head_our_chain_restarted_at_does_not_stop_it_again() -> None:
+    """A stop lifted by an anchor proof restarts our chain at the author's copy (SPEC 13.5); our log keeps what the
+    restored store signed below it, which may differ from the author's messages there.  An ACK of the author's at
+    such a seq -- an old one, replayed by the network (ACKs carry no epoch) -- is about the author's copy, which
+    our chain now builds on: it must not stop our chain again (it used to, durably: the store keeps the stop, and
+    no proof beyond our head can come while we cannot publish)."""
+    from streams.anchor import ChainHead, build_epoch
+    from streams.core import AnchorClaim, SubscriberCore
+    from streams.wire import Ack, encode_frame
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    sub: SubscriberCore = net.subs["s0"]
+    b = sub.branch_ids()[0]
+    for payload in (b"one", b"two", b"three"):  # signed by a store restored from an older copy: forks
+        sub.publish(b, payload, net.now)
+    sub.data_to_send()  # (the log rows stay in the core's changes: what _logged_hash reads without a store)
+
+    def ack(seq: int) -> bytes:  # the author's ACK of its own copy of our chain at seq
+        return encode_frame(Ack(net.author.channel, b, 1, seq, bytes([seq]) * 32, 0), b"", ident(1).sign).raw
+
+    old_ack_of_2 = ack(2)  # recorded by a tap, long ago
+    sub.receive(ack(5), net.now)
+    assert sub.chain_conflict(b) == 5
+    head = ChainHead(b, 1, 5, bytes([5]) * 32, bytes(32))
+    epoch = build_epoch(net.author.channel, [head], None, net.now, ident(1).sign)
+    claim = AnchorClaim(head, 0, epoch.proofs[(b, 1)], epoch.checkpoint, "5", False)
+    assert [e.restored for e in sub.apply_anchor(claim, False) if isinstance(e, Anchored)] == [True]
+    assert sub.chain_conflict(b) == 0
+    events = sub.receive(old_ack_of_2, net.now)
+    assert not [e for e in events if isinstance(e, ChainConflict)]
+    assert sub.chain_conflict(b) == 0
+    assert sub.publish(b, b"after the author's copy", net.now) == 6
+
+
+async def test_an_honest_member_given_write_back_keeps_its_log(tmp_path: Path) -> None:
+    """The other side of the drop above: a member whose log holds the author's head that the GRANT giving write
+    back names (no stale copy) keeps every row of its chain, and goes on from there."""
+    from streams.wire import Permission
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST)
+    author.heartbeat_ms = 50
+    s = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                hub.subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.publish_many(branch, [b"one", b"two", b"three"])
+        await s.wait_acknowledged(branch, 3, timeout=5)
+        await author.set_permission(branch, Permission.READ)
+        await author.set_permission(branch, Permission.READ_WRITE)
+        await wait_for(lambda: [b.epoch for b in s.branches() if b.id == branch] == [2], what="epoch 2")
+        assert len(s.store.log_range(branch, 1, 1, 3)) == 3
+        assert await s.publish(branch, b"four") == 4
+        await s.wait_acknowledged(branch, 4, timeout=5)
+        assert author.forks() == []
+    finally:
+        await s.close()
+        await author.close()
+
+
+async def test_a_replayed_old_ack_does_not_stop_a_member_an_anchor_proof_restarted(tmp_path: Path) -> None:
+    """The same replay after the other lift: P1, restored from an older copy, signs a fork at 4 and is stopped;
+    in its next run the author's anchor proof of its chain through 6 restarts the chain there.  The tap's old ACK
+    of seq 4 (the author's message, not P1's fork, which P1's log keeps below the anchored head) must not stop P1
+    again -- it used to, durably and for good."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub, author, branch, recorded = await _restored_with_a_tap(tmp_path, ledger)
+    await author.close()
+
+    async def author_on(hub: MemoryHub, with_ledger: bool) -> Author:
+        a = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                              store_options=FAST, ledger=ledger if with_ledger else None, anchor_config=CFG)
+        a.heartbeat_ms = 50
+        return a
+
+    try:
+        hub = MemoryHub()  # run 1, the author without its ledger: a fork, then the stop
+        author = await author_on(hub, False)
+        s = await _sub(tmp_path, hub)
+        assert await s.publish(branch, b"fork 4") == 4
+        await _first(s, ChainConflict, 10)
+        await s.close()
+        await author.close()
+        hub = MemoryHub()  # run 2, with the ledger: the proof through 6 lifts it
+        author = await author_on(hub, True)
+        s = await _sub(tmp_path, hub)
+        ev = await _first(s, Anchored, 10)
+        assert isinstance(ev, Anchored) and (ev.seq, ev.restored) == (6, True)
+        await s.close()
+        await author.close()
+        hub = MemoryHub()  # run 3, the author away: the tap replays its old ACK of seq 4
+        s = await _sub(tmp_path, hub)
+        hub.inject("p1", recorded[4], "tap")
+        await _verdict_on_the_replay(s)
+        assert await s.publish(branch, b"after the author's copy") == 7
+        await s.close()
+        hub = MemoryHub()  # run 4: the author acknowledges it, no fork since the one at 4
+        author = await author_on(hub, False)
+        s = await _sub(tmp_path, hub)
+        await s.wait_acknowledged(branch, 7, timeout=5)
+        assert sorted(f.seq for f in author.forks()) == [4]
+        await s.close()
+        await author.close()
+    finally:
+        ledger.close()

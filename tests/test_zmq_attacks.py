@@ -408,3 +408,64 @@ async def test_a_tap_that_delivers_a_recorded_subscribe_first_on_its_own_connect
         await sub.close()
         await author.close()
         ctx.term()
+
+
+async def test_a_subscriber_whose_author_restarted_between_its_hello_and_its_subscribe_is_admitted(
+        tmp_path: Path) -> None:
+    """SPEC 8.3: the challenge is bound to the session of the connection it was issued on, and an author restart
+    gives every connection a new one.  A subscriber whose SUBSCRIBE reaches the restarted author (held on the way,
+    here by a hop; a slow path does the same) is refused BAD_CHALLENGE there -- and must still be admitted: the
+    asyncio ``subscribe`` asks again (a challenge of the new session), before its timeout, on the same store."""
+    import contextlib
+
+    from streams.errors import DecodeError
+    from tests.test_zmq_review import Relay as Hop
+
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=20)
+    author, ep = await make_author(tmp_path, cfg, [P1])
+    address = ep.addresses[0]
+    ctx = zmq.asyncio.Context()
+    held: list[bytes] = []
+    refused: list[bytes] = []
+
+    def kind(data: bytes) -> Kind | None:
+        with contextlib.suppress(DecodeError):
+            return decode_frame(data).kind
+        return None
+
+    class Holds(Hop):
+        def passes(self, data: bytes, up: bool) -> bool:
+            if up and not held and kind(data) is Kind.SUBSCRIBE:
+                held.append(data)
+                return False
+            if not up and kind(data) is Kind.REFUSE:
+                refused.append(data)
+            return True
+
+    hop = Holds(ctx, address)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  SubscriberEndpoint(hop.address, cfg), store_options=FAST, config=CORE)
+    try:
+        subscribing = asyncio.create_task(sub.subscribe(timeout=30))
+        end = time.monotonic() + 20
+        while not held:
+            assert time.monotonic() < end, "no SUBSCRIBE seen"
+            await asyncio.sleep(0.005)
+        await author.close()  # the author restarts, on the same address
+        ep = AuthorEndpoint(address, cfg)
+        author = await Author.open(tmp_path / "author.db", PW, ep, AllowList.of([P1.did]), store_options=FAST,
+                                   config=CORE)
+        author.heartbeat_ms = 100
+        await hop.inject_up(held[0])  # the held SUBSCRIBE reaches the new author (the hop's DEALER reconnected)
+        branch = await subscribing
+        # The held SUBSCRIBE was refused as a foreign challenge (then the subscriber asked again).
+        verdicts = [(decode_frame(r).head.request, RejectReason(decode_frame(r).head.reason)) for r in refused]
+        assert verdicts == [(decode_frame(held[0]).hash, RejectReason.BAD_CHALLENGE)]
+        assert author.branch_of(P1.did) == branch
+        await author.publish(branch, b"after the restart")
+        assert (await sub.next_message(timeout=10)).payload == b"after the restart"
+    finally:
+        await hop.close()
+        await sub.close()
+        await author.close()
+        ctx.term()
