@@ -830,13 +830,22 @@ class Store:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
         create, which must then leave nothing behind): the database (an empty file it took is left empty), its
         ``-wal``, ``-shm``, ``-frames`` and ``-lock``, unless they were there before.  A store from :meth:`open`
-        is only closed."""
-        self.close()
-        if self._created is None:
-            return
-        # Beside the absolute path, as the side files were made: the process may have changed its working
-        # directory since, and a relative ``path`` would then name another store's files.
-        _unmake(self._abs_path, *self._created)
+        is only closed.  The lock is held until the files are gone, as in a failed create: let go first, it could
+        be taken by another process creating the same path, on the ``-lock`` file about to be removed."""
+        held = None
+        if self._created is not None and not self._closed:
+            held, self._lock_fd = self._lock_fd, None  # (close would let it go before the removal)
+        try:
+            self.close()
+            if self._created is None:
+                return
+            # Beside the absolute path, as the side files were made: the process may have changed its working
+            # directory since, and a relative ``path`` would then name another store's files.
+            _unmake(self._abs_path, *self._created)
+        finally:
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.close(held)
 
     def close(self) -> None:
         if not self._closed:
@@ -1350,9 +1359,11 @@ def _check_new(p: Path) -> None:
 
 def _unmake(p: Path, made: bool, there: set[str]) -> None:
     """Undo :meth:`Store.create` at ``p``: remove the side files that were not ``there`` before it, and the database
-    if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own."""
+    if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own.  The
+    caller holds the store's lock, whose ``-lock`` goes last: until then no other creator can take it, and one that
+    takes it afterwards makes a lock file of its own."""
     for s in _SIDE_FILES:
-        if s not in there:
+        if s not in there and s != "-lock":
             with contextlib.suppress(OSError):
                 Path(f"{p}{s}").unlink()
     with contextlib.suppress(OSError):
@@ -1360,6 +1371,9 @@ def _unmake(p: Path, made: bool, there: set[str]) -> None:
             p.unlink()
         else:
             os.truncate(p, 0)
+    if "-lock" not in there:
+        with contextlib.suppress(OSError):
+            Path(f"{p}-lock").unlink()
 
 
 def _check_regular(p: Path) -> None:

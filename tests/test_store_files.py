@@ -522,3 +522,43 @@ def test_a_store_dropped_without_close_lets_go_of_its_lock(tmp_path: Path) -> No
         assert again.log_range(BRANCH, 0, 1, 1) == [frame]
     finally:
         again.close()
+
+
+def test_discard_removes_the_files_it_made_while_it_still_holds_the_lock(tmp_path: Path) -> None:
+    """A store create made, discarded (its party's create failed): the files are removed while the store's lock is
+    still held, as a failed create's own clean-up does.  discard used to let the lock go first: another process's
+    create of the same path could then take the lock on the -lock file discard was about to remove, make its store
+    there once discard had removed the database, and run holding a lock on a file no longer at its name -- so a
+    third party could lock the store too (two parties signing on one store: forks).  Watched here at each removal
+    (an audit hook), by taking the lock as another process would: from a descriptor of its own."""
+    import fcntl
+
+    db = tmp_path / "s.db"
+    store = create(db)
+    free_at: list[str] = []
+    watching = True
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if not watching or event != "os.remove" or not str(args[0]).startswith(str(db)):
+            return
+        try:
+            fd = os.open(f"{db}-lock", os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            free_at.append(f"{args[0]} (no -lock left)")
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free_at.append(str(args[0]))
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+    sys.addaudithook(hook)  # (hooks cannot be removed: this one goes inert below)
+    try:
+        store.discard()
+    finally:
+        watching = False
+    assert free_at == [], f"the lock was free while discard removed {free_at}"
+    assert list(tmp_path.iterdir()) == []
+    create(db).close()  # and the path is free for a new store
