@@ -729,11 +729,13 @@ class Store:
     def load_nonces(self, now_ms: int) -> list[tuple[bytes, int]]:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))
 
-    def log_range(self, branch: bytes, publisher: int, lo: int, hi: int) -> list[bytes]:
+    def log_range(self, branch: bytes, publisher: int, lo: int, hi: int, *,
+                  on_damage: Callable[[StorageError], None] | None = None) -> list[bytes]:
         """Retained frames of a chain with ``lo <= seq <= hi``, in order: what the author serves a member that
         catches up.  Every frame is checked against its row's hash, those kept in their rows too (as
         :meth:`log_page` does): a damaged frame is never handed out as the message at its position, and raises
-        :class:`StorageError` naming the position."""
+        :class:`StorageError` naming the position -- or, given ``on_damage``, is handed to it, and the frames
+        before it are returned (none after it: a chain is read in order)."""
         rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq", (branch, publisher, lo, hi))
         out = []
@@ -741,8 +743,12 @@ class Store:
             try:
                 out.append(self._frame(f, h, check=True))
             except StorageError as exc:
-                raise StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {s}: "
-                                   f"{exc}") from exc
+                err = StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {s}: "
+                                   f"{exc}")
+                if on_damage is None:
+                    raise err from exc
+                on_damage(err)
+                break
         return out
 
     def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
