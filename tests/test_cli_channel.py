@@ -1382,3 +1382,39 @@ def test_a_serve_that_fails_its_checks_leaves_no_new_ledger_file(cli: Cli, tmp_p
     assert run.returncode == 2, (run.stdout, run.stderr)
     with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
         assert ledger.size() == 1 and ledger.read(anchor_id) == (b"tag", b"kept")
+
+
+def test_a_failed_serve_keeps_a_new_ledger_another_process_opened_meanwhile(tmp_path: Path) -> None:
+    """`serve --ledger sqlite:PATH` makes the ledger, then checks the store (an Argon2id derivation: a second or
+    so); one that fails removes the ledger it made if it is still empty.  Another process on the host that opened
+    the new ledger meanwhile (a second serve of another channel, which anchors there too: any number of processes
+    may append to one embedded ledger) had nothing in it yet, so the ledger was removed under it: what it anchored
+    afterwards went to a deleted file, and its next start found no ledger.  The failed serve's clean-up (the
+    functions serve calls, with a real second process) now leaves a ledger another process holds open."""
+    from streams._cli.channel import _absent_ledger_files, _unmake_ledger
+    from streams.audit import open_ledger
+    from streams.ledger.embedded import EmbeddedLedger
+
+    path = tmp_path / "ledger.db"
+    spec = f"sqlite:{path}"
+    made = _absent_ledger_files(spec)
+    ours = open_ledger(spec, create=True)  # the serve that will fail
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom streams.ledger.embedded import EmbeddedLedger\n"
+         "ledger = EmbeddedLedger(sys.argv[1])\nprint('open', flush=True)\nsys.stdin.readline()\n"
+         "print(ledger.append(b'tag', b'anchored'), flush=True)\nledger.close()\n", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert other.stdout.readline() == "open\n"
+        _unmake_ledger(ours, made)  # the serve failed its checks
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        anchor_id = other.stdout.readline().strip()
+    finally:
+        with other:  # (closes the pipes, waits)
+            other.stdin.close()  # type: ignore[union-attr]
+    assert other.returncode == 0
+    assert path.exists(), "the ledger another process held open was removed"
+    with EmbeddedLedger(path) as ledger:
+        assert ledger.read(anchor_id) == (b"tag", b"anchored")

@@ -982,8 +982,9 @@ def _absent_ledger_files(spec: str) -> list[Path]:
 
 def _unmake_ledger(ledger: Ledger | None, made: list[Path] | None) -> None:
     """Close the ledger of a serve that failed before it ran, and remove the files that opening it made (``made``,
-    from :func:`_absent_ledger_files`) -- unless something was written to it meanwhile (another party on the
-    host that opened the new ledger too: then it is theirs as well)."""
+    from :func:`_absent_ledger_files`) -- unless something was written to it meanwhile, or another process holds
+    it open (a party on the host that opened the new ledger too, with nothing to anchor yet: then it is theirs as
+    well, and removing it would send what they anchor next to a deleted file)."""
     from ..ledger.embedded import EmbeddedLedger
 
     empty = True
@@ -994,6 +995,10 @@ def _unmake_ledger(ledger: Ledger | None, made: list[Path] | None) -> None:
             except StreamsError:
                 empty = False  # (unknown: keep it)
         ledger.close()
+    if made and os.path.lexists(f"{made[0]}-wal"):  # (made[0]: the database)
+        # SQLite removes a WAL-mode database's -wal when its last connection closes: one left after ours closed
+        # is another connection's (or a close that could not clean up: keep it too).
+        empty = False
     if made and empty:
         for p in made:
             with contextlib.suppress(OSError):
