@@ -1522,6 +1522,15 @@ class _Checkpointer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _after_fork(self) -> None:
+        """In a forked child: the thread is the parent's (gone here), and so may be the condition's lock, held
+        at the fork -- every kick and close would wait for it for ever.  A fresh state; the child's first kick
+        starts a thread of its own.  The parent's queued stores are not the child's to checkpoint."""
+        self._cond = threading.Condition(threading.Lock())
+        self._queued = {}
+        self._busy = None
+        self._thread = None
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -1570,6 +1579,19 @@ class _Checkpointer:
 
 
 _CHECKPOINTER = _Checkpointer()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the thread that forked: a lock another thread held at the fork (opening or
+    closing a store: :data:`_OPEN_LOCK`; the checkpointer's) would stay held in it for good, and its first store
+    call wait for ever.  Fresh ones (as :mod:`streams._parallel` does for its pools)."""
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+    _CHECKPOINTER._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _writev_all(fd: int, bufs: list[bytes]) -> None:
