@@ -1418,3 +1418,44 @@ def test_a_failed_serve_keeps_a_new_ledger_another_process_opened_meanwhile(tmp_
     assert path.exists(), "the ledger another process held open was removed"
     with EmbeddedLedger(path) as ledger:
         assert ledger.read(anchor_id) == (b"tag", b"anchored")
+
+
+@pytest.mark.xfail(strict=True, reason="design limit: a process that opens the new ledger between the failed "
+                   "serve's close and its removal of the files (microseconds) is not seen; nothing an opener of an "
+                   "embedded ledger takes could tell it")
+def test_a_failed_serve_keeps_a_new_ledger_opened_just_before_its_removal(tmp_path: Path) -> None:
+    """The window left by the clean-up above, hit on purpose: another process opens the ledger at the moment the
+    failed serve is about to remove it (an audit hook at that removal), then anchors there."""
+    from streams._cli.channel import _absent_ledger_files, _unmake_ledger
+    from streams.audit import open_ledger
+    from streams.ledger.embedded import EmbeddedLedger
+
+    path = tmp_path / "ledger.db"
+    spec = f"sqlite:{path}"
+    made = _absent_ledger_files(spec)
+    ours = open_ledger(spec, create=True)
+    others: list[subprocess.Popen[str]] = []
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event == "os.remove" and str(args[0]) == str(path) and not others:
+            other = subprocess.Popen(
+                [sys.executable, "-c", "import sys\nfrom streams.ledger.embedded import EmbeddedLedger\n"
+                 "ledger = EmbeddedLedger(sys.argv[1])\nprint('open', flush=True)\nsys.stdin.readline()\n"
+                 "print(ledger.append(b'tag', b'anchored'), flush=True)\nledger.close()\n", str(path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            others.append(other)
+            assert other.stdout is not None and other.stdout.readline() == "open\n"
+
+    sys.addaudithook(hook)  # (cannot be removed: inert once it has run)
+    _unmake_ledger(ours, made)
+    [other] = others
+    with other:
+        assert other.stdin is not None and other.stdout is not None
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        anchor_id = other.stdout.readline().strip()
+        other.stdin.close()
+    assert other.returncode == 0
+    assert path.exists(), "the ledger another process had just opened was removed"
+    with EmbeddedLedger(path) as ledger:
+        assert ledger.read(anchor_id) == (b"tag", b"anchored")
