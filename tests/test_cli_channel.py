@@ -1459,3 +1459,29 @@ def test_a_failed_serve_keeps_a_new_ledger_opened_just_before_its_removal(tmp_pa
     assert path.exists(), "the ledger another process had just opened was removed"
     with EmbeddedLedger(path) as ledger:
         assert ledger.read(anchor_id) == (b"tag", b"anchored")
+
+
+def test_serve_whose_author_fails_under_it_exits_and_says_why(cli: Cli, tmp_path: Path,
+                                                              serves: list[Serve]) -> None:
+    """The author `serve` runs closes itself when it fails (here its store can no longer be written: the serve
+    process's file-size limit is lowered to one byte, so every write of the store fails as on a full disk).  serve
+    used to go on running -- its message and event pumps simply ended -- saying nothing on its output and serving
+    nobody, until a signal: a supervisor saw a live process, never a failure to restart.  It now exits 1 with an
+    error line naming the failure."""
+    import resource
+
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+        "--author", author, "--channel", channel, "--passphrase-env", "PP").ok()
+    serve.wait("admitted", did=sub_did)
+    resource.prlimit(serve.p.pid, resource.RLIMIT_FSIZE, (1, 1))  # its store's next write fails
+    cli("publish", "--json", "--store", "provider.db", "--connect", addr, "--data", "x", "--wait-ack", "2",
+        "--passphrase-env", "PP")
+    try:
+        rc = serve.p.wait(60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("serve still runs, serving nobody, 60 s after its author failed") from None
+    assert rc == 1
+    serve.wait("error", timeout=5)
+    [error] = [d for d in serve.docs if d["event"] == "error"]
+    assert error["error"].startswith("the channel stopped") and "StorageError" in error["error"], error
