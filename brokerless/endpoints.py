@@ -470,11 +470,19 @@ def _address_error(what: str, address: str, exc: zmq.ZMQError) -> LocalProtocolE
 
 
 def _check_port(what: str, address: str) -> None:
-    """Refuse a ``tcp://`` port beyond 65535: libzmq takes it modulo 65536, so a typo (``:99999``) bound or
-    connected to another port (34463) without a word."""
-    if address.startswith("tcp://"):
-        port = address.rpartition(":")[2]
-        if port.isdigit() and int(port) > 0xFFFF:
+    """Refuse a ``tcp://`` port that is not ASCII digits up to 65535 (or ``*``, any port): libzmq reads it with
+    ``strtol`` and takes it modulo 65536, so a typo bound or connected to another port without a word (``:99999``
+    to 34463, ``:-1`` to 65535, ``:+99999`` to 34463, ``:5555x`` to 5555).  Each part of a ``source;address``
+    pair is checked."""
+    if not address.startswith("tcp://"):
+        return
+    for part in address[len("tcp://"):].split(";"):
+        _host, colon, port = part.rpartition(":")
+        if not colon or port == "*":
+            continue  # no port at all: libzmq refuses it, and says so
+        if not (port.isascii() and port.isdigit()):
+            raise LocalProtocolError(f"cannot {what} {address}: port {port!r} is not a number (0 to 65535)")
+        if int(port) > 0xFFFF:
             raise LocalProtocolError(f"cannot {what} {address}: port {port} is out of range (0 to 65535)")
 
 

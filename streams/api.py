@@ -1025,11 +1025,15 @@ class _Party:
     def _serve_fetch(self, ev: FetchRequested) -> list[Outgoing]:
         """The retained frames a FETCH asks for.  A damaged one (StorageError: it does not match its row's hash,
         or its bytes are gone) is never sent -- the member would reject it, and only it would know: the range is
-        not served, the error is logged for the operator, and the party goes on serving everyone else (the
-        member asks again later, and the store can be restored meanwhile)."""
+        served up to it (the member's cursor moves that far), the error is logged for the operator, and the party
+        goes on serving everyone else (the member asks again later, and the store can be restored meanwhile)."""
+
+        def damaged(exc: StorageError) -> None:
+            log.error("a fetch of seq %d-%d is not served from there on: %s", ev.from_seq, ev.to_seq, exc)
+
         try:
-            frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq)
-        except StorageError as exc:
+            frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq, on_damage=damaged)
+        except StorageError as exc:  # (the read itself failed)
             log.error("a fetch of seq %d-%d is not served: %s", ev.from_seq, ev.to_seq, exc)
             return []
         return [Outgoing(f, peer=ev.peer) for f in frames]

@@ -732,11 +732,13 @@ class Store:
     def load_nonces(self, now_ms: int) -> list[tuple[bytes, int]]:
         return list(self._q("SELECT nonce, expires_ms FROM nonces WHERE expires_ms >= ?", (now_ms,)))
 
-    def log_range(self, branch: bytes, publisher: int, lo: int, hi: int) -> list[bytes]:
+    def log_range(self, branch: bytes, publisher: int, lo: int, hi: int, *,
+                  on_damage: Callable[[StorageError], None] | None = None) -> list[bytes]:
         """Retained frames of a chain with ``lo <= seq <= hi``, in order: what the author serves a member that
         catches up.  Every frame is checked against its row's hash, those kept in their rows too (as
         :meth:`log_page` does): a damaged frame is never handed out as the message at its position, and raises
-        :class:`StorageError` naming the position."""
+        :class:`StorageError` naming the position -- or, given ``on_damage``, is handed to it, and the frames
+        before it are returned (none after it: a chain is read in order)."""
         rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq", (branch, publisher, lo, hi))
         out = []
@@ -744,8 +746,12 @@ class Store:
             try:
                 out.append(self._frame(f, h, check=True))
             except StorageError as exc:
-                raise StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {s}: "
-                                   f"{exc}") from exc
+                err = StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {s}: "
+                                   f"{exc}")
+                if on_damage is None:
+                    raise err from exc
+                on_damage(err)
+                break
         return out
 
     def log_page(self, branch: bytes, publisher: int, lo: int, hi: int, limit: int) -> list[tuple[int, bytes]]:
@@ -833,13 +839,22 @@ class Store:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
         create, which must then leave nothing behind): the database (an empty file it took is left empty), its
         ``-wal``, ``-shm``, ``-frames`` and ``-lock``, unless they were there before.  A store from :meth:`open`
-        is only closed."""
-        self.close()
-        if self._created is None:
-            return
-        # Beside the absolute path, as the side files were made: the process may have changed its working
-        # directory since, and a relative ``path`` would then name another store's files.
-        _unmake(self._abs_path, *self._created)
+        is only closed.  The lock is held until the files are gone, as in a failed create: let go first, it could
+        be taken by another process creating the same path, on the ``-lock`` file about to be removed."""
+        held = None
+        if self._created is not None and not self._closed:
+            held, self._lock_fd = self._lock_fd, None  # (close would let it go before the removal)
+        try:
+            self.close()
+            if self._created is None:
+                return
+            # Beside the absolute path, as the side files were made: the process may have changed its working
+            # directory since, and a relative ``path`` would then name another store's files.
+            _unmake(self._abs_path, *self._created)
+        finally:
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.close(held)
 
     def close(self) -> None:
         if not self._closed:
@@ -1353,9 +1368,11 @@ def _check_new(p: Path) -> None:
 
 def _unmake(p: Path, made: bool, there: set[str]) -> None:
     """Undo :meth:`Store.create` at ``p``: remove the side files that were not ``there`` before it, and the database
-    if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own."""
+    if it ``made`` it (an empty file it took is left empty).  Errors are dropped: the caller reports its own.  The
+    caller holds the store's lock, whose ``-lock`` goes last: until then no other creator can take it, and one that
+    takes it afterwards makes a lock file of its own."""
     for s in _SIDE_FILES:
-        if s not in there:
+        if s not in there and s != "-lock":
             with contextlib.suppress(OSError):
                 Path(f"{p}{s}").unlink()
     with contextlib.suppress(OSError):
@@ -1363,6 +1380,9 @@ def _unmake(p: Path, made: bool, there: set[str]) -> None:
             p.unlink()
         else:
             os.truncate(p, 0)
+    if "-lock" not in there:
+        with contextlib.suppress(OSError):
+            Path(f"{p}-lock").unlink()
 
 
 def _check_regular(p: Path) -> None:
@@ -1505,6 +1525,15 @@ class _Checkpointer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _after_fork(self) -> None:
+        """In a forked child: the thread is the parent's (gone here), and so may be the condition's lock, held
+        at the fork -- every kick and close would wait for it for ever.  A fresh state; the child's first kick
+        starts a thread of its own.  The parent's queued stores are not the child's to checkpoint."""
+        self._cond = threading.Condition(threading.Lock())
+        self._queued = {}
+        self._busy = None
+        self._thread = None
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -1553,6 +1582,19 @@ class _Checkpointer:
 
 
 _CHECKPOINTER = _Checkpointer()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the thread that forked: a lock another thread held at the fork (opening or
+    closing a store: :data:`_OPEN_LOCK`; the checkpointer's) would stay held in it for good, and its first store
+    call wait for ever.  Fresh ones (as :mod:`streams._parallel` does for its pools)."""
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+    _CHECKPOINTER._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _writev_all(fd: int, bufs: list[bytes]) -> None:

@@ -1382,3 +1382,106 @@ def test_a_serve_that_fails_its_checks_leaves_no_new_ledger_file(cli: Cli, tmp_p
     assert run.returncode == 2, (run.stdout, run.stderr)
     with EmbeddedLedger(tmp_path / "ledger.db") as ledger:
         assert ledger.size() == 1 and ledger.read(anchor_id) == (b"tag", b"kept")
+
+
+def test_a_failed_serve_keeps_a_new_ledger_another_process_opened_meanwhile(tmp_path: Path) -> None:
+    """`serve --ledger sqlite:PATH` makes the ledger, then checks the store (an Argon2id derivation: a second or
+    so); one that fails removes the ledger it made if it is still empty.  Another process on the host that opened
+    the new ledger meanwhile (a second serve of another channel, which anchors there too: any number of processes
+    may append to one embedded ledger) had nothing in it yet, so the ledger was removed under it: what it anchored
+    afterwards went to a deleted file, and its next start found no ledger.  The failed serve's clean-up (the
+    functions serve calls, with a real second process) now leaves a ledger another process holds open."""
+    from streams._cli.channel import _absent_ledger_files, _unmake_ledger
+    from streams.audit import open_ledger
+    from streams.ledger.embedded import EmbeddedLedger
+
+    path = tmp_path / "ledger.db"
+    spec = f"sqlite:{path}"
+    made = _absent_ledger_files(spec)
+    ours = open_ledger(spec, create=True)  # the serve that will fail
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom streams.ledger.embedded import EmbeddedLedger\n"
+         "ledger = EmbeddedLedger(sys.argv[1])\nprint('open', flush=True)\nsys.stdin.readline()\n"
+         "print(ledger.append(b'tag', b'anchored'), flush=True)\nledger.close()\n", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert other.stdout.readline() == "open\n"
+        _unmake_ledger(ours, made)  # the serve failed its checks
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        anchor_id = other.stdout.readline().strip()
+    finally:
+        with other:  # (closes the pipes, waits)
+            other.stdin.close()  # type: ignore[union-attr]
+    assert other.returncode == 0
+    assert path.exists(), "the ledger another process held open was removed"
+    with EmbeddedLedger(path) as ledger:
+        assert ledger.read(anchor_id) == (b"tag", b"anchored")
+
+
+@pytest.mark.xfail(strict=True, reason="design limit: a process that opens the new ledger between the failed "
+                   "serve's close and its removal of the files (microseconds) is not seen; nothing an opener of an "
+                   "embedded ledger takes could tell it")
+def test_a_failed_serve_keeps_a_new_ledger_opened_just_before_its_removal(tmp_path: Path) -> None:
+    """The window left by the clean-up above, hit on purpose: another process opens the ledger at the moment the
+    failed serve is about to remove it (an audit hook at that removal), then anchors there."""
+    from streams._cli.channel import _absent_ledger_files, _unmake_ledger
+    from streams.audit import open_ledger
+    from streams.ledger.embedded import EmbeddedLedger
+
+    path = tmp_path / "ledger.db"
+    spec = f"sqlite:{path}"
+    made = _absent_ledger_files(spec)
+    ours = open_ledger(spec, create=True)
+    others: list[subprocess.Popen[str]] = []
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event == "os.remove" and str(args[0]) == str(path) and not others:
+            other = subprocess.Popen(
+                [sys.executable, "-c", "import sys\nfrom streams.ledger.embedded import EmbeddedLedger\n"
+                 "ledger = EmbeddedLedger(sys.argv[1])\nprint('open', flush=True)\nsys.stdin.readline()\n"
+                 "print(ledger.append(b'tag', b'anchored'), flush=True)\nledger.close()\n", str(path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            others.append(other)
+            assert other.stdout is not None and other.stdout.readline() == "open\n"
+
+    sys.addaudithook(hook)  # (cannot be removed: inert once it has run)
+    _unmake_ledger(ours, made)
+    [other] = others
+    with other:
+        assert other.stdin is not None and other.stdout is not None
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        anchor_id = other.stdout.readline().strip()
+        other.stdin.close()
+    assert other.returncode == 0
+    assert path.exists(), "the ledger another process had just opened was removed"
+    with EmbeddedLedger(path) as ledger:
+        assert ledger.read(anchor_id) == (b"tag", b"anchored")
+
+
+def test_serve_whose_author_fails_under_it_exits_and_says_why(cli: Cli, tmp_path: Path,
+                                                              serves: list[Serve]) -> None:
+    """The author `serve` runs closes itself when it fails (here its store can no longer be written: the serve
+    process's file-size limit is lowered to one byte, so every write of the store fails as on a full disk).  serve
+    used to go on running -- its message and event pumps simply ended -- saying nothing on its output and serving
+    nobody, until a signal: a supervisor saw a live process, never a failure to restart.  It now exits 1 with an
+    error line naming the failure."""
+    import resource
+
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    cli("subscribe", "--json", "--store", "provider.db", "--connect", addr, "--keystore", "provider.ks",
+        "--author", author, "--channel", channel, "--passphrase-env", "PP").ok()
+    serve.wait("admitted", did=sub_did)
+    resource.prlimit(serve.p.pid, resource.RLIMIT_FSIZE, (1, 1))  # its store's next write fails
+    cli("publish", "--json", "--store", "provider.db", "--connect", addr, "--data", "x", "--wait-ack", "2",
+        "--passphrase-env", "PP")
+    try:
+        rc = serve.p.wait(60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("serve still runs, serving nobody, 60 s after its author failed") from None
+    assert rc == 1
+    serve.wait("error", timeout=5)
+    [error] = [d for d in serve.docs if d["event"] == "error"]
+    assert error["error"].startswith("the channel stopped") and "StorageError" in error["error"], error

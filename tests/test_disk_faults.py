@@ -544,3 +544,39 @@ async def test_a_damaged_logged_message_is_not_served_to_a_catching_up_member(
         await sub2.close()
     finally:
         await author.close()
+
+
+async def test_a_member_catching_up_gets_the_messages_before_a_damaged_one(tmp_path: Path) -> None:
+    """A member that catches up from the author's retained log, one message of which is damaged on the author's
+    disk (a flipped bit in its SQLite row): the damaged one is never served, but those before it are -- the
+    member's cursor moves up to the damage.  The author used to serve nothing at all of a FETCH whose range held a
+    damaged frame: every FETCH from the member's cursor held it, so the member got none of the intact messages
+    either, however many."""
+    import sqlite3
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=OPTS)
+        branch = await sub.subscribe()
+        await sub.close()
+        seqs = [await author.publish(branch, b"m%d" % i * 50) for i in range(5)]
+        conn = sqlite3.connect(tmp_path / "a.db")
+        with conn:
+            where = (branch, seqs[3])
+            stored = bytearray(conn.execute("SELECT frame FROM log WHERE branch = ? AND publisher = 0 AND seq = ?",
+                                            where).fetchone()[0])
+            stored[len(stored) // 2] ^= 0x01
+            conn.execute("UPDATE log SET frame = ? WHERE branch = ? AND publisher = 0 AND seq = ?",
+                         (bytes(stored), *where))
+        conn.close()
+        sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+        try:
+            got = [(await sub.next_message(timeout=10)).payload for _ in range(3)]
+            assert got == [b"m%d" % i * 50 for i in range(3)]
+        finally:
+            await sub.close()
+    finally:
+        await author.close()

@@ -522,3 +522,95 @@ def test_a_store_dropped_without_close_lets_go_of_its_lock(tmp_path: Path) -> No
         assert again.log_range(BRANCH, 0, 1, 1) == [frame]
     finally:
         again.close()
+
+
+def test_discard_removes_the_files_it_made_while_it_still_holds_the_lock(tmp_path: Path) -> None:
+    """A store create made, discarded (its party's create failed): the files are removed while the store's lock is
+    still held, as a failed create's own clean-up does.  discard used to let the lock go first: another process's
+    create of the same path could then take the lock on the -lock file discard was about to remove, make its store
+    there once discard had removed the database, and run holding a lock on a file no longer at its name -- so a
+    third party could lock the store too (two parties signing on one store: forks).  Watched here at each removal
+    (an audit hook), by taking the lock as another process would: from a descriptor of its own."""
+    import fcntl
+
+    db = tmp_path / "s.db"
+    store = create(db)
+    free_at: list[str] = []
+    watching = True
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if not watching or event != "os.remove" or not str(args[0]).startswith(str(db)):
+            return
+        try:
+            fd = os.open(f"{db}-lock", os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            free_at.append(f"{args[0]} (no -lock left)")
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free_at.append(str(args[0]))
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+    sys.addaudithook(hook)  # (hooks cannot be removed: this one goes inert below)
+    try:
+        store.discard()
+    finally:
+        watching = False
+    assert free_at == [], f"the lock was free while discard removed {free_at}"
+    assert list(tmp_path.iterdir()) == []
+    create(db).close()  # and the path is free for a new store
+
+
+def test_a_forked_child_opens_and_closes_stores_whatever_the_parent_s_threads_held(tmp_path: Path) -> None:
+    """A process forks (a pre-fork server; multiprocessing's default start method on Linux) while another of its
+    threads is inside the store module: opening or closing a store (the open-files registry's lock), or the
+    background checkpointer between two checkpoints (its condition's lock).  The child has only the forking
+    thread, and those locks stay held in it for good: its first store open, create, commit or close waited for
+    ever.  The child now starts with locks of its own, as the helper pools do (f5b0aed)."""
+    import threading
+    import time
+    import warnings
+
+    from streams import store as store_module
+    from streams.core import ChainRecord, Changes, LogRecord
+    from streams.wire import decode_frame
+    from tests.test_store_frames import BRANCH, frame_for
+
+    held, release = threading.Event(), threading.Event()
+
+    def inside() -> None:  # another thread, in the middle of what takes these locks
+        with store_module._OPEN_LOCK, store_module._CHECKPOINTER._cond:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    assert held.wait(30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (3.12: a fork of a process with threads)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            store = create(tmp_path / "child.db", durable=False)
+            frame = frame_for(1, 400)
+            store.commit(Changes(chains=[ChainRecord(BRANCH, 0, 2, decode_frame(frame).hash, 1)],
+                                 log=[LogRecord(BRANCH, 0, 1, decode_frame(frame).hash, frame)]))
+            store.close()
+            Store.open(tmp_path / "child.db", "pw").close()
+            code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child waited for ever on a lock a thread of its parent held at the fork")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import zmq
 import zmq.asyncio
 
@@ -20,6 +21,7 @@ from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from brokerless.endpoints import _PONG_LEN, BUNDLE, BUNDLE_OK, CREDIT, PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
+from streams.errors import LocalProtocolError
 from streams.events import BranchClosed, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
@@ -432,3 +434,18 @@ async def test_every_connection_of_a_member_removed_from_a_group_is_forgotten_fo
         for s in subs:
             await s.close()
         await author.close()
+
+
+async def test_a_tcp_port_libzmq_would_read_as_another_is_refused() -> None:
+    """libzmq reads a tcp port with ``strtol`` and takes it modulo 65536: a sign, a leading space or trailing junk
+    bound another port than the one written (``:-1`` bound 65535, ``:+99999`` 34463, ``:5555x`` 5555) without a
+    word, and a connect to ``:5555x`` went to 5555.  Only digits up to 65535 (or ``*`` to bind any) are taken."""
+    for port in ("-1", "+99999", " 99999", "99999x", "5555x", "1e5", "\u0665\u0665\u0665\u0665", "65536"):
+        address = f"tcp://127.0.0.1:{port}"
+        with pytest.raises(LocalProtocolError, match="port"):
+            await AuthorEndpoint(address).close()
+        with pytest.raises(LocalProtocolError, match="port"):
+            await SubscriberEndpoint(address).close()
+    for port in ("*", "0"):  # still taken: any port
+        await AuthorEndpoint(f"tcp://127.0.0.1:{port}").close()
+    await SubscriberEndpoint("tcp://127.0.0.1:65535").close()  # the bound (a connect waits for a listener)

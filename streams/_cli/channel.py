@@ -940,7 +940,9 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         raise
     stop = asyncio.Event()
     _install_stop(stop)
-    tasks = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
+    pumps = [asyncio.create_task(_pump_messages(author, out)), asyncio.create_task(_pump_events(author, out))]
+    ended = asyncio.Event()  # a pump ended: the author closed itself
+    tasks = [*pumps, asyncio.create_task(_stop_when_any_ends(pumps, stop, ended))]
     publisher: _StdinWorker | None = None
     try:
         out.emit({"event": "ready", "channel": author.channel.hex(), "did": author.did,
@@ -960,11 +962,44 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         if publisher is not None:  # the lines read before the stop are published first
             await publisher.finish()
         await cancel_tasks(tasks)
+        failure = await _failure_of(author, pumps) if ended.is_set() else None
         await author.close()  # persists cursors and the application's delivered marks
         if ledger is not None:
             ledger.close()
+    if failure is not None:
+        out.emit({"event": "error", "error": f"the channel stopped: {failure}", "type": "ClosedResourceError"})
+        return 1
     out.emit({"event": "stopped"})
     return 0
+
+
+async def _stop_when_any_ends(pumps: list[asyncio.Task[None]], stop: asyncio.Event, ended: asyncio.Event) -> None:
+    """A pump ends only when the party closed itself (it failed: a store that can no longer be written, an
+    endpoint whose task died, anchoring that died), or fails itself: stop serving rather than run on, serving
+    nobody."""
+    done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    if pending and not any(t.exception() is not None for t in done):
+        await asyncio.wait(pending)  # the party closed: the other pump prints what is left of its queue, and ends
+    ended.set()
+    stop.set()
+
+
+async def _failure_of(party: Author | Subscriber, pumps: list[asyncio.Task[None]]) -> str:
+    """Why a pump of ``party`` ended: its own error, or the party's (the error its calls raise once it closed
+    itself, with the failure chained to it).  Only once a pump ended: the queue is drained then, and nothing is
+    taken from it here."""
+    for t in pumps:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            exc: BaseException | None = t.exception()
+            return f"{type(exc).__name__}: {exc}"
+    try:
+        await party.next_message(timeout=0)
+    except ClosedResourceError as closed:
+        cause = closed.__cause__
+        return f"{closed}" + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
+    except StreamsError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "the party stopped delivering"  # (not reached: a pump ends only so)
 
 
 #: SQLite's files of an embedded ledger: the database, then the side files it may leave.
@@ -982,8 +1017,9 @@ def _absent_ledger_files(spec: str) -> list[Path]:
 
 def _unmake_ledger(ledger: Ledger | None, made: list[Path] | None) -> None:
     """Close the ledger of a serve that failed before it ran, and remove the files that opening it made (``made``,
-    from :func:`_absent_ledger_files`) -- unless something was written to it meanwhile (another party on the
-    host that opened the new ledger too: then it is theirs as well)."""
+    from :func:`_absent_ledger_files`) -- unless something was written to it meanwhile, or another process holds
+    it open (a party on the host that opened the new ledger too, with nothing to anchor yet: then it is theirs as
+    well, and removing it would send what they anchor next to a deleted file)."""
     from ..ledger.embedded import EmbeddedLedger
 
     empty = True
@@ -994,6 +1030,10 @@ def _unmake_ledger(ledger: Ledger | None, made: list[Path] | None) -> None:
             except StreamsError:
                 empty = False  # (unknown: keep it)
         ledger.close()
+    if made and os.path.lexists(f"{made[0]}-wal"):  # (made[0]: the database)
+        # SQLite removes a WAL-mode database's -wal when its last connection closes: one left after ours closed
+        # is another connection's (or a close that could not clean up: keep it too).
+        empty = False
     if made and empty:
         for p in made:
             with contextlib.suppress(OSError):
