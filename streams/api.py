@@ -1667,7 +1667,14 @@ class Subscriber(_Party):
                     self._waiters.remove(fut)
                     fut = loop.create_future()
                     self._waiters.append(fut)
+        except BaseException:
+            # Given up (timed out, refused, cancelled, closed): a late CHALLENGE must not run the application's
+            # presenter nor send a SUBSCRIBE the author would admit after this call returned.
+            core.abandon_hello()
+            raise
         finally:
+            if core.credential_for_challenge is present:
+                core.credential_for_challenge = None
             if fut in self._waiters:
                 self._waiters.remove(fut)
             if not fut.done():

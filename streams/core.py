@@ -2638,7 +2638,18 @@ class SubscriberCore(_CoreBase):
             self._fresh = {}  # the grants of an earlier handshake are not this one's
         self._credential = credential
         self.presenter_error = None
+        self._abandoned = False
         self._out.append(Outgoing(encode_frame(Hello(self._channel)).raw))
+
+    def abandon_hello(self) -> None:
+        """The driver gave up on the handshake (its call timed out or was cancelled): a CHALLENGE that still
+        comes (a HELLO held up on the way) is refused, not answered -- no presenter run, no SUBSCRIBE sent for a
+        membership the application no longer asks for.  A SUBSCRIBE already sent may still be admitted (it is out
+        of our hands); the next :meth:`hello` starts a new attempt."""
+        self._abandoned = True
+
+    #: The last handshake was given up (:meth:`abandon_hello`): challenges are refused until the next hello.
+    _abandoned = False
 
     # A hook for presentations bound to the challenge: called with (nonce, channel) -> credential bytes.
     credential_for_challenge: Callable[[bytes, bytes], bytes] | None = None
@@ -2668,6 +2679,8 @@ class SubscriberCore(_CoreBase):
     def _on_challenge(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         if not self._announced:
             raise _Reject(RejectReason.UNEXPECTED, "challenge before a verified announcement")
+        if self._abandoned:
+            raise _Reject(RejectReason.UNEXPECTED, "challenge of a handshake we gave up")
         self._transition(Kind.CHALLENGE)
         ch: Challenge = frame.head
         cred = self._credential

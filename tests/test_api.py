@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-from streams.errors import AdmissionRefused, BadPassphrase, ClosedResourceError, RejectReason, StorageError
+from streams.core import channel_id
+from streams.errors import (
+    AdmissionRefused,
+    BadPassphrase,
+    ClosedResourceError,
+    RejectReason,
+    StorageError,
+    StreamsTimeoutError,
+)
 from streams.events import BranchClosed, GapDetected, Rejected, SubscriberRefused
 from streams.identity import Identity
 from streams.policy import AllowList
@@ -526,3 +534,39 @@ async def test_recheck_admissions_takes_group_members_without_a_branch_of_their_
     assert (g.open, g.members) == (True, (AUTHOR.did, STRANGER.did))
     await s1.close()
     await author.close()
+
+
+async def test_a_subscribe_that_timed_out_does_not_answer_a_late_challenge(tmp_path: Path) -> None:
+    """A subscribe() that gave up (timed out; a cancelled one alike) must not go on with the handshake: a late
+    CHALLENGE -- its HELLO held up on the way -- ran the application's presenter after the call had returned and
+    sent a SUBSCRIBE the author admitted, a membership the application had given up on."""
+    hub = MemoryHub()
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did,
+                                  channel_id(AUTHOR.sign_public, "fraud-monitor"), PW, hub.subscriber_endpoint("p1"),
+                                  store_options=FAST)
+    calls: list[bytes] = []
+
+    def presenter(nonce: bytes, channel: bytes) -> bytes:
+        calls.append(nonce)
+        return b""
+
+    with pytest.raises(StreamsTimeoutError):  # nobody at the author's end yet: the HELLO is held up
+        await sub.subscribe(timeout=0.2, retry=30, presenter=presenter)
+    hello = next(d for src, _dst, d in hub.tap if src == "p1")
+    author = await make_author(tmp_path, hub)
+    hub.inject("author", hello, "p1")  # the held-up HELLO arrives: the author challenges
+    for _ in range(1000):
+        if any(src == "author" and decode_frame(d).kind is Kind.CHALLENGE for src, _dst, d in hub.tap):
+            break
+        await asyncio.sleep(0.01)
+    for _ in range(1000):  # until the subscriber handled the challenge (refused it, or answered it)
+        if calls or [e for e in sub.pending_events() if isinstance(e, Rejected)]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the late challenge was never handled")
+    assert calls == []
+    assert not any(src == "p1" and decode_frame(d).kind is Kind.SUBSCRIBE for src, _dst, d in hub.tap)
+    await sub.close()
+    await author.close()
+
