@@ -220,6 +220,9 @@ class _Party:
         learn = getattr(transport, "learn_routes", None)
         self._learn_routes: Callable[[list[tuple[bytes, object, bool]]], None] | None = (
             learn if callable(learn) else None)
+        #: Sends one frame at a time (``_send_each``, no ``send_many``) still on the way, a cancelled caller's
+        #: hand-off included: routing hints wait until none is (they may forget peers a frame on the way is for).
+        self._sending = 0
         penalize = getattr(transport, "penalize", None)
         self._penalize: Callable[[list[tuple[object, int]]], None] | None = (
             penalize if callable(penalize) else None)
@@ -786,13 +789,22 @@ class _Party:
             return
         await self._send_each(out, group)
 
-    async def _send_each(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+    async def _send_each(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None,
+                         counted: bool = False) -> None:
         """Send committed frames one ``send`` at a time; resolve the publish group they complete.
 
         A caller cancelled meanwhile leaves the rest to a task of the party: the commit is done, and the other
         publishes it covered must neither fail with the caller's cancellation (they used to get
         ClosedResourceError, the party open and their messages committed) nor lose their frames.  The frame whose
-        send was cancelled is sent again (a receiver rejects a copy as a replay)."""
+        send was cancelled is sent again (a receiver rejects a copy as a replay).
+
+        Sends of several commits may be on the way at once (each awaits): the routing hints are handed to the
+        transport by the last of them to finish (:attr:`_sending`), once every frame committed before the hints
+        went out -- not by a later publish while a REVOKE handed off to a task is still waiting (``counted``: the
+        hand-off keeps its count)."""
+        if not counted:
+            self._sending += 1
+        handed_off = False
         sent = 0
         try:
             for o in out:
@@ -803,16 +815,21 @@ class _Party:
                 _settle(group, ClosedResourceError("closed before the send"))
             else:
                 self._spawn(self._send_rest(out[sent:], group))
+                handed_off = True
             raise
         except Exception as exc:
             _settle(group, exc)
             raise
+        finally:
+            if not handed_off:
+                self._sending -= 1
         _settle(group, None)
-        self._apply_routes()
+        if not self._sending:
+            self._apply_routes()
 
     async def _send_rest(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
         with contextlib.suppress(Exception):  # _send_each failed the group with it: the publishers raise it
-            await self._send_each(out, group)
+            await self._send_each(out, group, counted=True)
 
     def _committed(self, changes: Changes) -> None:
         """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""

@@ -570,3 +570,68 @@ async def test_a_subscribe_that_timed_out_does_not_answer_a_late_challenge(tmp_p
     await sub.close()
     await author.close()
 
+
+
+async def test_routes_wait_for_the_frames_a_cancelled_sender_handed_off(tmp_path: Path) -> None:
+    """A transport with ``learn_routes`` but no ``send_many`` is sent one frame at a time.  A revoke cancelled
+    while its REVOKE was on the way handed the rest to a task of the party; a publish meanwhile sent its own frame
+    and then handed the transport every routing hint the core held -- the revoked branch's "forget its peers"
+    among them -- before the REVOKE went out: a routing transport would then no longer deliver the REVOKE to the
+    members it closes (SPEC 14.2: routes are applied after the frames they may concern)."""
+    from streams.api import MemoryTransport, Outgoing
+
+    class SlowRouting:
+        """The author's endpoint: one send at a time (no send_many), routes learned, REVOKEs held at a gate."""
+
+        def __init__(self, inner: MemoryTransport) -> None:
+            self.inner = inner
+            self.log: list[tuple[str, object]] = []
+            self.gate = asyncio.Event()
+            self.gate.set()
+            self.held = asyncio.Event()
+
+        async def send(self, out: Outgoing) -> None:
+            kind = decode_frame(out.data).kind
+            if kind is Kind.REVOKE and not self.gate.is_set():
+                self.held.set()
+                await self.gate.wait()
+            self.log.append(("send", (kind, out.branch)))
+            await self.inner.send(out)
+
+        async def recv(self) -> list[tuple[bytes, object]]:
+            return await self.inner.recv()
+
+        async def close(self) -> None:
+            await self.inner.close()
+
+        def learn_routes(self, hints: list[tuple[bytes, object, bool]]) -> None:
+            self.log.append(("routes", hints))
+
+    hub = MemoryHub()
+    t = SlowRouting(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, t,
+                                 AllowList.of([P1.did, P2.did]), store_options=FAST)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    b1 = await s1.subscribe(timeout=5)
+    b2 = await s2.subscribe(timeout=5)
+    t.gate.clear()
+    revoking = asyncio.create_task(author.revoke(b1))
+    await asyncio.wait_for(t.held.wait(), 10)
+    revoking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await revoking
+    await author.publish(b2, b"after the revoke")  # its frame goes out while the REVOKE is still held
+    t.gate.set()
+    for _ in range(1000):
+        if ("send", (Kind.REVOKE, b1)) in t.log:
+            break
+        await asyncio.sleep(0.01)
+    revoke_sent = t.log.index(("send", (Kind.REVOKE, b1)))
+    forgets = [i for i, (what, x) in enumerate(t.log)
+               if what == "routes" and isinstance(x, list) and any(h[0] == b1 and not h[2] for h in x)]
+    assert forgets, "the revoked branch's routes were never forgotten"
+    assert forgets[0] > revoke_sent, f"routes forgotten before the REVOKE went out: {t.log}"
+    await s1.close()
+    await s2.close()
+    await author.close()
