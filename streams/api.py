@@ -41,6 +41,7 @@ from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
     AdmissionRefused,
+    BrokenResourceError,
     ChainConflictError,
     ClosedResourceError,
     DecodeError,
@@ -402,7 +403,9 @@ class _Party:
 
     def __aiter__(self) -> AsyncIterator[MessageReceived]:
         """``async for msg in party``: each step is a :meth:`next_message`; the iteration ends once the party is
-        closed and drained.  A step cancelled (a timeout around ``anext``) leaves the iteration usable."""
+        closed and drained -- or, if it closed itself after a failure (a store that can no longer be written, a
+        transport or a background task that died), raises :class:`BrokenResourceError` with the failure as its
+        cause.  A step cancelled (a timeout around ``anext``) leaves the iteration usable."""
         return _Messages(self)
 
     async def next_message(self, timeout: float | None = None) -> MessageReceived:
@@ -619,6 +622,14 @@ class _Party:
                 from self._broken
         if self._closed:
             raise ClosedResourceError("closed")
+
+    def _raise_broken(self) -> None:
+        """An iteration over a drained, closed party: a party that failed under the application (README:
+        ``BrokenResourceError``, the failure chained) must not end it as quietly as the application's own close."""
+        cause = self._broken
+        if cause is not None:
+            raise BrokenResourceError(f"the party failed under you: {type(cause).__name__}: {cause}; reopen from "
+                                      "the store") from cause
 
     def _fail(self, exc: BaseException, what: str, *, broken: bool = True) -> None:
         """A driver task died: log why and close the party, so the application learns of it (its next call raises
@@ -1737,6 +1748,7 @@ class _Messages:
         try:
             return await self._party.next_message()
         except ClosedResourceError:
+            self._party._raise_broken()
             raise StopAsyncIteration from None
 
 
@@ -1755,6 +1767,7 @@ class _Events:
         party = self._party
         while not party._events:
             if party._closed:
+                party._raise_broken()
                 raise StopAsyncIteration
             party._events_ready.clear()
             await party._events_ready.wait()

@@ -13,6 +13,7 @@ from streams.core import channel_id
 from streams.errors import (
     AdmissionRefused,
     BadPassphrase,
+    BrokenResourceError,
     ClosedResourceError,
     RejectReason,
     StorageError,
@@ -634,4 +635,57 @@ async def test_routes_wait_for_the_frames_a_cancelled_sender_handed_off(tmp_path
     assert forgets[0] > revoke_sent, f"routes forgotten before the REVOKE went out: {t.log}"
     await s1.close()
     await s2.close()
+    await author.close()
+
+
+async def test_iterating_a_party_that_failed_raises_the_failure_not_a_quiet_end(tmp_path: Path) -> None:
+    """README: ``ClosedResourceError`` is a party closed by you, ``BrokenResourceError`` one that failed under you
+    (the cause chained).  ``async for msg in party`` (and over ``events()``) ended quietly when a background task
+    died -- to the application, the same as its own close: the failure was only in the log, and visible through
+    another call (``next_message``).  Now the iteration yields what was queued, then raises BrokenResourceError
+    with the failure as its cause; a party closed by its application still ends its iterations quietly."""
+    from streams.api import MemoryTransport
+
+    class Flaky(MemoryTransport):
+        fail = False
+
+        async def recv(self) -> list[tuple[bytes, object]]:
+            if self.fail:
+                raise RuntimeError("transport bug")
+            return await super().recv()
+
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    flaky = Flaky(hub, "p1")
+    hub._subs["p1"] = flaky
+    s1 = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW, flaky, store_options=FAST)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    b1 = await s1.subscribe(timeout=5)
+    await s2.subscribe(timeout=5)
+    flaky.fail = True
+    await author.publish(b1, b"last")  # its batch is received; the next recv fails
+    got: list[bytes] = []
+
+    async def read_all() -> None:
+        async for m in s1:
+            got.append(m.payload)
+
+    async def drain_events() -> None:
+        async for _ev in s1.events():
+            pass
+
+    async with asyncio.timeout(30):
+        with pytest.raises(BrokenResourceError) as failed:
+            await read_all()
+        with pytest.raises(BrokenResourceError) as failed_events:
+            await drain_events()
+    assert got == [b"last"]
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert isinstance(failed_events.value.__cause__, RuntimeError)
+    await s2.close()  # closed by its application: the iterations end quietly
+    async with asyncio.timeout(30):
+        assert [m async for m in s2] == []
+        async for _ev in s2.events():
+            pass
+    await s1.close()
     await author.close()

@@ -53,6 +53,7 @@ from ..api import ANCHOR_WAIT, Author, BranchInfo, Subscriber, Transport
 from ..audit import open_ledger
 from ..errors import (
     AdmissionRefused,
+    BrokenResourceError,
     ChainConflictError,
     ClosedResourceError,
     DecodeError,
@@ -978,7 +979,9 @@ async def _stop_when_any_ends(pumps: list[asyncio.Task[None]], stop: asyncio.Eve
     endpoint whose task died, anchoring that died), or fails itself: stop serving rather than run on, serving
     nobody."""
     done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-    if pending and not any(t.exception() is not None for t in done):
+    # (BrokenResourceError: the iteration's word for a party that closed itself after a failure)
+    if pending and not any(t.exception() is not None and not isinstance(t.exception(), BrokenResourceError)
+                           for t in done):
         await asyncio.wait(pending)  # the party closed: the other pump prints what is left of its queue, and ends
     ended.set()
     stop.set()
