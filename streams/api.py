@@ -224,6 +224,8 @@ class _Party:
         #: Sends one frame at a time (``_send_each``, no ``send_many``) still on the way, a cancelled caller's
         #: hand-off included: routing hints wait until none is (they may forget peers a frame on the way is for).
         self._sending = 0
+        #: The errors of FETCHes not served (a damaged logged message), and when each was last logged as an error.
+        self._unserved_logged: dict[str, int] = {}
         penalize = getattr(transport, "penalize", None)
         self._penalize: Callable[[list[tuple[object, int]]], None] | None = (
             penalize if callable(penalize) else None)
@@ -1054,17 +1056,37 @@ class _Party:
         """The retained frames a FETCH asks for.  A damaged one (StorageError: it does not match its row's hash,
         or its bytes are gone) is never sent -- the member would reject it, and only it would know: the range is
         served up to it (the member's cursor moves that far), the error is logged for the operator, and the party
-        goes on serving everyone else (the member asks again later, and the store can be restored meanwhile)."""
+        goes on serving everyone else (the member asks again later, and the store can be restored meanwhile).
+
+        The member asks again about every second for as long as the damage stays: the same error is logged once
+        per :data:`_UNSERVED_RELOG_MS` (repeats at debug level), not once a FETCH -- a flood that buries the rest
+        of the operator's log."""
 
         def damaged(exc: StorageError) -> None:
-            log.error("a fetch of seq %d-%d is not served from there on: %s", ev.from_seq, ev.to_seq, exc)
+            self._log_unserved(f"a fetch of seq {ev.from_seq}-{ev.to_seq} is not served from there on: ", exc)
 
         try:
             frames = self._store.log_range(ev.branch, ev.publisher, ev.from_seq, ev.to_seq, on_damage=damaged)
         except StorageError as exc:  # (the read itself failed)
-            log.error("a fetch of seq %d-%d is not served: %s", ev.from_seq, ev.to_seq, exc)
+            self._log_unserved(f"a fetch of seq {ev.from_seq}-{ev.to_seq} is not served: ", exc)
             return []
         return [Outgoing(f, peer=ev.peer) for f in frames]
+
+    def _log_unserved(self, what: str, exc: StorageError) -> None:
+        """Log why a FETCH is not (fully) served: at error level the first time this error is seen and once per
+        :data:`_UNSERVED_RELOG_MS` after, at debug level in between (the error names the damaged position: one
+        stuck member's retries, or several members stuck on the same message, say it once)."""
+        now = self._clock()
+        key = str(exc)
+        seen = self._unserved_logged
+        last = seen.get(key)
+        if last is not None and 0 <= now - last < _UNSERVED_RELOG_MS:
+            log.debug("%s%s (again)", what, exc)
+            return
+        if len(seen) >= 256:  # bounded: a store damaged in many places re-logs some of them sooner, that is all
+            seen.clear()
+        seen[key] = now
+        log.error("%s%s", what, exc)
 
     def _redeliver(self) -> None:
         """At open: every chain accepted beyond the application's cursor is backlogged, and the queue filled from
@@ -1819,6 +1841,11 @@ def _claim_key(claim: AnchorClaim) -> tuple[bytes, int, int, bytes, str, bool]:
 
 
 # --- in-memory transport ---------------------------------------------------------------------------------------
+
+
+#: A FETCH not served for a damaged logged message is logged as an error again after this long (ms), not at each
+#: of the member's retries (about one a second).
+_UNSERVED_RELOG_MS = 3_600_000
 
 
 class MemoryHub:

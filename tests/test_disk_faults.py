@@ -20,6 +20,7 @@ How the faults are made (we run as root, so ``chmod`` would not stop a write):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -36,7 +37,7 @@ from streams.api import Author, MemoryHub, Subscriber
 from streams.errors import ClosedResourceError, StorageError
 from streams.policy import AllowList
 from streams.store import Store
-from streams.wire import decode_frame
+from streams.wire import Kind, decode_frame
 from tests.disk_party import AUTHOR, OPTS, PW, SUB
 
 HERE = Path(__file__).resolve().parent
@@ -578,5 +579,56 @@ async def test_a_member_catching_up_gets_the_messages_before_a_damaged_one(tmp_p
             assert got == [b"m%d" % i * 50 for i in range(3)]
         finally:
             await sub.close()
+    finally:
+        await author.close()
+
+
+async def test_a_member_stuck_on_a_damaged_message_does_not_flood_the_author_s_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A member whose catch-up stops at a message damaged on the author's disk asks again about every second,
+    for as long as the damage stays; the author logged one error per FETCH -- a line a second per stuck member, for
+    days, burying everything else in the operator's log.  One error per damaged position (repeats at debug level,
+    and again at error after a long while) tells the operator just as well."""
+    import sqlite3
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=OPTS)
+        branch = await sub.subscribe()
+        await sub.close()
+        seqs = [await author.publish(branch, b"m%d" % i * 50) for i in range(3)]
+        conn = sqlite3.connect(tmp_path / "a.db")
+        with conn:
+            where = (branch, seqs[1])
+            stored = bytearray(conn.execute("SELECT frame FROM log WHERE branch = ? AND publisher = 0 AND seq = ?",
+                                            where).fetchone()[0])
+            stored[len(stored) // 2] ^= 0x01
+            conn.execute("UPDATE log SET frame = ? WHERE branch = ? AND publisher = 0 AND seq = ?",
+                         (bytes(stored), *where))
+        conn.close()
+        with caplog.at_level("DEBUG", logger="streams"):
+            sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+            try:
+                assert (await sub.next_message(timeout=10)).payload == b"m0" * 50
+                for _ in range(3000):  # until the member asked for the damaged message again, several times
+                    fetches = [d for src, _dst, d in hub.tap if src == "s" and decode_frame(d).kind is Kind.FETCH]
+                    if len(fetches) >= 5:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the member did not ask again")
+                for _ in range(3000):  # ... and the author answered (logged) at least four of them
+                    told = [r for r in caplog.records if "not served" in r.getMessage()]
+                    if len(told) >= 4:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await sub.close()
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "not served" in r.getMessage()]
+        assert len(told) >= 4
+        assert len(errors) == 1, [r.getMessage() for r in errors]
     finally:
         await author.close()
