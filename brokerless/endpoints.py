@@ -478,8 +478,10 @@ def _check_port(what: str, address: str) -> None:
         return
     for part in address[len("tcp://"):].split(";"):
         _host, colon, port = part.rpartition(":")
-        if not colon or port == "*":
-            continue  # no port at all: libzmq refuses it, and says so
+        if not colon or port == "*" or "]" in port:
+            # No port at all (the last colon is inside an IPv6 address's brackets): libzmq refuses it and says
+            # so, or takes it where a port is optional (the source of a source;address pair: [::1];[::1]:5555).
+            continue
         if not (port.isascii() and port.isdigit()):
             raise LocalProtocolError(f"cannot {what} {address}: port {port!r} is not a number (0 to 65535)")
         if int(port) > 0xFFFF:

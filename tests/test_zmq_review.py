@@ -449,3 +449,15 @@ async def test_a_tcp_port_libzmq_would_read_as_another_is_refused() -> None:
     for port in ("*", "0"):  # still taken: any port
         await AuthorEndpoint(f"tcp://127.0.0.1:{port}").close()
     await SubscriberEndpoint("tcp://127.0.0.1:65535").close()  # the bound (a connect waits for a listener)
+
+
+async def test_a_bracketed_ipv6_source_address_without_a_port_is_still_taken() -> None:
+    """A connect may name its source address (``tcp://SOURCE;ADDRESS:PORT``), and libzmq takes a source without a
+    port.  The port check read an IPv6 source in brackets, ``[::1]``, as host ``[:`` with port ``1]`` and refused
+    the address as "port '1]' is not a number"; libzmq itself takes it.  Junk after a port is still refused."""
+    await SubscriberEndpoint("tcp://[::1];[::1]:5555").close()
+    await SubscriberEndpoint("tcp://[fe80::1%lo];[::1]:5555").close()
+    with pytest.raises(LocalProtocolError, match="port"):
+        await SubscriberEndpoint("tcp://[::1];[::1]:5555x").close()
+    with pytest.raises(LocalProtocolError, match="port"):
+        await SubscriberEndpoint("tcp://[::1]:-1;[::1]:5555").close()
