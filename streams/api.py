@@ -257,6 +257,8 @@ class _Party:
         # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
         self._core.extras_lookup = store.branch_extras
         self._core.grants_lookup = store.grants_between  # a branch's grant history, read only for grant syncs
+        if isinstance(self._core, AuthorCore):  # (what the author serves: checked first)
+            self._core.grants_lookup = self._served_grants
         self._hook_parallel()
         # FETCHes bound to the connection they travel on (SPEC 8.9), where the transport has sessions: the author
         # checks them against the connection's session, a member binds its own to its connection's.
@@ -1071,6 +1073,31 @@ class _Party:
             self._log_unserved(f"a fetch of seq {ev.from_seq}-{ev.to_seq} is not served: ", exc)
             return []
         return [Outgoing(f, peer=ev.peer) for f in frames]
+
+    def _served_grants(self, branch: bytes, lo: int, hi: int) -> list[bytes]:
+        """The author's grant history of ``branch`` for epochs ``lo..hi`` (:meth:`Store.grants_between`), as
+        served to a member's grant sync: each frame is checked against the author's own signature first.  A grant
+        damaged on disk is never served -- the member would reject it, and only it would know (as for a damaged
+        logged message, :meth:`_serve_fetch`): the history is served from after it, and the damage is logged for
+        the operator (the store can be restored meanwhile)."""
+        try:
+            frames = self._store.grants_between(branch, lo, hi)
+        except StorageError as exc:
+            self._log_unserved(f"the grants of branch {branch.hex()} are not served: ", exc)
+            return []
+        signer = self._store.identity.public
+        for i in range(len(frames) - 1, -1, -1):
+            try:
+                f = decode_frame(frames[i], self._core.config.max_frame)
+                signer.verify(f.hash, f.sig)
+            except (DecodeError, VerificationError):
+                epoch = hi - (len(frames) - 1 - i)
+                self._log_unserved(
+                    f"the grants of branch {branch.hex()} through epoch {epoch} are not served: ",
+                    StorageError(f"the stored grant of branch {branch.hex()} epoch {epoch} in {self._store.path} "
+                                 "does not verify: the store is damaged"))
+                return frames[i + 1:]
+        return frames
 
     def _log_unserved(self, what: str, exc: StorageError) -> None:
         """Log why a FETCH is not (fully) served: at error level the first time this error is seen and once per

@@ -632,3 +632,50 @@ async def test_a_member_stuck_on_a_damaged_message_does_not_flood_the_author_s_l
         assert len(errors) == 1, [r.getMessage() for r in errors]
     finally:
         await author.close()
+
+
+async def test_a_grant_damaged_on_the_author_s_disk_is_never_served_and_the_operator_is_told(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A member back after re-keys asks for the grants it missed (a grant sync, SPEC 9.5); the older ones come
+    from the author's grants table.  One damaged there (a flipped bit) was served as it was: the member rejected
+    it (BAD_SIGNATURE) and stayed stuck, asking again, while the author's log said nothing -- only the member
+    could know.  As for a damaged logged message (8de0e98), the author checks a grant before it serves it, serves
+    none from the damage back, and logs the damaged position for the operator."""
+    import sqlite3
+
+    from streams.wire import Permission
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=OPTS)
+        branch = await sub.subscribe()
+        await sub.close()
+        for i in range(6):  # re-keys while the member is away
+            await author.set_permission(branch, Permission.READ if i % 2 == 0 else Permission.READ_WRITE)
+        conn = sqlite3.connect(tmp_path / "a.db")
+        with conn:
+            stored = bytearray(conn.execute("SELECT frame FROM grants WHERE branch = ? AND epoch = 2",
+                                            (branch,)).fetchone()[0])
+            stored[len(stored) // 2] ^= 0x01
+            damaged = bytes(stored)
+            conn.execute("UPDATE grants SET frame = ? WHERE branch = ? AND epoch = 2", (damaged, branch))
+        conn.close()
+        with caplog.at_level("ERROR", logger="streams"):
+            sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+            try:
+                for _ in range(2000):  # until the author told the operator
+                    told = [r for r in caplog.records if "grant" in r.getMessage() and "epoch 2" in r.getMessage()]
+                    if told:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError("the damaged grant was never reported: "
+                                         f"{[r.getMessage() for r in caplog.records]}")
+            finally:
+                await sub.close()
+        assert not [d for src, _dst, d in hub.tap if src == "author" and d == damaged]
+    finally:
+        await author.close()
