@@ -1,0 +1,72 @@
+"""Attacks that deliberate vulnerabilities (mutation testing) got past the rest of the suite.
+
+Each test attacks one security property the way an insider or a relay would, with real cores, real PyNaCl and
+only what the attacker holds: frames it saw on the wire and the grant entries its own identity opens.
+"""
+
+from __future__ import annotations
+
+from streams import _crypto
+from streams.errors import VerificationError
+from streams.identity import Identity
+from streams.wire import (
+    Kind,
+    decode_frame,
+    decode_grant_body,
+    decode_grant_key,
+)
+
+from .corenet import Net, ident
+
+
+def _keys_held(net: Net, who: Identity) -> list[bytes]:
+    """Every chain key ``who`` can take out of the grants it saw on the wire (all of them: a relay shows it every
+    frame): what an insider holds, whatever its own core does with it."""
+    keys: list[bytes] = []
+    for _sender, data in net.wire:
+        f = decode_frame(data)
+        if f.kind is not Kind.GRANT:
+            continue
+        _shared, entries = decode_grant_body(f.body)
+        for e in entries:
+            try:
+                k = decode_grant_key(who.unseal(e.sealed))
+            except VerificationError:
+                continue
+            keys += [key for _p, key in k.keys if key not in keys]
+    return keys
+
+
+def _opens(keys: list[bytes], data: bytes) -> list[bytes]:
+    f = decode_frame(data)
+    out = []
+    for k in keys:
+        try:
+            out.append(_crypto.aead_decrypt(k, f.head.nonce, f.aad, f.body))
+        except VerificationError:
+            continue
+    return out
+
+
+def _author_packets(net: Net, branch: bytes) -> list[bytes]:
+    return [d for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.PACKET
+            and decode_frame(d).head.branch == branch]
+
+
+def test_a_provider_cannot_decrypt_another_providers_branch_with_the_keys_it_was_granted() -> None:
+    """Segregation (THREATS 1): each branch has keys of its own.  s1, a member of its own branch, records every
+    frame of s0's branch on the wire and tries every key its grants gave it: none opens them.  (Kills the mutant
+    that derives the chain keys from the channel and publisher index: one key for every branch.)"""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    b0, b1 = net.author.branch_of(ident(10).did), net.author.branch_of(ident(11).did)
+    assert b0 is not None and b1 is not None and b0 != b1
+    for b in (b0, b1):
+        net.author.publish(b, b"alert for " + b.hex().encode(), net.now)
+    net.pump_author()
+    s1_keys = _keys_held(net, ident(11))
+    assert s1_keys  # it holds its own branch's keys ...
+    assert [_opens(s1_keys, d) for d in _author_packets(net, b1)] == [[b"alert for " + b1.hex().encode()]]
+    foreign = _author_packets(net, b0)
+    assert foreign and all(_opens(s1_keys, d) == [] for d in foreign)  # ... and none of s0's
