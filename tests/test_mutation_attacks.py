@@ -70,3 +70,25 @@ def test_a_provider_cannot_decrypt_another_providers_branch_with_the_keys_it_was
     assert [_opens(s1_keys, d) for d in _author_packets(net, b1)] == [[b"alert for " + b1.hex().encode()]]
     foreign = _author_packets(net, b0)
     assert foreign and all(_opens(s1_keys, d) == [] for d in foreign)  # ... and none of s0's
+
+
+def test_a_member_removed_from_a_group_cannot_decrypt_what_is_published_after_with_its_old_keys() -> None:
+    """THREATS 6: removal re-keys the group.  The removed member records the next broadcast and tries every key
+    it ever held: none opens it (its own core closing the group is no protection against its owner).  (Kills the
+    mutant whose re-key keeps the old key.)"""
+    net = Net.make(n_subs=3)
+    for s in ("s0", "s1", "s2"):
+        net.subscribe(s)
+    g = net.author.open_group([s.identity.public for s in net.subs.values()])
+    net.pump_author()
+    net.author.publish(g, b"before", net.now)
+    net.pump_author()
+    old = _keys_held(net, ident(12))
+    assert [_opens(old, d) for d in _author_packets(net, g)] == [[b"before"]]
+    net.author.remove_member(g, ident(12).did)
+    net.pump_author()
+    net.author.publish(g, b"after removal", net.now)
+    net.pump_author()
+    after = _author_packets(net, g)[1:]
+    assert after and all(_opens(_keys_held(net, ident(12)), d) == [] for d in after)
+    assert [_opens(_keys_held(net, ident(10)), d) for d in after] == [[b"after removal"]]  # members still read
