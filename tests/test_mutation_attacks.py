@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from streams import _crypto
 from streams.errors import VerificationError
+from streams.events import FetchRequested, Rejected
 from streams.identity import Identity
+from streams.policy import AllowList
 from streams.wire import (
+    Fetch,
     Kind,
+    Permission,
     decode_frame,
     decode_grant_body,
     decode_grant_key,
+    encode_frame,
 )
 
 from .corenet import Net, ident
@@ -92,3 +97,20 @@ def test_a_member_removed_from_a_group_cannot_decrypt_what_is_published_after_wi
     after = _author_packets(net, g)[1:]
     assert after and all(_opens(_keys_held(net, ident(12)), d) == [] for d in after)
     assert [_opens(_keys_held(net, ident(10)), d) for d in after] == [[b"after removal"]]  # members still read
+
+
+def test_a_write_only_member_fetching_the_authors_chain_is_refused() -> None:
+    """THREATS 1: a member without read permission may not have the author's chain served to it.  It signs a
+    FETCH of the author's chain (publisher 0) with its own key: refused NOT_PERMITTED, nothing served.  (Kills the
+    mutant that skips the FETCH permission check.)"""
+    net = Net.make(policy=AllowList.of([ident(10).did], Permission.WRITE), n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    for i in range(3):
+        net.author.publish(b0, b"secret %d" % i, net.now)
+    net.pump_author()
+    fetch = encode_frame(Fetch(net.author.channel, b0, 0, 1, 3, 1), b"", ident(10).sign).raw
+    ev = net.author.receive(fetch, net.now, "s0")
+    assert [r.reason.name for r in ev if isinstance(r, Rejected)] == ["NOT_PERMITTED"]
+    assert [e for e in ev if isinstance(e, FetchRequested)] == []
