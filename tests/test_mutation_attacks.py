@@ -7,14 +7,16 @@ only what the attacker holds: frames it saw on the wire and the grant entries it
 from __future__ import annotations
 
 from streams import _crypto
+from streams.core import CoreConfig
 from streams.errors import VerificationError
-from streams.events import FetchRequested, Rejected
+from streams.events import Covered, FetchRequested, MessageReceived, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import (
     Fetch,
     Kind,
     Permission,
+    SigningMode,
     decode_frame,
     decode_grant_body,
     decode_grant_key,
@@ -97,6 +99,34 @@ def test_a_member_removed_from_a_group_cannot_decrypt_what_is_published_after_wi
     after = _author_packets(net, g)[1:]
     assert after and all(_opens(_keys_held(net, ident(12)), d) == [] for d in after)
     assert [_opens(_keys_held(net, ident(10)), d) for d in after] == [[b"after removal"]]  # members still read
+
+
+def test_a_checkpoint_whose_signature_was_tampered_with_is_rejected_and_covers_nothing() -> None:
+    """THREATS 2 (amortized signing): a CHECKPOINT is what signs the unsigned packets before it.  A relay flips a
+    bit of its signature: the subscriber refuses it BAD_SIGNATURE and reports nothing covered; the genuine one is
+    then accepted.  (Kills the mutant that skips the Ed25519 check of checkpoints.)"""
+    net = Net.make(n_subs=1, config=CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_every=3))
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    for i in range(3):
+        net.author.publish(b0, b"p%d" % i, net.now)
+    net.author.take_changes()
+    outs = [o.data for o in net.author.data_to_send()]
+    frames = [decode_frame(d) for d in outs]
+    assert [f.kind for f in frames] == [Kind.PACKET] * 3 + [Kind.CHECKPOINT]
+    s = net.subs["s0"]
+    for d in outs[:3]:
+        assert [m.payload for m in s.receive(d, net.now) if isinstance(m, MessageReceived)]
+    cp = frames[3]
+    sig = bytearray(cp.sig)
+    sig[7] ^= 1
+    forged = encode_frame(cp.head, cp.body, lambda _h: bytes(sig)).raw
+    ev = s.receive(forged, net.now)
+    assert [r.reason.name for r in ev if isinstance(r, Rejected)] == ["BAD_SIGNATURE"]
+    assert [e for e in ev if isinstance(e, Covered)] == []
+    ev = s.receive(outs[3], net.now)
+    assert [e.through_seq for e in ev if isinstance(e, Covered)] == [4]
 
 
 def test_a_write_only_member_fetching_the_authors_chain_is_refused() -> None:
