@@ -42,13 +42,13 @@ class Report:
         return all(ok for _, ok, _ in self.checks)
 
 
-def _granted_keys(tap: list[tuple[str, str, bytes]], name: str, ident: Identity) -> list[bytes]:
-    """Every chain key that ``name`` can take out of the grants that reached it (opened with its own identity):
-    what a dishonest provider holds, whatever its software does with it."""
+def granted_keys(grants: list[bytes], ident: Identity) -> list[bytes]:
+    """Every chain key that ``ident`` can take out of the GRANT frames ``grants`` (each entry it opens with its own
+    identity): what a dishonest provider holds, whatever its software does with it."""
     keys: list[bytes] = []
-    for _src, dst, data in tap:
+    for data in grants:
         f = decode_frame(data)
-        if dst != name or f.kind is not Kind.GRANT:
+        if f.kind is not Kind.GRANT:
             continue
         for entry in decode_grant_body(f.body)[1]:
             try:
@@ -59,7 +59,8 @@ def _granted_keys(tap: list[tuple[str, str, bytes]], name: str, ident: Identity)
     return keys
 
 
-def _opens(keys: list[bytes], data: bytes) -> bool:
+def opens(keys: list[bytes], data: bytes) -> bool:
+    """Does one of ``keys`` open (authenticate) the PACKET ``data``?"""
     f = decode_frame(data)
     for k in keys:
         try:
@@ -120,11 +121,11 @@ async def _demo(workdir: Path, events_per_provider: int, out: list[str]) -> Repo
     # Their software refuses the branch; their owners try every key they were granted on what crossed their wire.
     opened = seen_foreign = 0
     for name in ("globex-pay", "initech-pay"):
-        keys = _granted_keys(hub.tap, name, providers[name])
+        keys = granted_keys([d for _s, dst, d in hub.tap if dst == name], providers[name])
         foreign = [d for _s, dst, d in hub.tap if dst == name and decode_frame(d).kind is Kind.PACKET
                    and decode_frame(d).head.branch == branches["acme-pay"]]
         seen_foreign += len(foreign)
-        opened += sum(1 for d in foreign if _opens(keys, d))
+        opened += sum(1 for d in foreign if opens(keys, d))
     rep.check("segregation: other providers read nothing of acme-pay's branch",
               leaked == 0 and opened == 0 and seen_foreign > 0,
               f"{seen_foreign} foreign packets crossed their wire, {leaked + opened} readable")
