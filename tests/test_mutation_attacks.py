@@ -9,10 +9,11 @@ from __future__ import annotations
 from streams import _crypto
 from streams.core import CoreConfig
 from streams.errors import VerificationError
-from streams.events import Covered, FetchRequested, MessageReceived, Rejected
+from streams.events import Acknowledged, Covered, FetchRequested, MessageReceived, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import (
+    Ack,
     Fetch,
     Kind,
     Permission,
@@ -144,3 +145,23 @@ def test_a_write_only_member_fetching_the_authors_chain_is_refused() -> None:
     ev = net.author.receive(fetch, net.now, "s0")
     assert [r.reason.name for r in ev if isinstance(r, Rejected)] == ["NOT_PERMITTED"]
     assert [e for e in ev if isinstance(e, FetchRequested)] == []
+
+
+def test_a_write_only_members_ack_of_the_authors_chain_is_refused_and_counts_for_nothing() -> None:
+    """THREATS 4: an ACK says the acker holds the message on disk; a member that may not read the author's chain
+    refuses its packets and holds none.  It signs an ACK of the author's latest message anyway (the hash is on
+    the wire): refused NOT_PERMITTED, no Acknowledged, and the author's chain counts as acknowledged by nobody.
+    (Kills the mutant that drops the ACK read-permission check.)"""
+    net = Net.make(policy=AllowList.of([ident(10).did], Permission.WRITE), n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    for i in range(2):
+        net.author.publish(b0, b"secret %d" % i, net.now)
+    net.pump_author()
+    last = decode_frame(_author_packets(net, b0)[-1])
+    ack = encode_frame(Ack(net.author.channel, b0, 0, last.head.seq, last.hash, 1), b"", ident(10).sign).raw
+    ev = net.author.receive(ack, net.now, "s0")
+    assert [r.reason.name for r in ev if isinstance(r, Rejected)] == ["NOT_PERMITTED"]
+    assert [e for e in ev if isinstance(e, Acknowledged)] == []
+    assert net.author.acknowledged(b0) == 0
