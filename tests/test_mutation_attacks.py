@@ -9,12 +9,13 @@ from __future__ import annotations
 from streams import _crypto
 from streams.core import CoreConfig
 from streams.errors import VerificationError
-from streams.events import Acknowledged, Covered, FetchRequested, MessageReceived, Rejected
+from streams.events import Acknowledged, Covered, FetchRequested, Granted, MessageReceived, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import (
     Ack,
     Fetch,
+    Grant,
     Kind,
     Permission,
     SigningMode,
@@ -165,3 +166,26 @@ def test_a_write_only_members_ack_of_the_authors_chain_is_refused_and_counts_for
     assert [r.reason.name for r in ev if isinstance(r, Rejected)] == ["NOT_PERMITTED"]
     assert [e for e in ev if isinstance(e, Acknowledged)] == []
     assert net.author.acknowledged(b0) == 0
+
+
+def test_a_rekey_grant_that_does_not_link_to_the_current_grant_is_refused() -> None:
+    """SPEC 8.5 / THREATS 7: each GRANT links to the branch's previous one.  An epoch-1 GRANT signed by the
+    author's key but linked elsewhere (a forked grant history: an author restored from a stale copy that re-keyed
+    again, or its key used by another holder) must not replace the member's keys; the genuine one then applies.
+    (Kills the mutant whose subscriber checks only the epoch of a re-key, not its ``prev`` link.)"""
+    net = Net.make(n_subs=1)
+    net.subscribe("s0")
+    b0 = net.author.branch_of(ident(10).did)
+    assert b0 is not None
+    net.author.set_permission(b0, Permission.READ)
+    net.author.take_changes()
+    [real] = [decode_frame(o.data) for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT]
+    g = real.head
+    assert g.epoch == 1
+    forked = encode_frame(Grant(g.channel, g.branch, g.epoch, bytes(32), g.mode), real.body, ident(1).sign).raw
+    s = net.subs["s0"]
+    ev = s.receive(forked, net.now)
+    assert [r.reason.name for r in ev if isinstance(r, Rejected)] == ["STALE_EPOCH"]
+    assert [e for e in ev if isinstance(e, Granted)] == []
+    ev = s.receive(real.raw, net.now)
+    assert [(e.epoch, e.permission) for e in ev if isinstance(e, Granted)] == [(1, Permission.READ)]
