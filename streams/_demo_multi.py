@@ -50,6 +50,7 @@ from typing import IO, Any
 
 from . import keystore
 from ._cli._common import Terminated, print_out
+from .demo import granted_keys, opens
 from .identity import Identity
 from .wire import decode_frame
 
@@ -288,6 +289,7 @@ class DemoRun:
     say: Callable[[str], None] = lambda s: None
     events_per_provider: int = 5
     children: list[Child] = field(default_factory=list)
+    identities: dict[str, Identity] = field(default_factory=dict)  #: the demo's, to attack with
     providers: dict[str, Provider] = field(default_factory=dict)
     monitor: Child | None = None
     relay: Child | None = None
@@ -314,6 +316,7 @@ class DemoRun:
         directory and the passphrase live only as long as the demo."""
         path = str(self.workdir / f"{name}.ks")
         ident = Identity.generate()
+        self.identities[name] = ident
         keystore.save_identity(path, ident, self.passphrase, opslimit=keystore.MIN_OPSLIMIT,
                                memlimit=keystore.MIN_MEMLIMIT)
         return path, ident.did
@@ -405,6 +408,12 @@ class DemoRun:
         own_alert = self._alert(b, f"{victim}: card 5555…0001 flagged")
         check = judge_segregation(sent if sent == len(frames) else 0, a.branch, b.proc.since(m),
                                   own_alert and alert_read, owner=owner, victim=victim)
+        # The victim's software refused them; its owner tries every key its grants gave it on the same packets.
+        grants = self.relay.request({"cmd": "frames", "dir": "down", "branch": b.branch, "kinds": ["GRANT"]})["frames"]
+        keys = granted_keys([base64.b64decode(g) for g in grants], self.identities[victim])
+        opened = sum(1 for f in frames if opens(keys, base64.b64decode(f)))
+        detail = f"{check.detail}; {opened} open with the {len(keys)} key(s) {victim}'s grants gave it"
+        check = Check(check.name, check.ok and bool(keys) and opened == 0, detail)
         if not alert_read:
             return Check(check.name, False, f"{owner} did not receive its own alert; " + check.detail)
         return check
