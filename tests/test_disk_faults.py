@@ -327,6 +327,20 @@ def _edit(db: Path, sql: str, args: tuple[Any, ...] = ()) -> None:
     conn.close()
 
 
+def _flip_stored(db: Path, table: str, where: str, args: tuple[Any, ...]) -> bytes:
+    """Flip one bit in the middle of the ``frame`` of the row of ``table`` that ``where`` selects (a disk fault);
+    return the damaged bytes."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    with conn:
+        stored = bytearray(conn.execute(f"SELECT frame FROM {table} WHERE {where}", args).fetchone()[0])
+        stored[len(stored) // 2] ^= 0x01
+        conn.execute(f"UPDATE {table} SET frame = ? WHERE {where}", (bytes(stored), *args))
+    conn.close()
+    return bytes(stored)
+
+
 @pytest.mark.parametrize(("role", "key", "value"), [
     ("author", "role", "boss"),
     ("author", "name", 7),
@@ -553,7 +567,6 @@ async def test_a_member_catching_up_gets_the_messages_before_a_damaged_one(tmp_p
     member's cursor moves up to the damage.  The author used to serve nothing at all of a FETCH whose range held a
     damaged frame: every FETCH from the member's cursor held it, so the member got none of the intact messages
     either, however many."""
-    import sqlite3
 
     hub = MemoryHub()
     author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
@@ -564,15 +577,7 @@ async def test_a_member_catching_up_gets_the_messages_before_a_damaged_one(tmp_p
         branch = await sub.subscribe()
         await sub.close()
         seqs = [await author.publish(branch, b"m%d" % i * 50) for i in range(5)]
-        conn = sqlite3.connect(tmp_path / "a.db")
-        with conn:
-            where = (branch, seqs[3])
-            stored = bytearray(conn.execute("SELECT frame FROM log WHERE branch = ? AND publisher = 0 AND seq = ?",
-                                            where).fetchone()[0])
-            stored[len(stored) // 2] ^= 0x01
-            conn.execute("UPDATE log SET frame = ? WHERE branch = ? AND publisher = 0 AND seq = ?",
-                         (bytes(stored), *where))
-        conn.close()
+        _flip_stored(tmp_path / "a.db", "log", "branch = ? AND publisher = 0 AND seq = ?", (branch, seqs[3]))
         sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
         try:
             got = [(await sub.next_message(timeout=10)).payload for _ in range(3)]
@@ -589,7 +594,6 @@ async def test_a_member_stuck_on_a_damaged_message_does_not_flood_the_author_s_l
     for as long as the damage stays; the author logged one error per FETCH -- a line a second per stuck member, for
     days, burying everything else in the operator's log.  One error per damaged position (repeats at debug level,
     and again at error after a long while) tells the operator just as well."""
-    import sqlite3
 
     hub = MemoryHub()
     author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
@@ -600,15 +604,7 @@ async def test_a_member_stuck_on_a_damaged_message_does_not_flood_the_author_s_l
         branch = await sub.subscribe()
         await sub.close()
         seqs = [await author.publish(branch, b"m%d" % i * 50) for i in range(3)]
-        conn = sqlite3.connect(tmp_path / "a.db")
-        with conn:
-            where = (branch, seqs[1])
-            stored = bytearray(conn.execute("SELECT frame FROM log WHERE branch = ? AND publisher = 0 AND seq = ?",
-                                            where).fetchone()[0])
-            stored[len(stored) // 2] ^= 0x01
-            conn.execute("UPDATE log SET frame = ? WHERE branch = ? AND publisher = 0 AND seq = ?",
-                         (bytes(stored), *where))
-        conn.close()
+        _flip_stored(tmp_path / "a.db", "log", "branch = ? AND publisher = 0 AND seq = ?", (branch, seqs[1]))
         with caplog.at_level("DEBUG", logger="streams"):
             sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
             try:
@@ -641,7 +637,6 @@ async def test_a_grant_damaged_on_the_author_s_disk_is_never_served_and_the_oper
     it (BAD_SIGNATURE) and stayed stuck, asking again, while the author's log said nothing -- only the member
     could know.  As for a damaged logged message (8de0e98), the author checks a grant before it serves it, serves
     none from the damage back, and logs the damaged position for the operator."""
-    import sqlite3
 
     from streams.wire import Permission
 
@@ -655,14 +650,7 @@ async def test_a_grant_damaged_on_the_author_s_disk_is_never_served_and_the_oper
         await sub.close()
         for i in range(6):  # re-keys while the member is away
             await author.set_permission(branch, Permission.READ if i % 2 == 0 else Permission.READ_WRITE)
-        conn = sqlite3.connect(tmp_path / "a.db")
-        with conn:
-            stored = bytearray(conn.execute("SELECT frame FROM grants WHERE branch = ? AND epoch = 2",
-                                            (branch,)).fetchone()[0])
-            stored[len(stored) // 2] ^= 0x01
-            damaged = bytes(stored)
-            conn.execute("UPDATE grants SET frame = ? WHERE branch = ? AND epoch = 2", (damaged, branch))
-        conn.close()
+        damaged = _flip_stored(tmp_path / "a.db", "grants", "branch = ? AND epoch = 2", (branch,))
         with caplog.at_level("ERROR", logger="streams"):
             sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
             try:

@@ -7,6 +7,7 @@ are real processes (``tests/zmq_party.py``, ``tests/zmq_relay.py``) talking over
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -20,12 +21,13 @@ import zmq.asyncio
 from brokerless import AuthorEndpoint, CurveConfig, EndpointConfig, SubscriberEndpoint
 from streams.api import Author, StoreOptions, Subscriber
 from streams.core import CoreConfig
-from streams.errors import RejectReason, StreamsTimeoutError
+from streams.errors import DecodeError, RejectReason, StreamsTimeoutError
 from streams.events import Rejected, SubscriberAdmitted
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
 
+from .test_zmq_review import Relay as Hop
 from .zmqproc import HERE, Proc, got, ints, party, procs
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
@@ -349,6 +351,31 @@ async def test_an_ipc_path_in_use_or_not_a_socket_is_not_taken_over(tmp_path: Pa
     await ep.close()
 
 
+def _kind(data: bytes) -> Kind | None:
+    """The kind of a frame, or None for a message that is none (PING, PONG, CREDIT, BUNDLE_OK)."""
+    with contextlib.suppress(DecodeError):
+        return decode_frame(data).kind
+    return None
+
+
+class _HoldsFirstSubscribe(Hop):
+    """An on-path hop that holds back the first SUBSCRIBE going up (``held``: the test decides when, and on which
+    connection, it is delivered) and records the REFUSEs coming down (``refused``)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, author_addr: str) -> None:
+        self.held: list[bytes] = []
+        self.refused: list[bytes] = []
+        super().__init__(ctx, author_addr)
+
+    def passes(self, data: bytes, up: bool) -> bool:
+        if up and not self.held and _kind(data) is Kind.SUBSCRIBE:
+            self.held.append(data)
+            return False
+        if not up and _kind(data) is Kind.REFUSE:
+            self.refused.append(data)
+        return True
+
+
 async def test_a_tap_that_delivers_a_recorded_subscribe_first_on_its_own_connection_is_refused_there(
         tmp_path: Path) -> None:
     """SPEC 8.3 / 14.2 over real ZeroMQ: an on-path tap holds back a subscriber's SUBSCRIBE, sends it first on a
@@ -357,29 +384,11 @@ async def test_a_tap_that_delivers_a_recorded_subscribe_first_on_its_own_connect
     was routed to its connection (every frame of it, sizes and timing) -- and the subscriber's own copy was
     refused as a used challenge.  Now the tap is refused (BAD_CHALLENGE) and routed nothing; the subscriber is
     admitted by its own copy."""
-    import contextlib
-
-    from streams.errors import DecodeError
-    from tests.test_zmq_review import Relay as Hop
-
     cfg = EndpointConfig(heartbeat_ms=100, liveness=20)
     author, ep = await make_author(tmp_path, cfg, [P1])
     ctx = zmq.asyncio.Context()
-    held: list[bytes] = []
-
-    def kind(data: bytes) -> Kind | None:
-        with contextlib.suppress(DecodeError):
-            return decode_frame(data).kind
-        return None
-
-    class Tap(Hop):
-        def passes(self, data: bytes, up: bool) -> bool:
-            if up and not held and kind(data) is Kind.SUBSCRIBE:
-                held.append(data)
-                return False
-            return True
-
-    relay = Tap(ctx, ep.addresses[0])
+    relay = _HoldsFirstSubscribe(ctx, ep.addresses[0])
+    held = relay.held
     tap = ctx.socket(zmq.DEALER)
     tap.setsockopt(zmq.ROUTING_ID, b"tap-conn")
     tap.setsockopt(zmq.LINGER, 0)
@@ -395,7 +404,7 @@ async def test_a_tap_that_delivers_a_recorded_subscribe_first_on_its_own_connect
         await tap.send(held[0])
         kinds: list[Kind | None] = []
         while Kind.REFUSE not in kinds and Kind.ADMIT not in kinds:
-            kinds.append(kind(await asyncio.wait_for(tap.recv(), 20)))
+            kinds.append(_kind(await asyncio.wait_for(tap.recv(), 20)))
         await relay.inject_up(held[0])
         branch = await subscribing
         assert Kind.REFUSE in kinds
@@ -416,33 +425,12 @@ async def test_a_subscriber_whose_author_restarted_between_its_hello_and_its_sub
     gives every connection a new one.  A subscriber whose SUBSCRIBE reaches the restarted author (held on the way,
     here by a hop; a slow path does the same) is refused BAD_CHALLENGE there -- and must still be admitted: the
     asyncio ``subscribe`` asks again (a challenge of the new session), before its timeout, on the same store."""
-    import contextlib
-
-    from streams.errors import DecodeError
-    from tests.test_zmq_review import Relay as Hop
-
     cfg = EndpointConfig(heartbeat_ms=100, liveness=20)
     author, ep = await make_author(tmp_path, cfg, [P1])
     address = ep.addresses[0]
     ctx = zmq.asyncio.Context()
-    held: list[bytes] = []
-    refused: list[bytes] = []
-
-    def kind(data: bytes) -> Kind | None:
-        with contextlib.suppress(DecodeError):
-            return decode_frame(data).kind
-        return None
-
-    class Holds(Hop):
-        def passes(self, data: bytes, up: bool) -> bool:
-            if up and not held and kind(data) is Kind.SUBSCRIBE:
-                held.append(data)
-                return False
-            if not up and kind(data) is Kind.REFUSE:
-                refused.append(data)
-            return True
-
-    hop = Holds(ctx, address)
+    hop = _HoldsFirstSubscribe(ctx, address)
+    held, refused = hop.held, hop.refused
     sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
                                   SubscriberEndpoint(hop.address, cfg), store_options=FAST, config=CORE)
     try:
