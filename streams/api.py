@@ -1844,6 +1844,11 @@ async def _abandon(transport: Transport, store: Store | None, party: _Party | No
         await transport.close()
 
 
+#: A FETCH not served for a damaged logged message is logged as an error again after this long (ms), not at each
+#: of the member's retries (about one a second).
+_UNSERVED_RELOG_MS = 3_600_000
+
+
 def _conflict_error(branch: bytes, seq: int) -> ChainConflictError:
     return ChainConflictError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
                               f"seq {seq} will not be acknowledged")
@@ -1868,11 +1873,6 @@ def _claim_key(claim: AnchorClaim) -> tuple[bytes, int, int, bytes, str, bool]:
 
 
 # --- in-memory transport ---------------------------------------------------------------------------------------
-
-
-#: A FETCH not served for a damaged logged message is logged as an error again after this long (ms), not at each
-#: of the member's retries (about one a second).
-_UNSERVED_RELOG_MS = 3_600_000
 
 
 class MemoryHub:
