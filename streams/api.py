@@ -72,7 +72,7 @@ from .ledger.anchoring import verify_anchored
 from .ledger.base import Ledger, NotConfirmed, UnknownAnchor
 from .policy import Policy, could_admit
 from .store import MEMLIMIT, OPSLIMIT, Store
-from .wire import Kind, Permission, SigningMode, decode_frame
+from .wire import Grant, Kind, Permission, SigningMode, decode_frame
 
 if TYPE_CHECKING:
     from .anchor import ForkEvidence
@@ -259,6 +259,7 @@ class _Party:
         self._core.grants_lookup = store.grants_between  # a branch's grant history, read only for grant syncs
         if isinstance(self._core, AuthorCore):  # (what the author serves: checked first)
             self._core.grants_lookup = self._served_grants
+            self._core.grant_intact = self._grant_intact
         self._hook_parallel()
         # FETCHes bound to the connection they travel on (SPEC 8.9), where the transport has sessions: the author
         # checks them against the connection's session, a member binds its own to its connection's.
@@ -1085,19 +1086,28 @@ class _Party:
         except StorageError as exc:
             self._log_unserved(f"the grants of branch {branch.hex()} are not served: ", exc)
             return []
-        signer = self._store.identity.public
         for i in range(len(frames) - 1, -1, -1):
-            try:
-                f = decode_frame(frames[i], self._core.config.max_frame)
-                signer.verify(f.hash, f.sig)
-            except (DecodeError, VerificationError):
-                epoch = hi - (len(frames) - 1 - i)
-                self._log_unserved(
-                    f"the grants of branch {branch.hex()} through epoch {epoch} are not served: ",
-                    StorageError(f"the stored grant of branch {branch.hex()} epoch {epoch} in {self._store.path} "
-                                 "does not verify: the store is damaged"))
+            if not self._grant_intact(branch, hi - (len(frames) - 1 - i), frames[i], "grant history"):
                 return frames[i + 1:]
         return frames
+
+    def _grant_intact(self, branch: bytes, epoch: int, raw: bytes, where: str = "branch record") -> bool:
+        """Whether a grant frame read back from the store is intact: our own signed grant of ``branch``.  One
+        that is not (a disk fault) is logged for the operator (:meth:`_log_unserved`), and the caller serves
+        nothing from it back (the core's ``grant_intact`` hook, for the grants a branch record holds)."""
+        try:
+            f = decode_frame(raw, self._core.config.max_frame)
+            intact = type(f.head) is Grant and f.head.branch == branch
+            if intact:
+                self._store.identity.public.verify(f.hash, f.sig)
+        except (DecodeError, VerificationError):
+            intact = False
+        if not intact:
+            self._log_unserved(
+                f"the grants of branch {branch.hex()} through epoch {epoch} are not served: ",
+                StorageError(f"the stored grant of branch {branch.hex()} epoch {epoch} ({where}) in "
+                             f"{self._store.path} does not verify: the store is damaged"))
+        return intact
 
     def _log_unserved(self, what: str, exc: StorageError) -> None:
         """Log why a FETCH is not (fully) served: at error level the first time this error is seen and once per

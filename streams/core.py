@@ -594,6 +594,11 @@ class _CoreBase:
         #: keeps the history a record carries (:attr:`BranchRecord.grants`) apart, and the record comes back with
         #: none.  With neither hook, the core keeps every grant in memory.
         self.grants_lookup: Callable[[bytes, int, int], list[bytes]] | None = None
+        #: Driver hook (author): ``(branch, epoch, frame) ->`` whether a grant frame the branch record holds (read
+        #: back through ``extras_lookup``) is intact -- our own signed grant of that branch.  One that is not (a
+        #: disk fault) is never served, nor carried into the grant history; the driver tells the operator.  None:
+        #: every grant held is taken as it is.
+        self.grant_intact: Callable[[bytes, int, bytes], bool] | None = None
         #: Driver hook for :meth:`receive_many`: checks the signatures of a batch's chain frames up front (on
         #: several threads, say).  Only the checks it confirms are skipped later; nothing else changes.
         self.verify_many: BatchVerifier | None = None
@@ -1991,7 +1996,9 @@ class AuthorCore(_CoreBase):
             if kept is not current:
                 self.set_permission(b.id, kept)  # a re-key: the grant sent below is the new one
                 events.append(PermissionRestricted(b.id, did, kept))
-            self._out.append(Outgoing(self._extras(b)[0], peer=peer, branch=b.id))
+            grant = self._current_grant(b)
+            if grant is not None:  # (else damaged on disk: the driver told the operator; the member asks again)
+                self._out.append(Outgoing(grant, peer=peer, branch=b.id))
             self._admit(peer, frame.hash, b.id, b.epoch)
             events.append(SubscriberAdmitted(did, b.id, kept, decision.reason, resubscribed=True))
             return
@@ -2069,33 +2076,55 @@ class AuthorCore(_CoreBase):
 
     def _set_grant(self, b: _Branch, frame: Frame) -> None:
         """Make ``frame`` (a re-key) the branch's grant; the one it replaces joins its grant history, which
-        members that missed the re-key fetch (SPEC 9.5)."""
+        members that missed the re-key fetch (SPEC 9.5) -- unless it is damaged on disk (``grant_intact``): then
+        the history ends at the new grant (nothing older could be served: the chain of grants breaks there)."""
         old, evidence, earlier = self._extras(b)
-        b.grants = [*earlier, old]
+        b.grants, _ = self._held_grants(b, old, earlier, b.epoch - 1)  # (the caller moved the epoch on)
         b.evidence = evidence
         b.grant_hash, b.grant_frame = frame.hash, frame.raw
 
+    def _held_grants(self, b: _Branch, current: bytes, earlier: list[bytes],
+                     epoch: int) -> tuple[list[bytes], bool]:
+        """The newest part of ``b``'s grant history that its record holds (``earlier`` grants, then its
+        ``current`` one, of ``epoch``), from after the newest one the ``grant_intact`` hook finds damaged; and
+        whether none was."""
+        frames = [*earlier, current]
+        check = self.grant_intact
+        if check is not None:
+            first = epoch - len(frames) + 1  # the epoch of frames[0]
+            for i in range(len(frames) - 1, -1, -1):
+                if not check(b.id, first + i, frames[i]):
+                    return frames[i + 1:], False
+        return frames, True
+
+    def _current_grant(self, b: _Branch) -> bytes | None:
+        """``b``'s current grant, to send again; None if the ``grant_intact`` hook finds it damaged."""
+        current = self._extras(b)[0]
+        check = self.grant_intact
+        return current if check is None or check(b.id, b.epoch, current) else None
+
     def _grants_after(self, b: _Branch, epoch: int) -> list[bytes]:
         """The grant frames of ``b`` for the epochs after ``epoch``, in order (as far as its history goes back:
-        stores written before it was kept hold only the current grant)."""
+        stores written before it was kept hold only the current grant; nothing from a damaged one back)."""
         current, _, earlier = self._extras(b)
-        frames = [*earlier, current]  # the newest part of the history (all of it without grants_lookup)
+        frames, intact = self._held_grants(b, current, earlier, b.epoch)  # (all of it without grants_lookup)
         first = b.epoch - len(frames) + 1  # the epoch of frames[0]
         lookup = self.grants_lookup
-        if lookup is not None and first > max(0, epoch + 1):
+        if lookup is not None and intact and first > max(0, epoch + 1):
             older = lookup(b.id, max(0, epoch + 1), first - 1)
             frames = [*older, *frames]
             first -= len(older)
         return frames[max(0, epoch + 1 - first):]
 
-    def _first_grant(self, g: _Branch) -> bytes:
-        """The grant that opened ``g`` (epoch 0), or the earliest one its history still holds."""
+    def _first_grant(self, g: _Branch) -> bytes | None:
+        """The grant that opened ``g`` (epoch 0), or the earliest one its history still holds (None: none intact)."""
         lookup = self.grants_lookup
         if lookup is not None and g.epoch > 0:
             found = lookup(g.id, 0, 0)
             if found:
                 return found[0]
-        return self._grants_after(g, -1)[0]
+        frames = self._grants_after(g, -1)
+        return frames[0] if frames else None
 
     def take_syncs(self) -> list[tuple[bytes, object]]:
         """The open branches a member asked to sync since the last call, with its peer: a member back after
@@ -2186,7 +2215,10 @@ class AuthorCore(_CoreBase):
                 self._groups_told.clear()
             self._groups_told[key] = now_ms
             for g in self._open_groups_of(member[0]):
-                self._out.append(Outgoing(self._first_grant(g), peer=peer, branch=g.id))
+                first = self._first_grant(g)
+                if first is None:
+                    continue  # damaged on disk (the driver told the operator)
+                self._out.append(Outgoing(first, peer=peer, branch=g.id))
                 # Naming the group and the peer, it routes the group there (SPEC 14.2): one of the member's peers
                 # for the group, forgotten when it is removed -- as one its FETCH of the group came from would be.
                 for i, (pk, _) in g.members.items():
@@ -2195,7 +2227,9 @@ class AuthorCore(_CoreBase):
         if not later:
             # Always an answer on a member's own branch (SPEC 9.5), last: its current grant (it changes nothing
             # there).  A member that gets none asks again: the request or the answer was lost.
-            self._out.append(Outgoing(self._extras(b)[0], peer=peer, branch=b.id))
+            current = self._current_grant(b)
+            if current is not None:  # (else damaged on disk: the driver told the operator)
+                self._out.append(Outgoing(current, peer=peer, branch=b.id))
         return True
 
     def _open_groups_of(self, sign_public: bytes) -> list[_Branch]:

@@ -667,3 +667,71 @@ async def test_a_grant_damaged_on_the_author_s_disk_is_never_served_and_the_oper
         assert not [d for src, _dst, d in hub.tap if src == "author" and d == damaged]
     finally:
         await author.close()
+
+
+def _flip_branch_grant(db: Path, branch: bytes) -> bytes:
+    """Flip one bit in the middle of the current grant a ``branches`` record holds (a disk fault inside the
+    record: the msgpack around it still parses); return the damaged grant."""
+    import sqlite3
+
+    import msgpack
+
+    conn = sqlite3.connect(db)
+    with conn:
+        v = msgpack.unpackb(conn.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()[0],
+                            raw=False)
+        grant = bytearray(v[4])
+        grant[len(grant) // 2] ^= 0x01
+        v[4] = bytes(grant)
+        conn.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), branch))
+    conn.close()
+    return bytes(grant)
+
+
+async def test_a_current_grant_damaged_in_the_author_s_branch_record_is_never_served(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The current grant of a branch is kept inside its ``branches`` record, not in the ``grants`` table, and was
+    served from there unchecked: a flipped bit in it went out to the member at every grant sync and
+    re-subscription (the member rejected it, BAD_SIGNATURE, and kept asking), and the author's log said nothing.
+    As for the grants table, the author now checks it before it serves it, logs the damaged position, and goes
+    on; a re-key after the damage does not copy the damaged grant into the grant history."""
+    from streams.wire import Permission
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=OPTS)
+        branch = await sub.subscribe()
+        await sub.close()
+        await author.close()
+        damaged = _flip_branch_grant(tmp_path / "a.db", branch)
+        hub = MemoryHub()
+        author = await Author.open(tmp_path / "a.db", PW, hub.author_endpoint(), AllowList.of([SUB.did]),
+                                   store_options=OPTS)
+        with caplog.at_level("ERROR", logger="streams"):
+            sub = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+            try:
+                for _ in range(2000):  # until the author served the damaged grant or told the operator
+                    served = [d for src, _dst, d in hub.tap if src == "author" and d == damaged]
+                    told = [r for r in caplog.records if "grant" in r.getMessage() and "epoch 0" in r.getMessage()
+                            and branch.hex() in r.getMessage()]
+                    if served or told:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await sub.close()
+        assert not served, "the damaged grant was served"
+        assert told, f"the damaged grant was never reported: {[r.getMessage() for r in caplog.records]}"
+        # A re-key replaces the damaged grant; it is not carried into the grant history (nor does it break).
+        await author.set_permission(branch, Permission.READ)
+        await author.close()
+        import sqlite3
+
+        conn = sqlite3.connect(tmp_path / "a.db")
+        history = [bytes(f) for (f,) in conn.execute("SELECT frame FROM grants WHERE branch = ?", (branch,))]
+        conn.close()
+        assert not [h for h in history if h == damaged], "the damaged grant was carried into the grant history"
+    finally:
+        await author.close()
