@@ -35,6 +35,7 @@ P_CHALKEY = b"streams.v1.chk"  #: derivation of the challenge MAC key from the a
 P_PROOF = b"streams.v1.proof"  #: proof-of-control signature input
 P_STORE = b"streams.v1.store"  #: store-key derivation
 P_GRANT = b"streams.v1.grant"  #: associated data of a grant's shared part
+P_KEPT = b"streams.v1.kept"  #: digest of stored bytes already checked (in memory only, never on the wire)
 
 
 def hash32(person: bytes, *parts: bytes) -> bytes:

@@ -226,6 +226,9 @@ class _Party:
         self._sending = 0
         #: The errors of FETCHes not served (a damaged logged message), and when each was last logged as an error.
         self._unserved_logged: dict[str, int] = {}
+        #: Stored grants found intact (author), as (branch, epoch, digest of the stored bytes): each is checked
+        #: once, not at every grant sync; bytes damaged since read back with another digest, and are checked.
+        self._grants_verified: set[tuple[bytes, int, bytes]] = set()
         penalize = getattr(transport, "penalize", None)
         self._penalize: Callable[[list[tuple[object, int]]], None] | None = (
             penalize if callable(penalize) else None)
@@ -1095,6 +1098,9 @@ class _Party:
         """Whether a grant frame read back from the store is intact: our own signed grant of ``branch``.  One
         that is not (a disk fault) is logged for the operator (:meth:`_log_unserved`), and the caller serves
         nothing from it back (the core's ``grant_intact`` hook, for the grants a branch record holds)."""
+        seen = (branch, epoch, _crypto.hash32(_crypto.P_KEPT, raw))
+        if seen in self._grants_verified:
+            return True
         try:
             f = decode_frame(raw, self._core.config.max_frame)
             intact = type(f.head) is Grant and f.head.branch == branch
@@ -1102,7 +1108,11 @@ class _Party:
                 self._store.identity.public.verify(f.hash, f.sig)
         except (DecodeError, VerificationError):
             intact = False
-        if not intact:
+        if intact:
+            if len(self._grants_verified) >= 65_536:  # bounded: the rest are checked again, that is all
+                self._grants_verified.clear()
+            self._grants_verified.add(seen)
+        else:
             self._log_unserved(
                 f"the grants of branch {branch.hex()} through epoch {epoch} are not served: ",
                 StorageError(f"the stored grant of branch {branch.hex()} epoch {epoch} ({where}) in "

@@ -735,3 +735,60 @@ async def test_a_current_grant_damaged_in_the_author_s_branch_record_is_never_se
         assert not [h for h in history if h == damaged], "the damaged grant was carried into the grant history"
     finally:
         await author.close()
+
+
+async def test_a_grant_damaged_after_it_was_served_intact_is_still_caught(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The author checks each stored grant once (it remembers the ones that verified, not at every grant sync):
+    what it remembers is the stored bytes' digest, so a grant damaged on disk after it was checked and served
+    intact is checked again, never served, and reported."""
+    from streams.wire import Permission
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    try:
+        sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                      hub.subscriber_endpoint("s"), store_options=OPTS)
+        branch = await sub.subscribe()
+        await sub.close()
+        shutil.copy(tmp_path / "s.db", tmp_path / "s2.db")  # the member as it was, for a second sync from epoch 0
+        for i in range(4):  # re-keys while the member is away
+            await author.set_permission(branch, Permission.READ if i % 2 == 0 else Permission.READ_WRITE)
+        intact = bytes(_grant_row(tmp_path / "a.db", branch, 2))
+
+        async def sync(db: Path, *, until: Callable[[], bool]) -> None:
+            sub = await Subscriber.open(db, PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+            try:
+                for _ in range(2000):
+                    if until():
+                        return
+                    await asyncio.sleep(0.01)
+                raise AssertionError("the grant sync never came to an end")
+            finally:
+                await sub.close()
+
+        await sync(tmp_path / "s.db", until=lambda: any(d == intact for src, _dst, d in hub.tap if src == "author"))
+        damaged = _flip_stored(tmp_path / "a.db", "grants", "branch = ? AND epoch = 2", (branch,))
+
+        def served_or_told() -> bool:
+            return (any(d == damaged for src, _dst, d in hub.tap if src == "author")
+                    or any("epoch 2" in r.getMessage() for r in caplog.records))
+
+        with caplog.at_level("ERROR", logger="streams"):
+            await sync(tmp_path / "s2.db", until=served_or_told)
+        assert not any(d == damaged for src, _dst, d in hub.tap if src == "author"), "the damaged grant was served"
+        assert [r for r in caplog.records if branch.hex() in r.getMessage() and "epoch 2" in r.getMessage()]
+    finally:
+        await author.close()
+
+
+def _grant_row(db: Path, branch: bytes, epoch: int) -> bytes:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return bytes(conn.execute("SELECT frame FROM grants WHERE branch = ? AND epoch = ?", (branch, epoch))
+                     .fetchone()[0])
+    finally:
+        conn.close()
