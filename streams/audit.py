@@ -14,6 +14,9 @@ every chain the party may read:
 * every anchored head: its blinded leaf and inclusion in the signed checkpoint, the message at that position,
   the checkpoint chain (author), and -- with a ledger -- that the ledger holds exactly that checkpoint,
   confirmed;
+* no chain of the party's own is stopped by a conflict the author's signed ACK showed (``chain_conflicts``,
+  :class:`~streams.events.ChainConflict`: the store is older than the chain it publishes, or another holder of
+  the key published there -- its party must not publish from it);
 * with a ledger that can be listed (the embedded one), every checkpoint of this channel the author signed on
   it: none may differ from one the store holds for its epoch, and for an author store none may be of an epoch
   the store does not hold (a store restored from a stale copy: its party would sign a second history).
@@ -136,6 +139,11 @@ class _Audit:
                 continue
             self.report.chains += 1
             self._chain(br, key[1], cursor.next_seq, cursor.head, rows.get(key, []), restores.get(key, []))
+            if cursor.conflict:
+                self.err(f"the author's signed ACK of this chain through seq {cursor.conflict} contradicts this "
+                         "store (ChainConflict, kept in it): the store is older than its own chain, or another "
+                         "holder of its key published there -- do not publish from it", key[0], key[1],
+                         cursor.conflict)
         for rec in branches.values():
             self._grant(rec)
         if self.report.role == "author":

@@ -607,3 +607,24 @@ async def test_a_replayed_old_ack_does_not_stop_a_member_an_anchor_proof_restart
         await author.close()
     finally:
         ledger.close()
+
+
+async def test_the_audit_of_a_store_that_keeps_a_conflict_stop_reports_it(tmp_path: Path) -> None:
+    """A member store that keeps a ChainConflict stop (the author's signed ACK showed its own chain to conflict
+    with the author's copy) is a store its party must not publish from; ``streams audit`` read every table but
+    ``chain_conflicts`` and passed it as clean.  It now fails the audit with an error at that chain."""
+    from streams.audit import audit_store
+
+    hub, author, branch = await _restored(tmp_path)
+    try:
+        s = await _sub(tmp_path, hub)
+        await _first(s, ChainConflict, 10)
+        await s.close()
+    finally:
+        await author.close()
+    report = audit_store(tmp_path / "p1.db", PW, None)
+    found = [f for f in report.findings if "ChainConflict" in f.reason]
+    assert [(f.severity, f.branch, f.publisher, f.seq) for f in found] == [("error", branch.hex(), 1, 6)], \
+        report.summary()
+    assert not report.ok
+    assert "conflict" in report.summary().lower()
