@@ -139,11 +139,11 @@ class _Audit:
                 continue
             self.report.chains += 1
             self._chain(br, key[1], cursor.next_seq, cursor.head, rows.get(key, []), restores.get(key, []))
-            if cursor.conflict:
-                self.err(f"the author's signed ACK of this chain through seq {cursor.conflict} contradicts this "
-                         "store (ChainConflict, kept in it): the store is older than its own chain, or another "
-                         "holder of its key published there -- do not publish from it", key[0], key[1],
-                         cursor.conflict)
+            conflict = br.conflict_of(cursor)
+            if conflict:
+                self.err(f"the author's signed ACK of this chain through seq {conflict} contradicts this store "
+                         "(ChainConflict, kept in it): the store is older than its own chain, or another holder "
+                         "of its key published there -- do not publish from it", key[0], key[1], conflict)
         for rec in branches.values():
             self._grant(rec)
         if self.report.role == "author":

@@ -359,6 +359,16 @@ class BranchRecord:
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
 
+    def conflict_of(self, chain: ChainRecord) -> int:
+        """The ChainConflict stop a stored chain record of this branch keeps that is in force (0: none): one on
+        our own chain (a member's) while we may write it.  A re-key that takes our write away drops the chain
+        (its row stays in the store, stop included, but there is nothing to publish), and the one that gives it
+        back restarts the chain at the author's copy, which lifts the stop (SPEC 11)."""
+        if not (chain.conflict and self.me and chain.publisher == self.me):
+            return 0
+        mine = next((p for i, _, p in self.members if i == self.me), None)
+        return chain.conflict if mine is not None and Permission(mine).can_write else 0
+
 
 @dataclass(frozen=True, slots=True)
 class AnchorClaim:

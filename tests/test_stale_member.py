@@ -628,3 +628,39 @@ async def test_the_audit_of_a_store_that_keeps_a_conflict_stop_reports_it(tmp_pa
         report.summary()
     assert not report.ok
     assert "conflict" in report.summary().lower()
+
+
+async def test_status_and_audit_show_no_stop_once_the_write_it_stopped_is_taken_away(tmp_path: Path) -> None:
+    """A stop on our chain is a stop on publishing there.  Once the author takes our write permission away, the
+    chain is no longer ours to publish (its row stays in the store, the core drops it), and a grant that gives
+    write back restarts it at the author's copy, lifting the stop (test_write_given_back_lifts_the_stop_for_good).
+    ``streams status`` still said CONFLICT ("do not publish from it") from the old row, and an audit failed on it."""
+    from streams._cli.channel import _status_text, status_doc
+    from streams.audit import audit_store
+    from streams.store import Store
+    from streams.wire import Permission
+
+    hub, author, branch = await _restored(tmp_path)
+    try:
+        s = await _sub(tmp_path, hub)
+        await _first(s, ChainConflict, 10)
+        await s.close()
+        await author.set_permission(branch, Permission.READ)  # epoch 1: our write taken away
+        s = await _sub(tmp_path, hub)  # applies it
+        try:
+            await wait_for(lambda: [b.epoch for b in s.branches() if b.id == branch] == [1], what="epoch 1")
+        finally:
+            await s.close()
+    finally:
+        await author.close()
+    store = Store.open(tmp_path / "p1.db", PW, durable=False)
+    try:
+        doc = status_doc(store)
+    finally:
+        store.close()
+    [b] = [b for b in doc["branches"] if b["branch"] == branch.hex()]
+    assert b["permission"] == "read"
+    assert [c["conflict"] for c in b["chains"]] == [0] * len(b["chains"]), b["chains"]
+    assert "CONFLICT" not in _status_text(doc)
+    report = audit_store(tmp_path / "p1.db", PW, None)
+    assert not [f for f in report.findings if "ChainConflict" in f.reason], report.summary()

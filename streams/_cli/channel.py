@@ -1301,12 +1301,16 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 def status_doc(store: Store) -> dict[str, Any]:
     """Everything ``streams status`` shows about an open store (no network)."""
+    records = store.load_branches()
+    by_id = {rec.id: rec for rec in records}
     chains: dict[bytes, list[dict[str, Any]]] = {}
     for cr in store.load_chains():
+        rec = by_id.get(cr.branch)
         chains.setdefault(cr.branch, []).append({"index": cr.publisher, "next_seq": cr.next_seq,
-                                                 "covered": cr.covered, "conflict": cr.conflict})
+                                                 "covered": cr.covered,
+                                                 "conflict": rec.conflict_of(cr) if rec is not None else 0})
     branches = []
-    for rec in store.load_branches():
+    for rec in records:
         members = {i: (did_from_public_key(pk), Permission(p)) for i, pk, p in rec.members}
         mine = members[rec.me][1] if rec.me in members else None
         for doc in chains.get(rec.id, []):
