@@ -1485,3 +1485,5 @@ def test_serve_whose_author_fails_under_it_exits_and_says_why(cli: Cli, tmp_path
     serve.wait("error", timeout=5)
     [error] = [d for d in serve.docs if d["event"] == "error"]
     assert error["error"].startswith("the channel stopped") and "StorageError" in error["error"], error
+    # The type names the failure, not the ClosedResourceError a closed party's calls wrap it in.
+    assert error["type"] == "StorageError", error

@@ -968,7 +968,8 @@ async def serve(args: argparse.Namespace, out: LinePrinter) -> int:
         if ledger is not None:
             ledger.close()
     if failure is not None:
-        out.emit({"event": "error", "error": f"the channel stopped: {failure}", "type": "ClosedResourceError"})
+        text, kind = failure
+        out.emit({"event": "error", "error": f"the channel stopped: {text}", "type": kind})
         return 1
     out.emit({"event": "stopped"})
     return 0
@@ -987,22 +988,34 @@ async def _stop_when_any_ends(pumps: list[asyncio.Task[None]], stop: asyncio.Eve
     stop.set()
 
 
-async def _failure_of(party: Author | Subscriber, pumps: list[asyncio.Task[None]]) -> str:
-    """Why a pump of ``party`` ended: its own error, or the party's (the error its calls raise once it closed
-    itself, with the failure chained to it).  Only once a pump ended: the queue is drained then, and nothing is
+async def _failure_of(party: Author | Subscriber, pumps: list[asyncio.Task[None]]) -> tuple[str, str]:
+    """Why a pump of ``party`` ended, and the name of the failure's type: its own error, or the party's (the error
+    its calls raise once it closed itself, with the failure chained to it).  The type is the failure's, not that
+    of the error a closed party's calls wrap it in (ClosedResourceError, BrokenResourceError): a supervisor
+    reading the error line learns what broke.  Only once a pump ended: the queue is drained then, and nothing is
     taken from it here."""
     for t in pumps:
         if t.done() and not t.cancelled() and t.exception() is not None:
             exc: BaseException | None = t.exception()
-            return f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}", _failure_type(exc)
     try:
         await party.next_message(timeout=0)
     except ClosedResourceError as closed:
         cause = closed.__cause__
-        return f"{closed}" + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
+        return f"{closed}" + (f": {type(cause).__name__}: {cause}" if cause is not None else ""), \
+            _failure_type(closed)
     except StreamsError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return "the party stopped delivering"  # (not reached: a pump ends only so)
+        return f"{type(exc).__name__}: {exc}", _failure_type(exc)
+    return "the party stopped delivering", "ClosedResourceError"  # (not reached: a pump ends only so)
+
+
+def _failure_type(exc: BaseException | None) -> str:
+    """The name of the type of the failure ``exc`` reports: the cause chained to a closed party's
+    ClosedResourceError or BrokenResourceError, else ``exc``'s own."""
+    # (The wrappers themselves: StorageError and LedgerError are BrokenResourceErrors, failures of their own.)
+    while exc is not None and type(exc) in (ClosedResourceError, BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return type(exc).__name__
 
 
 #: SQLite's files of an embedded ledger: the database, then the side files it may leave.
