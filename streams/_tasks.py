@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from typing import Any
 
 
@@ -34,3 +34,52 @@ async def wait_shielded(task: asyncio.Future[Any]) -> None:
     if me is not None and me.cancelling() > pending:
         raise asyncio.CancelledError  # the caller was cancelled meanwhile (also in the turn the task ended)
     task.result()
+
+
+def run_eagerly(coro: Awaitable[None]) -> asyncio.Future[None] | None:
+    """Run ``coro`` in the calling task up to its first suspension: None if it ended there (what it raised is
+    raised here), else a task running the rest of it, which a cancellation of the caller does not reach (await
+    it with :func:`asyncio.shield`).  Python 3.12's eager tasks by hand, without the task: a coroutine that
+    never suspends (every transport's ``send`` here) costs no task and no turn of the loop.  Another awaitable
+    (a future) is awaited in a task from the start."""
+    if not isinstance(coro, Coroutine):
+        return asyncio.ensure_future(coro)
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_finish(coro, first))
+
+
+async def _finish(coro: Coroutine[Any, Any, None], first: object) -> None:
+    await _Rest(coro, first)
+
+
+class _Rest:
+    """The rest of a coroutine that was started and suspended, yielding ``first`` to its task: awaited, it
+    passes that on to the awaiting task (a future to wait for), and what the task sends or throws back (the
+    future's outcome, a cancellation) to the coroutine -- as ``await coro`` would have done from the start."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: object) -> None:
+        self._coro, self._first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, out = self._coro, self._first
+        while True:
+            try:
+                sent = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation (or any error) thrown in by the task
+                try:
+                    out = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    out = coro.send(sent)
+                except StopIteration:
+                    return

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from . import _crypto
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
-from ._tasks import cancel_and_wait, wait_shielded
+from ._tasks import cancel_and_wait, run_eagerly, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
@@ -814,8 +814,11 @@ class _Party:
 
         A caller cancelled meanwhile leaves the rest to a task of the party: the commit is done, and the other
         publishes it covered must neither fail with the caller's cancellation (they used to get
-        ClosedResourceError, the party open and their messages committed) nor lose their frames.  The frame whose
-        send was cancelled is sent again (a receiver rejects a copy as a replay).
+        ClosedResourceError, the party open and their messages committed) nor lose their frames.  A send that
+        awaits goes on in a task of its own, which the caller's cancellation does not reach (:func:`run_eagerly`,
+        awaited shielded): the hand-off waits for it and sends the frames after it, each once.  (It used to send
+        the frame whose send was cancelled again, in case it had not gone out; where it had, the receiver
+        reported the copy as a REPLAY, as it would an attack.)
 
         Sends of several commits may be on the way at once (each awaits): the routing hints are handed to the
         transport by the last of them to finish (:attr:`_sending`), once every frame committed before the hints
@@ -825,15 +828,20 @@ class _Party:
             self._sending += 1
         handed_off = False
         sent = 0
+        sending: asyncio.Future[None] | None = None  #: the rest of a send that awaited
         try:
             for o in out:
-                await self._transport.send(o)
+                sending = run_eagerly(self._transport.send(o))
+                if sending is not None:
+                    await asyncio.shield(sending)
+                    sending = None
                 sent += 1
         except asyncio.CancelledError:
-            if self._closed:  # close() cancels the party's tasks: nothing sends the rest
+            if self._closed:  # close() cancels the party's tasks: nothing sends the rest, nor the one on the way
+                _stop(sending)
                 _settle(group, ClosedResourceError("closed before the send"))
             else:
-                self._spawn(self._send_rest(out[sent:], group))
+                self._spawn(self._send_rest(sending, out[sent + (sending is not None):], group))
                 handed_off = True
             raise
         except Exception as exc:
@@ -846,7 +854,21 @@ class _Party:
         if not self._sending:
             self._apply_routes()
 
-    async def _send_rest(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None) -> None:
+    async def _send_rest(self, sending: asyncio.Future[None] | None, out: list[Outgoing],
+                         group: list[asyncio.Future[None]] | None) -> None:
+        """The hand-off of a cancelled caller's sends: the one on the way (``sending``), then ``out``."""
+        if sending is not None:
+            try:
+                await sending
+            except asyncio.CancelledError:  # close() cancelled this task (and so the send it awaited)
+                _stop(sending)
+                _settle(group, ClosedResourceError("closed before the send"))
+                self._sending -= 1
+                raise
+            except Exception as exc:  # as _send_each would have: the publishers raise it
+                _settle(group, exc)
+                self._sending -= 1
+                return
         with contextlib.suppress(Exception):  # _send_each failed the group with it: the publishers raise it
             await self._send_each(out, group, counted=True)
 
@@ -1872,6 +1894,13 @@ _UNSERVED_RELOG_MS = 3_600_000
 def _conflict_error(branch: bytes, seq: int) -> ChainConflictError:
     return ChainConflictError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
                               f"seq {seq} will not be acknowledged")
+
+
+def _stop(sending: asyncio.Future[None] | None) -> None:
+    """Cancel the rest of a send on the way (close), its outcome taken: nobody is left to raise it."""
+    if sending is not None:
+        sending.cancel()
+        sending.add_done_callback(lambda f: None if f.cancelled() else f.exception())
 
 
 def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> None:

@@ -21,7 +21,7 @@ from brokerless import AuthorEndpoint, EndpointConfig, SubscriberEndpoint
 from streams.api import AnchorConfig, Author, MemoryHub, MemoryTransport, StoreOptions, Subscriber
 from streams.core import CoreConfig, Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, StreamsTimeoutError
-from streams.events import Acknowledged, EpochAnchored
+from streams.events import Acknowledged, EpochAnchored, Rejected
 from streams.identity import Identity
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import AllowList
@@ -100,6 +100,117 @@ async def test_a_cancelled_publisher_does_not_fail_the_publishes_its_commit_cove
     gc.collect()
     await asyncio.sleep(0)
     assert not unretrieved, unretrieved  # no "Future exception was never retrieved"
+
+
+class _SentThenParked:
+    """A transport without ``send_many`` whose ``send`` hands the frame to the network first and then awaits (a
+    drain after the write): while ``gate`` is set, each send parks after its frame went out, and says which task
+    it parked."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.gate: asyncio.Event | None = None
+        self.parked: asyncio.Future[asyncio.Task[Any] | None] | None = None
+
+    async def send(self, out: Outgoing) -> None:
+        await self.inner.send(out)
+        gate = self.gate
+        if gate is not None:
+            if self.parked is not None and not self.parked.done():
+                self.parked.set_result(asyncio.current_task())
+            await gate.wait()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_a_publisher_cancelled_after_its_frame_went_out_does_not_send_it_twice(tmp_path: Path) -> None:
+    # The hand-off of a cancelled publisher's sends (above) sent the frame whose send was cancelled again, in case
+    # it had not gone out.  Where it had (the transport wrote it, then awaited), the member received it twice and
+    # reported Rejected(REPLAY) -- what an attack looks like in its events and log.  The hand-off now waits for the
+    # send it took over and sends only the frames after it: each frame once, nothing lost.
+    hub = MemoryHub()
+    wrapped = _SentThenParked(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 POLICY, store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    loop = asyncio.get_running_loop()
+    gate = wrapped.gate = asyncio.Event()
+    wrapped.parked = loop.create_future()
+    tasks = [asyncio.create_task(author.publish(branch, b"m%d" % i)) for i in range(4)]  # one group
+    sender = await asyncio.wait_for(wrapped.parked, 10)
+    assert sender in tasks
+    sender.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    wrapped.gate = None
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert all(isinstance(r, int) for t, r in zip(tasks, results, strict=True) if t is not sender), results
+    await author.publish(branch, b"after")
+    got = await _drain(sub, 5)
+    assert got == [b"m0", b"m1", b"m2", b"m3", b"after"], got
+    packets = [d for src, _dst, d in hub.tap if src == "author" and decode_frame(d).kind is Kind.PACKET]
+    assert (len(packets), len(set(packets))) == (5, 5), "a frame was sent twice"
+    rejected = [e for e in sub.pending_events() if isinstance(e, Rejected)]
+    assert not rejected, rejected
+    await sub.close()
+    await author.close()
+
+
+async def test_run_eagerly_runs_in_the_caller_until_it_suspends_then_in_a_task_the_caller_cannot_cancel() -> None:
+    from streams._tasks import run_eagerly
+
+    me = asyncio.current_task()
+    ran_in: list[asyncio.Task[Any] | None] = []
+    gate = asyncio.Event()
+    stopped: list[str] = []
+
+    async def quick() -> None:
+        ran_in.append(asyncio.current_task())
+
+    async def parks(fail: bool) -> None:
+        ran_in.append(asyncio.current_task())
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            stopped.append("cancelled")
+            raise
+        ran_in.append(asyncio.current_task())
+        if fail:
+            raise OSError("after the write")
+
+    assert run_eagerly(quick()) is None and ran_in == [me]  # no task for a send that never suspends
+    ran_in.clear()
+    rest = run_eagerly(parks(False))
+    assert rest is not None and ran_in == [me]  # up to its first suspension in the caller
+
+    async def caller() -> None:
+        await asyncio.shield(rest)
+
+    waiting = asyncio.create_task(caller())
+    await asyncio.sleep(0)
+    waiting.cancel()  # the caller's cancellation does not reach the rest
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    gate.set()
+    await asyncio.wait_for(rest, 10)
+    assert ran_in[1] is not me and not stopped
+    gate.clear()
+    failing = run_eagerly(parks(True))
+    assert failing is not None
+    gate.set()
+    with pytest.raises(OSError, match="after the write"):
+        await asyncio.wait_for(failing, 10)
+    gate.clear()
+    cancelled = run_eagerly(parks(False))
+    assert cancelled is not None
+    await asyncio.sleep(0)
+    cancelled.cancel()  # (close) reaches the coroutine
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert stopped == ["cancelled"]
 
 
 async def _closes_itself(party: Author | Subscriber) -> ClosedResourceError:
