@@ -259,9 +259,10 @@ class _Party:
         self._core.log_lookup = store.log_hash
         # The grant frames and admission evidence stay on disk, not in memory (O(branches) state stays small).
         self._core.extras_lookup = store.branch_extras
-        self._core.grants_lookup = store.grants_between  # a branch's grant history, read only for grant syncs
-        if isinstance(self._core, AuthorCore):  # (what the author serves: checked first)
-            self._core.grants_lookup = self._served_grants
+        # A branch's grant history, read only for grant syncs (what the author serves: checked first).
+        author = isinstance(self._core, AuthorCore)
+        self._core.grants_lookup = self._served_grants if author else store.grants_between
+        if author:
             self._core.grant_intact = self._grant_intact
         self._hook_parallel()
         # FETCHes bound to the connection they travel on (SPEC 8.9), where the transport has sessions: the author

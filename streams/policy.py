@@ -169,13 +169,18 @@ def evidence_parts(evidence: bytes) -> list[bytes]:
     return out
 
 
-def _check_dids(what: str, dids: Iterable[object]) -> None:
+def _check_dids(what: str, dids: Iterable[object]) -> frozenset[bytes]:
     """Refuse an entry that is not a valid Ed25519 did:key -- the only DIDs a subscription can prove: one that is
     not would never match, so a mistyped DID on an allow-list would silently admit nobody, and on a deny-list
-    deny nobody (a policy file refuses it too, :mod:`streams.policy_file`)."""
+    deny nobody (a policy file refuses it too, :mod:`streams.policy_file`).  Return their holders
+    (:func:`denied_holders`, each DID decoded once)."""
+    holders = set()
     for did in dids:
-        if not isinstance(did, str) or holder_of(did) is None:
+        holder = holder_of(did) if isinstance(did, str) else None
+        if holder is None:
             raise LocalProtocolError(f"{what}: {did!r} is not a valid Ed25519 did:key")
+        holders.add(holder)
+    return frozenset(holders)
 
 
 @dataclass(frozen=True)
@@ -214,8 +219,7 @@ class DenyList:
     _holders: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
-        _check_dids("deny-list", self.dids)
-        object.__setattr__(self, "_holders", denied_holders(self.dids))
+        object.__setattr__(self, "_holders", _check_dids("deny-list", self.dids))
 
     def could_admit(self, did: str) -> bool:
         return not is_denied(did, self.dids, self._holders)
