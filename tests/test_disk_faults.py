@@ -792,3 +792,49 @@ def _grant_row(db: Path, branch: bytes, epoch: int) -> bytes:
                      .fetchone()[0])
     finally:
         conn.close()
+
+
+async def test_a_grant_history_entry_damaged_in_an_older_branch_record_is_a_storage_error(tmp_path: Path) -> None:
+    """Records written before the ``grants`` table keep the grants a re-key replaced in a list of their own.  An
+    entry there damaged on disk so that it no longer decodes opened without a word, and the next write of the
+    branch's record (a revoke, here) failed in the store's commit with LocalProtocolError ("a grant history
+    entry that is not a frame": the caller's fault, said of a disk fault), closing the party.  The store now
+    checks the list where it reads the record: StorageError naming the branch record, as for its other fields."""
+    import sqlite3
+
+    import msgpack
+
+    from streams.wire import Permission
+
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("s"), store_options=OPTS)
+    branch = await sub.subscribe()
+    await sub.close()
+    await author.set_permission(branch, Permission.READ)  # epoch 1: the epoch-0 grant joins the history
+    await author.close()
+    conn = sqlite3.connect(tmp_path / "a.db")
+    with conn:  # the record as an older version wrote it: the history in the record, not in the table
+        (old,) = conn.execute("SELECT frame FROM grants WHERE branch = ? AND epoch = 0", (branch,)).fetchone()
+        conn.execute("DELETE FROM grants WHERE branch = ?", (branch,))
+        v = msgpack.unpackb(conn.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()[0],
+                            raw=False)
+        damaged = bytearray(old)
+        damaged[0] ^= 0x01  # (a frame's first byte: it no longer decodes)
+        v[11] = [bytes(damaged)]
+        conn.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), branch))
+    conn.close()
+
+    async def open_and_revoke() -> None:
+        author = await Author.open(tmp_path / "a.db", PW, MemoryHub().author_endpoint(), AllowList.of([SUB.did]),
+                                   store_options=OPTS)
+        try:
+            await author.revoke(branch)  # (a write of the record: where the old code failed)
+        finally:
+            await author.close()
+
+    with pytest.raises(StorageError, match="branch record") as info:
+        await open_and_revoke()
+    assert str(tmp_path / "a.db") in str(info.value)
