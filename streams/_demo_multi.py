@@ -12,7 +12,10 @@ Processes (all started with ``sys.executable``, state in a temporary directory):
 
 Checks (each PASS/FAIL with a short detail; :func:`run_process_demo` returns 1 if any fails):
 
-a. every provider's payment events reach the monitor, each signed by the provider's DID (THREATS 2);
+a. every provider's payment events reach the monitor, each signed by the provider's DID (THREATS 2); and the
+   attacker withholds one provider's next event and sends the monitor two forged copies of it from its own
+   socket -- its signature altered, and signed with another provider's key: each is rejected BAD_SIGNATURE
+   and none delivered, then the genuine one is;
 b. segregation (THREATS 1): the monitor alerts provider A, A reads it; every packet of A's branch the attacker
    recorded (A's payment events and the alert) is then delivered into provider B's connection: B's core
    rejects each one and reads none -- and B's own branch still works (an alert to B arrives);
@@ -50,15 +53,16 @@ from typing import IO, Any
 
 from . import keystore
 from ._cli._common import Terminated, print_out
-from .demo import granted_keys, opens
+from .demo import altered_signature, granted_keys, judge_forgeries, opens, resigned
 from .identity import Identity
-from .wire import decode_frame
+from .wire import Kind, decode_frame
 
 __all__ = [
     "Check",
     "DemoError",
     "DemoRun",
     "judge_delivery",
+    "judge_forgeries",
     "judge_refusal",
     "judge_replay",
     "judge_segregation",
@@ -388,7 +392,80 @@ class DemoRun:
             last = _message_pred(p.branch, seq=n)
             with contextlib.suppress(DemoError):  # the judge reports what is missing
                 self.monitor.wait_for(last, f"{p.name}'s event {n}")
-        return judge_delivery({p.name: (p.did, p.branch) for p in self.providers.values()}, n, self.monitor.docs)
+        check = judge_delivery({p.name: (p.did, p.branch) for p in self.providers.values()}, n, self.monitor.docs)
+        forgery = self.check_forgeries()
+        return Check(check.name + "; forgeries rejected", check.ok and forgery.ok,
+                     f"{check.detail}; {forgery.detail}")
+
+    def _withhold_next(self, direction: str, provider: Provider, kind: str, publish: str,
+                       pick: Callable[[Any], bool]) -> tuple[int, bytes]:
+        """The attacker withholds every ``kind`` frame of ``provider``'s branch going ``direction`` (``up``: to the
+        monitor); the provider publishes ``publish``; returns the seq it published and the first withheld frame
+        for which ``pick(frame)`` holds.  The caller releases the hold (:meth:`_release`).  Raises
+        :class:`DemoError` if none comes."""
+        assert self.relay is not None
+        self.relay.request({"cmd": "hold", "dir": direction, "branch": provider.branch, "count": 1_000_000,
+                            "kinds": [kind]})
+        m = provider.proc.mark()
+        provider.proc.send({"cmd": "publish", "data": publish})
+        seq = int(provider.proc.wait_for(lambda d: d.get("event") == "published", "publish", since=m)["seq"])
+        end = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < end:
+            for f in self.relay.request({"cmd": "held"})["frames"]:
+                raw = base64.b64decode(f)
+                if pick(decode_frame(raw)) and int(getattr(decode_frame(raw).head, "seq", -1)) == seq:
+                    return seq, raw
+            time.sleep(0.05)
+        raise DemoError(f"the attacker saw no {kind} of {provider.name}'s seq {seq}")
+
+    def _release(self, provider: Provider, direction: str) -> None:
+        """End the hold of :meth:`_withhold_next`."""
+        assert self.relay is not None
+        self.relay.request({"cmd": "hold", "dir": direction, "branch": provider.branch, "count": 0})
+        self.relay.request({"cmd": "held"})  # what it withheld meanwhile (gap-fill copies): dropped, not kept
+
+    def check_forgeries(self, victim: str = "acme-pay", impostor: str = "globex-pay") -> Check:
+        """(a) The attacker withholds ``victim``'s next payment event and sends the monitor, from its own socket, a
+        copy with its signature altered and one signed with ``impostor``'s key; then the genuine event."""
+        assert self.monitor is not None and self.relay is not None
+        p = self.providers[victim]
+        self.say(f"the attacker withholds {victim}'s next payment event and sends the monitor forged copies…")
+        event = json.dumps({"provider": victim, "payment": "withheld by the attacker"})
+        try:
+            seq, genuine = self._withhold_next("up", p, "PACKET", event, lambda f: f.kind is Kind.PACKET)
+            forged = [altered_signature(genuine), resigned(genuine, self.identities[impostor])]
+            m = self.monitor.mark()
+
+            def mine(d: Doc) -> bool:
+                return d.get("event") == "rejected" and d.get("branch") == p.branch and d.get("seq") == seq
+
+            monitor = self.monitor
+
+            def settled(n: int) -> Callable[[Doc], bool]:
+                """n forgeries rejected, or one delivered."""
+                return lambda d: _message_pred(p.branch, seq=seq)(d) or sum(map(mine, monitor.since(m))) >= n
+
+            for n, f in enumerate(forged, 1):
+                self.relay.request({"cmd": "send_direct", "frames": [base64.b64encode(f).decode()]})
+                with contextlib.suppress(DemoError):
+                    monitor.wait_for(settled(n), "the forgery's fate", since=m, timeout=5.0)
+            time.sleep(0.3)  # a forgery delivered late would show now
+            docs = monitor.since(m)
+        finally:
+            self._release(p, "up")
+        delivered = sum(1 for d in docs if _message_pred(p.branch)(d))
+        genuine_ok = False
+        if not delivered:  # (else the genuine event is a replay: the check has failed already)
+            m = self.monitor.mark()
+            self.relay.request({"cmd": "send_direct", "frames": [base64.b64encode(genuine).decode()]})
+            with contextlib.suppress(DemoError):
+                doc = self.monitor.wait_for(_message_pred(p.branch, seq=seq), "the genuine event", since=m)
+                genuine_ok = doc.get("publisher") == p.did and doc.get("signed") is True
+        ok, detail = judge_forgeries(len(forged), [str(d.get("reason")) for d in docs if mine(d)], delivered,
+                                     genuine_ok)
+        return Check("forged signatures rejected", ok,
+                     f"{victim}'s withheld event seq {seq}, its signature altered and signed with {impostor}'s key: "
+                     + detail)
 
     def check_segregation(self, owner: str = "acme-pay", victim: str = "globex-pay") -> Check:
         """(b) The attacker delivers every recorded packet of ``owner``'s branch into ``victim``'s connection."""

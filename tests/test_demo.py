@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
+import streams._crypto
+import streams._parallel
 from streams._demo_multi import (
     DemoRun,
     judge_anchoring,
     judge_delivery,
+    judge_forgeries,
     judge_refusal,
     judge_replay,
     judge_segregation,
 )
+from streams.demo import run_inprocess_demo
 from tests.cliutil import ROOT
 
 
@@ -178,3 +182,70 @@ def test_judges_on_hand_made_observations() -> None:
     assert not judge_refusal(0, {"reason": "REFUSED"}, refused, did).ok
     assert not judge_refusal(1, {"reason": "REFUSED"}, [], did).ok
     assert not judge_refusal(2, {"error": "timeout"}, refused, did).ok
+
+
+def test_judges_of_the_forgeries_on_hand_made_observations() -> None:
+    assert judge_forgeries(2, ["BAD_SIGNATURE"] * 2, 0, True)[0]
+    assert not judge_forgeries(2, ["BAD_SIGNATURE"], 1, True)[0]  # one forgery delivered
+    assert not judge_forgeries(2, ["BAD_SIGNATURE", "REPLAY"], 0, True)[0]  # refused, but not for its signature
+    assert not judge_forgeries(2, ["BAD_SIGNATURE"] * 2, 0, False)[0]  # the genuine message lost
+    assert not judge_forgeries(0, [], 0, True)[0]  # nothing forged: nothing shown
+
+
+def test_the_in_process_demo_fails_when_signatures_are_not_checked(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The in-process demo's check of forged signatures attacks: with every signature check of the process made to
+    pass, the forged copy of a payment event is delivered, and the demo says FAIL and exits 1.  (The demo passes on
+    the real code: tests/test_cli.py.)"""
+
+    def accept(public: bytes, digest: bytes, sig: bytes) -> None:
+        return None
+
+    monkeypatch.setattr(streams._crypto, "verify", accept)
+    monkeypatch.setattr(streams._parallel, "verify", accept)
+    assert run_inprocess_demo(2, as_json=True) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert [c["check"] for c in failed] == ["forged signatures on a payment event rejected, nothing delivered"]
+    assert "1 delivered" in failed[0]["detail"]
+
+
+#: Loaded by every child of a demo whose PYTHONPATH holds its directory: while a file ``signatures-off`` is there,
+#: every Ed25519 signature verifies.  Decided at each call.
+_BREAKER = """
+from pathlib import Path
+
+import streams._crypto
+import streams._parallel
+
+_HERE = Path(__file__).parent
+_verify = streams._crypto.verify
+
+
+def verify(*args):
+    if not (_HERE / "signatures-off").exists():
+        _verify(*args)
+
+
+streams._crypto.verify = streams._parallel.verify = verify  # (the latter imported it by name)
+"""
+
+
+def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check (a) of the multi-process demo attacks what it claims: run against processes whose signature checks
+    pass everything, it says FAIL -- the forged event delivered.  (On the real code it passes:
+    test_demo_json_every_check_passes_and_no_process_is_left.)"""
+    breaker = tmp_path / "breaker"
+    breaker.mkdir()
+    (breaker / "sitecustomize.py").write_text(_BREAKER)
+    monkeypatch.setenv("PYTHONPATH", str(breaker))
+    run = DemoRun(tmp_path / "demo", events_per_provider=1)
+    run.workdir.mkdir()
+    try:
+        run.start()
+        (breaker / "signatures-off").touch()
+        a = run.check_delivery()
+        assert not a.ok and "2 forged copies: 1 rejected (REPLAY), 1 delivered" in a.detail, a
+    finally:
+        run.close()
