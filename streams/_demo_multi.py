@@ -22,7 +22,12 @@ b. segregation (THREATS 1): the monitor alerts provider A, A reads it; every pac
 c. replay (THREATS 3): a payment event recorded on the wire is sent again to the monitor from the attacker's
    own DEALER socket: the monitor rejects it as a replay and delivers nothing new;
 d. admission (THREATS 5): the unlisted DID is refused (``streams subscribe`` exits 1 with REFUSED, and the
-   monitor reports the refusal).
+   monitor reports the refusal);
+e. anchoring (THREATS 7): every provider verifies an anchor proof of its branch against the embedded ledger;
+   and the attacker withholds a provider's next proof and hands it two forged ones: the proof with its
+   signature altered (refused BAD_SIGNATURE), and a proof signed with the monitor's own key for a checkpoint
+   the ledger does not hold -- what a monitor claiming an anchor it never wrote would send (refused
+   NOT_ANCHORED by the provider's ledger check); then the genuine one is verified against the ledger.
 
 The ``judge_*`` functions decide each check from what the processes printed; they are separate so tests can
 show that each check fails when its property does not hold.  Every child is stopped (and killed if it does
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -53,14 +59,16 @@ from typing import IO, Any
 
 from . import keystore
 from ._cli._common import Terminated, print_out
+from .anchor import EpochCheckpoint
 from .demo import altered_signature, granted_keys, judge_forgeries, opens, resigned
 from .identity import Identity
-from .wire import Kind, decode_frame
+from .wire import Kind, decode_anchor_body, decode_frame, encode_anchor_body, encode_frame
 
 __all__ = [
     "Check",
     "DemoError",
     "DemoRun",
+    "judge_anchor_forgeries",
     "judge_delivery",
     "judge_forgeries",
     "judge_refusal",
@@ -148,6 +156,26 @@ def judge_anchoring(providers: list[str], verified: dict[str, int], ledger_ok: b
     if missing:
         detail += f"; no verified proof at {', '.join(missing)}"
     return Check(name, ok, detail)
+
+
+def judge_anchor_forgeries(forged: list[str], docs: list[Doc], after: list[Doc], branch: str, seq: int) -> Check:
+    """(e) The provider was handed forged anchor proofs of its head ``(branch, seq)``, named in ``forged`` by
+    what each claims (``docs``: what it printed meanwhile), then the genuine proof (``after``: what it printed
+    since).  Each forgery must be refused with the reason it is there to meet, in order -- "altered" ones
+    BAD_SIGNATURE, "unwritten" ones (a checkpoint the ledger does not hold) NOT_ANCHORED -- none may make the head
+    anchored, and the genuine proof then must, verified against the ledger."""
+    def mine(d: Doc, event: str) -> bool:
+        return d.get("event") == event and d.get("branch") == branch and d.get("seq") == seq
+
+    want = ["BAD_SIGNATURE" if f == "altered" else "NOT_ANCHORED" for f in forged]
+    got = [str(d.get("reason")) for d in docs if mine(d, "rejected")]
+    taken = sum(1 for d in docs if mine(d, "anchored"))
+    genuine = any(mine(d, "anchored") and d.get("ledger_verified") is True for d in after)
+    ok = bool(forged) and got == want and taken == 0 and genuine
+    detail = (f"{len(forged)} forged proofs of head seq {seq} ({', '.join(forged)}): refused "
+              f"{', '.join(got) or 'none'}, {taken} taken as anchored; the genuine proof then "
+              f"{'verified against the ledger' if genuine else 'NOT verified'}")
+    return Check("forged anchor proofs refused", ok, detail)
 
 
 def judge_refusal(returncode: int, output: Doc, monitor_docs: list[Doc], did: str) -> Check:
@@ -572,12 +600,65 @@ class DemoRun:
                 verified[p.name] = int(doc["epoch"])
             except DemoError:
                 pass
+        forgery = self.check_anchor_forgeries()
         from .ledger.embedded import EmbeddedLedger
 
         with EmbeddedLedger(self.ledger_path) as ledger:
             report = ledger.verify()
             writes = ledger.size()
-        return judge_anchoring(sorted(self.providers), verified, report.ok, writes)
+        check = judge_anchoring(sorted(self.providers), verified, report.ok, writes)
+        return Check(check.name + "; forged proofs refused", check.ok and forgery.ok,
+                     f"{check.detail}; {forgery.detail}")
+
+    def check_anchor_forgeries(self, name: str = "globex-pay") -> Check:
+        """(e) The attacker withholds the anchor proof of ``name``'s next head and hands the provider, on its own
+        connection, that proof with its signature altered, then one signed with the monitor's key for a checkpoint
+        the ledger does not hold (the genuine one, a millisecond later); then the genuine proof."""
+        assert self.relay is not None
+        p = self.providers[name]
+        self.say(f"the attacker withholds {name}'s next anchor proof and hands it forged ones…")
+        monitor_id = self.identities["monitor"]
+        event = json.dumps({"provider": name, "payment": "to be anchored"})
+        try:
+            seq, genuine = self._withhold_next("down", p, "ANCHOR_PROOF", event,
+                                               lambda f: f.kind is Kind.ANCHOR_PROOF and f.head.publisher != 0)
+            f = decode_frame(genuine)
+            raw_cp, path = decode_anchor_body(f.body)
+            cp = EpochCheckpoint.decode(raw_cp)
+            unwritten = dataclasses.replace(cp, timestamp_ms=cp.timestamp_ms + 1, sig=b"")
+            unwritten = dataclasses.replace(unwritten, sig=monitor_id.sign(unwritten.digest))
+            forged = {"altered": altered_signature(genuine),
+                      "unwritten": encode_frame(f.head, encode_anchor_body(unwritten.encode(), path),
+                                                monitor_id.sign).raw}
+            m = p.proc.mark()
+
+            def settled(n: int) -> Callable[[Doc], bool]:
+                """n forgeries refused, or one taken."""
+                def pred(d: Doc) -> bool:
+                    got = [x for x in p.proc.since(m) if x.get("branch") == p.branch and x.get("seq") == seq
+                           and x.get("event") in ("rejected", "anchored")]
+                    return len(got) >= n or any(x.get("event") == "anchored" for x in got)
+                return pred
+
+            for n, frame in enumerate(forged.values(), 1):
+                self.relay.request({"cmd": "inject", "to_branch": p.branch,
+                                    "frames": [base64.b64encode(frame).decode()]})
+                with contextlib.suppress(DemoError):
+                    p.proc.wait_for(settled(n), "the forged proof's fate", since=m, timeout=5.0)
+            docs = p.proc.since(m)
+        finally:
+            self._release(p, "down")
+        m = p.proc.mark()
+
+        def anchored(d: Doc) -> bool:
+            return d.get("event") == "anchored" and d.get("branch") == p.branch and d.get("seq") == seq
+
+        if not any(map(anchored, docs)):  # (else the genuine proof is ignored: the check has failed already)
+            self.relay.request({"cmd": "inject", "to_branch": p.branch,
+                                "frames": [base64.b64encode(genuine).decode()]})
+            with contextlib.suppress(DemoError):
+                p.proc.wait_for(anchored, "the genuine proof", since=m)
+        return judge_anchor_forgeries(list(forged), docs, p.proc.since(m), p.branch, seq)
 
     def _replay_step(self, provider: str) -> Check:
         self.say(f"the attacker replays {provider}'s first payment event from its own socket…")

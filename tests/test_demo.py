@@ -18,6 +18,7 @@ import streams._crypto
 import streams._parallel
 from streams._demo_multi import (
     DemoRun,
+    judge_anchor_forgeries,
     judge_anchoring,
     judge_delivery,
     judge_forgeries,
@@ -191,6 +192,19 @@ def test_judges_of_the_forgeries_on_hand_made_observations() -> None:
     assert not judge_forgeries(2, ["BAD_SIGNATURE"] * 2, 0, False)[0]  # the genuine message lost
     assert not judge_forgeries(0, [], 0, True)[0]  # nothing forged: nothing shown
 
+    def doc(event: str, **kw: object) -> dict[str, object]:
+        return {"event": event, "branch": "aa", "seq": 3, **kw}
+
+    refused = [doc("rejected", reason="BAD_SIGNATURE"), doc("rejected", reason="NOT_ANCHORED")]
+    genuine = [doc("anchored", ledger_verified=True)]
+    assert judge_anchor_forgeries(["altered", "unwritten"], refused, genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], refused[:1], genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], [*refused, genuine[0]], genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], refused[::-1], genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], refused, [doc("anchored", ledger_verified=False)],
+                                      "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered"], [{**refused[0], "seq": 2}], genuine, "aa", 3).ok
+
 
 def test_the_in_process_demo_fails_when_signatures_are_not_checked(monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,15 +225,18 @@ def test_the_in_process_demo_fails_when_signatures_are_not_checked(monkeypatch: 
 
 
 #: Loaded by every child of a demo whose PYTHONPATH holds its directory: while a file ``signatures-off`` is there,
-#: every Ed25519 signature verifies.  Decided at each call.
+#: every Ed25519 signature verifies; while ``ledger-off`` is, every anchor proof is on the ledger.  Decided at each
+#: call, so one set of processes shows each check failing in turn.
 _BREAKER = """
 from pathlib import Path
 
 import streams._crypto
 import streams._parallel
+import streams.api
+import streams.ledger.anchoring
 
 _HERE = Path(__file__).parent
-_verify = streams._crypto.verify
+_verify, _verify_anchored = streams._crypto.verify, streams.ledger.anchoring.verify_anchored
 
 
 def verify(*args):
@@ -227,15 +244,23 @@ def verify(*args):
         _verify(*args)
 
 
+def verify_anchored(*args, **kwargs):
+    if not (_HERE / "ledger-off").exists():
+        return _verify_anchored(*args, **kwargs)
+    return None
+
+
 streams._crypto.verify = streams._parallel.verify = verify  # (the latter imported it by name)
+streams.ledger.anchoring.verify_anchored = streams.api.verify_anchored = verify_anchored
 """
 
 
 def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Check (a) of the multi-process demo attacks what it claims: run against processes whose signature checks
-    pass everything, it says FAIL -- the forged event delivered.  (On the real code it passes:
-    test_demo_json_every_check_passes_and_no_process_is_left.)"""
+    """Checks (a) and (e) of the multi-process demo attack what they claim: run against processes whose signature
+    checks pass everything, or whose ledger check of anchor proofs does, each says FAIL -- the forged event
+    delivered, the altered proof taken, the proof of a checkpoint the ledger does not hold taken.  (On the real
+    code they pass: test_demo_json_every_check_passes_and_no_process_is_left.)"""
     breaker = tmp_path / "breaker"
     breaker.mkdir()
     (breaker / "sitecustomize.py").write_text(_BREAKER)
@@ -247,5 +272,11 @@ def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path:
         (breaker / "signatures-off").touch()
         a = run.check_delivery()
         assert not a.ok and "2 forged copies: 1 rejected (REPLAY), 1 delivered" in a.detail, a
+        e = run.check_anchor_forgeries()
+        assert not e.ok and "refused none, 1 taken as anchored" in e.detail, e  # the altered proof
+        (breaker / "signatures-off").unlink()
+        (breaker / "ledger-off").touch()
+        e = run.check_anchor_forgeries()
+        assert not e.ok and "refused BAD_SIGNATURE, 1 taken as anchored" in e.detail, e  # the unwritten one
     finally:
         run.close()
