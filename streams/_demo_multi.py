@@ -571,13 +571,14 @@ class DemoRun:
         """Every check, in order.  A step that fails to happen is a FAIL, not an exception."""
         checks: list[Check] = []
         steps: list[tuple[str, Callable[[], Check]]] = [
-            ("monitor received every provider's payment events, signed by its DID", self.check_delivery),
+            ("monitor received every provider's payment events, signed by its DID; forgeries rejected",
+             self.check_delivery),
             ("segregation: globex-pay cannot read acme-pay's branch", self.check_segregation),
             ("replayed payment event rejected, nothing delivered",
              lambda: self._replay_step("initech-pay")),
             ("unlisted DID refused", self.check_refusal),
-            ("branch heads anchored on the embedded ledger, proofs verified by every provider",
-             self.check_anchoring),
+            ("branch heads anchored on the embedded ledger, proofs verified by every provider; forged proofs "
+             "refused", self.check_anchoring),
         ]
         for name, step in steps:
             try:
