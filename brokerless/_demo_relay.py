@@ -14,9 +14,10 @@ Commands are JSON lines on stdin, each answered by one JSON line on stdout (fram
   connection seen sending on ``to_branch``, as if the author had sent them (relay into another branch).
 * ``{"cmd": "send_direct", "frames": [...]}`` -- send frames to the author from the relay's own DEALER socket
   (a replay from a connection that never subscribed).
-* ``{"cmd": "hold", "dir": ..., "branch": hex, "count": n}`` -- withhold the next ``n`` packets of that
-  branch and direction (recorded, not forwarded); ``{"cmd": "held"}`` returns them.  The demo's tests use it
-  to obtain a valid frame the receiver never saw, to show that the replay check can fail.
+* ``{"cmd": "hold", "dir": ..., "branch": hex, "count": n, "kinds": ["PACKET", ...]}`` -- withhold the next
+  ``n`` frames of those kinds (default PACKET) of that branch and direction (recorded, not forwarded);
+  ``{"cmd": "held"}`` returns them.  The demo uses it to obtain a valid frame the receiver never saw, to forge
+  copies of it (checks a and e); its tests, to show that the replay check can fail.
 
 The relay exits at stdin EOF, so it never outlives the demo that started it.  Internal to the demo.
 """
@@ -67,7 +68,7 @@ class Relay:
         self.branches_of: dict[bytes, set[bytes]] = {}
         self.recorded: dict[str, deque[bytes]] = {"up": deque(maxlen=MAX_RECORDED),
                                                    "down": deque(maxlen=MAX_RECORDED)}
-        self.holds: dict[tuple[str, bytes], int] = {}
+        self.holds: dict[tuple[str, bytes], tuple[int, set[Kind]]] = {}
         self.held: list[bytes] = []
         self.direct: zmq.Socket[bytes] | None = None
         self.poller = zmq.Poller()
@@ -88,11 +89,12 @@ class Relay:
 
     def _withhold(self, direction: str, data: bytes) -> bool:
         kb = _branch_of(data)
-        if kb is None or kb[0] is not Kind.PACKET:
+        if kb is None:
             return False
         key = (direction, kb[1])
-        if self.holds.get(key, 0) > 0:
-            self.holds[key] -= 1
+        count, kinds = self.holds.get(key, (0, set()))
+        if count > 0 and kb[0] in kinds:
+            self.holds[key] = (count - 1, kinds)
             self.held.append(data)
             return True
         return False
@@ -157,7 +159,8 @@ class Relay:
                 self.direct.send(data)
             return {"reply": cmd, "sent": len(raw)}
         if cmd == "hold":
-            self.holds[(req["dir"], bytes.fromhex(req["branch"]))] = int(req.get("count", 1))
+            self.holds[(req["dir"], bytes.fromhex(req["branch"]))] = (
+                int(req.get("count", 1)), {Kind[k] for k in req.get("kinds", ["PACKET"])})
             return {"reply": cmd}
         if cmd == "held":
             held, self.held = self.held, []

@@ -61,7 +61,7 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   bucket, so that reconnecting or opening many connections does not multiply what a flooder can make the core
   unseal.  The author's inbound queue is bounded (``inbox`` frames, ``inbox_bytes`` bytes); per-peer state is a
   few counters and a send queue bounded in frames and bytes, and the number of peers is capped (least recently
-  seen evicted).
+  seen evicted, those in a handshake or routed to a branch last: a requester's challenge is bound to its record).
 
 Delivery semantics seen by the application (with :mod:`streams.api`): the protocol accepts every
 (branch, publisher, seq) exactly once, in order, including across ``kill -9`` and restart of either side.  The
@@ -157,6 +157,8 @@ _AVG_RISE, _AVG_FALL = 1 / 2, 1 / 64  # weights of a data frame's size in the su
 
 #: Kinds that only members send (they are authenticated by the core); every other kind is unauthenticated and
 #: charged against the sender's inbound budget.
+#: Records an eviction passes over (in a handshake, or routed) before it takes the least recently seen anyway.
+_EVICT_LOOKS = 64
 _MEMBER_KINDS = frozenset({Kind.PACKET, Kind.CHECKPOINT, Kind.UNSUBSCRIBE, Kind.FETCH, Kind.HEAD, Kind.ACK})
 _NOT_A_FRAME = DecodeError("not a streams/1 frame (must start with [1, kind, ...])")
 _BAD_CREDIT = DecodeError(f"CREDIT must be {_CREDIT_LEN} bytes")
@@ -307,7 +309,15 @@ class EndpointConfig:
     with ``credit_window`` 0, which sends no CREDIT to say it with); author: the most it sends, whatever the
     subscriber said.  0 turns bundles off."""
     max_peers: int = 10_000
-    """Author: most peers tracked; the least recently seen is forgotten beyond it."""
+    """Author: most peers tracked; beyond it one is forgotten: the least recently seen of those neither in a
+    handshake (a HELLO within ``handshake_hold_ms``) nor routed to a branch, looking past at most 64 of those
+    (if those are all it looks at, the least recently seen of them).  Its challenge is bound to the session of its
+    record (SPEC 8.3): a requester's record evicted between its HELLO and its SUBSCRIBE is refused, so a peer
+    cycling more new connections than this through one round trip would otherwise keep everyone out."""
+    handshake_hold_ms: int = 10_000
+    """Author: how long after its last HELLO a peer's record is kept before those of other peers that are not
+    routed to a branch (see ``max_peers``), milliseconds.  HELLOs draw from ``global_budget``, so a flooder gets
+    few records held this way."""
     peers_per_branch: int = 4096
     """Author: most routing ids mapped to one branch (the least recently seen is evicted).  Only peers of
     verified members are mapped, so a group needs one per connected member (at most 255 members besides the
@@ -368,7 +378,8 @@ class _Peer(_Bucket):
     """What the author endpoint keeps per routing id: budget, routes, the bounded send queue and its credit."""
 
     __slots__ = ("behind_at", "branches", "bundle_max", "bundle_said", "bundles_told", "consumed", "credit",
-                 "failures", "flight_bytes", "flight_max", "last_seen", "loss_at", "loss_received", "loss_sent",
+                 "failures", "flight_bytes", "flight_max", "hello_at", "last_seen", "loss_at", "loss_received",
+                 "loss_sent",
                  "malformed", "pong", "queue", "queued_bytes", "reply", "retold_at", "rid", "sent", "session", "sizes",
                  "window")
 
@@ -387,6 +398,7 @@ class _Peer(_Bucket):
         self.bundle_said = False  #: a BUNDLE_OK came from this peer (``bundle_max`` is the smallest it said)
         #: when we last said our BUNDLE_OK again because this peer sent a BUNDLE larger than we take (ms), or -1
         self.retold_at = -1
+        self.hello_at = -1  #: when a HELLO of this record last went to the protocol (ms), or -1
         self.new_session(window)
 
     def new_session(self, window: int) -> None:
@@ -1036,6 +1048,8 @@ class AuthorEndpoint(_Base):
                 log.warning("unauthenticated frames over the endpoint's global budget: dropping (%d so far)",
                             self.stats.over_global_budget)
             return True
+        if frame.kind is Kind.HELLO:
+            peer.hello_at = now  # its record is kept until the SUBSCRIBE comes (see _evict)
         if member:
             branch = getattr(frame.head, "branch", None)
             if isinstance(branch, bytes):
@@ -1064,9 +1078,7 @@ class AuthorEndpoint(_Base):
         peer = self._peers.get(rid)
         if peer is None:
             if len(self._peers) >= self.config.max_peers:
-                _, old = self._peers.popitem(last=False)
-                self._forget(old)
-                self.stats.peers_evicted += 1
+                self._evict(now)
             cfg = self.config
             peer = _Peer(rid, now, cfg.inbound_burst, cfg.credit_window_max, cfg.window_bytes)
             self._peers[rid] = peer
@@ -1077,6 +1089,31 @@ class AuthorEndpoint(_Base):
             self._peers.move_to_end(rid)
         peer.last_seen = now
         return peer
+
+    def _evict(self, now: int) -> None:
+        """Forget one record to make room for a new one: the least recently seen that is neither a member's (routed
+        to a branch) nor in a handshake (a HELLO within ``handshake_hold_ms``).  A requester's challenge is bound
+        to its record's session (SPEC 8.3): evicted between its HELLO and its SUBSCRIBE, it is refused
+        BAD_CHALLENGE, and a peer cycling more than ``max_peers`` new connections through every round trip of it
+        would keep it out for good.  Those passed over get a second chance (to the back); if the first
+        ``_EVICT_LOOKS`` are all held, the least recently seen of them goes anyway, so that a new record costs a
+        bounded amount of work even if a flood made most records held (HELLOs draw from the global budget)."""
+        peers = self._peers
+        hold = self.config.handshake_hold_ms
+        oldest: tuple[bytes, _Peer] | None = None
+        for _ in range(min(len(peers), _EVICT_LOOKS)):
+            rid, old = next(iter(peers.items()))
+            if not old.branches and (old.hello_at < 0 or now - old.hello_at >= hold):
+                break
+            oldest = oldest or (rid, old)
+            peers.move_to_end(rid)
+        else:
+            if oldest is None:
+                return
+            rid, old = oldest  # every one we looked at is held: the least recently seen of them goes
+        del peers[rid]
+        self._forget(old)
+        self.stats.peers_evicted += 1
 
     def learn_routes(self, hints: list[tuple[bytes, object, bool]]) -> None:
         """Apply the protocol core's routing hints (:meth:`streams.core.AuthorCore.take_routes`; the

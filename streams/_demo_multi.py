@@ -12,14 +12,22 @@ Processes (all started with ``sys.executable``, state in a temporary directory):
 
 Checks (each PASS/FAIL with a short detail; :func:`run_process_demo` returns 1 if any fails):
 
-a. every provider's payment events reach the monitor, each signed by the provider's DID (THREATS 2);
+a. every provider's payment events reach the monitor, each signed by the provider's DID (THREATS 2); and the
+   attacker withholds one provider's next event and sends the monitor two forged copies of it from its own
+   socket -- its signature altered, and signed with another provider's key: each is rejected BAD_SIGNATURE
+   and none delivered, then the genuine one is;
 b. segregation (THREATS 1): the monitor alerts provider A, A reads it; every packet of A's branch the attacker
    recorded (A's payment events and the alert) is then delivered into provider B's connection: B's core
    rejects each one and reads none -- and B's own branch still works (an alert to B arrives);
 c. replay (THREATS 3): a payment event recorded on the wire is sent again to the monitor from the attacker's
    own DEALER socket: the monitor rejects it as a replay and delivers nothing new;
 d. admission (THREATS 5): the unlisted DID is refused (``streams subscribe`` exits 1 with REFUSED, and the
-   monitor reports the refusal).
+   monitor reports the refusal);
+e. anchoring (THREATS 7): every provider verifies an anchor proof of its branch against the embedded ledger;
+   and the attacker withholds a provider's next proof and hands it two forged ones: the proof with its
+   signature altered (refused BAD_SIGNATURE), and a proof signed with the monitor's own key for a checkpoint
+   the ledger does not hold -- what a monitor claiming an anchor it never wrote would send (refused
+   NOT_ANCHORED by the provider's ledger check); then the genuine one is verified against the ledger.
 
 The ``judge_*`` functions decide each check from what the processes printed; they are separate so tests can
 show that each check fails when its property does not hold.  Every child is stopped (and killed if it does
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -50,15 +59,18 @@ from typing import IO, Any
 
 from . import keystore
 from ._cli._common import Terminated, print_out
-from .demo import granted_keys, opens
+from .anchor import EpochCheckpoint
+from .demo import altered_signature, granted_keys, judge_forgeries, opens, resigned
 from .identity import Identity
-from .wire import decode_frame
+from .wire import Kind, decode_anchor_body, decode_frame, encode_anchor_body, encode_frame
 
 __all__ = [
     "Check",
     "DemoError",
     "DemoRun",
+    "judge_anchor_forgeries",
     "judge_delivery",
+    "judge_forgeries",
     "judge_refusal",
     "judge_replay",
     "judge_segregation",
@@ -144,6 +156,26 @@ def judge_anchoring(providers: list[str], verified: dict[str, int], ledger_ok: b
     if missing:
         detail += f"; no verified proof at {', '.join(missing)}"
     return Check(name, ok, detail)
+
+
+def judge_anchor_forgeries(forged: list[str], docs: list[Doc], after: list[Doc], branch: str, seq: int) -> Check:
+    """(e) The provider was handed forged anchor proofs of its head ``(branch, seq)``, named in ``forged`` by
+    what each claims (``docs``: what it printed meanwhile), then the genuine proof (``after``: what it printed
+    since).  Each forgery must be refused with the reason it is there to meet, in order -- "altered" ones
+    BAD_SIGNATURE, "unwritten" ones (a checkpoint the ledger does not hold) NOT_ANCHORED -- none may make the head
+    anchored, and the genuine proof then must, verified against the ledger."""
+    def mine(d: Doc, event: str) -> bool:
+        return d.get("event") == event and d.get("branch") == branch and d.get("seq") == seq
+
+    want = ["BAD_SIGNATURE" if f == "altered" else "NOT_ANCHORED" for f in forged]
+    got = [str(d.get("reason")) for d in docs if mine(d, "rejected")]
+    taken = sum(1 for d in docs if mine(d, "anchored"))
+    genuine = any(mine(d, "anchored") and d.get("ledger_verified") is True for d in after)
+    ok = bool(forged) and got == want and taken == 0 and genuine
+    detail = (f"{len(forged)} forged proofs of head seq {seq} ({', '.join(forged)}): refused "
+              f"{', '.join(got) or 'none'}, {taken} taken as anchored; the genuine proof then "
+              f"{'verified against the ledger' if genuine else 'NOT verified'}")
+    return Check("forged anchor proofs refused", ok, detail)
 
 
 def judge_refusal(returncode: int, output: Doc, monitor_docs: list[Doc], did: str) -> Check:
@@ -388,7 +420,80 @@ class DemoRun:
             last = _message_pred(p.branch, seq=n)
             with contextlib.suppress(DemoError):  # the judge reports what is missing
                 self.monitor.wait_for(last, f"{p.name}'s event {n}")
-        return judge_delivery({p.name: (p.did, p.branch) for p in self.providers.values()}, n, self.monitor.docs)
+        check = judge_delivery({p.name: (p.did, p.branch) for p in self.providers.values()}, n, self.monitor.docs)
+        forgery = self.check_forgeries()
+        return Check(check.name + "; forgeries rejected", check.ok and forgery.ok,
+                     f"{check.detail}; {forgery.detail}")
+
+    def _withhold_next(self, direction: str, provider: Provider, kind: str, publish: str,
+                       pick: Callable[[Any], bool]) -> tuple[int, bytes]:
+        """The attacker withholds every ``kind`` frame of ``provider``'s branch going ``direction`` (``up``: to the
+        monitor); the provider publishes ``publish``; returns the seq it published and the first withheld frame
+        for which ``pick(frame)`` holds.  The caller releases the hold (:meth:`_release`).  Raises
+        :class:`DemoError` if none comes."""
+        assert self.relay is not None
+        self.relay.request({"cmd": "hold", "dir": direction, "branch": provider.branch, "count": 1_000_000,
+                            "kinds": [kind]})
+        m = provider.proc.mark()
+        provider.proc.send({"cmd": "publish", "data": publish})
+        seq = int(provider.proc.wait_for(lambda d: d.get("event") == "published", "publish", since=m)["seq"])
+        end = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < end:
+            for f in self.relay.request({"cmd": "held"})["frames"]:
+                raw = base64.b64decode(f)
+                if pick(decode_frame(raw)) and int(getattr(decode_frame(raw).head, "seq", -1)) == seq:
+                    return seq, raw
+            time.sleep(0.05)
+        raise DemoError(f"the attacker saw no {kind} of {provider.name}'s seq {seq}")
+
+    def _release(self, provider: Provider, direction: str) -> None:
+        """End the hold of :meth:`_withhold_next`."""
+        assert self.relay is not None
+        self.relay.request({"cmd": "hold", "dir": direction, "branch": provider.branch, "count": 0})
+        self.relay.request({"cmd": "held"})  # what it withheld meanwhile (gap-fill copies): dropped, not kept
+
+    def check_forgeries(self, victim: str = "acme-pay", impostor: str = "globex-pay") -> Check:
+        """(a) The attacker withholds ``victim``'s next payment event and sends the monitor, from its own socket, a
+        copy with its signature altered and one signed with ``impostor``'s key; then the genuine event."""
+        assert self.monitor is not None and self.relay is not None
+        p = self.providers[victim]
+        self.say(f"the attacker withholds {victim}'s next payment event and sends the monitor forged copies…")
+        event = json.dumps({"provider": victim, "payment": "withheld by the attacker"})
+        try:
+            seq, genuine = self._withhold_next("up", p, "PACKET", event, lambda f: f.kind is Kind.PACKET)
+            forged = [altered_signature(genuine), resigned(genuine, self.identities[impostor])]
+            m = self.monitor.mark()
+
+            def mine(d: Doc) -> bool:
+                return d.get("event") == "rejected" and d.get("branch") == p.branch and d.get("seq") == seq
+
+            monitor = self.monitor
+
+            def settled(n: int) -> Callable[[Doc], bool]:
+                """n forgeries rejected, or one delivered."""
+                return lambda d: _message_pred(p.branch, seq=seq)(d) or sum(map(mine, monitor.since(m))) >= n
+
+            for n, f in enumerate(forged, 1):
+                self.relay.request({"cmd": "send_direct", "frames": [base64.b64encode(f).decode()]})
+                with contextlib.suppress(DemoError):
+                    monitor.wait_for(settled(n), "the forgery's fate", since=m, timeout=5.0)
+            time.sleep(0.3)  # a forgery delivered late would show now
+            docs = monitor.since(m)
+        finally:
+            self._release(p, "up")
+        delivered = sum(1 for d in docs if _message_pred(p.branch)(d))
+        genuine_ok = False
+        if not delivered:  # (else the genuine event is a replay: the check has failed already)
+            m = self.monitor.mark()
+            self.relay.request({"cmd": "send_direct", "frames": [base64.b64encode(genuine).decode()]})
+            with contextlib.suppress(DemoError):
+                doc = self.monitor.wait_for(_message_pred(p.branch, seq=seq), "the genuine event", since=m)
+                genuine_ok = doc.get("publisher") == p.did and doc.get("signed") is True
+        ok, detail = judge_forgeries(len(forged), [str(d.get("reason")) for d in docs if mine(d)], delivered,
+                                     genuine_ok)
+        return Check("forged signatures rejected", ok,
+                     f"{victim}'s withheld event seq {seq}, its signature altered and signed with {impostor}'s key: "
+                     + detail)
 
     def check_segregation(self, owner: str = "acme-pay", victim: str = "globex-pay") -> Check:
         """(b) The attacker delivers every recorded packet of ``owner``'s branch into ``victim``'s connection."""
@@ -466,13 +571,14 @@ class DemoRun:
         """Every check, in order.  A step that fails to happen is a FAIL, not an exception."""
         checks: list[Check] = []
         steps: list[tuple[str, Callable[[], Check]]] = [
-            ("monitor received every provider's payment events, signed by its DID", self.check_delivery),
+            ("monitor received every provider's payment events, signed by its DID; forgeries rejected",
+             self.check_delivery),
             ("segregation: globex-pay cannot read acme-pay's branch", self.check_segregation),
             ("replayed payment event rejected, nothing delivered",
              lambda: self._replay_step("initech-pay")),
             ("unlisted DID refused", self.check_refusal),
-            ("branch heads anchored on the embedded ledger, proofs verified by every provider",
-             self.check_anchoring),
+            ("branch heads anchored on the embedded ledger, proofs verified by every provider; forged proofs "
+             "refused", self.check_anchoring),
         ]
         for name, step in steps:
             try:
@@ -495,12 +601,65 @@ class DemoRun:
                 verified[p.name] = int(doc["epoch"])
             except DemoError:
                 pass
+        forgery = self.check_anchor_forgeries()
         from .ledger.embedded import EmbeddedLedger
 
         with EmbeddedLedger(self.ledger_path) as ledger:
             report = ledger.verify()
             writes = ledger.size()
-        return judge_anchoring(sorted(self.providers), verified, report.ok, writes)
+        check = judge_anchoring(sorted(self.providers), verified, report.ok, writes)
+        return Check(check.name + "; forged proofs refused", check.ok and forgery.ok,
+                     f"{check.detail}; {forgery.detail}")
+
+    def check_anchor_forgeries(self, name: str = "globex-pay") -> Check:
+        """(e) The attacker withholds the anchor proof of ``name``'s next head and hands the provider, on its own
+        connection, that proof with its signature altered, then one signed with the monitor's key for a checkpoint
+        the ledger does not hold (the genuine one, a millisecond later); then the genuine proof."""
+        assert self.relay is not None
+        p = self.providers[name]
+        self.say(f"the attacker withholds {name}'s next anchor proof and hands it forged ones…")
+        monitor_id = self.identities["monitor"]
+        event = json.dumps({"provider": name, "payment": "to be anchored"})
+        try:
+            seq, genuine = self._withhold_next("down", p, "ANCHOR_PROOF", event,
+                                               lambda f: f.kind is Kind.ANCHOR_PROOF and f.head.publisher != 0)
+            f = decode_frame(genuine)
+            raw_cp, path = decode_anchor_body(f.body)
+            cp = EpochCheckpoint.decode(raw_cp)
+            unwritten = dataclasses.replace(cp, timestamp_ms=cp.timestamp_ms + 1, sig=b"")
+            unwritten = dataclasses.replace(unwritten, sig=monitor_id.sign(unwritten.digest))
+            forged = {"altered": altered_signature(genuine),
+                      "unwritten": encode_frame(f.head, encode_anchor_body(unwritten.encode(), path),
+                                                monitor_id.sign).raw}
+            m = p.proc.mark()
+
+            def settled(n: int) -> Callable[[Doc], bool]:
+                """n forgeries refused, or one taken."""
+                def pred(d: Doc) -> bool:
+                    got = [x for x in p.proc.since(m) if x.get("branch") == p.branch and x.get("seq") == seq
+                           and x.get("event") in ("rejected", "anchored")]
+                    return len(got) >= n or any(x.get("event") == "anchored" for x in got)
+                return pred
+
+            for n, frame in enumerate(forged.values(), 1):
+                self.relay.request({"cmd": "inject", "to_branch": p.branch,
+                                    "frames": [base64.b64encode(frame).decode()]})
+                with contextlib.suppress(DemoError):
+                    p.proc.wait_for(settled(n), "the forged proof's fate", since=m, timeout=5.0)
+            docs = p.proc.since(m)
+        finally:
+            self._release(p, "down")
+        m = p.proc.mark()
+
+        def anchored(d: Doc) -> bool:
+            return d.get("event") == "anchored" and d.get("branch") == p.branch and d.get("seq") == seq
+
+        if not any(map(anchored, docs)):  # (else the genuine proof is ignored: the check has failed already)
+            self.relay.request({"cmd": "inject", "to_branch": p.branch,
+                                "frames": [base64.b64encode(genuine).decode()]})
+            with contextlib.suppress(DemoError):
+                p.proc.wait_for(anchored, "the genuine proof", since=m)
+        return judge_anchor_forgeries(list(forged), docs, p.proc.since(m), p.branch, seq)
 
     def _replay_step(self, provider: str) -> Check:
         self.say(f"the attacker replays {provider}'s first payment event from its own socket…")

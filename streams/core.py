@@ -1936,6 +1936,13 @@ class AuthorCore(_CoreBase):
         session_of = self.session_of
         if session_of is not None and peer is not None:
             session = session_of(peer) or b""
+            if not session:
+                # The transport has sessions but no record of this connection now (a flood of new connections
+                # evicted it before this turn): bind to the connection itself, never to nothing -- else a copy of
+                # the SUBSCRIBE on any other connection it has no record of either would pass.  (Never 8 bytes
+                # long, so never a real session.)
+                ref = peer if isinstance(peer, bytes) else repr(peer).encode()
+                session = b"\xff" + ref + (b"\xff" if len(ref) == SESSION_LEN - 1 else b"")
         return _crypto.mac16(self._chal_key, _crypto.P_CHALLENGE, self._channel, nonce, _U64.pack(expires_ms),
                              session)
 

@@ -5,16 +5,18 @@ is not installed).
 The in-process demo: one fraud monitor (author) and three payment providers (subscribers).
 
 Runs over the in-memory transport with real SQLite stores in a temporary directory and *checks* the security
-claims it shows: segregation between providers, replay rejection, refusal of a DID the monitor did not admit.
-Returns 0 if every check holds, 1 otherwise.
+claims it shows, each by attacking it: forged signatures rejected, segregation between providers, replay
+rejection, refusal of a DID the monitor did not admit.  Returns 0 if every check holds, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +24,10 @@ from . import _crypto
 from ._cli._common import print_out
 from .api import Author, MemoryHub, StoreOptions, Subscriber
 from .errors import AdmissionRefused, DecodeError, RejectReason, StreamsTimeoutError, VerificationError
-from .events import Rejected
+from .events import MessageReceived, Rejected
 from .identity import Identity
 from .policy import AllowList
-from .wire import Kind, decode_frame, decode_grant_body, decode_grant_key
+from .wire import Kind, decode_frame, decode_grant_body, decode_grant_key, encode_frame
 
 __all__ = ["run_demo", "run_inprocess_demo"]
 
@@ -71,10 +73,124 @@ def opens(keys: list[bytes], data: bytes) -> bool:
     return False
 
 
+def altered_signature(data: bytes) -> bytes:
+    """The signed frame ``data`` with one bit of its signature flipped (the signature is the frame's last field,
+    so its last byte is the frame's): what a relay that alters a frame in flight sends."""
+    if not decode_frame(data).sig:
+        raise ValueError("the frame is not signed")
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def resigned(data: bytes, signer: Identity) -> bytes:
+    """The frame ``data`` -- the same head and body -- signed by ``signer`` instead of its publisher: what a party
+    holding its own key but not the publisher's can make of a frame in someone else's name."""
+    f = decode_frame(data)
+    return encode_frame(f.head, f.body, signer.sign).raw
+
+
+def judge_forgeries(sent: int, rejected: list[str], forged_delivered: int, genuine_ok: bool) -> tuple[bool, str]:
+    """A check passes only if each of the ``sent`` forged copies of a message was rejected BAD_SIGNATURE
+    (``rejected``: the reasons given), none was delivered, and the genuine message then was, from its signer."""
+    ok = (sent > 0 and len(rejected) == sent and all(r == "BAD_SIGNATURE" for r in rejected)
+          and forged_delivered == 0 and genuine_ok)
+    detail = (f"{sent} forged cop{'y' if sent == 1 else 'ies'}: {len(rejected)} rejected "
+              f"({', '.join(sorted(set(rejected))) or 'none'}), {forged_delivered} delivered; the genuine one "
+              f"{'then delivered, signed by its DID' if genuine_ok else 'NOT delivered as signed by its DID'}")
+    return ok, detail
+
+
+class _Wire(MemoryHub):
+    """The in-memory network with an attacker on it: besides recording every frame (``tap``), it withholds those
+    ``hold`` picks (``held``, in order), and sends frames of its own (:meth:`attack`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: Callable[[str, bytes], bool] | None = None  #: (receiver, frame) -> withhold it?
+        self.held: list[bytes] = []
+
+    def inject(self, to: str, data: bytes, peer: str = "attacker") -> None:
+        if self.hold is not None and self.hold(to, data):
+            self.held.append(data)
+            return
+        super().inject(to, data, peer)
+
+    def attack(self, to: str, data: bytes) -> None:
+        """Deliver ``data`` to ``to`` from the attacker's own connection, whatever ``hold`` says."""
+        super().inject(to, data, "attacker")
+
+
+async def _until(cond: Callable[[], bool], timeout: float) -> bool:
+    """Wait until ``cond()`` holds (True) or ``timeout`` seconds pass (False)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _forgeries(monitor: Author, hub: _Wire, sub: Subscriber, branch: bytes, did: str,
+                     impostor: Identity) -> tuple[bool, str]:
+    """The attacker withholds the provider's next payment event and sends the monitor two forged copies of it:
+    one with its signature altered, one signed with ``impostor``'s key.  Each must be rejected BAD_SIGNATURE and
+    not delivered; the genuine event, released after them, must be delivered from ``did``."""
+
+    def next_packet(to: str, data: bytes) -> bool:
+        f = decode_frame(data)
+        return to == "author" and f.kind is Kind.PACKET and f.head.branch == branch
+
+    delivered: list[MessageReceived] = []
+
+    async def read() -> None:
+        while True:
+            delivered.append(await monitor.next_message())
+
+    reader = asyncio.create_task(read())  # (cancelled while it waits: nothing is taken then)
+    hub.hold = next_packet
+    try:
+        seq = await sub.publish(branch, json.dumps({"payment": "withheld by the attacker"}).encode())
+        if not await _until(lambda: bool(hub.held), 10):
+            return False, "the attacker saw no packet to forge"
+        genuine = hub.held[0]
+        monitor.pending_events()
+        forged = [altered_signature(genuine), resigned(genuine, impostor)]
+        reasons: list[str] = []
+
+        def settled(n: int) -> Callable[[], bool]:
+            """n forgeries rejected, or one delivered."""
+
+            def pred() -> bool:
+                reasons.extend(e.reason.name for e in monitor.pending_events()
+                               if isinstance(e, Rejected) and e.branch == branch and e.seq == seq)
+                return len(reasons) >= n or bool(delivered)
+
+            return pred
+
+        for n, f in enumerate(forged, 1):
+            hub.attack("author", f)
+            await _until(settled(n), 5)
+        await _until(lambda: bool(delivered), 0.3)  # a forgery delivered late would show now
+        forged_delivered = len(delivered)
+        genuine_ok = False
+        if not delivered:  # (else the genuine event is a replay: the check has failed already)
+            hub.hold = None
+            hub.attack("author", genuine)
+            if await _until(lambda: bool(delivered), 10):
+                m = delivered[0]
+                genuine_ok = (m.branch, m.seq, m.signed, m.publisher_did) == (branch, seq, True, did)
+    finally:
+        hub.hold = None
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return judge_forgeries(len(forged), reasons, forged_delivered, genuine_ok)
+
+
 async def _demo(workdir: Path, events_per_provider: int, out: list[str]) -> Report:
     rep = Report()
     opts = StoreOptions(durable=True)
-    hub = MemoryHub()
+    hub = _Wire()
     monitor_id = Identity.generate()
     providers = {name: Identity.generate() for name in ("acme-pay", "globex-pay", "initech-pay")}
     stranger = Identity.generate()
@@ -106,6 +222,10 @@ async def _demo(workdir: Path, events_per_provider: int, out: list[str]) -> Repo
               ", ".join(f"{name} {n}/{events_per_provider}" for name, n in per_provider.items()))
     rep.check("every event signed by its provider's DID",
               all(m.signed and m.publisher_did == providers[json.loads(m.payload)["provider"]].did for m in received))
+    # The attacker forges: acme-pay's next event with its signature altered, and signed with globex-pay's key.
+    ok, detail = await _forgeries(monitor, hub, subs["acme-pay"], branches["acme-pay"], providers["acme-pay"].did,
+                                  providers["globex-pay"])
+    rep.check("forged signatures on a payment event rejected, nothing delivered", ok, detail)
 
     # 2. The monitor alerts one provider; no other provider can read it (every frame reached every endpoint).
     await monitor.publish(branches["acme-pay"], b'{"alert": "card 4242...1003 flagged"}')
@@ -135,7 +255,9 @@ async def _demo(workdir: Path, events_per_provider: int, out: list[str]) -> Repo
     monitor.pending_events()
     hub.inject("author", recorded[0], peer="attacker")
     await asyncio.sleep(0.2)
-    rejected = [e for e in monitor.pending_events() if isinstance(e, Rejected)]
+    head = decode_frame(recorded[0]).head
+    rejected = [e for e in monitor.pending_events() if isinstance(e, Rejected)
+                and (e.branch, e.seq) == (head.branch, head.seq)]
     rep.check("replayed payment event rejected", [e.reason for e in rejected] == [RejectReason.REPLAY],
               ", ".join(e.reason.name for e in rejected))
     try:

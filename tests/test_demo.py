@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pytest
 
+import streams._crypto
+import streams._parallel
 from streams._demo_multi import (
     DemoRun,
+    judge_anchor_forgeries,
     judge_anchoring,
     judge_delivery,
+    judge_forgeries,
     judge_refusal,
     judge_replay,
     judge_segregation,
 )
+from streams.demo import run_inprocess_demo
 from tests.cliutil import ROOT
 
 
@@ -178,3 +183,100 @@ def test_judges_on_hand_made_observations() -> None:
     assert not judge_refusal(0, {"reason": "REFUSED"}, refused, did).ok
     assert not judge_refusal(1, {"reason": "REFUSED"}, [], did).ok
     assert not judge_refusal(2, {"error": "timeout"}, refused, did).ok
+
+
+def test_judges_of_the_forgeries_on_hand_made_observations() -> None:
+    assert judge_forgeries(2, ["BAD_SIGNATURE"] * 2, 0, True)[0]
+    assert not judge_forgeries(2, ["BAD_SIGNATURE"], 1, True)[0]  # one forgery delivered
+    assert not judge_forgeries(2, ["BAD_SIGNATURE", "REPLAY"], 0, True)[0]  # refused, but not for its signature
+    assert not judge_forgeries(2, ["BAD_SIGNATURE"] * 2, 0, False)[0]  # the genuine message lost
+    assert not judge_forgeries(0, [], 0, True)[0]  # nothing forged: nothing shown
+
+    def doc(event: str, **kw: object) -> dict[str, object]:
+        return {"event": event, "branch": "aa", "seq": 3, **kw}
+
+    refused = [doc("rejected", reason="BAD_SIGNATURE"), doc("rejected", reason="NOT_ANCHORED")]
+    genuine = [doc("anchored", ledger_verified=True)]
+    assert judge_anchor_forgeries(["altered", "unwritten"], refused, genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], refused[:1], genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], [*refused, genuine[0]], genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], refused[::-1], genuine, "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered", "unwritten"], refused, [doc("anchored", ledger_verified=False)],
+                                      "aa", 3).ok
+    assert not judge_anchor_forgeries(["altered"], [{**refused[0], "seq": 2}], genuine, "aa", 3).ok
+
+
+def test_the_in_process_demo_fails_when_signatures_are_not_checked(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The in-process demo's check of forged signatures attacks: with every signature check of the process made to
+    pass, the forged copy of a payment event is delivered, and the demo says FAIL and exits 1.  (The demo passes on
+    the real code: tests/test_cli.py.)"""
+
+    def accept(public: bytes, digest: bytes, sig: bytes) -> None:
+        return None
+
+    monkeypatch.setattr(streams._crypto, "verify", accept)
+    monkeypatch.setattr(streams._parallel, "verify", accept)
+    assert run_inprocess_demo(2, as_json=True) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert [c["check"] for c in failed] == ["forged signatures on a payment event rejected, nothing delivered"]
+    assert "1 delivered" in failed[0]["detail"]
+
+
+#: Loaded by every child of a demo whose PYTHONPATH holds its directory: while a file ``signatures-off`` is there,
+#: every Ed25519 signature verifies; while ``ledger-off`` is, every anchor proof is on the ledger.  Decided at each
+#: call, so one set of processes shows each check failing in turn.
+_BREAKER = """
+from pathlib import Path
+
+import streams._crypto
+import streams._parallel
+import streams.api
+import streams.ledger.anchoring
+
+_HERE = Path(__file__).parent
+_verify, _verify_anchored = streams._crypto.verify, streams.ledger.anchoring.verify_anchored
+
+
+def verify(*args):
+    if not (_HERE / "signatures-off").exists():
+        _verify(*args)
+
+
+def verify_anchored(*args, **kwargs):
+    if not (_HERE / "ledger-off").exists():
+        return _verify_anchored(*args, **kwargs)
+    return None
+
+
+streams._crypto.verify = streams._parallel.verify = verify  # (the latter imported it by name)
+streams.ledger.anchoring.verify_anchored = streams.api.verify_anchored = verify_anchored
+"""
+
+
+def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks (a) and (e) of the multi-process demo attack what they claim: run against processes whose signature
+    checks pass everything, or whose ledger check of anchor proofs does, each says FAIL -- the forged event
+    delivered, the altered proof taken, the proof of a checkpoint the ledger does not hold taken.  (On the real
+    code they pass: test_demo_json_every_check_passes_and_no_process_is_left.)"""
+    breaker = tmp_path / "breaker"
+    breaker.mkdir()
+    (breaker / "sitecustomize.py").write_text(_BREAKER)
+    monkeypatch.setenv("PYTHONPATH", str(breaker))
+    run = DemoRun(tmp_path / "demo", events_per_provider=1)
+    run.workdir.mkdir()
+    try:
+        run.start()
+        (breaker / "signatures-off").touch()
+        a = run.check_delivery()
+        assert not a.ok and "2 forged copies: 1 rejected (REPLAY), 1 delivered" in a.detail, a
+        e = run.check_anchor_forgeries()
+        assert not e.ok and "refused none, 1 taken as anchored" in e.detail, e  # the altered proof
+        (breaker / "signatures-off").unlink()
+        (breaker / "ledger-off").touch()
+        e = run.check_anchor_forgeries()
+        assert not e.ok and "refused BAD_SIGNATURE, 1 taken as anchored" in e.detail, e  # the unwritten one
+    finally:
+        run.close()

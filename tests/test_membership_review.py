@@ -245,3 +245,28 @@ def test_a_subscribe_on_a_new_session_of_its_own_connection_is_refused_and_the_n
     assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
     assert [e.branch for e in net.subscribe("s0") if isinstance(e, Subscribed)] == [net.author.branch_of(
         ident(10).did)]
+
+
+def test_a_challenge_issued_on_a_connection_the_transport_no_longer_knows_is_not_bound_to_nothing() -> None:
+    """SPEC 8.3: the challenge is MACed with the session of the connection the HELLO came on.  Where the transport
+    had no record of that connection any more when the core ran (a flood of new connections evicted it between
+    the read and the core's turn: ``session_of`` says ``b""``), the challenge was bound to no session at all --
+    and a tap's copy of the SUBSCRIBE, delivered first on a connection of its own that the transport had no
+    record of either, was admitted there (GRANT, ADMIT and the new branch's route to the tap).  Now such a
+    challenge is bound to the connection's id: the tap's copy is refused BAD_CHALLENGE, the requester's own
+    admits it."""
+    net = Net.make(n_subs=1)
+    sessions: dict[object, bytes] = {}  # the transport has sessions, but no record of either connection now
+    net.author.session_of = lambda peer: sessions.get(peer, b"")  # type: ignore[method-assign]
+    subscribe = _handshake_to_subscribe(net, "s0", "s0")
+    refused = net.author.receive(subscribe.data, net.now, "tap")
+    net.author.take_changes()
+    sent = net.author.data_to_send()
+    assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
+    assert net.author.branch_of(ident(10).did) is None
+    assert [decode_frame(o.data).kind for o in sent] == [Kind.REFUSE]
+    admitted = net.author.receive(subscribe.data, net.now, "s0")
+    net.author.take_changes()
+    net.author.data_to_send()
+    assert not [e for e in admitted if isinstance(e, Rejected)]
+    assert net.author.branch_of(ident(10).did) is not None

@@ -457,3 +457,53 @@ async def test_a_subscriber_whose_author_restarted_between_its_hello_and_its_sub
         await sub.close()
         await author.close()
         ctx.term()
+
+
+async def test_a_churn_of_new_connections_does_not_evict_a_requester_between_its_hello_and_its_subscribe(
+        tmp_path: Path) -> None:
+    """SPEC 8.3: the challenge is bound to the session of the author's record of the connection it was issued on.
+    The author keeps at most ``max_peers`` records, and a new connection's first message (a PING will do) makes
+    one, evicting the least recently seen.  A peer with more connections than that, each sending in turn, makes a
+    new record on every message: if that evicts a requester's record between its HELLO and its SUBSCRIBE, the
+    SUBSCRIBE comes on a new record (a new session) and is refused BAD_CHALLENGE -- and so on each time it asks
+    again, and it was never admitted (StreamsTimeoutError).  A record in a handshake is now evicted only after
+    those in none; so is a member's (routed to its branch), which then gets its branch's traffic.
+
+    The limits are scaled down as the defaults stand to each other: a batch the endpoint reads before the core
+    runs (256) is far smaller than ``max_peers`` (10,000), so the requester's record is still there when the core
+    MACs its session into the challenge; the churn must then cycle ``max_peers`` records within the round trip."""
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=30, max_peers=16, batch=8, handshake_hold_ms=500)
+    author, ep = await make_author(tmp_path, cfg, [P1])
+    with procs() as started:
+        sub: Subscriber | None = None
+        try:
+            churn = party(started, "churn", "--connect", ep.addresses[0], "--conns", "64", "--seconds", "60")
+            await until(churn, lambda ls: "FLOODING" in ls, 20, "the churn")
+            end = time.monotonic() + 20
+            while ep.stats.peers_evicted < 100:  # the churn is under way: records come and go
+                assert time.monotonic() < end, "no eviction"
+                await asyncio.sleep(0.01)
+            sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                          SubscriberEndpoint(ep.addresses[0], cfg), store_options=FAST, config=CORE)
+            evicted = ep.stats.peers_evicted
+            branch = await sub.subscribe(timeout=30)
+            assert ep.stats.peers_evicted > evicted  # it churned all along
+            assert author.branch_of(P1.did) == branch
+            # Its handshake over (and its hold with it), the member's record stays for its route: the churn goes on,
+            # and the branch is still routed to it.
+            admitted = time.monotonic()
+            while time.monotonic() - admitted < 1.5 * cfg.handshake_hold_ms / 1000:
+                await asyncio.sleep(0.05)
+            evicted, end = ep.stats.peers_evicted, time.monotonic() + 20
+            while ep.stats.peers_evicted < evicted + 10 * cfg.max_peers:
+                assert time.monotonic() < end, "the churn stopped"
+                await asyncio.sleep(0.01)
+            assert len(ep.routes(branch)) == 1
+            await author.publish(branch, b"under the churn")
+            assert (await sub.next_message(timeout=20)).payload == b"under the churn"
+            assert churn.p.poll() is None  # (still churning)
+            assert len(ep.peers()) <= cfg.max_peers
+        finally:
+            if sub is not None:
+                await sub.close()
+            await author.close()

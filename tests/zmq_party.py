@@ -12,6 +12,9 @@ flushed at once, so a test can ``kill -9`` it at any point and compare what each
 * ``REJECT <reason>``                        -- a frame the core refused
 
 ``flood`` is a hostile peer: it sends garbage, oversized frames, non-canonical msgpack and HELLO floods.
+``churn`` is another: ``--conns`` connections of its own, each with its routing id, taking turns to send a PING as
+fast as they can (a new peer record at the author on every turn once they outnumber its ``max_peers``); it prints
+``FLOODING`` once they are connected.
 """
 
 from __future__ import annotations
@@ -169,9 +172,38 @@ async def run_flood(args: argparse.Namespace) -> None:
     ctx.term()
 
 
+async def run_churn(args: argparse.Namespace) -> None:
+    """Hostile peer: ``conns`` connections that take turns to send one PING each, for ``seconds``."""
+    import zmq
+
+    ctx = zmq.Context()
+    socks = []
+    for i in range(args.conns):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"churn-%05d" % i)
+        s.connect(args.connect)
+        socks.append(s)
+    out("FLOODING")
+    sent = 0
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:
+        for s in socks:
+            with contextlib.suppress(zmq.Again):
+                s.send(b"\x00", zmq.NOBLOCK)
+                sent += 1
+            with contextlib.suppress(zmq.Again):  # the PONGs: read, so that no pipe fills
+                while True:
+                    s.recv(zmq.NOBLOCK)
+    out("SENT", sent)
+    for s in socks:
+        s.close(linger=0)
+    ctx.term()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["author", "subscriber", "flood"])
+    p.add_argument("role", choices=["author", "subscriber", "flood", "churn"])
     p.add_argument("--db", default="")
     p.add_argument("--bind", action="append", default=[])
     p.add_argument("--connect", default="")
@@ -185,8 +217,9 @@ def main() -> None:
     p.add_argument("--no-read", action="store_true")
     p.add_argument("--hb", type=int, default=100, help="heartbeat, ms")
     p.add_argument("--seconds", type=float, default=60.0, help="lifetime")
+    p.add_argument("--conns", type=int, default=32, help="churn: connections")
     args = p.parse_args()
-    runner = {"author": run_author, "subscriber": run_subscriber, "flood": run_flood}[args.role]
+    runner = {"author": run_author, "subscriber": run_subscriber, "flood": run_flood, "churn": run_churn}[args.role]
     asyncio.run(runner(args))
 
 
