@@ -640,6 +640,8 @@ class _CoreBase:
         #: Member: groups whose re-key came before their first grant: our own branch's grant sync was asked for it.
         self._first_grant_asked: dict[bytes, int] = {}  #: -> when first asked (ms)
         self._first_grant_keeps = 0  #: own-branch GRANTs that may still leave that ask's grant-sync wait running
+        #: Member: the branches of _sync_waits whose sync is our catch-up's (entries not in _sync_waits are over).
+        self._catch_up_syncs: set[bytes] = set()
         self._control_verified = False
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
@@ -1228,19 +1230,30 @@ class _CoreBase:
             if b.state is not BranchState.OPEN:
                 continue
             if self.role is Role.SUBSCRIBER:
-                self._request_grants(b, now_ms, limit=False)
+                # On a branch of two members (our own), its answer may bring the first grants of groups opened
+                # while we were away: part of this catch-up (_on_grant).
+                self._request_grants(b, now_ms, limit=False, catch_up=len(b.members) <= 2)
                 b.heard, b.quiet = False, 0  # until the author answers: sync_quiet asks at the next forced refresh
-            for p, c in b.chains.items():
-                if p != b.me:
-                    # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
-                    c.fetch_end = c.next_seq + self.config.max_fetch - 1
-                    self.request_fetch(b.id, p, c.next_seq, c.fetch_end)
-                    if now_ms is not None:
-                        c.progress_ms = now_ms
-                        c.catch_up_left = CATCH_UP_RETRIES
-                        self._note_deadline(now_ms + self.config.fetch_retry_ms)
-                    else:
-                        c.catch_up_left = 0  # untimed: as before, no retry
+            self._catch_up_chains(b, now_ms)
+
+    def _catch_up_chains(self, b: _Branch, now_ms: int | None) -> None:
+        """Open a catch-up window on every chain of ``b`` we read (see :meth:`catch_up`)."""
+        for p, c in b.chains.items():
+            if p != b.me:
+                # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
+                c.fetch_end = c.next_seq + self.config.max_fetch - 1
+                self.request_fetch(b.id, p, c.next_seq, c.fetch_end)
+                if now_ms is not None:
+                    c.progress_ms = now_ms
+                    c.catch_up_left = CATCH_UP_RETRIES
+                    self._note_deadline(now_ms + self.config.fetch_retry_ms)
+                else:
+                    c.catch_up_left = 0  # untimed: as before, no retry
+
+    def _catching_up_grants(self) -> bool:
+        """A grant sync our catch-up sent on a branch of ours (or one that carries it on) is unanswered: a
+        branch first learnt now was opened while we were away (:meth:`catch_up`, SPEC 9.5)."""
+        return any(bid in self._sync_waits for bid in self._catch_up_syncs)
 
     def _sync_grants(self, b: _Branch, member: tuple[bytes, Permission], requester: int, after: int, peer: object,
                      now_ms: int) -> bool:
@@ -1251,14 +1264,20 @@ class _CoreBase:
         """Answer a removed member (the author's; see :class:`AuthorCore`)."""
         raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", b.id)
 
-    def _request_grants(self, b: _Branch, now_ms: int | None, limit: bool = True, expect: bool = True) -> None:
+    def _request_grants(self, b: _Branch, now_ms: int | None, limit: bool = True, expect: bool = True,
+                        catch_up: bool = False) -> None:
         """Grant sync (SPEC 9.5): ask the author for the grants of ``b`` after our epoch, and its REVOKE if it
         closed -- what we missed while offline.  With ``now_ms``: at most once per ``fetch_retry_ms`` if
-        ``limit``, and, if ``expect``, asked again if no answer comes (:meth:`_retry_grant_syncs`)."""
+        ``limit``, and, if ``expect``, asked again if no answer comes (:meth:`_retry_grant_syncs`); if
+        ``catch_up``, its wait is part of our catch-up (:meth:`_catching_up_grants`)."""
         if now_ms is not None:
             if limit and now_ms - b.sync_ms < self.config.fetch_retry_ms:
                 return
             b.sync_ms = now_ms
+            if catch_up:
+                self._catch_up_syncs.add(b.id)
+            else:
+                self._catch_up_syncs.discard(b.id)
             # Its answer is expected either way (it must not read as the answer to a subscription); retried
             # only if ``expect``.
             self._sync_waits[b.id] = GRANT_SYNC_RETRIES if expect else 0
@@ -2815,6 +2834,12 @@ class SubscriberCore(_CoreBase):
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
         existing = self._branches.get(g.branch)
+        # Our catch-up's grant sync is unanswered: a branch we learn of now (the first grant of a group opened
+        # while we were away comes in its answer) was opened while we were away -- it is caught up as well; and a
+        # later grant of this branch that answers that sync asks again as part of the catch-up.
+        away = existing is None and self._catching_up_grants()
+        resync = g.branch in self._catch_up_syncs and g.branch in self._sync_waits
+        handshake = self.state in _AWAITING
         if not (existing is not None and len(existing.members) == 2 and self._keep_first_grant_ask()):
             # The author answered our grant sync (9.5): no retry -- unless we asked this branch (our own) for a
             # group's first grant that has not come (a GRANT of it answering something else, a re-subscription's,
@@ -2908,7 +2933,13 @@ class SubscriberCore(_CoreBase):
         b = self._branches[g.branch]
         # An authentic new grant: never rate-limited.  Timed (asked again if unanswered) on a member's own branch,
         # which the author always answers; a new group's chain is empty, and nothing would answer there.
-        self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False)
+        self._request_grants(b, now_ms if len(b.members) <= 2 else None, limit=False, catch_up=resync)
+        if away and not (handshake and len(b.members) == 2):
+            # A group opened (and maybe published to) while we were away: what it holds is no gap, as for the
+            # branches we held (SPEC 10.1 step 7, 14.3) -- a catch-up window, from the grant's heads, on every
+            # chain we read there.  Its FETCHes follow the grant sync: the author answers the later grants first.
+            # (Not our own branch that a handshake running now created: its restore proof sets where it starts.)
+            self._catch_up_chains(b, now_ms)
 
     def _keep_first_grant_ask(self) -> bool:
         """A GRANT of our own branch came while a group's first grant asked for through its grant sync has not:

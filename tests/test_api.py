@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -393,6 +394,113 @@ async def test_a_catch_up_is_not_reported_as_a_gap_but_a_loss_on_a_live_connecti
     assert [(g.expected_seq, g.received_seq) for g in gaps] == [(66, 68)]
     await s1.close()
     await author.close()
+
+
+async def test_a_group_opened_while_away_is_caught_up_but_a_loss_in_a_group_on_a_live_connection_is_a_gap(
+        tmp_path: Path) -> None:
+    """A group opened and published to while p2 was away: its first grant comes in the answer to the grant sync
+    of p2's catch-up, and the author's HEAD answering the group's own grant sync was reported as a gap (from seq
+    1) that filled at once.  What the catch-up fetches is no gap now -- but a hostile network that drops group
+    PACKETs on a live connection is still reported: once the group is caught up, and in a group opened while p2
+    is connected (its first grant came live: no catch-up was going on)."""
+    from streams.core import CoreConfig
+
+    class DroppingHub(MemoryHub):
+        """Drops the next ``drop[(endpoint, branch)]`` PACKETs of that branch on their way to that endpoint."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop: dict[tuple[str, bytes], int] = {}
+
+        def inject(self, to: str, data: bytes, peer: str = "attacker") -> None:
+            f = decode_frame(data)
+            key = (to, f.head.branch) if f.kind is Kind.PACKET else None
+            if key is not None and self.drop.get(key, 0) > 0:
+                self.drop[key] -= 1
+                return
+            super().inject(to, data, peer)
+
+    async def until(pred: Callable[[], bool], what: str) -> None:
+        for _ in range(1000):
+            if pred():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def gaps(events: list[object]) -> list[tuple[bytes, int, int, int]]:
+        return [(e.branch, e.publisher, e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected)]
+
+    cfg = CoreConfig(max_fetch=4)
+    hub = DroppingHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did, P2.did]), store_options=FAST, config=cfg)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    try:
+        await s1.subscribe(timeout=5)
+        await s2.subscribe(timeout=5)
+        await s2.close()
+        group = await author.open_group([P1.did, P2.did])
+        for i in range(6):  # two windows of max_fetch
+            await author.publish(group, b"away %d" % i)
+        s2 = await Subscriber.open(tmp_path / "p2.db", PW, hub.subscriber_endpoint("p2 again"), store_options=FAST,
+                                   config=cfg)
+        got = [(await s2.next_message(timeout=5)).payload for _ in range(6)]
+        assert got == [b"away %d" % i for i in range(6)]
+        events: list[object] = list(s2.pending_events())
+        assert gaps(events) == []
+        # Live now: the network drops two of the group's PACKETs to p2, the next comes through -- that is a gap.
+        hub.drop[("p2 again", group)] = 2
+        for i in range(3):
+            await author.publish(group, b"live %d" % i)
+        got = [(await s2.next_message(timeout=5)).payload for _ in range(3)]
+        assert got == [b"live %d" % i for i in range(3)]
+        events += s2.pending_events()
+        assert gaps(events) == [(group, 0, 7, 9)]
+        # A group opened while p2 is connected, its first PACKET dropped on the way to p2: a gap too.
+        second = await author.open_group([P1.did, P2.did])
+        await until(lambda: any(b.id == second for b in s2.branches()), "p2 to hold the second group")
+        hub.drop[("p2 again", second)] = 1
+        for i in range(2):
+            await author.publish(second, b"second %d" % i)
+        got = [(await s2.next_message(timeout=5)).payload for _ in range(2)]
+        assert got == [b"second 0", b"second 1"]
+        events += s2.pending_events()
+        assert gaps(events) == [(group, 0, 7, 9), (second, 0, 1, 2)]
+    finally:
+        await s2.close()
+        await s1.close()
+        await author.close()
+
+
+async def test_a_group_opened_while_away_is_caught_up_also_when_the_members_own_branch_was_re_keyed(
+        tmp_path: Path) -> None:
+    """The answer to the catch-up's grant sync on p2's own branch starts with that branch's GRANTs p2 missed
+    (here a permission change), and the group's first GRANT comes after them: applying them (which asks the
+    branch again) must not end the catch-up, or the group's history is reported as a gap."""
+    from streams.policy import Permission
+
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    try:
+        await s1.subscribe(timeout=5)
+        own = await s2.subscribe(timeout=5)
+        await s2.close()
+        await author.set_permission(own, Permission.READ)
+        group = await author.open_group([P1.did, P2.did])
+        await author.publish(group, b"to the group")
+        await author.publish(own, b"to p2")
+        s2 = await Subscriber.open(tmp_path / "p2.db", PW, hub.subscriber_endpoint("p2 again"), store_options=FAST)
+        got = sorted([(await s2.next_message(timeout=5)).payload for _ in range(2)])
+        assert got == [b"to p2", b"to the group"]
+        assert [(b.epoch, b.permission) for b in s2.branches() if b.id == own] == [(1, Permission.READ)]
+        assert [e for e in s2.pending_events() if isinstance(e, GapDetected)] == []
+    finally:
+        await s2.close()
+        await s1.close()
+        await author.close()
 
 
 async def test_grant_and_evidence_live_on_disk_and_still_serve_resubscription_and_recheck(tmp_path: Path) -> None:

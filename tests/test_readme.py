@@ -133,14 +133,11 @@ def test_readme_benchmark_command_names_every_module() -> None:
     assert only.split() == list(run.MODULES)
 
 
-@pytest.mark.xfail(strict=True, reason="a group opened while a member was away: the author's HEAD answering the "
-                   "grant sync that brings the group's first grant is reported as a gap (no catch-up window is out "
-                   "for a branch the member did not hold); its messages are then fetched and delivered")
 async def test_what_a_reconnect_fetches_is_not_a_gap_also_for_a_group_opened_meanwhile(tmp_path: Path) -> None:
     """README ("A `gap` says ..."): what a reconnect's catch-up fetches is not a gap.  It holds for the member's
     own branch (tests/test_api.py::test_a_catch_up_is_not_reported_as_a_gap_but_a_loss_on_a_live_connection_still
-    _is); for a group opened and published to while the member was offline, `tail --events` still begins with a
-    `gap` line that fills at once."""
+    _is), and for a group opened and published to while the member was offline too, whose first grant comes in
+    the answer to the catch-up's grant sync (`tail --events` began with a `gap` line that filled at once)."""
     fast = streams.StoreOptions(durable=False, opslimit=1, memlimit=8192)
     hub = streams.MemoryHub()
     mon, a, b = (streams.Identity.from_seed(bytes([i]) * 32) for i in (1, 2, 3))
