@@ -118,9 +118,11 @@ def _round_trip(data: bytes, decode: Callable[[bytes], Any], encode: Callable[[A
 
 
 def check_grant_secret(data: bytes) -> None:
-    """What a grant seals or encrypts: a first-layout entry's secret, a current entry's key, the shared part."""
+    """What a grant seals or encrypts: a first-layout entry's secret, a current entry's key (or a removed member's
+    removal), the shared part."""
     _round_trip(data, wire.decode_grant_secret, wire.encode_grant_secret, "grant secret")
     _round_trip(data, wire.decode_grant_key, wire.encode_grant_key, "grant key")
+    _round_trip(data, wire.decode_grant_removal, wire.encode_grant_removal, "grant removal")
     _round_trip(data, wire.decode_grant_shared, lambda v: wire.encode_grant_shared(*v), "grant shared part")
 
 
@@ -348,7 +350,8 @@ TARGETS: dict[str, Target] = {
         Target("decode_frame", "streams.wire.decode_frame", check_frame, _all_frames),
         Target("grant_entries", "streams.wire.decode_grant_body (both layouts)", check_grant_entries,
                _seed_grant_entries),
-        Target("grant_secret", "streams.wire.decode_grant_secret / decode_grant_key / decode_grant_shared",
+        Target("grant_secret", "streams.wire.decode_grant_secret / decode_grant_key / decode_grant_removal / "
+               "decode_grant_shared",
                check_grant_secret, _seed_grant_secrets),
         Target("subscribe_secret", "streams.wire.decode_subscribe_secret", check_subscribe_secret,
                _seed_subscribe_secrets),

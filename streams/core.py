@@ -98,6 +98,7 @@ from .wire import (
     Grant,
     GrantEntry,
     GrantKey,
+    GrantRemoval,
     GrantSecret,
     HeadNotice,
     Hello,
@@ -115,6 +116,7 @@ from .wire import (
     decode_frame,
     decode_grant_body,
     decode_grant_key,
+    decode_grant_removal,
     decode_grant_secret,
     decode_grant_shared,
     decode_subscribe_secret,
@@ -122,6 +124,7 @@ from .wire import (
     encode_frame,
     encode_grant_body,
     encode_grant_key,
+    encode_grant_removal,
     encode_grant_shared,
     encode_subscribe_secret,
     message_hash,
@@ -350,8 +353,10 @@ class BranchRecord:
     #: record); one without either hook lists the whole history.  Empty for a branch never re-keyed.
     grants: list[bytes] = field(default_factory=list)
     #: author side, groups: members removed, as (index, Ed25519 public key, the epoch of the grant that removed
-    #: it) -- so that one that was away at its removal is told when it asks (SPEC 9.5)
-    former: list[tuple[int, bytes, int]] = field(default_factory=list)
+    #: it, the author chain's head seq at that grant) -- so that one that was away at its removal is told when it
+    #: asks (SPEC 9.5), and one that missed messages published before it is served them, none after (0: a record
+    #: written before the head was kept serves none)
+    former: list[tuple[int, bytes, int, int]] = field(default_factory=list)
     #: member side, a branch a REVOKE closed: the author chain's final seq it named, while we had not reached it
     #: (the tail still fetched and accepted after a restart, SPEC 8.8); 0: none
     tail: int = 0
@@ -489,9 +494,10 @@ class _Branch:
         self.evidence: bytes | None = rec.evidence
         self.has_evidence = bool(rec.evidence)
         self.grants: list[bytes] | None = rec.grants  #: earlier grants (author side; None = in the store)
-        #: author side: removed members of a group, index -> (public key, epoch of the grant that removed it)
-        self.former: dict[int, tuple[bytes, int]] | None = (
-            {i: (pk, e) for i, pk, e in rec.former} if rec.former else None)
+        #: author side: removed members of a group, index -> (public key, epoch of the grant that removed it, the
+        #: author chain's head seq at that grant)
+        self.former: dict[int, tuple[bytes, int, int]] | None = (
+            {i: (pk, e, s) for i, pk, e, s in rec.former} if rec.former else None)
         self.chains: dict[int, _Chain] = {}
         self.final_acked = 0  #: our chain's head as the author held it when a re-key took our write away
         self.sync_ms = _LONG_AGO  #: subscriber side: when we last asked for the grants after our epoch
@@ -527,7 +533,7 @@ class _Branch:
             [(i, pk, int(p)) for i, (pk, p) in sorted(self.members.items())],
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
             self.state.value, self.peer_did, evidence, grants,
-            [(i, pk, e) for i, (pk, e) in sorted(self.former.items())] if self.former else [],
+            [(i, pk, e, s) for i, (pk, e, s) in sorted(self.former.items())] if self.former else [],
             self.tail,
         )
 
@@ -1260,7 +1266,7 @@ class _CoreBase:
         """Answer a grant sync (the author's; see :class:`AuthorCore`)."""
         return False
 
-    def _tell_former(self, b: _Branch, frame: Frame, now_ms: int, peer: object) -> None:
+    def _tell_former(self, b: _Branch, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         """Answer a removed member (the author's; see :class:`AuthorCore`)."""
         raise _Reject(RejectReason.NOT_MEMBER, "fetch from a non-member", b.id)
 
@@ -1766,7 +1772,7 @@ class _CoreBase:
                 raise _Reject(RejectReason.REPLAY, "fetch bound to another connection" if frame.body
                               else "fetch not bound to this connection", h.branch, h.requester)
         if former:
-            self._tell_former(b, frame, now_ms, peer)
+            self._tell_former(b, frame, now_ms, peer, events)
             return
         assert member is not None
         try:
@@ -2176,20 +2182,26 @@ class AuthorCore(_CoreBase):
         head = Revoke(self._channel, b.id, b.epoch, b.grant_hash, c.next_seq - 1, c.head)
         return encode_frame(head, b"", self._id.sign).raw
 
-    def _tell_former(self, b: _Branch, frame: Frame, now_ms: int, peer: object) -> None:
+    def _tell_former(self, b: _Branch, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         """A FETCH from a member removed from group ``b`` (it was away when the re-key that removed it went out,
-        and asks on): answer with the grants from its epoch through the one that removed it -- the last extends
-        its grant without an entry for it, which closes the group on its side (SPEC 9.5) -- at most once per
-        ``grant_sync_interval_ms`` per connection, as grant syncs are.  Not a rejection: it is what a removed
-        member does until it learns."""
+        and asks on, or it fetches what it missed before its removal): answer with the grants from its epoch
+        through the one that removed it -- the last tells it so and names the author chain's head then, which
+        closes the group on its side (SPEC 9.5) -- at most once per ``grant_sync_interval_ms`` per connection, as
+        grant syncs are; and serve a FETCH of the author's chain up to that head, never beyond (THREATS 4, 6).
+        Not a rejection: it is what a removed member does until it learns."""
         h: Fetch = frame.head
         assert b.former is not None
-        pk, removed_at = b.former[h.requester]
+        pk, removed_at, last = b.former[h.requester]
         try:
             _crypto.verify(pk, frame.hash, frame.sig)
         except VerificationError as exc:
             raise _Reject(RejectReason.BAD_SIGNATURE, "fetch signature", h.branch, h.requester) from exc
         self._control_verified = True
+        hi = min(h.to_seq, h.from_seq + self.config.max_fetch - 1, last)
+        if h.publisher == 0 and 1 <= h.from_seq <= hi:
+            # What was published to it before its removal, from the retained log (the driver's part); nothing
+            # after: ``last`` is the head the removing re-key named.  No HEAD of ours: it would name a later one.
+            events.append(FetchRequested(b.id, 0, h.from_seq, hi, peer))
         # A grant sync names the member's epoch; any other FETCH does not: then the grant that removed it alone.
         after = min(h.to_seq, removed_at - 1) if h.from_seq == 0 else removed_at - 1
         key = (b.id, h.requester, peer)
@@ -2278,9 +2290,11 @@ class AuthorCore(_CoreBase):
         return out
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
-                     heads: list[tuple[int, int, bytes]]) -> Frame:
+                     heads: list[tuple[int, int, bytes]], removed: Sequence[tuple[int, bytes]] = ()) -> Frame:
         # The member list and the heads, once, under a fresh key; each recipient's entry seals that key with its
-        # own chain keys (SPEC 8.5).  A fresh key encrypts one plaintext: the nonce may be constant.
+        # own chain keys (SPEC 8.5).  A fresh key encrypts one plaintext: the nonce may be constant.  ``removed``:
+        # (index, Ed25519 key) of the members this re-key removes from a group, each told the author chain's head
+        # in an entry of its own, which holds no key (THREATS 4: it fetches or reports what it missed before).
         shared_key = self._rng(32)
         shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, _grant_aad(rec.id, rec.epoch),
                                       encode_grant_shared(list(rec.members), heads))
@@ -2298,6 +2312,11 @@ class AuthorCore(_CoreBase):
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
                 raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
                                          f"{MAX_GRANT_KEY_ENTRY:,}")
+            entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
+        for idx, pk in removed:
+            pub = PublicIdentity.from_sign_public(pk)
+            seq, last = next((s, h) for p, s, h in heads if p == 0)
+            sealed = _crypto.seal(pub.kx_public, encode_grant_removal(GrantRemoval(idx, seq, last)))
             entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
         frame = encode_frame(head, encode_grant_body(shared, entries), self._id.sign)
@@ -2325,16 +2344,17 @@ class AuthorCore(_CoreBase):
             return
         b.transition("grant")
         former = b.former or {}
+        c = b.chains[0]
         for i in target:  # every seat of that DID (stores written before open_group refused duplicates)
-            former[i] = (b.members.pop(i)[0], b.epoch + 1)
+            former[i] = (b.members.pop(i)[0], b.epoch + 1, c.next_seq - 1)
             b.chains.pop(i, None)
         b.former = former
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
-        c = b.chains[0]
         rec = self._record(b)
         recipients = [PublicIdentity.from_sign_public(pk) for i, (pk, _) in sorted(b.members.items()) if i != 0]
-        frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)])
+        frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)],
+                                  [(i, former[i][0]) for i in target])
         self._set_grant(b, frame)
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
@@ -2827,7 +2847,7 @@ class SubscriberCore(_CoreBase):
             raise _Reject(RejectReason.MALFORMED, "grant entries") from exc
         mine = self._our_entries(g.branch, g.epoch, entries)
         if not mine:
-            self._maybe_removed(frame, events)
+            self._maybe_removed(frame, None, now_ms, events)
             return  # a grant for someone else (routing may broadcast): not an error, not our business
         try:
             self.author.verify(frame.hash, frame.sig)
@@ -2847,6 +2867,15 @@ class SubscriberCore(_CoreBase):
             self._sync_waits.pop(g.branch, None)
         if existing is not None:
             existing.heard = True
+            if existing.me and len(existing.members) > 2 and g.epoch > existing.epoch:
+                removal = self._open_removal(existing.me, mine)
+                if removal is not None:
+                    # The re-key that removes us from the group, naming the author chain's head (SPEC 9.5).  Again,
+                    # once we closed it (it comes on the group's route and our own branch's), or one we cannot
+                    # apply yet (we missed re-keys before it: the grant sync brings them, then it): nothing here.
+                    if existing.state is BranchState.OPEN:
+                        self._maybe_removed(frame, removal, now_ms, events)
+                    return
             if existing.state is BranchState.CLOSED:
                 if g.epoch >= existing.epoch:
                     self._leave_again(existing, g.epoch, frame.hash, now_ms)
@@ -2967,23 +2996,50 @@ class SubscriberCore(_CoreBase):
         return not any(len(b.members) == 2 and b.state is BranchState.OPEN and b.id != branch
                        for b in self._branches.values())
 
-    def _maybe_removed(self, frame: Frame, events: list[Event]) -> None:
-        """A GRANT with no entry for us: if it is the author's signed re-key of a group we hold, extending the
-        grant we hold (epoch + 1, ``prev``), we were removed from the group (SPEC 9.5): close it here, rather
-        than go on asking it for what we may no longer read.  Anything else is someone else's grant."""
+    def _open_removal(self, me: int, mine: list[GrantEntry]) -> GrantRemoval | None:
+        """Our entry of a GRANT that removes us from a group, opened: the author chain's head at the re-key, for
+        our member index (SPEC 8.5); None if no entry of ours is one."""
+        for e in mine:
+            try:
+                r = decode_grant_removal(self._id.unseal(e.sealed))
+            except (VerificationError, DecodeError):
+                continue
+            if r.index == me:
+                return r
+        return None
+
+    def _maybe_removed(self, frame: Frame, removal: GrantRemoval | None, now_ms: int, events: list[Event]) -> None:
+        """A GRANT with no entry for us (``removal`` None), or whose entry for us is a removal (signed, checked by
+        the caller): if it is the author's signed re-key of a group we hold, extending the grant we hold (epoch +
+        1, ``prev``), we were removed from the group (SPEC 9.5): close it here, rather than go on asking it for
+        what we may no longer read.  Anything else is someone else's grant.  A removal names the author chain's
+        head at the re-key: what we miss up to it was published to us, and is still fetched and accepted, as the
+        tail a REVOKE names (SPEC 8.8); a grant without an entry (an author before removals were told) names
+        nothing, and we close at our cursor."""
         g: Grant = frame.head
         b = self._branches.get(g.branch)
         if b is None or b.state is not BranchState.OPEN or len(b.members) <= 2 or g.epoch != b.epoch + 1 \
                 or not _crypto.ct_equal(g.prev, b.grant_hash):
             return
-        try:
-            self.author.verify(frame.hash, frame.sig)
-        except VerificationError as exc:
-            raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+        if removal is None:
+            try:
+                self.author.verify(frame.hash, frame.sig)
+            except VerificationError as exc:
+                raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+        c = b.chains.get(0)
+        last = 0 if removal is None else removal.seq
+        if c is not None and removal is not None and last and last == c.next_seq - 1 \
+                and not _crypto.ct_equal(removal.hash, c.head):
+            # The author's signed word that its chain ends, for us, with another message than the one we
+            # accepted there (SPEC 13.6).  (No evidence frame: the head is sealed to us.)
+            raise _Reject(RejectReason.FORK, "the re-key that removed us names another head than the message we "
+                          "accepted", g.branch, 0, last)
         b.transition("revoke")
         self._sync_waits.pop(g.branch, None)
+        events.append(BranchClosed(b.id, "removed", max(last, c.next_seq - 1) if c is not None else last))
+        if c is not None:
+            self._fetch_tail(b, c, last, now_ms, events)
         self._changes.branches.append(self._record(b))
-        events.append(BranchClosed(b.id, "removed", b.chains[0].next_seq - 1 if 0 in b.chains else 0))
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Revoke = frame.head
@@ -3015,16 +3071,23 @@ class SubscriberCore(_CoreBase):
                           r.branch, 0, r.last_seq, frame.raw)
         b.transition("revoke")
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
-        if c is not None and r.last_seq >= c.next_seq:
-            # The REVOKE overtook the tail of the author's chain (reordered, or the packets were lost): what we miss
-            # up to its final head is still fetched and accepted, nothing beyond it (SPEC 8.8).
-            c.final = r.last_seq
-            if c.held:
-                c.held = {s: f for s, f in c.held.items() if s <= r.last_seq} or None
-            if r.last_seq > c.gap_to and not c.catching_up():
-                events.append(GapDetected(b.id, 0, c.next_seq, r.last_seq + 1))
-            self._want(b, 0, c, r.last_seq, now_ms)
+        if c is not None:
+            self._fetch_tail(b, c, r.last_seq, now_ms, events)
         self._changes.branches.append(self._record(b))  # (with the tail still to come: b.tail)
+
+    def _fetch_tail(self, b: _Branch, c: _Chain, last_seq: int, now_ms: int, events: list[Event]) -> None:
+        """``b`` just closed, the author's chain ``c`` ending at ``last_seq`` for us (a REVOKE's final head, or the
+        head the re-key that removed us from a group named).  If that is beyond our cursor -- the close overtook
+        the tail (reordered), or the packets were lost -- what we miss up to it is still fetched and accepted,
+        nothing beyond it, and kept durably until it is in (SPEC 8.8, 9.5)."""
+        if last_seq < c.next_seq:
+            return
+        c.final = last_seq
+        if c.held:
+            c.held = {s: f for s, f in c.held.items() if s <= last_seq} or None
+        if last_seq > c.gap_to and not c.catching_up():
+            events.append(GapDetected(b.id, 0, c.next_seq, last_seq + 1))
+        self._want(b, 0, c, last_seq, now_ms)
 
     def _leave_again(self, b: _Branch, epoch: int, grant_hash: bytes | None, now_ms: int) -> None:
         """The author's authentic GRANT (its current one or a later one, ``grant_hash``) or ADMIT (``grant_hash``

@@ -219,7 +219,9 @@ class BranchClosed:
     #: "revoke", "unsubscribe", "removed" (we were taken out of a group: its re-key has no entry for us), or
     #: (author side) "recheck": its admission no longer held
     by: str
-    last_seq: int  #: the author chain's final sequence number (revoke), or 0
+    #: the author chain's final sequence number (revoke; removed: the head the re-key named, or our cursor if it
+    #: named none), or 0
+    last_seq: int
     reason: str = ""  #: (author side, by "recheck") why the admission no longer holds
 
 

@@ -1258,13 +1258,15 @@ def _check_branch(bid: bytes, v: Any, keys: Any) -> None:
         raise ValueError("the keys of the branch record")
 
 
-def _former(v: list[Any]) -> list[tuple[int, bytes, int]]:
-    """A stored group's removed members (absent in records written before they were kept)."""
+def _former(v: list[Any]) -> list[tuple[int, bytes, int, int]]:
+    """A stored group's removed members (absent in records written before they were kept; without the author
+    chain's head at the removal in those written before it was kept: 0, nothing served to them)."""
     if len(v) <= 12:
         return []
-    out = [tuple(f) for f in v[12]]
-    if not all(len(f) == 3 and type(f[0]) is int and type(f[1]) is bytes and type(f[2]) is int for f in out):
-        raise TypeError("former members must be (index, key, epoch)")
+    out = [(*f, 0) if isinstance(f, list) and len(f) == 3 else tuple(f) for f in v[12]]
+    if not all(len(f) == 4 and type(f[0]) is int and type(f[1]) is bytes and type(f[2]) is int and _count(f[3])
+               for f in out):
+        raise TypeError("former members must be (index, key, epoch, head seq)")
     return out
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "Grant",
     "GrantEntry",
     "GrantKey",
+    "GrantRemoval",
     "GrantSecret",
     "HeadNotice",
     "Hello",
@@ -71,6 +72,7 @@ __all__ = [
     "decode_grant_body",
     "decode_grant_entries",
     "decode_grant_key",
+    "decode_grant_removal",
     "decode_grant_secret",
     "decode_grant_shared",
     "decode_subscribe_secret",
@@ -79,6 +81,7 @@ __all__ = [
     "encode_grant_body",
     "encode_grant_entries",
     "encode_grant_key",
+    "encode_grant_removal",
     "encode_grant_secret",
     "encode_grant_shared",
     "encode_subscribe_secret",
@@ -787,6 +790,29 @@ def decode_grant_key(data: bytes) -> GrantKey:
         raise DecodeError("grant key: not in canonical encoding")
     _once_each(k.keys, "grant key: keys")
     return k
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRemoval:
+    """Plaintext sealed to a member that a re-key removes from a group, in that GRANT's entry for it (SPEC 8.5):
+    its member ``index``, and the author chain's head at the re-key, ``(seq, hash)`` -- the last message it may
+    read there, which it fetches if it misses it (THREATS 4).  Three elements, the second an integer: never a
+    :class:`GrantKey` (whose second is a byte string)."""
+
+    index: int
+    seq: int
+    hash: bytes
+
+    SCHEMA: ClassVar[tuple[_T, ...]] = (U8, U64, B32)
+
+
+def encode_grant_removal(r: GrantRemoval) -> bytes:
+    return _packb([r.index, r.seq, r.hash])
+
+
+def decode_grant_removal(data: bytes) -> GrantRemoval:
+    """A :class:`GrantRemoval`.  Raises :class:`DecodeError` unless canonical and well-formed."""
+    return GrantRemoval(*_strict(data, "grant removal", GrantRemoval.SCHEMA, 64))
 
 
 def _once_each(rows: list[Any], what: str) -> None:

@@ -300,7 +300,11 @@ def test_a_removed_member_several_rekeys_behind_is_told_even_after_its_catch_up_
     catch_up = Fetch(net.author.channel, g, 0, 1, 100, 2)
     assert net.author.receive(encode_frame(catch_up, b"", ident(11).sign).raw, net.now, "s1") == []
     net.author.take_changes()
-    assert [decode_frame(o.data).head.epoch for o in net.author.data_to_send()] == [3]
+    [alone] = net.author.data_to_send()
+    assert decode_frame(alone.data).head.epoch == 3
+    # s1 cannot apply it yet (its entry is its removal, three epochs ahead): dropped, without an event.
+    assert net.subs["s1"].receive(alone.data, net.now) == []
+    assert net.subs["s1"].branch_info(g)[2] is BranchState.OPEN
     sync = Fetch(net.author.channel, g, 0, 0, 0, 2)
     assert net.author.receive(encode_frame(sync, b"", ident(11).sign).raw, net.now + 300, "s1") == []
     net.author.take_changes()
@@ -889,7 +893,8 @@ def test_a_member_revoked_while_away_learns_it_at_catch_up_without_a_rejection()
 
 async def test_a_groups_removed_members_survive_a_restart_of_the_author(tmp_path: Path) -> None:
     """The author keeps a group's removed members in its store (with the branch record): after a
-    restart, a member removed while it was away is still told when it asks, not rejected as a stranger."""
+    restart, a member removed while it was away is still told when it asks, not rejected as a stranger -- and its
+    FETCH of the author's chain is served from the log up to the head at its removal, not beyond (SPEC 9.5)."""
     from streams.api import Author, MemoryHub, StoreOptions
     from streams.policy import AllowList
 
@@ -901,20 +906,58 @@ async def test_a_groups_removed_members_survive_a_restart_of_the_author(tmp_path
     for m in members:
         await author.open_branch(m.did)
     g = await author.open_group([m.did for m in members])
+    await author.publish(g, b"before")
     await author.remove_member(g, members[1].did)
+    await author.publish(g, b"after")
     await author.close()
     author = await Author.open(tmp_path / "a.db", "pw", MemoryHub().author_endpoint(), policy, store_options=opts)
     try:
         [rec] = [r for r in author.store.load_branches() if r.id == g]
-        assert rec.former == [(2, members[1].sign_public, 1)]
+        assert rec.former == [(2, members[1].sign_public, 1, 1)]
         core = author._core
         fetch = Fetch(core.channel, g, 0, 0, 0, 2)
         assert core.receive(encode_frame(fetch, b"", members[1].sign).raw, 1_800_000_000_000, "p") == []
         core.take_changes()
         [told] = core.data_to_send()
         assert decode_frame(told.data).head.epoch == 1 and told.peer == "p"
+        tail = Fetch(core.channel, g, 0, 1, 100, 2)
+        [asked] = [e for e in core.receive(encode_frame(tail, b"", members[1].sign).raw, 1_800_000_000_000, "p")
+                   if isinstance(e, FetchRequested)]
+        served = [decode_frame(o.data) for o in author._serve_fetch(asked)]
+        assert [(f.head.seq, f.head.epoch) for f in served] == [(1, 0)]  # "before" alone, from the log
     finally:
         await author.close()
+
+
+def test_a_removed_member_stored_before_its_removal_head_was_kept_is_served_nothing() -> None:
+    """A group record written before the author kept the head at each removal lists its removed members as
+    (index, key, epoch): read as head 0, so a FETCH of theirs is answered with the removing grant, and nothing of
+    the log (the author cannot tell what was published before the removal); a row of another shape is refused."""
+    from streams.store import _former
+
+    key = ident(11).sign_public
+    assert _former([None] * 12 + [[[2, key, 1]]]) == [(2, key, 1, 0)]
+    assert _former([None] * 12 + [[[2, key, 1, 7]]]) == [(2, key, 1, 7)]
+    for row in ([2, key], [2, key, 1, -1], [2, key, 1, "7"]):
+        with pytest.raises(TypeError):
+            _former([None] * 12 + [[row]])
+    net = Net.make(n_subs=2)
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.author.publish(g, b"before", net.now)
+    net.author.remove_member(g, ident(11).did)
+    net.author.take_changes()
+    net.author.data_to_send()
+    b = net.author._branches[g]
+    assert b.former is not None and b.former[2][2] == 1
+    catch_up = encode_frame(Fetch(net.author.channel, g, 0, 1, 100, 2), b"", ident(11).sign).raw
+    for last, served in ((1, [(1, 1)]), (0, [])):  # as kept now, and as an older record reads
+        b.former[2] = (*b.former[2][:2], last)
+        net.now += 10_000
+        events = net.author.receive(catch_up, net.now, "s1")
+        assert [(e.from_seq, e.to_seq) for e in events if isinstance(e, FetchRequested)] == served
+        assert [e for e in events if isinstance(e, Rejected)] == []
+        net.author.take_changes()
+        assert [decode_frame(o.data).kind for o in net.author.data_to_send()] == [Kind.GRANT]
 
 
 def _gaps(events: list[object]) -> list[tuple[int, int]]:

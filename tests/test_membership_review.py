@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
+from streams._state import BranchState
 from streams.core import Outgoing
 from streams.errors import RejectReason
-from streams.events import BranchClosed, GapDetected, MessageReceived, Rejected, Subscribed
+from streams.events import BranchClosed, FetchRequested, GapDetected, MessageReceived, Rejected, Subscribed
 from streams.wire import SESSION_LEN, Fetch, Kind, decode_frame, encode_frame
 
 from .corenet import Net, ident
@@ -79,10 +78,6 @@ def test_a_connection_routed_a_group_by_an_own_branch_sync_is_forgotten_when_the
     assert not set(conns) & routes.routes.get(g, set())
 
 
-@pytest.mark.xfail(strict=True, reason="design limit: the re-key that removes a member from a group names the "
-                   "author chain's head only in its encrypted part, which the removed member cannot open, and the "
-                   "author answers a removed member's FETCH with grants only -- a message published to it before "
-                   "its removal and lost on the way is neither fetched nor reported (compare REVOKE, SPEC 8.8)")
 def test_a_message_lost_just_before_the_members_removal_is_fetched_or_reported_as_a_gap() -> None:
     """A member of a group is entitled to what was published there before its removal (THREATS 4: every gap is
     detected).  Here message 2 is lost on its way to s0, then s0 is removed: s0 closes the group at its cursor (1),
@@ -112,6 +107,135 @@ def test_a_message_lost_just_before_the_members_removal_is_fetched_or_reported_a
     got = [e.payload for e in net.events["s0"][start:] if isinstance(e, MessageReceived) and e.branch == g]
     gaps = [e for e in net.events["s0"][start:] if isinstance(e, GapDetected) and e.branch == g]
     assert got == [b"two"] or [(e.expected_seq, e.received_seq) for e in gaps] == [(2, 3)]
+
+
+def _removed_after_a_loss() -> tuple[Net, bytes, dict[int, bytes]]:
+    """s0 and s1 in a group; message 2 is lost on its way to s0, then s0 is removed, then message 3 is published
+    (s1 alone).  (net, the group, the author's frames by seq, as its log holds them)."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    frames: dict[int, bytes] = {}
+    for seq, payload in ((1, b"one"), (2, b"two")):
+        net.author.publish(g, payload, net.now)
+        net.author.take_changes()
+        for o in net.author.data_to_send():
+            if decode_frame(o.data).kind is Kind.PACKET:
+                frames[seq] = o.data
+            if seq == 1:
+                net.deliver_author_out([o])
+            else:
+                net.to_sub("s1", o.data)  # lost on the way to s0
+    net.author.remove_member(g, ident(10).did)
+    net.pump_author()
+    net.author.publish(g, b"three, after s0's removal", net.now)
+    net.author.take_changes()
+    frames[3] = next(o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.PACKET)
+    return net, g, frames
+
+
+def _served(net: Net, fetch: bytes, peer: str) -> tuple[list[tuple[int, int]], list[Kind]]:
+    """The author's answer to ``fetch`` on ``peer``: the ranges it asks its driver to serve from its log, and the
+    kinds of the frames it sends itself."""
+    events = net.author.receive(fetch, net.now, peer)
+    net.author.take_changes()
+    sent = [decode_frame(o.data).kind for o in net.author.data_to_send()]
+    assert not [e for e in events if isinstance(e, Rejected)]
+    return [(e.from_seq, e.to_seq) for e in events if isinstance(e, FetchRequested)], sent
+
+
+def test_a_removed_member_fetches_what_it_lost_before_its_removal_and_is_served_nothing_published_after() -> None:
+    """The re-key that removes s0 names, to s0 alone, the author chain's head then (2): s0 reports the gap and asks
+    for message 2, which the author serves from its log, and s0 accepts on its closed group.  A FETCH of s0's
+    reaching beyond its removal -- its own, or one recorded while it was a member and replayed -- is served up to
+    message 2 at most, with no HEAD (which would name the later head); message 3, relayed to s0, is refused."""
+    net, g, frames = _removed_after_a_loss()
+    s0 = net.subs["s0"]
+    events = net.events["s0"]
+    assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed) and e.branch == g] == [("removed", 2)]
+    assert [(e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected)] == [(2, 3)]
+    asked = [decode_frame(d).head for who, d in net.wire if who == "s0" and decode_frame(d).kind is Kind.FETCH
+             and decode_frame(d).head.branch == g and decode_frame(d).head.from_seq]
+    assert [(f.from_seq, f.to_seq) for f in asked] == [(2, 2)]
+    assert [(e.from_seq, e.to_seq) for e in net.events["author"] if isinstance(e, FetchRequested)
+            and e.branch == g] == [(2, 2)]
+    got = net.to_sub("s0", frames[2])  # the driver's part: the logged frame
+    assert [m.payload for m in got if isinstance(m, MessageReceived)] == [b"two"]
+    beyond = net.to_sub("s0", frames[3])
+    assert [e.reason for e in beyond if isinstance(e, Rejected)] == [RejectReason.CLOSED_BRANCH]
+    assert s0.branch_info(g)[2] is BranchState.CLOSED
+    net.now += 10_000
+    for lo, hi in ((1, 1000), (3, 1000), (2, 2)):  # reaching beyond its removal, and a copy of its own
+        fetch = encode_frame(Fetch(net.author.channel, g, 0, lo, hi, 1), b"", ident(10).sign).raw
+        ranges, kinds = _served(net, fetch, f"s0-{lo}")
+        assert ranges == ([(lo, 2)] if lo <= 2 else [])
+        assert Kind.HEAD not in kinds and Kind.PACKET not in kinds
+
+
+def test_a_fetch_recorded_before_the_members_removal_and_replayed_after_it_is_served_nothing_later() -> None:
+    """A catch-up FETCH s0 signed while a member (from seq 1, a whole window), recorded and replayed after s0's
+    removal, on its connection: served through the head at the removal, never message 3."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    recorded = encode_frame(Fetch(net.author.channel, g, 0, 1, 1024, 1), b"", ident(10).sign).raw
+    assert _served(net, recorded, "s0")[0] == []  # (the chain is empty: nothing yet)
+    net.author.publish(g, b"one", net.now)
+    net.pump_author()
+    net.author.remove_member(g, ident(10).did)
+    net.pump_author()
+    for i in range(3):
+        net.author.publish(g, b"after %d" % i, net.now)
+    net.pump_author()
+    net.now += 10_000
+    ranges, kinds = _served(net, recorded, "s0")
+    assert ranges == [(1, 1)] and Kind.HEAD not in kinds
+
+
+def test_a_forged_or_relayed_removal_neither_closes_a_group_nor_fakes_a_gap() -> None:
+    """The head a removal names is believed only from the author's signed re-key that extends the grant held:
+    one forged with another key (naming a far head, to fake a gap) is BAD_SIGNATURE; s1's genuine removal,
+    relayed to s0, has no entry of s0's that is a removal and changes nothing there; s0's own removal from
+    another group, relayed into this one, does not verify under its branch."""
+    import msgpack
+
+    from streams import _crypto
+    from streams.core import _hint  # (the SPEC 8.5 hint of s0's entry)
+    from streams.identity import PublicIdentity
+    from streams.wire import Grant, GrantEntry, GrantRemoval, encode_grant_body, encode_grant_removal, encode_head
+
+    net = Net.make(n_subs=3)
+    for name in ("s0", "s1", "s2"):
+        net.subscribe(name)
+    s0 = net.subs["s0"]
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    g2 = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.pump_author()
+    first = next(decode_frame(d) for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT
+                 and decode_frame(d).head.branch == g)
+    kx = PublicIdentity.from_sign_public(ident(10).public.sign_public).kx_public
+    entry = GrantEntry(_hint(g, 1, kx), _crypto.seal(kx, encode_grant_removal(GrantRemoval(1, 50, bytes(32)))))
+    forged = encode_frame(Grant(net.author.channel, g, 1, first.hash, first.head.mode),
+                          encode_grant_body(bytes(16), [entry]), ident(99).sign).raw
+    start = len(net.events["s0"])
+    assert [e.reason for e in net.to_sub("s0", forged) if isinstance(e, Rejected)] == [RejectReason.BAD_SIGNATURE]
+    net.author.remove_member(g, ident(11).did)  # s1's removal, relayed to s0 (the group's routes broadcast here)
+    net.pump_author()
+    net.author.remove_member(g2, ident(10).did)
+    net.author.take_changes()
+    mine = next(o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.GRANT)
+    m = decode_frame(mine)
+    for prev in (m.head.prev, net.subs["s0"]._branches[g].grant_hash):  # as it is, and naming our grant
+        head = encode_head(Grant(m.head.channel, g, 2, prev, m.head.mode))
+        moved = msgpack.packb([1, int(Kind.GRANT), head, m.body, m.sig], use_bin_type=True)
+        ev = net.to_sub("s0", moved)
+        assert not [e for e in ev if isinstance(e, BranchClosed)]
+    assert s0.branch_info(g)[2] is BranchState.OPEN and s0.branch_info(g)[0] == 1
+    assert not [e for e in net.events["s0"][start:] if isinstance(e, GapDetected | BranchClosed)]
 
 
 async def test_over_zeromq_a_removed_member_routed_by_its_own_branch_sync_gets_no_more_group_frames(
@@ -270,3 +394,70 @@ def test_a_challenge_issued_on_a_connection_the_transport_no_longer_knows_is_not
     net.author.data_to_send()
     assert not [e for e in admitted if isinstance(e, Rejected)]
     assert net.author.branch_of(ident(10).did) is not None
+
+
+async def test_a_member_that_lost_a_message_before_its_removal_gets_it_from_the_authors_log(tmp_path: Path) -> None:
+    """The same through the asyncio parties, real stores: P1's link drops the group's message 2, then P1 is
+    removed.  It used to close the group at message 1, message 2 gone without a word; now the removal names the
+    head (2), P1 says so (``GapDetected``), fetches it from the author's log and reads it -- and nothing published
+    after its removal (the frame reaches it on the hub's broadcast, and is refused there)."""
+    from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+    from streams.identity import Identity
+    from streams.policy import AllowList
+
+    class LossyHub(MemoryHub):
+        """Drops what the author sends to the endpoints named in ``lossy``."""
+
+        lossy: set[str] = set()
+
+        def inject(self, to: str, data: bytes, peer: str = "attacker") -> None:
+            if to not in self.lossy:
+                super().inject(to, data, peer)
+
+    fast = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+    author_id, p1, p2 = (Identity.from_seed(bytes([n]) * 32) for n in (0x01, 0x0A, 0x0B))
+    hub = LossyHub()
+    author = await Author.create(tmp_path / "a.db", author_id, "groups", "pw", hub.author_endpoint(),
+                                 AllowList.of([p1.did, p2.did]), store_options=fast)
+    subs: list[Subscriber] = []
+    try:
+        for who in (p1, p2):
+            s = await Subscriber.create(tmp_path / f"{who.did[-6:]}.db", who, author_id.did, author.channel, "pw",
+                                        hub.subscriber_endpoint(who.did[-6:]), store_options=fast)
+            subs.append(s)
+            await s.subscribe(timeout=10)
+        s1, s2 = subs
+        group = await author.open_group([p1.did, p2.did])
+
+        async def payloads(s: Subscriber, n: int) -> list[bytes]:
+            got = []
+            while len(got) < n:
+                m = await s.next_message(timeout=15)
+                if m.branch == group:
+                    got.append(m.payload)
+            return got
+
+        await author.publish(group, b"one")
+        assert await payloads(s1, 1) == [b"one"]
+        hub.lossy = {p1.did[-6:]}
+        await author.publish(group, b"two")
+        assert await payloads(s2, 2) == [b"one", b"two"]
+        hub.lossy = set()
+        await author.remove_member(group, p1.did)
+        assert await payloads(s1, 1) == [b"two"]
+        await author.publish(group, b"three, for P2 alone")
+        assert await payloads(s2, 1) == [b"three, for P2 alone"]
+        events: list[object] = []
+        for _ in range(1500):  # until P1 handled the broadcast of message 3
+            events += s1.pending_events()
+            if [e for e in events if isinstance(e, Rejected) and e.branch == group and e.seq == 3]:
+                break
+            await asyncio.sleep(0.01)
+        assert [(e.reason, e.seq) for e in events if isinstance(e, Rejected) and e.branch == group] == [
+            (RejectReason.CLOSED_BRANCH, 3)]
+        assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed)] == [("removed", 2)]
+        assert [(e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected)] == [(2, 3)]
+    finally:
+        for s in subs:
+            await s.close()
+        await author.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from streams import _crypto
 from streams.core import CoreConfig
-from streams.errors import VerificationError
+from streams.errors import DecodeError, VerificationError
 from streams.events import Acknowledged, Covered, FetchRequested, Granted, MessageReceived, Rejected
 from streams.identity import Identity
 from streams.policy import AllowList
@@ -22,6 +22,7 @@ from streams.wire import (
     decode_frame,
     decode_grant_body,
     decode_grant_key,
+    decode_grant_removal,
     encode_frame,
 )
 
@@ -39,8 +40,13 @@ def _keys_held(net: Net, who: Identity) -> list[bytes]:
         _shared, entries = decode_grant_body(f.body)
         for e in entries:
             try:
-                k = decode_grant_key(who.unseal(e.sealed))
+                plain = who.unseal(e.sealed)
             except VerificationError:
+                continue
+            try:
+                k = decode_grant_key(plain)
+            except DecodeError:
+                decode_grant_removal(plain)  # the re-key that removed it tells it the head, and holds no key
                 continue
             keys += [key for _p, key in k.keys if key not in keys]
     return keys

@@ -71,6 +71,39 @@ def test_revoke_overtaking_the_tail_then_restart_still_accepts_the_tail() -> Non
     assert [m.seq for m in events if isinstance(m, MessageReceived)] == [4, 5]
 
 
+def test_a_removal_naming_a_head_beyond_the_cursor_then_restart_still_fetches_and_accepts_it() -> None:
+    """SPEC 9.5: the head the re-key that removed s0 from a group named (3), beyond s0's cursor (1), is kept with
+    the closed group like a REVOKE's tail: s0 restarted before the messages came asks for them again at its
+    timer and accepts them."""
+    n = Net.make(n_subs=2)
+    s0 = n.subs["s0"]
+    records, chains = _keep(s0)
+    n.subscribe("s0")
+    n.subscribe("s1")
+    g = n.author.open_group([ident(10).public, ident(11).public])
+    n.pump_author()
+    for i in range(3):
+        n.author.publish(g, b"m%d" % i, n.now)
+    n.author.take_changes()
+    packets = [o.data for o in n.author.data_to_send() if decode_frame(o.data).kind is Kind.PACKET]
+    n.to_sub("s0", packets[0])
+    n.author.remove_member(g, ident(10).did)
+    n.pump_author()
+    s0.take_changes()
+    assert s0.branch_state(g) is BranchState.CLOSED
+    again = SubscriberCore(s0.identity, n.author.identity.did, n.author.channel)
+    again.load_subscriber(None, list(records.values()), list(chains.values()))
+    again.catch_up(n.now)
+    again.handle_timer(n.now + 10_000)
+    again.take_changes()
+    fetches = [decode_frame(o.data).head for o in again.data_to_send() if decode_frame(o.data).kind is Kind.FETCH]
+    assert [(f.branch, f.publisher, f.from_seq, f.to_seq) for f in fetches if f.branch == g] == [(g, 0, 2, 3)]
+    n.subs["s0"] = again
+    events = n.to_sub("s0", packets[1]) + n.to_sub("s0", packets[2])
+    assert [e.reason for e in events if isinstance(e, Rejected)] == []
+    assert [m.payload for m in events if isinstance(m, MessageReceived)] == [b"m1", b"m2"]
+
+
 async def test_wait_acknowledged_of_a_refused_message_is_not_answered_by_its_replacement(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Write taken away and given back before the member hears of either (both re-keys reach it together): the
     message it published meanwhile was refused, the re-key restarts its chain at the author's head and drops it

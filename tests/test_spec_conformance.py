@@ -37,6 +37,7 @@ from streams.events import (
     Anchored,
     BranchClosed,
     FetchRequested,
+    GapDetected,
     Granted,
     MessageReceived,
     Rejected,
@@ -314,12 +315,15 @@ def open_grant(frame: dict[str, Any], me: SpecParty) -> dict[str, Any]:
 
 def spec_grant(author: SpecParty, channel: bytes, branch: bytes, epoch: int, prev: bytes, mode: int,
                members: list[list[Any]], heads: list[list[Any]], recipients: list[tuple[SpecParty, int, list[Any]]],
-               ) -> tuple[bytes, bytes]:
-    """A GRANT built by SPEC 8.5 (recipients: (party, index, [[publisher, key], ...]))."""
+               removed: tuple[tuple[SpecParty, int, int, bytes], ...] = ()) -> tuple[bytes, bytes]:
+    """A GRANT built by SPEC 8.5 (recipients: (party, index, [[publisher, key], ...]); removed: (party, index,
+    seq, hash) of the members a group's re-key removes, each told the author chain's head in its entry)."""
     shared_key = os.urandom(32)
     shared = aead_encrypt(shared_key, bytes(24), P["P_GRANT"] + branch + u64(epoch), enc([members, heads]))
     entries = [[H(P["P_HINT"], branch, u64(epoch), r.kx)[:8], SealedBox(PublicKey(r.kx)).encrypt(
         enc([index, shared_key, keys]))] for r, index, keys in recipients]
+    entries += [[H(P["P_HINT"], branch, u64(epoch), r.kx)[:8], SealedBox(PublicKey(r.kx)).encrypt(
+        enc([index, seq, last]))] for r, index, seq, last in removed]
     return spec_frame("GRANT", [channel, branch, epoch, prev, mode], enc([shared, entries]), author.sk)
 
 
@@ -902,6 +906,84 @@ def test_a_first_grant_not_linked_to_the_announcement_is_bad_link() -> None:
 def test_a_grant_for_someone_else_is_ignored_silently() -> None:
     other = SpecParty(bytes(range(64, 96)))
     assert _grant_verdict(recipients=[(other, 1, [[0, os.urandom(32)]])]) == []
+
+
+def _group_losing_message_2() -> tuple[SpecAuthorWorld, SpecParty, tuple[bytes, bytes]]:
+    """Our subscriber as member 1 of a group built by SPEC (9.4: the author, it and member 2, read, signed-each),
+    holding the author's message 1; message 2 (returned, with its hash) is lost on the way."""
+    w = SpecAuthorWorld()
+    other = SpecParty(bytes(range(64, 96)))
+    w.grant, w.grant_hash = spec_grant(w.author, w.channel, w.branch, 0, w.announce_hash, 1,
+                                       [[0, w.author.pk, 3], [1, w.sub.pk, 1], [2, other.pk, 1]], [],
+                                       [(w.sub, 1, [[0, w.k0]]), (other, 2, [[0, w.k0]])])
+    w.head = w.grant_hash
+    assert _rejects(w.start()) == []
+    assert [m.payload for m in _of(w.deliver(*w.packet(b"one")), MessageReceived)] == [b"one"]
+    return w, other, w.packet(b"two")
+
+
+def _removal(w: SpecAuthorWorld, other: SpecParty, told: tuple[int, bytes] | None) -> bytes:
+    """SPEC 8.5, 9.5: the re-key (epoch 1) that removes our subscriber, with a ``removal`` entry naming ``told``
+    (seq, hash), or of the first form (None: no entry for it)."""
+    removed = () if told is None else ((w.sub, 1, told[0], told[1]),)
+    frame, _ = spec_grant(w.author, w.channel, w.branch, 1, w.grant_hash, 1, [[0, w.author.pk, 3], [2, other.pk, 1]],
+                          [[0, told[0] if told else 2, told[1] if told else bytes(32)]],
+                          [(other, 2, [[0, os.urandom(32)]])], removed)
+    return frame
+
+
+def test_a_spec_removal_closes_the_group_and_its_head_is_fetched_and_nothing_beyond() -> None:
+    """SPEC 9.5: the removal names the author chain's head at the re-key (2): the member closes the group
+    ("removed", 2), reports the gap, asks for message 2 (a FETCH of the author's chain, SPEC 8.9), accepts it when
+    it comes, and refuses message 3 (CLOSED_BRANCH).  The same GRANT again is dropped without an event."""
+    w, other, (two, two_hash) = _group_losing_message_2()
+    removal = _removal(w, other, (2, two_hash))
+    ev = w.core.receive(removal, NOW)
+    assert _rejects(ev) == []
+    assert [(e.by, e.last_seq) for e in _of(ev, BranchClosed)] == [("removed", 2)]
+    assert [(e.expected_seq, e.received_seq) for e in _of(ev, GapDetected)] == [(2, 3)]
+    w.core.take_changes()
+    fetches = [spec_parse(o.data) for o in w.core.data_to_send()]
+    assert [(f["kind"], f["head"]["publisher"], f["head"]["from_seq"], f["head"]["to_seq"], f["head"]["requester"])
+            for f in fetches] == [("FETCH", 0, 2, 2, 1)]
+    assert w.core.receive(removal, NOW) == []
+    assert [m.payload for m in _of(w.deliver(two, two_hash), MessageReceived)] == [b"two"]
+    assert _rejects(w.deliver(*w.packet(b"three"))) == [RejectReason.CLOSED_BRANCH]
+
+
+def test_a_spec_removal_of_the_first_form_closes_at_the_cursor_and_one_naming_another_head_is_a_fork() -> None:
+    """SPEC 9.5: a removing GRANT without an entry for the member (an older author's) closes the group at its
+    cursor, naming nothing; a removal whose head is the member's head with another hash is FORK, closing nothing."""
+    w, other, _ = _group_losing_message_2()
+    ev = w.core.receive(_removal(w, other, None), NOW)
+    assert _rejects(ev) == [] and [(e.by, e.last_seq) for e in _of(ev, BranchClosed)] == [("removed", 1)]
+    assert _of(ev, GapDetected) == []
+    w, other, _ = _group_losing_message_2()
+    ev = w.core.receive(_removal(w, other, (1, bytes(32))), NOW)
+    assert _rejects(ev) == [RejectReason.FORK] and _of(ev, BranchClosed) == []
+
+
+def test_our_removing_grant_tells_the_removed_member_alone_the_head_by_spec() -> None:
+    """SPEC 8.5: our author's re-key removing member 1 of a group has an entry for it (by the hint rule) that
+    opens to ``[index, seq, hash]``, the author chain's head, as the shared part tells the remaining member."""
+    from streams.identity import PublicIdentity
+
+    gone, stays = SpecParty(bytes(range(64, 96))), SpecParty(bytes(range(96, 128)))
+    author = _author_core(gone)
+    g = author.open_group([PublicIdentity.from_sign_public(p.pk) for p in (gone, stays)])
+    author.publish(g, b"for both", NOW)
+    author.take_changes()
+    [one] = [spec_parse(o.data) for o in author.data_to_send() if spec_parse(o.data)["kind"] == "PACKET"]
+    author.remove_member(g, gone.did)
+    author.take_changes()
+    f = next(spec_parse(o.data) for o in author.data_to_send() if spec_parse(o.data)["kind"] == "GRANT")
+    VerifyKey(author.identity.public.sign_public).verify(f["hash"], f["sig"])
+    _, entries = parse(f["body"])
+    hint = H(P["P_HINT"], g, u64(1), gone.kx)[:8]
+    [sealed] = [s for h, s in entries if h == hint]
+    assert parse(SealedBox(gone.kx_sk).decrypt(sealed)) == [1, 1, one["hash"]]
+    assert open_grant(f, stays)["heads"] == [[0, 1, one["hash"]]]
+    assert len(entries) == 2
 
 
 def test_a_grant_body_of_the_current_layout_holds_at_most_256_entries() -> None:
