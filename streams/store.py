@@ -58,7 +58,8 @@ did.
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
-its ``-wal`` and ``-shm`` the database's mode): :func:`backup` copies both consistently while the party runs
+its ``-wal`` and ``-shm`` the database's mode; a ``-frames`` or ``-lock`` that :meth:`Store.create` finds left at
+the path is made 0600 as it is taken over): :func:`backup` copies both consistently while the party runs
 (``streams backup``); ``cp`` of a live store does not.
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
@@ -436,10 +437,14 @@ class Store:
                 raise StorageError(f"cannot initialise store {p}: {exc}") from exc
             try:
                 os.chmod(p, 0o600)  # created 0600 (_new_database): a belt
-                # A frame file left by an earlier store of this name: nothing refers to it (not a link's target).
+                # A frame or lock file left by an earlier store of this name (or made by anyone): taken over, so
+                # made private as the files created here are (O_CREAT's mode applies only to a new file); nothing
+                # refers to the frames (not a link's target).
+                os.fchmod(lock_fd, 0o600)
                 with contextlib.suppress(FileNotFoundError):
                     fd = os.open(f"{p}-frames", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     try:
+                        os.fchmod(fd, 0o600)
                         os.ftruncate(fd, 0)
                     finally:
                         os.close(fd)
