@@ -112,6 +112,18 @@ def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None
     assert not (tmp_path / "x.ks").exists()
 
 
+def test_a_passphrase_given_as_the_variable_name_is_not_echoed(cli: Cli, tmp_path: Path) -> None:
+    """`--passphrase-env "$SECRET"` (the value where the variable's name goes) is a usage error that must not print
+    the value back -- on stderr, in the JSON error document, or in the -vv log -- as `--passphrase SECRET` is not
+    (THREATS 9).  What cannot be a variable's name (a space, punctuation) is not repeated; a name is."""
+    for secret in ("hunter2 secret!", "correct-horse/battery"):
+        r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", secret, "--json", "-vv")
+        assert r.returncode == 2 and r.json["type"] == "UsageError", (secret, r.stdout, r.stderr)
+        assert secret not in r.stdout + r.stderr, (secret, r.stdout, r.stderr)
+        assert "--passphrase-env" in r.json["error"], r.stdout
+    assert not (tmp_path / "x.ks").exists()
+
+
 def test_end_of_input_at_the_passphrase_prompt_is_a_usage_error(tmp_path: Path) -> None:
     """Ctrl-D at the terminal's passphrase prompt (the input ends) raised EOFError out of getpass: a traceback,
     exit 1.  A usage error now (exit 2, the JSON document), and nothing is created."""

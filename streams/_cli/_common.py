@@ -199,12 +199,17 @@ def read_passphrase_first(args: argparse.Namespace) -> None:
     args.held_passphrase = _Held(read_passphrase(args))
 
 
+#: What a POSIX shell can name (and export) as an environment variable.
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
 
     Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, no source was
     given and stdin is not a terminal, or the terminal's input ends (Ctrl-D) at the prompt.  The message never
-    contains the passphrase.
+    contains the passphrase (nor a ``--passphrase-env`` value that cannot be a variable's name: most likely the
+    passphrase itself).
     """
     held = getattr(args, "held_passphrase", None)
     if isinstance(held, _Held):
@@ -212,7 +217,12 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     if args.passphrase_env:
         value = os.environ.get(args.passphrase_env)
         if not value:
-            raise UsageError(f"environment variable {args.passphrase_env} is unset or empty")
+            if not _VARIABLE_NAME.fullmatch(args.passphrase_env):
+                # Not a name a shell can export: most likely the passphrase itself (`--passphrase-env "$PW"`),
+                # which must not be printed back (as --passphrase is not, THREATS 9).
+                raise UsageError("--passphrase-env takes the NAME of an environment variable holding the passphrase "
+                                 "(what was given is not a variable's name, and is not repeated here)")
+            raise UsageError(f"environment variable {args.passphrase_env} (--passphrase-env) is unset or empty")
         return value
     if args.passphrase_file:
         try:
