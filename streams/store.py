@@ -127,7 +127,7 @@ from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity, public_key_from_did
-from .keystore import derive_key, open_secret, seal_secret
+from .keystore import _passphrase_bytes, derive_key, open_secret, seal_secret
 from .wire import Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
@@ -465,7 +465,8 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
-        """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
+        """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase (:class:`LocalProtocolError`
+        for one that is not ``str``/``bytes``, or a ``str`` UTF-8 cannot encode), :class:`StorageError`
         if the file is missing, not a store, altered (it holds SQL triggers or views), or damaged (SQLite's
         ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
         is found now, not when a fetch reaches it).
@@ -517,11 +518,10 @@ class Store:
         salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
         if not (isinstance(salt, bytes) and type(ops) is int and type(mem) is int and isinstance(sealed, bytes)):
             raise StorageError(f"{p}: store metadata is missing or damaged")
+        pw = _passphrase_bytes(passphrase)  # (LocalProtocolError: the caller's argument, not the file)
         try:
-            key = derive_key(passphrase, salt, ops, mem)
+            key = derive_key(pw, salt, ops, mem)
         except LocalProtocolError as exc:
-            if not isinstance(passphrase, str | bytes):
-                raise  # the caller's argument, not the file
             raise StorageError(f"{p}: store metadata is missing or damaged") from exc
         try:
             seed = open_secret(key, sealed, b"streams.store.identity")

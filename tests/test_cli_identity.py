@@ -124,6 +124,17 @@ def test_a_passphrase_given_as_the_variable_name_is_not_echoed(cli: Cli, tmp_pat
     assert not (tmp_path / "x.ks").exists()
 
 
+def test_a_passphrase_of_bytes_that_are_not_utf8_is_an_error_without_traceback_or_any_of_it(tmp_path: Path) -> None:
+    """A passphrase variable holding bytes that are not UTF-8 ended the command with a traceback (no JSON
+    document) naming one of its characters and its position: now a one-line error that shows none of it."""
+    cli = Cli(tmp_path, {"PP": "sekr3t\udcffqu1x"})  # (the child's environment gets the byte 0xff)
+    r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", "PP", "--json")
+    assert r.returncode == 2 and r.json["ok"] is False and r.json["type"] == "LocalProtocolError", r.stdout
+    for part in ("sekr3t", "qu1x", "xff", "dcff", "position"):
+        assert part not in r.stdout + r.stderr, (part, r.stdout, r.stderr)
+    assert not (tmp_path / "x.ks").exists()
+
+
 def test_end_of_input_at_the_passphrase_prompt_is_a_usage_error(tmp_path: Path) -> None:
     """Ctrl-D at the terminal's passphrase prompt (the input ends) raised EOFError out of getpass: a traceback,
     exit 1.  A usage error now (exit 2, the JSON document), and nothing is created."""
