@@ -166,6 +166,40 @@ def test_end_of_input_at_the_passphrase_prompt_is_a_usage_error(tmp_path: Path) 
     assert not (tmp_path / "x.ks").exists()
 
 
+def test_a_passphrase_typed_in_bytes_that_are_not_utf8_is_an_error_that_shows_none_of_it(tmp_path: Path) -> None:
+    """A byte that is not UTF-8 typed at the passphrase prompt made getpass raise UnicodeDecodeError: a traceback
+    (exit 1, no JSON document) whose last line gave the byte and its position in the passphrase.  A usage error
+    now, naming neither."""
+    master, slave = pty.openpty()
+    tty = os.ttyname(slave)
+
+    def own_terminal() -> None:  # the pty becomes the child's controlling terminal: getpass opens /dev/tty
+        os.setsid()
+        os.close(os.open(tty, os.O_RDWR))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C.UTF-8"}
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "streams.cli", "identity", "create", "--keystore", "x.ks",
+                              "--kdf-fast", "--json"], cwd=tmp_path, env=env, stdin=slave, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=own_terminal)
+        os.close(slave)
+        seen = b""
+        while b"Passphrase" not in seen:  # the prompt goes to the terminal
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, seen
+            seen += os.read(master, 1024)
+        os.write(master, b"sekr3t\xffqu1x\n")
+        out, err = p.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert "Traceback" not in err, err
+    assert p.returncode == 2, (p.returncode, err)
+    assert json.loads(out)["type"] == "UsageError", out
+    for part in ("sekr3t", "qu1x", "xff", "position 6"):
+        assert part not in out + err, (part, out, err)
+    assert not (tmp_path / "x.ks").exists()
+
+
 def test_existing_keystore_is_not_replaced_without_force(cli: Cli, tmp_path: Path) -> None:
     first = make_keystore(cli, "me.ks")
     before = (tmp_path / "me.ks").read_bytes()

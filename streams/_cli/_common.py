@@ -207,7 +207,8 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
 
     Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, no source was
-    given and stdin is not a terminal, or the terminal's input ends (Ctrl-D) at the prompt.  The message never
+    given and stdin is not a terminal, the terminal's input ends (Ctrl-D) at the prompt, or what is typed there
+    is not text in the terminal's encoding.  The message never
     contains the passphrase (nor a ``--passphrase-env`` value that cannot be a variable's name: most likely the
     passphrase itself).
     """
@@ -250,6 +251,12 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
             raise UsageError("the passphrases differ")
     except EOFError:  # Ctrl-D at the prompt
         raise UsageError("no passphrase: the terminal input ended") from None
+    except UnicodeDecodeError:
+        # Its text names a byte of the passphrase and where, and it holds the whole line: raised below, outside
+        # this block, so that it is not even the new error's context.
+        value = None
+    if value is None:
+        raise UsageError("the passphrase typed is not text in the terminal's encoding")
     if not value:
         raise UsageError("empty passphrase")
     return value
