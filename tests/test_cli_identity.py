@@ -101,6 +101,20 @@ def test_a_passphrase_given_to_a_command_that_takes_none_is_refused_and_not_echo
                 assert "hunter2-secret" not in r.stdout + r.stderr, (argv, r.stdout, r.stderr)
 
 
+def test_a_secret_given_to_a_look_alike_of_the_passphrase_option_is_refused_and_not_echoed(cli: Cli,
+                                                                                            tmp_path: Path) -> None:
+    """`--password SECRET`, `--pass=SECRET`, `--pwd SECRET` or a misspelt `--passphase SECRET` (another tool's
+    habit, a typo) were "unrecognized arguments" that argparse printed back whole, on stderr and in the JSON error
+    document -- the leak closed for `--passphrase` itself.  They are refused as it is, without the value."""
+    for args in (["--password", "hunter2-secret"], ["--pass=hunter2-secret"], ["--pwd", "hunter2-secret"],
+                 ["--passphase", "hunter2-secret"]):
+        r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", *args)
+        assert r.returncode == 2 and r.json["type"] == "UsageError", (args, r.stdout, r.stderr)
+        assert "hunter2-secret" not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+        assert "passphrase-env" in r.json["error"], r.stdout
+    assert not (tmp_path / "x.ks").exists()
+
+
 def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None:
     r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", stdin=subprocess.DEVNULL)
     assert r.returncode == 2

@@ -146,13 +146,19 @@ def passphrase_refusal(option: str | None = "--passphrase") -> str:
             "use --passphrase-env VAR or --passphrase-file FILE")
 
 
+#: Options of ours whose names look like a passphrase option's: they take no secret (a variable's name, a path).
+_PASSPHRASE_SOURCES = frozenset({"--passphrase-env", "--passphrase-file"})
+
+
 def refuse_passphrase_argument(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed: on a command
-    without passphrase options, or before the command name, argparse would otherwise echo its value back in an
-    "unrecognized arguments" or "invalid choice" error."""
+    """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed -- and any
+    look-alike that is not one of ours (``--password``, ``--pass=``, ``--pwd``, a misspelt ``--passphase``: another
+    tool's habit or a typo): argparse would otherwise echo its value back in an "unrecognized arguments" or "invalid
+    choice" error (on a command without passphrase options, before the command name, or for any look-alike)."""
     for arg in itertools.takewhile(lambda a: a != "--", argv):  # (after "--", arguments are not options)
-        if arg == "--passphrase" or arg.startswith("--passphrase="):
-            parser.error(passphrase_refusal())
+        option = arg.partition("=")[0]
+        if option.lower().startswith(("--pas", "--pw")) and option not in _PASSPHRASE_SOURCES:
+            parser.error(passphrase_refusal(option))
 
 
 class _RefusePassphraseArgument(argparse.Action):
