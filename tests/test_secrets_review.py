@@ -141,3 +141,42 @@ async def test_no_secret_in_a_running_party_s_files_reprs_events_logs_or_errors(
     assert all(PW[:-1].encode() not in repr(e).encode() for e in chain)
     assert caplog.records  # (the parties did log: the re-key, the branch closed to the removed member)
     assert leaks(caplog.text.encode(), secrets) == []
+
+
+@pytest.mark.xfail(strict=True, reason="design limit (SPEC 8.5): a grant entry's hint is H(branch, epoch, recipient "
+                   "X25519 key), all public, so whoever knows a DID can test it against every GRANT on the wire")
+async def test_an_observer_who_knows_the_dids_cannot_tell_who_holds_which_branch(tmp_path: Path) -> None:
+    """SPEC 15: "member lists are inside sealed grants, so the set of subscribers is not visible on the wire".  An
+    observer on the wire who knows the candidate DIDs (public identifiers: a policy's allow list, a sector's
+    providers) computes each candidate's hint for every GRANT it sees, from the GRANT's cleartext head alone."""
+    import struct
+
+    from streams import _crypto
+    from streams.identity import PublicIdentity
+    from streams.wire import Kind, decode_frame, decode_grant_body
+
+    hub = MemoryHub()
+    members = [Identity.generate() for _ in range(3)]
+    author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([m.did for m in members]), store_options=FAST)
+    subs = [await Subscriber.create(tmp_path / f"m{i}.db", m, author.did, author.channel, PW,
+                                    hub.subscriber_endpoint(f"m{i}"), store_options=FAST)
+            for i, m in enumerate(members)]
+    try:
+        own = {m.did: await s.subscribe(timeout=10) for m, s in zip(members, subs, strict=True)}
+        linked: dict[bytes, set[str]] = {}
+        for _src, _dst, data in hub.tap:
+            frame = decode_frame(data)
+            if frame.kind is not Kind.GRANT:
+                continue
+            hints = {e.hint for e in decode_grant_body(frame.body)[1]}
+            for m in members:
+                kx = PublicIdentity.from_did(m.did).kx_public
+                if _crypto.hash32(_crypto.P_HINT, frame.head.branch, struct.pack(">Q", frame.head.epoch),
+                                  kx)[:8] in hints:
+                    linked.setdefault(frame.head.branch, set()).add(m.did)
+        assert all(linked.get(branch) != {did} for did, branch in own.items())
+    finally:
+        for s in subs:
+            await s.close()
+        await author.close()
