@@ -330,26 +330,35 @@ class DemoRun:
     address: str = ""
 
     def __post_init__(self) -> None:
-        self.passphrase = secrets.token_urlsafe(24)  # never printed: children get it in their environment
+        #: Each party's own passphrase (its keystore's and its store's), never printed: the party's process gets
+        #: it in its environment, and no other process does -- the providers are distinct organisations, and the
+        #: relay is the attacker: a passphrase of a keystore in this directory would open it (THREATS 9).
+        self._passphrases: dict[str, str] = {}
         self.ledger_path = self.workdir / "ledger.db"  # the embedded ledger the monitor anchors on
         root = str(Path(__file__).resolve().parent.parent)
-        self.env = {**os.environ, PASSPHRASE_VAR: self.passphrase,
+        # (a passphrase variable inherited from whoever started the demo is not passed on either)
+        self.env = {**{k: v for k, v in os.environ.items() if k != PASSPHRASE_VAR},
                     "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
 
     # -- processes -----------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, *argv: str) -> Child:
-        c = Child(name, [sys.executable, *argv], self.env, self.workdir)
+    def _env(self, party: str | None) -> dict[str, str]:
+        """A child's environment: with ``party``'s passphrase in :data:`PASSPHRASE_VAR`, or with none."""
+        return self.env if party is None else {**self.env, PASSPHRASE_VAR: self._passphrases[party]}
+
+    def _spawn(self, name: str, *argv: str, party: str | None = None) -> Child:
+        c = Child(name, [sys.executable, *argv], self._env(party), self.workdir)
         self.children.append(c)
         return c
 
     def _identity(self, name: str) -> tuple[str, str]:
-        """A throwaway identity in a keystore of the temporary directory: (path, DID).  Minimal KDF cost: the
-        directory and the passphrase live only as long as the demo."""
+        """A throwaway identity in a keystore of the temporary directory, under a passphrase of its own: (path,
+        DID).  Minimal KDF cost: the directory and the passphrases live only as long as the demo."""
         path = str(self.workdir / f"{name}.ks")
         ident = Identity.generate()
         self.identities[name] = ident
-        keystore.save_identity(path, ident, self.passphrase, opslimit=keystore.MIN_OPSLIMIT,
+        self._passphrases[name] = secrets.token_urlsafe(24)
+        keystore.save_identity(path, ident, self._passphrases[name], opslimit=keystore.MIN_OPSLIMIT,
                                memlimit=keystore.MIN_MEMLIMIT)
         return path, ident.did
 
@@ -367,7 +376,7 @@ class DemoRun:
             "monitor", "-m", "streams.cli", "serve", "--json", "--store", "monitor.db",
             "--bind", "tcp://127.0.0.1:0", "--policy", str(policy), "--keystore", mon_ks, "--name", CHANNEL_NAME,
             "--passphrase-env", PASSPHRASE_VAR, "--publish-stdin", "--exit-on-stdin-eof",
-            "--ledger", f"sqlite:{self.ledger_path}", "--anchor-interval-ms", "300")
+            "--ledger", f"sqlite:{self.ledger_path}", "--anchor-interval-ms", "300", party="monitor")
         ready = self.monitor.wait_for(lambda d: d.get("event") == "ready", "ready")
         self.monitor_did, self.channel, self.address = ready["did"], ready["channel"], ready["addresses"][0]
         self.say(f"monitor {self.monitor_did} serves channel {self.channel[:16]}… on {self.address}")
@@ -378,7 +387,8 @@ class DemoRun:
             self.say(f"starting provider {name}…")
             proc = self._spawn(name, "-m", "streams._demo_proc", "--store", f"{name}.db", "--keystore", ks,
                                "--connect", relay_addr, "--author", self.monitor_did, "--channel", self.channel,
-                               "--passphrase-env", PASSPHRASE_VAR, "--ledger", f"sqlite:{self.ledger_path}")
+                               "--passphrase-env", PASSPHRASE_VAR, "--ledger", f"sqlite:{self.ledger_path}",
+                               party=name)
             self.providers[name] = Provider(name, did, proc)
         for p in self.providers.values():
             doc = p.proc.wait_for(lambda d: d.get("event") in ("subscribed", "refused", "error"), "subscription")
@@ -555,7 +565,7 @@ class DemoRun:
                 [sys.executable, "-m", "streams.cli", "subscribe", "--json", "--store", "mallory.db", "--connect",
                  self.address, "--keystore", ks, "--author", self.monitor_did, "--channel", self.channel,
                  "--passphrase-env", PASSPHRASE_VAR, "--timeout", "15"],
-                cwd=self.workdir, env=self.env, capture_output=True, timeout=30, check=False)
+                cwd=self.workdir, env=self._env("mallory"), capture_output=True, timeout=30, check=False)
         except subprocess.TimeoutExpired:
             return Check("unlisted DID refused", False, "streams subscribe did not finish in 30 s")
         try:

@@ -37,7 +37,9 @@ parameters are refused before the KDF runs, so an edited file cannot make us spe
 changing any byte of a keystore makes :func:`load_identity` fail.
 
 Passphrases may be ``str`` (encoded as UTF-8 after Unicode NFC normalisation, so the same typed passphrase
-opens the file whatever the input method) or ``bytes`` (used as is).
+opens the file whatever the input method; a ``str`` UTF-8 cannot encode -- a lone surrogate, which is how Python
+carries bytes that are not UTF-8 from the environment -- is refused with LocalProtocolError) or ``bytes`` (used
+as is).
 
 Neither the passphrase nor the seed ever appears in an exception, log or ``repr``.
 """
@@ -114,8 +116,16 @@ _KDF_KEYS: Final = frozenset({"alg", "memlimit", "opslimit", "salt"})
 
 
 def _passphrase_bytes(passphrase: str | bytes) -> bytes:
+    """The passphrase as the KDF takes it.  Raises LocalProtocolError for one that is not ``str``/``bytes``, or a
+    ``str`` UTF-8 cannot encode (a lone surrogate: how Python carries bytes that are not UTF-8 from the environment
+    or a terminal).  Nothing of the passphrase is in the error, its cause or its context: UnicodeEncodeError's text
+    shows one of its characters and where, and the exception holds the whole string."""
     if isinstance(passphrase, str):
-        return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+        try:
+            return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # (raised below, outside this block: no __context__)
+        raise LocalProtocolError("a passphrase must be text UTF-8 can encode (it holds bytes that are not UTF-8?)")
     if isinstance(passphrase, (bytes, bytearray)):
         return bytes(passphrase)
     raise LocalProtocolError("a passphrase is str or bytes")
@@ -135,8 +145,8 @@ def derive_key(passphrase: str | bytes, salt: bytes, opslimit: int, memlimit: in
 
     ``opslimit`` is the number of passes and ``memlimit`` the memory in bytes; both must lie within
     ``MIN_*..MAX_*``.  Raises :class:`~streams.errors.LocalProtocolError` for a passphrase that is not
-    ``str``/``bytes``, a salt that is not 16 bytes, or limits out of range -- validate values read from disk
-    first and report those as :class:`~streams.errors.KeystoreError`.  Raises
+    ``str``/``bytes`` (or a ``str`` UTF-8 cannot encode), a salt that is not 16 bytes, or limits out of range --
+    validate values read from disk first and report those as :class:`~streams.errors.KeystoreError`.  Raises
     :class:`~streams.errors.KeystoreError` if libsodium cannot run the KDF (e.g. out of memory).
     """
     pw = _passphrase_bytes(passphrase)
@@ -325,7 +335,8 @@ def load_identity(path: str | os.PathLike[str], passphrase: str | bytes) -> Iden
     * :class:`~streams.errors.KeystoreError` (the base of BadPassphrase) if the file is missing or
       unreadable (the ``OSError`` is chained), truncated, not canonical version-1 JSON, or has out-of-range
       KDF parameters.  The KDF is not run in these cases.
-    * :class:`~streams.errors.LocalProtocolError` if ``passphrase`` is neither ``str`` nor ``bytes``.
+    * :class:`~streams.errors.LocalProtocolError` if ``passphrase`` is neither ``str`` nor ``bytes``, or is a
+      ``str`` UTF-8 cannot encode.
     """
     pw = _passphrase_bytes(passphrase)
     parsed = _read(path)
@@ -358,7 +369,8 @@ def save_identity(
     libsodium's "moderate" (3 passes, 256 MiB).  Lower them only in tests.
 
     Raises :class:`~streams.errors.LocalProtocolError` -- before touching the file system -- for an empty
-    passphrase, one that is not ``str``/``bytes``, or limits outside ``MIN_*..MAX_*``; and
+    passphrase, one that is not ``str``/``bytes`` (or a ``str`` UTF-8 cannot encode), or limits outside
+    ``MIN_*..MAX_*``; and
     :class:`~streams.errors.KeystoreError`, with the ``OSError`` chained, if the file cannot be written
     (``path`` and its directory are then left as they were).
     """

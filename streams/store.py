@@ -58,7 +58,8 @@ did.
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
-its ``-wal`` and ``-shm`` the database's mode): :func:`backup` copies both consistently while the party runs
+its ``-wal`` and ``-shm`` the database's mode; a ``-frames`` or ``-lock`` that :meth:`Store.create` finds left at
+the path is made 0600 as it is taken over): :func:`backup` copies both consistently while the party runs
 (``streams backup``); ``cp`` of a live store does not.
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
@@ -126,7 +127,7 @@ from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
 from .identity import Identity, public_key_from_did
-from .keystore import derive_key, open_secret, seal_secret
+from .keystore import _passphrase_bytes, derive_key, open_secret, seal_secret
 from .wire import Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
@@ -436,10 +437,14 @@ class Store:
                 raise StorageError(f"cannot initialise store {p}: {exc}") from exc
             try:
                 os.chmod(p, 0o600)  # created 0600 (_new_database): a belt
-                # A frame file left by an earlier store of this name: nothing refers to it (not a link's target).
+                # A frame or lock file left by an earlier store of this name (or made by anyone): taken over, so
+                # made private as the files created here are (O_CREAT's mode applies only to a new file); nothing
+                # refers to the frames (not a link's target).
+                os.fchmod(lock_fd, 0o600)
                 with contextlib.suppress(FileNotFoundError):
                     fd = os.open(f"{p}-frames", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                     try:
+                        os.fchmod(fd, 0o600)
                         os.ftruncate(fd, 0)
                     finally:
                         os.close(fd)
@@ -460,7 +465,8 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
-        """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase, :class:`StorageError`
+        """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase (:class:`LocalProtocolError`
+        for one that is not ``str``/``bytes``, or a ``str`` UTF-8 cannot encode), :class:`StorageError`
         if the file is missing, not a store, altered (it holds SQL triggers or views), or damaged (SQLite's
         ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
         is found now, not when a fetch reaches it).
@@ -512,11 +518,10 @@ class Store:
         salt, ops, mem, sealed = (meta.get(k) for k in ("salt", "opslimit", "memlimit", "seed"))
         if not (isinstance(salt, bytes) and type(ops) is int and type(mem) is int and isinstance(sealed, bytes)):
             raise StorageError(f"{p}: store metadata is missing or damaged")
+        pw = _passphrase_bytes(passphrase)  # (LocalProtocolError: the caller's argument, not the file)
         try:
-            key = derive_key(passphrase, salt, ops, mem)
+            key = derive_key(pw, salt, ops, mem)
         except LocalProtocolError as exc:
-            if not isinstance(passphrase, str | bytes):
-                raise  # the caller's argument, not the file
             raise StorageError(f"{p}: store metadata is missing or damaged") from exc
         try:
             seed = open_secret(key, sealed, b"streams.store.identity")

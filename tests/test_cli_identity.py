@@ -101,6 +101,20 @@ def test_a_passphrase_given_to_a_command_that_takes_none_is_refused_and_not_echo
                 assert "hunter2-secret" not in r.stdout + r.stderr, (argv, r.stdout, r.stderr)
 
 
+def test_a_secret_given_to_a_look_alike_of_the_passphrase_option_is_refused_and_not_echoed(cli: Cli,
+                                                                                            tmp_path: Path) -> None:
+    """`--password SECRET`, `--pass=SECRET`, `--pwd SECRET` or a misspelt `--passphase SECRET` (another tool's
+    habit, a typo) were "unrecognized arguments" that argparse printed back whole, on stderr and in the JSON error
+    document -- the leak closed for `--passphrase` itself.  They are refused as it is, without the value."""
+    for args in (["--password", "hunter2-secret"], ["--pass=hunter2-secret"], ["--pwd", "hunter2-secret"],
+                 ["--passphase", "hunter2-secret"]):
+        r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", *args)
+        assert r.returncode == 2 and r.json["type"] == "UsageError", (args, r.stdout, r.stderr)
+        assert "hunter2-secret" not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+        assert "passphrase-env" in r.json["error"], r.stdout
+    assert not (tmp_path / "x.ks").exists()
+
+
 def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None:
     r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", stdin=subprocess.DEVNULL)
     assert r.returncode == 2
@@ -109,6 +123,29 @@ def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None
     assert len(r.stderr.strip().splitlines()) == 1  # one line, no traceback
     r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", "UNSET_VAR_42")
     assert r.returncode == 2 and "UNSET_VAR_42" in r.stderr
+    assert not (tmp_path / "x.ks").exists()
+
+
+def test_a_passphrase_given_as_the_variable_name_is_not_echoed(cli: Cli, tmp_path: Path) -> None:
+    """`--passphrase-env "$SECRET"` (the value where the variable's name goes) is a usage error that must not print
+    the value back -- on stderr, in the JSON error document, or in the -vv log -- as `--passphrase SECRET` is not
+    (THREATS 9).  What cannot be a variable's name (a space, punctuation) is not repeated; a name is."""
+    for secret in ("hunter2 secret!", "correct-horse/battery"):
+        r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", secret, "--json", "-vv")
+        assert r.returncode == 2 and r.json["type"] == "UsageError", (secret, r.stdout, r.stderr)
+        assert secret not in r.stdout + r.stderr, (secret, r.stdout, r.stderr)
+        assert "--passphrase-env" in r.json["error"], r.stdout
+    assert not (tmp_path / "x.ks").exists()
+
+
+def test_a_passphrase_of_bytes_that_are_not_utf8_is_an_error_without_traceback_or_any_of_it(tmp_path: Path) -> None:
+    """A passphrase variable holding bytes that are not UTF-8 ended the command with a traceback (no JSON
+    document) naming one of its characters and its position: now a one-line error that shows none of it."""
+    cli = Cli(tmp_path, {"PP": "sekr3t\udcffqu1x"})  # (the child's environment gets the byte 0xff)
+    r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", "PP", "--json")
+    assert r.returncode == 2 and r.json["ok"] is False and r.json["type"] == "LocalProtocolError", r.stdout
+    for part in ("sekr3t", "qu1x", "xff", "dcff", "position"):
+        assert part not in r.stdout + r.stderr, (part, r.stdout, r.stderr)
     assert not (tmp_path / "x.ks").exists()
 
 
@@ -140,6 +177,40 @@ def test_end_of_input_at_the_passphrase_prompt_is_a_usage_error(tmp_path: Path) 
     assert "Traceback" not in err, err
     assert p.returncode == 2, (p.returncode, err)
     assert json.loads(out)["type"] == "UsageError", out
+    assert not (tmp_path / "x.ks").exists()
+
+
+def test_a_passphrase_typed_in_bytes_that_are_not_utf8_is_an_error_that_shows_none_of_it(tmp_path: Path) -> None:
+    """A byte that is not UTF-8 typed at the passphrase prompt made getpass raise UnicodeDecodeError: a traceback
+    (exit 1, no JSON document) whose last line gave the byte and its position in the passphrase.  A usage error
+    now, naming neither."""
+    master, slave = pty.openpty()
+    tty = os.ttyname(slave)
+
+    def own_terminal() -> None:  # the pty becomes the child's controlling terminal: getpass opens /dev/tty
+        os.setsid()
+        os.close(os.open(tty, os.O_RDWR))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C.UTF-8"}
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "streams.cli", "identity", "create", "--keystore", "x.ks",
+                              "--kdf-fast", "--json"], cwd=tmp_path, env=env, stdin=slave, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=own_terminal)
+        os.close(slave)
+        seen = b""
+        while b"Passphrase" not in seen:  # the prompt goes to the terminal
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, seen
+            seen += os.read(master, 1024)
+        os.write(master, b"sekr3t\xffqu1x\n")
+        out, err = p.communicate(timeout=30)
+    finally:
+        os.close(master)
+    assert "Traceback" not in err, err
+    assert p.returncode == 2, (p.returncode, err)
+    assert json.loads(out)["type"] == "UsageError", out
+    for part in ("sekr3t", "qu1x", "xff", "position 6"):
+        assert part not in out + err, (part, out, err)
     assert not (tmp_path / "x.ks").exists()
 
 

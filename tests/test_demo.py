@@ -16,7 +16,9 @@ import pytest
 
 import streams._crypto
 import streams._parallel
+from streams import keystore
 from streams._demo_multi import (
+    PASSPHRASE_VAR,
     DemoRun,
     judge_anchor_forgeries,
     judge_anchoring,
@@ -280,3 +282,26 @@ def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path:
         assert not e.ok and "refused BAD_SIGNATURE, 1 taken as anchored" in e.detail, e  # the unwritten one
     finally:
         run.close()
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    """A running process's environment (``/proc/PID/environ``)."""
+    raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    return dict(entry.partition(b"=")[::2] for entry in raw.split(b"\0") if entry)
+
+
+def test_each_demo_process_holds_only_its_own_passphrase_and_the_attacker_none(demo: DemoRun) -> None:
+    """THREATS 9: the relay is the demo's attacker, and each provider another organisation; a process holding the
+    passphrase of a keystore in the demo's directory can open it and read that party's branches.  So the relay's
+    environment holds no passphrase of the demo, and each party's only its own (the one that opens its keystore)."""
+    assert demo.relay is not None and demo.monitor is not None
+    parties = {"monitor": demo.monitor.p.pid, **{n: p.proc.p.pid for n, p in demo.providers.items()}}
+    var = PASSPHRASE_VAR.encode()
+    passphrases = {name: _environ(pid)[var] for name, pid in parties.items()}
+    for name, passphrase in passphrases.items():  # (each is the real one: it opens the party's keystore)
+        keystore.load_identity(demo.workdir / f"{name}.ks", passphrase)
+    assert len(set(passphrases.values())) == len(parties)  # one each
+    relay = _environ(demo.relay.p.pid)
+    assert var not in relay and set(relay.values()).isdisjoint(passphrases.values())
+    for name, pid in parties.items():
+        assert set(_environ(pid).values()) & set(passphrases.values()) == {passphrases[name]}, name

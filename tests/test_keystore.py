@@ -586,3 +586,37 @@ def test_fifo_instead_of_file(tmp_path: Path) -> None:
     assert len(out) == 2, out
     for line in out:
         assert line.startswith("KeystoreError") and "me.ks" in line and "not a regular file" in line, line
+
+
+def test_a_passphrase_utf8_cannot_encode_is_a_typed_error_that_shows_none_of_it(kat: Path, ident: Identity,
+                                                                                 tmp_path: Path) -> None:
+    """A str passphrase holding a lone surrogate -- what Python makes of bytes that are not UTF-8 in the
+    environment (``--passphrase-env``) or on a terminal -- has no UTF-8 form.  It raised UnicodeEncodeError (not a
+    StreamsError: the CLI printed a traceback), whose text gave away a character of the passphrase and its
+    position, and which carried the whole passphrase (``.object``).  Now: LocalProtocolError, with nothing of the
+    passphrase in its text, cause or context -- for a keystore and a store alike (a store's open does not call it
+    a damaged store)."""
+    from streams.store import Store
+
+    bad = "sekr3t-\udcff-pass"
+    made = Store.create(tmp_path / "s.db", ident, PASS, role="author", channel=b"c" * 32, author_did=ident.did,
+                        **FAST)
+    made.close()
+    calls = [lambda: load_identity(kat, bad), lambda: save_identity(tmp_path / "new.ks", ident, bad, **FAST),
+             lambda: derive_key(bad, SALT, MIN_OPSLIMIT, MIN_MEMLIMIT),
+             lambda: Store.create(tmp_path / "t.db", ident, bad, role="author", channel=b"c" * 32,
+                                  author_did=ident.did, **FAST),
+             lambda: Store.open(tmp_path / "s.db", bad)]
+    for call in calls:
+        with pytest.raises(LocalProtocolError) as info:
+            call()
+        chain: list[BaseException] = []
+        exc: BaseException | None = info.value
+        while exc is not None:
+            chain.append(exc)
+            exc = exc.__cause__ or exc.__context__
+        for e in chain:
+            assert not isinstance(e, UnicodeError), chain
+            for text in (str(e), repr(e)):
+                assert "sekr3t" not in text and "dcff" not in text and "position" not in text, text
+    assert not (tmp_path / "new.ks").exists() and not (tmp_path / "t.db").exists()

@@ -170,6 +170,22 @@ def test_a_new_store_s_wal_and_shm_are_private_from_the_start(tmp_path: Path) ->
         store.close()
 
 
+def test_a_new_store_takes_a_leftover_frame_and_lock_file_as_private(tmp_path: Path) -> None:
+    """A ``-frames`` and ``-lock`` left at the path by an earlier store (or made there by anyone) with a wider mode:
+    ``create`` reuses them (the frame file emptied), and they end up 0600 like the store's other files -- the frame
+    file takes the new store's logged frames, which another user must not read."""
+    for side in ("s.db-frames", "s.db-lock"):
+        (tmp_path / side).write_bytes(b"old frames" if side.endswith("frames") else b"")
+        os.chmod(tmp_path / side, 0o644)
+    store = create(tmp_path / "s.db")
+    try:
+        assert (tmp_path / "s.db-frames").read_bytes() == b""
+        for p in tmp_path.iterdir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, f"{p.name} is {oct(p.stat().st_mode)}"
+    finally:
+        store.close()
+
+
 def test_create_refuses_a_path_that_holds_anything(tmp_path: Path) -> None:
     """A path holding a store, another file or a directory is refused with LocalProtocolError ("already
     exists"; the caller's mistake), and left as it was."""

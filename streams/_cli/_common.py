@@ -146,13 +146,19 @@ def passphrase_refusal(option: str | None = "--passphrase") -> str:
             "use --passphrase-env VAR or --passphrase-file FILE")
 
 
+#: Options of ours whose names look like a passphrase option's: they take no secret (a variable's name, a path).
+_PASSPHRASE_SOURCES = frozenset({"--passphrase-env", "--passphrase-file"})
+
+
 def refuse_passphrase_argument(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed: on a command
-    without passphrase options, or before the command name, argparse would otherwise echo its value back in an
-    "unrecognized arguments" or "invalid choice" error."""
+    """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed -- and any
+    look-alike that is not one of ours (``--password``, ``--pass=``, ``--pwd``, a misspelt ``--passphase``: another
+    tool's habit or a typo): argparse would otherwise echo its value back in an "unrecognized arguments" or "invalid
+    choice" error (on a command without passphrase options, before the command name, or for any look-alike)."""
     for arg in itertools.takewhile(lambda a: a != "--", argv):  # (after "--", arguments are not options)
-        if arg == "--passphrase" or arg.startswith("--passphrase="):
-            parser.error(passphrase_refusal())
+        option = arg.partition("=")[0]
+        if option.lower().startswith(("--pas", "--pw")) and option not in _PASSPHRASE_SOURCES:
+            parser.error(passphrase_refusal(option))
 
 
 class _RefusePassphraseArgument(argparse.Action):
@@ -199,12 +205,18 @@ def read_passphrase_first(args: argparse.Namespace) -> None:
     args.held_passphrase = _Held(read_passphrase(args))
 
 
+#: What a POSIX shell can name (and export) as an environment variable.
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     """The passphrase chosen by :func:`add_passphrase_options`; prompts (twice if ``confirm``) on a terminal.
 
     Raises :class:`UsageError` if the variable is unset or empty, the file cannot be read, no source was
-    given and stdin is not a terminal, or the terminal's input ends (Ctrl-D) at the prompt.  The message never
-    contains the passphrase.
+    given and stdin is not a terminal, the terminal's input ends (Ctrl-D) at the prompt, or what is typed there
+    is not text in the terminal's encoding.  The message never
+    contains the passphrase (nor a ``--passphrase-env`` value that cannot be a variable's name: most likely the
+    passphrase itself).
     """
     held = getattr(args, "held_passphrase", None)
     if isinstance(held, _Held):
@@ -212,7 +224,12 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     if args.passphrase_env:
         value = os.environ.get(args.passphrase_env)
         if not value:
-            raise UsageError(f"environment variable {args.passphrase_env} is unset or empty")
+            if not _VARIABLE_NAME.fullmatch(args.passphrase_env):
+                # Not a name a shell can export: most likely the passphrase itself (`--passphrase-env "$PW"`),
+                # which must not be printed back (as --passphrase is not, THREATS 9).
+                raise UsageError("--passphrase-env takes the NAME of an environment variable holding the passphrase "
+                                 "(what was given is not a variable's name, and is not repeated here)")
+            raise UsageError(f"environment variable {args.passphrase_env} (--passphrase-env) is unset or empty")
         return value
     if args.passphrase_file:
         try:
@@ -240,6 +257,12 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
             raise UsageError("the passphrases differ")
     except EOFError:  # Ctrl-D at the prompt
         raise UsageError("no passphrase: the terminal input ended") from None
+    except UnicodeDecodeError:
+        # Its text names a byte of the passphrase and where, and it holds the whole line: raised below, outside
+        # this block, so that it is not even the new error's context.
+        value = None
+    if value is None:
+        raise UsageError("the passphrase typed is not text in the terminal's encoding")
     if not value:
         raise UsageError("empty passphrase")
     return value
