@@ -955,6 +955,8 @@ class _Party:
                 await self._flush()
             except StorageError:
                 return
+            for ev in self._core.take_timer_events():
+                await self._dispatch(ev)
 
     async def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, MessageReceived):

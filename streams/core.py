@@ -34,7 +34,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from . import _crypto
@@ -157,6 +157,9 @@ MAX_RECENT_CONTROL = 8192
 CATCH_UP_RETRIES = 2
 #: Times a grant sync that got no answer at all is sent again (SPEC 9.5; the wait: CoreBase._sync_retry_ms).
 GRANT_SYNC_RETRIES = 2
+#: Times a window of our own chain being fetched back from the author (SPEC 13.5) is asked for again when nothing
+#: of it came for ``fetch_retry_ms``, before the fetch is given up.
+FILL_RETRIES = 3
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -420,10 +423,32 @@ class Changes:
 # --- in-memory state -------------------------------------------------------------------------------------------
 
 
+class _Fill:
+    """Our own chain, member side, restarted at the author's anchored head beyond our log's head (a store restored
+    from an older copy, SPEC 13.5): the messages in between, ours, fetched back from the author's retained log and
+    logged below the cursor, each checked against our own signature (or, unsigned in amortized mode, the chain
+    key) and linked to the one before -- the first to our log's head, the last being the anchored head."""
+
+    __slots__ = ("asked_ms", "end", "event", "final", "hi", "left", "lo", "prev", "record")
+
+    def __init__(self, lo: int, hi: int, prev: bytes, final: bytes) -> None:
+        self.lo = lo  #: the next seq to log
+        self.hi = hi  #: the anchored head's seq (the last to log)
+        self.prev = prev  #: the hash the message at ``lo`` must link to
+        self.final = final  #: the anchored head's hash
+        #: The proof's record and event, kept and reported once the fill ends (the record as a restore proof only
+        #: if the log does not hold the chain up to it then: it marks where a log may start, never a hole).
+        self.record: AnchorRecord | None = None
+        self.event: Anchored | None = None
+        self.end = 0  #: the last seq of the window asked for
+        self.asked_ms = 0  #: when that window was asked for, or a message of it last came
+        self.left = FILL_RETRIES  #: times the window may still be asked for again without an answer
+
+
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict",
-                 "conflict_told", "covered", "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held",
-                 "next_seq", "notified", "progress_ms", "quick_acked")
+                 "conflict_told", "covered", "fetch_end", "fill", "final", "first_uncovered_ms", "gap_to", "head",
+                 "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -450,6 +475,8 @@ class _Chain:
         #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
         #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
         self.final = 0
+        #: Our own chain, member side: the messages below our cursor being fetched back from the author (or None).
+        self.fill: _Fill | None = None
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
@@ -629,6 +656,8 @@ class _CoreBase:
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
         self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
+        self._now_ms = 0  #: the ``now_ms`` of the latest frame or timer call (for work started by a driver call)
+        self._timer_events: list[Event] = []  #: see :meth:`take_timer_events`
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -849,6 +878,7 @@ class _CoreBase:
         return checks
 
     def _handle(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        self._now_ms = now_ms
         handler = self._handlers.get(frame.kind)
         if handler is None:
             events.append(Rejected(RejectReason.UNEXPECTED, f"{self.role.value} does not accept {frame.kind.name}"))
@@ -1027,6 +1057,9 @@ class _CoreBase:
             if c is not None and c.first_uncovered_ms is not None:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
+            if c is not None and c.fill is not None:
+                t = c.fill.asked_ms + self.config.fetch_retry_ms
+                due = t if due is None else min(due, t)
             open_ = b.state is BranchState.OPEN
             for p, rc in b.chains.items():
                 if p == b.me:
@@ -1044,6 +1077,7 @@ class _CoreBase:
         ``fetch_retry_ms`` (the request or its replies were lost), and a catch-up window nobody answered (a few
         times); queue the coalesced ACKs that are due (the driver commits before it sends what this queued, as
         always)."""
+        self._now_ms = now_ms
         self._out.extend(self.take_acks(now_ms))
         if self._sync_waits:
             self._retry_grant_syncs(now_ms)
@@ -1071,6 +1105,74 @@ class _CoreBase:
             if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
                     and _elapsed(now_ms, c.first_uncovered_ms, self.config.checkpoint_interval_ms)):
                 self._checkpoint(b, now_ms)
+            fill = None if c is None else c.fill
+            if c is not None and fill is not None and _elapsed(now_ms, fill.asked_ms, self.config.fetch_retry_ms):
+                if fill.left > 0 and b.state is BranchState.OPEN:
+                    fill.left -= 1  # nothing came: the FETCH or its answer was lost -- ask again from where it stands
+                    self._ask_fill(b, fill, now_ms)
+                else:
+                    # The author does not serve it (its log no longer holds it, or it predates this): our log
+                    # keeps the hole, which an audit reports.
+                    self._timer_events.append(Rejected(
+                        RejectReason.UNEXPECTED, f"our messages {fill.lo}..{fill.hi} were not fetched back from the "
+                        "author: our log lacks them", b.id, b.me, fill.lo))
+                    self._end_fill(c, self._timer_events)
+
+    def take_timer_events(self) -> list[Event]:
+        """Events that :meth:`handle_timer` produced since the last call, in order: the ``Anchored`` of a
+        restore proof of our own chain whose messages below it could not be fetched back (SPEC 13.5), after a
+        ``Rejected`` that says so.  The driver acts on them as on :meth:`receive`'s, after committing
+        :meth:`take_changes`."""
+        out, self._timer_events = self._timer_events, []
+        return out
+
+    def _ask_fill(self, b: _Branch, fill: _Fill, now_ms: int) -> None:
+        """Ask the author for the next window of our own messages being fetched back."""
+        fill.end = min(fill.hi, fill.lo + self.config.max_fetch - 1)
+        fill.asked_ms = now_ms
+        self._note_deadline(now_ms + self.config.fetch_retry_ms)
+        self.request_fetch(b.id, b.me, fill.lo, fill.end)
+
+    def _end_fill(self, c: _Chain, events: list[Event], whole: bool = False) -> None:
+        """The fetch of our own messages is over, done (``whole``: the log holds our chain up to the proof's head)
+        or given up: keep and report the proof that started it."""
+        fill, c.fill = c.fill, None
+        if fill is not None and fill.record is not None and fill.event is not None:
+            self._changes.anchored.append(replace(fill.record, restored=False) if whole else fill.record)
+            events.append(fill.event)
+
+    def _fill_frame(self, b: _Branch, c: _Chain, fill: _Fill, frame: Frame, now_ms: int,
+                    events: list[Event]) -> None:
+        """A message of our own chain, served by the author while we fetch our messages back (SPEC 13.5).  Logged
+        if it is the next one we miss, authenticates as ours and links to the one before; a copy of one already
+        logged (a window asked for again) is dropped."""
+        h: Packet | Checkpoint = frame.head
+        if h.seq < fill.lo:
+            return
+        if h.seq > fill.lo:
+            raise _Reject(RejectReason.UNEXPECTED, "not the next message of ours being fetched back", h.branch,
+                          h.publisher, h.seq)
+        if (h.epoch, b.me) not in b.keys:
+            raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
+        # Authentic first (our signature, or the chain key): a forged frame changes nothing, the fetch goes on.
+        self._verify_chain_frame(b, frame)
+        if not _crypto.ct_equal(h.prev, fill.prev):
+            # Ours, but not linked to our log's head: our log forked from the author's copy there (a restored copy
+            # that signed on before it was stopped, SPEC 12).  Nothing of the author's copy builds on our log.
+            events.append(Rejected(RejectReason.BAD_LINK, "our message fetched back does not link to our log: "
+                                   "our log holds another message before it", h.branch, h.publisher, h.seq))
+            self._end_fill(c, events)
+            return
+        self._changes.log.append(LogRecord(b.id, b.me, h.seq, frame.hash, frame.raw))
+        fill.prev, fill.lo, fill.left, fill.asked_ms = frame.hash, h.seq + 1, FILL_RETRIES, now_ms
+        if fill.lo > fill.hi:
+            whole = _crypto.ct_equal(fill.prev, fill.final)
+            if not whole:
+                events.append(Rejected(RejectReason.FORK, "our messages fetched back end in another message than "
+                                       "the anchored head", h.branch, h.publisher, h.seq))
+            self._end_fill(c, events, whole)
+        elif fill.lo > fill.end:
+            self._ask_fill(b, fill, now_ms)
 
     def flush_checkpoints(self, now_ms: int) -> None:
         """Checkpoint every chain of ours that has uncovered packets (e.g. before a clean close)."""
@@ -1423,6 +1525,13 @@ class _CoreBase:
 
     def _on_chain_frame(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Packet | Checkpoint = frame.head
+        own = self._branches.get(h.branch)
+        if own is not None and h.publisher == own.me and h.publisher in own.members:
+            mine = own.chains.get(h.publisher)
+            fill = None if mine is None else mine.fill
+            if mine is not None and fill is not None and h.seq <= fill.hi:
+                self._fill_frame(own, mine, fill, frame, now_ms, events)
+                return
         b, c = self._chain_of(frame)
         if h.seq > c.next_seq:
             self._hold(b, c, frame, events, now_ms)
@@ -1742,6 +1851,15 @@ class _CoreBase:
         self._control_verified = True
         self._hint_route(b, peer, h.requester)
         if h.publisher != b.me:
+            if b.me == 0 and h.publisher == h.requester and h.from_seq >= 1 and b.state is BranchState.OPEN:
+                # A member fetching its own messages back (its store was restored from an older copy and its
+                # chain restarted at our anchored head, SPEC 13.5): from our log of its chain, up to our cursor.
+                theirs = b.chains.get(h.publisher)
+                hi = 0 if theirs is None else min(h.to_seq, h.from_seq + self.config.max_fetch - 1,
+                                                  theirs.next_seq - 1)
+                if hi >= h.from_seq:
+                    events.append(FetchRequested(b.id, h.publisher, h.from_seq, hi, peer))
+                return
             raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)
         perm = member[1]
         if b.me == 0 and (h.from_seq == 0 or b.state is BranchState.CLOSED):
@@ -3054,6 +3172,7 @@ class SubscriberCore(_CoreBase):
         if _anchored_already(c, *where):
             return  # the proof we hold, sent again (after we reconnected): nothing new
         restored = False
+        fill: _Fill | None = None
         if head.seq < c.next_seq:
             known = c.head if head.seq == c.next_seq - 1 else self._logged_hash(*where)
             if known is None:
@@ -3068,6 +3187,16 @@ class SubscriberCore(_CoreBase):
             # started it: a member that kept its state fetches what it misses, it skips nothing (SPEC 13.5).
             # Start there: everything at or below is a replay from now on.
             self._fresh.pop((b.id, head.publisher), None)
+            if head.publisher == b.me and c.fill is None and c.next_seq > 1 and not (0 < c.conflict < c.next_seq):
+                logged = self._logged_hash(b.id, b.me, c.next_seq - 1)
+                if logged is not None and _crypto.ct_equal(logged, c.head):
+                    # Our log holds our chain up to our head, and the author holds it on to this one: the
+                    # messages in between are ours, lost with a store restored from an older copy.  Fetch them
+                    # back from the author's log, so that our log holds our whole chain again (an audit tells a
+                    # hole from a deletion only by what the log holds); the proof is reported once that is over.
+                    # (Not when the author's ACK named another message than ours at or below our head: our log
+                    # forked from its copy there, and nothing of that copy links to it.)
+                    fill = _Fill(c.next_seq, head.seq, c.head, head.hash)
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
             if c.conflict and head.seq >= c.conflict:
@@ -3088,10 +3217,17 @@ class SubscriberCore(_CoreBase):
             return
         c.anchored = head.seq
         p = claim.proof
-        self._changes.anchored.append(AnchorRecord(
+        record = AnchorRecord(
             head.branch, head.publisher, head.seq, head.hash, claim.key_epoch, claim.checkpoint.epoch,
-            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored))
-        events.append(Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id,
-                               verified, restored))
+            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored)
+        event = Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id, verified,
+                         restored)
+        if fill is not None:
+            fill.record, fill.event = record, event
+            c.fill = fill
+            self._ask_fill(b, fill, self._now_ms)
+        else:
+            self._changes.anchored.append(record)
+            events.append(event)
         if restored:
             self._drain(b, c, events)

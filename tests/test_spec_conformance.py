@@ -1065,7 +1065,9 @@ def test_fetch_head_and_unsubscribe_reasons() -> None:
         [RejectReason.UNKNOWN_BRANCH]
     assert m.verdict(m.signed("FETCH", 0, 1, 1, 5)) == [RejectReason.NOT_MEMBER]
     assert m.verdict(m.signed("FETCH", 0, 1, 1, 1, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
-    assert m.verdict(m.signed("FETCH", 1, 1, 1, 1)) == [RejectReason.UNEXPECTED]  # a chain not the author's
+    # A chain neither the author's nor the requester's own; the requester's own is served (SPEC 8.9, 13.5).
+    assert m.verdict(m.signed("FETCH", 5, 1, 1, 1)) == [RejectReason.UNEXPECTED]
+    assert m.verdict(m.signed("FETCH", 1, 1, 1, 1)) == []
     # HEAD (SPEC 10.2): of the member's own chain, which the author tracks.
     assert m.verdict(m.signed("HEAD", 5, 1, bytes(32), 0)) == [RejectReason.UNKNOWN_BRANCH]
     assert m.verdict(m.signed("HEAD", 1, 1, bytes(32), 0, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
