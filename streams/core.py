@@ -46,6 +46,7 @@ from .anchor import (
     InclusionProof,
     chain_blind_key,
     check_fork,
+    restore_mark_digest,
     verify_inclusion,
 )
 from .errors import (
@@ -394,6 +395,9 @@ class AnchorRecord:
     path: tuple[bytes, ...]
     ledger_verified: bool
     restored: bool
+    #: Our signature over :func:`~streams.anchor.restore_mark_digest` of this head, made when we restarted the
+    #: chain here holding nothing of it at or below (our log of it starts after ``seq``); b"" otherwise.
+    mark: bytes = b""
 
 
 @dataclass(slots=True)
@@ -436,8 +440,8 @@ class _Fill:
         self.hi = hi  #: the anchored head's seq (the last to log)
         self.prev = prev  #: the hash the message at ``lo`` must link to
         self.final = final  #: the anchored head's hash
-        #: The proof's record and event, kept and reported once the fill ends (the record as a restore proof only
-        #: if the log does not hold the chain up to it then: it marks where a log may start, never a hole).
+        #: The proof's record and event, kept and reported once the fill ends (the record never as a restore proof:
+        #: our log does not start there, and a restore proof marks where a log may start, never a hole).
         self.record: AnchorRecord | None = None
         self.event: Anchored | None = None
         self.end = 0  #: the last seq of the window asked for
@@ -1133,12 +1137,13 @@ class _CoreBase:
         self._note_deadline(now_ms + self.config.fetch_retry_ms)
         self.request_fetch(b.id, b.me, fill.lo, fill.end)
 
-    def _end_fill(self, c: _Chain, events: list[Event], whole: bool = False) -> None:
-        """The fetch of our own messages is over, done (``whole``: the log holds our chain up to the proof's head)
-        or given up: keep and report the proof that started it."""
+    def _end_fill(self, c: _Chain, events: list[Event]) -> None:
+        """The fetch of our own messages is over, done or given up: keep and report the proof that started it --
+        kept as an ordinary anchored head, not a restore proof: our log held our chain below it, so it does not
+        start there (what could not be fetched is a hole, SPEC 13.5)."""
         fill, c.fill = c.fill, None
         if fill is not None and fill.record is not None and fill.event is not None:
-            self._changes.anchored.append(replace(fill.record, restored=False) if whole else fill.record)
+            self._changes.anchored.append(replace(fill.record, restored=False))
             events.append(fill.event)
 
     def _fill_frame(self, b: _Branch, c: _Chain, fill: _Fill, frame: Frame, now_ms: int,
@@ -1166,11 +1171,10 @@ class _CoreBase:
         self._changes.log.append(LogRecord(b.id, b.me, h.seq, frame.hash, frame.raw))
         fill.prev, fill.lo, fill.left, fill.asked_ms = frame.hash, h.seq + 1, FILL_RETRIES, now_ms
         if fill.lo > fill.hi:
-            whole = _crypto.ct_equal(fill.prev, fill.final)
-            if not whole:
+            if not _crypto.ct_equal(fill.prev, fill.final):
                 events.append(Rejected(RejectReason.FORK, "our messages fetched back end in another message than "
                                        "the anchored head", h.branch, h.publisher, h.seq))
-            self._end_fill(c, events, whole)
+            self._end_fill(c, events)
         elif fill.lo > fill.end:
             self._ask_fill(b, fill, now_ms)
 
@@ -3171,7 +3175,7 @@ class SubscriberCore(_CoreBase):
         where = (head.branch, head.publisher, head.seq)
         if _anchored_already(c, *where):
             return  # the proof we hold, sent again (after we reconnected): nothing new
-        restored = False
+        restored = empty = False
         fill: _Fill | None = None
         if head.seq < c.next_seq:
             known = c.head if head.seq == c.next_seq - 1 else self._logged_hash(*where)
@@ -3187,6 +3191,9 @@ class SubscriberCore(_CoreBase):
             # started it: a member that kept its state fetches what it misses, it skips nothing (SPEC 13.5).
             # Start there: everything at or below is a replay from now on.
             self._fresh.pop((b.id, head.publisher), None)
+            # Our log holds nothing of the chain at or below the head (we lost our state, or the branch is new to
+            # us): it starts after it, which our restore mark says (below).
+            empty = c.next_seq <= 1 or self._logged_hash(b.id, head.publisher, c.next_seq - 1) is None
             if head.publisher == b.me and c.fill is None and c.next_seq > 1 and not (0 < c.conflict < c.next_seq):
                 logged = self._logged_hash(b.id, b.me, c.next_seq - 1)
                 if logged is not None and _crypto.ct_equal(logged, c.head):
@@ -3217,9 +3224,10 @@ class SubscriberCore(_CoreBase):
             return
         c.anchored = head.seq
         p = claim.proof
+        mark = self._id.sign(restore_mark_digest(self._channel, *where, head.hash)) if restored and empty else b""
         record = AnchorRecord(
             head.branch, head.publisher, head.seq, head.hash, claim.key_epoch, claim.checkpoint.epoch,
-            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored)
+            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored, mark)
         event = Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id, verified,
                          restored)
         if fill is not None:

@@ -183,7 +183,7 @@ def _person(name: str) -> bytes:
 
 
 P = {n: _person(n) for n in ("P_MSG", "P_CHANNEL", "P_HINT", "P_GRANT", "P_CHALLENGE", "P_CHALKEY", "P_PROOF",
-                             "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER")}
+                             "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER", "P_RESTART")}
 
 
 def H(p: bytes, *parts: bytes) -> bytes:
@@ -481,8 +481,15 @@ def test_the_embedded_ledgers_row_hash_by_spec(tmp_path: Path) -> None:
 
 def test_the_personalisations_spec_lists_are_the_codes() -> None:
     """SPEC 4's table, for the constants outside ``_crypto`` (tests/test_spec.py checks those)."""
-    assert (P["P_LEAF"], P["P_EPOCH"], P["P_BLIND"], P["P_LEDGER"]) == \
-        (anchor.P_LEAF, anchor.P_EPOCH, anchor.P_BLIND, embedded.P_LEDGER)
+    assert (P["P_LEAF"], P["P_EPOCH"], P["P_BLIND"], P["P_LEDGER"], P["P_RESTART"]) == \
+        (anchor.P_LEAF, anchor.P_EPOCH, anchor.P_BLIND, embedded.P_LEDGER, anchor.P_RESTART)
+
+
+def test_a_restore_mark_signs_the_digest_spec_13_5_gives() -> None:
+    """SPEC 13.5: H(P_RESTART, channel || branch || byte(publisher) || u64(seq) || hash), from SPEC's text."""
+    channel, branch, head = os.urandom(32), os.urandom(16), os.urandom(32)
+    assert anchor.restore_mark_digest(channel, branch, 7, 2**40 + 3, head) == \
+        H(P["P_RESTART"], channel, branch, b"\x07", u64(2**40 + 3), head)
 
 
 def _mth(leaves: list[bytes]) -> bytes:
