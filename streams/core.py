@@ -433,16 +433,14 @@ class _Fill:
     logged below the cursor, each checked against our own signature (or, unsigned in amortized mode, the chain
     key) and linked to the one before -- the first to our log's head, the last being the anchored head."""
 
-    __slots__ = ("asked_ms", "end", "event", "final", "hi", "left", "lo", "prev", "record")
+    __slots__ = ("asked_ms", "end", "event", "final", "hi", "left", "lo", "prev")
 
     def __init__(self, lo: int, hi: int, prev: bytes, final: bytes) -> None:
         self.lo = lo  #: the next seq to log
         self.hi = hi  #: the anchored head's seq (the last to log)
         self.prev = prev  #: the hash the message at ``lo`` must link to
         self.final = final  #: the anchored head's hash
-        #: The proof's record and event, kept and reported once the fill ends (the record never as a restore proof:
-        #: our log does not start there, and a restore proof marks where a log may start, never a hole).
-        self.record: AnchorRecord | None = None
+        #: The proof's event, reported once the fill ends (None: a fill taken up again after a restart).
         self.event: Anchored | None = None
         self.end = 0  #: the last seq of the window asked for
         self.asked_ms = 0  #: when that window was asked for, or a message of it last came
@@ -1138,12 +1136,9 @@ class _CoreBase:
         self.request_fetch(b.id, b.me, fill.lo, fill.end)
 
     def _end_fill(self, c: _Chain, events: list[Event]) -> None:
-        """The fetch of our own messages is over, done or given up: keep and report the proof that started it --
-        kept as an ordinary anchored head, not a restore proof: our log held our chain below it, so it does not
-        start there (what could not be fetched is a hole, SPEC 13.5)."""
+        """The fetch of our own messages is over, done or given up: report the proof that started it."""
         fill, c.fill = c.fill, None
-        if fill is not None and fill.record is not None and fill.event is not None:
-            self._changes.anchored.append(replace(fill.record, restored=False))
+        if fill is not None and fill.event is not None:
             events.append(fill.event)
 
     def _fill_frame(self, b: _Branch, c: _Chain, fill: _Fill, frame: Frame, now_ms: int,
@@ -1322,6 +1317,9 @@ class _CoreBase:
                 self._request_grants(b, now_ms, limit=False)
                 b.heard, b.quiet = False, 0  # until the author answers: sync_quiet asks at the next forced refresh
             for p, c in b.chains.items():
+                if p == b.me and c.fill is not None:
+                    # Our own messages being fetched back (SPEC 13.5): from where that stands, on this connection.
+                    self._ask_fill(b, c.fill, self._now_ms if now_ms is None else now_ms)
                 if p != b.me:
                     # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
                     c.fetch_end = c.next_seq + self.config.max_fetch - 1
@@ -3151,6 +3149,24 @@ class SubscriberCore(_CoreBase):
             if c is not None and r.seq < c.next_seq:
                 c.anchored = max(c.anchored, r.seq)
 
+    def resume_fills(self, records: list[AnchorRecord], below: Callable[[bytes, int, int], tuple[int, bytes] | None],
+                     now_ms: int) -> None:
+        """After :meth:`load_anchored`: take up again a fetch of our own messages that a restart cut short (SPEC
+        13.5).  For each latest anchored head of our own chain that is below our cursor and missing from our log,
+        ``below(branch, publisher, seq)`` is the driver's look for the last message our log holds below it
+        (``(seq, hash)``, or None): the messages between are fetched back as after the restart that lost them
+        (reported by no event: the proof was), asked for by the next :meth:`catch_up`."""
+        for r in records:
+            b = self._branches.get(r.branch)
+            c = None if b is None or r.publisher != b.me else b.chains.get(b.me)
+            if (c is None or c.fill is not None or b is None or b.state is not BranchState.OPEN
+                    or not r.seq < c.next_seq or self._logged_hash(r.branch, r.publisher, r.seq) is not None):
+                continue
+            last = below(r.branch, r.publisher, r.seq)
+            if last is not None:
+                c.fill = _Fill(last[0] + 1, r.seq, last[1], r.hash)
+                c.fill.asked_ms = now_ms
+
     def take_anchor_claims(self) -> list[AnchorClaim]:
         """Anchor proofs that passed every local check and wait for the driver's ledger check."""
         out, self._claims = self._claims, []
@@ -3231,7 +3247,11 @@ class SubscriberCore(_CoreBase):
         event = Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id, verified,
                          restored)
         if fill is not None:
-            fill.record, fill.event = record, event
+            # Kept now, as an ordinary anchored head -- never as a restore proof: our log held our chain below it,
+            # so it does not start there (a hole, until the fetch fills it); a restart takes the fetch up again
+            # from it (resume_fills).  Reported once the fetch ends.
+            self._changes.anchored.append(replace(record, restored=False))
+            fill.event = event
             c.fill = fill
             self._ask_fill(b, fill, self._now_ms)
         else:

@@ -783,6 +783,18 @@ class Store:
                        "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
         return [(s, self._frame(f, h, check=True)) for s, f, h in rows]
 
+    def log_below(self, branch: bytes, publisher: int, seq: int) -> tuple[int, bytes] | None:
+        """``(seq, hash)`` of the last row of a chain below ``seq``, or None (a member taking up the fetch of its own
+        messages again, SPEC 13.5).  Raises :class:`StorageError` for a row of the wrong types."""
+        rows = self._q("SELECT seq, hash FROM log WHERE branch = ? AND publisher = ? AND seq < ? "
+                       "ORDER BY seq DESC LIMIT 1", (branch, publisher, seq))
+        if not rows:
+            return None
+        s, h = rows[0]
+        if not (_count(s) and type(h) is bytes):
+            raise StorageError(f"a row of table log in {self.path} is damaged")
+        return s, h
+
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""
         rows = self._q("SELECT hash, frame FROM log WHERE branch = ? AND publisher = ? AND seq = ?",

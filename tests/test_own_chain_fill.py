@@ -11,12 +11,13 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from streams.api import MemoryHub, MemoryTransport, Subscriber
+from streams.api import Author, MemoryHub, MemoryTransport, Subscriber
 from streams.audit import AuditReport, audit_store
 from streams.core import FILL_RETRIES, CoreConfig
 from streams.errors import DecodeError, RejectReason
 from streams.events import Anchored, Rejected
 from streams.ledger import EmbeddedLedger
+from streams.policy import AllowList
 from streams.store import Store, backup
 from streams.wire import Kind, decode_frame
 from tests.test_anchoring_integration import FAST, P1, PW, Collect, make_author, make_sub, wait_for
@@ -177,5 +178,39 @@ async def test_messages_that_never_come_back_are_a_hole_the_audit_still_reports(
         finally:
             store.close()
         assert any("4..6 are missing" in r for r in _errors(_audit(tmp_path, ledger)))
+    finally:
+        ledger.close()
+
+
+async def test_a_fetch_of_our_own_messages_that_did_not_end_is_taken_up_again_by_the_next_run(
+        tmp_path: Path) -> None:
+    """P1 restarts its chain at 6 and asks for 4..6; a relay drops every answer, and P1 gives up -- what a run
+    stopped before the answer came leaves in the store too: the proof, kept as its anchored head, and a log that
+    ends at 3.  Its next run takes the fetch up from its log's head: the messages come back as they were, and the
+    audit of the store passes."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    try:
+        branch, lost, _col, relay = await _restored_member(tmp_path, ledger, {"drop": True})
+        assert relay is not None
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == []
+        finally:
+            store.close()
+        hub = relay.hub
+        author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                                   store_options=FAST, ledger=ledger)
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        try:
+            await wait_for(lambda: audit_store(tmp_path / "p1.db", PW, ledger).ok, what="the store whole again")
+        finally:
+            await s.close()
+            await author.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == lost
+        finally:
+            store.close()
     finally:
         ledger.close()
