@@ -85,7 +85,7 @@ async def _restored_member(tmp: Path, ledger: EmbeddedLedger, relay: dict[str, b
             (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
         t = None if relay is None else _OwnChainRelay(hub, **relay)
         s = await Subscriber.open(tmp / "p1.db", PW, t or hub.subscriber_endpoint("p1"), store_options=FAST,
-                                  ledger=ledger, config=CoreConfig(fetch_retry_ms=50))
+                                  ledger=ledger, config=CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200))
         col = Collect(s)
         await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 and e.restored for e in col.of(Anchored)),
                        what="own chain restored at the author's anchored head")
@@ -212,5 +212,59 @@ async def test_a_fetch_of_our_own_messages_that_did_not_end_is_taken_up_again_by
             assert store.log_range(branch, 1, 4, 6) == lost
         finally:
             store.close()
+    finally:
+        ledger.close()
+
+
+async def test_over_zeromq_a_restored_member_logs_its_lost_messages_again(tmp_path: Path) -> None:
+    """The same restore over real sockets (FETCHes bound to the connection's session, SPEC 8.9): the member's
+    fetch of its own messages is answered, and the audit of its store passes."""
+    from brokerless import AuthorEndpoint, SubscriberEndpoint
+    from tests.test_anchoring_integration import AUTHOR, CFG
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    ep = AuthorEndpoint("tcp://127.0.0.1:0")
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, ep, AllowList.of([P1.did]),
+                                 store_options=FAST, ledger=ledger, anchor_config=CFG)
+    p1 = tmp_path / "p1.db"
+    s = await Subscriber.create(p1, P1, AUTHOR.did, author.channel, PW, SubscriberEndpoint(ep.addresses[0]),
+                                store_options=FAST, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=10)
+        for n, what in ((3, b"before the copy %d"), (6, b"after the copy %d")):
+            await s.publish_many(branch, [what % i for i in range(3)])
+            await s.wait_acknowledged(branch, n, timeout=10)
+            col = Collect(s)
+            await wait_for(lambda: any(e.publisher == 1 and e.seq == n for e in col.of(Anchored)),  # noqa: B023
+                           what=f"anchored {n}")
+            await s.close()
+            if n == 3:
+                backup(p1, tmp_path / "old.db")
+            s = await Subscriber.open(p1, PW, SubscriberEndpoint(ep.addresses[0]), store_options=FAST,
+                                      ledger=ledger)
+        await s.close()
+        store = Store.open(p1, PW, durable=False)
+        lost = store.log_range(branch, 1, 4, 6)
+        store.close()
+        for suffix in ("", "-frames"):
+            if (tmp_path / f"old.db{suffix}").exists():
+                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        s = await Subscriber.open(p1, PW, SubscriberEndpoint(ep.addresses[0]), store_options=FAST, ledger=ledger)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 and e.restored for e in col.of(Anchored)),
+                       what="own chain restored at the author's anchored head")
+    finally:
+        await s.close()
+        await author.close()
+    try:
+        store = Store.open(p1, PW, durable=False)
+        try:
+            assert len(lost) == 3 and store.log_range(branch, 1, 4, 6) == lost
+        finally:
+            store.close()
+        rep = audit_store(p1, PW, ledger)
+        assert rep.ok, rep.summary()
     finally:
         ledger.close()
