@@ -268,3 +268,62 @@ async def test_over_zeromq_a_restored_member_logs_its_lost_messages_again(tmp_pa
         assert rep.ok, rep.summary()
     finally:
         ledger.close()
+
+
+async def test_an_amortized_member_fetches_back_its_unsigned_packets_and_checkpoints(tmp_path: Path) -> None:
+    """In amortized mode (SPEC 11) the member's packets carry no signature (the chain key authenticates them) and
+    its checkpoints do: both are fetched back, and the audit of the store passes."""
+    from streams.wire import SigningMode
+    from tests.test_anchoring_integration import AUTHOR, CFG
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, ledger=ledger, anchor_config=CFG,
+                                 config=CoreConfig(signing=SigningMode.AMORTIZED))
+    p1 = tmp_path / "p1.db"
+    cfg = CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200)
+    s = await make_sub(p1, hub, P1, "p1", author, ledger=ledger)
+    heads = []
+    try:
+        branch = await s.subscribe(timeout=5)
+        for what in (b"before the copy %d", b"after the copy %d"):
+            seqs = await s.publish_many(branch, [what % i for i in range(3)])
+            await s.close()  # (its checkpoint goes with the close)
+            if not heads:
+                backup(p1, tmp_path / "old.db")
+            heads.append(seqs[-1] + 1)
+            s = await Subscriber.open(p1, PW, hub.subscriber_endpoint("p1"), store_options=FAST, ledger=ledger,
+                                      config=cfg)
+            col = Collect(s)
+            await wait_for(lambda c=col: any(e.publisher == 1 and e.seq == heads[-1] for e in c.of(Anchored)),
+                           what="the checkpoint anchored")
+        await s.close()
+        store = Store.open(p1, PW, durable=False)
+        lost = store.log_range(branch, 1, heads[0] + 1, heads[1])
+        store.close()
+        assert [decode_frame(f).kind for f in lost] == [Kind.PACKET] * 3 + [Kind.CHECKPOINT]
+        assert not any(decode_frame(f).sig for f in lost[:3])
+        for suffix in ("", "-frames"):
+            if (tmp_path / f"old.db{suffix}").exists():
+                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        s = await Subscriber.open(p1, PW, hub.subscriber_endpoint("p1"), store_options=FAST, ledger=ledger,
+                                  config=cfg)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == heads[1] and e.restored for e in col.of(Anchored)),
+                       what="own chain restored at the author's anchored head")
+    finally:
+        await s.close()
+        await author.close()
+    try:
+        store = Store.open(p1, PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, heads[0] + 1, heads[1]) == lost
+        finally:
+            store.close()
+        rep = audit_store(p1, PW, ledger)
+        assert rep.ok, rep.summary()
+    finally:
+        ledger.close()
