@@ -1141,6 +1141,17 @@ class _CoreBase:
         if fill is not None and fill.event is not None:
             events.append(fill.event)
 
+    def _own_fill_frame(self, frame: Frame, now_ms: int, events: list[Event]) -> bool:
+        """Whether ``frame`` is of our own chain, within the messages we are fetching back (then handled)."""
+        h: Packet | Checkpoint = frame.head
+        b = self._branches.get(h.branch)
+        c = None if b is None or h.publisher != b.me or b.me not in b.members else b.chains.get(b.me)
+        fill = None if c is None else c.fill
+        if b is None or c is None or fill is None or h.seq > fill.hi:
+            return False
+        self._fill_frame(b, c, fill, frame, now_ms, events)
+        return True
+
     def _fill_frame(self, b: _Branch, c: _Chain, fill: _Fill, frame: Frame, now_ms: int,
                     events: list[Event]) -> None:
         """A message of our own chain, served by the author while we fetch our messages back (SPEC 13.5).  Logged
@@ -1527,14 +1538,13 @@ class _CoreBase:
 
     def _on_chain_frame(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Packet | Checkpoint = frame.head
-        own = self._branches.get(h.branch)
-        if own is not None and h.publisher == own.me and h.publisher in own.members:
-            mine = own.chains.get(h.publisher)
-            fill = None if mine is None else mine.fill
-            if mine is not None and fill is not None and h.seq <= fill.hi:
-                self._fill_frame(own, mine, fill, frame, now_ms, events)
-                return
-        b, c = self._chain_of(frame)
+        try:
+            b, c = self._chain_of(frame)
+        except _Reject as r:
+            # (Looked at only when refused: no cost on the path of every other frame.)
+            if r.event.reason is not RejectReason.NOT_MEMBER or not self._own_fill_frame(frame, now_ms, events):
+                raise
+            return
         if h.seq > c.next_seq:
             self._hold(b, c, frame, events, now_ms)
             return
