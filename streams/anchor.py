@@ -49,6 +49,7 @@ __all__ = [
     "build_epoch",
     "chain_blind_key",
     "check_fork",
+    "restore_mark_digest",
     "verify_inclusion",
 ]
 
@@ -61,6 +62,7 @@ GENESIS_PREV: Final = bytes(32)
 P_LEAF: Final = b"streams.v1.leaf"  #: blinded leaf
 P_EPOCH: Final = b"streams.v1.epoch"  #: checkpoint digest (signed, and the link target of the next one)
 P_BLIND: Final = b"streams.v1.blind"  #: blind key of a chain, derived from its AEAD key
+P_RESTART: Final = b"streams.v1.rmark"  #: a member's restore mark (restore_mark_digest)
 
 _U64: Final = (1 << 64) - 1
 _MAX_PROOF: Final = 64  # a tree of 2**64 leaves has paths of at most 64 nodes
@@ -79,6 +81,23 @@ def blinded_leaf(blind_key: bytes, branch: bytes, publisher: int, seq: int, head
     if not (0 <= publisher <= 255 and 0 <= seq <= _U64):
         raise LocalProtocolError("publisher is 0..255 and seq a 64-bit unsigned integer")
     return _crypto.hash32(P_LEAF, blind_key, branch, bytes((publisher,)), struct.pack(">Q", seq), head_hash)
+
+
+def restore_mark_digest(channel: bytes, branch: bytes, publisher: int, seq: int, head_hash: bytes) -> bytes:
+    """What a member signs (its restore mark, SPEC 13.5) when it restarts chain ``(branch, publisher)`` of
+    ``channel`` at the anchored head ``(seq, head_hash)`` of a restore proof while its log holds nothing of that
+    chain at or below it -- so its log of the chain legitimately starts after ``seq``::
+
+        BLAKE2b-256(person="streams.v1.rmark", channel || branch || publisher (1 byte) || seq (8 BE) || head_hash)
+
+    Only the member's key makes one: a restore flag set by whoever can write the store file (to pass a deletion
+    of everything below an anchored head off as a restart) carries none.  Raises
+    :class:`~streams.errors.LocalProtocolError` on out-of-range arguments."""
+    if len(channel) != 32 or len(branch) != 16 or len(head_hash) != 32:
+        raise LocalProtocolError("channel and head_hash are 32 bytes, branch is 16 bytes")
+    if not (0 <= publisher <= 255 and 0 <= seq <= _U64):
+        raise LocalProtocolError("publisher is 0..255 and seq a 64-bit unsigned integer")
+    return _crypto.hash32(P_RESTART, channel, branch, bytes((publisher,)), struct.pack(">Q", seq), head_hash)
 
 
 def chain_blind_key(chain_key: bytes, branch: bytes, publisher: int, key_epoch: int) -> bytes:

@@ -6,7 +6,8 @@ every chain the party may read:
 
 * the branch's grant is signed by the author (the start of every chain's hash links);
 * every retained message decodes, hashes to its stored hash, sits at the position it claims, links to its
-  predecessor (the first to the grant, or to the anchored head a restored member started from), is signed by
+  predecessor (the first to the grant, or to the anchored head a restored member started from -- only with the
+  member's own restore mark of it: the restore flag and row are plain columns; SPEC 13.5), is signed by
   its publisher -- or, for amortized packets, authenticates under the branch key and is covered by a later
   signed checkpoint;
 * nothing is missing (holes, a truncated tail), inserted (rows beyond the chain's head or for unknown chains)
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _crypto, merkle
-from .anchor import ChainHead, EpochCheckpoint, InclusionProof, chain_blind_key, verify_inclusion
+from .anchor import ChainHead, EpochCheckpoint, InclusionProof, chain_blind_key, restore_mark_digest, verify_inclusion
 from .core import AnchorRecord, BranchRecord, ChainRecord
 from .errors import (
     DecodeError,
@@ -105,6 +106,7 @@ class _Audit:
         self.report = AuditReport(True, str(store.meta("role")), store.identity.did,
                                   bytes(store.meta("channel")).hex(), ledger is not None)
         self.channel: bytes = store.meta("channel")
+        self.marks: dict[tuple[bytes, int, int], bytes] = {}
 
     def err(self, reason: str, branch: bytes | None = None, publisher: int | None = None,
             seq: int | None = None, severity: str = "error") -> None:
@@ -129,6 +131,8 @@ class _Audit:
         restores: dict[tuple[bytes, int], list[AnchorRecord]] = {}
         for r in self.store.anchor_restores():
             restores.setdefault((r.branch, r.publisher), []).append(r)
+        if restores:
+            self.marks = self.store.restore_marks()
         self.report.branches = len(branches)
         for key in rows.keys() - cursors.keys():
             self.err(f"{len(rows[key])} log rows for a chain this party does not follow (inserted)", key[0], key[1])
@@ -179,7 +183,7 @@ class _Audit:
         # Where the chain starts: the grant (seq 0), or the anchored head a restored member started from (its
         # restore proof is verified in _member_anchors).
         first = rows[0][0] if rows else next_seq
-        restored = next((r for r in restores if r.seq + 1 == first), None)
+        restored = next((r for r in restores if r.seq + 1 == first and self._marked(r)), None)
         if restored is not None:
             exp_seq, prev = restored.seq + 1, restored.hash
         else:
@@ -358,7 +362,14 @@ class _Audit:
             # cursor at or below the head says the flag was set to hide a cut (the tail check in _chain reports
             # the messages missing below it either way).
             own_restart = (b is not None and r.publisher == b.me and cursor is not None and cursor.next_seq > r.seq)
-            if not r.restored:
+            marked = self._marked(r)
+            if r.restored and not marked:
+                # The flag and the restore row are plain columns: only our signature says we restarted the chain
+                # there holding nothing below it.  Without one it is no start of a log, and its message must be in
+                # the log as any anchored head's.
+                self.err("a head flagged restored without this party's restore mark (restore flag altered, or "
+                         "kept by a version before restore marks)", *where)
+            if not marked:
                 self._logged((r.branch, r.publisher, r.seq, r.hash))
             elif not own_restart and self._holds_rows(r.branch, r.publisher, r.seq):
                 # A chain restarted at this head (a restore proof, after the member lost its state) holds nothing
@@ -366,6 +377,20 @@ class _Audit:
                 # head whose message was deleted from the log.
                 self.err("a chain restored at an anchored head holds messages at or below it (restore flag "
                          "altered)", *where)
+
+    def _marked(self, r: AnchorRecord) -> bool:
+        """Whether this party's restore mark of a restore proof verifies (SPEC 13.5): the proof is where its log
+        of that chain starts.  The flag and the restore row are plain rows anyone who can write the file sets; the
+        mark is a signature only the party's key makes."""
+        mark = self.marks.get((r.branch, r.publisher, r.seq))
+        if not r.restored or mark is None:
+            return False
+        try:
+            _crypto.verify(self.store.identity.sign_public,
+                           restore_mark_digest(self.channel, r.branch, r.publisher, r.seq, r.hash), mark)
+        except (VerificationError, LocalProtocolError):
+            return False
+        return True
 
     def _holds_rows(self, branch: bytes, publisher: int, seq: int) -> bool:
         """Whether the log holds a row of the chain at or below ``seq``.  A damaged one counts (``log_page``

@@ -34,7 +34,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from . import _crypto
@@ -46,6 +46,7 @@ from .anchor import (
     InclusionProof,
     chain_blind_key,
     check_fork,
+    restore_mark_digest,
     verify_inclusion,
 )
 from .errors import (
@@ -160,6 +161,9 @@ MAX_RECENT_CONTROL = 8192
 CATCH_UP_RETRIES = 2
 #: Times a grant sync that got no answer at all is sent again (SPEC 9.5; the wait: CoreBase._sync_retry_ms).
 GRANT_SYNC_RETRIES = 2
+#: Times a window of our own chain being fetched back from the author (SPEC 13.5) is asked for again when nothing
+#: of it came for ``fetch_retry_ms``, before the fetch is given up.
+FILL_RETRIES = 3
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -406,6 +410,9 @@ class AnchorRecord:
     path: tuple[bytes, ...]
     ledger_verified: bool
     restored: bool
+    #: Our signature over :func:`~streams.anchor.restore_mark_digest` of this head, made when we restarted the
+    #: chain here holding nothing of it at or below (our log of it starts after ``seq``); b"" otherwise.
+    mark: bytes = b""
 
 
 @dataclass(slots=True)
@@ -435,10 +442,30 @@ class Changes:
 # --- in-memory state -------------------------------------------------------------------------------------------
 
 
+class _Fill:
+    """Our own chain, member side, restarted at the author's anchored head beyond our log's head (a store restored
+    from an older copy, SPEC 13.5): the messages in between, ours, fetched back from the author's retained log and
+    logged below the cursor, each checked against our own signature (or, unsigned in amortized mode, the chain
+    key) and linked to the one before -- the first to our log's head, the last being the anchored head."""
+
+    __slots__ = ("asked_ms", "end", "event", "final", "hi", "left", "lo", "prev")
+
+    def __init__(self, lo: int, hi: int, prev: bytes, final: bytes) -> None:
+        self.lo = lo  #: the next seq to log
+        self.hi = hi  #: the anchored head's seq (the last to log)
+        self.prev = prev  #: the hash the message at ``lo`` must link to
+        self.final = final  #: the anchored head's hash
+        #: The proof's event, reported once the fill ends (None: a fill taken up again after a restart).
+        self.event: Anchored | None = None
+        self.end = 0  #: the last seq of the window asked for
+        self.asked_ms = 0  #: when that window was asked for, or a message of it last came
+        self.left = FILL_RETRIES  #: times the window may still be asked for again without an answer
+
+
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict",
-                 "conflict_told", "covered", "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held",
-                 "next_seq", "notified", "progress_ms", "quick_acked")
+                 "conflict_told", "covered", "fetch_end", "fill", "final", "first_uncovered_ms", "gap_to", "head",
+                 "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -465,6 +492,8 @@ class _Chain:
         #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
         #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
         self.final = 0
+        #: Our own chain, member side: the messages below our cursor being fetched back from the author (or None).
+        self.fill: _Fill | None = None
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
@@ -652,6 +681,8 @@ class _CoreBase:
         #: group members' verified peers, (branch, member) -> peers (most recent last, a few): forgotten for that
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
         self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
+        self._now_ms = 0  #: the ``now_ms`` of the latest frame or timer call (for work started by a driver call)
+        self._timer_events: list[Event] = []  #: see :meth:`take_timer_events`
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -872,6 +903,7 @@ class _CoreBase:
         return checks
 
     def _handle(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
+        self._now_ms = now_ms
         handler = self._handlers.get(frame.kind)
         if handler is None:
             events.append(Rejected(RejectReason.UNEXPECTED, f"{self.role.value} does not accept {frame.kind.name}"))
@@ -1050,6 +1082,9 @@ class _CoreBase:
             if c is not None and c.first_uncovered_ms is not None:
                 t = c.first_uncovered_ms + self.config.checkpoint_interval_ms
                 due = t if due is None else min(due, t)
+            if c is not None and c.fill is not None:
+                t = c.fill.asked_ms + self.config.fetch_retry_ms
+                due = t if due is None else min(due, t)
             open_ = b.state is BranchState.OPEN
             for p, rc in b.chains.items():
                 if p == b.me:
@@ -1067,6 +1102,7 @@ class _CoreBase:
         ``fetch_retry_ms`` (the request or its replies were lost), and a catch-up window nobody answered (a few
         times); queue the coalesced ACKs that are due (the driver commits before it sends what this queued, as
         always)."""
+        self._now_ms = now_ms
         self._out.extend(self.take_acks(now_ms))
         if self._sync_waits:
             self._retry_grant_syncs(now_ms)
@@ -1094,6 +1130,82 @@ class _CoreBase:
             if (c is not None and c.first_uncovered_ms is not None and b.state is BranchState.OPEN
                     and _elapsed(now_ms, c.first_uncovered_ms, self.config.checkpoint_interval_ms)):
                 self._checkpoint(b, now_ms)
+            fill = None if c is None else c.fill
+            if c is not None and fill is not None and _elapsed(now_ms, fill.asked_ms, self.config.fetch_retry_ms):
+                if fill.left > 0 and b.state is BranchState.OPEN:
+                    fill.left -= 1  # nothing came: the FETCH or its answer was lost -- ask again from where it stands
+                    self._ask_fill(b, fill, now_ms)
+                else:
+                    # The author does not serve it (its log no longer holds it, or it predates this): our log
+                    # keeps the hole, which an audit reports.
+                    self._timer_events.append(Rejected(
+                        RejectReason.UNEXPECTED, f"our messages {fill.lo}..{fill.hi} were not fetched back from the "
+                        "author: our log lacks them", b.id, b.me, fill.lo))
+                    self._end_fill(c, self._timer_events)
+
+    def take_timer_events(self) -> list[Event]:
+        """Events that :meth:`handle_timer` produced since the last call, in order: the ``Anchored`` of a
+        restore proof of our own chain whose messages below it could not be fetched back (SPEC 13.5), after a
+        ``Rejected`` that says so.  The driver acts on them as on :meth:`receive`'s, after committing
+        :meth:`take_changes`."""
+        out, self._timer_events = self._timer_events, []
+        return out
+
+    def _ask_fill(self, b: _Branch, fill: _Fill, now_ms: int) -> None:
+        """Ask the author for the next window of our own messages being fetched back."""
+        fill.end = min(fill.hi, fill.lo + self.config.max_fetch - 1)
+        fill.asked_ms = now_ms
+        self._note_deadline(now_ms + self.config.fetch_retry_ms)
+        self.request_fetch(b.id, b.me, fill.lo, fill.end)
+
+    def _end_fill(self, c: _Chain, events: list[Event]) -> None:
+        """The fetch of our own messages is over, done or given up: report the proof that started it."""
+        fill, c.fill = c.fill, None
+        if fill is not None and fill.event is not None:
+            events.append(fill.event)
+
+    def _own_fill_frame(self, frame: Frame, now_ms: int, events: list[Event]) -> bool:
+        """Whether ``frame`` is of our own chain, within the messages we are fetching back (then handled)."""
+        h: Packet | Checkpoint = frame.head
+        b = self._branches.get(h.branch)
+        c = None if b is None or h.publisher != b.me or b.me not in b.members else b.chains.get(b.me)
+        fill = None if c is None else c.fill
+        if b is None or c is None or fill is None or h.seq > fill.hi:
+            return False
+        self._fill_frame(b, c, fill, frame, now_ms, events)
+        return True
+
+    def _fill_frame(self, b: _Branch, c: _Chain, fill: _Fill, frame: Frame, now_ms: int,
+                    events: list[Event]) -> None:
+        """A message of our own chain, served by the author while we fetch our messages back (SPEC 13.5).  Logged
+        if it is the next one we miss, authenticates as ours and links to the one before; a copy of one already
+        logged (a window asked for again) is dropped."""
+        h: Packet | Checkpoint = frame.head
+        if h.seq < fill.lo:
+            return
+        if h.seq > fill.lo:
+            raise _Reject(RejectReason.UNEXPECTED, "not the next message of ours being fetched back", h.branch,
+                          h.publisher, h.seq)
+        if (h.epoch, b.me) not in b.keys:
+            raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
+        # Authentic first (our signature, or the chain key): a forged frame changes nothing, the fetch goes on.
+        self._verify_chain_frame(b, frame)
+        if not _crypto.ct_equal(h.prev, fill.prev):
+            # Ours, but not linked to our log's head: our log forked from the author's copy there (a restored copy
+            # that signed on before it was stopped, SPEC 12).  Nothing of the author's copy builds on our log.
+            events.append(Rejected(RejectReason.BAD_LINK, "our message fetched back does not link to our log: "
+                                   "our log holds another message before it", h.branch, h.publisher, h.seq))
+            self._end_fill(c, events)
+            return
+        self._changes.log.append(LogRecord(b.id, b.me, h.seq, frame.hash, frame.raw))
+        fill.prev, fill.lo, fill.left, fill.asked_ms = frame.hash, h.seq + 1, FILL_RETRIES, now_ms
+        if fill.lo > fill.hi:
+            if not _crypto.ct_equal(fill.prev, fill.final):
+                events.append(Rejected(RejectReason.FORK, "our messages fetched back end in another message than "
+                                       "the anchored head", h.branch, h.publisher, h.seq))
+            self._end_fill(c, events)
+        elif fill.lo > fill.end:
+            self._ask_fill(b, fill, now_ms)
 
     def flush_checkpoints(self, now_ms: int) -> None:
         """Checkpoint every chain of ours that has uncovered packets (e.g. before a clean close)."""
@@ -1245,6 +1357,9 @@ class _CoreBase:
     def _catch_up_chains(self, b: _Branch, now_ms: int | None) -> None:
         """Open a catch-up window on every chain of ``b`` we read (see :meth:`catch_up`)."""
         for p, c in b.chains.items():
+            if p == b.me and c.fill is not None:
+                # Our own messages being fetched back (SPEC 13.5): from where that stands, on this connection.
+                self._ask_fill(b, c.fill, self._now_ms if now_ms is None else now_ms)
             if p != b.me:
                 # The publisher's head is unknown: ask for one window; its HEAD reply tells how far to go.
                 c.fetch_end = c.next_seq + self.config.max_fetch - 1
@@ -1463,7 +1578,13 @@ class _CoreBase:
 
     def _on_chain_frame(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Packet | Checkpoint = frame.head
-        b, c = self._chain_of(frame)
+        try:
+            b, c = self._chain_of(frame)
+        except _Reject as r:
+            # (Looked at only when refused: no cost on the path of every other frame.)
+            if r.event.reason is not RejectReason.NOT_MEMBER or not self._own_fill_frame(frame, now_ms, events):
+                raise
+            return
         if h.seq > c.next_seq:
             self._hold(b, c, frame, events, now_ms)
             return
@@ -1782,6 +1903,15 @@ class _CoreBase:
         self._control_verified = True
         self._hint_route(b, peer, h.requester)
         if h.publisher != b.me:
+            if b.me == 0 and h.publisher == h.requester and h.from_seq >= 1 and b.state is BranchState.OPEN:
+                # A member fetching its own messages back (its store was restored from an older copy and its
+                # chain restarted at our anchored head, SPEC 13.5): from our log of its chain, up to our cursor.
+                theirs = b.chains.get(h.publisher)
+                hi = 0 if theirs is None else min(h.to_seq, h.from_seq + self.config.max_fetch - 1,
+                                                  theirs.next_seq - 1)
+                if hi >= h.from_seq:
+                    events.append(FetchRequested(b.id, h.publisher, h.from_seq, hi, peer))
+                return
             raise _Reject(RejectReason.UNEXPECTED, "we serve only our own chains", h.branch, h.publisher)
         perm = member[1]
         if b.me == 0 and (h.from_seq == 0 or b.state is BranchState.CLOSED):
@@ -3174,6 +3304,24 @@ class SubscriberCore(_CoreBase):
             if c is not None and r.seq < c.next_seq:
                 c.anchored = max(c.anchored, r.seq)
 
+    def resume_fills(self, records: list[AnchorRecord], below: Callable[[bytes, int, int], tuple[int, bytes] | None],
+                     now_ms: int) -> None:
+        """After :meth:`load_anchored`: take up again a fetch of our own messages that a restart cut short (SPEC
+        13.5).  For each latest anchored head of our own chain that is below our cursor and missing from our log,
+        ``below(branch, publisher, seq)`` is the driver's look for the last message our log holds below it
+        (``(seq, hash)``, or None): the messages between are fetched back as after the restart that lost them
+        (reported by no event: the proof was), asked for by the next :meth:`catch_up`."""
+        for r in records:
+            b = self._branches.get(r.branch)
+            c = None if b is None or r.publisher != b.me else b.chains.get(b.me)
+            if (c is None or c.fill is not None or b is None or b.state is not BranchState.OPEN
+                    or not r.seq < c.next_seq or self._logged_hash(r.branch, r.publisher, r.seq) is not None):
+                continue
+            last = below(r.branch, r.publisher, r.seq)
+            if last is not None:
+                c.fill = _Fill(last[0] + 1, r.seq, last[1], r.hash)
+                c.fill.asked_ms = now_ms
+
     def take_anchor_claims(self) -> list[AnchorClaim]:
         """Anchor proofs that passed every local check and wait for the driver's ledger check."""
         out, self._claims = self._claims, []
@@ -3198,7 +3346,8 @@ class SubscriberCore(_CoreBase):
         where = (head.branch, head.publisher, head.seq)
         if _anchored_already(c, *where):
             return  # the proof we hold, sent again (after we reconnected): nothing new
-        restored = False
+        restored = empty = False
+        fill: _Fill | None = None
         if head.seq < c.next_seq:
             known = c.head if head.seq == c.next_seq - 1 else self._logged_hash(*where)
             if known is None:
@@ -3213,6 +3362,19 @@ class SubscriberCore(_CoreBase):
             # started it: a member that kept its state fetches what it misses, it skips nothing (SPEC 13.5).
             # Start there: everything at or below is a replay from now on.
             self._fresh.pop((b.id, head.publisher), None)
+            # Our log holds nothing of the chain at or below the head (we lost our state, or the branch is new to
+            # us): it starts after it, which our restore mark says (below).
+            empty = c.next_seq <= 1 or self._logged_hash(b.id, head.publisher, c.next_seq - 1) is None
+            if head.publisher == b.me and c.fill is None and c.next_seq > 1 and not (0 < c.conflict < c.next_seq):
+                logged = self._logged_hash(b.id, b.me, c.next_seq - 1)
+                if logged is not None and _crypto.ct_equal(logged, c.head):
+                    # Our log holds our chain up to our head, and the author holds it on to this one: the
+                    # messages in between are ours, lost with a store restored from an older copy.  Fetch them
+                    # back from the author's log, so that our log holds our whole chain again (an audit tells a
+                    # hole from a deletion only by what the log holds); the proof is reported once that is over.
+                    # (Not when the author's ACK named another message than ours at or below our head: our log
+                    # forked from its copy there, and nothing of that copy links to it.)
+                    fill = _Fill(c.next_seq, head.seq, c.head, head.hash)
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
             if c.conflict and head.seq >= c.conflict:
@@ -3233,10 +3395,22 @@ class SubscriberCore(_CoreBase):
             return
         c.anchored = head.seq
         p = claim.proof
-        self._changes.anchored.append(AnchorRecord(
+        mark = self._id.sign(restore_mark_digest(self._channel, *where, head.hash)) if restored and empty else b""
+        record = AnchorRecord(
             head.branch, head.publisher, head.seq, head.hash, claim.key_epoch, claim.checkpoint.epoch,
-            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored))
-        events.append(Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id,
-                               verified, restored))
+            claim.anchor_id, claim.checkpoint.encode(), p.index, p.tree_size, p.path, verified, restored, mark)
+        event = Anchored(head.branch, head.publisher, head.seq, claim.checkpoint.epoch, claim.anchor_id, verified,
+                         restored)
+        if fill is not None:
+            # Kept now, as an ordinary anchored head -- never as a restore proof: our log held our chain below it,
+            # so it does not start there (a hole, until the fetch fills it); a restart takes the fetch up again
+            # from it (resume_fills).  Reported once the fetch ends.
+            self._changes.anchored.append(replace(record, restored=False))
+            fill.event = event
+            c.fill = fill
+            self._ask_fill(b, fill, self._now_ms)
+        else:
+            self._changes.anchored.append(record)
+            events.append(event)
         if restored:
             self._drain(b, c, events)

@@ -112,7 +112,9 @@ class Anchored:
     ``ledger_verified`` is True only if this party read the checkpoint back from the ledger itself, found it
     confirmed and checked the inclusion proof against it; False means "the author says so, with a valid
     signature and inclusion proof" (no ledger configured).  ``restored``: this head came with a re-sent grant
-    after we lost our state, and our cursor now starts there (older messages are rejected as replays)."""
+    after we lost our state, and our cursor now starts there (older messages are rejected as replays) -- or it
+    restarted our own chain beyond our log's head (a store restored from an older copy): then it is reported once
+    our messages in between are fetched back from the author's log, or that was given up (SPEC 13.5)."""
 
     branch: bytes
     publisher: int
@@ -268,7 +270,8 @@ class LedgerStatus:
 
 @dataclass(frozen=True, slots=True)
 class FetchRequested:
-    """A member asked for retained messages of one of our chains; the driver serves them from the log."""
+    """A member asked for retained messages of one of our chains -- or, at the author, of its own chain, which it
+    fetches back after a restore (SPEC 13.5); the driver serves them from the log."""
 
     branch: bytes
     publisher: int

@@ -98,6 +98,13 @@ a chain at an anchored head), same columns as ``anchor_heads``.  ``anchor_heads`
 chain, so the next epoch's proof replaces the restore row; this table is the lasting, verifiable record of
 where the member's log of that chain legitimately starts (:mod:`streams.audit`).  At every open, a restore
 row still in ``anchor_heads`` (written before this table existed) is copied into it.
+
+``restore_marks`` holds the member's signature over each restore proof it restarted a chain at while its log held
+nothing of that chain at or below the head (:func:`streams.anchor.restore_mark_digest`): the audit takes a
+restore row as the start of a log only with its mark, because the rows themselves are whatever the file holds --
+whoever can write it could otherwise delete everything of a chain below an anchored head and flag that head
+restored.  It was added as the tables above were: a restore row written before has no mark, and the audit reads
+the chain from its genesis there (SPEC 13.5).
 """
 
 from __future__ import annotations
@@ -193,6 +200,9 @@ CREATE TABLE IF NOT EXISTS forks (
 CREATE TABLE IF NOT EXISTS chain_conflicts (
     branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (branch, publisher)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS restore_marks (
+    branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, mark BLOB NOT NULL,
+    PRIMARY KEY (branch, publisher, seq)) WITHOUT ROWID;
 """
 
 
@@ -588,6 +598,8 @@ class Store:
                     c.executemany(_AH_INSERT, [_ah_row(r) for r in changes.anchored])
                     # A restore proof is also kept for good: the next epoch's proof replaces it above.
                     c.executemany(_AR_INSERT, [_ah_row(r) for r in changes.anchored if r.restored])
+                    c.executemany("INSERT OR IGNORE INTO restore_marks VALUES (?, ?, ?, ?)",
+                                  [(r.branch, r.publisher, r.seq, r.mark) for r in changes.anchored if r.mark])
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
         except OSError as exc:  # the frame file (the transaction was rolled back)
@@ -661,6 +673,14 @@ class Store:
         (branch, publisher, seq) order; kept when later proofs replace the chain's latest anchored head.  Raises
         :class:`StorageError` for a damaged row."""
         return self._ah_records("anchor_restores", _AR_SELECT)
+
+    def restore_marks(self) -> dict[tuple[bytes, int, int], bytes]:
+        """This member's restore marks, ``(branch, publisher, seq) -> signature`` (see ``restore_marks`` in the
+        module docstring): unchecked, as stored.  Raises :class:`StorageError` for a row of the wrong types."""
+        rows = self._q("SELECT branch, publisher, seq, mark FROM restore_marks")
+        if not all(type(b) is bytes and _count(p) and _count(s) and type(m) is bytes for b, p, s, m in rows):
+            raise StorageError(f"a row of table restore_marks in {self.path} is damaged")
+        return {(b, p, s): m for b, p, s, m in rows}
 
     def _ah_records(self, table: str, sql: str) -> list[AnchorRecord]:
         try:
@@ -767,6 +787,18 @@ class Store:
         rows = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq BETWEEN ? AND ? "
                        "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
         return [(s, self._frame(f, h, check=True)) for s, f, h in rows]
+
+    def log_below(self, branch: bytes, publisher: int, seq: int) -> tuple[int, bytes] | None:
+        """``(seq, hash)`` of the last row of a chain below ``seq``, or None (a member taking up the fetch of its own
+        messages again, SPEC 13.5).  Raises :class:`StorageError` for a row of the wrong types."""
+        rows = self._q("SELECT seq, hash FROM log WHERE branch = ? AND publisher = ? AND seq < ? "
+                       "ORDER BY seq DESC LIMIT 1", (branch, publisher, seq))
+        if not rows:
+            return None
+        s, h = rows[0]
+        if not (_count(s) and type(h) is bytes):
+            raise StorageError(f"a row of table log in {self.path} is damaged")
+        return s, h
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""

@@ -8,8 +8,6 @@ import sqlite3
 import struct
 from pathlib import Path
 
-import pytest
-
 from streams.audit import audit_store
 from streams.events import Anchored
 from streams.ledger import EmbeddedLedger
@@ -156,18 +154,15 @@ async def test_audit_still_finds_the_tail_of_a_members_own_chain_deleted_behind_
     assert errors, "the own chain's anchored tail was deleted from the log: " + rep.summary()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, older than this review: a member restored from an older copy "
-                   "of its store lacks its own messages between the copy and the author's head, and its store "
-                   "cannot tell that from a deletion (a backfill of its own chain from the author's retained log, "
-                   "or an authenticated restore mark, would); see the closing note")
 async def test_audit_of_a_member_restored_from_an_older_copy_finds_no_tampering_at_all(
         tmp_path: Path) -> None:
     """test_int_review's honest member (restored from an older copy of its store: its log holds its own chain
     1..3, the author's proof restores the chain at 6).  7e02548 removed the 'restore flag altered' error, but the
-    same store still fails its audit with an error of another name: ``_chain`` starts the own chain at seq 1 (its
+    same store still failed its audit with an error of another name: ``_chain`` starts the own chain at seq 1 (its
     first row; the restore proof at 6 is not where a row starts) and ends at 3 while ``next_seq`` is 7 --
-    "messages 4..6 are missing at the tail (deleted)".  The honest member is still accused of deleting its own
-    messages."""
+    "messages 4..6 are missing at the tail (deleted)".  The honest member was accused of deleting its own
+    messages.  Now the member fetches its messages 4..6 back from the author's log when its chain restarts there
+    (SPEC 13.5), and reports the proof once they are logged: its log holds its whole chain."""
     from tests.test_int_review import _audit_of_a_member_restored_from_an_older_copy
 
     rep = await _audit_of_a_member_restored_from_an_older_copy(tmp_path)

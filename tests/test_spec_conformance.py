@@ -184,7 +184,7 @@ def _person(name: str) -> bytes:
 
 
 P = {n: _person(n) for n in ("P_MSG", "P_CHANNEL", "P_HINT", "P_GRANT", "P_CHALLENGE", "P_CHALKEY", "P_PROOF",
-                             "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER")}
+                             "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER", "P_RESTART")}
 
 
 def H(p: bytes, *parts: bytes) -> bytes:
@@ -485,8 +485,15 @@ def test_the_embedded_ledgers_row_hash_by_spec(tmp_path: Path) -> None:
 
 def test_the_personalisations_spec_lists_are_the_codes() -> None:
     """SPEC 4's table, for the constants outside ``_crypto`` (tests/test_spec.py checks those)."""
-    assert (P["P_LEAF"], P["P_EPOCH"], P["P_BLIND"], P["P_LEDGER"]) == \
-        (anchor.P_LEAF, anchor.P_EPOCH, anchor.P_BLIND, embedded.P_LEDGER)
+    assert (P["P_LEAF"], P["P_EPOCH"], P["P_BLIND"], P["P_LEDGER"], P["P_RESTART"]) == \
+        (anchor.P_LEAF, anchor.P_EPOCH, anchor.P_BLIND, embedded.P_LEDGER, anchor.P_RESTART)
+
+
+def test_a_restore_mark_signs_the_digest_spec_13_5_gives() -> None:
+    """SPEC 13.5: H(P_RESTART, channel || branch || byte(publisher) || u64(seq) || hash), from SPEC's text."""
+    channel, branch, head = os.urandom(32), os.urandom(16), os.urandom(32)
+    assert anchor.restore_mark_digest(channel, branch, 7, 2**40 + 3, head) == \
+        H(P["P_RESTART"], channel, branch, b"\x07", u64(2**40 + 3), head)
 
 
 def _mth(leaves: list[bytes]) -> bytes:
@@ -1147,7 +1154,9 @@ def test_fetch_head_and_unsubscribe_reasons() -> None:
         [RejectReason.UNKNOWN_BRANCH]
     assert m.verdict(m.signed("FETCH", 0, 1, 1, 5)) == [RejectReason.NOT_MEMBER]
     assert m.verdict(m.signed("FETCH", 0, 1, 1, 1, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
-    assert m.verdict(m.signed("FETCH", 1, 1, 1, 1)) == [RejectReason.UNEXPECTED]  # a chain not the author's
+    # A chain neither the author's nor the requester's own; the requester's own is served (SPEC 8.9, 13.5).
+    assert m.verdict(m.signed("FETCH", 5, 1, 1, 1)) == [RejectReason.UNEXPECTED]
+    assert m.verdict(m.signed("FETCH", 1, 1, 1, 1)) == []
     # HEAD (SPEC 10.2): of the member's own chain, which the author tracks.
     assert m.verdict(m.signed("HEAD", 5, 1, bytes(32), 0)) == [RejectReason.UNKNOWN_BRANCH]
     assert m.verdict(m.signed("HEAD", 1, 1, bytes(32), 0, signer=stranger.sk)) == [RejectReason.BAD_SIGNATURE]
