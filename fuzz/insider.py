@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from streams import _crypto
-from streams.core import _GRANT_NONCE, _grant_aad, _hint
+from streams.core import _GRANT_NONCE, _grant_aad, _hint, _hint_key, _legacy_hint
 from streams.identity import Identity
 from streams.wire import (
     Admit,
@@ -174,7 +174,11 @@ def subscriber_frame(data: bytes, sc: Scenario) -> bytes:
     keys = [(c.byte() % 4, c.raw(32)) for _ in range(c.byte() % 3)]
     heads = [(c.byte() % 4, c.pick([0, 1, c.uint(8)]), c.pick(v.hashes)) for _ in range(c.byte() % 3)]
     index = c.byte() % 4
-    hint = _hint(branch, epoch, me.kx_public) if c.byte() % 8 else c.raw(8)
+    pick = c.byte() % 8  # our keyed hint (SPEC 8.5), mostly; the legacy one (still read); or any 8 bytes
+    if pick > 1:
+        hint = _hint(_hint_key(me, author.kx_public, author.kx_public, me.kx_public), v.channel, branch, epoch)
+    else:
+        hint = _legacy_hint(branch, epoch, me.kx_public) if pick else c.raw(8)
     first_layout = c.byte() % 4 == 0  # still read (SPEC 8.5)
     if first_layout:
         sealed = _crypto.seal(me.kx_public, encode_grant_secret(GrantSecret(index, members, keys, heads)))

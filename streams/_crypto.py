@@ -7,7 +7,8 @@ Primitives (see SPEC.md, "Cryptographic primitives"):
 * signatures: Ed25519 over a 32-byte digest, so the signing cost stays flat as payloads grow;
 * AEAD: XChaCha20-Poly1305-IETF with a 24-byte random nonce;
 * sealing: libsodium sealed boxes (X25519 + XSalsa20-Poly1305) to a recipient's key-agreement key;
-* keyed MAC: BLAKE2b-128 keyed.
+* keyed MAC: BLAKE2b-128 keyed;
+* key agreement: X25519 between two parties' static key-agreement keys (grant hints).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TAG_SIZE = 16
 P_MSG = b"streams.v1.msg"  #: message hash (links, signatures)
 P_CHANNEL = b"streams.v1.chan"  #: channel id from author key and name
 P_HINT = b"streams.v1.hint"  #: recipient hint in a grant
+P_HINTKEY = b"streams.v1.hintk"  #: an author's and a recipient's hint key, from their X25519 agreement
 P_CHALLENGE = b"streams.v1.chal"  #: challenge MAC
 P_CHALKEY = b"streams.v1.chk"  #: derivation of the challenge MAC key from the author seed
 P_PROOF = b"streams.v1.proof"  #: proof-of-control signature input
@@ -158,6 +160,17 @@ def unseal(x25519_public: bytes, x25519_secret: bytes, sealed: bytes) -> bytes:
         return bytes(_b.crypto_box_seal_open(sealed, x25519_public, x25519_secret))
     except (nacl.exceptions.CryptoError, ValueError) as exc:
         raise VerificationError("sealed box does not open") from exc
+
+
+def x25519(secret: bytes, public: bytes) -> bytes:
+    """The X25519 shared secret of our ``secret`` and a peer's ``public`` key; :class:`VerificationError` for a
+    peer key of small order (the result would be all zero: libsodium refuses it) or of the wrong size."""
+    if len(secret) != KEY_SIZE or len(public) != KEY_SIZE:  # (the binding does not check: libsodium reads 32)
+        raise VerificationError("not a usable key-agreement key")
+    try:
+        return bytes(_b.crypto_scalarmult(secret, public))
+    except (nacl.exceptions.CryptoError, RuntimeError, ValueError) as exc:
+        raise VerificationError("not a usable key-agreement key") from exc
 
 
 def ed25519_keypair_from_seed(seed: bytes) -> tuple[bytes, bytes]:

@@ -147,6 +147,7 @@ __all__ = [
 
 Rng = Callable[[int], bytes]
 _MAX_FRESH = 4096  #: chains of branches created by one handshake's grants kept for restore proofs (SPEC 13.5)
+_MAX_HINT_KEYS = 65_536  #: recipients whose hint key the author keeps (SPEC 8.5); a 32-byte key each
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
@@ -235,7 +236,22 @@ def _did(public: bytes) -> str:
     return did_from_public_key(public)
 
 
-def _hint(branch: bytes, epoch: int, kx_public: bytes) -> bytes:
+def _hint_key(identity: Identity, peer_kx: bytes, author_kx: bytes, recipient_kx: bytes) -> bytes:
+    """The key of an author's hints for one recipient (SPEC 8.5): from their X25519 agreement, which only the two
+    can compute -- ``identity`` is either of them, ``peer_kx`` the other's key.  One X25519 per pair: callers keep
+    it (the author per member, a member for its author)."""
+    return identity.agree(_crypto.P_HINTKEY, peer_kx, author_kx + recipient_kx)
+
+
+def _hint(hint_key: bytes, channel: bytes, branch: bytes, epoch: int) -> bytes:
+    """A grant entry's hint (SPEC 8.5): keyed by the pair's hint key, so that an observer who knows every DID
+    cannot tell whose entry it is (THREATS 1), and bound to the grant's channel, branch and epoch."""
+    return _crypto.mac16(hint_key, _crypto.P_HINT, channel, branch, _U64.pack(epoch))[:8]
+
+
+def _legacy_hint(branch: bytes, epoch: int, kx_public: bytes) -> bytes:
+    """The hint of grants written before the keyed one (SPEC 8.5): from public values alone, so anyone who knows
+    the recipient's DID computes it.  Read, to open grants kept in stores and histories; never written."""
     return _crypto.hash32(_crypto.P_HINT, branch, _U64.pack(epoch), kx_public)[:8]
 
 
@@ -2033,6 +2049,8 @@ class AuthorCore(_CoreBase):
         self._used_nonces: dict[bytes, int] = {}
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
+        #: Each recipient's hint key (SPEC 8.5), by its X25519 key: see :meth:`_hint_for`.
+        self._hint_keys: dict[bytes, bytes] = {}
         self._syncs: dict[tuple[bytes, object], None] = {}  #: grant syncs answered (branch, peer), for the driver
         #: (branch, member, peer) -> when we last answered its grant sync, and after which epoch (_sync_grants)
         self._synced_ms: dict[tuple[bytes, int, object], tuple[int, int]] = {}
@@ -2419,6 +2437,17 @@ class AuthorCore(_CoreBase):
                 out.append(g)
         return out
 
+    def _hint_for(self, kx_public: bytes, branch: bytes, epoch: int) -> bytes:
+        """The hint of a recipient's entry in a grant of ``branch`` at ``epoch`` (SPEC 8.5).  The pair's hint key
+        costs an X25519: kept per recipient, so that a re-key costs none for members already granted something
+        (bounded: a cache, emptied when full, not state)."""
+        key = self._hint_keys.get(kx_public)
+        if key is None:
+            if len(self._hint_keys) >= _MAX_HINT_KEYS:
+                self._hint_keys.clear()
+            key = self._hint_keys[kx_public] = _hint_key(self._id, kx_public, self._id.kx_public, kx_public)
+        return _hint(key, self._channel, branch, epoch)
+
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
                      heads: list[tuple[int, int, bytes]], removed: Sequence[tuple[int, bytes]] = ()) -> Frame:
         # The member list and the heads, once, under a fresh key; each recipient's entry seals that key with its
@@ -2442,12 +2471,12 @@ class AuthorCore(_CoreBase):
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
                 raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
                                          f"{MAX_GRANT_KEY_ENTRY:,}")
-            entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
+            entries.append(GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed))
         for idx, pk in removed:
             pub = PublicIdentity.from_sign_public(pk)
             seq, last = next((s, h) for p, s, h in heads if p == 0)
             sealed = _crypto.seal(pub.kx_public, encode_grant_removal(GrantRemoval(idx, seq, last)))
-            entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
+            entries.append(GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed))
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
         frame = encode_frame(head, encode_grant_body(shared, entries), self._id.sign)
         if len(frame.raw) > self.config.max_frame:
@@ -2755,6 +2784,8 @@ class SubscriberCore(_CoreBase):
             raise LocalProtocolError("a channel id is 32 bytes (streams.core.channel_id)")
         self._author = PublicIdentity.from_did(author_did)
         self._channel = channel
+        #: Our hint key with the author (SPEC 8.5), made at the first grant: one X25519 for the core's life.
+        self._hint_key: bytes | None = None
         self.state = SubscriptionState.IDLE
         self._announced = False
         #: the message hash of each request (SUBSCRIBE) the current attempt sent (the last few): what a REFUSE
@@ -2814,9 +2845,14 @@ class SubscriberCore(_CoreBase):
         return next((s for p, s, _ in secret.heads if p == b.me), 0) if secret is not None else 0
 
     def _our_entries(self, branch: bytes, epoch: int, entries: list[GrantEntry]) -> list[GrantEntry]:
-        """The entries of a grant whose hint is ours (SPEC 8.5)."""
-        hint = _hint(branch, epoch, self._id.kx_public)
-        return [e for e in entries if _crypto.ct_equal(e.hint, hint)]
+        """The entries of a grant whose hint is ours (SPEC 8.5): by the keyed hint, then by the legacy one (grants
+        written before it, kept in stores and grant histories)."""
+        if self._hint_key is None:
+            self._hint_key = _hint_key(self._id, self.author.kx_public, self.author.kx_public, self._id.kx_public)
+        hint = _hint(self._hint_key, self._channel, branch, epoch)
+        legacy = _legacy_hint(branch, epoch, self._id.kx_public)
+        return [e for e in entries if _crypto.ct_equal(e.hint, hint)] + \
+            [e for e in entries if _crypto.ct_equal(e.hint, legacy)]
 
     def _open_grant(self, branch: bytes, epoch: int, shared: bytes | None,
                     mine: list[GrantEntry]) -> GrantSecret | None:

@@ -179,6 +179,13 @@ class Identity:
         """A 32-byte secret derived from the seed for one purpose (keyed BLAKE2b, domain-separated)."""
         return _crypto.hash32(person, self._seed, context)
 
+    def agree(self, person: bytes, peer_kx_public: bytes, context: bytes = b"") -> bytes:
+        """A 32-byte secret that only we and the holder of ``peer_kx_public`` can compute, for one purpose:
+        BLAKE2b-256 under ``person`` of our X25519 agreement with that key, then ``context`` (which both sides
+        must give alike).  Raises :class:`~streams.errors.VerificationError` for a key that is not usable (small
+        order, wrong size): keys taken from DIDs never are."""
+        return _crypto.hash32(person, _crypto.x25519(self._kx_secret, peer_kx_public), context)
+
     def export_seed(self) -> bytes:
         """The raw seed, for encrypting into a keystore.  Handle with care; never log it."""
         return self._seed

@@ -9,7 +9,7 @@ import pytest
 
 from streams import _crypto
 from streams._state import BranchState
-from streams.core import CoreConfig, Outgoing, SubscriberCore, _hint
+from streams.core import CoreConfig, Outgoing, SubscriberCore, _hint, _hint_key, _legacy_hint
 from streams.errors import LocalProtocolError
 from streams.events import (
     BranchClosed,
@@ -1012,13 +1012,15 @@ def test_a_grant_of_the_first_layout_still_opens() -> None:
     f = decode_frame(new)
     shared, entries = decode_grant_body(f.body)
     assert shared is not None and len(entries) == 3
-    [mine] = [e for e in entries if e.hint == _hint(g, 0, me.kx_public)]
+    author = ident(1)
+    hint = _hint(_hint_key(me, author.kx_public, author.kx_public, me.kx_public), net.author.channel, g, 0)
+    [mine] = [e for e in entries if e.hint == hint]
     key = decode_grant_key(me.unseal(mine.sealed))
     members, heads = decode_grant_shared(_crypto.aead_decrypt(key.shared_key, bytes(_crypto.NONCE_SIZE),
                                                               _crypto.P_GRANT + g + bytes(8), shared))
     old_secret = encode_grant_secret(GrantSecret(key.index, members, key.keys, heads))
-    old_entry = GrantEntry(mine.hint, _crypto.seal(me.kx_public, old_secret))
-    author = ident(1)
+    # (with the hint of its time, SPEC 8.5: the first layout predates the keyed hint)
+    old_entry = GrantEntry(_legacy_hint(g, 0, me.kx_public), _crypto.seal(me.kx_public, old_secret))
 
     # A current body whose entry seals a first-layout secret: refused (the layouts do not mix).
     mixed = encode_frame(f.head, encode_grant_body(shared, [old_entry]), author.sign).raw

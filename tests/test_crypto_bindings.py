@@ -97,3 +97,24 @@ def test_encrypting_with_a_mis_sized_key_or_nonce_is_refused() -> None:
     for key, nonce in ((KEY[:31], NONCE), (KEY, NONCE[:23]), (KEY, NONCE + b"\0")):
         with pytest.raises(ValueError):
             _crypto.aead_encrypt(key, nonce, AAD, PLAINTEXT)
+
+
+def test_x25519_gives_the_rfc_7748_shared_secret_from_either_side() -> None:
+    """RFC 7748, section 6.1: the agreement the grant hints are keyed by (SPEC 8.5)."""
+    a = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    a_pub = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    b = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
+    b_pub = bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    k = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+    assert _crypto.x25519(a, b_pub) == _crypto.x25519(b, a_pub) == k
+
+
+def test_x25519_refuses_a_small_order_or_mis_sized_key_without_reading_past_it() -> None:
+    """A key of small order (u = 0, 1: the result would be all zero) or of a size other than 32 is refused as
+    VerificationError -- the binding itself checks no size, and libsodium would read 32 bytes."""
+    secret = os.urandom(32)
+    for public in (bytes(32), (1).to_bytes(32, "little"), os.urandom(31), b""):
+        with pytest.raises(VerificationError):
+            _crypto.x25519(secret, public)
+    with pytest.raises(VerificationError):
+        _crypto.x25519(secret[:31], os.urandom(32))

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from fuzz.scenario import Scenario
 from fuzz.targets import TARGETS, CoreHarness, fingerprint, scenario
 from streams import _crypto
-from streams.core import _hint
+from streams.core import _legacy_hint
 from streams.errors import DecodeError, RejectReason
 from streams.events import Rejected
 from streams.wire import (
@@ -163,7 +163,8 @@ def test_rekey_grant_moving_our_member_index_is_rejected() -> None:
     [rec] = [b for b in sc.subscriber.branches if b.id == g]
     members = [(0, author.sign_public, 3), (2, me.sign_public, 1)]
     secret = GrantSecret(2, members, [], [])
-    entry = GrantEntry(_hint(g, rec.epoch + 1, me.kx_public), _crypto.seal(me.kx_public, encode_grant_secret(secret)))
+    hint = _legacy_hint(g, rec.epoch + 1, me.kx_public)  # a first-layout grant: its authors wrote this hint
+    entry = GrantEntry(hint, _crypto.seal(me.kx_public, encode_grant_secret(secret)))
     grant = encode_frame(Grant(sc.subscriber.channel, g, rec.epoch + 1, rec.grant_hash, rec.mode),
                          encode_grant_entries([entry]), author.sign).raw
     events = h.core.receive(grant, sc.now_ms, "author")

@@ -204,7 +204,7 @@ def test_a_forged_or_relayed_removal_neither_closes_a_group_nor_fakes_a_gap() ->
     import msgpack
 
     from streams import _crypto
-    from streams.core import _hint  # (the SPEC 8.5 hint of s0's entry)
+    from streams.core import _hint, _hint_key  # (the SPEC 8.5 hint of s0's entry)
     from streams.identity import PublicIdentity
     from streams.wire import Grant, GrantEntry, GrantRemoval, encode_grant_body, encode_grant_removal, encode_head
 
@@ -218,7 +218,9 @@ def test_a_forged_or_relayed_removal_neither_closes_a_group_nor_fakes_a_gap() ->
     first = next(decode_frame(d) for who, d in net.wire if who == "author" and decode_frame(d).kind is Kind.GRANT
                  and decode_frame(d).head.branch == g)
     kx = PublicIdentity.from_sign_public(ident(10).public.sign_public).kx_public
-    entry = GrantEntry(_hint(g, 1, kx), _crypto.seal(kx, encode_grant_removal(GrantRemoval(1, 50, bytes(32)))))
+    hint = _hint(_hint_key(ident(10), net.author.identity.kx_public, net.author.identity.kx_public, kx),
+                 net.author.channel, g, 1)
+    entry = GrantEntry(hint, _crypto.seal(kx, encode_grant_removal(GrantRemoval(1, 50, bytes(32)))))
     forged = encode_frame(Grant(net.author.channel, g, 1, first.hash, first.head.mode),
                           encode_grant_body(bytes(16), [entry]), ident(99).sign).raw
     start = len(net.events["s0"])

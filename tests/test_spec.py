@@ -50,7 +50,8 @@ def test_kind_values_are_the_enum() -> None:
 
 
 def test_personalisation_strings_are_the_code_constants() -> None:
-    for const in ("P_MSG", "P_CHANNEL", "P_HINT", "P_GRANT", "P_CHALLENGE", "P_CHALKEY", "P_PROOF", "P_STORE"):
+    for const in ("P_MSG", "P_CHANNEL", "P_HINT", "P_HINTKEY", "P_GRANT", "P_CHALLENGE", "P_CHALKEY", "P_PROOF",
+                  "P_STORE"):
         value = getattr(_crypto, const).decode()
         assert re.search(rf"`{const}`\s*\|\s*`{re.escape(value)}`", SPEC), const
 

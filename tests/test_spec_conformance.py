@@ -52,6 +52,7 @@ from streams.wire import Permission, decode_frame
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = (ROOT / "SPEC.md").read_text()
 VECTORS: dict[str, Any] = json.loads((ROOT / "tests" / "vectors" / "protocol.json").read_text())
+VECTOR_AUTHOR_PK = bytes.fromhex(VECTORS["identities"]["author"]["sign_public"])
 NOW = 1_767_225_600_000
 
 
@@ -183,8 +184,8 @@ def _person(name: str) -> bytes:
     return m.group(1).encode("ascii")
 
 
-P = {n: _person(n) for n in ("P_MSG", "P_CHANNEL", "P_HINT", "P_GRANT", "P_CHALLENGE", "P_CHALKEY", "P_PROOF",
-                             "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER", "P_RESTART")}
+P = {n: _person(n) for n in ("P_MSG", "P_CHANNEL", "P_HINT", "P_HINTKEY", "P_GRANT", "P_CHALLENGE", "P_CHALKEY",
+                             "P_PROOF", "P_LEAF", "P_EPOCH", "P_BLIND", "P_LEDGER", "P_RESTART")}
 
 
 def H(p: bytes, *parts: bytes) -> bytes:
@@ -301,11 +302,31 @@ def _b58(b: bytes) -> str:
     return "1" * (len(b) - len(b.lstrip(b"\0"))) + out
 
 
-def open_grant(frame: dict[str, Any], me: SpecParty) -> dict[str, Any]:
-    """SPEC 8.5: find our entry by hint, open it, then the shared part."""
+def spec_hint_key(my_kx_sk: bytes, peer_kx: bytes, author_kx: bytes, recipient_kx: bytes) -> bytes:
+    """SPEC 8.5: the author's and a recipient's hint key, from either side's X25519 agreement (SPEC 4, DH)."""
+    return H(P["P_HINTKEY"], nacl.bindings.crypto_scalarmult(my_kx_sk, peer_kx), author_kx, recipient_kx)
+
+
+def spec_hint(hint_key: bytes, channel: bytes, branch: bytes, epoch: int) -> bytes:
+    """SPEC 8.5: ``MAC(hint_key, P_HINT, channel || branch || u64(epoch))[0:8]``."""
+    return hashlib.blake2b(channel + branch + u64(epoch), digest_size=16, key=hint_key,
+                           person=P["P_HINT"].ljust(16, b"\0")).digest()[:8]
+
+
+def author_hint(author: SpecParty, recipient_kx: bytes, channel: bytes, branch: bytes, epoch: int) -> bytes:
+    """The hint an author built by SPEC gives a recipient's entry."""
+    key = spec_hint_key(bytes(author.kx_sk), recipient_kx, author.kx, recipient_kx)
+    return spec_hint(key, channel, branch, epoch)
+
+
+def open_grant(frame: dict[str, Any], me: SpecParty, author_pk: bytes) -> dict[str, Any]:
+    """SPEC 8.5: find our entry by hint (keyed by our agreement with the author of Ed25519 key ``author_pk``, its
+    X25519 key derived from it as SPEC 3 says), open it, then the shared part."""
     g = frame["head"]
     shared, entries = parse(frame["body"])
-    hint = H(P["P_HINT"], g["branch"], u64(g["epoch"]), me.kx)[:8]
+    author_kx = bytes(VerifyKey(author_pk).to_curve25519_public_key())
+    hint = spec_hint(spec_hint_key(bytes(me.kx_sk), author_kx, author_kx, me.kx), g["channel"], g["branch"],
+                     g["epoch"])
     [sealed] = [s for h, s in entries if h == hint]
     index, shared_key, keys = parse(SealedBox(me.kx_sk).decrypt(sealed))
     members, heads = parse(aead_decrypt(shared_key, bytes(24), P["P_GRANT"] + g["branch"] + u64(g["epoch"]),
@@ -320,9 +341,9 @@ def spec_grant(author: SpecParty, channel: bytes, branch: bytes, epoch: int, pre
     seq, hash) of the members a group's re-key removes, each told the author chain's head in its entry)."""
     shared_key = os.urandom(32)
     shared = aead_encrypt(shared_key, bytes(24), P["P_GRANT"] + branch + u64(epoch), enc([members, heads]))
-    entries = [[H(P["P_HINT"], branch, u64(epoch), r.kx)[:8], SealedBox(PublicKey(r.kx)).encrypt(
+    entries = [[author_hint(author, r.kx, channel, branch, epoch), SealedBox(PublicKey(r.kx)).encrypt(
         enc([index, shared_key, keys]))] for r, index, keys in recipients]
-    entries += [[H(P["P_HINT"], branch, u64(epoch), r.kx)[:8], SealedBox(PublicKey(r.kx)).encrypt(
+    entries += [[author_hint(author, r.kx, channel, branch, epoch), SealedBox(PublicKey(r.kx)).encrypt(
         enc([index, seq, last]))] for r, index, seq, last in removed]
     return spec_frame("GRANT", [channel, branch, epoch, prev, mode], enc([shared, entries]), author.sk)
 
@@ -421,13 +442,16 @@ def test_identities_and_derived_values_by_spec() -> None:
                           person=P["P_CHALLENGE"].ljust(16, b"\0")).digest()
     assert mac.hex() == d["challenge_mac"]
     assert H(P["P_PROOF"], channel, a.pk, nonce, u64(d["challenge_expires_ms"]), b"").hex() == d["proof_digest"]
-    assert H(P["P_HINT"], bytes.fromhex(d["branch"]), u64(0), s.kx)[:8].hex() == d["grant_hint"]
+    key = spec_hint_key(bytes(a.kx_sk), s.kx, a.kx, s.kx)
+    assert key == spec_hint_key(bytes(s.kx_sk), a.kx, a.kx, s.kx)  # either side of the agreement
+    assert key.hex() == d["grant_hint_key"]
+    assert spec_hint(key, channel, bytes.fromhex(d["branch"]), 0).hex() == d["grant_hint"]
 
 
 def test_the_vector_grant_opens_by_spec() -> None:
     s = SpecParty(bytes.fromhex(VECTORS["identities"]["subscriber"]["seed"]))
     [v] = [f for f in VECTORS["frames"] if f["name"] == "grant"]
-    g = open_grant(spec_parse(bytes.fromhex(v["raw"])), s)
+    g = open_grant(spec_parse(bytes.fromhex(v["raw"])), s, VECTOR_AUTHOR_PK)
     assert g["index"] == 1 and [m[0] for m in g["members"]] == [0, 1] and g["heads"] == []
     [p1] = [f for f in VECTORS["frames"] if f["name"] == "packet_1"]
     assert g["keys"][0].hex() == p1["key"]
@@ -441,7 +465,7 @@ def test_the_vector_rekey_opens_by_spec_with_every_chains_head() -> None:
     f = spec_parse(bytes.fromhex(frames["grant_rekey"]["raw"]))
     first_grant = bytes.fromhex(frames["packet_amortized_1"]["head"]["prev"])
     assert (f["head"]["epoch"], f["head"]["prev"], f["head"]["mode"]) == (1, first_grant, 2)
-    g = open_grant(f, s)
+    g = open_grant(f, s, VECTOR_AUTHOR_PK)
     assert g["heads"] == [[0, 3, bytes.fromhex(frames["checkpoint"]["hash"])], [1, 0, first_grant]]
     assert set(g["keys"]) == {0} and [m[2] for m in g["members"]] == [3, 1]
 
@@ -560,7 +584,7 @@ def test_a_spec_subscriber_completes_the_handshake_and_talks_to_our_author() -> 
     assert grant["head"]["prev"] == announce["hash"] and grant["head"]["epoch"] == 0
     assert admit["head"]["request"] == request
     assert (admit["head"]["branch"], admit["head"]["epoch"]) == (grant["head"]["branch"], 0)
-    g = open_grant(grant, sub)
+    g = open_grant(grant, sub, apk)
     branch = grant["head"]["branch"]
     assert g["index"] == 1 and g["members"] == [[0, apk, 3], [1, sub.pk, 3]]
     assert set(g["keys"]) == {0, 1}  # read-write: the author's chain and its own (SPEC 11)
@@ -986,10 +1010,12 @@ def test_our_removing_grant_tells_the_removed_member_alone_the_head_by_spec() ->
     f = next(spec_parse(o.data) for o in author.data_to_send() if spec_parse(o.data)["kind"] == "GRANT")
     VerifyKey(author.identity.public.sign_public).verify(f["hash"], f["sig"])
     _, entries = parse(f["body"])
-    hint = H(P["P_HINT"], g, u64(1), gone.kx)[:8]
+    apk = author.identity.public.sign_public
+    akx = bytes(VerifyKey(apk).to_curve25519_public_key())
+    hint = spec_hint(spec_hint_key(bytes(gone.kx_sk), akx, akx, gone.kx), f["head"]["channel"], g, 1)
     [sealed] = [s for h, s in entries if h == hint]
     assert parse(SealedBox(gone.kx_sk).decrypt(sealed)) == [1, 1, one["hash"]]
-    assert open_grant(f, stays)["heads"] == [[0, 1, one["hash"]]]
+    assert open_grant(f, stays, apk)["heads"] == [[0, 1, one["hash"]]]
     assert len(entries) == 2
 
 
@@ -1106,7 +1132,7 @@ class SpecMember:
         self.author.take_changes()
         grant, _admit = [spec_parse(o.data) for o in self.author.data_to_send()]
         self.branch, self.grant_hash = grant["head"]["branch"], grant["hash"]
-        self.keys = open_grant(grant, self.me)["keys"]
+        self.keys = open_grant(grant, self.me, self.author.identity.sign_public)["keys"]
 
     def subscribe(self, sign_with: SigningKey | None = None, mac: bytes | None = None,
                   expires: int | None = None) -> tuple[bytes, bytes]:
@@ -1313,7 +1339,7 @@ def test_the_authors_head_names_its_current_key_epoch() -> None:
     m.author.take_changes()
     [rekey] = [spec_parse(o.data) for o in m.author.data_to_send()]
     assert rekey["kind"] == "GRANT" and (rekey["head"]["epoch"], rekey["head"]["prev"]) == (1, m.grant_hash)
-    g = open_grant(rekey, m.me)
+    g = open_grant(rekey, m.me, m.author.identity.sign_public)
     assert set(g["keys"]) == {0} and g["members"][1][2] == 1  # read only: the author's chain key alone
     m.author.publish(m.branch, b"after the re-key", NOW)
     [pkt] = [spec_parse(o.data) for o in m.author.data_to_send()]
@@ -1333,7 +1359,7 @@ def test_a_rekeys_heads_name_every_chain_and_an_empty_one_at_its_genesis() -> No
     m.author.set_permission(m.branch, Permission.READ_WRITE)
     m.author.take_changes()
     [_, g2] = [spec_parse(o.data) for o in m.author.data_to_send()]
-    g = open_grant(g2, m.me)
+    g = open_grant(g2, m.me, m.author.identity.sign_public)
     assert g2["head"]["epoch"] == 2 and g["heads"] == [[0, 0, m.grant_hash], [1, 0, m.grant_hash]]
     nonce = os.urandom(24)
     head = [m.channel, m.branch, 1, 1, m.grant_hash, 2, nonce]

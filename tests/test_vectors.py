@@ -17,7 +17,7 @@ import pytest
 
 from streams import _crypto, merkle
 from streams.anchor import ChainHead, EpochCheckpoint, InclusionProof, blinded_leaf, verify_inclusion
-from streams.core import SubscriberCore, _hint, _proof_digest, channel_id
+from streams.core import SubscriberCore, _hint, _hint_key, _proof_digest, channel_id
 from streams.events import Anchored, GapDetected, MessageReceived, Rejected
 from streams.identity import Identity, PublicIdentity, x25519_multibase
 from streams.wire import (
@@ -65,7 +65,11 @@ def test_derived_values() -> None:
     mac = _crypto.mac16(key, _crypto.P_CHALLENGE, ch, nonce, d["challenge_expires_ms"].to_bytes(8, "big"))
     assert mac.hex() == d["challenge_mac"]
     assert _proof_digest(ch, author.sign_public, nonce, d["challenge_expires_ms"], b"").hex() == d["proof_digest"]
-    assert _hint(bytes.fromhex(d["branch"]), 0, sub.kx_public).hex() == d["grant_hint"]
+    # The hint key from either side of the agreement (SPEC 8.5), then the hint.
+    key = _hint_key(author, sub.kx_public, author.kx_public, sub.kx_public)
+    assert key == _hint_key(sub, author.kx_public, author.kx_public, sub.kx_public)
+    assert key.hex() == d["grant_hint_key"]
+    assert _hint(key, ch, bytes.fromhex(d["branch"]), 0).hex() == d["grant_hint"]
     assert blinded_leaf(bytes.fromhex(V["anchoring"]["blind_key"]), bytes(16), 0, 1, bytes(32)).hex() \
         == d["blinded_leaf_example"]
 

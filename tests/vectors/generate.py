@@ -28,7 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 from streams import _crypto  # noqa: E402
 from streams.anchor import ChainHead, blinded_leaf, build_epoch  # noqa: E402
-from streams.core import AuthorCore, CoreConfig, SubscriberCore, _hint, _proof_digest, channel_id  # noqa: E402
+from streams.core import (  # noqa: E402
+    AuthorCore,
+    CoreConfig,
+    SubscriberCore,
+    _hint,
+    _hint_key,
+    _proof_digest,
+    channel_id,
+)
 from streams.identity import Identity, x25519_multibase  # noqa: E402
 from streams.policy import AllowList  # noqa: E402
 from streams.wire import (  # noqa: E402
@@ -277,6 +285,7 @@ def _generate(out: Path) -> None:
         shared_plaintext=_crypto.aead_decrypt(decode_grant_key(plain).shared_key, bytes(_crypto.NONCE_SIZE), aad,
                                               shared).hex()))
 
+    hint_key = _hint_key(author, sub.kx_public, author.kx_public, sub.kx_public)
     doc = {
         "comment": "streams/1 known-answer vectors; see SPEC.md section 16. Regenerate with generate.py.",
         "protocol_version": 1,
@@ -291,7 +300,8 @@ def _generate(out: Path) -> None:
             "challenge_mac": challenge.mac.hex(),
             "proof_digest": _proof_digest(acore.channel, author.sign_public, challenge.nonce,
                                           challenge.expires_ms, b"").hex(),
-            "grant_hint": _hint(branch, 0, sub.kx_public).hex(),
+            "grant_hint_key": hint_key.hex(),
+            "grant_hint": _hint(hint_key, acore.channel, branch, 0).hex(),
             "branch": branch.hex(),
             "grant_hash": grant_hash.hex(),
             "blinded_leaf_example": blinded_leaf(blind, bytes(16), 0, 1, bytes(32)).hex(),
