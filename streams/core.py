@@ -2871,10 +2871,15 @@ class SubscriberCore(_CoreBase):
                 removal = self._open_removal(existing.me, mine)
                 if removal is not None:
                     # The re-key that removes us from the group, naming the author chain's head (SPEC 9.5).  Again,
-                    # once we closed it (it comes on the group's route and our own branch's), or one we cannot
-                    # apply yet (we missed re-keys before it: the grant sync brings them, then it): nothing here.
+                    # once we closed it (it comes on the group's route and our own branch's): nothing here.  One we
+                    # cannot apply yet (we missed re-keys before it): we ask for them -- nothing else would, the
+                    # group's frames no longer come to us and the author answers a FETCH of the chain with this
+                    # GRANT alone -- and the grant sync brings them, then it.
                     if existing.state is BranchState.OPEN:
-                        self._maybe_removed(frame, removal, now_ms, events)
+                        if g.epoch == existing.epoch + 1:
+                            self._maybe_removed(frame, removal, now_ms, events)
+                        else:
+                            self._request_grants(existing, now_ms)
                     return
             if existing.state is BranchState.CLOSED:
                 if g.epoch >= existing.epoch:

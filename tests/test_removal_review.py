@@ -1,0 +1,66 @@
+"""Second-round attack review of the removal that names the author chain's head (SPEC 8.5, 9.5): what a member
+removed from a group can still get, and whether an unlucky one (lost frames, restarts) learns of its removal and
+gets what it is due.  Cores wired together without sockets (an attacker sees, replays and relays every frame)."""
+
+from __future__ import annotations
+
+from streams._state import BranchState
+from streams.events import BranchClosed, GapDetected, MessageReceived
+from streams.wire import SESSION_LEN, Kind, decode_frame
+
+from .corenet import Net, ident
+
+
+def _deliver_except(net: Net, lost: str) -> None:
+    """The author's output, delivered to every member but ``lost`` (its copies are lost on the way)."""
+    net.author.take_changes()
+    for o in net.author.data_to_send():
+        net.wire.append(("author", o.data))
+        for t in [o.peer] if o.peer is not None else list(net.subs):
+            if t != lost:
+                assert isinstance(t, str)
+                net.to_sub(t, o.data)
+
+
+def test_a_member_that_missed_the_rekey_before_its_removal_learns_of_it_on_a_live_connection() -> None:
+    """s2 is removed (epoch 1) and message 2 published under epoch 1; s0's copies of both are lost.  Then s0 is
+    removed (epoch 2).  Its removal does not extend the grant s0 holds (epoch 0): it cannot be applied yet, and
+    the grants before it must come first.  Nothing asked for them: s0 dropped the removal, and the author answers
+    its FETCHes of the group (its forced refreshes on its live connection) with the removing GRANT alone, which
+    s0 dropped again and again -- the group stayed open on s0's side for good, message 2 (published to s0)
+    neither fetched nor reported.  Now the removal makes s0 ask for the grants it missed: it applies epoch 1,
+    then its removal, reports the gap and reads message 2."""
+    net = Net.make(n_subs=3)
+    sessions = {name: bytes([i + 1]) * SESSION_LEN for i, name in enumerate(("s0", "s1", "s2"))}
+    net.author.session_of = lambda peer: sessions.get(peer)  # type: ignore[assignment,arg-type,return-value]
+    for name in ("s0", "s1", "s2"):
+        net.subs[name].my_session = lambda name=name: sessions[name]  # type: ignore[misc]
+        net.subscribe(name)
+    s0 = net.subs["s0"]
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.pump_author()
+    net.author.publish(g, b"one", net.now)
+    net.pump_author()
+    net.author.remove_member(g, ident(12).did)
+    _deliver_except(net, "s0")
+    net.author.publish(g, b"two", net.now)
+    _deliver_except(net, "s0")
+    start = len(net.events["s0"])
+    net.author.remove_member(g, ident(10).did)
+    net.pump_author()
+    for _ in range(8):  # forced refreshes on the live connection, and the timers
+        net.now += 5_000
+        s0.sync_quiet(net.now)
+        net.pump_sub("s0")
+        s0.handle_timer(net.now)
+        net.pump_sub("s0")
+    events = net.events["s0"][start:]
+    assert s0.branch_info(g)[2] is BranchState.CLOSED
+    assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed) and e.branch == g] == [("removed", 2)]
+    got = [e.payload for e in events if isinstance(e, MessageReceived) and e.branch == g]
+    gaps = [(e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected) and e.branch == g]
+    asked = [decode_frame(d).head for who, d in net.wire if who == "s0" and decode_frame(d).kind is Kind.FETCH]
+    assert [(f.from_seq, f.to_seq) for f in asked if f.branch == g and f.from_seq == 0] != []
+    # The driver's part (serving the log) is not here: the gap is reported and asked for.
+    assert gaps == [(2, 3)] and got == []
+    assert [(f.from_seq, f.to_seq) for f in asked if f.branch == g and f.from_seq][-1] == (2, 2)
