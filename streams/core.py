@@ -2872,14 +2872,9 @@ class SubscriberCore(_CoreBase):
                 if removal is not None:
                     # The re-key that removes us from the group, naming the author chain's head (SPEC 9.5).  Again,
                     # once we closed it (it comes on the group's route and our own branch's): nothing here.  One we
-                    # cannot apply yet (we missed re-keys before it): we ask for them -- nothing else would, the
-                    # group's frames no longer come to us and the author answers a FETCH of the chain with this
-                    # GRANT alone -- and the grant sync brings them, then it.
+                    # cannot apply yet (we missed re-keys before it): _maybe_removed asks for them.
                     if existing.state is BranchState.OPEN:
-                        if g.epoch == existing.epoch + 1:
-                            self._maybe_removed(frame, removal, now_ms, events)
-                        else:
-                            self._request_grants(existing, now_ms)
+                        self._maybe_removed(frame, removal, now_ms, events)
                     return
             if existing.state is BranchState.CLOSED:
                 if g.epoch >= existing.epoch:
@@ -3023,8 +3018,23 @@ class SubscriberCore(_CoreBase):
         nothing, and we close at our cursor."""
         g: Grant = frame.head
         b = self._branches.get(g.branch)
-        if b is None or b.state is not BranchState.OPEN or len(b.members) <= 2 or g.epoch != b.epoch + 1 \
-                or not _crypto.ct_equal(g.prev, b.grant_hash):
+        if b is None or b.state is not BranchState.OPEN or len(b.members) <= 2 or g.epoch <= b.epoch:
+            return
+        if g.epoch > b.epoch + 1:
+            # A later re-key of a group we hold that removes us, or has no entry for us (we were removed at it or
+            # before): we missed re-keys before our removal.  Nothing else brings them (the group's frames no
+            # longer come to us; the author answers a FETCH of the chain with the removing GRANT alone): ask for
+            # them, at most once per fetch_retry_ms (checked before the signature: a replayed copy costs nothing),
+            # and only if signed.  The answer brings them, then the removal, which closes the group here.
+            if now_ms - b.sync_ms >= self.config.fetch_retry_ms:
+                if removal is None:
+                    try:
+                        self.author.verify(frame.hash, frame.sig)
+                    except VerificationError as exc:
+                        raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+                self._request_grants(b, now_ms)
+            return
+        if not _crypto.ct_equal(g.prev, b.grant_hash):
             return
         if removal is None:
             try:

@@ -5,6 +5,7 @@ gets what it is due.  Cores wired together without sockets (an attacker sees, re
 from __future__ import annotations
 
 from streams._state import BranchState
+from streams.core import Outgoing
 from streams.events import BranchClosed, GapDetected, MessageReceived
 from streams.wire import SESSION_LEN, Kind, decode_frame
 
@@ -64,3 +65,84 @@ def test_a_member_that_missed_the_rekey_before_its_removal_learns_of_it_on_a_liv
     # The driver's part (serving the log) is not here: the gap is reported and asked for.
     assert gaps == [(2, 3)] and got == []
     assert [(f.from_seq, f.to_seq) for f in asked if f.branch == g and f.from_seq][-1] == (2, 2)
+
+
+def _first_form(net: Net, data: bytes, gone: str) -> bytes:
+    """``data`` as an author before removals were told would have sent it: a GRANT's entries for ``gone`` that
+    open to a removal left out (SPEC 8.5, the first form of a removing GRANT), signed again by the author."""
+    from streams.errors import DecodeError, VerificationError
+    from streams.wire import Grant, GrantEntry, decode_grant_body, decode_grant_removal, encode_frame, encode_grant_body
+
+    f = decode_frame(data)
+    if f.kind is not Kind.GRANT:
+        return data
+    shared, entries = decode_grant_body(f.body)
+    assert shared is not None
+    me = net.subs[gone].identity
+    kept: list[GrantEntry] = []
+    for e in entries:
+        try:
+            decode_grant_removal(me.unseal(e.sealed))
+        except (DecodeError, VerificationError):  # not ours, or a key: kept
+            kept.append(e)
+    if len(kept) == len(entries):
+        return data
+    g: Grant = f.head
+    return encode_frame(g, encode_grant_body(shared, kept), net.author.identity.sign).raw
+
+
+def test_a_member_that_missed_a_rekey_before_a_first_form_removal_learns_of_it_on_a_live_connection() -> None:
+    """The same with an author before removals were told (its removing GRANT has no entry for the removed
+    member, SPEC 8.5's first form; here the author's GRANTs to s0 lose that entry on the way and are signed again
+    by the author's key): s0 dropped the removal, which does not extend its grant, and the author's answers to
+    its FETCHes (the removing GRANT alone) again and again -- the group stayed open on s0's side.  Now a signed
+    GRANT of a group s0 holds, with no entry for s0 and ahead of its grant, makes s0 ask for the grants it missed
+    (once per fetch_retry_ms): it applies epoch 1, then the removal, and closes the group at its cursor."""
+    net = Net.make(n_subs=3)
+    sessions = {name: bytes([i + 1]) * SESSION_LEN for i, name in enumerate(("s0", "s1", "s2"))}
+    net.author.session_of = lambda peer: sessions.get(peer)  # type: ignore[assignment,arg-type,return-value]
+    for name in ("s0", "s1", "s2"):
+        net.subs[name].my_session = lambda name=name: sessions[name]  # type: ignore[misc]
+        net.subscribe(name)
+    s0 = net.subs["s0"]
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.pump_author()
+    net.author.publish(g, b"one", net.now)
+    net.pump_author()
+    net.author.remove_member(g, ident(12).did)
+    _deliver_except(net, "s0")
+    start = len(net.events["s0"])
+
+    def to_s0(outs: list[Outgoing]) -> None:
+        for o in outs:
+            net.wire.append(("author", o.data))
+            for t in [o.peer] if o.peer is not None else list(net.subs):
+                assert isinstance(t, str)
+                if t == "s0":
+                    net.events["s0"].extend(s0.receive(_first_form(net, o.data, "s0"), net.now))
+                    s0.take_changes()
+                    ask = s0.data_to_send()
+                    for a in ask:
+                        net.wire.append(("s0", a.data))
+                        net.events["author"].extend(net.author.receive(a.data, net.now, "s0"))
+                        net.author.take_changes()
+                        to_s0(net.author.data_to_send())
+                else:
+                    net.to_sub(t, o.data)
+
+    net.author.remove_member(g, ident(10).did)
+    net.author.take_changes()
+    to_s0(net.author.data_to_send())
+    for _ in range(8):  # forced refreshes on the live connection, and the timers
+        net.now += 5_000
+        s0.sync_quiet(net.now)
+        s0.handle_timer(net.now)
+        s0.take_changes()
+        for a in s0.data_to_send():
+            net.wire.append(("s0", a.data))
+            net.events["author"].extend(net.author.receive(a.data, net.now, "s0"))
+            net.author.take_changes()
+            to_s0(net.author.data_to_send())
+    events = net.events["s0"][start:]
+    assert s0.branch_info(g)[2] is BranchState.CLOSED
+    assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed) and e.branch == g] == [("removed", 1)]
