@@ -4,6 +4,8 @@ gets what it is due.  Cores wired together without sockets (an attacker sees, re
 
 from __future__ import annotations
 
+import pytest
+
 from streams._state import BranchState
 from streams.core import Outgoing
 from streams.events import BranchClosed, GapDetected, MessageReceived
@@ -146,3 +148,36 @@ def test_a_member_that_missed_a_rekey_before_a_first_form_removal_learns_of_it_o
     events = net.events["s0"][start:]
     assert s0.branch_info(g)[2] is BranchState.CLOSED
     assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed) and e.branch == g] == [("removed", 1)]
+
+
+@pytest.mark.xfail(strict=True, reason="design limit: a member removed from a group whose first GRANT never reached "
+                   "it (away from its opening to its removal) is never told the group existed -- its own branch's "
+                   "grant sync brings the first grants of the groups it is a member of, not of those it was removed "
+                   "from, and its removal's entry does not open for a group it holds nothing of (BAD_AEAD): what was "
+                   "published to it there is neither fetched nor reported (THREATS 4)")
+def test_a_member_removed_from_a_group_it_never_heard_of_is_told_what_it_missed() -> None:
+    """s0 is away (everything the author sends it is lost) while a group of s0 and s1 opens, gets message 1, and
+    s0 is removed from it.  s0 comes back (its catch-up): message 1 was published to it, so it is its due -- it
+    should be fetched, or at least reported as a gap."""
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    s0 = net.subs["s0"]
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    _deliver_except(net, "s0")
+    net.author.publish(g, b"one", net.now)
+    _deliver_except(net, "s0")
+    net.author.remove_member(g, ident(10).did)
+    _deliver_except(net, "s0")
+    start = len(net.events["s0"])
+    net.now += 5_000
+    s0.catch_up(net.now)
+    net.pump_sub("s0")
+    for _ in range(8):
+        net.now += 5_000
+        s0.handle_timer(net.now)
+        net.pump_sub("s0")
+    events = net.events["s0"][start:]
+    got = [e.payload for e in events if isinstance(e, MessageReceived) and e.branch == g]
+    gaps = [e for e in events if isinstance(e, GapDetected) and e.branch == g]
+    assert got == [b"one"] or gaps
