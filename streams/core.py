@@ -128,6 +128,7 @@ from .wire import (
     encode_grant_shared,
     encode_subscribe_secret,
     message_hash,
+    padded_grant_removal,
 )
 
 __all__ = [
@@ -2290,33 +2291,37 @@ class AuthorCore(_CoreBase):
         return out
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
-                     heads: list[tuple[int, int, bytes]], removed: Sequence[tuple[int, bytes]] = ()) -> Frame:
+                     heads: list[tuple[int, int, bytes]],
+                     removed: Sequence[tuple[int, bytes, Permission]] = ()) -> Frame:
         # The member list and the heads, once, under a fresh key; each recipient's entry seals that key with its
         # own chain keys (SPEC 8.5).  A fresh key encrypts one plaintext: the nonce may be constant.  ``removed``:
-        # (index, Ed25519 key) of the members this re-key removes from a group, each told the author chain's head
-        # in an entry of its own, which holds no key (THREATS 4: it fetches or reports what it missed before).
+        # (index, Ed25519 key, permission) of the members this re-key removes from a group, each told the author
+        # chain's head in an entry of its own, which holds no key (THREATS 4: it fetches or reports what it missed
+        # before).
         shared_key = self._rng(32)
         shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, _grant_aad(rec.id, rec.epoch),
                                       encode_grant_shared(list(rec.members), heads))
         entries = []
         by_pub = {pk: (i, Permission(p)) for i, pk, p in rec.members}
+
+        def keys_of(idx: int, perm: Permission) -> list[tuple[int, bytes]]:
+            return [(p, k) for e, p, k in rec.keys if e == rec.epoch and (
+                (p == idx and perm.can_write) or (p == 0 and perm.can_read) or perm is Permission.AUDIT)]
+
         for pub in recipients:
             idx, perm = by_pub[pub.sign_public]
-            mine = []
-            for e, p, k in rec.keys:
-                if e != rec.epoch:
-                    continue
-                if (p == idx and perm.can_write) or (p == 0 and perm.can_read) or perm is Permission.AUDIT:
-                    mine.append((p, k))
-            sealed = _crypto.seal(pub.kx_public, encode_grant_key(GrantKey(idx, shared_key, mine)))
+            sealed = _crypto.seal(pub.kx_public, encode_grant_key(GrantKey(idx, shared_key, keys_of(idx, perm))))
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
                 raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
                                          f"{MAX_GRANT_KEY_ENTRY:,}")
             entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
-        for idx, pk in removed:
+        for idx, pk, perm in removed:
             pub = PublicIdentity.from_sign_public(pk)
             seq, last = next((s, h) for p, s, h in heads if p == 0)
-            sealed = _crypto.seal(pub.kx_public, encode_grant_removal(GrantRemoval(idx, seq, last)))
+            # As long as the key entry it would have had (a stand-in, never sent): an observer who sees every
+            # byte does not tell which entry is the removal by its size (SPEC 8.5).
+            size = len(encode_grant_key(GrantKey(idx, bytes(32), keys_of(idx, perm))))
+            sealed = _crypto.seal(pub.kx_public, encode_grant_removal(padded_grant_removal(idx, seq, last, size)))
             entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
         frame = encode_frame(head, encode_grant_body(shared, entries), self._id.sign)
@@ -2345,8 +2350,10 @@ class AuthorCore(_CoreBase):
         b.transition("grant")
         former = b.former or {}
         c = b.chains[0]
+        perms = {}
         for i in target:  # every seat of that DID (stores written before open_group refused duplicates)
-            former[i] = (b.members.pop(i)[0], b.epoch + 1, c.next_seq - 1)
+            pk, perms[i] = b.members.pop(i)
+            former[i] = (pk, b.epoch + 1, c.next_seq - 1)
             b.chains.pop(i, None)
         b.former = former
         b.epoch += 1
@@ -2354,7 +2361,7 @@ class AuthorCore(_CoreBase):
         rec = self._record(b)
         recipients = [PublicIdentity.from_sign_public(pk) for i, (pk, _) in sorted(b.members.items()) if i != 0]
         frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)],
-                                  [(i, former[i][0]) for i in target])
+                                  [(i, former[i][0], perms[i]) for i in target])
         self._set_grant(b, frame)
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))

@@ -181,3 +181,63 @@ def test_a_member_removed_from_a_group_it_never_heard_of_is_told_what_it_missed(
     got = [e.payload for e in events if isinstance(e, MessageReceived) and e.branch == g]
     gaps = [e for e in events if isinstance(e, GapDetected) and e.branch == g]
     assert got == [b"one"] or gaps
+
+
+def _entry_sizes(grant: bytes) -> list[int]:
+    from streams.wire import decode_grant_body
+
+    _, entries = decode_grant_body(decode_frame(grant).body)
+    return [len(e.sealed) for e in entries]
+
+
+@pytest.mark.parametrize("permission", ["READ", "AUDIT"])  # (groups are author-write only)
+def test_an_observer_does_not_tell_the_removal_from_the_key_entries_by_its_size(permission: str) -> None:
+    """Every byte of a GRANT is visible with transport security off.  The removal entry (index, seq, hash) was
+    about 30 bytes shorter than a key entry: an observer saw which entry of the re-key was the removed member's
+    (and, knowing the members' keys, whose: the hint is computable).  Each entry is now as long as the key entry
+    the member would have had, whatever the head's seq (the number of its bytes varies) -- and the removed member
+    still reads its removal."""
+    from streams.wire import Permission
+
+    net = Net.make(n_subs=3)
+    for name in ("s0", "s1", "s2"):
+        net.subscribe(name)
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public], Permission[permission])
+    net.pump_author()
+    removing: list[bytes] = []
+    for n, gone in ((1, 12), (300, 10)):  # heads of one byte, then of three
+        for i in range(n):
+            net.author.publish(g, b"m%d" % i, net.now)
+        net.author.take_changes()
+        net.author.data_to_send()
+        start = len(net.events[f"s{gone - 10}"])
+        net.author.remove_member(g, ident(gone).did)
+        net.author.take_changes()
+        out = net.author.data_to_send()
+        removing.append(next(o.data for o in out if decode_frame(o.data).kind is Kind.GRANT))
+        net.deliver_author_out(out)
+        closed = [e for e in net.events[f"s{gone - 10}"][start:] if isinstance(e, BranchClosed)]
+        assert [(e.by, e.last_seq) for e in closed] == [("removed", n if gone == 12 else 301)]
+    for grant in removing:
+        sizes = _entry_sizes(grant)
+        assert len(sizes) >= 2 and len(set(sizes)) == 1, sizes
+
+
+def test_a_padded_removal_has_the_size_asked_and_reads_back() -> None:
+    """``padded_grant_removal`` hits the size of the key entry it stands in for (one byte above where the encoding
+    cannot: a pad's header grows at 256 bytes), and reads back; a pad that is not all zero bytes is refused, and
+    the first layout (no pad) is still read."""
+    from streams.errors import DecodeError
+    from streams.wire import GrantRemoval, decode_grant_removal, encode_grant_removal, padded_grant_removal
+
+    head = bytes(range(32))
+    for seq in (0, 200, 70_000, 2**40):
+        for index in (1, 200):
+            for size in range(60, 700, 3):
+                r = padded_grant_removal(index, seq, head, size)
+                data = encode_grant_removal(r)
+                assert decode_grant_removal(data) == r and len(data) - size in (0, 1), (seq, index, size)
+    bare = GrantRemoval(3, 7, head)
+    assert decode_grant_removal(encode_grant_removal(bare)) == bare
+    with pytest.raises(DecodeError):
+        decode_grant_removal(encode_grant_removal(GrantRemoval(3, 7, head, b"\x00\x01")))
