@@ -241,3 +241,68 @@ def test_a_padded_removal_has_the_size_asked_and_reads_back() -> None:
     assert decode_grant_removal(encode_grant_removal(bare)) == bare
     with pytest.raises(DecodeError):
         decode_grant_removal(encode_grant_removal(GrantRemoval(3, 7, head, b"\x00\x01")))
+
+
+def test_a_member_removed_while_it_was_away_gets_its_due_through_its_catch_up_and_nothing_after() -> None:
+    """s0 is away while messages 2-4 are published, it is removed (head 4), and 5-6 are published.  Its catch-up
+    (after a reconnect) reaches the author after the removal: the window FETCH is served from the log through 4
+    -- the frames go out first (the driver sends them at once), the GRANTs after their commit -- and the grant sync
+    brings the removal.  s0 reads 2-4, closes at 4 with nothing pending and no gap reported, asks for nothing
+    more; 5 and 6, relayed to it, are refused."""
+    from streams.errors import RejectReason
+    from streams.events import FetchRequested, Rejected
+
+    net = Net.make(n_subs=2)
+    net.subscribe("s0")
+    net.subscribe("s1")
+    s0 = net.subs["s0"]
+    g = net.author.open_group([ident(10).public, ident(11).public])
+    net.pump_author()
+    log: dict[int, bytes] = {}
+
+    def publish(payload: bytes, lost: bool) -> None:
+        seq = net.author.publish(g, payload, net.now)
+        net.author.take_changes()
+        for o in net.author.data_to_send():
+            if decode_frame(o.data).kind is Kind.PACKET:
+                log[seq] = o.data
+            if lost:
+                net.to_sub("s1", o.data)
+            else:
+                net.deliver_author_out([o])
+
+    publish(b"one", False)
+    for p in (b"two", b"three", b"four"):
+        publish(p, True)
+    net.author.remove_member(g, ident(10).did)
+    _deliver_except(net, "s0")
+    for p in (b"five", b"six"):
+        publish(p, True)
+    start = len(net.events["s0"])
+    net.now += 5_000
+    s0.catch_up(net.now)
+    s0.take_changes()
+    asks = s0.data_to_send()
+    for a in asks:
+        ev = net.author.receive(a.data, net.now, "s0")
+        net.author.take_changes()
+        grants = net.author.data_to_send()
+        for e in ev:
+            if isinstance(e, FetchRequested):
+                for seq in range(e.from_seq, e.to_seq + 1):
+                    net.to_sub("s0", log[seq])
+        for o in grants:
+            net.to_sub("s0", o.data)
+    for _ in range(4):
+        net.now += 5_000
+        s0.handle_timer(net.now)
+        s0.take_changes()
+        assert [o for o in s0.data_to_send() if decode_frame(o.data).head.branch == g] == []  # (its own: retries)
+    for seq in (5, 6):
+        assert [e.reason for e in net.to_sub("s0", log[seq]) if isinstance(e, Rejected)] == [
+            RejectReason.CLOSED_BRANCH]
+    events = net.events["s0"][start:]
+    assert [e.payload for e in events if isinstance(e, MessageReceived)] == [b"two", b"three", b"four"]
+    assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed)] == [("removed", 4)]
+    assert not [e for e in events if isinstance(e, GapDetected)]
+    assert s0.branch_info(g)[2] is BranchState.CLOSED
