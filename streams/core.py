@@ -2301,7 +2301,7 @@ class AuthorCore(_CoreBase):
         shared_key = self._rng(32)
         shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, _grant_aad(rec.id, rec.epoch),
                                       encode_grant_shared(list(rec.members), heads))
-        entries = []
+        entries: list[tuple[int, GrantEntry]] = []  # (member index, entry): written in member order
         by_pub = {pk: (i, Permission(p)) for i, pk, p in rec.members}
 
         def keys_of(idx: int, perm: Permission) -> list[tuple[int, bytes]]:
@@ -2314,17 +2314,18 @@ class AuthorCore(_CoreBase):
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
                 raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
                                          f"{MAX_GRANT_KEY_ENTRY:,}")
-            entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
+            entries.append((idx, GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed)))
         for idx, pk, perm in removed:
             pub = PublicIdentity.from_sign_public(pk)
             seq, last = next((s, h) for p, s, h in heads if p == 0)
-            # As long as the key entry it would have had (a stand-in, never sent): an observer who sees every
-            # byte does not tell which entry is the removal by its size (SPEC 8.5).
+            # As long as the key entry it would have had (a stand-in, never sent), and at its member's place: an
+            # observer who sees every byte does not tell which entry is the removal by its size or place (SPEC 8.5).
             size = len(encode_grant_key(GrantKey(idx, bytes(32), keys_of(idx, perm))))
             sealed = _crypto.seal(pub.kx_public, encode_grant_removal(padded_grant_removal(idx, seq, last, size)))
-            entries.append(GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed))
+            entries.append((idx, GrantEntry(_hint(rec.id, rec.epoch, pub.kx_public), sealed)))
+        entries.sort(key=lambda e: e[0])
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
-        frame = encode_frame(head, encode_grant_body(shared, entries), self._id.sign)
+        frame = encode_frame(head, encode_grant_body(shared, [e for _, e in entries]), self._id.sign)
         if len(frame.raw) > self.config.max_frame:
             # Refused here, before anything changed: members would drop it unread (FrameTooLarge).  A grant grows
             # with its members (about 170 bytes each): only a frame limit far below the default's makes this.

@@ -306,3 +306,31 @@ def test_a_member_removed_while_it_was_away_gets_its_due_through_its_catch_up_an
     assert [(e.by, e.last_seq) for e in events if isinstance(e, BranchClosed)] == [("removed", 4)]
     assert not [e for e in events if isinstance(e, GapDetected)]
     assert s0.branch_info(g)[2] is BranchState.CLOSED
+
+
+def test_an_observer_does_not_tell_the_removal_from_the_key_entries_by_its_place() -> None:
+    """Padded, the removal entry still came last, after the key entries in member order: an observer who sees
+    the re-key's entries as many as before, and the shared part one member shorter, knew the last entry was the
+    removed member's (and, knowing the members' keys, whose).  The entries are in member order, the removal at
+    its member's place: the removing GRANT's layout is the grant before it's, entry for entry."""
+    from streams.core import _hint  # (SPEC 8.5's hint: what an observer who knows the members' keys computes)
+    from streams.identity import PublicIdentity
+    from streams.wire import decode_grant_body
+
+    net = Net.make(n_subs=3)
+    for name in ("s0", "s1", "s2"):
+        net.subscribe(name)
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.author.take_changes()
+    out = net.author.data_to_send()
+    first = next(o.data for o in out if decode_frame(o.data).kind is Kind.GRANT)
+    net.deliver_author_out(out)
+    net.author.remove_member(g, ident(10).did)  # member 1: its entry came last, now first
+    net.author.take_changes()
+    out = net.author.data_to_send()
+    removing = next(o.data for o in out if decode_frame(o.data).kind is Kind.GRANT)
+    kx = [PublicIdentity.from_sign_public(ident(n).public.sign_public).kx_public for n in (10, 11, 12)]
+    for epoch, grant in ((0, first), (1, removing)):
+        hints = [e.hint for e in decode_grant_body(decode_frame(grant).body)[1]]
+        assert hints == [_hint(g, epoch, k) for k in kx]
+    assert _entry_sizes(first) == _entry_sizes(removing)
