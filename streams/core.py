@@ -129,6 +129,7 @@ from .wire import (
     encode_grant_shared,
     encode_subscribe_secret,
     message_hash,
+    padded_grant_removal,
 )
 
 __all__ = [
@@ -2449,36 +2450,41 @@ class AuthorCore(_CoreBase):
         return _hint(key, self._channel, branch, epoch)
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
-                     heads: list[tuple[int, int, bytes]], removed: Sequence[tuple[int, bytes]] = ()) -> Frame:
+                     heads: list[tuple[int, int, bytes]],
+                     removed: Sequence[tuple[int, bytes, Permission]] = ()) -> Frame:
         # The member list and the heads, once, under a fresh key; each recipient's entry seals that key with its
         # own chain keys (SPEC 8.5).  A fresh key encrypts one plaintext: the nonce may be constant.  ``removed``:
-        # (index, Ed25519 key) of the members this re-key removes from a group, each told the author chain's head
-        # in an entry of its own, which holds no key (THREATS 4: it fetches or reports what it missed before).
+        # (index, Ed25519 key, permission) of the members this re-key removes from a group, each told the author
+        # chain's head in an entry of its own, which holds no key (THREATS 4: it fetches or reports what it missed
+        # before).
         shared_key = self._rng(32)
         shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, _grant_aad(rec.id, rec.epoch),
                                       encode_grant_shared(list(rec.members), heads))
-        entries = []
+        entries: list[tuple[int, GrantEntry]] = []  # (member index, entry): written in member order
         by_pub = {pk: (i, Permission(p)) for i, pk, p in rec.members}
+
+        def keys_of(idx: int, perm: Permission) -> list[tuple[int, bytes]]:
+            return [(p, k) for e, p, k in rec.keys if e == rec.epoch and (
+                (p == idx and perm.can_write) or (p == 0 and perm.can_read) or perm is Permission.AUDIT)]
+
         for pub in recipients:
             idx, perm = by_pub[pub.sign_public]
-            mine = []
-            for e, p, k in rec.keys:
-                if e != rec.epoch:
-                    continue
-                if (p == idx and perm.can_write) or (p == 0 and perm.can_read) or perm is Permission.AUDIT:
-                    mine.append((p, k))
-            sealed = _crypto.seal(pub.kx_public, encode_grant_key(GrantKey(idx, shared_key, mine)))
+            sealed = _crypto.seal(pub.kx_public, encode_grant_key(GrantKey(idx, shared_key, keys_of(idx, perm))))
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
                 raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
                                          f"{MAX_GRANT_KEY_ENTRY:,}")
-            entries.append(GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed))
-        for idx, pk in removed:
+            entries.append((idx, GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed)))
+        for idx, pk, perm in removed:
             pub = PublicIdentity.from_sign_public(pk)
             seq, last = next((s, h) for p, s, h in heads if p == 0)
-            sealed = _crypto.seal(pub.kx_public, encode_grant_removal(GrantRemoval(idx, seq, last)))
-            entries.append(GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed))
+            # As long as the key entry it would have had (a stand-in, never sent), and at its member's place: an
+            # observer who sees every byte does not tell which entry is the removal by its size or place (SPEC 8.5).
+            size = len(encode_grant_key(GrantKey(idx, bytes(32), keys_of(idx, perm))))
+            sealed = _crypto.seal(pub.kx_public, encode_grant_removal(padded_grant_removal(idx, seq, last, size)))
+            entries.append((idx, GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed)))
+        entries.sort(key=lambda e: e[0])
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
-        frame = encode_frame(head, encode_grant_body(shared, entries), self._id.sign)
+        frame = encode_frame(head, encode_grant_body(shared, [e for _, e in entries]), self._id.sign)
         if len(frame.raw) > self.config.max_frame:
             # Refused here, before anything changed: members would drop it unread (FrameTooLarge).  A grant grows
             # with its members (about 170 bytes each): only a frame limit far below the default's makes this.
@@ -2504,8 +2510,10 @@ class AuthorCore(_CoreBase):
         b.transition("grant")
         former = b.former or {}
         c = b.chains[0]
+        perms = {}
         for i in target:  # every seat of that DID (stores written before open_group refused duplicates)
-            former[i] = (b.members.pop(i)[0], b.epoch + 1, c.next_seq - 1)
+            pk, perms[i] = b.members.pop(i)
+            former[i] = (pk, b.epoch + 1, c.next_seq - 1)
             b.chains.pop(i, None)
         b.former = former
         b.epoch += 1
@@ -2513,7 +2521,7 @@ class AuthorCore(_CoreBase):
         rec = self._record(b)
         recipients = [PublicIdentity.from_sign_public(pk) for i, (pk, _) in sorted(b.members.items()) if i != 0]
         frame = self._grant_frame(rec, recipients, b.grant_hash, [(0, c.next_seq - 1, c.head)],
-                                  [(i, former[i][0]) for i in target])
+                                  [(i, former[i][0], perms[i]) for i in target])
         self._set_grant(b, frame)
         self._changes.branches.append(self._record(b))
         self._out.append(Outgoing(frame.raw, branch=b.id))
@@ -3037,8 +3045,8 @@ class SubscriberCore(_CoreBase):
                 removal = self._open_removal(existing.me, mine)
                 if removal is not None:
                     # The re-key that removes us from the group, naming the author chain's head (SPEC 9.5).  Again,
-                    # once we closed it (it comes on the group's route and our own branch's), or one we cannot
-                    # apply yet (we missed re-keys before it: the grant sync brings them, then it): nothing here.
+                    # once we closed it (it comes on the group's route and our own branch's): nothing here.  One we
+                    # cannot apply yet (we missed re-keys before it): _maybe_removed asks for them.
                     if existing.state is BranchState.OPEN:
                         self._maybe_removed(frame, removal, now_ms, events)
                     return
@@ -3184,8 +3192,23 @@ class SubscriberCore(_CoreBase):
         nothing, and we close at our cursor."""
         g: Grant = frame.head
         b = self._branches.get(g.branch)
-        if b is None or b.state is not BranchState.OPEN or len(b.members) <= 2 or g.epoch != b.epoch + 1 \
-                or not _crypto.ct_equal(g.prev, b.grant_hash):
+        if b is None or b.state is not BranchState.OPEN or len(b.members) <= 2 or g.epoch <= b.epoch:
+            return
+        if g.epoch > b.epoch + 1:
+            # A later re-key of a group we hold that removes us, or has no entry for us (we were removed at it or
+            # before): we missed re-keys before our removal.  Nothing else brings them (the group's frames no
+            # longer come to us; the author answers a FETCH of the chain with the removing GRANT alone): ask for
+            # them, at most once per fetch_retry_ms (checked before the signature: a replayed copy costs nothing),
+            # and only if signed.  The answer brings them, then the removal, which closes the group here.
+            if now_ms - b.sync_ms >= self.config.fetch_retry_ms:
+                if removal is None:
+                    try:
+                        self.author.verify(frame.hash, frame.sig)
+                    except VerificationError as exc:
+                        raise _Reject(RejectReason.BAD_SIGNATURE, "grant signature", g.branch) from exc
+                self._request_grants(b, now_ms)
+            return
+        if not _crypto.ct_equal(g.prev, b.grant_hash):
             return
         if removal is None:
             try:

@@ -86,6 +86,7 @@ __all__ = [
     "encode_grant_shared",
     "encode_subscribe_secret",
     "message_hash",
+    "padded_grant_removal",
 ]
 
 VERSION: Final = 1
@@ -796,23 +797,48 @@ def decode_grant_key(data: bytes) -> GrantKey:
 class GrantRemoval:
     """Plaintext sealed to a member that a re-key removes from a group, in that GRANT's entry for it (SPEC 8.5):
     its member ``index``, and the author chain's head at the re-key, ``(seq, hash)`` -- the last message it may
-    read there, which it fetches if it misses it (THREATS 4).  Three elements, the second an integer: never a
-    :class:`GrantKey` (whose second is a byte string)."""
+    read there, which it fetches if it misses it (THREATS 4) -- and ``pad``, zero bytes that make the entry as
+    long as the key entry it would have had (an observer does not tell it from the others by its size), or None
+    (the form without it, still read).  The second element an integer: never a :class:`GrantKey` (whose second is
+    a byte string)."""
 
     index: int
     seq: int
     hash: bytes
+    pad: bytes | None = None
 
     SCHEMA: ClassVar[tuple[_T, ...]] = (U8, U64, B32)
 
 
 def encode_grant_removal(r: GrantRemoval) -> bytes:
-    return _packb([r.index, r.seq, r.hash])
+    return _packb([r.index, r.seq, r.hash] if r.pad is None else [r.index, r.seq, r.hash, r.pad])
+
+
+def padded_grant_removal(index: int, seq: int, head: bytes, size: int) -> GrantRemoval:
+    """The :class:`GrantRemoval` whose encoding is ``size`` bytes long (the key entry it stands in for), or as
+    close above it as the encoding allows."""
+    bare = len(encode_grant_removal(GrantRemoval(index, seq, head, b"")))  # (an empty pad costs 2 bytes)
+    n = max(0, size - bare)
+    if n > 0xFF:
+        n = max(n - 1, 0x100)  # a pad over 255 bytes has a header of 3 bytes, not 2
+    return GrantRemoval(index, seq, head, bytes(n))
 
 
 def decode_grant_removal(data: bytes) -> GrantRemoval:
-    """A :class:`GrantRemoval`.  Raises :class:`DecodeError` unless canonical and well-formed."""
-    return GrantRemoval(*_strict(data, "grant removal", GrantRemoval.SCHEMA, 64))
+    """A :class:`GrantRemoval`.  Raises :class:`DecodeError` unless canonical and well-formed (a pad of zero bytes
+    only: it carries nothing)."""
+    values = _unpack(data, "grant removal", MAX_GRANT_KEY_ENTRY)
+    if isinstance(values, list) and len(values) == 4:
+        pad = values.pop()
+        if type(pad) is not bytes or any(pad):
+            raise DecodeError("grant removal: the pad must be zero bytes")
+        index, seq, head = _strict(_packb(values), "grant removal", GrantRemoval.SCHEMA, 64)
+        r = GrantRemoval(index, seq, head, pad)
+    else:
+        r = GrantRemoval(*_strict(data, "grant removal", GrantRemoval.SCHEMA, 64))
+    if encode_grant_removal(r) != data:
+        raise DecodeError("grant removal: not in canonical encoding")
+    return r
 
 
 def _once_each(rows: list[Any], what: str) -> None:

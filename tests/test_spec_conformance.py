@@ -996,7 +996,8 @@ def test_a_spec_removal_of_the_first_form_closes_at_the_cursor_and_one_naming_an
 
 def test_our_removing_grant_tells_the_removed_member_alone_the_head_by_spec() -> None:
     """SPEC 8.5: our author's re-key removing member 1 of a group has an entry for it (by the hint rule) that
-    opens to ``[index, seq, hash]``, the author chain's head, as the shared part tells the remaining member."""
+    opens to ``[index, seq, hash, pad]``, the author chain's head, as the shared part tells the remaining member,
+    padded with zero bytes to the size of the remaining member's key entry."""
     from streams.identity import PublicIdentity
 
     gone, stays = SpecParty(bytes(range(64, 96))), SpecParty(bytes(range(96, 128)))
@@ -1014,9 +1015,10 @@ def test_our_removing_grant_tells_the_removed_member_alone_the_head_by_spec() ->
     akx = bytes(VerifyKey(apk).to_curve25519_public_key())
     hint = spec_hint(spec_hint_key(bytes(gone.kx_sk), akx, akx, gone.kx), f["head"]["channel"], g, 1)
     [sealed] = [s for h, s in entries if h == hint]
-    assert parse(SealedBox(gone.kx_sk).decrypt(sealed)) == [1, 1, one["hash"]]
+    removal = parse(SealedBox(gone.kx_sk).decrypt(sealed))
+    assert removal[:3] == [1, 1, one["hash"]] and removal[3] == bytes(len(removal[3]))  # (a pad of zero bytes)
     assert open_grant(f, stays, apk)["heads"] == [[0, 1, one["hash"]]]
-    assert len(entries) == 2
+    assert len(entries) == 2 and len({len(s) for _, s in entries}) == 1  # as long as the key entry
 
 
 def test_a_grant_body_of_the_current_layout_holds_at_most_256_entries() -> None:
