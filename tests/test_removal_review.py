@@ -313,7 +313,7 @@ def test_an_observer_does_not_tell_the_removal_from_the_key_entries_by_its_place
     the re-key's entries as many as before, and the shared part one member shorter, knew the last entry was the
     removed member's (and, knowing the members' keys, whose).  The entries are in member order, the removal at
     its member's place: the removing GRANT's layout is the grant before it's, entry for entry."""
-    from streams.core import _hint  # (SPEC 8.5's hint: what an observer who knows the members' keys computes)
+    from streams.core import _hint, _hint_key  # (SPEC 8.5's hint: here the members' own, to tell whose entry is where)
     from streams.identity import PublicIdentity
     from streams.wire import decode_grant_body
 
@@ -329,8 +329,10 @@ def test_an_observer_does_not_tell_the_removal_from_the_key_entries_by_its_place
     net.author.take_changes()
     out = net.author.data_to_send()
     removing = next(o.data for o in out if decode_frame(o.data).kind is Kind.GRANT)
-    kx = [PublicIdentity.from_sign_public(ident(n).public.sign_public).kx_public for n in (10, 11, 12)]
+    akx = net.author.identity.public.kx_public
+    keys = [_hint_key(ident(n), akx, akx, PublicIdentity.from_sign_public(ident(n).public.sign_public).kx_public)
+            for n in (10, 11, 12)]
     for epoch, grant in ((0, first), (1, removing)):
         hints = [e.hint for e in decode_grant_body(decode_frame(grant).body)[1]]
-        assert hints == [_hint(g, epoch, k) for k in kx]
+        assert hints == [_hint(k, decode_frame(grant).head.channel, g, epoch) for k in keys]
     assert _entry_sizes(first) == _entry_sizes(removing)
