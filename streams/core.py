@@ -1998,10 +1998,11 @@ class AuthorCore(_CoreBase):
             if not session:
                 # The transport has sessions but no record of this connection now (a flood of new connections
                 # evicted it before this turn): bind to the connection itself, never to nothing -- else a copy of
-                # the SUBSCRIBE on any other connection it has no record of either would pass.  (Never 8 bytes
-                # long, so never a real session.)
+                # the SUBSCRIBE on any other connection it has no record of either would pass.  Never 8 bytes
+                # long, so never a real session; and one id each (a padding byte appended made a 7-byte id and
+                # the same id with 0xff after it -- a peer chooses its ZeroMQ routing id -- name one connection).
                 ref = peer if isinstance(peer, bytes) else repr(peer).encode()
-                session = b"\xff" + ref + (b"\xff" if len(ref) == SESSION_LEN - 1 else b"")
+                session = (b"\xfe\xfe" if len(ref) == SESSION_LEN - 1 else b"\xff") + ref
         return _crypto.mac16(self._chal_key, _crypto.P_CHALLENGE, self._channel, nonce, _U64.pack(expires_ms),
                              session)
 
