@@ -437,8 +437,8 @@ class Changes:
 
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict",
-                 "conflict_told", "covered", "fetch_end", "final", "first_uncovered_ms", "gap_to", "head", "held",
-                 "next_seq", "notified", "progress_ms", "quick_acked", "quiet")
+                 "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "final", "first_uncovered_ms",
+                 "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -450,8 +450,10 @@ class _Chain:
         self.catch_up_left = 0  # times a catch-up FETCH nobody answered may still be sent again
         #: A frame (or anchor proof) that came while our catch-up window was unanswered showed messages missing up
         #: to here (exclusive) that were not reported: told once the window ends, as far as its answer does not
-        #: explain them (:meth:`_CoreBase._tell_quiet`); 0: none.
-        self.quiet = 0
+        #: explain them, and at the latest ``deferred_at`` + (CATCH_UP_RETRIES + 1) x fetch_retry_ms
+        #: (:meth:`_CoreBase._tell_deferred`); 0: none.
+        self.deferred = 0
+        self.deferred_at = 0  #: when ``deferred`` was first set (ms)
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
@@ -1070,8 +1072,9 @@ class _CoreBase:
         """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
         ``fetch_retry_ms`` (the request or its replies were lost), and a catch-up window nobody answered (a few
         times); queue the coalesced ACKs that are due (the driver commits before it sends what this queued, as
-        always).  Returns the events (``GapDetected``: what a catch-up window given up unanswered kept quiet)."""
+        always).  Returns the events (``GapDetected``: what a catch-up window deferred, its time up)."""
         events: list[Event] = []
+        deferred_ms = (CATCH_UP_RETRIES + 1) * self.config.fetch_retry_ms
         self._out.extend(self.take_acks(now_ms))
         if self._sync_waits:
             self._retry_grant_syncs(now_ms)
@@ -1079,19 +1082,20 @@ class _CoreBase:
             open_ = b.state is BranchState.OPEN
             if open_ or b.me:  # (closed: only the tail a REVOKE named is still fetched)
                 for p, rc in b.chains.items():
+                    if rc.deferred and _elapsed(now_ms, rc.deferred_at, deferred_ms):
+                        # Counted from when it was deferred, not from the window's retries: each reconnect (a
+                        # relay can force them) opens a new window, and must not put the report off again.
+                        self._tell_deferred(b, p, rc, 0, events)
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
                             and (open_ or rc.final >= rc.next_seq) \
                             and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
                         if rc.gap_to >= rc.next_seq:
-                            # A catch-up window a held frame made a gap fill: its retries count here too, or a
-                            # relay that drops every answer would keep what the window hides quiet for good
-                            # (THREATS 4); once they are spent, it is reported.
+                            # A catch-up window a held frame made a gap fill: its retries count here too, so
+                            # that it ends (what it deferred is reported above, in time, THREATS 4).
                             if rc.catch_up_left > 0:
                                 rc.catch_up_left -= 1
-                            elif rc.quiet:
-                                self._tell_quiet(b, p, rc, 0, events)
                             rc.fetch_end = rc.next_seq - 1
                             self._fetch_window(b, p, rc, now_ms)
                         elif rc.catch_up_left > 0:
@@ -1109,16 +1113,24 @@ class _CoreBase:
         return events
 
     @staticmethod
-    def _tell_quiet(b: _Branch, p: int, c: _Chain, explained: int, events: list[Event]) -> None:
-        """Report what a frame showed missing (``c.quiet``) while our catch-up window on chain ``p`` was out, now
-        that the window is answered by a HEAD or the fetch that follows it made no progress: beyond what the
-        answer explains -- the messages up to ``explained`` (the HEAD that answered: the publisher held them when
-        it answered) are being fetched as the catch-up; later ones were lost on the way, as on a live connection
-        (SPEC 10.1 step 7)."""
+    def _defer(c: _Chain, upto: int, now_ms: int) -> None:
+        """A frame shows messages missing up to ``upto`` (exclusive) while our catch-up window is out: not reported
+        now (the window's answer may explain them), but deferred (:meth:`_tell_deferred`)."""
+        if not c.deferred:
+            c.deferred_at = now_ms
+        c.deferred = max(c.deferred, upto)
+
+    @staticmethod
+    def _tell_deferred(b: _Branch, p: int, c: _Chain, explained: int, events: list[Event]) -> None:
+        """Report what a frame showed missing (``c.deferred``) while our catch-up window on chain ``p`` was out,
+        now that the window is answered by a HEAD, or the time it may take is up: beyond what the answer explains
+        -- the messages up to ``explained`` (the HEAD that answered: the publisher held them when it answered) are
+        being fetched as the catch-up; later ones were lost on the way, as on a live connection (SPEC 10.1 step
+        7)."""
         lo = max(c.next_seq, explained + 1)
-        if c.quiet > lo:
-            events.append(GapDetected(b.id, p, lo, c.quiet))
-        c.quiet = 0
+        if c.deferred > lo:
+            events.append(GapDetected(b.id, p, lo, c.deferred))
+        c.deferred = 0
 
     def flush_checkpoints(self, now_ms: int) -> None:
         """Checkpoint every chain of ours that has uncovered packets (e.g. before a clean close)."""
@@ -1499,8 +1511,8 @@ class _CoreBase:
             self._hint_route(b, peer, h.publisher)
         c.progress_ms = now_ms
         self._drain(b, c, events)
-        if c.quiet and c.next_seq >= c.quiet:
-            c.quiet = 0  # nothing it kept quiet is missing any more
+        if c.deferred and c.next_seq >= c.deferred:
+            c.deferred = 0  # nothing it deferred is missing any more
         if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
             # The window in flight is in: ask for the next one now rather than at the retry timer.
             self._fetch_window(b, h.publisher, c, now_ms)
@@ -1653,7 +1665,7 @@ class _CoreBase:
             # not while our catch-up is unanswered (a live frame that overtakes its answer; see _on_head).
             if h.seq > max(c.gap_to, c.next_seq - 1) + 1:
                 if c.catching_up():
-                    c.quiet = max(c.quiet, h.seq)  # told when the window ends, if its answer does not explain it
+                    self._defer(c, h.seq, now_ms)  # told when the window ends, if its answer does not explain it
                 else:
                     events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
             self._want(b, h.publisher, c, h.seq, now_ms)
@@ -1698,10 +1710,10 @@ class _CoreBase:
         # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
         catching_up = c.catching_up()
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
-        if c.quiet:
+        if c.deferred:
             # What a frame showed missing beyond this head, while the window was out, is no catch-up: it was
             # published after the publisher answered, and lost on the way.
-            self._tell_quiet(b, h.publisher, c, h.seq, events)
+            self._tell_deferred(b, h.publisher, c, h.seq, events)
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
         if c.acked < h.seq < c.next_seq and h.seq > c.quick_acked:
@@ -3122,7 +3134,7 @@ class SubscriberCore(_CoreBase):
             c.held = {s: f for s, f in c.held.items() if s <= last_seq} or None
         if last_seq > c.gap_to:
             if c.catching_up():
-                c.quiet = max(c.quiet, last_seq + 1)
+                self._defer(c, last_seq + 1, now_ms)
             else:
                 events.append(GapDetected(b.id, 0, c.next_seq, last_seq + 1))
         self._want(b, 0, c, last_seq, now_ms)
@@ -3266,7 +3278,7 @@ class SubscriberCore(_CoreBase):
             c.anchor_wait = (claim, verified)
             if head.seq > c.gap_to:
                 if c.catching_up():  # our catch-up FETCH may be bringing them, as for a HEAD: told if not
-                    c.quiet = max(c.quiet, head.seq + 1)
+                    self._defer(c, head.seq + 1, c.progress_ms)
                 else:
                     events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
                 self._want(b, head.publisher, c, head.seq, c.progress_ms)
