@@ -311,13 +311,15 @@ class EndpointConfig:
     max_peers: int = 10_000
     """Author: most peers tracked; beyond it one is forgotten: the least recently seen of those neither in a
     handshake (a HELLO within ``handshake_hold_ms``) nor routed to a branch, looking past at most 64 of those
-    (if those are all it looks at, the least recently seen of them).  Its challenge is bound to the session of its
+    (if those are all it looks at, the least recently seen of them in a handshake, a member's only if all are
+    members').  Its challenge is bound to the session of its
     record (SPEC 8.3): a requester's record evicted between its HELLO and its SUBSCRIBE is refused, so a peer
     cycling more new connections than this through one round trip would otherwise keep everyone out."""
     handshake_hold_ms: int = 10_000
     """Author: how long after its last HELLO a peer's record is kept before those of other peers that are not
-    routed to a branch (see ``max_peers``), milliseconds.  HELLOs draw from ``global_budget``, so a flooder gets
-    few records held this way."""
+    routed to a branch (see ``max_peers``), milliseconds.  A HELLO needs no identity: a flooder can hold as many
+    records this way as ``global_budget`` lets HELLOs through in this time (at the defaults, twice
+    ``max_peers``), so these are evicted before members' records, never after."""
     peers_per_branch: int = 4096
     """Author: most routing ids mapped to one branch (the least recently seen is evicted).  Only peers of
     verified members are mapped, so a group needs one per connected member (at most 255 members besides the
@@ -1096,21 +1098,27 @@ class AuthorEndpoint(_Base):
         to its record's session (SPEC 8.3): evicted between its HELLO and its SUBSCRIBE, it is refused
         BAD_CHALLENGE, and a peer cycling more than ``max_peers`` new connections through every round trip of it
         would keep it out for good.  Those passed over get a second chance (to the back); if the first
-        ``_EVICT_LOOKS`` are all held, the least recently seen of them goes anyway, so that a new record costs a
-        bounded amount of work even if a flood made most records held (HELLOs draw from the global budget)."""
+        ``_EVICT_LOOKS`` are all held, the least recently seen of them held only for a handshake goes anyway --
+        a HELLO needs no identity, and a flood of them (2000/s by the global budget, over a 10 s hold: twice the
+        default ``max_peers``) can make every record held, so it must never cost a member its record while such
+        a one is in sight -- else the least recently seen of them; so a new record costs a bounded amount of
+        work."""
         peers = self._peers
         hold = self.config.handshake_hold_ms
         oldest: tuple[bytes, _Peer] | None = None
+        oldest_hello: tuple[bytes, _Peer] | None = None
         for _ in range(min(len(peers), _EVICT_LOOKS)):
             rid, old = next(iter(peers.items()))
             if not old.branches and (old.hello_at < 0 or now - old.hello_at >= hold):
                 break
             oldest = oldest or (rid, old)
+            if not old.branches:
+                oldest_hello = oldest_hello or (rid, old)
             peers.move_to_end(rid)
         else:
             if oldest is None:
                 return
-            rid, old = oldest  # every one we looked at is held: the least recently seen of them goes
+            rid, old = oldest_hello or oldest  # every one we looked at is held: a handshake's goes first
         del peers[rid]
         self._forget(old)
         self.stats.peers_evicted += 1

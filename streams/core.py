@@ -481,8 +481,8 @@ class _Fill:
 
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict",
-                 "conflict_told", "covered", "fetch_end", "fill", "final", "first_uncovered_ms", "gap_to", "head",
-                 "held", "next_seq", "notified", "progress_ms", "quick_acked")
+                 "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "fill", "final",
+                 "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -492,6 +492,12 @@ class _Chain:
         self.gap_to = 0  # highest seq known to exist (a gap was reported up to here)
         self.fetch_end = 0  # last seq the FETCH in flight can bring (0 or < next_seq: none in flight)
         self.catch_up_left = 0  # times a catch-up FETCH nobody answered may still be sent again
+        #: A frame (or anchor proof) that came while our catch-up window was unanswered showed messages missing up
+        #: to here (exclusive) that were not reported: told once the window ends, as far as its answer does not
+        #: explain them, and at the latest ``deferred_at`` + (CATCH_UP_RETRIES + 1) x fetch_retry_ms
+        #: (:meth:`_CoreBase._tell_deferred`); 0: none.
+        self.deferred = 0
+        self.deferred_at = 0  #: when ``deferred`` was first set (ms)
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
@@ -699,7 +705,6 @@ class _CoreBase:
         #: branch when the member is removed.  Groups only: a per-subscriber branch has one member.
         self._member_peers: dict[tuple[bytes, int], dict[object, None]] = {}
         self._now_ms = 0  #: the ``now_ms`` of the latest frame or timer call (for work started by a driver call)
-        self._timer_events: list[Event] = []  #: see :meth:`take_timer_events`
 
     # -- driver interface ------------------------------------------------------------------------------------
 
@@ -1114,11 +1119,16 @@ class _CoreBase:
                     due = t if due is None else min(due, t)
         return due
 
-    def handle_timer(self, now_ms: int) -> None:
+    def handle_timer(self, now_ms: int) -> list[Event]:
         """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
         ``fetch_retry_ms`` (the request or its replies were lost), and a catch-up window nobody answered (a few
         times); queue the coalesced ACKs that are due (the driver commits before it sends what this queued, as
-        always)."""
+        always).  Returns the events (``GapDetected``: what a catch-up window deferred, its time up; the
+        ``Anchored`` of a restore proof of our own chain whose messages below it could not be fetched back, SPEC
+        13.5, after a ``Rejected`` that says so).  The driver acts on them as on :meth:`receive`'s, after
+        committing :meth:`take_changes`."""
+        events: list[Event] = []
+        deferred_ms = (CATCH_UP_RETRIES + 1) * self.config.fetch_retry_ms
         self._now_ms = now_ms
         self._out.extend(self.take_acks(now_ms))
         if self._sync_waits:
@@ -1127,12 +1137,20 @@ class _CoreBase:
             open_ = b.state is BranchState.OPEN
             if open_ or b.me:  # (closed: only the tail a REVOKE named is still fetched)
                 for p, rc in b.chains.items():
+                    if rc.deferred and _elapsed(now_ms, rc.deferred_at, deferred_ms):
+                        # Counted from when it was deferred, not from the window's retries: each reconnect (a
+                        # relay can force them) opens a new window, and must not put the report off again.
+                        self._tell_deferred(b, p, rc, 0, events)
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
                             and (open_ or rc.final >= rc.next_seq) \
                             and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
                         if rc.gap_to >= rc.next_seq:
+                            # A catch-up window a held frame made a gap fill: its retries count here too, so
+                            # that it ends (what it deferred is reported above, in time, THREATS 4).
+                            if rc.catch_up_left > 0:
+                                rc.catch_up_left -= 1
                             rc.fetch_end = rc.next_seq - 1
                             self._fetch_window(b, p, rc, now_ms)
                         elif rc.catch_up_left > 0:
@@ -1155,18 +1173,31 @@ class _CoreBase:
                 else:
                     # The author does not serve it (its log no longer holds it, or it predates this): our log
                     # keeps the hole, which an audit reports.
-                    self._timer_events.append(Rejected(
+                    events.append(Rejected(
                         RejectReason.UNEXPECTED, f"our messages {fill.lo}..{fill.hi} were not fetched back from the "
                         "author: our log lacks them", b.id, b.me, fill.lo))
-                    self._end_fill(c, self._timer_events)
+                    self._end_fill(c, events)
+        return events
 
-    def take_timer_events(self) -> list[Event]:
-        """Events that :meth:`handle_timer` produced since the last call, in order: the ``Anchored`` of a
-        restore proof of our own chain whose messages below it could not be fetched back (SPEC 13.5), after a
-        ``Rejected`` that says so.  The driver acts on them as on :meth:`receive`'s, after committing
-        :meth:`take_changes`."""
-        out, self._timer_events = self._timer_events, []
-        return out
+    @staticmethod
+    def _defer(c: _Chain, upto: int, now_ms: int) -> None:
+        """A frame shows messages missing up to ``upto`` (exclusive) while our catch-up window is out: not reported
+        now (the window's answer may explain them), but deferred (:meth:`_tell_deferred`)."""
+        if not c.deferred:
+            c.deferred_at = now_ms
+        c.deferred = max(c.deferred, upto)
+
+    @staticmethod
+    def _tell_deferred(b: _Branch, p: int, c: _Chain, explained: int, events: list[Event]) -> None:
+        """Report what a frame showed missing (``c.deferred``) while our catch-up window on chain ``p`` was out,
+        now that the window is answered by a HEAD, or the time it may take is up: beyond what the answer explains
+        -- the messages up to ``explained`` (the HEAD that answered: the publisher held them when it answered) are
+        being fetched as the catch-up; later ones were lost on the way, as on a live connection (SPEC 10.1 step
+        7)."""
+        lo = max(c.next_seq, explained + 1)
+        if c.deferred > lo:
+            events.append(GapDetected(b.id, p, lo, c.deferred))
+        c.deferred = 0
 
     def _ask_fill(self, b: _Branch, fill: _Fill, now_ms: int) -> None:
         """Ask the author for the next window of our own messages being fetched back."""
@@ -1612,6 +1643,8 @@ class _CoreBase:
             self._hint_route(b, peer, h.publisher)
         c.progress_ms = now_ms
         self._drain(b, c, events)
+        if c.deferred and c.next_seq >= c.deferred:
+            c.deferred = 0  # nothing it deferred is missing any more
         if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
             # The window in flight is in: ask for the next one now rather than at the retry timer.
             self._fetch_window(b, h.publisher, c, now_ms)
@@ -1762,8 +1795,11 @@ class _CoreBase:
             # Reported only if it shows a message missing that we did not know of (a live frame right after
             # the range being fetched -- while a catch-up goes on, window after window -- shows none), and
             # not while our catch-up is unanswered (a live frame that overtakes its answer; see _on_head).
-            if h.seq > max(c.gap_to, c.next_seq - 1) + 1 and not c.catching_up():
-                events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
+            if h.seq > max(c.gap_to, c.next_seq - 1) + 1:
+                if c.catching_up():
+                    self._defer(c, h.seq, now_ms)  # told when the window ends, if its answer does not explain it
+                else:
+                    events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
             self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_head(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -1806,6 +1842,10 @@ class _CoreBase:
         # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
         catching_up = c.catching_up()
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
+        if c.deferred:
+            # What a frame showed missing beyond this head, while the window was out, is no catch-up: it was
+            # published after the publisher answered, and lost on the way.
+            self._tell_deferred(b, h.publisher, c, h.seq, events)
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
         if c.acked < h.seq < c.next_seq and h.seq > c.quick_acked:
@@ -2113,10 +2153,11 @@ class AuthorCore(_CoreBase):
             if not session:
                 # The transport has sessions but no record of this connection now (a flood of new connections
                 # evicted it before this turn): bind to the connection itself, never to nothing -- else a copy of
-                # the SUBSCRIBE on any other connection it has no record of either would pass.  (Never 8 bytes
-                # long, so never a real session.)
+                # the SUBSCRIBE on any other connection it has no record of either would pass.  Never 8 bytes
+                # long, so never a real session; and one id each (a padding byte appended made a 7-byte id and
+                # the same id with 0xff after it -- a peer chooses its ZeroMQ routing id -- name one connection).
                 ref = peer if isinstance(peer, bytes) else repr(peer).encode()
-                session = b"\xff" + ref + (b"\xff" if len(ref) == SESSION_LEN - 1 else b"")
+                session = (b"\xfe\xfe" if len(ref) == SESSION_LEN - 1 else b"\xff") + ref
         return _crypto.mac16(self._chal_key, _crypto.P_CHALLENGE, self._channel, nonce, _U64.pack(expires_ms),
                              session)
 
@@ -3274,8 +3315,11 @@ class SubscriberCore(_CoreBase):
         c.final = last_seq
         if c.held:
             c.held = {s: f for s, f in c.held.items() if s <= last_seq} or None
-        if last_seq > c.gap_to and not c.catching_up():
-            events.append(GapDetected(b.id, 0, c.next_seq, last_seq + 1))
+        if last_seq > c.gap_to:
+            if c.catching_up():
+                self._defer(c, last_seq + 1, now_ms)
+            else:
+                events.append(GapDetected(b.id, 0, c.next_seq, last_seq + 1))
         self._want(b, 0, c, last_seq, now_ms)
 
     def _leave_again(self, b: _Branch, epoch: int, grant_hash: bytes | None, now_ms: int) -> None:
@@ -3448,7 +3492,9 @@ class SubscriberCore(_CoreBase):
             # Ahead of us: messages are missing (THREATS 4).  Fetch them; apply the proof once they are in.
             c.anchor_wait = (claim, verified)
             if head.seq > c.gap_to:
-                if not c.catching_up():  # else our catch-up FETCH is bringing them, as for a HEAD
+                if c.catching_up():  # our catch-up FETCH may be bringing them, as for a HEAD: told if not
+                    self._defer(c, head.seq + 1, c.progress_ms)
+                else:
                     events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
                 self._want(b, head.publisher, c, head.seq, c.progress_ms)
             return

@@ -503,6 +503,84 @@ async def test_a_group_opened_while_away_is_caught_up_also_when_the_members_own_
         await author.close()
 
 
+async def test_a_live_loss_in_a_group_opened_while_the_catch_ups_grant_sync_is_unanswered_is_reported(
+        tmp_path: Path) -> None:
+    """A hostile relay keeps p2's catch-up grant sync unanswered (it drops the GRANTs of p2's own branch): a group
+    the author opens meanwhile, live, is taken for one opened while p2 was away, and gets a catch-up window --
+    what a frame of it reveals missing is not reported while that window is unanswered.  The relay then drops
+    the group's first PACKET and every HEAD of the group, live or fetched: its second PACKET was held, the fetch
+    of the first never answered, and no gap was ever reported (the window's retries did not count once a held
+    frame made it a gap fill).  The window is given up after its retries now, and what it kept quiet is
+    reported; once the relay lets the fetch through, both messages come, in order."""
+    from streams.core import CoreConfig
+
+    class Relay(MemoryHub):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to = ""
+            self.own = b""
+            self.group = b""
+            self.dropped: list[tuple[Kind, bytes, int]] = []
+            self.passed: list[tuple[Kind, bytes, int]] = []
+
+        def inject(self, to: str, data: bytes, peer: str = "attacker") -> None:
+            if to == self.to:
+                f = decode_frame(data)
+                branch = getattr(f.head, "branch", b"")
+                seq = getattr(f.head, "seq", 0)
+                if (f.kind is Kind.GRANT and branch == self.own) or (branch == self.group and (
+                        f.kind is Kind.HEAD or (f.kind is Kind.PACKET and seq == 1))):
+                    self.dropped.append((f.kind, branch, seq))
+                    return
+                self.passed.append((f.kind, branch, seq))
+            super().inject(to, data, peer)
+
+    async def until(pred: Callable[[], bool], what: str) -> None:
+        for _ in range(1000):
+            if pred():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    # Fetches retried quickly; the grant sync's retries far apart, so that its wait (the catch-up's mark) stays
+    # up through the test without a race.
+    cfg = CoreConfig(fetch_retry_ms=100, grant_sync_interval_ms=60_000)
+    hub = Relay()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did, P2.did]), store_options=FAST, config=cfg)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    s2 = await make_sub(tmp_path, hub, P2, "p2", author)
+    try:
+        await s1.subscribe(timeout=5)
+        hub.own = await s2.subscribe(timeout=5)
+        await s2.close()
+        hub.to = "p2 again"
+        s2 = await Subscriber.open(tmp_path / "p2.db", PW, hub.subscriber_endpoint("p2 again"), store_options=FAST,
+                                   config=cfg)
+        await until(lambda: (Kind.GRANT, hub.own, 0) in hub.dropped, "the catch-up sync's answer to be dropped")
+        hub.group = group = await author.open_group([P1.did, P2.did])
+        await until(lambda: any(b.id == group for b in s2.branches()), "p2 to hold the group")
+        await author.publish(group, b"first")
+        await author.publish(group, b"second")
+        await until(lambda: (Kind.PACKET, group, 2) in hub.passed, "the second PACKET to reach p2")
+        events: list[object] = []
+
+        def gap() -> bool:
+            events.extend(s2.pending_events())
+            return any(isinstance(e, GapDetected) and e.branch == group for e in events)
+
+        await until(gap, "the gap to be reported")
+        assert [(e.publisher, e.expected_seq, e.received_seq) for e in events
+                if isinstance(e, GapDetected) and e.branch == group] == [(0, 1, 2)]
+        hub.group = b""  # the relay lets the group through: the fetch goes on, and is answered
+        got = [(await s2.next_message(timeout=5)).payload for _ in range(2)]
+        assert got == [b"first", b"second"]
+    finally:
+        await s2.close()
+        await s1.close()
+        await author.close()
+
+
 async def test_grant_and_evidence_live_on_disk_and_still_serve_resubscription_and_recheck(tmp_path: Path) -> None:
     """The author keeps neither grant frames nor credentials in memory (idle branches stay small), yet a
     re-subscription gets its grant and a revoked credential still cuts its subscriber off -- after a restart too."""

@@ -407,6 +407,86 @@ def test_a_catch_up_nobody_answered_is_asked_again_a_few_times() -> None:
     assert sent == [[(1, 1024)], [(1, 1024)], [], []]
 
 
+def test_a_loss_after_the_head_that_answers_a_catch_up_is_reported_when_that_head_comes() -> None:
+    """s0 holds the author's three messages and catches up.  A relay holds the author's answer (its HEAD: seq 3)
+    back, drops the author's next message (4) and delivers the one after (5): held, not reported -- a catch-up
+    window is out, and 4 may have been published while s0 was away.  The HEAD then comes: it says the author held
+    3 when it answered, so 4 is no catch-up: it was lost on the way, and is reported now.  (It was never reported:
+    the window was answered, and the fetch of 4, which the relay drops, went on in silence.)"""
+    net, s = _three_alerts(delivered=True)
+    [b0] = s.branch_ids()
+    s.catch_up(net.now)
+    for o in s.data_to_send():
+        net.author.receive(o.data, net.now, "s0")
+    net.author.take_changes()
+    held_back = net.author.data_to_send()
+    assert [decode_frame(o.data).head.seq for o in held_back if decode_frame(o.data).kind is Kind.HEAD] == [3]
+    for payload in (b"lost", b"held"):
+        net.author.publish(b0, payload, net.now)
+    net.author.take_changes()
+    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
+            if decode_frame(o.data).kind is Kind.PACKET}
+    assert sorted(live) == [4, 5]
+    assert [e for e in s.receive(live[5], net.now) if isinstance(e, (GapDetected, Rejected))] == []
+    events = [e for o in held_back for e in s.receive(o.data, net.now)]
+    assert [(e.branch, e.publisher, e.expected_seq, e.received_seq) for e in events
+            if isinstance(e, GapDetected)] == [(b0, 0, 4, 5)]
+
+
+def test_what_a_catch_up_kept_quiet_is_reported_when_the_fetch_after_its_answer_makes_no_progress() -> None:
+    """s0 holds three messages and catches up; a relay drops the answer (the author's HEAD), and of the author's
+    next three messages delivers 6 (held: the window is out, not reported), then 4 (in order: the window is
+    answered, the chain goes on), and drops 5 and every fetch of it.  Nothing ever said 5 was missing; now it is
+    reported -- once -- when the time the window may take is up (the fetch made no progress meanwhile)."""
+    net, s = _three_alerts(delivered=True)
+    [b0] = s.branch_ids()
+    s.catch_up(net.now)
+    for o in s.data_to_send():
+        net.author.receive(o.data, net.now, "s0")
+    net.author.take_changes()
+    net.author.data_to_send()  # dropped
+    for i in range(3):
+        net.author.publish(b0, b"live %d" % i, net.now)
+    net.author.take_changes()
+    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
+            if decode_frame(o.data).kind is Kind.PACKET}
+    events = list(s.receive(live[6], net.now)) + list(s.receive(live[4], net.now))
+    assert [e.seq for e in events if isinstance(e, MessageReceived)] == [4]
+    assert [e for e in events if isinstance(e, GapDetected)] == []
+    for _ in range(5):  # the fetches of 5 go out; the relay drops them
+        net.now += s.config.fetch_retry_ms
+        events += s.handle_timer(net.now) or []
+        s.data_to_send()
+    assert [(e.branch, e.publisher, e.expected_seq, e.received_seq) for e in events
+            if isinstance(e, GapDetected)] == [(b0, 0, 5, 6)]
+
+
+def test_reconnects_a_relay_forces_do_not_keep_what_a_catch_up_deferred_quiet() -> None:
+    """s0 holds three messages and catches up; a relay drops every answer, drops the author's next message (4) and
+    delivers the one after (5): held, its gap deferred while the window is out.  The relay then cuts s0's
+    connection every half fetch_retry_ms: each reconnect opened a fresh window (its retries and its progress
+    time reset), so the gap was never reported.  It is now, once, (retries + 1) x fetch_retry_ms after it was
+    first deferred, however often s0 reconnects."""
+    net, s = _three_alerts(delivered=True)
+    [b0] = s.branch_ids()
+    s.catch_up(net.now)
+    s.data_to_send()  # dropped
+    for payload in (b"lost", b"held"):
+        net.author.publish(b0, payload, net.now)
+    net.author.take_changes()
+    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
+            if decode_frame(o.data).kind is Kind.PACKET}
+    events = list(s.receive(live[5], net.now))
+    assert [e for e in events if isinstance(e, GapDetected)] == []
+    for _ in range(20):
+        net.now += s.config.fetch_retry_ms // 2
+        s.catch_up(net.now)  # reconnected
+        events += s.handle_timer(net.now) or []
+        s.data_to_send()  # dropped
+    assert [(e.branch, e.publisher, e.expected_seq, e.received_seq) for e in events
+            if isinstance(e, GapDetected)] == [(b0, 0, 4, 5)]
+
+
 def _answered_catch_up() -> tuple[Net, SubscriberCore]:
     """s0 holds the author's three messages, catches up (timed), and the author's HEAD notice (seq 3) answers:
     nothing more to fetch."""

@@ -463,3 +463,32 @@ async def test_a_member_that_lost_a_message_before_its_removal_gets_it_from_the_
         for s in subs:
             await s.close()
         await author.close()
+
+
+def test_a_challenge_bound_to_a_connection_the_transport_no_longer_knows_names_that_connection_alone() -> None:
+    """SPEC 8.3: where the transport has no record of a connection any more, its challenge is bound to the
+    connection's routing id (``0xff || id``, padded past 8 bytes).  The padding made two ids one: a 7-byte id
+    and the same id with ``0xff`` appended (ZeroMQ lets a peer choose its own routing id, up to 255 bytes).  A
+    tap that saw the SUBSCRIBE of a requester on such an id, on a connection of its own with the longer id that
+    the transport had no record of either, was admitted in the requester's place.  Now its copy is refused."""
+    net = Net.make(n_subs=1)
+    net.author.session_of = lambda peer: b""  # type: ignore[method-assign]  # (no record of either connection)
+    s = net.subs["s0"]
+    requester, tap = b"ABCDEFG", b"ABCDEFG\xff"
+    s.hello()
+    s.take_changes()
+    (hello,) = s.data_to_send()
+    net.author.receive(hello.data, net.now, requester)
+    net.author.take_changes()
+    for o in net.author.data_to_send():
+        s.receive(o.data, net.now)
+    s.take_changes()
+    (subscribe,) = s.data_to_send()
+    refused = net.author.receive(subscribe.data, net.now, tap)
+    net.author.take_changes()
+    net.author.data_to_send()
+    assert [e.reason for e in refused if isinstance(e, Rejected)] == [RejectReason.BAD_CHALLENGE]
+    assert net.author.branch_of(ident(10).did) is None
+    admitted = net.author.receive(subscribe.data, net.now, requester)
+    assert not [e for e in admitted if isinstance(e, Rejected)]
+    assert net.author.branch_of(ident(10).did) is not None

@@ -174,8 +174,7 @@ def test_an_anchor_proof_of_our_chain_that_far_lifts_the_conflict() -> None:
     assert not [e for e in restart if isinstance(e, Anchored)]
     for _ in range(FILL_RETRIES + 1):
         net.now += sub.config.fetch_retry_ms
-        sub.handle_timer(net.now)
-    restart += sub.take_timer_events()
+        restart += sub.handle_timer(net.now)
     assert [e.restored for e in restart if isinstance(e, Anchored)] == [True]
     with pytest.raises(LocalProtocolError, match="conflicts"):
         sub.publish(b, b"would fork seq 5", net.now)
@@ -538,8 +537,8 @@ def test_an_old_ack_below_the_anchored_head_our_chain_restarted_at_does_not_stop
     restart = sub.apply_anchor(claim, False)
     for _ in range(FILL_RETRIES + 1):  # our messages 4..5, asked back from the author, which never answers here
         net.now += sub.config.fetch_retry_ms
-        sub.handle_timer(net.now)
-    assert [e.restored for e in restart + sub.take_timer_events() if isinstance(e, Anchored)] == [True]
+        restart += sub.handle_timer(net.now)
+    assert [e.restored for e in restart if isinstance(e, Anchored)] == [True]
     assert sub.chain_conflict(b) == 0
     events = sub.receive(old_ack_of_2, net.now)
     assert not [e for e in events if isinstance(e, ChainConflict)]

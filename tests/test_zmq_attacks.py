@@ -507,3 +507,45 @@ async def test_a_churn_of_new_connections_does_not_evict_a_requester_between_its
             if sub is not None:
                 await sub.close()
             await author.close()
+
+
+async def test_a_churn_of_hellos_does_not_evict_a_members_record_and_its_route(tmp_path: Path) -> None:
+    """A member's record (routed to its branch) is evicted only after those of other peers -- so its branch's
+    traffic reaches it under a churn of new connections.  But a record of a recent HELLO is held too, and a HELLO
+    needs no identity: a churn whose every connection sends a HELLO makes every record held, and eviction then
+    took the least recently seen of those it looked at -- the member's, idle between its heartbeats: its route was
+    forgotten, and what the author published to it went nowhere (until its catch-up relearned it).  A record
+    held only for its handshake now goes before a member's.
+
+    Scaled as the defaults stand: a flooder's HELLOs over ``handshake_hold_ms`` (2000/s x 10 s, the global
+    budget) are twice ``max_peers`` (10,000), so every record in the table can be one it holds; here the global
+    budget lets every HELLO through."""
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=30, max_peers=16, batch=8, global_budget=1e9,
+                         global_burst=1_000_000_000)
+    author, ep = await make_author(tmp_path, cfg, [P1])
+    with procs() as started:
+        sub: Subscriber | None = None
+        try:
+            sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                          SubscriberEndpoint(ep.addresses[0], cfg), store_options=FAST, config=CORE)
+            branch = await sub.subscribe(timeout=30)
+            end = time.monotonic() + 20
+            while len(ep.routes(branch)) != 1:
+                assert time.monotonic() < end, "the member was never routed"
+                await asyncio.sleep(0.01)
+            churn = party(started, "churn", "--connect", ep.addresses[0], "--conns", "64", "--seconds", "60",
+                          "--hello")
+            await until(churn, lambda ls: "FLOODING" in ls, 20, "the churn")
+            evicted, end = ep.stats.peers_evicted, time.monotonic() + 20
+            while ep.stats.peers_evicted < evicted + 20 * cfg.max_peers:
+                assert time.monotonic() < end, "the churn stopped"
+                assert len(ep.routes(branch)) == 1, "the member's route was evicted"
+                await asyncio.sleep(0.001)
+            assert churn.p.poll() is None  # (still churning)
+            await author.publish(branch, b"under the churn")
+            assert (await sub.next_message(timeout=20)).payload == b"under the churn"
+            assert len(ep.peers()) <= cfg.max_peers
+        finally:
+            if sub is not None:
+                await sub.close()
+            await author.close()

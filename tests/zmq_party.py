@@ -14,7 +14,7 @@ flushed at once, so a test can ``kill -9`` it at any point and compare what each
 ``flood`` is a hostile peer: it sends garbage, oversized frames, non-canonical msgpack and HELLO floods.
 ``churn`` is another: ``--conns`` connections of its own, each with its routing id, taking turns to send a PING as
 fast as they can (a new peer record at the author on every turn once they outnumber its ``max_peers``); it prints
-``FLOODING`` once they are connected.
+``FLOODING`` once they are connected.  With ``--hello`` each turn sends a HELLO instead (a record in a handshake).
 """
 
 from __future__ import annotations
@@ -173,9 +173,11 @@ async def run_flood(args: argparse.Namespace) -> None:
 
 
 async def run_churn(args: argparse.Namespace) -> None:
-    """Hostile peer: ``conns`` connections that take turns to send one PING each, for ``seconds``."""
+    """Hostile peer: ``conns`` connections that take turns to send one PING (``--hello``: one HELLO) each, for
+    ``seconds``."""
     import zmq
 
+    msg = encode_frame(Hello(channel_id(ident(args.author_seed).sign_public, NAME))).raw if args.hello else b"\x00"
     ctx = zmq.Context()
     socks = []
     for i in range(args.conns):
@@ -190,7 +192,7 @@ async def run_churn(args: argparse.Namespace) -> None:
     while time.monotonic() < end:
         for s in socks:
             with contextlib.suppress(zmq.Again):
-                s.send(b"\x00", zmq.NOBLOCK)
+                s.send(msg, zmq.NOBLOCK)
                 sent += 1
             with contextlib.suppress(zmq.Again):  # the PONGs: read, so that no pipe fills
                 while True:
@@ -218,6 +220,7 @@ def main() -> None:
     p.add_argument("--hb", type=int, default=100, help="heartbeat, ms")
     p.add_argument("--seconds", type=float, default=60.0, help="lifetime")
     p.add_argument("--conns", type=int, default=32, help="churn: connections")
+    p.add_argument("--hello", action="store_true", help="churn: send HELLOs, not PINGs")
     args = p.parse_args()
     runner = {"author": run_author, "subscriber": run_subscriber, "flood": run_flood, "churn": run_churn}[args.role]
     asyncio.run(runner(args))
