@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 from . import _crypto
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
-from ._tasks import cancel_and_wait, run_eagerly, wait_shielded
+from ._tasks import cancel_and_wait, run_in_task, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
@@ -815,11 +815,12 @@ class _Party:
 
         A caller cancelled meanwhile leaves the rest to a task of the party: the commit is done, and the other
         publishes it covered must neither fail with the caller's cancellation (they used to get
-        ClosedResourceError, the party open and their messages committed) nor lose their frames.  A send that
-        awaits goes on in a task of its own, which the caller's cancellation does not reach (:func:`run_eagerly`,
-        awaited shielded): the hand-off waits for it and sends the frames after it, each once.  (It used to send
-        the frame whose send was cancelled again, in case it had not gone out; where it had, the receiver
-        reported the copy as a REPLAY, as it would an attack.)
+        ClosedResourceError, the party open and their messages committed) nor lose their frames.  Each send runs
+        in a task of its own, which the caller's cancellation does not reach (:func:`run_in_task`, awaited
+        shielded): the hand-off waits for the one on the way and sends the frames after it, each once.  (It used
+        to send the frame whose send was cancelled again, in case it had not gone out; where it had, the receiver
+        reported the copy as a REPLAY, as it would an attack.)  A real task, not the caller: a deadline the
+        transport's send sets itself (``asyncio.timeout``) bounds that send, not the publisher.
 
         Sends of several commits may be on the way at once (each awaits): the routing hints are handed to the
         transport by the last of them to finish (:attr:`_sending`), once every frame committed before the hints
@@ -829,10 +830,10 @@ class _Party:
             self._sending += 1
         handed_off = False
         sent = 0
-        sending: asyncio.Future[None] | None = None  #: the rest of a send that awaited
+        sending: asyncio.Future[None] | None = None  #: a send on the way
         try:
             for o in out:
-                sending = run_eagerly(self._transport.send(o))
+                sending = run_in_task(self._transport.send(o))
                 if sending is not None:
                     await asyncio.shield(sending)
                     sending = None
