@@ -227,6 +227,55 @@ async def test_run_in_task_runs_in_a_task_of_its_own_that_the_caller_cannot_canc
 
 
 
+
+class _Slow:
+    """A transport without ``send_many`` whose ``send`` of a message waits a turn of the loop before it writes (a
+    socket that needs a moment): sends of two commits are on the way at once."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.slow = False
+
+    async def send(self, out: Outgoing) -> None:
+        if self.slow and decode_frame(out.data).kind is Kind.PACKET:
+            await asyncio.sleep(0)
+        await self.inner.send(out)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_the_frames_of_two_commits_leave_in_commit_order_over_a_transport_whose_send_awaits(
+        tmp_path: Path) -> None:
+    # Over a transport without send_many, each commit's frames went out one await at a time, and a second commit
+    # (publishes of a later loop turn) sent its own meanwhile: seqs 1, 4, 2, 5, 3, 6 on the wire.  The member saw
+    # gaps, fetched the missing messages, and then got the originals too: Rejected(REPLAY) for honest traffic --
+    # what a replay attack looks like in its events and log -- and every message a round trip late.  Now a
+    # commit's frames go out after those of the commits before it.
+    hub = MemoryHub()
+    wrapped = _Slow(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 POLICY, store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    wrapped.slow = True
+    first = [asyncio.create_task(author.publish(branch, b"a%d" % i)) for i in range(3)]  # one commit
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # that commit's sends are on the way
+    second = [asyncio.create_task(author.publish(branch, b"b%d" % i)) for i in range(3)]  # the next one
+    seqs = await asyncio.wait_for(asyncio.gather(*first, *second), 10)
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    assert await _drain(sub, 6) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2"]
+    wire = [decode_frame(d).head.seq for src, _dst, d in hub.tap  # type: ignore[union-attr]
+            if src == "author" and decode_frame(d).kind is Kind.PACKET]
+    assert wire == [1, 2, 3, 4, 5, 6], wire  # in order, each once: nothing to fetch again
+    rejected = [e for e in sub.pending_events() if isinstance(e, Rejected)]
+    assert not rejected, rejected
+    await sub.close()
+    await author.close()
+
+
 class _TimesOut:
     """A transport without ``send_many`` whose ``send`` bounds its wait for the network with ``asyncio.timeout``
     (as a socket send with a deadline would), and whose network never drains: the deadline is already past, so
