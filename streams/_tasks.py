@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Coroutine, Generator, Iterable
+import sys
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any
 
 
@@ -36,50 +37,20 @@ async def wait_shielded(task: asyncio.Future[Any]) -> None:
     task.result()
 
 
-def run_eagerly(coro: Awaitable[None]) -> asyncio.Future[None] | None:
-    """Run ``coro`` in the calling task up to its first suspension: None if it ended there (what it raised is
-    raised here), else a task running the rest of it, which a cancellation of the caller does not reach (await
-    it with :func:`asyncio.shield`).  Python 3.12's eager tasks by hand, without the task: a coroutine that
-    never suspends (every transport's ``send`` here) costs no task and no turn of the loop.  Another awaitable
-    (a future) is awaited in a task from the start."""
-    if not isinstance(coro, Coroutine):
-        return asyncio.ensure_future(coro)
-    try:
-        first = coro.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_finish(coro, first))
+def run_in_task(coro: Awaitable[None]) -> asyncio.Future[None] | None:
+    """Run ``coro`` in a task of its own, which a cancellation of the caller does not reach (await it with
+    :func:`asyncio.shield`): the task, or None if it ended without suspending (what it raised is raised here).
 
-
-async def _finish(coro: Coroutine[Any, Any, None], first: object) -> None:
-    await _Rest(coro, first)
-
-
-class _Rest:
-    """The rest of a coroutine that was started and suspended, yielding ``first`` to its task: awaited, it
-    passes that on to the awaiting task (a future to wait for), and what the task sends or throws back (the
-    future's outcome, a cancellation) to the coroutine -- as ``await coro`` would have done from the start."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], first: object) -> None:
-        self._coro, self._first = coro, first
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, out = self._coro, self._first
-        while True:
-            try:
-                sent = yield out
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # a cancellation (or any error) thrown in by the task
-                try:
-                    out = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    out = coro.send(sent)
-                except StopIteration:
-                    return
+    The task is a real one from its first step: whatever the coroutine binds to the current task -- a deadline
+    (``asyncio.timeout``; ``wait_for`` on 3.12), a ``TaskGroup`` -- is bound to it.  (It used to run in the
+    caller up to its first suspension, by hand: a send's own deadline then cancelled the caller, whose publish
+    raised CancelledError nobody asked for, and never reached the send.)  On Python 3.12 the task starts eagerly
+    (``eager_start``): a coroutine that never suspends costs no turn of the loop; on 3.11 it starts at the next
+    turn, as any task."""
+    if sys.version_info >= (3, 12) and isinstance(coro, Coroutine):
+        task: asyncio.Task[None] = asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+        if task.done():
+            task.result()
+            return None
+        return task
+    return asyncio.ensure_future(coro)

@@ -31,12 +31,12 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self
 
 from . import _crypto
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
-from ._tasks import cancel_and_wait, run_eagerly, wait_shielded
+from ._tasks import cancel_and_wait, run_in_task, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
 from .errors import (
@@ -224,6 +224,10 @@ class _Party:
         #: Sends one frame at a time (``_send_each``, no ``send_many``) still on the way, a cancelled caller's
         #: hand-off included: routing hints wait until none is (they may forget peers a frame on the way is for).
         self._sending = 0
+        #: Per branch, done once the frames of the last commit sent one at a time that has frames of that branch
+        #: have gone out (or failed, or were given up at close): the next such commit's wait for it
+        #: (:meth:`_send_each`).
+        self._sends_done: dict[bytes, asyncio.Future[None]] = {}
         #: The errors of FETCHes not served (a damaged logged message), and when each was last logged as an error.
         self._unserved_logged: dict[str, int] = {}
         #: Stored grants found intact (author), as (branch, epoch, digest of the stored bytes): each is checked
@@ -810,29 +814,40 @@ class _Party:
         await self._send_each(out, group)
 
     async def _send_each(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None,
-                         counted: bool = False) -> None:
+                         turn: _Turn | None = None) -> None:
         """Send committed frames one ``send`` at a time; resolve the publish group they complete.
 
         A caller cancelled meanwhile leaves the rest to a task of the party: the commit is done, and the other
         publishes it covered must neither fail with the caller's cancellation (they used to get
-        ClosedResourceError, the party open and their messages committed) nor lose their frames.  A send that
-        awaits goes on in a task of its own, which the caller's cancellation does not reach (:func:`run_eagerly`,
-        awaited shielded): the hand-off waits for it and sends the frames after it, each once.  (It used to send
-        the frame whose send was cancelled again, in case it had not gone out; where it had, the receiver
-        reported the copy as a REPLAY, as it would an attack.)
+        ClosedResourceError, the party open and their messages committed) nor lose their frames.  Each send runs
+        in a task of its own, which the caller's cancellation does not reach (:func:`run_in_task`, awaited
+        shielded): the hand-off waits for the one on the way and sends the frames after it, each once.  (It used
+        to send the frame whose send was cancelled again, in case it had not gone out; where it had, the receiver
+        reported the copy as a REPLAY, as it would an attack.)  A real task, not the caller: a deadline the
+        transport's send sets itself (``asyncio.timeout``) bounds that send, not the publisher.
 
         Sends of several commits may be on the way at once (each awaits): the routing hints are handed to the
         transport by the last of them to finish (:attr:`_sending`), once every frame committed before the hints
-        went out -- not by a later publish while a REVOKE handed off to a task is still waiting (``counted``: the
-        hand-off keeps its count)."""
-        if not counted:
+        went out -- not by a later publish while a REVOKE handed off to a task is still waiting (``turn`` given:
+        the hand-off keeps its count).
+
+        The frames of a commit leave after those of the commits before it on the same branches (``turn``): two
+        commits' sends interleaved used to put seqs 1, 4, 2, 5, 3, 6 on the wire, and the member fetched what
+        looked missing and then reported the late originals as REPLAYs.  Other branches' frames do not wait (a
+        REVOKE held on the way holds up no other branch), nor do close()'s last frames (a send stuck on the way
+        must not keep close() from releasing the store)."""
+        if turn is None:
             self._sending += 1
+            turn = self._take_turn(out)
         handed_off = False
         sent = 0
-        sending: asyncio.Future[None] | None = None  #: the rest of a send that awaited
+        sending: asyncio.Future[None] | None = None  #: a send on the way
         try:
+            for before in turn.before:
+                if not before.done() and not self._closed:  # (close's last frames: no wait)
+                    await asyncio.shield(before)
             for o in out:
-                sending = run_eagerly(self._transport.send(o))
+                sending = run_in_task(self._transport.send(o))
                 if sending is not None:
                     await asyncio.shield(sending)
                     sending = None
@@ -842,7 +857,7 @@ class _Party:
                 _stop(sending)
                 _settle(group, ClosedResourceError("closed before the send"))
             else:
-                self._spawn(self._send_rest(sending, out[sent + (sending is not None):], group))
+                self._spawn(self._send_rest(sending, out[sent + (sending is not None):], group, turn))
                 handed_off = True
             raise
         except Exception as exc:
@@ -851,13 +866,16 @@ class _Party:
         finally:
             if not handed_off:
                 self._sending -= 1
+                self._end_turn(turn)
         _settle(group, None)
         if not self._sending:
             self._apply_routes()
 
     async def _send_rest(self, sending: asyncio.Future[None] | None, out: list[Outgoing],
-                         group: list[asyncio.Future[None]] | None) -> None:
-        """The hand-off of a cancelled caller's sends: the one on the way (``sending``), then ``out``."""
+                         group: list[asyncio.Future[None]] | None,
+                         turn: _Turn) -> None:
+        """The hand-off of a cancelled caller's sends: the one on the way (``sending``), then ``out``, in the
+        caller's ``turn``."""
         if sending is not None:
             try:
                 await sending
@@ -865,13 +883,32 @@ class _Party:
                 _stop(sending)
                 _settle(group, ClosedResourceError("closed before the send"))
                 self._sending -= 1
+                self._end_turn(turn)
                 raise
             except Exception as exc:  # as _send_each would have: the publishers raise it
                 _settle(group, exc)
                 self._sending -= 1
+                self._end_turn(turn)
                 return
         with contextlib.suppress(Exception):  # _send_each failed the group with it: the publishers raise it
-            await self._send_each(out, group, counted=True)
+            await self._send_each(out, group, turn)
+
+    def _take_turn(self, out: list[Outgoing]) -> _Turn:
+        """The place of a commit's frames (``out``) behind the commits still sending frames of its branches."""
+        branches = {o.branch for o in out if o.branch is not None}
+        before = [self._sends_done[b] for b in branches if b in self._sends_done]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for b in branches:
+            self._sends_done[b] = done
+        return _Turn(before, done, branches)
+
+    def _end_turn(self, turn: _Turn) -> None:
+        """A commit's sends are over (sent, failed or given up): the next commits' on its branches may go."""
+        if not turn.done.done():
+            turn.done.set_result(None)
+        for b in turn.branches:
+            if self._sends_done.get(b) is turn.done:
+                del self._sends_done[b]
 
     def _committed(self, changes: Changes) -> None:
         """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""
@@ -1898,6 +1935,14 @@ _UNSERVED_RELOG_MS = 3_600_000
 def _conflict_error(branch: bytes, seq: int) -> ChainConflictError:
     return ChainConflictError(f"our chain on branch {branch.hex()} conflicts with the author's copy (ChainConflict): "
                               f"seq {seq} will not be acknowledged")
+
+
+class _Turn(NamedTuple):
+    """A commit's place in the order of sends (:meth:`_Party._send_each`)."""
+
+    before: list[asyncio.Future[None]]  #: the sends of earlier commits on the same branches, still on the way
+    done: asyncio.Future[None]  #: ours: done once they are over
+    branches: set[bytes]
 
 
 def _stop(sending: asyncio.Future[None] | None) -> None:

@@ -2330,10 +2330,21 @@ class AuthorCore(_CoreBase):
         return frames, True
 
     def _current_grant(self, b: _Branch) -> bytes | None:
-        """``b``'s current grant, to send again; None if the ``grant_intact`` hook finds it damaged."""
+        """``b``'s current grant, to send again; None if the ``grant_intact`` hook finds it damaged.
+
+        A member's own branch whose grant is damaged is re-keyed at once, to the permission it has (as
+        :meth:`set_permission` would), and the new grant is the one sent: else a member back with a new store
+        got no grant at any try, for good (only a re-key by hand let it in).  The re-key links to the grant's
+        hash, which the record keeps apart from the damaged frame, so the member's other stores take it too.  A
+        group's is not (its re-key is :meth:`remove_member`'s): the driver has told the operator."""
         current = self._extras(b)[0]
         check = self.grant_intact
-        return current if check is None or check(b.id, b.epoch, current) else None
+        if check is None or check(b.id, b.epoch, current):
+            return current
+        if b.peer_did and b.state is BranchState.OPEN:
+            self.set_permission(b.id, b.members[1][1])
+            return b.grant_frame
+        return None
 
     def _grants_after(self, b: _Branch, epoch: int) -> list[bytes]:
         """The grant frames of ``b`` for the epochs after ``epoch``, in order (as far as its history goes back:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
 import socket
@@ -32,10 +33,19 @@ PW = "correct horse battery staple"
 AUTHOR, P1 = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
 POLICY = AllowList.of([P1.did])
 
+#: The publish a send was made for: set by :func:`_publish`, and seen by the transport's ``send``, which runs in a
+#: task of its own started from the publisher (a task's context is a copy of its creator's).
+_PUBLISHER: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar("publisher", default=None)
+
+
+async def _publish(author: Author, branch: bytes, payload: bytes) -> int:
+    _PUBLISHER.set(asyncio.current_task())
+    return await author.publish(branch, payload)
+
 
 class _Gated:
     """A transport without ``send_many`` whose ``send`` awaits (a network send waiting for its socket): while
-    ``gate`` is set, each send parks until the gate opens, and says which task it parked."""
+    ``gate`` is set, each send of a message parks until the gate opens, and says which publish it parked."""
 
     def __init__(self, inner: MemoryTransport) -> None:
         self.inner = inner
@@ -44,9 +54,9 @@ class _Gated:
 
     async def send(self, out: Outgoing) -> None:
         gate = self.gate
-        if gate is not None:
+        if gate is not None and decode_frame(out.data).kind is Kind.PACKET:  # (not a reply the party sends)
             if self.parked is not None and not self.parked.done():
-                self.parked.set_result(asyncio.current_task())
+                self.parked.set_result(_PUBLISHER.get())
             await gate.wait()
         await self.inner.send(out)
 
@@ -79,7 +89,7 @@ async def test_a_cancelled_publisher_does_not_fail_the_publishes_its_commit_cove
 
     gate = wrapped.gate = asyncio.Event()
     wrapped.parked = loop.create_future()
-    tasks = [asyncio.create_task(author.publish(branch, b"m%d" % i)) for i in range(4)]  # one group
+    tasks = [asyncio.create_task(_publish(author, branch, b"m%d" % i)) for i in range(4)]  # one group
     sender = await asyncio.wait_for(wrapped.parked, 10)
     assert sender in tasks  # a publish leads the group's commit and sends (not a driver loop)
     sender.cancel()
@@ -104,8 +114,8 @@ async def test_a_cancelled_publisher_does_not_fail_the_publishes_its_commit_cove
 
 class _SentThenParked:
     """A transport without ``send_many`` whose ``send`` hands the frame to the network first and then awaits (a
-    drain after the write): while ``gate`` is set, each send parks after its frame went out, and says which task
-    it parked."""
+    drain after the write): while ``gate`` is set, each send of a message parks after it went out, and says
+    which publish it parked."""
 
     def __init__(self, inner: MemoryTransport) -> None:
         self.inner = inner
@@ -115,9 +125,9 @@ class _SentThenParked:
     async def send(self, out: Outgoing) -> None:
         await self.inner.send(out)
         gate = self.gate
-        if gate is not None:
+        if gate is not None and decode_frame(out.data).kind is Kind.PACKET:  # (not a reply the party sends)
             if self.parked is not None and not self.parked.done():
-                self.parked.set_result(asyncio.current_task())
+                self.parked.set_result(_PUBLISHER.get())
             await gate.wait()
 
     def __getattr__(self, name: str) -> object:
@@ -139,7 +149,7 @@ async def test_a_publisher_cancelled_after_its_frame_went_out_does_not_send_it_t
     loop = asyncio.get_running_loop()
     gate = wrapped.gate = asyncio.Event()
     wrapped.parked = loop.create_future()
-    tasks = [asyncio.create_task(author.publish(branch, b"m%d" % i)) for i in range(4)]  # one group
+    tasks = [asyncio.create_task(_publish(author, branch, b"m%d" % i)) for i in range(4)]  # one group
     sender = await asyncio.wait_for(wrapped.parked, 10)
     assert sender in tasks
     sender.cancel()
@@ -159,8 +169,8 @@ async def test_a_publisher_cancelled_after_its_frame_went_out_does_not_send_it_t
     await author.close()
 
 
-async def test_run_eagerly_runs_in_the_caller_until_it_suspends_then_in_a_task_the_caller_cannot_cancel() -> None:
-    from streams._tasks import run_eagerly
+async def test_run_in_task_runs_in_a_task_of_its_own_that_the_caller_cannot_cancel() -> None:
+    from streams._tasks import run_in_task
 
     me = asyncio.current_task()
     ran_in: list[asyncio.Task[Any] | None] = []
@@ -181,10 +191,13 @@ async def test_run_eagerly_runs_in_the_caller_until_it_suspends_then_in_a_task_t
         if fail:
             raise OSError("after the write")
 
-    assert run_eagerly(quick()) is None and ran_in == [me]  # no task for a send that never suspends
+    quick_task = run_in_task(quick())  # None on 3.12 (an eager task ended at once), else a task
+    if quick_task is not None:
+        await quick_task
+    assert len(ran_in) == 1 and ran_in[0] is not None and ran_in[0] is not me  # its own task, from the start
     ran_in.clear()
-    rest = run_eagerly(parks(False))
-    assert rest is not None and ran_in == [me]  # up to its first suspension in the caller
+    rest = run_in_task(parks(False))
+    assert rest is not None
 
     async def caller() -> None:
         await asyncio.shield(rest)
@@ -196,21 +209,114 @@ async def test_run_eagerly_runs_in_the_caller_until_it_suspends_then_in_a_task_t
         await waiting
     gate.set()
     await asyncio.wait_for(rest, 10)
-    assert ran_in[1] is not me and not stopped
+    assert ran_in[0] is ran_in[1] is rest and not stopped
     gate.clear()
-    failing = run_eagerly(parks(True))
+    failing = run_in_task(parks(True))
     assert failing is not None
     gate.set()
     with pytest.raises(OSError, match="after the write"):
         await asyncio.wait_for(failing, 10)
     gate.clear()
-    cancelled = run_eagerly(parks(False))
+    cancelled = run_in_task(parks(False))
     assert cancelled is not None
     await asyncio.sleep(0)
     cancelled.cancel()  # (close) reaches the coroutine
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     assert stopped == ["cancelled"]
+
+
+
+
+class _Slow:
+    """A transport without ``send_many`` whose ``send`` of a message waits a turn of the loop before it writes (a
+    socket that needs a moment): sends of two commits are on the way at once."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.slow = False
+
+    async def send(self, out: Outgoing) -> None:
+        if self.slow and decode_frame(out.data).kind is Kind.PACKET:
+            await asyncio.sleep(0)
+        await self.inner.send(out)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_the_frames_of_two_commits_leave_in_commit_order_over_a_transport_whose_send_awaits(
+        tmp_path: Path) -> None:
+    # Over a transport without send_many, each commit's frames went out one await at a time, and a second commit
+    # (publishes of a later loop turn) sent its own meanwhile: seqs 1, 4, 2, 5, 3, 6 on the wire.  The member saw
+    # gaps, fetched the missing messages, and then got the originals too: Rejected(REPLAY) for honest traffic --
+    # what a replay attack looks like in its events and log -- and every message a round trip late.  Now a
+    # commit's frames go out after those of the commits before it.
+    hub = MemoryHub()
+    wrapped = _Slow(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 POLICY, store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    wrapped.slow = True
+    first = [asyncio.create_task(author.publish(branch, b"a%d" % i)) for i in range(3)]  # one commit
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # that commit's sends are on the way
+    second = [asyncio.create_task(author.publish(branch, b"b%d" % i)) for i in range(3)]  # the next one
+    seqs = await asyncio.wait_for(asyncio.gather(*first, *second), 10)
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    assert await _drain(sub, 6) == [b"a0", b"a1", b"a2", b"b0", b"b1", b"b2"]
+    wire = [decode_frame(d).head.seq for src, _dst, d in hub.tap  # type: ignore[union-attr]
+            if src == "author" and decode_frame(d).kind is Kind.PACKET]
+    assert wire == [1, 2, 3, 4, 5, 6], wire  # in order, each once: nothing to fetch again
+    rejected = [e for e in sub.pending_events() if isinstance(e, Rejected)]
+    assert not rejected, rejected
+    await sub.close()
+    await author.close()
+
+
+class _TimesOut:
+    """A transport without ``send_many`` whose ``send`` bounds its wait for the network with ``asyncio.timeout``
+    (as a socket send with a deadline would), and whose network never drains: the deadline is already past, so
+    the send raises TimeoutError -- its own error, which the publish must raise."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.stuck = False
+
+    async def send(self, out: Outgoing) -> None:
+        if not self.stuck:
+            await self.inner.send(out)
+            return
+        async with asyncio.timeout(0):
+            await asyncio.get_running_loop().create_future()  # a drain that never comes
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_a_send_that_times_out_itself_fails_the_publish_not_cancels_the_caller(tmp_path: Path) -> None:
+    # Each send of a transport without send_many ran in the caller's task up to its first pause (run_in_task): a
+    # send that took a deadline there (asyncio.timeout, or wait_for on 3.12) bound it to the CALLER's task.  The
+    # deadline then cancelled the publisher -- its publish raised CancelledError although nobody cancelled it --
+    # and never reached the send, which went on waiting for good.  The send's own TimeoutError is what the
+    # publish must raise.
+    hub = MemoryHub()
+    wrapped = _TimesOut(hub.author_endpoint())
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "monitor", PW, wrapped,  # type: ignore[arg-type]
+                                 POLICY, store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "p1.db", P1, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("p1"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    wrapped.stuck = True
+    publish = asyncio.create_task(author.publish(branch, b"m0"))
+    done, _ = await asyncio.wait([publish], timeout=10)
+    assert done, "the publish never ended"
+    assert not publish.cancelled(), "the send's deadline cancelled the publisher"
+    assert isinstance(publish.exception(), TimeoutError), repr(publish.exception())
+    await sub.close()
+    await author.close()
 
 
 async def _closes_itself(party: Author | Subscriber) -> ClosedResourceError:
@@ -544,6 +650,13 @@ class _CancelOnRecv:
         self.inner = inner
         self.kind = kind
         self.victim: asyncio.Task[Any] | None = None
+        self.hold_acks: asyncio.Event | None = None  #: while set, our ACKs wait until it is set
+
+    async def send(self, out: Outgoing) -> None:
+        hold = self.hold_acks
+        if hold is not None and decode_frame(out.data).kind is Kind.ACK:
+            await hold.wait()
+        await self.inner.send(out)
 
     async def recv(self) -> list[tuple[bytes, object]]:
         batch = await self.inner.recv()
@@ -578,9 +691,17 @@ async def test_a_waiter_cancelled_as_its_frame_arrives_is_cancelled_and_nothing_
             await asyncio.wait_for(reader, 20)
         assert [m.payload for m in await sub.next_messages(timeout=10)] == [b"m"]  # nothing lost
 
+    release = s_side.hold_acks = asyncio.Event()  # the ACK comes while the waiter waits, not before it starts
     seq = await author.publish(branch, b"acknowledged")
     waiter = asyncio.create_task(author.wait_acknowledged(branch, seq, timeout=60))
     a_side.victim = waiter
+    for _ in range(1000):
+        if author._ack_waiters:
+            break
+        await asyncio.sleep(0.01)
+    assert author._ack_waiters, "the waiter never waited"
+    s_side.hold_acks = None
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiter, 20)
     await sub.close()

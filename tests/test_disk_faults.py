@@ -35,6 +35,7 @@ import pytest
 
 from streams.api import Author, MemoryHub, Subscriber
 from streams.errors import ClosedResourceError, StorageError
+from streams.events import Rejected
 from streams.policy import AllowList
 from streams.store import Store
 from streams.wire import Kind, decode_frame
@@ -838,3 +839,44 @@ async def test_a_grant_history_entry_damaged_in_an_older_branch_record_is_a_stor
     with pytest.raises(StorageError, match="branch record") as info:
         await open_and_revoke()
     assert str(tmp_path / "a.db") in str(info.value)
+
+
+async def test_a_member_back_with_a_new_store_is_not_locked_out_by_a_damaged_current_grant(tmp_path: Path) -> None:
+    """A current grant damaged inside its branch record is never served (1985b59): the author logged it and
+    served nothing in its place.  A member that came back with a new store (a lost device) and subscribed again
+    then got no grant at all, at every try, for good -- nothing but a re-key by hand (which ``streams serve``
+    has no command for) let it in again.  The author holds the branch and its keys: it re-keys the branch at
+    once, as a permission change to the same permission would, and serves that grant."""
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(),
+                                 AllowList.of([SUB.did]), store_options=OPTS)
+    sub = await Subscriber.create(tmp_path / "s.db", SUB, AUTHOR.did, author.channel, PW,
+                                  hub.subscriber_endpoint("s"), store_options=OPTS)
+    branch = await sub.subscribe()
+    await sub.close()
+    await author.close()
+    damaged = _flip_branch_grant(tmp_path / "a.db", branch)
+    hub = MemoryHub()
+    author = await Author.open(tmp_path / "a.db", PW, hub.author_endpoint(), AllowList.of([SUB.did]),
+                               store_options=OPTS)
+    try:
+        again = await Subscriber.create(tmp_path / "s2.db", SUB, AUTHOR.did, author.channel, PW,
+                                        hub.subscriber_endpoint("s2"), store_options=OPTS)
+        try:
+            assert await again.subscribe(timeout=10) == branch  # (it timed out: no grant came)
+            seq = await author.publish(branch, b"after the repair")
+            got = await again.next_message(timeout=10)
+            assert (got.seq, got.payload) == (seq, b"after the repair")
+            assert not [e for e in again.pending_events() if isinstance(e, Rejected)]
+        finally:
+            await again.close()
+        old = await Subscriber.open(tmp_path / "s.db", PW, hub.subscriber_endpoint("s"), store_options=OPTS)
+        try:  # the member's first store takes the re-key too: it links to the grant that store holds
+            got = await old.next_message(timeout=10)
+            assert (got.seq, got.payload) == (seq, b"after the repair")
+            assert not [e for e in old.pending_events() if isinstance(e, Rejected)]
+        finally:
+            await old.close()
+        assert not [d for src, _dst, d in hub.tap if src == "author" and d == damaged], "the damaged grant was served"
+    finally:
+        await author.close()
