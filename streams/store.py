@@ -1318,21 +1318,27 @@ def _tail(v: list[Any]) -> int:
 
 def _grants(v: list[Any]) -> list[bytes]:
     """The earlier grants a stored branch record holds itself: only records written after grant history was kept
-    and before the ``grants`` table existed (absent before, empty after).  Each must decode as a grant of the
-    branch (its signature is checked where it is served): one damaged past that would otherwise fail the next
-    commit of the record (:func:`_history_rows`) as the caller's error."""
+    and before the ``grants`` table existed (absent before, empty after).  An entry that no longer decodes as a
+    grant of the branch (damaged on disk) is left out, with a warning: kept, it would fail the next commit of the
+    record (:func:`_history_rows`) as the caller's error; it is a past grant, needed only by a member that is
+    behind, so the party carries on without it, as for a damaged row of the ``grants`` table (its signature is
+    checked where it is served)."""
     if len(v) <= 11:
         return []
     if not isinstance(v[11], list) or not all(isinstance(g, bytes) for g in v[11]):
         raise TypeError("grants must be a list of frames")
-    for g in v[11]:
+    kept = []
+    for n, g in enumerate(v[11]):
         try:
             head = decode_frame(g, max_frame=max(len(g), 1)).head
-        except DecodeError as exc:
-            raise TypeError("a grant history entry that is not a frame") from exc
-        if not isinstance(head, Grant) or head.branch != v[0]:
-            raise TypeError("a grant history entry that is not a grant of its branch")
-    return list(v[11])
+        except DecodeError:
+            head = None
+        if isinstance(head, Grant) and head.branch == v[0]:
+            kept.append(g)
+        else:
+            log.warning("branch record %s: its grant history entry %d is damaged (not a grant of the branch); "
+                        "left out", bytes(v[0]).hex() if isinstance(v[0], bytes) else "?", n)
+    return kept
 
 
 def _new_database(p: Path) -> bool:
