@@ -327,3 +327,109 @@ async def test_an_amortized_member_fetches_back_its_unsigned_packets_and_checkpo
         assert rep.ok, rep.summary()
     finally:
         ledger.close()
+
+
+def _put_back(tmp: Path, copy: str) -> None:
+    """The restore steps: the copy's files in place of the store's, no WAL of the later store left over."""
+    for suffix in ("", "-frames"):
+        if (tmp / f"{copy}{suffix}").exists():
+            shutil.copyfile(tmp / f"{copy}{suffix}", tmp / f"p1.db{suffix}")
+    for suffix in ("-wal", "-shm"):
+        (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
+
+
+async def test_a_copy_from_before_our_first_message_is_no_restart_we_sign_a_restore_mark_for(
+        tmp_path: Path) -> None:
+    """Whoever can write P1's store file puts back a copy taken before P1 published anything (or sets its chain's
+    cursor back to 1 and deletes its rows: the same file).  P1's branch is not one a handshake of this run created
+    -- it did not lose its state -- so the author's proof of its chain at 6 must not make it sign a restore mark:
+    that mark is what lets the audit take the log as starting after 6, a clean audit of a store from which all six
+    of P1's messages were deleted.  It fetches them back instead (the first links to the genesis grant), as it
+    does from a copy that holds some of them, and the store holds them again as they were."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.close()
+        backup(tmp_path / "p1.db", tmp_path / "old.db")  # the branch, nothing of P1's own chain
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        await s.publish_many(branch, [b"own %d" % i for i in range(6)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+        await s.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        lost = store.log_range(branch, 1, 1, 6)
+        store.close()
+        assert len(lost) == 6
+        _put_back(tmp_path, "old.db")
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200))
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)),
+                       what="own chain restarted at the author's anchored head")
+    finally:
+        await s.close()
+        await author.close()
+    try:
+        db = sqlite3.connect(tmp_path / "p1.db")
+        marks = db.execute("SELECT seq FROM restore_marks WHERE publisher = 1").fetchall()
+        db.close()
+        assert marks == [], "P1 signed a restore mark over a deletion of its own chain"
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 1, 6) == lost
+        finally:
+            store.close()
+        rep = _audit(tmp_path, ledger)
+        assert rep.ok, rep.summary()
+    finally:
+        ledger.close()
+
+
+async def test_a_log_whose_head_was_deleted_makes_us_sign_no_restore_mark(tmp_path: Path) -> None:
+    """P1's store is an older copy (its chain through 3, the author's through 6) from which whoever can write it
+    also deleted P1's messages 1..3.  The log holds nothing to link a fetch to, and P1 did not lose its state (no
+    handshake of this run created the branch): it must sign no restore mark at 6 -- that would pass the deletion
+    off as a restart -- and the audit reports the missing messages."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 3, timeout=5)
+        await s.close()
+        backup(tmp_path / "p1.db", tmp_path / "old.db")
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+        await s.close()
+        _put_back(tmp_path, "old.db")
+        db = sqlite3.connect(tmp_path / "p1.db")
+        db.execute("DELETE FROM log WHERE branch = ? AND publisher = 1", (branch,))
+        db.commit()
+        db.close()
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200))
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)),
+                       what="own chain restarted at the author's anchored head")
+    finally:
+        await s.close()
+        await author.close()
+    try:
+        db = sqlite3.connect(tmp_path / "p1.db")
+        marks = db.execute("SELECT seq FROM restore_marks WHERE publisher = 1").fetchall()
+        db.close()
+        assert marks == [], "P1 signed a restore mark over a deletion of its own chain"
+        assert any("missing" in r for r in _errors(_audit(tmp_path, ledger)))
+    finally:
+        ledger.close()
