@@ -3305,22 +3305,23 @@ class SubscriberCore(_CoreBase):
             if c is not None and r.seq < c.next_seq:
                 c.anchored = max(c.anchored, r.seq)
 
-    def resume_fills(self, records: list[AnchorRecord], below: Callable[[bytes, int, int], tuple[int, bytes] | None],
+    def resume_fills(self, hole: Callable[[bytes, int, int], tuple[int, bytes, int, bytes | None] | None],
                      now_ms: int) -> None:
-        """After :meth:`load_anchored`: take up again a fetch of our own messages that a restart cut short (SPEC
-        13.5).  For each latest anchored head of our own chain that is below our cursor and missing from our log,
-        ``below(branch, publisher, seq)`` is the driver's look for the last message our log holds below it
-        (``(seq, hash)``, or None): the messages between are fetched back as after the restart that lost them
-        (reported by no event: the proof was), asked for by the next :meth:`catch_up`."""
-        for r in records:
-            b = self._branches.get(r.branch)
-            c = None if b is None or r.publisher != b.me else b.chains.get(b.me)
-            if (c is None or c.fill is not None or b is None or b.state is not BranchState.OPEN
-                    or not r.seq < c.next_seq or self._logged_hash(r.branch, r.publisher, r.seq) is not None):
+        """After :meth:`load_subscriber`: take up again a fetch of our own messages that a restart cut short, or
+        that was given up (SPEC 13.5).  ``hole(branch, publisher, below)`` is the driver's look for the first hole
+        in our log of our own chain below our cursor (:meth:`Store.log_hole`): the messages in it are fetched back
+        as after the restart that lost them -- linked to the row before it, and ending in the hash the row after
+        it links to (or our cursor's head) -- reported by no event (the proof was), asked for by the next
+        :meth:`catch_up`.  Whatever proof is now our chain's latest anchored head: a later one (we published on
+        after the fetch was given up) leaves the hole where it was."""
+        for b in self._branches.values():
+            c = b.chains.get(b.me) if b.me and b.state is BranchState.OPEN else None
+            if c is None or c.fill is not None or c.conflict or c.next_seq <= 2:
                 continue
-            last = below(r.branch, r.publisher, r.seq)
-            if last is not None:
-                c.fill = _Fill(last[0] + 1, r.seq, last[1], r.hash)
+            found = hole(b.id, b.me, c.next_seq)
+            if found is not None:
+                lo, prev, hi, final = found
+                c.fill = _Fill(lo, hi, prev, c.head if final is None else final)
                 c.fill.asked_ms = now_ms
 
     def take_anchor_claims(self) -> list[AnchorClaim]:

@@ -788,17 +788,43 @@ class Store:
                        "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
         return [(s, self._frame(f, h, check=True)) for s, f, h in rows]
 
-    def log_below(self, branch: bytes, publisher: int, seq: int) -> tuple[int, bytes] | None:
-        """``(seq, hash)`` of the last row of a chain below ``seq``, or None (a member taking up the fetch of its own
-        messages again, SPEC 13.5).  Raises :class:`StorageError` for a row of the wrong types."""
-        rows = self._q("SELECT seq, hash FROM log WHERE branch = ? AND publisher = ? AND seq < ? "
-                       "ORDER BY seq DESC LIMIT 1", (branch, publisher, seq))
+    def log_hole(self, branch: bytes, publisher: int, below: int) -> tuple[int, bytes, int, bytes | None] | None:
+        """The first hole in a chain's log below ``below`` (a member taking up the fetch of its own messages again,
+        SPEC 13.5): ``(lo, prev, hi, final)`` -- the rows at ``lo..hi`` are missing, ``prev`` is the hash of the
+        row at ``lo - 1`` (the last one before it) and ``final`` the hash the row at ``hi + 1`` links to (None: no
+        row there, the hole runs to ``below``).  Only between rows, or after the last one: nothing below the
+        first row is a hole here (a log may start later).  None if there is none.  Raises
+        :class:`StorageError` for a damaged row."""
+        span = self._q("SELECT MIN(seq), MAX(seq), COUNT(*) FROM log WHERE branch = ? AND publisher = ? AND seq < ?",
+                       (branch, publisher, below))
+        lo_, hi_, n_ = span[0] if span else (None, None, 0)
+        if not n_ or (hi_ == below - 1 and n_ == hi_ - lo_ + 1):
+            return None  # (the common case, whole: one count over the index, not a search for the gap)
+        rows = self._q("SELECT seq, hash FROM log AS l WHERE branch = ? AND publisher = ? AND seq < ? AND NOT EXISTS "
+                       "(SELECT 1 FROM log WHERE branch = l.branch AND publisher = l.publisher AND seq = l.seq + 1) "
+                       "ORDER BY seq LIMIT 1", (branch, publisher, below - 1))
         if not rows:
             return None
         s, h = rows[0]
         if not (_count(s) and type(h) is bytes):
             raise StorageError(f"a row of table log in {self.path} is damaged")
-        return s, h
+        nxt = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq > ? AND seq < ? "
+                      "ORDER BY seq LIMIT 1", (branch, publisher, s, below))
+        if not nxt:
+            return s + 1, h, below - 1, None
+        n, f, nh = nxt[0]
+        if not _count(n):
+            raise StorageError(f"a row of table log in {self.path} is damaged")
+        try:
+            head = decode_frame(self._frame(f, nh, check=True)).head
+        except DecodeError as exc:
+            raise StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {n} does "
+                               "not decode") from exc
+        prev = getattr(head, "prev", None)
+        if type(prev) is not bytes:
+            raise StorageError(f"the logged message at branch {branch.hex()} publisher {publisher} seq {n} is no "
+                               "chain message")
+        return s + 1, h, n - 1, prev
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""

@@ -433,3 +433,46 @@ async def test_a_log_whose_head_was_deleted_makes_us_sign_no_restore_mark(tmp_pa
         assert any("missing" in r for r in _errors(_audit(tmp_path, ledger)))
     finally:
         ledger.close()
+
+
+async def test_a_fetch_given_up_is_taken_up_again_after_a_later_proof_of_our_chain(tmp_path: Path) -> None:
+    """P1 restarts its chain at 6 and its fetch of 4..6 is given up (a relay drops the answers); it runs on,
+    publishes 7, and the author's next proof anchors 7 -- now its chain's latest anchored head, which its log
+    holds.  Its next run must still take the fetch of 4..6 up again (the hole is in its log, whatever the latest
+    proof): else the store of an honest member fails every later audit for messages it could have had back."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    try:
+        branch, lost, _col, relay = await _restored_member(tmp_path, ledger, {"drop": True})
+        assert relay is not None
+        hub = relay.hub
+        cfg = CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200)
+        author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                                   store_options=FAST, ledger=ledger)
+        s = await Subscriber.open(tmp_path / "p1.db", PW, _OwnChainRelay(hub, drop=True), store_options=FAST,
+                                  ledger=ledger, config=cfg)
+        try:
+            col = Collect(s)
+            await s.publish(branch, b"after the restore")
+            await s.wait_acknowledged(branch, 7, timeout=5)
+            await wait_for(lambda: any(e.publisher == 1 and e.seq == 7 for e in col.of(Anchored)), what="anchored 7")
+        finally:
+            await s.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == []
+        finally:
+            store.close()
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=cfg)
+        try:
+            await wait_for(lambda: audit_store(tmp_path / "p1.db", PW, ledger).ok, what="the store whole again")
+        finally:
+            await s.close()
+            await author.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == lost
+        finally:
+            store.close()
+    finally:
+        ledger.close()
