@@ -3309,14 +3309,16 @@ class SubscriberCore(_CoreBase):
                      now_ms: int) -> None:
         """After :meth:`load_subscriber`: take up again a fetch of our own messages that a restart cut short, or
         that was given up (SPEC 13.5).  ``hole(branch, publisher, below)`` is the driver's look for the first hole
-        in our log of our own chain below our cursor (:meth:`Store.log_hole`): the messages in it are fetched back
-        as after the restart that lost them -- linked to the row before it, and ending in the hash the row after
-        it links to (or our cursor's head) -- reported by no event (the proof was), asked for by the next
+        in our log of our own chain below our cursor (:meth:`Store.log_hole`; from the chain's start -- 1, or after
+        our restore mark -- as a write permission given back drops the rows a log held below the author's head,
+        SPEC 12): the messages in it are fetched back as after the restart that lost them -- linked to the row
+        before it (the first at the chain's start on its own authentication), and ending in the hash the row
+        after it links to (or our cursor's head) -- reported by no event (the proof was), asked for by the next
         :meth:`catch_up`.  Whatever proof is now our chain's latest anchored head: a later one (we published on
         after the fetch was given up) leaves the hole where it was."""
         for b in self._branches.values():
             c = b.chains.get(b.me) if b.me and b.state is BranchState.OPEN else None
-            if c is None or c.fill is not None or c.conflict or c.next_seq <= 2:
+            if c is None or c.fill is not None or c.conflict or c.next_seq <= 1:
                 continue
             found = hole(b.id, b.me, c.next_seq)
             if found is not None:
