@@ -1745,7 +1745,7 @@ class Subscriber(_Party):
             core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
             core.load_anchored(store.anchored_heads())  # proofs at or below them: no event, or REPLAY (SPEC 13.5)
             self = cls(core, store, transport, clock, queue_size)
-            core.resume_fills(store.anchored_heads(), store.log_below, self._clock())  # (SPEC 13.5)
+            core.resume_fills(store.log_hole, self._clock())  # (SPEC 13.5)
             self._with_ledger(ledger, anchor_wait)
             self._redeliver()
             if getattr(transport, "session", b"") is not None:

@@ -470,7 +470,7 @@ class _Fill:
     def __init__(self, lo: int, hi: int, prev: bytes, final: bytes) -> None:
         self.lo = lo  #: the next seq to log
         self.hi = hi  #: the anchored head's seq (the last to log)
-        self.prev = prev  #: the hash the message at ``lo`` must link to
+        self.prev = prev  #: the hash the message at ``lo`` must link to (b"": our message 1, any: see _apply_anchor)
         self.final = final  #: the anchored head's hash
         #: The proof's event, reported once the fill ends (None: a fill taken up again after a restart).
         self.event: Anchored | None = None
@@ -1238,7 +1238,7 @@ class _CoreBase:
             raise _Reject(RejectReason.STALE_EPOCH, "unknown key epoch", h.branch, h.publisher, h.seq)
         # Authentic first (our signature, or the chain key): a forged frame changes nothing, the fetch goes on.
         self._verify_chain_frame(b, frame)
-        if not _crypto.ct_equal(h.prev, fill.prev):
+        if fill.prev and not _crypto.ct_equal(h.prev, fill.prev):
             # Ours, but not linked to our log's head: our log forked from the author's copy there (a restored copy
             # that signed on before it was stopped, SPEC 12).  Nothing of the author's copy builds on our log.
             events.append(Rejected(RejectReason.BAD_LINK, "our message fetched back does not link to our log: "
@@ -3166,7 +3166,8 @@ class SubscriberCore(_CoreBase):
                                list(secret.members), keys)
             new = self._new_branch(rec, secret.heads)
             if self.state in _AWAITING and len(self._fresh) < _MAX_FRESH:
-                self._fresh.update(((new.id, p), c.next_seq) for p, c in new.chains.items() if p != new.me)
+                # (Our own chain too: only there does a proof of it restart it at a mark, SPEC 13.5.)
+                self._fresh.update(((new.id, p), c.next_seq) for p, c in new.chains.items())
         else:
             existing.transition("grant")
             existing.epoch = g.epoch
@@ -3418,22 +3419,25 @@ class SubscriberCore(_CoreBase):
             if c is not None and r.seq < c.next_seq:
                 c.anchored = max(c.anchored, r.seq)
 
-    def resume_fills(self, records: list[AnchorRecord], below: Callable[[bytes, int, int], tuple[int, bytes] | None],
+    def resume_fills(self, hole: Callable[[bytes, int, int], tuple[int, bytes, int, bytes | None] | None],
                      now_ms: int) -> None:
-        """After :meth:`load_anchored`: take up again a fetch of our own messages that a restart cut short (SPEC
-        13.5).  For each latest anchored head of our own chain that is below our cursor and missing from our log,
-        ``below(branch, publisher, seq)`` is the driver's look for the last message our log holds below it
-        (``(seq, hash)``, or None): the messages between are fetched back as after the restart that lost them
-        (reported by no event: the proof was), asked for by the next :meth:`catch_up`."""
-        for r in records:
-            b = self._branches.get(r.branch)
-            c = None if b is None or r.publisher != b.me else b.chains.get(b.me)
-            if (c is None or c.fill is not None or b is None or b.state is not BranchState.OPEN
-                    or not r.seq < c.next_seq or self._logged_hash(r.branch, r.publisher, r.seq) is not None):
+        """After :meth:`load_subscriber`: take up again a fetch of our own messages that a restart cut short, or
+        that was given up (SPEC 13.5).  ``hole(branch, publisher, below)`` is the driver's look for the first hole
+        in our log of our own chain below our cursor (:meth:`Store.log_hole`; from the chain's start -- 1, or after
+        our restore mark -- as a write permission given back drops the rows a log held below the author's head,
+        SPEC 12): the messages in it are fetched back as after the restart that lost them -- linked to the row
+        before it (the first at the chain's start on its own authentication), and ending in the hash the row
+        after it links to (or our cursor's head) -- reported by no event (the proof was), asked for by the next
+        :meth:`catch_up`.  Whatever proof is now our chain's latest anchored head: a later one (we published on
+        after the fetch was given up) leaves the hole where it was."""
+        for b in self._branches.values():
+            c = b.chains.get(b.me) if b.me and b.state is BranchState.OPEN else None
+            if c is None or c.fill is not None or c.conflict or c.next_seq <= 1:
                 continue
-            last = below(r.branch, r.publisher, r.seq)
-            if last is not None:
-                c.fill = _Fill(last[0] + 1, r.seq, last[1], r.hash)
+            found = hole(b.id, b.me, c.next_seq)
+            if found is not None:
+                lo, prev, hi, final = found
+                c.fill = _Fill(lo, hi, prev, c.head if final is None else final)
                 c.fill.asked_ms = now_ms
 
     def take_anchor_claims(self) -> list[AnchorClaim]:
@@ -3475,12 +3479,20 @@ class SubscriberCore(_CoreBase):
             # only if our current handshake's GRANT created the branch and the cursor is still where that GRANT
             # started it: a member that kept its state fetches what it misses, it skips nothing (SPEC 13.5).
             # Start there: everything at or below is a replay from now on.
-            self._fresh.pop((b.id, head.publisher), None)
+            fresh = self._fresh.pop((b.id, head.publisher), None) == c.next_seq
             # Our log holds nothing of the chain at or below the head (we lost our state, or the branch is new to
-            # us): it starts after it, which our restore mark says (below).
-            empty = c.next_seq <= 1 or self._logged_hash(b.id, head.publisher, c.next_seq - 1) is None
-            if head.publisher == b.me and c.fill is None and c.next_seq > 1 and not (0 < c.conflict < c.next_seq):
-                logged = self._logged_hash(b.id, b.me, c.next_seq - 1)
+            # us): it starts after it, which our restore mark says (below).  For our own chain only if this
+            # handshake's GRANT created the branch: a branch we held, with our chain's cursor at 1 or our log
+            # lacking its head, is a store put back from an older copy or edited by whoever can write it -- our
+            # mark would pass a deletion of our messages off as a restart (they are fetched back instead, or
+            # stay a hole the audit reports).
+            empty = (head.publisher != b.me or fresh) and (
+                c.next_seq <= 1 or self._logged_hash(b.id, head.publisher, c.next_seq - 1) is None)
+            if head.publisher == b.me and not fresh and c.fill is None and not (0 < c.conflict < c.next_seq):
+                # (At cursor 1 our log holds nothing: our message 1 is taken on its own authentication -- what it
+                # links to, the branch's first grant, is not the cursor's head where a later grant created the
+                # branch -- and the ones after it link to it.)
+                logged = c.head if c.next_seq == 1 else self._logged_hash(b.id, b.me, c.next_seq - 1)
                 if logged is not None and _crypto.ct_equal(logged, c.head):
                     # Our log holds our chain up to our head, and the author holds it on to this one: the
                     # messages in between are ours, lost with a store restored from an older copy.  Fetch them
@@ -3488,7 +3500,7 @@ class SubscriberCore(_CoreBase):
                     # hole from a deletion only by what the log holds); the proof is reported once that is over.
                     # (Not when the author's ACK named another message than ours at or below our head: our log
                     # forked from its copy there, and nothing of that copy links to it.)
-                    fill = _Fill(c.next_seq, head.seq, c.head, head.hash)
+                    fill = _Fill(c.next_seq, head.seq, c.head if c.next_seq > 1 else b"", head.hash)
             c.next_seq, c.head, c.covered = head.seq + 1, head.hash, head.seq
             c.gap_to = max(c.gap_to, head.seq)
             if c.conflict and head.seq >= c.conflict:

@@ -788,17 +788,46 @@ class Store:
                        "ORDER BY seq LIMIT ?", (branch, publisher, lo, hi, limit))
         return [(s, self._frame(f, h, check=True)) for s, f, h in rows]
 
-    def log_below(self, branch: bytes, publisher: int, seq: int) -> tuple[int, bytes] | None:
-        """``(seq, hash)`` of the last row of a chain below ``seq``, or None (a member taking up the fetch of its own
-        messages again, SPEC 13.5).  Raises :class:`StorageError` for a row of the wrong types."""
-        rows = self._q("SELECT seq, hash FROM log WHERE branch = ? AND publisher = ? AND seq < ? "
-                       "ORDER BY seq DESC LIMIT 1", (branch, publisher, seq))
-        if not rows:
+    def log_hole(self, branch: bytes, publisher: int, below: int) -> tuple[int, bytes, int, bytes | None] | None:
+        """The first hole in a chain's log below ``below`` (a member taking up the fetch of its own messages again,
+        SPEC 13.5): ``(lo, prev, hi, final)`` -- the rows at ``lo..hi`` are missing, ``prev`` is the hash of the
+        row at ``lo - 1`` (b"": none, the hole is at the chain's start) and ``final`` the hash the row at ``hi + 1``
+        links to (None: no row there, the hole runs to ``below``).  The chain starts at 1, or after the latest
+        restore mark kept for it (a member that lost its state starts its log there).  None if there is none, or
+        if the row after it is damaged.  Raises :class:`StorageError` for a row of the wrong types."""
+        marked = self._q("SELECT MAX(seq) FROM restore_marks WHERE branch = ? AND publisher = ? AND seq < ?",
+                         (branch, publisher, below))
+        first = 1 + (marked[0][0] if marked and _count(marked[0][0]) else 0)
+        span = self._q("SELECT MIN(seq), MAX(seq), COUNT(*) FROM log WHERE branch = ? AND publisher = ? AND "
+                       "seq >= ? AND seq < ?", (branch, publisher, first, below))
+        lo_, hi_, n_ = span[0] if span else (None, None, 0)
+        if first >= below or (n_ and hi_ == below - 1 and lo_ == first and n_ == hi_ - lo_ + 1):
+            return None  # (the common case, whole: one count over the index, not a search for the gap)
+        if n_ and lo_ == first:
+            rows = self._q("SELECT seq, hash FROM log AS l WHERE branch = ? AND publisher = ? AND seq >= ? AND "
+                           "seq < ? AND NOT EXISTS (SELECT 1 FROM log WHERE branch = l.branch AND "
+                           "publisher = l.publisher AND seq = l.seq + 1) ORDER BY seq LIMIT 1",
+                           (branch, publisher, first, below - 1))
+            if not rows:
+                return None
+            s, h = rows[0]
+            if not (_count(s) and type(h) is bytes):
+                raise StorageError(f"a row of table log in {self.path} is damaged")
+        else:
+            s, h = first - 1, b""  # nothing at the chain's start
+        nxt = self._q("SELECT seq, frame, hash FROM log WHERE branch = ? AND publisher = ? AND seq > ? AND seq < ? "
+                      "ORDER BY seq LIMIT 1", (branch, publisher, s, below))
+        if not nxt:
+            return s + 1, h, below - 1, None
+        n, f, nh = nxt[0]
+        try:
+            head = decode_frame(self._frame(f, nh, check=True)).head
+        except (DecodeError, StorageError):
+            # The row after the hole is damaged: what the hole must end in is unknown, so it is not fetched (the
+            # party opens all the same; the audit reports the row).
             return None
-        s, h = rows[0]
-        if not (_count(s) and type(h) is bytes):
-            raise StorageError(f"a row of table log in {self.path} is damaged")
-        return s, h
+        prev = getattr(head, "prev", None)
+        return (s + 1, h, n - 1, prev) if _count(n) and type(prev) is bytes else None
 
     def log_entry(self, branch: bytes, publisher: int, seq: int) -> tuple[bytes, bytes] | None:
         """(hash, frame) stored at a position, or None."""

@@ -327,3 +327,200 @@ async def test_an_amortized_member_fetches_back_its_unsigned_packets_and_checkpo
         assert rep.ok, rep.summary()
     finally:
         ledger.close()
+
+
+def _put_back(tmp: Path, copy: str) -> None:
+    """The restore steps: the copy's files in place of the store's, no WAL of the later store left over."""
+    for suffix in ("", "-frames"):
+        if (tmp / f"{copy}{suffix}").exists():
+            shutil.copyfile(tmp / f"{copy}{suffix}", tmp / f"p1.db{suffix}")
+    for suffix in ("-wal", "-shm"):
+        (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
+
+
+async def test_a_copy_from_before_our_first_message_is_no_restart_we_sign_a_restore_mark_for(
+        tmp_path: Path) -> None:
+    """Whoever can write P1's store file puts back a copy taken before P1 published anything (or sets its chain's
+    cursor back to 1 and deletes its rows: the same file).  P1's branch is not one a handshake of this run created
+    -- it did not lose its state -- so the author's proof of its chain at 6 must not make it sign a restore mark:
+    that mark is what lets the audit take the log as starting after 6, a clean audit of a store from which all six
+    of P1's messages were deleted.  It fetches them back instead (the first links to the genesis grant), as it
+    does from a copy that holds some of them, and the store holds them again as they were."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.close()
+        backup(tmp_path / "p1.db", tmp_path / "old.db")  # the branch, nothing of P1's own chain
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        await s.publish_many(branch, [b"own %d" % i for i in range(6)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+        await s.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        lost = store.log_range(branch, 1, 1, 6)
+        store.close()
+        assert len(lost) == 6
+        _put_back(tmp_path, "old.db")
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200))
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)),
+                       what="own chain restarted at the author's anchored head")
+    finally:
+        await s.close()
+        await author.close()
+    try:
+        db = sqlite3.connect(tmp_path / "p1.db")
+        marks = db.execute("SELECT seq FROM restore_marks WHERE publisher = 1").fetchall()
+        db.close()
+        assert marks == [], "P1 signed a restore mark over a deletion of its own chain"
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 1, 6) == lost
+        finally:
+            store.close()
+        rep = _audit(tmp_path, ledger)
+        assert rep.ok, rep.summary()
+    finally:
+        ledger.close()
+
+
+async def test_a_log_whose_head_was_deleted_makes_us_sign_no_restore_mark(tmp_path: Path) -> None:
+    """P1's store is an older copy (its chain through 3, the author's through 6) from which whoever can write it
+    also deleted P1's messages 1..3.  P1 did not lose its state (no handshake of this run created the branch): it
+    must sign no restore mark at 6 -- that would pass the deletion off as a restart.  Its log holds nothing of its
+    chain and no mark says it starts later: the whole chain is fetched back (at its open) and the audit passes
+    with every message in place."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await make_author(tmp_path, hub, ledger)
+    s = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author, ledger=ledger)
+    try:
+        branch = await s.subscribe(timeout=5)
+        await s.publish_many(branch, [b"before the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 3, timeout=5)
+        await s.close()
+        backup(tmp_path / "p1.db", tmp_path / "old.db")
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger)
+        await s.publish_many(branch, [b"after the copy %d" % i for i in range(3)])
+        await s.wait_acknowledged(branch, 6, timeout=5)
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
+        await s.close()
+        _put_back(tmp_path, "old.db")
+        db = sqlite3.connect(tmp_path / "p1.db")
+        db.execute("DELETE FROM log WHERE branch = ? AND publisher = 1", (branch,))
+        db.commit()
+        db.close()
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200))
+        col = Collect(s)
+        await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)),
+                       what="own chain restarted at the author's anchored head")
+    finally:
+        await s.close()
+        await author.close()
+    try:
+        db = sqlite3.connect(tmp_path / "p1.db")
+        marks = db.execute("SELECT seq FROM restore_marks WHERE publisher = 1").fetchall()
+        db.close()
+        assert marks == [], "P1 signed a restore mark over a deletion of its own chain"
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert len(store.log_range(branch, 1, 1, 6)) == 6
+        finally:
+            store.close()
+        rep = _audit(tmp_path, ledger)
+        assert rep.ok, rep.summary()
+    finally:
+        ledger.close()
+
+
+async def test_a_fetch_given_up_is_taken_up_again_after_a_later_proof_of_our_chain(tmp_path: Path) -> None:
+    """P1 restarts its chain at 6 and its fetch of 4..6 is given up (a relay drops the answers); it runs on,
+    publishes 7, and the author's next proof anchors 7 -- now its chain's latest anchored head, which its log
+    holds.  Its next run must still take the fetch of 4..6 up again (the hole is in its log, whatever the latest
+    proof): else the store of an honest member fails every later audit for messages it could have had back."""
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    try:
+        branch, lost, _col, relay = await _restored_member(tmp_path, ledger, {"drop": True})
+        assert relay is not None
+        hub = relay.hub
+        cfg = CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200)
+        author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                                   store_options=FAST, ledger=ledger)
+        s = await Subscriber.open(tmp_path / "p1.db", PW, _OwnChainRelay(hub, drop=True), store_options=FAST,
+                                  ledger=ledger, config=cfg)
+        try:
+            col = Collect(s)
+            await s.publish(branch, b"after the restore")
+            await s.wait_acknowledged(branch, 7, timeout=5)
+            await wait_for(lambda: any(e.publisher == 1 and e.seq == 7 for e in col.of(Anchored)), what="anchored 7")
+        finally:
+            await s.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == []
+        finally:
+            store.close()
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=cfg)
+        try:
+            await wait_for(lambda: audit_store(tmp_path / "p1.db", PW, ledger).ok, what="the store whole again")
+        finally:
+            await s.close()
+            await author.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == lost
+        finally:
+            store.close()
+    finally:
+        ledger.close()
+
+
+async def test_a_write_permission_lapse_during_the_fetch_leaves_no_hole_for_good(tmp_path: Path) -> None:
+    """P1 restarted its chain at 6 and its fetch of 4..6 is not through (a relay drops the answers) when the
+    author takes its write permission away and gives it back: P1's chain starts again at the author's head (6),
+    which its log lacks, and the rows its log held up to there (1..3, its own) leave it (SPEC 12: they may be
+    forks).  Its next run must fetch its whole chain back from the author: else the store of an honest member
+    fails every later audit ("messages 1..6 are missing") for messages the author still serves."""
+    from streams.wire import Permission
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    try:
+        branch, lost, _col, relay = await _restored_member(tmp_path, ledger, {"drop": True})
+        assert relay is not None
+        hub = relay.hub
+        cfg = CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200)
+        author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
+                                   store_options=FAST, ledger=ledger)
+        s = await Subscriber.open(tmp_path / "p1.db", PW, _OwnChainRelay(hub, drop=True), store_options=FAST,
+                                  ledger=ledger, config=cfg)
+        try:
+            for perm in (Permission.READ, Permission.READ_WRITE):
+                await author.set_permission(branch, perm)
+                await wait_for(lambda p=perm: any(i.id == branch and i.permission is p  # type: ignore[misc]
+                                                      for i in s.branches()), what=f"P1 holds {perm.name}")
+        finally:
+            await s.close()
+        s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
+                                  ledger=ledger, config=cfg)
+        try:
+            await wait_for(lambda: audit_store(tmp_path / "p1.db", PW, ledger).ok, what="the store whole again")
+        finally:
+            await s.close()
+            await author.close()
+        store = Store.open(tmp_path / "p1.db", PW, durable=False)
+        try:
+            assert store.log_range(branch, 1, 4, 6) == lost
+        finally:
+            store.close()
+    finally:
+        ledger.close()
