@@ -480,8 +480,8 @@ class _Fill:
 
 
 class _Chain:
-    __slots__ = ("ack_ms", "acked", "acked_by", "anchor_wait", "anchored", "catch_up_left", "conflict",
-                 "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "fill", "final",
+    __slots__ = ("ack_ms", "acked", "acked_by", "advanced_ms", "anchor_wait", "anchored", "catch_up_left",
+                 "conflict", "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "fill", "final",
                  "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
@@ -498,6 +498,7 @@ class _Chain:
         #: (:meth:`_CoreBase._tell_deferred`); 0: none.
         self.deferred = 0
         self.deferred_at = 0  #: when ``deferred`` was first set (ms)
+        self.advanced_ms = 0  #: when a frame was last accepted in order (ms): the fetch makes progress
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
@@ -1137,9 +1138,13 @@ class _CoreBase:
             open_ = b.state is BranchState.OPEN
             if open_ or b.me:  # (closed: only the tail a REVOKE named is still fetched)
                 for p, rc in b.chains.items():
-                    if rc.deferred and _elapsed(now_ms, rc.deferred_at, deferred_ms):
+                    if rc.deferred and _elapsed(now_ms, rc.deferred_at, deferred_ms) \
+                            and (rc.catching_up() or _elapsed(now_ms, rc.advanced_ms, self.config.fetch_retry_ms)):
                         # Counted from when it was deferred, not from the window's retries: each reconnect (a
-                        # relay can force them) opens a new window, and must not put the report off again.
+                        # relay can force them) opens a new window, and must not put the report off again.  Once
+                        # the window is answered, only when no frame was accepted for fetch_retry_ms (not
+                        # progress_ms, which every FETCH sent renews): a catch-up that goes on (its HEAD came after
+                        # a frame in order had answered the window) is no loss.
                         self._tell_deferred(b, p, rc, 0, events)
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
                             and (open_ or rc.final >= rc.next_seq) \
@@ -1641,7 +1646,7 @@ class _CoreBase:
             # An accepted frame is fresh (a copy is a replay, refused before any check) and authentic: the
             # connection it came on is the member's, now (SPEC 14.2) -- also before its catch-up FETCH is in.
             self._hint_route(b, peer, h.publisher)
-        c.progress_ms = now_ms
+        c.progress_ms = c.advanced_ms = now_ms
         self._drain(b, c, events)
         if c.deferred and c.next_seq >= c.deferred:
             c.deferred = 0  # nothing it deferred is missing any more
@@ -1842,9 +1847,12 @@ class _CoreBase:
         # one that filled at once).  The rest, beyond the window, is fetched as the catch-up goes on.
         catching_up = c.catching_up()
         c.catch_up_left = 0  # the publisher answered: what follows is the gap path's
-        if c.deferred:
+        if c.deferred and catching_up:
             # What a frame showed missing beyond this head, while the window was out, is no catch-up: it was
-            # published after the publisher answered, and lost on the way.
+            # published after the publisher answered, and lost on the way.  Only the HEAD that answers the window
+            # explains anything: a later one (the publisher's HEAD when its channel goes quiet, once a frame in
+            # order answered the window) says nothing of what it held when we caught up -- the rest is told when
+            # the deferral's time is up (handle_timer), if the fetch has not brought it by then.
             self._tell_deferred(b, h.publisher, c, h.seq, events)
         if h.epoch > b.epoch and h.publisher == 0 and self.role is Role.SUBSCRIBER:
             self._request_grants(b, now_ms)  # the author re-keyed and its grant did not reach us (SPEC 9.5)
