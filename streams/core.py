@@ -1871,6 +1871,12 @@ class _CoreBase:
         if h.seq >= c.next_seq and h.seq > c.gap_to:
             if not catching_up:
                 events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
+            else:
+                # Fetched as the catch-up, not reported -- unless that fetch stalls: deferred, so that what it
+                # has not brought when the deferral's time is up and nothing came for fetch_retry_ms (a relay
+                # dropping every answer, the publisher's log damaged there) is reported then (THREATS 4: fetched
+                # or reported).
+                self._defer(c, h.seq + 1, now_ms)
             self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_ack(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:

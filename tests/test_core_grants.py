@@ -558,16 +558,14 @@ def test_a_catch_up_answered_in_order_before_its_head_that_goes_on_steadily_repo
     assert [e.seq for e in events if isinstance(e, MessageReceived)] == list(range(4, 14))
 
 
-@pytest.mark.xfail(strict=True, reason="design limit: what the HEAD answering a catch-up names is fetched as the "
-                   "catch-up and never reported, also when that fetch never makes progress (a relay dropping its "
-                   "answers, an author log damaged there: SPEC 10.1 step 7, README `gap`)")
 def test_a_catch_up_whose_fetch_never_progresses_is_reported_at_last() -> None:
     """s0 holds three messages and is away while the author publishes three more; it catches up, and the author's
     answer names 6.  A relay delivers that HEAD and drops the messages and every later fetch answer (or the
     author's log is damaged at 4, which it then never serves, api._serve_fetch).  s0 knows 4..6 exist and cannot
-    get them: THREATS 4 wants them fetched or reported.  They are asked for again every fetch_retry_ms, for good,
-    and never reported -- a `tail --events` shows nothing.  (Reporting a catch-up whose fetch stalls would be a
-    `gap` for history a mere disconnect mid-catch-up delays, which README says a catch-up is not: left as is.)"""
+    get them: THREATS 4 wants them fetched or reported.  They were asked for again every fetch_retry_ms, for
+    good, and never reported -- a `tail --events` showed nothing.  Now what the answering HEAD names is deferred
+    as a held frame's gap is: reported once the deferral's time is up and nothing came for fetch_retry_ms (SPEC
+    10.1 step 7), and still fetched."""
     net, s = _three_alerts(delivered=True)
     [b0] = s.branch_ids()
     for i in range(3):
