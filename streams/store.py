@@ -13,6 +13,15 @@ shortly after commits that logged messages), so copying the log back into the da
 off the event loop; the writer's automatic checkpoint (64 MiB) is the fallback.  Durability never depends on
 checkpoints.
 
+The file is untrusted (THREATS 1: a store may alter or inject): the metadata a party acts on -- ``role``,
+``channel``, ``author_did``, ``name`` and ``did`` -- is the associated data of the seed sealed under the
+passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed (an edit:
+:class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase).  It costs
+nothing per message (the seed is opened at the open).  A store written before this opens with the old associated
+data and is upgraded in that open -- trust on first open: an edit made before the upgrade cannot be told apart --
+and older versions of this code cannot open it afterwards (as a wrong passphrase).  Replacing the file, or rows of
+it, with an older genuine copy (rollback) is not detected.
+
 Every ``sqlite3`` error is translated to :class:`~streams.errors.StorageError` where it enters.  A failed commit
 leaves the file as it was before the transaction; the driver must then close (the in-memory core is ahead of the
 disk) and reopen.
@@ -208,6 +217,19 @@ CREATE TABLE IF NOT EXISTS restore_marks (
 
 def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# Associated data of the store's sealed values (THREATS 1: the file is untrusted; see the module doc).  The
+# seed's binds the metadata a party acts on, so an edit of it without the passphrase no longer opens.  The
+# ``_OLD`` one is that of stores written before.
+_SEED_AD_OLD = b"streams.store.identity"
+_CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
+#: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
+_BOUND = ("role", "channel", "author_did", "name", "did")
+
+
+def _seed_ad(meta: dict[str, Any]) -> bytes:
+    return b"streams.store.identity.2" + _pack([meta.get(k) for k in _BOUND])
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,11 +437,12 @@ class Store:
             raise LocalProtocolError("refusing to create a store under an empty passphrase")
         salt = os.urandom(16)
         key = derive_key(passphrase, salt, opslimit, memlimit)
-        sealed_seed = seal_secret(key, identity.export_seed(), b"streams.store.identity")
-        meta = {
+        meta: dict[str, Any] = {
             "schema": SCHEMA_VERSION, "role": role, "channel": channel, "author_did": author_did, "name": name,
-            "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
+            "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "did": identity.did,
         }
+        meta["seed"] = seal_secret(key, identity.export_seed(), _seed_ad(meta))
+        meta["check"] = seal_secret(key, b"", _CHECK_AD)
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
         _check_new(p)  # (before the lock: a store that runs is "already exists", not "in use")
@@ -468,6 +491,7 @@ class Store:
             os.close(lock_fd)  # (after the clean-up: no other creator starts before it is done)
             raise
         store = cls(conn, p, key, identity, durable=durable)
+        store._meta = meta
         store._created = (made, there)
         store._lock_fd = lock_fd
         store._fds.append(lock_fd)
@@ -477,7 +501,8 @@ class Store:
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase (:class:`LocalProtocolError`
         for one that is not ``str``/``bytes``, or a ``str`` UTF-8 cannot encode), :class:`StorageError`
-        if the file is missing, not a store, altered (it holds SQL triggers or views), or damaged (SQLite's
+        if the file is missing, not a store, altered (it holds SQL triggers or views, or its metadata was edited
+        without the passphrase), or damaged (SQLite's
         ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
         is found now, not when a fetch reaches it).
         Nothing is written to a file before it is known to be a store and the passphrase opens it."""
@@ -486,19 +511,26 @@ class Store:
         _check_wal(p)
         conn = cls._connect(p, durable)
         try:
-            key, seed, meta = cls._read_meta(conn, p, passphrase)
+            key, seed, meta, older = cls._read_meta(conn, p, passphrase)
             cls._prepare(conn, p)
         except BaseException:
             conn.close()
             raise
         store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
         store._meta = meta
+        if older:
+            try:
+                store._authenticate(seed)
+            except BaseException:
+                store.close()
+                raise
         return store
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection, p: Path,
-                   passphrase: str | bytes) -> tuple[bytes, bytes, dict[str, Any]]:
-        """(key, identity seed, metadata) of the store on ``conn``, read without writing; raises as :meth:`open`."""
+                   passphrase: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bool]:
+        """(key, identity seed, metadata, whether the store is older than authenticated state) of the store on
+        ``conn``, read without writing; raises as :meth:`open`."""
         try:
             meta = {k: msgpack.unpackb(v, raw=False) for k, v in conn.execute("SELECT k, v FROM meta")}
         except (sqlite3.Error, ValueError, TypeError) as exc:
@@ -534,14 +566,49 @@ class Store:
         except LocalProtocolError as exc:
             raise StorageError(f"{p}: store metadata is missing or damaged") from exc
         try:
-            seed = open_secret(key, sealed, b"streams.store.identity")
+            return key, open_secret(key, sealed, _seed_ad(meta)), meta, False
+        except KeystoreError:
+            pass
+        try:  # a store written before its metadata was bound to the seed: trusted as found (see _authenticate)
+            return key, open_secret(key, sealed, _SEED_AD_OLD), meta, True
         except KeystoreError as exc:
+            check = meta.get("check")
+            try:
+                if isinstance(check, bytes):
+                    open_secret(key, check, _CHECK_AD)
+                    known = True
+                else:
+                    known = False
+            except KeystoreError:
+                known = False
+            if known:  # the passphrase is right: what the seed's associated data binds was changed
+                raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "
+                                   "it no longer matches what the passphrase sealed") from None
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
-        return key, seed, meta
+
+    def _authenticate(self, seed: bytes) -> None:
+        """Upgrade a store written before its metadata was authenticated: seal the seed again with the metadata
+        as associated data, and add the passphrase check, in one transaction.  What the file holds now is trusted
+        (trust on first open after the upgrade): an edit made before cannot be told from the genuine state.
+        Raises :class:`StorageError` (nothing written) if the disk fails."""
+        meta = dict(self._meta)
+        meta["seed"] = seal_secret(self._key, seed, _seed_ad(meta))
+        meta["check"] = seal_secret(self._key, b"", _CHECK_AD)
+        try:
+            with _tx(self._conn):
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                       [(k, _pack(meta[k])) for k in ("seed", "check")])
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
+        self._meta = meta
+        log.warning("store %s was written before its metadata was authenticated: it is now, trusted as found",
+                    self.path)
 
     def meta(self, key: str) -> Any:
         """A metadata value: role, channel, author_did, name, did, announce.  Raises :class:`StorageError` if
-        the stored value is damaged."""
+        the stored value is damaged.  Those the seed's sealing binds are the values checked at the open."""
+        if key in _BOUND:
+            return self._meta.get(key)
         rows = self._q("SELECT v FROM meta WHERE k = ?", (key,))
         if not rows:
             return None
