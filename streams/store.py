@@ -13,14 +13,18 @@ shortly after commits that logged messages), so copying the log back into the da
 off the event loop; the writer's automatic checkpoint (64 MiB) is the fallback.  Durability never depends on
 checkpoints.
 
-The file is untrusted (THREATS 1: a store may alter or inject): the metadata a party acts on -- ``role``,
-``channel``, ``author_did``, ``name`` and ``did`` -- is the associated data of the seed sealed under the
-passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed (an edit:
-:class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase).  It costs
-nothing per message (the seed is opened at the open).  A store written before this opens with the old associated
-data and is upgraded in that open -- trust on first open: an edit made before the upgrade cannot be told apart --
-and older versions of this code cannot open it afterwards (as a wrong passphrase).  Replacing the file, or rows of
-it, with an older genuine copy (rollback) is not detected.
+The file is untrusted (THREATS 1: a store may alter or inject): the state a party acts on is authenticated under
+the passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed.  The
+metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the associated data of the sealed seed
+(an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase);
+a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
+and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
+is loaded, naming it).  Both cost nothing per message: the seed at the open, a record when it is written (a grant,
+a re-key, a close).  A store written before this opens with the old associated data and is upgraded in that open,
+in one transaction -- trust on first open: an edit made before the upgrade cannot be told apart -- and older
+versions of this code cannot open it afterwards (as a wrong passphrase).  Not authenticated: cursors, the log
+(signed frames), and the other tables; nor is replacing the file, or rows of it, with an older genuine copy
+(rollback) detected.
 
 Every ``sqlite3`` error is translated to :class:`~streams.errors.StorageError` where it enters.  A failed commit
 leaves the file as it was before the transaction; the driver must then close (the in-memory core is ahead of the
@@ -220,9 +224,10 @@ def _pack(obj: Any) -> bytes:
 
 
 # Associated data of the store's sealed values (THREATS 1: the file is untrusted; see the module doc).  The
-# seed's binds the metadata a party acts on, so an edit of it without the passphrase no longer opens.  The
-# ``_OLD`` one is that of stores written before.
+# seed's binds the metadata a party acts on, a branch record's keys bind the record's plaintext fields, so an edit
+# of either without the passphrase no longer opens.  The ``_OLD`` ones are those of stores written before.
 _SEED_AD_OLD = b"streams.store.identity"
+_KEYS_AD_OLD = b"streams.store.keys"
 _CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
 #: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
 _BOUND = ("role", "channel", "author_did", "name", "did")
@@ -230,6 +235,16 @@ _BOUND = ("role", "channel", "author_did", "name", "did")
 
 def _seed_ad(meta: dict[str, Any]) -> bytes:
     return b"streams.store.identity.2" + _pack([meta.get(k) for k in _BOUND])
+
+
+def _keys_ad(bid: bytes, v: list[Any]) -> bytes:
+    """A branch record's fields as written (msgpack packs a value one way only, so the decoded record packs back
+    to the same bytes), but for its sealed keys (``v[7]``) and its grant frames: the current grant (``v[4]``) and
+    the history an older record holds (``v[11]``) are frames the author signed, checked where they are used --
+    against the record's ``grant_hash`` and epoch, which are bound -- so that a damaged one is left out or issued
+    again, as for a damaged ``grants`` row, instead of refusing the whole record.  Computed only when a record is
+    written (a grant, a re-key, a close: not per message) or loaded."""
+    return b"streams.store.keys.2" + bid + _pack(v[:4] + v[5:7] + v[8:11] + v[12:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +520,8 @@ class Store:
         without the passphrase), or damaged (SQLite's
         ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
         is found now, not when a fetch reaches it).
-        Nothing is written to a file before it is known to be a store and the passphrase opens it."""
+        Nothing is written to a file before it is known to be a store and the passphrase opens it; a store
+        written before its state was authenticated is upgraded in this open (see the module doc)."""
         p = Path(path)
         _check_regular(p)
         _check_wal(p)
@@ -587,22 +603,37 @@ class Store:
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
 
     def _authenticate(self, seed: bytes) -> None:
-        """Upgrade a store written before its metadata was authenticated: seal the seed again with the metadata
-        as associated data, and add the passphrase check, in one transaction.  What the file holds now is trusted
+        """Upgrade a store written before its plaintext state was authenticated, in one transaction: seal the
+        seed again with the metadata as associated data, add the passphrase check, and seal every branch record's
+        keys again with the record's plaintext fields as associated data.  What the file holds now is trusted
         (trust on first open after the upgrade): an edit made before cannot be told from the genuine state.
-        Raises :class:`StorageError` (nothing written) if the disk fails."""
+        Raises :class:`StorageError` (nothing written) if a branch record does not open or the disk fails."""
         meta = dict(self._meta)
         meta["seed"] = seal_secret(self._key, seed, _seed_ad(meta))
         meta["check"] = seal_secret(self._key, b"", _CHECK_AD)
+        rows = []
+        for bid, rec in self._q("SELECT id, rec FROM branches"):
+            try:
+                v = msgpack.unpackb(rec, raw=False)
+                try:
+                    keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
+                except KeystoreError:  # (already authenticated: a store whose metadata an older copy restored)
+                    keys = open_secret(self._key, v[7], _keys_ad(bid, v))
+                v[7] = seal_secret(self._key, keys, _keys_ad(bid, v))
+            except (ValueError, LookupError, TypeError, KeystoreError) as exc:
+                raise StorageError(f"branch record {bid.hex() if isinstance(bid, bytes) else '?'} in {self.path} "
+                                   "is corrupted") from exc
+            rows.append((bid, _pack(v)))
         try:
             with _tx(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                        [(k, _pack(meta[k])) for k in ("seed", "check")])
+                self._conn.executemany("UPDATE branches SET rec = ? WHERE id = ?", [(r, b) for b, r in rows])
         except sqlite3.Error as exc:
             raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
         self._meta = meta
-        log.warning("store %s was written before its metadata was authenticated: it is now, trusted as found",
-                    self.path)
+        log.warning("store %s was written before its metadata and branch records were authenticated: they are "
+                    "now, trusted as found", self.path)
 
     def meta(self, key: str) -> Any:
         """A metadata value: role, channel, author_did, name, did, announce.  Raises :class:`StorageError` if
@@ -1094,15 +1125,21 @@ class Store:
                 self._frames_dropped = drop_to
 
     def _seal_branch(self, b: BranchRecord) -> bytes:
-        keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
         # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
-        return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail])
+        v: list[Any] = [b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members],
+                        None, b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail]
+        v[7] = seal_secret(self._key, _pack([list(k) for k in b.keys]), _keys_ad(b.id, v))
+        return _pack(v)
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
             v = msgpack.unpackb(rec, raw=False)
-            keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
+            try:
+                sealed = open_secret(self._key, v[7], _keys_ad(bid, v))
+            except KeystoreError:
+                raise StorageError(f"branch record {bid.hex()} in {self.path} was altered (its fields, such as "
+                                   "its members' keys, state or peer, no longer match its sealed keys)") from None
+            keys = msgpack.unpackb(sealed, raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
                                 [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v))
