@@ -19,10 +19,12 @@ metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the ass
 (an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase);
 a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
 and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
-is loaded, naming it).  Both cost nothing per message: the seed at the open, a record when it is written (a grant,
-a re-key, a close).  A store written before this opens with the old associated data and is upgraded in that open,
-in one transaction -- trust on first open: an edit made before the upgrade cannot be told apart -- and older
-versions of this code cannot open it afterwards (as a wrong passphrase).  Not authenticated: cursors, the log
+is loaded, naming it).  The author's ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature
+by the bound ``author_did``, for the bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These
+cost nothing per message: the seed at the open, a record when it is written (a grant, a re-key, a close).  A store
+written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
+on first open: an edit made before the upgrade cannot be told apart -- and older versions of this code cannot
+open it afterwards (as a wrong passphrase).  Not authenticated: cursors, the log
 (signed frames), and the other tables; nor is replacing the file, or rows of it, with an older genuine copy
 (rollback) detected.
 
@@ -145,10 +147,10 @@ import nacl.pwhash
 
 from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
-from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
-from .identity import Identity, public_key_from_did
+from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError, VerificationError
+from .identity import Identity, PublicIdentity, public_key_from_did
 from .keystore import _passphrase_bytes, derive_key, open_secret, seal_secret
-from .wire import Grant, Kind, Permission, SigningMode, decode_frame
+from .wire import Announce, Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
@@ -644,9 +646,15 @@ class Store:
         if not rows:
             return None
         try:
-            return msgpack.unpackb(rows[0][0], raw=False)
+            value = msgpack.unpackb(rows[0][0], raw=False)
         except (ValueError, TypeError) as exc:
             raise StorageError(f"metadata {key!r} in {self.path} is damaged") from exc
+        if key == "announce" and value is not None and not _is_announce_of(value, self._meta):
+            # A subscriber takes it as verified (the first grant of a group must link to its hash): the author's
+            # signature is checked here, as when it came from the network (THREATS 1).
+            raise StorageError(f"the author's announcement in {self.path} was altered (not the store's author's, "
+                               "signed, for its channel)")
+        return value
 
     # -- writing -------------------------------------------------------------------------------------------------
 
@@ -1616,6 +1624,21 @@ def _is_did(v: Any) -> bool:
     try:
         public_key_from_did(v)
     except DecodeError:
+        return False
+    return True
+
+
+def _is_announce_of(data: Any, meta: dict[str, Any]) -> bool:
+    """``data`` is an ANNOUNCE of the channel and author DID in ``meta`` (both bound to the seed), signed by
+    that author."""
+    try:
+        author = PublicIdentity.from_did(meta["author_did"])
+        frame = decode_frame(data, max_frame=max(len(data), 1))
+        a = frame.head
+        if not (isinstance(a, Announce) and a.channel == meta["channel"] and a.author_sign == author.sign_public):
+            return False
+        author.verify(frame.hash, frame.sig)
+    except (DecodeError, VerificationError, KeyError, TypeError):
         return False
     return True
 

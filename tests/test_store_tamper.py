@@ -249,3 +249,42 @@ def test_an_older_store_whose_branch_record_does_not_open_is_refused_and_left_as
     with sqlite3.connect(path) as c:  # (the upgrade's transaction did not happen)
         assert c.execute("SELECT COUNT(*) FROM meta WHERE k = 'check'").fetchone() == (0,)
     c.close()
+
+
+async def test_a_forged_announcement_in_a_subscriber_store_is_refused(tmp_path: Path) -> None:
+    """The subscriber keeps the author's ANNOUNCE (meta ``announce``); a group's first GRANT must link to its
+    hash.  Put a forged one there (the right author's fields, another name, not the author's signature) and the
+    subscriber, restarted, would refuse every new group of its author as "does not link to the announcement"."""
+    from streams.wire import Announce, encode_frame
+
+    hub = MemoryHub()
+    member, attacker = Identity.generate(), Identity.generate()
+    author_id = Identity.generate()
+    author = await Author.create(tmp_path / "a.db", author_id, "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "m.db", member, author.did, author.channel, PW,
+                                  hub.subscriber_endpoint("m"), store_options=FAST)
+    await sub.subscribe(timeout=10)
+    await sub.close()
+    forged = encode_frame(Announce(author.channel, author_id.sign_public, author_id.kx_public, "other"), b"",
+                          attacker.sign).raw
+    set_meta(tmp_path / "m.db", "announce", forged)
+    refused = ""
+    try:
+        try:
+            sub = await Subscriber.open(tmp_path / "m.db", PW, hub.subscriber_endpoint("m"), store_options=FAST)
+        except StorageError as exc:
+            refused = str(exc)
+        if refused:
+            assert "announcement" in refused and "altered" in refused
+        else:  # (the code before the fix: the author's new group never reaches the member)
+            try:
+                group = await author.open_group([member.did])
+                await author.publish(group, b"to the group")
+                got = await sub.next_message(timeout=5)
+                assert got is not None
+            finally:
+                await sub.close()
+            pytest.fail("a store holding a forged announcement opened")
+    finally:
+        await author.close()
