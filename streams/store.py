@@ -13,6 +13,21 @@ shortly after commits that logged messages), so copying the log back into the da
 off the event loop; the writer's automatic checkpoint (64 MiB) is the fallback.  Durability never depends on
 checkpoints.
 
+The file is untrusted (THREATS 1: a store may alter or inject): the state a party acts on is authenticated under
+the passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed.  The
+metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the associated data of the sealed seed
+(an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase);
+a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
+and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
+is loaded, naming it).  The author's ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature
+by the bound ``author_did``, for the bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These
+cost nothing per message: the seed at the open, a record when it is written (a grant, a re-key, a close).  A store
+written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
+on first open: an edit made before the upgrade cannot be told apart -- and older versions of this code cannot
+open it afterwards (as a wrong passphrase).  Not authenticated: cursors, the log
+(signed frames), and the other tables; nor is replacing the file, or rows of it, with an older genuine copy
+(rollback) detected.
+
 Every ``sqlite3`` error is translated to :class:`~streams.errors.StorageError` where it enters.  A failed commit
 leaves the file as it was before the transaction; the driver must then close (the in-memory core is ahead of the
 disk) and reopen.
@@ -132,10 +147,10 @@ import nacl.pwhash
 
 from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
-from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError
-from .identity import Identity, public_key_from_did
+from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError, VerificationError
+from .identity import Identity, PublicIdentity, public_key_from_did
 from .keystore import _passphrase_bytes, derive_key, open_secret, seal_secret
-from .wire import Grant, Kind, Permission, SigningMode, decode_frame
+from .wire import Announce, Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
 
@@ -208,6 +223,30 @@ CREATE TABLE IF NOT EXISTS restore_marks (
 
 def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# Associated data of the store's sealed values (THREATS 1: the file is untrusted; see the module doc).  The
+# seed's binds the metadata a party acts on, a branch record's keys bind the record's plaintext fields, so an edit
+# of either without the passphrase no longer opens.  The ``_OLD`` ones are those of stores written before.
+_SEED_AD_OLD = b"streams.store.identity"
+_KEYS_AD_OLD = b"streams.store.keys"
+_CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
+#: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
+_BOUND = ("role", "channel", "author_did", "name", "did")
+
+
+def _seed_ad(meta: dict[str, Any]) -> bytes:
+    return b"streams.store.identity.2" + _pack([meta.get(k) for k in _BOUND])
+
+
+def _keys_ad(bid: bytes, v: list[Any]) -> bytes:
+    """A branch record's fields as written (msgpack packs a value one way only, so the decoded record packs back
+    to the same bytes), but for its sealed keys (``v[7]``) and its grant frames: the current grant (``v[4]``) and
+    the history an older record holds (``v[11]``) are frames the author signed, checked where they are used --
+    against the record's ``grant_hash`` and epoch, which are bound -- so that a damaged one is left out or issued
+    again, as for a damaged ``grants`` row, instead of refusing the whole record.  Computed only when a record is
+    written (a grant, a re-key, a close: not per message) or loaded."""
+    return b"streams.store.keys.2" + bid + _pack(v[:4] + v[5:7] + v[8:11] + v[12:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,11 +454,12 @@ class Store:
             raise LocalProtocolError("refusing to create a store under an empty passphrase")
         salt = os.urandom(16)
         key = derive_key(passphrase, salt, opslimit, memlimit)
-        sealed_seed = seal_secret(key, identity.export_seed(), b"streams.store.identity")
-        meta = {
+        meta: dict[str, Any] = {
             "schema": SCHEMA_VERSION, "role": role, "channel": channel, "author_did": author_did, "name": name,
-            "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "seed": sealed_seed, "did": identity.did,
+            "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "did": identity.did,
         }
+        meta["seed"] = seal_secret(key, identity.export_seed(), _seed_ad(meta))
+        meta["check"] = seal_secret(key, b"", _CHECK_AD)
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
         _check_new(p)  # (before the lock: a store that runs is "already exists", not "in use")
@@ -468,6 +508,7 @@ class Store:
             os.close(lock_fd)  # (after the clean-up: no other creator starts before it is done)
             raise
         store = cls(conn, p, key, identity, durable=durable)
+        store._meta = meta
         store._created = (made, there)
         store._lock_fd = lock_fd
         store._fds.append(lock_fd)
@@ -477,28 +518,37 @@ class Store:
     def open(cls, path: str | os.PathLike[str], passphrase: str | bytes, *, durable: bool = True) -> Store:
         """Open an existing store.  Raises :class:`BadPassphrase` for a wrong passphrase (:class:`LocalProtocolError`
         for one that is not ``str``/``bytes``, or a ``str`` UTF-8 cannot encode), :class:`StorageError`
-        if the file is missing, not a store, altered (it holds SQL triggers or views), or damaged (SQLite's
+        if the file is missing, not a store, altered (it holds SQL triggers or views, or its metadata was edited
+        without the passphrase), or damaged (SQLite's
         ``quick_check`` runs first: it reads the whole file, about 80 ms for 140 MB here, so that a damaged page
         is found now, not when a fetch reaches it).
-        Nothing is written to a file before it is known to be a store and the passphrase opens it."""
+        Nothing is written to a file before it is known to be a store and the passphrase opens it; a store
+        written before its state was authenticated is upgraded in this open (see the module doc)."""
         p = Path(path)
         _check_regular(p)
         _check_wal(p)
         conn = cls._connect(p, durable)
         try:
-            key, seed, meta = cls._read_meta(conn, p, passphrase)
+            key, seed, meta, older = cls._read_meta(conn, p, passphrase)
             cls._prepare(conn, p)
         except BaseException:
             conn.close()
             raise
         store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
         store._meta = meta
+        if older:
+            try:
+                store._authenticate(seed)
+            except BaseException:
+                store.close()
+                raise
         return store
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection, p: Path,
-                   passphrase: str | bytes) -> tuple[bytes, bytes, dict[str, Any]]:
-        """(key, identity seed, metadata) of the store on ``conn``, read without writing; raises as :meth:`open`."""
+                   passphrase: str | bytes) -> tuple[bytes, bytes, dict[str, Any], bool]:
+        """(key, identity seed, metadata, whether the store is older than authenticated state) of the store on
+        ``conn``, read without writing; raises as :meth:`open`."""
         try:
             meta = {k: msgpack.unpackb(v, raw=False) for k, v in conn.execute("SELECT k, v FROM meta")}
         except (sqlite3.Error, ValueError, TypeError) as exc:
@@ -534,21 +584,77 @@ class Store:
         except LocalProtocolError as exc:
             raise StorageError(f"{p}: store metadata is missing or damaged") from exc
         try:
-            seed = open_secret(key, sealed, b"streams.store.identity")
+            return key, open_secret(key, sealed, _seed_ad(meta)), meta, False
+        except KeystoreError:
+            pass
+        try:  # a store written before its metadata was bound to the seed: trusted as found (see _authenticate)
+            return key, open_secret(key, sealed, _SEED_AD_OLD), meta, True
         except KeystoreError as exc:
+            check = meta.get("check")
+            try:
+                if isinstance(check, bytes):
+                    open_secret(key, check, _CHECK_AD)
+                    known = True
+                else:
+                    known = False
+            except KeystoreError:
+                known = False
+            if known:  # the passphrase is right: what the seed's associated data binds was changed
+                raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "
+                                   "it no longer matches what the passphrase sealed") from None
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
-        return key, seed, meta
+
+    def _authenticate(self, seed: bytes) -> None:
+        """Upgrade a store written before its plaintext state was authenticated, in one transaction: seal the
+        seed again with the metadata as associated data, add the passphrase check, and seal every branch record's
+        keys again with the record's plaintext fields as associated data.  What the file holds now is trusted
+        (trust on first open after the upgrade): an edit made before cannot be told from the genuine state.
+        Raises :class:`StorageError` (nothing written) if a branch record does not open or the disk fails."""
+        meta = dict(self._meta)
+        meta["seed"] = seal_secret(self._key, seed, _seed_ad(meta))
+        meta["check"] = seal_secret(self._key, b"", _CHECK_AD)
+        rows = []
+        for bid, rec in self._q("SELECT id, rec FROM branches"):
+            try:
+                v = msgpack.unpackb(rec, raw=False)
+                try:
+                    keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
+                except KeystoreError:  # (already authenticated: a store whose metadata an older copy restored)
+                    keys = open_secret(self._key, v[7], _keys_ad(bid, v))
+                v[7] = seal_secret(self._key, keys, _keys_ad(bid, v))
+            except (ValueError, LookupError, TypeError, KeystoreError) as exc:
+                raise StorageError(f"branch record {bid.hex() if isinstance(bid, bytes) else '?'} in {self.path} "
+                                   "is corrupted") from exc
+            rows.append((bid, _pack(v)))
+        try:
+            with _tx(self._conn):
+                self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                       [(k, _pack(meta[k])) for k in ("seed", "check")])
+                self._conn.executemany("UPDATE branches SET rec = ? WHERE id = ?", [(r, b) for b, r in rows])
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
+        self._meta = meta
+        log.warning("store %s was written before its metadata and branch records were authenticated: they are "
+                    "now, trusted as found", self.path)
 
     def meta(self, key: str) -> Any:
         """A metadata value: role, channel, author_did, name, did, announce.  Raises :class:`StorageError` if
-        the stored value is damaged."""
+        the stored value is damaged.  Those the seed's sealing binds are the values checked at the open."""
+        if key in _BOUND:
+            return self._meta.get(key)
         rows = self._q("SELECT v FROM meta WHERE k = ?", (key,))
         if not rows:
             return None
         try:
-            return msgpack.unpackb(rows[0][0], raw=False)
+            value = msgpack.unpackb(rows[0][0], raw=False)
         except (ValueError, TypeError) as exc:
             raise StorageError(f"metadata {key!r} in {self.path} is damaged") from exc
+        if key == "announce" and value is not None and not _is_announce_of(value, self._meta):
+            # A subscriber takes it as verified (the first grant of a group must link to its hash): the author's
+            # signature is checked here, as when it came from the network (THREATS 1).
+            raise StorageError(f"the author's announcement in {self.path} was altered (not the store's author's, "
+                               "signed, for its channel)")
+        return value
 
     # -- writing -------------------------------------------------------------------------------------------------
 
@@ -1056,15 +1162,21 @@ class Store:
                 self._frames_dropped = drop_to
 
     def _seal_branch(self, b: BranchRecord) -> bytes:
-        keys = seal_secret(self._key, _pack([list(k) for k in b.keys]), b"streams.store.keys" + b.id)
         # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
-        return _pack([b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members], keys,
-                      b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail])
+        v: list[Any] = [b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members],
+                        None, b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail]
+        v[7] = seal_secret(self._key, _pack([list(k) for k in b.keys]), _keys_ad(b.id, v))
+        return _pack(v)
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         try:
             v = msgpack.unpackb(rec, raw=False)
-            keys = msgpack.unpackb(open_secret(self._key, v[7], b"streams.store.keys" + bid), raw=False)
+            try:
+                sealed = open_secret(self._key, v[7], _keys_ad(bid, v))
+            except KeystoreError:
+                raise StorageError(f"branch record {bid.hex()} in {self.path} was altered (its fields, such as "
+                                   "its members' keys, state or peer, no longer match its sealed keys)") from None
+            keys = msgpack.unpackb(sealed, raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
                                 [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v))
@@ -1541,6 +1653,21 @@ def _is_did(v: Any) -> bool:
     try:
         public_key_from_did(v)
     except DecodeError:
+        return False
+    return True
+
+
+def _is_announce_of(data: Any, meta: dict[str, Any]) -> bool:
+    """``data`` is an ANNOUNCE of the channel and author DID in ``meta`` (both bound to the seed), signed by
+    that author."""
+    try:
+        author = PublicIdentity.from_did(meta["author_did"])
+        frame = decode_frame(data, max_frame=max(len(data), 1))
+        a = frame.head
+        if not (isinstance(a, Announce) and a.channel == meta["channel"] and a.author_sign == author.sign_public):
+            return False
+        author.verify(frame.hash, frame.sig)
+    except (DecodeError, VerificationError, KeyError, TypeError):
         return False
     return True
 

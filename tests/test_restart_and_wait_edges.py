@@ -147,7 +147,9 @@ def test_a_branch_records_pending_tail_survives_the_store(tmp_path) -> None:  # 
     """The store keeps BranchRecord.tail (a record written before it was kept reads as 0)."""
     import msgpack
 
+    from streams.errors import StorageError
     from streams.identity import Identity
+    from streams.keystore import seal_secret
     from streams.store import Store
 
     me = Identity.from_seed(b"\x0a" * 32)
@@ -158,8 +160,19 @@ def test_a_branch_records_pending_tail_survives_the_store(tmp_path) -> None:  # 
     store.commit(Changes(branches=[rec]))
     assert [r.tail for r in store.load_branches()] == [7]
     raw = store._conn.execute("SELECT rec FROM branches").fetchone()[0]
-    v = msgpack.unpackb(raw, raw=False)
-    store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v[:13], use_bin_type=True),))
+    v = msgpack.unpackb(raw, raw=False)[:13]
+    store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v, use_bin_type=True),))
+    with pytest.raises(StorageError, match="altered"):  # a current record cut short: its tail was dropped
+        store.load_branches()
+    # The record as the code before the tail wrote it: its keys (and the seed) sealed without the record's
+    # fields as associated data (the store authenticates them at this open).
+    key = store._key
+    v[7] = seal_secret(key, msgpack.packb([[0, 0, b"k" * 32]], use_bin_type=True), b"streams.store.keys" + b"b" * 16)
+    store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v, use_bin_type=True),))
+    store._conn.execute("UPDATE meta SET v = ? WHERE k = 'seed'", (msgpack.packb(
+        seal_secret(key, me.export_seed(), b"streams.store.identity"), use_bin_type=True),))
+    store.close()
+    store = Store.open(tmp_path / "s.db", "pw", durable=False)
     assert [r.tail for r in store.load_branches()] == [0]
     store.close()
 
