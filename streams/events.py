@@ -218,7 +218,9 @@ class BranchClosed:
     """A branch was revoked by the author or left by a member; nothing more is accepted on it."""
 
     branch: bytes
-    #: "revoke", "unsubscribe", "removed" (we were taken out of a group: its re-key has no entry for us), or
+    #: "revoke", "unsubscribe", "removed" (we were taken out of a group: its re-key gives us no key, only a
+    #: removal entry naming the author chain's head -- or, from an author before removal entries, no entry;
+    #: SPEC 9.5), or
     #: (author side) "recheck": its admission no longer held
     by: str
     #: the author chain's final sequence number (revoke; removed: the head the re-key named, or our cursor if it
