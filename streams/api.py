@@ -1535,7 +1535,10 @@ class Author(_Party):
         return closed
 
     async def remove_member(self, branch: bytes, did: str) -> None:
-        """Remove a DID from a group branch and re-key it."""
+        """Remove a DID from a group branch and re-key it (epoch + 1): the removed member reads nothing published
+        afterwards, is told the author chain's head at its removal, and is still served what it missed up to there
+        (SPEC 9.5).  Removing the last member closes the group.  Raises :class:`LocalProtocolError` for an
+        unknown or per-subscriber branch, or a DID that is not a member."""
         self._check_usable()
         self._core.remove_member(branch, did)
         await self._flush()

@@ -73,7 +73,10 @@ class Covered:
 class GapDetected:
     """Messages ``expected_seq..received_seq-1`` of a chain are missing.  Later messages are held; a fetch was
     requested from the publisher's retained log -- except where a re-key took our read permission on that chain
-    away: the grant named its head beyond our cursor, and what we miss up to it is not fetched (SPEC 11)."""
+    away: the grant named its head beyond our cursor, and what we miss up to it is not fetched (SPEC 11).  Not
+    reported for what a catch-up (after a restart or reconnect, or of a group learnt of during one) is fetching,
+    unless that catch-up's window is never answered or its fetch stalls: then the report comes late, never not at
+    all (SPEC 10.1 step 7)."""
 
     branch: bytes
     publisher: int
@@ -218,7 +221,9 @@ class BranchClosed:
     """A branch was revoked by the author or left by a member; nothing more is accepted on it."""
 
     branch: bytes
-    #: "revoke", "unsubscribe", "removed" (we were taken out of a group: its re-key has no entry for us), or
+    #: "revoke", "unsubscribe", "removed" (we were taken out of a group: its re-key gives us no key, only a
+    #: removal entry naming the author chain's head -- or, from an author before removal entries, no entry;
+    #: SPEC 9.5), or
     #: (author side) "recheck": its admission no longer held
     by: str
     #: the author chain's final sequence number (revoke; removed: the head the re-key named, or our cursor if it

@@ -123,6 +123,36 @@ def test_readme_command_table_matches_the_parsers() -> None:
     assert problems == [], "\n".join(problems)
 
 
+def test_every_config_field_and_test_the_readme_names_exists() -> None:
+    """What the README tells a user to set (``CoreConfig.ack_interval_ms``, ``handshake_hold_ms``, ...) is a field of
+    one of the configuration classes, and what its threat table cites as the proof of a property is a test file or
+    test (a prefix, with ``*``) that exists: a renamed field or test must not leave the README pointing at
+    nothing."""
+    from brokerless import EndpointConfig
+    from streams.anchoring_service import AnchorConfig
+    from streams.api import StoreOptions
+    from streams.core import CoreConfig
+
+    classes: dict[str, type] = {c.__name__: c for c in (AnchorConfig, CoreConfig, EndpointConfig, StoreOptions)}
+    fields = {f for c in classes.values() for f in vars(c).get("__dataclass_fields__", {})}
+    words = _code_words()
+    problems = [f"{cls}.{attr}" for cls, attr in re.findall(r"\b([A-Z][A-Za-z]*Config|StoreOptions)\.([a-z_]+)", README)
+                if cls in classes and not hasattr(classes[cls], attr)]
+    problems += [w for w in words if w.endswith("_ms") and w != "now_ms" and w not in fields]
+    assert {"handshake_hold_ms", "checkpoint_interval_ms"} <= words  # (so that the check above checks something)
+    tests_dir = ROOT / "tests"
+    sources = "\n".join(f.read_text(encoding="utf-8") for f in tests_dir.glob("test_*.py"))
+    for cited in re.findall(r"`(?:[a-z_]+\.py::)?(test_[A-Za-z0-9_]*\*?)`|`(test_[a-z0-9_]+\.py)`", README):
+        name, file = cited
+        if file:
+            if not (tests_dir / file).is_file():
+                problems.append(file)
+        elif not re.search(rf"^(?:async )?def {re.escape(name.rstrip('*'))}{'' if name.endswith('*') else '[(]'}",
+                           sources, re.M):
+            problems.append(name)
+    assert problems == []
+
+
 def test_readme_benchmark_command_names_every_module() -> None:
     """The one benchmark command's ``--only`` list is the suite's modules (``bench/run.py``'s MODULES)."""
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")

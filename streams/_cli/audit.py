@@ -15,15 +15,17 @@ from ._common import Result, add_command, add_passphrase_options, read_passphras
 
 __all__ = ["register"]
 
-_DESCRIPTION = """Re-verify a party's stored channel log (author, member or auditor store), offline: every retained
-message decodes, hashes, links to its predecessor and is signed (or covered by a signed checkpoint); nothing
-is missing, inserted or altered; every anchored head is in its signed checkpoint and, with --ledger, the
-ledger holds exactly that checkpoint; a chain of the party's own stopped by a conflict (the author's signed ACK
-contradicts the store: ChainConflict) is an error too.  With an embedded ledger (sqlite:PATH), every
-checkpoint of the channel the author signed on it is also compared with the store's: another checkpoint for an
-epoch the store holds fails the audit, and so, for an author store, does any epoch it does not hold (the
-store is behind the history its author signed: an older copy, such as a backup, from which the author must not
-publish).  Nothing is written.
+_DESCRIPTION = """Re-verify a party's stored channel log (author, member or auditor store), offline: every
+retained message decodes, hashes, links to its predecessor and is signed (or covered by a signed checkpoint);
+nothing is missing, inserted or altered; every anchored head is in its signed checkpoint and, with --ledger,
+the ledger holds exactly that checkpoint; a chain of the party's own stopped by a conflict (the author's signed
+ACK contradicts the store: ChainConflict) is an error too.  A member's log of a chain may start at an anchored
+head only where it restarted there after losing its state, with its own signed restore mark (a restore proof
+kept by a version before restore marks has none: that chain's start is reported missing, and so is a head
+flagged restored without one).  With an embedded ledger (sqlite:PATH), every checkpoint of the channel the
+author signed on it is also compared with the store's: another checkpoint for an epoch the store holds fails
+the audit, and so, for an author store, does any epoch it does not hold (the store is behind the history its
+author signed: an older copy, such as a backup, from which the author must not publish).  Nothing is written.
 
 Exit status: 0 clean, 1 findings (the report lists them), 2 the audit could not run (no passphrase, a wrong
 one, not a store, an unusable --ledger)."""

@@ -1464,18 +1464,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     description=(
                         "Serve a channel as its author over ZeroMQ: admit subscribers by a policy file, receive\n"
                         "their messages, print one line per event (JSON Lines with --json), until SIGINT or\n"
-                        "SIGTERM, then close cleanly.  The first run creates the store from --keystore/--name;\n"
-                        "later runs reopen it.  The first line is the 'ready' event with the channel id, the DID\n"
-                        "and the bound addresses.  With --publish-stdin, JSON lines {\"to\": DID or branch hex,\n"
-                        "\"data\": text} (or \"data_b64\") on stdin are published, and {\"revoke\": DID or branch\n"
-                        "hex} cuts a subscriber off (its branch and its groups); {\"group\": [DID, ...],\n"
-                        "\"permission\": \"read\" (default) or \"audit\"} opens a broadcast branch for admitted\n"
-                        "subscribers that hold that permission on their own branch (publish to it by its hex), and\n"
-                        "{\"remove\": DID, \"from\": group hex} takes a member out of one.  A line with a key\n"
-                        "its form does not take is refused.  SIGHUP re-reads the policy file\n"
-                        "and revokes the subscribers it no longer admits (so does every start).  With --curve,\n"
-                        "connections use CurveZMQ and only DIDs the channel knows complete the handshake\n"
-                        "(subscribers need --curve)."))
+                        "SIGTERM, then close cleanly -- or until the author fails under it (a store that cannot\n"
+                        "be written, a dead endpoint or anchoring): an 'error' line then says why, its 'type'\n"
+                        "the failure's (StorageError, say), and the exit status is 1.  The first run creates the\n"
+                        "store from --keystore/--name; later runs reopen it.  The first line is the 'ready' event\n"
+                        "with the channel id, the DID and the bound addresses.  With --publish-stdin, JSON lines\n"
+                        "{\"to\": DID or branch hex, \"data\": text} (or \"data_b64\") on stdin are published, and\n"
+                        "{\"revoke\": DID or branch hex} cuts a subscriber off (its branch and its groups);\n"
+                        '{"group": [DID, ...], "permission": "read" (default) or "audit"} opens a broadcast branch\n'
+                        "for admitted subscribers that hold that permission on their own branch (publish to it by\n"
+                        'its hex), and {"remove": DID, "from": group hex} takes a member out of one.  A line with a\n'
+                        "key its form does not take is refused.  SIGHUP re-reads the policy file and revokes the\n"
+                        "subscribers it no longer admits (so does every start).  With --curve, connections use\n"
+                        "CurveZMQ and only DIDs the channel knows complete the handshake (subscribers need\n"
+                        "--curve)."))
     s.add_argument("--store", required=True, metavar="PATH", help="the author's store (SQLite)")
     s.add_argument("--bind", required=True, action="append", metavar="ADDR",
                    help="address to bind, e.g. tcp://127.0.0.1:0 (random port) or ipc://PATH; repeatable")
@@ -1563,8 +1565,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      description=(
                          "Show what a store holds, offline: role (author or subscriber), DID, channel, each\n"
                          "branch (epoch, permission, open or closed, members), each chain's cursor (next\n"
-                         "sequence number, covered by a signature through), the retained log size and the sizes\n"
-                         "of the store's files (the database, its -wal and its -frames file)."))
+                         "sequence number, covered by a signature through; 'conflict', the seq of the author's\n"
+                         "ACK of our own chain that contradicts this store -- ChainConflict: do not publish from\n"
+                         "it -- or 0), the retained log size and the sizes of the store's files (the database,\n"
+                         "its -wal and its -frames file)."))
     st.add_argument("--store", required=True, metavar="PATH", help="an author's or a subscriber's store")
     add_passphrase_options(st, "store")
 
