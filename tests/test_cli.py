@@ -30,6 +30,15 @@ def test_help_for_every_command() -> None:
     assert "demo" in r.stdout
 
 
+def test_python_dash_m_streams_is_the_streams_command() -> None:
+    """`python -m streams` runs the CLI (where the `streams` script is not on PATH); it had no ``__main__``."""
+    r = subprocess.run([sys.executable, "-m", "streams", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: streams") and "demo" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "streams", "--json", "no-such-command"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and json.loads(r.stdout)["type"] == "UsageError"
+
+
 def test_usage_errors_give_the_json_document_with_json_and_demo_events_must_be_positive() -> None:
     """README: with --json, one JSON document on stdout, also for errors -- argparse's own included."""
     for argv in (["publish", "--json", "--store", "a", "--connect", "b"], ["--json", "no-such-command"],
