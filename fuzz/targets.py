@@ -117,12 +117,19 @@ def _round_trip(data: bytes, decode: Callable[[bytes], Any], encode: Callable[[A
     _require(encode(value) == data, f"{what}: accepted a non-canonical encoding")
 
 
+def _zero_padded_removal(data: bytes) -> wire.GrantRemoval:
+    """``decode_grant_removal``, and what it accepts has a pad of zero bytes or none (SPEC 8.5: it carries nothing)."""
+    r = wire.decode_grant_removal(data)
+    _require(r.pad is None or not any(r.pad), "grant removal: accepted a pad that is not zero bytes")
+    return r
+
+
 def check_grant_secret(data: bytes) -> None:
     """What a grant seals or encrypts: a first-layout entry's secret, a current entry's key (or a removed member's
     removal), the shared part."""
     _round_trip(data, wire.decode_grant_secret, wire.encode_grant_secret, "grant secret")
     _round_trip(data, wire.decode_grant_key, wire.encode_grant_key, "grant key")
-    _round_trip(data, wire.decode_grant_removal, wire.encode_grant_removal, "grant removal")
+    _round_trip(data, _zero_padded_removal, wire.encode_grant_removal, "grant removal")
     _round_trip(data, wire.decode_grant_shared, lambda v: wire.encode_grant_shared(*v), "grant shared part")
 
 

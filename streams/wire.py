@@ -689,7 +689,8 @@ MAX_GRANT_ENTRY: Final = 8192
 
 @dataclass(frozen=True, slots=True)
 class GrantEntry:
-    """One recipient of a grant: ``hint = H(hint, branch || epoch || recipient_kx)[:8]`` and a sealed box."""
+    """One recipient of a grant: its ``hint`` (8 bytes: SPEC 8.5's keyed rule, ``streams.core._hint``, or the
+    legacy one of GRANTs written before it) and a sealed box."""
 
     hint: bytes
     sealed: bytes

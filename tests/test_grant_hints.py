@@ -11,6 +11,7 @@ import pytest
 
 from streams import _crypto
 from streams.core import _hint, _hint_key, _legacy_hint
+from streams.errors import VerificationError
 from streams.events import Granted, Rejected, Subscribed
 from streams.identity import Identity
 from streams.wire import GrantEntry, Kind, decode_frame, decode_grant_body, encode_frame, encode_grant_body
@@ -133,3 +134,44 @@ def test_a_grant_written_with_the_legacy_hint_still_opens() -> None:
     assert [e for e in events if isinstance(e, Rejected)] == []
     assert [(e.branch, e.epoch) for e in events if isinstance(e, Granted)] == [(g, 0)]
     assert g in net.subs["s0"].branch_ids()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "design limit (SPEC 15): a member signs some frames of its branches with its DID's Ed25519 key -- FETCH, ACK, "
+    "HEAD, CHECKPOINT, UNSUBSCRIBE, and its PACKETs in signed-each mode -- and a signature is verifiable by anyone "
+    "with the frame and the key: an observer with every DID links those branches to their members, keyed hints "
+    "or not"))
+def test_an_observer_with_every_did_cannot_link_a_branch_to_a_member_by_its_signed_frames() -> None:
+    """SPEC 15 says the set of subscribers is not visible on the wire, even to an observer who knows every
+    candidate DID.  The keyed hint keeps GRANT entries from telling it; but a member's own frames carry its
+    signature over a digest anyone computes from the frame (SPEC 6.3): the observer checks each signed frame a
+    member sends against every candidate DID's key.  Here a member publishes on its own branch (signed-each, the
+    default) and fetches a group message it missed (every member does, on a gap): the observer must link neither
+    its branch nor the group to it."""
+    net = Net.make(n_subs=3)
+    for name in net.subs:
+        net.subscribe(name)
+    members = [ident(10 + i) for i in range(3)]
+    own = next(e.branch for e in net.events["s0"] if isinstance(e, Subscribed))
+    g = net.author.open_group([m.public for m in members[:2]])
+    net.pump_author()
+    net.author.publish(g, b"to the group", net.now)
+    net.author.take_changes()
+    net.author.data_to_send()  # (lost on the way: s0 fetches it)
+    net.subs["s0"].publish(own, b"from s0", net.now)
+    net.subs["s0"].request_fetch(g, 0, 1, 1)
+    net.pump_sub("s0")
+
+    linked: dict[bytes, set[str]] = {}
+    for who, data in net.wire:
+        f = decode_frame(data)
+        if who == "author" or not f.sig:
+            continue
+        for m in members:
+            try:
+                m.public.verify(f.hash, f.sig)
+            except VerificationError:
+                continue
+            linked.setdefault(f.head.branch, set()).add(m.did)
+    # (Both are: the branch to s0 by its PACKET's signature, the group to s0 and s1 by their FETCHes'.)
+    assert {b: linked.get(b) for b in (own, g)} == {own: None, g: None}

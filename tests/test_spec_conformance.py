@@ -1015,10 +1015,18 @@ def test_our_removing_grant_tells_the_removed_member_alone_the_head_by_spec() ->
     akx = bytes(VerifyKey(apk).to_curve25519_public_key())
     hint = spec_hint(spec_hint_key(bytes(gone.kx_sk), akx, akx, gone.kx), f["head"]["channel"], g, 1)
     [sealed] = [s for h, s in entries if h == hint]
-    removal = parse(SealedBox(gone.kx_sk).decrypt(sealed))
+    plain = SealedBox(gone.kx_sk).decrypt(sealed)
+    removal = parse(plain)
     assert removal[:3] == [1, 1, one["hash"]] and removal[3] == bytes(len(removal[3]))  # (a pad of zero bytes)
+    # Byte for byte as SPEC builds it: the pad makes the plaintext as long as the grant_key member 1 would have had
+    # at this epoch -- index 1, a shared key, this epoch's key of the author's chain (it reads) -- a length this
+    # encoding hits exactly (a pad under 256 bytes).
+    would = len(enc([1, bytes(32), [[0, bytes(32)]]]))
+    bare = len(enc([1, 1, one["hash"], b""]))
+    assert plain == enc([1, 1, one["hash"], bytes(would - bare)])
     assert open_grant(f, stays, apk)["heads"] == [[0, 1, one["hash"]]]
     assert len(entries) == 2 and len({len(s) for _, s in entries}) == 1  # as long as the key entry
+    assert entries[0][0] == hint  # in member order: member 1's entry first, where its key entry was
 
 
 def test_a_grant_body_of_the_current_layout_holds_at_most_256_entries() -> None:
