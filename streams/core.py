@@ -381,6 +381,9 @@ class BranchRecord:
     #: member side, a branch a REVOKE closed: the author chain's final seq it named, while we had not reached it
     #: (the tail still fetched and accepted after a restart, SPEC 8.8); 0: none
     tail: int = 0
+    #: the hash of the message at ``tail`` the close named (b"": not known, a record written before it was kept):
+    #: another message there is the author's fork (THREATS 7)
+    tail_hash: bytes = b""
 
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
@@ -482,7 +485,8 @@ class _Fill:
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "advanced_ms", "anchor_wait", "anchored", "catch_up_left",
                  "conflict", "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "fill", "final",
-                 "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
+                 "final_frame", "final_hash", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified",
+                 "progress_ms", "quick_acked")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -516,6 +520,10 @@ class _Chain:
         #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
         #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
         self.final = 0
+        #: The hash the close named for ``final`` (b"": not known): another message there is a fork (SPEC 8.8).
+        self.final_hash = b""
+        #: The REVOKE that named it, while in memory: with another signed message there, the fork's evidence.
+        self.final_frame: bytes | None = None
         #: Our own chain, member side: the messages below our cursor being fetched back from the author (or None).
         self.fill: _Fill | None = None
 
@@ -587,13 +595,18 @@ class _Branch:
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
             self.state.value, self.peer_did, evidence, grants,
             [(i, pk, e, s) for i, (pk, e, s) in sorted(self.former.items())] if self.former else [],
-            self.tail,
+            self.tail, self.tail_hash,
         )
 
     @property
     def tail(self) -> int:
         c = self.chains.get(0)
         return c.final if self.me and c is not None and c.final >= c.next_seq else 0
+
+    @property
+    def tail_hash(self) -> bytes:
+        c = self.chains.get(0)
+        return c.final_hash if self.tail and c is not None else b""
 
     def chain_record(self, publisher: int) -> ChainRecord:
         c = self.chains[publisher]
@@ -767,7 +780,7 @@ class _CoreBase:
             loaded = _Branch(rec)
             self._shed(loaded)
             self._branches[rec.id] = loaded
-        tails = {rec.id: rec.tail for rec in branches if rec.tail}
+        tails = {rec.id: (rec.tail, rec.tail_hash) for rec in branches if rec.tail}
         for cr in chains:
             b = self._branches.get(cr.branch)
             # Not a cursor we keep any more (a re-key took the right away): it is made afresh from the grant that
@@ -778,11 +791,12 @@ class _CoreBase:
                 c = b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
                 # A conflict the author's ACK showed in an earlier run still holds: our store did not get younger.
                 c.conflict = cr.conflict if cr.publisher == b.me and b.me else 0
-                tail = tails.get(cr.branch, 0) if cr.publisher == 0 and b.me else 0
+                tail, tail_hash = tails.get(cr.branch, (0, b"")) if cr.publisher == 0 and b.me else (0, b"")
                 if tail >= cr.next_seq and b.state is BranchState.CLOSED:
                     # The tail of the author's chain that the REVOKE named, not reached before the restart:
                     # still fetched (handle_timer) and accepted, nothing beyond (SPEC 8.8).
                     c.final = c.gap_to = tail
+                    c.final_hash = tail_hash
 
     def branch_ids(self) -> list[bytes]:
         return list(self._branches)
@@ -1749,6 +1763,16 @@ class _CoreBase:
         if h.epoch != b.epoch and not self._old_epoch_ok(b, h.epoch):
             raise _Reject(RejectReason.STALE_EPOCH, "key epoch is not current", h.branch, h.publisher, h.seq)
         payload = self._verify_chain_frame(b, frame)
+        if h.seq == c.final and c.final_hash and not _crypto.ct_equal(frame.hash, c.final_hash):
+            # The tail's last message, but not the one the close (REVOKE, or the re-key that removed us) named
+            # there, SPEC 8.8 / 9.5.  Signed: the author signed two messages at one position, a fork (THREATS 7)
+            # -- the REVOKE (when still held) and this frame are its evidence.  Unsigned: not the author's word.
+            if frame.sig:
+                raise _Reject(RejectReason.FORK, "another message than the one the close named at the tail's head",
+                              h.branch, h.publisher, h.seq, c.final_frame,
+                              frame.raw if c.final_frame is not None else None)
+            raise _Reject(RejectReason.BAD_LINK, "not the message the close named at the tail's head", h.branch,
+                          h.publisher, h.seq)
         c.next_seq = h.seq + 1
         c.head = frame.hash
         if c.catch_up_left:
@@ -3294,7 +3318,7 @@ class SubscriberCore(_CoreBase):
         self._sync_waits.pop(g.branch, None)
         events.append(BranchClosed(b.id, "removed", max(last, c.next_seq - 1) if c is not None else last))
         if c is not None:
-            self._fetch_tail(b, c, last, now_ms, events)
+            self._fetch_tail(b, c, last, b"" if removal is None else removal.hash, None, now_ms, events)
         self._changes.branches.append(self._record(b))
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -3328,17 +3352,22 @@ class SubscriberCore(_CoreBase):
         b.transition("revoke")
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
         if c is not None:
-            self._fetch_tail(b, c, r.last_seq, now_ms, events)
+            self._fetch_tail(b, c, r.last_seq, r.last_hash, frame.raw, now_ms, events)
         self._changes.branches.append(self._record(b))  # (with the tail still to come: b.tail)
 
-    def _fetch_tail(self, b: _Branch, c: _Chain, last_seq: int, now_ms: int, events: list[Event]) -> None:
+    def _fetch_tail(self, b: _Branch, c: _Chain, last_seq: int, last_hash: bytes, close_frame: bytes | None,
+                    now_ms: int, events: list[Event]) -> None:
         """``b`` just closed, the author's chain ``c`` ending at ``last_seq`` for us (a REVOKE's final head, or the
         head the re-key that removed us from a group named).  If that is beyond our cursor -- the close overtook
         the tail (reordered), or the packets were lost -- what we miss up to it is still fetched and accepted,
-        nothing beyond it, and kept durably until it is in (SPEC 8.8, 9.5)."""
+        nothing beyond it, and kept durably until it is in (SPEC 8.8, 9.5).  ``last_hash``: the message the close
+        named at ``last_seq`` (the tail's head must be that one, else FORK); ``close_frame``: the REVOKE, kept in
+        memory as the fork's evidence."""
         if last_seq < c.next_seq:
             return
         c.final = last_seq
+        c.final_hash = last_hash
+        c.final_frame = close_frame
         if c.held:
             c.held = {s: f for s, f in c.held.items() if s <= last_seq} or None
         if last_seq > c.gap_to:
