@@ -166,6 +166,9 @@ GRANT_SYNC_RETRIES = 2
 #: Times a window of our own chain being fetched back from the author (SPEC 13.5) is asked for again when nothing
 #: of it came for ``fetch_retry_ms``, before the fetch is given up.
 FILL_RETRIES = 3
+#: Retries of a gap fetch without progress at ``fetch_retry_ms`` before the wait starts doubling (CoreConfig
+#: ``fetch_retry_max_ms``): what a lost FETCH or answer needs, as before.
+FETCH_FLAT_RETRIES = 3
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -292,7 +295,13 @@ class CoreConfig:
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss); so is, twice at most, a catch-up window that got no
-    answer at all (:meth:`catch_up`)."""
+    answer at all (:meth:`catch_up`).  A gap still fetched without progress after ``FETCH_FLAT_RETRIES`` retries
+    is asked again less often: the wait doubles at each retry, up to ``fetch_retry_max_ms``."""
+    fetch_retry_max_ms: int = 60_000
+    """Longest wait (ms) between two FETCHes of a gap that makes no progress (a tail the publisher can no longer
+    serve: its log lost it, or it cut us off).  Never given up -- the loss is reported (GapDetected), and a
+    publisher whose log is repaired later is still asked -- but not asked every ``fetch_retry_ms`` for good.
+    Any message accepted in order brings the wait back to ``fetch_retry_ms``; so does a restart."""
     grant_sync_interval_ms: int = 1000
     """Author: a member's grant sync of a branch (SPEC 9.5) is answered at most once per this many ms on one
     connection (unless it asks after a later epoch).  A signed FETCH has no freshness, so a relay could replay
@@ -486,7 +495,7 @@ class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "advanced_ms", "anchor_wait", "anchored", "catch_up_left",
                  "conflict", "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "fill", "final",
                  "final_frame", "final_hash", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified",
-                 "progress_ms", "quick_acked")
+                 "progress_ms", "quick_acked", "stalls")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -506,6 +515,7 @@ class _Chain:
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
+        self.stalls = 0  # gap fetches asked again in a row with nothing accepted in order meanwhile (the backoff)
         self.acked = 0  # receiver side: highest seq we acknowledged (0 after a restart: acknowledge again)
         self.ack_ms = _LONG_AGO  # receiver side: when we last sent an ACK of this chain
         self.quick_acked = 0  # receiver side: highest head whose HEAD notice we answered outside the ACK pacing
@@ -1127,12 +1137,21 @@ class _CoreBase:
                 if p == b.me:
                     continue
                 if (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) and (open_ or rc.final >= rc.next_seq):
-                    t = rc.progress_ms + self.config.fetch_retry_ms
+                    t = rc.progress_ms + self._retry_wait(rc)
                     due = t if due is None else min(due, t)
                 if rc.next_seq - 1 > rc.acked and b.state is BranchState.OPEN:
                     t = rc.ack_ms + ack_interval  # a coalesced ACK waits
                     due = t if due is None else min(due, t)
         return due
+
+    def _retry_wait(self, c: _Chain) -> int:
+        """How long a gap fetch of ``c`` that makes no progress waits before it is asked again (ms):
+        ``fetch_retry_ms`` for the first ``FETCH_FLAT_RETRIES`` retries, then doubling up to
+        ``fetch_retry_max_ms``.  A tail its publisher can never serve is asked for less and less often, never
+        given up: a log repaired later still heals it (THREATS 4; the loss was reported)."""
+        base = self.config.fetch_retry_ms
+        doublings = min(max(c.stalls - FETCH_FLAT_RETRIES, 0), 32)
+        return max(base, min(base << doublings, self.config.fetch_retry_max_ms))
 
     def handle_timer(self, now_ms: int) -> list[Event]:
         """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
@@ -1162,9 +1181,10 @@ class _CoreBase:
                         self._tell_deferred(b, p, rc, 0, events)
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
                             and (open_ or rc.final >= rc.next_seq) \
-                            and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
+                            and _elapsed(now_ms, rc.progress_ms, self._retry_wait(rc)):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
+                        rc.stalls += 1
                         if rc.gap_to >= rc.next_seq:
                             # A catch-up window a held frame made a gap fill: its retries count here too, so
                             # that it ends (what it deferred is reported above, in time, THREATS 4).
@@ -1775,6 +1795,7 @@ class _CoreBase:
                           h.publisher, h.seq)
         c.next_seq = h.seq + 1
         c.head = frame.hash
+        c.stalls = 0  # progress: a fetch still needed goes back to fetch_retry_ms
         if c.catch_up_left:
             c.catch_up_left = 0  # the chain goes on from our cursor: our catch-up is answered (or moot)
         b.heard = True
