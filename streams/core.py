@@ -2395,7 +2395,8 @@ class AuthorCore(_CoreBase):
         :meth:`set_permission` would), and the new grant is the one sent: else a member back with a new store
         got no grant at any try, for good (only a re-key by hand let it in).  The re-key links to the grant's
         hash, which the record keeps apart from the damaged frame, so the member's other stores take it too.  A
-        group's is not (its re-key is :meth:`remove_member`'s): the driver has told the operator."""
+        group's is re-keyed the same way, removing nobody (:meth:`_repair_group`).  The driver has told the
+        operator of the damage either way."""
         current = self._extras(b)[0]
         check = self.grant_intact
         if check is None or check(b.id, b.epoch, current):
@@ -2403,7 +2404,23 @@ class AuthorCore(_CoreBase):
         if b.peer_did and b.state is BranchState.OPEN:
             self.set_permission(b.id, b.members[1][1])
             return b.grant_frame
+        if self._repair_group(b):
+            return b.grant_frame
         return None
+
+    def _repair_group(self, g: _Branch) -> bool:
+        """An open group whose current grant the ``grant_intact`` hook finds damaged on disk is re-keyed at once,
+        removing nobody (a new key, the same members): else a member that needs that grant -- one back with a new
+        store, which learns the group from it -- was locked out for good, as a member of its own branch was
+        before :meth:`_current_grant` re-keyed it.  The new grant links to the grant hash the record keeps apart
+        from the damaged frame, so members holding the old grant take it; the damaged frame is neither served
+        nor carried into the history.  Returns whether it re-keyed."""
+        check = self.grant_intact
+        if g.peer_did or g.id not in self._groups or g.state is not BranchState.OPEN or check is None \
+                or check(g.id, g.epoch, self._extras(g)[0]):
+            return False
+        self._rekey_group(g, [])
+        return True
 
     def _grants_after(self, b: _Branch, epoch: int) -> list[bytes]:
         """The grant frames of ``b`` for the epochs after ``epoch``, in order (as far as its history goes back:
@@ -2420,6 +2437,7 @@ class AuthorCore(_CoreBase):
 
     def _first_grant(self, g: _Branch) -> bytes | None:
         """The grant that opened ``g`` (epoch 0), or the earliest one its history still holds (None: none intact)."""
+        self._repair_group(g)  # (its current grant damaged on disk: re-keyed first, else none is served)
         lookup = self.grants_lookup
         if lookup is not None and g.epoch > 0:
             found = lookup(g.id, 0, 0)
@@ -2618,6 +2636,10 @@ class AuthorCore(_CoreBase):
             # that was away is answered with that REVOKE when it asks.
             self.revoke(branch)
             return
+        self._rekey_group(b, target)
+
+    def _rekey_group(self, b: _Branch, target: list[int]) -> None:
+        """Re-key group ``b`` (epoch + 1), removing the members at indices ``target`` (none: a repair, SPEC 9.5)."""
         b.transition("grant")
         former = b.former or {}
         c = b.chains[0]
@@ -2626,7 +2648,7 @@ class AuthorCore(_CoreBase):
             pk, perms[i] = b.members.pop(i)
             former[i] = (pk, b.epoch + 1, c.next_seq - 1)
             b.chains.pop(i, None)
-        b.former = former
+        b.former = former or None
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
         rec = self._record(b)
