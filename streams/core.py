@@ -167,8 +167,9 @@ GRANT_SYNC_RETRIES = 2
 #: of it came for ``fetch_retry_ms``, before the fetch is given up.
 FILL_RETRIES = 3
 #: Retries of a gap fetch without progress at ``fetch_retry_ms`` before the wait starts doubling (CoreConfig
-#: ``fetch_retry_max_ms``): what a lost FETCH or answer needs, as before.
-FETCH_FLAT_RETRIES = 3
+#: ``fetch_retry_max_ms``): what a lost FETCH or answer needs, as before -- and more than a catch-up window's
+#: retries, so that what it deferred is still reported on their time (SPEC 10.1 step 7).
+FETCH_FLAT_RETRIES = CATCH_UP_RETRIES + 2
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -301,7 +302,8 @@ class CoreConfig:
     """Longest wait (ms) between two FETCHes of a gap that makes no progress (a tail the publisher can no longer
     serve: its log lost it, or it cut us off).  Never given up -- the loss is reported (GapDetected), and a
     publisher whose log is repaired later is still asked -- but not asked every ``fetch_retry_ms`` for good.
-    Any message accepted in order brings the wait back to ``fetch_retry_ms``; so does a restart."""
+    Any message accepted in order brings the wait back to ``fetch_retry_ms``; so does a catch-up (a reconnect or a
+    restart)."""
     grant_sync_interval_ms: int = 1000
     """Author: a member's grant sync of a branch (SPEC 9.5) is answered at most once per this many ms on one
     connection (unless it asks after a later epoch).  A signed FETCH has no freshness, so a relay could replay
@@ -1454,6 +1456,9 @@ class _CoreBase:
                 if now_ms is not None:
                     c.progress_ms = now_ms
                     c.catch_up_left = CATCH_UP_RETRIES
+                    # A new connection: its window and what it defers (reported on the retries' time, SPEC 10.1
+                    # step 7) are asked for at fetch_retry_ms again, not at a backoff a dead connection built up.
+                    c.stalls = 0
                     self._note_deadline(now_ms + self.config.fetch_retry_ms)
                 else:
                     c.catch_up_left = 0  # untimed: as before, no retry

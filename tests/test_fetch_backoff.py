@@ -93,3 +93,25 @@ def test_a_revoke_tail_nobody_serves_is_asked_for_less_often() -> None:
     got = [m.seq for raw in packets[1:] for m in n.to_sub("s0", raw) if isinstance(m, MessageReceived)]
     assert got == [2, 3, 4]
     assert s.next_timer() is None
+
+
+def test_a_reconnect_asks_at_fetch_retry_ms_again() -> None:
+    """A catch-up (a reconnect or a restart) starts the retries over: the backoff a dead connection built up does
+    not slow down the new one's window (nor what it defers, reported on the retries' time)."""
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    s = n.subs["s0"]
+    [b0] = s.branch_ids()
+    for i in range(3):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    packets = [o.data for o in n.author.data_to_send()]
+    n.to_sub("s0", packets[0])
+    n.to_sub("s0", packets[2])
+    _, now = _run_unanswered(s, b0, n.now, HOUR_MS)
+    s.catch_up(now)
+    s.take_changes()
+    assert [f.from_seq for f in _fetches(s, b0)] == [2]
+    s.handle_timer(now + s.config.fetch_retry_ms)
+    s.take_changes()
+    assert [f.from_seq for f in _fetches(s, b0)] == [2]
