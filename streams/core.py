@@ -2445,6 +2445,14 @@ class AuthorCore(_CoreBase):
         self._repair_group(g)  # (its current grant damaged on disk: re-keyed first, else none is served)
         lookup = self.grants_lookup
         if lookup is not None and g.epoch > 0:
+            current, _, earlier = self._extras(g)
+            held, intact = self._held_grants(g, current, earlier, g.epoch)
+            first = g.epoch - len(held) + 1  # the epoch of held[0]
+            if not intact or (first > 0 and not lookup(g.id, first - 1, first - 1)):
+                # The history breaks before ``first`` (a grant damaged on disk, the one _repair_group replaced
+                # included): the grant at 0 leads nowhere -- no grant after it links on -- so a member that learns
+                # the group learns it from the earliest grant after the break (what came before is its gap).
+                return held[0] if held else None
             found = lookup(g.id, 0, 0)
             if found:
                 return found[0]
