@@ -939,8 +939,9 @@ async def test_a_group_member_back_with_a_new_store_is_not_locked_out_by_a_damag
             got = await again.next_message(timeout=10)
             assert (got.branch, got.seq, got.payload) == (group, seq, b"after the repair")
             evs = again.pending_events()
-            # (A HEAD of the group that reached it before the re-key's grant is refused as of an unknown branch:
-            # the repair answers its grant sync late; nothing else is refused.)
+            # (A HEAD of the group can reach it before it applies the repair's grant, and is refused as of an
+            # unknown branch: a member that learns a group from a grant after epoch 0 first asks for the earlier
+            # ones and applies it only after a sync's wait, SPEC 9.5.  Nothing else is refused.)
             assert [(e.reason, e.branch) for e in evs if isinstance(e, Rejected)
                     and not (e.reason is RejectReason.UNKNOWN_BRANCH and e.seq is None)] == []
             # What was published before under the damaged grant's key is reported missing, not silently lost.
