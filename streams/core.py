@@ -166,6 +166,10 @@ GRANT_SYNC_RETRIES = 2
 #: Times a window of our own chain being fetched back from the author (SPEC 13.5) is asked for again when nothing
 #: of it came for ``fetch_retry_ms``, before the fetch is given up.
 FILL_RETRIES = 3
+#: Retries of a gap fetch without progress at ``fetch_retry_ms`` before the wait starts doubling (CoreConfig
+#: ``fetch_retry_max_ms``): what a lost FETCH or answer needs, as before -- and more than a catch-up window's
+#: retries, so that what it deferred is still reported on their time (SPEC 10.1 step 7).
+FETCH_FLAT_RETRIES = CATCH_UP_RETRIES + 2
 #: Most peers take_offenders() keeps between two calls (one entry per failing connection: a driver that never
 #: asks must not grow with an attacker's reconnects).
 MAX_OFFENDERS = 4096
@@ -292,7 +296,14 @@ class CoreConfig:
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss); so is, twice at most, a catch-up window that got no
-    answer at all (:meth:`catch_up`)."""
+    answer at all (:meth:`catch_up`).  A gap still fetched without progress after ``FETCH_FLAT_RETRIES`` retries
+    is asked again less often: the wait doubles at each retry, up to ``fetch_retry_max_ms``."""
+    fetch_retry_max_ms: int = 60_000
+    """Longest wait (ms) between two FETCHes of a gap that makes no progress (a tail the publisher can no longer
+    serve: its log lost it, or it cut us off).  Never given up -- the loss is reported (GapDetected), and a
+    publisher whose log is repaired later is still asked -- but not asked every ``fetch_retry_ms`` for good.
+    Any message accepted in order brings the wait back to ``fetch_retry_ms``; so does a catch-up (a reconnect or a
+    restart)."""
     grant_sync_interval_ms: int = 1000
     """Author: a member's grant sync of a branch (SPEC 9.5) is answered at most once per this many ms on one
     connection (unless it asks after a later epoch).  A signed FETCH has no freshness, so a relay could replay
@@ -381,6 +392,9 @@ class BranchRecord:
     #: member side, a branch a REVOKE closed: the author chain's final seq it named, while we had not reached it
     #: (the tail still fetched and accepted after a restart, SPEC 8.8); 0: none
     tail: int = 0
+    #: the hash of the message at ``tail`` the close named (b"": not known, a record written before it was kept):
+    #: another message there is the author's fork (THREATS 7)
+    tail_hash: bytes = b""
 
     def __repr__(self) -> str:
         return f"BranchRecord(id={self.id.hex()}, epoch={self.epoch}, members={len(self.members)}, state={self.state})"
@@ -482,7 +496,8 @@ class _Fill:
 class _Chain:
     __slots__ = ("ack_ms", "acked", "acked_by", "advanced_ms", "anchor_wait", "anchored", "catch_up_left",
                  "conflict", "conflict_told", "covered", "deferred", "deferred_at", "fetch_end", "fill", "final",
-                 "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified", "progress_ms", "quick_acked")
+                 "final_frame", "final_hash", "first_uncovered_ms", "gap_to", "head", "held", "next_seq", "notified",
+                 "progress_ms", "quick_acked", "stalls")
 
     def __init__(self, next_seq: int, head: bytes, covered: int = 0) -> None:
         self.next_seq = next_seq
@@ -502,6 +517,7 @@ class _Chain:
         self.first_uncovered_ms: int | None = None
         self.notified = 0  # highest seq announced in a HEAD notice
         self.progress_ms = 0  # last time the chain advanced or a gap fetch was (re)issued
+        self.stalls = 0  # gap fetches asked again in a row with nothing accepted in order meanwhile (the backoff)
         self.acked = 0  # receiver side: highest seq we acknowledged (0 after a restart: acknowledge again)
         self.ack_ms = _LONG_AGO  # receiver side: when we last sent an ACK of this chain
         self.quick_acked = 0  # receiver side: highest head whose HEAD notice we answered outside the ACK pacing
@@ -516,6 +532,10 @@ class _Chain:
         #: The author's chain of a branch its REVOKE closed, member side: the final head the REVOKE named, when we
         #: had not accepted it yet -- its missing tail is still fetched and accepted, nothing beyond (0: none).
         self.final = 0
+        #: The hash the close named for ``final`` (b"": not known): another message there is a fork (SPEC 8.8).
+        self.final_hash = b""
+        #: The REVOKE that named it, while in memory: with another signed message there, the fork's evidence.
+        self.final_frame: bytes | None = None
         #: Our own chain, member side: the messages below our cursor being fetched back from the author (or None).
         self.fill: _Fill | None = None
 
@@ -587,13 +607,18 @@ class _Branch:
             [(e, p, k) for (e, p), k in sorted(self.keys.items())],
             self.state.value, self.peer_did, evidence, grants,
             [(i, pk, e, s) for i, (pk, e, s) in sorted(self.former.items())] if self.former else [],
-            self.tail,
+            self.tail, self.tail_hash,
         )
 
     @property
     def tail(self) -> int:
         c = self.chains.get(0)
         return c.final if self.me and c is not None and c.final >= c.next_seq else 0
+
+    @property
+    def tail_hash(self) -> bytes:
+        c = self.chains.get(0)
+        return c.final_hash if self.tail and c is not None else b""
 
     def chain_record(self, publisher: int) -> ChainRecord:
         c = self.chains[publisher]
@@ -767,7 +792,7 @@ class _CoreBase:
             loaded = _Branch(rec)
             self._shed(loaded)
             self._branches[rec.id] = loaded
-        tails = {rec.id: rec.tail for rec in branches if rec.tail}
+        tails = {rec.id: (rec.tail, rec.tail_hash) for rec in branches if rec.tail}
         for cr in chains:
             b = self._branches.get(cr.branch)
             # Not a cursor we keep any more (a re-key took the right away): it is made afresh from the grant that
@@ -778,11 +803,12 @@ class _CoreBase:
                 c = b.chains[cr.publisher] = _Chain(cr.next_seq, cr.head, cr.covered)
                 # A conflict the author's ACK showed in an earlier run still holds: our store did not get younger.
                 c.conflict = cr.conflict if cr.publisher == b.me and b.me else 0
-                tail = tails.get(cr.branch, 0) if cr.publisher == 0 and b.me else 0
+                tail, tail_hash = tails.get(cr.branch, (0, b"")) if cr.publisher == 0 and b.me else (0, b"")
                 if tail >= cr.next_seq and b.state is BranchState.CLOSED:
                     # The tail of the author's chain that the REVOKE named, not reached before the restart:
                     # still fetched (handle_timer) and accepted, nothing beyond (SPEC 8.8).
                     c.final = c.gap_to = tail
+                    c.final_hash = tail_hash
 
     def branch_ids(self) -> list[bytes]:
         return list(self._branches)
@@ -1113,12 +1139,21 @@ class _CoreBase:
                 if p == b.me:
                     continue
                 if (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) and (open_ or rc.final >= rc.next_seq):
-                    t = rc.progress_ms + self.config.fetch_retry_ms
+                    t = rc.progress_ms + self._retry_wait(rc)
                     due = t if due is None else min(due, t)
                 if rc.next_seq - 1 > rc.acked and b.state is BranchState.OPEN:
                     t = rc.ack_ms + ack_interval  # a coalesced ACK waits
                     due = t if due is None else min(due, t)
         return due
+
+    def _retry_wait(self, c: _Chain) -> int:
+        """How long a gap fetch of ``c`` that makes no progress waits before it is asked again (ms):
+        ``fetch_retry_ms`` for the first ``FETCH_FLAT_RETRIES`` retries, then doubling up to
+        ``fetch_retry_max_ms``.  A tail its publisher can never serve is asked for less and less often, never
+        given up: a log repaired later still heals it (THREATS 4; the loss was reported)."""
+        base = self.config.fetch_retry_ms
+        doublings = min(max(c.stalls - FETCH_FLAT_RETRIES, 0), 32)
+        return max(base, min(base << doublings, self.config.fetch_retry_max_ms))
 
     def handle_timer(self, now_ms: int) -> list[Event]:
         """Emit checkpoints whose interval has elapsed; fetch again every gap that made no progress for
@@ -1148,9 +1183,10 @@ class _CoreBase:
                         self._tell_deferred(b, p, rc, 0, events)
                     if p != b.me and (rc.gap_to >= rc.next_seq or rc.fetch_end >= rc.next_seq) \
                             and (open_ or rc.final >= rc.next_seq) \
-                            and _elapsed(now_ms, rc.progress_ms, self.config.fetch_retry_ms):
+                            and _elapsed(now_ms, rc.progress_ms, self._retry_wait(rc)):
                         # No progress: the request or its replies were lost.  Ask again from our cursor.
                         rc.progress_ms = now_ms
+                        rc.stalls += 1
                         if rc.gap_to >= rc.next_seq:
                             # A catch-up window a held frame made a gap fill: its retries count here too, so
                             # that it ends (what it deferred is reported above, in time, THREATS 4).
@@ -1420,6 +1456,9 @@ class _CoreBase:
                 if now_ms is not None:
                     c.progress_ms = now_ms
                     c.catch_up_left = CATCH_UP_RETRIES
+                    # A new connection: its window and what it defers (reported on the retries' time, SPEC 10.1
+                    # step 7) are asked for at fetch_retry_ms again, not at a backoff a dead connection built up.
+                    c.stalls = 0
                     self._note_deadline(now_ms + self.config.fetch_retry_ms)
                 else:
                     c.catch_up_left = 0  # untimed: as before, no retry
@@ -1749,8 +1788,19 @@ class _CoreBase:
         if h.epoch != b.epoch and not self._old_epoch_ok(b, h.epoch):
             raise _Reject(RejectReason.STALE_EPOCH, "key epoch is not current", h.branch, h.publisher, h.seq)
         payload = self._verify_chain_frame(b, frame)
+        if h.seq == c.final and c.final_hash and not _crypto.ct_equal(frame.hash, c.final_hash):
+            # The tail's last message, but not the one the close (REVOKE, or the re-key that removed us) named
+            # there, SPEC 8.8 / 9.5.  Signed: the author signed two messages at one position, a fork (THREATS 7)
+            # -- the REVOKE (when still held) and this frame are its evidence.  Unsigned: not the author's word.
+            if frame.sig:
+                raise _Reject(RejectReason.FORK, "another message than the one the close named at the tail's head",
+                              h.branch, h.publisher, h.seq, c.final_frame,
+                              frame.raw if c.final_frame is not None else None)
+            raise _Reject(RejectReason.BAD_LINK, "not the message the close named at the tail's head", h.branch,
+                          h.publisher, h.seq)
         c.next_seq = h.seq + 1
         c.head = frame.hash
+        c.stalls = 0  # progress: a fetch still needed goes back to fetch_retry_ms
         if c.catch_up_left:
             c.catch_up_left = 0  # the chain goes on from our cursor: our catch-up is answered (or moot)
         b.heard = True
@@ -2350,7 +2400,8 @@ class AuthorCore(_CoreBase):
         :meth:`set_permission` would), and the new grant is the one sent: else a member back with a new store
         got no grant at any try, for good (only a re-key by hand let it in).  The re-key links to the grant's
         hash, which the record keeps apart from the damaged frame, so the member's other stores take it too.  A
-        group's is not (its re-key is :meth:`remove_member`'s): the driver has told the operator."""
+        group's is re-keyed the same way, removing nobody (:meth:`_repair_group`).  The driver has told the
+        operator of the damage either way."""
         current = self._extras(b)[0]
         check = self.grant_intact
         if check is None or check(b.id, b.epoch, current):
@@ -2358,7 +2409,23 @@ class AuthorCore(_CoreBase):
         if b.peer_did and b.state is BranchState.OPEN:
             self.set_permission(b.id, b.members[1][1])
             return b.grant_frame
+        if self._repair_group(b):
+            return b.grant_frame
         return None
+
+    def _repair_group(self, g: _Branch) -> bool:
+        """An open group whose current grant the ``grant_intact`` hook finds damaged on disk is re-keyed at once,
+        removing nobody (a new key, the same members): else a member that needs that grant -- one back with a new
+        store, which learns the group from it -- was locked out for good, as a member of its own branch was
+        before :meth:`_current_grant` re-keyed it.  The new grant links to the grant hash the record keeps apart
+        from the damaged frame, so members holding the old grant take it; the damaged frame is neither served
+        nor carried into the history.  Returns whether it re-keyed."""
+        check = self.grant_intact
+        if g.peer_did or g.id not in self._groups or g.state is not BranchState.OPEN or check is None \
+                or check(g.id, g.epoch, self._extras(g)[0]):
+            return False
+        self._rekey_group(g, [])
+        return True
 
     def _grants_after(self, b: _Branch, epoch: int) -> list[bytes]:
         """The grant frames of ``b`` for the epochs after ``epoch``, in order (as far as its history goes back:
@@ -2375,8 +2442,17 @@ class AuthorCore(_CoreBase):
 
     def _first_grant(self, g: _Branch) -> bytes | None:
         """The grant that opened ``g`` (epoch 0), or the earliest one its history still holds (None: none intact)."""
+        self._repair_group(g)  # (its current grant damaged on disk: re-keyed first, else none is served)
         lookup = self.grants_lookup
         if lookup is not None and g.epoch > 0:
+            current, _, earlier = self._extras(g)
+            held, intact = self._held_grants(g, current, earlier, g.epoch)
+            first = g.epoch - len(held) + 1  # the epoch of held[0]
+            if not intact or (first > 0 and not lookup(g.id, first - 1, first - 1)):
+                # The history breaks before ``first`` (a grant damaged on disk, the one _repair_group replaced
+                # included): the grant at 0 leads nowhere -- no grant after it links on -- so a member that learns
+                # the group learns it from the earliest grant after the break (what came before is its gap).
+                return held[0] if held else None
             found = lookup(g.id, 0, 0)
             if found:
                 return found[0]
@@ -2573,6 +2649,10 @@ class AuthorCore(_CoreBase):
             # that was away is answered with that REVOKE when it asks.
             self.revoke(branch)
             return
+        self._rekey_group(b, target)
+
+    def _rekey_group(self, b: _Branch, target: list[int]) -> None:
+        """Re-key group ``b`` (epoch + 1), removing the members at indices ``target`` (none: a repair, SPEC 9.5)."""
         b.transition("grant")
         former = b.former or {}
         c = b.chains[0]
@@ -2581,7 +2661,7 @@ class AuthorCore(_CoreBase):
             pk, perms[i] = b.members.pop(i)
             former[i] = (pk, b.epoch + 1, c.next_seq - 1)
             b.chains.pop(i, None)
-        b.former = former
+        b.former = former or None
         b.epoch += 1
         b.keys[(b.epoch, 0)] = self._rng(32)
         rec = self._record(b)
@@ -3294,7 +3374,7 @@ class SubscriberCore(_CoreBase):
         self._sync_waits.pop(g.branch, None)
         events.append(BranchClosed(b.id, "removed", max(last, c.next_seq - 1) if c is not None else last))
         if c is not None:
-            self._fetch_tail(b, c, last, now_ms, events)
+            self._fetch_tail(b, c, last, b"" if removal is None else removal.hash, None, now_ms, events)
         self._changes.branches.append(self._record(b))
 
     def _on_revoke(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -3328,17 +3408,22 @@ class SubscriberCore(_CoreBase):
         b.transition("revoke")
         events.append(BranchClosed(b.id, "revoke", r.last_seq))
         if c is not None:
-            self._fetch_tail(b, c, r.last_seq, now_ms, events)
+            self._fetch_tail(b, c, r.last_seq, r.last_hash, frame.raw, now_ms, events)
         self._changes.branches.append(self._record(b))  # (with the tail still to come: b.tail)
 
-    def _fetch_tail(self, b: _Branch, c: _Chain, last_seq: int, now_ms: int, events: list[Event]) -> None:
+    def _fetch_tail(self, b: _Branch, c: _Chain, last_seq: int, last_hash: bytes, close_frame: bytes | None,
+                    now_ms: int, events: list[Event]) -> None:
         """``b`` just closed, the author's chain ``c`` ending at ``last_seq`` for us (a REVOKE's final head, or the
         head the re-key that removed us from a group named).  If that is beyond our cursor -- the close overtook
         the tail (reordered), or the packets were lost -- what we miss up to it is still fetched and accepted,
-        nothing beyond it, and kept durably until it is in (SPEC 8.8, 9.5)."""
+        nothing beyond it, and kept durably until it is in (SPEC 8.8, 9.5).  ``last_hash``: the message the close
+        named at ``last_seq`` (the tail's head must be that one, else FORK); ``close_frame``: the REVOKE, kept in
+        memory as the fork's evidence."""
         if last_seq < c.next_seq:
             return
         c.final = last_seq
+        c.final_hash = last_hash
+        c.final_frame = close_frame
         if c.held:
             c.held = {s: f for s, f in c.held.items() if s <= last_seq} or None
         if last_seq > c.gap_to:

@@ -1164,7 +1164,8 @@ class Store:
     def _seal_branch(self, b: BranchRecord) -> bytes:
         # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
         v: list[Any] = [b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members],
-                        None, b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail]
+                        None, b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail,
+                        b.tail_hash]
         v[7] = seal_secret(self._key, _pack([list(k) for k in b.keys]), _keys_ad(b.id, v))
         return _pack(v)
 
@@ -1179,7 +1180,8 @@ class Store:
             keys = msgpack.unpackb(sealed, raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
-                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v))
+                                [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v),
+                                _tail_hash(v))
         except (ValueError, IndexError, TypeError, KeystoreError) as exc:
             raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
 
@@ -1455,6 +1457,16 @@ def _tail(v: list[Any]) -> int:
     if type(v[13]) is not int or v[13] < 0:
         raise TypeError("a branch's tail is a sequence number")
     return int(v[13])
+
+
+def _tail_hash(v: list[Any]) -> bytes:
+    """The hash a closed branch's pending tail must end with (BranchRecord.tail_hash; absent in records written
+    before it was kept: b"", not checked)."""
+    if len(v) <= 14:
+        return b""
+    if type(v[14]) is not bytes or len(v[14]) not in (0, 32):
+        raise TypeError("a branch's tail hash is 32 bytes")
+    return v[14]
 
 
 def _grants(v: list[Any]) -> list[bytes]:
