@@ -132,10 +132,12 @@ async def test_a_swapped_member_key_is_refused_before_a_re_key_seals_the_group_k
 
 
 @pytest.mark.parametrize(("index", "value"), [(1, 7), (2, 2), (3, b"\x01" * 32), (8, "closed"), (9, "did:x"),
-                                              (5, 2), (13, 3), (10, b"forged evidence"), (12, [[2, b"k" * 32, 1, 0]])])
+                                              (5, 2), (13, 3), (10, b"forged evidence"), (12, [[2, b"k" * 32, 1, 0]]),
+                                              (14, b"\x02" * 32)])
 async def test_an_edited_field_of_a_branch_record_makes_the_branch_refused(tmp_path: Path, index: int,
                                                                           value: object) -> None:
-    """epoch, mode, grant_hash, state, peer_did, me, tail: each edited alone is refused where it is read."""
+    """epoch, mode, grant_hash, state, peer_did, me, tail, tail hash: each edited alone is refused where it is
+    read."""
     hub = MemoryHub()
     member = Identity.generate()
     author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),

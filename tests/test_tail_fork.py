@@ -111,7 +111,8 @@ def test_the_named_tail_hash_survives_the_store(tmp_path: Path) -> None:
 
     from streams.core import BranchRecord, Changes
     from streams.identity import Identity
-    from streams.store import Store
+    from streams.keystore import seal_secret
+    from streams.store import Store, _keys_ad
 
     me = Identity.from_seed(b"\x0a" * 32)
     store = Store.create(tmp_path / "s.db", me, "pw", role="subscriber", channel=b"c" * 32,
@@ -122,6 +123,11 @@ def test_the_named_tail_hash_survives_the_store(tmp_path: Path) -> None:
     assert [(r.tail, r.tail_hash) for r in store.load_branches()] == [(7, b"t" * 32)]
     raw = store._conn.execute("SELECT rec FROM branches").fetchone()[0]
     v = msgpack.unpackb(raw, raw=False)
-    store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v[:14], use_bin_type=True),))
+    # As the code before wrote it: 14 fields, its keys sealed with those as associated data (a record merely cut
+    # short is refused as altered: tests/test_store_tamper.py).
+    older = v[:14]
+    older[7] = seal_secret(store._key, msgpack.packb([list(k) for k in rec.keys], use_bin_type=True),
+                           _keys_ad(rec.id, older))
+    store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(older, use_bin_type=True),))
     assert [(r.tail, r.tail_hash) for r in store.load_branches()] == [(7, b"")]
     store.close()
