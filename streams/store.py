@@ -972,7 +972,7 @@ class Store:
         try:
             v = msgpack.unpackb(rows[0][0], raw=False)
             return bytes(v[4]), bytes(v[10]), _grants(v)
-        except (ValueError, IndexError, TypeError) as exc:
+        except (ValueError, LookupError, TypeError) as exc:
             raise StorageError(f"branch record {branch.hex()} in {self.path} is corrupted") from exc
 
     def iter_log(self) -> Iterator[tuple[bytes, int, int, bytes, bytes]]:
@@ -1169,19 +1169,24 @@ class Store:
         return _pack(v)
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
+        # (the id column and the record are untrusted: a map, or an id of another type, is "corrupted", never a
+        # KeyError or AttributeError out of the open)
+        name = bid.hex() if type(bid) is bytes else "?"
         try:
             v = msgpack.unpackb(rec, raw=False)
+            if type(bid) is not bytes or not isinstance(v, list):
+                raise ValueError("not a branch record")
             try:
                 sealed = open_secret(self._key, v[7], _keys_ad(bid, v))
             except KeystoreError:
-                raise StorageError(f"branch record {bid.hex()} in {self.path} was altered (its fields, such as "
+                raise StorageError(f"branch record {name} in {self.path} was altered (its fields, such as "
                                    "its members' keys, state or peer, no longer match its sealed keys)") from None
             keys = msgpack.unpackb(sealed, raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
                                 [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v))
-        except (ValueError, IndexError, TypeError, KeystoreError) as exc:
-            raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
+        except (ValueError, LookupError, TypeError, KeystoreError) as exc:
+            raise StorageError(f"branch record {name} in {self.path} is corrupted") from exc
 
 
 @dataclass(frozen=True)
