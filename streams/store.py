@@ -964,13 +964,25 @@ class Store:
 
     def branch_extras(self, branch: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
         """(grant frame, admission evidence, earlier grants held in the record) of a stored branch, or None --
-        without unsealing its keys (the core keeps none of them in memory once stored).  The earlier grants are
-        empty but in records written before the ``grants`` table existed: see :meth:`grants_between`."""
+        keeping none of its keys (the core keeps none of them in memory once stored).  The earlier grants are
+        empty but in records written before the ``grants`` table existed: see :meth:`grants_between`.  Raises
+        :class:`StorageError` if the record was altered since the open checked it: the evidence is what the
+        author's revocation re-checks judge, and what it writes into the record again."""
         rows = self._q("SELECT rec FROM branches WHERE id = ?", (branch,))
         if not rows:
             return None
         try:
             v = msgpack.unpackb(rows[0][0], raw=False)
+            if not isinstance(v, list):
+                raise ValueError("not a branch record")
+            # The record is read again from the file long after the open checked it (THREATS 1: the file is
+            # untrusted while the party runs too): its sealed keys' associated data must still match.  One AEAD
+            # open of a small value, on a re-check or a record write, never per message.
+            try:
+                open_secret(self._key, v[7], _keys_ad(branch, v))
+            except KeystoreError:
+                raise StorageError(f"branch record {branch.hex()} in {self.path} was altered (its fields, such as "
+                                   "its evidence, no longer match its sealed keys)") from None
             return bytes(v[4]), bytes(v[10]), _grants(v)
         except (ValueError, LookupError, TypeError) as exc:
             raise StorageError(f"branch record {branch.hex()} in {self.path} is corrupted") from exc

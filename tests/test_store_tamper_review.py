@@ -63,3 +63,25 @@ def test_a_branch_id_rewritten_to_another_type_is_storage_error_not_a_crash(tmp_
             s.load_branches()
     finally:
         s.close()
+
+
+def test_evidence_edited_while_the_party_runs_is_refused_where_it_is_read_back(tmp_path: Path) -> None:
+    """The core drops a stored branch's admission evidence from memory and reads it back through
+    ``branch_extras`` for each revocation re-check (and for every record it writes again): the attacker swaps a
+    revoked credential for another one after the open's check, and the re-check would judge the swapped one --
+    and the next write of the record would seal it as genuine."""
+    path = tmp_path / "s.db"
+    s, b = _store_with_branch(path)
+    try:
+        assert [r.evidence for r in s.load_branches()] == [b"genuine credential"]  # (the open's check passed)
+        assert s.branch_extras(b.id) == (b"", b"genuine credential", [])
+        with sqlite3.connect(path) as c:  # the attacker, while the party runs
+            (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (b.id,)).fetchone()
+            v = msgpack.unpackb(rec, raw=False)
+            v[10] = b"another, unrevoked credential"
+            c.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), b.id))
+        c.close()
+        with pytest.raises(StorageError, match=f"branch record {b.id.hex()}.*altered"):
+            s.branch_extras(b.id)
+    finally:
+        s.close()
