@@ -24,7 +24,9 @@ by the bound ``author_did``, for the bound ``channel``, is checked where it is r
 cost nothing per message: the seed at the open, a record when it is written (a grant, a re-key, a close).  A store
 written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
 on first open: an edit made before the upgrade cannot be told apart -- and older versions of this code cannot
-open it afterwards (as a wrong passphrase).  Not authenticated: cursors, the log
+open it afterwards (as a wrong passphrase).  That happens once: an upgraded store whose seed row is put back from
+a copy from before the upgrade is refused (the ``check`` row, or any record sealed the new way, shows the
+upgrade); a whole older copy, edited, still opens as an older store would.  Not authenticated: cursors, the log
 (signed frames), and the other tables; nor is replacing the file, or rows of it, with an older genuine copy
 (rollback) detected.
 
@@ -230,6 +232,9 @@ def _pack(obj: Any) -> bytes:
 # of either without the passphrase no longer opens.  The ``_OLD`` ones are those of stores written before.
 _SEED_AD_OLD = b"streams.store.identity"
 _KEYS_AD_OLD = b"streams.store.keys"
+#: (an upgraded store whose seed row is that of a copy from before the upgrade)
+_ROLLED_BACK = ("{} was altered: its seed is sealed the older way but the store was upgraded (its seed rolled back "
+                "to a copy from before the upgrade); restore a backup")
 _CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
 #: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
 _BOUND = ("role", "channel", "author_did", "name", "did")
@@ -588,7 +593,7 @@ class Store:
         except KeystoreError:
             pass
         try:  # a store written before its metadata was bound to the seed: trusted as found (see _authenticate)
-            return key, open_secret(key, sealed, _SEED_AD_OLD), meta, True
+            seed = open_secret(key, sealed, _SEED_AD_OLD)
         except KeystoreError as exc:
             check = meta.get("check")
             try:
@@ -603,6 +608,9 @@ class Store:
                 raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "
                                    "it no longer matches what the passphrase sealed") from None
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
+        if "check" in meta:  # only the upgrade writes it: the seed row was put back from a copy from before it
+            raise StorageError(_ROLLED_BACK.format(p))
+        return key, seed, meta, True
 
     def _authenticate(self, seed: bytes) -> None:
         """Upgrade a store written before its plaintext state was authenticated, in one transaction: seal the
@@ -617,14 +625,15 @@ class Store:
         for bid, rec in self._q("SELECT id, rec FROM branches"):
             try:
                 v = msgpack.unpackb(rec, raw=False)
-                try:
-                    keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
-                except KeystoreError:  # (already authenticated: a store whose metadata an older copy restored)
-                    keys = open_secret(self._key, v[7], _keys_ad(bid, v))
+                # Only the older layout is upgraded: a record already sealed the new way means the store was
+                # upgraded before and its seed row put back from a copy from before that (then the attacker's
+                # edits of it, and of older-layout records from that copy, would be trusted -- trust on first
+                # open must happen once).
+                keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
                 v[7] = seal_secret(self._key, keys, _keys_ad(bid, v))
             except (ValueError, LookupError, TypeError, KeystoreError) as exc:
                 raise StorageError(f"branch record {bid.hex() if isinstance(bid, bytes) else '?'} in {self.path} "
-                                   "is corrupted") from exc
+                                   "is corrupted, or " + _ROLLED_BACK.format("the store")) from exc
             rows.append((bid, _pack(v)))
         try:
             with _tx(self._conn):

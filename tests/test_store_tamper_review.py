@@ -13,6 +13,7 @@ import pytest
 from streams.core import BranchRecord, Changes
 from streams.errors import StorageError
 from streams.identity import Identity
+from streams.keystore import seal_secret
 from streams.store import Store
 
 PW = "review passphrase 4c"
@@ -85,3 +86,87 @@ def test_evidence_edited_while_the_party_runs_is_refused_where_it_is_read_back(t
             s.branch_extras(b.id)
     finally:
         s.close()
+
+
+def _make_older(path: Path) -> None:
+    """Rewrite a store as the code before authenticated state wrote it (plays the older version, with the
+    passphrase: the seed sealed with its name alone, each record's keys with ``streams.store.keys`` and its id,
+    no check row)."""
+    s = Store.open(path, PW, durable=False)
+    key, seed, records = s._key, s.identity.export_seed(), s.load_branches()
+    s.close()
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE meta SET v = ? WHERE k = 'seed'",
+                  (msgpack.packb(seal_secret(key, seed, b"streams.store.identity"), use_bin_type=True),))
+        c.execute("DELETE FROM meta WHERE k = 'check'")
+        for b in records:
+            (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (b.id,)).fetchone()
+            v = msgpack.unpackb(rec, raw=False)
+            v[7] = seal_secret(key, msgpack.packb([list(k) for k in b.keys], use_bin_type=True),
+                               b"streams.store.keys" + b.id)
+            c.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), b.id))
+    c.close()
+
+
+def _rows(path: Path) -> tuple[dict[str, bytes], dict[bytes, bytes]]:
+    with sqlite3.connect(path) as c:
+        meta = dict(c.execute("SELECT k, v FROM meta"))
+        branches = dict(c.execute("SELECT id, rec FROM branches"))
+    c.close()
+    return meta, branches
+
+
+def _upgraded_with_a_copy_from_before(tmp_path: Path) -> tuple[Path, BranchRecord, dict[str, bytes],
+                                                                dict[bytes, bytes]]:
+    """A store written by the older code, of which the attacker kept a copy (an old backup, say), then opened --
+    and upgraded -- by this one."""
+    path = tmp_path / "s.db"
+    s, b = _store_with_branch(path)
+    s.commit(Changes(branches=[BranchRecord(b"c" * 16, 0, 1, b"h" * 32, b"", 0, [(0, s.identity.sign_public, 3)],
+                                            [(0, 0, b"j" * 32)])]))
+    s.close()
+    _make_older(path)
+    old_meta, old_branches = _rows(path)
+    Store.open(path, PW, durable=False).close()  # the upgrade: trust on first open, once
+    assert _rows(path)[0]["seed"] != old_meta["seed"]
+    return path, b, old_meta, old_branches
+
+
+def test_an_older_layout_record_put_back_into_an_upgraded_store_is_refused(tmp_path: Path) -> None:
+    path, b, _, old_branches = _upgraded_with_a_copy_from_before(tmp_path)
+    v = msgpack.unpackb(old_branches[b.id], raw=False)
+    v[6][1][1] = Identity.generate().sign_public  # (the older layout bound none of it)
+    _sql(path, "UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), b.id))
+    s = Store.open(path, PW, durable=False)
+    try:
+        with pytest.raises(StorageError, match=f"branch record {b.id.hex()}.*altered"):
+            s.load_branches()
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("drop_check", [False, True])
+def test_the_seed_rolled_back_to_before_the_upgrade_does_not_upgrade_the_store_again(
+        tmp_path: Path, drop_check: bool) -> None:
+    """Trust on first open happens once: putting back the seed row of a copy from before the upgrade (and
+    deleting the check row, which marks the upgrade) must not make the store trust what the attacker then
+    writes -- its author_did, an older-layout record with the attacker's key among a group's members."""
+    path, b, old_meta, old_branches = _upgraded_with_a_copy_from_before(tmp_path)
+    attacker = Identity.generate()
+    _sql(path, "UPDATE meta SET v = ? WHERE k = 'seed'", (old_meta["seed"],))
+    if drop_check:
+        _sql(path, "DELETE FROM meta WHERE k = 'check'", ())
+    _sql(path, "UPDATE meta SET v = ? WHERE k = 'author_did'", (msgpack.packb(attacker.did),))
+    v = msgpack.unpackb(old_branches[b.id], raw=False)
+    v[6][1][1] = attacker.sign_public
+    _sql(path, "UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), b.id))
+    before = _rows(path)
+    opened = None
+    try:
+        with pytest.raises(StorageError, match="rolled back"):
+            opened = Store.open(path, PW, durable=False)
+    finally:
+        if opened is not None:
+            assert opened.meta("author_did") != attacker.did, "the store trusts the attacker as its author"
+            opened.close()
+    assert _rows(path) == before  # (nothing written)
