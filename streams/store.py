@@ -19,10 +19,11 @@ metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the ass
 (an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase);
 a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
 and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
-is loaded, naming it).  The author's ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature
-by the bound ``author_did``, for the bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These
-cost nothing per message: the seed at the open, a record when it is written (a grant, a re-key, a close).  A store
-written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
+is loaded, or read back while the party runs -- :meth:`Store.branch_extras` -- naming it).  The author's
+ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature by the bound ``author_did``, for the
+bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These cost nothing per message: the seed at
+the open, a record when it is written (a grant, a re-key, a close) or read back (a re-check, a re-subscription).
+A store written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
 on first open: an edit made before the upgrade cannot be told apart -- and older versions of this code cannot
 open it afterwards (as a wrong passphrase).  That happens once: an upgraded store whose seed row is put back from
 a copy from before the upgrade is refused (the ``check`` row, or any record sealed the new way, shows the
