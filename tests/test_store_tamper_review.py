@@ -170,3 +170,30 @@ def test_the_seed_rolled_back_to_before_the_upgrade_does_not_upgrade_the_store_a
             assert opened.meta("author_did") != attacker.did, "the store trusts the attacker as its author"
             opened.close()
     assert _rows(path) == before  # (nothing written)
+
+
+def test_branch_records_swapped_between_branches_or_stores_of_one_identity_and_passphrase_are_refused(
+        tmp_path: Path) -> None:
+    """(Regression.) A record's id is in its associated data, and each store's key has its own salt: a record
+    moved to another branch's row, or into another store of the same identity and passphrase, does not open."""
+    me = Identity.generate()
+    stores = []
+    for name in ("a.db", "b.db"):
+        s = Store.create(tmp_path / name, me, PW, role="subscriber", channel=b"c" * 32, author_did=me.did,
+                         name="a", durable=False, opslimit=1, memlimit=8192)
+        s.commit(Changes(branches=[BranchRecord(bid, 0, 1, b"h" * 32, b"", 0, [(0, b"a" * 32, 3),
+                                                                               (1, me.sign_public, 3)],
+                                                [(0, 0, bid * 2)]) for bid in (b"x" * 16, b"y" * 16)]))
+        s.close()
+        stores.append(tmp_path / name)
+    a_rows, b_rows = _rows(stores[0])[1], _rows(stores[1])[1]
+    _sql(stores[0], "UPDATE branches SET rec = ? WHERE id = ?", (a_rows[b"y" * 16], b"x" * 16))
+    _sql(stores[1], "UPDATE branches SET rec = ? WHERE id = ?", (a_rows[b"y" * 16], b"y" * 16))
+    assert b_rows[b"y" * 16] != a_rows[b"y" * 16]
+    for path, bid in ((stores[0], b"x" * 16), (stores[1], b"y" * 16)):
+        s = Store.open(path, PW, durable=False)
+        try:
+            with pytest.raises(StorageError, match=f"branch record {bid.hex()}"):
+                s.load_branches()
+        finally:
+            s.close()
