@@ -544,11 +544,28 @@ class Store:
         store._meta = meta
         if older:
             try:
-                store._authenticate(seed)
+                store._upgrade(seed)
             except BaseException:
                 store.close()
                 raise
         return store
+
+    def _upgrade(self, seed: bytes) -> None:
+        """:meth:`_authenticate`, under the store's lock: a party of the earlier version that still runs on the
+        store holds it, and would go on sealing records the older way in the upgraded file -- records this
+        version then refuses as altered, in a store the earlier version cannot open: bricked.  The lock is let
+        go after (the party that opens the store takes it again: :meth:`lock`).  Raises :class:`StorageError`
+        ("in use"), nothing written, if it is held."""
+        try:
+            fd = _take_lock(self._abs_path, self.path)
+        except StorageError as exc:
+            raise StorageError(f"{self.path} was written by an earlier version and is in use (another party runs "
+                               "on it): stop that party before this version opens the store, which upgrades it "
+                               "(README, Compatibility)") from exc
+        try:
+            self._authenticate(seed)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection, p: Path,

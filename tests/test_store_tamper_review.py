@@ -197,3 +197,44 @@ def test_branch_records_swapped_between_branches_or_stores_of_one_identity_and_p
                 s.load_branches()
         finally:
             s.close()
+
+
+def test_an_older_store_is_not_upgraded_under_a_party_that_runs_on_it(tmp_path: Path) -> None:
+    """A party of the earlier version still runs on the store (it holds the store's lock, as every version
+    does) when this version opens it -- ``streams status``/``audit``, or a second party that then finds the lock
+    taken.  Upgrading then would brick the store: the running party goes on sealing records the older way, which
+    this version refuses as altered, and the earlier version cannot open the upgraded seed (a wrong passphrase)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.db"
+    s, _ = _store_with_branch(path)
+    s.close()
+    _make_older(path)
+    before = _rows(path)
+    holder = subprocess.Popen(  # (the earlier version's party: an exclusive flock on <store>-lock, as lock() takes)
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", f"{path}-lock"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        opened = None
+        try:
+            with pytest.raises(StorageError, match="in use"):
+                opened = Store.open(path, PW, durable=False)
+        finally:
+            if opened is not None:
+                opened.close()
+        assert _rows(path) == before  # (nothing upgraded beneath the running party)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    s = Store.open(path, PW, durable=False)  # (once it stopped, the upgrade happens)
+    try:
+        assert len(s.load_branches()) == 1
+    finally:
+        s.close()
+    assert _rows(path)[0]["seed"] != before[0]["seed"]
