@@ -16,7 +16,8 @@ checkpoints.
 The file is untrusted (THREATS 1: a store may alter or inject): the state a party acts on is authenticated under
 the passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed.  The
 metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the associated data of the sealed seed
-(an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase);
+(an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, or a record, tells it from a
+wrong passphrase);
 a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
 and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
 is loaded, or read back while the party runs -- :meth:`Store.branch_extras` -- naming it).  The author's
@@ -622,6 +623,8 @@ class Store:
                     known = False
             except KeystoreError:
                 known = False
+            # The check row can be deleted with the edit: a branch record sealed under this key tells it too.
+            known = known or _a_record_opens(conn, key)
             if known:  # the passphrase is right: what the seed's associated data binds was changed
                 raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "
                                    "it no longer matches what the passphrase sealed") from None
@@ -1699,6 +1702,27 @@ def _is_did(v: Any) -> bool:
     except DecodeError:
         return False
     return True
+
+
+def _a_record_opens(conn: sqlite3.Connection, key: bytes) -> bool:
+    """Whether one of the first few branch records' sealed keys opens under ``key`` (either layout): then the
+    passphrase is right.  Anything unreadable counts as no."""
+    try:
+        rows = conn.execute("SELECT id, rec FROM branches LIMIT 8").fetchall()
+    except sqlite3.Error:
+        return False
+    for bid, rec in rows:
+        try:
+            v = msgpack.unpackb(rec, raw=False)
+            for ad in (_keys_ad(bid, v), _KEYS_AD_OLD + bid):
+                try:
+                    open_secret(key, v[7], ad)
+                    return True
+                except KeystoreError:
+                    pass
+        except (ValueError, LookupError, TypeError):
+            continue
+    return False
 
 
 def _is_announce_of(data: Any, meta: dict[str, Any]) -> bool:

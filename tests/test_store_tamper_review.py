@@ -238,3 +238,20 @@ def test_an_older_store_is_not_upgraded_under_a_party_that_runs_on_it(tmp_path: 
     finally:
         s.close()
     assert _rows(path)[0]["seed"] != before[0]["seed"]
+
+
+def test_metadata_edited_with_the_check_row_deleted_is_still_altered_not_a_wrong_passphrase(tmp_path: Path) -> None:
+    """The check row is what tells an edit from a wrong passphrase; the attacker deletes it along with the edit.
+    A branch record sealed under the store key tells it as well: the user must not be sent hunting for a
+    passphrase that is right."""
+    from streams.errors import BadPassphrase
+
+    path = tmp_path / "s.db"
+    s, _ = _store_with_branch(path)
+    s.close()
+    _sql(path, "DELETE FROM meta WHERE k = 'check'", ())
+    _sql(path, "UPDATE meta SET v = ? WHERE k = 'author_did'", (msgpack.packb(Identity.generate().did),))
+    with pytest.raises(StorageError, match=r"metadata.*altered"):
+        Store.open(path, PW, durable=False)
+    with pytest.raises(BadPassphrase):
+        Store.open(path, PW + "x", durable=False)
