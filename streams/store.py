@@ -234,6 +234,7 @@ def _pack(obj: Any) -> bytes:
 # of either without the passphrase no longer opens.  The ``_OLD`` ones are those of stores written before.
 _SEED_AD_OLD = b"streams.store.identity"
 _KEYS_AD_OLD = b"streams.store.keys"
+_BRANCH_ID_SIZE = 16  #: (wire.py: a branch id on the wire; the core makes 16 random bytes)
 #: (an upgraded store whose seed row is that of a copy from before the upgrade)
 _ROLLED_BACK = ("{} was altered: its seed is sealed the older way but the store was upgraded (its seed rolled back "
                 "to a copy from before the upgrade); restore a backup")
@@ -650,6 +651,11 @@ class Store:
                 # upgraded before and its seed row put back from a copy from before that (then the attacker's
                 # edits of it, and of older-layout records from that copy, would be trusted -- trust on first
                 # open must happen once).
+                # A branch id is 16 bytes (SPEC: wire's branch field), so the older associated data is 34 bytes
+                # and never that of a record sealed the new way (``..keys.2`` + id + fields) moved to the id
+                # ``.2`` + id + fields -- whose fields, unbound the older way, the attacker would choose.
+                if type(bid) is not bytes or len(bid) != _BRANCH_ID_SIZE:
+                    raise ValueError("a branch id is 16 bytes")
                 keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
                 v[7] = seal_secret(self._key, keys, _keys_ad(bid, v))
             except (ValueError, LookupError, TypeError, KeystoreError) as exc:

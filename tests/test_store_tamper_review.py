@@ -255,3 +255,34 @@ def test_metadata_edited_with_the_check_row_deleted_is_still_altered_not_a_wrong
         Store.open(path, PW, durable=False)
     with pytest.raises(BadPassphrase):
         Store.open(path, PW + "x", durable=False)
+
+
+def test_a_new_layout_seal_cannot_pass_as_an_older_record_under_another_id(tmp_path: Path) -> None:
+    """The older associated data is ``streams.store.keys`` + id; the new one ``streams.store.keys.2`` + id +
+    the record's fields.  With the seed put back from a pre-upgrade copy (the check row deleted), an attacker who
+    moves a current record's sealed keys to the id ``b".2" + id + fields`` makes them open as an older record's
+    -- under fields of its choosing (its own key among the members), which the re-upgrade would then seal as
+    genuine.  A branch id is 16 bytes: a longer one is no record."""
+    path, _b, old_meta, _ = _upgraded_with_a_copy_from_before(tmp_path)
+    attacker = Identity.generate()
+    _, current = _rows(path)
+    _sql(path, "UPDATE meta SET v = ? WHERE k = 'seed'", (old_meta["seed"],))
+    _sql(path, "DELETE FROM meta WHERE k = 'check'", ())
+    with sqlite3.connect(path) as c:
+        c.execute("DELETE FROM branches")
+        for bid, rec in current.items():
+            v = msgpack.unpackb(rec, raw=False)
+            fake = b".2" + bid + msgpack.packb(v[:4] + v[5:7] + v[8:11] + v[12:], use_bin_type=True)
+            v[0] = fake
+            v[6] = [*v[6], [len(v[6]), attacker.sign_public, 3]]
+            c.execute("INSERT INTO branches (id, rec) VALUES (?, ?)", (fake, msgpack.packb(v, use_bin_type=True)))
+    c.close()
+    opened = None
+    try:
+        with pytest.raises(StorageError, match="branch record"):
+            opened = Store.open(path, PW, durable=False)
+    finally:
+        if opened is not None:
+            trusted = [r for r in opened.load_branches() if any(m[1] == attacker.sign_public for m in r.members)]
+            opened.close()
+            assert not trusted, "the attacker's key was sealed into a record holding a branch's keys"
