@@ -16,15 +16,19 @@ checkpoints.
 The file is untrusted (THREATS 1: a store may alter or inject): the state a party acts on is authenticated under
 the passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed.  The
 metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the associated data of the sealed seed
-(an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, tells it from a wrong passphrase);
+(an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, or a record, tells it from a
+wrong passphrase);
 a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
 and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
-is loaded, naming it).  The author's ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature
-by the bound ``author_did``, for the bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These
-cost nothing per message: the seed at the open, a record when it is written (a grant, a re-key, a close).  A store
-written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
+is loaded, or read back while the party runs -- :meth:`Store.branch_extras` -- naming it).  The author's
+ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature by the bound ``author_did``, for the
+bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These cost nothing per message: the seed at
+the open, a record when it is written (a grant, a re-key, a close) or read back (a re-check, a re-subscription).
+A store written before this opens with the old associated data and is upgraded in that open, in one transaction -- trust
 on first open: an edit made before the upgrade cannot be told apart -- and older versions of this code cannot
-open it afterwards (as a wrong passphrase).  Not authenticated: cursors, the log
+open it afterwards (as a wrong passphrase).  That happens once: an upgraded store whose seed row is put back from
+a copy from before the upgrade is refused (the ``check`` row, or any record sealed the new way, shows the
+upgrade); a whole older copy, edited, still opens as an older store would.  Not authenticated: cursors, the log
 (signed frames), and the other tables; nor is replacing the file, or rows of it, with an older genuine copy
 (rollback) detected.
 
@@ -230,6 +234,10 @@ def _pack(obj: Any) -> bytes:
 # of either without the passphrase no longer opens.  The ``_OLD`` ones are those of stores written before.
 _SEED_AD_OLD = b"streams.store.identity"
 _KEYS_AD_OLD = b"streams.store.keys"
+_BRANCH_ID_SIZE = 16  #: (wire.py: a branch id on the wire; the core makes 16 random bytes)
+#: (an upgraded store whose seed row is that of a copy from before the upgrade)
+_ROLLED_BACK = ("{} was altered: its seed is sealed the older way but the store was upgraded (its seed rolled back "
+                "to a copy from before the upgrade); restore a backup")
 _CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
 #: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
 _BOUND = ("role", "channel", "author_did", "name", "did")
@@ -538,11 +546,28 @@ class Store:
         store._meta = meta
         if older:
             try:
-                store._authenticate(seed)
+                store._upgrade(seed)
             except BaseException:
                 store.close()
                 raise
         return store
+
+    def _upgrade(self, seed: bytes) -> None:
+        """:meth:`_authenticate`, under the store's lock: a party of the earlier version that still runs on the
+        store holds it, and would go on sealing records the older way in the upgraded file -- records this
+        version then refuses as altered, in a store the earlier version cannot open: bricked.  The lock is let
+        go after (the party that opens the store takes it again: :meth:`lock`).  Raises :class:`StorageError`
+        ("in use"), nothing written, if it is held."""
+        try:
+            fd = _take_lock(self._abs_path, self.path)
+        except StorageError as exc:
+            raise StorageError(f"{self.path} was written by an earlier version and is in use (another party runs "
+                               "on it): stop that party before this version opens the store, which upgrades it "
+                               "(README, Compatibility)") from exc
+        try:
+            self._authenticate(seed)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _read_meta(conn: sqlite3.Connection, p: Path,
@@ -588,7 +613,7 @@ class Store:
         except KeystoreError:
             pass
         try:  # a store written before its metadata was bound to the seed: trusted as found (see _authenticate)
-            return key, open_secret(key, sealed, _SEED_AD_OLD), meta, True
+            seed = open_secret(key, sealed, _SEED_AD_OLD)
         except KeystoreError as exc:
             check = meta.get("check")
             try:
@@ -599,10 +624,15 @@ class Store:
                     known = False
             except KeystoreError:
                 known = False
+            # The check row can be deleted with the edit: a branch record sealed under this key tells it too.
+            known = known or _a_record_opens(conn, key)
             if known:  # the passphrase is right: what the seed's associated data binds was changed
                 raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "
                                    "it no longer matches what the passphrase sealed") from None
             raise BadPassphrase("wrong passphrase for this store (or the store was altered)") from exc
+        if "check" in meta:  # only the upgrade writes it: the seed row was put back from a copy from before it
+            raise StorageError(_ROLLED_BACK.format(p))
+        return key, seed, meta, True
 
     def _authenticate(self, seed: bytes) -> None:
         """Upgrade a store written before its plaintext state was authenticated, in one transaction: seal the
@@ -617,14 +647,20 @@ class Store:
         for bid, rec in self._q("SELECT id, rec FROM branches"):
             try:
                 v = msgpack.unpackb(rec, raw=False)
-                try:
-                    keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
-                except KeystoreError:  # (already authenticated: a store whose metadata an older copy restored)
-                    keys = open_secret(self._key, v[7], _keys_ad(bid, v))
+                # Only the older layout is upgraded: a record already sealed the new way means the store was
+                # upgraded before and its seed row put back from a copy from before that (then the attacker's
+                # edits of it, and of older-layout records from that copy, would be trusted -- trust on first
+                # open must happen once).
+                # A branch id is 16 bytes (SPEC: wire's branch field), so the older associated data is 34 bytes
+                # and never that of a record sealed the new way (``..keys.2`` + id + fields) moved to the id
+                # ``.2`` + id + fields -- whose fields, unbound the older way, the attacker would choose.
+                if type(bid) is not bytes or len(bid) != _BRANCH_ID_SIZE:
+                    raise ValueError("a branch id is 16 bytes")
+                keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
                 v[7] = seal_secret(self._key, keys, _keys_ad(bid, v))
             except (ValueError, LookupError, TypeError, KeystoreError) as exc:
                 raise StorageError(f"branch record {bid.hex() if isinstance(bid, bytes) else '?'} in {self.path} "
-                                   "is corrupted") from exc
+                                   "is corrupted, or " + _ROLLED_BACK.format("the store")) from exc
             rows.append((bid, _pack(v)))
         try:
             with _tx(self._conn):
@@ -964,15 +1000,27 @@ class Store:
 
     def branch_extras(self, branch: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
         """(grant frame, admission evidence, earlier grants held in the record) of a stored branch, or None --
-        without unsealing its keys (the core keeps none of them in memory once stored).  The earlier grants are
-        empty but in records written before the ``grants`` table existed: see :meth:`grants_between`."""
+        keeping none of its keys (the core keeps none of them in memory once stored).  The earlier grants are
+        empty but in records written before the ``grants`` table existed: see :meth:`grants_between`.  Raises
+        :class:`StorageError` if the record was altered since the open checked it: the evidence is what the
+        author's revocation re-checks judge, and what it writes into the record again."""
         rows = self._q("SELECT rec FROM branches WHERE id = ?", (branch,))
         if not rows:
             return None
         try:
             v = msgpack.unpackb(rows[0][0], raw=False)
+            if not isinstance(v, list):
+                raise ValueError("not a branch record")
+            # The record is read again from the file long after the open checked it (THREATS 1: the file is
+            # untrusted while the party runs too): its sealed keys' associated data must still match.  One AEAD
+            # open of a small value, on a re-check or a record write, never per message.
+            try:
+                open_secret(self._key, v[7], _keys_ad(branch, v))
+            except KeystoreError:
+                raise StorageError(f"branch record {branch.hex()} in {self.path} was altered (its fields, such as "
+                                   "its evidence, no longer match its sealed keys)") from None
             return bytes(v[4]), bytes(v[10]), _grants(v)
-        except (ValueError, IndexError, TypeError) as exc:
+        except (ValueError, LookupError, TypeError) as exc:
             raise StorageError(f"branch record {branch.hex()} in {self.path} is corrupted") from exc
 
     def iter_log(self) -> Iterator[tuple[bytes, int, int, bytes, bytes]]:
@@ -1170,20 +1218,26 @@ class Store:
         return _pack(v)
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
+        # (the id column and the record are untrusted: a map, or an id of another type, is "corrupted", never a
+        # KeyError or AttributeError out of the open)
+        name = bid.hex() if type(bid) is bytes else "?"
         try:
             v = msgpack.unpackb(rec, raw=False)
+            if type(bid) is not bytes or len(bid) != 16 or not isinstance(v, list):
+                # (16 bytes: the binding below names the id, and a longer one would run into the fields after it)
+                raise ValueError("not a branch record")
             try:
                 sealed = open_secret(self._key, v[7], _keys_ad(bid, v))
             except KeystoreError:
-                raise StorageError(f"branch record {bid.hex()} in {self.path} was altered (its fields, such as "
+                raise StorageError(f"branch record {name} in {self.path} was altered (its fields, such as "
                                    "its members' keys, state or peer, no longer match its sealed keys)") from None
             keys = msgpack.unpackb(sealed, raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
                                 [tuple(k) for k in keys], v[8], v[9], v[10], _grants(v), _former(v), _tail(v),
                                 _tail_hash(v))
-        except (ValueError, IndexError, TypeError, KeystoreError) as exc:
-            raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
+        except (ValueError, LookupError, TypeError, KeystoreError) as exc:
+            raise StorageError(f"branch record {name} in {self.path} is corrupted") from exc
 
 
 @dataclass(frozen=True)
@@ -1667,6 +1721,27 @@ def _is_did(v: Any) -> bool:
     except DecodeError:
         return False
     return True
+
+
+def _a_record_opens(conn: sqlite3.Connection, key: bytes) -> bool:
+    """Whether one of the first few branch records' sealed keys opens under ``key`` (either layout): then the
+    passphrase is right.  Anything unreadable counts as no."""
+    try:
+        rows = conn.execute("SELECT id, rec FROM branches LIMIT 8").fetchall()
+    except sqlite3.Error:
+        return False
+    for bid, rec in rows:
+        try:
+            v = msgpack.unpackb(rec, raw=False)
+            for ad in (_keys_ad(bid, v), _KEYS_AD_OLD + bid):
+                try:
+                    open_secret(key, v[7], ad)
+                    return True
+                except KeystoreError:
+                    pass
+        except (ValueError, LookupError, TypeError):
+            continue
+    return False
 
 
 def _is_announce_of(data: Any, meta: dict[str, Any]) -> bool:

@@ -171,6 +171,7 @@ def test_a_branch_records_pending_tail_survives_the_store(tmp_path) -> None:  # 
     store._conn.execute("UPDATE branches SET rec = ?", (msgpack.packb(v, use_bin_type=True),))
     store._conn.execute("UPDATE meta SET v = ? WHERE k = 'seed'", (msgpack.packb(
         seal_secret(key, me.export_seed(), b"streams.store.identity"), use_bin_type=True),))
+    store._conn.execute("DELETE FROM meta WHERE k = 'check'")  # (the older code wrote no check row)
     store.close()
     store = Store.open(tmp_path / "s.db", "pw", durable=False)
     assert [r.tail for r in store.load_branches()] == [0]

@@ -25,7 +25,8 @@ kept by a version before restore marks has none: that chain's start is reported 
 flagged restored without one).  With an embedded ledger (sqlite:PATH), every checkpoint of the channel the
 author signed on it is also compared with the store's: another checkpoint for an epoch the store holds fails
 the audit, and so, for an author store, does any epoch it does not hold (the store is behind the history its
-author signed: an older copy, such as a backup, from which the author must not publish).  Nothing is written.
+author signed: an older copy, such as a backup, from which the author must not publish).  Nothing is written
+(but the one-time upgrade of a store an earlier version wrote: README, Compatibility).
 
 Exit status: 0 clean, 1 findings (the report lists them), 2 the audit could not run (no passphrase, a wrong
 one, not a store, an unusable --ledger)."""
