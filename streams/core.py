@@ -2448,14 +2448,16 @@ class AuthorCore(_CoreBase):
             current, _, earlier = self._extras(g)
             held, intact = self._held_grants(g, current, earlier, g.epoch)
             first = g.epoch - len(held) + 1  # the epoch of held[0]
-            if not intact or (first > 0 and not lookup(g.id, first - 1, first - 1)):
-                # The history breaks before ``first`` (a grant damaged on disk, the one _repair_group replaced
+            if not intact:
+                # The history breaks inside the record (a grant damaged on disk, the one _repair_group replaced
                 # included): the grant at 0 leads nowhere -- no grant after it links on -- so a member that learns
                 # the group learns it from the earliest grant after the break (what came before is its gap).
                 return held[0] if held else None
-            found = lookup(g.id, 0, 0)
-            if found:
-                return found[0]
+            # The table's part, 0 .. first - 1, served from after a hole or a grant damaged anywhere in it (the
+            # lookup checks each): whole, it starts at 0; else at the earliest grant after the break -- not at 0,
+            # which no grant the member can then get links on from (it stayed at epoch 0 for good).
+            before = lookup(g.id, 0, first - 1) if first > 0 else []
+            return before[0] if before else (held[0] if held else None)
         frames = self._grants_after(g, -1)
         return frames[0] if frames else None
 

@@ -961,3 +961,49 @@ async def test_a_group_member_back_with_a_new_store_is_not_locked_out_by_a_damag
         await author.close()
 
 
+
+
+async def test_a_group_grant_damaged_deep_in_the_history_does_not_leave_a_new_store_at_epoch_0(
+        tmp_path: Path) -> None:
+    """15b0e19 checked the grant history only next to the record's grants: with the group at epoch 3 and its
+    grant at epoch 1 damaged in the ``grants`` table (epoch 2, just before the record's, intact), the author
+    served a member's new store the grant at epoch 0, after which the history breaks -- the member then got the
+    grants from after the damaged one, which do not link to epoch 0, and stayed at epoch 0 for good, reading
+    nothing published since.  It must learn the group from the earliest grant after the break."""
+    import sqlite3
+
+    extra = [Identity.from_seed(bytes([n]) * 32) for n in (3, 4, 5)]
+    hub = MemoryHub()
+    allow = AllowList.of([SUB.did, *(i.did for i in extra)])
+    author = await Author.create(tmp_path / "a.db", AUTHOR, "disk", PW, hub.author_endpoint(), allow,
+                                 store_options=OPTS)
+    group = await author.open_group([SUB.did, *(i.did for i in extra)])
+    for i in extra:
+        await author.remove_member(group, i.did)  # epochs 1, 2, 3
+    await author.close()
+    conn = sqlite3.connect(tmp_path / "a.db")
+    with conn:
+        (frame,) = conn.execute("SELECT frame FROM grants WHERE branch = ? AND epoch = 1", (group,)).fetchone()
+        damaged = bytearray(frame)
+        damaged[len(damaged) // 2] ^= 0x01
+        conn.execute("UPDATE grants SET frame = ? WHERE branch = ? AND epoch = 1", (bytes(damaged), group))
+    conn.close()
+    hub = MemoryHub()
+    author = await Author.open(tmp_path / "a.db", PW, hub.author_endpoint(), allow, store_options=OPTS)
+    try:
+        again = await Subscriber.create(tmp_path / "s2.db", SUB, AUTHOR.did, author.channel, PW,
+                                        hub.subscriber_endpoint("s2"), store_options=OPTS)
+        try:
+            await again.subscribe(timeout=10)
+            for _ in range(1000):
+                if (group, 3) in [(i.id, i.epoch) for i in again.branches()]:
+                    break
+                await asyncio.sleep(0.01)
+            assert [(i.id, i.epoch) for i in again.branches() if i.id == group] == [(group, 3)]
+            seq = await author.publish(group, b"after the damage")
+            got = await again.next_message(timeout=10)
+            assert (got.branch, got.seq, got.payload) == (group, seq, b"after the damage")
+        finally:
+            await again.close()
+    finally:
+        await author.close()
