@@ -1435,6 +1435,12 @@ class _CoreBase:
         refresh."""
         for b in self._branches.values():
             if b.state is not BranchState.OPEN:
+                tail = b.chains.get(0) if b.me else None
+                if tail is not None and tail.final >= tail.next_seq and tail.stalls:
+                    # The tail a close named, still fetched (SPEC 8.8, 9.5): a new connection asks for it at
+                    # fetch_retry_ms again, not at the backoff a dead connection built up (SPEC 10.1 step 7).
+                    tail.stalls = 0
+                    self._note_deadline(tail.progress_ms + self.config.fetch_retry_ms)
                 continue
             if self.role is Role.SUBSCRIBER:
                 # On a branch of two members (our own), its answer may bring the first grants of groups opened

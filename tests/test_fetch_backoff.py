@@ -115,3 +115,31 @@ def test_a_reconnect_asks_at_fetch_retry_ms_again() -> None:
     s.handle_timer(now + s.config.fetch_retry_ms)
     s.take_changes()
     assert [f.from_seq for f in _fetches(s, b0)] == [2]
+
+
+def test_a_reconnect_asks_for_a_revoke_tail_at_fetch_retry_ms_again() -> None:
+    """The tail a REVOKE names is fetched on a closed branch, which a catch-up does not open a window on: its
+    backoff was not reset by a reconnect (as SPEC 10.1 step 7 says it is), so a tail the old connection could not
+    get waited up to fetch_retry_max_ms more on a new one that may serve it."""
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    s = n.subs["s0"]
+    [b0] = s.branch_ids()
+    for i in range(4):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    packets = [o.data for o in n.author.data_to_send()]
+    n.to_sub("s0", packets[0])
+    n.author.revoke(b0)
+    for raw in [o.data for o in n.author.data_to_send()]:
+        n.to_sub("s0", raw)
+    assert s.branch_state(b0) is BranchState.CLOSED
+    _, now = _run_unanswered(s, b0, n.now, HOUR_MS)
+    s.catch_up(now)  # reconnected
+    s.take_changes()
+    s.data_to_send()
+    due = s.next_timer()
+    assert due is not None and due <= now + s.config.fetch_retry_ms
+    s.handle_timer(now + s.config.fetch_retry_ms)
+    s.take_changes()
+    assert [(f.from_seq, f.to_seq) for f in _fetches(s, b0)] == [(2, 4)]
