@@ -1229,6 +1229,15 @@ class _CoreBase:
         c.deferred = max(c.deferred, upto)
 
     @staticmethod
+    def _report_gap(b: _Branch, p: int, c: _Chain, upto: int, events: list[Event]) -> None:
+        """Report the messages of chain ``p`` from our cursor up to ``upto`` (exclusive) missing, now.  What an
+        earlier catch-up window deferred up to there is told by this report: not again when the deferral's time
+        is up (a second, stale GapDetected of a range already reported)."""
+        events.append(GapDetected(b.id, p, c.next_seq, upto))
+        if c.deferred <= upto:
+            c.deferred = 0
+
+    @staticmethod
     def _tell_deferred(b: _Branch, p: int, c: _Chain, explained: int, events: list[Event]) -> None:
         """Report what a frame showed missing (``c.deferred``) while our catch-up window on chain ``p`` was out,
         now that the window is answered by a HEAD, or the time it may take is up: beyond what the answer explains
@@ -1860,7 +1869,7 @@ class _CoreBase:
                 if c.catching_up():
                     self._defer(c, h.seq, now_ms)  # told when the window ends, if its answer does not explain it
                 else:
-                    events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq))
+                    self._report_gap(b, h.publisher, c, h.seq, events)
             self._want(b, h.publisher, c, h.seq, now_ms)
 
     def _on_head(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
@@ -1926,7 +1935,7 @@ class _CoreBase:
             c.fetch_end = h.seq  # the window in flight cannot bring more than the publisher has
         if h.seq >= c.next_seq and h.seq > c.gap_to:
             if not catching_up:
-                events.append(GapDetected(b.id, h.publisher, c.next_seq, h.seq + 1))
+                self._report_gap(b, h.publisher, c, h.seq + 1, events)
             else:
                 # Fetched as the catch-up, not reported -- unless that fetch stalls: deferred, so that what it
                 # has not brought when the deferral's time is up and nothing came for fetch_retry_ms (a relay
@@ -3438,7 +3447,7 @@ class SubscriberCore(_CoreBase):
             if c.catching_up():
                 self._defer(c, last_seq + 1, now_ms)
             else:
-                events.append(GapDetected(b.id, 0, c.next_seq, last_seq + 1))
+                self._report_gap(b, 0, c, last_seq + 1, events)
         self._want(b, 0, c, last_seq, now_ms)
 
     def _leave_again(self, b: _Branch, epoch: int, grant_hash: bytes | None, now_ms: int) -> None:
@@ -3625,7 +3634,7 @@ class SubscriberCore(_CoreBase):
                 if c.catching_up():  # our catch-up FETCH may be bringing them, as for a HEAD: told if not
                     self._defer(c, head.seq + 1, c.progress_ms)
                 else:
-                    events.append(GapDetected(b.id, head.publisher, c.next_seq, head.seq + 1))
+                    self._report_gap(b, head.publisher, c, head.seq + 1, events)
                 self._want(b, head.publisher, c, head.seq, c.progress_ms)
             return
         c.anchored = head.seq

@@ -586,6 +586,38 @@ def test_a_catch_up_whose_fetch_never_progresses_is_reported_at_last() -> None:
     assert [(e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected)] == [(4, 7)]
 
 
+def test_what_a_catch_up_deferred_is_not_reported_again_once_a_later_head_reported_it() -> None:
+    """s0 catches up; the author's answer names 6 (4..6 deferred, fetched as the catch-up) and a relay drops
+    every fetch answer.  The author's next HEAD (7) reports 4..7 missing from s0's cursor -- which tells the
+    deferred range too.  The deferral was still told when its time was up: a second, stale GapDetected (4, 7)
+    after (4, 8), of messages already reported."""
+    net, s = _three_alerts(delivered=True)
+    [b0] = s.branch_ids()
+    for i in range(3):
+        net.author.publish(b0, b"away %d" % i, net.now)
+    net.author.take_changes()
+    net.author.data_to_send()  # s0 is away
+    s.catch_up(net.now)
+    for o in s.data_to_send():
+        net.author.receive(o.data, net.now, "s0")
+    net.author.take_changes()
+    [head] = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
+    events = list(s.receive(head, net.now))
+    net.author.publish(b0, b"later", net.now)
+    net.author.take_changes()
+    net.author.data_to_send()  # dropped
+    net.author.head_notices(True)
+    [later] = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
+    assert decode_frame(later).head.seq == 7
+    net.now += s.config.fetch_retry_ms // 2
+    events += s.receive(later, net.now)
+    for _ in range(10):  # the relay drops every fetch answer
+        net.now += s.config.fetch_retry_ms
+        events += s.handle_timer(net.now)
+        s.data_to_send()
+    assert [(e.expected_seq, e.received_seq) for e in events if isinstance(e, GapDetected)] == [(4, 8)]
+
+
 def test_reconnects_a_relay_forces_do_not_keep_what_a_catch_up_deferred_quiet() -> None:
     """s0 holds three messages and catches up; a relay drops every answer, drops the author's next message (4) and
     delivers the one after (5): held, its gap deferred while the window is out.  The relay then cuts s0's
