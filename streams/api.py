@@ -1157,15 +1157,18 @@ class _Party:
         return frames
 
     def _grant_intact(self, branch: bytes, epoch: int, raw: bytes, where: str = "branch record") -> bool:
-        """Whether a grant frame read back from the store is intact: our own signed grant of ``branch``.  One
-        that is not (a disk fault) is logged for the operator (:meth:`_log_unserved`), and the caller serves
-        nothing from it back (the core's ``grant_intact`` hook, for the grants a branch record holds)."""
+        """Whether a grant frame read back from the store is intact: our own signed grant of ``branch`` at
+        ``epoch``.  One that is not (a disk fault, an edit) is logged for the operator (:meth:`_log_unserved`), and
+        the caller serves nothing from it back (the core's ``grant_intact`` hook, for the grants a branch record
+        holds)."""
         seen = (branch, epoch, _crypto.hash32(_crypto.P_KEPT, raw))
         if seen in self._grants_verified:
             return True
         try:
             f = decode_frame(raw, self._core.config.max_frame)
-            intact = type(f.head) is Grant and f.head.branch == branch
+            # The epoch too: an older grant of the branch is signed by us as well, and a store edited without
+            # the passphrase could put it where a later one belongs (the frame is not sealed into the record).
+            intact = type(f.head) is Grant and f.head.branch == branch and f.head.epoch == epoch
             if intact:
                 self._store.identity.public.verify(f.hash, f.sig)
         except (DecodeError, VerificationError):

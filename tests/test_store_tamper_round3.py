@@ -1,0 +1,71 @@
+"""Third-round attack review of the store's authenticated state (THREATS 1): an attacker who can write the store
+file with ``sqlite3`` but does not know the passphrase, against what the first two rounds did not try -- the
+grant frames a record and the ``grants`` table keep, and the tables kept outside the branch record.  Real SQLite
+files, real PyNaCl."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgpack
+
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.wire import Permission, decode_frame
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "round three passphrase"
+
+
+def _record(path: Path, branch: bytes) -> list[object]:
+    with sqlite3.connect(path) as c:
+        (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()
+    c.close()
+    v = msgpack.unpackb(rec, raw=False)
+    assert isinstance(v, list)
+    return v
+
+
+async def test_an_older_signed_grant_put_in_as_the_current_one_is_not_served_as_current(tmp_path: Path) -> None:
+    """The record's grant frame is not in its sealed keys' associated data (it is signed, and checked where it is
+    used): the attacker copies the branch's epoch-0 grant -- the author's own signature, the right branch -- from
+    the ``grants`` table over the record's current grant (epoch 1).  The author served it as the current grant to
+    the member back with a new store: the member took the stale key and permission of epoch 0."""
+    hub = MemoryHub()
+    member = Identity.generate()
+    a_path = tmp_path / "a.db"
+    author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "m.db", member, author.did, author.channel, PW,
+                                  hub.subscriber_endpoint("m"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    await author.set_permission(branch, Permission.READ)  # a re-key: epoch 1
+    assert author.store.grants_between(branch, 0, 0)
+    await sub.close()
+    await author.close()
+    (old,) = sqlite3.connect(a_path).execute("SELECT frame FROM grants WHERE branch = ? AND epoch = 0",
+                                             (branch,)).fetchone()
+    assert decode_frame(old).head.epoch == 0
+    v = _record(a_path, branch)
+    assert v[1] == 1
+    v[4] = old  # the attacker: the stale grant as the current one
+    with sqlite3.connect(a_path) as c:
+        c.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), branch))
+    c.close()
+    author = await Author.open(a_path, PW, hub.author_endpoint(), AllowList.of([member.did]), store_options=FAST)
+    fresh = await Subscriber.create(tmp_path / "m2.db", member, author.did, author.channel, PW,
+                                    hub.subscriber_endpoint("m2"), store_options=FAST)
+    try:
+        try:
+            got = await fresh.subscribe(timeout=5)
+        except Exception as exc:  # (the code before the fix: the handshake never completes on the stale grant)
+            raise AssertionError(f"the member back with a new store was not let in: {exc!r}") from exc
+        assert got == branch
+        (info,) = [b for b in fresh.branches() if b.id == branch]
+        assert info.epoch >= 1, "the member was served the stale epoch-0 grant as the current one"
+        assert info.permission is Permission.READ, "the member holds a permission the author took away"
+    finally:
+        await fresh.close()
+        await author.close()
