@@ -489,6 +489,13 @@ class _Party:
             rows = self._store.log_page(key[0], key[1], cur[0] + 1, cur[1], room)
             for seq, frame in rows:
                 msg = self._core.open_logged(frame)
+                if msg is not None and (msg.branch, msg.publisher, msg.seq) != (key[0], key[1], seq):
+                    # The log is not authenticated: a row holding (or referring to) the frame of another position
+                    # -- an edit, frames being signed and sealed -- is not handed out as that message again.
+                    log.error("the logged message at branch %s publisher %d seq %d in %s holds the frame of "
+                              "publisher %d seq %d: the store was altered; not redelivered", key[0].hex(), key[1],
+                              seq, self._store.path, msg.publisher, msg.seq)
+                    msg = None
                 if msg is not None:  # None: a checkpoint, or nothing we can read (skipped, as live)
                     q.append(msg)
                 cur[0] = seq

@@ -73,7 +73,8 @@ power loss (not a process crash) may lose the newest commits, as SQLite's ``sync
 background checkpointer ``fdatasync``-s the frame file before each checkpoint so that what reaches the database
 file has its frame bytes on disk, and then drops all but the file's last :data:`FRAMES_CACHED` bytes from the page
 cache (:meth:`Store.settle_frames`). Nothing is ever removed from the log, so the file only grows, like the table
-did.
+did.  A frame redelivered after a restart must also name its row's position (a row edited to hold another row's
+frame and hash is not handed out again).
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives

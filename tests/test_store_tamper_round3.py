@@ -69,3 +69,46 @@ async def test_an_older_signed_grant_put_in_as_the_current_one_is_not_served_as_
     finally:
         await fresh.close()
         await author.close()
+
+
+async def test_a_log_row_pointed_at_another_logged_frame_is_not_redelivered_as_a_message_again(
+        tmp_path: Path) -> None:
+    """The log is not authenticated (its frames are signed, and sealed under the branch key): the attacker cannot
+    forge a frame, but can move one -- a row's frame (or frame-file reference) and hash copied from another row
+    of the log.  The frame then matches the row's hash; redelivery after a restart handed the application the
+    message of the other position again (a replay the application had already been given or would be given)."""
+    hub = MemoryHub()
+    member = Identity.generate()
+    m_path = tmp_path / "m.db"
+    author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST)
+    sub = await Subscriber.create(m_path, member, author.did, author.channel, PW,
+                                  hub.subscriber_endpoint("m"), store_options=FAST)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        seqs = [await author.publish(branch, b"m%d" % n) for n in range(3)]
+        for _ in range(3):  # (received and logged; the application has taken none)
+            await sub.next_message(timeout=10)
+        await sub.close()
+        with sqlite3.connect(m_path) as c:  # the attacker: the last row now holds the first row's frame
+            c.execute("DELETE FROM delivered")
+            first = c.execute("SELECT frame, hash FROM log WHERE branch = ? AND publisher = 0 AND seq = ?",
+                              (branch, seqs[0])).fetchone()
+            assert c.execute("UPDATE log SET frame = ?, hash = ? WHERE branch = ? AND publisher = 0 AND seq = ?",
+                             (*first, branch, seqs[2])).rowcount == 1
+        c.close()
+        sub = await Subscriber.open(m_path, PW, hub.subscriber_endpoint("m"), store_options=FAST)
+        last = await author.publish(branch, b"m3")
+        got = []
+        while True:
+            m = await sub.next_message(timeout=10)
+            got.append((m.seq, m.payload))
+            if m.payload == b"m3":
+                break
+        assert got[-1][0] == last
+        payloads = [p for _, p in got]
+        assert len(payloads) == len(set(payloads)), f"a message was handed out twice: {got}"
+        assert all(p == b"m%d" % seqs.index(s) for s, p in got[:-1]), got
+    finally:
+        await sub.close()
+        await author.close()
