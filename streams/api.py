@@ -569,10 +569,27 @@ class _Party:
         return out
 
     def forks(self) -> list[ForkDetected]:
-        """Every fork this party has detected and kept as evidence (THREATS 7), oldest first."""
+        """Every fork this party has detected and kept as evidence (THREATS 7), oldest first.  Only evidence that
+        verifies: the ``forks`` table is not authenticated, and a row that proves nothing is no fork."""
         from .anchor import ForkEvidence
 
-        return [ForkDetected(b, p, s, ForkEvidence(fa, fb)) for b, p, s, fa, fb in self._store.forks()]
+        return [ForkDetected(b, p, s, ForkEvidence(fa, fb)) for b, p, s, fa, fb in self._store.forks()
+                if self._fork_holds(b, p, s, fa, fb)]
+
+    def _fork_holds(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
+        """Whether a ``forks`` row is evidence of a fork at its own position: both frames signed by the chain's
+        publisher, at that position of our channel, claiming different messages."""
+        from .anchor import ForkEvidence, check_fork
+
+        b = self._core._branches.get(branch)
+        member = None if b is None else b.members.get(publisher)
+        if member is None or type(frame_a) is not bytes or type(frame_b) is not bytes:
+            return False
+        try:
+            where = check_fork(ForkEvidence(frame_a, frame_b), member[0])
+        except (DecodeError, VerificationError):
+            return False
+        return where == (self._core.channel, branch, publisher, seq)
 
     async def close(self) -> None:
         """Stop, persist the application cursor, close the transport and the store.  Idempotent: a call while
@@ -1112,7 +1129,12 @@ class _Party:
         # buys at most one signature per chain per interval.
         self._core.reacknowledge(branch, publisher)
         if not self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b):
-            return None  # already reported for this position
+            held = [r for r in self._store.forks() if (r[0], r[1], r[2]) == (branch, publisher, seq)]
+            if not held or self._fork_holds(*held[0]):
+                return None  # already reported for this position
+            # The row there proves nothing (the table is not authenticated: one put in ahead of a real fork would
+            # hide it): this evidence, checked, takes its place.
+            self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b, replace=True)
         log.warning("fork detected on branch %s publisher %d seq %d", branch.hex(), publisher, seq)
         return ForkDetected(branch, publisher, seq, evidence)
 

@@ -831,13 +831,15 @@ class Store:
         except ValueError:
             raise StorageError(f"a row of table {table} in {self.path} is damaged") from None
 
-    def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
-        """Keep fork evidence; False if this position already had some."""
+    def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes, *,
+                 replace: bool = False) -> bool:
+        """Keep fork evidence; False if this position already had some (unless ``replace``: the caller found the
+        row there not to verify -- the table is not authenticated -- and this evidence takes its place)."""
         self._check_open()
         try:
             with _tx(self._conn):
-                cur = self._conn.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
-                                         (branch, publisher, seq, frame_a, frame_b))
+                sql = "INSERT OR REPLACE INTO forks" if replace else "INSERT OR IGNORE INTO forks"
+                cur = self._conn.execute(sql + " VALUES (?, ?, ?, ?, ?)", (branch, publisher, seq, frame_a, frame_b))
                 return cur.rowcount == 1
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc

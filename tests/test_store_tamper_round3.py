@@ -5,15 +5,20 @@ files, real PyNaCl."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
 import msgpack
 
+from streams import _crypto
+from streams.anchor import check_fork
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.events import ForkDetected
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.wire import Permission, decode_frame
+from streams.wire import Kind, Packet, Permission, decode_frame, encode_frame, encode_head
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "round three passphrase"
@@ -109,6 +114,54 @@ async def test_a_log_row_pointed_at_another_logged_frame_is_not_redelivered_as_a
         payloads = [p for _, p in got]
         assert len(payloads) == len(set(payloads)), f"a message was handed out twice: {got}"
         assert all(p == b"m%d" % seqs.index(s) for s, p in got[:-1]), got
+    finally:
+        await sub.close()
+        await author.close()
+
+
+async def _forked_position(tmp_path: Path) -> tuple[MemoryHub, Author, Subscriber, bytes, list[bytes], bytes]:
+    """An author that equivocates: three messages read by its member, and a second message the author signed at
+    seq 2 (not yet sent).  Returns (hub, author, member, branch, the three frames sent, the other seq-2 frame)."""
+    hub = MemoryHub()
+    member, me = Identity.generate(), Identity.generate()
+    author = await Author.create(tmp_path / "a.db", me, "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST)
+    sub = await Subscriber.create(tmp_path / "m.db", member, author.did, author.channel, PW,
+                                  hub.subscriber_endpoint("m"), store_options=FAST)
+    branch = await sub.subscribe(timeout=10)
+    for i in range(3):
+        await author.publish(branch, b"alert %d" % i)
+    for _ in range(3):
+        await sub.next_message(timeout=10)
+    sent = [d for src, dst, d in hub.tap if src == "author" and dst == "m" and decode_frame(d).kind is Kind.PACKET]
+    first = decode_frame(sent[0])
+    key = author._core._branches[branch].keys[(0, 0)]
+    head = Packet(author.channel, branch, 0, 2, first.hash, 0, os.urandom(24))
+    body = _crypto.aead_encrypt(key, head.nonce, bytes((1, Kind.PACKET)) + encode_head(head), b"another story")
+    return hub, author, sub, branch, sent, encode_frame(head, body, me.sign).raw
+
+
+async def test_a_forks_row_put_in_ahead_does_not_hide_the_real_fork_there(tmp_path: Path) -> None:
+    """``forks`` is not authenticated and keeps one row per position (the first evidence; later ones are not
+    reported again).  The attacker inserts a row at the position an equivocating publisher is about to fork --
+    two genuine frames of other positions, which prove nothing -- and the real fork was dropped in silence: no
+    ForkDetected, no evidence kept that anyone could check."""
+    hub, author, sub, branch, sent, other = await _forked_position(tmp_path)
+    try:
+        with sqlite3.connect(sub.store.path) as c:  # the attacker, while the member runs
+            c.execute("INSERT INTO forks VALUES (?, 0, 2, ?, ?)", (branch, sent[0], sent[2]))
+        c.close()
+        hub.inject("m", other)
+        found: list[ForkDetected] = []
+        for _ in range(1000):  # until the fork is reported (or the generous bound runs out)
+            found += [e for e in sub.pending_events() if isinstance(e, ForkDetected)]
+            if found:
+                break
+            await asyncio.sleep(0.01)
+        assert found, "the real fork was not reported"
+        assert check_fork(found[0].evidence, author.store.identity.sign_public)[1:] == (branch, 0, 2)
+        for f in sub.forks():  # what the party keeps and reports as evidence verifies
+            assert check_fork(f.evidence, author.store.identity.sign_public)[1:] == (f.branch, f.publisher, f.seq)
     finally:
         await sub.close()
         await author.close()
