@@ -15,6 +15,7 @@ import msgpack
 from streams import _crypto
 from streams.anchor import check_fork
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.audit import audit_store
 from streams.events import ForkDetected
 from streams.identity import Identity
 from streams.policy import AllowList
@@ -165,3 +166,18 @@ async def test_a_forks_row_put_in_ahead_does_not_hide_the_real_fork_there(tmp_pa
     finally:
         await sub.close()
         await author.close()
+
+
+async def test_a_forks_row_that_proves_nothing_is_not_audited_as_a_fork(tmp_path: Path) -> None:
+    """The audit reported every ``forks`` row as "the publisher signed two different messages here": an inserted
+    row of two genuine frames of other positions accused an honest author, in the operator's report."""
+    _hub, author, sub, branch, sent, _other = await _forked_position(tmp_path)
+    path = sub.store.path
+    await sub.close()
+    await author.close()
+    with sqlite3.connect(path) as c:  # the attacker
+        c.execute("INSERT INTO forks VALUES (?, 0, 2, ?, ?)", (branch, sent[0], sent[2]))
+    c.close()
+    report = audit_store(path, PW, None)
+    assert not any("signed two different messages" in f.reason for f in report.findings), report.summary()
+    assert not report.ok and any("does not verify" in f.reason for f in report.findings), report.summary()
