@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from streams import _crypto
 from streams.anchor import check_fork
@@ -181,3 +182,34 @@ async def test_a_forks_row_that_proves_nothing_is_not_audited_as_a_fork(tmp_path
     report = audit_store(path, PW, None)
     assert not any("signed two different messages" in f.reason for f in report.findings), report.summary()
     assert not report.ok and any("does not verify" in f.reason for f in report.findings), report.summary()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "design limit: chain_conflicts rows are not authenticated, and a deleted row cannot be told from none (a MAC "
+    "per row does not show a deletion). The stop could be bound by sealing it into the branch record's associated "
+    "data (re-sealed when a stop is set or lifted: rare), so a record whose stop row is gone is refused; not done "
+    "here. Same class as rolling the cursors back (store docstring: rollback is not detected)."))
+async def test_a_deleted_chain_conflict_row_does_not_lift_the_publishing_stop(tmp_path: Path) -> None:
+    """The member's store is older than its chain (a stale copy restored): the author's signed ACK stops its
+    publishing there, and the stop is a ``chain_conflicts`` row.  The attacker deletes the row: the next run's
+    publish signs a second message at a position the author holds -- fork evidence against the honest member."""
+    from streams.errors import ChainConflictError
+    from streams.events import ChainConflict
+    from tests.test_stale_member import _first, _restored, _sub
+
+    hub, author, branch = await _restored(tmp_path)
+    s = await _sub(tmp_path, hub)
+    try:
+        await _first(s, ChainConflict, 10)
+        with pytest.raises(ChainConflictError):
+            await s.publish(branch, b"would fork seq 4")
+        await s.close()
+        with sqlite3.connect(tmp_path / "p1.db") as c:  # the attacker
+            assert c.execute("DELETE FROM chain_conflicts").rowcount == 1
+        c.close()
+        s = await _sub(tmp_path, hub)
+        with pytest.raises(ChainConflictError):
+            await s.publish(branch, b"would fork seq 4, second run")
+    finally:
+        await s.close()
+        await author.close()
