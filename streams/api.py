@@ -489,6 +489,13 @@ class _Party:
             rows = self._store.log_page(key[0], key[1], cur[0] + 1, cur[1], room)
             for seq, frame in rows:
                 msg = self._core.open_logged(frame)
+                if msg is not None and (msg.branch, msg.publisher, msg.seq) != (key[0], key[1], seq):
+                    # The log is not authenticated: a row holding (or referring to) the frame of another position
+                    # -- an edit, frames being signed and sealed -- is not handed out as that message again.
+                    log.error("the logged message at branch %s publisher %d seq %d in %s holds the frame of "
+                              "publisher %d seq %d: the store was altered; not redelivered", key[0].hex(), key[1],
+                              seq, self._store.path, msg.publisher, msg.seq)
+                    msg = None
                 if msg is not None:  # None: a checkpoint, or nothing we can read (skipped, as live)
                     q.append(msg)
                 cur[0] = seq
@@ -562,10 +569,27 @@ class _Party:
         return out
 
     def forks(self) -> list[ForkDetected]:
-        """Every fork this party has detected and kept as evidence (THREATS 7), oldest first."""
+        """Every fork this party has detected and kept as evidence (THREATS 7), oldest first.  Only evidence that
+        verifies: the ``forks`` table is not authenticated, and a row that proves nothing is no fork."""
         from .anchor import ForkEvidence
 
-        return [ForkDetected(b, p, s, ForkEvidence(fa, fb)) for b, p, s, fa, fb in self._store.forks()]
+        return [ForkDetected(b, p, s, ForkEvidence(fa, fb)) for b, p, s, fa, fb in self._store.forks()
+                if self._fork_holds(b, p, s, fa, fb)]
+
+    def _fork_holds(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
+        """Whether a ``forks`` row is evidence of a fork at its own position: both frames signed by the chain's
+        publisher, at that position of our channel, claiming different messages."""
+        from .anchor import ForkEvidence, check_fork
+
+        b = self._core._branches.get(branch)
+        member = None if b is None else b.members.get(publisher)
+        if member is None or type(frame_a) is not bytes or type(frame_b) is not bytes:
+            return False
+        try:
+            where = check_fork(ForkEvidence(frame_a, frame_b), member[0])
+        except (DecodeError, VerificationError):
+            return False
+        return where == (self._core.channel, branch, publisher, seq)
 
     async def close(self) -> None:
         """Stop, persist the application cursor, close the transport and the store.  Idempotent: a call while
@@ -1105,7 +1129,12 @@ class _Party:
         # buys at most one signature per chain per interval.
         self._core.reacknowledge(branch, publisher)
         if not self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b):
-            return None  # already reported for this position
+            held = [r for r in self._store.forks() if (r[0], r[1], r[2]) == (branch, publisher, seq)]
+            if not held or self._fork_holds(*held[0]):
+                return None  # already reported for this position
+            # The row there proves nothing (the table is not authenticated: one put in ahead of a real fork would
+            # hide it): this evidence, checked, takes its place.
+            self._store.fork_add(branch, publisher, seq, evidence.frame_a, evidence.frame_b, replace=True)
         log.warning("fork detected on branch %s publisher %d seq %d", branch.hex(), publisher, seq)
         return ForkDetected(branch, publisher, seq, evidence)
 
@@ -1157,15 +1186,18 @@ class _Party:
         return frames
 
     def _grant_intact(self, branch: bytes, epoch: int, raw: bytes, where: str = "branch record") -> bool:
-        """Whether a grant frame read back from the store is intact: our own signed grant of ``branch``.  One
-        that is not (a disk fault) is logged for the operator (:meth:`_log_unserved`), and the caller serves
-        nothing from it back (the core's ``grant_intact`` hook, for the grants a branch record holds)."""
+        """Whether a grant frame read back from the store is intact: our own signed grant of ``branch`` at
+        ``epoch``.  One that is not (a disk fault, an edit) is logged for the operator (:meth:`_log_unserved`), and
+        the caller serves nothing from it back (the core's ``grant_intact`` hook, for the grants a branch record
+        holds)."""
         seen = (branch, epoch, _crypto.hash32(_crypto.P_KEPT, raw))
         if seen in self._grants_verified:
             return True
         try:
             f = decode_frame(raw, self._core.config.max_frame)
-            intact = type(f.head) is Grant and f.head.branch == branch
+            # The epoch too: an older grant of the branch is signed by us as well, and a store edited without
+            # the passphrase could put it where a later one belongs (the frame is not sealed into the record).
+            intact = type(f.head) is Grant and f.head.branch == branch and f.head.epoch == epoch
             if intact:
                 self._store.identity.public.verify(f.hash, f.sig)
         except (DecodeError, VerificationError):

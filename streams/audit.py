@@ -33,7 +33,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _crypto, merkle
-from .anchor import ChainHead, EpochCheckpoint, InclusionProof, chain_blind_key, restore_mark_digest, verify_inclusion
+from .anchor import (
+    ChainHead,
+    EpochCheckpoint,
+    ForkEvidence,
+    InclusionProof,
+    chain_blind_key,
+    check_fork,
+    restore_mark_digest,
+    verify_inclusion,
+)
 from .core import AnchorRecord, BranchRecord, ChainRecord
 from .errors import (
     DecodeError,
@@ -156,9 +165,28 @@ class _Audit:
             self._member_anchors(branches, anchored, restores, cursors)
         if self.ledger is not None:
             self._ledger_history(branches, anchored, restores)
-        for fb, fp, fs, _fa, _fb in self.store.forks():
-            self.err("fork evidence held: the publisher signed two different messages here", fb, fp, fs)
+        for fb, fp, fs, fa, ffb in self.store.forks():
+            self._fork(branches, fb, fp, fs, fa, ffb)
         return self.report
+
+    def _fork(self, branches: dict[bytes, BranchRecord], branch: bytes, publisher: int, seq: int, frame_a: Any,
+              frame_b: Any) -> None:
+        """A ``forks`` row: reported as a fork only if it verifies (the table is not authenticated: a row put in
+        that proves nothing must not accuse the publisher)."""
+        b = branches.get(branch)
+        signer = None if b is None else dict((i, pk) for i, pk, _ in b.members).get(publisher)
+        try:
+            if signer is None or type(frame_a) is not bytes or type(frame_b) is not bytes:
+                raise VerificationError("not a member of a branch this party holds")
+            where = check_fork(ForkEvidence(frame_a, frame_b), signer)
+            if where != (self.channel, branch, publisher, seq):
+                raise VerificationError("the frames are of another position")
+        except (DecodeError, VerificationError) as exc:
+            self.err(f"a forks row does not verify as fork evidence ({exc}): the store was altered or damaged",
+                     branch if type(branch) is bytes else None, publisher if type(publisher) is int else None,
+                     seq if type(seq) is int else None)
+            return
+        self.err("fork evidence held: the publisher signed two different messages here", branch, publisher, seq)
 
     # -- chains ------------------------------------------------------------------------------------------------
 

@@ -73,7 +73,8 @@ power loss (not a process crash) may lose the newest commits, as SQLite's ``sync
 background checkpointer ``fdatasync``-s the frame file before each checkpoint so that what reaches the database
 file has its frame bytes on disk, and then drops all but the file's last :data:`FRAMES_CACHED` bytes from the page
 cache (:meth:`Store.settle_frames`). Nothing is ever removed from the log, so the file only grows, like the table
-did.
+did.  A frame redelivered after a restart must also name its row's position (a row edited to hold another row's
+frame and hash is not handed out again).
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
@@ -830,13 +831,15 @@ class Store:
         except ValueError:
             raise StorageError(f"a row of table {table} in {self.path} is damaged") from None
 
-    def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes) -> bool:
-        """Keep fork evidence; False if this position already had some."""
+    def fork_add(self, branch: bytes, publisher: int, seq: int, frame_a: bytes, frame_b: bytes, *,
+                 replace: bool = False) -> bool:
+        """Keep fork evidence; False if this position already had some (unless ``replace``: the caller found the
+        row there not to verify -- the table is not authenticated -- and this evidence takes its place)."""
         self._check_open()
         try:
             with _tx(self._conn):
-                cur = self._conn.execute("INSERT OR IGNORE INTO forks VALUES (?, ?, ?, ?, ?)",
-                                         (branch, publisher, seq, frame_a, frame_b))
+                sql = "INSERT OR REPLACE INTO forks" if replace else "INSERT OR IGNORE INTO forks"
+                cur = self._conn.execute(sql + " VALUES (?, ?, ?, ?, ?)", (branch, publisher, seq, frame_a, frame_b))
                 return cur.rowcount == 1
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
