@@ -1011,17 +1011,10 @@ class Store:
         if not rows:
             return None
         try:
-            v = msgpack.unpackb(rows[0][0], raw=False)
-            if not isinstance(v, list):
-                raise ValueError("not a branch record")
             # The record is read again from the file long after the open checked it (THREATS 1: the file is
-            # untrusted while the party runs too): its sealed keys' associated data must still match.  One AEAD
-            # open of a small value, on a re-check or a record write, never per message.
-            try:
-                open_secret(self._key, v[7], _keys_ad(branch, v))
-            except KeystoreError:
-                raise StorageError(f"branch record {branch.hex()} in {self.path} was altered (its fields, such as "
-                                   "its evidence, no longer match its sealed keys)") from None
+            # untrusted while the party runs too): its binding is checked again.  One AEAD open of a small value,
+            # on a re-check or a record write, never per message.
+            v, _ = self._unseal_branch(branch, rows[0][0])
             return bytes(v[4]), bytes(v[10]), _grants(v)
         except (ValueError, LookupError, TypeError) as exc:
             raise StorageError(f"branch record {branch.hex()} in {self.path} is corrupted") from exc
@@ -1220,20 +1213,25 @@ class Store:
         v[7] = seal_secret(self._key, _pack([list(k) for k in b.keys]), _keys_ad(b.id, v))
         return _pack(v)
 
+    def _unseal_branch(self, bid: bytes, rec: bytes) -> tuple[list[Any], bytes]:
+        """A stored branch record, decoded, and its keys unsealed under its binding (:func:`_keys_ad`):
+        :class:`StorageError` "was altered" if its fields no longer match its sealed keys; ValueError, LookupError
+        or TypeError for one that is not a branch record at all (the caller's "corrupted").  The id column and
+        the record are untrusted: a map, or an id of another type, is never a KeyError or AttributeError."""
+        v = msgpack.unpackb(rec, raw=False)
+        if type(bid) is not bytes or len(bid) != 16 or not isinstance(v, list):
+            # (16 bytes: the binding names the id, and a longer one would run into the fields after it)
+            raise ValueError("not a branch record")
+        try:
+            return v, open_secret(self._key, v[7], _keys_ad(bid, v))
+        except KeystoreError:
+            raise StorageError(f"branch record {bid.hex()} in {self.path} was altered (its fields, such as its "
+                               "members' keys, state, peer or evidence, no longer match its sealed keys)") from None
+
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
-        # (the id column and the record are untrusted: a map, or an id of another type, is "corrupted", never a
-        # KeyError or AttributeError out of the open)
         name = bid.hex() if type(bid) is bytes else "?"
         try:
-            v = msgpack.unpackb(rec, raw=False)
-            if type(bid) is not bytes or len(bid) != 16 or not isinstance(v, list):
-                # (16 bytes: the binding below names the id, and a longer one would run into the fields after it)
-                raise ValueError("not a branch record")
-            try:
-                sealed = open_secret(self._key, v[7], _keys_ad(bid, v))
-            except KeystoreError:
-                raise StorageError(f"branch record {name} in {self.path} was altered (its fields, such as "
-                                   "its members' keys, state or peer, no longer match its sealed keys)") from None
+            v, sealed = self._unseal_branch(bid, rec)
             keys = msgpack.unpackb(sealed, raw=False)
             _check_branch(bid, v, keys)
             return BranchRecord(v[0], v[1], v[2], v[3], v[4], v[5], [tuple(m) for m in v[6]],
