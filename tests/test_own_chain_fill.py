@@ -75,14 +75,8 @@ async def _restored_member(tmp: Path, ledger: EmbeddedLedger, relay: dict[str, b
         col = Collect(s)
         await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
         await s.close()
-        store = Store.open(tmp / "p1.db", PW, durable=False)
-        lost = store.log_range(branch, 1, 4, 6)
-        store.close()
-        for suffix in ("", "-frames"):
-            if (tmp / f"old.db{suffix}").exists():
-                shutil.copyfile(tmp / f"old.db{suffix}", tmp / f"p1.db{suffix}")
-        for suffix in ("-wal", "-shm"):
-            (tmp / f"p1.db{suffix}").unlink(missing_ok=True)
+        lost = _logged(tmp / "p1.db", branch, 4, 6)
+        _put_back(tmp, "old.db")
         t = None if relay is None else _OwnChainRelay(hub, **relay)
         s = await Subscriber.open(tmp / "p1.db", PW, t or hub.subscriber_endpoint("p1"), store_options=FAST,
                                   ledger=ledger, config=CoreConfig(fetch_retry_ms=50, grant_sync_interval_ms=200))
@@ -147,11 +141,7 @@ async def test_a_forged_copy_of_a_message_fetched_back_is_refused_and_never_logg
         assert relay is not None and relay.seen[:3] == [4, 5, 6]
         assert [e.reason for e in col.of(Rejected) if e.publisher == 1 and e.seq == 4] in (
             [RejectReason.BAD_SIGNATURE], [RejectReason.BAD_AEAD])
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == lost
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == lost
         assert not _errors(_audit(tmp_path, ledger))
     finally:
         ledger.close()
@@ -172,11 +162,7 @@ async def test_messages_that_never_come_back_are_a_hole_the_audit_still_reports(
                 asks.append(f.head.from_seq)
         assert asks.count(4) == 1 + FILL_RETRIES  # asked again, then given up
         assert [e.reason for e in col.of(Rejected) if e.publisher == 1 and e.seq == 4] == [RejectReason.UNEXPECTED]
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == []
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == []
         assert any("4..6 are missing" in r for r in _errors(_audit(tmp_path, ledger)))
     finally:
         ledger.close()
@@ -192,11 +178,7 @@ async def test_a_fetch_of_our_own_messages_that_did_not_end_is_taken_up_again_by
     try:
         branch, lost, _col, relay = await _restored_member(tmp_path, ledger, {"drop": True})
         assert relay is not None
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == []
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == []
         hub = relay.hub
         author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did]),
                                    store_options=FAST, ledger=ledger)
@@ -207,11 +189,7 @@ async def test_a_fetch_of_our_own_messages_that_did_not_end_is_taken_up_again_by
         finally:
             await s.close()
             await author.close()
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == lost
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == lost
     finally:
         ledger.close()
 
@@ -243,14 +221,8 @@ async def test_over_zeromq_a_restored_member_logs_its_lost_messages_again(tmp_pa
             s = await Subscriber.open(p1, PW, SubscriberEndpoint(ep.addresses[0]), store_options=FAST,
                                       ledger=ledger)
         await s.close()
-        store = Store.open(p1, PW, durable=False)
-        lost = store.log_range(branch, 1, 4, 6)
-        store.close()
-        for suffix in ("", "-frames"):
-            if (tmp_path / f"old.db{suffix}").exists():
-                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
-        for suffix in ("-wal", "-shm"):
-            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        lost = _logged(p1, branch, 4, 6)
+        _put_back(tmp_path, "old.db")
         s = await Subscriber.open(p1, PW, SubscriberEndpoint(ep.addresses[0]), store_options=FAST, ledger=ledger)
         col = Collect(s)
         await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 and e.restored for e in col.of(Anchored)),
@@ -259,11 +231,7 @@ async def test_over_zeromq_a_restored_member_logs_its_lost_messages_again(tmp_pa
         await s.close()
         await author.close()
     try:
-        store = Store.open(p1, PW, durable=False)
-        try:
-            assert len(lost) == 3 and store.log_range(branch, 1, 4, 6) == lost
-        finally:
-            store.close()
+        assert len(lost) == 3 and _logged(p1, branch, 4, 6) == lost
         rep = audit_store(p1, PW, ledger)
         assert rep.ok, rep.summary()
     finally:
@@ -299,16 +267,10 @@ async def test_an_amortized_member_fetches_back_its_unsigned_packets_and_checkpo
             await wait_for(lambda c=col: any(e.publisher == 1 and e.seq == heads[-1] for e in c.of(Anchored)),
                            what="the checkpoint anchored")
         await s.close()
-        store = Store.open(p1, PW, durable=False)
-        lost = store.log_range(branch, 1, heads[0] + 1, heads[1])
-        store.close()
+        lost = _logged(p1, branch, heads[0] + 1, heads[1])
         assert [decode_frame(f).kind for f in lost] == [Kind.PACKET] * 3 + [Kind.CHECKPOINT]
         assert not any(decode_frame(f).sig for f in lost[:3])
-        for suffix in ("", "-frames"):
-            if (tmp_path / f"old.db{suffix}").exists():
-                shutil.copyfile(tmp_path / f"old.db{suffix}", tmp_path / f"p1.db{suffix}")
-        for suffix in ("-wal", "-shm"):
-            (tmp_path / f"p1.db{suffix}").unlink(missing_ok=True)
+        _put_back(tmp_path, "old.db")
         s = await Subscriber.open(p1, PW, hub.subscriber_endpoint("p1"), store_options=FAST, ledger=ledger,
                                   config=cfg)
         col = Collect(s)
@@ -318,15 +280,20 @@ async def test_an_amortized_member_fetches_back_its_unsigned_packets_and_checkpo
         await s.close()
         await author.close()
     try:
-        store = Store.open(p1, PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, heads[0] + 1, heads[1]) == lost
-        finally:
-            store.close()
+        assert _logged(p1, branch, heads[0] + 1, heads[1]) == lost
         rep = audit_store(p1, PW, ledger)
         assert rep.ok, rep.summary()
     finally:
         ledger.close()
+
+
+def _logged(path: Path, branch: bytes, lo: int, hi: int) -> list[bytes]:
+    """The frames P1's store (closed) logs of its own chain at ``lo..hi``."""
+    store = Store.open(path, PW, durable=False)
+    try:
+        return store.log_range(branch, 1, lo, hi)
+    finally:
+        store.close()
 
 
 def _put_back(tmp: Path, copy: str) -> None:
@@ -361,9 +328,7 @@ async def test_a_copy_from_before_our_first_message_is_no_restart_we_sign_a_rest
         col = Collect(s)
         await wait_for(lambda: any(e.publisher == 1 and e.seq == 6 for e in col.of(Anchored)), what="anchored 6")
         await s.close()
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        lost = store.log_range(branch, 1, 1, 6)
-        store.close()
+        lost = _logged(tmp_path / "p1.db", branch, 1, 6)
         assert len(lost) == 6
         _put_back(tmp_path, "old.db")
         s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
@@ -379,11 +344,7 @@ async def test_a_copy_from_before_our_first_message_is_no_restart_we_sign_a_rest
         marks = db.execute("SELECT seq FROM restore_marks WHERE publisher = 1").fetchall()
         db.close()
         assert marks == [], "P1 signed a restore mark over a deletion of its own chain"
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 1, 6) == lost
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 1, 6) == lost
         rep = _audit(tmp_path, ledger)
         assert rep.ok, rep.summary()
     finally:
@@ -431,11 +392,7 @@ async def test_a_log_whose_head_was_deleted_makes_us_sign_no_restore_mark(tmp_pa
         marks = db.execute("SELECT seq FROM restore_marks WHERE publisher = 1").fetchall()
         db.close()
         assert marks == [], "P1 signed a restore mark over a deletion of its own chain"
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert len(store.log_range(branch, 1, 1, 6)) == 6
-        finally:
-            store.close()
+        assert len(_logged(tmp_path / "p1.db", branch, 1, 6)) == 6
         rep = _audit(tmp_path, ledger)
         assert rep.ok, rep.summary()
     finally:
@@ -464,11 +421,7 @@ async def test_a_fetch_given_up_is_taken_up_again_after_a_later_proof_of_our_cha
             await wait_for(lambda: any(e.publisher == 1 and e.seq == 7 for e in col.of(Anchored)), what="anchored 7")
         finally:
             await s.close()
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == []
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == []
         s = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1"), store_options=FAST,
                                   ledger=ledger, config=cfg)
         try:
@@ -476,11 +429,7 @@ async def test_a_fetch_given_up_is_taken_up_again_after_a_later_proof_of_our_cha
         finally:
             await s.close()
             await author.close()
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == lost
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == lost
     finally:
         ledger.close()
 
@@ -517,10 +466,6 @@ async def test_a_write_permission_lapse_during_the_fetch_leaves_no_hole_for_good
         finally:
             await s.close()
             await author.close()
-        store = Store.open(tmp_path / "p1.db", PW, durable=False)
-        try:
-            assert store.log_range(branch, 1, 4, 6) == lost
-        finally:
-            store.close()
+        assert _logged(tmp_path / "p1.db", branch, 4, 6) == lost
     finally:
         ledger.close()
