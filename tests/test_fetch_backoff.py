@@ -38,6 +38,19 @@ def _run_unanswered(s: SubscriberCore, branch: bytes, start: int, span_ms: int) 
         count += len(_fetches(s, branch))
 
 
+def _published(count: int) -> tuple[Net, SubscriberCore, bytes, list[bytes]]:
+    """s0 subscribed, and ``count`` messages the author published on its branch, not delivered yet: (the net, s0,
+    its branch, the PACKETs)."""
+    n = Net.make(n_subs=1)
+    n.subscribe("s0")
+    s = n.subs["s0"]
+    [b0] = s.branch_ids()
+    for i in range(count):
+        n.author.publish(b0, b"m%d" % i, n.now)
+    n.author.take_changes()
+    return n, s, b0, [o.data for o in n.author.data_to_send()]
+
+
 def _bound(s: SubscriberCore, span_ms: int) -> int:
     """The most FETCHes the backoff allows over ``span_ms``: the flat retries, the doublings up to the cap, then
     one per cap -- plus the first ask."""
@@ -47,14 +60,7 @@ def _bound(s: SubscriberCore, span_ms: int) -> int:
 
 
 def test_an_open_branch_gap_nobody_serves_is_asked_for_less_often_and_heals_later() -> None:
-    n = Net.make(n_subs=1)
-    n.subscribe("s0")
-    s = n.subs["s0"]
-    [b0] = s.branch_ids()
-    for i in range(5):
-        n.author.publish(b0, b"m%d" % i, n.now)
-    n.author.take_changes()
-    packets = [o.data for o in n.author.data_to_send()]
+    n, s, b0, packets = _published(5)
     n.to_sub("s0", packets[0])
     events = n.to_sub("s0", packets[2])  # 2 lost; the author will never answer
     assert [(g.expected_seq, g.received_seq) for g in events if isinstance(g, GapDetected)] == [(2, 3)]
@@ -73,14 +79,7 @@ def test_an_open_branch_gap_nobody_serves_is_asked_for_less_often_and_heals_late
 
 
 def test_a_revoke_tail_nobody_serves_is_asked_for_less_often() -> None:
-    n = Net.make(n_subs=1)
-    n.subscribe("s0")
-    s = n.subs["s0"]
-    [b0] = s.branch_ids()
-    for i in range(4):
-        n.author.publish(b0, b"m%d" % i, n.now)
-    n.author.take_changes()
-    packets = [o.data for o in n.author.data_to_send()]
+    n, s, b0, packets = _published(4)
     n.to_sub("s0", packets[0])
     n.author.revoke(b0)
     revoke = [o.data for o in n.author.data_to_send()]
@@ -98,14 +97,7 @@ def test_a_revoke_tail_nobody_serves_is_asked_for_less_often() -> None:
 def test_a_reconnect_asks_at_fetch_retry_ms_again() -> None:
     """A catch-up (a reconnect or a restart) starts the retries over: the backoff a dead connection built up does
     not slow down the new one's window (nor what it defers, reported on the retries' time)."""
-    n = Net.make(n_subs=1)
-    n.subscribe("s0")
-    s = n.subs["s0"]
-    [b0] = s.branch_ids()
-    for i in range(3):
-        n.author.publish(b0, b"m%d" % i, n.now)
-    n.author.take_changes()
-    packets = [o.data for o in n.author.data_to_send()]
+    n, s, b0, packets = _published(3)
     n.to_sub("s0", packets[0])
     n.to_sub("s0", packets[2])
     _, now = _run_unanswered(s, b0, n.now, HOUR_MS)
@@ -121,14 +113,7 @@ def test_a_reconnect_asks_for_a_revoke_tail_at_fetch_retry_ms_again() -> None:
     """The tail a REVOKE names is fetched on a closed branch, which a catch-up does not open a window on: its
     backoff was not reset by a reconnect (as SPEC 10.1 step 7 says it is), so a tail the old connection could not
     get waited up to fetch_retry_max_ms more on a new one that may serve it."""
-    n = Net.make(n_subs=1)
-    n.subscribe("s0")
-    s = n.subs["s0"]
-    [b0] = s.branch_ids()
-    for i in range(4):
-        n.author.publish(b0, b"m%d" % i, n.now)
-    n.author.take_changes()
-    packets = [o.data for o in n.author.data_to_send()]
+    n, s, b0, packets = _published(4)
     n.to_sub("s0", packets[0])
     n.author.revoke(b0)
     for raw in [o.data for o in n.author.data_to_send()]:
