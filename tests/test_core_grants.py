@@ -375,6 +375,23 @@ def _fetches(outs: list[Outgoing]) -> list[tuple[int, int]]:
             if f.kind is Kind.FETCH and f.head.from_seq > 0]
 
 
+def _answer_and_live(net: Net, b0: bytes, payloads: list[bytes]) -> tuple[list[Outgoing], dict[int, bytes]]:
+    """s0 catches up: what the author sends back (its answer: for the test to drop, hold back or deliver), then
+    the author publishes ``payloads`` on ``b0``: their PACKETs by seq, none delivered yet."""
+    s = net.subs["s0"]
+    s.catch_up(net.now)
+    for o in s.data_to_send():
+        net.author.receive(o.data, net.now, "s0")
+    net.author.take_changes()
+    answer = net.author.data_to_send()
+    for payload in payloads:
+        net.author.publish(b0, payload, net.now)
+    net.author.take_changes()
+    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
+            if decode_frame(o.data).kind is Kind.PACKET}
+    return answer, live
+
+
 def _three_alerts(delivered: bool) -> tuple[Net, SubscriberCore]:
     """s0, subscribed; the author publishes three alerts on its branch, which reach s0 only if ``delivered``."""
     net = Net.make(n_subs=1)
@@ -415,17 +432,8 @@ def test_a_loss_after_the_head_that_answers_a_catch_up_is_reported_when_that_hea
     the window was answered, and the fetch of 4, which the relay drops, went on in silence.)"""
     net, s = _three_alerts(delivered=True)
     [b0] = s.branch_ids()
-    s.catch_up(net.now)
-    for o in s.data_to_send():
-        net.author.receive(o.data, net.now, "s0")
-    net.author.take_changes()
-    held_back = net.author.data_to_send()
+    held_back, live = _answer_and_live(net, b0, [b"lost", b"held"])
     assert [decode_frame(o.data).head.seq for o in held_back if decode_frame(o.data).kind is Kind.HEAD] == [3]
-    for payload in (b"lost", b"held"):
-        net.author.publish(b0, payload, net.now)
-    net.author.take_changes()
-    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
-            if decode_frame(o.data).kind is Kind.PACKET}
     assert sorted(live) == [4, 5]
     assert [e for e in s.receive(live[5], net.now) if isinstance(e, (GapDetected, Rejected))] == []
     events = [e for o in held_back for e in s.receive(o.data, net.now)]
@@ -440,16 +448,7 @@ def test_what_a_catch_up_kept_quiet_is_reported_when_the_fetch_after_its_answer_
     reported -- once -- when the time the window may take is up (the fetch made no progress meanwhile)."""
     net, s = _three_alerts(delivered=True)
     [b0] = s.branch_ids()
-    s.catch_up(net.now)
-    for o in s.data_to_send():
-        net.author.receive(o.data, net.now, "s0")
-    net.author.take_changes()
-    net.author.data_to_send()  # dropped
-    for i in range(3):
-        net.author.publish(b0, b"live %d" % i, net.now)
-    net.author.take_changes()
-    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
-            if decode_frame(o.data).kind is Kind.PACKET}
+    _, live = _answer_and_live(net, b0, [b"live %d" % i for i in range(3)])  # the answer dropped
     events = list(s.receive(live[6], net.now)) + list(s.receive(live[4], net.now))
     assert [e.seq for e in events if isinstance(e, MessageReceived)] == [4]
     assert [e for e in events if isinstance(e, GapDetected)] == []
@@ -470,16 +469,7 @@ def test_the_authors_quiet_head_after_an_in_order_answer_does_not_explain_what_a
     that HEAD."""
     net, s = _three_alerts(delivered=True)
     [b0] = s.branch_ids()
-    s.catch_up(net.now)
-    for o in s.data_to_send():
-        net.author.receive(o.data, net.now, "s0")
-    net.author.take_changes()
-    net.author.data_to_send()  # dropped
-    for i in range(3):
-        net.author.publish(b0, b"live %d" % i, net.now)
-    net.author.take_changes()
-    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
-            if decode_frame(o.data).kind is Kind.PACKET}
+    _, live = _answer_and_live(net, b0, [b"live %d" % i for i in range(3)])  # the answer dropped
     net.author.head_notices()  # the channel went quiet: the author's HEAD of its chain
     [quiet_head] = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
     assert decode_frame(quiet_head).head.seq == 6
@@ -502,17 +492,9 @@ def test_a_relay_cannot_keep_what_a_catch_up_deferred_quiet_by_making_the_member
     no progress: 5 is still reported."""
     net, s = _three_alerts(delivered=True)
     [b0] = s.branch_ids()
-    s.catch_up(net.now)
-    for o in s.data_to_send():
-        net.author.receive(o.data, net.now, "s0")
-    net.author.take_changes()
-    [old_head] = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
+    answer, live = _answer_and_live(net, b0, [b"live %d" % i for i in range(13)])
+    [old_head] = [o.data for o in answer if decode_frame(o.data).kind is Kind.HEAD]
     assert decode_frame(old_head).head.seq == 3  # dropped now, replayed later
-    for i in range(13):
-        net.author.publish(b0, b"live %d" % i, net.now)
-    net.author.take_changes()
-    live = {decode_frame(o.data).head.seq: o.data for o in net.author.data_to_send()
-            if decode_frame(o.data).kind is Kind.PACKET}
     events = list(s.receive(live[6], net.now)) + list(s.receive(live[4], net.now))
     assert [e.seq for e in events if isinstance(e, MessageReceived)] == [4]
     for seq in range(7, 17):
