@@ -2424,9 +2424,14 @@ class AuthorCore(_CoreBase):
         if b.peer_did and b.state is BranchState.OPEN:
             self.set_permission(b.id, b.members[1][1])
             return b.grant_frame
-        if self._repair_group(b):
+        if self._open_group(b):
+            self._rekey_group(b, [])  # (as _repair_group would: its check is the one just made)
             return b.grant_frame
         return None
+
+    def _open_group(self, b: _Branch) -> bool:
+        """Whether ``b`` is an open group (broadcast) branch, which a re-key that removes nobody can repair."""
+        return not b.peer_did and b.id in self._groups and b.state is BranchState.OPEN
 
     def _repair_group(self, g: _Branch) -> bool:
         """An open group whose current grant the ``grant_intact`` hook finds damaged on disk is re-keyed at once,
@@ -2436,8 +2441,7 @@ class AuthorCore(_CoreBase):
         from the damaged frame, so members holding the old grant take it; the damaged frame is neither served
         nor carried into the history.  Returns whether it re-keyed."""
         check = self.grant_intact
-        if g.peer_did or g.id not in self._groups or g.state is not BranchState.OPEN or check is None \
-                or check(g.id, g.epoch, self._extras(g)[0]):
+        if not self._open_group(g) or check is None or check(g.id, g.epoch, self._extras(g)[0]):
             return False
         self._rekey_group(g, [])
         return True
