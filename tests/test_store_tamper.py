@@ -157,11 +157,11 @@ async def test_an_edited_field_of_a_branch_record_makes_the_branch_refused(tmp_p
             s.close()
 
 
-def make_older(path: Path) -> None:
+def make_older(path: Path, passphrase: str = PW) -> None:
     """Rewrite a store as the code before authenticated state wrote it: the seed sealed with its name alone as
     associated data, a branch record's keys with ``streams.store.keys`` and its id, no passphrase check.  (Done
     with the passphrase: this plays the older version, not the attacker.)"""
-    s = Store.open(path, PW, durable=False)
+    s = Store.open(path, passphrase, durable=False)
     key, seed = s._key, s.identity.export_seed()
     records = s.load_branches()
     s.close()

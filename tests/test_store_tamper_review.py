@@ -13,8 +13,8 @@ import pytest
 from streams.core import BranchRecord, Changes
 from streams.errors import StorageError
 from streams.identity import Identity
-from streams.keystore import seal_secret
 from streams.store import Store
+from tests.test_store_tamper import make_older
 
 PW = "review passphrase 4c"
 
@@ -88,26 +88,6 @@ def test_evidence_edited_while_the_party_runs_is_refused_where_it_is_read_back(t
         s.close()
 
 
-def _make_older(path: Path) -> None:
-    """Rewrite a store as the code before authenticated state wrote it (plays the older version, with the
-    passphrase: the seed sealed with its name alone, each record's keys with ``streams.store.keys`` and its id,
-    no check row)."""
-    s = Store.open(path, PW, durable=False)
-    key, seed, records = s._key, s.identity.export_seed(), s.load_branches()
-    s.close()
-    with sqlite3.connect(path) as c:
-        c.execute("UPDATE meta SET v = ? WHERE k = 'seed'",
-                  (msgpack.packb(seal_secret(key, seed, b"streams.store.identity"), use_bin_type=True),))
-        c.execute("DELETE FROM meta WHERE k = 'check'")
-        for b in records:
-            (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (b.id,)).fetchone()
-            v = msgpack.unpackb(rec, raw=False)
-            v[7] = seal_secret(key, msgpack.packb([list(k) for k in b.keys], use_bin_type=True),
-                               b"streams.store.keys" + b.id)
-            c.execute("UPDATE branches SET rec = ? WHERE id = ?", (msgpack.packb(v, use_bin_type=True), b.id))
-    c.close()
-
-
 def _rows(path: Path) -> tuple[dict[str, bytes], dict[bytes, bytes]]:
     with sqlite3.connect(path) as c:
         meta = dict(c.execute("SELECT k, v FROM meta"))
@@ -125,7 +105,7 @@ def _upgraded_with_a_copy_from_before(tmp_path: Path) -> tuple[Path, BranchRecor
     s.commit(Changes(branches=[BranchRecord(b"c" * 16, 0, 1, b"h" * 32, b"", 0, [(0, s.identity.sign_public, 3)],
                                             [(0, 0, b"j" * 32)])]))
     s.close()
-    _make_older(path)
+    make_older(path, PW)
     old_meta, old_branches = _rows(path)
     Store.open(path, PW, durable=False).close()  # the upgrade: trust on first open, once
     assert _rows(path)[0]["seed"] != old_meta["seed"]
@@ -210,7 +190,7 @@ def test_an_older_store_is_not_upgraded_under_a_party_that_runs_on_it(tmp_path: 
     path = tmp_path / "s.db"
     s, _ = _store_with_branch(path)
     s.close()
-    _make_older(path)
+    make_older(path, PW)
     before = _rows(path)
     holder = subprocess.Popen(  # (the earlier version's party: an exclusive flock on <store>-lock, as lock() takes)
         [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
