@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from streams._state import BranchState
-from streams.core import Outgoing
+from streams.core import Outgoing, SubscriberCore
 from streams.events import BranchClosed, GapDetected, MessageReceived
 from streams.wire import SESSION_LEN, Kind, decode_frame
 
@@ -25,6 +25,24 @@ def _deliver_except(net: Net, lost: str) -> None:
                 net.to_sub(t, o.data)
 
 
+def _s2_removed_while_s0_misses_it() -> tuple[Net, SubscriberCore, bytes]:
+    """Three members with sessions; a group of the three, message 1 delivered to all; then s2 removed (epoch 1),
+    which reaches everyone but s0: (the net, s0, the group)."""
+    net = Net.make(n_subs=3)
+    sessions = {name: bytes([i + 1]) * SESSION_LEN for i, name in enumerate(("s0", "s1", "s2"))}
+    net.author.session_of = lambda peer: sessions.get(peer)  # type: ignore[assignment,arg-type,return-value]
+    for name in ("s0", "s1", "s2"):
+        net.subs[name].my_session = lambda name=name: sessions[name]  # type: ignore[misc]
+        net.subscribe(name)
+    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
+    net.pump_author()
+    net.author.publish(g, b"one", net.now)
+    net.pump_author()
+    net.author.remove_member(g, ident(12).did)
+    _deliver_except(net, "s0")
+    return net, net.subs["s0"], g
+
+
 def test_a_member_that_missed_the_rekey_before_its_removal_learns_of_it_on_a_live_connection() -> None:
     """s2 is removed (epoch 1) and message 2 published under epoch 1; s0's copies of both are lost.  Then s0 is
     removed (epoch 2).  Its removal does not extend the grant s0 holds (epoch 0): it cannot be applied yet, and
@@ -33,19 +51,7 @@ def test_a_member_that_missed_the_rekey_before_its_removal_learns_of_it_on_a_liv
     s0 dropped again and again -- the group stayed open on s0's side for good, message 2 (published to s0)
     neither fetched nor reported.  Now the removal makes s0 ask for the grants it missed: it applies epoch 1,
     then its removal, reports the gap and reads message 2."""
-    net = Net.make(n_subs=3)
-    sessions = {name: bytes([i + 1]) * SESSION_LEN for i, name in enumerate(("s0", "s1", "s2"))}
-    net.author.session_of = lambda peer: sessions.get(peer)  # type: ignore[assignment,arg-type,return-value]
-    for name in ("s0", "s1", "s2"):
-        net.subs[name].my_session = lambda name=name: sessions[name]  # type: ignore[misc]
-        net.subscribe(name)
-    s0 = net.subs["s0"]
-    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
-    net.pump_author()
-    net.author.publish(g, b"one", net.now)
-    net.pump_author()
-    net.author.remove_member(g, ident(12).did)
-    _deliver_except(net, "s0")
+    net, s0, g = _s2_removed_while_s0_misses_it()
     net.author.publish(g, b"two", net.now)
     _deliver_except(net, "s0")
     start = len(net.events["s0"])
@@ -100,19 +106,7 @@ def test_a_member_that_missed_a_rekey_before_a_first_form_removal_learns_of_it_o
     its FETCHes (the removing GRANT alone) again and again -- the group stayed open on s0's side.  Now a signed
     GRANT of a group s0 holds, with no entry for s0 and ahead of its grant, makes s0 ask for the grants it missed
     (once per fetch_retry_ms): it applies epoch 1, then the removal, and closes the group at its cursor."""
-    net = Net.make(n_subs=3)
-    sessions = {name: bytes([i + 1]) * SESSION_LEN for i, name in enumerate(("s0", "s1", "s2"))}
-    net.author.session_of = lambda peer: sessions.get(peer)  # type: ignore[assignment,arg-type,return-value]
-    for name in ("s0", "s1", "s2"):
-        net.subs[name].my_session = lambda name=name: sessions[name]  # type: ignore[misc]
-        net.subscribe(name)
-    s0 = net.subs["s0"]
-    g = net.author.open_group([ident(10).public, ident(11).public, ident(12).public])
-    net.pump_author()
-    net.author.publish(g, b"one", net.now)
-    net.pump_author()
-    net.author.remove_member(g, ident(12).did)
-    _deliver_except(net, "s0")
+    net, s0, g = _s2_removed_while_s0_misses_it()
     start = len(net.events["s0"])
 
     def to_s0(outs: list[Outgoing]) -> None:
