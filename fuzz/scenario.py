@@ -52,12 +52,17 @@ class CoreSnapshot:
     channel: bytes = b""
     allowed: tuple[str, ...] = ()
     config: CoreConfig = field(default_factory=CoreConfig)
+    #: The author's challenge key: per run (SPEC 8.3), so a rebuilt core takes the live one's, or the challenges
+    #: the live author issued would fail their MAC in it.
+    chal_key: bytes = b""
 
     def author(self) -> AuthorCore:
         """A fresh author core in exactly the snapshot's state."""
         core = AuthorCore(self.identity, AUTHOR_NAME, AllowList.of(list(self.allowed)), self.config,
                           rng=seeded_rng(7))
         core.load_author(_copy_branches(self.branches), _copy_chains(self.chains), list(self.nonces))
+        if self.chal_key:
+            core._chal_key = self.chal_key
         return core
 
     def subscriber(self) -> SubscriberCore:
@@ -145,7 +150,8 @@ def build() -> Scenario:
     wire = tuple(dict.fromkeys(f for _, f in net.wire))
 
     ab, ac = _records(a)
-    author_snap = CoreSnapshot(a.identity, ab, ac, tuple(a._used_nonces.items()), allowed=allowed, config=config)
+    author_snap = CoreSnapshot(a.identity, ab, ac, tuple(a._used_nonces.items()), allowed=allowed, config=config,
+                               chal_key=a._chal_key)
     sb, sc = _records(s0)
     assert s0._announced
     sub_snap = CoreSnapshot(s0.identity, sb, sc, announce=a.announcement, sub_state=s0.state,
@@ -166,7 +172,7 @@ def build() -> Scenario:
         s.hello()
         [hello] = s.data_to_send()
         to_author.append(hello.data)
-        # the challenge comes from the live author, whose challenge key equals the snapshot's
+        # the challenge comes from the live author, whose challenge key the snapshot keeps
         a.receive(hello.data, net.now, name)
         for o in a.data_to_send():
             s.receive(o.data, net.now)

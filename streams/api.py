@@ -1370,7 +1370,8 @@ class Author(_Party):
                    policy: Policy, *, config: CoreConfig | None = None, store_options: StoreOptions | None = None,
                    clock: Clock | None = None, queue_size: int = 10_000, ledger: Ledger | None = None,
                    anchor_config: AnchorConfig | None = None) -> Author:
-        """Reopen a channel after a restart: cursors, branches and used challenges come back from disk; with a
+        """Reopen a channel after a restart: cursors and branches come back from disk (not the challenges issued
+        before: SPEC 8.3, a SUBSCRIBE answering one is refused and its requester asks again); with a
         ``ledger``, epochs queued before the restart are written and confirmed first, in order.  Raises
         :class:`~streams.errors.LedgerConflict` if the ledger holds checkpoints of this channel that the store
         does not (a store restored from a stale copy: publishing from it would fork the channel),
@@ -1805,7 +1806,8 @@ class Subscriber(_Party):
         for static evidence.
 
         Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses (a refusal of an
-        expired or already used challenge is not final: the handshake starts again while time remains),
+        expired or already used challenge, or of one issued before the author restarted, is not final: the
+        handshake starts again while time remains),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
         ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile."""
         self._check_usable()
@@ -1856,9 +1858,11 @@ class Subscriber(_Party):
                     assert isinstance(ev, Refused)
                     if ev.reason is not RejectReason.BAD_CHALLENGE or deadline - loop.time() <= 0:
                         raise AdmissionRefused("the author refused the subscription", ev.reason)
-                    # Not a verdict on us: the challenge expired on the way (a slow host) or our SUBSCRIBE
-                    # arrived twice (the first may have been granted).  Ask again with a fresh challenge.
-                    log.info("subscription challenge refused as expired or used; asking again")
+                    # Not a verdict on us: the challenge expired on the way (a slow host), the author restarted
+                    # since it issued it (SPEC 8.3), or our SUBSCRIBE arrived twice (the first may have been
+                    # granted).  Ask again with a fresh challenge.
+                    log.info("subscription challenge refused (expired, used, or issued before the author "
+                             "restarted); asking again")
                     self._waiters.remove(fut)
                     fut = loop.create_future()
                     self._waiters.append(fut)

@@ -150,6 +150,7 @@ Rng = Callable[[int], bytes]
 _MAX_FRESH = 4096  #: chains of branches created by one handshake's grants kept for restore proofs (SPEC 13.5)
 _MAX_HINT_KEYS = 65_536  #: recipients whose hint key the author keeps (SPEC 8.5); a 32-byte key each
 _LONG_AGO = -(1 << 62)  #: a time before any clock reading (ms)
+_CHALLENGE_RUN_LEN = 16  #: bytes of the challenge key's per-run random component (SPEC 8.3)
 #: Rejections that cost the receiver a cryptographic check: what a peer is charged for (CoreConfig.peer_failures).
 _CHARGED = frozenset({RejectReason.BAD_SIGNATURE, RejectReason.BAD_AEAD})
 #: Signed control frames of which a copy changes nothing: a FETCH is answered again, an ACK or a HEAD notice
@@ -2165,7 +2166,11 @@ class AuthorCore(_CoreBase):
         ann = Announce(self._channel, identity.sign_public, identity.kx_public, name)
         self._announce = encode_frame(ann, b"", identity.sign)
         self._announce_hash = self._announce.hash
-        self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel)
+        # Per run (SPEC 8.3): a random component drawn at every start, so a challenge issued before a restart
+        # fails its MAC in the next run (BAD_CHALLENGE: the requester says HELLO again).  A copied SUBSCRIBE then
+        # cannot be admitted again after a restart even where the used nonces kept on disk were deleted
+        # (they are not authenticated, THREATS 1): the used-nonce check is only needed within one run.
+        self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel + self._rng(_CHALLENGE_RUN_LEN))
         self._used_nonces: dict[bytes, int] = {}
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
@@ -2192,7 +2197,9 @@ class AuthorCore(_CoreBase):
 
     def load_author(self, branches: list[BranchRecord], chains: list[ChainRecord],
                     nonces: list[tuple[bytes, int]]) -> None:
-        """Restore after a restart: branches, cursors and the used challenge nonces."""
+        """Restore after a restart: branches, cursors and the used challenge nonces.  (The nonces no longer
+        matter: a challenge of an earlier run fails its MAC in this one, SPEC 8.3.  They are taken for what an
+        older store holds; nothing relies on them.)"""
         self.load(branches, chains)
         self._used_nonces.update(nonces)
         for b in self._branches.values():

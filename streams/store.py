@@ -42,7 +42,7 @@ Schema (version 1)::
     branches(id BLOB PRIMARY KEY, rec BLOB)                      -- msgpack, keys sealed
     chains(branch, publisher, next_seq, head, covered)           -- cursors
     log(branch, publisher, seq, hash, frame)                     -- retained messages
-    nonces(nonce BLOB PRIMARY KEY, expires_ms INTEGER)          -- used challenge nonces (author)
+    nonces(nonce BLOB PRIMARY KEY, expires_ms INTEGER)          -- used challenge nonces (author; see below)
     delivered(branch, publisher, seq)                            -- application cursor
     anchors(epoch, checkpoint, heads, leaves, anchor_id, state)  -- author: one row per anchor epoch
     anchor_heads(branch, publisher, seq, hash, ...)              -- latest confirmed anchored head per chain
@@ -90,6 +90,13 @@ damaged or edited file that passes SQLite's check) are :class:`StorageError` whe
 The anchoring tables were added after version 1 without a version bump: they are only ever *added*
 (``CREATE TABLE IF NOT EXISTS`` at every open), so a version-1 file written before them opens unchanged and
 gains them, and no older reader reads them.
+
+``nonces`` (author side) holds the challenge nonces used, until they expire.  Nothing relies on it any more: the
+author's challenge key is drawn anew at every start (SPEC 8.3), so a challenge of an earlier run fails its MAC, and
+the running core keeps the nonces used in its run in memory.  (Before, the key outlived a restart and these rows
+were all that refused a copied SUBSCRIBE replayed after one -- rows that are not authenticated, which whoever can
+write the file can delete.)  They are still written, and read back at an open, so that the file stays what older
+versions of this code expect: for them the rows still refuse such a copy.
 
 ``chain_conflicts`` (member side) keeps, for our own chain of a branch, the seq at which the author's signed
 ACK showed it to conflict with the author's copy (SPEC 12: the store is older than the chain), so that the stop

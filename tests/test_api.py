@@ -318,6 +318,52 @@ async def test_an_expired_challenge_is_not_a_final_refusal(tmp_path: Path) -> No
     await author.close()
 
 
+async def test_a_member_whose_hello_the_previous_run_answered_subscribes_after_the_restart(tmp_path: Path) -> None:
+    """SPEC 8.3: the author's challenge key is drawn anew at every start, so a challenge of the run before a
+    restart fails its MAC after it.  The member's SUBSCRIBE, held on the way (a slow path) until the author has
+    restarted on the same store, is refused there (BAD_CHALLENGE) -- and the member is still admitted: subscribe()
+    asks again, with a challenge of the new run.  (The ZeroMQ case: test_zmq_attacks.py,
+    test_a_subscriber_whose_author_restarted_between_its_hello_and_its_subscribe_is_admitted.)"""
+    from streams.errors import RejectReason
+
+    held: list[bytes] = []
+
+    class HoldingHub(MemoryHub):
+        def _route(self, src: str, out: object) -> None:
+            data = out.data  # type: ignore[attr-defined]
+            if src == "p1" and not held and decode_frame(data).kind is Kind.SUBSCRIBE:
+                held.append(data)  # the first SUBSCRIBE: held back
+                return
+            super()._route(src, out)  # type: ignore[arg-type]
+
+    hub = HoldingHub()
+    author = await make_author(tmp_path, hub)
+    s1 = await make_sub(tmp_path, hub, P1, "p1", author)
+    subscribing = asyncio.create_task(s1.subscribe(timeout=30, retry=60))  # (no HELLO again but after a refusal)
+    try:
+        for _ in range(3000):  # until the SUBSCRIBE answering the first run's challenge is held
+            if held:
+                break
+            await asyncio.sleep(0.01)
+        assert held, "no SUBSCRIBE was sent"
+        await author.close()
+        author = await Author.open(tmp_path / "author.db", PW, hub.author_endpoint(), AllowList.of([P1.did, P2.did]),
+                                   store_options=FAST)
+        hub.inject("author", held[0], peer="p1")  # it reaches the new run
+        branch = await subscribing
+        refusals = [decode_frame(d).head for src, dst, d in hub.tap
+                    if src == "author" and dst == "p1" and decode_frame(d).kind is Kind.REFUSE]
+        assert [(r.request, RejectReason(r.reason)) for r in refusals] == \
+            [(decode_frame(held[0]).hash, RejectReason.BAD_CHALLENGE)]  # type: ignore[union-attr]
+        assert author.branch_of(P1.did) == branch
+        await author.publish(branch, b"after the restart")
+        assert (await s1.next_message(timeout=10)).payload == b"after the restart"
+    finally:
+        subscribing.cancel()
+        await s1.close()
+        await author.close()
+
+
 async def test_resubscribe_after_subscribed_completes(tmp_path: Path) -> None:
     """A subscriber that subscribes again (e.g. it is unsure its grant arrived) gets its existing branch back."""
     hub = MemoryHub()

@@ -97,6 +97,20 @@ def test_seeds_are_valid_input() -> None:
         assert accepted >= len(frames) // 2
 
 
+def test_the_rebuilt_author_admits_the_newcomers_subscribe_seed() -> None:
+    """The author's seeds hold a SUBSCRIBE answering a challenge of the live author (fuzz/scenario.py), so that
+    the harness reaches admission.  The challenge key is per run (SPEC 8.3): an author rebuilt from the snapshot
+    must take the live one's (else every such seed fails its MAC, BAD_CHALLENGE, and admission goes unfuzzed)."""
+    from streams.events import SubscriberAdmitted
+    from streams.wire import Kind, decode_frame
+
+    sc = scenario()
+    subscribes = [d for d in sc.to_author if decode_frame(d).kind is Kind.SUBSCRIBE]
+    admitted = [e for d in subscribes for e in sc.author.author().receive(d, sc.now_ms, "peer")
+                if isinstance(e, SubscriberAdmitted)]
+    assert [e.did for e in admitted] == [ident(13).did]  # the newcomer's (the stranger's: not on the list)
+
+
 def _inputs(name: str) -> st.SearchStrategy[bytes]:
     seeds = TARGETS[name].seeds()
     return st.one_of(st.sampled_from(seeds).flatmap(S.mutations), st.binary(max_size=300))

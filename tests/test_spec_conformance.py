@@ -435,7 +435,7 @@ def test_identities_and_derived_values_by_spec() -> None:
     d = VECTORS["derived"]
     channel = H(P["P_CHANNEL"], a.pk, VECTORS["channel"]["name"].encode())
     assert channel.hex() == d["channel_id"]
-    k_chal = H(P["P_CHALKEY"], a.seed, channel)
+    k_chal = H(P["P_CHALKEY"], a.seed, channel, bytes.fromhex(d["challenge_run"]))
     assert k_chal.hex() == d["challenge_key"]
     nonce = bytes.fromhex(d["challenge_nonce"])
     mac = hashlib.blake2b(channel + nonce + u64(d["challenge_expires_ms"]), digest_size=16, key=k_chal,

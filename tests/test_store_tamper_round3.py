@@ -253,23 +253,20 @@ async def _replayed_subscribe(tmp_path: Path, delete_nonces: bool) -> list[objec
 
 
 async def test_a_subscribe_replayed_after_a_restart_is_refused(tmp_path: Path) -> None:
-    """(Regression, passes before and after: the used nonces are kept.)"""
+    """(Regression, passes before and after: before, the used nonces kept on disk refused the copy; now its
+    challenge, of the run before the restart, fails its MAC first.)"""
     from streams.events import SubscriberRefused
 
     got = await _replayed_subscribe(tmp_path, delete_nonces=False)
     assert got and all(isinstance(e, SubscriberRefused) for e in got), got
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design limit: the used challenge nonces are not authenticated and a deleted row cannot be told from none; "
-    "the challenge key is derived from the identity, so a challenge of the previous run still MACs after a "
-    "restart. Within its lifetime (challenge_ttl_ms, 60 s) and where the transport has no sessions "
-    "(MemoryTransport; ZeroMQ binds challenges to the connection's session), a copied SUBSCRIBE is admitted "
-    "again (SubscriberAdmitted, resubscribed; its grant is sealed to the member: nothing is learnt -- what the "
-    "re-admission on the replayer's connection does to routing is not proven here). A "
-    "per-run challenge key (refusing challenges issued before a restart: the member retries with a new HELLO) "
-    "would close it."))
 async def test_a_subscribe_replayed_after_its_nonce_row_is_deleted_is_refused(tmp_path: Path) -> None:
+    """The used challenge nonces are not authenticated, and a deleted row cannot be told from none.  The challenge
+    key was derived from the identity alone, so a challenge of the previous run still MACed after a restart: with
+    the ``nonces`` rows deleted, a copied SUBSCRIBE replayed within the challenge's lifetime (60 s) where the
+    transport has no sessions (MemoryTransport; ZeroMQ binds challenges to the session) was admitted again
+    (SubscriberAdmitted, resubscribed).  The challenge key is now per run (SPEC 8.3): the copy fails its MAC."""
     from streams.events import SubscriberRefused
 
     got = await _replayed_subscribe(tmp_path, delete_nonces=True)

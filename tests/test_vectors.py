@@ -59,7 +59,7 @@ def test_derived_values() -> None:
     d, author, sub = V["derived"], IDS["author"], IDS["subscriber"]
     ch = bytes.fromhex(V["channel"]["id"])
     assert channel_id(author.sign_public, V["channel"]["name"]).hex() == d["channel_id"] == V["channel"]["id"]
-    key = author.derive_key(_crypto.P_CHALKEY, ch)
+    key = author.derive_key(_crypto.P_CHALKEY, ch + bytes.fromhex(d["challenge_run"]))  # (SPEC 8.3: per run)
     assert key.hex() == d["challenge_key"]
     nonce = bytes.fromhex(d["challenge_nonce"])
     mac = _crypto.mac16(key, _crypto.P_CHALLENGE, ch, nonce, d["challenge_expires_ms"].to_bytes(8, "big"))

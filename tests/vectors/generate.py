@@ -70,6 +70,27 @@ class DetRng:
         return out[:size]
 
 
+#: The run component of the first channel's challenge key (SPEC 8.3), fixed for the vectors.
+CHALLENGE_RUN = bytes(range(64, 80))
+
+
+class RunFirst:
+    """An author core's source: ``run`` for its first draw -- the per-run component of its challenge key (SPEC 8.3),
+    which the core draws as it is made -- then ``rest``.  The draws after it are ``rest``'s own, as they were
+    before challenge keys had a run component (so no other vector moved when it came)."""
+
+    def __init__(self, run: bytes, rest: DetRng) -> None:
+        self.run: bytes | None = run
+        self.rest = rest
+
+    def __call__(self, size: int) -> bytes:
+        run, self.run = self.run, None
+        if run is None:
+            return self.rest(size)
+        assert size == len(run), "the core's first draw is no longer the challenge key's run component"
+        return run
+
+
 def deterministic_seal(rng: DetRng) -> Any:
     """``_crypto.seal`` with the ephemeral key drawn from ``rng`` (libsodium's sealed box construction)."""
 
@@ -123,7 +144,8 @@ def _generate(out: Path) -> None:
     author = Identity.from_seed(bytes(range(32)))
     sub = Identity.from_seed(bytes(range(32, 64)))
     name = "payment-fraud-monitor"
-    acore = AuthorCore(author, name, AllowList.of([sub.did]), CoreConfig(), rng=DetRng(b"author"))
+    acore = AuthorCore(author, name, AllowList.of([sub.did]), CoreConfig(),
+                       rng=RunFirst(CHALLENGE_RUN, DetRng(b"author")))
     score = SubscriberCore(sub, author.did, acore.channel, CoreConfig(), rng=DetRng(b"subscriber"))
     frames: list[dict[str, Any]] = []
     wire: list[tuple[str, bytes]] = []
@@ -210,7 +232,8 @@ def _generate(out: Path) -> None:
 
     # Amortized chain with a checkpoint (a second channel, same identities).
     acore2 = AuthorCore(author, name + "-amortized", AllowList.of([sub.did]),
-                        CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_every=2), rng=DetRng(b"author2"))
+                        CoreConfig(signing=SigningMode.AMORTIZED, checkpoint_every=2),
+                        rng=RunFirst(bytes(16), DetRng(b"author2")))
     b2 = acore2.open_branch(sub.public)
     acore2.data_to_send()
     acore2.publish(b2, b"unsigned 1", NOW)
@@ -235,7 +258,7 @@ def _generate(out: Path) -> None:
     p1, p2, p3 = (d for _, d in seq_frames)
     tampered = bytearray(p3)
     tampered[-70] ^= 0x01  # inside the ciphertext's tag (the signature is the last 64 bytes)
-    other_channel = AuthorCore(author, "another-channel", AllowList(), rng=DetRng(b"other"))
+    other_channel = AuthorCore(author, "another-channel", AllowList(), rng=RunFirst(bytes(16), DetRng(b"other")))
     ob = other_channel.open_branch(sub.public)
     other_channel.data_to_send()
     other_channel.publish(ob, b"foreign", NOW)
@@ -294,7 +317,8 @@ def _generate(out: Path) -> None:
         "channel": {"name": name, "id": acore.channel.hex(), "author_sign": author.sign_public.hex()},
         "derived": {
             "channel_id": channel_id(author.sign_public, name).hex(),
-            "challenge_key": author.derive_key(_crypto.P_CHALKEY, acore.channel).hex(),
+            "challenge_run": CHALLENGE_RUN.hex(),
+            "challenge_key": author.derive_key(_crypto.P_CHALKEY, acore.channel + CHALLENGE_RUN).hex(),
             "challenge_nonce": challenge.nonce.hex(),
             "challenge_expires_ms": challenge.expires_ms,
             "challenge_mac": challenge.mac.hex(),
