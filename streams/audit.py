@@ -17,7 +17,8 @@ every chain the party may read:
   confirmed;
 * no chain of the party's own is stopped by a conflict the author's signed ACK showed (``chain_conflicts``,
   :class:`~streams.events.ChainConflict`: the store is older than the chain it publishes, or another holder of
-  the key published there -- its party must not publish from it);
+  the key published there -- its party must not publish from it); a stop row deleted, edited or added in the
+  file is bound to its branch's sealed record, and fails the audit as that record altered;
 * with a ledger that can be listed (the embedded one), every checkpoint of this channel the author signed on
   it: none may differ from one the store holds for its epoch, and for an author store none may be of an epoch
   the store does not hold (a store restored from a stale copy: its party would sign a second history).

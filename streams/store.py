@@ -19,8 +19,9 @@ metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the ass
 (an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, or a record, tells it from a
 wrong passphrase);
 a branch record's fields but for its grant frames (signed by the author, checked against the bound ``grant_hash``
-and epoch where used) are the associated data of its sealed keys (an edit: :class:`StorageError` where the record
-is loaded, or read back while the party runs -- :meth:`Store.branch_extras` -- naming it).  The author's
+and epoch where used), and the branch's publishing stops (its ``chain_conflicts`` rows, below), are the associated
+data of its sealed keys (an edit: :class:`StorageError` where the record is loaded, or read back while the party
+runs -- :meth:`Store.branch_extras` -- naming it).  The author's
 ANNOUNCE a subscriber keeps (``announce``) is a signed frame: its signature by the bound ``author_did``, for the
 bound ``channel``, is checked where it is read (:meth:`Store.meta`).  These cost nothing per message: the seed at
 the open, a record when it is written (a grant, a re-key, a close) or read back (a re-check, a re-subscription).
@@ -29,8 +30,8 @@ on first open: an edit made before the upgrade cannot be told apart -- and older
 open it afterwards (as a wrong passphrase).  That happens once: an upgraded store whose seed row is put back from
 a copy from before the upgrade is refused (the ``check`` row, or any record sealed the new way, shows the
 upgrade); a whole older copy, edited, still opens as an older store would.  Not authenticated: cursors, the log
-(signed frames), and the other tables; nor is replacing the file, or rows of it, with an older genuine copy
-(rollback) detected.
+(signed frames), and the other tables but ``chain_conflicts``; nor is replacing the file, or rows of it, with an
+older genuine copy (rollback) detected.
 
 Every ``sqlite3`` error is translated to :class:`~streams.errors.StorageError` where it enters.  A failed commit
 leaves the file as it was before the transaction; the driver must then close (the in-memory core is ahead of the
@@ -103,9 +104,24 @@ ACK showed it to conflict with the author's copy (SPEC 12: the store is older th
 on publishing there outlives the process.  It is the :attr:`~streams.core.ChainRecord.conflict` of the chain's
 record, kept out of ``chains`` because it is rare: a row is written or deleted only in a commit whose chain record
 changes it.  It was added as the tables above were: a store written before has none, and opens without a
-conflict.  An older version of this code opening a store written since ignores the table (downgrades are not
-supported): a stop kept there holds in none of its runs, and one it lifts stays in the table for the next
-version to find.
+conflict.
+
+The stops are bound to their branch's record (THREATS 1: whoever deletes the row without the passphrase would
+have the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row
+could not show a deletion): the record's keys are sealed under its fields *and* its branch's stops
+(:func:`_record_ad`; a record with no stop exactly as before), and a commit that sets, changes or lifts a stop
+seals the record again in the same transaction (rare: one record).  A stop row deleted, edited or added is then
+:class:`StorageError` "branch record ... was altered" where the record is loaded (the party's open, ``streams
+status``, ``streams audit``'s finding), never a silent publish.  A stop of a branch that has no record is bound to
+nothing (nothing reads it).  The metadata row ``stops`` (a sealed empty secret) says the store binds them; a store
+written before has none: its records were sealed without their stops, so there a record that opens only so is
+taken as found and bound in the open (:meth:`Store._bind_stops`, trust on first open, under the store's lock: not
+while a party of the earlier version runs, which would go on writing stops unbound; that open reads it as found).
+Residual: whoever deletes that row too makes the store look written before, so a stop row *added* then is bound
+in the next open as genuine -- a stop nobody set (its member no longer publishes on the branch until the author
+gives its write back); a deleted or edited stop is refused all the same (its record was sealed with it).  An
+older version of this code (downgrades are not supported) refuses the record of a branch whose stop was bound as
+altered, and ignores the table otherwise.
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
@@ -247,6 +263,9 @@ _BRANCH_ID_SIZE = 16  #: (wire.py: a branch id on the wire; the core makes 16 ra
 _ROLLED_BACK = ("{} was altered: its seed is sealed the older way but the store was upgraded (its seed rolled back "
                 "to a copy from before the upgrade); restore a backup")
 _CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
+#: An empty secret, the ``stops`` metadata row: this store's branch records bind their publishing stops
+#: (:func:`_record_ad`); written at the create, or at the first open of a store written before.
+_STOPS_AD = b"streams.store.stops"
 #: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
 _BOUND = ("role", "channel", "author_did", "name", "did")
 
@@ -263,6 +282,21 @@ def _keys_ad(bid: bytes, v: list[Any]) -> bytes:
     again, as for a damaged ``grants`` row, instead of refusing the whole record.  Computed only when a record is
     written (a grant, a re-key, a close: not per message) or loaded."""
     return b"streams.store.keys.2" + bid + _pack(v[:4] + v[5:7] + v[8:11] + v[12:])
+
+
+def _record_ad(bid: bytes, v: list[Any], stops: list[list[int]]) -> bytes:
+    """The associated data a branch record's keys are sealed under: :func:`_keys_ad`, and the branch's publishing
+    stops (its ``chain_conflicts`` rows, ``[publisher, seq]`` in order) if it has any (SPEC 12; THREATS 1: a row
+    deleted, edited or added without the passphrase no longer matches the record, and a deletion is what a MAC of
+    its own could not show).  A record with no stop is sealed exactly as before stops were bound.  msgpack is
+    prefix-free: the fields packed are a whole value, so no other record's fields can run into the stops."""
+    ad = _keys_ad(bid, v)
+    return ad + _pack(["chain_conflicts", stops]) if stops else ad
+
+
+def _stops_of(conflicts: dict[tuple[bytes, int], int], bid: bytes) -> list[list[int]]:
+    """The publishing stops of branch ``bid`` in ``conflicts`` ((branch, publisher) -> seq), as bound."""
+    return sorted([p, s] for (b, p), s in conflicts.items() if b == bid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +510,7 @@ class Store:
         }
         meta["seed"] = seal_secret(key, identity.export_seed(), _seed_ad(meta))
         meta["check"] = seal_secret(key, b"", _CHECK_AD)
+        meta["stops"] = seal_secret(key, b"", _STOPS_AD)
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
         _check_new(p)  # (before the lock: a store that runs is "already exists", not "in use")
@@ -525,6 +560,7 @@ class Store:
             raise
         store = cls(conn, p, key, identity, durable=durable)
         store._meta = meta
+        store._stops_bound = True
         store._created = (made, there)
         store._lock_fd = lock_fd
         store._fds.append(lock_fd)
@@ -552,13 +588,68 @@ class Store:
             raise
         store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
         store._meta = meta
-        if older:
-            try:
+        try:
+            store._stops_bound = store._stops_marker()
+            if older:
                 store._upgrade(seed)
-            except BaseException:
-                store.close()
-                raise
+            elif not store._stops_bound:
+                store._bind_stops()
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def _stops_marker(self) -> bool:
+        """Whether the store's branch records bind their publishing stops (its ``stops`` row; absent in a store
+        written before they were bound).  Raises :class:`StorageError` if the row does not open (altered)."""
+        marker = self._meta.get("stops")
+        if marker is None:
+            return False
+        try:
+            open_secret(self._key, marker, _STOPS_AD)
+        except KeystoreError:
+            raise StorageError(f"{self.path}: its metadata row 'stops' was altered (it does not open under the "
+                               "passphrase)") from None
+        return True
+
+    def _bind_stops(self) -> None:
+        """Bind the publishing stops of a store written before they were bound (no ``stops`` row), in one
+        transaction: seal each record that has a ``chain_conflicts`` row again with its stops, and add the row;
+        from then on a stop row deleted, edited or added is refused.  Trust on first open, as :meth:`_upgrade`:
+        a row deleted or added before cannot be told from the genuine state.  Skipped (the store is read as
+        found, and bound at a later open) while another party holds the store's lock -- a party of the earlier
+        version would go on writing stops unbound -- or if a record does not open (the load reports it)."""
+        try:
+            fd = _take_lock(self._abs_path, self.path)
+        except StorageError:
+            return
+        try:
+            try:
+                conflicts = self._chain_conflicts()
+            except StorageError:
+                return  # (a damaged row: StorageError where it is read, as before)
+            rows = []
+            for bid in sorted({b for b, _ in conflicts}):
+                found = self._q("SELECT rec FROM branches WHERE id = ?", (bid,))
+                if not found:
+                    continue  # (no record to bind it to: nothing reads that stop)
+                try:
+                    v, keys = self._unseal_branch(bid, found[0][0])
+                except (StorageError, ValueError, LookupError, TypeError):
+                    return
+                v[7] = seal_secret(self._key, keys, _record_ad(bid, v, _stops_of(conflicts, bid)))
+                rows.append((_pack(v), bid))
+            marker = seal_secret(self._key, b"", _STOPS_AD)
+            try:
+                with _tx(self._conn):
+                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('stops', ?)", (_pack(marker),))
+                    self._conn.executemany("UPDATE branches SET rec = ? WHERE id = ?", rows)
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
+            self._meta = {**self._meta, "stops": marker}
+            self._stops_bound = True
+        finally:
+            os.close(fd)
 
     def _upgrade(self, seed: bytes) -> None:
         """:meth:`_authenticate`, under the store's lock: a party of the earlier version that still runs on the
@@ -651,6 +742,8 @@ class Store:
         meta = dict(self._meta)
         meta["seed"] = seal_secret(self._key, seed, _seed_ad(meta))
         meta["check"] = seal_secret(self._key, b"", _CHECK_AD)
+        meta["stops"] = seal_secret(self._key, b"", _STOPS_AD)
+        conflicts = self._chain_conflicts()
         rows = []
         for bid, rec in self._q("SELECT id, rec FROM branches"):
             try:
@@ -665,7 +758,7 @@ class Store:
                 if type(bid) is not bytes or len(bid) != _BRANCH_ID_SIZE:
                     raise ValueError("a branch id is 16 bytes")
                 keys = open_secret(self._key, v[7], _KEYS_AD_OLD + bid)
-                v[7] = seal_secret(self._key, keys, _keys_ad(bid, v))
+                v[7] = seal_secret(self._key, keys, _record_ad(bid, v, _stops_of(conflicts, bid)))
             except (ValueError, LookupError, TypeError, KeystoreError) as exc:
                 raise StorageError(f"branch record {bid.hex() if isinstance(bid, bytes) else '?'} in {self.path} "
                                    "is corrupted, or " + _ROLLED_BACK.format("the store")) from exc
@@ -673,11 +766,12 @@ class Store:
         try:
             with _tx(self._conn):
                 self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                       [(k, _pack(meta[k])) for k in ("seed", "check")])
+                                       [(k, _pack(meta[k])) for k in ("seed", "check", "stops")])
                 self._conn.executemany("UPDATE branches SET rec = ? WHERE id = ?", [(r, b) for b, r in rows])
         except sqlite3.Error as exc:
             raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
         self._meta = meta
+        self._stops_bound = True
         log.warning("store %s was written before its metadata and branch records were authenticated: they are "
                     "now, trusted as found", self.path)
 
@@ -708,8 +802,16 @@ class Store:
         if not changes and not delivered:
             return
         chains: dict[tuple[bytes, int], ChainRecord] = {(c.branch, c.publisher): c for c in changes.chains}
-        known = self._chain_conflicts() if chains else {}
+        known = self._chain_conflicts() if chains or changes.branches else {}
         conflicts = [r for r in chains.values() if r.conflict != known.get((r.branch, r.publisher), 0)]
+        after = dict(known)  # the stops once this commit is durable
+        for r in conflicts:
+            if r.conflict:
+                after[(r.branch, r.publisher)] = r.conflict
+            else:
+                after.pop((r.branch, r.publisher), None)
+        resealed = self._reseal_stops({r.branch for r in conflicts} - {b.id for b in changes.branches}, known,
+                                      after)
         try:
             with _tx(self._conn):
                 c = self._conn
@@ -717,7 +819,7 @@ class Store:
                     c.execute("INSERT OR REPLACE INTO meta VALUES ('announce', ?)", (_pack(changes.announce),))
                 if changes.branches:
                     c.executemany("INSERT OR REPLACE INTO branches VALUES (?, ?)",
-                                  [(b.id, self._seal_branch(b)) for b in changes.branches])
+                                  [(b.id, self._seal_branch(b, _stops_of(after, b.id))) for b in changes.branches])
                     # The grants a re-key replaced join the branch's grant history, one row each (written once,
                     # not with every later rewrite of the record).
                     history = _history_rows(changes.branches)
@@ -727,6 +829,9 @@ class Store:
                     c.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?)",
                                   [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()])
                 if conflicts:
+                    # A stop set, changed or lifted is bound into its branch's record in the same transaction
+                    # (_record_ad): rare, one record sealed again.
+                    c.executemany("UPDATE branches SET rec = ? WHERE id = ?", resealed)
                     c.executemany("INSERT OR REPLACE INTO chain_conflicts VALUES (?, ?, ?)",
                                   [(r.branch, r.publisher, r.conflict) for r in conflicts if r.conflict])
                     c.executemany("DELETE FROM chain_conflicts WHERE branch = ? AND publisher = ?",
@@ -756,11 +861,8 @@ class Store:
             raise StorageError(f"commit to {self.path} failed: writing {self._frames_path}: {_reason(exc)}"
                                ) from exc
         self.commits += 1
-        for r in conflicts:  # (only once the transaction holds them)
-            if r.conflict:
-                known[(r.branch, r.publisher)] = r.conflict
-            else:
-                known.pop((r.branch, r.publisher), None)
+        if conflicts:  # (only once the transaction holds them)
+            self._conflicts = after
         if changes.log and not self._ck_kicked:
             self._ck_kicked = True
             _CHECKPOINTER.kick(self)
@@ -867,6 +969,25 @@ class Store:
         leaves = bytes(r[3])
         return AnchorRow(r[0], bytes(r[1]), heads,
                          [leaves[i:i + 32] for i in range(0, len(leaves), 32)], r[4], r[5])
+
+    def _reseal_stops(self, branches: set[bytes], before: dict[tuple[bytes, int], int],
+                      after: dict[tuple[bytes, int], int]) -> list[tuple[bytes, bytes]]:
+        """``(rec, id)`` of the stored records of ``branches`` sealed again under the stops ``after`` (they open
+        under those ``before``): for a commit that changes a branch's stops without writing its record.  A branch
+        with no record is left out (nothing to bind the stop to: no record, nothing reads it).  Raises
+        :class:`StorageError` if a record was altered or is corrupted: the commit must not seal it as genuine."""
+        out = []
+        for bid in sorted(branches):
+            found = self._q("SELECT rec FROM branches WHERE id = ?", (bid,))
+            if not found:
+                continue
+            try:
+                v, keys = self._unseal_branch(bid, found[0][0], _stops_of(before, bid))
+            except (ValueError, LookupError, TypeError) as exc:
+                raise StorageError(f"branch record {bid.hex()} in {self.path} is corrupted") from exc
+            v[7] = seal_secret(self._key, keys, _record_ad(bid, v, _stops_of(after, bid)))
+            out.append((_pack(v), bid))
+        return out
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         self._check_open()
@@ -1106,6 +1227,9 @@ class Store:
     # -- internals -----------------------------------------------------------------------------------------------
 
     _meta: dict[str, Any]
+    #: The branch records bind their publishing stops (the ``stops`` row opens): one that does not is refused.
+    #: Else (a store written before) a record may be sealed without its stops, as then, until _bind_stops.
+    _stops_bound = False
     #: (database made, suffixes of the side files there before): from create
     _created: tuple[bool, set[str]] | None = None
 
@@ -1212,28 +1336,40 @@ class Store:
                                      os.POSIX_FADV_DONTNEED)
                 self._frames_dropped = drop_to
 
-    def _seal_branch(self, b: BranchRecord) -> bytes:
+    def _seal_branch(self, b: BranchRecord, stops: list[list[int]]) -> bytes:
+        """The stored form of ``b``, its keys sealed under its fields and its publishing ``stops``
+        (:func:`_record_ad`: those it has once the commit that writes it is durable)."""
         # The record keeps no grant history: its earlier grants go to the ``grants`` table (commit).
         v: list[Any] = [b.id, b.epoch, b.mode, b.grant_hash, b.grant_frame, b.me, [list(m) for m in b.members],
                         None, b.state, b.peer_did, b.evidence, [], [list(f) for f in b.former], b.tail,
                         b.tail_hash]
-        v[7] = seal_secret(self._key, _pack([list(k) for k in b.keys]), _keys_ad(b.id, v))
+        v[7] = seal_secret(self._key, _pack([list(k) for k in b.keys]), _record_ad(b.id, v, stops))
         return _pack(v)
 
-    def _unseal_branch(self, bid: bytes, rec: bytes) -> tuple[list[Any], bytes]:
-        """A stored branch record, decoded, and its keys unsealed under its binding (:func:`_keys_ad`):
-        :class:`StorageError` "was altered" if its fields no longer match its sealed keys; ValueError, LookupError
-        or TypeError for one that is not a branch record at all (the caller's "corrupted").  The id column and
+    def _unseal_branch(self, bid: bytes, rec: bytes,
+                       stops: list[list[int]] | None = None) -> tuple[list[Any], bytes]:
+        """A stored branch record, decoded, and its keys unsealed under its binding (:func:`_record_ad`; its
+        ``stops`` are the store's ``chain_conflicts`` rows of the branch unless given): :class:`StorageError`
+        "was altered" if its fields or its stops no longer match its sealed keys; ValueError, LookupError or
+        TypeError for one that is not a branch record at all (the caller's "corrupted").  The id column and
         the record are untrusted: a map, or an id of another type, is never a KeyError or AttributeError."""
         v = msgpack.unpackb(rec, raw=False)
         if type(bid) is not bytes or len(bid) != 16 or not isinstance(v, list):
             # (16 bytes: the binding names the id, and a longer one would run into the fields after it)
             raise ValueError("not a branch record")
+        if stops is None:
+            stops = _stops_of(self._chain_conflicts(), bid)
         try:
-            return v, open_secret(self._key, v[7], _keys_ad(bid, v))
+            return v, open_secret(self._key, v[7], _record_ad(bid, v, stops))
         except KeystoreError:
+            if stops and not self._stops_bound:
+                # A store written before stops were bound (no ``stops`` row): its records were sealed without
+                # them.  (With the row, an added stop row is refused here: a stop nobody set.)
+                with contextlib.suppress(KeystoreError):
+                    return v, open_secret(self._key, v[7], _keys_ad(bid, v))
             raise StorageError(f"branch record {bid.hex()} in {self.path} was altered (its fields, such as its "
-                               "members' keys, state, peer or evidence, no longer match its sealed keys)") from None
+                               "members' keys, state, peer or evidence, or the publishing stops bound to it -- "
+                               "its rows of table chain_conflicts -- no longer match its sealed keys)") from None
 
     def _open_branch(self, bid: bytes, rec: bytes) -> BranchRecord:
         name = bid.hex() if type(bid) is bytes else "?"
@@ -1740,8 +1876,13 @@ def _a_record_opens(conn: sqlite3.Connection, key: bytes) -> bool:
         return False
     for bid, rec in rows:
         try:
+            try:  # (a record with publishing stops binds them: _record_ad; the table is absent in older stores)
+                stops = sorted([p, s] for p, s in conn.execute(
+                    "SELECT publisher, seq FROM chain_conflicts WHERE branch = ?", (bid,)))
+            except sqlite3.Error:
+                stops = []
             v = msgpack.unpackb(rec, raw=False)
-            for ad in (_keys_ad(bid, v), _KEYS_AD_OLD + bid):
+            for ad in (_keys_ad(bid, v), _record_ad(bid, v, stops), _KEYS_AD_OLD + bid):
                 try:
                     open_secret(key, v[7], ad)
                     return True

@@ -159,8 +159,9 @@ async def test_an_edited_field_of_a_branch_record_makes_the_branch_refused(tmp_p
 
 def make_older(path: Path, passphrase: str = PW) -> None:
     """Rewrite a store as the code before authenticated state wrote it: the seed sealed with its name alone as
-    associated data, a branch record's keys with ``streams.store.keys`` and its id, no passphrase check.  (Done
-    with the passphrase: this plays the older version, not the attacker.)"""
+    associated data, a branch record's keys with ``streams.store.keys`` and its id, no passphrase check, no
+    ``stops`` row (its publishing stops unbound).  (Done with the passphrase: this plays the older version, not
+    the attacker.)"""
     s = Store.open(path, passphrase, durable=False)
     key, seed = s._key, s.identity.export_seed()
     records = s.load_branches()
@@ -168,7 +169,7 @@ def make_older(path: Path, passphrase: str = PW) -> None:
     with sqlite3.connect(path) as c:
         c.execute("UPDATE meta SET v = ? WHERE k = 'seed'",
                   (msgpack.packb(seal_secret(key, seed, b"streams.store.identity"), use_bin_type=True),))
-        c.execute("DELETE FROM meta WHERE k = 'check'")
+        c.execute("DELETE FROM meta WHERE k IN ('check', 'stops')")
         for b in records:
             (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (b.id,)).fetchone()
             v = msgpack.unpackb(rec, raw=False)
