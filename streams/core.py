@@ -274,9 +274,37 @@ def _proof_digest(channel: bytes, author_sign: bytes, nonce: bytes, expires_ms: 
     return _crypto.hash32(_crypto.P_PROOF, channel, author_sign, nonce, _U64.pack(expires_ms), credential)
 
 
+#: The least value of each integer field of :class:`CoreConfig`: the least one its docstring gives a meaning to.
+#: Below it the config breaks the protocol later, far from the cause -- every frame refused as too large
+#: (``max_frame``), every challenge expired at once (``challenge_ttl_ms``), a gap fetched as an empty range and
+#: never filled (``max_fetch``), a gap re-fetched at every timer tick (``fetch_retry_ms``), every peer of a
+#: batch suspended as soon as one failed a check (``peer_failures``) -- or means nothing (a hold buffer of no
+#: message, a checkpoint after no message, room for no nonce).  0 is a meaning for the intervals and windows
+#: that may be 0: no pacing, no wait (``fetch_retry_max_ms`` below ``fetch_retry_ms`` is ``fetch_retry_ms``).
+_CONFIG_FLOORS: dict[str, int] = {
+    "max_frame": 1,
+    "hold_limit": 1,
+    "challenge_ttl_ms": 1,
+    "checkpoint_every": 1,
+    "checkpoint_interval_ms": 0,
+    "max_fetch": 1,
+    "max_nonces": 1,
+    "fetch_retry_ms": 1,
+    "fetch_retry_max_ms": 0,
+    "grant_sync_interval_ms": 0,
+    "ack_interval_ms": 0,
+    "copy_window_ms": 0,
+    "peer_failures": 1,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
-    """Protocol limits and modes.  Units are in the field names."""
+    """Protocol limits and modes.  Units are in the field names.
+
+    Raises :class:`~streams.errors.LocalProtocolError`, naming the field and the value, for a field that is not
+    an integer (``signing``: not a :class:`~streams.wire.SigningMode`) or is below its least meaningful value:
+    1 for the limits, counts, ``challenge_ttl_ms`` and ``fetch_retry_ms``; 0 for the other intervals."""
 
     max_frame: int = MAX_FRAME
     """Hard limit on an encoded frame, bytes; larger frames are refused before parsing (THREATS 8)."""
@@ -327,6 +355,15 @@ class CoreConfig:
     driver hears of such peers through :meth:`take_offenders` (an endpoint suspends them).  Author only: a
     subscriber hears its author on one connection, which a relay injecting a few forgeries into the author's
     stream would share -- suspending it would drop the genuine frames around them."""
+
+    def __post_init__(self) -> None:
+        # Refused here, where the caller's mistake is, rather than met as a hang or a refusal much later.
+        for name, least in _CONFIG_FLOORS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise LocalProtocolError(f"CoreConfig.{name} must be an integer of at least {least}, not {value!r}")
+        if not isinstance(self.signing, SigningMode):
+            raise LocalProtocolError(f"CoreConfig.signing must be a SigningMode, not {self.signing!r}")
 
 
 class Outgoing(NamedTuple):

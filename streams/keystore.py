@@ -51,6 +51,7 @@ import binascii
 import contextlib
 import errno
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -63,6 +64,8 @@ import nacl.pwhash.argon2id as _argon2id
 from . import _crypto
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, VerificationError
 from .identity import Identity, public_key_from_did
+
+log = logging.getLogger("streams.keystore")
 
 __all__ = [
     "DEFAULT_MEMLIMIT",
@@ -300,7 +303,18 @@ def _read(path: str | os.PathLike[str]) -> _Parsed:
         raise KeystoreError(f"keystore {os.fspath(path)} is not a regular file")
     if len(data) > _MAX_FILE:
         raise KeystoreError(f"keystore file {os.fspath(path)} is too large")
-    return _parse(data)
+    parsed = _parse(data)
+    _warn_if_exposed(log, "keystore", os.fspath(path), mode)
+    return parsed
+
+
+def _warn_if_exposed(logger: logging.Logger, what: str, path: str, mode: int) -> None:
+    """Log a warning if a file of secrets (a keystore, a store: both made 0600) has group or other permission bits
+    set.  Not refused: its secrets are sealed, but the seal is only as strong as the passphrase against offline
+    guessing by whoever can copy the file (THREATS 9).  The warning names the path and mode, nothing of the file."""
+    if mode & 0o077:
+        logger.warning("%s %s is open to group or others (mode %04o): whoever can read it can try passphrases "
+                       "against it offline; make it private (chmod 600)", what, path, stat.S_IMODE(mode))
 
 
 def _read_all(fd: int, limit: int) -> bytes:

@@ -177,7 +177,7 @@ from ._state import BranchState
 from .core import AnchorRecord, BranchRecord, ChainRecord, Changes, LogRecord
 from .errors import BadPassphrase, DecodeError, KeystoreError, LocalProtocolError, StorageError, VerificationError
 from .identity import Identity, PublicIdentity, public_key_from_did
-from .keystore import _passphrase_bytes, derive_key, open_secret, seal_secret
+from .keystore import _passphrase_bytes, _warn_if_exposed, derive_key, open_secret, seal_secret
 from .wire import Announce, Grant, Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["FRAME_FILE_MIN", "MEMLIMIT", "OPSLIMIT", "AnchorRow", "BackupResult", "Store", "backup"]
@@ -577,7 +577,7 @@ class Store:
         Nothing is written to a file before it is known to be a store and the passphrase opens it; a store
         written before its state was authenticated is upgraded in this open (see the module doc)."""
         p = Path(path)
-        _check_regular(p)
+        mode = _check_regular(p)
         _check_wal(p)
         conn = cls._connect(p, durable)
         try:
@@ -597,6 +597,7 @@ class Store:
         except BaseException:
             store.close()
             raise
+        _warn_if_exposed(log, "store", str(p), mode)  # (create makes its files 0600)
         return store
 
     def _stops_marker(self) -> bool:
@@ -1790,10 +1791,10 @@ def _unmake(p: Path, made: bool, there: set[str]) -> None:
             Path(f"{p}-lock").unlink()
 
 
-def _check_regular(p: Path) -> None:
+def _check_regular(p: Path) -> int:
     """Raise :class:`StorageError` unless ``p`` is a regular file (through a symlink): "no store" if there is
     nothing, "not a store" for a FIFO, a device or a directory -- SQLite, or the header read, would wait forever
-    on a FIFO for a writer."""
+    on a FIFO for a writer.  Returns its mode."""
     try:
         st = os.stat(p)
     except (FileNotFoundError, ValueError):  # ValueError: a path with a NUL byte, which names no file
@@ -1802,6 +1803,7 @@ def _check_regular(p: Path) -> None:
         raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise StorageError(f"{p} is not a store (not a regular file)")
+    return st.st_mode
 
 
 def _check_side_file(p: Path) -> None:

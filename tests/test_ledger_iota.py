@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from streams._cli._common import read_passphrase
 from streams.anchor import ANCHOR_TAG, EpochCheckpoint, build_epoch
 from streams.anchor import ChainHead as Head
 from streams.errors import (
@@ -234,6 +236,29 @@ def test_worker_death_mid_call_is_a_ledger_error_and_the_worker_restarts(node: S
         assert led.read(block_id) == (b"t", b"after crash")
     finally:
         led.close()
+
+
+@needs_sdk
+def test_the_worker_does_not_inherit_the_cli_passphrase_variable(node: StandIn,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """THREATS 9: the passphrase the CLI reads from ``--passphrase-env VAR`` stays out of the iota-sdk worker's
+    environment (readable in /proc, passed on to whatever it starts), while the caller still has it."""
+    secret = "worker-env-" + os.urandom(8).hex()
+    monkeypatch.setenv("STREAMS_TEST_WORKER_PW", secret)
+    monkeypatch.setenv("STREAMS_TEST_WORKER_PLAIN", "kept")
+    # The CLI's own read of the passphrase: how it learns which variable holds it.
+    assert read_passphrase(argparse.Namespace(passphrase_env="STREAMS_TEST_WORKER_PW", passphrase_file=None)) == secret
+    with IotaLedger(node.url, timeout=10.0, api_timeout=2.0) as led:
+        block_id = led.append(b"t", b"env")  # a worker started after the read, and serving
+        pid = led.worker_pid
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert led.read(block_id) == (b"t", b"env")
+    assert os.environ["STREAMS_TEST_WORKER_PW"] == secret  # the caller keeps it
+    assert b"STREAMS_TEST_WORKER_PLAIN=kept" in environ  # the rest of the environment is passed on
+    assert not any(secret.encode() in e or e.startswith(b"STREAMS_TEST_WORKER_PW=") for e in environ)
+    assert node.url.encode() not in cmdline  # (the URL, which may carry credentials, goes over the pipe)
 
 
 @needs_sdk

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import _secret_env
 from ..errors import LocalProtocolError, RejectReason, VerificationError
 
 __all__ = [
@@ -222,6 +223,8 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
     if isinstance(held, _Held):
         return held.value
     if args.passphrase_env:
+        # No process the library starts (the iota-sdk worker) inherits the variable: it needs no passphrase.
+        _secret_env.withhold(args.passphrase_env)
         value = os.environ.get(args.passphrase_env)
         if not value:
             if not _VARIABLE_NAME.fullmatch(args.passphrase_env):

@@ -8,7 +8,10 @@ reported here in milliseconds).
 Why a worker process: every iota-sdk call holds the GIL until the Rust side returns (measured), so calling it
 in the process that runs the event loop would stall every other task for a whole HTTP round trip or an
 outage's timeout.  :class:`IotaLedger` lives in the caller's process and only moves small messages over a
-pipe; ``iota_sdk`` is imported in the worker alone, so the ``iota`` extra is optional.
+pipe; ``iota_sdk`` is imported in the worker alone, so the ``iota`` extra is optional.  The worker is started
+with the caller's environment less the variables that hold secrets (:mod:`streams._secret_env`: the CLI's
+``--passphrase-env`` variable): the SDK never needs them (THREATS 9).  Its command line holds nothing but a file
+descriptor number: the node URL, which may carry credentials, goes over the pipe.
 
 Trust: :meth:`IotaLedger.read` fetches the raw block bytes and checks that they hash to the anchor id before
 parsing them, so a lying node cannot substitute a payload.  Confirmation (``status``) is taken from the node
@@ -21,18 +24,21 @@ the next call (or by :meth:`IotaLedger.restart`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
-import multiprocessing
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, Pipe
 from typing import Any, Final
 
+from .._secret_env import child_environment
 from ..errors import (
     ClosedResourceError,
     DecodeError,
@@ -89,6 +95,45 @@ def _sdk_installed() -> bool:
 
 
 # --- the worker (runs in its own process; the only place that imports iota_sdk) -----------------------------
+
+#: What the worker's interpreter runs (``python -c``, the pipe's descriptor as its one argument): it takes the
+#: caller's ``sys.path`` (as multiprocessing's spawn did), this module's name and the worker's arguments from the
+#: pipe, then serves.  SIGINT is ignored: the caller ends the worker (pipe closed, or killed), and a Ctrl-C meant
+#: for the caller must not print a traceback from it.
+_BOOT: Final = (
+    "import importlib, signal, sys\n"
+    "from multiprocessing.connection import Connection\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "conn = Connection(int(sys.argv[1]))\n"
+    "sys.path[:], module, args = conn.recv()\n"
+    "importlib.import_module(module)._worker_main(conn, *args)\n"
+)
+
+#: Workers running, ended at the caller's exit if still there (multiprocessing did so for its daemon processes):
+#: one stuck inside an SDK call does not notice the pipe closing.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _end(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """Wait up to ``wait_s`` for ``proc`` to exit, then kill it (stuck inside an SDK call: it cannot be
+    interrupted any other way) and reap it."""
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+@atexit.register
+def _end_all() -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        _end(proc, 0.0)
 
 
 def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
@@ -173,9 +218,8 @@ class IotaLedger:
         self._timeout = timeout
         self._api_timeout = api_timeout
         self._start_timeout = start_timeout
-        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold threads
         self._lock = threading.Lock()
-        self._proc: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._rid = 0
         self._closed = False
@@ -185,23 +229,33 @@ class IotaLedger:
     @property
     def worker_pid(self) -> int | None:
         """Process id of the current worker, if one is running."""
-        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
-            target=_worker_main, args=(child, self._url, self._api_timeout), name="streams-iota", daemon=True
-        )
-        proc.start()
-        child.close()
+        # A new interpreter (never a fork of a process that may hold threads), with an environment of its own:
+        # multiprocessing's spawn can only pass on the caller's whole environment, secrets included.
+        parent, child = Pipe(duplex=True)
+        fd = child.fileno()
+        try:
+            # -P: nothing imported from the current directory before the caller's sys.path is in place.
+            proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, str(fd)], pass_fds=(fd,),
+                                    env=child_environment(), stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            parent.close()
+            raise LedgerError("the iota-sdk worker could not be started") from exc
+        finally:
+            child.close()
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         self._proc, self._conn = proc, parent
         try:
+            parent.send((sys.path, __name__, (self._url, self._api_timeout)))
             if not parent.poll(self._start_timeout):
                 raise LedgerError("the iota-sdk worker did not start in time") from StreamsTimeoutError(
                     f"no answer in {self._start_timeout} s"
                 )
             kind, detail = parent.recv()
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError) as exc:  # (OSError: BrokenPipeError from the send, if it died at once)
             self._stop()
             raise LedgerError("the iota-sdk worker died while starting") from exc
         except LedgerError:
@@ -222,10 +276,7 @@ class IotaLedger:
                 conn.send(None)
             conn.close()
         if proc is not None:
-            proc.join(1.0)
-            if proc.is_alive():
-                proc.kill()  # stuck inside an SDK call: it cannot be interrupted any other way
-                proc.join(5.0)
+            _end(proc, 1.0)
 
     def restart(self) -> None:
         """Replace the worker process now (otherwise a dead or timed-out worker is replaced on next use)."""
@@ -239,7 +290,7 @@ class IotaLedger:
         with self._lock:
             if self._closed:
                 raise ClosedResourceError("the ledger is closed")
-            if self._proc is None or not self._proc.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 self._stop()
                 self._start()
             conn = self._conn
