@@ -3,6 +3,7 @@
     PYTHONPATH=. python fuzz/run.py --target decode_frame --runs 100000
     PYTHONPATH=. python fuzz/run.py --all --runs 150000          # one target after the other, one process at a time
     PYTHONPATH=. python fuzz/run.py --all --runs 2000 --no-save  # a quick look, results.json untouched
+    PYTHONPATH=. python fuzz/run.py --all --runs 2000 --jobs 2   # two targets at a time (one per core)
 
 Each target runs in its own child process (libFuzzer exits the process when it is done), instrumented for
 coverage over ``streams`` (and the pure-Python ``base58`` it parses DIDs with).  The child starts from the
@@ -18,6 +19,7 @@ over all targets.  The exit status is 1 if any target found a crash.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -148,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--target", action="append", help="a target name (repeatable)")
-    which.add_argument("--all", action="store_true", help="every target, one after the other")
+    which.add_argument("--all", action="store_true", help="every target, one after the other (see --jobs)")
     which.add_argument("--list", action="store_true", help="list the targets")
     p.add_argument("--runs", type=int, default=100_000, help="inputs per target (default 100000)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="targets fuzzed at once, each in its own process (default 1; at most one per core makes "
+                        "sense: libFuzzer is single-threaded)")
     p.add_argument("--no-save", action="store_true", help="do not update the results file")
     p.add_argument("--results", type=Path, default=RESULTS, help="results file (default fuzz/results.json)")
     p.add_argument("--workdir", type=Path, default=HERE, help="where work/ and artifacts/ go (default fuzz/)")
@@ -171,14 +176,24 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown target(s) {unknown}; --list shows them")
     print(f"{'target':18} {'inputs':>10} {'s':>7} {'inputs/s':>9} {'cov':>6} {'ft':>6} {'corpus':>7}  result")
-    results = []
-    for name in names:
-        r = run_target(name, a.runs, a.workdir)
-        results.append(r)
-        print(f"{name:18} {r['inputs']:>10} {r['seconds']:>7} {r['inputs_per_s']:>9} {r['coverage_edges']:>6} "
+    if a.jobs < 1:
+        p.error("--jobs must be at least 1")
+
+    def report(r: dict[str, Any]) -> None:
+        print(f"{r['target']:18} {r['inputs']:>10} {r['seconds']:>7} {r['inputs_per_s']:>9} {r['coverage_edges']:>6} "
               f"{r['features']:>6} {r['corpus_units']:>7}  {'CRASH' if r['crashed'] else 'ok'}", flush=True)
         if not a.no_save:
-            save([r], a.results)
+            save([r], a.results)  # (from this thread only: the workers below just run the child processes)
+
+    results = []
+    # Each target is a child process of its own (run_target waits for it): threads only wait, and the lines and
+    # the results file are written here, as each target finishes.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        futures = [pool.submit(run_target, name, a.runs, a.workdir) for name in names]
+        for fut in concurrent.futures.as_completed(futures):
+            r = fut.result()
+            results.append(r)
+            report(r)
     total = sum(r["inputs"] for r in results)
     secs = sum(r["seconds"] for r in results)
     print(f"{'total':18} {total:>10} {round(secs, 1):>7} {round(total / secs) if secs else 0:>9}")

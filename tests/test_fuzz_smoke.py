@@ -132,8 +132,8 @@ def test_damaged_and_random_inputs(name: str) -> None:
 def test_libfuzzer_short_run(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--all", "--runs", "1500", "--workdir", str(tmp_path),
-         "--results", str(out)],
+        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--all", "--runs", "1500", "--jobs", "2",  # one per core
+         "--workdir", str(tmp_path), "--results", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
