@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,7 @@ def test_create_refuses_a_path_that_holds_anything(tmp_path: Path) -> None:
 # exists"); then it commits again when told, and waits to be killed.
 LIVE = """
 import sys
+import threading
 from pathlib import Path
 from streams.core import Changes
 from streams.errors import LocalProtocolError, StorageError
@@ -271,6 +273,7 @@ def test_opening_a_store_again_in_its_party_s_process_keeps_its_wal(tmp_path: Pa
 # Each call on a path that holds a FIFO; prints the error's type and text (or "returned").
 ON_FIFO = """
 import sys
+import threading
 from streams.store import Store, backup
 path, call = sys.argv[1], sys.argv[2]
 try:
@@ -407,16 +410,16 @@ import json, sys
 from streams.identity import Identity
 from streams.keystore import derive_key
 from streams.store import Store
-me = Identity.from_seed(bytes([int(sys.argv[2])]) * 32)
+me = Identity.from_seed(bytes([int(sys.argv[1])]) * 32)
 derive_key("pw", bytes(16), 1, 8192)  # (warm: the race starts at create)
 print("ready", flush=True)
-sys.stdin.readline()
-try:
-    Store.create(sys.argv[1], me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1,
-                 memlimit=8192).close()
-    print(json.dumps({"ok": True}), flush=True)
-except Exception as exc:
-    print(json.dumps({"ok": False, "type": type(exc).__name__, "error": str(exc)}), flush=True)
+for line in sys.stdin:  # one trial per line: the path to create, given to both racers at once
+    try:
+        Store.create(line.rstrip("\\n"), me, "pw", role="author", channel=b"c" * 32, author_did=me.did, opslimit=1,
+                     memlimit=8192).close()
+        print(json.dumps({"ok": True}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"ok": False, "type": type(exc).__name__, "error": str(exc)}), flush=True)
 """
 
 
@@ -430,37 +433,57 @@ def test_two_processes_creating_the_same_store_at_once_leave_the_winner_s_store(
     import json
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for trial in range(25):
-        db = tmp_path / f"s{trial}.db"
-        racers = [subprocess.Popen([sys.executable, "-c", RACER, str(db), str(n)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, env=env) for n in (1, 2)]
-        try:
-            for r in racers:
-                assert r.stdout is not None and r.stdout.readline() == "ready\n"
+    # Two racer processes for all the trials (a process each per trial cost a second a trial in start-up alone).
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, env=env) for n in (1, 2)]
+    try:
+        for r in racers:
+            assert r.stdout is not None and r.stdout.readline() == "ready\n"
+        for trial in range(25):
+            db = tmp_path / f"s{trial}.db"
             for r in racers:  # the barrier: both are released at once
                 assert r.stdin is not None
-                r.stdin.write("go\n")
+                r.stdin.write(f"{db}\n")
                 r.stdin.flush()
-            outcomes = [json.loads(r.communicate(timeout=60)[0]) for r in racers]
-        finally:
-            for r in racers:
-                if r.poll() is None:
-                    r.kill()
-                    r.wait()
-        winners = [n for n, o in zip((1, 2), outcomes, strict=True) if o["ok"]]
-        assert len(winners) == 1, (trial, outcomes)
-        [loser] = [o for o in outcomes if not o["ok"]]
-        # Refused: the winner holds the store's lock ("in use"), or is done ("already exists").
-        assert ((loser["type"] == "StorageError" and "is in use" in loser["error"])
-                or (loser["type"] == "LocalProtocolError" and "already exists" in loser["error"])), (trial, outcomes)
-        try:
-            store = Store.open(db, "pw")
-        except StorageError as exc:
-            raise AssertionError(f"trial {trial}: the winner's store is gone: {exc} ({outcomes})") from None
-        try:
-            assert store.identity.did == Identity.from_seed(bytes([winners[0]]) * 32).did
-        finally:
-            store.close()
+            outcomes = [json.loads(_line(r)) for r in racers]
+            winners = [n for n, o in zip((1, 2), outcomes, strict=True) if o["ok"]]
+            assert len(winners) == 1, (trial, outcomes)
+            [loser] = [o for o in outcomes if not o["ok"]]
+            # Refused: the winner holds the store's lock ("in use"), or is done ("already exists").
+            assert ((loser["type"] == "StorageError" and "is in use" in loser["error"])
+                    or (loser["type"] == "LocalProtocolError" and "already exists" in loser["error"])), (
+                trial, outcomes)
+            try:
+                store = Store.open(db, "pw")
+            except StorageError as exc:
+                raise AssertionError(f"trial {trial}: the winner's store is gone: {exc} ({outcomes})") from None
+            try:
+                assert store.identity.did == Identity.from_seed(bytes([winners[0]]) * 32).did
+            finally:
+                store.close()
+    finally:
+        for r in racers:
+            if r.stdin is not None:
+                r.stdin.close()
+            try:
+                r.wait(10)
+            except subprocess.TimeoutExpired:
+                r.kill()
+                r.wait()
+            if r.stdout is not None:
+                r.stdout.close()
+
+
+def _line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """The next line ``proc`` writes, within ``timeout`` seconds (a racer stuck in create fails the test)."""
+    assert proc.stdout is not None
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()) if proc.stdout else None,
+                              daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got and got[0], "a racer gave no answer"
+    return got[0]
 
 
 def test_a_store_dropped_without_close_leaves_no_connection_to_its_file(tmp_path: Path) -> None:
