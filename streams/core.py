@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import heapq
 import os
 import struct
 from collections import OrderedDict
@@ -321,7 +322,8 @@ class CoreConfig:
     max_fetch: int = 1024
     """Most messages served for one FETCH request (the requester asks again for more)."""
     max_nonces: int = 100_000
-    """Most unexpired used challenge nonces remembered; beyond it new subscriptions are refused."""
+    """Most unexpired used challenge nonces remembered (one per subscription within ``challenge_ttl_ms``); beyond
+    it a SUBSCRIBE is refused BAD_CHALLENGE, which the requester retries, until used challenges expire."""
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss); so is, twice at most, a catch-up window that got no
@@ -2209,6 +2211,8 @@ class AuthorCore(_CoreBase):
         # (they are not authenticated, THREATS 1): the used-nonce check is only needed within one run.
         self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel + self._rng(_CHALLENGE_RUN_LEN))
         self._used_nonces: dict[bytes, int] = {}
+        #: (expires_ms, nonce) of every used nonce, a heap: the expired ones are dropped oldest first (_remember_nonce).
+        self._nonce_expiry: list[tuple[int, bytes]] = []
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         #: Each recipient's hint key (SPEC 8.5), by its X25519 key: see :meth:`_hint_for`.
@@ -2239,6 +2243,8 @@ class AuthorCore(_CoreBase):
         older store holds; nothing relies on them.)"""
         self.load(branches, chains)
         self._used_nonces.update(nonces)
+        self._nonce_expiry = [(e, n) for n, e in self._used_nonces.items()]
+        heapq.heapify(self._nonce_expiry)
         for b in self._branches.values():
             if b.peer_did and b.state is BranchState.OPEN:
                 self._by_did[b.peer_did] = b.id
@@ -2309,6 +2315,14 @@ class AuthorCore(_CoreBase):
             events.append(SubscriberRefused("", "challenge forged, expired or already used"))
             self._refuse(peer, frame.hash, RejectReason.BAD_CHALLENGE)
             raise _Reject(RejectReason.BAD_CHALLENGE, "challenge forged, expired or already used")
+        self._drop_expired_nonces(now_ms)
+        if len(self._used_nonces) >= self.config.max_nonces:
+            # THREATS 8: anyone who makes key pairs can answer challenges with valid proofs, each nonce kept for
+            # the challenge's lifetime.  Beyond the bound: refused before any signature check, nothing kept; a
+            # refusal to ask again for (BAD_CHALLENGE) -- room comes back as the used challenges expire.
+            events.append(SubscriberRefused("", "too many subscriptions within the challenge lifetime (max_nonces)"))
+            self._refuse(peer, frame.hash, RejectReason.BAD_CHALLENGE)
+            raise _Reject(RejectReason.BAD_CHALLENGE, "too many subscriptions within the challenge lifetime")
         # 2. Proof of control of the DID over this channel, this author and this challenge.
         digest = _proof_digest(self._channel, self._id.sign_public, secret.nonce, secret.expires_ms,
                                secret.credential)
@@ -2369,11 +2383,18 @@ class AuthorCore(_CoreBase):
         f = encode_frame(Admit(self._channel, request, branch, epoch), b"", self._id.sign)
         self._out.append(Outgoing(f.raw, peer=peer))
 
+    def _drop_expired_nonces(self, now_ms: int) -> None:
+        """Forget the used nonces whose challenges expired (a SUBSCRIBE answering one is refused as expired
+        anyway), oldest first: each is dropped once, whatever order the challenges were answered in."""
+        heap, used = self._nonce_expiry, self._used_nonces
+        while heap and heap[0][0] < now_ms:
+            _, n = heapq.heappop(heap)
+            used.pop(n, None)
+
     def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
-        if len(self._used_nonces) >= self.config.max_nonces:
-            for n in [n for n, e in self._used_nonces.items() if e < now_ms]:
-                del self._used_nonces[n]
+        """Keep a used nonce until its challenge expires (the caller checked the bound, ``max_nonces``)."""
         self._used_nonces[nonce] = expires_ms
+        heapq.heappush(self._nonce_expiry, (expires_ms, nonce))
         self._changes.nonces.append((nonce, expires_ms))
 
     # -- branches ------------------------------------------------------------------------------------------------
