@@ -261,6 +261,55 @@ def test_the_worker_does_not_inherit_the_cli_passphrase_variable(node: StandIn,
     assert node.url.encode() not in cmdline  # (the URL, which may carry credentials, goes over the pipe)
 
 
+#: A caller of its own (a `streams serve`, say): warms its worker up, prints its pid, then on a line of stdin makes
+#: a call the stalled node holds.
+_CALLER = """
+import sys
+from streams.ledger.iota import IotaLedger
+led = IotaLedger(sys.argv[1], timeout=3600.0, api_timeout=3600.0)
+led.status(led.append(b"t", b"warm"))
+print(led.worker_pid, flush=True)
+sys.stdin.readline()
+led.status("0x" + "cd" * 32)
+"""
+
+
+@needs_sdk
+def test_a_worker_whose_caller_was_killed_during_a_call_ends_quietly_when_the_call_returns(node: StandIn) -> None:
+    """The caller is killed (-9) while its worker is inside an SDK call: when the call returns, its answer has
+    nowhere to go, and the worker ends -- without a traceback (BrokenPipeError) on the stderr it shares with its
+    caller (a terminal, a service's journal).  The same answer comes too late after a call's timeout, while the
+    caller lives on, when the SDK returns within the second the caller gives the worker before killing it."""
+    root = Path(__file__).resolve().parent.parent
+    caller = subprocess.Popen([sys.executable, "-c", _CALLER, node.url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert caller.stdin is not None and caller.stdout is not None
+        worker = int(caller.stdout.readline())
+        node.admin("/admin/stall", {"on": True})
+        try:
+            caller.stdin.write("go\n")
+            caller.stdin.flush()
+            deadline = time.monotonic() + 60
+            while not any(p.endswith("/metadata") for p in node.admin("/admin/stats")["held"]):
+                assert time.monotonic() < deadline, "the worker's request never reached the node"
+                time.sleep(0.02)  # until the worker is inside the SDK call
+            caller.kill()  # (our own subprocess)
+            caller.wait(10)
+        finally:
+            node.admin("/admin/stall", {"on": False})
+        # Until EOF: the worker inherited the caller's stdout and stderr, so this returns once it has ended too.
+        _, err = caller.communicate(timeout=60)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait(10)
+    stat = Path(f"/proc/{worker}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # ended (a zombie at most)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 @needs_sdk
 def test_a_worker_killed_while_idle_is_replaced_on_next_use(ledger: IotaLedger) -> None:
     ledger.status(ledger.append(b"t", b"warm"))
