@@ -261,6 +261,32 @@ def test_the_worker_does_not_inherit_the_cli_passphrase_variable(node: StandIn,
     assert node.url.encode() not in cmdline  # (the URL, which may carry credentials, goes over the pipe)
 
 
+@needs_sdk
+def test_the_demo_providers_passphrase_variable_is_kept_from_the_worker_too(node: StandIn, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A demo provider (``python -m streams._demo_proc ... --passphrase-env VAR --ledger iota:URL``) reads its
+    passphrase from the environment itself, not through the CLI's read_passphrase: the variable must be kept
+    from the iota-sdk worker its ledger starts as well (THREATS 9)."""
+    from streams import _demo_proc
+
+    secret = "demo-worker-env-" + os.urandom(8).hex()
+    monkeypatch.setenv("STREAMS_TEST_DEMO_PW", secret)
+    monkeypatch.chdir(tmp_path)
+    # It reads the passphrase and opens the ledger, then stops at the author's DID (not a key): enough here.
+    assert _demo_proc.main(["--store", "p.db", "--keystore", "p.ks", "--connect", "tcp://127.0.0.1:9", "--author",
+                            "did:key:z6Mk", "--channel", "00" * 32, "--passphrase-env", "STREAMS_TEST_DEMO_PW",
+                            "--ledger", f"iota:{node.url}"]) == 2
+    assert "--author" in capsys.readouterr().out
+    with IotaLedger(node.url, timeout=10.0, api_timeout=2.0) as led:  # a worker this process starts from now on
+        led.append(b"t", b"demo env")
+        pid = led.worker_pid
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert os.environ["STREAMS_TEST_DEMO_PW"] == secret
+    assert not any(secret.encode() in e or e.startswith(b"STREAMS_TEST_DEMO_PW=") for e in environ)
+
+
 #: A caller of its own (a `streams serve`, say): warms its worker up, prints its pid, then on a line of stdin makes
 #: a call the stalled node holds.
 _CALLER = """
