@@ -287,6 +287,24 @@ def test_the_demo_providers_passphrase_variable_is_kept_from_the_worker_too(node
     assert not any(secret.encode() in e or e.startswith(b"STREAMS_TEST_DEMO_PW=") for e in environ)
 
 
+@needs_sdk
+def test_the_worker_runs_with_the_interpreter_flags_of_its_caller(node: StandIn) -> None:
+    """The worker is the caller's interpreter run as the caller's was, as multiprocessing's spawn made it: a caller
+    run with -E (or -I: the environment's PYTHON* variables ignored, as a service's interpreter may be) must not get
+    a worker that obeys them.  Here PYTHONPROFILEIMPORTTIME, which makes an interpreter that obeys it print its
+    imports on stderr -- the stderr the worker shares with its caller."""
+    root = Path(__file__).resolve().parent.parent
+    caller = (f"import sys; sys.path.insert(0, {str(root)!r})\n"  # (-E: PYTHONPATH is ignored too)
+              "from streams.ledger.iota import IotaLedger\n"
+              "with IotaLedger(sys.argv[1], timeout=10.0, api_timeout=2.0) as led:\n"
+              "    print(led.read(led.append(b't', b'flags')))\n")
+    out = subprocess.run([sys.executable, "-E", "-c", caller, node.url], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "(b't', b'flags')\n"
+    assert "import time:" not in out.stderr, out.stderr[:2000]
+
+
 #: A caller of its own (a `streams serve`, say): warms its worker up, prints its pid, then on a line of stdin makes
 #: a call the stalled node holds.
 _CALLER = """

@@ -251,8 +251,12 @@ class IotaLedger:
         parent, child = Pipe(duplex=True)
         fd = child.fileno()
         try:
-            # -P: nothing imported from the current directory before the caller's sys.path is in place.
-            proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, str(fd)], pass_fds=(fd,),
+            # The caller's interpreter flags (-I, -E, -s, -O, -W..., -X...), as multiprocessing's spawn passed
+            # them (with this same helper): a caller run with -E or -I ignores the environment's PYTHON*
+            # variables, and so must its worker.  -P: nothing imported from the current directory before the
+            # caller's sys.path is in place.
+            flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+            proc = subprocess.Popen([sys.executable, *flags, "-P", "-c", _BOOT, str(fd)], pass_fds=(fd,),
                                     env=child_environment(), stdin=subprocess.DEVNULL)
         except OSError as exc:
             parent.close()
