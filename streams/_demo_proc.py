@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 
+from . import _secret_env
 from ._cli._transport import load_zmq
 from ._cli.channel import (
     LinePrinter,
@@ -61,6 +62,9 @@ async def _command(sub: Subscriber, branch: bytes, line: bytes, out: LinePrinter
 async def run(args: argparse.Namespace) -> int:
     """Subscribe, then follow stdin commands until EOF or a signal.  Returns the exit status."""
     out = LinePrinter(as_json=True)
+    # As the CLI's read_passphrase does: no process started from here (the iota-sdk worker of an iota: ledger)
+    # inherits the variable -- it needs no passphrase (THREATS 9).
+    _secret_env.withhold(args.passphrase_env)
     passphrase = os.environ.get(args.passphrase_env, "")
     if not passphrase:
         out.emit({"event": "error", "error": f"{args.passphrase_env} is unset", "type": "UsageError"})

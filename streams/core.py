@@ -297,6 +297,11 @@ _CONFIG_FLOORS: dict[str, int] = {
     "copy_window_ms": 0,
     "peer_failures": 1,
 }
+#: The greatest value of the fields that the wire carries as a u64 once added to a clock reading or a sequence
+#: number: ``challenge_ttl_ms`` (a challenge's ``expires_ms``, SPEC 8.3) and ``max_fetch`` (a FETCH's ``to_seq``).
+#: Above it the sum could overflow the encoding, which raised ``struct.error`` out of :meth:`_CoreBase.receive`
+#: (at the first HELLO, anyone's) or out of a catch-up, rather than a config error here.
+_CONFIG_CEILINGS: dict[str, int] = {"challenge_ttl_ms": (1 << 63) - 1, "max_fetch": (1 << 63) - 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +310,9 @@ class CoreConfig:
 
     Raises :class:`~streams.errors.LocalProtocolError`, naming the field and the value, for a field that is not
     an integer (``signing``: not a :class:`~streams.wire.SigningMode`) or is below its least meaningful value:
-    1 for the limits, counts, ``challenge_ttl_ms`` and ``fetch_retry_ms``; 0 for the other intervals."""
+    1 for the limits, counts, ``challenge_ttl_ms`` and ``fetch_retry_ms``; 0 for the other intervals -- or, for
+    ``challenge_ttl_ms`` and ``max_fetch`` (carried as a u64 on the wire once added to a time or a seq), above
+    ``2**63 - 1``."""
 
     max_frame: int = MAX_FRAME
     """Hard limit on an encoded frame, bytes; larger frames are refused before parsing (THREATS 8)."""
@@ -364,6 +371,10 @@ class CoreConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise LocalProtocolError(f"CoreConfig.{name} must be an integer of at least {least}, not {value!r}")
+        for name, most in _CONFIG_CEILINGS.items():
+            value = getattr(self, name)
+            if value > most:
+                raise LocalProtocolError(f"CoreConfig.{name} must be at most {most}, not {value!r}")
         if not isinstance(self.signing, SigningMode):
             raise LocalProtocolError(f"CoreConfig.signing must be a SigningMode, not {self.signing!r}")
 

@@ -20,7 +20,7 @@ Test controls (not part of the Stardust API): ``POST /admin/outage {"on": bool}`
 else while on; ``POST /admin/milestones {"paused": bool}`` stops issuing milestones;
 ``POST /admin/stall {"on": bool}`` holds every API request unanswered (up to 30 s) while on;
 ``GET /admin/blocks/{id}/raw-hash`` returns the hash the node computed over the bytes it received;
-``GET /admin/stats`` lists the Content-Type of every block POST.
+``GET /admin/stats`` lists the Content-Type of every block POST and the paths of the requests the stall holds.
 
 Not modelled: gossip, PoW scoring, transactions/outputs, the indexer, real milestone signatures (the
 signature fields have the right shape; the client does not verify them).
@@ -136,6 +136,7 @@ class Node:
         # cleared: API requests stall (a node that accepts connections but never answers)
         self.flowing = threading.Event()
         self.flowing.set()
+        self.held: list[str] = []  # paths of the API requests held by the stall now
         self.started = int(time.time())
         self.issue_milestone(force=True)  # milestone 1, so the node is synced from the start
 
@@ -238,7 +239,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stall(self) -> None:
         if not self.path.startswith("/admin/"):
-            self.node.flowing.wait(30)
+            with self.node.lock:
+                self.node.held.append(self.path)
+            try:
+                self.node.flowing.wait(30)
+            finally:
+                with self.node.lock:
+                    self.node.held.remove(self.path)
 
     def do_POST(self) -> None:
         node = self.node
@@ -328,7 +335,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {k: v for k, v in ms.items() if not k.startswith("_")})
         if path == "/admin/stats":
             with node.lock:
-                return self._send(200, {"postContentTypes": node.post_types, "blocks": len(node.blocks)})
+                return self._send(200, {"postContentTypes": node.post_types, "blocks": len(node.blocks),
+                                        "held": list(node.held)})
         if parts[:2] == ["admin", "blocks"] and len(parts) == 4 and parts[3] == "raw-hash":
             block_id = self._block_id(parts[2])
             with node.lock:

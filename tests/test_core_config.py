@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from streams.core import CoreConfig
+from streams.core import CoreConfig, SubscriberCore
 from streams.errors import LocalProtocolError
-from streams.wire import SigningMode
+from streams.events import Subscribed
+from streams.wire import Challenge, Kind, SigningMode, decode_frame
+from tests.corenet import Net, ident, seeded_rng
 
 #: Each integer field and the least value it takes (see streams.core._CONFIG_FLOORS for why).
 LEAST = {
@@ -69,3 +71,33 @@ def test_a_retry_ceiling_below_the_retry_is_harmless_and_accepted() -> None:
     cfg = CoreConfig(fetch_retry_ms=5000, fetch_retry_max_ms=100)
     assert (cfg.fetch_retry_ms, cfg.fetch_retry_max_ms) == (5000, 100)
     assert CoreConfig(grant_sync_interval_ms=0, ack_interval_ms=0, copy_window_ms=0).ack_interval_ms == 0
+
+
+#: The greatest value of the fields added to a clock reading (challenge_ttl_ms: a challenge's expires_ms) or to a
+#: sequence number (max_fetch: a FETCH's to_seq) that the wire then carries as a u64.
+MOST = (1 << 63) - 1
+
+
+@pytest.mark.parametrize("name", ["challenge_ttl_ms", "max_fetch"])
+def test_a_field_the_wire_carries_as_a_u64_is_refused_above_its_greatest_value(name: str) -> None:
+    # Above it the sum overflowed the u64 and the core raised struct.error, never one of ours: an author with
+    # challenge_ttl_ms=2**64 crashed at the first HELLO, anyone's; a subscriber with max_fetch=2**64 at its catch-up.
+    assert getattr(_config(name, MOST), name) == MOST
+    for bad in (MOST + 1, 1 << 64):
+        with pytest.raises(LocalProtocolError) as info:
+            _config(name, bad)
+        assert f"CoreConfig.{name}" in str(info.value) and repr(bad) in str(info.value)
+
+
+def test_at_the_greatest_values_a_challenge_and_a_catch_up_fetch_still_encode() -> None:
+    cfg = CoreConfig(challenge_ttl_ms=MOST, max_fetch=MOST)
+    net = Net.make(n_subs=1, config=cfg)
+    net.subs["s0"] = s0 = SubscriberCore(ident(10), net.author.identity.did, net.author.channel, cfg,
+                                         rng=seeded_rng(3))
+    assert any(isinstance(e, Subscribed) for e in net.subscribe("s0"))  # the author's CHALLENGE encoded
+    challenges = [h for who, d in net.wire if who == "author" and isinstance(h := decode_frame(d).head, Challenge)]
+    assert [c.expires_ms for c in challenges] == [net.now + MOST]
+    s0.catch_up(net.now)
+    fetches = [decode_frame(o.data) for o in s0.data_to_send() if decode_frame(o.data).kind is Kind.FETCH]
+    # (the other FETCH is the grant sync, 0..0)
+    assert [f.head.to_seq - f.head.from_seq for f in fetches if f.head.to_seq] == [MOST - 1]  # type: ignore[union-attr]

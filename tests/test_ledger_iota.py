@@ -262,6 +262,99 @@ def test_the_worker_does_not_inherit_the_cli_passphrase_variable(node: StandIn,
 
 
 @needs_sdk
+def test_the_demo_providers_passphrase_variable_is_kept_from_the_worker_too(node: StandIn, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A demo provider (``python -m streams._demo_proc ... --passphrase-env VAR --ledger iota:URL``) reads its
+    passphrase from the environment itself, not through the CLI's read_passphrase: the variable must be kept
+    from the iota-sdk worker its ledger starts as well (THREATS 9)."""
+    from streams import _demo_proc
+
+    secret = "demo-worker-env-" + os.urandom(8).hex()
+    monkeypatch.setenv("STREAMS_TEST_DEMO_PW", secret)
+    monkeypatch.chdir(tmp_path)
+    # It reads the passphrase and opens the ledger, then stops at the author's DID (not a key): enough here.
+    assert _demo_proc.main(["--store", "p.db", "--keystore", "p.ks", "--connect", "tcp://127.0.0.1:9", "--author",
+                            "did:key:z6Mk", "--channel", "00" * 32, "--passphrase-env", "STREAMS_TEST_DEMO_PW",
+                            "--ledger", f"iota:{node.url}"]) == 2
+    assert "--author" in capsys.readouterr().out
+    with IotaLedger(node.url, timeout=10.0, api_timeout=2.0) as led:  # a worker this process starts from now on
+        led.append(b"t", b"demo env")
+        pid = led.worker_pid
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert os.environ["STREAMS_TEST_DEMO_PW"] == secret
+    assert not any(secret.encode() in e or e.startswith(b"STREAMS_TEST_DEMO_PW=") for e in environ)
+
+
+@needs_sdk
+def test_the_worker_runs_with_the_interpreter_flags_of_its_caller(node: StandIn) -> None:
+    """The worker is the caller's interpreter run as the caller's was, as multiprocessing's spawn made it: a caller
+    run with -E (or -I: the environment's PYTHON* variables ignored, as a service's interpreter may be) must not get
+    a worker that obeys them.  Here PYTHONPROFILEIMPORTTIME, which makes an interpreter that obeys it print its
+    imports on stderr -- the stderr the worker shares with its caller."""
+    root = Path(__file__).resolve().parent.parent
+    caller = (f"import sys; sys.path.insert(0, {str(root)!r})\n"  # (-E: PYTHONPATH is ignored too)
+              "from streams.ledger.iota import IotaLedger\n"
+              "with IotaLedger(sys.argv[1], timeout=10.0, api_timeout=2.0) as led:\n"
+              "    print(led.read(led.append(b't', b'flags')))\n")
+    out = subprocess.run([sys.executable, "-E", "-c", caller, node.url], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "(b't', b'flags')\n"
+    assert "import time:" not in out.stderr, out.stderr[:2000]
+
+
+#: A caller of its own (a `streams serve`, say): warms its worker up, prints its pid, then on a line of stdin makes
+#: a call the stalled node holds.
+_CALLER = """
+import sys
+from streams.ledger.iota import IotaLedger
+led = IotaLedger(sys.argv[1], timeout=3600.0, api_timeout=3600.0)
+led.status(led.append(b"t", b"warm"))
+print(led.worker_pid, flush=True)
+sys.stdin.readline()
+led.status("0x" + "cd" * 32)
+"""
+
+
+@needs_sdk
+def test_a_worker_whose_caller_was_killed_during_a_call_ends_quietly_when_the_call_returns(node: StandIn) -> None:
+    """The caller is killed (-9) while its worker is inside an SDK call: when the call returns, its answer has
+    nowhere to go, and the worker ends -- without a traceback (BrokenPipeError) on the stderr it shares with its
+    caller (a terminal, a service's journal).  The same answer comes too late after a call's timeout, while the
+    caller lives on, when the SDK returns within the second the caller gives the worker before killing it."""
+    root = Path(__file__).resolve().parent.parent
+    caller = subprocess.Popen([sys.executable, "-c", _CALLER, node.url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert caller.stdin is not None and caller.stdout is not None
+        worker = int(caller.stdout.readline())
+        node.admin("/admin/stall", {"on": True})
+        try:
+            caller.stdin.write("go\n")
+            caller.stdin.flush()
+            deadline = time.monotonic() + 60
+            while not any(p.endswith("/metadata") for p in node.admin("/admin/stats")["held"]):
+                assert time.monotonic() < deadline, "the worker's request never reached the node"
+                time.sleep(0.02)  # until the worker is inside the SDK call
+            caller.kill()  # (our own subprocess)
+            caller.wait(10)
+        finally:
+            node.admin("/admin/stall", {"on": False})
+        # Until EOF: the worker inherited the caller's stdout and stderr, so this returns once it has ended too.
+        _, err = caller.communicate(timeout=60)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait(10)
+    stat = Path(f"/proc/{worker}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # ended (a zombie at most)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@needs_sdk
 def test_a_worker_killed_while_idle_is_replaced_on_next_use(ledger: IotaLedger) -> None:
     ledger.status(ledger.append(b"t", b"warm"))
     pid = ledger.worker_pid

@@ -136,12 +136,23 @@ def _end_all() -> None:
         _end(proc, 0.0)
 
 
+def _answer(conn: Connection, msg: object) -> bool:
+    """Send ``msg`` to the caller; False if the caller is gone (its end closed: it gave up on this call after its
+    timeout, closed the ledger, or died).  The worker then just ends, as its caller expects -- not with a
+    BrokenPipeError traceback on the stderr it shares with the caller."""
+    try:
+        conn.send(msg)
+    except OSError:
+        return False
+    return True
+
+
 def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
     """Serve ``(rid, op, args)`` requests with one iota-sdk client until the pipe closes."""
     try:
         from iota_sdk.client.client import Client  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:
-        conn.send(("missing", repr(exc)))
+        _answer(conn, ("missing", repr(exc)))
         return
     try:
         # ignore_node_health: we talk to exactly one node, so the SDK's health-based node selection has nothing to
@@ -151,9 +162,10 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
         # anchored until a milestone references it).
         client = Client(nodes=[url], api_timeout=timedelta(seconds=api_timeout_s), ignore_node_health=True)
     except Exception as exc:  # the SDK raises bare Exceptions from Rust; report and stop
-        conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
+        _answer(conn, ("fatal", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", None))
+    if not _answer(conn, ("ready", None)):
+        return
     while True:
         try:
             msg = conn.recv()
@@ -167,9 +179,11 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
         except Exception as exc:  # every SDK failure becomes a typed reply, never a dead worker
             text = f"{type(exc).__name__}: {exc}"
             kind = "unknown" if ("404" in text or "not found" in text.lower()) else "ledger"
-            conn.send((rid, kind, text))
+            reply: tuple[Any, ...] = (rid, kind, text)
         else:
-            conn.send((rid, "ok", result))
+            reply = (rid, "ok", result)
+        if not _answer(conn, reply):
+            return
 
 
 def _serve(client: Any, op: str, args: tuple[Any, ...]) -> Any:
@@ -237,8 +251,12 @@ class IotaLedger:
         parent, child = Pipe(duplex=True)
         fd = child.fileno()
         try:
-            # -P: nothing imported from the current directory before the caller's sys.path is in place.
-            proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, str(fd)], pass_fds=(fd,),
+            # The caller's interpreter flags (-I, -E, -s, -O, -W..., -X...), as multiprocessing's spawn passed
+            # them (with this same helper): a caller run with -E or -I ignores the environment's PYTHON*
+            # variables, and so must its worker.  -P: nothing imported from the current directory before the
+            # caller's sys.path is in place.
+            flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+            proc = subprocess.Popen([sys.executable, *flags, "-P", "-c", _BOOT, str(fd)], pass_fds=(fd,),
                                     env=child_environment(), stdin=subprocess.DEVNULL)
         except OSError as exc:
             parent.close()
