@@ -277,21 +277,34 @@ def test_an_edited_or_added_chain_conflict_row_is_refused(stopped: tuple[Path, b
         st.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design limit: the 'stops' metadata row that says a store binds its stops can be deleted without the "
-    "passphrase; the store then looks written by the previous version, whose records were sealed without their "
-    "stops, and a stop row added with it is bound as genuine at the next open (trust on first open) -- a stop "
-    "nobody set: a denial of service (its member no longer publishes on that branch). Deleted or edited "
-    "stops are refused all the same. Binding the marker into the seed's associated data would close it, at the "
-    "cost of re-sealing every store's seed (no earlier version could open any store this one opened)."))
-def test_a_stop_row_added_with_the_stops_row_deleted_is_refused(stopped: tuple[Path, bytes], tmp_path: Path) -> None:
+@pytest.mark.parametrize("deleted", [("stops",), ("stops", "check")])
+def test_a_stop_row_added_with_the_stops_row_deleted_is_refused(stopped: tuple[Path, bytes], tmp_path: Path,
+                                                                deleted: tuple[str, ...]) -> None:
+    """The ``stops`` metadata row says a store binds its stops.  Deleted without the passphrase, the store looked
+    written by the previous version, whose records were sealed without their stops, and a stop row added with it
+    was bound as genuine at the next open (trust on first open): a stop nobody set, its member no longer
+    publishing on that branch (a strict xfail before).  The ``check`` row says it too now (sealed under its own
+    associated data since stops are bound): with ``stops`` deleted the store is still read as bound and the added
+    stop refused where the record is loaded; with ``check`` deleted too the open refuses (every store since
+    metadata was authenticated has one), writing nothing."""
     from streams.errors import StorageError
     from streams.store import Store
     from tests.test_stale_member import PW as PW1
 
     path = _copy(stopped, "old.db", tmp_path / "s.db")
     _attack(path, ("INSERT INTO chain_conflicts VALUES (?, 1, 4)", (stopped[1],)),
-            ("DELETE FROM meta WHERE k = 'stops'", ()))
+            *[("DELETE FROM meta WHERE k = ?", (k,)) for k in deleted])
+    if "check" in deleted:
+        with sqlite3.connect(path) as c:
+            before = list(c.execute("SELECT id, rec FROM branches"))
+        c.close()
+        with pytest.raises(StorageError, match="'check' and 'stops' were altered or deleted"):
+            Store.open(path, PW1, durable=False)
+        with sqlite3.connect(path) as c:
+            assert list(c.execute("SELECT id, rec FROM branches")) == before
+            assert list(c.execute("SELECT k FROM meta WHERE k IN ('check', 'stops')")) == []
+        c.close()
+        return
     st = Store.open(path, PW1, durable=False)
     try:
         with pytest.raises(StorageError, match="was altered"):
@@ -310,7 +323,7 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
 
     from streams.errors import ChainConflictError, StorageError
     from streams.keystore import seal_secret
-    from streams.store import Store, _keys_ad
+    from streams.store import _CHECK_AD, Store, _keys_ad
     from tests.test_stale_member import PW as PW1
     from tests.test_store_tamper import make_older
 
@@ -322,6 +335,9 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
         st.close()
         with sqlite3.connect(path) as c:
             assert c.execute("DELETE FROM meta WHERE k = 'stops'").rowcount == 1
+            # (its passphrase check, sealed under the associated data of then)
+            assert c.execute("UPDATE meta SET v = ? WHERE k = 'check'",
+                             (mp.packb(seal_secret(key, b"", _CHECK_AD), use_bin_type=True),)).rowcount == 1
             for b in records:
                 (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (b.id,)).fetchone()
                 v = mp.unpackb(rec, raw=False)
@@ -358,6 +374,15 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
     Store.open(path, PW1, durable=False).close()
     assert table(path, "SELECT id, rec FROM branches") == before
     assert table(path, "SELECT k FROM meta WHERE k = 'stops'") == [("stops",)]
+    # Bound from then on, with the 'stops' row deleted too: a stop row added is refused, not bound at the next open.
+    _attack(path, ("INSERT INTO chain_conflicts VALUES (?, 1, 4)", (branch,)),
+            ("DELETE FROM meta WHERE k = 'stops'", ()))
+    st = Store.open(path, PW1, durable=False)
+    try:
+        with pytest.raises(StorageError, match="was altered"):
+            st.load_branches()
+    finally:
+        st.close()
 
 
 async def _replayed_subscribe(tmp_path: Path, delete_nonces: bool) -> list[object]:
