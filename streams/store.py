@@ -121,8 +121,11 @@ store's lock: not while a party of the earlier version runs, which would go on w
 reads it as found).  Deleting the ``stops`` row does not make a store look written before (its ``check`` says
 otherwise), and deleting both is refused at the open: so a stop row added is refused, never bound as genuine.
 Residual: rollback, as above -- the ``check`` row put back from a copy of the same store from before its binding
-(then a stop row added is bound at the next open).  An older version of this code (downgrades are not supported)
-refuses the record of a branch whose stop was bound as altered, and ignores the table otherwise.
+(then a stop row added is bound at the next open), or a branch's record row put back from a copy from before its
+stop was set, with the stop row deleted: setting a stop changes none of the record's fields, so any earlier copy of
+the row does (such as the stale copy whose restore made the conflict), and the next run may sign a fork before the
+author's ACK stops it again, as after that copy restored whole.  An older version of this code (downgrades are not
+supported) refuses the record of a branch whose stop was bound as altered, and ignores the table otherwise.
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).

@@ -385,6 +385,35 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
         st.close()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "design limit (rollback, store docstring): setting a stop changes none of the branch record's fields, so the "
+    "record row as it was before the stop -- from any earlier copy, such as the stale copy whose restore made the "
+    "conflict -- is a genuine record with no stop; put back with the stop row deleted, the store opens unstopped "
+    "and the next run signs a fork at a position the author holds. Nothing left in the file tells it from that "
+    "copy restored whole (cursors and log are not authenticated): only the author's ACK, as after any stale "
+    "restore (SPEC 12)."))
+async def test_a_stop_lifted_by_the_record_row_of_an_older_copy_is_refused(stopped: tuple[Path, bytes],
+                                                                          tmp_path: Path) -> None:
+    from streams.errors import ChainConflictError, StorageError
+    from tests.test_stale_member import PW as PW1
+
+    branch = stopped[1]
+    path = _copy(stopped, "p1.db", tmp_path / "s.db")
+    with sqlite3.connect(stopped[0] / "old.db") as c:  # the attacker's copy: the operator's stale backup
+        (older,) = c.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()
+    c.close()
+    _attack(path, ("DELETE FROM chain_conflicts", ()), ("UPDATE branches SET rec = ? WHERE id = ?", (older, branch)))
+    try:
+        s = await Subscriber.open(path, PW1, MemoryHub().subscriber_endpoint("p1"), store_options=FAST)
+    except StorageError:
+        return  # refused: nothing signed
+    try:
+        with pytest.raises(ChainConflictError):
+            await s.publish(branch, b"would fork seq 4")
+    finally:
+        await s.close()
+
+
 async def _replayed_subscribe(tmp_path: Path, delete_nonces: bool) -> list[object]:
     """A member subscribes; its SUBSCRIBE is copied off the wire; the author restarts (within the challenge's
     lifetime), its store's ``nonces`` rows deleted or not; the copy is sent again from another peer.  Returns the
