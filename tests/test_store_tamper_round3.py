@@ -414,6 +414,32 @@ async def test_a_stop_lifted_by_the_record_row_of_an_older_copy_is_refused(stopp
         await s.close()
 
 
+async def test_a_deleted_cursor_of_our_stopped_chain_is_a_storage_error_not_a_key_error(
+        stopped: tuple[Path, bytes], tmp_path: Path) -> None:
+    """The stop is kept with our chain's cursor (``chains``), which is not authenticated.  The attacker deletes that
+    row: the stop is not loaded, but no cursor is either -- publishing raised ``KeyError`` (an untyped crash, on
+    every try).  It is a :class:`StorageError` naming the branch; nothing is signed, and the store's stop and log
+    are as they were."""
+    from streams.errors import StorageError
+    from tests.test_stale_member import PW as PW1
+
+    branch = stopped[1]
+    path = _copy(stopped, "p1.db", tmp_path / "s.db")
+    _attack(path, ("DELETE FROM chains WHERE branch = ? AND publisher = 1", (branch,)))
+    s = await Subscriber.open(path, PW1, MemoryHub().subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        for publish in (lambda: s.publish(branch, b"would fork"), lambda: s.publish_many(branch, [b"would fork"])):
+            with pytest.raises(StorageError, match=f"our chain on branch {branch.hex()} has no cursor"):
+                await publish()
+    finally:
+        await s.close()
+    with sqlite3.connect(path) as c:
+        assert list(c.execute("SELECT branch, publisher, seq FROM chain_conflicts")) == [(branch, 1, 6)]
+        logged = c.execute("SELECT seq FROM log WHERE branch = ? AND publisher = 1 ORDER BY seq", (branch,))
+        assert list(logged) == [(1,), (2,), (3,)]
+    c.close()
+
+
 async def _replayed_subscribe(tmp_path: Path, delete_nonces: bool) -> list[object]:
     """A member subscribes; its SUBSCRIBE is copied off the wire; the author restarts (within the challenge's
     lifetime), its store's ``nonces`` rows deleted or not; the copy is sent again from another peer.  Returns the
