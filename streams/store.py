@@ -636,10 +636,11 @@ class Store:
                            "passphrase sealed them)")
 
     def _bind_stops(self) -> None:
-        """Bind the publishing stops of a store written before they were bound (no ``stops`` row), in one
-        transaction: seal each record that has a ``chain_conflicts`` row again with its stops, and add the row;
-        from then on a stop row deleted, edited or added is refused.  Trust on first open, as :meth:`_upgrade`:
-        a row deleted or added before cannot be told from the genuine state.  Skipped (the store is read as
+        """Bind the publishing stops of a store written before they were bound (no ``stops`` row, its ``check``
+        sealed the earlier way), in one transaction: seal each record that has a ``chain_conflicts`` row again
+        with its stops, add the ``stops`` row and seal ``check`` anew (:data:`_CHECK_STOPS_AD`); from then on a
+        stop row deleted, edited or added is refused.  Trust on first open, as :meth:`_upgrade`: a row deleted or
+        added before cannot be told from the genuine state.  Skipped (the store is read as
         found, and bound at a later open) while another party holds the store's lock -- a party of the earlier
         version would go on writing stops unbound -- or if a record does not open (the load reports it)."""
         try:
