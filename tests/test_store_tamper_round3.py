@@ -440,6 +440,26 @@ async def test_a_deleted_cursor_of_our_stopped_chain_is_a_storage_error_not_a_ke
     c.close()
 
 
+def test_a_stop_hidden_by_deleting_our_cursor_and_log_fails_the_audit(stopped: tuple[Path, bytes],
+                                                                        tmp_path: Path) -> None:
+    """``streams audit`` reads the stop with our chain's cursor.  The attacker leaves the bound stop row alone and
+    deletes the cursor row and our chain's log rows (which the audit would report as inserted without a cursor):
+    the audit said OK of a store its party must not publish from.  A branch we may write without our cursor now
+    fails the audit, naming the chain."""
+    from tests.test_stale_member import PW as PW1
+
+    branch = stopped[1]
+    path = _copy(stopped, "p1.db", tmp_path / "s.db")
+    _attack(path, ("DELETE FROM chains WHERE branch = ? AND publisher = 1", (branch,)),
+            *[("DELETE FROM log WHERE branch = ? AND publisher = 1 AND seq = ?", (branch, seq)) for seq in (1, 2, 3)])
+    report = audit_store(path, PW1, None)
+    assert not report.ok, report.summary()
+    assert [(f.branch, f.publisher) for f in report.findings if "has no cursor" in f.reason] == [(branch.hex(), 1)]
+    # (the store as the stop left it: the stop, not a missing cursor)
+    report = audit_store(_copy(stopped, "p1.db", tmp_path / "intact.db"), PW1, None)
+    assert not report.ok and not any("has no cursor" in f.reason for f in report.findings), report.summary()
+
+
 async def _replayed_subscribe(tmp_path: Path, delete_nonces: bool) -> list[object]:
     """A member subscribes; its SUBSCRIBE is copied off the wire; the author restarts (within the challenge's
     lifetime), its store's ``nonces`` rows deleted or not; the copy is sent again from another peer.  Returns the
