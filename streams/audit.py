@@ -18,7 +18,8 @@ every chain the party may read:
 * no chain of the party's own is stopped by a conflict the author's signed ACK showed (``chain_conflicts``,
   :class:`~streams.events.ChainConflict`: the store is older than the chain it publishes, or another holder of
   the key published there -- its party must not publish from it); a stop row deleted, edited or added in the
-  file is bound to its branch's sealed record, and fails the audit as that record altered;
+  file is bound to its branch's sealed record, and fails the audit as that record altered; so does a chain of the
+  party's own, on a branch it may write, with no cursor (the row its stop is read with, deleted);
 * with a ledger that can be listed (the embedded one), every checkpoint of this channel the author signed on
   it: none may differ from one the store holds for its epoch, and for an author store none may be of an epoch
   the store does not hold (a store restored from a stale copy: its party would sign a second history).
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import _crypto, merkle
+from ._state import BranchState
 from .anchor import (
     ChainHead,
     EpochCheckpoint,
@@ -56,7 +58,7 @@ from .errors import (
 from .ledger.anchoring import PendingAnchor, channel_checkpoints, checkpoint_conflicts, confirm, verify_anchored
 from .ledger.base import Ledger
 from .store import Store
-from .wire import Kind, SigningMode, decode_frame
+from .wire import Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["AuditReport", "Finding", "audit_store", "open_ledger"]
 
@@ -158,6 +160,16 @@ class _Audit:
                 self.err(f"the author's signed ACK of this chain through seq {conflict} contradicts this store "
                          "(ChainConflict, kept in it): the store is older than its own chain, or another holder "
                          "of its key published there -- do not publish from it", key[0], key[1], conflict)
+        for rec in branches.values():
+            # Our own chain's cursor is where its ChainConflict stop is read (load_chains): with its row deleted
+            # (and its log rows, which would show up as inserted) the stop would be passed over.  A branch we may
+            # write always has it (made with the grant, committed with the record).
+            mine = next((p for i, _, p in rec.members if i == rec.me), None)
+            if (rec.me and mine is not None and Permission(mine).can_write and rec.state == BranchState.OPEN.value
+                    and (rec.id, rec.me) not in cursors):
+                self.err("this party's own chain here has no cursor: its row was deleted (the store was altered), "
+                         "and a ChainConflict stop kept with it would not be seen -- do not publish from it",
+                         rec.id, rec.me)
         for rec in branches.values():
             self._grant(rec)
         if self.report.role == "author":

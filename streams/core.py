@@ -58,6 +58,7 @@ from .errors import (
     PolicyUnavailable,
     RejectReason,
     RemoteProtocolError,
+    StorageError,
     VerificationError,
 )
 from .events import (
@@ -1065,7 +1066,7 @@ class _CoreBase:
 
         Raises :class:`LocalProtocolError` if we may not write the branch, the payload is not bytes (or a
         bytearray or memoryview, taken as their bytes) or is too large, :class:`ClosedResourceError` if the
-        branch is closed."""
+        branch is closed, :class:`StorageError` if our chain there has no cursor (a store altered)."""
         b = self._get_branch(branch)
         self._check_writable(b)
         if type(payload) is not bytes:
@@ -1699,7 +1700,14 @@ class _CoreBase:
         if b.me != 0 and not b.members[b.me][1].can_write:
             raise LocalProtocolError(f"no write permission on branch {b.id.hex()}")
         c = b.chains.get(b.me)
-        if c is not None and c.conflict:
+        if c is None:
+            # A branch we may write always has our chain's cursor (made with the grant, committed with the record):
+            # none loaded is a store whose row of it was deleted.  Publishing from nowhere would fork the chain
+            # (and a ChainConflict stop is kept with that cursor: THREATS 1).
+            raise StorageError(f"our chain on branch {b.id.hex()} has no cursor: the store we were loaded from lost "
+                               "its row (altered?); nothing is published there (restore a backup, or start over "
+                               "with a new store and subscribe again)")
+        if c.conflict:
             raise ChainConflictError(
                 f"our chain on branch {b.id.hex()} conflicts with the author's copy (it acknowledged seq "
                 f"{c.conflict}, our head is {c.next_seq - 1}): this store is older than the chain it publishes "

@@ -106,22 +106,26 @@ record, kept out of ``chains`` because it is rare: a row is written or deleted o
 changes it.  It was added as the tables above were: a store written before has none, and opens without a
 conflict.
 
-The stops are bound to their branch's record (THREATS 1: whoever deletes the row without the passphrase would
-have the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row
-could not show a deletion): the record's keys are sealed under its fields *and* its branch's stops
-(:func:`_record_ad`; a record with no stop exactly as before), and a commit that sets, changes or lifts a stop
-seals the record again in the same transaction (rare: one record).  A stop row deleted, edited or added is then
-:class:`StorageError` "branch record ... was altered" where the record is loaded (the party's open, ``streams
-status``, ``streams audit``'s finding), never a silent publish.  A stop of a branch that has no record is bound to
-nothing (nothing reads it).  The metadata row ``stops`` (a sealed empty secret) says the store binds them; a store
-written before has none: its records were sealed without their stops, so there a record that opens only so is
-taken as found and bound in the open (:meth:`Store._bind_stops`, trust on first open, under the store's lock: not
-while a party of the earlier version runs, which would go on writing stops unbound; that open reads it as found).
-Residual: whoever deletes that row too makes the store look written before, so a stop row *added* then is bound
-in the next open as genuine -- a stop nobody set (its member no longer publishes on the branch until the author
-gives its write back); a deleted or edited stop is refused all the same (its record was sealed with it).  An
-older version of this code (downgrades are not supported) refuses the record of a branch whose stop was bound as
-altered, and ignores the table otherwise.
+The stops are bound to their branch's record (THREATS 1: whoever deletes the row without the passphrase would have
+the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row could
+not show a deletion): the record's keys are sealed under its fields *and* its branch's stops (:func:`_record_ad`; a
+record with no stop exactly as before), and a commit that sets, changes or lifts a stop seals the record again in
+the same transaction (rare: one record).  A stop row deleted, edited or added is then :class:`StorageError` "branch
+record ... was altered" where the record is loaded (the party's open, ``streams status``, ``streams audit``'s
+finding), never a silent publish.  A stop of a branch that has no record is bound to nothing (nothing reads it).
+The metadata row ``stops`` (a sealed empty secret) says the store binds them, and so does its ``check`` row, sealed
+under its own associated data since (``_CHECK_STOPS_AD``); a store written before has neither (its ``check`` is
+sealed the earlier way): its records were sealed without their stops, so there a record that opens only so is taken
+as found and bound in the open (:meth:`Store._bind_stops`, which writes both rows; trust on first open, under the
+store's lock: not while a party of the earlier version runs, which would go on writing stops unbound; that open
+reads it as found).  Deleting the ``stops`` row does not make a store look written before (its ``check`` says
+otherwise), and deleting both is refused at the open: so a stop row added is refused, never bound as genuine.
+Residual: rollback, as above -- the ``check`` row put back from a copy of the same store from before its binding
+(then a stop row added is bound at the next open), or a branch's record row put back from a copy from before its
+stop was set, with the stop row deleted: setting a stop changes none of the record's fields, so any earlier copy of
+the row does (such as the stale copy whose restore made the conflict), and the next run may sign a fork before the
+author's ACK stops it again, as after that copy restored whole.  An older version of this code (downgrades are not
+supported) refuses the record of a branch whose stop was bound as altered, and ignores the table otherwise.
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
@@ -263,6 +267,10 @@ _BRANCH_ID_SIZE = 16  #: (wire.py: a branch id on the wire; the core makes 16 ra
 _ROLLED_BACK = ("{} was altered: its seed is sealed the older way but the store was upgraded (its seed rolled back "
                 "to a copy from before the upgrade); restore a backup")
 _CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right (tells altered metadata apart)
+#: The ``check`` row as written since publishing stops were bound: the passphrase is right, *and* this store's
+#: records bind their stops.  A ``check`` under :data:`_CHECK_AD` is a store of the version before (bound at its
+#: first open, :meth:`Store._bind_stops`); so the ``stops`` row below deleted does not make a store look older.
+_CHECK_STOPS_AD = b"streams.store.check.stops"
 #: An empty secret, the ``stops`` metadata row: this store's branch records bind their publishing stops
 #: (:func:`_record_ad`); written at the create, or at the first open of a store written before.
 _STOPS_AD = b"streams.store.stops"
@@ -509,7 +517,7 @@ class Store:
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "did": identity.did,
         }
         meta["seed"] = seal_secret(key, identity.export_seed(), _seed_ad(meta))
-        meta["check"] = seal_secret(key, b"", _CHECK_AD)
+        meta["check"] = seal_secret(key, b"", _CHECK_STOPS_AD)
         meta["stops"] = seal_secret(key, b"", _STOPS_AD)
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
@@ -589,11 +597,12 @@ class Store:
         store = cls(conn, p, key, Identity.from_seed(seed), durable=durable)
         store._meta = meta
         try:
-            store._stops_bound = store._stops_marker()
             if older:
                 store._upgrade(seed)
-            elif not store._stops_bound:
-                store._bind_stops()
+            else:
+                store._stops_bound = store._stops_marker()
+                if not store._stops_bound:
+                    store._bind_stops()
         except BaseException:
             store.close()
             raise
@@ -601,23 +610,37 @@ class Store:
         return store
 
     def _stops_marker(self) -> bool:
-        """Whether the store's branch records bind their publishing stops (its ``stops`` row; absent in a store
-        written before they were bound).  Raises :class:`StorageError` if the row does not open (altered)."""
+        """Whether the store's branch records bind their publishing stops: its ``stops`` row, or -- that row
+        deleted -- its ``check`` row as this version writes it (:data:`_CHECK_STOPS_AD`).  False only for a store
+        the version before wrote (``check`` under :data:`_CHECK_AD`, no ``stops``).  Raises :class:`StorageError`
+        if a row does not open, or both are missing (every store since metadata was authenticated has a
+        ``check``): without that, deleting them would make the store look written before, and a stop row added
+        with it be bound as genuine."""
         marker = self._meta.get("stops")
-        if marker is None:
-            return False
-        try:
-            open_secret(self._key, marker, _STOPS_AD)
-        except KeystoreError:
-            raise StorageError(f"{self.path}: its metadata row 'stops' was altered (it does not open under the "
-                               "passphrase)") from None
-        return True
+        if marker is not None:
+            try:
+                open_secret(self._key, marker, _STOPS_AD)
+            except KeystoreError:
+                raise StorageError(f"{self.path}: its metadata row 'stops' was altered (it does not open under "
+                                   "the passphrase)") from None
+            return True
+        check = self._meta.get("check")
+        check = check if isinstance(check, bytes) else b""  # (b"": does not open)
+        for ad, bound in ((_CHECK_STOPS_AD, True), (_CHECK_AD, False)):
+            try:
+                open_secret(self._key, check, ad)
+                return bound
+            except KeystoreError:
+                continue
+        raise StorageError(f"{self.path}: its metadata rows 'check' and 'stops' were altered or deleted (the "
+                           "passphrase sealed them)")
 
     def _bind_stops(self) -> None:
-        """Bind the publishing stops of a store written before they were bound (no ``stops`` row), in one
-        transaction: seal each record that has a ``chain_conflicts`` row again with its stops, and add the row;
-        from then on a stop row deleted, edited or added is refused.  Trust on first open, as :meth:`_upgrade`:
-        a row deleted or added before cannot be told from the genuine state.  Skipped (the store is read as
+        """Bind the publishing stops of a store written before they were bound (no ``stops`` row, its ``check``
+        sealed the earlier way), in one transaction: seal each record that has a ``chain_conflicts`` row again
+        with its stops, add the ``stops`` row and seal ``check`` anew (:data:`_CHECK_STOPS_AD`); from then on a
+        stop row deleted, edited or added is refused.  Trust on first open, as :meth:`_upgrade`: a row deleted or
+        added before cannot be told from the genuine state.  Skipped (the store is read as
         found, and bound at a later open) while another party holds the store's lock -- a party of the earlier
         version would go on writing stops unbound -- or if a record does not open (the load reports it)."""
         try:
@@ -641,13 +664,15 @@ class Store:
                 v[7] = seal_secret(self._key, keys, _record_ad(bid, v, _stops_of(conflicts, bid)))
                 rows.append((_pack(v), bid))
             marker = seal_secret(self._key, b"", _STOPS_AD)
+            check = seal_secret(self._key, b"", _CHECK_STOPS_AD)
             try:
                 with _tx(self._conn):
-                    self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('stops', ?)", (_pack(marker),))
+                    self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                           [("stops", _pack(marker)), ("check", _pack(check))])
                     self._conn.executemany("UPDATE branches SET rec = ? WHERE id = ?", rows)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
-            self._meta = {**self._meta, "stops": marker}
+            self._meta = {**self._meta, "stops": marker, "check": check}
             self._stops_bound = True
         finally:
             os.close(fd)
@@ -716,14 +741,15 @@ class Store:
             seed = open_secret(key, sealed, _SEED_AD_OLD)
         except KeystoreError as exc:
             check = meta.get("check")
-            try:
-                if isinstance(check, bytes):
-                    open_secret(key, check, _CHECK_AD)
-                    known = True
-                else:
-                    known = False
-            except KeystoreError:
-                known = False
+            known = False
+            for ad in (_CHECK_STOPS_AD, _CHECK_AD):
+                try:
+                    if isinstance(check, bytes):
+                        open_secret(key, check, ad)
+                        known = True
+                        break
+                except KeystoreError:
+                    continue
             # The check row can be deleted with the edit: a branch record sealed under this key tells it too.
             known = known or _a_record_opens(conn, key)
             if known:  # the passphrase is right: what the seed's associated data binds was changed
@@ -742,7 +768,7 @@ class Store:
         Raises :class:`StorageError` (nothing written) if a branch record does not open or the disk fails."""
         meta = dict(self._meta)
         meta["seed"] = seal_secret(self._key, seed, _seed_ad(meta))
-        meta["check"] = seal_secret(self._key, b"", _CHECK_AD)
+        meta["check"] = seal_secret(self._key, b"", _CHECK_STOPS_AD)
         meta["stops"] = seal_secret(self._key, b"", _STOPS_AD)
         conflicts = self._chain_conflicts()
         rows = []

@@ -277,21 +277,34 @@ def test_an_edited_or_added_chain_conflict_row_is_refused(stopped: tuple[Path, b
         st.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design limit: the 'stops' metadata row that says a store binds its stops can be deleted without the "
-    "passphrase; the store then looks written by the previous version, whose records were sealed without their "
-    "stops, and a stop row added with it is bound as genuine at the next open (trust on first open) -- a stop "
-    "nobody set: a denial of service (its member no longer publishes on that branch). Deleted or edited "
-    "stops are refused all the same. Binding the marker into the seed's associated data would close it, at the "
-    "cost of re-sealing every store's seed (no earlier version could open any store this one opened)."))
-def test_a_stop_row_added_with_the_stops_row_deleted_is_refused(stopped: tuple[Path, bytes], tmp_path: Path) -> None:
+@pytest.mark.parametrize("deleted", [("stops",), ("stops", "check")])
+def test_a_stop_row_added_with_the_stops_row_deleted_is_refused(stopped: tuple[Path, bytes], tmp_path: Path,
+                                                                deleted: tuple[str, ...]) -> None:
+    """The ``stops`` metadata row says a store binds its stops.  Deleted without the passphrase, the store looked
+    written by the previous version, whose records were sealed without their stops, and a stop row added with it
+    was bound as genuine at the next open (trust on first open): a stop nobody set, its member no longer
+    publishing on that branch (a strict xfail before).  The ``check`` row says it too now (sealed under its own
+    associated data since stops are bound): with ``stops`` deleted the store is still read as bound and the added
+    stop refused where the record is loaded; with ``check`` deleted too the open refuses (every store since
+    metadata was authenticated has one), writing nothing."""
     from streams.errors import StorageError
     from streams.store import Store
     from tests.test_stale_member import PW as PW1
 
     path = _copy(stopped, "old.db", tmp_path / "s.db")
     _attack(path, ("INSERT INTO chain_conflicts VALUES (?, 1, 4)", (stopped[1],)),
-            ("DELETE FROM meta WHERE k = 'stops'", ()))
+            *[("DELETE FROM meta WHERE k = ?", (k,)) for k in deleted])
+    if "check" in deleted:
+        with sqlite3.connect(path) as c:
+            before = list(c.execute("SELECT id, rec FROM branches"))
+        c.close()
+        with pytest.raises(StorageError, match="'check' and 'stops' were altered or deleted"):
+            Store.open(path, PW1, durable=False)
+        with sqlite3.connect(path) as c:
+            assert list(c.execute("SELECT id, rec FROM branches")) == before
+            assert list(c.execute("SELECT k FROM meta WHERE k IN ('check', 'stops')")) == []
+        c.close()
+        return
     st = Store.open(path, PW1, durable=False)
     try:
         with pytest.raises(StorageError, match="was altered"):
@@ -310,7 +323,7 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
 
     from streams.errors import ChainConflictError, StorageError
     from streams.keystore import seal_secret
-    from streams.store import Store, _keys_ad
+    from streams.store import _CHECK_AD, Store, _keys_ad
     from tests.test_stale_member import PW as PW1
     from tests.test_store_tamper import make_older
 
@@ -322,6 +335,9 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
         st.close()
         with sqlite3.connect(path) as c:
             assert c.execute("DELETE FROM meta WHERE k = 'stops'").rowcount == 1
+            # (its passphrase check, sealed under the associated data of then)
+            assert c.execute("UPDATE meta SET v = ? WHERE k = 'check'",
+                             (mp.packb(seal_secret(key, b"", _CHECK_AD), use_bin_type=True),)).rowcount == 1
             for b in records:
                 (rec,) = c.execute("SELECT rec FROM branches WHERE id = ?", (b.id,)).fetchone()
                 v = mp.unpackb(rec, raw=False)
@@ -358,6 +374,90 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
     Store.open(path, PW1, durable=False).close()
     assert table(path, "SELECT id, rec FROM branches") == before
     assert table(path, "SELECT k FROM meta WHERE k = 'stops'") == [("stops",)]
+    # Bound from then on, with the 'stops' row deleted too: a stop row added is refused, not bound at the next open.
+    _attack(path, ("INSERT INTO chain_conflicts VALUES (?, 1, 4)", (branch,)),
+            ("DELETE FROM meta WHERE k = 'stops'", ()))
+    st = Store.open(path, PW1, durable=False)
+    try:
+        with pytest.raises(StorageError, match="was altered"):
+            st.load_branches()
+    finally:
+        st.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "design limit (rollback, store docstring): setting a stop changes none of the branch record's fields, so the "
+    "record row as it was before the stop -- from any earlier copy, such as the stale copy whose restore made the "
+    "conflict -- is a genuine record with no stop; put back with the stop row deleted, the store opens unstopped "
+    "and the next run signs a fork at a position the author holds. Nothing left in the file tells it from that "
+    "copy restored whole (cursors and log are not authenticated): only the author's ACK, as after any stale "
+    "restore (SPEC 12)."))
+async def test_a_stop_lifted_by_the_record_row_of_an_older_copy_is_refused(stopped: tuple[Path, bytes],
+                                                                          tmp_path: Path) -> None:
+    from streams.errors import ChainConflictError, StorageError
+    from tests.test_stale_member import PW as PW1
+
+    branch = stopped[1]
+    path = _copy(stopped, "p1.db", tmp_path / "s.db")
+    with sqlite3.connect(stopped[0] / "old.db") as c:  # the attacker's copy: the operator's stale backup
+        (older,) = c.execute("SELECT rec FROM branches WHERE id = ?", (branch,)).fetchone()
+    c.close()
+    _attack(path, ("DELETE FROM chain_conflicts", ()), ("UPDATE branches SET rec = ? WHERE id = ?", (older, branch)))
+    try:
+        s = await Subscriber.open(path, PW1, MemoryHub().subscriber_endpoint("p1"), store_options=FAST)
+    except StorageError:
+        return  # refused: nothing signed
+    try:
+        with pytest.raises(ChainConflictError):
+            await s.publish(branch, b"would fork seq 4")
+    finally:
+        await s.close()
+
+
+async def test_a_deleted_cursor_of_our_stopped_chain_is_a_storage_error_not_a_key_error(
+        stopped: tuple[Path, bytes], tmp_path: Path) -> None:
+    """The stop is kept with our chain's cursor (``chains``), which is not authenticated.  The attacker deletes that
+    row: the stop is not loaded, but no cursor is either -- publishing raised ``KeyError`` (an untyped crash, on
+    every try).  It is a :class:`StorageError` naming the branch; nothing is signed, and the store's stop and log
+    are as they were."""
+    from streams.errors import StorageError
+    from tests.test_stale_member import PW as PW1
+
+    branch = stopped[1]
+    path = _copy(stopped, "p1.db", tmp_path / "s.db")
+    _attack(path, ("DELETE FROM chains WHERE branch = ? AND publisher = 1", (branch,)))
+    s = await Subscriber.open(path, PW1, MemoryHub().subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        for publish in (lambda: s.publish(branch, b"would fork"), lambda: s.publish_many(branch, [b"would fork"])):
+            with pytest.raises(StorageError, match=f"our chain on branch {branch.hex()} has no cursor"):
+                await publish()
+    finally:
+        await s.close()
+    with sqlite3.connect(path) as c:
+        assert list(c.execute("SELECT branch, publisher, seq FROM chain_conflicts")) == [(branch, 1, 6)]
+        logged = c.execute("SELECT seq FROM log WHERE branch = ? AND publisher = 1 ORDER BY seq", (branch,))
+        assert list(logged) == [(1,), (2,), (3,)]
+    c.close()
+
+
+def test_a_stop_hidden_by_deleting_our_cursor_and_log_fails_the_audit(stopped: tuple[Path, bytes],
+                                                                        tmp_path: Path) -> None:
+    """``streams audit`` reads the stop with our chain's cursor.  The attacker leaves the bound stop row alone and
+    deletes the cursor row and our chain's log rows (which the audit would report as inserted without a cursor):
+    the audit said OK of a store its party must not publish from.  A branch we may write without our cursor now
+    fails the audit, naming the chain."""
+    from tests.test_stale_member import PW as PW1
+
+    branch = stopped[1]
+    path = _copy(stopped, "p1.db", tmp_path / "s.db")
+    _attack(path, ("DELETE FROM chains WHERE branch = ? AND publisher = 1", (branch,)),
+            *[("DELETE FROM log WHERE branch = ? AND publisher = 1 AND seq = ?", (branch, seq)) for seq in (1, 2, 3)])
+    report = audit_store(path, PW1, None)
+    assert not report.ok, report.summary()
+    assert [(f.branch, f.publisher) for f in report.findings if "has no cursor" in f.reason] == [(branch.hex(), 1)]
+    # (the store as the stop left it: the stop, not a missing cursor)
+    report = audit_store(_copy(stopped, "p1.db", tmp_path / "intact.db"), PW1, None)
+    assert not report.ok and not any("has no cursor" in f.reason for f in report.findings), report.summary()
 
 
 async def _replayed_subscribe(tmp_path: Path, delete_nonces: bool) -> list[object]:
