@@ -1807,7 +1807,8 @@ class Subscriber(_Party):
 
         Returns the granted branch id.  Raises :class:`AdmissionRefused` if the author refuses (a refusal of an
         expired or already used challenge, or of one issued before the author restarted, is not final: the
-        handshake starts again while time remains),
+        handshake starts again while time remains -- at once the first time, then after 50 ms, doubling up to
+        ``retry``),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
         ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile."""
         self._check_usable()
@@ -1835,8 +1836,14 @@ class Subscriber(_Party):
         core.credential_for_challenge = present if presenter is not None else None
         foreign = core.foreign_announcements
         try:
-            retrying = False
+            retrying = retrying_refused = False
+            pause = 0.0  #: before the next HELLO: refusals of our challenge in a row ask again ever more slowly
             while True:
+                if pause:
+                    done, _ = await asyncio.wait({fut}, timeout=min(pause, max(0.0, deadline - loop.time())))
+                    got = fut.result() if done else None
+                    if isinstance(got, Subscribed):  # (an earlier SUBSCRIBE of ours admitted meanwhile)
+                        return got.branch
                 core.hello(credential, retry=retrying)
                 retrying = True
                 await self._flush()
@@ -1861,8 +1868,13 @@ class Subscriber(_Party):
                     # Not a verdict on us: the challenge expired on the way (a slow host), the author restarted
                     # since it issued it (SPEC 8.3), or our SUBSCRIBE arrived twice (the first may have been
                     # granted).  Ask again with a fresh challenge.
-                    log.info("subscription challenge refused (expired, used, or issued before the author "
-                             "restarted); asking again")
+                    # The first time at once; then after 50 ms, doubling up to ``retry``: a relay answering every
+                    # HELLO with a stale CHALLENGE, or an author refusing for a while (its used-nonce table full),
+                    # must not have both sides run the handshake's crypto at network speed until the timeout.
+                    log.info("subscription challenge refused (expired, used, issued before the author restarted, "
+                             "or the author is busy); asking again")
+                    pause = 0.0 if not retrying_refused else min(retry, max(0.05, pause * 2))
+                    retrying_refused = True
                     self._waiters.remove(fut)
                     fut = loop.create_future()
                     self._waiters.append(fut)
