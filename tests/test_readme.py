@@ -4,6 +4,7 @@ written, every public name is in it, and its command table names each command's 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import os
 import re
@@ -151,6 +152,28 @@ def test_every_config_field_and_test_the_readme_names_exists() -> None:
                            sources, re.M):
             problems.append(name)
     assert problems == []
+
+
+def _ready_keys(function: str) -> list[str]:
+    """The keys of the ``{"event": "ready", ...}`` line that ``function`` of ``streams/_cli/channel.py`` emits, in
+    order (read from the source: running ``serve`` and ``tail`` costs seconds; tests/test_cli_channel.py runs them)."""
+    tree = ast.parse((ROOT / "streams" / "_cli" / "channel.py").read_text(encoding="utf-8"))
+    [fn] = [n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef) and n.name == function]
+    found = [[k.value for k in d.keys if isinstance(k, ast.Constant)] for d in ast.walk(fn) if isinstance(d, ast.Dict)
+             and any(isinstance(k, ast.Constant) and k.value == "event" and isinstance(v, ast.Constant)
+                     and v.value == "ready" for k, v in zip(d.keys, d.values, strict=True))]
+    assert len(found) == 1, (function, found)
+    return found[0]
+
+
+def test_readme_ready_lines_name_the_fields_serve_and_tail_print() -> None:
+    """README: serve's first line is ``{"event": "ready", "channel": ..., ...}``, and tail's has "the first N" of its
+    fields only.  (It said "the first three" after serve's gained ``name``, which tail's does not have.)"""
+    [serve_doc] = re.findall(r'`(\{"event": "ready", [^`]*\})` first', README)
+    assert re.findall(r'"([a-z_]+)":', serve_doc) == _ready_keys("serve")
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+    [n] = re.findall(r"`tail`'s with the first ([a-z]+) only", README)
+    assert _ready_keys("_tail") == _ready_keys("serve")[:1 + words[n]]
 
 
 def test_readme_benchmark_command_names_every_module() -> None:
