@@ -2206,7 +2206,8 @@ class AuthorCore(_CoreBase):
         # Per run (SPEC 8.3): a random component drawn at every start, so a challenge issued before a restart
         # fails its MAC in the next run (BAD_CHALLENGE: the requester says HELLO again).  A copied SUBSCRIBE then
         # cannot be admitted again after a restart even where the used nonces kept on disk were deleted
-        # (they are not authenticated, THREATS 1): the used-nonce check is only needed within one run.
+        # (they are not authenticated: THREATS "Parties", a store is untrusted): the used-nonce check is only
+        # needed within one run.
         self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel + self._rng(_CHALLENGE_RUN_LEN))
         self._used_nonces: dict[bytes, int] = {}
         self._by_did: dict[str, bytes] = {}
