@@ -579,7 +579,7 @@ class _Chain:
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
-        frame of the chain reveals meanwhile is being fetched, not a gap (SPEC 10, step 7)."""
+        frame of the chain reveals meanwhile is being fetched, not a gap (SPEC 10.1 step 7)."""
         return self.catch_up_left > 0 and self.fetch_end >= self.next_seq
 
 

@@ -176,6 +176,27 @@ def test_readme_ready_lines_name_the_fields_serve_and_tail_print() -> None:
     assert _ready_keys("_tail") == _ready_keys("serve")[:1 + words[n]]
 
 
+def test_every_spec_section_cited_exists() -> None:
+    """A comment, docstring or document that cites "SPEC 8.3" (or SPEC.md its own "section 9.5") sends the reader
+    to a heading of SPEC.md: each one cited must exist (renumbered or invented sections left readers at nothing:
+    tests cited subsections 5.1-5.3 where section 5 has numbered rules, no subsections)."""
+    spec = (ROOT / "SPEC.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^##+ (\d+(?:\.\d+)?)\.? ", spec, re.M))
+    assert {"5", "8.3", "14.5"} <= sections  # (so that the check below checks something)
+    files = [ROOT / "README.md", ROOT / "SPEC.md"] + [f for d in ("streams", "brokerless", "tests", "fuzz", "chaos",
+                                                                  "bench") for f in (ROOT / d).rglob("*.py")]
+    cited: dict[str, set[str]] = {}
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        refs = re.findall(r"\bSPEC(?:\.md)?,? (?:section )?(\d+(?:\.\d+)?)\b", text)
+        if f.name == "SPEC.md":
+            refs += re.findall(r"(?<!RFC \d{4} )\bsections? (\d+(?:\.\d+)?)\b", text)  # (not RFC 9162's)
+        for ref in refs:
+            cited.setdefault(ref, set()).add(str(f.relative_to(ROOT)))
+    assert len(cited) > 20
+    assert {ref: sorted(where) for ref, where in cited.items() if ref not in sections} == {}
+
+
 def test_readme_benchmark_command_names_every_module() -> None:
     """The one benchmark command's ``--only`` list is the suite's modules (``bench/run.py``'s MODULES)."""
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
