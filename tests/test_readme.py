@@ -197,6 +197,18 @@ def test_every_spec_section_cited_exists() -> None:
     assert {ref: sorted(where) for ref, where in cited.items() if ref not in sections} == {}
 
 
+def test_the_layout_table_names_every_module() -> None:
+    """README's Layout table is where a reader looks for a module: each module of the packages is in it by its
+    path, or by the directory it is in (``streams/ledger/``, ``brokerless/``)."""
+    layout = README.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:streams|brokerless)/[A-Za-z0-9_/.]*)`", layout))
+    assert "streams/core.py" in named  # (so that the check below checks something)
+    missing = [str(p.relative_to(ROOT)) for d in ("streams", "brokerless") for p in sorted((ROOT / d).rglob("*.py"))
+               if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in named
+               and not any(str(p.relative_to(ROOT)).startswith(n) for n in named if n.endswith("/"))]
+    assert missing == []
+
+
 def test_readme_benchmark_command_names_every_module() -> None:
     """The one benchmark command's ``--only`` list is the suite's modules (``bench/run.py``'s MODULES)."""
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
