@@ -209,6 +209,20 @@ def test_the_layout_table_names_every_module() -> None:
     assert missing == []
 
 
+def test_readme_names_every_event_serve_and_tail_print() -> None:
+    """README lists the ``"event"`` values of serve's and tail's JSON lines: each one the CLI prints (read from the
+    dict literals of ``streams/_cli/``) is in that list, so a script author knows every line it may meet."""
+    printed = set()
+    for f in (ROOT / "streams" / "_cli").glob("*.py"):
+        for d in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(d, ast.Dict):
+                printed |= {v.value for k, v in zip(d.keys, d.values, strict=True) if isinstance(k, ast.Constant)
+                            and k.value == "event" and isinstance(v, ast.Constant) and isinstance(v.value, str)}
+    assert {"ready", "message", "stopped", "done"} <= printed  # (so that the check below checks something)
+    listed = README.split("`serve` and `tail` stream:", 1)[1].split("\n\n", 1)[0]
+    assert sorted(e for e in printed if f"`{e}`" not in listed and f'"event": "{e}"' not in listed) == []
+
+
 def test_readme_benchmark_command_names_every_module() -> None:
     """The one benchmark command's ``--only`` list is the suite's modules (``bench/run.py``'s MODULES)."""
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
