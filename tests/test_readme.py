@@ -223,6 +223,39 @@ def test_readme_names_every_event_serve_and_tail_print() -> None:
     assert sorted(e for e in printed if f"`{e}`" not in listed and f'"event": "{e}"' not in listed) == []
 
 
+def test_readme_policy_file_example_loads(tmp_path: Path) -> None:
+    """The policy file the README shows, its ``did:key:z6Mk...`` placeholders filled in (deny, allow, issuer) and
+    its status list written, loads as it says: mode, deny-list, an allow rule and a credential rule with their
+    permissions, the list relative to the file, the status ledger."""
+    import json
+
+    from streams.credentials import StatusList, issue_status_list_credential
+    from streams.policy_file import load_policy
+
+    [example] = re.findall(r"^```toml\n(.*?)^```", README, re.S | re.M)
+    denied, allowed, issuer = (streams.Identity.from_seed(bytes([i]) * 32) for i in (7, 8, 9))
+    dids = iter([denied.did, allowed.did, issuer.did])
+    (tmp_path / "policy.toml").write_text(re.sub(r"did:key:z6Mk\.\.\.", lambda m: next(dids), example))
+    status = issue_status_list_credential(issuer, "https://example.com/status/1", StatusList(),
+                                          valid_from="2026-01-01T00:00:00Z")
+    (tmp_path / "status-list.json").write_text(json.dumps(status))
+    streams.EmbeddedLedger(tmp_path / "ledger.db").close()  # (the ledger must exist: the README says so)
+    policy = load_policy(tmp_path / "policy.toml")
+    assert (policy.mode, policy.deny) == ("any", {denied.did})
+    assert policy.allow == {allowed.did: streams.Permission.READ_WRITE}
+    [rule] = policy.credentials
+    assert (rule.type, rule.issuers, rule.permission) == ("PaymentProviderCredential", {issuer.did},
+                                                          streams.Permission.WRITE)
+    assert rule.status_lists == (tmp_path / "status-list.json",)
+    assert rule.status_ledger == f"sqlite:{tmp_path / 'ledger.db'}"  # (relative to the policy file)
+    # Its comments give each rule's default permission: read-write for an allow rule, read for a credential rule.
+    text = (tmp_path / "policy.toml").read_text()
+    (tmp_path / "policy.toml").write_text(re.sub(r"^permission = .*$", "", text, flags=re.M))
+    defaults = load_policy(tmp_path / "policy.toml")
+    assert defaults.allow == {allowed.did: streams.Permission.READ_WRITE}
+    assert [r.permission for r in defaults.credentials] == [streams.Permission.READ]
+
+
 def test_readme_benchmark_command_names_every_module() -> None:
     """The one benchmark command's ``--only`` list is the suite's modules (``bench/run.py``'s MODULES)."""
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
