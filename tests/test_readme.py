@@ -1,5 +1,7 @@
-"""README.md is what a new user reads first, and what it shows must be true of the code: its Python example runs as
-written, every public name is in it, and its command table names each command's own flags, all of them."""
+"""README.md is what a new user reads first, and what it shows must be true of the code: its Python examples run as
+written, every public name is in it, its command table names each command's own flags, all of them, its policy
+file loads as its comments say, and what it (or a comment anywhere) points at exists: modules, events, fields,
+tests, SPEC sections."""
 
 from __future__ import annotations
 
