@@ -5,10 +5,11 @@ elsewhere register through the hook list in :func:`build_parser`.
 
 Conventions, for every command:
 
-* ``--json``: one JSON document on stdout (also on failure: ``{"error": ..., "type": ...}``);
+* ``--json``: one JSON document on stdout (also on failure: ``{"ok": false, "error": ..., "type": ...}``);
   ``-v``/``-vv``: logging (stdlib ``logging``) to stderr.  Both work before or after the command name.
 * Exit status: 0 success; 1 a verification failed or a policy refused (the answer was "no");
-  2 a usage or local error (bad argument, unreadable file, wrong passphrase).
+  2 a usage or local error (bad argument, unreadable file, wrong passphrase); 130 / 143 interrupted by SIGINT /
+  SIGTERM before it finished (``serve`` and ``tail`` stop cleanly on either: 0).
 * An expected error (:class:`~streams.errors.StreamsError`) prints one line on stderr, never a traceback.
 * No secret is ever printed or logged: passphrases come from the environment, a file or the terminal, never
   from the command line (THREATS 9).

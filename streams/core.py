@@ -593,7 +593,7 @@ class _Chain:
 
     def catching_up(self) -> bool:
         """Our catch-up window (from the cursor, after a restart or reconnect) is out and unanswered: what a
-        frame of the chain reveals meanwhile is being fetched, not a gap (SPEC 10, step 7)."""
+        frame of the chain reveals meanwhile is being fetched, not a gap (SPEC 10.1 step 7)."""
         return self.catch_up_left > 0 and self.fetch_end >= self.next_seq
 
 
@@ -2227,7 +2227,8 @@ class AuthorCore(_CoreBase):
         # Per run (SPEC 8.3): a random component drawn at every start, so a challenge issued before a restart
         # fails its MAC in the next run (BAD_CHALLENGE: the requester says HELLO again).  A copied SUBSCRIBE then
         # cannot be admitted again after a restart even where the used nonces kept on disk were deleted
-        # (they are not authenticated, THREATS 1): the used-nonce check is only needed within one run.
+        # (they are not authenticated: THREATS "Parties", a store is untrusted): the used-nonce check is only
+        # needed within one run.
         self._chal_key = identity.derive_key(_crypto.P_CHALKEY, self._channel + self._rng(_CHALLENGE_RUN_LEN))
         self._used_nonces: dict[bytes, int] = {}
         #: (expires_ms, nonce) of every used nonce, a heap: the expired ones are dropped oldest first (_remember_nonce).

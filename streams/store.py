@@ -13,7 +13,7 @@ shortly after commits that logged messages), so copying the log back into the da
 off the event loop; the writer's automatic checkpoint (64 MiB) is the fallback.  Durability never depends on
 checkpoints.
 
-The file is untrusted (THREATS 1: a store may alter or inject): the state a party acts on is authenticated under
+The file is untrusted (THREATS "Parties": a store may alter or inject): the state a party acts on is authenticated under
 the passphrase's key, so that whoever can write the file without the passphrase cannot change it unnoticed.  The
 metadata ``role``, ``channel``, ``author_did``, ``name`` and ``did`` are the associated data of the sealed seed
 (an edit: :class:`StorageError` at the open; a ``check`` row, an empty secret, or a record, tells it from a
@@ -106,8 +106,8 @@ record, kept out of ``chains`` because it is rare: a row is written or deleted o
 changes it.  It was added as the tables above were: a store written before has none, and opens without a
 conflict.
 
-The stops are bound to their branch's record (THREATS 1: whoever deletes the row without the passphrase would have
-the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row could
+The stops are bound to their branch's record (THREATS "Parties": whoever deletes the row without the passphrase
+would have the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row could
 not show a deletion): the record's keys are sealed under its fields *and* its branch's stops (:func:`_record_ad`; a
 record with no stop exactly as before), and a commit that sets, changes or lifts a stop seals the record again in
 the same transaction (rare: one record).  A stop row deleted, edited or added is then :class:`StorageError` "branch
@@ -257,7 +257,7 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-# Associated data of the store's sealed values (THREATS 1: the file is untrusted; see the module doc).  The
+# Associated data of the store's sealed values (THREATS "Parties": the file is untrusted; see the module doc).  The
 # seed's binds the metadata a party acts on, a branch record's keys bind the record's plaintext fields, so an edit
 # of either without the passphrase no longer opens.  The ``_OLD`` ones are those of stores written before.
 _SEED_AD_OLD = b"streams.store.identity"
@@ -294,7 +294,7 @@ def _keys_ad(bid: bytes, v: list[Any]) -> bytes:
 
 def _record_ad(bid: bytes, v: list[Any], stops: list[list[int]]) -> bytes:
     """The associated data a branch record's keys are sealed under: :func:`_keys_ad`, and the branch's publishing
-    stops (its ``chain_conflicts`` rows, ``[publisher, seq]`` in order) if it has any (SPEC 12; THREATS 1: a row
+    stops (its ``chain_conflicts`` rows, ``[publisher, seq]`` in order) if it has any (SPEC 12; THREATS "Parties": a row
     deleted, edited or added without the passphrase no longer matches the record, and a deletion is what a MAC of
     its own could not show).  A record with no stop is sealed exactly as before stops were bound.  msgpack is
     prefix-free: the fields packed are a whole value, so no other record's fields can run into the stops."""
@@ -816,7 +816,7 @@ class Store:
             raise StorageError(f"metadata {key!r} in {self.path} is damaged") from exc
         if key == "announce" and value is not None and not _is_announce_of(value, self._meta):
             # A subscriber takes it as verified (the first grant of a group must link to its hash): the author's
-            # signature is checked here, as when it came from the network (THREATS 1).
+            # signature is checked here, as when it came from the network (THREATS "Parties").
             raise StorageError(f"the author's announcement in {self.path} was altered (not the store's author's, "
                                "signed, for its channel)")
         return value
@@ -1166,7 +1166,7 @@ class Store:
         if not rows:
             return None
         try:
-            # The record is read again from the file long after the open checked it (THREATS 1: the file is
+            # The record is read again from the file long after the open checked it (THREATS "Parties": the file is
             # untrusted while the party runs too): its binding is checked again.  One AEAD open of a small value,
             # on a re-check or a record write, never per message.
             v, _ = self._unseal_branch(branch, rows[0][0])

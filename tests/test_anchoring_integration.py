@@ -169,7 +169,7 @@ def test_an_anchored_head_ahead_of_the_member_is_a_gap_and_is_fetched() -> None:
 def test_an_anchored_head_ahead_of_a_member_catching_up_is_no_gap() -> None:
     """After a reconnect the member's catch-up FETCH is out (from its cursor): an anchor proof that arrives
     before the publisher's answer names messages that FETCH is bringing, not a gap (as a HEAD then does not,
-    SPEC 10 step 7).  It is applied once they are in."""
+    SPEC 10.1 step 7).  It is applied once they are in."""
     net = Net.make(n_subs=1)
     net.subscribe("s0")
     sub = net.subs["s0"]

@@ -1,9 +1,12 @@
-"""README.md is what a new user reads first, and what it shows must be true of the code: its Python example runs as
-written, every public name is in it, and its command table names each command's own flags, all of them."""
+"""README.md is what a new user reads first, and what it shows must be true of the code: its Python examples run as
+written, every public name is in it, its command table names each command's own flags, all of them, its policy
+file loads as its comments say, and what it (or a comment anywhere) points at exists: modules, events, fields,
+tests, SPEC sections."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import os
 import re
@@ -151,6 +154,108 @@ def test_every_config_field_and_test_the_readme_names_exists() -> None:
                            sources, re.M):
             problems.append(name)
     assert problems == []
+
+
+def _ready_keys(function: str) -> list[str]:
+    """The keys of the ``{"event": "ready", ...}`` line that ``function`` of ``streams/_cli/channel.py`` emits, in
+    order (read from the source: running ``serve`` and ``tail`` costs seconds; tests/test_cli_channel.py runs them)."""
+    tree = ast.parse((ROOT / "streams" / "_cli" / "channel.py").read_text(encoding="utf-8"))
+    [fn] = [n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef) and n.name == function]
+    found = [[k.value for k in d.keys if isinstance(k, ast.Constant)] for d in ast.walk(fn) if isinstance(d, ast.Dict)
+             and any(isinstance(k, ast.Constant) and k.value == "event" and isinstance(v, ast.Constant)
+                     and v.value == "ready" for k, v in zip(d.keys, d.values, strict=True))]
+    assert len(found) == 1, (function, found)
+    return found[0]
+
+
+def test_readme_ready_lines_name_the_fields_serve_and_tail_print() -> None:
+    """README: serve's first line is ``{"event": "ready", "channel": ..., ...}``, and tail's has "the first N" of its
+    fields only.  (It said "the first three" after serve's gained ``name``, which tail's does not have.)"""
+    [serve_doc] = re.findall(r'`(\{"event": "ready", [^`]*\})` first', README)
+    assert re.findall(r'"([a-z_]+)":', serve_doc) == _ready_keys("serve")
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+    [n] = re.findall(r"`tail`'s with the first ([a-z]+) only", README)
+    assert _ready_keys("_tail") == _ready_keys("serve")[:1 + words[n]]
+
+
+def test_every_spec_section_cited_exists() -> None:
+    """A comment, docstring or document that cites "SPEC 8.3" (or SPEC.md its own "section 9.5") sends the reader
+    to a heading of SPEC.md: each one cited must exist (renumbered or invented sections left readers at nothing:
+    tests cited subsections 5.1-5.3 where section 5 has numbered rules, no subsections)."""
+    spec = (ROOT / "SPEC.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^##+ (\d+(?:\.\d+)?)\.? ", spec, re.M))
+    assert {"5", "8.3", "14.5"} <= sections  # (so that the check below checks something)
+    files = [ROOT / "README.md", ROOT / "SPEC.md"] + [f for d in ("streams", "brokerless", "tests", "fuzz", "chaos",
+                                                                  "bench") for f in (ROOT / d).rglob("*.py")]
+    cited: dict[str, set[str]] = {}
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        refs = re.findall(r"\bSPEC(?:\.md)?,? (?:section )?(\d+(?:\.\d+)?)\b", text)
+        if f.name == "SPEC.md":
+            refs += re.findall(r"(?<!RFC \d{4} )\bsections? (\d+(?:\.\d+)?)\b", text)  # (not RFC 9162's)
+        for ref in refs:
+            cited.setdefault(ref, set()).add(str(f.relative_to(ROOT)))
+    assert len(cited) > 20
+    assert {ref: sorted(where) for ref, where in cited.items() if ref not in sections} == {}
+
+
+def test_the_layout_table_names_every_module() -> None:
+    """README's Layout table is where a reader looks for a module: each module of the packages is in it by its
+    path, or by the directory it is in (``streams/ledger/``, ``brokerless/``)."""
+    layout = README.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:streams|brokerless)/[A-Za-z0-9_/.]*)`", layout))
+    assert "streams/core.py" in named  # (so that the check below checks something)
+    missing = [str(p.relative_to(ROOT)) for d in ("streams", "brokerless") for p in sorted((ROOT / d).rglob("*.py"))
+               if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in named
+               and not any(str(p.relative_to(ROOT)).startswith(n) for n in named if n.endswith("/"))]
+    assert missing == []
+
+
+def test_readme_names_every_event_serve_and_tail_print() -> None:
+    """README lists the ``"event"`` values of serve's and tail's JSON lines: each one the CLI prints (read from the
+    dict literals of ``streams/_cli/``) is in that list, so a script author knows every line it may meet."""
+    printed = set()
+    for f in (ROOT / "streams" / "_cli").glob("*.py"):
+        for d in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(d, ast.Dict):
+                printed |= {v.value for k, v in zip(d.keys, d.values, strict=True) if isinstance(k, ast.Constant)
+                            and k.value == "event" and isinstance(v, ast.Constant) and isinstance(v.value, str)}
+    assert {"ready", "message", "stopped", "done"} <= printed  # (so that the check below checks something)
+    listed = README.split("`serve` and `tail` stream:", 1)[1].split("\n\n", 1)[0]
+    assert sorted(e for e in printed if f"`{e}`" not in listed and f'"event": "{e}"' not in listed) == []
+
+
+def test_readme_policy_file_example_loads(tmp_path: Path) -> None:
+    """The policy file the README shows, its ``did:key:z6Mk...`` placeholders filled in (deny, allow, issuer) and
+    its status list written, loads as it says: mode, deny-list, an allow rule and a credential rule with their
+    permissions, the list relative to the file, the status ledger."""
+    import json
+
+    from streams.credentials import StatusList, issue_status_list_credential
+    from streams.policy_file import load_policy
+
+    [example] = re.findall(r"^```toml\n(.*?)^```", README, re.S | re.M)
+    denied, allowed, issuer = (streams.Identity.from_seed(bytes([i]) * 32) for i in (7, 8, 9))
+    dids = iter([denied.did, allowed.did, issuer.did])
+    (tmp_path / "policy.toml").write_text(re.sub(r"did:key:z6Mk\.\.\.", lambda m: next(dids), example))
+    status = issue_status_list_credential(issuer, "https://example.com/status/1", StatusList(),
+                                          valid_from="2026-01-01T00:00:00Z")
+    (tmp_path / "status-list.json").write_text(json.dumps(status))
+    streams.EmbeddedLedger(tmp_path / "ledger.db").close()  # (the ledger must exist: the README says so)
+    policy = load_policy(tmp_path / "policy.toml")
+    assert (policy.mode, policy.deny) == ("any", {denied.did})
+    assert policy.allow == {allowed.did: streams.Permission.READ_WRITE}
+    [rule] = policy.credentials
+    assert (rule.type, rule.issuers, rule.permission) == ("PaymentProviderCredential", {issuer.did},
+                                                          streams.Permission.WRITE)
+    assert rule.status_lists == (tmp_path / "status-list.json",)
+    assert rule.status_ledger == f"sqlite:{tmp_path / 'ledger.db'}"  # (relative to the policy file)
+    # Its comments give each rule's default permission: read-write for an allow rule, read for a credential rule.
+    text = (tmp_path / "policy.toml").read_text()
+    (tmp_path / "policy.toml").write_text(re.sub(r"^permission = .*$", "", text, flags=re.M))
+    defaults = load_policy(tmp_path / "policy.toml")
+    assert defaults.allow == {allowed.did: streams.Permission.READ_WRITE}
+    assert [r.permission for r in defaults.credentials] == [streams.Permission.READ]
 
 
 def test_readme_benchmark_command_names_every_module() -> None:

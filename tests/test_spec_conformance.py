@@ -750,7 +750,7 @@ def test_an_unknown_kind_is_malformed(kind: int) -> None:
 
 @pytest.mark.parametrize("name", [f["name"] for f in VECTORS["frames"]])
 def test_every_other_encoding_of_every_head_integer_is_refused(name: str) -> None:
-    """SPEC 5.2-5.3: one encoding per value, signed integer forms included (msgpack's ``int 16`` of 256 is as
+    """SPEC 5 rules 2-3: one encoding per value, signed integer forms included (msgpack's ``int 16`` of 256 is as
     long as its ``uint 16``: a length check alone does not tell them apart)."""
     raw = _vector(name)
     _, kind, head_raw, _, _ = parse(raw)
@@ -768,7 +768,7 @@ def test_every_other_encoding_of_every_head_integer_is_refused(name: str) -> Non
 
 def test_a_publishers_non_canonical_packet_is_refused_not_accepted() -> None:
     """A publisher that encodes seq 256 as msgpack ``int 16`` (same length as ``uint 16``) and signs and encrypts
-    over those bytes: every check but canonical form holds.  SPEC 5.3: MALFORMED -- a receiver that took it
+    over those bytes: every check but canonical form holds.  SPEC 5 rule 3: MALFORMED -- a receiver that took it
     would hold a message another implementation refuses, under a hash no canonical encoding gives."""
     w = SpecAuthorWorld()
     assert _rejects(w.start()) == []
@@ -819,7 +819,7 @@ FORBIDDEN = {"map": b"\x80", "nil": b"\xc0", "false": b"\xc2", "true": b"\xc3", 
 
 @pytest.mark.parametrize("what", sorted(FORBIDDEN))
 def test_forbidden_types_anywhere_are_malformed(what: str) -> None:
-    """SPEC 5.1: maps, floats, booleans, nil, extension types and negative integers never appear."""
+    """SPEC 5 rule 1: maps, floats, booleans, nil, extension types and negative integers never appear."""
     raw = _vector("ack")
     fields = _head_fields(raw)
     for i in range(len(fields)):
@@ -828,7 +828,7 @@ def test_forbidden_types_anywhere_are_malformed(what: str) -> None:
 
 
 def test_wider_byte_and_array_forms_extra_fields_and_trailing_bytes_are_malformed() -> None:
-    """SPEC 5.2-5.3 and 8 ("exactly these fields"): any other form of the same content is refused."""
+    """SPEC 5 rules 2-3 and 8 ("exactly these fields"): any other form of the same content is refused."""
     raw = _vector("announce")
     fields = _head_fields(raw)
     _refused(_with_head(raw, _head_with(fields, 0, b"\xc5\x00\x20" + fields[0])), RejectReason.MALFORMED)  # bin 16

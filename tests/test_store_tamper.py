@@ -1,5 +1,5 @@
-"""THREATS 1 ("a store" may alter or inject) against the store's plaintext state: someone who can write a party's
-store file but does not know its passphrase edits it with ``sqlite3`` -- the subscriber's idea of its author and
+"""THREATS "Parties" ("a store" may alter or inject) against the store's plaintext state: someone who can write a
+party's store file but does not know its passphrase edits it with ``sqlite3`` -- the subscriber's idea of its author and
 channel, a group's member keys, a branch's state, peer, grant or mode -- and the party must refuse the file
 (:class:`StorageError` naming what was altered) instead of acting on it.  A store written before this state was
 authenticated opens once, trusted as it is, and is authenticated from then on.

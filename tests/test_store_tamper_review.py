@@ -1,5 +1,5 @@
-"""Second-round attack review of the store's authenticated state (THREATS 1): an attacker who can write the store
-file with ``sqlite3`` but does not know the passphrase.  Real SQLite files, real PyNaCl."""
+"""Second-round attack review of the store's authenticated state (THREATS "Parties"): an attacker who can write the
+store file with ``sqlite3`` but does not know the passphrase.  Real SQLite files, real PyNaCl."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Third-round attack review of the store's authenticated state (THREATS 1): an attacker who can write the store
+"""Third-round attack review of the store's authenticated state (THREATS "Parties"): an attacker who can write the store
 file with ``sqlite3`` but does not know the passphrase, against what the first two rounds did not try -- the
 grant frames a record and the ``grants`` table keep, and the tables kept outside the branch record.  Real SQLite
 files, real PyNaCl."""

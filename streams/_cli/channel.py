@@ -1,4 +1,4 @@
-"""``streams serve|subscribe|publish|tail|status``: run a channel over ZeroMQ from the command line.
+"""``streams serve|subscribe|publish|tail|status|backup``: run a channel over ZeroMQ from the command line.
 
 * ``serve`` -- the author: opens its store (or creates it from a keystore identity the first time), binds,
   admits subscribers by a TOML policy file and prints one line per event until SIGINT/SIGTERM, then closes
@@ -11,6 +11,7 @@
   durable acknowledgement.
 * ``tail`` -- prints messages received (catch-up from the author's retained log happens on open).
 * ``status`` -- offline: role, DID, channel, branches, chain cursors and the retained log of a store.
+* ``backup`` -- a consistent copy of a store and its frame file, also while its party runs (no passphrase).
 
 Streaming commands (``serve``, ``tail``) print one line per event; with ``--json`` one JSON object per line,
 ``{"event": ..., ...}`` (JSON Lines), flushed at once so scripts can follow them.  Payloads are printed as
