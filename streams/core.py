@@ -1703,7 +1703,7 @@ class _CoreBase:
         if c is None:
             # A branch we may write always has our chain's cursor (made with the grant, committed with the record):
             # none loaded is a store whose row of it was deleted.  Publishing from nowhere would fork the chain
-            # (and a ChainConflict stop is kept with that cursor: THREATS 1).
+            # (and a ChainConflict stop is kept with that cursor: THREATS "Parties", a store is untrusted).
             raise StorageError(f"our chain on branch {b.id.hex()} has no cursor: the store we were loaded from lost "
                                "its row (altered?); nothing is published there (restore a backup, or start over "
                                "with a new store and subscribe again)")

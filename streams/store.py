@@ -106,25 +106,25 @@ record, kept out of ``chains`` because it is rare: a row is written or deleted o
 changes it.  It was added as the tables above were: a store written before has none, and opens without a
 conflict.
 
-The stops are bound to their branch's record (THREATS "Parties": whoever deletes the row without the passphrase
-would have the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row could
-not show a deletion): the record's keys are sealed under its fields *and* its branch's stops (:func:`_record_ad`; a
-record with no stop exactly as before), and a commit that sets, changes or lifts a stop seals the record again in
-the same transaction (rare: one record).  A stop row deleted, edited or added is then :class:`StorageError` "branch
-record ... was altered" where the record is loaded (the party's open, ``streams status``, ``streams audit``'s
-finding), never a silent publish.  A stop of a branch that has no record is bound to nothing (nothing reads it).
-The metadata row ``stops`` (a sealed empty secret) says the store binds them, and so does its ``check`` row, sealed
-under its own associated data since (``_CHECK_STOPS_AD``); a store written before has neither (its ``check`` is
-sealed the earlier way): its records were sealed without their stops, so there a record that opens only so is taken
-as found and bound in the open (:meth:`Store._bind_stops`, which writes both rows; trust on first open, under the
-store's lock: not while a party of the earlier version runs, which would go on writing stops unbound; that open
-reads it as found).  Deleting the ``stops`` row does not make a store look written before (its ``check`` says
-otherwise), and deleting both is refused at the open: so a stop row added is refused, never bound as genuine.
-Residual: rollback, as above -- the ``check`` row put back from a copy of the same store from before its binding
-(then a stop row added is bound at the next open), or a branch's record row put back from a copy from before its
-stop was set, with the stop row deleted: setting a stop changes none of the record's fields, so any earlier copy of
-the row does (such as the stale copy whose restore made the conflict), and the next run may sign a fork before the
-author's ACK stops it again, as after that copy restored whole.  An older version of this code (downgrades are not
+The stops are bound to their branch's record (THREATS "Parties": whoever deletes the row without the passphrase would
+have the next run sign a fork at a position the author holds -- evidence against the honest member; a MAC per row
+could not show a deletion): the record's keys are sealed under its fields *and* its branch's stops
+(:func:`_record_ad`; a record with no stop exactly as before), and a commit that sets, changes or lifts a stop seals
+the record again in the same transaction (rare: one record). A stop row deleted, edited or added is then
+:class:`StorageError` "branch record ... was altered" where the record is loaded (the party's open, ``streams
+status``, ``streams audit``'s finding), never a silent publish. A stop of a branch that has no record is bound to
+nothing (nothing reads it). The metadata row ``stops`` (a sealed empty secret) says the store binds them, and so does
+its ``check`` row, sealed under its own associated data since (``_CHECK_STOPS_AD``); a store written before has
+neither (its ``check`` is sealed the earlier way): its records were sealed without their stops, so there a record that
+opens only so is taken as found and bound in the open (:meth:`Store._bind_stops`, which writes both rows; trust on
+first open, under the store's lock: not while a party of the earlier version runs, which would go on writing stops
+unbound; that open reads it as found). Deleting the ``stops`` row does not make a store look written before (its
+``check`` says otherwise), and deleting both is refused at the open: so a stop row added is refused, never bound as
+genuine. Residual: rollback, as above -- the ``check`` row put back from a copy of the same store from before its
+binding (then a stop row added is bound at the next open), or a branch's record row put back from a copy from before
+its stop was set, with the stop row deleted: setting a stop changes none of the record's fields, so any earlier copy
+of the row does (such as the stale copy whose restore made the conflict), and the next run may sign a fork before the
+author's ACK stops it again, as after that copy restored whole. An older version of this code (downgrades are not
 supported) refuses the record of a branch whose stop was bound as altered, and ignores the table otherwise.
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
