@@ -125,7 +125,8 @@ binding (then a stop row added is bound at the next open), or a branch's record 
 its stop was set, with the stop row deleted: setting a stop changes none of the record's fields, so any earlier copy
 of the row does (such as the stale copy whose restore made the conflict), and the next run may sign a fork before the
 author's ACK stops it again, as after that copy restored whole. An older version of this code (downgrades are not
-supported) refuses the record of a branch whose stop was bound as altered, and ignores the table otherwise.
+supported) refuses the record of a branch whose stop was bound as altered (so does not open the store), and writes
+a stop it sets unbound (so this version then refuses that record as altered).
 
 ``grants`` (author side) is a branch's grant history: each grant a re-key replaced, by epoch, written once in
 the commit that makes the re-key durable, and read back only to answer a member that missed re-keys (SPEC 9.5).
