@@ -273,7 +273,8 @@ _CHECK_AD = b"streams.store.check"  #: an empty secret: the passphrase is right 
 #: first open, :meth:`Store._bind_stops`); so the ``stops`` row below deleted does not make a store look older.
 _CHECK_STOPS_AD = b"streams.store.check.stops"
 #: An empty secret, the ``stops`` metadata row: this store's branch records bind their publishing stops
-#: (:func:`_record_ad`); written at the create, or at the first open of a store written before.
+#: (:func:`_record_ad`); written at the create, or at the first open of a store written before.  Like ``check``, it
+#: also tells a right passphrase (altered metadata) from a wrong one (:meth:`Store._read_meta`).
 _STOPS_AD = b"streams.store.stops"
 #: The metadata the seed's sealing binds (the values :meth:`Store.meta` returns are those checked at the open).
 _BOUND = ("role", "channel", "author_did", "name", "did")
@@ -741,17 +742,19 @@ class Store:
         try:  # a store written before its metadata was bound to the seed: trusted as found (see _authenticate)
             seed = open_secret(key, sealed, _SEED_AD_OLD)
         except KeystoreError as exc:
-            check = meta.get("check")
+            # Rows sealed under the key alone (empty secrets) tell the passphrase is right: ``check``, and
+            # ``stops`` -- either can be deleted with the edit, so a branch record sealed under the key tells it too
+            # (a store with none yet: the ``stops`` row alone).
             known = False
-            for ad in (_CHECK_STOPS_AD, _CHECK_AD):
+            for row, ad in (("check", _CHECK_STOPS_AD), ("check", _CHECK_AD), ("stops", _STOPS_AD)):
+                sealed_row = meta.get(row)
                 try:
-                    if isinstance(check, bytes):
-                        open_secret(key, check, ad)
+                    if isinstance(sealed_row, bytes):
+                        open_secret(key, sealed_row, ad)
                         known = True
                         break
                 except KeystoreError:
                     continue
-            # The check row can be deleted with the edit: a branch record sealed under this key tells it too.
             known = known or _a_record_opens(conn, key)
             if known:  # the passphrase is right: what the seed's associated data binds was changed
                 raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "

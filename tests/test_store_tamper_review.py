@@ -237,6 +237,26 @@ def test_metadata_edited_with_the_check_row_deleted_is_still_altered_not_a_wrong
         Store.open(path, PW + "x", durable=False)
 
 
+
+def test_metadata_edited_with_the_check_row_deleted_in_a_store_with_no_record_is_altered_not_a_wrong_passphrase(
+        tmp_path: Path) -> None:
+    """As above, in a store that holds no branch record yet (an author before its first subscriber, a member
+    before its first grant): no record tells the passphrase is right, and the open said wrong passphrase -- the
+    user hunting for another.  The ``stops`` row (a sealed empty secret every store has had since its publishing
+    stops were bound) tells it too.  With every row sealed under the passphrase deleted, nothing can tell."""
+    from streams.errors import BadPassphrase
+
+    path = tmp_path / "s.db"
+    Store.create(path, Identity.generate(), PW, role="author", channel=os.urandom(32),
+                 author_did=Identity.generate().did, durable=False, opslimit=1, memlimit=8192).close()
+    _sql(path, "DELETE FROM meta WHERE k = 'check'", ())
+    _sql(path, "UPDATE meta SET v = ? WHERE k = 'name'", (msgpack.packb("edited"),))
+    with pytest.raises(StorageError, match=r"metadata.*altered"):
+        Store.open(path, PW, durable=False)
+    with pytest.raises(BadPassphrase):
+        Store.open(path, PW + "x", durable=False)
+
+
 def test_a_new_layout_seal_cannot_pass_as_an_older_record_under_another_id(tmp_path: Path) -> None:
     """The older associated data is ``streams.store.keys`` + id; the new one ``streams.store.keys.2`` + id +
     the record's fields.  With the seed put back from a pre-upgrade copy (the check row deleted), an attacker who
