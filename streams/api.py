@@ -1388,7 +1388,7 @@ class Author(_Party):
             store.lock()
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
-            core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
+            core.load_author(store.load_branches(), store.load_chains(), [])  # (used nonces: of an earlier run)
             self._member_kx = None  # knows_key reads the loaded members at its next call
             self._redeliver()
             core.announce()

@@ -2258,13 +2258,13 @@ class AuthorCore(_CoreBase):
 
     def load_author(self, branches: list[BranchRecord], chains: list[ChainRecord],
                     nonces: list[tuple[bytes, int]]) -> None:
-        """Restore after a restart: branches, cursors and the used challenge nonces.  (The nonces no longer
-        matter: a challenge of an earlier run fails its MAC in this one, SPEC 8.3.  They are taken for what an
-        older store holds; nothing relies on them.)"""
+        """Restore after a restart: branches and cursors.  ``nonces``, the used challenge nonces an older store
+        holds, are accepted and left out: a challenge of an earlier run fails its MAC in this one (SPEC 8.3), so
+        they could never refuse anything -- but kept, they would fill the bounded table (``max_nonces``) and have
+        newcomers refused until they expire; rows of a store written with a far expiry (a store is untrusted,
+        THREATS "Parties") would have them refused for good."""
+        del nonces
         self.load(branches, chains)
-        self._used_nonces.update(nonces)
-        self._nonce_expiry = [(e, n) for n, e in self._used_nonces.items()]
-        heapq.heapify(self._nonce_expiry)
         for b in self._branches.values():
             if b.peer_did and b.state is BranchState.OPEN:
                 self._by_did[b.peer_did] = b.id
