@@ -2233,6 +2233,8 @@ class AuthorCore(_CoreBase):
         self._used_nonces: dict[bytes, int] = {}
         #: (expires_ms, nonce) of every used nonce, a heap: the expired ones are dropped oldest first (_remember_nonce).
         self._nonce_expiry: list[tuple[int, bytes]] = []
+        #: The handshake's clock: the latest ``now_ms`` a HELLO or SUBSCRIBE came with (see _handshake_now).
+        self._handshake_ms = 0
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         #: Each recipient's hint key (SPEC 8.5), by its X25519 key: see :meth:`_hint_for`.
@@ -2313,7 +2315,7 @@ class AuthorCore(_CoreBase):
     def _on_hello(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         # Stateless: the challenge is MACed, so a HELLO flood costs one MAC each and no memory.
         nonce = self._rng(16)
-        expires = now_ms + self.config.challenge_ttl_ms
+        expires = self._handshake_now(now_ms) + self.config.challenge_ttl_ms
         ch = Challenge(self._channel, nonce, expires, self._challenge_mac(nonce, expires, peer))
         self._out.append(Outgoing(self._announce.raw, peer=peer))
         self._out.append(Outgoing(encode_frame(ch).raw, peer=peer))
@@ -2331,11 +2333,12 @@ class AuthorCore(_CoreBase):
         # 1. The challenge is ours (MAC), issued on this connection (its session, where the transport has
         #    them), fresh (window) and unused (THREATS 5: no replayed request, none relayed elsewhere).
         mac_ok = _crypto.ct_equal(secret.mac, self._challenge_mac(secret.nonce, secret.expires_ms, peer))
-        if not mac_ok or now_ms > secret.expires_ms or secret.nonce in self._used_nonces:
+        t = self._handshake_now(now_ms)
+        if not mac_ok or t > secret.expires_ms or secret.nonce in self._used_nonces:
             events.append(SubscriberRefused("", "challenge forged, expired or already used"))
             self._refuse(peer, frame.hash, RejectReason.BAD_CHALLENGE)
             raise _Reject(RejectReason.BAD_CHALLENGE, "challenge forged, expired or already used")
-        self._drop_expired_nonces(now_ms)
+        self._drop_expired_nonces(t)
         if len(self._used_nonces) >= self.config.max_nonces:
             # THREATS 8: anyone who makes key pairs can answer challenges with valid proofs, each nonce kept for
             # the challenge's lifetime.  Beyond the bound: refused before any signature check, nothing kept; a
@@ -2402,6 +2405,15 @@ class AuthorCore(_CoreBase):
         answer to an earlier request, is taken for it."""
         f = encode_frame(Admit(self._channel, request, branch, epoch), b"", self._id.sign)
         self._out.append(Outgoing(f.raw, peer=peer))
+
+    def _handshake_now(self, now_ms: int) -> int:
+        """The time for the challenges (issuing, expiry, dropping used nonces): the driver's clock, but never back
+        from the latest reading -- a wall clock steps back, and a nonce dropped as expired must stay expired, or a
+        copied SUBSCRIBE answering it would be admitted again (THREATS 5).  After a step back, challenges live
+        longer by the step, at most."""
+        if now_ms > self._handshake_ms:
+            self._handshake_ms = now_ms
+        return self._handshake_ms
 
     def _drop_expired_nonces(self, now_ms: int) -> None:
         """Forget the used nonces whose challenges expired (a SUBSCRIBE answering one is refused as expired

@@ -54,3 +54,39 @@ async def test_the_nonces_of_the_run_before_a_restart_do_not_fill_the_bound(tmp_
         await sb.close()
         await sa.close()
         await author.close()
+
+
+def test_a_subscribe_replayed_after_the_clock_stepped_back_is_refused() -> None:
+    """The core takes its time from its driver, and the asyncio driver's clock is wall-clock time, which steps
+    back (NTP).  Used nonces are now dropped as soon as they expire: a copied SUBSCRIBE whose nonce was dropped
+    was admitted again once the clock stepped back into its challenge's lifetime -- re-opening a branch for a
+    member that had left (THREATS 5, 6).  (Before the heap, nonces stayed until the table filled.)"""
+    from streams.errors import RejectReason
+    from streams.events import BranchClosed, Refused, SubscriberAdmitted, SubscriberRefused
+    from streams.wire import Kind, decode_frame
+    from tests.corenet import Net
+
+    net = Net.make(n_subs=2)
+    s0 = net.subs["s0"]
+    t0 = net.now
+    net.subscribe("s0")
+    (copy,) = [d for who, d in net.wire if who == "s0" and decode_frame(d).kind is Kind.SUBSCRIBE]
+    (branch,) = [e.branch for e in net.events["author"] if isinstance(e, SubscriberAdmitted)]
+    s0.unsubscribe(branch)  # the member leaves
+    net.pump_sub("s0")
+    assert any(isinstance(e, BranchClosed) for e in net.events["author"])
+    assert net.author.branch_of(s0.identity.did) is None
+    net.now = t0 + net.author.config.challenge_ttl_ms + 1
+    net.subscribe("s1")  # (any SUBSCRIBE: the expired nonces are dropped)
+    net.now = t0 + net.author.config.challenge_ttl_ms - 2000  # the wall clock steps back 2 s
+    got = net.author.receive(copy, net.now, "attacker")  # a relay that kept the copy
+    net.author.take_changes()
+    net.author.data_to_send()
+    assert not any(isinstance(e, SubscriberAdmitted) for e in got), got
+    assert net.author.branch_of(s0.identity.did) is None
+    assert [e for e in got if isinstance(e, SubscriberRefused)], got
+    # A subscription asked for now, in the stepped-back time, is still admitted.
+    net.now += 10
+    events = net.subscribe("s0")
+    assert net.author.branch_of(s0.identity.did) is not None, events
+    assert not any(isinstance(e, Refused) and e.reason is not RejectReason.BAD_CHALLENGE for e in events)
