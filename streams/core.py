@@ -331,7 +331,8 @@ class CoreConfig:
     """Most messages served for one FETCH request (the requester asks again for more)."""
     max_nonces: int = 100_000
     """Most unexpired used challenge nonces remembered (one per subscription within ``challenge_ttl_ms``); beyond
-    it a SUBSCRIBE is refused BAD_CHALLENGE, which the requester retries, until used challenges expire."""
+    it a SUBSCRIBE is refused BAD_CHALLENGE, which the requester retries, until used challenges expire.  Requests
+    the policy refuses keep theirs in at most half of it (SPEC 9.2 step 4)."""
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss); so is, twice at most, a catch-up window that got no
@@ -2233,6 +2234,8 @@ class AuthorCore(_CoreBase):
         self._used_nonces: dict[bytes, int] = {}
         #: (expires_ms, nonce) of every used nonce, a heap: the expired ones are dropped oldest first (_remember_nonce).
         self._nonce_expiry: list[tuple[int, bytes]] = []
+        #: The used nonces of requests the policy refused (a part of _used_nonces): at most half the bound.
+        self._refused_nonces: set[bytes] = set()
         #: The handshake's clock: the latest ``now_ms`` a HELLO or SUBSCRIBE came with (see _handshake_now).
         self._handshake_ms = 0
         self._by_did: dict[str, bytes] = {}
@@ -2356,7 +2359,6 @@ class AuthorCore(_CoreBase):
             events.append(SubscriberRefused("", "proof of control does not verify"))
             self._refuse(peer, frame.hash, RejectReason.BAD_SIGNATURE)
             raise _Reject(RejectReason.BAD_SIGNATURE, "proof of control does not verify") from exc
-        self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         did = pub.did
         req = SubscriptionRequest(self._channel, did, pub.sign_public, secret.credential, secret.nonce)
         try:
@@ -2364,9 +2366,16 @@ class AuthorCore(_CoreBase):
         except Exception as exc:  # a policy's failure on what a requester sent: refused, and the author serves on
             decision = Decision.refuse(f"the policy failed: {type(exc).__name__}: {exc}")
         if not decision.admit:
+            # Kept (a copy is refused as used, whatever the policy says by then) while the requests the policy
+            # refused hold less than half the bound: throwaway DIDs, which anyone makes, must not fill the table
+            # against the DIDs the policy admits (THREATS 8).  Beyond, not kept: a copy gets the policy's verdict.
+            if len(self._refused_nonces) < self.config.max_nonces // 2:
+                self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
+                self._refused_nonces.add(secret.nonce)
             events.append(SubscriberRefused(did, decision.reason))
             self._refuse(peer, frame.hash, RejectReason.REFUSED)
             return
+        self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         existing = self._by_did.get(did)
         if existing is not None:
             # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.  What admitted
@@ -2422,6 +2431,7 @@ class AuthorCore(_CoreBase):
         while heap and heap[0][0] < now_ms:
             _, n = heapq.heappop(heap)
             used.pop(n, None)
+            self._refused_nonces.discard(n)
 
     def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
         """Keep a used nonce until its challenge expires (the caller checked the bound, ``max_nonces``)."""

@@ -14,6 +14,7 @@ from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import CoreConfig
 from streams.identity import Identity
 from streams.policy import AllowList
+from streams.wire import Kind, decode_frame
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
@@ -63,7 +64,6 @@ def test_a_subscribe_replayed_after_the_clock_stepped_back_is_refused() -> None:
     member that had left (THREATS 5, 6).  (Before the heap, nonces stayed until the table filled.)"""
     from streams.errors import RejectReason
     from streams.events import BranchClosed, Refused, SubscriberAdmitted, SubscriberRefused
-    from streams.wire import Kind, decode_frame
     from tests.corenet import Net
 
     net = Net.make(n_subs=2)
@@ -90,3 +90,35 @@ def test_a_subscribe_replayed_after_the_clock_stepped_back_is_refused() -> None:
     events = net.subscribe("s0")
     assert net.author.branch_of(s0.identity.did) is not None, events
     assert not any(isinstance(e, Refused) and e.reason is not RejectReason.BAD_CHALLENGE for e in events)
+
+
+def test_throwaway_dids_the_policy_refuses_cannot_fill_the_nonce_table_against_members() -> None:
+    """Anyone who makes key pairs answers challenges with valid proofs of control; the policy refuses them, but
+    each refusal kept its nonce in the bounded table: enough of them within the challenges' lifetime and every
+    member -- a newcomer on the allow-list, or one subscribing again -- was refused BAD_CHALLENGE until they
+    expired, and again as long as the flood went on.  Requests the policy refuses now hold at most half the table;
+    beyond, their nonce is not kept (a replay of one gets the policy's verdict again)."""
+    from streams.events import SubscriberAdmitted, SubscriberRefused
+    from tests.corenet import Net, ident
+
+    net = Net.make(n_subs=2, config=CoreConfig(max_nonces=6))  # half of it for the requests refused: 3
+    net.author.policy = AllowList.of([net.subs["s0"].identity.did, net.subs["s1"].identity.did])
+    net.subscribe("s0")
+    for i in range(8):  # the flood: 8 throwaway DIDs, each refused by the policy
+        net.add_sub(f"x{i}", ident(100 + i))
+        net.subscribe(f"x{i}")
+    refused = [e for e in net.events["author"] if isinstance(e, SubscriberRefused) and e.did]
+    assert len(refused) == 8, refused  # (the policy's verdict on every one: none refused for the bound)
+    assert len(net.author._used_nonces) == 4  # s0's, and 3 of the refused
+    # A member subscribing again, and a newcomer on the allow-list: admitted, within the same lifetime.
+    for name in ("s0", "s1"):
+        net.now += 1
+        start = len(net.events["author"])
+        net.subscribe(name)
+        assert any(isinstance(e, SubscriberAdmitted) and e.did == net.subs[name].identity.did
+                   for e in net.events["author"][start:]), net.events["author"][start:]
+    # A refused request whose nonce was kept is still refused as used when replayed.
+    (copy,) = [d for who, d in net.wire if who == "x0" and decode_frame(d).kind is Kind.SUBSCRIBE]
+    got = net.author.receive(copy, net.now, "x0")
+    assert [e.reason for e in got if isinstance(e, SubscriberRefused)] == \
+        ["challenge forged, expired or already used"], got
