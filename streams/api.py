@@ -1810,8 +1810,12 @@ class Subscriber(_Party):
         handshake starts again while time remains -- at once the first time, then after 50 ms, doubling up to
         ``retry``),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
-        ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile."""
+        ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile,
+        :class:`LocalProtocolError` at once, nothing sent, if ``retry`` is not a positive number of seconds (0 paced
+        nothing: HELLOs at network speed until the timeout)."""
         self._check_usable()
+        if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry > 0:  # NaN too
+            raise LocalProtocolError(f"retry must be a positive number of seconds, not {retry!r}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
         self._waiters.append(fut)

@@ -122,3 +122,35 @@ def test_throwaway_dids_the_policy_refuses_cannot_fill_the_nonce_table_against_m
     got = net.author.receive(copy, net.now, "x0")
     assert [e.reason for e in got if isinstance(e, SubscriberRefused)] == \
         ["challenge forged, expired or already used"], got
+
+
+@pytest.mark.parametrize("retry", [0.0, -1.0, float("nan")])
+async def test_subscribe_with_a_retry_that_is_no_positive_number_is_refused_at_once(tmp_path: Path,
+                                                                                    retry: float) -> None:
+    """``retry`` paces the HELLOs -- after silence, and (doubling from 50 ms, up to it) after BAD_CHALLENGE
+    refusals.  ``retry=0`` made both paces nothing: against an author refusing for a while (its used-nonce table
+    full) the subscriber said HELLO some thousand times a second until its timeout, each answered with the
+    handshake's crypto and drawing on the author's budget that every newcomer shares (THREATS 8).  A clear local
+    error now, before anything is sent."""
+    from streams.errors import LocalProtocolError
+
+    hub = MemoryHub()
+    a, b = Identity.generate(), Identity.generate()
+    author = await Author.create(tmp_path / "author.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([a.did, b.did]), store_options=FAST, config=CoreConfig(max_nonces=1))
+    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
+                                 store_options=FAST)
+    sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
+                                 store_options=FAST)
+    try:
+        await sa.subscribe(timeout=10)  # the table is full for b for the challenge's lifetime
+        sent = len(hub.tap)
+        with pytest.raises(LocalProtocolError, match="retry"):
+            await sb.subscribe(timeout=1, retry=retry)
+        assert not [d for src, _, d in hub.tap[sent:] if src == "b"]
+        # (and the party is still usable)
+        assert sb._core.state.value in ("idle", "refused")
+    finally:
+        await sb.close()
+        await sa.close()
+        await author.close()
