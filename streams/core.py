@@ -3251,9 +3251,14 @@ class SubscriberCore(_CoreBase):
     def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Refuse = frame.head
         self._check_answer(frame, r.request, "refusal")
-        self._transition(Kind.REFUSE)
         self._requests = [h for h in self._requests if h != r.request]  # (a copy of it: UNEXPECTED)
-        self._admitted = None
+        if not self._requests:
+            self._transition(Kind.REFUSE)
+            self._admitted = None
+        # else another SUBSCRIBE of this attempt is still unanswered (a HELLO said again after silence): the
+        # handshake still awaits its answer -- refused for an expired challenge or a full used-nonce table, the
+        # first may come back refused while the second is admitted, and that ADMIT (and the GRANT before it) must
+        # end the handshake, not be dropped as unexpected while the driver pauses before asking again.
         try:
             reason = RejectReason(r.reason)
         except ValueError:

@@ -154,3 +154,51 @@ async def test_subscribe_with_a_retry_that_is_no_positive_number_is_refused_at_o
         await sb.close()
         await sa.close()
         await author.close()
+
+
+def test_the_admission_of_one_subscribe_after_the_refusal_of_an_earlier_one_of_the_attempt_ends_the_handshake(
+        ) -> None:
+    """A HELLO said again after silence leaves two SUBSCRIBEs of one attempt outstanding.  The first can come back
+    refused BAD_CHALLENGE (its challenge expired on the way, or the used-nonce table was full when it came) while
+    the second is admitted.  The refusal moved the subscriber to REFUSED, where the second's GRANT was applied
+    but its ADMIT dropped as unexpected: no Subscribed, so ``Subscriber.subscribe`` -- pausing before it asks
+    again (50 ms doubling, up to ``retry``) -- missed the admission it waits for during the pause and asked again,
+    using one more nonce, and failed (timeout) against an author refusing for a while although it was admitted."""
+    from streams.errors import RejectReason
+    from streams.events import Refused, Rejected, Subscribed
+    from tests.corenet import Net
+
+    net = Net.make(n_subs=1)
+    s, a = net.subs["s0"], net.author
+    ttl = a.config.challenge_ttl_ms
+
+    def to_author(data: bytes) -> list[bytes]:
+        a.receive(data, net.now, "s0")
+        a.take_changes()
+        return [o.data for o in a.data_to_send()]
+
+    def to_sub(data: bytes) -> list[object]:
+        ev: list[object] = list(s.receive(data, net.now))
+        s.take_changes()
+        return ev
+
+    def handshake(retry: bool) -> bytes:
+        s.hello(retry=retry)
+        (hello,) = [o.data for o in s.data_to_send()]
+        for reply in to_author(hello):
+            to_sub(reply)
+        (request,) = [o.data for o in s.data_to_send()]
+        assert decode_frame(request).kind is Kind.SUBSCRIBE
+        return request
+
+    first = handshake(retry=False)
+    net.now += ttl // 2
+    second = handshake(retry=True)  # (no answer came: the HELLO said again)
+    net.now += ttl // 2 + 1  # the first challenge expired on the way, the second not
+    events: list[object] = []
+    for d in to_author(first) + to_author(second):  # REFUSE (first); GRANT, ADMIT (second)
+        events += to_sub(d)
+    assert [e.reason for e in events if isinstance(e, Refused)] == [RejectReason.BAD_CHALLENGE], events
+    assert not [e for e in events if isinstance(e, Rejected)], events
+    (done,) = [e for e in events if isinstance(e, Subscribed)]
+    assert done.branch == a.branch_of(s.identity.did)
