@@ -202,3 +202,16 @@ def test_the_admission_of_one_subscribe_after_the_refusal_of_an_earlier_one_of_t
     assert not [e for e in events if isinstance(e, Rejected)], events
     (done,) = [e for e in events if isinstance(e, Subscribed)]
     assert done.branch == a.branch_of(s.identity.did)
+
+
+def test_the_fuzz_harness_sees_a_change_of_the_nonce_expiry_heap_alone() -> None:
+    """The fuzz harness checks that a rejected frame leaves the core's state alone; it read the used-nonce table
+    but not the expiry heap beside it (4f19378), so a rejected frame that left an entry in the heap only -- the
+    two disagreeing -- went unseen."""
+    from fuzz.targets import fingerprint
+    from tests.corenet import Net
+
+    net = Net.make(n_subs=1)
+    before = fingerprint(net.author)
+    net.author._nonce_expiry.append((net.now, b"\x00" * 16))  # the heap alone
+    assert fingerprint(net.author) != before
