@@ -1260,6 +1260,7 @@ class Author(_Party):
         self._core = core
         self.recheck_ms = 5_000
         self._last_recheck = 0
+        self._last_nonce_prune: int | None = None  #: when the store's expired used nonces were last deleted
         self._anchoring: AnchorService | None = None
         self._install()
         #: For knows_key: the X25519 keys of each open branch's members (not ours), and how many open branches
@@ -1521,6 +1522,7 @@ class Author(_Party):
         return revoked
 
     def _on_tick(self, now_ms: int) -> None:
+        self._prune_nonces(now_ms)
         if now_ms - self._last_recheck >= self.recheck_ms:
             self._last_recheck = now_ms
             reasons: dict[bytes, str] = {}
@@ -1537,6 +1539,20 @@ class Author(_Party):
             self._report_revoked(revoked, reasons)
             self._report_restricted(restricted)
             self._report_undecided(undecided)
+
+    def _prune_nonces(self, now_ms: int) -> None:
+        """Delete the store's expired used nonces, at the first tick and then once a challenge lifetime: each
+        subscription writes one (for older versions of this code, see :mod:`streams.store`), and none is read
+        back, so without this the file grew by a row per subscription for good (THREATS 8: a flood of throwaway
+        DIDs grew it without bound).  A failure is logged and tried again at the next period."""
+        last = self._last_nonce_prune
+        if last is not None and 0 <= now_ms - last < self._core.config.challenge_ttl_ms:
+            return
+        self._last_nonce_prune = now_ms
+        try:
+            self._store.prune_nonces(now_ms)
+        except StorageError as exc:
+            log.warning("deleting the store's expired challenge nonces failed (tried again later): %s", exc)
 
     @staticmethod
     def _report_undecided(undecided: list[tuple[str, str]]) -> None:

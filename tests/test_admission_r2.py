@@ -215,3 +215,39 @@ def test_the_fuzz_harness_sees_a_change_of_the_nonce_expiry_heap_alone() -> None
     before = fingerprint(net.author)
     net.author._nonce_expiry.append((net.now, b"\x00" * 16))  # the heap alone
     assert fingerprint(net.author) != before
+
+
+async def test_the_used_nonce_rows_of_the_store_are_pruned_once_expired(tmp_path: Path) -> None:
+    """Every subscription with a valid proof writes its used nonce to the store's ``nonces`` table (kept for older
+    versions of this code); nothing ever deleted a row (``Store.prune_nonces`` had no caller), and this version
+    no longer reads them: the file grew by a row per subscription for good -- a flood of throwaway DIDs, up to
+    1000 handshakes a second through the ZeroMQ endpoint's global budget, grew it without bound (THREATS 8)."""
+    import asyncio
+
+    clock = [1_700_000_000_000]
+    hub = MemoryHub()
+    a = Identity.generate()
+    a_path = tmp_path / "author.db"
+    author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([a.did]),
+                                 store_options=FAST, clock=lambda: clock[0])
+    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
+                                 store_options=FAST)
+
+    def rows() -> int:
+        with sqlite3.connect(a_path) as c:
+            (n,) = c.execute("SELECT COUNT(*) FROM nonces").fetchone()
+        c.close()
+        return int(n)
+
+    try:
+        await sa.subscribe(timeout=10)
+        assert rows() == 1
+        clock[0] += author._core.config.challenge_ttl_ms + 1  # a's challenge expired
+        for _ in range(2000):  # until the expired row is gone (the author's timer), with a generous bound
+            if rows() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert rows() == 0
+    finally:
+        await sa.close()
+        await author.close()
