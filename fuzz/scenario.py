@@ -60,9 +60,13 @@ class CoreSnapshot:
         """A fresh author core in exactly the snapshot's state."""
         core = AuthorCore(self.identity, AUTHOR_NAME, AllowList.of(list(self.allowed)), self.config,
                           rng=seeded_rng(7))
-        core.load_author(_copy_branches(self.branches), _copy_chains(self.chains), list(self.nonces))
+        core.load_author(_copy_branches(self.branches), _copy_chains(self.chains), [])
         if self.chal_key:
+            # The live author's run: the nonces it used in it are its state too (load_author leaves a store's
+            # out -- of an earlier run, they never match, SPEC 8.3).  The table and its expiry heap, sorted.
             core._chal_key = self.chal_key
+            core._used_nonces = dict(self.nonces)
+            core._nonce_expiry = sorted((e, n) for n, e in self.nonces)
         return core
 
     def subscriber(self) -> SubscriberCore:

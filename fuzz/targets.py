@@ -264,7 +264,9 @@ def fingerprint(core: AuthorCore | SubscriberCore) -> tuple[Any, ...]:
         branches.append((bid, b.state, b.epoch, b.grant_hash, b.me, tuple(sorted(b.members.items())),
                          tuple(sorted(b.keys.items())), chains))
     if isinstance(core, AuthorCore):
-        extra: tuple[Any, ...] = (tuple(sorted(core._used_nonces.items())), tuple(sorted(core._by_did.items())))
+        # (The used nonces with their expiry heap and the refused ones' set: the three must change together.)
+        extra: tuple[Any, ...] = (tuple(sorted(core._used_nonces.items())), tuple(sorted(core._nonce_expiry)),
+                                  tuple(sorted(core._refused_nonces)), tuple(sorted(core._by_did.items())))
     else:
         extra = (core.state, core._announced, core._announce_hash, tuple(core._requests), core._admitted)
     return (tuple(branches), extra)

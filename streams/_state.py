@@ -69,6 +69,7 @@ SUBSCRIPTION: Final[dict[tuple[SubscriptionState, Kind | str], SubscriptionState
     # to the SUBSCRIBE of the same attempt, after a HELLO retry.
     (SubscriptionState.AWAIT_GRANT, Kind.ADMIT): SubscriptionState.SUBSCRIBED,
     (SubscriptionState.AWAIT_CHALLENGE, Kind.ADMIT): SubscriptionState.SUBSCRIBED,
+    # (Taken when no other SUBSCRIBE of the attempt is unanswered: until then the handshake awaits their answers.)
     (SubscriptionState.AWAIT_GRANT, Kind.REFUSE): SubscriptionState.REFUSED,
     (SubscriptionState.AWAIT_CHALLENGE, Kind.REFUSE): SubscriptionState.REFUSED,
     # Grants (our branch, groups, re-keys) arrive at any time.  Outside a handshake a grant makes us subscribed (a

@@ -1260,6 +1260,7 @@ class Author(_Party):
         self._core = core
         self.recheck_ms = 5_000
         self._last_recheck = 0
+        self._last_nonce_prune: int | None = None  #: when the store's expired used nonces were last deleted
         self._anchoring: AnchorService | None = None
         self._install()
         #: For knows_key: the X25519 keys of each open branch's members (not ours), and how many open branches
@@ -1388,7 +1389,7 @@ class Author(_Party):
             store.lock()
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
-            core.load_author(store.load_branches(), store.load_chains(), store.load_nonces(self._clock()))
+            core.load_author(store.load_branches(), store.load_chains(), [])  # (used nonces: of an earlier run)
             self._member_kx = None  # knows_key reads the loaded members at its next call
             self._redeliver()
             core.announce()
@@ -1521,6 +1522,7 @@ class Author(_Party):
         return revoked
 
     def _on_tick(self, now_ms: int) -> None:
+        self._prune_nonces(now_ms)
         if now_ms - self._last_recheck >= self.recheck_ms:
             self._last_recheck = now_ms
             reasons: dict[bytes, str] = {}
@@ -1537,6 +1539,20 @@ class Author(_Party):
             self._report_revoked(revoked, reasons)
             self._report_restricted(restricted)
             self._report_undecided(undecided)
+
+    def _prune_nonces(self, now_ms: int) -> None:
+        """Delete the store's expired used nonces, at the first tick and then once a challenge lifetime: each
+        subscription writes one (for older versions of this code, see :mod:`streams.store`), and none is read
+        back, so without this the file grew by a row per subscription for good (THREATS 8: a flood of throwaway
+        DIDs grew it without bound).  A failure is logged and tried again at the next period."""
+        last = self._last_nonce_prune
+        if last is not None and 0 <= now_ms - last < self._core.config.challenge_ttl_ms:
+            return
+        self._last_nonce_prune = now_ms
+        try:
+            self._store.prune_nonces(now_ms)
+        except StorageError as exc:
+            log.warning("deleting the store's expired challenge nonces failed (tried again later): %s", exc)
 
     @staticmethod
     def _report_undecided(undecided: list[tuple[str, str]]) -> None:
@@ -1810,8 +1826,12 @@ class Subscriber(_Party):
         handshake starts again while time remains -- at once the first time, then after 50 ms, doubling up to
         ``retry``),
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
-        ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile."""
+        ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile,
+        :class:`LocalProtocolError` at once, nothing sent, if ``retry`` is not a positive number of seconds (0 paced
+        nothing: HELLOs at network speed until the timeout)."""
         self._check_usable()
+        if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry > 0:  # NaN too
+            raise LocalProtocolError(f"retry must be a positive number of seconds, not {retry!r}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
         self._waiters.append(fut)

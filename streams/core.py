@@ -331,7 +331,8 @@ class CoreConfig:
     """Most messages served for one FETCH request (the requester asks again for more)."""
     max_nonces: int = 100_000
     """Most unexpired used challenge nonces remembered (one per subscription within ``challenge_ttl_ms``); beyond
-    it a SUBSCRIBE is refused BAD_CHALLENGE, which the requester retries, until used challenges expire."""
+    it a SUBSCRIBE is refused BAD_CHALLENGE, which the requester retries, until used challenges expire.  Requests
+    the policy refuses keep theirs in at most half of it (SPEC 9.2 step 4)."""
     fetch_retry_ms: int = 1000
     """A gap that made no progress for this long is fetched again (the FETCH or its replies may have been lost
     on an untrusted network: THREATS 4, no silent loss); so is, twice at most, a catch-up window that got no
@@ -2233,6 +2234,10 @@ class AuthorCore(_CoreBase):
         self._used_nonces: dict[bytes, int] = {}
         #: (expires_ms, nonce) of every used nonce, a heap: the expired ones are dropped oldest first (_remember_nonce).
         self._nonce_expiry: list[tuple[int, bytes]] = []
+        #: The used nonces of requests the policy refused (a part of _used_nonces): at most half the bound.
+        self._refused_nonces: set[bytes] = set()
+        #: The handshake's clock: the latest ``now_ms`` a HELLO or SUBSCRIBE came with (see _handshake_now).
+        self._handshake_ms = 0
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         #: Each recipient's hint key (SPEC 8.5), by its X25519 key: see :meth:`_hint_for`.
@@ -2258,13 +2263,13 @@ class AuthorCore(_CoreBase):
 
     def load_author(self, branches: list[BranchRecord], chains: list[ChainRecord],
                     nonces: list[tuple[bytes, int]]) -> None:
-        """Restore after a restart: branches, cursors and the used challenge nonces.  (The nonces no longer
-        matter: a challenge of an earlier run fails its MAC in this one, SPEC 8.3.  They are taken for what an
-        older store holds; nothing relies on them.)"""
+        """Restore after a restart: branches and cursors.  ``nonces``, the used challenge nonces an older store
+        holds, are accepted and left out: a challenge of an earlier run fails its MAC in this one (SPEC 8.3), so
+        they could never refuse anything -- but kept, they would fill the bounded table (``max_nonces``) and have
+        newcomers refused until they expire; rows of a store written with a far expiry (a store is untrusted,
+        THREATS "Parties") would have them refused for good."""
+        del nonces
         self.load(branches, chains)
-        self._used_nonces.update(nonces)
-        self._nonce_expiry = [(e, n) for n, e in self._used_nonces.items()]
-        heapq.heapify(self._nonce_expiry)
         for b in self._branches.values():
             if b.peer_did and b.state is BranchState.OPEN:
                 self._by_did[b.peer_did] = b.id
@@ -2313,7 +2318,7 @@ class AuthorCore(_CoreBase):
     def _on_hello(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         # Stateless: the challenge is MACed, so a HELLO flood costs one MAC each and no memory.
         nonce = self._rng(16)
-        expires = now_ms + self.config.challenge_ttl_ms
+        expires = self._handshake_now(now_ms) + self.config.challenge_ttl_ms
         ch = Challenge(self._channel, nonce, expires, self._challenge_mac(nonce, expires, peer))
         self._out.append(Outgoing(self._announce.raw, peer=peer))
         self._out.append(Outgoing(encode_frame(ch).raw, peer=peer))
@@ -2331,11 +2336,12 @@ class AuthorCore(_CoreBase):
         # 1. The challenge is ours (MAC), issued on this connection (its session, where the transport has
         #    them), fresh (window) and unused (THREATS 5: no replayed request, none relayed elsewhere).
         mac_ok = _crypto.ct_equal(secret.mac, self._challenge_mac(secret.nonce, secret.expires_ms, peer))
-        if not mac_ok or now_ms > secret.expires_ms or secret.nonce in self._used_nonces:
+        t = self._handshake_now(now_ms)
+        if not mac_ok or t > secret.expires_ms or secret.nonce in self._used_nonces:
             events.append(SubscriberRefused("", "challenge forged, expired or already used"))
             self._refuse(peer, frame.hash, RejectReason.BAD_CHALLENGE)
             raise _Reject(RejectReason.BAD_CHALLENGE, "challenge forged, expired or already used")
-        self._drop_expired_nonces(now_ms)
+        self._drop_expired_nonces(t)
         if len(self._used_nonces) >= self.config.max_nonces:
             # THREATS 8: anyone who makes key pairs can answer challenges with valid proofs, each nonce kept for
             # the challenge's lifetime.  Beyond the bound: refused before any signature check, nothing kept; a
@@ -2353,7 +2359,6 @@ class AuthorCore(_CoreBase):
             events.append(SubscriberRefused("", "proof of control does not verify"))
             self._refuse(peer, frame.hash, RejectReason.BAD_SIGNATURE)
             raise _Reject(RejectReason.BAD_SIGNATURE, "proof of control does not verify") from exc
-        self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         did = pub.did
         req = SubscriptionRequest(self._channel, did, pub.sign_public, secret.credential, secret.nonce)
         try:
@@ -2361,9 +2366,16 @@ class AuthorCore(_CoreBase):
         except Exception as exc:  # a policy's failure on what a requester sent: refused, and the author serves on
             decision = Decision.refuse(f"the policy failed: {type(exc).__name__}: {exc}")
         if not decision.admit:
+            # Kept (a copy is refused as used, whatever the policy says by then) while the requests the policy
+            # refused hold less than half the bound: throwaway DIDs, which anyone makes, must not fill the table
+            # against the DIDs the policy admits (THREATS 8).  Beyond, not kept: a copy gets the policy's verdict.
+            if len(self._refused_nonces) < self.config.max_nonces // 2:
+                self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
+                self._refused_nonces.add(secret.nonce)
             events.append(SubscriberRefused(did, decision.reason))
             self._refuse(peer, frame.hash, RejectReason.REFUSED)
             return
+        self._remember_nonce(secret.nonce, secret.expires_ms, now_ms)
         existing = self._by_did.get(did)
         if existing is not None:
             # Re-subscription (e.g. the subscriber lost its grant): send the current grant again.  What admitted
@@ -2403,6 +2415,15 @@ class AuthorCore(_CoreBase):
         f = encode_frame(Admit(self._channel, request, branch, epoch), b"", self._id.sign)
         self._out.append(Outgoing(f.raw, peer=peer))
 
+    def _handshake_now(self, now_ms: int) -> int:
+        """The time for the challenges (issuing, expiry, dropping used nonces): the driver's clock, but never back
+        from the latest reading -- a wall clock steps back, and a nonce dropped as expired must stay expired, or a
+        copied SUBSCRIBE answering it would be admitted again (THREATS 5).  After a step back, challenges live
+        longer by the step, at most."""
+        if now_ms > self._handshake_ms:
+            self._handshake_ms = now_ms
+        return self._handshake_ms
+
     def _drop_expired_nonces(self, now_ms: int) -> None:
         """Forget the used nonces whose challenges expired (a SUBSCRIBE answering one is refused as expired
         anyway), oldest first: each is dropped once, whatever order the challenges were answered in."""
@@ -2410,6 +2431,7 @@ class AuthorCore(_CoreBase):
         while heap and heap[0][0] < now_ms:
             _, n = heapq.heappop(heap)
             used.pop(n, None)
+            self._refused_nonces.discard(n)
 
     def _remember_nonce(self, nonce: bytes, expires_ms: int, now_ms: int) -> None:
         """Keep a used nonce until its challenge expires (the caller checked the bound, ``max_nonces``)."""
@@ -3229,9 +3251,14 @@ class SubscriberCore(_CoreBase):
     def _on_refuse(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         r: Refuse = frame.head
         self._check_answer(frame, r.request, "refusal")
-        self._transition(Kind.REFUSE)
         self._requests = [h for h in self._requests if h != r.request]  # (a copy of it: UNEXPECTED)
-        self._admitted = None
+        if not self._requests:
+            self._transition(Kind.REFUSE)
+            self._admitted = None
+        # else another SUBSCRIBE of this attempt is still unanswered (a HELLO said again after silence): the
+        # handshake still awaits its answer -- refused for an expired challenge or a full used-nonce table, the
+        # first may come back refused while the second is admitted, and that ADMIT (and the GRANT before it) must
+        # end the handshake, not be dropped as unexpected while the driver pauses before asking again.
         try:
             reason = RejectReason(r.reason)
         except ValueError:

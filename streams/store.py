@@ -96,8 +96,12 @@ gains them, and no older reader reads them.
 author's challenge key is drawn anew at every start (SPEC 8.3), so a challenge of an earlier run fails its MAC, and
 the running core keeps the nonces used in its run in memory.  (Before, the key outlived a restart and these rows
 were all that refused a copied SUBSCRIBE replayed after one -- rows that are not authenticated, which whoever can
-write the file can delete.)  They are still written, and read back at an open, so that the file stays what older
-versions of this code expect: for them the rows still refuse such a copy.
+write the file can delete.)  They are still written, so that the file stays what older versions of this code expect
+(for them the rows still refuse such a copy), deleted once expired (the author's timer, once a challenge lifetime:
+nobody needs an expired one, and the file must not grow by a row per subscription for good), and no longer read back
+at an open: they could never match a challenge of the new run, and they filled the core's bounded table
+(``CoreConfig.max_nonces``) -- newcomers were refused until they expired, or for good where rows were written with a
+far expiry.
 
 ``chain_conflicts`` (member side) keeps, for our own chain of a branch, the seq at which the author's signed
 ACK showed it to conflict with the author's copy (SPEC 12: the store is older than the chain), so that the stop
