@@ -2236,8 +2236,9 @@ class AuthorCore(_CoreBase):
         self._nonce_expiry: list[tuple[int, bytes]] = []
         #: The used nonces of requests the policy refused (a part of _used_nonces): at most half the bound.
         self._refused_nonces: set[bytes] = set()
-        #: The handshake's clock: the latest ``now_ms`` a HELLO or SUBSCRIBE came with (see _handshake_now).
+        #: The handshake's clock (see _handshake_now), and the driver's reading it last advanced from (None: none yet).
         self._handshake_ms = 0
+        self._handshake_read: int | None = None
         self._by_did: dict[str, bytes] = {}
         self._groups: set[bytes] = set()  #: group (broadcast) branch ids, open or closed
         #: Each recipient's hint key (SPEC 8.5), by its X25519 key: see :meth:`_hint_for`.
@@ -2416,12 +2417,19 @@ class AuthorCore(_CoreBase):
         self._out.append(Outgoing(f.raw, peer=peer))
 
     def _handshake_now(self, now_ms: int) -> int:
-        """The time for the challenges (issuing, expiry, dropping used nonces): the driver's clock, but never back
-        from the latest reading -- a wall clock steps back, and a nonce dropped as expired must stay expired, or a
-        copied SUBSCRIBE answering it would be admitted again (THREATS 5).  After a step back, challenges live
-        longer by the step, at most."""
-        if now_ms > self._handshake_ms:
+        """The time for the challenges (issuing, expiry, dropping used nonces): it advances by what the driver's
+        clock advances, and never goes back -- a wall clock steps back, and a nonce dropped as expired must stay
+        expired, or a copied SUBSCRIBE answering it would be admitted again (THREATS 5).  Nor does it stay on a
+        reading far ahead (a bad step forward, then corrected): the challenges issued after it would not expire
+        before the wall clock got there, nor their used nonces be dropped, and once ``max_nonces`` of them were
+        kept every SUBSCRIBE was refused for the rest of the run.  Challenges live ``challenge_ttl_ms`` of the
+        driver's clock going forward, at most; a step of it forward ends them early (asked again)."""
+        last = self._handshake_read
+        if last is None:
             self._handshake_ms = now_ms
+        elif now_ms > last:
+            self._handshake_ms += now_ms - last
+        self._handshake_read = now_ms
         return self._handshake_ms
 
     def _drop_expired_nonces(self, now_ms: int) -> None:
