@@ -1549,8 +1549,11 @@ class Author(_Party):
         if last is not None and 0 <= now_ms - last < self._core.config.challenge_ttl_ms:
             return
         self._last_nonce_prune = now_ms
+        # The rows' expiries are times of the handshake's clock, which may be ahead of the wall clock (it never
+        # goes back, SPEC 8.3): pruned against it, else rows written after one reading far ahead outlived the run.
+        t = self._core.handshake_time(now_ms)
         try:
-            self._store.prune_nonces(now_ms)
+            self._store.prune_nonces(t, t + self._core.config.challenge_ttl_ms)
         except StorageError as exc:
             log.warning("deleting the store's expired challenge nonces failed (tried again later): %s", exc)
 

@@ -2416,6 +2416,12 @@ class AuthorCore(_CoreBase):
         f = encode_frame(Admit(self._channel, request, branch, epoch), b"", self._id.sign)
         self._out.append(Outgoing(f.raw, peer=peer))
 
+    def handshake_time(self, now_ms: int) -> int:
+        """The handshake's clock (SPEC 8.3) at the driver's reading ``now_ms``: what the used nonces' expiries
+        (``take_changes().nonces``) are times of.  Never less than an earlier answer; a challenge issued so far
+        expires by this plus ``challenge_ttl_ms`` at the latest."""
+        return self._handshake_now(now_ms)
+
     def _handshake_now(self, now_ms: int) -> int:
         """The time for the challenges (issuing, expiry, dropping used nonces): it advances by what the driver's
         clock advances, and never goes back -- a wall clock steps back, and a nonce dropped as expired must stay

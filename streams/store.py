@@ -97,11 +97,12 @@ author's challenge key is drawn anew at every start (SPEC 8.3), so a challenge o
 the running core keeps the nonces used in its run in memory.  (Before, the key outlived a restart and these rows
 were all that refused a copied SUBSCRIBE replayed after one -- rows that are not authenticated, which whoever can
 write the file can delete.)  They are still written, so that the file stays what older versions of this code expect
-(for them the rows still refuse such a copy), deleted once expired (the author's timer, once a challenge lifetime:
-nobody needs an expired one, and the file must not grow by a row per subscription for good), and no longer read back
-at an open: they could never match a challenge of the new run, and they filled the core's bounded table
-(``CoreConfig.max_nonces``) -- newcomers were refused until they expired, or for good where rows were written with a
-far expiry.
+(for them the rows still refuse such a copy), deleted once expired (the author's timer, once a challenge lifetime,
+against the handshake's clock, SPEC 8.3, whose times the expiries are -- with any row of an expiry no challenge of
+the run can have: nobody needs an expired one, and the file must not grow by a row per subscription for good), and
+no longer read back at an open: they could never match a challenge of the new run, and they filled the core's
+bounded table (``CoreConfig.max_nonces``) -- newcomers were refused until they expired, or for good where rows were
+written with a far expiry.
 
 ``chain_conflicts`` (member side) keeps, for our own chain of a branch, the seq at which the author's signed
 ACK showed it to conflict with the author's copy (SPEC 12: the store is older than the chain), so that the stop
@@ -1032,8 +1033,15 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
 
-    def prune_nonces(self, now_ms: int) -> None:
-        self._q("DELETE FROM nonces WHERE expires_ms < ?", (now_ms,))
+    def prune_nonces(self, now_ms: int, latest_ms: int | None = None) -> None:
+        """Delete the used-nonce rows expired before ``now_ms`` and, with ``latest_ms``, those expiring after it
+        (none the running author can have written: rows of an earlier run's clock, or of whoever edited the file).
+        Both are times of the author's handshake clock (:meth:`AuthorCore.handshake_time`).  Raises
+        :class:`StorageError` if the write fails."""
+        if latest_ms is None:
+            self._q("DELETE FROM nonces WHERE expires_ms < ?", (now_ms,))
+        else:
+            self._q("DELETE FROM nonces WHERE expires_ms < ? OR expires_ms > ?", (now_ms, latest_ms))
 
     # -- reading -------------------------------------------------------------------------------------------------
 

@@ -5,10 +5,20 @@ handling of a REFUSE while another SUBSCRIBE of the attempt is unanswered.  Two 
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import CoreConfig
 from streams.events import Refused, SubscriberAdmitted, SubscriberRefused
+from streams.identity import Identity
+from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
 from tests.corenet import Net
+
+FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+PW = "pw"
 
 
 def test_a_clock_once_far_ahead_does_not_stop_used_nonces_from_expiring_for_the_run() -> None:
@@ -38,3 +48,46 @@ def test_a_clock_once_far_ahead_does_not_stop_used_nonces_from_expiring_for_the_
     assert not [e for e in got if isinstance(e, SubscriberAdmitted)], got
     assert [e.reason for e in got if isinstance(e, SubscriberRefused)] == \
         ["challenge forged, expired or already used"], got
+
+
+async def test_the_used_nonce_rows_written_after_a_clock_far_ahead_are_pruned(tmp_path: Path) -> None:
+    """The author's timer deleted the store's used-nonce rows expired by the wall clock, but a row's expiry is
+    the handshake's clock (SPEC 8.3), which never goes back: after one reading far ahead, then corrected, every
+    subscription of the run wrote a row that expired only when the wall clock got there -- the file grew by a row
+    per subscription again, and such rows outlived the run (never read; nothing deleted them for years).  They
+    are now pruned against the handshake's clock, with the rows no challenge of this run can have written (an
+    expiry beyond its clock plus ``challenge_ttl_ms``)."""
+    clock = [1_700_000_000_000]
+    real = clock[0]
+    hub = MemoryHub()
+    a, b = Identity.generate(), Identity.generate()
+    a_path = tmp_path / "author.db"
+    author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([a.did, b.did]), store_options=FAST, clock=lambda: clock[0])
+    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
+                                 store_options=FAST)
+    sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
+                                 store_options=FAST)
+
+    def rows() -> int:
+        with sqlite3.connect(a_path) as c:
+            (n,) = c.execute("SELECT COUNT(*) FROM nonces").fetchone()
+        c.close()
+        return int(n)
+
+    try:
+        clock[0] = real + 10 * 365 * 86_400_000  # ten years ahead, once
+        await sa.subscribe(timeout=10)
+        clock[0] = real  # corrected
+        await sb.subscribe(timeout=10)
+        assert rows() == 2
+        clock[0] += author._core.config.challenge_ttl_ms + 1  # both challenges expired
+        for _ in range(1000):  # until the timer deleted the rows, with a generous bound
+            if rows() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert rows() == 0
+    finally:
+        await sb.close()
+        await sa.close()
+        await author.close()
