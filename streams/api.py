@@ -1831,10 +1831,13 @@ class Subscriber(_Party):
         :class:`StreamsTimeoutError` if nothing comes back in ``timeout`` seconds (HELLO is retried every
         ``retry`` seconds), :class:`ClosedResourceError` if the party is or gets closed meanwhile,
         :class:`LocalProtocolError` at once, nothing sent, if ``retry`` is not a positive number of seconds (0 paced
-        nothing: HELLOs at network speed until the timeout)."""
+        nothing: HELLOs at network speed until the timeout) or ``timeout`` is not a number (NaN: no deadline)."""
         self._check_usable()
         if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry > 0:  # NaN too
             raise LocalProtocolError(f"retry must be a positive number of seconds, not {retry!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+            # NaN compares false with everything: the deadline never came, and HELLOs went on for good.
+            raise LocalProtocolError(f"timeout must be a number of seconds, not {timeout!r}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
         self._waiters.append(fut)

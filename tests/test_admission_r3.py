@@ -9,6 +9,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import CoreConfig
 from streams.events import Refused, SubscriberAdmitted, SubscriberRefused
@@ -91,3 +93,27 @@ async def test_the_used_nonce_rows_written_after_a_clock_far_ahead_are_pruned(tm
         await sb.close()
         await sa.close()
         await author.close()
+
+
+async def test_subscribe_with_a_timeout_that_is_not_a_number_is_refused_at_once(tmp_path: Path) -> None:
+    """``subscribe`` refused a ``retry`` that is no positive number (2e827fc) but took any ``timeout``: NaN (a
+    computed timeout gone wrong) compared false with everything, so the deadline never came -- against an author
+    that does not answer, the call said HELLO every ``retry`` seconds for good instead of timing out.  A clear
+    local error now, before anything is sent."""
+    from streams.errors import LocalProtocolError
+
+    hub = MemoryHub()
+    b = Identity.generate()
+    author = await Author.create(tmp_path / "author.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([b.did]), store_options=FAST)
+    did, channel = author.did, author.channel
+    await author.close()  # nobody answers
+    sb = await Subscriber.create(tmp_path / "b.db", b, did, channel, PW, hub.subscriber_endpoint("b"),
+                                 store_options=FAST)
+    try:
+        sent = len(hub.tap)
+        with pytest.raises(LocalProtocolError, match="timeout"):
+            await asyncio.wait_for(sb.subscribe(timeout=float("nan"), retry=0.05), 10)
+        assert not [d for src, _, d in hub.tap[sent:] if src == "b"]
+    finally:
+        await sb.close()
