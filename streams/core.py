@@ -320,7 +320,8 @@ class CoreConfig:
     hold_limit: int = 256
     """Early messages held per chain while a gap is filled; beyond it they are dropped (``HOLD_FULL``)."""
     challenge_ttl_ms: int = 60_000
-    """Validity window of a subscription challenge (THREATS 5)."""
+    """Validity window of a subscription challenge, ms of the handshake's clock (THREATS 5; SPEC 8.3: it advances
+    as the driver's clock does and never goes back, so a challenge lives this long of the clock going forward)."""
     signing: SigningMode = SigningMode.EACH
     """Signing mode for branches this party opens (author) -- every packet signed, or amortized."""
     checkpoint_every: int = 32
