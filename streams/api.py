@@ -106,6 +106,11 @@ def _check_anchor_wait(seconds: float) -> None:
                                  f"{seconds!r}")
 
 
+#: How many of the store's expired used-nonce rows the author's timer deletes at a tick, at most
+#: (:meth:`Author._prune_nonces`): the DELETE runs on the event loop.
+NONCE_PRUNE_BATCH = 5_000
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -1553,9 +1558,15 @@ class Author(_Party):
         # goes back, SPEC 8.3): pruned against it, else rows written after one reading far ahead outlived the run.
         t = self._core.handshake_time(now_ms)
         try:
-            self._store.prune_nonces(t, t + self._core.config.challenge_ttl_ms)
+            # At most NONCE_PRUNE_BATCH rows a tick (this runs on the event loop): a store an older version wrote
+            # holds a row per subscription it ever admitted, and one DELETE of them all held every frame for as
+            # long as it took.  Where rows may remain, the next tick deletes more (THREATS 8).
+            more = self._store.prune_nonces(t, t + self._core.config.challenge_ttl_ms, limit=NONCE_PRUNE_BATCH)
         except StorageError as exc:
             log.warning("deleting the store's expired challenge nonces failed (tried again later): %s", exc)
+            return
+        if more:
+            self._last_nonce_prune = None
 
     @staticmethod
     def _report_undecided(undecided: list[tuple[str, str]]) -> None:

@@ -98,8 +98,9 @@ the running core keeps the nonces used in its run in memory.  (Before, the key o
 were all that refused a copied SUBSCRIBE replayed after one -- rows that are not authenticated, which whoever can
 write the file can delete.)  They are still written, so that the file stays what older versions of this code expect
 (for them the rows still refuse such a copy), deleted once expired (the author's timer, once a challenge lifetime,
-against the handshake's clock, SPEC 8.3, whose times the expiries are -- with any row of an expiry no challenge of
-the run can have: nobody needs an expired one, and the file must not grow by a row per subscription for good), and
+a bounded batch a tick, against the handshake's clock, SPEC 8.3, whose times the expiries are -- with any row of an
+expiry no challenge of the run can have: nobody needs an expired one, and the file must not grow by a row per
+subscription for good), and
 no longer read back at an open: they could never match a challenge of the new run, and they filled the core's
 bounded table (``CoreConfig.max_nonces``) -- newcomers were refused until they expired, or for good where rows were
 written with a far expiry.
@@ -1033,15 +1034,23 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
 
-    def prune_nonces(self, now_ms: int, latest_ms: int | None = None) -> None:
+    def prune_nonces(self, now_ms: int, latest_ms: int | None = None, limit: int | None = None) -> bool:
         """Delete the used-nonce rows expired before ``now_ms`` and, with ``latest_ms``, those expiring after it
         (none the running author can have written: rows of an earlier run's clock, or of whoever edited the file).
-        Both are times of the author's handshake clock (:meth:`AuthorCore.handshake_time`).  Raises
+        Both are times of the author's handshake clock (:meth:`AuthorCore.handshake_time`).  With ``limit``, at
+        most that many rows, so that the caller's event loop is not held for the whole table at once (a store an
+        older version of this code wrote holds a row per subscription it ever admitted: millions); returns True if
+        rows to delete may remain (``limit`` of them were deleted: call again), else False.  Raises
         :class:`StorageError` if the write fails."""
-        if latest_ms is None:
-            self._q("DELETE FROM nonces WHERE expires_ms < ?", (now_ms,))
-        else:
-            self._q("DELETE FROM nonces WHERE expires_ms < ? OR expires_ms > ?", (now_ms, latest_ms))
+        self._check_open()
+        try:
+            # (> NULL, without latest_ms, holds for no row; LIMIT -1: no limit)
+            cur = self._conn.execute("DELETE FROM nonces WHERE nonce IN (SELECT nonce FROM nonces "
+                                     "WHERE expires_ms < ? OR expires_ms > ? LIMIT ?)",
+                                     (now_ms, latest_ms, -1 if limit is None else limit))
+        except sqlite3.Error as exc:
+            raise StorageError(f"deleting expired nonces in {self.path} failed: {exc}") from exc
+        return limit is not None and cur.rowcount >= limit
 
     # -- reading -------------------------------------------------------------------------------------------------
 
