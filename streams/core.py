@@ -181,6 +181,10 @@ SignatureCheck = tuple[bytes, bytes, bytes]
 BatchVerifier = Callable[[list[SignatureCheck]], list[bool]]
 """For each check, whether the signature holds: a pure function (a driver may spread the work over threads)."""
 _U64 = struct.Struct(">Q")
+#: The latest expiry a challenge may have (SPEC 8.3): the store keeps it as a signed 64-bit INTEGER.
+_HANDSHAKE_MAX_MS = (1 << 63) - 1
+#: The latest time the handshake's clock starts at (SPEC 8.3): 2**62 ms before it would reach the latest expiry.
+_HANDSHAKE_START_MAX_MS = 1 << 62
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
 #: How many requests (SUBSCRIBEs) of one subscription attempt a subscriber remembers: an answer may come after
 #: a few HELLO retries on a slow path (one per second), and must still count (SPEC 9.1).
@@ -2433,10 +2437,16 @@ class AuthorCore(_CoreBase):
         driver's clock going forward, at most; a step of it forward ends them early (asked again)."""
         last = self._handshake_read
         if last is None:
-            self._handshake_ms = now_ms
+            # Within what an expiry can be (a u64 on the wire, a signed 64-bit INTEGER in the store's nonces
+            # table), with room to advance: a first reading below 0 or near 2**63 (a driver's clock of another
+            # epoch) made the first HELLO -- anyone's -- raise out of the core (struct.error) or out of the commit
+            # of its used nonce (OverflowError), and the party closed.
+            self._handshake_ms = min(max(now_ms, 0), _HANDSHAKE_START_MAX_MS)
         elif now_ms > last:
             self._handshake_ms += now_ms - last
         self._handshake_read = now_ms
+        # (At the top it stops -- some 146 million years of advances after the latest start.)
+        self._handshake_ms = min(self._handshake_ms, _HANDSHAKE_MAX_MS - self.config.challenge_ttl_ms)
         return self._handshake_ms
 
     def _drop_expired_nonces(self, now_ms: int) -> None:

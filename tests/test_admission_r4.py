@@ -9,10 +9,16 @@ import os
 import sqlite3
 from pathlib import Path
 
-from streams.api import NONCE_PRUNE_BATCH, Author, MemoryHub, StoreOptions
+import pytest
+
+from streams.api import NONCE_PRUNE_BATCH, Author, MemoryHub, StoreOptions, Subscriber
+from streams.core import CoreConfig
+from streams.events import SubscriberAdmitted, SubscriberRefused
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.store import Store
+from streams.wire import Kind, decode_frame
+from tests.corenet import Net
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
@@ -63,3 +69,54 @@ async def test_the_store_s_expired_nonce_rows_are_deleted_a_bounded_batch_at_a_t
         assert _rows(path) == 3
     finally:
         await author.close()
+
+
+@pytest.mark.parametrize(("start", "ttl"), [(-100_000, None), ((1 << 63) - 1_000, None), ((1 << 64) - 1_000, None),
+                                           (1_700_000_000_000, (1 << 63) - 1)])
+async def test_a_driver_clock_below_zero_or_near_the_u64_does_not_close_the_author_at_a_hello(
+        tmp_path: Path, start: int, ttl: int | None) -> None:
+    """The handshake's clock started at the driver's first reading, whatever it was: below 0 the challenge's
+    expiry did not pack as the u64 of the wire (struct.error), near 2**64 neither, and near 2**63 its used nonce
+    did not fit the store's INTEGER (OverflowError at the commit) -- raised out of the receive loop at the first
+    HELLO, anyone's, and the author closed.  So did an author with the greatest ``challenge_ttl_ms`` CoreConfig
+    takes, 2**63 - 1, at the first SUBSCRIBE: its expiry, a wall-clock reading plus that, did not fit the store.
+    The clock is now kept within what an expiry can be."""
+    clock = [start]
+    hub = MemoryHub()
+    a = Identity.generate()
+    a_path = tmp_path / "author.db"
+    config = None if ttl is None else CoreConfig(challenge_ttl_ms=ttl)
+    author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([a.did]),
+                                 store_options=FAST, clock=lambda: clock[0], config=config)
+    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
+                                 store_options=FAST)
+    try:
+        branch = await sa.subscribe(timeout=10)
+        assert author.branch_of(a.did) == branch
+        assert _rows(a_path) == 1
+    finally:
+        await sa.close()
+        await author.close()
+
+
+@pytest.mark.parametrize("start", [-600_000, (1 << 63) - 1_000, (1 << 64) - 1_000])
+def test_challenges_still_expire_and_are_not_reused_from_a_first_reading_out_of_range(start: int) -> None:
+    """The kept-in-bounds clock still does its work from such a first reading: a copied SUBSCRIBE is refused,
+    before and after its challenge expired, and the used nonces are dropped as their challenges expire -- it does
+    not stop at its top (with ``max_nonces`` 2, the third subscription needs the first nonce dropped)."""
+    net = Net.make(n_subs=4, config=CoreConfig(max_nonces=2))
+    ttl = net.author.config.challenge_ttl_ms
+    net.now = start
+    net.subscribe("s0")
+    assert net.author.branch_of(net.subs["s0"].identity.did) is not None
+    (copy,) = [d for who, d in net.wire if who == "s0" and decode_frame(d).kind is Kind.SUBSCRIBE]
+    for _ in range(2):  # used, then (s0's challenge expired) expired
+        got = net.author.receive(copy, net.now, "s0")
+        assert [e.reason for e in got if isinstance(e, SubscriberRefused)] == \
+            ["challenge forged, expired or already used"], got
+        assert not [e for e in got if isinstance(e, SubscriberAdmitted)], got
+        net.now += ttl + 1
+    for name in ("s1", "s2", "s3"):
+        net.subscribe(name)
+        assert net.author.branch_of(net.subs[name].identity.did) is not None, name
+        net.now += ttl + 1
