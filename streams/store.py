@@ -841,14 +841,17 @@ class Store:
         chains: dict[tuple[bytes, int], ChainRecord] = {(c.branch, c.publisher): c for c in changes.chains}
         known = self._chain_conflicts() if chains or changes.branches else {}
         conflicts = [r for r in chains.values() if r.conflict != known.get((r.branch, r.publisher), 0)]
-        after = dict(known)  # the stops once this commit is durable
-        for r in conflicts:
-            if r.conflict:
-                after[(r.branch, r.publisher)] = r.conflict
-            else:
-                after.pop((r.branch, r.publisher), None)
-        resealed = self._reseal_stops({r.branch for r in conflicts} - {b.id for b in changes.branches}, known,
-                                      after)
+        after = known  # the stops once this commit is durable (read only: a copy where a stop changes)
+        resealed: list[tuple[bytes, bytes]] = []
+        if conflicts:  # (rare: nothing of this on the per-message path)
+            after = dict(known)
+            for r in conflicts:
+                if r.conflict:
+                    after[(r.branch, r.publisher)] = r.conflict
+                else:
+                    after.pop((r.branch, r.publisher), None)
+            resealed = self._reseal_stops({r.branch for r in conflicts} - {b.id for b in changes.branches}, known,
+                                          after)
         try:
             with _tx(self._conn):
                 c = self._conn
