@@ -286,6 +286,24 @@ _STOPS_AD = b"streams.store.stops"
 _BOUND = ("role", "channel", "author_did", "name", "did")
 
 
+def _markers(key: bytes) -> dict[str, bytes]:
+    """The metadata rows this version writes beside the seed (at the create, the authentication upgrade and the
+    binding of stops): ``check`` and ``stops``, empty secrets sealed under ``key``."""
+    return {"check": seal_secret(key, b"", _CHECK_STOPS_AD), "stops": seal_secret(key, b"", _STOPS_AD)}
+
+
+def _opens(key: bytes, sealed: object, ad: bytes) -> bool:
+    """Whether the metadata row ``sealed`` (an empty secret; anything but bytes if missing or damaged) opens under
+    ``key`` and ``ad``."""
+    if not isinstance(sealed, bytes):
+        return False
+    try:
+        open_secret(key, sealed, ad)
+    except KeystoreError:
+        return False
+    return True
+
+
 def _seed_ad(meta: dict[str, Any]) -> bytes:
     return b"streams.store.identity.2" + _pack([meta.get(k) for k in _BOUND])
 
@@ -525,8 +543,7 @@ class Store:
             "salt": salt, "opslimit": opslimit, "memlimit": memlimit, "did": identity.did,
         }
         meta["seed"] = seal_secret(key, identity.export_seed(), _seed_ad(meta))
-        meta["check"] = seal_secret(key, b"", _CHECK_STOPS_AD)
-        meta["stops"] = seal_secret(key, b"", _STOPS_AD)
+        meta.update(_markers(key))
         _check_side_file(Path(f"{p}-frames"))  # create truncates it: never a link's target
         _check_side_file(Path(f"{p}-lock"))  # taken below (never through a link: _take_lock)
         _check_new(p)  # (before the lock: a store that runs is "already exists", not "in use")
@@ -626,20 +643,15 @@ class Store:
         with it be bound as genuine."""
         marker = self._meta.get("stops")
         if marker is not None:
-            try:
-                open_secret(self._key, marker, _STOPS_AD)
-            except KeystoreError:
+            if not _opens(self._key, marker, _STOPS_AD):
                 raise StorageError(f"{self.path}: its metadata row 'stops' was altered (it does not open under "
-                                   "the passphrase)") from None
+                                   "the passphrase)")
             return True
         check = self._meta.get("check")
-        check = check if isinstance(check, bytes) else b""  # (b"": does not open)
-        for ad, bound in ((_CHECK_STOPS_AD, True), (_CHECK_AD, False)):
-            try:
-                open_secret(self._key, check, ad)
-                return bound
-            except KeystoreError:
-                continue
+        if _opens(self._key, check, _CHECK_STOPS_AD):
+            return True
+        if _opens(self._key, check, _CHECK_AD):
+            return False
         raise StorageError(f"{self.path}: its metadata rows 'check' and 'stops' were altered or deleted (the "
                            "passphrase sealed them)")
 
@@ -671,16 +683,15 @@ class Store:
                     return
                 v[7] = seal_secret(self._key, keys, _record_ad(bid, v, _stops_of(conflicts, bid)))
                 rows.append((_pack(v), bid))
-            marker = seal_secret(self._key, b"", _STOPS_AD)
-            check = seal_secret(self._key, b"", _CHECK_STOPS_AD)
+            markers = _markers(self._key)
             try:
                 with _tx(self._conn):
                     self._conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                           [("stops", _pack(marker)), ("check", _pack(check))])
+                                           [(k, _pack(v)) for k, v in markers.items()])
                     self._conn.executemany("UPDATE branches SET rec = ? WHERE id = ?", rows)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot upgrade store {self.path}: {exc}") from exc
-            self._meta = {**self._meta, "stops": marker, "check": check}
+            self._meta = {**self._meta, **markers}
             self._stops_bound = True
         finally:
             os.close(fd)
@@ -751,16 +762,8 @@ class Store:
             # Rows sealed under the key alone (empty secrets) tell the passphrase is right: ``check``, and
             # ``stops`` -- either can be deleted with the edit, so a branch record sealed under the key tells it too
             # (a store with none yet: the ``stops`` row alone).
-            known = False
-            for row, ad in (("check", _CHECK_STOPS_AD), ("check", _CHECK_AD), ("stops", _STOPS_AD)):
-                sealed_row = meta.get(row)
-                try:
-                    if isinstance(sealed_row, bytes):
-                        open_secret(key, sealed_row, ad)
-                        known = True
-                        break
-                except KeystoreError:
-                    continue
+            known = any(_opens(key, meta.get(row), ad)
+                        for row, ad in (("check", _CHECK_STOPS_AD), ("check", _CHECK_AD), ("stops", _STOPS_AD)))
             known = known or _a_record_opens(conn, key)
             if known:  # the passphrase is right: what the seed's associated data binds was changed
                 raise StorageError(f"{p}: store metadata (role, channel, author_did, name or did) was altered: "
@@ -778,8 +781,7 @@ class Store:
         Raises :class:`StorageError` (nothing written) if a branch record does not open or the disk fails."""
         meta = dict(self._meta)
         meta["seed"] = seal_secret(self._key, seed, _seed_ad(meta))
-        meta["check"] = seal_secret(self._key, b"", _CHECK_STOPS_AD)
-        meta["stops"] = seal_secret(self._key, b"", _STOPS_AD)
+        meta.update(_markers(self._key))
         conflicts = self._chain_conflicts()
         rows = []
         for bid, rec in self._q("SELECT id, rec FROM branches"):
