@@ -224,6 +224,20 @@ def _attack(path: Path, *sql: tuple[str, tuple[object, ...]]) -> None:
     c.close()
 
 
+def _records_refused(path: Path, passphrase: str, match: str) -> None:
+    """The store at ``path`` opens, and loading its branch records is :class:`StorageError` matching ``match``
+    (an altered record: what a party's open would meet)."""
+    from streams.errors import StorageError
+    from streams.store import Store
+
+    st = Store.open(path, passphrase, durable=False)
+    try:
+        with pytest.raises(StorageError, match=match):
+            st.load_branches()
+    finally:
+        st.close()
+
+
 async def test_a_deleted_chain_conflict_row_does_not_lift_the_publishing_stop(
         stopped: tuple[Path, bytes], tmp_path: Path) -> None:
     """The stop is a ``chain_conflicts`` row.  The attacker deletes it: the next run's publish signed a second
@@ -254,8 +268,6 @@ def test_an_edited_or_added_chain_conflict_row_is_refused(stopped: tuple[Path, b
     member never publishes there again) -- no longer matches the record it is bound to: refused where the party
     loads its records (at its open), never acted on.  Deleting the ``stops`` metadata row too (the store then looks
     written before stops were bound) does not let a deleted stop through: the record was sealed with it."""
-    from streams.errors import StorageError
-    from streams.store import Store
     from tests.test_stale_member import PW as PW1
 
     branch = stopped[1]
@@ -269,12 +281,7 @@ def test_an_edited_or_added_chain_conflict_row_is_refused(stopped: tuple[Path, b
                                             ("DELETE FROM meta WHERE k = 'stops'", ())],
     }[attack])
     altered = rf"{branch.hex()} in {re.escape(str(path))} was altered .*chain_conflicts"
-    st = Store.open(path, PW1, durable=False)
-    try:
-        with pytest.raises(StorageError, match=altered):
-            st.load_branches()
-    finally:
-        st.close()
+    _records_refused(path, PW1, altered)
 
 
 @pytest.mark.parametrize("deleted", [("stops",), ("stops", "check")])
@@ -305,12 +312,7 @@ def test_a_stop_row_added_with_the_stops_row_deleted_is_refused(stopped: tuple[P
             assert list(c.execute("SELECT k FROM meta WHERE k IN ('check', 'stops')")) == []
         c.close()
         return
-    st = Store.open(path, PW1, durable=False)
-    try:
-        with pytest.raises(StorageError, match="was altered"):
-            st.load_branches()
-    finally:
-        st.close()
+    _records_refused(path, PW1, "was altered")
 
 
 async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_are_bound_from_then_on(
@@ -321,7 +323,7 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
     byte for byte as it was."""
     import msgpack as mp
 
-    from streams.errors import ChainConflictError, StorageError
+    from streams.errors import ChainConflictError
     from streams.keystore import seal_secret
     from streams.store import _CHECK_AD, Store, _keys_ad
     from tests.test_stale_member import PW as PW1
@@ -362,12 +364,7 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
             await s.close()
         assert table(path, "SELECT branch, publisher, seq FROM chain_conflicts") == [(branch, 1, 6)]
         _attack(path, ("DELETE FROM chain_conflicts", ()))
-        st = Store.open(path, PW1, durable=False)
-        try:
-            with pytest.raises(StorageError, match="was altered"):
-                st.load_branches()
-        finally:
-            st.close()
+        _records_refused(path, PW1, "was altered")
     path = _copy(stopped, "old.db", tmp_path / "nostop.db")
     previous(path)
     before = table(path, "SELECT id, rec FROM branches")
@@ -377,12 +374,7 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
     # Bound from then on, with the 'stops' row deleted too: a stop row added is refused, not bound at the next open.
     _attack(path, ("INSERT INTO chain_conflicts VALUES (?, 1, 4)", (branch,)),
             ("DELETE FROM meta WHERE k = 'stops'", ()))
-    st = Store.open(path, PW1, durable=False)
-    try:
-        with pytest.raises(StorageError, match="was altered"):
-            st.load_branches()
-    finally:
-        st.close()
+    _records_refused(path, PW1, "was altered")
 
 
 @pytest.mark.xfail(strict=True, reason=(
