@@ -20,6 +20,25 @@ FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
 
 
+def nonce_rows(path: Path) -> int:
+    """The rows of the store's ``nonces`` table (read with another connection, as an observer of the file)."""
+    with sqlite3.connect(path) as c:
+        (n,) = c.execute("SELECT COUNT(*) FROM nonces").fetchone()
+    c.close()
+    return int(n)
+
+
+async def until_no_nonce_rows(path: Path) -> None:
+    """Wait until the author's timer deleted every row of the store's ``nonces`` table, with a generous bound
+    (the caller asserts it)."""
+    import asyncio
+
+    for _ in range(2000):
+        if nonce_rows(path) == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("tampered", [False, True])
 async def test_the_nonces_of_the_run_before_a_restart_do_not_fill_the_bound(tmp_path: Path,
                                                                              tampered: bool) -> None:
@@ -222,7 +241,6 @@ async def test_the_used_nonce_rows_of_the_store_are_pruned_once_expired(tmp_path
     versions of this code); nothing ever deleted a row (``Store.prune_nonces`` had no caller), and this version
     no longer reads them: the file grew by a row per subscription for good -- a flood of throwaway DIDs, up to
     1000 handshakes a second through the ZeroMQ endpoint's global budget, grew it without bound (THREATS 8)."""
-    import asyncio
 
     clock = [1_700_000_000_000]
     hub = MemoryHub()
@@ -233,21 +251,12 @@ async def test_the_used_nonce_rows_of_the_store_are_pruned_once_expired(tmp_path
     sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
                                  store_options=FAST)
 
-    def rows() -> int:
-        with sqlite3.connect(a_path) as c:
-            (n,) = c.execute("SELECT COUNT(*) FROM nonces").fetchone()
-        c.close()
-        return int(n)
-
     try:
         await sa.subscribe(timeout=10)
-        assert rows() == 1
+        assert nonce_rows(a_path) == 1
         clock[0] += author._core.config.challenge_ttl_ms + 1  # a's challenge expired
-        for _ in range(2000):  # until the expired row is gone (the author's timer), with a generous bound
-            if rows() == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert rows() == 0
+        await until_no_nonce_rows(a_path)  # (the author's timer)
+        assert nonce_rows(a_path) == 0
     finally:
         await sa.close()
         await author.close()

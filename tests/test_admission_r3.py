@@ -6,7 +6,6 @@ handling of a REFUSE while another SUBSCRIBE of the attempt is unanswered.  Two 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
 from tests.corenet import Net
+from tests.test_admission_r2 import nonce_rows, until_no_nonce_rows
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
@@ -71,24 +71,15 @@ async def test_the_used_nonce_rows_written_after_a_clock_far_ahead_are_pruned(tm
     sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
                                  store_options=FAST)
 
-    def rows() -> int:
-        with sqlite3.connect(a_path) as c:
-            (n,) = c.execute("SELECT COUNT(*) FROM nonces").fetchone()
-        c.close()
-        return int(n)
-
     try:
         clock[0] = real + 10 * 365 * 86_400_000  # ten years ahead, once
         await sa.subscribe(timeout=10)
         clock[0] = real  # corrected
         await sb.subscribe(timeout=10)
-        assert rows() == 2
+        assert nonce_rows(a_path) == 2
         clock[0] += author._core.config.challenge_ttl_ms + 1  # both challenges expired
-        for _ in range(1000):  # until the timer deleted the rows, with a generous bound
-            if rows() == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert rows() == 0
+        await until_no_nonce_rows(a_path)  # (the author's timer)
+        assert nonce_rows(a_path) == 0
     finally:
         await sb.close()
         await sa.close()

@@ -19,16 +19,10 @@ from streams.policy import AllowList
 from streams.store import Store
 from streams.wire import Kind, decode_frame
 from tests.corenet import Net
+from tests.test_admission_r2 import nonce_rows
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
-
-
-def _rows(path: Path) -> int:
-    with sqlite3.connect(path) as c:
-        (n,) = c.execute("SELECT COUNT(*) FROM nonces").fetchone()
-    c.close()
-    return int(n)
 
 
 def _fill(path: Path, n: int, expires_ms: int) -> None:
@@ -55,7 +49,7 @@ async def test_the_store_s_expired_nonce_rows_are_deleted_a_bounded_batch_at_a_t
     st = Store.open(path, PW, durable=False)
     try:
         assert st.prune_nonces(clock[0], clock[0] + 60_000, limit=NONCE_PRUNE_BATCH) is True
-        assert _rows(path) == stale + 3 - NONCE_PRUNE_BATCH
+        assert nonce_rows(path) == stale + 3 - NONCE_PRUNE_BATCH
     finally:
         st.close()
     # The author's timer deletes the rest over its next ticks, and only the expired ones.
@@ -63,10 +57,10 @@ async def test_the_store_s_expired_nonce_rows_are_deleted_a_bounded_batch_at_a_t
                                clock=lambda: clock[0])
     try:
         for _ in range(3000):  # until the timer deleted them, with a generous bound
-            if _rows(path) == 3:
+            if nonce_rows(path) == 3:
                 break
             await asyncio.sleep(0.01)
-        assert _rows(path) == 3
+        assert nonce_rows(path) == 3
     finally:
         await author.close()
 
@@ -93,7 +87,7 @@ async def test_a_driver_clock_below_zero_or_near_the_u64_does_not_close_the_auth
     try:
         branch = await sa.subscribe(timeout=10)
         assert author.branch_of(a.did) == branch
-        assert _rows(a_path) == 1
+        assert nonce_rows(a_path) == 1
     finally:
         await sa.close()
         await author.close()
