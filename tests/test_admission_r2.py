@@ -20,6 +20,12 @@ FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
 
 
+async def member(tmp_path: Path, hub: MemoryHub, author: Author, identity: Identity, name: str) -> Subscriber:
+    """A new member store ``<name>.db`` of ``author``'s channel, on ``hub`` as peer ``name`` (not subscribed)."""
+    return await Subscriber.create(tmp_path / f"{name}.db", identity, author.did, author.channel, PW,
+                                   hub.subscriber_endpoint(name), store_options=FAST)
+
+
 def nonce_rows(path: Path) -> int:
     """The rows of the store's ``nonces`` table (read with another connection, as an observer of the file)."""
     with sqlite3.connect(path) as c:
@@ -54,10 +60,8 @@ async def test_the_nonces_of_the_run_before_a_restart_do_not_fill_the_bound(tmp_
     config = CoreConfig(max_nonces=1)
     author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(), policy,
                                  store_options=FAST, config=config)
-    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
-                                 store_options=FAST)
-    sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
-                                 store_options=FAST)
+    sa = await member(tmp_path, hub, author, a, "a")
+    sb = await member(tmp_path, hub, author, b, "b")
     try:
         await sa.subscribe(timeout=10)
         await author.close()
@@ -157,10 +161,8 @@ async def test_subscribe_with_a_retry_that_is_no_positive_number_is_refused_at_o
     a, b = Identity.generate(), Identity.generate()
     author = await Author.create(tmp_path / "author.db", Identity.generate(), "c", PW, hub.author_endpoint(),
                                  AllowList.of([a.did, b.did]), store_options=FAST, config=CoreConfig(max_nonces=1))
-    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
-                                 store_options=FAST)
-    sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
-                                 store_options=FAST)
+    sa = await member(tmp_path, hub, author, a, "a")
+    sb = await member(tmp_path, hub, author, b, "b")
     try:
         await sa.subscribe(timeout=10)  # the table is full for b for the challenge's lifetime
         sent = len(hub.tap)
@@ -248,8 +250,7 @@ async def test_the_used_nonce_rows_of_the_store_are_pruned_once_expired(tmp_path
     a_path = tmp_path / "author.db"
     author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([a.did]),
                                  store_options=FAST, clock=lambda: clock[0])
-    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
-                                 store_options=FAST)
+    sa = await member(tmp_path, hub, author, a, "a")
 
     try:
         await sa.subscribe(timeout=10)

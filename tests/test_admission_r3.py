@@ -17,7 +17,7 @@ from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
 from tests.corenet import Net
-from tests.test_admission_r2 import nonce_rows, until_no_nonce_rows
+from tests.test_admission_r2 import member, nonce_rows, until_no_nonce_rows
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
@@ -66,10 +66,8 @@ async def test_the_used_nonce_rows_written_after_a_clock_far_ahead_are_pruned(tm
     a_path = tmp_path / "author.db"
     author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(),
                                  AllowList.of([a.did, b.did]), store_options=FAST, clock=lambda: clock[0])
-    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
-                                 store_options=FAST)
-    sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
-                                 store_options=FAST)
+    sa = await member(tmp_path, hub, author, a, "a")
+    sb = await member(tmp_path, hub, author, b, "b")
 
     try:
         clock[0] = real + 10 * 365 * 86_400_000  # ten years ahead, once

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.api import NONCE_PRUNE_BATCH, Author, MemoryHub, StoreOptions, Subscriber
+from streams.api import NONCE_PRUNE_BATCH, Author, MemoryHub, StoreOptions
 from streams.core import CoreConfig
 from streams.events import SubscriberAdmitted, SubscriberRefused
 from streams.identity import Identity
@@ -19,7 +19,7 @@ from streams.policy import AllowList
 from streams.store import Store
 from streams.wire import Kind, decode_frame
 from tests.corenet import Net
-from tests.test_admission_r2 import nonce_rows
+from tests.test_admission_r2 import member, nonce_rows
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
@@ -82,8 +82,7 @@ async def test_a_driver_clock_below_zero_or_near_the_u64_does_not_close_the_auth
     config = None if ttl is None else CoreConfig(challenge_ttl_ms=ttl)
     author = await Author.create(a_path, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([a.did]),
                                  store_options=FAST, clock=lambda: clock[0], config=config)
-    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
-                                 store_options=FAST)
+    sa = await member(tmp_path, hub, author, a, "a")
     try:
         branch = await sa.subscribe(timeout=10)
         assert author.branch_of(a.did) == branch

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from streams import AdmissionRefused, StreamsTimeoutError
-from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.api import Author, MemoryHub, StoreOptions
 from streams.core import CoreConfig
 from streams.errors import RejectReason
 from streams.identity import Identity
 from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
+from tests.test_admission_r2 import member
 
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 PW = "pw"
@@ -30,10 +31,8 @@ async def test_a_subscriber_refused_bad_challenge_again_and_again_asks_again_at_
     author = await Author.create(tmp_path / "author.db", Identity.generate(), "c", PW, hub.author_endpoint(),
                                  AllowList.of([a.did, b.did]), store_options=FAST,
                                  config=CoreConfig(max_nonces=1))
-    sa = await Subscriber.create(tmp_path / "a.db", a, author.did, author.channel, PW, hub.subscriber_endpoint("a"),
-                                 store_options=FAST)
-    sb = await Subscriber.create(tmp_path / "b.db", b, author.did, author.channel, PW, hub.subscriber_endpoint("b"),
-                                 store_options=FAST)
+    sa = await member(tmp_path, hub, author, a, "a")
+    sb = await member(tmp_path, hub, author, b, "b")
     try:
         await sa.subscribe(timeout=10)
         with pytest.raises((AdmissionRefused, StreamsTimeoutError)) as err:
