@@ -540,14 +540,9 @@ def test_a_catch_up_answered_in_order_before_its_head_that_goes_on_steadily_repo
     assert [e.seq for e in events if isinstance(e, MessageReceived)] == list(range(4, 14))
 
 
-def test_a_catch_up_whose_fetch_never_progresses_is_reported_at_last() -> None:
-    """s0 holds three messages and is away while the author publishes three more; it catches up, and the author's
-    answer names 6.  A relay delivers that HEAD and drops the messages and every later fetch answer (or the
-    author's log is damaged at 4, which it then never serves, api._serve_fetch).  s0 knows 4..6 exist and cannot
-    get them: THREATS 4 wants them fetched or reported.  They were asked for again every fetch_retry_ms, for
-    good, and never reported -- a `tail --events` showed nothing.  Now what the answering HEAD names is deferred
-    as a held frame's gap is: reported once the deferral's time is up and nothing came for fetch_retry_ms (SPEC
-    10.1 step 7), and still fetched."""
+def _away_then_caught_up() -> tuple[Net, SubscriberCore, bytes, bytes]:
+    """``_three_alerts`` delivered; then three more published on s0's branch b0 while s0 is away; s0 catches up
+    and the author answers: returns the net, s0, b0 and the answering HEAD (naming 6), not delivered."""
     net, s = _three_alerts(delivered=True)
     [b0] = s.branch_ids()
     for i in range(3):
@@ -559,6 +554,18 @@ def test_a_catch_up_whose_fetch_never_progresses_is_reported_at_last() -> None:
         net.author.receive(o.data, net.now, "s0")
     net.author.take_changes()
     [head] = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
+    return net, s, b0, head
+
+
+def test_a_catch_up_whose_fetch_never_progresses_is_reported_at_last() -> None:
+    """s0 holds three messages and is away while the author publishes three more; it catches up, and the author's
+    answer names 6.  A relay delivers that HEAD and drops the messages and every later fetch answer (or the
+    author's log is damaged at 4, which it then never serves, api._serve_fetch).  s0 knows 4..6 exist and cannot
+    get them: THREATS 4 wants them fetched or reported.  They were asked for again every fetch_retry_ms, for
+    good, and never reported -- a `tail --events` showed nothing.  Now what the answering HEAD names is deferred
+    as a held frame's gap is: reported once the deferral's time is up and nothing came for fetch_retry_ms (SPEC
+    10.1 step 7), and still fetched."""
+    net, s, _, head = _away_then_caught_up()
     assert decode_frame(head).head.seq == 6
     events = list(s.receive(head, net.now))
     for _ in range(30):  # the fetches go out; the relay drops every answer
@@ -573,17 +580,7 @@ def test_what_a_catch_up_deferred_is_not_reported_again_once_a_later_head_report
     every fetch answer.  The author's next HEAD (7) reports 4..7 missing from s0's cursor -- which tells the
     deferred range too.  The deferral was still told when its time was up: a second, stale GapDetected (4, 7)
     after (4, 8), of messages already reported."""
-    net, s = _three_alerts(delivered=True)
-    [b0] = s.branch_ids()
-    for i in range(3):
-        net.author.publish(b0, b"away %d" % i, net.now)
-    net.author.take_changes()
-    net.author.data_to_send()  # s0 is away
-    s.catch_up(net.now)
-    for o in s.data_to_send():
-        net.author.receive(o.data, net.now, "s0")
-    net.author.take_changes()
-    [head] = [o.data for o in net.author.data_to_send() if decode_frame(o.data).kind is Kind.HEAD]
+    net, s, b0, head = _away_then_caught_up()
     events = list(s.receive(head, net.now))
     net.author.publish(b0, b"later", net.now)
     net.author.take_changes()
