@@ -92,6 +92,7 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
+from streams._config import check_ints, check_order, check_rate
 from streams._tasks import cancel_and_wait, wait_shielded
 from streams.core import Outgoing
 from streams.errors import BrokenResourceError, ClosedResourceError, DecodeError, LocalProtocolError
@@ -223,9 +224,30 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+#: EndpointConfig's integer fields and their least meaningful values: 0 where the docstring gives 0 a meaning
+#: (no CREDIT, no BUNDLEs, no queue beyond the pipe, no suspension, no handshake hold), 1 elsewhere -- a 0
+#: interval spins a loop, a 0 high-water mark is ZeroMQ's "no limit" (unbounded memory per peer).
+_ENDPOINT_FLOORS: dict[str, int] = {
+    "max_frame": 1, "heartbeat_ms": 1, "liveness": 1, "reconnect_min_ms": 1, "reconnect_max_ms": 1,
+    "send_queue": 0, "send_queue_bytes": 0, "inbound_burst": 1, "global_burst": 1, "failures_to_suspend": 1,
+    "suspend_ms": 0, "sndhwm": 1, "rcvhwm": 1, "inbox": 1, "inbox_bytes": 1, "credit_window": 0,
+    "credit_window_max": 1, "window_bytes": 1, "batch": 1, "bundle_bytes": 0, "max_peers": 1,
+    "handshake_hold_ms": 0, "peers_per_branch": 1, "max_branches": 1,
+}
+#: Ceilings other than 2**63 - 1 (MAXMSGSIZE is an int64): ZeroMQ's high-water marks are C ints.
+_ENDPOINT_CEILINGS: dict[str, int] = {"sndhwm": (1 << 31) - 1, "rcvhwm": (1 << 31) - 1}
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
-    """Limits and timings of an endpoint.  Units are in the field names and docstrings."""
+    """Limits and timings of an endpoint.  Units are in the field names and docstrings.
+
+    Raises :class:`~streams.errors.LocalProtocolError`, naming the field and the value, for a field out of its
+    range: the integers from 1 (0 for ``send_queue``, ``send_queue_bytes``, ``suspend_ms``, ``credit_window``,
+    ``bundle_bytes`` and ``handshake_hold_ms``, where 0 has a meaning) to ``2**63 - 1`` (``sndhwm`` and
+    ``rcvhwm``: ``2**31 - 1``, ZeroMQ's C int); ``inbound_budget`` and ``global_budget`` finite numbers above 0;
+    ``reconnect_max_ms`` at least ``reconnect_min_ms``; ``curve`` a :class:`~brokerless.curve.CurveConfig` or
+    None.  Refused where the mistake is made, not met later as a spinning loop or unbounded memory."""
 
     max_frame: int = MAX_FRAME
     """Largest frame accepted, bytes.  Also ZeroMQ ``MAXMSGSIZE``: a peer sending more is disconnected."""
@@ -328,6 +350,14 @@ class EndpointConfig:
     """Author: most branches in the routing map (the least recently used is evicted)."""
     curve: CurveConfig | None = None
     """Optional CurveZMQ per hop (defence in depth only; see :mod:`brokerless.curve`)."""
+
+    def __post_init__(self) -> None:
+        check_ints("EndpointConfig", self, _ENDPOINT_FLOORS, _ENDPOINT_CEILINGS)
+        check_rate("EndpointConfig", "inbound_budget", self.inbound_budget)
+        check_rate("EndpointConfig", "global_budget", self.global_budget)
+        check_order("EndpointConfig", self, "reconnect_min_ms", "reconnect_max_ms")
+        if self.curve is not None and not isinstance(self.curve, CurveConfig):
+            raise LocalProtocolError(f"EndpointConfig.curve must be a CurveConfig or None, not {self.curve!r}")
 
 
 @dataclass(slots=True)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import merkle
+from ._config import check_ints, check_order
 from .anchor import ANCHOR_TAG, ChainHead, EpochCheckpoint, InclusionProof, build_epoch
 from .core import AnchorRecord, AuthorCore, Changes
 from .errors import LedgerConflict, LedgerError, LocalProtocolError, StreamsError, VerificationError
@@ -56,7 +57,11 @@ log = logging.getLogger("streams.anchoring")
 
 @dataclass(frozen=True, slots=True)
 class AnchorConfig:
-    """When and how the author anchors.  Units are in the field names."""
+    """When and how the author anchors.  Units are in the field names.
+
+    Raises :class:`~streams.errors.LocalProtocolError`, naming the field and the value, for a field that is not
+    an integer from 1 to ``2**63 - 1``, or a ``retry_max_ms`` below ``retry_min_ms`` (a 0 interval or delay
+    would spin the anchoring task, a 0 ``max_unwritten`` never build an epoch)."""
 
     epoch_interval_ms: int = 1_000
     """An epoch is cut this often if any chain moved."""
@@ -72,6 +77,12 @@ class AnchorConfig:
     """How often a written but unconfirmed checkpoint is polled (IOTA: until a milestone references it)."""
     restart_after: int = 5
     """Consecutive ledger errors after which a ledger with a ``restart()`` method (IotaLedger) is restarted."""
+
+    def __post_init__(self) -> None:
+        check_ints("AnchorConfig", self, dict.fromkeys(
+            ("epoch_interval_ms", "max_heads_per_epoch", "max_unwritten", "retry_min_ms", "retry_max_ms",
+             "confirm_poll_ms", "restart_after"), 1))
+        check_order("AnchorConfig", self, "retry_min_ms", "retry_max_ms")
 
 
 class AnchorService:

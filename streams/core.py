@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from . import _crypto
+from ._config import check_ints
 from ._state import ACCEPTS, BRANCH, SUBSCRIPTION, BranchState, Role, SubscriptionState
 from .anchor import (
     ChainHead,
@@ -302,11 +303,11 @@ _CONFIG_FLOORS: dict[str, int] = {
     "copy_window_ms": 0,
     "peer_failures": 1,
 }
-#: The greatest value of the fields that the wire carries as a u64 once added to a clock reading or a sequence
-#: number: ``challenge_ttl_ms`` (a challenge's ``expires_ms``, SPEC 8.3) and ``max_fetch`` (a FETCH's ``to_seq``).
-#: Above it the sum could overflow the encoding, which raised ``struct.error`` out of :meth:`_CoreBase.receive`
-#: (at the first HELLO, anyone's) or out of a catch-up, rather than a config error here.
-_CONFIG_CEILINGS: dict[str, int] = {"challenge_ttl_ms": (1 << 63) - 1, "max_fetch": (1 << 63) - 1}
+#: Every field is at most ``2**63 - 1`` (:data:`streams._config.INT_CEILING`).  It matters most for the fields that
+#: the wire carries as a u64 once added to a clock reading or a sequence number: ``challenge_ttl_ms`` (a
+#: challenge's ``expires_ms``, SPEC 8.3) and ``max_fetch`` (a FETCH's ``to_seq``), where a larger value raised
+#: ``struct.error`` out of :meth:`_CoreBase.receive` (at the first HELLO, anyone's) or out of a catch-up, rather
+#: than a config error here.
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,9 +316,9 @@ class CoreConfig:
 
     Raises :class:`~streams.errors.LocalProtocolError`, naming the field and the value, for a field that is not
     an integer (``signing``: not a :class:`~streams.wire.SigningMode`) or is below its least meaningful value:
-    1 for the limits, counts, ``challenge_ttl_ms`` and ``fetch_retry_ms``; 0 for the other intervals -- or, for
-    ``challenge_ttl_ms`` and ``max_fetch`` (carried as a u64 on the wire once added to a time or a seq), above
-    ``2**63 - 1``."""
+    1 for the limits, counts, ``challenge_ttl_ms`` and ``fetch_retry_ms``; 0 for the other intervals -- or is above
+    ``2**63 - 1`` (``challenge_ttl_ms`` and ``max_fetch`` are carried as a u64 on the wire once added to a time or a
+    seq)."""
 
     max_frame: int = MAX_FRAME
     """Hard limit on an encoded frame, bytes; larger frames are refused before parsing (THREATS 8)."""
@@ -374,14 +375,7 @@ class CoreConfig:
 
     def __post_init__(self) -> None:
         # Refused here, where the caller's mistake is, rather than met as a hang or a refusal much later.
-        for name, least in _CONFIG_FLOORS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise LocalProtocolError(f"CoreConfig.{name} must be an integer of at least {least}, not {value!r}")
-        for name, most in _CONFIG_CEILINGS.items():
-            value = getattr(self, name)
-            if value > most:
-                raise LocalProtocolError(f"CoreConfig.{name} must be at most {most}, not {value!r}")
+        check_ints("CoreConfig", self, _CONFIG_FLOORS)
         if not isinstance(self.signing, SigningMode):
             raise LocalProtocolError(f"CoreConfig.signing must be a SigningMode, not {self.signing!r}")
 

@@ -103,3 +103,11 @@ def test_at_the_greatest_values_a_challenge_and_a_catch_up_fetch_still_encode() 
     fetches = [decode_frame(o.data) for o in s0.data_to_send() if decode_frame(o.data).kind is Kind.FETCH]
     # (the other FETCH is the grant sync, 0..0)
     assert [f.head.to_seq - f.head.from_seq for f in fetches if f.head.to_seq] == [MOST - 1]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", sorted(LEAST))
+def test_every_integer_field_is_refused_above_the_greatest_value(name: str) -> None:
+    assert getattr(_config(name, MOST), name) == MOST
+    with pytest.raises(LocalProtocolError) as info:
+        _config(name, MOST + 1)
+    assert f"CoreConfig.{name}" in str(info.value) and repr(MOST + 1) in str(info.value)

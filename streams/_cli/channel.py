@@ -383,6 +383,7 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
     :class:`~streams.errors.StorageError`.  ``transport`` is closed if opening fails (``Author.create/open``
     close it themselves when they fail)."""
     try:
+        anchor_config = AnchorConfig(epoch_interval_ms=anchor_interval_ms)  # (out of range: refused, transport closed)
         policy = load_policy(policy_file)
         exists = Path(store).exists()
         if exists:
@@ -394,7 +395,6 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
     except BaseException:
         await transport.close()
         raise
-    anchor_config = AnchorConfig(epoch_interval_ms=anchor_interval_ms)
     if exists:
         return await Author.open(store, passphrase, transport, policy, ledger=ledger, anchor_config=anchor_config)
     return await Author.create(store, owner, channel_name, passphrase, transport, policy, ledger=ledger,
