@@ -36,7 +36,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 from . import _crypto
 from ._config import check_ints
@@ -597,6 +597,24 @@ class _Chain:
         return self.catch_up_left > 0 and self.fetch_end >= self.next_seq
 
 
+#: Equal tuples that idle branches share: the (epoch, publisher) keys of ``_Branch.keys`` and the author's own
+#: entry of ``_Branch.members`` were three tuples of every branch's own, about 170 bytes of the 2 KiB an idle
+#: branch may cost (bench_scale).  Bounded (emptied when full): a cache, not state.
+_SHARED: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_MAX_SHARED = 4096
+_T = TypeVar("_T", bound=tuple[Any, ...])
+
+
+def _shared(t: _T) -> _T:
+    """``t``, or an equal tuple met before (the same object for every branch that holds it)."""
+    got = _SHARED.get(t)
+    if got is None:
+        if len(_SHARED) >= _MAX_SHARED:
+            _SHARED.clear()
+        _SHARED[t] = got = t
+    return cast(_T, got)
+
+
 class _Branch:
     __slots__ = ("chains", "epoch", "evidence", "final_acked", "former", "grant_frame", "grant_hash", "grants",
                  "has_evidence", "heard", "id", "keys", "lapses", "me", "members", "mode", "peer_did", "quiet",
@@ -612,8 +630,9 @@ class _Branch:
         # back from the store (``extras_lookup``), keeping an idle branch's memory small.  None = in the store.
         self.grant_frame: bytes | None = rec.grant_frame
         self.me = rec.me
-        self.members: dict[int, tuple[bytes, Permission]] = {i: (pk, Permission(p)) for i, pk, p in rec.members}
-        self.keys: dict[tuple[int, int], bytes] = {(e, p): k for e, p, k in rec.keys}
+        self.members: dict[int, tuple[bytes, Permission]] = {
+            i: _shared((pk, Permission(p))) if i == 0 else (pk, Permission(p)) for i, pk, p in rec.members}
+        self.keys: dict[tuple[int, int], bytes] = {_shared((e, p)): k for e, p, k in rec.keys}
         self.state = BranchState(rec.state)
         self.peer_did = rec.peer_did
         self.evidence: bytes | None = rec.evidence
@@ -629,8 +648,9 @@ class _Branch:
         self.heard = True  #: subscriber side: an authentic frame of the author's came since the last sync_quiet
         self.quiet = 0  #: subscriber side: forced refreshes in a row that found the branch quiet
         self.refreshes = 0  #: subscriber side: forced refreshes seen (sync_quiet)
-        #: publisher -> (epoch they were listed at, the epochs up to it that drew no key for its chain, ascending)
-        self.lapses: dict[int, tuple[int, list[int]]] = {}
+        #: publisher -> (epoch they were listed at, the epochs up to it that drew no key for its chain, ascending);
+        #: None until a frame of an earlier epoch asks (an idle branch keeps no empty dict: SCALE's memory target)
+        self.lapses: dict[int, tuple[int, list[int]]] | None = None
 
     def lapse_between(self, publisher: int, lo: int, hi: int) -> bool:
         """Whether a member's write permission lapsed after key epoch ``lo``, up to ``hi``: an epoch in between drew
@@ -640,10 +660,13 @@ class _Branch:
         once per epoch)."""
         if publisher == 0 or lo >= hi:
             return False
-        at, gaps = self.lapses.get(publisher, (-1, []))
+        lapses = self.lapses
+        if lapses is None:
+            lapses = self.lapses = {}
+        at, gaps = lapses.get(publisher, (-1, []))
         if at != self.epoch:
             gaps = [e for e in range(self.epoch + 1) if (e, publisher) not in self.keys]
-            self.lapses[publisher] = (self.epoch, gaps)
+            lapses[publisher] = (self.epoch, gaps)
         i = bisect.bisect_right(gaps, lo)
         return i < len(gaps) and gaps[i] <= hi
 
@@ -2727,15 +2750,19 @@ class AuthorCore(_CoreBase):
                 out.append(g)
         return out
 
-    def _hint_for(self, kx_public: bytes, branch: bytes, epoch: int) -> bytes:
+    def _hint_for(self, kx_public: bytes, branch: bytes, epoch: int, keep: bool) -> bytes:
         """The hint of a recipient's entry in a grant of ``branch`` at ``epoch`` (SPEC 8.5).  The pair's hint key
-        costs an X25519: kept per recipient, so that a re-key costs none for members already granted something
-        (bounded: a cache, emptied when full, not state)."""
+        costs an X25519: with ``keep`` (a group's grant) it is kept per recipient, so that a group's re-key costs
+        none for members already granted something (bounded: a cache, emptied when full, not state).  A
+        per-subscriber branch's grant does not keep it (a re-key there, :meth:`set_permission`, is rare and has one
+        recipient): 10,000 branches kept 10,000 keys, about 180 bytes of every idle branch (bench_scale)."""
         key = self._hint_keys.get(kx_public)
         if key is None:
-            if len(self._hint_keys) >= _MAX_HINT_KEYS:
-                self._hint_keys.clear()
-            key = self._hint_keys[kx_public] = _hint_key(self._id, kx_public, self._id.kx_public, kx_public)
+            key = _hint_key(self._id, kx_public, self._id.kx_public, kx_public)
+            if keep:
+                if len(self._hint_keys) >= _MAX_HINT_KEYS:
+                    self._hint_keys.clear()
+                self._hint_keys[kx_public] = key
         return _hint(key, self._channel, branch, epoch)
 
     def _grant_frame(self, rec: BranchRecord, recipients: list[PublicIdentity], prev: bytes,
@@ -2750,6 +2777,7 @@ class AuthorCore(_CoreBase):
         shared = _crypto.aead_encrypt(shared_key, _GRANT_NONCE, _grant_aad(rec.id, rec.epoch),
                                       encode_grant_shared(list(rec.members), heads))
         entries: list[tuple[int, GrantEntry]] = []  # (member index, entry): written in member order
+        keep = not rec.peer_did  # a group's: its re-keys reuse the hint keys (_hint_for)
         by_pub = {pk: (i, Permission(p)) for i, pk, p in rec.members}
 
         def keys_of(idx: int, perm: Permission) -> list[tuple[int, bytes]]:
@@ -2762,7 +2790,7 @@ class AuthorCore(_CoreBase):
             if len(sealed) > MAX_GRANT_KEY_ENTRY:  # pragma: no cover - 256 chain keys fit
                 raise LocalProtocolError(f"a grant entry of {len(sealed):,} bytes is over the limit of "
                                          f"{MAX_GRANT_KEY_ENTRY:,}")
-            entries.append((idx, GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed)))
+            entries.append((idx, GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch, keep), sealed)))
         for idx, pk, perm in removed:
             pub = PublicIdentity.from_sign_public(pk)
             seq, last = next((s, h) for p, s, h in heads if p == 0)
@@ -2770,7 +2798,7 @@ class AuthorCore(_CoreBase):
             # observer who sees every byte does not tell which entry is the removal by its size or place (SPEC 8.5).
             size = len(encode_grant_key(GrantKey(idx, bytes(32), keys_of(idx, perm))))
             sealed = _crypto.seal(pub.kx_public, encode_grant_removal(padded_grant_removal(idx, seq, last, size)))
-            entries.append((idx, GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch), sealed)))
+            entries.append((idx, GrantEntry(self._hint_for(pub.kx_public, rec.id, rec.epoch, keep), sealed)))
         entries.sort(key=lambda e: e[0])
         head = Grant(self._channel, rec.id, rec.epoch, prev, rec.mode)
         frame = encode_frame(head, encode_grant_body(shared, [e for _, e in entries]), self._id.sign)
