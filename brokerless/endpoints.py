@@ -234,8 +234,12 @@ _ENDPOINT_FLOORS: dict[str, int] = {
     "credit_window_max": 1, "window_bytes": 1, "batch": 1, "bundle_bytes": 0, "max_peers": 1,
     "handshake_hold_ms": 0, "peers_per_branch": 1, "max_branches": 1,
 }
-#: Ceilings other than 2**63 - 1 (MAXMSGSIZE is an int64): ZeroMQ's high-water marks are C ints.
-_ENDPOINT_CEILINGS: dict[str, int] = {"sndhwm": (1 << 31) - 1, "rcvhwm": (1 << 31) - 1}
+#: Ceilings other than 2**63 - 1 (MAXMSGSIZE is an int64): ZeroMQ's high-water marks and reconnect intervals are C
+#: ints (a larger value raised OverflowError out of the endpoint's constructor, its socket left open); a CREDIT
+#: carries the window as a u32 (SPEC 14.4).
+_C_INT = (1 << 31) - 1
+_ENDPOINT_CEILINGS: dict[str, int] = {"sndhwm": _C_INT, "rcvhwm": _C_INT, "reconnect_min_ms": _C_INT,
+                                      "reconnect_max_ms": _C_INT, "credit_window": 0xFFFF_FFFF}
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +248,9 @@ class EndpointConfig:
 
     Raises :class:`~streams.errors.LocalProtocolError`, naming the field and the value, for a field out of its
     range: the integers from 1 (0 for ``send_queue``, ``send_queue_bytes``, ``suspend_ms``, ``credit_window``,
-    ``bundle_bytes`` and ``handshake_hold_ms``, where 0 has a meaning) to ``2**63 - 1`` (``sndhwm`` and
-    ``rcvhwm``: ``2**31 - 1``, ZeroMQ's C int); ``inbound_budget`` and ``global_budget`` finite numbers above 0;
+    ``bundle_bytes`` and ``handshake_hold_ms``, where 0 has a meaning) to ``2**63 - 1`` (``sndhwm``, ``rcvhwm``,
+    ``reconnect_min_ms`` and ``reconnect_max_ms``: ``2**31 - 1``, ZeroMQ's C int; ``credit_window``:
+    ``2**32 - 1``, a u32 on the wire); ``inbound_budget`` and ``global_budget`` finite numbers above 0;
     ``reconnect_max_ms`` at least ``reconnect_min_ms``; ``curve`` a :class:`~brokerless.curve.CurveConfig` or
     None.  Refused where the mistake is made, not met later as a spinning loop or unbounded memory."""
 

@@ -4,6 +4,8 @@ value, rather than met later as a spinning loop, a hang or unbounded memory."""
 
 from __future__ import annotations
 
+import math
+
 from .errors import LocalProtocolError
 
 #: The default ceiling of an integer field: what a u64 on the wire, an int64 socket option or a deadline added to
@@ -22,10 +24,16 @@ def check_ints(owner: str, obj: object, floors: dict[str, int], ceilings: dict[s
 
 
 def check_rate(owner: str, name: str, value: object) -> None:
-    """A token bucket's rate, per second: a finite number above 0 (0 lets nothing through, ever; inf and NaN
-    break the bucket's arithmetic)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-        raise LocalProtocolError(f"{owner}.{name} must be a finite number above 0, not {value!r}")
+    """A token bucket's rate, per second: a finite number above 0 (0 lets nothing through, ever; inf, NaN and an
+    integer too large for a float break the bucket's arithmetic)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            rate = float(value)
+        except OverflowError:  # an int beyond a float's range
+            rate = math.inf
+        if 0 < rate < math.inf:
+            return
+    raise LocalProtocolError(f"{owner}.{name} must be a finite number above 0, not {value!r}")
 
 
 def check_order(owner: str, obj: object, low: str, high: str) -> None:

@@ -251,8 +251,8 @@ def _did(public: bytes) -> str:
 
 def _hint_key(identity: Identity, peer_kx: bytes, author_kx: bytes, recipient_kx: bytes) -> bytes:
     """The key of an author's hints for one recipient (SPEC 8.5): from their X25519 agreement, which only the two
-    can compute -- ``identity`` is either of them, ``peer_kx`` the other's key.  One X25519 per pair: callers keep
-    it (the author per member, a member for its author)."""
+    can compute -- ``identity`` is either of them, ``peer_kx`` the other's key.  One X25519 per pair: callers may
+    keep it (the author per member of a group, :meth:`AuthorCore._hint_for`; a member for its author)."""
     return identity.agree(_crypto.P_HINTKEY, peer_kx, author_kx + recipient_kx)
 
 
@@ -2754,8 +2754,10 @@ class AuthorCore(_CoreBase):
         """The hint of a recipient's entry in a grant of ``branch`` at ``epoch`` (SPEC 8.5).  The pair's hint key
         costs an X25519: with ``keep`` (a group's grant) it is kept per recipient, so that a group's re-key costs
         none for members already granted something (bounded: a cache, emptied when full, not state).  A
-        per-subscriber branch's grant does not keep it (a re-key there, :meth:`set_permission`, is rare and has one
-        recipient): 10,000 branches kept 10,000 keys, about 180 bytes of every idle branch (bench_scale)."""
+        per-subscriber branch's grant does not keep it: 10,000 branches kept 10,000 keys, about 180 bytes of every
+        idle branch (bench_scale).  Its re-keys (:meth:`set_permission`, a policy recheck's restriction, a damaged
+        grant's repair) have one recipient and seal the grant key to it anyway (one X25519 in the sealed box): the
+        hint key adds a second, where a kept one added none."""
         key = self._hint_keys.get(kx_public)
         if key is None:
             key = _hint_key(self._id, kx_public, self._id.kx_public, kx_public)

@@ -26,7 +26,9 @@ ENDPOINT_LEAST = {
     "credit_window_max": 1, "window_bytes": 1, "batch": 1, "bundle_bytes": 0, "max_peers": 1,
     "handshake_hold_ms": 0, "peers_per_branch": 1, "max_branches": 1,
 }
-ENDPOINT_MOST = {name: HWM_MOST if name in ("sndhwm", "rcvhwm") else MOST for name in ENDPOINT_LEAST}
+#: ZeroMQ's C ints (high-water marks, reconnect intervals) and the CREDIT's u32 window.
+ENDPOINT_MOST = {name: HWM_MOST if name in ("sndhwm", "rcvhwm", "reconnect_min_ms", "reconnect_max_ms")
+                 else 0xFFFF_FFFF if name == "credit_window" else MOST for name in ENDPOINT_LEAST}
 RATES = ("inbound_budget", "global_budget")
 ANCHOR_FIELDS = ("epoch_interval_ms", "max_heads_per_epoch", "max_unwritten", "retry_min_ms", "retry_max_ms",
                  "confirm_poll_ms", "restart_after")
@@ -34,7 +36,7 @@ ANCHOR_FIELDS = ("epoch_interval_ms", "max_heads_per_epoch", "max_unwritten", "r
 
 def _endpoint(name: str, value: object) -> EndpointConfig:
     # A backoff's two ends are also checked against each other: the other end is set out of the way.
-    fields: dict[str, Any] = {"reconnect_min_ms": 1, "reconnect_max_ms": MOST, name: value}
+    fields: dict[str, Any] = {"reconnect_min_ms": 1, "reconnect_max_ms": HWM_MOST, name: value}
     return EndpointConfig(**fields)
 
 
@@ -67,7 +69,7 @@ def test_an_endpoint_integer_is_refused_outside_its_range_naming_field_and_value
 def test_an_endpoint_rate_must_be_a_finite_number_above_zero(name: str) -> None:
     assert getattr(_endpoint(name, 0.001), name) == 0.001
     assert getattr(_endpoint(name, 10**9), name) == 10**9
-    for bad in (0, -1.0, math.inf, math.nan, "50", True, None):
+    for bad in (0, -1.0, math.inf, math.nan, 10**400, "50", True, None):  # (10**400: no float holds it)
         _refused(_endpoint, "EndpointConfig", name, bad)
 
 
@@ -99,3 +101,23 @@ def test_an_anchor_field_is_refused_outside_its_range_naming_field_and_value(nam
 def test_an_anchor_retry_ceiling_below_the_first_retry_is_refused() -> None:
     with pytest.raises(LocalProtocolError, match=r"retry_max_ms \(100\) must be at least retry_min_ms \(200\)"):
         AnchorConfig(retry_min_ms=200, retry_max_ms=100)
+
+
+async def test_endpoints_take_the_greatest_values_their_config_accepts() -> None:
+    # The ceilings are ZeroMQ's and the wire's own: a value the config accepts must not fail later (a reconnect
+    # interval above a C int raised OverflowError out of SubscriberEndpoint(), its socket left open; a credit
+    # window above a u32 raised struct.error out of the heartbeat task).
+    from brokerless import AuthorEndpoint, SubscriberEndpoint
+
+    cfg = EndpointConfig(reconnect_min_ms=HWM_MOST, reconnect_max_ms=HWM_MOST, sndhwm=HWM_MOST, rcvhwm=HWM_MOST,
+                         credit_window=0xFFFF_FFFF, inbox=MOST, max_frame=MOST, inbound_budget=10**300,
+                         global_budget=10**300)
+    author = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    sub = SubscriberEndpoint(author.addresses[0], cfg)
+    try:
+        sub._session = bytes(8)  # as once a PONG announced the session; no limits from the author yet
+        sub._send_credit(0)  # the window, unclamped, on the wire as a u32
+        assert sub._window == 0xFFFF_FFFF
+    finally:
+        await sub.close()
+        await author.close()

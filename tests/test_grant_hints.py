@@ -1,7 +1,8 @@
 """Grant entry hints (SPEC 8.5, SPEC 15, THREATS 1) attacked from the wire: an observer who knows every DID and every
 public key -- and an insider, a member of the channel with its own secret keys -- cannot tell whose entry is whose
-in any GRANT; the members can.  The author agrees one key per member, not one per entry per re-key, and GRANTs
-written with the legacy hint (kept in stores and grant histories) still open.  Two cores wired without sockets."""
+in any GRANT; the members can.  The author agrees one key per member and keeps it for groups' members (a group's
+re-key agrees none), and GRANTs written with the legacy hint (kept in stores and grant histories) still open.  Two
+cores wired without sockets."""
 
 from __future__ import annotations
 

@@ -380,8 +380,9 @@ async def open_author(store: str, passphrase: str, transport: Transport, policy_
 
     Raises :class:`UsageError` if the store does not exist and ``keystore_path``/``name`` are missing,
     :class:`~streams.policy_file.PolicyFileError` for a bad policy, :class:`~streams.errors.BadPassphrase`,
-    :class:`~streams.errors.StorageError`.  ``transport`` is closed if opening fails (``Author.create/open``
-    close it themselves when they fail)."""
+    :class:`~streams.errors.StorageError`, :class:`~streams.errors.LocalProtocolError` for an
+    ``anchor_interval_ms`` above ``2**63 - 1`` (:class:`AnchorConfig`).  ``transport`` is closed if opening fails
+    (``Author.create/open`` close it themselves when they fail)."""
     try:
         anchor_config = AnchorConfig(epoch_interval_ms=anchor_interval_ms)  # (out of range: refused, transport closed)
         policy = load_policy(policy_file)
