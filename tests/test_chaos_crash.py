@@ -1,6 +1,6 @@
 """The crash harness (chaos/crash.py), short variant: random ``kill -9`` of the author and the subscribers during a
 two-way stream over ZeroMQ, then every log and store is checked (THREATS 3 and 4).  The long run is
-``python chaos/crash.py`` (100 kills, 10k messages); its figures are in chaos/results/crash.json."""
+``python chaos/crash.py`` (300 kills, 30k messages in the last one); its figures are in chaos/results/crash.json."""
 
 from __future__ import annotations
 
