@@ -100,10 +100,14 @@ Clock = Callable[[], int]
 ANCHOR_WAIT = 600.0
 
 
-def _check_anchor_wait(seconds: float) -> None:
+def _check_positive_seconds(name: str, seconds: object, note: str = "") -> None:
+    """Raise :class:`LocalProtocolError` unless ``seconds`` is a number above 0 (not a bool; NaN is refused too)."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:  # NaN too
-        raise LocalProtocolError(f"anchor_wait must be a positive number of seconds (math.inf: ask forever), not "
-                                 f"{seconds!r}")
+        raise LocalProtocolError(f"{name} must be a positive number of seconds{note}, not {seconds!r}")
+
+
+def _check_anchor_wait(seconds: float) -> None:
+    _check_positive_seconds("anchor_wait", seconds, " (math.inf: ask forever)")
 
 
 #: How many of the store's expired used-nonce rows the author's timer deletes at a tick, at most
@@ -1844,8 +1848,7 @@ class Subscriber(_Party):
         :class:`LocalProtocolError` at once, nothing sent, if ``retry`` is not a positive number of seconds (0 paced
         nothing: HELLOs at network speed until the timeout) or ``timeout`` is not a number (NaN: no deadline)."""
         self._check_usable()
-        if isinstance(retry, bool) or not isinstance(retry, (int, float)) or not retry > 0:  # NaN too
-            raise LocalProtocolError(f"retry must be a positive number of seconds, not {retry!r}")
+        _check_positive_seconds("retry", retry)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
             # NaN compares false with everything: the deadline never came, and HELLOs went on for good.
             raise LocalProtocolError(f"timeout must be a number of seconds, not {timeout!r}")
