@@ -224,6 +224,19 @@ def _attack(path: Path, *sql: tuple[str, tuple[object, ...]]) -> None:
     c.close()
 
 
+async def _publish_stopped(path: Path, passphrase: str, branch: bytes) -> None:
+    """The member store at ``path`` opens, and its next message on ``branch`` is refused by the publishing stop
+    (:class:`ChainConflictError`): it would sign a fork at a position the author holds."""
+    from streams.errors import ChainConflictError
+
+    s = await Subscriber.open(path, passphrase, MemoryHub().subscriber_endpoint("p1"), store_options=FAST)
+    try:
+        with pytest.raises(ChainConflictError):
+            await s.publish(branch, b"would fork seq 4")
+    finally:
+        await s.close()
+
+
 def _records_refused(path: Path, passphrase: str, match: str) -> None:
     """The store at ``path`` opens, and loading its branch records is :class:`StorageError` matching ``match``
     (an altered record: what a party's open would meet)."""
@@ -323,7 +336,6 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
     byte for byte as it was."""
     import msgpack as mp
 
-    from streams.errors import ChainConflictError
     from streams.keystore import seal_secret
     from streams.store import _CHECK_AD, Store, _keys_ad
     from tests.test_stale_member import PW as PW1
@@ -356,12 +368,7 @@ async def test_stores_written_before_stops_were_bound_open_keep_their_stop_and_a
     for n, older in enumerate((previous, lambda path: make_older(path, PW1))):
         path = _copy(stopped, "p1.db", tmp_path / f"p{n}.db")
         older(path)
-        s = await Subscriber.open(path, PW1, MemoryHub().subscriber_endpoint("p1"), store_options=FAST)
-        try:
-            with pytest.raises(ChainConflictError):
-                await s.publish(branch, b"would fork seq 4")
-        finally:
-            await s.close()
+        await _publish_stopped(path, PW1, branch)
         assert table(path, "SELECT branch, publisher, seq FROM chain_conflicts") == [(branch, 1, 6)]
         _attack(path, ("DELETE FROM chain_conflicts", ()))
         _records_refused(path, PW1, "was altered")
