@@ -29,8 +29,11 @@ the whole run, so all peers are measured in the same run with the same payloads,
 Throughput: fixed count (calibrated per peer and size to about ``--seconds``), median of ``--reps`` runs, from
 the publisher's first send to the receiver's last delivery (``time.monotonic_ns``: CLOCK_MONOTONIC is system
 wide on Linux, so both processes share it).  Latency: paced publishing at about half of that peer's measured
-peak, the send time stamped into the payload, p50/p99/p99.9 at the receiver's application.  The pacing ticks
-at asyncio's 1 ms timer resolution, so messages leave in small bursts (at most rate/1000 per tick).
+peak, the send time stamped into the payload, p50/p99/p99.9 at the receiver's application.  The pacing is a
+constant rate: the publisher waits for each message's due time on a timerfd (``_common.Pacer``; 20-35 us late
+here), not with ``asyncio.sleep``, which rounds to whole milliseconds and so sent bursts of up to rate/1000
+messages per tick, each message waiting for the rest of its burst on both sides (``--pacing tick`` measures that
+way, for comparison; runs before this option existed did).
 Also: the raw DEALER/ROUTER asyncio round trip, and the per-message crypto cost, for the latency target: the
 round trip is measured back to back just before each latency row (that row's bound: 2x its p50 + crypto) and at
 the end of the run (reported beside it; on a shared VM it swings 2-3x within minutes).
@@ -60,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Worker, WorkerError, emit, machine_info, percentiles
+from _common import ROOT, Pacer, Worker, WorkerError, emit, machine_info, percentiles
 
 SIZES = (64, 1024, 16384)
 CHECKPOINT_EVERY = 32
@@ -579,18 +582,19 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
         for i in range(count):
             await send(pack(run_id, now(), i) + pad)
     else:
-        # Paced: send what is due, then sleep until the next is due (asyncio's timer has 1 ms resolution).
+        # Paced at a constant rate: send what is due, hand it over (flush), then wait for the next due time on a
+        # timerfd (Pacer: asyncio.sleep would round up to whole milliseconds and send in bursts).
         interval = 1e9 / rate
         i = 0
-        while i < count:
-            due = t0 + int(i * interval)
-            t = now()
-            if t < due:
-                await pub.flush()
-                await asyncio.sleep((due - t) / 1e9)
-                continue
-            await send(pack(run_id, now(), i) + pad)
-            i += 1
+        with Pacer(cmd.get("pacing", "timer") == "timer") as pacer:
+            while i < count:
+                due = t0 + int(i * interval)
+                if now() < due:
+                    await pub.flush()
+                    await pacer.until(due)
+                    continue
+                await send(pack(run_id, now(), i) + pad)
+                i += 1
     await pub.flush()
     return {"t0": t0, "t1": now(), "sent": count, "cpu_s": time.process_time() - cpu0}
 
@@ -740,12 +744,12 @@ class Pair:
             raise
 
     def run(self, run_id: int, size: int, count: int, rate: float, timeout: float,
-            latency: bool = False) -> dict[str, Any]:
+            latency: bool = False, pacing: str = "timer") -> dict[str, Any]:
         assert self.recv is not None
         self.recv.call({"cmd": "expect", "run_id": run_id, "count": count, "timeout": timeout,
                         "idle": 3.0 if self.peer == "nats_core" else timeout, "latency": latency}, 30)
-        sent = self.pub.call({"cmd": "run", "run_id": run_id, "count": count, "size": size, "rate": rate},
-                             timeout + 30)
+        sent = self.pub.call({"cmd": "run", "run_id": run_id, "count": count, "size": size, "rate": rate,
+                              "pacing": pacing}, timeout + 30)
         got = self.recv.read(timeout + 30)
         elapsed = max(1, got["last"] - sent["t0"]) / 1e9
         return {"count": count, "received": got["received"], "seconds": elapsed,
@@ -860,7 +864,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             run_id += 1
             timeout = 30 if quick else 120
             try:
-                return pairs[p].run(run_id, size, count, rate, timeout, lat)
+                return pairs[p].run(run_id, size, count, rate, timeout, lat, args.pacing)
             except WorkerError as exc:
                 info[p].update(available=False, reason=f"run failed: {exc}"[:600])
                 pairs.pop(p).close()
@@ -940,7 +944,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 sorted(latency.items(), key=lambda kv: (peers.index(kv[0][0]), kv[0][1]))]
     crypto = {str(s): {"each": crypto_cost_us(s, 1), "amortized": crypto_cost_us(s, CHECKPOINT_EVERY)}
               for s in sizes}
-    return {"peers": info, "throughput": rows, "latency": lat_rows, "latency_rate": args.latency_rate, "rtt": rtt,
+    return {"peers": info, "throughput": rows, "latency": lat_rows, "latency_rate": args.latency_rate,
+            "pacing": args.pacing, "rtt": rtt,
             "rtt_paced": rtt_paced,
             "rtt_paced_gap_ms": RTT_GAP_MS, "crypto_us": crypto,
             "targets": targets(rows, lat_rows, rtt, crypto, rtt_paced), "sizes": list(sizes), "repetitions": reps,
@@ -1106,6 +1111,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="throughput repetitions (default 3, quick 1; 0 with --latency-rate: latency only)")
     ap.add_argument("--latency-rate", type=float, default=None, metavar="MSGS_PER_S",
                     help="measure latency at this rate for every peer and size, instead of half of each peak")
+    ap.add_argument("--pacing", choices=("timer", "tick"), default="timer",
+                    help="latency rows' pacing: 'timer' (default) a constant rate on a timerfd; 'tick' the earlier "
+                         "asyncio.sleep pacing, which rounds to 1 ms and sends in bursts (for comparison)")
     ap.add_argument("--seconds", type=float, default=None, help="target seconds per throughput run")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
@@ -1122,8 +1130,10 @@ def main(argv: list[str] | None = None) -> int:
                              "delivery (CLOCK_MONOTONIC, shared by both processes)",
                "latency": ("paced at ~50% of the peer's median peak" if not args.latency_rate else
                            f"paced at {args.latency_rate:,.0f} msgs/s for every peer (--latency-rate)")
-                          + ", send time stamped in the payload, measured at the receiver's application; asyncio's "
-                          "1 ms timer makes pacing bursty",
+                          + ", send time stamped in the payload, measured at the receiver's application; "
+                          + ("constant rate, each message's due time waited for on a timerfd"
+                             if args.pacing == "timer" else
+                             "asyncio.sleep pacing (1 ms ticks: bursts of up to rate/1000 messages)"),
                "ours": "SQLite WAL stores on both sides, synchronous=NORMAL (crash/kill -9 safe; *_fsync rows: FULL); "
                        f"public API: ours_* rows stream (Author.publish_many of <= {BATCH} messages or what is due, "
                        "one commit each, then Author.drain; Subscriber.next_messages), *_per_msg rows await "

@@ -15,14 +15,13 @@ own functions with timers (this script's instrumentation, not the library's) and
 
 Per call it also reports the mean time of the author's ``publish_many`` core work, each commit, each
 ``send_many`` and the subscriber's ``receive_many``, plus the raw DEALER/ROUTER round trip measured in the same
-run (the latency target is p50 <= 2x that round trip + the crypto cost).  Rates: isolated messages (300/s),
-bursts (3,000/s paced on asyncio's 1 ms timer: a few messages per tick) and 8,000/s, about half of the signed-each
-streaming peak at 1 KiB on a busy 2-vCPU VM (0.4x of it on a quiet one, 20k/s), near where ``bench_e2e.py``
-measures that row's latency: the pacing loop then wakes about every 2 ms (its 1 ms sleep plus the work), so each
-``publish_many`` carries some 12-15 messages and a message waits for its burst on both sides (the "items per call"
-column).  Then the ``*_per_msg`` modes (one awaited ``Author.publish`` per message, async-for delivery, as in
-``bench_e2e.py``'s rows of that name) at 1,500/s (about half of their peak on the busy VM; an eighth to a tenth
-on the quiet one, 11-14k/s).
+run (the latency target is p50 <= 2x that round trip + the crypto cost).  Rates, each a constant rate (the
+timerfd pacing of ``bench_e2e.py``): isolated messages (300/s), 3,000/s, and 8,000/s, about half of the
+signed-each streaming peak at 1 KiB on a busy 2-vCPU VM (0.4x of it on a quiet one, 20k/s), where each
+``publish_many`` carries what fell due while the last one ran (the "items per call" column).  Then the
+``*_per_msg`` modes (one awaited ``Author.publish`` per message, async-for delivery, as in ``bench_e2e.py``'s rows
+of that name) at 1,500/s (about half of their peak on the busy VM; an eighth to a tenth on the quiet one,
+11-14k/s).
 
 Run: ``python bench/latency_path.py [--quick] [--out DIR]``; writes ``latency.json``.
 """

@@ -114,7 +114,9 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
     if e2e:
         lines += ["## End to end (two processes, tcp loopback)", "",
                   f"Median of {e2e.get('repetitions')} interleaved runs; a message counts when the receiving "
-                  "application has it. Latency at about half of each peer's peak.", "",
+                  "application has it. Latency at about half of each peer's peak, "
+                  + ("paced at a constant rate (timerfd)." if e2e.get("pacing", "tick") == "timer" else
+                     "paced with asyncio.sleep (1 ms ticks: bursts of up to rate/1000 messages)."), "",
                   "| peer | size | msgs/s | MB/s | delivered | p50 µs | p99 µs | p99.9 µs |",
                   "|---|---|---|---|---|---|---|---|"]
         lat = {(r["peer"], r["size"]): r for r in e2e["latency"]}

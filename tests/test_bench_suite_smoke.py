@@ -96,9 +96,55 @@ def test_e2e_latency_at_a_fixed_rate_without_throughput_runs(tmp_path: Path) -> 
     assert sorted(r["size"] for r in e2e["latency"]) == [64, 1024, 16384]
     for r in e2e["latency"]:
         assert r["rate"] == 700 and r["samples"] > 0 and r["p50_us"] > 0
+    assert e2e["pacing"] == "timer" and "timerfd" in e2e["method"]["latency"]
     refused = subprocess.run([*cmd[:-5], "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True,
                              env=env, timeout=60, check=False)
     assert refused.returncode != 0 and "--reps 0 needs --latency-rate" in refused.stderr
     zero = subprocess.run([*cmd[:-4], "0", "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True,
                           env=env, timeout=60, check=False)
     assert zero.returncode != 0 and "--latency-rate must be a positive rate" in zero.stderr
+
+
+PACER_CHECK = """
+import asyncio, json, os, sys, time
+from _common import Pacer
+
+async def main():
+    out = {}
+    for precise in (True, False):
+        with Pacer(precise) as pacer:
+            fd = pacer._fd
+            early = 0
+            t0 = time.monotonic_ns() + 2_000_000
+            for i in range(300):
+                due = t0 + i * 150_000  # 6,667/s: a rate asyncio.sleep can only reach in bursts
+                await pacer.until(due)
+                early += time.monotonic_ns() < due
+            t = time.monotonic_ns()
+            await pacer.until(t - 1_000_000_000)  # long past: at once, no hang
+            out[str(precise)] = {"precise": pacer.precise, "early": early}
+        if fd >= 0:
+            try:
+                os.fstat(fd)
+                out[str(precise)]["fd_left_open"] = True
+            except OSError:
+                out[str(precise)]["fd_left_open"] = False
+    print(json.dumps(out))
+
+asyncio.run(asyncio.wait_for(main(), 30))
+"""
+
+
+def test_pacer_never_wakes_before_a_due_time_and_closes_its_timer(tmp_path: Path) -> None:
+    """The latency rows' pacer (``bench/_common.Pacer``): on Linux a timerfd, else asyncio.sleep; either way no
+    message may leave before its due time (the rate would be above the one reported), a due time long past returns
+    at once, and closing it closes the timerfd."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{ROOT}"}
+    proc = subprocess.run([sys.executable, "-c", PACER_CHECK], capture_output=True, text=True, env=env, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["False"] == {"precise": False, "early": 0}
+    assert out["True"]["early"] == 0
+    if sys.platform.startswith("linux"):
+        assert out["True"]["precise"] is True and out["True"]["fd_left_open"] is False
