@@ -111,21 +111,24 @@ class Pacer:
             self._waiter.set_result(None)
 
     async def until(self, due_ns: int) -> None:
-        """Return at ``due_ns`` (``time.monotonic_ns`` clock) or just after; at once if it has passed."""
+        """Return at ``due_ns`` (``time.monotonic_ns`` clock) or just after; at once if it has passed.  One waiter
+        at a time (a second call while one waits replaces its wake-up: the first would wait forever)."""
+        left = due_ns - time.monotonic_ns()
+        if left <= 0:  # (also: an it_value of 0 would disarm the timer, a negative one is EINVAL)
+            return
         if not self.precise:
-            left = due_ns - time.monotonic_ns()
-            if left > 0:
-                await asyncio.sleep(left / 1e9)
+            await asyncio.sleep(left / 1e9)
             return
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(due_ns // 1_000_000_000, due_ns % 1_000_000_000))
-        self._waiter = self._loop.create_future()
         if self._settime(self._fd, self.TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+        fut = self._waiter = self._loop.create_future()
         try:
-            await self._waiter
+            await fut
         finally:
-            self._waiter = None
+            if self._waiter is fut:  # (a cancelled wait must not take a later call's waiter with it)
+                self._waiter = None
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -578,6 +578,7 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
     pack, now, send = HDR.pack, time.monotonic_ns, pub.send
     cpu0 = time.process_time()  # every thread of this process: ZeroMQ's I/O thread and the store's included
     t0 = now()
+    precise: bool | None = None
     if not rate:
         for i in range(count):
             await send(pack(run_id, now(), i) + pad)
@@ -591,12 +592,15 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
                 due = t0 + int(i * interval)
                 if now() < due:
                     await pub.flush()
-                    await pacer.until(due)
+                    if now() < due:  # (a flush that ran past the due time: send at once, no wake-up to wait for)
+                        await pacer.until(due)
                     continue
                 await send(pack(run_id, now(), i) + pad)
                 i += 1
+        precise = pacer.precise
     await pub.flush()
-    return {"t0": t0, "t1": now(), "sent": count, "cpu_s": time.process_time() - cpu0}
+    return {"t0": t0, "t1": now(), "sent": count, "cpu_s": time.process_time() - cpu0,
+            "paced_precisely": precise if rate else None}
 
 
 async def run_recv_worker(peer: str, addr: str, tmp: Path) -> None:
@@ -754,7 +758,7 @@ class Pair:
         elapsed = max(1, got["last"] - sent["t0"]) / 1e9
         return {"count": count, "received": got["received"], "seconds": elapsed,
                 "msgs_per_s": got["received"] / elapsed, "publish_seconds": (sent["t1"] - sent["t0"]) / 1e9,
-                "latency": got["latency"],
+                "latency": got["latency"], "paced_precisely": sent.get("paced_precisely"),
                 # CPU per message of each process (all its threads): what the pipeline costs, apart from how the
                 # shared cores were scheduled.  The receiver's counts from its first message to its last.
                 "pub_cpu_us": sent["cpu_s"] * 1e6 / count,
@@ -913,7 +917,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                     r = one(p, size, n, rate, lat=True)
                     if r is not None and r["latency"]:
                         latency[p, size] = {"rate": rate, "count": n, "received": r["received"], **r["latency"],
-                                            "rtt_adjacent_p50_us": adjacent}
+                                            "rtt_adjacent_p50_us": adjacent,
+                                            "paced_precisely": r.get("paced_precisely")}
                 prog.step(f"latency {p} {size} B")
         if "zmq_raw" in pairs:
             try:
@@ -1001,7 +1006,7 @@ def targets(rows: list[dict[str, Any]], lat: list[dict[str, Any]], rtt: dict[str
     paced50 = (rtt_paced or {}).get("p50_us")
     for size in SIZES:
         # For reference, not targets: the same rows against the round trip measured with the processes idle
-        # between pings (RTT_GAP_MS apart), as they are between the paced latency runs' bursts -- on a VM an idle
+        # between pings (RTT_GAP_MS apart), as they are between paced messages at a low rate -- on a VM an idle
         # wake-up roughly doubles every step's cost, which the back-to-back round trip never pays.
         for peer, mode in (("ours_each", "each"), ("ours_amortized", "amortized"), ("ours_each_per_msg", "each"),
                            ("ours_amortized_per_msg", "amortized")):

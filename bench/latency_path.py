@@ -6,7 +6,7 @@ stores on both sides, tcp loopback), paced with the same loop, 1 KiB payloads.  
 own functions with timers (this script's instrumentation, not the library's) and stamps every data frame with
 ``time.monotonic_ns`` (CLOCK_MONOTONIC is shared by both processes) at each stage:
 
-* ``queued``: due time stamped in the payload -> ``Author.publish_many`` (or ``publish``) called (the pacing loop);
+* ``queued``: send time stamped in the payload -> ``Author.publish_many`` (or ``publish``) called (the pacing loop);
 * ``author``: that call -> the frame handed to ZeroMQ (sealing, signing, the commit, the send);
 * ``wire``: handed to ZeroMQ -> read from the subscriber's socket (ZeroMQ's I/O threads, tcp, wake-ups);
 * ``to driver``: read -> taken by the subscriber's receive loop (one event-loop hop);

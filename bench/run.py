@@ -116,7 +116,10 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
                   f"Median of {e2e.get('repetitions')} interleaved runs; a message counts when the receiving "
                   "application has it. Latency at about half of each peer's peak, "
                   + ("paced at a constant rate (timerfd)." if e2e.get("pacing", "tick") == "timer" else
-                     "paced with asyncio.sleep (1 ms ticks: bursts of up to rate/1000 messages)."), "",
+                     "paced with asyncio.sleep (1 ms ticks: bursts of up to rate/1000 messages).")
+                  + (f" The timerfd could not be made for {fell} of the latency rows: those were paced with "
+                     "asyncio.sleep." if (fell := sum(r.get("paced_precisely") is False for r in e2e["latency"]))
+                     and e2e.get("pacing") == "timer" else ""), "",
                   "| peer | size | msgs/s | MB/s | delivered | p50 µs | p99 µs | p99.9 µs |",
                   "|---|---|---|---|---|---|---|---|"]
         lat = {(r["peer"], r["size"]): r for r in e2e["latency"]}
@@ -139,7 +142,7 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
             paced = e2e.get("rtt_paced", {})
             if paced.get("p50_us"):
                 lines += [f"The same, each ping {e2e.get('rtt_paced_gap_ms')} ms after the last reply (both sides "
-                          f"idle between, as in the paced latency runs): p50 {paced['p50_us']:.0f} µs, "
+                          f"idle between, as between paced messages at a low rate): p50 {paced['p50_us']:.0f} µs, "
                           f"p99 {paced['p99_us']:.0f} µs."]
         skipped = [(p, i["reason"]) for p, i in e2e["peers"].items() if not i["available"]]
         for p, why in skipped:

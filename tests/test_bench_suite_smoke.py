@@ -129,6 +129,17 @@ async def main():
                 out[str(precise)]["fd_left_open"] = True
             except OSError:
                 out[str(precise)]["fd_left_open"] = False
+    with Pacer() as pacer:  # a wait cancelled, and a new one begun before the first has unwound
+        first = asyncio.ensure_future(pacer.until(time.monotonic_ns() + 50_000_000))
+        await asyncio.sleep(0.002)
+        first.cancel()
+        try:
+            await asyncio.wait_for(pacer.until(time.monotonic_ns() + 2_000_000), 2)
+            out["wait_after_cancel"] = "woke"
+        except asyncio.TimeoutError:
+            out["wait_after_cancel"] = "hung"
+        await asyncio.wait_for(pacer.until(0), 1)  # (an it_value of 0 would disarm the timer: no wake-up)
+        await asyncio.wait_for(pacer.until(-5), 1)
     print(json.dumps(out))
 
 asyncio.run(asyncio.wait_for(main(), 30))
@@ -137,8 +148,9 @@ asyncio.run(asyncio.wait_for(main(), 30))
 
 def test_pacer_never_wakes_before_a_due_time_and_closes_its_timer(tmp_path: Path) -> None:
     """The latency rows' pacer (``bench/_common.Pacer``): on Linux a timerfd, else asyncio.sleep; either way no
-    message may leave before its due time (the rate would be above the one reported), a due time long past returns
-    at once, and closing it closes the timerfd."""
+    message may leave before its due time (the rate would be above the one reported), a due time long past (or 0,
+    or negative) returns at once, a cancelled wait does not leave the next one without its wake-up, and closing
+    it closes the timerfd."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{ROOT}"}
     proc = subprocess.run([sys.executable, "-c", PACER_CHECK], capture_output=True, text=True, env=env, timeout=60,
                           check=False)
@@ -146,5 +158,6 @@ def test_pacer_never_wakes_before_a_due_time_and_closes_its_timer(tmp_path: Path
     out = json.loads(proc.stdout)
     assert out["False"] == {"precise": False, "early": 0}
     assert out["True"]["early"] == 0
+    assert out["wait_after_cancel"] == "woke"
     if sys.platform.startswith("linux"):
         assert out["True"]["precise"] is True and out["True"]["fd_left_open"] is False
