@@ -170,6 +170,14 @@ class StoreOptions:
     """Argon2id operations limit for the passphrase KDF."""
     memlimit: int = MEMLIMIT
     """Argon2id memory limit, bytes."""
+    journal: bool = False
+    """Commit a publish or a received batch by appending one record to ``<store>-commits`` (one ``write``; with
+    ``durable``, an ``fdatasync``) instead of a SQLite transaction; the records are applied to the database in
+    batches (every ``store.J_APPLY_RECORDS``, before any other use of it, once per heartbeat, at close) and, after
+    a crash, when the party opens the store again.  Durable in the same sense as the default (``durable`` chooses
+    which); about 100 us less per message end to end here.  Readers that do not lock the store (``streams
+    status``, ``audit``; ``backup`` copies the journal too) see the records once applied: see the store module
+    doc."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1048,6 +1056,10 @@ class _Party:
                     refresh = 0
                     self._core.sync_quiet(now)  # a member re-teaches the author its route where it went quiet
                 self._core.head_notices(force)
+                try:  # (a party gone quiet: readers that do not lock the store see its last commits)
+                    self._store.apply_journal()
+                except StorageError as exc:  # (still in the journal: applied at a later try, or the next open)
+                    log.warning("%s", exc)
             try:
                 await self._flush()
             except StorageError:
@@ -1363,7 +1375,7 @@ class Author(_Party):
             core = AuthorCore(identity, name, policy, config)
             store = Store.create(path, identity, passphrase, role="author", channel=core.channel,
                                  author_did=identity.did, name=name, durable=so.durable, opslimit=so.opslimit,
-                                 memlimit=so.memlimit)
+                                 memlimit=so.memlimit, journal=so.journal)
             store.lock()
             self = cls(core, store, transport, clock, queue_size)
             core.announce()
@@ -1392,7 +1404,7 @@ class Author(_Party):
         store: Store | None = None
         self: Author | None = None
         try:
-            store = Store.open(path, passphrase, durable=so.durable)
+            store = Store.open(path, passphrase, durable=so.durable, journal=so.journal)
             if store.meta("role") != "author":
                 raise LocalProtocolError(f"{path} is not an author's store")
             store.lock()
@@ -1784,7 +1796,8 @@ class Subscriber(_Party):
             _check_anchor_wait(anchor_wait)  # before anything touches the disk (the transport is closed, as below)
             core = SubscriberCore(identity, author_did, channel, config)
             store = Store.create(path, identity, passphrase, role="subscriber", channel=channel,
-                                 author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit)
+                                 author_did=author_did, durable=so.durable, opslimit=so.opslimit, memlimit=so.memlimit,
+                                 journal=so.journal)
             store.lock()
             self = cls(core, store, transport, clock, queue_size)
             self._with_ledger(ledger, anchor_wait)
@@ -1807,7 +1820,7 @@ class Subscriber(_Party):
         self: Subscriber | None = None
         try:
             _check_anchor_wait(anchor_wait)
-            store = Store.open(path, passphrase, durable=so.durable)
+            store = Store.open(path, passphrase, durable=so.durable, journal=so.journal)
             if store.meta("role") != "subscriber":
                 raise LocalProtocolError(f"{path} is not a subscriber's store")
             store.lock()

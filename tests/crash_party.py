@@ -2,11 +2,13 @@
 ``ACK <seq>`` after each publish call returned (i.e. after the store acknowledged it).
 
 ``crash_party.py DB COUNT [BATCH]``: with ``BATCH`` > 1, ``publish_many`` of BATCH payloads per call, and the
-printed seq is the last of the batch."""
+printed seq is the last of the batch.  ``CRASH_JOURNAL=1`` in the environment: the store's commit journal on;
+``CRASH_HOLD=1``: after the last, print ``HELD`` and wait (to be killed) rather than close."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from streams.api import Author, MemoryHub, StoreOptions
@@ -14,7 +16,7 @@ from streams.identity import Identity
 from streams.policy import AllowList
 
 PW = "pw"
-OPTS = StoreOptions(durable=True, opslimit=1, memlimit=8192)
+OPTS = StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=os.environ.get("CRASH_JOURNAL") == "1")
 
 
 async def main(path: str, count: int, batch: int = 1) -> None:
@@ -33,6 +35,9 @@ async def main(path: str, count: int, batch: int = 1) -> None:
         else:
             seq = await author.publish(branch, b"x" * 100)
         print("ACK", seq, flush=True)
+    if os.environ.get("CRASH_HOLD") == "1":  # (to be killed with everything acknowledged: no close)
+        print("HELD", flush=True)
+        await asyncio.sleep(3600)
     await author.close()
 
 

@@ -8,7 +8,8 @@ it), then, on a failure, ``{"error": class, "message": str, "phase": ..., "then"
 the next publish, "closed": bool, "sent": [PACKET seqs the network saw]}``.  ``--fsize`` caps the size of
 any file this process writes (``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored so the write fails with EFBIG
 instead of killing us): a full disk without privileges.  ``--size``: payload bytes per message (200; from about
-1 KiB the frames go to the store's frame file).
+1 KiB the frames go to the store's frame file).  ``DISK_JOURNAL=1`` in the environment: the store's commit
+journal on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 from pathlib import Path
@@ -27,7 +29,7 @@ from streams.policy import AllowList
 from streams.wire import Kind, decode_frame
 
 PW = "pw"
-OPTS = StoreOptions(durable=True, opslimit=1, memlimit=8192)
+OPTS = StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=os.environ.get("DISK_JOURNAL") == "1")
 AUTHOR, SUB = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
 
 

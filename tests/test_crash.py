@@ -1,4 +1,6 @@
-"""kill -9 of a publishing author: nothing acknowledged is lost, the chain resumes without a hole or a fork."""
+"""kill -9 of a publishing author: nothing acknowledged is lost, the chain resumes without a hole or a fork -- with
+the store's commit journal on too (the killed party's journaled commits are applied when it opens the store
+again)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from streams.store import Store
 from streams.wire import decode_frame
 
 HERE = Path(__file__).resolve().parent
 
 
-def _run_until_killed(db: Path, min_acks: int, batch: int = 1) -> int:
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+def _run_until_killed(db: Path, min_acks: int, batch: int = 1, journal: bool = False) -> int:
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent), CRASH_JOURNAL="1" if journal else "0")
     p = subprocess.Popen([sys.executable, str(HERE / "crash_party.py"), str(db), "1000000", str(batch)],
                          stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout is not None
@@ -38,20 +42,26 @@ def _run_until_killed(db: Path, min_acks: int, batch: int = 1) -> int:
     return last
 
 
-def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    _kill_rounds(tmp_path / "author.db", 1)
+JOURNAL = pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
 
 
-def test_kill_9_loses_nothing_publish_many_returned(tmp_path: Path) -> None:
+@JOURNAL
+def test_kill_9_loses_nothing_acknowledged(tmp_path: Path, journal: bool) -> None:
+    _kill_rounds(tmp_path / "author.db", 1, journal)
+
+
+@JOURNAL
+def test_kill_9_loses_nothing_publish_many_returned(tmp_path: Path, journal: bool) -> None:
     """publish_many returns only after its one commit: a kill -9 right after the return loses none of it."""
-    _kill_rounds(tmp_path / "author.db", 16)
+    _kill_rounds(tmp_path / "author.db", 16, journal)
 
 
-def _kill_rounds(db: Path, batch: int) -> None:
+def _kill_rounds(db: Path, batch: int, journal: bool) -> None:
     acked: list[int] = []
     for round_ in range(3):
-        acked.append(_run_until_killed(db, 20 * batch * (round_ + 1) + max(acked, default=0), batch))
+        acked.append(_run_until_killed(db, 20 * batch * (round_ + 1) + max(acked, default=0), batch, journal))
     store = Store.open(db, "pw")
+    store.lock()  # as a party opens it: the journal left by the killed one is applied
     try:
         [branch] = [b.id for b in store.load_branches()]
         [chain] = [c for c in store.load_chains() if c.publisher == 0]

@@ -65,6 +65,7 @@ def assert_intact(db: Path, acked: int) -> None:
     """Exactly seqs 1..acked in the log, hash-linked, and the cursor right after them."""
     store = Store.open(db, PW)
     try:
+        store.lock()  # as a party opens it (with the commit journal on, its records are applied now)
         [branch] = [b.id for b in store.load_branches()]
         [chain] = [c for c in store.load_chains() if c.publisher == 0]
         frames = [decode_frame(f) for f in store.log_range(branch, 0, 1, 10**9)]
@@ -106,14 +107,20 @@ SMALL_LIMIT = 192 * 1024
 
 
 # 20 KB payloads: the frames go to the store's frame file (author.db-frames), which reaches the limit first.
+@pytest.mark.parametrize("journal", [False, True], ids=["sqlite", "journal"])
 @pytest.mark.parametrize(("size", "limit"), [(200, SMALL_LIMIT), (20_000, 512 * 1024)])
-def test_full_disk_by_file_size_limit(tmp_path: Path, size: int, limit: int) -> None:
+def test_full_disk_by_file_size_limit(tmp_path: Path, size: int, limit: int, journal: bool) -> None:
+    """With the commit journal on, the database's writes fail at an apply first: logged, the commits stay in the
+    journal (acknowledged: they are durable), until the journal's own append fails -- the publish's error."""
     db = tmp_path / "author.db"
+    env = dict(ENV, DISK_JOURNAL="1" if journal else "0")
     out = subprocess.run([*PARTY, "fill", str(db), "--fsize", str(limit), "--size", str(size)],
-                         capture_output=True, text=True, env=ENV, timeout=60, check=True).stdout
+                         capture_output=True, text=True, env=env, timeout=60, check=True).stdout
     acked = assert_clean_failure(lines(out), db)
     if size > 4096:
         assert f"writing {db}-frames: File too large" in failure(lines(out))["message"]
+    elif journal:
+        assert f"writing {db}-commits: File too large" in failure(lines(out))["message"]
     assert_intact(db, acked)  # the limit was the child's: the fault is gone for us
     resume(db, 5, acked)
 

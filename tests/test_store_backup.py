@@ -284,7 +284,7 @@ def test_a_copy_moved_over_a_store_with_its_wal_left_is_refused(tmp_path: Path) 
     os.replace(tmp_path / "copy.db", db)
     os.replace(tmp_path / "copy.db-frames", f"{db}-frames")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(StorageError, match=r"delete .*s\.db-wal and .*s\.db-shm"):
+    with pytest.raises(StorageError, match=r"delete .*s\.db-wal, .*s\.db-shm and .*s\.db-commits"):
         Store.open(db, "pw")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     for suffix in ("-wal", "-shm"):

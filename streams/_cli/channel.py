@@ -1125,7 +1125,8 @@ def _remove_store_files(store: str) -> None:
     """Remove the store this first run created.  Through a symlink (dangling before the run), the files made at
     its target go, and the symlink stays as the user made it."""
     target = os.path.realpath(store)
-    names = {target, *(f"{p}{suffix}" for p in (store, target) for suffix in ("-wal", "-shm", "-frames", "-lock"))}
+    suffixes = ("-wal", "-shm", "-frames", "-lock", "-commits")
+    names = {target, *(f"{p}{suffix}" for p in (store, target) for suffix in suffixes)}
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
@@ -1581,9 +1582,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "consistent snapshot, then its frame file (<store>-frames) up to the length that snapshot\n"
                          "needs, both synced and renamed into place only when complete.  Never copy a live store\n"
                          "with cp.  The copy opens with the same passphrase (none is needed to make it); restore by\n"
-                         "pointing --store at it, or, with the party stopped: delete <store>-wal and <store>-shm\n"
-                         "(after a crash the -wal holds what was written after the snapshot, and would be replayed\n"
-                         "over the copy; opening refuses only a copy never opened beside a -wal), then move the\n"
+                         "pointing --store at it, or, with the party stopped: delete <store>-wal, <store>-shm and\n"
+                         "<store>-commits (after a crash the -wal and the commit journal hold what was written after\n"
+                         "the snapshot, and would be replayed over the copy; opening refuses only a copy never\n"
+                         "opened beside a -wal), then move the\n"
                          "copy to <store> and its -frames file to <store>-frames.\n"
                          "--verify reads every logged frame of the copy back and checks it against its hash.\n"
                          "\n"

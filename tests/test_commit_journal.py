@@ -1,0 +1,355 @@
+"""The store's commit journal (``StoreOptions(journal=True)``, the store module doc): a publish is durable once its
+record is appended, the records reach the database in batches, and a party killed with records in the journal
+gets them applied when it opens the store again -- not twice, not past a record cut short or altered, never a
+statement the file names outside the fixed list.  Real processes, ``kill -9``, real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+
+import streams.store as store_module
+from streams.api import Author, MemoryHub, StoreOptions, Subscriber
+from streams.core import Changes
+from streams.errors import LocalProtocolError, StorageError
+from streams.identity import Identity
+from streams.policy import AllowList
+from streams.store import _J_HEAD, J_APPLY_RECORDS, Store, _j_record, backup
+from streams.wire import decode_frame
+
+HERE = Path(__file__).resolve().parent
+PW = "pw"
+
+
+def _killed_after(db: Path, count: int) -> None:
+    """Run tests/crash_party.py with the journal on until it acknowledged ``count`` publishes, then kill -9 it."""
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent), CRASH_JOURNAL="1", CRASH_HOLD="1")
+    p = subprocess.Popen([sys.executable, str(HERE / "crash_party.py"), str(db), str(count)],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout is not None
+    try:
+        for line in p.stdout:
+            if line.startswith("HELD"):
+                break
+        else:
+            pytest.fail("the party exited before holding")
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+        p.stdout.close()
+
+
+def _raw_seqs(db: Path) -> list[int]:
+    """The log's seqs as a reader that does not lock the store sees them (SQLite alone)."""
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT seq FROM log WHERE publisher = 0 ORDER BY seq").fetchall()
+    c.close()
+    return [r[0] for r in rows]
+
+
+def _party_view(db: Path) -> tuple[list[int], int]:
+    """(logged seqs, the chain's next seq) as a party opening the store sees them (lock: the journal applied)."""
+    store = Store.open(db, PW)
+    try:
+        store.lock()
+        [branch] = [b.id for b in store.load_branches()]
+        [chain] = [c for c in store.load_chains() if c.publisher == 0]
+        frames = [decode_frame(f) for f in store.log_range(branch, 0, 1, 10**9)]
+        prev = frames[0].head.prev if frames else None
+        for f in frames:
+            assert f.head.prev == prev, "hash links broken"
+            prev = f.hash
+        if frames:
+            assert chain.head == prev
+        return [f.head.seq for f in frames], chain.next_seq
+    finally:
+        store.close()
+
+
+N = J_APPLY_RECORDS // 2  # fewer than a batch: every one of them still in the journal when the party dies
+
+
+def test_a_killed_partys_acknowledged_publishes_are_in_the_journal_and_applied_at_its_next_open(
+        tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    assert journal.stat().st_size > 0 and journal.stat().st_mode & 0o777 == 0o600
+    assert _raw_seqs(db) == [], "a hot commit went to SQLite, not to the journal"
+    assert _party_view(db) == (list(range(1, N + 1)), N + 1)
+    assert journal.stat().st_size == 0  # applied, emptied
+    assert _raw_seqs(db) == list(range(1, N + 1))
+    # and the chain goes on from there after a second crash
+    _killed_after(db, N)
+    assert _party_view(db) == (list(range(1, 2 * N + 1)), 2 * N + 1)
+
+
+def test_records_already_applied_are_not_applied_again(tmp_path: Path) -> None:
+    """A crash between the applying transaction and the journal's truncate leaves applied records in it: they must
+    not move the chain's cursor back when the store is opened again, after later commits."""
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    stale = tmp_path / "stale-commits"
+    shutil.copyfile(f"{db}-commits", stale)
+    assert _party_view(db)[1] == N + 1  # applied (records 1..N of the journal)
+    _killed_after(db, N)  # N more, journaled after them
+    assert _party_view(db)[1] == 2 * N + 1
+    shutil.copyfile(stale, f"{db}-commits")  # the applied records back, as if never truncated
+    assert _party_view(db) == (list(range(1, 2 * N + 1)), 2 * N + 1)
+
+
+def test_a_record_cut_short_ends_the_journal_and_is_logged(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    whole = journal.read_bytes()
+    cut = _j_record(10**6, msgpack.packb([[3, []]]))[:-1]  # its last byte never written
+    journal.write_bytes(whole + cut)
+    with caplog.at_level(logging.WARNING, logger="streams.store"):
+        assert _party_view(db) == (list(range(1, N + 1)), N + 1)
+    assert any(f"{len(cut)} bytes after its last whole record were dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_an_altered_record_ends_the_journal_there(tmp_path: Path) -> None:
+    """One bit flipped in the payload of record k: records 1..k-1 are applied, k and after are not (as a WAL's
+    frames after a bad checksum) -- the party's chain resumes after k-1, with no hole."""
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    data = bytearray(journal.read_bytes())
+    pos, k = 0, 0
+    while k < 4:  # the 5th record's payload
+        length = _J_HEAD.unpack_from(data, pos)[0]
+        pos += _J_HEAD.size + length
+        k += 1
+    data[pos + _J_HEAD.size] ^= 1
+    journal.write_bytes(bytes(data))
+    seqs, next_seq = _party_view(db)
+    assert seqs == list(range(1, len(seqs) + 1)) and next_seq == len(seqs) + 1 and 0 < len(seqs) < N
+
+
+@pytest.mark.parametrize("ops", [[[99, []]], [[-1, [[b"\xee" * 32, 0, 99]]]], [["DROP TABLE log", []]], [[0]],
+                                 "not a list"],
+                         ids=["index out of range", "negative index", "sql text", "no rows", "not a list"])
+def test_a_record_naming_no_known_statement_is_not_run(tmp_path: Path, ops: object) -> None:
+    """Whoever writes the file can compute the digest (it is a checksum, not a MAC: the rows it carries are the
+    database's unauthenticated ones), but a record is a statement index and rows: anything else ends the journal
+    there, unexecuted."""
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    data = journal.read_bytes()
+    records = []
+    pos = 0
+    while pos < len(data):
+        length, seq, _ = _J_HEAD.unpack_from(data, pos)
+        records.append(seq)
+        pos += _J_HEAD.size + length
+    journal.write_bytes(data + _j_record(records[-1] + 1, msgpack.packb(ops)))
+    assert _party_view(db) == (list(range(1, N + 1)), N + 1)
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'log'").fetchone() == (1,)
+        assert c.execute("SELECT count(*) FROM delivered WHERE branch = ?", (b"\xee" * 32,)).fetchone() == (0,)
+    c.close()
+
+
+def test_a_hole_in_the_sequence_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    data = journal.read_bytes()
+    first = _J_HEAD.size + _J_HEAD.unpack_from(data, 0)[0]
+    journal.write_bytes(data[first:])  # record 1 gone, 2.. kept
+    store = Store.open(db, PW)
+    try:
+        with pytest.raises(StorageError, match="is damaged: record 2 follows 0"):
+            store.lock()
+    finally:
+        store.close()
+
+
+def test_a_backup_of_a_killed_partys_store_holds_its_journaled_publishes(tmp_path: Path) -> None:
+    """backup() copies the journal's records the database does not hold into the copy (it runs beside a party,
+    without the lock: it cannot apply them to the store itself)."""
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    result = backup(db, tmp_path / "copy.db")
+    assert _raw_seqs(result.path) == list(range(1, N + 1))
+    assert not Path(f"{result.path}-commits").exists()
+    assert _party_view(result.path) == (list(range(1, N + 1)), N + 1)
+    assert _party_view(db) == (list(range(1, N + 1)), N + 1)  # the store itself untouched by the backup
+
+
+# --- through the asyncio API, in one process --------------------------------------------------------------------
+
+FAST_J = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=True)
+
+
+async def test_both_parties_journal_and_readers_that_do_not_lock_see_the_records_once_applied(
+        tmp_path: Path) -> None:
+    """Author and subscriber with the journal on: messages flow, the subscriber's received log and delivery
+    cursors go through its journal too; a reader that does not lock (SQLite alone: ``streams status``) sees them
+    once applied -- by ``Store.apply_journal``, a batch's worth, or close -- and a reopened subscriber does not
+    hand out again what it marked delivered."""
+    hub = MemoryHub()
+    member = Identity.generate()
+    author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST_J)
+    sub = await Subscriber.create(tmp_path / "m.db", member, author.did, author.channel, PW,
+                                  hub.subscriber_endpoint("m"), store_options=FAST_J)
+    author.heartbeat_ms = 3_600_000  # (its heartbeat applies the journal: not during this test's first checks)
+    try:
+        branch = await sub.subscribe(timeout=10)
+        seqs = [await author.publish(branch, b"m%d" % n) for n in range(5)]
+        got = [(await sub.next_message(timeout=10)).payload for _ in range(5)]
+        assert got == [b"m%d" % n for n in range(5)]
+        assert _raw_seqs(tmp_path / "a.db") == []  # journaled, not applied yet
+        assert Path(f"{tmp_path / 'a.db'}-commits").stat().st_size > 0
+        author.store.apply_journal()
+        assert _raw_seqs(tmp_path / "a.db") == seqs
+        assert Path(f"{tmp_path / 'a.db'}-commits").stat().st_size == 0
+        for n in range(J_APPLY_RECORDS):  # a batch's worth applies itself
+            await author.publish(branch, b"more %d" % n)
+        assert len(_raw_seqs(tmp_path / "a.db")) >= J_APPLY_RECORDS
+    finally:
+        await sub.close()
+        await author.close()
+    with sqlite3.connect(tmp_path / "m.db") as c:  # the subscriber's log and cursor, applied at its close
+        assert c.execute("SELECT count(*) FROM log").fetchone()[0] >= 5
+        assert c.execute("SELECT count(*) FROM delivered").fetchone()[0] == 1
+    c.close()
+    assert Path(f"{tmp_path / 'm.db'}-commits").stat().st_size == 0
+    hub2 = MemoryHub()
+    sub = await Subscriber.open(tmp_path / "m.db", PW, hub2.subscriber_endpoint("m"), store_options=FAST_J)
+    try:
+        # the first four were marked delivered (through the journal); the fifth, the last handed out, may come
+        # again (at least once), then the batch the application never took
+        first = (await sub.next_message(timeout=10)).payload
+        assert first in (b"m4", b"more 0"), first
+    finally:
+        await sub.close()
+
+
+def test_a_commit_journal_that_is_a_symlink_is_refused_at_create(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    os.symlink(target, tmp_path / "a.db-commits")
+    with pytest.raises(LocalProtocolError, match=r"a\.db-commits is not a regular file"):
+        Store.create(tmp_path / "a.db", Identity.generate(), PW, role="author", channel=b"\x00" * 32,
+                     author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
+    assert target.read_bytes() == b"keep"
+
+
+
+async def test_a_locked_party_reads_what_it_journaled_and_a_direct_commit_comes_after_it(tmp_path: Path) -> None:
+    """Everything that reads or writes the database in the party sees the journaled commits first: the log read
+    for a fetch, and a commit that cannot be journaled (a branch opened) -- which must not overtake them."""
+    hub = MemoryHub()
+    member, other = Identity.generate(), Identity.generate()
+    author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did, other.did]), store_options=FAST_J)
+    author.heartbeat_ms = 3_600_000
+    try:
+        branch = await author.open_branch(member.did)
+        seqs = [await author.publish(branch, b"m%d" % n) for n in range(3)]
+        assert _raw_seqs(tmp_path / "a.db") == []
+        assert [decode_frame(f).head.seq for f in author.store.log_range(branch, 0, 1, 10**9)] == seqs
+        assert _raw_seqs(tmp_path / "a.db") == seqs  # (the read applied them)
+        more = [await author.publish(branch, b"n%d" % n) for n in range(3)]
+        assert _raw_seqs(tmp_path / "a.db") == seqs
+        await author.open_branch(other.did)  # a direct commit: the journaled ones reach the database first
+        assert _raw_seqs(tmp_path / "a.db") == seqs + more
+        with sqlite3.connect(tmp_path / "a.db") as c:
+            assert c.execute("SELECT count(*) FROM branches").fetchone() == (2,)
+        c.close()
+    finally:
+        await author.close()
+
+
+async def test_the_heartbeat_applies_a_quiet_partys_journal(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    member = Identity.generate()
+    author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST_J)
+    author.heartbeat_ms = 50
+    try:
+        branch = await author.open_branch(member.did)
+        seq = await author.publish(branch, b"quiet after this")
+        for _ in range(100):
+            if _raw_seqs(tmp_path / "a.db") == [seq]:
+                break
+            await asyncio.sleep(0.05)
+        assert _raw_seqs(tmp_path / "a.db") == [seq]
+    finally:
+        await author.close()
+
+
+def test_after_a_failed_append_no_record_is_appended_until_the_store_is_opened_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a failed append left is unknown (its cut-back can fail too): a later record appended after it, with
+    the next sequence number or the same, would be lost behind the damage or refused at the replay -- so every
+    later hot commit fails, and the next open applies what was acknowledged before the failure."""
+    db = tmp_path / "a.db"
+    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\x00" * 32,
+                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
+    store.commit(Changes(nonces=[(b"a" * 16, 10**12)]))
+
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[:10])  # a part of it, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    good = store_module._write_all
+    monkeypatch.setattr(store_module, "_write_all", full)
+    with pytest.raises(StorageError, match="the disk is full"):
+        store.commit(Changes(nonces=[(b"b" * 16, 10**12)]))
+    monkeypatch.setattr(store_module, "_write_all", good)
+    with pytest.raises(StorageError, match=r"an earlier write of .* failed"):
+        store.commit(Changes(nonces=[(b"c" * 16, 10**12)]))
+    store._j_pending.clear()  # (as a kill -9 now: nothing applied at close)
+    store.close()
+    store = Store.open(db, PW)
+    try:
+        store.lock()
+        assert sorted(n for n, _ in store.load_nonces(0)) == [b"a" * 16]
+    finally:
+        store.close()
+
+
+def test_a_lock_whose_replay_fails_is_not_held(tmp_path: Path) -> None:
+    """A second lock() must replay again (a party that went on without the journal's records would sign their
+    sequence numbers again), so a failed replay lets the lock go."""
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    data = journal.read_bytes()
+    first = _J_HEAD.size + _J_HEAD.unpack_from(data, 0)[0]
+    journal.write_bytes(data[first:])  # record 1 gone: refused
+    store = Store.open(db, PW)
+    try:
+        for _ in range(2):
+            with pytest.raises(StorageError, match="record 2 follows 0"):
+                store.lock()
+    finally:
+        store.close()
+    journal.write_bytes(data)
+    assert _party_view(db) == (list(range(1, N + 1)), N + 1)
+
+
+def test_a_sequence_number_beyond_sqlite_integers_ends_the_journal(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    journal.write_bytes(journal.read_bytes() + _j_record(2**64 - 1, msgpack.packb([[4, [[b"x" * 16, 1]]]])))
+    assert _party_view(db) == (list(range(1, N + 1)), N + 1)
