@@ -2,7 +2,8 @@
 messages in both directions on every branch, while a killer SIGKILLs random processes at random moments and
 restarts them from their stores (the author on the same address).
 
-    python chaos/crash.py [--kills 100] [--messages 10000] [--subscribers 3] [--size 16] [--seed N] [--json]
+    python chaos/crash.py [--kills 100] [--messages 10000] [--subscribers 3] [--size 16] [--journal] [--seed N]
+                          [--json]
                           [--out FILE]
 
 At the end (after a quiet period for catch-up) it checks every log and every store, prints the figures and exits
@@ -321,7 +322,7 @@ MUST_BE_ZERO = ("acked_lost", "duplicates", "holes", "undelivered", "replays_acc
 
 def run(kills: int = 100, messages: int = 10_000, subscribers: int = 3, seed: int = 1, workdir: Path | None = None,
         quiet_timeout: float = 180.0, window: int = 64, inject: int = 20, max_down_s: float = 1.0,
-        progress: bool = False, size: int = 16) -> dict[str, Any]:
+        progress: bool = False, size: int = 16, journal: bool = False) -> dict[str, Any]:
     """Run the harness once and return its figures (``ok`` is True when every ``MUST_BE_ZERO`` figure is 0)."""
     rng = random.Random(seed)
     tmp_ctx = tempfile.TemporaryDirectory(prefix="chaos-crash-") if workdir is None else None
@@ -331,7 +332,8 @@ def run(kills: int = 100, messages: int = 10_000, subscribers: int = 3, seed: in
     quota = max(1, messages // (2 * subscribers))
     addr = f"tcp://127.0.0.1:{free_port()}"
     sub_seeds = [100 + i for i in range(subscribers)]
-    common = ["--quota", str(quota), "--window", str(window), "--inject", str(inject), "--size", str(size)]
+    common = ["--quota", str(quota), "--window", str(window), "--inject", str(inject), "--size", str(size),
+              *(["--journal"] if journal else [])]
     author = Child("author", ["author", "--bind", addr, "--seed", str(AUTHOR_SEED), "--subs",
                               *map(str, sub_seeds), *common], work / "author.db", work / "author.log", work)
     subs = [Child(f"sub{i}", ["subscriber", "--connect", addr, "--seed", str(s), "--author-seed", str(AUTHOR_SEED),
@@ -437,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-timeout", type=float, default=180.0, help="seconds allowed for the final catch-up")
     ap.add_argument("--size", type=int, default=16,
                     help="payload bytes per message (from about 1 KiB the frames go to the stores' frame files)")
+    ap.add_argument("--journal", action="store_true", help="every party's store with its commit journal on")
     args = ap.parse_args(argv)
     fig = run(args.kills, args.messages, args.subscribers, args.seed, args.workdir, args.quiet_timeout,
-              progress=not args.json, size=args.size)
+              progress=not args.json, size=args.size, journal=args.journal)
     return emit(fig, args.out, args.json, 26,
                 lambda k, v: "" if k not in MUST_BE_ZERO else ("  ok" if v == 0 else "  FAIL"))
 

@@ -46,6 +46,7 @@ from streams.policy import AllowList
 #: ``synchronous=NORMAL`` survives process crashes (SIGKILL), which is what this harness inflicts; a cheap KDF keeps
 #: the many restarts fast (the passphrase KDF is not under test here).
 STORE = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+STORE_JOURNAL = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=True)
 CORE = CoreConfig(fetch_retry_ms=300)
 PW = "chaos"
 NAME = "chaos-channel"
@@ -186,9 +187,10 @@ async def run_author(args: argparse.Namespace, log: AppLog, rng: random.Random) 
     subs = [ident(s) for s in args.subs]
     policy = AllowList.of([s.did for s in subs])
     if db.exists():
-        author = await Author.open(db, PW, tr, policy, store_options=STORE, config=CORE)
+        author = await Author.open(db, PW, tr, policy, store_options=_store(args), config=CORE)
     else:
-        author = await Author.create(db, ident(args.seed), NAME, PW, tr, policy, store_options=STORE, config=CORE)
+        author = await Author.create(db, ident(args.seed), NAME, PW, tr, policy, store_options=_store(args),
+                                     config=CORE)
     try:
         author.heartbeat_ms = args.hb
         author.head_refresh_ticks = 5
@@ -216,11 +218,11 @@ async def run_subscriber(args: argparse.Namespace, log: AppLog, rng: random.Rand
     tr = InjectingTransport(SubscriberEndpoint(args.connect, _endpoint_config(args.hb)))
     db = Path(args.db)
     if db.exists():
-        sub = await Subscriber.open(db, PW, tr, store_options=STORE, config=CORE)
+        sub = await Subscriber.open(db, PW, tr, store_options=_store(args), config=CORE)
     else:
         author = ident(args.author_seed)
         sub = await Subscriber.create(db, ident(args.seed), author.did, channel_of(args.author_seed), PW, tr,
-                                      store_options=STORE, config=CORE)
+                                      store_options=_store(args), config=CORE)
     try:
         sub.heartbeat_ms = args.hb
         sub.head_refresh_ticks = 5
@@ -246,6 +248,10 @@ async def run_subscriber(args: argparse.Namespace, log: AppLog, rng: random.Rand
             await sub.close()
 
 
+def _store(args: argparse.Namespace) -> StoreOptions:
+    return STORE_JOURNAL if args.journal else STORE
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("role", choices=["author", "subscriber"])
@@ -263,6 +269,7 @@ def main() -> None:
     p.add_argument("--inject", type=int, default=20, help="old frames re-injected after each start")
     p.add_argument("--hb", type=int, default=100, help="heartbeat, ms")
     p.add_argument("--size", type=int, default=16, help="payload bytes (1 KiB and more: the store's frame file)")
+    p.add_argument("--journal", action="store_true", help="the store's commit journal on")
     args = p.parse_args()
     log = AppLog(args.log, args.life)
     rng = random.Random(f"{args.seed}-{args.life}")

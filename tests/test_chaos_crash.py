@@ -78,3 +78,15 @@ def test_random_kills_with_16_kib_payloads_lose_nothing_in_the_frame_files(tmp_p
     assert fig["messages_published"] == fig["messages_delivered"] == 300
     for db in ("author", "sub0", "sub1"):  # every party kept its frames in its frame file
         assert (tmp_path / f"{db}.db-frames").stat().st_size >= 16384 * 100, db
+
+
+def test_random_kills_with_the_commit_journal_on_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    """The same with every store's commit journal on (``--journal``): what a killed party acknowledged sits in its
+    journal, applied when it starts again."""
+    fig = run(kills=8, messages=600, subscribers=2, seed=11, workdir=tmp_path, quiet_timeout=60, inject=10,
+              journal=True)
+    for k in MUST_BE_ZERO:
+        assert fig[k] == 0, (k, fig)
+    assert fig["ok"] and fig["kills"] == 8 and fig["restarts"] >= 8
+    assert fig["messages_published"] == fig["messages_delivered"] == 600
+    assert fig["acked"] >= 500 and fig["replays_injected"] > 0 and fig["replays_refused"] > 0
