@@ -21,6 +21,9 @@ the whole run, so all peers are measured in the same run with the same payloads,
   ``Subscriber.next_messages()`` batches; a message counts when the application has it;
 * ``ours_each_per_msg`` / ``ours_amortized_per_msg`` -- the same with one ``await Author.publish`` per message
   (so one commit per message for a sequential producer) and ``async for msg in subscriber``;
+* ``ours_each_journal`` / ``ours_amortized_journal`` / ``ours_each_journal_per_msg`` /
+  ``ours_amortized_journal_per_msg`` (full runs only) -- the same four with ``StoreOptions(journal=True)`` on both
+  sides: a commit is one append to the store's commit journal, applied to SQLite in batches;
 * ``ours_each_acked`` (full runs only) -- as ``ours_each_per_msg``, and each publish waits for the subscriber's
   signed ACK (``Author.wait_acknowledged``: the message is on the subscriber's disk) before the next;
 * ``ours_amortized_fsync`` (full runs only) -- as ``ours_amortized`` with ``synchronous=FULL`` (an fsync per
@@ -71,7 +74,8 @@ RTT_GAP_MS = 1.0  # the paced round trip: each ping 1 ms after the last reply (b
 BATCH = 64  # most messages per Author.publish_many call in the streaming rows
 HDR = struct.Struct("<IQI")  # run id, send time (monotonic ns), index
 PEERS = ("zmq_raw", "zmq_curve", "nats_core", "nats_js", "min_each", "min_amortized", "ours_each", "ours_amortized",
-         "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_acked", "ours_amortized_fsync")
+         "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_journal", "ours_amortized_journal",
+         "ours_each_journal_per_msg", "ours_amortized_journal_per_msg", "ours_each_acked", "ours_amortized_fsync")
 QUICK_PEERS = PEERS[:8]
 DESCRIPTIONS = {
     "zmq_raw": "pyzmq asyncio ROUTER->DEALER, drain loop, no security (transport ceiling)",
@@ -89,6 +93,10 @@ DESCRIPTIONS = {
     "ours_each_per_msg": "as ours_each with one awaited Author.publish per message and async-for delivery",
     "ours_amortized_per_msg": "as ours_amortized with one awaited Author.publish per message and async-for "
                               "delivery",
+    "ours_each_journal": "as ours_each with the stores' commit journal on (StoreOptions(journal=True))",
+    "ours_amortized_journal": "as ours_amortized with the stores' commit journal on (StoreOptions(journal=True))",
+    "ours_each_journal_per_msg": "as ours_each_per_msg with the stores' commit journal on",
+    "ours_amortized_journal_per_msg": "as ours_amortized_per_msg with the stores' commit journal on",
     "ours_each_acked": "as ours_each_per_msg, each publish followed by Author.wait_acknowledged (the subscriber's "
                        "signed ACK: the message is on its disk) before the next",
     "ours_amortized_fsync": "as ours_amortized with synchronous=FULL: an fsync per commit (survives power loss)",
@@ -102,6 +110,8 @@ TARGETS = (
     ("signed-each >= 0.75x minimal secure pipeline", "ours_each", "min_each", 0.75),
     ("amortized >= 0.5x minimal secure pipeline", "ours_amortized", "min_amortized", 0.5),
     ("amortized >= 1.0x NATS JetStream async publish (file)", "ours_amortized", "nats_js", 1.0),
+    ("signed-each, commit journal >= 0.75x minimal secure pipeline", "ours_each_journal", "min_each", 0.75),
+    ("amortized, commit journal >= 0.5x minimal secure pipeline", "ours_amortized_journal", "min_amortized", 0.5),
 )
 
 
@@ -435,7 +445,7 @@ def _store_options(peer: str) -> Any:
     # same durability class as JetStream's file store (which fsyncs on an interval, not per message).
     # ``*_fsync`` rows: synchronous=FULL, an fsync per commit (survives power loss).  The KDF limits only
     # affect opening the store, not the measured path.
-    return StoreOptions(durable=peer.endswith("_fsync"), opslimit=1, memlimit=8192)
+    return StoreOptions(durable=peer.endswith("_fsync"), opslimit=1, memlimit=8192, journal="_journal" in peer)
 
 
 class OursPub(Pub):
@@ -989,6 +999,10 @@ def targets(rows: list[dict[str, Any]], lat: list[dict[str, Any]], rtt: dict[str
         for peer, mode, is_target in (("ours_each", "each", True), ("ours_amortized", "amortized", True),
                                       ("ours_each_per_msg", "each", True),
                                       ("ours_amortized_per_msg", "amortized", True),
+                                      ("ours_each_journal", "each", True),
+                                      ("ours_amortized_journal", "amortized", True),
+                                      ("ours_each_journal_per_msg", "each", True),
+                                      ("ours_amortized_journal_per_msg", "amortized", True),
                                       ("min_each", "each", False), ("min_amortized", "amortized", False)):
             r = lat_by.get((peer, size))
             # The bound uses the round trip measured just before the row (the run's end-of-run one where the row
@@ -1009,7 +1023,9 @@ def targets(rows: list[dict[str, Any]], lat: list[dict[str, Any]], rtt: dict[str
         # between pings (RTT_GAP_MS apart), as they are between paced messages at a low rate -- on a VM an idle
         # wake-up roughly doubles every step's cost, which the back-to-back round trip never pays.
         for peer, mode in (("ours_each", "each"), ("ours_amortized", "amortized"), ("ours_each_per_msg", "each"),
-                           ("ours_amortized_per_msg", "amortized")):
+                           ("ours_amortized_per_msg", "amortized"), ("ours_each_journal", "each"),
+                           ("ours_amortized_journal", "amortized"), ("ours_each_journal_per_msg", "each"),
+                           ("ours_amortized_journal_per_msg", "amortized")):
             r = lat_by.get((peer, size))
             bound = 2 * paced50 + crypto[str(size)][mode] if paced50 else None
             out.append({"target": f"(reference, not a target) {peer} p50 latency vs 2x paced raw round trip + "
