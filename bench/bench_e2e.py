@@ -607,7 +607,7 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
                     continue
                 await send(pack(run_id, now(), i) + pad)
                 i += 1
-        precise = pacer.precise
+            precise = pacer.precise  # (before the with closes it)
     await pub.flush()
     return {"t0": t0, "t1": now(), "sent": count, "cpu_s": time.process_time() - cpu0,
             "paced_precisely": precise if rate else None}

@@ -98,6 +98,7 @@ def test_e2e_latency_at_a_fixed_rate_without_throughput_runs(tmp_path: Path) -> 
     assert sorted(r["size"] for r in e2e["latency"]) == [64, 1024, 16384]
     for r in e2e["latency"]:
         assert r["rate"] == 700 and r["samples"] > 0 and r["p50_us"] > 0
+        assert r["paced_precisely"] is sys.platform.startswith("linux")
     assert e2e["pacing"] == "timer" and "timerfd" in e2e["method"]["latency"]
     refused = subprocess.run([*cmd[:-5], "--out", str(tmp_path), "--no-plot"], capture_output=True, text=True,
                              env=env, timeout=60, check=False)
