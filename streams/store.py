@@ -100,8 +100,8 @@ record cut short, altered or naming no statement of the list ends the journal (l
 and records that skip a sequence number are refused (:class:`StorageError`).  The digest is a checksum, not a
 MAC: the rows it carries are of tables the database does not authenticate either.  Readers that do not lock the
 store (``streams status``, ``audit``) see records once applied; :func:`backup` reads the journal before its
-snapshot and applies to the copy what the snapshot lacks.  About 100 us less per message end to end here (README,
-Benchmarks).
+snapshot and applies to the copy what the snapshot lacks.  60-170 us less per message end to end here, one
+awaited publish at a time (README, Benchmarks).
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
 connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
@@ -994,6 +994,9 @@ class Store:
                   delivered: dict[tuple[bytes, int], int] | None) -> None:
         """A hot commit (cursors, log rows, nonces, delivery cursors: no record, no stop, no anchor) as one journal
         record, one append (and an fdatasync if durable): durable when this returns, applied to SQLite later."""
+        if self._j_failed is not None:
+            raise StorageError(f"commit to {self.path} failed: an earlier write of {self._j_path} failed "
+                               f"({self._j_failed}); close and open the store again")
         try:
             log_rows = self._log_rows(changes.log) if changes.log else []
         except OSError as exc:
@@ -1013,9 +1016,6 @@ class Store:
                 ops.append((4, [tuple(r) for r in changes.nonces]))
             if delivered:
                 ops.append((5, [(b, p, s) for (b, p), s in delivered.items()]))
-            if self._j_failed is not None:
-                raise StorageError(f"commit to {self.path} failed: an earlier write of {self._j_path} failed "
-                                   f"({self._j_failed}); close and open the store again")
             fd = self._j_open()
             seq = self._j_seq + 1
             record = _j_record(seq, _pack(ops))
