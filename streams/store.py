@@ -100,7 +100,13 @@ record cut short, altered or naming no statement of the list ends the journal (l
 and records that skip a sequence number are refused (:class:`StorageError`).  The digest is a checksum, not a
 MAC: the rows it carries are of tables the database does not authenticate either.  Readers that do not lock the
 store (``streams status``, ``audit``) see records once applied; :func:`backup` reads the journal before its
-snapshot and applies to the copy what the snapshot lacks.  60-170 us less per message end to end here, one
+snapshot and applies to the copy what the snapshot lacks (and refuses a destination with a journal beside it;
+:meth:`Store.open` refuses a journal beside a copy never opened, as it does a ``-wal``).  An apply that fails is
+logged, and the next hot commit tries it first and fails with it: nothing more is acknowledged, and the journal
+stays about a batch long.  An append that fails, or an emptying that fails, stops the journal until the store is
+opened again (what the file holds after it is not known).  With ``durable=False`` an apply's transaction is not
+synced before the journal is emptied: a power loss can then keep later records and lose applied ones, and the open
+refuses the hole (the message says how to go on, as from a stale copy).  60-170 us less per message end to end here, one
 awaited publish at a time (README, Benchmarks).
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
@@ -997,6 +1003,10 @@ class Store:
         if self._j_failed is not None:
             raise StorageError(f"commit to {self.path} failed: an earlier write of {self._j_path} failed "
                                f"({self._j_failed}); close and open the store again")
+        if self._j_records >= J_APPLY_RECORDS:
+            # The last apply failed (logged): this commit fails with it, before anything is acknowledged -- the
+            # journal and what it holds in memory stay bounded, and the party closes as on any failed commit.
+            self._j_apply()
         try:
             log_rows = self._log_rows(changes.log) if changes.log else []
         except OSError as exc:
@@ -1041,7 +1051,7 @@ class Store:
         if self._j_records >= J_APPLY_RECORDS:
             try:
                 self._j_apply()
-            except StorageError as exc:  # (this commit is durable in the journal: retried at the next use)
+            except StorageError as exc:  # (this commit is durable in the journal; the next one retries first)
                 log.warning("%s", exc)
 
     def apply_journal(self) -> None:
@@ -1084,7 +1094,8 @@ class Store:
             try:
                 os.ftruncate(self._j_fd, 0)
                 self._j_size = 0
-            except OSError as exc:  # harmless: the replay skips what the database holds
+            except OSError as exc:  # (the replay skips what the database holds; the file must not grow on)
+                self._j_failed = f"emptying it: {_reason(exc)}"
                 log.warning("cannot empty %s: %s", self._j_path, _reason(exc))
 
     def _j_applied(self) -> int:
@@ -1728,14 +1739,15 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
     would find a damaged one only when asked for it).  ``progress(phase, done, total)`` is called as the frame
     file is copied (``"copy"``, bytes), then while verifying (``"verify"``, frames of the log's rows).
 
-    Raises :class:`LocalProtocolError` if ``dest`` or ``<dest>-frames`` exists, or a file where the copy is
-    staged (``<dest>.tmp-backup``, ``<dest>-frames.tmp-backup``: never reused or deleted), :class:`StorageError` if
+    Raises :class:`LocalProtocolError` if ``dest``, ``<dest>-frames`` or ``<dest>-commits`` exists, or a file where
+    the copy is staged (``<dest>.tmp-backup``, ``<dest>-frames.tmp-backup``: never reused or deleted),
+    :class:`StorageError` if
     ``src`` is not a readable store, or if the copy fails (no space, say) or does not verify -- a failed backup
     leaves nothing at ``dest``."""
     s, d = Path(src), Path(dest)
     _check_regular(s)
     d_frames = Path(f"{d}-frames")
-    for target in (d, d_frames):
+    for target in (d, d_frames, Path(f"{d}{_J_SUFFIX}")):  # (a journal there would be replayed into the copy)
         if target.exists():
             raise LocalProtocolError(f"{target} already exists; back up to a new path")
     tmp_db, tmp_frames = Path(f"{d}.tmp-backup"), Path(f"{d}-frames.tmp-backup")
@@ -2218,15 +2230,22 @@ def _check_wal(p: Path) -> None:
     try:
         with open(p, "rb") as f:
             head = f.read(20)
-        wal = os.stat(f"{p}-wal").st_size
+        sizes = []
+        for side in ("-wal", _J_SUFFIX):
+            try:
+                sizes.append(os.stat(f"{p}{side}").st_size)
+            except FileNotFoundError:
+                sizes.append(0)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise StorageError(f"cannot open store {p}: {_reason(exc)}") from exc
-    if wal > 0 and head[:16] == b"SQLite format 3\x00" and head[18:20] == b"\x01\x01":
-        raise StorageError(f"{p}-wal is not this database's (a copy restored over a store whose -wal was left); "
-                           f"if {p} is the copy to restore, delete {p}-wal, {p}-shm and {p}{_J_SUFFIX}, then "
-                           "open it")
+    if head[:16] == b"SQLite format 3\x00" and head[18:20] == b"\x01\x01" and any(sizes):
+        # (its commit journal likewise: the copy holds none, so records beside it are another file's)
+        side = "-wal" if sizes[0] else _J_SUFFIX
+        raise StorageError(f"{p}{side} is not this database's (a copy restored over a store whose {side} was "
+                           f"left); if {p} is the copy to restore, delete {p}-wal, {p}-shm and {p}{_J_SUFFIX}, "
+                           "then open it")
 
 
 _ROLES = ("author", "subscriber")

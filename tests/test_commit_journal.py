@@ -353,3 +353,46 @@ def test_a_sequence_number_beyond_sqlite_integers_ends_the_journal(tmp_path: Pat
     journal = Path(f"{db}-commits")
     journal.write_bytes(journal.read_bytes() + _j_record(2**64 - 1, msgpack.packb([[4, [[b"x" * 16, 1]]]])))
     assert _party_view(db) == (list(range(1, N + 1)), N + 1)
+
+
+def test_when_applies_keep_failing_the_next_commit_fails_instead_of_acknowledging_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An apply that fails after a batch's append is logged (that commit is durable and acknowledged); the next
+    hot commit tries it first and fails with it, before it appends: the journal and what it holds in memory stay
+    bounded by about a batch, and nothing is acknowledged that could not be applied."""
+    db = tmp_path / "a.db"
+    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\x00" * 32,
+                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
+
+    def broken(*_a: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store_module, "_j_exec", broken)
+    with caplog.at_level(logging.WARNING, logger="streams.store"):
+        for n in range(J_APPLY_RECORDS):  # the last one's apply fails: logged
+            store.commit(Changes(nonces=[(n.to_bytes(16, "big"), 10**12)]))
+    assert any("database or disk is full" in r.getMessage() for r in caplog.records)
+    size = Path(f"{db}-commits").stat().st_size
+    with pytest.raises(StorageError, match="database or disk is full"):
+        store.commit(Changes(nonces=[(b"x" * 16, 10**12)]))
+    assert Path(f"{db}-commits").stat().st_size == size  # nothing appended
+    assert store._j_records == J_APPLY_RECORDS
+    monkeypatch.undo()
+    store.close()  # (applies them now)
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM nonces").fetchone() == (J_APPLY_RECORDS,)
+    c.close()
+
+
+def test_a_journal_beside_a_restored_copy_is_refused_and_backup_will_not_write_beside_one(tmp_path: Path) -> None:
+    """A copy made by backup() holds no journal: one found beside it (left by the store it replaces, or another)
+    is not its own -- opening refuses, as for a -wal; and backup() refuses a destination that has one."""
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    Path(f"{tmp_path / 'new.db'}-commits").write_bytes(b"")
+    with pytest.raises(LocalProtocolError, match=r"new\.db-commits already exists"):
+        backup(db, tmp_path / "new.db")
+    copy = backup(db, tmp_path / "copy.db").path
+    shutil.copyfile(f"{db}-commits", f"{copy}-commits")
+    with pytest.raises(StorageError, match=r"copy\.db-commits is not this database's"):
+        Store.open(copy, PW)
