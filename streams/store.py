@@ -256,6 +256,7 @@ _J_OPS = (
     "INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?)",
     "DELETE FROM log WHERE branch = ? AND publisher = ? AND seq > ?",
     "DELETE FROM log WHERE branch = ? AND publisher = ? AND seq <= ?",
+    # OR IGNORE: the first message stored at a position stays (fork evidence is kept elsewhere).
     "INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)",
     "INSERT OR REPLACE INTO nonces VALUES (?, ?)",
     "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?)",
@@ -515,7 +516,6 @@ class Store:
         self._j_size = 0  #: the journal file's length (what a failed append is cut back to)
         self._j_pending: list[tuple[int, list[Any]]] = []  #: written and not yet applied, in order
         self._j_records = 0  #: records in _j_pending
-        self._j_ready = False  #: _j_seq and _j_size are known (lock() replayed, or the first append read them)
         #: An append failed: what it left in the file is unknown (a cut-back can fail too), so no record is
         #: appended after it -- every later hot commit fails; the next open's replay ends at the damage.
         self._j_failed: str | None = None
@@ -653,14 +653,7 @@ class Store:
                 # made private as the files created here are (O_CREAT's mode applies only to a new file); nothing
                 # refers to the frames (not a link's target).
                 os.fchmod(lock_fd, 0o600)
-                for side in ("-frames", _J_SUFFIX):  # (an old journal's records are another store's)
-                    with contextlib.suppress(FileNotFoundError):
-                        fd = os.open(f"{p}{side}", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                        try:
-                            os.fchmod(fd, 0o600)
-                            os.ftruncate(fd, 0)
-                        finally:
-                            os.close(fd)
+                _empty_side_file(Path(f"{p}-frames"))
             except OSError as exc:
                 raise StorageError(f"cannot initialise store {p}: {_reason(exc)}") from exc
         except BaseException:
@@ -673,7 +666,6 @@ class Store:
         store = cls(conn, p, key, identity, durable=durable, journal=journal)
         store._meta = meta
         store._stops_bound = True
-        store._j_ready = True  # (an empty journal, sequence 0)
         store._created = (made, there)
         store._lock_fd = lock_fd
         store._fds.append(lock_fd)
@@ -952,9 +944,6 @@ class Store:
                     history = _history_rows(changes.branches)
                     if history:
                         c.executemany("INSERT OR IGNORE INTO grants VALUES (?, ?, ?)", history)
-                if chains:
-                    c.executemany("INSERT OR REPLACE INTO chains VALUES (?, ?, ?, ?, ?)",
-                                  [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()])
                 if conflicts:
                     # A stop set, changed or lifted is bound into its branch's record in the same transaction
                     # (_record_ad): rare, one record sealed again.
@@ -963,19 +952,10 @@ class Store:
                                   [(r.branch, r.publisher, r.conflict) for r in conflicts if r.conflict])
                     c.executemany("DELETE FROM chain_conflicts WHERE branch = ? AND publisher = ?",
                                   [(r.branch, r.publisher) for r in conflicts if not r.conflict])
-                if changes.log_cut:
-                    c.executemany("DELETE FROM log WHERE branch = ? AND publisher = ? AND seq > ?", changes.log_cut)
-                if changes.log_drop:
-                    c.executemany("DELETE FROM log WHERE branch = ? AND publisher = ? AND seq <= ?",
-                                  changes.log_drop)
-                if changes.log:
-                    # OR IGNORE: the first message stored at a position stays (fork evidence is kept elsewhere).
-                    c.executemany("INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)", self._log_rows(changes.log))
-                if changes.nonces:
-                    c.executemany("INSERT OR REPLACE INTO nonces VALUES (?, ?)", changes.nonces)
-                if delivered:
-                    c.executemany("INSERT OR REPLACE INTO delivered VALUES (?, ?, ?)",
-                                  [(b, p, s) for (b, p), s in delivered.items()])
+                # The statements a hot commit journals (_J_OPS), here in this transaction.
+                for op, rows in _hot_ops(changes, chains, self._log_rows(changes.log) if changes.log else [],
+                                         delivered):
+                    c.executemany(_J_OPS[op], rows)
                 if changes.anchored:
                     c.executemany(_AH_INSERT, [_ah_row(r) for r in changes.anchored])
                     # A restore proof is also kept for good: the next epoch's proof replaces it above.
@@ -1013,19 +993,7 @@ class Store:
             raise StorageError(f"commit to {self.path} failed: writing {self._frames_path}: {_reason(exc)}"
                                ) from exc
         try:
-            ops: list[tuple[int, list[Any]]] = []
-            if chains:
-                ops.append((0, [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()]))
-            if changes.log_cut:
-                ops.append((1, [tuple(r) for r in changes.log_cut]))
-            if changes.log_drop:
-                ops.append((2, [tuple(r) for r in changes.log_drop]))
-            if log_rows:
-                ops.append((3, log_rows))
-            if changes.nonces:
-                ops.append((4, [tuple(r) for r in changes.nonces]))
-            if delivered:
-                ops.append((5, [(b, p, s) for (b, p), s in delivered.items()]))
+            ops = _hot_ops(changes, chains, log_rows, delivered)
             fd = self._j_open()
             seq = self._j_seq + 1
             record = _j_record(seq, _pack(ops))
@@ -1065,20 +1033,16 @@ class Store:
 
     def _j_open(self) -> int:
         """The journal's descriptor, opened (created 0600, never through a link) at the first append."""
-        if self._j_fd is None:
-            if not self._j_ready:
-                self._j_replay()  # (a party always locks first: this is for a store written without the lock)
-            if self._j_fd is None:
-                fd = os.open(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600)
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.close(fd)
-                    raise StorageError(f"{self._j_path} is not a regular file")
-                self._j_fd = fd
-                self._fds.append(fd)
-                self._j_size = os.fstat(fd).st_size
-                if self._durable:  # (its name survives a power loss too, as SQLite's -wal's does)
-                    _fsync_path(self._j_path.parent)
+        if self._j_fd is None:  # (the party's lock() replayed the journal and set _j_seq first)
+            fd = os.open(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise StorageError(f"{self._j_path} is not a regular file")
+            self._j_fd = fd
+            self._fds.append(fd)
+            self._j_size = os.fstat(fd).st_size
+            if self._durable:  # (its name survives a power loss too, as SQLite's -wal's does)
+                _fsync_path(self._j_path.parent)
         return self._j_fd
 
     def _j_apply(self) -> None:
@@ -1113,7 +1077,7 @@ class Store:
         try:
             fd = os.open(self._j_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            self._j_seq, self._j_size, self._j_ready = applied, 0, True
+            self._j_seq, self._j_size = applied, 0
             return
         except OSError as exc:
             raise StorageError(f"cannot open {self._j_path}: {_reason(exc)}") from exc
@@ -1135,7 +1099,7 @@ class Store:
                 os.ftruncate(fd, 0)
             except OSError as exc:
                 raise StorageError(f"cannot empty {self._j_path}: {_reason(exc)}") from exc
-            self._j_seq, self._j_size, self._j_ready = max(last, applied), 0, True
+            self._j_seq, self._j_size = max(last, applied), 0
             keep = self._journal
             if keep:
                 self._j_fd = fd
@@ -2449,6 +2413,26 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _hot_ops(changes: Changes, chains: dict[tuple[bytes, int], ChainRecord], log_rows: list[Any],
+             delivered: dict[tuple[bytes, int], int] | None) -> list[tuple[int, list[Any]]]:
+    """A commit's statements of :data:`_J_OPS` (index, rows), in order: what a hot commit journals and what any
+    other commit runs in its transaction."""
+    ops: list[tuple[int, list[Any]]] = []
+    if chains:
+        ops.append((0, [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()]))
+    if changes.log_cut:
+        ops.append((1, [tuple(r) for r in changes.log_cut]))
+    if changes.log_drop:
+        ops.append((2, [tuple(r) for r in changes.log_drop]))
+    if log_rows:
+        ops.append((3, log_rows))
+    if changes.nonces:
+        ops.append((4, [tuple(r) for r in changes.nonces]))
+    if delivered:
+        ops.append((5, [(b, p, s) for (b, p), s in delivered.items()]))
+    return ops
 
 
 def _j_digest(length: int, seq: int, payload: bytes) -> bytes:
