@@ -77,6 +77,11 @@ PEERS = ("zmq_raw", "zmq_curve", "nats_core", "nats_js", "min_each", "min_amorti
          "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_journal", "ours_amortized_journal",
          "ours_each_journal_per_msg", "ours_amortized_journal_per_msg", "ours_each_acked", "ours_amortized_fsync")
 QUICK_PEERS = PEERS[:8]
+#: Our rows with a latency target (peer, signing mode of its crypto cost), in the order they are reported.
+OURS_LATENCY = (("ours_each", "each"), ("ours_amortized", "amortized"), ("ours_each_per_msg", "each"),
+                ("ours_amortized_per_msg", "amortized"), ("ours_each_journal", "each"),
+                ("ours_amortized_journal", "amortized"), ("ours_each_journal_per_msg", "each"),
+                ("ours_amortized_journal_per_msg", "amortized"))
 DESCRIPTIONS = {
     "zmq_raw": "pyzmq asyncio ROUTER->DEALER, drain loop, no security (transport ceiling)",
     "zmq_curve": "pyzmq asyncio ROUTER->DEALER with CurveZMQ (per-hop encryption only)",
@@ -996,14 +1001,8 @@ def targets(rows: list[dict[str, Any]], lat: list[dict[str, Any]], rtt: dict[str
         # publish each: what a latency-bound producer calls), each at half of its own peak.  Then, for reference
         # and not as targets, the minimal secure pipelines (no protocol state, no disk) against the same bound,
         # at half of their own peaks: what the machine itself gives at such a load.
-        for peer, mode, is_target in (("ours_each", "each", True), ("ours_amortized", "amortized", True),
-                                      ("ours_each_per_msg", "each", True),
-                                      ("ours_amortized_per_msg", "amortized", True),
-                                      ("ours_each_journal", "each", True),
-                                      ("ours_amortized_journal", "amortized", True),
-                                      ("ours_each_journal_per_msg", "each", True),
-                                      ("ours_amortized_journal_per_msg", "amortized", True),
-                                      ("min_each", "each", False), ("min_amortized", "amortized", False)):
+        for peer, mode, is_target in [*((p, m, True) for p, m in OURS_LATENCY),
+                                      ("min_each", "each", False), ("min_amortized", "amortized", False)]:
             r = lat_by.get((peer, size))
             # The bound uses the round trip measured just before the row (the run's end-of-run one where the row
             # has none); the end-of-run one is reported beside it (``ratio_end_of_run``).
@@ -1022,10 +1021,7 @@ def targets(rows: list[dict[str, Any]], lat: list[dict[str, Any]], rtt: dict[str
         # For reference, not targets: the same rows against the round trip measured with the processes idle
         # between pings (RTT_GAP_MS apart), as they are between paced messages at a low rate -- on a VM an idle
         # wake-up roughly doubles every step's cost, which the back-to-back round trip never pays.
-        for peer, mode in (("ours_each", "each"), ("ours_amortized", "amortized"), ("ours_each_per_msg", "each"),
-                           ("ours_amortized_per_msg", "amortized"), ("ours_each_journal", "each"),
-                           ("ours_amortized_journal", "amortized"), ("ours_each_journal_per_msg", "each"),
-                           ("ours_amortized_journal_per_msg", "amortized")):
+        for peer, mode in OURS_LATENCY:
             r = lat_by.get((peer, size))
             bound = 2 * paced50 + crypto[str(size)][mode] if paced50 else None
             out.append({"target": f"(reference, not a target) {peer} p50 latency vs 2x paced raw round trip + "
