@@ -104,10 +104,11 @@ snapshot and applies to the copy what the snapshot lacks (and refuses a destinat
 :meth:`Store.open` refuses a journal beside a copy never opened, as it does a ``-wal``).  An apply that fails is
 logged, and the next hot commit tries it first and fails with it: nothing more is acknowledged, and the journal
 stays about a batch long.  An append that fails, or an emptying that fails, stops the journal until the store is
-opened again (what the file holds after it is not known).  With ``durable=False`` an apply's transaction is not
-synced before the journal is emptied: a power loss can then keep later records and lose applied ones, and the open
-refuses the hole (the message says how to go on, as from a stale copy).  60-170 us less per message end to end here, one
-awaited publish at a time (README, Benchmarks).
+opened again (what the file holds after it is not known).  With ``durable=False`` an apply (and a replay) syncs the
+frame file and its transaction before the journal is emptied, two syncs per :data:`J_APPLY_RECORDS` records: a
+power loss then loses at most the records appended since (as ``synchronous=NORMAL`` loses the newest commits),
+never applied records while it keeps later ones (a hole, which the open refuses).  60-170 us less per message end
+to end here, one awaited publish at a time (README, Benchmarks).
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
 connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
@@ -1047,9 +1048,15 @@ class Store:
 
     def _j_apply(self) -> None:
         """Apply the pending records in one transaction that also records the last one's sequence number (a crash
-        before the truncate below replays none of them twice), then empty the journal."""
+        before the truncate below replays none of them twice), then empty the journal.  Without ``durable`` the
+        frame file and that transaction are synced first (the records must not leave the disk before it)."""
         try:
-            _j_exec(self._db, self._j_pending, self._j_seq)
+            if not self._durable:
+                self._j_sync_frames()
+            _j_exec(self._db, self._j_pending, self._j_seq, synced=not self._durable)
+        except OSError as exc:
+            raise StorageError(f"commit to {self.path} failed: syncing {self._frames_path}: {_reason(exc)}"
+                               ) from exc
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
             raise StorageError(f"commit to {self.path} failed: applying {self._j_path}: {exc}") from exc
         self._j_pending = []
@@ -1061,6 +1068,21 @@ class Store:
             except OSError as exc:  # (the replay skips what the database holds; the file must not grow on)
                 self._j_failed = f"emptying it: {_reason(exc)}"
                 log.warning("cannot empty %s: %s", self._j_path, _reason(exc))
+
+    def _j_sync_frames(self) -> None:
+        """``fdatasync`` the frame file if this party wrote to it since its last sync (``durable=False``: before an
+        apply that is synced, so that no row it writes names frame bytes a power loss can take)."""
+        fd = self._frames_fd
+        if fd is None or not self._frames_unsynced:
+            return
+        with self._settling:  # (the checkpointer's thread syncs it too: settle_frames)
+            if self._frames_unsynced:
+                self._frames_unsynced = False
+                try:
+                    _datasync(fd)
+                except BaseException:
+                    self._frames_unsynced = True
+                    raise
 
     def _j_applied(self) -> int:
         try:
@@ -1089,7 +1111,14 @@ class Store:
                 data = _read_all(fd)
             except OSError as exc:
                 raise StorageError(f"cannot read {self._j_path}: {_reason(exc)}") from exc
-            last, done, used = _j_apply_new(self._db, data, applied, self._j_path)
+            if data and not self._durable and self._frames_path.exists():
+                # What the killed party wrote to the frame file may still be only in the page cache: on disk
+                # before the synced transaction that applies the rows naming it.
+                try:
+                    _datasync(self._frames(create=False))
+                except OSError as exc:
+                    raise StorageError(f"cannot sync {self._frames_path}: {_reason(exc)}") from exc
+            last, done, used = _j_apply_new(self._db, data, applied, self._j_path, synced=not self._durable)
             if used < len(data):
                 log.warning("%s: %d bytes after its last whole record were dropped (an append cut short by a crash, "
                             "or damage)", self._j_path, len(data) - used)
@@ -1819,32 +1848,44 @@ def _j_applied(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def _j_exec(conn: sqlite3.Connection, ops: list[tuple[int, list[Any]]], last: int) -> None:
-    """Run journaled statements and record ``last`` as applied, in one transaction (sqlite3.Error if it fails)."""
-    with _tx(conn):
-        conn.execute(_J_TABLE)
-        for op, rows in ops:
-            conn.executemany(_J_OPS[op], rows)
-        conn.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (last,))
+def _j_exec(conn: sqlite3.Connection, ops: list[tuple[int, list[Any]]], last: int, synced: bool = False) -> None:
+    """Run journaled statements and record ``last`` as applied, in one transaction (sqlite3.Error if it fails).
+    ``synced``: on a connection at ``synchronous=NORMAL``, sync this transaction as ``FULL`` does (the journal is
+    emptied after it: at ``NORMAL`` a power loss could keep the journal's later records and lose this)."""
+    if synced:
+        conn.execute("PRAGMA synchronous=FULL")
+    try:
+        with _tx(conn):
+            conn.execute(_J_TABLE)
+            for op, rows in ops:
+                conn.executemany(_J_OPS[op], rows)
+            conn.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (last,))
+    finally:
+        if synced:
+            with contextlib.suppress(sqlite3.Error):  # (left at FULL: slower, not less safe)
+                conn.execute("PRAGMA synchronous=NORMAL")
 
 
-def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path) -> tuple[int, int, int]:
+def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path, synced: bool = False
+                 ) -> tuple[int, int, int]:
     """Apply the whole records of a journal's bytes ``data`` after sequence number ``applied`` in one transaction
-    that records the last one's; returns (last sequence number, records applied, bytes of whole records).  Raises
-    :class:`StorageError` if the records after ``applied`` do not follow each other, or do not apply."""
+    that records the last one's (``synced``: as :func:`_j_exec`); returns (last sequence number, records applied,
+    bytes of whole records).  Raises :class:`StorageError` if the records after ``applied`` do not follow each
+    other, or do not apply."""
     records, used = _j_parse(data)
     todo = [(seq, ops) for seq, ops in records if seq > applied]
     last = applied
     for seq, _ops in todo:
         if seq != last + 1:
             raise StorageError(
-                f"{path} is damaged: record {seq} follows {last} (with durable=False a power loss can lose the "
-                "database's last applied records and keep the journal's later ones; moving the journal aside opens "
-                "the store as the database holds it, without its last commits: treat it as a stale copy, SPEC 12)")
+                f"{path} is damaged: record {seq} follows {last} (the database lacks the records between: a "
+                "journal of another copy of the store, or one an earlier version left at a power loss with "
+                "durable=False; moving the journal aside opens the store as the database holds it, without its "
+                "last commits: treat it as a stale copy, SPEC 12)")
         last = seq
     if todo:
         try:
-            _j_exec(conn, [o for _seq, ops in todo for o in ops], last)
+            _j_exec(conn, [o for _seq, ops in todo for o in ops], last, synced)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
             raise StorageError(f"cannot apply {path}: {exc}") from exc
     return last, len(todo), used

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgpack
@@ -364,7 +365,7 @@ def test_when_applies_keep_failing_the_next_commit_fails_instead_of_acknowledgin
     store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\x00" * 32,
                          author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
 
-    def broken(*_a: object) -> None:
+    def broken(*_a: object, **_k: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(store_module, "_j_exec", broken)
@@ -396,3 +397,94 @@ def test_a_journal_beside_a_restored_copy_is_refused_and_backup_will_not_write_b
     shutil.copyfile(f"{db}-commits", f"{copy}-commits")
     with pytest.raises(StorageError, match=r"copy\.db-commits is not this database's"):
         Store.open(copy, PW)
+
+
+def _disk_trace(monkeypatch: pytest.MonkeyPatch, conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """What reaches the disk, in order, from this thread: the statements ``conn`` runs (SQLite's own trace), and
+    each ``fdatasync`` and ``ftruncate`` with the file it went to (the real calls, recorded on the way)."""
+    events: list[tuple[str, str]] = []
+    main = threading.get_ident()
+    conn.set_trace_callback(lambda sql: events.append(("sql", sql)))
+    real_sync, real_trunc = os.fdatasync, os.ftruncate
+
+    def sync(fd: int) -> None:
+        if threading.get_ident() == main:  # (not the checkpointer's thread)
+            events.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_sync(fd)
+
+    def trunc(fd: int, length: int) -> None:
+        events.append(("ftruncate", os.readlink(f"/proc/self/fd/{fd}")))
+        real_trunc(fd, length)
+
+    monkeypatch.setattr(os, "fdatasync", sync)
+    monkeypatch.setattr(os, "ftruncate", trunc)
+    return events
+
+
+def _synced_apply(events: list[tuple[str, str]], journal: Path) -> list[tuple[str, str]]:
+    """The events from the last ``PRAGMA synchronous=FULL`` to the journal's emptying; checks their order: the
+    transaction commits at FULL, the connection goes back to NORMAL, and only then is the journal emptied."""
+    emptied = events.index(("ftruncate", str(journal)))
+    full = max(i for i, e in enumerate(events[:emptied]) if e == ("sql", "PRAGMA synchronous=FULL"))
+    span = events[full:emptied + 1]
+    sqls = [e[1] for e in span if e[0] == "sql"]
+    assert sqls[1] == "BEGIN IMMEDIATE" or sqls[1].startswith("BEGIN"), sqls[:3]
+    assert sqls[-2] == "COMMIT" and sqls[-1] == "PRAGMA synchronous=NORMAL", sqls[-3:]
+    return events[:full]
+
+
+async def test_without_durable_an_apply_syncs_frames_and_transaction_before_it_empties_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # durable=False: a power loss may lose the newest commits, but must never keep journal records whose applied
+    # predecessors it lost (a hole the open refuses): each apply syncs what its rows name, then itself, then
+    # empties the journal.
+    hub = MemoryHub()
+    member = Identity.generate()
+    db = tmp_path / "a.db"
+    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST_J)
+    author.heartbeat_ms = 3_600_000  # (the heartbeat's apply would come at another time)
+    try:
+        branch = await author.open_branch(member.did)
+        events = _disk_trace(monkeypatch, author.store._db)
+        for n in range(J_APPLY_RECORDS):  # frames of FRAME_FILE_MIN or more go to the frame file, unsynced
+            await author.publish(branch, b"%d" % n + b"f" * 2048)
+        before = _synced_apply(events, Path(f"{db}-commits"))
+        assert ("fdatasync", f"{db}-frames") in before  # the frame bytes the rows name: on disk first
+        assert author.store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+        assert len(_raw_seqs(db)) == J_APPLY_RECORDS
+    finally:
+        await author.close()
+
+
+async def test_a_durable_stores_apply_needs_no_sync_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    hub = MemoryHub()
+    member = Identity.generate()
+    db = tmp_path / "a.db"
+    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
+                                 store_options=StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=True))
+    author.heartbeat_ms = 3_600_000
+    try:
+        branch = await author.open_branch(member.did)
+        events = _disk_trace(monkeypatch, author.store._db)
+        for n in range(J_APPLY_RECORDS):
+            await author.publish(branch, b"%d" % n)
+        assert ("ftruncate", f"{db}-commits") in events  # applied and emptied
+        assert not any(e[0] == "sql" and e[1].startswith("PRAGMA synchronous") for e in events)  # FULL throughout
+    finally:
+        await author.close()
+
+
+def test_without_durable_a_replay_syncs_its_transaction_before_it_empties_the_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    store = Store.open(db, PW, durable=False)
+    try:
+        events = _disk_trace(monkeypatch, store._db)
+        store.lock()  # replays the killed party's records
+        _synced_apply(events, Path(f"{db}-commits"))
+    finally:
+        store.close()
+    assert _raw_seqs(db) == list(range(1, N + 1))
