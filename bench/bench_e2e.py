@@ -13,17 +13,18 @@ the whole run, so all peers are measured in the same run with the same payloads,
 * ``min_amortized``  -- the same with one signature per 32 messages (checkpoint), AEAD on all;
 * ``ours_each`` / ``ours_amortized`` -- :class:`streams.api.Author` over :class:`brokerless.AuthorEndpoint`
   publishing on a branch, :class:`streams.api.Subscriber` over :class:`brokerless.SubscriberEndpoint` receiving,
-  both with durable SQLite stores in a temp dir (WAL, ``synchronous=NORMAL``: every commit survives ``kill -9``,
-  like JetStream's file store, which fsyncs on an interval), through the public streaming API: the producer
+  both with durable stores in a temp dir (the default commit journal, applied to SQLite WAL in batches;
+  ``durable=False``: ``synchronous=NORMAL``, no fsync per commit, every commit survives ``kill -9``, like
+  JetStream's file store, which fsyncs on an interval), through the public streaming API: the producer
   hands what it has (up to 64 messages, or whatever is due when paced) to ``Author.publish_many`` -- one
   commit and one send burst per call, each call returns once its messages are durable, then ``Author.drain``
   (flow control: waits while the subscriber's credit window is used up) -- and the consumer takes
   ``Subscriber.next_messages()`` batches; a message counts when the application has it;
 * ``ours_each_per_msg`` / ``ours_amortized_per_msg`` -- the same with one ``await Author.publish`` per message
   (so one commit per message for a sequential producer) and ``async for msg in subscriber``;
-* ``ours_each_journal`` / ``ours_amortized_journal`` / ``ours_each_journal_per_msg`` /
-  ``ours_amortized_journal_per_msg`` (full runs only) -- the same four with ``StoreOptions(journal=True)`` on both
-  sides: a commit is one append to the store's commit journal, applied to SQLite in batches;
+* ``ours_each_nojournal`` / ``ours_amortized_nojournal`` / ``ours_each_nojournal_per_msg`` /
+  ``ours_amortized_nojournal_per_msg`` (full runs only) -- the same four with ``StoreOptions(journal=False)`` on
+  both sides: every commit a SQLite transaction, not an append to the store's commit journal (the default);
 * ``ours_each_acked`` (full runs only) -- as ``ours_each_per_msg``, and each publish waits for the subscriber's
   signed ACK (``Author.wait_acknowledged``: the message is on the subscriber's disk) before the next;
 * ``ours_amortized_fsync`` (full runs only) -- as ``ours_amortized`` with ``synchronous=FULL`` (an fsync per
@@ -74,14 +75,15 @@ RTT_GAP_MS = 1.0  # the paced round trip: each ping 1 ms after the last reply (b
 BATCH = 64  # most messages per Author.publish_many call in the streaming rows
 HDR = struct.Struct("<IQI")  # run id, send time (monotonic ns), index
 PEERS = ("zmq_raw", "zmq_curve", "nats_core", "nats_js", "min_each", "min_amortized", "ours_each", "ours_amortized",
-         "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_journal", "ours_amortized_journal",
-         "ours_each_journal_per_msg", "ours_amortized_journal_per_msg", "ours_each_acked", "ours_amortized_fsync")
+         "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_nojournal", "ours_amortized_nojournal",
+         "ours_each_nojournal_per_msg", "ours_amortized_nojournal_per_msg", "ours_each_acked",
+         "ours_amortized_fsync")
 QUICK_PEERS = PEERS[:8]
 #: Our rows with a latency target (peer, signing mode of its crypto cost), in the order they are reported.
 OURS_LATENCY = (("ours_each", "each"), ("ours_amortized", "amortized"), ("ours_each_per_msg", "each"),
-                ("ours_amortized_per_msg", "amortized"), ("ours_each_journal", "each"),
-                ("ours_amortized_journal", "amortized"), ("ours_each_journal_per_msg", "each"),
-                ("ours_amortized_journal_per_msg", "amortized"))
+                ("ours_amortized_per_msg", "amortized"), ("ours_each_nojournal", "each"),
+                ("ours_amortized_nojournal", "amortized"), ("ours_each_nojournal_per_msg", "each"),
+                ("ours_amortized_nojournal_per_msg", "amortized"))
 DESCRIPTIONS = {
     "zmq_raw": "pyzmq asyncio ROUTER->DEALER, drain loop, no security (transport ceiling)",
     "zmq_curve": "pyzmq asyncio ROUTER->DEALER with CurveZMQ (per-hop encryption only)",
@@ -89,19 +91,21 @@ DESCRIPTIONS = {
     "nats_js": "NATS JetStream, file storage, publish_async, ordered push consumer",
     "min_each": "minimal secure pipeline: ROUTER->DEALER + AEAD + BLAKE2b + Ed25519 sign/verify per message",
     "min_amortized": f"minimal secure pipeline, one Ed25519 signature per {CHECKPOINT_EVERY} messages",
-    "ours_each": "streams Author/Subscriber over brokerless endpoints, SQLite WAL synchronous=NORMAL (survives "
-                 f"kill -9), signed-each; streaming API: publish_many (<= {BATCH} per call) + drain / "
-                 "next_messages",
-    "ours_amortized": "streams Author/Subscriber over brokerless endpoints, SQLite WAL synchronous=NORMAL, "
+    "ours_each": "streams Author/Subscriber over brokerless endpoints, stores with the commit journal and SQLite "
+                 "WAL synchronous=NORMAL (survive kill -9), signed-each; streaming API: publish_many "
+                 f"(<= {BATCH} per call) + drain / next_messages",
+    "ours_amortized": "streams Author/Subscriber over brokerless endpoints, stores as ours_each, "
                       f"amortized signing; streaming API: publish_many (<= {BATCH} per call) + drain / "
                       "next_messages",
     "ours_each_per_msg": "as ours_each with one awaited Author.publish per message and async-for delivery",
     "ours_amortized_per_msg": "as ours_amortized with one awaited Author.publish per message and async-for "
                               "delivery",
-    "ours_each_journal": "as ours_each with the stores' commit journal on (StoreOptions(journal=True))",
-    "ours_amortized_journal": "as ours_amortized with the stores' commit journal on (StoreOptions(journal=True))",
-    "ours_each_journal_per_msg": "as ours_each_per_msg with the stores' commit journal on",
-    "ours_amortized_journal_per_msg": "as ours_amortized_per_msg with the stores' commit journal on",
+    "ours_each_nojournal": "as ours_each with the stores' commit journal off (StoreOptions(journal=False)): a "
+                           "SQLite transaction per commit",
+    "ours_amortized_nojournal": "as ours_amortized with the stores' commit journal off (StoreOptions(journal="
+                                "False))",
+    "ours_each_nojournal_per_msg": "as ours_each_per_msg with the stores' commit journal off",
+    "ours_amortized_nojournal_per_msg": "as ours_amortized_per_msg with the stores' commit journal off",
     "ours_each_acked": "as ours_each_per_msg, each publish followed by Author.wait_acknowledged (the subscriber's "
                        "signed ACK: the message is on its disk) before the next",
     "ours_amortized_fsync": "as ours_amortized with synchronous=FULL: an fsync per commit (survives power loss)",
@@ -115,8 +119,6 @@ TARGETS = (
     ("signed-each >= 0.75x minimal secure pipeline", "ours_each", "min_each", 0.75),
     ("amortized >= 0.5x minimal secure pipeline", "ours_amortized", "min_amortized", 0.5),
     ("amortized >= 1.0x NATS JetStream async publish (file)", "ours_amortized", "nats_js", 1.0),
-    ("signed-each, commit journal >= 0.75x minimal secure pipeline", "ours_each_journal", "min_each", 0.75),
-    ("amortized, commit journal >= 0.5x minimal secure pipeline", "ours_amortized_journal", "min_amortized", 0.5),
 )
 
 
@@ -446,11 +448,12 @@ def _signing(peer: str) -> Any:
 def _store_options(peer: str) -> Any:
     from streams.api import StoreOptions
 
-    # Default rows: WAL + synchronous=NORMAL -- every commit survives kill -9 of the process (THREATS 4), the
-    # same durability class as JetStream's file store (which fsyncs on an interval, not per message).
+    # Default rows: the commit journal (the default; ``*_nojournal`` rows: off), WAL + synchronous=NORMAL -- every
+    # commit survives kill -9 of the process (THREATS 4), the same durability class as JetStream's file store
+    # (which fsyncs on an interval, not per message).
     # ``*_fsync`` rows: synchronous=FULL, an fsync per commit (survives power loss).  The KDF limits only
     # affect opening the store, not the measured path.
-    return StoreOptions(durable=peer.endswith("_fsync"), opslimit=1, memlimit=8192, journal="_journal" in peer)
+    return StoreOptions(durable=peer.endswith("_fsync"), opslimit=1, memlimit=8192, journal="_nojournal" not in peer)
 
 
 class OursPub(Pub):
@@ -1151,7 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
                           + ("constant rate, each message's due time waited for on a timerfd"
                              if args.pacing == "timer" else
                              "asyncio.sleep pacing (1 ms ticks: bursts of up to rate/1000 messages)"),
-               "ours": "SQLite WAL stores on both sides, synchronous=NORMAL (crash/kill -9 safe; *_fsync rows: FULL); "
+               "ours": "stores on both sides with the commit journal (*_nojournal rows: a SQLite transaction per "
+                       "commit) and SQLite WAL synchronous=NORMAL (crash/kill -9 safe; *_fsync rows: FULL); "
                        f"public API: ours_* rows stream (Author.publish_many of <= {BATCH} messages or what is due, "
                        "one commit each, then Author.drain; Subscriber.next_messages), *_per_msg rows await "
                        "Author.publish per "

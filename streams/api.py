@@ -170,14 +170,15 @@ class StoreOptions:
     """Argon2id operations limit for the passphrase KDF."""
     memlimit: int = MEMLIMIT
     """Argon2id memory limit, bytes."""
-    journal: bool = False
+    journal: bool = True
     """Commit a publish or a received batch by appending one record to ``<store>-commits`` (one ``write``; with
     ``durable``, an ``fdatasync``) instead of a SQLite transaction; the records are applied to the database in
     batches (every ``store.J_APPLY_RECORDS``, before any other use of it, once per heartbeat, at close) and, after
-    a crash, when the party opens the store again.  Durable in the same sense as the default (``durable`` chooses
-    which); 60-170 us less per message end to end here, one awaited publish at a time.  Readers that do not lock
-    the store (``streams status``, ``audit``; ``backup`` copies the journal too) see the records once applied: see
-    the store module doc."""
+    a crash, when the party opens the store again.  Durable in the same sense as a SQLite transaction
+    (``durable`` chooses which); 60-170 us less per message end to end here, one awaited publish at a time.
+    Readers that do not lock the store (``streams status``, ``audit``; ``backup`` copies the journal too) see the
+    records once applied, up to a heartbeat later: see the store module doc.  On by default; False commits each
+    as a SQLite transaction."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,8 +83,9 @@ its ``-wal`` and ``-shm`` the database's mode; a ``-frames`` or ``-lock`` that :
 the path is made 0600 as it is taken over): :func:`backup` copies both consistently while the party runs
 (``streams backup``); ``cp`` of a live store does not.
 
-Commit journal (``journal=True``, ``StoreOptions(journal=True)``; off by default).  A *hot* commit -- chain
-cursors, log rows, log cuts and drops, used nonces, delivery cursors: what a publish or a received batch changes,
+Commit journal (``journal=True``: on in :class:`streams.api.StoreOptions` by default, which the parties use; off in
+:meth:`Store.create` and :meth:`Store.open` unless asked for).  A *hot* commit -- chain cursors, log rows, log cuts
+and drops, used nonces, delivery cursors: what a publish or a received batch changes,
 no branch record, stop, announcement or anchor -- is one record appended to ``<file>-commits`` with one ``write``
 (and an ``fdatasync`` if ``durable``), not a SQLite transaction: acknowledged once appended, durable as a commit
 is (the page cache survives ``kill -9``; ``durable`` survives power loss).  The records reach the database in one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +37,9 @@ def ident(n: int) -> Identity:
 AUTHOR, P1, P2, STRANGER = ident(1), ident(2), ident(3), ident(4)
 
 
-async def make_author(tmp: Path, hub: MemoryHub) -> Author:
+async def make_author(tmp: Path, hub: MemoryHub, options: StoreOptions = FAST) -> Author:
     return await Author.create(tmp / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
-                               AllowList.of([P1.did, P2.did]), store_options=FAST)
+                               AllowList.of([P1.did, P2.did]), store_options=options)
 
 
 async def make_sub(tmp: Path, hub: MemoryHub, who: Identity, name: str, author: Author) -> Subscriber:
@@ -215,7 +216,9 @@ async def test_wrong_passphrase_and_secrets_encrypted_at_rest(tmp_path: Path) ->
 
 async def test_storage_failure_is_typed_and_nothing_acknowledged(tmp_path: Path) -> None:
     hub = MemoryHub()
-    author = await make_author(tmp_path, hub)
+    # Without the commit journal (a journaled commit takes no SQLite lock; its failures, a full disk among them:
+    # test_commit_journal.py, test_disk_faults.py).
+    author = await make_author(tmp_path, hub, dataclasses.replace(FAST, journal=False))
     s1 = await make_sub(tmp_path, hub, P1, "p1", author)
     b1 = await s1.subscribe(timeout=5)
     await author.publish(b1, b"ok")

@@ -69,8 +69,8 @@ def test_run_quick_writes_every_result(tmp_path: Path) -> None:
     assert [(r["mode"], r["rate"]) for r in lat_path["rows"]] == [
         (m, r) for m in ("ours_each", "ours_amortized") for r in (300.0, 3000.0, 8000.0)] + [
         ("ours_each_per_msg", 1500.0), ("ours_amortized_per_msg", 1500.0)] + [
-        (f"{m}_journal", r) for m in ("ours_each", "ours_amortized") for r in (3000.0, 8000.0)] + [
-        ("ours_each_journal_per_msg", 1500.0), ("ours_amortized_journal_per_msg", 1500.0)]
+        (f"{m}_nojournal", r) for m in ("ours_each", "ours_amortized") for r in (3000.0, 8000.0)] + [
+        ("ours_each_nojournal_per_msg", 1500.0), ("ours_amortized_nojournal_per_msg", 1500.0)]
     for r in lat_path["rows"]:
         assert r["messages"] == 150  # every frame stamped at every stage, joined one to one
         assert list(r["stages"]) == ["queued", "author", "wire", "to driver", "subscriber", "to app"]

@@ -488,3 +488,35 @@ def test_without_durable_a_replay_syncs_its_transaction_before_it_empties_the_jo
     finally:
         store.close()
     assert _raw_seqs(db) == list(range(1, N + 1))
+
+
+async def test_status_of_a_running_party_shows_its_journal_and_what_the_database_holds(tmp_path: Path) -> None:
+    from streams._cli.channel import _status_text, status_doc
+
+    hub = MemoryHub()
+    member = Identity.generate()
+    db = tmp_path / "a.db"
+    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
+                                 store_options=FAST_J)
+    author.heartbeat_ms = 3_600_000
+    try:
+        branch = await author.open_branch(member.did)
+        for n in range(3):
+            await author.publish(branch, b"%d" % n)
+
+        def status() -> dict[str, object]:
+            reader = Store.open(db, PW)  # (as `streams status` does: no lock, no replay)
+            try:
+                return status_doc(reader)
+            finally:
+                reader.close()
+
+        before = status()
+        assert before["retained_messages"] == 0 and before["files"]["commits"] > 0  # type: ignore[index]
+        assert "-commits: commits its party has not applied" in _status_text(before)
+        author.store.apply_journal()
+        after = status()
+        assert after["retained_messages"] == 3 and after["files"]["commits"] == 0  # type: ignore[index]
+        assert "not applied" not in _status_text(after)
+    finally:
+        await author.close()

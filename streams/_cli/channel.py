@@ -1347,9 +1347,11 @@ def status_doc(store: Store) -> dict[str, Any]:
 
 
 def _files(path: Path) -> dict[str, int]:
-    """Bytes of a store's files on disk: the database, its WAL and its frame file (0 when absent)."""
+    """Bytes of a store's files on disk: the database, its WAL, its frame file and its commit journal (0 when
+    absent; a running party's journal holds the commits it has not applied to the database yet)."""
     sizes = {}
-    for key, p in (("store", path), ("wal", Path(f"{path}-wal")), ("frames", Path(f"{path}-frames"))):
+    for key, p in (("store", path), ("wal", Path(f"{path}-wal")), ("frames", Path(f"{path}-frames")),
+                   ("commits", Path(f"{path}-commits"))):
         try:
             sizes[key] = p.stat().st_size
         except FileNotFoundError:
@@ -1373,8 +1375,11 @@ def _status_text(d: dict[str, Any]) -> str:
                              "this store (ChainConflict): do not publish from it")
     lines.append(f"retained log: {d['retained_messages']} messages")
     f = d["files"]
-    lines.append(f"files: {d['store']} {f['store']:,} B, -wal {f['wal']:,} B, -frames {f['frames']:,} B "
-                 "(back up with streams backup)")
+    lines.append(f"files: {d['store']} {f['store']:,} B, -wal {f['wal']:,} B, -frames {f['frames']:,} B, "
+                 f"-commits {f['commits']:,} B (back up with streams backup)")
+    if f["commits"]:
+        lines.append("  (-commits: commits its party has not applied to the database yet, not counted above: "
+                     "applied within a heartbeat, at close, or when the store is next opened)")
     return "\n".join(lines)
 
 
