@@ -32,7 +32,8 @@ class Proc:
     def _pump(self) -> None:
         assert self.p.stdout is not None
         for line in self.p.stdout:
-            self._q.put(line.rstrip("\n"))
+            if line.endswith("\n"):  # (not the last one of a process killed in the middle of printing it)
+                self._q.put(line[:-1])
 
     def poll_lines(self) -> list[str]:
         while True:
