@@ -45,7 +45,7 @@ from streams.policy import AllowList
 
 #: ``synchronous=NORMAL`` survives process crashes (SIGKILL), which is what this harness inflicts; a cheap KDF keeps
 #: the many restarts fast (the passphrase KDF is not under test here).
-STORE = StoreOptions(durable=False, opslimit=1, memlimit=8192)
+STORE = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=False)  # (--journal: the default)
 STORE_JOURNAL = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=True)
 CORE = CoreConfig(fetch_retry_ms=300)
 PW = "chaos"
@@ -269,7 +269,8 @@ def main() -> None:
     p.add_argument("--inject", type=int, default=20, help="old frames re-injected after each start")
     p.add_argument("--hb", type=int, default=100, help="heartbeat, ms")
     p.add_argument("--size", type=int, default=16, help="payload bytes (1 KiB and more: the store's frame file)")
-    p.add_argument("--journal", action="store_true", help="the store's commit journal on")
+    p.add_argument("--journal", action="store_true",
+                   help="the store's commit journal on (the library's default; off without this flag)")
     args = p.parse_args()
     log = AppLog(args.log, args.life)
     rng = random.Random(f"{args.seed}-{args.life}")

@@ -57,8 +57,9 @@ b-tree spills rows over about 1 KB into overflow pages (about 2.5x the write cos
 Stores created before keep their ``WITHOUT ROWID`` log: same columns, same key, same statements.
 
 Frames of :data:`FRAME_FILE_MIN` bytes or more (in a durable store, of :data:`DURABLE_FILE_MIN` or more unless the
-commit holds :data:`DURABLE_FILE_BATCH` of them: a sync of its own per commit) are not kept in their ``log`` row
-but appended to the store's frame file, ``<store>-frames`` (mode 0600, beside the database and its ``-wal``); the
+commit holds :data:`DURABLE_FILE_BATCH` of them: a sync of its own per commit; with the commit journal, below, a
+small commit's reach it at the journal's apply) are not kept in their ``log`` row but appended to the store's frame
+file, ``<store>-frames`` (mode 0600, beside the database and its ``-wal``); the
 row's ``frame`` column then holds a 13-byte reference: ``0xC1`` (a byte msgpack never uses, so no frame starts with
 it), then the offset and length (little-endian u64, u32). A frame read back through a reference is decoded and its
 message hash compared with the row's ``hash`` (a check on the rare read, catch-up or audit, instead of a checksum
@@ -85,31 +86,36 @@ the path is made 0600 as it is taken over): :func:`backup` copies both consisten
 
 Commit journal (``journal=True``: on in :class:`streams.api.StoreOptions` by default, which the parties use; off in
 :meth:`Store.create` and :meth:`Store.open` unless asked for).  A *hot* commit -- chain cursors, log rows, log cuts
-and drops, used nonces, delivery cursors: what a publish or a received batch changes,
-no branch record, stop, announcement or anchor -- is one record appended to ``<file>-commits`` with one ``write``
-(and an ``fdatasync`` if ``durable``), not a SQLite transaction: acknowledged once appended, durable as a commit
-is (the page cache survives ``kill -9``; ``durable`` survives power loss).  The records reach the database in one
-transaction per :data:`J_APPLY_RECORDS` records, before any other use of the connection (every read and other
-write goes through it), at :meth:`Store.apply_journal` (the asyncio parties call it once per heartbeat: a
-party gone quiet is in the database within about half a second) and at close; that transaction also stores the last
-record's sequence number (table ``journal``, made at the first apply), and the file is then emptied.  A party
-killed with records in it gets them applied when it opens the store again (:meth:`Store.lock`, before anything is
-loaded), skipping those the database holds (a crash between that transaction and the emptying), whether or not it
-journals itself.  A record is its payload's length, its sequence number and a BLAKE2b-128 of the three, then
-msgpack ``[[statement, rows], ...]``, ``statement`` an index into a fixed list (the file holds no SQL); the first
-record cut short, altered or naming no statement of the list ends the journal (logged), as a bad frame ends a WAL,
-and records that skip a sequence number are refused (:class:`StorageError`).  The digest is a checksum, not a
-MAC: the rows it carries are of tables the database does not authenticate either.  Readers that do not lock the
-store (``streams status``, ``audit``) see records once applied; :func:`backup` reads the journal before its
-snapshot and applies to the copy what the snapshot lacks (and refuses a destination with a journal beside it;
-:meth:`Store.open` refuses a journal beside a copy never opened, as it does a ``-wal``).  An apply that fails is
-logged, and the next hot commit tries it first and fails with it: nothing more is acknowledged, and the journal
-stays about a batch long.  An append that fails, or an emptying that fails, stops the journal until the store is
-opened again (what the file holds after it is not known).  With ``durable=False`` an apply (and a replay) syncs the
-frame file and its transaction before the journal is emptied, two syncs per :data:`J_APPLY_RECORDS` records: a
-power loss then loses at most the records appended since (as ``synchronous=NORMAL`` loses the newest commits),
-never applied records while it keeps later ones (a hole, which the open refuses).  60-170 us less per message end
-to end here, one awaited publish at a time (README, Benchmarks).
+and drops, used nonces, delivery cursors: what a publish or a received batch changes, no branch record, stop,
+announcement or anchor -- is one record appended to ``<file>-commits`` with one ``write`` (and an ``fdatasync`` if
+``durable``), not a SQLite transaction: acknowledged once appended, durable as a commit is (the page cache survives
+``kill -9``; ``durable`` survives power loss).  The records reach the database in one transaction per
+:data:`J_APPLY_RECORDS` records, before any other use of the connection (every read and other write goes through
+it), at :meth:`Store.apply_journal` (the asyncio parties call it once per heartbeat: a party gone quiet is in the
+database within about half a second) and at close; that transaction also stores the last record's sequence number
+(table ``journal``, made at the first apply), and the file is then emptied.  A party killed with records in it gets
+them applied when it opens the store again (:meth:`Store.lock`, before anything is loaded), skipping those the
+database holds (a crash between that transaction and the emptying), whether or not it journals itself.  A commit
+whose frames for the frame file come to at most :data:`J_INLINE_MAX` bytes (:data:`J_INLINE_MAX_FAST` without
+``durable``) carries them in its record's log rows (one append, and one sync if durable, not one of each for the
+frame file as well); the apply writes them to the frame file, one write for its batch, before its transaction, and a
+replay leaves them in their rows (as a short frame is kept).  A record is its payload's length, its sequence number
+and a BLAKE2b-128 of the three, then msgpack ``[[statement, rows], ...]``, ``statement`` an index into a fixed list
+(the file holds no SQL); the first record cut short, altered or naming no statement of the list ends the journal
+(logged), as a bad frame ends a WAL, and records that skip a sequence number are refused (:class:`StorageError`).
+The digest is a checksum, not a MAC: the rows it carries are of tables the database does not authenticate either.
+Readers that do not lock the store (``streams status``, ``audit``) see records once applied; :func:`backup` reads
+the journal before its snapshot and applies to the copy what the snapshot lacks (and refuses a destination with a
+journal beside it; :meth:`Store.open` refuses a journal beside a copy never opened, as it does a ``-wal``).  An
+apply that fails is logged, and the next hot commit tries it first and fails with it: nothing more is acknowledged,
+and the journal stays about a batch long.  An append that fails, or an emptying that fails, stops the journal until
+the store is opened again (what the file holds after it is not known).  With ``durable=False`` nothing of this is
+synced (as at ``synchronous=NORMAL``): a power loss may take the database's newest commits and keep the journal's
+later records.  So every write transaction of a journaling party takes a journal sequence number too (recorded in
+it: ``Store._wtx``): such a loss always shows as a hole before the journal's first record, and the open of a store
+without ``durable`` drops the records from the hole on, logged (those commits are lost, as ``synchronous=NORMAL``
+loses its newest), where a durable store's open refuses the hole (no power loss makes one there).  60-170 us less
+per message end to end here, one awaited publish at a time (README, Benchmarks).
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
 connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
@@ -263,6 +269,7 @@ _J_OPS = (
     "INSERT OR REPLACE INTO nonces VALUES (?, ?)",
     "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?)",
 )
+_J_LOG = 3  #: the index of the log's INSERT in _J_OPS
 #: The journal's last applied sequence number, kept in the database (made at the first apply: a store that never
 #: journaled has no such table).
 _J_TABLE = "CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL)"
@@ -274,6 +281,15 @@ _J_MAX_BYTES = 1 << 31
 #: Journal records held before they are applied to SQLite in one transaction (also applied before any other use of
 #: the database, and at close).
 J_APPLY_RECORDS = 64
+#: A journaled commit of a durable store whose frames for the frame file come to at most this many bytes carries
+#: them in its record (one append and one sync, instead of one of each for the frame file too); the apply writes
+#: them there, one write and one sync for its batch.  What pending records hold in memory stays under
+#: J_APPLY_RECORDS times this.
+J_INLINE_MAX = 32 << 10
+#: The same without ``durable``, where no sync is saved: the record's checksum over the frames (about 1 us a KiB)
+#: and their second write at the apply cost more than the frame file's ``writev`` above a few KiB (measured: a
+#: commit of one 16 KiB frame took 30 us at p50 that way, 21 with the ``writev``; one of 1 KiB 9 against 12).
+J_INLINE_MAX_FAST = 4 << 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
@@ -934,7 +950,7 @@ class Store:
             self._j_commit(changes, chains, delivered)
             return
         try:
-            with _tx(self._conn):
+            with self._wtx():
                 c = self._conn
                 if changes.announce is not None:
                     c.execute("INSERT OR REPLACE INTO meta VALUES ('announce', ?)", (_pack(changes.announce),))
@@ -990,7 +1006,7 @@ class Store:
             # journal and what it holds in memory stay bounded, and the party closes as on any failed commit.
             self._j_apply()
         try:
-            log_rows = self._log_rows(changes.log) if changes.log else []
+            log_rows = self._j_log_rows(changes.log) if changes.log else []
         except OSError as exc:
             raise StorageError(f"commit to {self.path} failed: writing {self._frames_path}: {_reason(exc)}"
                                ) from exc
@@ -1049,14 +1065,14 @@ class Store:
 
     def _j_apply(self) -> None:
         """Apply the pending records in one transaction that also records the last one's sequence number (a crash
-        before the truncate below replays none of them twice), then empty the journal.  Without ``durable`` the
-        frame file and that transaction are synced first (the records must not leave the disk before it)."""
+        before the truncate below replays none of them twice), then empty the journal."""
         try:
-            if not self._durable:
-                self._j_sync_frames()
-            _j_exec(self._db, self._j_pending, self._j_seq, synced=not self._durable)
+            # The frames the records carry go to the frame file first, one write for the batch (kept spilled: a
+            # retry after a failure below does not write them again).
+            self._j_pending = self._j_spill(self._j_pending)
+            _j_exec(self._db, self._j_pending, self._j_seq)
         except OSError as exc:
-            raise StorageError(f"commit to {self.path} failed: syncing {self._frames_path}: {_reason(exc)}"
+            raise StorageError(f"commit to {self.path} failed: writing {self._frames_path}: {_reason(exc)}"
                                ) from exc
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
             raise StorageError(f"commit to {self.path} failed: applying {self._j_path}: {exc}") from exc
@@ -1070,20 +1086,37 @@ class Store:
                 self._j_failed = f"emptying it: {_reason(exc)}"
                 log.warning("cannot empty %s: %s", self._j_path, _reason(exc))
 
-    def _j_sync_frames(self) -> None:
-        """``fdatasync`` the frame file if this party wrote to it since its last sync (``durable=False``: before an
-        apply that is synced, so that no row it writes names frame bytes a power loss can take)."""
-        fd = self._frames_fd
-        if fd is None or not self._frames_unsynced:
-            return
-        with self._settling:  # (the checkpointer's thread syncs it too: settle_frames)
-            if self._frames_unsynced:
-                self._frames_unsynced = False
-                try:
-                    _datasync(fd)
-                except BaseException:
-                    self._frames_unsynced = True
-                    raise
+    def _j_spill(self, ops: list[tuple[int, list[Any]]]) -> list[tuple[int, list[Any]]]:
+        """``ops`` with the frames their log rows carry for the frame file written there (:meth:`_spill`, all of
+        them at once).  Raises OSError."""
+        at = [i for i, (op, rows) in enumerate(ops)
+              if op == _J_LOG and any(len(r[4]) >= FRAME_FILE_MIN for r in rows)]
+        if not at:
+            return ops
+        spilled = self._spill([r for i in at for r in ops[i][1]])
+        out = list(ops)
+        k = 0
+        for i in at:
+            n = len(ops[i][1])
+            out[i] = (_J_LOG, spilled[k:k + n])
+            k += n
+        return out
+
+    @contextlib.contextmanager
+    def _wtx(self) -> Iterator[None]:
+        """A write transaction of the party (what the journal holds applied first, as for any use of the
+        database).  While it journals, the transaction also takes the journal's next sequence number: a commit
+        that a power loss takes from the database then shows as a hole before the journal's later records (module
+        doc), never records that follow it unnoticed."""
+        c = self._conn
+        mark = self._journal and self._lock_fd is not None
+        with _tx(c):
+            yield
+            if mark:
+                c.execute(_J_TABLE)
+                c.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (self._j_seq + 1,))
+        if mark:
+            self._j_seq += 1
 
     def _j_applied(self) -> int:
         try:
@@ -1112,14 +1145,7 @@ class Store:
                 data = _read_all(fd)
             except OSError as exc:
                 raise StorageError(f"cannot read {self._j_path}: {_reason(exc)}") from exc
-            if data and not self._durable and self._frames_path.exists():
-                # What the killed party wrote to the frame file may still be only in the page cache: on disk
-                # before the synced transaction that applies the rows naming it.
-                try:
-                    _datasync(self._frames(create=False))
-                except OSError as exc:
-                    raise StorageError(f"cannot sync {self._frames_path}: {_reason(exc)}") from exc
-            last, done, used = _j_apply_new(self._db, data, applied, self._j_path, synced=not self._durable)
+            last, done, used = _j_apply_new(self._db, data, applied, self._j_path, lossy=not self._durable)
             if used < len(data):
                 log.warning("%s: %d bytes after its last whole record were dropped (an append cut short by a crash, "
                             "or damage)", self._j_path, len(data) - used)
@@ -1154,7 +1180,7 @@ class Store:
         """Mark an epoch confirmed and make its heads the latest anchored heads, in one transaction."""
         self._check_open()
         try:
-            with _tx(self._conn):
+            with self._wtx():
                 self._conn.execute("UPDATE anchors SET state = 'confirmed' WHERE epoch = ?", (epoch,))
                 self._conn.executemany(_AH_INSERT, [_ah_row(r) for r in heads])
         except sqlite3.Error as exc:
@@ -1217,7 +1243,7 @@ class Store:
         row there not to verify -- the table is not authenticated -- and this evidence takes its place)."""
         self._check_open()
         try:
-            with _tx(self._conn):
+            with self._wtx():
                 sql = "INSERT OR REPLACE INTO forks" if replace else "INSERT OR IGNORE INTO forks"
                 cur = self._conn.execute(sql + " VALUES (?, ?, ?, ?, ?)", (branch, publisher, seq, frame_a, frame_b))
                 return cur.rowcount == 1
@@ -1263,7 +1289,7 @@ class Store:
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         self._check_open()
         try:
-            with _tx(self._conn):
+            with self._wtx():
                 self._conn.execute(sql, args)
         except sqlite3.Error as exc:
             raise StorageError(f"commit to {self.path} failed: {exc}") from exc
@@ -1563,26 +1589,39 @@ class Store:
         return self._frames_fd
 
     def _log_rows(self, records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:
-        """``log`` rows for ``records``; frames of FRAME_FILE_MIN bytes or more (DURABLE_FILE_MIN in a durable
-        store's commit of fewer than DURABLE_FILE_BATCH such frames) are appended to the frame file first (called
-        inside the write transaction: no other writer of this store appends meanwhile) and their rows get
-        references.  Raises OSError (the caller rolls back)."""
-        rows: list[tuple[bytes, int, int, bytes, bytes]] = []
+        """``log`` rows for ``records``, their large frames in the frame file (:meth:`_spill`).  Raises OSError
+        (the caller rolls back)."""
+        return self._spill(_frame_rows(records))
+
+    def _j_log_rows(self, records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:
+        """``log`` rows for a journaled commit: its frames in the rows, so in the record (one append), if those
+        that go to the frame file come to at most :data:`J_INLINE_MAX` bytes (:data:`J_INLINE_MAX_FAST` without
+        ``durable``; the apply moves them there, one write for the batch); else as :meth:`_log_rows`."""
+        rows = _frame_rows(records)
+        most = J_INLINE_MAX if self._durable else J_INLINE_MAX_FAST
+        if sum(n for n in (len(r[4]) for r in rows) if n >= FRAME_FILE_MIN) > most:
+            return self._spill(rows)
+        return rows
+
+    def _spill(self, rows: list[tuple[bytes, int, int, bytes, bytes]]) -> list[tuple[bytes, int, int, bytes, bytes]]:
+        """``rows`` with frames of FRAME_FILE_MIN bytes or more (DURABLE_FILE_MIN in a durable store's commit of
+        fewer than DURABLE_FILE_BATCH such frames) appended to the frame file (synced if durable) and replaced by
+        references.  Called inside the write transaction, or by the journal's apply before its own: no other
+        writer of this store appends meanwhile.  Raises OSError."""
+        out: list[tuple[bytes, int, int, bytes, bytes]] = []
         big: list[bytes] = []
         off = -1
         least = FRAME_FILE_MIN
-        if self._durable and sum(1 for r in records if len(r.frame) >= least) < DURABLE_FILE_BATCH:
+        if self._durable and sum(1 for r in rows if len(r[4]) >= least) < DURABLE_FILE_BATCH:
             least = DURABLE_FILE_MIN
-        for r in records:
-            frame = r.frame
-            if frame[:1] == b"\xc1":  # a reference's tag: no frame starts with it (msgpack never uses 0xC1)
-                raise LocalProtocolError("a log record that is not a frame")
+        for row in rows:
+            frame = row[4]
             if len(frame) < least:
-                rows.append((r.branch, r.publisher, r.seq, r.hash, frame))
+                out.append(row)
                 continue
             if off < 0:
                 off = os.fstat(self._frames(create=True)).st_size  # after any bytes a crash left unreferenced
-            rows.append((r.branch, r.publisher, r.seq, r.hash, _REF.pack(_REF_TAG, off, len(frame))))
+            out.append((row[0], row[1], row[2], row[3], _REF.pack(_REF_TAG, off, len(frame))))
             big.append(frame)
             off += len(frame)
         if big:
@@ -1593,7 +1632,7 @@ class Store:
                 _datasync(fd)
             else:
                 self._frames_unsynced = True
-        return rows
+        return out
 
     def _frame(self, stored: bytes, h: bytes, *, check: bool = False) -> bytes:
         """A ``log`` row's frame: itself (checked against the row's hash ``h`` too if ``check``), or read from the
@@ -1849,44 +1888,42 @@ def _j_applied(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def _j_exec(conn: sqlite3.Connection, ops: list[tuple[int, list[Any]]], last: int, synced: bool = False) -> None:
-    """Run journaled statements and record ``last`` as applied, in one transaction (sqlite3.Error if it fails).
-    ``synced``: on a connection at ``synchronous=NORMAL``, sync this transaction as ``FULL`` does (the journal is
-    emptied after it: at ``NORMAL`` a power loss could keep the journal's later records and lose this)."""
-    if synced:
-        conn.execute("PRAGMA synchronous=FULL")
-    try:
-        with _tx(conn):
-            conn.execute(_J_TABLE)
-            for op, rows in ops:
-                conn.executemany(_J_OPS[op], rows)
-            conn.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (last,))
-    finally:
-        if synced:
-            with contextlib.suppress(sqlite3.Error):  # (left at FULL: slower, not less safe)
-                conn.execute("PRAGMA synchronous=NORMAL")
+def _j_exec(conn: sqlite3.Connection, ops: list[tuple[int, list[Any]]], last: int) -> None:
+    """Run journaled statements and record ``last`` as applied, in one transaction (sqlite3.Error if it fails)."""
+    with _tx(conn):
+        conn.execute(_J_TABLE)
+        for op, rows in ops:
+            conn.executemany(_J_OPS[op], rows)
+        conn.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (last,))
 
 
-def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path, synced: bool = False
+def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path, lossy: bool = False
                  ) -> tuple[int, int, int]:
     """Apply the whole records of a journal's bytes ``data`` after sequence number ``applied`` in one transaction
-    that records the last one's (``synced``: as :func:`_j_exec`); returns (last sequence number, records applied,
-    bytes of whole records).  Raises :class:`StorageError` if the records after ``applied`` do not follow each
-    other, or do not apply."""
+    that records the last one's; returns (last sequence number, records applied, bytes of whole records).  Raises
+    :class:`StorageError` if the records after ``applied`` do not follow each other (``lossy``, a store without
+    ``durable``: logs it and drops the records from there on: a power loss took the database's newest commits),
+    or do not apply."""
     records, used = _j_parse(data)
     todo = [(seq, ops) for seq, ops in records if seq > applied]
     last = applied
-    for seq, _ops in todo:
+    for k, (seq, _ops) in enumerate(todo):
         if seq != last + 1:
+            if lossy:
+                log.warning("%s: record %d follows %d: the database lost its newest commits (a power loss, with "
+                            "durable=False); the %d journaled commit(s) after them are dropped with them", path,
+                            seq, last, len(todo) - k)
+                todo = todo[:k]
+                break
             raise StorageError(
-                f"{path} is damaged: record {seq} follows {last} (the database lacks the records between: a "
-                "journal of another copy of the store, or one an earlier version left at a power loss with "
-                "durable=False; moving the journal aside opens the store as the database holds it, without its "
-                "last commits: treat it as a stale copy, SPEC 12)")
+                f"{path} is damaged: record {seq} follows {last} (the database lacks the commits between: a "
+                "journal of another copy of the store, or a power loss with durable=False; moving the journal "
+                "aside opens the store as the database holds it, without its last commits: treat it as a stale "
+                "copy, SPEC 12)")
         last = seq
     if todo:
         try:
-            _j_exec(conn, [o for _seq, ops in todo for o in ops], last, synced)
+            _j_exec(conn, [o for _seq, ops in todo for o in ops], last)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
             raise StorageError(f"cannot apply {path}: {exc}") from exc
     return last, len(todo), used
@@ -2469,12 +2506,22 @@ def _hot_ops(changes: Changes, chains: dict[tuple[bytes, int], ChainRecord], log
     if changes.log_drop:
         ops.append((2, [tuple(r) for r in changes.log_drop]))
     if log_rows:
-        ops.append((3, log_rows))
+        ops.append((_J_LOG, log_rows))
     if changes.nonces:
         ops.append((4, [tuple(r) for r in changes.nonces]))
     if delivered:
         ops.append((5, [(b, p, s) for (b, p), s in delivered.items()]))
     return ops
+
+
+def _frame_rows(records: list[LogRecord]) -> list[tuple[bytes, int, int, bytes, bytes]]:
+    """``log`` rows for ``records``, each with its frame."""
+    rows = []
+    for r in records:
+        if r.frame[:1] == b"\xc1":  # a reference's tag: no frame starts with it (msgpack never uses 0xC1)
+            raise LocalProtocolError("a log record that is not a frame")
+        rows.append((r.branch, r.publisher, r.seq, r.hash, r.frame))
+    return rows
 
 
 def _j_digest(length: int, seq: int, payload: bytes) -> bytes:

@@ -3,7 +3,8 @@
 
 ``crash_party.py DB COUNT [BATCH]``: with ``BATCH`` > 1, ``publish_many`` of BATCH payloads per call, and the
 printed seq is the last of the batch.  ``CRASH_JOURNAL=1`` in the environment: the store's commit journal on;
-``CRASH_HOLD=1``: after the last, print ``HELD`` and wait (to be killed) rather than close."""
+``CRASH_HOLD=1``: after the last, print ``HELD`` and wait (to be killed) rather than close; ``CRASH_PAYLOAD=N``:
+payloads of N bytes (100 by default)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from streams.policy import AllowList
 
 PW = "pw"
 OPTS = StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=os.environ.get("CRASH_JOURNAL") == "1")
+PAYLOAD = b"x" * int(os.environ.get("CRASH_PAYLOAD", "100"))
 
 
 async def main(path: str, count: int, batch: int = 1) -> None:
@@ -31,9 +33,9 @@ async def main(path: str, count: int, batch: int = 1) -> None:
     print("READY", branch.hex(), flush=True)
     for _ in range(count):
         if batch > 1:
-            seq = (await author.publish_many(branch, [b"x" * 100] * batch))[-1]
+            seq = (await author.publish_many(branch, [PAYLOAD] * batch))[-1]
         else:
-            seq = await author.publish(branch, b"x" * 100)
+            seq = await author.publish(branch, PAYLOAD)
         print("ACK", seq, flush=True)
     if os.environ.get("CRASH_HOLD") == "1":  # (to be killed with everything acknowledged: no close)
         print("HELD", flush=True)

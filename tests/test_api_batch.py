@@ -22,7 +22,7 @@ from streams.core import CoreConfig
 from streams.errors import ClosedResourceError, LocalProtocolError, StorageError, StreamsTimeoutError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import _CHECKPOINTER, _J_OPS, FRAME_FILE_MIN, Store, _j_parse
+from streams.store import _CHECKPOINTER, _J_LOG, FRAME_FILE_MIN, Store, _j_parse
 from streams.wire import Kind, decode_frame
 
 #: A frame body short enough to stay in its SQLite row (longer ones go to the frame file, which no checkpoint
@@ -32,7 +32,6 @@ INLINE = b"f" * (FRAME_FILE_MIN - 24)
 FAST = StoreOptions(durable=False, opslimit=1, memlimit=8192)
 #: Without the commit journal: every commit a SQLite transaction (which another connection's lock can fail).
 FAST_NO_JOURNAL = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=False)
-_LOG_INSERT = _J_OPS.index("INSERT OR IGNORE INTO log VALUES (?, ?, ?, ?, ?)")
 PW = "correct horse battery staple"
 
 
@@ -66,7 +65,7 @@ def logged(db: Path, branch: bytes, publisher: int, seq: int) -> bool:
     journal = Path(f"{db}-commits")
     records, _ = _j_parse(journal.read_bytes()) if journal.exists() else ([], 0)
     journaled = any(r[:3] == [branch, publisher, seq]
-                    for _, ops in records for op, rows in ops if op == _LOG_INSERT for r in rows)
+                    for _, ops in records for op, rows in ops if op == _J_LOG for r in rows)
     return row is not None or journaled
 
 

@@ -26,16 +26,18 @@ from streams.core import Changes
 from streams.errors import LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import _J_HEAD, J_APPLY_RECORDS, Store, _j_record, backup
+from streams.store import _J_HEAD, _J_LOG, J_APPLY_RECORDS, J_INLINE_MAX, Store, _j_parse, _j_record, backup
 from streams.wire import decode_frame
 
 HERE = Path(__file__).resolve().parent
 PW = "pw"
 
 
-def _killed_after(db: Path, count: int) -> None:
-    """Run tests/crash_party.py with the journal on until it acknowledged ``count`` publishes, then kill -9 it."""
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent), CRASH_JOURNAL="1", CRASH_HOLD="1")
+def _killed_after(db: Path, count: int, payload: int = 100) -> None:
+    """Run tests/crash_party.py (a durable store) with the journal on until it acknowledged ``count`` publishes of
+    ``payload`` bytes, then kill -9 it."""
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent), CRASH_JOURNAL="1", CRASH_HOLD="1",
+               CRASH_PAYLOAD=str(payload))
     p = subprocess.Popen([sys.executable, str(HERE / "crash_party.py"), str(db), str(count)],
                          stdout=subprocess.PIPE, text=True, env=env)
     assert p.stdout is not None
@@ -171,11 +173,11 @@ def test_a_hole_in_the_sequence_is_refused(tmp_path: Path) -> None:
     _killed_after(db, N)
     journal = Path(f"{db}-commits")
     data = journal.read_bytes()
-    first = _J_HEAD.size + _J_HEAD.unpack_from(data, 0)[0]
-    journal.write_bytes(data[first:])  # record 1 gone, 2.. kept
-    store = Store.open(db, PW)
+    length, seq, _ = _J_HEAD.unpack_from(data, 0)
+    journal.write_bytes(data[_J_HEAD.size + length:])  # its first record gone, the next ones kept
+    store = Store.open(db, PW)  # (durable, as the party was: a hole is damage, not a power loss)
     try:
-        with pytest.raises(StorageError, match="is damaged: record 2 follows 0"):
+        with pytest.raises(StorageError, match=f"is damaged: record {seq + 1} follows {seq - 1}"):
             store.lock()
     finally:
         store.close()
@@ -335,12 +337,12 @@ def test_a_lock_whose_replay_fails_is_not_held(tmp_path: Path) -> None:
     _killed_after(db, N)
     journal = Path(f"{db}-commits")
     data = journal.read_bytes()
-    first = _J_HEAD.size + _J_HEAD.unpack_from(data, 0)[0]
-    journal.write_bytes(data[first:])  # record 1 gone: refused
+    length, seq, _ = _J_HEAD.unpack_from(data, 0)
+    journal.write_bytes(data[_J_HEAD.size + length:])  # its first record gone: refused
     store = Store.open(db, PW)
     try:
         for _ in range(2):
-            with pytest.raises(StorageError, match="record 2 follows 0"):
+            with pytest.raises(StorageError, match=f"record {seq + 1} follows {seq - 1}"):
                 store.lock()
     finally:
         store.close()
@@ -421,73 +423,70 @@ def _disk_trace(monkeypatch: pytest.MonkeyPatch, conn: sqlite3.Connection) -> li
     return events
 
 
-def _synced_apply(events: list[tuple[str, str]], journal: Path) -> list[tuple[str, str]]:
-    """The events from the last ``PRAGMA synchronous=FULL`` to the journal's emptying; checks their order: the
-    transaction commits at FULL, the connection goes back to NORMAL, and only then is the journal emptied."""
-    emptied = events.index(("ftruncate", str(journal)))
-    full = max(i for i, e in enumerate(events[:emptied]) if e == ("sql", "PRAGMA synchronous=FULL"))
-    span = events[full:emptied + 1]
-    sqls = [e[1] for e in span if e[0] == "sql"]
-    assert sqls[1] == "BEGIN IMMEDIATE" or sqls[1].startswith("BEGIN"), sqls[:3]
-    assert sqls[-2] == "COMMIT" and sqls[-1] == "PRAGMA synchronous=NORMAL", sqls[-3:]
-    return events[:full]
-
-
-async def test_without_durable_an_apply_syncs_frames_and_transaction_before_it_empties_the_journal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # durable=False: a power loss may lose the newest commits, but must never keep journal records whose applied
-    # predecessors it lost (a hole the open refuses): each apply syncs what its rows name, then itself, then
-    # empties the journal.
+async def test_a_write_transaction_of_a_journaling_party_takes_a_journal_sequence_number(tmp_path: Path) -> None:
     hub = MemoryHub()
-    member = Identity.generate()
+    member, other = Identity.generate(), Identity.generate()
     db = tmp_path / "a.db"
     author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(),
-                                 AllowList.of([member.did]), store_options=FAST_J)
-    author.heartbeat_ms = 3_600_000  # (the heartbeat's apply would come at another time)
-    try:
-        branch = await author.open_branch(member.did)
-        events = _disk_trace(monkeypatch, author.store._db)
-        for n in range(J_APPLY_RECORDS):  # frames of FRAME_FILE_MIN or more go to the frame file, unsynced
-            await author.publish(branch, b"%d" % n + b"f" * 2048)
-        before = _synced_apply(events, Path(f"{db}-commits"))
-        assert ("fdatasync", f"{db}-frames") in before  # the frame bytes the rows name: on disk first
-        assert author.store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
-        assert len(_raw_seqs(db)) == J_APPLY_RECORDS
-    finally:
-        await author.close()
-
-
-async def test_a_durable_stores_apply_needs_no_sync_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                               ) -> None:
-    hub = MemoryHub()
-    member = Identity.generate()
-    db = tmp_path / "a.db"
-    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
-                                 store_options=StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=True))
+                                 AllowList.of([member.did, other.did]), store_options=FAST_J)
     author.heartbeat_ms = 3_600_000
     try:
         branch = await author.open_branch(member.did)
-        events = _disk_trace(monkeypatch, author.store._db)
-        for n in range(J_APPLY_RECORDS):
-            await author.publish(branch, b"%d" % n)
-        assert ("ftruncate", f"{db}-commits") in events  # applied and emptied
-        assert not any(e[0] == "sql" and e[1].startswith("PRAGMA synchronous") for e in events)  # FULL throughout
+        await author.publish(branch, b"one")
+        [(one, _)] = _j_parse(Path(f"{db}-commits").read_bytes())[0]
+        await author.open_branch(other.did)  # applies that record, then a transaction of its own: the next seq
+        await author.publish(branch, b"two")
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT seq FROM journal").fetchone() == (one + 1,)
+        c.close()
+        records, _ = _j_parse(Path(f"{db}-commits").read_bytes())
+        assert [seq for seq, _ in records] == [one + 2]
     finally:
         await author.close()
 
 
-def test_without_durable_a_replay_syncs_its_transaction_before_it_empties_the_journal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = tmp_path / "a.db"
-    _killed_after(db, N)
-    store = Store.open(db, PW, durable=False)
+@pytest.mark.parametrize("durable", [False, True], ids=["not-durable", "durable"])
+async def test_a_commit_a_power_loss_took_from_the_database_shows_as_a_hole_before_the_journals_records(
+        tmp_path: Path, durable: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Without ``durable`` nothing is synced: a power loss can take a transaction from the database (here: the
+    one that opened a second branch) and keep the journal's later records (publishes on that branch).  Replayed
+    over the older database, they would name a branch it does not have; the sequence number the transaction took
+    shows the hole instead: a store without ``durable`` drops those records (its newest commits are lost, as at
+    synchronous=NORMAL), a durable one refuses to open (no power loss makes a hole there)."""
+    hub = MemoryHub()
+    member, other = Identity.generate(), Identity.generate()
+    db, snap = tmp_path / "a.db", tmp_path / "snap.db"
+    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did, other.did]), store_options=FAST_J)
+    author.heartbeat_ms = 3_600_000
     try:
-        events = _disk_trace(monkeypatch, store._db)
-        store.lock()  # replays the killed party's records
-        _synced_apply(events, Path(f"{db}-commits"))
+        first = await author.open_branch(member.did)
+        await author.publish(first, b"kept")
+        author.store.apply_journal()
+        backup(db, snap)  # the database as the power loss leaves it: before the second branch
+        second = await author.open_branch(other.did)
+        await author.publish_many(second, [b"lost 1", b"lost 2"])
+        journal = Path(f"{db}-commits").read_bytes()  # ... and the journal as it leaves it: with these records
+        [(lost, _)] = _j_parse(journal)[0]
+    finally:
+        await author.close()
+    Store.open(snap, PW).close()  # (a copy opened once: a journal beside it is then taken as its own)
+    Path(f"{snap}-commits").write_bytes(journal)
+    store = Store.open(snap, PW, durable=durable)
+    try:
+        if durable:
+            with pytest.raises(StorageError, match=f"is damaged: record {lost} follows {lost - 2}"):
+                store.lock()
+            return
+        with caplog.at_level(logging.WARNING, logger="streams.store"):
+            store.lock()
+        assert any("the database lost its newest commits" in r.getMessage() for r in caplog.records)
+        assert [b.id for b in store.load_branches()] == [first]
+        assert {c.branch for c in store.load_chains()} == {first}
+        assert [decode_frame(f).body for f in store.log_range(first, 0, 1, 10**9)] != []
+        assert Path(f"{snap}-commits").stat().st_size == 0
     finally:
         store.close()
-    assert _raw_seqs(db) == list(range(1, N + 1))
 
 
 async def test_status_of_a_running_party_shows_its_journal_and_what_the_database_holds(tmp_path: Path) -> None:
@@ -518,5 +517,79 @@ async def test_status_of_a_running_party_shows_its_journal_and_what_the_database
         after = status()
         assert after["retained_messages"] == 3 and after["files"]["commits"] == 0  # type: ignore[index]
         assert "not applied" not in _status_text(after)
+    finally:
+        await author.close()
+
+
+# --- frames carried in the record ------------------------------------------------------------------------------
+
+
+def _journaled_frames(db: Path) -> list[bytes]:
+    """The frames the journal's log rows carry themselves (not a frame file reference)."""
+    records, _ = _j_parse(Path(f"{db}-commits").read_bytes())
+    return [r[4] for _, ops in records for op, rows in ops if op == _J_LOG for r in rows if r[4][:1] != b"\xc1"]
+
+
+async def test_a_small_commits_frames_travel_in_its_record_and_reach_the_frame_file_at_the_apply(
+        tmp_path: Path) -> None:
+    hub = MemoryHub()
+    member = Identity.generate()
+    db, frames = tmp_path / "a.db", tmp_path / "a.db-frames"
+    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
+                                 store_options=FAST_J)
+    author.heartbeat_ms = 3_600_000
+    try:
+        branch = await author.open_branch(member.did)
+        payloads = [b"%d" % n + b"f" * 2048 for n in range(5)]  # each frame over FRAME_FILE_MIN
+        seqs = [await author.publish(branch, p) for p in payloads]
+        assert not frames.exists() or frames.stat().st_size == 0  # one append each: the journal's
+        carried = _journaled_frames(db)
+        assert len(carried) == 5 and all(len(f) > 2048 for f in carried)
+        # One larger than J_INLINE_MAX goes to the frame file at its commit, as without the journal.
+        [big_seq] = await author.publish_many(branch, [b"b" * (J_INLINE_MAX + 1)])
+        written = frames.stat().st_size
+        assert written > J_INLINE_MAX and len(_journaled_frames(db)) == 5
+        author.store.apply_journal()  # the five go to the frame file, after the large one
+        assert frames.stat().st_size == written + sum(len(f) for f in carried)
+        with sqlite3.connect(db) as c:
+            refs = c.execute("SELECT count(*) FROM log WHERE substr(frame, 1, 1) = x'c1'").fetchone()[0]
+        c.close()
+        assert refs == 6  # every row names its frame in the file
+        got = [decode_frame(f) for f in author.store.log_range(branch, 0, 1, 10**9)]
+        assert [f.head.seq for f in got] == [*seqs, big_seq]
+    finally:
+        await author.close()
+
+
+def test_a_killed_partys_frames_carried_in_its_records_are_applied_at_its_next_open(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N, payload=8192)  # (a durable store: frames of DURABLE_FILE_MIN and more for the file)
+    assert not Path(f"{db}-frames").exists() or Path(f"{db}-frames").stat().st_size == 0
+    assert len(_journaled_frames(db)) == N
+    seqs, next_seq = _party_view(db)  # (its hash links and the chain's head checked)
+    assert seqs == list(range(1, N + 1)) and next_seq == N + 1
+    store = Store.open(db, PW)
+    try:
+        [branch] = [b.id for b in store.load_branches()]
+        assert [len(decode_frame(f).body) for f in store.log_range(branch, 0, 1, 10**9)] == [8192 + 16] * N
+    finally:
+        store.close()
+
+
+async def test_a_durable_party_syncs_once_per_publish_of_a_large_frame(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its frame travels in the journal's record: one append, one fdatasync -- not one for the frame file too.
+    hub = MemoryHub()
+    member = Identity.generate()
+    db = tmp_path / "a.db"
+    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
+                                 store_options=StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=True))
+    author.heartbeat_ms = 3_600_000
+    try:
+        branch = await author.open_branch(member.did)
+        events = _disk_trace(monkeypatch, author.store._db)
+        for n in range(4):
+            await author.publish(branch, b"%d" % n + b"f" * 8192)
+        assert [e for e in events if e[0] == "fdatasync"] == [("fdatasync", f"{db}-commits")] * 4
     finally:
         await author.close()
