@@ -73,10 +73,11 @@ unreferenced bytes at the file's end, which are harmless (the next commit append
 bytes are missing or altered reads as :class:`StorageError` -- never as another frame. With ``durable=False`` a
 power loss (not a process crash) may lose the newest commits, as SQLite's ``synchronous=NORMAL`` itself may; the
 background checkpointer ``fdatasync``-s the frame file before each checkpoint so that what reaches the database
-file has its frame bytes on disk, and then drops all but the file's last :data:`FRAMES_CACHED` bytes from the page
-cache (:meth:`Store.settle_frames`). Nothing is ever removed from the log, so the file only grows, like the table
-did.  A frame redelivered after a restart must also name its row's position (a row edited to hold another row's
-frame and hash is not handed out again).
+file has its frame bytes on disk (the ``-wal`` itself may reach the disk before them: a power loss can then leave
+rows naming frame bytes that were never written, which read as that :class:`StorageError`), and then drops all
+but the file's last :data:`FRAMES_CACHED` bytes from the page cache (:meth:`Store.settle_frames`). Nothing is ever
+removed from the log, so the file only grows, like the table did.  A frame redelivered after a restart must also
+name its row's position (a row edited to hold another row's frame and hash is not handed out again).
 
 A store is thus two files (plus SQLite's ``-wal`` and ``-shm``, and ``-lock``, whose ``flock`` the running party
 holds: :meth:`Store.lock`), all mode 0600 (the database is created 0600 before SQLite opens it, and SQLite gives
@@ -111,11 +112,14 @@ apply that fails is logged, and the next hot commit tries it first and fails wit
 and the journal stays about a batch long.  An append that fails, or an emptying that fails, stops the journal until
 the store is opened again (what the file holds after it is not known).  With ``durable=False`` nothing of this is
 synced (as at ``synchronous=NORMAL``): a power loss may take the database's newest commits and keep the journal's
-later records.  So every write transaction of a journaling party takes a journal sequence number too (recorded in
-it: ``Store._wtx``): such a loss always shows as a hole before the journal's first record, and the open of a store
-without ``durable`` drops the records from the hole on, logged (those commits are lost, as ``synchronous=NORMAL``
-loses its newest), where a durable store's open refuses the hole (no power loss makes one there).  60-170 us less
-per message end to end here, one awaited publish at a time (README, Benchmarks).
+later records.  So every write transaction of a party that journals takes a journal sequence number too (recorded in
+it: ``Store._wtx``), and so does its :meth:`Store.lock`, which covers what was written before it journaled (by a
+party without the journal, an older version): such a loss always shows as a hole before the journal's first record.
+The open of a store without ``durable`` then drops the journal's records, logged (those commits are lost, as
+``synchronous=NORMAL`` loses its newest), and records their numbers as used (the same journal found again is behind
+the database); a durable store's open refuses the hole (no power loss makes one there), and any open refuses a hole
+between two of the journal's records (one file's records follow each other: damage).  60-170 us less per message end
+to end here, one awaited publish at a time (README, Benchmarks).
 
 :meth:`Store.open` writes nothing to a file before it knows it is a store (its ``meta`` rows, read through a
 connection that neither creates the file nor changes its journal mode) and the passphrase opens it: only then
@@ -202,6 +206,7 @@ import errno
 import fcntl
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import sqlite3
@@ -283,8 +288,8 @@ _J_MAX_BYTES = 1 << 31
 J_APPLY_RECORDS = 64
 #: A journaled commit of a durable store whose frames for the frame file come to at most this many bytes carries
 #: them in its record (one append and one sync, instead of one of each for the frame file too); the apply writes
-#: them there, one write and one sync for its batch.  What pending records hold in memory stays under
-#: J_APPLY_RECORDS times this.
+#: them there, one write and one sync for its batch.  The frames of 1 KiB or more that pending records hold in
+#: memory stay under J_APPLY_RECORDS times this.
 J_INLINE_MAX = 32 << 10
 #: The same without ``durable``, where no sync is saved: the record's checksum over the frames (about 1 us a KiB)
 #: and their second write at the apply cost more than the frame file's ``writev`` above a few KiB (measured: a
@@ -1107,7 +1112,8 @@ class Store:
         """A write transaction of the party (what the journal holds applied first, as for any use of the
         database).  While it journals, the transaction also takes the journal's next sequence number: a commit
         that a power loss takes from the database then shows as a hole before the journal's later records (module
-        doc), never records that follow it unnoticed."""
+        doc), never records that follow it unnoticed.  (``prune_nonces`` deletes outside it: rows nothing relies
+        on.)"""
         c = self._conn
         mark = self._journal and self._lock_fd is not None
         with _tx(c):
@@ -1496,6 +1502,15 @@ class Store:
             raise
         self._lock_fd = fd
         self._fds.append(fd)
+        if self._journal:
+            # A mark of its own (_wtx): what was written before this party journaled -- by a party without the
+            # journal, an older version, the open's own upgrades -- is then covered too: a power loss that takes
+            # it takes the mark, and leaves a hole before this party's records.
+            try:
+                with self._wtx():
+                    pass
+            except sqlite3.Error as exc:
+                raise StorageError(f"commit to {self.path} failed: {exc}") from exc
 
     def discard(self) -> None:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
@@ -1901,20 +1916,25 @@ def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path
                  ) -> tuple[int, int, int]:
     """Apply the whole records of a journal's bytes ``data`` after sequence number ``applied`` in one transaction
     that records the last one's; returns (last sequence number, records applied, bytes of whole records).  Raises
-    :class:`StorageError` if the records after ``applied`` do not follow each other (``lossy``, a store without
-    ``durable``: logs it and drops the records from there on: a power loss took the database's newest commits),
-    or do not apply."""
+    :class:`StorageError` if the records after ``applied`` do not follow each other, or do not apply.  ``lossy``
+    (a store without ``durable``): a hole before the first of them is what a power loss leaves when it takes the
+    database's newest commits (module doc): logged, and the records are dropped with them -- their sequence
+    numbers recorded as applied all the same, so that no later commit takes one of them again."""
     records, used = _j_parse(data)
     todo = [(seq, ops) for seq, ops in records if seq > applied]
     last = applied
-    for k, (seq, _ops) in enumerate(todo):
+    if lossy and todo and todo[0][0] != applied + 1 and all(
+            b[0] == a[0] + 1 for a, b in itertools.pairwise(todo)):
+        log.warning("%s: record %d follows %d: the database lost its newest commits (a power loss, with "
+                    "durable=False); the %d journaled commit(s) after them are dropped with them", path,
+                    todo[0][0], applied, len(todo))
+        try:
+            _j_exec(conn, [], todo[-1][0])
+        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
+            raise StorageError(f"cannot apply {path}: {exc}") from exc
+        return todo[-1][0], 0, used
+    for seq, _ops in todo:
         if seq != last + 1:
-            if lossy:
-                log.warning("%s: record %d follows %d: the database lost its newest commits (a power loss, with "
-                            "durable=False); the %d journaled commit(s) after them are dropped with them", path,
-                            seq, last, len(todo) - k)
-                todo = todo[:k]
-                break
             raise StorageError(
                 f"{path} is damaged: record {seq} follows {last} (the database lacks the commits between: a "
                 "journal of another copy of the store, or a power loss with durable=False; moving the journal "

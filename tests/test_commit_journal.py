@@ -22,7 +22,7 @@ import pytest
 
 import streams.store as store_module
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
-from streams.core import Changes
+from streams.core import ChainRecord, Changes, LogRecord
 from streams.errors import LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
@@ -485,6 +485,79 @@ async def test_a_commit_a_power_loss_took_from_the_database_shows_as_a_hole_befo
         assert {c.branch for c in store.load_chains()} == {first}
         assert [decode_frame(f).body for f in store.log_range(first, 0, 1, 10**9)] != []
         assert Path(f"{snap}-commits").stat().st_size == 0
+    finally:
+        store.close()
+    # The dropped records' sequence numbers stay used: the same journal, found again (a second power loss that
+    # kept the database's later commits but lost the emptying), is behind what the database holds.
+    Path(f"{snap}-commits").write_bytes(journal)
+    store = Store.open(snap, PW, durable=False, journal=True)
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="streams.store"):
+            store.lock()
+        assert not caplog.records
+        assert [b.id for b in store.load_branches()] == [first]
+    finally:
+        store.close()
+
+
+def test_what_a_party_wrote_before_it_journaled_is_covered_by_the_hole_check(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A run without the journal (or of an older version) marks nothing; a journaling party's lock() takes a mark
+    first, so a power loss that takes that run's commits from the database and keeps the journaling party's records
+    still leaves a hole: not records applied over a log that misses the commits before them."""
+    db, snap = tmp_path / "a.db", tmp_path / "snap.db"
+    branch = b"B" * 16
+
+    def rec(seq: int) -> LogRecord:
+        return LogRecord(branch, 1, seq, bytes([seq]) * 32, b"\x92" + bytes([seq]) * 10)
+
+    def cursor(n: int) -> ChainRecord:
+        return ChainRecord(branch, 1, n, bytes([n - 1]) * 32)
+
+    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
+                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=False)
+    store.lock()
+    store.commit(Changes(chains=[cursor(2)], log=[rec(1)]))
+    store.close()
+    backup(db, snap)  # what the power loss leaves of the database
+    store = Store.open(db, PW, durable=False)
+    store.lock()
+    store.commit(Changes(chains=[cursor(4)], log=[rec(2), rec(3)]))  # without the journal: no mark
+    store.close()
+    store = Store.open(db, PW, durable=False, journal=True)
+    store.lock()
+    store.commit(Changes(chains=[cursor(5)], log=[rec(4)]))  # journaled
+    journal = Path(f"{db}-commits").read_bytes()
+    store.close()
+    Store.open(snap, PW).close()
+    Path(f"{snap}-commits").write_bytes(journal)
+    store = Store.open(snap, PW, durable=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="streams.store"):
+            store.lock()
+        assert any("the database lost its newest commits" in r.getMessage() for r in caplog.records)
+        assert [r[0] for r in store._q("SELECT seq FROM log ORDER BY seq")] == [1]
+        assert [c.next_seq for c in store.load_chains()] == [2]
+    finally:
+        store.close()
+
+
+def test_a_hole_inside_the_journal_is_refused_even_without_durable(tmp_path: Path) -> None:
+    # One file's records follow each other (a mark comes only after an apply emptied it): a hole between two of
+    # them is damage, not a power loss.
+    db = tmp_path / "a.db"
+    _killed_after(db, N)
+    journal = Path(f"{db}-commits")
+    data = journal.read_bytes()
+    length, seq, _ = _J_HEAD.unpack_from(data, 0)
+    second = _J_HEAD.size + length
+    length2 = _J_HEAD.unpack_from(data, second)[0]
+    journal.write_bytes(data[:second] + data[second + _J_HEAD.size + length2:])  # its second record gone
+    store = Store.open(db, PW, durable=False)
+    try:
+        with pytest.raises(StorageError, match=f"is damaged: record {seq + 2} follows {seq}"):
+            store.lock()
     finally:
         store.close()
 
