@@ -1497,20 +1497,28 @@ class Store:
         fd = _take_lock(self._abs_path, self.path)
         try:
             self._j_replay()
+            if self._journal:
+                # A mark of its own (_wtx): what was written before this party journaled -- by a party without
+                # the journal, an older version, the open's own upgrades -- is then covered too: a power loss that
+                # takes it takes the mark, and leaves a hole before this party's records.
+                self._lock_fd = fd
+                try:
+                    with self._wtx():
+                        pass
+                except sqlite3.Error as exc:
+                    raise StorageError(f"commit to {self.path} failed: {exc}") from exc
         except BaseException:
-            os.close(fd)  # (not claimed: a second lock() must replay again, not find the lock held)
+            # Not claimed: a second lock() must replay and mark again, not find the lock held.
+            self._lock_fd = None
+            os.close(fd)
+            jfd = self._j_fd
+            if jfd is not None:  # (the replay kept it for this party's appends)
+                self._j_fd = None
+                self._fds.remove(jfd)
+                os.close(jfd)
             raise
         self._lock_fd = fd
         self._fds.append(fd)
-        if self._journal:
-            # A mark of its own (_wtx): what was written before this party journaled -- by a party without the
-            # journal, an older version, the open's own upgrades -- is then covered too: a power loss that takes
-            # it takes the mark, and leaves a hole before this party's records.
-            try:
-                with self._wtx():
-                    pass
-            except sqlite3.Error as exc:
-                raise StorageError(f"commit to {self.path} failed: {exc}") from exc
 
     def discard(self) -> None:
         """Close a store :meth:`create` just made and remove the files it made (its caller failed after the
@@ -1924,7 +1932,7 @@ def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path
     todo = [(seq, ops) for seq, ops in records if seq > applied]
     last = applied
     if lossy and todo and todo[0][0] != applied + 1 and all(
-            b[0] == a[0] + 1 for a, b in itertools.pairwise(todo)):
+            b[0] == a[0] + 1 for a, b in itertools.pairwise(records)):  # (one file's records follow each other)
         log.warning("%s: record %d follows %d: the database lost its newest commits (a power loss, with "
                     "durable=False); the %d journaled commit(s) after them are dropped with them", path,
                     todo[0][0], applied, len(todo))

@@ -6,6 +6,7 @@ statement the file names outside the fixed list.  Real processes, ``kill -9``, r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -15,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -666,3 +668,50 @@ async def test_a_durable_party_syncs_once_per_publish_of_a_large_frame(tmp_path:
         assert [e for e in events if e[0] == "fdatasync"] == [("fdatasync", f"{db}-commits")] * 4
     finally:
         await author.close()
+
+
+def test_a_lock_whose_mark_fails_is_not_held_and_the_next_lock_marks(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "a.db"
+    _killed_after(db, N)  # (its records are replayed by the lock below, then the mark fails)
+    store = Store.open(db, PW, durable=False, journal=True)
+    try:
+        real = Store._wtx
+
+        @contextlib.contextmanager
+        def failing(self: Store) -> Iterator[None]:
+            raise sqlite3.OperationalError("disk I/O error")
+            yield  # (a generator)
+
+        monkeypatch.setattr(Store, "_wtx", failing)
+        with pytest.raises(StorageError, match="disk I/O error"):
+            store.lock()
+        other = Store.open(db, PW)
+        try:
+            other.lock()  # not held by the failed lock()
+        finally:
+            other.close()
+        monkeypatch.setattr(Store, "_wtx", real)
+        applied = store._j_applied()
+        store.lock()
+        assert store._j_applied() == applied + 1  # marked this time
+        assert store._fds.count(store._j_fd) <= 1
+    finally:
+        store.close()
+    assert _party_view(db) == (list(range(1, N + 1)), N + 1)
+
+
+def test_old_records_then_a_hole_in_one_journal_file_are_damage_not_a_power_loss(tmp_path: Path) -> None:
+    # New records are written from the start of an emptied file: one that holds applied records, then a hole, then
+    # newer ones, was not left by a power loss -- refused, not dropped, even without durable.
+    conn = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        data = b"".join(_j_record(seq, msgpack.packb([])) for seq in (5, 6, 8, 9))
+        with pytest.raises(StorageError, match="is damaged: record 8 follows 6"):
+            store_module._j_apply_new(conn, data, 6, tmp_path / "x.db-commits", lossy=True)
+        # the same without old records: the hole a power loss leaves (dropped, their numbers used)
+        data = b"".join(_j_record(seq, msgpack.packb([])) for seq in (8, 9))
+        assert store_module._j_apply_new(conn, data, 6, tmp_path / "x.db-commits", lossy=True)[:2] == (9, 0)
+        assert conn.execute("SELECT seq FROM journal").fetchone() == (9,)
+    finally:
+        conn.close()
