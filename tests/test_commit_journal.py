@@ -170,14 +170,21 @@ def test_a_record_naming_no_known_statement_is_not_run(tmp_path: Path, ops: obje
     c.close()
 
 
-def test_a_hole_in_the_sequence_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("gone", "durable"), [(0, True), (1, False)], ids=["first-durable", "second-not-durable"])
+def test_a_hole_in_the_sequence_is_refused(tmp_path: Path, gone: int, durable: bool) -> None:
+    """A hole before the journal's first record, in a durable store (no power loss makes one there), or between
+    two of its records, in any store (one file's records follow each other: a mark comes only after an apply
+    emptied it), is damage: refused."""
     db = tmp_path / "a.db"
     _killed_after(db, N)
     journal = Path(f"{db}-commits")
     data = journal.read_bytes()
-    length, seq, _ = _J_HEAD.unpack_from(data, 0)
-    journal.write_bytes(data[_J_HEAD.size + length:])  # its first record gone, the next ones kept
-    store = Store.open(db, PW)  # (durable, as the party was: a hole is damage, not a power loss)
+    at = [0]
+    for _ in range(2):
+        at.append(at[-1] + _J_HEAD.size + _J_HEAD.unpack_from(data, at[-1])[0])
+    seq = _J_HEAD.unpack_from(data, 0)[1] + gone
+    journal.write_bytes(data[:at[gone]] + data[at[gone + 1]:])  # one record gone, the next ones kept
+    store = Store.open(db, PW, durable=durable)
     try:
         with pytest.raises(StorageError, match=f"is damaged: record {seq + 1} follows {seq - 1}"):
             store.lock()
@@ -541,25 +548,6 @@ def test_what_a_party_wrote_before_it_journaled_is_covered_by_the_hole_check(tmp
         assert any("the database lost its newest commits" in r.getMessage() for r in caplog.records)
         assert [r[0] for r in store._q("SELECT seq FROM log ORDER BY seq")] == [1]
         assert [c.next_seq for c in store.load_chains()] == [2]
-    finally:
-        store.close()
-
-
-def test_a_hole_inside_the_journal_is_refused_even_without_durable(tmp_path: Path) -> None:
-    # One file's records follow each other (a mark comes only after an apply emptied it): a hole between two of
-    # them is damage, not a power loss.
-    db = tmp_path / "a.db"
-    _killed_after(db, N)
-    journal = Path(f"{db}-commits")
-    data = journal.read_bytes()
-    length, seq, _ = _J_HEAD.unpack_from(data, 0)
-    second = _J_HEAD.size + length
-    length2 = _J_HEAD.unpack_from(data, second)[0]
-    journal.write_bytes(data[:second] + data[second + _J_HEAD.size + length2:])  # its second record gone
-    store = Store.open(db, PW, durable=False)
-    try:
-        with pytest.raises(StorageError, match=f"is damaged: record {seq + 2} follows {seq}"):
-            store.lock()
     finally:
         store.close()
 
