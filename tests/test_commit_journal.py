@@ -209,6 +209,16 @@ def test_a_backup_of_a_killed_partys_store_holds_its_journaled_publishes(tmp_pat
 FAST_J = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=True)
 
 
+async def _quiet_author(db: Path, members: int = 1, options: StoreOptions = FAST_J) -> tuple[Author, list[Identity]]:
+    """An author on ``db`` (in-memory network) admitting ``members`` new identities, whose heartbeat does not apply
+    its journal during the test."""
+    ids = [Identity.generate() for _ in range(members)]
+    author = await Author.create(db, Identity.generate(), "c", PW, MemoryHub().author_endpoint(),
+                                 AllowList.of([i.did for i in ids]), store_options=options)
+    author.heartbeat_ms = 3_600_000
+    return author, ids
+
+
 async def test_both_parties_journal_and_readers_that_do_not_lock_see_the_records_once_applied(
         tmp_path: Path) -> None:
     """Author and subscriber with the journal on: messages flow, the subscriber's received log and delivery
@@ -433,12 +443,8 @@ def _disk_trace(monkeypatch: pytest.MonkeyPatch, conn: sqlite3.Connection) -> li
 
 
 async def test_a_write_transaction_of_a_journaling_party_takes_a_journal_sequence_number(tmp_path: Path) -> None:
-    hub = MemoryHub()
-    member, other = Identity.generate(), Identity.generate()
     db = tmp_path / "a.db"
-    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(),
-                                 AllowList.of([member.did, other.did]), store_options=FAST_J)
-    author.heartbeat_ms = 3_600_000
+    author, [member, other] = await _quiet_author(db, 2)
     try:
         branch = await author.open_branch(member.did)
         await author.publish(branch, b"one")
@@ -462,12 +468,8 @@ async def test_a_commit_a_power_loss_took_from_the_database_shows_as_a_hole_befo
     over the older database, they would name a branch it does not have; the sequence number the transaction took
     shows the hole instead: a store without ``durable`` drops those records (its newest commits are lost, as at
     synchronous=NORMAL), a durable one refuses to open (no power loss makes a hole there)."""
-    hub = MemoryHub()
-    member, other = Identity.generate(), Identity.generate()
     db, snap = tmp_path / "a.db", tmp_path / "snap.db"
-    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(),
-                                 AllowList.of([member.did, other.did]), store_options=FAST_J)
-    author.heartbeat_ms = 3_600_000
+    author, [member, other] = await _quiet_author(db, 2)
     try:
         first = await author.open_branch(member.did)
         await author.publish(first, b"kept")
@@ -555,12 +557,8 @@ def test_what_a_party_wrote_before_it_journaled_is_covered_by_the_hole_check(tmp
 async def test_status_of_a_running_party_shows_its_journal_and_what_the_database_holds(tmp_path: Path) -> None:
     from streams._cli.channel import _status_text, status_doc
 
-    hub = MemoryHub()
-    member = Identity.generate()
     db = tmp_path / "a.db"
-    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
-                                 store_options=FAST_J)
-    author.heartbeat_ms = 3_600_000
+    author, [member] = await _quiet_author(db)
     try:
         branch = await author.open_branch(member.did)
         for n in range(3):
@@ -595,12 +593,8 @@ def _journaled_frames(db: Path) -> list[bytes]:
 
 async def test_a_small_commits_frames_travel_in_its_record_and_reach_the_frame_file_at_the_apply(
         tmp_path: Path) -> None:
-    hub = MemoryHub()
-    member = Identity.generate()
     db, frames = tmp_path / "a.db", tmp_path / "a.db-frames"
-    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
-                                 store_options=FAST_J)
-    author.heartbeat_ms = 3_600_000
+    author, [member] = await _quiet_author(db)
     try:
         branch = await author.open_branch(member.did)
         payloads = [b"%d" % n + b"f" * 2048 for n in range(5)]  # each frame over FRAME_FILE_MIN
@@ -642,12 +636,9 @@ def test_a_killed_partys_frames_carried_in_its_records_are_applied_at_its_next_o
 async def test_a_durable_party_syncs_once_per_publish_of_a_large_frame(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Its frame travels in the journal's record: one append, one fdatasync -- not one for the frame file too.
-    hub = MemoryHub()
-    member = Identity.generate()
     db = tmp_path / "a.db"
-    author = await Author.create(db, Identity.generate(), "c", PW, hub.author_endpoint(), AllowList.of([member.did]),
-                                 store_options=StoreOptions(durable=True, opslimit=1, memlimit=8192, journal=True))
-    author.heartbeat_ms = 3_600_000
+    author, [member] = await _quiet_author(db, options=StoreOptions(durable=True, opslimit=1, memlimit=8192,
+                                                                    journal=True))
     try:
         branch = await author.open_branch(member.did)
         events = _disk_trace(monkeypatch, author.store._db)
