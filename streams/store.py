@@ -458,7 +458,8 @@ def _ah_record(r: tuple[Any, ...]) -> AnchorRecord:
 
 
 #: The suffixes of a store's side files: SQLite's (``-journal`` is SQLite's rollback journal, not ours), the frame
-#: file, the lock file, the commit journal.
+#: file, the lock file, the commit journal -- what a failed create removes, and the CLI's clean-up of a first run
+#: that got no grant (``streams subscribe``).
 _SIDE_FILES = ("-wal", "-shm", "-journal", "-frames", "-lock", _J_SUFFIX)
 
 #: (device, inode) of each database file a :class:`Store` of this process has open, and how many have it.  A

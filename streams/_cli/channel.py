@@ -86,7 +86,7 @@ from ..identity import Identity, did_from_public_key, public_key_from_did
 from ..ledger.base import Ledger
 from ..policy import common_permission
 from ..policy_file import PERMISSIONS, load_policy, permission_name
-from ..store import Store, backup
+from ..store import _SIDE_FILES, Store, backup
 from ..wire import MAX_FRAME, Permission
 from ._common import (
     CheckFailed,
@@ -1125,8 +1125,7 @@ def _remove_store_files(store: str) -> None:
     """Remove the store this first run created.  Through a symlink (dangling before the run), the files made at
     its target go, and the symlink stays as the user made it."""
     target = os.path.realpath(store)
-    suffixes = ("-wal", "-shm", "-frames", "-lock", "-commits")
-    names = {target, *(f"{p}{suffix}" for p in (store, target) for suffix in suffixes)}
+    names = {target, *(f"{p}{suffix}" for p in (store, target) for suffix in _SIDE_FILES)}
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
