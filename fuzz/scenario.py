@@ -45,6 +45,7 @@ class CoreSnapshot:
     branches: tuple[BranchRecord, ...]
     chains: tuple[ChainRecord, ...]
     nonces: tuple[tuple[bytes, int], ...] = ()
+    refused: tuple[bytes, ...] = ()  #: the author's refused challenge nonces (of its run, as ``nonces``)
     announce: bytes | None = None
     sub_state: object = None
     requests: tuple[bytes, ...] = ()  #: the hashes of the subscriber's outstanding SUBSCRIBEs
@@ -67,6 +68,7 @@ class CoreSnapshot:
             core._chal_key = self.chal_key
             core._used_nonces = dict(self.nonces)
             core._nonce_expiry = sorted((e, n) for n, e in self.nonces)
+            core._refused_nonces = set(self.refused)
         return core
 
     def subscriber(self) -> SubscriberCore:
@@ -103,6 +105,14 @@ class Scenario:
     wire: tuple[bytes, ...]  #: every frame exchanged while building (old traffic: replays, foreign branches)
     to_author: tuple[bytes, ...]  #: future frames addressed to the author
     to_subscriber: tuple[bytes, ...]  #: future frames addressed to ``s0``
+
+
+def author_snapshot(a: AuthorCore, allowed: tuple[str, ...], config: CoreConfig) -> CoreSnapshot:
+    """The snapshot of a live author core, its run's handshake state included (used and refused nonces, the
+    challenge key)."""
+    ab, ac = _records(a)
+    return CoreSnapshot(a.identity, ab, ac, tuple(a._used_nonces.items()), tuple(sorted(a._refused_nonces)),
+                        allowed=allowed, config=config, chal_key=a._chal_key)
 
 
 def build() -> Scenario:
@@ -153,9 +163,7 @@ def build() -> Scenario:
     s0.take_changes()
     wire = tuple(dict.fromkeys(f for _, f in net.wire))
 
-    ab, ac = _records(a)
-    author_snap = CoreSnapshot(a.identity, ab, ac, tuple(a._used_nonces.items()), allowed=allowed, config=config,
-                               chal_key=a._chal_key)
+    author_snap = author_snapshot(a, allowed, config)
     sb, sc = _records(s0)
     assert s0._announced
     sub_snap = CoreSnapshot(s0.identity, sb, sc, announce=a.announcement, sub_state=s0.state,

@@ -31,6 +31,7 @@ from streams import _crypto
 from streams.core import _legacy_hint
 from streams.errors import DecodeError, RejectReason
 from streams.events import Rejected
+from streams.policy import AllowList
 from streams.wire import (
     Fetch,
     Grant,
@@ -193,3 +194,22 @@ def test_libfuzzer_crash_input_replays_clean() -> None:
 
     data = base64.b64decode("CQEHAQIDBAUACQojCwz/////EBEACQoLDIwNDg8QERoGEwcUFQgJCgsMDQ4PEBYXGBEZEhob")
     TARGETS["subscriber_insider"].check(data)
+
+
+def test_an_author_snapshot_rebuilds_the_run_it_was_taken_of() -> None:
+    """The harness feeds every input to a core rebuilt from a snapshot: the rebuilt author must be the live one,
+    its run's handshake state included -- the challenge nonces it used and those it refused (a stranger's
+    subscription, here), which the snapshot once left out."""
+    from fuzz.scenario import author_snapshot
+    from streams.core import CoreConfig
+    from tests.corenet import Net
+
+    net = Net.make(n_subs=2)
+    allowed = (net.subs["s0"].identity.did,)
+    net.author.policy = AllowList.of(list(allowed))
+    net.subscribe("s0")
+    net.subscribe("s1")  # not on the list: refused, its nonce kept as refused
+    live = net.author
+    assert live._refused_nonces and live._used_nonces
+    rebuilt = author_snapshot(live, allowed, CoreConfig()).author()
+    assert fingerprint(rebuilt) == fingerprint(live)
