@@ -1058,10 +1058,7 @@ class Store:
     def _j_open(self) -> int:
         """The journal's descriptor, opened (created 0600, never through a link) at the first append."""
         if self._j_fd is None:  # (the party's lock() replayed the journal and set _j_seq first)
-            fd = os.open(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise StorageError(f"{self._j_path} is not a regular file")
+            fd = _open_regular(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             self._j_fd = fd
             self._fds.append(fd)
             self._j_size = os.fstat(fd).st_size
@@ -1120,8 +1117,7 @@ class Store:
         with _tx(c):
             yield
             if mark:
-                c.execute(_J_TABLE)
-                c.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (self._j_seq + 1,))
+                _j_mark(c, self._j_seq + 1)
         if mark:
             self._j_seq += 1
 
@@ -1138,7 +1134,7 @@ class Store:
         left in the journal, those the database does not hold yet, then empty it; note where writing resumes."""
         applied = self._j_applied()
         try:
-            fd = os.open(self._j_path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_regular(self._j_path, os.O_RDWR | os.O_APPEND)
         except FileNotFoundError:
             self._j_seq, self._j_size = applied, 0
             return
@@ -1146,8 +1142,6 @@ class Store:
             raise StorageError(f"cannot open {self._j_path}: {_reason(exc)}") from exc
         keep = False
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StorageError(f"{self._j_path} is not a regular file")
             try:
                 data = _read_all(fd)
             except OSError as exc:
@@ -1495,14 +1489,13 @@ class Store:
         self._check_open()
         if self._lock_fd is not None:
             return
-        fd = _take_lock(self._abs_path, self.path)
+        fd = self._lock_fd = _take_lock(self._abs_path, self.path)
         try:
             self._j_replay()
             if self._journal:
                 # A mark of its own (_wtx): what was written before this party journaled -- by a party without
                 # the journal, an older version, the open's own upgrades -- is then covered too: a power loss that
                 # takes it takes the mark, and leaves a hole before this party's records.
-                self._lock_fd = fd
                 try:
                     with self._wtx():
                         pass
@@ -1518,7 +1511,6 @@ class Store:
                 self._fds.remove(jfd)
                 os.close(jfd)
             raise
-        self._lock_fd = fd
         self._fds.append(fd)
 
     def discard(self) -> None:
@@ -1603,11 +1595,8 @@ class Store:
         """The frame file's descriptor (append-only writes, positional reads).  Never through a symlink (ELOOP):
         frames must not be appended to a file elsewhere."""
         if self._frames_fd is None:
-            flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-            fd = os.open(self._frames_path, flags, 0o600)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO would take a commit's frames and keep none
-                os.close(fd)
-                raise StorageError(f"{self._frames_path} is not a regular file")
+            # (never a FIFO either: it would take a commit's frames and keep none)
+            fd = _open_regular(self._frames_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0))
             self._frames_fd = fd
             self._fds.append(fd)
         return self._frames_fd
@@ -1859,6 +1848,16 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
 _COPY_CHUNK = 8 << 20
 
 
+def _open_regular(path: Path, flags: int) -> int:
+    """``os.open(path, flags)``, never through a symlink (ELOOP), created 0600 with ``O_CREAT``; raises
+    :class:`StorageError` if it is not a regular file (the descriptor closed), OSError if the open fails."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StorageError(f"{path} is not a regular file")
+    return fd
+
+
 def _empty_side_file(path: Path) -> None:
     """Empty (and make 0600) a side file left at a new store's path; never through a link."""
     try:
@@ -1879,12 +1878,10 @@ def _empty_side_file(path: Path) -> None:
 def _read_journal(path: Path) -> bytes:
     """A store's commit journal as it is now (b"" if there is none)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_regular(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return b""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StorageError(f"{path} is not a regular file")
         return _read_all(fd)
     finally:
         os.close(fd)
@@ -1915,10 +1912,15 @@ def _j_applied(conn: sqlite3.Connection) -> int:
 def _j_exec(conn: sqlite3.Connection, ops: list[tuple[int, list[Any]]], last: int) -> None:
     """Run journaled statements and record ``last`` as applied, in one transaction (sqlite3.Error if it fails)."""
     with _tx(conn):
-        conn.execute(_J_TABLE)
         for op, rows in ops:
             conn.executemany(_J_OPS[op], rows)
-        conn.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (last,))
+        _j_mark(conn, last)
+
+
+def _j_mark(conn: sqlite3.Connection, seq: int) -> None:
+    """Record ``seq`` as the journal's last applied (or taken) sequence number, inside the caller's transaction."""
+    conn.execute(_J_TABLE)
+    conn.execute("INSERT OR REPLACE INTO journal VALUES (0, ?)", (seq,))
 
 
 def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path, lossy: bool = False
@@ -1937,11 +1939,7 @@ def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path
         log.warning("%s: record %d follows %d: the database lost its newest commits (a power loss, with "
                     "durable=False); the %d journaled commit(s) after them are dropped with them", path,
                     todo[0][0], applied, len(todo))
-        try:
-            _j_exec(conn, [], todo[-1][0])
-        except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
-            raise StorageError(f"cannot apply {path}: {exc}") from exc
-        return todo[-1][0], 0, used
+        todo, last = [], todo[-1][0]  # (none applied; the last one's number recorded)
     for seq, _ops in todo:
         if seq != last + 1:
             raise StorageError(
@@ -1950,7 +1948,7 @@ def _j_apply_new(conn: sqlite3.Connection, data: bytes, applied: int, path: Path
                 "aside opens the store as the database holds it, without its last commits: treat it as a stale "
                 "copy, SPEC 12)")
         last = seq
-    if todo:
+    if last != applied:
         try:
             _j_exec(conn, [o for _seq, ops in todo for o in ops], last)
         except (sqlite3.Error, ValueError, TypeError, OverflowError) as exc:
