@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -46,7 +47,6 @@ from streams.policy import AllowList
 #: ``synchronous=NORMAL`` survives process crashes (SIGKILL), which is what this harness inflicts; a cheap KDF keeps
 #: the many restarts fast (the passphrase KDF is not under test here).
 STORE = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=False)  # (--journal: the default)
-STORE_JOURNAL = StoreOptions(durable=False, opslimit=1, memlimit=8192, journal=True)
 CORE = CoreConfig(fetch_retry_ms=300)
 PW = "chaos"
 NAME = "chaos-channel"
@@ -249,7 +249,7 @@ async def run_subscriber(args: argparse.Namespace, log: AppLog, rng: random.Rand
 
 
 def _store(args: argparse.Namespace) -> StoreOptions:
-    return STORE_JOURNAL if args.journal else STORE
+    return dataclasses.replace(STORE, journal=args.journal)
 
 
 def main() -> None:
