@@ -694,3 +694,90 @@ def test_old_records_then_a_hole_in_one_journal_file_are_damage_not_a_power_loss
         assert conn.execute("SELECT seq FROM journal").fetchone() == (9,)
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_an_apply_keeps_the_order_of_the_records_statements(tmp_path: Path, cut: bool) -> None:
+    """The apply runs each statement's rows of all its records in one go where that changes nothing (no record
+    cuts or drops log rows): the first message stored at a position stays, the last cursor and nonce expiry win.
+    A record that cuts the log is applied in order: the rows it cut are gone, the ones written after it stay."""
+    db, branch = tmp_path / "a.db", b"B" * 16
+
+    def rec(seq: int, tag: bytes) -> LogRecord:
+        return LogRecord(branch, 1, seq, bytes([seq]) * 32, b"\x92" + tag * 10)
+
+    def cursor(n: int) -> ChainRecord:
+        return ChainRecord(branch, 1, n, bytes([n - 1]) * 32)
+
+    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
+                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=False, journal=True)
+    store.lock()
+    try:
+        store.commit(Changes(chains=[cursor(4)], log=[rec(1, b"a"), rec(2, b"a"), rec(3, b"a")],
+                             nonces=[(b"n" * 16, 100)]))
+        store.commit(Changes(chains=[cursor(2)], log_cut=[(branch, 1, 1)]) if cut
+                     else Changes(chains=[cursor(5)], log=[rec(2, b"b"), rec(4, b"b")], nonces=[(b"n" * 16, 200)]))
+        store.commit(Changes(chains=[cursor(3 if cut else 6)], log=[rec(2, b"c")], nonces=[(b"n" * 16, 300)]))
+        assert store._j_pending  # (all three are in the journal, not yet in the database)
+        store.apply_journal()
+        rows = {seq: frame[1:2] for seq, frame in store._q("SELECT seq, frame FROM log ORDER BY seq")}
+        assert rows == ({1: b"a", 2: b"c"} if cut else {1: b"a", 2: b"a", 3: b"a", 4: b"b"})
+        assert [c.next_seq for c in store.load_chains()] == [3 if cut else 6]
+        assert store._q("SELECT expires_ms FROM nonces") == [(300,)]
+    finally:
+        store.close()
+
+
+def test_the_apply_runs_a_statements_rows_together_only_where_no_record_cuts_the_log() -> None:
+    ops = [(0, [("c", 1)]), (3, [("l", 1)]), (0, [("c", 2)]), (5, [("d", 1)]), (3, [("l", 2), ("l", 3)])]
+    assert store_module._j_merged(ops) == [(0, [("c", 1), ("c", 2)]), (3, [("l", 1), ("l", 2), ("l", 3)]),
+                                           (5, [("d", 1)])]
+    for cutting in (1, 2):
+        with_cut = [*ops[:2], (cutting, [("x", 1)]), *ops[2:]]
+        assert store_module._j_merged(with_cut) == with_cut
+    assert ops[0] == (0, [("c", 1)])  # (the records' own rows are left as they were)
+
+
+def test_an_apply_of_many_rows_writes_each_as_it_would_alone(tmp_path: Path) -> None:
+    """Rows go to the database many to a statement (store._j_run): the first message at a position stays, the last
+    nonce expiry wins, a remainder that fills no whole statement is written too."""
+    db, branch = tmp_path / "a.db", b"B" * 16
+
+    def rec(seq: int, tag: bytes) -> LogRecord:
+        return LogRecord(branch, 1, seq, bytes([seq % 256]) * 32, b"\x92" + tag * 10)
+
+    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
+                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=False, journal=True)
+    store.lock()
+    try:
+        nonces = [n.to_bytes(16, "big") for n in range(70)]
+        store.commit(Changes(log=[rec(s, b"a") for s in range(1, 101)], nonces=[(n, 100) for n in nonces]))
+        store.commit(Changes(chains=[ChainRecord(branch, 1, 181, b"h" * 32)],
+                             log=[rec(s, b"b") for s in range(50, 181)], nonces=[(n, 200) for n in nonces[5:]]))
+        store.apply_journal()
+        rows = store._q("SELECT branch, publisher, seq, hash, frame FROM log ORDER BY seq")
+        assert [tuple(r) for r in rows] == [tuple(rec(s, b"a" if s <= 100 else b"b")) for s in range(1, 181)]
+        assert sorted(store._q("SELECT nonce, expires_ms FROM nonces")) == sorted(
+            [(n, 100) for n in nonces[:5]] + [(n, 200) for n in nonces[5:]])
+        assert [c.next_seq for c in store.load_chains()] == [181]
+    finally:
+        store.close()
+
+
+def test_rows_of_the_wrong_width_fail_as_they_would_alone_and_shift_nothing() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE log (branch BLOB NOT NULL, publisher INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                     "hash BLOB NOT NULL, frame BLOB NOT NULL, PRIMARY KEY (branch, publisher, seq))")
+        good = [(b"B" * 16, 1, s, b"h" * 32, b"\x92f") for s in range(1, 131)]
+        # As many values as two statements' rows (a short row and a long one among them): the rows before the
+        # short one are written, then it fails -- nothing is written shifted into other columns.
+        bad = [*good[:10], (b"B" * 16, 1, 11, b"h" * 32), (b"B" * 16, 1, 12, b"h" * 32, b"\x92f", 9), *good[12:128]]
+        with pytest.raises(sqlite3.ProgrammingError):
+            store_module._j_run(conn, _J_LOG, bad)
+        assert conn.execute("SELECT count(*), max(seq) FROM log").fetchone() == (10, 10)
+        store_module._j_run(conn, _J_LOG, good)
+        assert conn.execute("SELECT count(*), min(seq), max(seq) FROM log").fetchone() == (130, 1, 130)
+        assert conn.execute("SELECT count(*) FROM log WHERE publisher != 1 OR length(hash) != 32").fetchone() == (0,)
+    finally:
+        conn.close()

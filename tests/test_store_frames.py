@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import streams.store as store_module
 from streams.api import Author, MemoryHub, StoreOptions, Subscriber
 from streams.core import ChainRecord, Changes, LogRecord
 from streams.errors import LocalProtocolError, StorageError
@@ -484,3 +485,47 @@ def test_a_store_opened_through_a_symlink_to_its_file_shares_its_side_files(tmp_
         assert store.log_range(BRANCH, 0, 1, 2) == [frame_for(1, 9000), frame_for(2, 400)]
     finally:
         store.close()
+
+
+_SHORT_WRITE = """
+import errno, os, resource, signal, sys
+from streams.store import _writev_all
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit then fails with EFBIG, not the signal)
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+_writev_all(fd, [b"a" * 1000, b"b" * 1500])
+try:
+    _writev_all(fd, [b"c" * 1200, b"d" * 2000, b"e" * 1200])
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc.errno))
+"""
+
+
+def test_frame_writes_go_on_after_a_short_write_and_report_why_they_stop(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frame file's writev is retried from where a short write stopped (inside a frame, or at a frame's end:
+    the kernel may stop anywhere), and a retry that cannot write raises the real reason (here the file size
+    limit, in a child process of its own)."""
+    real = os.writev
+    stops = [3700, 2500]  # inside the second of three frames, then at the end of the first of what is left
+
+    def short(fd: int, bufs: list[bytes]) -> int:
+        if not stops:
+            return real(fd, bufs)
+        return os.write(fd, b"".join(bufs)[:stops.pop(0)])
+
+    frames = [b"c" * 1200, b"d" * 2000, b"e" * 1200, b"f" * 2000]
+    path = tmp_path / "frames"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        monkeypatch.setattr(os, "writev", short)
+        store_module._writev_all(fd, frames)
+        monkeypatch.undo()
+    finally:
+        os.close(fd)
+    assert not stops and path.read_bytes() == b"".join(frames)
+    out = subprocess.run([sys.executable, "-c", _SHORT_WRITE, str(tmp_path / "limited")], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "EFBIG"
+    assert (tmp_path / "limited").read_bytes() == b"a" * 1000 + b"b" * 1500 + b"c" * 1200 + b"d" * 1300
