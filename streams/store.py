@@ -277,6 +277,9 @@ _J_OPS = (
 _J_LOG = 3  #: the index of the log's INSERT in _J_OPS
 #: Rows an INSERT of _J_OPS writes per statement where a commit or an apply has that many (:func:`_j_run`).
 _J_BATCH = 64
+#: What a row of _J_OPS may be where _J_BATCH of them go into one statement (a tuple from a commit, a list from a
+#: journal's msgpack).
+_ROW_TYPES = frozenset((tuple, list))
 #: Each INSERT of _J_OPS written for _J_BATCH rows, and its columns.
 _J_MANY: dict[int, tuple[str, int]] = {
     op: (sql.replace(values, ", ".join([values] * _J_BATCH)), values.count("?"))
@@ -1624,10 +1627,12 @@ class Store:
         ``durable``; the apply moves them there, one write for the batch); else as :meth:`_log_rows`."""
         rows = _frame_rows(records)
         carried = sum(n for n in map(len, [r[4] for r in rows]) if n >= FRAME_FILE_MIN)
+        if carried:
+            # (Also where the frames are spilled now: a durable store's spill of fewer than DURABLE_FILE_BATCH
+            # leaves those under DURABLE_FILE_MIN in the record, for the apply's batch.)
+            self._j_carries = True
         if carried > (J_INLINE_MAX if self._durable else J_INLINE_MAX_FAST):
             return self._spill(rows)
-        if carried:
-            self._j_carries = True
         return rows
 
     def _spill(self, rows: list[tuple[bytes, int, int, bytes, bytes]]) -> list[tuple[bytes, int, int, bytes, bytes]]:
@@ -1934,12 +1939,13 @@ def _j_exec(conn: sqlite3.Connection, ops: list[tuple[int, list[Any]]], last: in
 def _j_run(conn: sqlite3.Connection, op: int, rows: list[Any]) -> None:
     """Run statement ``op`` of :data:`_J_OPS` for each of ``rows``, in order.  An INSERT takes :data:`_J_BATCH`
     rows at a time as one statement of that many rows (the sqlite3 module's ``executemany`` costs about 0.8 us a
-    row more: 2.0 against 1.2 for a log row), the rest one by one; only if every row has the statement's columns
-    (a row of another length must fail as it would alone, not shift its neighbours' columns)."""
+    row more: 2.0 against 1.2 for a log row), the rest one by one; only if every row is a tuple or list of the
+    statement's columns (a journal's rows are untrusted: a row of another length, or a map, must fail as it would
+    alone -- not shift its neighbours' columns, not bind a map's keys)."""
     many = _J_MANY.get(op)
     if many is not None and len(rows) >= _J_BATCH:
         sql, width = many
-        if all(map(width.__eq__, map(len, rows))):
+        if all(map(width.__eq__, map(len, rows))) and all(map(_ROW_TYPES.__contains__, map(type, rows))):
             whole = len(rows) - len(rows) % _J_BATCH
             flat = list(itertools.chain.from_iterable(rows[:whole] if whole < len(rows) else rows))
             step = _J_BATCH * width

@@ -781,3 +781,46 @@ def test_rows_of_the_wrong_width_fail_as_they_would_alone_and_shift_nothing() ->
         assert conn.execute("SELECT count(*) FROM log WHERE publisher != 1 OR length(hash) != 32").fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_a_replayed_row_that_is_a_map_is_refused_among_many(tmp_path: Path) -> None:
+    """A journal's rows are untrusted (its digest is a checksum): a map among enough rows to go many to a
+    statement fails the replay as it would alone -- its keys are never written as a row."""
+    db = tmp_path / "a.db"
+    Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32, author_did=Identity.generate().did,
+                 opslimit=1, memlimit=8192, durable=False, journal=True).close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        applied = store_module._j_applied(c)
+    rows: list[object] = [[n.to_bytes(16, "big"), 10**12] for n in range(70)]
+    rows[3] = {"nonce": 1, "expires": 2}
+    Path(f"{db}-commits").write_bytes(_j_record(applied + 1, msgpack.packb([[4, rows]])))
+    store = Store.open(db, PW, durable=False)
+    try:
+        with pytest.raises(StorageError, match="cannot apply"):
+            store.lock()
+        assert store._q("SELECT count(*) FROM nonces") == [(0,)]
+    finally:
+        store.close()
+
+
+def test_a_durable_stores_small_frames_left_in_its_records_reach_the_frame_file_at_the_apply(
+        tmp_path: Path) -> None:
+    """A durable commit spills a large frame at once but keeps frames under DURABLE_FILE_MIN in its record when it
+    has fewer than DURABLE_FILE_BATCH of them: the apply, with enough of them, moves them to the frame file."""
+    db, branch = tmp_path / "a.db", b"B" * 16
+    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
+                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=True, journal=True)
+    store.lock()
+    try:
+        seq = 1
+        for _ in range(2):
+            log = [LogRecord(branch, 1, seq, b"h" * 32, b"\x92" + b"x" * (J_INLINE_MAX + 1))]
+            log += [LogRecord(branch, 1, seq + k, b"h" * 32, b"\x92" + b"y" * 2000) for k in range(1, 5)]
+            seq += 5
+            store.commit(Changes(chains=[ChainRecord(branch, 1, seq, b"h" * 32)], log=log))
+        assert store._j_records == 2  # (both in the journal, not yet in the database)
+        store.apply_journal()
+        assert [n for (n,) in store._q("SELECT length(frame) FROM log ORDER BY seq")] == [13] * 10  # references
+        assert Path(f"{db}-frames").stat().st_size == 2 * (J_INLINE_MAX + 2) + 8 * 2001
+    finally:
+        store.close()

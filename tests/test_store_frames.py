@@ -507,7 +507,7 @@ def test_frame_writes_go_on_after_a_short_write_and_report_why_they_stop(tmp_pat
     the kernel may stop anywhere), and a retry that cannot write raises the real reason (here the file size
     limit, in a child process of its own)."""
     real = os.writev
-    stops = [3700, 2500]  # inside the second of three frames, then at the end of the first of what is left
+    stops = [3700, 700, 1000]  # inside the third of four frames, then at its end, then inside the last
 
     def short(fd: int, bufs: list[bytes]) -> int:
         if not stops:
