@@ -1817,7 +1817,7 @@ class _CoreBase:
             # The frame rides along so the driver can tell a duplicate from a fork (THREATS 7) with its log.
             raise _Reject(RejectReason.REPLAY, "sequence number already accepted", h.branch, h.publisher, h.seq,
                           frame.raw)
-        if b.write_lapsed(h.publisher, h.epoch):
+        if h.publisher and b.write_lapsed(h.publisher, h.epoch):  # (the author's right never lapses)
             raise _Reject(RejectReason.NOT_PERMITTED, "signed before the publisher's write permission lapsed",
                           h.branch, h.publisher, h.seq)
         if (h.epoch, h.publisher) not in b.keys:

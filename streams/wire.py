@@ -459,6 +459,7 @@ def _packb_each(obj: Any) -> bytes:
 #: finish.  Its error path does not (it builds the exception with the partial output still in the buffer), so a
 #: failed pack falls back to a fresh packer to raise.  msgpack's pure-Python fallback shares nothing.
 _PACKER = msgpack.Packer(use_bin_type=True)
+_PACKET: Final = Kind.PACKET
 _SHARED = type(_PACKER).__module__ == "msgpack._cmsgpack"
 
 
@@ -520,11 +521,6 @@ class Frame(NamedTuple):
         return f"Frame({self.kind.name}, {self.head!r}, body={len(self.body)}B, signed={bool(self.sig)})"
 
 
-def _bin_len(n: int) -> int:
-    """Length of the shortest msgpack encoding of a binary string of ``n`` bytes (bin 8/16/32)."""
-    return n + (2 if n < 256 else 3 if n < 65536 else 5)
-
-
 def message_hash(kind: int, head_raw: bytes, body: bytes) -> bytes:
     """``H(msg, [version, kind] || head || body)`` -- the link target and the signed digest."""
     rule = _RULES.get(kind)
@@ -547,14 +543,16 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
     signatures, links and AEAD are the protocol core's job."""
     if type(data) is bytes:
         size = len(data)
+        if size > max_frame:
+            raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame}")
     elif isinstance(data, (bytearray, memoryview)):
         # len() of a memoryview counts items, not bytes: use nbytes so the limit holds for any buffer format.
         size = memoryview(data).nbytes
+        if size > max_frame:
+            raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame}")
+        data = bytes(data)
     else:
         raise DecodeError("frame must be bytes")
-    if size > max_frame:
-        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame}")
-    data = bytes(data)  # no copy for bytes
     outer = _unpack(data, "frame", max_frame)
     if type(outer) is not list or len(outer) != 5:
         raise DecodeError("frame must be an array of 5")
@@ -572,7 +570,11 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
     # Canonical form without re-encoding the (possibly large) body: every msgpack value has one shortest
     # encoding and every other encoding of it is strictly longer, so the frame is canonical exactly when its
     # length is the sum of the shortest encodings (fixarray 5, two fixints, three bin headers).
-    if size != 3 + _bin_len(len(head_raw)) + _bin_len(len(body)) + _bin_len(len(sig)):
+    # (A bin header is 2 bytes below 256, 3 below 65536, else 5: written out, this is every frame's path.)
+    n_head, n_body, n_sig = len(head_raw), len(body), len(sig)
+    headers = ((2 if n_head < 256 else 3 if n_head < 65536 else 5) + (2 if n_body < 256 else 3 if n_body < 65536 else 5)
+               + (2 if n_sig < 256 else 3 if n_sig < 65536 else 5))
+    if size != 3 + n_head + n_body + n_sig + headers:
         raise DecodeError("frame is not in canonical encoding")
     if sig_rule is _SIG_REQUIRED:
         if len(sig) != 64:
@@ -590,7 +592,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
     schema = cls.SCHEMA
     if type(values) is not list or len(values) != len(schema):
         raise DecodeError(f"{k.name} head must be an array of {len(schema)}")
-    head = _packet_head(values, head_raw) if k is Kind.PACKET else None
+    head = _packet_head(values, head_raw) if k is _PACKET else None
     if head is None:
         names = _NAMES[cls]
         checked = [t.check(n, v) for t, n, v in zip(schema, names, values, strict=True)]
@@ -600,15 +602,20 @@ def decode_frame(data: bytes | bytearray | memoryview, max_frame: int = MAX_FRAM
     return Frame(k, head, head_raw, body, sig, data, _crypto.hash32_from(prefix, head_raw, body))
 
 
-def _uint_len(v: int) -> int:
-    """Length of the shortest msgpack encoding of a non-negative integer (fixint, uint 8/16/32/64)."""
-    return 1 if v < 128 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 4294967296 else 9
+def _uint_form(v: int) -> tuple[int, int]:
+    """Length and first byte of the shortest msgpack encoding of a non-negative integer (the fixint itself, or
+    uint 8/16/32/64 and its marker)."""
+    if v < 128:
+        return 1, v
+    if v < 256:
+        return 2, 0xCC
+    if v < 65536:
+        return 3, 0xCD
+    return (5, 0xCE) if v < 4294967296 else (9, 0xCF)
 
 
-def _uint_marker(v: int) -> int:
-    """The first byte of the shortest msgpack encoding of a non-negative integer (the fixint itself, or uint 8/16/32/
-    64's marker)."""
-    return v if v < 128 else 0xCC if v < 256 else 0xCD if v < 65536 else 0xCE if v < 4294967296 else 0xCF
+#: :func:`_uint_form` of 0..255 (a publisher's index: one lookup on the hot path instead of a call).
+_U8_FORMS: Final = tuple(_uint_form(v) for v in range(256))
 
 
 #: Where a PACKET head's integers start: after fixarray(7) and the bin 8 channel (34 bytes) and branch (18).
@@ -629,14 +636,31 @@ def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
             and type(epoch) is int and 0 <= epoch <= _U64):
         return None
     # fixarray(7) + bin8 headers of 32, 16, 32 and 24 bytes: 1 + 34 + 18 + 34 + 26 = 113, plus the integers
-    n_publisher, n_seq = _uint_len(publisher), _uint_len(seq)
-    if len(head_raw) != 113 + n_publisher + n_seq + _uint_len(epoch):
+    (n_publisher, m_publisher), (n_seq, m_seq), (n_epoch, m_epoch) = (
+        _U8_FORMS[publisher], _uint_form(seq), _uint_form(epoch))
+    if len(head_raw) != 113 + n_publisher + n_seq + n_epoch:
         return None
     at = _PACKET_PUBLISHER_AT
-    if (head_raw[at] != _uint_marker(publisher) or head_raw[at + n_publisher] != _uint_marker(seq)
-            or head_raw[at + n_publisher + n_seq + 34] != _uint_marker(epoch)):
+    if (head_raw[at] != m_publisher or head_raw[at + n_publisher] != m_seq
+            or head_raw[at + n_publisher + n_seq + 34] != m_epoch):
         return None
-    return Packet(channel, branch, publisher, seq, prev, epoch, nonce)
+    p = _new_object(Packet)
+    _set_channel(p, channel)
+    _set_branch(p, branch)
+    _set_publisher(p, publisher)
+    _set_seq(p, seq)
+    _set_prev(p, prev)
+    _set_epoch(p, epoch)
+    _set_nonce(p, nonce)
+    return p
+
+
+#: The hot path's Packet, built through its slots: the frozen dataclass's ``__init__`` sets each field through
+#: ``object.__setattr__`` (0.57 us a packet here; 0.32 this way).  Its values are the ones ``__init__`` would
+#: take: :func:`_packet_head` checked them first, and Packet has no ``__post_init__``.
+_new_object = object.__new__
+_set_channel, _set_branch, _set_publisher, _set_seq, _set_prev, _set_epoch, _set_nonce = (
+    Packet.__dict__[name].__set__ for name in _NAMES[Packet])
 
 
 # --- inner structures ----------------------------------------------------------------------------------------

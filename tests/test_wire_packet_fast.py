@@ -140,3 +140,30 @@ def test_the_shared_packer_gives_packb_bytes_from_many_threads_at_once() -> None
     with pytest.raises(TypeError):
         _packb([b"half", object()])
     assert _packb([b"next"]) == msgpack.packb([b"next"], use_bin_type=True)
+
+
+@pytest.mark.parametrize("publisher", [0, 1, 127, 128, 255])
+@pytest.mark.parametrize("value", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, U64])
+def test_the_fast_path_takes_every_canonical_head_itself(publisher: int, value: int) -> None:
+    """Not by falling back to the generic path: the fast path's own length and marker rules hold for every
+    canonical width of the publisher, the seq and the epoch."""
+    values = [b"c" * 32, b"b" * 16, publisher, value, b"p" * 32, U64 - value, b"n" * 24]
+    head_raw = msgpack.packb(values, use_bin_type=True)
+    got = _packet_head(msgpack.unpackb(head_raw, raw=False), head_raw)
+    assert got is not None and got == Packet(*values) == _generic(values, head_raw)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 65535, 65536])
+def test_a_body_at_each_bin_width_decodes_only_in_its_shortest_form(n: int) -> None:
+    head_raw = msgpack.packb([b"c" * 32, b"b" * 16, 1, 7, b"p" * 32, 0, b"n" * 24], use_bin_type=True)
+    body = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    shortest = 1 if n < 256 else 2 if n < 65536 else 4
+    for width in (1, 2, 4):
+        if n >= 1 << (8 * width):
+            continue
+        raw = bytes([0x95, VERSION, int(Kind.PACKET)]) + _bin(head_raw, 1) + _bin(body, width) + _bin(b"", 1)
+        if width == shortest:
+            assert decode_frame(raw).body == body and raw == _frame(head_raw, body)
+        else:
+            with pytest.raises(DecodeError, match="canonical"):
+                decode_frame(raw)
