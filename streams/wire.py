@@ -657,10 +657,14 @@ def _packet_head(values: list[Any], head_raw: bytes) -> Packet | None:
 
 #: The hot path's Packet, built through its slots: the frozen dataclass's ``__init__`` sets each field through
 #: ``object.__setattr__`` (0.57 us a packet here; 0.32 this way).  Its values are the ones ``__init__`` would
-#: take: :func:`_packet_head` checked them first, and Packet has no ``__post_init__``.
+#: take: :func:`_packet_head` checked them first, and Packet has no ``__post_init__`` (a Packet that gains one, or
+#: another field, stops this module from loading until the construction follows).
 _new_object = object.__new__
+_PACKET_FIELDS: Final = ("channel", "branch", "publisher", "seq", "prev", "epoch", "nonce")
+if _NAMES[Packet] != _PACKET_FIELDS or hasattr(Packet, "__post_init__"):  # pragma: no cover - a changed Packet
+    raise RuntimeError("streams.wire: Packet changed; _packet_head must build it to match")
 _set_channel, _set_branch, _set_publisher, _set_seq, _set_prev, _set_epoch, _set_nonce = (
-    Packet.__dict__[name].__set__ for name in _NAMES[Packet])
+    Packet.__dict__[name].__set__ for name in _PACKET_FIELDS)
 
 
 # --- inner structures ----------------------------------------------------------------------------------------
