@@ -1957,8 +1957,8 @@ def _j_run(conn: sqlite3.Connection, op: int, rows: list[Any]) -> None:
 
 
 def _j_merged(ops: list[tuple[int, list[Any]]]) -> list[tuple[int, list[Any]]]:
-    """``ops`` with the rows of each statement run in one ``executemany``, in their order (an apply of 64 records
-    made some 200 calls), where that changes nothing: no statement cuts or drops log rows (the only ones that
+    """``ops`` with the rows of each statement run together (one :func:`_j_run`), in their order (an apply of 64
+    records made some 200 calls), where that changes nothing: no statement cuts or drops log rows (the only ones that
     share a table with another, the log's INSERT); every other statement writes a table of its own, and within
     each the rows keep their order (the last REPLACE and the first IGNORE of a key still win)."""
     if len(ops) < 2 or any(op == 1 or op == 2 for op, _ in ops):
