@@ -71,7 +71,7 @@ from .identity import Identity, PublicIdentity, dids_of_kx_public
 from .ledger.anchoring import verify_anchored
 from .ledger.base import Ledger, NotConfirmed, UnknownAnchor
 from .policy import Policy, could_admit
-from .store import MEMLIMIT, OPSLIMIT, Store
+from .store import J_APPLY_SOON, MEMLIMIT, OPSLIMIT, Store
 from .wire import Grant, Kind, Permission, SigningMode, decode_frame
 
 if TYPE_CHECKING:
@@ -173,7 +173,9 @@ class StoreOptions:
     journal: bool = True
     """Commit a publish or a received batch by appending one record to ``<store>-commits`` (one ``write``; with
     ``durable``, an ``fdatasync``) instead of a SQLite transaction; the records are applied to the database in
-    batches (every ``store.J_APPLY_RECORDS``, before any other use of it, once per heartbeat, at close) and, after
+    batches (from ``store.J_APPLY_SOON`` on, in the loop's turn after a commit's frames went out, off any
+    message's path; at the latest every ``store.J_APPLY_RECORDS``; before any other use of the database, once per
+    heartbeat, at close) and, after
     a crash, when the party opens the store again.  Durable in the same sense as a SQLite transaction
     (``durable`` chooses which); 60-170 us less per message end to end here, one awaited publish at a time.
     Readers that do not lock the store (``streams status``, ``audit``; ``backup`` copies the journal too) see the
@@ -256,6 +258,7 @@ class _Party:
             penalize if callable(penalize) else None)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._apply_queued = False  #: an apply of the commit journal is scheduled (_apply_soon)
         self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
         self._broken: BaseException | None = None
         self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
@@ -775,6 +778,7 @@ class _Party:
             return  # _commit failed the group
         with contextlib.suppress(Exception):  # a closed transport: _send_out failed the group with it
             self._send_out(out, covered)
+        self._apply_soon()
 
     async def _group_flush_async(self, group: list[asyncio.Future[None]]) -> None:
         if self._group is group:
@@ -1015,6 +1019,26 @@ class _Party:
             self._rearm_timer()  # the ACKs it held back are due at the end of their interval
             if acks:
                 await self._send_now(acks)
+            self._apply_soon()  # (the batch is with the application and its ACKs are out)
+
+    def _apply_soon(self) -> None:
+        """Apply the commit journal in the loop's next turn if it holds ``store.J_APPLY_SOON`` records or more:
+        called once a commit's frames are out (and, receiving, its messages handed to the application), so that
+        the apply runs between messages -- not inside the commit that reaches ``J_APPLY_RECORDS``, whose messages
+        would wait for it (about 0.4 ms for 64 one-message records here, 1.2 ms with cold caches)."""
+        if self._apply_queued or self._closed or self._store.journal_pending < J_APPLY_SOON:
+            return
+        self._apply_queued = True
+        asyncio.get_running_loop().call_soon(self._apply_now)
+
+    def _apply_now(self) -> None:
+        self._apply_queued = False
+        if self._closed or self._broken is not None or self._store.journal_pending < J_APPLY_SOON:
+            return  # (closing applies it; or a commit's own apply came first)
+        try:
+            self._store.apply_journal()
+        except StorageError as exc:  # (still in the journal: the next commit applies it first, or fails with it)
+            log.warning("%s", exc)
 
     async def _send_now(self, out: list[Outgoing]) -> None:
         """Send frames that need no commit (ACKs of committed cursors, retained log frames)."""

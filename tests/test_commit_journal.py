@@ -28,7 +28,17 @@ from streams.core import ChainRecord, Changes, LogRecord
 from streams.errors import LocalProtocolError, StorageError
 from streams.identity import Identity
 from streams.policy import AllowList
-from streams.store import _J_HEAD, _J_LOG, J_APPLY_RECORDS, J_INLINE_MAX, Store, _j_parse, _j_record, backup
+from streams.store import (
+    _J_HEAD,
+    _J_LOG,
+    J_APPLY_RECORDS,
+    J_APPLY_SOON,
+    J_INLINE_MAX,
+    Store,
+    _j_parse,
+    _j_record,
+    backup,
+)
 from streams.wire import decode_frame
 
 HERE = Path(__file__).resolve().parent
@@ -242,9 +252,10 @@ async def test_both_parties_journal_and_readers_that_do_not_lock_see_the_records
         author.store.apply_journal()
         assert _raw_seqs(tmp_path / "a.db") == seqs
         assert Path(f"{tmp_path / 'a.db'}-commits").stat().st_size == 0
-        for n in range(J_APPLY_RECORDS):  # a batch's worth applies itself
+        for n in range(J_APPLY_SOON):  # a batch's worth applies itself, in the loop's next turn
             await author.publish(branch, b"more %d" % n)
-        assert len(_raw_seqs(tmp_path / "a.db")) >= J_APPLY_RECORDS
+        await asyncio.sleep(0)
+        assert len(_raw_seqs(tmp_path / "a.db")) == len(seqs) + J_APPLY_SOON
     finally:
         await sub.close()
         await author.close()
@@ -824,3 +835,29 @@ def test_a_durable_stores_small_frames_left_in_its_records_reach_the_frame_file_
         assert Path(f"{db}-frames").stat().st_size == 2 * (J_INLINE_MAX + 2) + 8 * 2001
     finally:
         store.close()
+
+
+async def test_a_party_applies_its_journal_between_messages_not_in_the_commit_that_must(tmp_path: Path) -> None:
+    """From J_APPLY_SOON records on, each party applies its journal in the loop's turn after a commit's frames went
+    out (the author) or its messages were handed to the application (the subscriber): a commit never reaches
+    J_APPLY_RECORDS and applies inside itself, on its messages' path.  (Heartbeats, which also apply, are off.)"""
+    hub, member = MemoryHub(), Identity.generate()
+    author = await Author.create(tmp_path / "a.db", Identity.generate(), "c", PW, hub.author_endpoint(),
+                                 AllowList.of([member.did]), store_options=FAST_J)
+    sub = await Subscriber.create(tmp_path / "s.db", member, author.did, author.channel, PW,
+                                  hub.subscriber_endpoint("m"), store_options=FAST_J)
+    author.heartbeat_ms = sub.heartbeat_ms = 3_600_000
+    try:
+        branch = await sub.subscribe(timeout=10)
+        most = {"author": 0, "subscriber": 0}
+        for i in range(2 * J_APPLY_RECORDS):
+            await author.publish(branch, b"%d" % i)
+            assert (await sub.next_message(timeout=10)).payload == b"%d" % i
+            for _ in range(3):
+                await asyncio.sleep(0)
+            for name, party in (("author", author), ("subscriber", sub)):
+                most[name] = max(most[name], party.store.journal_pending)
+        assert most == {"author": J_APPLY_SOON - 1, "subscriber": J_APPLY_SOON - 1}
+    finally:
+        await sub.close()
+        await author.close()
