@@ -173,9 +173,9 @@ class StoreOptions:
     journal: bool = True
     """Commit a publish or a received batch by appending one record to ``<store>-commits`` (one ``write``; with
     ``durable``, an ``fdatasync``) instead of a SQLite transaction; the records are applied to the database in
-    batches (from ``store.J_APPLY_SOON`` on, in the loop's turn after a commit's frames went out, off any
-    message's path; at the latest every ``store.J_APPLY_RECORDS``; before any other use of the database, once per
-    heartbeat, at close) and, after
+    batches (from ``store.J_APPLY_SOON`` on, usually between messages: in the loop's turn after a publish's frames
+    went out or a received batch was handed over; at the latest inside the commit that reaches
+    ``store.J_APPLY_RECORDS``; before any other use of the database, once per heartbeat, at close) and, after
     a crash, when the party opens the store again.  Durable in the same sense as a SQLite transaction
     (``durable`` chooses which); 60-170 us less per message end to end here, one awaited publish at a time.
     Readers that do not lock the store (``streams status``, ``audit``; ``backup`` copies the journal too) see the
@@ -259,6 +259,7 @@ class _Party:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._apply_queued = False  #: an apply of the commit journal is scheduled (_apply_soon)
+        self._apply_failed = False  #: it failed: none is scheduled again before the journal was applied otherwise
         self._close_task: asyncio.Future[None] | None = None  #: the first close(), run as a task of its own
         self._broken: BaseException | None = None
         self._ack_waiters: list[tuple[bytes, int, asyncio.Future[None]]] = []
@@ -745,6 +746,7 @@ class _Party:
                             raise
                         except Exception:  # noqa: S110 - _flush failed the group with it: raised below
                             pass
+                        self._apply_soon()
         if not mine.done():
             await mine
         mine.result()
@@ -1023,10 +1025,14 @@ class _Party:
 
     def _apply_soon(self) -> None:
         """Apply the commit journal in the loop's next turn if it holds ``store.J_APPLY_SOON`` records or more:
-        called once a commit's frames are out (and, receiving, its messages handed to the application), so that
-        the apply runs between messages -- not inside the commit that reaches ``J_APPLY_RECORDS``, whose messages
-        would wait for it (about 0.4 ms for 64 one-message records here, 1.2 ms with cold caches)."""
-        if self._apply_queued or self._closed or self._store.journal_pending < J_APPLY_SOON:
+        called once a publish's frames are out and once a received batch is with the application, so that the apply
+        usually runs between messages -- not inside the commit that reaches ``J_APPLY_RECORDS``, whose messages
+        would wait for it (about 0.4 ms for 64 one-message records here, 1.2 ms with cold caches).  Commits of the
+        timer loop do not call it, and a receive loop that never yields reaches that bound all the same."""
+        if self._store.journal_pending < J_APPLY_SOON:
+            self._apply_failed = False  # (applied since: by a commit at J_APPLY_RECORDS, the heartbeat, a read)
+            return
+        if self._apply_queued or self._apply_failed or self._closed:
             return
         self._apply_queued = True
         asyncio.get_running_loop().call_soon(self._apply_now)
@@ -1037,7 +1043,10 @@ class _Party:
             return  # (closing applies it; or a commit's own apply came first)
         try:
             self._store.apply_journal()
-        except StorageError as exc:  # (still in the journal: the next commit applies it first, or fails with it)
+        except StorageError as exc:  # (still in the journal: a commit at J_APPLY_RECORDS tries again, or fails)
+            # Not retried after every message: a write lock another connection holds would stall the loop for
+            # its busy timeout each time.  The heartbeat's apply, or the commit at J_APPLY_RECORDS, tries again.
+            self._apply_failed = True
             log.warning("%s", exc)
 
     async def _send_now(self, out: list[Outgoing]) -> None:

@@ -92,8 +92,9 @@ announcement or anchor -- is one record appended to ``<file>-commits`` with one 
 ``durable``), not a SQLite transaction: acknowledged once appended, durable as a commit is (the page cache survives
 ``kill -9``; ``durable`` survives power loss).  The records reach the database in one transaction per
 :data:`J_APPLY_RECORDS` records, before any other use of the connection (every read and other write goes through
-it), at :meth:`Store.apply_journal` (the asyncio parties call it between messages from :data:`J_APPLY_SOON`
-records on, so that a commit rarely applies inside itself, and once per heartbeat: a party gone quiet is in the
+it), at :meth:`Store.apply_journal` (the asyncio parties call it from :data:`J_APPLY_SOON` records on,
+after a publish's frames went out or a received batch was handed over, so that a commit seldom applies inside
+itself, and once per heartbeat: a party gone quiet is in the
 database within about half a second) and at close; that transaction also stores the last record's sequence number
 (table ``journal``, made at the first apply), and the file is then emptied.  A party killed with records in it gets
 them applied when it opens the store again (:meth:`Store.lock`, before anything is loaded), skipping those the
@@ -299,8 +300,8 @@ _J_MAX_BYTES = 1 << 31
 #: the database, and at close).
 J_APPLY_RECORDS = 64
 #: Records from which an asyncio party applies the journal once the frames of the commit that reached it are out
-#: (streams.api): in the loop's next turn, off the path of any message, rather than inside the commit that reaches
-#: J_APPLY_RECORDS, whose messages would wait for it.
+#: or its received messages handed over (streams.api): in the loop's next turn, usually between messages, rather
+#: than inside the commit that reaches J_APPLY_RECORDS, whose messages would wait for it.
 J_APPLY_SOON = J_APPLY_RECORDS - 8
 #: A journaled commit of a durable store whose frames for the frame file come to at most this many bytes carries
 #: them in its record (one append and one sync, instead of one of each for the frame file too); the apply writes

@@ -861,3 +861,39 @@ async def test_a_party_applies_its_journal_between_messages_not_in_the_commit_th
     finally:
         await sub.close()
         await author.close()
+
+
+async def test_an_apply_between_messages_that_fails_is_not_retried_after_every_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed apply is logged and left to the heartbeat's (or the commit at J_APPLY_RECORDS): a write lock held
+    elsewhere would otherwise stall the loop for its busy timeout at every message.  Once the journal was applied
+    otherwise, the party applies between messages again."""
+    author, [member] = await _quiet_author(tmp_path / "a.db")
+    real, tries = store_module._j_exec, []
+
+    def failing(conn: sqlite3.Connection, ops: list[tuple[int, list[object]]], last: int) -> None:
+        tries.append(last)
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    try:
+        branch = await author.open_branch(member.did)
+        author.store.apply_journal()
+        monkeypatch.setattr(store_module, "_j_exec", failing)
+        with caplog.at_level(logging.WARNING, logger="streams"):
+            for n in range(J_APPLY_RECORDS - 1):  # (the commit that reaches J_APPLY_RECORDS would apply itself)
+                await author.publish(branch, b"%d" % n)
+                for _ in range(3):
+                    await asyncio.sleep(0)
+        assert len(tries) == 1 and author.store.journal_pending == J_APPLY_RECORDS - 1
+        assert sum("injected" in r.getMessage() for r in caplog.records) == 1
+        monkeypatch.setattr(store_module, "_j_exec", real)
+        author.store.apply_journal()  # (as the heartbeat's would)
+        monkeypatch.setattr(store_module, "_j_exec", failing)
+        for n in range(J_APPLY_SOON):
+            await author.publish(branch, b"again %d" % n)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert len(tries) == 2  # between messages again, once
+    finally:
+        monkeypatch.setattr(store_module, "_j_exec", real)
+        await author.close()
