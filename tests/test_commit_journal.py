@@ -45,6 +45,13 @@ HERE = Path(__file__).resolve().parent
 PW = "pw"
 
 
+def _new_store(db: Path, *, durable: bool = True, journal: bool = True) -> Store:
+    """A new author store at ``db`` (a cheap KDF), journaling unless asked not to; not locked."""
+    return Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
+                        author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=durable,
+                        journal=journal)
+
+
 def _killed_after(db: Path, count: int, payload: int = 100) -> None:
     """Run tests/crash_party.py (a durable store) with the journal on until it acknowledged ``count`` publishes of
     ``payload`` bytes, then kill -9 it."""
@@ -280,8 +287,7 @@ def test_a_commit_journal_that_is_a_symlink_is_refused_at_create(tmp_path: Path)
     target.write_bytes(b"keep")
     os.symlink(target, tmp_path / "a.db-commits")
     with pytest.raises(LocalProtocolError, match=r"a\.db-commits is not a regular file"):
-        Store.create(tmp_path / "a.db", Identity.generate(), PW, role="author", channel=b"\x00" * 32,
-                     author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
+        _new_store(tmp_path / "a.db")
     assert target.read_bytes() == b"keep"
 
 
@@ -335,8 +341,7 @@ def test_after_a_failed_append_no_record_is_appended_until_the_store_is_opened_a
     the next sequence number or the same, would be lost behind the damage or refused at the replay -- so every
     later hot commit fails, and the next open applies what was acknowledged before the failure."""
     db = tmp_path / "a.db"
-    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\x00" * 32,
-                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
+    store = _new_store(db)
     store.commit(Changes(nonces=[(b"a" * 16, 10**12)]))
 
     def full(fd: int, data: bytes) -> None:
@@ -394,8 +399,7 @@ def test_when_applies_keep_failing_the_next_commit_fails_instead_of_acknowledgin
     hot commit tries it first and fails with it, before it appends: the journal and what it holds in memory stay
     bounded by about a batch, and nothing is acknowledged that could not be applied."""
     db = tmp_path / "a.db"
-    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\x00" * 32,
-                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, journal=True)
+    store = _new_store(db)
 
     def broken(*_a: object, **_k: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
@@ -537,8 +541,7 @@ def test_what_a_party_wrote_before_it_journaled_is_covered_by_the_hole_check(tmp
     def cursor(n: int) -> ChainRecord:
         return ChainRecord(branch, 1, n, bytes([n - 1]) * 32)
 
-    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
-                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=False)
+    store = _new_store(db, durable=False, journal=False)
     store.lock()
     store.commit(Changes(chains=[cursor(2)], log=[rec(1)]))
     store.close()
@@ -720,8 +723,7 @@ def test_an_apply_keeps_the_order_of_the_records_statements(tmp_path: Path, cut:
     def cursor(n: int) -> ChainRecord:
         return ChainRecord(branch, 1, n, bytes([n - 1]) * 32)
 
-    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
-                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=False, journal=True)
+    store = _new_store(db, durable=False)
     store.lock()
     try:
         store.commit(Changes(chains=[cursor(4)], log=[rec(1, b"a"), rec(2, b"a"), rec(3, b"a")],
@@ -757,8 +759,7 @@ def test_an_apply_of_many_rows_writes_each_as_it_would_alone(tmp_path: Path) -> 
     def rec(seq: int, tag: bytes) -> LogRecord:
         return LogRecord(branch, 1, seq, bytes([seq % 256]) * 32, b"\x92" + tag * 10)
 
-    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
-                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=False, journal=True)
+    store = _new_store(db, durable=False)
     store.lock()
     try:
         nonces = [n.to_bytes(16, "big") for n in range(70)]
@@ -798,8 +799,7 @@ def test_a_replayed_row_that_is_a_map_is_refused_among_many(tmp_path: Path) -> N
     """A journal's rows are untrusted (its digest is a checksum): a map among enough rows to go many to a
     statement fails the replay as it would alone -- its keys are never written as a row."""
     db = tmp_path / "a.db"
-    Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32, author_did=Identity.generate().did,
-                 opslimit=1, memlimit=8192, durable=False, journal=True).close()
+    _new_store(db, durable=False).close()
     with contextlib.closing(sqlite3.connect(db)) as c:
         applied = store_module._j_applied(c)
     rows: list[object] = [[n.to_bytes(16, "big"), 10**12] for n in range(70)]
@@ -819,8 +819,7 @@ def test_a_durable_stores_small_frames_left_in_its_records_reach_the_frame_file_
     """A durable commit spills a large frame at once but keeps frames under DURABLE_FILE_MIN in its record when it
     has fewer than DURABLE_FILE_BATCH of them: the apply, with enough of them, moves them to the frame file."""
     db, branch = tmp_path / "a.db", b"B" * 16
-    store = Store.create(db, Identity.generate(), PW, role="author", channel=b"\0" * 32,
-                         author_did=Identity.generate().did, opslimit=1, memlimit=8192, durable=True, journal=True)
+    store = _new_store(db)
     store.lock()
     try:
         seq = 1
