@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 import nacl.bindings as _b
 import nacl.exceptions
@@ -70,9 +71,9 @@ def mac16(key: bytes, person: bytes, *parts: bytes) -> bytes:
     return h.digest()
 
 
-def ct_equal(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison (THREATS 9)."""
-    return hmac.compare_digest(a, b)
+#: Constant-time comparison of two byte strings (THREATS 9): ``hmac.compare_digest`` itself (called for every
+#: received message's link: no wrapper around it).
+ct_equal: Callable[[bytes, bytes], bool] = hmac.compare_digest
 
 
 def sign(secret64: bytes, digest: bytes) -> bytes:

@@ -36,7 +36,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from . import _crypto
 from ._config import check_ints
@@ -81,6 +81,7 @@ from .events import (
     Subscribed,
     SubscriberAdmitted,
     SubscriberRefused,
+    _message_received,
 )
 from .identity import Identity, PublicIdentity, did_from_public_key
 from .policy import Decision, Policy, SubscriptionRequest, common_permission, could_admit, evidence_holds
@@ -187,6 +188,7 @@ _HANDSHAKE_MAX_MS = (1 << 63) - 1
 #: The latest time the handshake's clock starts at (SPEC 8.3): 2**62 ms before it would reach the latest expiry.
 _HANDSHAKE_START_MAX_MS = 1 << 62
 _PACKET_AAD_PREFIX = bytes((VERSION, Kind.PACKET))
+_PACKET: Final = Kind.PACKET
 #: How many requests (SUBSCRIBEs) of one subscription attempt a subscriber remembers: an answer may come after
 #: a few HELLO retries on a slow path (one per second), and must still count (SPEC 9.1).
 _MAX_REQUESTS = 16
@@ -743,6 +745,9 @@ class _CoreBase:
     def __init__(self, identity: Identity, config: CoreConfig | None, rng: Rng | None) -> None:
         self._id = identity
         self._handlers = _handler_table(type(self))
+        #: Whether a packet that is simply the next of its chain takes :meth:`_in_order_packet` (the role's PACKET
+        #: handler is the one it stands for; tests turn it off to compare the two paths).
+        self._packets_in_order = self._handlers.get(Kind.PACKET) is _CoreBase._on_chain_frame
         self.config = config or CoreConfig()
         self._rng: Rng = rng or os.urandom
         self._out: list[Outgoing] = []
@@ -781,7 +786,7 @@ class _CoreBase:
         self.my_session: Callable[[], bytes | None] | None = None
         self._verified: set[SignatureCheck] = set()
         #: receive_many's pre-pass: id(frame) -> (key, payload) of the packets it opened (this batch only).
-        self._opened: dict[int, tuple[bytes, bytes]] = {}
+        self._opened: dict[int, tuple[bytes, bytes | None]] = {}
         #: The earliest timer deadline set since the last :meth:`take_deadline` (see there).
         self._deadline: int | None = None
         #: Routing hints for the driver's transport (see :meth:`take_routes`).
@@ -919,7 +924,9 @@ class _CoreBase:
             return [Rejected(exc.reason, str(exc))]
         events: list[Event] = []
         try:
-            self._handle(frame, now_ms, peer, events)
+            if not (frame.kind is _PACKET and self._packets_in_order
+                    and self._in_order_packet(frame, now_ms, peer, events)):
+                self._handle(frame, now_ms, peer, events)
         finally:
             self._failures = {}
         return events
@@ -960,10 +967,11 @@ class _CoreBase:
                 checks = self._signature_checks(signed)
                 if len(checks) > 1:
                     self._verified.update(c for c, ok in zip(checks, verify_many(checks), strict=True) if ok)
+            in_order = self._in_order_packet if self._packets_in_order else None
             for (_data, peer), f in zip(batch, frames, strict=True):
                 if isinstance(f, Rejected):
                     events.append(f)
-                else:
+                elif not (in_order is not None and f.kind is _PACKET and in_order(f, now_ms, peer, events)):
                     self._handle(f, now_ms, peer, events)
         finally:
             self._verified = set()
@@ -1678,7 +1686,7 @@ class _CoreBase:
             return None
         c = b.chains.get(h.publisher)
         signed = bool(f.sig) or (c is not None and h.seq <= c.covered)
-        return MessageReceived(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload, signed, f.hash)
+        return _message_received(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload, signed, f.hash)
 
     def fork_evidence(self, new_frame: bytes, logged_frame: bytes) -> ForkEvidence | None:
         """Fork check for a frame refused as a REPLAY: ``ForkEvidence(logged, new)`` if both frames are validly
@@ -1769,6 +1777,69 @@ class _CoreBase:
         if b is None:
             raise LocalProtocolError(f"unknown branch {branch.hex()}")
         return b
+
+    def _in_order_packet(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> bool:
+        """:meth:`receive_many`'s path for the common frame: a packet of the current key epoch that is the next
+        of its chain, and passes every check.  Exactly what :meth:`_handle` would do with it -- the same checks
+        (:meth:`_chain_of`, :meth:`_accept`), the same state changes and events -- without its calls.  Returns
+        False, having changed nothing, for any frame that is not that case, which then takes the normal path
+        (that reports the reason); a packet whose ciphertext does not authenticate is not opened again there."""
+        if self._failures:
+            return False  # (a peer charged in this batch: _handle may suspend it)
+        h: Packet = frame.head
+        if h.channel != self._channel:
+            return False
+        b = self._branches.get(h.branch)
+        if b is None or b.state is BranchState.CLOSED:
+            return False  # (a closed branch's tail, and its end -- c.final -- too)
+        publisher = h.publisher
+        member = b.members.get(publisher)
+        c = b.chains.get(publisher)
+        seq = h.seq
+        # (Of the current key epoch only: a lapse of the publisher's write right since then, or an older epoch's
+        # key that may still open it, is for the normal path to judge.)
+        if (member is None or c is None or publisher == b.me or seq != c.next_seq or h.epoch != b.epoch
+                or (publisher and not member[1].can_write)):
+            return False
+        key = b.keys.get((h.epoch, publisher))
+        if key is None or not _crypto.ct_equal(h.prev, c.head):
+            return False
+        sig = frame.sig
+        if sig:
+            if not (self._verified and (member[0], frame.hash, sig) in self._verified) or seq - c.covered > 1:
+                return False  # (its signature checked, or newly covering unsigned ones, on the normal path)
+        elif b.mode is SigningMode.EACH:
+            return False
+        opened = self._opened.pop(id(frame), None) if self._opened else None
+        payload = opened[1] if opened is not None and opened[0] is key else None
+        if payload is None:
+            try:
+                payload = _crypto.aead_decrypt(key, h.nonce, _PACKET_AAD_PREFIX + frame.head_raw, frame.body)
+            except VerificationError:
+                self._opened[id(frame)] = (key, None)  # the normal path rejects it without opening it again
+                return False
+        self._now_ms = now_ms
+        c.next_seq = seq + 1
+        c.head = frame.hash
+        c.stalls = 0
+        if c.catch_up_left:
+            c.catch_up_left = 0
+        b.heard = True
+        self._changes.log.append(LogRecord(b.id, publisher, seq, frame.hash, frame.raw))
+        if sig:
+            c.covered = seq
+        self._dirty.add((b.id, publisher))
+        events.append(_message_received(b.id, publisher, _did(member[0]), seq, payload, bool(sig), frame.hash))
+        if self._charges_peers:
+            self._hint_route(b, peer, publisher)
+        c.progress_ms = c.advanced_ms = now_ms
+        if c.held is not None or c.anchor_wait is not None:
+            self._drain(b, c, events)
+        if c.deferred and c.next_seq >= c.deferred:
+            c.deferred = 0
+        if c.gap_to >= c.next_seq and c.next_seq > c.fetch_end:
+            self._fetch_window(b, publisher, c, now_ms)
+        return True
 
     def _on_chain_frame(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> None:
         h: Packet | Checkpoint = frame.head
@@ -1865,6 +1936,9 @@ class _CoreBase:
             done = self._opened.pop(id(frame), None) if self._opened else None
             if done is not None and done[0] is key:
                 payload = done[1]  # opened by receive_many's pre-pass with this very key
+                if payload is None:  # (or found not to authenticate there)
+                    raise _Reject(RejectReason.BAD_AEAD, "ciphertext does not authenticate", h.branch,
+                                  h.publisher, h.seq)
             else:
                 try:
                     payload = _crypto.aead_decrypt(key, h.nonce, frame.aad, frame.body)
@@ -1913,7 +1987,7 @@ class _CoreBase:
             c.covered = h.seq
         self._dirty.add((b.id, h.publisher))
         if payload is not None:
-            events.append(MessageReceived(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload,
+            events.append(_message_received(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload,
                                           signed, frame.hash))
         if newly_covered:
             events.append(Covered(b.id, h.publisher, h.seq))
