@@ -785,7 +785,8 @@ class _CoreBase:
         #: FETCH we make; no hook, or None, sends unbound FETCHes (a transport without sessions).
         self.my_session: Callable[[], bytes | None] | None = None
         self._verified: set[SignatureCheck] = set()
-        #: receive_many's pre-pass: id(frame) -> (key, payload) of the packets it opened (this batch only).
+        #: id(frame) -> (key, payload) of the packets receive_many's pre-pass opened, or (key, None) of one that
+        #: :meth:`_in_order_packet` found not to authenticate (for this call's frames only).
         self._opened: dict[int, tuple[bytes, bytes | None]] = {}
         #: The earliest timer deadline set since the last :meth:`take_deadline` (see there).
         self._deadline: int | None = None
@@ -929,6 +930,8 @@ class _CoreBase:
                 self._handle(frame, now_ms, peer, events)
         finally:
             self._failures = {}
+            if self._opened:
+                self._opened = {}  # (a mark of _in_order_packet's is for this frame only)
         return events
 
     def receive_many(self, batch: Sequence[tuple[bytes, object]], now_ms: int) -> list[Event]:
@@ -1779,11 +1782,12 @@ class _CoreBase:
         return b
 
     def _in_order_packet(self, frame: Frame, now_ms: int, peer: object, events: list[Event]) -> bool:
-        """:meth:`receive_many`'s path for the common frame: a packet of the current key epoch that is the next
-        of its chain, and passes every check.  Exactly what :meth:`_handle` would do with it -- the same checks
-        (:meth:`_chain_of`, :meth:`_accept`), the same state changes and events -- without its calls.  Returns
-        False, having changed nothing, for any frame that is not that case, which then takes the normal path
-        (that reports the reason); a packet whose ciphertext does not authenticate is not opened again there."""
+        """The path of :meth:`receive` and :meth:`receive_many` for the common frame: a packet of the current key
+        epoch that is the next of its chain, and passes every check.  Exactly what :meth:`_handle` would do with
+        it -- the same checks (:meth:`_chain_of`, :meth:`_accept`), the same state changes and events -- without
+        its calls.  Returns False, having changed nothing, for any frame that is not that case, which then takes
+        the normal path (that reports the reason); a packet whose ciphertext does not authenticate is not opened
+        again there."""
         if self._failures:
             return False  # (a peer charged in this batch: _handle may suspend it)
         h: Packet = frame.head

@@ -53,9 +53,11 @@ def _chains(core: _CoreBase) -> list[tuple[object, ...]]:
         b = core._branches[bid]
         for p in sorted(b.chains):
             c = b.chains[p]
-            out.append((bid, p, b.epoch, b.heard, c.next_seq, c.head, c.covered, sorted(c.held or ()), c.gap_to,
-                        c.fetch_end, c.deferred, c.progress_ms, c.advanced_ms, c.stalls, c.catch_up_left,
-                        c.anchor_wait is None, c.final))
+            out.append((bid, p, b.epoch, b.heard, b.state, c.next_seq, c.head, c.covered,
+                        sorted((s, f.raw) for s, f in (c.held or {}).items()), c.gap_to, c.fetch_end, c.deferred,
+                        c.progress_ms, c.advanced_ms, c.stalls, c.catch_up_left, c.anchor_wait is None, c.final,
+                        c.final_hash, c.notified, c.acked, c.ack_ms, c.quick_acked, c.first_uncovered_ms,
+                        c.anchored, c.conflict))
     return out
 
 
@@ -74,7 +76,7 @@ def _step(core: _CoreBase, batch: list[tuple[bytes, object]], now: int, one_by_o
     acks = [(o.data, o.peer) for o in core.take_acks(now)] if isinstance(core, SubscriberCore) else []
     offenders = core.take_offenders()
     routes = core.take_routes() if isinstance(core, AuthorCore) else []
-    return events, changes, out, acks, offenders, routes, _chains(core)
+    return events, changes, out, acks, offenders, routes, core.take_deadline(), core._opened, _chains(core)
 
 
 def _compare(core: _CoreBase, frames: list[tuple[bytes, object] | Action], seed: int, now: int) -> dict[str, int]:
