@@ -1788,8 +1788,11 @@ class _CoreBase:
         its calls.  Returns False, having changed nothing, for any frame that is not that case, which then takes
         the normal path (that reports the reason); a packet whose ciphertext does not authenticate is not opened
         again there."""
-        if self._failures:
-            return False  # (a peer charged in this batch: _handle may suspend it)
+        sig = frame.sig
+        if self._failures or (sig and not self._verified):
+            # (A peer charged in this batch: _handle may suspend it.  A signature the batch's pre-pass did not
+            # confirm -- one awaited signed-each message at a time has none -- is checked on the normal path.)
+            return False
         h: Packet = frame.head
         if h.channel != self._channel:
             return False
@@ -1808,9 +1811,8 @@ class _CoreBase:
         key = b.keys.get((h.epoch, publisher))
         if key is None or not _crypto.ct_equal(h.prev, c.head):
             return False
-        sig = frame.sig
         if sig:
-            if not (self._verified and (member[0], frame.hash, sig) in self._verified) or seq - c.covered > 1:
+            if (member[0], frame.hash, sig) not in self._verified or seq - c.covered > 1:
                 return False  # (its signature checked, or newly covering unsigned ones, on the normal path)
         elif b.mode is SigningMode.EACH:
             return False
