@@ -167,3 +167,45 @@ def test_a_body_at_each_bin_width_decodes_only_in_its_shortest_form(n: int) -> N
         else:
             with pytest.raises(DecodeError, match="canonical"):
                 decode_frame(raw)
+
+
+def test_building_through_slots_follows_the_class_or_refuses_to_load() -> None:
+    """Packet and MessageReceived are built through their slots on the receive path (``_slot_setters``): what is
+    built equals what ``__init__`` builds, and a class whose fields change, lose their slots or gain a
+    ``__post_init__`` makes the setup fail (the module would not load) instead of building it wrongly."""
+    from dataclasses import dataclass
+
+    from streams.events import MessageReceived, _message_received
+    from streams.wire import _slot_setters
+
+    args = (b"b" * 16, 3, "did:key:z6Mk", 9, b"payload", False, b"h" * 32)
+    built = _message_received(*args)
+    assert built == MessageReceived(*args) and repr(built) == repr(MessageReceived(*args))
+    assert hash(built) == hash(MessageReceived(*args))
+
+    @dataclass(frozen=True, slots=True)
+    class Two:
+        a: int
+        b: int
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int
+        b: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclass(frozen=True)
+    class Unslotted:
+        a: int
+        b: int
+
+    set_a, set_b = _slot_setters(Two, ("a", "b"))
+    t = object.__new__(Two)
+    set_a(t, 1)
+    set_b(t, 2)
+    assert t == Two(1, 2)
+    for cls, names in ((Two, ("b", "a")), (Two, ("a",)), (Checked, ("a", "b")), (Unslotted, ("a", "b"))):
+        with pytest.raises(RuntimeError, match="changed"):
+            _slot_setters(cls, names)
