@@ -1107,27 +1107,7 @@ class _CoreBase:
             payload = _payload_bytes(payload)
         if len(payload) > self.config.max_frame - 512:
             raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
-        return self._publish_checked(b, payload, now_ms)
-
-    def _publish_checked(self, b: _Branch, payload: bytes, now_ms: int) -> int:
-        """:meth:`publish` of a payload (bytes, within the limit) on a branch we may write: its checks made."""
-        me = b.me
-        c = b.chains[me]
-        seq = c.next_seq
-        head_raw, body, h = self._seal(b, seq, c.head, payload)
-        signed = b.mode is SigningMode.EACH
-        self._queue_packet(b, seq, h, head_raw, body, self._id.sign(h) if signed else b"")
-        c.next_seq = seq + 1
-        c.head = h
-        if signed:
-            c.covered = seq
-        elif c.first_uncovered_ms is None:
-            c.first_uncovered_ms = now_ms
-            self._note_deadline(now_ms + self.config.checkpoint_interval_ms)
-        self._dirty.add((b.id, me))
-        if not signed and seq - c.covered >= self.config.checkpoint_every:
-            self._checkpoint(b, now_ms)
-        return seq
+        return self._publish_checked(b, [payload], now_ms)[0]
 
     def publish_many(self, branch: bytes, payloads: list[bytes], now_ms: int) -> list[int]:
         """:meth:`publish` each payload in order; all or nothing for the caller's errors (every payload size and
@@ -1139,27 +1119,45 @@ class _CoreBase:
         for payload in payloads:
             if len(payload) > limit:
                 raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds the frame limit")
-        # One message at a time: sealed, signed and framed in turn (its bytes still in the cache, likely).
-        # Sealing the whole batch first and signing its digests in one call -- on helper threads, or not -- was
-        # slower: 13-14k against 15.6k msgs/s for a lone author at 16 KiB, and 2-4% end to end at every size.
-        # (The branch and the sizes are checked above, once; nothing a publish does changes them.)
-        publish = self._publish_checked
-        return [publish(b, p, now_ms) for p in payloads]
+        return self._publish_checked(b, payloads, now_ms)
 
-    def _seal(self, b: _Branch, seq: int, prev: bytes, payload: bytes) -> tuple[bytes, bytes, bytes]:
-        """Encrypt ``payload`` as our packet ``seq`` of ``b``, linked to ``prev``: (head, ciphertext, hash).
-        Hot path: the head is encoded directly (the same bytes as encode_head(Packet(...))) and no Frame or head
-        object is built; the wire module's tests pin the equivalence."""
-        nonce = self._rng(24)
-        head_raw = _packb([self._channel, b.id, b.me, seq, prev, b.epoch, nonce])
-        body = _crypto.aead_encrypt(b.keys[(b.epoch, b.me)], nonce, _PACKET_AAD_PREFIX + head_raw, payload)
-        return head_raw, body, message_hash(Kind.PACKET, head_raw, body)
-
-    def _queue_packet(self, b: _Branch, seq: int, h: bytes, head_raw: bytes, body: bytes, sig: bytes) -> None:
-        """Log and queue our sealed packet (its chain cursor is the caller's to move)."""
-        raw = _packb([VERSION, 7, head_raw, body, sig])
-        self._changes.log.append(LogRecord(b.id, b.me, seq, h, raw))
-        self._out.append(Outgoing(raw, None, b.id))
+    def _publish_checked(self, b: _Branch, payloads: list[bytes], now_ms: int) -> list[int]:
+        """:meth:`publish` of each payload (bytes, within the limit) on a branch we may write, its checks made
+        (nothing a publish does changes them): sealed, signed (signed-each) and framed in turn, its bytes still
+        in the cache.  (Sealing the whole batch first and signing its digests in one call -- on helper threads, or
+        not -- was slower: 13-14k against 15.6k msgs/s for a lone author at 16 KiB, 2-4% end to end at every
+        size.)  The head is encoded directly, the same bytes as ``encode_head(Packet(...))`` (the wire module's
+        tests pin it), and no Frame or head object is built."""
+        me, bid, epoch = b.me, b.id, b.epoch
+        c = b.chains[me]
+        key = b.keys[(epoch, me)]
+        signed = b.mode is SigningMode.EACH
+        sign = self._id.sign
+        rng, channel, log, out = self._rng, self._channel, self._changes.log, self._out
+        every = self.config.checkpoint_every
+        seqs: list[int] = []
+        for payload in payloads:
+            seq = c.next_seq
+            nonce = rng(24)
+            head_raw = _packb([channel, bid, me, seq, c.head, epoch, nonce])
+            body = _crypto.aead_encrypt(key, nonce, _PACKET_AAD_PREFIX + head_raw, payload)
+            h = message_hash(Kind.PACKET, head_raw, body)
+            raw = _packb([VERSION, 7, head_raw, body, sign(h) if signed else b""])
+            log.append(LogRecord(bid, me, seq, h, raw))
+            out.append(Outgoing(raw, None, bid))
+            c.next_seq = seq + 1
+            c.head = h
+            seqs.append(seq)
+            if signed:
+                c.covered = seq
+                continue
+            if c.first_uncovered_ms is None:
+                c.first_uncovered_ms = now_ms
+                self._note_deadline(now_ms + self.config.checkpoint_interval_ms)
+            if seq - c.covered >= every:
+                self._checkpoint(b, now_ms)  # (it logs and queues on the same lists)
+        self._dirty.add((bid, me))
+        return seqs
 
     def take_routes(self) -> list[tuple[bytes, object, bool]]:
         """Routing hints since the last call, in order, for a transport that routes a branch's frames to the
