@@ -1126,8 +1126,9 @@ class _CoreBase:
         (nothing a publish does changes them): sealed, signed (signed-each) and framed in turn, its bytes still
         in the cache.  (Sealing the whole batch first and signing its digests in one call -- on helper threads, or
         not -- was slower: 13-14k against 15.6k msgs/s for a lone author at 16 KiB, 2-4% end to end at every
-        size.)  The head is encoded directly, the same bytes as ``encode_head(Packet(...))`` (the wire module's
-        tests pin it), and no Frame or head object is built."""
+        size.)  The head is encoded directly, the same bytes as ``encode_head(Packet(...))`` (every decoder refuses
+        another form; ``tests/test_vectors.py`` reproduces the published frames byte for byte), and no Frame or
+        head object is built."""
         me, bid, epoch = b.me, b.id, b.epoch
         c = b.chains[me]
         key = b.keys[(epoch, me)]
