@@ -5,8 +5,10 @@ The shortcut must do exactly what the normal path does with such a packet -- the
 changes, the same frames to send -- and decline everything else, changing nothing, so that the normal path
 judges it.  Each test runs a core and its twin (a deep copy with the shortcut off) on the same bytes, under
 attack (replays, reordering, drops, bit flips, stripped and foreign signatures, frames of other branches and of
-another channel, key epochs that change mid-stream, a revoked branch), batch by batch, and compares everything
-after every batch."""
+another channel, key epochs that change mid-stream, a revoked branch, permission lapses, a peer suspended within a
+batch; and what only key holders can make: a forked chain, packets beyond a REVOKE's final head, a packet in a
+member's own name), batch by batch, and compares everything after every batch: events, changes, frames sent,
+ACKs, offenders, routes, deadlines and every chain's state."""
 
 from __future__ import annotations
 
