@@ -276,6 +276,7 @@ _J_OPS = (
     "INSERT OR REPLACE INTO nonces VALUES (?, ?)",
     "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?)",
 )
+_J_CUT, _J_DROP = 1, 2  #: the indices of the log's two DELETEs in _J_OPS (beyond a seq, up to one)
 _J_LOG = 3  #: the index of the log's INSERT in _J_OPS
 #: Rows an INSERT of _J_OPS writes per statement where a commit or an apply has that many (:func:`_j_run`).
 _J_BATCH = 64
@@ -1972,7 +1973,7 @@ def _j_merged(ops: list[tuple[int, list[Any]]]) -> list[tuple[int, list[Any]]]:
     records made some 200 calls), where that changes nothing: no statement cuts or drops log rows (the only ones that
     share a table with another, the log's INSERT); every other statement writes a table of its own, and within
     each the rows keep their order (the last REPLACE and the first IGNORE of a key still win)."""
-    if len(ops) < 2 or any(op == 1 or op == 2 for op, _ in ops):
+    if len(ops) < 2 or any(op in (_J_CUT, _J_DROP) for op, _ in ops):
         return ops
     merged: dict[int, list[Any]] = {}
     for op, rows in ops:
@@ -2596,9 +2597,9 @@ def _hot_ops(changes: Changes, chains: dict[tuple[bytes, int], ChainRecord], log
     if chains:
         ops.append((0, [(r.branch, r.publisher, r.next_seq, r.head, r.covered) for r in chains.values()]))
     if changes.log_cut:
-        ops.append((1, [tuple(r) for r in changes.log_cut]))
+        ops.append((_J_CUT, [tuple(r) for r in changes.log_cut]))
     if changes.log_drop:
-        ops.append((2, [tuple(r) for r in changes.log_drop]))
+        ops.append((_J_DROP, [tuple(r) for r in changes.log_drop]))
     if log_rows:
         ops.append((_J_LOG, log_rows))
     if changes.nonces:
