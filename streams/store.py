@@ -1638,7 +1638,7 @@ class Store:
         that go to the frame file come to at most :data:`J_INLINE_MAX` bytes (:data:`J_INLINE_MAX_FAST` without
         ``durable``; the apply moves them there, one write for the batch); else as :meth:`_log_rows`."""
         rows = _frame_rows(records)
-        carried = sum(n for n in map(len, [r[4] for r in rows]) if n >= FRAME_FILE_MIN)
+        carried = sum(n for n in (len(r[4]) for r in rows) if n >= FRAME_FILE_MIN)
         if carried:
             # (Also where the frames are spilled now: a durable store's spill of fewer than DURABLE_FILE_BATCH
             # leaves those under DURABLE_FILE_MIN in the record, for the apply's batch.)
