@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -749,6 +750,80 @@ def test_the_apply_runs_a_statements_rows_together_only_where_no_record_cuts_the
         with_cut = [*ops[:2], (cutting, [("x", 1)]), *ops[2:]]
         assert store_module._j_merged(with_cut) == with_cut
     assert ops[0] == (0, [("c", 1)])  # (the records' own rows are left as they were)
+
+
+def test_the_apply_writes_only_the_last_of_a_replaces_rows_of_one_key() -> None:
+    """A chain's cursor, a nonce and a delivery cursor replaced by every commit: of the rows an apply runs together,
+    the last of each key alone is written (the table holds nothing else after them); the log's INSERT OR IGNORE
+    keeps every row (its first of a key wins), and rows the statement does not write as they are (another width,
+    another type) are left for the database to judge."""
+    b1, b2, n1, n2 = b"1" * 16, b"2" * 16, b"n" * 16, b"m" * 16
+
+    def cursor(b: bytes, seq: int) -> tuple[bytes, int, int, bytes, int]:
+        return (b, 1, seq, bytes([seq]) * 32, 0)
+
+    ops: list[tuple[int, list[Any]]] = []
+    for seq in range(1, 5):
+        ops += [(0, [cursor(b1, seq)] + ([cursor(b2, seq)] if seq % 2 else [])),
+                (3, [(b1, 1, seq, b"h" * 32, b"\x92f")]), (4, [(n1 if seq < 3 else n2, seq)]), (5, [(b1, 1, seq)])]
+    merged = dict(store_module._j_merged(ops))
+    assert merged[0] == [cursor(b1, 4), cursor(b2, 3)]
+    assert merged[4] == [(n1, 2), (n2, 4)]
+    assert merged[5] == [(b1, 1, 4)]
+    assert merged[3] == [(b1, 1, seq, b"h" * 32, b"\x92f") for seq in range(1, 5)]
+    # Rows a journal's msgpack gives (lists) are taken as tuples are.
+    assert store_module._j_merged([(0, [list(cursor(b1, 1))]), (0, [list(cursor(b1, 2))])]) == [
+        (0, [list(cursor(b1, 2))])]
+    for odd in ([b1, 1, 1, b"h" * 32, {"x": 1}], [b1, 1, 1, b"h" * 32], [b1, 1, 1, b"h" * 32, None],
+                [b1, True, 1, b"h" * 32, 0], "not a row"):
+        rows = [odd, cursor(b1, 2)]
+        assert store_module._j_merged([(0, rows[:1]), (0, rows[1:])]) == [(0, rows)]
+
+
+def test_an_apply_of_per_message_commits_replaces_each_cursor_once(tmp_path: Path) -> None:
+    """The per-message API's commits, one message each: the apply writes every log row and delivery and each
+    chain's last cursor -- one REPLACE per key (counted by SQLite's trace), not one per commit."""
+    db, branch = tmp_path / "a.db", b"B" * 16
+    store = _new_store(db, durable=False)
+    store.lock()
+    try:
+        for seq in range(1, 41):
+            store.commit(Changes(chains=[ChainRecord(branch, 1, seq + 1, bytes([seq]) * 32)],
+                                 log=[LogRecord(branch, 1, seq, bytes([seq]) * 32, b"\x92" + b"p" * 20)]),
+                         {(branch, 1): seq})
+        assert store._j_records == 40
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        try:
+            store.apply_journal()
+        finally:
+            store._db.set_trace_callback(None)
+        assert sum(st.startswith("INSERT OR REPLACE INTO chains") for st in statements) == 1
+        assert sum(st.startswith("INSERT OR REPLACE INTO delivered") for st in statements) == 1
+        assert store._q("SELECT count(*), min(seq), max(seq) FROM log") == [(40, 1, 40)]
+        assert [(c.next_seq, c.head) for c in store.load_chains()] == [(41, bytes([40]) * 32)]
+        assert store._q("SELECT seq FROM delivered") == [(40,)]
+    finally:
+        store.close()
+
+
+def test_a_replayed_replace_the_database_refuses_fails_though_a_later_row_replaces_it(tmp_path: Path) -> None:
+    """A journal's rows are untrusted: a chain cursor with a value the database cannot bind, followed by a good row
+    of the same key, still fails the replay (it is not dropped as replaced), and nothing of it is written."""
+    db, branch = tmp_path / "a.db", b"B" * 16
+    _new_store(db, durable=False).close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        applied = store_module._j_applied(c)
+    bad, good = [branch, 1, 2, b"h" * 32, {"covered": 0}], [branch, 1, 3, b"g" * 32, 0]
+    Path(f"{db}-commits").write_bytes(_j_record(applied + 1, msgpack.packb([[0, [bad]]]))
+                                      + _j_record(applied + 2, msgpack.packb([[0, [good]]])))
+    store = Store.open(db, PW, durable=False)
+    try:
+        with pytest.raises(StorageError, match="cannot apply"):
+            store.lock()
+        assert store._q("SELECT count(*) FROM chains") == [(0,)]
+    finally:
+        store.close()
 
 
 def test_an_apply_of_many_rows_writes_each_as_it_would_alone(tmp_path: Path) -> None:
