@@ -78,6 +78,7 @@ import asyncio
 import contextlib
 import errno
 import hmac
+import itertools
 import logging
 import os
 import socket
@@ -613,6 +614,7 @@ class _Base:
     # rule of ZMQ_FD is to re-check ZMQ_EVENTS after every operation; the readers wait on their own future,
     # woken by the descriptor and by that re-check after each send.
 
+    _sock: zmq.asyncio.Socket
     _sync: zmq.Socket[bytes]
     _wake_fut: asyncio.Future[None] | None = None
     _driver_waits = False  #: the driver is parked in recv() with an empty inbox
@@ -710,6 +712,18 @@ class _Base:
     def _term(self) -> None:
         if self._own_ctx:
             self._ctx.term()
+
+    def _retire_socket(self) -> None:
+        """Close the socket (linger 0), first pointing ``_sync`` at a closed socket of our own.  ``_sync`` is a
+        shadow: it holds libzmq's pointer to the socket and knows nothing of its close, so a call through it
+        afterwards -- a driver's send while a subscriber waits out its reconnect backoff, a credit report, a
+        readability check -- would use freed memory (a send could reach another socket that took its address).
+        A closed pyzmq socket refuses every call before libzmq (ZMQError ENOTSOCK), which every user of
+        ``_sync`` takes for a socket closed or being replaced."""
+        closed: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
+        closed.close(linger=0)
+        self._sync = closed
+        self._sock.close(linger=0)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -820,9 +834,12 @@ class AuthorEndpoint(_Base):
         if out.peer is not None:
             if not isinstance(out.peer, bytes):
                 raise LocalProtocolError("peer must be a routing id received from this endpoint")
-            if out.branch is not None:
+            if out.branch is not None and out.peer in self._peers:
                 # A reply to a member of the branch (the grant answering its SUBSCRIBE, answers to its verified
-                # FETCHes): authoritative, from the core, which names no branch on a reply to anyone else.
+                # FETCHes): authoritative, from the core, which names no branch on a reply to anyone else.  Only
+                # while the peer has a record (as in learn_routes): one evicted or expired since the core read its
+                # frame gets the reply, but a route without a record would never be forgotten (_forget goes by
+                # the records' branches) and would take the branch's frames past credit and queue bounds.
                 self._learn(out.branch, out.peer)
             self._send_to(out.peer, out.data)
         elif out.branch is not None:
@@ -837,7 +854,7 @@ class AuthorEndpoint(_Base):
         await self._stop_tasks()  # the ZAP task included: it has let go of its socket when this returns
         if self._auth is not None:
             self._auth.stop()
-        self._sock.close(linger=0)
+        self._retire_socket()
         self._term()
 
     @property
@@ -1132,28 +1149,30 @@ class AuthorEndpoint(_Base):
         to a branch) nor in a handshake (a HELLO within ``handshake_hold_ms``).  A requester's challenge is bound
         to its record's session (SPEC 8.3): evicted between its HELLO and its SUBSCRIBE, it is refused
         BAD_CHALLENGE, and a peer cycling more than ``max_peers`` new connections through every round trip of it
-        would keep it out for good.  Those passed over get a second chance (to the back); if the first
-        ``_EVICT_LOOKS`` are all held, the least recently seen of them held only for a handshake goes anyway --
-        a HELLO needs no identity, and a flood of them (2000/s by the global budget, over a 10 s hold: twice the
-        default ``max_peers``) can make every record held, so it must never cost a member its record while such
-        a one is in sight -- else the least recently seen of them; so a new record costs a bounded amount of
-        work."""
+        would keep it out for good.  Those passed over keep their place: the records stay in least-recently-seen
+        order, which the liveness sweep relies on (``_maintain`` expires from the front and stops at the first
+        fresh one: moved to the back, a silent member's record escaped it for as long as a churn of new connections
+        went on).  If the first ``_EVICT_LOOKS`` are all held, the least recently seen of them held only for a
+        handshake goes anyway -- a HELLO needs no identity, and a flood of them (2000/s by the global budget, over
+        a 10 s hold: twice the default ``max_peers``) can make every record held, so it must never cost a member
+        its record while such a one is in sight -- else the least recently seen of them; so a new record costs a
+        bounded amount of work."""
         peers = self._peers
         hold = self.config.handshake_hold_ms
+        victim: tuple[bytes, _Peer] | None = None
         oldest: tuple[bytes, _Peer] | None = None
         oldest_hello: tuple[bytes, _Peer] | None = None
-        for _ in range(min(len(peers), _EVICT_LOOKS)):
-            rid, old = next(iter(peers.items()))
+        for rid, old in itertools.islice(peers.items(), _EVICT_LOOKS):
             if not old.branches and (old.hello_at < 0 or now - old.hello_at >= hold):
+                victim = (rid, old)
                 break
             oldest = oldest or (rid, old)
             if not old.branches:
                 oldest_hello = oldest_hello or (rid, old)
-            peers.move_to_end(rid)
-        else:
-            if oldest is None:
-                return
-            rid, old = oldest_hello or oldest  # every one we looked at is held: a handshake's goes first
+        victim = victim or oldest_hello or oldest  # every one we looked at is held: a handshake's goes first
+        if victim is None:
+            return
+        rid, old = victim
         del peers[rid]
         self._forget(old)
         self.stats.peers_evicted += 1
@@ -1608,7 +1627,7 @@ class SubscriberEndpoint(_Base):
 
     async def _close(self) -> None:
         await self._stop_tasks()
-        self._sock.close(linger=0)
+        self._retire_socket()
         self._term()
 
     def queue_size(self) -> int:
@@ -1998,7 +2017,7 @@ class SubscriberEndpoint(_Base):
                 # close() cancelled us while we waited for the reader, and the CancelledError was swallowed with
                 # the reader's: do not sleep out the reconnect delay (up to reconnect_max_ms) before it can finish.
                 return
-        self._sock.close(linger=0)
+        self._retire_socket()  # (until the new socket: the driver's sends and credit reports are dropped)
         self._queue.clear()  # queued frames were for the dead connection; the core re-sends what matters
         self._queue_bytes = 0
         self._session = None  # the new connection gets a new record at the author, and a new session

@@ -19,8 +19,9 @@ import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, CurveConfig, EndpointConfig, SubscriberEndpoint
+from brokerless.endpoints import PING, PONG
 from streams.api import Author, StoreOptions, Subscriber
-from streams.core import CoreConfig
+from streams.core import CoreConfig, Outgoing
 from streams.errors import DecodeError, RejectReason, StreamsTimeoutError
 from streams.events import Rejected, SubscriberAdmitted
 from streams.identity import Identity
@@ -549,3 +550,146 @@ async def test_a_churn_of_hellos_does_not_evict_a_members_record_and_its_route(t
             if sub is not None:
                 await sub.close()
             await author.close()
+
+
+async def _serve(ep: AuthorEndpoint) -> None:
+    """A driver's receive loop that takes what arrives and drops it (the endpoint's own tasks run meanwhile)."""
+    while True:
+        await ep.recv()
+
+
+async def test_a_silent_members_record_expires_under_a_churn_of_new_records(tmp_path: Path) -> None:
+    """The liveness sweep expires records from the front of the least-recently-seen order and stops at the first
+    fresh one.  Eviction moved the records it passed over (a member's, a handshake's) to the back: under a churn of
+    new records a silent member's -- its host frozen, its connection up -- kept going behind fresh ones and was
+    never expired, its route (and queue) kept for as long as the churn went on (hours at the default
+    ``max_peers``).  Eviction now leaves the order as it is.
+
+    The old code let the sweep see the member at the front only in the instant between two evictions that put it
+    there, about once in ``max_peers`` sweeps: at 500 records and 10 sweeps of a 4 s deadline it failed this test
+    about 49 times in 50."""
+    cfg = EndpointConfig(heartbeat_ms=200, liveness=2, max_peers=500)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    member = ctx.socket(zmq.DEALER)
+    member.setsockopt(zmq.LINGER, 0)
+    member.connect(ep.addresses[0])
+    serving = asyncio.create_task(_serve(ep))
+    branch = b"B" * 16
+    with procs() as started:
+        try:
+            await member.send(PING)
+            end = time.monotonic() + 10
+            while not ep.peers():
+                assert time.monotonic() < end, "no record for the member"
+                await asyncio.sleep(0.005)
+            (rid,) = ep.peers()
+            ep.learn_routes([(branch, rid, True)])  # the core verified its member frame: routed to the branch
+            assert ep.routes(branch) == [rid]
+            churn = party(started, "churn", "--connect", ep.addresses[0], "--conns", "560", "--seconds", "60")
+            await until(churn, lambda ls: "FLOODING" in ls, 20, "the churn")
+            end = time.monotonic() + 20
+            while ep.stats.peers_evicted < 2 * cfg.max_peers:  # the table is full and churning
+                assert time.monotonic() < end, "no eviction"
+                await member.send(PING)  # the member is alive until then
+                await asyncio.sleep(0.02)
+            assert rid in ep.peers() and ep.routes(branch) == [rid]
+            # From here on the member is silent (dead after heartbeat_ms * liveness = 0.4 s).
+            evicted, end = ep.stats.peers_evicted, time.monotonic() + 4
+            while rid in ep.peers():
+                assert time.monotonic() < end, (
+                    f"a silent member's record outlived 10 liveness periods under the churn "
+                    f"({ep.stats.peers_evicted - evicted} records evicted meanwhile)")
+                await asyncio.sleep(0.01)
+            assert ep.stats.peers_expired >= 1  # expired, not evicted: a member's record is held
+            assert ep.routes(branch) == []
+            assert churn.p.poll() is None  # (the churn went on all along)
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            member.close(0)
+            ctx.term()
+            await ep.close()
+
+
+async def test_a_reply_to_a_peer_without_a_record_teaches_no_route() -> None:
+    """The core names the branch on a reply to a member (its GRANT, answers to its FETCHes): the endpoint learns
+    the route.  A peer evicted (or expired) between the driver's read of its frame and that reply still gets the
+    reply, but no route: one without a record was never forgotten (``_forget`` goes by the records' branches),
+    took the branch's frames past the credit and queue bounds, and outlived the peer."""
+    cfg = EndpointConfig(max_peers=1, heartbeat_ms=50, liveness=2, handshake_hold_ms=0)
+    ep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    p1, p2 = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    for s in (p1, p2):
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ep.addresses[0])
+    serving = asyncio.create_task(_serve(ep))
+    branch, frame = b"B" * 16, b"\x95" + b"x" * 99
+    try:
+        await p1.send(PING)
+        end = time.monotonic() + 10
+        while not ep.peers():
+            assert time.monotonic() < end, "no record for p1"
+            await asyncio.sleep(0.005)
+        (rid1,) = ep.peers()
+        await p2.send(PING)  # its record evicts p1's (max_peers=1)
+        while rid1 in ep.peers():
+            assert time.monotonic() < end, "p1's record was not evicted"
+            await asyncio.sleep(0.005)
+        await ep.send(Outgoing(frame, peer=rid1, branch=branch))
+        assert ep.routes(branch) == []
+        while (got := await asyncio.wait_for(p1.recv(), 5))[:1] == PONG[:1]:
+            pass  # (the PONGs that announced p1's session)
+        assert got == frame  # the reply itself still went out
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        p1.close(0)
+        p2.close(0)
+        ctx.term()
+        await ep.close()
+
+
+async def test_a_subscriber_waiting_to_reconnect_keeps_no_handle_to_its_closed_socket() -> None:
+    """Paranoid Pirate: a subscriber whose author went silent closes its socket, waits out its backoff and
+    connects a fresh one.  Its synchronous shadow of the socket -- the driver's sends, credit reports, reads --
+    went on pointing at the closed one all that time: libzmq's freed memory, which a socket made meanwhile may
+    take (a send through the shadow then reaches that socket).  Now the shadow is a closed socket of its own
+    until the new one: what the driver sends meanwhile is dropped and counted, and nothing reaches libzmq."""
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    cfg = EndpointConfig(heartbeat_ms=50, liveness=2, reconnect_min_ms=1500, reconnect_max_ms=3000)
+    ep = SubscriberEndpoint(f"tcp://127.0.0.1:{port}", cfg)
+    try:
+        first = ep._sync.underlying
+        await ep.send(Outgoing(b"\x95before", None, None))  # (starts its tasks; the router never answers)
+        rid, data = await asyncio.wait_for(router.recv_multipart(), 5)
+        while data != b"\x95before":
+            rid, data = await asyncio.wait_for(router.recv_multipart(), 5)
+        end = time.monotonic() + 10
+        while ep._sync.underlying == first:  # until the reconnect closed the socket
+            assert time.monotonic() < end, "no reconnect, or the closed socket's pointer kept through it"
+            await asyncio.sleep(0.005)
+        assert ep.stats.reconnects == 1
+        # During the backoff (1.5 s): a closed socket of its own, no pointer into the one libzmq freed.
+        assert ep._sync.closed and ep._sync.underlying == 0
+        dropped = ep.stats.send_dropped
+        await ep.send(Outgoing(b"\x95during the backoff", None, None))
+        assert ep.stats.send_dropped == dropped + 1
+        # The fresh socket: a new connection (a new routing id at the router), and what was sent during the backoff
+        # never arrives.
+        while True:
+            new_rid, data = await asyncio.wait_for(router.recv_multipart(), 10)
+            assert data != b"\x95during the backoff"
+            if new_rid != rid:
+                break
+        assert not ep._sync.closed  # (the new socket's shadow: libzmq may well give it the old one's address)
+    finally:
+        await ep.close()
+        router.close(0)
+        ctx.term()
