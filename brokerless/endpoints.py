@@ -55,7 +55,14 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   and never while a frame waits unread in its socket: a stall of its own event loop is not the author's silence
   (a reconnect then would discard the answers waiting there -- a starved host's handshakes never completed).
 * **Hostile input** (THREATS 8).  Frames over ``max_frame`` are refused by ZeroMQ itself (``MAXMSGSIZE``: the
-  connection is dropped).  Malformed frames are dropped by the strict decoder before reaching the core and
+  connection is dropped).  One bound this layer cannot set: ``MAXMSGSIZE`` limits each part of a ZeroMQ message,
+  not how many parts it has, and libzmq keeps a message's parts until its last one arrives -- a peer that speaks
+  ZMTP itself can make the process hold an unfinished message without bound before any of it reaches this code (a
+  peer using libzmq can send one message of many parts, read whole and then dropped as malformed).  Where hosts
+  other than the channel's parties can connect, turn CURVE on (its ZAP handler lets only the keys the channel
+  knows finish the handshake, nothing flows before -- but under a credential policy every key passes: SPEC 14.5)
+  and cap the process's memory (a cgroup, ``RLIMIT_AS``).
+  Malformed frames are dropped by the strict decoder before reaching the core and
   counted per peer.  Unauthenticated kinds (HELLO, SUBSCRIBE, PING, CREDITs of a wrong session) are
   rate-limited per peer (token bucket), and well-formed requests from all peers together by one endpoint-wide
   bucket, so that reconnecting or opening many connections does not multiply what a flooder can make the core
