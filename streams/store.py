@@ -284,8 +284,8 @@ _J_NONCE, _J_SEEN = 4, 5  #: the indices of the nonces' and the delivery cursors
 #: table's only unique constraint): of several rows of one key that an apply runs together, only the last is written
 #: (:func:`_j_merged`; per message, each commit of the per-message API replaces its chain's cursor).
 _J_REPLACE_KEYS: dict[int, tuple[int, int]] = {_J_CHAIN: (5, 2), _J_NONCE: (2, 1), _J_SEEN: (3, 2)}
-#: The types of the values the REPLACEs of _J_OPS write (:func:`_j_last_of_key` keeps rows of others as they are).
-_J_REPLACE_TYPES = frozenset((bytes, int))
+#: SQLite's integers are 64-bit: one beyond (msgpack carries up to 2**64 - 1) fails its statement.
+_I64 = 1 << 63
 #: Rows an INSERT of _J_OPS writes per statement where a commit or an apply has that many (:func:`_j_run`).
 _J_BATCH = 64
 #: What a row of _J_OPS may be where _J_BATCH of them go into one statement (a tuple from a commit, a list from a
@@ -1091,11 +1091,16 @@ class Store:
         """The journal's descriptor, opened (created 0600, never through a link) at the first append."""
         if self._j_fd is None:  # (the party's lock() replayed the journal and set _j_seq first)
             fd = _open_regular(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            try:
+                size = os.fstat(fd).st_size
+                if self._durable:  # (its name survives a power loss too, as SQLite's -wal's does)
+                    _fsync_path(self._j_path.parent)
+            except OSError:  # (kept only once synced: the next commit tries again, none is acknowledged before)
+                os.close(fd)
+                raise
             self._j_fd = fd
             self._fds.append(fd)
-            self._j_size = os.fstat(fd).st_size
-            if self._durable:  # (its name survives a power loss too, as SQLite's -wal's does)
-                _fsync_path(self._j_path.parent)
+            self._j_size = size
         return self._j_fd
 
     def _j_apply(self) -> None:
@@ -1632,6 +1637,14 @@ class Store:
         if self._frames_fd is None:
             # (never a FIFO either: it would take a commit's frames and keep none)
             fd = _open_regular(self._frames_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0))
+            if create and self._durable:
+                # Its name survives a power loss too (the rows the commit writes refer to it), as the journal's;
+                # kept only once synced, so the next commit tries again.
+                try:
+                    _fsync_path(self._frames_path.parent)
+                except OSError:
+                    os.close(fd)
+                    raise
             self._frames_fd = fd
             self._fds.append(fd)
         return self._frames_fd
@@ -2003,12 +2016,15 @@ def _j_last_of_key(rows: list[Any], width: int, key: int) -> list[Any]:
     holds after all of them (each replaces the one before; no other unique constraint): an apply of 64 commits of the
     per-message API wrote the same chain's cursor 64 times, 1.4 us each.  Only if every row is a tuple or list of
     ``width`` values of the types the statement writes (a journal's rows are untrusted: one the database would
-    refuse must still fail the apply, not vanish behind a later row of its key); else ``rows`` as they are."""
+    refuse must still fail the apply, not vanish behind a later row of its key: bytes, and integers SQLite stores);
+    else ``rows`` as they are."""
     last: dict[tuple[Any, ...], Any] = {}
-    types = _J_REPLACE_TYPES
     for r in rows:
-        if type(r) not in _ROW_TYPES or len(r) != width or not all(map(types.__contains__, map(type, r))):
+        if type(r) not in _ROW_TYPES or len(r) != width:
             return rows
+        for v in r:
+            if type(v) is not bytes and (type(v) is not int or not -_I64 <= v < _I64):
+                return rows
         last[tuple(r[:key])] = r
     return list(last.values()) if len(last) < len(rows) else rows
 

@@ -807,14 +807,17 @@ def test_an_apply_of_per_message_commits_replaces_each_cursor_once(tmp_path: Pat
         store.close()
 
 
-def test_a_replayed_replace_the_database_refuses_fails_though_a_later_row_replaces_it(tmp_path: Path) -> None:
-    """A journal's rows are untrusted: a chain cursor with a value the database cannot bind, followed by a good row
-    of the same key, still fails the replay (it is not dropped as replaced), and nothing of it is written."""
+@pytest.mark.parametrize("value", [{"covered": 0}, 2**63], ids=["map", "beyond_int64"])
+def test_a_replayed_replace_the_database_refuses_fails_though_a_later_row_replaces_it(
+        tmp_path: Path, value: object) -> None:
+    """A journal's rows are untrusted: a chain cursor with a value the database cannot bind (a map; an integer
+    msgpack carries and SQLite does not), followed by a good row of the same key, still fails the replay (it is not
+    dropped as replaced), and nothing of it is written."""
     db, branch = tmp_path / "a.db", b"B" * 16
     _new_store(db, durable=False).close()
     with contextlib.closing(sqlite3.connect(db)) as c:
         applied = store_module._j_applied(c)
-    bad, good = [branch, 1, 2, b"h" * 32, {"covered": 0}], [branch, 1, 3, b"g" * 32, 0]
+    bad, good = [branch, 1, 2, b"h" * 32, value], [branch, 1, 3, b"g" * 32, 0]
     Path(f"{db}-commits").write_bytes(_j_record(applied + 1, msgpack.packb([[0, [bad]]]))
                                       + _j_record(applied + 2, msgpack.packb([[0, [good]]])))
     store = Store.open(db, PW, durable=False)
@@ -971,3 +974,43 @@ async def test_an_apply_between_messages_that_fails_is_not_retried_after_every_m
     finally:
         monkeypatch.setattr(store_module, "_j_exec", real)
         await author.close()
+
+
+@pytest.mark.parametrize("which", ["journal", "frames"])
+def test_a_durable_stores_new_side_file_is_named_on_disk_before_a_commit_is_acknowledged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    """The journal and the frame file are made at their first write; in a durable store their directory is synced
+    then (a power loss must not take the name of a file that acknowledged commits point into).  If that sync fails,
+    the commit fails and the next one syncs again -- the file is not kept as if its name were on disk."""
+    db, branch = tmp_path / "a.db", b"B" * 16
+    store = _new_store(db, journal=which == "journal")
+    store.lock()
+    synced: list[Path] = []
+    fail = [True]
+    real = store_module._fsync_path
+
+    def fsync_path(path: Path) -> None:
+        synced.append(path)
+        if fail[0]:
+            fail[0] = False
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(store_module, "_fsync_path", fsync_path)
+
+    def changes(seq: int) -> Changes:
+        if which == "journal":
+            return Changes(nonces=[(bytes([seq]) * 16, 100)])
+        return Changes(chains=[ChainRecord(branch, 1, seq + 1, b"h" * 32)],
+                       log=[LogRecord(branch, 1, seq, b"h" * 32, b"\x92" + b"x" * store_module.DURABLE_FILE_MIN)])
+
+    try:
+        with pytest.raises(StorageError, match="Input/output error"):
+            store.commit(changes(1))
+        assert synced == [tmp_path]
+        store.commit(changes(1))
+        store.commit(changes(2))
+        assert synced == [tmp_path, tmp_path]  # synced again, then once for the open file
+        assert Path(f"{db}{'-commits' if which == 'journal' else '-frames'}").exists()
+    finally:
+        store.close()
