@@ -573,6 +573,14 @@ class _Base:
         self.config = config or EndpointConfig()
         self._own_ctx = context is None
         self._ctx = context if context is not None else zmq.asyncio.Context()
+        # A closed socket of our own, for _sync once the socket is closed (_retire_socket), made now: a close may
+        # come when the context can make no socket any more (terminated by an application's shutdown).
+        try:
+            self._closed_sync: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
+        except zmq.ZMQError:
+            self._term()
+            raise
+        self._closed_sync.close(linger=0)
         self._inbox: deque[tuple[bytes, object]] = deque()
         self._inbox_bytes = 0  #: bytes of the frames in the inbox
         self._ready = asyncio.Event()
@@ -727,9 +735,7 @@ class _Base:
         readability check -- would use freed memory (a send could reach another socket that took its address).
         A closed pyzmq socket refuses every call before libzmq (ZMQError ENOTSOCK), which every user of
         ``_sync`` takes for a socket closed or being replaced."""
-        closed: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
-        closed.close(linger=0)
-        self._sync = closed
+        self._sync = self._closed_sync
         self._sock.close(linger=0)
 
 
