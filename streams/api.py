@@ -38,7 +38,17 @@ from ._parallel import Parallel, default_threads
 from ._state import BranchState
 from ._tasks import cancel_and_wait, run_in_task, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
-from .core import AnchorClaim, AuthorCore, Changes, CoreConfig, Outgoing, SubscriberCore, _check_credential, _CoreBase
+from .core import (
+    AnchorClaim,
+    AuthorCore,
+    ChainRecord,
+    Changes,
+    CoreConfig,
+    Outgoing,
+    SubscriberCore,
+    _check_credential,
+    _CoreBase,
+)
 from .errors import (
     AdmissionRefused,
     BrokenResourceError,
@@ -228,6 +238,8 @@ class _Party:
         #: back into the queue as it drains (_refill); meanwhile the chain's live messages stay on disk behind them
         #: (their acceptance moves the second cursor), so each chain is delivered in order and the queue bound holds.
         self._backlog: dict[tuple[bytes, int], list[int]] = {}
+        #: The signature coverage of backlogged chains the core keeps no cursor of (_redeliver): the store's.
+        self._backlog_covered: dict[tuple[bytes, int], int] = {}
         #: Messages handed out by the last next_message(s) call: marked delivered at the next call.
         self._last_given: list[MessageReceived] = []
         # Group commit: publishes wait on this future, resolved by the next commit that covers them (the first
@@ -509,8 +521,9 @@ class _Party:
             key = next(iter(backlog))
             cur = backlog[key]
             rows = self._store.log_page(key[0], key[1], cur[0] + 1, cur[1], room)
+            covered = self._backlog_covered.get(key)
             for seq, frame in rows:
-                msg = self._core.open_logged(frame)
+                msg = self._core.open_logged(frame, covered)
                 if msg is not None and (msg.branch, msg.publisher, msg.seq) != (key[0], key[1], seq):
                     # The log is not authenticated: a row holding (or referring to) the frame of another position
                     # -- an edit, frames being signed and sealed -- is not handed out as that message again.
@@ -523,6 +536,7 @@ class _Party:
                 cur[0] = seq
             if len(rows) < room:
                 del backlog[key]
+                self._backlog_covered.pop(key, None)
 
     async def _wait_messages(self, timeout: float | None) -> None:
         """Until a message is waiting.  Raises StreamsTimeoutError, or ClosedResourceError once closed."""
@@ -1284,19 +1298,24 @@ class _Party:
         seen[key] = now
         log.error("%s%s", what, exc)
 
-    def _redeliver(self) -> None:
+    def _redeliver(self, chains: list[ChainRecord]) -> None:
         """At open: every chain accepted beyond the application's cursor is backlogged, and the queue filled from
         the backlog; the rest is read back as the application drains the queue (never more than queue_size
-        messages in memory), before any live message of the same chain."""
+        messages in memory), before any live message of the same chain.  ``chains``: the store's cursors (the
+        rows the core was loaded from), not the core's: it keeps none of a chain we may no longer read (a re-key
+        took the right away), whose messages we accepted, acknowledged and did not hand out yet all the same."""
         cursors = self._store.delivered()
-        for bid in sorted(self._core.branch_ids()):  # the cursors the core just loaded: no second read of them
-            b = self._core._branches[bid]
-            for p in sorted(b.chains):
-                if p == b.me:
-                    continue  # our own chain is not delivered to us
-                taken, last = cursors.get((bid, p), 0), b.chains[p].next_seq - 1
-                if last > taken:
-                    self._backlog[(bid, p)] = [taken, last]
+        branches = self._core._branches
+        for cr in sorted(chains, key=lambda c: (c.branch, c.publisher)):
+            b = branches.get(cr.branch)
+            if b is None or cr.publisher == b.me:
+                continue  # our own chain is not delivered to us
+            key = (cr.branch, cr.publisher)
+            taken, last = cursors.get(key, 0), cr.next_seq - 1
+            if last > taken:
+                self._backlog[key] = [taken, last]
+                if cr.publisher not in b.chains:
+                    self._backlog_covered[key] = cr.covered
         self._refill()
 
 
@@ -1444,9 +1463,10 @@ class Author(_Party):
             store.lock()
             core = AuthorCore(store.identity, store.meta("name"), policy, config)
             self = cls(core, store, transport, clock, queue_size)
-            core.load_author(store.load_branches(), store.load_chains(), [])  # (used nonces: of an earlier run)
+            chains = store.load_chains()
+            core.load_author(store.load_branches(), chains, [])  # (used nonces: of an earlier run)
             self._member_kx = None  # knows_key reads the loaded members at its next call
-            self._redeliver()
+            self._redeliver(chains)
             core.announce()
             core.acknowledge()
             await self._flush()
@@ -1859,12 +1879,13 @@ class Subscriber(_Party):
                 raise LocalProtocolError(f"{path} is not a subscriber's store")
             store.lock()
             core = SubscriberCore(store.identity, store.meta("author_did"), store.meta("channel"), config)
-            core.load_subscriber(store.meta("announce"), store.load_branches(), store.load_chains())
+            chains = store.load_chains()
+            core.load_subscriber(store.meta("announce"), store.load_branches(), chains)
             core.load_anchored(store.anchored_heads())  # proofs at or below them: no event, or REPLAY (SPEC 13.5)
             self = cls(core, store, transport, clock, queue_size)
             core.resume_fills(store.log_hole, self._clock())  # (SPEC 13.5)
             self._with_ledger(ledger, anchor_wait)
-            self._redeliver()
+            self._redeliver(chains)
             if getattr(transport, "session", b"") is not None:
                 core.catch_up(self._clock())
             # else: a transport with sessions that has none yet -- it calls on_reconnect (our catch-up) when the

@@ -1668,9 +1668,10 @@ class _CoreBase:
                 self._send_grant_sync(b)
                 self._note_deadline(now_ms + wait)
 
-    def open_logged(self, raw: bytes) -> MessageReceived | None:
+    def open_logged(self, raw: bytes, covered: int | None = None) -> MessageReceived | None:
         """Decrypt a message from our own log again (redelivery after a restart).  None if it is not a payload
-        we can read."""
+        we can read.  ``covered``: the highest seq of its chain a signature covers, where we keep no cursor of the
+        chain any more (a re-key took the right to read it away: the store's row says)."""
         try:
             f = decode_frame(raw, self.config.max_frame)
         except DecodeError:
@@ -1687,7 +1688,9 @@ class _CoreBase:
         except VerificationError:
             return None
         c = b.chains.get(h.publisher)
-        signed = bool(f.sig) or (c is not None and h.seq <= c.covered)
+        if c is not None:
+            covered = c.covered
+        signed = bool(f.sig) or (covered is not None and h.seq <= covered)
         return _message_received(b.id, h.publisher, _did(b.members[h.publisher][0]), h.seq, payload, signed, f.hash)
 
     def fork_evidence(self, new_frame: bytes, logged_frame: bytes) -> ForkEvidence | None:

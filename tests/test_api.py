@@ -924,3 +924,40 @@ async def test_iterating_a_party_that_failed_raises_the_failure_not_a_quiet_end(
             pass
     await s1.close()
     await author.close()
+
+
+@pytest.mark.parametrize("mode", ["each", "amortized"])
+async def test_messages_accepted_before_the_read_right_was_taken_come_again_after_a_restart(
+        tmp_path: Path, mode: str) -> None:
+    """A subscriber accepted (and acknowledged: the author was told they are on its disk) messages the
+    application had not taken, then a re-key took its right to read the branch away: the core keeps no cursor of
+    a chain it may not read, and a restart redelivered only the chains the core loaded -- those messages were
+    never handed out.  Redelivery goes by the store's cursors now, with what a signature covered of them (an
+    amortized chain's checkpoint: they come again as signed, as they were accepted)."""
+    from streams.core import CoreConfig, SigningMode
+    from streams.policy import Permission
+
+    hub = MemoryHub()
+    config = CoreConfig(signing=SigningMode.EACH if mode == "each" else SigningMode.AMORTIZED, checkpoint_every=3)
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, config=config)
+    sub = await make_sub(tmp_path, hub, P1, "p1", author)
+    try:
+        branch = await sub.subscribe(timeout=5)
+        seqs = [await author.publish(branch, b"alert %d" % i) for i in range(3)]
+        await author.wait_acknowledged(branch, seqs[-1], timeout=5)
+        await author.set_permission(branch, Permission.WRITE)
+        for _ in range(500):
+            if [b.permission for b in sub.branches()] == [Permission.WRITE]:
+                break
+            await asyncio.sleep(0.01)
+        assert [b.permission for b in sub.branches()] == [Permission.WRITE]
+        await sub.close()  # (none of the three taken by the application)
+        sub = await Subscriber.open(tmp_path / "p1.db", PW, hub.subscriber_endpoint("p1 again"), store_options=FAST)
+        got = [await sub.next_message(timeout=5) for _ in range(3)]
+        assert [(m.seq, m.payload, m.signed) for m in got] == [(s, b"alert %d" % i, True) for i, s in enumerate(seqs)]
+        with pytest.raises(StreamsTimeoutError):
+            await sub.next_message(timeout=0.3)
+    finally:
+        await sub.close()
+        await author.close()
