@@ -105,7 +105,10 @@ class AnchorService:
         self.config = config
         self._clock = clock
         self._send = send  # the driver's flush: commits nothing new, sends the queued ANCHOR_PROOF frames
-        self._moved: dict[tuple[bytes, int], None] = {}  # an ordered set
+        #: Chains that moved since their last anchor, in order, each with its head as committed (seq, hash): an
+        #: epoch anchors those, never a head the core holds that a publish not yet committed moved (its commit
+        #: may fail; the ledger would then hold a head the store never had, which it later contradicts).
+        self._moved: dict[tuple[bytes, int], tuple[int, bytes]] = {}
         self._pending: list[AnchorRow] = []
         self._anchored: dict[tuple[bytes, int], AnchorRecord] = {}
         self._prev: EpochCheckpoint | None = None
@@ -136,7 +139,7 @@ class AnchorService:
             seq = ch.next_seq - 1
             done = self._anchored.get((ch.branch, ch.publisher))
             if seq >= 1 and (done is None or done.seq != seq) and (ch.branch, ch.publisher, seq) not in queued:
-                self._moved[(ch.branch, ch.publisher)] = None
+                self._moved[(ch.branch, ch.publisher)] = (seq, ch.head)
         self._task = asyncio.create_task(self._run(), name="streams-anchoring")
 
     async def stop(self) -> None:
@@ -148,9 +151,10 @@ class AnchorService:
             self._task = None
 
     def note(self, changes: Changes) -> None:
-        """Record which chains moved (called by the driver for every commit; O(changes), never blocks)."""
+        """Record which chains moved, and their heads as committed (called by the driver after every commit;
+        O(changes), never blocks)."""
         for c in changes.chains:
-            self._moved[(c.branch, c.publisher)] = None
+            self._moved[(c.branch, c.publisher)] = (c.next_seq - 1, c.head)
         if len(self._moved) >= self.config.max_heads_per_epoch:
             self._wake.set()
 
@@ -297,10 +301,10 @@ class AnchorService:
         self.last_error = None
 
     async def _cut(self, now: int) -> None:
-        take = list(self._moved)[: self.config.max_heads_per_epoch]
-        for k in take:
+        take = list(self._moved.items())[: self.config.max_heads_per_epoch]
+        for k, _ in take:
             del self._moved[k]
-        heads = self._core.anchor_heads(take)
+        heads = self._core.anchor_heads([k for k, _ in take], dict(take))
         if not heads:
             return
         prev = self._prev

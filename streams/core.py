@@ -34,7 +34,7 @@ import heapq
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
@@ -3128,19 +3128,30 @@ class AuthorCore(_CoreBase):
 
     # -- anchoring (THREATS 7) -------------------------------------------------------------------------------------
 
-    def anchor_heads(self, chains: list[tuple[bytes, int]]) -> list[tuple[ChainHead, int]]:
+    def anchor_heads(self, chains: list[tuple[bytes, int]],
+                     committed: Mapping[tuple[bytes, int], tuple[int, bytes]] | None = None
+                     ) -> list[tuple[ChainHead, int]]:
         """The current heads of ``chains`` as ``(ChainHead, key_epoch)``, ready for
-        :func:`streams.anchor.build_epoch`.  Chains without a message yet, or unknown, are left out."""
+        :func:`streams.anchor.build_epoch`.  Chains without a message yet, or unknown, are left out.
+        ``committed``: the driver's (seq, hash) of each chain's head as committed, anchored instead of the
+        current head, which a message not committed yet may have moved (the ledger must never hold a head the
+        store may not have)."""
         out: list[tuple[ChainHead, int]] = []
         for branch, publisher in chains:
             b = self._branches.get(branch)
             c = None if b is None else b.chains.get(publisher)
             if b is None or c is None or c.next_seq <= 1:
                 continue
+            seq, head = c.next_seq - 1, c.head
+            if committed is not None:
+                at = committed.get((branch, publisher))
+                if at is None or not 1 <= at[0] <= seq:
+                    continue
+                seq, head = at
             blind = self._blind(b, publisher)
             if blind is None:
                 continue
-            out.append((ChainHead(branch, publisher, c.next_seq - 1, c.head, blind[1]), blind[0]))
+            out.append((ChainHead(branch, publisher, seq, head, blind[1]), blind[0]))
         return out
 
     def anchor_proof(self, branch: bytes, publisher: int, seq: int, head_hash: bytes, key_epoch: int,

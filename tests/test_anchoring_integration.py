@@ -916,3 +916,44 @@ async def test_a_members_ledger_closed_under_it_closes_the_party_loudly_rather_t
         await s1.close()
         await author.close()
         a_ledger.close()
+
+
+async def test_an_epoch_anchors_each_head_as_committed_not_as_a_publish_not_yet_committed_moved_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch's cut read the core's current heads, which a publish waiting for its group commit has already
+    moved (sealed and signed, not committed): had that commit failed, the ledger would hold a head the store never
+    had -- contradicted by the next message at that seq.  It anchors the heads as committed (the driver's note of
+    each commit), whatever the core holds meanwhile."""
+    import streams.anchoring_service as anchoring_service
+
+    ledger = EmbeddedLedger(tmp_path / "ledger.db")
+    hub = MemoryHub()
+    author = await Author.create(tmp_path / "author.db", AUTHOR, "fraud-monitor", PW, hub.author_endpoint(),
+                                 AllowList.of([P1.did]), store_options=FAST, ledger=ledger,
+                                 anchor_config=AnchorConfig(epoch_interval_ms=3_600_000))
+    s1 = await make_sub(tmp_path / "p1.db", hub, P1, "p1", author)
+    try:
+        b1 = await s1.subscribe(timeout=5)
+        for i in range(2):
+            await author.publish(b1, b"alert %d" % i)
+        (committed,) = [c for c in author.store.load_chains() if (c.branch, c.publisher) == (b1, 0)]
+        assert committed.next_seq == 3
+        svc = author.anchoring
+        assert svc is not None
+        built: list[list[tuple[object, int]]] = []
+        real = anchoring_service._build
+
+        def build(core: object, heads: list[tuple[object, int]], *rest: object) -> object:
+            built.append(heads)
+            return real(core, heads, *rest)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(anchoring_service, "_build", build)
+        author._core.publish(b1, b"sealed, its commit still to come", author._clock())
+        await svc._cut(author._clock())  # (no await before the cut reads the heads: the commit cannot come first)
+        (heads,) = built
+        assert [(h.seq, h.hash) for h, _ke in heads if (h.branch, h.publisher) == (b1, 0)] == [  # type: ignore[attr-defined]
+            (2, committed.head)]
+    finally:
+        await s1.close()
+        await author.close()
+        ledger.close()
