@@ -107,7 +107,8 @@ def test_a_secret_given_to_a_look_alike_of_the_passphrase_option_is_refused_and_
     habit, a typo) were "unrecognized arguments" that argparse printed back whole, on stderr and in the JSON error
     document -- the leak closed for `--passphrase` itself.  They are refused as it is, without the value."""
     for args in (["--password", "hunter2-secret"], ["--pass=hunter2-secret"], ["--pwd", "hunter2-secret"],
-                 ["--passphase", "hunter2-secret"]):
+                 ["--passphase", "hunter2-secret"], ["-passphrase", "hunter2-secret"], ["-pw", "hunter2-secret"],
+                 ["--", "--passphrase=hunter2-secret"]):
         r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--json", *args)
         assert r.returncode == 2 and r.json["type"] == "UsageError", (args, r.stdout, r.stderr)
         assert "hunter2-secret" not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
@@ -129,12 +130,22 @@ def test_no_passphrase_source_without_terminal(cli: Cli, tmp_path: Path) -> None
 def test_a_passphrase_given_as_the_variable_name_is_not_echoed(cli: Cli, tmp_path: Path) -> None:
     """`--passphrase-env "$SECRET"` (the value where the variable's name goes) is a usage error that must not print
     the value back -- on stderr, in the JSON error document, or in the -vv log -- as `--passphrase SECRET` is not
-    (THREATS 9).  What cannot be a variable's name (a space, punctuation) is not repeated; a name is."""
-    for secret in ("hunter2 secret!", "correct-horse/battery"):
+    (THREATS 9).  What cannot be a variable's name (a space, punctuation) is not repeated, nor a name with lowercase
+    letters in it (a passphrase of letters and digits is one); a name as variables are written is.  Nor is the path
+    given to --passphrase-file when nothing is there (the passphrase given where its file goes)."""
+    for secret in ("hunter2 secret!", "correct-horse/battery", "CorrectHorseBatteryStaple42"):
         r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-env", secret, "--json", "-vv")
         assert r.returncode == 2 and r.json["type"] == "UsageError", (secret, r.stdout, r.stderr)
         assert secret not in r.stdout + r.stderr, (secret, r.stdout, r.stderr)
         assert "--passphrase-env" in r.json["error"], r.stdout
+    for secret in ("My secret pass phrase!", "CorrectHorseBatteryStaple42"):
+        r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-file", secret, "--json", "-vv")
+        assert r.returncode == 2 and r.json["type"] == "UsageError", (secret, r.stdout, r.stderr)
+        assert secret not in r.stdout + r.stderr, (secret, r.stdout, r.stderr)
+        assert "--passphrase-file" in r.json["error"] and "No such file" in r.json["error"], r.stdout
+    (tmp_path / "a dir").mkdir()
+    r = cli("identity", "create", "--keystore", "x.ks", "--kdf-fast", "--passphrase-file", "a dir", "--json")
+    assert r.returncode == 2 and "a dir" in r.json["error"], r.stdout  # (a path that is there is named)
     assert not (tmp_path / "x.ks").exists()
 
 

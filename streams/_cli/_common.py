@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import itertools
 import json
 import math
 import os
@@ -153,12 +152,13 @@ _PASSPHRASE_SOURCES = frozenset({"--passphrase-env", "--passphrase-file"})
 
 def refuse_passphrase_argument(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """Refuse (``parser.error``) a ``--passphrase`` option anywhere in ``argv``, before it is parsed -- and any
-    look-alike that is not one of ours (``--password``, ``--pass=``, ``--pwd``, a misspelt ``--passphase``: another
-    tool's habit or a typo): argparse would otherwise echo its value back in an "unrecognized arguments" or "invalid
-    choice" error (on a command without passphrase options, before the command name, or for any look-alike)."""
-    for arg in itertools.takewhile(lambda a: a != "--", argv):  # (after "--", arguments are not options)
+    look-alike that is not one of ours (``--password``, ``--pass=``, ``--pwd``, a misspelt ``--passphase``, a
+    single-dash ``-passphrase``: another tool's habit or a typo), after a ``--`` too: argparse would otherwise echo
+    its value back in an "unrecognized arguments" or "invalid choice" error (on a command without passphrase
+    options, before the command name, or for any look-alike)."""
+    for arg in argv:  # (after "--" too: argparse echoes what it does not take there as well)
         option = arg.partition("=")[0]
-        if option.lower().startswith(("--pas", "--pw")) and option not in _PASSPHRASE_SOURCES:
+        if option.lower().startswith(("--pas", "--pw", "-pas", "-pw")) and option not in _PASSPHRASE_SOURCES:
             parser.error(passphrase_refusal(option))
 
 
@@ -208,6 +208,8 @@ def read_passphrase_first(args: argparse.Namespace) -> None:
 
 #: What a POSIX shell can name (and export) as an environment variable.
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: A variable's name as they are usually written, which an error may repeat (a passphrase is seldom all capitals).
+_CONVENTIONAL_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
@@ -232,6 +234,11 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
                 # which must not be printed back (as --passphrase is not, THREATS 9).
                 raise UsageError("--passphrase-env takes the NAME of an environment variable holding the passphrase "
                                  "(what was given is not a variable's name, and is not repeated here)")
+            if not _CONVENTIONAL_NAME.fullmatch(args.passphrase_env):
+                # A name, but not as variables are named (lowercase in it): it may be the passphrase itself,
+                # letters and digits only -- not repeated either.
+                raise UsageError("the environment variable --passphrase-env names is unset or empty (a name with "
+                                 "lowercase letters is not repeated here: it may be the passphrase itself)")
             raise UsageError(f"environment variable {args.passphrase_env} (--passphrase-env) is unset or empty")
         return value
     if args.passphrase_file:
@@ -239,8 +246,12 @@ def read_passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
             with open(args.passphrase_file, "rb") as f:
                 raw = f.read(64 * 1024 + 1)
         except OSError as exc:
-            raise UsageError(f"cannot read passphrase file {args.passphrase_file}: "
-                             f"{exc.strerror or type(exc).__name__}") from None
+            reason = exc.strerror or type(exc).__name__
+            if not os.path.lexists(args.passphrase_file):
+                # Nothing by that name: it may be the passphrase itself, given where its file's path goes.
+                raise UsageError(f"cannot read the passphrase file --passphrase-file names: {reason} (its name is "
+                                 "not repeated here: it may be the passphrase itself)") from None
+            raise UsageError(f"cannot read passphrase file {args.passphrase_file}: {reason}") from None
         if len(raw) > 64 * 1024:
             raise UsageError(f"passphrase file {args.passphrase_file} is too large")
         try:
