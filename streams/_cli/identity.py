@@ -63,7 +63,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Create a new Ed25519 identity (did:key) and write it to a keystore file encrypted under a\n"
             "passphrase (Argon2id, libsodium 'moderate': 3 passes, 256 MiB).  The passphrase is read from\n"
-            "an environment variable, a file, or the terminal -- never from the command line."
+            "an environment variable, a file, or the terminal -- never from the command line.  A store made\n"
+            "from the keystore holds the same seed under the same passphrase at a lower cost ('interactive':\n"
+            "2 passes, 64 MiB, paid at every start): keep stores as private as keystores (README)."
         ),
     )
     c.add_argument("--keystore", required=True, metavar="PATH", help="keystore file to create")
