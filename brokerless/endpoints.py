@@ -57,9 +57,10 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
 * **Hostile input** (THREATS 8).  Frames over ``max_frame`` are refused by ZeroMQ itself (``MAXMSGSIZE``: the
   connection is dropped).  One bound this layer cannot set: ``MAXMSGSIZE`` limits each part of a ZeroMQ message,
   not how many parts it has, and libzmq keeps a message's parts until its last one arrives -- a peer that speaks
-  ZMTP itself can make the process hold an unfinished message without bound before any of it reaches this code (a
-  peer using libzmq can send one message of many parts, read whole and then dropped as malformed).  Where hosts
-  other than the channel's parties can connect, turn CURVE on (its ZAP handler lets only the keys the channel
+  ZMTP itself can make the process hold an unfinished message without bound before any of it reaches this code,
+  and any peer can send one finished message of many parts, held whole until read (the author reads it whole and
+  drops it as malformed; a subscriber takes each part for a frame).  Where hosts other than the channel's parties
+  can connect, turn CURVE on (its ZAP handler lets only the keys the channel
   knows finish the handshake, nothing flows before -- but under a credential policy every key passes: SPEC 14.5)
   and cap the process's memory (a cgroup, ``RLIMIT_AS``).
   Malformed frames are dropped by the strict decoder before reaching the core and
@@ -168,6 +169,9 @@ _AVG_RISE, _AVG_FALL = 1 / 2, 1 / 64  # weights of a data frame's size in the su
 #: charged against the sender's inbound budget.
 #: Records an eviction passes over (in a handshake, or routed) before it takes the least recently seen anyway.
 _EVICT_LOOKS = 64
+#: A subscriber PINGs at least every this many heartbeats, also while frames flow (the PONG restores the author's
+#: limits: SubscriberEndpoint._heartbeat).
+_BUSY_PING_HEARTBEATS = 3
 _MEMBER_KINDS = frozenset({Kind.PACKET, Kind.CHECKPOINT, Kind.UNSUBSCRIBE, Kind.FETCH, Kind.HEAD, Kind.ACK})
 _NOT_A_FRAME = DecodeError("not a streams/1 frame (must start with [1, kind, ...])")
 _BAD_CREDIT = DecodeError(f"CREDIT must be {_CREDIT_LEN} bytes")
@@ -307,7 +311,9 @@ class EndpointConfig:
     """ZeroMQ receive high-water mark per peer pipe, messages.  A subscriber's socket uses at most
     ``inbox_bytes / max_frame`` of it (256 with the defaults; at least 16): when its inbox is full it stops
     reading, and a sender that overruns its window -- a hostile author, a relay injecting frames -- can then park
-    no more than about ``inbox_bytes`` more in ZeroMQ's pipe (1000 frames of 1 MiB were a gigabyte)."""
+    no more than about ``inbox_bytes`` more in ZeroMQ's pipe (1000 frames of 1 MiB were a gigabyte) in messages
+    of one part.  The mark counts messages, not their parts: one message of many parts, each under
+    ``max_frame``, is held whole however large (the module doc, "Hostile input": CURVE closes it)."""
     inbox: int = 10_000
     """Frames received but not yet taken by the driver.  Author: beyond it frames are dropped (senders
     recover); subscriber: beyond it the endpoint stops reading (back-pressure into ZeroMQ)."""
@@ -1563,6 +1569,7 @@ class SubscriberEndpoint(_Base):
         self._last_heard = now
         self._last_sent = now
         self._last_tick = now  #: when the heartbeat last ran (its lateness measures stalls of our own loop)
+        self._last_ping = now  #: when the heartbeat last sent a PING
         self._backoff = self.config.reconnect_min_ms
         self._reader_task: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
@@ -1992,9 +1999,12 @@ class SubscriberEndpoint(_Base):
             if self._inbox_full():
                 self._last_heard = now  # we are the slow side, not the author
             idle = now - self._last_sent >= cfg.heartbeat_ms or now - self._last_heard >= cfg.heartbeat_ms
-            if idle and not self._queue:
+            # Busy or not, a PING every few heartbeats: its PONG brings the author's limits again.  Limits a relay
+            # forged into one PONG shrink our window (to 1 frame: a CREDIT per frame); with PINGs only when idle they
+            # lasted as long as the stream never went quiet for a heartbeat (an injected frame, 11x slower here).
+            if (idle or now - self._last_ping >= _BUSY_PING_HEARTBEATS * cfg.heartbeat_ms) and not self._queue:
                 self._send(PING)
-                self._last_sent = now
+                self._last_sent = self._last_ping = now
             # CREDIT: at least every heartbeat (repairs a lost one; it also serves as our keepalive), and at once
             # when our consumption moved while the author may be near the end of the window we last gave it.
             # Not on every tick that something moved: with many subscribers at a few messages a second each, that

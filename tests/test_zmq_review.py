@@ -461,3 +461,60 @@ async def test_a_bracketed_ipv6_source_address_without_a_port_is_still_taken() -
         await SubscriberEndpoint("tcp://[::1];[::1]:5555x").close()
     with pytest.raises(LocalProtocolError, match="port"):
         await SubscriberEndpoint("tcp://[::1]:-1;[::1]:5555").close()
+
+
+async def test_limits_forged_into_one_pong_do_not_outlast_a_few_heartbeats_of_a_busy_stream() -> None:
+    """A relay injects one PONG of the current session with the author's limits forged to a window of one frame:
+    the subscriber then reports a window of 1 (a CREDIT per frame, a frame per round trip: 11x slower on loopback).
+    It PINGed only when idle, so while frames kept flowing no PONG came to restore the author's real limits -- one
+    injected frame slowed the stream for as long as it lasted.  It now PINGs every few heartbeats, busy or not."""
+    cfg = EndpointConfig(heartbeat_ms=100, liveness=5)
+    aep = AuthorEndpoint("tcp://127.0.0.1:0", cfg)
+    ctx = zmq.asyncio.Context()
+    relay = Relay(ctx, aep.addresses[0])
+    sep = SubscriberEndpoint(relay.address, cfg)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await sep.send(Outgoing(HELLO))
+        _data, rid = (await asyncio.wait_for(aep.recv(), 10))[0]
+
+        async def subscriber_driver() -> None:
+            while True:
+                await sep.recv()
+
+        async def author_driver() -> None:
+            while True:
+                await aep.recv()
+
+        async def stream() -> None:  # never quiet for a heartbeat
+            i = 0
+            while True:
+                aep.send_many([Outgoing(frame(i + k), rid) for k in range(20)])
+                i += 20
+                await asyncio.sleep(0.002)
+
+        tasks = [asyncio.create_task(f()) for f in (subscriber_driver, author_driver, stream)]
+        end = time.monotonic() + 10
+        while sep.author_limits is None or sep.session is None:
+            assert time.monotonic() < end, "no PONG with the author's limits"
+            await asyncio.sleep(0.01)
+        real = sep.author_limits
+        await relay.inject(PONG + sep.author_instance + sep.session + struct.pack(">IQ", 1, 0))
+        end = time.monotonic() + 5
+        while sep.author_limits == real:
+            assert time.monotonic() < end, "the forged PONG never arrived"
+            await asyncio.sleep(0.001)
+        assert sep.author_limits == (1, 0)
+        forged_at = time.monotonic()
+        while sep.author_limits != real:
+            assert time.monotonic() - forged_at < 2.0, "forged limits outlasted 20 heartbeats of a busy stream"
+            await asyncio.sleep(0.01)
+        assert sep.stats.frames_in > 0
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sep.close()
+        await relay.close()
+        ctx.term()
+        await aep.close()
