@@ -44,7 +44,8 @@ accepts each (branch, publisher, seq) at most once, in order, authentic.  The en
   each ``send_many`` once the author answered with its own.  Per frame the ZeroMQ calls and the I/O threads'
   per-message work were about a third of the author's CPU.  Each frame is still one frame to credit and to the
   protocol core, judged by the author as if it had come alone; a malformed BUNDLE is dropped whole.
-* **Nothing lost** (THREATS 4).  Heartbeats when idle: a subscriber's one-byte PING, answered by a PONG carrying
+* **Nothing lost** (THREATS 4).  Heartbeats when idle (and every third while busy, for the author's limits): a
+  subscriber's one-byte PING, answered by a PONG carrying
   the author endpoint's random instance id and the peer's session (neither can decode as a protocol frame).  A
   subscriber that hears nothing for ``liveness`` heartbeats closes and recreates its DEALER with exponential
   backoff (Paranoid Pirate), PINGs, and calls ``on_reconnect`` when the PONG announces the new connection's
