@@ -1090,12 +1090,11 @@ class Store:
     def _j_open(self) -> int:
         """The journal's descriptor, opened (created 0600, never through a link) at the first append."""
         if self._j_fd is None:  # (the party's lock() replayed the journal and set _j_seq first)
-            fd = _open_regular(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            # (its name survives a power loss too, as SQLite's -wal's does)
+            fd = _open_regular(self._j_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, sync_dir=self._durable)
             try:
                 size = os.fstat(fd).st_size
-                if self._durable:  # (its name survives a power loss too, as SQLite's -wal's does)
-                    _fsync_path(self._j_path.parent)
-            except OSError:  # (kept only once synced: the next commit tries again, none is acknowledged before)
+            except OSError:
                 os.close(fd)
                 raise
             self._j_fd = fd
@@ -1636,15 +1635,9 @@ class Store:
         frames must not be appended to a file elsewhere."""
         if self._frames_fd is None:
             # (never a FIFO either: it would take a commit's frames and keep none)
-            fd = _open_regular(self._frames_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0))
-            if create and self._durable:
-                # Its name survives a power loss too (the rows the commit writes refer to it), as the journal's;
-                # kept only once synced, so the next commit tries again.
-                try:
-                    _fsync_path(self._frames_path.parent)
-                except OSError:
-                    os.close(fd)
-                    raise
+            # (Its name survives a power loss too, where a durable store's rows will refer to it, as the journal's.)
+            fd = _open_regular(self._frames_path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0),
+                               sync_dir=create and self._durable)
             self._frames_fd = fd
             self._fds.append(fd)
         return self._frames_fd
@@ -1900,13 +1893,21 @@ def backup(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, verify:
 _COPY_CHUNK = 8 << 20
 
 
-def _open_regular(path: Path, flags: int) -> int:
+def _open_regular(path: Path, flags: int, *, sync_dir: bool = False) -> int:
     """``os.open(path, flags)``, never through a symlink (ELOOP), created 0600 with ``O_CREAT``; raises
-    :class:`StorageError` if it is not a regular file (the descriptor closed), OSError if the open fails."""
+    :class:`StorageError` if it is not a regular file (the descriptor closed), OSError if the open fails.
+    ``sync_dir``: its directory is synced too, so that its name survives a power loss (a durable store's side
+    files, which acknowledged commits rely on); if that fails, the descriptor is closed and OSError raised (the
+    caller keeps none, and its next commit tries again)."""
     fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"{path} is not a regular file")
+        if sync_dir:
+            _fsync_path(path.parent)
+    except BaseException:
         os.close(fd)
-        raise StorageError(f"{path} is not a regular file")
+        raise
     return fd
 
 
