@@ -2271,11 +2271,17 @@ class _CoreBase:
         return mine is Permission.AUDIT and b.members[p][1].can_write
 
     def _sync_chains(self, b: _Branch, heads: list[tuple[int, int, bytes]], genesis: bytes,
-                     events: list[Event] | None = None) -> None:
+                     events: list[Event] | None = None, now_ms: int | None = None) -> None:
         """Create the cursors we should have (from the grant's heads, else at the genesis grant) and drop the
         ones we may no longer use.  A chain we may no longer read whose head in the grant is beyond our cursor
         (published while we could read it, not received yet) is reported as a gap in ``events``: it is not
-        fetched (SPEC 11)."""
+        fetched (SPEC 11).
+
+        A cursor made at a grant's head counts nothing below it as covered on an amortized branch: the grant
+        names the head, it is no signature of the chain's publisher over it (SPEC 10.1), and what we hold of the
+        chain there may be unsigned packets.  The next signed message of the chain covers them (``Covered``);
+        our own chain, restarting where the author holds it after our write lapsed, checkpoints them within
+        ``checkpoint_interval_ms`` of ``now_ms``, as it would packets just published."""
         start = {p: (s, hh) for p, s, hh in heads}
         for p in list(b.chains):
             if p not in b.members or not self._should_track(b, p):
@@ -2290,8 +2296,9 @@ class _CoreBase:
         for p in b.members:
             if p not in b.chains and self._should_track(b, p):
                 seq, hh = start.get(p, (0, genesis))
-                b.chains[p] = _Chain(seq + 1, hh, seq)
-                b.chains[p].acked = seq  # nothing received yet: nothing to acknowledge
+                amortized = b.mode is not SigningMode.EACH
+                c = b.chains[p] = _Chain(seq + 1, hh, 0 if amortized else seq)
+                c.acked = seq  # nothing received yet: nothing to acknowledge
                 if p == b.me and b.me:
                     # Our chain goes on from where the author holds it: what we signed beyond (refused while we
                     # could not write) leaves our log.  (Both callers write every cursor of the branch now.)
@@ -2305,6 +2312,9 @@ class _CoreBase:
                             # the log: compared with the author's old ACKs (replayed by the network), they
                             # would stop our chain again, for good (SPEC 12).
                             self._changes.log_drop.append((b.id, p, seq))
+                    if seq and amortized and now_ms is not None:
+                        c.first_uncovered_ms = now_ms  # (SPEC 11: checkpointed within the interval)
+                        self._note_deadline(now_ms + self.config.checkpoint_interval_ms)
 
 
 def _anchored_already(c: _Chain, branch: bytes, publisher: int, seq: int) -> bool:
@@ -3548,7 +3558,7 @@ class SubscriberCore(_CoreBase):
             existing.grant_hash, existing.grant_frame = frame.hash, frame.raw
             existing.members = {i: (pk, Permission(p)) for i, pk, p in secret.members}
             existing.keys.update({(e, p): k for e, p, k in keys})
-            self._sync_chains(existing, secret.heads, existing.grant_hash, events)
+            self._sync_chains(existing, secret.heads, existing.grant_hash, events, now_ms)
             self._changes.branches.append(self._record(existing))
             self._changes.chains.extend(existing.chain_record(p) for p in existing.chains)
         perm = Permission(members[secret.index][1])
