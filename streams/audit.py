@@ -300,7 +300,12 @@ class _Audit:
     def _author_anchors(self, branches: dict[bytes, BranchRecord]) -> None:
         author = self.store.identity.sign_public
         prev: EpochCheckpoint | None = None
-        for row in self.store.anchors():
+        try:
+            rows = self.store.anchors()
+        except StorageError as exc:
+            self.err(f"anchor epochs unreadable (altered or damaged): {exc}")
+            return
+        for row in rows:
             self.report.anchor_epochs += 1
             try:
                 cp = EpochCheckpoint.decode(row.checkpoint)
@@ -351,7 +356,10 @@ class _Audit:
         assert self.ledger is not None
         if self.report.role == "author":
             author = self.store.identity.sign_public
-            known = {r.epoch: r.checkpoint for r in self.store.anchors()}
+            try:
+                known = {r.epoch: r.checkpoint for r in self.store.anchors()}
+            except StorageError:
+                return  # (reported by _author_anchors: nothing here to compare the ledger's history with)
             last: int | None = max(known, default=-1)
         else:
             author = bytes(dict((i, pk) for b in branches.values() for i, pk, _ in b.members if i == 0).get(0, b""))

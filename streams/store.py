@@ -1299,10 +1299,15 @@ class Store:
         if not (_count(r[0]) and type(r[1]) is bytes and type(r[3]) is bytes and len(r[3]) % 32 == 0
                 and (r[4] is None or type(r[4]) is str) and r[5] in ("built", "written", "confirmed")):
             raise StorageError(f"a row of table anchors in {self.path} is damaged (epoch {r[0]!r})")
+        # (The heads column is plain msgpack, not sealed: an edited one must fail here, typed, not as an unpacking
+        # error in whoever reads the heads -- the audit, the anchoring service's start.)
+        bad = StorageError(f"anchor row {r[0]} in {self.path} is corrupted (its heads column)")
         try:
-            heads = [tuple(h) for h in msgpack.unpackb(r[2], raw=False)]
+            heads = [tuple(h) for h in msgpack.unpackb(r[2], raw=False)] if type(r[2]) is bytes else None
         except (ValueError, TypeError) as exc:
-            raise StorageError(f"anchor row {r[0]} in {self.path} is corrupted") from exc
+            raise bad from exc
+        if heads is None or not all(_anchor_head(h) for h in heads):
+            raise bad
         leaves = bytes(r[3])
         return AnchorRow(r[0], bytes(r[1]), heads,
                          [leaves[i:i + 32] for i in range(0, len(leaves), 32)], r[4], r[5])
@@ -2189,6 +2194,12 @@ def _history_rows(records: list[BranchRecord]) -> list[tuple[bytes, int, bytes]]
                 raise LocalProtocolError("a grant history entry that is not a grant of its branch")
             rows.append((b.id, head.epoch, g))
     return rows
+
+
+def _anchor_head(h: tuple[Any, ...]) -> bool:
+    """An anchor row's head of the form ``(branch, publisher, seq, hash, key_epoch)`` names (AnchorRow)."""
+    return (len(h) == 5 and type(h[0]) is bytes and _count(h[1]) and _count(h[2]) and type(h[3]) is bytes
+            and _count(h[4]))
 
 
 def _count(v: Any) -> bool:
