@@ -130,10 +130,20 @@ def _is_hash(x: object) -> bool:
     return isinstance(x, bytes) and len(x) == HASH_SIZE
 
 
+def _is_path(proof: object) -> bool:
+    """A list or tuple of hashes (not a str, bytes, None or a generator: a predicate over untrusted input takes
+    no input it could choke on)."""
+    return isinstance(proof, (list, tuple)) and all(_is_hash(p) for p in proof)
+
+
+def _is_size(x: object) -> bool:
+    return type(x) is int and x >= 0  # (not a bool, a float, a str)
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """RFC 9162 section 2.1.3.2: does ``proof`` show that leaf hash ``leaf`` is at ``index`` in the tree of
     ``size`` leaves whose root is ``root``?"""
-    if not (_is_hash(leaf) and _is_hash(root) and all(_is_hash(p) for p in proof)):
+    if not (_is_hash(leaf) and _is_hash(root) and _is_path(proof) and _is_size(index) and _is_size(size)):
         return False
     # 1. leaf_index >= tree_size: fail.
     if not 0 <= index < size:
@@ -167,7 +177,8 @@ def verify_consistency(
     The degenerate cases the RFC leaves to the caller are decided here: ``first == second`` needs an empty
     proof and equal roots; ``first == 0`` needs an empty proof (the empty tree is a prefix of every tree) and
     ``first_root`` must be :data:`EMPTY_ROOT`."""
-    if not (_is_hash(first_root) and _is_hash(second_root) and all(_is_hash(p) for p in proof)):
+    if not (_is_hash(first_root) and _is_hash(second_root) and _is_path(proof) and _is_size(first)
+            and _is_size(second)):
         return False
     if not 0 <= first <= second:
         return False

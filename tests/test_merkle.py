@@ -160,6 +160,27 @@ def test_range_errors() -> None:
     assert not verify_consistency(3, 2, bytes(32), bytes(32), [])
 
 
+def test_the_verifiers_answer_false_for_arguments_of_the_wrong_type() -> None:
+    """Predicates over untrusted input (the module docstring): a float, text or bool where an int goes, or a
+    proof that is no list or tuple of hashes, is False -- never an exception, nor True (``0.0`` passed as the
+    index of the one leaf of a tree used to verify)."""
+    tree = MerkleTree(LEAVES[:4])
+    good = tree.inclusion_proof(1)
+    assert verify_inclusion(LEAVES[1], 1, 4, good, tree.root)
+    assert verify_inclusion(LEAVES[0], 0, 1, [], LEAVES[0])
+    wrong: list[tuple[object, object, object]] = [
+        (1.0, 4, good), ("1", 4, good), (True, 4, good), (1, 4.0, good), (1, "4", good),
+        (1, 4, None), (1, 4, b"".join(good)), (1, 4, iter(good)), (1, 4, [*good[:-1], "x"]),
+    ]
+    for index, size, proof in wrong:
+        assert verify_inclusion(LEAVES[1], index, size, proof, tree.root) is False  # type: ignore[arg-type]
+    assert verify_inclusion(LEAVES[0], 0.0, 1, [], LEAVES[0]) is False  # type: ignore[arg-type]
+    cons = consistency_proof(LEAVES, 1, 4)
+    assert verify_consistency(1, 4, LEAVES[0], tree.root, cons)
+    for first, second, proof in [(1.0, 4, cons), (1, 4.0, cons), ("1", 4, cons), (1, 4, None), (1, 4, iter(cons))]:
+        assert verify_consistency(first, second, LEAVES[0], tree.root, proof) is False  # type: ignore[arg-type]
+
+
 # --- properties ---------------------------------------------------------------------------------------------
 
 hash32 = st.binary(min_size=32, max_size=32)
