@@ -17,7 +17,8 @@ What it does, faithfully enough for the real client:
 * a milestone every ``--milestone-interval`` seconds referencing every pending block.
 
 Test controls (not part of the Stardust API): ``POST /admin/outage {"on": bool}`` answers 503 to everything
-else while on; ``POST /admin/milestones {"paused": bool}`` stops issuing milestones;
+else while on (``"code"`` and ``"message"``, if given, the status and error message it answers instead);
+``POST /admin/milestones {"paused": bool}`` stops issuing milestones;
 ``POST /admin/stall {"on": bool}`` holds every API request unanswered (up to 30 s) while on;
 ``GET /admin/blocks/{id}/raw-hash`` returns the hash the node computed over the bytes it received;
 ``GET /admin/stats`` lists the Content-Type of every block POST and the paths of the requests the stall holds.
@@ -131,6 +132,8 @@ class Node:
         self.pending: list[bytes] = []
         self.milestones: list[dict[str, Any]] = []  # index i is milestones[i - 1]
         self.outage = False
+        self.outage_code = 503
+        self.outage_message = "service unavailable (simulated outage)"
         self.post_types: list[str] = []  # Content-Type of every block POST, to show what the client sends
         self.paused = False
         # cleared: API requests stall (a node that accepts connections but never answers)
@@ -258,14 +261,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"stall": not node.flowing.is_set()})
         self._stall()
         if self.path == "/admin/outage":
-            node.outage = bool(json.loads(body)["on"])
+            req = json.loads(body)
+            node.outage = bool(req["on"])
+            node.outage_code = int(req.get("code", 503))
+            node.outage_message = str(req.get("message", "service unavailable (simulated outage)"))
             return self._send(200, {"outage": node.outage})
         if self.path == "/admin/milestones":
             with node.lock:
                 node.paused = bool(json.loads(body)["paused"])
             return self._send(200, {"paused": node.paused})
         if node.outage:
-            return self._error(503, "service unavailable (simulated outage)")
+            return self._error(node.outage_code, node.outage_message)
         if self.path != "/api/core/v2/blocks":
             return self._error(404, "not found")
         ctype = self.headers.get("Content-Type") or ""
@@ -290,7 +296,7 @@ class Handler(BaseHTTPRequestHandler):
         self._stall()
         path = self.path.split("?", 1)[0]
         if node.outage and not path.startswith("/admin/"):
-            return self._error(503, "service unavailable (simulated outage)")
+            return self._error(node.outage_code, node.outage_message)
         parts = [p for p in path.split("/") if p]
         if path == "/health":
             return self._send(200, b"", "text/plain")

@@ -433,3 +433,107 @@ def test_without_iota_sdk_the_error_says_which_extra_to_install() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("missing:")
     assert "'iota' extra" in out.stdout
+
+
+# --- what the node's answers are taken for: only its 404 to a lookup of the block is "unknown" ------------------
+
+
+def _node_on_a_port_with_404() -> StandIn:
+    """A stand-in node of its own, on a free port whose number holds "404" (an error text holds the port)."""
+    for port in range(40400, 40500):
+        proc = subprocess.Popen([sys.executable, str(NODE), "--port", str(port), "--milestone-interval", "0.2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.startswith("listening on 127.0.0.1:"):
+            return StandIn("http://" + line.split()[-1], proc)
+        proc.wait(10)  # the port was taken: it exited
+        proc.stdout.close()
+    pytest.skip("no free port from 40400 to 40499")
+
+
+def _stop(node: StandIn) -> None:
+    if node.proc.poll() is None:
+        node.proc.terminate()
+    node.proc.wait(10)
+    if node.proc.stdout is not None:
+        node.proc.stdout.close()
+
+
+@needs_sdk
+def test_an_outage_or_a_dead_node_is_no_unknown_block_when_the_port_holds_404() -> None:
+    """A node on port 404xx in an outage (503), then gone (connection refused): every lookup of a block it holds is a
+    LedgerError (no verdict), never UnknownAnchor -- which makes a member reject a correctly anchored head as
+    NOT_ANCHORED and the author write an epoch again.  A real 404 is still UnknownAnchor."""
+    node = _node_on_a_port_with_404()
+    try:
+        with IotaLedger(node.url, timeout=10.0, api_timeout=2.0) as led:
+            block_id = led.append(b"t", b"on port 404xx")
+            _wait_confirmed(led, block_id)
+            node.admin("/admin/outage", {"on": True})
+            for call in (led.status, led.read):
+                with pytest.raises(LedgerError):  # (UnknownAnchor is no LedgerError)
+                    call(block_id)
+            node.admin("/admin/outage", {"on": False})
+            for call in (led.status, led.read):
+                with pytest.raises(UnknownAnchor):
+                    call("0x" + "ab" * 32)
+            _stop(node)
+            for call in (led.status, led.read):
+                with pytest.raises(LedgerError):
+                    call(block_id)
+    finally:
+        _stop(node)
+
+
+@needs_sdk
+def test_an_outage_is_no_unknown_block_whatever_the_block_id_or_the_nodes_message_says(node: StandIn,
+                                                                                       ledger: IotaLedger) -> None:
+    """A block id holding "404" (one in about 70 does) or an outage whose message says "not found" is still an
+    outage: LedgerError, not UnknownAnchor."""
+    block_id = ledger.append(b"t", b"before the outage")
+    ids = [block_id, "0x404" + "0" * 61, "0x" + "ab" * 30 + "4040"]
+    for message in ("service unavailable (simulated outage)", "upstream Not Found", "404"):
+        node.admin("/admin/outage", {"on": True, "message": message})
+        try:
+            for anchor_id in ids:
+                for call in (ledger.status, ledger.read):
+                    with pytest.raises(LedgerError):
+                        call(anchor_id)
+        finally:
+            node.admin("/admin/outage", {"on": False})
+
+
+@needs_sdk
+def test_a_404_to_posting_a_block_is_a_ledger_error(node: StandIn, ledger: IotaLedger) -> None:
+    """A node that answers 404 to everything (a URL that does not lead to its API): posting fails with LedgerError,
+    not with UnknownAnchor (which no writer expects from append); a lookup is a block it does not know."""
+    node.admin("/admin/outage", {"on": True, "code": 404, "message": "not found"})
+    try:
+        with pytest.raises(LedgerError):
+            ledger.append(b"t", b"to nowhere")
+        with pytest.raises(UnknownAnchor):
+            ledger.status("0x" + "ab" * 32)
+        with pytest.raises(UnknownAnchor):
+            ledger.read("0x" + "ab" * 32)
+    finally:
+        node.admin("/admin/outage", {"on": False})
+
+
+def test_the_status_is_read_from_the_shape_of_the_sdk_error_not_from_its_url_or_body() -> None:
+    from streams.ledger.iota import _http_status
+
+    url = "http://127.0.0.1:40404/api/core/v2/blocks/0x404" + "0" * 61
+    assert _http_status(f"node error: The requested data {url}/metadata was not found.") == 404
+    assert _http_status(f"node error: The requested data {url}/not%20found was not found.") == 404
+    assert _http_status('node error: Response error with status code 503: {"error": {"code": "404", "message": '
+                        f'"block not found"}}, URL: {url}') == 503
+    assert _http_status(f"node error: Response error with status code 404: not found, URL: {url}") == 404
+    # a body written to look like a 404
+    assert _http_status("node error: Response error with status code 502: The requested data x was not found., "
+                        f"URL: {url}") == 502
+    assert _http_status(f"node error: error sending request for url ({url}): error trying to connect: tcp connect "
+                        "error: Connection refused (os error 111)") is None
+    assert _http_status(f"node error: error sending request for url ({url}/metadata): operation timed out") is None
+    assert _http_status(f"The requested data {url} was not found. and more") is None
+    assert _http_status("404 not found") is None

@@ -18,8 +18,11 @@ parsing them, so a lying node cannot substitute a payload.  Confirmation (``stat
 as reported; a client that distrusts its node should ask several.
 
 Failures: a node outage, a timeout or the death of the worker raise :class:`~streams.errors.LedgerError`
-(chained from the cause).  After a timeout or a crash the worker is discarded and a fresh one is started by
-the next call (or by :meth:`IotaLedger.restart`).
+(chained from the cause).  Only the node's HTTP 404 to a lookup of the block (its bytes or metadata) or of its
+milestone raises :class:`~streams.ledger.UnknownAnchor`: the status is read from the fixed shape of the SDK's
+error, never from words or digits anywhere in its text (the request's URL holds the block id, the host and the
+port).  After a timeout or a crash the worker is discarded and a fresh one is started by the next call (or by
+:meth:`IotaLedger.restart`).
 """
 
 from __future__ import annotations
@@ -147,6 +150,34 @@ def _answer(conn: Connection, msg: object) -> bool:
     return True
 
 
+#: iota-sdk's error texts for a request the node answered with an HTTP error (iota-sdk 1.1, Rust
+#: ``client::Error::Node`` wrapping ``node_api::Error``): a 404 is ``NotFound(url)``, any other status
+#: ``ResponseError {code, text, url}``.  Anything else (connection refused, a timeout, a body that does not parse)
+#: carries no status.
+_SDK_NOT_FOUND: Final = re.compile(r"node error: The requested data <url> was not found\.")
+_SDK_STATUS: Final = re.compile(r"node error: Response error with status code ([0-9]{3}): ")
+#: A URL in an error text, up to the next white space (the SDK prints URLs serialized: no white space in them).
+_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+
+
+def _sdk_error(exc: Exception) -> str:
+    """The message of an iota-sdk exception: a ``ClientError`` carries ``{"type": ..., "error": message}``."""
+    payload = exc.args[0] if len(exc.args) == 1 else None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, str) else str(exc)
+
+
+def _http_status(error: str) -> int | None:
+    """The HTTP status the node answered, as an iota-sdk error message reports it; ``None`` if it reports none.
+    Matched on the message's fixed shape with every URL taken out first, so that nothing in a URL (block id, host,
+    port, path) and nothing the node wrote in its answer's body can pass for a status."""
+    shape = _URL_IN_TEXT.sub("<url>", error)
+    if _SDK_NOT_FOUND.fullmatch(shape):
+        return 404
+    m = _SDK_STATUS.match(shape)
+    return int(m.group(1)) if m else None
+
+
 def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
     """Serve ``(rid, op, args)`` requests with one iota-sdk client until the pipe closes."""
     try:
@@ -177,9 +208,12 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
         try:
             result = _serve(client, op, args)
         except Exception as exc:  # every SDK failure becomes a typed reply, never a dead worker
-            text = f"{type(exc).__name__}: {exc}"
-            kind = "unknown" if ("404" in text or "not found" in text.lower()) else "ledger"
-            reply: tuple[Any, ...] = (rid, kind, text)
+            error = _sdk_error(exc)
+            # "The node does not know the block" is only a 404 to a lookup of the block (status: its metadata, then
+            # its milestone; read: its bytes).  Anything else -- another status, no answer at all, or a 404 to
+            # posting a block (the node's API is not where we think) -- is the ledger failing, no verdict on it.
+            kind = "unknown" if op in ("status", "read") and _http_status(error) == 404 else "ledger"
+            reply: tuple[Any, ...] = (rid, kind, f"{type(exc).__name__}: {error}")
         else:
             reply = (rid, "ok", result)
         if not _answer(conn, reply):
