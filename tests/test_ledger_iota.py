@@ -537,3 +537,82 @@ def test_the_status_is_read_from_the_shape_of_the_sdk_error_not_from_its_url_or_
     assert _http_status(f"node error: error sending request for url ({url}/metadata): operation timed out") is None
     assert _http_status(f"The requested data {url} was not found. and more") is None
     assert _http_status("404 not found") is None
+
+
+# --- the node URL's credentials stay out of errors -----------------------------------------------------------------
+
+
+def _texts(exc: BaseException) -> str:
+    """Everything an exception and the chain behind it show: what goes into events, log lines and tracebacks."""
+    out: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None:
+        out += [str(seen), repr(seen), repr(seen.args)]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(out)
+
+
+@needs_sdk
+def test_the_node_urls_credentials_are_in_no_error(node: StandIn) -> None:
+    """The node URL may carry credentials (``http://user:password@host``); the SDK's error texts hold the request's
+    URL, and they become UnknownAnchor and LedgerError messages, the LedgerError's cause, a member's Rejected events
+    and log lines.  None of them may hold the password or a query token -- for a block the node does not know
+    (404), an outage (503), or a node that is gone."""
+    password, token = "hunter2-" + os.urandom(4).hex(), "tok-" + os.urandom(4).hex()
+    url = node.url.replace("http://", f"http://alice:{password}@") + f"/?token={token}"
+    unknown = "0x" + "ab" * 32
+    with IotaLedger(url, timeout=10.0, api_timeout=2.0) as led:
+        block_id = led.append(b"t", b"with credentials")  # (the node takes them)
+        assert led.read(block_id) == (b"t", b"with credentials")
+        failures: list[BaseException] = []
+        for call in (led.status, led.read):
+            with pytest.raises(UnknownAnchor) as info:
+                call(unknown)
+            failures.append(info.value)
+        node.admin("/admin/outage", {"on": True})
+        try:
+            for call in (led.status, led.read):
+                with pytest.raises(LedgerError) as lerr:
+                    call(block_id)
+                failures.append(lerr.value)
+            with pytest.raises(LedgerError) as lerr:
+                led.append(b"t", b"during the outage")
+            failures.append(lerr.value)
+        finally:
+            node.admin("/admin/outage", {"on": False})
+    for exc in failures:
+        text = _texts(exc)
+        assert "127.0.0.1" in text  # the URL is still there, to say which node failed
+        assert password not in text, text
+        assert token not in text, text
+        assert "alice" not in text, text
+
+
+@needs_sdk
+def test_a_client_that_cannot_be_created_is_reported_without_the_urls_credentials() -> None:
+    password = "hunter2-" + os.urandom(4).hex()
+    with (IotaLedger(f"ftp://alice:{password}@127.0.0.1:9", timeout=10.0, api_timeout=2.0) as led,
+          pytest.raises(LedgerError) as info):
+        led.status("0x" + "ab" * 32)
+    assert "could not be created" in str(info.value)
+    assert password not in _texts(info.value)
+
+
+def test_redact_takes_userinfo_and_query_values_out_of_every_url() -> None:
+    from streams.ledger.iota import _redact
+
+    url = "http://alice:hunter2@127.0.0.1:40404/?token=tok-123"
+    assert (_redact("node error: The requested data http://alice:hunter2@127.0.0.1:40404/api/core/v2/blocks/0xab "
+                    "was not found.", url)
+            == "node error: The requested data http://***@127.0.0.1:40404/api/core/v2/blocks/0xab was not found.")
+    assert (_redact("error sending request for url (https://u:p@h:1/x?token=t0k&a=1&flag#frag): refused", "")
+            == "error sending request for url (https://***@h:1/x?token=***&a=***&***#frag): refused")
+    assert _redact("x http://a:p@ss@host:1/y z", "") == "x http://***@host:1/y z"  # the userinfo ends at the last @
+    assert _redact("URL: ws://user@h", "") == "URL: ws://***@h"
+    plain = "node error: error sending request for url (http://127.0.0.1:40404/api/core/v2/tips): refused"
+    assert _redact(plain, url) == plain
+    # the node URL's own secrets, wherever they appear, as given, decoded or encoded
+    assert _redact("auth hunter2 failed; tok-123", url) == "auth *** failed; ***"
+    assert _redact("p@ss/word and p%40ss%2Fword", "http://a:p%40ss%2Fword@h") == "*** and ***"
+    assert _redact("status code 503", "http://a:503@h") == "status code 503"  # too short to look for in text
+    assert _redact("status code 503", "http://[::1") == "status code 503"  # a URL that does not parse

@@ -21,8 +21,10 @@ Failures: a node outage, a timeout or the death of the worker raise :class:`~str
 (chained from the cause).  Only the node's HTTP 404 to a lookup of the block (its bytes or metadata) or of its
 milestone raises :class:`~streams.ledger.UnknownAnchor`: the status is read from the fixed shape of the SDK's
 error, never from words or digits anywhere in its text (the request's URL holds the block id, the host and the
-port).  After a timeout or a crash the worker is discarded and a fresh one is started by the next call (or by
-:meth:`IotaLedger.restart`).
+port).  The SDK's error texts hold the request's URL, credentials and all: the worker takes the userinfo and
+query values out of every URL in them (:func:`_redact`) before any of it reaches the caller's exceptions,
+events or logs.  After a timeout or a crash the worker is discarded and a fresh one is started by the next call
+(or by :meth:`IotaLedger.restart`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import time
 from datetime import timedelta
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Final
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .._secret_env import child_environment
 from ..errors import (
@@ -178,12 +181,51 @@ def _http_status(error: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+#: A URL in a text: its scheme, then the rest up to the next white space.
+_URL_PARTS: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)")
+#: Secrets of the node URL shorter than this are not searched for outside URLs: they would match ordinary words
+#: and digits of the text (a password "503"), and the URL rule finds them where the SDK prints them.
+_MIN_LITERAL: Final = 4
+
+
+def _redact_url(m: re.Match[str]) -> str:
+    rest = m["rest"]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))  # the authority's end
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:  # userinfo: up to the last "@" of the authority
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    before, mark, query = tail.partition("?")
+    if mark:
+        query, hash_, fragment = query.partition("#")
+        query = "&".join(f"{p.partition('=')[0]}=***" if "=" in p else "***" for p in query.split("&"))
+        tail = before + "?" + query + hash_ + fragment
+    return m["scheme"] + authority + tail
+
+
+def _redact(text: str, url: str) -> str:
+    """``text`` (an SDK error) without the credentials a node URL may carry: the userinfo of every URL in it
+    (``http://alice:secret@host/...`` -> ``http://***@host/...``) and the value of every query parameter
+    (``?token=***``); then, should the text hold them outside a URL, the password and query values of ``url``
+    (the node's), as given, percent-decoded and percent-encoded."""
+    text = _URL_PARTS.sub(_redact_url, text)
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or "", *(v for _, v in parse_qsl(parts.query))]
+    except ValueError:
+        found = []
+    secrets = {form for s in found for form in (s, unquote(s), quote(unquote(s), safe=""))
+               if len(form) >= _MIN_LITERAL}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
     """Serve ``(rid, op, args)`` requests with one iota-sdk client until the pipe closes."""
     try:
         from iota_sdk.client.client import Client  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:
-        _answer(conn, ("missing", repr(exc)))
+        _answer(conn, ("missing", _redact(repr(exc), url)))
         return
     try:
         # ignore_node_health: we talk to exactly one node, so the SDK's health-based node selection has nothing to
@@ -193,7 +235,7 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
         # anchored until a milestone references it).
         client = Client(nodes=[url], api_timeout=timedelta(seconds=api_timeout_s), ignore_node_health=True)
     except Exception as exc:  # the SDK raises bare Exceptions from Rust; report and stop
-        _answer(conn, ("fatal", f"{type(exc).__name__}: {exc}"))
+        _answer(conn, ("fatal", _redact(f"{type(exc).__name__}: {exc}", url)))
         return
     if not _answer(conn, ("ready", None)):
         return
@@ -213,7 +255,7 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
             # its milestone; read: its bytes).  Anything else -- another status, no answer at all, or a 404 to
             # posting a block (the node's API is not where we think) -- is the ledger failing, no verdict on it.
             kind = "unknown" if op in ("status", "read") and _http_status(error) == 404 else "ledger"
-            reply: tuple[Any, ...] = (rid, kind, f"{type(exc).__name__}: {error}")
+            reply: tuple[Any, ...] = (rid, kind, _redact(f"{type(exc).__name__}: {error}", url))
         else:
             reply = (rid, "ok", result)
         if not _answer(conn, reply):
