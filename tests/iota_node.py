@@ -21,7 +21,8 @@ else while on (``"code"`` and ``"message"``, if given, the status and error mess
 ``POST /admin/milestones {"paused": bool}`` stops issuing milestones;
 ``POST /admin/stall {"on": bool}`` holds every API request unanswered (up to 30 s) while on;
 ``GET /admin/blocks/{id}/raw-hash`` returns the hash the node computed over the bytes it received;
-``GET /admin/stats`` lists the Content-Type of every block POST and the paths of the requests the stall holds.
+``GET /admin/stats`` lists the Content-Type of every block POST and the paths of the requests the stall holds;
+``POST /admin/oversize {"bytes": n}`` answers every raw block GET with ``n`` zero bytes (a hostile node; 0: off).
 
 Not modelled: gossip, PoW scoring, transactions/outputs, the indexer, real milestone signatures (the
 signature fields have the right shape; the client does not verify them).
@@ -134,6 +135,7 @@ class Node:
         self.outage = False
         self.outage_code = 503
         self.outage_message = "service unavailable (simulated outage)"
+        self.oversize = 0  # > 0: every raw block GET is answered with this many zero bytes
         self.post_types: list[str] = []  # Content-Type of every block POST, to show what the client sends
         self.paused = False
         # cleared: API requests stall (a node that accepts connections but never answers)
@@ -266,6 +268,9 @@ class Handler(BaseHTTPRequestHandler):
             node.outage_code = int(req.get("code", 503))
             node.outage_message = str(req.get("message", "service unavailable (simulated outage)"))
             return self._send(200, {"outage": node.outage})
+        if self.path == "/admin/oversize":
+            node.oversize = int(json.loads(body)["bytes"])
+            return self._send(200, {"oversize": node.oversize})
         if self.path == "/admin/milestones":
             with node.lock:
                 node.paused = bool(json.loads(body)["paused"])
@@ -327,7 +332,7 @@ class Handler(BaseHTTPRequestHandler):
                     meta["shouldReattach"] = False
                 return self._send(200, meta)
             if RAW in (self.headers.get("Accept") or ""):
-                return self._send(200, raw, RAW)
+                return self._send(200, bytes(node.oversize) if node.oversize else raw, RAW)
             return self._send(200, parse_block(raw))
         if parts[:5] == ["api", "core", "v2", "milestones", "by-index"] and len(parts) == 6:
             try:

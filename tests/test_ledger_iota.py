@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -616,3 +617,51 @@ def test_redact_takes_userinfo_and_query_values_out_of_every_url() -> None:
     assert _redact("p@ss/word and p%40ss%2Fword", "http://a:p%40ss%2Fword@h") == "*** and ***"
     assert _redact("status code 503", "http://a:503@h") == "status code 503"  # too short to look for in text
     assert _redact("status code 503", "http://[::1") == "status code 503"  # a URL that does not parse
+
+
+# --- a hostile node's oversized answers stay out of the caller's process ------------------------------------------
+
+#: TIP-24: a serialized Stardust block is at most this many bytes.
+MAX_BLOCK = 32768
+
+
+@needs_sdk
+def test_a_huge_block_from_a_hostile_node_is_refused_in_the_worker(node: StandIn, ledger: IotaLedger) -> None:
+    """A Stardust block is at most 32768 bytes; a node that answers a block read with 1 MB (or 100 MB) must not get
+    that into the caller's process: the worker refuses it, a VerificationError (the node lied) that states the
+    size, and the caller's memory never holds it."""
+    block_id = ledger.append(b"t", b"a real block")
+    size = 1_000_000
+    node.admin("/admin/oversize", {"bytes": size})
+    try:
+        tracemalloc.start()
+        try:
+            with pytest.raises(VerificationError) as info:
+                ledger.read(block_id)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < size // 10, f"{peak} bytes allocated in the caller during the read"
+        assert f"{size} bytes" in str(info.value)
+        assert str(MAX_BLOCK) in str(info.value)
+        # A block's maximum size itself passes the size check (and fails on its hash), one byte more does not.
+        node.admin("/admin/oversize", {"bytes": MAX_BLOCK})
+        with pytest.raises(VerificationError, match="does not hash"):
+            ledger.read(block_id)
+        node.admin("/admin/oversize", {"bytes": MAX_BLOCK + 1})
+        with pytest.raises(VerificationError, match=f"{MAX_BLOCK + 1} bytes"):
+            ledger.read(block_id)
+    finally:
+        node.admin("/admin/oversize", {"bytes": 0})
+    assert ledger.read(block_id) == (b"t", b"a real block")  # the same worker serves on
+
+
+@needs_sdk
+def test_read_checks_the_length_of_what_the_worker_returns_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    led = IotaLedger("http://127.0.0.1:9")
+    try:
+        monkeypatch.setattr(led, "_call", lambda op, *args: bytes(MAX_BLOCK + 1))
+        with pytest.raises(VerificationError, match=f"{MAX_BLOCK + 1} bytes"):
+            led.read("0x" + "ab" * 32)
+    finally:
+        led.close()

@@ -14,8 +14,9 @@ with the caller's environment less the variables that hold secrets (:mod:`stream
 descriptor number: the node URL, which may carry credentials, goes over the pipe.
 
 Trust: :meth:`IotaLedger.read` fetches the raw block bytes and checks that they hash to the anchor id before
-parsing them, so a lying node cannot substitute a payload.  Confirmation (``status``) is taken from the node
-as reported; a client that distrusts its node should ask several.
+parsing them, so a lying node cannot substitute a payload; more bytes than a block can have (:data:`MAX_BLOCK`)
+are refused in the worker, so a hostile node cannot fill the caller's memory either.  Confirmation (``status``)
+is taken from the node as reported; a client that distrusts its node should ask several.
 
 Failures: a node outage, a timeout or the death of the worker raise :class:`~streams.errors.LedgerError`
 (chained from the cause).  Only the node's HTTP 404 to a lookup of the block (its bytes or metadata) or of its
@@ -55,12 +56,14 @@ from ..errors import (
 )
 from .base import AnchorStatus, UnknownAnchor
 
-__all__ = ["MAX_DATA", "MAX_TAG", "IotaLedger", "IotaSdkMissing", "parse_tagged_block"]
+__all__ = ["MAX_BLOCK", "MAX_DATA", "MAX_TAG", "IotaLedger", "IotaSdkMissing", "parse_tagged_block"]
 
 #: TIP-23: a tag is at most 64 bytes.
 MAX_TAG: Final = 64
-#: TIP-24 caps a block at 32768 bytes; this leaves room for the header and 8 parents.
-MAX_DATA: Final = 32768 - 1 - 1 - 8 * 32 - 4 - 4 - 1 - MAX_TAG - 4 - 8
+#: TIP-24: a serialized block is at most 32768 bytes.
+MAX_BLOCK: Final = 32768
+#: The most data a tagged data block holds: room left for the header and 8 parents.
+MAX_DATA: Final = MAX_BLOCK - 1 - 1 - 8 * 32 - 4 - 4 - 1 - MAX_TAG - 4 - 8
 _BLOCK_ID: Final = re.compile(r"0x[0-9a-f]{64}")
 _TAGGED_DATA: Final = 5  # TIP-23 payload type
 
@@ -220,6 +223,10 @@ def _redact(text: str, url: str) -> str:
     return text
 
 
+class _NotABlock(Exception):
+    """The node answered with something no Stardust block can be: the node lies (a VerificationError)."""
+
+
 def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
     """Serve ``(rid, op, args)`` requests with one iota-sdk client until the pipe closes."""
     try:
@@ -247,15 +254,18 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
         if msg is None:
             return
         rid, op, args = msg
+        reply: tuple[Any, ...]
         try:
             result = _serve(client, op, args)
+        except _NotABlock as exc:
+            reply = (rid, "invalid", str(exc))
         except Exception as exc:  # every SDK failure becomes a typed reply, never a dead worker
             error = _sdk_error(exc)
             # "The node does not know the block" is only a 404 to a lookup of the block (status: its metadata, then
             # its milestone; read: its bytes).  Anything else -- another status, no answer at all, or a 404 to
             # posting a block (the node's API is not where we think) -- is the ledger failing, no verdict on it.
             kind = "unknown" if op in ("status", "read") and _http_status(error) == 404 else "ledger"
-            reply: tuple[Any, ...] = (rid, kind, _redact(f"{type(exc).__name__}: {error}", url))
+            reply = (rid, kind, _redact(f"{type(exc).__name__}: {error}", url))
         else:
             reply = (rid, "ok", result)
         if not _answer(conn, reply):
@@ -279,7 +289,14 @@ def _serve(client: Any, op: str, args: tuple[Any, ...]) -> Any:
         return (True, int(milestone.timestamp) * 1000, int(index))  # Stardust timestamps are seconds
     if op == "read":
         (block_id,) = args
-        return bytes(client.get_block_raw(block_id))
+        # iota-sdk has no way to bound what it downloads: it reads the node's whole answer and hands it over as a
+        # JSON list of numbers.  That memory is this worker's, not the caller's (whose timeout kills a worker that
+        # takes too long): no more than a block's maximum goes on to the caller.
+        raw = client.get_block_raw(block_id)
+        if len(raw) > MAX_BLOCK:
+            raise _NotABlock(f"the node answered {len(raw)} bytes for a block; a Stardust block is at most "
+                             f"{MAX_BLOCK}")
+        return bytes(raw)
     if op == "ping":
         return "pong"
     raise ValueError(f"unknown op {op!r}")
@@ -412,6 +429,8 @@ class IotaLedger:
             return value
         if kind == "unknown":
             raise UnknownAnchor(f"the node does not know this block: {value}")
+        if kind == "invalid":
+            raise VerificationError(value)
         raise LedgerError(f"iota {op} failed") from _NodeError(value)
 
     # the Ledger interface
@@ -443,10 +462,13 @@ class IotaLedger:
 
     def read(self, anchor_id: str) -> tuple[bytes, bytes]:
         """``(tag, data)`` of the block, after checking that its bytes hash to ``anchor_id``.  Raises
-        :class:`~streams.errors.VerificationError` if they do not (the node lied), and
-        :class:`~streams.errors.DecodeError` if the block is not tagged data."""
+        :class:`~streams.errors.VerificationError` if they do not or are more than :data:`MAX_BLOCK` (the node
+        lied), and :class:`~streams.errors.DecodeError` if the block is not tagged data."""
         block_id = self._check_id(anchor_id)
         raw = self._call("read", block_id)
+        if not isinstance(raw, bytes) or len(raw) > MAX_BLOCK:  # (the worker refuses them already)
+            size = f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__
+            raise VerificationError(f"the node answered {size} for a block; a Stardust block is at most {MAX_BLOCK}")
         if "0x" + hashlib.blake2b(raw, digest_size=32).hexdigest() != block_id:
             raise VerificationError("the node returned a block that does not hash to its id")
         return parse_tagged_block(raw)
