@@ -22,7 +22,8 @@ else while on (``"code"`` and ``"message"``, if given, the status and error mess
 ``POST /admin/stall {"on": bool}`` holds every API request unanswered (up to 30 s) while on;
 ``GET /admin/blocks/{id}/raw-hash`` returns the hash the node computed over the bytes it received;
 ``GET /admin/stats`` lists the Content-Type of every block POST and the paths of the requests the stall holds;
-``POST /admin/oversize {"bytes": n}`` answers every raw block GET with ``n`` zero bytes (a hostile node; 0: off).
+``POST /admin/oversize {"bytes": n}`` answers every raw block GET with ``n`` zero bytes (a hostile node; 0: off);
+``POST /admin/pruned {"on": bool}`` answers 404 to every milestone lookup (a node that pruned them).
 
 Not modelled: gossip, PoW scoring, transactions/outputs, the indexer, real milestone signatures (the
 signature fields have the right shape; the client does not verify them).
@@ -133,6 +134,7 @@ class Node:
         self.pending: list[bytes] = []
         self.milestones: list[dict[str, Any]] = []  # index i is milestones[i - 1]
         self.outage = False
+        self.pruned = False
         self.outage_code = 503
         self.outage_message = "service unavailable (simulated outage)"
         self.oversize = 0  # > 0: every raw block GET is answered with this many zero bytes
@@ -271,6 +273,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/admin/oversize":
             node.oversize = int(json.loads(body)["bytes"])
             return self._send(200, {"oversize": node.oversize})
+        if self.path == "/admin/pruned":
+            node.pruned = bool(json.loads(body)["on"])
+            return self._send(200, {"pruned": node.pruned})
         if self.path == "/admin/milestones":
             with node.lock:
                 node.paused = bool(json.loads(body)["paused"])
@@ -341,7 +346,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._error(400, "bad index")
             with node.lock:
                 ms = node.milestones[index - 1] if 1 <= index <= len(node.milestones) else None
-            if ms is None:
+            if ms is None or node.pruned:
                 return self._error(404, "milestone not found")
             return self._send(200, {k: v for k, v in ms.items() if not k.startswith("_")})
         if path == "/admin/stats":

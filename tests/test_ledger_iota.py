@@ -521,6 +521,21 @@ def test_a_404_to_posting_a_block_is_a_ledger_error(node: StandIn, ledger: IotaL
         node.admin("/admin/outage", {"on": False})
 
 
+@needs_sdk
+def test_a_404_to_the_lookup_of_a_blocks_milestone_is_a_ledger_error(node: StandIn, ledger: IotaLedger) -> None:
+    """The node says a milestone references the block, then has no such milestone (pruned): no verdict on the
+    block (UnknownAnchor would make an author write its epoch again, a member reject an anchored head)."""
+    block_id = ledger.append(b"t", b"referenced")
+    _wait_confirmed(ledger, block_id)
+    node.admin("/admin/pruned", {"on": True})
+    try:
+        with pytest.raises(LedgerError, match="status"):
+            ledger.status(block_id)
+    finally:
+        node.admin("/admin/pruned", {"on": False})
+    assert ledger.status(block_id).confirmed
+
+
 def test_the_status_is_read_from_the_shape_of_the_sdk_error_not_from_its_url_or_body() -> None:
     from streams.ledger.iota import _http_status
 

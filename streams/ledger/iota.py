@@ -19,13 +19,13 @@ are refused in the worker, so a hostile node cannot fill the caller's memory eit
 is taken from the node as reported; a client that distrusts its node should ask several.
 
 Failures: a node outage, a timeout or the death of the worker raise :class:`~streams.errors.LedgerError`
-(chained from the cause).  Only the node's HTTP 404 to a lookup of the block (its bytes or metadata) or of its
-milestone raises :class:`~streams.ledger.UnknownAnchor`: the status is read from the fixed shape of the SDK's
-error, never from words or digits anywhere in its text (the request's URL holds the block id, the host and the
-port).  The SDK's error texts hold the request's URL, credentials and all: the worker takes the userinfo and
-query values out of every URL in them (:func:`_redact`) before any of it reaches the caller's exceptions,
-events or logs.  After a timeout or a crash the worker is discarded and a fresh one is started by the next call
-(or by :meth:`IotaLedger.restart`).
+(chained from the cause).  Only the node's HTTP 404 to a lookup of the block (its bytes or metadata) raises
+:class:`~streams.ledger.UnknownAnchor` (not one to the lookup of the milestone its metadata names): the status
+is read from the fixed shape of the SDK's error, never from words or digits anywhere in its text (the request's
+URL holds the block id, the host and the port).  The SDK's error texts hold the request's URL, credentials and
+all: the worker takes the userinfo and query values out of every URL in them (:func:`_redact`) before any of it
+reaches the caller's exceptions, events or logs.  After a timeout or a crash the worker is discarded and a fresh
+one is started by the next call (or by :meth:`IotaLedger.restart`).
 """
 
 from __future__ import annotations
@@ -223,6 +223,10 @@ def _redact(text: str, url: str) -> str:
     return text
 
 
+class _Outage(Exception):
+    """A lookup failed that says nothing of the block's existence, whatever its status (a LedgerError)."""
+
+
 class _NotABlock(Exception):
     """The node answered with something no Stardust block can be: the node lies (a VerificationError)."""
 
@@ -259,10 +263,12 @@ def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
             result = _serve(client, op, args)
         except _NotABlock as exc:
             reply = (rid, "invalid", str(exc))
+        except _Outage as exc:
+            reply = (rid, "ledger", _redact(str(exc), url))
         except Exception as exc:  # every SDK failure becomes a typed reply, never a dead worker
             error = _sdk_error(exc)
-            # "The node does not know the block" is only a 404 to a lookup of the block (status: its metadata, then
-            # its milestone; read: its bytes).  Anything else -- another status, no answer at all, or a 404 to
+            # "The node does not know the block" is only a 404 to a lookup of the block (status: its metadata;
+            # read: its bytes).  Anything else -- another status, no answer at all, or a 404 to
             # posting a block (the node's API is not where we think) -- is the ledger failing, no verdict on it.
             kind = "unknown" if op in ("status", "read") and _http_status(error) == 404 else "ledger"
             reply = (rid, kind, _redact(f"{type(exc).__name__}: {error}", url))
@@ -285,7 +291,13 @@ def _serve(client: Any, op: str, args: tuple[Any, ...]) -> Any:
         index = meta.referencedByMilestoneIndex
         if index is None:
             return (False, None, None)
-        milestone = client.get_milestone_by_index(index)
+        try:
+            milestone = client.get_milestone_by_index(index)
+        except Exception as exc:
+            # The node says a milestone references the block, then has no such milestone (pruned, or lagging
+            # behind its own metadata): no verdict on the block -- never "unknown", on which an author writes its
+            # epoch again and a member rejects an anchored head.
+            raise _Outage(f"milestone {index} of the block: {type(exc).__name__}: {_sdk_error(exc)}") from exc
         return (True, int(milestone.timestamp) * 1000, int(index))  # Stardust timestamps are seconds
     if op == "read":
         (block_id,) = args
