@@ -2977,7 +2977,10 @@ class AuthorCore(_CoreBase):
         evidence (e.g. a credential) no longer holds by the policy's ``still_valid(evidence, now_ms)``, if it has
         one (a revoked or expired credential), and with ``dids``, those the policy no longer admits
         (:meth:`_readmits`: after the policy was replaced; branches opened with :meth:`open_branch` included).  Such
-        a subscriber also leaves its groups.  With ``dids`` too, a subscriber admitted on its DID alone keeps only
+        a subscriber also leaves its groups.  With ``dids``, evidence that the policy does not re-check (no
+        ``still_valid``, or none in the policies it combines: the rule that admitted it was removed) holds nothing:
+        such a subscriber is judged on its DID alone, as one whose evidence no longer holds.  With ``dids`` too, a
+        subscriber admitted on its DID alone keeps only
         the rights of its branch's permission that the policy still gives it (never more: a re-key,
         :meth:`set_permission`; revoked if none is left), each appended to ``restricted`` as (branch, permission).
         Returns the revoked branch ids, groups closed by losing their last member included; ``reasons`` receives
@@ -3009,6 +3012,11 @@ class AuthorCore(_CoreBase):
             except PolicyUnavailable as exc:
                 unanswered(b.peer_did, exc)
                 continue
+            if holds is None and b.has_evidence and dids:
+                # Evidence that no rule of the policy re-checks (one replaced by a policy without the credential
+                # rule that admitted it, or by one that re-checks nothing): it holds nothing now -- kept, it would
+                # keep its rights past its credential's expiry or revocation, whatever the policy gives its DID.
+                holds = False
             if holds is False:
                 # Its evidence no longer holds: it stays only if the policy admits its DID alone now (an
                 # allow-list beside the credential rule), with what that gives.

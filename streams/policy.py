@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 import msgpack
 
@@ -76,7 +76,9 @@ class Policy(Protocol):
     """Decides subscriptions.  A policy whose decisions carry ``evidence`` may also define
     ``still_valid(evidence: bytes, now_ms: int) -> bool``; the author re-checks admitted subscribers with it
     (:func:`evidence_holds`: it is asked about each piece of the evidence it may have made) and revokes those whose
-    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone.
+    evidence no longer holds (a revoked or expired credential), unless the policy admits their DID alone.  Without
+    it, a re-check after the policy was replaced (``Author.recheck_admissions``) judges a subscriber admitted with
+    evidence on its DID alone: evidence the policy cannot judge holds nothing for it.
 
     A policy that cannot answer now, because something it must look up failed (a status list's server, a DID
     resolver), raises :class:`~streams.errors.PolicyUnavailable` (from ``decide`` or ``still_valid``): the
@@ -103,22 +105,32 @@ def could_admit(policy: Policy, did: str) -> bool:
 
 def evidence_holds(policy: Policy, evidence: bytes, now_ms: int) -> bool | None:
     """Whether the evidence a subscriber was admitted with still holds for ``policy`` (None: the policy re-checks
-    no evidence, it has no ``still_valid``).  :class:`AllOf` and :class:`AnyOf` judge the whole of it, as does a
-    policy that wraps others and says so (``judges_whole_evidence = True``: it passes the evidence on through this
-    function); any other policy is asked about each piece (:func:`evidence_parts`) and holds if one does: the
-    evidence was made by the policy in force at the subscription, which may since have been reordered, nested or
-    relaxed.  What ``still_valid`` raises propagates."""
+    no evidence -- it has no ``still_valid``, or none of the policies it combines has).  :class:`AllOf` and
+    :class:`AnyOf` judge the whole of it, as does a policy that wraps others and says so
+    (``judges_whole_evidence = True``: it passes the evidence on through this function, and may answer None
+    through an ``evidence_verdict(evidence, now_ms)`` method); any other policy is asked about each piece
+    (:func:`evidence_parts`) and holds if one does: the evidence was made by the policy in force at the
+    subscription, which may since have been reordered, nested or relaxed.  What ``still_valid`` raises
+    propagates."""
+    if isinstance(policy, AllOf):
+        return _still_valid(policy.policies, evidence, now_ms, "all")
+    if isinstance(policy, AnyOf):
+        return _still_valid(policy.policies, evidence, now_ms, "any")
+    verdict = getattr(policy, "evidence_verdict", None)
+    if verdict is not None:
+        return cast("bool | None", verdict(evidence, now_ms))
     check = getattr(policy, "still_valid", None)
     if check is None:
         return None
-    if isinstance(policy, (AllOf, AnyOf)) or getattr(policy, "judges_whole_evidence", False):
+    if getattr(policy, "judges_whole_evidence", False):
         return bool(check(evidence, now_ms))
     return any(bool(check(part, now_ms)) for part in evidence_parts(evidence))
 
 
-def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, combine: str) -> bool:
+def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, combine: str) -> bool | None:
     """Combine the sub-policies' verdicts; one that cannot answer now (PolicyUnavailable) counts only where the
-    others do not decide without it (a False in an all-of, a True in an any-of), else it is raised."""
+    others do not decide without it (a False in an all-of, a True in an any-of), else it is raised.  None when no
+    sub-policy re-checks evidence (no verdict either way: an all-of of allow-lists, say)."""
     verdicts: list[bool] = []
     unavailable: PolicyUnavailable | None = None
     for p in policies:
@@ -134,7 +146,7 @@ def _still_valid(policies: tuple[Policy, ...], evidence: bytes, now_ms: int, com
         return decisive
     if unavailable is not None:
         raise unavailable
-    return not decisive if verdicts else True
+    return not decisive if verdicts else None
 
 
 #: Prefix of :class:`AllOf` evidence: ``_ALL_OF + msgpack([evidence of sub-policy 0, of 1, ...])``.  It cannot
@@ -261,7 +273,9 @@ class AnyOf:
         return Decision.refuse("; ".join(reasons) or "no policy")
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
-        return _still_valid(self.policies, evidence, now_ms, "any")
+        """Whether a piece of the evidence still holds for a sub-policy that re-checks it; False where none
+        re-checks any (evidence this policy cannot judge holds nothing for it)."""
+        return _still_valid(self.policies, evidence, now_ms, "any") is True
 
 
 def common_permission(a: Permission, b: Permission) -> Permission | None:
@@ -305,5 +319,6 @@ class AllOf:
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         """Whether, for every sub-policy that re-checks evidence, a piece of it still holds
-        (:func:`evidence_holds`: wherever it sits, so a reordered or nested policy re-checks the same)."""
-        return _still_valid(self.policies, evidence, now_ms, "all")
+        (:func:`evidence_holds`: wherever it sits, so a reordered or nested policy re-checks the same); False where
+        none re-checks any (evidence this policy cannot judge holds nothing for it)."""
+        return _still_valid(self.policies, evidence, now_ms, "all") is True

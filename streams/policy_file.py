@@ -217,9 +217,14 @@ class FilePolicy:
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         """Whether the evidence (credentials) that admitted a subscriber still holds for the rules (see
-        :func:`streams.policy.evidence_holds`); the author revokes subscribers for which it does not."""
-        holds = evidence_holds(self._rules, evidence, now_ms)
-        return True if holds is None else holds
+        :func:`streams.policy.evidence_holds`); the author revokes subscribers for which it does not.  False for
+        evidence no rule of the file re-checks (a file without credential rules, say)."""
+        return self.evidence_verdict(evidence, now_ms) is True
+
+    def evidence_verdict(self, evidence: bytes, now_ms: int) -> bool | None:
+        """As :meth:`still_valid`, None where no rule of the file re-checks evidence (the author then judges the
+        subscriber on its DID alone when the policy was replaced: ``Author.recheck_admissions``)."""
+        return evidence_holds(self._rules, evidence, now_ms)
 
     def describe(self) -> dict[str, Any]:
         """The parsed policy as plain data (what ``streams policy check`` prints)."""
