@@ -279,7 +279,7 @@ def _parse_time_ms(value: object, what: str) -> int:
     VC DM 4.9 requires for ``validFrom``/``validUntil`` and DI 2.1 for ``created``/``expires``."""
     if not isinstance(value, str):
         raise MalformedCredential(f"{what} is not a string")
-    m = _DATETIME.match(value)
+    m = _DATETIME.fullmatch(value)  # (match's "$" also takes a trailing newline)
     if m is None:
         raise MalformedCredential(f"{what} is not an XML Schema dateTimeStamp")
     year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
@@ -289,7 +289,7 @@ def _parse_time_ms(value: object, what: str) -> int:
         offset = timedelta(0)
         if tz != "Z":
             hours, minutes = int(tz[1:3]), int(tz[4:6])
-            if hours > 14 or minutes > 59:
+            if hours > 14 or minutes > 59 or (hours == 14 and minutes):  # (XML Schema: -14:00 to +14:00)
                 raise ValueError("time zone offset out of range")
             offset = timedelta(hours=hours, minutes=minutes) * (1 if tz[0] == "+" else -1)
         dt = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))

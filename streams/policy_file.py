@@ -49,7 +49,7 @@ from typing import Any, ClassVar, Final
 
 from .credentials import CredentialPolicy, StatusListLookup
 from .errors import DecodeError, LocalProtocolError
-from .identity import public_key_from_did
+from .identity import holder_of, public_key_from_did
 from .policy import (
     AllOf,
     AllowList,
@@ -363,6 +363,7 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
 
     deny_set, deny_holders = frozenset(deny), denied_holders(deny)
     allow: dict[str, Permission] = {}
+    allowed_holders: set[bytes] = set()
     allow_raw = pol.get("allow", [])
     if not isinstance(allow_raw, list):
         raise r.fail("policy.allow", "must be an array of tables ([[policy.allow]])")
@@ -374,6 +375,13 @@ def load_policy(path: str | os.PathLike[str]) -> FilePolicy:
         did = r.did(t["did"], f"{key}.did")
         if did in allow:
             raise r.fail(f"{key}.did", "DID is allowed twice")
+        holder = holder_of(did)
+        if holder is not None and holder in allowed_holders:
+            # (Whoever holds one holds both and signs as either: one entry's permission would be the other's.)
+            raise r.fail(f"{key}.did", "DID is allowed twice: as itself and as its twin (the same key negated: the "
+                                       "same holder)")
+        if holder is not None:
+            allowed_holders.add(holder)
         if is_denied(did, deny_set, deny_holders):
             raise r.fail(f"{key}.did", "DID is both allowed and denied (as itself or as its twin, the same key "
                                        "negated: the same holder)")

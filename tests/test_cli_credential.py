@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -408,3 +409,26 @@ def test_create_with_a_ledger_refuses_a_list_id_already_anchored_unless_forced(w
             vc.verify_credential(cred, now_ms, status_lists=lists)
     # Meant: --force.
     assert world.cli(*create, "fresh.json", "--force").ok().json["anchor"] == "3"
+
+
+def test_verify_at_judges_the_instant_given_to_the_millisecond(world: World) -> None:
+    """``--at`` went through a float (``timestamp() * 1000``): from 2038 some instants came out a millisecond
+    early, so a credential valid from exactly that instant was "not yet valid" and one that expired a millisecond
+    before it "valid"."""
+    from streams._cli._common import to_ms
+    from streams.identity import Identity
+
+    at = "2038-01-19T18:27:21.009Z"
+    dt = datetime.fromisoformat(at)
+    assert to_ms(dt) == 2147538441009  # (int(dt.timestamp() * 1000) is 2147538441008)
+    issuer, subject = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
+    docs = {
+        "from.json": vc.issue_credential(issuer, subject.did, ["T"], {}, valid_from=at),
+        "until.json": vc.issue_credential(issuer, subject.did, ["T"], {}, valid_from="2038-01-01T00:00:00Z",
+                                          valid_until="2038-01-19T18:27:21.008Z"),
+    }
+    for name, doc in docs.items():
+        (world.dir / name).write_text(json.dumps(doc))
+    assert world.verify("from.json", "--at", at)[0] == 0
+    code, out = world.verify("until.json", "--at", at)
+    assert code == 1 and out["failure"] == "expired"

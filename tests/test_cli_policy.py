@@ -12,7 +12,7 @@ import pytest
 
 from streams import credentials as vc
 from streams import keystore
-from streams.identity import Identity, x25519_multibase
+from streams.identity import Identity, did_from_public_key, x25519_multibase
 from streams.ledger.embedded import EmbeddedLedger
 from streams.policy import SubscriptionRequest
 from streams.policy_file import FilePolicy, PolicyFileError, load_policy
@@ -87,6 +87,8 @@ BAD = [
     ("deny not a list", "[policy]\ndeny='{A}'\n[[policy.allow]]\ndid='{B}'\n", "policy.deny"),
     ("allowed twice", "[policy]\n[[policy.allow]]\ndid='{A}'\n[[policy.allow]]\ndid='{A}'\n",
      "policy.allow[1].did"),
+    ("allowed as itself and as its twin", "[policy]\n[[policy.allow]]\ndid='{A}'\npermission='read'\n"
+     "[[policy.allow]]\ndid='{T}'\n", "policy.allow[1].did"),
     ("allowed and denied", "[policy]\ndeny=['{A}']\n[[policy.allow]]\ndid='{A}'\n", "policy.allow[0].did"),
     ("missing did", "[policy]\n[[policy.allow]]\npermission='read'\n", "policy.allow[0].did"),
     ("no issuers", "[policy]\n[[policy.credential]]\ntype='T'\nissuers=[]\n", "policy.credential[0].issuers"),
@@ -104,7 +106,9 @@ BAD = [
 @pytest.mark.parametrize(("text", "key"), [(t, k) for _, t, k in BAD], ids=[n for n, _, _ in BAD])
 def test_bad_files_name_the_file_and_key(tmp_path: Path, text: str, key: str) -> None:
     x25519 = x25519_multibase(A.kx_public)  # a real key, of the wrong kind
-    f = write(tmp_path / "bad.toml", text.format(A=A.did, B=B.did, X=x25519))
+    twin = bytearray(A.sign_public)
+    twin[31] ^= 0x80  # the same key negated: the same holder, who signs as either (identity.holder_of)
+    f = write(tmp_path / "bad.toml", text.format(A=A.did, B=B.did, X=x25519, T=did_from_public_key(bytes(twin))))
     with pytest.raises(PolicyFileError) as err:
         load_policy(f)
     assert err.value.key == key

@@ -263,3 +263,26 @@ def test_an_unreachable_issuer_host_neither_stops_the_recheck_nor_keeps_a_distru
     # A subscription is still refused while the issuer cannot be resolved, with a CredentialError.
     with pytest.raises(CredentialError):
         verify_credential(_web_credential(ident(11).did), net.now, resolver)
+
+
+@pytest.mark.parametrize("value", ["2030-01-01T00:00:00Z\n", "2030-01-01T00:00:00+14:59", "2030-01-01T00:00:00-14:30",
+                                   "2030-01-01T00:00:00+14:01"])
+def test_a_date_time_beyond_xml_schema_is_refused(value: str) -> None:
+    """XML Schema's dateTimeStamp ends where the text ends (a regex's "$" also takes a trailing newline) and its
+    time zones run from -14:00 to +14:00 (up to +14:59 passed).  Refused when issuing, and when verifying a
+    credential whose issuer signed one."""
+    from streams.credentials import MalformedCredential, issue_credential, verify_credential
+    from streams.errors import LocalProtocolError
+
+    issuer, subject = Identity.from_seed(b"\x01" * 32), Identity.from_seed(b"\x02" * 32)
+    with pytest.raises(LocalProtocolError, match="dateTimeStamp"):
+        issue_credential(issuer, subject.did, ["T"], {}, valid_from="2025-01-01T00:00:00Z", valid_until=value)
+    good = issue_credential(issuer, subject.did, ["T"], {}, valid_from="2025-01-01T00:00:00Z",
+                            valid_until="2030-01-01T00:00:00+14:00")
+    assert verify_credential(good, 1767225600000).valid_until_ms == 1893405600000
+    # Another issuer's tool wrote the odd value and signed it: the verifier refuses it all the same.
+    odd = {k: v for k, v in good.items() if k != "proof"}
+    odd["validUntil"] = value
+    signed = add_proof(odd, issuer, proof_purpose="assertionMethod", created="2025-01-01T00:00:00Z")
+    with pytest.raises(MalformedCredential, match="validUntil"):
+        verify_credential(signed, 1767225600000)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -415,5 +415,5 @@ def now() -> datetime:
 
 
 def to_ms(dt: datetime) -> int:
-    """Milliseconds since the epoch."""
-    return int(dt.timestamp() * 1000)
+    """Milliseconds since the epoch, exactly (not through a float, which is a millisecond off for some instants)."""
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
