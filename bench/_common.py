@@ -144,6 +144,15 @@ class Pacer:
         self.close()
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit(143)``, so a module that ``run.py`` stops (its timeout) runs its ``finally``
+    blocks: its worker processes and ``nats-server`` run in sessions of their own and would outlive it."""
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 class Worker:
     """A benchmark worker subprocess: commands go in as JSON lines on stdin, answers come back as JSON lines on
     stdout (read by a thread, so waits can time out).  Killed (whole process group) by :meth:`kill`."""

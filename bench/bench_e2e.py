@@ -10,6 +10,8 @@ the whole run, so all peers are measured in the same run with the same payloads,
 * ``nats_js``        -- NATS JetStream, file storage, async publish (``publish_async``), ordered push consumer;
 * ``min_each``       -- the minimal secure pipeline: ROUTER -> DEALER plus exactly the crypto calls of the design
   (XChaCha20-Poly1305, BLAKE2b-256 message hash, Ed25519 sign/verify of the digest), no protocol state, no disk;
+  the receiver takes what the socket holds (up to 256 messages) and checks the batch's signatures on two threads
+  as ours does (``streams._parallel``);
 * ``min_amortized``  -- the same with one signature per 32 messages (checkpoint), AEAD on all;
 * ``ours_each`` / ``ours_amortized`` -- :class:`streams.api.Author` over :class:`brokerless.AuthorEndpoint`
   publishing on a branch, :class:`streams.api.Subscriber` over :class:`brokerless.SubscriberEndpoint` receiving,
@@ -33,7 +35,9 @@ the whole run, so all peers are measured in the same run with the same payloads,
 Throughput: fixed count (calibrated per peer and size to about ``--seconds``), median of ``--reps`` runs, from
 the publisher's first send to the receiver's last delivery (``time.monotonic_ns``: CLOCK_MONOTONIC is system
 wide on Linux, so both processes share it).  Latency: paced publishing at about half of that peer's measured
-peak, the send time stamped into the payload, p50/p99/p99.9 at the receiver's application.  The pacing is a
+peak (one run per row, after the throughput runs), each message's due time stamped into the payload (a message
+sent late because an earlier send or flush ran long counts its wait), p50/p99/p99.9 at the receiver's
+application; the row also records the rate the publisher achieved and how late its sends were.  The pacing is a
 constant rate: the publisher waits for each message's due time on a timerfd (``_common.Pacer``; 20-35 us late
 here), not with ``asyncio.sleep``, which rounds to whole milliseconds and so sent bursts of up to rate/1000
 messages per tick, each message waiting for the rest of its burst on both sides (``--pacing tick`` measures that
@@ -67,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Pacer, Worker, WorkerError, emit, machine_info, percentiles
+from _common import ROOT, Pacer, Worker, WorkerError, emit, exit_on_sigterm, machine_info, percentiles
 
 SIZES = (64, 1024, 16384)
 CHECKPOINT_EVERY = 32
@@ -346,32 +350,72 @@ class MinPub(ZmqPub):
 
 
 class MinRecv(ZmqRecv):
+    """Takes what the socket holds (up to ``_MIN_BATCH`` messages, as our subscriber endpoint's ``batch``), checks
+    the batch's signatures on the calling thread and the same helper thread our receiver gets (streams._parallel:
+    ``Parallel(default_threads())``, batches of 16 and more), then decrypts and hands each message over."""
+
     def __init__(self) -> None:
         import nacl.bindings as nb
 
         from streams._crypto import aead_decrypt
+        from streams._parallel import Parallel, default_threads
 
         self.key, self.pk, _ = _keys()
         self.decrypt, self.open = aead_decrypt, nb.crypto_sign_open  # (imported once, not per message)
+        self.parallel = Parallel(default_threads())
 
-    def handle(self, data: bytes) -> None:
-        flag = data[0]
-        head = data[1:1 + _HEAD]
-        if flag == 2:
-            sig, d = data[1 + _HEAD:65 + _HEAD], data[65 + _HEAD:]
-            cd = hashlib.blake2b(head + d, digest_size=32, person=P_MSG).digest()
-            self.open(sig + cd, self.pk)
-            return
-        if flag == 1:
-            sig, ct = data[1 + _HEAD:65 + _HEAD], data[65 + _HEAD:]
-        else:
-            sig, ct = b"", data[1 + _HEAD:]
-        h = hashlib.blake2b(head, digest_size=32, person=P_MSG)
-        h.update(ct)
-        d = h.digest()
-        if sig:
-            self.open(sig + d, self.pk)  # raises BadSignatureError: the run would fail loudly
-        self.on_msg(self.decrypt(self.key, head[-24:], head, ct))
+    def _check(self, signed: bytes) -> bytes:
+        return bytes(self.open(signed, self.pk))  # raises BadSignatureError: the run would fail loudly
+
+    def handle_batch(self, batch: list[bytes]) -> None:
+        checks: list[bytes] = []
+        opened: list[tuple[bytes, bytes]] = []
+        for data in batch:
+            flag = data[0]
+            head = data[1:1 + _HEAD]
+            if flag == 2:
+                sig, d = data[1 + _HEAD:65 + _HEAD], data[65 + _HEAD:]
+                checks.append(sig + hashlib.blake2b(head + d, digest_size=32, person=P_MSG).digest())
+                continue
+            if flag == 1:
+                sig, ct = data[1 + _HEAD:65 + _HEAD], data[65 + _HEAD:]
+            else:
+                sig, ct = b"", data[1 + _HEAD:]
+            h = hashlib.blake2b(head, digest_size=32, person=P_MSG)  # every message's hash: the chain's link
+            h.update(ct)
+            d = h.digest()
+            if sig:
+                checks.append(sig + d)
+            opened.append((head, ct))
+        if checks:
+            self.parallel.map(self._check, checks)
+        decrypt, key, on_msg = self.decrypt, self.key, self.on_msg
+        for head, ct in opened:
+            on_msg(decrypt(key, head[-24:], head, ct))
+
+    async def _loop(self) -> None:
+        import zmq
+
+        recv = self.sync.recv
+        while True:
+            if self.paused:
+                await asyncio.sleep(0.01)
+                continue
+            batch: list[bytes] = []
+            try:
+                while len(batch) < _MIN_BATCH:
+                    batch.append(recv(zmq.NOBLOCK))
+            except zmq.Again:
+                pass
+            if batch:
+                self.handle_batch(batch)
+                if len(batch) == _MIN_BATCH:
+                    continue
+            await self.sock.poll(100, zmq.POLLIN)
+
+
+#: Most messages the minimal receiver takes at once (our subscriber endpoint's default ``batch``).
+_MIN_BATCH = 256
 
 
 # --- NATS --------------------------------------------------------------------------------------------------------
@@ -597,28 +641,39 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
     cpu0 = time.process_time()  # every thread of this process: ZeroMQ's I/O thread and the store's included
     t0 = now()
     precise: bool | None = None
+    late: list[int] = []
     if not rate:
         for i in range(count):
             await send(pack(run_id, now(), i) + pad)
     else:
         # Paced at a constant rate: send what is due, hand it over (flush), then wait for the next due time on a
-        # timerfd (Pacer: asyncio.sleep would round up to whole milliseconds and send in bursts).
+        # timerfd (Pacer: asyncio.sleep would round up to whole milliseconds and send in bursts).  A message is
+        # stamped with its due time, not the time it went out: one that waited for an earlier send (or flush) to
+        # finish counts that wait too (no coordinated omission); how late each went out is reported apart.
         interval = 1e9 / rate
         i = 0
         with Pacer(cmd.get("pacing", "timer") == "timer") as pacer:
             while i < count:
                 due = t0 + int(i * interval)
-                if now() < due:
+                t = now()
+                if t < due:
                     await pub.flush()
                     if now() < due:  # (a flush that ran past the due time: send at once, no wake-up to wait for)
                         await pacer.until(due)
                     continue
-                await send(pack(run_id, now(), i) + pad)
+                late.append(t - due)
+                await send(pack(run_id, due, i) + pad)
                 i += 1
             precise = pacer.precise  # (before the with closes it)
     await pub.flush()
-    return {"t0": t0, "t1": now(), "sent": count, "cpu_s": time.process_time() - cpu0,
-            "paced_precisely": precise if rate else None}
+    t1 = now()
+    out = {"t0": t0, "t1": t1, "sent": count, "cpu_s": time.process_time() - cpu0,
+           "paced_precisely": precise if rate else None}
+    if late:
+        late.sort()
+        out["late_us"] = {"p50": late[len(late) // 2] / 1000, "p99": late[min(len(late) - 1, len(late) * 99 // 100)]
+                          / 1000}
+    return out
 
 
 async def run_recv_worker(peer: str, addr: str, tmp: Path) -> None:
@@ -777,6 +832,7 @@ class Pair:
         return {"count": count, "received": got["received"], "seconds": elapsed,
                 "msgs_per_s": got["received"] / elapsed, "publish_seconds": (sent["t1"] - sent["t0"]) / 1e9,
                 "latency": got["latency"], "paced_precisely": sent.get("paced_precisely"),
+                "send_late_us": sent.get("late_us"),
                 # CPU per message of each process (all its threads): what the pipeline costs, apart from how the
                 # shared cores were scheduled.  The receiver's counts from its first message to its last.
                 "pub_cpu_us": sent["cpu_s"] * 1e6 / count,
@@ -936,7 +992,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                     if r is not None and r["latency"]:
                         latency[p, size] = {"rate": rate, "count": n, "received": r["received"], **r["latency"],
                                             "rtt_adjacent_p50_us": adjacent,
-                                            "paced_precisely": r.get("paced_precisely")}
+                                            "paced_precisely": r.get("paced_precisely"),
+                                            # what the publisher achieved, and how late its sends were
+                                            "sent_per_s": n / r["publish_seconds"],
+                                            "send_late_us": r.get("send_late_us")}
                 prog.step(f"latency {p} {size} B")
         if "zmq_raw" in pairs:
             try:
@@ -1137,6 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="target seconds per throughput run")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     t0 = time.monotonic()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Worker, WorkerError, emit, machine_info, rss_bytes
+from _common import ROOT, Worker, WorkerError, emit, exit_on_sigterm, machine_info, rss_bytes
 
 PW = "bench passphrase"
 NAME = "bench-scale"
@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", type=int, default=None, help="grants/revokes timed per point (default 50, quick 10)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     res = orchestrate(args.quick, args.ops)

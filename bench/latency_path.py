@@ -45,7 +45,7 @@ from typing import Any
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_info
+from _common import ROOT, exit_on_sigterm, machine_info
 
 SIZE = 1024
 STAGES = ("queued", "author", "wire", "to driver", "subscriber", "to app")
@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: few messages")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     args.out.mkdir(parents=True, exist_ok=True)
     import bench_e2e as e2e
 

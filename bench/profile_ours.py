@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Worker, emit
+from _common import ROOT, Worker, emit, exit_on_sigterm
 
 TOP = 15
 
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     args.out.mkdir(parents=True, exist_ok=True)
     res = {"benchmark": "profile", "quick": args.quick, "tool": "pyinstrument", "profiles": run(args.quick)}
     (args.out / "profile.json").write_text(json.dumps(res, indent=1) + "\n")

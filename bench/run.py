@@ -67,9 +67,14 @@ def run_module(name: str, args: argparse.Namespace, t_suite: float, eta_after: f
     try:
         rc = proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-        sys.stderr.write(f"  {name}: killed after {args.timeout} s\n")
+        proc.terminate()  # (the modules clean up their workers and nats-server on SIGTERM: exit_on_sigterm)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        sys.stderr.write(f"  {name}: stopped after {args.timeout} s\n")
+        rc = rc or 1
     th.join(5)
     log.close()
     return rc, time.monotonic() - t0
@@ -113,8 +118,10 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
     targets: list[tuple[str, str, bool | None, str]] = []  # (target, where, met, detail)
     if e2e:
         lines += ["## End to end (two processes, tcp loopback)", "",
-                  f"Median of {e2e.get('repetitions')} interleaved runs; a message counts when the receiving "
-                  "application has it. Latency at about half of each peer's peak, "
+                  f"Throughput: median of {e2e.get('repetitions')} interleaved runs; a message counts when the "
+                  "receiving application has it. Latency: one run per row, after the throughput runs, at about "
+                  "half of each peer's peak, from each message's due time (a send held up by an earlier one counts "
+                  "its wait), "
                   + ("paced at a constant rate (timerfd)." if e2e.get("pacing", "tick") == "timer" else
                      "paced with asyncio.sleep (1 ms ticks: bursts of up to rate/1000 messages).")
                   + (f" The timerfd could not be made for {fell} of the latency rows: those were paced with "
@@ -243,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     t_suite = time.monotonic()
     failed = False
     for i, n in enumerate(runnable):
+        # A module's results from an earlier run are not this run's: set aside (``<name>.previous.json``), so a
+        # module that fails leaves no numbers that would pass for current ones in the summary.
+        old = args.out / f"{n}.json"
+        if old.exists():
+            old.replace(args.out / f"{n}.previous.json")
         rest = sum(EXPECTED[m][0 if args.quick else 1] for m in runnable[i + 1:])
         sys.stderr.write(f"[suite {i + 1}/{len(runnable)}] {n} starting at {_fmt(time.monotonic() - t_suite)}\n")
         rc, dt = run_module(n, args, t_suite, rest)
