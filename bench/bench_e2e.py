@@ -31,6 +31,10 @@ the whole run, so all peers are measured in the same run with the same payloads,
   signed ACK (``Author.wait_acknowledged``: the message is on the subscriber's disk) before the next;
 * ``ours_amortized_fsync`` (full runs only) -- as ``ours_amortized`` with ``synchronous=FULL`` (an fsync per
   commit: per ``publish_many`` call on the author, per received batch on the subscriber);
+* ``min_each_bundled`` / ``min_amortized_bundled`` (full runs only) -- the minimal pipelines sending up to 64
+  messages (or what is due when paced) in one ZeroMQ message, as ours bundles a ``publish_many`` call's frames:
+  not the targets' baseline (the issue's is one ZeroMQ message per message, as ``zmq_raw``), shown for how much
+  of our ratio that transport batching is;
 
 Throughput: fixed count (calibrated per peer and size to about ``--seconds``), median of ``--reps`` runs, from
 the publisher's first send to the receiver's last delivery (``time.monotonic_ns``: CLOCK_MONOTONIC is system
@@ -81,7 +85,7 @@ HDR = struct.Struct("<IQI")  # run id, send time (monotonic ns), index
 PEERS = ("zmq_raw", "zmq_curve", "nats_core", "nats_js", "min_each", "min_amortized", "ours_each", "ours_amortized",
          "ours_each_per_msg", "ours_amortized_per_msg", "ours_each_nojournal", "ours_amortized_nojournal",
          "ours_each_nojournal_per_msg", "ours_amortized_nojournal_per_msg", "ours_each_acked",
-         "ours_amortized_fsync")
+         "ours_amortized_fsync", "min_each_bundled", "min_amortized_bundled")
 QUICK_PEERS = PEERS[:8]
 #: Our rows with a latency target (peer, signing mode of its crypto cost), in the order they are reported.
 OURS_LATENCY = (("ours_each", "each"), ("ours_amortized", "amortized"), ("ours_each_per_msg", "each"),
@@ -95,6 +99,9 @@ DESCRIPTIONS = {
     "nats_js": "NATS JetStream, file storage, publish_async, ordered push consumer",
     "min_each": "minimal secure pipeline: ROUTER->DEALER + AEAD + BLAKE2b + Ed25519 sign/verify per message",
     "min_amortized": f"minimal secure pipeline, one Ed25519 signature per {CHECKPOINT_EVERY} messages",
+    "min_each_bundled": f"as min_each, up to {BATCH} messages (or what is due) in one ZeroMQ message, as ours bundles "
+                        "a publish_many call's frames (not the target's baseline: the sensitivity to it)",
+    "min_amortized_bundled": "as min_amortized, bundled as min_each_bundled",
     "ours_each": "streams Author/Subscriber over brokerless endpoints, stores with the commit journal and SQLite "
                  "WAL synchronous=NORMAL (survive kill -9), signed-each; streaming API: publish_many "
                  f"(<= {BATCH} per call) + drain / next_messages",
@@ -320,7 +327,7 @@ def _keys() -> tuple[bytes, bytes, bytes]:
 
 
 class MinPub(ZmqPub):
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, bundled: bool = False) -> None:
         import nacl.bindings as nb
 
         from streams._crypto import aead_encrypt
@@ -330,6 +337,8 @@ class MinPub(ZmqPub):
         self.key, _, self.sk = _keys()
         self.seq = 0
         self.encrypt, self.sign = aead_encrypt, nb.crypto_sign  # (imported once, not per message)
+        self.bundled = bundled
+        self.pending: list[bytes] = []
 
     async def send(self, data: bytes) -> None:
         self.seq += 1
@@ -340,13 +349,26 @@ class MinPub(ZmqPub):
         h.update(ct)
         d = h.digest()
         if self.every == 1:
-            await super().send(b"\x01" + head + self.sign(d, self.sk)[:64] + ct)
-            return
-        await super().send(b"\x00" + head + ct)
-        if self.seq % self.every == 0:
+            await self._emit(b"\x01" + head + self.sign(d, self.sk)[:64] + ct)
+        else:
+            await self._emit(b"\x00" + head + ct)
+        if self.every > 1 and self.seq % self.every == 0:
             cp = self.seq.to_bytes(8, "big") + b"\x22" * (_HEAD - 8)
             cd = hashlib.blake2b(cp + d, digest_size=32, person=P_MSG).digest()
-            await super().send(b"\x02" + cp + self.sign(cd, self.sk)[:64] + d)
+            await self._emit(b"\x02" + cp + self.sign(cd, self.sk)[:64] + d)
+        if len(self.pending) >= BATCH:
+            await self.flush()
+
+    async def _emit(self, frame: bytes) -> None:
+        if self.bundled:  # as ours bundles a publish_many call's frames: up to BATCH messages (or what is due)
+            self.pending.append(frame)
+        else:
+            await super().send(frame)
+
+    async def flush(self) -> None:
+        if self.pending:
+            frames, self.pending = self.pending, []
+            await super().send(b"".join([len(f).to_bytes(4, "little") + f for f in frames]))
 
 
 class MinRecv(ZmqRecv):
@@ -354,12 +376,13 @@ class MinRecv(ZmqRecv):
     the batch's signatures on the calling thread and the same helper thread our receiver gets (streams._parallel:
     ``Parallel(default_threads())``, batches of 16 and more), then decrypts and hands each message over."""
 
-    def __init__(self) -> None:
+    def __init__(self, bundled: bool = False) -> None:
         import nacl.bindings as nb
 
         from streams._crypto import aead_decrypt
         from streams._parallel import Parallel, default_threads
 
+        self.bundled = bundled
         self.key, self.pk, _ = _keys()
         self.decrypt, self.open = aead_decrypt, nb.crypto_sign_open  # (imported once, not per message)
         self.parallel = Parallel(default_threads())
@@ -402,20 +425,33 @@ class MinRecv(ZmqRecv):
                 await asyncio.sleep(0.01)
                 continue
             batch: list[bytes] = []
+            most = _MIN_BATCH // BATCH if self.bundled else _MIN_BATCH  # (about _MIN_BATCH frames either way)
             try:
-                while len(batch) < _MIN_BATCH:
+                while len(batch) < most:
                     batch.append(recv(zmq.NOBLOCK))
             except zmq.Again:
                 pass
             if batch:
-                self.handle_batch(batch)
-                if len(batch) == _MIN_BATCH:
+                self.handle_batch(_unbundle(batch) if self.bundled else batch)
+                if len(batch) == most:
                     continue
             await self.sock.poll(100, zmq.POLLIN)
 
 
 #: Most messages the minimal receiver takes at once (our subscriber endpoint's default ``batch``).
 _MIN_BATCH = 256
+
+
+def _unbundle(messages: list[bytes]) -> list[bytes]:
+    """The frames of ``min_*_bundled`` messages (each frame: a 4-byte little-endian length, then the frame)."""
+    out = []
+    for m in messages:
+        i = 0
+        while i < len(m):
+            n = int.from_bytes(m[i:i + 4], "little")
+            out.append(m[i + 4:i + 4 + n])
+            i += 4 + n
+    return out
 
 
 # --- NATS --------------------------------------------------------------------------------------------------------
@@ -595,7 +631,7 @@ def make_pub(peer: str) -> Pub:
     if peer.startswith("nats_"):
         return NatsPub(js=peer == "nats_js")
     if peer.startswith("min_"):
-        return MinPub(1 if peer == "min_each" else CHECKPOINT_EVERY)
+        return MinPub(1 if peer.startswith("min_each") else CHECKPOINT_EVERY, bundled=peer.endswith("_bundled"))
     return OursPub(peer)
 
 
@@ -605,7 +641,7 @@ def make_recv(peer: str) -> Recv:
     if peer.startswith("nats_"):
         return NatsRecv(js=peer == "nats_js")
     if peer.startswith("min_"):
-        return MinRecv()
+        return MinRecv(bundled=peer.endswith("_bundled"))
     return OursRecv(peer)
 
 
