@@ -9,7 +9,8 @@ Conventions, for every command:
   ``-v``/``-vv``: logging (stdlib ``logging``) to stderr.  Both work before or after the command name.
 * Exit status: 0 success; 1 a verification failed or a policy refused (the answer was "no");
   2 a usage or local error (bad argument, unreadable file, wrong passphrase); 130 / 143 interrupted by SIGINT /
-  SIGTERM before it finished (``serve`` and ``tail`` stop cleanly on either: 0).
+  SIGTERM before it finished (``serve`` and ``tail`` stop cleanly on either: 0; not a ``tail --publish-stdin``
+  without ``--follow`` whose stdin was not read to its end yet).
 * An expected error (:class:`~streams.errors.StreamsError`) prints one line on stderr, never a traceback.
 * No secret is ever printed or logged: passphrases come from the environment, a file or the terminal, never
   from the command line (THREATS 9).

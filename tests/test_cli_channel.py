@@ -1136,6 +1136,52 @@ def test_a_provider_follows_alerts_and_publishes_from_one_tail_process(cli: Cli,
         serve.wait("message", branch=branch, seq=seq)  # each one it said it published did arrive
 
 
+def test_tail_publish_stdin_without_follow_publishes_stdin_to_its_end(cli: Cli, tmp_path: Path,
+                                                                        serves: list[Serve]) -> None:
+    """`tail --publish-stdin` without --follow stopped --timeout seconds after the last message it received, with
+    stdin still flowing: of 60,000 lines, 3,029 were published, and it exited 0.  Reading and publishing stdin
+    is activity now: tail runs until stdin's EOF (then --timeout seconds without a message, as usual); stopped
+    before that EOF, it says that stdin was not read to its end and exits 130/143 (interrupted)."""
+    _, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    store = ("--store", "provider.db", "--connect", addr, "--passphrase-env", "PP")
+    branch = cli("subscribe", "--json", *store, "--keystore", "provider.ks", "--author", author,
+                 "--channel", channel).ok().json["branch"]
+    n = 4000
+    lines = tmp_path / "events.jsonl"
+    lines.write_text("".join(json.dumps({"data": f"event {i}"}) + "\n" for i in range(n)))
+    with lines.open() as f:
+        r = cli("tail", "--json", *store, "--publish-stdin", "--timeout", "0.2", stdin=f.fileno())
+    assert r.returncode == 0, r.stderr
+    assert "not acted on" not in r.stderr and "not read to its end" not in r.stderr, r.stderr
+    docs = _lines(r.stdout)
+    assert [d["seq"] for d in docs if d["event"] == "published"] == list(range(1, n + 1))
+    assert docs[-1] == {"event": "done", "messages": 0}
+    serve.wait("message", branch=branch, seq=n, timeout=120)
+    assert [d["data"] for d in serve.docs if d["event"] == "message"] == [f"event {i}" for i in range(n)]
+
+    # stdin still open: tail runs on past --timeout; a stop before stdin's EOF is said, and is no success.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "--json", *store, "--publish-stdin",
+                             "--timeout", "0.2"], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tail.stdin is not None and tail.stdout is not None
+        assert json.loads(tail.stdout.readline())["event"] == "ready"
+        tail.stdin.write(json.dumps({"data": "one more"}) + "\n")
+        tail.stdin.flush()
+        assert json.loads(tail.stdout.readline()) == {"event": "published", "branch": branch, "seq": n + 1}
+        time.sleep(1.5)  # (well past --timeout)
+        assert tail.poll() is None
+        tail.send_signal(signal.SIGTERM)
+        tail.wait(30)  # (stdin still open: closed, it would be read to its end)
+    finally:
+        out, err = _signal_and_wait(tail, signal.SIGKILL)
+    assert tail.returncode == 128 + signal.SIGTERM, err  # (as any command stopped before it finished)
+    assert "stdin was not read to its end" in err, err
+    assert [d["event"] for d in _lines(out)] == ["error", "done"]
+    serve.wait("message", branch=branch, seq=n + 1)
+
+
 def test_a_permission_narrowed_in_the_policy_file_is_applied_at_sighup(cli: Cli, tmp_path: Path,
                                                                      serves: list[Serve]) -> None:
     """A provider edited from read-write to read in the policy file kept publishing after the reload (a

@@ -497,10 +497,17 @@ def _closed(branch: bytes) -> CheckFailed:
                        "more can be published on it", "closed")
 
 
-def _install_stop(stop: asyncio.Event) -> None:
+def _install_stop(stop: asyncio.Event, heard: list[int] | None = None) -> None:
+    """SIGINT and SIGTERM set ``stop`` (and are appended to ``heard``, if given)."""
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        if heard is not None:
+            heard.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
 
 # --- serve ---------------------------------------------------------------------------------------------------
@@ -622,6 +629,7 @@ class _StdinWorker:
         self.lines = StdinLines()
         self._handle, self._at_eof = handle, at_eof
         self._halt = False
+        self.at_end = False  #: stdin's EOF was reached, every line before it handled
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -632,6 +640,7 @@ class _StdinWorker:
             except TimeoutError:
                 continue
             if line is None:
+                self.at_end = True
                 self._at_eof()
                 return
             try:
@@ -1255,25 +1264,45 @@ async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, tra
         # Not fatal: a branch granted while this provider was away is learnt by the catch-up that runs now.
         print(f"streams: warning: --branch {only.hex()} is not a branch of {args.store} (yet)", file=sys.stderr)
     stop = asyncio.Event()
-    _install_stop(stop)
+    signals: list[int] = []
+    _install_stop(stop, signals)
     out.emit({"event": "ready", "channel": sub.channel.hex(), "did": sub.did})
     count = 0
     events = asyncio.create_task(_pump_events(sub, out)) if args.events else None
-    publisher: _StdinWorker | None = None
-    if args.publish_stdin:  # a provider that follows the alerts and sends its events, in one process
-        publisher = _StdinWorker(lambda line: _member_line(sub, line, only, out))
     loop = asyncio.get_running_loop()
     quiet_end = loop.time() + args.timeout  # without --follow: stop after --timeout seconds without a message
+    stdin_end = asyncio.Event()  # stdin read to its EOF and every line acted on (at once without --publish-stdin)
+
+    def at_eof() -> None:  # (publishing was activity: the quiet --timeout counts from stdin's end)
+        nonlocal quiet_end
+        quiet_end = max(quiet_end, loop.time() + args.timeout)
+        stdin_end.set()
+
+    publisher: _StdinWorker | None = None
+    if args.publish_stdin:  # a provider that follows the alerts and sends its events, in one process
+        publisher = _StdinWorker(lambda line: _member_line(sub, line, only, out), at_eof)
+    else:
+        stdin_end.set()
     timed_out = False
+    cut = False  # stopped before stdin's EOF: its later lines were never read, nor published
     try:
         # (A reader that went away, `streams tail | head -1`, stops it too: nothing more would be shown.)
-        while not stop.is_set() and not out.broken and not (args.count and count >= args.count):
-            # Short waits either way, so that SIGINT/SIGTERM (``stop``) ends the command at once.
-            wait = 0.25 if args.follow else max(0.0, min(0.25, quiet_end - loop.time()))
+        while not stop.is_set() and not out.broken:
+            if args.count and count >= args.count:
+                if stdin_end.is_set():
+                    break
+                # --count messages taken: no more are, and stdin is still published, to its end.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stdin_end.wait(), 0.25)
+                continue
+            # Short waits either way, so that SIGINT/SIGTERM (``stop``) ends the command at once.  While stdin is
+            # still read and published (--publish-stdin), no quiet spell ends the command: it is at work.
+            busy = args.follow or not stdin_end.is_set()
+            wait = 0.25 if busy else max(0.0, min(0.25, quiet_end - loop.time()))
             try:
                 m = await sub.next_message(timeout=wait)
             except StreamsTimeoutError:
-                if args.follow or loop.time() < quiet_end:
+                if busy or loop.time() < quiet_end:
                     continue
                 timed_out = True
                 break
@@ -1290,6 +1319,11 @@ async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, tra
     finally:
         if publisher is not None:  # the lines read before the stop are published first
             await publisher.finish()
+            cut = not publisher.at_end
+            if cut:  # (a note only where a signal is the way to stop: --follow)
+                print(f"streams: {'note' if args.follow and signals else 'error'}: stdin was not read to its end: "
+                      "tail stopped before its EOF; the lines after the last one acted on were not published",
+                      file=sys.stderr)
         if events is not None:
             events.cancel()
             try:
@@ -1302,8 +1336,17 @@ async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, tra
     if timed_out and count == 0 and (hint := unheard_hint(transport, args.curve)):
         # Not an error (a quiet channel ends a tail the same way), but the author's endpoint never answered.
         print(f"streams: warning: no message within {args.timeout} s{hint}", file=sys.stderr)
+    status = 0
+    if cut and not (args.follow and signals):  # (--follow ends at a signal by design: 0)
+        if signals:  # interrupted before it finished: what stdin still held was not published
+            what = "terminated" if signals[0] == signal.SIGTERM else "interrupted"
+            out.emit({"event": "error", "error": f"{what} before stdin's end: the lines after the last one acted "
+                      "on were not published", "type": "Interrupted"})
+            status = 128 + signals[0]
+        else:  # stdout's reader went away (nothing more is printed)
+            status = 1
     out.emit({"event": "done", "messages": count})
-    return 0
+    return status
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -1545,14 +1588,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "keeps the application's cursor; anything missed while offline is fetched from the\n"
                         "author's retained log).  Stops after --count messages or --timeout seconds without\n"
                         "one; --follow runs until SIGINT/SIGTERM.  With --branch (one of the store's branches),\n"
-                        "messages of other branches are not shown and are left for a later tail."))
+                        "messages of other branches are not shown and are left for a later tail.\n"
+                        "With --publish-stdin, publishing stdin is work too: tail runs until stdin's end (every\n"
+                        "line acted on), and only then do --count and --timeout (counted from that end) stop it.\n"
+                        "Stopped before stdin's end (SIGINT/SIGTERM), it says on stderr that stdin was not read to\n"
+                        "its end and exits 130/143 (with --follow, where a signal is the way to stop, 0)."))
     t.add_argument("--store", required=True, metavar="PATH", help="the subscriber's store")
     t.add_argument("--connect", required=True, metavar="ADDR", help="the author's address")
     t.add_argument("--branch", metavar="HEX", help="only this branch")
     t.add_argument("--follow", action="store_true", help="keep running until interrupted")
     t.add_argument("--count", type=_at_least(0), default=0, metavar="N", help="stop after N messages")
     t.add_argument("--timeout", type=_positive, default=3.0, metavar="S",
-                   help="stop after S seconds without a message (default 3; ignored with --follow)")
+                   help="stop after S seconds without a message (default 3; ignored with --follow; with "
+                        "--publish-stdin, counted from stdin's end)")
     t.add_argument("--events", action="store_true",
                    help="also print rejections, gaps, closures, ACKs, anchor proofs")
     t.add_argument("--ledger", metavar="SPEC",
