@@ -11,7 +11,9 @@ Commands are JSON lines on stdin, each answered by one JSON line on stdout (fram
 * ``{"cmd": "frames", "dir": "up"|"down", "branch": hex, "kinds": ["PACKET", ...]}`` -- recorded frames of
   that branch and kinds (``up``: subscriber to author).
 * ``{"cmd": "inject", "to_branch": hex, "frames": [...]}`` -- send frames *down* to every subscriber
-  connection seen sending on ``to_branch``, as if the author had sent them (relay into another branch).
+  connection seen sending on ``to_branch``, as if the author had sent them (relay into another branch).  Paced
+  by the receiver: none is dropped at a full queue (see :meth:`Relay.inject`); ``sent`` counts those handed to
+  a connection, ``unsent`` those that could not be.
 * ``{"cmd": "send_direct", "frames": [...]}`` -- send frames to the author from the relay's own DEALER socket
   (a replay from a connection that never subscribed).
 * ``{"cmd": "hold", "dir": ..., "branch": hex, "count": n, "kinds": ["PACKET", ...]}`` -- withhold the next
@@ -29,6 +31,7 @@ import base64
 import json
 import os
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -39,8 +42,11 @@ from streams.wire import Kind, decode_frame
 
 from .endpoints import BUNDLE, _as_message, _unbundle
 
-#: Frames kept per direction; the demo needs a few hundred.  Bounded so a long run cannot exhaust memory.
+#: Frames kept per direction (the latest); the demo needs a few hundred.  Bounded so a long run cannot exhaust
+#: memory.
 MAX_RECORDED = 20_000
+#: How long an injection waits for room on a subscriber connection that takes nothing (seconds).
+INJECT_PATIENCE = 10.0
 
 
 def _branch_of(data: bytes) -> tuple[Kind, bytes] | None:
@@ -60,6 +66,9 @@ class Relay:
         self.author_addr = author_addr
         self.ctx = zmq.Context()
         self.front = self._socket(zmq.ROUTER)
+        # A full queue to a connection (SNDHWM) is an EAGAIN, not a silent drop: an injection waits for room
+        # rather than losing frames (forwarding drops, as a lossy network would: see down()).
+        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.bind("tcp://127.0.0.1:0")
         last = self.front.getsockopt(zmq.LAST_ENDPOINT)
         self.address = last.decode() if isinstance(last, bytes) else str(last)
@@ -71,8 +80,13 @@ class Relay:
         self.holds: dict[tuple[str, bytes], tuple[int, set[Kind]]] = {}
         self.held: list[bytes] = []
         self.direct: zmq.Socket[bytes] | None = None
-        self.poller = zmq.Poller()
-        self.poller.register(self.front, zmq.POLLIN)
+        self.poller = zmq.Poller()  # the sockets and stdin
+        self.net = zmq.Poller()  # the sockets only: what is forwarded while an injection waits
+        self._watch(self.front)
+
+    def _watch(self, sock: zmq.Socket[bytes]) -> None:
+        self.poller.register(sock, zmq.POLLIN)
+        self.net.register(sock, zmq.POLLIN)
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         s: zmq.Socket[bytes] = self.ctx.socket(kind)
@@ -107,7 +121,7 @@ class Relay:
             back.connect(self.author_addr)
             self.backs[rid] = back
             self.rid_of[back] = rid
-            self.poller.register(back, zmq.POLLIN)
+            self._watch(back)
         self.recorded["up"].append(data)
         kb = _branch_of(data)
         if kb is not None:
@@ -126,7 +140,48 @@ class Relay:
             if not self._withhold("down", f):
                 kept.append(f)
         if kept:
-            self.front.send_multipart([self.rid_of[back], _as_message(kept)])
+            try:
+                self.front.send_multipart([self.rid_of[back], _as_message(kept)], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                # A connection whose queue is full, or that is gone, loses the message, as it did without
+                # ROUTER_MANDATORY: the protocol's gap fill is there for that.
+                if exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
+                    raise
+
+    def forward(self, timeout_ms: int) -> None:
+        """Forward what the sockets hold, waiting up to ``timeout_ms`` for some (stdin is left for later)."""
+        for sock, _ in self.net.poll(timeout_ms):
+            self._on(sock)
+
+    def _on(self, sock: Any) -> None:
+        if sock is self.front:
+            self.up()
+        elif self.direct is not None and sock is self.direct:
+            self.direct.recv()  # the author's answers to the attacker's own socket: ignored
+        else:
+            self.down(sock)
+
+    def inject(self, rid: bytes, frames: list[bytes]) -> int:
+        """Send ``frames`` down to connection ``rid``, one message each; return how many were handed to it.
+
+        A burst larger than the connection's queue (SNDHWM, 1000 messages, plus the receiver's RCVHWM) used to lose
+        the excess silently.  Each frame waits for room now: the relay forwards the other traffic meanwhile, and
+        gives up on the connection only when it takes nothing for :data:`INJECT_PATIENCE` seconds, or is gone."""
+        for n, data in enumerate(frames):
+            deadline = time.monotonic() + INJECT_PATIENCE
+            while True:
+                try:
+                    self.front.send_multipart([rid, data], zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if time.monotonic() > deadline:
+                        return n
+                    self.forward(2)  # (the receiver reads meanwhile)
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.EHOSTUNREACH:  # the connection is gone
+                        return n
+                    raise
+        return len(frames)
 
     # -- commands --------------------------------------------------------------------------------------------
 
@@ -145,15 +200,13 @@ class Relay:
             target = bytes.fromhex(req["to_branch"])
             rids = [rid for rid, bs in self.branches_of.items() if target in bs]
             raw = [base64.b64decode(f) for f in req["frames"]]
-            for rid in rids:
-                for data in raw:
-                    self.front.send_multipart([rid, data])
-            return {"reply": cmd, "sent": len(raw) * len(rids), "clients": len(rids)}
+            sent = sum(self.inject(rid, raw) for rid in rids)
+            return {"reply": cmd, "sent": sent, "unsent": len(raw) * len(rids) - sent, "clients": len(rids)}
         if cmd == "send_direct":
             if self.direct is None:
                 self.direct = self._socket(zmq.DEALER)
                 self.direct.connect(self.author_addr)
-                self.poller.register(self.direct, zmq.POLLIN)
+                self._watch(self.direct)
             raw = [base64.b64decode(f) for f in req["frames"]]
             for data in raw:
                 self.direct.send(data)
@@ -185,12 +238,8 @@ class Relay:
                         except (ValueError, KeyError, TypeError) as exc:
                             reply = {"reply": "error", "error": str(exc)}
                         _emit(reply)
-                elif sock is self.front:
-                    self.up()
-                elif self.direct is not None and sock is self.direct:
-                    self.direct.recv()  # the author's answers to the attacker's own socket: ignored
                 else:
-                    self.down(sock)
+                    self._on(sock)
 
 
 def _emit(doc: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ and it leaves no process behind (also when interrupted)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -13,12 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 import streams._crypto
 import streams._parallel
 from streams import keystore
 from streams._demo_multi import (
     PASSPHRASE_VAR,
+    Child,
     DemoRun,
     judge_anchor_forgeries,
     judge_anchoring,
@@ -29,6 +32,7 @@ from streams._demo_multi import (
     judge_segregation,
 )
 from streams.demo import run_inprocess_demo
+from streams.wire import Packet, encode_frame
 from tests.cliutil import ROOT
 
 
@@ -66,6 +70,61 @@ def test_demo_json_every_check_passes_and_no_process_is_left(tmp_path: Path) -> 
     assert "starting monitor" in r.stderr and "provider acme-pay subscribed" in r.stderr
     assert _procs_under(tmp_path) == []
     assert list(tmp_path.iterdir()) == []  # the temporary directory is gone
+
+
+def test_demo_passes_with_more_events_than_the_relay_s_queue_holds(tmp_path: Path) -> None:
+    """`streams demo --events N` said FAIL of the segregation check from about 950 events on (documented range
+    1..10000): the attacker's relay handed the victim every recorded packet of the other branch in one burst, the
+    excess past its connection's high-water marks (1000 messages each way) was dropped silently, and the judge
+    wants one rejection per packet sent.  The relay is paced by the victim's reading now: every packet arrives,
+    each is rejected."""
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "demo", "--json", "--events", "1200"],
+                       capture_output=True, text=True, timeout=180, env=_env(tmp_path), check=False)
+    report = json.loads(r.stdout)
+    segregation = next(c for c in report["checks"] if c["check"].startswith("segregation"))
+    assert segregation["ok"], segregation
+    handed = int(segregation["detail"].split()[0])
+    assert handed >= 1200 and f"{handed} rejected (UNKNOWN_BRANCH), 0 readable" in segregation["detail"]
+    assert r.returncode == 0 and report["ok"] is True, r.stdout
+    assert "replays a payment event of initech-pay it recorded (seq " in r.stderr  # (its first one, or a later)
+
+
+def test_the_relay_hands_a_subscriber_every_injected_frame_however_many(tmp_path: Path) -> None:
+    """The relay's injection was a burst of single messages on its ROUTER: past what the connection holds (1000
+    messages queued each side, and the TCP buffers) the rest was dropped silently, so the segregation check
+    counted a rejection missing for each.  It waits for the receiver now: a subscriber that reads nothing for a
+    second still gets every frame, in order."""
+    ctx = zmq.Context()
+    relay: Child | None = None
+    try:
+        author = ctx.socket(zmq.ROUTER)
+        port = author.bind_to_random_port("tcp://127.0.0.1")
+        relay = Child("relay", [sys.executable, "-m", "brokerless._demo_relay", "--connect",
+                                f"tcp://127.0.0.1:{port}"], {**os.environ, "PYTHONPATH": str(ROOT)}, tmp_path)
+        address = relay.wait_for(lambda d: d.get("event") == "ready", "ready")["address"]
+        sub = ctx.socket(zmq.DEALER)
+        sub.setsockopt(zmq.RCVHWM, 10)
+        sub.setsockopt(zmq.RCVBUF, 4096)  # (little room on the way: what the relay must not lose is on its side)
+        sub.connect(address)
+        branch = bytes(range(16))
+        frames = [encode_frame(Packet(bytes(32), branch, 1, seq, bytes(32), 0, bytes(24)), os.urandom(1000)).raw
+                  for seq in range(1, 8001)]
+        sub.send(frames[0])  # (the relay learns which connection is the branch's)
+        assert author.poll(10_000)
+        m = relay.mark()
+        relay.send({"cmd": "inject", "to_branch": branch.hex(),
+                    "frames": [base64.b64encode(f).decode() for f in frames]})
+        time.sleep(1.0)  # the subscriber reads nothing meanwhile
+        got = []
+        while sub.poll(1000):
+            got.append(sub.recv())
+        reply = relay.wait_for(lambda d: "reply" in d, "the reply", since=m)
+        assert len(got) == len(frames) and got == frames, len(got)
+        assert (reply["sent"], reply.get("unsent")) == (len(frames), 0), reply
+    finally:
+        if relay is not None:
+            relay.stop()
+        ctx.destroy(linger=0)
 
 
 def test_demo_interrupted_leaves_no_process(tmp_path: Path) -> None:
@@ -235,6 +294,7 @@ from pathlib import Path
 import streams._crypto
 import streams._parallel
 import streams.api
+import streams.core
 import streams.ledger.anchoring
 
 _HERE = Path(__file__).parent
@@ -254,6 +314,19 @@ def verify_anchored(*args, **kwargs):
 
 streams._crypto.verify = streams._parallel.verify = verify  # (the latter imported it by name)
 streams.ledger.anchoring.verify_anchored = streams.api.verify_anchored = verify_anchored
+
+# While ``same-keys`` is there, a party draws the same 32 random bytes for each key: every branch the monitor
+# opens has the same chain keys (segregation broken).
+_init = streams.core._CoreBase.__init__
+
+
+def _init_same_keys(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    rng = self._rng
+    self._rng = lambda n: bytes(range(n)) if n == 32 and (_HERE / "same-keys").exists() else rng(n)
+
+
+streams.core._CoreBase.__init__ = _init_same_keys
 """
 
 
@@ -263,10 +336,7 @@ def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path:
     checks pass everything, or whose ledger check of anchor proofs does, each says FAIL -- the forged event
     delivered, the altered proof taken, the proof of a checkpoint the ledger does not hold taken.  (On the real
     code they pass: test_demo_json_every_check_passes_and_no_process_is_left.)"""
-    breaker = tmp_path / "breaker"
-    breaker.mkdir()
-    (breaker / "sitecustomize.py").write_text(_BREAKER)
-    monkeypatch.setenv("PYTHONPATH", str(breaker))
+    breaker = _breaker(tmp_path, monkeypatch)
     run = DemoRun(tmp_path / "demo", events_per_provider=1)
     run.workdir.mkdir()
     try:
@@ -282,6 +352,37 @@ def test_the_demo_s_forgery_checks_fail_when_the_children_do_not_check(tmp_path:
         assert not e.ok and "refused BAD_SIGNATURE, 1 taken as anchored" in e.detail, e  # the unwritten one
     finally:
         run.close()
+
+
+def _breaker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The directory of the :data:`_BREAKER` every child of a demo started now loads."""
+    breaker = tmp_path / "breaker"
+    breaker.mkdir()
+    (breaker / "sitecustomize.py").write_text(_BREAKER)
+    monkeypatch.setenv("PYTHONPATH", str(breaker))
+    return breaker
+
+
+def test_the_demo_s_segregation_check_fails_when_every_branch_has_the_same_keys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check (b) attacks what it claims: with a monitor that keys every branch alike, the grants globex-pay holds
+    open acme-pay's packets, and the check says FAIL -- for that, not for packets lost on the way: with more events
+    than the relay's queue holds (which used to lose some), each packet is handed over and rejected by globex-pay's
+    software, and each opens with its keys.  (On the real code it passes:
+    test_demo_passes_with_more_events_than_the_relay_s_queue_holds.)"""
+    (_breaker(tmp_path, monkeypatch) / "same-keys").touch()
+    run = DemoRun(tmp_path / "demo", events_per_provider=1200)
+    run.workdir.mkdir()
+    try:
+        run.start()
+        assert run.check_delivery().ok
+        seg = run.check_segregation()
+    finally:
+        run.close()
+    handed = int(seg.detail.split()[0])
+    assert not seg.ok and handed >= 1200, seg
+    assert f"{handed} rejected (UNKNOWN_BRANCH), 0 readable" in seg.detail, seg
+    assert f"; {handed} open with the " in seg.detail, seg
 
 
 def _environ(pid: int) -> dict[bytes, bytes]:
