@@ -313,6 +313,28 @@ def test_a_tail_whose_reader_went_away_stops_and_loses_no_message(cli: Cli, tmp_
     assert [d["data"] for d in _lines(again.stdout) if d["event"] == "message"] == ["one", "two"], again.stdout
 
 
+def test_tail_says_a_reader_that_stops_early_can_take_messages_it_never_shows(cli: Cli, tmp_path: Path,
+                                                                             serves: list[Serve]) -> None:
+    """`streams tail ... | head -2`: the lines tail wrote into the pipe before head exited are marked delivered,
+    never shown -- tail cannot tell (only its first write after the reader left fails, and that message is put
+    back), and neither its help nor the README said so.  Both do now, with the way to take N messages: --count N,
+    which leaves the rest for the next tail."""
+    for text in (cli("tail", "--help").ok().stdout, (ROOT / "README.md").read_text(encoding="utf-8")):
+        flat = " ".join(text.split()).lower().replace("`", "").replace("\\|", "|")
+        assert "a reader that stops early (streams tail | head -2) can take messages it never shows" in flat
+        assert "to take n messages, use --count n" in flat
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    store = ("--store", "provider.db", "--connect", addr, "--passphrase-env", "PP")
+    cli("subscribe", *store, "--keystore", "provider.ks", "--author", author, "--channel", channel).ok()
+    for seq, text in enumerate(("one", "two", "three"), 1):
+        serve.send(json.dumps({"to": sub_did, "data": text}))
+        serve.wait("published", seq=seq)
+    first = cli("tail", "--json", *store, "--count", "1", "--timeout", "10").ok()
+    assert [d["data"] for d in _lines(first.stdout) if d["event"] == "message"] == ["one"]
+    rest = cli("tail", "--json", *store, "--timeout", "1").ok()
+    assert [d["data"] for d in _lines(rest.stdout) if d["event"] == "message"] == ["two", "three"]
+
+
 def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
     """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
     subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked

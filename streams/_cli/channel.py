@@ -1311,8 +1311,10 @@ async def _tail(args: argparse.Namespace, out: LinePrinter, sub: Subscriber, tra
                 sub.put_back(m)  # left for a later tail: never marked delivered unseen
                 continue
             if not out.emit(message_doc(m)):
-                # The reader went away (`streams tail | head -1`): stop, and leave this message (and the later
-                # ones) for the next tail, never marked delivered unseen.
+                # The reader went away (`streams tail | head -1`): stop, and leave this message, the first whose
+                # line could not be written, and the later ones for the next tail.  The lines written before it
+                # that the reader left unread in the pipe are marked delivered all the same: nothing here tells
+                # them from the ones it read (`tail --help` says so, and to take N messages with --count N).
                 sub.put_back(m)
                 break
             count += 1
@@ -1588,7 +1590,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "keeps the application's cursor; anything missed while offline is fetched from the\n"
                         "author's retained log).  Stops after --count messages or --timeout seconds without\n"
                         "one; --follow runs until SIGINT/SIGTERM.  With --branch (one of the store's branches),\n"
-                        "messages of other branches are not shown and are left for a later tail.\n"
+                        "messages of other branches are not shown and are left for a later tail.  A reader\n"
+                        "that stops early (`streams tail | head -2`) can take messages it never shows: the lines\n"
+                        "written into the pipe before it left count as shown.  To take N messages, use --count N.\n"
                         "With --publish-stdin, publishing stdin is work too: tail runs until stdin's end (every\n"
                         "line acted on), and only then do --count and --timeout (counted from that end) stop it.\n"
                         "Stopped before stdin's end (SIGINT/SIGTERM), it says on stderr that stdin was not read to\n"
