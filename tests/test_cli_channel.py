@@ -335,6 +335,49 @@ def test_tail_says_a_reader_that_stops_early_can_take_messages_it_never_shows(cl
     assert [d["data"] for d in _lines(rest.stdout) if d["event"] == "message"] == ["two", "three"]
 
 
+def test_a_tail_killed_may_show_its_last_messages_again_and_says_how_to_dedupe(cli: Cli, tmp_path: Path,
+                                                                              serves: list[Serve]) -> None:
+    """A message is marked delivered when the next is asked for, and the marks are committed at the next heartbeat:
+    after `kill -9` of a tail, the next one shows again what the killed one showed last.  Its help said "those not
+    yet shown by an earlier tail", the README "since the last tail": both say now that after a crash the last
+    messages shown may come again, and to dedupe by (branch, index, seq), which the --json lines carry."""
+    for text in (cli("tail", "--help").ok().stdout, (ROOT / "README.md").read_text(encoding="utf-8")):
+        flat = " ".join(text.split()).replace("`", "").lower()
+        assert "after a crash of tail (kill -9, a power loss), the messages it showed in its last half second" in flat
+        assert "dedupe by (branch, index, seq)" in flat
+    sub_did, serve, (addr, channel, author) = _monitor_and_provider(cli, tmp_path, serves)
+    store = ("--store", "provider.db", "--connect", addr, "--passphrase-env", "PP")
+    cli("subscribe", *store, "--keystore", "provider.ks", "--author", author, "--channel", channel).ok()
+
+    def send(*seqs: int) -> None:
+        for seq in seqs:
+            serve.send(json.dumps({"to": sub_did, "data": f"alert {seq}"}))
+        serve.wait("published", seq=seqs[-1])
+
+    send(1, 2, 3, 4, 5)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PP": PASS}
+    tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "--json", "--follow", *store],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    shown: list[dict[str, Any]] = []
+    try:
+        assert tail.stdout is not None
+        while len(shown) < 5:
+            doc = json.loads(tail.stdout.readline())
+            if doc["event"] == "message":
+                shown.append(doc)
+    finally:
+        tail.kill()  # (SIGKILL: no close, nothing committed since the last heartbeat)
+        tail.wait(10)
+        assert tail.stdout is not None
+        tail.stdout.close()
+    send(6, 7)
+    again = [d for d in _lines(cli("tail", "--json", *store, "--timeout", "1").ok().stdout) if d["event"] == "message"]
+    repeated = again[: len(again) - 2]
+    assert repeated == shown[len(shown) - len(repeated):]  # what comes again is what the killed tail showed last
+    unique = {(d["branch"], d["index"], d["seq"]): d["data"] for d in shown + again}
+    assert list(unique.values()) == [f"alert {seq}" for seq in range(1, 8)]
+
+
 def test_a_duration_that_is_not_a_number_is_refused(cli: Cli) -> None:
     """`--timeout nan` (and `--wait-ack nan`) passed the ">= 0" check (every comparison with NaN is false): a
     subscribe with it waited forever, a tail stopped at once, a publish did not wait for the ACK it was asked
