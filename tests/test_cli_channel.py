@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from streams._cli.channel import _files
 from tests.cliutil import ROOT, Cli, make_keystore
 
 PASS = "channel test passphrase 91c2"
@@ -585,6 +586,16 @@ def test_every_channel_command_has_help() -> None:
         assert r.returncode == 0 and "--store" in r.stdout and "--json" in r.stdout, cmd
         assert ("--curve" in r.stdout) == (cmd != "status"), cmd
 
+
+def test_status_help_names_every_file_status_shows(tmp_path: Path) -> None:
+    """`status --help` listed "the database, its -wal and its -frames file"; status shows the -commits file (the
+    commit journal) too, as the README's row says."""
+    shown = set(_files(tmp_path / "store.db"))  # the files status reports, by their keys
+    assert shown == {"store", "wal", "frames", "commits"}
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "status", "--help"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    flat = " ".join(r.stdout.split())
+    assert all(f"-{key}" in flat for key in shown - {"store"}) and "the commit journal" in flat, flat
 
 def test_streams_cli_does_not_load_zmq_until_a_network_command_runs() -> None:
     # The dependency rule: streams never imports brokerless/zmq; the CLI loads them by name only to run a

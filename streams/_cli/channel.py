@@ -1630,7 +1630,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "sequence number, covered by a signature through; 'conflict', the seq of the author's\n"
                          "ACK of our own chain that contradicts this store -- ChainConflict: do not publish from\n"
                          "it -- or 0), the retained log size and the sizes of the store's files (the database,\n"
-                         "its -wal and its -frames file)."))
+                         "its -wal, its -frames file and its -commits file, the commit journal: what a running\n"
+                         "party has not applied to the database yet)."))
     st.add_argument("--store", required=True, metavar="PATH", help="an author's or a subscriber's store")
     add_passphrase_options(st, "store")
 
