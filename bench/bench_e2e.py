@@ -39,9 +39,10 @@ the whole run, so all peers are measured in the same run with the same payloads,
 Throughput: fixed count (calibrated per peer and size to about ``--seconds``), median of ``--reps`` runs, from
 the publisher's first send to the receiver's last delivery (``time.monotonic_ns``: CLOCK_MONOTONIC is system
 wide on Linux, so both processes share it).  Latency: paced publishing at about half of that peer's measured
-peak (one run per row, after the throughput runs), each message's due time stamped into the payload (a message
-sent late because an earlier send or flush ran long counts its wait), p50/p99/p99.9 at the receiver's
-application; the row also records the rate the publisher achieved and how late its sends were.  The pacing is a
+peak (one run per row, after the throughput runs), from when the application had each message -- its due time,
+or the pacer's wake-up where the timer woke late -- stamped into the payload (a message sent late because an
+earlier send or flush ran long counts its wait), p50/p99/p99.9 at the receiver's application; the row also
+records the rate the publisher achieved and how late its sends were against their due times.  The pacing is a
 constant rate: the publisher waits for each message's due time on a timerfd (``_common.Pacer``; 20-35 us late
 here), not with ``asyncio.sleep``, which rounds to whole milliseconds and so sent bursts of up to rate/1000
 messages per tick, each message waiting for the rest of its burst on both sides (``--pacing tick`` measures that
@@ -683,11 +684,14 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
             await send(pack(run_id, now(), i) + pad)
     else:
         # Paced at a constant rate: send what is due, hand it over (flush), then wait for the next due time on a
-        # timerfd (Pacer: asyncio.sleep would round up to whole milliseconds and send in bursts).  A message is
-        # stamped with its due time, not the time it went out: one that waited for an earlier send (or flush) to
-        # finish counts that wait too (no coordinated omission); how late each went out is reported apart.
+        # timerfd (Pacer: asyncio.sleep would round up to whole milliseconds and send in bursts).  A message's
+        # latency runs from when the application had it: its due time, or the pacer's wake-up if the timer woke
+        # late (the harness's own lateness, 20-35 us here, is no part of the pipeline) -- so one that waited for
+        # an earlier send (or flush) to finish counts that wait (no coordinated omission).  How late each went
+        # out against its due time is reported apart.
         interval = 1e9 / rate
         i = 0
+        woke = t0
         with Pacer(cmd.get("pacing", "timer") == "timer") as pacer:
             while i < count:
                 due = t0 + int(i * interval)
@@ -696,9 +700,10 @@ async def _publish(pub: Pub, cmd: dict[str, Any]) -> dict[str, Any]:
                     await pub.flush()
                     if now() < due:  # (a flush that ran past the due time: send at once, no wake-up to wait for)
                         await pacer.until(due)
+                        woke = now()
                     continue
                 late.append(t - due)
-                await send(pack(run_id, due, i) + pad)
+                await send(pack(run_id, max(due, woke), i) + pad)
                 i += 1
             precise = pacer.precise  # (before the with closes it)
     await pub.flush()

@@ -120,8 +120,8 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
         lines += ["## End to end (two processes, tcp loopback)", "",
                   f"Throughput: median of {e2e.get('repetitions')} interleaved runs; a message counts when the "
                   "receiving application has it. Latency: one run per row, after the throughput runs, at about "
-                  "half of each peer's peak, from each message's due time (a send held up by an earlier one counts "
-                  "its wait), "
+                  "half of each peer's peak, from when the application had each message (its due time, or the "
+                  "pacer's wake-up where the timer woke late; a send held up by an earlier one counts its wait), "
                   + ("paced at a constant rate (timerfd)." if e2e.get("pacing", "tick") == "timer" else
                      "paced with asyncio.sleep (1 ms ticks: bursts of up to rate/1000 messages).")
                   + (f" The timerfd could not be made for {fell} of the latency rows: those were paced with "
