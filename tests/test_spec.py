@@ -56,6 +56,16 @@ def test_personalisation_strings_are_the_code_constants() -> None:
         assert re.search(rf"`{const}`\s*\|\s*`{re.escape(value)}`", SPEC), const
 
 
+def test_every_personalisation_string_in_the_code_is_in_the_spec_table() -> None:
+    """SPEC 4 says no string may serve two purposes: that is checkable only against a complete table.  Every
+    ``streams.v1.*`` byte string in the package is listed there (status_anchor's and the in-memory one were not)."""
+    root = Path(__file__).resolve().parent.parent / "streams"
+    found = {m for f in root.rglob("*.py") for m in re.findall(r'b"(streams\.v1\.[a-z]+)"', f.read_text())}
+    table = set(re.findall(r"^\|\s*`P_[A-Z]+`\s*\|\s*`(streams\.v1\.[a-z]+)`", SPEC, re.M))
+    assert len(found) >= 14
+    assert found <= table, sorted(found - table)
+
+
 def test_reason_codes_are_listed() -> None:
     for r in RejectReason:
         assert f"{r.value} {r.name}" in SPEC, r
