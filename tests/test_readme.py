@@ -392,3 +392,33 @@ def test_a_list_policy_refuses_a_did_that_is_not_one(make: Any) -> None:
         with pytest.raises(streams.LocalProtocolError, match="did:key"):
             make([good, bad])
     make([good])  # (a valid one is taken)
+
+
+def test_the_benchmark_table_is_the_committed_results() -> None:
+    """README's targets table quotes bench/results/e2e.json: re-committing results without the README (or the
+    reverse) fails here, as stale numbers once went unnoticed.  Ratios of the throughput medians, and the latency
+    targets' ratios, to two decimals."""
+    import json
+
+    e2e = json.loads((ROOT / "bench" / "results" / "e2e.json").read_text())
+    rate = {(r["peer"], r["size"]): r["msgs_per_s"] for r in e2e["throughput"]}
+    lat = {(t["target"].split()[0], t["size"]): t["ratio"] for t in e2e["targets"] if "latency" in t["target"]}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+            for line in README.splitlines() if line.startswith("| ") and line.count("|") >= 6}
+    sizes = (64, 1024, 16384)
+
+    def ratios(num: str, den: str) -> list[str]:
+        return [f"{rate[num, s] / rate[den, s]:.2f}x" for s in sizes]
+
+    assert rows["signed-each >= 0.75x `min_each` (streaming API)"] == ratios("ours_each", "min_each")
+    assert rows["amortized >= 0.5x `min_amortized` (streaming API)"] == ratios("ours_amortized", "min_amortized")
+    assert rows["amortized, the library's default `durable=True`, vs `min_amortized`"] == ratios(
+        "ours_amortized_fsync", "min_amortized")
+    each_b, amort_b = ratios("ours_each", "min_each_bundled"), ratios("ours_amortized", "min_amortized_bundled")
+    assert rows["for comparison: signed-each / amortized vs the bundled minimal pipelines"] == [
+        f"{a} / {b}" for a, b in zip(each_b, amort_b, strict=True)]
+    for label, each, amortized in [
+            ("p50 latency <= bound, per-message API (`publish`, at half its own peak): signed-each / amortized",
+             "ours_each_per_msg", "ours_amortized_per_msg"),
+            ("p50 latency <= bound, streaming API (`publish_many`, at half its peak)", "ours_each", "ours_amortized")]:
+        assert rows[label] == [f"{lat[each, s]:.2f} / {lat[amortized, s]:.2f}" for s in sizes], label
