@@ -50,6 +50,16 @@ class CurveConfig:
     secret: bytes
     server_public: bytes | None = None
 
+    def __post_init__(self) -> None:
+        # Refused where the mistake is made (a key of another length, a pair that does not belong together), as a
+        # LocalProtocolError naming no secret -- not a ValueError from deep in the socket setup.
+        for name in ("public", "secret", "server_public"):
+            v = getattr(self, name)
+            if not (v is None and name == "server_public") and not (type(v) is bytes and len(v) == 32):
+                raise LocalProtocolError(f"CurveConfig.{name} must be 32 bytes (an X25519 key)")
+        if nacl.bindings.crypto_scalarmult_base(self.secret) != self.public:
+            raise LocalProtocolError("CurveConfig: the public key is not the secret key's")
+
     def __repr__(self) -> str:
         return f"CurveConfig(public={self.public.hex()}, secret=<hidden>)"
 
@@ -132,7 +142,14 @@ def setup_server(ctx: zmq.asyncio.Context, sock: zmq.Socket[Any], cfg: CurveConf
     callback is None: a CURVE server that admitted anyone would only look like a guard); the caller runs
     :meth:`ZapHandler.serve` in its event loop and calls ``stop()`` after that task ended."""
     auth = ZapHandler(ctx)
-    auth.start()  # binds the ZAP socket now: from here on every handshake asks it
+    try:
+        auth.start()  # binds the ZAP socket now: from here on every handshake asks it
+    except zmq.ZMQError as exc:
+        auth.stop()
+        if exc.errno == zmq.EADDRINUSE:  # (ZAP's inproc address is one per context)
+            raise LocalProtocolError("this ZeroMQ context already has a ZAP handler (inproc://zeromq.zap.01): one "
+                                     "CURVE AuthorEndpoint per context -- give this one a context of its own") from None
+        raise
     auth.configure_curve_callback("*", credentials_provider=keys)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, z85.encode(cfg.secret))

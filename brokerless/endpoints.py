@@ -377,7 +377,9 @@ class EndpointConfig:
         check_rate("EndpointConfig", "global_budget", self.global_budget)
         check_order("EndpointConfig", self, "reconnect_min_ms", "reconnect_max_ms")
         if self.curve is not None and not isinstance(self.curve, CurveConfig):
-            raise LocalProtocolError(f"EndpointConfig.curve must be a CurveConfig or None, not {self.curve!r}")
+            # (its type only: a key pair passed here in place of a CurveConfig holds a secret)
+            raise LocalProtocolError("EndpointConfig.curve must be a CurveConfig or None, not "
+                                     f"{type(self.curve).__name__}")
 
 
 @dataclass(slots=True)
@@ -755,7 +757,8 @@ class AuthorEndpoint(_Base):
     """The author's side: one ROUTER socket bound to every address in ``bind``.
 
     ``bind`` accepts ``tcp://127.0.0.1:0`` (port chosen by the OS; see :attr:`addresses`) and ``ipc://path``.
-    ``context``: a ``zmq.asyncio.Context`` to share; by default the endpoint owns (and terminates) its own.
+    ``context``: a ``zmq.asyncio.Context`` to share; by default the endpoint owns (and terminates) its own.  A
+    context holds one ZAP handler: one CURVE author endpoint per context.
     ``known_key``: with ``config.curve``, the ZAP decision ``known_key(x25519_public) -> bool``; without it
     every CURVE client is refused until :meth:`admit_keys` installs one (an :class:`streams.api.Author` given
     this endpoint installs :meth:`~streams.api.Author.knows_key`).

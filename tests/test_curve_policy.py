@@ -407,3 +407,42 @@ def test_dids_of_an_x25519_key() -> None:
     for bad in (b"", b"\x00" * 31, (p - 1).to_bytes(32, "little"), p.to_bytes(32, "little"), b"\xff" * 32):
         assert dids_of_kx_public(bad) == ()
     assert _crypto.ed25519_candidates_for_x25519(b"\x01" + b"\x00" * 31) == []  # u = 1: y = 0, small order
+
+
+def test_a_curve_config_of_the_wrong_keys_is_refused_where_it_is_made() -> None:
+    """A key of another length, or a pair that does not belong together, was met deep in the socket setup as a
+    bare ValueError (z85), the endpoint's socket and ZAP handler left to the garbage collector."""
+    good = CurveConfig.for_author(Identity.generate())
+    other = CurveConfig.for_author(Identity.generate())
+    for bad in (lambda: CurveConfig(good.public[:31], good.secret),
+                lambda: CurveConfig(good.public, good.secret + b"x"),
+                lambda: CurveConfig(good.public, good.secret, b"short"),
+                lambda: CurveConfig(other.public, good.secret)):
+        with pytest.raises(LocalProtocolError, match="CurveConfig"):
+            bad()
+    assert CurveConfig(good.public, good.secret, other.public).server_public == other.public
+
+
+def test_a_key_pair_given_for_a_curve_config_is_not_echoed() -> None:
+    pk, sk = nb.crypto_box_keypair()
+    with pytest.raises(LocalProtocolError) as err:
+        EndpointConfig(curve=(pk, sk))  # type: ignore[arg-type]
+    assert "tuple" in str(err.value)
+    for form in (sk, sk.hex(), repr(sk)):
+        assert str(form) not in str(err.value) and repr(sk)[2:12] not in str(err.value)
+
+
+async def test_a_second_curve_author_endpoint_on_one_context_names_the_zap_clash() -> None:
+    """A context holds one ZAP handler; the second CURVE author endpoint on it was refused with "cannot bind
+    tcp://127.0.0.1:0: Address already in use", blaming an address that was free."""
+    ctx = zmq.asyncio.Context()
+    cfg = EndpointConfig(curve=CurveConfig.for_author(Identity.generate()))
+    first = AuthorEndpoint("tcp://127.0.0.1:0", cfg, context=ctx, known_key=lambda k: True)
+    try:
+        with pytest.raises(LocalProtocolError, match="ZAP handler") as err:
+            AuthorEndpoint("tcp://127.0.0.1:0", cfg, context=ctx, known_key=lambda k: True)
+        assert "tcp://" not in str(err.value)
+        assert first.wants_known_key is False  # the first one keeps its decision
+    finally:
+        await first.close()
+        ctx.destroy(linger=0)  # (the old code left the failed one's ZAP socket open: term() hung)
