@@ -132,7 +132,9 @@ def summary(out: Path, statuses: dict[str, str]) -> str:
         lat = {(r["peer"], r["size"]): r for r in e2e["latency"]}
         for r in e2e["throughput"]:
             la = lat.get((r["peer"], r["size"]), {})
-            lines.append(f"| {r['peer']} | {_size(r['size'])} | {r['msgs_per_s']:,.0f} | {r['mb_per_s']:,.1f} | "
+            runs, reps = len(r.get("runs_msgs_per_s") or ()), e2e.get("repetitions") or 0
+            short = f" ({runs} of {reps} runs)" if runs < reps else ""  # (a peer that failed part way)
+            lines.append(f"| {r['peer']}{short} | {_size(r['size'])} | {r['msgs_per_s']:,.0f} | {r['mb_per_s']:,.1f} | "
                          f"{r['delivered_fraction']:.3f} | {la.get('p50_us', 0):,.0f} | {la.get('p99_us', 0):,.0f} | "
                          f"{la.get('p99_9_us', 0):,.0f} |")
         rtt = e2e.get("rtt", {})

@@ -164,3 +164,20 @@ def test_pacer_never_wakes_before_a_due_time_and_closes_its_timer(tmp_path: Path
     assert out["wait_after_cancel"] == "woke"
     if sys.platform.startswith("linux"):
         assert out["True"]["precise"] is True and out["True"]["fd_left_open"] is False
+
+
+def test_the_summary_says_which_rows_have_fewer_runs_than_the_others(tmp_path: Path) -> None:
+    """A peer that failed part way keeps the runs it made: its rows must not pass for medians of every run."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    row = {"size": 64, "msgs_per_s": 1000.0, "mb_per_s": 0.1, "delivered_fraction": 1.0}
+    e2e = {"repetitions": 3, "pacing": "timer", "latency": [], "rtt": {}, "peers": {}, "targets": [],
+           "throughput": [{**row, "peer": "zmq_raw", "runs_msgs_per_s": [1.0, 2.0, 3.0]},
+                          {**row, "peer": "nats_js", "runs_msgs_per_s": [1.0]}]}
+    (tmp_path / "e2e.json").write_text(json.dumps(e2e))
+    text = run.summary(tmp_path, {"e2e": "ok"})
+    assert "| nats_js (1 of 3 runs) | 64 B |" in text
+    assert "| zmq_raw | 64 B |" in text
