@@ -950,7 +950,8 @@ def present(
 
 
 class _DuplicateKey(ValueError):
-    pass
+    """A JSON object with a key twice: ambiguous (parsers disagree on which value counts), refused wherever this
+    package reads a credential, a presentation or a status list."""
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

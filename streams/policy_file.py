@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from .credentials import CredentialPolicy, StatusListLookup
+from .credentials import CredentialPolicy, StatusListLookup, _no_duplicates
 from .errors import DecodeError, LocalProtocolError
 from .identity import holder_of, public_key_from_did
 from .policy import (
@@ -143,7 +143,7 @@ class FileStatusLists:
         doc: dict[str, Any] | None = None
         try:
             if len(data) <= _MAX_STATUS_FILE:
-                parsed = json.loads(data.decode("utf-8"))
+                parsed = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
                 doc = parsed if isinstance(parsed, dict) else None
         except (ValueError, RecursionError):
             doc = None
@@ -300,11 +300,11 @@ def _status_list_path(r: _Reader, base: Path, value: str, key: str) -> Path:
     path = Path(value) if os.path.isabs(value) else base / value
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read(_MAX_STATUS_FILE + 1).decode("utf-8"))
+            doc = json.loads(f.read(_MAX_STATUS_FILE + 1).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except OSError as exc:
         raise r.fail(key, f"cannot read status list {value}: {exc.strerror or type(exc).__name__}") from None
     except (ValueError, RecursionError):
-        raise r.fail(key, f"status list {value} is not JSON") from None
+        raise r.fail(key, f"status list {value} is not JSON (or holds a key twice in one object)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
         raise r.fail(key, f"status list {value} is not a credential with an id")
     return path

@@ -432,3 +432,17 @@ def test_verify_at_judges_the_instant_given_to_the_millisecond(world: World) -> 
     assert world.verify("from.json", "--at", at)[0] == 0
     code, out = world.verify("until.json", "--at", at)
     assert code == 1 and out["failure"] == "expired"
+
+
+def test_a_file_with_a_key_twice_is_refused_as_ambiguous(world: World) -> None:
+    """Python's JSON parser keeps the last of two values of one key, another reader the first: `credential show`
+    printed one issuer while `verify` checked the signature over the other (a signed credential and a forged
+    first copy of its issuer side by side).  Refused now (exit 2), as presentations already were."""
+    world.issue("c.json")
+    text = (world.dir / "c.json").read_text()
+    assert world.verify("c.json")[0] == 0
+    (world.dir / "twice.json").write_text('{"issuer": "' + world.other + '", ' + text.lstrip()[1:])
+    for cmd in (["show", "twice.json"], ["verify", "twice.json"]):
+        r = world.cli("credential", *cmd, "--json")
+        doc = json.loads(r.stdout)
+        assert r.returncode == 2 and doc["type"] == "UsageError" and "key twice" in doc["error"], (cmd, r.stdout)

@@ -380,3 +380,19 @@ def test_policy_check_warns_of_status_lists_that_cannot_serve_their_rule(tmp_pat
     assert "theirs.json" in warning and other in warning and "not by an issuer of this rule" in warning
     [warning] = check("tampered.json")["warnings"]  # type: ignore[misc]
     assert "tampered.json does not verify" in warning
+
+
+def test_a_status_list_file_with_a_key_twice_is_refused_when_loaded(tmp_path: Path) -> None:
+    """Two values of one key are ambiguous (readers disagree on which counts); presentations refused them, the
+    policy file's status lists did not."""
+    doc = vc.issue_status_list_credential(A, "https://issuer.example/status/1", vc.StatusList(),
+                                          valid_from=datetime(2025, 1, 1, tzinfo=UTC))
+    text = json.dumps(doc)
+    (tmp_path / "sl.json").write_text('{"id": "https://issuer.example/status/other", ' + text[1:])
+    f = write(tmp_path / "p.toml", f"[policy]\n[[policy.credential]]\ntype='T'\nissuers=['{A.did}']\n"
+                                   "status_lists=['sl.json']\n")
+    with pytest.raises(PolicyFileError, match="key twice") as err:
+        load_policy(f)
+    assert err.value.key == "policy.credential[0].status_lists[0]"
+    (tmp_path / "sl.json").write_text(text)
+    assert load_policy(f).describe()["credential"]

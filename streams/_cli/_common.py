@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _secret_env
+from ..credentials import _DuplicateKey, _no_duplicates
 from ..errors import LocalProtocolError, RejectReason, VerificationError
 
 __all__ = [
@@ -337,8 +338,14 @@ def read_json_file(path: str, what: str) -> Any:
         raise UsageError(f"{what} {path} is too large")
     try:
         # NaN and Infinity are not JSON (RFC 8259): Python's parser takes them, and --json would print them back;
-        # so is a number too large for a float (1e400), which it reads as infinity.
-        return json.loads(data.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
+        # so is a number too large for a float (1e400), which it reads as infinity.  A key twice is ambiguous:
+        # Python keeps the last value, another reader of the same file the first (what `credential show` prints
+        # must be what was verified).
+        return json.loads(data.decode("utf-8"), parse_constant=_not_json, parse_float=_finite,
+                          object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        raise UsageError(f"{what} {path} holds a key twice in one object (ambiguous JSON: readers disagree on "
+                         "which value counts)") from None
     except (ValueError, RecursionError):
         raise UsageError(f"{what} {path} is not valid UTF-8 JSON") from None
 
