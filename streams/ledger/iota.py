@@ -162,8 +162,9 @@ def _answer(conn: Connection, msg: object) -> bool:
 #: carries no status.
 _SDK_NOT_FOUND: Final = re.compile(r"node error: The requested data <url> was not found\.")
 _SDK_STATUS: Final = re.compile(r"node error: Response error with status code ([0-9]{3}): ")
-#: A URL in an error text, up to the next white space (the SDK prints URLs serialized: no white space in them).
-_URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+#: A URL in a text: its scheme, then the rest up to the next white space (the SDK prints URLs serialized: no white
+#: space in them).
+_URL_PARTS: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)")
 
 
 def _sdk_error(exc: Exception) -> str:
@@ -177,15 +178,13 @@ def _http_status(error: str) -> int | None:
     """The HTTP status the node answered, as an iota-sdk error message reports it; ``None`` if it reports none.
     Matched on the message's fixed shape with every URL taken out first, so that nothing in a URL (block id, host,
     port, path) and nothing the node wrote in its answer's body can pass for a status."""
-    shape = _URL_IN_TEXT.sub("<url>", error)
+    shape = _URL_PARTS.sub("<url>", error)
     if _SDK_NOT_FOUND.fullmatch(shape):
         return 404
     m = _SDK_STATUS.match(shape)
     return int(m.group(1)) if m else None
 
 
-#: A URL in a text: its scheme, then the rest up to the next white space.
-_URL_PARTS: Final = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)")
 #: Secrets of the node URL shorter than this are not searched for outside URLs: they would match ordinary words
 #: and digits of the text (a password "503"), and the URL rule finds them where the SDK prints them.
 _MIN_LITERAL: Final = 4
@@ -229,6 +228,11 @@ class _Outage(Exception):
 
 class _NotABlock(Exception):
     """The node answered with something no Stardust block can be: the node lies (a VerificationError)."""
+
+
+def _oversize(what: str) -> str:
+    """Why ``what`` (a size, or a type) answered for a block is no block, worker and caller alike."""
+    return f"the node answered {what} for a block; a Stardust block is at most {MAX_BLOCK}"
 
 
 def _worker_main(conn: Connection, url: str, api_timeout_s: float) -> None:
@@ -306,8 +310,7 @@ def _serve(client: Any, op: str, args: tuple[Any, ...]) -> Any:
         # takes too long): no more than a block's maximum goes on to the caller.
         raw = client.get_block_raw(block_id)
         if len(raw) > MAX_BLOCK:
-            raise _NotABlock(f"the node answered {len(raw)} bytes for a block; a Stardust block is at most "
-                             f"{MAX_BLOCK}")
+            raise _NotABlock(_oversize(f"{len(raw)} bytes"))
         return bytes(raw)
     if op == "ping":
         return "pong"
@@ -479,8 +482,7 @@ class IotaLedger:
         block_id = self._check_id(anchor_id)
         raw = self._call("read", block_id)
         if not isinstance(raw, bytes) or len(raw) > MAX_BLOCK:  # (the worker refuses them already)
-            size = f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__
-            raise VerificationError(f"the node answered {size} for a block; a Stardust block is at most {MAX_BLOCK}")
+            raise VerificationError(_oversize(f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__))
         if "0x" + hashlib.blake2b(raw, digest_size=32).hexdigest() != block_id:
             raise VerificationError("the node returned a block that does not hash to its id")
         return parse_tagged_block(raw)
