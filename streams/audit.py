@@ -57,7 +57,7 @@ from .errors import (
 )
 from .ledger.anchoring import PendingAnchor, channel_checkpoints, checkpoint_conflicts, confirm, verify_anchored
 from .ledger.base import Ledger
-from .store import Store
+from .store import AnchorRow, Store
 from .wire import Kind, Permission, SigningMode, decode_frame
 
 __all__ = ["AuditReport", "Finding", "audit_store", "open_ledger"]
@@ -172,12 +172,18 @@ class _Audit:
                          rec.id, rec.me)
         for rec in branches.values():
             self._grant(rec)
+        epochs: list[AnchorRow] | None = None  # the author's anchor epochs, read once for both checks below
         if self.report.role == "author":
-            self._author_anchors(branches)
+            try:
+                epochs = self.store.anchors()
+            except StorageError as exc:
+                self.err(f"anchor epochs unreadable (altered or damaged): {exc}")
+            else:
+                self._author_anchors(branches, epochs)
         else:
             self._member_anchors(branches, anchored, restores, cursors)
         if self.ledger is not None:
-            self._ledger_history(branches, anchored, restores)
+            self._ledger_history(branches, anchored, restores, epochs)
         for fb, fp, fs, fa, ffb in self.store.forks():
             self._fork(branches, fb, fp, fs, fa, ffb)
         return self.report
@@ -297,14 +303,9 @@ class _Audit:
         elif not _crypto.ct_equal(entry[0], r[3]):
             self.err("the logged message differs from the anchored head (altered, or a fork)", r[0], r[1], r[2])
 
-    def _author_anchors(self, branches: dict[bytes, BranchRecord]) -> None:
+    def _author_anchors(self, branches: dict[bytes, BranchRecord], rows: list[AnchorRow]) -> None:
         author = self.store.identity.sign_public
         prev: EpochCheckpoint | None = None
-        try:
-            rows = self.store.anchors()
-        except StorageError as exc:
-            self.err(f"anchor epochs unreadable (altered or damaged): {exc}")
-            return
         for row in rows:
             self.report.anchor_epochs += 1
             try:
@@ -350,16 +351,16 @@ class _Audit:
                     self.err(f"anchor epoch {row.epoch}: ledger unreachable: {exc}")
 
     def _ledger_history(self, branches: dict[bytes, BranchRecord], anchored: dict[tuple[bytes, int], AnchorRecord],
-                        restores: dict[tuple[bytes, int], list[AnchorRecord]]) -> None:
+                        restores: dict[tuple[bytes, int], list[AnchorRecord]], epochs: list[AnchorRow] | None) -> None:
         """The channel's checkpoints on the ledger against the store's: the store must not be behind the
-        history its party signed (author), nor hold another checkpoint than the ledger for an epoch."""
+        history its party signed (author: its anchor ``epochs``, None if they could not be read), nor hold another
+        checkpoint than the ledger for an epoch."""
         assert self.ledger is not None
         if self.report.role == "author":
+            if epochs is None:
+                return  # (unreadable, reported: nothing here to compare the ledger's history with)
             author = self.store.identity.sign_public
-            try:
-                known = {r.epoch: r.checkpoint for r in self.store.anchors()}
-            except StorageError:
-                return  # (reported by _author_anchors: nothing here to compare the ledger's history with)
+            known = {r.epoch: r.checkpoint for r in epochs}
             last: int | None = max(known, default=-1)
         else:
             author = bytes(dict((i, pk) for b in branches.values() for i, pk, _ in b.members if i == 0).get(0, b""))
