@@ -106,12 +106,11 @@ def could_admit(policy: Policy, did: str) -> bool:
 def evidence_holds(policy: Policy, evidence: bytes, now_ms: int) -> bool | None:
     """Whether the evidence a subscriber was admitted with still holds for ``policy`` (None: the policy re-checks
     no evidence -- it has no ``still_valid``, or none of the policies it combines has).  :class:`AllOf` and
-    :class:`AnyOf` judge the whole of it, as does a policy that wraps others and says so
-    (``judges_whole_evidence = True``: it passes the evidence on through this function, and may answer None
-    through an ``evidence_verdict(evidence, now_ms)`` method); any other policy is asked about each piece
-    (:func:`evidence_parts`) and holds if one does: the evidence was made by the policy in force at the
-    subscription, which may since have been reordered, nested or relaxed.  What ``still_valid`` raises
-    propagates."""
+    :class:`AnyOf` judge the whole of it, as does a policy that wraps others and defines
+    ``evidence_verdict(evidence, now_ms) -> bool | None`` (it passes the evidence on through this function, and
+    answers as it does); any other policy is asked about each piece (:func:`evidence_parts`) and holds if one does:
+    the evidence was made by the policy in force at the subscription, which may since have been reordered, nested
+    or relaxed.  What ``still_valid`` raises propagates."""
     if isinstance(policy, AllOf):
         return _still_valid(policy.policies, evidence, now_ms, "all")
     if isinstance(policy, AnyOf):
@@ -122,8 +121,6 @@ def evidence_holds(policy: Policy, evidence: bytes, now_ms: int) -> bool | None:
     check = getattr(policy, "still_valid", None)
     if check is None:
         return None
-    if getattr(policy, "judges_whole_evidence", False):
-        return bool(check(evidence, now_ms))
     return any(bool(check(part, now_ms)) for part in evidence_parts(evidence))
 
 

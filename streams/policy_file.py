@@ -45,7 +45,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from .credentials import CredentialPolicy, StatusListLookup, _no_duplicates
 from .errors import DecodeError, LocalProtocolError
@@ -212,9 +212,6 @@ class FilePolicy:
         with credential rules, any other (the credential decides at subscription)."""
         return not is_denied(did, self.deny, self._deny_holders) and could_admit(self._rules, did)
 
-    #: It wraps its rules: the re-check hands it the whole evidence, which it passes on (evidence_holds).
-    judges_whole_evidence: ClassVar[bool] = True
-
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         """Whether the evidence (credentials) that admitted a subscriber still holds for the rules (see
         :func:`streams.policy.evidence_holds`); the author revokes subscribers for which it does not.  False for
@@ -223,7 +220,8 @@ class FilePolicy:
 
     def evidence_verdict(self, evidence: bytes, now_ms: int) -> bool | None:
         """As :meth:`still_valid`, None where no rule of the file re-checks evidence (the author then judges the
-        subscriber on its DID alone when the policy was replaced: ``Author.recheck_admissions``)."""
+        subscriber on its DID alone when the policy was replaced: ``Author.recheck_admissions``).  It wraps its
+        rules: the re-check hands it the whole evidence, which it passes on (``evidence_holds``)."""
         return evidence_holds(self._rules, evidence, now_ms)
 
     def describe(self) -> dict[str, Any]:
