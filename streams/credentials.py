@@ -43,7 +43,7 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -999,7 +999,24 @@ def verify_presentation(
     Raises a :class:`CredentialError` subclass and nothing else (:class:`PresentationMismatch` for a replay
     or another holder); the caller should refuse the request.
     """
-    resolver = resolver or KeyResolver()
+    return _verify_presentation(data, expected_holder_did, challenge, domain, now_ms, resolver or KeyResolver(),
+                                status_lists, None)[0]
+
+
+def _verify_presentation(
+    data: bytes,
+    expected_holder_did: str,
+    challenge: str | bytes,
+    domain: str | bytes,
+    now_ms: int,
+    resolver: DIDResolver,
+    status_lists: StatusListLookup | None,
+    screen: Callable[[object], str | None] | None,
+) -> tuple[list[VerifiedCredential], str | None]:
+    """:func:`verify_presentation`; ``screen(credential)`` (the document as sent, unchecked) names why a caller
+    has no use for a credential, or ``None``: a credential it names a reason for is left out unverified -- no
+    DID resolution, signature check or status-list lookup of an issuer the caller does not trust (THREATS 8) --
+    and the last such reason is returned with the credentials that verified."""
     vp = _require_dict(_parse_json(data), "presentation")
     _context_of(vp)
     if "VerifiablePresentation" not in _as_str_list(vp.get("type"), "type"):
@@ -1023,7 +1040,15 @@ def verify_presentation(
     verified = _verify_proof(vp, expected_purpose="authentication", resolver=resolver, now_ms=now_ms)
     if verified.controller != holder_id:
         raise BadProof("presentation is not signed by its holder", CredentialFailure.WRONG_SIGNER)
-    return [verify_credential(c, now_ms, resolver, status_lists) for c in creds]
+    out: list[VerifiedCredential] = []
+    why: str | None = None
+    for c in creds:
+        reason = screen(c) if screen is not None else None
+        if reason is None:
+            out.append(verify_credential(c, now_ms, resolver, status_lists))
+        else:
+            why = reason
+    return out, why
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1068,18 +1093,13 @@ class CredentialPolicy:
         if not request.nonce:
             return Decision.refuse("no challenge nonce to bind the presentation to")
         try:
-            creds = verify_presentation(
-                request.credential,
-                expected_holder_did=request.did,
-                challenge=request.nonce.hex(),
-                domain=request.channel.hex(),
-                now_ms=now_ms,
-                resolver=self.resolver,
-                status_lists=self.status_lists,
+            creds, screened = _verify_presentation(
+                request.credential, request.did, request.nonce.hex(), request.channel.hex(), now_ms,
+                self.resolver, self.status_lists, lambda doc: self._no_use(doc, request.did),
             )
         except CredentialError as exc:
             return Decision.refuse(f"credential refused: {exc.failure.value}")
-        why = "no credential presented"
+        why = screened or "no credential presented"
         for cred in creds:
             if self.credential_type not in cred.types:
                 why = "credential is not of the required type"
@@ -1093,6 +1113,26 @@ class CredentialPolicy:
                     canonicalize(cred.document),
                 )
         return Decision.refuse(why)
+
+    def _no_use(self, doc: object, did: str) -> str | None:
+        """Why a credential as sent (unchecked) cannot admit ``did`` whatever its proof and status say, or
+        ``None``: its type, issuer and subject are read before anything is verified or looked up, so that a
+        credential of an issuer this policy does not trust costs no DID resolution, signature check or status-list
+        lookup (THREATS 8).  Malformed fields are left to the verification, which names them."""
+        if not isinstance(doc, dict):
+            return None
+        types = doc.get("type")
+        if isinstance(types, str):
+            types = [types]
+        if isinstance(types, list) and all(isinstance(t, str) for t in types) and self.credential_type not in types:
+            return "credential is not of the required type"
+        issuer = _issuer_of(doc)
+        if isinstance(issuer, str) and issuer not in self.trusted_issuers:
+            return "credential issuer is not trusted"
+        subject = doc.get("credentialSubject")
+        if isinstance(subject, dict) and isinstance(subject.get("id"), str) and subject["id"] != did:
+            return "credential is about another DID"
+        return None
 
     def still_valid(self, evidence: bytes, now_ms: int) -> bool:
         """Whether the credential that admitted a subscriber (the decision's ``evidence``) still holds at

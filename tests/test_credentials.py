@@ -633,6 +633,72 @@ def test_policy_bad_signature_refused() -> None:
     assert "bad proof" in d.reason
 
 
+class CountingLookup:
+    """A status-list source that counts its lookups (a real StatusListSource behind it)."""
+
+    def __init__(self, source: StatusListSource) -> None:
+        self.source = source
+        self.urls: list[str] = []
+
+    def get(self, url: str) -> Any:
+        self.urls.append(url)
+        return self.source.get(url)
+
+
+class CountingResolver(KeyResolver):
+    def __init__(self) -> None:
+        self.dids: list[str] = []
+
+    def resolve(self, did: str) -> DIDDocument:
+        self.dids.append(did)
+        return super().resolve(did)
+
+
+@pytest.mark.parametrize(
+    ("vc", "why"),
+    [
+        # An issuer the policy does not trust names the trusted issuer's status list (its credential is well
+        # signed by its own key): the list must not be looked up and verified for it, nor its DID resolved.
+        (lambda: credential(issuer=OTHER, status=(LIST_URL, 9)), "issuer is not trusted"),
+        (lambda: credential(types=["OtherCredential"], status=(LIST_URL, 9)), "type"),
+        (lambda: credential(subject=OTHER.did, status=(LIST_URL, 9)), "another DID"),
+    ],
+)
+def test_policy_checks_nothing_of_a_credential_it_has_no_use_for(vc: Any, why: str) -> None:
+    """THREATS 8 (cheap checks first): a credential whose issuer, type or subject cannot admit the requester is
+    refused on those fields, before its issuer's DID is resolved, its proof checked or its status list looked up
+    -- those cost the author work (and, with a resolver or a status source of a deployment, lookups) that any
+    requester could ask for with a credential it signed itself."""
+    lookup = CountingLookup(status_lists())
+    resolver = CountingResolver()
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), Permission.READ, status_lists=lookup,
+                              resolver=resolver)
+    d = policy.decide(request(cred=presentation(vcs=vc())), NOW)
+    assert not d.admit
+    assert why in d.reason
+    assert lookup.urls == []
+    assert resolver.dids == [HOLDER.did]  # the presentation's own proof only
+    # The same credential from the trusted issuer, about the requester, is looked up and admitted.
+    d = policy.decide(request(cred=presentation(vcs=credential(status=(LIST_URL, 9)))), NOW)
+    assert d.admit
+    assert lookup.urls == [LIST_URL]
+
+
+def test_policy_admits_by_a_usable_credential_beside_one_it_has_no_use_for() -> None:
+    lookup = CountingLookup(status_lists())
+    policy = CredentialPolicy(TYPE, frozenset({ISSUER.did}), Permission.READ, status_lists=lookup)
+    vcs = [credential(issuer=OTHER, status=(LIST_URL, 1)), credential(status=(LIST_URL, 2))]
+    d = policy.decide(request(cred=presentation(vcs=vcs)), NOW)
+    assert d.admit
+    assert lookup.urls == [LIST_URL]  # the trusted issuer's entry only
+    # A usable credential with a bad proof still refuses the whole presentation, as before.
+    bad = credential()
+    bad["credentialSubject"]["provider"] = "evil"
+    d = policy.decide(request(cred=presentation(vcs=[credential(issuer=OTHER), bad])), NOW)
+    assert not d.admit
+    assert "bad proof" in d.reason
+
+
 def test_policy_combinators() -> None:
     deny_holder = DenyList(frozenset({HOLDER.did}))
     assert not AllOf((POLICY, deny_holder)).decide(request(), NOW).admit
