@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -122,31 +123,40 @@ class Relay:
             self.backs[rid] = back
             self.rid_of[back] = rid
             self._watch(back)
-        self.recorded["up"].append(data)
-        kb = _branch_of(data)
-        if kb is not None:
-            self.branches_of.setdefault(rid, set()).add(kb[1])
-        if not self._withhold("up", data):
-            back.send(data)
+        kept = self._pass("up", data, rid)
+        if kept is not None:
+            # The author's queue full: lost, as down() loses it (a DEALER's blocking send froze the relay).
+            with contextlib.suppress(zmq.Again):
+                back.send(kept, zmq.NOBLOCK)
 
     def down(self, back: zmq.Socket[bytes]) -> None:
-        data = back.recv()
-        # A BUNDLE (SPEC 14.1) is opened: each of its frames is recorded and may be withheld, as a frame sent alone
-        # is; the rest goes on, bundled again.
-        frames = _unbundle(data) if data[:1] == BUNDLE else None
-        kept = []
-        for f in [data] if frames is None else frames:
-            self.recorded["down"].append(f)
-            if not self._withhold("down", f):
-                kept.append(f)
-        if kept:
+        kept = self._pass("down", back.recv())
+        if kept is not None:
             try:
-                self.front.send_multipart([self.rid_of[back], _as_message(kept)], zmq.NOBLOCK)
+                self.front.send_multipart([self.rid_of[back], kept], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 # A connection whose queue is full, or that is gone, loses the message, as it did without
                 # ROUTER_MANDATORY: the protocol's gap fill is there for that.
                 if exc.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
                     raise
+
+    def _pass(self, direction: str, data: bytes, rid: bytes | None = None) -> bytes | None:
+        """Record one ZeroMQ message going ``direction`` and return what goes on (None: all of it withheld).
+
+        A BUNDLE (SPEC 14.1: the author's frames to a subscriber, a provider's ``publish_many`` to the author) is
+        opened: each of its frames is recorded, noted as ``rid``'s branch and may be withheld, as a frame sent
+        alone is; the rest goes on, bundled again."""
+        frames = _unbundle(data) if data[:1] == BUNDLE else None
+        kept = []
+        for f in [data] if frames is None else frames:
+            self.recorded[direction].append(f)
+            if rid is not None:
+                kb = _branch_of(f)
+                if kb is not None:
+                    self.branches_of.setdefault(rid, set()).add(kb[1])
+            if not self._withhold(direction, f):
+                kept.append(f)
+        return _as_message(kept) if kept else None
 
     def forward(self, timeout_ms: int) -> None:
         """Forward what the sockets hold, waiting up to ``timeout_ms`` for some (stdin is left for later)."""
@@ -223,16 +233,20 @@ class Relay:
     def run(self) -> None:
         self.poller.register(0, zmq.POLLIN)
         _emit({"event": "ready", "address": self.address})
-        buf = b""
+        part: list[bytes] = []  #: the chunks of a command line not ended yet (each read once: a long line of
+        # frames to inject is joined when its newline comes, not copied and searched again at every chunk)
         while True:
             for sock, _ in self.poller.poll(1000):
                 if sock == 0:
-                    chunk = os.read(0, 65536)
+                    chunk = os.read(0, 1 << 20)
                     if not chunk:
                         return  # the demo went away: so do we
-                    buf += chunk
-                    while (nl := buf.find(b"\n")) >= 0:
-                        line, buf = buf[:nl], buf[nl + 1 :]
+                    if b"\n" not in chunk:
+                        part.append(chunk)
+                        continue
+                    *lines, rest = b"".join([*part, chunk]).split(b"\n")
+                    part = [rest] if rest else []
+                    for line in lines:
                         try:
                             reply = self.command(json.loads(line))
                         except (ValueError, KeyError, TypeError) as exc:

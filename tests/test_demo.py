@@ -18,6 +18,7 @@ import zmq
 
 import streams._crypto
 import streams._parallel
+from brokerless.endpoints import _as_message, _unbundle
 from streams import keystore
 from streams._demo_multi import (
     PASSPHRASE_VAR,
@@ -121,6 +122,106 @@ def test_the_relay_hands_a_subscriber_every_injected_frame_however_many(tmp_path
         reply = relay.wait_for(lambda d: "reply" in d, "the reply", since=m)
         assert len(got) == len(frames) and got == frames, len(got)
         assert (reply["sent"], reply.get("unsent")) == (len(frames), 0), reply
+    finally:
+        if relay is not None:
+            relay.stop()
+        ctx.destroy(linger=0)
+
+
+def _relay_between(ctx: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+                   ) -> tuple[zmq.Socket[bytes], Child, zmq.Socket[bytes]]:
+    """A bare ROUTER as the author, the relay in front of it, and a DEALER as the subscriber through the relay."""
+    author = ctx.socket(zmq.ROUTER)
+    author.setsockopt(zmq.RCVHWM, 10)
+    author.setsockopt(zmq.RCVBUF, 4096)
+    port = author.bind_to_random_port("tcp://127.0.0.1")
+    relay = Child("relay", [sys.executable, "-m", "brokerless._demo_relay", "--connect", f"tcp://127.0.0.1:{port}"],
+                  {**os.environ, "PYTHONPATH": str(ROOT)}, tmp_path)
+    address = relay.wait_for(lambda d: d.get("event") == "ready", "ready")["address"]
+    sub = ctx.socket(zmq.DEALER)
+    sub.setsockopt(zmq.SNDTIMEO, 100)
+    sub.connect(address)
+    return author, relay, sub
+
+
+def _packets(branch: bytes, seqs: range, size: int = 100) -> list[bytes]:
+    return [encode_frame(Packet(bytes(32), branch, 1, seq, bytes(32), 0, bytes(24)), os.urandom(size)).raw
+            for seq in seqs]
+
+
+def test_the_relay_opens_a_provider_s_bundles(tmp_path: Path) -> None:
+    """A provider's ``publish_many`` reaches the author in BUNDLEs: the relay recorded such a message as one
+    unreadable frame, so the attacker (and the demo's checks that replay or hold a provider's packets) never saw
+    the packets in it.  Each is recorded now, can be withheld, and the rest goes on."""
+    ctx = zmq.Context()
+    relay: Child | None = None
+    try:
+        author, relay, sub = _relay_between(ctx, tmp_path)
+        branch = bytes(range(16))
+        first, second = _packets(branch, range(1, 4)), _packets(branch, range(4, 7))
+        sub.send(_as_message(first))
+        assert author.poll(10_000)
+        assert _unbundle(author.recv_multipart()[1]) == first  # forwarded as it came
+        got = relay.request({"cmd": "frames", "dir": "up", "branch": branch.hex()})["frames"]
+        assert [base64.b64decode(f) for f in got] == first
+        relay.request({"cmd": "hold", "dir": "up", "branch": branch.hex(), "count": 1})
+        sub.send(_as_message(second))
+        assert author.poll(10_000)
+        assert _unbundle(author.recv_multipart()[1]) == second[1:]
+        assert [base64.b64decode(f) for f in relay.request({"cmd": "held"})["frames"]] == second[:1]
+        # The connection is known as the branch's from the packets in a bundle too (an injection reaches it).
+        assert relay.request({"cmd": "inject", "to_branch": branch.hex(), "frames": []})["clients"] == 1
+    finally:
+        if relay is not None:
+            relay.stop()
+        ctx.destroy(linger=0)
+
+
+def test_the_relay_keeps_serving_when_the_author_takes_nothing(tmp_path: Path) -> None:
+    """The relay's send to the author was a blocking DEALER send: an author that stopped reading (its queue
+    full) froze the relay -- no command answered, nothing forwarded either way.  It drops what does not fit now,
+    as it does downstream (a lossy network; the protocol's gap fill recovers)."""
+    ctx = zmq.Context()
+    relay: Child | None = None
+    try:
+        _author, relay, sub = _relay_between(ctx, tmp_path)
+        branch = bytes(range(16))
+        sent = 0
+        for f in _packets(branch, range(1, 6001), size=8000):  # ~48 MB: more than the queues and buffers hold
+            try:
+                sub.send(f)
+                sent += 1
+            except zmq.Again:
+                time.sleep(0.01)
+        assert sent > 2000
+        reply = relay.request({"cmd": "held"})  # (DemoError after STEP_TIMEOUT if the relay is stuck)
+        assert reply == {"reply": "held", "frames": []}
+        frames = relay.request({"cmd": "frames", "dir": "up", "branch": branch.hex()})["frames"]
+        assert len(frames) > 2000  # it kept reading from the subscriber
+    finally:
+        if relay is not None:
+            relay.stop()
+        ctx.destroy(linger=0)
+
+
+def test_the_relay_takes_a_command_line_of_many_megabytes(tmp_path: Path) -> None:
+    """A command line (frames to inject, in base64) arrives in many reads; it is joined once at its newline."""
+    ctx = zmq.Context()
+    relay: Child | None = None
+    try:
+        author, relay, sub = _relay_between(ctx, tmp_path)
+        branch = bytes(range(16))
+        sub.send(_packets(branch, range(1, 2))[0])
+        assert author.poll(10_000)
+        frames = _packets(branch, range(2, 4002), size=1000)  # ~5.6 MB of base64 on one line
+        m = relay.mark()
+        relay.send({"cmd": "inject", "to_branch": branch.hex(),
+                    "frames": [base64.b64encode(f).decode() for f in frames]})
+        got = []
+        while len(got) < len(frames) and sub.poll(10_000):
+            got.append(sub.recv())
+        reply = relay.wait_for(lambda d: "reply" in d, "the reply", since=m)
+        assert got == frames and reply["sent"] == len(frames)
     finally:
         if relay is not None:
             relay.stop()
