@@ -71,6 +71,11 @@ def x25519_multibase(public: bytes) -> str:
     return _multibase_key(_X25519_PUB, public)
 
 
+#: The longest multibase part of an Ed25519 did:key read (its canonical spelling is 48 characters: "z" and 47 of
+#: base58btc for the 34 bytes of multicodec and key); a longer one is refused undecoded.
+_MB_MAX = 64
+
+
 def public_key_from_did(did: str) -> bytes:
     """The Ed25519 public key of a ``did:key`` DID.
 
@@ -86,6 +91,8 @@ def public_key_from_did(did: str) -> bytes:
         raise DecodeError("did:key must not carry a path, query or fragment here")
     if not mb.startswith("z"):
         raise DecodeError("did:key multibase must be base58btc ('z')")
+    if len(mb) > _MB_MAX:  # (before the decode, whose time grows with the square of the length)
+        raise DecodeError("did:key is too long for an Ed25519 key")
     try:
         raw = base58.b58decode(mb[1:])
     except ValueError as exc:

@@ -321,3 +321,28 @@ def test_derive_key_is_domain_separated() -> None:
     assert k1 != ident.derive_key(b"purpose-two")
     assert k1 != ident.derive_key(b"purpose-one", b"ctx")
     assert k1 != Identity.from_seed(bytes(32)).derive_key(b"purpose-one")
+
+
+def test_an_overlong_did_key_is_refused_before_its_base58_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base58 decode takes time that grows with the square of the length (1.5 s for 64,000 characters):
+    anything longer than an Ed25519 did:key can be is refused unread (a credential's verificationMethod, an
+    anchored status list's issuer, a keystore file carry DIDs from outside)."""
+    import streams.identity as identity_mod
+
+    decoded: list[str] = []
+    real = identity_mod.base58.b58decode
+
+    def counting(s: str | bytes) -> bytes:
+        decoded.append(s if isinstance(s, str) else s.decode())
+        return real(s)
+
+    monkeypatch.setattr(identity_mod.base58, "b58decode", counting)
+    long_did = "did:key:z6Mk" + "k" * 64_000
+    with pytest.raises(DecodeError, match="too long"):
+        public_key_from_did(long_did)
+    assert decoded == []
+    # Every canonical Ed25519 did:key is well under the bound (48 characters of multibase), and still reads.
+    for i in range(200):
+        did = Identity.from_seed(bytes([i]) * 32).did
+        assert len(did) == len("did:key:") + 48
+        assert public_key_from_did(did) == Identity.from_seed(bytes([i]) * 32).sign_public
