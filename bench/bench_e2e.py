@@ -542,6 +542,7 @@ class OursPub(Pub):
         self.peer = peer
         self.streaming = not peer.endswith(("_per_msg", "_acked"))
         self.pending: list[bytes] = []
+        self.inflight: asyncio.Future[list[int]] | None = None  #: the last publish_many call handed over
 
     async def setup(self, tmp: Path) -> str:
         from brokerless import AuthorEndpoint
@@ -576,15 +577,27 @@ class OursPub(Pub):
         # A streaming producer hands over what it has: up to BATCH messages, or what is due (flush) when paced.
         self.pending.append(data)
         if len(self.pending) >= BATCH:
-            await self.flush()
+            await self._hand()
+
+    async def _hand(self) -> None:
+        """Hand the pending messages to a publish_many call, keeping one call in flight while the next is made (as
+        a JetStream producer keeps publish_async calls pending): with a durable store, one call's sync runs while
+        the next one's messages are signed and written (README, "Durability and speed")."""
+        batch, self.pending = self.pending, []
+        call = asyncio.ensure_future(self.author.publish_many(self.branch, batch))
+        before, self.inflight = self.inflight, call
+        if before is not None:
+            await before
+        # Flow control, as a streaming producer should: wait while the subscriber's credit window is used
+        # up, rather than have frames queued, dropped and recovered by gap fill.
+        await self.author.drain(self.branch)
 
     async def flush(self) -> None:
         if self.pending:
-            batch, self.pending = self.pending, []
-            await self.author.publish_many(self.branch, batch)
-            # Flow control, as a streaming producer should: wait while the subscriber's credit window is used
-            # up, rather than have frames queued, dropped and recovered by gap fill.
-            await self.author.drain(self.branch)
+            await self._hand()
+        if self.inflight is not None:
+            call, self.inflight = self.inflight, None
+            await call
 
     async def close(self) -> None:
         await self.author.close()

@@ -193,8 +193,8 @@ async def _sub(tmp: Path, mode: str, addr: str, n: int) -> None:
     ep.SubscriberEndpoint.recv = stamped_recv  # type: ignore[method-assign]
     commit = store.Store.commit
 
-    def stamped_commit(self: Any, changes: Any, delivered: Any = None) -> None:
-        commit(self, changes, delivered)
+    def stamped_commit(self: Any, changes: Any, delivered: Any = None, **kw: Any) -> None:
+        commit(self, changes, delivered, **kw)
         t = _now()
         for r in changes.log:
             st.stamp("committed", r.seq, t)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self
 from . import _crypto
 from ._parallel import Parallel, default_threads
 from ._state import BranchState
+from ._syncer import Syncer
 from ._tasks import cancel_and_wait, run_in_task, wait_shielded
 from .anchoring_service import AnchorConfig, AnchorService
 from .core import (
@@ -289,6 +290,15 @@ class _Party:
         # The signature checks of a received batch run on the loop's thread plus helper threads (see
         # crypto_threads).
         self._parallel = Parallel(default_threads())
+        #: A durable, journaled store's commit syncs, on a thread of their own (streams._syncer): a commit's frames
+        #: are sent, and received messages handed over, once its sync has ended, while the loop goes on.  Over a
+        #: transport without ``send_many`` each commit syncs in place.
+        self._syncer: Syncer | None = Syncer(store) if store.defers_syncs and self._send_many is not None else None
+        #: Received batches waiting for their sync before the application gets them, in order (_deliver_forever):
+        #: (the sync's future, the batch's messages).  At most two: the receive loop checks the next batch while
+        #: the one before syncs, and waits beyond.
+        self._deliveries: deque[tuple[asyncio.Future[None], list[MessageReceived]]] = deque()
+        self._deliveries_moved = asyncio.Event()  #: set when a batch is queued or taken from _deliveries
 
     def _install(self) -> None:
         """Let the core match anchor proofs of older heads against the log (read-only, no I/O in the core)."""
@@ -662,6 +672,8 @@ class _Party:
                 await self._transport.close()
             finally:
                 self._parallel.close()
+                if self._syncer is not None:
+                    await self._syncer.close()  # (a sync under way uses the store's descriptor)
                 self._store.close()
 
     async def _final_commit(self) -> None:
@@ -793,16 +805,59 @@ class _Party:
         except StorageError:
             return  # _commit failed the group
         with contextlib.suppress(Exception):  # a closed transport: _send_out failed the group with it
-            self._send_out(out, covered)
-        self._apply_soon()
+            self._send_committed(out, covered)
 
     async def _group_flush_async(self, group: list[asyncio.Future[None]]) -> None:
         if self._group is group:
             with contextlib.suppress(Exception):  # _flush failed the group with it: the publishers raise it
                 await self._flush()
 
+    def _send_committed(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None
+                        ) -> asyncio.Future[None] | None:
+        """Send a commit's frames (``send_many``) and resolve the publish group it covers: at once if the commit
+        is durable (raising what the send raised), else once its sync has ended (_syncer), in commit order --
+        then the returned future is done once they went out (or failed: the send's error, or the sync's)."""
+        fut = self._syncer.request() if self._syncer is not None else None
+        if fut is None:
+            self._send_out(out, group)
+            self._apply_soon()
+            return None
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(functools.partial(self._synced, out, group, sent))
+        return sent
+
+    def _synced(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None, sent: asyncio.Future[None],
+                fut: asyncio.Future[None]) -> None:
+        """A commit's sync ended (:meth:`_send_committed`): send its frames, or fail the party."""
+        raw = None if fut.cancelled() else fut.exception()
+        err: Exception | None = (raw if raw is None or isinstance(raw, Exception)
+                                 else ClosedResourceError("closed before the commit's sync"))
+        if fut.cancelled():
+            err = ClosedResourceError("closed before the commit's sync")
+        if err is None:
+            try:
+                self._send_out(out, group)
+            except Exception as exc:  # (the group has it)
+                err = exc
+            else:
+                self._apply_soon()
+        else:
+            # The commit may not be on disk: never acknowledge or send it; close, and let the user reopen.
+            _settle(group, err)
+            if self._broken is None and isinstance(err, StorageError):
+                self._broken = err
+                log.error("store commit failed; closing: %s", err)
+                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
+        if not sent.done():
+            if err is None:
+                sent.set_result(None)
+            else:
+                sent.set_exception(err)
+                sent.add_done_callback(_retrieved)  # (a caller that went away: no "never retrieved" warning)
+
     def _commit(self) -> tuple[list[Outgoing], list[asyncio.Future[None]] | None]:
-        """Commit the core's changes; return the frames to send now and the publish group this commit covers.
+        """Commit the core's changes; return the frames to send (:meth:`_send_committed`: once durable) and the
+        publish group this commit covers.
 
         On a store failure, fail the group, mark the party broken and schedule its closing."""
         changes = self._core.take_changes()
@@ -810,7 +865,7 @@ class _Party:
         delivered, self._delivered = self._delivered, {}
         group, self._group = self._group, None
         try:
-            self._store.commit(changes, delivered)
+            self._store.commit(changes, delivered, defer_sync=self._syncer is not None)
         except StorageError as exc:
             # The core is now ahead of the disk: never acknowledge or send, close and let the user reopen.
             self._broken = exc
@@ -868,10 +923,13 @@ class _Party:
             self._learn_routes(hints)
 
     async def _flush(self) -> None:
-        """Commit the core's changes, then send its frames.  Called with no await between core calls and here."""
+        """Commit the core's changes, then send its frames (once durable).  Called with no await between core
+        calls and here.  A caller cancelled while the sync runs leaves the sending to it (the commit is done)."""
         out, group = self._commit()
         if self._send_many is not None:
-            self._send_out(out, group)
+            sent = self._send_committed(out, group)
+            if sent is not None:
+                await asyncio.shield(sent)
             return
         await self._send_each(out, group)
 
@@ -973,7 +1031,9 @@ class _Party:
                 del self._sends_done[b]
 
     def _committed(self, changes: Changes) -> None:
-        """Hook: ``changes`` are durable (the author's anchoring notes which chains moved)."""
+        """Hook: ``changes`` are committed -- durable, or written with their sync under way (_syncer): whatever
+        reads or writes the store's database next makes them durable first (the author's anchoring notes which
+        chains moved; the epoch it builds of them is stored before the ledger hears of it)."""
 
     async def _stop_services(self) -> None:
         """Hook: stop background services before the final flush."""
@@ -990,6 +1050,9 @@ class _Party:
     def _start(self) -> None:
         self._tasks.append(asyncio.create_task(self._recv_loop(), name=f"streams-recv-{self.did[-8:]}"))
         self._tasks.append(asyncio.create_task(self._timer_loop(), name=f"streams-timer-{self.did[-8:]}"))
+        if self._syncer is not None:
+            self._tasks.append(asyncio.create_task(self._guarded(self._deliver_forever(), "delivery failed"),
+                                                   name=f"streams-deliver-{self.did[-8:]}"))
 
     async def _recv_loop(self) -> None:
         await self._guarded(self._receive_forever(), "receive loop failed")
@@ -1014,6 +1077,10 @@ class _Party:
             offenders = self._core.take_offenders()
             if offenders and self._penalize is not None:
                 self._penalize(offenders)  # the transport may drop their later frames unread (SPEC 10.3)
+            if self._syncer is not None:
+                if not await self._received_deferred(events):
+                    return
+                continue
             try:
                 await self._flush()
             except StorageError:
@@ -1036,6 +1103,61 @@ class _Party:
             if acks:
                 await self._send_now(acks)
             self._apply_soon()  # (the batch is with the application and its ACKs are out)
+
+    async def _received_deferred(self, events: list[Event]) -> bool:
+        """The rest of a received batch's turn with a store whose syncs are deferred (_syncer): commit, then send
+        its frames and its ACKs -- taken now, of the cursors this commit holds -- and hand its messages to the
+        application once the commit's sync has ended (_deliver_forever), while this loop checks the next batch.
+        Its other events are reported at once.  False if the commit failed (the party closes)."""
+        try:
+            out, group = self._commit()
+        except StorageError:
+            return False
+        out += self._core.take_acks(self._clock())  # (ACKs only once the commit is durable: THREATS 4)
+        self._rearm_timer()
+        if out or group:
+            self._send_committed(out, group)
+        messages = []
+        for ev in events:
+            if type(ev) is MessageReceived:
+                messages.append(ev)
+            else:
+                await self._dispatch(ev)
+        if messages:
+            done = self._syncer.request() if self._syncer is not None else None
+            if done is None:  # (durable already: in turn behind the batches still waiting)
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+            self._deliveries.append((done, messages))
+            self._deliveries_moved.set()
+            while len(self._deliveries) > 1 and not self._closed:
+                self._deliveries_moved.clear()
+                await self._deliveries_moved.wait()
+        return True
+
+    async def _deliver_forever(self) -> None:
+        """Hand received batches to the application in order, each once its commit's sync has ended."""
+        while not self._closed:
+            if not self._deliveries:
+                self._deliveries_moved.clear()
+                await self._deliveries_moved.wait()
+                continue
+            done, messages = self._deliveries[0]
+            if not done.done():
+                await asyncio.wait([done])
+            self._deliveries.popleft()
+            self._deliveries_moved.set()
+            if done.cancelled() or done.exception() is not None:
+                return  # never handed over: the commit may not be on disk (the party closes: _synced)
+            put = self._messages.append
+            for ev in messages:
+                if len(self._messages) < self._queue_size and not self._backlog:
+                    put(ev)
+                else:
+                    await self._dispatch(ev)
+            if self._wake_readers():
+                await asyncio.sleep(0)
+            self._apply_soon()
 
     def _apply_soon(self) -> None:
         """Apply the commit journal in the loop's next turn if it holds ``store.J_APPLY_SOON`` records or more:
@@ -2109,6 +2231,11 @@ def _stop(sending: asyncio.Future[None] | None) -> None:
     if sending is not None:
         sending.cancel()
         sending.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
+
+def _retrieved(f: asyncio.Future[None]) -> None:
+    if not f.cancelled():
+        f.exception()
 
 
 def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> None:

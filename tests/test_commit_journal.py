@@ -437,15 +437,17 @@ def test_a_journal_beside_a_restored_copy_is_refused_and_backup_will_not_write_b
 
 
 def _disk_trace(monkeypatch: pytest.MonkeyPatch, conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """What reaches the disk, in order, from this thread: the statements ``conn`` runs (SQLite's own trace), and
-    each ``fdatasync`` and ``ftruncate`` with the file it went to (the real calls, recorded on the way)."""
+    """What reaches the disk, in order, from this thread and the party's sync thread (streams._syncer): the
+    statements ``conn`` runs (SQLite's own trace), and each ``fdatasync`` and ``ftruncate`` with the file it went
+    to (the real calls, recorded on the way)."""
     events: list[tuple[str, str]] = []
     main = threading.get_ident()
     conn.set_trace_callback(lambda sql: events.append(("sql", sql)))
     real_sync, real_trunc = os.fdatasync, os.ftruncate
 
     def sync(fd: int) -> None:
-        if threading.get_ident() == main:  # (not the checkpointer's thread)
+        if threading.get_ident() == main or threading.current_thread().name.startswith("streams-sync"):
+            # (not the checkpointer's thread)
             events.append(("fdatasync", os.readlink(f"/proc/self/fd/{fd}")))
         real_sync(fd)
 
