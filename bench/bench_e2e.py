@@ -19,7 +19,8 @@ the whole run, so all peers are measured in the same run with the same payloads,
   ``durable=False``: ``synchronous=NORMAL``, no fsync per commit, every commit survives ``kill -9``, like
   JetStream's file store, which fsyncs on an interval), through the public streaming API: the producer
   hands what it has (up to 64 messages, or whatever is due when paced) to ``Author.publish_many`` -- one
-  commit and one send burst per call, each call returns once its messages are durable, then ``Author.drain``
+  commit and one send burst per call, each call returns once its messages are durable; it keeps one call in
+  flight while it makes the next (a durable store syncs one while the next is signed), then ``Author.drain``
   (flow control: waits while the subscriber's credit window is used up) -- and the consumer takes
   ``Subscriber.next_messages()`` batches; a message counts when the application has it;
 * ``ours_each_per_msg`` / ``ours_amortized_per_msg`` -- the same with one ``await Author.publish`` per message
