@@ -294,10 +294,10 @@ class _Party:
         #: are sent, and received messages handed over, once its sync has ended, while the loop goes on.  Over a
         #: transport without ``send_many`` each commit syncs in place.
         self._syncer: Syncer | None = Syncer(store) if store.defers_syncs and self._send_many is not None else None
-        #: Received batches waiting for their sync before the application gets them, in order (_deliver_forever):
-        #: (the sync's future, the batch's messages).  At most two: the receive loop checks the next batch while
-        #: the one before syncs, and waits beyond.
-        self._deliveries: deque[tuple[asyncio.Future[None], list[MessageReceived]]] = deque()
+        #: Received batches waiting for their sync before their events are reported (messages handed to the
+        #: application), in order (_deliver_forever): (the sync's future, the batch's events).  At most two: the
+        #: receive loop checks the next batch while the one before syncs, and waits beyond.
+        self._deliveries: deque[tuple[asyncio.Future[None], list[Event]]] = deque()
         self._deliveries_moved = asyncio.Event()  #: set when a batch is queued or taken from _deliveries
 
     def _install(self) -> None:
@@ -1106,9 +1106,10 @@ class _Party:
 
     async def _received_deferred(self, events: list[Event]) -> bool:
         """The rest of a received batch's turn with a store whose syncs are deferred (_syncer): commit, then send
-        its frames and its ACKs -- taken now, of the cursors this commit holds -- and hand its messages to the
-        application once the commit's sync has ended (_deliver_forever), while this loop checks the next batch.
-        Its other events are reported at once.  False if the commit failed (the party closes)."""
+        its frames and its ACKs -- taken now, of the cursors this commit holds -- and report its events (hand its
+        messages to the application) once the commit's sync has ended (_deliver_forever), in the order the old
+        loop did, right after those frames; meanwhile this loop checks the next batch.  False if the commit
+        failed (the party closes)."""
         try:
             out, group = self._commit()
         except StorageError:
@@ -1117,18 +1118,12 @@ class _Party:
         self._rearm_timer()
         if out or group:
             self._send_committed(out, group)
-        messages = []
-        for ev in events:
-            if type(ev) is MessageReceived:
-                messages.append(ev)
-            else:
-                await self._dispatch(ev)
-        if messages:
+        if events:
             done = self._syncer.request() if self._syncer is not None else None
             if done is None:  # (durable already: in turn behind the batches still waiting)
                 done = asyncio.get_running_loop().create_future()
                 done.set_result(None)
-            self._deliveries.append((done, messages))
+            self._deliveries.append((done, events))
             self._deliveries_moved.set()
             while len(self._deliveries) > 1 and not self._closed:
                 self._deliveries_moved.clear()
@@ -1136,23 +1131,24 @@ class _Party:
         return True
 
     async def _deliver_forever(self) -> None:
-        """Hand received batches to the application in order, each once its commit's sync has ended."""
+        """Report received batches' events (messages to the application) in order, each once its commit's sync has
+        ended."""
         while not self._closed:
             if not self._deliveries:
                 self._deliveries_moved.clear()
                 await self._deliveries_moved.wait()
                 continue
-            done, messages = self._deliveries[0]
+            done, events = self._deliveries[0]
             if not done.done():
                 await asyncio.wait([done])
             self._deliveries.popleft()
             self._deliveries_moved.set()
             if done.cancelled() or done.exception() is not None:
-                return  # never handed over: the commit may not be on disk (the party closes: _synced)
+                return  # never reported: the commit may not be on disk (the party closes: _synced)
             put = self._messages.append
-            for ev in messages:
-                if len(self._messages) < self._queue_size and not self._backlog:
-                    put(ev)
+            for ev in events:
+                if type(ev) is MessageReceived and len(self._messages) < self._queue_size and not self._backlog:
+                    put(ev)  # the common case: no await per message
                 else:
                     await self._dispatch(ev)
             if self._wake_readers():
