@@ -829,11 +829,7 @@ class _Party:
     def _synced(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None, sent: asyncio.Future[None],
                 fut: asyncio.Future[None]) -> None:
         """A commit's sync ended (:meth:`_send_committed`): send its frames, or fail the party."""
-        raw = None if fut.cancelled() else fut.exception()
-        err: Exception | None = (raw if raw is None or isinstance(raw, Exception)
-                                 else ClosedResourceError("closed before the commit's sync"))
-        if fut.cancelled():
-            err = ClosedResourceError("closed before the commit's sync")
+        err = _sync_error(fut)
         if err is None:
             try:
                 self._send_out(out, group)
@@ -842,18 +838,22 @@ class _Party:
             else:
                 self._apply_soon()
         else:
-            # The commit may not be on disk: never acknowledge or send it; close, and let the user reopen.
-            _settle(group, err)
-            if self._broken is None and isinstance(err, StorageError):
-                self._broken = err
-                log.error("store commit failed; closing: %s", err)
-                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
+            self._store_failed(err, group)
         if not sent.done():
             if err is None:
                 sent.set_result(None)
             else:
                 sent.set_exception(err)
                 sent.add_done_callback(_retrieved)  # (a caller that went away: no "never retrieved" warning)
+
+    def _store_failed(self, exc: Exception, group: list[asyncio.Future[None]] | None) -> None:
+        """A commit, or its sync, failed: the core is ahead of the disk -- fail the publishes it covered, never
+        acknowledge or send it, close and let the user reopen (the first failure is the cause reported)."""
+        _settle(group, exc)
+        if self._broken is None:
+            self._broken = exc
+            log.error("store commit failed; closing: %s", exc)
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
 
     def _commit(self) -> tuple[list[Outgoing], list[asyncio.Future[None]] | None]:
         """Commit the core's changes; return the frames to send (:meth:`_send_committed`: once durable) and the
@@ -867,11 +867,7 @@ class _Party:
         try:
             self._store.commit(changes, delivered, defer_sync=self._syncer is not None)
         except StorageError as exc:
-            # The core is now ahead of the disk: never acknowledge or send, close and let the user reopen.
-            self._broken = exc
-            _settle(group, exc)
-            log.error("store commit failed; closing: %s", exc)
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close()))
+            self._store_failed(exc, group)
             raise
         self._committed(changes)
         self._rearm_timer()
@@ -1143,8 +1139,10 @@ class _Party:
                 await asyncio.wait([done])
             self._deliveries.popleft()
             self._deliveries_moved.set()
-            if done.cancelled() or done.exception() is not None:
-                return  # never reported: the commit may not be on disk (the party closes: _synced)
+            err = _sync_error(done)
+            if err is not None:  # never reported: the commit may not be on disk
+                self._store_failed(err, None)
+                return
             put = self._messages.append
             for ev in events:
                 if type(ev) is MessageReceived and len(self._messages) < self._queue_size and not self._backlog:
@@ -2226,12 +2224,22 @@ def _stop(sending: asyncio.Future[None] | None) -> None:
     """Cancel the rest of a send on the way (close), its outcome taken: nobody is left to raise it."""
     if sending is not None:
         sending.cancel()
-        sending.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        sending.add_done_callback(_retrieved)
 
 
 def _retrieved(f: asyncio.Future[None]) -> None:
+    """A done callback that takes a future's outcome (nobody else will: no "never retrieved" warning)."""
     if not f.cancelled():
         f.exception()
+
+
+def _sync_error(f: asyncio.Future[None]) -> Exception | None:
+    """What a commit's sync (streams._syncer) ended with: None, its StorageError, or ClosedResourceError if it was
+    given up (cancelled: the party closed)."""
+    if f.cancelled():
+        return ClosedResourceError("closed before the commit's sync")
+    exc = f.exception()
+    return exc if exc is None or isinstance(exc, Exception) else ClosedResourceError("the commit's sync was stopped")
 
 
 def _settle(group: list[asyncio.Future[None]] | None, exc: Exception | None) -> None:
