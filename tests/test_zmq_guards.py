@@ -13,75 +13,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import struct
-import time
 from collections.abc import AsyncIterator, Callable
 
 import zmq
 import zmq.asyncio
 
 from brokerless import AuthorEndpoint, EndpointConfig
-from brokerless.endpoints import _PONG_LEN, CREDIT, PING, PONG, _now_ms
+from brokerless.endpoints import _PONG_LEN, PING, PONG, _now_ms
 from streams.core import Outgoing
-from streams.wire import Hello, Packet, encode_frame
+from streams.wire import Packet, encode_frame
+from tests.test_zmq_budget import _drain
+from tests.test_zmq_credit import HELLO, credit, frame, index, until
+from tests.test_zmq_credit import RawPeer as _RawPeer
 
-HELLO = encode_frame(Hello(b"c" * 32)).raw  # a well-formed frame: reaches the author's driver with its routing id
 #: A per-peer budget that refills one token in 1,000 s: within a test, a peer has exactly its burst of tokens.
 NO_REFILL = 0.001
-
-
-def frame(i: int) -> bytes:
-    """A data frame author -> subscriber as the endpoint sees it (it never decodes them): numbered."""
-    return b"\x95" + i.to_bytes(4, "big") + b"p" * 59
-
-
-def index(data: bytes) -> int:
-    return int.from_bytes(data[1:5], "big")
-
-
-def credit(session: bytes, received: int, consumed: int, window: int) -> bytes:
-    return CREDIT + session + struct.pack(">QQI", received, consumed, window)
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, f"timeout waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def malformed_count(aep: AuthorEndpoint, n: int) -> Callable[[], bool]:
     return lambda: aep.stats.malformed == n
 
 
-class RawPeer:
-    """A raw DEALER (an attacker, or a well-behaved client): what it receives is collected by a background task."""
-
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(addr)
-        self.frames: list[bytes] = []
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            self.frames.append(await self.sock.recv())
-
-    def data(self) -> list[bytes]:
-        return [f for f in self.frames if f[:1] == b"\x95"]
+class RawPeer(_RawPeer):
+    """A raw DEALER (an attacker, or a well-behaved client), as test_zmq_credit's; also lists the PONGs it got."""
 
     def pongs(self) -> list[bytes]:
         return [f for f in self.frames if f[:1] == PONG]
-
-    def sessions(self) -> list[bytes]:
-        return [f[9:17] for f in self.pongs()]
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        self.sock.close(linger=0)
 
 
 @contextlib.asynccontextmanager
@@ -93,17 +50,6 @@ async def author(cfg: EndpointConfig) -> AsyncIterator[tuple[AuthorEndpoint, zmq
     finally:
         ctx.destroy(linger=0)
         await aep.close()
-
-
-async def _drain(ep: AuthorEndpoint, quiet_s: float = 0.5) -> list[bytes]:
-    """Every frame the endpoint hands to the driver until none arrives for ``quiet_s``."""
-    out: list[bytes] = []
-    while True:
-        try:
-            batch = await asyncio.wait_for(ep.recv(), quiet_s)
-        except TimeoutError:
-            return out
-        out += [data for data, _ in batch]
 
 
 # -- E01: a ZeroMQ message that is not [routing id, one part] --------------------------------------------------------
