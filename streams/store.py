@@ -1126,7 +1126,8 @@ class Store:
         journal as a failed append does (no later commit is made) and takes back every record written since the
         last sync that ended well (or apply): they leave the journal and are not applied at close -- nothing of
         them was acknowledged, and nothing of them is found when the store is opened again (the file is cut back
-        to that point; a cut-back that fails too leaves them to the next open's replay, as a crash would)."""
+        to that point; where that cut fails too, the next apply marks the database past them, or else the next
+        open's replay applies them, as after a crash)."""
         if exc is None:
             if self._j_round is not None:
                 self._j_durable, self._j_round = self._j_round, None
@@ -1135,9 +1136,12 @@ class Store:
         reason = _reason(exc) if isinstance(exc, OSError) else type(exc).__name__
         if self._j_failed is None:
             self._j_failed = f"syncing it: {reason}"
-        size, ops, records, seq = self._j_durable
+        size, ops, records, _ = self._j_durable
         del self._j_pending[ops:]
-        self._j_records, self._j_seq = records, seq
+        # (_j_seq stays at the last number used: whatever marks the database next -- the apply at close, a write
+        # transaction -- marks it past the records taken back, so that a replay skips them even where the cut
+        # below fails and they stay in the file.)
+        self._j_records = records
         if self._j_fd is not None and self._j_size > size:
             try:
                 os.ftruncate(self._j_fd, size)

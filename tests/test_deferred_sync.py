@@ -268,3 +268,42 @@ async def test_close_waits_for_the_syncs_under_way(tmp_path: Path, gate: list[Ga
         assert len(store.log_range(branch, 0, 1, 100)) == 10
     finally:
         store.close()
+
+
+async def test_records_of_a_failed_sync_stay_out_even_where_the_journal_cannot_be_cut_back(
+        tmp_path: Path, gate: list[Gate], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync fails and so does every cut of the journal (its file keeps the records of the failed commit): the
+    apply at close marks the database past them, so the next open's replay skips them -- the reopened store holds
+    what was acknowledged and nothing of the failed publish."""
+    author, sub, branch = await _pair(tmp_path, DURABLE, FAST)
+    g = Gate(tmp_path / "a.db-commits")
+    g.release.set()
+    gate.append(g)
+    journal = str(tmp_path / "a.db-commits")
+    real_truncate = os.ftruncate
+
+    def truncate(fd: int, length: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == journal:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_truncate(fd, length)
+
+    try:
+        assert await author.publish(branch, b"kept") == 1
+        assert (await sub.next_message(timeout=10)).payload == b"kept"
+        monkeypatch.setattr(os, "ftruncate", truncate)
+        g.fail = errno.ENOSPC
+        with pytest.raises(StorageError, match="syncing"):
+            await author.publish_many(branch, [b"lost1", b"lost2"])
+    finally:
+        await sub.close()
+        await author.close()
+        monkeypatch.setattr(os, "ftruncate", real_truncate)
+    assert Path(journal).stat().st_size > 0  # (the records are still in the file)
+    # A party's open replays the journal (a reader that does not lock the store would not).
+    reopened = await Author.open(tmp_path / "a.db", PW, MemoryHub().author_endpoint(), AllowList.of([]),
+                                 store_options=DURABLE)
+    try:
+        assert len(reopened.store.log_range(branch, 0, 1, 100)) == 1  # "kept" only
+        assert reopened._core.own_next_seq(branch) == 2
+    finally:
+        await reopened.close()
