@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+from .errors import StorageError
 from .store import Store, sync_fd
 
 
@@ -32,30 +33,45 @@ class Syncer:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._executor: ThreadPoolExecutor | None = None  #: made at the first sync
-        self._round: list[asyncio.Future[None]] | None = None  #: the requests the running sync answers
+        #: The requests the running sync answers; between its end and the turn of the loop after (its requesters'
+        #: callbacks run in that turn), an empty list: a request made meanwhile waits behind them.
+        self._round: list[asyncio.Future[None]] | None = None
         self._next: list[asyncio.Future[None]] = []  #: the requests waiting for the next round
+        #: A sync failed, or the journal stopped: every later request fails with this (never "durable already":
+        #: what was committed after it may be gone).
+        self._failed: StorageError | None = None
+        #: Each waiting request's mark: the journal's last record number when it was made (its commit's).  A
+        #: failed sync fails only those whose commits are not durable by other means (an apply into SQLite).
+        self._marks: dict[asyncio.Future[None], int] = {}
 
     def request(self) -> asyncio.Future[None] | None:
         """A future done once every commit written so far is durable and every earlier request is done (its
         exception: the :class:`~streams.errors.StorageError` of a failed sync); None if nothing is owed or
         waiting (what was committed is durable now: send at once)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._failed is not None:
+            fut.set_exception(self._failed)
+            return fut
         owed = self._store.sync_owed
         if self._round is None and not owed:
             return None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        mark = self._store.written_seq
         if self._round is None and not getattr(loop, "_ready", True):
             # Nothing else is ready to run: a sync on a thread would overlap nothing, and costs two thread
             # wake-ups (about 90 us each way here): the sync runs in place.
             fd = self._store.begin_sync()
+            outcome: OSError | None = None
             try:
                 sync_fd(fd)
             except OSError as exc:
-                err = self._store.end_sync(exc)
-                fut.set_exception(err if err is not None else exc)
-                return fut
-            self._store.end_sync(None)
-            return None
+                outcome = exc
+            err = self._end(outcome)
+            if err is None or mark <= self._store.durable_seq:
+                return None
+            fut.set_exception(err)
+            return fut
+        self._marks[fut] = mark
         if self._round is None:
             self._start([fut])
         elif owed or self._next:
@@ -64,9 +80,19 @@ class Syncer:
             self._round.append(fut)  # durable already: answered in turn, after the requests before it
         return fut
 
-    @property
-    def busy(self) -> bool:
-        return self._round is not None
+    def _end(self, exc: BaseException | None) -> StorageError | None:
+        """Report a sync's outcome to the store; return its error (kept for every later request)."""
+        err = self._store.end_sync(exc)
+        if self._failed is None:
+            self._failed = err
+        return err
+
+    def _reply(self, f: asyncio.Future[None], err: StorageError | None) -> None:
+        """Answer a request: ``err`` unless its commit is durable all the same (an apply made it so)."""
+        mark = self._marks.pop(f, None)
+        if err is not None and mark is not None and mark <= self._store.durable_seq:
+            err = None
+        _answer(f, err)
 
     def _start(self, futs: list[asyncio.Future[None]]) -> None:
         fd = self._store.begin_sync()
@@ -77,25 +103,36 @@ class Syncer:
         done.add_done_callback(self._ended)
 
     def _ended(self, done: asyncio.Future[None]) -> None:
-        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        err = self._store.end_sync(exc)
-        futs, self._round = self._round or [], None
+        err = self._end(done.exception() if not done.cancelled() else asyncio.CancelledError())
+        futs, self._round = self._round or [], []
         for f in futs:
-            _answer(f, err)
+            self._reply(f, err)
+        # Their callbacks (the sends of those commits) run in the loop's next turn: what is asked for until then
+        # is answered after them (_after), not at once.
+        asyncio.get_running_loop().call_soon(self._after)
+
+    def _after(self) -> None:
+        gap, self._round = self._round or [], None
+        for f in gap:
+            self._reply(f, self._failed)
         if not self._next:
             return
         nxt, self._next = self._next, []
-        if err is None and self._store.sync_owed:
+        if self._failed is None and self._store.sync_owed:
             self._start(nxt)
         else:  # (a failure: every one waiting fails with it; or nothing was written since: durable already)
             for f in nxt:
-                _answer(f, err)
+                self._reply(f, self._failed)
 
     async def close(self) -> None:
         """Wait for the syncs under way (their outcome is reported to their requests), then stop the thread.
         Call before the store is closed: a sync uses its descriptor."""
         while self._round is not None:
-            await asyncio.wait([(self._next or self._round)[-1]])  # (its outcome is its requester's)
+            waiting = self._next or self._round
+            if waiting:
+                await asyncio.wait([waiting[-1]])  # (its outcome is its requester's)
+            else:
+                await asyncio.sleep(0)  # (between a round's end and _after)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None

@@ -817,7 +817,14 @@ class _Party:
         """Send a commit's frames (``send_many``) and resolve the publish group it covers: at once if the commit
         is durable (raising what the send raised), else once its sync has ended (_syncer), in commit order --
         then the returned future is done once they went out (or failed: the send's error, or the sync's)."""
-        fut = self._syncer.request() if self._syncer is not None else None
+        return self._send_synced(out, group, self._syncer.request() if self._syncer is not None else None)
+
+    def _send_synced(self, out: list[Outgoing], group: list[asyncio.Future[None]] | None,
+                     fut: asyncio.Future[None] | None) -> asyncio.Future[None] | None:
+        """:meth:`_send_committed` once ``fut`` (the commit's sync; None: durable now) is done."""
+        if self._broken is not None:  # (a commit or a sync failed: nothing more leaves)
+            _settle(group, self._broken if isinstance(self._broken, Exception) else None)
+            return None
         if fut is None:
             self._send_out(out, group)
             self._apply_soon()
@@ -1112,10 +1119,12 @@ class _Party:
             return False
         out += self._core.take_acks(self._clock())  # (ACKs only once the commit is durable: THREATS 4)
         self._rearm_timer()
+        # One sync request for the batch: its frames and its events wait on the same one (a second request could
+        # find the first one's failure taken back already, and answer "durable").
+        done = self._syncer.request() if self._syncer is not None else None
         if out or group:
-            self._send_committed(out, group)
+            self._send_synced(out, group, done)
         if events:
-            done = self._syncer.request() if self._syncer is not None else None
             if done is None:  # (durable already: in turn behind the batches still waiting)
                 done = asyncio.get_running_loop().create_future()
                 done.set_result(None)
@@ -1180,7 +1189,10 @@ class _Party:
             log.warning("%s", exc)
 
     async def _send_now(self, out: list[Outgoing]) -> None:
-        """Send frames that need no commit (ACKs of committed cursors, retained log frames)."""
+        """Send frames that need no commit (ACKs of committed cursors, retained log frames): none once a commit or
+        its sync failed (the party is closing; what the core holds may not be on disk)."""
+        if self._broken is not None:
+            return
         if self._send_many is not None:
             self._send_many(out)
         else:

@@ -1052,9 +1052,9 @@ class Store:
         """A hot commit (cursors, log rows, nonces, delivery cursors: no record, no stop, no anchor) as one journal
         record, one append (and an fdatasync if durable, unless ``defer_sync``: see :meth:`commit`): durable when
         this returns, applied to SQLite later."""
-        if self._j_failed is not None:
-            raise StorageError(f"commit to {self.path} failed: an earlier write of {self._j_path} failed "
-                               f"({self._j_failed}); close and open the store again")
+        failed = self.journal_error()
+        if failed is not None:
+            raise failed
         if self._j_records >= J_APPLY_RECORDS:
             # The last apply failed (logged): this commit fails with it, before anything is acknowledged -- the
             # journal and what it holds in memory stay bounded, and the party closes as on any failed commit.
@@ -1087,7 +1087,8 @@ class Store:
         self._j_pending.extend(ops)
         self._j_records += 1
         if self._durable and not defer_sync:
-            self._j_durable = self._j_now()
+            # (its fdatasync covered every record before it: a sync under way has nothing more to make durable)
+            self._j_durable, self._j_round = self._j_now(), None
         self.commits += 1
         if changes.log and not self._ck_kicked:
             self._ck_kicked = True
@@ -1102,6 +1103,16 @@ class Store:
     def defers_syncs(self) -> bool:
         """Whether commits made with ``defer_sync`` may owe a sync (a durable store that journals)."""
         return self._durable and self._journal
+
+    @property
+    def written_seq(self) -> int:
+        """The number of the journal's last record written (or of the last transaction that took one)."""
+        return self._j_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """The number of the last record known durable: synced, applied into SQLite, or of a transaction."""
+        return self._j_durable[3]
 
     @property
     def sync_owed(self) -> bool:
@@ -1126,12 +1137,15 @@ class Store:
         journal as a failed append does (no later commit is made) and takes back every record written since the
         last sync that ended well (or apply): they leave the journal and are not applied at close -- nothing of
         them was acknowledged, and nothing of them is found when the store is opened again (the file is cut back
-        to that point; where that cut fails too, the next apply marks the database past them, or else the next
-        open's replay applies them, as after a crash)."""
+        to that point; where that cut fails too, the database is marked past them, by the next apply or at close,
+        so that the next open's replay skips them).  What an apply into SQLite made durable meanwhile stays
+        (:attr:`durable_seq`: the caller answers those commits' waiters as durable)."""
         if exc is None:
             if self._j_round is not None:
                 self._j_durable, self._j_round = self._j_round, None
             return None
+        # (Records an apply into SQLite, or a commit synced in place, made durable while it ran are not taken
+        # back: _j_durable moved past them; durable_seq tells the caller which commits those are.)
         self._j_round, self._j_unsynced = None, False
         reason = _reason(exc) if isinstance(exc, OSError) else type(exc).__name__
         if self._j_failed is None:
@@ -1148,7 +1162,14 @@ class Store:
                 self._j_size = size
             except OSError as cut:
                 log.warning("cannot cut %s back after a failed sync: %s", self._j_path, _reason(cut))
-        return StorageError(f"commit to {self.path} failed: syncing {self._j_path}: {reason}")
+        return self.journal_error()
+
+    def journal_error(self) -> StorageError | None:
+        """Why the journal stopped (a failed append, emptying or sync: no hot commit is made after it), or None."""
+        if self._j_failed is None:
+            return None
+        return StorageError(f"commit to {self.path} failed: an earlier write of {self._j_path} failed "
+                            f"({self._j_failed}); close and open the store again")
 
     def _j_now(self) -> tuple[int, int, int, int]:
         return self._j_size, len(self._j_pending), self._j_records, self._j_seq
@@ -1674,6 +1695,15 @@ class Store:
                 with contextlib.suppress(OSError):  # (the apply above made them durable in SQLite already)
                     _datasync(self._j_fd)
                 self._j_unsynced = False
+            if self._j_failed is not None and self._j_size > 0 and not self._j_pending:
+                # Records taken back after a failed sync that could not be cut from the file: the database is
+                # marked past them, so that the next open's replay skips them (what was durable is applied).
+                try:
+                    with _tx(self._db):
+                        _j_mark(self._db, self._j_seq)
+                except sqlite3.Error as exc:
+                    log.warning("cannot mark %s past the records taken back from %s: %s", self.path, self._j_path,
+                                exc)
             self._closed = True
             self._dropped.detach()
             self._fds.clear()  # (closed below)
