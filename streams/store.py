@@ -584,6 +584,9 @@ class Store:
         self._j_durable: tuple[int, int, int, int] = (0, 0, 0, 0)
         #: The same, as the running sync will leave it (begin_sync); None once an apply made it durable already.
         self._j_round: tuple[int, int, int, int] | None = None
+        #: Records taken back after a failed sync are still in the file (the cut failed too): close marks the
+        #: database past them if no apply does.
+        self._j_uncut = False
         self._lock_fd: int | None = None  #: held by the party that runs on this store (see lock)
         self._frames_unsynced = False  #: written since the last fdatasync (durable=False only)
         self._frames_dropped = 0  #: the frame file's bytes before this were dropped from the page cache
@@ -1161,6 +1164,7 @@ class Store:
                 os.ftruncate(self._j_fd, size)
                 self._j_size = size
             except OSError as cut:
+                self._j_uncut = True
                 log.warning("cannot cut %s back after a failed sync: %s", self._j_path, _reason(cut))
         return self.journal_error()
 
@@ -1695,7 +1699,7 @@ class Store:
                 with contextlib.suppress(OSError):  # (the apply above made them durable in SQLite already)
                     _datasync(self._j_fd)
                 self._j_unsynced = False
-            if self._j_failed is not None and self._j_size > 0 and not self._j_pending:
+            if self._j_uncut and not self._j_pending:
                 # Records taken back after a failed sync that could not be cut from the file: the database is
                 # marked past them, so that the next open's replay skips them (what was durable is applied).
                 try:
