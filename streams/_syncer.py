@@ -14,8 +14,11 @@ matter of speed only: either way nothing is sent before the sync ends.
 
 Syncs run in rounds: one at a time; the requests made while one runs wait for the next, which covers every commit
 written before it began (group commit).  Futures are resolved in the order they were requested, also those that
-owed nothing but came after one that did (a commit's frames never overtake an earlier commit's), and a failed sync
-fails every request waiting, and the store's journal (no later commit is made: ``Store.end_sync``).
+owed nothing but came after one that did, and a round stays open until the turn of the loop after its end (its
+requesters' callbacks send in that turn): a commit's frames never overtake an earlier commit's.  A failed sync
+stops the store's journal (``Store.end_sync``: no later commit is made, the records it leaves undurable are taken
+back) and fails each waiting request whose commit is not durable by other means (its journal number beyond
+``Store.durable_seq``: an apply into SQLite may have made it so meanwhile), and every request after.
 """
 
 from __future__ import annotations
