@@ -1088,16 +1088,7 @@ class _Party:
                 await self._flush()
             except StorageError:
                 return
-            put = self._messages.append
-            full = self._queue_size
-            backlog = self._backlog
-            for ev in events:
-                if type(ev) is MessageReceived and len(self._messages) < full and not backlog:
-                    put(ev)  # the common case: no await per message
-                else:
-                    await self._dispatch(ev)
-            if self._wake_readers():  # once per batch
-                await asyncio.sleep(0)  # the application takes the batch before we sign the ACKs
+            await self._report(events)  # (the application takes the batch before we sign the ACKs)
             # ACKs only after the commit (THREATS 4): they promise the publisher the messages survive a crash of
             # ours.  Every cursor move of the core is committed before its mover awaits anything (receive, then
             # _flush, with no await between), so the cursors acknowledged here are on disk.
@@ -1113,6 +1104,7 @@ class _Party:
         messages to the application) once the commit's sync has ended (_deliver_forever), in the order the old
         loop did, right after those frames; meanwhile this loop checks the next batch.  False if the commit
         failed (the party closes)."""
+        assert self._syncer is not None
         try:
             out, group = self._commit()
         except StorageError:
@@ -1121,7 +1113,7 @@ class _Party:
         self._rearm_timer()
         # One sync request for the batch: its frames and its events wait on the same one (a second request could
         # find the first one's failure taken back already, and answer "durable").
-        done = self._syncer.request() if self._syncer is not None else None
+        done = self._syncer.request()
         if out or group:
             self._send_synced(out, group, done)
         if events:
@@ -1152,15 +1144,20 @@ class _Party:
             if err is not None:  # never reported: the commit may not be on disk
                 self._store_failed(err, None)
                 return
-            put = self._messages.append
-            for ev in events:
-                if type(ev) is MessageReceived and len(self._messages) < self._queue_size and not self._backlog:
-                    put(ev)  # the common case: no await per message
-                else:
-                    await self._dispatch(ev)
-            if self._wake_readers():
-                await asyncio.sleep(0)
+            await self._report(events)
             self._apply_soon()
+
+    async def _report(self, events: list[Event]) -> None:
+        """Report a received batch's events: its messages into the bounded queue (no await per message while it
+        has room), the rest through :meth:`_dispatch`; then wake the readers once and let them take the batch."""
+        put = self._messages.append
+        for ev in events:
+            if type(ev) is MessageReceived and len(self._messages) < self._queue_size and not self._backlog:
+                put(ev)  # the common case: no await per message
+            else:
+                await self._dispatch(ev)
+        if self._wake_readers():  # once per batch
+            await asyncio.sleep(0)
 
     def _apply_soon(self) -> None:
         """Apply the commit journal in the loop's next turn if it holds ``store.J_APPLY_SOON`` records or more:
