@@ -1101,17 +1101,17 @@ class CredentialPolicy:
             return Decision.refuse(f"credential refused: {exc.failure.value}")
         why = screened or "no credential presented"
         for cred in creds:
-            if self.credential_type not in cred.types:
-                why = "credential is not of the required type"
-            elif cred.issuer not in self.trusted_issuers:
-                why = "credential issuer is not trusted"
-            elif cred.subject != request.did:
-                why = "credential is about another DID"
-            else:
+            # The same checks again, on the credential as verified (the screen read it unchecked); and one with no
+            # subject id, which the screen leaves to this, is about no DID.
+            no_use = self._no_use(cred.document, request.did)
+            if no_use is None and cred.subject != request.did:
+                no_use = "credential is about another DID"
+            if no_use is None:
                 return Decision(
                     True, f"valid {self.credential_type} credential from a trusted issuer", self.permission,
                     canonicalize(cred.document),
                 )
+            why = no_use
         return Decision.refuse(why)
 
     def _no_use(self, doc: object, did: str) -> str | None:
