@@ -15,16 +15,16 @@ import msgpack
 import pytest
 
 import streams.store as store_module
-from streams import _crypto
 from streams.api import MemoryHub
 from streams.audit import AuditReport, audit_store
 from streams.errors import StorageError
 from streams.identity import Identity
 from streams.store import _J_HEAD, _J_MAX_BYTES, Store
-from streams.wire import VERSION, Kind, Packet, decode_frame, encode_frame, encode_head
+from streams.wire import decode_frame, encode_frame
 from tests.test_anchoring_integration import P1, PW, make_author, make_sub
 from tests.test_commit_journal import PW as J_PW
 from tests.test_commit_journal import N, _killed_after, _new_store, _party_view
+from tests.test_mutation_audit import rewrite_message
 from tests.test_store_tamper import PW as T_PW
 from tests.test_store_tamper import make_older
 from tests.test_store_tamper_round3 import PW as R3_PW
@@ -180,15 +180,7 @@ async def test_audit_finds_a_member_that_rewrote_its_last_message(tmp_path: Path
     and encrypts properly, linked to seq 5, and fixes the row's hash.  Every per-row check passes and no later
     message links to it.  Guard: the audit compares the chain's last logged message with the cursor's head."""
     path, branch, channel, key = await _member_with_six_messages(tmp_path)
-    db = sqlite3.connect(path)
-    (h5,) = db.execute("SELECT hash FROM log WHERE branch = ? AND publisher = 1 AND seq = 5", (branch,)).fetchone()
-    head = Packet(channel, branch, 1, 6, bytes(h5), 0, b"\7" * 24)
-    body = _crypto.aead_encrypt(key, head.nonce, bytes((VERSION, Kind.PACKET)) + encode_head(head), b"rewritten")
-    forged = encode_frame(head, body, P1.sign)
-    db.execute("UPDATE log SET frame = ?, hash = ? WHERE branch = ? AND publisher = 1 AND seq = 6",
-               (forged.raw, forged.hash, branch))
-    db.commit()
-    db.close()
+    rewrite_message(path, channel, branch, key, 6)
     rep = audit_store(path, PW, None)
     assert not rep.ok, rep.summary()
     assert [(seq, "head is not its last message" in reason) for seq, reason in _errors(rep)] == [(6, True)], \

@@ -14,6 +14,24 @@ from streams.wire import VERSION, Kind, Packet, encode_frame, encode_head
 from tests.test_anchoring_integration import P1, PW, make_author, make_sub
 
 
+def rewrite_message(path: Path, channel: bytes, branch: bytes, key: bytes, seq: int) -> None:
+    """Member P1 replaces message ``seq`` of its own chain in its store by another one it signs and encrypts
+    properly (its chain key ``key``), linked to the message before, and fixes the row's hash."""
+    db = sqlite3.connect(path)
+    try:
+        (before,) = db.execute("SELECT hash FROM log WHERE branch = ? AND publisher = 1 AND seq = ?",
+                               (branch, seq - 1)).fetchone()
+        head = Packet(channel, branch, 1, seq, bytes(before), 0, b"\7" * 24)
+        body = _crypto.aead_encrypt(key, head.nonce, bytes((VERSION, Kind.PACKET)) + encode_head(head),
+                                    b"rewritten")
+        forged = encode_frame(head, body, P1.sign)
+        db.execute("UPDATE log SET frame = ?, hash = ? WHERE branch = ? AND publisher = 1 AND seq = ?",
+                   (forged.raw, forged.hash, branch, seq))
+        db.commit()
+    finally:
+        db.close()
+
+
 async def test_audit_finds_a_message_replaced_by_a_validly_signed_and_encrypted_one(tmp_path: Path) -> None:
     """The member that holds its chain's key and its DID's signing key replaces message 3 of its own chain, in its
     store, by another message 3 that it signs and encrypts properly, linked to message 2, and updates the row's
@@ -33,15 +51,7 @@ async def test_audit_finds_a_message_replaced_by_a_validly_signed_and_encrypted_
         await s.close()
         await author.close()
     assert audit_store(tmp_path / "p1.db", PW, None).ok
-    db = sqlite3.connect(tmp_path / "p1.db")
-    (h2,) = db.execute("SELECT hash FROM log WHERE branch = ? AND publisher = 1 AND seq = 2", (branch,)).fetchone()
-    head = Packet(channel, branch, 1, 3, bytes(h2), 0, b"\7" * 24)
-    body = _crypto.aead_encrypt(key, head.nonce, bytes((VERSION, Kind.PACKET)) + encode_head(head), b"rewritten")
-    forged = encode_frame(head, body, P1.sign)
-    db.execute("UPDATE log SET frame = ?, hash = ? WHERE branch = ? AND publisher = 1 AND seq = 3",
-               (forged.raw, forged.hash, branch))
-    db.commit()
-    db.close()
+    rewrite_message(tmp_path / "p1.db", channel, branch, key, 3)
     rep = audit_store(tmp_path / "p1.db", PW, None)
     assert not rep.ok, rep.summary()
     assert [(f.seq, "hash link" in f.reason) for f in rep.findings if f.severity == "error"] == [(4, True)], \
