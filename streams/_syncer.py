@@ -52,13 +52,13 @@ class Syncer:
         exception: the :class:`~streams.errors.StorageError` of a failed sync); None if nothing is owed or
         waiting (what was committed is durable now: send at once)."""
         loop = asyncio.get_running_loop()
+        owed = self._store.sync_owed
+        if self._failed is None and self._round is None and not owed:
+            return None
         fut: asyncio.Future[None] = loop.create_future()
         if self._failed is not None:
             fut.set_exception(self._failed)
             return fut
-        owed = self._store.sync_owed
-        if self._round is None and not owed:
-            return None
         mark = self._store.written_seq
         if self._round is None and not getattr(loop, "_ready", True):
             # Nothing else is ready to run: a sync on a thread would overlap nothing, and costs two thread
